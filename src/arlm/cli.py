@@ -1,0 +1,236 @@
+"""The command line: each verb parses its arguments and calls one plain typed function; nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Callable
+
+from arlm.config import GenerationConfig, build_config, coerce, preset_names
+from arlm.errors import ArlmError
+
+DEFAULT_PRESET = "quickstart"
+
+
+def _overrides_help() -> str:
+    return "overrides: --section.key value (e.g. --train.lr 3e-4 --model.n_layer 6); unknown keys are errors"
+
+
+# ---------------------------------------------------------------- verbs
+
+
+def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Read, normalize, split and tokenize a corpus into token shards, and print the corpus report."""
+    from pathlib import Path
+
+    from arlm.data.prepare import prepare
+
+    config = build_config(args.preset, overrides)
+    directory = args.out or config.data.prepared_dir or str(Path(config.train.out_dir) / "data")
+    prepare(config.data, directory, overwrite=args.overwrite)
+    print(f"prepared data in {directory}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train a model (default: the quickstart preset on the built-in corpus), evaluate it and sample."""
+    from arlm.training.run import resume_config, train_command
+
+    config = build_config(args.preset or DEFAULT_PRESET, overrides)
+    resume = None
+    if args.resume is not None:
+        config, resume = resume_config(config, args.resume, overrides, preset_given=args.preset is not None)
+    train_command(config, resume=resume, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Loss, perplexity and bits per byte of a model on a prepared split or a text file."""
+    _no_overrides(overrides)
+    from arlm.evaluation.run import eval_command
+
+    eval_command(
+        args.model,
+        split=args.split,
+        file=args.file,
+        data_dir=args.data,
+        context=args.context,
+        stride=args.stride,
+        batches=args.batches,
+        device=args.device,
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Generate text from a model with greedy, sampling, beam or speculative decoding."""
+    _no_overrides(overrides)
+    from arlm.decoding.cli import generate_command
+
+    config = _generation_config(args)
+    generate_command(
+        args.model,
+        args.prompt,
+        config,
+        draft=args.draft,
+        device=args.device,
+        stats=args.stats,
+        show_drafts=args.show_drafts,
+        dtype=args.dtype,
+    )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Draw training loss against tokens for one or more runs in one figure (and gradient norms if logged)."""
+    _no_overrides(overrides)
+    from arlm.evaluation.curves import plot_command
+
+    plot_command(args.runs, args.out, grad_norms=args.grad_norms)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Side-by-side benchmarks: `train` (ours vs transformers GPT2LMHeadModel)."""
+    from arlm.bench.train import bench_train_command
+
+    if args.what == "train":
+        bench_train_command(overrides, repeats=args.repeats, steps=args.steps)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace, overrides: list[str]) -> int:
+    """List the named presets."""
+    _no_overrides(overrides)
+    for name in preset_names():
+        print(name)
+    return 0
+
+
+def _no_overrides(overrides: list[str]) -> None:
+    if overrides:
+        raise ArlmError(f"unexpected argument {overrides[0]!r}")
+
+
+# ---------------------------------------------------------------- generation flags from the dataclass
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(GenerationConfig):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f"gen_{f.name}",
+            default=None,
+            action="append" if f.name == "stop" else None,
+            metavar=f.name.upper(),
+            help=f"(default {f.default if f.default is not dataclasses.MISSING else '[]'})",
+        )
+
+
+def _generation_config(args: argparse.Namespace) -> GenerationConfig:
+    config = GenerationConfig()
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in dataclasses.fields(GenerationConfig):
+        value = getattr(args, f"gen_{f.name}")
+        if value is not None:
+            setattr(config, f.name, coerce(value, hints[f.name], "--" + f.name.replace("_", "-")))
+    config.validate()
+    return config
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree for every verb."""
+    parser = argparse.ArgumentParser(
+        prog="arlm",
+        description="Autoregressive transformer language models.",
+        allow_abbrev=False,
+        epilog=_overrides_help(),
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    def verb(name: str, func: Callable) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(
+            name, help=func.__doc__, description=func.__doc__, epilog=_overrides_help(), allow_abbrev=False
+        )
+        sub.set_defaults(func=func)
+        return sub
+
+    p = verb("prepare", cmd_prepare)
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")
+    p.add_argument("--out", help="output folder (default: data.prepared_dir, else <train.out_dir>/data)")
+    p.add_argument("--overwrite", action="store_true", help="replace data prepared with other settings")
+
+    p = verb("train", cmd_train)
+    p.add_argument("--preset", default=None, help=f"named preset or YAML path (default {DEFAULT_PRESET})")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue exactly from the newest checkpoint in train.out_dir (or the one given)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in train.out_dir")
+
+    p = verb("eval", cmd_eval)
+    p.add_argument("model", help="checkpoint, run folder, HF folder, GGUF file or 'smollm2'")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
+    p.add_argument("--file", help="evaluate on this text file instead of a split (sliding window)")
+    p.add_argument("--context", type=int, default=0, help="window length (default: the model's context)")
+    p.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
+    p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
+    p.add_argument("--device", default="auto")
+
+    p = verb("generate", cmd_generate)
+    p.add_argument("model", help="checkpoint, run folder, HF folder, GGUF file or 'smollm2'")
+    p.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
+    p.add_argument("--draft", help="draft model for --strategy speculative")
+    p.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
+    p.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    _add_generation_flags(p)
+
+    p = verb("plot", cmd_plot)
+    p.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")
+    p.add_argument("--out", default="loss.png", help="PNG to write")
+    p.add_argument("--grad-norms", action="store_true", help="also draw gradient norms (train.grad_norms)")
+
+    p = verb("bench", cmd_bench)
+    p.add_argument("what", choices=("train",))
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
+    p.add_argument("--steps", type=int, default=10, help="training steps per repeat")
+
+    verb("presets", cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `arlm` command; user errors print one line and return 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args, rest)
+    except ArlmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,385 @@
+"""Typed run configuration: dataclasses, named YAML presets, strict loading and dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from arlm.errors import ArlmError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder-only transformer; one class serves the GPT-2 and Llama flavours."""
+
+    flavour: str = "gpt2"  # "gpt2": learned positions, LayerNorm, GELU | "llama": RoPE, RMSNorm, SwiGLU
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    block_size: int = 128  # longest context (positions)
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None: n_head (multi-head); fewer: grouped-query attention (llama)
+    d_model: int = 128
+    d_ff: int | None = None  # None: 4*d_model (gpt2), 8/3*d_model rounded up to 64 (llama)
+    bias: bool = False
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    attention: str = "sdpa"  # "sdpa" | "naive"
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (equal to n_head without grouped-query attention)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        """Hidden width of the MLP."""
+        if self.d_ff:
+            return self.d_ff
+        if self.flavour == "llama":
+            return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        return 4 * self.d_model
+
+    def validate(self) -> None:
+        """Raise ArlmError on an impossible shape."""
+        _choice("model.flavour", self.flavour, ("gpt2", "llama"))
+        _choice("model.attention", self.attention, ("sdpa", "naive"))
+        for name in ("block_size", "n_layer", "n_head", "d_model"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.d_model % self.n_head:
+            raise ArlmError(f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ArlmError(f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({self.kv_heads})")
+        if self.flavour == "llama" and self.head_dim % 2:
+            raise ArlmError(f"RoPE needs an even head width; d_model/n_head is {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ArlmError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token shards and batches."""
+
+    source: str = "builtin"  # builtin | builtin:topics | builtin:docstrings | file | folder | glob | .jsonl
+    text_field: str = "text"  # JSONL field holding the document text
+    encoding_errors: str = "strict"  # strict: refuse non-UTF-8 (names file and offset) | replace: U+FFFD
+    unicode: str = "none"  # none | NFC | NFKC
+    lowercase: bool = False
+    strip_control: bool = False  # drop control/format characters other than newline and tab
+    collapse_whitespace: bool = False  # runs of spaces/tabs -> one space; 3+ newlines -> 2
+    split: str = "auto"  # auto | documents | contiguous
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    seed: int = 1337
+    tokenizer: str = "bpe"  # char | word | bpe | path/to/tokenizer.json | path/to/tokenizer-dir
+    vocab_size: int = 2048  # cap for word and bpe
+    prepared_dir: str = ""  # "": <train.out_dir>/data
+    mode: str = "packed"  # packed: documents joined with EOS into blocks | padded: one document a row
+    pad_to: str = "longest"  # padded mode: "longest" in the batch | "block"
+    document_mask: bool = False  # packed mode: attention never crosses a document boundary
+    sampling: str = "random"  # random: random offsets (nanoGPT) | epoch: shuffled disjoint blocks
+
+    def validate(self) -> None:
+        """Raise ArlmError on an impossible setting."""
+        _choice("data.encoding_errors", self.encoding_errors, ("strict", "replace"))
+        _choice("data.unicode", self.unicode, ("none", "NFC", "NFKC"))
+        _choice("data.split", self.split, ("auto", "documents", "contiguous"))
+        _choice("data.mode", self.mode, ("packed", "padded"))
+        _choice("data.pad_to", self.pad_to, ("longest", "block"))
+        _choice("data.sampling", self.sampling, ("random", "epoch"))
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
+            raise ArlmError("data.val_fraction and data.test_fraction must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ArlmError("data.val_fraction + data.test_fraction must leave room for training text")
+        _positive("data.vocab_size", self.vocab_size)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop: schedule, precision, evaluation, logging and checkpoints."""
+
+    out_dir: str = "runs/quickstart"
+    init: str = ""  # start from these weights (checkpoint, HF folder, GGUF, "smollm2")
+    batch_size: int = 16  # rows per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step (divided by the world size under torchrun)
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # floor of the cosine decay
+    warmup_steps: int = 100
+    lr_decay_steps: int = 0  # 0: max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0: off
+    label_smoothing: float = 0.0
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast on GPU; GradScaler for float16)
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 1337
+    threads: int = 0  # CPU threads; 0: PyTorch's default
+    eval_interval: int = 250
+    eval_batches: int = 20  # batches per split at each evaluation; 0: the whole split
+    final_eval_batches: int = 0  # batches per split in the final report; 0: the whole split
+    log_interval: int = 10
+    checkpoint_interval: int = 500  # 0: only at the end
+    keep_checkpoints: int = 2
+    max_nonfinite_steps: int = 5  # consecutive skipped steps before the run stops
+    tensorboard: bool = False
+    grad_norms: bool = False  # log gradient norms per layer and projection
+    parallel: str = "ddp"  # under torchrun: ddp | fsdp
+    activation_checkpointing: bool = False
+    sample_tokens: int = 200  # tokens printed as a sample at the end; 0: none
+    sample_prompt: str = ""
+
+    def validate(self) -> None:
+        """Raise ArlmError on an impossible setting."""
+        _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
+        for name in ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval"):
+            _positive(f"train.{name}", getattr(self, name))
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ArlmError(f"need 0 <= train.min_lr <= train.lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ArlmError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.keep_checkpoints < 1:
+            raise ArlmError("train.keep_checkpoints must be at least 1")
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode: strategy, processors, stopping, beams and drafts."""
+
+    strategy: str = "sample"  # greedy | sample | beam | speculative | prompt-lookup
+    max_new_tokens: int = 200
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    num_beams: int = 4
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False  # True | False | "never"
+    stop: list[str] = field(default_factory=list)  # stop strings
+    stop_at_eos: bool = True
+    seed: int | None = None
+    num_draft_tokens: int = 4  # speculative: gamma
+    adaptive_draft: bool = False
+    prompt_lookup_ngram: int = 3  # prompt-lookup: longest n-gram to match
+
+    def validate(self) -> None:
+        """Raise ArlmError on an impossible setting."""
+        _choice("strategy", self.strategy, ("greedy", "sample", "beam", "speculative", "prompt-lookup"))
+        if self.max_new_tokens < 0:
+            raise ArlmError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ArlmError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ArlmError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ArlmError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.top_k < 0:
+            raise ArlmError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ArlmError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.num_beams < 1:
+            raise ArlmError(f"num_beams must be >= 1, got {self.num_beams}")
+        if not self.num_return_sequences >= 1:
+            raise ArlmError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
+            raise ArlmError(
+                f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})"
+            )
+        if self.early_stopping not in (True, False, "never"):
+            raise ArlmError(f"early_stopping must be true, false or never, got {self.early_stopping!r}")
+        if self.num_draft_tokens < 1:
+            raise ArlmError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; what a preset file and config.json hold."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def validate(self) -> RunConfig:
+        """Validate every section and return self."""
+        for section in (self.model, self.data, self.train, self.generate):
+            section.validate()
+        return self
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ArlmError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ArlmError(f"{name} must be a positive integer, got {value}")
+
+
+# ---------------------------------------------------------------- loading, overrides, presets
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with arlm."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """Read a preset by name (configs/NAME.yaml) or by path to a YAML file, as a plain dict."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ArlmError(f"unknown preset {name_or_path!r}; known presets: {', '.join(preset_names())}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ArlmError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ArlmError(f"{path} must hold a mapping of sections (model, data, train, generate)")
+    return raw
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ['--train.lr', '3e-4', '--model.n_layer=6'] into {'train': {'lr': '3e-4'}, 'model': {...}}."""
+    nested: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ArlmError(f"unexpected argument {arg!r}; overrides look like --train.lr 3e-4")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ArlmError(f"override {arg} needs a value")
+            i += 1
+            value = args[i]
+        section, _, name = key.partition(".")
+        nested.setdefault(section.replace("-", "_"), {})[name.replace("-", "_")] = value
+        i += 1
+    return nested
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge two nested dicts; values in extra win."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested dicts, refusing unknown sections or keys and coercing types."""
+    sections = {f.name: f for f in fields(RunConfig)}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ArlmError(f"unknown config section {sorted(unknown)[0]!r}; known: {', '.join(sections)}")
+    built = {name: _build_section(name, f.default_factory, raw.get(name) or {}) for name, f in sections.items()}
+    return RunConfig(**built)
+
+
+def _build_section(section: str, factory: Any, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ArlmError(f"config section {section!r} must be a mapping")
+    obj = factory()
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ArlmError(f"unknown config key {section}.{key}; known keys: {', '.join(sorted(known))}")
+        setattr(obj, key, coerce(value, hints[key], f"{section}.{key}"))
+    return obj
+
+
+def coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or raise ArlmError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in options:
+            return None
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return coerce(value, option, name)
+            except ArlmError:
+                continue
+        raise ArlmError(f"{name}: cannot read {value!r} as {tp}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [value] if value else []
+        if not isinstance(value, list):
+            raise ArlmError(f"{name}: expected a list, got {value!r}")
+        return [coerce(v, typing.get_args(tp)[0], name) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ArlmError(f"{name}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ArlmError(f"{name}: expected a number, got {value!r}")
+        try:
+            number = float(value) if tp is float else _to_int(value)
+        except (TypeError, ValueError):
+            raise ArlmError(f"{name}: expected {tp.__name__}, got {value!r}") from None
+        return number
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ArlmError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    if typing.get_origin(tp) is typing.Literal or tp is typing.Any:
+        return value
+    raise ArlmError(f"{name}: unsupported type {tp}")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    as_float = float(value)
+    if not as_float.is_integer():
+        raise ValueError(value)
+    return int(as_float)
+
+
+def build_config(preset: str = "quickstart", overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset, apply dotted command-line overrides, validate."""
+    raw = merge(load_preset(preset), parse_overrides(overrides or []))
+    return config_from_dict(raw).validate()
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain nested dict of a RunConfig (JSON/YAML ready)."""
+    return asdict(config)
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """dataclasses.replace, re-exported for callers that tweak a section."""
+    return dataclasses.replace(config, **changes)

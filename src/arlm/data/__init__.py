@@ -1,0 +1,1 @@
+"""Data: corpus sources, normalization, splitting, tokenizers, shards and batches."""

@@ -1,0 +1,88 @@
+"""Text normalization as explicit switches, with a report of what each switch changed."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from arlm.config import DataConfig
+from arlm.data.corpus import Document
+
+_KEEP_CONTROL = {"\n", "\t"}
+_DROP_CATEGORIES = {"Cc", "Cf", "Co", "Cs"}  # control, format (zero-width...), private use, surrogates
+_SPACES = re.compile(r"[^\S\n]+")  # whitespace other than newline
+_TRAILING = re.compile(r" +\n")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass
+class NormalizeReport:
+    """Characters before and after, and how many characters each step removed or changed."""
+
+    chars_before: int = 0
+    chars_after: int = 0
+    removed: dict[str, int] = field(default_factory=dict)  # step -> characters removed (negative: added)
+    edited: dict[str, int] = field(default_factory=dict)  # step -> characters changed in place
+
+    def describe(self) -> str:
+        """One line for the console."""
+        if not self.removed:
+            return f"normalize: off ({self.chars_before:,} characters unchanged)"
+        steps = ", ".join(
+            f"{step}: {self.removed[step]:,} removed, {self.edited[step]:,} changed" for step in self.removed
+        )
+        return f"normalize: {self.chars_before:,} -> {self.chars_after:,} characters ({steps})"
+
+
+def steps_for(config: DataConfig) -> list[str]:
+    """The enabled normalization steps, in the order they run."""
+    steps = []
+    if config.unicode != "none":
+        steps.append(config.unicode)
+    if config.strip_control:
+        steps.append("strip_control")
+    if config.lowercase:
+        steps.append("lowercase")
+    if config.collapse_whitespace:
+        steps.append("collapse_whitespace")
+    return steps
+
+
+def apply_step(step: str, text: str) -> str:
+    """Run one named normalization step on a text."""
+    if step in ("NFC", "NFKC"):
+        return unicodedata.normalize(step, text)
+    if step == "strip_control":
+        return "".join(ch for ch in text if ch in _KEEP_CONTROL or unicodedata.category(ch) not in _DROP_CATEGORIES)
+    if step == "lowercase":
+        return text.lower()
+    if step == "collapse_whitespace":
+        text = _TRAILING.sub("\n", _SPACES.sub(" ", text))
+        return _BLANK_LINES.sub("\n\n", text)
+    raise ValueError(f"unknown normalization step {step}")
+
+
+def normalize_text(text: str, config: DataConfig) -> str:
+    """Apply every enabled step to one text."""
+    for step in steps_for(config):
+        text = apply_step(step, text)
+    return text
+
+
+def normalize_documents(docs: list[Document], config: DataConfig) -> tuple[list[Document], NormalizeReport]:
+    """Normalize all documents; the report counts per step the characters removed and changed in place."""
+    report = NormalizeReport(chars_before=sum(len(d.text) for d in docs))
+    out = []
+    for doc in docs:
+        text = doc.text
+        for step in steps_for(config):
+            new = apply_step(step, text)
+            same_length = len(new) == len(text)
+            report.removed[step] = report.removed.get(step, 0) + len(text) - len(new)
+            edits = sum(a != b for a, b in zip(new, text)) if same_length and new != text else 0
+            report.edited[step] = report.edited.get(step, 0) + edits
+            text = new
+        out.append(Document(doc.name, text))
+    report.chars_after = sum(len(d.text) for d in out)
+    return out, report

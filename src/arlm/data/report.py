@@ -1,0 +1,80 @@
+"""The corpus report: sizes per split, bytes per token, unknown rate, coverage, most frequent tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arlm.data.shards import read_shard
+from arlm.data.tokenizers import Tokenizer
+
+TOP_TOKENS = 20
+
+
+def corpus_report(directory: Path, tokenizer: Tokenizer, counts: dict[str, dict]) -> dict[str, Any]:
+    """Statistics of prepared shards, as a JSON-ready dict."""
+    vocab = tokenizer.vocab_size
+    histograms = {name: _histogram(directory / f"{name}.bin", vocab) for name in counts}
+    splits = {}
+    for name, c in counts.items():
+        hist = histograms[name]
+        tokens = c["tokens"]
+        entry = dict(c)
+        entry["bytes_per_token"] = c["bytes"] / tokens if tokens else 0.0
+        entry["chars_per_token"] = c["characters"] / tokens if tokens else 0.0
+        if tokenizer.unk_id is not None:
+            entry["unknown_rate"] = float(hist[tokenizer.unk_id] / tokens) if tokens else 0.0
+        if name != "train" and tokens:
+            unseen = (histograms["train"] == 0) & (hist > 0)
+            entry["tokens_unseen_in_train"] = float(hist[unseen].sum() / tokens)
+        splits[name] = entry
+    train = histograms["train"]
+    used = sum(histograms.values()) > 0
+    top = np.argsort(-train, kind="stable")[:TOP_TOKENS]
+    total = max(int(train.sum()), 1)
+    return {
+        "tokenizer": {"kind": tokenizer.kind, "vocab_size": vocab, "fingerprint": tokenizer.fingerprint()},
+        "splits": splits,
+        "vocab_coverage_train": float((train > 0).sum() / vocab),
+        "vocab_coverage_all": float(used.sum() / vocab),
+        "top_tokens": [
+            {"id": int(i), "text": tokenizer.token_text(int(i)), "count": int(train[i]), "share": train[i] / total}
+            for i in top
+            if train[i] > 0
+        ],
+    }
+
+
+def _histogram(path: Path, vocab: int) -> np.ndarray:
+    hist = np.zeros(vocab, dtype=np.int64)
+    tokens = read_shard(path)
+    for i in range(0, len(tokens), 1 << 24):
+        hist += np.bincount(tokens[i : i + (1 << 24)], minlength=vocab)[:vocab]
+    return hist
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as an aligned text table."""
+    tok = report["tokenizer"]
+    lines = [f"corpus report  (tokenizer {tok['kind']}, vocabulary {tok['vocab_size']:,})"]
+    lines.append(f"{'split':<6}{'docs':>8}{'chars':>13}{'tokens':>12}{'bytes/tok':>11}{'unk':>9}{'unseen':>9}")
+    for name, s in report["splits"].items():
+        unk = f"{s['unknown_rate']:.2%}" if "unknown_rate" in s else "-"
+        unseen = f"{s['tokens_unseen_in_train']:.2%}" if "tokens_unseen_in_train" in s else "-"
+        lines.append(
+            f"{name:<6}{s['documents']:>8,}{s['characters']:>13,}{s['tokens']:>12,}"
+            f"{s['bytes_per_token']:>11.2f}{unk:>9}{unseen:>9}"
+        )
+    lines.append(
+        f"vocabulary used: {report['vocab_coverage_train']:.1%} of ids in train, "
+        f"{report['vocab_coverage_all']:.1%} in any split"
+    )
+    if "split_mode" in report:
+        lines.append(
+            f"split by {report['split_mode']}; exact duplicate documents dropped: {report.get('duplicates_dropped', 0)}"
+        )
+    top = ", ".join(f"{t['text']!r} {t['share']:.1%}" for t in report["top_tokens"][:12])
+    lines.append(f"most frequent (train): {top}")
+    return "\n".join(lines)

@@ -1,0 +1,284 @@
+"""Tokenizers: character, word, byte-level BPE (Hugging Face `tokenizers`) and any tokenizer.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from arlm.errors import ArlmError
+
+EOS = "<|endoftext|>"  # ends every document; also serves as BOS (GPT-2 convention)
+PAD = "<|pad|>"
+UNK = "<|unk|>"
+META_FILE = "arlm_tokenizer.json"
+_WORD = re.compile(r"\w+|[^\w\s]|\s+")  # words, single punctuation marks, whitespace runs: lossless
+
+
+class Tokenizer:
+    """The contract every tokenizer meets: encode/decode, special ids, save/load, a fingerprint."""
+
+    kind: str = ""
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    unk_id: int | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (the model's embedding rows must be at least this)."""
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ids, without special tokens."""
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to text; special tokens are skipped."""
+        raise NotImplementedError
+
+    def token_text(self, token_id: int) -> str:
+        """The surface form of one id, for reports."""
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts (parallel where the backend allows)."""
+        return [self.encode(t) for t in texts]
+
+    def token_bytes(self) -> np.ndarray:
+        """(V,) UTF-8 bytes each id stands for (0 for special tokens), for bits per byte."""
+        specials = self.special_ids()
+        return np.array(
+            [0 if i in specials else len(self.token_text(i).encode("utf-8")) for i in range(self.vocab_size)],
+            dtype=np.int64,
+        )
+
+    def special_ids(self) -> set[int]:
+        """Ids of the special tokens."""
+        return {i for i in (self.bos_id, self.eos_id, self.pad_id, self.unk_id) if i is not None}
+
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer into a directory (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_payload(directory)
+        meta = {
+            "kind": self.kind,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+            "unk_id": self.unk_id,
+            "vocab_size": self.vocab_size,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary and special ids; two tokenizers match when fingerprints do."""
+        payload = self._canonical() + json.dumps([self.bos_id, self.eos_id, self.pad_id, self.unk_id])
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+    def _save_payload(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def _canonical(self) -> str:
+        raise NotImplementedError
+
+
+class VocabTokenizer(Tokenizer):
+    """Character or word tokenizer over an explicit vocabulary; specials first, then symbols."""
+
+    def __init__(self, kind: str, vocab: list[str]) -> None:
+        self.kind = kind
+        self.vocab = list(vocab)
+        self.stoi = {s: i for i, s in enumerate(self.vocab)}
+        self.eos_id = self.bos_id = self.stoi[EOS]
+        self.pad_id = self.stoi[PAD]
+        self.unk_id = self.stoi[UNK]
+
+    @classmethod
+    def train(cls, kind: str, texts: Iterable[str], vocab_size: int) -> VocabTokenizer:
+        """Build a vocabulary: every character (char), or the most frequent vocab_size words (word)."""
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(text if kind == "char" else _WORD.findall(text))
+        specials = [EOS, PAD, UNK]
+        if kind == "char":
+            symbols = sorted(counts)
+        else:
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            symbols = [s for s, _ in ranked[: max(vocab_size - len(specials), 0)]]
+        return cls(kind, specials + [s for s in symbols if s not in specials])
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids."""
+        return len(self.vocab)
+
+    def split(self, text: str) -> list[str]:
+        """Text to symbols (characters, or words/punctuation/whitespace runs)."""
+        return list(text) if self.kind == "char" else _WORD.findall(text)
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ids; symbols outside the vocabulary become the unknown id."""
+        unk = self.unk_id
+        return [self.stoi.get(s, unk) for s in self.split(text)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to text, skipping special tokens."""
+        specials = self.special_ids()
+        return "".join(self.vocab[i] for i in ids if i not in specials)
+
+    def token_text(self, token_id: int) -> str:
+        """The symbol of one id."""
+        return self.vocab[token_id]
+
+    def _save_payload(self, directory: Path) -> None:
+        (directory / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False), encoding="utf-8")
+
+    def _canonical(self) -> str:
+        return self.kind + json.dumps(self.vocab, ensure_ascii=False)
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers.Tokenizer` (byte-level BPE trained here, or any tokenizer.json)."""
+
+    def __init__(
+        self,
+        backend,
+        *,
+        kind: str = "hf",
+        bos: str | None = None,
+        eos: str | None = None,
+        pad: str | None = None,
+        unk: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.kind = kind
+        self.bos_id, self.eos_id, self.pad_id, self.unk_id = (
+            backend.token_to_id(t) if t else None for t in (bos, eos, pad, unk)
+        )
+
+    @classmethod
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int) -> HFTokenizer:
+        """Train a byte-level BPE (GPT-2 style pre-tokenization) on the given texts."""
+        from tokenizers import Tokenizer as Backend
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        backend = Backend(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        if vocab_size < len(alphabet) + 2:
+            raise ArlmError(f"a byte-level BPE needs data.vocab_size >= {len(alphabet) + 2}, got {vocab_size}")
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=[EOS, PAD], initial_alphabet=alphabet, show_progress=False
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        return cls(backend, kind="bpe", bos=EOS, eos=EOS, pad=PAD)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ids without added BOS/EOS."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts in parallel (Rust threads)."""
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids to text, skipping special tokens."""
+        return self.backend.decode(list(ids), skip_special_tokens=True)
+
+    def token_text(self, token_id: int) -> str:
+        """Readable text of one token (byte-level symbols decoded)."""
+        return self.backend.decode([token_id], skip_special_tokens=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """(V,) bytes per id; exact for byte-level BPE (one alphabet symbol per byte), 0 for added tokens."""
+        if '"ByteLevel"' not in json.dumps(json.loads(self.backend.to_str()).get("decoder")):
+            return super().token_bytes()
+        added = set(self.backend.get_added_tokens_decoder())
+        return np.array(
+            [0 if i in added else len(self.backend.id_to_token(i) or "") for i in range(self.vocab_size)],
+            dtype=np.int64,
+        )
+
+    def _save_payload(self, directory: Path) -> None:
+        self.backend.save(str(directory / "tokenizer.json"))
+        names = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id, "unk_token": self.unk_id}
+        config = {k: self.backend.id_to_token(v) for k, v in names.items() if v is not None}
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    def _canonical(self) -> str:
+        return self.backend.to_str()
+
+
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
+    """Train a tokenizer of the given kind (char | word | bpe) or load one from a path."""
+    if kind in ("char", "word"):
+        return VocabTokenizer.train(kind, texts, vocab_size)
+    if kind == "bpe":
+        return HFTokenizer.train_bpe(texts, vocab_size)
+    return load_tokenizer(kind)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer saved by arlm, a tokenizer.json, or a Hugging Face folder with one."""
+    path = Path(path)
+    if not path.exists():
+        raise ArlmError(f"tokenizer {path} does not exist; use char, word, bpe or a path to tokenizer.json")
+    directory = path if path.is_dir() else path.parent
+    meta_path = directory / META_FILE
+    if meta_path.exists() and path.is_dir():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta["kind"] in ("char", "word"):
+            return VocabTokenizer(meta["kind"], json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
+    file = path if path.is_file() else directory / "tokenizer.json"
+    if not file.exists():
+        raise ArlmError(f"no tokenizer.json in {directory}")
+    return _load_hf_file(file)
+
+
+def _load_hf_file(file: Path) -> HFTokenizer:
+    from tokenizers import Tokenizer as Backend
+
+    try:
+        backend = Backend.from_file(str(file))
+    except Exception as exc:  # the Rust error types are not importable
+        raise ArlmError(f"{file} is not a valid tokenizer.json ({str(exc).splitlines()[0]})") from None
+    specials = _special_tokens(file.parent, backend)
+    meta = file.parent / META_FILE
+    kind = json.loads(meta.read_text(encoding="utf-8")).get("kind", "hf") if meta.exists() else "hf"
+    return HFTokenizer(backend, kind=kind, **specials)
+
+
+def _special_tokens(directory: Path, backend) -> dict[str, str | None]:
+    """Special tokens from tokenizer_config.json when present, else guessed from the added tokens."""
+    config_path = directory / "tokenizer_config.json"
+    found: dict[str, str | None] = {"bos": None, "eos": None, "pad": None, "unk": None}
+    if config_path.exists():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        for key in found:
+            value = config.get(f"{key}_token")
+            if isinstance(value, dict):
+                value = value.get("content")
+            found[key] = value if isinstance(value, str) and backend.token_to_id(value) is not None else None
+        return found
+    added = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+    for key, candidates in (
+        ("eos", (EOS, "</s>", "<eos>", "<|end_of_text|>")),
+        ("bos", ("<s>", "<bos>", EOS)),
+        ("pad", (PAD, "<pad>")),
+        ("unk", ("<unk>", UNK)),
+    ):
+        found[key] = next((c for c in candidates if c in added), None)
+    return found

@@ -1,0 +1,1 @@
+"""Decoding: logits processors, greedy/sampling, beam search, speculative decoding."""

@@ -1,0 +1,199 @@
+"""The one generate entry point: prompts in, GenerationOutput out; greedy and sampling share the loop here,
+beam search and speculative decoding live in their own files."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from arlm.config import GenerationConfig
+from arlm.decoding.processors import logits_to_probs, process, sample
+from arlm.errors import ArlmError
+
+TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
+StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
+
+
+@dataclass
+class GenerationOutput:
+    """Prompt + generated ids per returned sequence, beam scores when any, and timing statistics."""
+
+    sequences: torch.Tensor  # (N, S) ids; rows that stopped early are filled with the pad id
+    scores: torch.Tensor | None = None  # (N,) length-penalised log-probabilities (beam search)
+    stats: dict = field(default_factory=dict)
+    prompt_length: int = 0
+
+    def generated(self) -> list[list[int]]:
+        """The new ids of each row, without the prompt or the padding after a stop."""
+        rows = self.sequences[:, self.prompt_length :].tolist()
+        lengths = self.stats.get("lengths")
+        return [row[: lengths[i]] if lengths else row for i, row in enumerate(rows)]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists to (B, T) ids and a (B, T) mask with 1 for real tokens."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor | Sequence[Sequence[int]],
+    config: GenerationConfig,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    draft: torch.nn.Module | None = None,
+    on_token: TokenCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> GenerationOutput:
+    """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy."""
+    config.validate()
+    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    if not isinstance(prompt_ids, torch.Tensor):
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ArlmError("every prompt needs at least one token (use the BOS id for an empty prompt)")
+        prompt_ids, attention_mask = left_pad(prompt_ids, pad)
+    device = next(model.parameters()).device
+    prompt_ids = prompt_ids.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
+    check_length(model, prompt_ids.shape[1], config.max_new_tokens)
+    eos = eos_id if config.stop_at_eos else None
+    if config.strategy == "beam":
+        from arlm.decoding.beam import beam_search
+
+        return beam_search(model, prompt_ids, config, attention_mask=attention_mask, eos_id=eos, pad_id=pad)
+    if config.strategy in ("speculative", "prompt-lookup"):
+        from arlm.decoding.speculative import speculative_generate
+
+        return speculative_generate(
+            model,
+            prompt_ids,
+            config,
+            draft=draft,
+            attention_mask=attention_mask,
+            eos_id=eos,
+            pad_id=pad,
+            on_token=on_token,
+            should_stop=should_stop,
+        )
+    return decode_loop(
+        model,
+        prompt_ids,
+        config,
+        attention_mask=attention_mask,
+        eos_id=eos,
+        pad_id=pad,
+        on_token=on_token,
+        should_stop=should_stop,
+    )
+
+
+def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int) -> None:
+    """Refuse a prompt that leaves no room in the context for max_new_tokens."""
+    block = model.config.block_size
+    if prompt_length + max_new_tokens > block:
+        raise ArlmError(
+            f"prompt of {prompt_length} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"context of {block}; shorten the prompt or lower max_new_tokens"
+        )
+
+
+def choose_next(
+    logits: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Greedy argmax of the processed scores, or a sample from the processed distribution: (B, V) -> (B,)."""
+    if config.strategy == "greedy" or config.temperature == 0:
+        return process(logits.float(), sequences, config).argmax(dim=-1)
+    return sample(logits_to_probs(logits, sequences, config), generator)
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A seeded generator for reproducible sampling (None: the global RNG)."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def decode_loop(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    config: GenerationConfig,
+    *,
+    attention_mask: torch.Tensor | None,
+    eos_id: int | None,
+    pad_id: int,
+    on_token: TokenCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> GenerationOutput:
+    """Prefill the prompt in one forward, then one token a step on the KV cache (greedy or sampling)."""
+    B, T = prompt_ids.shape
+    device = prompt_ids.device
+    generator = make_generator(config.seed, device)
+    cache = model.new_cache(B, T + config.max_new_tokens)
+    mask = attention_mask
+    start = time.perf_counter()
+    logits = model(prompt_ids, kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]  # (B, V)
+    prefill_s = time.perf_counter() - start
+    sequences = prompt_ids
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    lengths = [config.max_new_tokens] * B
+    for step in range(config.max_new_tokens):
+        token = choose_next(logits, sequences, config, generator)  # (B,)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        sequences = torch.cat([sequences, token[:, None]], dim=1)  # (B, S+1)
+        if on_token is not None:
+            on_token(token)
+        done = _update_done(done, token, sequences[:, T:], eos_id, should_stop, lengths, step)
+        if bool(done.all()) or step == config.max_new_tokens - 1:
+            break
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S+1)
+        logits = model(token[:, None], kv_cache=cache, attention_mask=mask)[:, -1]  # (B, V)
+    total_s = time.perf_counter() - start
+    new_tokens = sum(lengths)
+    stats = {
+        "new_tokens": new_tokens,
+        "seconds": total_s,
+        "prefill_seconds": prefill_s,
+        "tokens_per_s": new_tokens / max(total_s, 1e-9),
+        "lengths": lengths,
+    }
+    return GenerationOutput(sequences, None, stats, T)
+
+
+def _update_done(
+    done: torch.Tensor,
+    token: torch.Tensor,
+    generated: torch.Tensor,
+    eos_id: int | None,
+    should_stop: StopCheck | None,
+    lengths: list[int],
+    step: int,
+) -> torch.Tensor:
+    """Mark rows that emitted EOS or matched a stop check; record their generated length."""
+    newly = torch.zeros_like(done)
+    if eos_id is not None:
+        newly |= token == eos_id
+    if should_stop is not None:
+        rows = generated.tolist()
+        for b in range(len(rows)):
+            if not done[b] and should_stop(b, rows[b]):
+                newly[b] = True
+    newly &= ~done
+    for b in newly.nonzero().flatten().tolist():
+        lengths[b] = step + 1
+    return done | newly

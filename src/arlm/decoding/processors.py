@@ -1,0 +1,89 @@
+"""Logits processors, each a small pure function over (B, V) scores, composed in Hugging Face's order:
+repetition penalty, no-repeat n-gram, then temperature, top-k, top-p, min-p."""
+
+from __future__ import annotations
+
+import torch
+
+from arlm.config import GenerationConfig
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(scores: torch.Tensor, sequences: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style: scores of tokens already in the sequence are divided (if > 0) or multiplied by penalty."""
+    if penalty == 1.0:
+        return scores
+    seen = torch.gather(scores, 1, sequences)  # (B, S)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return scores.scatter(1, sequences, seen)
+
+
+def no_repeat_ngram(scores: torch.Tensor, sequences: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbid any token that would complete an n-gram already present in the row."""
+    if n <= 0 or sequences.shape[1] < n:
+        return scores
+    scores = scores.clone()
+    rows = sequences.tolist()
+    for b, row in enumerate(rows):
+        prefix = tuple(row[len(row) - n + 1 :]) if n > 1 else ()
+        banned = {row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i : i + n - 1]) == prefix}
+        if banned:
+            scores[b, list(banned)] = NEG_INF
+    return scores
+
+
+def temperature(scores: torch.Tensor, value: float) -> torch.Tensor:
+    """Divide scores by the temperature (> 0)."""
+    return scores if value == 1.0 else scores / value
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k highest scores (ties at the k-th value kept), -inf elsewhere."""
+    if k <= 0 or k >= scores.shape[-1]:
+        return scores
+    kth = torch.topk(scores, k, dim=-1).values[:, -1:]  # (B, 1)
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+def top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus: keep the most probable tokens whose mass reaches p (always at least one)."""
+    if p >= 1.0:
+        return scores
+    sorted_scores, order = torch.sort(scores, descending=False)  # ascending, as HF
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+    remove_sorted = cumulative <= (1.0 - p)
+    remove_sorted[:, -1] = False  # the most probable token stays
+    remove = remove_sorted.scatter(1, order, remove_sorted)
+    return scores.masked_fill(remove, NEG_INF)
+
+
+def min_p(scores: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least p times the top token's probability."""
+    if p <= 0.0:
+        return scores
+    probs = scores.softmax(dim=-1)  # (B, V)
+    threshold = p * probs.max(dim=-1, keepdim=True).values  # (B, 1)
+    return scores.masked_fill(probs < threshold, NEG_INF)
+
+
+def process(scores: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+    """Apply the configured chain to next-token scores (B, V) given the sequences so far (B, S)."""
+    scores = repetition_penalty(scores, sequences, config.repetition_penalty)
+    scores = no_repeat_ngram(scores, sequences, config.no_repeat_ngram_size)
+    if config.strategy in ("greedy", "beam") or config.temperature == 0:
+        return scores
+    scores = temperature(scores, config.temperature)
+    scores = top_k(scores, config.top_k)
+    scores = top_p(scores, config.top_p)
+    return min_p(scores, config.min_p)
+
+
+def logits_to_probs(scores: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+    """The sampling distribution (B, V) after every processor."""
+    return process(scores.float(), sequences, config).softmax(dim=-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row (B,) drawn from probs (B, V)."""
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -1,0 +1,36 @@
+"""`arlm plot`: loss against tokens for several runs in one figure; gradient norms when they were logged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from arlm.errors import ArlmError
+from arlm.plots import plot_grad_norms, plot_loss
+from arlm.training.logging import read_metrics
+
+
+def metrics_path(run: str | Path) -> Path:
+    """metrics.jsonl of a run folder (or the file itself)."""
+    path = Path(run)
+    file = path if path.suffix == ".jsonl" else path / "metrics.jsonl"
+    if not file.exists():
+        raise ArlmError(f"no metrics.jsonl in {run}; give run folders written by arlm train")
+    return file
+
+
+def plot_command(runs: list[str], out: str, *, grad_norms: bool = False, log=print) -> list[Path]:
+    """Write the loss figure (and a gradient-norm figure per run when asked)."""
+    records = {}
+    for run in runs:
+        file = metrics_path(run)
+        label = file.parent.name if file.name == "metrics.jsonl" else file.stem
+        records[label] = read_metrics(file)
+    written = [plot_loss(records, out)]
+    if grad_norms:
+        for label, recs in records.items():
+            if not any(k.startswith("gradnorm/") for r in recs for k in r):
+                raise ArlmError(f"run {label} logged no gradient norms; train with --train.grad_norms true")
+            written.append(plot_grad_norms(recs, Path(out).with_name(f"{Path(out).stem}-gradnorms-{label}.png")))
+    for path in written:
+        log(f"wrote {path}")
+    return written

@@ -1,0 +1,75 @@
+"""`arlm eval`: loss, perplexity and bits per byte of a model on a prepared split or on a text file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from arlm.data.corpus import read_text
+from arlm.data.normalize import normalize_text
+from arlm.data.prepare import load_prepared
+from arlm.errors import ArlmError
+from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result, sliding_window
+from arlm.loading import load_model, pick_device
+
+
+def eval_command(
+    model_ref: str,
+    *,
+    split: str = "val",
+    file: str | None = None,
+    data_dir: str | None = None,
+    context: int = 0,
+    stride: int = 0,
+    batches: int = 0,
+    device: str = "auto",
+    log=print,
+) -> EvalResult:
+    """Evaluate and print one line of figures."""
+    loaded = load_model(model_ref, device=pick_device(device))
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
+    if file:
+        text = normalize_text(read_text(Path(file), config.data.encoding_errors), config.data)
+        ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        if ids.numel() < 2:
+            raise ArlmError(f"{file} holds fewer than two tokens")
+        window = context or config.model.block_size
+        if window > config.model.block_size:
+            raise ArlmError(f"--context {window} exceeds the model's context of {config.model.block_size}")
+        step = stride or max(window // 2, 1)
+        res = sliding_window(
+            model,
+            ids,
+            context=window,
+            stride=step,
+            device=model.tok_emb.weight.device,
+            token_bytes=tokenizer.token_bytes(),
+        )
+        where = f"{file} (window {window}, stride {step})"
+    else:
+        directory = Path(data_dir) if data_dir else _run_data_dir(config)
+        data = load_prepared(directory)
+        if data.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise ArlmError(
+                f"{model_ref} was trained with another tokenizer than the data in {directory}; "
+                "evaluate on data prepared with the model's tokenizer"
+            )
+        if not data.has_split(split):
+            raise ArlmError(f"the data in {directory} has no {split} split")
+        sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)
+        sums = evaluate_batches(
+            model,
+            sampler.eval_batches(config.train.batch_size, batches),
+            device=model.tok_emb.weight.device,
+            token_bytes=tokenizer.token_bytes(),
+        )
+        res = result(*sums)
+        where = f"{split} split of {directory}"
+    bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
+    log(f"{where}: loss {res.loss:.4f}  perplexity {res.perplexity:.3f}  bits/byte {bpb}  tokens {res.tokens:,}")
+    return res
+
+
+def _run_data_dir(config) -> Path:
+    return Path(config.data.prepared_dir) if config.data.prepared_dir else Path(config.train.out_dir) / "data"

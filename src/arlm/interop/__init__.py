@@ -1,0 +1,1 @@
+"""Interoperability: Hugging Face folders and GGUF files."""

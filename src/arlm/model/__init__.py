@@ -1,0 +1,1 @@
+"""The decoder-only transformer, its attention and its KV cache."""

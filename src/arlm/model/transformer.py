@@ -1,0 +1,208 @@
+"""The decoder-only Transformer: GPT-2 flavour (learned positions, LayerNorm, GELU) or Llama flavour
+(RoPE, RMSNorm, SwiGLU, grouped-query attention), tied or untied embeddings, one class for both."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arlm.config import ModelConfig
+from arlm.model.attention import CausalSelfAttention, Rotary
+from arlm.model.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (as HF Llama does)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C)"""
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * normed
+
+
+class MLP(nn.Module):
+    """GELU (tanh form, as GPT-2) or SwiGLU (as Llama, with fused gate/up projection)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.flavour == "llama"
+        hidden = config.ffn_dim
+        self.up = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.down = nn.Linear(hidden, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)"""
+        h = self.up(x)  # (B, T, F) or (B, T, 2F)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.down(h))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache: KVCache | None, start: int):
+        """(B, T, C) -> (B, T, C)"""
+        x = x + self.attn(self.norm1(x), rope, mask, is_causal, kv_cache, start)
+        return x + self.mlp(self.norm2(x))
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """LayerNorm (gpt2) or RMSNorm (llama)."""
+    if config.flavour == "llama":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model; knows nothing of data, training or decoding."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.vocab_size < 1:
+            raise ValueError("model.vocab_size must be set (from the tokenizer) before building the model")
+        config.validate()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.block_size, config.d_model) if config.flavour == "gpt2" else None
+        self.rotary = (
+            Rotary(config.head_dim, config.block_size, config.rope_theta) if config.flavour == "llama" else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        residual_std = config.init_std / math.sqrt(2 * config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, std=residual_std)
+            nn.init.normal_(block.mlp.down.weight, std=residual_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count (tied weights once); without the position/token embedding tables if asked."""
+        total = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            total -= self.tok_emb.weight.numel() if not self.config.tie_embeddings else 0
+            total -= self.pos_emb.weight.numel() if self.pos_emb is not None else 0
+        return total
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for this model (max_len defaults to block_size)."""
+        c, weight = self.config, self.tok_emb.weight
+        return KVCache(
+            c.n_layer,
+            batch_size,
+            c.kv_heads,
+            max_len or c.block_size,
+            c.head_dim,
+            dtype=dtype or weight.dtype,
+            device=weight.device,
+        )
+
+    def flops_per_token(self, context: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 N + 12 L T C for attention (PaLM appendix B)."""
+        c = self.config
+        # Lookups cost no FLOPs: drop the position table, and the input table unless it is tied to the
+        # output projection (then it is counted once, as the matmul it is).
+        dense = self.num_params() - (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
+        if not c.tie_embeddings:
+            dense -= self.tok_emb.weight.numel()
+        return 6.0 * dense + 12.0 * c.n_layer * context * c.d_model
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        input_pos: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        num_logits: int = 0,
+    ):
+        """Logits (B, T, V) for ids (B, T); with targets, (logits, mean cross-entropy ignoring -100).
+
+        kv_cache: keys/values of earlier positions are read from it and this call's are written at
+        input_pos (default kv_cache.length). attention_mask: (B, S) with 1 for real tokens over every
+        position so far (left padding), or (B, T, T) bool document mask. num_logits > 0 keeps the last ones.
+        """
+        B, T = idx.shape
+        start = input_pos if input_pos is not None else (kv_cache.length if kv_cache is not None else 0)
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        positions = self._positions(B, T, start, attention_mask, idx.device)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        x = self.dropout(x)
+        rope = self.rotary(positions) if self.rotary is not None else None
+        mask, is_causal = build_mask(T, start, attention_mask, idx.device, cached=kv_cache is not None)
+        for block in self.blocks:
+            x = block(x, rope, mask, is_causal, kv_cache, start)
+        if kv_cache is not None:
+            kv_cache.length = start + T
+        if num_logits:
+            x = x[:, -num_logits:]
+        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def _positions(
+        self, B: int, T: int, start: int, attention_mask: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
+        """(T,) absolute positions, or (B, T) counted over real tokens only when rows are left-padded."""
+        if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+            counted = attention_mask.long().cumsum(-1) - 1  # (B, S)
+            return counted.clamp(min=0)[:, start : start + T]  # (B, T)
+        return torch.arange(start, start + T, device=device)  # (T,)
+
+
+def build_mask(
+    T: int, start: int, attention_mask: torch.Tensor | None, device: torch.device, cached: bool
+) -> tuple[torch.Tensor | None, bool]:
+    """The (B|1, 1, T, S) bool mask (True = may attend) for queries at [start, start+T), and whether
+    plain causal masking (is_causal) is enough instead. A query may always attend to itself."""
+    S = start + T
+    if attention_mask is None or (attention_mask.dim() == 2 and bool(attention_mask.all())):
+        if not cached or start == 0:
+            return None, T > 1
+        if T == 1:
+            return None, False
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril(start)[None, None], False
+    causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(start)  # (T, S)
+    if attention_mask.dim() == 3:  # (B, T, T) document mask, no cache
+        allowed = attention_mask.bool() & causal
+    else:  # (B, S) padding mask
+        allowed = attention_mask[:, None, :S].bool() & causal  # (B, T, S)
+        diagonal = torch.zeros(T, S, dtype=torch.bool, device=device)
+        diagonal[torch.arange(T), torch.arange(start, S)] = True
+        allowed = allowed | diagonal
+    return allowed[:, None], False  # (B, 1, T, S)

@@ -1,0 +1,171 @@
+"""Distribution applied from outside the model: process group, DDP or FSDP2, and consolidated state."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from arlm.config import TrainConfig
+from arlm.errors import ArlmError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank, number of processes, local device index."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True under torchrun with more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs and writes checkpoints."""
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes (NCCL on GPU, gloo on CPU); a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return info
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every process."""
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Sum numbers across processes (float64)."""
+    if not info.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def wrap_model(model: nn.Module, config: TrainConfig, info: DistInfo, device: torch.device) -> nn.Module:
+    """Activation checkpointing, then DDP or FSDP2 (fully_shard per block, then the root)."""
+    if config.activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model, check_fn=lambda m: type(m).__name__ == "Block")
+    if not info.enabled:
+        return model
+    if config.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.local_rank] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def sync_context(model: nn.Module, sync: bool, config: TrainConfig, info: DistInfo):
+    """Skip gradient synchronization on all but the last micro-step of an accumulation."""
+    if not info.enabled:
+        return contextlib.nullcontext()
+    if config.parallel == "fsdp":
+        unwrap(model).set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if sync else model.no_sync()
+
+
+def full_model_state(model: nn.Module, config: TrainConfig, info: DistInfo) -> dict[str, torch.Tensor]:
+    """Consolidated (unsharded) weights on CPU; every process must call it under FSDP."""
+    if info.enabled and config.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return unwrap(model).state_dict()
+
+
+def full_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, info: DistInfo
+) -> dict[str, torch.Tensor]:
+    """Optimizer moments keyed 'optim.<parameter name>.<key>', consolidated on CPU."""
+    if info.enabled and config.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        full = get_optimizer_state_dict(
+            unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return {f"optim.{name}.{k}": v for name, st in full["state"].items() for k, v in st.items()}
+    names = {p: n for n, p in unwrap(model).named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                out[f"optim.{names[p]}.{key}"] = value.detach().to("cpu").clone()
+    return out
+
+
+def load_optimizer_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    config: TrainConfig,
+    info: DistInfo,
+) -> None:
+    """Inverse of full_optimizer_state (each process reads the consolidated file)."""
+    per_param: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            name, _, field = key[len("optim.") :].rpartition(".")
+            per_param.setdefault(name, {})[field] = value
+    if info.enabled and config.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        groups = [
+            {k: v for k, v in g.items() if k != "params"}
+            | {"params": [n for n, p in unwrap(model).named_parameters() if any(p is q for q in g["params"])]}
+            for g in optimizer.param_groups
+        ]
+        set_optimizer_state_dict(
+            unwrap(model),
+            optimizer,
+            {"state": per_param, "param_groups": groups},
+            options=StateDictOptions(full_state_dict=True),
+        )
+        return
+    names = {p: n for n, p in unwrap(model).named_parameters()}
+    current = optimizer.state_dict()  # parameters are numbered in param_groups order
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]
+    unknown = sorted(set(per_param) - {names[p] for p in ordered})
+    if unknown:
+        raise ArlmError(f"the checkpoint's optimizer state names {unknown[0]}, which this model lacks")
+    current["state"] = {i: per_param[names[p]] for i, p in enumerate(ordered) if names[p] in per_param}
+    optimizer.load_state_dict(current)  # applies the device/dtype policy (e.g. 'step' for fused AdamW)

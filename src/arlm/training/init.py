@@ -1,0 +1,34 @@
+"""Start training from existing weights (`train.init`): an arlm checkpoint, HF folder, GGUF or 'smollm2'."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from arlm.config import RunConfig
+from arlm.data.prepare import PreparedData
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+
+
+def initial_model(config: RunConfig, data: PreparedData, log) -> Transformer:
+    """Load train.init's weights; its shape replaces config.model (context capped at model.block_size)."""
+    from arlm.loading import load_model
+
+    loaded = load_model(config.train.init)
+    if loaded.tokenizer.fingerprint() != data.tokenizer.fingerprint():
+        raise ArlmError(
+            f"the data was prepared with another tokenizer than {config.train.init}'s; prepare it with "
+            f"--data.tokenizer {config.train.init}"
+        )
+    source = loaded.config.model
+    block = min(config.model.block_size, source.block_size)
+    config.model = dataclasses.replace(
+        source, block_size=block, dropout=config.model.dropout, attention=config.model.attention
+    )
+    model = Transformer(config.model)
+    state = loaded.model.state_dict()
+    if "pos_emb.weight" in state:
+        state["pos_emb.weight"] = state["pos_emb.weight"][:block]
+    model.load_state_dict(state)
+    log(f"initialised from {loaded.source} (context {block})")
+    return model

@@ -1,0 +1,107 @@
+"""Run logging: metrics.jsonl first (one JSON object a line), then console, progress bar and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl; mirrors scalars to TensorBoard when enabled."""
+
+    def __init__(self, path: str | Path, *, tensorboard_dir: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._tb = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from arlm.errors import ArlmError
+
+                message = "train.tensorboard needs the tensorboard package: pip install 'arlm[tensorboard]'"
+                raise ArlmError(message) from None
+            self._tb = SummaryWriter(str(tensorboard_dir))
+
+    def offset(self) -> int:
+        """Byte length of the log so far (stored in checkpoints, so resume can cut what came after)."""
+        self._file.flush()
+        return self.path.stat().st_size
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (and its numeric fields to TensorBoard, indexed by step)."""
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None and "step" in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def truncate_log(path: str | Path, offset: int) -> None:
+    """Cut metrics.jsonl back to `offset` bytes (what a checkpoint had seen), dropping later records."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size > offset:
+        with open(path, "r+b") as f:
+            f.truncate(offset)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent otherwise (callers print periodic lines instead)."""
+
+    def __init__(self, total: int, *, desc: str = "", stream: TextIO | None = None, enabled: bool | None = None):
+        self.total = max(total, 1)
+        self.desc = desc
+        self.stream = stream or sys.stderr
+        self.enabled = is_terminal(self.stream) if enabled is None else enabled
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def update(self, done: int, info: str = "") -> None:
+        """Redraw with `done` of `total` complete."""
+        self.done = done
+        if not self.enabled:
+            return
+        frac = min(done / self.total, 1.0)
+        width = 24
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        self.stream.write(f"\r{self.desc} [{bar}] {done}/{self.total} {info} eta {eta:4.0f}s ")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the bar so a normal line can be printed."""
+        if self.enabled:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Finish the bar."""
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """True when the stream is an interactive terminal (and NO_COLOR/CI do not say otherwise)."""
+    return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"

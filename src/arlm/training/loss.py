@@ -1,0 +1,40 @@
+"""Next-token losses: cross-entropy with optional label smoothing, and the unsmoothed NLL always."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from arlm.data.batches import IGNORE_INDEX
+
+
+@dataclass
+class LossOutput:
+    """Summed losses over the predicted positions of a batch."""
+
+    loss_sum: torch.Tensor  # scalar: what is minimised (smoothed when label_smoothing > 0)
+    nll_sum: torch.Tensor  # scalar: unsmoothed negative log-likelihood, for logs and perplexity
+    count: int  # predicted (non-ignored) positions
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:
+    """Sum of per-token losses for logits (B, T, V) against targets (B, T) (IGNORE_INDEX skipped).
+
+    With smoothing eps the target distribution is (1 - eps) one-hot + eps uniform over V, so the loss is
+    (1 - eps) * NLL + eps * mean_v(-log p_v), the same definition as torch.nn.CrossEntropyLoss.
+    """
+    flat_logits = logits.flatten(0, 1).float()  # (B*T, V)
+    flat_targets = targets.flatten()  # (B*T,)
+    keep = flat_targets != IGNORE_INDEX
+    count = int(keep.sum())
+    if label_smoothing == 0.0:
+        nll = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        return LossOutput(nll, nll.detach(), count)
+    logp = F.log_softmax(flat_logits, dim=-1)  # (B*T, V)
+    safe_targets = flat_targets.masked_fill(~keep, 0)
+    nll_tok = -logp.gather(1, safe_targets[:, None]).squeeze(1)  # (B*T,)
+    uniform_tok = -logp.mean(dim=-1)  # (B*T,)
+    loss_tok = (1.0 - label_smoothing) * nll_tok + label_smoothing * uniform_tok
+    return LossOutput((loss_tok * keep).sum(), (nll_tok * keep).sum().detach(), count)

@@ -1,0 +1,302 @@
+"""The one training loop: teacher forcing, accumulation, AMP, clipping, a non-finite guard, periodic
+evaluation, metrics, and checkpoints that resume bit-exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from arlm.config import RunConfig
+from arlm.data.prepare import PreparedData, data_fingerprint
+from arlm.errors import ArlmError
+from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result
+from arlm.model.transformer import Transformer
+from arlm.training import distributed as D
+from arlm.training.checkpoint import (
+    Checkpoint,
+    export_weights,
+    load_weights_dict,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from arlm.training.grad_norms import layer_grad_norms
+from arlm.training.logging import MetricsLog, Progress, truncate_log
+from arlm.training.loss import next_token_loss
+from arlm.training.optim import build_optimizer, lr_at, set_lr
+
+
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast for the forward pass, or nothing for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+class Trainer:
+    """Owns the model being trained, its optimizer and the run directory's metrics and checkpoints."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        data: PreparedData,
+        model: Transformer,
+        *,
+        run_dir: str | Path,
+        device: torch.device,
+        info: D.DistInfo | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config, self.tc, self.data = config, config.train, data
+        self.run_dir, self.device, self.log = Path(run_dir), device, log
+        self.info = info or D.DistInfo()
+        tc, world = self.tc, self.info.world_size
+        if tc.grad_accum % world:
+            raise ArlmError(
+                f"train.grad_accum ({tc.grad_accum}) must be a multiple of the {world} processes; "
+                "the global batch is batch_size x grad_accum rows"
+            )
+        self.accum = tc.grad_accum // world
+        self.global_rows = tc.batch_size * tc.grad_accum
+        self.raw_model = model
+        self.model = D.wrap_model(model, tc, self.info, device)
+        if tc.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(model, tc, device.type)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.dtype == "float16")
+        self.autocast = autocast_context(device, tc.dtype)
+        block, seed = config.model.block_size, tc.seed
+        self.train_batches = data.sampler("train", config.data, block, seed)
+        self.eval_samplers = {
+            s: data.sampler(s, config.data, block, seed) for s in ("val", "test") if data.has_split(s)
+        }
+        self.eval_samplers["train"] = self.train_batches
+        self.token_bytes = data.tokenizer.token_bytes()
+        self.step = self.tokens_seen = self.nonfinite_in_a_row = 0
+        self.metrics: MetricsLog | None = None
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Restore weights, optimizer, scaler, RNG and position from a checkpoint, and cut the metrics log."""
+        state, tensors = checkpoint.train_state()
+        if checkpoint.config.model != self.config.model:
+            raise ArlmError(f"{checkpoint.path} holds a model of another shape; resume with its own config")
+        if checkpoint.meta.get("data_fingerprint") != data_fingerprint(self.config.data):
+            raise ArlmError(f"{checkpoint.path} was trained on data prepared with other settings")
+        if state["global_rows"] != self.global_rows:
+            raise ArlmError(
+                f"{checkpoint.path} used a global batch of {state['global_rows']} rows; this run has "
+                f"{self.global_rows} (batch_size x grad_accum); keep it equal to resume exactly"
+            )
+        self.raw_model.load_state_dict(load_weights_dict(self.raw_model, checkpoint.model_state(self.device)))
+        D.load_optimizer_state(self.model, self.optimizer, tensors, self.tc, self.info)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self._restore_rng(tensors, state["world_size"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        if self.info.is_main:
+            truncate_log(self.run_dir / "metrics.jsonl", state["metrics_offset"])
+        self.log(f"resumed from {checkpoint.path} at step {self.step}")
+
+    def _restore_rng(self, tensors: dict[str, torch.Tensor], saved_world: int) -> None:
+        key = f"rng.cpu.rank{self.info.rank}"
+        if key not in tensors:
+            self.log(f"warning: no RNG state for rank {self.info.rank} (saved with {saved_world} processes)")
+            return
+        torch.set_rng_state(tensors[key])
+        cuda_key = f"rng.cuda.rank{self.info.rank}"
+        if self.device.type == "cuda" and cuda_key in tensors:
+            torch.cuda.set_rng_state(tensors[cuda_key], self.device)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> Path | None:
+        """Train until train.max_steps; returns the last checkpoint written."""
+        tc = self.tc
+        if self.info.is_main:
+            tb = self.run_dir / "tensorboard" if tc.tensorboard else None
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", tensorboard_dir=tb)
+            if self.step:
+                self.metrics.write({"event": "resume", "step": self.step})
+        progress = Progress(tc.max_steps, desc="train", enabled=None if self.info.is_main else False)
+        last_checkpoint, window_tokens, window_time = None, 0, 0.0
+        while self.step < tc.max_steps:
+            start = time.perf_counter()
+            record = self.train_step()
+            window_time += time.perf_counter() - start
+            window_tokens += record["step_tokens"]
+            self.step += 1
+            progress.update(self.step, f"loss {record['train_nll']:.3f}")
+            if self.step % tc.log_interval == 0 or self.step == tc.max_steps:
+                record["tokens_per_s"] = window_tokens / max(window_time, 1e-9)
+                self._log_train(record, progress)
+                window_tokens, window_time = 0, 0.0
+            if self.step % tc.eval_interval == 0 or self.step == tc.max_steps:
+                self._log_eval(progress)
+            if (tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0) or self.step == tc.max_steps:
+                last_checkpoint = self.save()
+        progress.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        return last_checkpoint
+
+    def train_step(self) -> dict:
+        """One optimizer step over grad_accum micro-batches; skipped (and counted) if non-finite."""
+        tc, world = self.tc, self.info.world_size
+        lr = lr_at(self.step, tc)
+        set_lr(self.optimizer, lr)
+        parts = self.accum * world
+        batches = [
+            self.train_batches.batch(self.step, self.global_rows, m * world + self.info.rank, parts)
+            for m in range(self.accum)
+        ]
+        (count,) = D.all_reduce_sum([sum(b.num_targets for b in batches)], self.info, self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        nll_sum = torch.zeros((), device=self.device)
+        for m, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            with D.sync_context(self.model, m == self.accum - 1, tc, self.info):
+                with self.autocast:
+                    logits = self.model(batch.x, attention_mask=batch.attention_mask)  # (B, T, V)
+                out = next_token_loss(logits, batch.y, tc.label_smoothing)
+                self.scaler.scale(out.loss_sum * (world / count)).backward()
+            loss_sum += out.loss_sum.detach()
+            nll_sum += out.nll_sum
+        self.scaler.unscale_(self.optimizer)
+        norms = layer_grad_norms(self.raw_model) if tc.grad_norms else {}
+        grad_norm = self._clip_gradients()
+        loss, nll = (v / count for v in D.all_reduce_sum([float(loss_sum), float(nll_sum)], self.info, self.device))
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if tc.dtype == "float16":
+            self.scaler.step(self.optimizer)  # skips the update itself when gradients overflowed
+            self.scaler.update()
+            finite = math.isfinite(loss)
+        elif finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._guard(finite, loss, grad_norm)
+        if finite:
+            self.tokens_seen += int(count)
+        return {
+            "step": self.step + 1,
+            "tokens": self.tokens_seen,
+            "train_loss": loss,
+            "train_nll": nll,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "step_tokens": int(count),
+            **norms,
+        }
+
+    def _clip_gradients(self) -> float:
+        max_norm = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def _guard(self, finite: bool, loss: float, grad_norm: float) -> None:
+        if finite:
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_in_a_row += 1
+        if self.metrics is not None:
+            self.metrics.write({"event": "nonfinite", "step": self.step + 1, "loss": loss, "grad_norm": grad_norm})
+        self.log(f"warning: step {self.step + 1} skipped: loss {loss}, grad norm {grad_norm}")
+        if self.nonfinite_in_a_row >= self.tc.max_nonfinite_steps:
+            raise ArlmError(
+                f"loss or gradients were non-finite for {self.nonfinite_in_a_row} steps in a row (at step "
+                f"{self.step + 1}); lower train.lr, set train.grad_clip, or train in float32; checkpoints "
+                "already written are intact"
+            )
+
+    # ------------------------------------------------------------------ evaluation and logging
+
+    def evaluate(self, split: str, max_batches: int) -> EvalResult:
+        """Mean NLL on a split (batches shared out across processes), with bits per byte."""
+        sampler = self.eval_samplers[split]
+        batches = list(sampler.eval_batches(self.tc.batch_size, max_batches))
+        world, rank = self.info.world_size, self.info.rank
+        usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+        mine = batches[rank:usable:world]
+        sums = evaluate_batches(
+            self.model, mine, device=self.device, autocast=self.autocast, token_bytes=self.token_bytes
+        )
+        return result(*D.all_reduce_sum(list(sums), self.info, self.device))
+
+    def _log_train(self, record: dict, progress: Progress) -> None:
+        record = {k: v for k, v in record.items() if k != "step_tokens"}
+        if self.metrics is not None:
+            self.metrics.write(record)
+        if not progress.enabled and self.info.is_main:
+            self.log(
+                f"step {record['step']:>6}  loss {record['train_nll']:.4f}  lr {record['lr']:.2e}  "
+                f"grad {record['grad_norm']:.2f}  {record['tokens_per_s']:,.0f} tok/s"
+            )
+
+    def _log_eval(self, progress: Progress) -> None:
+        splits = ["val"] if "val" in self.eval_samplers else ["train"]
+        results = {s: self.evaluate(s, self.tc.eval_batches) for s in splits}
+        record = {"step": self.step, "tokens": self.tokens_seen}
+        for split, res in results.items():
+            record.update(res.as_dict(f"{split}_"))
+        if self.metrics is not None:
+            self.metrics.write(record)
+        progress.clear()
+        if self.info.is_main:
+            shown = ", ".join(f"{s} loss {r.loss:.4f} (ppl {r.perplexity:.2f})" for s, r in results.items())
+            self.log(f"step {self.step}: {shown}")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0), keep the newest train.keep_checkpoints."""
+        weights = D.full_model_state(self.model, self.tc, self.info)
+        tensors = D.full_optimizer_state(self.model, self.optimizer, self.tc, self.info)
+        tensors.update(self._rng_tensors())
+        path = None
+        if self.info.is_main:
+            state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "world_size": self.info.world_size,
+                "global_rows": self.global_rows,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "metrics_offset": self.metrics.offset() if self.metrics else 0,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            }
+            meta = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "data_fingerprint": data_fingerprint(self.config.data),
+            }
+            path = save_checkpoint(
+                self.run_dir / "checkpoints" / f"step-{self.step:08d}",
+                weights=export_weights(weights, self.config.model),
+                tokenizer=self.data.tokenizer,
+                config=self.config,
+                meta=meta,
+                state=state,
+                state_tensors=tensors,
+            )
+            prune_checkpoints(self.run_dir, self.tc.keep_checkpoints)
+        D.barrier(self.info)
+        return path
+
+    def _rng_tensors(self) -> dict[str, torch.Tensor]:
+        states = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        gathered = [states]
+        if self.info.enabled:
+            gathered = [None] * self.info.world_size
+            dist.all_gather_object(gathered, states)
+        return {f"rng.{kind}.rank{r}": t.cpu() for r, s in enumerate(gathered) for kind, t in s.items()}

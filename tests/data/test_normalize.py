@@ -1,0 +1,23 @@
+from arlm.config import DataConfig
+from arlm.data.corpus import Document
+from arlm.data.normalize import normalize_documents, normalize_text
+
+
+def test_each_switch_does_one_thing():
+    text = "Ｆｉｌｅ\u200b  Name\t\t here\r\n\n\n\nEnd"
+    assert normalize_text(text, DataConfig()) == text
+    assert normalize_text("e\u0301", DataConfig(unicode="NFC")) == "\u00e9"
+    assert normalize_text("Ｆｉ\ufb01", DataConfig(unicode="NFKC")) == "Fifi"
+    assert normalize_text("ABC", DataConfig(lowercase=True)) == "abc"
+    assert normalize_text("a\u200bb\x07c\r\n", DataConfig(strip_control=True)) == "abc\n"
+    assert normalize_text("a  \t b \nc\n\n\n\nd", DataConfig(collapse_whitespace=True)) == "a b\nc\n\nd"
+
+
+def test_report_counts_changes():
+    docs = [Document("a", "ABC\x07"), Document("b", "xyz")]
+    out, report = normalize_documents(docs, DataConfig(lowercase=True, strip_control=True))
+    assert [d.text for d in out] == ["abc", "xyz"]
+    assert report.chars_before == 7 and report.chars_after == 6
+    assert report.removed == {"strip_control": 1, "lowercase": 0}
+    assert report.edited == {"strip_control": 0, "lowercase": 3}
+    assert "7 -> 6 characters" in report.describe()

@@ -1,0 +1,59 @@
+import pytest
+
+from arlm.data.corpus import Document
+from arlm.data.split import split_documents
+from arlm.errors import ArlmError
+from tests.helpers import tiny_text
+
+
+def _docs():
+    texts = tiny_text(60)
+    docs = [Document(f"d{i}", t) for i, t in enumerate(texts)]
+    return docs + [Document("dup-a", texts[3]), Document("dup-b", texts[7])]  # exact duplicates
+
+
+def test_document_split_is_disjoint_and_drops_duplicates():
+    docs = _docs()
+    unique = {d.text for d in docs}
+    splits = split_documents(docs, 0.1, 0.1, seed=1)
+    assert splits.mode == "documents"
+    assert splits.duplicates_dropped == len(docs) - len(unique) >= 2
+    texts = {name: {d.text for d in docs} for name, docs in splits.items()}
+    assert not texts["train"] & texts["val"]
+    assert not texts["train"] & texts["test"]
+    assert not texts["val"] & texts["test"]
+    assert sum(len(v) for v in texts.values()) == len(unique)
+    total = sum(len(t) for t in unique)
+    for name in ("val", "test"):
+        share = sum(len(t) for t in texts[name]) / total
+        assert 0.1 <= share < 0.2
+
+
+def test_document_split_is_seeded():
+    a = split_documents(_docs(), 0.1, 0.1, seed=1)
+    b = split_documents(_docs(), 0.1, 0.1, seed=1)
+    c = split_documents(_docs(), 0.1, 0.1, seed=2)
+    assert [d.name for d in a.val] == [d.name for d in b.val]
+    assert [d.name for d in a.val] != [d.name for d in c.val]
+
+
+def test_contiguous_split_partitions_the_text_exactly():
+    text = "".join(tiny_text(5))
+    splits = split_documents([Document("book", text)], 0.1, 0.05, seed=0)
+    assert splits.mode == "contiguous"
+    joined = "".join(d.text for _, docs in splits.items() for d in docs)
+    assert joined == text
+    assert len(splits.train[0].text) == int(len(text) * 0.85)
+    assert splits.val[0].text == text[int(len(text) * 0.85) : int(len(text) * 0.95)]
+
+
+def test_contiguous_split_across_documents_cuts_one_document():
+    docs = [Document(f"d{i}", t) for i, t in enumerate(tiny_text(4))]
+    splits = split_documents(docs, 0.25, 0.0, seed=0, mode="contiguous")
+    assert "".join(d.text for d in splits.train + splits.val) == "".join(d.text for d in docs)
+
+
+def test_too_few_documents_for_a_document_split():
+    docs = [Document("a", "x" * 10), Document("b", "y" * 10)]
+    with pytest.raises(ArlmError, match="too few for a"):
+        split_documents(docs, 0.1, 0.1, seed=0, mode="documents")

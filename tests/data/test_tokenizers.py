@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from arlm.data.tokenizers import EOS, HFTokenizer, VocabTokenizer, load_tokenizer, train_tokenizer
+from arlm.errors import ArlmError
+from tests.helpers import tiny_text
+
+SAMPLE = "Hello,  world!\n\tTabs & ünïcödé — 3.14 émoji 🙂 end.\n"
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_round_trip_and_save_load(tmp_path, kind):
+    texts = tiny_text(30) + [SAMPLE]
+    tok = train_tokenizer(kind, texts, 20000 if kind == "word" else 600)  # word: no unknowns here
+    for text in texts[:5] + [SAMPLE]:
+        assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.fingerprint() == tok.fingerprint()
+    assert again.encode(SAMPLE) == tok.encode(SAMPLE)
+    assert (again.bos_id, again.eos_id, again.pad_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    assert tok.eos_id is not None and tok.pad_id is not None and tok.eos_id != tok.pad_id
+
+
+def test_special_tokens_are_skipped_when_decoding():
+    tok = train_tokenizer("bpe", tiny_text(10), 400)
+    ids = [tok.bos_id] + tok.encode("abc") + [tok.eos_id, tok.pad_id]
+    assert tok.decode(ids) == "abc"
+
+
+def test_word_tokenizer_caps_vocabulary_and_counts_unknowns():
+    tok = VocabTokenizer.train("word", ["a a a b b c d e f"], vocab_size=5)
+    assert tok.vocab_size == 5  # 3 specials + 'a' + ' '
+    ids = tok.encode("a b")
+    assert ids == [tok.stoi["a"], tok.stoi[" "], tok.unk_id]
+    assert tok.decode(ids) == "a "  # the unknown symbol is special, so it decodes to nothing
+
+
+def test_char_tokenizer_maps_unseen_characters_to_unknown():
+    tok = VocabTokenizer.train("char", ["abc"], vocab_size=0)
+    assert tok.encode("abz") == [tok.stoi["a"], tok.stoi["b"], tok.unk_id]
+
+
+def test_bpe_is_byte_level_and_compresses():
+    texts = tiny_text(40)
+    tok = train_tokenizer("bpe", texts, 1024)
+    assert isinstance(tok, HFTokenizer)
+    text = "\n".join(texts)
+    assert len(tok.encode(text)) < len(text.encode()) / 2.5
+    assert tok.decode(tok.encode("\x00 \U0010ffff")) == "\x00 \U0010ffff"  # any bytes survive
+    sizes = tok.token_bytes()
+    ids = tok.encode(SAMPLE)
+    assert int(sizes[ids].sum()) == len(SAMPLE.encode())
+
+
+def test_tokenizer_json_by_path(tmp_path):
+    tok = train_tokenizer("bpe", tiny_text(10), 400)
+    tok.backend.save(str(tmp_path / "tokenizer.json"))
+    loaded = train_tokenizer(str(tmp_path / "tokenizer.json"), [], 0)
+    assert loaded.encode(SAMPLE) == tok.encode(SAMPLE)
+    assert loaded.eos_id == tok.backend.token_to_id(EOS)  # guessed from the added special tokens
+
+
+def test_bad_tokenizer_paths(tmp_path):
+    with pytest.raises(ArlmError, match="does not exist"):
+        load_tokenizer(tmp_path / "missing.json")
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text(json.dumps({"not": "a tokenizer"}))
+    with pytest.raises(ArlmError, match=r"not a valid tokenizer\.json"):
+        load_tokenizer(bad)

@@ -1,0 +1,74 @@
+"""Helpers shared by tests: tiny corpora and configs, and a runner for the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from arlm.config import RunConfig, config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def tiny_text(n_docs: int = 40, start: int = 0) -> list[str]:
+    """Deterministic English documents from Python's own documentation (no files needed)."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)[start : start + n_docs]
+    return [topics[name][:1500] for name in names]
+
+
+def write_corpus(folder: Path, n_docs: int = 40) -> Path:
+    """A folder of small text files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(tiny_text(n_docs)):
+        (folder / f"doc{i:02d}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def tiny_raw(tmp_path: Path, source: str | Path, **sections) -> dict:
+    """The nested dict of a run config small enough to train in a second or two."""
+    raw = {
+        "model": {"flavour": "llama", "block_size": 32, "n_layer": 2, "n_head": 2, "d_model": 32},
+        "data": {"source": str(source), "tokenizer": "char", "val_fraction": 0.1, "test_fraction": 0.1},
+        "train": {
+            "out_dir": str(tmp_path / "run"),
+            "batch_size": 4,
+            "max_steps": 20,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "eval_interval": 10,
+            "eval_batches": 2,
+            "final_eval_batches": 4,
+            "checkpoint_interval": 10,
+            "log_interval": 5,
+            "sample_tokens": 0,
+        },
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return raw
+
+
+def tiny_config(tmp_path: Path, source: str | Path, **sections) -> RunConfig:
+    """A validated tiny RunConfig."""
+    return config_from_dict(tiny_raw(tmp_path, source, **sections)).validate()
+
+
+def write_yaml(path: Path, raw: dict) -> Path:
+    """Write a preset file."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m arlm ARGS` and capture its output."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "arlm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

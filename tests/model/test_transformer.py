@@ -1,0 +1,107 @@
+import pytest
+import torch
+
+from arlm.config import ModelConfig
+from arlm.model.transformer import Transformer
+
+FLAVOURS = {
+    "gpt2": dict(flavour="gpt2", bias=True),
+    "llama": dict(flavour="llama", n_kv_head=2),
+    "gpt2-untied": dict(flavour="gpt2", tie_embeddings=False),
+}
+
+
+def _model(attention="sdpa", **kw) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=61, block_size=48, n_layer=2, n_head=4, d_model=32, attention=attention, **kw)
+    return Transformer(config).eval()
+
+
+def _pair(**kw):
+    sdpa = _model("sdpa", **kw)
+    naive = _model("naive", **kw)
+    naive.load_state_dict(sdpa.state_dict())
+    return sdpa, naive
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_backends_agree(flavour):
+    sdpa, naive = _pair(**FLAVOURS[flavour])
+    x = torch.randint(0, 61, (3, 40))
+    torch.testing.assert_close(sdpa(x), naive(x), rtol=1e-5, atol=1e-5)
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[0, :7] = 0  # left padding
+    torch.testing.assert_close(sdpa(x, attention_mask=mask), naive(x, attention_mask=mask), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "naive"])
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_causality(flavour, attention):
+    model = _model(attention, **FLAVOURS[flavour])
+    x = torch.randint(0, 61, (1, 32))
+    base = model(x)
+    for t in (0, 5, 31):
+        changed = x.clone()
+        changed[0, t] = (changed[0, t] + 1) % 61
+        out = model(changed)
+        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=0)
+        assert not torch.allclose(out[:, t], base[:, t])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "naive"])
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_kv_cache_matches_full_forward(flavour, attention):
+    model = _model(attention, **FLAVOURS[flavour])
+    x = torch.randint(0, 61, (2, 30))
+    full = model(x)
+    cache = model.new_cache(2, 30)
+    pieces = [model(x[:, :12], kv_cache=cache)]  # prefill
+    pieces += [model(x[:, t : t + 1], kv_cache=cache) for t in range(12, 20)]  # one token a step
+    pieces.append(model(x[:, 20:], kv_cache=cache))  # a chunk (speculative verification)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    cache.rollback(25)
+    torch.testing.assert_close(model(x[:, 25:], kv_cache=cache), full[:, 25:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_left_padding_gives_the_unpadded_logits(flavour):
+    model = _model(**FLAVOURS[flavour])
+    x = torch.randint(0, 61, (1, 20))
+    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), x], dim=1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 20, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded, attention_mask=mask)[:, 5:], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_document_mask_isolates_documents():
+    model = _model(flavour="llama")
+    a, b = torch.randint(1, 61, (1, 10)), torch.randint(1, 61, (1, 12))
+    joined = torch.cat([a, b], dim=1)
+    doc = torch.zeros(22, dtype=torch.long)
+    doc[10:] = 1
+    mask = (doc[:, None] == doc[None, :])[None]  # (1, T, T)
+    out = model(joined, attention_mask=mask)
+    torch.testing.assert_close(out[:, :10], model(a), rtol=1e-5, atol=1e-5)
+    # RoPE is relative: the second document alone gives the same logits at shifted positions
+    torch.testing.assert_close(out[:, 10:], model(b), rtol=1e-4, atol=1e-4)
+
+
+def test_loss_with_targets_and_tied_weights():
+    model = _model(flavour="gpt2")
+    assert model.lm_head.weight is model.tok_emb.weight
+    x = torch.randint(0, 61, (2, 16))
+    logits, loss = model(x, targets=x)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten())
+    torch.testing.assert_close(loss, expected)
+    assert model(x, num_logits=1).shape == (2, 1, 61)
+
+
+def test_grouped_query_attention_has_fewer_kv_parameters():
+    mha = _model(flavour="llama")
+    gqa = _model(flavour="llama", n_kv_head=1)
+    assert gqa.blocks[0].attn.qkv.weight.shape[0] == 32 + 2 * 8
+    assert gqa.num_params() < mha.num_params()
+
+
+def test_too_long_input_is_refused():
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        _model(flavour="gpt2")(torch.zeros(1, 49, dtype=torch.long))

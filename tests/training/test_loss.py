@@ -1,0 +1,33 @@
+import math
+
+import torch
+
+from arlm.data.batches import IGNORE_INDEX
+from arlm.training.loss import next_token_loss
+
+
+def test_label_smoothing_against_a_hand_computed_case():
+    logits = torch.tensor([[[2.0, 0.0, -1.0]]])  # (B=1, T=1, V=3)
+    target = torch.tensor([[0]])
+    z = math.exp(2.0) + math.exp(0.0) + math.exp(-1.0)
+    logp = [2.0 - math.log(z), 0.0 - math.log(z), -1.0 - math.log(z)]
+    nll = -logp[0]
+    eps = 0.1
+    smoothed = (1 - eps) * nll + eps * (-sum(logp) / 3)  # target distribution: 0.9 one-hot + 0.1 uniform
+    out = next_token_loss(logits, target, label_smoothing=eps)
+    assert math.isclose(float(out.loss_sum), smoothed, rel_tol=1e-6)
+    assert math.isclose(float(out.nll_sum), nll, rel_tol=1e-6)
+    reference = torch.nn.functional.cross_entropy(logits[0], target[0], label_smoothing=eps)
+    assert math.isclose(float(out.loss_sum), float(reference), rel_tol=1e-6)
+
+
+def test_ignored_targets_count_nothing():
+    logits = torch.randn(2, 5, 7)
+    targets = torch.randint(0, 7, (2, 5))
+    targets[1, 2:] = IGNORE_INDEX
+    for eps in (0.0, 0.2):
+        out = next_token_loss(logits, targets, eps)
+        assert out.count == 7
+        keep = targets != IGNORE_INDEX
+        reference = torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum", label_smoothing=eps)
+        torch.testing.assert_close(out.loss_sum, reference)

@@ -1,0 +1,90 @@
+import json
+import math
+
+import pytest
+import torch
+
+from arlm.errors import ArlmError
+from arlm.training.logging import read_metrics
+from arlm.training.run import train_command
+from tests.helpers import tiny_config
+
+
+def _train_losses(run_dir):
+    return [r["train_nll"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_nll" in r]
+
+
+def test_tiny_run_learns_and_writes_everything(tmp_path, corpus_dir):
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 40, "lr": 1e-2})
+    lines = []
+    summary = train_command(config, log=lines.append)
+    run = tmp_path / "run"
+    records = read_metrics(run / "metrics.jsonl")
+    losses = [r["train_nll"] for r in records if "train_nll" in r]
+    assert losses[-1] < losses[0] - 0.5
+    assert summary.final["val"].loss < math.log(config.model.vocab_size)
+    assert set(summary.final) == {"train", "val", "test"}
+    assert summary.final["val"].bits_per_byte > 0
+    assert (run / "loss.png").stat().st_size > 1000
+    assert records[-1]["event"] == "final" and "final_test_ppl" in records[-1]
+    for key in ("step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s"):
+        assert key in records[0]
+    assert any("val_loss" in r for r in records)
+    assert json.loads((run / "config.json").read_text())["model"]["n_layer"] == 2
+
+
+def test_accumulation_matches_one_big_batch(tmp_path, corpus_dir):
+    curves = []
+    for i, (batch, accum) in enumerate(((8, 1), (4, 2), (2, 4))):
+        config = tiny_config(
+            tmp_path / str(i),
+            corpus_dir,
+            train={"batch_size": batch, "grad_accum": accum, "max_steps": 6, "checkpoint_interval": 0},
+        )
+        train_command(config, log=lambda _: None)
+        curves.append(_train_losses(tmp_path / str(i) / "run"))
+    for other in curves[1:]:
+        assert other == pytest.approx(curves[0], rel=1e-5)
+
+
+def test_label_smoothing_logs_the_unsmoothed_nll(tmp_path, corpus_dir):
+    config = tiny_config(tmp_path, corpus_dir, train={"label_smoothing": 0.1, "max_steps": 5})
+    train_command(config, log=lambda _: None)
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert first["train_loss"] != first["train_nll"]
+    assert first["train_nll"] == pytest.approx(math.log(config.model.vocab_size), rel=0.15)
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, corpus_dir, monkeypatch):
+    from arlm.model.transformer import Transformer
+
+    original = Transformer.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return out * float("nan") if self.training and calls["n"] > 3 else out
+
+    monkeypatch.setattr(Transformer, "forward", poisoned)
+    config = tiny_config(tmp_path, corpus_dir, train={"max_nonfinite_steps": 3, "checkpoint_interval": 2})
+    with pytest.raises(ArlmError, match="non-finite for 3 steps in a row"):
+        train_command(config, log=lambda _: None)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records if r.get("event") == "nonfinite"] == [4, 5, 6]
+    from arlm.training.checkpoint import open_checkpoint
+
+    for name in ("step-00000002", "step-00000004", "step-00000006"):
+        path = tmp_path / "run" / "checkpoints" / name
+        if path.exists():
+            state = open_checkpoint(path).model_state()
+            assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_existing_run_is_not_clobbered(tmp_path, corpus_dir):
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 2})
+    train_command(config, log=lambda _: None)
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    with pytest.raises(ArlmError, match="already holds a run"):
+        train_command(config, log=lambda _: None)
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
