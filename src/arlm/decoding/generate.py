@@ -68,7 +68,7 @@ def generate(
     device = next(model.parameters()).device
     prompt_ids = prompt_ids.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
-    check_length(model, prompt_ids.shape[1], config.max_new_tokens)
+    check_length(model, prompt_ids.shape[1], config.max_new_tokens, sliding=config.strategy in ("greedy", "sample"))
     eos = eos_id if config.stop_at_eos else None
     if config.strategy == "beam":
         from arlm.decoding.beam import beam_search
@@ -100,10 +100,16 @@ def generate(
     )
 
 
-def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int) -> None:
-    """Refuse a prompt that leaves no room in the context for max_new_tokens."""
+def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int, sliding: bool = False) -> None:
+    """Refuse a prompt longer than the context; without a sliding window, also one that leaves no room
+    for max_new_tokens."""
     block = model.config.block_size
-    if prompt_length + max_new_tokens > block:
+    if prompt_length >= block:
+        raise ArlmError(
+            f"the prompt has {prompt_length} tokens but the model's context is {block}; shorten it to at most "
+            f"{block - 1} tokens (prompts are refused, never truncated)"
+        )
+    if not sliding and prompt_length + max_new_tokens > block:
         raise ArlmError(
             f"prompt of {prompt_length} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
             f"context of {block}; shorten the prompt or lower max_new_tokens"
@@ -139,11 +145,15 @@ def decode_loop(
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
-    """Prefill the prompt in one forward, then one token a step on the KV cache (greedy or sampling)."""
+    """Prefill the prompt in one forward, then one token a step on the KV cache (greedy or sampling).
+
+    When the context fills up, the newest half of it is re-encoded into an emptied cache and decoding
+    goes on (a sliding window), so a model with a short context can write long texts."""
     B, T = prompt_ids.shape
     device = prompt_ids.device
+    block = model.config.block_size
     generator = make_generator(config.seed, device)
-    cache = model.new_cache(B, T + config.max_new_tokens)
+    cache = model.new_cache(B, min(T + config.max_new_tokens, block))
     mask = attention_mask
     start = time.perf_counter()
     logits = model(prompt_ids, kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]  # (B, V)
@@ -162,6 +172,12 @@ def decode_loop(
             break
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S+1)
+        if cache.length == cache.max_len:  # context full: slide
+            keep = block // 2
+            mask = None if mask is None else mask[:, -keep:]
+            cache.rollback(0)
+            logits = model(sequences[:, -keep:], kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]
+            continue
         logits = model(token[:, None], kv_cache=cache, attention_mask=mask)[:, -1]  # (B, V)
     total_s = time.perf_counter() - start
     new_tokens = sum(lengths)

@@ -167,7 +167,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ArlmError(f"checkpoint {path} does not exist")
-    if (path / "checkpoints").is_dir() and not (path / "config.json").exists():
+    if (path / "checkpoints").is_dir():  # a run folder
         found = latest_checkpoint(path)
         if found is None:
             raise ArlmError(f"run {path} has no complete checkpoint")

@@ -11,12 +11,12 @@ from arlm.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW; matrices and embeddings decay, biases and norm gains do not; fused kernel on CUDA."""
+    """AdamW; matrices and embeddings decay, biases and norm gains do not; the fused kernel (CPU and CUDA)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kernel = {"fused": True} if device_type == "cuda" else {"foreach": True}
+    kernel = {"fused": True} if device_type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **kernel)
 
 

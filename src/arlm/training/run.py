@@ -177,9 +177,8 @@ def sample_text(trainer: Trainer, prompt: str, tokens: int) -> str:
     if not ids:
         ids = [tok.bos_id if tok.bos_id is not None else 0]
     ids = ids[-(model.config.block_size - 1) :]
-    room = min(tokens, model.config.block_size - len(ids))
     gen = GenerationConfig(
-        strategy="sample", max_new_tokens=room, temperature=0.8, top_k=50, seed=trainer.tc.seed, stop_at_eos=False
+        strategy="sample", max_new_tokens=tokens, temperature=0.8, top_k=50, seed=trainer.tc.seed, stop_at_eos=False
     )
     model.eval()
     out = generate(model, [ids], gen, eos_id=tok.eos_id, pad_id=tok.pad_id)

@@ -1,0 +1,152 @@
+"""`arlm bench train`: our training step against Hugging Face GPT2LMHeadModel of the same shape, on the same
+batches, alternating, median of repeats; prints tokens/s for each and the ratio ours / reference.
+
+Each side computes its loss its own way (ours: next_token_loss on (x, y); transformers: `labels=x`, which
+shifts inside and so scores one position fewer per row); model, optimizer and clipping are identical."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from arlm.config import ModelConfig, TrainConfig, coerce, parse_overrides
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+from arlm.training.loss import next_token_loss
+from arlm.training.optim import build_optimizer
+
+DEFAULT_SHAPE = {
+    "flavour": "gpt2",
+    "n_layer": 6,
+    "n_head": 6,
+    "d_model": 384,
+    "block_size": 256,
+    "vocab_size": 8192,
+    "bias": True,
+}
+DEFAULT_BATCH = 8
+
+
+@dataclass
+class Side:
+    """One contestant: a model, its optimizer, and its own way to get the mean loss of (inputs, targets)."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def hf_gpt2(config: ModelConfig) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel with our shape, dropout off, SDPA attention."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise ArlmError("arlm bench train needs transformers: pip install 'arlm[hf]'") from None
+    hf_config = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.d_model,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.ffn_dim,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=config.norm_eps,
+        tie_word_embeddings=config.tie_embeddings,
+        attn_implementation="sdpa",
+    )
+    return GPT2LMHeadModel(hf_config)
+
+
+def train_step(side: Side, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimizer step: forward + loss (each library's own), backward, clip at 1.0, AdamW, zero grads."""
+    loss = side.loss(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(side.model.parameters(), 1.0)
+    side.optimizer.step()
+    side.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def make_sides(config: ModelConfig) -> list[Side]:
+    """Ours (arlm's loss on our logits) and the reference (transformers' labels= loss), same shape and AdamW."""
+    train = TrainConfig()
+    torch.manual_seed(0)
+    ours = Transformer(config)
+    reference = hf_gpt2(config)
+
+    def ours_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = next_token_loss(ours(x), y)
+        return out.loss_sum / out.count
+
+    def reference_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return reference(input_ids=x, labels=x).loss  # shifts labels itself: T-1 predictions a row
+
+    return [
+        Side("arlm", ours, build_optimizer(ours, train, "cpu"), ours_loss),
+        Side("transformers", reference, build_optimizer(reference, train, "cpu"), reference_loss),
+    ]
+
+
+def run_bench(config: ModelConfig, batch: int, steps: int, repeats: int, log=print) -> dict:
+    """Alternate the two sides `repeats` times, `steps` steps each on identical batches; medians and ratio."""
+    torch.manual_seed(1)
+    batches = [torch.randint(0, config.vocab_size, (batch, config.block_size + 1)) for _ in range(steps)]
+    sides = make_sides(config)
+    for side in sides:  # warm up (allocator, kernels)
+        train_step(side, batches[0][:, :-1], batches[0][:, 1:])
+    times: dict[str, list[float]] = {s.name: [] for s in sides}
+    for r in range(repeats):
+        for side in sides if r % 2 == 0 else reversed(sides):
+            start = time.perf_counter()
+            for rows in batches:
+                train_step(side, rows[:, :-1], rows[:, 1:])
+            times[side.name].append(time.perf_counter() - start)
+    tokens = steps * batch * config.block_size
+    rates = {name: tokens / statistics.median(t) for name, t in times.items()}
+    ratio = rates["arlm"] / rates["transformers"]
+    params = sum(p.numel() for p in sides[0].model.parameters())
+    log(
+        f"shape: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads, context "
+        f"{config.block_size}, vocabulary {config.vocab_size}, batch {batch} ({params / 1e6:.1f}M parameters)"
+    )
+    log(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; {repeats} repeats x {steps} steps, alternating"
+    )
+    for name, rate in rates.items():
+        log(f"  {name:<13} {rate:>10,.0f} tokens/s  (median of {repeats})")
+    log(f"  ratio arlm / transformers: {ratio:.2f}x")
+    return {"rates": rates, "ratio": ratio, "times": times}
+
+
+def bench_train_command(overrides: list[str], *, repeats: int = 5, steps: int = 10, log=print) -> dict:
+    """Parse --model.* and --batch overrides, run the benchmark and print the figures."""
+    raw = parse_overrides(overrides)
+    shape = dict(DEFAULT_SHAPE)
+    batch = DEFAULT_BATCH
+    for section, values in raw.items():
+        if section == "bench" and "batch" in values:
+            batch = coerce(values.pop("batch"), int, "bench.batch")
+        if section not in ("model", "bench") or (section == "bench" and values):
+            raise ArlmError("arlm bench train takes --model.KEY VALUE and --bench.batch N overrides only")
+        if section == "model":
+            shape.update(values)
+    config = ModelConfig()
+    hints = typing.get_type_hints(ModelConfig)
+    for key, value in shape.items():
+        if key not in hints:
+            raise ArlmError(f"unknown config key model.{key}")
+        setattr(config, key, coerce(value, hints[key], f"model.{key}"))
+    config.validate()
+    if config.flavour != "gpt2":
+        raise ArlmError("the reference is GPT2LMHeadModel: keep model.flavour gpt2")
+    return run_bench(config, batch, steps, repeats, log)

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+
+
+def _model(flavour="llama", block=64) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        flavour=flavour,
+        vocab_size=50,
+        block_size=block,
+        n_layer=2,
+        n_head=4,
+        d_model=32,
+        n_kv_head=2 if flavour == "llama" else None,
+    )
+    return Transformer(config).eval()
+
+
+def _greedy_without_cache(model, ids, n):
+    seq = torch.tensor([ids])
+    for _ in range(n):
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[0, len(ids) :].tolist()
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_greedy_with_cache_equals_argmax_of_full_forwards(flavour):
+    model = _model(flavour)
+    out = generate(model, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=20))
+    assert out.generated()[0] == _greedy_without_cache(model, [1, 2, 3], 20)
+    assert out.sequences.shape == (1, 23) and out.stats["new_tokens"] == 20
+
+
+def test_left_padded_batch_equals_each_prompt_alone():
+    model = _model()
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    config = GenerationConfig(strategy="greedy", max_new_tokens=12)
+    batch = generate(model, prompts, config).generated()
+    alone = [generate(model, [p], config).generated()[0] for p in prompts]
+    assert batch == alone
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ():
+    model = _model()
+    config = GenerationConfig(strategy="sample", max_new_tokens=30, temperature=1.0, seed=7)
+    a = generate(model, [[1, 2]], config).generated()
+    b = generate(model, [[1, 2]], config).generated()
+    config.seed = 8
+    c = generate(model, [[1, 2]], config).generated()
+    assert a == b and a != c
+
+
+def test_eos_and_stop_checks_end_rows_separately():
+    model = _model()
+    free = generate(model, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=15)).generated()[0]
+    eos = free[4]
+    out = generate(
+        model, [[1, 2, 3], [4, 5, 6]], GenerationConfig(strategy="greedy", max_new_tokens=15), eos_id=eos, pad_id=0
+    )
+    assert out.generated()[0] == free[: free.index(eos) + 1]
+    row = out.sequences[0, 3:].tolist()
+    assert row[len(out.generated()[0]) :] == [0] * (15 - len(out.generated()[0]))
+    stopped = generate(
+        model,
+        [[1, 2, 3]],
+        GenerationConfig(strategy="greedy", max_new_tokens=15),
+        should_stop=lambda row, ids: len(ids) >= 6,
+    )
+    assert stopped.generated()[0] == free[:6]
+
+
+def test_sliding_window_writes_past_the_context():
+    model = _model(block=16)
+    out = generate(model, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=40))
+    generated = out.generated()[0]
+    assert len(generated) == 40
+    assert generated[:13] == _greedy_without_cache(model, [1, 2, 3], 13)  # exact until the context fills
+
+
+def test_prompt_longer_than_the_context_is_refused():
+    model = _model(block=16)
+    with pytest.raises(ArlmError, match="context is 16"):
+        generate(model, [list(range(16))], GenerationConfig(strategy="greedy", max_new_tokens=1))
+    with pytest.raises(ArlmError, match="exceeds the model's context"):
+        generate(model, [[1, 2]], GenerationConfig(strategy="beam", max_new_tokens=20))

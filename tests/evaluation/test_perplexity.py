@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import torch
+
+from arlm.config import ModelConfig
+from arlm.data.batches import BatchSampler
+from arlm.evaluation.perplexity import evaluate_batches, result, sliding_window
+from arlm.model.transformer import Transformer
+
+
+def _model(block=32):
+    torch.manual_seed(0)
+    return Transformer(
+        ModelConfig(flavour="llama", vocab_size=40, block_size=block, n_layer=1, n_head=2, d_model=16)
+    ).eval()
+
+
+@torch.no_grad()
+def _nll_by_hand(model, ids, context):
+    """Token t scored with the context the sliding window gives it, one forward per token."""
+    total = 0.0
+    for t in range(1, len(ids)):
+        x = ids[max(0, t - context) : t][None]
+        total -= float(torch.log_softmax(model(x)[0, -1], -1)[ids[t]])
+    return total / (len(ids) - 1)
+
+
+def test_one_window_equals_the_mean_nll_of_every_token():
+    model = _model()
+    ids = torch.randint(0, 40, (30,))
+    res = sliding_window(model, ids, context=32, stride=16)
+    assert res.tokens == 29
+    assert math.isclose(res.loss, _nll_by_hand(model, ids, 32), rel_tol=1e-5)
+
+
+def test_sliding_windows_score_each_token_once_with_enough_history():
+    model = _model(block=8)
+    ids = torch.randint(0, 40, (50,))
+    res = sliding_window(model, ids, context=8, stride=4)
+    assert res.tokens == 49
+    # with stride 4 each token past the first window has between 4 and 8 tokens of history
+    by_hand_min = _nll_by_hand(model, ids, 4)
+    by_hand_max = _nll_by_hand(model, ids, 8)
+    assert min(by_hand_min, by_hand_max) - 0.05 < res.loss < max(by_hand_min, by_hand_max) + 0.05
+    assert sliding_window(model, ids, context=8, stride=8).tokens == 49
+
+
+def test_bits_per_byte_and_perplexity():
+    model = _model()
+    ids = torch.randint(0, 40, (30,))
+    res = sliding_window(model, ids, context=32, stride=32, token_bytes=np.full(40, 2))
+    assert res.bytes == 2 * 29
+    assert math.isclose(res.bits_per_byte, res.loss / math.log(2) / 2, rel_tol=1e-9)
+    assert math.isclose(res.perplexity, math.exp(res.loss))
+
+
+def test_batches_over_a_split_match_sliding_windows_with_stride_equal_to_context():
+    model = _model(block=8)
+    tokens = np.random.default_rng(0).integers(0, 40, 8 * 6 + 1)
+    sampler = BatchSampler(tokens, np.array([0, len(tokens)]), block_size=8, seed=0)
+    nll, count, _ = evaluate_batches(model, sampler.eval_batches(batch_size=4))
+    windows = sliding_window(model, torch.from_numpy(tokens).long(), context=8, stride=8)
+    assert count == windows.tokens == 48
+    assert math.isclose(result(nll, count).loss, windows.loss, rel_tol=1e-5)

@@ -1,0 +1,138 @@
+"""Bad input ends with one line on stderr and exit code 2, and nothing on disk is lost or overwritten."""
+
+import shutil
+
+import pytest
+
+from arlm.cli import main
+from tests.helpers import run_cli, tiny_raw, write_corpus, write_yaml
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained run (preset file, run folder)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    corpus = write_corpus(tmp / "corpus")
+    preset = write_yaml(tmp / "tiny.yaml", tiny_raw(tmp, corpus, train={"max_steps": 10}))
+    assert main(["train", "--preset", str(preset)]) == 0
+    return preset, tmp / "run"
+
+
+def _fails(capsys, *argv, match):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert match in err, err
+    return err
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_missing_empty_binary_and_non_utf8_sources(tmp_path, capsys):
+    _fails(
+        capsys, "prepare", "--out", str(tmp_path / "d"), "--data.source", str(tmp_path / "nope"), match="does not exist"
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    _fails(capsys, "prepare", "--out", str(tmp_path / "d"), "--data.source", str(empty), match="holds no text")
+    blob = tmp_path / "blob.dat"
+    blob.write_bytes(bytes(range(256)))
+    _fails(capsys, "prepare", "--out", str(tmp_path / "d"), "--data.source", str(blob), match="looks binary")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"na\xefve text")
+    _fails(
+        capsys,
+        "prepare",
+        "--out",
+        str(tmp_path / "d"),
+        "--data.source",
+        str(latin),
+        match="not valid UTF-8 at byte offset 2",
+    )
+    assert not (tmp_path / "d").exists()
+
+
+def test_unknown_preset_key_and_bad_values(capsys):
+    _fails(capsys, "train", "--preset", "no-such-preset", match="unknown preset 'no-such-preset'")
+    _fails(capsys, "train", "--train.learning_rate", "1e-3", match="unknown config key train.learning_rate")
+    _fails(capsys, "train", "--model.n_layer", "two", match="model.n_layer: expected int")
+    _fails(capsys, "train", "--model.flavour", "gpt5", match="model.flavour must be one of")
+
+
+def test_corpus_shorter_than_one_block(tmp_path, capsys):
+    small = tmp_path / "small.txt"
+    small.write_text("A short text. " * 20)
+    _fails(
+        capsys,
+        "train",
+        "--data.source",
+        str(small),
+        "--data.tokenizer",
+        "char",
+        "--train.out_dir",
+        str(tmp_path / "run"),
+        match="shorter than one block",
+    )
+
+
+def test_existing_run_is_kept(trained, capsys):
+    preset, run = trained
+    before = _snapshot(run)
+    _fails(capsys, "train", "--preset", str(preset), match="already holds a run")
+    assert _snapshot(run) == before
+
+
+def test_tokenizer_mismatch_between_checkpoint_and_data(trained, tmp_path, capsys):
+    preset, run = trained
+    other = tmp_path / "other"
+    assert main(["prepare", "--preset", str(preset), "--out", str(other), "--data.lowercase", "true"]) == 0
+    _fails(capsys, "eval", str(run), "--data", str(other), match="trained with another tokenizer")
+
+
+def test_prompt_longer_than_the_context(trained, capsys):
+    _, run = trained
+    _fails(capsys, "generate", str(run), "--prompt", "x" * 40, "--strategy", "greedy", match="context is 32")
+
+
+def test_bad_generation_options(trained, capsys):
+    _, run = trained
+    _fails(capsys, "generate", str(run), "--top-p", "1.5", match="top_p must be in (0, 1]")
+    _fails(capsys, "generate", str(run), "--temperature", "-1", match="temperature must be >= 0")
+    _fails(capsys, "generate", str(run), "--strategy", "beam", "--num-beams", "0", match="num_beams must be >= 1")
+    _fails(
+        capsys,
+        "generate",
+        str(run),
+        "--strategy",
+        "beam",
+        "--num-beams",
+        "2",
+        "--num-return-sequences",
+        "3",
+        match="must be <= num_beams",
+    )
+
+
+def test_truncated_checkpoint_is_refused_and_the_previous_named(trained, tmp_path, capsys):
+    _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    older = copy / "checkpoints" / "step-00000005"
+    shutil.copytree(copy / "checkpoints" / "step-00000010", older)
+    newest = copy / "checkpoints" / "step-00000010"
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    _fails(capsys, "generate", str(newest), "--max-new-tokens", "3", match="newest intact checkpoint is")
+
+
+def test_the_real_exit_code_and_a_working_eval_and_generate(trained):
+    _, run = trained
+    bad = run_cli("train", "--preset", "nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    ok = run_cli("eval", str(run), "--split", "test")
+    assert ok.returncode == 0 and "perplexity" in ok.stdout
+    gen = run_cli("generate", str(run), "--prompt", "The ", "--max-new-tokens", "50", "--seed", "1", "--stats")
+    assert gen.returncode == 0 and gen.stdout.startswith("The ") and "tokens/s" in gen.stderr

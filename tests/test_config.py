@@ -1,0 +1,68 @@
+import pytest
+
+from arlm.config import (
+    GenerationConfig,
+    build_config,
+    coerce,
+    config_from_dict,
+    config_to_dict,
+    parse_overrides,
+    preset_names,
+)
+from arlm.errors import ArlmError
+
+
+def test_every_preset_loads_and_validates():
+    assert {"quickstart", "shakespeare-char-cpu"} <= set(preset_names())
+    for name in preset_names():
+        config = build_config(name)
+        assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_overrides_both_spellings_and_types():
+    config = build_config(
+        "quickstart",
+        [
+            "--train.lr",
+            "3e-4",
+            "--model.n_layer=6",
+            "--data.lowercase",
+            "true",
+            "--model.n_kv_head",
+            "none",
+            "--generate.stop",
+            "END",
+        ],
+    )
+    assert config.train.lr == 3e-4 and config.model.n_layer == 6 and config.data.lowercase is True
+    assert config.model.n_kv_head is None and config.generate.stop == ["END"]
+    assert parse_overrides(["--train.max-steps", "5"]) == {"train": {"max_steps": "5"}}
+
+
+def test_strict_loading():
+    with pytest.raises(ArlmError, match="unknown config key model.layers"):
+        config_from_dict({"model": {"layers": 3}})
+    with pytest.raises(ArlmError, match="unknown config section 'optim'"):
+        config_from_dict({"optim": {}})
+    with pytest.raises(ArlmError, match="expected int"):
+        config_from_dict({"model": {"n_layer": 2.5}})
+    with pytest.raises(ArlmError, match="overrides look like"):
+        parse_overrides(["lr=3"])
+    with pytest.raises(ArlmError, match="needs a value"):
+        parse_overrides(["--train.lr"])
+
+
+def test_bool_or_string_early_stopping():
+    assert coerce("never", bool | str, "x") == "never"
+    assert coerce("true", bool | str, "x") is True
+    with pytest.raises(ArlmError, match="early_stopping"):
+        GenerationConfig(early_stopping="sometimes").validate()
+
+
+def test_validation_catches_impossible_shapes():
+    with pytest.raises(ArlmError, match="divisible"):
+        build_config("quickstart", ["--model.d_model", "100", "--model.n_head", "3"])
+    with pytest.raises(ArlmError, match="multiple of model.n_kv_head"):
+        build_config("quickstart", ["--model.n_kv_head", "3"])
+    with pytest.raises(ArlmError, match="val_fraction"):
+        build_config("quickstart", ["--data.val_fraction", "0.6", "--data.test_fraction", "0.5"])
