@@ -72,3 +72,52 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "arlm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def chi_square_pvalue(observed, expected_probs) -> float:
+    """Pearson chi-square goodness-of-fit p-value (cells with expected count < 5 are pooled into one)."""
+
+    n = float(sum(observed))
+    pairs = sorted(zip((n * float(p) for p in expected_probs), (float(o) for o in observed)))
+    cells, pool_e, pool_o = [], 0.0, 0.0
+    for e, o in pairs:
+        if e < 5:
+            pool_e, pool_o = pool_e + e, pool_o + o
+        else:
+            cells.append((e, o))
+    if pool_e > 0:
+        cells.append((pool_e, pool_o))
+    if len(cells) < 2:
+        return 1.0
+    stat = sum((o - e) ** 2 / e for e, o in cells)
+    return _gamma_q((len(cells) - 1) / 2.0, stat / 2.0)
+
+
+def _gamma_q(a: float, x: float) -> float:
+    """Regularized upper incomplete gamma Q(a, x) (series below a+1, continued fraction above)."""
+    import math
+
+    if x <= 0:
+        return 1.0
+    log_front = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1:
+        term = total = 1.0 / a
+        k = a
+        while abs(term) > abs(total) * 1e-15:
+            k += 1
+            term *= x / k
+            total += term
+        return 1.0 - total * math.exp(log_front)
+    b, c, d = x + 1 - a, 1e300, 1.0 / (x + 1 - a)
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+        c = b + an / (c if abs(c) > 1e-300 else 1e-300)
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 1e-15:
+            break
+    return math.exp(log_front) * h

@@ -1,0 +1,132 @@
+"""Beam search with Hugging Face's semantics: finished hypotheses kept apart from running beams, EOS taken only
+within the top num_beams candidates, length penalty over the generated tokens only, early_stopping True /
+False / "never", and the KV cache reordered by beam index."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from arlm.config import GenerationConfig
+from arlm.decoding.generate import GenerationOutput
+from arlm.decoding.processors import no_repeat_ngram, repetition_penalty
+
+NEG = -1.0e9  # the large negative HF adds to rule a candidate out
+
+
+def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tensor (B, N, ...) indexed along dim 1 by index (B, K) -> (B, K, ...)."""
+    while index.dim() < tensor.dim():
+        index = index.unsqueeze(-1)
+    return torch.gather(tensor, 1, index.expand(*index.shape[:2], *tensor.shape[2:]))
+
+
+def _still_improvable(
+    improvable: torch.Tensor,
+    running_scores: torch.Tensor,
+    finished_scores: torch.Tensor,
+    is_finished: torch.Tensor,
+    generated: int,
+    max_generated: int,
+    config: GenerationConfig,
+):
+    """(B, 1) whether a running beam could still beat the worst finished one (HF's heuristic)."""
+    lp = config.length_penalty
+    length = max_generated if (config.early_stopping == "never" and lp > 0.0) else generated
+    best_running = running_scores[:, :1] / (length**lp)
+    worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, NEG)
+    return improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
+
+
+@torch.inference_mode()
+def beam_search(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    config: GenerationConfig,
+    *,
+    attention_mask: torch.Tensor | None,
+    eos_id: int | None,
+    pad_id: int,
+) -> GenerationOutput:
+    """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores."""
+    B, T = prompt_ids.shape
+    K, V = config.num_beams, model.config.vocab_size
+    device = prompt_ids.device
+    max_len = T + config.max_new_tokens
+    keep = max(2, 1 + (eos_id is not None)) * K  # candidates kept a step, so K survive even if all top-K end
+    top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
+    start = time.perf_counter()
+
+    flat_ids = prompt_ids.repeat_interleave(K, dim=0)  # (B*K, T)
+    mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)  # (B*K, T)
+    cache = model.new_cache(B * K, max_len)
+    logits = model(flat_ids, kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]  # (B*K, V)
+
+    running = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)
+    running[:, :, :T] = prompt_ids[:, None]
+    running_scores = torch.zeros(B, K, device=device)
+    running_scores[:, 1:] = NEG  # at first only beam 0's continuations count (the K copies are identical)
+    finished = running.clone()
+    finished_scores = torch.full((B, K), NEG, device=device)
+    finished_len = torch.zeros(B, K, dtype=torch.long, device=device)
+    is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
+    offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
+
+    for cur in range(T, max_len):
+        sequences = running[:, :, :cur].reshape(B * K, cur)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
+        log_probs = repetition_penalty(log_probs, sequences, config.repetition_penalty)
+        log_probs = no_repeat_ngram(log_probs, sequences, config.no_repeat_ngram_size)
+        totals = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
+        top_scores, top_index = torch.topk(totals, keep)  # (B, keep) each
+        source_beam, token = top_index // V, top_index % V
+        candidates = _gather(running, source_beam)  # (B, keep, max_len)
+        candidates[:, :, cur] = token
+        ends = (token == eos_id) if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
+        ends = ends | (cur + 1 >= max_len)  # (B, keep)
+
+        # running beams: the best K candidates that did not end
+        alive_scores = top_scores + ends.float() * NEG
+        chosen = torch.topk(alive_scores, K).indices  # (B, K)
+        running, running_scores = _gather(candidates, chosen), _gather(alive_scores, chosen)
+        parent = _gather(source_beam, chosen)  # (B, K)
+
+        # finished hypotheses: candidates that ended within the top K, length-penalised, merged with the old ones
+        new_scores = top_scores / ((cur + 1 - T) ** config.length_penalty)
+        full = is_finished.all(dim=-1, keepdim=True) & (config.early_stopping is True)
+        new_scores = new_scores + full.float() * NEG + (~improvable).float() * NEG
+        new_scores = new_scores + (~(ends & top_k_mask)).float() * NEG
+        merged_scores = torch.cat([finished_scores, new_scores], dim=1)
+        best = torch.topk(merged_scores, K).indices
+        finished = _gather(torch.cat([finished, candidates], dim=1), best)
+        finished_scores = _gather(merged_scores, best)
+        new_len = torch.full_like(token, cur + 1 - T)
+        finished_len = _gather(torch.cat([finished_len, new_len], dim=1), best)
+        is_finished = _gather(torch.cat([is_finished, ends & top_k_mask], dim=1), best)
+
+        improvable = _still_improvable(
+            improvable, running_scores, finished_scores, is_finished, cur + 1 - T, max_len - T, config
+        )
+        open_beams = not (bool(is_finished.all()) and config.early_stopping is True)
+        if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
+            break
+        cache.reorder((parent + offsets).flatten())
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = model(running[:, :, cur].reshape(B * K, 1), kv_cache=cache, attention_mask=mask)[:, -1]
+
+    n = config.num_return_sequences
+    lengths = finished_len[:, :n].flatten()  # (B*n,)
+    width = T + int(lengths.max())
+    sequences = finished[:, :n, :width].reshape(B * n, width)
+    seconds = time.perf_counter() - start
+    new_tokens = int(lengths.sum())
+    stats = {
+        "new_tokens": new_tokens,
+        "seconds": seconds,
+        "tokens_per_s": new_tokens / max(seconds, 1e-9),
+        "lengths": lengths.tolist(),
+    }
+    return GenerationOutput(sequences, finished_scores[:, :n].flatten(), stats, T)

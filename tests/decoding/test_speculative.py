@@ -1,0 +1,147 @@
+"""Speculative decoding is exact: greedy output equals the target's greedy output for any draft, and sampled
+output follows the target's distribution (chi-square), which breaks if the residual is replaced by p."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import arlm.decoding.speculative as spec
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+from tests.helpers import chi_square_pvalue
+
+
+def _model(seed, vocab=50, layers=2, d=32, flavour="llama"):
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        flavour=flavour, vocab_size=vocab, block_size=128, n_layer=layers, n_head=4, d_model=d, init_std=0.3
+    )
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+def test_greedy_speculative_equals_greedy_for_any_draft(flavour):
+    target = _model(0, flavour=flavour)
+    prompt = [[1, 2, 3, 4, 5, 6]]
+    plain = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=40)).generated()[0]
+    drafts = {"random": _model(1, layers=1, d=16, flavour=flavour), "itself": target}
+    for name, draft in drafts.items():
+        for gamma, adaptive in ((1, False), (4, False), (3, True)):
+            config = GenerationConfig(
+                strategy="speculative",
+                temperature=0,
+                max_new_tokens=40,
+                num_draft_tokens=gamma,
+                adaptive_draft=adaptive,
+            )
+            out = generate(target, prompt, config, draft=draft)
+            assert out.generated()[0] == plain, (name, gamma)
+            if name == "itself":
+                assert out.stats["acceptance_rate"] == 1.0
+                assert out.stats["tokens_per_target_forward"] > gamma * 0.8
+
+
+def test_prompt_lookup_is_exact_and_finds_repeats():
+    target = _model(0)
+    plain = generate(target, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=60)).generated()[0]
+    prompt = [[1, 2, 3] + plain[:30]]  # the continuation repeats what the prompt already holds
+    expected = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]
+    out = generate(target, prompt, GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=30))
+    assert out.generated()[0] == expected
+    assert out.stats["accepted"] > 0
+
+
+def test_eos_and_marks():
+    target = _model(0)
+    plain = generate(target, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]
+    eos = plain[10]
+    out = generate(
+        target,
+        [[1, 2, 3]],
+        GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=30),
+        draft=target,
+        eos_id=eos,
+    )
+    assert out.generated()[0] == plain[: plain.index(eos) + 1]
+    marks = out.stats["draft_marks"][0]
+    assert len(marks) == len(out.generated()[0]) and any(marks)
+
+
+def _first_tokens_verify(p, q, trials, seed):
+    """Emitted tokens of one verification round, drafts drawn from q, over many trials."""
+    generator = torch.Generator().manual_seed(seed)
+    firsts, seconds = [], []
+    for _ in range(trials):
+        drafts = torch.stack([torch.multinomial(q[j], 1, generator=generator)[0] for j in range(q.shape[0])])
+        accepted, nxt = spec.verify(p, q, drafts, False, generator)
+        emitted = drafts[:accepted].tolist() + [nxt]
+        firsts.append(emitted[0])
+        if len(emitted) > 1:
+            seconds.append(emitted[1])
+    return np.bincount(firsts, minlength=p.shape[1]), np.bincount(seconds, minlength=p.shape[1])
+
+
+P = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05, 0.0], [0.05, 0.05, 0.1, 0.2, 0.3, 0.3], [1 / 6] * 6])
+Q = torch.tensor([[0.1, 0.1, 0.2, 0.2, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1, 0.1, 0.1]])
+
+
+def test_verification_rule_gives_the_target_distribution():
+    firsts, seconds = _first_tokens_verify(P, Q, 20_000, seed=0)
+    assert chi_square_pvalue(firsts, P[0].numpy()) > 1e-3
+    assert chi_square_pvalue(seconds, P[1].numpy()) > 1e-3
+    assert firsts[5] == 0  # a token the target never emits is never emitted
+
+
+def test_the_test_fails_if_the_residual_is_plain_p(monkeypatch):
+    monkeypatch.setattr(spec, "residual", lambda p, q: p)
+    firsts, _ = _first_tokens_verify(P, Q, 20_000, seed=0)
+    assert chi_square_pvalue(firsts, P[0].numpy()) < 1e-6
+
+
+def _exact_joint(target, prompt, n=2):
+    """P(first n tokens) of plain target sampling, by enumerating every prefix."""
+    V = target.config.vocab_size
+    joint = {}
+    with torch.no_grad():
+        for prefix in itertools.product(range(V), repeat=n - 1):
+            seq = torch.tensor([prompt + list(prefix)])
+            logits = target(seq)[0]
+            probs_prefix = 1.0
+            for j, tok in enumerate(prefix):
+                probs_prefix *= float(logits[len(prompt) - 1 + j].softmax(-1)[tok])
+            last = logits[-1].softmax(-1)
+            for tok in range(V):
+                joint[(*prefix, tok)] = probs_prefix * float(last[tok])
+    return joint
+
+
+@pytest.mark.slow
+def test_end_to_end_sampling_matches_the_target_on_a_tiny_vocabulary():
+    target, draft = _model(0, vocab=6), _model(5, vocab=6, layers=1, d=16)
+    prompt = [1, 2, 3]
+    joint = _exact_joint(target, prompt)
+    keys = sorted(joint)
+    counts = dict.fromkeys(keys, 0)
+    config = GenerationConfig(strategy="speculative", temperature=1.0, max_new_tokens=2, num_draft_tokens=2)
+    for seed in range(2500):
+        config.seed = seed
+        out = generate(target, [prompt], config, draft=draft).generated()[0]
+        counts[tuple(out[:2])] += 1
+    observed = np.array([counts[k] for k in keys])
+    assert chi_square_pvalue(observed, np.array([joint[k] for k in keys])) > 1e-3
+
+
+def test_bad_inputs():
+    target = _model(0)
+    with pytest.raises(ArlmError, match="vocabulary"):
+        generate(
+            target, [[1, 2]], GenerationConfig(strategy="speculative", max_new_tokens=4), draft=_model(1, vocab=51)
+        )
+    with pytest.raises(ArlmError, match="one prompt at a time"):
+        generate(target, [[1, 2], [3, 4]], GenerationConfig(strategy="speculative", max_new_tokens=4), draft=target)
+    with pytest.raises(ArlmError, match="needs a draft"):
+        generate(target, [[1, 2]], GenerationConfig(strategy="speculative", max_new_tokens=4))
