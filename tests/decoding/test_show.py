@@ -1,0 +1,10 @@
+from arlm.data.tokenizers import VocabTokenizer
+from arlm.decoding.show import GREEN, RESET, render_drafts
+
+
+def test_draft_tokens_are_bracketed_or_coloured():
+    tok = VocabTokenizer.train("char", ["abcdef"], 0)
+    ids = tok.encode("abcdef")
+    marks = [True, True, False, True, False, False]
+    assert render_drafts(tok, ids, marks, color=False) == "[ab]c[d]ef"
+    assert render_drafts(tok, ids, marks, color=True) == f"{GREEN}ab{RESET}c{GREEN}d{RESET}ef"
