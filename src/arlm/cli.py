@@ -56,6 +56,22 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train a draft model for speculative decoding by distilling a target's next-token distributions."""
+    from arlm.training.distill import distill_command
+    from arlm.training.run import resume_config
+
+    config = build_config(args.preset, overrides)
+    if args.resume is not None:
+        config, path = resume_config(config, args.resume, overrides, preset_given=False)
+        from arlm.training.run import train_command
+
+        train_command(config, resume=path)
+        return 0
+    distill_command(config, args.teacher, args.layers, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     """Loss, perplexity and bits per byte of a model on a prepared split or a text file."""
     _no_overrides(overrides)
@@ -113,11 +129,16 @@ def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Side-by-side benchmarks: `train` (ours vs transformers GPT2LMHeadModel)."""
-    from arlm.bench.train import bench_train_command
-
+    """Side-by-side benchmarks: `train` (ours vs GPT2LMHeadModel), `decode` (ours vs transformers generate())."""
     if args.what == "train":
+        from arlm.bench.train import bench_train_command
+
         bench_train_command(overrides, repeats=args.repeats, steps=args.steps)
+    elif args.what == "decode":
+        _no_overrides(overrides)
+        from arlm.bench.decode import bench_decode_command
+
+        bench_decode_command(args.model, draft_ref=args.draft, new_tokens=args.new_tokens, repeats=args.repeats)
     return 0
 
 
@@ -199,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("demo", cmd_demo)
 
+    p = verb("distill", cmd_distill)
+    p.add_argument("--teacher", default="smollm2", help="the target model to distill (default smollm2)")
+    p.add_argument("--layers", type=int, default=2, help="blocks of the draft (copied from the teacher, spaced)")
+    p.add_argument("--preset", default="smollm2-draft", help="data and training settings")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in train.out_dir")
+
     p = verb("eval", cmd_eval)
     p.add_argument("model", help="checkpoint, run folder, HF folder, GGUF file or 'smollm2'")
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
@@ -231,9 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-norms", action="store_true", help="also draw gradient norms (train.grad_norms)")
 
     p = verb("bench", cmd_bench)
-    p.add_argument("what", choices=("train",))
+    p.add_argument("what", choices=("train", "decode"))
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
-    p.add_argument("--steps", type=int, default=10, help="training steps per repeat")
+    p.add_argument("--steps", type=int, default=10, help="train: training steps per repeat")
+    p.add_argument(
+        "--model",
+        default="random-smollm2",
+        help="decode: model reference (smollm2, a checkpoint, ...) or random-smollm2 (random weights)",
+    )
+    p.add_argument("--draft", help="decode: a draft model; adds speculative decoding against our greedy")
+    p.add_argument("--new-tokens", type=int, default=64, help="decode: tokens generated per sequence")
 
     verb("presets", cmd_presets)
     return parser

@@ -144,6 +144,11 @@ class TrainConfig:
     grad_norms: bool = False  # log gradient norms per layer and projection
     parallel: str = "ddp"  # under torchrun: ddp | fsdp
     activation_checkpointing: bool = False
+    distill_from: str = ""  # a teacher model: train on KL to its next-token distributions (arlm distill)
+    distill_temperature: float = 1.0
+    distill_alpha: float = 1.0  # weight of the KL term; 1 - alpha weighs the plain next-token NLL
+    scheduled_sampling: float = 0.0  # final probability of feeding the model's own prediction (0: off)
+    scheduled_sampling_warmup: int = 0  # steps over which that probability rises linearly from 0
     sample_tokens: int = 200  # tokens printed as a sample at the end; 0: none
     sample_prompt: str = ""
 

@@ -31,3 +31,19 @@ def test_ignored_targets_count_nothing():
         keep = targets != IGNORE_INDEX
         reference = torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum", label_smoothing=eps)
         torch.testing.assert_close(out.loss_sum, reference)
+
+
+def test_distillation_loss_is_zero_for_a_perfect_student_and_matches_kl():
+    from arlm.training.loss import distillation_loss
+
+    teacher = torch.randn(2, 3, 11)
+    targets = torch.randint(0, 11, (2, 3))
+    same = distillation_loss(teacher.clone(), teacher, targets, temperature=2.0, alpha=1.0)
+    assert abs(float(same.loss_sum)) < 1e-5
+    student = torch.randn(2, 3, 11)
+    out = distillation_loss(student, teacher, targets, temperature=1.0, alpha=1.0)
+    p = teacher.softmax(-1)
+    expected = (p * (p.log() - student.log_softmax(-1))).sum()
+    assert math.isclose(float(out.loss_sum), float(expected), rel_tol=1e-5)
+    mixed = distillation_loss(student, teacher, targets, temperature=1.0, alpha=0.25)
+    assert math.isclose(float(mixed.loss_sum), 0.25 * float(expected) + 0.75 * float(out.nll_sum), rel_tol=1e-5)

@@ -232,8 +232,19 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer saved by arlm, a tokenizer.json, or a Hugging Face folder with one."""
+    """Load a tokenizer: saved by arlm, a tokenizer.json, a Hugging Face folder, an arlm checkpoint or run,
+    a GGUF file, or 'smollm2'."""
+    if str(path) == "smollm2" or str(path).endswith(".gguf"):
+        from arlm.interop.gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(str(path))
     path = Path(path)
+    if (path / "checkpoints").is_dir():  # a run folder: its newest intact checkpoint
+        from arlm.training.checkpoint import resolve_checkpoint
+
+        path = resolve_checkpoint(path)
+    if (path / "tokenizer" / META_FILE).exists():  # an arlm checkpoint
+        path = path / "tokenizer"
     if not path.exists():
         raise ArlmError(f"tokenizer {path} does not exist; use char, word, bpe or a path to tokenizer.json")
     directory = path if path.is_dir() else path.parent

@@ -51,7 +51,12 @@ def resume_config(config: RunConfig, resume: str, overrides: list[str], preset_g
 
 
 def train_command(
-    config: RunConfig, *, resume: Path | None = None, overwrite: bool = False, log: Callable[[str], None] = print
+    config: RunConfig,
+    *,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    initial_model: Transformer | None = None,
 ) -> TrainSummary:
     """Run a whole training job as `arlm train` does."""
     tc = config.train
@@ -68,8 +73,9 @@ def train_command(
         data = _prepared_data(config, run_dir, info, overwrite, say)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        model = build_model(config, data, device, say)
-        trainer = Trainer(config, data, model, run_dir=run_dir, device=device, info=info, log=say)
+        model = build_model(config, data, device, say, initial_model)
+        teacher = _teacher(config, data, device, say)
+        trainer = Trainer(config, data, model, run_dir=run_dir, device=device, info=info, log=say, teacher=teacher)
         if resume is not None:
             trainer.resume(open_checkpoint(resume))
         if info.is_main:
@@ -107,8 +113,10 @@ def _prepared_data(config: RunConfig, run_dir: Path, info: D.DistInfo, overwrite
     return data if info.is_main else load_prepared(directory)
 
 
-def build_model(config: RunConfig, data: PreparedData, device: torch.device, log) -> Transformer:
-    """A freshly initialised model (seeded) or one started from train.init's weights."""
+def build_model(
+    config: RunConfig, data: PreparedData, device: torch.device, log, initial: Transformer | None = None
+) -> Transformer:
+    """A freshly initialised model (seeded), one started from train.init's weights, or the one given."""
     mc = config.model
     vocab = data.tokenizer.vocab_size
     if mc.vocab_size == 0:
@@ -116,7 +124,9 @@ def build_model(config: RunConfig, data: PreparedData, device: torch.device, log
     elif mc.vocab_size < vocab:
         raise ArlmError(f"model.vocab_size {mc.vocab_size} is smaller than the tokenizer's {vocab}")
     torch.manual_seed(config.train.seed)
-    if config.train.init:
+    if initial is not None:
+        model = initial
+    elif config.train.init:
         from arlm.training.init import initial_model
 
         model = initial_model(config, data, log)
@@ -127,6 +137,22 @@ def build_model(config: RunConfig, data: PreparedData, device: torch.device, log
         f"d_model {mc.d_model}, context {mc.block_size}, vocabulary {mc.vocab_size}"
     )
     return model.to(device)
+
+
+def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -> torch.nn.Module | None:
+    """The model to distill from (train.distill_from), checked to share the data's tokenizer."""
+    if not config.train.distill_from:
+        return None
+    from arlm.loading import load_model
+
+    teacher = load_model(config.train.distill_from, device=device)
+    if teacher.tokenizer.fingerprint() != data.tokenizer.fingerprint():
+        raise ArlmError(
+            f"the teacher {config.train.distill_from} uses another tokenizer than the data; prepare the "
+            f"data with --data.tokenizer {config.train.distill_from}"
+        )
+    log(f"distilling from {teacher.source} ({teacher.model.num_params() / 1e6:.0f}M parameters)")
+    return teacher.model
 
 
 def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:

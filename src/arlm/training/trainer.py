@@ -27,7 +27,7 @@ from arlm.training.checkpoint import (
 )
 from arlm.training.grad_norms import layer_grad_norms
 from arlm.training.logging import MetricsLog, Progress, truncate_log
-from arlm.training.loss import next_token_loss
+from arlm.training.loss import LossOutput, distillation_loss, next_token_loss
 from arlm.training.optim import build_optimizer, lr_at, set_lr
 
 
@@ -51,6 +51,7 @@ class Trainer:
         device: torch.device,
         info: D.DistInfo | None = None,
         log: Callable[[str], None] = print,
+        teacher: torch.nn.Module | None = None,
     ) -> None:
         self.config, self.tc, self.data = config, config.train, data
         self.run_dir, self.device, self.log = Path(run_dir), device, log
@@ -64,6 +65,7 @@ class Trainer:
         self.accum = tc.grad_accum // world
         self.global_rows = tc.batch_size * tc.grad_accum
         self.raw_model = model
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
         self.model = D.wrap_model(model, tc, self.info, device)
         if tc.compile:
             self.model = torch.compile(self.model)
@@ -164,9 +166,7 @@ class Trainer:
         for m, batch in enumerate(batches):
             batch = batch.to(self.device)
             with D.sync_context(self.model, m == self.accum - 1, tc, self.info):
-                with self.autocast:
-                    logits = self.model(batch.x, attention_mask=batch.attention_mask)  # (B, T, V)
-                out = next_token_loss(logits, batch.y, tc.label_smoothing)
+                out = self._micro_step(batch)
                 self.scaler.scale(out.loss_sum * (world / count)).backward()
             loss_sum += out.loss_sum.detach()
             nll_sum += out.nll_sum
@@ -193,8 +193,39 @@ class Trainer:
             "lr": lr,
             "grad_norm": grad_norm,
             "step_tokens": int(count),
+            **({"scheduled_sampling": self.scheduled_sampling_probability()} if tc.scheduled_sampling else {}),
             **norms,
         }
+
+    def _micro_step(self, batch) -> LossOutput:
+        """Forward and loss of one micro-batch: teacher forcing (optionally with scheduled sampling), against
+        the targets or, when distilling, against the teacher's distributions."""
+        tc = self.tc
+        x = self._scheduled_sampling(batch) if tc.scheduled_sampling > 0 else batch.x
+        with self.autocast:
+            logits = self.model(x, attention_mask=batch.attention_mask)  # (B, T, V)
+            if self.teacher is None:
+                return next_token_loss(logits, batch.y, tc.label_smoothing)
+            with torch.no_grad():
+                teacher_logits = self.teacher(x, attention_mask=batch.attention_mask)  # (B, T, V)
+        return distillation_loss(logits, teacher_logits, batch.y, tc.distill_temperature, tc.distill_alpha)
+
+    def scheduled_sampling_probability(self) -> float:
+        """Probability of feeding the model's own prediction at this step (linear warm-up to the final value)."""
+        tc = self.tc
+        ramp = min(1.0, self.step / tc.scheduled_sampling_warmup) if tc.scheduled_sampling_warmup else 1.0
+        return tc.scheduled_sampling * ramp
+
+    def _scheduled_sampling(self, batch) -> torch.Tensor:
+        """Two-pass scheduled sampling: replace input t >= 1 by the model's own greedy prediction of it with
+        probability p (the targets stay the gold next tokens)."""
+        with torch.no_grad(), self.autocast:
+            predicted = self.model(batch.x, attention_mask=batch.attention_mask).argmax(dim=-1)  # (B, T)
+        replace = torch.rand(batch.x.shape, device=batch.x.device) < self.scheduled_sampling_probability()
+        replace[:, 0] = False
+        mixed = batch.x.clone()
+        mixed[:, 1:] = torch.where(replace[:, 1:], predicted[:, :-1], batch.x[:, 1:])
+        return mixed
 
     def _clip_gradients(self) -> float:
         max_norm = self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf")

