@@ -119,6 +119,17 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Chat with an instruct model (default: SmolLM2-135M-Instruct) through its chat template, streaming."""
+    _no_overrides(overrides)
+    from arlm.decoding.chat import chat_command
+
+    config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
+    config = _generation_config(args, config)
+    chat_command(args.model, config, system=args.system, messages=args.message, device=args.device)
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
     """Draw training loss against tokens for one or more runs in one figure (and gradient norms if logged)."""
     _no_overrides(overrides)
@@ -170,8 +181,8 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _generation_config(args: argparse.Namespace) -> GenerationConfig:
-    config = GenerationConfig()
+def _generation_config(args: argparse.Namespace, base: GenerationConfig | None = None) -> GenerationConfig:
+    config = base or GenerationConfig()
     hints = typing.get_type_hints(GenerationConfig)
     for f in dataclasses.fields(GenerationConfig):
         value = getattr(args, f"gen_{f.name}")
@@ -252,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint or run folder")
     p.add_argument("out", help="folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+
+    p = verb("chat", cmd_chat)
+    p.add_argument("--model", default="smollm2", help="an instruct model with a chat template (default smollm2)")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
+    p.add_argument("--device", default="auto")
+    _add_generation_flags(p)
 
     p = verb("plot", cmd_plot)
     p.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")

@@ -10,6 +10,7 @@ from pathlib import Path
 from arlm.config import GenerationConfig, build_config
 from arlm.decoding.generate import GenerationOutput, generate
 from arlm.loading import load_model
+from arlm.model.inference import optimize_for_decoding
 from arlm.training.run import train_command
 
 DEMO_PROMPT = "Return the"
@@ -55,6 +56,8 @@ def compare_decoding(
 ) -> dict[str, dict]:
     """Decode `prompt` by each strategy (median tokens/s of `repeats`), print text and figures."""
     target, draft = load_model(target_ref), load_model(draft_ref)
+    optimize_for_decoding(target.model)
+    optimize_for_decoding(draft.model)
     tok = target.tokenizer
     ids = tok.encode(prompt)
     rows: dict[str, dict] = {}

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.chat import apply_chat_template
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.interop import gguf as arlm_gguf
 from arlm.interop.gguf import (
     SUPPORTED_TYPES,
-    apply_chat_template,
     chat_template,
     load_gguf_model,
     load_gguf_tokenizer,

@@ -16,6 +16,7 @@ from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.generate import generate, left_pad
 from arlm.errors import ArlmError
 from arlm.loading import load_model
+from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
 
 SMOLLM2_SHAPE = dict(
@@ -122,6 +123,9 @@ def run_decode_bench(
 ) -> dict[str, dict]:
     """Tokens/s per case for both sides (median of `repeats`, alternating) and their ratio."""
     reference = _reference(model, tokenizer)
+    optimize_for_decoding(model)
+    if draft is not None:
+        optimize_for_decoding(draft)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     results: dict[str, dict] = {}
     for name, (batch, config, hf_kwargs) in _cases(new_tokens).items():

@@ -24,6 +24,7 @@ class Tokenizer:
     """The contract every tokenizer meets: encode/decode, special ids, save/load, a fingerprint."""
 
     kind: str = ""
+    chat_template: str | None = None  # Jinja template of an instruct model (transformers' convention)
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -216,6 +217,8 @@ class HFTokenizer(Tokenizer):
         self.backend.save(str(directory / "tokenizer.json"))
         names = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id, "unk_token": self.unk_id}
         config = {k: self.backend.id_to_token(v) for k, v in names.items() if v is not None}
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     def _canonical(self) -> str:
@@ -269,7 +272,12 @@ def _load_hf_file(file: Path) -> HFTokenizer:
     specials = _special_tokens(file.parent, backend)
     meta = file.parent / META_FILE
     kind = json.loads(meta.read_text(encoding="utf-8")).get("kind", "hf") if meta.exists() else "hf"
-    return HFTokenizer(backend, kind=kind, **specials)
+    tokenizer = HFTokenizer(backend, kind=kind, **specials)
+    config_path = file.parent / "tokenizer_config.json"
+    if config_path.exists():
+        template = json.loads(config_path.read_text(encoding="utf-8")).get("chat_template")
+        tokenizer.chat_template = template if isinstance(template, str) else None
+    return tokenizer
 
 
 def _special_tokens(directory: Path, backend) -> dict[str, str | None]:

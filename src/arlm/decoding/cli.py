@@ -11,6 +11,7 @@ from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.generate import GenerationOutput, generate
 from arlm.errors import ArlmError
 from arlm.loading import load_model, pick_device
+from arlm.model.inference import optimize_for_decoding
 
 
 class Streamer:
@@ -66,6 +67,7 @@ def generate_command(
     torch_dtype = getattr(torch, dtype)
     dev = pick_device(device)
     loaded = load_model(model_ref, device=dev, dtype=torch_dtype)
+    optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
@@ -76,7 +78,7 @@ def generate_command(
         draft_loaded = load_model(draft, device=dev, dtype=torch_dtype)
         if draft_loaded.tokenizer.fingerprint() != tok.fingerprint():
             raise ArlmError(f"the draft {draft} uses another vocabulary than {model_ref}; they must share a tokenizer")
-        draft_model = draft_loaded.model
+        draft_model = optimize_for_decoding(draft_loaded.model)
     streaming = len(texts) == 1 and config.strategy != "beam" and not show_drafts
     streamer = Streamer(tok) if streaming else None
     if streamer:

