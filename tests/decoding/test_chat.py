@@ -8,8 +8,10 @@ from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 from tests.helpers import tiny_text
 
-TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<assistant>{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
 def test_template_rendering():
@@ -24,8 +26,9 @@ def _session(block=96, max_new=8):
     tok = train_tokenizer("bpe", tiny_text(10), 300)
     tok.chat_template = TEMPLATE
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(flavour="llama", vocab_size=tok.vocab_size, block_size=block, n_layer=1,
-                                    n_head=2, d_model=16)).eval()
+    model = Transformer(
+        ModelConfig(flavour="llama", vocab_size=tok.vocab_size, block_size=block, n_layer=1, n_head=2, d_model=16)
+    ).eval()
     return ChatSession(model, tok, GenerationConfig(strategy="greedy", max_new_tokens=max_new), system="be brief")
 
 

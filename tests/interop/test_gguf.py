@@ -58,8 +58,8 @@ def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def ours():
-    return load_gguf_model("smollm2")
+def ours(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +71,8 @@ def hf_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def hf_model():
-    from transformers import AutoModelForCausalLM
-
-    path = smollm2_path()
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+def hf_model(hf_smollm2):
+    model = hf_smollm2
     model.generation_config.eos_token_id = None  # decode all 32 tokens, as ours does without an eos_id
     return model
 

@@ -75,6 +75,19 @@ def result(nll: float, count: int, nbytes: int = 0) -> EvalResult:
     return EvalResult(nll / max(count, 1), count, nbytes)
 
 
+def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, skip) per window over n tokens: inputs ids[begin:end] predict ids[begin+1:end+1], and the
+    first `skip` of those targets were scored by an earlier window. Tokens 1..n-1 are each scored once."""
+    out, prev_end = [], 0
+    for begin in range(0, n - 1, stride):
+        end = min(begin + context, n - 1)
+        out.append((begin, end, max(prev_end, begin) - begin))
+        prev_end = end
+        if end >= n - 1:
+            break
+    return out
+
+
 @torch.no_grad()
 def sliding_window(
     model: torch.nn.Module,
@@ -85,27 +98,22 @@ def sliding_window(
     device: torch.device | str = "cpu",
     token_bytes: np.ndarray | None = None,
 ) -> EvalResult:
-    """Perplexity of one long sequence (N,) with windows of `context` tokens moved by `stride`.
+    """Perplexity of one long sequence (N,) with windows of `context` tokens moved by `stride`, each token
+    past the first window seeing at least context - stride tokens of history (the Hugging Face recipe)."""
+    from arlm.training.logging import Progress
 
-    Tokens 1..N-1 are each scored once, by the first window that reaches them, so every token past
-    the first window sees at least context - stride tokens of history (the Hugging Face recipe).
-    """
     model.eval()
-    n = ids.numel()
-    nll, count, nbytes, prev_end = 0.0, 0, 0, 0
-    for begin in range(0, n - 1, stride):
-        end = min(begin + context, n - 1)
+    nll, count, nbytes = 0.0, 0, 0
+    windows = sliding_windows(ids.numel(), context, stride)
+    progress = Progress(len(windows), desc="eval")
+    for i, (begin, end, skip) in enumerate(windows):
         x = ids[begin:end][None].to(device)  # (1, W)
-        y = ids[begin + 1 : end + 1][None].clone().to(device)  # (1, W)
-        scored_from = max(prev_end, begin) - begin  # skip targets an earlier window already scored
-        y[:, :scored_from] = IGNORE_INDEX
-        out = next_token_loss(model(x), y)
+        y = ids[begin + 1 + skip : end + 1][None].to(device)  # (1, W - skip): only these need logits
+        out = next_token_loss(model(x, num_logits=y.shape[1]), y)
         nll += float(out.nll_sum)
         count += out.count
         if token_bytes is not None:
-            kept = y[y != IGNORE_INDEX].cpu().numpy()
-            nbytes += int(token_bytes[kept].sum())
-        prev_end = end
-        if end >= n - 1:
-            break
+            nbytes += int(token_bytes[y.cpu().numpy()].sum())
+        progress.update(i + 1)
+    progress.close()
     return EvalResult(nll / max(count, 1), count, nbytes)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from arlm.data.corpus import read_text
+from arlm.config import DataConfig
+from arlm.data.corpus import load_documents
 from arlm.data.normalize import normalize_text
 from arlm.data.prepare import load_prepared
 from arlm.errors import ArlmError
@@ -24,13 +25,14 @@ def eval_command(
     stride: int = 0,
     batches: int = 0,
     device: str = "auto",
+    max_chars: int = 0,
     log=print,
 ) -> EvalResult:
     """Evaluate and print one line of figures."""
     loaded = load_model(model_ref, device=pick_device(device))
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     if file:
-        text = normalize_text(read_text(Path(file), config.data.encoding_errors), config.data)
+        text = corpus_text(file, config.data, max_chars)
         ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
         if ids.numel() < 2:
             raise ArlmError(f"{file} holds fewer than two tokens")
@@ -69,6 +71,14 @@ def eval_command(
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
     log(f"{where}: loss {res.loss:.4f}  perplexity {res.perplexity:.3f}  bits/byte {bpb}  tokens {res.tokens:,}")
     return res
+
+
+def corpus_text(source: str, data: DataConfig, max_chars: int = 0) -> str:
+    """The text of a corpus source (a file, folder, glob, JSONL or 'builtin'), documents joined by a blank
+    line and normalized as the model's training data was; cut to max_chars when > 0."""
+    docs = load_documents(source, text_field=data.text_field, encoding_errors=data.encoding_errors)
+    text = normalize_text("\n\n".join(d.text.strip("\n") for d in docs), data)
+    return text[:max_chars] if max_chars else text
 
 
 def _run_data_dir(config) -> Path:
