@@ -134,6 +134,7 @@ class TrainConfig:
     seed: int = 1337
     threads: int = 0  # CPU threads; 0: PyTorch's default
     eval_interval: int = 250
+    eval_at_start: bool = False  # evaluate before the first step (the baseline of a fine-tune)
     eval_batches: int = 20  # batches per split at each evaluation; 0: the whole split
     final_eval_batches: int = 0  # batches per split in the final report; 0: the whole split
     log_interval: int = 10
@@ -143,6 +144,7 @@ class TrainConfig:
     tensorboard: bool = False
     grad_norms: bool = False  # log gradient norms per layer and projection
     parallel: str = "ddp"  # under torchrun: ddp | fsdp
+    peak_tflops: float = 0.0  # the device's dense peak for MFU; 0: from the table of known GPUs
     activation_checkpointing: bool = False
     distill_from: str = ""  # a teacher model: train on KL to its next-token distributions (arlm distill)
     distill_temperature: float = 1.0

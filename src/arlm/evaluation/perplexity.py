@@ -72,7 +72,7 @@ def evaluate_batches(
 
 def result(nll: float, count: int, nbytes: int = 0) -> EvalResult:
     """EvalResult from sums."""
-    return EvalResult(nll / max(count, 1), count, nbytes)
+    return EvalResult(nll / max(count, 1), int(count), int(nbytes))
 
 
 def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:

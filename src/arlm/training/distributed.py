@@ -113,6 +113,16 @@ def full_model_state(model: nn.Module, config: TrainConfig, info: DistInfo) -> d
     return unwrap(model).state_dict()
 
 
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], config: TrainConfig, info: DistInfo) -> None:
+    """Load consolidated weights into a (possibly sharded) model; every process reads the same file."""
+    if info.enabled and config.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(unwrap(model), state, options=StateDictOptions(full_state_dict=True))
+        return
+    unwrap(model).load_state_dict(state)
+
+
 def full_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, info: DistInfo
 ) -> dict[str, torch.Tensor]:
@@ -123,7 +133,7 @@ def full_optimizer_state(
         full = get_optimizer_state_dict(
             unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
-        return {f"optim.{name}.{k}": v for name, st in full["state"].items() for k, v in st.items()}
+        return {f"optim.{name}.{k}": v for name, st in full.get("state", {}).items() for k, v in st.items()}
     names = {p: n for n, p in unwrap(model).named_parameters()}
     out = {}
     for group in optimizer.param_groups:

@@ -28,6 +28,7 @@ from arlm.training.checkpoint import (
 from arlm.training.grad_norms import layer_grad_norms
 from arlm.training.logging import MetricsLog, Progress, truncate_log
 from arlm.training.loss import LossOutput, distillation_loss, next_token_loss
+from arlm.training.mfu import mfu, peak_flops
 from arlm.training.optim import build_optimizer, lr_at, set_lr
 
 
@@ -79,6 +80,8 @@ class Trainer:
         }
         self.eval_samplers["train"] = self.train_batches
         self.token_bytes = data.tokenizer.token_bytes()
+        self.flops_per_token = model.flops_per_token(config.model.block_size)
+        self.peak = peak_flops(device, tc.dtype, tc.peak_tflops)
         self.step = self.tokens_seen = self.nonfinite_in_a_row = 0
         self.metrics: MetricsLog | None = None
 
@@ -96,7 +99,8 @@ class Trainer:
                 f"{checkpoint.path} used a global batch of {state['global_rows']} rows; this run has "
                 f"{self.global_rows} (batch_size x grad_accum); keep it equal to resume exactly"
             )
-        self.raw_model.load_state_dict(load_weights_dict(self.raw_model, checkpoint.model_state(self.device)))
+        weights = load_weights_dict(self.raw_model, checkpoint.model_state(self.device))
+        D.load_model_state(self.model, weights, self.tc, self.info)
         D.load_optimizer_state(self.model, self.optimizer, tensors, self.tc, self.info)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -128,6 +132,8 @@ class Trainer:
             if self.step:
                 self.metrics.write({"event": "resume", "step": self.step})
         progress = Progress(tc.max_steps, desc="train", enabled=None if self.info.is_main else False)
+        if tc.eval_at_start and self.step == 0:
+            self._log_eval(progress)
         last_checkpoint, window_tokens, window_time = None, 0, 0.0
         while self.step < tc.max_steps:
             start = time.perf_counter()
@@ -138,6 +144,9 @@ class Trainer:
             progress.update(self.step, f"loss {record['train_nll']:.3f}")
             if self.step % tc.log_interval == 0 or self.step == tc.max_steps:
                 record["tokens_per_s"] = window_tokens / max(window_time, 1e-9)
+                if self.peak:
+                    world_peak = self.peak * self.info.world_size  # tokens/s counts every process
+                    record["mfu"] = mfu(record["tokens_per_s"], self.flops_per_token, world_peak)
                 self._log_train(record, progress)
                 window_tokens, window_time = 0, 0.0
             if self.step % tc.eval_interval == 0 or self.step == tc.max_steps:
@@ -271,6 +280,7 @@ class Trainer:
             self.log(
                 f"step {record['step']:>6}  loss {record['train_nll']:.4f}  lr {record['lr']:.2e}  "
                 f"grad {record['grad_norm']:.2f}  {record['tokens_per_s']:,.0f} tok/s"
+                + (f"  MFU {record['mfu']:.1%}" if record.get("mfu") else "")
             )
 
     def _log_eval(self, progress: Progress) -> None:
