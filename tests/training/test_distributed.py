@@ -87,9 +87,10 @@ def test_ddp_and_fsdp_follow_the_single_process_curve(tmp_path, preset):
     _single(preset, tmp_path / "single", "--train.batch_size", "8", "--train.grad_accum", "1")
     _torchrun(preset, tmp_path / "ddp")
     _torchrun(preset, tmp_path / "fsdp", "--train.parallel", "fsdp")
+    _torchrun(preset, tmp_path / "fsdp-ac", "--train.parallel", "fsdp", "--train.activation_checkpointing", "true")
     reference = _losses(tmp_path / "single")
     assert len(reference) == 12
-    for run in ("ddp", "fsdp"):
+    for run in ("ddp", "fsdp", "fsdp-ac"):
         assert _losses(tmp_path / run) == pytest.approx(reference, abs=1e-5)
     # the consolidated FSDP checkpoint loads in one process
     from arlm.loading import load_model

@@ -88,3 +88,22 @@ def test_existing_run_is_not_clobbered(tmp_path, corpus_dir):
     with pytest.raises(ArlmError, match="already holds a run"):
         train_command(config, log=lambda _: None)
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+
+
+def test_activation_checkpointing_same_curve_and_plain_names(tmp_path, corpus_dir):
+    from safetensors import safe_open
+
+    curves = []
+    for flag in (False, True):
+        config = tiny_config(
+            tmp_path / str(flag),
+            corpus_dir,
+            model={"dropout": 0.1},
+            train={"max_steps": 6, "activation_checkpointing": flag},
+        )
+        train_command(config, log=lambda _: None)
+        curves.append(_train_losses(tmp_path / str(flag) / "run"))
+    assert curves[1] == pytest.approx(curves[0], abs=1e-5)
+    newest = sorted((tmp_path / "True" / "run" / "checkpoints").glob("step-*"))[-1]
+    with safe_open(newest / "state.safetensors", "pt") as f:
+        assert not any("_checkpoint_wrapped_module" in k for k in f.keys())

@@ -88,6 +88,19 @@ def wrap_model(model: nn.Module, config: TrainConfig, info: DistInfo, device: to
     return DistributedDataParallel(model, device_ids=ids)
 
 
+WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+
+
+def parameter_names(model: nn.Module) -> dict[nn.Parameter, str]:
+    """Each parameter's state-dict name, without the prefixes wrappers add (activation checkpointing, compile)."""
+    names = {}
+    for name, param in unwrap(model).named_parameters():
+        for prefix in WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        names[param] = name
+    return names
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP / torch.compile wrappers."""
     model = getattr(model, "_orig_mod", model)
@@ -134,7 +147,7 @@ def full_optimizer_state(
             unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         return {f"optim.{name}.{k}": v for name, st in full.get("state", {}).items() for k, v in st.items()}
-    names = {p: n for n, p in unwrap(model).named_parameters()}
+    names = parameter_names(model)
     out = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -159,9 +172,9 @@ def load_optimizer_state(
     if info.enabled and config.parallel == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        names = parameter_names(model)
         groups = [
-            {k: v for k, v in g.items() if k != "params"}
-            | {"params": [n for n, p in unwrap(model).named_parameters() if any(p is q for q in g["params"])]}
+            {k: v for k, v in g.items() if k != "params"} | {"params": [names[p] for p in g["params"]]}
             for g in optimizer.param_groups
         ]
         set_optimizer_state_dict(
@@ -171,7 +184,7 @@ def load_optimizer_state(
             options=StateDictOptions(full_state_dict=True),
         )
         return
-    names = {p: n for n, p in unwrap(model).named_parameters()}
+    names = parameter_names(model)
     current = optimizer.state_dict()  # parameters are numbered in param_groups order
     ordered = [p for group in optimizer.param_groups for p in group["params"]]
     unknown = sorted(set(per_param) - {names[p] for p in ordered})
