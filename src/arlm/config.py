@@ -190,6 +190,7 @@ class GenerationConfig:
     num_draft_tokens: int = 4  # speculative: gamma
     adaptive_draft: bool = False
     prompt_lookup_ngram: int = 3  # prompt-lookup: longest n-gram to match
+    compile: bool = False  # greedy/sample: a torch.compile'd one-token step (CUDA graphs on GPU)
 
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""

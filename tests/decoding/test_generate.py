@@ -88,3 +88,37 @@ def test_prompt_longer_than_the_context_is_refused():
         generate(model, [list(range(16))], GenerationConfig(strategy="greedy", max_new_tokens=1))
     with pytest.raises(ArlmError, match="exceeds the model's context"):
         generate(model, [[1, 2]], GenerationConfig(strategy="beam", max_new_tokens=20))
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_static_decode_step_equals_the_cached_forward(flavour):
+    model = _model(flavour)
+    x = torch.randint(0, 50, (2, 12))
+    cache = model.new_cache(2, 40)
+    logits = [model(x[:, :5], kv_cache=cache)[:, -1]]
+    for t in range(5, 12):
+        logits.append(model.decode_step(x[:, t : t + 1], torch.tensor([t]), cache))
+        cache.length = t + 1
+    full = model(x)
+    torch.testing.assert_close(torch.stack(logits[1:], 1), full[:, 5:12], rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_decoding_equals_eager(monkeypatch):
+    import arlm.decoding.generate as gen
+
+    monkeypatch.setattr(gen, "compile_options", lambda device: {"backend": "eager", "fullgraph": True})
+    model = _model()
+    eager = generate(model, [[1, 2, 3], [4, 5, 6]], GenerationConfig(strategy="greedy", max_new_tokens=16))
+    config = GenerationConfig(strategy="greedy", max_new_tokens=16, compile=True)
+    compiled = generate(model, [[1, 2, 3], [4, 5, 6]], config)
+    assert compiled.generated() == eager.generated()
+    assert hasattr(model, "_compiled_decode_step")  # the compiled path was taken (one graph, no breaks)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decoding_equals_eager_on_gpu():
+    model = _model().cuda()
+    prompt = [[1, 2, 3]]
+    eager = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24))
+    compiled = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24, compile=True))
+    assert compiled.generated() == eager.generated()

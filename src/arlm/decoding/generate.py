@@ -134,6 +134,20 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
     return generator
 
 
+def compile_options(device: torch.device) -> dict:
+    """torch.compile settings for the one-token step: CUDA graphs on GPU, inductor elsewhere."""
+    return {"mode": "reduce-overhead" if device.type == "cuda" else "default", "fullgraph": True}
+
+
+def compiled_step(model: torch.nn.Module):
+    """The model's decode_step compiled once (kept on the model for later calls)."""
+    step = getattr(model, "_compiled_decode_step", None)
+    if step is None:
+        step = torch.compile(model.decode_step, **compile_options(next(model.parameters()).device))
+        model._compiled_decode_step = step
+    return step
+
+
 def decode_loop(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -161,6 +175,8 @@ def decode_loop(
     sequences = prompt_ids
     done = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = [config.max_new_tokens] * B
+    unpadded = mask is None or bool(mask.all())
+    step_fn = compiled_step(model) if config.compile and unpadded and T + config.max_new_tokens <= block else None
     for step in range(config.max_new_tokens):
         token = choose_next(logits, sequences, config, generator)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
@@ -177,6 +193,10 @@ def decode_loop(
             mask = None if mask is None else mask[:, -keep:]
             cache.rollback(0)
             logits = model(sequences[:, -keep:], kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]
+            continue
+        if step_fn is not None:  # compiled, static shapes: position as a tensor, the whole cache masked
+            logits = step_fn(token[:, None], torch.tensor([cache.length], device=device), cache)  # (B, V)
+            cache.length += 1
             continue
         logits = model(token[:, None], kv_cache=cache, attention_mask=mask)[:, -1]  # (B, V)
     total_s = time.perf_counter() - start

@@ -70,7 +70,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv_cache is not None:
+        if isinstance(start, torch.Tensor):  # compiled decoding: static shapes over the whole cache
+            k, v = kv_cache.write_at(self.layer, start, k, v)  # (B, nkv, max_len, hd) each
+        elif kv_cache is not None:
             k, v = kv_cache.update(self.layer, start, k, v)  # (B, nkv, S, hd) each, S = start + T
         dropout = self.dropout if self.training else 0.0
         if self.backend == "naive":

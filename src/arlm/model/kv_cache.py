@@ -48,6 +48,13 @@ class KVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nkv, end, hd) each
 
+    def write_at(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Static-shape write for compiled decoding: k, v (B, nkv, 1, hd) at position tensor pos (1,); returns the
+        whole buffers (B, nkv, max_len, hd), positions after pos being masked by the caller."""
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
+
     def rollback(self, length: int) -> None:
         """Forget every position from `length` on (later writes overwrite them)."""
         if not 0 <= length <= self.length:

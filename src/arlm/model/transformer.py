@@ -175,6 +175,19 @@ class Transformer(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return logits, loss
 
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
+        """Logits (B, V) for one token per row (B, 1) at position tensor pos (1,), attending over the whole
+        preallocated cache with a mask: every shape is static, so torch.compile can capture it in a CUDA graph.
+        The caller advances the position (kv_cache.length is not touched)."""
+        x = self.tok_emb(token)  # (B, 1, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)  # (1, C) broadcast over rows
+        rope = self.rotary(pos) if self.rotary is not None else None  # (1, 1, 1, hd) each
+        mask = (torch.arange(kv_cache.max_len, device=token.device) <= pos)[None, None, None, :]  # (1, 1, 1, S)
+        for block in self.blocks:
+            x = block(x, rope, mask, False, kv_cache, pos)
+        return self.lm_head(self.norm(x))[:, -1]  # (B, V)
+
     def _positions(
         self, B: int, T: int, start: int, attention_mask: torch.Tensor | None, device: torch.device
     ) -> torch.Tensor:
