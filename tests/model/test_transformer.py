@@ -105,3 +105,13 @@ def test_grouped_query_attention_has_fewer_kv_parameters():
 def test_too_long_input_is_refused():
     with pytest.raises(ValueError, match="exceeds block_size"):
         _model(flavour="gpt2")(torch.zeros(1, 49, dtype=torch.long))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flash_attention_matches_naive_on_gpu(dtype):
+    sdpa, naive = _pair(flavour="llama", n_kv_head=2)
+    sdpa, naive = sdpa.cuda().to(dtype), naive.cuda().to(dtype)
+    x = torch.randint(0, 61, (4, 48), device="cuda")
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(sdpa(x).float(), naive(x).float(), rtol=tolerance, atol=tolerance)

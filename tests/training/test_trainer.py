@@ -106,4 +106,16 @@ def test_activation_checkpointing_same_curve_and_plain_names(tmp_path, corpus_di
     assert curves[1] == pytest.approx(curves[0], abs=1e-5)
     newest = sorted((tmp_path / "True" / "run" / "checkpoints").glob("step-*"))[-1]
     with safe_open(newest / "state.safetensors", "pt") as f:
-        assert not any("_checkpoint_wrapped_module" in k for k in f.keys())
+        assert not any("_checkpoint_wrapped_module" in k for k in f.keys())  # noqa: SIM118 - safe_open handle
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_training_on_gpu(tmp_path, corpus_dir, dtype):
+    config = tiny_config(
+        tmp_path, corpus_dir, train={"device": "cuda", "dtype": dtype, "max_steps": 30, "lr": 1e-2, "compile": True}
+    )
+    summary = train_command(config, log=lambda _: None)
+    losses = _train_losses(tmp_path / "run")
+    assert losses[-1] < losses[0] - 0.3 and all(math.isfinite(v) for v in losses)
+    assert summary.final["val"].loss < math.log(config.model.vocab_size)

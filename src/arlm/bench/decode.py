@@ -33,7 +33,7 @@ SMOLLM2_SHAPE = dict(
 )
 
 
-def _reference(model: Transformer, tokenizer) -> torch.nn.Module:
+def _reference(model: Transformer, tokenizer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """transformers' model with our weights, through an exported folder."""
     try:
         from transformers import AutoModelForCausalLM
@@ -43,7 +43,8 @@ def _reference(model: Transformer, tokenizer) -> torch.nn.Module:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_hf_folder(model, tokenizer, f"{tmp}/hf")
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return reference.to(device=next(model.parameters()).device, dtype=dtype)
 
 
 def _cases(new_tokens: int) -> dict[str, tuple[int, GenerationConfig, dict]]:
@@ -74,8 +75,12 @@ def _prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
 
 
 def _timed(fn: Callable[[], int]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     tokens = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return tokens / (time.perf_counter() - start)
 
 
@@ -83,7 +88,8 @@ def _bench_case(
     model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int, repeats: int
 ) -> dict[str, float]:
     """Median tokens/s of ours and of transformers on one case, alternating which goes first."""
-    ids, mask = left_pad(prompts, pad)
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad))
     produced = len(prompts) * config.max_new_tokens
 
     def ours() -> int:
@@ -102,7 +108,8 @@ def _bench_case(
             )
         return produced
 
-    ours()  # warm-up
+    for _ in range(3 if config.compile else 1):  # warm-up (and compilation / CUDA graph capture)
+        ours()
     theirs()
     rates: dict[str, list[float]] = {"arlm": [], "transformers": []}
     for r in range(repeats):
@@ -120,15 +127,23 @@ def run_decode_bench(
     repeats: int = 3,
     draft: Transformer | None = None,
     log=print,
+    cases: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    compile: bool = False,
 ) -> dict[str, dict]:
-    """Tokens/s per case for both sides (median of `repeats`, alternating) and their ratio."""
-    reference = _reference(model, tokenizer)
+    """Tokens/s per case for both sides (median of `repeats`, alternating) and their ratio; the model's device
+    is used, both sides in `dtype`; compile=True decodes greedy/sampling with a compiled (CUDA graph) step."""
+    reference = _reference(model, tokenizer, dtype)
+    model = model.to(dtype=dtype)
     optimize_for_decoding(model)
     if draft is not None:
         optimize_for_decoding(draft)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     results: dict[str, dict] = {}
     for name, (batch, config, hf_kwargs) in _cases(new_tokens).items():
+        if cases is not None and name not in cases:
+            continue
+        config.compile = compile and config.strategy != "beam"
         prompts = _prompts(batch, prompt_len, model.config.vocab_size)
         medians = _bench_case(model, reference, prompts, config, hf_kwargs, pad, repeats)
         results[name] = {**medians, "ratio": medians["arlm"] / medians["transformers"]}

@@ -6,6 +6,7 @@ shifts inside and so scores one position fewer per row); model, optimizer and cl
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import statistics
 import time
@@ -19,6 +20,7 @@ from arlm.config import ModelConfig, TrainConfig, coerce, parse_overrides
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 from arlm.training.loss import next_token_loss
+from arlm.training.mfu import mfu, peak_flops
 from arlm.training.optim import build_optimizer
 
 DEFAULT_SHAPE = {
@@ -66,9 +68,10 @@ def hf_gpt2(config: ModelConfig) -> torch.nn.Module:
     return GPT2LMHeadModel(hf_config)
 
 
-def train_step(side: Side, x: torch.Tensor, y: torch.Tensor) -> float:
+def train_step(side: Side, x: torch.Tensor, y: torch.Tensor, autocast=None) -> float:
     """One optimizer step: forward + loss (each library's own), backward, clip at 1.0, AdamW, zero grads."""
-    loss = side.loss(x, y)
+    with autocast or contextlib.nullcontext():
+        loss = side.loss(x, y)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(side.model.parameters(), 1.0)
     side.optimizer.step()
@@ -76,56 +79,84 @@ def train_step(side: Side, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(loss.detach())
 
 
-def make_sides(config: ModelConfig) -> list[Side]:
+def make_sides(config: ModelConfig, device: torch.device | None = None, compile: bool = False) -> list[Side]:
     """Ours (arlm's loss on our logits) and the reference (transformers' labels= loss), same shape and AdamW."""
+    device = device or torch.device("cpu")
     train = TrainConfig()
     torch.manual_seed(0)
-    ours = Transformer(config)
-    reference = hf_gpt2(config)
+    ours = Transformer(config).to(device)
+    reference = hf_gpt2(config).to(device)
+    ours_fn = torch.compile(ours) if compile else ours
+    reference_fn = torch.compile(reference) if compile else reference
 
     def ours_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = next_token_loss(ours(x), y)
+        out = next_token_loss(ours_fn(x), y)
         return out.loss_sum / out.count
 
     def reference_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return reference(input_ids=x, labels=x).loss  # shifts labels itself: T-1 predictions a row
+        return reference_fn(input_ids=x, labels=x).loss  # shifts labels itself: T-1 predictions a row
 
     return [
-        Side("arlm", ours, build_optimizer(ours, train, "cpu"), ours_loss),
-        Side("transformers", reference, build_optimizer(reference, train, "cpu"), reference_loss),
+        Side("arlm", ours, build_optimizer(ours, train, device.type), ours_loss),
+        Side("transformers", reference, build_optimizer(reference, train, device.type), reference_loss),
     ]
 
 
-def run_bench(config: ModelConfig, batch: int, steps: int, repeats: int, log=print) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(
+    config: ModelConfig,
+    batch: int,
+    steps: int,
+    repeats: int,
+    log=print,
+    *,
+    device: torch.device | None = None,
+    dtype: str = "float32",
+    compile: bool = False,
+) -> dict:
     """Alternate the two sides `repeats` times, `steps` steps each on identical batches; medians and ratio."""
+    device = device or torch.device("cpu")
     torch.manual_seed(1)
-    batches = [torch.randint(0, config.vocab_size, (batch, config.block_size + 1)) for _ in range(steps)]
-    sides = make_sides(config)
-    for side in sides:  # warm up (allocator, kernels)
-        train_step(side, batches[0][:, :-1], batches[0][:, 1:])
+    batches = [torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device) for _ in range(steps)]
+    sides = make_sides(config, device, compile)
+    autocast = None if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
+    for side in sides:  # warm up (allocator, kernels, compilation)
+        for _ in range(3 if compile else 1):
+            train_step(side, batches[0][:, :-1], batches[0][:, 1:], autocast)
     times: dict[str, list[float]] = {s.name: [] for s in sides}
     for r in range(repeats):
         for side in sides if r % 2 == 0 else reversed(sides):
+            _sync(device)
             start = time.perf_counter()
             for rows in batches:
-                train_step(side, rows[:, :-1], rows[:, 1:])
+                train_step(side, rows[:, :-1], rows[:, 1:], autocast)
+            _sync(device)
             times[side.name].append(time.perf_counter() - start)
     tokens = steps * batch * config.block_size
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
     ratio = rates["arlm"] / rates["transformers"]
     params = sum(p.numel() for p in sides[0].model.parameters())
+    peak = peak_flops(device, dtype)
+    flops = sides[0].model.flops_per_token(config.block_size)
+    mfus = {name: mfu(rate, flops, peak) for name, rate in rates.items()}
     log(
         f"shape: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads, context "
         f"{config.block_size}, vocabulary {config.vocab_size}, batch {batch} ({params / 1e6:.1f}M parameters)"
     )
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     log(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; {repeats} repeats x {steps} steps, alternating"
+        f"device: {where}, {dtype}, compile {compile}, torch {torch.__version__}; "
+        f"{repeats} repeats x {steps} steps, alternating"
     )
     for name, rate in rates.items():
-        log(f"  {name:<13} {rate:>10,.0f} tokens/s  (median of {repeats})")
+        shown = f", MFU {mfus[name]:.1%}" if mfus[name] else ""
+        log(f"  {name:<13} {rate:>10,.0f} tokens/s  (median of {repeats}){shown}")
     log(f"  ratio arlm / transformers: {ratio:.2f}x")
-    return {"rates": rates, "ratio": ratio, "times": times}
+    return {"rates": rates, "ratio": ratio, "times": times, "mfu": mfus}
 
 
 def bench_train_command(overrides: list[str], *, repeats: int = 5, steps: int = 10, log=print) -> dict:
