@@ -141,7 +141,7 @@ def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Side-by-side benchmarks: `train` (ours vs GPT2LMHeadModel), `decode` (ours vs transformers generate())."""
+    """Benchmarks: `train` (ours vs GPT2LMHeadModel), `decode` (ours vs generate()), `memory` (context cost)."""
     if args.what == "train":
         from arlm.bench.train import bench_train_command
 
@@ -151,6 +151,12 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         from arlm.bench.decode import bench_decode_command
 
         bench_decode_command(args.model, draft_ref=args.draft, new_tokens=args.new_tokens, repeats=args.repeats)
+    elif args.what == "memory":
+        _no_overrides(overrides)
+        from arlm.bench.memory import LENGTHS, bench_memory_command
+
+        lengths = tuple(int(t) for t in args.lengths.split(",")) if args.lengths else LENGTHS
+        bench_memory_command(lengths=lengths, budget_gb=args.budget_gb, out=args.out or "memory.png")
     return 0
 
 
@@ -279,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-norms", action="store_true", help="also draw gradient norms (train.grad_norms)")
 
     p = verb("bench", cmd_bench)
-    p.add_argument("what", choices=("train", "decode"))
+    p.add_argument("what", choices=("train", "decode", "memory"))
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
     p.add_argument("--steps", type=int, default=10, help="train: training steps per repeat")
     p.add_argument(
@@ -289,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--draft", help="decode: a draft model; adds speculative decoding against our greedy")
     p.add_argument("--new-tokens", type=int, default=64, help="decode: tokens generated per sequence")
+    p.add_argument("--lengths", help="memory: comma-separated sequence lengths (default 128..8192)")
+    p.add_argument("--budget-gb", type=float, default=4.0, help="memory: budget for the largest-batch column")
+    p.add_argument("--out", help="memory: PNG to write (default memory.png)")
 
     verb("presets", cmd_presets)
     return parser
