@@ -13,6 +13,14 @@ from arlm.config import GenerationConfig, build_config, coerce, preset_names
 from arlm.errors import ArlmError
 
 DEFAULT_PRESET = "quickstart"
+STUDY_VERBS = (
+    "eval-context",
+    "eval-icl",
+    "eval-calibration",
+    "eval-exposure-bias",
+    "study-calibration",
+    "study-exposure-bias",
+)
 
 
 def _overrides_help() -> str:
@@ -128,6 +136,23 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
     config = _generation_config(args, config)
     chat_command(args.model, config, system=args.system, messages=args.message, device=args.device)
+    return 0
+
+
+def cmd_eval_context(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Validation loss by position in the context, for one or more runs (one figure)."""
+    _no_overrides(overrides)
+    from arlm.evaluation.context import context_command
+
+    context_command(args.runs, split=args.split, batches=args.batches, out=args.out)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train a preset over a grid (--vary section.key=v1,v2,...) and draw all loss curves in one figure."""
+    from arlm.training.sweep import sweep_command
+
+    sweep_command(args.preset, args.vary, overrides, same_tokens=args.same_tokens, out_dir=args.out)
     return 0
 
 
@@ -279,6 +304,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     _add_generation_flags(p)
 
+    p = verb("eval-context", cmd_eval_context)  # spelled `arlm eval context`
+    p.add_argument("runs", nargs="+", help="run folders or checkpoints")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
+    p.add_argument("--out", default="context.png", help="PNG to write")
+
+    p = verb("sweep", cmd_sweep)
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")
+    p.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="SECTION.KEY=V1,V2",
+        help="values to sweep (repeat for a grid), e.g. model.d_model=64,128,192",
+    )
+    p.add_argument(
+        "--same-tokens",
+        action="store_true",
+        help="when model.block_size varies, scale the batch so every run sees the same tokens",
+    )
+    p.add_argument("--out", default="runs/sweep", help="folder for the runs and the figure")
+
     p = verb("plot", cmd_plot)
     p.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")
     p.add_argument("--out", default="loss.png", help="PNG to write")
@@ -307,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `arlm` command; user errors print one line and return 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] in ("eval", "study") and f"{argv[0]}-{argv[1]}" in STUDY_VERBS:
+        argv = [f"{argv[0]}-{argv[1]}", *argv[2:]]  # `arlm eval context` -> the eval-context verb
     args, rest = parser.parse_known_args(argv)
     if args.verb is None:
         parser.print_help()

@@ -1,0 +1,99 @@
+"""`arlm sweep`: train one preset over a grid of settings on the same corpus, then draw every loss curve in one
+figure (the LLaMA paper's Figure 1 at our scale) and tabulate the final losses."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from arlm.config import build_config
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+from arlm.training.logging import read_metrics
+from arlm.training.run import train_command
+
+
+def parse_vary(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """['model.d_model=64,128'] -> [('model.d_model', ['64', '128'])]."""
+    out = []
+    for spec in specs:
+        key, eq, values = spec.partition("=")
+        if not eq or "." not in key or not values:
+            raise ArlmError(f"--vary takes section.key=v1,v2,...; got {spec!r}")
+        out.append((key, values.split(",")))
+    return out
+
+
+def sweep_command(
+    preset: str,
+    vary: list[str],
+    overrides: list[str] | None = None,
+    *,
+    same_tokens: bool = False,
+    out_dir: str = "runs/sweep",
+    log=print,
+) -> dict[str, dict]:
+    """Train every combination (sharing one prepared corpus) and plot loss vs tokens for all of them."""
+    from arlm.plots import plot_lines, plot_loss
+
+    grid = parse_vary(vary)
+    base = build_config(preset, overrides)
+    out = Path(out_dir)
+    results: dict[str, dict] = {}
+    for combo in itertools.product(*(values for _, values in grid)):
+        label = "-".join(f"{key.split('.')[1]}={value}" for (key, _), value in zip(grid, combo))
+        extra = [arg for (key, _), value in zip(grid, combo) for arg in (f"--{key}", value)]
+        config = build_config(
+            preset,
+            (overrides or [])
+            + extra
+            + [
+                "--train.out_dir",
+                str(out / label),
+                "--data.prepared_dir",
+                str(out / "data"),
+                "--train.sample_tokens",
+                "0",
+            ],
+        )
+        if same_tokens and config.model.block_size != base.model.block_size:
+            rows = base.train.batch_size * base.model.block_size / config.model.block_size
+            if rows < 1 or rows != int(rows):
+                raise ArlmError(
+                    f"--same-tokens: batch {base.train.batch_size} x {base.model.block_size} tokens cannot "
+                    f"be kept at context {config.model.block_size}"
+                )
+            config.train.batch_size = int(rows)
+        log(f"=== {label} ===")
+        summary = train_command(config, overwrite=True, log=log)
+        results[label] = {
+            "final": {s: r.as_dict() for s, r in summary.final.items()},
+            "parameters": Transformer(config.model).num_params(),
+            "run": str(summary.run_dir),
+        }
+    runs = {label: read_metrics(out / label / "metrics.jsonl") for label in results}
+    plot_loss(runs, out / "loss.png", title=f"{preset}: loss vs tokens")
+    if len(grid) == 1:
+        key = grid[0][0]
+        points = [
+            (float(label.split("=")[1]), r["final"]["val"]["loss"])
+            for label, r in results.items()
+            if "val" in r["final"]
+        ]
+        plot_lines(
+            {"final val loss": points},
+            out / "final.png",
+            xlabel=key,
+            ylabel="validation loss",
+            logx=True,
+            title=f"final validation loss vs {key}",
+        )
+    log(f"{'run':<28}{'parameters':>12}{'val loss':>10}{'val ppl':>10}")
+    for label, r in results.items():
+        val = r["final"].get("val")
+        if val:
+            log(f"{label:<28}{r['parameters']:>12,}{val['loss']:>10.4f}{val['ppl']:>10.2f}")
+    (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out / 'loss.png'}")
+    return results
