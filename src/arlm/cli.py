@@ -95,6 +95,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         batches=args.batches,
         device=args.device,
         max_chars=args.max_chars,
+        compare_transformers=args.compare_transformers,
     )
     return 0
 
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
     p.add_argument("--file", help="evaluate on this corpus (file, folder, glob, JSONL or builtin) by sliding window")
     p.add_argument("--max-chars", type=int, default=0, help="with --file: only the first N characters")
+    p.add_argument("--compare-transformers", action="store_true",
+                   help="with --file: also score the same windows with transformers' own loading of the model")
     p.add_argument("--context", type=int, default=0, help="window length (default: the model's context)")
     p.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
     p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")

@@ -26,6 +26,7 @@ def eval_command(
     batches: int = 0,
     device: str = "auto",
     max_chars: int = 0,
+    compare_transformers: bool = False,
     log=print,
 ) -> EvalResult:
     """Evaluate and print one line of figures."""
@@ -49,6 +50,14 @@ def eval_command(
             token_bytes=tokenizer.token_bytes(),
         )
         where = f"{file} (window {window}, stride {step})"
+        if compare_transformers:
+            from arlm.evaluation.reference import transformers_model, transformers_sliding_window
+
+            theirs = transformers_sliding_window(transformers_model(model_ref), ids, context=window, stride=step)
+            log(
+                f"transformers on the same {theirs.tokens:,} tokens: loss {theirs.loss:.4f}  perplexity "
+                f"{theirs.perplexity:.3f}  (ours / theirs: {res.perplexity / theirs.perplexity:.5f})"
+            )
     else:
         directory = Path(data_dir) if data_dir else _run_data_dir(config)
         data = load_prepared(directory)
