@@ -136,3 +136,42 @@ def test_the_real_exit_code_and_a_working_eval_and_generate(trained):
     assert ok.returncode == 0 and "perplexity" in ok.stdout
     gen = run_cli("generate", str(run), "--prompt", "The ", "--max-new-tokens", "50", "--seed", "1", "--stats")
     assert gen.returncode == 0 and gen.stdout.startswith("The ") and "tokens/s" in gen.stderr
+
+
+def test_speculative_generation_with_show_drafts_and_export(trained, tmp_path, capsys):
+    _, run = trained
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "--prompt",
+                "The ",
+                "--strategy",
+                "speculative",
+                "--draft",
+                str(run),
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "20",
+                "--show-drafts",
+                "--stats",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "[" in captured.out and "acceptance 100.00%" in captured.err  # the model drafting for itself
+    assert main(["export", "hf", str(run), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "tokenizer.json").exists()
+    _fails(capsys, "export", "hf", str(run), str(tmp_path / "hf"), match="is not empty")
+
+
+def test_tensorboard_mirrors_the_metrics(tmp_path, corpus_dir):
+    from arlm.training.run import train_command
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 5, "tensorboard": True})
+    train_command(config, log=lambda _: None)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
