@@ -132,6 +132,7 @@ def build_model(
         model = initial_model(config, data, log)
     else:
         model = Transformer(mc)
+    mc = model.config  # train.init or a given model may have replaced the preset's shape
     log(
         f"model: {mc.flavour}, {model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, "
         f"d_model {mc.d_model}, context {mc.block_size}, vocabulary {mc.vocab_size}"
