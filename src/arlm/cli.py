@@ -149,6 +149,33 @@ def cmd_eval_context(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_eval_icl(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Zero/one/few-shot accuracy on in-context learning tasks (table, JSON and PNG); --lm-eval runs lm-eval."""
+    _no_overrides(overrides)
+    tasks = args.tasks.split(",") if args.tasks else None
+    if args.lm_eval:
+        from arlm.evaluation.lm_eval_adapter import lm_eval_command
+        from arlm.loading import pick_device
+
+        for k in args.shots:
+            device = str(pick_device(args.device))
+            lm_eval_command(args.model, ",".join(tasks) if tasks else "all", k, args.limit, device=device)
+        return 0
+    from arlm.evaluation.icl import icl_command
+
+    icl_command(
+        args.model,
+        tasks=tasks,
+        shots=args.shots,
+        scoring=args.scoring,
+        limit=args.limit,
+        out_dir=args.out,
+        num_beams=args.num_beams,
+        device=args.device,
+    )
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     """Train a preset over a grid (--vary section.key=v1,v2,...) and draw all loss curves in one figure."""
     from arlm.training.sweep import sweep_command
@@ -277,8 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
     p.add_argument("--file", help="evaluate on this corpus (file, folder, glob, JSONL or builtin) by sliding window")
     p.add_argument("--max-chars", type=int, default=0, help="with --file: only the first N characters")
-    p.add_argument("--compare-transformers", action="store_true",
-                   help="with --file: also score the same windows with transformers' own loading of the model")
+    p.add_argument(
+        "--compare-transformers",
+        action="store_true",
+        help="with --file: also score the same windows with transformers' own loading of the model",
+    )
     p.add_argument("--context", type=int, default=0, help="window length (default: the model's context)")
     p.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
     p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
@@ -312,6 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     p.add_argument("--out", default="context.png", help="PNG to write")
+
+    p = verb("eval-icl", cmd_eval_icl)  # spelled `arlm eval icl`
+    p.add_argument("model", help="checkpoint, run folder, HF folder, GGUF file or 'smollm2'")
+    p.add_argument("--tasks", help="comma-separated built-in tasks or paths to task JSONL (default: all built-in)")
+    p.add_argument(
+        "--shots",
+        type=lambda v: [int(k) for k in v.split(",")],
+        default=[0, 1, 2, 4, 8],
+        help="numbers of demonstrations (default 0,1,2,4,8)",
+    )
+    p.add_argument("--scoring", default="generate", choices=("generate", "loglikelihood"))
+    p.add_argument("--num-beams", type=int, default=1, help="generate scoring: beam search when > 1")
+    p.add_argument("--limit", type=int, default=None, help="at most this many items per task")
+    p.add_argument("--out", default="icl", help="folder for icl.json and icl.png")
+    p.add_argument("--lm-eval", action="store_true", help="run lm-evaluation-harness on the same tasks instead")
+    p.add_argument("--device", default="auto")
 
     p = verb("sweep", cmd_sweep)
     p.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")

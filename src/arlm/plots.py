@@ -83,3 +83,29 @@ def plot_lines(
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_errorbars(
+    series: dict[str, Sequence[tuple[float, float, float, float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Lines with error bars: {label: [(x, y, low, high), ...]}, labels beside the plot; x nudged apart."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for i, (label, points) in enumerate(series.items()):
+        xs = [p[0] + (i - len(series) / 2) * 0.06 for p in points]  # keep overlapping error bars apart
+        ys = [p[1] for p in points]
+        yerr = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+        ax.errorbar(xs, ys, yerr=yerr, fmt="o-", ms=3, lw=1.2, capsize=2, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
