@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import traceback
 from pathlib import Path
 
 import torch
@@ -50,22 +51,37 @@ def train_figures(device: torch.device, smoke: bool, batch: int, log=print) -> d
 
 
 def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
-    """Batch-1 greedy tokens/s of ours (compiled step) and of transformers' generate() on random weights."""
-    torch.manual_seed(0)
+    """Batch-1 greedy tokens/s of ours (compiled step; and eager) and of transformers' generate(), random weights."""
     config = ModelConfig(**(SMOKE_DECODE if smoke else SMOLLM2_SHAPE))
-    model = Transformer(config).eval().to(device)
     tokenizer = VocabTokenizer.train("char", ["abc"], 0)
     dtype = torch.float32 if smoke else torch.bfloat16
-    return run_decode_bench(
-        model,
-        tokenizer,
-        new_tokens=16 if smoke else 256,
-        repeats=1 if smoke else 3,
-        log=log,
-        cases=["greedy, batch 1"],
-        dtype=dtype,
-        compile=not smoke,
-    )
+    figures = {}
+    for compile in (True, False):
+        log(f"-- arlm {'compiled step (CUDA graphs on GPU)' if compile else 'eager'} --")
+        torch.manual_seed(0)  # the same weights for both passes (the bench re-lays out a CPU model's linears)
+        model = Transformer(config).eval().to(device)
+        figures["compiled" if compile else "eager"] = run_decode_bench(
+            model,
+            tokenizer,
+            new_tokens=16 if smoke else 256,
+            repeats=1 if smoke else 3,
+            log=log,
+            cases=["greedy, batch 1"],
+            dtype=dtype,
+            compile=compile,
+        )
+    return figures
+
+
+def _section(results: dict, name: str, out: Path, fn) -> None:
+    """Run one benchmark; a failure is recorded (and printed) without stopping the others; write results.json."""
+    try:
+        results[name] = fn()
+    except Exception as error:  # a benchmark run reports every section it can
+        traceback.print_exc()
+        results[name] = {"error": f"{type(error).__name__}: {error}"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -82,15 +98,16 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    results = {"environment": _environment(device), "smoke": smoke}
-    print("== training step: arlm vs transformers GPT2LMHeadModel ==")
-    results["train"] = train_figures(device, smoke, 2 if smoke else args.batch)
-    print("== batch-1 greedy decoding: arlm vs transformers generate() ==")
-    results["decode"] = decode_figures(device, smoke)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results = {"environment": _environment(device), "smoke": smoke}
+    print("== training step: arlm vs transformers GPT2LMHeadModel ==", flush=True)
+    _section(results, "train", out, lambda: train_figures(device, smoke, 2 if smoke else args.batch))
+    print("== batch-1 greedy decoding: arlm vs transformers generate() ==", flush=True)
+    _section(results, "decode", out, lambda: decode_figures(device, smoke))
     print(f"wrote {out / 'results.json'}")
+    failed = [name for name in ("train", "decode") if "error" in results[name]]
+    if failed:
+        raise SystemExit(f"benchmark sections failed: {', '.join(failed)}")
     return results
 
 

@@ -86,15 +86,16 @@ def make_sides(config: ModelConfig, device: torch.device | None = None, compile:
     torch.manual_seed(0)
     ours = Transformer(config).to(device)
     reference = hf_gpt2(config).to(device)
-    ours_fn = torch.compile(ours) if compile else ours
-    reference_fn = torch.compile(reference) if compile else reference
 
     def ours_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = next_token_loss(ours_fn(x), y)
+        out = next_token_loss(ours(x), y)
         return out.loss_sum / out.count
 
     def reference_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return reference_fn(input_ids=x, labels=x).loss  # shifts labels itself: T-1 predictions a row
+        return reference(input_ids=x, labels=x).loss  # shifts labels itself: T-1 predictions a row
+
+    if compile:  # forward and loss in one graph on both sides
+        ours_loss, reference_loss = torch.compile(ours_loss), torch.compile(reference_loss)
 
     return [
         Side("arlm", ours, build_optimizer(ours, train, device.type), ours_loss),

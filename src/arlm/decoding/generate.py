@@ -12,6 +12,7 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.decoding.processors import logits_to_probs, process, sample
 from arlm.errors import ArlmError
+from arlm.model.kv_cache import KVCache
 
 TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
 StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
@@ -148,6 +149,22 @@ def compiled_step(model: torch.nn.Module):
     return step
 
 
+def static_cache(model: torch.nn.Module, batch_size: int) -> KVCache:
+    """The model's one block-size cache for compiled decoding, emptied and reused by every call: its buffers keep
+    their addresses (marked static), so a captured CUDA graph replays instead of being recorded again."""
+    cache = getattr(model, "_static_cache", None)
+    weight = next(model.parameters())
+    fits = cache is not None and cache.batch_size == batch_size
+    if not (fits and cache.k.dtype == weight.dtype and cache.k.device == weight.device):
+        model._static_cache = None  # free the old buffers first
+        cache = model.new_cache(batch_size)
+        torch._dynamo.mark_static_address(cache.k)
+        torch._dynamo.mark_static_address(cache.v)
+        model._static_cache = cache
+    cache.length = 0
+    return cache
+
+
 def decode_loop(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
@@ -167,7 +184,10 @@ def decode_loop(
     device = prompt_ids.device
     block = model.config.block_size
     generator = make_generator(config.seed, device)
-    cache = model.new_cache(B, min(T + config.max_new_tokens, block))
+    unpadded = attention_mask is None or bool(attention_mask.all())
+    compiled = config.compile and unpadded and T + config.max_new_tokens <= block
+    cache = static_cache(model, B) if compiled else model.new_cache(B, min(T + config.max_new_tokens, block))
+    step_fn = compiled_step(model) if compiled else None
     mask = attention_mask
     start = time.perf_counter()
     logits = model(prompt_ids, kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]  # (B, V)
@@ -175,8 +195,6 @@ def decode_loop(
     sequences = prompt_ids
     done = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = [config.max_new_tokens] * B
-    unpadded = mask is None or bool(mask.all())
-    step_fn = compiled_step(model) if config.compile and unpadded and T + config.max_new_tokens <= block else None
     for step in range(config.max_new_tokens):
         token = choose_next(logits, sequences, config, generator)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)

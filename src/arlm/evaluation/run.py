@@ -68,7 +68,8 @@ def eval_command(
             )
         if not data.has_split(split):
             raise ArlmError(f"the data in {directory} has no {split} split")
-        sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)
+        block = context or min(config.model.block_size, 1024)
+        sampler = data.sampler(split, config.data, block, config.train.seed)
         sums = evaluate_batches(
             model,
             sampler.eval_batches(config.train.batch_size, batches),
@@ -76,7 +77,7 @@ def eval_command(
             token_bytes=tokenizer.token_bytes(),
         )
         res = result(*sums)
-        where = f"{split} split of {directory}"
+        where = f"{split} split of {directory} (blocks of {block})"
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
     log(f"{where}: loss {res.loss:.4f}  perplexity {res.perplexity:.3f}  bits/byte {bpb}  tokens {res.tokens:,}")
     return res
