@@ -309,8 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --file: also score the same windows with transformers' own loading of the model",
     )
-    p.add_argument("--context", type=int, default=0,
-                   help="window / block length (default: the model's context, at most 1024 on a split)")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        help="window / block length (default: the model's context, at most 1024 on a split)",
+    )
     p.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
     p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     p.add_argument("--device", default="auto")

@@ -55,7 +55,11 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ():
     assert a == b and a != c
 
 
-def test_eos_and_stop_checks_end_rows_separately():
+@pytest.mark.parametrize("sync_every", [1, 16])
+def test_eos_and_stop_checks_end_rows_separately(monkeypatch, sync_every):
+    import arlm.decoding.generate as gen
+
+    monkeypatch.setattr(gen, "sync_interval", lambda device, should_stop: 1 if should_stop else sync_every)
     model = _model()
     free = generate(model, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=15)).generated()[0]
     eos = free[4]
@@ -65,6 +69,8 @@ def test_eos_and_stop_checks_end_rows_separately():
     assert out.generated()[0] == free[: free.index(eos) + 1]
     row = out.sequences[0, 3:].tolist()
     assert row[len(out.generated()[0]) :] == [0] * (15 - len(out.generated()[0]))
+    both = generate(model, [[1, 2, 3], [1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=15), eos_id=eos)
+    assert both.generated() == [free[: free.index(eos) + 1]] * 2 and both.stats["new_tokens"] == 2 * (free.index(eos) + 1)
     stopped = generate(
         model,
         [[1, 2, 3]],

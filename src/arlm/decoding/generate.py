@@ -14,6 +14,7 @@ from arlm.decoding.processors import logits_to_probs, process, sample
 from arlm.errors import ArlmError
 from arlm.model.kv_cache import KVCache
 
+SYNC_EVERY = 16  # GPU decoding looks at the stop flags (a device sync) once per this many tokens
 TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
 StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
 
@@ -179,7 +180,8 @@ def decode_loop(
     """Prefill the prompt in one forward, then one token a step on the KV cache (greedy or sampling).
 
     When the context fills up, the newest half of it is re-encoded into an emptied cache and decoding
-    goes on (a sliding window), so a model with a short context can write long texts."""
+    goes on (a sliding window), so a model with a short context can write long texts. On a GPU the loop
+    never waits for the device except every SYNC_EVERY steps (to see whether every row has stopped)."""
     B, T = prompt_ids.shape
     device = prompt_ids.device
     block = model.config.block_size
@@ -194,15 +196,21 @@ def decode_loop(
     prefill_s = time.perf_counter() - start
     sequences = prompt_ids
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    lengths = [config.max_new_tokens] * B
+    stopped: dict[int, int] = {}  # row -> generated length, for rows ended by should_stop
+    sync_every = sync_interval(device, should_stop)
+    pos = torch.tensor([T], device=device)  # (1,) the next position, kept on the device
     for step in range(config.max_new_tokens):
         token = choose_next(logits, sequences, config, generator)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         sequences = torch.cat([sequences, token[:, None]], dim=1)  # (B, S+1)
         if on_token is not None:
             on_token(token)
-        done = _update_done(done, token, sequences[:, T:], eos_id, should_stop, lengths, step)
-        if bool(done.all()) or step == config.max_new_tokens - 1:
+        if eos_id is not None:
+            done = done | (token == eos_id)
+        if should_stop is not None:
+            done = _check_stops(done, sequences[:, T:], should_stop, stopped, step)
+        last = step == config.max_new_tokens - 1
+        if last or ((step + 1) % sync_every == 0 and bool(done.all())):
             break
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S+1)
@@ -213,10 +221,14 @@ def decode_loop(
             logits = model(sequences[:, -keep:], kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]
             continue
         if step_fn is not None:  # compiled, static shapes: position as a tensor, the whole cache masked
-            logits = step_fn(token[:, None], torch.tensor([cache.length], device=device), cache)  # (B, V)
+            logits = step_fn(token[:, None], pos, cache)  # (B, V)
+            pos += 1
             cache.length += 1
             continue
         logits = model(token[:, None], kv_cache=cache, attention_mask=mask)[:, -1]  # (B, V)
+    lengths = _lengths(sequences[:, T:], eos_id, stopped)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the timing below counts work the loop only queued
     total_s = time.perf_counter() - start
     new_tokens = sum(lengths)
     stats = {
@@ -229,25 +241,30 @@ def decode_loop(
     return GenerationOutput(sequences, None, stats, T)
 
 
-def _update_done(
-    done: torch.Tensor,
-    token: torch.Tensor,
-    generated: torch.Tensor,
-    eos_id: int | None,
-    should_stop: StopCheck | None,
-    lengths: list[int],
-    step: int,
+def sync_interval(device: torch.device, should_stop: StopCheck | None) -> int:
+    """Steps between looks at the stop flags: every step on CPU (free) or with a host-side stop check."""
+    return 1 if device.type == "cpu" or should_stop is not None else SYNC_EVERY
+
+
+def _check_stops(
+    done: torch.Tensor, generated: torch.Tensor, should_stop: StopCheck, stopped: dict[int, int], step: int
 ) -> torch.Tensor:
-    """Mark rows that emitted EOS or matched a stop check; record their generated length."""
-    newly = torch.zeros_like(done)
+    """Mark rows whose generated ids (B, n) match a stop check, recording their length in `stopped`."""
+    rows = generated.tolist()
+    finished = done.tolist()
+    for b, row in enumerate(rows):
+        if not finished[b] and should_stop(b, row):
+            stopped[b] = step + 1
+            finished[b] = True
+    return torch.tensor(finished, device=done.device)
+
+
+def _lengths(generated: torch.Tensor, eos_id: int | None, stopped: dict[int, int]) -> list[int]:
+    """Generated length of each row (B, n): up to and including its first EOS, or where a stop check ended it."""
+    B, n = generated.shape
+    lengths = [n] * B
     if eos_id is not None:
-        newly |= token == eos_id
-    if should_stop is not None:
-        rows = generated.tolist()
-        for b in range(len(rows)):
-            if not done[b] and should_stop(b, rows[b]):
-                newly[b] = True
-    newly &= ~done
-    for b in newly.nonzero().flatten().tolist():
-        lengths[b] = step + 1
-    return done | newly
+        hit = generated == eos_id  # (B, n)
+        first = torch.where(hit.any(dim=1), hit.int().argmax(dim=1) + 1, n)  # (B,)
+        lengths = first.tolist()
+    return [min(length, stopped.get(b, n)) for b, length in enumerate(lengths)]
