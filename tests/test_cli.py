@@ -1,5 +1,6 @@
 """Bad input ends with one line on stderr and exit code 2, and nothing on disk is lost or overwritten."""
 
+import json
 import shutil
 
 import pytest
@@ -175,3 +176,18 @@ def test_tensorboard_mirrors_the_metrics(tmp_path, corpus_dir):
     config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 5, "tensorboard": True})
     train_command(config, log=lambda _: None)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_eval_calibration_and_exposure_bias_write_their_figures(trained, tmp_path, capsys):
+    _, run = trained
+    out = tmp_path / "cal.png"
+    assert main(["eval", "calibration", str(run), "--bins", "10", "--out", str(out)]) == 0
+    assert "ECE" in capsys.readouterr().out and out.exists()
+    assert json.loads(out.with_suffix(".json").read_text())["results"]["run"]["n_bins"] == 10
+    out = tmp_path / "eb.png"
+    argv = ["eval", "exposure-bias", str(run), "--prompt-len", "4", "--length", "8", "--sequences", "6"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "gap" in capsys.readouterr().out and out.exists()
+    assert len(json.loads(out.with_suffix(".json").read_text())["results"]["run"]["gap"]) == 8
+    _fails(capsys, "eval", "exposure-bias", str(run), "--prompt-len", "4", "--length", "500", match="context")
+    _fails(capsys, "study", "calibration", "--train.nope", "1", match="nope")

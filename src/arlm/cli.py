@@ -176,6 +176,49 @@ def cmd_eval_icl(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_eval_calibration(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Expected calibration error and a reliability diagram of next-token predictions, for one or more runs."""
+    _no_overrides(overrides)
+    from arlm.evaluation.calibration import calibration_command
+
+    calibration_command(
+        args.runs, split=args.split, batches=args.batches, out=args.out, n_bins=args.bins, data_dir=args.data,
+        device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_eval_exposure_bias(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Per-position loss and accuracy under teacher forcing vs free running (the model's own prefix)."""
+    _no_overrides(overrides)
+    from arlm.evaluation.exposure_bias import exposure_bias_command
+
+    exposure_bias_command(
+        args.runs, prompt_len=args.prompt_len, length=args.length, n_sequences=args.sequences, split=args.split,
+        out=args.out, data_dir=args.data, device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_study_calibration(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train a preset with label smoothing 0 and 0.1 (otherwise identical) and compare their calibration."""
+    from arlm.evaluation.calibration import calibration_study
+
+    calibration_study(args.out, preset=args.preset, overrides=overrides, runs_dir=args.runs_dir)
+    return 0
+
+
+def cmd_study_exposure_bias(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train a preset plainly and with scheduled sampling, and compare their exposure-bias curves."""
+    from arlm.evaluation.exposure_bias import exposure_bias_study
+
+    exposure_bias_study(
+        args.out, preset=args.preset, overrides=overrides, runs_dir=args.runs_dir,
+        scheduled_sampling=args.scheduled_sampling, n_sequences=args.sequences,
+    )  # fmt: skip
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     """Train a preset over a grid (--vary section.key=v1,v2,...) and draw all loss curves in one figure."""
     from arlm.training.sweep import sweep_command
@@ -363,6 +406,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="icl", help="folder for icl.json and icl.png")
     p.add_argument("--lm-eval", action="store_true", help="run lm-evaluation-harness on the same tasks instead")
     p.add_argument("--device", default="auto")
+
+    for name, func, default_out in (
+        ("eval-calibration", cmd_eval_calibration, "calibration.png"),  # spelled `arlm eval calibration`
+        ("eval-exposure-bias", cmd_eval_exposure_bias, "exposure_bias.png"),
+    ):
+        p = verb(name, func)
+        p.add_argument("runs", nargs="+", help="run folders or checkpoints")
+        p.add_argument("--split", default="val", choices=("train", "val", "test"))
+        p.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
+        p.add_argument("--out", default=default_out, help="PNG to write (numbers go to the same name .json)")
+        p.add_argument("--device", default="auto")
+    p.add_argument("--prompt-len", type=int, default=0, help="gold prompt tokens (default: a quarter of the context)")
+    p.add_argument("--length", type=int, default=0, help="positions measured after it (default: the rest)")
+    p.add_argument("--sequences", type=int, default=256, help="held-out sequences")
+    p = verbs.choices["eval-calibration"]
+    p.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
+    p.add_argument("--bins", type=int, default=15, help="equal-width confidence bins")
+    for name, func, default_out in (
+        ("study-calibration", cmd_study_calibration, "docs/studies/calibration"),  # `arlm study calibration`
+        ("study-exposure-bias", cmd_study_exposure_bias, "docs/studies/exposure-bias"),
+    ):
+        p = verb(name, func)
+        p.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path (+ overrides)")
+        p.add_argument("--out", default=default_out, help="folder for the report, figure and numbers")
+        p.add_argument("--runs-dir", help="where the runs are trained (default: <out>/runs)")
+    p.add_argument("--scheduled-sampling", type=float, default=0.25, help="final probability of own tokens")
+    p.add_argument("--sequences", type=int, default=256, help="held-out sequences measured")
 
     p = verb("sweep", cmd_sweep)
     p.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")

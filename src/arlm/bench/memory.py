@@ -125,6 +125,48 @@ def fit_exponent(lengths: list[int], values: list[float]) -> float:
     return float(np.polyfit(xs, ys, 1)[0]) if len(points) >= 2 else float("nan")
 
 
+def scores_exponent(naive: list[dict], sdpa: list[dict]) -> float:
+    """Exponent of the naive backend's extra activation memory over SDPA's at the same lengths: what the
+    explicit (T, T) score matrices cost, without the parts both backends share (linear in T)."""
+    fused = {r["length"]: r["saved_bytes"] for r in sdpa if not r.get("oom")}
+    ok = [r for r in naive if not r.get("oom") and r["length"] in fused]
+    pairs = [(r["length"], r["saved_bytes"] - fused[r["length"]]) for r in ok if r["saved_bytes"] > fused[r["length"]]]
+    return fit_exponent([t for t, _ in pairs], [extra for _, extra in pairs]) if len(pairs) >= 2 else math.nan
+
+
+def plot_memory(result: dict, out: str | Path) -> None:
+    """Log-log activation memory against T per backend (and their difference, the scores), and tokens/s."""
+    from arlm.plots import plot_lines
+
+    rows, exponents, device = result["rows"], result["exponents"], result["device"]
+    ok = {b: [r for r in m if not r.get("oom")] for b, m in rows.items()}
+    series = {
+        f"{b} (T^{exponents[b]:.2f})": [(r["length"], r["saved_bytes"] / 2**20) for r in m] for b, m in ok.items()
+    }
+    fused = {r["length"]: r["saved_bytes"] for r in ok["sdpa"]}
+    series[f"naive - sdpa: the T x T scores (T^{exponents['naive - sdpa']:.2f})"] = [
+        (r["length"], (r["saved_bytes"] - fused[r["length"]]) / 2**20) for r in ok["naive"] if r["length"] in fused
+    ]
+    plot_lines(
+        series,
+        out,
+        xlabel="sequence length T",
+        ylabel="activation memory of a step (MiB)",
+        logx=True,
+        logy=True,
+        title=f"training-step memory vs context ({device})",
+    )
+    speed = {b: [(r["length"], r["tokens_per_s"]) for r in m] for b, m in ok.items()}
+    plot_lines(
+        speed,
+        Path(out).with_name(Path(out).stem + "-speed.png"),
+        xlabel="sequence length T",
+        ylabel="tokens/s",
+        logx=True,
+        title=f"training-step speed vs context ({device})",
+    )
+
+
 def bench_memory_command(
     *,
     lengths: tuple[int, ...] = LENGTHS,
@@ -135,7 +177,6 @@ def bench_memory_command(
     log=print,
 ) -> dict:
     """Measure both backends over the lengths, print the table and exponents, write the plot and a JSON."""
-    from arlm.plots import plot_lines
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     rows: dict[str, list[dict]] = {}
@@ -150,7 +191,7 @@ def bench_memory_command(
             fixed = 4 * 4 * _parameters(length)  # float32 weights, gradients and AdamW's two moments
             one["max_batch"] = int(max(budget_gb * 2**30 - fixed, 0) // max(one["saved_bytes"], 1))
             log(
-                f"  {backend:<6} T={length:>5}: activations {one['saved_bytes'] / 2**20:>9.1f} MiB, peak RSS "
+                f"  {backend:<6} T={length:>5}: activations {one['saved_bytes'] / 2**20:>9.1f} MiB, peak "
                 f"+{one['step_bytes'] / 2**20:>8.1f} MiB, {one['tokens_per_s']:>8,.0f} tokens/s, "
                 f"largest batch in {budget_gb:g} GB: {one['max_batch']}"
             )
@@ -159,29 +200,10 @@ def bench_memory_command(
         ok = [r for r in measured if not r.get("oom")]
         exponents[backend] = fit_exponent([r["length"] for r in ok], [r["saved_bytes"] for r in ok])
         log(f"  {backend}: activation memory grows as T^{exponents[backend]:.2f}")
-    series = {
-        f"{b} (T^{exponents[b]:.2f})": [(r["length"], r["saved_bytes"] / 2**20) for r in m if not r.get("oom")]
-        for b, m in rows.items()
-    }
-    plot_lines(
-        series,
-        out,
-        xlabel="sequence length T",
-        ylabel="activation memory of a step (MiB)",
-        logx=True,
-        logy=True,
-        title=f"training-step memory vs context ({device})",
-    )
-    speed = {b: [(r["length"], r["tokens_per_s"]) for r in m if not r.get("oom")] for b, m in rows.items()}
-    plot_lines(
-        speed,
-        Path(out).with_name(Path(out).stem + "-speed.png"),
-        xlabel="sequence length T",
-        ylabel="tokens/s",
-        logx=True,
-        title=f"training-step speed vs context ({device})",
-    )
+    exponents["naive - sdpa"] = scores_exponent(rows["naive"], rows["sdpa"])
+    log(f"  naive minus sdpa (the T x T scores alone) grows as T^{exponents['naive - sdpa']:.2f}")
     result = {"device": device, "shape": SHAPE, "budget_gb": budget_gb, "rows": rows, "exponents": exponents}
+    plot_memory(result, out)
     Path(out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {out}, {Path(out).with_suffix('.json')}")
     return result

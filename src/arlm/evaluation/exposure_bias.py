@@ -1,0 +1,344 @@
+"""Exposure bias: how much worse a model predicts held-out text once it runs on its own output.
+
+Each held-out sequence is P gold prompt tokens followed by L gold continuation tokens. Teacher forcing
+scores gold token P+j given the gold prefix; free running first generates L tokens greedily from the prompt,
+then scores gold token P+j given the prompt and the model's own first j tokens, and counts the model's
+prediction there as correct when it equals the gold token. At j = 0 both see the same prefix. The gap (free
+running minus teacher forcing) over j shows how errors compound; `arlm eval exposure-bias` measures runs and
+`arlm study exposure-bias` compares plain training with scheduled sampling."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arlm.config import GenerationConfig, build_config
+from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
+from arlm.evaluation.calibration import run_data, run_label, train_variants
+from arlm.loading import load_model, pick_device
+
+STUDY_SCHEDULED_SAMPLING = 0.25
+# As in the calibration study: final report on 20 batches per split, no sample text.
+STUDY_OVERRIDES = ("--train.final_eval_batches", "20", "--train.sample_tokens", "0")
+
+
+@dataclass
+class ExposureBiasResult:
+    """Per-position curves (means over sequences, with standard errors) and a summary of the gap."""
+
+    prompt_len: int
+    length: int
+    sequences: int
+    teacher_forced_loss: list[float]  # (L,) mean NLL of gold token P+j given the gold prefix
+    teacher_forced_loss_se: list[float]
+    free_running_loss: list[float]  # (L,) mean NLL of gold token P+j given the model's own prefix
+    free_running_loss_se: list[float]
+    teacher_forced_accuracy: list[float]  # (L,) top-1 prediction == gold token, gold prefix
+    teacher_forced_accuracy_se: list[float]
+    free_running_accuracy: list[float]  # (L,) top-1 prediction == gold token, own prefix
+    free_running_accuracy_se: list[float]
+    gap: list[float]  # (L,) mean paired difference free running - teacher forcing (loss)
+    gap_se: list[float]
+    gap_slope: float  # least-squares slope of the mean loss gap against position (nats per position)
+
+    def gap_at(self, positions: Sequence[int] | None = None) -> dict[int, float]:
+        """Mean loss gap at a few positions (default 0, 1, 4, 16, ... and the last)."""
+        if positions is None:
+            positions, k = {0, self.length - 1}, 1
+            while k < self.length:
+                positions, k = positions | {k}, 4 * k
+            positions = sorted(positions)
+        return {j: self.gap[j] for j in positions if 0 <= j < self.length}
+
+    def summary(self) -> dict:
+        """Mean losses and accuracies over all positions, the gap at a few positions, and its slope."""
+        return {
+            "teacher_forced_loss": float(np.mean(self.teacher_forced_loss)),
+            "free_running_loss": float(np.mean(self.free_running_loss)),
+            "teacher_forced_accuracy": float(np.mean(self.teacher_forced_accuracy)),
+            "free_running_accuracy": float(np.mean(self.free_running_accuracy)),
+            "mean_gap": float(np.mean(self.gap)),
+            "gap_at": {str(j): g for j, g in self.gap_at().items()},
+            "gap_slope": self.gap_slope,
+        }
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict (curves and summary)."""
+        return {**asdict(self), "summary": self.summary()}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ExposureBiasResult:
+        """The result back from as_dict()'s output (the summary is recomputed, not read)."""
+        return cls(**{k: v for k, v in record.items() if k != "summary"})
+
+
+def _mean_se(values: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Column means and standard errors of (N, L) values."""
+    v = values.double()
+    n = v.shape[0]
+    se = v.std(dim=0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros(v.shape[1], dtype=torch.float64)
+    return v.mean(dim=0).tolist(), se.tolist()
+
+
+def summarise(
+    tf_nll: torch.Tensor, fr_nll: torch.Tensor, tf_correct: torch.Tensor, fr_correct: torch.Tensor, prompt_len: int
+) -> ExposureBiasResult:
+    """ExposureBiasResult from per-sequence (N, L) losses and correctness under both regimes."""
+    n, length = tf_nll.shape
+    tf_loss, tf_loss_se = _mean_se(tf_nll)
+    fr_loss, fr_loss_se = _mean_se(fr_nll)
+    tf_acc, tf_acc_se = _mean_se(tf_correct)
+    fr_acc, fr_acc_se = _mean_se(fr_correct)
+    gap, gap_se = _mean_se(fr_nll.double() - tf_nll.double())
+    positions = np.arange(length, dtype=np.float64)
+    slope = float(np.polyfit(positions, np.asarray(gap), 1)[0]) if length > 1 else 0.0
+    return ExposureBiasResult(
+        prompt_len, length, n, tf_loss, tf_loss_se, fr_loss, fr_loss_se, tf_acc, tf_acc_se, fr_acc, fr_acc_se,
+        gap, gap_se, slope,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def greedy_continuation(model: torch.nn.Module, prompts: torch.Tensor, length: int) -> torch.Tensor:
+    """Prompts (B, P) followed by `length` greedily generated tokens: (B, P + length)."""
+    config = GenerationConfig(strategy="greedy", max_new_tokens=length, stop_at_eos=False)
+    return generate(model, prompts, config).sequences[:, : prompts.shape[1] + length]
+
+
+@torch.no_grad()
+def exposure_bias(
+    model: torch.nn.Module, sequences: torch.Tensor, prompt_len: int, length: int, *, batch_size: int = 64
+) -> ExposureBiasResult:
+    """Teacher-forced vs free-running loss and accuracy at each of `length` positions after a gold prompt of
+    `prompt_len` tokens, over gold sequences (N, >= prompt_len + length)."""
+    P, L = prompt_len, length
+    if P < 1 or L < 1:
+        raise ArlmError(f"prompt length and length must be at least 1, got {P} and {L}")
+    if sequences.dim() != 2 or sequences.shape[1] < P + L or sequences.shape[0] < 1:
+        raise ArlmError(f"need (N, >= {P + L}) gold sequences, got shape {tuple(sequences.shape)}")
+    needed, block = P + L - 1, model.config.block_size
+    if needed > block:
+        raise ArlmError(f"prompt {P} + length {L} needs {needed} positions; the model's context is {block}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
+    for i in range(0, sequences.shape[0], batch_size):
+        gold = sequences[i : i + batch_size, : P + L].long().to(device)  # (b, P+L)
+        b = gold.shape[0]
+        free = greedy_continuation(model, gold[:, :P], L)  # (b, P+L): prompt + own tokens
+        inputs = torch.cat([gold, free])[:, :-1]  # (2b, P+L-1): one forward for both regimes
+        logits = model(inputs)[:, P - 1 :].float()  # (2b, L, V): predictions of positions P..P+L-1
+        targets = gold[:, P:].repeat(2, 1)  # (2b, L): always the gold tokens
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (2b, L)
+        correct = (logits.argmax(dim=-1) == targets).float()  # (2b, L)
+        for part, value in zip(parts, (nll[:b], nll[b:], correct[:b], correct[b:])):
+            part.append(value.cpu())
+    model.train(was_training)
+    return summarise(*(torch.cat(p) for p in parts), prompt_len=P)
+
+
+def held_out_sequences(tokens: np.ndarray, n_sequences: int, width: int) -> torch.Tensor:
+    """(n, width) windows of a token stream at evenly spaced offsets (overlapping only when the stream is
+    too short for n disjoint ones); windows may span a document boundary, as packed training blocks do."""
+    if len(tokens) < width:
+        raise ArlmError(f"the split holds {len(tokens)} tokens, fewer than one sequence of {width}")
+    if n_sequences < 1:
+        raise ArlmError(f"n_sequences must be at least 1, got {n_sequences}")
+    offsets = np.linspace(0, len(tokens) - width, n_sequences).round().astype(np.int64)
+    return torch.from_numpy(np.stack([np.asarray(tokens[o : o + width], dtype=np.int64) for o in offsets]))
+
+
+def default_lengths(block_size: int, prompt_len: int = 0, length: int = 0) -> tuple[int, int]:
+    """Prompt and continuation lengths: a quarter of the context as prompt, the rest continuation."""
+    prompt_len = prompt_len or max(block_size // 4, 1)
+    length = length or max(block_size - prompt_len, 1)
+    return prompt_len, length
+
+
+def plot_exposure_bias(results: dict[str, ExposureBiasResult], path: str | Path, *, title: str = "") -> Path:
+    """Loss and accuracy against position, teacher forced (solid) and free running (dashed), and the loss gap
+    between them; one colour per run, bands of one standard error."""
+    from arlm.plots import _save, plt
+
+    fig, (ax_loss, ax_acc, ax_gap) = plt.subplots(1, 3, figsize=(15, 4.3))
+    for i, (label, r) in enumerate(results.items()):
+        colour, x = f"C{i}", np.arange(r.length)
+        for ax, stem in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            for regime, style in (("teacher_forced", "-"), ("free_running", "--")):
+                mean = np.asarray(getattr(r, f"{regime}_{stem}"))
+                se = np.asarray(getattr(r, f"{regime}_{stem}_se"))
+                name = regime.replace("_", " ").replace("forced", "forcing")
+                ax.plot(x, mean, style, color=colour, lw=1.3, label=f"{label}, {name}")
+                ax.fill_between(x, mean - se, mean + se, color=colour, alpha=0.15, lw=0)
+        gap, gap_se = np.asarray(r.gap), np.asarray(r.gap_se)
+        ax_gap.plot(x, gap, color=colour, lw=1.3, label=f"{label} (slope {r.gap_slope:+.4f}/position)")
+        ax_gap.fill_between(x, gap - gap_se, gap + gap_se, color=colour, alpha=0.15, lw=0)
+    ax_gap.axhline(0.0, color="0.5", ls=":", lw=1)
+    ax_loss.set_ylabel("NLL of the gold token (nats)")
+    ax_acc.set_ylabel("top-1 accuracy on the gold token")
+    ax_gap.set_ylabel("free running - teacher forcing NLL (nats)")
+    for ax in (ax_loss, ax_acc, ax_gap):
+        ax.set_xlabel("position after the prompt")
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7)
+    ax_gap.legend(fontsize=7)
+    fig.suptitle(title or "exposure bias: teacher forcing (solid) vs free running (dashed)")
+    return _save(fig, path)
+
+
+def format_summary(results: dict[str, ExposureBiasResult]) -> str:
+    """Plain-text summary: one row per run."""
+    width = max([len(k) for k in results] + [3])
+    any_result = next(iter(results.values()))
+    shown = list(any_result.gap_at())
+    head = "".join(f"{'gap@' + str(j):>9}" for j in shown)
+    lines = [f"{'run':<{width}}  {'TF loss':>8}{'FR loss':>8}{'TF acc':>8}{'FR acc':>8}{head}{'slope':>10}"]
+    for label, r in results.items():
+        s = r.summary()
+        gaps = "".join(f"{r.gap[j]:>9.3f}" if j < r.length else f"{'-':>9}" for j in shown)
+        lines.append(
+            f"{label:<{width}}  {s['teacher_forced_loss']:>8.3f}{s['free_running_loss']:>8.3f}"
+            f"{s['teacher_forced_accuracy']:>8.3f}{s['free_running_accuracy']:>8.3f}{gaps}{r.gap_slope:>10.4f}"
+        )
+    return "\n".join(lines)
+
+
+def exposure_bias_command(
+    run_refs: list[str],
+    *,
+    prompt_len: int = 0,
+    length: int = 0,
+    n_sequences: int = 256,
+    split: str = "val",
+    out: str | Path = "exposure_bias.png",
+    batch_size: int = 64,
+    data_dir: str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, ExposureBiasResult]:
+    """Measure exposure bias of runs on held-out sequences; print the summary, write the figure and out.json.
+    prompt_len / length 0: a quarter of the context as prompt, the rest as continuation."""
+    if not run_refs:
+        raise ArlmError("name at least one run or checkpoint to measure")
+    results: dict[str, ExposureBiasResult] = {}
+    for ref in run_refs:
+        loaded = load_model(ref, device=pick_device(device))
+        P, L = default_lengths(loaded.config.model.block_size, prompt_len, length)
+        data = run_data(loaded, split, data_dir)
+        sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)
+        results[run_label(ref, results)] = exposure_bias(loaded.model, sequences, P, L, batch_size=batch_size)
+    first = next(iter(results.values()))
+    log(
+        f"exposure bias on {first.sequences} {split} sequences: prompt {first.prompt_len} tokens, "
+        f"{first.length} positions (gap = free-running minus teacher-forced loss, nats)"
+    )
+    log(format_summary(results))
+    out = Path(out)
+    plot_exposure_bias(results, out)
+    record = {"split": split, "runs": dict(zip(results, run_refs))}
+    record["results"] = {k: r.as_dict() for k, r in results.items()}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {out}, {out.with_suffix('.json')}")
+    return results
+
+
+def exposure_bias_study(
+    out_dir: str | Path,
+    *,
+    preset: str = "quickstart",
+    overrides: Sequence[str] = (),
+    runs_dir: str | Path | None = None,
+    scheduled_sampling: float = STUDY_SCHEDULED_SAMPLING,
+    prompt_len: int = 0,
+    length: int = 0,
+    n_sequences: int = 256,
+    split: str = "val",
+    log: Callable[[str], None] = print,
+) -> dict[str, ExposureBiasResult]:
+    """Train the preset plainly and with scheduled sampling (ramped up over the first half of the steps),
+    measure exposure bias of both, and write exposure_bias.png, exposure_bias.json and report.md."""
+    out_dir = Path(out_dir)
+    runs_dir = Path(runs_dir) if runs_dir else out_dir / "runs"
+    all_overrides = [*STUDY_OVERRIDES, *overrides]
+    steps = build_config(preset, all_overrides).train.max_steps
+    warmup = max(steps // 2, 1)
+    variants = {
+        "plain": [],
+        "scheduled-sampling": [
+            "--train.scheduled_sampling", str(scheduled_sampling), "--train.scheduled_sampling_warmup", str(warmup)
+        ],
+    }  # fmt: skip
+    start = time.perf_counter()
+    trained = train_variants(preset, variants, runs_dir, all_overrides, log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    refs = [str(path) for path, _ in trained.values()]
+    measure_start = time.perf_counter()
+    results = exposure_bias_command(
+        refs, prompt_len=prompt_len, length=length, n_sequences=n_sequences, split=split,
+        out=out_dir / "exposure_bias.png", log=log,
+    )  # fmt: skip
+    record = json.loads((out_dir / "exposure_bias.json").read_text(encoding="utf-8"))
+    record.update(
+        preset=preset,
+        overrides=all_overrides,
+        max_steps=steps,
+        scheduled_sampling=scheduled_sampling,
+        scheduled_sampling_warmup=warmup,
+        train_seconds={k: round(s, 1) for k, (_, s) in trained.items()},
+        measure_seconds=round(time.perf_counter() - measure_start, 1),
+        total_seconds=round(time.perf_counter() - start, 1),
+    )
+    (out_dir / "exposure_bias.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(_study_report(results, record), encoding="utf-8")
+    log(f"wrote {out_dir / 'report.md'}")
+    return results
+
+
+def _study_report(results: dict[str, ExposureBiasResult], record: dict) -> str:
+    """The markdown summary of an exposure-bias study."""
+    first = next(iter(results.values()))
+    shown = list(first.gap_at())
+    rows = [
+        "| run | TF loss | FR loss | TF acc | FR acc | "
+        + " | ".join(f"gap@{j}" for j in shown)
+        + " | gap slope (nats/position) | train s |",
+        "|---|" + "---:|" * (5 + len(shown)) + "---:|",
+    ]
+    for label, r in results.items():
+        s = r.summary()
+        gaps = " | ".join(f"{r.gap[j]:.3f} ± {r.gap_se[j]:.3f}" for j in shown)
+        rows.append(
+            f"| {label} | {s['teacher_forced_loss']:.3f} | {s['free_running_loss']:.3f} | "
+            f"{s['teacher_forced_accuracy']:.3f} | {s['free_running_accuracy']:.3f} | {gaps} | "
+            f"{r.gap_slope:.4f} | {record['train_seconds'][label]} |"
+        )
+    return "\n".join(
+        [
+            "# Exposure-bias study: scheduled sampling",
+            "",
+            f"Preset `{record['preset']}` trained {record['max_steps']} steps twice, otherwise identical "
+            f"(overrides: `{' '.join(record['overrides'])}`): plain teacher forcing, and scheduled sampling "
+            f"with final probability {record['scheduled_sampling']} reached linearly over the first "
+            f"{record['scheduled_sampling_warmup']} steps. Measured on {first.sequences} sequences of the "
+            f"{record['split']} split: a gold prompt of {first.prompt_len} tokens, then {first.length} "
+            "positions. TF: teacher forcing (gold prefix); FR: free running (the model's own greedy prefix); "
+            "losses and accuracies are of the gold token, means over all positions; gap@j is FR minus TF "
+            "loss at position j (± one standard error).",
+            "",
+            *rows,
+            "",
+            f"Total time {record['total_seconds']} s (measurement {record['measure_seconds']} s). "
+            "Figure: `exposure_bias.png`; curves: `exposure_bias.json`.",
+            "",
+        ]
+    )
