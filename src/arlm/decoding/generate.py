@@ -150,15 +150,18 @@ def compiled_step(model: torch.nn.Module):
     return step
 
 
-def static_cache(model: torch.nn.Module, batch_size: int) -> KVCache:
-    """The model's one block-size cache for compiled decoding, emptied and reused by every call: its buffers keep
-    their addresses (marked static), so a captured CUDA graph replays instead of being recorded again."""
+def static_cache(model: torch.nn.Module, batch_size: int, needed: int) -> KVCache:
+    """The model's cache for compiled decoding, reused by every call that fits it: its buffers keep their
+    addresses (marked static), so a captured CUDA graph replays instead of being recorded again. Its length is
+    a power of two (at least 256, at most the context) covering `needed` positions, since every step attends
+    over the whole buffer, masked: a few sizes, a few graphs."""
+    max_len = min(model.config.block_size, max(256, 1 << (needed - 1).bit_length()))
     cache = getattr(model, "_static_cache", None)
     weight = next(model.parameters())
-    fits = cache is not None and cache.batch_size == batch_size
+    fits = cache is not None and cache.batch_size == batch_size and cache.max_len == max_len
     if not (fits and cache.k.dtype == weight.dtype and cache.k.device == weight.device):
         model._static_cache = None  # free the old buffers first
-        cache = model.new_cache(batch_size)
+        cache = model.new_cache(batch_size, max_len)
         torch._dynamo.mark_static_address(cache.k)
         torch._dynamo.mark_static_address(cache.v)
         model._static_cache = cache
@@ -188,7 +191,8 @@ def decode_loop(
     generator = make_generator(config.seed, device)
     unpadded = attention_mask is None or bool(attention_mask.all())
     compiled = config.compile and unpadded and T + config.max_new_tokens <= block
-    cache = static_cache(model, B) if compiled else model.new_cache(B, min(T + config.max_new_tokens, block))
+    needed = T + config.max_new_tokens
+    cache = static_cache(model, B, needed) if compiled else model.new_cache(B, min(needed, block))
     step_fn = compiled_step(model) if compiled else None
     mask = attention_mask
     start = time.perf_counter()
