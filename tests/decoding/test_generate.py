@@ -70,7 +70,8 @@ def test_eos_and_stop_checks_end_rows_separately(monkeypatch, sync_every):
     row = out.sequences[0, 3:].tolist()
     assert row[len(out.generated()[0]) :] == [0] * (15 - len(out.generated()[0]))
     both = generate(model, [[1, 2, 3], [1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=15), eos_id=eos)
-    assert both.generated() == [free[: free.index(eos) + 1]] * 2 and both.stats["new_tokens"] == 2 * (free.index(eos) + 1)
+    expected = free[: free.index(eos) + 1]
+    assert both.generated() == [expected] * 2 and both.stats["new_tokens"] == 2 * len(expected)
     stopped = generate(
         model,
         [[1, 2, 3]],
