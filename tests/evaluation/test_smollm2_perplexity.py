@@ -7,14 +7,15 @@ from arlm.config import DataConfig
 from arlm.evaluation.perplexity import sliding_window
 from arlm.evaluation.reference import transformers_sliding_window
 from arlm.evaluation.run import corpus_text, eval_command
-from tests.helpers import SHAKESPEARE
+from tests.helpers import shakespeare
 
 pytestmark = [pytest.mark.real_model, pytest.mark.hf]
 CONTEXT, STRIDE, CHARS = 256, 128, 5000
 
 
-@pytest.mark.parametrize("source", ["builtin", str(SHAKESPEARE)])
+@pytest.mark.parametrize("source", ["builtin", "tinyshakespeare"])
 def test_perplexity_matches_transformers_on_the_same_windows(smollm2, hf_smollm2, source):
+    source = str(shakespeare()) if source == "tinyshakespeare" else source
     text = corpus_text(source, DataConfig(), max_chars=CHARS)
     ids = torch.tensor(smollm2.tokenizer.encode(text))
     ours = sliding_window(smollm2.model, ids, context=CONTEXT, stride=STRIDE)
@@ -26,7 +27,7 @@ def test_perplexity_matches_transformers_on_the_same_windows(smollm2, hf_smollm2
 
 def test_eval_command_on_a_file(tmp_path):
     sample = tmp_path / "sample.txt"
-    sample.write_text(SHAKESPEARE.read_text()[:1500])
+    sample.write_text(shakespeare().read_text()[:1500])
     lines = []
     result = eval_command(
         "smollm2", file=str(sample), context=128, stride=64, device="cpu", log=lines.append, compare_transformers=True

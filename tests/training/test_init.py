@@ -6,7 +6,7 @@ import torch
 from arlm.config import build_config
 from arlm.training.logging import read_metrics
 from arlm.training.run import train_command
-from tests.helpers import SHAKESPEARE, tiny_config
+from tests.helpers import shakespeare, tiny_config
 
 
 def test_init_from_an_arlm_run_starts_where_it_ended(tmp_path, corpus_dir):
@@ -39,7 +39,7 @@ def test_smollm2_fine_tune_resumes_exactly(tmp_path, monkeypatch):
     from arlm.training.trainer import Trainer
 
     text = tmp_path / "shakespeare.txt"
-    text.write_text(SHAKESPEARE.read_text()[:20_000])
+    text.write_text(shakespeare().read_text()[:20_000])
     overrides = [
         "--data.source",
         str(text),
