@@ -58,10 +58,11 @@ def beam_search(
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
     start = time.perf_counter()
 
-    flat_ids = prompt_ids.repeat_interleave(K, dim=0)  # (B*K, T)
+    cache = model.new_cache(B, max_len)
+    logits = model(prompt_ids, kv_cache=cache, attention_mask=attention_mask, num_logits=1)[:, -1]  # (B, V)
+    cache.reorder(torch.arange(B, device=device).repeat_interleave(K))  # the K beams of a prompt share its prefill
+    logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
     mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)  # (B*K, T)
-    cache = model.new_cache(B * K, max_len)
-    logits = model(flat_ids, kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]  # (B*K, V)
 
     running = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)
     running[:, :, :T] = prompt_ids[:, None]
