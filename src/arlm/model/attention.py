@@ -64,12 +64,11 @@ class CausalSelfAttention(nn.Module):
         """x (B, T, C) -> (B, T, C); mask (B|1, 1, T, S) bool (True = may attend) or None."""
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        heads = self.qkv(x).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh + 2 nkv, T, hd)
+        qk, v = heads.split([nh + nkv, nkv], dim=1)  # (B, nh + nkv, T, hd), (B, nkv, T, hd)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # queries and keys rotated together: one set of ops
+        q, k = qk.split([nh, nkv], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
         if isinstance(start, torch.Tensor):  # compiled decoding: static shapes over the whole cache
             k, v = kv_cache.write_at(self.layer, start, k, v)  # (B, nkv, max_len, hd) each
         elif kv_cache is not None:
