@@ -125,12 +125,17 @@ def fit_exponent(lengths: list[int], values: list[float]) -> float:
     return float(np.polyfit(xs, ys, 1)[0]) if len(points) >= 2 else float("nan")
 
 
-def scores_exponent(naive: list[dict], sdpa: list[dict]) -> float:
-    """Exponent of the naive backend's extra activation memory over SDPA's at the same lengths: what the
-    explicit (T, T) score matrices cost, without the parts both backends share (linear in T)."""
+def scores_bytes(naive: list[dict], sdpa: list[dict]) -> list[tuple[int, int]]:
+    """(T, bytes) of the naive backend's extra activation memory over SDPA's, at the lengths both measured: what
+    the explicit (T, T) score matrices cost, without the parts both backends share (linear in T)."""
     fused = {r["length"]: r["saved_bytes"] for r in sdpa if not r.get("oom")}
     ok = [r for r in naive if not r.get("oom") and r["length"] in fused]
-    pairs = [(r["length"], r["saved_bytes"] - fused[r["length"]]) for r in ok if r["saved_bytes"] > fused[r["length"]]]
+    return [(r["length"], r["saved_bytes"] - fused[r["length"]]) for r in ok if r["saved_bytes"] > fused[r["length"]]]
+
+
+def scores_exponent(naive: list[dict], sdpa: list[dict]) -> float:
+    """Exponent of the growth of scores_bytes with T."""
+    pairs = scores_bytes(naive, sdpa)
     return fit_exponent([t for t, _ in pairs], [extra for _, extra in pairs]) if len(pairs) >= 2 else math.nan
 
 
@@ -143,9 +148,8 @@ def plot_memory(result: dict, out: str | Path) -> None:
     series = {
         f"{b} (T^{exponents[b]:.2f})": [(r["length"], r["saved_bytes"] / 2**20) for r in m] for b, m in ok.items()
     }
-    fused = {r["length"]: r["saved_bytes"] for r in ok["sdpa"]}
     series[f"naive - sdpa: the T x T scores (T^{exponents['naive - sdpa']:.2f})"] = [
-        (r["length"], (r["saved_bytes"] - fused[r["length"]]) / 2**20) for r in ok["naive"] if r["length"] in fused
+        (t, extra / 2**20) for t, extra in scores_bytes(rows["naive"], rows["sdpa"])
     ]
     plot_lines(
         series,
@@ -177,7 +181,6 @@ def bench_memory_command(
     log=print,
 ) -> dict:
     """Measure both backends over the lengths, print the table and exponents, write the plot and a JSON."""
-
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     rows: dict[str, list[dict]] = {}
     for backend in ("naive", "sdpa"):

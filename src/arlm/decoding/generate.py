@@ -202,7 +202,7 @@ def decode_loop(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stopped: dict[int, int] = {}  # row -> generated length, for rows ended by should_stop
     sync_every = sync_interval(device, should_stop)
-    pos = torch.tensor([T], device=device)  # (1,) the next position, kept on the device
+    pos = torch.tensor([T], device=device) if step_fn is not None else None  # (1,) next position, on the device
     for step in range(config.max_new_tokens):
         token = choose_next(logits, sequences, config, generator)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)

@@ -23,12 +23,10 @@ import torch.nn.functional as F
 from arlm.config import GenerationConfig, build_config
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
-from arlm.evaluation.calibration import run_data, run_label, train_variants
+from arlm.evaluation.calibration import STUDY_OVERRIDES, run_data, run_label, train_variants
 from arlm.loading import load_model, pick_device
 
 STUDY_SCHEDULED_SAMPLING = 0.25
-# As in the calibration study: final report on 20 batches per split, no sample text.
-STUDY_OVERRIDES = ("--train.final_eval_batches", "20", "--train.sample_tokens", "0")
 
 
 @dataclass
