@@ -190,8 +190,8 @@ def decode_loop(
     block = model.config.block_size
     generator = make_generator(config.seed, device)
     unpadded = attention_mask is None or bool(attention_mask.all())
-    compiled = config.compile and unpadded and T + config.max_new_tokens <= block
     needed = T + config.max_new_tokens
+    compiled = config.compile and unpadded and needed <= block
     cache = static_cache(model, B, needed) if compiled else model.new_cache(B, min(needed, block))
     step_fn = compiled_step(model) if compiled else None
     mask = attention_mask
