@@ -1,6 +1,9 @@
 """`python -m arlm` (and `torchrun -m arlm`) runs the CLI."""
 
 from arlm.cli import main
+from arlm.training.distributed import exit_worker
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    exit_worker(code)  # under torchrun: end without interpreter teardown (see exit_worker)
+    raise SystemExit(code)

@@ -85,6 +85,7 @@ def train_command(
         summary.final = final_report(trainer, say)
         if info.is_main:
             _finish(summary, trainer, say)
+        D.barrier(info)  # no rank tears the process group down while another still works
         return summary
     finally:
         D.shutdown(info)
