@@ -16,7 +16,12 @@ class LossOutput:
 
     loss_sum: torch.Tensor  # scalar: what is minimised (smoothed when label_smoothing > 0)
     nll_sum: torch.Tensor  # scalar: unsmoothed negative log-likelihood, for logs and perplexity
-    count: int  # predicted (non-ignored) positions
+    predicted: torch.Tensor  # scalar int64 on the logits' device: predicted (non-ignored) positions
+
+    @property
+    def count(self) -> int:
+        """Predicted positions as a number (waits for the device: the trainer counts on the host instead)."""
+        return int(self.predicted)
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> LossOutput:
@@ -28,7 +33,7 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing
     flat_logits = logits.flatten(0, 1).float()  # (B*T, V)
     flat_targets = targets.flatten()  # (B*T,)
     keep = flat_targets != IGNORE_INDEX
-    count = int(keep.sum())
+    count = keep.sum()  # a tensor: no host sync in the training step
     if label_smoothing == 0.0:
         nll = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
         return LossOutput(nll, nll.detach(), count)
@@ -52,7 +57,7 @@ def distillation_loss(
     flat = logits.flatten(0, 1).float()  # (B*T, V)
     flat_targets = targets.flatten()  # (B*T,)
     keep = flat_targets != IGNORE_INDEX
-    count = int(keep.sum())
+    count = keep.sum()
     nll = F.cross_entropy(flat, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
     student_logp = F.log_softmax(flat / temperature, dim=-1)  # (B*T, V)
     teacher_logp = F.log_softmax(teacher_logits.flatten(0, 1).float() / temperature, dim=-1)  # (B*T, V)
