@@ -119,3 +119,24 @@ def test_mixed_precision_training_on_gpu(tmp_path, corpus_dir, dtype):
     losses = _train_losses(tmp_path / "run")
     assert losses[-1] < losses[0] - 0.3 and all(math.isfinite(v) for v in losses)
     assert summary.final["val"].loss < math.log(config.model.vocab_size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_compiled_training_follows_the_eager_curve(tmp_path, corpus_dir, smoothing):
+    """torch.compile of forward and loss together (one process) trains as the eager step does."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    curves = []
+    for flag in (False, True):
+        config = tiny_config(
+            tmp_path / str(flag),
+            corpus_dir,
+            train={"max_steps": 4, "log_interval": 1, "compile": flag, "label_smoothing": smoothing},
+        )
+        train_command(config, log=lambda _: None)
+        curves.append(_train_losses(tmp_path / str(flag) / "run"))
+    assert len(curves[0]) == 4
+    assert counters["frames"]["ok"] > 0  # the compiled step did run
+    assert curves[1] == pytest.approx(curves[0], abs=1e-4)

@@ -68,8 +68,13 @@ class Trainer:
         self.raw_model = model
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
         self.model = D.wrap_model(model, tc, self.info, device)
+        self._loss_model, self._train_loss = self.model, self._forward_loss
         if tc.compile:
-            self.model = torch.compile(self.model)
+            self.model = torch.compile(self.model)  # evaluation, scheduled sampling
+            if self.info.enabled:  # DDP/FSDP2: the wrapped model compiled, the loss after it
+                self._loss_model = self.model
+            else:  # one process: forward and loss in one graph, float32 logits never materialised
+                self._train_loss = torch.compile(self._forward_loss)
         self.optimizer = build_optimizer(model, tc, device.type)
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.dtype == "float16")
         self.autocast = autocast_context(device, tc.dtype)
@@ -212,12 +217,19 @@ class Trainer:
         tc = self.tc
         x = self._scheduled_sampling(batch) if tc.scheduled_sampling > 0 else batch.x
         with self.autocast:
-            logits = self.model(x, attention_mask=batch.attention_mask)  # (B, T, V)
             if self.teacher is None:
-                return next_token_loss(logits, batch.y, tc.label_smoothing)
+                return LossOutput(*self._train_loss(x, batch.y, batch.attention_mask))
+            logits = self.model(x, attention_mask=batch.attention_mask)  # (B, T, V)
             with torch.no_grad():
                 teacher_logits = self.teacher(x, attention_mask=batch.attention_mask)  # (B, T, V)
         return distillation_loss(logits, teacher_logits, batch.y, tc.distill_temperature, tc.distill_alpha)
+
+    def _forward_loss(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss_sum, nll_sum, predicted) of ids x (B, T) against targets y (B, T): compiled whole when asked."""
+        out = next_token_loss(self._loss_model(x, attention_mask=mask), y, self.tc.label_smoothing)
+        return out.loss_sum, out.nll_sum, out.predicted
 
     def scheduled_sampling_probability(self) -> float:
         """Probability of feeding the model's own prediction at this step (linear warm-up to the final value)."""
