@@ -123,10 +123,17 @@ def test_mixed_precision_training_on_gpu(tmp_path, corpus_dir, dtype):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_compiled_training_follows_the_eager_curve(tmp_path, corpus_dir, smoothing):
+def test_compiled_training_follows_the_eager_curve(tmp_path, corpus_dir, smoothing, monkeypatch):
     """torch.compile of forward and loss together (one process) trains as the eager step does."""
     from torch._dynamo.utils import counters
 
+    compiled, real_compile = [], torch.compile
+
+    def recording_compile(fn, *args, **kwargs):
+        compiled.append(getattr(fn, "__name__", type(fn).__name__))
+        return real_compile(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
     counters.clear()
     curves = []
     for flag in (False, True):
@@ -138,5 +145,6 @@ def test_compiled_training_follows_the_eager_curve(tmp_path, corpus_dir, smoothi
         train_command(config, log=lambda _: None)
         curves.append(_train_losses(tmp_path / str(flag) / "run"))
     assert len(curves[0]) == 4
-    assert counters["frames"]["ok"] > 0  # the compiled step did run
+    assert "_forward_loss" in compiled  # forward and loss compiled as one function, not the model alone
+    assert counters["frames"]["ok"] > 0  # and compiled frames did run
     assert curves[1] == pytest.approx(curves[0], abs=1e-4)
