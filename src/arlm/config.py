@@ -15,6 +15,7 @@ import yaml
 from arlm.errors import ArlmError
 
 PRESET_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "quickstart"
 
 
 @dataclass
@@ -377,7 +378,7 @@ def _to_int(value: Any) -> int:
     return int(as_float)
 
 
-def build_config(preset: str = "quickstart", overrides: list[str] | None = None) -> RunConfig:
+def build_config(preset: str = DEFAULT_PRESET, overrides: list[str] | None = None) -> RunConfig:
     """Load a preset, apply dotted command-line overrides, validate."""
     raw = merge(load_preset(preset), parse_overrides(overrides or []))
     return config_from_dict(raw).validate()

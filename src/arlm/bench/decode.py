@@ -1,10 +1,9 @@
-"""`arlm bench decode`: our generate() against transformers' generate() on the same weights, in one command,
+"""Our generate() (`arlm bench decode`) against transformers' generate() on the same weights, in one command,
 alternating, median of repeats: greedy batch 1, greedy batch 8, beam search (4 beams), sampling; and our
 speculative decoding against our own greedy when a draft is given."""
 
 from __future__ import annotations
 
-import platform
 import statistics
 import tempfile
 import time
@@ -12,10 +11,10 @@ from collections.abc import Callable
 
 import torch
 
-from arlm.config import GenerationConfig, ModelConfig
+from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate, left_pad
 from arlm.errors import ArlmError
-from arlm.loading import load_model
+from arlm.interop.hf import save_hf_folder
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
 
@@ -36,10 +35,9 @@ SMOLLM2_SHAPE = dict(
 def _reference(model: Transformer, tokenizer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """transformers' model with our weights, through an exported folder."""
     try:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # lazy: optional dependency
     except ImportError:
         raise ArlmError("arlm bench decode needs transformers: pip install 'arlm[hf]'") from None
-    from arlm.interop.hf import save_hf_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_hf_folder(model, tokenizer, f"{tmp}/hf")
@@ -181,26 +179,3 @@ def _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log) 
         f"{row['speedup']:.2f}x, acceptance {acceptance:.0%}, identical output: {'yes' if same else 'NO'}"
     )
     return row
-
-
-def bench_decode_command(
-    model_ref: str, *, draft_ref: str | None = None, new_tokens: int = 64, repeats: int = 3, log=print
-) -> dict[str, dict]:
-    """Load (or build, for 'random-smollm2') the model and run the benchmark, printing a table."""
-    if model_ref == "random-smollm2":
-        torch.manual_seed(0)
-        model = Transformer(ModelConfig(**SMOLLM2_SHAPE)).eval()
-        from arlm.data.tokenizers import VocabTokenizer
-
-        tokenizer = VocabTokenizer.train("char", ["abc"], 0)
-    else:
-        loaded = load_model(model_ref)
-        model, tokenizer = loaded.model, loaded.tokenizer
-    draft = load_model(draft_ref).model if draft_ref else None
-    params = model.num_params() / 1e6
-    log(
-        f"model: {model_ref} ({params:.0f}M parameters, float32); {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {repeats}, alternating"
-    )
-    log(f"  {'case':<24}{'arlm tok/s':>10}{'transformers':>14}{'ratio':>10}")
-    return run_decode_bench(model, tokenizer, new_tokens=new_tokens, repeats=repeats, draft=draft, log=log)

@@ -5,7 +5,6 @@ tiny shapes on the CPU, so the test suite keeps the script from rotting."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import traceback
@@ -82,34 +81,3 @@ def _section(results: dict, name: str, out: Path, fn) -> None:
         results[name] = {"error": f"{type(error).__name__}: {error}"}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """Run the GPU (or CPU smoke) benchmarks and write results.json into --out."""
-    parser = argparse.ArgumentParser(prog="benchmarks/gpu.sh", description=__doc__)
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (what the tests run)")
-    parser.add_argument("--out", default="bench-out", help="folder for results.json")
-    parser.add_argument("--batch", type=int, default=32, help="training batch (rows of 1,024 tokens)")
-    args = parser.parse_args(argv)
-    smoke = args.cpu_smoke or not torch.cuda.is_available()
-    device = torch.device("cpu" if smoke else "cuda")
-    if smoke and not args.cpu_smoke:
-        print("no CUDA device: running the CPU smoke mode")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    out = Path(args.out)
-    results = {"environment": _environment(device), "smoke": smoke}
-    print("== training step: arlm vs transformers GPT2LMHeadModel ==", flush=True)
-    _section(results, "train", out, lambda: train_figures(device, smoke, 2 if smoke else args.batch))
-    print("== batch-1 greedy decoding: arlm vs transformers generate() ==", flush=True)
-    _section(results, "decode", out, lambda: decode_figures(device, smoke))
-    print(f"wrote {out / 'results.json'}")
-    failed = [name for name in ("train", "decode") if "error" in results[name]]
-    if failed:
-        raise SystemExit(f"benchmark sections failed: {', '.join(failed)}")
-    return results
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""`arlm bench memory`: what context length costs. Activation memory, peak memory and tokens/s of one
+"""What context length costs (`arlm bench memory`). Activation memory, peak memory and tokens/s of one
 training step as the sequence grows, for the naive attention backend (explicit T x T scores) and SDPA (fused
 kernels); the largest batch that fits a memory budget at each length; log-log plots with fitted exponents.
 
@@ -137,76 +137,3 @@ def scores_exponent(naive: list[dict], sdpa: list[dict]) -> float:
     """Exponent of the growth of scores_bytes with T."""
     pairs = scores_bytes(naive, sdpa)
     return fit_exponent([t for t, _ in pairs], [extra for _, extra in pairs]) if len(pairs) >= 2 else math.nan
-
-
-def plot_memory(result: dict, out: str | Path) -> None:
-    """Log-log activation memory against T per backend (and their difference, the scores), and tokens/s."""
-    from arlm.plots import plot_lines
-
-    rows, exponents, device = result["rows"], result["exponents"], result["device"]
-    ok = {b: [r for r in m if not r.get("oom")] for b, m in rows.items()}
-    series = {
-        f"{b} (T^{exponents[b]:.2f})": [(r["length"], r["saved_bytes"] / 2**20) for r in m] for b, m in ok.items()
-    }
-    series[f"naive - sdpa: the T x T scores (T^{exponents['naive - sdpa']:.2f})"] = [
-        (t, extra / 2**20) for t, extra in scores_bytes(rows["naive"], rows["sdpa"])
-    ]
-    plot_lines(
-        series,
-        out,
-        xlabel="sequence length T",
-        ylabel="activation memory of a step (MiB)",
-        logx=True,
-        logy=True,
-        title=f"training-step memory vs context ({device})",
-    )
-    speed = {b: [(r["length"], r["tokens_per_s"]) for r in m] for b, m in ok.items()}
-    plot_lines(
-        speed,
-        Path(out).with_name(Path(out).stem + "-speed.png"),
-        xlabel="sequence length T",
-        ylabel="tokens/s",
-        logx=True,
-        title=f"training-step speed vs context ({device})",
-    )
-
-
-def bench_memory_command(
-    *,
-    lengths: tuple[int, ...] = LENGTHS,
-    budget_gb: float = 4.0,
-    device: str = "auto",
-    out: str = "memory.png",
-    limit_gb: float = 12.0,
-    log=print,
-) -> dict:
-    """Measure both backends over the lengths, print the table and exponents, write the plot and a JSON."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    rows: dict[str, list[dict]] = {}
-    for backend in ("naive", "sdpa"):
-        rows[backend] = []
-        for length in lengths:
-            one = _measure_in_child(backend, length, 1, device, limit_gb)
-            rows[backend].append(one)
-            if one.get("oom"):
-                log(f"  {backend:<6} T={length:>5}: out of memory (limit {limit_gb} GB)")
-                break
-            fixed = 4 * 4 * _parameters(length)  # float32 weights, gradients and AdamW's two moments
-            one["max_batch"] = int(max(budget_gb * 2**30 - fixed, 0) // max(one["saved_bytes"], 1))
-            log(
-                f"  {backend:<6} T={length:>5}: activations {one['saved_bytes'] / 2**20:>9.1f} MiB, peak "
-                f"+{one['step_bytes'] / 2**20:>8.1f} MiB, {one['tokens_per_s']:>8,.0f} tokens/s, "
-                f"largest batch in {budget_gb:g} GB: {one['max_batch']}"
-            )
-    exponents = {}
-    for backend, measured in rows.items():
-        ok = [r for r in measured if not r.get("oom")]
-        exponents[backend] = fit_exponent([r["length"] for r in ok], [r["saved_bytes"] for r in ok])
-        log(f"  {backend}: activation memory grows as T^{exponents[backend]:.2f}")
-    exponents["naive - sdpa"] = scores_exponent(rows["naive"], rows["sdpa"])
-    log(f"  naive minus sdpa (the T x T scores alone) grows as T^{exponents['naive - sdpa']:.2f}")
-    result = {"device": device, "shape": SHAPE, "budget_gb": budget_gb, "rows": rows, "exponents": exponents}
-    plot_memory(result, out)
-    Path(out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    log(f"wrote {out}, {Path(out).with_suffix('.json')}")
-    return result

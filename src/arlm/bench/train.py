@@ -1,4 +1,4 @@
-"""`arlm bench train`: our training step against Hugging Face GPT2LMHeadModel of the same shape, on the same
+"""Our training step (`arlm bench train`) against Hugging Face GPT2LMHeadModel of the same shape, on the same
 batches, alternating, median of repeats; prints tokens/s for each and the ratio ours / reference.
 
 Each side computes its loss its own way (ours: the model's mean cross-entropy on (x, y); transformers: `labels=x`, which
@@ -10,13 +10,12 @@ import contextlib
 import platform
 import statistics
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from arlm.config import ModelConfig, TrainConfig, coerce, parse_overrides
+from arlm.config import ModelConfig, TrainConfig
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 from arlm.training.mfu import mfu, peak_flops
@@ -47,7 +46,7 @@ class Side:
 def hf_gpt2(config: ModelConfig) -> torch.nn.Module:
     """transformers' GPT2LMHeadModel with our shape, dropout off, SDPA attention."""
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel  # lazy: optional dependency
     except ImportError:
         raise ArlmError("arlm bench train needs transformers: pip install 'arlm[hf]'") from None
     hf_config = GPT2Config(
@@ -156,27 +155,3 @@ def run_bench(
         log(f"  {name:<13} {rate:>10,.0f} tokens/s  (median of {repeats}){shown}")
     log(f"  ratio arlm / transformers: {ratio:.2f}x")
     return {"rates": rates, "ratio": ratio, "times": times, "mfu": mfus}
-
-
-def bench_train_command(overrides: list[str], *, repeats: int = 5, steps: int = 10, log=print) -> dict:
-    """Parse --model.* and --batch overrides, run the benchmark and print the figures."""
-    raw = parse_overrides(overrides)
-    shape = dict(DEFAULT_SHAPE)
-    batch = DEFAULT_BATCH
-    for section, values in raw.items():
-        if section == "bench" and "batch" in values:
-            batch = coerce(values.pop("batch"), int, "bench.batch")
-        if section not in ("model", "bench") or (section == "bench" and values):
-            raise ArlmError("arlm bench train takes --model.KEY VALUE and --bench.batch N overrides only")
-        if section == "model":
-            shape.update(values)
-    config = ModelConfig()
-    hints = typing.get_type_hints(ModelConfig)
-    for key, value in shape.items():
-        if key not in hints:
-            raise ArlmError(f"unknown config key model.{key}")
-        setattr(config, key, coerce(value, hints[key], f"model.{key}"))
-    config.validate()
-    if config.flavour != "gpt2":
-        raise ArlmError("the reference is GPT2LMHeadModel: keep model.flavour gpt2")
-    return run_bench(config, batch, steps, repeats, log)

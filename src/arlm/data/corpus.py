@@ -9,6 +9,7 @@ import sysconfig
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from arlm.errors import ArlmError
 
@@ -50,8 +51,6 @@ def builtin_documents(which: str = "builtin") -> list[Document]:
     """Python's own documentation: pydoc topics (79 docs) and the docstrings of stdlib modules."""
     docs: list[Document] = []
     if which in ("builtin", "builtin:topics"):
-        from pydoc_data.topics import topics
-
         docs += [Document(f"topics/{name}", text.strip() + "\n") for name, text in sorted(topics.items())]
     if which in ("builtin", "builtin:docstrings"):
         docs += _stdlib_docstrings()

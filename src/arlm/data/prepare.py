@@ -98,9 +98,15 @@ class PreparedData:
 
 
 def prepare(
-    config: DataConfig, directory: str | Path, *, overwrite: bool = False, log: Callable[[str], None] = print
+    config: DataConfig,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    resolve_tokenizer: Callable[[str], Tokenizer] = load_tokenizer,
 ) -> PreparedData:
-    """Prepare a corpus into `directory`, or reuse it when it was prepared with the same settings."""
+    """Prepare a corpus into `directory`, or reuse it when it was prepared with the same settings; a
+    data.tokenizer that is not trained here (char, word, bpe) is loaded by resolve_tokenizer."""
     directory = Path(directory)
     fingerprint = data_fingerprint(config)
     meta_path = directory / "meta.json"
@@ -120,7 +126,7 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report_text = _prepare_into(config, tmp, fingerprint, log)
+        report_text = _prepare_into(config, tmp, fingerprint, log, resolve_tokenizer)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -131,7 +137,9 @@ def prepare(
     return load_prepared(directory)
 
 
-def _prepare_into(config: DataConfig, out: Path, fingerprint: str, log: Callable[[str], None]) -> str:
+def _prepare_into(
+    config: DataConfig, out: Path, fingerprint: str, log: Callable[[str], None], resolve: Callable[[str], Tokenizer]
+) -> str:
     docs = load_documents(config.source, text_field=config.text_field, encoding_errors=config.encoding_errors)
     docs, norm = normalize_documents(docs, config)
     docs = [d for d in docs if d.text]
@@ -140,7 +148,7 @@ def _prepare_into(config: DataConfig, out: Path, fingerprint: str, log: Callable
     log(norm.describe())
     splits = split_documents(docs, config.val_fraction, config.test_fraction, config.seed, config.split)
     log(f"split: {splits.mode}; " + ", ".join(f"{n} {len(d)} docs" for n, d in splits.items()))
-    tokenizer = train_tokenizer(config.tokenizer, [d.text for d in splits.train], config.vocab_size)
+    tokenizer = train_tokenizer(config.tokenizer, [d.text for d in splits.train], config.vocab_size, resolve)
     tokenizer.save(out / "tokenizer")
     counts = {name: _write_split(out, name, split_docs, tokenizer) for name, split_docs in splits.items()}
     report = corpus_report(out, tokenizer, counts)

@@ -6,10 +6,12 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from arlm.errors import ArlmError
 
@@ -167,9 +169,6 @@ class HFTokenizer(Tokenizer):
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int) -> HFTokenizer:
         """Train a byte-level BPE (GPT-2 style pre-tokenization) on the given texts."""
-        from tokenizers import Tokenizer as Backend
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
         backend = Backend(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
@@ -225,27 +224,22 @@ class HFTokenizer(Tokenizer):
         return self.backend.to_str()
 
 
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
-    """Train a tokenizer of the given kind (char | word | bpe) or load one from a path."""
+def train_tokenizer(
+    kind: str, texts: list[str], vocab_size: int, resolve: Callable[[str], Tokenizer] | None = None
+) -> Tokenizer:
+    """Train a tokenizer of the given kind (char | word | bpe), or load the one `kind` names with `resolve`
+    (default load_tokenizer: files and folders; arlm.interop.loading.load_tokenizer also takes models)."""
     if kind in ("char", "word"):
         return VocabTokenizer.train(kind, texts, vocab_size)
     if kind == "bpe":
         return HFTokenizer.train_bpe(texts, vocab_size)
-    return load_tokenizer(kind)
+    return (resolve or load_tokenizer)(kind)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer: saved by arlm, a tokenizer.json, a Hugging Face folder, an arlm checkpoint or run,
-    a GGUF file, or 'smollm2'."""
-    if str(path) == "smollm2" or str(path).endswith(".gguf"):
-        from arlm.interop.gguf import load_gguf_tokenizer
-
-        return load_gguf_tokenizer(str(path))
+    """Load a tokenizer from files: a folder saved by arlm, a tokenizer.json, a Hugging Face folder, or an arlm
+    checkpoint folder (model references such as GGUF files or run folders: arlm.interop.loading)."""
     path = Path(path)
-    if (path / "checkpoints").is_dir():  # a run folder: its newest intact checkpoint
-        from arlm.training.checkpoint import resolve_checkpoint
-
-        path = resolve_checkpoint(path)
     if (path / "tokenizer" / META_FILE).exists():  # an arlm checkpoint
         path = path / "tokenizer"
     if not path.exists():
@@ -263,8 +257,6 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def _load_hf_file(file: Path) -> HFTokenizer:
-    from tokenizers import Tokenizer as Backend
-
     try:
         backend = Backend.from_file(str(file))
     except Exception as exc:  # the Rust error types are not importable

@@ -9,8 +9,8 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.generate import GenerationOutput
 from arlm.decoding.processors import no_repeat_ngram, repetition_penalty
+from arlm.decoding.types import GenerationOutput
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
 

@@ -1,13 +1,14 @@
-"""`arlm chat`: a terminal chat with an instruct model, through its own chat template, streaming replies."""
+"""A chat with an instruct model through its own chat template: the conversation, rendered (as transformers
+does) and encoded each turn, the oldest turns dropped to fit the context."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from datetime import datetime
 
 from arlm.config import GenerationConfig
+from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 
 Message = dict[str, str]
@@ -22,8 +23,8 @@ def apply_chat_template(
     eos_token: str = "",
 ) -> str:
     """Render a chat template as transformers does (sandboxed Jinja, trim_blocks, lstrip_blocks)."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2 import TemplateError  # lazy: optional dependency
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # lazy: optional dependency
 
     def raise_exception(message: str) -> None:
         raise ArlmError(f"chat template: {message}")
@@ -71,8 +72,6 @@ class ChatSession:
 
     def reply(self, message: str, on_token: Callable | None = None) -> str:
         """Add a user message, generate the assistant's answer (streamed to on_token), remember it."""
-        from arlm.decoding.generate import generate
-
         self.turns.append({"role": "user", "content": message})
         tok = self.tokenizer
         out = generate(
@@ -85,43 +84,3 @@ class ChatSession:
 
 def _token(tokenizer, token_id: int | None) -> str:
     return tokenizer.token_text(token_id) if token_id is not None else ""
-
-
-def chat_command(
-    model_ref: str,
-    config: GenerationConfig,
-    *,
-    system: str | None = None,
-    messages: list[str] | None = None,
-    device: str = "auto",
-    read: Callable[[str], str] = input,
-) -> list[str]:
-    """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
-    from arlm.decoding.cli import Streamer
-    from arlm.loading import load_model, pick_device
-    from arlm.model.inference import optimize_for_decoding
-
-    loaded = load_model(model_ref, device=pick_device(device))
-    optimize_for_decoding(loaded.model)
-    session = ChatSession(loaded.model, loaded.tokenizer, config, system)
-    answers = []
-    queue = list(messages) if messages is not None else None
-    while True:
-        if queue is not None:
-            if not queue:
-                break
-            line = queue.pop(0)
-        else:
-            try:
-                line = read("you> ")
-            except EOFError:
-                break
-        if line.strip() in ("/quit", "/exit"):
-            break
-        if line.strip() == "/reset":
-            session.turns = []
-            continue
-        sys.stdout.write("assistant> ")
-        answers.append(session.reply(line, on_token=Streamer(loaded.tokenizer)))
-        sys.stdout.write("\n")
-    return answers

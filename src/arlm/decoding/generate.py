@@ -4,35 +4,19 @@ beam search and speculative decoding live in their own files."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.processors import logits_to_probs, process, sample
+from arlm.decoding.beam import beam_search
+from arlm.decoding.processors import logits_to_probs, make_generator, process, sample
+from arlm.decoding.speculative import speculative_generate
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback
 from arlm.errors import ArlmError
 from arlm.model.kv_cache import KVCache
 
 SYNC_EVERY = 16  # GPU decoding looks at the stop flags (a device sync) once per this many tokens
-TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
-StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
-
-
-@dataclass
-class GenerationOutput:
-    """Prompt + generated ids per returned sequence, beam scores when any, and timing statistics."""
-
-    sequences: torch.Tensor  # (N, S) ids; rows that stopped early are filled with the pad id
-    scores: torch.Tensor | None = None  # (N,) length-penalised log-probabilities (beam search)
-    stats: dict = field(default_factory=dict)
-    prompt_length: int = 0
-
-    def generated(self) -> list[list[int]]:
-        """The new ids of each row, without the prompt or the padding after a stop."""
-        rows = self.sequences[:, self.prompt_length :].tolist()
-        lengths = self.stats.get("lengths")
-        return [row[: lengths[i]] if lengths else row for i, row in enumerate(rows)]
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,12 +57,8 @@ def generate(
     check_length(model, prompt_ids.shape[1], config.max_new_tokens, sliding=config.strategy in ("greedy", "sample"))
     eos = eos_id if config.stop_at_eos else None
     if config.strategy == "beam":
-        from arlm.decoding.beam import beam_search
-
         return beam_search(model, prompt_ids, config, attention_mask=attention_mask, eos_id=eos, pad_id=pad)
     if config.strategy in ("speculative", "prompt-lookup"):
-        from arlm.decoding.speculative import speculative_generate
-
         return speculative_generate(
             model,
             prompt_ids,
@@ -125,15 +105,6 @@ def choose_next(
     if config.strategy == "greedy" or config.temperature == 0:
         return process(logits.float(), sequences, config).argmax(dim=-1)
     return sample(logits_to_probs(logits, sequences, config), generator)
-
-
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A seeded generator for reproducible sampling (None: the global RNG)."""
-    if seed is None:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return generator
 
 
 def compile_options(device: torch.device) -> dict:

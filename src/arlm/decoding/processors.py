@@ -87,3 +87,12 @@ def logits_to_probs(scores: torch.Tensor, sequences: torch.Tensor, config: Gener
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row (B,) drawn from probs (B, V)."""
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A seeded generator for reproducible sampling (None: the global RNG)."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator

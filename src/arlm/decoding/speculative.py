@@ -10,8 +10,8 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.generate import GenerationOutput, StopCheck, TokenCallback, make_generator
-from arlm.decoding.processors import logits_to_probs, process
+from arlm.decoding.processors import logits_to_probs, make_generator, process
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback
 from arlm.errors import ArlmError
 
 MAX_ADAPTIVE_DRAFT = 16

@@ -1,5 +1,5 @@
 """Calibration of next-token predictions: reliability bins, ECE and MCE, NLL and Brier score, the
-reliability diagram, `arlm eval calibration`, and the label-smoothing study (`arlm study calibration`).
+measured over batches (teacher forcing); `arlm eval calibration` and `arlm study calibration` report them.
 
 A prediction is the model's top-1 token; its confidence is that token's softmax probability and it is
 correct when it equals the target. Confidences fall into equal-width bins [k/n, (k+1)/n) over [0, 1]
@@ -8,26 +8,16 @@ gap over non-empty bins (Guo et al., 2017)."""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from arlm.config import build_config
 from arlm.data.batches import IGNORE_INDEX, Batch
-from arlm.data.prepare import PreparedData, load_prepared
 from arlm.errors import ArlmError
-from arlm.loading import LoadedModel, load_model, pick_device
 
 N_BINS = 15
-STUDY_SMOOTHING = (0.0, 0.1)
-# Both runs of a study get these on top of the preset: the final report on 20 batches per split instead of
-# whole splits (the study measures the val split itself), and no sample text.
-STUDY_OVERRIDES = ("--train.final_eval_batches", "20", "--train.sample_tokens", "0")
 
 
 @dataclass
@@ -134,65 +124,6 @@ def calibration(model: torch.nn.Module, batches: Iterable[Batch], n_bins: int = 
     return acc.result()
 
 
-# ---------------------------------------------------------------- runs, data and the figure
-
-
-def run_label(reference: str, taken: Iterable[str] = ()) -> str:
-    """A short name for a model reference (the run folder's name), unique among `taken`."""
-    path = Path(reference)
-    parts = path.parts
-    label = parts[parts.index("checkpoints") - 1] if "checkpoints" in parts[1:] else (path.name or reference)
-    taken = set(taken)
-    unique, i = label, 2
-    while unique in taken:
-        unique, i = f"{label}-{i}", i + 1
-    return unique
-
-
-def run_data(loaded: LoadedModel, split: str, data_dir: str | Path | None = None) -> PreparedData:
-    """The prepared corpus a run was trained on (or `data_dir`), checked to share its tokenizer and hold `split`."""
-    config = loaded.config
-    if data_dir:
-        directory = Path(data_dir)
-    elif config.data.prepared_dir:
-        directory = Path(config.data.prepared_dir)
-    else:
-        directory = Path(config.train.out_dir) / "data"
-    data = load_prepared(directory)
-    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
-        raise ArlmError(f"{loaded.source} was trained with another tokenizer than the data in {directory}")
-    if split not in data.meta["splits"] or not data.has_split(split):
-        raise ArlmError(f"the data in {directory} has no {split} split")
-    return data
-
-
-def plot_reliability(results: dict[str, CalibrationResult], path: str | Path, *, title: str = "") -> Path:
-    """Reliability diagram, one colour per run: accuracy vs mean confidence per bin over the diagonal, and
-    below it the share of predictions in each bin."""
-    from arlm.plots import _save, plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
-    top.plot([0, 1], [0, 1], color="0.5", ls=":", lw=1, label="perfect calibration")
-    n_runs = max(len(results), 1)
-    for i, (label, res) in enumerate(results.items()):
-        colour, width = f"C{i}", 1.0 / res.n_bins
-        points = [(c, a) for c, a in zip(res.bin_confidence, res.bin_accuracy) if c is not None]
-        top.plot(*zip(*points), "o-", color=colour, ms=4, lw=1.4, label=f"{label} (ECE {res.ece:.3f})")
-        shares = [c / res.tokens for c in res.bin_counts]
-        lefts = [k * width + i * width / n_runs for k in range(res.n_bins)]
-        bottom.bar(lefts, shares, width=width / n_runs, align="edge", color=colour, alpha=0.75, label=label)
-    top.set_ylabel("accuracy")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_title(title or "reliability diagram (top-1 next-token predictions)")
-    top.grid(alpha=0.3)
-    top.legend(fontsize=8, loc="upper left")
-    bottom.set_xlabel("confidence (top-1 probability)")
-    bottom.set_ylabel("share of tokens")
-    bottom.grid(alpha=0.3)
-    return _save(fig, path)
-
-
 def format_table(results: dict[str, CalibrationResult]) -> str:
     """A plain-text table: one row per run."""
     width = max([len(k) for k in results] + [3])
@@ -203,145 +134,3 @@ def format_table(results: dict[str, CalibrationResult]) -> str:
             f"{r.nll:>8.4f}{r.brier:>8.4f}{r.tokens:>10,}"
         )
     return "\n".join(lines)
-
-
-def calibration_command(
-    run_refs: list[str],
-    *,
-    split: str = "val",
-    batches: int = 0,
-    out: str | Path = "calibration.png",
-    n_bins: int = N_BINS,
-    data_dir: str | None = None,
-    device: str = "auto",
-    log: Callable[[str], None] = print,
-) -> dict[str, CalibrationResult]:
-    """Measure the calibration of runs on a split; print a table, write the diagram (out) and out.json."""
-    if not run_refs:
-        raise ArlmError("name at least one run or checkpoint to measure")
-    results: dict[str, CalibrationResult] = {}
-    for ref in run_refs:
-        loaded = load_model(ref, device=pick_device(device))
-        config = loaded.config
-        data = run_data(loaded, split, data_dir)
-        sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)
-        results[run_label(ref, results)] = calibration(
-            loaded.model, sampler.eval_batches(config.train.batch_size, batches), n_bins
-        )
-    log(f"calibration on the {split} split ({n_bins} bins):")
-    log(format_table(results))
-    out = Path(out)
-    plot_reliability(results, out)
-    record = {"split": split, "batches": batches, "runs": dict(zip(results, run_refs))}
-    record["results"] = {k: r.as_dict() for k, r in results.items()}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    log(f"wrote {out}, {out.with_suffix('.json')}")
-    return results
-
-
-# ---------------------------------------------------------------- the study
-
-
-def train_variants(
-    preset: str,
-    variants: dict[str, list[str]],
-    runs_dir: str | Path,
-    overrides: Sequence[str] = (),
-    log: Callable[[str], None] = print,
-) -> dict[str, tuple[Path, float]]:
-    """Train one run per variant (the preset + overrides + the variant's own overrides), all on one prepared
-    corpus in runs_dir/data; returns {name: (run folder, seconds)}."""
-    from arlm.training.run import train_command
-
-    runs_dir = Path(runs_dir)
-    shared = ["--data.prepared_dir", str(runs_dir / "data")]
-    trained = {}
-    for name, extra in variants.items():
-        run_dir = runs_dir / name
-        config = build_config(preset, [*overrides, *extra, *shared, "--train.out_dir", str(run_dir)])
-        log(f"=== training {name}: {' '.join(extra) or '(preset as is)'}")
-        start = time.perf_counter()
-        train_command(config, overwrite=True, log=log)
-        trained[name] = (run_dir, time.perf_counter() - start)
-    return trained
-
-
-def calibration_study(
-    out_dir: str | Path,
-    *,
-    preset: str = "quickstart",
-    overrides: Sequence[str] = (),
-    runs_dir: str | Path | None = None,
-    smoothing: Sequence[float] = STUDY_SMOOTHING,
-    split: str = "val",
-    n_bins: int = N_BINS,
-    log: Callable[[str], None] = print,
-) -> dict[str, CalibrationResult]:
-    """Train the preset once per label-smoothing value (otherwise identical), measure calibration on the
-    split, and write calibration.png, calibration.json and report.md to out_dir."""
-    out_dir = Path(out_dir)
-    runs_dir = Path(runs_dir) if runs_dir else out_dir / "runs"
-    all_overrides = [*STUDY_OVERRIDES, *overrides]
-    variants = {f"label-smoothing-{s:g}": ["--train.label_smoothing", str(s)] for s in smoothing}
-    start = time.perf_counter()
-    trained = train_variants(preset, variants, runs_dir, all_overrides, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = calibration_command(
-        [str(path) for path, _ in trained.values()],
-        split=split,
-        out=out_dir / "calibration.png",
-        n_bins=n_bins,
-        log=log,
-    )
-    total = time.perf_counter() - start
-    config = build_config(preset, all_overrides)
-    record = json.loads((out_dir / "calibration.json").read_text(encoding="utf-8"))
-    record.update(
-        preset=preset,
-        overrides=all_overrides,
-        label_smoothing=list(smoothing),
-        train_seconds={k: round(s, 1) for k, (_, s) in trained.items()},
-        total_seconds=round(total, 1),
-        max_steps=config.train.max_steps,
-    )
-    record["runs"] = {k: str(p) for k, (p, _) in trained.items()}
-    (out_dir / "calibration.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    report = _study_report(results, record, smoothing)
-    (out_dir / "report.md").write_text(report, encoding="utf-8")
-    log(f"wrote {out_dir / 'report.md'}")
-    return results
-
-
-def _study_report(results: dict[str, CalibrationResult], record: dict, smoothing: Sequence[float]) -> str:
-    """The markdown summary of a calibration study."""
-    rows = [
-        "| label smoothing | ECE | MCE | mean confidence | accuracy | conf - acc | NLL | Brier | tokens | train s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for s, (label, r) in zip(smoothing, results.items()):
-        rows.append(
-            f"| {s:g} | {r.ece:.4f} | {r.mce:.4f} | {r.confidence:.4f} | {r.accuracy:.4f} | "
-            f"{r.overconfidence:+.4f} | {r.nll:.4f} | {r.brier:.4f} | {r.tokens:,} | {record['train_seconds'][label]} |"
-        )
-    ordered = sorted(results.items(), key=lambda kv: kv[1].ece)
-    reading = (
-        f"Lowest ECE: {ordered[0][0]} ({ordered[0][1].ece:.4f}); highest: {ordered[-1][0]} "
-        f"({ordered[-1][1].ece:.4f}). A positive conf - acc means over-confident, negative under-confident."
-    )
-    return "\n".join(
-        [
-            "# Calibration study: label smoothing",
-            "",
-            f"Preset `{record['preset']}` trained {record['max_steps']} steps once per label-smoothing value, "
-            f"otherwise identical (overrides: `{' '.join(record['overrides'])}`); calibration of the top-1 "
-            f"next-token predictions on the {record['split']} split, {results[ordered[0][0]].n_bins} "
-            "equal-width bins.",
-            "",
-            *rows,
-            "",
-            reading,
-            "",
-            f"Total time {record['total_seconds']} s. Figure: `calibration.png`; numbers: `calibration.json`.",
-            "",
-        ]
-    )

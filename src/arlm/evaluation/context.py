@@ -3,16 +3,12 @@ the tokens before it), for one or several runs."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from arlm.data.batches import IGNORE_INDEX, Batch
-from arlm.data.prepare import load_prepared
-from arlm.loading import load_model
 
 
 @torch.no_grad()
@@ -30,35 +26,3 @@ def per_position_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple
         total = sums if total is None else total + sums
         count = counts if count is None else count + counts
     return (total / count.clamp(min=1)).numpy(), count.numpy()
-
-
-def context_command(
-    run_refs: list[str], *, split: str = "val", batches: int = 0, out: str = "context.png", log=print
-) -> dict[str, list[float]]:
-    """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
-    from arlm.plots import plot_lines
-
-    curves = {}
-    for ref in run_refs:
-        loaded = load_model(ref)
-        config = loaded.config
-        data_dir = Path(config.data.prepared_dir) if config.data.prepared_dir else Path(config.train.out_dir) / "data"
-        sampler = load_prepared(data_dir).sampler(split, config.data, config.model.block_size, config.train.seed)
-        loss, _ = per_position_loss(loaded.model, sampler.eval_batches(config.train.batch_size, batches))
-        label = Path(ref).name
-        curves[label] = loss.tolist()
-        marks = [p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023) if p < len(loss)]
-        shown = ", ".join(f"pos {p}: {loss[p]:.3f}" for p in marks)
-        log(f"{label} (context {len(loss)}): {shown}; mean {loss.mean():.3f}")
-    series = {label: [(i + 1, v) for i, v in enumerate(c)] for label, c in curves.items()}
-    plot_lines(
-        series,
-        out,
-        xlabel="position in the context (tokens seen + 1)",
-        ylabel=f"{split} loss",
-        title="loss by position in the context",
-        logx=True,
-    )
-    Path(out).with_suffix(".json").write_text(json.dumps(curves) + "\n")
-    log(f"wrote {out}")
-    return curves

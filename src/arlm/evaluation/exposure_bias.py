@@ -9,24 +9,17 @@ running minus teacher forcing) over j shows how errors compound; `arlm eval expo
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arlm.config import GenerationConfig, build_config
+from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
-from arlm.evaluation.calibration import STUDY_OVERRIDES, run_data, run_label, train_variants
-from arlm.loading import load_model, pick_device
-
-STUDY_SCHEDULED_SAMPLING = 0.25
 
 
 @dataclass
@@ -163,37 +156,6 @@ def default_lengths(block_size: int, prompt_len: int = 0, length: int = 0) -> tu
     return prompt_len, length
 
 
-def plot_exposure_bias(results: dict[str, ExposureBiasResult], path: str | Path, *, title: str = "") -> Path:
-    """Loss and accuracy against position, teacher forced (solid) and free running (dashed), and the loss gap
-    between them; one colour per run, bands of one standard error."""
-    from arlm.plots import _save, plt
-
-    fig, (ax_loss, ax_acc, ax_gap) = plt.subplots(1, 3, figsize=(15, 4.3))
-    for i, (label, r) in enumerate(results.items()):
-        colour, x = f"C{i}", np.arange(r.length)
-        for ax, stem in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            for regime, style in (("teacher_forced", "-"), ("free_running", "--")):
-                mean = np.asarray(getattr(r, f"{regime}_{stem}"))
-                se = np.asarray(getattr(r, f"{regime}_{stem}_se"))
-                name = regime.replace("_", " ").replace("forced", "forcing")
-                ax.plot(x, mean, style, color=colour, lw=1.3, label=f"{label}, {name}")
-                ax.fill_between(x, mean - se, mean + se, color=colour, alpha=0.15, lw=0)
-        gap, gap_se = np.asarray(r.gap), np.asarray(r.gap_se)
-        ax_gap.plot(x, gap, color=colour, lw=1.3, label=f"{label} (slope {r.gap_slope:+.4f}/position)")
-        ax_gap.fill_between(x, gap - gap_se, gap + gap_se, color=colour, alpha=0.15, lw=0)
-    ax_gap.axhline(0.0, color="0.5", ls=":", lw=1)
-    ax_loss.set_ylabel("NLL of the gold token (nats)")
-    ax_acc.set_ylabel("top-1 accuracy on the gold token")
-    ax_gap.set_ylabel("free running - teacher forcing NLL (nats)")
-    for ax in (ax_loss, ax_acc, ax_gap):
-        ax.set_xlabel("position after the prompt")
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=7)
-    ax_gap.legend(fontsize=7)
-    fig.suptitle(title or "exposure bias: teacher forcing (solid) vs free running (dashed)")
-    return _save(fig, path)
-
-
 def format_summary(results: dict[str, ExposureBiasResult]) -> str:
     """Plain-text summary: one row per run."""
     width = max([len(k) for k in results] + [3])
@@ -209,134 +171,3 @@ def format_summary(results: dict[str, ExposureBiasResult]) -> str:
             f"{s['teacher_forced_accuracy']:>8.3f}{s['free_running_accuracy']:>8.3f}{gaps}{r.gap_slope:>10.4f}"
         )
     return "\n".join(lines)
-
-
-def exposure_bias_command(
-    run_refs: list[str],
-    *,
-    prompt_len: int = 0,
-    length: int = 0,
-    n_sequences: int = 256,
-    split: str = "val",
-    out: str | Path = "exposure_bias.png",
-    batch_size: int = 64,
-    data_dir: str | None = None,
-    device: str = "auto",
-    log: Callable[[str], None] = print,
-) -> dict[str, ExposureBiasResult]:
-    """Measure exposure bias of runs on held-out sequences; print the summary, write the figure and out.json.
-    prompt_len / length 0: a quarter of the context as prompt, the rest as continuation."""
-    if not run_refs:
-        raise ArlmError("name at least one run or checkpoint to measure")
-    results: dict[str, ExposureBiasResult] = {}
-    for ref in run_refs:
-        loaded = load_model(ref, device=pick_device(device))
-        P, L = default_lengths(loaded.config.model.block_size, prompt_len, length)
-        data = run_data(loaded, split, data_dir)
-        sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)
-        results[run_label(ref, results)] = exposure_bias(loaded.model, sequences, P, L, batch_size=batch_size)
-    first = next(iter(results.values()))
-    log(
-        f"exposure bias on {first.sequences} {split} sequences: prompt {first.prompt_len} tokens, "
-        f"{first.length} positions (gap = free-running minus teacher-forced loss, nats)"
-    )
-    log(format_summary(results))
-    out = Path(out)
-    plot_exposure_bias(results, out)
-    record = {"split": split, "runs": dict(zip(results, run_refs))}
-    record["results"] = {k: r.as_dict() for k, r in results.items()}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    log(f"wrote {out}, {out.with_suffix('.json')}")
-    return results
-
-
-def exposure_bias_study(
-    out_dir: str | Path,
-    *,
-    preset: str = "quickstart",
-    overrides: Sequence[str] = (),
-    runs_dir: str | Path | None = None,
-    scheduled_sampling: float = STUDY_SCHEDULED_SAMPLING,
-    prompt_len: int = 0,
-    length: int = 0,
-    n_sequences: int = 256,
-    split: str = "val",
-    log: Callable[[str], None] = print,
-) -> dict[str, ExposureBiasResult]:
-    """Train the preset plainly and with scheduled sampling (ramped up over the first half of the steps),
-    measure exposure bias of both, and write exposure_bias.png, exposure_bias.json and report.md."""
-    out_dir = Path(out_dir)
-    runs_dir = Path(runs_dir) if runs_dir else out_dir / "runs"
-    all_overrides = [*STUDY_OVERRIDES, *overrides]
-    steps = build_config(preset, all_overrides).train.max_steps
-    warmup = max(steps // 2, 1)
-    variants = {
-        "plain": [],
-        "scheduled-sampling": [
-            "--train.scheduled_sampling", str(scheduled_sampling), "--train.scheduled_sampling_warmup", str(warmup)
-        ],
-    }  # fmt: skip
-    start = time.perf_counter()
-    trained = train_variants(preset, variants, runs_dir, all_overrides, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    refs = [str(path) for path, _ in trained.values()]
-    measure_start = time.perf_counter()
-    results = exposure_bias_command(
-        refs, prompt_len=prompt_len, length=length, n_sequences=n_sequences, split=split,
-        out=out_dir / "exposure_bias.png", log=log,
-    )  # fmt: skip
-    record = json.loads((out_dir / "exposure_bias.json").read_text(encoding="utf-8"))
-    record.update(
-        preset=preset,
-        overrides=all_overrides,
-        max_steps=steps,
-        scheduled_sampling=scheduled_sampling,
-        scheduled_sampling_warmup=warmup,
-        train_seconds={k: round(s, 1) for k, (_, s) in trained.items()},
-        measure_seconds=round(time.perf_counter() - measure_start, 1),
-        total_seconds=round(time.perf_counter() - start, 1),
-    )
-    (out_dir / "exposure_bias.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "report.md").write_text(_study_report(results, record), encoding="utf-8")
-    log(f"wrote {out_dir / 'report.md'}")
-    return results
-
-
-def _study_report(results: dict[str, ExposureBiasResult], record: dict) -> str:
-    """The markdown summary of an exposure-bias study."""
-    first = next(iter(results.values()))
-    shown = list(first.gap_at())
-    rows = [
-        "| run | TF loss | FR loss | TF acc | FR acc | "
-        + " | ".join(f"gap@{j}" for j in shown)
-        + " | gap slope (nats/position) | train s |",
-        "|---|" + "---:|" * (5 + len(shown)) + "---:|",
-    ]
-    for label, r in results.items():
-        s = r.summary()
-        gaps = " | ".join(f"{r.gap[j]:.3f} ± {r.gap_se[j]:.3f}" for j in shown)
-        rows.append(
-            f"| {label} | {s['teacher_forced_loss']:.3f} | {s['free_running_loss']:.3f} | "
-            f"{s['teacher_forced_accuracy']:.3f} | {s['free_running_accuracy']:.3f} | {gaps} | "
-            f"{r.gap_slope:.4f} | {record['train_seconds'][label]} |"
-        )
-    return "\n".join(
-        [
-            "# Exposure-bias study: scheduled sampling",
-            "",
-            f"Preset `{record['preset']}` trained {record['max_steps']} steps twice, otherwise identical "
-            f"(overrides: `{' '.join(record['overrides'])}`): plain teacher forcing, and scheduled sampling "
-            f"with final probability {record['scheduled_sampling']} reached linearly over the first "
-            f"{record['scheduled_sampling_warmup']} steps. Measured on {first.sequences} sequences of the "
-            f"{record['split']} split: a gold prompt of {first.prompt_len} tokens, then {first.length} "
-            "positions. TF: teacher forcing (gold prefix); FR: free running (the model's own greedy prefix); "
-            "losses and accuracies are of the gold token, means over all positions; gap@j is FR minus TF "
-            "loss at position j (± one standard error).",
-            "",
-            *rows,
-            "",
-            f"Total time {record['total_seconds']} s (measurement {record['measure_seconds']} s). "
-            "Figure: `exposure_bias.png`; curves: `exposure_bias.json`.",
-            "",
-        ]
-    )

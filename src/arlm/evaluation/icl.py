@@ -21,8 +21,8 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.data.tokenizers import Tokenizer
-from arlm.decoding.cli import cut_at_stop, stop_checker
 from arlm.decoding.generate import generate
+from arlm.decoding.stops import cut_at_stop, stop_checker
 from arlm.errors import ArlmError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -377,54 +377,3 @@ def format_table(results: dict, key: str = "accuracy") -> str:
         cells = [format_cell(rows[k], key) for k in shots]
         lines.append(f"| {name} | {rows[shots[0]]['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def plot_icl(results: dict, path: str | Path, *, title: str = "") -> Path:
-    """Accuracy against the number of shots, one line per task, with 95% Wilson intervals as error bars."""
-    from arlm.plots import plot_errorbars
-
-    series = {}
-    for name, entry in results["tasks"].items():
-        by = entry["by_shots"]
-        series[name] = [(k, by[k]["accuracy"], by[k]["ci"][0], by[k]["ci"][1]) for k in sorted(by)]
-    return plot_errorbars(
-        series,
-        path,
-        xlabel="demonstrations in the prompt (k)",
-        ylabel="accuracy",
-        title=title or f"in-context learning ({results['scoring']})",
-        ylim=(-0.02, 1.02),
-    )
-
-
-def icl_command(
-    model_ref: str,
-    *,
-    tasks: Sequence[str] | None = None,
-    shots: Sequence[int] = DEFAULT_SHOTS,
-    scoring: str = "generate",
-    limit: int | None = None,
-    out_dir: str | Path = "icl",
-    num_beams: int = 1,
-    device: str = "auto",
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Few-shot accuracy of a model on ICL tasks: prints a table, writes icl.json and icl.png into out_dir."""
-    from arlm.loading import load_model, pick_device
-    from arlm.model.inference import optimize_for_decoding
-
-    loaded = load_model(model_ref, device=pick_device(device))
-    optimize_for_decoding(loaded.model)
-    results = run_icl(loaded.model, loaded.tokenizer, tasks, shots, scoring, limit, num_beams=num_beams, log=log)
-    results["model"] = str(model_ref)
-    log(f"accuracy [95% Wilson interval], {scoring} scoring, {results['seconds']:.0f}s")
-    log(format_table(results))
-    if scoring == "loglikelihood":
-        log("acc_norm (log-likelihood per UTF-8 byte of the choice):")
-        log(format_table(results, "acc_norm"))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "icl.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    plot_icl(results, out / "icl.png", title=f"{Path(str(model_ref)).name}: accuracy vs shots ({scoring})")
-    log(f"wrote {out / 'icl.json'} and {out / 'icl.png'}")
-    return results

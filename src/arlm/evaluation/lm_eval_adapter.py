@@ -2,8 +2,9 @@
 
 Importing this module registers the model type "arlm" with lm-eval. Three ways in:
 
-- Python: `lm_eval_command("smollm2", "capitals", num_fewshot=4, limit=20)` writes lm-eval YAMLs for the
-  built-in tasks (or takes a task YAML file or a folder of them) and runs lm-eval's `simple_evaluate`.
+- Python: `run_lm_eval("smollm2", "capitals", num_fewshot=4, limit=20)` writes lm-eval YAMLs for the
+  built-in tasks (or takes a task YAML file or a folder of them) and runs lm-eval's `simple_evaluate`
+  (`arlm eval icl --lm-eval` prints its table).
 - lm-eval's own CLI, through this module so that "arlm" is registered first:
   `python -m arlm.evaluation.lm_eval_adapter --model arlm --model_args model=smollm2,device=cpu
   --tasks arlm_capitals --include_path DIR --num_fewshot 4` (DIR from `write_task_yamls(DIR)`).
@@ -20,7 +21,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,10 +38,13 @@ from arlm.evaluation.icl import (
     prefix_id,
 )
 from arlm.evaluation.perplexity import sliding_windows
+from arlm.interop.loading import load_model, pick_device
+from arlm.model.inference import optimize_for_decoding
 
 try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
+    from lm_eval.utils import simple_parse_args_string
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ArlmError("the lm-eval adapter needs lm-evaluation-harness: pip install 'arlm[lm-eval]'") from error
 
@@ -66,9 +70,6 @@ class ArlmLM(LM):
                 f"unknown lm-eval model_args {sorted(unknown)} for arlm; use model, device, batch_size, rolling_stride"
             )
         super().__init__()
-        from arlm.loading import load_model, pick_device
-        from arlm.model.inference import optimize_for_decoding
-
         loaded = load_model(model, device=pick_device(str(device)))
         optimize_for_decoding(loaded.model)
         self._setup(loaded.model, loaded.tokenizer, batch_size, rolling_stride)
@@ -82,8 +83,6 @@ class ArlmLM(LM):
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> ArlmLM:
         """From "model=smollm2,device=cpu,batch_size=32" (lm-eval's --model_args)."""
-        from lm_eval.utils import simple_parse_args_string
-
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
@@ -219,8 +218,8 @@ def evaluate_with_lm_eval(
     """lm-eval's simple_evaluate on the tasks found under include_path (no built-in lm-eval tasks, no network)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    from lm_eval import simple_evaluate  # lazy: optional dependency (the evaluator imports datasets)
+    from lm_eval.tasks import TaskManager  # lazy: optional dependency
 
     try:
         manager = TaskManager(include_path=str(include_path), include_defaults=False)
@@ -241,7 +240,7 @@ def evaluate_with_lm_eval(
     return results
 
 
-def lm_eval_command(
+def run_lm_eval(
     model_ref: str,
     task_yaml_or_dir: str | Path,
     num_fewshot: int = 0,
@@ -249,10 +248,9 @@ def lm_eval_command(
     *,
     device: str = "cpu",
     batch_size: int = 32,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Run lm-eval on an arlm model: a task YAML file, a folder of them, or built-in ICL task names
-    ('capitals', 'capitals,antonyms' or 'all'); prints lm-eval's own table and returns its results."""
+    ('capitals', 'capitals,antonyms' or 'all'); lm-eval's results (lm_eval.utils.make_table draws its table)."""
     reference = str(task_yaml_or_dir)
     path = Path(reference)
     with tempfile.TemporaryDirectory(prefix="arlm-lm-eval-") as scratch:
@@ -273,9 +271,6 @@ def lm_eval_command(
             limit=limit,
             model_args=f"model={model_ref},device={device},batch_size={batch_size}",
         )
-    from lm_eval.utils import make_table
-
-    log(make_table(results))
     return results
 
 
@@ -291,7 +286,7 @@ def _yaml_task_name(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """lm-eval's own command line with the "arlm" model type registered: python -m arlm.evaluation.lm_eval_adapter."""
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval.__main__ import cli_evaluate  # lazy: optional dependency (lm-eval's own command line)
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from arlm.data.batches import IGNORE_INDEX, Batch
-from arlm.training.loss import next_token_loss
 
 
 @dataclass
@@ -60,14 +60,19 @@ def evaluate_batches(
         batch = batch.to(device)
         with autocast or contextlib.nullcontext():
             logits = model(batch.x, attention_mask=batch.attention_mask)  # (B, T, V)
-        out = next_token_loss(logits, batch.y)
-        nll += float(out.nll_sum)
-        count += out.count
+        nll += float(nll_sum(logits, batch.y))
+        count += int((batch.y != IGNORE_INDEX).sum())
         if byte_table is not None:
             y = batch.y.cpu()
             nbytes += int(byte_table[y.clamp(min=0)][y != IGNORE_INDEX].sum())
     model.train(was_training)
     return nll, count, nbytes
+
+
+def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed negative log-likelihood of targets (B, T) under logits (B, T, V), IGNORE_INDEX skipped: the
+    unsmoothed loss training reports."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def result(nll: float, count: int, nbytes: int = 0) -> EvalResult:
@@ -97,23 +102,21 @@ def sliding_window(
     stride: int,
     device: torch.device | str = "cpu",
     token_bytes: np.ndarray | None = None,
+    on_window: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Perplexity of one long sequence (N,) with windows of `context` tokens moved by `stride`, each token
-    past the first window seeing at least context - stride tokens of history (the Hugging Face recipe)."""
-    from arlm.training.logging import Progress
-
+    past the first window seeing at least context - stride tokens of history (the Hugging Face recipe).
+    on_window(done, total) is called after each window (a progress bar)."""
     model.eval()
     nll, count, nbytes = 0.0, 0, 0
     windows = sliding_windows(ids.numel(), context, stride)
-    progress = Progress(len(windows), desc="eval")
     for i, (begin, end, skip) in enumerate(windows):
         x = ids[begin:end][None].to(device)  # (1, W)
         y = ids[begin + 1 + skip : end + 1][None].to(device)  # (1, W - skip): only these need logits
-        out = next_token_loss(model(x, num_logits=y.shape[1]), y)
-        nll += float(out.nll_sum)
-        count += out.count
+        nll += float(nll_sum(model(x, num_logits=y.shape[1]), y))
+        count += y.numel()
         if token_bytes is not None:
             nbytes += int(token_bytes[y.cpu().numpy()].sum())
-        progress.update(i + 1)
-    progress.close()
+        if on_window is not None:
+            on_window(i + 1, len(windows))
     return EvalResult(nll / max(count, 1), count, nbytes)

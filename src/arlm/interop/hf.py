@@ -12,19 +12,18 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import tokenizers
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import Tokenizer, VocabTokenizer, load_tokenizer
 from arlm.errors import ArlmError
-from arlm.loading import LoadedModel, load_checkpoint_model
+from arlm.interop.checkpoint import LoadedModel, load_checkpoint_model
 from arlm.model.transformer import Transformer
-
-if TYPE_CHECKING:
-    import tokenizers
 
 SUPPORTED = ("gpt2", "llama")
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
@@ -217,11 +216,8 @@ def hf_backend(tokenizer: Tokenizer) -> tokenizers.Tokenizer:
 
 def _vocab_backend(tokenizer: VocabTokenizer) -> tokenizers.Tokenizer:
     """WordLevel over our vocabulary; split into characters or our word pattern; decode by plain joining."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as Backend
-
     vocab = {symbol: i for i, symbol in enumerate(tokenizer.vocab)}
-    backend = Backend(models.WordLevel(vocab, unk_token=tokenizer.vocab[tokenizer.unk_id]))
+    backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token=tokenizer.vocab[tokenizer.unk_id]))
     pattern = r"[\s\S]" if tokenizer.kind == "char" else WORD_PATTERN
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     backend.decoder = decoders.Fuse()

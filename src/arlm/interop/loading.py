@@ -1,28 +1,32 @@
-"""Model references: an arlm checkpoint or run directory, a Hugging Face folder, a GGUF file, or 'smollm2'."""
+"""References, resolved in one place: a model or tokenizer named by an arlm checkpoint or run folder, a Hugging
+Face folder, a GGUF file or 'smollm2'; the prepared corpus a run was trained on; the device to run on."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
 import torch
 
 from arlm.config import RunConfig
+from arlm.data import tokenizers
+from arlm.data.prepare import PreparedData, load_prepared
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
-from arlm.model.transformer import Transformer
-from arlm.training.checkpoint import load_weights_dict, open_checkpoint
+from arlm.interop.checkpoint import LoadedModel, load_checkpoint_model, resolve_checkpoint
+from arlm.interop.gguf import load_gguf_model, load_gguf_tokenizer, resolve_gguf
+from arlm.interop.hf import export_hf, load_hf_folder
 
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference, its tokenizer, and the config it came with."""
-
-    model: Transformer
-    tokenizer: Tokenizer
-    config: RunConfig
-    source: str
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "load_tokenizer",
+    "load_transformers_model",
+    "pick_device",
+    "prepared_dir",
+    "run_data",
+]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -44,19 +48,31 @@ def load_model(
     """Load any supported model reference for inference (eval mode)."""
     ref = str(reference)
     path = Path(ref)
-    if ref == "smollm2" or path.suffix == ".gguf":
-        from arlm.interop.gguf import load_gguf_model
-
+    if _is_gguf(ref):
         loaded = load_gguf_model(ref)
     elif path.is_dir() and _is_hf_folder(path):
-        from arlm.interop.hf import load_hf_folder
-
         loaded = load_hf_folder(path)
     else:
         loaded = load_checkpoint_model(path)
     model = loaded.model.to(device=device, dtype=dtype) if dtype else loaded.model.to(device)
     model.eval()
     return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source)
+
+
+def load_tokenizer(reference: str | Path) -> Tokenizer:
+    """The tokenizer of any reference: a GGUF file or 'smollm2', a run folder (its newest intact checkpoint), a
+    checkpoint, a Hugging Face folder, a folder saved by arlm or a tokenizer.json."""
+    ref = str(reference)
+    if _is_gguf(ref):
+        return load_gguf_tokenizer(ref)
+    path = Path(ref)
+    if (path / "checkpoints").is_dir():
+        path = resolve_checkpoint(path)
+    return tokenizers.load_tokenizer(path)
+
+
+def _is_gguf(ref: str) -> bool:
+    return ref == "smollm2" or ref.endswith(".gguf")
 
 
 def _is_hf_folder(path: Path) -> bool:
@@ -69,12 +85,38 @@ def _is_hf_folder(path: Path) -> bool:
         return False
 
 
-def load_checkpoint_model(path: str | Path) -> LoadedModel:
-    """Build the model of an arlm checkpoint (or a run's newest checkpoint) with its weights and tokenizer."""
-    checkpoint = open_checkpoint(path)
-    tokenizer = checkpoint.tokenizer()
-    if tokenizer.fingerprint() != checkpoint.meta.get("tokenizer_fingerprint"):
-        raise ArlmError(f"the tokenizer in {checkpoint.path} does not match the one the model was trained with")
-    model = Transformer(checkpoint.config.model)
-    model.load_state_dict(load_weights_dict(model, checkpoint.model_state()))
-    return LoadedModel(model, tokenizer, checkpoint.config, str(checkpoint.path))
+def prepared_dir(config: RunConfig) -> Path:
+    """Where a run's prepared corpus lives: data.prepared_dir, else <train.out_dir>/data."""
+    return Path(config.data.prepared_dir) if config.data.prepared_dir else Path(config.train.out_dir) / "data"
+
+
+def run_data(loaded: LoadedModel, split: str, data_dir: str | Path | None = None) -> PreparedData:
+    """The prepared corpus a model was trained on (or `data_dir`), checked to share its tokenizer and hold `split`."""
+    directory = Path(data_dir) if data_dir else prepared_dir(loaded.config)
+    data = load_prepared(directory)
+    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+        raise ArlmError(
+            f"{loaded.source} was trained with another tokenizer than the data in {directory}; "
+            "use data prepared with the model's tokenizer"
+        )
+    if split not in data.meta["splits"] or not data.has_split(split):
+        raise ArlmError(f"the data in {directory} has no {split} split")
+    return data
+
+
+def load_transformers_model(reference: str) -> torch.nn.Module:
+    """A model reference loaded by transformers itself (float32, eval mode): GGUF / 'smollm2', a HF folder, or an
+    arlm checkpoint (exported to a temporary HF folder first)."""
+    try:
+        from transformers import AutoModelForCausalLM  # lazy: optional dependency
+    except ImportError:
+        raise ArlmError("comparing with transformers needs it installed: pip install 'arlm[hf]'") from None
+    path = Path(reference)
+    if _is_gguf(reference):
+        file = resolve_gguf(reference)
+        return AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32).eval()
+    if path.is_dir() and _is_hf_folder(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_hf(reference, Path(tmp) / "hf")
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

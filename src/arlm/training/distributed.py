@@ -10,6 +10,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 from arlm.config import TrainConfig
 from arlm.errors import ArlmError
@@ -86,20 +96,14 @@ def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) ->
 def wrap_model(model: nn.Module, config: TrainConfig, info: DistInfo, device: torch.device) -> nn.Module:
     """Activation checkpointing, then DDP or FSDP2 (fully_shard per block, then the root)."""
     if config.activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-
         apply_activation_checkpointing(model, check_fn=lambda m: type(m).__name__ == "Block")
     if not info.enabled:
         return model
     if config.parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [info.local_rank] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
@@ -136,8 +140,6 @@ def sync_context(model: nn.Module, sync: bool, config: TrainConfig, info: DistIn
 def full_model_state(model: nn.Module, config: TrainConfig, info: DistInfo) -> dict[str, torch.Tensor]:
     """Consolidated (unsharded) weights on CPU; every process must call it under FSDP."""
     if info.enabled and config.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return unwrap(model).state_dict()
 
@@ -145,8 +147,6 @@ def full_model_state(model: nn.Module, config: TrainConfig, info: DistInfo) -> d
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], config: TrainConfig, info: DistInfo) -> None:
     """Load consolidated weights into a (possibly sharded) model; every process reads the same file."""
     if info.enabled and config.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
         set_model_state_dict(unwrap(model), state, options=StateDictOptions(full_state_dict=True))
         return
     unwrap(model).load_state_dict(state)
@@ -157,8 +157,6 @@ def full_optimizer_state(
 ) -> dict[str, torch.Tensor]:
     """Optimizer moments keyed 'optim.<parameter name>.<key>', consolidated on CPU."""
     if info.enabled and config.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
         full = get_optimizer_state_dict(
             unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
@@ -186,8 +184,6 @@ def load_optimizer_state(
             name, _, field = key[len("optim.") :].rpartition(".")
             per_param.setdefault(name, {})[field] = value
     if info.enabled and config.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         names = parameter_names(model)
         groups = [
             {k: v for k, v in g.items() if k != "params"} | {"params": [names[p] for p in g["params"]]}

@@ -7,13 +7,12 @@ import dataclasses
 from arlm.config import RunConfig
 from arlm.data.prepare import PreparedData
 from arlm.errors import ArlmError
+from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
 
 
 def initial_model(config: RunConfig, data: PreparedData, log) -> Transformer:
     """Load train.init's weights; its shape replaces config.model (context capped at model.block_size)."""
-    from arlm.loading import load_model
-
     loaded = load_model(config.train.init)
     if loaded.tokenizer.fingerprint() != data.tokenizer.fingerprint():
         raise ArlmError(

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from arlm.errors import ArlmError
+
 
 class MetricsLog:
     """Appends records to metrics.jsonl; mirrors scalars to TensorBoard when enabled."""
@@ -21,10 +23,8 @@ class MetricsLog:
         self._tb = None
         if tensorboard_dir is not None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency
             except ImportError:
-                from arlm.errors import ArlmError
-
                 message = "train.tensorboard needs the tensorboard package: pip install 'arlm[tensorboard]'"
                 raise ArlmError(message) from None
             self._tb = SummaryWriter(str(tensorboard_dir))

@@ -16,15 +16,15 @@ from arlm.config import RunConfig
 from arlm.data.prepare import PreparedData, data_fingerprint
 from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result
-from arlm.model.transformer import Transformer
-from arlm.training import distributed as D
-from arlm.training.checkpoint import (
+from arlm.interop.checkpoint import (
     Checkpoint,
     export_weights,
     load_weights_dict,
     prune_checkpoints,
     save_checkpoint,
 )
+from arlm.model.transformer import Transformer
+from arlm.training import distributed as D
 from arlm.training.grad_norms import layer_grad_norms
 from arlm.training.logging import MetricsLog, Progress, truncate_log
 from arlm.training.loss import LossOutput, distillation_loss, next_token_loss

@@ -1,0 +1,26 @@
+"""Stop strings: a should_stop check for generate() that fires on a row's recent text, and the cut of a finished
+text at the first stop string."""
+
+from __future__ import annotations
+
+from arlm.data.tokenizers import Tokenizer
+from arlm.decoding.types import StopCheck
+
+
+def stop_checker(tokenizer: Tokenizer, stops: list[str]) -> StopCheck | None:
+    """A should_stop callback that fires when a row's recent text contains a stop string (None without stops)."""
+    if not stops:
+        return None
+    longest = max(len(s) for s in stops)
+
+    def should_stop(row: int, ids: list[int]) -> bool:
+        tail = tokenizer.decode(ids[-(longest + 8) :])
+        return any(s in tail for s in stops)
+
+    return should_stop
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """Text up to (not including) the first stop string."""
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return text if cut < 0 else text[:cut]

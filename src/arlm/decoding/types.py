@@ -1,0 +1,27 @@
+"""What every decoding strategy shares: its output, and the callbacks generate() takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
+StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
+
+
+@dataclass
+class GenerationOutput:
+    """Prompt + generated ids per returned sequence, beam scores when any, and timing statistics."""
+
+    sequences: torch.Tensor  # (N, S) ids; rows that stopped early are filled with the pad id
+    scores: torch.Tensor | None = None  # (N,) length-penalised log-probabilities (beam search)
+    stats: dict = field(default_factory=dict)
+    prompt_length: int = 0
+
+    def generated(self) -> list[list[int]]:
+        """The new ids of each row, without the prompt or the padding after a stop."""
+        rows = self.sequences[:, self.prompt_length :].tolist()
+        lengths = self.stats.get("lengths")
+        return [row[: lengths[i]] if lengths else row for i, row in enumerate(rows)]
