@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
-"$PYTHON" -m arlm.bench.gpu "$@"
+"$PYTHON" -m arlm bench gpu "$@"
 if [[ " $* " != *" --cpu-smoke "* ]] && "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     "$PYTHON" -m pytest -q -m gpu tests
 fi

@@ -90,7 +90,7 @@ def test_tokenizer_mismatch_between_checkpoint_and_data(trained, tmp_path, capsy
     preset, run = trained
     other = tmp_path / "other"
     assert main(["prepare", "--preset", str(preset), "--out", str(other), "--data.lowercase", "true"]) == 0
-    _fails(capsys, "eval", str(run), "--data", str(other), match="trained with another tokenizer")
+    _fails(capsys, "eval", "perplexity", str(run), "--data", str(other), match="trained with another tokenizer")
 
 
 def test_prompt_longer_than_the_context(trained, capsys):
@@ -133,7 +133,7 @@ def test_the_real_exit_code_and_a_working_eval_and_generate(trained):
     _, run = trained
     bad = run_cli("train", "--preset", "nope")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
-    ok = run_cli("eval", str(run), "--split", "test")
+    ok = run_cli("eval", "perplexity", str(run), "--split", "test")
     assert ok.returncode == 0 and "perplexity" in ok.stdout
     gen = run_cli("generate", str(run), "--prompt", "The ", "--max-new-tokens", "50", "--seed", "1", "--stats")
     assert gen.returncode == 0 and gen.stdout.startswith("The ") and "tokens/s" in gen.stderr
@@ -170,7 +170,7 @@ def test_speculative_generation_with_show_drafts_and_export(trained, tmp_path, c
 
 
 def test_tensorboard_mirrors_the_metrics(tmp_path, corpus_dir):
-    from arlm.training.run import train_command
+    from arlm.commands.train import train_command
     from tests.helpers import tiny_config
 
     config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 5, "tensorboard": True})

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from arlm.commands.sweep import parse_vary, sweep_command
 from arlm.errors import ArlmError
-from arlm.training.sweep import parse_vary, sweep_command
 from tests.helpers import tiny_raw, write_yaml
 
 

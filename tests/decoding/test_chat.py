@@ -3,7 +3,7 @@ import torch
 
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.data.tokenizers import train_tokenizer
-from arlm.decoding.chat import ChatSession, apply_chat_template, chat_command
+from arlm.decoding.chat import ChatSession, apply_chat_template
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 from tests.helpers import tiny_text
@@ -46,11 +46,3 @@ def test_models_without_a_template_are_refused():
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=1, d_model=8))
     with pytest.raises(ArlmError, match="no chat template"):
         ChatSession(model, tok, GenerationConfig())
-
-
-@pytest.mark.real_model
-def test_smollm2_answers_a_question(capsys):
-    config = GenerationConfig(strategy="greedy", max_new_tokens=24)
-    answers = chat_command("smollm2", config, messages=["What is the capital of France?"], device="cpu")
-    assert "Paris" in answers[0]
-    assert "Paris" in capsys.readouterr().out  # streamed

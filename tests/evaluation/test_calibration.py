@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -11,12 +10,9 @@ from arlm.evaluation.calibration import (
     CalibrationAccumulator,
     calibration,
     calibration_from_logits,
-    calibration_study,
-    run_label,
 )
 from arlm.evaluation.perplexity import evaluate_batches, result
 from arlm.model.transformer import Transformer
-from tests.helpers import tiny_raw, write_yaml
 
 # Four predictions whose top-1 probability and correctness are set by hand, and one ignored position.
 PROBS = torch.tensor(
@@ -115,30 +111,3 @@ def test_figures_of_a_small_transformer_are_in_range_and_nll_matches_the_perplex
             assert k / res.n_bins <= conf <= (k + 1) / res.n_bins and 0 <= acc <= 1
     nll, count, _ = evaluate_batches(model, batches)
     assert res.nll == pytest.approx(result(nll, count).loss, rel=1e-5)
-
-
-def test_run_labels_are_the_run_folder_and_unique():
-    assert run_label("runs/a") == "a"
-    assert run_label("runs/a/checkpoints/step-00000020") == "a"
-    assert run_label("other/a", ["a"]) == "a-2"
-
-
-def test_the_study_trains_both_runs_and_writes_its_files(tmp_path, corpus_dir):
-    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir))
-    lines = []
-    results = calibration_study(tmp_path / "out", preset=str(preset), runs_dir=tmp_path / "runs", log=lines.append)
-    assert list(results) == ["label-smoothing-0", "label-smoothing-0.1"]
-    for name in ("calibration.png", "calibration.json", "report.md"):
-        assert (tmp_path / "out" / name).stat().st_size > 0
-    record = json.loads((tmp_path / "out" / "calibration.json").read_text())
-    assert record["label_smoothing"] == [0.0, 0.1]
-    assert record["max_steps"] == 20
-    assert set(record["results"]) == set(results)
-    configs = [json.loads((tmp_path / "runs" / name / "config.json").read_text())["train"] for name in results]
-    assert [c["label_smoothing"] for c in configs] == [0.0, 0.1]
-    assert {k: v for k, v in configs[0].items() if k not in ("label_smoothing", "out_dir")} == {
-        k: v for k, v in configs[1].items() if k not in ("label_smoothing", "out_dir")
-    }
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "| 0 |" in report and "| 0.1 |" in report
-    assert any("ECE" in line for line in lines)

@@ -3,10 +3,8 @@ import torch
 
 from arlm.config import ModelConfig
 from arlm.data.batches import BatchSampler
-from arlm.evaluation.context import context_command, per_position_loss
+from arlm.evaluation.context import per_position_loss
 from arlm.model.transformer import Transformer
-from arlm.training.run import train_command
-from tests.helpers import tiny_config
 
 
 def test_per_position_loss_matches_a_plain_forward():
@@ -23,12 +21,3 @@ def test_per_position_loss_matches_a_plain_forward():
     with torch.no_grad():
         nll = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none").view(5, 8)
     np.testing.assert_allclose(loss, nll.mean(0).numpy(), rtol=1e-5)
-
-
-def test_trained_model_gains_from_context(tmp_path, corpus_dir):
-    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 60, "lr": 1e-2})
-    train_command(config, log=lambda _: None)
-    curves = context_command([str(tmp_path / "run")], out=str(tmp_path / "ctx.png"), log=lambda _: None)
-    curve = curves["run"]
-    assert len(curve) == 32 and curve[0] > np.mean(curve[8:])  # the first token has no context to use
-    assert (tmp_path / "ctx.png").exists()

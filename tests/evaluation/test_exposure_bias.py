@@ -10,12 +10,10 @@ from arlm.evaluation.exposure_bias import (
     ExposureBiasResult,
     default_lengths,
     exposure_bias,
-    exposure_bias_study,
     greedy_continuation,
     held_out_sequences,
 )
 from arlm.model.transformer import Transformer
-from tests.helpers import tiny_raw, write_yaml
 
 P, L = 5, 12
 
@@ -120,24 +118,3 @@ def test_held_out_sequences_and_bad_lengths():
         exposure_bias(_random_model(block=15), _sequences(), P, L)
     with pytest.raises(ArlmError):
         exposure_bias(_random_model(), _sequences()[:, :-1], P, L)
-
-
-def test_the_study_trains_plain_and_scheduled_sampling_and_writes_its_files(tmp_path, corpus_dir):
-    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir))
-    lines = []
-    results = exposure_bias_study(
-        tmp_path / "out", preset=str(preset), runs_dir=tmp_path / "runs", n_sequences=8, log=lines.append
-    )
-    assert list(results) == ["plain", "scheduled-sampling"]
-    for res in results.values():
-        assert (res.prompt_len, res.length, res.sequences) == (8, 24, 8)  # a quarter of block 32 as prompt
-    for name in ("exposure_bias.png", "exposure_bias.json", "report.md"):
-        assert (tmp_path / "out" / name).stat().st_size > 0
-    record = json.loads((tmp_path / "out" / "exposure_bias.json").read_text())
-    assert record["scheduled_sampling_warmup"] == 10 and set(record["results"]) == set(results)
-    train = {name: json.loads((tmp_path / "runs" / name / "config.json").read_text())["train"] for name in results}
-    assert (train["plain"]["scheduled_sampling"], train["scheduled-sampling"]["scheduled_sampling"]) == (0.0, 0.25)
-    logged = (tmp_path / "runs" / "scheduled-sampling" / "metrics.jsonl").read_text()
-    assert '"scheduled_sampling"' in logged
-    assert "| plain |" in (tmp_path / "out" / "report.md").read_text()
-    assert any("gap@" in line for line in lines)

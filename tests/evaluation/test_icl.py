@@ -12,8 +12,8 @@ from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import VocabTokenizer
 from arlm.errors import ArlmError
 from arlm.evaluation import icl
+from arlm.interop.checkpoint import export_weights, save_checkpoint
 from arlm.model.transformer import Transformer
-from arlm.training.checkpoint import export_weights, save_checkpoint
 
 MULTIPLE_CHOICE = {"capitals", "antonyms"}
 IRREGULAR_PLURALS = {"child": "children", "mouse": "mice", "tooth": "teeth", "person": "people", "sheep": "sheep"}
@@ -218,24 +218,6 @@ def save_tiny_checkpoint(model: Transformer, tokenizer, path):
         config=RunConfig(model=model.config),
         meta={"step": 0},
     )
-
-
-def test_icl_command_writes_json_and_plot(tiny, tmp_path):
-    model, tokenizer = tiny
-    checkpoint = save_tiny_checkpoint(model, tokenizer, tmp_path / "ckpt")
-    lines = []
-    results = icl.icl_command(
-        str(checkpoint), tasks=["antonyms"], shots=(0, 1), scoring="loglikelihood", limit=4,
-        out_dir=tmp_path / "out", device="cpu", log=lines.append,
-    )  # fmt: skip
-    saved = json.loads((tmp_path / "out" / "icl.json").read_text(encoding="utf-8"))
-    assert saved["tasks"]["antonyms"]["by_shots"]["1"]["n"] == 4
-    assert (
-        saved["tasks"]["antonyms"]["by_shots"]["0"]["accuracy"]
-        == results["tasks"]["antonyms"]["by_shots"][0]["accuracy"]
-    )
-    assert (tmp_path / "out" / "icl.png").stat().st_size > 1000
-    assert any("| antonyms | 4 |" in line for line in lines)
 
 
 @pytest.mark.real_model

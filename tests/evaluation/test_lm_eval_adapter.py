@@ -22,7 +22,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from arlm.evaluation.lm_eval_adapter import (
     ArlmLM,
     evaluate_with_lm_eval,
-    lm_eval_command,
     write_task_yamls,
 )
 
@@ -83,17 +82,6 @@ def test_tiny_model_lm_eval_accuracy_equals_run_icl(tiny, task_dir):  # noqa: F8
     results = lm_eval_run(lm, task_dir, ["capitals", "antonyms", "addition"], 2, limit=10)
     for name in ("capitals", "antonyms", "addition"):
         assert_same_as_run_icl(results, model, tokenizer, name, 2, 10)
-
-
-def test_model_reference_through_the_registry_and_lm_eval_command(tiny, tmp_path):  # noqa: F811
-    model, tokenizer = tiny
-    checkpoint = save_tiny_checkpoint(model, tokenizer, tmp_path / "ckpt")
-    lines = []
-    results = lm_eval_command(str(checkpoint), "capitals", num_fewshot=1, limit=5, log=lines.append)
-    assert results["results"]["arlm_capitals"]["sample_len"] == 5
-    ours = icl.run_icl(model, tokenizer, ["capitals"], (1,), "loglikelihood", 5)["tasks"]["capitals"]["by_shots"][1]
-    assert results["results"]["arlm_capitals"]["acc,none"] == pytest.approx(ours["accuracy"])
-    assert "arlm_capitals" in "\n".join(lines)
 
 
 def test_lm_eval_cli_entry_point(tiny, tmp_path):  # noqa: F811

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from arlm.commands.eval_perplexity import eval_command
 from arlm.config import DataConfig
+from arlm.data.normalize import corpus_text
 from arlm.evaluation.perplexity import sliding_window
 from arlm.evaluation.reference import transformers_sliding_window
-from arlm.evaluation.run import corpus_text, eval_command
 from tests.helpers import shakespeare
 
 pytestmark = [pytest.mark.real_model, pytest.mark.hf]

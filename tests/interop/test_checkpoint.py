@@ -4,7 +4,7 @@ import torch
 from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import VocabTokenizer
 from arlm.errors import ArlmError
-from arlm.training.checkpoint import (
+from arlm.interop.checkpoint import (
     latest_checkpoint,
     open_checkpoint,
     prune_checkpoints,

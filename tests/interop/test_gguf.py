@@ -22,7 +22,7 @@ from arlm.interop.gguf import (
     read_tensors,
     smollm2_path,
 )
-from arlm.loading import load_model
+from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
 
 gguf = pytest.importorskip("gguf")

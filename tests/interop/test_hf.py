@@ -12,10 +12,10 @@ from arlm.config import GenerationConfig, ModelConfig, RunConfig
 from arlm.data.tokenizers import train_tokenizer
 from arlm.decoding.generate import generate, left_pad
 from arlm.errors import ArlmError
+from arlm.interop.checkpoint import export_weights, save_checkpoint
 from arlm.interop.hf import export_hf, load_hf_folder
-from arlm.loading import load_model
+from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
-from arlm.training.checkpoint import export_weights, save_checkpoint
 from tests.helpers import tiny_text
 
 pytestmark = pytest.mark.hf

@@ -93,7 +93,7 @@ def test_ddp_and_fsdp_follow_the_single_process_curve(tmp_path, preset):
     for run in ("ddp", "fsdp", "fsdp-ac"):
         assert _losses(tmp_path / run) == pytest.approx(reference, abs=1e-5)
     # the consolidated FSDP checkpoint loads in one process
-    from arlm.loading import load_model
+    from arlm.interop.loading import load_model
 
     assert load_model(tmp_path / "fsdp").model.num_params() > 0
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from arlm.commands.train import train_command
 from arlm.config import build_config
 from arlm.training.logging import read_metrics
-from arlm.training.run import train_command
 from tests.helpers import shakespeare, tiny_config
 
 
@@ -35,7 +35,7 @@ def test_init_from_an_arlm_run_starts_where_it_ended(tmp_path, corpus_dir):
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_smollm2_fine_tune_resumes_exactly(tmp_path, monkeypatch):
-    from arlm.training.run import resume_config
+    from arlm.commands.train import resume_config
     from arlm.training.trainer import Trainer
 
     text = tmp_path / "shakespeare.txt"

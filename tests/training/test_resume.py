@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from arlm.commands.train import resume_config, train_command
 from arlm.training.logging import read_metrics
-from arlm.training.run import resume_config, train_command
 from tests.helpers import REPO, tiny_config, tiny_raw, write_yaml
 
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
+from arlm.commands.train import train_command
 from arlm.errors import ArlmError
 from arlm.training.logging import read_metrics
-from arlm.training.run import train_command
 from tests.helpers import tiny_config
 
 
@@ -72,7 +72,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, corpus_dir, m
         train_command(config, log=lambda _: None)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records if r.get("event") == "nonfinite"] == [4, 5, 6]
-    from arlm.training.checkpoint import open_checkpoint
+    from arlm.interop.checkpoint import open_checkpoint
 
     for name in ("step-00000002", "step-00000004", "step-00000006"):
         path = tmp_path / "run" / "checkpoints" / name

@@ -1,6 +1,6 @@
-"""Every GPU figure in one run (`bash benchmarks/gpu.sh`): a GPT-2-124M-shaped training step (bf16, compiled)
-against transformers' GPT2LMHeadModel with MFU, and batch-1 greedy decoding of a SmolLM2-135M-shaped Llama
-(bf16, compiled step with CUDA graphs) against transformers' generate(). `--cpu-smoke` runs the same code on
+"""The figures of `arlm bench gpu` (run by `bash benchmarks/gpu.sh`): a GPT-2-124M-shaped training step (bf16,
+compiled) against transformers' GPT2LMHeadModel with MFU, and batch-1 greedy decoding of a SmolLM2-135M-shaped
+Llama (bf16, compiled step with CUDA graphs) against transformers' generate(). Smoke mode runs the same code on
 tiny shapes on the CPU, so the test suite keeps the script from rotting."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ SMOKE_DECODE = dict(
 )
 
 
-def _environment(device: torch.device) -> dict:
+def environment(device: torch.device) -> dict:
+    """The device's name and the torch and CUDA versions."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda}
 
@@ -72,7 +73,7 @@ def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
     return figures
 
 
-def _section(results: dict, name: str, out: Path, fn) -> None:
+def run_section(results: dict, name: str, out: Path, fn) -> None:
     """Run one benchmark; a failure is recorded (and printed) without stopping the others; write results.json."""
     try:
         results[name] = fn()

@@ -137,3 +137,40 @@ def scores_exponent(naive: list[dict], sdpa: list[dict]) -> float:
     """Exponent of the growth of scores_bytes with T."""
     pairs = scores_bytes(naive, sdpa)
     return fit_exponent([t for t, _ in pairs], [extra for _, extra in pairs]) if len(pairs) >= 2 else math.nan
+
+
+def run_memory_bench(
+    *,
+    lengths: tuple[int, ...] = LENGTHS,
+    budget_gb: float = 4.0,
+    device: str = "auto",
+    limit_gb: float = 12.0,
+    log=print,
+) -> dict:
+    """Measure both backends over the lengths (one child process each), logging a line per measurement, and fit
+    the exponents: {"device", "shape", "budget_gb", "rows": {backend: [...]}, "exponents": {...}}."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    rows: dict[str, list[dict]] = {}
+    for backend in ("naive", "sdpa"):
+        rows[backend] = []
+        for length in lengths:
+            one = _measure_in_child(backend, length, 1, device, limit_gb)
+            rows[backend].append(one)
+            if one.get("oom"):
+                log(f"  {backend:<6} T={length:>5}: out of memory (limit {limit_gb} GB)")
+                break
+            fixed = 4 * 4 * _parameters(length)  # float32 weights, gradients and AdamW's two moments
+            one["max_batch"] = int(max(budget_gb * 2**30 - fixed, 0) // max(one["saved_bytes"], 1))
+            log(
+                f"  {backend:<6} T={length:>5}: activations {one['saved_bytes'] / 2**20:>9.1f} MiB, peak "
+                f"+{one['step_bytes'] / 2**20:>8.1f} MiB, {one['tokens_per_s']:>8,.0f} tokens/s, "
+                f"largest batch in {budget_gb:g} GB: {one['max_batch']}"
+            )
+    exponents = {}
+    for backend, measured in rows.items():
+        ok = [r for r in measured if not r.get("oom")]
+        exponents[backend] = fit_exponent([r["length"] for r in ok], [r["saved_bytes"] for r in ok])
+        log(f"  {backend}: activation memory grows as T^{exponents[backend]:.2f}")
+    exponents["naive - sdpa"] = scores_exponent(rows["naive"], rows["sdpa"])
+    log(f"  naive minus sdpa (the T x T scores alone) grows as T^{exponents['naive - sdpa']:.2f}")
+    return {"device": device, "shape": SHAPE, "budget_gb": budget_gb, "rows": rows, "exponents": exponents}

@@ -1,19 +1,33 @@
-"""The main job (`arlm demo`, `make demo`): train the quickstart model and a small draft on the same tokenizer,
-then decode one prompt with greedy, top-p sampling, beam search and speculative decoding, side by side."""
+"""The main job: train the quickstart model and a draft, then compare greedy, sampling, beam and speculative.
+
+`make demo` runs it: the quickstart model and a small draft on the same tokenizer, then one prompt decoded with
+greedy, top-p sampling, beam search, speculative decoding and prompt lookup, side by side."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from pathlib import Path
 
+from arlm.commands.train import train_command
 from arlm.config import GenerationConfig, build_config
-from arlm.decoding.generate import GenerationOutput, generate
-from arlm.loading import load_model
+from arlm.decoding.generate import generate
+from arlm.decoding.types import GenerationOutput
+from arlm.interop.loading import load_model
 from arlm.model.inference import optimize_for_decoding
-from arlm.training.run import train_command
 
 DEMO_PROMPT = "Return the"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No flags."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the main job."""
+    demo_command()
+    return 0
 
 
 def demo_command(*, new_tokens: int = 80, log=print) -> dict[str, dict]:

@@ -1,18 +1,56 @@
-"""`arlm eval`: loss, perplexity and bits per byte of a model on a prepared split or on a text file."""
+"""Loss, perplexity and bits per byte of a model on a prepared split or a text file."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 
 import torch
 
-from arlm.config import DataConfig
-from arlm.data.corpus import load_documents
-from arlm.data.normalize import normalize_text
-from arlm.data.prepare import load_prepared
+from arlm.data.normalize import corpus_text
 from arlm.errors import ArlmError
-from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result, sliding_window
-from arlm.loading import load_model, pick_device
+from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result, sliding_window, sliding_windows
+from arlm.evaluation.reference import transformers_sliding_window
+from arlm.interop.loading import LoadedModel, load_model, load_transformers_model, pick_device, run_data
+from arlm.training.logging import Progress
+
+MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, --split / --data, or --file with --max-chars and --compare-transformers; --context, --stride, ..."""
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
+    parser.add_argument("--file", help="score this corpus (file, folder, glob, JSONL or builtin) by sliding window")
+    parser.add_argument("--max-chars", type=int, default=0, help="with --file: only the first N characters")
+    parser.add_argument(
+        "--compare-transformers",
+        action="store_true",
+        help="with --file: also score the same windows with transformers' own loading of the model",
+    )
+    parser.add_argument(
+        "--context", type=int, default=0, help="window / block length (default: the model's context, at most 1024)"
+    )
+    parser.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
+    parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print one line of figures."""
+    eval_command(
+        args.model,
+        split=args.split,
+        file=args.file,
+        data_dir=args.data,
+        context=args.context,
+        stride=args.stride,
+        batches=args.batches,
+        device=args.device,
+        max_chars=args.max_chars,
+        compare_transformers=args.compare_transformers,
+    )
+    return 0
 
 
 def eval_command(
@@ -31,65 +69,68 @@ def eval_command(
 ) -> EvalResult:
     """Evaluate and print one line of figures."""
     loaded = load_model(model_ref, device=pick_device(device))
-    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     if file:
-        text = corpus_text(file, config.data, max_chars)
-        ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-        if ids.numel() < 2:
-            raise ArlmError(f"{file} holds fewer than two tokens")
-        window = context or config.model.block_size
-        if window > config.model.block_size:
-            raise ArlmError(f"--context {window} exceeds the model's context of {config.model.block_size}")
-        step = stride or max(window // 2, 1)
-        res = sliding_window(
-            model,
-            ids,
-            context=window,
-            stride=step,
-            device=model.tok_emb.weight.device,
-            token_bytes=tokenizer.token_bytes(),
-        )
-        where = f"{file} (window {window}, stride {step})"
-        if compare_transformers:
-            from arlm.evaluation.reference import transformers_model, transformers_sliding_window
-
-            theirs = transformers_sliding_window(transformers_model(model_ref), ids, context=window, stride=step)
-            log(
-                f"transformers on the same {theirs.tokens:,} tokens: loss {theirs.loss:.4f}  perplexity "
-                f"{theirs.perplexity:.3f}  (ours / theirs: {res.perplexity / theirs.perplexity:.5f})"
-            )
+        res, where = _on_file(loaded, model_ref, file, context, stride, max_chars, compare_transformers, log)
     else:
-        directory = Path(data_dir) if data_dir else _run_data_dir(config)
-        data = load_prepared(directory)
-        if data.tokenizer.fingerprint() != tokenizer.fingerprint():
-            raise ArlmError(
-                f"{model_ref} was trained with another tokenizer than the data in {directory}; "
-                "evaluate on data prepared with the model's tokenizer"
-            )
-        if not data.has_split(split):
-            raise ArlmError(f"the data in {directory} has no {split} split")
-        block = context or min(config.model.block_size, 1024)
-        sampler = data.sampler(split, config.data, block, config.train.seed)
-        sums = evaluate_batches(
-            model,
-            sampler.eval_batches(config.train.batch_size, batches),
-            device=model.tok_emb.weight.device,
-            token_bytes=tokenizer.token_bytes(),
-        )
-        res = result(*sums)
-        where = f"{split} split of {directory} (blocks of {block})"
+        res, where = _on_split(loaded, split, data_dir, context, batches)
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
     log(f"{where}: loss {res.loss:.4f}  perplexity {res.perplexity:.3f}  bits/byte {bpb}  tokens {res.tokens:,}")
     return res
 
 
-def corpus_text(source: str, data: DataConfig, max_chars: int = 0) -> str:
-    """The text of a corpus source (a file, folder, glob, JSONL or 'builtin'), documents joined by a blank
-    line and normalized as the model's training data was; cut to max_chars when > 0."""
-    docs = load_documents(source, text_field=data.text_field, encoding_errors=data.encoding_errors)
-    text = normalize_text("\n\n".join(d.text.strip("\n") for d in docs), data)
-    return text[:max_chars] if max_chars else text
+def _on_file(
+    loaded: LoadedModel,
+    model_ref: str,
+    file: str,
+    context: int,
+    stride: int,
+    max_chars: int,
+    compare_transformers: bool,
+    log,
+) -> tuple[EvalResult, str]:
+    """Sliding-window perplexity of a corpus normalized as the model's training data was (a progress bar on a
+    terminal); with compare_transformers, transformers' own loading of the model scores the same windows."""
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
+    text = corpus_text(file, config.data, max_chars)
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    if ids.numel() < 2:
+        raise ArlmError(f"{file} holds fewer than two tokens")
+    window = context or config.model.block_size
+    if window > config.model.block_size:
+        raise ArlmError(f"--context {window} exceeds the model's context of {config.model.block_size}")
+    step = stride or max(window // 2, 1)
+    progress = Progress(len(sliding_windows(ids.numel(), window, step)), desc="eval")
+    res = sliding_window(
+        model,
+        ids,
+        context=window,
+        stride=step,
+        device=model.tok_emb.weight.device,
+        token_bytes=tokenizer.token_bytes(),
+        on_window=lambda done, _total: progress.update(done),
+    )
+    progress.close()
+    if compare_transformers:
+        theirs = transformers_sliding_window(load_transformers_model(model_ref), ids, context=window, stride=step)
+        log(
+            f"transformers on the same {theirs.tokens:,} tokens: loss {theirs.loss:.4f}  perplexity "
+            f"{theirs.perplexity:.3f}  (ours / theirs: {res.perplexity / theirs.perplexity:.5f})"
+        )
+    return res, f"{file} (window {window}, stride {step})"
 
 
-def _run_data_dir(config) -> Path:
-    return Path(config.data.prepared_dir) if config.data.prepared_dir else Path(config.train.out_dir) / "data"
+def _on_split(
+    loaded: LoadedModel, split: str, data_dir: str | None, context: int, batches: int
+) -> tuple[EvalResult, str]:
+    """Loss over blocks of a prepared split (the run's own data unless data_dir)."""
+    config = loaded.config
+    data = run_data(loaded, split, data_dir)
+    block = context or min(config.model.block_size, 1024)
+    sampler = data.sampler(split, config.data, block, config.train.seed)
+    sums = evaluate_batches(
+        loaded.model,
+        sampler.eval_batches(config.train.batch_size, batches),
+        device=loaded.model.tok_emb.weight.device,
+        token_bytes=loaded.tokenizer.token_bytes(),
+    )
+    return result(*sums), f"{split} split of {data.directory} (blocks of {block})"

@@ -1,17 +1,80 @@
-"""`arlm generate`: text in, text out around generate(); streaming, stop strings and statistics."""
+"""Generate text from a model with greedy, sampling, beam or speculative decoding.
+
+Text in, text out around generate(): streaming, stop strings and statistics. The generation flags are
+GenerationConfig's fields (`--top-k` sets top_k); chat takes them too."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
+import typing
 
 import torch
 
-from arlm.config import GenerationConfig
+from arlm.config import GenerationConfig, coerce
 from arlm.data.tokenizers import Tokenizer
-from arlm.decoding.generate import GenerationOutput, generate
+from arlm.decoding.generate import generate
+from arlm.decoding.show import render_drafts
+from arlm.decoding.stops import cut_at_stop, stop_checker
+from arlm.decoding.types import GenerationOutput
 from arlm.errors import ArlmError
-from arlm.loading import load_model, pick_device
+from arlm.interop.loading import load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
+
+MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, --prompt (repeatable), --draft, --stats, --show-drafts, --device, --dtype and the generation flags."""
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
+    parser.add_argument("--draft", help="draft model for --strategy speculative")
+    parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
+    parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_generation_flags(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Decode the prompts and print the continuations."""
+    generate_command(
+        args.model,
+        args.prompt,
+        generation_config(args),
+        draft=args.draft,
+        device=args.device,
+        stats=args.stats,
+        show_drafts=args.show_drafts,
+        dtype=args.dtype,
+    )
+    return 0
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per GenerationConfig field (--max-new-tokens for max_new_tokens; --stop repeats)."""
+    for f in dataclasses.fields(GenerationConfig):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f"gen_{f.name}",
+            default=None,
+            action="append" if f.name == "stop" else None,
+            metavar=f.name.upper(),
+            help=f"(default {f.default if f.default is not dataclasses.MISSING else '[]'})",
+        )
+
+
+def generation_config(args: argparse.Namespace, base: GenerationConfig | None = None) -> GenerationConfig:
+    """`base` (default GenerationConfig()) with the generation flags given, validated."""
+    config = base or GenerationConfig()
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in dataclasses.fields(GenerationConfig):
+        value = getattr(args, f"gen_{f.name}")
+        if value is not None:
+            setattr(config, f.name, coerce(value, hints[f.name], "--" + f.name.replace("_", "-")))
+    config.validate()
+    return config
 
 
 class Streamer:
@@ -31,25 +94,6 @@ class Streamer:
         self.stream.write(text[self.printed :])
         self.stream.flush()
         self.printed = len(text)
-
-
-def stop_checker(tokenizer: Tokenizer, stops: list[str]):
-    """A should_stop callback that fires when a row's recent text contains a stop string."""
-    if not stops:
-        return None
-    longest = max(len(s) for s in stops)
-
-    def should_stop(row: int, ids: list[int]) -> bool:
-        tail = tokenizer.decode(ids[-(longest + 8) :])
-        return any(s in tail for s in stops)
-
-    return should_stop
-
-
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    """Text up to (not including) the first stop string."""
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
 
 
 def generate_command(
@@ -108,8 +152,6 @@ def _print_rows(
     per_prompt = max(out.sequences.shape[0] // len(texts), 1)
     for i, row in enumerate(out.generated()):
         if show_drafts and "draft_marks" in out.stats:
-            from arlm.decoding.show import render_drafts
-
             body = render_drafts(tok, row, out.stats["draft_marks"][i], color=sys.stdout.isatty())
         else:
             body = cut_at_stop(tok.decode(row), config.stop)

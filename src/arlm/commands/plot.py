@@ -1,12 +1,26 @@
-"""`arlm plot`: loss against tokens for several runs in one figure; gradient norms when they were logged."""
+"""Draw training loss against tokens for one or more runs in one figure (and gradient norms if logged)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from arlm.commands.plots import plot_grad_norms, plot_loss
 from arlm.errors import ArlmError
-from arlm.plots import plot_grad_norms, plot_loss
 from arlm.training.logging import read_metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN..., --out, --grad-norms."""
+    parser.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")
+    parser.add_argument("--out", default="loss.png", help="PNG to write")
+    parser.add_argument("--grad-norms", action="store_true", help="also draw gradient norms (train.grad_norms)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Draw the figures."""
+    plot_command(args.runs, args.out, grad_norms=args.grad_norms)
+    return 0
 
 
 def metrics_path(run: str | Path) -> Path:

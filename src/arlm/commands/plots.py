@@ -1,4 +1,5 @@
-"""Matplotlib figures (PNG), drawn from metrics.jsonl records and study results; no state of their own."""
+"""Every figure the commands draw (matplotlib, PNG), from metrics.jsonl records and measured results; no state of
+their own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+
+from arlm.bench.memory import scores_bytes
+from arlm.evaluation.calibration import CalibrationResult
+from arlm.evaluation.exposure_bias import ExposureBiasResult
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -109,3 +115,103 @@ def plot_errorbars(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
+
+
+def plot_icl(results: dict, path: str | Path, *, title: str = "") -> Path:
+    """Accuracy against the number of shots, one line per task, with 95% Wilson intervals as error bars."""
+    series = {}
+    for name, entry in results["tasks"].items():
+        by = entry["by_shots"]
+        series[name] = [(k, by[k]["accuracy"], by[k]["ci"][0], by[k]["ci"][1]) for k in sorted(by)]
+    return plot_errorbars(
+        series,
+        path,
+        xlabel="demonstrations in the prompt (k)",
+        ylabel="accuracy",
+        title=title or f"in-context learning ({results['scoring']})",
+        ylim=(-0.02, 1.02),
+    )
+
+
+def plot_reliability(results: dict[str, CalibrationResult], path: str | Path, *, title: str = "") -> Path:
+    """Reliability diagram, one colour per run: accuracy vs mean confidence per bin over the diagonal, and
+    below it the share of predictions in each bin."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    top.plot([0, 1], [0, 1], color="0.5", ls=":", lw=1, label="perfect calibration")
+    n_runs = max(len(results), 1)
+    for i, (label, res) in enumerate(results.items()):
+        colour, width = f"C{i}", 1.0 / res.n_bins
+        points = [(c, a) for c, a in zip(res.bin_confidence, res.bin_accuracy) if c is not None]
+        top.plot(*zip(*points), "o-", color=colour, ms=4, lw=1.4, label=f"{label} (ECE {res.ece:.3f})")
+        shares = [c / res.tokens for c in res.bin_counts]
+        lefts = [k * width + i * width / n_runs for k in range(res.n_bins)]
+        bottom.bar(lefts, shares, width=width / n_runs, align="edge", color=colour, alpha=0.75, label=label)
+    top.set_ylabel("accuracy")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_title(title or "reliability diagram (top-1 next-token predictions)")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.set_xlabel("confidence (top-1 probability)")
+    bottom.set_ylabel("share of tokens")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_exposure_bias(results: dict[str, ExposureBiasResult], path: str | Path, *, title: str = "") -> Path:
+    """Loss and accuracy against position, teacher forced (solid) and free running (dashed), and the loss gap
+    between them; one colour per run, bands of one standard error."""
+    fig, (ax_loss, ax_acc, ax_gap) = plt.subplots(1, 3, figsize=(15, 4.3))
+    for i, (label, r) in enumerate(results.items()):
+        colour, x = f"C{i}", np.arange(r.length)
+        for ax, stem in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            for regime, style in (("teacher_forced", "-"), ("free_running", "--")):
+                mean = np.asarray(getattr(r, f"{regime}_{stem}"))
+                se = np.asarray(getattr(r, f"{regime}_{stem}_se"))
+                name = regime.replace("_", " ").replace("forced", "forcing")
+                ax.plot(x, mean, style, color=colour, lw=1.3, label=f"{label}, {name}")
+                ax.fill_between(x, mean - se, mean + se, color=colour, alpha=0.15, lw=0)
+        gap, gap_se = np.asarray(r.gap), np.asarray(r.gap_se)
+        ax_gap.plot(x, gap, color=colour, lw=1.3, label=f"{label} (slope {r.gap_slope:+.4f}/position)")
+        ax_gap.fill_between(x, gap - gap_se, gap + gap_se, color=colour, alpha=0.15, lw=0)
+    ax_gap.axhline(0.0, color="0.5", ls=":", lw=1)
+    ax_loss.set_ylabel("NLL of the gold token (nats)")
+    ax_acc.set_ylabel("top-1 accuracy on the gold token")
+    ax_gap.set_ylabel("free running - teacher forcing NLL (nats)")
+    for ax in (ax_loss, ax_acc, ax_gap):
+        ax.set_xlabel("position after the prompt")
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7)
+    ax_gap.legend(fontsize=7)
+    fig.suptitle(title or "exposure bias: teacher forcing (solid) vs free running (dashed)")
+    return _save(fig, path)
+
+
+def plot_memory(result: dict, out: str | Path) -> None:
+    """Log-log activation memory against T per backend (and their difference, the scores), and tokens/s."""
+    rows, exponents, device = result["rows"], result["exponents"], result["device"]
+    ok = {b: [r for r in m if not r.get("oom")] for b, m in rows.items()}
+    series = {
+        f"{b} (T^{exponents[b]:.2f})": [(r["length"], r["saved_bytes"] / 2**20) for r in m] for b, m in ok.items()
+    }
+    series[f"naive - sdpa: the T x T scores (T^{exponents['naive - sdpa']:.2f})"] = [
+        (t, extra / 2**20) for t, extra in scores_bytes(rows["naive"], rows["sdpa"])
+    ]
+    plot_lines(
+        series,
+        out,
+        xlabel="sequence length T",
+        ylabel="activation memory of a step (MiB)",
+        logx=True,
+        logy=True,
+        title=f"training-step memory vs context ({device})",
+    )
+    speed = {b: [(r["length"], r["tokens_per_s"]) for r in m] for b, m in ok.items()}
+    plot_lines(
+        speed,
+        Path(out).with_name(Path(out).stem + "-speed.png"),
+        xlabel="sequence length T",
+        ylabel="tokens/s",
+        logx=True,
+        title=f"training-step speed vs context ({device})",
+    )

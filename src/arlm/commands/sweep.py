@@ -1,17 +1,47 @@
-"""`arlm sweep`: train one preset over a grid of settings on the same corpus, then draw every loss curve in one
-figure (the LLaMA paper's Figure 1 at our scale) and tabulate the final losses."""
+"""Train a preset over a grid (--vary section.key=v1,v2,...) and draw all loss curves in one figure.
+
+Every run shares one prepared corpus; the figure is the LLaMA paper's Figure 1 at our scale, and the final
+losses are tabulated."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 from pathlib import Path
 
-from arlm.config import build_config
+from arlm.commands.plots import plot_lines, plot_loss
+from arlm.commands.train import train_command
+from arlm.config import DEFAULT_PRESET, RunConfig, build_config
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 from arlm.training.logging import read_metrics
-from arlm.training.run import train_command
+
+CONFIG_OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --vary (repeatable), --same-tokens, --out."""
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")
+    parser.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="SECTION.KEY=V1,V2",
+        help="values to sweep (repeat for a grid), e.g. model.d_model=64,128,192",
+    )
+    parser.add_argument(
+        "--same-tokens",
+        action="store_true",
+        help="when model.block_size varies, scale the batch so every run sees the same tokens",
+    )
+    parser.add_argument("--out", default="runs/sweep", help="folder for the runs and the figure")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the grid and draw it."""
+    sweep_command(args.preset, args.vary, args.overrides, same_tokens=args.same_tokens, out_dir=args.out)
+    return 0
 
 
 def parse_vary(specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -35,8 +65,6 @@ def sweep_command(
     log=print,
 ) -> dict[str, dict]:
     """Train every combination (sharing one prepared corpus) and plot loss vs tokens for all of them."""
-    from arlm.plots import plot_lines, plot_loss
-
     grid = parse_vary(vary)
     base = build_config(preset, overrides)
     out = Path(out_dir)
@@ -44,27 +72,7 @@ def sweep_command(
     for combo in itertools.product(*(values for _, values in grid)):
         label = "-".join(f"{key.split('.')[1]}={value}" for (key, _), value in zip(grid, combo))
         extra = [arg for (key, _), value in zip(grid, combo) for arg in (f"--{key}", value)]
-        config = build_config(
-            preset,
-            (overrides or [])
-            + extra
-            + [
-                "--train.out_dir",
-                str(out / label),
-                "--data.prepared_dir",
-                str(out / "data"),
-                "--train.sample_tokens",
-                "0",
-            ],
-        )
-        if same_tokens and config.model.block_size != base.model.block_size:
-            rows = base.train.batch_size * base.model.block_size / config.model.block_size
-            if rows < 1 or rows != int(rows):
-                raise ArlmError(
-                    f"--same-tokens: batch {base.train.batch_size} x {base.model.block_size} tokens cannot "
-                    f"be kept at context {config.model.block_size}"
-                )
-            config.train.batch_size = int(rows)
+        config = _run_config(preset, [*(overrides or []), *extra], out, label, base, same_tokens)
         log(f"=== {label} ===")
         summary = train_command(config, overwrite=True, log=log)
         results[label] = {
@@ -72,6 +80,29 @@ def sweep_command(
             "parameters": Transformer(config.model).num_params(),
             "run": str(summary.run_dir),
         }
+    _report(results, grid, preset, out, log)
+    return results
+
+
+def _run_config(
+    preset: str, overrides: list[str], out: Path, label: str, base: RunConfig, same_tokens: bool
+) -> RunConfig:
+    """One run's config: its own folder, the shared corpus, no sample; the batch scaled with --same-tokens."""
+    shared = ["--train.out_dir", str(out / label), "--data.prepared_dir", str(out / "data")]
+    config = build_config(preset, [*overrides, *shared, "--train.sample_tokens", "0"])
+    if same_tokens and config.model.block_size != base.model.block_size:
+        rows = base.train.batch_size * base.model.block_size / config.model.block_size
+        if rows < 1 or rows != int(rows):
+            raise ArlmError(
+                f"--same-tokens: batch {base.train.batch_size} x {base.model.block_size} tokens cannot "
+                f"be kept at context {config.model.block_size}"
+            )
+        config.train.batch_size = int(rows)
+    return config
+
+
+def _report(results: dict[str, dict], grid: list[tuple[str, list[str]]], preset: str, out: Path, log) -> None:
+    """Every loss curve in one figure, final validation loss against a single varied key, a table, sweep.json."""
     runs = {label: read_metrics(out / label / "metrics.jsonl") for label in results}
     plot_loss(runs, out / "loss.png", title=f"{preset}: loss vs tokens")
     if len(grid) == 1:
@@ -96,4 +127,3 @@ def sweep_command(
             log(f"{label:<28}{r['parameters']:>12,}{val['loss']:>10.4f}{val['ppl']:>10.2f}")
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {out / 'loss.png'}")
-    return results

@@ -1,7 +1,11 @@
-"""`arlm train` end to end: prepare the corpus, build or resume the model, train, report, plot, sample."""
+"""Train a model (default: the quickstart preset on the built-in corpus), evaluate it and sample.
+
+End to end: prepare the corpus, build or resume the model, train, report, plot, sample. train_command is the
+whole job as a function (the demo, distill, sweep and the studies run it too)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from collections.abc import Callable
@@ -10,18 +14,55 @@ from pathlib import Path
 
 import torch
 
-from arlm.config import GenerationConfig, RunConfig, config_from_dict, config_to_dict, merge, parse_overrides
+from arlm.commands.plots import plot_loss
+from arlm.config import (
+    DEFAULT_PRESET,
+    GenerationConfig,
+    RunConfig,
+    build_config,
+    config_from_dict,
+    config_to_dict,
+    merge,
+    parse_overrides,
+)
 from arlm.data.prepare import PreparedData, load_prepared, prepare
+from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult
-from arlm.loading import pick_device
+from arlm.interop.checkpoint import latest_checkpoint, list_checkpoints, open_checkpoint
+from arlm.interop.loading import load_model, load_tokenizer, pick_device, prepared_dir
 from arlm.model.transformer import Transformer
 from arlm.training import distributed as D
-from arlm.training.checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, open_checkpoint
+from arlm.training.init import initial_model
 from arlm.training.logging import read_metrics
 from arlm.training.trainer import Trainer
 
+CONFIG_OVERRIDES = True
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "config.json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --resume [CHECKPOINT], --overwrite."""
+    parser.add_argument("--preset", default=None, help=f"named preset or YAML path (default {DEFAULT_PRESET})")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue exactly from the newest checkpoint in train.out_dir (or the one given)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in train.out_dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the preset with the overrides, or resume a run with its own config plus the overrides."""
+    config = build_config(args.preset or DEFAULT_PRESET, args.overrides)
+    resume = None
+    if args.resume is not None:
+        config, resume = resume_config(config, args.resume, args.overrides, preset_given=args.preset is not None)
+    train_command(config, resume=resume, overwrite=args.overwrite)
+    return 0
 
 
 @dataclass
@@ -70,7 +111,7 @@ def train_command(
         if info.is_main:
             _claim_run_dir(run_dir, resume is not None, overwrite)
         D.barrier(info)
-        data = _prepared_data(config, run_dir, info, overwrite, say)
+        data = _prepared_data(config, info, overwrite, say)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         model = build_model(config, data, device, say, initial_model)
@@ -106,10 +147,11 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _prepared_data(config: RunConfig, run_dir: Path, info: D.DistInfo, overwrite: bool, log) -> PreparedData:
-    directory = Path(config.data.prepared_dir) if config.data.prepared_dir else run_dir / "data"
+def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log) -> PreparedData:
+    directory = prepared_dir(config)
     if info.is_main:
-        data = prepare(config.data, directory, overwrite=overwrite or not config.data.prepared_dir, log=log)
+        replace = overwrite or not config.data.prepared_dir
+        data = prepare(config.data, directory, overwrite=replace, log=log, resolve_tokenizer=load_tokenizer)
     D.barrier(info)
     return data if info.is_main else load_prepared(directory)
 
@@ -128,8 +170,6 @@ def build_model(
     if initial is not None:
         model = initial
     elif config.train.init:
-        from arlm.training.init import initial_model
-
         model = initial_model(config, data, log)
     else:
         model = Transformer(mc)
@@ -145,8 +185,6 @@ def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -
     """The model to distill from (train.distill_from), checked to share the data's tokenizer."""
     if not config.train.distill_from:
         return None
-    from arlm.loading import load_model
-
     teacher = load_model(config.train.distill_from, device=device)
     if teacher.tokenizer.fingerprint() != data.tokenizer.fingerprint():
         raise ArlmError(
@@ -173,8 +211,6 @@ def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
 
 def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
     """Write the final record, the loss plot, and print a sample."""
-    from arlm.plots import plot_loss
-
     run_dir = summary.run_dir
     record = {"event": "final", "step": trainer.step, "tokens": trainer.tokens_seen}
     for split, r in summary.final.items():
@@ -197,8 +233,6 @@ def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
 
 def sample_text(trainer: Trainer, prompt: str, tokens: int) -> str:
     """A short sample from the trained model (seeded)."""
-    from arlm.decoding.generate import generate
-
     tok = trainer.data.tokenizer
     model = D.unwrap(trainer.model)
     ids = tok.encode(prompt) if prompt else []
@@ -212,6 +246,3 @@ def sample_text(trainer: Trainer, prompt: str, tokens: int) -> str:
     out = generate(model, [ids], gen, eos_id=tok.eos_id, pad_id=tok.pad_id)
     model.train()
     return prompt + tok.decode(out.generated()[0])
-
-
-__all__ = ["Checkpoint", "TrainSummary", "build_model", "resume_config", "train_command"]

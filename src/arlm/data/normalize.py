@@ -7,7 +7,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from arlm.config import DataConfig
-from arlm.data.corpus import Document
+from arlm.data.corpus import Document, load_documents
 
 _KEEP_CONTROL = {"\n", "\t"}
 _DROP_CATEGORIES = {"Cc", "Cf", "Co", "Cs"}  # control, format (zero-width...), private use, surrogates
@@ -86,3 +86,11 @@ def normalize_documents(docs: list[Document], config: DataConfig) -> tuple[list[
         out.append(Document(doc.name, text))
     report.chars_after = sum(len(d.text) for d in out)
     return out, report
+
+
+def corpus_text(source: str, config: DataConfig, max_chars: int = 0) -> str:
+    """The text of a corpus source (a file, folder, glob, JSONL or 'builtin'), documents joined by a blank line and
+    normalized as config says (a model's training data); cut to max_chars when > 0."""
+    docs = load_documents(source, text_field=config.text_field, encoding_errors=config.encoding_errors)
+    text = normalize_text("\n\n".join(d.text.strip("\n") for d in docs), config)
+    return text[:max_chars] if max_chars else text

@@ -10,6 +10,7 @@ import dataclasses
 
 import torch
 
+from arlm.config import ModelConfig
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 
@@ -31,3 +32,13 @@ def draft_from_teacher(teacher: Transformer, layers: int) -> Transformer:
         for mine, theirs in zip(draft.blocks, picks):
             mine.load_state_dict(teacher.blocks[theirs].state_dict())
     return draft
+
+
+def with_model_config(draft: Transformer, config: ModelConfig) -> Transformer:
+    """The draft's weights in a model of `config` (its shape with another context: the position table cut)."""
+    resized = Transformer(config)
+    state = draft.state_dict()
+    if "pos_emb.weight" in state:
+        state["pos_emb.weight"] = state["pos_emb.weight"][: config.block_size]
+    resized.load_state_dict(state)
+    return resized

@@ -1,6 +1,6 @@
 import pytest
 
-from arlm.bench.train import bench_train_command
+from arlm.commands.bench_train import bench_train_command
 
 
 @pytest.mark.hf
@@ -18,9 +18,8 @@ def test_bench_train_runs_both_sides_and_reports_a_ratio():
             "16",
             "--model.vocab_size",
             "50",
-            "--bench.batch",
-            "2",
         ],
+        batch=2,
         repeats=2,
         steps=2,
         log=lines.append,

@@ -1,0 +1,53 @@
+"""Our generate() against transformers' generate() on the same weights (greedy, beam, sampling; speculative)."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+from arlm.bench.decode import SMOLLM2_SHAPE, run_decode_bench
+from arlm.config import ModelConfig
+from arlm.data.tokenizers import VocabTokenizer
+from arlm.interop.loading import load_model
+from arlm.model.transformer import Transformer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --draft, --new-tokens, --repeats."""
+    parser.add_argument(
+        "--model",
+        default="random-smollm2",
+        help="model reference (smollm2, a checkpoint, ...) or random-smollm2 (random weights)",
+    )
+    parser.add_argument("--draft", help="a draft model; adds speculative decoding against our greedy")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the cases and print the table."""
+    bench_decode_command(args.model, draft_ref=args.draft, new_tokens=args.new_tokens, repeats=args.repeats)
+    return 0
+
+
+def bench_decode_command(
+    model_ref: str, *, draft_ref: str | None = None, new_tokens: int = 64, repeats: int = 3, log=print
+) -> dict[str, dict]:
+    """Load (or build, for 'random-smollm2') the model and run the benchmark, printing a table."""
+    if model_ref == "random-smollm2":
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig(**SMOLLM2_SHAPE)).eval()
+        tokenizer = VocabTokenizer.train("char", ["abc"], 0)
+    else:
+        loaded = load_model(model_ref)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    draft = load_model(draft_ref).model if draft_ref else None
+    params = model.num_params() / 1e6
+    log(
+        f"model: {model_ref} ({params:.0f}M parameters, float32); {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {repeats}, alternating"
+    )
+    log(f"  {'case':<24}{'arlm tok/s':>10}{'transformers':>14}{'ratio':>10}")
+    return run_decode_bench(model, tokenizer, new_tokens=new_tokens, repeats=repeats, draft=draft, log=log)

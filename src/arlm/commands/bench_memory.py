@@ -1,0 +1,41 @@
+"""Naive vs SDPA attention: activation memory, peak memory and tokens/s of a training step as context grows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from arlm.bench.memory import LENGTHS, run_memory_bench
+from arlm.commands.plots import plot_memory
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--lengths, --budget-gb, --out."""
+    parser.add_argument("--lengths", help="comma-separated sequence lengths (default 128..8192)")
+    parser.add_argument("--budget-gb", type=float, default=4.0, help="budget for the largest-batch column")
+    parser.add_argument("--out", default="memory.png", help="PNG to write (numbers go to the same name .json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and draw."""
+    lengths = tuple(int(t) for t in args.lengths.split(",")) if args.lengths else LENGTHS
+    bench_memory_command(lengths=lengths, budget_gb=args.budget_gb, out=args.out)
+    return 0
+
+
+def bench_memory_command(
+    *,
+    lengths: tuple[int, ...] = LENGTHS,
+    budget_gb: float = 4.0,
+    device: str = "auto",
+    out: str = "memory.png",
+    limit_gb: float = 12.0,
+    log=print,
+) -> dict:
+    """Measure both backends over the lengths, print the table and exponents, write the plot and a JSON."""
+    result = run_memory_bench(lengths=lengths, budget_gb=budget_gb, device=device, limit_gb=limit_gb, log=log)
+    plot_memory(result, out)
+    Path(out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {out}, {Path(out).with_suffix('.json')}")
+    return result

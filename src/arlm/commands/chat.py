@@ -1,0 +1,66 @@
+"""Chat with an instruct model (default: SmolLM2-135M-Instruct) through its chat template, streaming."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from arlm.commands.generate import Streamer, add_generation_flags, generation_config
+from arlm.config import GenerationConfig
+from arlm.decoding.chat import ChatSession
+from arlm.interop.loading import load_model, pick_device
+from arlm.model.inference import optimize_for_decoding
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --system, --message (repeatable), --device and the generation flags."""
+    parser.add_argument("--model", default="smollm2", help="an instruct model with a chat template (default smollm2)")
+    parser.add_argument("--system", help="a system message")
+    parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
+    parser.add_argument("--device", default="auto")
+    add_generation_flags(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Chat with top-p sampling at temperature 0.7 unless the flags say otherwise."""
+    config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
+    config = generation_config(args, config)
+    chat_command(args.model, config, system=args.system, messages=args.message, device=args.device)
+    return 0
+
+
+def chat_command(
+    model_ref: str,
+    config: GenerationConfig,
+    *,
+    system: str | None = None,
+    messages: list[str] | None = None,
+    device: str = "auto",
+    read: Callable[[str], str] = input,
+) -> list[str]:
+    """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
+    loaded = load_model(model_ref, device=pick_device(device))
+    optimize_for_decoding(loaded.model)
+    session = ChatSession(loaded.model, loaded.tokenizer, config, system)
+    answers = []
+    queue = list(messages) if messages is not None else None
+    while True:
+        if queue is not None:
+            if not queue:
+                break
+            line = queue.pop(0)
+        else:
+            try:
+                line = read("you> ")
+            except EOFError:
+                break
+        if line.strip() in ("/quit", "/exit"):
+            break
+        if line.strip() == "/reset":
+            session.turns = []
+            continue
+        sys.stdout.write("assistant> ")
+        answers.append(session.reply(line, on_token=Streamer(loaded.tokenizer)))
+        sys.stdout.write("\n")
+    return answers

@@ -1,0 +1,68 @@
+"""Expected calibration error and a reliability diagram of next-token predictions, for one or more runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from arlm.commands.plots import plot_reliability
+from arlm.commands.runs import run_label
+from arlm.errors import ArlmError
+from arlm.evaluation.calibration import N_BINS, CalibrationResult, calibration, format_table
+from arlm.interop.loading import load_model, pick_device, run_data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN..., --split, --data, --batches, --bins, --out, --device."""
+    parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
+    parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
+    parser.add_argument("--bins", type=int, default=N_BINS, help="equal-width confidence bins")
+    parser.add_argument("--out", default="calibration.png", help="PNG to write (numbers go to the same name .json)")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, draw the diagram."""
+    calibration_command(
+        args.runs, split=args.split, batches=args.batches, out=args.out, n_bins=args.bins, data_dir=args.data,
+        device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def calibration_command(
+    run_refs: list[str],
+    *,
+    split: str = "val",
+    batches: int = 0,
+    out: str | Path = "calibration.png",
+    n_bins: int = N_BINS,
+    data_dir: str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, CalibrationResult]:
+    """Measure the calibration of runs on a split; print a table, write the diagram (out) and out.json."""
+    if not run_refs:
+        raise ArlmError("name at least one run or checkpoint to measure")
+    results: dict[str, CalibrationResult] = {}
+    for ref in run_refs:
+        loaded = load_model(ref, device=pick_device(device))
+        config = loaded.config
+        data = run_data(loaded, split, data_dir)
+        sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)
+        results[run_label(ref, results)] = calibration(
+            loaded.model, sampler.eval_batches(config.train.batch_size, batches), n_bins
+        )
+    log(f"calibration on the {split} split ({n_bins} bins):")
+    log(format_table(results))
+    out = Path(out)
+    plot_reliability(results, out)
+    record = {"split": split, "batches": batches, "runs": dict(zip(results, run_refs))}
+    record["results"] = {k: r.as_dict() for k, r in results.items()}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {out}, {out.with_suffix('.json')}")
+    return results

@@ -1,0 +1,54 @@
+"""Validation loss by position in the context, for one or more runs (one figure)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from arlm.commands.plots import plot_lines
+from arlm.evaluation.context import per_position_loss
+from arlm.interop.loading import load_model, run_data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN..., --split, --batches, --out."""
+    parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
+    parser.add_argument("--out", default="context.png", help="PNG to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and draw."""
+    context_command(args.runs, split=args.split, batches=args.batches, out=args.out)
+    return 0
+
+
+def context_command(
+    run_refs: list[str], *, split: str = "val", batches: int = 0, out: str = "context.png", log=print
+) -> dict[str, list[float]]:
+    """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
+    curves = {}
+    for ref in run_refs:
+        loaded = load_model(ref)
+        config = loaded.config
+        sampler = run_data(loaded, split).sampler(split, config.data, config.model.block_size, config.train.seed)
+        loss, _ = per_position_loss(loaded.model, sampler.eval_batches(config.train.batch_size, batches))
+        label = Path(ref).name
+        curves[label] = loss.tolist()
+        marks = [p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023) if p < len(loss)]
+        shown = ", ".join(f"pos {p}: {loss[p]:.3f}" for p in marks)
+        log(f"{label} (context {len(loss)}): {shown}; mean {loss.mean():.3f}")
+    series = {label: [(i + 1, v) for i, v in enumerate(c)] for label, c in curves.items()}
+    plot_lines(
+        series,
+        out,
+        xlabel="position in the context (tokens seen + 1)",
+        ylabel=f"{split} loss",
+        title="loss by position in the context",
+        logx=True,
+    )
+    Path(out).with_suffix(".json").write_text(json.dumps(curves) + "\n")
+    log(f"wrote {out}")
+    return curves

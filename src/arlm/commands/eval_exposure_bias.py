@@ -1,0 +1,80 @@
+"""Per-position loss and accuracy under teacher forcing vs free running (the model's own prefix)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from arlm.commands.plots import plot_exposure_bias
+from arlm.commands.runs import run_label
+from arlm.errors import ArlmError
+from arlm.evaluation.exposure_bias import (
+    ExposureBiasResult,
+    default_lengths,
+    exposure_bias,
+    format_summary,
+    held_out_sequences,
+)
+from arlm.interop.loading import load_model, pick_device, run_data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN..., --split, --data, --prompt-len, --length, --sequences, --out, --device."""
+    parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
+    parser.add_argument("--prompt-len", type=int, default=0, help="gold prompt tokens (default: context / 4)")
+    parser.add_argument("--length", type=int, default=0, help="positions measured after it (default: the rest)")
+    parser.add_argument("--sequences", type=int, default=256, help="held-out sequences")
+    parser.add_argument("--out", default="exposure_bias.png", help="PNG to write (numbers go to the same name .json)")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the summary, draw the curves."""
+    exposure_bias_command(
+        args.runs, prompt_len=args.prompt_len, length=args.length, n_sequences=args.sequences, split=args.split,
+        out=args.out, data_dir=args.data, device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def exposure_bias_command(
+    run_refs: list[str],
+    *,
+    prompt_len: int = 0,
+    length: int = 0,
+    n_sequences: int = 256,
+    split: str = "val",
+    out: str | Path = "exposure_bias.png",
+    batch_size: int = 64,
+    data_dir: str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, ExposureBiasResult]:
+    """Measure exposure bias of runs on held-out sequences; print the summary, write the figure and out.json.
+    prompt_len / length 0: a quarter of the context as prompt, the rest as continuation."""
+    if not run_refs:
+        raise ArlmError("name at least one run or checkpoint to measure")
+    results: dict[str, ExposureBiasResult] = {}
+    for ref in run_refs:
+        loaded = load_model(ref, device=pick_device(device))
+        P, L = default_lengths(loaded.config.model.block_size, prompt_len, length)
+        data = run_data(loaded, split, data_dir)
+        sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)
+        results[run_label(ref, results)] = exposure_bias(loaded.model, sequences, P, L, batch_size=batch_size)
+    first = next(iter(results.values()))
+    log(
+        f"exposure bias on {first.sequences} {split} sequences: prompt {first.prompt_len} tokens, "
+        f"{first.length} positions (gap = free-running minus teacher-forced loss, nats)"
+    )
+    log(format_summary(results))
+    out = Path(out)
+    plot_exposure_bias(results, out)
+    record = {"split": split, "runs": dict(zip(results, run_refs))}
+    record["results"] = {k: r.as_dict() for k, r in results.items()}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {out}, {out.with_suffix('.json')}")
+    return results

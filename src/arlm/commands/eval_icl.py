@@ -1,0 +1,97 @@
+"""Zero/one/few-shot accuracy on in-context learning tasks (table, JSON and PNG); --lm-eval runs lm-eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from arlm.commands.plots import plot_icl
+from arlm.evaluation.icl import DEFAULT_SHOTS, format_table, run_icl
+from arlm.interop.loading import load_model, pick_device
+from arlm.model.inference import optimize_for_decoding
+
+MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, --tasks, --shots, --scoring, --num-beams, --limit, --out, --lm-eval, --device."""
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("--tasks", help="comma-separated built-in tasks or paths to task JSONL (default: all built-in)")
+    parser.add_argument(
+        "--shots",
+        type=lambda v: [int(k) for k in v.split(",")],
+        default=list(DEFAULT_SHOTS),
+        help="numbers of demonstrations (default 0,1,2,4,8)",
+    )
+    parser.add_argument("--scoring", default="generate", choices=("generate", "loglikelihood"))
+    parser.add_argument("--num-beams", type=int, default=1, help="generate scoring: beam search when > 1")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many items per task")
+    parser.add_argument("--out", default="icl", help="folder for icl.json and icl.png")
+    parser.add_argument("--lm-eval", action="store_true", help="run lm-evaluation-harness on the same tasks instead")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Our own ICL evaluation, or lm-evaluation-harness on the same items (one table per number of shots)."""
+    tasks = args.tasks.split(",") if args.tasks else None
+    if args.lm_eval:
+        lm_eval_command(args.model, tasks, args.shots, args.limit, device=str(pick_device(args.device)))
+        return 0
+    icl_command(
+        args.model,
+        tasks=tasks,
+        shots=args.shots,
+        scoring=args.scoring,
+        limit=args.limit,
+        out_dir=args.out,
+        num_beams=args.num_beams,
+        device=args.device,
+    )
+    return 0
+
+
+def lm_eval_command(
+    model_ref: str, tasks: Sequence[str] | None, shots: Sequence[int], limit: int | None, *, device: str, log=print
+) -> list[dict]:
+    """Run lm-eval on the built-in tasks (or task files) once per number of shots, printing lm-eval's table."""
+    from lm_eval.utils import make_table  # lazy: optional dependency
+
+    from arlm.evaluation.lm_eval_adapter import run_lm_eval  # lazy: optional dependency (imports lm_eval)
+
+    results = []
+    for k in shots:
+        results.append(run_lm_eval(model_ref, ",".join(tasks) if tasks else "all", k, limit, device=device))
+        log(make_table(results[-1]))
+    return results
+
+
+def icl_command(
+    model_ref: str,
+    *,
+    tasks: Sequence[str] | None = None,
+    shots: Sequence[int] = DEFAULT_SHOTS,
+    scoring: str = "generate",
+    limit: int | None = None,
+    out_dir: str | Path = "icl",
+    num_beams: int = 1,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Few-shot accuracy of a model on ICL tasks: prints a table, writes icl.json and icl.png into out_dir."""
+    loaded = load_model(model_ref, device=pick_device(device))
+    optimize_for_decoding(loaded.model)
+    results = run_icl(loaded.model, loaded.tokenizer, tasks, shots, scoring, limit, num_beams=num_beams, log=log)
+    results["model"] = str(model_ref)
+    log(f"accuracy [95% Wilson interval], {scoring} scoring, {results['seconds']:.0f}s")
+    log(format_table(results))
+    if scoring == "loglikelihood":
+        log("acc_norm (log-likelihood per UTF-8 byte of the choice):")
+        log(format_table(results, "acc_norm"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "icl.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot_icl(results, out / "icl.png", title=f"{Path(str(model_ref)).name}: accuracy vs shots ({scoring})")
+    log(f"wrote {out / 'icl.json'} and {out / 'icl.png'}")
+    return results

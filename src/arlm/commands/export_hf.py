@@ -1,0 +1,21 @@
+"""Write a checkpoint as a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM) that transformers loads."""
+
+from __future__ import annotations
+
+import argparse
+
+from arlm.interop.hf import export_hf
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL OUT [--overwrite]."""
+    parser.add_argument("model", help="checkpoint or run folder")
+    parser.add_argument("out", help="folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and name the folder written."""
+    folder = export_hf(args.model, args.out, overwrite=args.overwrite)
+    print(f"wrote {folder}")
+    return 0

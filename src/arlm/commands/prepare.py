@@ -1,0 +1,28 @@
+"""Read, normalize, split and tokenize a corpus into token shards, and print the corpus report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from arlm.config import DEFAULT_PRESET, build_config
+from arlm.data.prepare import prepare
+from arlm.interop.loading import load_tokenizer, prepared_dir
+
+CONFIG_OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --out, --overwrite."""
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")
+    parser.add_argument("--out", help="output folder (default: data.prepared_dir, else <train.out_dir>/data)")
+    parser.add_argument("--overwrite", action="store_true", help="replace data prepared with other settings")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the preset's corpus (with the overrides) into --out."""
+    config = build_config(args.preset, args.overrides)
+    directory = Path(args.out) if args.out else prepared_dir(config)
+    prepare(config.data, directory, overwrite=args.overwrite, resolve_tokenizer=load_tokenizer)
+    print(f"prepared data in {directory}")
+    return 0

@@ -1,0 +1,40 @@
+import json
+import os
+
+import pytest
+
+from arlm.commands.eval_icl import icl_command, lm_eval_command
+from arlm.evaluation import icl
+from tests.evaluation.test_icl import save_tiny_checkpoint, tiny  # noqa: F401  (the module fixture)
+
+
+def test_icl_command_writes_json_and_plot(tiny, tmp_path):  # noqa: F811
+    model, tokenizer = tiny
+    checkpoint = save_tiny_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    lines = []
+    results = icl_command(
+        str(checkpoint), tasks=["antonyms"], shots=(0, 1), scoring="loglikelihood", limit=4,
+        out_dir=tmp_path / "out", device="cpu", log=lines.append,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "out" / "icl.json").read_text(encoding="utf-8"))
+    assert saved["tasks"]["antonyms"]["by_shots"]["1"]["n"] == 4
+    assert (
+        saved["tasks"]["antonyms"]["by_shots"]["0"]["accuracy"]
+        == results["tasks"]["antonyms"]["by_shots"][0]["accuracy"]
+    )
+    assert (tmp_path / "out" / "icl.png").stat().st_size > 1000
+    assert any("| antonyms | 4 |" in line for line in lines)
+
+
+@pytest.mark.hf
+def test_model_reference_through_the_registry_and_lm_eval_command(tiny, tmp_path):  # noqa: F811
+    if os.environ.get("CI", "").lower() not in ("1", "true"):  # in CI a missing lm_eval must fail, not skip
+        pytest.importorskip("lm_eval")
+    model, tokenizer = tiny
+    checkpoint = save_tiny_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    lines = []
+    (results,) = lm_eval_command(str(checkpoint), ["capitals"], [1], 5, device="cpu", log=lines.append)
+    assert results["results"]["arlm_capitals"]["sample_len"] == 5
+    ours = icl.run_icl(model, tokenizer, ["capitals"], (1,), "loglikelihood", 5)["tasks"]["capitals"]["by_shots"][1]
+    assert results["results"]["arlm_capitals"]["acc,none"] == pytest.approx(ours["accuracy"])
+    assert "arlm_capitals" in "\n".join(lines)
