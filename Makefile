@@ -32,6 +32,7 @@ test: install-dev
 lint: install-dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf runs build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -17,7 +17,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
-from arlm.loading import load_model
+from arlm.interop.loading import load_model
 from arlm.model.inference import optimize_for_decoding
 from arlm.training.distill import draft_from_teacher
 

@@ -1,12 +1,16 @@
 """Bad input ends with one line on stderr and exit code 2, and nothing on disk is lost or overwritten."""
 
+import argparse
+import importlib
 import json
+import re
 import shutil
 
 import pytest
 
-from arlm.cli import main
-from tests.helpers import run_cli, tiny_raw, write_corpus, write_yaml
+from arlm.cli import VERBS, main, make_parser
+from arlm.commands.train import train_command
+from tests.helpers import REPO, run_cli, tiny_config, tiny_raw, write_corpus, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +174,6 @@ def test_speculative_generation_with_show_drafts_and_export(trained, tmp_path, c
 
 
 def test_tensorboard_mirrors_the_metrics(tmp_path, corpus_dir):
-    from arlm.commands.train import train_command
-    from tests.helpers import tiny_config
-
     config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 5, "tensorboard": True})
     train_command(config, log=lambda _: None)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
@@ -191,3 +192,65 @@ def test_eval_calibration_and_exposure_bias_write_their_figures(trained, tmp_pat
     assert len(json.loads(out.with_suffix(".json").read_text())["results"]["run"]["gap"]) == 8
     _fails(capsys, "eval", "exposure-bias", str(run), "--prompt-len", "4", "--length", "500", match="context")
     _fails(capsys, "study", "calibration", "--train.nope", "1", match="nope")
+
+
+def _verb_parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"arlm {name}")
+    importlib.import_module(VERBS[name]).add_arguments(parser)
+    return parser
+
+
+def _flags(name: str) -> set[str]:
+    return {flag for action in _verb_parser(name)._actions for flag in action.option_strings}
+
+
+@pytest.mark.parametrize("name", list(VERBS))
+def test_every_verb_is_one_module_with_its_help_line(name, capsys):
+    module = importlib.import_module(VERBS[name])
+    assert callable(module.add_arguments) and callable(module.run) and module.__doc__
+    with pytest.raises(SystemExit) as done:
+        main([*name.split(), "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: arlm {name} ")
+    assert "".join(module.__doc__.split("\n\n")[0].split()) in "".join(out.split())  # help wraps lines
+
+
+def test_each_verb_keeps_its_own_flags():
+    """A loop over verbs once left its variable pointing at the last sub-parser, so flags meant for one verb
+    landed on whichever the loop ended on; each verb now declares its own in its own module."""
+    assert {"--prompt-len", "--length", "--sequences"} <= _flags("eval exposure-bias")
+    assert {"--bins", "--batches"} <= _flags("eval calibration")
+    assert {"--scheduled-sampling", "--sequences"} <= _flags("study exposure-bias")
+    assert not _flags("eval calibration") & {"--prompt-len", "--length", "--sequences", "--scheduled-sampling"}
+    assert not _flags("eval exposure-bias") & {"--bins", "--batches", "--scheduled-sampling"}
+    assert not _flags("study calibration") & {"--scheduled-sampling", "--sequences", "--bins", "--prompt-len"}
+    assert not _flags("bench memory") & {"--steps", "--model", "--new-tokens"}
+    assert not _flags("bench decode") & {"--steps", "--lengths", "--budget-gb"}
+
+
+def test_one_guard_for_config_overrides(trained, capsys):
+    _, run = trained
+    takes = [name for name in VERBS if getattr(importlib.import_module(VERBS[name]), "CONFIG_OVERRIDES", False)]
+    assert set(takes) == {
+        "prepare", "train", "distill", "sweep", "study calibration", "study exposure-bias", "bench train"
+    }  # fmt: skip
+    _fails(capsys, "eval", "calibration", str(run), "--prompt-len", "4", match="unexpected argument '--prompt-len'")
+    _fails(capsys, "plot", str(run), "--train.lr", "1", match="unexpected argument '--train.lr'")
+    _fails(capsys, "prepare", "--bogus", match="unexpected argument '--bogus'; overrides look like")
+    _fails(capsys, "prepare", "--data.source", match="override --data.source needs a value")
+
+
+def test_readme_and_help_spell_the_verbs_as_the_registry():
+    """One spelling per verb: every `arlm ...` line of the README names a registered verb, every verb is in the
+    README, and no argv is rewritten (the parser takes the registry's words as they are)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    code = re.findall(r"```.*?```", readme, re.S) + re.findall(r"`[^`\n]+`", readme)
+    heads = {name.split()[0] for name in VERBS if " " in name}
+    spelled = set()
+    for words in re.findall(r"(?:^|\s|`)(?:-m )?arlm ([a-z][a-z0-9-]*)(?: ([a-z][a-z0-9-]*))?", "\n".join(code), re.M):
+        spelled.add(" ".join(words) if words[0] in heads else words[0])
+    assert spelled <= set(VERBS), f"README spells verbs the CLI does not know: {sorted(spelled - set(VERBS))}"
+    assert set(VERBS) <= spelled, f"verbs missing from the README: {sorted(set(VERBS) - spelled)}"
+    help_text = " ".join(make_parser([]).format_help().split())
+    assert all(head in help_text for head in {name.split()[0] for name in VERBS})

@@ -1,1 +1,1 @@
-"""Evaluation: perplexity and the studies."""
+"""Evaluation: measures of a model on data: perplexity, calibration, exposure bias, context use, in-context learning."""

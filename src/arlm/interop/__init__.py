@@ -1,1 +1,2 @@
-"""Interoperability: Hugging Face folders and GGUF files."""
+"""Model formats and references: arlm checkpoints, Hugging Face folders, GGUF files, and the one resolver of model
+and tokenizer references (loading)."""

@@ -1,1 +1,1 @@
-"""The one training loop and what it needs: loss, optimizer, checkpoints, logging, distribution."""
+"""The one training loop and what it needs: loss, optimizer, logging, distribution, initial weights, distillation."""

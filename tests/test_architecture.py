@@ -1,0 +1,84 @@
+"""The layers hold (import-linter's contract in pyproject.toml, checked here and by `make lint`), no module imports
+inside a function except an optional dependency loaded lazily (commented so), and functions and files stay short."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+SRC = REPO / "src" / "arlm"
+LAZY = "# lazy: optional dependency"
+MAX_FUNCTION_LINES = 60
+MAX_FILE_LINES = 500
+
+
+def _lint_imports() -> str:
+    found = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if found is None:
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail("lint-imports is missing (pip install -e '.[dev]')")
+        pytest.skip("needs import-linter (pip install -e '.[dev]')")
+    return found
+
+
+def _run_contract(src: Path, config: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    command = [_lint_imports(), "--config", str(config), "--no-cache", "--no-logo"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _modules() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_the_layer_contract_holds():
+    done = _run_contract(REPO / "src", REPO / "pyproject.toml")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 kept, 0 broken" in done.stdout
+
+
+def test_the_contract_refuses_an_upward_import(tmp_path):
+    shutil.copytree(SRC, tmp_path / "src" / "arlm")
+    corpus = tmp_path / "src" / "arlm" / "data" / "corpus.py"
+    corpus.write_text(corpus.read_text() + "\nimport arlm.commands.train  # an upward import\n")
+    done = _run_contract(tmp_path / "src", REPO / "pyproject.toml")
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "arlm.data.corpus -> arlm.commands.train" in done.stdout
+
+
+def test_imports_inside_functions_only_load_optional_dependencies_lazily():
+    offenders = []
+    for path in _modules():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)) and LAZY not in lines[inner.lineno - 1]:
+                    offenders.append(f"{path.relative_to(REPO)}:{inner.lineno}: {lines[inner.lineno - 1].strip()}")
+    assert not offenders, (
+        "imports inside functions (comment a lazy optional one with '" + LAZY + "'):\n" + "\n".join(offenders)
+    )
+
+
+def test_functions_fit_a_screen_and_files_stay_short():
+    long_functions, long_files = [], []
+    for path in _modules():
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            long_files.append(f"{path.relative_to(REPO)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long_functions)
+    assert not long_files, f"files over {MAX_FILE_LINES} lines:\n" + "\n".join(long_files)
