@@ -1,5 +1,6 @@
 import json
 import os
+import statistics
 import subprocess
 
 import pytest
@@ -21,6 +22,12 @@ def test_gpu_script_runs_in_cpu_smoke_mode(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["smoke"] is True
-    assert results["train"]["ratio"] > 0 and set(results["train"]["rates"]) == {"arlm", "transformers"}
+    train = results["train"]
+    tokens = 2 * 2 * 64  # smoke: 2 steps x batch 2 x context 64, the same batches on both sides
+    for side in ("arlm", "transformers"):
+        assert train["rates"][side] == pytest.approx(tokens / statistics.median(train["times"][side]))
+    assert train["ratio"] == pytest.approx(train["rates"]["arlm"] / train["rates"]["transformers"])
     for mode in ("compiled", "eager"):
-        assert results["decode"][mode]["greedy, batch 1"]["arlm"] > 0
+        case = results["decode"][mode]["greedy, batch 1"]
+        assert case["tokens"] == {"arlm": 16, "transformers": 16}  # counted from each side's output
+        assert case["ratio"] == pytest.approx(case["arlm"] / case["transformers"])

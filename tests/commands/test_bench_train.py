@@ -1,6 +1,9 @@
+import statistics
+
 import pytest
 
-from arlm.commands.bench_train import bench_train_command
+from arlm.bench.train import make_sides
+from arlm.commands.bench_train import bench_train_command, model_shape
 
 
 @pytest.mark.hf
@@ -24,6 +27,17 @@ def test_bench_train_runs_both_sides_and_reports_a_ratio():
         steps=2,
         log=lines.append,
     )
-    assert set(out["rates"]) == {"arlm", "transformers"} and out["ratio"] > 0
-    assert any("ratio arlm / transformers" in line for line in lines)
     assert all(len(t) == 2 for t in out["times"].values())
+    tokens = 2 * 2 * 16  # steps x batch x context, the same batches on both sides
+    for side in ("arlm", "transformers"):
+        assert out["rates"][side] == pytest.approx(tokens / statistics.median(out["times"][side]))
+    assert out["ratio"] == pytest.approx(out["rates"]["arlm"] / out["rates"]["transformers"])
+    assert f"ratio arlm / transformers: {out['ratio']:.2f}x" in "\n".join(lines)
+
+
+@pytest.mark.hf
+def test_both_sides_have_the_same_shape():
+    config = model_shape(["--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "2"])
+    ours, reference = make_sides(config)
+    shapes = [sorted(tuple(sorted(p.shape)) for p in side.model.parameters()) for side in (ours, reference)]
+    assert shapes[0] == shapes[1]  # HF's Conv1D keeps (in, out), hence the sorted dimensions

@@ -81,12 +81,33 @@ def test_eos_and_stop_checks_end_rows_separately(monkeypatch, sync_every):
     assert stopped.generated()[0] == free[:6]
 
 
-def test_sliding_window_writes_past_the_context():
-    model = _model(block=16)
+def _greedy_in_a_sliding_window(model, ids, n):
+    """Greedy decoding without a cache, each token the argmax of a full forward over the window: the window is
+    the prompt and what follows until it would pass the context, then only its newest half."""
+    block = model.config.block_size
+    window, out = list(ids), []
+    for _ in range(n):
+        token = int(model(torch.tensor([window]))[0, -1].argmax())
+        out.append(token)
+        window.append(token)
+        if len(window) > block:
+            window = window[-(block // 2) :]
+    return out
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_sliding_window_writes_past_the_context(flavour):
+    model = _model(flavour, block=16)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # matrices drawn N(0, 1): greedy output then depends on the whole window (the
+        for p in model.parameters():  # small default init repeats one token, which any window reproduces)
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=generator))
     out = generate(model, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=40))
     generated = out.generated()[0]
     assert len(generated) == 40
-    assert generated[:13] == _greedy_without_cache(model, [1, 2, 3], 13)  # exact until the context fills
+    assert generated[:14] == _greedy_without_cache(model, [1, 2, 3], 14)  # the whole context, then slides
+    assert generated == _greedy_in_a_sliding_window(model, [1, 2, 3], 40)  # three slides: after 14, 23, 32
 
 
 def test_prompt_longer_than_the_context_is_refused():

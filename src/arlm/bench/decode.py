@@ -72,31 +72,29 @@ def _prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
     return [torch.randint(10, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
-def _timed(fn: Callable[[], int]) -> float:
+def _timed(fn: Callable[[], int]) -> tuple[int, float]:
+    """(tokens fn generated, seconds it took)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
     tokens = fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return tokens / (time.perf_counter() - start)
+    return tokens, time.perf_counter() - start
 
 
-def _bench_case(
-    model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int, repeats: int
-) -> dict[str, float]:
-    """Median tokens/s of ours and of transformers on one case, alternating which goes first."""
+def _bench_case(model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int, repeats: int) -> dict:
+    """Median tokens/s of ours and of transformers on one case, alternating which goes first, and the tokens
+    each side generated in a run (counted from its output)."""
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad))
-    produced = len(prompts) * config.max_new_tokens
 
     def ours() -> int:
-        generate(model, prompts, config, pad_id=pad)
-        return produced
+        return generate(model, prompts, config, pad_id=pad).stats["new_tokens"]
 
     def theirs() -> int:
         with torch.inference_mode():
-            reference.generate(
+            out = reference.generate(
                 input_ids=ids,
                 attention_mask=mask,
                 pad_token_id=pad,
@@ -104,16 +102,18 @@ def _bench_case(
                 min_new_tokens=config.max_new_tokens,
                 **hf_kwargs,
             )
-        return produced
+        return out.shape[0] * (out.shape[1] - ids.shape[1])  # (rows, prompt + new) -> new tokens
 
     for _ in range(3 if config.compile else 1):  # warm-up (and compilation / CUDA graph capture)
         ours()
     theirs()
     rates: dict[str, list[float]] = {"arlm": [], "transformers": []}
+    tokens: dict[str, int] = {}
     for r in range(repeats):
         for side, fn in (("arlm", ours), ("transformers", theirs))[:: 1 if r % 2 == 0 else -1]:
-            rates[side].append(_timed(fn))
-    return {k: statistics.median(v) for k, v in rates.items()}
+            tokens[side], seconds = _timed(fn)
+            rates[side].append(tokens[side] / seconds)
+    return {**{k: statistics.median(v) for k, v in rates.items()}, "tokens": tokens}
 
 
 def run_decode_bench(
@@ -144,7 +144,7 @@ def run_decode_bench(
         config.compile = compile and config.strategy != "beam"
         prompts = _prompts(batch, prompt_len, model.config.vocab_size)
         medians = _bench_case(model, reference, prompts, config, hf_kwargs, pad, repeats)
-        results[name] = {**medians, "ratio": medians["arlm"] / medians["transformers"]}
+        results[name] = {**medians, "ratio": medians["arlm"] / medians["transformers"]}  # tokens/s, tokens
         log(f"  {name:<24}{medians['arlm']:>10.1f}{medians['transformers']:>14.1f}{results[name]['ratio']:>9.2f}x")
     if draft is not None:
         results["speculative"] = _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log)
