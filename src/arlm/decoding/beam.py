@@ -10,7 +10,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import GenerationOutput
-from arlm.decoding.processors import no_repeat_ngram, repetition_penalty
+from arlm.decoding.processors import History, process
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
 
@@ -46,7 +46,7 @@ def beam_search(
     config: GenerationConfig,
     *,
     attention_mask: torch.Tensor | None,
-    eos_id: int | None,
+    history: History,
     pad_id: int,
 ) -> GenerationOutput:
     """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores."""
@@ -54,6 +54,9 @@ def beam_search(
     K, V = config.num_beams, model.config.vocab_size
     device = prompt_ids.device
     max_len = T + config.max_new_tokens
+    eos_id = history.eos_id
+    starts = None if history.starts is None else history.starts.repeat_interleave(K)  # (B*K,)
+    beam_history = History(starts, T, eos_id)  # the K beams of a row share its padding
     keep = max(2, 1 + (eos_id is not None)) * K  # candidates kept a step, so K survive even if all top-K end
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
     start = time.perf_counter()
@@ -78,8 +81,7 @@ def beam_search(
     for cur in range(T, max_len):
         sequences = running[:, :, :cur].reshape(B * K, cur)
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
-        log_probs = repetition_penalty(log_probs, sequences, config.repetition_penalty)
-        log_probs = no_repeat_ngram(log_probs, sequences, config.no_repeat_ngram_size)
+        log_probs = process(log_probs, sequences, config, beam_history)  # penalties, n-grams, min new tokens
         totals = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
         top_scores, top_index = torch.topk(totals, keep)  # (B, keep) each
         source_beam, token = top_index // V, top_index % V

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.processors import logits_to_probs, process, sample
+from arlm.decoding.processors import History, logits_to_probs, process, prompt_starts, sample
 from arlm.errors import ArlmError
 from arlm.model.kv_cache import KVCache
 
@@ -71,11 +71,18 @@ def generate(
     prompt_ids = prompt_ids.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
     check_length(model, prompt_ids.shape[1], config.max_new_tokens, sliding=config.strategy in ("greedy", "sample"))
+    if config.strategy == "sample" and config.num_return_sequences > 1:  # N independent samples per prompt
+        prompt_ids = prompt_ids.repeat_interleave(config.num_return_sequences, dim=0)  # (B*N, T)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
+    if config.max_new_tokens == 0:
+        return _prompts_only(prompt_ids, config)
     eos = eos_id if config.stop_at_eos else None
+    history = History(prompt_starts(attention_mask), prompt_ids.shape[1], eos)
     if config.strategy == "beam":
         from arlm.decoding.beam import beam_search
 
-        return beam_search(model, prompt_ids, config, attention_mask=attention_mask, eos_id=eos, pad_id=pad)
+        return beam_search(model, prompt_ids, config, attention_mask=attention_mask, history=history, pad_id=pad)
     if config.strategy in ("speculative", "prompt-lookup"):
         from arlm.decoding.speculative import speculative_generate
 
@@ -85,7 +92,7 @@ def generate(
             config,
             draft=draft,
             attention_mask=attention_mask,
-            eos_id=eos,
+            history=history,
             pad_id=pad,
             on_token=on_token,
             should_stop=should_stop,
@@ -95,11 +102,21 @@ def generate(
         prompt_ids,
         config,
         attention_mask=attention_mask,
-        eos_id=eos,
+        history=history,
         pad_id=pad,
         on_token=on_token,
         should_stop=should_stop,
     )
+
+
+def _prompts_only(prompt_ids: torch.Tensor, config: GenerationConfig) -> GenerationOutput:
+    """max_new_tokens 0: the prompts (B, T) come back unchanged (num_return_sequences times each for beam)."""
+    n = config.num_return_sequences if config.strategy == "beam" else 1
+    sequences = prompt_ids.repeat_interleave(n, dim=0)  # (B*n, T)
+    rows = sequences.shape[0]
+    scores = torch.zeros(rows, device=prompt_ids.device) if config.strategy == "beam" else None
+    stats = {"new_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "lengths": [0] * rows}
+    return GenerationOutput(sequences, scores, stats, prompt_ids.shape[1])
 
 
 def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int, sliding: bool = False) -> None:
@@ -119,12 +136,16 @@ def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int
 
 
 def choose_next(
-    logits: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None
+    logits: torch.Tensor,
+    sequences: torch.Tensor,
+    config: GenerationConfig,
+    generator: torch.Generator | None,
+    history: History | None = None,
 ) -> torch.Tensor:
     """Greedy argmax of the processed scores, or a sample from the processed distribution: (B, V) -> (B,)."""
     if config.strategy == "greedy" or config.temperature == 0:
-        return process(logits.float(), sequences, config).argmax(dim=-1)
-    return sample(logits_to_probs(logits, sequences, config), generator)
+        return process(logits.float(), sequences, config, history).argmax(dim=-1)
+    return sample(logits_to_probs(logits, sequences, config, history), generator)
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -175,7 +196,7 @@ def decode_loop(
     config: GenerationConfig,
     *,
     attention_mask: torch.Tensor | None,
-    eos_id: int | None,
+    history: History,
     pad_id: int,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -204,13 +225,13 @@ def decode_loop(
     sync_every = sync_interval(device, should_stop)
     pos = torch.tensor([T], device=device) if step_fn is not None else None  # (1,) next position, on the device
     for step in range(config.max_new_tokens):
-        token = choose_next(logits, sequences, config, generator)  # (B,)
+        token = choose_next(logits, sequences, config, generator, history)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         sequences = torch.cat([sequences, token[:, None]], dim=1)  # (B, S+1)
         if on_token is not None:
             on_token(token)
-        if eos_id is not None:
-            done = done | (token == eos_id)
+        if history.eos_id is not None:
+            done = done | (token == history.eos_id)
         if should_stop is not None:
             done = _check_stops(done, sequences[:, T:], should_stop, stopped, step)
         last = step == config.max_new_tokens - 1
@@ -230,7 +251,7 @@ def decode_loop(
             cache.length += 1
             continue
         logits = model(token[:, None], kv_cache=cache, attention_mask=mask)[:, -1]  # (B, V)
-    lengths = _lengths(sequences[:, T:], eos_id, stopped)
+    lengths = _lengths(sequences[:, T:], history.eos_id, stopped)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the timing below counts work the loop only queued
     total_s = time.perf_counter() - start
