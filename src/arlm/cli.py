@@ -105,11 +105,12 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     _no_overrides(overrides)
     from arlm.decoding.cli import generate_command
 
-    config = _generation_config(args)
+    base = build_config(args.preset).generate if args.preset else None  # None: the model's own run config
     generate_command(
         args.model,
         args.prompt,
-        config,
+        base,
+        options=_generation_options(args),
         draft=args.draft,
         device=args.device,
         stats=args.stats,
@@ -284,13 +285,19 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _generation_config(args: argparse.Namespace, base: GenerationConfig | None = None) -> GenerationConfig:
-    config = base or GenerationConfig()
+def _generation_options(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The generation settings given as flags, read to their types."""
     hints = typing.get_type_hints(GenerationConfig)
+    options = {}
     for f in dataclasses.fields(GenerationConfig):
         value = getattr(args, f"gen_{f.name}")
         if value is not None:
-            setattr(config, f.name, coerce(value, hints[f.name], "--" + f.name.replace("_", "-")))
+            options[f.name] = coerce(value, hints[f.name], "--" + f.name.replace("_", "-"))
+    return options
+
+
+def _generation_config(args: argparse.Namespace, base: GenerationConfig | None = None) -> GenerationConfig:
+    config = dataclasses.replace(base or GenerationConfig(), **_generation_options(args))
     config.validate()
     return config
 
@@ -364,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("generate", cmd_generate)
     p.add_argument("model", help="checkpoint, run folder, HF folder, GGUF file or 'smollm2'")
+    p.add_argument(
+        "--preset", help="take the defaults from this preset's generate: section (default: the run's own config)"
+    )
     p.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
     p.add_argument("--draft", help="draft model for --strategy speculative")
     p.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Any
 
 import torch
 
@@ -15,22 +17,57 @@ from arlm.model.inference import optimize_for_decoding
 
 
 class Streamer:
-    """Prints the text of one row as tokens arrive (holding back an incomplete UTF-8 character)."""
+    """Prints the text of one row as tokens arrive, after `prefix` (the prompt, written with the first token).
 
-    def __init__(self, tokenizer: Tokenizer, stream=None) -> None:
+    Text is printed only once it is final: an incomplete UTF-8 character and any ending that could still be
+    the start of a stop string are held back, and nothing from a stop string on is ever printed, so the
+    printed text equals the whole output cut at its first stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None, stream=None, prefix: str = "") -> None:
         self.tokenizer = tokenizer
+        self.stops = stops or []
         self.stream = stream or sys.stdout
+        self.prefix: str | None = prefix
         self.ids: list[int] = []
         self.printed = 0
+        self.stopped = False
 
     def __call__(self, tokens: torch.Tensor) -> None:
         self.ids.append(int(tokens.reshape(-1)[0]))
         text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
+        if self.stopped or text.endswith("\ufffd"):
             return
-        self.stream.write(text[self.printed :])
-        self.stream.flush()
-        self.printed = len(text)
+        final = cut_at_stop(text, self.stops)
+        self.stopped = len(final) < len(text)
+        self._write(final if self.stopped else final[: len(final) - held_back(final, self.stops)])
+
+    def finish(self) -> None:
+        """Print what was held back (generation ended without completing a stop string), then a newline."""
+        if not self.stopped:
+            self._write(cut_at_stop(self.tokenizer.decode(self.ids), self.stops))
+        self._write_raw("\n")
+
+    def _write(self, text: str) -> None:
+        self._write_raw(text[self.printed :])
+        self.printed = max(self.printed, len(text))
+
+    def _write_raw(self, text: str) -> None:
+        if self.prefix is not None:  # the prompt goes out with the first output, after every check passed
+            text, self.prefix = self.prefix + text, None
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest ending of text that is a proper start of a stop string (it may yet complete)."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
 
 
 def stop_checker(tokenizer: Tokenizer, stops: list[str]):
@@ -55,18 +92,21 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
 def generate_command(
     model_ref: str,
     prompts: list[str] | None,
-    config: GenerationConfig,
+    config: GenerationConfig | None = None,
     *,
+    options: dict[str, Any] | None = None,
     draft: str | None = None,
     device: str = "auto",
     stats: bool = False,
     show_drafts: bool = False,
     dtype: str = "float32",
 ) -> GenerationOutput:
-    """Decode and print continuations of the prompts."""
+    """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
+    of the model's run config) with `options` (the command-line flags) on top."""
     torch_dtype = getattr(torch, dtype)
     dev = pick_device(device)
     loaded = load_model(model_ref, device=dev, dtype=torch_dtype)
+    config = with_options(config or loaded.config.generate, options)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
     texts = prompts or [""]
@@ -79,10 +119,9 @@ def generate_command(
         if draft_loaded.tokenizer.fingerprint() != tok.fingerprint():
             raise ArlmError(f"the draft {draft} uses another vocabulary than {model_ref}; they must share a tokenizer")
         draft_model = optimize_for_decoding(draft_loaded.model)
-    streaming = len(texts) == 1 and config.strategy != "beam" and not show_drafts
-    streamer = Streamer(tok) if streaming else None
-    if streamer:
-        sys.stdout.write(texts[0])
+    single = len(texts) == 1 and config.num_return_sequences == 1
+    streaming = single and config.strategy != "beam" and not show_drafts
+    streamer = Streamer(tok, config.stop, prefix=texts[0]) if streaming else None  # prints nothing before a token
     out = generate(
         loaded.model,
         ids,
@@ -94,12 +133,19 @@ def generate_command(
         should_stop=stop_checker(tok, config.stop),
     )
     if streamer:
-        sys.stdout.write("\n")
+        streamer.finish()
     else:
         _print_rows(out, texts, tok, config, show_drafts)
     if stats:
         print(format_stats(out.stats), file=sys.stderr)
     return out
+
+
+def with_options(base: GenerationConfig, options: dict[str, Any] | None) -> GenerationConfig:
+    """A copy of base with the given fields replaced, validated."""
+    config = dataclasses.replace(base, **(options or {}))
+    config.validate()
+    return config
 
 
 def _print_rows(
