@@ -121,8 +121,14 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Write a checkpoint as a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM) that transformers loads."""
+    """Write a checkpoint as a Hugging Face folder (GPT2LMHeadModel or LlamaForCausalLM) that transformers loads,
+    or a Llama as one GGUF file that llama.cpp runs."""
     _no_overrides(overrides)
+    if args.format == "gguf":
+        from arlm.interop.gguf_export import export_gguf
+
+        print(f"wrote {export_gguf(args.model, args.out, outtype=args.outtype, overwrite=args.overwrite)}")
+        return 0
     from arlm.interop.hf import export_hf
 
     folder = export_hf(args.model, args.out, overwrite=args.overwrite)
@@ -383,10 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(p)
 
     p = verb("export", cmd_export)
-    p.add_argument("format", choices=("hf",), help="hf: a Hugging Face transformers folder")
-    p.add_argument("model", help="checkpoint or run folder")
-    p.add_argument("out", help="folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    p.add_argument("format", choices=("hf", "gguf"), help="hf: a transformers folder | gguf: a llama.cpp file")
+    p.add_argument("model", help="checkpoint or run folder (gguf: also an HF folder, a .gguf or 'smollm2')")
+    p.add_argument("out", help="folder to write (gguf: a .gguf file)")
+    p.add_argument("--outtype", default="f32", choices=("f32", "f16", "bf16", "q8_0"), help="gguf: matrix type")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty folder or an existing file")
 
     p = verb("chat", cmd_chat)
     p.add_argument("--model", default="smollm2", help="an instruct model with a chat template (default smollm2)")

@@ -76,7 +76,7 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it becomes token shards and batches."""
 
-    source: str = "builtin"  # builtin | builtin:topics | builtin:docstrings | file | folder | glob | .jsonl
+    source: str = "builtin"  # builtin[:topics|:docstrings] | tinyshakespeare (named) | file | folder | glob | .jsonl
     text_field: str = "text"  # JSONL field holding the document text
     encoding_errors: str = "strict"  # strict: refuse non-UTF-8 (names file and offset) | replace: U+FFFD
     unicode: str = "none"  # none | NFC | NFKC

@@ -1,4 +1,5 @@
-"""Corpus sources: the built-in corpus, a text file, a folder or glob of files, JSONL with a text field."""
+"""Corpus sources: the built-in corpus, a named corpus (`tinyshakespeare`, see sources.py), a text file, a folder
+or glob of files, JSONL with a text field."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from arlm.data.sources import CORPORA, find_corpus, is_named_corpus
 from arlm.errors import ArlmError
 
 BUILTIN_SOURCES = ("builtin", "builtin:topics", "builtin:docstrings")
@@ -38,6 +40,8 @@ def load_documents(source: str, *, text_field: str = "text", encoding_errors: st
     """Read a corpus source into documents; refuse missing, empty, binary or non-UTF-8 input clearly."""
     if source in BUILTIN_SOURCES:
         docs = builtin_documents(source)
+    elif is_named_corpus(source):  # found locally or downloaded once, before any path of that name
+        docs = _read_file(find_corpus(source), text_field, encoding_errors)
     else:
         docs = _documents_from_path(source, text_field, encoding_errors)
     docs = [d for d in docs if d.text]
@@ -90,7 +94,10 @@ def _documents_from_path(source: str, text_field: str, encoding_errors: str) -> 
         return [d for p in paths for d in _read_file(p, text_field, encoding_errors)]
     path = Path(source)
     if not path.exists():
-        raise ArlmError(f"corpus path {source} does not exist; give a file, folder, glob, JSONL or 'builtin'")
+        raise ArlmError(
+            f"corpus path {source} does not exist; give a file, folder, glob, JSONL, 'builtin' or a named corpus "
+            f"({', '.join(CORPORA)})"
+        )
     if path.is_dir():
         paths = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
         if not paths:

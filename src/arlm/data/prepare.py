@@ -18,6 +18,7 @@ from arlm.data.corpus import Document, load_documents
 from arlm.data.normalize import normalize_documents
 from arlm.data.report import corpus_report, format_report
 from arlm.data.shards import ShardWriter, read_shard
+from arlm.data.sources import is_named_corpus
 from arlm.data.split import SPLITS, split_documents
 from arlm.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from arlm.errors import ArlmError
@@ -43,7 +44,7 @@ PREPARE_KEYS = (
 def data_fingerprint(config: DataConfig) -> str:
     """Hash of the settings that change the prepared shards (not how batches are drawn from them)."""
     settings = {k: getattr(config, k) for k in PREPARE_KEYS}
-    if config.source not in ("builtin", "builtin:topics", "builtin:docstrings"):
+    if config.source not in ("builtin", "builtin:topics", "builtin:docstrings") and not is_named_corpus(config.source):
         settings["source"] = str(Path(config.source).resolve()) if Path(config.source).exists() else config.source
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -7,6 +7,9 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from arlm.config import GenerationConfig
 from arlm.errors import ArlmError
 
@@ -22,8 +25,6 @@ def apply_chat_template(
     eos_token: str = "",
 ) -> str:
     """Render a chat template as transformers does (sandboxed Jinja, trim_blocks, lstrip_blocks)."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise ArlmError(f"chat template: {message}")
