@@ -192,8 +192,8 @@ class HFTokenizer(Tokenizer):
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts in parallel (Rust threads)."""
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        """Encode many texts in parallel (Rust threads), without computing character offsets."""
+        return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids to text, skipping special tokens."""
@@ -225,8 +225,9 @@ class HFTokenizer(Tokenizer):
         return self.backend.to_str()
 
 
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int) -> Tokenizer:
-    """Train a tokenizer of the given kind (char | word | bpe) or load one from a path."""
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a tokenizer of the given kind (char | word | bpe) on a stream of texts, or load one from a
+    path (the texts are then not read)."""
     if kind in ("char", "word"):
         return VocabTokenizer.train(kind, texts, vocab_size)
     if kind == "bpe":
