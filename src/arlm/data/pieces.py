@@ -25,19 +25,19 @@ class Chunk(NamedTuple):
     ends: bool
 
 
-def safe_cut(text: str, limit: int) -> int:
-    """A cut at or before `limit` that splits no normalization step and no GPT-2-style pre-token: after the
+def safe_cut(text: str, limit: int, start: int = 0) -> int:
+    """A cut in (start, limit] that splits no normalization step and no GPT-2-style pre-token: after the
     last line break between two visible characters, else before the last space between a word and an
     ASCII letter, else `limit` itself (a stretch with neither is cut anywhere)."""
     if len(text) <= limit:
         return len(text)
-    i = text.rfind("\n", 0, limit)
+    i = text.rfind("\n", start, limit)
     while i > 0:
         after = text[i + 1]
         if not text[i - 1].isspace() and ("!" <= after <= "~" or after.isalnum()):
             return i + 1
-        i = text.rfind("\n", 0, i)
-    words = [m.start() for m in _WORD_START.finditer(text, 0, limit + 1) if m.start() > 0]
+        i = text.rfind("\n", start, i)
+    words = [m.start() for m in _WORD_START.finditer(text, start, limit + 1) if m.start() > start]
     return words[-1] if words else limit
 
 
@@ -83,20 +83,22 @@ def cut_by_size(chunks: Iterable[Chunk], max_chars: int) -> Iterator[Chunk]:
     held, used, count = "", 0, 0  # held: text since the last line break emitted; used: characters emitted
     for name, text, ends in chunks:
         held += text
-        while used + len(held) > max_chars:
+        pos = 0  # held[:pos] is emitted
+        while used + len(held) - pos > max_chars:
             room = max_chars - used
-            newline = held.rfind("\n", 0, room)
-            cut = newline + 1 if newline >= 0 else (0 if used else room)
-            yield Chunk(f"{name}~{count}", held[:cut], True)
-            held, used, count = held[cut:], 0, count + 1
+            newline = held.rfind("\n", pos, pos + room)
+            cut = newline + 1 if newline >= 0 else (pos if used else pos + room)
+            yield Chunk(f"{name}~{count}", held[pos:cut], True)
+            pos, used, count = cut, 0, count + 1
         if ends:
-            yield Chunk(f"{name}~{count}", held, True)
+            yield Chunk(f"{name}~{count}", held[pos:], True)
             held, used, count = "", 0, 0
             continue
-        newline = held.rfind("\n")
+        newline = held.rfind("\n", pos)
         if newline >= 0:
-            yield Chunk(f"{name}~{count}", held[: newline + 1], False)
-            held, used = held[newline + 1 :], used + newline + 1
+            yield Chunk(f"{name}~{count}", held[pos : newline + 1], False)
+            pos, used = newline + 1, used + newline + 1 - pos
+        held = held[pos:]
 
 
 def repiece(chunks: Iterable[Chunk], piece_chars: int) -> Iterator[Chunk]:
@@ -104,13 +106,15 @@ def repiece(chunks: Iterable[Chunk], piece_chars: int) -> Iterator[Chunk]:
     one cut at safe_cut places; empty documents are dropped."""
     buf, name, emitted = "", "", False
     for chunk in chunks:
-        if not buf:
-            name = chunk.name if not emitted else name
+        if not buf and not emitted:
+            name = chunk.name
         buf += chunk.text
-        while len(buf) > piece_chars:
-            cut = safe_cut(buf, piece_chars)
-            yield Chunk(name, buf[:cut], False)
-            buf, emitted = buf[cut:], True
+        pos = 0  # buf[:pos] is emitted
+        while len(buf) - pos > piece_chars:
+            cut = safe_cut(buf, pos + piece_chars, pos)
+            yield Chunk(name, buf[pos:cut], False)
+            pos, emitted = cut, True
+        buf = buf[pos:]
         if chunk.ends:
             if buf or emitted:
                 yield Chunk(name, buf, True)

@@ -8,6 +8,7 @@ as they come, so memory does not grow with the corpus's text.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -48,7 +49,8 @@ PREPARE_KEYS = (
     "vocab_size",
 )
 OPTIONAL_KEYS = ("doc_separator", "doc_max_chars")  # recorded only when set: older prepared data still matches
-PIECE_CHARS = 1 << 16  # documents up to this many characters reach the tokenizer whole, longer ones in pieces
+PIECE_CHARS = 1 << 12  # documents up to this many characters reach the tokenizer whole, longer ones in pieces
+# (tokenizers encodes 4k-character texts about 1.5x faster than 64k ones, and BPE training does not care)
 BATCH_CHARS = 1 << 20  # characters per encode_batch call
 
 
@@ -254,21 +256,23 @@ def _write_split(
     """Tokenize a split's documents (each followed by EOS) into a shard, in batches, plus document start
     offsets; returns the counts and the (vocab,) token histogram."""
     vocab = tokenizer.vocab_size
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     starts = array("q", [0])
     chars = nbytes = 0
     hist = np.zeros(vocab, dtype=np.int64)
     with ShardWriter(out / f"{name}.bin", vocab) as writer:
         for batch in _batches(_split_pieces(store, part), BATCH_CHARS):
-            flat: list[int] = []
+            parts, size = [], 0
             for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
-                flat += ids
+                parts.append(ids)
+                size += len(ids)
                 if chunk.ends:
-                    if tokenizer.eos_id is not None:
-                        flat.append(tokenizer.eos_id)
-                    starts.append(writer.count + len(flat))
+                    parts.append(eos)
+                    size += len(eos)
+                    starts.append(writer.count + size)
                 chars += len(chunk.text)
                 nbytes += len(chunk.text.encode("utf-8"))
-            ids_array = np.array(flat, dtype=writer.dtype)
+            ids_array = np.fromiter(itertools.chain.from_iterable(parts), dtype=writer.dtype, count=size)
             hist += np.bincount(ids_array, minlength=vocab)[:vocab]
             writer.append(ids_array)
         count = writer.count

@@ -52,13 +52,13 @@ class TextStore:
 
     @property
     def chars(self) -> np.ndarray:
-        """(N,) int64 length of each document in characters."""
+        """(N,) int64 length of each document in characters (a view: write no more documents after)."""
         return np.frombuffer(self._chars, dtype=np.int64) if len(self._chars) else np.zeros(0, np.int64)
 
     @property
     def digests(self) -> np.ndarray:
-        """(N,) S16 digest of each document's text (split.text_digest)."""
-        return np.frombuffer(bytes(self._digests), dtype=f"S{DIGEST_BYTES}")
+        """(N,) S16 digest of each document's text, split.text_digest (a view, as chars)."""
+        return np.frombuffer(self._digests, dtype=f"S{DIGEST_BYTES}")
 
     def doc_bytes(self, doc: int) -> int:
         """UTF-8 bytes of a whole document."""
