@@ -29,6 +29,7 @@ class TextStore:
         self._digests = bytearray()
         self._hash = hashlib.sha256()
         self._open_chars = self._open_bytes = 0
+        self._unflushed = False
 
     def write(self, text: str) -> None:
         """Append text to the current document."""
@@ -37,6 +38,7 @@ class TextStore:
         self._hash.update(data)
         self._open_chars += len(text)
         self._open_bytes += len(data)
+        self._unflushed = True
 
     def end_document(self) -> None:
         """Close the current document; an empty one is dropped."""
@@ -67,7 +69,13 @@ class TextStore:
     def pieces(self, doc: int, start: int, end: int, piece_chars: int) -> Iterator[Chunk]:
         """Characters [start, end) of a document, whole when at most piece_chars long, else in pieces
         cut at pieces.safe_cut places; the last piece has ends=True."""
-        self._file.flush()
+        if self._unflushed:
+            self._file.flush()
+            self._unflushed = False
+        if self._chars[doc] <= piece_chars:  # a short document: one read, one piece
+            first = self._offsets[doc]
+            text = os.pread(self._file.fileno(), self._offsets[doc + 1] - first, first).decode("utf-8")
+            return iter([Chunk("", text[start:end], True)])
         return repiece(self._blocks(doc, start, end), piece_chars)
 
     def _blocks(self, doc: int, start: int, end: int) -> Iterator[Chunk]:
