@@ -15,7 +15,7 @@ from arlm.data.pieces import BLANK_LINES
 from arlm.data.prepare import check_split_size, data_fingerprint, load_prepared, prepare, prepare_settings
 from arlm.data.shards import read_shard, write_shard
 from arlm.data.split import split_documents
-from arlm.data.tokenizers import train_tokenizer
+from arlm.data.tokenizers import EOS, HFTokenizer, load_tokenizer, train_tokenizer
 from arlm.errors import ArlmError
 from tests.data.test_pieces import _split_reference, _tricky_text
 from tests.helpers import tiny_text, write_corpus
@@ -218,3 +218,26 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
                 written += f.write(text)
         peaks.append(_peak_rss_of_prepare(corpus, tmp_path / f"data-{size}"))
     assert peaks[1] - peaks[0] < 64 * 2**20, [p / 2**20 for p in peaks]
+
+
+def test_a_tokenizer_that_marks_the_start_of_each_input_gets_documents_whole(tmp_path, monkeypatch):
+    """SentencePiece's Metaspace prefixes every input with '▁': a long document cut in pieces would get one
+    per piece, so such a tokenizer encodes each document whole."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers, trainers
+
+    book = tmp_path / "book.txt"
+    book.write_text("\n".join(tiny_text(10)), encoding="utf-8")
+    backend = Backend(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.train_from_iterator(tiny_text(10), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", EOS]))
+    (tmp_path / "sp").mkdir()
+    backend.save(str(tmp_path / "sp" / "tokenizer.json"))
+    sentencepiece = load_tokenizer(tmp_path / "sp")
+    assert not sentencepiece.encodes_pieces_exactly()
+    assert HFTokenizer.train_bpe(tiny_text(3), 300).encodes_pieces_exactly()
+    monkeypatch.setattr("arlm.data.prepare.PIECE_CHARS", 200)
+    config = DataConfig(source=str(book), tokenizer=str(tmp_path / "sp"), val_fraction=0.0)
+    data = prepare(config, tmp_path / "data", log=lambda _: None)
+    expected = sentencepiece.encode(book.read_text(encoding="utf-8")) + [sentencepiece.eos_id]
+    assert data.tokens("train").tolist() == expected

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -182,7 +183,7 @@ def _prepare_into(config: DataConfig, out: Path, fingerprint: str, log: Callable
         )
         log(f"split: {plan.mode}; " + ", ".join(f"{n} {len(p.docs)} docs" for n, p in plan.items()))
         clock = time.perf_counter()
-        train_texts = (chunk.text for chunk in _split_pieces(store, plan.parts["train"]))
+        train_texts = (chunk.text for chunk in _split_pieces(store, plan.parts["train"], PIECE_CHARS))
         tokenizer = train_tokenizer(config.tokenizer, train_texts, config.vocab_size)
         tokenizer.save(out / "tokenizer")
         log(f"tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} ids, in {time.perf_counter() - clock:.1f} s")
@@ -232,10 +233,10 @@ def _store_documents(config: DataConfig, store: TextStore) -> NormalizeReport:
     return normalizer.report
 
 
-def _split_pieces(store: TextStore, part: SplitPart) -> Iterator[Chunk]:
-    """A split's text in pieces of at most PIECE_CHARS (cut where tokenizers see a boundary anyway)."""
+def _split_pieces(store: TextStore, part: SplitPart, piece_chars: int) -> Iterator[Chunk]:
+    """A split's text in pieces of at most piece_chars (cut where tokenizers see a boundary anyway)."""
     for doc, start, end in part.segments(store.chars):
-        yield from store.pieces(doc, start, end, PIECE_CHARS)
+        yield from store.pieces(doc, start, end, piece_chars)
 
 
 def _batches(chunks: Iterable[Chunk], batch_chars: int) -> Iterator[list[Chunk]]:
@@ -260,8 +261,9 @@ def _write_split(
     starts = array("q", [0])
     chars = nbytes = 0
     hist = np.zeros(vocab, dtype=np.int64)
+    piece_chars = PIECE_CHARS if tokenizer.encodes_pieces_exactly() else sys.maxsize  # else documents whole
     with ShardWriter(out / f"{name}.bin", vocab) as writer:
-        for batch in _batches(_split_pieces(store, part), BATCH_CHARS):
+        for batch in _batches(_split_pieces(store, part, piece_chars), BATCH_CHARS):
             parts, size = [], 0
             for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
                 parts.append(ids)
