@@ -79,6 +79,21 @@ def test_corpus_shorter_than_one_block(tmp_path, capsys):
     )
 
 
+def test_prepare_refuses_a_split_too_small_and_an_out_that_is_a_file(tmp_path, capsys):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("   \n\t\n  \n")
+    out = str(tmp_path / "d")
+    _fails(capsys, "prepare", "--out", out, "--data.source", str(blank), match="shorter than one block")
+    one = tmp_path / "one.txt"
+    one.write_text("x")
+    _fails(capsys, "prepare", "--out", out, "--data.source", str(one), match="the train split holds 0 tokens")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    _fails(capsys, "prepare", "--out", str(notes), "--data.source", str(blank), match="is a file, not a folder")
+    assert notes.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.txt", "notes.txt", "one.txt"]
+
+
 def test_existing_run_is_kept(trained, capsys):
     preset, run = trained
     before = _snapshot(run)

@@ -38,7 +38,7 @@ def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = build_config(args.preset, overrides)
     directory = args.out or config.data.prepared_dir or str(Path(config.train.out_dir) / "data")
-    prepare(config.data, directory, overwrite=args.overwrite)
+    prepare(config.data, directory, overwrite=args.overwrite, block_size=config.model.block_size)
     print(f"prepared data in {directory}")
     return 0
 

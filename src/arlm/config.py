@@ -78,6 +78,8 @@ class DataConfig:
 
     source: str = "builtin"  # builtin[:topics|:docstrings] | tinyshakespeare (named) | file | folder | glob | .jsonl
     text_field: str = "text"  # JSONL field holding the document text
+    doc_separator: str = ""  # "": each file (JSONL: each record) is one document | blank: blank lines | a regex
+    doc_max_chars: int = 0  # > 0: documents longer than this are cut (at their last line break) to this length
     encoding_errors: str = "strict"  # strict: refuse non-UTF-8 (names file and offset) | replace: U+FFFD
     unicode: str = "none"  # none | NFC | NFKC
     lowercase: bool = False
@@ -108,6 +110,8 @@ class DataConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ArlmError("data.val_fraction + data.test_fraction must leave room for training text")
         _positive("data.vocab_size", self.vocab_size)
+        if self.doc_max_chars < 0:
+            raise ArlmError(f"data.doc_max_chars must be >= 0 (0: no limit), got {self.doc_max_chars}")
 
 
 @dataclass
