@@ -8,23 +8,27 @@ import sys
 from pathlib import Path
 
 from arlm.config import RunConfig, config_from_dict
+from arlm.data.sources import DATA_ENV, local_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE_PLACES = (
-    os.environ.get("ARLM_SHAKESPEARE", ""),
     str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"),  # beside the checkout, as on the dev box
     "/work/shared/data/tinyshakespeare.txt",  # the shared folder itself, for clones made elsewhere
 )
 
 
 def shakespeare() -> Path:
-    """The tinyshakespeare file (never copied into the repo); skips the test where this machine has none."""
+    """The tinyshakespeare file (never copied into the repo, never downloaded by a test): $ARLM_DATA or the
+    cache folder as `arlm` finds it, else the shared folder; skips the test where this machine has none."""
     import pytest
 
+    found = local_corpus("tinyshakespeare")
+    if found is not None:
+        return found
     for place in SHAKESPEARE_PLACES:
-        if place and Path(place).is_file():
+        if Path(place).is_file():
             return Path(place)
-    pytest.skip("tinyshakespeare.txt not found (set ARLM_SHAKESPEARE to its path)")
+    pytest.skip(f"tinyshakespeare.txt not found (set {DATA_ENV} to a folder holding it)")
 
 
 def tiny_text(n_docs: int = 40, start: int = 0) -> list[str]:

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from arlm.cli import VERBS, main, make_parser
-from arlm.commands.train import train_command
+from arlm.commands.train import sample_config, train_command
+from arlm.config import GenerationConfig
 from tests.helpers import REPO, run_cli, tiny_config, tiny_raw, write_corpus, write_yaml
 
 
@@ -81,6 +82,21 @@ def test_corpus_shorter_than_one_block(tmp_path, capsys):
         str(tmp_path / "run"),
         match="shorter than one block",
     )
+
+
+def test_prepare_refuses_a_split_too_small_and_an_out_that_is_a_file(tmp_path, capsys):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("   \n\t\n  \n")
+    out = str(tmp_path / "d")
+    _fails(capsys, "prepare", "--out", out, "--data.source", str(blank), match="shorter than one block")
+    one = tmp_path / "one.txt"
+    one.write_text("x")
+    _fails(capsys, "prepare", "--out", out, "--data.source", str(one), match="the train split holds 0 tokens")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    _fails(capsys, "prepare", "--out", str(notes), "--data.source", str(blank), match="is a file, not a folder")
+    assert notes.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.txt", "notes.txt", "one.txt"]
 
 
 def test_existing_run_is_kept(trained, capsys):
@@ -254,3 +270,66 @@ def test_readme_and_help_spell_the_verbs_as_the_registry():
     assert set(VERBS) <= spelled, f"verbs missing from the README: {sorted(set(VERBS) - spelled)}"
     help_text = " ".join(make_parser([]).format_help().split())
     assert all(head in help_text for head in {name.split()[0] for name in VERBS})
+
+
+def _generate(capsys, *argv):
+    assert main(["generate", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_a_streamed_prompt_is_cut_at_the_stop_string(trained, capsys):
+    _, run = trained
+    args = [str(run), "--prompt", "The ", "--max-new-tokens", "40", "--seed", "7"]
+    whole = _generate(capsys, *args)[len("The ") : -1]
+    stop = whole[10:14]  # four characters (tokens) in the middle of the text
+    assert _generate(capsys, *args, "--stop", stop) == "The " + whole[: whole.find(stop)] + "\n"
+
+
+def test_nothing_is_printed_before_an_error(trained, capsys):
+    _, run = trained
+    assert main(["generate", str(run), "--prompt", "x" * 40, "--strategy", "greedy"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "context is 32" in captured.err
+
+
+def test_max_new_tokens_zero_prints_the_prompt(trained, capsys):
+    _, run = trained
+    for strategy in ("greedy", "sample", "beam", "prompt-lookup"):
+        assert _generate(capsys, str(run), "--prompt", "The ", "--max-new-tokens", "0", "--strategy", strategy) == (
+            "The \n"
+        )
+
+
+def test_several_samples_per_prompt_and_refused_options(trained, capsys):
+    _, run = trained
+    argv = [str(run), "--prompt", "The ", "--num-return-sequences", "3", "--max-new-tokens", "12", "--seed", "3"]
+    out = _generate(capsys, *argv)
+    assert [line for line in out.splitlines() if line.startswith("===")] == ["=== 0.0", "=== 0.1", "=== 0.2"]
+    texts = [row.split("\n", 1)[1] for row in out.split("=== ")[1:]]  # without the headers
+    assert len(set(texts)) == 3 and all(t.startswith("The ") for t in texts)  # three different samples
+    _fails(capsys, "generate", str(run), "--strategy", "greedy", "--num-return-sequences", "3", match="needs")
+    _fails(capsys, "generate", str(run), "--stop", "", match="stop string must not be empty")
+    _fails(capsys, "generate", str(run), "--strategy", "gready", match="--strategy must be one of")
+
+
+def test_the_generate_section_sets_the_defaults(tmp_path, corpus_dir, capsys):
+    greedy = {"strategy": "greedy", "max_new_tokens": 9, "stop_at_eos": False}
+    train = {"max_steps": 4, "sample_tokens": 9, "sample_prompt": "The "}
+    raw = tiny_raw(tmp_path, corpus_dir, train=train, generate=greedy)
+    assert main(["train", "--preset", str(write_yaml(tmp_path / "p.yaml", raw))]) == 0
+    header, _, rest = capsys.readouterr().out.partition("--- sample (")[2].partition(") ---\n")
+    sample = rest.rsplit("\n---\n", 1)[0]
+    run = [str(tmp_path / "run"), "--prompt", "The "]
+    assert len(sample) == 4 + 9 and _generate(capsys, *run) == sample + "\n"  # the run's generate: section
+    assert _generate(capsys, *run, "--max-new-tokens", "4") == sample[: 4 + 4] + "\n"  # a flag wins over it
+    assert header == "9 tokens, greedy, temperature 1.0"
+    other = write_yaml(tmp_path / "o.yaml", {"generate": {"strategy": "sample", "seed": 3, "max_new_tokens": 20}})
+    flags = ["--strategy", "sample", "--seed", "3", "--max-new-tokens", "20", "--stop-at-eos", "true"]
+    from_preset = _generate(capsys, *run, "--preset", str(other))
+    assert from_preset == _generate(capsys, *run, *flags) and from_preset != sample + "\n"  # a preset's section
+
+
+def test_the_end_of_training_sample_follows_the_generate_section():
+    config = sample_config(GenerationConfig(strategy="speculative", temperature=0.6, top_k=5), 30, seed=11)
+    assert config == GenerationConfig(strategy="sample", temperature=0.6, top_k=5, max_new_tokens=30, seed=11)
+    assert sample_config(GenerationConfig(seed=2), 30, seed=11).seed == 2

@@ -66,3 +66,33 @@ def test_validation_catches_impossible_shapes():
         build_config("quickstart", ["--model.n_kv_head", "3"])
     with pytest.raises(ArlmError, match="val_fraction"):
         build_config("quickstart", ["--data.val_fraction", "0.6", "--data.test_fraction", "0.5"])
+
+
+def test_literal_values_are_checked():
+    from typing import Literal
+
+    assert coerce("beam", Literal["greedy", "beam"], "x") == "beam"
+    assert coerce("2", Literal[1, 2], "x") == 2
+    assert (
+        coerce("never", bool | Literal["never"], "x") == "never"
+        and coerce("off", bool | Literal["never"], "x") is False
+    )
+    with pytest.raises(ArlmError, match="x must be one of greedy, beam; got 'bem'"):
+        coerce("bem", Literal["greedy", "beam"], "x")
+    with pytest.raises(ArlmError, match="generate.strategy must be one of"):
+        config_from_dict({"generate": {"strategy": "gready"}})
+    with pytest.raises(ArlmError, match="generate.early_stopping"):
+        build_config("quickstart", ["--generate.early_stopping", "sometimes"])
+
+
+def test_generation_options_refused_with_one_line():
+    with pytest.raises(ArlmError, match="stop string must not be empty"):
+        GenerationConfig(stop=[""]).validate()
+    with pytest.raises(ArlmError, match="num_return_sequences 2 needs"):
+        GenerationConfig(strategy="greedy", num_return_sequences=2).validate()
+    with pytest.raises(ArlmError, match="num_return_sequences 2 needs"):
+        GenerationConfig(strategy="sample", temperature=0, num_return_sequences=2).validate()
+    with pytest.raises(ArlmError, match="min_new_tokens must be >= 0"):
+        GenerationConfig(min_new_tokens=-1).validate()
+    GenerationConfig(strategy="sample", num_return_sequences=2).validate()
+    GenerationConfig(max_new_tokens=0, min_new_tokens=3).validate()

@@ -35,6 +35,7 @@ VERBS: dict[str, str] = {  # the spelling on the command line -> the module that
     "generate": "arlm.commands.generate",
     "chat": "arlm.commands.chat",
     "export hf": "arlm.commands.export_hf",
+    "export gguf": "arlm.commands.export_gguf",
     "bench train": "arlm.commands.bench_train",
     "bench decode": "arlm.commands.bench_decode",
     "bench memory": "arlm.commands.bench_memory",

@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -77,8 +77,10 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it becomes token shards and batches."""
 
-    source: str = "builtin"  # builtin | builtin:topics | builtin:docstrings | file | folder | glob | .jsonl
+    source: str = "builtin"  # builtin[:topics|:docstrings] | tinyshakespeare (named) | file | folder | glob | .jsonl
     text_field: str = "text"  # JSONL field holding the document text
+    doc_separator: str = ""  # "": each file (JSONL: each record) is one document | blank: blank lines | a regex
+    doc_max_chars: int = 0  # > 0: documents longer than this are cut (at their last line break) to this length
     encoding_errors: str = "strict"  # strict: refuse non-UTF-8 (names file and offset) | replace: U+FFFD
     unicode: str = "none"  # none | NFC | NFKC
     lowercase: bool = False
@@ -109,6 +111,8 @@ class DataConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ArlmError("data.val_fraction + data.test_fraction must leave room for training text")
         _positive("data.vocab_size", self.vocab_size)
+        if self.doc_max_chars < 0:
+            raise ArlmError(f"data.doc_max_chars must be >= 0 (0: no limit), got {self.doc_max_chars}")
 
 
 @dataclass
@@ -173,8 +177,9 @@ class TrainConfig:
 class GenerationConfig:
     """How to decode: strategy, processors, stopping, beams and drafts."""
 
-    strategy: str = "sample"  # greedy | sample | beam | speculative | prompt-lookup
-    max_new_tokens: int = 200
+    strategy: Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"] = "sample"
+    max_new_tokens: int = 200  # 0: the prompt comes back with no new tokens
+    min_new_tokens: int = 0  # EOS is masked until this many tokens are generated
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
@@ -184,7 +189,7 @@ class GenerationConfig:
     num_beams: int = 4
     num_return_sequences: int = 1
     length_penalty: float = 1.0
-    early_stopping: bool | str = False  # True | False | "never"
+    early_stopping: bool | Literal["never"] = False
     stop: list[str] = field(default_factory=list)  # stop strings
     stop_at_eos: bool = True
     seed: int | None = None
@@ -198,6 +203,8 @@ class GenerationConfig:
         _choice("strategy", self.strategy, ("greedy", "sample", "beam", "speculative", "prompt-lookup"))
         if self.max_new_tokens < 0:
             raise ArlmError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ArlmError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         if self.temperature < 0:
             raise ArlmError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -216,6 +223,14 @@ class GenerationConfig:
             raise ArlmError(
                 f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})"
             )
+        sampling = self.strategy == "sample" and self.temperature > 0
+        if self.num_return_sequences > 1 and not (sampling or self.strategy == "beam"):
+            raise ArlmError(
+                f"num_return_sequences {self.num_return_sequences} needs --strategy sample (temperature > 0) or "
+                f"beam; {self.strategy} would return the same sequence each time"
+            )
+        if any(s == "" for s in self.stop):
+            raise ArlmError("a stop string must not be empty")
         if self.early_stopping not in (True, False, "never"):
             raise ArlmError(f"early_stopping must be true, false or never, got {self.early_stopping!r}")
         if self.num_draft_tokens < 1:
@@ -364,9 +379,22 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         if isinstance(value, (dict, list)):
             raise ArlmError(f"{name}: expected a string, got {value!r}")
         return str(value)
-    if typing.get_origin(tp) is typing.Literal or tp is typing.Any:
+    if origin is Literal:
+        return _literal(value, typing.get_args(tp), name)
+    if tp is typing.Any:
         return value
     raise ArlmError(f"{name}: unsupported type {tp}")
+
+
+def _literal(value: Any, allowed: tuple, name: str) -> Any:
+    """The allowed value that value reads as (each read with its own type), or ArlmError naming the choices."""
+    for option in allowed:
+        try:
+            if coerce(value, type(option), name) == option:
+                return option
+        except ArlmError:
+            continue
+    raise ArlmError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
 def _to_int(value: Any) -> int:

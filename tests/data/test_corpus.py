@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from arlm.data.corpus import builtin_documents, load_documents
+from arlm.data.corpus import builtin_documents, load_documents, read_text
 from arlm.errors import ArlmError
 
 
@@ -51,3 +51,35 @@ def test_missing_empty_binary_and_bad_utf8(tmp_path):
         load_documents(str(latin))
     replaced = load_documents(str(latin), encoding_errors="replace")
     assert replaced[0].text == "caf\ufffd au lait"
+
+
+def test_files_stream_in_blocks_with_exact_offsets_and_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr("arlm.data.corpus.READ_BYTES", 5)  # blocks cut through characters and CRLFs
+    text = "a\r\nb é 東京 👍\r\n" * 20
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_text(path) == text  # the byte-order mark is dropped
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(text.encode("utf-8") + b"\xe9 x")
+    with pytest.raises(ArlmError, match=f"not valid UTF-8 at byte offset {len(text.encode('utf-8'))};"):
+        read_text(bad)
+    truncated = tmp_path / "cut.txt"
+    truncated.write_bytes(b"ok " + "東".encode()[:2])
+    with pytest.raises(ArlmError, match="at byte offset 3;"):
+        read_text(truncated)
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_bytes(b'{"text": "\\u00e9 one"}\r\n\r\n{"text": "two"}\r\n{"nope": 1}\r\n')
+    with pytest.raises(ArlmError, match=r"c.jsonl:4 has no field 'text'"):
+        load_documents(str(jsonl))
+
+
+def test_separator_and_size_make_documents_of_one_file(tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_text("First part.\nStill first.\n\n\nSecond part.\n  \nThird, long: " + "x" * 25, encoding="utf-8")
+    docs = load_documents(str(book), separator="blank")
+    assert [d.text for d in docs] == ["First part.\nStill first.", "Second part.", "Third, long: " + "x" * 25]
+    sized = load_documents(str(book), separator="blank", max_chars=20)
+    assert [d.text for d in sized][:3] == ["First part.\n", "Still first.", "Second part."]
+    assert all(len(d.text) <= 20 for d in sized)
+    by_regex = [d.text for d in load_documents(str(book), separator=r"\n(?=Second|Third)")]
+    assert [t[:6] for t in by_regex] == ["First ", "Second", "Third,"]

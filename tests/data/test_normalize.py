@@ -1,6 +1,6 @@
 from arlm.config import DataConfig
 from arlm.data.corpus import Document
-from arlm.data.normalize import normalize_documents, normalize_text
+from arlm.data.normalize import Normalizer, normalize_documents, normalize_text
 
 
 def test_each_switch_does_one_thing():
@@ -21,3 +21,16 @@ def test_report_counts_changes():
     assert report.removed == {"strip_control": 1, "lowercase": 0}
     assert report.edited == {"strip_control": 0, "lowercase": 3}
     assert "7 -> 6 characters" in report.describe()
+
+
+def test_counts_accumulate_over_pieces_of_a_stream():
+    config = DataConfig(lowercase=True, strip_control=True, collapse_whitespace=True)
+    pieces = ["ABC\x07 \n", "Déf\n\n\n\n", "GHI  jkl"]
+    normalizer = Normalizer(config)
+    streamed = "".join(normalizer(p) for p in pieces)
+    whole, report = normalize_documents([Document("a", "".join(pieces))], config)
+    assert streamed == whole[0].text
+    assert normalizer.report.chars_before == report.chars_before == 21
+    assert normalizer.report.chars_after == report.chars_after
+    assert normalizer.report.removed == report.removed
+    assert normalizer.report.edited == {"strip_control": 0, "lowercase": 7, "collapse_whitespace": 0}

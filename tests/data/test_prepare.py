@@ -1,10 +1,24 @@
 import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from arlm.config import DataConfig
-from arlm.data.prepare import load_prepared, prepare
+from arlm.data.corpus import Document
+from arlm.data.normalize import normalize_text
+from arlm.data.pieces import BLANK_LINES
+from arlm.data.prepare import check_split_size, data_fingerprint, load_prepared, prepare, prepare_settings
+from arlm.data.shards import read_shard, write_shard
+from arlm.data.split import split_documents
+from arlm.data.tokenizers import EOS, HFTokenizer, load_tokenizer, train_tokenizer
 from arlm.errors import ArlmError
+from tests.data.test_pieces import _split_reference, _tricky_text
+from tests.helpers import tiny_text, write_corpus
 
 
 def test_prepare_writes_shards_report_and_reuses(tmp_path, corpus_dir):
@@ -45,3 +59,185 @@ def test_split_shorter_than_a_block_is_refused(tmp_path):
     data = prepare(DataConfig(source=str(small), tokenizer="char"), tmp_path / "data", log=lambda _: None)
     with pytest.raises(ArlmError, match=r"val split holds \d+ tokens, shorter than one block"):
         data.sampler("val", DataConfig(), block_size=64, seed=0)
+
+
+def _reference_documents(config: DataConfig) -> list[Document]:
+    """Every document read whole (files, or JSONL records), cut by the in-memory separator/size rule."""
+    source = Path(config.source)
+    paths = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    docs = []
+    for path in paths:
+        if path.suffix == ".jsonl":
+            lines = path.read_bytes().decode("utf-8").splitlines()
+            texts = [json.loads(line)[config.text_field] for line in lines if line.strip()]
+        else:
+            pattern = BLANK_LINES if config.doc_separator == "blank" else config.doc_separator
+            texts = _split_reference(path.read_bytes().decode("utf-8"), pattern, config.doc_max_chars)
+        docs += [Document(str(path), t) for t in texts if t]
+    return docs
+
+
+def _reference_prepare(config: DataConfig, out: Path) -> dict:
+    """The in-memory path: documents normalized, split, used to train the tokenizer and encoded whole."""
+    docs = [Document(d.name, normalize_text(d.text, config)) for d in _reference_documents(config)]
+    splits = split_documents([d for d in docs if d.text], config.val_fraction, config.test_fraction, config.seed)
+    tokenizer = train_tokenizer(config.tokenizer, [d.text for d in splits.train], config.vocab_size)
+    out.mkdir()
+    counts = {}
+    for name, split_docs in splits.items():
+        ids = [[*tokenizer.encode(d.text), tokenizer.eos_id] for d in split_docs]
+        write_shard(out / f"{name}.bin", [i for doc in ids for i in doc], tokenizer.vocab_size)
+        starts = np.cumsum([0] + [len(doc) for doc in ids])
+        np.save(out / f"{name}.docs.npy", starts.astype(np.int64), allow_pickle=False)
+        counts[name] = {
+            "documents": len(split_docs),
+            "characters": sum(len(d.text) for d in split_docs),
+            "bytes": sum(len(d.text.encode("utf-8")) for d in split_docs),
+            "tokens": int(starts[-1]),
+        }
+    return {"tokenizer": tokenizer.fingerprint(), "counts": counts, "mode": splits.mode}
+
+
+def _stream_corpora(tmp_path: Path) -> dict[str, DataConfig]:
+    folder = write_corpus(tmp_path / "folder", 30)
+    (folder / "dup.txt").write_text((folder / "doc03.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(tiny_text(30, start=30)) + _tricky_text(2000, 0), encoding="utf-8")
+    records = tmp_path / "records.jsonl"
+    texts = tiny_text(25, start=5)
+    records.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts + texts[:3]), encoding="utf-8")
+    return {
+        "folder-bpe": DataConfig(source=str(folder), vocab_size=300, val_fraction=0.1, test_fraction=0.1),
+        "book-char-normalized": DataConfig(
+            source=str(book), tokenizer="char", unicode="NFKC", lowercase=True, collapse_whitespace=True
+        ),
+        "book-bpe-strip": DataConfig(source=str(book), vocab_size=400, strip_control=True, test_fraction=0.05),
+        "book-blank-lines-word": DataConfig(
+            source=str(book), tokenizer="word", vocab_size=500, doc_separator="blank", doc_max_chars=700
+        ),
+        "book-regex-bpe": DataConfig(source=str(book), vocab_size=300, doc_separator=r"\n(?=[A-Z])"),
+        "jsonl-bpe": DataConfig(source=str(records), text_field="body", vocab_size=300, test_fraction=0.1),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["folder-bpe", "book-char-normalized", "book-bpe-strip", "book-blank-lines-word", "book-regex-bpe", "jsonl-bpe"],
+)
+def test_streaming_shards_equal_the_in_memory_path(tmp_path, monkeypatch, case):
+    """Tiny blocks, pieces and batches, so that every document is read, normalized, stored, split and
+    encoded in many parts: the shards must be byte-identical to encoding each document whole."""
+    config = _stream_corpora(tmp_path)[case]
+    for name, value in [
+        ("arlm.data.corpus.READ_BYTES", 97),
+        ("arlm.data.corpus.PIECE_CHARS", 300),
+        ("arlm.data.textstore.READ_BYTES", 61),
+        ("arlm.data.pieces.LOOKAHEAD", 40),
+        ("arlm.data.prepare.PIECE_CHARS", 250),
+        ("arlm.data.prepare.BATCH_CHARS", 700),
+    ]:
+        monkeypatch.setattr(name, value)
+    data = prepare(config, tmp_path / "stream", log=lambda _: None)
+    reference = _reference_prepare(config, tmp_path / "reference")
+    assert data.tokenizer.fingerprint() == reference["tokenizer"]
+    assert data.meta["split_mode"] == reference["mode"]
+    for split in ("train", "val", "test"):
+        for suffix in (".bin", ".docs.npy"):
+            stream = (tmp_path / "stream" / f"{split}{suffix}").read_bytes()
+            assert stream == (tmp_path / "reference" / f"{split}{suffix}").read_bytes(), (split, suffix)
+        assert data.meta["splits"][split] == reference["counts"][split]
+    report = json.loads((tmp_path / "stream" / "report.json").read_text())
+    train = read_shard(tmp_path / "reference" / "train.bin")
+    top = np.bincount(train, minlength=data.tokenizer.vocab_size)
+    assert [t["count"] for t in report["top_tokens"]] == sorted(top, reverse=True)[: len(report["top_tokens"])]
+
+
+def test_a_split_too_small_is_refused_and_nothing_is_written(tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("x", encoding="utf-8")
+    with pytest.raises(ArlmError, match="the train split holds 0 tokens"):
+        prepare(DataConfig(source=str(one), tokenizer="char"), tmp_path / "data", log=lambda _: None)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("  \n\t  \n   \n", encoding="utf-8")
+    with pytest.raises(ArlmError, match=r"the train split holds \d tokens, shorter than one block \(17 with"):
+        prepare(DataConfig(source=str(blank)), tmp_path / "data", log=lambda _: None, block_size=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.txt", "one.txt"]
+
+
+def test_padded_mode_refuses_an_empty_split_only():
+    check_split_size("train", 2, 128, "padded")
+    with pytest.raises(ArlmError, match="the val split holds no tokens"):
+        check_split_size("val", 0, 128, "padded")
+    with pytest.raises(ArlmError, match="shorter than one block"):
+        check_split_size("val", 2, 128, "packed")
+
+
+def test_out_naming_a_file_is_refused(tmp_path, corpus_dir):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me", encoding="utf-8")
+    with pytest.raises(ArlmError, match="is a file, not a folder"):
+        prepare(DataConfig(source=str(corpus_dir), tokenizer="char"), target, log=lambda _: None)
+    with pytest.raises(ArlmError, match="cannot create"):
+        prepare(DataConfig(source=str(corpus_dir), tokenizer="char"), target / "data", log=lambda _: None)
+    assert target.read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "notes.txt"]
+
+
+def test_separator_settings_enter_the_fingerprint_only_when_set():
+    plain = DataConfig(source="builtin")
+    assert "doc_separator" not in prepare_settings(plain)  # data prepared before the option still matches
+    blank = DataConfig(source="builtin", doc_separator="blank")
+    assert prepare_settings(blank)["doc_separator"] == "blank"
+    assert data_fingerprint(blank) != data_fingerprint(plain)
+    assert data_fingerprint(DataConfig(source="builtin", doc_max_chars=100)) != data_fingerprint(plain)
+
+
+def _peak_rss_of_prepare(corpus: Path, out: Path) -> int:
+    """Peak resident memory (bytes) of `arlm prepare` on a corpus, in a subprocess."""
+    cmd = [sys.executable, "-m", "arlm", "prepare", "--out", str(out), "--data.source", str(corpus)]
+    cmd += ["--data.tokenizer", "char", "--data.doc_separator", "blank"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()
+    return usage.ru_maxrss * 1024
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
+    """8x the text (3 MB -> 24 MB, one file cut into ~20k documents by blank lines) costs under 64 MiB more
+    peak memory; reading whole files took about 140x the corpus."""
+    paragraphs = [p for t in tiny_text(79) for p in t.split("\n\n") if p.strip()]
+    rng = random.Random(0)
+    peaks = []
+    for size in (3_000_000, 24_000_000):
+        corpus = tmp_path / f"corpus-{size}.txt"
+        with open(corpus, "w", encoding="utf-8") as f:
+            written = 0
+            while written < size:
+                text = "\n\n".join(f"{rng.choice(paragraphs)} {rng.randrange(10**6)}" for _ in range(1000)) + "\n\n"
+                written += f.write(text)
+        peaks.append(_peak_rss_of_prepare(corpus, tmp_path / f"data-{size}"))
+    assert peaks[1] - peaks[0] < 64 * 2**20, [p / 2**20 for p in peaks]
+
+
+def test_a_tokenizer_that_marks_the_start_of_each_input_gets_documents_whole(tmp_path, monkeypatch):
+    """SentencePiece's Metaspace prefixes every input with '▁': a long document cut in pieces would get one
+    per piece, so such a tokenizer encodes each document whole."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers, trainers
+
+    book = tmp_path / "book.txt"
+    book.write_text("\n".join(tiny_text(10)), encoding="utf-8")
+    backend = Backend(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.train_from_iterator(tiny_text(10), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", EOS]))
+    (tmp_path / "sp").mkdir()
+    backend.save(str(tmp_path / "sp" / "tokenizer.json"))
+    sentencepiece = load_tokenizer(tmp_path / "sp")
+    assert not sentencepiece.encodes_pieces_exactly()
+    assert HFTokenizer.train_bpe(tiny_text(3), 300).encodes_pieces_exactly()
+    monkeypatch.setattr("arlm.data.prepare.PIECE_CHARS", 200)
+    config = DataConfig(source=str(book), tokenizer=str(tmp_path / "sp"), val_fraction=0.0)
+    data = prepare(config, tmp_path / "data", log=lambda _: None)
+    expected = sentencepiece.encode(book.read_text(encoding="utf-8")) + [sentencepiece.eos_id]
+    assert data.tokens("train").tolist() == expected

@@ -1,7 +1,10 @@
+import random
+
+import numpy as np
 import pytest
 
 from arlm.data.corpus import Document
-from arlm.data.split import split_documents
+from arlm.data.split import plan_splits, split_documents, text_digest
 from arlm.errors import ArlmError
 from tests.helpers import tiny_text
 
@@ -57,3 +60,28 @@ def test_too_few_documents_for_a_document_split():
     docs = [Document("a", "x" * 10), Document("b", "y" * 10)]
     with pytest.raises(ArlmError, match="too few for a"):
         split_documents(docs, 0.1, 0.1, seed=0, mode="documents")
+
+
+def test_plan_from_lengths_and_digests_is_the_seeded_shuffle_of_the_documents():
+    """The rule arlm always had, written out on the documents: a seeded shuffle of the distinct documents,
+    test then val take documents until they hold their share of characters."""
+    docs = _docs()
+    unique, seen = [], set()
+    for doc in docs:  # first occurrences, in order
+        if doc.text not in seen:
+            unique.append(doc)
+            seen.add(doc.text)
+    random.Random(5).shuffle(unique)
+    total, taken, cursor = sum(len(d.text) for d in unique), {}, 0
+    for name, fraction in (("test", 0.15), ("val", 0.1)):
+        start, chars = cursor, 0
+        while cursor < len(unique) - 1 and (cursor == start or chars < fraction * total):
+            chars += len(unique[cursor].text)
+            cursor += 1
+        taken[name] = unique[start:cursor]
+    taken["train"] = unique[cursor:]
+    chars = np.array([len(d.text) for d in docs])
+    plan = plan_splits(chars, np.array([text_digest(d.text) for d in docs]), 0.1, 0.15, seed=5)
+    for name in ("train", "val", "test"):
+        assert [docs[i].name for i in plan.parts[name].docs] == [d.name for d in taken[name]]
+        assert [(s, e) for _, s, e in plan.parts[name].segments(chars)] == [(0, len(d.text)) for d in taken[name]]

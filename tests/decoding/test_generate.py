@@ -150,3 +150,116 @@ def test_cuda_graph_decoding_equals_eager_on_gpu():
     eager = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24))
     compiled = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24, compile=True))
     assert compiled.generated() == eager.generated()
+
+
+# ---------------------------------------------------------------- padding, min/max new tokens, several samples
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12], [11, 12], [13, 14, 15]]
+
+
+def _sharp_model() -> Transformer:
+    """A random model with peaked next-token distributions (init_std 0.25), so processors change its choices."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        flavour="llama", vocab_size=50, block_size=64, n_layer=2, n_head=4, d_model=32, n_kv_head=2, init_std=0.25
+    )
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize(
+    "strategy,options,pad",
+    [
+        ("greedy", {"repetition_penalty": 3.0}, 7),
+        ("greedy", {"no_repeat_ngram_size": 2}, 1),
+        ("beam", {"repetition_penalty": 3.0}, 7),
+        ("beam", {"no_repeat_ngram_size": 2}, 7),
+    ],
+)
+def test_a_row_decodes_the_same_alone_and_in_a_padded_batch(monkeypatch, strategy, options, pad):
+    import arlm.decoding.generate as gen
+
+    model = _sharp_model()
+    config = GenerationConfig(strategy=strategy, max_new_tokens=12, **options)
+    alone = [generate(model, [p], config, pad_id=pad).generated()[0] for p in PROMPTS]
+    assert generate(model, PROMPTS, config, pad_id=pad).generated() == alone
+    monkeypatch.setattr(gen, "prompt_starts", lambda mask: None)  # count the padding: the test can fail
+    assert generate(model, PROMPTS, config, pad_id=pad).generated() != alone
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam", "speculative", "prompt-lookup"])
+def test_max_new_tokens_zero_returns_the_prompts(strategy):
+    model = _sharp_model()
+    n = 2 if strategy == "beam" else 1
+    prompts = PROMPTS[:1] if strategy in ("speculative", "prompt-lookup") else PROMPTS  # one prompt at a time
+    config = GenerationConfig(strategy=strategy, max_new_tokens=0, num_return_sequences=n)
+    out = generate(model, prompts, config, draft=model, eos_id=3, pad_id=0)
+    width = max(len(p) for p in prompts)
+    expected = [[0] * (width - len(p)) + p for p in prompts for _ in range(n)]
+    assert out.sequences.tolist() == expected and out.generated() == [[]] * len(expected)
+    assert out.stats["new_tokens"] == 0
+
+
+def test_num_return_sequences_gives_independent_samples_of_each_prompt():
+    model = _sharp_model()
+    config = GenerationConfig(strategy="sample", max_new_tokens=10, num_return_sequences=3, seed=4)
+    out = generate(model, PROMPTS[:2], config).generated()
+    repeated = [p for p in PROMPTS[:2] for _ in range(3)]  # as transformers: each prompt N times, one generator
+    single = GenerationConfig(strategy="sample", max_new_tokens=10, seed=4)
+    assert len(out) == 6 and out == generate(model, repeated, single).generated()
+    assert len({tuple(row) for row in out[:3]}) == 3  # three different samples of the first prompt
+    with pytest.raises(ArlmError, match="num_return_sequences 3 needs"):
+        generate(model, PROMPTS, GenerationConfig(strategy="greedy", num_return_sequences=3))
+
+
+def _greedy_min_new(model, ids, n, eos, minimum):
+    """Reference: argmax of full forwards with EOS masked while fewer than `minimum` tokens exist (transformers'
+    MinNewTokensLengthLogitsProcessor), stopping after EOS."""
+    seq, new = torch.tensor([ids]), []
+    for i in range(n):
+        logits = model(seq)[:, -1]
+        if i < minimum:
+            logits[:, eos] = float("-inf")
+        new.append(int(logits.argmax(-1)))
+        seq = torch.cat([seq, torch.tensor([[new[-1]]])], dim=1)
+        if new[-1] == eos:
+            break
+    return new
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_min_new_tokens_holds_back_eos(strategy):
+    model = _sharp_model()
+    free = generate(model, [PROMPTS[0]], GenerationConfig(strategy="greedy", max_new_tokens=12)).generated()[0]
+    eos = free[1]  # greedy would end after two tokens
+    config = GenerationConfig(strategy=strategy, max_new_tokens=12, num_beams=2, early_stopping=True, min_new_tokens=6)
+    out = generate(model, [PROMPTS[0]], config, eos_id=eos).generated()[0]
+    assert eos not in out[:6] and len(out) >= 6
+    if strategy == "greedy":
+        assert out == _greedy_min_new(model, PROMPTS[0], 12, eos, 6)
+    config.min_new_tokens = 0
+    assert generate(model, [PROMPTS[0]], config, eos_id=eos).generated()[0] != out  # the option changed the output
+
+
+def test_min_new_tokens_in_sampling():
+    model = _sharp_model()
+    first = generate(model, [PROMPTS[0]], GenerationConfig(strategy="greedy", max_new_tokens=1)).generated()[0][0]
+    config = GenerationConfig(strategy="sample", temperature=0.05, max_new_tokens=8, seed=1, min_new_tokens=4)
+    out = generate(model, [PROMPTS[0]], config, eos_id=first).generated()[0]
+    assert first not in out[:4] and len(out) >= 4
+    config.min_new_tokens = 0
+    assert generate(model, [PROMPTS[0]], config, eos_id=first).generated()[0] == [first]
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_smollm2_repetition_penalty_does_not_depend_on_the_other_prompts(smollm2):
+    """The issue's example: with pad = EOS, counting the padding penalised EOS only in the padded row."""
+    tok = smollm2.tokenizer
+    fib = tok.encode('def fibonacci(n):\n    """Return the n-th')
+    longer = tok.encode(
+        'def factorial(n):\n    """Return n! computed iteratively; factorial(5) == 120, raising errors.'
+    )
+    config = GenerationConfig(strategy="greedy", max_new_tokens=24, repetition_penalty=1.3)
+    alone = generate(smollm2.model, [fib], config, eos_id=tok.eos_id, pad_id=tok.pad_id).generated()[0]
+    batch = generate(smollm2.model, [fib, longer], config, eos_id=tok.eos_id, pad_id=tok.pad_id).generated()
+    assert batch[0] == alone and alone[-1] == tok.eos_id  # it stops after the docstring, in the batch too

@@ -112,3 +112,51 @@ def test_beam_search_batched_with_left_padding(pair):
     )
     assert out.sequences.tolist() == hf.sequences.tolist()
     torch.testing.assert_close(out.scores, hf.sequences_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+@pytest.mark.parametrize("pad", [0, 7])
+def test_repetition_penalty_on_a_left_padded_batch(pair, strategy, pad):
+    """transformers' generate() does not count the left padding as seen tokens; neither do we."""
+    ours, theirs = pair
+    beams = 3 if strategy == "beam" else 1
+    config = GenerationConfig(strategy=strategy, num_beams=beams, max_new_tokens=12, repetition_penalty=2.5)
+    out = generate(ours, PROMPTS, config, pad_id=pad)
+    ids, mask = left_pad(PROMPTS, pad)
+    hf = _hf_generate(
+        theirs,
+        ids,
+        mask,
+        num_beams=beams,
+        max_new_tokens=12,
+        repetition_penalty=2.5,
+        eos_token_id=None,
+        pad_token_id=pad,
+    )
+    assert out.sequences.tolist() == hf.sequences.tolist()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_min_new_tokens(pair, strategy):
+    ours, theirs = pair
+    prompt = PROMPTS[0]
+    eos = _eos_for(ours, prompt)
+    beams = 3 if strategy == "beam" else 1
+    config = GenerationConfig(
+        strategy=strategy, num_beams=beams, max_new_tokens=12, min_new_tokens=7, early_stopping=True
+    )
+    out = generate(ours, [prompt], config, eos_id=eos, pad_id=eos)
+    ids = torch.tensor([prompt])
+    hf = _hf_generate(
+        theirs,
+        ids,
+        torch.ones_like(ids),
+        num_beams=beams,
+        max_new_tokens=12,
+        min_new_tokens=7,
+        early_stopping=True,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    assert out.sequences.tolist() == hf.sequences.tolist()
+    assert eos not in out.generated()[0][:7]

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.processors import logits_to_probs, no_repeat_ngram, repetition_penalty, sample
+from arlm.decoding.processors import (
+    History,
+    logits_to_probs,
+    min_new_tokens,
+    no_repeat_ngram,
+    process,
+    prompt_starts,
+    repetition_penalty,
+    sample,
+)
 from tests.helpers import chi_square_pvalue
 
 LOGITS = torch.tensor([[2.0, 1.5, 1.2, 0.9, 0.5, 0.1, -0.3, -0.8, -1.5, -3.0]])
@@ -117,3 +126,72 @@ def test_repetition_penalty_matches_transformers():
     logits, seqs = torch.randn(3, 50), torch.randint(0, 50, (3, 9))
     theirs = RepetitionPenaltyLogitsProcessor(1.3)(seqs, logits.clone())
     torch.testing.assert_close(repetition_penalty(logits, seqs, 1.3), theirs)
+
+
+# ---------------------------------------------------------------- left padding is never a seen token
+
+PAD = 7  # the padding id; counting the padding as seen tokens would change every case below
+
+
+def _padded(real: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """real left-padded by three PADs in a batch with an unpadded row: (2, S) ids and (2,) starts."""
+    other = list(range(1, len(real) + 4))
+    return torch.tensor([[PAD] * 3 + real, other]), torch.tensor([3, 0])
+
+
+def test_prompt_starts_from_the_attention_mask():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    assert prompt_starts(mask).tolist() == [2, 0, 1]
+    assert prompt_starts(torch.ones(2, 3, dtype=torch.long)) is None and prompt_starts(None) is None
+
+
+@pytest.mark.parametrize(
+    "config,real",
+    [
+        (GenerationConfig(repetition_penalty=1.5), [3, 5, 3, 5]),
+        (GenerationConfig(repetition_penalty=0.7, temperature=0.8, top_k=8), [3, 5, 3, 5]),
+        (GenerationConfig(no_repeat_ngram_size=1), [3, 5, 3, 5]),
+        (GenerationConfig(no_repeat_ngram_size=2, top_p=0.95), [3, 5, PAD]),  # (PAD, PAD), (PAD, 3) if counted
+    ],
+    ids=["repetition", "repetition<1 + top-k", "no-repeat 1", "no-repeat 2 + top-p"],
+)
+def test_every_lookback_processor_sees_only_real_tokens(config, real):
+    logits = torch.linspace(2.0, -3.0, 10)[None].repeat(2, 1)  # (2, 10)
+    padded, starts = _padded(real)
+    alone = logits_to_probs(logits[:1], torch.tensor([real]), config)
+    in_batch = logits_to_probs(logits, padded, config, History(starts=starts))
+    torch.testing.assert_close(in_batch[:1], alone, rtol=0, atol=0)
+    counted = logits_to_probs(logits, padded, config)  # what counting the padding would give: the test can fail
+    assert not torch.equal(counted[:1], alone)
+
+
+def test_min_new_tokens_masks_eos_until_enough_tokens():
+    scores = torch.zeros(2, 10)
+    assert min_new_tokens(scores, 2, 3, eos_id=4)[:, 4].tolist() == [float("-inf")] * 2
+    assert torch.equal(min_new_tokens(scores, 3, 3, eos_id=4), scores)
+    assert torch.equal(min_new_tokens(scores, 0, 3, eos_id=None), scores)
+
+
+@pytest.mark.hf
+def test_repetition_penalty_on_a_padded_batch_matches_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    generator = torch.Generator().manual_seed(5)
+    logits, seqs = torch.randn(3, 50, generator=generator), torch.randint(0, 50, (3, 9), generator=generator)
+    starts = torch.tensor([0, 4, 7])  # what transformers' generate() passes: the padding lengths
+    theirs = RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=starts)(seqs, logits.clone())
+    torch.testing.assert_close(repetition_penalty(logits, seqs, 1.3, starts), theirs)
+    assert not torch.allclose(repetition_penalty(logits, seqs, 1.3), theirs)
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("generated", [0, 2, 3, 5])
+def test_min_new_tokens_matches_transformers(generated):
+    from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
+
+    prompt_length, logits = 6, torch.randn(2, 20, generator=torch.Generator().manual_seed(9))
+    seqs = torch.randint(0, 20, (2, prompt_length + generated), generator=torch.Generator().manual_seed(10))
+    theirs = MinNewTokensLengthLogitsProcessor(prompt_length, 3, eos_token_id=11)(seqs, logits.clone())
+    config = GenerationConfig(strategy="greedy", min_new_tokens=3)
+    ours = process(logits, seqs, config, History(prompt_length=prompt_length, eos_id=11))
+    assert torch.equal(ours, theirs)

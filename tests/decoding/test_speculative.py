@@ -145,3 +145,17 @@ def test_bad_inputs():
         generate(target, [[1, 2], [3, 4]], GenerationConfig(strategy="speculative", max_new_tokens=4), draft=target)
     with pytest.raises(ArlmError, match="needs a draft"):
         generate(target, [[1, 2]], GenerationConfig(strategy="speculative", max_new_tokens=4))
+
+
+@pytest.mark.parametrize("strategy,draft_seed", [("speculative", 1), ("speculative", 0), ("prompt-lookup", None)])
+def test_min_new_tokens_keeps_greedy_speculative_equal_to_greedy(strategy, draft_seed):
+    target = _model(0)
+    prompt = [[1, 2, 3, 1, 2, 3]]
+    free = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]
+    eos = free[2]  # greedy alone would end after three tokens
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=30, min_new_tokens=12)
+    expected = generate(target, prompt, greedy, eos_id=eos).generated()[0]
+    assert eos not in expected[:12] and len(expected) > 3
+    config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=30, min_new_tokens=12)
+    draft = None if draft_seed is None else (target if draft_seed == 0 else _model(draft_seed, layers=1, d=16))
+    assert generate(target, prompt, config, draft=draft, eos_id=eos).generated()[0] == expected

@@ -144,6 +144,18 @@ def test_digits_are_split_one_by_one_as_llama_cpp_does(ours):
 
 
 @pytest.mark.real_model
+@pytest.mark.hf
+def test_transformers_differs_only_where_whitespace_runs_stand_before_a_digit(ours, hf_tokenizer):
+    """What the README says: one whitespace character before a digit tokenizes the same in transformers' GGUF
+    tokenizer; a run of two or more (two spaces, a blank line, an indented number) does not."""
+    same = ["a 1", "a\t1", "a\n1", "a\u00a01", "x12", "1 2 3", "a  b", "a\n\nb"]
+    differ = ["a  1", "a\n\n1", "a\n 1", "  1", "a   42"]
+    for text in same + differ:
+        match = ours.tokenizer.encode(text) == hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert match == (text in same), repr(text)
+
+
+@pytest.mark.real_model
 def test_special_tokens(ours):
     tokenizer = ours.tokenizer
     assert tokenizer.kind == "gguf" and tokenizer.vocab_size == 49152

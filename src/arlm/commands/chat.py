@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from arlm.commands.generate import Streamer, add_generation_flags, generation_config
+from arlm.commands.generate import Streamer, add_generation_flags, generation_options, with_options
 from arlm.config import GenerationConfig
 from arlm.decoding.chat import ChatSession
 from arlm.interop.loading import load_model, pick_device
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Chat with top-p sampling at temperature 0.7 unless the flags say otherwise."""
     config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
-    config = generation_config(args, config)
+    config = with_options(config, generation_options(args))
     chat_command(args.model, config, system=args.system, messages=args.message, device=args.device)
     return 0
 

@@ -9,14 +9,15 @@ import argparse
 import dataclasses
 import sys
 import typing
+from typing import Any
 
 import torch
 
-from arlm.config import GenerationConfig, coerce
+from arlm.config import GenerationConfig, build_config, coerce
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.generate import generate
 from arlm.decoding.show import render_drafts
-from arlm.decoding.stops import cut_at_stop, stop_checker
+from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.decoding.types import GenerationOutput
 from arlm.errors import ArlmError
 from arlm.interop.loading import load_model, pick_device
@@ -28,6 +29,9 @@ MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL, --prompt (repeatable), --draft, --stats, --show-drafts, --device, --dtype and the generation flags."""
     parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument(
+        "--preset", help="take the defaults from this preset's generate: section (default: the run's own config)"
+    )
     parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
     parser.add_argument("--draft", help="draft model for --strategy speculative")
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
@@ -39,10 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Decode the prompts and print the continuations."""
+    base = build_config(args.preset).generate if args.preset else None  # None: the model's own run config
     generate_command(
         args.model,
         args.prompt,
-        generation_config(args),
+        base,
+        options=generation_options(args),
         draft=args.draft,
         device=args.device,
         stats=args.stats,
@@ -65,52 +71,85 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def generation_config(args: argparse.Namespace, base: GenerationConfig | None = None) -> GenerationConfig:
-    """`base` (default GenerationConfig()) with the generation flags given, validated."""
-    config = base or GenerationConfig()
+def generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings given as flags, read to their types."""
     hints = typing.get_type_hints(GenerationConfig)
+    options = {}
     for f in dataclasses.fields(GenerationConfig):
         value = getattr(args, f"gen_{f.name}")
         if value is not None:
-            setattr(config, f.name, coerce(value, hints[f.name], "--" + f.name.replace("_", "-")))
+            options[f.name] = coerce(value, hints[f.name], "--" + f.name.replace("_", "-"))
+    return options
+
+
+def with_options(base: GenerationConfig, options: dict[str, Any] | None) -> GenerationConfig:
+    """A copy of base with the given fields replaced, validated."""
+    config = dataclasses.replace(base, **(options or {}))
     config.validate()
     return config
 
 
 class Streamer:
-    """Prints the text of one row as tokens arrive (holding back an incomplete UTF-8 character)."""
+    """Prints the text of one row as tokens arrive, after `prefix` (the prompt, written with the first token).
 
-    def __init__(self, tokenizer: Tokenizer, stream=None) -> None:
+    Text is printed only once it is final: an incomplete UTF-8 character and any ending that could still be
+    the start of a stop string are held back, and nothing from a stop string on is ever printed, so the
+    printed text equals the whole output cut at its first stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None, stream=None, prefix: str = "") -> None:
         self.tokenizer = tokenizer
+        self.stops = stops or []
         self.stream = stream or sys.stdout
+        self.prefix: str | None = prefix
         self.ids: list[int] = []
         self.printed = 0
+        self.stopped = False
 
     def __call__(self, tokens: torch.Tensor) -> None:
         self.ids.append(int(tokens.reshape(-1)[0]))
         text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
+        if self.stopped or text.endswith("\ufffd"):
             return
-        self.stream.write(text[self.printed :])
-        self.stream.flush()
-        self.printed = len(text)
+        final = cut_at_stop(text, self.stops)
+        self.stopped = len(final) < len(text)
+        self._write(final if self.stopped else final[: len(final) - held_back(final, self.stops)])
+
+    def finish(self) -> None:
+        """Print what was held back (generation ended without completing a stop string), then a newline."""
+        if not self.stopped:
+            self._write(cut_at_stop(self.tokenizer.decode(self.ids), self.stops))
+        self._write_raw("\n")
+
+    def _write(self, text: str) -> None:
+        self._write_raw(text[self.printed :])
+        self.printed = max(self.printed, len(text))
+
+    def _write_raw(self, text: str) -> None:
+        if self.prefix is not None:  # the prompt goes out with the first output, after every check passed
+            text, self.prefix = self.prefix + text, None
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
 
 
 def generate_command(
     model_ref: str,
     prompts: list[str] | None,
-    config: GenerationConfig,
+    config: GenerationConfig | None = None,
     *,
+    options: dict[str, Any] | None = None,
     draft: str | None = None,
     device: str = "auto",
     stats: bool = False,
     show_drafts: bool = False,
     dtype: str = "float32",
 ) -> GenerationOutput:
-    """Decode and print continuations of the prompts."""
+    """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
+    of the model's run config) with `options` (the command-line flags) on top."""
     torch_dtype = getattr(torch, dtype)
     dev = pick_device(device)
     loaded = load_model(model_ref, device=dev, dtype=torch_dtype)
+    config = with_options(config or loaded.config.generate, options)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
     texts = prompts or [""]
@@ -123,10 +162,9 @@ def generate_command(
         if draft_loaded.tokenizer.fingerprint() != tok.fingerprint():
             raise ArlmError(f"the draft {draft} uses another vocabulary than {model_ref}; they must share a tokenizer")
         draft_model = optimize_for_decoding(draft_loaded.model)
-    streaming = len(texts) == 1 and config.strategy != "beam" and not show_drafts
-    streamer = Streamer(tok) if streaming else None
-    if streamer:
-        sys.stdout.write(texts[0])
+    single = len(texts) == 1 and config.num_return_sequences == 1
+    streaming = single and config.strategy != "beam" and not show_drafts
+    streamer = Streamer(tok, config.stop, prefix=texts[0]) if streaming else None  # prints nothing before a token
     out = generate(
         loaded.model,
         ids,
@@ -138,7 +176,7 @@ def generate_command(
         should_stop=stop_checker(tok, config.stop),
     )
     if streamer:
-        sys.stdout.write("\n")
+        streamer.finish()
     else:
         _print_rows(out, texts, tok, config, show_drafts)
     if stats:

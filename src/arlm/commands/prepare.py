@@ -23,6 +23,12 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the preset's corpus (with the overrides) into --out."""
     config = build_config(args.preset, args.overrides)
     directory = Path(args.out) if args.out else prepared_dir(config)
-    prepare(config.data, directory, overwrite=args.overwrite, resolve_tokenizer=load_tokenizer)
+    prepare(
+        config.data,
+        directory,
+        overwrite=args.overwrite,
+        block_size=config.model.block_size,
+        resolve_tokenizer=load_tokenizer,
+    )
     print(f"prepared data in {directory}")
     return 0

@@ -6,6 +6,7 @@ whole job as a function (the demo, distill, sweep and the studies run it too).""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -226,7 +227,8 @@ def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
     log(f"wrote {summary.checkpoint}, {summary.files['metrics']}, {summary.files['plot']}")
     if trainer.tc.sample_tokens:
         summary.sample = sample_text(trainer, trainer.tc.sample_prompt, trainer.tc.sample_tokens)
-        log(f"--- sample ({trainer.tc.sample_tokens} tokens, temperature 0.8, top-k 50) ---")
+        gen = trainer.config.generate
+        log(f"--- sample ({trainer.tc.sample_tokens} tokens, {gen.strategy}, temperature {gen.temperature}) ---")
         log(summary.sample)
         log("---")
 
@@ -239,10 +241,16 @@ def sample_text(trainer: Trainer, prompt: str, tokens: int) -> str:
     if not ids:
         ids = [tok.bos_id if tok.bos_id is not None else 0]
     ids = ids[-(model.config.block_size - 1) :]
-    gen = GenerationConfig(
-        strategy="sample", max_new_tokens=tokens, temperature=0.8, top_k=50, seed=trainer.tc.seed, stop_at_eos=False
-    )
+    gen = sample_config(trainer.config.generate, tokens, trainer.tc.seed)
     model.eval()
     out = generate(model, [ids], gen, eos_id=tok.eos_id, pad_id=tok.pad_id)
     model.train()
     return prompt + tok.decode(out.generated()[0])
+
+
+def sample_config(generate: GenerationConfig, tokens: int, seed: int) -> GenerationConfig:
+    """The run's generate: section for `tokens` new tokens (seeded by train.seed unless it names a seed); with
+    no draft model here, speculative and prompt-lookup decode plainly, which has the same distribution."""
+    plain = "sample" if generate.strategy in ("speculative", "prompt-lookup") else generate.strategy
+    seed = generate.seed if generate.seed is not None else seed
+    return dataclasses.replace(generate, strategy=plain, max_new_tokens=tokens, seed=seed, num_return_sequences=1)

@@ -1,17 +1,25 @@
-"""Corpus sources: the built-in corpus, a text file, a folder or glob of files, JSONL with a text field."""
+"""Corpus sources: the built-in corpus, a named corpus (`tinyshakespeare`, see sources.py), a text file, a folder
+or glob of files, JSONL with a text field; read as a stream of documents in pieces."""
 
 from __future__ import annotations
 
 import ast
+import codecs
 import glob
 import json
 import sysconfig
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from pydoc_data.topics import topics
 
+from arlm.data.pieces import Chunk, cut_by_size, join_documents, repiece, separate, separator_pattern
+from arlm.data.sources import CORPORA, find_corpus, is_named_corpus
 from arlm.errors import ArlmError
+
+READ_BYTES = 1 << 22  # files are read 4 MiB at a time
+PIECE_CHARS = 1 << 22  # documents longer than this many characters stream in pieces
 
 BUILTIN_SOURCES = ("builtin", "builtin:topics", "builtin:docstrings")
 _SKIP_STDLIB = {
@@ -35,16 +43,51 @@ class Document:
     text: str
 
 
-def load_documents(source: str, *, text_field: str = "text", encoding_errors: str = "strict") -> list[Document]:
-    """Read a corpus source into documents; refuse missing, empty, binary or non-UTF-8 input clearly."""
-    if source in BUILTIN_SOURCES:
-        docs = builtin_documents(source)
-    else:
-        docs = _documents_from_path(source, text_field, encoding_errors)
-    docs = [d for d in docs if d.text]
-    if not docs:
+def load_documents(
+    source: str, *, text_field: str = "text", encoding_errors: str = "strict", separator: str = "", max_chars: int = 0
+) -> list[Document]:
+    """Read a corpus source into documents held in memory (see iter_chunks for the rules)."""
+    chunks = iter_chunks(
+        source, text_field=text_field, encoding_errors=encoding_errors, separator=separator, max_chars=max_chars
+    )
+    return [Document(name, text) for name, text in join_documents(chunks)]
+
+
+def iter_chunks(
+    source: str,
+    *,
+    text_field: str = "text",
+    encoding_errors: str = "strict",
+    separator: str = "",
+    max_chars: int = 0,
+) -> Iterator[Chunk]:
+    """Stream a corpus source as documents in pieces, reading files in blocks: each file (or JSONL record)
+    is a document, cut further at the separator's matches and into documents of at most max_chars (0: no
+    limit); a document of at most PIECE_CHARS characters comes as one piece. Missing, empty, binary or
+    non-UTF-8 input is refused clearly."""
+    chunks = _source_chunks(source, text_field, encoding_errors)
+    pattern = separator_pattern(separator)
+    if pattern is not None:
+        chunks = separate(chunks, pattern)
+    if max_chars > 0:
+        chunks = cut_by_size(chunks, max_chars)
+    empty = True
+    for chunk in repiece(chunks, PIECE_CHARS):
+        empty = False
+        yield chunk
+    if empty:
         raise ArlmError(f"corpus {source!r} holds no text; give a file, folder or JSONL with some")
-    return docs
+
+
+def _source_chunks(source: str, text_field: str, encoding_errors: str) -> Iterator[Chunk]:
+    if source in BUILTIN_SOURCES:
+        yield from (Chunk(d.name, d.text, True) for d in builtin_documents(source))
+        return
+    for path in _source_paths(source):
+        if path.suffix in (".jsonl", ".ndjson"):
+            yield from _jsonl_chunks(path, text_field, encoding_errors)
+        else:
+            yield from (Chunk(str(path), text, last) for text, last in read_blocks(path, encoding_errors))
 
 
 def builtin_documents(which: str = "builtin") -> list[Document]:
@@ -81,64 +124,90 @@ def _stdlib_docstrings() -> list[Document]:
     return docs
 
 
-def _documents_from_path(source: str, text_field: str, encoding_errors: str) -> list[Document]:
+def _source_paths(source: str) -> list[Path]:
+    """The files of a named corpus, path, folder (recursively, hidden ones left out) or glob, sorted."""
+    if is_named_corpus(source):  # found locally or downloaded once, before any path of that name
+        return [find_corpus(source)]
     if any(ch in source for ch in "*?["):
         paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not paths:
             raise ArlmError(f"no files match {source!r}")
-        return [d for p in paths for d in _read_file(p, text_field, encoding_errors)]
+        return paths
     path = Path(source)
     if not path.exists():
-        raise ArlmError(f"corpus path {source} does not exist; give a file, folder, glob, JSONL or 'builtin'")
+        raise ArlmError(
+            f"corpus path {source} does not exist; give a file, folder, glob, JSONL, 'builtin' or a named corpus "
+            f"({', '.join(CORPORA)})"
+        )
     if path.is_dir():
         paths = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
         if not paths:
             raise ArlmError(f"folder {source} holds no files")
-        return [d for p in paths for d in _read_file(p, text_field, encoding_errors)]
-    return _read_file(path, text_field, encoding_errors)
+        return paths
+    return [path]
 
 
 def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def _read_file(path: Path, text_field: str, encoding_errors: str) -> list[Document]:
-    text = read_text(path, encoding_errors)
-    if path.suffix in (".jsonl", ".ndjson"):
-        return _jsonl_documents(path, text, text_field)
-    return [Document(str(path), text)]
-
-
 def read_text(path: Path, encoding_errors: str = "strict") -> str:
-    """Decode a file as UTF-8; binary files and invalid bytes are refused with the offset (strict)."""
-    data = path.read_bytes()
-    nul = data.find(b"\x00", 0, 1 << 20)
-    if nul >= 0:
-        raise ArlmError(f"{path} looks binary (NUL byte at offset {nul}); give text files only")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    """Decode a whole file as UTF-8 (see read_blocks)."""
+    return "".join(text for text, _ in read_blocks(path, encoding_errors))
+
+
+def read_blocks(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[str, bool]]:
+    """Decode a file as UTF-8 block by block, (text, is_last); binary files and invalid bytes are refused
+    with the byte offset (strict; the offset counts from after a byte-order mark)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(encoding_errors)
+    fed = 0  # bytes given to the decoder
+    with open(path, "rb") as f:
+        first = True
+        while True:
+            data = f.read(READ_BYTES)
+            if first:
+                nul = data.find(b"\x00", 0, 1 << 20)
+                if nul >= 0:
+                    raise ArlmError(f"{path} looks binary (NUL byte at offset {nul}); give text files only")
+                data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+                first = False
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                raise ArlmError(
+                    f"{path} is not valid UTF-8 at byte offset {fed - pending + exc.start}; convert it to UTF-8 "
+                    "or pass --data.encoding_errors replace (bad bytes become U+FFFD)"
+                ) from None
+            fed += len(data)
+            yield text, not data
+            if not data:
+                return
+
+
+def _jsonl_chunks(path: Path, text_field: str, encoding_errors: str) -> Iterator[Chunk]:
+    """One document a JSONL record; lines are split as str.splitlines does."""
+    buf, lineno = "", 0
+    for text, last in read_blocks(path, encoding_errors):
+        lines = (buf + text).splitlines(keepends=True)
+        buf = "" if last or not lines else lines.pop()  # the last line may continue in the next block
+        for line in lines:
+            lineno += 1
+            value = _jsonl_record(path, lineno, line.splitlines()[0], text_field)
+            if value is not None:
+                yield Chunk(f"{path}:{lineno}", value, True)
+
+
+def _jsonl_record(path: Path, lineno: int, line: str, text_field: str) -> str | None:
+    if not line.strip():
+        return None
     try:
-        return data.decode("utf-8", errors=encoding_errors)
-    except UnicodeDecodeError as exc:
-        raise ArlmError(
-            f"{path} is not valid UTF-8 at byte offset {exc.start}; convert it to UTF-8 "
-            "or pass --data.encoding_errors replace (bad bytes become U+FFFD)"
-        ) from None
-
-
-def _jsonl_documents(path: Path, text: str, text_field: str) -> list[Document]:
-    docs = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ArlmError(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or text_field not in record:
-            raise ArlmError(f"{path}:{lineno} has no field {text_field!r}; set --data.text_field")
-        value = record[text_field]
-        if not isinstance(value, str):
-            raise ArlmError(f"{path}:{lineno} field {text_field!r} is not a string")
-        docs.append(Document(f"{path}:{lineno}", value))
-    return docs
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ArlmError(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
+    if not isinstance(record, dict) or text_field not in record:
+        raise ArlmError(f"{path}:{lineno} has no field {text_field!r}; set --data.text_field")
+    value = record[text_field]
+    if not isinstance(value, str):
+        raise ArlmError(f"{path}:{lineno} field {text_field!r} is not a string")
+    return value

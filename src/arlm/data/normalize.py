@@ -6,6 +6,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from arlm.config import DataConfig
 from arlm.data.corpus import Document, load_documents
 
@@ -70,22 +72,40 @@ def normalize_text(text: str, config: DataConfig) -> str:
     return text
 
 
-def normalize_documents(docs: list[Document], config: DataConfig) -> tuple[list[Document], NormalizeReport]:
-    """Normalize all documents; the report counts per step the characters removed and changed in place."""
-    report = NormalizeReport(chars_before=sum(len(d.text) for d in docs))
-    out = []
-    for doc in docs:
-        text = doc.text
-        for step in steps_for(config):
+class Normalizer:
+    """Normalizes texts one at a time (documents, or pieces of one cut by pieces.safe_cut), accumulating
+    the report; counts are summed over texts, so a stream needs no more memory than its largest piece."""
+
+    def __init__(self, config: DataConfig) -> None:
+        self.steps = steps_for(config)
+        self.report = NormalizeReport()
+
+    def __call__(self, text: str) -> str:
+        """The normalized text; the report counts what each step removed and changed in place."""
+        report = self.report
+        report.chars_before += len(text)
+        for step in self.steps:
             new = apply_step(step, text)
-            same_length = len(new) == len(text)
             report.removed[step] = report.removed.get(step, 0) + len(text) - len(new)
-            edits = sum(a != b for a, b in zip(new, text)) if same_length and new != text else 0
+            edits = _changed_in_place(text, new) if len(new) == len(text) and new != text else 0
             report.edited[step] = report.edited.get(step, 0) + edits
             text = new
-        out.append(Document(doc.name, text))
-    report.chars_after = sum(len(d.text) for d in out)
-    return out, report
+        report.chars_after += len(text)
+        return text
+
+
+def _changed_in_place(old: str, new: str) -> int:
+    """Positions where two texts of equal length differ."""
+    a = np.frombuffer(old.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    b = np.frombuffer(new.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return int(np.count_nonzero(a != b))
+
+
+def normalize_documents(docs: list[Document], config: DataConfig) -> tuple[list[Document], NormalizeReport]:
+    """Normalize all documents; the report counts per step the characters removed and changed in place."""
+    normalizer = Normalizer(config)
+    out = [Document(doc.name, normalizer(doc.text)) for doc in docs]
+    return out, normalizer.report
 
 
 def corpus_text(source: str, config: DataConfig, max_chars: int = 0) -> str:

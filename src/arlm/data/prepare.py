@@ -1,12 +1,21 @@
-"""`arlm prepare`: corpus -> normalize -> split -> tokenizer -> token shards + corpus report."""
+"""`arlm prepare`: corpus -> normalize -> split -> tokenizer -> token shards + corpus report, streaming.
+
+The corpus is read in blocks, normalized and kept in a scratch text store (a few numbers a document in
+memory), split by document lengths and digests, and tokenized in batches of pieces written to the shards
+as they come, so memory does not grow with the corpus's text.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
-from collections.abc import Callable
+import sys
+import time
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,11 +23,14 @@ import numpy as np
 
 from arlm.config import DataConfig
 from arlm.data.batches import BatchSampler
-from arlm.data.corpus import Document, load_documents
-from arlm.data.normalize import normalize_documents
+from arlm.data.corpus import iter_chunks
+from arlm.data.normalize import Normalizer, NormalizeReport
+from arlm.data.pieces import Chunk
 from arlm.data.report import corpus_report, format_report
 from arlm.data.shards import ShardWriter, read_shard
-from arlm.data.split import SPLITS, split_documents
+from arlm.data.sources import is_named_corpus
+from arlm.data.split import SPLITS, SplitPart, plan_splits
+from arlm.data.textstore import TextStore
 from arlm.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from arlm.errors import ArlmError
 
@@ -38,12 +50,24 @@ PREPARE_KEYS = (
     "tokenizer",
     "vocab_size",
 )
+OPTIONAL_KEYS = ("doc_separator", "doc_max_chars")  # recorded only when set: older prepared data still matches
+PIECE_CHARS = 1 << 12  # documents up to this many characters reach the tokenizer whole, longer ones in pieces
+# (tokenizers encodes 4k-character texts about 1.5x faster than 64k ones, and BPE training does not care)
+BATCH_CHARS = 1 << 20  # characters per encode_batch call
+
+
+def prepare_settings(config: DataConfig) -> dict:
+    """The settings that change the prepared shards (not how batches are drawn from them)."""
+    settings = {k: getattr(config, k) for k in PREPARE_KEYS}
+    defaults = DataConfig()
+    settings.update({k: getattr(config, k) for k in OPTIONAL_KEYS if getattr(config, k) != getattr(defaults, k)})
+    return settings
 
 
 def data_fingerprint(config: DataConfig) -> str:
     """Hash of the settings that change the prepared shards (not how batches are drawn from them)."""
-    settings = {k: getattr(config, k) for k in PREPARE_KEYS}
-    if config.source not in ("builtin", "builtin:topics", "builtin:docstrings"):
+    settings = prepare_settings(config)
+    if config.source not in ("builtin", "builtin:topics", "builtin:docstrings") and not is_named_corpus(config.source):
         settings["source"] = str(Path(config.source).resolve()) if Path(config.source).exists() else config.source
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -69,14 +93,9 @@ class PreparedData:
         return self.meta["splits"][split]["tokens"] > 0
 
     def sampler(self, split: str, config: DataConfig, block_size: int, seed: int) -> BatchSampler:
-        """Deterministic batches for a split, refusing one too short for a single block."""
+        """Deterministic batches for a split, refusing one too small for a single batch."""
         tokens = self.tokens(split)
-        need = block_size + 1
-        if config.mode == "packed" and len(tokens) < need:
-            raise ArlmError(
-                f"the {split} split holds {len(tokens)} tokens, shorter than one block ({need} with "
-                f"model.block_size {block_size}); add text or lower model.block_size"
-            )
+        check_split_size(split, len(tokens), block_size, config.mode)
         tok = self.tokenizer
         return BatchSampler(
             tokens,
@@ -97,17 +116,33 @@ class PreparedData:
         return self.meta["splits"][split]["bytes"]
 
 
+def check_split_size(split: str, tokens: int, block_size: int, mode: str) -> None:
+    """Refuse a split too small to train or evaluate on: shorter than one block (packed) or empty (padded)."""
+    need = block_size + 1
+    if mode == "packed" and tokens < need:
+        raise ArlmError(
+            f"the {split} split holds {tokens} tokens, shorter than one block ({need} with "
+            f"model.block_size {block_size}); add text or lower model.block_size"
+        )
+    if tokens == 0:
+        raise ArlmError(f"the {split} split holds no tokens; add text")
+
+
 def prepare(
     config: DataConfig,
     directory: str | Path,
     *,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    block_size: int = 1,
     resolve_tokenizer: Callable[[str], Tokenizer] = load_tokenizer,
 ) -> PreparedData:
-    """Prepare a corpus into `directory`, or reuse it when it was prepared with the same settings; a
+    """Prepare a corpus into `directory`, or reuse it when it was prepared with the same settings; refuse
+    a corpus whose train split (or a non-empty val/test split) is too small for one block of block_size. A
     data.tokenizer that is not trained here (char, word, bpe) is loaded by resolve_tokenizer."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ArlmError(f"{directory} is a file, not a folder; give another folder for the prepared data")
     fingerprint = data_fingerprint(config)
     meta_path = directory / "meta.json"
     if meta_path.exists():
@@ -124,9 +159,12 @@ def prepare(
         raise ArlmError(f"{directory} exists and is not a prepared corpus; choose another --data.prepared_dir")
     tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        report_text = _prepare_into(config, tmp, fingerprint, log, resolve_tokenizer)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ArlmError(f"cannot create {tmp} ({exc.strerror}); give another folder for the prepared data") from None
+    try:
+        report_text = _prepare_into(config, tmp, fingerprint, log, block_size, resolve_tokenizer)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -138,28 +176,46 @@ def prepare(
 
 
 def _prepare_into(
-    config: DataConfig, out: Path, fingerprint: str, log: Callable[[str], None], resolve: Callable[[str], Tokenizer]
+    config: DataConfig,
+    out: Path,
+    fingerprint: str,
+    log: Callable[[str], None],
+    block_size: int,
+    resolve: Callable[[str], Tokenizer],
 ) -> str:
-    docs = load_documents(config.source, text_field=config.text_field, encoding_errors=config.encoding_errors)
-    docs, norm = normalize_documents(docs, config)
-    docs = [d for d in docs if d.text]
-    if not docs:
-        raise ArlmError(f"corpus {config.source!r} is empty after normalization")
-    log(norm.describe())
-    splits = split_documents(docs, config.val_fraction, config.test_fraction, config.seed, config.split)
-    log(f"split: {splits.mode}; " + ", ".join(f"{n} {len(d)} docs" for n, d in splits.items()))
-    tokenizer = train_tokenizer(config.tokenizer, [d.text for d in splits.train], config.vocab_size, resolve)
-    tokenizer.save(out / "tokenizer")
-    counts = {name: _write_split(out, name, split_docs, tokenizer) for name, split_docs in splits.items()}
-    report = corpus_report(out, tokenizer, counts)
-    report.update(normalize=asdict(norm), split_mode=splits.mode, duplicates_dropped=splits.duplicates_dropped)
+    store = TextStore(out / "text.tmp")
+    try:
+        clock = time.perf_counter()
+        norm = _store_documents(config, store)
+        log(f"read {len(store):,} documents in {time.perf_counter() - clock:.1f} s; {norm.describe()}")
+        plan = plan_splits(
+            store.chars, store.digests, config.val_fraction, config.test_fraction, config.seed, config.split
+        )
+        log(f"split: {plan.mode}; " + ", ".join(f"{n} {len(p.docs)} docs" for n, p in plan.items()))
+        clock = time.perf_counter()
+        train_texts = (chunk.text for chunk in _split_pieces(store, plan.parts["train"], PIECE_CHARS))
+        tokenizer = train_tokenizer(config.tokenizer, train_texts, config.vocab_size, resolve)
+        tokenizer.save(out / "tokenizer")
+        log(f"tokenizer: {tokenizer.kind}, {tokenizer.vocab_size:,} ids, in {time.perf_counter() - clock:.1f} s")
+        clock = time.perf_counter()
+        written = {name: _write_split(out, name, store, part, tokenizer) for name, part in plan.items()}
+        tokens, seconds = sum(c["tokens"] for c, _ in written.values()), time.perf_counter() - clock
+        log(f"encoded {tokens:,} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s)")
+    finally:
+        store.close()
+    counts = {name: c for name, (c, _) in written.items()}
+    for name, c in counts.items():
+        if name == "train" or c["tokens"]:
+            check_split_size(name, c["tokens"], block_size, config.mode)
+    report = corpus_report(tokenizer, counts, {name: hist for name, (_, hist) in written.items()})
+    report.update(normalize=asdict(norm), split_mode=plan.mode, duplicates_dropped=plan.duplicates_dropped)
     meta = {
         "version": META_VERSION,
         "fingerprint": fingerprint,
         "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "data": {k: getattr(config, k) for k in PREPARE_KEYS},
+        "data": prepare_settings(config),
         "splits": counts,
-        "split_mode": splits.mode,
+        "split_mode": plan.mode,
     }
     text = format_report(report)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -168,22 +224,72 @@ def _prepare_into(
     return text
 
 
-def _write_split(out: Path, name: str, docs: list[Document], tokenizer: Tokenizer) -> dict:
-    """Tokenize a split's documents (each followed by EOS) into a shard, plus document start offsets."""
-    starts = [0]
-    chars = nbytes = 0
+def _store_documents(config: DataConfig, store: TextStore) -> NormalizeReport:
+    """Read the corpus in pieces, normalize each and keep it in the store; refuse one left empty."""
+    normalizer = Normalizer(config)
+    chunks = iter_chunks(
+        config.source,
+        text_field=config.text_field,
+        encoding_errors=config.encoding_errors,
+        separator=config.doc_separator,
+        max_chars=config.doc_max_chars,
+    )
+    for chunk in chunks:
+        store.write(normalizer(chunk.text))
+        if chunk.ends:
+            store.end_document()
+    if not len(store):
+        raise ArlmError(f"corpus {config.source!r} is empty after normalization")
+    return normalizer.report
+
+
+def _split_pieces(store: TextStore, part: SplitPart, piece_chars: int) -> Iterator[Chunk]:
+    """A split's text in pieces of at most piece_chars (cut where tokenizers see a boundary anyway)."""
+    for doc, start, end in part.segments(store.chars):
+        yield from store.pieces(doc, start, end, piece_chars)
+
+
+def _batches(chunks: Iterable[Chunk], batch_chars: int) -> Iterator[list[Chunk]]:
+    batch, size = [], 0
+    for chunk in chunks:
+        batch.append(chunk)
+        size += len(chunk.text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _write_split(
+    out: Path, name: str, store: TextStore, part: SplitPart, tokenizer: Tokenizer
+) -> tuple[dict, np.ndarray]:
+    """Tokenize a split's documents (each followed by EOS) into a shard, in batches, plus document start
+    offsets; returns the counts and the (vocab,) token histogram."""
+    vocab = tokenizer.vocab_size
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-    with ShardWriter(out / f"{name}.bin", tokenizer.vocab_size) as writer:
-        for i in range(0, len(docs), 256):
-            chunk = docs[i : i + 256]
-            for doc, ids in zip(chunk, tokenizer.encode_batch([d.text for d in chunk])):
-                writer.append(ids + eos)
-                starts.append(writer.count)
-                chars += len(doc.text)
-                nbytes += len(doc.text.encode("utf-8"))
+    starts = array("q", [0])
+    chars = nbytes = 0
+    hist = np.zeros(vocab, dtype=np.int64)
+    piece_chars = PIECE_CHARS if tokenizer.encodes_pieces_exactly() else sys.maxsize  # else documents whole
+    with ShardWriter(out / f"{name}.bin", vocab) as writer:
+        for batch in _batches(_split_pieces(store, part, piece_chars), BATCH_CHARS):
+            parts, size = [], 0
+            for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
+                parts.append(ids)
+                size += len(ids)
+                if chunk.ends:
+                    parts.append(eos)
+                    size += len(eos)
+                    starts.append(writer.count + size)
+                chars += len(chunk.text)
+                nbytes += len(chunk.text.encode("utf-8"))
+            ids_array = np.fromiter(itertools.chain.from_iterable(parts), dtype=writer.dtype, count=size)
+            hist += np.bincount(ids_array, minlength=vocab)[:vocab]
+            writer.append(ids_array)
         count = writer.count
-    np.save(out / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64), allow_pickle=False)
-    return {"documents": len(docs), "characters": chars, "bytes": nbytes, "tokens": count}
+    np.save(out / f"{name}.docs.npy", np.frombuffer(starts, dtype=np.int64), allow_pickle=False)
+    return {"documents": len(starts) - 1, "characters": chars, "bytes": nbytes, "tokens": count}, hist
 
 
 def load_prepared(directory: str | Path) -> PreparedData:
@@ -201,4 +307,4 @@ def load_prepared(directory: str | Path) -> PreparedData:
     return PreparedData(directory, tokenizer, meta)
 
 
-__all__ = ["SPLITS", "PreparedData", "data_fingerprint", "load_prepared", "prepare"]
+__all__ = ["SPLITS", "PreparedData", "check_split_size", "data_fingerprint", "load_prepared", "prepare"]

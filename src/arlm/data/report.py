@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from arlm.data.shards import read_shard
 from arlm.data.tokenizers import Tokenizer
 
 TOP_TOKENS = 20
 
 
-def corpus_report(directory: Path, tokenizer: Tokenizer, counts: dict[str, dict]) -> dict[str, Any]:
-    """Statistics of prepared shards, as a JSON-ready dict."""
+def corpus_report(tokenizer: Tokenizer, counts: dict[str, dict], histograms: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Statistics of prepared shards, as a JSON-ready dict, from the counts and (vocab,) token histograms
+    accumulated while the shards were written."""
     vocab = tokenizer.vocab_size
-    histograms = {name: _histogram(directory / f"{name}.bin", vocab) for name in counts}
     splits = {}
     for name, c in counts.items():
         hist = histograms[name]
@@ -45,14 +43,6 @@ def corpus_report(directory: Path, tokenizer: Tokenizer, counts: dict[str, dict]
             if train[i] > 0
         ],
     }
-
-
-def _histogram(path: Path, vocab: int) -> np.ndarray:
-    hist = np.zeros(vocab, dtype=np.int64)
-    tokens = read_shard(path)
-    for i in range(0, len(tokens), 1 << 24):
-        hist += np.bincount(tokens[i : i + (1 << 24)], minlength=vocab)[:vocab]
-    return hist
 
 
 def format_report(report: dict[str, Any]) -> str:

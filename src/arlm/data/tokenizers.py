@@ -20,6 +20,8 @@ PAD = "<|pad|>"
 UNK = "<|unk|>"
 META_FILE = "arlm_tokenizer.json"
 _WORD = re.compile(r"\w+|[^\w\s]|\s+")  # words, single punctuation marks, whitespace runs: lossless
+# normalizer / pre-tokenizer steps that treat the start or end of each input specially
+_EDGE_STEP = re.compile(r'"type": "(Prepend|Strip)"|"prepend_scheme": "(always|first)"|"add_prefix_space": true')
 
 
 class Tokenizer:
@@ -52,6 +54,10 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts (parallel where the backend allows)."""
         return [self.encode(t) for t in texts]
+
+    def encodes_pieces_exactly(self) -> bool:
+        """Whether a text cut at pieces.safe_cut places encodes piece by piece to the ids of the whole."""
+        return True
 
     def token_bytes(self) -> np.ndarray:
         """(V,) UTF-8 bytes each id stands for (0 for special tokens), for bits per byte."""
@@ -191,8 +197,16 @@ class HFTokenizer(Tokenizer):
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts in parallel (Rust threads)."""
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        """Encode many texts in parallel (Rust threads), without character offsets where tokenizers >= 0.20."""
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def encodes_pieces_exactly(self) -> bool:
+        """False when the normalizer or pre-tokenizer adds or strips text at the start or end of every
+        input (Prepend, Strip, a prefix space, SentencePiece's Metaspace prefix): then each piece would."""
+        config = json.loads(self.backend.to_str())
+        steps = json.dumps([config.get("normalizer"), config.get("pre_tokenizer")])
+        return not _EDGE_STEP.search(steps)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids to text, skipping special tokens."""
@@ -225,10 +239,11 @@ class HFTokenizer(Tokenizer):
 
 
 def train_tokenizer(
-    kind: str, texts: list[str], vocab_size: int, resolve: Callable[[str], Tokenizer] | None = None
+    kind: str, texts: Iterable[str], vocab_size: int, resolve: Callable[[str], Tokenizer] | None = None
 ) -> Tokenizer:
-    """Train a tokenizer of the given kind (char | word | bpe), or load the one `kind` names with `resolve`
-    (default load_tokenizer: files and folders; arlm.interop.loading.load_tokenizer also takes models)."""
+    """Train a tokenizer of the given kind (char | word | bpe) on a stream of texts, or load the one `kind` names
+    with `resolve` (the texts are then not read; default load_tokenizer: files and folders,
+    arlm.interop.loading.load_tokenizer also takes models)."""
     if kind in ("char", "word"):
         return VocabTokenizer.train(kind, texts, vocab_size)
     if kind == "bpe":

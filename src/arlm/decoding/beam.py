@@ -9,8 +9,9 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.processors import no_repeat_ngram, repetition_penalty
+from arlm.decoding.processors import History, process
 from arlm.decoding.types import GenerationOutput
+from arlm.model.kv_cache import KVCache
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
 
@@ -46,66 +47,48 @@ def beam_search(
     config: GenerationConfig,
     *,
     attention_mask: torch.Tensor | None,
-    eos_id: int | None,
+    history: History,
     pad_id: int,
 ) -> GenerationOutput:
     """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores."""
     B, T = prompt_ids.shape
-    K, V = config.num_beams, model.config.vocab_size
+    K = config.num_beams
     device = prompt_ids.device
     max_len = T + config.max_new_tokens
+    eos_id = history.eos_id
+    starts = None if history.starts is None else history.starts.repeat_interleave(K)  # (B*K,)
+    beam_history = History(starts, T, eos_id)  # the K beams of a row share its padding
     keep = max(2, 1 + (eos_id is not None)) * K  # candidates kept a step, so K survive even if all top-K end
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
     start = time.perf_counter()
-
-    cache = model.new_cache(B, max_len)
-    logits = model(prompt_ids, kv_cache=cache, attention_mask=attention_mask, num_logits=1)[:, -1]  # (B, V)
-    cache.reorder(torch.arange(B, device=device).repeat_interleave(K))  # the K beams of a prompt share its prefill
-    logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
-    mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)  # (B*K, T)
-
-    running = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)
-    running[:, :, :T] = prompt_ids[:, None]
-    running_scores = torch.zeros(B, K, device=device)
-    running_scores[:, 1:] = NEG  # at first only beam 0's continuations count (the K copies are identical)
-    finished = running.clone()
-    finished_scores = torch.full((B, K), NEG, device=device)
-    finished_len = torch.zeros(B, K, dtype=torch.long, device=device)
-    is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    cache, logits, mask = _prefill(model, prompt_ids, attention_mask, K, max_len)
+    running, running_scores, finished, finished_scores, finished_len, is_finished = _initial_beams(
+        prompt_ids, K, max_len, pad_id
+    )
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
 
     for cur in range(T, max_len):
-        sequences = running[:, :, :cur].reshape(B * K, cur)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
-        log_probs = repetition_penalty(log_probs, sequences, config.repetition_penalty)
-        log_probs = no_repeat_ngram(log_probs, sequences, config.no_repeat_ngram_size)
-        totals = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
-        top_scores, top_index = torch.topk(totals, keep)  # (B, keep) each
-        source_beam, token = top_index // V, top_index % V
-        candidates = _gather(running, source_beam)  # (B, keep, max_len)
-        candidates[:, :, cur] = token
+        top_scores, source_beam, token, candidates = _candidates(
+            logits, running, running_scores, cur, config, beam_history, keep
+        )
         ends = (token == eos_id) if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
         ends = ends | (cur + 1 >= max_len)  # (B, keep)
-
-        # running beams: the best K candidates that did not end
-        alive_scores = top_scores + ends.float() * NEG
+        alive_scores = top_scores + ends.float() * NEG  # running beams: the best K candidates that did not end
         chosen = torch.topk(alive_scores, K).indices  # (B, K)
         running, running_scores = _gather(candidates, chosen), _gather(alive_scores, chosen)
         parent = _gather(source_beam, chosen)  # (B, K)
-
         # finished hypotheses: candidates that ended within the top K, length-penalised, merged with the old ones
         new_scores = top_scores / ((cur + 1 - T) ** config.length_penalty)
         full = is_finished.all(dim=-1, keepdim=True) & (config.early_stopping is True)
         new_scores = new_scores + full.float() * NEG + (~improvable).float() * NEG
-        new_scores = new_scores + (~(ends & top_k_mask)).float() * NEG
-        merged_scores = torch.cat([finished_scores, new_scores], dim=1)
-        best = torch.topk(merged_scores, K).indices
-        finished = _gather(torch.cat([finished, candidates], dim=1), best)
-        finished_scores = _gather(merged_scores, best)
-        new_len = torch.full_like(token, cur + 1 - T)
-        finished_len = _gather(torch.cat([finished_len, new_len], dim=1), best)
-        is_finished = _gather(torch.cat([is_finished, ends & top_k_mask], dim=1), best)
+        finished, finished_scores, finished_len, is_finished = _merge_finished(
+            (finished, finished_scores, finished_len, is_finished),
+            candidates,
+            new_scores,
+            ends & top_k_mask,
+            cur + 1 - T,
+        )
 
         improvable = _still_improvable(
             improvable, running_scores, finished_scores, is_finished, cur + 1 - T, max_len - T, config
@@ -117,8 +100,88 @@ def beam_search(
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = model(running[:, :, cur].reshape(B * K, 1), kv_cache=cache, attention_mask=mask)[:, -1]
+    return _beam_output(finished, finished_scores, finished_len, config.num_return_sequences, T, start)
 
-    n = config.num_return_sequences
+
+def _prefill(
+    model: torch.nn.Module, prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, K: int, max_len: int
+) -> tuple[KVCache, torch.Tensor, torch.Tensor | None]:
+    """Encode each prompt (B, T) once and copy its cache to its K beams: the cache, the first logits (B*K, V) and
+    the mask (B*K, T)."""
+    B = prompt_ids.shape[0]
+    cache = model.new_cache(B, max_len)
+    logits = model(prompt_ids, kv_cache=cache, attention_mask=attention_mask, num_logits=1)[:, -1]  # (B, V)
+    cache.reorder(torch.arange(B, device=prompt_ids.device).repeat_interleave(K))
+    mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
+    return cache, logits.repeat_interleave(K, dim=0), mask
+
+
+def _initial_beams(prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Running beams (B, K, max_len) holding the prompt and their scores (B, K); no finished hypotheses yet
+    (their ids, scores, lengths and filled flags)."""
+    B, T = prompt_ids.shape
+    device = prompt_ids.device
+    running = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)
+    running[:, :, :T] = prompt_ids[:, None]
+    running_scores = torch.zeros(B, K, device=device)
+    running_scores[:, 1:] = NEG  # at first only beam 0's continuations count (the K copies are identical)
+    finished_scores = torch.full((B, K), NEG, device=device)
+    finished_len = torch.zeros(B, K, dtype=torch.long, device=device)
+    is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    return running, running_scores, running.clone(), finished_scores, finished_len, is_finished
+
+
+def _candidates(
+    logits: torch.Tensor,
+    running: torch.Tensor,
+    running_scores: torch.Tensor,
+    cur: int,
+    config: GenerationConfig,
+    history: History,
+    keep: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `keep` best one-token extensions of the running beams (B, K, max_len) from logits (B*K, V): their
+    summed log-probabilities, source beams and tokens (B, keep) each, and their ids (B, keep, max_len)."""
+    B, K, _ = running.shape
+    V = logits.shape[-1]
+    sequences = running[:, :, :cur].reshape(B * K, cur)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
+    log_probs = process(log_probs, sequences, config, history)  # penalties, n-grams, min new tokens
+    totals = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
+    top_scores, top_index = torch.topk(totals, keep)  # (B, keep) each
+    source_beam, token = top_index // V, top_index % V
+    candidates = _gather(running, source_beam)  # (B, keep, max_len)
+    candidates[:, :, cur] = token
+    return top_scores, source_beam, token, candidates
+
+
+def _merge_finished(
+    old: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    candidates: torch.Tensor,
+    scores: torch.Tensor,
+    ends: torch.Tensor,
+    length: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The K best of the finished hypotheses (ids, scores, lengths, filled; (B, K, ...)) and the candidates
+    (B, keep, max_len) that end here (ends), each `length` tokens long and scored `scores` (B, keep)."""
+    finished, finished_scores, finished_len, is_finished = old
+    K = finished_scores.shape[1]
+    merged_scores = torch.cat([finished_scores, scores + (~ends).float() * NEG], dim=1)
+    best = torch.topk(merged_scores, K).indices
+    new_len = torch.full_like(ends, length, dtype=torch.long)
+    return (
+        _gather(torch.cat([finished, candidates], dim=1), best),
+        _gather(merged_scores, best),
+        _gather(torch.cat([finished_len, new_len], dim=1), best),
+        _gather(torch.cat([is_finished, ends], dim=1), best),
+    )
+
+
+def _beam_output(
+    finished: torch.Tensor, finished_scores: torch.Tensor, finished_len: torch.Tensor, n: int, T: int, start: float
+) -> GenerationOutput:
+    """The n best finished hypotheses per prompt as (B*n, T + longest) rows, with their scores and timing."""
+    B = finished.shape[0]
     lengths = finished_len[:, :n].flatten()  # (B*n,)
     width = T + int(lengths.max())
     sequences = finished[:, :n, :width].reshape(B * n, width)

@@ -7,6 +7,9 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
@@ -23,8 +26,6 @@ def apply_chat_template(
     eos_token: str = "",
 ) -> str:
     """Render a chat template as transformers does (sandboxed Jinja, trim_blocks, lstrip_blocks)."""
-    from jinja2 import TemplateError  # lazy: optional dependency
-    from jinja2.sandbox import ImmutableSandboxedEnvironment  # lazy: optional dependency
 
     def raise_exception(message: str) -> None:
         raise ArlmError(f"chat template: {message}")

@@ -4,13 +4,13 @@ beam search and speculative decoding live in their own files."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.beam import beam_search
-from arlm.decoding.processors import logits_to_probs, make_generator, process, sample
+from arlm.decoding.processors import History, logits_to_probs, make_generator, process, prompt_starts, sample
 from arlm.decoding.speculative import speculative_generate
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback
 from arlm.errors import ArlmError
@@ -55,9 +55,16 @@ def generate(
     prompt_ids = prompt_ids.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
     check_length(model, prompt_ids.shape[1], config.max_new_tokens, sliding=config.strategy in ("greedy", "sample"))
+    if config.strategy == "sample" and config.num_return_sequences > 1:  # N independent samples per prompt
+        prompt_ids = prompt_ids.repeat_interleave(config.num_return_sequences, dim=0)  # (B*N, T)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
+    if config.max_new_tokens == 0:
+        return _prompts_only(prompt_ids, config)
     eos = eos_id if config.stop_at_eos else None
+    history = History(prompt_starts(attention_mask), prompt_ids.shape[1], eos)
     if config.strategy == "beam":
-        return beam_search(model, prompt_ids, config, attention_mask=attention_mask, eos_id=eos, pad_id=pad)
+        return beam_search(model, prompt_ids, config, attention_mask=attention_mask, history=history, pad_id=pad)
     if config.strategy in ("speculative", "prompt-lookup"):
         return speculative_generate(
             model,
@@ -65,7 +72,7 @@ def generate(
             config,
             draft=draft,
             attention_mask=attention_mask,
-            eos_id=eos,
+            history=history,
             pad_id=pad,
             on_token=on_token,
             should_stop=should_stop,
@@ -75,11 +82,21 @@ def generate(
         prompt_ids,
         config,
         attention_mask=attention_mask,
-        eos_id=eos,
+        history=history,
         pad_id=pad,
         on_token=on_token,
         should_stop=should_stop,
     )
+
+
+def _prompts_only(prompt_ids: torch.Tensor, config: GenerationConfig) -> GenerationOutput:
+    """max_new_tokens 0: the prompts (B, T) come back unchanged (num_return_sequences times each for beam)."""
+    n = config.num_return_sequences if config.strategy == "beam" else 1
+    sequences = prompt_ids.repeat_interleave(n, dim=0)  # (B*n, T)
+    rows = sequences.shape[0]
+    scores = torch.zeros(rows, device=prompt_ids.device) if config.strategy == "beam" else None
+    stats = {"new_tokens": 0, "seconds": 0.0, "tokens_per_s": 0.0, "lengths": [0] * rows}
+    return GenerationOutput(sequences, scores, stats, prompt_ids.shape[1])
 
 
 def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int, sliding: bool = False) -> None:
@@ -99,12 +116,16 @@ def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int
 
 
 def choose_next(
-    logits: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None
+    logits: torch.Tensor,
+    sequences: torch.Tensor,
+    config: GenerationConfig,
+    generator: torch.Generator | None,
+    history: History | None = None,
 ) -> torch.Tensor:
     """Greedy argmax of the processed scores, or a sample from the processed distribution: (B, V) -> (B,)."""
     if config.strategy == "greedy" or config.temperature == 0:
-        return process(logits.float(), sequences, config).argmax(dim=-1)
-    return sample(logits_to_probs(logits, sequences, config), generator)
+        return process(logits.float(), sequences, config, history).argmax(dim=-1)
+    return sample(logits_to_probs(logits, sequences, config, history), generator)
 
 
 def compile_options(device: torch.device) -> dict:
@@ -146,7 +167,7 @@ def decode_loop(
     config: GenerationConfig,
     *,
     attention_mask: torch.Tensor | None,
-    eos_id: int | None,
+    history: History,
     pad_id: int,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -158,13 +179,8 @@ def decode_loop(
     never waits for the device except every SYNC_EVERY steps (to see whether every row has stopped)."""
     B, T = prompt_ids.shape
     device = prompt_ids.device
-    block = model.config.block_size
     generator = make_generator(config.seed, device)
-    unpadded = attention_mask is None or bool(attention_mask.all())
-    needed = T + config.max_new_tokens
-    compiled = config.compile and unpadded and needed <= block
-    cache = static_cache(model, B, needed) if compiled else model.new_cache(B, min(needed, block))
-    step_fn = compiled_step(model) if compiled else None
+    cache, step_fn = _decoding_cache(model, B, T + config.max_new_tokens, config, attention_mask)
     mask = attention_mask
     start = time.perf_counter()
     logits = model(prompt_ids, kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]  # (B, V)
@@ -175,13 +191,13 @@ def decode_loop(
     sync_every = sync_interval(device, should_stop)
     pos = torch.tensor([T], device=device) if step_fn is not None else None  # (1,) next position, on the device
     for step in range(config.max_new_tokens):
-        token = choose_next(logits, sequences, config, generator)  # (B,)
+        token = choose_next(logits, sequences, config, generator, history)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         sequences = torch.cat([sequences, token[:, None]], dim=1)  # (B, S+1)
         if on_token is not None:
             on_token(token)
-        if eos_id is not None:
-            done = done | (token == eos_id)
+        if history.eos_id is not None:
+            done = done | (token == history.eos_id)
         if should_stop is not None:
             done = _check_stops(done, sequences[:, T:], should_stop, stopped, step)
         last = step == config.max_new_tokens - 1
@@ -190,10 +206,7 @@ def decode_loop(
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S+1)
         if cache.length == cache.max_len:  # context full: slide
-            keep = block // 2
-            mask = None if mask is None else mask[:, -keep:]
-            cache.rollback(0)
-            logits = model(sequences[:, -keep:], kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]
+            logits, mask = _slide(model, sequences, cache, mask)
             continue
         if step_fn is not None:  # compiled, static shapes: position as a tensor, the whole cache masked
             logits = step_fn(token[:, None], pos, cache)  # (B, V)
@@ -201,9 +214,38 @@ def decode_loop(
             cache.length += 1
             continue
         logits = model(token[:, None], kv_cache=cache, attention_mask=mask)[:, -1]  # (B, V)
-    lengths = _lengths(sequences[:, T:], eos_id, stopped)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # the timing below counts work the loop only queued
+    return _loop_output(sequences, T, _lengths(sequences[:, T:], history.eos_id, stopped), start, prefill_s)
+
+
+def _decoding_cache(
+    model: torch.nn.Module, batch: int, needed: int, config: GenerationConfig, attention_mask: torch.Tensor | None
+) -> tuple[KVCache, Callable | None]:
+    """The KV cache for `needed` positions (at most the context) and, when config.compile applies (unpadded
+    rows that fit the context), the compiled one-token step with its static cache."""
+    block = model.config.block_size
+    unpadded = attention_mask is None or bool(attention_mask.all())
+    if config.compile and unpadded and needed <= block:
+        return static_cache(model, batch, needed), compiled_step(model)
+    return model.new_cache(batch, min(needed, block)), None
+
+
+def _slide(
+    model: torch.nn.Module, sequences: torch.Tensor, cache: KVCache, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The context is full: re-encode the newest half of sequences (B, S) into the emptied cache; the next
+    logits (B, V) and the mask cut to match."""
+    keep = model.config.block_size // 2
+    mask = None if mask is None else mask[:, -keep:]
+    cache.rollback(0)
+    return model(sequences[:, -keep:], kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1], mask
+
+
+def _loop_output(
+    sequences: torch.Tensor, prompt_length: int, lengths: list[int], start: float, prefill_s: float
+) -> GenerationOutput:
+    """The output of decode_loop with its timing (waiting first for the work a GPU loop only queued)."""
+    if sequences.device.type == "cuda":
+        torch.cuda.synchronize(sequences.device)
     total_s = time.perf_counter() - start
     new_tokens = sum(lengths)
     stats = {
@@ -213,7 +255,7 @@ def decode_loop(
         "tokens_per_s": new_tokens / max(total_s, 1e-9),
         "lengths": lengths,
     }
-    return GenerationOutput(sequences, None, stats, T)
+    return GenerationOutput(sequences, None, stats, prompt_length)
 
 
 def sync_interval(device: torch.device, should_stop: StopCheck | None) -> int:

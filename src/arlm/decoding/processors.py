@@ -1,7 +1,10 @@
 """Logits processors, each a small pure function over (B, V) scores, composed in Hugging Face's order:
-repetition penalty, no-repeat n-gram, then temperature, top-k, top-p, min-p."""
+repetition penalty, no-repeat n-gram, min new tokens, then temperature, top-k, top-p, min-p. Those that look at
+earlier tokens see only a row's real tokens: `starts` (B,) gives the index of each left-padded row's first one."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -10,27 +13,62 @@ from arlm.config import GenerationConfig
 NEG_INF = float("-inf")
 
 
-def repetition_penalty(scores: torch.Tensor, sequences: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL-style: scores of tokens already in the sequence are divided (if > 0) or multiplied by penalty."""
+@dataclass(frozen=True)
+class History:
+    """What the processors need to know about the sequences beyond their ids."""
+
+    starts: torch.Tensor | None = None  # (B,) index of each row's first real token; None: no left padding
+    prompt_length: int = 0  # width of the (left-padded) prompts: later columns are generated tokens
+    eos_id: int | None = None  # the token min_new_tokens holds back
+
+
+def prompt_starts(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B,) index of each left-padded row's first real token, from a (B, T) mask (None: no padding)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return (attention_mask != 0).int().argmax(dim=1)
+
+
+def repetition_penalty(
+    scores: torch.Tensor, sequences: torch.Tensor, penalty: float, starts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CTRL-style: scores of tokens already in the sequence are divided (if > 0) or multiplied by penalty;
+    positions before a row's start (left padding) are not counted."""
     if penalty == 1.0:
         return scores
-    seen = torch.gather(scores, 1, sequences)  # (B, S)
+    V = scores.shape[-1]
+    if starts is not None:
+        positions = torch.arange(sequences.shape[1], device=sequences.device)
+        sequences = sequences.masked_fill(positions[None] < starts[:, None], V)  # padding -> a spare column
+    padded = torch.nn.functional.pad(scores, (0, 1))  # (B, V+1)
+    seen = torch.gather(padded, 1, sequences)  # (B, S)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, sequences, seen)
+    return padded.scatter(1, sequences, seen)[:, :V]
 
 
-def no_repeat_ngram(scores: torch.Tensor, sequences: torch.Tensor, n: int) -> torch.Tensor:
-    """Forbid any token that would complete an n-gram already present in the row."""
+def no_repeat_ngram(
+    scores: torch.Tensor, sequences: torch.Tensor, n: int, starts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Forbid any token that would complete an n-gram already present in the row's real tokens."""
     if n <= 0 or sequences.shape[1] < n:
         return scores
     scores = scores.clone()
     rows = sequences.tolist()
+    first = [0] * len(rows) if starts is None else starts.tolist()
     for b, row in enumerate(rows):
+        row = row[first[b] :]
         prefix = tuple(row[len(row) - n + 1 :]) if n > 1 else ()
         banned = {row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i : i + n - 1]) == prefix}
         if banned:
             scores[b, list(banned)] = NEG_INF
     return scores
+
+
+def min_new_tokens(scores: torch.Tensor, new_tokens: int, minimum: int, eos_id: int | None) -> torch.Tensor:
+    """Mask EOS while fewer than `minimum` tokens have been generated (transformers' min_new_tokens)."""
+    if eos_id is None or new_tokens >= minimum:
+        return scores
+    return scores.index_fill(1, torch.tensor([eos_id], device=scores.device), NEG_INF)
 
 
 def temperature(scores: torch.Tensor, value: float) -> torch.Tensor:
@@ -67,10 +105,17 @@ def min_p(scores: torch.Tensor, p: float) -> torch.Tensor:
     return scores.masked_fill(probs < threshold, NEG_INF)
 
 
-def process(scores: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+def process(
+    scores: torch.Tensor,
+    sequences: torch.Tensor,
+    config: GenerationConfig,
+    history: History | None = None,
+) -> torch.Tensor:
     """Apply the configured chain to next-token scores (B, V) given the sequences so far (B, S)."""
-    scores = repetition_penalty(scores, sequences, config.repetition_penalty)
-    scores = no_repeat_ngram(scores, sequences, config.no_repeat_ngram_size)
+    h = history or History()
+    scores = repetition_penalty(scores, sequences, config.repetition_penalty, h.starts)
+    scores = no_repeat_ngram(scores, sequences, config.no_repeat_ngram_size, h.starts)
+    scores = min_new_tokens(scores, sequences.shape[1] - h.prompt_length, config.min_new_tokens, h.eos_id)
     if config.strategy in ("greedy", "beam") or config.temperature == 0:
         return scores
     scores = temperature(scores, config.temperature)
@@ -79,9 +124,11 @@ def process(scores: torch.Tensor, sequences: torch.Tensor, config: GenerationCon
     return min_p(scores, config.min_p)
 
 
-def logits_to_probs(scores: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+def logits_to_probs(
+    scores: torch.Tensor, sequences: torch.Tensor, config: GenerationConfig, history: History | None = None
+) -> torch.Tensor:
     """The sampling distribution (B, V) after every processor."""
-    return process(scores.float(), sequences, config).softmax(dim=-1)
+    return process(scores.float(), sequences, config, history).softmax(dim=-1)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -10,7 +10,7 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.processors import logits_to_probs, make_generator, process
+from arlm.decoding.processors import History, logits_to_probs, make_generator, process
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback
 from arlm.errors import ArlmError
 
@@ -50,9 +50,10 @@ def verify(
 class ModelDrafter:
     """A small model on the same vocabulary proposes tokens from its own KV cache."""
 
-    def __init__(self, model: torch.nn.Module, max_len: int) -> None:
+    def __init__(self, model: torch.nn.Module, max_len: int, history: History) -> None:
         self.model = model
         self.cache = model.new_cache(1, max_len)
+        self.history = history
 
     def propose(
         self, seq: torch.Tensor, gamma: int, config: GenerationConfig, greedy: bool, generator: torch.Generator | None
@@ -66,9 +67,9 @@ class ModelDrafter:
             logits = self.model(pending, kv_cache=self.cache, num_logits=1)[:, -1]  # (1, V)
             context = torch.cat([seq] + [t.view(1, 1) for t in tokens], dim=1)
             if greedy:
-                token = process(logits.float(), context, config).argmax(dim=-1)[0]
+                token = process(logits.float(), context, config, self.history).argmax(dim=-1)[0]
             else:
-                q = logits_to_probs(logits, context, config)[0]  # (V,)
+                q = logits_to_probs(logits, context, config, self.history)[0]  # (V,)
                 token = torch.multinomial(q, 1, generator=generator)[0]
                 probs.append(q)
             tokens.append(token)
@@ -111,7 +112,7 @@ def speculative_generate(
     *,
     draft: torch.nn.Module | None,
     attention_mask: torch.Tensor | None,
-    eos_id: int | None,
+    history: History,
     pad_id: int,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -127,12 +128,12 @@ def speculative_generate(
                 f"the draft's vocabulary ({draft.config.vocab_size}) differs from the target's "
                 f"({target.config.vocab_size}); they must share a tokenizer"
             )
-    T = prompt_ids.shape[1]
+    T, eos_id = prompt_ids.shape[1], history.eos_id
     max_len = T + config.max_new_tokens
     greedy = config.temperature == 0  # greedy speculative decoding: accept while draft == target argmax
     generator = make_generator(config.seed, prompt_ids.device)
     drafter = (
-        ModelDrafter(draft, max_len + config.num_draft_tokens + 1)
+        ModelDrafter(draft, max_len + config.num_draft_tokens + 1, history)
         if config.strategy == "speculative"
         else PromptLookupDrafter(config.prompt_lookup_ngram)
     )
@@ -149,7 +150,7 @@ def speculative_generate(
         logits = target(block, kv_cache=cache)[0]  # (1+g, V)
         stats["target_forwards"] += 1
         contexts = [torch.cat([seq, drafts[None, :j]], dim=1) for j in range(len(drafts) + 1)]
-        p = torch.stack([logits_to_probs(logits[j : j + 1], c, config)[0] for j, c in enumerate(contexts)])
+        p = torch.stack([logits_to_probs(logits[j : j + 1], c, config, history)[0] for j, c in enumerate(contexts)])
         accepted, nxt = verify(p, q, drafts, greedy, generator)
         new = torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)])
         stats["proposed"] += len(drafts)

@@ -1,5 +1,5 @@
-"""Stop strings: a should_stop check for generate() that fires on a row's recent text, and the cut of a finished
-text at the first stop string."""
+"""Stop strings: a should_stop check for generate() that fires on a row's recent text, the cut of a finished
+text at the first stop string, and how much of a streamed text to hold back until no stop string can start it."""
 
 from __future__ import annotations
 
@@ -24,3 +24,14 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     """Text up to (not including) the first stop string."""
     cut = min((text.find(s) for s in stops if s in text), default=-1)
     return text if cut < 0 else text[:cut]
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest ending of text that is a proper start of a stop string (it may yet complete)."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest

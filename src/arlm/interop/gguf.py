@@ -31,7 +31,7 @@ CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types (tokenizer.ggml.token_type
 
 # Pre-tokenizers by `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp splits text for each name.
 _DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone")
-_GPT2 = ("gpt2", "default", "mpt", "olmo", "jais")
+_GPT2 = ("gpt-2", "gpt2", "default", "mpt", "olmo", "jais")  # llama.cpp spells GPT-2's "gpt-2"
 _LLAMA3 = ("llama3", "llama-bpe", "llama-v3", "smaug-bpe", "dbrx", "falcon3")
 _QWEN2 = ("qwen2", "deepseek-r1-qwen")
 _LLAMA3_SPLIT = (

@@ -1,0 +1,58 @@
+"""`arlm generate`'s text side: a streamed single prompt prints exactly the non-streamed text, cut at a stop."""
+
+import io
+import random
+
+import pytest
+import torch
+
+from arlm.commands.generate import Streamer
+from arlm.decoding.stops import cut_at_stop, stop_checker
+
+PIECES = ["a", "b", "le", " s", "pa", "ce", "l", "e", " ", "\n", "ab"]
+
+
+class PieceTokenizer:
+    """A stand-in tokenizer: id i decodes to PIECES[i] (several characters per token, as in BPE)."""
+
+    def decode(self, ids):
+        return "".join(PIECES[i] for i in ids)
+
+
+def _stream(ids: list[int], stops: list[str]) -> tuple[str, list[int]]:
+    """Feed ids as generate() would (ending the row when the stop check fires); the printed text and the ids."""
+    tok, out = PieceTokenizer(), io.StringIO()
+    streamer, should_stop = Streamer(tok, stops, stream=out, prefix="P:"), stop_checker(tok, stops)
+    fed = []
+    for i in ids:
+        fed.append(i)
+        streamer(torch.tensor([i]))
+        if should_stop and should_stop(0, fed):
+            break
+    streamer.finish()
+    return out.getvalue(), fed
+
+
+def test_a_stop_string_split_across_tokens_is_never_printed():
+    ids = [PIECES.index(p) for p in ["l", "a", "le", " s", "pa", "ce"]]
+    printed, _ = _stream(ids, ["le s"])
+    assert printed == "P:la\n"  # not "P:lale s": the text that could start "le s" waited
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_streamed_text_equals_the_whole_text_cut_at_the_stop(seed):
+    rng = random.Random(seed)  # seeded by value
+    ids = [rng.randrange(len(PIECES)) for _ in range(30)]
+    stops = rng.sample(["le s", "ab", "a", "e\n", "space", "b l", "zz"], k=rng.randint(1, 3))
+    printed, fed = _stream(ids, stops)
+    assert printed == "P:" + cut_at_stop(PieceTokenizer().decode(fed), stops) + "\n"
+
+
+def test_without_stops_everything_is_printed_as_it_comes():
+    out = io.StringIO()
+    streamer = Streamer(PieceTokenizer(), [], stream=out, prefix="P:")
+    assert out.getvalue() == ""  # the prompt waits for the first token (errors come before any output)
+    streamer(torch.tensor([2]))
+    assert out.getvalue() == "P:le"
+    streamer.finish()
+    assert out.getvalue() == "P:le\n"
