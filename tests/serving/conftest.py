@@ -61,6 +61,19 @@ def tiny_lm(tmp_path_factory) -> TinyLM:
     return TinyLM(optimize_for_decoding(model), tok, path)
 
 
+def draft_model(lm: TinyLM) -> Transformer:
+    """A draft for speculative decoding: the tiny model with noise on its weights, so that it agrees with it
+    often but not always (some drafts accepted, some rejected)."""
+    import copy
+
+    draft = copy.deepcopy(lm.model)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1 * p.std())
+    return draft
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

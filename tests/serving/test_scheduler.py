@@ -5,13 +5,10 @@ one-at-a-time lane (beam search, speculative decoding, prompt lookup) gives gene
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
-from arlm.config import GenerationConfig, ModelConfig
+from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
-from arlm.model.inference import optimize_for_decoding
-from arlm.model.transformer import Transformer
-from tests.serving.conftest import MODEL_ID, SSEStream, request, start_in_thread, wait_until
+from tests.serving.conftest import MODEL_ID, SSEStream, draft_model, request, start_in_thread, wait_until
 
 PROMPTS = [
     "A",
@@ -117,14 +114,7 @@ def test_a_full_queue_answers_429(tiny_lm):
 
 @pytest.fixture(scope="module")
 def with_draft(tiny_lm):
-    torch.manual_seed(1)
-    vocab = tiny_lm.tokenizer.vocab_size
-    config = ModelConfig(
-        flavour="llama", vocab_size=vocab, block_size=256, n_layer=1, n_head=2, d_model=16, init_std=0.2
-    )
-    draft = optimize_for_decoding(Transformer(config).eval())
-    server, stop = start_in_thread(tiny_lm, draft=draft)
-    server.draft = draft
+    server, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm))
     yield server
     stop()
 
@@ -171,4 +161,4 @@ def test_trace_streams_tokens_verifications_and_beams(with_draft):
     beams = SSEStream(base, "/v1/arlm/trace", {**body, "strategy": "beam", "num_beams": 3}).all()
     steps = [e for e in beams if e["type"] == "beams"]
     assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
-    assert all(len(s["running"]) == 3 for s in steps)
+    assert all(len(s["running"]) == 3 for s in steps[:-1]) and steps[-1]["finished"]

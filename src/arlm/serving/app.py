@@ -53,7 +53,6 @@ class Server:
         self.scheduler, self.model_id = scheduler, model_id
         self.tokenizer = scheduler.tokenizer
         self.context = scheduler.engine.max_len
-        self.block_size = scheduler.model.config.block_size
 
     def check_model(self, name: str) -> None:
         """404 unless the request names the served model."""
@@ -92,7 +91,7 @@ class Server:
 
     def job(self, req: Sampling, prompt: list[int], max_tokens: int | None, emit, top_logprobs: int = -1) -> Job:
         """The scheduler job of a request (default max_tokens: what the context leaves)."""
-        context = self.context if req.resolved_strategy() in BATCH_STRATEGIES else self.block_size
+        context = self.context
         if len(prompt) >= context:
             message = f"the prompt has {len(prompt)} tokens; the context holds {context} (prompt and completion)"
             raise ApiError(400, message, param="prompt", code="context_length_exceeded")
@@ -270,7 +269,8 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": server.model_id, **scheduler.state()}
+        features = {"chat_template": bool(server.tokenizer.chat_template), "draft": scheduler.draft is not None}
+        return {"status": "ok", "model": server.model_id, "context": server.context, **features, **scheduler.state()}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -9,6 +9,8 @@ import uuid
 
 from arlm.data.tokenizers import Tokenizer
 
+ENDED = -1.0e8  # below this a running beam's score means it has ended (beam search rules it out with -1e9)
+
 
 def _bytes(text: str) -> list[int] | None:
     """UTF-8 bytes of a token's text (None when the token is part of a character)."""
@@ -180,6 +182,8 @@ class TraceFormat:
             "type": "beams",
             "index": index,
             "step": data["step"],
-            "running": [{"text": decode(b["tokens"]), "score": b["score"]} for b in running],
+            "running": [  # beams that ended (scored -1e9 by beam search) are no longer running
+                {"text": decode(b["tokens"]), "score": b["score"]} for b in running if b["score"] > ENDED
+            ],
             "finished": [{"text": decode(h["tokens"]), "score": h["score"]} for h in finished],
         }
