@@ -206,7 +206,8 @@ def create_app(scheduler: Scheduler, model_id: str) -> FastAPI:
     app = FastAPI(title="arlm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     _error_handlers(app, scheduler)
-    _routes(app, server)
+    _info_routes(app, server)
+    _generation_routes(app, server)
     app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})
     return app
 
@@ -260,7 +261,7 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     return ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
 
 
-def _routes(app: FastAPI, server: Server) -> None:
+def _info_routes(app: FastAPI, server: Server) -> None:
     scheduler = server.scheduler
 
     @app.get("/", response_class=HTMLResponse)
@@ -283,6 +284,8 @@ def _routes(app: FastAPI, server: Server) -> None:
         card["max_model_len"] = server.context
         return {"object": "list", "data": [card]}
 
+
+def _generation_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         server.check_model(req.model)

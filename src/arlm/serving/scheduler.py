@@ -261,7 +261,7 @@ class Scheduler:
             job = choice.job
             choice.seq = BatchSequence(
                 job.prompt,
-                job.config if choice.index == 0 else _choice_config(job.config, choice.index),
+                _choice_config(job.config, choice.index),
                 eos_id=job.eos_id,
                 top_logprobs=job.top_logprobs,
                 presence_penalty=job.presence_penalty,
