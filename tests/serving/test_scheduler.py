@@ -50,11 +50,12 @@ def test_concurrent_greedy_requests_equal_each_alone(live):
 
 def test_a_request_joins_while_another_is_running(live):
     scheduler = live.scheduler
-    body = {"model": MODEL_ID, "prompt": PROMPTS[0], "max_tokens": 120, "temperature": 0, "stream": True}
-    long = SSEStream(live.base_url, "/v1/completions", body)
-    assert long.next()["choices"]  # it is running
-    scheduler.pause()
+    scheduler.pause(after_steps=3)  # the long request decodes 3 tokens, then the batch waits
     try:
+        body = {"model": MODEL_ID, "prompt": PROMPTS[0], "max_tokens": 120, "temperature": 0, "stream": True}
+        long = SSEStream(live.base_url, "/v1/completions", body)
+        assert long.next()["choices"]  # it is running
+        wait_until(lambda: scheduler.paused, "the batch to pause")
         with ThreadPoolExecutor(1) as pool:
             body = {"model": MODEL_ID, "prompt": PROMPTS[1], "max_tokens": 5, "temperature": 0}
             short = pool.submit(request, live.base_url, "POST", "/v1/completions", body)
@@ -76,11 +77,12 @@ def test_a_request_joins_while_another_is_running(live):
 def test_a_client_that_goes_away_frees_its_slot_within_one_step(live):
     scheduler = live.scheduler
     body = {"model": MODEL_ID, "prompt": PROMPTS[2], "max_tokens": 200, "temperature": 0, "stream": True}
-    stream = SSEStream(live.base_url, "/v1/completions", body)
-    assert stream.next()["choices"]
-    (job,) = scheduler.running()
-    scheduler.pause()
+    scheduler.pause(after_steps=3)  # the request decodes 3 tokens, then the batch waits
     try:
+        stream = SSEStream(live.base_url, "/v1/completions", body)
+        assert stream.next()["choices"]
+        wait_until(lambda: scheduler.paused, "the batch to pause")
+        (job,) = scheduler.running()
         stream.close()
         wait_until(job.cancelled.is_set, "the server to notice the disconnect")
     finally:

@@ -124,6 +124,7 @@ class Scheduler:
         self._gate = threading.Event()  # cleared by pause()
         self._gate.set()
         self._parked = threading.Event()
+        self._pause_in: int | None = None  # steps until pause() takes hold
         self._stopping = False
         self.history: deque[Job] = deque(maxlen=1000)  # finished jobs, newest last (tests, debugging)
         self._threads = [
@@ -200,8 +201,13 @@ class Scheduler:
         with self._cond:
             self._cond.notify_all()
 
-    def pause(self) -> None:
-        """Hold the batch loop at the next step boundary (tests: make arrivals deterministic)."""
+    def pause(self, after_steps: int = 0) -> None:
+        """Hold the batch loop at the next step boundary, or (returning at once) after `after_steps` more steps
+        (tests: make arrivals and what a client has seen deterministic)."""
+        if after_steps > 0:
+            with self._cond:
+                self._pause_in = after_steps
+            return
         self._gate.clear()
         self._parked.clear()
         with self._cond:
@@ -210,7 +216,14 @@ class Scheduler:
 
     def resume(self) -> None:
         """Let the batch loop go on."""
+        with self._cond:
+            self._pause_in = None
         self._gate.set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the batch loop is held at a step boundary now."""
+        return not self._gate.is_set() and self._parked.is_set()
 
     def running(self) -> list[Job]:
         """Jobs with a choice in the batch now."""
@@ -253,6 +266,17 @@ class Scheduler:
                 continue
             self._deliver(emitted)
             self.metrics.step(len(emitted), time.perf_counter() - started, len(self.engine.active))
+            self._count_down()
+
+    def _count_down(self) -> None:
+        """A pause asked for after some steps takes hold."""
+        with self._cond:
+            if self._pause_in is not None:
+                self._pause_in -= 1
+                if self._pause_in <= 0:
+                    self._pause_in = None
+                    self._parked.clear()
+                    self._gate.clear()
 
     def _admit(self) -> None:
         """Waiting choices into free slots, first come first served."""
