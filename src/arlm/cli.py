@@ -488,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="memory: PNG to write (default memory.png)")
 
     verb("presets", cmd_presets)
+
+    from arlm.commands import serve  # a verb of the arlm.commands form: add_arguments(parser), run(args)
+
+    p = verbs.add_parser("serve", help=serve.__doc__, description=serve.__doc__, allow_abbrev=False)
+    serve.add_arguments(p)
+    p.set_defaults(func=lambda args, overrides: _no_overrides(overrides) or serve.run(args))
     return parser
 
 

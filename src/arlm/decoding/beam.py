@@ -9,7 +9,7 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.generate import GenerationOutput
+from arlm.decoding.generate import GenerationOutput, TraceCallback
 from arlm.decoding.processors import History, process
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
@@ -48,8 +48,10 @@ def beam_search(
     attention_mask: torch.Tensor | None,
     history: History,
     pad_id: int,
+    trace: TraceCallback | None = None,
 ) -> GenerationOutput:
-    """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores."""
+    """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores; trace gets
+    the beams after each step (_beam_event)."""
     B, T = prompt_ids.shape
     K, V = config.num_beams, model.config.vocab_size
     device = prompt_ids.device
@@ -112,6 +114,8 @@ def beam_search(
         improvable = _still_improvable(
             improvable, running_scores, finished_scores, is_finished, cur + 1 - T, max_len - T, config
         )
+        if trace is not None:
+            trace(_beam_event(running[:, :, T : cur + 1], running_scores, finished, finished_scores, finished_len, T))
         open_beams = not (bool(is_finished.all()) and config.early_stopping is True)
         if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
             break
@@ -133,3 +137,28 @@ def beam_search(
         "lengths": lengths.tolist(),
     }
     return GenerationOutput(sequences, finished_scores[:, :n].flatten(), stats, T)
+
+
+def _beam_event(
+    running: torch.Tensor,
+    running_scores: torch.Tensor,
+    finished: torch.Tensor,
+    finished_scores: torch.Tensor,
+    finished_len: torch.Tensor,
+    T: int,
+) -> dict:
+    """The beams after a step, per prompt: running beams (generated ids (B, K, n), summed log-probabilities) and
+    finished hypotheses (ids, length-penalised scores), best first."""
+    running_rows = [
+        [{"tokens": ids, "score": score} for ids, score in zip(beams, scores)]
+        for beams, scores in zip(running.tolist(), running_scores.tolist())
+    ]
+    finished_rows = []
+    for b, (scores, lengths) in enumerate(zip(finished_scores.tolist(), finished_len.tolist())):
+        hypotheses = [
+            {"tokens": finished[b, k, T : T + n].tolist(), "score": score}
+            for k, (score, n) in enumerate(zip(scores, lengths))
+            if score > NEG / 2  # the slot holds a hypothesis
+        ]
+        finished_rows.append(hypotheses)
+    return {"event": "beams", "step": running.shape[2], "running": running_rows, "finished": finished_rows}

@@ -17,6 +17,7 @@ from arlm.model.kv_cache import KVCache
 SYNC_EVERY = 16  # GPU decoding looks at the stop flags (a device sync) once per this many tokens
 TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
 StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
+TraceCallback = Callable[[dict], None]  # strategy events: beam search's beams, speculative decoding's verifications
 
 
 @dataclass
@@ -59,8 +60,13 @@ def generate(
     draft: torch.nn.Module | None = None,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
+    trace: TraceCallback | None = None,
 ) -> GenerationOutput:
-    """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy."""
+    """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy.
+
+    trace, if given, receives the strategy's own events as plain dicts: beam search's running beams and finished
+    hypotheses after each step, speculative decoding's drafted tokens and how many were accepted after each target
+    forward (greedy and sampling have none beyond on_token). An exception it raises ends the generation."""
     config.validate()
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     if not isinstance(prompt_ids, torch.Tensor):
@@ -82,7 +88,9 @@ def generate(
     if config.strategy == "beam":
         from arlm.decoding.beam import beam_search
 
-        return beam_search(model, prompt_ids, config, attention_mask=attention_mask, history=history, pad_id=pad)
+        return beam_search(
+            model, prompt_ids, config, attention_mask=attention_mask, history=history, pad_id=pad, trace=trace
+        )
     if config.strategy in ("speculative", "prompt-lookup"):
         from arlm.decoding.speculative import speculative_generate
 
@@ -96,6 +104,7 @@ def generate(
             pad_id=pad,
             on_token=on_token,
             should_stop=should_stop,
+            trace=trace,
         )
     return decode_loop(
         model,

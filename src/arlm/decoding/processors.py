@@ -134,3 +134,14 @@ def logits_to_probs(
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row (B,) drawn from probs (B, V)."""
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def presence_frequency_penalty(
+    scores: torch.Tensor, generated: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """OpenAI's penalties over the generated ids (B, n): each token's score (B, V) lowered by frequency times its
+    count, and by presence once if it occurs at all."""
+    if generated.shape[1] == 0 or (presence == 0.0 and frequency == 0.0):
+        return scores
+    counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+    return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)

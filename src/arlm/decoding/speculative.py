@@ -10,7 +10,7 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.generate import GenerationOutput, StopCheck, TokenCallback, make_generator
+from arlm.decoding.generate import GenerationOutput, StopCheck, TokenCallback, TraceCallback, make_generator
 from arlm.decoding.processors import History, logits_to_probs, process
 from arlm.errors import ArlmError
 
@@ -116,8 +116,11 @@ def speculative_generate(
     pad_id: int,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
+    trace: TraceCallback | None = None,
 ) -> GenerationOutput:
-    """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup')."""
+    """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup'); trace
+    gets each verification: the drafted ids, how many were accepted, the target's own next token, and the target's
+    probability of each token kept."""
     if prompt_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
         raise ArlmError("speculative decoding takes one prompt at a time")
     if config.strategy == "speculative":
@@ -153,6 +156,17 @@ def speculative_generate(
         p = torch.stack([logits_to_probs(logits[j : j + 1], c, config, history)[0] for j, c in enumerate(contexts)])
         accepted, nxt = verify(p, q, drafts, greedy, generator)
         new = torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)])
+        if trace is not None:
+            kept = new.tolist()
+            trace(
+                {
+                    "event": "verify",
+                    "drafted": drafts.tolist(),
+                    "accepted": accepted,
+                    "token": nxt,
+                    "probs": [float(p[j, t]) for j, t in enumerate(kept)],
+                }
+            )
         stats["proposed"] += len(drafts)
         stats["accepted"] += accepted
         marks += [True] * accepted + [False]

@@ -1,0 +1,1 @@
+"""The verbs of the arlm command line, one module each."""
