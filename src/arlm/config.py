@@ -136,7 +136,7 @@ class TrainConfig:
     eval_interval: int = 250
     eval_at_start: bool = False  # evaluate before the first step (the baseline of a fine-tune)
     eval_batches: int = 20  # batches per split at each evaluation; 0: the whole split
-    final_eval_batches: int = 0  # batches per split in the final report; 0: the whole split
+    final_eval_batches: int = 100  # batches per split in the final report (evenly spaced); 0: the whole split
     log_interval: int = 10
     checkpoint_interval: int = 500  # 0: only at the end
     keep_checkpoints: int = 2

@@ -158,9 +158,9 @@ def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -
 
 
 def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
-    """Loss, perplexity and bits per byte on every split (train.final_eval_batches each)."""
+    """Loss, perplexity and bits per byte on every split (train.final_eval_batches each, with a progress bar)."""
     results = {
-        s: trainer.evaluate(s, trainer.tc.final_eval_batches)
+        s: trainer.evaluate(s, trainer.tc.final_eval_batches, progress=True)
         for s in ("train", "val", "test")
         if s in trainer.eval_samplers
     }

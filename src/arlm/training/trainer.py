@@ -272,16 +272,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and logging
 
-    def evaluate(self, split: str, max_batches: int) -> EvalResult:
-        """Mean NLL on a split (batches shared out across processes), with bits per byte."""
+    def evaluate(self, split: str, max_batches: int, *, progress: bool = False) -> EvalResult:
+        """Mean NLL on a split (batches streamed, shared out across processes), with bits per byte; a
+        progress bar on a terminal when asked."""
         sampler = self.eval_samplers[split]
-        batches = list(sampler.eval_batches(self.tc.batch_size, max_batches))
-        world, rank = self.info.world_size, self.info.rank
-        usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
-        mine = batches[rank:usable:world]
+        world, rank, size = self.info.world_size, self.info.rank, self.tc.batch_size
+        batches = sampler.eval_batches(size, max_batches, rank=rank, world=world)
+        bar = None
+        if progress:
+            total = sampler.eval_batch_count(size, max_batches, rank=rank, world=world)
+            bar = Progress(total, desc=f"eval {split}", enabled=None if self.info.is_main else False, leave=False)
+            batches = bar.iterate(batches)
         sums = evaluate_batches(
-            self.model, mine, device=self.device, autocast=self.autocast, token_bytes=self.token_bytes
+            self.model, batches, device=self.device, autocast=self.autocast, token_bytes=self.token_bytes
         )
+        if bar is not None:
+            bar.close()
         return result(*D.all_reduce_sum(list(sums), self.info, self.device))
 
     def _log_train(self, record: dict, progress: Progress) -> None:
