@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     resume = None
     if args.resume is not None:
         config, resume = resume_config(config, args.resume, overrides, preset_given=args.preset is not None)
-    train_command(config, resume=resume, overwrite=args.overwrite)
+    train_command(config, resume=resume, resuming=args.resume is not None, overwrite=args.overwrite)
     return 0
 
 
@@ -74,7 +74,7 @@ def cmd_distill(args: argparse.Namespace, overrides: list[str]) -> int:
         config, path = resume_config(config, args.resume, overrides, preset_given=False)
         from arlm.training.run import train_command
 
-        train_command(config, resume=path)
+        train_command(config, resume=path, resuming=True)
         return 0
     distill_command(config, args.teacher, args.layers, overwrite=args.overwrite)
     return 0

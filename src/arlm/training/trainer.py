@@ -89,6 +89,8 @@ class Trainer:
         self.peak = peak_flops(device, tc.dtype, tc.peak_tflops)
         self.step = self.tokens_seen = self.nonfinite_in_a_row = 0
         self.metrics: MetricsLog | None = None
+        self.on_checkpoint: Callable[[Path], None] | None = None  # called (rank 0) after each checkpoint
+        self._strays_named: set[Path] = set()
 
     # ------------------------------------------------------------------ resume
 
@@ -346,9 +348,18 @@ class Trainer:
                 state=state,
                 state_tensors=tensors,
             )
-            prune_checkpoints(self.run_dir, self.tc.keep_checkpoints)
+            self._prune(meta["data_fingerprint"])
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(path)
         D.barrier(self.info)
         return path
+
+    def _prune(self, fingerprint: str) -> None:
+        """Keep the newest train.keep_checkpoints; name (once) a step-* folder that is not one of ours."""
+        strays = prune_checkpoints(self.run_dir, self.tc.keep_checkpoints, data_fingerprint=fingerprint)
+        for stray in sorted(set(strays) - self._strays_named):
+            self.log(f"warning: ignoring {stray}: not an intact checkpoint of this run, so never pruned")
+        self._strays_named.update(strays)
 
     def _rng_tensors(self) -> dict[str, torch.Tensor]:
         states = {"cpu": torch.get_rng_state()}
