@@ -115,6 +115,16 @@ def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 1
     return False
 
 
+def kill(proc: subprocess.Popen) -> str:
+    """SIGKILL the process if it still runs, reap it, and return what it wrote on stderr."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return proc.stderr.read() if proc.stderr else ""
+
+
 def chi_square_pvalue(observed, expected_probs) -> float:
     """Pearson chi-square goodness-of-fit p-value (cells with expected count < 5 are pooled into one)."""
 

@@ -13,7 +13,7 @@ from arlm.cli import main
 from arlm.training.checkpoint import open_checkpoint
 from arlm.training.logging import read_metrics
 from arlm.training.run import resume_config, train_command
-from tests.helpers import start_train, tiny_config, tiny_raw, wait_for, write_yaml
+from tests.helpers import kill, start_train, tiny_config, tiny_raw, wait_for, write_yaml
 
 
 def _losses(run_dir):
@@ -153,13 +153,13 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, 
     killed = tmp_path / "killed"
     proc = _start(preset, killed, "--train.max_steps", "100000", "--train.checkpoint_interval", "0")
     try:
-        logged = lambda: (killed / "metrics.jsonl").exists() and (killed / "metrics.jsonl").stat().st_size > 0
-        assert wait_for(logged, proc), proc.stderr.read()
+        logged = wait_for(
+            lambda: (killed / "metrics.jsonl").exists() and (killed / "metrics.jsonl").stat().st_size, proc
+        )
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL and not list((killed / "checkpoints").glob("step-*"))
+        stderr = kill(proc)
+    assert logged and proc.returncode == -signal.SIGKILL, stderr
+    assert not list((killed / "checkpoints").glob("step-*"))
     shorter = ["--train.max_steps", "10", "--train.checkpoint_interval", "5"]
     assert main(["train", "--train.out_dir", str(killed), "--resume", *shorter]) == 0  # its saved config
     assert "has no checkpoint yet (the run stopped before its first); training it again from step 0" in (

@@ -10,7 +10,7 @@ import pytest
 
 from arlm.cli import main
 from arlm.training.checkpoint import latest_checkpoint, open_checkpoint
-from tests.helpers import start_train, tiny_raw, wait_for, write_corpus, write_yaml
+from tests.helpers import kill, start_train, tiny_raw, wait_for, write_corpus, write_yaml
 
 LOCK_FILE = "train.lock"  # the run lock's documented name
 
@@ -65,13 +65,10 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_run_aside(t
     before = _snapshot(run)
     proc = start_train(preset, run, "--overwrite", "--train.max_steps", "100000", "--train.checkpoint_interval", "0")
     try:
-        training = lambda: bool(_aside(run)) and (run / "metrics.jsonl").exists()  # the new run's log
-        assert wait_for(training, proc), proc.stderr.read()
+        training = wait_for(lambda: bool(_aside(run)) and (run / "metrics.jsonl").exists(), proc)  # the new log
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+        stderr = kill(proc)
+    assert training and proc.returncode == -signal.SIGKILL, stderr
     (aside,) = _aside(run)
     assert aside.name == f"run.old-{proc.pid}"
     assert _snapshot(aside) == {k: v for k, v in before.items() if k.name != LOCK_FILE}
@@ -94,9 +91,7 @@ def test_a_second_trainer_is_refused_and_a_killed_one_leaves_no_lock(trained, ca
             )
         assert first.poll() is None and not _aside(run)  # the running trainer and its files untouched
     finally:
-        if first.poll() is None:
-            first.send_signal(signal.SIGKILL)
-        first.wait(timeout=60)
+        kill(first)
     newest_step = open_checkpoint(run).meta["step"]
     assert main(["train", "--preset", str(preset), "--resume", "--train.max_steps", str(newest_step + 2)]) == 0
     assert open_checkpoint(run).meta["step"] == newest_step + 2  # the kernel dropped the dead process's lock
