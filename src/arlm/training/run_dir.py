@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 from collections.abc import Iterator
@@ -59,7 +60,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 def set_aside(run_dir: Path) -> Path:
     """Move an earlier run's files into RUN.old-PID beside it (the lock file stays where it is)."""
     aside = run_dir.with_name(f"{run_dir.name}.old-{os.getpid()}")
-    aside.mkdir()
+    for n in itertools.count(1):
+        try:
+            aside.mkdir()
+            break
+        except FileExistsError:  # left by an earlier process of the same pid
+            aside = run_dir.with_name(f"{run_dir.name}.old-{os.getpid()}.{n}")
     for entry in run_dir.iterdir():
         if entry.name != LOCK_FILE:
             os.replace(entry, aside / entry.name)
