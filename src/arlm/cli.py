@@ -38,6 +38,8 @@ def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = build_config(args.preset, overrides)
     directory = args.out or config.data.prepared_dir or str(Path(config.train.out_dir) / "data")
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise ArlmError(f"{directory} is a file; name a folder for the prepared data")
     prepare(config.data, directory, overwrite=args.overwrite, block_size=config.model.block_size)
     print(f"prepared data in {directory}")
     return 0
@@ -51,7 +53,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     resume = None
     if args.resume is not None:
         config, resume = resume_config(config, args.resume, overrides, preset_given=args.preset is not None)
-    train_command(config, resume=resume, overwrite=args.overwrite)
+    train_command(config, resume=resume, resuming=args.resume is not None, overwrite=args.overwrite)
     return 0
 
 
@@ -74,7 +76,7 @@ def cmd_distill(args: argparse.Namespace, overrides: list[str]) -> int:
         config, path = resume_config(config, args.resume, overrides, preset_given=False)
         from arlm.training.run import train_command
 
-        train_command(config, resume=path)
+        train_command(config, resume=path, resuming=True)
         return 0
     distill_command(config, args.teacher, args.layers, overwrite=args.overwrite)
     return 0

@@ -12,7 +12,7 @@ from arlm.config import RunConfig
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
-from arlm.training.checkpoint import load_weights_dict, open_checkpoint
+from arlm.training.checkpoint import FORMAT, MANIFEST, Checkpoint, load_weights_dict, read_checkpoint
 
 
 @dataclass
@@ -60,18 +60,27 @@ def load_model(
 
 
 def _is_hf_folder(path: Path) -> bool:
+    """A folder whose config.json names a transformers model_type, and that is no arlm run or checkpoint
+    (those have checkpoints/ or a manifest, and are verified whatever their config.json says)."""
+    if (path / "checkpoints").is_dir() or (path / MANIFEST).exists():
+        return False
     config = path / "config.json"
-    if not config.exists():
+    if not config.is_file():
         return False
     try:
-        return "model_type" in json.loads(config.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        record = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(record, dict) and "model_type" in record and record.get("format") != FORMAT
 
 
 def load_checkpoint_model(path: str | Path) -> LoadedModel:
-    """Build the model of an arlm checkpoint (or a run's newest checkpoint) with its weights and tokenizer."""
-    checkpoint = open_checkpoint(path)
+    """Build the model of an arlm checkpoint (or a run's newest checkpoint) with its weights and tokenizer;
+    a run's checkpoint pruned by its training process while being read is replaced by the newest one."""
+    return read_checkpoint(path, _checkpoint_model)
+
+
+def _checkpoint_model(checkpoint: Checkpoint) -> LoadedModel:
     tokenizer = checkpoint.tokenizer()
     if tokenizer.fingerprint() != checkpoint.meta.get("tokenizer_fingerprint"):
         raise ArlmError(f"the tokenizer in {checkpoint.path} does not match the one the model was trained with")

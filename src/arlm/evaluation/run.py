@@ -13,6 +13,7 @@ from arlm.data.prepare import load_prepared
 from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result, sliding_window
 from arlm.loading import load_model, pick_device
+from arlm.training.logging import Progress
 
 
 def eval_command(
@@ -70,12 +71,14 @@ def eval_command(
             raise ArlmError(f"the data in {directory} has no {split} split")
         block = context or min(config.model.block_size, 1024)
         sampler = data.sampler(split, config.data, block, config.train.seed)
+        progress = Progress(sampler.eval_batch_count(config.train.batch_size, batches), desc="eval", leave=False)
         sums = evaluate_batches(
             model,
-            sampler.eval_batches(config.train.batch_size, batches),
+            progress.iterate(sampler.eval_batches(config.train.batch_size, batches)),
             device=model.tok_emb.weight.device,
             token_bytes=tokenizer.token_bytes(),
         )
+        progress.close()
         res = result(*sums)
         where = f"{split} split of {directory} (blocks of {block})"
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
