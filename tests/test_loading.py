@@ -1,6 +1,7 @@
 """Model references: which loader a folder goes to, and readers of a run that is being trained."""
 
 import json
+import time
 
 import pytest
 
@@ -74,7 +75,8 @@ def test_loading_a_run_while_it_trains_and_prunes(tmp_path, corpus_dir):
     sources = []
     try:
         if wait_for(lambda: any((out / "checkpoints").glob("step-*")), proc):
-            while proc.poll() is None and len(sources) < 60:
+            deadline = time.monotonic() + 240  # bounded; loads go on until the run has moved on twice
+            while proc.poll() is None and len(set(sources)) < 3 and time.monotonic() < deadline:
                 sources.append(load_model(out).source)
     finally:
         stderr = kill(proc)

@@ -38,8 +38,6 @@ def cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = build_config(args.preset, overrides)
     directory = args.out or config.data.prepared_dir or str(Path(config.train.out_dir) / "data")
-    if Path(directory).exists() and not Path(directory).is_dir():
-        raise ArlmError(f"{directory} is a file; name a folder for the prepared data")
     prepare(config.data, directory, overwrite=args.overwrite, block_size=config.model.block_size)
     print(f"prepared data in {directory}")
     return 0
