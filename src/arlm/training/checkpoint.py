@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 FORMAT = "arlm-checkpoint-1"
 REQUIRED_FILES = ("config.json", "model.safetensors")
 STEP_NAME = re.compile(r"step-(\d+)")
-READ_ATTEMPTS = 5  # a reader retries this often when a training process prunes the checkpoint it reads
+READ_ATTEMPTS = 20  # a reader retries this often when a training process prunes the checkpoint it reads
 T = TypeVar("T")
 
 
@@ -280,9 +280,11 @@ def read_checkpoint(path: str | Path, read: Callable[[Checkpoint], T], *, attemp
         before = list_checkpoints(path) if is_run else []
         try:
             return read(open_checkpoint(path))
-        except (ArlmError, OSError, SafetensorError) as exc:
+        except (ArlmError, OSError, SafetensorError, RuntimeError) as exc:  # safetensors: file gone -> RuntimeError
             if is_run and attempt < attempts and list_checkpoints(path) != before:
                 continue  # the run's checkpoints changed while we read: look again
+            if type(exc) is RuntimeError:
+                raise  # not a file that went away: a real error, shown as it is
             raise _read_error(path, exc) from None
 
 
