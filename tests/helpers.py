@@ -92,6 +92,43 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     )
 
 
+def start_train(preset: Path, out_dir: Path, *extra: str) -> subprocess.Popen:
+    """Start `arlm train --preset PRESET --train.out_dir OUT_DIR EXTRA` as its own process (stderr piped)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "arlm", "train", "--preset", str(preset), "--train.out_dir", str(out_dir), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 120) -> bool:
+    """Poll until condition() holds (False if the process ended or the bounded wait ran out first)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return condition()
+        time.sleep(0.02)
+    return False
+
+
+def kill(proc: subprocess.Popen) -> str:
+    """SIGKILL the process if it still runs, reap it, and return what it wrote on stderr."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return proc.stderr.read() if proc.stderr else ""
+
+
 def chi_square_pvalue(observed, expected_probs) -> float:
     """Pearson chi-square goodness-of-fit p-value (cells with expected count < 5 are pooled into one)."""
 

@@ -333,3 +333,33 @@ def test_the_end_of_training_sample_follows_the_generate_section():
     config = sample_config(GenerationConfig(strategy="speculative", temperature=0.6, top_k=5), 30, seed=11)
     assert config == GenerationConfig(strategy="sample", temperature=0.6, top_k=5, max_new_tokens=30, seed=11)
     assert sample_config(GenerationConfig(seed=2), 30, seed=11).seed == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        (("--train.lr", "nan"), "train.lr must be a finite number"),
+        (("--train.lr", "inf"), "train.lr must be a finite number"),
+        (("--train.eval_batches", "-1"), "train.eval_batches must be 0 or more"),
+        (("--train.final_eval_batches", "-1"), "train.final_eval_batches must be 0 or more"),
+        (("--train.threads", "-1"), "train.threads must be 0 or more"),
+        (("--train.checkpoint_interval", "-5"), "train.checkpoint_interval must be 0 or more"),
+        (("--train.warmup_steps", "-1"), "train.warmup_steps must be 0 or more"),
+        (("--train.beta2", "1"), "must be below 1"),
+        (("--model.block_size", "1"), "model.block_size must be at least 2"),
+    ],
+)
+def test_impossible_settings_are_refused_before_anything_is_written(tmp_path, capsys, override, match):
+    corpus = write_corpus(tmp_path / "corpus")
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus, train={"max_steps": 1}))
+    out = tmp_path / "run"
+    _fails(capsys, "train", "--preset", str(preset), "--train.out_dir", str(out), *override, match=match)
+    assert not out.exists()
+
+
+def test_a_file_where_a_folder_is_needed(tmp_path, capsys):
+    file = tmp_path / "file.txt"
+    file.write_text("keep me")
+    _fails(capsys, "train", "--train.out_dir", str(file), match="is a file")
+    _fails(capsys, "prepare", "--out", str(file), match="is a file")
+    assert file.read_text() == "keep me"

@@ -34,6 +34,7 @@ VERBS: dict[str, str] = {  # the spelling on the command line -> the module that
     "study exposure-bias": "arlm.commands.study_exposure_bias",
     "generate": "arlm.commands.generate",
     "chat": "arlm.commands.chat",
+    "serve": "arlm.commands.serve",
     "export hf": "arlm.commands.export_hf",
     "export gguf": "arlm.commands.export_gguf",
     "bench train": "arlm.commands.bench_train",

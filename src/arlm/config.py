@@ -63,6 +63,14 @@ class ModelConfig:
         _choice("model.attention", self.attention, ("sdpa", "naive"))
         for name in ("block_size", "n_layer", "n_head", "d_model"):
             _positive(f"model.{name}", getattr(self, name))
+        if self.block_size < 2:
+            raise ArlmError(f"model.block_size must be at least 2 (an input and its next token), got {self.block_size}")
+        for name in ("vocab_size", "d_ff", "n_kv_head"):
+            _non_negative(f"model.{name}", getattr(self, name) or 0)
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            _finite(f"model.{name}", getattr(self, name), low=0.0)
+            if getattr(self, name) == 0:
+                raise ArlmError(f"model.{name} must be above 0")
         if self.d_model % self.n_head:
             raise ArlmError(f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
         if self.n_head % self.kv_heads:
@@ -141,7 +149,7 @@ class TrainConfig:
     eval_interval: int = 250
     eval_at_start: bool = False  # evaluate before the first step (the baseline of a fine-tune)
     eval_batches: int = 20  # batches per split at each evaluation; 0: the whole split
-    final_eval_batches: int = 0  # batches per split in the final report; 0: the whole split
+    final_eval_batches: int = 100  # batches per split in the final report (evenly spaced); 0: the whole split
     log_interval: int = 10
     checkpoint_interval: int = 500  # 0: only at the end
     keep_checkpoints: int = 2
@@ -171,6 +179,37 @@ class TrainConfig:
             raise ArlmError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.keep_checkpoints < 1:
             raise ArlmError("train.keep_checkpoints must be at least 1")
+        _positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
+        for name in TRAIN_COUNTS:
+            _non_negative(f"train.{name}", getattr(self, name))
+        for name, (low, high) in TRAIN_RANGES.items():
+            _finite(f"train.{name}", getattr(self, name), low=low, high=high)
+        if max(self.beta1, self.beta2) >= 1 or self.distill_temperature == 0:
+            raise ArlmError("train.beta1 and train.beta2 must be below 1, and train.distill_temperature above 0")
+
+
+TRAIN_COUNTS = (  # integers of TrainConfig where 0 is allowed (off, or "the default") and < 0 is not
+    "warmup_steps",
+    "lr_decay_steps",
+    "threads",
+    "eval_batches",
+    "final_eval_batches",
+    "checkpoint_interval",
+    "scheduled_sampling_warmup",
+    "sample_tokens",
+)
+TRAIN_RANGES = {  # floats of TrainConfig: finite, within [low, high] (None: unbounded)
+    "lr": (0.0, None),
+    "min_lr": (0.0, None),
+    "weight_decay": (0.0, None),
+    "beta1": (0.0, 1.0),
+    "beta2": (0.0, 1.0),
+    "grad_clip": (0.0, None),
+    "peak_tflops": (0.0, None),
+    "distill_temperature": (0.0, None),
+    "distill_alpha": (0.0, 1.0),
+    "scheduled_sampling": (0.0, 1.0),
+}
 
 
 @dataclass
@@ -261,6 +300,18 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise ArlmError(f"{name} must be a positive integer, got {value}")
+
+
+def _non_negative(name: str, value: int) -> None:
+    if value < 0:
+        raise ArlmError(f"{name} must be 0 or more, got {value}")
+
+
+def _finite(name: str, value: float, *, low: float, high: float | None = None) -> None:
+    """Refuse NaN, infinities, and values outside [low, high]."""
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        limit = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+        raise ArlmError(f"{name} must be a finite number {limit}, got {value}")
 
 
 # ---------------------------------------------------------------- loading, overrides, presets

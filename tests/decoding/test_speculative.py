@@ -159,3 +159,19 @@ def test_min_new_tokens_keeps_greedy_speculative_equal_to_greedy(strategy, draft
     config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=30, min_new_tokens=12)
     draft = None if draft_seed is None else (target if draft_seed == 0 else _model(draft_seed, layers=1, d=16))
     assert generate(target, prompt, config, draft=draft, eos_id=eos).generated()[0] == expected
+
+
+def test_trace_reports_every_verification():
+    target, draft = _model(0), _model(1, layers=1, d=16)
+    config = GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=30, num_draft_tokens=3)
+    events = []
+    out = generate(target, [[1, 2, 3]], config, draft=draft, trace=events.append)
+    assert len(events) == out.stats["target_forwards"]
+    kept = []
+    for e in events:
+        assert e["event"] == "verify" and 0 <= e["accepted"] <= len(e["drafted"]) <= 3
+        new = e["drafted"][: e["accepted"]] + [e["token"]]
+        assert len(e["probs"]) == len(new) and all(0 < p <= 1 for p in e["probs"])
+        kept += new
+    assert kept[:30] == out.generated()[0]
+    assert sum(e["accepted"] for e in events) == out.stats["accepted"]

@@ -1,3 +1,8 @@
+import errno
+import json
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -10,6 +15,7 @@ from arlm.interop.checkpoint import (
     prune_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 
@@ -74,3 +80,126 @@ def test_keep_last_n(tmp_path):
         _save(tmp_path, step)
     prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000003", "step-00000004"]
+
+
+def _rewrite_manifest(path):
+    """Recompute the manifest after a deliberate edit, so only the edit itself is wrong."""
+    from arlm.interop.checkpoint import _write_manifest
+
+    (path / "manifest.json").unlink()
+    _write_manifest(path)
+
+
+def _stray(run, step, *, size_off=0):
+    """A step-* folder copied from the newest checkpoint, its manifest listing a wrong size for the weights."""
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    stray = run / "checkpoints" / f"step-{step:08d}"
+    shutil.copytree(newest, stray)
+    manifest = json.loads((stray / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"]["bytes"] += size_off
+    (stray / "manifest.json").write_text(json.dumps(manifest))
+    return stray
+
+
+def test_prune_deletes_only_intact_checkpoints_of_this_run(tmp_path):
+    for step in (1, 2, 3):
+        _save(tmp_path, step)
+    folder = tmp_path / "checkpoints"
+    wrong_size = _stray(tmp_path, 99999999, size_off=1)
+    copied = _stray(tmp_path, 99999998)  # intact files, but its config.json says step 3
+    bad_shape = folder / "step-99999997"
+    shutil.copytree(folder / "step-00000003", bad_shape)
+    (bad_shape / "manifest.json").write_text("[1, 2]")
+    unfinished = folder / "step-99999996"
+    unfinished.mkdir()
+    strays = prune_checkpoints(tmp_path, keep=1)
+    assert sorted(strays) == sorted([wrong_size, copied, bad_shape, unfinished])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["step-00000003", wrong_size.name, copied.name, bad_shape.name, unfinished.name]
+    )
+    open_checkpoint(folder / "step-00000003")  # the newest intact one, kept and whole
+    _save(tmp_path, 4)
+    prune_checkpoints(tmp_path, keep=1, data_fingerprint="another run's data")
+    assert (folder / "step-00000003").exists() and (folder / "step-00000004").exists()  # neither is this run's
+
+
+def test_prune_removes_stale_temporaries_and_trash_only(tmp_path):
+    _save(tmp_path, 1)
+    folder = tmp_path / "checkpoints"
+    for name in (".step-00000002.tmp-999999", ".trash-step-00000000", ".trash-step-00000003.tmp-5", ".user-notes"):
+        (folder / name).mkdir()
+    prune_checkpoints(tmp_path, keep=1)
+    assert sorted(p.name for p in folder.iterdir()) == [".user-notes", "step-00000001"]
+
+
+@pytest.mark.parametrize(
+    "manifest", ["[1, 2]", '{"files": [1]}', '{"files": {"config.json": 3}}', '{"files": {}}', "\xff"]
+)
+def test_a_manifest_of_the_wrong_shape_is_one_error_and_resume_falls_back(tmp_path, manifest):
+    _save(tmp_path, 10)
+    newest = _save(tmp_path, 20)
+    (newest / "manifest.json").write_text(manifest, encoding="latin-1")
+    with pytest.raises(ArlmError, match="corrupt manifest.json"):
+        open_checkpoint(newest)
+    warnings = []
+    assert latest_checkpoint(tmp_path, log=warnings.append).name == "step-00000010"
+    assert len(warnings) == 1 and "step-00000020" in warnings[0]
+
+
+def test_manifest_names_outside_the_checkpoint_are_refused(tmp_path):
+    path = _save(tmp_path, 10)
+    (tmp_path / "outside").write_text("x")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["../../outside"] = {"bytes": 1, "sha256": "0" * 64}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArlmError, match="corrupt manifest.json"):
+        verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("config", ["[1, 2, 3]", "{not json", '{"format": "something-else"}'])
+def test_a_config_json_of_the_wrong_shape_is_one_error(tmp_path, config):
+    path = _save(tmp_path, 10)
+    (path / "config.json").write_text(config)
+    _rewrite_manifest(path)  # the manifest agrees: only the record itself is wrong
+    with pytest.raises(ArlmError, match="config.json"):
+        open_checkpoint(path)
+
+
+def test_a_failed_save_leaves_no_temporary_and_says_why(tmp_path, monkeypatch):
+    import arlm.interop.checkpoint as ckpt
+
+    _save(tmp_path, 1)
+
+    def disk_full(tensors, filename, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+    monkeypatch.setattr(ckpt, "save_file", disk_full)
+    for _ in range(2):
+        with pytest.raises(ArlmError, match="could not write checkpoint .*step-00000002: No space left on device"):
+            _save(tmp_path, 2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
+    open_checkpoint(tmp_path / "checkpoints" / "step-00000001")
+
+
+def test_a_checkpoint_pruned_while_read_is_replaced_by_the_newest(tmp_path, monkeypatch):
+    from arlm.interop.checkpoint import Checkpoint, read_checkpoint
+
+    _save(tmp_path, 1)
+    _save(tmp_path, 2)
+    real = Checkpoint.model_state
+    pruned = []
+
+    def trainer_saves_and_prunes_first(self, *args, **kwargs):
+        if len(pruned) < 1:  # what a training process does between our verify and our load
+            _save(tmp_path, self.meta["step"] + 1)
+            prune_checkpoints(tmp_path, keep=1)
+            pruned.append(self.path.name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "model_state", trainer_saves_and_prunes_first)
+    weights, name = read_checkpoint(tmp_path, lambda c: (c.model_state(), c.path.name))
+    assert pruned == ["step-00000002"] and name == "step-00000003"
+    assert torch.equal(weights["w"], torch.full((4, 4), 3.0))
+    pruned.clear()  # a checkpoint named by the user (not a run folder) cannot be replaced: one line
+    with pytest.raises(ArlmError, match="step-00000003 was deleted while it was being read"):
+        read_checkpoint(tmp_path / "checkpoints" / "step-00000003", lambda c: c.model_state())

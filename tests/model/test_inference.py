@@ -30,3 +30,15 @@ def test_optimized_model_decodes_the_same(flavour):
     assert any(isinstance(m, ChunkedLinear) for m in model.modules())
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     assert generate(model, [[1, 2, 3]], config).generated() == plain
+
+
+def test_chunked_linear_is_batch_invariant():
+    """A row gets the same bits alone as among others (continuous batching relies on it)."""
+    torch.manual_seed(0)
+    for chunks, (d_in, d_out) in [(1, (32, 50)), (2, (64, 96)), (3, (48, 99))]:
+        chunked = ChunkedLinear(torch.nn.Linear(d_in, d_out), chunks=chunks)
+        x = torch.randn(9, d_in)
+        together = chunked(x)
+        for i in range(9):
+            assert torch.equal(chunked(x[i : i + 1]), together[i : i + 1])
+        assert torch.equal(chunked(x[2:5]), together[2:5])

@@ -82,8 +82,8 @@ def test_smollm2_fine_tune_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_command(crashed, log=lambda _: None)
     monkeypatch.setattr(Trainer, "train_step", original)
-    config, path = resume_config(crashed, "latest", [], preset_given=True)
-    train_command(config, resume=path, log=lambda _: None)
+    config, checkpoint = resume_config(crashed, "latest", [], preset_given=True)
+    train_command(config, resume=checkpoint, log=lambda _: None)
     losses = [
         [r["train_nll"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "train_nll" in r]
         for run in ("a", "b")

@@ -1,16 +1,19 @@
 """Exact resume: a run killed with SIGKILL at any point and resumed ends bit-identical to one never killed."""
 
+import json
 import os
+import shutil
 import signal
-import subprocess
-import sys
 import time
+from collections import Counter
 
 import pytest
 
+from arlm.cli import main
 from arlm.commands.train import resume_config, train_command
+from arlm.interop.checkpoint import open_checkpoint
 from arlm.training.logging import read_metrics
-from tests.helpers import REPO, tiny_config, tiny_raw, write_yaml
+from tests.helpers import kill, start_train, tiny_config, tiny_raw, wait_for, write_yaml
 
 
 def _losses(run_dir):
@@ -47,25 +50,16 @@ def test_resume_in_process_is_exact(tmp_path, corpus_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_command(interrupted, log=lambda _: None)
     monkeypatch.setattr(Trainer, "train_step", original)
-    config, path = resume_config(interrupted, "latest", [], preset_given=False)
-    assert path.name == "step-00000008"
-    train_command(config, resume=path, log=lambda _: None)
+    config, checkpoint = resume_config(interrupted, "latest", [], preset_given=False)
+    assert checkpoint.path.name == "step-00000008"
+    train_command(config, resume=checkpoint, log=lambda _: None)
     a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
     assert _losses(b) == _losses(a)
     assert _evals(b) == _evals(a)
     assert _weights(b) == _weights(a)
 
 
-def _start(preset, out_dir, *extra):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "arlm", "train", "--preset", str(preset), "--train.out_dir", str(out_dir), *extra],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+_start = start_train
 
 
 def _kill_when(proc, condition, delay):
@@ -110,3 +104,86 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path, corpus_dir,
     assert _losses(killed_dir) == _losses(tmp_path / "straight")
     assert _evals(killed_dir) == _evals(tmp_path / "straight")
     assert _weights(killed_dir) == _weights(tmp_path / "straight")
+
+
+@pytest.fixture
+def finished(tmp_path, corpus_dir):
+    """A preset and its finished 10-step run (checkpoints at steps 5 and 10)."""
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"checkpoint_interval": 5}))
+    assert main(["train", "--preset", str(preset), "--train.max_steps", "10"]) == 0
+    return preset, tmp_path / "run"
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, capsys):
+    _, run = finished
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", "--train.out_dir", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} is already finished (step-00000010, train.max_steps 10)" in out
+    assert "wrote None" not in out
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_resume_hashes_each_checkpoint_file_once(finished, monkeypatch):
+    import arlm.interop.checkpoint as ckpt
+
+    preset, run = finished
+    resumed = run / "checkpoints" / "step-00000010"
+    hashed = Counter()
+    real = ckpt._sha256
+
+    def counting(file):
+        hashed[file] += 1
+        return real(file)
+
+    monkeypatch.setattr(ckpt, "_sha256", counting)
+    for argv in (["--preset", str(preset)], ["--train.out_dir", str(run)]):  # config from the preset, or saved
+        hashed.clear()
+        assert main(["train", *argv, "--resume", "--train.max_steps", "12", "--train.checkpoint_interval", "0"]) == 0
+        files = {p for p in resumed.rglob("*") if p.is_file() and p.name != "manifest.json"}
+        assert {f: n for f, n in hashed.items() if resumed in f.parents} == dict.fromkeys(files, 1)
+        resumed_to = run / "checkpoints" / "step-00000012"
+        shutil.rmtree(resumed_to)  # so the second pass resumes step 10 again
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, corpus_dir, capsys):
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir))
+    killed = tmp_path / "killed"
+    proc = _start(preset, killed, "--train.max_steps", "100000", "--train.checkpoint_interval", "0")
+    try:
+        logged = wait_for(
+            lambda: (killed / "metrics.jsonl").exists() and (killed / "metrics.jsonl").stat().st_size, proc
+        )
+    finally:
+        stderr = kill(proc)
+    assert logged and proc.returncode == -signal.SIGKILL, stderr
+    assert not list((killed / "checkpoints").glob("step-*"))
+    shorter = ["--train.max_steps", "10", "--train.checkpoint_interval", "5"]
+    assert main(["train", "--train.out_dir", str(killed), "--resume", *shorter]) == 0  # its saved config
+    assert "has no checkpoint yet (the run stopped before its first); training it again from step 0" in (
+        capsys.readouterr().out
+    )
+    assert main(["train", "--preset", str(preset), "--train.out_dir", str(tmp_path / "straight"), *shorter]) == 0
+    assert _losses(killed) == _losses(tmp_path / "straight")
+    assert _weights(killed) == _weights(tmp_path / "straight")
+
+
+def test_a_stray_step_folder_is_never_pruned_nor_counted(finished, capsys):
+    preset, run = finished
+    stray = run / "checkpoints" / "step-99999999"
+    shutil.copytree(run / "checkpoints" / "step-00000010", stray)
+    manifest = json.loads((stray / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"]["bytes"] += 1  # the wrong size
+    (stray / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert (
+        main(["train", "--preset", str(preset), "--resume", "--train.keep_checkpoints", "1", "--train.max_steps", "20"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step-00000010 at step 10" in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000020", "step-99999999"]
+    assert out.count(f"warning: ignoring {stray}") == 1  # named once, though the run saved twice
+    assert open_checkpoint(run).path.name == "step-00000020"

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -149,3 +150,58 @@ def test_compiled_training_follows_the_eager_curve(tmp_path, corpus_dir, smoothi
     assert "_forward_loss" in compiled  # forward and loss compiled as one function, not the model alone
     assert counters["frames"]["ok"] > 0  # and compiled frames did run
     assert curves[1] == pytest.approx(curves[0], abs=1e-4)
+
+
+def test_the_final_report_is_bounded_by_default(tmp_path, corpus_dir):
+    from arlm.config import TrainConfig
+
+    bound = TrainConfig().final_eval_batches
+    assert bound > 0  # 0 would score the whole train split: hours on a large corpus
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 1, "final_eval_batches": bound})
+    summary = train_command(config, log=lambda _: None)
+    rows = config.train.batch_size * config.model.block_size
+    assert summary.final["train"].tokens == bound * rows  # the train split holds more than that
+    assert summary.final["val"].tokens < bound * rows  # a small split is scored whole
+
+
+def test_evaluation_streams_its_batches_and_shows_progress_on_a_terminal(tmp_path, corpus_dir, monkeypatch):
+    import io
+    import sys
+    import weakref
+
+    from arlm.data.batches import BatchSampler
+
+    count = {"alive": 0, "most": 0, "made": 0}
+    packed = BatchSampler._packed
+
+    def died():
+        count["alive"] -= 1
+
+    def tracked(self, offsets):
+        batch = packed(self, offsets)
+        weakref.finalize(batch, died)
+        count["alive"] += 1
+        count["made"] += 1
+        count["most"] = max(count["most"], count["alive"])
+        return batch
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(BatchSampler, "_packed", tracked)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("TERM", "xterm")
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 1, "final_eval_batches": 0})
+    summary = train_command(config, log=lambda _: None)
+    assert summary.final["train"].tokens > 200 * config.model.block_size  # the whole split: hundreds of batches
+    assert count["made"] > 200 and count["most"] <= 3  # made one at a time, never held in a list
+    shown = terminal.getvalue()
+    for split in ("train", "val", "test"):  # a tqdm bar per split of the final report
+        assert re.search(rf"eval {split}: +\d+%\|", shown), shown
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, corpus_dir, capsys):
+    train_command(tiny_config(tmp_path, corpus_dir, train={"max_steps": 1}), log=lambda _: None)
+    assert capsys.readouterr().err == ""

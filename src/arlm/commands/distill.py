@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args.preset, args.overrides)
     if args.resume is not None:
         config, path = resume_config(config, args.resume, args.overrides, preset_given=False)
-        train_command(config, resume=path)
+        train_command(config, resume=path, resuming=True)
         return 0
     distill_command(config, args.teacher, args.layers, overwrite=args.overwrite)
     return 0

@@ -127,10 +127,12 @@ def _on_split(
     data = run_data(loaded, split, data_dir)
     block = context or min(config.model.block_size, 1024)
     sampler = data.sampler(split, config.data, block, config.train.seed)
+    progress = Progress(sampler.eval_batch_count(config.train.batch_size, batches), desc="eval", leave=False)
     sums = evaluate_batches(
         loaded.model,
-        sampler.eval_batches(config.train.batch_size, batches),
+        progress.iterate(sampler.eval_batches(config.train.batch_size, batches)),
         device=loaded.model.tok_emb.weight.device,
         token_bytes=loaded.tokenizer.token_bytes(),
     )
+    progress.close()
     return result(*sums), f"{split} split of {data.directory} (blocks of {block})"

@@ -6,9 +6,9 @@ whole job as a function (the demo, distill, sweep and the studies run it too).""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +30,13 @@ from arlm.data.prepare import PreparedData, load_prepared, prepare
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult
-from arlm.interop.checkpoint import latest_checkpoint, list_checkpoints, open_checkpoint
+from arlm.interop.checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, open_checkpoint
 from arlm.interop.loading import load_model, load_tokenizer, pick_device, prepared_dir
 from arlm.model.transformer import Transformer
 from arlm.training import distributed as D
 from arlm.training.init import initial_model
-from arlm.training.logging import read_metrics
+from arlm.training.logging import read_metrics, truncate_log
+from arlm.training.run_dir import discard, leftovers, put_back, run_lock, set_aside, write_errors_as_one_line
 from arlm.training.trainer import Trainer
 
 CONFIG_OVERRIDES = True
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     resume = None
     if args.resume is not None:
         config, resume = resume_config(config, args.resume, args.overrides, preset_given=args.preset is not None)
-    train_command(config, resume=resume, overwrite=args.overwrite)
+    train_command(config, resume=resume, resuming=args.resume is not None, overwrite=args.overwrite)
     return 0
 
 
@@ -77,30 +78,58 @@ class TrainSummary:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def resume_config(config: RunConfig, resume: str, overrides: list[str], preset_given: bool) -> tuple[RunConfig, Path]:
-    """The checkpoint to resume and the config to resume with: the checkpoint's own, plus overrides."""
-    if resume == "latest":
+def resume_config(
+    config: RunConfig, resume: str, overrides: list[str], preset_given: bool, log: Callable[[str], None] = print
+) -> tuple[RunConfig, Checkpoint | None]:
+    """The checkpoint to resume (verified, once) and the config to resume with: the checkpoint's own, plus
+    overrides. None when the run in train.out_dir stopped before its first checkpoint: it starts again."""
+    if resume != "latest":
+        checkpoint = open_checkpoint(resume)
+    else:
         found = latest_checkpoint(config.train.out_dir)
         if found is None:
-            raise ArlmError(f"nothing to resume: {config.train.out_dir} has no complete checkpoint")
-        path = found
-    else:
-        path = open_checkpoint(resume).path
+            return _restart_config(config, overrides, preset_given, log), None
+        checkpoint = open_checkpoint(found, hashes=False)  # hashed just now
     if preset_given:
-        return config, path
-    saved = config_to_dict(open_checkpoint(path).config)
-    return config_from_dict(merge(saved, parse_overrides(overrides))).validate(), path
+        return config, checkpoint
+    saved = config_to_dict(checkpoint.config)
+    return config_from_dict(merge(saved, parse_overrides(overrides))).validate(), checkpoint
+
+
+def _restart_config(config: RunConfig, overrides: list[str], preset_given: bool, log) -> RunConfig:
+    """The config of a run killed before its first checkpoint (its config.json plus overrides)."""
+    run_dir = Path(config.train.out_dir)
+    if list_checkpoints(run_dir):
+        raise ArlmError(
+            f"nothing to resume: {run_dir} has no intact checkpoint; pass --overwrite (instead of --resume) "
+            "to train it again from the start"
+        )
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise ArlmError(f"nothing to resume: {run_dir} holds no run; start one without --resume")
+    log(f"{run_dir} has no checkpoint yet (the run stopped before its first); training it again from step 0")
+    if preset_given:
+        return config
+    try:
+        raw = json.loads(saved.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise ArlmError(f"{saved} is damaged; pass --overwrite (instead of --resume) to train the run again")
+    return config_from_dict(merge(raw, parse_overrides(overrides))).validate()
 
 
 def train_command(
     config: RunConfig,
     *,
-    resume: Path | None = None,
+    resume: Checkpoint | str | Path | None = None,
+    resuming: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     initial_model: Transformer | None = None,
 ) -> TrainSummary:
-    """Run a whole training job as `arlm train` does."""
+    """Run a whole training job as `arlm train` does; `resuming` without a checkpoint trains the run in
+    train.out_dir again from step 0 (it stopped before its first checkpoint)."""
     tc = config.train
     device = pick_device(tc.device)
     info = D.init_distributed(device.type)
@@ -108,18 +137,62 @@ def train_command(
         device = torch.device("cuda", info.local_rank)
     say = log if info.is_main else (lambda _msg: None)
     run_dir = Path(tc.out_dir)
+    checkpoint = resume if resume is None or isinstance(resume, Checkpoint) else open_checkpoint(resume)
+    job = _Job(config, checkpoint, resuming or checkpoint is not None, overwrite, device, info, say, initial_model)
     try:
-        if info.is_main:
-            _claim_run_dir(run_dir, resume is not None, overwrite)
+        with run_lock(run_dir) if info.is_main else contextlib.nullcontext(), write_errors_as_one_line(run_dir):
+            return job.run()
+    finally:
+        D.shutdown(info)
+
+
+@dataclass
+class _Job:
+    """One `arlm train` in its (locked) run folder."""
+
+    config: RunConfig
+    checkpoint: Checkpoint | None
+    resuming: bool
+    overwrite: bool
+    device: torch.device
+    info: D.DistInfo
+    log: Callable[[str], None]
+    initial_model: Transformer | None
+
+    def run(self) -> TrainSummary:
+        """Claim the folder, train, report; an earlier run set aside by --overwrite comes back on failure."""
+        config, info, run_dir = self.config, self.info, Path(self.config.train.out_dir)
+        step = self.checkpoint.meta.get("step", 0) if self.checkpoint else 0
+        if self.checkpoint is not None and step >= config.train.max_steps:
+            self.log(
+                f"{run_dir} is already finished ({self.checkpoint.path.name}, train.max_steps "
+                f"{config.train.max_steps}); raise --train.max_steps to train it further"
+            )
+            return TrainSummary(run_dir, self.checkpoint.path)
+        aside = _claim_run_dir(run_dir, self.resuming, self.overwrite, self.log) if info.is_main else None
+        if info.is_main and self.resuming and self.checkpoint is None:
+            truncate_log(run_dir / "metrics.jsonl", 0)  # training again from step 0
         D.barrier(info)
-        data = _prepared_data(config, info, overwrite, say)
+        try:
+            return self._train(run_dir, aside)
+        except BaseException:
+            if aside is not None and aside.exists():
+                put_back(run_dir, aside)
+                self.log(f"the earlier run in {run_dir} is back as it was")
+            raise
+
+    def _train(self, run_dir: Path, aside: Path | None) -> TrainSummary:
+        config, info, say, tc = self.config, self.info, self.log, self.config.train
+        data = _prepared_data(config, info, self.overwrite, say)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        model = build_model(config, data, device, say, initial_model)
-        teacher = _teacher(config, data, device, say)
-        trainer = Trainer(config, data, model, run_dir=run_dir, device=device, info=info, log=say, teacher=teacher)
-        if resume is not None:
-            trainer.resume(open_checkpoint(resume))
+        model = build_model(config, data, self.device, say, self.initial_model)
+        teacher = _teacher(config, data, self.device, say)
+        trainer = Trainer(config, data, model, run_dir=run_dir, device=self.device, info=info, log=say, teacher=teacher)
+        if aside is not None:
+            trainer.on_checkpoint = lambda _path: discard(aside)  # the new run has a checkpoint now
+        if self.checkpoint is not None:
+            trainer.resume(self.checkpoint)
         if info.is_main:
             (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
         checkpoint = trainer.run()
@@ -129,13 +202,14 @@ def train_command(
             _finish(summary, trainer, say)
         D.barrier(info)  # no rank tears the process group down while another still works
         return summary
-    finally:
-        D.shutdown(info)
 
 
-def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked; --overwrite deletes only an arlm run directory."""
-    has_run = run_dir.exists() and any((run_dir / m).exists() for m in RUN_MARKERS)
+def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path | None:
+    """Refuse to clobber an earlier run unless asked; --overwrite sets it aside (returned) until the new run
+    has its first checkpoint, so an error before that loses nothing."""
+    for old in leftovers(run_dir):
+        log(f"note: {old} holds an earlier run set aside by an --overwrite that stopped before its first checkpoint")
+    has_run = any((run_dir / m).exists() for m in RUN_MARKERS)
     if has_run and not (resuming or overwrite):
         steps = [p.name for p in list_checkpoints(run_dir)]
         last = f" (last checkpoint {steps[-1]})" if steps else ""
@@ -144,8 +218,8 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
             "replace it, or --train.out_dir NEW"
         )
     if overwrite and not resuming and has_run:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return set_aside(run_dir)
+    return None
 
 
 def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log) -> PreparedData:
@@ -197,9 +271,9 @@ def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -
 
 
 def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
-    """Loss, perplexity and bits per byte on every split (train.final_eval_batches each)."""
+    """Loss, perplexity and bits per byte on every split (train.final_eval_batches each, with a progress bar)."""
     results = {
-        s: trainer.evaluate(s, trainer.tc.final_eval_batches)
+        s: trainer.evaluate(s, trainer.tc.final_eval_batches, progress=True)
         for s in ("train", "val", "test")
         if s in trainer.eval_samplers
     }

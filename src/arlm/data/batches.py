@@ -115,17 +115,32 @@ class BatchSampler:
             rows.append(np.concatenate([np.asarray(head, dtype=np.int64), doc])[: T + 1])
         return pad_rows(rows, T if self.pad_to == "block" else None, self.pad_id)
 
-    def eval_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[Batch]:
-        """Deterministic batches covering the split (evenly spaced subset when max_batches > 0)."""
+    def eval_batches(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Deterministic batches covering the split (evenly spaced subset when max_batches > 0), made one at a
+        time; with world > 1, this rank's share (every rank the same number of batches)."""
+        units = self._eval_units(batch_size, max_batches)
+        for i in self._eval_starts(len(units), batch_size, rank, world):
+            chunk = units[i : i + batch_size]
+            yield self._padded(chunk) if self.mode == "padded" else self._packed(chunk)
+
+    def eval_batch_count(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> int:
+        """How many batches eval_batches yields."""
+        return len(self._eval_starts(len(self._eval_units(batch_size, max_batches)), batch_size, rank, world))
+
+    def _eval_units(self, batch_size: int, max_batches: int) -> np.ndarray:
         if self.mode == "padded":
             units = np.arange(len(self.doc_starts) - 1)
         else:
             units = np.arange(0, len(self.tokens) - self.block_size, self.block_size)  # non-overlapping blocks
         if max_batches and len(units) > max_batches * batch_size:
             units = units[np.linspace(0, len(units) - 1, max_batches * batch_size).round().astype(np.int64)]
-        for i in range(0, len(units), batch_size):
-            chunk = units[i : i + batch_size]
-            yield self._padded(chunk) if self.mode == "padded" else self._packed(chunk)
+        return units
+
+    @staticmethod
+    def _eval_starts(n_units: int, batch_size: int, rank: int, world: int) -> range:
+        starts = range(0, n_units, batch_size)
+        usable = len(starts) - len(starts) % world if len(starts) >= world else len(starts)
+        return starts[rank:usable:world]
 
 
 def pad_rows(rows: list[np.ndarray], length: int | None, pad_id: int) -> Batch:

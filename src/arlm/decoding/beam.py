@@ -10,7 +10,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.processors import History, process
-from arlm.decoding.types import GenerationOutput
+from arlm.decoding.types import GenerationOutput, TraceCallback
 from arlm.model.kv_cache import KVCache
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
@@ -49,8 +49,10 @@ def beam_search(
     attention_mask: torch.Tensor | None,
     history: History,
     pad_id: int,
+    trace: TraceCallback | None = None,
 ) -> GenerationOutput:
-    """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores."""
+    """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores; trace gets
+    the beams after each step (_beam_event)."""
     B, T = prompt_ids.shape
     K = config.num_beams
     device = prompt_ids.device
@@ -69,6 +71,7 @@ def beam_search(
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
 
     for cur in range(T, max_len):
+        length = cur + 1 - T  # tokens generated once this step is taken
         top_scores, source_beam, token, candidates = _candidates(
             logits, running, running_scores, cur, config, beam_history, keep
         )
@@ -79,20 +82,16 @@ def beam_search(
         running, running_scores = _gather(candidates, chosen), _gather(alive_scores, chosen)
         parent = _gather(source_beam, chosen)  # (B, K)
         # finished hypotheses: candidates that ended within the top K, length-penalised, merged with the old ones
-        new_scores = top_scores / ((cur + 1 - T) ** config.length_penalty)
-        full = is_finished.all(dim=-1, keepdim=True) & (config.early_stopping is True)
-        new_scores = new_scores + full.float() * NEG + (~improvable).float() * NEG
+        new_scores = _hypothesis_scores(top_scores, is_finished, improvable, length, config)
         finished, finished_scores, finished_len, is_finished = _merge_finished(
-            (finished, finished_scores, finished_len, is_finished),
-            candidates,
-            new_scores,
-            ends & top_k_mask,
-            cur + 1 - T,
+            (finished, finished_scores, finished_len, is_finished), candidates, new_scores, ends & top_k_mask, length
         )
 
         improvable = _still_improvable(
-            improvable, running_scores, finished_scores, is_finished, cur + 1 - T, max_len - T, config
+            improvable, running_scores, finished_scores, is_finished, length, max_len - T, config
         )
+        if trace is not None:
+            trace(_beam_event(running[:, :, T : cur + 1], running_scores, finished, finished_scores, finished_len, T))
         open_beams = not (bool(is_finished.all()) and config.early_stopping is True)
         if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
             break
@@ -155,6 +154,16 @@ def _candidates(
     return top_scores, source_beam, token, candidates
 
 
+def _hypothesis_scores(
+    top_scores: torch.Tensor, is_finished: torch.Tensor, improvable: torch.Tensor, length: int, config: GenerationConfig
+) -> torch.Tensor:
+    """Candidates' scores (B, keep) as finished hypotheses: length-penalised, and ruled out for a prompt whose K
+    hypotheses are all in with early_stopping True, or whose beams can no longer improve."""
+    scores = top_scores / (length**config.length_penalty)
+    full = is_finished.all(dim=-1, keepdim=True) & (config.early_stopping is True)
+    return scores + full.float() * NEG + (~improvable).float() * NEG
+
+
 def _merge_finished(
     old: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     candidates: torch.Tensor,
@@ -194,3 +203,28 @@ def _beam_output(
         "lengths": lengths.tolist(),
     }
     return GenerationOutput(sequences, finished_scores[:, :n].flatten(), stats, T)
+
+
+def _beam_event(
+    running: torch.Tensor,
+    running_scores: torch.Tensor,
+    finished: torch.Tensor,
+    finished_scores: torch.Tensor,
+    finished_len: torch.Tensor,
+    T: int,
+) -> dict:
+    """The beams after a step, per prompt: running beams (generated ids (B, K, n), summed log-probabilities) and
+    finished hypotheses (ids, length-penalised scores), best first."""
+    running_rows = [
+        [{"tokens": ids, "score": score} for ids, score in zip(beams, scores)]
+        for beams, scores in zip(running.tolist(), running_scores.tolist())
+    ]
+    finished_rows = []
+    for b, (scores, lengths) in enumerate(zip(finished_scores.tolist(), finished_len.tolist())):
+        hypotheses = [
+            {"tokens": finished[b, k, T : T + n].tolist(), "score": score}
+            for k, (score, n) in enumerate(zip(scores, lengths))
+            if score > NEG / 2  # the slot holds a hypothesis
+        ]
+        finished_rows.append(hypotheses)
+    return {"event": "beams", "step": running.shape[2], "running": running_rows, "finished": finished_rows}

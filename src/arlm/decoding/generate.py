@@ -12,7 +12,7 @@ from arlm.config import GenerationConfig
 from arlm.decoding.beam import beam_search
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process, prompt_starts, sample
 from arlm.decoding.speculative import speculative_generate
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 from arlm.errors import ArlmError
 from arlm.model.kv_cache import KVCache
 
@@ -43,10 +43,58 @@ def generate(
     draft: torch.nn.Module | None = None,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
+    trace: TraceCallback | None = None,
 ) -> GenerationOutput:
-    """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy."""
+    """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy.
+
+    trace, if given, receives the strategy's own events as plain dicts: beam search's running beams and finished
+    hypotheses after each step, speculative decoding's drafted tokens and how many were accepted after each target
+    forward (greedy and sampling have none beyond on_token). An exception it raises ends the generation."""
     config.validate()
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    prompt_ids, attention_mask = _prompt_batch(model, prompt_ids, attention_mask, config, pad)
+    if config.max_new_tokens == 0:
+        return _prompts_only(prompt_ids, config)
+    eos = eos_id if config.stop_at_eos else None
+    history = History(prompt_starts(attention_mask), prompt_ids.shape[1], eos)
+    if config.strategy == "beam":
+        return beam_search(
+            model, prompt_ids, config, attention_mask=attention_mask, history=history, pad_id=pad, trace=trace
+        )
+    if config.strategy in ("speculative", "prompt-lookup"):
+        return speculative_generate(
+            model,
+            prompt_ids,
+            config,
+            draft=draft,
+            attention_mask=attention_mask,
+            history=history,
+            pad_id=pad,
+            on_token=on_token,
+            should_stop=should_stop,
+            trace=trace,
+        )
+    return decode_loop(
+        model,
+        prompt_ids,
+        config,
+        attention_mask=attention_mask,
+        history=history,
+        pad_id=pad,
+        on_token=on_token,
+        should_stop=should_stop,
+    )
+
+
+def _prompt_batch(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor | Sequence[Sequence[int]],
+    attention_mask: torch.Tensor | None,
+    config: GenerationConfig,
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompts as (B, T) ids and mask on the model's device (lists left-padded), checked against the context,
+    each repeated num_return_sequences times for independent samples."""
     if not isinstance(prompt_ids, torch.Tensor):
         if any(len(p) == 0 for p in prompt_ids):
             raise ArlmError("every prompt needs at least one token (use the BOS id for an empty prompt)")
@@ -59,34 +107,7 @@ def generate(
         prompt_ids = prompt_ids.repeat_interleave(config.num_return_sequences, dim=0)  # (B*N, T)
         if attention_mask is not None:
             attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
-    if config.max_new_tokens == 0:
-        return _prompts_only(prompt_ids, config)
-    eos = eos_id if config.stop_at_eos else None
-    history = History(prompt_starts(attention_mask), prompt_ids.shape[1], eos)
-    if config.strategy == "beam":
-        return beam_search(model, prompt_ids, config, attention_mask=attention_mask, history=history, pad_id=pad)
-    if config.strategy in ("speculative", "prompt-lookup"):
-        return speculative_generate(
-            model,
-            prompt_ids,
-            config,
-            draft=draft,
-            attention_mask=attention_mask,
-            history=history,
-            pad_id=pad,
-            on_token=on_token,
-            should_stop=should_stop,
-        )
-    return decode_loop(
-        model,
-        prompt_ids,
-        config,
-        attention_mask=attention_mask,
-        history=history,
-        pad_id=pad,
-        on_token=on_token,
-        should_stop=should_stop,
-    )
+    return prompt_ids, attention_mask
 
 
 def _prompts_only(prompt_ids: torch.Tensor, config: GenerationConfig) -> GenerationOutput:

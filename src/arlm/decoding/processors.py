@@ -136,6 +136,17 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def presence_frequency_penalty(
+    scores: torch.Tensor, generated: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """OpenAI's penalties over the generated ids (B, n): each token's score (B, V) lowered by frequency times its
+    count, and by presence once if it occurs at all."""
+    if generated.shape[1] == 0 or (presence == 0.0 and frequency == 0.0):
+        return scores
+    counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+    return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     """A seeded generator for reproducible sampling (None: the global RNG)."""
     if seed is None:

@@ -11,7 +11,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 from arlm.errors import ArlmError
 
 MAX_ADAPTIVE_DRAFT = 16
@@ -116,27 +116,17 @@ def speculative_generate(
     pad_id: int,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
+    trace: TraceCallback | None = None,
 ) -> GenerationOutput:
-    """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup')."""
-    if prompt_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
-        raise ArlmError("speculative decoding takes one prompt at a time")
-    if config.strategy == "speculative":
-        if draft is None:
-            raise ArlmError("speculative decoding needs a draft model")
-        if draft.config.vocab_size != target.config.vocab_size:
-            raise ArlmError(
-                f"the draft's vocabulary ({draft.config.vocab_size}) differs from the target's "
-                f"({target.config.vocab_size}); they must share a tokenizer"
-            )
+    """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup'); trace
+    gets each verification: the drafted ids, how many were accepted, the target's own next token, and the target's
+    probability of each token kept."""
+    _check_inputs(target, draft, prompt_ids, attention_mask, config)
     T, eos_id = prompt_ids.shape[1], history.eos_id
     max_len = T + config.max_new_tokens
     greedy = config.temperature == 0  # greedy speculative decoding: accept while draft == target argmax
     generator = make_generator(config.seed, prompt_ids.device)
-    drafter = (
-        ModelDrafter(draft, max_len + config.num_draft_tokens + 1, history)
-        if config.strategy == "speculative"
-        else PromptLookupDrafter(config.prompt_lookup_ngram)
-    )
+    drafter = _drafter(draft, max_len + config.num_draft_tokens + 1, config, history)
     cache = target.new_cache(1, max_len + config.num_draft_tokens + 1)
     start = time.perf_counter()
     if T > 1:
@@ -153,6 +143,8 @@ def speculative_generate(
         p = torch.stack([logits_to_probs(logits[j : j + 1], c, config, history)[0] for j, c in enumerate(contexts)])
         accepted, nxt = verify(p, q, drafts, greedy, generator)
         new = torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)])
+        if trace is not None:
+            trace(_verify_event(drafts, accepted, nxt, p, new))
         stats["proposed"] += len(drafts)
         stats["accepted"] += accepted
         marks += [True] * accepted + [False]
@@ -165,6 +157,47 @@ def speculative_generate(
             break
     seq = seq[:, :max_len]
     return _output(seq, T, marks, stats, time.perf_counter() - start)
+
+
+def _check_inputs(
+    target: torch.nn.Module,
+    draft: torch.nn.Module | None,
+    prompt_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: GenerationConfig,
+) -> None:
+    """Refuse a batch, a padded prompt, and (for 'speculative') a missing draft or one with another vocabulary."""
+    if prompt_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
+        raise ArlmError("speculative decoding takes one prompt at a time")
+    if config.strategy == "speculative":
+        if draft is None:
+            raise ArlmError("speculative decoding needs a draft model")
+        if draft.config.vocab_size != target.config.vocab_size:
+            raise ArlmError(
+                f"the draft's vocabulary ({draft.config.vocab_size}) differs from the target's "
+                f"({target.config.vocab_size}); they must share a tokenizer"
+            )
+
+
+def _drafter(
+    draft: torch.nn.Module | None, max_len: int, config: GenerationConfig, history: History
+) -> ModelDrafter | PromptLookupDrafter:
+    """The draft model's drafter ('speculative') or n-gram lookup in the context ('prompt-lookup')."""
+    if config.strategy == "speculative":
+        return ModelDrafter(draft, max_len, history)
+    return PromptLookupDrafter(config.prompt_lookup_ngram)
+
+
+def _verify_event(drafts: torch.Tensor, accepted: int, token: int, p: torch.Tensor, kept: torch.Tensor) -> dict:
+    """A trace event of one verification: drafted ids, how many were accepted, the target's own next token, and
+    the target's probability (p: (1+g, V)) of each token kept."""
+    return {
+        "event": "verify",
+        "drafted": drafts.tolist(),
+        "accepted": accepted,
+        "token": token,
+        "probs": [float(p[j, t]) for j, t in enumerate(kept.tolist())],
+    }
 
 
 def _append(

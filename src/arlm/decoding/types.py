@@ -9,6 +9,7 @@ import torch
 
 TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
 StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
+TraceCallback = Callable[[dict], None]  # strategy events: beam search's beams, speculative decoding's verifications
 
 
 @dataclass

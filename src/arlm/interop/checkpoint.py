@@ -9,14 +9,18 @@ matching manifest is incomplete or corrupt and is refused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -27,6 +31,10 @@ from arlm.model.transformer import Transformer
 
 MANIFEST = "manifest.json"
 FORMAT = "arlm-checkpoint-1"
+REQUIRED_FILES = ("config.json", "model.safetensors")
+STEP_NAME = re.compile(r"step-(\d+)")
+READ_ATTEMPTS = 20  # a reader retries this often when a training process prunes the checkpoint it reads
+T = TypeVar("T")
 
 
 @dataclass
@@ -93,22 +101,42 @@ def save_checkpoint(
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ArlmError(f"refusing to save a checkpoint: weight {name} holds NaN or Inf")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    record = {"format": FORMAT, **meta, "tokenizer_fingerprint": tokenizer.fingerprint(), **config_to_dict(config)}
-    (tmp / "config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    save_file(weights, tmp / "model.safetensors")
-    tokenizer.save(tmp / "tokenizer")
-    if state is not None:
-        save_file(state_tensors or {}, tmp / "state.safetensors")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    _write_manifest(tmp)
-    _fsync_dir(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        record = {"format": FORMAT, **meta, "tokenizer_fingerprint": tokenizer.fingerprint(), **config_to_dict(config)}
+        (tmp / "config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        save_file(weights, tmp / "model.safetensors")
+        tokenizer.save(tmp / "tokenizer")
+        if state is not None:
+            save_file(state_tensors or {}, tmp / "state.safetensors")
+            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        _write_manifest(tmp)
+        _fsync_dir(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written temporary is left behind
+        if is_io_error(exc):
+            reason = _reason(exc)
+            raise ArlmError(f"could not write checkpoint {path}: {reason}; earlier checkpoints are intact") from None
+        raise
     return path
+
+
+def is_io_error(exc: BaseException) -> bool:
+    """An operating-system failure to read or write (also as safetensors' and tokenizers' own exceptions)."""
+    return isinstance(exc, (OSError, SafetensorError)) or (type(exc) is Exception and "os error" in str(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words for a failed read or write (safetensors and tokenizers wrap them in their own)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    found = re.search(r'message: "([^"]+)"', str(exc)) or re.search(r"^(.*?) \(os error \d+\)", str(exc))
+    return found.group(1) if found else str(exc)
 
 
 def _write_manifest(directory: Path) -> None:
@@ -139,19 +167,43 @@ def _fsync_dir(directory: Path) -> None:
 def verify_checkpoint(path: str | Path, *, hashes: bool = True) -> None:
     """Raise ArlmError unless every file the manifest lists is present with its size (and hash)."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.exists():
-        raise ArlmError(f"checkpoint {path} is incomplete (no {MANIFEST}); it was not finished writing")
-    try:
-        files = json.loads(manifest_path.read_text())["files"]
-    except (json.JSONDecodeError, KeyError):
-        raise ArlmError(f"checkpoint {path} has a corrupt {MANIFEST}") from None
-    for name, entry in files.items():
+    for name, entry in _manifest_files(path).items():
         file = path / name
-        if not file.exists() or file.stat().st_size != entry["bytes"]:
+        if not file.is_file() or file.stat().st_size != entry["bytes"]:
             raise ArlmError(f"checkpoint {path} is truncated or damaged: {name} is missing or has the wrong size")
         if hashes and _sha256(file) != entry["sha256"]:
             raise ArlmError(f"checkpoint {path} is damaged: {name} does not match its checksum")
+
+
+def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's {file: {bytes, sha256}}, refused unless it has that shape and lists the weights."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArlmError(f"checkpoint {path} is incomplete (no {MANIFEST}); it was not finished writing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not (
+        isinstance(files, dict)
+        and all(name in files for name in REQUIRED_FILES)
+        and all(_manifest_entry_ok(name, entry) for name, entry in files.items())
+    ):
+        raise ArlmError(f"checkpoint {path} has a corrupt {MANIFEST}")
+    return files
+
+
+def _manifest_entry_ok(name: str, entry: Any) -> bool:
+    parts = Path(name).parts
+    return (
+        isinstance(entry, dict)
+        and type(entry.get("bytes")) is int
+        and isinstance(entry.get("sha256"), str)
+        and bool(parts)
+        and not Path(name).is_absolute()
+        and ".." not in parts
+    )
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -162,29 +214,31 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if p.is_dir())
 
 
-def latest_checkpoint(run_dir: str | Path, log=print) -> Path | None:
-    """The newest checkpoint of a run that verifies; damaged newer ones are named and skipped."""
+def latest_checkpoint(run_dir: str | Path, log=print, *, hashes: bool = True) -> Path | None:
+    """The newest checkpoint of a run that verifies; damaged newer ones are named and skipped (one that
+    vanished meanwhile, pruned by a training process, silently)."""
     for candidate in reversed(list_checkpoints(run_dir)):
         try:
-            verify_checkpoint(candidate)
+            verify_checkpoint(candidate, hashes=hashes)
             return candidate
         except ArlmError as exc:
-            log(f"warning: {exc}; using an earlier checkpoint")
+            if candidate.exists():
+                log(f"warning: {exc}; using an earlier checkpoint")
     return None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, *, hashes: bool = True) -> Path:
     """A checkpoint directory, or a run directory (its newest valid checkpoint), verified."""
     path = Path(path)
     if not path.exists():
         raise ArlmError(f"checkpoint {path} does not exist")
     if (path / "checkpoints").is_dir():  # a run folder
-        found = latest_checkpoint(path)
+        found = latest_checkpoint(path, hashes=hashes)
         if found is None:
             raise ArlmError(f"run {path} has no complete checkpoint")
         return found
     try:
-        verify_checkpoint(path)
+        verify_checkpoint(path, hashes=hashes)
     except ArlmError as exc:
         siblings = [p for p in list_checkpoints(path.parent.parent) if p != path]
         earlier = next((p for p in reversed(siblings) if _is_valid(p)), None)
@@ -201,12 +255,11 @@ def _is_valid(path: Path) -> bool:
         return False
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Verify and open a checkpoint (or a run directory's newest)."""
-    path = resolve_checkpoint(path)
-    record = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    if record.get("format") != FORMAT:
-        raise ArlmError(f"{path} is not an arlm checkpoint (format {record.get('format')!r})")
+def open_checkpoint(path: str | Path, *, hashes: bool = True) -> Checkpoint:
+    """Verify and open a checkpoint (or a run directory's newest); hashes=False checks sizes only, for a
+    checkpoint this process has already verified."""
+    path = resolve_checkpoint(path, hashes=hashes)
+    record = read_record(path)
     sections = {k: record.pop(k) for k in ("model", "data", "train", "generate") if k in record}
     try:
         config = config_from_dict(sections)
@@ -215,25 +268,87 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, config, record)
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    """Delete every checkpoint older than the newest `keep` complete ones, and stale temporaries.
+def read_record(path: Path) -> dict[str, Any]:
+    """A checkpoint's config.json, refused unless it is an arlm checkpoint record."""
+    try:
+        record = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArlmError(f"{path}/config.json is not valid JSON") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise ArlmError(f"{path} is not an arlm checkpoint (config.json format {found!r})")
+    return record
 
-    A checkpoint is renamed away before it is deleted, so a crash mid-deletion leaves no half directory
-    under a checkpoint's name.
+
+def read_checkpoint(path: str | Path, read: Callable[[Checkpoint], T], *, attempts: int = READ_ATTEMPTS) -> T:
+    """open_checkpoint(path), then read(checkpoint); when a training process prunes the checkpoint in
+    between (a run folder given), try again with the run's newest intact one, at most `attempts` times."""
+    path = Path(path)
+    if not path.exists():
+        raise ArlmError(f"checkpoint {path} does not exist")
+    is_run = (path / "checkpoints").is_dir()
+    for attempt in itertools.count(1):
+        before = list_checkpoints(path) if is_run else []
+        try:
+            return read(open_checkpoint(path))
+        except (ArlmError, OSError, SafetensorError, RuntimeError) as exc:  # safetensors: file gone -> RuntimeError
+            if is_run and attempt < attempts and list_checkpoints(path) != before:
+                continue  # the run's checkpoints changed while we read: look again
+            if type(exc) is RuntimeError:
+                raise  # not a file that went away: a real error, shown as it is
+            raise _read_error(path, exc) from None
+
+
+def _read_error(path: Path, exc: Exception) -> ArlmError:
+    if not path.exists():
+        return ArlmError(f"checkpoint {path} was deleted while it was being read")
+    return exc if isinstance(exc, ArlmError) else ArlmError(f"cannot read checkpoint {path}: {_reason(exc)}")
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int, *, data_fingerprint: str | None = None) -> list[Path]:
+    """Delete the checkpoints of this run older than its newest `keep` intact ones, and stale temporaries;
+    returns the step-* folders left alone because they are not intact checkpoints of this run.
+
+    A checkpoint counts when its manifest has the right shape, every file has its listed size, and its
+    config.json is an arlm record of the step in its name (and of `data_fingerprint`, when given). Nothing
+    else is deleted or counted, so the newest intact checkpoint always stays. A checkpoint is renamed away
+    before it is deleted, so a crash mid-deletion leaves no half directory under a checkpoint's name.
     """
     folder = Path(run_dir) / "checkpoints"
-    complete = [p for p in list_checkpoints(run_dir) if (p / MANIFEST).exists()]
-    doomed = [p for p in list_checkpoints(run_dir) if len(complete) > keep and p.name < complete[-keep].name]
-    doomed += [p for p in folder.glob(".*") if p.is_dir() and not p.name.endswith(f".tmp-{os.getpid()}")]
+    ours, strays = [], []
+    for path in list_checkpoints(run_dir):
+        (ours if _is_ours(path, data_fingerprint) else strays).append(path)
+    doomed = ours[: max(len(ours) - keep, 0)]
+    mine = f".tmp-{os.getpid()}"
+    for hidden in (p for p in folder.glob(".*") if p.is_dir()):
+        if hidden.name.startswith(".trash-") or (".tmp-" in hidden.name and not hidden.name.endswith(mine)):
+            doomed.append(hidden)  # left by a process that died while writing or deleting
     for old in doomed:
-        trash = old.with_name(f".trash-{old.name.lstrip('.')}")
+        trash = old if old.name.startswith(".trash-") else old.with_name(f".trash-{old.name.lstrip('.')}")
         os.replace(old, trash)
         shutil.rmtree(trash, ignore_errors=True)
+    return strays
+
+
+def _is_ours(path: Path, data_fingerprint: str | None) -> bool:
+    """Whether a step-* folder is an intact checkpoint (sizes checked, not hashes) of this run."""
+    name = STEP_NAME.fullmatch(path.name)
+    try:
+        verify_checkpoint(path, hashes=False)
+        record = read_record(path)
+    except (ArlmError, OSError):
+        return False
+    same_data = data_fingerprint is None or record.get("data_fingerprint") == data_fingerprint
+    return name is not None and record.get("step") == int(name.group(1)) and same_data
 
 
 def load_checkpoint_model(path: str | Path) -> LoadedModel:
-    """Build the model of an arlm checkpoint (or a run's newest checkpoint) with its weights and tokenizer."""
-    checkpoint = open_checkpoint(path)
+    """Build the model of an arlm checkpoint (or a run's newest checkpoint) with its weights and tokenizer;
+    a run's checkpoint pruned by its training process while being read is replaced by the newest one."""
+    return read_checkpoint(path, _checkpoint_model)
+
+
+def _checkpoint_model(checkpoint: Checkpoint) -> LoadedModel:
     tokenizer = checkpoint.tokenizer()
     if tokenizer.fingerprint() != checkpoint.meta.get("tokenizer_fingerprint"):
         raise ArlmError(f"the tokenizer in {checkpoint.path} does not match the one the model was trained with")

@@ -14,7 +14,7 @@ from arlm.data import tokenizers
 from arlm.data.prepare import PreparedData, load_prepared
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import LoadedModel, load_checkpoint_model, resolve_checkpoint
+from arlm.interop.checkpoint import FORMAT, MANIFEST, LoadedModel, load_checkpoint_model, resolve_checkpoint
 from arlm.interop.gguf import load_gguf_model, load_gguf_tokenizer, resolve_gguf
 from arlm.interop.hf import export_hf, load_hf_folder
 
@@ -76,13 +76,18 @@ def _is_gguf(ref: str) -> bool:
 
 
 def _is_hf_folder(path: Path) -> bool:
+    """A folder whose config.json names a transformers model_type, and that is no arlm run or checkpoint
+    (those have checkpoints/ or a manifest, and are verified whatever their config.json says)."""
+    if (path / "checkpoints").is_dir() or (path / MANIFEST).exists():
+        return False
     config = path / "config.json"
-    if not config.exists():
+    if not config.is_file():
         return False
     try:
-        return "model_type" in json.loads(config.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        record = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(record, dict) and "model_type" in record and record.get("format") != FORMAT
 
 
 def prepared_dir(config: RunConfig) -> Path:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import ModelConfig
-from arlm.model.kv_cache import KVCache
+from arlm.model.kv_cache import KVCache, SlotBatch
 
 
 class Rotary(nn.Module):
@@ -69,19 +69,27 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             qk = apply_rope(qk, *rope)  # queries and keys rotated together: one set of ops
         q, k = qk.split([nh, nkv], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
-        if isinstance(start, torch.Tensor):  # compiled decoding: static shapes over the whole cache
-            k, v = kv_cache.write_at(self.layer, start, k, v)  # (B, nkv, max_len, hd) each
-        elif kv_cache is not None:
-            k, v = kv_cache.update(self.layer, start, k, v)  # (B, nkv, S, hd) each, S = start + T
-        dropout = self.dropout if self.training else 0.0
-        if self.backend == "naive":
-            y = naive_attention(q, k, v, mask, is_causal, dropout)
+        if isinstance(kv_cache, SlotBatch):  # continuous batching: each row at its own position in its own slot
+            y = kv_cache.attend(self.layer, q, k, v, self.attend)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, enable_gqa=nkv != nh
-            )  # (B, nh, T, hd)
+            if isinstance(start, torch.Tensor):  # compiled decoding: static shapes over the whole cache
+                k, v = kv_cache.write_at(self.layer, start, k, v)  # (B, nkv, max_len, hd) each
+            elif kv_cache is not None:
+                k, v = kv_cache.update(self.layer, start, k, v)  # (B, nkv, S, hd) each, S = start + T
+            y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
         return self.resid_dropout(self.proj(y))
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    ) -> torch.Tensor:
+        """Attention of queries (B, nh, T, hd) over keys/values (B, nkv, S, hd) by the configured backend."""
+        dropout = self.dropout if self.training else 0.0
+        if self.backend == "naive":
+            return naive_attention(q, k, v, mask, is_causal, dropout)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, enable_gqa=self.n_kv_head != self.n_head
+        )  # (B, nh, T, hd)
 
 
 def naive_attention(

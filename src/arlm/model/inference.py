@@ -5,9 +5,16 @@ bandwidth. PyTorch's CPU kernel for that shape (MKL sgemm with M=1) runs on one 
 16 GB/s here; the same product split into `chunks` column blocks and done as one batched matmul runs on every
 thread and reads about 30 GB/s (docs/perf.md). `optimize_for_decoding` swaps each Linear of a model for that
 layout. The result is for inference only: its state dict is not a checkpoint's.
+
+The layout is also batch-invariant, which continuous batching needs to be exact: the batched matmul gives each row
+the same bits whatever the number of rows (2 or more) beside it, while a single row takes another kernel (a
+matrix-vector product) that rounds differently. So one row is computed as two (the second a zero row, dropped):
+a sequence decoded alone and the same sequence decoded among others get identical logits (docs/serving.md).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -27,8 +34,13 @@ class ChunkedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
-        rows = x.reshape(1, -1, x.shape[-1]).expand(self.chunks, -1, -1)  # (c, M, in)
-        y = torch.bmm(rows, self.weight)  # (c, M, out/c)
+        rows = x.reshape(1, -1, x.shape[-1])  # (1, M, in)
+        single = rows.shape[1] == 1
+        if single:  # the same kernel as for several rows: batch-invariant (module docstring)
+            rows = torch.cat([rows, torch.zeros_like(rows)], dim=1)  # (1, 2, in)
+        y = torch.bmm(rows.expand(self.chunks, -1, -1), self.weight)  # (c, M, out/c)
+        if single:
+            y = y[:, :1]
         y = y.permute(1, 0, 2).reshape(*x.shape[:-1], self.out_features)  # (..., out)
         return y if self.bias is None else y + self.bias
 
@@ -41,6 +53,6 @@ def optimize_for_decoding(model: nn.Module, chunks: int | None = None) -> nn.Mod
     chunks = chunks or max(torch.get_num_threads(), 1)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and child.out_features % chunks == 0:
-                setattr(parent, name, ChunkedLinear(child, chunks))
+            if isinstance(child, nn.Linear):  # every one, so that every one is batch-invariant
+                setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks)))
     return model

@@ -1,8 +1,13 @@
-"""A preallocated key/value cache: one buffer for all layers, written by position, rolled back by position."""
+"""Preallocated key/value caches: one buffer for all layers, written by position, rolled back by position; and
+the slot cache of continuous batching, where each row (slot) holds one sequence with its own length."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+AttendFn = Callable[..., torch.Tensor]  # (q, k, v, mask, is_causal) -> attention output, as the model computes it
 
 
 class KVCache:
@@ -55,6 +60,13 @@ class KVCache:
         self.v[layer].index_copy_(2, pos, v)
         return self.k[layer], self.v[layer]
 
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor, length: int = 0) -> KVCache:
+        """A cache over existing buffers (L, B, nkv, max_len, hd) (views share their storage), filled to length."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.length = k, v, length
+        return cache
+
     def rollback(self, length: int) -> None:
         """Forget every position from `length` on (later writes overwrite them)."""
         if not 0 <= length <= self.length:
@@ -65,3 +77,71 @@ class KVCache:
         """Select/reorder batch rows (beam search): row i becomes old row index[i]."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+
+
+class SlotCache:
+    """The cache of continuous batching: `slots` rows of `max_len` positions, (n_layer, slots, nkv, max_len, hd),
+    each slot holding one sequence with its own length. A slot is filled like a batch-1 KVCache (`row`), and
+    a decode step over several slots writes and attends each row at its own position (`batch`)."""
+
+    def __init__(self, n_layer: int, slots: int, n_kv_heads: int, max_len: int, head_dim: int, **kwargs) -> None:
+        self.buffers = KVCache(n_layer, slots, n_kv_heads, max_len, head_dim, **kwargs)
+        self.lengths = [0] * slots
+
+    @property
+    def max_len(self) -> int:
+        """Positions each slot can hold."""
+        return self.buffers.max_len
+
+    @property
+    def slots(self) -> int:
+        """Number of slots."""
+        return self.buffers.batch_size
+
+    def row(self, slot: int) -> KVCache:
+        """Slot `slot` as a batch-1 KVCache sharing this cache's storage (its length is synced by `sync`)."""
+        b = self.buffers
+        return KVCache.over(b.k[:, slot : slot + 1], b.v[:, slot : slot + 1], self.lengths[slot])
+
+    def sync(self, slot: int, row: KVCache) -> None:
+        """Record the length a row view reached."""
+        self.lengths[slot] = row.length
+
+    def reset(self, slot: int) -> None:
+        """Empty a slot (its old keys/values are overwritten by later writes)."""
+        self.lengths[slot] = 0
+
+    def batch(self, slots: list[int]) -> SlotBatch:
+        """One decode step over these slots, one new token each."""
+        return SlotBatch(self, slots)
+
+
+class SlotBatch:
+    """The rows of one decode step: row i is slot `slots[i]`, at its own position. Each row writes its key and
+    value at its slot's length and attends over its own prefix, through the same attention call, with the same
+    shapes, as a batch-1 step would make: a row's output does not depend on which other rows share the step."""
+
+    def __init__(self, cache: SlotCache, slots: list[int]) -> None:
+        self.cache = cache
+        self.slots = list(slots)
+        self.rows = [cache.row(s) for s in self.slots]
+        if any(r.length >= cache.max_len for r in self.rows):
+            raise ValueError(f"a slot is full ({cache.max_len} positions)")
+
+    def positions(self, device: torch.device) -> torch.Tensor:
+        """(A, 1) position of each row's new token."""
+        return torch.tensor([[r.length] for r in self.rows], dtype=torch.long, device=device)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        """q (A, nh, 1, hd), new k, v (A, nkv, 1, hd) -> (A, nh, 1, hd), each row over its own cached prefix."""
+        out = []
+        for i, row in enumerate(self.rows):
+            keys, values = row.update(layer, row.length, k[i : i + 1], v[i : i + 1])  # (1, nkv, S_i, hd) each
+            out.append(attend(q[i : i + 1], keys, values, None, False))  # (1, nh, 1, hd)
+        return torch.cat(out)
+
+    def advance(self) -> None:
+        """Every row has written its new position (after the last layer)."""
+        for slot, row in zip(self.slots, self.rows):
+            row.length += 1
+            self.cache.sync(slot, row)

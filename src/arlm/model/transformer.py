@@ -11,7 +11,7 @@ from torch import nn
 
 from arlm.config import ModelConfig
 from arlm.model.attention import CausalSelfAttention, Rotary
-from arlm.model.kv_cache import KVCache
+from arlm.model.kv_cache import KVCache, SlotBatch, SlotCache
 
 
 class RMSNorm(nn.Module):
@@ -189,6 +189,27 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, rope, mask, False, kv_cache, pos)
         return self.lm_head(self.norm(x))[:, -1]  # (B, V)
+
+    def new_slot_cache(self, slots: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> SlotCache:
+        """An empty slot cache for continuous batching: `slots` sequences of up to max_len positions each."""
+        c, weight = self.config, self.tok_emb.weight
+        max_len = max_len or c.block_size
+        return SlotCache(
+            c.n_layer, slots, c.kv_heads, max_len, c.head_dim, dtype=dtype or weight.dtype, device=weight.device
+        )
+
+    def decode_slots(self, tokens: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
+        """Logits (A, V) for one new token per row (A, 1), row i continuing the sequence in slot batch.slots[i] at
+        that slot's own length; the slots' lengths advance by one."""
+        positions = batch.positions(tokens.device)  # (A, 1)
+        x = self.tok_emb(tokens)  # (A, 1, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        rope = self.rotary(positions) if self.rotary is not None else None  # (A, 1, 1, hd) each
+        for block in self.blocks:
+            x = block(x, rope, None, False, batch, 0)
+        batch.advance()
+        return self.lm_head(self.norm(x))[:, -1]  # (A, V)
 
     def _positions(
         self, B: int, T: int, start: int, attention_mask: torch.Tensor | None, device: torch.device

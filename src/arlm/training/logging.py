@@ -6,11 +6,15 @@ import json
 import math
 import os
 import sys
-import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+from tqdm import tqdm
 
 from arlm.errors import ArlmError
+
+T = TypeVar("T")
 
 
 class MetricsLog:
@@ -66,40 +70,42 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; silent otherwise (callers print periodic lines instead)."""
+    """A tqdm progress bar on a terminal; silent otherwise (callers print periodic lines instead)."""
 
-    def __init__(self, total: int, *, desc: str = "", stream: TextIO | None = None, enabled: bool | None = None):
-        self.total = max(total, 1)
-        self.desc = desc
+    def __init__(
+        self,
+        total: int,
+        *,
+        desc: str = "",
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        leave: bool = True,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = is_terminal(self.stream) if enabled is None else enabled
-        self.start = time.perf_counter()
         self.done = 0
+        self._bar = tqdm(total=max(total, 1), desc=desc, file=self.stream, disable=not self.enabled, leave=leave)
 
     def update(self, done: int, info: str = "") -> None:
         """Redraw with `done` of `total` complete."""
+        self._bar.update(done - self.done)
         self.done = done
-        if not self.enabled:
-            return
-        frac = min(done / self.total, 1.0)
-        width = 24
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / frac - elapsed if frac > 0 else 0.0
-        self.stream.write(f"\r{self.desc} [{bar}] {done}/{self.total} {info} eta {eta:4.0f}s ")
-        self.stream.flush()
+        if info and self.enabled:
+            self._bar.set_postfix_str(info)
+
+    def iterate(self, items: Iterable[T]) -> Iterator[T]:
+        """Yield the items, advancing the bar by one after each."""
+        for item in items:
+            yield item
+            self.update(self.done + 1)
 
     def clear(self) -> None:
         """Erase the bar so a normal line can be printed."""
-        if self.enabled:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
+        self._bar.clear()
 
     def close(self) -> None:
         """Finish the bar."""
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()
 
 
 def is_terminal(stream: TextIO) -> bool:

@@ -89,6 +89,8 @@ class Trainer:
         self.peak = peak_flops(device, tc.dtype, tc.peak_tflops)
         self.step = self.tokens_seen = self.nonfinite_in_a_row = 0
         self.metrics: MetricsLog | None = None
+        self.on_checkpoint: Callable[[Path], None] | None = None  # called (rank 0) after each checkpoint
+        self._strays_named: set[Path] = set()
 
     # ------------------------------------------------------------------ resume
 
@@ -272,16 +274,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and logging
 
-    def evaluate(self, split: str, max_batches: int) -> EvalResult:
-        """Mean NLL on a split (batches shared out across processes), with bits per byte."""
+    def evaluate(self, split: str, max_batches: int, *, progress: bool = False) -> EvalResult:
+        """Mean NLL on a split (batches streamed, shared out across processes), with bits per byte; a
+        progress bar on a terminal when asked."""
         sampler = self.eval_samplers[split]
-        batches = list(sampler.eval_batches(self.tc.batch_size, max_batches))
-        world, rank = self.info.world_size, self.info.rank
-        usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
-        mine = batches[rank:usable:world]
+        world, rank, size = self.info.world_size, self.info.rank, self.tc.batch_size
+        batches = sampler.eval_batches(size, max_batches, rank=rank, world=world)
+        bar = None
+        if progress:
+            total = sampler.eval_batch_count(size, max_batches, rank=rank, world=world)
+            bar = Progress(total, desc=f"eval {split}", enabled=None if self.info.is_main else False, leave=False)
+            batches = bar.iterate(batches)
         sums = evaluate_batches(
-            self.model, mine, device=self.device, autocast=self.autocast, token_bytes=self.token_bytes
+            self.model, batches, device=self.device, autocast=self.autocast, token_bytes=self.token_bytes
         )
+        if bar is not None:
+            bar.close()
         return result(*D.all_reduce_sum(list(sums), self.info, self.device))
 
     def _log_train(self, record: dict, progress: Progress) -> None:
@@ -340,9 +348,18 @@ class Trainer:
                 state=state,
                 state_tensors=tensors,
             )
-            prune_checkpoints(self.run_dir, self.tc.keep_checkpoints)
+            self._prune(meta["data_fingerprint"])
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(path)
         D.barrier(self.info)
         return path
+
+    def _prune(self, fingerprint: str) -> None:
+        """Keep the newest train.keep_checkpoints; name (once) a step-* folder that is not one of ours."""
+        strays = prune_checkpoints(self.run_dir, self.tc.keep_checkpoints, data_fingerprint=fingerprint)
+        for stray in sorted(set(strays) - self._strays_named):
+            self.log(f"warning: ignoring {stray}: not an intact checkpoint of this run, so never pruned")
+        self._strays_named.update(strays)
 
     def _rng_tensors(self) -> dict[str, torch.Tensor]:
         states = {"cpu": torch.get_rng_state()}

@@ -1,0 +1,196 @@
+"""Load test of `arlm serve` on localhost: N concurrent clients x M streamed requests each, for N in 1, 4, 8, 16.
+
+    .venv/bin/python benchmarks/serve_load.py [--model smollm2] [--requests 4] [--max-tokens 64] [--dtype float32]
+    .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --name smollm2   # a running server
+
+Starts `arlm serve MODEL` (unless --url is given), waits for /health, then for each number of clients runs every
+client's requests one after another: greedy, streamed chat completions of at most --max-tokens tokens (a reply may
+end earlier at EOS; tokens are counted as the server reports them). Reports per level: requests, tokens, wall time,
+aggregate tokens/s, time to first token p50/p95, inter-token latency p50/p95 (gaps between streamed chunks), and the
+aggregate tokens/s relative to one client. Bounded: clients x requests requests per level, nothing else. Prints a
+markdown table for docs/perf.md."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlparse
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a hash table works, step by step.",
+    "List ten facts about the planet Mars.",
+    "Describe the water cycle to a ten-year-old.",
+    "What are the main differences between Python lists and tuples?",
+    "Write a poem about autumn leaves.",
+    "Summarize the plot of a heist movie you invent.",
+    "Give a recipe for a simple tomato soup.",
+]
+LEVELS = (1, 4, 8, 16)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def one_request(url: str, name: str, prompt: str, max_tokens: int) -> dict:
+    """One streamed chat completion; times of the first chunk and of every chunk after it."""
+    parts = urlparse(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    body = {
+        "model": name,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
+    times, tokens = [], 0
+    while line := response.readline():
+        line = line.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            times.append(time.perf_counter())
+    conn.close()
+    end = time.perf_counter()
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return {"ttft": (times[0] - start) if times else end - start, "gaps": gaps, "tokens": tokens, "end": end}
+
+
+def run_level(url: str, name: str, clients: int, requests: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `requests` requests in turn."""
+    results, errors, lock = [], [], threading.Lock()
+
+    def client(c: int) -> None:
+        for r in range(requests):
+            try:
+                out = one_request(url, name, PROMPTS[(c * requests + r) % len(PROMPTS)], max_tokens)
+            except Exception as exc:  # reported, not hidden
+                with lock:
+                    errors.append(str(exc))
+                continue
+            with lock:
+                results.append(out)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in results)
+    gaps = [g for r in results for g in r["gaps"]]
+    ttfts = [r["ttft"] for r in results]
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "errors": len(errors),
+        "tokens": tokens,
+        "wall": wall,
+        "tok_s": tokens / wall,
+        "ttft_p50": percentile(ttfts, 0.5),
+        "ttft_p95": percentile(ttfts, 0.95),
+        "itl_p50": percentile(gaps, 0.5),
+        "itl_p95": percentile(gaps, 0.95),
+    }
+
+
+def start_server(args: argparse.Namespace) -> subprocess.Popen:
+    """`arlm serve` in a subprocess, waited for until /health answers."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "arlm",
+        "serve",
+        args.model,
+        "--port",
+        str(args.port),
+        "--dtype",
+        args.dtype,
+        "--max-batch",
+        str(args.max_batch),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for _ in range(1200):
+        if proc.poll() is not None:
+            raise SystemExit("arlm serve exited before it answered")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("arlm serve did not come up")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--url", help="use this running server instead of starting one")
+    parser.add_argument("--name", help="model name the running server serves (default --model)")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="numbers of clients")
+    args = parser.parse_args()
+    proc = None if args.url else start_server(args)
+    url = args.url or f"http://127.0.0.1:{args.port}"
+    name = args.name or args.model
+    try:
+        one_request(url, name, PROMPTS[0], 4)  # warm-up
+        rows = [run_level(url, name, int(c), args.requests, args.max_tokens) for c in args.levels.split(",")]
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=300)
+    print(
+        f"\n{name}, {args.dtype}, max batch {args.max_batch}, {args.requests} requests per client, max_tokens "
+        f"{args.max_tokens}, greedy, streamed chat; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    columns = ["clients", "requests", "errors", "tokens", "wall s", "tokens/s", "vs 1 client", "TTFT p50 / p95 s"]
+    print("| " + " | ".join([*columns, "ITL p50 / p95 ms"]) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = rows[0]["tok_s"] if rows and rows[0]["clients"] == 1 else float("nan")
+    for r in rows:
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['tokens']} | {r['wall']:.1f} | "
+            f"{r['tok_s']:.1f} | {r['tok_s'] / base:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p95']:.2f} | "
+            f"{1000 * r['itl_p50']:.0f} / {1000 * r['itl_p95']:.0f} |"
+        )
+    print(f"\nmedian tokens per request: {statistics.median([r['tokens'] / max(r['requests'], 1) for r in rows]):.1f}")
+
+
+if __name__ == "__main__":
+    main()

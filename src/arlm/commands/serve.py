@@ -1,0 +1,78 @@
+"""Serve a model over HTTP: an OpenAI-compatible API with continuous batching, and a decoding playground at /."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import torch
+
+from arlm.errors import ArlmError
+from arlm.interop.loading import load_model, pick_device
+from arlm.model.inference import optimize_for_decoding
+
+DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shorter
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `arlm serve`."""
+    parser.add_argument("model", nargs="?", default="smollm2", help="model to serve (default smollm2)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
+    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429 (default 64)")
+    limit = f"positions per sequence (default: the model's context, at most {DEFAULT_CONTEXT})"
+    parser.add_argument("--context", type=int, default=0, help=limit)
+    parser.add_argument("--prefill-chunk", type=int, default=512, help="longer prompts are prefilled in chunks")
+    parser.add_argument("--draft", help="a draft model for strategy speculative")
+    parser.add_argument("--name", help="the model name clients send (default: MODEL as given)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve until Ctrl-C / SIGTERM (which lets in-flight requests finish)."""
+    try:
+        import uvicorn  # lazy: optional dependency
+
+        from arlm.serving.app import create_app  # lazy: optional dependency (fastapi)
+        from arlm.serving.scheduler import Scheduler  # lazy: optional dependency (prometheus_client)
+    except ImportError as exc:
+        raise ArlmError(f"arlm serve needs {exc.name}: pip install 'arlm[serve]'") from None
+    if args.max_batch < 1 or args.max_queue < 0 or args.context < 0:
+        raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
+    device, dtype = pick_device(args.device), getattr(torch, args.dtype)
+    loaded = load_model(args.model, device=device, dtype=dtype)
+    model = optimize_for_decoding(loaded.model)
+    draft = None
+    if args.draft:
+        draft_loaded = load_model(args.draft, device=device, dtype=dtype)
+        if draft_loaded.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+            raise ArlmError(f"the draft {args.draft} uses another vocabulary than {args.model}")
+        draft = optimize_for_decoding(draft_loaded.model)
+    context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
+    scheduler = Scheduler(
+        model,
+        loaded.tokenizer,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_len=context,
+        prefill_chunk=args.prefill_chunk,
+        draft=draft,
+    )
+    name = args.name or args.model
+    app = create_app(scheduler, name)
+    print(f"serving {name} on http://{args.host}:{args.port} (playground at /, API at /v1)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    # uvicorn turns Ctrl-C / SIGTERM into a graceful shutdown (in-flight requests finish, then the scheduler
+    # drains), then raises the signal again; handlers that ignore it make that a normal exit, code 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped: every request in flight was answered", file=sys.stderr)
+    return 0

@@ -1,0 +1,189 @@
+"""Continuous batching: many sequences decoded together, each in its own slot of a SlotCache, joining and leaving
+at step boundaries, each with its own processors, seed and stop conditions.
+
+A step (1) runs one batched forward over the last token of every decoding sequence, (2) prefills newly admitted
+prompts (each one alone, as generate() does; a prompt longer than `prefill_chunk` in several chunks), and (3)
+chooses each sequence's next token from its own logits with generate()'s own choose_next. A sequence's logits do
+not depend on the other rows of the step (the batch-invariant decode layout of model/inference.py, and per-row
+attention in model/kv_cache.py), so its tokens are exactly those generate() gives it alone: greedy the same text,
+seeded sampling the same draws. One exception is documented in docs/serving.md: a prompt split into chunks is
+rounded differently from a one-shot prefill, so it is exact only up to the last bit of the attention.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from arlm.config import GenerationConfig
+from arlm.decoding.generate import choose_next
+from arlm.decoding.processors import History, make_generator, presence_frequency_penalty
+from arlm.errors import ArlmError
+
+BATCH_STRATEGIES = ("greedy", "sample")
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class BatchSequence:
+    """One sequence to decode: its prompt, settings and, as it runs, its tokens and where it is."""
+
+    prompt: list[int]
+    config: GenerationConfig  # strategy greedy or sample, with its processors, seed and max_new_tokens
+    eos_id: int | None = None
+    top_logprobs: int = -1  # -1: no log-probabilities; 0: the chosen token's; k > 0: also the k most likely
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence among the generated tokens
+    generated: list[int] = field(default_factory=list)
+    slot: int | None = None
+    filled: int = 0  # prompt tokens already in the cache
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", "cancelled", ...
+    generator: torch.Generator | None = None
+    ids: torch.Tensor | None = None  # (1, S) prompt + generated, for the processors
+    pending: torch.Tensor | None = None  # (1,) the chosen token, not yet in the cache
+    logits: torch.Tensor | None = None  # (1, V) next-token logits, not yet used
+
+    @property
+    def finished(self) -> bool:
+        """Whether the sequence has ended (for any reason)."""
+        return self.finish_reason is not None
+
+
+@dataclass
+class Emitted:
+    """A token chosen in a step: its sequence, its id, its log-probability and the most likely alternatives
+    (under the model's own distribution, before any processor), and whether it ended the sequence."""
+
+    sequence: BatchSequence
+    token: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+class BatchEngine:
+    """Slots for up to max_batch sequences of at most max_len positions (prompt + new tokens) on one model."""
+
+    def __init__(
+        self, model: torch.nn.Module, max_batch: int, max_len: int | None = None, prefill_chunk: int = PREFILL_CHUNK
+    ) -> None:
+        if max_batch < 1 or prefill_chunk < 1:
+            raise ArlmError(f"max_batch and prefill_chunk must be >= 1, got {max_batch} and {prefill_chunk}")
+        self.model = model
+        self.max_len = min(max_len or model.config.block_size, model.config.block_size)
+        self.cache = model.new_slot_cache(max_batch, self.max_len)
+        self.prefill_chunk = prefill_chunk
+        self.device = next(model.parameters()).device
+        self.free = list(range(max_batch - 1, -1, -1))  # popped from the end: slot 0 first
+        self.active: list[BatchSequence] = []
+        self.steps = 0
+
+    @property
+    def max_batch(self) -> int:
+        """Number of slots."""
+        return self.cache.slots
+
+    def check(self, seq: BatchSequence) -> None:
+        """Raise ArlmError if the sequence cannot run here (strategy, settings, length)."""
+        seq.config.validate()
+        if seq.config.strategy not in BATCH_STRATEGIES:
+            raise ArlmError(f"strategy {seq.config.strategy} cannot share a batch; batched: greedy, sample")
+        if not seq.prompt:
+            raise ArlmError("the prompt is empty; it needs at least one token")
+        if seq.config.max_new_tokens < 1:
+            raise ArlmError(f"max_tokens must be >= 1, got {seq.config.max_new_tokens}")
+        if len(seq.prompt) + seq.config.max_new_tokens > self.max_len:
+            raise ArlmError(
+                f"the prompt has {len(seq.prompt)} tokens and max_tokens is {seq.config.max_new_tokens}: more than "
+                f"the {self.max_len} positions of the context; shorten the prompt or lower max_tokens"
+            )
+
+    def admit(self, seq: BatchSequence) -> None:
+        """Give the sequence a free slot; it is prefilled and starts decoding from the next step."""
+        self.check(seq)
+        if not self.free:
+            raise ArlmError("no free slot")
+        seq.slot = self.free.pop()
+        self.cache.reset(seq.slot)
+        seed = seq.config.seed if seq.config.seed is not None else random.SystemRandom().randrange(2**63)
+        seq.generator = make_generator(seed, self.device)
+        seq.ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)  # (1, T)
+        self.active.append(seq)
+
+    def release(self, seq: BatchSequence, reason: str | None = None) -> None:
+        """Free the sequence's slot (ending it with `reason` unless it has ended already)."""
+        if seq.finish_reason is None:
+            seq.finish_reason = reason or "cancelled"
+        if seq in self.active:
+            self.active.remove(seq)
+            self.free.append(seq.slot)
+        seq.pending = seq.logits = None
+
+    @torch.inference_mode()
+    def step(self) -> list[Emitted]:
+        """One step: a forward over every decoding sequence, prefill of new ones, the next token of each.
+        Sequences that end (EOS, max_new_tokens) leave and free their slots; the others keep their token pending."""
+        decoding = [s for s in self.active if s.pending is not None]
+        if decoding:
+            tokens = torch.stack([s.pending for s in decoding])  # (A, 1)
+            logits = self.model.decode_slots(tokens, self.cache.batch([s.slot for s in decoding]))  # (A, V)
+            for i, s in enumerate(decoding):
+                s.logits, s.pending = logits[i : i + 1], None
+        self._prefill()
+        emitted = [self._choose(s) for s in list(self.active) if s.logits is not None]
+        for e in emitted:
+            if e.sequence.finished:
+                self.release(e.sequence)
+        self.steps += 1
+        return emitted
+
+    def _prefill(self) -> None:
+        """Prefill waiting prompts, at most prefill_chunk tokens this step; a prompt that fits one chunk is never
+        split (it is prefilled in one forward, as generate() does), a longer one goes chunk by chunk."""
+        budget = self.prefill_chunk
+        for s in self.active:
+            remaining = len(s.prompt) - s.filled
+            if remaining == 0 or s.pending is not None or s.logits is not None:
+                continue
+            take = min(remaining, self.prefill_chunk)
+            if take > budget and budget < self.prefill_chunk:
+                break  # this prompt waits for the next step rather than be split
+            row = self.cache.row(s.slot)
+            chunk = s.ids[:, s.filled : s.filled + take]  # (1, take)
+            logits = self.model(chunk, kv_cache=row, num_logits=1)[:, -1]  # (1, V)
+            self.cache.sync(s.slot, row)
+            s.filled += take
+            budget -= take
+            if s.filled == len(s.prompt):
+                s.logits = logits
+            if budget <= 0:
+                break
+
+    def _choose(self, s: BatchSequence) -> Emitted:
+        """The sequence's next token from its logits, by its own settings; the sequence ends on EOS or length."""
+        logits, s.logits = s.logits, None  # (1, V)
+        scores = logits
+        if s.presence_penalty or s.frequency_penalty:
+            generated = s.ids[:, len(s.prompt) :]  # (1, n)
+            scores = presence_frequency_penalty(logits, generated, s.presence_penalty, s.frequency_penalty)
+        eos = s.eos_id if s.config.stop_at_eos else None
+        history = History(None, len(s.prompt), eos)  # one unpadded row: min_new_tokens counts from the prompt
+        token = choose_next(scores, s.ids, s.config, s.generator, history)  # (1,)
+        s.ids = torch.cat([s.ids, token[:, None]], dim=1)  # (1, S+1)
+        tid = int(token)
+        s.generated.append(tid)
+        out = Emitted(s, tid)
+        if s.top_logprobs >= 0:
+            logprobs = torch.log_softmax(logits[0].float(), dim=-1)  # (V,)
+            out.logprob = float(logprobs[tid])
+            if s.top_logprobs:
+                values, ids = torch.topk(logprobs, min(s.top_logprobs, logprobs.numel()))
+                out.top = list(zip(ids.tolist(), values.tolist()))
+        if s.config.stop_at_eos and s.eos_id is not None and tid == s.eos_id:
+            s.finish_reason = "stop"
+        elif len(s.generated) >= s.config.max_new_tokens:
+            s.finish_reason = "length"
+        else:
+            s.pending = token
+        return out

@@ -1,0 +1,333 @@
+"""The web app (FastAPI on uvicorn): OpenAI's /v1/completions, /v1/chat/completions and /v1/models, /health,
+/metrics, the playground at / and its trace endpoint /v1/arlm/trace. Handlers only translate: a request becomes a
+scheduler Job whose events come back through an asyncio queue, and leave as JSON or server-sent events.
+
+Errors have OpenAI's body, {"error": {"message", "type", "param", "code"}}: 400 for a request that cannot run
+(bad JSON, an unknown or out-of-range argument, a prompt longer than the context), 404 for an unknown model or
+path, 429 when the queue is full. A client that goes away cancels its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from arlm.decoding.batch import BATCH_STRATEGIES
+from arlm.decoding.chat import apply_chat_template
+from arlm.errors import ArlmError
+from arlm.serving.responses import OpenAIFormat, TraceFormat
+from arlm.serving.scheduler import Job, QueueFull, Scheduler
+from arlm.serving.schemas import ChatMessage, ChatRequest, CompletionRequest, Sampling, TraceRequest
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's body."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or {404: "not_found_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+
+    def response(self) -> JSONResponse:
+        """The JSON response."""
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+class Server:
+    """What the handlers need: the scheduler, the tokenizer, the served model's name and context."""
+
+    def __init__(self, scheduler: Scheduler, model_id: str) -> None:
+        self.scheduler, self.model_id = scheduler, model_id
+        self.tokenizer = scheduler.tokenizer
+        self.context = scheduler.engine.max_len
+
+    def check_model(self, name: str) -> None:
+        """404 unless the request names the served model."""
+        if name != self.model_id:
+            message = f"the model {name!r} does not exist; this server serves {self.model_id!r}"
+            raise ApiError(404, message, param="model", code="model_not_found")
+
+    def encode_prompt(self, prompt) -> list[int]:
+        """A completion prompt (text, one-text list, or token ids) as ids."""
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise ApiError(400, "one prompt per request (got a list of several)", param="prompt")
+            prompt = prompt[0]
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        vocab = self.tokenizer.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise ApiError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if not ids:
+            bos = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
+            ids = [bos if bos is not None else 0]  # an empty prompt starts from BOS, as arlm generate does
+        return ids
+
+    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        """A conversation through the model's chat template, ending in the assistant's cue."""
+        tok = self.tokenizer
+        if not tok.chat_template:
+            raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
+        special = lambda i: tok.token_text(i) if i is not None else ""
+        rendered = apply_chat_template(
+            tok.chat_template,
+            [{"role": m.role, "content": m.text()} for m in messages],
+            bos_token=special(tok.bos_id),
+            eos_token=special(tok.eos_id),
+        )
+        return tok.encode(rendered)
+
+    def job(self, req: Sampling, prompt: list[int], max_tokens: int | None, emit, top_logprobs: int = -1) -> Job:
+        """The scheduler job of a request (default max_tokens: what the context leaves)."""
+        context = self.context
+        if len(prompt) >= context:
+            message = f"the prompt has {len(prompt)} tokens; the context holds {context} (prompt and completion)"
+            raise ApiError(400, message, param="prompt", code="context_length_exceeded")
+        if max_tokens is None:
+            max_tokens = context - len(prompt)
+        return Job(
+            prompt=prompt,
+            config=req.generation_config(max_tokens),
+            emit=emit,
+            n=req.n,
+            eos_id=self.tokenizer.eos_id,
+            top_logprobs=top_logprobs,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            stops=req.stops(),
+        )
+
+
+class Events:
+    """A job's events, handed from the scheduler's threads to the event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[dict] = asyncio.Queue()
+
+    def put(self, event: dict) -> None:
+        """Called from another thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    async def __aiter__(self) -> AsyncIterator[dict]:
+        while True:
+            event = await self.queue.get()
+            yield event
+            if event["type"] in ("done", "error"):
+                return
+
+
+def submit(server: Server, job: Job) -> None:
+    """Queue a job; the scheduler's refusals become API errors."""
+    try:
+        server.scheduler.submit(job)
+    except QueueFull as exc:
+        raise ApiError(429, str(exc), code="queue_full") from None
+    except ArlmError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def watch_disconnect(request: Request, on_disconnect: Callable[[], None]) -> None:
+    """Call on_disconnect when the client goes away (the body has been read, so the next message is that)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            on_disconnect()
+            return
+
+
+def sse(data) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def run_job(
+    request: Request, server: Server, job: Job, events: Events, stream: bool, chunks: Callable, start=(), final=None
+):
+    """Submit a job and answer: a stream of server-sent events (chunks of each event, then [DONE]), or, after the
+    last event, final() as JSON. A client that disconnects cancels the job."""
+    submit(server, job)
+    if stream:
+        return StreamingResponse(_stream(server, job, events, chunks, start), media_type="text/event-stream")
+    watcher = asyncio.create_task(watch_disconnect(request, lambda: server.scheduler.cancel(job)))
+    try:
+        async for event in events:
+            if event["type"] == "error":
+                raise ApiError(
+                    event["status"], event["message"], type="server_error" if event["status"] >= 500 else None
+                )
+            chunks(event)
+    finally:
+        watcher.cancel()
+        if job.open_choices:
+            server.scheduler.cancel(job)
+    return JSONResponse(final())
+
+
+async def _stream(server: Server, job: Job, events: Events, chunks: Callable, start) -> AsyncIterator[str]:
+    try:
+        for chunk in start:
+            yield sse(chunk)
+        async for event in events:
+            if event["type"] == "error":
+                kind = "server_error" if event["status"] >= 500 else "invalid_request_error"
+                yield sse({"error": {"message": event["message"], "type": kind, "param": None, "code": None}})
+                break
+            for chunk in chunks(event):
+                yield sse(chunk)
+        yield sse("[DONE]")
+    finally:  # also when the client went away (the response task is cancelled)
+        if job.open_choices:
+            server.scheduler.cancel(job)
+
+
+def create_app(scheduler: Scheduler, model_id: str) -> FastAPI:
+    """The app; its lifespan starts the scheduler and, at shutdown, lets it finish what it holds."""
+    server = Server(scheduler, model_id)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        await asyncio.to_thread(scheduler.shutdown)
+
+    app = FastAPI(title="arlm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    _error_handlers(app, scheduler)
+    _info_routes(app, server)
+    _generation_routes(app, server)
+    app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})
+    return app
+
+
+class CountRequests:
+    """ASGI middleware counting answered requests by endpoint and status (a plain ASGI wrapper: it leaves the
+    client's disconnect messages to the handlers)."""
+
+    def __init__(self, app, scheduler: Scheduler, paths: set[str]) -> None:
+        self.app, self.metrics, self.paths = app, scheduler.metrics, paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in self.paths else "other"
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def _error_handlers(app: FastAPI, scheduler: Scheduler) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = "not found: " + request.url.path if exc.status_code == 404 else str(exc.detail)
+        return ApiError(exc.status_code, message).response()
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """The first problem of a body pydantic refused, in one line."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    param = ".".join(loc) or None
+    if first.get("type") == "extra_forbidden":
+        return ApiError(400, f"unrecognized request argument: {param}", param=param)
+    if first.get("type") == "missing":
+        return ApiError(400, f"missing required argument: {param}", param=param)
+    return ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+
+
+def _info_routes(app: FastAPI, server: Server) -> None:
+    scheduler = server.scheduler
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> str:
+        return resources.files("arlm.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    async def health() -> dict:
+        features = {"chat_template": bool(server.tokenizer.chat_template), "draft": scheduler.draft is not None}
+        return {"status": "ok", "model": server.model_id, "context": server.context, **features, **scheduler.state()}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(scheduler.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        created = int(time.time())
+        card = {"id": server.model_id, "object": "model", "created": created, "owned_by": "arlm"}
+        card["max_model_len"] = server.context
+        return {"object": "list", "data": [card]}
+
+
+def _generation_routes(app: FastAPI, server: Server) -> None:
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        server.check_model(req.model)
+        if req.echo:
+            raise ApiError(400, "echo is not supported", param="echo")
+        prompt = server.encode_prompt(req.prompt)
+        events = Events()
+        top = -1 if req.logprobs is None else req.logprobs
+        max_tokens = req.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
+        job = server.job(req, prompt, max_tokens, events.put, top_logprobs=top)
+        fmt = OpenAIFormat("completion", server.model_id, req.n, len(prompt), _include_usage(req))
+        final = lambda: fmt.response(with_logprobs=req.logprobs is not None)
+        return await run_job(request, server, job, events, req.stream, fmt.chunks, final=final)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request):
+        server.check_model(req.model)
+        prompt = server.encode_chat(req.messages)
+        events = Events()
+        top = (req.top_logprobs or 0) if req.logprobs else -1
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        job = server.job(req, prompt, req.max_completion_tokens or req.max_tokens, events.put, top_logprobs=top)
+        fmt = OpenAIFormat("chat", server.model_id, req.n, len(prompt), _include_usage(req))
+        final = lambda: fmt.response(with_logprobs=req.logprobs)
+        start = fmt.start_chunks()
+        return await run_job(request, server, job, events, req.stream, fmt.chunks, start=start, final=final)
+
+    @app.post("/v1/arlm/trace")
+    async def trace(req: TraceRequest, request: Request):
+        server.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise ApiError(400, "give either prompt or messages", param="prompt")
+        prompt = server.encode_chat(req.messages) if req.messages else server.encode_prompt(req.prompt)
+        events = Events()
+        batched = req.resolved_strategy() in BATCH_STRATEGIES
+        job = server.job(req, prompt, req.max_tokens, events.put, top_logprobs=req.top_logprobs if batched else -1)
+        job.trace = True
+        fmt = TraceFormat(server.tokenizer)
+        start = [{"type": "start", "strategy": job.config.strategy, "prompt_tokens": len(prompt), "n": req.n}]
+        return await run_job(request, server, job, events, True, fmt.events, start=start)
+
+
+def _include_usage(req: Sampling) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)

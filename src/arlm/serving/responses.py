@@ -1,0 +1,189 @@
+"""Scheduler events turned into what clients read: OpenAI's completion and chat objects (whole, or as stream
+chunks), and the playground's trace events."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+from arlm.data.tokenizers import Tokenizer
+
+ENDED = -1.0e8  # below this a running beam's score means it has ended (beam search rules it out with -1e9)
+
+
+def _bytes(text: str) -> list[int] | None:
+    """UTF-8 bytes of a token's text (None when the token is part of a character)."""
+    return None if "\ufffd" in text else list(text.encode("utf-8"))
+
+
+class OpenAIFormat:
+    """Builds one response of /v1/completions (kind "completion") or /v1/chat/completions (kind "chat")."""
+
+    def __init__(self, kind: str, model_id: str, n: int, prompt_tokens: int, include_usage: bool = False) -> None:
+        self.kind, self.model_id, self.n = kind, model_id, n
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.prompt_tokens = prompt_tokens
+        self.include_usage = include_usage
+        self.texts = [""] * n
+        self.logprobs: list[list[dict]] = [[] for _ in range(n)]
+        self.finish: list[str | None] = [None] * n
+        self.completion_tokens = 0
+        self._held: dict | None = None  # the last choice's final chunk, sent with the usage
+
+    # ------------------------------------------------------------ streaming
+
+    def start_chunks(self) -> list[dict]:
+        """Chunks sent before any token: the assistant role of each chat choice."""
+        if self.kind != "chat":
+            return []
+        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(self.n)]
+
+    def chunks(self, event: dict) -> list[dict]:
+        """The stream chunks for one scheduler event (and records it for the whole response)."""
+        kind, i = event["type"], event.get("index", 0)
+        if kind == "token":
+            self.completion_tokens += 1
+            self.texts[i] += event["text"]
+            entry = self._logprob_entry(i, event) if "logprob" in event else None
+            if entry is not None:
+                self.logprobs[i].append(entry)
+            if not event["text"] and entry is None:
+                return []
+            return [self._chunk(i, event["text"], logprobs=self._chunk_logprobs(entry))]
+        if kind == "finish":
+            self.texts[i] += event["text"]
+            self.finish[i] = "stop" if event["reason"] == "stop" else "length"
+            chunk = self._chunk(i, event["text"] if event["text"] else None, finish=self.finish[i])
+            if all(f is not None for f in self.finish):
+                self._held = chunk  # the last one: it carries the usage
+                return []
+            return [chunk]
+        if kind == "done":
+            usage = self.usage()
+            out = []
+            if self._held is not None:
+                self._held["usage"] = usage
+                out.append(self._held)
+            if self.include_usage:
+                out.append(self._envelope([], usage=usage))
+            return out
+        return []
+
+    def _chunk(self, i: int, text, logprobs=None, finish: str | None = None) -> dict:
+        if self.kind == "chat":
+            delta = text if isinstance(text, dict) else ({"content": text} if text else {})
+            choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        else:
+            choice = {"index": i, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
+        return self._envelope([choice])
+
+    def _envelope(self, choices: list[dict], usage: dict | None = None) -> dict:
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model_id, "choices": choices}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    # ------------------------------------------------------------ log-probabilities
+
+    def _logprob_entry(self, i: int, event: dict) -> dict:
+        piece = event["piece"]
+        if self.kind == "chat":
+            top = [{"token": p, "logprob": lp, "bytes": _bytes(p)} for _, p, lp in event["top"]]
+            return {"token": piece, "logprob": event["logprob"], "bytes": _bytes(piece), "top_logprobs": top}
+        offset = sum(len(e["token"]) for e in self.logprobs[i])
+        top: dict[str, float] = {}
+        for _, p, lp in event["top"]:  # keyed by text, as OpenAI's: of tokens with the same text the likelier
+            top.setdefault(p, lp)
+        return {"token": piece, "logprob": event["logprob"], "top": top, "offset": offset}
+
+    def _chunk_logprobs(self, entry: dict | None) -> dict | None:
+        if entry is None:
+            return None
+        return self._logprobs_object([entry])
+
+    def _logprobs_object(self, entries: list[dict]) -> dict:
+        if self.kind == "chat":
+            return {"content": entries}
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [e["top"] for e in entries],
+            "text_offset": [e["offset"] for e in entries],
+        }
+
+    # ------------------------------------------------------------ the whole response
+
+    def usage(self) -> dict:
+        """OpenAI's usage counts."""
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+
+    def response(self, with_logprobs: bool) -> dict:
+        """The non-streamed response, once every event has been through chunks()."""
+        choices = []
+        for i in range(self.n):
+            choice = {"index": i, "logprobs": None, "finish_reason": self.finish[i]}
+            if with_logprobs:
+                choice["logprobs"] = self._logprobs_object(self.logprobs[i])
+            if self.kind == "chat":
+                choice["message"] = {"role": "assistant", "content": self.texts[i]}
+            else:
+                choice["text"] = self.texts[i]
+            choices.append(choice)
+        obj = "chat.completion" if self.kind == "chat" else "text_completion"
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model_id,
+            "choices": choices,
+            "usage": self.usage(),
+        }
+
+
+class TraceFormat:
+    """The playground's events: tokens with their probability and top alternatives, beam search's beams and
+    speculative decoding's verifications, ids turned into text."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def events(self, event: dict) -> list[dict]:
+        """Trace events for one scheduler event."""
+        kind = event["type"]
+        if kind == "token":
+            out = {"type": "token", "index": event["index"], "id": event["token"], "text": event["text"]}
+            out["piece"] = self.tokenizer.token_text(event["token"])
+            if "logprob" in event:
+                out["prob"] = math.exp(event["logprob"])
+                out["top"] = [{"id": t, "piece": p, "prob": math.exp(lp)} for t, p, lp in event["top"]]
+            return [out]
+        if kind == "trace":
+            return [self._strategy_event(event["index"], event["data"])]
+        return [event]
+
+    def _strategy_event(self, index: int, data: dict) -> dict:
+        piece = self.tokenizer.token_text
+        if data["event"] == "verify":
+            return {
+                "type": "verify",
+                "index": index,
+                "drafted": [{"id": t, "piece": piece(t)} for t in data["drafted"]],
+                "accepted": data["accepted"],
+                "token": {"id": data["token"], "piece": piece(data["token"])},
+                "probs": data["probs"],
+            }
+        decode = self.tokenizer.decode
+        (running,), (finished,) = data["running"], data["finished"]
+        return {
+            "type": "beams",
+            "index": index,
+            "step": data["step"],
+            "running": [  # beams that ended (scored -1e9 by beam search) are no longer running
+                {"text": decode(b["tokens"]), "score": b["score"]} for b in running if b["score"] > ENDED
+            ],
+            "finished": [{"text": decode(h["tokens"]), "score": h["score"]} for h in finished],
+        }

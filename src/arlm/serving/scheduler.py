@@ -1,0 +1,463 @@
+"""The scheduler: one thread owns the batch engine and loops over steps; requests wait in a queue, join the batch
+at a step boundary when a slot is free, and leave when done, stopped or cancelled (a cancelled request is dropped
+before the next step). Beam search, speculative decoding and prompt lookup cannot share a batch step: they wait in
+a lane of their own, served one request at a time by a second thread through generate() (on the same read-only
+weights, with caches of its own), never downgraded to another strategy.
+
+Everything a request produces reaches it through job.emit(event), called from these threads, with plain dicts:
+  {"type": "token", "index", "token", "text", ["logprob", "piece", "top"]}  a token of choice `index` and the text
+                                                                       that became final with it
+  {"type": "trace", "index", "data"}       a strategy event of the lane (beam search's beams, a verification)
+  {"type": "finish", "index", "reason", "text"}  a choice ended ("stop", "length" or "cancelled"); last text
+  {"type": "done", "usage"}                every choice has ended
+  {"type": "error", "status", "message"}   the request failed (400: refused by generate(); 500: a bug)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from arlm.config import GenerationConfig
+from arlm.data.tokenizers import Tokenizer
+from arlm.decoding.batch import BATCH_STRATEGIES, BatchEngine, BatchSequence, Emitted
+from arlm.decoding.generate import check_length, generate
+from arlm.errors import ArlmError
+from arlm.serving.metrics import ServerMetrics
+from arlm.serving.text import TextStream
+
+Event = dict
+LANE_STRATEGIES = ("beam", "speculative", "prompt-lookup")
+
+
+class QueueFull(Exception):
+    """The queue already holds max_queue requests."""
+
+
+class Cancelled(Exception):
+    """Raised inside a lane generation whose client went away."""
+
+
+@dataclass
+class Job:
+    """One request: n choices continuing one prompt, with its settings and where its events go."""
+
+    prompt: list[int]
+    config: GenerationConfig
+    emit: Callable[[Event], None]
+    n: int = 1
+    eos_id: int | None = None
+    top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely (batch lane only)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stops: list[str] = field(default_factory=list)
+    trace: bool = False  # forward the lane's strategy events
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    completion_tokens: int = 0
+    open_choices: int = 0
+    cancel_step: int | None = None  # batch step count when the cancel came
+    admitted_step: int | None = None  # batch step count when its first choice joined the batch
+    finished_step: int | None = None  # batch step count when its last choice ended
+    release_step: int | None = None  # batch step count when a cancelled choice left the batch
+    choices: list[Choice] = field(default_factory=list)  # lane jobs: their choices, run in turn
+    choices_done: int = 0
+
+    @property
+    def batched(self) -> bool:
+        """Whether the strategy shares the batch (else the one-at-a-time lane)."""
+        return self.config.strategy in BATCH_STRATEGIES
+
+    def usage(self) -> dict:
+        """OpenAI's usage counts."""
+        prompt = len(self.prompt)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt + self.completion_tokens,
+        }
+
+
+@dataclass
+class Choice:
+    """One of a job's n continuations."""
+
+    job: Job
+    index: int
+    text: TextStream
+    seq: BatchSequence | None = None
+
+
+class Scheduler:
+    """Owns the model: the batch loop and the lane, their queues, and the metrics."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        max_len: int | None = None,
+        prefill_chunk: int = 512,
+        draft: torch.nn.Module | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.draft = model, tokenizer, draft
+        self.engine = BatchEngine(model, max_batch, max_len, prefill_chunk)
+        self.max_queue = max_queue
+        self.metrics = metrics or ServerMetrics(max_batch)
+        self._cond = threading.Condition()
+        self._waiting: deque[Choice] = deque()  # batch choices without a slot yet
+        self._lane: deque[Job] = deque()
+        self._queued = 0  # jobs that have not started
+        self._owner: dict[int, Choice] = {}  # id(BatchSequence) -> its choice
+        self._gate = threading.Event()  # cleared by pause()
+        self._gate.set()
+        self._parked = threading.Event()
+        self._pause_in: int | None = None  # steps until pause() takes hold
+        self._stopping = False
+        self.history: deque[Job] = deque(maxlen=1000)  # finished jobs, newest last (tests, debugging)
+        self._threads = [
+            threading.Thread(target=self._batch_loop, name="arlm-batch", daemon=True),
+            threading.Thread(target=self._lane_loop, name="arlm-lane", daemon=True),
+        ]
+
+    # ------------------------------------------------------------ the outside: threads of the web server
+
+    def start(self) -> None:
+        """Start the batch and lane threads."""
+        for t in self._threads:
+            t.start()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Finish every queued and running request, then stop the threads."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._gate.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout)
+
+    def validate(self, job: Job) -> None:
+        """Raise ArlmError if the request cannot run (before it is queued)."""
+        config = job.config
+        config.validate()
+        if job.n < 1:
+            raise ArlmError(f"n must be >= 1, got {job.n}")
+        if job.batched:
+            self.engine.check(BatchSequence(job.prompt, config))
+            return
+        check_length(self.model, len(job.prompt), config.max_new_tokens)
+        unsupported = {
+            "logprobs": job.top_logprobs >= 0,
+            "presence_penalty": job.presence_penalty != 0,
+            "frequency_penalty": job.frequency_penalty != 0,
+            "stop": bool(job.stops) and config.strategy == "beam",
+        }
+        for name, given in unsupported.items():
+            if given:
+                raise ArlmError(f"{name} is not supported with strategy {config.strategy}")
+        if config.strategy == "speculative" and self.draft is None:
+            raise ArlmError("this server has no draft model (start it with --draft MODEL); try prompt-lookup")
+        if config.strategy == "beam" and job.n > config.num_beams:
+            raise ArlmError(f"n ({job.n}) must be <= num_beams ({config.num_beams})")
+
+    def submit(self, job: Job) -> None:
+        """Queue a validated request; raises QueueFull when max_queue requests are waiting already."""
+        self.validate(job)
+        with self._cond:
+            if self._stopping:
+                raise ArlmError("the server is shutting down")
+            if self._queued >= self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry later")
+            self._queued += 1
+            self.metrics.queue_length.set(self._queued)
+            self.metrics.prompt_tokens.inc(len(job.prompt))
+            job.open_choices = job.n
+            choices = [Choice(job, i, TextStream(self.tokenizer, job.stops)) for i in range(job.n)]
+            if job.batched:
+                self._waiting.extend(choices)
+            else:
+                job.choices = choices
+                self._lane.append(job)
+            self._cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: the job's choices end before the next step (or as soon as the lane checks)."""
+        if not job.cancelled.is_set():
+            job.cancel_step = self.engine.steps
+            job.cancelled.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def pause(self, after_steps: int = 0) -> None:
+        """Hold the batch loop at the next step boundary, or (returning at once) after `after_steps` more steps
+        (tests: make arrivals and what a client has seen deterministic)."""
+        if after_steps > 0:
+            with self._cond:
+                self._pause_in = after_steps
+            return
+        self._gate.clear()
+        self._parked.clear()
+        with self._cond:
+            self._cond.notify_all()
+        self._parked.wait(timeout=60)
+
+    def resume(self) -> None:
+        """Let the batch loop go on."""
+        with self._cond:
+            self._pause_in = None
+        self._gate.set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the batch loop is held at a step boundary now."""
+        return not self._gate.is_set() and self._parked.is_set()
+
+    def running(self) -> list[Job]:
+        """Jobs with a choice in the batch now."""
+        with self._cond:
+            jobs = {id(c.job): c.job for c in self._owner.values()}
+        return list(jobs.values())
+
+    def state(self) -> dict:
+        """Counts for /health and the tests."""
+        with self._cond:
+            return {
+                "queued": self._queued,
+                "active_slots": len(self.engine.active),
+                "free_slots": len(self.engine.free),
+                "max_batch": self.engine.max_batch,
+                "steps": self.engine.steps,
+            }
+
+    # ------------------------------------------------------------ the batch thread
+
+    def _batch_loop(self) -> None:
+        while True:
+            if not self._gate.is_set():
+                self._parked.set()
+                self._gate.wait()
+            with self._cond:
+                self._drop_cancelled()
+                self._admit()
+                if not self.engine.active:
+                    if self._stopping and not self._waiting:
+                        return
+                    self._parked.set()  # idle counts as parked
+                    self._cond.wait()
+                    continue
+            started = time.perf_counter()
+            try:
+                emitted = self.engine.step()
+            except Exception as exc:  # a bug: fail what is running, keep serving
+                self._fail_active(exc)
+                continue
+            self._deliver(emitted)
+            self.metrics.step(len(emitted), time.perf_counter() - started, len(self.engine.active))
+            self._count_down()
+
+    def _count_down(self) -> None:
+        """A pause asked for after some steps takes hold."""
+        with self._cond:
+            if self._pause_in is not None:
+                self._pause_in -= 1
+                if self._pause_in <= 0:
+                    self._pause_in = None
+                    self._parked.clear()
+                    self._gate.clear()
+
+    def _admit(self) -> None:
+        """Waiting choices into free slots, first come first served."""
+        while self._waiting and self.engine.free:
+            choice = self._waiting.popleft()
+            job = choice.job
+            choice.seq = BatchSequence(
+                job.prompt,
+                _choice_config(job.config, choice.index),
+                eos_id=job.eos_id,
+                top_logprobs=job.top_logprobs,
+                presence_penalty=job.presence_penalty,
+                frequency_penalty=job.frequency_penalty,
+            )
+            self.engine.admit(choice.seq)
+            self._owner[id(choice.seq)] = choice
+            if job.admitted_step is None:
+                job.admitted_step = self.engine.steps
+                self._queued -= 1
+                self.metrics.queue_length.set(self._queued)
+        self.metrics.active_slots.set(len(self.engine.active))
+
+    def _drop_cancelled(self) -> None:
+        """End the choices of cancelled jobs: running ones leave the batch, waiting ones the queue."""
+        for seq in list(self.engine.active):
+            choice = self._owner[id(seq)]
+            if choice.job.cancelled.is_set():
+                self.engine.release(seq, "cancelled")
+                choice.job.release_step = self.engine.steps
+                self._finish(choice, "cancelled")
+        dropped = [c for c in self._waiting if c.job.cancelled.is_set()]
+        for choice in dropped:
+            self._waiting.remove(choice)
+            if choice.job.admitted_step is None and not any(c.job is choice.job for c in self._waiting):
+                self._queued -= 1
+                choice.job.admitted_step = self.engine.steps
+            self._finish(choice, "cancelled")
+        self.metrics.queue_length.set(self._queued)
+        self.metrics.active_slots.set(len(self.engine.active))
+
+    def _deliver(self, emitted: list[Emitted]) -> None:
+        """Hand each new token to its request; stop strings end a choice here, before the next step."""
+        for e in emitted:
+            choice = self._owner[id(e.sequence)]
+            event = self._token_event(choice, e.token)
+            if e.logprob is not None:
+                event["logprob"] = e.logprob
+                event["piece"] = self.tokenizer.token_text(e.token)
+                event["top"] = [(t, self.tokenizer.token_text(t), lp) for t, lp in e.top]
+            self._send(choice.job, event)
+            if choice.text.stopped and not e.sequence.finished:
+                self.engine.release(e.sequence, "stop")
+            if e.sequence.finished:
+                self._finish(choice, e.sequence.finish_reason)
+
+    def _token_event(self, choice: Choice, token: int) -> Event:
+        job = choice.job
+        now = time.perf_counter()
+        if job.first_token is None:
+            job.first_token = now
+            self.metrics.ttft.observe(now - job.created)
+        job.completion_tokens += 1
+        return {"type": "token", "index": choice.index, "token": token, "text": choice.text.push(token)}
+
+    def _finish(self, choice: Choice, reason: str) -> None:
+        """A choice has ended: its last text, and the job's usage once every choice has."""
+        if choice.seq is not None:
+            with self._cond:  # a re-entrant lock: _drop_cancelled holds it already
+                self._owner.pop(id(choice.seq), None)
+        job = choice.job
+        self.metrics.finished.labels(reason=reason).inc()
+        self._send(job, {"type": "finish", "index": choice.index, "reason": reason, "text": choice.text.flush()})
+        job.open_choices -= 1
+        if job.open_choices == 0:
+            job.finished_step = self.engine.steps
+            self.history.append(job)
+            self._send(job, {"type": "done", "usage": job.usage()})
+
+    def _send(self, job: Job, event: Event) -> None:
+        """Deliver an event; a request whose receiver is gone counts as cancelled."""
+        try:
+            job.emit(event)
+        except Exception:
+            job.cancelled.set()
+
+    def _fail_active(self, exc: Exception) -> None:
+        traceback.print_exception(exc, file=sys.stderr)
+        with self._cond:
+            failed = {id(self._owner[id(s)].job): self._owner[id(s)].job for s in self.engine.active}
+            for seq in list(self.engine.active):
+                self.engine.release(seq, "error")
+                self._owner.pop(id(seq), None)
+            self._waiting = deque(c for c in self._waiting if id(c.job) not in failed)
+        for job in failed.values():
+            self._send(job, {"type": "error", "status": 500, "message": f"internal error: {exc}"})
+
+    # ------------------------------------------------------------ the lane thread
+
+    def _lane_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._lane and not self._stopping:
+                    self._cond.wait()
+                if not self._lane:
+                    return
+                job = self._lane.popleft()
+                self._queued -= 1
+                self.metrics.queue_length.set(self._queued)
+            self.metrics.lane_busy.set(1)
+            try:
+                self._run_lane_job(job)
+            except Cancelled:
+                for choice in job.choices[job.choices_done :]:
+                    self._finish(choice, "cancelled")
+            except ArlmError as exc:
+                self._send(job, {"type": "error", "status": 400, "message": str(exc)})
+            except Exception as exc:  # a bug: fail this request, keep serving
+                traceback.print_exception(exc, file=sys.stderr)
+                self._send(job, {"type": "error", "status": 500, "message": f"internal error: {exc}"})
+            finally:
+                self.metrics.lane_busy.set(0)
+
+    def _run_lane_job(self, job: Job) -> None:
+        """Beam search (one call for all n choices) or speculative / prompt lookup (one call per choice)."""
+        job.choices_done = 0
+        if job.cancelled.is_set():
+            raise Cancelled
+        if job.config.strategy == "beam":
+            config = dataclasses.replace(job.config, num_return_sequences=job.n)
+            out = self._lane_generate(job, None, config)
+            for choice, ids in zip(job.choices, out.generated()):
+                for token in ids:
+                    self._send(job, self._token_event(choice, token))
+                self._lane_finish(job, choice, ids)
+            return
+        for choice in job.choices:
+            config = _choice_config(job.config, choice.index)
+            ids = self._lane_generate(job, choice, config).generated()[0]
+            self._lane_finish(job, choice, ids)
+
+    def _lane_generate(self, job: Job, choice: Choice | None, config: GenerationConfig):
+        """generate() with the request's callbacks: tokens streamed, stop strings, trace, cancellation."""
+
+        def check() -> None:
+            if job.cancelled.is_set():
+                raise Cancelled
+
+        def on_token(tokens: torch.Tensor) -> None:
+            check()
+            self._send(job, self._token_event(choice, int(tokens.reshape(-1)[0])))
+            self.metrics.generated_tokens.labels(lane="lane").inc()
+
+        def trace(event: dict) -> None:
+            check()
+            if job.trace:
+                self._send(job, {"type": "trace", "index": 0 if choice is None else choice.index, "data": event})
+
+        tok = self.tokenizer
+        return generate(
+            self.model,
+            [job.prompt],
+            config,
+            eos_id=job.eos_id,
+            pad_id=tok.pad_id,
+            draft=self.draft,
+            on_token=on_token if choice is not None else None,
+            should_stop=(lambda row, ids: choice.text.stopped) if choice is not None else None,
+            trace=trace,
+        )
+
+    def _lane_finish(self, job: Job, choice: Choice, ids: list[int]) -> None:
+        ended_at_eos = bool(ids) and job.config.stop_at_eos and ids[-1] == job.eos_id
+        reason = "stop" if choice.text.stopped or ended_at_eos else "length"
+        if job.config.strategy == "beam":
+            self.metrics.generated_tokens.labels(lane="lane").inc(len(ids))
+        job.choices_done += 1
+        self._finish(choice, reason)
+
+
+def _choice_config(config: GenerationConfig, index: int) -> GenerationConfig:
+    """Choice i of n: the request's settings, seeded seed + i (so that choices differ and each is reproducible)."""
+    if config.seed is None or index == 0:
+        return config
+    return dataclasses.replace(config, seed=config.seed + index)

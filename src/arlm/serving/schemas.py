@@ -1,0 +1,120 @@
+"""Request bodies of the OpenAI-compatible endpoints (pydantic), arlm's extras, and their translation into a
+GenerationConfig. An argument the server does not know is refused (400), never ignored."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from arlm.config import GenerationConfig
+
+Strategy = Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"]
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    """What both endpoints share: OpenAI's sampling parameters and arlm's extras (top_k, min_p,
+    repetition_penalty, strategy, num_beams, num_draft_tokens), all optional."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    user: str | None = None  # OpenAI's end-user id: accepted, unused
+    # arlm's extras
+    top_k: int = Field(default=0, ge=0)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    strategy: Strategy | None = None  # default: greedy at temperature 0, else sample
+    num_beams: int = Field(default=4, ge=1, le=MAX_N)
+    num_draft_tokens: int = Field(default=4, ge=1, le=16)
+
+    def stops(self) -> list[str]:
+        """The stop strings as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def resolved_strategy(self) -> str:
+        """The strategy asked for, by default greedy at temperature 0 and sampling otherwise."""
+        return self.strategy or ("greedy" if self.temperature == 0 else "sample")
+
+    def generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        """The decoding settings (stop strings are handled on the text, by the scheduler)."""
+        return GenerationConfig(
+            strategy=self.resolved_strategy(),
+            max_new_tokens=max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            num_beams=self.num_beams,
+            seed=self.seed,
+            num_draft_tokens=self.num_draft_tokens,
+        )
+
+
+class CompletionRequest(Sampling):
+    """POST /v1/completions: one prompt (text or token ids)."""
+
+    prompt: str | list[str] | list[int]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+
+
+class TextPart(BaseModel):
+    """A text part of a message's content."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The content as one string."""
+        if self.content is None:
+            return ""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatRequest(Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class TraceRequest(Sampling):
+    """POST /v1/arlm/trace: a prompt or a conversation, decoded with every strategy event streamed."""
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    top_logprobs: int = Field(default=5, ge=0, le=MAX_TOP_LOGPROBS)

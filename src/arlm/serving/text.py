@@ -1,0 +1,61 @@
+"""Streaming detokenization: the text of a growing list of ids, handed out in pieces that never change afterwards,
+cut at the first stop string (which is never sent, not even in part)."""
+
+from __future__ import annotations
+
+from arlm.data.tokenizers import Tokenizer
+
+
+class TextStream:
+    """Text deltas for one sequence: push ids one by one; a piece is held back while it ends in an incomplete
+    UTF-8 character or in what could be the start of a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in (stops or []) if s]
+        self.ids: list[int] = []
+        self.sent = ""  # text handed out so far
+        self.stopped = False  # a stop string was found; the text is final
+
+    def push(self, token: int) -> str:
+        """Add one id; returns the text that became final (possibly empty)."""
+        if self.stopped:
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            return self._advance(text[:cut])
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
+            return ""
+        return self._advance(text[: len(text) - self._partial_stop(text)])
+
+    def flush(self) -> str:
+        """The held-back rest once the sequence has ended (nothing after a stop string)."""
+        if self.stopped:
+            return ""
+        return self._advance(self.tokenizer.decode(self.ids))
+
+    @property
+    def text(self) -> str:
+        """All the text handed out."""
+        return self.sent
+
+    def _advance(self, final: str) -> str:
+        """The part of `final` not sent yet (text is only ever appended to)."""
+        if not final.startswith(self.sent) or len(final) <= len(self.sent):
+            return ""
+        delta = final[len(self.sent) :]
+        self.sent = final
+        return delta
+
+    def _partial_stop(self, text: str) -> int:
+        """Length of the longest end of text that is the beginning of a stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best

@@ -1,0 +1,168 @@
+import pytest
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.batch import BatchEngine, BatchSequence
+from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
+from arlm.model.inference import optimize_for_decoding
+from arlm.model.transformer import Transformer
+
+
+def _model(flavour="llama", block=96) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        flavour=flavour,
+        vocab_size=61,
+        block_size=block,
+        n_layer=2,
+        n_head=4,
+        d_model=32,
+        n_kv_head=2 if flavour == "llama" else None,
+        init_std=0.3,  # peaked distributions: greedy text that is not one repeated token
+    )
+    return optimize_for_decoding(Transformer(config).eval(), chunks=2)
+
+
+def _run(engine: BatchEngine, arrivals: dict[int, list[BatchSequence]], limit: int = 500) -> list[int]:
+    """Step the engine, admitting each sequence at its arrival step (or, when the slots are full, as soon as one
+    frees); returns the batch size of every step."""
+    occupancy, waiting = [], []
+    for step in range(limit):
+        waiting += arrivals.get(step, [])
+        while waiting and engine.free:
+            engine.admit(waiting.pop(0))
+        if not engine.active and step > max(arrivals):
+            return occupancy
+        occupancy.append(len(engine.active))
+        engine.step()
+    raise AssertionError("the engine did not finish")
+
+
+def _requests(n=8):
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 61, (length,), generator=g).tolist() for length in (1, 2, 5, 9, 3, 17, 30, 7)[:n]]
+    return prompts, [4, 20, 11, 33, 6, 25, 14, 40][:n]
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+def test_greedy_in_a_busy_batch_equals_generate_alone(flavour):
+    model = _model(flavour)
+    prompts, lengths = _requests()
+    configs = [GenerationConfig(strategy="greedy", max_new_tokens=n) for n in lengths]
+    seqs = [BatchSequence(p, c) for p, c in zip(prompts, configs)]
+    engine = BatchEngine(model, max_batch=4, max_len=80)
+    arrivals = {0: seqs[:3], 2: seqs[3:5], 5: [seqs[5]], 9: [seqs[6]], 13: [seqs[7]]}
+    occupancy = _run(engine, arrivals)
+    assert max(occupancy) == 4  # the batch was full, and slots were reused: 8 sequences through 4 slots
+    for seq, prompt, config in zip(seqs, prompts, configs):
+        assert seq.generated == generate(model, [prompt], config).generated()[0]
+        assert seq.finish_reason == "length"
+    assert sorted(engine.free) == [0, 1, 2, 3] and not engine.active
+
+
+def test_seeded_sampling_and_processors_per_row_equal_generate_alone():
+    model = _model()
+    prompts, lengths = _requests()
+    settings = [
+        {"temperature": 0.8, "seed": 1},
+        {"temperature": 1.3, "top_k": 5, "seed": 2},
+        {"temperature": 1.0, "top_p": 0.7, "seed": 3},
+        {"temperature": 1.0, "min_p": 0.2, "seed": 4},
+        {"temperature": 0.9, "repetition_penalty": 1.5, "seed": 5},
+        {"strategy": "greedy", "repetition_penalty": 2.0},
+        {"temperature": 1.0, "no_repeat_ngram_size": 2, "seed": 7},
+        {"temperature": 0.0, "seed": 8},
+    ]
+    configs = [GenerationConfig(**{"strategy": "sample", "max_new_tokens": n, **s}) for n, s in zip(lengths, settings)]
+    seqs = [BatchSequence(p, c) for p, c in zip(prompts, configs)]
+    _run(BatchEngine(model, max_batch=8, max_len=80), {0: seqs[:4], 3: seqs[4:]})
+    for seq, prompt, config in zip(seqs, prompts, configs):
+        assert seq.generated == generate(model, [prompt], config).generated()[0], config
+
+
+def test_eos_ends_a_sequence_and_frees_its_slot():
+    model = _model()
+    prompt = [5, 6, 7]
+    free = generate(model, [prompt], GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]
+    eos = free[6]
+    seq = BatchSequence(prompt, GenerationConfig(strategy="greedy", max_new_tokens=30), eos_id=eos)
+    other = BatchSequence([9, 9], GenerationConfig(strategy="greedy", max_new_tokens=30))
+    engine = BatchEngine(model, max_batch=2, max_len=64)
+    _run(engine, {0: [seq, other]})
+    assert seq.generated == free[: free.index(eos) + 1] and seq.finish_reason == "stop"
+    assert len(other.generated) == 30 and other.finish_reason == "length"
+
+
+def test_long_prompts_are_prefilled_in_chunks_and_short_ones_never_split():
+    model = _model(block=128)
+    g = torch.Generator().manual_seed(5)
+    long_prompt = torch.randint(1, 61, (70,), generator=g).tolist()
+    short = [torch.randint(1, 61, (n,), generator=g).tolist() for n in (12, 15)]
+    config = GenerationConfig(strategy="greedy", max_new_tokens=10)
+    seqs = [BatchSequence(p, config) for p in [long_prompt, *short]]
+    engine = BatchEngine(model, max_batch=3, max_len=100, prefill_chunk=16)
+    forwards = []
+    original = model.forward
+    model.forward = lambda ids, **kw: forwards.append(ids.shape[1]) or original(ids, **kw)
+    _run(engine, {0: seqs})
+    assert forwards[:5] == [16, 16, 16, 16, 6]  # the long prompt, chunk by chunk, one chunk a step
+    assert forwards[5:7] == [12, 15]  # short prompts whole, when a step's budget allows
+    for seq in seqs[1:]:
+        assert seq.generated == generate(model, [seq.prompt], config).generated()[0]
+    # the chunked prompt: its logits are the one-shot prefill's up to rounding
+    cache = model.new_cache(1, 80)
+    one_shot = original(torch.tensor([long_prompt]), kv_cache=cache, num_logits=1)[0, -1]
+    row_cache = model.new_slot_cache(1, 80)
+    row = row_cache.row(0)
+    for start in range(0, 70, 16):
+        chunked = original(torch.tensor([long_prompt[start : start + 16]]), kv_cache=row, num_logits=1)[0, -1]
+    torch.testing.assert_close(chunked, one_shot, rtol=1e-5, atol=1e-5)
+
+
+def test_sequences_that_cannot_run_are_refused():
+    engine = BatchEngine(_model(), max_batch=1, max_len=32)
+    with pytest.raises(ArlmError, match="cannot share a batch"):
+        engine.admit(BatchSequence([1], GenerationConfig(strategy="beam")))
+    with pytest.raises(ArlmError, match="32 positions"):
+        engine.admit(BatchSequence([1] * 20, GenerationConfig(strategy="greedy", max_new_tokens=13)))
+    with pytest.raises(ArlmError, match="empty"):
+        engine.admit(BatchSequence([], GenerationConfig(strategy="greedy")))
+    engine.admit(BatchSequence([1], GenerationConfig(strategy="greedy", max_new_tokens=3)))
+    with pytest.raises(ArlmError, match="no free slot"):
+        engine.admit(BatchSequence([1], GenerationConfig(strategy="greedy", max_new_tokens=3)))
+
+
+def test_release_mid_decoding_frees_the_slot_for_the_next_sequence():
+    model = _model()
+    engine = BatchEngine(model, max_batch=1, max_len=64)
+    first = BatchSequence([1, 2], GenerationConfig(strategy="greedy", max_new_tokens=40))
+    engine.admit(first)
+    for _ in range(3):
+        engine.step()
+    engine.release(first)
+    assert first.finish_reason == "cancelled" and len(first.generated) == 3 and engine.free == [0]
+    config = GenerationConfig(strategy="greedy", max_new_tokens=12)
+    second = BatchSequence([4, 5, 6], config)
+    _run(engine, {0: [second]})
+    assert second.generated == generate(model, [[4, 5, 6]], config).generated()[0]
+
+
+def test_logprobs_are_the_models_own_distribution():
+    model = _model()
+    seq = BatchSequence([3, 4, 5], GenerationConfig(strategy="greedy", max_new_tokens=3), top_logprobs=4)
+    engine = BatchEngine(model, max_batch=1, max_len=32)
+    engine.admit(seq)
+    first = engine.step()[0]
+    expected = torch.log_softmax(model(torch.tensor([[3, 4, 5]]))[0, -1], dim=-1)
+    assert first.token == int(expected.argmax())
+    assert first.logprob == pytest.approx(float(expected.max()), abs=1e-5)
+    assert [t for t, _ in first.top] == expected.topk(4).indices.tolist()
+
+
+def test_presence_and_frequency_penalties_follow_openai():
+    from arlm.decoding.processors import presence_frequency_penalty
+
+    scores = torch.zeros(1, 5)
+    out = presence_frequency_penalty(scores, torch.tensor([[1, 1, 3]]), presence=0.5, frequency=0.25)
+    assert out.tolist() == [[0.0, -1.0, 0.0, -0.75, 0.0]]

@@ -1,0 +1,83 @@
+"""Model references: which loader a folder goes to, and readers of a run that is being trained."""
+
+import json
+import time
+
+import pytest
+
+from arlm.commands.train import train_command
+from arlm.errors import ArlmError
+from arlm.interop.checkpoint import _write_manifest
+from arlm.interop.loading import load_model
+from tests.helpers import kill, start_train, tiny_config, tiny_raw, wait_for, write_yaml
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run folder with checkpoints at steps 5 and 10."""
+    from tests.helpers import write_corpus
+
+    tmp = tmp_path_factory.mktemp("loading")
+    config = tiny_config(tmp, write_corpus(tmp / "corpus"), train={"max_steps": 10, "checkpoint_interval": 5})
+    train_command(config, log=lambda _: None)
+    return tmp / "run"
+
+
+def _with_model_type(checkpoint, tmp_path):
+    """A copy of a checkpoint whose config.json also names a transformers model_type (manifest agreeing)."""
+    import shutil
+
+    copy = tmp_path / "step-00000010"
+    shutil.copytree(checkpoint, copy)
+    record = json.loads((copy / "config.json").read_text())
+    record["model_type"] = "llama"
+    (copy / "config.json").write_text(json.dumps(record))
+    (copy / "manifest.json").unlink()
+    _write_manifest(copy)
+    return copy
+
+
+def test_an_arlm_checkpoint_with_model_type_is_still_verified(run, tmp_path):
+    copy = _with_model_type(run / "checkpoints" / "step-00000010", tmp_path)
+    assert load_model(copy).source == str(copy)  # loaded as the arlm checkpoint it is
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-5])
+    with pytest.raises(ArlmError, match="truncated or damaged"):
+        load_model(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ArlmError, match="incomplete"):
+        load_model(copy)
+
+
+def test_a_transformers_folder_goes_to_the_hf_loader(tmp_path, monkeypatch):
+    import arlm.interop.hf as hf
+
+    class Reached(Exception):
+        pass
+
+    def hf_loader(path):
+        raise Reached(path)
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    monkeypatch.setattr(hf, "load_hf_folder", hf_loader)
+    with pytest.raises(Reached):
+        load_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_loading_a_run_while_it_trains_and_prunes(tmp_path, corpus_dir):
+    """A real training process writes and prunes a checkpoint every step; loads of its run folder meanwhile
+    all succeed (each may race with a prune between verify and load)."""
+    train = {"max_steps": 400, "checkpoint_interval": 1, "keep_checkpoints": 1, "eval_interval": 1000}
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train=train))
+    out = tmp_path / "busy"
+    proc = start_train(preset, out)
+    sources = []
+    try:
+        if wait_for(lambda: any((out / "checkpoints").glob("step-*")), proc):
+            deadline = time.monotonic() + 240  # bounded; loads go on until the run has moved on twice
+            while proc.poll() is None and len(set(sources)) < 3 and time.monotonic() < deadline:
+                sources.append(load_model(out).source)
+    finally:
+        stderr = kill(proc)
+    assert len(set(sources)) > 1, f"the run did not advance while it was read; make it longer: {stderr}"

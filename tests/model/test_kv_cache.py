@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from arlm.config import ModelConfig
+from arlm.model.inference import optimize_for_decoding
+from arlm.model.transformer import Transformer
+
+
+def _model(flavour: str) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        flavour=flavour, vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32, n_kv_head=2, init_std=0.3
+    )
+    if flavour == "gpt2":
+        config.n_kv_head = None
+    return optimize_for_decoding(Transformer(config).eval(), chunks=2)
+
+
+def _alone(model, prompt: list[int], steps: list[int]) -> list[torch.Tensor]:
+    """Logits of a batch-1 prefill and one-token steps on a plain KVCache, as generate() computes them."""
+    cache = model.new_cache(1, 40)
+    out = [model(torch.tensor([prompt]), kv_cache=cache, num_logits=1)[0, -1]]
+    for token in steps:
+        out.append(model(torch.tensor([[token]]), kv_cache=cache)[0, -1])
+    return out
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+@torch.inference_mode()
+def test_each_row_of_a_slot_step_is_bitwise_the_batch1_step(flavour):
+    """Rows at different positions, in any slot, beside any other rows: the very same logits as alone."""
+    model = _model(flavour)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
+    steps = [[20, 21, 22, 23], [30, 31, 32, 33], [40, 41, 42, 43], [50, 51, 52, 53]]
+    cache = model.new_slot_cache(6, 40)
+    slots = [5, 0, 3, 1]  # any slot
+    got = [[] for _ in prompts]
+    for i, (prompt, slot) in enumerate(zip(prompts, slots)):
+        row = cache.row(slot)
+        got[i].append(model(torch.tensor([prompt]), kv_cache=row, num_logits=1)[0, -1])
+        cache.sync(slot, row)
+    for step in range(4):
+        rows = [i for i in range(4) if i <= step]  # the batch grows: 1, 2, 3, then 4 rows
+        batch = cache.batch([slots[i] for i in rows])
+        tokens = torch.tensor([[steps[i][step - i]] for i in rows])
+        logits = model.decode_slots(tokens, batch)
+        for j, i in enumerate(rows):
+            got[i].append(logits[j])
+    assert cache.lengths == [len(prompts[1]) + 3, len(prompts[3]) + 1, 0, len(prompts[2]) + 2, 0, len(prompts[0]) + 4]
+    for i, prompt in enumerate(prompts):
+        expected = _alone(model, prompt, steps[i][: 4 - i])
+        for a, b in zip(got[i], expected):
+            assert torch.equal(a, b)
+
+
+def test_slot_rows_share_storage_and_reset():
+    model = _model("llama")
+    cache = model.new_slot_cache(2, 16)
+    row = cache.row(1)
+    model(torch.tensor([[1, 2, 3]]), kv_cache=row)
+    cache.sync(1, row)
+    assert cache.lengths == [0, 3]
+    assert cache.buffers.k[:, 1, :, :3].abs().sum() > 0 and cache.buffers.k[:, 0].abs().sum() == 0
+    cache.reset(1)
+    assert cache.row(1).length == 0
+    with pytest.raises(ValueError, match="full"):
+        cache.lengths[0] = 16
+        cache.batch([0])

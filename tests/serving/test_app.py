@@ -1,0 +1,179 @@
+"""The official openai client against the server: completions and chat, streamed or not, n, stop, seed,
+logprobs; greedy output equal to generate() and to `arlm generate`; and every bad request answered with its
+status and OpenAI's error body."""
+
+import pytest
+
+from arlm.config import GenerationConfig
+from arlm.decoding.generate import generate
+from tests.helpers import run_cli
+from tests.serving.conftest import MODEL_ID, request
+
+PROMPT = "The data model of Python"
+
+
+def _alone(lm, ids, **settings):
+    """What generate() gives one prompt alone (generated ids, text)."""
+    config = GenerationConfig(**{"strategy": "greedy", **settings})
+    out = generate(lm.model, [ids], config, eos_id=lm.tokenizer.eos_id, pad_id=lm.tokenizer.pad_id)
+    row = out.generated()[0]
+    return row, lm.tokenizer.decode(row)
+
+
+def _chat_ids(lm, messages):
+    from arlm.decoding.chat import apply_chat_template
+
+    tok = lm.tokenizer
+    text = apply_chat_template(tok.chat_template, messages, eos_token=tok.token_text(tok.eos_id))
+    return tok.encode(text)
+
+
+def test_completions_greedy_equals_generate_streamed_or_not(live):
+    client, lm = live.client(), live.lm
+    ids = lm.tokenizer.encode(PROMPT)
+    row, text = _alone(lm, ids, max_new_tokens=24)
+    out = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0)
+    assert out.choices[0].text == text
+    assert out.choices[0].finish_reason == ("stop" if row[-1] == lm.tokenizer.eos_id else "length")
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(ids), len(row))
+    assert out.usage.total_tokens == len(ids) + len(row)
+    chunks = list(client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert chunks[-1].usage.completion_tokens == len(row)
+    assert chunks[-1].choices[0].finish_reason == out.choices[0].finish_reason
+
+
+def test_greedy_equals_arlm_generate_on_the_command_line(live):
+    out = live.client().completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=20, temperature=0)
+    result = run_cli(
+        "generate", str(live.lm.checkpoint), "--prompt", PROMPT, "--strategy", "greedy", "--max-new-tokens", "20"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == PROMPT + out.choices[0].text + "\n"
+
+
+def test_chat_completions_through_the_template(live):
+    client, lm = live.client(), live.lm
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is a class?"}]
+    row, text = _alone(lm, _chat_ids(lm, messages), max_new_tokens=20)
+    out = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=20, temperature=0)
+    assert out.choices[0].message.content == text and out.choices[0].message.role == "assistant"
+    assert out.usage.completion_tokens == len(row)
+    stream = client.chat.completions.create(
+        model=MODEL_ID, messages=messages, max_completion_tokens=20, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+
+
+def test_n_and_seed_reproducibility(live):
+    client, lm = live.client(), live.lm
+    ids = lm.tokenizer.encode(PROMPT)
+    kwargs = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 16, "temperature": 1.0, "n": 2, "seed": 11}
+    first = client.completions.create(**kwargs)
+    again = client.completions.create(**kwargs)
+    texts = [c.text for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1]
+    assert texts == [c.text for c in again.choices]
+    # choice i is seeded seed + i: each equals sampling alone with that seed
+    for i, text in enumerate(texts):
+        assert text == _alone(lm, ids, strategy="sample", temperature=1.0, max_new_tokens=16, seed=11 + i)[1]
+    assert texts[0] != texts[1]
+    other = client.completions.create(**{**kwargs, "seed": 12, "n": 1})
+    assert other.choices[0].text == texts[1]
+    streamed = list(client.completions.create(**kwargs, stream=True))
+    joined = ["".join(c.choices[0].text for c in streamed if c.choices and c.choices[0].index == i) for i in (0, 1)]
+    assert joined == texts
+
+
+def test_stop_strings_cut_the_text_streamed_or_not(live):
+    client, lm = live.client(), live.lm
+    _, text = _alone(lm, lm.tokenizer.encode(PROMPT), max_new_tokens=30)
+    stop = text[10:13]
+    assert stop and stop in text
+    expected = text[: text.find(stop)]
+    out = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=30, temperature=0, stop=[stop, "zzz"])
+    assert out.choices[0].text == expected and out.choices[0].finish_reason == "stop"
+    chunks = client.completions.create(
+        model=MODEL_ID, prompt=PROMPT, max_tokens=30, temperature=0, stop=stop, stream=True
+    )
+    pieces = [c.choices[0].text for c in chunks if c.choices]
+    assert "".join(pieces) == expected
+
+
+def test_logprobs(live):
+    import math
+
+    client = live.client()
+    out = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert 1 <= len(top) <= 3  # keyed by text: tokens that are parts of one character share "\ufffd"
+        assert max(top.values()) == pytest.approx(value)  # greedy: the chosen token is the likeliest
+        assert top[token] == pytest.approx(value) and value <= 0
+    messages = [{"role": "user", "content": "hello"}]
+    chat = client.chat.completions.create(
+        model=MODEL_ID, messages=messages, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 2 and math.exp(c.logprob) <= 1 for c in content)
+
+
+def test_models_health_and_metrics(live):
+    models = live.client().models.list()
+    assert [m.id for m in models.data] == [MODEL_ID]
+    status, health = request(live.base_url, "GET", "/health")
+    assert status == 200 and health["status"] == "ok" and health["max_batch"] == 4
+    status, text = request(live.base_url, "GET", "/metrics")
+    for name in (
+        "arlm_requests_total",
+        "arlm_generated_tokens_total",
+        "arlm_queue_length",
+        "arlm_batch_occupancy",
+        "arlm_time_to_first_token_seconds_bucket",
+        "arlm_tokens_per_second",
+    ):
+        assert name in text
+
+
+BAD = [
+    ("not json", b"{nope", 400, "not valid JSON", None),
+    ("unknown model", {"model": "gpt-9", "prompt": "hi"}, 404, "does not exist", "model"),
+    ("missing model", {"prompt": "hi"}, 400, "missing required argument: model", "model"),
+    ("n zero", {"model": MODEL_ID, "prompt": "hi", "n": 0}, 400, "n:", "n"),
+    ("n too large", {"model": MODEL_ID, "prompt": "hi", "n": 17}, 400, "n:", "n"),
+    ("max_tokens zero", {"model": MODEL_ID, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens", "max_tokens"),
+    ("max_tokens past the context", {"model": MODEL_ID, "prompt": "hi", "max_tokens": 300}, 400, "context", None),
+    ("prompt past the context", {"model": MODEL_ID, "prompt": "word " * 300}, 400, "context holds 256", "prompt"),
+    ("unknown argument", {"model": MODEL_ID, "prompt": "hi", "best_of": 2}, 400, "unrecognized", "best_of"),
+    ("bad type", {"model": MODEL_ID, "prompt": "hi", "temperature": "hot"}, 400, "temperature", "temperature"),
+    ("no draft", {"model": MODEL_ID, "prompt": "hi", "strategy": "speculative"}, 400, "no draft model", None),
+    ("beam logprobs", {"model": MODEL_ID, "prompt": "hi", "strategy": "beam", "logprobs": 1}, 400, "logprobs", None),
+    ("echo", {"model": MODEL_ID, "prompt": "hi", "echo": True}, 400, "echo", "echo"),
+    ("token id", {"model": MODEL_ID, "prompt": [1, 99999]}, 400, "token ids", "prompt"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "message", "param"), BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_their_status_and_body(live, name, body, status, message, param):
+    code, answer = request(live.base_url, "POST", "/v1/completions", body)
+    assert code == status, answer
+    error = answer["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert message in error["message"]
+    assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+    if param:
+        assert error["param"] == param
+    assert request(live.base_url, "GET", "/health")[1]["active_slots"] == 0
+
+
+def test_bad_chat_requests_and_paths(live):
+    code, answer = request(live.base_url, "POST", "/v1/chat/completions", {"model": MODEL_ID, "messages": []})
+    assert code == 400 and answer["error"]["param"] == "messages"
+    bad_role = {"model": MODEL_ID, "messages": [{"role": "robot", "content": "x"}]}
+    assert request(live.base_url, "POST", "/v1/chat/completions", bad_role)[0] == 400
+    code, answer = request(live.base_url, "GET", "/v1/nothing")
+    assert code == 404 and "not found" in answer["error"]["message"]

@@ -1,0 +1,113 @@
+"""The playground in a real headless Chromium (Debian's, driven by Playwright): it loads without console errors,
+streams a greedy run into the page token by token, marks speculative decoding's drafts accepted or rejected,
+shows beam search's beams beside another strategy, and a screenshot is written."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.serving.conftest import draft_model, start_in_thread, wait_until
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless system Chromium; skipped where it (or playwright) is missing, except in CI, where it must be."""
+    import importlib.util
+
+    found = {"chromium": _chromium(), "playwright": importlib.util.find_spec("playwright")}
+    missing = [what for what, ok in found.items() if not ok]
+    if missing:
+        message = f"needs {' and '.join(missing)} (apt-get install chromium; pip install playwright)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_lm):
+    live, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm))
+    yield live
+    stop()
+
+
+PROMPT = "The data model of Python"  # greedy runs 40 tokens without an end-of-text on the tiny model
+
+
+def _open(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.base_url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    page.fill("#prompt", PROMPT)
+    page.uncheck("#chat")
+    page.fill("#max_tokens", "40")
+    return page, errors
+
+
+def _done(page, panel: str) -> None:
+    page.wait_for_function(
+        f"document.querySelector('.panel[data-name={panel}] .stats').textContent.includes('tok/s')", timeout=120_000
+    )
+
+
+def test_a_greedy_run_streams_into_the_page(browser, server):
+    page, errors = _open(browser, server)
+    page.uncheck("#compare")
+    page.select_option(".panel[data-name=A] select[name=strategy]", "greedy")
+    scheduler = server.scheduler
+    scheduler.pause(after_steps=5)  # the decoding stops after 5 tokens: what the page shows then came in a stream
+    try:
+        page.click("#run")
+        shown = "document.querySelectorAll('.panel[data-name=A] .output .tok[data-prob]').length == 5"
+        page.wait_for_function(shown, timeout=120_000)
+        wait_until(lambda: scheduler.paused, "the decoding to stop")
+        assert page.text_content(".panel[data-name=A] .stats") == "running…"
+    finally:
+        scheduler.resume()
+    _done(page, "A")
+    tokens = page.locator(".panel[data-name=A] .output .tok[data-prob]")
+    assert tokens.count() == int(page.text_content(".panel[data-name=A] .stats").split()[0])
+    top = tokens.first.get_attribute("data-top")
+    assert top and len(json.loads(top)) == 5  # top-5 alternatives for the hover
+    tokens.first.hover()
+    assert page.is_visible("#tip")
+    assert errors == []
+
+
+def test_speculative_marks_drafts_and_two_strategies_side_by_side(browser, server, tmp_path):
+    page, errors = _open(browser, server)
+    page.select_option(".panel[data-name=A] select[name=strategy]", "speculative")
+    page.fill(".panel[data-name=A] [name=temperature]", "0")
+    page.select_option(".panel[data-name=B] select[name=strategy]", "beam")
+    page.click("#run")
+    _done(page, "A")
+    _done(page, "B")
+    a = ".panel[data-name=A]"
+    marks = page.locator(f"{a} .verify .mark.acc").count() + page.locator(f"{a} .verify .mark.rej").count()
+    assert page.locator(f"{a} .verify").count() >= 1 and marks >= 1
+    assert page.locator(f"{a} .verify .mark.next").count() == page.locator(f"{a} .verify").count()
+    assert page.locator(f"{a} .tok.accepted").count() + page.locator(f"{a} .tok.target").count() == 40
+    assert "tokens per target forward" in page.text_content(f"{a} .stats")
+    b = ".panel[data-name=B]"
+    assert page.locator(f"{b} table.beams tr.finished").count() >= 1  # the last step: hypotheses, ranked
+    assert "beams after step" in page.text_content(f"{b} .side h3")
+    shot = tmp_path / "playground.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert errors == []

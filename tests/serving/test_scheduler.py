@@ -1,0 +1,166 @@
+"""Continuous batching through the server: concurrent requests get exactly what each gets alone, new requests
+join a running batch, a client that goes away frees its slot within one step, a full queue answers 429, and the
+one-at-a-time lane (beam search, speculative decoding, prompt lookup) gives generate()'s output and its trace."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from arlm.config import GenerationConfig
+from arlm.decoding.generate import generate
+from tests.serving.conftest import MODEL_ID, SSEStream, draft_model, request, start_in_thread, wait_until
+
+PROMPTS = [
+    "A",
+    "The data model",
+    "Objects are Python's abstraction for data.",
+    "class",
+    "Every object has an identity, a type and a value. An object's identity never changes",
+    "import sys",
+    "for x in range(10):",
+    "Names refer to objects. Names are introduced by name binding operations.",
+]
+LENGTHS = [30, 5, 17, 40, 9, 25, 12, 33]
+
+
+def _greedy_alone(lm, prompt: str, max_new: int) -> str:
+    ids = lm.tokenizer.encode(prompt)
+    config = GenerationConfig(strategy="greedy", max_new_tokens=max_new)
+    out = generate(lm.model, [ids], config, eos_id=lm.tokenizer.eos_id)
+    return lm.tokenizer.decode(out.generated()[0])
+
+
+def test_concurrent_greedy_requests_equal_each_alone(live):
+    client = live.client()
+    before = len(live.scheduler.history)
+
+    def ask(i):
+        kwargs = {"model": MODEL_ID, "prompt": PROMPTS[i], "max_tokens": LENGTHS[i], "temperature": 0}
+        if i % 2:
+            return "".join(c.choices[0].text for c in client.completions.create(**kwargs, stream=True) if c.choices)
+        return client.completions.create(**kwargs).choices[0].text
+
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(ask, range(8)))
+    assert texts == [_greedy_alone(live.lm, p, n) for p, n in zip(PROMPTS, LENGTHS)]
+    jobs = list(live.scheduler.history)[before:]
+    assert len(jobs) == 8
+    assert request(live.base_url, "GET", "/health")[1]["active_slots"] == 0
+
+
+def test_a_request_joins_while_another_is_running(live):
+    scheduler = live.scheduler
+    scheduler.pause(after_steps=3)  # the long request decodes 3 tokens, then the batch waits
+    try:
+        body = {"model": MODEL_ID, "prompt": PROMPTS[0], "max_tokens": 120, "temperature": 0, "stream": True}
+        long = SSEStream(live.base_url, "/v1/completions", body)
+        assert long.next()["choices"]  # it is running
+        wait_until(lambda: scheduler.paused, "the batch to pause")
+        with ThreadPoolExecutor(1) as pool:
+            body = {"model": MODEL_ID, "prompt": PROMPTS[1], "max_tokens": 5, "temperature": 0}
+            short = pool.submit(request, live.base_url, "POST", "/v1/completions", body)
+            wait_until(lambda: scheduler.state()["queued"] == 1, "the short request to queue")
+            scheduler.resume()
+            status, answer = short.result()
+    finally:
+        scheduler.resume()
+    assert status == 200 and answer["choices"][0]["text"] == _greedy_alone(live.lm, PROMPTS[1], 5)
+    rest = long.all()
+    long.close()
+    assert "".join(c["choices"][0]["text"] for c in rest if c.get("choices")) != ""
+    first, second = [j for j in scheduler.history if j.config.max_new_tokens in (120, 5)][-2:][::-1]
+    assert (first.config.max_new_tokens, second.config.max_new_tokens) == (120, 5)
+    # the short one joined the batch and finished while the long one was still decoding
+    assert second.admitted_step < first.finished_step and second.finished_step < first.finished_step
+
+
+def test_a_client_that_goes_away_frees_its_slot_within_one_step(live):
+    scheduler = live.scheduler
+    body = {"model": MODEL_ID, "prompt": PROMPTS[2], "max_tokens": 200, "temperature": 0, "stream": True}
+    scheduler.pause(after_steps=3)  # the request decodes 3 tokens, then the batch waits
+    try:
+        stream = SSEStream(live.base_url, "/v1/completions", body)
+        assert stream.next()["choices"]
+        wait_until(lambda: scheduler.paused, "the batch to pause")
+        (job,) = scheduler.running()
+        stream.close()
+        wait_until(job.cancelled.is_set, "the server to notice the disconnect")
+    finally:
+        scheduler.resume()
+    wait_until(lambda: scheduler.state()["active_slots"] == 0, "the slot to be freed")
+    assert job.release_step - job.cancel_step <= 1
+    assert job.completion_tokens < 200
+    metrics = request(live.base_url, "GET", "/metrics")[1]
+    assert "arlm_batch_occupancy 0.0" in metrics
+    assert 'arlm_sequences_finished_total{reason="cancelled"}' in metrics
+
+
+def test_a_full_queue_answers_429(tiny_lm):
+    server, stop = start_in_thread(tiny_lm, max_batch=1, max_queue=2)
+    try:
+        server.scheduler.pause()
+        body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 3, "temperature": 0}
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(request, server.base_url, "POST", "/v1/completions", body) for _ in range(2)]
+            wait_until(lambda: server.scheduler.state()["queued"] == 2, "two queued requests")
+            status, answer = request(server.base_url, "POST", "/v1/completions", body)
+            server.scheduler.resume()
+            assert [f.result()[0] for f in waiting] == [200, 200]
+        assert status == 429
+        assert answer["error"]["type"] == "rate_limit_error" and "queue is full" in answer["error"]["message"]
+        assert server.scheduler.state() == {**server.scheduler.state(), "queued": 0, "active_slots": 0}
+    finally:
+        server.scheduler.resume()
+        stop()
+
+
+@pytest.fixture(scope="module")
+def with_draft(tiny_lm):
+    server, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm))
+    yield server
+    stop()
+
+
+def test_lane_strategies_equal_generate(with_draft):
+    lm, client = with_draft.lm, with_draft.client()
+    ids = lm.tokenizer.encode(PROMPTS[4])
+    greedy = _greedy_alone(lm, PROMPTS[4], 20)
+    for strategy in ("speculative", "prompt-lookup"):
+        extra = {"strategy": strategy}
+        out = client.completions.create(
+            model=MODEL_ID, prompt=PROMPTS[4], max_tokens=20, temperature=0, extra_body=extra
+        )
+        assert out.choices[0].text == greedy, strategy
+    beam = GenerationConfig(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=12)
+    expected = generate(lm.model, [ids], beam, eos_id=lm.tokenizer.eos_id).generated()
+    extra = {"strategy": "beam", "num_beams": 3}
+    out = client.completions.create(model=MODEL_ID, prompt=PROMPTS[4], max_tokens=12, n=2, extra_body=extra)
+    assert [c.text for c in out.choices] == [lm.tokenizer.decode(row) for row in expected]
+    assert out.usage.completion_tokens == sum(len(row) for row in expected)
+
+
+def test_trace_streams_tokens_verifications_and_beams(with_draft):
+    base = with_draft.base_url
+    body = {"model": MODEL_ID, "prompt": PROMPTS[4], "max_tokens": 12, "temperature": 0}
+    events = SSEStream(base, "/v1/arlm/trace", body).all()
+    assert events[0] == {
+        "type": "start",
+        "strategy": "greedy",
+        "prompt_tokens": len(with_draft.lm.tokenizer.encode(PROMPTS[4])),
+        "n": 1,
+    }
+    tokens = [e for e in events if e["type"] == "token"]
+    assert len(tokens) == 12 and all(len(t["top"]) == 5 and 0 < t["prob"] <= 1 for t in tokens)
+    assert tokens[0]["prob"] == pytest.approx(tokens[0]["top"][0]["prob"])
+    assert events[-1]["type"] == "done" and events[-1]["usage"]["completion_tokens"] == 12
+
+    spec = SSEStream(base, "/v1/arlm/trace", {**body, "strategy": "speculative", "num_draft_tokens": 3}).all()
+    verifies = [e for e in spec if e["type"] == "verify"]
+    assert verifies and all(0 <= v["accepted"] <= len(v["drafted"]) for v in verifies)
+    kept = sum(v["accepted"] + 1 for v in verifies)
+    assert kept >= 12 and len([e for e in spec if e["type"] == "token"]) == 12
+
+    beams = SSEStream(base, "/v1/arlm/trace", {**body, "strategy": "beam", "num_beams": 3}).all()
+    steps = [e for e in beams if e["type"] == "beams"]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+    assert all(len(s["running"]) == 3 for s in steps[:-1]) and steps[-1]["finished"]
