@@ -7,6 +7,7 @@ import pytest
 
 from arlm.commands.train import train_command
 from arlm.errors import ArlmError
+from arlm.interop import loading
 from arlm.interop.checkpoint import _write_manifest
 from arlm.interop.loading import load_model
 from tests.helpers import kill, start_train, tiny_config, tiny_raw, wait_for, write_yaml
@@ -50,8 +51,6 @@ def test_an_arlm_checkpoint_with_model_type_is_still_verified(run, tmp_path):
 
 
 def test_a_transformers_folder_goes_to_the_hf_loader(tmp_path, monkeypatch):
-    import arlm.interop.hf as hf
-
     class Reached(Exception):
         pass
 
@@ -59,7 +58,7 @@ def test_a_transformers_folder_goes_to_the_hf_loader(tmp_path, monkeypatch):
         raise Reached(path)
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    monkeypatch.setattr(hf, "load_hf_folder", hf_loader)
+    monkeypatch.setattr(loading, "load_hf_folder", hf_loader)
     with pytest.raises(Reached):
         load_model(tmp_path)
 
