@@ -109,23 +109,24 @@ def measure(work: Path, size_mb: int, library_mb: int, extra_max_mb: int) -> dic
     return row
 
 
-def table(rows: list[dict]) -> str:
-    """The markdown table for docs/perf.md."""
-    lines = [
-        "| corpus | run | wall | MB/s | peak RSS | tokens | tokens/s (whole run) | encode stage tokens/s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        size = f"{row['bytes'] / MB:,.0f} MB"
-        for label, r in row["runs"].items():
-            lines.append(
-                f"| {size} | {label} | {r['seconds']:,.1f} s | {row['bytes'] / MB / r['seconds']:.2f} | "
-                f"{r['rss'] / 2**20:,.0f} MiB | {r['tokens']:,} | {r['tokens'] / r['seconds']:,.0f} | "
-                f"{r['tokens'] / r['encode_s']:,.0f} |"
-            )
+TABLE_HEAD = (
+    "| corpus | run | wall | MB/s | peak RSS | tokens | tokens/s (whole run) | encode stage tokens/s |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def table_rows(row: dict) -> str:
+    """The markdown table rows of one corpus, for docs/perf.md."""
+    size = f"{row['bytes'] / MB:,.0f} MB"
+    lines = []
+    for label, r in row["runs"].items():
         lines.append(
-            f"| {size} | tokenizers `encode_batch`, first {row['library_mb']} MB | | | | | | {row['library']:,.0f} |"
+            f"| {size} | {label} | {r['seconds']:,.1f} s | {row['bytes'] / MB / r['seconds']:.2f} | "
+            f"{r['rss'] / 2**20:,.0f} MiB | {r['tokens']:,} | {r['tokens'] / r['seconds']:,.0f} | "
+            f"{r['tokens'] / r['encode_s']:,.0f} |"
         )
+    library = f"tokenizers `encode_batch`, first {row['library_mb']} MB"
+    lines.append(f"| {size} | {library} | | | | | | {row['library']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -168,13 +169,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="arlm-prepare-scale-", dir=args.tmp))
     try:
-        rows = [measure(work, size, args.library_mb, args.extra_max_mb) for size in args.sizes]
-        comparison = compare(work, args.compare_mb, args.repeats) if args.compare_mb else ""
+        if args.sizes:
+            print(TABLE_HEAD, flush=True)
+        for size in args.sizes:  # each row as soon as it is measured
+            print(table_rows(measure(work, size, args.library_mb, args.extra_max_mb)), flush=True)
+        if args.compare_mb:
+            print("\n" + compare(work, args.compare_mb, args.repeats), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if rows:
-        print(table(rows))
-    print(comparison)
 
 
 if __name__ == "__main__":
