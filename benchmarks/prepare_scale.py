@@ -30,13 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-SHAKESPEARE = Path(os.environ.get("ARLM_SHAKESPEARE", "/work/shared/data/tinyshakespeare.txt"))
+from arlm.data.sources import find_corpus
+
 MB = 1_000_000
 
 
 def write_corpus(path: Path, size: int, seed: int = 0) -> None:
     """A file of `size` bytes (to within a thousand speeches) of varied Shakespeare-like text."""
-    speeches = [s for s in SHAKESPEARE.read_text(encoding="utf-8").split("\n\n") if s.strip()]
+    speeches = [s for s in find_corpus("tinyshakespeare").read_text(encoding="utf-8").split("\n\n") if s.strip()]
     words = sorted(set(re.findall(r"[A-Za-z']+", " ".join(speeches))))
     rng = random.Random(seed)
     written = 0

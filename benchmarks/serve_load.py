@@ -2,13 +2,18 @@
 
     .venv/bin/python benchmarks/serve_load.py [--model smollm2] [--requests 4] [--max-tokens 64] [--dtype float32]
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --name smollm2   # a running server
+    .venv/bin/python benchmarks/serve_load.py --levels 8 --vs http://127.0.0.1:8080 --rounds 3  # side by side
 
 Starts `arlm serve MODEL` (unless --url is given), waits for /health, then for each number of clients runs every
 client's requests one after another: greedy, streamed chat completions of at most --max-tokens tokens (a reply may
 end earlier at EOS; tokens are counted as the server reports them). Reports per level: requests, tokens, wall time,
 aggregate tokens/s, time to first token p50/p95, inter-token latency p50/p95 (gaps between streamed chunks), and the
 aggregate tokens/s relative to one client. Bounded: clients x requests requests per level, nothing else. Prints a
-markdown table for docs/perf.md."""
+markdown table for docs/perf.md.
+
+With --vs URL (another OpenAI-compatible server already running, e.g. llama.cpp's `llama-server --parallel 8`
+on the same GGUF and threads) each level runs --rounds times on each server, alternating, and the table gives the
+medians and the ratio arlm / other. Only one server works at a time; both stay loaded."""
 
 from __future__ import annotations
 
@@ -38,6 +43,18 @@ PROMPTS = [
 LEVELS = (1, 4, 8, 16)
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's name where that is missing)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-quantile (0..1) by linear interpolation; nan for no values."""
     if not values:
@@ -59,6 +76,7 @@ def one_request(url: str, name: str, prompt: str, max_tokens: int) -> dict:
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},  # OpenAI's way to ask for usage in the last chunk
     }
     start = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -120,6 +138,21 @@ def run_level(url: str, name: str, clients: int, requests: int, max_tokens: int)
     }
 
 
+def compare(url: str, name: str, other: str, other_name: str, args: argparse.Namespace) -> None:
+    """Each level --rounds times on each server, alternating; medians and the ratio of aggregate tokens/s."""
+    print("\n| clients | arlm tokens/s | other tokens/s | arlm / other | arlm TTFT p50 s | other TTFT p50 s | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for clients in (int(c) for c in args.levels.split(",")):
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours.append(run_level(url, name, clients, args.requests, args.max_tokens))
+            theirs.append(run_level(other, other_name, clients, args.requests, args.max_tokens))
+        a, b = (statistics.median(r["tok_s"] for r in rows) for rows in (ours, theirs))
+        ta, tb = (statistics.median(r["ttft_p50"] for r in rows) for rows in (ours, theirs))
+        errors = sum(r["errors"] for r in ours + theirs)
+        print(f"| {clients} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {ta:.2f} | {tb:.2f} | {errors} |", flush=True)
+
+
 def start_server(args: argparse.Namespace) -> subprocess.Popen:
     """`arlm serve` in a subprocess, waited for until /health answers."""
     cmd = [
@@ -163,12 +196,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="numbers of clients")
+    parser.add_argument("--vs", help="another running OpenAI-compatible server to compare with, alternating")
+    parser.add_argument("--vs-name", default="model", help="model name to send to the --vs server")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level with --vs")
     args = parser.parse_args()
     proc = None if args.url else start_server(args)
     url = args.url or f"http://127.0.0.1:{args.port}"
     name = args.name or args.model
     try:
         one_request(url, name, PROMPTS[0], 4)  # warm-up
+        if args.vs:
+            one_request(args.vs, args.vs_name, PROMPTS[0], 4)
+            print(f"{name} ({args.dtype}) vs {args.vs}; {cpu_name()}, {os.cpu_count()} CPUs")
+            return compare(url, name, args.vs, args.vs_name, args)
         rows = [run_level(url, name, int(c), args.requests, args.max_tokens) for c in args.levels.split(",")]
     finally:
         if proc is not None:
@@ -176,7 +216,7 @@ def main() -> None:
             proc.wait(timeout=300)
     print(
         f"\n{name}, {args.dtype}, max batch {args.max_batch}, {args.requests} requests per client, max_tokens "
-        f"{args.max_tokens}, greedy, streamed chat; {platform.processor() or platform.machine()}, "
+        f"{args.max_tokens}, greedy, streamed chat; {cpu_name()}, "
         f"{os.cpu_count()} CPUs\n"
     )
     columns = ["clients", "requests", "errors", "tokens", "wall s", "tokens/s", "vs 1 client", "TTFT p50 / p95 s"]
