@@ -35,6 +35,7 @@ VERBS: dict[str, str] = {  # the spelling on the command line -> the module that
     "generate": "arlm.commands.generate",
     "chat": "arlm.commands.chat",
     "serve": "arlm.commands.serve",
+    "merge": "arlm.commands.merge",
     "export hf": "arlm.commands.export_hf",
     "export gguf": "arlm.commands.export_gguf",
     "bench train": "arlm.commands.bench_train",
