@@ -114,10 +114,10 @@ class ChatSampler:
             x, y = ids[:-1], np.where(keep[1:], ids[1:], IGNORE_INDEX)  # (L,) each, L = length - 1
             if len(x) > block_size:
                 if not (y[:block_size] != IGNORE_INDEX).any():
-                    first = int(np.argmax(y != IGNORE_INDEX)) + 1
+                    first = int(np.argmax(y != IGNORE_INDEX)) + 2  # counted from 1 in the conversation's ids
                     raise ArlmError(
-                        f"{source}:{int(lines[d])}: the first answer token is at position {first}, beyond the "
-                        f"context of {block_size + 1} tokens; shorten the conversation or raise model.block_size"
+                        f"{source}:{int(lines[d])}: the first answer token is token {first}, beyond the context "
+                        f"of {block_size + 1} tokens; shorten the conversation or raise model.block_size"
                     )
                 self.truncated += int((y[block_size:] != IGNORE_INDEX).any())
                 x, y = x[:block_size], y[:block_size]
