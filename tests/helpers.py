@@ -207,7 +207,7 @@ def write_chat(path: Path, n: int = 40) -> Path:
     return path
 
 
-def tiny_base(path: Path, flavour: str = "llama", block_size: int = 96) -> Path:
+def tiny_base(path: Path, flavour: str = "llama", block_size: int = 96, seed: int = 0) -> Path:
     """A randomly initialised tiny model saved as an arlm checkpoint (char tokenizer over CHAT_ALPHABET)."""
     import torch
 
@@ -221,7 +221,7 @@ def tiny_base(path: Path, flavour: str = "llama", block_size: int = 96) -> Path:
         flavour=flavour, vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2,
         d_model=32, bias=flavour == "gpt2", tie_embeddings=flavour == "gpt2",
     )  # fmt: skip
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Transformer(config)
     weights = export_weights(model.state_dict(), config)
     return save_checkpoint(path, weights=weights, tokenizer=tokenizer, config=RunConfig(model=config), meta={"step": 0})
