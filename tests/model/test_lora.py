@@ -22,9 +22,7 @@ def test_at_initialisation_the_logits_are_the_base_models_exactly(targets):
     trainable = add_lora(model, LoRAConfig(rank=4, alpha=8, targets=targets))
     assert torch.equal(model(ids), before)
     names = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}
-    assert names == {"lora_A", "lora_B"} and trainable == sum(
-        p.numel() for p in model.parameters() if p.requires_grad
-    )
+    assert names == {"lora_A", "lora_B"} and trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     wrapped = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, LoRALinear)}
     assert wrapped == {t for g in targets for t in {"attn": ["qkv", "proj"], "mlp": ["up", "down"]}.get(g, [g])}
 
