@@ -207,8 +207,10 @@ def write_chat(path: Path, n: int = 40) -> Path:
     return path
 
 
-def tiny_base(path: Path, flavour: str = "llama", block_size: int = 96, seed: int = 0) -> Path:
-    """A randomly initialised tiny model saved as an arlm checkpoint (char tokenizer over CHAT_ALPHABET)."""
+def tiny_base(
+    path: Path, flavour: str = "llama", block_size: int = 96, seed: int = 0, alphabet: str = CHAT_ALPHABET
+) -> Path:
+    """A randomly initialised tiny model saved as an arlm checkpoint (char tokenizer over the alphabet)."""
     import torch
 
     from arlm.config import ModelConfig, RunConfig
@@ -216,7 +218,7 @@ def tiny_base(path: Path, flavour: str = "llama", block_size: int = 96, seed: in
     from arlm.interop.checkpoint import export_weights, save_checkpoint
     from arlm.model.transformer import Transformer
 
-    tokenizer = VocabTokenizer.train("char", [CHAT_ALPHABET], 100)
+    tokenizer = VocabTokenizer.train("char", [alphabet], 1000)
     config = ModelConfig(
         flavour=flavour, vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2,
         d_model=32, bias=flavour == "gpt2", tie_embeddings=flavour == "gpt2",

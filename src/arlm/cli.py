@@ -32,6 +32,7 @@ VERBS: dict[str, str] = {  # the spelling on the command line -> the module that
     "eval exposure-bias": "arlm.commands.eval_exposure_bias",
     "study calibration": "arlm.commands.study_calibration",
     "study exposure-bias": "arlm.commands.study_exposure_bias",
+    "study sft": "arlm.commands.study_sft",
     "generate": "arlm.commands.generate",
     "chat": "arlm.commands.chat",
     "serve": "arlm.commands.serve",

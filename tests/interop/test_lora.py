@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from arlm.cli import main
 from arlm.commands.train import train_command
 from arlm.config import config_from_dict
-from arlm.interop.checkpoint import open_checkpoint
 from arlm.errors import ArlmError
+from arlm.interop.checkpoint import open_checkpoint
 from arlm.interop.loading import load_model
 from arlm.interop.lora import load_lora_checkpoint
 from arlm.model.lora import LoRALinear, add_lora, is_adapter_key
