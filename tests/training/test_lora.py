@@ -86,3 +86,19 @@ def test_sigkill_during_a_lora_run_then_resume_is_bit_identical(tmp_path, lora_p
     assert final.wait(timeout=300) == 0, final.stderr.read()
     assert _losses(killed) == _losses(tmp_path / "straight")
     assert _adapters(killed) == _adapters(tmp_path / "straight")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_lora_under_torchrun_follows_the_single_process_curve_and_resumes(tmp_path, lora_preset, parallel):
+    from tests.training.test_distributed import _losses as nll_log
+    from tests.training.test_distributed import _single, _torchrun
+
+    preset, _ = lora_preset
+    steps = ["--train.max_steps", "10", "--train.lr_decay_steps", "10", "--train.log_interval", "1"]
+    steps += ["--train.lora.dropout", "0", "--train.eval_interval", "5"]
+    _single(preset, tmp_path / "single", *steps, "--train.batch_size", "8")
+    two = [*steps, "--train.parallel", parallel, "--train.grad_accum", "2"]  # 2 processes x 4 rows x 2
+    _torchrun(preset, tmp_path / "two", *two, "--train.max_steps", "5")
+    _torchrun(preset, tmp_path / "two", *two, "--resume")
+    assert nll_log(tmp_path / "two") == pytest.approx(nll_log(tmp_path / "single"), abs=1e-5)

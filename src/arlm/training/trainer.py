@@ -126,7 +126,7 @@ class Trainer:
                 f"{self.global_rows} (batch_size x grad_accum); keep it equal to resume exactly"
             )
         weights = self._checkpoint_weights(checkpoint)
-        D.load_model_state(self.model, weights, self.tc, self.info)
+        D.load_model_state(self.model, weights, self.tc, self.info, strict=self.lora_base is None)
         D.load_optimizer_state(self.model, self.optimizer, tensors, self.tc, self.info)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -138,13 +138,14 @@ class Trainer:
         self.log(f"resumed from {checkpoint.path} at step {self.step}")
 
     def _checkpoint_weights(self, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-        """The full state dict to resume: the checkpoint's weights, or the base model's plus its adapters."""
+        """The weights to resume: all of them, or (LoRA) the adapters, checked to be of this base and shape."""
         saved = checkpoint.model_state(self.device)
         if self.lora_base is None:
             return load_weights_dict(self.raw_model, saved)
-        if checkpoint.meta.get("lora_base") != self.lora_base:
-            raise ArlmError(f"{checkpoint.path} holds no adapters of the base model {self.tc.init} as it is now")
-        return {**self.raw_model.state_dict(), **saved}
+        adapters = {k for k in self.raw_model.state_dict() if is_adapter_key(k)}
+        if checkpoint.meta.get("lora_base") != self.lora_base or set(saved) != adapters:
+            raise ArlmError(f"{checkpoint.path} holds no adapters of this shape for {self.tc.init} as it is now")
+        return saved
 
     def _restore_rng(self, tensors: dict[str, torch.Tensor], saved_world: int) -> None:
         key = f"rng.cpu.rank{self.info.rank}"
