@@ -176,3 +176,64 @@ def _gamma_q(a: float, x: float) -> float:
         if abs(delta - 1) < 1e-15:
             break
     return math.exp(log_front) * h
+
+
+CHAT_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 :+?.,\n"
+
+
+def write_chat(path: Path, n: int = 40) -> Path:
+    """A JSONL file of n short conversations (prompt/completion pairs and multi-turn messages)."""
+    import json
+
+    words = ["red", "blue", "green", "gold", "grey"]
+    lines = []
+    for i in range(n):
+        a, b = words[i % 5], words[(i * 3 + 1) % 5]
+        if i % 3:
+            lines.append({"prompt": f"what follows {a} {i}?", "completion": f"{b} {i + 1}."})
+        else:
+            lines.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": "answer briefly."},
+                        {"role": "user", "content": f"name {a}"},
+                        {"role": "assistant", "content": f"{a} is {i}"},
+                        {"role": "user", "content": "and next?"},
+                        {"role": "assistant", "content": f"{b}."},
+                    ]
+                }
+            )
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def tiny_base(
+    path: Path, flavour: str = "llama", block_size: int = 96, seed: int = 0, alphabet: str = CHAT_ALPHABET
+) -> Path:
+    """A randomly initialised tiny model saved as an arlm checkpoint (char tokenizer over the alphabet)."""
+    import torch
+
+    from arlm.config import ModelConfig, RunConfig
+    from arlm.data.tokenizers import VocabTokenizer
+    from arlm.interop.checkpoint import export_weights, save_checkpoint
+    from arlm.model.transformer import Transformer
+
+    tokenizer = VocabTokenizer.train("char", [alphabet], 1000)
+    config = ModelConfig(
+        flavour=flavour, vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2,
+        d_model=32, bias=flavour == "gpt2", tie_embeddings=flavour == "gpt2",
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    weights = export_weights(model.state_dict(), config)
+    return save_checkpoint(path, weights=weights, tokenizer=tokenizer, config=RunConfig(model=config), meta={"step": 0})
+
+
+def chat_raw(tmp_path: Path, base: Path, chat: Path, **sections) -> dict:
+    """A tiny LoRA fine-tune of `base` on the conversations in `chat` (packed, rank 4)."""
+    raw = tiny_raw(tmp_path, chat, **sections)
+    raw["model"] = {"block_size": 64, **sections.get("model", {})}
+    raw["data"].update(format="chat", tokenizer=str(base), test_fraction=0.0, **sections.get("data", {}))
+    lora = {"rank": 4, "alpha": 8, "targets": ["attn", "mlp"]}
+    raw["train"].update(init=str(base), lr=1e-2, lora=lora, **sections.get("train", {}))
+    return raw

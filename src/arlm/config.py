@@ -105,6 +105,8 @@ class DataConfig:
     pad_to: str = "longest"  # padded mode: "longest" in the batch | "block"
     document_mask: bool = False  # packed mode: attention never crosses a document boundary
     sampling: str = "random"  # random: random offsets (nanoGPT) | epoch: shuffled disjoint blocks
+    format: str = "text"  # text | chat: JSONL of `messages` or prompt/completion, rendered by the chat template
+    train_on: str = "assistant"  # chat: the loss on the assistant tokens only | all: on every token
 
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
@@ -114,6 +116,8 @@ class DataConfig:
         _choice("data.mode", self.mode, ("packed", "padded"))
         _choice("data.pad_to", self.pad_to, ("longest", "block"))
         _choice("data.sampling", self.sampling, ("random", "epoch"))
+        _choice("data.format", self.format, ("text", "chat"))
+        _choice("data.train_on", self.train_on, ("assistant", "all"))
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
             raise ArlmError("data.val_fraction and data.test_fraction must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
@@ -121,6 +125,24 @@ class DataConfig:
         _positive("data.vocab_size", self.vocab_size)
         if self.doc_max_chars < 0:
             raise ArlmError(f"data.doc_max_chars must be >= 0 (0: no limit), got {self.doc_max_chars}")
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (train.lora): W x + (alpha / rank) B A x, only A and B trained; rank 0: off."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])  # attn | mlp | qkv, proj, up, down
+
+    def validate(self) -> None:
+        """Raise ArlmError on an impossible setting."""
+        _non_negative("train.lora.rank", self.rank)
+        _finite("train.lora.alpha", self.alpha, low=0.0)
+        _finite("train.lora.dropout", self.dropout, low=0.0, high=0.99)
+        for target in self.targets or [""]:
+            _choice("train.lora.targets", target, ("attn", "mlp", "qkv", "proj", "up", "down"))
 
 
 @dataclass
@@ -166,6 +188,7 @@ class TrainConfig:
     scheduled_sampling_warmup: int = 0  # steps over which that probability rises linearly from 0
     sample_tokens: int = 200  # tokens printed as a sample at the end; 0: none
     sample_prompt: str = ""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
@@ -186,6 +209,9 @@ class TrainConfig:
             _finite(f"train.{name}", getattr(self, name), low=low, high=high)
         if max(self.beta1, self.beta2) >= 1 or self.distill_temperature == 0:
             raise ArlmError("train.beta1 and train.beta2 must be below 1, and train.distill_temperature above 0")
+        self.lora.validate()
+        if self.lora.rank and not self.init:
+            raise ArlmError("train.lora adapts a base model: set train.init (e.g. smollm2)")
 
 
 TRAIN_COUNTS = (  # integers of TrainConfig where 0 is allowed (off, or "the default") and < 0 is not
@@ -240,18 +266,13 @@ class GenerationConfig:
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
         _choice("strategy", self.strategy, ("greedy", "sample", "beam", "speculative", "prompt-lookup"))
-        if self.max_new_tokens < 0:
-            raise ArlmError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.min_new_tokens < 0:
-            raise ArlmError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
-        if self.temperature < 0:
-            raise ArlmError(f"temperature must be >= 0, got {self.temperature}")
+        for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_k"):
+            if getattr(self, name) < 0:
+                raise ArlmError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
             raise ArlmError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ArlmError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.top_k < 0:
-            raise ArlmError(f"top_k must be >= 0, got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise ArlmError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.num_beams < 1:
@@ -352,8 +373,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
                 raise ArlmError(f"override {arg} needs a value")
             i += 1
             value = args[i]
-        section, _, name = key.partition(".")
-        nested.setdefault(section.replace("-", "_"), {})[name.replace("-", "_")] = value
+        *path, name = key.replace("-", "_").split(".")
+        target = nested
+        for part in path:  # train.lora.rank -> {"train": {"lora": {"rank": ...}}}
+            target = target.setdefault(part, {})
+        target[name] = value
         i += 1
     return nested
 
@@ -388,6 +412,9 @@ def _build_section(section: str, factory: Any, values: dict[str, Any]) -> Any:
     for key, value in values.items():
         if key not in known:
             raise ArlmError(f"unknown config key {section}.{key}; known keys: {', '.join(sorted(known))}")
+        if dataclasses.is_dataclass(hints[key]):  # a nested section, e.g. train.lora
+            setattr(obj, key, _build_section(f"{section}.{key}", hints[key], value or {}))
+            continue
         setattr(obj, key, coerce(value, hints[key], f"{section}.{key}"))
     return obj
 

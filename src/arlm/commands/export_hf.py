@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 
 from arlm.interop.hf import export_hf
+from arlm.interop.loading import load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL OUT [--overwrite]."""
-    parser.add_argument("model", help="checkpoint or run folder")
+    parser.add_argument("model", help="checkpoint or run folder (a LoRA run is merged into its base)")
     parser.add_argument("out", help="folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export and name the folder written."""
-    folder = export_hf(args.model, args.out, overwrite=args.overwrite)
+    folder = export_hf(args.model, args.out, overwrite=args.overwrite, load=load_model)  # a LoRA run: merged
     print(f"wrote {folder}")
     return 0

@@ -23,6 +23,7 @@ import numpy as np
 
 from arlm.config import DataConfig
 from arlm.data.batches import BatchSampler
+from arlm.data.chat_batches import ChatSampler, open_chat_split, prepare_chat
 from arlm.data.corpus import iter_chunks
 from arlm.data.normalize import Normalizer, NormalizeReport
 from arlm.data.pieces import Chunk
@@ -50,7 +51,7 @@ PREPARE_KEYS = (
     "tokenizer",
     "vocab_size",
 )
-OPTIONAL_KEYS = ("doc_separator", "doc_max_chars")  # recorded only when set: older prepared data still matches
+OPTIONAL_KEYS = ("doc_separator", "doc_max_chars", "format")  # recorded only when set: older data still matches
 PIECE_CHARS = 1 << 12  # documents up to this many characters reach the tokenizer whole, longer ones in pieces
 # (tokenizers encodes 4k-character texts about 1.5x faster than 64k ones, and BPE training does not care)
 BATCH_CHARS = 1 << 20  # characters per encode_batch call
@@ -92,8 +93,10 @@ class PreparedData:
         """Whether the split holds any tokens."""
         return self.meta["splits"][split]["tokens"] > 0
 
-    def sampler(self, split: str, config: DataConfig, block_size: int, seed: int) -> BatchSampler:
+    def sampler(self, split: str, config: DataConfig, block_size: int, seed: int) -> BatchSampler | ChatSampler:
         """Deterministic batches for a split, refusing one too small for a single batch."""
+        if self.meta.get("format") == "chat":
+            return open_chat_split(self.directory, split, config, block_size, seed, self.tokenizer.pad_id)
         tokens = self.tokens(split)
         check_split_size(split, len(tokens), block_size, config.mode)
         tok = self.tokenizer
@@ -183,6 +186,32 @@ def _prepare_into(
     block_size: int,
     resolve: Callable[[str], Tokenizer],
 ) -> str:
+    if config.format == "chat":
+        tokenizer, counts, histograms = prepare_chat(config, out, resolve, block_size)
+        report, split_mode = corpus_report(tokenizer, counts, histograms), "conversations"
+    else:
+        tokenizer, counts, report = _prepare_text(config, out, log, block_size, resolve)
+        split_mode = report["split_mode"]
+    meta = {
+        "version": META_VERSION,
+        "fingerprint": fingerprint,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "data": prepare_settings(config),
+        "splits": counts,
+        "split_mode": split_mode,
+        **({"format": "chat"} if config.format == "chat" else {}),
+    }
+    text = format_report(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.txt").write_text(text + "\n", encoding="utf-8")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return text
+
+
+def _prepare_text(
+    config: DataConfig, out: Path, log: Callable[[str], None], block_size: int, resolve: Callable[[str], Tokenizer]
+) -> tuple[Tokenizer, dict[str, dict], dict]:
+    """Plain text: read and normalize, split, train or load the tokenizer, write the shards."""
     store = TextStore(out / "text.tmp")
     try:
         clock = time.perf_counter()
@@ -209,19 +238,7 @@ def _prepare_into(
             check_split_size(name, c["tokens"], block_size, config.mode)
     report = corpus_report(tokenizer, counts, {name: hist for name, (_, hist) in written.items()})
     report.update(normalize=asdict(norm), split_mode=plan.mode, duplicates_dropped=plan.duplicates_dropped)
-    meta = {
-        "version": META_VERSION,
-        "fingerprint": fingerprint,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "data": prepare_settings(config),
-        "splits": counts,
-        "split_mode": plan.mode,
-    }
-    text = format_report(report)
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "report.txt").write_text(text + "\n", encoding="utf-8")
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return text
+    return tokenizer, counts, report
 
 
 def _store_documents(config: DataConfig, store: TextStore) -> NormalizeReport:

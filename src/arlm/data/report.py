@@ -65,6 +65,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"split by {report['split_mode']}; exact duplicate documents dropped: {report.get('duplicates_dropped', 0)}"
         )
+    for name, s in report["splits"].items():
+        if "target_tokens" in s:  # chat data: what the loss sees, and conversations cut to the context
+            cut = f", {s['truncated']:,} cut to the context (answers shortened)" if "truncated" in s else ""
+            lines.append(f"{name}: {s['documents']:,} conversations, {s['target_tokens']:,} target tokens{cut}")
     top = ", ".join(f"{t['text']!r} {t['share']:.1%}" for t in report["top_tokens"][:12])
     lines.append(f"most frequent (train): {top}")
     return "\n".join(lines)

@@ -94,8 +94,10 @@ def save_checkpoint(
     meta: dict[str, Any],
     state: dict[str, Any] | None = None,
     state_tensors: dict[str, torch.Tensor] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write a checkpoint to a temporary directory, fsync, then rename it to `path`."""
+    """Write a checkpoint to a temporary directory, fsync, then rename it to `path`; extra_files ({relative
+    name: bytes}, e.g. the PEFT layout of adapters) are written with it and listed in its manifest."""
     path = Path(path)
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -111,6 +113,9 @@ def save_checkpoint(
         if state is not None:
             save_file(state_tensors or {}, tmp / "state.safetensors")
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        for name, data in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
         _write_manifest(tmp)
         _fsync_dir(tmp)
         if path.exists():
@@ -345,10 +350,13 @@ def _is_ours(path: Path, data_fingerprint: str | None) -> bool:
 def load_checkpoint_model(path: str | Path) -> LoadedModel:
     """Build the model of an arlm checkpoint (or a run's newest checkpoint) with its weights and tokenizer;
     a run's checkpoint pruned by its training process while being read is replaced by the newest one."""
-    return read_checkpoint(path, _checkpoint_model)
+    return read_checkpoint(path, checkpoint_model)
 
 
-def _checkpoint_model(checkpoint: Checkpoint) -> LoadedModel:
+def checkpoint_model(checkpoint: Checkpoint) -> LoadedModel:
+    """The model of an opened checkpoint that holds all its weights (not a LoRA checkpoint: see interop.lora)."""
+    if "lora_base" in checkpoint.meta:
+        raise ArlmError(f"{checkpoint.path} holds LoRA adapters only; load it with arlm.interop.loading.load_model")
     tokenizer = checkpoint.tokenizer()
     if tokenizer.fingerprint() != checkpoint.meta.get("tokenizer_fingerprint"):
         raise ArlmError(f"the tokenizer in {checkpoint.path} does not match the one the model was trained with")

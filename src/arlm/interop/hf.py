@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,21 @@ WORD_PATTERN = rf"[{_W}]+|[^{_W}{_S}]|[{_S}]+"
 # ---------------------------------------------------------------- export
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write an arlm checkpoint (or a run's newest) as a Hugging Face folder; return the folder."""
+def export_hf(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    load: Callable[[str | Path], LoadedModel] = load_checkpoint_model,
+) -> Path:
+    """Write an arlm checkpoint (or a run's newest) as a Hugging Face folder; return the folder. `load` reads
+    the model (interop.loading.load_model also merges a LoRA run into its base)."""
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
     source, target = Path(checkpoint).resolve(), out_dir.resolve()
     if target == source or target in source.parents:
         raise ArlmError(f"refusing to export {checkpoint} onto itself or a folder holding it; choose another out_dir")
-    loaded = load_checkpoint_model(checkpoint)
+    loaded = load(checkpoint)
     return save_hf_folder(loaded.model, loaded.tokenizer, out_dir, overwrite=overwrite)
 
 

@@ -14,9 +14,18 @@ from arlm.data import tokenizers
 from arlm.data.prepare import PreparedData, load_prepared
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import FORMAT, MANIFEST, LoadedModel, load_checkpoint_model, resolve_checkpoint
+from arlm.interop.checkpoint import (
+    FORMAT,
+    MANIFEST,
+    Checkpoint,
+    LoadedModel,
+    checkpoint_model,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from arlm.interop.gguf import load_gguf_model, load_gguf_tokenizer, resolve_gguf
 from arlm.interop.hf import export_hf, load_hf_folder
+from arlm.interop.lora import load_lora_checkpoint
 
 __all__ = [
     "LoadedModel",
@@ -45,7 +54,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def load_model(
     reference: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> LoadedModel:
-    """Load any supported model reference for inference (eval mode)."""
+    """Load any supported model reference for inference (eval mode); a LoRA run comes merged into its base."""
     ref = str(reference)
     path = Path(ref)
     if _is_gguf(ref):
@@ -53,10 +62,17 @@ def load_model(
     elif path.is_dir() and _is_hf_folder(path):
         loaded = load_hf_folder(path)
     else:
-        loaded = load_checkpoint_model(path)
+        loaded = read_checkpoint(path, _checkpoint_or_adapters)
     model = loaded.model.to(device=device, dtype=dtype) if dtype else loaded.model.to(device)
     model.eval()
     return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source)
+
+
+def _checkpoint_or_adapters(checkpoint: Checkpoint) -> LoadedModel:
+    """A checkpoint's model: its weights, or (a LoRA checkpoint) its base model with the adapters merged."""
+    if "lora_base" in checkpoint.meta:
+        return load_lora_checkpoint(checkpoint, load_model)
+    return checkpoint_model(checkpoint)
 
 
 def load_tokenizer(reference: str | Path) -> Tokenizer:
@@ -123,5 +139,5 @@ def load_transformers_model(reference: str) -> torch.nn.Module:
     if path.is_dir() and _is_hf_folder(path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = export_hf(reference, Path(tmp) / "hf")
+        folder = export_hf(reference, Path(tmp) / "hf", load=load_model)
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

@@ -214,7 +214,10 @@ class Transformer(nn.Module):
     def _positions(
         self, B: int, T: int, start: int, attention_mask: torch.Tensor | None, device: torch.device
     ) -> torch.Tensor:
-        """(T,) absolute positions, or (B, T) counted over real tokens only when rows are left-padded."""
+        """(T,) absolute positions, (B, T) counted over real tokens only when rows are left-padded, or (B, T)
+        restarting at 0 with each document under a (B, T, T) document mask (a packed document runs as if alone)."""
+        if attention_mask is not None and attention_mask.dim() == 3:
+            return attention_mask.bool().tril(-1).sum(-1)  # (B, T): earlier tokens of the same document
         if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
             counted = attention_mask.long().cumsum(-1) - 1  # (B, S)
             return counted.clamp(min=0)[:, start : start + T]  # (B, T)

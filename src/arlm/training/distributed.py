@@ -144,12 +144,15 @@ def full_model_state(model: nn.Module, config: TrainConfig, info: DistInfo) -> d
     return unwrap(model).state_dict()
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], config: TrainConfig, info: DistInfo) -> None:
-    """Load consolidated weights into a (possibly sharded) model; every process reads the same file."""
+def load_model_state(
+    model: nn.Module, state: dict[str, torch.Tensor], config: TrainConfig, info: DistInfo, strict: bool = True
+) -> None:
+    """Load consolidated weights into a (possibly sharded) model; every process reads the same file. Not strict:
+    only the weights given (a LoRA checkpoint's adapters)."""
     if info.enabled and config.parallel == "fsdp":
-        set_model_state_dict(unwrap(model), state, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(unwrap(model), state, options=StateDictOptions(full_state_dict=True, strict=strict))
         return
-    unwrap(model).load_state_dict(state)
+    unwrap(model).load_state_dict(state, strict=strict)
 
 
 def full_optimizer_state(

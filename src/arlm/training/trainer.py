@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from arlm.config import RunConfig
+from arlm.data.chat_batches import ChatSampler
 from arlm.data.prepare import PreparedData, data_fingerprint
 from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result
@@ -23,6 +24,8 @@ from arlm.interop.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from arlm.interop.lora import base_reference, peft_files
+from arlm.model.lora import add_lora, is_adapter_key, target_names, weights_sha256
 from arlm.model.transformer import Transformer
 from arlm.training import distributed as D
 from arlm.training.grad_norms import layer_grad_norms
@@ -65,6 +68,7 @@ class Trainer:
             )
         self.accum = tc.grad_accum // world
         self.global_rows = tc.batch_size * tc.grad_accum
+        self.lora_base = self._add_adapters(model) if tc.lora.rank else None  # {reference, sha256} of the base
         self.raw_model = model
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
         self.model = D.wrap_model(model, tc, self.info, device)
@@ -76,10 +80,17 @@ class Trainer:
             else:  # one process: forward and loss in one graph, float32 logits never materialised
                 self._train_loss = torch.compile(self._forward_loss)
         self.optimizer = build_optimizer(model, tc, device.type)
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.log(
+            f"training {self.trainable:,} of {model.num_params():,} parameters; AdamW state "
+            f"{2 * self.trainable * 4 / 2**20:,.1f} MiB"
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.dtype == "float16")
         self.autocast = autocast_context(device, tc.dtype)
         block, seed = config.model.block_size, tc.seed
         self.train_batches = data.sampler("train", config.data, block, seed)
+        if isinstance(self.train_batches, ChatSampler) and self.train_batches.truncated:
+            self.log(f"note: {self.train_batches.truncated} training conversations cut to the context of {block + 1}")
         self.eval_samplers = {
             s: data.sampler(s, config.data, block, seed) for s in ("val", "test") if data.has_split(s)
         }
@@ -91,6 +102,14 @@ class Trainer:
         self.metrics: MetricsLog | None = None
         self.on_checkpoint: Callable[[Path], None] | None = None  # called (rank 0) after each checkpoint
         self._strays_named: set[Path] = set()
+
+    def _add_adapters(self, model: Transformer) -> dict[str, str]:
+        """Freeze the base model, add LoRA adapters; returns the base's reference and weights hash."""
+        base = {"reference": base_reference(self.tc.init), "sha256": weights_sha256(model.state_dict())}
+        trainable = add_lora(model, self.tc.lora)
+        names = ", ".join(sorted(target_names(self.tc.lora)))
+        self.log(f"LoRA rank {self.tc.lora.rank} on {names}: {trainable:,} adapter weights")
+        return base
 
     # ------------------------------------------------------------------ resume
 
@@ -106,8 +125,8 @@ class Trainer:
                 f"{checkpoint.path} used a global batch of {state['global_rows']} rows; this run has "
                 f"{self.global_rows} (batch_size x grad_accum); keep it equal to resume exactly"
             )
-        weights = load_weights_dict(self.raw_model, checkpoint.model_state(self.device))
-        D.load_model_state(self.model, weights, self.tc, self.info)
+        weights = self._checkpoint_weights(checkpoint)
+        D.load_model_state(self.model, weights, self.tc, self.info, strict=self.lora_base is None)
         D.load_optimizer_state(self.model, self.optimizer, tensors, self.tc, self.info)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -117,6 +136,16 @@ class Trainer:
         if self.info.is_main:
             truncate_log(self.run_dir / "metrics.jsonl", state["metrics_offset"])
         self.log(f"resumed from {checkpoint.path} at step {self.step}")
+
+    def _checkpoint_weights(self, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+        """The weights to resume: all of them, or (LoRA) the adapters, checked to be of this base and shape."""
+        saved = checkpoint.model_state(self.device)
+        if self.lora_base is None:
+            return load_weights_dict(self.raw_model, saved)
+        adapters = {k for k in self.raw_model.state_dict() if is_adapter_key(k)}
+        if checkpoint.meta.get("lora_base") != self.lora_base or set(saved) != adapters:
+            raise ArlmError(f"{checkpoint.path} holds no adapters of this shape for {self.tc.init} as it is now")
+        return saved
 
     def _restore_rng(self, tensors: dict[str, torch.Tensor], saved_world: int) -> None:
         key = f"rng.cpu.rank{self.info.rank}"
@@ -321,6 +350,8 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0), keep the newest train.keep_checkpoints."""
         weights = D.full_model_state(self.model, self.tc, self.info)
+        if self.lora_base is not None:  # the adapters only; the base is named and hashed in the meta
+            weights = {k: v for k, v in weights.items() if is_adapter_key(k)}
         tensors = D.full_optimizer_state(self.model, self.optimizer, self.tc, self.info)
         tensors.update(self._rng_tensors())
         path = None
@@ -338,15 +369,18 @@ class Trainer:
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
                 "data_fingerprint": data_fingerprint(self.config.data),
+                **({"lora_base": self.lora_base} if self.lora_base else {}),
             }
+            weights = export_weights(weights, self.config.model)
             path = save_checkpoint(
                 self.run_dir / "checkpoints" / f"step-{self.step:08d}",
-                weights=export_weights(weights, self.config.model),
+                weights=weights,
                 tokenizer=self.data.tokenizer,
                 config=self.config,
                 meta=meta,
                 state=state,
                 state_tensors=tensors,
+                extra_files=peft_files(weights, self.config) if self.lora_base else None,
             )
             self._prune(meta["data_fingerprint"])
             if self.on_checkpoint is not None:

@@ -1,0 +1,44 @@
+"""Fold a LoRA run's adapters into its base model's weights: a plain arlm checkpoint any command reads.
+
+`arlm merge runs/sft runs/sft-merged` writes the merged model (the LoRA run itself stays as it is; every other
+command also merges it on load). The run's checkpoints hold the adapters in PEFT's layout too (peft/)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from arlm.config import LoRAConfig
+from arlm.errors import ArlmError
+from arlm.interop.checkpoint import export_weights, read_checkpoint, save_checkpoint
+from arlm.interop.loading import load_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN OUT [--overwrite]."""
+    parser.add_argument("run", help="a LoRA run folder or one of its checkpoints")
+    parser.add_argument("out", help="folder for the merged checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Merge and name the checkpoint written."""
+    print(f"wrote {merge_run(args.run, args.out, overwrite=args.overwrite)}")
+    return 0
+
+
+def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the merged model of a LoRA run (or checkpoint) as an arlm checkpoint in `out`."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
+    meta = read_checkpoint(run, lambda checkpoint: checkpoint.meta)
+    if "lora_base" not in meta:
+        raise ArlmError(f"{run} is not a LoRA run (its checkpoint holds all the weights already)")
+    loaded = load_model(run)
+    config = loaded.config
+    config.train = dataclasses.replace(config.train, lora=LoRAConfig())  # a plain model from here on
+    meta = {"step": meta.get("step", 0), "merged_from": loaded.source}
+    weights = export_weights(loaded.model.state_dict(), config.model)
+    return save_checkpoint(out, weights=weights, tokenizer=loaded.tokenizer, config=config, meta=meta)

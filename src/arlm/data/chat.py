@@ -1,0 +1,109 @@
+"""Chat data for instruction fine-tuning: JSONL of `messages` (system / user / assistant, multi-turn) or
+`prompt` / `completion` pairs, rendered with the model's chat template (arlm's plain one when it has none),
+with a target flag per token: the assistant's answers and their end-of-turn token are targets, nothing else."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from arlm.data.chat_template import PLAIN_TEMPLATE, Message, apply_chat_template
+from arlm.data.tokenizers import Tokenizer
+from arlm.errors import ArlmError
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class ChatExample:
+    """One conversation of a JSONL file, with the line it came from."""
+
+    messages: list[Message]
+    line: int
+
+
+def read_chat_jsonl(path: str | Path) -> Iterator[ChatExample]:
+    """The conversations of a JSONL file; a bad line raises ArlmError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArlmError(f"chat data {path} does not exist (give a .jsonl file)")
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield ChatExample(parse_record(raw, f"{path}:{number}"), number)
+
+
+def parse_record(raw: str, where: str) -> list[Message]:
+    """One JSONL line as a list of messages, checked: known roles, text content, a non-empty answer."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ArlmError(f"{where}: not valid JSON ({exc.msg})") from None
+    if isinstance(record, dict) and "messages" in record:
+        messages = record["messages"]
+    elif isinstance(record, dict) and "prompt" in record and "completion" in record:
+        prompt, completion = record["prompt"], record["completion"]
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    else:
+        raise ArlmError(f"{where}: a record needs 'messages' or 'prompt' and 'completion'")
+    if not isinstance(messages, list) or not messages:
+        raise ArlmError(f"{where}: 'messages' must be a non-empty list")
+    for i, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or "role" not in message:
+            raise ArlmError(f"{where}: message {i} has no role")
+        if message["role"] not in ROLES:
+            raise ArlmError(f"{where}: message {i} has unknown role {message['role']!r} (known: {', '.join(ROLES)})")
+        if not isinstance(message.get("content"), str):
+            raise ArlmError(f"{where}: message {i} needs a text 'content'")
+        if message["role"] == "assistant" and not message["content"].strip():
+            raise ArlmError(f"{where}: message {i} is an empty assistant turn")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ArlmError(f"{where}: the conversation has no assistant turn to learn from")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def render_example(messages: list[Message], tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """(ids, targets) of a conversation: targets[i] is 1 where ids[i] is an assistant token or its end-of-turn.
+
+    Each answer is found as what the template adds between the conversation before it (with the generation
+    prompt) and the conversation through it; the pieces are encoded one after another."""
+    template = tokenizer.chat_template
+    plain = not template
+    eos = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id is not None and not plain else ""
+
+    def render(upto: int, prompt: bool) -> str:
+        return apply_chat_template(template or PLAIN_TEMPLATE, messages[:upto], prompt, eos_token=eos)
+
+    ids: list[int] = []
+    targets: list[int] = []
+
+    def add(text: str, target: bool, extra: list[int] = ()) -> None:
+        piece = (tokenizer.encode(text) if text else []) + list(extra)
+        ids.extend(piece)
+        targets.extend([int(target)] * len(piece))
+
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, through = render(i, True), render(i + 1, False)
+        if not (before.startswith(done) and through.startswith(before)):
+            raise ArlmError("the chat template does not render a conversation as a prefix of its continuation")
+        answer = through[len(before) :]
+        if plain:  # " content\n": the content, the end-of-turn id, then the newline
+            cut, end_ids = len(answer) - answer.endswith("\n"), eos_ids(tokenizer)
+        else:  # "content<|im_end|>\n": through the end-of-turn token
+            cut, end_ids = (answer.rfind(eos) + len(eos) if eos and eos in answer else len(answer)), []
+        add(before[len(done) :], False)
+        add(answer[:cut], True, end_ids)
+        add(answer[cut:], False)
+        done = through
+    add(render(len(messages), False)[len(done) :], False)
+    return ids, targets
+
+
+def eos_ids(tokenizer: Tokenizer) -> list[int]:
+    """[eos_id], or nothing for a tokenizer without one."""
+    return [] if tokenizer.eos_id is None else [tokenizer.eos_id]

@@ -1,0 +1,96 @@
+"""LoRA checkpoints: the base model (named by train.init and checked by hash) plus the adapters, merged on load;
+and the adapters in Hugging Face PEFT's layout (adapter_config.json + adapter_model.safetensors), which `peft`
+loads onto the transformers model of an exported base."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from arlm.config import RunConfig
+from arlm.errors import ArlmError
+from arlm.interop.checkpoint import Checkpoint, LoadedModel
+from arlm.model.lora import add_lora, merge_lora, weights_sha256
+from arlm.model.transformer import Transformer
+
+PEFT_DIR = "peft"
+HF_NAMES = {"attn.proj": "self_attn.o_proj", "mlp.down": "mlp.down_proj"}  # one Linear each in both models
+
+
+def base_reference(init: str) -> str:
+    """train.init as a LoRA checkpoint records it: a path made absolute, a name ('smollm2') as it is."""
+    return str(Path(init).resolve()) if Path(init).exists() else init
+
+
+def base_weights(base: Transformer, config: RunConfig) -> dict[str, torch.Tensor]:
+    """The base model's weights for a model of config.model's shape (learned positions cut to its context)."""
+    state = base.state_dict()
+    if "pos_emb.weight" in state:
+        state["pos_emb.weight"] = state["pos_emb.weight"][: config.model.block_size]
+    return state
+
+
+def load_lora_checkpoint(checkpoint: Checkpoint, load_base: Callable[[str], LoadedModel]) -> LoadedModel:
+    """The model of a LoRA checkpoint: its base (verified by hash) with the adapters folded into the weights."""
+    record = checkpoint.meta["lora_base"]
+    base = load_base(record["reference"])
+    model = Transformer(checkpoint.config.model)
+    model.load_state_dict(base_weights(base.model, checkpoint.config))
+    if weights_sha256(model.state_dict()) != record["sha256"]:
+        raise ArlmError(
+            f"{checkpoint.path} adapts a base model that {record['reference']} no longer holds (its weights "
+            "changed); restore that base model"
+        )
+    add_lora(model, checkpoint.config.train.lora)
+    missing, unexpected = model.load_state_dict(checkpoint.model_state(), strict=False)
+    if unexpected or any(k.endswith(("lora_A", "lora_B")) for k in missing):
+        raise ArlmError(f"{checkpoint.path} holds adapters of another shape than its config says")
+    return LoadedModel(merge_lora(model).eval(), checkpoint.tokenizer(), checkpoint.config, str(checkpoint.path))
+
+
+def peft_files(adapters: dict[str, torch.Tensor], config: RunConfig) -> dict[str, bytes]:
+    """{file name: bytes} of the adapters in PEFT's layout for the transformers Llama model (nothing for gpt2)."""
+    mc, lora = config.model, config.train.lora
+    if mc.flavour != "llama":
+        return {}
+    q, kv, ffn = mc.n_head * mc.head_dim, mc.kv_heads * mc.head_dim, mc.ffn_dim
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in adapters.items():
+        module, matrix = name.rsplit(".", 1)  # blocks.0.attn.qkv, lora_A
+        layer, kind = module.split(".", 2)[1], module.split(".", 2)[2]
+        prefix = f"base_model.model.model.layers.{layer}."
+        if kind == "attn.qkv":
+            names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+            parts = dict(zip(names, _rows(value, matrix, [q, kv, kv])))
+        elif kind == "mlp.up":
+            parts = dict(zip(("mlp.gate_proj", "mlp.up_proj"), _rows(value, matrix, [ffn, ffn])))
+        else:
+            parts = {HF_NAMES[kind]: value}
+        for hf, tensor in parts.items():
+            tensors[f"{prefix}{hf}.{matrix}.weight"] = tensor.detach().to("cpu", torch.float32).contiguous().clone()
+    modules = sorted({k.split(".")[-3] for k in tensors})
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "base_model_name_or_path": config.train.init,
+        "inference_mode": True,
+    }
+    return {
+        f"{PEFT_DIR}/adapter_config.json": (json.dumps(adapter_config, indent=2) + "\n").encode(),
+        f"{PEFT_DIR}/adapter_model.safetensors": save(tensors, metadata={"format": "pt"}),
+    }
+
+
+def _rows(value: torch.Tensor, matrix: str, sizes: list[int]) -> list[torch.Tensor]:
+    """A fused projection's adapter for each of its parts: A is shared (each part gets a copy), B splits by rows."""
+    return [value.clone() for _ in sizes] if matrix == "lora_A" else list(value.split(sizes))

@@ -1,0 +1,32 @@
+"""`arlm study sft` at toy scale: the before/after table from one command, with its measured costs."""
+
+import json
+
+import pytest
+
+from arlm.cli import main
+from arlm.evaluation.icl import TASKS_DIR
+from tests.helpers import chat_raw, tiny_base, write_yaml
+
+
+@pytest.mark.slow
+def test_the_study_reports_before_lora_and_full_with_intervals_and_costs(tmp_path, capsys):
+    alphabet = "".join(sorted(set("user: assistant\n" + (TASKS_DIR / "plurals.jsonl").read_text())))
+    base = tiny_base(tmp_path / "base", block_size=128, alphabet=alphabet)
+    raw = chat_raw(tmp_path, base, tmp_path / "unused.jsonl", model={"block_size": 128}, train={"max_steps": 6})
+    preset = write_yaml(tmp_path / "sft.yaml", raw)
+    out = tmp_path / "study"
+    argv = ["study", "sft", "--preset", str(preset), "--out", str(out), "--tasks", "plurals", "--limit", "6"]
+    assert main(argv) == 0
+    report = json.loads((out / "sft.json").read_text())
+    rows = report["rows"]
+    assert list(rows) == ["before", "lora", "full"]
+    for row in rows.values():
+        acc = row["accuracy"]
+        assert acc["n"] == 6 and acc["ci"][0] <= acc["accuracy"] <= acc["ci"][1]
+    lora, full = rows["lora"], rows["full"]
+    assert full["optimizer_bytes"] >= 3 * lora["optimizer_bytes"] > 0
+    assert full["checkpoint_bytes"] > lora["checkpoint_bytes"] > 0
+    assert lora["peak_rss_bytes"] > 0 and lora["seconds"] > 0
+    table = (out / "sft.md").read_text()
+    assert table.count("\n") == 5 and "| lora |" in table and table in capsys.readouterr().out

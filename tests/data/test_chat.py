@@ -1,0 +1,95 @@
+"""Chat data: reading JSONL conversations, rendering them with target flags, bad lines named by file and line."""
+
+import json
+
+import pytest
+
+from arlm.cli import main
+from arlm.data.chat import read_chat_jsonl, render_example
+from arlm.data.chat_template import apply_chat_template
+from arlm.data.tokenizers import VocabTokenizer
+from tests.helpers import CHAT_ALPHABET, tiny_base, write_chat
+
+CONVERSATION = [
+    {"role": "system", "content": "be brief."},
+    {"role": "user", "content": "one"},
+    {"role": "assistant", "content": "two"},
+    {"role": "user", "content": "three"},
+    {"role": "assistant", "content": "four"},
+]
+
+
+def test_plain_template_targets_are_the_answers_and_their_end_of_turn():
+    tok = VocabTokenizer.train("char", [CHAT_ALPHABET], 100)
+    ids, targets = render_example(CONVERSATION, tok)
+    enc, eos = tok.encode, tok.eos_id
+    expected = [  # (ids, is target), written out by hand
+        (enc("system: be brief.\nuser: one\nassistant:"), 0),
+        (enc(" two") + [eos], 1),
+        (enc("\nuser: three\nassistant:"), 0),
+        (enc(" four") + [eos], 1),
+        (enc("\n"), 0),
+    ]
+    assert ids == [i for piece, _ in expected for i in piece]
+    assert targets == [flag for piece, flag in expected for _ in piece]
+
+
+@pytest.mark.real_model
+def test_chatml_targets_are_the_answers_and_im_end_and_the_ids_are_the_whole_rendering(smollm2):
+    tok = smollm2.tokenizer
+    ids, targets = render_example(CONVERSATION, tok)
+    assert [tok.token_text(i) for i, t in zip(ids, targets) if t] == ["two", "<|im_end|>", "four", "<|im_end|>"]
+    whole = apply_chat_template(tok.chat_template, CONVERSATION, add_generation_prompt=False)
+    assert ids == tok.encode(whole)  # encoding piece by piece changes nothing
+
+
+def test_prompt_completion_pairs_are_a_user_and_an_assistant_turn(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"prompt": "p", "completion": "c"}\n\n' + json.dumps({"messages": CONVERSATION}) + "\n")
+    examples = list(read_chat_jsonl(path))
+    assert examples[0].messages == [{"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]
+    assert [e.line for e in examples] == [1, 3]
+
+
+BAD_LINES = {
+    "missing role": ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}, "message 1 has no role"),
+    "unknown role": ({"messages": [{"role": "bot", "content": "x"}]}, "message 1 has unknown role 'bot'"),
+    "empty answer": ({"prompt": "hi", "completion": "  "}, "message 2 is an empty assistant turn"),
+    "not json": ("{'prompt': 1", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LINES))
+def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path, capsys, case):
+    record, message = BAD_LINES[case]
+    path = write_chat(tmp_path / "chat.jsonl", 6)
+    lines = path.read_text().splitlines()
+    lines.insert(3, record if isinstance(record, str) else json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", "char"]
+    assert main([*argv, "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:4: {message}" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_conversation_with_no_room_for_its_answer_is_refused_with_its_line(tmp_path, capsys):
+    path = write_chat(tmp_path / "chat.jsonl", 6)
+    with open(path, "a") as f:
+        f.write(json.dumps({"prompt": "x" * 80, "completion": "y"}) + "\n")
+    base = tiny_base(tmp_path / "base")
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", str(base)]
+    assert main([*argv, "--data.val_fraction", "0", "--model.block_size", "64", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err  # "user: " + 80 x + "\nassistant:" is 97 tokens; " y" starts at 98
+    assert err.count("\n") == 1 and f"{path}:7: the first answer token is token 98, beyond the context of 65" in err
+
+
+def test_conversations_cut_to_the_context_are_counted_in_the_report(tmp_path, capsys):
+    path = tmp_path / "chat.jsonl"
+    pairs = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(6)] + [{"prompt": "x", "completion": "y" * 80}]
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", "char"]
+    assert main([*argv, "--data.val_fraction", "0", "--model.block_size", "64", "--out", str(tmp_path / "d")]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["splits"]["train"]["truncated"] == 1
+    assert "train: 7 conversations" in capsys.readouterr().out
