@@ -1,0 +1,57 @@
+"""llama.cpp beside arlm: llama-bench's output read, files and tools found or refused in one line (a stand-in
+llama-bench script prints what the real one prints with -o jsonl)."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+import torch
+
+from arlm.bench.llamacpp import compare_with_llamacpp, find_llama_bench, gguf_for, llama_bench_rate
+from arlm.config import ModelConfig
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+
+
+def _fake_bench(folder, rate: float, code: int = 0):
+    """A llama-bench stand-in under folder/build/bin that prints one jsonl row (or fails with `code`)."""
+    row = {"model_filename": "x.gguf", "n_threads": 2, "n_gen": 8, "avg_ts": rate, "stddev_ts": 0.1}
+    path = folder / "build" / "bin" / "llama-bench"
+    path.parent.mkdir(parents=True)
+    body = f"echo 'broken model' >&2; exit {code}" if code else f"echo '{json.dumps(row)}'"
+    path.write_text(f"#!/bin/sh\necho 'main: loading' >&2\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_the_rate_is_read_from_llama_bench_jsonl(tmp_path):
+    binary = _fake_bench(tmp_path, 123.5)
+    assert find_llama_bench(tmp_path) == binary
+    assert llama_bench_rate(binary, tmp_path / "m.gguf", threads=2, new_tokens=8) == 123.5
+
+
+def test_a_failing_llama_bench_is_one_line(tmp_path):
+    binary = _fake_bench(tmp_path, 1.0, code=3)
+    with pytest.raises(ArlmError, match="exit 3.*broken model"):
+        llama_bench_rate(binary, tmp_path / "m.gguf", threads=2, new_tokens=8)
+
+
+def test_missing_files_say_how_to_make_them(tmp_path):
+    assert find_llama_bench(tmp_path) is None
+    with pytest.raises(ArlmError, match="benchmarks/llamacpp.sh"):
+        gguf_for(tmp_path, "int8")
+    with pytest.raises(ArlmError, match="no file for --dtype float16"):
+        gguf_for(tmp_path, "float16")
+    (tmp_path / "smollm2-Q4_1.gguf").write_bytes(b"")
+    assert gguf_for(tmp_path, "int4") == tmp_path / "smollm2-Q4_1.gguf"
+
+
+def test_the_comparison_is_the_quotient_of_medians(tmp_path):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=32, block_size=32, n_layer=1, n_head=2, d_model=16)).eval()
+    result = compare_with_llamacpp(model, 1, _fake_bench(tmp_path, 50.0), tmp_path / "m.gguf", new_tokens=4, repeats=3)
+    assert result["llama.cpp"] == 50.0
+    assert result["arlm"] > 0
+    assert result["ratio"] == pytest.approx(result["arlm"] / 50.0)
