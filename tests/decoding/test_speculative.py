@@ -40,7 +40,9 @@ def test_greedy_speculative_equals_greedy_for_any_draft(flavour):
             )
             out = generate(target, prompt, config, draft=draft)
             assert out.generated()[0] == plain, (name, gamma)
-            if name == "itself":
+            if name == "itself" and adaptive:  # a draft as costly as the target never pays: adaptive drafts nothing
+                assert out.stats["proposed"] == 0 and out.stats["target_forwards"] == len(plain)
+            elif name == "itself":
                 assert out.stats["acceptance_rate"] == 1.0
                 assert out.stats["tokens_per_target_forward"] > gamma * 0.8
 
