@@ -58,9 +58,7 @@ def beam_search(
     ends as a hypothesis, as one ending in EOS does; on_token gets the returned rows' tokens once the search ends."""
     B, T = prompt_ids.shape
     K = config.num_beams
-    device = prompt_ids.device
-    max_len = T + config.max_new_tokens
-    eos_id = history.eos_id
+    device, max_len, eos_id = prompt_ids.device, T + config.max_new_tokens, history.eos_id
     starts = None if history.starts is None else history.starts.repeat_interleave(K)  # (B*K,)
     beam_history = History(starts, T, eos_id)  # the K beams of a row share its padding
     keep = max(2, 1 + (eos_id is not None)) * K  # candidates kept a step, so K survive even if all top-K end
@@ -72,7 +70,6 @@ def beam_search(
     )
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
-
     for cur in range(T, max_len):
         length = cur + 1 - T  # tokens generated once this step is taken
         top_scores, source_beam, token, candidates = _candidates(
@@ -89,7 +86,6 @@ def beam_search(
         finished, finished_scores, finished_len, is_finished = _merge_finished(
             (finished, finished_scores, finished_len, is_finished), candidates, new_scores, ends & top_k_mask, length
         )
-
         improvable = _still_improvable(
             improvable, running_scores, finished_scores, is_finished, length, max_len - T, config
         )
@@ -103,8 +99,13 @@ def beam_search(
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = engine.step(running[:, :, cur].reshape(B * K, 1), mask)  # (B*K, V)
     out = _beam_output(finished, finished_scores, finished_len, config.num_return_sequences, T, start)
+    return _stream(out, on_token)
+
+
+def _stream(out: GenerationOutput, on_token: TokenCallback | None) -> GenerationOutput:
+    """Give on_token the returned rows' tokens (B*n,) position by position, once the search has ended."""
     if on_token is not None:
-        for column in out.sequences[:, T:].t():  # (B*n,) the returned rows' tokens at each position
+        for column in out.sequences[:, out.prompt_length :].t():
             on_token(column)
     return out
 
