@@ -16,7 +16,10 @@ from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, Trac
 from arlm.errors import ArlmError
 
 MAX_ADAPTIVE_DRAFT = 16
-VERIFY_COST = 0.2  # a forward over 1 + g tokens costs about 1 + 0.2 g one-token forwards (CPU float32, docs/perf.md)
+# A target forward over 1 + g tokens costs about 1 + VERIFY_FIXED + VERIFY_PER_TOKEN * g one-token forwards: SmolLM2
+# in float32 on 2 CPU cores took 18.4 ms for 1 token, 26.3 for 2, 31.8 for 3, 36.0 for 5, 36.9 for 8 (docs/perf.md)
+VERIFY_FIXED = 0.4
+VERIFY_PER_TOKEN = 0.1
 RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
 RECOVERY = 0.05  # how fast the estimate drifts back to its prior while nothing is drafted
 
@@ -143,21 +146,32 @@ class PromptLookupDrafter:
 class AdaptiveGamma:
     """How many tokens to draft next: the gamma (0..max_gamma) with the most expected tokens per unit of cost,
     from a running estimate `rate` of the chance that a drafted token is accepted. With acceptance a, a round that
-    drafts g tokens yields (1 - a^(g+1)) / (1 - a) tokens and costs 1 + (verify_cost + draft_cost) * g one-token
-    target forwards, so when acceptance falls gamma shrinks to 0 (plain one-token steps, as greedy decoding does);
-    while not drafting the estimate drifts back to its prior, so drafting is tried again now and then. Only how many
-    tokens are drafted changes: verification, and so the output, stays exact."""
+    drafts g tokens yields (1 - a^(g+1)) / (1 - a) tokens and costs, in one-token target forwards, 1 for g = 0 and
+    1 + verify_fixed + (verify_per_token + draft_cost) * g otherwise; so when acceptance falls gamma shrinks to 0
+    (plain one-token steps, as greedy decoding takes), and while not drafting the estimate drifts back to its prior,
+    so drafting is tried again now and then. Only how many tokens are drafted changes: verification, and so the
+    output, stays exact."""
 
-    def __init__(self, max_gamma: int, draft_cost: float, verify_cost: float = VERIFY_COST, prior: float = 0.6):
+    def __init__(
+        self,
+        max_gamma: int,
+        draft_cost: float,
+        verify_fixed: float = VERIFY_FIXED,
+        verify_per_token: float = VERIFY_PER_TOKEN,
+        prior: float = 0.6,
+    ) -> None:
         self.max_gamma = max_gamma
-        self.cost = verify_cost + draft_cost  # extra cost per drafted token, in one-token target forwards
+        self.fixed, self.per_token = verify_fixed, verify_per_token + draft_cost
         self.prior = self.rate = prior
 
     def next(self) -> int:
-        """The gamma to draft next."""
+        """The gamma to draft next (0 unless some gamma is expected to beat a plain step)."""
         a = min(self.rate, 0.999)
-        value = [(1 - a ** (g + 1)) / (1 - a) / (1 + self.cost * g) for g in range(self.max_gamma + 1)]
-        return max(range(self.max_gamma + 1), key=lambda g: (value[g] > value[0] + 1e-9, value[g]))
+        value = [1.0] + [
+            (1 - a ** (g + 1)) / (1 - a) / (1 + self.fixed + self.per_token * g) for g in range(1, self.max_gamma + 1)
+        ]
+        best = max(range(self.max_gamma + 1), key=lambda g: value[g])
+        return best if value[best] > 1.0 + 1e-9 else 0
 
     def update(self, proposed: int, accepted: int) -> None:
         """Learn from a round: each accepted draft counts as a success, the rejected one (if any) as a failure."""
