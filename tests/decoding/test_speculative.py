@@ -244,3 +244,16 @@ def test_adaptive_prompt_lookup_sampling_matches_the_target_on_a_tiny_vocabulary
         counts[tuple(generate(target, [prompt], config).generated()[0][:2])] += 1
     observed = np.array([counts[k] for k in keys])
     assert chi_square_pvalue(observed, np.array([joint[k] for k in keys])) > 1e-3
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_every_gamma_from_1_to_8_gives_the_greedy_output(adaptive):
+    target, draft = _model(0), _model(1, layers=1, d=16)
+    prompt = [[1, 2, 3, 4, 1, 2, 3]]
+    plain = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24)).generated()[0]
+    for gamma in range(1, 9):
+        for strategy in ("speculative", "prompt-lookup"):
+            config = GenerationConfig(
+                strategy=strategy, temperature=0, max_new_tokens=24, num_draft_tokens=gamma, adaptive_draft=adaptive
+            )
+            assert generate(target, prompt, config, draft=draft).generated()[0] == plain, (strategy, gamma)
