@@ -29,9 +29,11 @@ class Scheme:
     draft: torch.nn.Module | None = None
 
 
-def schemes(target: torch.nn.Module, new_tokens: int, self_layers: int | None, gamma: int = 4) -> list[Scheme]:
+def schemes(
+    target: torch.nn.Module, new_tokens: int, self_layers: int | None, gamma: int = 4, stop_at_eos: bool = False
+) -> list[Scheme]:
     """Greedy, prompt lookup (gamma fixed, and adaptive) and, with self_layers, self-speculation (gamma fixed, and
-    adaptive), all at temperature 0 with no stop at EOS (every run writes new_tokens tokens)."""
+    adaptive), all at temperature 0, by default with no stop at EOS (every run writes new_tokens tokens)."""
 
     def config(strategy: str, adaptive: bool = False) -> GenerationConfig:
         return GenerationConfig(
@@ -40,7 +42,7 @@ def schemes(target: torch.nn.Module, new_tokens: int, self_layers: int | None, g
             max_new_tokens=new_tokens,
             num_draft_tokens=gamma,
             adaptive_draft=adaptive,
-            stop_at_eos=False,
+            stop_at_eos=stop_at_eos,
         )
 
     out = [
@@ -55,13 +57,16 @@ def schemes(target: torch.nn.Module, new_tokens: int, self_layers: int | None, g
     return out
 
 
-def compare_on_prompt(target: torch.nn.Module, ids: list[int], plan: list[Scheme], repeats: int) -> dict:
+def compare_on_prompt(
+    target: torch.nn.Module, ids: list[int], plan: list[Scheme], repeats: int, eos_id: int | None = None
+) -> dict:
     """Each scheme on one prompt `repeats` times, alternating the order: label -> median tokens/s, acceptance,
-    whether its output equals greedy's (the first scheme's), and its ids."""
+    whether its output equals greedy's (the first scheme's), and its ids (eos_id: where a scheme that stops at EOS
+    stops)."""
     runs: dict[str, list] = {s.label: [] for s in plan}
     for r in range(repeats):
         for scheme in plan if r % 2 == 0 else plan[::-1]:
-            runs[scheme.label].append(generate(target, [ids], scheme.config, draft=scheme.draft))
+            runs[scheme.label].append(generate(target, [ids], scheme.config, eos_id=eos_id, draft=scheme.draft))
     reference = runs[plan[0].label][0].generated()[0]
     rows = {}
     for label, outs in runs.items():

@@ -146,14 +146,13 @@ def compare_grounded(model, tokenizer, item_id: str, new_tokens: int, log=print,
     """One request of the built-in grounded set decoded by greedy and prompt lookup (fixed and adaptive gamma),
     alternating, median tokens/s of `repeats`; the table, the answer and one line on why lookup pays here."""
     item = next(i for i in load_prompt_set("grounded") if i.id == item_id)
-    plan = schemes(model, new_tokens, self_layers=None)
-    rows = compare_on_prompt(model, chat_ids(tokenizer, item), plan, repeats)
+    plan = schemes(model, new_tokens, self_layers=None, stop_at_eos=True)
+    rows = compare_on_prompt(model, chat_ids(tokenizer, item), plan, repeats, eos_id=tokenizer.eos_id)
     summary = summarize([rows], [s.label for s in plan])
-    log(f"request: {item.instruction!r} ({len(item.input)} characters of input); {new_tokens} new tokens at most")
+    log(f"request: {item.instruction!r} ({len(item.input)} characters of input); up to {new_tokens} new tokens or EOS")
     for line in format_table(f"median of {repeats} runs each, alternating", summary):
         log(line)
-    answer = rows["greedy"]["ids"]
-    answer = answer[: answer.index(tokenizer.eos_id)] if tokenizer.eos_id in answer else answer
+    answer = [t for t in rows["greedy"]["ids"] if t != tokenizer.eos_id]
     log("answer: " + " ".join(tokenizer.decode(answer).split())[:150])
     lookup = summary[plan[1].label]
     verdict = "pays" if lookup["ratio"] > 1 else "does not pay on this machine"
