@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
@@ -132,15 +133,20 @@ def test_static_decode_step_equals_the_cached_forward(flavour):
 
 
 def test_compiled_decoding_equals_eager(monkeypatch):
-    import arlm.decoding.generate as gen
+    import arlm.decoding.engine as engine_module
 
-    monkeypatch.setattr(gen, "compile_options", lambda device: {"backend": "eager", "fullgraph": True})
+    monkeypatch.setattr(engine_module, "compile_options", lambda device: {"backend": "eager", "fullgraph": True})
     model = _model()
     eager = generate(model, [[1, 2, 3], [4, 5, 6]], GenerationConfig(strategy="greedy", max_new_tokens=16))
     config = GenerationConfig(strategy="greedy", max_new_tokens=16, compile=True)
-    compiled = generate(model, [[1, 2, 3], [4, 5, 6]], config)
+    engine = Engine(model)
+    compiled = generate(engine, [[1, 2, 3], [4, 5, 6]], config)
     assert compiled.generated() == eager.generated()
-    assert hasattr(model, "_compiled_decode_step")  # the compiled path was taken (one graph, no breaks)
+    assert engine._compiled is not None and engine.static  # the compiled path was taken (one graph, no breaks)
+    cache = engine.cache
+    again = generate(engine, [[7, 8, 9], [1, 1, 1]], config)  # a second call reuses the engine's static cache
+    assert engine.cache is cache and again.stats["new_tokens"] == 32
+    assert not [k for k in vars(model) if "compiled" in k or "static" in k]  # nothing hung on the model
 
 
 @pytest.mark.gpu

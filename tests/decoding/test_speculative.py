@@ -40,7 +40,9 @@ def test_greedy_speculative_equals_greedy_for_any_draft(flavour):
             )
             out = generate(target, prompt, config, draft=draft)
             assert out.generated()[0] == plain, (name, gamma)
-            if name == "itself":
+            if name == "itself" and adaptive:  # a draft as costly as the target never pays: adaptive drafts nothing
+                assert out.stats["proposed"] == 0 and out.stats["target_forwards"] == len(plain)
+            elif name == "itself":
                 assert out.stats["acceptance_rate"] == 1.0
                 assert out.stats["tokens_per_target_forward"] > gamma * 0.8
 
@@ -175,3 +177,83 @@ def test_trace_reports_every_verification():
         kept += new
     assert kept[:30] == out.generated()[0]
     assert sum(e["accepted"] for e in events) == out.stats["accepted"]
+
+
+def _brute_force_lookup(ids, max_ngram, gamma):
+    """The first prompt-lookup drafter: scan the whole context for the latest earlier match of its tail."""
+    for n in range(min(max_ngram, len(ids) - 1), 0, -1):
+        tail = ids[-n:]
+        for start in range(len(ids) - n - 1, -1, -1):
+            if ids[start : start + n] == tail:
+                return ids[start + n : start + n + gamma]
+    return []
+
+
+def test_the_ngram_index_drafts_what_a_full_scan_of_the_context_drafts():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (300,), generator=generator).tolist()
+    index = spec.NgramIndex(3)
+    for end in range(1, len(ids) + 1):
+        index.extend(ids[end - 1 : end])
+        for gamma in (1, 4):
+            assert index.lookup(gamma) == _brute_force_lookup(ids[:end], 3, gamma), (end, gamma)
+
+
+def test_prompt_lookup_drafts_from_the_generated_text_too():
+    drafter = spec.PromptLookupDrafter(3)
+    config = GenerationConfig(strategy="prompt-lookup", temperature=0)
+    prompt = [5, 6, 7]
+    seq = torch.tensor([prompt + [1, 2, 3, 9, 8, 1, 2]])  # the prompt, then generated text that repeats itself
+    drafts, q = drafter.propose(seq, 4, config, True, None)
+    assert drafts.tolist() == [3, 9, 8, 1] and q is None
+    seq = torch.cat([seq, torch.tensor([[3, 9]])], dim=1)  # two accepted: the index follows the text as it grows
+    assert drafter.propose(seq, 2, config, True, None)[0].tolist() == [8, 1]
+    target = _model(0)
+    plain = generate(target, [[41, 42, 43]], GenerationConfig(strategy="greedy", max_new_tokens=80)).generated()[0]
+    out = generate(target, [[41, 42, 43]], GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=80))
+    assert out.generated()[0] == plain and out.stats["accepted"] > 0
+
+
+def test_adaptive_gamma_stops_drafting_when_acceptance_falls_and_tries_again_later():
+    adaptive = spec.AdaptiveGamma(max_gamma=8, draft_cost=0.0)
+    assert adaptive.next() > 0  # the prior: worth drafting
+    for _ in range(10):
+        adaptive.update(proposed=adaptive.next() or 1, accepted=0)
+    assert adaptive.next() == 0  # nothing accepted: plain one-token steps
+    rounds = 0
+    while adaptive.next() == 0:
+        adaptive.update(proposed=0, accepted=0)
+        rounds += 1
+    assert 1 < rounds < 100  # drafting is probed again after a while
+    for _ in range(20):
+        adaptive.update(proposed=8, accepted=8)
+    assert adaptive.next() == 8  # everything accepted: the longest drafts
+    assert spec.AdaptiveGamma(max_gamma=8, draft_cost=1.0).next() == 0  # a draft as costly as the target never pays
+
+
+@pytest.mark.slow
+def test_adaptive_prompt_lookup_sampling_matches_the_target_on_a_tiny_vocabulary():
+    target = _model(0, vocab=6)
+    prompt = [1, 2, 3, 1, 2]
+    joint = _exact_joint(target, prompt)
+    keys = sorted(joint)
+    counts = dict.fromkeys(keys, 0)
+    config = GenerationConfig(strategy="prompt-lookup", temperature=1.0, max_new_tokens=2, adaptive_draft=True)
+    for seed in range(2500):
+        config.seed = seed
+        counts[tuple(generate(target, [prompt], config).generated()[0][:2])] += 1
+    observed = np.array([counts[k] for k in keys])
+    assert chi_square_pvalue(observed, np.array([joint[k] for k in keys])) > 1e-3
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_every_gamma_from_1_to_8_gives_the_greedy_output(adaptive):
+    target, draft = _model(0), _model(1, layers=1, d=16)
+    prompt = [[1, 2, 3, 4, 1, 2, 3]]
+    plain = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24)).generated()[0]
+    for gamma in range(1, 9):
+        for strategy in ("speculative", "prompt-lookup"):
+            config = GenerationConfig(
+                strategy=strategy, temperature=0, max_new_tokens=24, num_draft_tokens=gamma, adaptive_draft=adaptive
+            )
+            assert generate(target, prompt, config, draft=draft).generated()[0] == plain, (strategy, gamma)

@@ -15,11 +15,13 @@ import torch
 
 from arlm.config import GenerationConfig, build_config, coerce
 from arlm.data.tokenizers import Tokenizer
+from arlm.decoding.drafts import parse_self_draft, self_draft
 from arlm.decoding.generate import generate
 from arlm.decoding.show import render_drafts
 from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.decoding.types import GenerationOutput
 from arlm.errors import ArlmError
+from arlm.interop.checkpoint import LoadedModel
 from arlm.interop.loading import load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
@@ -33,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", help="take the defaults from this preset's generate: section (default: the run's own config)"
     )
     parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
-    parser.add_argument("--draft", help="draft model for --strategy speculative")
+    parser.add_argument(
+        "--draft", help="draft model for --strategy speculative, or self:L (the model's own first L layers)"
+    )
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
     parser.add_argument("--device", default="auto")
@@ -157,11 +161,8 @@ def generate_command(
     draft_model = None
     if config.strategy == "speculative":
         if not draft:
-            raise ArlmError("--strategy speculative needs --draft MODEL (or use --strategy prompt-lookup)")
-        draft_loaded = load_model(draft, device=dev, dtype=torch_dtype)
-        if draft_loaded.tokenizer.fingerprint() != tok.fingerprint():
-            raise ArlmError(f"the draft {draft} uses another vocabulary than {model_ref}; they must share a tokenizer")
-        draft_model = optimize_for_decoding(draft_loaded.model)
+            raise ArlmError("--strategy speculative needs --draft MODEL or self:L (or use --strategy prompt-lookup)")
+        draft_model = load_draft(draft, loaded, model_ref, dev, torch_dtype)
     single = len(texts) == 1 and config.num_return_sequences == 1
     streaming = single and config.strategy != "beam" and not show_drafts
     streamer = Streamer(tok, config.stop, prefix=texts[0]) if streaming else None  # prints nothing before a token
@@ -182,6 +183,21 @@ def generate_command(
     if stats:
         print(format_stats(out.stats), file=sys.stderr)
     return out
+
+
+def load_draft(
+    ref: str, target: LoadedModel, target_ref: str, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """The draft of speculative decoding: `self:L`, the target's own first L layers with its final norm and head
+    (no weights of its own; call after optimize_for_decoding(target.model), to share its layout), or a model on the
+    target's tokenizer, loaded and laid out for decoding."""
+    layers = parse_self_draft(ref)
+    if layers is not None:
+        return self_draft(target.model, layers)
+    draft_loaded = load_model(ref, device=device, dtype=dtype)
+    if draft_loaded.tokenizer.fingerprint() != target.tokenizer.fingerprint():
+        raise ArlmError(f"the draft {ref} uses another vocabulary than {target_ref}; they must share a tokenizer")
+    return optimize_for_decoding(draft_loaded.model)
 
 
 def _print_rows(

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from arlm.commands.generate import load_draft
 from arlm.errors import ArlmError
 from arlm.interop.loading import load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limit = f"positions per sequence (default: the model's context, at most {DEFAULT_CONTEXT})"
     parser.add_argument("--context", type=int, default=0, help=limit)
     parser.add_argument("--prefill-chunk", type=int, default=512, help="longer prompts are prefilled in chunks")
-    parser.add_argument("--draft", help="a draft model for strategy speculative")
+    parser.add_argument("--draft", help="draft model for strategy speculative, or self:L (its first L layers)")
     parser.add_argument("--name", help="the model name clients send (default: MODEL as given)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -46,12 +47,7 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = pick_device(args.device), getattr(torch, args.dtype)
     loaded = load_model(args.model, device=device, dtype=dtype)
     model = optimize_for_decoding(loaded.model)
-    draft = None
-    if args.draft:
-        draft_loaded = load_model(args.draft, device=device, dtype=dtype)
-        if draft_loaded.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
-            raise ArlmError(f"the draft {args.draft} uses another vocabulary than {args.model}")
-        draft = optimize_for_decoding(draft_loaded.model)
+    draft = load_draft(args.draft, loaded, args.model, device, dtype) if args.draft else None
     context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
     scheduler = Scheduler(
         model,

@@ -9,9 +9,9 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
+from arlm.decoding.engine import Engine
 from arlm.decoding.processors import History, process
-from arlm.decoding.types import GenerationOutput, TraceCallback
-from arlm.model.kv_cache import KVCache
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
 
@@ -42,41 +42,41 @@ def _still_improvable(
 
 @torch.inference_mode()
 def beam_search(
-    model: torch.nn.Module,
+    engine: Engine,
     prompt_ids: torch.Tensor,
     config: GenerationConfig,
     *,
     attention_mask: torch.Tensor | None,
     history: History,
     pad_id: int,
+    on_token: TokenCallback | None = None,
+    should_stop: StopCheck | None = None,
     trace: TraceCallback | None = None,
 ) -> GenerationOutput:
     """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores; trace gets
-    the beams after each step (_beam_event)."""
+    the beams after each step (_beam_event). A candidate that should_stop(prompt row, its generated ids) stops
+    ends as a hypothesis, as one ending in EOS does; on_token gets the returned rows' tokens once the search ends."""
     B, T = prompt_ids.shape
     K = config.num_beams
-    device = prompt_ids.device
-    max_len = T + config.max_new_tokens
-    eos_id = history.eos_id
+    device, max_len, eos_id = prompt_ids.device, T + config.max_new_tokens, history.eos_id
     starts = None if history.starts is None else history.starts.repeat_interleave(K)  # (B*K,)
     beam_history = History(starts, T, eos_id)  # the K beams of a row share its padding
     keep = max(2, 1 + (eos_id is not None)) * K  # candidates kept a step, so K survive even if all top-K end
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
     start = time.perf_counter()
-    cache, logits, mask = _prefill(model, prompt_ids, attention_mask, K, max_len)
+    logits, mask = _prefill(engine, prompt_ids, attention_mask, K, max_len)
     running, running_scores, finished, finished_scores, finished_len, is_finished = _initial_beams(
         prompt_ids, K, max_len, pad_id
     )
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
-
     for cur in range(T, max_len):
         length = cur + 1 - T  # tokens generated once this step is taken
         top_scores, source_beam, token, candidates = _candidates(
             logits, running, running_scores, cur, config, beam_history, keep
         )
         ends = (token == eos_id) if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
-        ends = ends | (cur + 1 >= max_len)  # (B, keep)
+        ends = ends | (cur + 1 >= max_len) | _stop_hits(should_stop, candidates[:, :, T : cur + 1])  # (B, keep)
         alive_scores = top_scores + ends.float() * NEG  # running beams: the best K candidates that did not end
         chosen = torch.topk(alive_scores, K).indices  # (B, K)
         running, running_scores = _gather(candidates, chosen), _gather(alive_scores, chosen)
@@ -86,7 +86,6 @@ def beam_search(
         finished, finished_scores, finished_len, is_finished = _merge_finished(
             (finished, finished_scores, finished_len, is_finished), candidates, new_scores, ends & top_k_mask, length
         )
-
         improvable = _still_improvable(
             improvable, running_scores, finished_scores, is_finished, length, max_len - T, config
         )
@@ -95,24 +94,42 @@ def beam_search(
         open_beams = not (bool(is_finished.all()) and config.early_stopping is True)
         if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
             break
-        cache.reorder((parent + offsets).flatten())
+        engine.reorder((parent + offsets).flatten())
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits = model(running[:, :, cur].reshape(B * K, 1), kv_cache=cache, attention_mask=mask)[:, -1]
-    return _beam_output(finished, finished_scores, finished_len, config.num_return_sequences, T, start)
+        logits = engine.step(running[:, :, cur].reshape(B * K, 1), mask)  # (B*K, V)
+    out = _beam_output(finished, finished_scores, finished_len, config.num_return_sequences, T, start)
+    return _stream(out, on_token)
+
+
+def _stream(out: GenerationOutput, on_token: TokenCallback | None) -> GenerationOutput:
+    """Give on_token the returned rows' tokens (B*n,) position by position, once the search has ended."""
+    if on_token is not None:
+        for column in out.sequences[:, out.prompt_length :].t():
+            on_token(column)
+    return out
+
+
+def _stop_hits(should_stop: StopCheck | None, generated: torch.Tensor) -> torch.Tensor | bool:
+    """(B, keep) whether should_stop(row, generated ids) fires for each candidate's generated ids (B, keep, n)."""
+    if should_stop is None:
+        return False
+    rows = generated.tolist()
+    hits = [[should_stop(b, ids) for ids in row] for b, row in enumerate(rows)]
+    return torch.tensor(hits, dtype=torch.bool, device=generated.device)
 
 
 def _prefill(
-    model: torch.nn.Module, prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, K: int, max_len: int
-) -> tuple[KVCache, torch.Tensor, torch.Tensor | None]:
-    """Encode each prompt (B, T) once and copy its cache to its K beams: the cache, the first logits (B*K, V) and
-    the mask (B*K, T)."""
+    engine: Engine, prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, K: int, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode each prompt (B, T) once and copy its cache to its K beams: the first logits (B*K, V) and the mask
+    (B*K, T)."""
     B = prompt_ids.shape[0]
-    cache = model.new_cache(B, max_len)
-    logits = model(prompt_ids, kv_cache=cache, attention_mask=attention_mask, num_logits=1)[:, -1]  # (B, V)
-    cache.reorder(torch.arange(B, device=prompt_ids.device).repeat_interleave(K))
+    engine.open(B, max_len)
+    logits = engine.prefill(prompt_ids, attention_mask)  # (B, V)
+    engine.reorder(torch.arange(B, device=prompt_ids.device).repeat_interleave(K))
     mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
-    return cache, logits.repeat_interleave(K, dim=0), mask
+    return logits.repeat_interleave(K, dim=0), mask
 
 
 def _initial_beams(prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:

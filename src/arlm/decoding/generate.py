@@ -4,17 +4,17 @@ beam search and speculative decoding live in their own files."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.beam import beam_search
+from arlm.decoding.engine import Engine, engine_for
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process, prompt_starts, sample
 from arlm.decoding.speculative import speculative_generate
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 from arlm.errors import ArlmError
-from arlm.model.kv_cache import KVCache
 
 SYNC_EVERY = 16  # GPU decoding looks at the stop flags (a device sync) once per this many tokens
 
@@ -33,7 +33,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
 
 @torch.inference_mode()
 def generate(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Engine,
     prompt_ids: torch.Tensor | Sequence[Sequence[int]],
     config: GenerationConfig,
     *,
@@ -47,43 +47,55 @@ def generate(
 ) -> GenerationOutput:
     """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy.
 
-    trace, if given, receives the strategy's own events as plain dicts: beam search's running beams and finished
-    hypotheses after each step, speculative decoding's drafted tokens and how many were accepted after each target
-    forward (greedy and sampling have none beyond on_token). An exception it raises ends the generation."""
+    model is a model, or an Engine over one (to keep a compiled step and its cache across calls); every strategy
+    runs it through the engine's prefill / step / verify (decoding/engine.py). on_token gets the (B,) tokens of each
+    step (beam search: the returned hypotheses' tokens, position by position, once the search ends, since the best
+    beam can change until then); should_stop ends a row (beam search: a hypothesis, as EOS does). trace, if given,
+    receives the strategy's own events as plain dicts: beam search's running beams and finished hypotheses after
+    each step, speculative decoding's drafted tokens and how many were accepted after each target forward (greedy
+    and sampling have none beyond on_token). An exception it raises ends the generation."""
     config.validate()
+    engine, owned = engine_for(model)
+    try:
+        return _generate(
+            engine, prompt_ids, config, attention_mask, eos_id, pad_id, draft, on_token, should_stop, trace
+        )
+    finally:
+        if owned:
+            engine.close()
+
+
+def _generate(
+    engine: Engine,
+    prompt_ids: torch.Tensor | Sequence[Sequence[int]],
+    config: GenerationConfig,
+    attention_mask: torch.Tensor | None,
+    eos_id: int | None,
+    pad_id: int | None,
+    draft: torch.nn.Module | None,
+    on_token: TokenCallback | None,
+    should_stop: StopCheck | None,
+    trace: TraceCallback | None,
+) -> GenerationOutput:
+    """generate() on its engine: the prompts checked, then the strategy's loop."""
+    model = engine.model
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     prompt_ids, attention_mask = _prompt_batch(model, prompt_ids, attention_mask, config, pad)
+    check_compile(config, attention_mask, prompt_ids.shape[1] + config.max_new_tokens, model.config.block_size)
     if config.max_new_tokens == 0:
         return _prompts_only(prompt_ids, config)
     eos = eos_id if config.stop_at_eos else None
     history = History(prompt_starts(attention_mask), prompt_ids.shape[1], eos)
+    common = {"attention_mask": attention_mask, "history": history, "pad_id": pad}
     if config.strategy == "beam":
         return beam_search(
-            model, prompt_ids, config, attention_mask=attention_mask, history=history, pad_id=pad, trace=trace
+            engine, prompt_ids, config, **common, on_token=on_token, should_stop=should_stop, trace=trace
         )
     if config.strategy in ("speculative", "prompt-lookup"):
         return speculative_generate(
-            model,
-            prompt_ids,
-            config,
-            draft=draft,
-            attention_mask=attention_mask,
-            history=history,
-            pad_id=pad,
-            on_token=on_token,
-            should_stop=should_stop,
-            trace=trace,
+            engine, prompt_ids, config, draft=draft, **common, on_token=on_token, should_stop=should_stop, trace=trace
         )
-    return decode_loop(
-        model,
-        prompt_ids,
-        config,
-        attention_mask=attention_mask,
-        history=history,
-        pad_id=pad,
-        on_token=on_token,
-        should_stop=should_stop,
-    )
+    return decode_loop(engine, prompt_ids, config, **common, on_token=on_token, should_stop=should_stop)
 
 
 def _prompt_batch(
@@ -149,41 +161,26 @@ def choose_next(
     return sample(logits_to_probs(logits, sequences, config, history), generator)
 
 
-def compile_options(device: torch.device) -> dict:
-    """torch.compile settings for the one-token step: CUDA graphs on GPU, inductor elsewhere."""
-    return {"mode": "reduce-overhead" if device.type == "cuda" else "default", "fullgraph": True}
-
-
-def compiled_step(model: torch.nn.Module):
-    """The model's decode_step compiled once (kept on the model for later calls)."""
-    step = getattr(model, "_compiled_decode_step", None)
-    if step is None:
-        step = torch.compile(model.decode_step, **compile_options(next(model.parameters()).device))
-        model._compiled_decode_step = step
-    return step
-
-
-def static_cache(model: torch.nn.Module, batch_size: int, needed: int) -> KVCache:
-    """The model's cache for compiled decoding, reused by every call that fits it: its buffers keep their
-    addresses (marked static), so a captured CUDA graph replays instead of being recorded again. Its length is
-    a power of two (at least 256, at most the context) covering `needed` positions, since every step attends
-    over the whole buffer, masked: a few sizes, a few graphs."""
-    max_len = min(model.config.block_size, max(256, 1 << (needed - 1).bit_length()))
-    cache = getattr(model, "_static_cache", None)
-    weight = next(model.parameters())
-    fits = cache is not None and cache.batch_size == batch_size and cache.max_len == max_len
-    if not (fits and cache.k.dtype == weight.dtype and cache.k.device == weight.device):
-        model._static_cache = None  # free the old buffers first
-        cache = model.new_cache(batch_size, max_len)
-        torch._dynamo.mark_static_address(cache.k)
-        torch._dynamo.mark_static_address(cache.v)
-        model._static_cache = cache
-    cache.length = 0
-    return cache
+def check_compile(config: GenerationConfig, attention_mask: torch.Tensor | None, needed: int, block: int) -> None:
+    """Refuse config.compile where the compiled one-token step cannot run (it is never silently dropped)."""
+    if not config.compile:
+        return
+    if config.strategy not in ("greedy", "sample"):
+        raise ArlmError(
+            f"compile applies to greedy and sample decoding only; {config.strategy} reorders or rolls back the "
+            "cache, which the compiled static step cannot follow (drop --compile)"
+        )
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ArlmError("compile needs prompts of equal length (no padding); decode them apart or drop --compile")
+    if needed > block:
+        raise ArlmError(
+            f"compile needs prompt + max_new_tokens ({needed}) within the model's context ({block}): the compiled "
+            "step does not slide; lower max_new_tokens or drop --compile"
+        )
 
 
 def decode_loop(
-    model: torch.nn.Module,
+    engine: Engine,
     prompt_ids: torch.Tensor,
     config: GenerationConfig,
     *,
@@ -201,16 +198,15 @@ def decode_loop(
     B, T = prompt_ids.shape
     device = prompt_ids.device
     generator = make_generator(config.seed, device)
-    cache, step_fn = _decoding_cache(model, B, T + config.max_new_tokens, config, attention_mask)
+    engine.open(B, T + config.max_new_tokens, compiled=config.compile)
     mask = attention_mask
     start = time.perf_counter()
-    logits = model(prompt_ids, kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1]  # (B, V)
+    logits = engine.prefill(prompt_ids, mask)  # (B, V)
     prefill_s = time.perf_counter() - start
     sequences = prompt_ids
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stopped: dict[int, int] = {}  # row -> generated length, for rows ended by should_stop
     sync_every = sync_interval(device, should_stop)
-    pos = torch.tensor([T], device=device) if step_fn is not None else None  # (1,) next position, on the device
     for step in range(config.max_new_tokens):
         token = choose_next(logits, sequences, config, generator, history)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
@@ -226,39 +222,22 @@ def decode_loop(
             break
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, S+1)
-        if cache.length == cache.max_len:  # context full: slide
-            logits, mask = _slide(model, sequences, cache, mask)
+        if engine.length == engine.cache.max_len:  # context full: slide
+            logits, mask = _slide(engine, sequences, mask)
             continue
-        if step_fn is not None:  # compiled, static shapes: position as a tensor, the whole cache masked
-            logits = step_fn(token[:, None], pos, cache)  # (B, V)
-            pos += 1
-            cache.length += 1
-            continue
-        logits = model(token[:, None], kv_cache=cache, attention_mask=mask)[:, -1]  # (B, V)
+        logits = engine.step(token[:, None], mask)  # (B, V)
     return _loop_output(sequences, T, _lengths(sequences[:, T:], history.eos_id, stopped), start, prefill_s)
 
 
-def _decoding_cache(
-    model: torch.nn.Module, batch: int, needed: int, config: GenerationConfig, attention_mask: torch.Tensor | None
-) -> tuple[KVCache, Callable | None]:
-    """The KV cache for `needed` positions (at most the context) and, when config.compile applies (unpadded
-    rows that fit the context), the compiled one-token step with its static cache."""
-    block = model.config.block_size
-    unpadded = attention_mask is None or bool(attention_mask.all())
-    if config.compile and unpadded and needed <= block:
-        return static_cache(model, batch, needed), compiled_step(model)
-    return model.new_cache(batch, min(needed, block)), None
-
-
 def _slide(
-    model: torch.nn.Module, sequences: torch.Tensor, cache: KVCache, mask: torch.Tensor | None
+    engine: Engine, sequences: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The context is full: re-encode the newest half of sequences (B, S) into the emptied cache; the next
     logits (B, V) and the mask cut to match."""
-    keep = model.config.block_size // 2
+    keep = engine.model.config.block_size // 2
     mask = None if mask is None else mask[:, -keep:]
-    cache.rollback(0)
-    return model(sequences[:, -keep:], kv_cache=cache, attention_mask=mask, num_logits=1)[:, -1], mask
+    engine.rollback(0)
+    return engine.prefill(sequences[:, -keep:], mask), mask
 
 
 def _loop_output(

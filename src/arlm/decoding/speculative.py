@@ -10,11 +10,18 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
+from arlm.decoding.engine import Engine
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 from arlm.errors import ArlmError
 
 MAX_ADAPTIVE_DRAFT = 16
+# A target forward over 1 + g tokens costs about 1 + VERIFY_FIXED + VERIFY_PER_TOKEN * g one-token forwards: SmolLM2
+# in float32 on 2 CPU cores took 18.4 ms for 1 token, 26.3 for 2, 31.8 for 3, 36.0 for 5, 36.9 for 8 (docs/perf.md)
+VERIFY_FIXED = 0.4
+VERIFY_PER_TOKEN = 0.1
+RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
+RECOVERY = 0.05  # how fast the estimate drifts back to its prior while nothing is drafted
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -48,11 +55,12 @@ def verify(
 
 
 class ModelDrafter:
-    """A small model on the same vocabulary proposes tokens from its own KV cache."""
+    """A model on the same vocabulary (a separate draft, or the target's own first layers: decoding/drafts.py)
+    proposes tokens through its own engine."""
 
     def __init__(self, model: torch.nn.Module, max_len: int, history: History) -> None:
-        self.model = model
-        self.cache = model.new_cache(1, max_len)
+        self.engine = Engine(model)
+        self.engine.open(1, max_len)
         self.history = history
 
     def propose(
@@ -61,10 +69,12 @@ class ModelDrafter:
         """gamma draft tokens continuing seq (1, S), and the draft distribution q each was drawn from."""
         if gamma == 0:
             return seq.new_zeros(0), None
-        pending = seq[:, self.cache.length :]  # tokens the draft has not seen yet (1 or 2)
+        pending = seq[:, self.engine.length :]  # tokens the draft has not seen yet (the prompt, then 1 or 2)
+        logits = self.engine.prefill(pending) if pending.shape[1] > 1 else self.engine.step(pending)  # (1, V)
         tokens, probs = [], []
-        for _ in range(gamma):
-            logits = self.model(pending, kv_cache=self.cache, num_logits=1)[:, -1]  # (1, V)
+        for i in range(gamma):
+            if i:
+                logits = self.engine.step(tokens[-1].view(1, 1))  # (1, V)
             context = torch.cat([seq] + [t.view(1, 1) for t in tokens], dim=1)
             if greedy:
                 token = process(logits.float(), context, config, self.history).argmax(dim=-1)[0]
@@ -73,40 +83,108 @@ class ModelDrafter:
                 token = torch.multinomial(q, 1, generator=generator)[0]
                 probs.append(q)
             tokens.append(token)
-            pending = token.view(1, 1)
         return torch.stack(tokens), (torch.stack(probs) if probs else None)
 
     def rollback(self, length: int) -> None:
         """Forget cached positions from `length` on."""
-        self.cache.rollback(min(length, self.cache.length))
+        self.engine.rollback(min(length, self.engine.length))
+
+    def close(self) -> None:
+        """Free the draft's cache."""
+        self.engine.close()
+
+
+class NgramIndex:
+    """Where each n-gram (n = 1..max_n) of a growing id list (the prompt, then the generated text) last occurred
+    with a token after it: the n-gram cache of prompt lookup, updated as tokens are appended."""
+
+    def __init__(self, max_n: int) -> None:
+        self.max_n = max_n
+        self.ids: list[int] = []
+        self.latest: dict[tuple[int, ...], int] = {}  # n-gram -> end of its latest occurrence that has a follower
+
+    def extend(self, new: list[int]) -> None:
+        """Append ids; the n-grams ending just before each appended id become matchable."""
+        for token in new:
+            end = len(self.ids)
+            for n in range(1, min(self.max_n, end) + 1):
+                self.latest[tuple(self.ids[end - n : end])] = end
+            self.ids.append(token)
+
+    def lookup(self, gamma: int) -> list[int]:
+        """Up to gamma ids that followed the latest earlier occurrence of the longest matching tail n-gram."""
+        ids = self.ids
+        for n in range(min(self.max_n, len(ids) - 1), 0, -1):
+            end = self.latest.get(tuple(ids[-n:]))
+            if end is not None:
+                return ids[end : end + gamma]
+        return []
 
 
 class PromptLookupDrafter:
-    """Draft-free: copy what followed the latest earlier occurrence of the context's last n-gram."""
+    """Draft-free: copy what followed the latest earlier occurrence of the context's last n-gram, in the prompt or
+    in the text generated so far (an NgramIndex kept up to date, not a scan of the whole context each round)."""
 
     def __init__(self, max_ngram: int) -> None:
-        self.max_ngram = max_ngram
+        self.index = NgramIndex(max_ngram)
 
     def propose(
         self, seq: torch.Tensor, gamma: int, config: GenerationConfig, greedy: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, None]:
         """Up to gamma tokens (possibly none), proposed with certainty (q one-hot)."""
-        ids = seq[0].tolist()
-        for n in range(min(self.max_ngram, len(ids) - 1), 0, -1):
-            tail = ids[-n:]
-            for start in range(len(ids) - n - 1, -1, -1):
-                if ids[start : start + n] == tail:
-                    follow = ids[start + n : start + n + gamma]
-                    return torch.tensor(follow, dtype=torch.long, device=seq.device), None
-        return torch.zeros(0, dtype=torch.long, device=seq.device), None
+        self.index.extend(seq[0, len(self.index.ids) :].tolist())
+        follow = self.index.lookup(gamma) if gamma > 0 else []
+        return torch.tensor(follow, dtype=torch.long, device=seq.device), None
 
     def rollback(self, length: int) -> None:
-        """Nothing cached."""
+        """Nothing cached beyond the accepted text."""
+
+    def close(self) -> None:
+        """Nothing to free."""
+
+
+class AdaptiveGamma:
+    """How many tokens to draft next: the gamma (0..max_gamma) with the most expected tokens per unit of cost,
+    from a running estimate `rate` of the chance that a drafted token is accepted. With acceptance a, a round that
+    drafts g tokens yields (1 - a^(g+1)) / (1 - a) tokens and costs, in one-token target forwards, 1 for g = 0 and
+    1 + verify_fixed + (verify_per_token + draft_cost) * g otherwise; so when acceptance falls gamma shrinks to 0
+    (plain one-token steps, as greedy decoding takes), and while not drafting the estimate drifts back to its prior,
+    so drafting is tried again now and then. Only how many tokens are drafted changes: verification, and so the
+    output, stays exact."""
+
+    def __init__(
+        self,
+        max_gamma: int,
+        draft_cost: float,
+        verify_fixed: float = VERIFY_FIXED,
+        verify_per_token: float = VERIFY_PER_TOKEN,
+        prior: float = 0.6,
+    ) -> None:
+        self.max_gamma = max_gamma
+        self.fixed, self.per_token = verify_fixed, verify_per_token + draft_cost
+        self.prior = self.rate = prior
+
+    def next(self) -> int:
+        """The gamma to draft next (0 unless some gamma is expected to beat a plain step)."""
+        a = min(self.rate, 0.999)
+        value = [1.0] + [
+            (1 - a ** (g + 1)) / (1 - a) / (1 + self.fixed + self.per_token * g) for g in range(1, self.max_gamma + 1)
+        ]
+        best = max(range(self.max_gamma + 1), key=lambda g: value[g])
+        return best if value[best] > 1.0 + 1e-9 else 0
+
+    def update(self, proposed: int, accepted: int) -> None:
+        """Learn from a round: each accepted draft counts as a success, the rejected one (if any) as a failure."""
+        if proposed == 0:
+            self.rate += RECOVERY * (self.prior - self.rate)
+            return
+        for success in [1.0] * accepted + [0.0] * (accepted < proposed):
+            self.rate += RATE_WEIGHT * (success - self.rate)
 
 
 @torch.inference_mode()
 def speculative_generate(
-    target: torch.nn.Module,
+    engine: Engine,
     prompt_ids: torch.Tensor,
     config: GenerationConfig,
     *,
@@ -118,45 +196,79 @@ def speculative_generate(
     should_stop: StopCheck | None = None,
     trace: TraceCallback | None = None,
 ) -> GenerationOutput:
-    """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup'); trace
-    gets each verification: the drafted ids, how many were accepted, the target's own next token, and the target's
-    probability of each token kept."""
+    """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup') on the
+    target's engine; trace gets each verification: the drafted ids, how many were accepted, the target's own next
+    token, and the target's probability of each token kept. config.adaptive_draft picks gamma each round
+    (AdaptiveGamma), else it is config.num_draft_tokens."""
+    target = engine.model
     _check_inputs(target, draft, prompt_ids, attention_mask, config)
-    T, eos_id = prompt_ids.shape[1], history.eos_id
+    T = prompt_ids.shape[1]
     max_len = T + config.max_new_tokens
     greedy = config.temperature == 0  # greedy speculative decoding: accept while draft == target argmax
     generator = make_generator(config.seed, prompt_ids.device)
-    drafter = _drafter(draft, max_len + config.num_draft_tokens + 1, config, history)
-    cache = target.new_cache(1, max_len + config.num_draft_tokens + 1)
+    top = max(config.num_draft_tokens, MAX_ADAPTIVE_DRAFT if config.adaptive_draft else 0)
+    drafter = _drafter(draft, max_len + top + 1, config, history)
+    adaptive = AdaptiveGamma(top, draft_cost(target, draft, config)) if config.adaptive_draft else None
+    engine.open(1, max_len + top + 1)
     start = time.perf_counter()
     if T > 1:
-        target(prompt_ids[:, :-1], kv_cache=cache)  # the last prompt token is the first one verified
+        engine.prefill(prompt_ids[:, :-1])  # the last prompt token is the first one verified
     seq, marks, stats = prompt_ids, [], {"proposed": 0, "accepted": 0, "target_forwards": 0}
-    gamma = config.num_draft_tokens
-    while seq.shape[1] < max_len:
-        room = max_len - seq.shape[1]
-        drafts, q = drafter.propose(seq, min(gamma, room - 1) if room > 1 else 0, config, greedy, generator)
-        block = torch.cat([seq[:, -1:], drafts[None]], dim=1)  # (1, 1+g): last token, then the drafts
-        logits = target(block, kv_cache=cache)[0]  # (1+g, V)
-        stats["target_forwards"] += 1
-        contexts = [torch.cat([seq, drafts[None, :j]], dim=1) for j in range(len(drafts) + 1)]
-        p = torch.stack([logits_to_probs(logits[j : j + 1], c, config, history)[0] for j, c in enumerate(contexts)])
-        accepted, nxt = verify(p, q, drafts, greedy, generator)
-        new = torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)])
-        if trace is not None:
-            trace(_verify_event(drafts, accepted, nxt, p, new))
-        stats["proposed"] += len(drafts)
-        stats["accepted"] += accepted
-        marks += [True] * accepted + [False]
-        cache.rollback(seq.shape[1] + accepted)  # keep the last token and the accepted drafts
-        drafter.rollback(seq.shape[1] + accepted)
-        seq, done = _append(seq, new, eos_id, should_stop, T, on_token)
-        if config.adaptive_draft:
-            gamma = min(gamma + 2, MAX_ADAPTIVE_DRAFT) if accepted == len(drafts) else max(1, gamma - 1)
-        if done:
-            break
-    seq = seq[:, :max_len]
-    return _output(seq, T, marks, stats, time.perf_counter() - start)
+    try:
+        while seq.shape[1] < max_len:
+            gamma = adaptive.next() if adaptive is not None else config.num_draft_tokens
+            room = max_len - seq.shape[1]
+            drafts, q = drafter.propose(seq, min(gamma, room - 1), config, greedy, generator)
+            accepted, new, p = _round(engine, seq, drafts, q, config, greedy, generator, history)
+            if trace is not None:
+                trace(_verify_event(drafts, accepted, int(new[-1]), p, new))
+            stats["target_forwards"] += 1
+            stats["proposed"] += len(drafts)
+            stats["accepted"] += accepted
+            marks += [True] * accepted + [False]
+            if adaptive is not None:
+                adaptive.update(len(drafts), accepted)
+            drafter.rollback(seq.shape[1] + accepted)
+            seq, done = _append(seq, new, history.eos_id, should_stop, T, on_token)
+            if done:
+                break
+    finally:
+        drafter.close()
+    return _output(seq[:, :max_len], T, marks, stats, time.perf_counter() - start)
+
+
+def _round(
+    engine: Engine,
+    seq: torch.Tensor,
+    drafts: torch.Tensor,
+    q: torch.Tensor | None,
+    config: GenerationConfig,
+    greedy: bool,
+    generator: torch.Generator | None,
+    history: History,
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """One verification: the target scores seq's last token and the drafts (g,) in one forward; how many drafts
+    it accepts, the tokens kept (accepted drafts, then its own next token) and its probabilities p (1+g, V)."""
+    block = torch.cat([seq[:, -1:], drafts[None]], dim=1)  # (1, 1+g): last token, then the drafts
+    logits = engine.verify(block)[0]  # (1+g, V)
+    contexts = [torch.cat([seq, drafts[None, :j]], dim=1) for j in range(len(drafts) + 1)]
+    p = torch.stack([logits_to_probs(logits[j : j + 1], c, config, history)[0] for j, c in enumerate(contexts)])
+    accepted, nxt = verify(p, q, drafts, greedy, generator)
+    engine.rollback(seq.shape[1] + accepted)  # keep the last token and the accepted drafts
+    return accepted, torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)]), p
+
+
+def draft_cost(target: torch.nn.Module, draft: torch.nn.Module | None, config: GenerationConfig) -> float:
+    """Cost of drafting one token in one-token target forwards: 0 for prompt lookup, else the draft's share of the
+    target's weights (each weight is read once a token; shared weights, as a self-draft's, count for both)."""
+    if config.strategy == "prompt-lookup" or draft is None:
+        return 0.0
+    return _weights(draft) / _weights(target)
+
+
+def _weights(model: torch.nn.Module) -> int:
+    """Number of weights a forward reads (tied ones once)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def _check_inputs(

@@ -1,0 +1,51 @@
+"""Speculative decoding that pays, and where it does not: SmolLM2-135M-Instruct on CPU, greedy against prompt lookup
+(gamma fixed and adaptive) and self-speculation (its own first layers as the draft), on the built-in grounded set
+(requests that quote or transform their input) and the chat set (general questions).
+
+    .venv/bin/python benchmarks/speculative.py [--new-tokens 96] [--repeats 3] [--self-layers 20] [--limit N]
+
+Runs alternate the order of the schemes, medians are kept; every output is checked identical to greedy's. Prints
+the CPU model name and one markdown table per set for docs/perf.md. Time it on quiet cores."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from arlm.bench.prompt_sets import chat_ids, load_prompt_set
+from arlm.bench.speculative import cpu_name, run_speculative_bench, schemes
+from arlm.interop.loading import load_model
+from arlm.model.inference import optimize_for_decoding
+
+
+def main() -> None:
+    """Load SmolLM2, encode the sets, run every scheme on every prompt, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--self-layers", type=int, default=20, help="layers of the self-draft (0: none)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N prompts of each set (0: all)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model)
+    target, tok = optimize_for_decoding(loaded.model.eval()), loaded.tokenizer
+    sets = {}
+    for name in ("grounded", "chat"):
+        items = load_prompt_set(name)[: args.limit or None]
+        sets[name] = [chat_ids(tok, item) for item in items]
+    print(f"CPU: {cpu_name()}; torch {torch.__version__}; {args.model}, float32")
+    print(
+        f"{args.new_tokens} new tokens a run (no stop at EOS), {args.repeats} runs per scheme and prompt, alternating"
+    )
+    plan = schemes(target, args.new_tokens, args.self_layers or None, args.gamma)
+    run_speculative_bench(target, {"warm-up": sets["chat"][:1]}, plan, 1, log=lambda line: None)  # untimed
+    run_speculative_bench(target, sets, plan, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

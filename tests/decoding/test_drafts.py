@@ -1,0 +1,73 @@
+"""Self-speculation: the draft is the target's first layers plus its own norm and head, with no weights of its own,
+and speculative decoding with it is exact."""
+
+import numpy as np
+import pytest
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.drafts import parse_self_draft, self_draft, shares_weights
+from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
+from arlm.model.inference import optimize_for_decoding
+from arlm.model.transformer import Transformer
+from tests.decoding.test_speculative import _exact_joint
+from tests.helpers import chi_square_pvalue
+
+
+def _model(vocab=50, layers=4, flavour="llama"):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        flavour=flavour, vocab_size=vocab, block_size=128, n_layer=layers, n_head=4, d_model=32, init_std=0.3
+    )
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+def test_self_draft_is_the_targets_first_layers_with_its_head(flavour):
+    target = _model(flavour=flavour)
+    draft = self_draft(target, 2)
+    assert shares_weights(draft, target) and len(draft.blocks) == 2 and len(target.blocks) == 4
+    # reference: a 2-layer model of the same class holding the target's tensors for those layers
+    reference = Transformer(draft.config).eval()
+    kept = {k: v for k, v in target.state_dict().items() if not k.startswith(("blocks.2", "blocks.3"))}
+    reference.load_state_dict(kept)
+    x = torch.randint(0, 50, (2, 9))
+    torch.testing.assert_close(draft(x), reference(x), rtol=0, atol=0)
+    assert draft.new_cache(1, 16).k.shape[0] == 2  # its cache holds its own layers only
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_self_speculation_equals_greedy(layers):
+    target = optimize_for_decoding(_model())
+    prompt = [[1, 2, 3, 4, 5]]
+    plain = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]
+    for gamma, adaptive in ((1, False), (5, False), (4, True)):
+        config = GenerationConfig(
+            strategy="speculative", temperature=0, max_new_tokens=30, num_draft_tokens=gamma, adaptive_draft=adaptive
+        )
+        assert generate(target, prompt, config, draft=self_draft(target, layers)).generated()[0] == plain
+
+
+@pytest.mark.slow
+def test_self_speculative_sampling_matches_the_target_on_a_tiny_vocabulary():
+    target = _model(vocab=6)
+    draft = self_draft(target, 1)
+    prompt = [1, 2, 3]
+    joint = _exact_joint(target, prompt)
+    keys = sorted(joint)
+    counts = dict.fromkeys(keys, 0)
+    config = GenerationConfig(strategy="speculative", temperature=1.0, max_new_tokens=2, num_draft_tokens=2)
+    for seed in range(2500):
+        config.seed = seed
+        counts[tuple(generate(target, [prompt], config, draft=draft).generated()[0][:2])] += 1
+    observed = np.array([counts[k] for k in keys])
+    assert chi_square_pvalue(observed, np.array([joint[k] for k in keys])) > 1e-3
+
+
+def test_self_draft_references_and_refusals():
+    assert parse_self_draft("self:12") == 12 and parse_self_draft("runs/draft") is None
+    with pytest.raises(ArlmError, match="self:L"):
+        parse_self_draft("self:half")
+    with pytest.raises(ArlmError, match="1 to 3"):
+        self_draft(_model(), 4)

@@ -1,0 +1,113 @@
+"""The one decoding engine: every strategy's model forwards are the engine's prefill / step / verify, the engine
+owns (and frees) its cache, and every option either works or is refused with one line."""
+
+import collections
+
+import pytest
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.engine import Engine
+from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+
+
+def _model(seed=0, layers=2, d=32):
+    torch.manual_seed(seed)
+    config = ModelConfig(flavour="llama", vocab_size=50, block_size=64, n_layer=layers, n_head=4, d_model=d)
+    return Transformer(config).eval()
+
+
+STRATEGIES = {
+    "greedy": (GenerationConfig(strategy="greedy", max_new_tokens=12), False),
+    "sample": (GenerationConfig(strategy="sample", max_new_tokens=12, seed=3), False),
+    "beam": (GenerationConfig(strategy="beam", num_beams=3, max_new_tokens=8), False),
+    "speculative": (GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=12), True),
+    "prompt-lookup": (GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=12), False),
+    "adaptive": (
+        GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=12, adaptive_draft=True),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_model_forward_of_every_strategy_is_an_engine_call(name, monkeypatch):
+    config, uses_draft = STRATEGIES[name]
+    target, draft = _model(0), _model(1, layers=1, d=32)
+    calls = collections.Counter()
+    forwards = collections.Counter()
+    for method in ("prefill", "step", "verify"):
+        original = getattr(Engine, method)
+
+        def counted(self, *args, _original=original, _method=method, **kwargs):
+            calls[_method] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Engine, method, counted)
+    for label, model in (("target", target), ("draft", draft)):
+        original_forward = model.forward
+
+        def forward(*args, _original=original_forward, _label=label, **kwargs):
+            forwards[_label] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", forward)
+    out = generate(target, [[1, 2, 3, 1, 2, 3, 1, 2]], config, draft=draft if uses_draft else None)
+    assert out.stats["new_tokens"] > 0
+    assert calls["prefill"] >= 1  # every strategy starts with the engine's prefill
+    assert sum(calls.values()) == sum(forwards.values())  # and runs its model (and draft) through nothing else
+    if name in ("speculative", "prompt-lookup", "adaptive"):
+        assert calls["verify"] == out.stats["target_forwards"]
+    else:
+        assert calls["step"] >= 1 and calls["verify"] == 0
+
+
+def test_the_engine_frees_its_cache_and_hangs_nothing_on_the_model():
+    model = _model()
+    before = set(vars(model))
+    engine = Engine(model)
+    generate(engine, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=5))
+    assert engine.cache is not None  # a caller's engine keeps its cache for the next call ...
+    engine.close()
+    assert engine.cache is None  # ... until closed
+    generate(model, [[1, 2, 3]], GenerationConfig(strategy="beam", max_new_tokens=5))
+    assert set(vars(model)) == before
+
+
+@pytest.mark.parametrize("strategy", ["beam", "speculative", "prompt-lookup"])
+def test_compile_is_refused_in_one_line_where_it_cannot_run(strategy):
+    config = GenerationConfig(strategy=strategy, max_new_tokens=4, compile=True, temperature=0)
+    with pytest.raises(ArlmError, match="compile applies to greedy and sample"):
+        generate(_model(), [[1, 2]], config, draft=_model(1))
+
+
+def test_compile_is_refused_for_padded_prompts_and_past_the_context():
+    config = GenerationConfig(strategy="greedy", max_new_tokens=4, compile=True)
+    with pytest.raises(ArlmError, match="equal length"):
+        generate(_model(), [[1, 2], [3]], config)
+    config.max_new_tokens = 70
+    with pytest.raises(ArlmError, match="does not slide"):
+        generate(_model(), [[1, 2]], config)
+
+
+def test_beam_search_stops_a_hypothesis_where_should_stop_fires():
+    model = _model()
+    config = GenerationConfig(strategy="beam", num_beams=2, num_return_sequences=2, max_new_tokens=10)
+    free = generate(model, [[1, 2, 3]], config).generated()
+    assert [len(ids) for ids in free] == [10, 10]
+    short = generate(model, [[1, 2, 3]], config, should_stop=lambda row, ids: len(ids) >= 3)
+    assert [len(ids) for ids in short.generated()] == [3, 3]
+    stop_token = free[0][3]
+    stopped = generate(model, [[1, 2, 3]], config, should_stop=lambda row, ids: stop_token in ids)
+    for ids in stopped.generated():
+        assert stop_token not in ids[:-1]  # a hypothesis ends at its first stop
+
+
+def test_beam_search_streams_the_returned_rows_once_it_ends():
+    model = _model()
+    config = GenerationConfig(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    columns = []
+    out = generate(model, [[1, 2, 3], [4, 5, 6]], config, eos_id=7, on_token=columns.append)
+    assert torch.equal(torch.stack(columns, dim=1), out.sequences[:, 3:])
