@@ -20,7 +20,7 @@ from arlm.decoding.show import render_drafts
 from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.decoding.types import GenerationOutput
 from arlm.errors import ArlmError
-from arlm.interop.loading import load_model, pick_device
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     add_generation_flags(parser)
 
 
@@ -146,9 +146,8 @@ def generate_command(
 ) -> GenerationOutput:
     """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
     of the model's run config) with `options` (the command-line flags) on top."""
-    torch_dtype = getattr(torch, dtype)
-    dev = pick_device(device)
-    loaded = load_model(model_ref, device=dev, dtype=torch_dtype)
+    dev = pick_device(device, dtype)
+    loaded = load_model(model_ref, device=dev, dtype=dtype)
     config = with_options(config or loaded.config.generate, options)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
@@ -158,7 +157,7 @@ def generate_command(
     if config.strategy == "speculative":
         if not draft:
             raise ArlmError("--strategy speculative needs --draft MODEL (or use --strategy prompt-lookup)")
-        draft_loaded = load_model(draft, device=dev, dtype=torch_dtype)
+        draft_loaded = load_model(draft, device=dev, dtype=dtype)
         if draft_loaded.tokenizer.fingerprint() != tok.fingerprint():
             raise ArlmError(f"the draft {draft} uses another vocabulary than {model_ref}; they must share a tokenizer")
         draft_model = optimize_for_decoding(draft_loaded.model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,23 +17,43 @@ from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
 from arlm.interop.checkpoint import FORMAT, MANIFEST, LoadedModel, load_checkpoint_model, resolve_checkpoint
 from arlm.interop.gguf import load_gguf_model, load_gguf_tokenizer, resolve_gguf
+from arlm.interop.gguf_quant import int4_from_gguf
 from arlm.interop.hf import export_hf, load_hf_folder
+from arlm.model.quant import quantize_model
 
 __all__ = [
+    "DTYPES",
+    "DTYPE_HELP",
     "LoadedModel",
+    "Precision",
     "load_model",
     "load_tokenizer",
     "load_transformers_model",
     "pick_device",
     "prepared_dir",
+    "resolve_dtype",
     "run_data",
 ]
 
+# The one list of --dtype names (every command that loads a model offers these).
+DTYPES = ("float32", "bfloat16", "float16", "int8", "int4")
+DTYPE_HELP = "weights: float32, bfloat16, float16, or int8 / int4 weight-only quantized (CPU)"
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
+
+@dataclass(frozen=True)
+class Precision:
+    """What a --dtype name means: the float dtype of the weights left unquantized and the quantization, if any."""
+
+    name: str
+    float_dtype: torch.dtype
+    quant: str | None = None
+
+
+def pick_device(name: str = "auto", dtype: str | None = None) -> torch.device:
+    """'auto' picks CUDA when present (and the dtype runs there: int8 / int4 are CPU-only), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = torch.cuda.is_available() and dtype not in ("int8", "int4")
+        return torch.device("cuda" if cuda else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -42,10 +63,34 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "cpu") -> Precision:
+    """A --dtype name (or a torch float dtype) on a device -> Precision; an impossible pair is an ArlmError."""
+    if isinstance(name, torch.dtype):
+        name = str(name).removeprefix("torch.")
+    name = name or "float32"
+    if name not in DTYPES:
+        raise ArlmError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    device = torch.device(device)
+    if name in ("int8", "int4"):
+        if device.type != "cpu":
+            raise ArlmError(f"--dtype {name} runs on the CPU only (PyTorch's weight-only kernels); use --device cpu")
+        return Precision(name, torch.float32, name)
+    return Precision(name, getattr(torch, name))
+
+
 def load_model(
-    reference: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    reference: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    group_size: int = 32,
 ) -> LoadedModel:
-    """Load any supported model reference for inference (eval mode)."""
+    """Load any supported model reference for inference (eval mode) at a --dtype (float32 when None).
+
+    int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the
+    tied head included; int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks and
+    keeps the others (SmolLM2's Q8_0 head) at the float32 values the file holds (interop/gguf_quant.py)."""
+    precision = resolve_dtype(dtype, device)
     ref = str(reference)
     path = Path(ref)
     if _is_gguf(ref):
@@ -54,7 +99,11 @@ def load_model(
         loaded = load_hf_folder(path)
     else:
         loaded = load_checkpoint_model(path)
-    model = loaded.model.to(device=device, dtype=dtype) if dtype else loaded.model.to(device)
+    model = loaded.model.to(device=device, dtype=precision.float_dtype)
+    if precision.quant == "int4" and _is_gguf(ref):
+        int4_from_gguf(model, ref)
+    elif precision.quant:
+        quantize_model(model, precision.quant, group_size)
     model.eval()
     return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source)
 
