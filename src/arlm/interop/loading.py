@@ -20,12 +20,14 @@ from arlm.interop.gguf import load_gguf_model, load_gguf_tokenizer, resolve_gguf
 from arlm.interop.gguf_quant import int4_from_gguf
 from arlm.interop.hf import export_hf, load_hf_folder
 from arlm.model.quant import quantize_model
+from arlm.model.transformer import Transformer
 
 __all__ = [
     "DTYPES",
     "DTYPE_HELP",
     "LoadedModel",
     "Precision",
+    "is_gguf_reference",
     "load_model",
     "load_tokenizer",
     "load_transformers_model",
@@ -33,6 +35,7 @@ __all__ = [
     "prepared_dir",
     "resolve_dtype",
     "run_data",
+    "to_dtype",
 ]
 
 # The one list of --dtype names (every command that loads a model offers these).
@@ -90,29 +93,42 @@ def load_model(
     int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the
     tied head included; int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks and
     keeps the others (SmolLM2's Q8_0 head) at the float32 values the file holds (interop/gguf_quant.py)."""
-    precision = resolve_dtype(dtype, device)
+    resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     ref = str(reference)
     path = Path(ref)
-    if _is_gguf(ref):
+    if is_gguf_reference(ref):
         loaded = load_gguf_model(ref)
     elif path.is_dir() and _is_hf_folder(path):
         loaded = load_hf_folder(path)
     else:
         loaded = load_checkpoint_model(path)
-    model = loaded.model.to(device=device, dtype=precision.float_dtype)
-    if precision.quant == "int4" and _is_gguf(ref):
-        int4_from_gguf(model, ref)
+    model = to_dtype(loaded.model, dtype, device, group_size, gguf=ref if is_gguf_reference(ref) else None)
+    return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source)
+
+
+def to_dtype(
+    model: Transformer,
+    dtype: str | torch.dtype | None,
+    device: torch.device | str = "cpu",
+    group_size: int = 32,
+    gguf: str | None = None,
+) -> Transformer:
+    """A float model moved to `device` at a --dtype (in place, eval mode); `gguf`: the file it was loaded from,
+    whose Q4_0 / Q4_1 blocks int4 then uses as they are."""
+    precision = resolve_dtype(dtype, device)
+    model = model.to(device=device, dtype=precision.float_dtype)
+    if precision.quant == "int4" and gguf is not None:
+        int4_from_gguf(model, gguf)
     elif precision.quant:
         quantize_model(model, precision.quant, group_size)
-    model.eval()
-    return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source)
+    return model.eval()
 
 
 def load_tokenizer(reference: str | Path) -> Tokenizer:
     """The tokenizer of any reference: a GGUF file or 'smollm2', a run folder (its newest intact checkpoint), a
     checkpoint, a Hugging Face folder, a folder saved by arlm or a tokenizer.json."""
     ref = str(reference)
-    if _is_gguf(ref):
+    if is_gguf_reference(ref):
         return load_gguf_tokenizer(ref)
     path = Path(ref)
     if (path / "checkpoints").is_dir():
@@ -120,7 +136,8 @@ def load_tokenizer(reference: str | Path) -> Tokenizer:
     return tokenizers.load_tokenizer(path)
 
 
-def _is_gguf(ref: str) -> bool:
+def is_gguf_reference(ref: str) -> bool:
+    """'smollm2' or a path ending in .gguf."""
     return ref == "smollm2" or ref.endswith(".gguf")
 
 
@@ -166,7 +183,7 @@ def load_transformers_model(reference: str) -> torch.nn.Module:
     except ImportError:
         raise ArlmError("comparing with transformers needs it installed: pip install 'arlm[hf]'") from None
     path = Path(reference)
-    if _is_gguf(reference):
+    if is_gguf_reference(reference):
         file = resolve_gguf(reference)
         return AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32).eval()
     if path.is_dir() and _is_hf_folder(path):
