@@ -99,4 +99,6 @@ def test_head_can_stay_float_and_bad_requests_are_refused():
     with pytest.raises(ArlmError, match="group size 16"):
         quantize_model(_tiny(), "int4", group_size=16)
     with pytest.raises(ArlmError, match="multiple of the group size"):
-        Int4Linear.from_float(_linear(out_features=8, in_features=48), 32)
+        Int4Linear.from_float(_linear(out_features=16, in_features=48), 32)
+    with pytest.raises(ArlmError, match="outputs of 16"):
+        Int4Linear.from_float(_linear(out_features=6, in_features=64), 32)

@@ -109,13 +109,13 @@ class Int4Linear(nn.Module):
 
 
 def check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:
-    """Refuse a shape the int4 kernel cannot hold (group size 32 or 64 dividing the inputs, even outputs)."""
+    """Refuse a shape the int4 kernel cannot hold (group size 32 or 64 dividing the inputs, outputs by 16)."""
     if group_size not in GROUP_SIZES:
         raise ArlmError(f"int4 group size {group_size} is not supported; use one of {GROUP_SIZES}")
-    if in_features % group_size or out_features % 2:
+    if in_features % group_size or out_features % 16:
         raise ArlmError(
             f"a {out_features}x{in_features} weight cannot be quantized to int4 in groups of {group_size}: "
-            "the inputs must be a multiple of the group size and the outputs even"
+            "the inputs must be a multiple of the group size and the outputs of 16"
         )
 
 
