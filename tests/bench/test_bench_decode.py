@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from arlm.bench.decode import run_decode_bench
+from arlm.bench.forward import format_forward_times, forward_times
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
+from arlm.model.quant import Int4Linear
 from arlm.model.transformer import Transformer
 
 
@@ -32,9 +34,6 @@ def test_decode_bench_runs_every_case_on_both_sides():
 
 @pytest.mark.hf
 def test_decode_bench_at_a_quantized_dtype_and_forward_times():
-    from arlm.bench.forward import format_forward_times, forward_times
-    from arlm.model.quant import Int4Linear
-
     torch.manual_seed(0)
     tokenizer = VocabTokenizer.train("char", ["abcdefgh"], 0)
     model = Transformer(

@@ -4,11 +4,13 @@ import json
 import time
 
 import pytest
+import torch
 
 from arlm.commands.train import train_command
 from arlm.errors import ArlmError
 from arlm.interop.checkpoint import _write_manifest
-from arlm.interop.loading import load_model
+from arlm.interop.loading import DTYPES, load_model, pick_device, resolve_dtype
+from arlm.model.quant import Int8Linear, is_quantized
 from tests.helpers import kill, start_train, tiny_config, tiny_raw, wait_for, write_yaml
 
 
@@ -84,10 +86,6 @@ def test_loading_a_run_while_it_trains_and_prunes(tmp_path, corpus_dir):
 
 
 def test_resolve_dtype_names_and_refusals():
-    import torch
-
-    from arlm.interop.loading import DTYPES, pick_device, resolve_dtype
-
     assert DTYPES == ("float32", "bfloat16", "float16", "int8", "int4")
     assert resolve_dtype(None).float_dtype == torch.float32 and resolve_dtype(None).quant is None
     assert resolve_dtype(torch.bfloat16).name == "bfloat16"
@@ -100,10 +98,6 @@ def test_resolve_dtype_names_and_refusals():
 
 
 def test_a_checkpoint_loads_at_every_dtype(run):
-    import torch
-
-    from arlm.model.quant import Int8Linear, is_quantized
-
     for dtype in ("float32", "bfloat16", "int8"):
         model = load_model(run, dtype=dtype).model
         assert model.tok_emb.weight.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
