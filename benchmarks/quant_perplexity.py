@@ -28,14 +28,14 @@ def variants(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Modu
     fresh = lambda: copy.deepcopy(reference)
     return {
         "float32 (GGUF dequantized)": lambda: reference,
-        "`--dtype bfloat16`": lambda: to_dtype(fresh(), "bfloat16"),
-        "`--dtype int8` (per channel, head too)": lambda: to_dtype(fresh(), "int8"),
-        "int8, head kept float32": lambda: quantize_model(fresh(), "int8", head=False),
         "`--dtype int4` (Q4_1 blocks from the file; Q8_0 head in float32)": lambda: (
             load_model("smollm2", dtype="int4").model
         ),
+        "`--dtype int8` (per channel, head too)": lambda: to_dtype(fresh(), "int8"),
+        "`--dtype bfloat16`": lambda: to_dtype(fresh(), "bfloat16"),
         "int4 g32 requantized from float32, head too": lambda: quantize_model(fresh(), "int4", 32),
         "int4 g32 requantized from float32, head float32": lambda: quantize_model(fresh(), "int4", 32, head=False),
+        "int8, head kept float32": lambda: quantize_model(fresh(), "int8", head=False),
         "int4 g64 requantized from float32, head float32": lambda: quantize_model(fresh(), "int4", 64, head=False),
     }
 
@@ -51,12 +51,13 @@ def main() -> None:
     ids = torch.tensor(loaded.tokenizer.encode(text), dtype=torch.long)
     print(f"tinyshakespeare, first {args.max_chars:,} characters: {ids.numel():,} tokens, "
           f"windows of {args.context} moved by {args.stride}; torch {torch.__version__}")  # fmt: skip
-    print("| model | loss | perplexity | vs float32 |\n|---|---|---|---|")
+    print("| model | loss | perplexity | vs float32 |\n|---|---|---|---|", flush=True)
     base = None
     for label, build in variants(loaded.model).items():
         result = sliding_window(build().eval(), ids, context=args.context, stride=args.stride)
         base = base or result.perplexity
-        print(f"| {label} | {result.loss:.4f} | {result.perplexity:.3f} | {result.perplexity / base - 1:+.2%} |")
+        change = f"{result.perplexity / base - 1:+.2%}"
+        print(f"| {label} | {result.loss:.4f} | {result.perplexity:.3f} | {change} |", flush=True)
 
 
 if __name__ == "__main__":
