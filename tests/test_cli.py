@@ -363,3 +363,13 @@ def test_a_file_where_a_folder_is_needed(tmp_path, capsys):
     _fails(capsys, "train", "--train.out_dir", str(file), match="is a file")
     _fails(capsys, "prepare", "--out", str(file), match="is a file")
     assert file.read_text() == "keep me"
+
+
+def test_every_loader_takes_a_quantized_dtype(trained, capsys):
+    _, run = trained
+    argv = ["generate", str(run), "--prompt", "The ", "--strategy", "greedy", "--max-new-tokens", "8"]
+    assert main([*argv, "--dtype", "int8"]) == 0
+    assert main(["eval", "perplexity", str(run), "--split", "test", "--dtype", "int8", "--device", "auto"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    _fails(capsys, "eval", "icl", str(run), "--lm-eval", "--dtype", "int8", match="--lm-eval loads the model")
+    _fails(capsys, "generate", str(run), "--dtype", "int4", "--device", "meta", match="CPU only")

@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from arlm.bench.decode import run_decode_bench
+from arlm.bench.forward import format_forward_times, forward_times
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
+from arlm.model.quant import Int4Linear
 from arlm.model.transformer import Transformer
 
 
@@ -28,3 +30,22 @@ def test_decode_bench_runs_every_case_on_both_sides():
         assert results[name]["ratio"] == pytest.approx(results[name]["arlm"] / results[name]["transformers"])
     assert results["speculative"]["identical"] and results["speculative"]["acceptance"] == 1.0
     assert len(lines) == 5
+
+
+@pytest.mark.hf
+def test_decode_bench_at_a_quantized_dtype_and_forward_times():
+    torch.manual_seed(0)
+    tokenizer = VocabTokenizer.train("char", ["abcdefgh"], 0)
+    model = Transformer(
+        ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=1, n_head=2, d_model=64)
+    ).eval()
+    results = run_decode_bench(
+        model, tokenizer, new_tokens=4, prompt_len=12, repeats=1, log=lambda _: None, cases=["greedy, batch 1"],
+        dtype="int4",
+    )  # fmt: skip
+    assert results["greedy, batch 1"]["tokens"] == {"arlm": 4, "transformers": 4}
+    assert isinstance(model.lm_head, Int4Linear)  # converted in place: the model the figures are for
+    times = forward_times(model, prompt_len=8, max_tokens=8, repeats=1)
+    assert list(times) == list(range(1, 9)) and all(ms > 0 for ms in times.values())
+    line = format_forward_times("int4", times)
+    assert line.startswith("  forward ms by new tokens (int4): 1: ") and "5 vs 1 token" in line

@@ -4,12 +4,14 @@ import json
 import time
 
 import pytest
+import torch
 
 from arlm.commands.train import train_command
 from arlm.errors import ArlmError
 from arlm.interop import loading
 from arlm.interop.checkpoint import _write_manifest
-from arlm.interop.loading import load_model
+from arlm.interop.loading import DTYPES, load_model, pick_device, resolve_dtype
+from arlm.model.quant import Int8Linear, is_quantized
 from tests.helpers import kill, start_train, tiny_config, tiny_raw, wait_for, write_yaml
 
 
@@ -80,3 +82,23 @@ def test_loading_a_run_while_it_trains_and_prunes(tmp_path, corpus_dir):
     finally:
         stderr = kill(proc)
     assert len(set(sources)) > 1, f"the run did not advance while it was read; make it longer: {stderr}"
+
+
+def test_resolve_dtype_names_and_refusals():
+    assert DTYPES == ("float32", "bfloat16", "float16", "int8", "int4")
+    assert resolve_dtype(None).float_dtype == torch.float32 and resolve_dtype(None).quant is None
+    assert resolve_dtype(torch.bfloat16).name == "bfloat16"
+    assert resolve_dtype("int4").quant == "int4" and resolve_dtype("int4").float_dtype == torch.float32
+    with pytest.raises(ArlmError, match="unknown dtype 'int2'"):
+        resolve_dtype("int2")
+    with pytest.raises(ArlmError, match="CPU only"):
+        resolve_dtype("int8", "cuda")
+    assert pick_device("auto", "int4").type == "cpu"
+
+
+def test_a_checkpoint_loads_at_every_dtype(run):
+    for dtype in ("float32", "bfloat16", "int8"):
+        model = load_model(run, dtype=dtype).model
+        assert model.tok_emb.weight.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+        assert is_quantized(model) == (dtype == "int8")
+    assert isinstance(load_model(run, dtype="int8").model.lm_head, Int8Linear)

@@ -16,6 +16,7 @@ from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate, left_pad
 from arlm.errors import ArlmError
 from arlm.interop.hf import save_hf_folder
+from arlm.interop.loading import resolve_dtype, to_dtype
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
 
@@ -128,14 +129,17 @@ def run_decode_bench(
     draft: Transformer | None = None,
     log=print,
     cases: list[str] | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     compile: bool = False,
+    gguf: str | None = None,
 ) -> dict[str, dict]:
     """Tokens/s per case for both sides (median of `repeats`, alternating) and their ratio; the model's device
-    is used, both sides in `dtype`; compile=True decodes batch-1 greedy/sampling with a compiled (CUDA graph)
-    step (the ragged batch stays eager: the compiled step takes no padding)."""
-    reference = _reference(model, tokenizer, dtype)
-    model = model.to(dtype=dtype)
+    is used, both sides in `dtype` (a float model given; for int8 / int4 transformers stays in float32, and
+    `gguf` names the file whose Q4 blocks int4 uses); compile=True decodes batch-1 greedy/sampling with a
+    compiled (CUDA graph) step (the ragged batch stays eager: the compiled step takes no padding)."""
+    device = next(model.parameters()).device
+    reference = _reference(model, tokenizer, resolve_dtype(dtype, device).float_dtype)
+    model = to_dtype(model, dtype, device, gguf=gguf)
     optimize_for_decoding(model)
     if draft is not None:
         optimize_for_decoding(draft)

@@ -1,4 +1,5 @@
-"""Our generate() against transformers' generate() on the same weights (greedy, beam, sampling; speculative)."""
+"""Our generate() against transformers' generate() on the same weights (greedy, beam, sampling; speculative),
+and the forward time by number of new tokens, per --dtype."""
 
 from __future__ import annotations
 
@@ -8,34 +9,50 @@ import platform
 import torch
 
 from arlm.bench.decode import SMOLLM2_SHAPE, run_decode_bench
+from arlm.bench.forward import format_forward_times, forward_times
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
-from arlm.interop.loading import load_model
+from arlm.interop.loading import DTYPES, is_gguf_reference, load_model, resolve_dtype
 from arlm.model.transformer import Transformer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --draft, --new-tokens, --repeats."""
+    """--model, --draft, --dtype (one or more), --new-tokens, --repeats."""
     parser.add_argument(
         "--model",
         default="random-smollm2",
         help="model reference (smollm2, a checkpoint, ...) or random-smollm2 (random weights)",
     )
     parser.add_argument("--draft", help="a draft model; adds speculative decoding against our greedy")
+    parser.add_argument(
+        "--dtype", nargs="+", default=["float32"], choices=DTYPES, help="one table per dtype (int8 / int4: CPU)"
+    )
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the cases and print the table."""
-    bench_decode_command(args.model, draft_ref=args.draft, new_tokens=args.new_tokens, repeats=args.repeats)
+    """Run the cases and print the table, per dtype."""
+    for name in args.dtype:
+        resolve_dtype(name, "cpu")  # refuse an impossible dtype before any timing
+    for name in args.dtype:
+        bench_decode_command(
+            args.model, draft_ref=args.draft, new_tokens=args.new_tokens, repeats=args.repeats, dtype=name
+        )
     return 0
 
 
 def bench_decode_command(
-    model_ref: str, *, draft_ref: str | None = None, new_tokens: int = 64, repeats: int = 3, log=print
+    model_ref: str,
+    *,
+    draft_ref: str | None = None,
+    new_tokens: int = 64,
+    repeats: int = 3,
+    dtype: str = "float32",
+    log=print,
 ) -> dict[str, dict]:
-    """Load (or build, for 'random-smollm2') the model and run the benchmark, printing a table."""
+    """Load (or build, for 'random-smollm2') the model and run the benchmark at `dtype`, printing a table and
+    the forward time for 1..8 new tokens."""
     if model_ref == "random-smollm2":
         torch.manual_seed(0)
         model = Transformer(ModelConfig(**SMOLLM2_SHAPE)).eval()
@@ -43,11 +60,17 @@ def bench_decode_command(
     else:
         loaded = load_model(model_ref)
         model, tokenizer = loaded.model, loaded.tokenizer
-    draft = load_model(draft_ref).model if draft_ref else None
+    draft = load_model(draft_ref, dtype=dtype).model if draft_ref else None
     params = model.num_params() / 1e6
     log(
-        f"model: {model_ref} ({params:.0f}M parameters, float32); {platform.machine()}, "
+        f"model: {model_ref} ({params:.0f}M parameters, {dtype}); {platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {repeats}, alternating"
     )
     log(f"  {'case':<24}{'arlm tok/s':>10}{'transformers':>14}{'ratio':>10}")
-    return run_decode_bench(model, tokenizer, new_tokens=new_tokens, repeats=repeats, draft=draft, log=log)
+    gguf = model_ref if is_gguf_reference(model_ref) else None
+    results = run_decode_bench(
+        model, tokenizer, new_tokens=new_tokens, repeats=repeats, draft=draft, log=log, dtype=dtype, gguf=gguf
+    )
+    results["forward_ms"] = forward_times(model, repeats=repeats)
+    log(format_forward_times(dtype, results["forward_ms"]))
+    return results

@@ -9,16 +9,17 @@ from collections.abc import Callable
 from arlm.commands.generate import Streamer, add_generation_flags, generation_options, with_options
 from arlm.config import GenerationConfig
 from arlm.decoding.chat import ChatSession
-from arlm.interop.loading import load_model, pick_device
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --system, --message (repeatable), --device and the generation flags."""
+    """--model, --system, --message (repeatable), --device, --dtype and the generation flags."""
     parser.add_argument("--model", default="smollm2", help="an instruct model with a chat template (default smollm2)")
     parser.add_argument("--system", help="a system message")
     parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     add_generation_flags(parser)
 
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     """Chat with top-p sampling at temperature 0.7 unless the flags say otherwise."""
     config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
     config = with_options(config, generation_options(args))
-    chat_command(args.model, config, system=args.system, messages=args.message, device=args.device)
+    chat_command(args.model, config, system=args.system, messages=args.message, device=args.device, dtype=args.dtype)
     return 0
 
 
@@ -37,10 +38,11 @@ def chat_command(
     system: str | None = None,
     messages: list[str] | None = None,
     device: str = "auto",
+    dtype: str = "float32",
     read: Callable[[str], str] = input,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
-    loaded = load_model(model_ref, device=pick_device(device))
+    loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     optimize_for_decoding(loaded.model)
     session = ChatSession(loaded.model, loaded.tokenizer, config, system)
     answers = []

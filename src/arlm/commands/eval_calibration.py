@@ -11,11 +11,11 @@ from arlm.commands.plots import plot_reliability
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.calibration import N_BINS, CalibrationResult, calibration, format_table
-from arlm.interop.loading import load_model, pick_device, run_data
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device, run_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """RUN..., --split, --data, --batches, --bins, --out, --device."""
+    """RUN..., --split, --data, --batches, --bins, --out, --device, --dtype."""
     parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
@@ -23,13 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=N_BINS, help="equal-width confidence bins")
     parser.add_argument("--out", default="calibration.png", help="PNG to write (numbers go to the same name .json)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print the table, draw the diagram."""
     calibration_command(
         args.runs, split=args.split, batches=args.batches, out=args.out, n_bins=args.bins, data_dir=args.data,
-        device=args.device,
+        device=args.device, dtype=args.dtype,
     )  # fmt: skip
     return 0
 
@@ -43,6 +44,7 @@ def calibration_command(
     n_bins: int = N_BINS,
     data_dir: str | None = None,
     device: str = "auto",
+    dtype: str = "float32",
     log: Callable[[str], None] = print,
 ) -> dict[str, CalibrationResult]:
     """Measure the calibration of runs on a split; print a table, write the diagram (out) and out.json."""
@@ -50,7 +52,7 @@ def calibration_command(
         raise ArlmError("name at least one run or checkpoint to measure")
     results: dict[str, CalibrationResult] = {}
     for ref in run_refs:
-        loaded = load_model(ref, device=pick_device(device))
+        loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
         config = loaded.config
         data = run_data(loaded, split, data_dir)
         sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)

@@ -8,30 +8,37 @@ from pathlib import Path
 
 from arlm.commands.plots import plot_lines
 from arlm.evaluation.context import per_position_loss
-from arlm.interop.loading import load_model, run_data
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, run_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """RUN..., --split, --batches, --out."""
+    """RUN..., --split, --batches, --out, --dtype."""
     parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     parser.add_argument("--out", default="context.png", help="PNG to write")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure and draw."""
-    context_command(args.runs, split=args.split, batches=args.batches, out=args.out)
+    context_command(args.runs, split=args.split, batches=args.batches, out=args.out, dtype=args.dtype)
     return 0
 
 
 def context_command(
-    run_refs: list[str], *, split: str = "val", batches: int = 0, out: str = "context.png", log=print
+    run_refs: list[str],
+    *,
+    split: str = "val",
+    batches: int = 0,
+    out: str = "context.png",
+    dtype: str = "float32",
+    log=print,
 ) -> dict[str, list[float]]:
     """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
     curves = {}
     for ref in run_refs:
-        loaded = load_model(ref)
+        loaded = load_model(ref, dtype=dtype)
         config = loaded.config
         sampler = run_data(loaded, split).sampler(split, config.data, config.model.block_size, config.train.seed)
         loss, _ = per_position_loss(loaded.model, sampler.eval_batches(config.train.batch_size, batches))

@@ -17,11 +17,11 @@ from arlm.evaluation.exposure_bias import (
     format_summary,
     held_out_sequences,
 )
-from arlm.interop.loading import load_model, pick_device, run_data
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device, run_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """RUN..., --split, --data, --prompt-len, --length, --sequences, --out, --device."""
+    """RUN..., --split, --data, --prompt-len, --length, --sequences, --out, --device, --dtype."""
     parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
@@ -30,13 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequences", type=int, default=256, help="held-out sequences")
     parser.add_argument("--out", default="exposure_bias.png", help="PNG to write (numbers go to the same name .json)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print the summary, draw the curves."""
     exposure_bias_command(
         args.runs, prompt_len=args.prompt_len, length=args.length, n_sequences=args.sequences, split=args.split,
-        out=args.out, data_dir=args.data, device=args.device,
+        out=args.out, data_dir=args.data, device=args.device, dtype=args.dtype,
     )  # fmt: skip
     return 0
 
@@ -52,6 +53,7 @@ def exposure_bias_command(
     batch_size: int = 64,
     data_dir: str | None = None,
     device: str = "auto",
+    dtype: str = "float32",
     log: Callable[[str], None] = print,
 ) -> dict[str, ExposureBiasResult]:
     """Measure exposure bias of runs on held-out sequences; print the summary, write the figure and out.json.
@@ -60,7 +62,7 @@ def exposure_bias_command(
         raise ArlmError("name at least one run or checkpoint to measure")
     results: dict[str, ExposureBiasResult] = {}
     for ref in run_refs:
-        loaded = load_model(ref, device=pick_device(device))
+        loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
         P, L = default_lengths(loaded.config.model.block_size, prompt_len, length)
         data = run_data(loaded, split, data_dir)
         sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)

@@ -8,15 +8,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from arlm.commands.plots import plot_icl
+from arlm.errors import ArlmError
 from arlm.evaluation.icl import DEFAULT_SHOTS, format_table, run_icl
-from arlm.interop.loading import load_model, pick_device
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL, --tasks, --shots, --scoring, --num-beams, --limit, --out, --lm-eval, --device."""
+    """MODEL, --tasks, --shots, --scoring, --num-beams, --limit, --out, --lm-eval, --device, --dtype."""
     parser.add_argument("model", help=MODEL_HELP)
     parser.add_argument("--tasks", help="comma-separated built-in tasks or paths to task JSONL (default: all built-in)")
     parser.add_argument(
@@ -31,12 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="icl", help="folder for icl.json and icl.png")
     parser.add_argument("--lm-eval", action="store_true", help="run lm-evaluation-harness on the same tasks instead")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """Our own ICL evaluation, or lm-evaluation-harness on the same items (one table per number of shots)."""
     tasks = args.tasks.split(",") if args.tasks else None
     if args.lm_eval:
+        if args.dtype != "float32":
+            raise ArlmError("--lm-eval loads the model itself in float32; drop --dtype or leave out --lm-eval")
         lm_eval_command(args.model, tasks, args.shots, args.limit, device=str(pick_device(args.device)))
         return 0
     icl_command(
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         num_beams=args.num_beams,
         device=args.device,
+        dtype=args.dtype,
     )
     return 0
 
@@ -77,10 +82,11 @@ def icl_command(
     out_dir: str | Path = "icl",
     num_beams: int = 1,
     device: str = "auto",
+    dtype: str = "float32",
     log: Callable[[str], None] = print,
 ) -> dict:
     """Few-shot accuracy of a model on ICL tasks: prints a table, writes icl.json and icl.png into out_dir."""
-    loaded = load_model(model_ref, device=pick_device(device))
+    loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     optimize_for_decoding(loaded.model)
     results = run_icl(loaded.model, loaded.tokenizer, tasks, shots, scoring, limit, num_beams=num_beams, log=log)
     results["model"] = str(model_ref)

@@ -10,7 +10,15 @@ from arlm.data.normalize import corpus_text
 from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result, sliding_window, sliding_windows
 from arlm.evaluation.reference import transformers_sliding_window
-from arlm.interop.loading import LoadedModel, load_model, load_transformers_model, pick_device, run_data
+from arlm.interop.loading import (
+    DTYPE_HELP,
+    DTYPES,
+    LoadedModel,
+    load_model,
+    load_transformers_model,
+    pick_device,
+    run_data,
+)
 from arlm.training.logging import Progress
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
@@ -34,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         stride=args.stride,
         batches=args.batches,
         device=args.device,
+        dtype=args.dtype,
         max_chars=args.max_chars,
         compare_transformers=args.compare_transformers,
     )
@@ -63,12 +73,13 @@ def eval_command(
     stride: int = 0,
     batches: int = 0,
     device: str = "auto",
+    dtype: str = "float32",
     max_chars: int = 0,
     compare_transformers: bool = False,
     log=print,
 ) -> EvalResult:
     """Evaluate and print one line of figures."""
-    loaded = load_model(model_ref, device=pick_device(device))
+    loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     if file:
         res, where = _on_file(loaded, model_ref, file, context, stride, max_chars, compare_transformers, log)
     else:

@@ -22,7 +22,7 @@ from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.decoding.types import GenerationOutput
 from arlm.errors import ArlmError
 from arlm.interop.checkpoint import LoadedModel
-from arlm.interop.loading import load_model, pick_device
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     add_generation_flags(parser)
 
 
@@ -150,9 +150,8 @@ def generate_command(
 ) -> GenerationOutput:
     """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
     of the model's run config) with `options` (the command-line flags) on top."""
-    torch_dtype = getattr(torch, dtype)
-    dev = pick_device(device)
-    loaded = load_model(model_ref, device=dev, dtype=torch_dtype)
+    dev = pick_device(device, dtype)
+    loaded = load_model(model_ref, device=dev, dtype=dtype)
     config = with_options(config or loaded.config.generate, options)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
@@ -162,7 +161,7 @@ def generate_command(
     if config.strategy == "speculative":
         if not draft:
             raise ArlmError("--strategy speculative needs --draft MODEL or self:L (or use --strategy prompt-lookup)")
-        draft_model = load_draft(draft, loaded, model_ref, dev, torch_dtype)
+        draft_model = load_draft(draft, loaded, model_ref, dev, dtype)
     single = len(texts) == 1 and config.num_return_sequences == 1
     streaming = single and config.strategy != "beam" and not show_drafts
     streamer = Streamer(tok, config.stop, prefix=texts[0]) if streaming else None  # prints nothing before a token
@@ -186,7 +185,7 @@ def generate_command(
 
 
 def load_draft(
-    ref: str, target: LoadedModel, target_ref: str, device: torch.device, dtype: torch.dtype
+    ref: str, target: LoadedModel, target_ref: str, device: torch.device, dtype: str | torch.dtype
 ) -> torch.nn.Module:
     """The draft of speculative decoding: `self:L`, the target's own first L layers with its final norm and head
     (no weights of its own; call after optimize_for_decoding(target.model), to share its layout), or a model on the

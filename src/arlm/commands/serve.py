@@ -6,11 +6,9 @@ import argparse
 import signal
 import sys
 
-import torch
-
 from arlm.commands.generate import load_draft
 from arlm.errors import ArlmError
-from arlm.interop.loading import load_model, pick_device
+from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shorter
@@ -19,7 +17,7 @@ DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shor
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `arlm serve`."""
     parser.add_argument("model", nargs="?", default="smollm2", help="model to serve (default smollm2)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
@@ -44,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise ArlmError(f"arlm serve needs {exc.name}: pip install 'arlm[serve]'") from None
     if args.max_batch < 1 or args.max_queue < 0 or args.context < 0:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
-    device, dtype = pick_device(args.device), getattr(torch, args.dtype)
+    device, dtype = pick_device(args.device, args.dtype), args.dtype
     loaded = load_model(args.model, device=device, dtype=dtype)
     model = optimize_for_decoding(loaded.model)
     draft = load_draft(args.draft, loaded, args.model, device, dtype) if args.draft else None

@@ -184,6 +184,29 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return pairs.transpose(1, 2).reshape(rows, cols)  # (nh, 2, hd/2, C) -> (nh*hd, C)
 
 
+def linear_sources(config: ModelConfig) -> dict[str, list[tuple[str, tuple[int, int], int]]]:
+    """arlm's Linear weights -> the GGUF tensors stacked (by rows) into each: (name, torch shape, RoPE heads to
+    unpermute or 0). q/k/v fuse into attn.qkv and gate/up into mlp.up (silu(gate) * up)."""
+    C, F, hd, nh, nkv = config.d_model, config.ffn_dim, config.head_dim, config.n_head, config.kv_heads
+    sources: dict[str, list[tuple[str, tuple[int, int], int]]] = {}
+    for i in range(config.n_layer):
+        blk, ours = f"blk.{i}", f"blocks.{i}"
+        sources[f"{ours}.attn.qkv.weight"] = [
+            (f"{blk}.attn_q.weight", (nh * hd, C), nh),
+            (f"{blk}.attn_k.weight", (nkv * hd, C), nkv),
+            (f"{blk}.attn_v.weight", (nkv * hd, C), 0),
+        ]
+        sources[f"{ours}.attn.proj.weight"] = [(f"{blk}.attn_output.weight", (C, nh * hd), 0)]
+        sources[f"{ours}.mlp.up.weight"] = [(f"{blk}.ffn_gate.weight", (F, C), 0), (f"{blk}.ffn_up.weight", (F, C), 0)]
+        sources[f"{ours}.mlp.down.weight"] = [(f"{blk}.ffn_down.weight", (C, F), 0)]
+    return sources
+
+
+def stack_rows(parts: Sequence[torch.Tensor], heads: Sequence[int]) -> torch.Tensor:
+    """Row blocks (rows, cols) of one fused weight, q/k rows put back in rotate-half order, stacked."""
+    return torch.cat([unpermute_rope_rows(p, h) if h else p for p, h in zip(parts, heads)], dim=0)
+
+
 def to_arlm_state_dict(
     tensors: dict[str, torch.Tensor], config: ModelConfig, source: str = ""
 ) -> dict[str, torch.Tensor]:
@@ -198,23 +221,15 @@ def to_arlm_state_dict(
             raise ArlmError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, expected {shape}")
         return tensor
 
-    C, F, V, hd = config.d_model, config.ffn_dim, config.vocab_size, config.head_dim
-    nh, nkv = config.n_head, config.kv_heads
+    C, V = config.d_model, config.vocab_size
     state = {"tok_emb.weight": take("token_embd.weight", (V, C)), "norm.weight": take("output_norm.weight", (C,))}
     if not config.tie_embeddings:
         state["lm_head.weight"] = take("output.weight", (V, C))
     for i in range(config.n_layer):
-        blk, ours = f"blk.{i}", f"blocks.{i}"
-        q = unpermute_rope_rows(take(f"{blk}.attn_q.weight", (nh * hd, C)), nh)  # (nh*hd, C)
-        k = unpermute_rope_rows(take(f"{blk}.attn_k.weight", (nkv * hd, C)), nkv)  # (nkv*hd, C)
-        v = take(f"{blk}.attn_v.weight", (nkv * hd, C))  # (nkv*hd, C)
-        state[f"{ours}.attn.qkv.weight"] = torch.cat([q, k, v], dim=0)  # ((nh+2*nkv)*hd, C)
-        state[f"{ours}.attn.proj.weight"] = take(f"{blk}.attn_output.weight", (C, nh * hd))
-        state[f"{ours}.norm1.weight"] = take(f"{blk}.attn_norm.weight", (C,))
-        state[f"{ours}.norm2.weight"] = take(f"{blk}.ffn_norm.weight", (C,))
-        gate, up = take(f"{blk}.ffn_gate.weight", (F, C)), take(f"{blk}.ffn_up.weight", (F, C))
-        state[f"{ours}.mlp.up.weight"] = torch.cat([gate, up], dim=0)  # (2F, C): silu(gate) * up
-        state[f"{ours}.mlp.down.weight"] = take(f"{blk}.ffn_down.weight", (C, F))
+        state[f"blocks.{i}.norm1.weight"] = take(f"blk.{i}.attn_norm.weight", (C,))
+        state[f"blocks.{i}.norm2.weight"] = take(f"blk.{i}.ffn_norm.weight", (C,))
+    for ours, parts in linear_sources(config).items():
+        state[ours] = stack_rows([take(name, shape) for name, shape, _ in parts], [h for *_, h in parts])
     if remaining:
         raise ArlmError(f"{source}: GGUF tensors arlm's Llama has no place for: {', '.join(sorted(remaining)[:5])}")
     return state

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,24 +25,47 @@ from arlm.interop.checkpoint import (
     resolve_checkpoint,
 )
 from arlm.interop.gguf import load_gguf_model, load_gguf_tokenizer, resolve_gguf
+from arlm.interop.gguf_quant import int4_from_gguf
 from arlm.interop.hf import export_hf, load_hf_folder
 from arlm.interop.lora import load_lora_checkpoint
+from arlm.model.quant import quantize_model
+from arlm.model.transformer import Transformer
 
 __all__ = [
+    "DTYPES",
+    "DTYPE_HELP",
     "LoadedModel",
+    "Precision",
+    "is_gguf_reference",
     "load_model",
     "load_tokenizer",
     "load_transformers_model",
     "pick_device",
     "prepared_dir",
+    "resolve_dtype",
     "run_data",
+    "to_dtype",
 ]
 
+# The one list of --dtype names (every command that loads a model offers these).
+DTYPES = ("float32", "bfloat16", "float16", "int8", "int4")
+DTYPE_HELP = "weights: float32, bfloat16, float16, or int8 / int4 weight-only quantized (CPU)"
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
+
+@dataclass(frozen=True)
+class Precision:
+    """What a --dtype name means: the float dtype of the weights left unquantized and the quantization, if any."""
+
+    name: str
+    float_dtype: torch.dtype
+    quant: str | None = None
+
+
+def pick_device(name: str = "auto", dtype: str | None = None) -> torch.device:
+    """'auto' picks CUDA when present (and the dtype runs there: int8 / int4 are CPU-only), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = torch.cuda.is_available() and dtype not in ("int8", "int4")
+        return torch.device("cuda" if cuda else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -51,20 +75,44 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "cpu") -> Precision:
+    """A --dtype name (or a torch float dtype) on a device -> Precision; an impossible pair is an ArlmError."""
+    if isinstance(name, torch.dtype):
+        name = str(name).removeprefix("torch.")
+    name = name or "float32"
+    if name not in DTYPES:
+        raise ArlmError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    device = torch.device(device)
+    if name in ("int8", "int4"):
+        if device.type != "cpu":
+            raise ArlmError(f"--dtype {name} runs on the CPU only (PyTorch's weight-only kernels); use --device cpu")
+        return Precision(name, torch.float32, name)
+    return Precision(name, getattr(torch, name))
+
+
 def load_model(
-    reference: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    reference: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    group_size: int = 32,
 ) -> LoadedModel:
-    """Load any supported model reference for inference (eval mode); a LoRA run comes merged into its base."""
+    """Load any supported model reference for inference (eval mode) at a --dtype (float32 when None); a LoRA run
+    comes merged into its base.
+
+    int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the
+    tied head included; int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks and
+    keeps the others (SmolLM2's Q8_0 head) at the float32 values the file holds (interop/gguf_quant.py)."""
+    resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     ref = str(reference)
     path = Path(ref)
-    if _is_gguf(ref):
+    if is_gguf_reference(ref):
         loaded = load_gguf_model(ref)
     elif path.is_dir() and _is_hf_folder(path):
         loaded = load_hf_folder(path)
     else:
         loaded = read_checkpoint(path, _checkpoint_or_adapters)
-    model = loaded.model.to(device=device, dtype=dtype) if dtype else loaded.model.to(device)
-    model.eval()
+    model = to_dtype(loaded.model, dtype, device, group_size, gguf=ref if is_gguf_reference(ref) else None)
     return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source)
 
 
@@ -75,11 +123,29 @@ def _checkpoint_or_adapters(checkpoint: Checkpoint) -> LoadedModel:
     return checkpoint_model(checkpoint)
 
 
+def to_dtype(
+    model: Transformer,
+    dtype: str | torch.dtype | None,
+    device: torch.device | str = "cpu",
+    group_size: int = 32,
+    gguf: str | None = None,
+) -> Transformer:
+    """A float model moved to `device` at a --dtype (in place, eval mode); `gguf`: the file it was loaded from,
+    whose Q4_0 / Q4_1 blocks int4 then uses as they are."""
+    precision = resolve_dtype(dtype, device)
+    model = model.to(device=device, dtype=precision.float_dtype)
+    if precision.quant == "int4" and gguf is not None:
+        int4_from_gguf(model, gguf)
+    elif precision.quant:
+        quantize_model(model, precision.quant, group_size)
+    return model.eval()
+
+
 def load_tokenizer(reference: str | Path) -> Tokenizer:
     """The tokenizer of any reference: a GGUF file or 'smollm2', a run folder (its newest intact checkpoint), a
     checkpoint, a Hugging Face folder, a folder saved by arlm or a tokenizer.json."""
     ref = str(reference)
-    if _is_gguf(ref):
+    if is_gguf_reference(ref):
         return load_gguf_tokenizer(ref)
     path = Path(ref)
     if (path / "checkpoints").is_dir():
@@ -87,7 +153,8 @@ def load_tokenizer(reference: str | Path) -> Tokenizer:
     return tokenizers.load_tokenizer(path)
 
 
-def _is_gguf(ref: str) -> bool:
+def is_gguf_reference(ref: str) -> bool:
+    """'smollm2' or a path ending in .gguf."""
     return ref == "smollm2" or ref.endswith(".gguf")
 
 
@@ -133,7 +200,7 @@ def load_transformers_model(reference: str) -> torch.nn.Module:
     except ImportError:
         raise ArlmError("comparing with transformers needs it installed: pip install 'arlm[hf]'") from None
     path = Path(reference)
-    if _is_gguf(reference):
+    if is_gguf_reference(reference):
         file = resolve_gguf(reference)
         return AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32).eval()
     if path.is_dir() and _is_hf_folder(path):

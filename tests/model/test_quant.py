@@ -1,0 +1,104 @@
+"""Weight-only quantized layers: each equals a float matmul by the weight it dequantizes to, is batch-invariant
+(a row's bits do not depend on the rows beside it, one row included), and a quantized model stays close to the
+float one. The decoding strategies on quantized models are tested in tests/decoding/test_quant_decoding.py."""
+
+import pytest
+import torch
+from torch import nn
+
+from arlm.config import ModelConfig
+from arlm.errors import ArlmError
+from arlm.model.quant import Int4Linear, Int8Linear, is_quantized, quantize_model
+from arlm.model.transformer import Transformer
+
+
+def _linear(out_features=96, in_features=128, seed=0, bias=False):
+    torch.manual_seed(seed)
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+def _layers(linear):
+    return {"int8": Int8Linear.from_float(linear), "int4-32": Int4Linear.from_float(linear, 32),
+            "int4-64": Int4Linear.from_float(linear, 64)}  # fmt: skip
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias):
+    linear = _linear(bias=bias)
+    x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(1))  # (B, T, in)
+    for name, layer in _layers(linear).items():
+        weight = layer.dequantized()  # (out, in)
+        expected = torch.nn.functional.linear(x.double(), weight.double(), None if not bias else linear.bias.double())
+        y = layer(x)
+        assert y.shape == (2, 5, 96) and y.dtype == torch.float32
+        torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-4, msg=name)
+
+
+def test_quantization_error_is_that_of_the_format():
+    linear = _linear()
+    w = linear.weight.detach()
+    per_channel = w.abs().amax(dim=1, keepdim=True)
+    int8 = Int8Linear.from_float(linear).dequantized()
+    assert ((int8 - w).abs() <= per_channel / 254 + 1e-7).all()  # half a step of max|w| / 127
+    groups = w.reshape(96, 4, 32)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15  # (out, in/32)
+    int4 = Int4Linear.from_float(linear, 32).dequantized().reshape(96, 4, 32)
+    assert ((int4 - groups).abs() <= step[..., None] / 2 + 1e-6).all()
+
+
+def test_int4_from_codes_follows_the_q4_1_convention():
+    """w = d * q + m (GGUF Q4_1) is the kernel's (q - 8) * scale + zero with scale d and zero m + 8d."""
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, 16, (64, 96), generator=g)  # (out, in)
+    d = torch.rand(64, 3, generator=g) * 0.01 + 1e-3  # (out, in/32)
+    m = -torch.rand(64, 3, generator=g) * 0.1
+    expected = d.repeat_interleave(32, 1) * codes + m.repeat_interleave(32, 1)  # (out, in)
+    layer = Int4Linear.from_codes(codes, d, m + 8 * d, 32)
+    torch.testing.assert_close(layer.dequantized(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layers_are_batch_invariant(dtype):
+    """Row i of a product over M rows has the same bits for every M (1 included) and at every place."""
+    layers = _layers(_linear(out_features=192, in_features=256))
+    x = torch.randn(24, 256, generator=torch.Generator().manual_seed(3)).to(dtype)  # (M, in)
+    for name, layer in layers.items():
+        full = layer(x)  # (24, out)
+        for rows in (1, 2, 3, 5, 8, 17):
+            assert torch.equal(layer(x[:rows]), full[:rows]), (name, rows)
+        assert torch.equal(layer(x[7:8]), full[7:8]), name
+        assert torch.equal(layer(x.flip(0)).flip(0), full), name
+
+
+def _tiny(seed=0, tie=True):
+    torch.manual_seed(seed)
+    config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=64,
+                         tie_embeddings=tie)  # fmt: skip
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantize_model_swaps_every_linear_and_stays_close(kind):
+    model = _tiny()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = model(ids)
+        quantize_model(model, kind)
+        logits = model(ids)
+    assert not any(isinstance(m, nn.Linear) for m in model.modules()) and is_quantized(model)
+    assert isinstance(model.lm_head, Int8Linear if kind == "int8" else Int4Linear)
+    error = (logits - reference).abs().max() / reference.abs().max()
+    assert error < (0.02 if kind == "int8" else 0.15)
+
+
+def test_head_can_stay_float_and_bad_requests_are_refused():
+    model = quantize_model(_tiny(), "int4", group_size=64, head=False)
+    assert isinstance(model.lm_head, nn.Linear) and isinstance(model.blocks[0].mlp.down, Int4Linear)
+    with pytest.raises(ArlmError, match="unknown quantization"):
+        quantize_model(_tiny(), "int3")
+    with pytest.raises(ArlmError, match="group size 16"):
+        quantize_model(_tiny(), "int4", group_size=16)
+    with pytest.raises(ArlmError, match="multiple of the group size"):
+        Int4Linear.from_float(_linear(out_features=16, in_features=48), 32)
+    with pytest.raises(ArlmError, match="outputs of 16"):
+        Int4Linear.from_float(_linear(out_features=6, in_features=64), 32)
