@@ -249,7 +249,7 @@ def test_one_guard_for_config_overrides(trained, capsys):
     _, run = trained
     takes = [name for name in VERBS if getattr(importlib.import_module(VERBS[name]), "CONFIG_OVERRIDES", False)]
     assert set(takes) == {
-        "prepare", "train", "distill", "sweep", "study calibration", "study exposure-bias", "bench train"
+        "prepare", "train", "distill", "sweep", "study calibration", "study exposure-bias", "study sft", "bench train"
     }  # fmt: skip
     _fails(capsys, "eval", "calibration", str(run), "--prompt-len", "4", match="unexpected argument '--prompt-len'")
     _fails(capsys, "plot", str(run), "--train.lr", "1", match="unexpected argument '--train.lr'")
