@@ -19,8 +19,15 @@ import torch
 
 from arlm.data.normalize import corpus_text
 from arlm.evaluation.perplexity import sliding_window
+from arlm.interop.gguf_quant import int4_from_gguf
 from arlm.interop.loading import load_model, to_dtype
 from arlm.model.quant import quantize_model
+
+
+def int4_from_gguf_only(model: torch.nn.Module) -> torch.nn.Module:
+    """The Q4_1 layers from the file's blocks, every other layer (the tied Q8_0 head) as the file dequantizes it."""
+    int4_from_gguf(model, "smollm2")
+    return model
 
 
 def variants(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Module]]:
@@ -28,9 +35,10 @@ def variants(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Modu
     fresh = lambda: copy.deepcopy(reference)
     return {
         "float32 (GGUF dequantized)": lambda: reference,
-        "`--dtype int4` (Q4_1 blocks from the file; Q8_0 head in float32)": lambda: (
+        "`--dtype int4` (Q4_1 blocks from the file; Q8_0 head requantized to int8)": lambda: (
             load_model("smollm2", dtype="int4").model
         ),
+        "int4 from the file's Q4_1 blocks, Q8_0 head kept float32": lambda: int4_from_gguf_only(fresh()),
         "`--dtype int8` (per channel, head too)": lambda: to_dtype(fresh(), "int8"),
         "`--dtype bfloat16`": lambda: to_dtype(fresh(), "bfloat16"),
         "int4 g32 requantized from float32, head too": lambda: quantize_model(fresh(), "int4", 32),

@@ -2,7 +2,8 @@
 (gamma fixed and adaptive) and self-speculation (its own first layers as the draft), on the built-in grounded set
 (requests that quote or transform their input) and the chat set (general questions).
 
-    .venv/bin/python benchmarks/speculative.py [--new-tokens 96] [--repeats 3] [--self-layers 20] [--limit N]
+    .venv/bin/python benchmarks/speculative.py [--dtype int4] [--new-tokens 96] [--repeats 3] [--self-layers 20]
+        [--limit N]
 
 Runs alternate the order of the schemes, medians are kept; every output is checked identical to greedy's. Prints
 the CPU model name and one markdown table per set for docs/perf.md. Time it on quiet cores."""
@@ -15,7 +16,7 @@ import torch
 
 from arlm.bench.prompt_sets import chat_ids, load_prompt_set
 from arlm.bench.speculative import cpu_name, run_speculative_bench, schemes
-from arlm.interop.loading import load_model
+from arlm.interop.loading import DTYPES, load_model
 from arlm.model.inference import optimize_for_decoding
 
 
@@ -23,6 +24,7 @@ def main() -> None:
     """Load SmolLM2, encode the sets, run every scheme on every prompt, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gamma", type=int, default=4)
@@ -32,13 +34,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=args.dtype)
     target, tok = optimize_for_decoding(loaded.model.eval()), loaded.tokenizer
     sets = {}
     for name in ("grounded", "chat"):
         items = load_prompt_set(name)[: args.limit or None]
         sets[name] = [chat_ids(tok, item) for item in items]
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}; {args.model}, float32")
+    print(f"CPU: {cpu_name()}; torch {torch.__version__}; {args.model}, {args.dtype}")
     print(
         f"{args.new_tokens} new tokens a run (no stop at EOS), {args.repeats} runs per scheme and prompt, alternating"
     )

@@ -237,3 +237,39 @@ def chat_raw(tmp_path: Path, base: Path, chat: Path, **sections) -> dict:
     lora = {"rank": 4, "alpha": 8, "targets": ["attn", "mlp"]}
     raw["train"].update(init=str(base), lr=1e-2, lora=lora, **sections.get("train", {}))
     return raw
+
+
+def exact_joint(target, prompt: list[int], n: int = 2) -> dict[tuple[int, ...], float]:
+    """P(first n tokens) of plain sampling from `target` at temperature 1, by enumerating every prefix."""
+    import itertools
+
+    import torch
+
+    vocab = target.config.vocab_size
+    joint = {}
+    with torch.no_grad():
+        for prefix in itertools.product(range(vocab), repeat=n - 1):
+            logits = target(torch.tensor([prompt + list(prefix)]))[0]  # (T, V)
+            probs_prefix = 1.0
+            for j, tok in enumerate(prefix):
+                probs_prefix *= float(logits[len(prompt) - 1 + j].softmax(-1)[tok])
+            last = logits[-1].softmax(-1)
+            for tok in range(vocab):
+                joint[(*prefix, tok)] = probs_prefix * float(last[tok])
+    return joint
+
+
+def two_token_pvalue(target, prompt: list[int], config, draft=None, seeds: int = 2500) -> float:
+    """Chi-square p-value of the first two tokens `generate` samples (seeds 0..seeds-1, `config` at temperature
+    1 with max_new_tokens >= 2) against the target's exact joint distribution of them."""
+    import numpy as np
+
+    from arlm.decoding.generate import generate
+
+    joint = exact_joint(target, prompt)
+    keys = sorted(joint)
+    counts = dict.fromkeys(keys, 0)
+    for seed in range(seeds):
+        config.seed = seed
+        counts[tuple(generate(target, [prompt], config, draft=draft).generated()[0][:2])] += 1
+    return chi_square_pvalue(np.array([counts[k] for k in keys]), np.array([joint[k] for k in keys]))

@@ -55,3 +55,22 @@ def test_the_comparison_is_the_quotient_of_medians(tmp_path):
     assert result["llama.cpp"] == 50.0
     assert result["arlm"] > 0
     assert result["ratio"] == pytest.approx(result["arlm"] / 50.0)
+
+
+def test_bench_decode_llamacpp_refuses_in_one_line_before_timing(tmp_path, monkeypatch, capsys):
+    """Another model than SmolLM2, no llama-bench, or no file at the precision: one line naming the fix, exit 2."""
+    from arlm.cli import main
+
+    monkeypatch.setenv("LLAMACPP_CACHE", str(tmp_path))
+    cases = [
+        (["--model", "random-smollm2"], "use --model smollm2"),
+        (["--model", "smollm2"], "no llama-bench under"),
+    ]
+    for extra, match in cases:
+        assert main(["bench", "decode", "--llamacpp", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and len(err.splitlines()) == 1, err
+    _fake_bench(tmp_path, 10.0)
+    assert main(["bench", "decode", "--llamacpp", "--model", "smollm2", "--dtype", "int4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "smollm2-Q4_1.gguf is missing" in err and "benchmarks/llamacpp.sh" in err, err

@@ -70,3 +70,15 @@ def test_eval_batches_cover_the_split_without_overlap():
     s = _sampler(np.arange(8 * 10 + 1))
     ys = torch.cat([b.y.flatten() for b in s.eval_batches(batch_size=3)])
     assert ys.tolist() == list(range(1, 81))
+
+
+def test_eval_batches_across_processes_cover_the_split_once_with_as_many_forwards_each():
+    """4 batches over 1..6 processes: every rank runs the same number of forwards (they are collective under
+    FSDP / DDP), the real targets of all ranks together are the single-process ones, each once."""
+    s = _sampler(np.arange(8 * 10 + 1))  # 10 blocks of 8: batches of 3 -> 4 batches
+    for world in range(1, 7):
+        shares = [list(s.eval_batches(batch_size=3, rank=r, world=world)) for r in range(world)]
+        assert len({len(share) for share in shares}) == 1, world
+        assert s.eval_batch_count(3, rank=world - 1, world=world) == len(shares[0])
+        targets = torch.cat([b.y.flatten() for share in shares for b in share])
+        assert sorted(targets[targets != IGNORE_INDEX].tolist()) == list(range(1, 81)), world

@@ -21,7 +21,7 @@ def _model(flavour="llama", block=96) -> Transformer:
         n_kv_head=2 if flavour == "llama" else None,
         init_std=0.3,  # peaked distributions: greedy text that is not one repeated token
     )
-    return optimize_for_decoding(Transformer(config).eval(), chunks=2)
+    return optimize_for_decoding(Transformer(config).eval(), chunks=2, batch_invariant=True)
 
 
 def _run(engine: BatchEngine, arrivals: dict[int, list[BatchSequence]], limit: int = 500) -> list[int]:

@@ -1,7 +1,8 @@
 """GGUF Q4_0 / Q4_1 blocks kept as int4 layers: the codes, scales and zeros read from the bytes reproduce gguf's own
-dequantization; SmolLM2 loaded at --dtype int4 computes the float32-dequantized model's logits (same weights,
-other kernels) within 1e-3; greedy decoding at each dtype agrees with float32 wherever float32's top-2 margin
-exceeds the dtype's measured logit error; speculative decoding and prompt lookup on it equal its greedy output."""
+dequantization; SmolLM2 loaded at --dtype int4 multiplies by the file's weights (up to the kernels' rounding of
+scales and zeros); greedy decoding at each dtype agrees with float32 wherever
+float32's top-2 margin exceeds the dtype's measured logit error; speculative decoding and prompt lookup on it
+equal its greedy output."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from arlm.decoding.generate import generate
 from arlm.interop.gguf_quant import q4_blocks
 from arlm.interop.loading import load_model, to_dtype
 from arlm.model.inference import optimize_for_decoding
-from arlm.model.quant import Int4Linear
+from arlm.model.quant import Int4Linear, Int8Linear, compute_dtype
 
 gguf = pytest.importorskip("gguf")
 
@@ -39,8 +40,9 @@ def test_q4_blocks_reproduce_gguf_dequantization(kind):
     assert codes.dtype == torch.uint8 and int(codes.max()) <= 15 and scales.shape == zeros.shape == (48, 3)
     ours = (codes.float() - 8) * scales.repeat_interleave(32, 1) + zeros.repeat_interleave(32, 1)
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
-    layer = Int4Linear.from_codes(codes, scales, zeros, 32)  # the kernel reads the same weight
-    torch.testing.assert_close(layer.dequantized(), expected, rtol=1e-5, atol=1e-6)
+    layer = Int4Linear.from_codes(codes, scales, zeros, 32)  # the kernel reads them in its dtype
+    scale, zero = (v.to(compute_dtype()).float().repeat_interleave(32, 1) for v in (scales, zeros))
+    torch.testing.assert_close(layer.dequantized(), (codes.float() - 8) * scale + zero, rtol=1e-6, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +56,31 @@ def _logits(model, ids):
         return model(torch.tensor([ids]))[0].float()  # (T, V)
 
 
+HALF_ULP = torch.finfo(compute_dtype()).eps / 2  # the relative rounding of one value to the kernels' dtype
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
-def test_int4_from_the_file_equals_the_dequantized_model(smollm2, int4):
-    assert sum(isinstance(m, Int4Linear) for m in int4.modules()) == 4 * smollm2.model.config.n_layer
-    assert not isinstance(int4.lm_head, Int4Linear)  # the Q8_0 head keeps the file's values (laid out for decoding)
+def test_int4_from_the_file_holds_the_files_weights(smollm2, int4):
+    """Every Q4_1 layer multiplies by gguf's own dequantization of the file's tensor, up to the rounding of its
+    scales and zeros to the kernels' dtype; the Q8_0 head is int8 within half a step; the logits stay within 5%
+    of float32's largest (the kernels also round each layer's input and output to bfloat16 on this CPU)."""
+    floats = dict(smollm2.model.named_modules())
+    layers = {name: m for name, m in int4.named_modules() if isinstance(m, Int4Linear)}
+    assert len(layers) == 4 * smollm2.model.config.n_layer
+    for name, layer in layers.items():
+        weight = floats[name].weight.detach()  # (out, in): the file's values, dequantized by gguf
+        scale, zero = layer.scales_and_zeros.float().abs().permute(2, 1, 0)  # (out, in / 32) each
+        moved = (8 * scale + zero).repeat_interleave(32, 1) * 2 * HALF_ULP + 1e-7
+        assert ((layer.dequantized() - weight).abs() <= moved).all(), name
+    assert isinstance(int4.lm_head, Int8Linear)  # SmolLM2's tied Q8_0 head, requantized per output channel
+    head = smollm2.model.lm_head.weight.detach()
+    step = int4.lm_head.scales.float()[:, None]  # (V, 1)
+    assert ((int4.lm_head.dequantized() - head).abs() <= step / 2 + head.abs() * 2 * HALF_ULP + 1e-7).all()
     for prompt in PROMPTS:
         ids = smollm2.tokenizer.encode(prompt)
         reference, ours = _logits(smollm2.model, ids), _logits(int4, ids)
-        assert float((ours - reference).abs().max() / reference.abs().max()) < 1e-3, prompt
+        assert float((ours - reference).abs().max() / reference.abs().max()) < 0.05, prompt
 
 
 def _greedy(model, ids):
@@ -75,10 +93,9 @@ def _greedy(model, ids):
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8", "int4"])
 def test_greedy_agrees_with_float32_where_the_margin_exceeds_the_error(smollm2, int4, dtype):
     """Up to the first step where float32's top-2 gap is within twice the dtype's largest logit error on the
-    float32 continuation, the tokens must be float32's; int4 (the same weights as float32-dequantized) decodes
-    these prompts to the end identically (asserted below); bfloat16 (3 of the 5 to the end on torch 2.13) and
-    int8 (which requantizes the 4-bit weights) may part ways after a narrow margin (docs/perf.md gives their
-    perplexity)."""
+    float32 continuation, the tokens must be float32's; after a narrow margin they may part ways (bfloat16
+    rounds every weight, int8 requantizes the 4-bit ones, int4 rounds its inputs and scales to bfloat16;
+    docs/perf.md gives each one's perplexity). At least one prompt must run to the end identically."""
     model = int4 if dtype == "int4" else optimize_for_decoding(to_dtype(copy.deepcopy(smollm2.model), dtype))
     float32 = optimize_for_decoding(copy.deepcopy(smollm2.model))
     whole = 0
@@ -92,8 +109,7 @@ def test_greedy_agrees_with_float32_where_the_margin_exceeds_the_error(smollm2, 
         exact = int(narrow[0]) if len(narrow) else NEW_TOKENS
         assert ours[:exact] == expected[:exact], (prompt, error)
         whole += ours == expected
-    if dtype == "int4":
-        assert whole == len(PROMPTS)
+    assert whole >= 1
 
 
 @pytest.mark.real_model

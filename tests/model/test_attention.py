@@ -16,7 +16,7 @@ from arlm.model.transformer import Transformer
 def test_k_token_forward_equals_one_token_steps(dtype):
     torch.manual_seed(0)
     config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=64, init_std=0.3)
-    model = optimize_for_decoding(Transformer(config).eval().to(dtype))  # batch-invariant Linear layers
+    model = optimize_for_decoding(Transformer(config).eval().to(dtype))  # 16 bits: batch-invariant Linear layers
     ids = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(0))  # (1, 20)
     with torch.no_grad():
         cache = model.new_cache(1, 64)

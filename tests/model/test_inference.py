@@ -36,9 +36,20 @@ def test_chunked_linear_is_batch_invariant():
     """A row gets the same bits alone as among others (continuous batching relies on it)."""
     torch.manual_seed(0)
     for chunks, (d_in, d_out) in [(1, (32, 50)), (2, (64, 96)), (3, (48, 99))]:
-        chunked = ChunkedLinear(torch.nn.Linear(d_in, d_out), chunks=chunks)
+        chunked = ChunkedLinear(torch.nn.Linear(d_in, d_out), chunks=chunks, batch_invariant=True)
         x = torch.randn(9, d_in)
         together = chunked(x)
         for i in range(9):
             assert torch.equal(chunked(x[i : i + 1]), together[i : i + 1])
         assert torch.equal(chunked(x[2:5]), together[2:5])
+
+
+def test_batch_invariance_is_the_default_for_16_bit_weights_only():
+    """16-bit speculative verification needs it (tests/model/test_attention.py); float32 batch 1 goes faster
+    without it; the server asks for it in every dtype."""
+    config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=1, n_head=4, d_model=32)
+    for dtype, asked, expected in [(torch.float32, None, False), (torch.bfloat16, None, True),
+                                   (torch.float16, None, True), (torch.float32, True, True)]:  # fmt: skip
+        model = optimize_for_decoding(Transformer(config).eval().to(dtype), chunks=2, batch_invariant=asked)
+        layers = [m for m in model.modules() if isinstance(m, ChunkedLinear)]
+        assert layers and all(m.batch_invariant == expected for m in layers), (dtype, asked)

@@ -13,7 +13,7 @@ def _model(flavour: str) -> Transformer:
     )
     if flavour == "gpt2":
         config.n_kv_head = None
-    return optimize_for_decoding(Transformer(config).eval(), chunks=2)
+    return optimize_for_decoding(Transformer(config).eval(), chunks=2, batch_invariant=True)  # as the server
 
 
 def _alone(model, prompt: list[int], steps: list[int]) -> list[torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Weight-only quantized layers: each equals a float matmul by the weight it dequantizes to, is batch-invariant
+"""Weight-only quantized layers: each equals a float matmul by the weight it dequantizes to (with its input and
+output rounded to the kernels' dtype, bfloat16 on CPUs with native bfloat16), is batch-invariant
 (a row's bits do not depend on the rows beside it, one row included), and a quantized model stays close to the
 float one. The decoding strategies on quantized models are tested in tests/decoding/test_quant_decoding.py."""
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
-from arlm.model.quant import Int4Linear, Int8Linear, is_quantized, quantize_model
+from arlm.model.quant import Int4Linear, Int8Linear, compute_dtype, is_quantized, quantize_model
 from arlm.model.transformer import Transformer
 
 
@@ -22,39 +23,52 @@ def _layers(linear):
             "int4-64": Int4Linear.from_float(linear, 64)}  # fmt: skip
 
 
+HALF_ULP = torch.finfo(compute_dtype()).eps / 2  # the relative rounding of one value to the kernels' dtype
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias):
     linear = _linear(bias=bias)
     x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(1))  # (B, T, in)
+    rows = x.to(compute_dtype()).double()  # what the kernels read
     for name, layer in _layers(linear).items():
         weight = layer.dequantized()  # (out, in)
-        expected = torch.nn.functional.linear(x.double(), weight.double(), None if not bias else linear.bias.double())
+        product = torch.nn.functional.linear(rows, weight.double())  # (B, T, out), before the output's rounding
+        expected = product if not bias else product + linear.bias.double()
         y = layer(x)
         assert y.shape == (2, 5, 96) and y.dtype == torch.float32
-        torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-4, msg=name)
+        bound = product.abs() * HALF_ULP + 1e-5  # one rounding of the product, and float32 accumulation
+        assert ((y.double() - expected).abs() <= bound).all(), name
 
 
 def test_quantization_error_is_that_of_the_format():
+    """Half a step, plus what rounding the scales and zeros to the kernels' dtype moves the levels by."""
     linear = _linear()
     w = linear.weight.detach()
     per_channel = w.abs().amax(dim=1, keepdim=True)
     int8 = Int8Linear.from_float(linear).dequantized()
-    assert ((int8 - w).abs() <= per_channel / 254 + 1e-7).all()  # half a step of max|w| / 127
+    assert ((int8 - w).abs() <= per_channel / 254 + per_channel * 2 * HALF_ULP + 1e-7).all()
     groups = w.reshape(96, 4, 32)
-    step = (groups.amax(-1) - groups.amin(-1)) / 15  # (out, in/32)
+    low, high = groups.amin(-1), groups.amax(-1)  # (out, in/32)
+    step = (high - low) / 15
+    slack = (low.abs() + high.abs()) * 2 * HALF_ULP  # the grid's ends move by the rounding of scale and zero
     int4 = Int4Linear.from_float(linear, 32).dequantized().reshape(96, 4, 32)
-    assert ((int4 - groups).abs() <= step[..., None] / 2 + 1e-6).all()
+    assert ((int4 - groups).abs() <= (step / 2 + slack)[..., None] + 1e-6).all()
 
 
 def test_int4_from_codes_follows_the_q4_1_convention():
-    """w = d * q + m (GGUF Q4_1) is the kernel's (q - 8) * scale + zero with scale d and zero m + 8d."""
+    """w = d * q + m (GGUF Q4_1) is the kernel's (q - 8) * scale + zero with scale d and zero m + 8d (each read in
+    the kernels' dtype)."""
     g = torch.Generator().manual_seed(2)
     codes = torch.randint(0, 16, (64, 96), generator=g)  # (out, in)
     d = torch.rand(64, 3, generator=g) * 0.01 + 1e-3  # (out, in/32)
     m = -torch.rand(64, 3, generator=g) * 0.1
-    expected = d.repeat_interleave(32, 1) * codes + m.repeat_interleave(32, 1)  # (out, in)
     layer = Int4Linear.from_codes(codes, d, m + 8 * d, 32)
-    torch.testing.assert_close(layer.dequantized(), expected, rtol=1e-5, atol=1e-6)
+    scale, zero = (v.to(compute_dtype()).float().repeat_interleave(32, 1) for v in (d, m + 8 * d))
+    torch.testing.assert_close(layer.dequantized(), (codes - 8) * scale + zero, rtol=1e-6, atol=1e-7)
+    exact = d.repeat_interleave(32, 1) * codes + m.repeat_interleave(32, 1)  # the file's own values
+    moved = (8 * d + (m + 8 * d).abs()).repeat_interleave(32, 1) * HALF_ULP  # |q - 8| <= 8 steps of the scale
+    assert ((layer.dequantized() - exact).abs() <= moved * 1.01 + 1e-7).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

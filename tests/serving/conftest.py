@@ -41,7 +41,7 @@ if os.environ.get("CI", "").lower() not in ("1", "true"):
 
 @dataclass
 class TinyLM:
-    model: Transformer  # decode layout (optimize_for_decoding), as arlm generate and arlm serve use it
+    model: Transformer  # decode layout (optimize_for_decoding, batch-invariant), as arlm serve uses it
     tokenizer: object
     checkpoint: Path
 
@@ -58,7 +58,7 @@ def tiny_lm(tmp_path_factory) -> TinyLM:
     path = tmp_path_factory.mktemp("serving") / "tiny-checkpoint"
     run_config = RunConfig(model=config)
     save_checkpoint(path, weights=export_weights(model.state_dict(), config), tokenizer=tok, config=run_config, meta={})
-    return TinyLM(optimize_for_decoding(model), tok, path)
+    return TinyLM(optimize_for_decoding(model, batch_invariant=True), tok, path)
 
 
 def draft_model(lm: TinyLM) -> Transformer:

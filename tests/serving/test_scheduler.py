@@ -137,6 +137,18 @@ def test_lane_strategies_equal_generate(with_draft):
     out = client.completions.create(model=MODEL_ID, prompt=PROMPTS[4], max_tokens=12, n=2, extra_body=extra)
     assert [c.text for c in out.choices] == [lm.tokenizer.decode(row) for row in expected]
     assert out.usage.completion_tokens == sum(len(row) for row in expected)
+    stop = lm.tokenizer.decode(expected[0])[4:7]  # beam search with stops: hypotheses end at them, text cut
+    stops = lambda row, generated: stop in lm.tokenizer.decode(generated)
+    ended = generate(lm.model, [ids], beam, eos_id=lm.tokenizer.eos_id, should_stop=stops).generated()
+    out = client.completions.create(
+        model=MODEL_ID, prompt=PROMPTS[4], max_tokens=12, n=2, stop=[stop], extra_body=extra
+    )
+    texts = [lm.tokenizer.decode(row) for row in ended]
+    assert [c.text for c in out.choices] == [t[: t.find(stop)] if stop in t else t for t in texts]
+    assert ended != expected  # the stop ended hypotheses: beam search chose others than without it
+    for choice, row, text in zip(out.choices, ended, texts):
+        at_eos = bool(row) and row[-1] == lm.tokenizer.eos_id
+        assert choice.finish_reason == ("stop" if stop in text or at_eos else "length"), text
 
 
 def test_trace_streams_tokens_verifications_and_beams(with_draft):

@@ -1,5 +1,6 @@
 """Our generate() against transformers' generate() on the same weights (greedy, beam, sampling; speculative),
-and the forward time by number of new tokens, per --dtype."""
+the forward time by number of new tokens, and (--llamacpp) greedy batch 1 beside llama.cpp's llama-bench on the
+GGUF file of the same precision, per --dtype."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import torch
 
 from arlm.bench.decode import SMOLLM2_SHAPE, run_decode_bench
 from arlm.bench.forward import format_forward_times, forward_times
+from arlm.bench.llamacpp import compare_with_llamacpp, find_llama_bench, gguf_for, llamacpp_folder
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
+from arlm.errors import ArlmError
 from arlm.interop.loading import DTYPES, is_gguf_reference, load_model, resolve_dtype
 from arlm.model.transformer import Transformer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --draft, --dtype (one or more), --new-tokens, --repeats."""
+    """--model, --draft, --dtype (one or more), --new-tokens, --repeats, --llamacpp."""
     parser.add_argument(
         "--model",
         default="random-smollm2",
@@ -29,17 +32,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
+    parser.add_argument(
+        "--llamacpp",
+        action="store_true",
+        help="also greedy batch 1 beside llama.cpp's llama-bench on the same GGUF precision (--model smollm2; "
+        "build it with: bash benchmarks/llamacpp.sh; folder: $LLAMACPP_CACHE or ~/.cache/arlm/llamacpp)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the cases and print the table, per dtype."""
     for name in args.dtype:
         resolve_dtype(name, "cpu")  # refuse an impossible dtype before any timing
+    llama = llamacpp_files(args.model, args.dtype) if args.llamacpp else None
     for name in args.dtype:
         bench_decode_command(
-            args.model, draft_ref=args.draft, new_tokens=args.new_tokens, repeats=args.repeats, dtype=name
+            args.model,
+            draft_ref=args.draft,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            dtype=name,
+            llama=None if llama is None else (llama[0], llama[1][name]),
         )
     return 0
+
+
+def llamacpp_files(model_ref: str, dtypes: list[str]) -> tuple:
+    """llama-bench and the GGUF file per dtype, or one line saying what is missing (before any timing)."""
+    if model_ref != "smollm2":
+        raise ArlmError("--llamacpp compares SmolLM2 (llama.cpp runs the same GGUF file): use --model smollm2")
+    folder = llamacpp_folder()
+    binary = find_llama_bench(folder)
+    if binary is None:
+        build = f"LLAMACPP_CACHE={folder} bash benchmarks/llamacpp.sh"
+        raise ArlmError(f"no llama-bench under {folder}; build it with: {build}")
+    return binary, {name: gguf_for(folder, name) for name in dtypes}
+
+
+def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int, repeats: int, log=print) -> dict:
+    """arlm greedy batch 1 and llama-bench (binary, gguf) alternating (bench/llamacpp.py); prints the medians."""
+    binary, gguf = llama
+    row = compare_with_llamacpp(model, bos, binary, gguf, new_tokens=new_tokens, repeats=repeats)
+    log(
+        f"  greedy batch 1 beside llama.cpp ({gguf.name}, {row['threads']} threads): arlm {row['arlm']:.1f} "
+        f"tok/s, llama-bench {row['llama.cpp']:.1f} tok/s: {row['ratio']:.2f}x"
+    )
+    return row
 
 
 def bench_decode_command(
@@ -49,10 +87,11 @@ def bench_decode_command(
     new_tokens: int = 64,
     repeats: int = 3,
     dtype: str = "float32",
+    llama: tuple | None = None,
     log=print,
 ) -> dict[str, dict]:
-    """Load (or build, for 'random-smollm2') the model and run the benchmark at `dtype`, printing a table and
-    the forward time for 1..8 new tokens."""
+    """Load (or build, for 'random-smollm2') the model and run the benchmark at `dtype`, printing a table,
+    the forward time for 1..8 new tokens and, given `llama` (llama-bench, GGUF file), the side-by-side."""
     if model_ref == "random-smollm2":
         torch.manual_seed(0)
         model = Transformer(ModelConfig(**SMOLLM2_SHAPE)).eval()
@@ -73,4 +112,7 @@ def bench_decode_command(
     )
     results["forward_ms"] = forward_times(model, repeats=repeats)
     log(format_forward_times(dtype, results["forward_ms"]))
+    if llama is not None:
+        bos = tokenizer.bos_id if tokenizer.bos_id is not None else 0
+        results["llama.cpp"] = beside_llamacpp(model, bos, llama, new_tokens, repeats, log)
     return results

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
     device, dtype = pick_device(args.device, args.dtype), args.dtype
     loaded = load_model(args.model, device=device, dtype=dtype)
-    model = optimize_for_decoding(loaded.model)
+    model = optimize_for_decoding(loaded.model, batch_invariant=True)
     draft = load_draft(args.draft, loaded, args.model, device, dtype) if args.draft else None
     context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
     scheduler = Scheduler(

@@ -117,11 +117,13 @@ class BatchSampler:
 
     def eval_batches(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """Deterministic batches covering the split (evenly spaced subset when max_batches > 0), made one at a
-        time; with world > 1, this rank's share (every rank the same number of batches)."""
+        time; with world > 1, this rank's share, every rank the same number of forwards (a rank short of one
+        runs a batch without targets: FSDP's and DDP's forwards are collective)."""
         units = self._eval_units(batch_size, max_batches)
         for i in self._eval_starts(len(units), batch_size, rank, world):
-            chunk = units[i : i + batch_size]
-            yield self._padded(chunk) if self.mode == "padded" else self._packed(chunk)
+            chunk = units[(i or 0) : (i or 0) + batch_size]
+            batch = self._padded(chunk) if self.mode == "padded" else self._packed(chunk)
+            yield batch if i is not None else without_targets(batch)
 
     def eval_batch_count(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> int:
         """How many batches eval_batches yields."""
@@ -137,10 +139,16 @@ class BatchSampler:
         return units
 
     @staticmethod
-    def _eval_starts(n_units: int, batch_size: int, rank: int, world: int) -> range:
+    def _eval_starts(n_units: int, batch_size: int, rank: int, world: int) -> list[int | None]:
+        """This rank's batch starts, round robin, padded with None to as many as the first rank has."""
         starts = range(0, n_units, batch_size)
-        usable = len(starts) - len(starts) % world if len(starts) >= world else len(starts)
-        return starts[rank:usable:world]
+        mine: list[int | None] = list(starts[rank::world])
+        return mine + [None] * (len(starts[0::world]) - len(mine))
+
+
+def without_targets(batch: Batch) -> Batch:
+    """The same inputs with every target ignored: a forward that adds nothing to a sum of losses."""
+    return Batch(batch.x, torch.full_like(batch.y, IGNORE_INDEX), batch.attention_mask)
 
 
 def pad_rows(rows: list[np.ndarray], length: int | None, pad_id: int) -> Batch:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from arlm.config import DataConfig
-from arlm.data.batches import IGNORE_INDEX, Batch, BatchSampler
+from arlm.data.batches import IGNORE_INDEX, Batch, BatchSampler, without_targets
 from arlm.data.chat import ChatExample, read_chat_jsonl, render_example
 from arlm.data.chat_template import PLAIN_TEMPLATE, apply_chat_template
 from arlm.data.shards import ShardWriter, read_shard
@@ -171,7 +171,8 @@ class ChatSampler:
         """Every row in order (an evenly spaced subset when max_batches > 0); with world > 1, this rank's share."""
         units = self._eval_units(batch_size, max_batches)
         for i in BatchSampler._eval_starts(len(units), batch_size, rank, world):
-            yield self.make_batch([self.rows[int(u)] for u in units[i : i + batch_size]])
+            batch = self.make_batch([self.rows[int(u)] for u in units[(i or 0) : (i or 0) + batch_size]])
+            yield batch if i is not None else without_targets(batch)
 
     def eval_batch_count(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> int:
         """How many batches eval_batches yields."""

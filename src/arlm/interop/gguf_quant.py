@@ -4,7 +4,9 @@ the file's codes and block scales, with no dequantize-requantize round trip.
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
 nibbles): w = d * q + m = (q - 8) * d + (m + 8d), the int4 kernel's convention with scale d and zero m + 8d.
 Q4_0 holds d alone: w = d * (q - 8), scale d and zero 0. Tensors of other types (SmolLM2's tied Q8_0 head,
-K-quants) keep the float32 values the file dequantizes to, so the model computes what the file holds."""
+K-quants) are dequantized by the file reader; `--dtype int4` then quantizes them to int8 per output channel
+(interop/loading.py), the one place where the model read differs from the file beyond the kernels' bfloat16
+rounding of scales and inputs (model/quant.py)."""
 
 from __future__ import annotations
 

@@ -102,7 +102,8 @@ def load_model(
 
     int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the
     tied head included; int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks and
-    keeps the others (SmolLM2's Q8_0 head) at the float32 values the file holds (interop/gguf_quant.py)."""
+    quantizes the others (SmolLM2's Q8_0 head) to int8 per output channel from the values the file holds: a
+    second rounding of those, 4x less to read than float32 (interop/gguf_quant.py; quality in docs/perf.md)."""
     resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     ref = str(reference)
     path = Path(ref)
@@ -136,6 +137,7 @@ def to_dtype(
     model = model.to(device=device, dtype=precision.float_dtype)
     if precision.quant == "int4" and gguf is not None:
         int4_from_gguf(model, gguf)
+        quantize_model(model, "int8")  # the layers the file holds in other types (SmolLM2's Q8_0 head)
     elif precision.quant:
         quantize_model(model, precision.quant, group_size)
     return model.eval()

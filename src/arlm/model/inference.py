@@ -6,10 +6,14 @@ bandwidth. PyTorch's CPU kernel for that shape (MKL sgemm with M=1) runs on one 
 thread and reads about 30 GB/s (docs/perf.md). `optimize_for_decoding` swaps each Linear of a model for that
 layout. The result is for inference only: its state dict is not a checkpoint's.
 
-The layout is also batch-invariant, which continuous batching needs to be exact: the batched matmul gives each row
-the same bits whatever the number of rows (2 or more) beside it, while a single row takes another kernel (a
-matrix-vector product) that rounds differently. So one row is computed as two (the second a zero row, dropped):
-a sequence decoded alone and the same sequence decoded among others get identical logits (docs/serving.md).
+With `batch_invariant=True` the layout is also batch-invariant: the batched matmul gives each row the same bits
+whatever the number of rows (2 or more) beside it, while a single row takes another kernel (a matrix-vector
+product) that rounds differently, so one row is computed as two (the second a zero row, dropped). Continuous
+batching needs that to be exact (a sequence decoded alone and among others get identical logits; `arlm serve`
+asks for it, docs/serving.md), and so does speculative verification in 16 bits (k rows verified must give the bits
+k one-row steps give; the default for 16-bit weights). It costs a float32 one-row step 1.4x its time (docs/perf.md),
+so float32 batch-1 decoding leaves it off: there a verification and the steps agree up to float32 rounding, which
+changes a token only at an exact tie of the top two logits (as CPU attention's own 1e-7 differences already do).
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from torch import nn
 class ChunkedLinear(nn.Module):
     """y = x W^T + b with W stored as (chunks, in, out / chunks): one bmm over the chunks, all threads busy."""
 
-    def __init__(self, linear: nn.Linear, chunks: int) -> None:
+    def __init__(self, linear: nn.Linear, chunks: int, batch_invariant: bool = False) -> None:
         super().__init__()
         out_features, in_features = linear.weight.shape
-        self.chunks = chunks
+        self.chunks, self.batch_invariant = chunks, batch_invariant
         self.out_features = out_features
         blocks = linear.weight.detach().t().reshape(in_features, chunks, out_features // chunks)  # (in, c, out/c)
         self.weight = nn.Parameter(blocks.permute(1, 0, 2).contiguous(), requires_grad=False)  # (c, in, out/c)
@@ -35,7 +39,7 @@ class ChunkedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
         rows = x.reshape(1, -1, x.shape[-1])  # (1, M, in)
-        single = rows.shape[1] == 1
+        single = self.batch_invariant and rows.shape[1] == 1
         if single:  # the same kernel as for several rows: batch-invariant (module docstring)
             rows = torch.cat([rows, torch.zeros_like(rows)], dim=1)  # (1, 2, in)
         y = torch.bmm(rows.expand(self.chunks, -1, -1), self.weight)  # (c, M, out/c)
@@ -45,14 +49,19 @@ class ChunkedLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def optimize_for_decoding(model: nn.Module, chunks: int | None = None) -> nn.Module:
-    """Re-lay out every Linear of a CPU model for fast small-batch decoding (in place; no-op on GPU)."""
+def optimize_for_decoding(
+    model: nn.Module, chunks: int | None = None, batch_invariant: bool | None = None
+) -> nn.Module:
+    """Re-lay out every Linear of a CPU model for fast small-batch decoding (in place; no-op on GPU);
+    batch_invariant: a row's logits do not depend on the rows beside it (None: for 16-bit weights only)."""
     device = next(model.parameters()).device
     if device.type != "cpu":
         return model
+    if batch_invariant is None:
+        batch_invariant = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
     chunks = chunks or max(torch.get_num_threads(), 1)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):  # every one, so that every one is batch-invariant
-                setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks)))
+                setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks), batch_invariant))
     return model

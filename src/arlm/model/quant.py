@@ -7,13 +7,20 @@
   scale d and zero m + 8d, Q4_0's (d * (q - 8)) with zero 0, so `Int4Linear.from_codes` builds a layer from a
   file's blocks without dequantizing and requantizing them (interop/gguf.py).
 
-Activations stay float (float32 or bfloat16). Both kernels are batch-invariant here: a row's output bits do not
-depend on the other rows or on how many there are, one row included (tests/model/test_quant.py checks it), so
-no ChunkedLinear-style padding is needed for continuous batching. The kernels run on the CPU only.
-The result is for inference: its state dict is not a checkpoint's.
+The kernels read their inputs, scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16
+or AMX): there they are 20-35x faster than with float32 inputs (docs/perf.md, "Quantized weights"), so a layer
+rounds its input rows and its scales and zeros to bfloat16, and its output comes back in bfloat16 precision,
+returned in the input's dtype (the residual stream, norms and attention stay in the model's float dtype). Elsewhere
+everything stays float32 (`compute_dtype`). `dequantized()` is the weight the kernel multiplies by, those roundings
+included. Both kernels are batch-invariant here: a row's output bits do not depend on the other rows or on how
+many there are, one row included (tests/model/test_quant.py checks it), so no ChunkedLinear-style padding is needed
+for continuous batching. The kernels run on the CPU only. The result is for inference: its state dict is not a
+checkpoint's.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -24,6 +31,17 @@ QUANT_KINDS = ("int8", "int4")
 GROUP_SIZES = (32, 64)
 
 
+@functools.cache
+def compute_dtype() -> torch.dtype:
+    """The dtype the weight-only kernels read: bfloat16 where oneDNN has a native bfloat16 path, else float32."""
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def _rounded(values: torch.Tensor) -> torch.Tensor:
+    """Float32 values rounded to what the kernels read (`compute_dtype`), kept in float32."""
+    return values.float().to(compute_dtype()).float()
+
+
 class Int8Linear(nn.Module):
     """y = x (scale * W_int8)^T + b, one scale per output channel."""
 
@@ -31,26 +49,26 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight.to(torch.int8).contiguous())  # (out, in)
-        self.register_buffer("scales", scales.float().contiguous())  # (out,)
+        self.register_buffer("scales", scales.to(compute_dtype()).contiguous())  # (out,)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
     def from_float(cls, linear: nn.Module) -> Int8Linear:
         """Symmetric per-channel quantization of a Linear's weight (round to nearest, scale = max|w| / 127)."""
         weight = linear.weight.detach().float()  # (out, in)
-        scales = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # (out,)
+        scales = _rounded((weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny))  # (out,)
         codes = torch.round(weight / scales[:, None]).clamp(-127, 127)
         return cls(codes, scales, linear.bias)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight the layer multiplies by: (out, in)."""
-        return self.weight.float() * self.scales[:, None]
+        return self.weight.float() * self.scales.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
-        rows = x.reshape(-1, self.in_features)  # (M, in)
-        y = torch._weight_int8pack_mm(rows, self.weight, self.scales.to(x.dtype))  # (M, out)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        rows = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, in)
+        y = torch._weight_int8pack_mm(rows, self.weight, self.scales)  # (M, out)
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
@@ -71,7 +89,7 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features, self.group_size = out_features, in_features, group_size
         packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)  # (out, in/2)
         self.register_buffer("packed", packed)
-        pairs = torch.stack([scales.float(), zeros.float()], dim=-1)  # (out, in/G, 2)
+        pairs = torch.stack([scales, zeros], dim=-1).to(compute_dtype())  # (out, in/G, 2)
         self.register_buffer("scales_and_zeros", pairs.transpose(0, 1).contiguous())  # (in/G, out, 2)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
@@ -90,21 +108,23 @@ class Int4Linear(nn.Module):
         check_int4_shape(out_features, in_features, group_size)
         groups = weight.reshape(out_features, in_features // group_size, group_size)  # (out, in/G, G)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (out, in/G)
-        scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
-        codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)  # (out, in/G, G)
-        return cls(codes.reshape(out_features, in_features), scales, low + 8 * scales, group_size, linear.bias)
+        scales = _rounded(((high - low) / 15).clamp(min=torch.finfo(torch.bfloat16).tiny))
+        zeros = _rounded(low + 8 * scales)  # the levels are (q - 8) * scale + zero, as the kernel reads them
+        codes = torch.round((groups - (zeros - 8 * scales)[..., None]) / scales[..., None]).clamp(0, 15)
+        return cls(codes.reshape(out_features, in_features), scales, zeros, group_size, linear.bias)
 
     def dequantized(self) -> torch.Tensor:
-        """The float32 weight the layer multiplies by: (out, in), computed by the kernel on the identity."""
+        """The float32 weight the layer multiplies by: (out, in), computed by the kernel's float32 path on the
+        identity (exact: the scales and zeros it reads are float32 copies of the rounded ones)."""
         eye = torch.eye(self.in_features)  # (in, in)
-        return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, self.scales_and_zeros).t()
+        pairs = self.scales_and_zeros.float()
+        return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, pairs).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
-        rows = x.reshape(-1, self.in_features)  # (M, in)
-        pairs = self.scales_and_zeros.to(x.dtype)
-        y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, pairs)  # (M, out)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        rows = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)  # (M, in)
+        y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)  # (M, out)
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 

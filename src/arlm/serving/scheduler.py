@@ -163,7 +163,6 @@ class Scheduler:
             "logprobs": job.top_logprobs >= 0,
             "presence_penalty": job.presence_penalty != 0,
             "frequency_penalty": job.frequency_penalty != 0,
-            "stop": bool(job.stops) and config.strategy == "beam",
         }
         for name, given in unsupported.items():
             if given:
@@ -443,9 +442,16 @@ class Scheduler:
             pad_id=tok.pad_id,
             draft=self.draft,
             on_token=on_token if choice is not None else None,
-            should_stop=(lambda row, ids: choice.text.stopped) if choice is not None else None,
+            should_stop=(lambda row, ids: choice.text.stopped) if choice is not None else self._beam_stop(job),
             trace=trace,
         )
+
+    def _beam_stop(self, job: Job):
+        """Beam search's stop check: a hypothesis ends once its text holds one of the request's stop strings (the
+        text sent is then cut before it, as for every strategy); None without stops."""
+        if not job.stops:
+            return None
+        return lambda row, ids: any(stop in self.tokenizer.decode(ids) for stop in job.stops)
 
     def _lane_finish(self, job: Job, choice: Choice, ids: list[int]) -> None:
         ended_at_eos = bool(ids) and job.config.stop_at_eos and ids[-1] == job.eos_id
