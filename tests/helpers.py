@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from arlm.config import RunConfig, config_from_dict
 from arlm.data.sources import DATA_ENV, local_corpus
+from arlm.decoding.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE_PLACES = (
@@ -241,10 +246,6 @@ def chat_raw(tmp_path: Path, base: Path, chat: Path, **sections) -> dict:
 
 def exact_joint(target, prompt: list[int], n: int = 2) -> dict[tuple[int, ...], float]:
     """P(first n tokens) of plain sampling from `target` at temperature 1, by enumerating every prefix."""
-    import itertools
-
-    import torch
-
     vocab = target.config.vocab_size
     joint = {}
     with torch.no_grad():
@@ -262,10 +263,6 @@ def exact_joint(target, prompt: list[int], n: int = 2) -> dict[tuple[int, ...], 
 def two_token_pvalue(target, prompt: list[int], config, draft=None, seeds: int = 2500) -> float:
     """Chi-square p-value of the first two tokens `generate` samples (seeds 0..seeds-1, `config` at temperature
     1 with max_new_tokens >= 2) against the target's exact joint distribution of them."""
-    import numpy as np
-
-    from arlm.decoding.generate import generate
-
     joint = exact_joint(target, prompt)
     keys = sorted(joint)
     counts = dict.fromkeys(keys, 0)

@@ -190,7 +190,8 @@ def decode_loop(
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> GenerationOutput:
-    """Prefill the prompt in one forward, then one token a step on the KV cache (greedy or sampling).
+    """Prefill the prompt (all but its last token in one forward), then one token a step on the KV cache (greedy or
+    sampling).
 
     When the context fills up, the newest half of it is re-encoded into an emptied cache and decoding
     goes on (a sliding window), so a model with a short context can write long texts. On a GPU the loop
@@ -201,7 +202,7 @@ def decode_loop(
     engine.open(B, T + config.max_new_tokens, compiled=config.compile)
     mask = attention_mask
     start = time.perf_counter()
-    logits = engine.prefill(prompt_ids, mask)  # (B, V)
+    logits = _prefill_then_step(engine, prompt_ids, mask)  # (B, V)
     prefill_s = time.perf_counter() - start
     sequences = prompt_ids
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -227,6 +228,16 @@ def decode_loop(
             continue
         logits = engine.step(token[:, None], mask)  # (B, V)
     return _loop_output(sequences, T, _lengths(sequences[:, T:], history.eos_id, stopped), start, prefill_s)
+
+
+def _prefill_then_step(engine: Engine, prompt_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The prompt (B, T) but its last token in one forward, then that token as a step: the same computations
+    speculative decoding makes (it verifies the last prompt token with its first drafts), so that greedy and
+    speculative decoding share every bit of the cache. The next-token logits (B, V)."""
+    if prompt_ids.shape[1] == 1:
+        return engine.prefill(prompt_ids, mask)
+    engine.prefill(prompt_ids[:, :-1], None if mask is None else mask[:, :-1])
+    return engine.step(prompt_ids[:, -1:], mask)
 
 
 def _slide(

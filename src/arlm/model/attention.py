@@ -11,6 +11,8 @@ from torch import nn
 from arlm.config import ModelConfig
 from arlm.model.kv_cache import KVCache, SlotBatch
 
+STEPWISE_QUERIES = 32  # a cached forward over at most this many new tokens (a verification) attends query by query
+
 
 class Rotary(nn.Module):
     """RoPE tables (cos, sin) for positions [0, max_len), in the rotate-half layout of HF Llama."""
@@ -76,9 +78,30 @@ class CausalSelfAttention(nn.Module):
                 k, v = kv_cache.write_at(self.layer, start, k, v)  # (B, nkv, max_len, hd) each
             elif kv_cache is not None:
                 k, v = kv_cache.update(self.layer, start, k, v)  # (B, nkv, S, hd) each, S = start + T
-            y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hd)
+            if kv_cache is not None and 1 < T <= STEPWISE_QUERIES and not self.training and x.device.type == "cpu":
+                y = self.attend_stepwise(q, k, v, mask)  # (B, nh, T, hd)
+            else:
+                y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
         return self.resid_dropout(self.proj(y))
+
+    def attend_stepwise(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Queries (B, nh, T, hd) over the cache's keys/values (B, nkv, S, hd) one at a time, each exactly as a
+        one-token step computes it (its keys up to itself; no mask unless padding): CPU SDPA rounds a query's
+        row differently by how many queries come with it, so a speculative verification computed at once would
+        not give the bits of the steps it stands for, and kernels that round their inputs to bfloat16 (int8 /
+        int4, 16-bit weights) turn those 1e-7 differences into other tokens (tests/model/test_attention.py)."""
+        T, S = q.shape[2], k.shape[2]
+        rows = []
+        for i in range(T):
+            seen = S - T + i + 1  # keys up to and including query i
+            row_mask = None if mask is None else mask[:, :, i : i + 1, :seen]  # (B|1, 1, 1, seen)
+            if row_mask is not None and bool(row_mask.all()):
+                row_mask = None  # a step without padding builds no mask
+            rows.append(self.attend(q[:, :, i : i + 1], k[:, :, :seen], v[:, :, :seen], row_mask, False))
+        return torch.cat(rows, dim=2)  # (B, nh, T, hd)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
@@ -86,9 +109,8 @@ class CausalSelfAttention(nn.Module):
         """Attention of queries (B, nh, T, hd) over keys/values (B, nkv, S, hd) by the configured backend."""
         dropout = self.dropout if self.training else 0.0
         if not self.training and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            # CPU SDPA rounds a query's row differently by how many queries come with it (10 vs 1): at bfloat16's
-            # precision, so a k-token verification disagreed with one-token steps; in float32 the difference is
-            # ~1e-7 and the cast back rounds it away (tests/model/test_attention.py).
+            # 16-bit attention in float32: softmax and weighted sums keep float32's precision (what every 16-bit
+            # figure in docs/perf.md was measured with).
             return self.attend(q.float(), k.float(), v.float(), mask, is_causal).to(q.dtype)
         if self.backend == "naive":
             return naive_attention(q, k, v, mask, is_causal, dropout)
