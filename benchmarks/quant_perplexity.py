@@ -41,7 +41,9 @@ def variants(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Modu
         "int4 from the file's Q4_1 blocks, Q8_0 head kept float32": lambda: int4_from_gguf_only(fresh()),
         "`--dtype int8` (per channel, head too)": lambda: to_dtype(fresh(), "int8"),
         "`--dtype bfloat16`": lambda: to_dtype(fresh(), "bfloat16"),
-        "int4 g32 requantized from float32, head too": lambda: quantize_model(fresh(), "int4", 32),
+        "int4 g32 requantized from float32, head int8 (`--dtype int4` of a checkpoint)": lambda: quantize_model(
+            fresh(), "int4", 32
+        ),
         "int4 g32 requantized from float32, head float32": lambda: quantize_model(fresh(), "int4", 32, head=False),
         "int8, head kept float32": lambda: quantize_model(fresh(), "int8", head=False),
         "int4 g64 requantized from float32, head float32": lambda: quantize_model(fresh(), "int4", 64, head=False),

@@ -100,7 +100,8 @@ def test_quantize_model_swaps_every_linear_and_stays_close(kind):
         quantize_model(model, kind)
         logits = model(ids)
     assert not any(isinstance(m, nn.Linear) for m in model.modules()) and is_quantized(model)
-    assert isinstance(model.lm_head, Int8Linear if kind == "int8" else Int4Linear)
+    assert isinstance(model.lm_head, Int8Linear)  # the head is int8 for both kinds (int4 costs it too much)
+    assert isinstance(model.blocks[0].mlp.down, Int8Linear if kind == "int8" else Int4Linear)
     error = (logits - reference).abs().max() / reference.abs().max()
     assert error < (0.02 if kind == "int8" else 0.15)
 

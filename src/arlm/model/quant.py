@@ -140,8 +140,9 @@ def check_int4_shape(out_features: int, in_features: int, group_size: int) -> No
 
 
 def quantize_model(model: nn.Module, kind: str, group_size: int = 32, head: bool = True) -> nn.Module:
-    """Swap every nn.Linear of a CPU model for its int8 or int4 layer (in place); head=False keeps `lm_head`
-    in float. Layers already quantized (built from a file's blocks) are kept as they are."""
+    """Swap every nn.Linear of a CPU model for its int8 or int4 layer (in place). The output head `lm_head` is int8
+    for both kinds (int4 there costs SmolLM2 4.9% of perplexity, int8 0.2%: docs/perf.md); head=False keeps it in
+    float. Layers already quantized (built from a file's blocks) are kept as they are."""
     if kind not in QUANT_KINDS:
         raise ArlmError(f"unknown quantization {kind!r}; use one of {', '.join(QUANT_KINDS)}")
     device = next(model.parameters()).device
@@ -151,9 +152,11 @@ def quantize_model(model: nn.Module, kind: str, group_size: int = 32, head: bool
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
-            if not head and f"{parent_name}.{name}".lstrip(".") == "lm_head":
+            is_head = f"{parent_name}.{name}".lstrip(".") == "lm_head"
+            if is_head and not head:
                 continue
-            layer = Int8Linear.from_float(child) if kind == "int8" else Int4Linear.from_float(child, group_size)
+            int8 = kind == "int8" or is_head
+            layer = Int8Linear.from_float(child) if int8 else Int4Linear.from_float(child, group_size)
             setattr(parent, name, layer)
     return model
 
