@@ -120,10 +120,10 @@ class BatchSampler:
         time; with world > 1, this rank's share, every rank the same number of forwards (a rank short of one
         runs a batch without targets: FSDP's and DDP's forwards are collective)."""
         units = self._eval_units(batch_size, max_batches)
-        for i in self._eval_starts(len(units), batch_size, rank, world):
-            chunk = units[(i or 0) : (i or 0) + batch_size]
+        for start, counted in self._eval_starts(len(units), batch_size, rank, world):
+            chunk = units[start : start + batch_size]
             batch = self._padded(chunk) if self.mode == "padded" else self._packed(chunk)
-            yield batch if i is not None else without_targets(batch)
+            yield batch if counted else without_targets(batch)
 
     def eval_batch_count(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> int:
         """How many batches eval_batches yields."""
@@ -139,11 +139,12 @@ class BatchSampler:
         return units
 
     @staticmethod
-    def _eval_starts(n_units: int, batch_size: int, rank: int, world: int) -> list[int | None]:
-        """This rank's batch starts, round robin, padded with None to as many as the first rank has."""
+    def _eval_starts(n_units: int, batch_size: int, rank: int, world: int) -> list[tuple[int, bool]]:
+        """This rank's (batch start, counted) pairs, round robin, padded to as many as the first rank has with
+        uncounted batches (start 0, run for the collective forwards only)."""
         starts = range(0, n_units, batch_size)
-        mine: list[int | None] = list(starts[rank::world])
-        return mine + [None] * (len(starts[0::world]) - len(mine))
+        mine = [(start, True) for start in starts[rank::world]]
+        return mine + [(0, False)] * (len(starts[0::world]) - len(mine))
 
 
 def without_targets(batch: Batch) -> Batch:

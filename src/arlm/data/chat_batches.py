@@ -170,9 +170,9 @@ class ChatSampler:
     def eval_batches(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """Every row in order (an evenly spaced subset when max_batches > 0); with world > 1, this rank's share."""
         units = self._eval_units(batch_size, max_batches)
-        for i in BatchSampler._eval_starts(len(units), batch_size, rank, world):
-            batch = self.make_batch([self.rows[int(u)] for u in units[(i or 0) : (i or 0) + batch_size]])
-            yield batch if i is not None else without_targets(batch)
+        for start, counted in BatchSampler._eval_starts(len(units), batch_size, rank, world):
+            batch = self.make_batch([self.rows[int(u)] for u in units[start : start + batch_size]])
+            yield batch if counted else without_targets(batch)
 
     def eval_batch_count(self, batch_size: int, max_batches: int = 0, *, rank: int = 0, world: int = 1) -> int:
         """How many batches eval_batches yields."""

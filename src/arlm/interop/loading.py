@@ -100,9 +100,9 @@ def load_model(
     """Load any supported model reference for inference (eval mode) at a --dtype (float32 when None); a LoRA run
     comes merged into its base.
 
-    int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the
-    tied head included; int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks and
-    quantizes the others (SmolLM2's Q8_0 head) to int8 per output channel from the values the file holds: a
+    int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the tied head
+    included (int8 for both kinds); int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks
+    and quantizes the others (SmolLM2's Q8_0 head) to int8 per output channel from the values the file holds: a
     second rounding of those, 4x less to read than float32 (interop/gguf_quant.py; quality in docs/perf.md)."""
     resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     ref = str(reference)

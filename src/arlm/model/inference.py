@@ -6,14 +6,14 @@ bandwidth. PyTorch's CPU kernel for that shape (MKL sgemm with M=1) runs on one 
 thread and reads about 30 GB/s (docs/perf.md). `optimize_for_decoding` swaps each Linear of a model for that
 layout. The result is for inference only: its state dict is not a checkpoint's.
 
-With `batch_invariant=True` the layout is also batch-invariant: the batched matmul gives each row the same bits
-whatever the number of rows (2 or more) beside it, while a single row takes another kernel (a matrix-vector
-product) that rounds differently, so one row is computed as two (the second a zero row, dropped). Continuous
-batching needs that to be exact (a sequence decoded alone and among others get identical logits; `arlm serve`
-asks for it, docs/serving.md), and so does speculative verification in 16 bits (k rows verified must give the bits
-k one-row steps give; the default for 16-bit weights). It costs a float32 one-row step 1.4x its time (docs/perf.md),
-so float32 batch-1 decoding leaves it off: there a verification and the steps agree up to float32 rounding, which
-changes a token only at an exact tie of the top two logits (as CPU attention's own 1e-7 differences already do).
+With `batch_invariant=True` the layout is also batch-invariant: the batched matmul gives each row the same bits whatever
+the number of rows (2 or more) beside it, while a single row takes another kernel (a matrix-vector product) that rounds
+differently, so one row is computed as two (the second a zero row, dropped). Continuous batching needs that to be exact
+(a sequence decoded alone and among others get identical logits; `arlm serve` asks for it, docs/serving.md), and so does
+speculative verification in 16 bits (k rows verified must give the bits k one-row steps give; the default for 16-bit
+weights). Leaving it off made float32 one-row steps 1.07-1.38x faster (docs/perf.md), so float32 batch-1 decoding leaves
+it off: there a verification and the steps agree up to float32 rounding, which changes a token only at an exact tie of
+the top two logits (as CPU attention's own 1e-7 differences already do).
 """
 
 from __future__ import annotations

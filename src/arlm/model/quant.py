@@ -7,15 +7,14 @@
   scale d and zero m + 8d, Q4_0's (d * (q - 8)) with zero 0, so `Int4Linear.from_codes` builds a layer from a
   file's blocks without dequantizing and requantizing them (interop/gguf.py).
 
-The kernels read their inputs, scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16
-or AMX): there they are 20-35x faster than with float32 inputs (docs/perf.md, "Quantized weights"), so a layer
-rounds its input rows and its scales and zeros to bfloat16, and its output comes back in bfloat16 precision,
+The kernels read their inputs, scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16 or
+AMX): there they are 20-35x faster than with float32 inputs (docs/perf.md, "Decoding against llama.cpp, per precision"),
+so a layer rounds its input rows and its scales and zeros to bfloat16, and its output comes back in bfloat16 precision,
 returned in the input's dtype (the residual stream, norms and attention stay in the model's float dtype). Elsewhere
 everything stays float32 (`compute_dtype`). `dequantized()` is the weight the kernel multiplies by, those roundings
-included. Both kernels are batch-invariant here: a row's output bits do not depend on the other rows or on how
-many there are, one row included (tests/model/test_quant.py checks it), so no ChunkedLinear-style padding is needed
-for continuous batching. The kernels run on the CPU only. The result is for inference: its state dict is not a
-checkpoint's.
+included. Both kernels are batch-invariant here: a row's output bits do not depend on the other rows or on how many
+there are, one row included (tests/model/test_quant.py checks it), so no ChunkedLinear-style padding is needed for
+continuous batching. The kernels run on the CPU only. The result is for inference: its state dict is not a checkpoint's.
 """
 
 from __future__ import annotations
