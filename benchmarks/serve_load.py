@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ import sys
 import threading
 import time
 from urllib.parse import urlparse
+
+from arlm.bench.machine import cpu_model
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -41,18 +42,6 @@ PROMPTS = [
     "Give a recipe for a simple tomato soup.",
 ]
 LEVELS = (1, 4, 8, 16)
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's name where that is missing)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -207,7 +196,7 @@ def main() -> None:
         one_request(url, name, PROMPTS[0], 4)  # warm-up
         if args.vs:
             one_request(args.vs, args.vs_name, PROMPTS[0], 4)
-            print(f"{name} ({args.dtype}) vs {args.vs}; {cpu_name()}, {os.cpu_count()} CPUs")
+            print(f"{name} ({args.dtype}) vs {args.vs}; {cpu_model()}, {os.cpu_count()} CPUs")
             return compare(url, name, args.vs, args.vs_name, args)
         rows = [run_level(url, name, int(c), args.requests, args.max_tokens) for c in args.levels.split(",")]
     finally:
@@ -216,7 +205,7 @@ def main() -> None:
             proc.wait(timeout=300)
     print(
         f"\n{name}, {args.dtype}, max batch {args.max_batch}, {args.requests} requests per client, max_tokens "
-        f"{args.max_tokens}, greedy, streamed chat; {cpu_name()}, "
+        f"{args.max_tokens}, greedy, streamed chat; {cpu_model()}, "
         f"{os.cpu_count()} CPUs\n"
     )
     columns = ["clients", "requests", "errors", "tokens", "wall s", "tokens/s", "vs 1 client", "TTFT p50 / p95 s"]

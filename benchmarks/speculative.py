@@ -14,8 +14,9 @@ import argparse
 
 import torch
 
+from arlm.bench.machine import cpu_model
 from arlm.bench.prompt_sets import chat_ids, load_prompt_set
-from arlm.bench.speculative import cpu_name, run_speculative_bench, schemes
+from arlm.bench.speculative import run_speculative_bench, schemes
 from arlm.interop.loading import DTYPES, load_model
 from arlm.model.inference import optimize_for_decoding
 
@@ -40,7 +41,8 @@ def main() -> None:
     for name in ("grounded", "chat"):
         items = load_prompt_set(name)[: args.limit or None]
         sets[name] = [chat_ids(tok, item) for item in items]
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}; {args.model}, {args.dtype}")
+    threads = torch.get_num_threads()
+    print(f"CPU: {cpu_model()}, {threads} threads; torch {torch.__version__}; {args.model}, {args.dtype}")
     print(
         f"{args.new_tokens} new tokens a run (no stop at EOS), {args.repeats} runs per scheme and prompt, alternating"
     )

@@ -1,6 +1,6 @@
 import torch
 
-from arlm.bench.speculative import cpu_name, run_speculative_bench, schemes
+from arlm.bench.speculative import run_speculative_bench, schemes
 from arlm.config import ModelConfig
 from arlm.model.transformer import Transformer
 
@@ -20,4 +20,3 @@ def test_every_scheme_runs_on_every_prompt_and_matches_greedy():
         for row in summary.values():  # every scheme gave greedy's text on every prompt
             assert row["identical"] == row["prompts"] == len(prompts) and row["tokens_per_s"] > 0
     assert any(line.startswith("| self-speculation (2 layers), adaptive γ |") for line in lines)
-    assert "threads" in cpu_name()

@@ -7,11 +7,9 @@ its ratio the median of the per-prompt ratios to greedy (the worst prompt's rati
 
 from __future__ import annotations
 
-import platform
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -112,18 +110,6 @@ def format_table(name: str, summary: dict[str, dict]) -> list[str]:
             f"{row['identical']}/{row['prompts']} |"
         )
     return lines
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), and the threads torch uses."""
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def run_speculative_bench(

@@ -5,13 +5,13 @@ GGUF file of the same precision, per --dtype."""
 from __future__ import annotations
 
 import argparse
-import platform
 
 import torch
 
 from arlm.bench.decode import SMOLLM2_SHAPE, run_decode_bench
 from arlm.bench.forward import format_forward_times, forward_times
 from arlm.bench.llamacpp import compare_with_llamacpp, find_llama_bench, gguf_for, llamacpp_folder
+from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
 from arlm.errors import ArlmError
@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     for name in args.dtype:
         resolve_dtype(name, "cpu")  # refuse an impossible dtype before any timing
     llama = llamacpp_files(args.model, args.dtype) if args.llamacpp else None
+    results = {}
     for name in args.dtype:
-        bench_decode_command(
+        results[name] = bench_decode_command(
             args.model,
             draft_ref=args.draft,
             new_tokens=args.new_tokens,
@@ -54,7 +55,25 @@ def run(args: argparse.Namespace) -> int:
             dtype=name,
             llama=None if llama is None else (llama[0], llama[1][name]),
         )
+    print("\n".join(["", f"{args.model}; {cpu_model()}, {torch.get_num_threads()} threads", *summary_table(results)]))
     return 0
+
+
+def summary_table(results: dict[str, dict]) -> list[str]:
+    """One markdown table over the dtypes: greedy batch 1 against transformers (and llama.cpp where it ran),
+    batch 8 over batch 1 (arlm), and a 5-token forward over a 1-token one."""
+    llama = any("llama.cpp" in r for r in results.values())
+    head = "| dtype | arlm tok/s | transformers | ratio |" + (" arlm | llama.cpp | ratio |" if llama else "")
+    lines = [head + " batch 8 / batch 1 | forward 5 / 1 |", "|---" * (head.count("|") + 1) + "|"]
+    for dtype, r in results.items():
+        one, eight, ms = r["greedy, batch 1"], r["greedy, batch 8"], r["forward_ms"]
+        cells = [dtype, f"{one['arlm']:.1f}", f"{one['transformers']:.1f}", f"{one['ratio']:.2f}x"]
+        if llama:
+            row = r.get("llama.cpp")
+            cells += [f"{row['arlm']:.1f}", f"{row['llama.cpp']:.1f}", f"{row['ratio']:.2f}x"] if row else ["-"] * 3
+        cells += [f"{eight['arlm'] / one['arlm']:.2f}x", f"{ms[5] / ms[1]:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def llamacpp_files(model_ref: str, dtypes: list[str]) -> tuple:
@@ -102,7 +121,7 @@ def bench_decode_command(
     draft = load_model(draft_ref, dtype=dtype).model if draft_ref else None
     params = model.num_params() / 1e6
     log(
-        f"model: {model_ref} ({params:.0f}M parameters, {dtype}); {platform.machine()}, "
+        f"model: {model_ref} ({params:.0f}M parameters, {dtype}); {cpu_model()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {repeats}, alternating"
     )
     log(f"  {'case':<24}{'arlm tok/s':>10}{'transformers':>14}{'ratio':>10}")
