@@ -1,6 +1,6 @@
 """Perplexity of SmolLM2-135M-Instruct at every --dtype on the same windows (quality, not speed).
 
-    .venv/bin/python benchmarks/quant_perplexity.py [--max-chars 100000] [--context 512] [--stride 256]
+    .venv/bin/python benchmarks/quant_perplexity.py [--max-chars 100000] [--context 512] [--stride 256] [--dtype-rows]
 
 tinyshakespeare's first 100,000 characters, windows of 512 tokens moved by 256 (the figures of
 `arlm eval perplexity smollm2 --file tinyshakespeare --max-chars 100000 --context 512 --stride 256 --dtype D`
@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--max-chars", type=int, default=100_000)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--stride", type=int, default=256)
+    parser.add_argument(
+        "--dtype-rows", action="store_true", help="only float32 and the --dtype rows (not the choices behind them)"
+    )
     args = parser.parse_args()
     loaded = load_model("smollm2")
     text = corpus_text("tinyshakespeare", loaded.config.data, args.max_chars)
@@ -64,6 +67,8 @@ def main() -> None:
     print("| model | loss | perplexity | vs float32 |\n|---|---|---|---|", flush=True)
     base = None
     for label, build in variants(loaded.model).items():
+        if args.dtype_rows and not label.startswith(("float32", "`--dtype")):
+            continue
         result = sliding_window(build().eval(), ids, context=args.context, stride=args.stride)
         base = base or result.perplexity
         change = f"{result.perplexity / base - 1:+.2%}"

@@ -24,6 +24,7 @@ def test_the_study_reports_before_lora_and_full_with_intervals_and_costs(tmp_pat
     for row in rows.values():
         acc = row["accuracy"]
         assert acc["n"] == 6 and acc["ci"][0] <= acc["accuracy"] <= acc["ci"][1]
+        assert acc["correct"] <= acc["contained"] <= acc["n"]  # an exact answer is also contained
     lora, full = rows["lora"], rows["full"]
     assert full["optimizer_bytes"] >= 3 * lora["optimizer_bytes"] > 0
     assert full["checkpoint_bytes"] > lora["checkpoint_bytes"] > 0

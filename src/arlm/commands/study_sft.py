@@ -113,14 +113,16 @@ def optimizer_bytes(state_file: Path) -> int:
 
 
 def format_table(rows: dict) -> str:
-    """The markdown table: accuracy [95% interval] per row, then the costs of each fine-tune."""
+    """The markdown table: accuracy [95% interval] and the lenient score per row, then each fine-tune's costs."""
     lines = [
-        "| model | held-out accuracy [95% CI] | wall time | peak memory | checkpoint | optimizer state |",
-        "|---|---|---|---|---|---|",
+        "| model | held-out accuracy [95% CI] | answer in reply | wall time | peak memory | checkpoint "
+        "| optimizer state |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         acc = row["accuracy"]
         cell = f"{acc['accuracy']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] ({acc['correct']}/{acc['n']})"
+        cell += f" | {acc['contained'] / max(acc['n'], 1):.3f} ({acc['contained']}/{acc['n']})"
         if "seconds" not in row:
             lines.append(f"| {name} | {cell} | - | - | - | - |")
             continue
