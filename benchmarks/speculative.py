@@ -3,7 +3,7 @@
 (requests that quote or transform their input) and the chat set (general questions).
 
     .venv/bin/python benchmarks/speculative.py [--dtype int4] [--new-tokens 96] [--repeats 3] [--self-layers 20]
-        [--limit N]
+        [--limit N] [--stop-at-eos]
 
 Runs alternate the order of the schemes, medians are kept; every output is checked identical to greedy's. Prints
 the CPU model name and one markdown table per set for docs/perf.md. Time it on quiet cores."""
@@ -31,6 +31,11 @@ def main() -> None:
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--self-layers", type=int, default=20, help="layers of the self-draft (0: none)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts of each set (0: all)")
+    parser.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        help="end each run at the answer's EOS, as a request does",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -43,12 +48,12 @@ def main() -> None:
         sets[name] = [chat_ids(tok, item) for item in items]
     threads = torch.get_num_threads()
     print(f"CPU: {cpu_model()}, {threads} threads; torch {torch.__version__}; {args.model}, {args.dtype}")
-    print(
-        f"{args.new_tokens} new tokens a run (no stop at EOS), {args.repeats} runs per scheme and prompt, alternating"
-    )
-    plan = schemes(target, args.new_tokens, args.self_layers or None, args.gamma)
-    run_speculative_bench(target, {"warm-up": sets["chat"][:1]}, plan, 1, log=lambda line: None)  # untimed
-    run_speculative_bench(target, sets, plan, args.repeats)
+    ending = "at most, ending at EOS" if args.stop_at_eos else "a run (no stop at EOS)"
+    print(f"{args.new_tokens} new tokens {ending}, {args.repeats} runs per scheme and prompt, alternating")
+    plan = schemes(target, args.new_tokens, args.self_layers or None, args.gamma, stop_at_eos=args.stop_at_eos)
+    eos = tok.eos_id
+    run_speculative_bench(target, {"warm-up": sets["chat"][:1]}, plan, 1, log=lambda line: None, eos_id=eos)  # untimed
+    run_speculative_bench(target, sets, plan, args.repeats, eos_id=eos)
 
 
 if __name__ == "__main__":

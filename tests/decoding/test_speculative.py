@@ -158,13 +158,14 @@ def test_trace_reports_every_verification():
 
 
 def _brute_force_lookup(ids, max_ngram, gamma):
-    """The first prompt-lookup drafter: scan the whole context for the latest earlier match of its tail."""
+    """The first prompt-lookup drafter: scan the whole context for the latest earlier match of its tail; the drafts
+    and the match's length."""
     for n in range(min(max_ngram, len(ids) - 1), 0, -1):
         tail = ids[-n:]
         for start in range(len(ids) - n - 1, -1, -1):
             if ids[start : start + n] == tail:
-                return ids[start + n : start + n + gamma]
-    return []
+                return ids[start + n : start + n + gamma], n
+    return [], 0
 
 
 def test_the_ngram_index_drafts_what_a_full_scan_of_the_context_drafts():
@@ -190,6 +191,19 @@ def test_prompt_lookup_drafts_from_the_generated_text_too():
     plain = generate(target, [[41, 42, 43]], GenerationConfig(strategy="greedy", max_new_tokens=80)).generated()[0]
     out = generate(target, [[41, 42, 43]], GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=80))
     assert out.generated()[0] == plain and out.stats["accepted"] > 0
+
+
+def test_adaptive_prompt_lookup_drafts_by_the_length_of_the_match():
+    """No drafts after a one-token match, 4 after two tokens, 8 after three, 16 after four; never more than asked."""
+    drafter = spec.PromptLookupDrafter(3, by_match=True)
+    config = GenerationConfig(strategy="prompt-lookup", temperature=0, adaptive_draft=True)
+    copied = list(range(100, 140))  # a span the text goes on to copy
+    for matched, expected in ((1, 0), (2, 4), (3, 8), (4, 16), (5, 16)):
+        drafter = spec.PromptLookupDrafter(3, by_match=True)
+        seq = torch.tensor([[7, 8, *copied, 9, *copied[:matched]]])  # the last `matched` tokens repeat the span
+        drafts, _ = drafter.propose(seq, 16, config, True, None)
+        assert drafts.tolist() == copied[matched : matched + expected], matched
+    assert drafter.propose(seq, 3, config, True, None)[0].tolist() == copied[5:8]  # at most gamma
 
 
 def test_adaptive_gamma_stops_drafting_when_acceptance_falls_and_tries_again_later():

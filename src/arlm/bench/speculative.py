@@ -118,15 +118,16 @@ def run_speculative_bench(
     plan: list[Scheme],
     repeats: int,
     log: Callable[[str], None] = print,
+    eos_id: int | None = None,
 ) -> dict[str, dict]:
     """Every scheme on every prompt of every set (name -> encoded prompts); the summary of each set, logged as a
-    table."""
+    table (eos_id: where schemes that stop at EOS stop)."""
     labels = [s.label for s in plan]
     results = {}
     for name, prompts in sets.items():
         per_prompt = []
         for i, ids in enumerate(prompts):
-            per_prompt.append(compare_on_prompt(target, ids, plan, repeats))
+            per_prompt.append(compare_on_prompt(target, ids, plan, repeats, eos_id))
             log(
                 f"  {name} {i + 1}/{len(prompts)}: "
                 + ", ".join(f"{per_prompt[-1][la]['tokens_per_s']:.1f}" for la in labels)

@@ -22,6 +22,7 @@ VERIFY_FIXED = 0.4
 VERIFY_PER_TOKEN = 0.1
 RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
 RECOVERY = 0.05  # how fast the estimate drifts back to its prior while nothing is drafted
+LOOKUP_MATCH_MIN = 2  # adaptive prompt lookup drafts only after a match of at least this many tokens
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -111,29 +112,44 @@ class NgramIndex:
                 self.latest[tuple(self.ids[end - n : end])] = end
             self.ids.append(token)
 
-    def lookup(self, gamma: int) -> list[int]:
-        """Up to gamma ids that followed the latest earlier occurrence of the longest matching tail n-gram."""
+    def lookup(self, gamma: int) -> tuple[list[int], int]:
+        """Up to gamma ids that followed the latest earlier occurrence of the longest matching tail n-gram, and n
+        (0: no match)."""
         ids = self.ids
         for n in range(min(self.max_n, len(ids) - 1), 0, -1):
             end = self.latest.get(tuple(ids[-n:]))
             if end is not None:
-                return ids[end : end + gamma]
-        return []
+                return ids[end : end + gamma], n
+        return [], 0
+
+
+def lookup_gamma(matched: int) -> int:
+    """Tokens adaptive prompt lookup drafts after a match of the context's last `matched` tokens: none below
+    LOOKUP_MATCH_MIN (one shared token predicts little), then 4, 8, 16 (a longer match is a copy more likely to go
+    on). Chosen by replaying greedy SmolLM2 on the built-in prompt sets against measured forward costs
+    (docs/perf.md, "Speculative decoding")."""
+    if matched < LOOKUP_MATCH_MIN:
+        return 0
+    return min(4 << (matched - LOOKUP_MATCH_MIN), MAX_ADAPTIVE_DRAFT)
 
 
 class PromptLookupDrafter:
     """Draft-free: copy what followed the latest earlier occurrence of the context's last n-gram, in the prompt or
-    in the text generated so far (an NgramIndex kept up to date, not a scan of the whole context each round)."""
+    in the text generated so far (an NgramIndex kept up to date, not a scan of the whole context each round).
+    by_match: draft as many tokens as the match's length warrants (`lookup_gamma`), at most the gamma asked."""
 
-    def __init__(self, max_ngram: int) -> None:
-        self.index = NgramIndex(max_ngram)
+    def __init__(self, max_ngram: int, by_match: bool = False) -> None:
+        self.by_match = by_match
+        self.index = NgramIndex(max(max_ngram, LOOKUP_MATCH_MIN + 2) if by_match else max_ngram)
 
     def propose(
         self, seq: torch.Tensor, gamma: int, config: GenerationConfig, greedy: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, None]:
         """Up to gamma tokens (possibly none), proposed with certainty (q one-hot)."""
         self.index.extend(seq[0, len(self.index.ids) :].tolist())
-        follow = self.index.lookup(gamma) if gamma > 0 else []
+        follow, matched = self.index.lookup(gamma) if gamma > 0 else ([], 0)
+        if self.by_match:
+            follow = follow[: lookup_gamma(matched)]
         return torch.tensor(follow, dtype=torch.long, device=seq.device), None
 
     def rollback(self, length: int) -> None:
@@ -198,8 +214,8 @@ def speculative_generate(
 ) -> GenerationOutput:
     """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup') on the
     target's engine; trace gets each verification: the drafted ids, how many were accepted, the target's own next
-    token, and the target's probability of each token kept. config.adaptive_draft picks gamma each round
-    (AdaptiveGamma), else it is config.num_draft_tokens."""
+    token, and the target's probability of each token kept. config.adaptive_draft picks gamma each round (a draft
+    model: AdaptiveGamma; prompt lookup: the match's length, `lookup_gamma`), else it is config.num_draft_tokens."""
     target = engine.model
     _check_inputs(target, draft, prompt_ids, attention_mask, config)
     T = prompt_ids.shape[1]
@@ -208,7 +224,8 @@ def speculative_generate(
     generator = make_generator(config.seed, prompt_ids.device)
     top = max(config.num_draft_tokens, MAX_ADAPTIVE_DRAFT if config.adaptive_draft else 0)
     drafter = _drafter(draft, max_len + top + 1, config, history)
-    adaptive = AdaptiveGamma(top, draft_cost(target, draft, config)) if config.adaptive_draft else None
+    by_cost = config.adaptive_draft and config.strategy == "speculative"  # prompt lookup adapts by match length
+    adaptive = AdaptiveGamma(top, draft_cost(target, draft, config)) if by_cost else None
     engine.open(1, max_len + top + 1)
     start = time.perf_counter()
     if T > 1:
@@ -216,7 +233,7 @@ def speculative_generate(
     seq, marks, stats = prompt_ids, [], {"proposed": 0, "accepted": 0, "target_forwards": 0}
     try:
         while seq.shape[1] < max_len:
-            gamma = adaptive.next() if adaptive is not None else config.num_draft_tokens
+            gamma = adaptive.next() if adaptive is not None else top
             room = max_len - seq.shape[1]
             drafts, q = drafter.propose(seq, min(gamma, room - 1), config, greedy, generator)
             accepted, new, p = _round(engine, seq, drafts, q, config, greedy, generator, history)
@@ -297,7 +314,7 @@ def _drafter(
     """The draft model's drafter ('speculative') or n-gram lookup in the context ('prompt-lookup')."""
     if config.strategy == "speculative":
         return ModelDrafter(draft, max_len, history)
-    return PromptLookupDrafter(config.prompt_lookup_ngram)
+    return PromptLookupDrafter(config.prompt_lookup_ngram, by_match=config.adaptive_draft)
 
 
 def _verify_event(drafts: torch.Tensor, accepted: int, token: int, p: torch.Tensor, kept: torch.Tensor) -> dict:
