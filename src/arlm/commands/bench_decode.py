@@ -63,7 +63,8 @@ def summary_table(results: dict[str, dict]) -> list[str]:
     """One markdown table over the dtypes: greedy batch 1 against transformers (and llama.cpp where it ran),
     batch 8 over batch 1 (arlm), and a 5-token forward over a 1-token one."""
     llama = any("llama.cpp" in r for r in results.values())
-    head = "| dtype | arlm tok/s | transformers | ratio |" + (" arlm | llama.cpp | ratio |" if llama else "")
+    beside = " arlm, beside llama.cpp | llama.cpp | ratio |"  # its own alternating runs (bench/llamacpp.py)
+    head = "| dtype | arlm tok/s | transformers | ratio |" + (beside if llama else "")
     lines = [head + " batch 8 / batch 1 | forward 5 / 1 |", "|---" * (head.count("|") + 1) + "|"]
     for dtype, r in results.items():
         one, eight, ms = r["greedy, batch 1"], r["greedy, batch 8"], r["forward_ms"]
