@@ -31,3 +31,14 @@ def test_the_study_reports_before_lora_and_full_with_intervals_and_costs(tmp_pat
     assert lora["peak_rss_bytes"] > 0 and lora["seconds"] > 0
     table = (out / "sft.md").read_text()
     assert table.count("\n") == 5 and "| lora |" in table and table in capsys.readouterr().out
+
+
+def test_an_earlier_run_in_the_study_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "study"
+    kept = out / "runs" / "full" / "metrics.jsonl"
+    kept.parent.mkdir(parents=True)
+    kept.write_text('{"step": 1}\n')
+    assert main(["study", "sft", "--out", str(out), "--tasks", "plurals", "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds an earlier run" in err and "--overwrite" in err, err
+    assert kept.read_text() == '{"step": 1}\n' and not (out / "sft.jsonl").exists()  # nothing lost, nothing written

@@ -24,6 +24,7 @@ from arlm.errors import ArlmError
 from arlm.evaluation.instruct import instruct_accuracy, instruction_split, write_chat_jsonl
 from arlm.interop.checkpoint import resolve_checkpoint
 from arlm.interop.loading import load_model
+from arlm.training.run_dir import holds_run
 
 CONFIG_OVERRIDES = True
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4}
@@ -31,19 +32,28 @@ FULL_LR = "5e-5"  # full fine-tuning moves every weight: a learning rate ~20x be
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset, --out, --tasks, --limit, --full-lr."""
+    """--preset, --out, --tasks, --limit, --full-lr, --overwrite."""
     parser.add_argument("--preset", default="smollm2-sft", help="named preset or YAML path (+ overrides)")
     parser.add_argument("--out", default="docs/studies/sft", help="folder for the data, runs and report")
     parser.add_argument("--tasks", help="comma-separated built-in tasks (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many held-out items per task")
     parser.add_argument("--full-lr", default=FULL_LR, help=f"train.lr of full fine-tuning (default {FULL_LR})")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the runs an earlier study left in OUT/runs/lora and full"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the study and print its table."""
     tasks = args.tasks.split(",") if args.tasks else None
     sft_study(
-        args.out, preset=args.preset, overrides=args.overrides, tasks=tasks, limit=args.limit, full_lr=args.full_lr
+        args.out,
+        preset=args.preset,
+        overrides=args.overrides,
+        tasks=tasks,
+        limit=args.limit,
+        full_lr=args.full_lr,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -56,6 +66,7 @@ def sft_study(
     tasks: Sequence[str] | None = None,
     limit: int | None = None,
     full_lr: str = FULL_LR,
+    overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Before, LoRA and full fine-tuning on the held-out items; writes sft.json and sft.md into out_dir."""
@@ -63,6 +74,11 @@ def sft_study(
     config = build_config(preset, list(overrides))
     if not config.train.lora.rank:
         raise ArlmError(f"preset {preset} trains no LoRA adapters; set train.lora.rank")
+    variants = {"lora": [], "full": ["--train.lora.rank", "0", "--train.lr", full_lr, "--train.min_lr", "0"]}
+    for name in variants:  # before anything is written: an earlier run is replaced only when asked
+        run_dir = out / "runs" / name
+        if not overwrite and holds_run(run_dir):
+            raise ArlmError(f"{run_dir} holds an earlier run; pass --overwrite to replace it, or choose another --out")
     train, held = instruction_split(tasks, limit=limit)
     source = write_chat_jsonl(out / "sft.jsonl", train)
     log(f"{len(train)} training conversations in {source}; {len(held)} held-out items")
@@ -70,11 +86,10 @@ def sft_study(
     rows = {"before": {"accuracy": instruct_accuracy(base.model, base.tokenizer, held)}}
     del base
     shared = [*overrides, "--data.source", str(source), "--data.prepared_dir", str(out / "data")]
-    variants = {"lora": [], "full": ["--train.lora.rank", "0", "--train.lr", full_lr, "--train.min_lr", "0"]}
     for name, extra in variants.items():
         run_dir = out / "runs" / name
         log(f"=== training {name}")
-        rows[name] = train_measured(preset, [*shared, *extra, "--train.out_dir", str(run_dir)])
+        rows[name] = train_measured(preset, [*shared, *extra, "--train.out_dir", str(run_dir)], overwrite)
         loaded = load_model(run_dir)
         rows[name]["accuracy"] = instruct_accuracy(loaded.model, loaded.tokenizer, held)
     report = {"preset": preset, "overrides": list(overrides), "held_out": len(held), "train": len(train), "rows": rows}
@@ -85,9 +100,18 @@ def sft_study(
     return report
 
 
-def train_measured(preset: str, overrides: list[str]) -> dict:
+def train_measured(preset: str, overrides: list[str], overwrite: bool = False) -> dict:
     """Train in a child process; its wall time, peak resident memory, checkpoint size and optimizer bytes."""
-    command = [sys.executable, "-m", "arlm", "train", "--preset", preset, *overrides, "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "arlm",
+        "train",
+        "--preset",
+        preset,
+        *overrides,
+        *(["--overwrite"] if overwrite else []),
+    ]
     start = time.perf_counter()
     child = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     _, status, usage = os.wait4(child.pid, 0)

@@ -36,11 +36,18 @@ from arlm.model.transformer import Transformer
 from arlm.training import distributed as D
 from arlm.training.init import initial_model
 from arlm.training.logging import read_metrics, truncate_log
-from arlm.training.run_dir import discard, leftovers, put_back, run_lock, set_aside, write_errors_as_one_line
+from arlm.training.run_dir import (
+    discard,
+    holds_run,
+    leftovers,
+    put_back,
+    run_lock,
+    set_aside,
+    write_errors_as_one_line,
+)
 from arlm.training.trainer import Trainer
 
 CONFIG_OVERRIDES = True
-RUN_MARKERS = ("metrics.jsonl", "checkpoints", "config.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,7 +216,7 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path 
     has its first checkpoint, so an error before that loses nothing."""
     for old in leftovers(run_dir):
         log(f"note: {old} holds an earlier run set aside by an --overwrite that stopped before its first checkpoint")
-    has_run = any((run_dir / m).exists() for m in RUN_MARKERS)
+    has_run = holds_run(run_dir)
     if has_run and not (resuming or overwrite):
         steps = [p.name for p in list_checkpoints(run_dir)]
         last = f" (last checkpoint {steps[-1]})" if steps else ""

@@ -19,7 +19,13 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 LOCK_FILE = "train.lock"
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "config.json")  # what a folder holding a run has
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether the folder holds a run (its metrics, checkpoints or config), which only --overwrite replaces."""
+    return any((run_dir / marker).exists() for marker in RUN_MARKERS)
 
 
 @contextlib.contextmanager
