@@ -23,7 +23,7 @@ from arlm.bench.lookup_replay import by_match, fixed, replay
 from arlm.bench.prompt_sets import chat_ids, load_prompt_set
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
-from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT, AdaptiveGamma
+from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT, AdaptiveGamma, lookup_ngram
 from arlm.interop.loading import DTYPES, load_model
 from arlm.model.inference import optimize_for_decoding
 
@@ -53,10 +53,11 @@ def main() -> None:
         return decode(args.dtype, args.new_tokens, path)
     data = json.loads(path.read_text())
     ms, eos = {int(k): v for k, v in data["forward_ms"].items()}, data["eos"]
-    policies = {f"γ={g}": (fixed(g), 3, False) for g in (2, 3, 4, 8, 16)}
-    policies |= {"γ=4, matches of 2+ tokens": (fixed(4, 2), 3, False)}
-    policies |= {"γ by running acceptance (AdaptiveGamma)": (fixed(MAX_ADAPTIVE_DRAFT), 3, True)}
-    policies |= {"γ by match length (--adaptive-draft)": (by_match, 4, False)}
+    n = GenerationConfig().prompt_lookup_ngram  # the default longest n-gram
+    policies = {f"γ={g}": (fixed(g), n, False) for g in (2, 3, 4, 8, 16)}
+    policies |= {"γ=4, matches of 2+ tokens": (fixed(4, 2), n, False)}
+    policies |= {"γ by running acceptance (AdaptiveGamma)": (fixed(MAX_ADAPTIVE_DRAFT), n, True)}
+    policies |= {"γ by match length (--adaptive-draft)": (by_match, lookup_ngram(n, by_match=True), False)}
     print(f"{args.dtype}; greedy outputs cut at EOS; speed-up over greedy per prompt: median, worst")
     print("| policy | " + " | ".join(data["sets"]) + " |")
     print("|---" * (len(data["sets"]) + 1) + "|")

@@ -6,6 +6,7 @@ import torch
 from arlm.bench.lookup_replay import by_match, fixed, replay
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.generate import generate
+from arlm.decoding.speculative import lookup_ngram
 from arlm.model.transformer import Transformer
 
 UNIT_COST = {k: 1.0 for k in range(1, 18)}
@@ -26,7 +27,8 @@ def test_replay_matches_real_prompt_lookup(seed, gamma, adaptive):
     config = GenerationConfig(strategy="prompt-lookup", num_draft_tokens=gamma, adaptive_draft=adaptive, **settings)
     real = generate(target, [prompt], config)
     assert real.generated()[0] == greedy
-    policy, max_n = (by_match, 4) if adaptive else (fixed(gamma), config.prompt_lookup_ngram)
+    policy = by_match if adaptive else fixed(gamma)
+    max_n = lookup_ngram(config.prompt_lookup_ngram, adaptive)
     run = replay(prompt, greedy, policy, max_n, UNIT_COST)
     assert (run.rounds, run.proposed, run.accepted) == (
         real.stats["target_forwards"],

@@ -133,6 +133,12 @@ def lookup_gamma(matched: int) -> int:
     return min(4 << (matched - LOOKUP_MATCH_MIN), MAX_ADAPTIVE_DRAFT)
 
 
+def lookup_ngram(max_ngram: int, by_match: bool) -> int:
+    """The longest n-gram prompt lookup matches: by_match needs matches long enough to reach `lookup_gamma`'s
+    largest draft (LOOKUP_MATCH_MIN + 2 tokens)."""
+    return max(max_ngram, LOOKUP_MATCH_MIN + 2) if by_match else max_ngram
+
+
 class PromptLookupDrafter:
     """Draft-free: copy what followed the latest earlier occurrence of the context's last n-gram, in the prompt or
     in the text generated so far (an NgramIndex kept up to date, not a scan of the whole context each round).
@@ -140,7 +146,7 @@ class PromptLookupDrafter:
 
     def __init__(self, max_ngram: int, by_match: bool = False) -> None:
         self.by_match = by_match
-        self.index = NgramIndex(max(max_ngram, LOOKUP_MATCH_MIN + 2) if by_match else max_ngram)
+        self.index = NgramIndex(lookup_ngram(max_ngram, by_match))
 
     def propose(
         self, seq: torch.Tensor, gamma: int, config: GenerationConfig, greedy: bool, generator: torch.Generator | None
