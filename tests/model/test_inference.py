@@ -1,9 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.generate import generate
-from arlm.model.inference import ChunkedLinear, optimize_for_decoding
+from arlm.model import inference
+from arlm.model.inference import ChunkedLinear, linear_is_batch_invariant, optimize_for_decoding
 from arlm.model.transformer import Transformer
 
 
@@ -46,10 +48,30 @@ def test_chunked_linear_is_batch_invariant():
 
 def test_batch_invariance_is_the_default_for_16_bit_weights_only():
     """16-bit speculative verification needs it (tests/model/test_attention.py); float32 batch 1 goes faster
-    without it; the server asks for it in every dtype."""
+    without it; the server asks for it in every dtype. A 16-bit Linear whose own kernel is invariant stays."""
     config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=1, n_head=4, d_model=32)
     for dtype, asked, expected in [(torch.float32, None, False), (torch.bfloat16, None, True),
                                    (torch.float16, None, True), (torch.float32, True, True)]:  # fmt: skip
         model = optimize_for_decoding(Transformer(config).eval().to(dtype), chunks=2, batch_invariant=asked)
-        layers = [m for m in model.modules() if isinstance(m, ChunkedLinear)]
-        assert layers and all(m.batch_invariant == expected for m in layers), (dtype, asked)
+        chunked = [m for m in model.modules() if isinstance(m, ChunkedLinear)]
+        kept = [m for m in model.modules() if type(m) is torch.nn.Linear]
+        assert chunked or kept
+        assert all(m.batch_invariant == expected for m in chunked), (dtype, asked)
+        assert all(linear_is_batch_invariant(*m.weight.shape, dtype) for m in kept), (dtype, asked)
+        assert dtype != torch.float32 or not kept
+
+
+def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch):
+    """A kernel whose bits change with the number of rows (from 5 on, as blocked kernels do) fails the probe."""
+    linear_is_batch_invariant.cache_clear()
+    real = F.linear
+    monkeypatch.setattr(inference.F, "linear", lambda x, w: real(x, w) * (1 + 2**-7 * (x.shape[0] >= 5)))
+    assert not linear_is_batch_invariant(48, 16, torch.bfloat16, rows=8)
+    monkeypatch.setattr(inference.F, "linear", real)
+    linear_is_batch_invariant.cache_clear()
+    layer = ChunkedLinear(torch.nn.Linear(16, 48), chunks=2, batch_invariant=True).to(torch.bfloat16)
+    x = torch.randn(8, 16).to(torch.bfloat16)
+    monkeypatch.setattr(inference.F, "linear", lambda x, w: layer(x))  # a padded layout: invariant by construction
+    assert linear_is_batch_invariant(48, 16, torch.bfloat16, rows=8)
+    assert torch.equal(layer(x[:1]), layer(x)[:1])
+    linear_is_batch_invariant.cache_clear()

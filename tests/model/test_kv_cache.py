@@ -6,14 +6,15 @@ from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
 
 
-def _model(flavour: str) -> Transformer:
+def _model(flavour: str, dtype: torch.dtype = torch.float32) -> Transformer:
     torch.manual_seed(0)
     config = ModelConfig(
         flavour=flavour, vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32, n_kv_head=2, init_std=0.3
     )
     if flavour == "gpt2":
         config.n_kv_head = None
-    return optimize_for_decoding(Transformer(config).eval(), chunks=2, batch_invariant=True)  # as the server
+    model = Transformer(config).eval().to(dtype)
+    return optimize_for_decoding(model, chunks=2, batch_invariant=True)  # as the server
 
 
 def _alone(model, prompt: list[int], steps: list[int]) -> list[torch.Tensor]:
@@ -25,11 +26,14 @@ def _alone(model, prompt: list[int], steps: list[int]) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    ("flavour", "dtype"), [("llama", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16)]
+)
 @torch.inference_mode()
-def test_each_row_of_a_slot_step_is_bitwise_the_batch1_step(flavour):
-    """Rows at different positions, in any slot, beside any other rows: the very same logits as alone."""
-    model = _model(flavour)
+def test_each_row_of_a_slot_step_is_bitwise_the_batch1_step(flavour, dtype):
+    """Rows at different positions, in any slot, beside any other rows: the very same logits as alone (16-bit
+    weights too, whose attention runs in float32: widened once for all rows, per row alone)."""
+    model = _model(flavour, dtype)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
     steps = [[20, 21, 22, 23], [30, 31, 32, 33], [40, 41, 42, 43], [50, 51, 52, 53]]
     cache = model.new_slot_cache(6, 40)

@@ -9,7 +9,7 @@ import sys
 from arlm.commands.generate import load_draft
 from arlm.errors import ArlmError
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
-from arlm.model.inference import optimize_for_decoding
+from arlm.model.inference import PROBE_ROWS, optimize_for_decoding
 
 DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shorter
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
     device, dtype = pick_device(args.device, args.dtype), args.dtype
     loaded = load_model(args.model, device=device, dtype=dtype)
-    model = optimize_for_decoding(loaded.model, batch_invariant=True)
+    model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
     draft = load_draft(args.draft, loaded, args.model, device, dtype) if args.draft else None
     context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
     scheduler = Scheduler(

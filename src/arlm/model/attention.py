@@ -72,7 +72,7 @@ class CausalSelfAttention(nn.Module):
             qk = apply_rope(qk, *rope)  # queries and keys rotated together: one set of ops
         q, k = qk.split([nh, nkv], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
         if isinstance(kv_cache, SlotBatch):  # continuous batching: each row at its own position in its own slot
-            y = kv_cache.attend(self.layer, q, k, v, self.attend)
+            y = self.attend_slots(q, k, v, kv_cache)  # (A, nh, 1, hd)
         else:
             if isinstance(start, torch.Tensor):  # compiled decoding: static shapes over the whole cache
                 k, v = kv_cache.write_at(self.layer, start, k, v)  # (B, nkv, max_len, hd) each
@@ -84,6 +84,19 @@ class CausalSelfAttention(nn.Module):
                 y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
         return self.resid_dropout(self.proj(y))
+
+    def attend_slots(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
+        """Queries (A, nh, 1, hd), one per slot of the step, each over its own slot's prefix by the attention call
+        (and inputs) a batch-1 step makes; the cache write and the widening of 16-bit inputs to float32 done once
+        for all rows (a per-row loop of those cost a third of a batch-8 step)."""
+        keys, values, lengths = batch.update(self.layer, k, v)  # (A, nkv, S, hd) each
+        if self._widened(q):
+            q, keys, values = q.float(), keys.float(), values.float()
+        rows = [
+            self.attend(q[i : i + 1], keys[i : i + 1, :, :n], values[i : i + 1, :, :n], None, False)
+            for i, n in enumerate(lengths)
+        ]  # (1, nh, 1, hd) each
+        return torch.cat(rows).to(k.dtype)  # (A, nh, 1, hd)
 
     def attend_stepwise(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
@@ -108,7 +121,7 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """Attention of queries (B, nh, T, hd) over keys/values (B, nkv, S, hd) by the configured backend."""
         dropout = self.dropout if self.training else 0.0
-        if not self.training and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        if self._widened(q):
             # 16-bit attention in float32: softmax and weighted sums keep float32's precision (what every 16-bit
             # figure in docs/perf.md was measured with).
             return self.attend(q.float(), k.float(), v.float(), mask, is_causal).to(q.dtype)
@@ -117,6 +130,10 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, enable_gqa=self.n_kv_head != self.n_head
         )  # (B, nh, T, hd)
+
+    def _widened(self, q: torch.Tensor) -> bool:
+        """Whether attention runs in float32 for these 16-bit CPU inputs (inference only)."""
+        return not self.training and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
 
 
 def naive_attention(

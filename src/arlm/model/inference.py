@@ -14,14 +14,23 @@ speculative verification in 16 bits (k rows verified must give the bits k one-ro
 weights). Leaving it off made float32 one-row steps 1.07-1.38x faster (docs/perf.md), so float32 batch-1 decoding leaves
 it off: there a verification and the steps agree up to float32 rounding, which changes a token only at an exact tie of
 the top two logits (as CPU attention's own 1e-7 differences already do).
+
+16-bit weights first ask the CPU's own kernel: where oneDNN's 16-bit `linear` is batch-invariant already (one row and up
+to PROBE_ROWS rows give every row the same bits, probed once per weight shape at load), the Linear is kept as it is: it
+is invariant for free and faster than the chunked layout, one row or eight (docs/perf.md). Only where the probe fails
+(another CPU, another oneDNN) does a 16-bit Linear take the chunked, padded layout.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verification of up to STEPWISE_QUERIES tokens
 
 
 class ChunkedLinear(nn.Module):
@@ -49,11 +58,25 @@ class ChunkedLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+@functools.cache
+def linear_is_batch_invariant(out_features: int, in_features: int, dtype: torch.dtype, rows: int = PROBE_ROWS) -> bool:
+    """Whether F.linear on this CPU gives each row the same bits alone and among 2..rows rows, for weights of this
+    shape and dtype (kernels pick their blocking by shape, not by value, so random numbers probe it)."""
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.randn(out_features, in_features, generator=g) * 0.05).to(dtype)  # (out, in)
+    x = torch.randn(rows, in_features, generator=g).to(dtype)  # (rows, in)
+    with torch.no_grad():
+        together = F.linear(x, weight)  # (rows, out)
+        prefixes = all(torch.equal(F.linear(x[:m], weight), together[:m]) for m in range(1, rows))
+        return prefixes and all(torch.equal(F.linear(x[i : i + 1], weight), together[i : i + 1]) for i in range(rows))
+
+
 def optimize_for_decoding(
-    model: nn.Module, chunks: int | None = None, batch_invariant: bool | None = None
+    model: nn.Module, chunks: int | None = None, batch_invariant: bool | None = None, rows: int = PROBE_ROWS
 ) -> nn.Module:
     """Re-lay out every Linear of a CPU model for fast small-batch decoding (in place; no-op on GPU);
-    batch_invariant: a row's logits do not depend on the rows beside it (None: for 16-bit weights only)."""
+    batch_invariant: a row's logits do not depend on the rows beside it, in steps of up to `rows` rows (None: for
+    16-bit weights only)."""
     device = next(model.parameters()).device
     if device.type != "cpu":
         return model
@@ -62,6 +85,14 @@ def optimize_for_decoding(
     chunks = chunks or max(torch.get_num_threads(), 1)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):  # every one, so that every one is batch-invariant
-                setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks), batch_invariant))
+            if not isinstance(child, nn.Linear) or _invariant_as_is(child, rows):
+                continue
+            # every other Linear, so that every one is batch-invariant
+            setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks), batch_invariant))
     return model
+
+
+def _invariant_as_is(linear: nn.Linear, rows: int) -> bool:
+    """A 16-bit Linear whose CPU kernel is batch-invariant already up to `rows` rows (module docstring): kept."""
+    dtype = linear.weight.dtype
+    return dtype in (torch.bfloat16, torch.float16) and linear_is_batch_invariant(*linear.weight.shape, dtype, rows)

@@ -3,11 +3,7 @@ the slot cache of continuous batching, where each row (slot) holds one sequence 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-
-AttendFn = Callable[..., torch.Tensor]  # (q, k, v, mask, is_causal) -> attention output, as the model computes it
 
 
 class KVCache:
@@ -124,24 +120,30 @@ class SlotBatch:
     def __init__(self, cache: SlotCache, slots: list[int]) -> None:
         self.cache = cache
         self.slots = list(slots)
-        self.rows = [cache.row(s) for s in self.slots]
-        if any(r.length >= cache.max_len for r in self.rows):
+        self.lengths = [cache.lengths[s] for s in self.slots]  # positions each row held before this step
+        if any(n >= cache.max_len for n in self.lengths):
             raise ValueError(f"a slot is full ({cache.max_len} positions)")
+        device = cache.buffers.k.device
+        self._slots = torch.tensor(self.slots, dtype=torch.long, device=device)  # (A,)
+        self._at = torch.tensor(self.lengths, dtype=torch.long, device=device)  # (A,)
 
     def positions(self, device: torch.device) -> torch.Tensor:
         """(A, 1) position of each row's new token."""
-        return torch.tensor([[r.length] for r in self.rows], dtype=torch.long, device=device)
+        return self._at.to(device)[:, None]
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend: AttendFn) -> torch.Tensor:
-        """q (A, nh, 1, hd), new k, v (A, nkv, 1, hd) -> (A, nh, 1, hd), each row over its own cached prefix."""
-        out = []
-        for i, row in enumerate(self.rows):
-            keys, values = row.update(layer, row.length, k[i : i + 1], v[i : i + 1])  # (1, nkv, S_i, hd) each
-            out.append(attend(q[i : i + 1], keys, values, None, False))  # (1, nh, 1, hd)
-        return torch.cat(out)
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Write each row's new key and value (A, nkv, 1, hd) at its slot's length (one write for all rows);
+        return the rows' keys and values (A, nkv, S, hd), S the longest row's new length, and the length of
+        each row's own prefix (row i attends over keys[i, :, :lengths[i]])."""
+        buf_k, buf_v = self.cache.buffers.k[layer], self.cache.buffers.v[layer]  # (slots, nkv, max_len, hd)
+        buf_k[self._slots, :, self._at] = k[:, :, 0]  # (A, nkv, hd) into each slot at its own position
+        buf_v[self._slots, :, self._at] = v[:, :, 0]
+        S = max(self.lengths) + 1
+        keys = buf_k[:, :, :S].index_select(0, self._slots)  # (A, nkv, S, hd)
+        values = buf_v[:, :, :S].index_select(0, self._slots)  # (A, nkv, S, hd)
+        return keys, values, [n + 1 for n in self.lengths]
 
     def advance(self) -> None:
         """Every row has written its new position (after the last layer)."""
-        for slot, row in zip(self.slots, self.rows):
-            row.length += 1
-            self.cache.sync(slot, row)
+        for slot in self.slots:
+            self.cache.lengths[slot] += 1
