@@ -89,12 +89,12 @@ class CausalSelfAttention(nn.Module):
         """Queries (A, nh, 1, hd), one per slot of the step, each over its own slot's prefix by the attention call
         (and inputs) a batch-1 step makes; the cache write and the widening of 16-bit inputs to float32 done once
         for all rows (a per-row loop of those cost a third of a batch-8 step)."""
-        keys, values, lengths = batch.update(self.layer, k, v)  # (A, nkv, S, hd) each
+        keys, values, spans = batch.update(self.layer, k, v)  # (n, nkv, S, hd) each, the step's slots
         if self._widened(q):
             q, keys, values = q.float(), keys.float(), values.float()
         rows = [
-            self.attend(q[i : i + 1], keys[i : i + 1, :, :n], values[i : i + 1, :, :n], None, False)
-            for i, n in enumerate(lengths)
+            self._kernel(q[i : i + 1], keys[j : j + 1, :, :n], values[j : j + 1, :, :n], None, False)
+            for i, (j, n) in enumerate(spans)
         ]  # (1, nh, 1, hd) each
         return torch.cat(rows).to(k.dtype)  # (A, nh, 1, hd)
 
@@ -120,11 +120,17 @@ class CausalSelfAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
     ) -> torch.Tensor:
         """Attention of queries (B, nh, T, hd) over keys/values (B, nkv, S, hd) by the configured backend."""
-        dropout = self.dropout if self.training else 0.0
         if self._widened(q):
             # 16-bit attention in float32: softmax and weighted sums keep float32's precision (what every 16-bit
             # figure in docs/perf.md was measured with).
-            return self.attend(q.float(), k.float(), v.float(), mask, is_causal).to(q.dtype)
+            return self._kernel(q.float(), k.float(), v.float(), mask, is_causal).to(q.dtype)
+        return self._kernel(q, k, v, mask, is_causal)
+
+    def _kernel(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    ) -> torch.Tensor:
+        """The configured backend on inputs as they are: (B, nh, T, hd) over (B, nkv, S, hd)."""
+        dropout = self.dropout if self.training else 0.0
         if self.backend == "naive":
             return naive_attention(q, k, v, mask, is_causal, dropout)
         return F.scaled_dot_product_attention(
@@ -133,7 +139,7 @@ class CausalSelfAttention(nn.Module):
 
     def _widened(self, q: torch.Tensor) -> bool:
         """Whether attention runs in float32 for these 16-bit CPU inputs (inference only)."""
-        return not self.training and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+        return q.dtype in (torch.bfloat16, torch.float16) and q.is_cpu and not self.training
 
 
 def naive_attention(

@@ -74,9 +74,9 @@ def linear_is_batch_invariant(out_features: int, in_features: int, dtype: torch.
 def optimize_for_decoding(
     model: nn.Module, chunks: int | None = None, batch_invariant: bool | None = None, rows: int = PROBE_ROWS
 ) -> nn.Module:
-    """Re-lay out every Linear of a CPU model for fast small-batch decoding (in place; no-op on GPU);
-    batch_invariant: a row's logits do not depend on the rows beside it, in steps of up to `rows` rows (None: for
-    16-bit weights only)."""
+    """Re-lay out every Linear of a CPU model for fast small-batch decoding, Dropout layers dropped (in place; no-op
+    on GPU); batch_invariant: a row's logits do not depend on the rows beside it, in steps of up to `rows` rows
+    (None: for 16-bit weights only)."""
     device = next(model.parameters()).device
     if device.type != "cpu":
         return model
@@ -85,6 +85,8 @@ def optimize_for_decoding(
     chunks = chunks or max(torch.get_num_threads(), 1)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Dropout):  # inference: no dropout, and no call to find that out per layer
+                setattr(parent, name, nn.Identity())
             if not isinstance(child, nn.Linear) or _invariant_as_is(child, rows):
                 continue
             # every other Linear, so that every one is batch-invariant

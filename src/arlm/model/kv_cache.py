@@ -133,15 +133,14 @@ class SlotBatch:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Write each row's new key and value (A, nkv, 1, hd) at its slot's length (one write for all rows);
-        return the rows' keys and values (A, nkv, S, hd), S the longest row's new length, and the length of
-        each row's own prefix (row i attends over keys[i, :, :lengths[i]])."""
+        return views of the slots' keys and values (n, nkv, S, hd) from the lowest slot of the step to its highest
+        (no copy) and the span each row attends over: row i over keys[j, :, :n] for (j, n) = spans[i]."""
         buf_k, buf_v = self.cache.buffers.k[layer], self.cache.buffers.v[layer]  # (slots, nkv, max_len, hd)
         buf_k[self._slots, :, self._at] = k[:, :, 0]  # (A, nkv, hd) into each slot at its own position
         buf_v[self._slots, :, self._at] = v[:, :, 0]
-        S = max(self.lengths) + 1
-        keys = buf_k[:, :, :S].index_select(0, self._slots)  # (A, nkv, S, hd)
-        values = buf_v[:, :, :S].index_select(0, self._slots)  # (A, nkv, S, hd)
-        return keys, values, [n + 1 for n in self.lengths]
+        low, high, S = min(self.slots), max(self.slots) + 1, max(self.lengths) + 1
+        spans = [(slot - low, n + 1) for slot, n in zip(self.slots, self.lengths)]
+        return buf_k[low:high, :, :S], buf_v[low:high, :, :S], spans  # (high - low, nkv, S, hd) each
 
     def advance(self) -> None:
         """Every row has written its new position (after the last layer)."""
