@@ -136,8 +136,8 @@ class SlotBatch:
         return views of the slots' keys and values (n, nkv, S, hd) from the lowest slot of the step to its highest
         (no copy) and the span each row attends over: row i over keys[j, :, :n] for (j, n) = spans[i]."""
         buf_k, buf_v = self.cache.buffers.k[layer], self.cache.buffers.v[layer]  # (slots, nkv, max_len, hd)
-        buf_k[self._slots, :, self._at] = k[:, :, 0]  # (A, nkv, hd) into each slot at its own position
-        buf_v[self._slots, :, self._at] = v[:, :, 0]
+        buf_k[self._slots, :, self._at] = k[:, :, 0].to(buf_k.dtype)  # (A, nkv, hd), each slot at its position
+        buf_v[self._slots, :, self._at] = v[:, :, 0].to(buf_v.dtype)
         low, high, S = min(self.slots), max(self.slots) + 1, max(self.lengths) + 1
         spans = [(slot - low, n + 1) for slot, n in zip(self.slots, self.lengths)]
         return buf_k[low:high, :, :S], buf_v[low:high, :, :S], spans  # (high - low, nkv, S, hd) each

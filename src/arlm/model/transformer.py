@@ -191,12 +191,15 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))[:, -1]  # (B, V)
 
     def new_slot_cache(self, slots: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> SlotCache:
-        """An empty slot cache for continuous batching: `slots` sequences of up to max_len positions each."""
+        """An empty slot cache for continuous batching: `slots` sequences of up to max_len positions each. A 16-bit
+        model on CPU keeps it in float32, the dtype its attention computes in (widened once when written, not at
+        every step for every slot; the values, and so the bits, are the same)."""
         c, weight = self.config, self.tok_emb.weight
         max_len = max_len or c.block_size
-        return SlotCache(
-            c.n_layer, slots, c.kv_heads, max_len, c.head_dim, dtype=dtype or weight.dtype, device=weight.device
-        )
+        if dtype is None:
+            wide = weight.is_cpu and weight.dtype in (torch.bfloat16, torch.float16)
+            dtype = torch.float32 if wide else weight.dtype
+        return SlotCache(c.n_layer, slots, c.kv_heads, max_len, c.head_dim, dtype=dtype, device=weight.device)
 
     def decode_slots(self, tokens: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
         """Logits (A, V) for one new token per row (A, 1), row i continuing the sequence in slot batch.slots[i] at
