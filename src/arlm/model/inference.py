@@ -23,7 +23,6 @@ is invariant for free and faster than the chunked layout, one row or eight (docs
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -58,17 +57,21 @@ class ChunkedLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-@functools.cache
-def linear_is_batch_invariant(out_features: int, in_features: int, dtype: torch.dtype, rows: int = PROBE_ROWS) -> bool:
+_PROBED: dict[tuple, bool] = {}  # (shape, dtype, device type, rows) -> what the probe found
+
+
+def linear_is_batch_invariant(weight: torch.Tensor, rows: int = PROBE_ROWS) -> bool:
     """Whether F.linear on this CPU gives each row the same bits alone and among 2..rows rows, for weights of this
-    shape and dtype (kernels pick their blocking by shape, not by value, so random numbers probe it)."""
-    g = torch.Generator().manual_seed(0)
-    weight = (torch.randn(out_features, in_features, generator=g) * 0.05).to(dtype)  # (out, in)
-    x = torch.randn(rows, in_features, generator=g).to(dtype)  # (rows, in)
-    with torch.no_grad():
-        together = F.linear(x, weight)  # (rows, out)
-        prefixes = all(torch.equal(F.linear(x[:m], weight), together[:m]) for m in range(1, rows))
-        return prefixes and all(torch.equal(F.linear(x[i : i + 1], weight), together[i : i + 1]) for i in range(rows))
+    one's shape and dtype (probed once per shape: kernels pick their blocking by shape, not by value)."""
+    key = (tuple(weight.shape), weight.dtype, weight.device.type, rows)
+    if key not in _PROBED:
+        x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)  # (rows, in)
+        with torch.no_grad():
+            together = F.linear(x, weight)  # (rows, out)
+            prefixes = all(torch.equal(F.linear(x[:m], weight), together[:m]) for m in range(1, rows))
+            alone = all(torch.equal(F.linear(x[i : i + 1], weight), together[i : i + 1]) for i in range(rows))
+        _PROBED[key] = prefixes and alone
+    return _PROBED[key]
 
 
 def optimize_for_decoding(
@@ -96,5 +99,5 @@ def optimize_for_decoding(
 
 def _invariant_as_is(linear: nn.Linear, rows: int) -> bool:
     """A 16-bit Linear whose CPU kernel is batch-invariant already up to `rows` rows (module docstring): kept."""
-    dtype = linear.weight.dtype
-    return dtype in (torch.bfloat16, torch.float16) and linear_is_batch_invariant(*linear.weight.shape, dtype, rows)
+    sixteen = linear.weight.dtype in (torch.bfloat16, torch.float16)
+    return sixteen and linear_is_batch_invariant(linear.weight.detach(), rows)
