@@ -30,17 +30,24 @@ def int4_from_gguf_only(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def variants(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Module]]:
-    """Row label -> a function building that model (a fresh copy of the float32 reference each time)."""
+def dtype_rows(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Module]]:
+    """The --dtype paths, float32 first: row label -> a function building that model."""
     fresh = lambda: copy.deepcopy(reference)
     return {
         "float32 (GGUF dequantized)": lambda: reference,
         "`--dtype int4` (Q4_1 blocks from the file; Q8_0 head requantized to int8)": lambda: (
             load_model("smollm2", dtype="int4").model
         ),
-        "int4 from the file's Q4_1 blocks, Q8_0 head kept float32": lambda: int4_from_gguf_only(fresh()),
         "`--dtype int8` (per channel, head too)": lambda: to_dtype(fresh(), "int8"),
         "`--dtype bfloat16`": lambda: to_dtype(fresh(), "bfloat16"),
+    }
+
+
+def choice_rows(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Module]]:
+    """The choices behind the --dtype paths (head kept or quantized, requantized int4, group size)."""
+    fresh = lambda: copy.deepcopy(reference)
+    return {
+        "int4 from the file's Q4_1 blocks, Q8_0 head kept float32": lambda: int4_from_gguf_only(fresh()),
         "int4 g32 requantized from float32, head int8 (`--dtype int4` of a checkpoint)": lambda: quantize_model(
             fresh(), "int4", 32
         ),
@@ -66,9 +73,8 @@ def main() -> None:
           f"windows of {args.context} moved by {args.stride}; torch {torch.__version__}")  # fmt: skip
     print("| model | loss | perplexity | vs float32 |\n|---|---|---|---|", flush=True)
     base = None
-    for label, build in variants(loaded.model).items():
-        if args.dtype_rows and not label.startswith(("float32", "`--dtype")):
-            continue
+    rows = dtype_rows(loaded.model) | ({} if args.dtype_rows else choice_rows(loaded.model))
+    for label, build in rows.items():
         result = sliding_window(build().eval(), ids, context=args.context, stride=args.stride)
         base = base or result.perplexity
         change = f"{result.perplexity / base - 1:+.2%}"
