@@ -138,8 +138,13 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hd)
 
     def _widened(self, q: torch.Tensor) -> bool:
-        """Whether attention runs in float32 for these 16-bit CPU inputs (inference only)."""
-        return q.dtype in (torch.bfloat16, torch.float16) and q.is_cpu and not self.training
+        """Whether attention runs in float32 for these inputs (inference only)."""
+        return not self.training and attends_in_float32(q)
+
+
+def attends_in_float32(t: torch.Tensor) -> bool:
+    """Whether inference attention over tensors of t's dtype and device computes in float32: 16-bit on CPU."""
+    return t.dtype in (torch.bfloat16, torch.float16) and t.is_cpu
 
 
 def naive_attention(

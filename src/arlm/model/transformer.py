@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import ModelConfig
-from arlm.model.attention import CausalSelfAttention, Rotary
+from arlm.model.attention import CausalSelfAttention, Rotary, attends_in_float32
 from arlm.model.kv_cache import KVCache, SlotBatch, SlotCache
 
 
@@ -197,8 +197,7 @@ class Transformer(nn.Module):
         c, weight = self.config, self.tok_emb.weight
         max_len = max_len or c.block_size
         if dtype is None:
-            wide = weight.is_cpu and weight.dtype in (torch.bfloat16, torch.float16)
-            dtype = torch.float32 if wide else weight.dtype
+            dtype = torch.float32 if attends_in_float32(weight) else weight.dtype
         return SlotCache(c.n_layer, slots, c.kv_heads, max_len, c.head_dim, dtype=dtype, device=weight.device)
 
     def decode_slots(self, tokens: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
