@@ -4,9 +4,15 @@ import torch.nn.functional as F
 
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.generate import generate
-from arlm.model import inference
-from arlm.model.inference import ChunkedLinear, linear_is_batch_invariant, optimize_for_decoding
-from arlm.model.transformer import Transformer
+from arlm.model import inference, native
+from arlm.model.inference import (
+    ChunkedLinear,
+    NativeLinear,
+    NativeRMSNorm,
+    linear_is_batch_invariant,
+    optimize_for_decoding,
+)
+from arlm.model.transformer import RMSNorm, Transformer
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -48,14 +54,17 @@ def test_chunked_linear_is_batch_invariant():
 
 def test_batch_invariance_is_the_default_for_16_bit_weights_only():
     """16-bit speculative verification needs it (tests/model/test_attention.py); float32 batch 1 goes faster
-    without it; the server asks for it in every dtype. A 16-bit Linear whose own kernel is invariant stays."""
+    without it; the server asks for it in every dtype. A 16-bit Linear whose own kernel is invariant stays; a bfloat16
+    one takes arlm's kernel where the CPU has it."""
     config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=1, n_head=4, d_model=32)
     for dtype, asked, expected in [(torch.float32, None, False), (torch.bfloat16, None, True),
                                    (torch.float16, None, True), (torch.float32, True, True)]:  # fmt: skip
         model = optimize_for_decoding(Transformer(config).eval().to(dtype), chunks=2, batch_invariant=asked)
         chunked = [m for m in model.modules() if isinstance(m, ChunkedLinear)]
         kept = [m for m in model.modules() if type(m) is torch.nn.Linear]
-        assert chunked or kept
+        ours = [m for m in model.modules() if isinstance(m, NativeLinear)]
+        assert chunked or kept or ours
+        assert bool(ours) == (dtype == torch.bfloat16 and native.bf16_available()), dtype
         assert all(m.batch_invariant == expected for m in chunked), (dtype, asked)
         assert all(linear_is_batch_invariant(m.weight.detach()) for m in kept), (dtype, asked)
         assert dtype != torch.float32 or not kept
@@ -73,3 +82,53 @@ def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch)
     layer = ChunkedLinear(torch.nn.Linear(16, 48), chunks=2, batch_invariant=True).to(torch.bfloat16)
     monkeypatch.setattr(inference.F, "linear", lambda x, w: layer(x))
     assert linear_is_batch_invariant(weight, rows=8)
+
+
+@pytest.mark.skipif(not native.bf16_available(), reason="arlm's bfloat16 kernel needs AMX (model/native.py)")
+@pytest.mark.parametrize("bias", [False, True])
+def test_native_linear_is_a_bfloat16_matmul_and_batch_invariant(bias):
+    """Each output is the exact product of the bfloat16 row and weight rounded once to bfloat16, up to float32
+    summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 16 and a rest)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 64, bias=bias).to(torch.bfloat16)
+    layer = NativeLinear(linear)
+    assert torch.equal(native.bf16_weight(layer.tiles), linear.weight)
+    x = torch.randn(37, 96).to(torch.bfloat16)  # (M, in)
+    y = layer(x)  # (M, out)
+    exact = x.double() @ linear.weight.double().t()  # (M, out)
+    product = y.double() - (linear.bias.double() if bias else 0)
+    assert y.dtype == torch.bfloat16 and y.shape == (37, 64)
+    assert ((product - exact).abs() <= exact.abs() * 2**-7 + 2e-2).all()
+    for rows in (1, 2, 3, 5, 8, 15, 16, 17, 32):
+        assert torch.equal(layer(x[:rows]), y[:rows]), rows
+    assert torch.equal(layer(x[20:21]), y[20:21]) and torch.equal(layer(x.flip(0)).flip(0), y)
+    assert torch.equal(layer(x.reshape(1, 37, 96)), y.reshape(1, 37, 64))
+    assert not NativeLinear.fits(torch.nn.Linear(96, 50).to(torch.bfloat16))
+    assert not NativeLinear.fits(torch.nn.Linear(96, 64))
+
+
+@pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_rms_norm_equals_the_module_and_is_batch_invariant(dtype):
+    """Within float32 summation order of the module's own result (bfloat16: at most one bfloat16 step where a value
+    sits on a rounding boundary); a row's bits do not depend on the other rows; gradients go to the module."""
+    torch.manual_seed(0)
+    norm = RMSNorm(72, 1e-5)  # 72: not a multiple of the kernel's 16 lanes
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(72))
+    norm = norm.to(dtype)
+    ours = NativeRMSNorm(norm)
+    x = (torch.randn(2, 9, 72) * 3).to(dtype)  # (B, T, C)
+    with torch.no_grad():
+        y, expected = ours(x), norm(x)
+        assert y.dtype == dtype and y.shape == x.shape
+        tolerance = 1e-6 if dtype == torch.float32 else 2**-7
+        assert ((y.float() - expected.float()).abs() <= expected.float().abs() * tolerance + 1e-6).all()
+        if dtype == torch.bfloat16:
+            assert (y == expected).float().mean() > 0.99
+        rows = x.reshape(18, 72)
+        assert all(torch.equal(ours(rows[i : i + 1]), ours(rows)[i : i + 1]) for i in range(18))
+    leaf = x.float().requires_grad_() if dtype == torch.float32 else None
+    if leaf is not None:
+        ours(leaf).sum().backward()
+        assert leaf.grad is not None

@@ -1,7 +1,8 @@
-"""Weight-only quantized layers: each equals a float matmul by the weight it dequantizes to (with its input and
-output rounded to the kernels' dtype, bfloat16 on CPUs with native bfloat16), is batch-invariant
-(a row's bits do not depend on the rows beside it, one row included), and a quantized model stays close to the
-float one. The decoding strategies on quantized models are tested in tests/decoding/test_quant_decoding.py."""
+"""Weight-only quantized layers, on arlm's own kernels and on PyTorch's: each equals a float matmul by the weight it
+dequantizes to (with PyTorch's, its input and output rounded to bfloat16 on CPUs with native bfloat16), is
+batch-invariant (a row's bits do not depend on the rows beside it, one row included), and a quantized model stays
+close to the float one. The decoding strategies on quantized models are tested in
+tests/decoding/test_quant_decoding.py."""
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from torch import nn
 
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
-from arlm.model.quant import Int4Linear, Int8Linear, compute_dtype, is_quantized, quantize_model
+from arlm.model import native
+from arlm.model.quant import Int4Linear, Int8Linear, is_quantized, kernel_dtype, quantize_model
 from arlm.model.transformer import Transformer
 
 
@@ -23,14 +25,26 @@ def _layers(linear):
             "int4-64": Int4Linear.from_float(linear, 64)}  # fmt: skip
 
 
-HALF_ULP = torch.finfo(compute_dtype()).eps / 2  # the relative rounding of one value to the kernels' dtype
+@pytest.fixture(params=["native", "pytorch"])
+def kernels(request, monkeypatch):
+    """Layers built in the test run on arlm's own kernels or on PyTorch's."""
+    if request.param == "native" and native.library() is None:
+        pytest.skip("arlm's kernels cannot be built on this machine (model/native.py)")
+    monkeypatch.setenv("ARLM_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
+def _half_ulp():
+    """The relative rounding of one value to the dtype the kernels of a layer built now read."""
+    return torch.finfo(kernel_dtype()).eps / 2
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias):
+def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias, kernels):
     linear = _linear(bias=bias)
     x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(1))  # (B, T, in)
-    rows = x.to(compute_dtype()).double()  # what the kernels read
+    rows = x.to(kernel_dtype()).double()  # what the kernels read
+    HALF_ULP = _half_ulp()
     for name, layer in _layers(linear).items():
         weight = layer.dequantized()  # (out, in)
         product = torch.nn.functional.linear(rows, weight.double())  # (B, T, out), before the output's rounding
@@ -41,8 +55,9 @@ def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias):
         assert ((y.double() - expected).abs() <= bound).all(), name
 
 
-def test_quantization_error_is_that_of_the_format():
+def test_quantization_error_is_that_of_the_format(kernels):
     """Half a step, plus what rounding the scales and zeros to the kernels' dtype moves the levels by."""
+    HALF_ULP = _half_ulp()
     linear = _linear()
     w = linear.weight.detach()
     per_channel = w.abs().amax(dim=1, keepdim=True)
@@ -56,27 +71,34 @@ def test_quantization_error_is_that_of_the_format():
     assert ((int4 - groups).abs() <= (step / 2 + slack)[..., None] + 1e-6).all()
 
 
-def test_int4_from_codes_follows_the_q4_1_convention():
-    """w = d * q + m (GGUF Q4_1) is the kernel's (q - 8) * scale + zero with scale d and zero m + 8d (each read in
-    the kernels' dtype)."""
+def test_int4_from_codes_follows_the_q4_1_convention(kernels):
+    """w = d * q + m (GGUF Q4_1): scale d and low m, held exactly by arlm's kernels; PyTorch's read (q - 8) * scale
+    + zero with the scale d and the zero m + 8d each rounded to their dtype."""
     g = torch.Generator().manual_seed(2)
     codes = torch.randint(0, 16, (64, 96), generator=g)  # (out, in)
-    d = torch.rand(64, 3, generator=g) * 0.01 + 1e-3  # (out, in/32)
-    m = -torch.rand(64, 3, generator=g) * 0.1
-    layer = Int4Linear.from_codes(codes, d, m + 8 * d, 32)
-    scale, zero = (v.to(compute_dtype()).float().repeat_interleave(32, 1) for v in (d, m + 8 * d))
-    torch.testing.assert_close(layer.dequantized(), (codes - 8) * scale + zero, rtol=1e-6, atol=1e-7)
+    d = (torch.rand(64, 3, generator=g) * 0.01 + 1e-3).half().float()  # (out, in/32), float16 as in a file
+    m = (-torch.rand(64, 3, generator=g) * 0.1).half().float()
+    layer = Int4Linear.from_codes(codes, d, m, 32)
+    scale, low = (v.repeat_interleave(32, 1) for v in layer.levels())
+    torch.testing.assert_close(layer.dequantized(), codes * scale + low, rtol=1e-6, atol=1e-7)
     exact = d.repeat_interleave(32, 1) * codes + m.repeat_interleave(32, 1)  # the file's own values
-    moved = (8 * d + (m + 8 * d).abs()).repeat_interleave(32, 1) * HALF_ULP  # |q - 8| <= 8 steps of the scale
+    if kernels == "native":
+        assert torch.equal(layer.dequantized(), exact)
+    moved = (8 * d + (m + 8 * d).abs()).repeat_interleave(32, 1) * _half_ulp()  # |q - 8| <= 8 steps of the scale
     assert ((layer.dequantized() - exact).abs() <= moved * 1.01 + 1e-7).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_layers_are_batch_invariant(dtype):
-    """Row i of a product over M rows has the same bits for every M (1 included) and at every place."""
+def test_layers_are_batch_invariant(dtype, kernels):
+    """Row i of a product over M rows has the same bits for every M (1 included) and at every place; for arlm's
+    kernels also where the inputs are not a multiple of their 16 lanes nor the outputs of their tile (int8; PyTorch's
+    `_weight_int8pack_mm` crashes on that shape)."""
     layers = _layers(_linear(out_features=192, in_features=256))
-    x = torch.randn(24, 256, generator=torch.Generator().manual_seed(3)).to(dtype)  # (M, in)
+    if kernels == "native":
+        layers["int8-ragged"] = Int8Linear.from_float(_linear(out_features=94, in_features=264))
+    inputs = torch.randn(24, 264, generator=torch.Generator().manual_seed(3)).to(dtype)  # (M, 264)
     for name, layer in layers.items():
+        x = inputs[:, : layer.in_features].contiguous()  # (M, in)
         full = layer(x)  # (24, out)
         for rows in (1, 2, 3, 5, 8, 17):
             assert torch.equal(layer(x[:rows]), full[:rows]), (name, rows)

@@ -2,11 +2,10 @@
 the file's codes and block scales, with no dequantize-requantize round trip.
 
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
-nibbles): w = d * q + m = (q - 8) * d + (m + 8d), the int4 kernel's convention with scale d and zero m + 8d.
-Q4_0 holds d alone: w = d * (q - 8), scale d and zero 0. Tensors of other types (SmolLM2's tied Q8_0 head,
-K-quants) are dequantized by the file reader; `--dtype int4` then quantizes them to int8 per output channel
-(interop/loading.py), the one place where the model read differs from the file beyond the kernels' bfloat16
-rounding of scales and inputs (model/quant.py)."""
+nibbles): w = d * q + m, `Int4Linear`'s convention with scale d and low m. Q4_0 holds d alone: w = d * (q - 8), scale d
+and low -8d. Tensors of other types (SmolLM2's tied Q8_0 head, K-quants) are dequantized by the file reader;
+`--dtype int4` then quantizes them to int8 per output channel (interop/loading.py), the one place where the model read
+differs from the file (with PyTorch's kernels, also their bfloat16 rounding of scales and inputs: model/quant.py)."""
 
 from __future__ import annotations
 
@@ -22,16 +21,15 @@ Q4_TYPES = ("Q4_0", "Q4_1")
 
 
 def q4_blocks(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 tensor's raw bytes -> codes (rows, cols) in 0..15, scales and zeros (rows, cols / 32)."""
+    """A Q4_0 / Q4_1 tensor's raw bytes -> codes (rows, cols) in 0..15, scales and lows (rows, cols / 32)."""
     rows, cols = shape
     header = 4 if type_name == "Q4_1" else 2  # d (and m) as float16
     blocks = np.ascontiguousarray(raw).reshape(rows, cols // BLOCK, header + BLOCK // 2)  # (rows, blocks, bytes)
     d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, blocks)
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if header == 4 else np.zeros_like(d)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if header == 4 else -8 * d
     packed = blocks[..., header:]  # (rows, blocks, 16)
     codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1)  # (rows, blocks, 32): low nibbles first
-    scales, zeros = torch.from_numpy(d), torch.from_numpy(m + 8 * d if header == 4 else m)
-    return torch.from_numpy(codes.reshape(rows, cols).astype(np.uint8)), scales, zeros
+    return torch.from_numpy(codes.reshape(rows, cols).astype(np.uint8)), torch.from_numpy(d), torch.from_numpy(m)
 
 
 def int4_from_gguf(model: Transformer, ref: str) -> list[str]:
@@ -45,9 +43,9 @@ def int4_from_gguf(model: Transformer, ref: str) -> list[str]:
             continue
         blocks = [q4_blocks(t.data, t.tensor_type.name, shape) for t, (_, shape, _) in zip(tensors, parts)]
         heads = [h for *_, h in parts]
-        codes, scales, zeros = (stack_rows([b[i] for b in blocks], heads) for i in range(3))
+        codes, scales, lows = (stack_rows([b[i] for b in blocks], heads) for i in range(3))
         path = ours.removesuffix(".weight")
         parent, name = path.rsplit(".", 1)
-        setattr(model.get_submodule(parent), name, Int4Linear.from_codes(codes, scales, zeros, BLOCK))
+        setattr(model.get_submodule(parent), name, Int4Linear.from_codes(codes, scales, lows, BLOCK))
         replaced.append(path)
     return replaced

@@ -15,10 +15,14 @@ weights). Leaving it off made float32 one-row steps 1.07-1.38x faster (docs/perf
 it off: there a verification and the steps agree up to float32 rounding, which changes a token only at an exact tie of
 the top two logits (as CPU attention's own 1e-7 differences already do).
 
-16-bit weights first ask the CPU's own kernel: where oneDNN's 16-bit `linear` is batch-invariant already (one row and up
-to PROBE_ROWS rows give every row the same bits, probed once per weight shape at load), the Linear is kept as it is: it
-is invariant for free and faster than the chunked layout, one row or eight (docs/perf.md). Only where the probe fails
-(another CPU, another oneDNN) does a 16-bit Linear take the chunked, padded layout.
+bfloat16 weights take arlm's own kernel where the CPU has AMX (`NativeLinear`, model/native.py): it reads the weight at
+the memory's speed, costs about the same for 1 to 16 rows, and is batch-invariant by construction at every number of
+rows; about twice as fast as oneDNN's `linear` for 1-16 rows here (docs/perf.md). Otherwise 16-bit weights ask the
+CPU's own kernel: where
+oneDNN's 16-bit `linear` is batch-invariant already (one row and up to PROBE_ROWS rows give every row the same bits,
+probed once per weight shape at load), the Linear is kept as it is: it is invariant for free and faster than the chunked
+layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another oneDNN) does a 16-bit Linear
+take the chunked, padded layout.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arlm.model import native
+from arlm.model.transformer import RMSNorm
+
+NATIVE_NORM_DTYPES = (torch.float32, torch.bfloat16)
 PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verification of up to STEPWISE_QUERIES tokens
 
 
@@ -55,6 +63,45 @@ class ChunkedLinear(nn.Module):
             y = y[:, :1]
         y = y.permute(1, 0, 2).reshape(*x.shape[:-1], self.out_features)  # (..., out)
         return y if self.bias is None else y + self.bias
+
+
+class NativeLinear(nn.Module):
+    """y = x W^T + b for a bfloat16 W (both sizes multiples of 32) on arlm's AMX kernel, batch-invariant."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.out_features, self.in_features = linear.weight.shape
+        self.register_buffer("tiles", native.bf16_tiles(linear.weight.detach()))  # (out/16, in/32, 16, 16, 2)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        """Whether a Linear can take this layout: bfloat16 on the CPU, sizes multiples of 32, the kernel built."""
+        sizes = all(size % 32 == 0 for size in linear.weight.shape)
+        return linear.weight.dtype == torch.bfloat16 and sizes and native.bf16_available()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out)"""
+        rows = x.reshape(-1, self.in_features).contiguous()  # (M, in)
+        y = native.bf16_mm(rows, self.tiles).reshape(*x.shape[:-1], self.out_features)  # (..., out)
+        return y if self.bias is None else y + self.bias
+
+
+class NativeRMSNorm(nn.Module):
+    """An RMSNorm on arlm's kernel (one call, not PyTorch's seven ops a row) for rows of its weight's dtype (float32
+    or bfloat16) outside autograd; other rows go to the module it replaces."""
+
+    def __init__(self, norm: RMSNorm) -> None:
+        super().__init__()
+        self.norm, self.eps, self.dtype = norm, norm.eps, norm.weight.dtype
+        self.vector = norm.weight.detach()  # (C,) a plain attribute, read with no module lookup: this runs 61x a token
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C)"""
+        if x.dtype != self.dtype or x.requires_grad:
+            return self.norm(x)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # (M, C)
+        return native.rms_norm(rows, self.vector, self.eps).reshape(x.shape)
 
 
 _PROBED: dict[tuple, bool] = {}  # (shape, dtype, device type, rows) -> what the probe found
@@ -90,7 +137,14 @@ def optimize_for_decoding(
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Dropout):  # inference: no dropout, and no call to find that out per layer
                 setattr(parent, name, nn.Identity())
-            if not isinstance(child, nn.Linear) or _invariant_as_is(child, rows):
+            if isinstance(child, RMSNorm) and child.weight.dtype in NATIVE_NORM_DTYPES and native.available():
+                setattr(parent, name, NativeRMSNorm(child))
+            if not isinstance(child, nn.Linear):
+                continue
+            if NativeLinear.fits(child):
+                setattr(parent, name, NativeLinear(child))
+                continue
+            if _invariant_as_is(child, rows):
                 continue
             # every other Linear, so that every one is batch-invariant
             setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks), batch_invariant))

@@ -1,20 +1,25 @@
-"""Weight-only quantized linear layers on the kernels PyTorch ships for the CPU.
+"""Weight-only quantized linear layers for the CPU.
 
-- `Int8Linear`: int8 weights with one float scale per output channel, `torch._weight_int8pack_mm`.
-- `Int4Linear`: 4-bit codes q in 0..15 per group of 32 or 64 inputs with a scale and a zero per group, the
-  weight being (q - 8) * scale + zero, `torch._weight_int4pack_mm_for_cpu` on the packing of
-  `torch._convert_weight_to_int4pack_for_cpu`. GGUF's Q4_1 blocks (d * q + m) are that convention with
-  scale d and zero m + 8d, Q4_0's (d * (q - 8)) with zero 0, so `Int4Linear.from_codes` builds a layer from a
-  file's blocks without dequantizing and requantizing them (interop/gguf.py).
+- `Int8Linear`: int8 weights with one float scale per output channel.
+- `Int4Linear`: 4-bit codes q in 0..15 per group of 32 or 64 inputs, with a scale and a low per group: the weight is
+  q * scale + low, GGUF's Q4_1 convention (d * q + m); Q4_0's d * (q - 8) is scale d and low -8d. So
+  `Int4Linear.from_codes` builds a layer from a file's blocks without dequantizing and requantizing them
+  (interop/gguf_quant.py).
 
-The kernels read their inputs, scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16 or
-AMX): there they are 20-35x faster than with float32 inputs (docs/perf.md, "Decoding against llama.cpp, per precision"),
-so a layer rounds its input rows and its scales and zeros to bfloat16, and its output comes back in bfloat16 precision,
-returned in the input's dtype (the residual stream, norms and attention stay in the model's float dtype). Elsewhere
-everything stays float32 (`compute_dtype`). `dequantized()` is the weight the kernel multiplies by, those roundings
-included. Both kernels are batch-invariant here: a row's output bits do not depend on the other rows or on how many
-there are, one row included (tests/model/test_quant.py checks it), so no ChunkedLinear-style padding is needed for
-continuous batching. The kernels run on the CPU only. The result is for inference: its state dict is not a checkpoint's.
+Two kernel sets, chosen when a layer is built:
+- arlm's own (model/native.py, where this CPU and compiler can build them): float32 rows, float32 scales and lows (a
+  GGUF file's float16 ones held exactly), float32 output; batch-invariant by construction; about as fast as PyTorch's
+  at one row and faster at several (docs/perf.md, "arlm's own kernels").
+- PyTorch's (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`), elsewhere. They read their inputs,
+  scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX), 20-35x faster there
+  than with float32 inputs, so a layer then rounds its input rows and its scales and zeros to bfloat16
+  (`compute_dtype`) and its output comes back in bfloat16 precision. They too are batch-invariant on the CPUs tested
+  (tests/model/test_quant.py).
+
+`kernel_dtype()` is the dtype a layer built now reads its inputs and levels in; `dequantized()` is the weight the kernel
+multiplies by, every rounding included. Either way a layer returns its output in the input's dtype (the residual stream,
+norms and attention stay in the model's float dtype), runs on the CPU only, and is for inference: its state dict is not
+a checkpoint's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from arlm.errors import ArlmError
+from arlm.model import native
 
 QUANT_KINDS = ("int8", "int4")
 GROUP_SIZES = (32, 64)
@@ -32,13 +38,18 @@ GROUP_SIZES = (32, 64)
 
 @functools.cache
 def compute_dtype() -> torch.dtype:
-    """The dtype the weight-only kernels read: bfloat16 where oneDNN has a native bfloat16 path, else float32."""
+    """The dtype PyTorch's weight-only kernels read: bfloat16 where oneDNN has a native bfloat16 path, else float32."""
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
+def kernel_dtype() -> torch.dtype:
+    """The dtype the kernels of a layer built now read rows, scales and lows in: float32 for arlm's own."""
+    return torch.float32 if native.available() else compute_dtype()
+
+
 def _rounded(values: torch.Tensor) -> torch.Tensor:
-    """Float32 values rounded to what the kernels read (`compute_dtype`), kept in float32."""
-    return values.float().to(compute_dtype()).float()
+    """Float32 values rounded to what the kernels read (`kernel_dtype`), kept in float32."""
+    return values.float().to(kernel_dtype()).float()
 
 
 class Int8Linear(nn.Module):
@@ -47,8 +58,9 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        self.native = native.available()
         self.register_buffer("weight", weight.to(torch.int8).contiguous())  # (out, in)
-        self.register_buffer("scales", scales.to(compute_dtype()).contiguous())  # (out,)
+        self.register_buffer("scales", scales.to(kernel_dtype()).contiguous())  # (out,)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
@@ -66,19 +78,22 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
         rows = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, in)
-        y = torch._weight_int8pack_mm(rows, self.weight, self.scales)  # (M, out)
+        if self.native:
+            y = native.int8_mm(rows.contiguous(), self.weight, self.scales)  # (M, out)
+        else:
+            y = torch._weight_int8pack_mm(rows, self.weight, self.scales)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class Int4Linear(nn.Module):
-    """y = x W^T + b with W[n, k] = (q[n, k] - 8) * scale[n, g] + zero[n, g], g = k // group_size."""
+    """y = x W^T + b with W[n, k] = q[n, k] * scale[n, g] + low[n, g], g = k // group_size."""
 
     def __init__(
         self,
         codes: torch.Tensor,
         scales: torch.Tensor,
-        zeros: torch.Tensor,
+        lows: torch.Tensor,
         group_size: int,
         bias: torch.Tensor | None = None,
     ) -> None:
@@ -86,18 +101,25 @@ class Int4Linear(nn.Module):
         out_features, in_features = codes.shape
         check_int4_shape(out_features, in_features, group_size)
         self.out_features, self.in_features, self.group_size = out_features, in_features, group_size
-        packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)  # (out, in/2)
-        self.register_buffer("packed", packed)
-        pairs = torch.stack([scales, zeros], dim=-1).to(compute_dtype())  # (out, in/G, 2)
-        self.register_buffer("scales_and_zeros", pairs.transpose(0, 1).contiguous())  # (in/G, out, 2)
+        self.native = native.available()
+        scales, lows = _levels(scales, lows)
+        if self.native:
+            self.register_buffer("packed", native.pack_int4(codes))  # (out, in/2)
+            self.register_buffer("scales", scales.contiguous())  # (out, in/G)
+            self.register_buffer("lows", lows.contiguous())  # (out, in/G)
+        else:  # PyTorch's kernel reads (q - 8) * scale + zero
+            packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)  # (out, in/2)
+            self.register_buffer("packed", packed)
+            pairs = torch.stack([scales, lows + 8 * scales], dim=-1).to(compute_dtype())  # (out, in/G, 2)
+            self.register_buffer("scales_and_zeros", pairs.transpose(0, 1).contiguous())  # (in/G, out, 2)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
     def from_codes(
-        cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bias=None
+        cls, codes: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, group_size: int, bias=None
     ) -> Int4Linear:
-        """A layer from 4-bit codes (out, in) in 0..15 and per-group scales and zeros (out, in / group_size)."""
-        return cls(codes, scales, zeros, group_size, bias)
+        """A layer from 4-bit codes (out, in) in 0..15 and per-group scales and lows (out, in / group_size)."""
+        return cls(codes, scales, lows, group_size, bias)
 
     @classmethod
     def from_float(cls, linear: nn.Module, group_size: int = 32) -> Int4Linear:
@@ -107,28 +129,50 @@ class Int4Linear(nn.Module):
         check_int4_shape(out_features, in_features, group_size)
         groups = weight.reshape(out_features, in_features // group_size, group_size)  # (out, in/G, G)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (out, in/G)
-        scales = _rounded(((high - low) / 15).clamp(min=torch.finfo(torch.bfloat16).tiny))
-        zeros = _rounded(low + 8 * scales)  # the levels are (q - 8) * scale + zero, as the kernel reads them
-        codes = torch.round((groups - (zeros - 8 * scales)[..., None]) / scales[..., None]).clamp(0, 15)
-        return cls(codes.reshape(out_features, in_features), scales, zeros, group_size, linear.bias)
+        scales, lows = _levels(((high - low) / 15).clamp(min=torch.finfo(torch.bfloat16).tiny), low)
+        codes = torch.round((groups - lows[..., None]) / scales[..., None]).clamp(0, 15)
+        return cls(codes.reshape(out_features, in_features), scales, lows, group_size, linear.bias)
+
+    def levels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scales and lows (out, in / group_size) as the kernel reads them, in float32."""
+        if self.native:
+            return self.scales, self.lows
+        scales, zeros = self.scales_and_zeros.float().permute(2, 1, 0)  # (out, in/G) each
+        return scales, zeros - 8 * scales
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight the layer multiplies by: (out, in), computed by the kernel's float32 path on the
-        identity (exact: the scales and zeros it reads are float32 copies of the rounded ones)."""
+        identity (exact: each output is one weight times 1)."""
         eye = torch.eye(self.in_features)  # (in, in)
+        if self.native:
+            return native.int4_mm(eye, self.packed, self.scales, self.lows, self.group_size).t()
         pairs = self.scales_and_zeros.float()
         return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, pairs).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
-        rows = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)  # (M, in)
-        y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)  # (M, out)
+        if self.native:
+            rows = x.reshape(-1, self.in_features).float().contiguous()  # (M, in)
+            y = native.int4_mm(rows, self.packed, self.scales, self.lows, self.group_size)  # (M, out)
+        else:
+            rows = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
+            y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
+def _levels(scales: torch.Tensor, lows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and lows moved to what the kernel of a layer built now reads, in float32: as they are for arlm's own;
+    for PyTorch's, the scale and the zero (low + 8 * scale) each rounded to `compute_dtype`."""
+    scales, lows = scales.float(), lows.float()
+    if native.available():
+        return scales, lows
+    rounded = _rounded(scales)
+    return rounded, _rounded(lows + 8 * scales) - 8 * rounded  # the zero from the exact scale: |q - 8| <= 8 steps
+
+
 def check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:
-    """Refuse a shape the int4 kernel cannot hold (group size 32 or 64 dividing the inputs, outputs by 16)."""
+    """Refuse a shape the int4 kernels cannot hold (group size 32 or 64 dividing the inputs, outputs by 16)."""
     if group_size not in GROUP_SIZES:
         raise ArlmError(f"int4 group size {group_size} is not supported; use one of {GROUP_SIZES}")
     if in_features % group_size or out_features % 16:

@@ -1,0 +1,164 @@
+"""arlm's own CPU kernels for small-batch matrix products (kernels.c), built on first use.
+
+Decoding multiplies 1-32 rows by every weight matrix: a product bound by reading the weights. PyTorch's kernels for that
+shape read them slowly (oneDNN's one-row bfloat16 `linear`: ~7 GB/s here) or cost 2-4x their one-row time at 5-8 rows
+(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, which are also fast only with bfloat16 inputs, which they round
+to). Ours stream each weight once per call for every row, keep int8 / int4 layers' rows in float32, and are
+batch-invariant by construction (the C file says how). docs/perf.md has the side-by-side figures.
+
+The C file is compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
+`$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second;
+the digest covers the source, the compiler and the CPU's flags, so a changed file or machine builds afresh. It needs
+x86-64 with AVX-512 (F and BW; the bfloat16 product also AMX-BF16, and Linux's leave to use it) and a compiler with
+OpenMP: where either is missing, or with ARLM_NATIVE=0, `available()` (`bf16_available()`) is False and the layers use
+PyTorch's kernels (model/quant.py, model/inference.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+NEEDED_FLAGS = ("avx512f", "avx512bw")
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+
+
+def available() -> bool:
+    """Whether the quantized layers built now use arlm's kernels (ARLM_NATIVE=0 turns them off)."""
+    return os.environ.get("ARLM_NATIVE", "1") != "0" and library() is not None
+
+
+def bf16_available() -> bool:
+    """Whether the bfloat16 decoding layers built now use arlm's kernel (it needs AMX)."""
+    return available() and getattr(library(), "amx", False)
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux), empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def _compiler() -> tuple[str, str] | None:
+    """The C compiler and its version line, or None where there is none."""
+    cc = os.environ.get("CC", "cc")
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (cc, done.stdout.splitlines()[0]) if done.returncode == 0 and done.stdout else None
+
+
+def _build(cc: str, version: str, flags: set[str]) -> Path | None:
+    """The compiled library in the cache (compiled there first if missing), or None if it does not compile."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS + tuple(sorted(flags))).encode())
+    folder = Path(os.environ.get("ARLM_CACHE", Path.home() / ".cache" / "arlm")) / "kernels" / digest.hexdigest()[:16]
+    target = folder / "libarlm_quant.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then moved in whole: no half-written file
+        built = Path(scratch) / target.name
+        try:
+            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, timeout=300)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if done.returncode != 0:
+            return None
+        os.replace(built, target)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where this machine cannot build them (module docstring)."""
+    flags = _cpu_flags()
+    compiler = _compiler()
+    if platform.machine() != "x86_64" or not set(NEEDED_FLAGS) <= flags or compiler is None:
+        return None
+    path = _build(*compiler, flags)
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.arlm_int8_mm.argtypes = [_P, _P, _P, _P, _L, _L, _L, _I]
+    lib.arlm_int4_mm.argtypes = [_P, _P, _P, _P, _P, _L, _L, _L, _L, _I]
+    lib.arlm_int8_mm.restype = lib.arlm_int4_mm.restype = None
+    lib.arlm_rms_norm.argtypes = lib.arlm_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _L, ctypes.c_float]
+    lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
+    lib.amx = hasattr(lib, "arlm_bf16_mm") and lib.arlm_amx_init() == 0  # compiled where the CPU has AMX-BF16
+    if lib.amx:
+        lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
+        lib.arlm_bf16_mm.restype = None
+    return lib
+
+
+def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 times (codes * scales[:, None])^T for int8 codes (N, K) and float32 scales (N,) -> (M, N)."""
+    rows, outputs = x.shape[0], codes.shape[0]
+    y = torch.empty(rows, outputs)  # (M, N)
+    args = (x.data_ptr(), codes.data_ptr(), scales.data_ptr(), y.data_ptr())
+    library().arlm_int8_mm(*args, rows, outputs, codes.shape[1], torch.get_num_threads())
+    return y
+
+
+def int4_mm(
+    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, group: int
+) -> torch.Tensor:
+    """x (M, K) float32 times W^T, W[n, k] = q * scales[n, g] + lows[n, g] (g = k // group) for 4-bit codes q packed by
+    `pack_int4` (N, K / 2) and float32 scales and lows (N, K / group) -> (M, N)."""
+    rows, outputs = x.shape[0], packed.shape[0]
+    y = torch.empty(rows, outputs)  # (M, N)
+    args = (x.data_ptr(), packed.data_ptr(), scales.data_ptr(), lows.data_ptr(), y.data_ptr())
+    library().arlm_int4_mm(*args, rows, outputs, 2 * packed.shape[1], group, torch.get_num_threads())
+    return y
+
+
+def bf16_tiles(weight: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 weight (N, K), N and K multiples of 32, laid out as AMX reads it: (N/16, K/32, 16 k-pairs, 16, 2)."""
+    out_features, in_features = weight.shape
+    blocks = weight.reshape(out_features // 16, 16, in_features // 32, 16, 2)  # (N/16, n, K/32, pair, 2)
+    return blocks.permute(0, 2, 3, 1, 4).contiguous()
+
+
+def bf16_weight(tiles: torch.Tensor) -> torch.Tensor:
+    """The (N, K) weight `bf16_tiles` laid out."""
+    n_blocks, k_blocks = tiles.shape[:2]
+    return tiles.permute(0, 3, 1, 2, 4).reshape(16 * n_blocks, 32 * k_blocks)
+
+
+def bf16_mm(x: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+    """x (M, K) bfloat16 times W^T for W held as `bf16_tiles(W)` -> (M, N) bfloat16 (sums in float32)."""
+    rows, outputs, inputs = x.shape[0], 16 * tiles.shape[0], 32 * tiles.shape[1]
+    y = torch.empty(rows, outputs, dtype=torch.bfloat16)  # (M, N)
+    library().arlm_bf16_mm(x.data_ptr(), tiles.data_ptr(), y.data_ptr(), rows, outputs, inputs, torch.get_num_threads())
+    return y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of rows x (M, D) with weight (D,), both float32 or both bfloat16 (normed, rounded, then weighted, as a
+    bfloat16 model does) -> (M, D)."""
+    y = torch.empty_like(x)
+    norm = library().arlm_rms_norm if x.dtype == torch.float32 else library().arlm_rms_norm_bf16
+    norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
+    return y
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes (N, K) in 0..15 -> (N, K / 2) bytes, per block of 32: byte j = q[j] | q[j + 16] << 4 (GGUF's order)."""
+    out_features, in_features = codes.shape
+    halves = codes.to(torch.uint8).reshape(out_features, in_features // 32, 2, 16)  # (N, K/32, 2, 16)
+    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out_features, in_features // 2).contiguous()
