@@ -1,0 +1,60 @@
+"""arlm's kernels are built from the source on first use into the cache folder, reused after, and turned off by
+ARLM_NATIVE=0 or a missing compiler (then the layers take PyTorch's kernels: tests/model/test_quant.py runs both)."""
+
+import pytest
+
+from arlm.model import native
+
+needs_kernels = pytest.mark.skipif(native.library() is None, reason="this machine cannot build arlm's kernels")
+
+
+@needs_kernels
+def test_the_library_is_built_into_an_empty_cache_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
+    cc, version = native._compiler()
+    built = native._build(cc, version, native._cpu_flags())
+    assert built is not None and built.is_file() and built.is_relative_to(tmp_path / "kernels")
+    stamp = built.stat().st_mtime_ns
+    assert native._build(cc, version, native._cpu_flags()) == built and built.stat().st_mtime_ns == stamp
+    assert [p.name for p in built.parent.iterdir()] == [built.name]  # nothing half-written left beside it
+
+
+def test_a_missing_compiler_or_a_failed_build_gives_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert native._compiler() is None
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
+    assert native._build("false", "a compiler that fails", set()) is None
+
+
+@needs_kernels
+def test_arlm_native_0_turns_them_off(monkeypatch):
+    monkeypatch.setenv("ARLM_NATIVE", "0")
+    assert not native.available() and not native.bf16_available()
+    monkeypatch.setenv("ARLM_NATIVE", "1")
+    assert native.available()
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_torch_compile_sees_each_kernel_as_one_op():
+    """A compiled graph (fullgraph: no break) calls the same kernels as eager code, with the same bits."""
+    import torch
+
+    from arlm.model.inference import NativeLinear, NativeRMSNorm
+    from arlm.model.quant import Int4Linear, Int8Linear
+    from arlm.model.transformer import RMSNorm
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 64, bias=False)
+    layers = [NativeRMSNorm(RMSNorm(64, 1e-5)), Int8Linear.from_float(linear), Int4Linear.from_float(linear, 32)]
+    if native.bf16_available():
+        layers.append(NativeLinear(linear.to(torch.bfloat16)))
+
+    def run(x):
+        outs = [layer(x) for layer in layers[:3]]
+        return outs + [layer(x.to(torch.bfloat16)) for layer in layers[3:]]
+
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        eager, compiled = run(x), torch.compile(run, fullgraph=True, backend="inductor")(x)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
