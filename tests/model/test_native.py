@@ -58,3 +58,21 @@ def test_torch_compile_sees_each_kernel_as_one_op():
     with torch.no_grad():
         eager, compiled = run(x), torch.compile(run, fullgraph=True, backend="inductor")(x)
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+
+@needs_kernels
+def test_tensors_the_kernels_would_misread_are_refused():
+    """The kernels read raw memory: a wrong dtype, width or layout is one clear error, not a read past a tensor."""
+    import torch
+
+    from arlm.errors import ArlmError
+
+    codes, scales = torch.zeros(8, 32, dtype=torch.int8), torch.ones(8)
+    assert native.int8_mm(torch.ones(2, 32), codes, scales).shape == (2, 8)
+    wrong = [(torch.ones(2, 32).bfloat16(), scales), (torch.ones(2, 16), scales), (torch.ones(2, 32), scales.half()),
+             (torch.ones(32, 2).t(), scales)]  # fmt: skip
+    for x, s in wrong:
+        with pytest.raises(ArlmError, match="contiguous"):
+            native.int8_mm(x, codes, s)
+    with pytest.raises(ArlmError, match="contiguous"):
+        native.rms_norm(torch.ones(2, 32), torch.ones(16), 1e-5)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from arlm.errors import ArlmError
+
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx512f", "avx512bw")
@@ -107,6 +109,15 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _expect(dtype: torch.dtype, *tensors: torch.Tensor, inputs: int | None = None) -> None:
+    """Refuse tensors a kernel would read wrongly (it reads raw memory: another dtype, layout or width reads past
+    them); `inputs`: the width the first one's rows must have."""
+    wrong = any(t.dtype != dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tensors)
+    if wrong or (inputs is not None and tensors[0].shape[-1] != inputs):
+        found = ", ".join(f"{t.dtype} {tuple(t.shape)}" for t in tensors)
+        raise ArlmError(f"arlm's CPU kernel needs contiguous {dtype} CPU tensors of matching sizes, got {found}")
+
+
 def _compilable(schema: str, fake: Callable[..., torch.Tensor]) -> Callable[[Callable], Callable]:
     """A kernel call that torch.compile sees as one opaque custom op `arlm::<name><schema>` (`fake` gives its
     output's shape and dtype) and eager code calls directly (a custom op's dispatch, ~20 us, costs more than most
@@ -130,6 +141,8 @@ def _compilable(schema: str, fake: Callable[..., torch.Tensor]) -> Callable[[Cal
 )
 def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x (M, K) float32 times (codes * scales[:, None])^T for int8 codes (N, K) and float32 scales (N,) -> (M, N)."""
+    _expect(torch.float32, x, scales, inputs=codes.shape[1])
+    _expect(torch.int8, codes)
     rows, outputs = x.shape[0], codes.shape[0]
     y = torch.empty(rows, outputs)  # (M, N)
     args = (x.data_ptr(), codes.data_ptr(), scales.data_ptr(), y.data_ptr())
@@ -146,6 +159,8 @@ def int4_mm(
 ) -> torch.Tensor:
     """x (M, K) float32 times W^T, W[n, k] = q * scales[n, g] + lows[n, g] (g = k // group) for 4-bit codes q packed by
     `pack_int4` (N, K / 2) and float32 scales and lows (N, K / group) -> (M, N)."""
+    _expect(torch.float32, x, scales, lows, inputs=2 * packed.shape[1])
+    _expect(torch.uint8, packed)
     rows, outputs = x.shape[0], packed.shape[0]
     y = torch.empty(rows, outputs)  # (M, N)
     args = (x.data_ptr(), packed.data_ptr(), scales.data_ptr(), lows.data_ptr(), y.data_ptr())
@@ -169,6 +184,7 @@ def bf16_weight(tiles: torch.Tensor) -> torch.Tensor:
 @_compilable("(Tensor x, Tensor tiles) -> Tensor", lambda x, tiles: x.new_empty(len(x), 16 * tiles.shape[0]))
 def bf16_mm(x: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
     """x (M, K) bfloat16 times W^T for W held as `bf16_tiles(W)` -> (M, N) bfloat16 (sums in float32)."""
+    _expect(torch.bfloat16, x, tiles, inputs=32 * tiles.shape[1])
     rows, outputs, inputs = x.shape[0], 16 * tiles.shape[0], 32 * tiles.shape[1]
     y = torch.empty(rows, outputs, dtype=torch.bfloat16)  # (M, N)
     library().arlm_bf16_mm(x.data_ptr(), tiles.data_ptr(), y.data_ptr(), rows, outputs, inputs, torch.get_num_threads())
@@ -179,6 +195,7 @@ def bf16_mm(x: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of rows x (M, D) with weight (D,), both float32 or both bfloat16 (normed, rounded, then weighted, as a
     bfloat16 model does) -> (M, D)."""
+    _expect(x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32, x, weight, inputs=len(weight))
     y = torch.empty_like(x)
     norm = library().arlm_rms_norm if x.dtype == torch.float32 else library().arlm_rms_norm_bf16
     norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
