@@ -18,11 +18,11 @@ the top two logits (as CPU attention's own 1e-7 differences already do).
 bfloat16 weights take arlm's own kernel where the CPU has AMX (`NativeLinear`, model/native.py): it reads the weight at
 the memory's speed, costs about the same for 1 to 16 rows, and is batch-invariant by construction at every number of
 rows; about twice as fast as oneDNN's `linear` for 1-16 rows here (docs/perf.md). Otherwise 16-bit weights ask the
-CPU's own kernel: where
-oneDNN's 16-bit `linear` is batch-invariant already (one row and up to PROBE_ROWS rows give every row the same bits,
-probed once per weight shape at load), the Linear is kept as it is: it is invariant for free and faster than the chunked
-layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another oneDNN) does a 16-bit Linear
-take the chunked, padded layout.
+CPU's own kernel: where oneDNN's 16-bit `linear` is batch-invariant already (one row and up to PROBE_ROWS rows give
+every row the same bits, probed once per weight shape at load), the Linear is kept as it is: it is invariant for free
+and faster than the chunked layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another
+oneDNN) does a 16-bit Linear take the chunked, padded layout. RMSNorm layers take arlm's one-call kernel
+(`NativeRMSNorm`) where it is built.
 """
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ def linear_is_batch_invariant(weight: torch.Tensor, rows: int = PROBE_ROWS) -> b
 def optimize_for_decoding(
     model: nn.Module, chunks: int | None = None, batch_invariant: bool | None = None, rows: int = PROBE_ROWS
 ) -> nn.Module:
-    """Re-lay out every Linear of a CPU model for fast small-batch decoding, Dropout layers dropped (in place; no-op
-    on GPU); batch_invariant: a row's logits do not depend on the rows beside it, in steps of up to `rows` rows
-    (None: for 16-bit weights only)."""
+    """Re-lay out every Linear (and RMSNorm) of a CPU model for fast small-batch decoding, Dropout layers dropped (in
+    place; no-op on GPU); batch_invariant: a row's logits do not depend on the rows beside it, in steps of up to
+    `rows` rows (None: for 16-bit weights only)."""
     device = next(model.parameters()).device
     if device.type != "cpu":
         return model
