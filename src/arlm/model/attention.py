@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import ModelConfig
+from arlm.model import native
 from arlm.model.kv_cache import KVCache, SlotBatch
 
 STEPWISE_QUERIES = 32  # a cached forward over at most this many new tokens (a verification) attends query by query
@@ -66,7 +67,10 @@ class CausalSelfAttention(nn.Module):
         """x (B, T, C) -> (B, T, C); mask (B|1, 1, T, S) bool (True = may attend) or None."""
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        heads = self.qkv(x).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh + 2 nkv, T, hd)
+        qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
+        if self._native(qkv, rope, kv_cache, start):
+            return self.resid_dropout(self.proj(self.attend_native(qkv, rope, mask, kv_cache, start)))
+        heads = qkv.view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh + 2 nkv, T, hd)
         qk, v = heads.split([nh + nkv, nkv], dim=1)  # (B, nh + nkv, T, hd), (B, nkv, T, hd)
         if rope is not None:
             qk = apply_rope(qk, *rope)  # queries and keys rotated together: one set of ops
@@ -84,6 +88,38 @@ class CausalSelfAttention(nn.Module):
                 y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
         return self.resid_dropout(self.proj(y))
+
+    def _native(self, qkv: torch.Tensor, rope, kv_cache, start) -> bool:
+        """Whether this forward's attention runs on arlm's kernel (model/native.py): cached inference on the CPU over
+        at most STEPWISE_QUERIES new tokens (decoding steps and verifications), RoPE, the SDPA backend, float32 or
+        bfloat16 rows and cache, the kernel built; elsewhere PyTorch's ops (the same rotation and cache bits)."""
+        if kv_cache is None or rope is None or isinstance(start, torch.Tensor) or self.backend != "sdpa":
+            return False
+        buffers = kv_cache.cache.buffers if isinstance(kv_cache, SlotBatch) else kv_cache
+        usable = qkv.dtype in native.ATTEND_DTYPES and buffers.k.dtype in native.ATTEND_DTYPES and qkv.is_cpu
+        small = qkv.shape[1] <= STEPWISE_QUERIES and self.head_dim % 16 == 0 and self.head_dim <= 256
+        inference = not (self.training or qkv.requires_grad or torch.compiler.is_compiling())
+        return usable and small and inference and native.available()
+
+    def attend_native(
+        self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask, kv_cache, start: int
+    ) -> torch.Tensor:
+        """qkv (B, T, (nh + 2 nkv) hd) -> attention output (B, T, nh hd) by arlm's kernel: queries and keys rotated,
+        keys and values written into the cache, each query over its keys up to itself (or as `mask` allows)."""
+        cos, sin = rope[0][:, 0], rope[1][:, 0]  # (B or 1, T, hd) each
+        if isinstance(kv_cache, SlotBatch):
+            slots, positions = kv_cache.rows()  # (A,) each
+            buffers = kv_cache.cache.buffers
+            k, v = buffers.k[self.layer], buffers.v[self.layer]  # (slots, nkv, max_len, hd) each
+            return native.attend(qkv, (cos, sin), k, v, self.n_head, positions, slots=slots)
+        if start + qkv.shape[1] > kv_cache.max_len:
+            raise ValueError(
+                f"KV cache holds {kv_cache.max_len} positions; asked to write up to {start + qkv.shape[1]}"
+            )
+        allowed = None if mask is None else mask[:, 0]  # (B or 1, T, S)
+        return native.attend(
+            qkv, (cos, sin), kv_cache.k[self.layer], kv_cache.v[self.layer], self.n_head, start, allowed=allowed
+        )
 
     def attend_slots(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
         """Queries (A, nh, 1, hd), one per slot of the step, each over its own slot's prefix by the attention call

@@ -127,6 +127,10 @@ class SlotBatch:
         self._slots = torch.tensor(self.slots, dtype=torch.long, device=device)  # (A,)
         self._at = torch.tensor(self.lengths, dtype=torch.long, device=device)  # (A,)
 
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A,) slot of each row and (A,) position of its new token, long tensors on the cache's device."""
+        return self._slots, self._at
+
     def positions(self, device: torch.device) -> torch.Tensor:
         """(A, 1) position of each row's new token."""
         return self._at.to(device)[:, None]

@@ -1,14 +1,17 @@
-"""arlm's own CPU kernels for small-batch matrix products (kernels.c), built on first use.
+"""arlm's own CPU kernels for small-batch matrix products (kernels.c) and cached attention (attention.c), built on
+first use.
 
 Decoding multiplies 1-32 rows by every weight matrix: a product bound by reading the weights. PyTorch's kernels for that
 shape read them slowly (oneDNN's one-row bfloat16 `linear`: ~7 GB/s here) or cost 2-4x their one-row time at 5-8 rows
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, which are also fast only with bfloat16 inputs, which they round
 to). Ours stream each weight once per call for every row, keep int8 / int4 layers' rows in float32, and are
-batch-invariant by construction (the C file says how). docs/perf.md has the side-by-side figures.
+batch-invariant by construction (the C file says how). The attention kernel does a layer's RoPE, cache write and
+attention of a decoding step or verification in one call, where PyTorch takes ~20 ops and one SDPA call per query.
+docs/perf.md has the side-by-side figures.
 
-The C file is compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
+The C files are compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
 `$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second;
-the digest covers the source, the compiler and the CPU's flags, so a changed file or machine builds afresh. It needs
+the digest covers the sources, the compiler and the CPU's flags, so a changed file or machine builds afresh. It needs
 x86-64 with AVX-512 (F and BW; the bfloat16 product also AMX-BF16, and Linux's leave to use it) and a compiler with
 OpenMP: where either is missing, or with ARLM_NATIVE=0, `available()` (`bf16_available()`) is False and the layers use
 PyTorch's kernels (model/quant.py, model/inference.py).
@@ -30,10 +33,12 @@ import torch
 
 from arlm.errors import ArlmError
 
-SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "attention.c"))
+HEADERS = (Path(__file__).with_name("bf16.h"),)
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx512f", "avx512bw")
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+ATTEND_DTYPES = (torch.float32, torch.bfloat16)  # rows and caches the attention kernel reads
 
 
 def available() -> bool:
@@ -68,7 +73,8 @@ def _compiler() -> tuple[str, str] | None:
 
 def _build(cc: str, version: str, flags: set[str]) -> Path | None:
     """The compiled library in the cache (compiled there first if missing), or None if it does not compile."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(FLAGS + tuple(sorted(flags))).encode())
+    text = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
+    digest = hashlib.sha256(text + version.encode() + " ".join(FLAGS + tuple(sorted(flags))).encode())
     folder = Path(os.environ.get("ARLM_CACHE", Path.home() / ".cache" / "arlm")) / "kernels" / digest.hexdigest()[:16]
     target = folder / "libarlm_quant.so"
     if target.exists():
@@ -77,7 +83,9 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then moved in whole: no half-written file
         built = Path(scratch) / target.name
         try:
-            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, timeout=300)
+            done = subprocess.run(
+                [cc, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"], capture_output=True, timeout=300
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         if done.returncode != 0:
@@ -102,6 +110,8 @@ def library() -> ctypes.CDLL | None:
     lib.arlm_int8_mm.restype = lib.arlm_int4_mm.restype = None
     lib.arlm_rms_norm.argtypes = lib.arlm_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _L, ctypes.c_float]
     lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
+    lib.arlm_attend.argtypes = [_P, _I, _P, _P, _I, _L, _P, _P, _I, _P, _P, _L, _P, _L, _L, _P, *[_L] * 6, _I]
+    lib.arlm_attend.restype = None
     lib.amx = hasattr(lib, "arlm_bf16_mm") and lib.arlm_amx_init() == 0  # compiled where the CPU has AMX-BF16
     if lib.amx:
         lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
@@ -200,6 +210,47 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     norm = library().arlm_rms_norm if x.dtype == torch.float32 else library().arlm_rms_norm_bf16
     norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
     return y
+
+
+def attend(
+    qkv: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    heads: int,
+    start: int | torch.Tensor,
+    slots: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cached attention of a few new tokens in one call (attention.c): qkv (B, T, (heads + 2 nkv) hd) float32 or
+    bfloat16; rope: cos, sin (B or 1, T, hd) of their positions, float32 or qkv's dtype; keys, values: a layer's
+    cache (R, nkv, L, hd), written at each row's positions start.. (an int, or a (B,) long tensor with slots: row b in
+    cache row slots[b]); allowed: bool (B or 1, T, S) keys each query may attend (None: all up to its own)
+    -> (B, T, heads hd)."""
+    B, T, _ = qkv.shape
+    kv_heads, L, hd = keys.shape[1:]
+    cos, sin = rope
+    _expect(qkv.dtype if qkv.dtype in ATTEND_DTYPES else torch.float32, qkv, inputs=(heads + 2 * kv_heads) * hd)
+    _expect(keys.dtype if keys.dtype in ATTEND_DTYPES else torch.float32, keys, values)
+    _expect(cos.dtype if cos.dtype in (torch.float32, qkv.dtype) else torch.float32, cos, sin, inputs=hd)
+    ends = start + T if isinstance(start, int) else int(start.max()) + T
+    if ends > L or hd % 16 or hd > 256 or heads % kv_heads or not (len(cos) == B or len(cos) == 1):
+        raise ArlmError(f"arlm's attention kernel cannot hold {ends} positions in {L}, or heads of {hd} values")
+    out = qkv.new_empty(B, T, heads * hd)  # (B, T, heads hd)
+    mask, mask_stride, S = None, 0, 0
+    if allowed is not None:
+        mask, S = allowed.contiguous().view(torch.uint8), allowed.shape[-1]
+        mask_stride = T * S if len(allowed) > 1 else 0
+    rows, starts = (None, None) if slots is None else (slots.contiguous(), start.contiguous())
+    library().arlm_attend(
+        qkv.data_ptr(), int(qkv.dtype == torch.bfloat16),
+        cos.data_ptr(), sin.data_ptr(), int(cos.dtype == torch.bfloat16), T * hd if len(cos) > 1 else 0,
+        keys.data_ptr(), values.data_ptr(), int(keys.dtype == torch.bfloat16),
+        None if rows is None else rows.data_ptr(), None if starts is None else starts.data_ptr(),
+        start if slots is None else 0, None if mask is None else mask.data_ptr(), mask_stride, S,
+        out.data_ptr(), B, T, heads, kv_heads, hd, L, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
