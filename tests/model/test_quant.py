@@ -55,6 +55,18 @@ def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias, kernels):
         assert ((y.double() - expected).abs() <= bound).all(), name
 
 
+@pytest.mark.parametrize("in_features", [100, 136, 264])
+def test_int8_takes_any_input_width(in_features, kernels):
+    """PyTorch's int8 kernel reads past rows of a width that is not a multiple of 16 (it crashed the process on these
+    widths); the layer pads them with zero columns, which add nothing."""
+    layer = Int8Linear.from_float(_linear(94, in_features))
+    x = torch.randn(8, in_features, generator=torch.Generator().manual_seed(1))  # (M, in)
+    expected = torch.nn.functional.linear(x.to(kernel_dtype()).double(), layer.dequantized().double())  # (M, 94)
+    for _ in range(20):  # the crash came one call in a few
+        y = layer(x)
+        assert ((y.double() - expected).abs() <= expected.abs() * _half_ulp() + 1e-5).all()
+
+
 def test_quantization_error_is_that_of_the_format(kernels):
     """Half a step, plus what rounding the scales and zeros to the kernels' dtype moves the levels by."""
     HALF_ULP = _half_ulp()

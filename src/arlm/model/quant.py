@@ -47,9 +47,9 @@ def kernel_dtype() -> torch.dtype:
     return torch.float32 if native.available() else compute_dtype()
 
 
-def _rounded(values: torch.Tensor) -> torch.Tensor:
-    """Float32 values rounded to what the kernels read (`kernel_dtype`), kept in float32."""
-    return values.float().to(kernel_dtype()).float()
+def _rounded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float32 values rounded to dtype (what a kernel reads), kept in float32."""
+    return values.float().to(dtype).float()
 
 
 class Int8Linear(nn.Module):
@@ -59,7 +59,10 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.native = native.available()
-        self.register_buffer("weight", weight.to(torch.int8).contiguous())  # (out, in)
+        # PyTorch's kernel reads past rows whose width is not a multiple of 16 (a segfault, tested): zero columns
+        self.pad = 0 if self.native else -self.in_features % 16
+        weight = torch.nn.functional.pad(weight.to(torch.int8), (0, self.pad))
+        self.register_buffer("weight", weight.contiguous())  # (out, in + pad)
         self.register_buffer("scales", scales.to(kernel_dtype()).contiguous())  # (out,)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
@@ -67,13 +70,13 @@ class Int8Linear(nn.Module):
     def from_float(cls, linear: nn.Module) -> Int8Linear:
         """Symmetric per-channel quantization of a Linear's weight (round to nearest, scale = max|w| / 127)."""
         weight = linear.weight.detach().float()  # (out, in)
-        scales = _rounded((weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny))  # (out,)
+        scales = _rounded((weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny), kernel_dtype())
         codes = torch.round(weight / scales[:, None]).clamp(-127, 127)
         return cls(codes, scales, linear.bias)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight the layer multiplies by: (out, in)."""
-        return self.weight.float() * self.scales.float()[:, None]
+        return self.weight[:, : self.in_features].float() * self.scales.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
@@ -81,7 +84,7 @@ class Int8Linear(nn.Module):
         if self.native:
             y = native.int8_mm(rows.contiguous(), self.weight, self.scales)  # (M, out)
         else:
-            y = torch._weight_int8pack_mm(rows, self.weight, self.scales)
+            y = torch._weight_int8pack_mm(torch.nn.functional.pad(rows, (0, self.pad)), self.weight, self.scales)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
@@ -96,13 +99,16 @@ class Int4Linear(nn.Module):
         lows: torch.Tensor,
         group_size: int,
         bias: torch.Tensor | None = None,
+        ours: bool | None = None,
     ) -> None:
+        """Codes (out, in) in 0..15 with the exact scales and lows (out, in / group_size); ours: on arlm's kernels
+        (None: where they are built), else PyTorch's, which read the levels moved by `_levels`."""
         super().__init__()
         out_features, in_features = codes.shape
         check_int4_shape(out_features, in_features, group_size)
         self.out_features, self.in_features, self.group_size = out_features, in_features, group_size
-        self.native = native.available()
-        scales, lows = _levels(scales, lows)
+        self.native = native.available() if ours is None else ours
+        scales, lows = _levels(scales, lows, self.native)
         if self.native:
             self.register_buffer("packed", native.pack_int4(codes))  # (out, in/2)
             self.register_buffer("scales", scales.contiguous())  # (out, in/G)
@@ -129,9 +135,11 @@ class Int4Linear(nn.Module):
         check_int4_shape(out_features, in_features, group_size)
         groups = weight.reshape(out_features, in_features // group_size, group_size)  # (out, in/G, G)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (out, in/G)
-        scales, lows = _levels(((high - low) / 15).clamp(min=torch.finfo(torch.bfloat16).tiny), low)
-        codes = torch.round((groups - lows[..., None]) / scales[..., None]).clamp(0, 15)
-        return cls(codes.reshape(out_features, in_features), scales, lows, group_size, linear.bias)
+        scales = ((high - low) / 15).clamp(min=torch.finfo(torch.bfloat16).tiny)  # (out, in/G)
+        ours = native.available()
+        moved_scales, moved_lows = _levels(scales, low, ours)  # the levels the kernel will read: codes fit those
+        codes = torch.round((groups - moved_lows[..., None]) / moved_scales[..., None]).clamp(0, 15)
+        return cls(codes.reshape(out_features, in_features), scales, low, group_size, linear.bias, ours)
 
     def levels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The scales and lows (out, in / group_size) as the kernel reads them, in float32."""
@@ -161,14 +169,15 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-def _levels(scales: torch.Tensor, lows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scales and lows moved to what the kernel of a layer built now reads, in float32: as they are for arlm's own;
-    for PyTorch's, the scale and the zero (low + 8 * scale) each rounded to `compute_dtype`."""
+def _levels(scales: torch.Tensor, lows: torch.Tensor, ours: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact scales and lows moved to what a kernel reads, in float32: as they are for arlm's own (ours); for
+    PyTorch's, the scale and the zero (low + 8 * scale) each rounded to `compute_dtype`."""
     scales, lows = scales.float(), lows.float()
-    if native.available():
+    if ours:
         return scales, lows
-    rounded = _rounded(scales)
-    return rounded, _rounded(lows + 8 * scales) - 8 * rounded  # the zero from the exact scale: |q - 8| <= 8 steps
+    rounded = _rounded(scales, compute_dtype())
+    zeros = _rounded(lows + 8 * scales, compute_dtype())  # from the exact scale: |q - 8| <= 8 steps
+    return rounded, zeros - 8 * rounded
 
 
 def check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:
