@@ -96,21 +96,22 @@ def test_arlms_attention_kernel_gives_a_query_the_same_bits_alone_in_a_batch_or_
     rope = tuple(torch.randn(1, 6, hd, generator=generator) for _ in range(2))  # (1, T, hd) each
     prefix = torch.randn(3, kv_heads, 20, hd, generator=generator).to(dtype)  # earlier positions' keys and values
 
+    def attend(qkv, rope, keys, values, start, **kwargs):
+        return native.attend(qkv, native.attention_call(qkv, rope, keys, values, heads, start, **kwargs)[0])
+
     def cache(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         return prefix[:rows].clone(), prefix[:rows].clone()
 
     keys, values = cache(3)
-    together = native.attend(qkv, rope, keys, values, heads, 7)  # (3, 6, heads hd)
+    together = attend(qkv, rope, keys, values, 7)  # (3, 6, heads hd)
     for b in range(3):
         k, v = prefix[b : b + 1].clone(), prefix[b : b + 1].clone()
-        alone = [native.attend(qkv[b : b + 1, t : t + 1], tuple(r[:, t : t + 1] for r in rope), k, v, heads, 7 + t)
+        alone = [attend(qkv[b : b + 1, t : t + 1], tuple(r[:, t : t + 1] for r in rope), k, v, 7 + t)
                  for t in range(6)]  # fmt: skip
         assert torch.equal(torch.cat(alone, dim=1), together[b : b + 1])
     keys, values = cache(3)
     slots, positions = torch.tensor([2, 0]), torch.tensor([7, 7])
-    in_slots = native.attend(
-        qkv[[2, 0], :1], tuple(r[:, :1] for r in rope), keys, values, heads, positions, slots=slots
-    )
+    in_slots = attend(qkv[[2, 0], :1], tuple(r[:, :1] for r in rope), keys, values, positions, slots=slots)
     assert torch.equal(in_slots, together[[2, 0], :1])
     with pytest.raises(ArlmError):  # a float16 cache would be read as something else: refused
-        native.attend(qkv, rope, keys.half(), values.half(), heads, 7)
+        attend(qkv, rope, keys.half(), values.half(), 7)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,11 +9,13 @@ from arlm.decoding.generate import generate
 from arlm.model import inference, native
 from arlm.model.inference import (
     ChunkedLinear,
+    FusedBlock,
     NativeLinear,
     NativeRMSNorm,
     linear_is_batch_invariant,
     optimize_for_decoding,
 )
+from arlm.model.quant import quantize_model
 from arlm.model.transformer import RMSNorm, Transformer
 
 
@@ -132,3 +136,51 @@ def test_native_rms_norm_equals_the_module_and_is_batch_invariant(dtype):
     if leaf is not None:
         ours(leaf).sum().backward()
         assert leaf.grad is not None
+
+
+def _fused_model(dtype) -> Transformer:
+    """A two-block Llama model at a dtype whose blocks all run on arlm's kernels, laid out for decoding."""
+    config = ModelConfig(flavour="llama", vocab_size=128, block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=128)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    model = quantize_model(model, dtype, head=False) if isinstance(dtype, str) else model.to(dtype)
+    return optimize_for_decoding(model)
+
+
+def _decode(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of a prefill, a 5-token verification and three steps over left-padded rows, and the cache's keys."""
+    cache = model.new_cache(len(ids), 64)
+    with torch.no_grad():
+        logits = [model(ids[:, :8], kv_cache=cache, attention_mask=mask[:, :8])]
+        logits.append(model(ids[:, 8:13], kv_cache=cache, attention_mask=mask[:, :13]))
+        logits += [model(ids[:, i : i + 1], kv_cache=cache, attention_mask=mask[:, : i + 1]) for i in range(13, 16)]
+    return torch.cat(logits, dim=1), cache.k
+
+
+@pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, "int8", "int4"])
+def test_a_fused_block_gives_the_bits_its_modules_give(dtype):
+    """block.c runs a block's norms, Linears, attention, SwiGLU and residuals in one call with the roundings the
+    modules make: logits and cache equal to the same model run module by module, padded rows included."""
+    if dtype == torch.bfloat16 and not native.bf16_available():
+        pytest.skip("arlm's bfloat16 kernel needs AMX (model/native.py)")
+    model = _fused_model(dtype)
+    assert all(isinstance(block, FusedBlock) for block in model.blocks)
+    modules = copy.deepcopy(model)
+    modules.blocks = torch.nn.ModuleList(block.block for block in modules.blocks)
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))  # (B, 16)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, :3] = 0  # row 1 left-padded
+    (fused, fused_keys), (theirs, their_keys) = _decode(model, ids, mask), _decode(modules, ids, mask)
+    assert torch.equal(fused, theirs) and torch.equal(fused_keys, their_keys)
+    model.to("cpu")  # Module._apply: the packed pointers are dropped and packed again on the next call
+    assert all(block._packed is None for block in model.blocks)
+    assert torch.equal(_decode(model, ids, mask)[0], theirs)
+
+
+def test_blocks_not_all_on_arlms_kernels_stay_modules():
+    """float32 weights take PyTorch's kernels (MKL), GPT-2 blocks are not Llama blocks: neither is fused."""
+    for flavour in ("llama", "gpt2"):
+        config = ModelConfig(flavour=flavour, vocab_size=64, block_size=32, n_layer=1, n_head=4, d_model=64)
+        model = optimize_for_decoding(Transformer(config).eval())
+        assert not any(isinstance(block, FusedBlock) for block in model.blocks)

@@ -76,3 +76,22 @@ def test_tensors_the_kernels_would_misread_are_refused():
             native.int8_mm(x, codes, s)
     with pytest.raises(ArlmError, match="contiguous"):
         native.rms_norm(torch.ones(2, 32), torch.ones(16), 1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_swiglu_is_pytorchs_silu_times_up(dtype):
+    """silu(gate) * up with PyTorch's roundings (bfloat16: silu rounded, then the product): float32 within its
+    exp's last bits; bfloat16 bit-equal but where exp's last bit moves a value across a rounding boundary."""
+    import torch
+    import torch.nn.functional as F
+
+    h = (torch.randn(7, 2 * 300, generator=torch.Generator().manual_seed(0)) * 4).to(getattr(torch, dtype))
+    ours = native.swiglu(h)  # (7, 300)
+    gate, up = h.chunk(2, dim=-1)
+    theirs = F.silu(gate) * up
+    if dtype == "float32":
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    else:
+        assert (ours == theirs).float().mean() > 0.995
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=2**-7, atol=0)

@@ -18,18 +18,7 @@
 #include <stdint.h>
 
 #include "bf16.h"
-
-/* element i of a float32 or bfloat16 array, as float32 */
-static inline float value(const void *p, int bf, long i) {
-    return bf ? from_bf16(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-static inline void store(void *p, int bf, long i, float v) {
-    if (bf)
-        ((uint16_t *)p)[i] = to_bf16(v);
-    else
-        ((float *)p)[i] = v;
-}
+#include "kernels.h"
 
 /* 16 elements of a float32 or bfloat16 array from i, as float32 */
 static inline __m512 load16(const void *p, int bf, long i) {
@@ -37,8 +26,6 @@ static inline __m512 load16(const void *p, int bf, long i) {
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-
-static inline float round_bf16(float v) { return from_bf16(to_bf16(v)); }
 
 /* a head (hd values of dtype xbf) rotated by the angles (cos, sin: dtype tbf), rounded to the head's dtype, into dst
  * (float32); bfloat16 angles round each product and the sum, as PyTorch's bfloat16 ops do */
@@ -90,63 +77,59 @@ static void attend_one(const float *q, const void *keys, const void *values, int
     }
 }
 
-/* one call's arguments (arlm_attend's) */
+/* one call: its arguments and rows */
 typedef struct {
-    const char *qkv, *cos, *sin;
-    int xbf, tbf;
-    long rope_stride, T, nh, nkv, hd;
-    const long *rows, *starts;
-    long start;
+    const Attention *a;
+    const char *qkv;
 } Call;
 
-static inline long cache_row(const Call *a, long b) { return a->rows ? a->rows[b] : b; }
+static inline long cache_row(const Call *c, long b) { return c->a->rows ? c->a->rows[b] : b; }
 
-static inline long position(const Call *a, long b, long t) { return (a->starts ? a->starts[b] : a->start) + t; }
+static inline long position(const Call *c, long b, long t) {
+    return (c->a->starts ? c->a->starts[b] : c->a->start) + t;
+}
 
 /* the start of head h (0..nh + 2 nkv) of row b's new token t in qkv */
-static inline const char *token_head(const Call *a, long b, long t, long h) {
-    return a->qkv + ((b * a->T + t) * (a->nh + 2 * a->nkv) + h) * a->hd * (a->xbf ? 2 : 4);
+static inline const char *token_head(const Call *c, long b, long t, long h) {
+    const Attention *a = c->a;
+    return c->qkv + ((b * a->T + t) * (a->nh + 2 * a->nkv) + h) * a->hd * (a->xbf ? 2 : 4);
 }
 
 /* head h of row b's new token t rotated by its position's angles, into dst (float32) */
-static inline void rotate_head(const Call *a, long b, long t, long h, float *dst) {
+static inline void rotate_head(const Call *c, long b, long t, long h, float *dst) {
+    const Attention *a = c->a;
     long angle = (b * a->rope_stride + t * a->hd) * (a->tbf ? 2 : 4);
-    rotate(token_head(a, b, t, h), a->xbf, a->cos + angle, a->sin + angle, a->tbf, a->hd, dst);
+    rotate(token_head(c, b, t, h), a->xbf, (const char *)a->cos + angle, (const char *)a->sin + angle, a->tbf, a->hd,
+           dst);
 }
 
-/* qkv (B, T, (nh + 2 nkv) hd): each row's new tokens' queries, keys and values; cos, sin (B or 1, T, hd) float32 or
- * bfloat16 (tbf = 1), the angles of their positions (rope_stride: T hd, or 0 for one set for every row); cache
- * keys/values (R, nkv, L, hd): row b lives in cache row rows[b] (NULL: b), its new tokens at positions starts[b]
- * (NULL: start) onward; allowed (B or 1, T, S) bytes or NULL: key j may be attended by query t (mask_stride: T S, or
- * 0); out (B, T, nh hd). */
-void arlm_attend(const void *qkv, int xbf, const void *cos, const void *sin, int tbf, long rope_stride, void *ck,
-                 void *cv, int cbf, const long *rows, const long *starts, long start, const uint8_t *allowed,
-                 long mask_stride, long S, void *out, long B, long T, long nh, long nkv, long hd, long L, int threads) {
-    Call a = {qkv, cos, sin, xbf, tbf, rope_stride, T, nh, nkv, hd, rows, starts, start};
-    long csize = cbf ? 2 : 4;
+/* kernels.h says what the arguments hold */
+void arlm_attend(const Attention *a, const void *qkv, void *out, int threads) {
+    Call c = {a, qkv};
+    long nh = a->nh, nkv = a->nkv, hd = a->hd, L = a->L, T = a->T, csize = a->cbf ? 2 : 4;
 #pragma omp parallel num_threads(threads)
     {
         float rotated[hd];
 #pragma omp for collapse(3) schedule(static)
-        for (long b = 0; b < B; b++)
+        for (long b = 0; b < a->B; b++)
             for (long t = 0; t < T; t++)
                 for (long h = 0; h < nkv; h++) {
-                    long at = ((cache_row(&a, b) * nkv + h) * L + position(&a, b, t)) * hd;
-                    const char *v = token_head(&a, b, t, nh + nkv + h);
-                    rotate_head(&a, b, t, nh + h, rotated);
-                    for (long d = 0; d < hd; d++) store(ck, cbf, at + d, rotated[d]);
-                    for (long d = 0; d < hd; d++) store(cv, cbf, at + d, value(v, xbf, d));
+                    long at = ((cache_row(&c, b) * nkv + h) * L + position(&c, b, t)) * hd;
+                    const char *v = token_head(&c, b, t, nh + nkv + h);
+                    rotate_head(&c, b, t, nh + h, rotated);
+                    for (long d = 0; d < hd; d++) store(a->ck, a->cbf, at + d, rotated[d]);
+                    for (long d = 0; d < hd; d++) store(a->cv, a->cbf, at + d, value(v, a->xbf, d));
                 }
 #pragma omp for collapse(3) schedule(static)
-        for (long b = 0; b < B; b++)
+        for (long b = 0; b < a->B; b++)
             for (long h = 0; h < nh; h++)
                 for (long t = 0; t < T; t++) {
-                    rotate_head(&a, b, t, h, rotated);
-                    long head = (cache_row(&a, b) * nkv + h / (nh / nkv)) * L * hd * csize;
-                    const uint8_t *mask = allowed ? allowed + b * mask_stride + t * S : NULL;
-                    char *dst = (char *)out + ((b * T + t) * nh + h) * hd * (xbf ? 2 : 4);
-                    attend_one(rotated, (char *)ck + head, (char *)cv + head, cbf, mask, position(&a, b, t) + 1, hd,
-                               dst, xbf);
+                    rotate_head(&c, b, t, h, rotated);
+                    long head = (cache_row(&c, b) * nkv + h / (nh / nkv)) * L * hd * csize;
+                    const uint8_t *mask = a->allowed ? a->allowed + b * a->mask_stride + t * a->S : NULL;
+                    char *dst = (char *)out + ((b * T + t) * nh + h) * hd * (a->xbf ? 2 : 4);
+                    attend_one(rotated, (char *)a->ck + head, (char *)a->cv + head, a->cbf, mask,
+                               position(&c, b, t) + 1, hd, dst, a->xbf);
                 }
     }
 }

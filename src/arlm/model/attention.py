@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from arlm.model import native
 from arlm.model.kv_cache import KVCache, SlotBatch
 
 STEPWISE_QUERIES = 32  # a cached forward over at most this many new tokens (a verification) attends query by query
+_LAST_CALL = threading.local()  # per thread: the attention kernel's arguments of the latest forward (`native_call`)
 
 
 class Rotary(nn.Module):
@@ -68,8 +71,9 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
-        if self._native(qkv, rope, kv_cache, start):
-            return self.resid_dropout(self.proj(self.attend_native(qkv, rope, mask, kv_cache, start)))
+        if self.native_attends(qkv, rope, kv_cache, start):
+            call, _ = self.native_call(qkv, rope, mask, kv_cache, start)  # _: what the call points into, kept
+            return self.resid_dropout(self.proj(native.attend(qkv, call)))
         heads = qkv.view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh + 2 nkv, T, hd)
         qk, v = heads.split([nh + nkv, nkv], dim=1)  # (B, nh + nkv, T, hd), (B, nkv, T, hd)
         if rope is not None:
@@ -89,37 +93,53 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
         return self.resid_dropout(self.proj(y))
 
-    def _native(self, qkv: torch.Tensor, rope, kv_cache, start) -> bool:
-        """Whether this forward's attention runs on arlm's kernel (model/native.py): cached inference on the CPU over
-        at most STEPWISE_QUERIES new tokens (decoding steps and verifications), RoPE, the SDPA backend, float32 or
-        bfloat16 rows and cache, the kernel built; elsewhere PyTorch's ops (the same rotation and cache bits)."""
+    def native_attends(self, rows: torch.Tensor, rope, kv_cache, start) -> bool:
+        """Whether attention over new tokens' rows (B, T, ...) runs on arlm's kernel (model/native.py): cached
+        inference on the CPU over at most STEPWISE_QUERIES new tokens (decoding steps and verifications), RoPE, the
+        SDPA backend, float32 or bfloat16 rows and cache, the kernel built; elsewhere PyTorch's ops (the same rotation
+        and cache bits)."""
         if kv_cache is None or rope is None or isinstance(start, torch.Tensor) or self.backend != "sdpa":
             return False
         buffers = kv_cache.cache.buffers if isinstance(kv_cache, SlotBatch) else kv_cache
-        usable = qkv.dtype in native.ATTEND_DTYPES and buffers.k.dtype in native.ATTEND_DTYPES and qkv.is_cpu
-        small = qkv.shape[1] <= STEPWISE_QUERIES and self.head_dim % 16 == 0 and self.head_dim <= 256
-        inference = not (self.training or qkv.requires_grad or torch.compiler.is_compiling())
+        usable = rows.dtype in native.ROW_DTYPES and buffers.k.dtype in native.ROW_DTYPES and rows.is_cpu
+        small = rows.shape[1] <= STEPWISE_QUERIES and self.head_dim % 16 == 0 and self.head_dim <= 256
+        inference = not (self.training or rows.requires_grad or torch.compiler.is_compiling())
         return usable and small and inference and native.available()
 
-    def attend_native(
-        self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask, kv_cache, start: int
-    ) -> torch.Tensor:
-        """qkv (B, T, (nh + 2 nkv) hd) -> attention output (B, T, nh hd) by arlm's kernel: queries and keys rotated,
-        keys and values written into the cache, each query over its keys up to itself (or as `mask` allows)."""
+    def native_call(
+        self, rows: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask, kv_cache, start: int
+    ) -> tuple[native.Attention, list[torch.Tensor]]:
+        """The attention kernel's arguments for new tokens' rows (B, T, ...) at `start` of kv_cache (a KVCache or a
+        SlotBatch), and the tensors they point into: queries and keys rotated, keys and values written into the
+        cache, each query over its keys up to itself (or as `mask` allows). Every layer of one forward shares its
+        arguments but the cache's layer: the first layer's are kept (per thread) and the others' only re-pointed."""
+        values = (start, tuple(rows.shape[:2]), rows.dtype)
+        last = getattr(_LAST_CALL, "value", None)  # the cache by weak reference: a finished one is freed
+        if last and last[0] is rope[0] and last[1] is mask and last[2]() is kv_cache and last[3] == values:
+            call, kept = last[4], last[5]
+            buffers = kv_cache.cache.buffers if isinstance(kv_cache, SlotBatch) else kv_cache
+            call.ck, call.cv = buffers.k[self.layer].data_ptr(), buffers.v[self.layer].data_ptr()
+            return call, kept
+        call, kept = self._new_native_call(rows, rope, mask, kv_cache, start)
+        _LAST_CALL.value = (rope[0], mask, weakref.ref(kv_cache), values, call, kept)
+        return call, kept
+
+    def _new_native_call(
+        self, rows: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask, kv_cache, start: int
+    ) -> tuple[native.Attention, list[torch.Tensor]]:
+        """`native_call`'s arguments built afresh."""
         cos, sin = rope[0][:, 0], rope[1][:, 0]  # (B or 1, T, hd) each
         if isinstance(kv_cache, SlotBatch):
             slots, positions = kv_cache.rows()  # (A,) each
-            buffers = kv_cache.cache.buffers
-            k, v = buffers.k[self.layer], buffers.v[self.layer]  # (slots, nkv, max_len, hd) each
-            return native.attend(qkv, (cos, sin), k, v, self.n_head, positions, slots=slots)
-        if start + qkv.shape[1] > kv_cache.max_len:
+            k, v = kv_cache.cache.buffers.k[self.layer], kv_cache.cache.buffers.v[self.layer]  # (slots, nkv, L, hd)
+            return native.attention_call(rows, (cos, sin), k, v, self.n_head, positions, slots=slots)
+        if start + rows.shape[1] > kv_cache.max_len:
             raise ValueError(
-                f"KV cache holds {kv_cache.max_len} positions; asked to write up to {start + qkv.shape[1]}"
+                f"KV cache holds {kv_cache.max_len} positions; asked to write up to {start + rows.shape[1]}"
             )
         allowed = None if mask is None else mask[:, 0]  # (B or 1, T, S)
-        return native.attend(
-            qkv, (cos, sin), kv_cache.k[self.layer], kv_cache.v[self.layer], self.n_head, start, allowed=allowed
-        )
+        k, v = kv_cache.k[self.layer], kv_cache.v[self.layer]  # (B, nkv, L, hd) each
+        return native.attention_call(rows, (cos, sin), k, v, self.n_head, start, allowed=allowed)
 
     def attend_slots(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
         """Queries (A, nh, 1, hd), one per slot of the step, each over its own slot's prefix by the attention call

@@ -1,4 +1,4 @@
-/* bfloat16 <-> float32 conversions shared by arlm's kernels (kernels.c, attention.c). */
+/* bfloat16 <-> float32 conversions and element access shared by arlm's kernels (kernels.c, attention.c, block.c). */
 #ifndef ARLM_BF16_H
 #define ARLM_BF16_H
 #include <stdint.h>
@@ -18,4 +18,18 @@ static inline float from_bf16(uint16_t h) {
     __builtin_memcpy(&f, &bits, 4);
     return f;
 }
+static inline float round_bf16(float v) { return from_bf16(to_bf16(v)); }
+
+/* element i of a float32 or bfloat16 array, as float32 */
+static inline float value(const void *p, int bf, long i) {
+    return bf ? from_bf16(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void store(void *p, int bf, long i, float v) {
+    if (bf)
+        ((uint16_t *)p)[i] = to_bf16(v);
+    else
+        ((float *)p)[i] = v;
+}
+
 #endif

@@ -22,7 +22,10 @@ CPU's own kernel: where oneDNN's 16-bit `linear` is batch-invariant already (one
 every row the same bits, probed once per weight shape at load), the Linear is kept as it is: it is invariant for free
 and faster than the chunked layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another
 oneDNN) does a 16-bit Linear take the chunked, padded layout. RMSNorm layers take arlm's one-call kernel
-(`NativeRMSNorm`) where it is built.
+(`NativeRMSNorm`) where it is built. Last, a Llama block whose norms and Linears all ended on arlm's kernels (bfloat16
+with AMX, int8, int4) becomes a `FusedBlock`: a cached forward over up to STEPWISE_QUERIES tokens runs the whole block
+in one kernel call (block.c), with the bits its modules give (tested), where Python and PyTorch's small ops cost about
+as much as the products (docs/perf.md).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.model import native
-from arlm.model.transformer import RMSNorm
+from arlm.model.quant import Int4Linear, Int8Linear
+from arlm.model.transformer import Block, RMSNorm
 
 NATIVE_NORM_DTYPES = (torch.float32, torch.bfloat16)
 PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verification of up to STEPWISE_QUERIES tokens
@@ -104,6 +108,89 @@ class NativeRMSNorm(nn.Module):
         return native.rms_norm(rows, self.vector, self.eps).reshape(x.shape)
 
 
+class FusedBlock(nn.Module):
+    """A Llama block whose norms and Linears all run on arlm's kernels (`fits`), run as one call (block.c) for cached
+    decoding steps and verifications, with the bits the block's modules give; other calls (a long prefill, training)
+    go to the block as it is."""
+
+    def __init__(self, block: Block) -> None:
+        super().__init__()
+        self.block = block
+        self.dtype = block.norm1.dtype
+        self._packed: tuple[native.BlockWeights, tuple[torch.Tensor, ...]] | None = None
+
+    @staticmethod
+    def fits(block: nn.Module) -> bool:
+        """Whether a block can run as one call: RMSNorms and Linears on arlm's kernels, all for one dtype, SwiGLU."""
+        if not isinstance(block, Block) or not block.mlp.swiglu or block.attn.backend != "sdpa":
+            return False
+        norms = [block.norm1, block.norm2]
+        if not all(isinstance(norm, NativeRMSNorm) for norm in norms):
+            return False
+        kinds = [_kind(layer) for layer in _linears(block)]
+        dtype = torch.bfloat16 if kinds[0] == 0 else torch.float32
+        same = all(kind is not None and (kind == 0) == (kinds[0] == 0) for kind in kinds)
+        return same and all(norm.dtype == dtype for norm in norms) and block.attn.head_dim % 16 == 0
+
+    def _weights(self) -> native.BlockWeights:
+        """The block's weights for the kernel, packed on first use and again after the model moved (`_apply`)."""
+        if self._packed is None:
+            layers = _linears(self.block)
+            norms = (self.block.norm1.vector, self.block.norm2.vector)
+            linears = [native.linear_weights(_kind(layer), *_tensors(layer), group=_group(layer)) for layer in layers]
+            tensors = norms + tuple(t for layer in layers for t in _tensors(layer))  # what the pointers point into
+            self._packed = (native.block_weights(norms, linears, self.block.norm1.eps), tensors)
+        return self._packed[0]
+
+    def __getattr__(self, name: str):
+        """The block's parts (attn, mlp, norm1, ...) read through, as from the Block it stands for."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "block":  # not set yet (a copy being built): no block to read through
+                raise
+            return getattr(self.block, name)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Module.to / .float / ...: the tensors may be replaced, so the packed pointers are dropped first."""
+        self._packed = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache, start) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), as Block.forward."""
+        attn = self.block.attn
+        if x.dtype != self.dtype or x.requires_grad or not attn.native_attends(x, rope, kv_cache, start):
+            return self.block(x, rope, mask, is_causal, kv_cache, start)
+        call, _ = attn.native_call(x, rope, mask, kv_cache, start)  # _: what the call points into, kept
+        return native.block(self._weights(), x.contiguous(), call)
+
+
+def _linears(block: Block) -> list[nn.Module]:
+    """A block's Linears in the kernel's order: qkv, proj, up, down."""
+    return [block.attn.qkv, block.attn.proj, block.mlp.up, block.mlp.down]
+
+
+def _kind(layer: nn.Module) -> int | None:
+    """The kernel kind of a Linear (0 bfloat16 tiles, 1 int8, 2 int4 on arlm's kernels, no bias), None for others."""
+    if isinstance(layer, NativeLinear) and layer.bias is None:
+        return 0
+    if isinstance(layer, (Int8Linear, Int4Linear)) and layer.native and layer.bias is None:
+        return 1 if isinstance(layer, Int8Linear) else 2
+    return None
+
+
+def _tensors(layer: nn.Module) -> tuple[torch.Tensor, ...]:
+    """The tensors the kernel reads of a Linear `_kind` accepts."""
+    if isinstance(layer, NativeLinear):
+        return (layer.tiles,)
+    return (layer.weight, layer.scales) if isinstance(layer, Int8Linear) else (layer.packed, layer.scales, layer.lows)
+
+
+def _group(layer: nn.Module) -> int:
+    """An int4 layer's group size (0 for the others)."""
+    return layer.group_size if isinstance(layer, Int4Linear) else 0
+
+
 _PROBED: dict[tuple, bool] = {}  # (shape, dtype, device type, rows) -> what the probe found
 
 
@@ -148,6 +235,10 @@ def optimize_for_decoding(
                 continue
             # every other Linear, so that every one is batch-invariant
             setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks), batch_invariant))
+    blocks = getattr(model, "blocks", [])
+    for i, block in enumerate(blocks):
+        if FusedBlock.fits(block):
+            blocks[i] = FusedBlock(block)
     return model
 
 

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "bf16.h"
+#include "kernels.h"
 
 #define TILE_M 4 /* rows of x per tile */
 #define TILE_N 4 /* rows of w per tile */

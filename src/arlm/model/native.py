@@ -1,13 +1,14 @@
-"""arlm's own CPU kernels for small-batch matrix products (kernels.c) and cached attention (attention.c), built on
-first use.
+"""arlm's own CPU kernels for small-batch matrix products (kernels.c), cached attention (attention.c) and a whole
+decoder block (block.c), built on first use.
 
 Decoding multiplies 1-32 rows by every weight matrix: a product bound by reading the weights. PyTorch's kernels for that
 shape read them slowly (oneDNN's one-row bfloat16 `linear`: ~7 GB/s here) or cost 2-4x their one-row time at 5-8 rows
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, which are also fast only with bfloat16 inputs, which they round
 to). Ours stream each weight once per call for every row, keep int8 / int4 layers' rows in float32, and are
 batch-invariant by construction (the C file says how). The attention kernel does a layer's RoPE, cache write and
-attention of a decoding step or verification in one call, where PyTorch takes ~20 ops and one SDPA call per query.
-docs/perf.md has the side-by-side figures.
+attention of a decoding step or verification in one call, where PyTorch takes ~20 ops and one SDPA call per query;
+the block kernel runs a Llama block's ten steps on those kernels in one call (model/inference.py's FusedBlock), so a
+token costs ~30 Python calls instead of ~1,000 small operations. docs/perf.md has the side-by-side figures.
 
 The C files are compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
 `$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second;
@@ -33,14 +34,36 @@ import torch
 
 from arlm.errors import ArlmError
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "attention.c"))
-HEADERS = (Path(__file__).with_name("bf16.h"),)
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "attention.c", "block.c"))
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 NEEDED_FLAGS = ("avx512f", "avx512bw")
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-ATTEND_DTYPES = (torch.float32, torch.bfloat16)  # rows and caches the attention kernel reads
+ROW_DTYPES = (torch.float32, torch.bfloat16)  # rows (and caches) the attention, SwiGLU and block kernels read
 
 
+class Attention(ctypes.Structure):
+    """kernels.h's Attention: one cached attention call's angles, cache, rows and mask."""
+
+    _fields_ = [(name, _P) for name in ("cos", "sin", "ck", "cv", "rows", "starts", "allowed")]
+    _fields_ += [(name, _L) for name in ("start", "rope_stride", "mask_stride", "S", "B", "T", "nh", "nkv", "hd", "L")]
+    _fields_ += [(name, _I) for name in ("xbf", "tbf", "cbf")]
+
+
+class LinearWeights(ctypes.Structure):
+    """kernels.h's Linear: a weight on one of the kernels (kind 0 bfloat16 tiles, 1 int8, 2 int4)."""
+
+    _fields_ = [("w", _P), ("scale", _P), ("low", _P), ("N", _L), ("K", _L), ("G", _L), ("kind", _I)]
+
+
+class BlockWeights(ctypes.Structure):
+    """kernels.h's Block: a Llama block's norms and Linears."""
+
+    _fields_ = [("norm1", _P), ("norm2", _P)] + [(name, LinearWeights) for name in ("qkv", "proj", "up", "down")]
+    _fields_ += [("eps", ctypes.c_float)]
+
+
+@torch.compiler.assume_constant_result  # a compiled graph asks once, when traced, not at every call
 def available() -> bool:
     """Whether the quantized layers built now use arlm's kernels (ARLM_NATIVE=0 turns them off)."""
     return os.environ.get("ARLM_NATIVE", "1") != "0" and library() is not None
@@ -110,8 +133,10 @@ def library() -> ctypes.CDLL | None:
     lib.arlm_int8_mm.restype = lib.arlm_int4_mm.restype = None
     lib.arlm_rms_norm.argtypes = lib.arlm_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _L, ctypes.c_float]
     lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
-    lib.arlm_attend.argtypes = [_P, _I, _P, _P, _I, _L, _P, _P, _I, _P, _P, _L, _P, _L, _L, _P, *[_L] * 6, _I]
-    lib.arlm_attend.restype = None
+    lib.arlm_attend.argtypes = [ctypes.POINTER(Attention), _P, _P, _I]
+    lib.arlm_block.argtypes = [ctypes.POINTER(BlockWeights), _P, _L, ctypes.POINTER(Attention), _I]
+    lib.arlm_swiglu.argtypes = [_P, _P, _L, _L, _I]
+    lib.arlm_attend.restype = lib.arlm_block.restype = lib.arlm_swiglu.restype = None
     lib.amx = hasattr(lib, "arlm_bf16_mm") and lib.arlm_amx_init() == 0  # compiled where the CPU has AMX-BF16
     if lib.amx:
         lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
@@ -212,8 +237,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return y
 
 
-def attend(
-    qkv: torch.Tensor,
+def attention_call(
+    rows: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
     keys: torch.Tensor,
     values: torch.Tensor,
@@ -221,35 +246,89 @@ def attend(
     start: int | torch.Tensor,
     slots: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Cached attention of a few new tokens in one call (attention.c): qkv (B, T, (heads + 2 nkv) hd) float32 or
-    bfloat16; rope: cos, sin (B or 1, T, hd) of their positions, float32 or qkv's dtype; keys, values: a layer's
-    cache (R, nkv, L, hd), written at each row's positions start.. (an int, or a (B,) long tensor with slots: row b in
-    cache row slots[b]); allowed: bool (B or 1, T, S) keys each query may attend (None: all up to its own)
-    -> (B, T, heads hd)."""
-    B, T, _ = qkv.shape
+) -> tuple[Attention, list[torch.Tensor]]:
+    """The arguments of one cached attention call for new tokens' rows (B, T, ...) of dtype float32 or bfloat16 (their
+    q, k, v in `attend`): rope: cos, sin (B or 1, T, hd) of their positions, float32 or the rows' dtype; keys, values:
+    a layer's cache (R, nkv, L, hd), written at each row's positions start.. (an int, or a (B,) long tensor with
+    slots: row b in cache row slots[b]); allowed: bool (B or 1, T, S) keys each query may attend (None: all up to its
+    own). Returns the struct and the tensors it points into (keep them alive until the call returns)."""
+    B, T = rows.shape[:2]
     kv_heads, L, hd = keys.shape[1:]
     cos, sin = rope
-    _expect(qkv.dtype if qkv.dtype in ATTEND_DTYPES else torch.float32, qkv, inputs=(heads + 2 * kv_heads) * hd)
-    _expect(keys.dtype if keys.dtype in ATTEND_DTYPES else torch.float32, keys, values)
-    _expect(cos.dtype if cos.dtype in (torch.float32, qkv.dtype) else torch.float32, cos, sin, inputs=hd)
+    _expect(rows.dtype if rows.dtype in ROW_DTYPES else torch.float32, rows)
+    _expect(keys.dtype if keys.dtype in ROW_DTYPES else torch.float32, keys, values)
+    _expect(cos.dtype if cos.dtype in (torch.float32, rows.dtype) else torch.float32, cos, sin, inputs=hd)
     ends = start + T if isinstance(start, int) else int(start.max()) + T
     if ends > L or hd % 16 or hd > 256 or heads % kv_heads or not (len(cos) == B or len(cos) == 1):
         raise ArlmError(f"arlm's attention kernel cannot hold {ends} positions in {L}, or heads of {hd} values")
-    out = qkv.new_empty(B, T, heads * hd)  # (B, T, heads hd)
-    mask, mask_stride, S = None, 0, 0
+    call = Attention(cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(), None, None, None, 0)
+    kept = [cos, sin]  # (the cache is the caller's: kept alive by it)
     if allowed is not None:
-        mask, S = allowed.contiguous().view(torch.uint8), allowed.shape[-1]
-        mask_stride = T * S if len(allowed) > 1 else 0
-    rows, starts = (None, None) if slots is None else (slots.contiguous(), start.contiguous())
-    library().arlm_attend(
-        qkv.data_ptr(), int(qkv.dtype == torch.bfloat16),
-        cos.data_ptr(), sin.data_ptr(), int(cos.dtype == torch.bfloat16), T * hd if len(cos) > 1 else 0,
-        keys.data_ptr(), values.data_ptr(), int(keys.dtype == torch.bfloat16),
-        None if rows is None else rows.data_ptr(), None if starts is None else starts.data_ptr(),
-        start if slots is None else 0, None if mask is None else mask.data_ptr(), mask_stride, S,
-        out.data_ptr(), B, T, heads, kv_heads, hd, L, torch.get_num_threads(),
-    )  # fmt: skip
+        mask = allowed.contiguous().view(torch.uint8)  # (B or 1, T, S)
+        call.allowed, call.S, call.mask_stride = (
+            mask.data_ptr(),
+            mask.shape[-1],
+            T * mask.shape[-1] if len(mask) > 1 else 0,
+        )
+        kept.append(mask)
+    if slots is None:
+        call.start = start
+    else:
+        slots, starts = slots.contiguous(), start.contiguous()
+        call.rows, call.starts = slots.data_ptr(), starts.data_ptr()
+        kept += [slots, starts]
+    call.rope_stride = T * hd if len(cos) > 1 else 0
+    call.B, call.T, call.nh, call.nkv, call.hd, call.L = B, T, heads, kv_heads, hd, L
+    call.xbf, call.tbf, call.cbf = (int(t.dtype == torch.bfloat16) for t in (rows, cos, keys))
+    return call, kept
+
+
+def attend(qkv: torch.Tensor, call: Attention) -> torch.Tensor:
+    """Cached attention of a few new tokens in one call (attention.c): qkv (B, T, (heads + 2 nkv) hd), `call` from
+    `attention_call` for these rows -> (B, T, heads hd)."""
+    _expect(torch.bfloat16 if call.xbf else torch.float32, qkv, inputs=(call.nh + 2 * call.nkv) * call.hd)
+    out = qkv.new_empty(call.B, call.T, call.nh * call.hd)  # (B, T, heads hd)
+    library().arlm_attend(ctypes.byref(call), qkv.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def linear_weights(kind: int, weight: torch.Tensor, scales=None, lows=None, group: int = 0) -> LinearWeights:
+    """A Linear for `block`: kind 0 bfloat16 `bf16_tiles`, 1 int8 codes (N, K) and float32 scales (N,), 2 int4
+    `pack_int4` codes (N, K / 2) with float32 scales and lows (N, K / group)."""
+    dtypes = {0: torch.bfloat16, 1: torch.int8, 2: torch.uint8}
+    _expect(dtypes[kind], weight)
+    if kind:
+        _expect(torch.float32, *(t for t in (scales, lows) if t is not None))
+    N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1] * kind)
+    pointer = [None if t is None else t.data_ptr() for t in (scales, lows)]
+    return LinearWeights(weight.data_ptr(), *pointer, N, K, group, kind)
+
+
+def block_weights(norms: tuple[torch.Tensor, torch.Tensor], linears: list[LinearWeights], eps: float) -> BlockWeights:
+    """A block for `block`: its two RMSNorm weights (C,) and its qkv, proj, up (gate and up) and down Linears."""
+    _expect(norms[0].dtype if norms[0].dtype in ROW_DTYPES else torch.float32, *norms)
+    return BlockWeights(norms[0].data_ptr(), norms[1].data_ptr(), *linears, eps)
+
+
+def block(weights: BlockWeights, x: torch.Tensor, call: Attention) -> torch.Tensor:
+    """A Llama block's forward (block.c) on rows x (B, T, C) of the dtype its weights were packed for, attention by
+    `call` (`attention_call` for these rows) -> (B, T, C)."""
+    _expect(torch.bfloat16 if call.xbf else torch.float32, x, inputs=weights.qkv.K)
+    out = x.clone()  # (B, T, C), replaced in place by the kernel
+    library().arlm_block(
+        ctypes.byref(weights), out.data_ptr(), call.B * call.T, ctypes.byref(call), torch.get_num_threads()
+    )
+    return out
+
+
+@_compilable("(Tensor h) -> Tensor", lambda h: h.new_empty(*h.shape[:-1], h.shape[-1] // 2))
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for rows h (..., 2F) = [gate, up], float32 or bfloat16 (each op's result rounded to it, as
+    PyTorch's ops) -> (..., F)."""
+    _expect(h.dtype if h.dtype in ROW_DTYPES else torch.float32, h)
+    out = h.new_empty(*h.shape[:-1], h.shape[-1] // 2)  # (..., F)
+    rows = h.numel() // h.shape[-1] if h.numel() else 0
+    library().arlm_swiglu(h.data_ptr(), out.data_ptr(), rows, h.shape[-1] // 2, int(h.dtype == torch.bfloat16))
     return out
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import ModelConfig
+from arlm.model import native
 from arlm.model.attention import CausalSelfAttention, Rotary, attends_in_float32
 from arlm.model.kv_cache import KVCache, SlotBatch, SlotCache
 
@@ -44,12 +45,19 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)"""
         h = self.up(x)  # (B, T, F) or (B, T, 2F)
-        if self.swiglu:
+        if self.swiglu and self._native(h):
+            h = native.swiglu(h.contiguous())  # (B, T, F): one call, each op's rounding as PyTorch's
+        elif self.swiglu:
             gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
             h = F.silu(gate) * up
         else:
             h = F.gelu(h, approximate="tanh")
         return self.dropout(self.down(h))
+
+    def _native(self, h: torch.Tensor) -> bool:
+        """Whether SwiGLU runs on arlm's kernel (model/native.py): CPU inference on float32 or bfloat16 rows."""
+        inference = not (self.training or h.requires_grad)
+        return inference and h.is_cpu and h.dtype in native.ROW_DTYPES and native.available()
 
 
 class Block(nn.Module):

@@ -1,0 +1,64 @@
+/* A decoder block's forward over a few rows in one call, for decoding on x86-64 CPUs with AVX-512 (model/native.py
+ * builds and loads this file with kernels.c and attention.c; model/inference.py's FusedBlock calls it).
+ *
+ * A decoding step of a 135M-parameter model runs ~1,000 small operations; between them PyTorch and Python spend as long
+ * as the products take. arlm_block runs a Llama block's ten steps (RMSNorm, qkv, attention, projection, residual,
+ * RMSNorm, gate/up, SwiGLU, down, residual) on the kernels each step calls one at a time otherwise, in the same order
+ * and with the same roundings (a bfloat16 add or SwiGLU rounds as PyTorch's bfloat16 ops do), so the block gives the
+ * bits the module gives, one Python call instead of ~30. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "bf16.h"
+#include "kernels.h"
+
+static inline float silu(float g) { return g / (1.0f + expf(-g)); }
+
+/* h (M, 2F) -> out (M, F): silu(gate) * up, gate the first F values of a row; bfloat16 rounds each op's result */
+void arlm_swiglu(const void *h, void *out, long M, long F, int xbf) {
+    for (long m = 0; m < M; m++)
+        for (long f = 0; f < F; f++) {
+            float gate = value(h, xbf, m * 2 * F + f), up = value(h, xbf, m * 2 * F + F + f);
+            float s = xbf ? round_bf16(silu(gate)) : silu(gate);
+            store(out, xbf, m * F + f, s * up);
+        }
+}
+
+static void linear(const Linear *l, const void *x, void *y, long M, int threads) {
+    if (l->kind == 1) arlm_int8_mm(x, l->w, l->scale, y, M, l->N, l->K, threads);
+    if (l->kind == 2) arlm_int4_mm(x, l->w, l->scale, l->low, y, M, l->N, l->K, l->G, threads);
+#ifdef __AMX_BF16__
+    if (l->kind == 0) arlm_bf16_mm(x, l->w, y, M, l->N, l->K, threads);
+#endif
+}
+
+static void norm(const void *w, const void *x, void *y, long M, long C, float eps, int xbf) {
+    if (xbf)
+        arlm_rms_norm_bf16(x, w, y, M, C, eps);
+    else
+        arlm_rms_norm(x, w, y, M, C, eps);
+}
+
+/* x += y over n values */
+static void add(void *x, const void *y, long n, int xbf) {
+    for (long i = 0; i < n; i++) store(x, xbf, i, value(x, xbf, i) + value(y, xbf, i));
+}
+
+/* x (M, C) rows of the block's input, replaced by its output; a: the attention call (its B T = M rows) */
+void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads) {
+    int xbf = a->xbf;
+    long size = xbf ? 2 : 4, C = b->qkv.K, F = b->up.N / 2;
+    char *h = malloc(M * C * size), *qkv = malloc(M * b->qkv.N * size), *heads = malloc(M * b->proj.K * size);
+    char *o = malloc(M * C * size), *up = malloc(M * 2 * F * size), *gated = malloc(M * F * size);
+    norm(b->norm1, x, h, M, C, b->eps, xbf);
+    linear(&b->qkv, h, qkv, M, threads);
+    arlm_attend(a, qkv, heads, threads);
+    linear(&b->proj, heads, o, M, threads);
+    add(x, o, M * C, xbf);
+    norm(b->norm2, x, h, M, C, b->eps, xbf);
+    linear(&b->up, h, up, M, threads);
+    arlm_swiglu(up, gated, M, F, xbf);
+    linear(&b->down, gated, o, M, threads);
+    add(x, o, M * C, xbf);
+    free(h), free(qkv), free(heads), free(o), free(up), free(gated);
+}

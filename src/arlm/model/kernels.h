@@ -1,0 +1,49 @@
+/* What arlm's kernels (kernels.c, attention.c, block.c) offer each other and model/native.py (which mirrors the
+ * structs below with ctypes: keep the two in step). */
+#ifndef ARLM_KERNELS_H
+#define ARLM_KERNELS_H
+#include <stdint.h>
+
+/* One cached attention call (arlm_attend): the new tokens' rows are qkv (B, T, (nh + 2 nkv) hd) and out (B, T, nh hd),
+ * float32 or bfloat16 (xbf = 1). cos, sin (B or 1, T, hd), float32 or bfloat16 (tbf = 1): the angles of their
+ * positions (rope_stride: T hd, or 0 for one set for every row). Cache keys/values (R, nkv, L, hd), float32 or
+ * bfloat16 (cbf = 1): row b lives in cache row rows[b] (NULL: b), its new tokens at positions starts[b] (NULL: start)
+ * onward. allowed (B or 1, T, S) bytes or NULL: key j may be attended by query t (mask_stride: T S, or 0). */
+typedef struct {
+    const void *cos, *sin;
+    void *ck, *cv;
+    const long *rows, *starts;
+    const uint8_t *allowed;
+    long start, rope_stride, mask_stride, S, B, T, nh, nkv, hd, L;
+    int xbf, tbf, cbf;
+} Attention;
+
+void arlm_attend(const Attention *a, const void *qkv, void *out, int threads);
+
+/* A Linear on one of the kernels: kind 0 bfloat16 AMX tiles (w), 1 int8 codes (w) and scales, 2 int4 packed codes (w),
+ * scales and lows per group of G; N outputs, K inputs, no bias. */
+typedef struct {
+    const void *w;
+    const float *scale, *low;
+    long N, K, G;
+    int kind;
+} Linear;
+
+/* A pre-norm Llama block: x + attention(norm1(x)), then x + down(swiglu(up(norm2(x)))); norm weights in the rows'
+ * dtype. */
+typedef struct {
+    const void *norm1, *norm2;
+    Linear qkv, proj, up, down;
+    float eps;
+} Block;
+
+void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads);
+
+void arlm_int8_mm(const float *x, const int8_t *w, const float *scale, float *y, long M, long N, long K, int threads);
+void arlm_int4_mm(const float *x, const uint8_t *q, const float *scale, const float *low, float *y, long M, long N,
+                  long K, long G, int threads);
+void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads);
+void arlm_rms_norm(const float *x, const float *w, float *y, long M, long D, float eps);
+void arlm_rms_norm_bf16(const uint16_t *x, const uint16_t *w, uint16_t *y, long M, long D, float eps);
+void arlm_swiglu(const void *h, void *out, long M, long F, int xbf);
+#endif
