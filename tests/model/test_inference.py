@@ -39,7 +39,7 @@ def test_optimized_model_decodes_the_same(flavour):
     config = GenerationConfig(strategy="greedy", max_new_tokens=20)
     plain = generate(model, [[1, 2, 3]], config).generated()
     optimize_for_decoding(model, chunks=2)
-    assert any(isinstance(m, ChunkedLinear) for m in model.modules())
+    assert any(isinstance(m, (ChunkedLinear, NativeLinear)) for m in model.modules())
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     assert generate(model, [[1, 2, 3]], config).generated() == plain
 
@@ -58,8 +58,9 @@ def test_chunked_linear_is_batch_invariant():
 
 def test_batch_invariance_is_the_default_for_16_bit_weights_only():
     """16-bit speculative verification needs it (tests/model/test_attention.py); float32 batch 1 goes faster
-    without it; the server asks for it in every dtype. A 16-bit Linear whose own kernel is invariant stays; a bfloat16
-    one takes arlm's kernel where the CPU has it."""
+    without it in the chunked layout; the server asks for it in every dtype. A 16-bit Linear whose own kernel is
+    invariant stays; a bfloat16 one takes arlm's kernel where the CPU has it, a float32 one where it is built (both
+    invariant by construction)."""
     config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=1, n_head=4, d_model=32)
     for dtype, asked, expected in [(torch.float32, None, False), (torch.bfloat16, None, True),
                                    (torch.float16, None, True), (torch.float32, True, True)]:  # fmt: skip
@@ -68,7 +69,8 @@ def test_batch_invariance_is_the_default_for_16_bit_weights_only():
         kept = [m for m in model.modules() if type(m) is torch.nn.Linear]
         ours = [m for m in model.modules() if isinstance(m, NativeLinear)]
         assert chunked or kept or ours
-        assert bool(ours) == (dtype == torch.bfloat16 and native.bf16_available()), dtype
+        ours_expected = native.bf16_available() if dtype == torch.bfloat16 else dtype == torch.float32
+        assert bool(ours) == (ours_expected and native.available()), dtype
         assert all(m.batch_invariant == expected for m in chunked), (dtype, asked)
         assert all(linear_is_batch_invariant(m.weight.detach()) for m in kept), (dtype, asked)
         assert dtype != torch.float32 or not kept
@@ -88,27 +90,31 @@ def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch)
     assert linear_is_batch_invariant(weight, rows=8)
 
 
-@pytest.mark.skipif(not native.bf16_available(), reason="arlm's bfloat16 kernel needs AMX (model/native.py)")
+@pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_native_linear_is_a_bfloat16_matmul_and_batch_invariant(bias):
-    """Each output is the exact product of the bfloat16 row and weight rounded once to bfloat16, up to float32
+def test_native_linear_is_a_matmul_and_batch_invariant(dtype, bias):
+    """Each output is the exact product of the row and weight (bfloat16: rounded once to bfloat16), up to float32
     summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 16 and a rest)."""
+    if dtype == torch.bfloat16 and not native.bf16_available():
+        pytest.skip("arlm's bfloat16 kernel needs AMX (model/native.py)")
     torch.manual_seed(0)
-    linear = torch.nn.Linear(96, 64, bias=bias).to(torch.bfloat16)
+    linear = torch.nn.Linear(96, 64, bias=bias).to(dtype)
     layer = NativeLinear(linear)
-    assert torch.equal(native.bf16_weight(layer.tiles), linear.weight)
-    x = torch.randn(37, 96).to(torch.bfloat16)  # (M, in)
+    assert torch.equal(native.bf16_weight(layer.tiles) if dtype == torch.bfloat16 else layer.weight, linear.weight)
+    x = torch.randn(37, 96).to(dtype)  # (M, in)
     y = layer(x)  # (M, out)
     exact = x.double() @ linear.weight.double().t()  # (M, out)
     product = y.double() - (linear.bias.double() if bias else 0)
-    assert y.dtype == torch.bfloat16 and y.shape == (37, 64)
-    assert ((product - exact).abs() <= exact.abs() * 2**-7 + 2e-2).all()
+    assert y.dtype == dtype and y.shape == (37, 64)
+    relative, absolute = (2**-7, 2e-2) if dtype == torch.bfloat16 else (1e-6, 1e-5)
+    assert ((product - exact).abs() <= exact.abs() * relative + absolute).all()
     for rows in (1, 2, 3, 5, 8, 15, 16, 17, 32):
         assert torch.equal(layer(x[:rows]), y[:rows]), rows
     assert torch.equal(layer(x[20:21]), y[20:21]) and torch.equal(layer(x.flip(0)).flip(0), y)
     assert torch.equal(layer(x.reshape(1, 37, 96)), y.reshape(1, 37, 64))
     assert not NativeLinear.fits(torch.nn.Linear(96, 50).to(torch.bfloat16))
-    assert not NativeLinear.fits(torch.nn.Linear(96, 64))
+    assert NativeLinear.fits(torch.nn.Linear(96, 50)) and not NativeLinear.fits(torch.nn.Linear(96, 64).half())
 
 
 @pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
@@ -158,7 +164,7 @@ def _decode(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[
 
 
 @pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, "int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8", "int4"])
 def test_a_fused_block_gives_the_bits_its_modules_give(dtype):
     """block.c runs a block's norms, Linears, attention, SwiGLU and residuals in one call with the roundings the
     modules make: logits and cache equal to the same model run module by module, padded rows included."""
@@ -179,8 +185,8 @@ def test_a_fused_block_gives_the_bits_its_modules_give(dtype):
 
 
 def test_blocks_not_all_on_arlms_kernels_stay_modules():
-    """float32 weights take PyTorch's kernels (MKL), GPT-2 blocks are not Llama blocks: neither is fused."""
-    for flavour in ("llama", "gpt2"):
+    """float16 weights take PyTorch's kernels, GPT-2 blocks are not Llama blocks: neither is fused."""
+    for flavour, dtype in (("llama", torch.float16), ("gpt2", torch.float32)):
         config = ModelConfig(flavour=flavour, vocab_size=64, block_size=32, n_layer=1, n_head=4, d_model=64)
-        model = optimize_for_decoding(Transformer(config).eval())
+        model = optimize_for_decoding(Transformer(config).eval().to(dtype))
         assert not any(isinstance(block, FusedBlock) for block in model.blocks)

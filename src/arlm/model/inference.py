@@ -13,19 +13,22 @@ differently, so one row is computed as two (the second a zero row, dropped). Con
 speculative verification in 16 bits (k rows verified must give the bits k one-row steps give; the default for 16-bit
 weights). Leaving it off made float32 one-row steps 1.07-1.38x faster (docs/perf.md), so float32 batch-1 decoding leaves
 it off: there a verification and the steps agree up to float32 rounding, which changes a token only at an exact tie of
-the top two logits (as CPU attention's own 1e-7 differences already do).
+the top two logits (as CPU attention's own 1e-7 differences already do). That is the layout where arlm's kernels are not
+built (model/native.py); where they are:
 
-bfloat16 weights take arlm's own kernel where the CPU has AMX (`NativeLinear`, model/native.py): it reads the weight at
+float32 weights take arlm's own kernel where it is built (`NativeLinear`): as fast as the chunked layout for one row
+(both read at the memory's speed), faster for several, and batch-invariant by construction. bfloat16 weights take arlm's
+own kernel where the CPU has AMX (`NativeLinear`, model/native.py): it reads the weight at
 the memory's speed, costs about the same for 1 to 16 rows, and is batch-invariant by construction at every number of
 rows; about twice as fast as oneDNN's `linear` for 1-16 rows here (docs/perf.md). Otherwise 16-bit weights ask the
 CPU's own kernel: where oneDNN's 16-bit `linear` is batch-invariant already (one row and up to PROBE_ROWS rows give
 every row the same bits, probed once per weight shape at load), the Linear is kept as it is: it is invariant for free
 and faster than the chunked layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another
 oneDNN) does a 16-bit Linear take the chunked, padded layout. RMSNorm layers take arlm's one-call kernel
-(`NativeRMSNorm`) where it is built. Last, a Llama block whose norms and Linears all ended on arlm's kernels (bfloat16
-with AMX, int8, int4) becomes a `FusedBlock`: a cached forward over up to STEPWISE_QUERIES tokens runs the whole block
-in one kernel call (block.c), with the bits its modules give (tested), where Python and PyTorch's small ops cost about
-as much as the products (docs/perf.md).
+(`NativeRMSNorm`) where it is built. Last, a Llama block whose norms and Linears all ended on arlm's kernels (float32,
+bfloat16 with AMX, int8, int4) becomes a `FusedBlock`: a cached forward over up to STEPWISE_QUERIES tokens runs the
+whole block in one kernel call (block.c), with the bits its modules give (tested), where Python and PyTorch's small ops
+cost about as much as the products (docs/perf.md).
 """
 
 from __future__ import annotations
@@ -70,24 +73,34 @@ class ChunkedLinear(nn.Module):
 
 
 class NativeLinear(nn.Module):
-    """y = x W^T + b for a bfloat16 W (both sizes multiples of 32) on arlm's AMX kernel, batch-invariant."""
+    """y = x W^T + b on arlm's kernels, batch-invariant: a float32 W, or a bfloat16 W (both sizes multiples of 32) on
+    AMX tiles."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
-        self.register_buffer("tiles", native.bf16_tiles(linear.weight.detach()))  # (out/16, in/32, 16, 16, 2)
+        weight = linear.weight.detach()
+        self.kind = 0 if weight.dtype == torch.bfloat16 else 3  # the kernel's kind (kernels.h): bfloat16 tiles, float32
+        if self.kind == 0:
+            self.register_buffer("tiles", native.bf16_tiles(weight))  # (out/16, in/32, 16, 16, 2)
+        else:
+            self.register_buffer("weight", weight.contiguous())  # (out, in): the Linear's storage (a tied table's too)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
-        """Whether a Linear can take this layout: bfloat16 on the CPU, sizes multiples of 32, the kernel built."""
+        """Whether a Linear can take this layout: float32 on the CPU with the kernels built, or bfloat16 with sizes
+        multiples of 32 and the AMX kernel built."""
+        if linear.weight.dtype == torch.float32:
+            return linear.weight.is_cpu and native.available()
         sizes = all(size % 32 == 0 for size in linear.weight.shape)
         return linear.weight.dtype == torch.bfloat16 and sizes and native.bf16_available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
         rows = x.reshape(-1, self.in_features).contiguous()  # (M, in)
-        y = native.bf16_mm(rows, self.tiles).reshape(*x.shape[:-1], self.out_features)  # (..., out)
+        y = native.bf16_mm(rows, self.tiles) if self.kind == 0 else native.f32_mm(rows, self.weight)  # (M, out)
+        y = y.reshape(*x.shape[:-1], self.out_features)  # (..., out)
         return y if self.bias is None else y + self.bias
 
 
@@ -173,7 +186,7 @@ def _linears(block: Block) -> list[nn.Module]:
 def _kind(layer: nn.Module) -> int | None:
     """The kernel kind of a Linear (0 bfloat16 tiles, 1 int8, 2 int4 on arlm's kernels, no bias), None for others."""
     if isinstance(layer, NativeLinear) and layer.bias is None:
-        return 0
+        return layer.kind
     if isinstance(layer, (Int8Linear, Int4Linear)) and layer.native and layer.bias is None:
         return 1 if isinstance(layer, Int8Linear) else 2
     return None
@@ -182,7 +195,7 @@ def _kind(layer: nn.Module) -> int | None:
 def _tensors(layer: nn.Module) -> tuple[torch.Tensor, ...]:
     """The tensors the kernel reads of a Linear `_kind` accepts."""
     if isinstance(layer, NativeLinear):
-        return (layer.tiles,)
+        return (layer.tiles,) if layer.kind == 0 else (layer.weight,)
     return (layer.weight, layer.scales) if isinstance(layer, Int8Linear) else (layer.packed, layer.scales, layer.lows)
 
 

@@ -2,15 +2,16 @@
  * model/quant.py and model/inference.py call it).
  *
  * y[m, n] = sum_k x[m, k] * w[n, k] for rows x (M, K) and a weight w (N, K) read from memory once per call:
+ *   float32: float32 rows and weights;
  *   int8: float32 rows, w[n, k] = q[n, k] * scale[n], the scale applied once to the finished sum;
  *   int4: float32 rows, w[n, k] = q[n, k] * scale[n, g] + low[n, g] with g = k / G (G = 32 or 64), each weight
  *         dequantized in registers by one fused multiply-add; q is packed per block of 32: byte j = q[j] | q[j + 16] << 4;
  *   bf16: bfloat16 rows and weights on AMX tiles (where the CPU has them), sums in float32, y rounded to bfloat16.
- * int8 / int4: every (m, n) sum runs in 16 float32 lanes, k in order, and ends in one fixed lane reduction, whatever
- * the tile it falls in; bf16: every row goes through the same tile products. Either way a row's bits depend on that
- * row and the weight only, never on the other rows or on M (batch-invariant). The weights stream from memory once per
- * call (int8 / int4: the next tile's prefetched while a tile computes) and are reused from cache for every block of
- * rows, so a few rows (speculative verification, a batch of decoding sequences) cost little more than one. */
+ * float32 / int8 / int4: every (m, n) sum runs in 16 float32 lanes, k in order, and ends in one fixed lane reduction,
+ * whatever the tile it falls in; bf16: every row goes through the same tile products. Either way a row's bits depend on
+ * that row and the weight only, never on the other rows or on M (batch-invariant). The weights stream from memory once
+ * per call (float32 / int8 / int4: the next tile's prefetched while a tile computes) and are reused from cache for
+ * every block of rows, so a few rows (speculative verification, a batch of decoding sequences) cost little more than one. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -31,30 +32,42 @@ static inline void prefetch_rows(const void *row0, long stride) {
     for (int j = 0; j < TILE_N; j++) _mm_prefetch((const char *)row0 + j * stride, _MM_HINT_T0);
 }
 
-static inline __m512 load_int8(const int8_t *w, long k, long K) {
+static inline __m512 load_int8(const void *codes, long k, long K) {
+    const int8_t *w = codes;
     __m128i q = k + 16 <= K ? _mm_loadu_si128((const __m128i *)(w + k))
                             : _mm_maskz_loadu_epi8((__mmask16)((1u << (K - k)) - 1), w + k);
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
 }
 
-/* mt (<= TILE_M) rows from m0 times nt (<= TILE_N) weight rows from n0; mt and nt are constants where inlined */
-static inline __attribute__((always_inline)) void int8_tile(const float *x, const int8_t *w, const float *scale,
-                                                            float *y, long m0, int mt, long n0, int nt, long N,
-                                                            long K) {
+/* 16 weights of row w from k, as float32: int8 codes (kind 1) or float32 values (kind 3) */
+static inline __attribute__((always_inline)) __m512 load_w(const void *w, long k, long K, int kind) {
+    return kind == 1 ? load_int8(w, k, K) : load_x(w, k, K);
+}
+
+/* mt (<= TILE_M) rows from m0 times nt (<= TILE_N) weight rows from n0 of int8 codes (kind 1, scaled at the end) or
+ * float32 values (kind 3); mt, nt and kind are constants where inlined */
+static inline __attribute__((always_inline)) void dot_tile(const float *x, const void *w, const float *scale,
+                                                           float *y, long m0, int mt, long n0, int nt, long N, long K,
+                                                           int kind) {
+    long size = kind == 1 ? 1 : 4;
+    const char *rows = (const char *)w;
     __m512 acc[TILE_M][TILE_N];
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_ps();
     for (long k = 0; k < K; k += 16) {
         __m512 wv[TILE_N];
-        for (int j = 0; j < nt; j++) wv[j] = load_int8(w + (n0 + j) * K, k, K);
-        if (m0 == 0 && k % 64 == 0) prefetch_rows(w + (n0 + TILE_N) * K + k, K); /* the next tile's, meanwhile */
+        for (int j = 0; j < nt; j++) wv[j] = load_w(rows + (n0 + j) * K * size, k, K, kind);
+        if (m0 == 0 && k % (64 / size) == 0) prefetch_rows(rows + ((n0 + TILE_N) * K + k) * size, K * size);
         for (int i = 0; i < mt; i++) {
             __m512 xv = load_x(x + (m0 + i) * K, k, K);
             for (int j = 0; j < nt; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
         }
     }
     for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) y[(m0 + i) * N + n0 + j] = _mm512_reduce_add_ps(acc[i][j]) * scale[n0 + j];
+        for (int j = 0; j < nt; j++) {
+            float sum = _mm512_reduce_add_ps(acc[i][j]);
+            y[(m0 + i) * N + n0 + j] = kind == 1 ? sum * scale[n0 + j] : sum;
+        }
 }
 
 /* Every TILE_M x TILE_N tile of y over threads by weight rows, each tile by `TILE(m0, mt, n0, nt)` with literal tile
@@ -77,8 +90,13 @@ static inline __attribute__((always_inline)) void int8_tile(const float *x, cons
 
 void arlm_int8_mm(const float *x, const int8_t *w, const float *scale, float *y, long M, long N, long K,
                   int threads) {
-#define INT8_TILE(m0, mt, n0, nt) int8_tile(x, w, scale, y, m0, mt, n0, nt, N, K)
+#define INT8_TILE(m0, mt, n0, nt) dot_tile(x, w, scale, y, m0, mt, n0, nt, N, K, 1)
     FOR_EACH_TILE(INT8_TILE)
+}
+
+void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads) {
+#define F32_TILE(m0, mt, n0, nt) dot_tile(x, w, NULL, y, m0, mt, n0, nt, N, K, 3)
+    FOR_EACH_TILE(F32_TILE)
 }
 
 static inline __attribute__((always_inline)) void int4_tile(const float *x, const uint8_t *q, const float *scale,

@@ -21,7 +21,7 @@ typedef struct {
 void arlm_attend(const Attention *a, const void *qkv, void *out, int threads);
 
 /* A Linear on one of the kernels: kind 0 bfloat16 AMX tiles (w), 1 int8 codes (w) and scales, 2 int4 packed codes (w),
- * scales and lows per group of G; N outputs, K inputs, no bias. */
+ * scales and lows per group of G, 3 float32 (w); N outputs, K inputs, no bias. */
 typedef struct {
     const void *w;
     const float *scale, *low;
@@ -40,6 +40,7 @@ typedef struct {
 void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads);
 
 void arlm_int8_mm(const float *x, const int8_t *w, const float *scale, float *y, long M, long N, long K, int threads);
+void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads);
 void arlm_int4_mm(const float *x, const uint8_t *q, const float *scale, const float *low, float *y, long M, long N,
                   long K, long G, int threads);
 void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads);

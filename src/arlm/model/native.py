@@ -130,7 +130,8 @@ def library() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(path))
     lib.arlm_int8_mm.argtypes = [_P, _P, _P, _P, _L, _L, _L, _I]
     lib.arlm_int4_mm.argtypes = [_P, _P, _P, _P, _P, _L, _L, _L, _L, _I]
-    lib.arlm_int8_mm.restype = lib.arlm_int4_mm.restype = None
+    lib.arlm_f32_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
+    lib.arlm_int8_mm.restype = lib.arlm_int4_mm.restype = lib.arlm_f32_mm.restype = None
     lib.arlm_rms_norm.argtypes = lib.arlm_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _L, ctypes.c_float]
     lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
     lib.arlm_attend.argtypes = [ctypes.POINTER(Attention), _P, _P, _I]
@@ -182,6 +183,17 @@ def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch
     y = torch.empty(rows, outputs)  # (M, N)
     args = (x.data_ptr(), codes.data_ptr(), scales.data_ptr(), y.data_ptr())
     library().arlm_int8_mm(*args, rows, outputs, codes.shape[1], torch.get_num_threads())
+    return y
+
+
+@_compilable("(Tensor x, Tensor weight) -> Tensor", lambda x, weight: x.new_empty(len(x), len(weight)))
+def f32_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 times W^T for a float32 W (N, K) -> (M, N)."""
+    _expect(torch.float32, x, weight, inputs=weight.shape[1])
+    y = torch.empty(x.shape[0], weight.shape[0])  # (M, N)
+    library().arlm_f32_mm(
+        x.data_ptr(), weight.data_ptr(), y.data_ptr(), *x.shape[:1], *weight.shape, torch.get_num_threads()
+    )
     return y
 
 
@@ -294,12 +306,13 @@ def attend(qkv: torch.Tensor, call: Attention) -> torch.Tensor:
 
 def linear_weights(kind: int, weight: torch.Tensor, scales=None, lows=None, group: int = 0) -> LinearWeights:
     """A Linear for `block`: kind 0 bfloat16 `bf16_tiles`, 1 int8 codes (N, K) and float32 scales (N,), 2 int4
-    `pack_int4` codes (N, K / 2) with float32 scales and lows (N, K / group)."""
-    dtypes = {0: torch.bfloat16, 1: torch.int8, 2: torch.uint8}
+    `pack_int4` codes (N, K / 2) with float32 scales and lows (N, K / group), 3 float32 (N, K)."""
+    dtypes = {0: torch.bfloat16, 1: torch.int8, 2: torch.uint8, 3: torch.float32}
     _expect(dtypes[kind], weight)
     if kind:
         _expect(torch.float32, *(t for t in (scales, lows) if t is not None))
-    N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1] * kind)
+    N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1])
+    K = 2 * K if kind == 2 else K
     pointer = [None if t is None else t.data_ptr() for t in (scales, lows)]
     return LinearWeights(weight.data_ptr(), *pointer, N, K, group, kind)
 
