@@ -1,12 +1,13 @@
 """SmolLM2's matrix products alone, arlm's kernels against PyTorch's, alternating in one process.
 
-    .venv/bin/python benchmarks/kernels.py [--dtypes bfloat16,int8,int4] [--rows 1,5,8,16] [--repeats 7]
+    .venv/bin/python benchmarks/kernels.py [--dtypes float32,bfloat16,int8,int4] [--rows 1,5,8,16] [--repeats 7]
 
 For each dtype SmolLM2-135M-Instruct is loaded twice as `arlm generate` lays it out, once on arlm's kernels
-(model/native.py) and once with ARLM_NATIVE=0 (PyTorch's: oneDNN's bfloat16 `linear`, `_weight_int8pack_mm`,
-`_weight_int4pack_mm_for_cpu`); then every matrix product of one forward (its 121 weight layers, the head included) is
-called on M random rows of the model's float dtype, for each M, the two sets alternating, and the table gives the median
-milliseconds per forward's worth of products. No attention, norms or Python between layers: what the kernels cost.
+(model/native.py) and once with ARLM_NATIVE=0 (PyTorch's: the chunked `bmm` layout for float32, oneDNN's bfloat16
+`linear`, `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`); then every matrix product of one forward (its 121
+weight layers, the head included) is called on M random rows of the model's float dtype, for each M, the two sets
+alternating, and the table gives the median milliseconds per forward's worth of products. No attention, norms or Python
+between layers: what the kernels cost.
 Time it on quiet cores."""
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from torch import nn
 
 from arlm.bench.machine import cpu_model
 from arlm.interop.loading import load_model
-from arlm.model.inference import NativeLinear, optimize_for_decoding
+from arlm.model.inference import ChunkedLinear, NativeLinear, optimize_for_decoding
 from arlm.model.quant import Int4Linear, Int8Linear
 
-LAYERS = (nn.Linear, NativeLinear, Int8Linear, Int4Linear)
+LAYERS = (nn.Linear, ChunkedLinear, NativeLinear, Int8Linear, Int4Linear)
 
 
 def products(dtype: str, native: bool) -> list[nn.Module]:
@@ -46,7 +47,7 @@ def forward_ms(layers: list[nn.Module], rows: dict[int, torch.Tensor]) -> float:
 def main() -> None:
     """Per dtype: load both sets, alternate them over the row counts, print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtypes", default="bfloat16,int8,int4")
+    parser.add_argument("--dtypes", default="float32,bfloat16,int8,int4")
     parser.add_argument("--rows", default="1,5,8,16")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()

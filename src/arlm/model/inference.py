@@ -16,19 +16,19 @@ it off: there a verification and the steps agree up to float32 rounding, which c
 the top two logits (as CPU attention's own 1e-7 differences already do). That is the layout where arlm's kernels are not
 built (model/native.py); where they are:
 
-float32 weights take arlm's own kernel where it is built (`NativeLinear`): as fast as the chunked layout for one row
-(both read at the memory's speed), faster for several, and batch-invariant by construction. bfloat16 weights take arlm's
-own kernel where the CPU has AMX (`NativeLinear`, model/native.py): it reads the weight at
-the memory's speed, costs about the same for 1 to 16 rows, and is batch-invariant by construction at every number of
-rows; about twice as fast as oneDNN's `linear` for 1-16 rows here (docs/perf.md). Otherwise 16-bit weights ask the
-CPU's own kernel: where oneDNN's 16-bit `linear` is batch-invariant already (one row and up to PROBE_ROWS rows give
-every row the same bits, probed once per weight shape at load), the Linear is kept as it is: it is invariant for free
-and faster than the chunked layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another
-oneDNN) does a 16-bit Linear take the chunked, padded layout. RMSNorm layers take arlm's one-call kernel
-(`NativeRMSNorm`) where it is built. Last, a Llama block whose norms and Linears all ended on arlm's kernels (float32,
-bfloat16 with AMX, int8, int4) becomes a `FusedBlock`: a cached forward over up to STEPWISE_QUERIES tokens runs the
-whole block in one kernel call (block.c), with the bits its modules give (tested), where Python and PyTorch's small ops
-cost about as much as the products (docs/perf.md).
+float32 weights take arlm's own kernel where it is built (`NativeLinear`): 0.87-0.91x the chunked layout's speed for one
+row, faster for several, batch-invariant by construction, and what lets a float32 block fuse (below). bfloat16 weights
+take arlm's own kernel where the CPU has AMX (`NativeLinear`, model/native.py): it reads the weight at the memory's
+speed, costs about the same for 1 to 16 rows, and is batch-invariant by construction at every number of rows; about
+twice as fast as oneDNN's `linear` for 1-16 rows here (docs/perf.md). Otherwise 16-bit weights ask the CPU's own kernel:
+where oneDNN's 16-bit `linear` is batch-invariant already (one row and up to PROBE_ROWS rows give every row the same
+bits, probed once per weight shape at load), the Linear is kept as it is: it is invariant for free and faster than the
+chunked layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another oneDNN) does a 16-bit
+Linear take the chunked, padded layout. RMSNorm layers take arlm's one-call kernel (`NativeRMSNorm`) where it is built.
+Last, a Llama block whose norms and Linears all ended on arlm's kernels (float32, bfloat16 with AMX, int8, int4) becomes
+a `FusedBlock`: a cached forward over up to STEPWISE_QUERIES tokens runs the whole block in one kernel call (block.c),
+with the bits its modules give (tested), where Python and PyTorch's small ops cost about as much as the products
+(docs/perf.md).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class ChunkedLinear(nn.Module):
         super().__init__()
         out_features, in_features = linear.weight.shape
         self.chunks, self.batch_invariant = chunks, batch_invariant
-        self.out_features = out_features
+        self.out_features, self.in_features = out_features, in_features
         blocks = linear.weight.detach().t().reshape(in_features, chunks, out_features // chunks)  # (in, c, out/c)
         self.weight = nn.Parameter(blocks.permute(1, 0, 2).contiguous(), requires_grad=False)  # (c, in, out/c)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
