@@ -43,7 +43,6 @@ from arlm.model import native
 from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Block, RMSNorm
 
-NATIVE_NORM_DTYPES = (torch.float32, torch.bfloat16)
 PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verification of up to STEPWISE_QUERIES tokens
 
 
@@ -184,7 +183,8 @@ def _linears(block: Block) -> list[nn.Module]:
 
 
 def _kind(layer: nn.Module) -> int | None:
-    """The kernel kind of a Linear (0 bfloat16 tiles, 1 int8, 2 int4 on arlm's kernels, no bias), None for others."""
+    """The kernel kind of a Linear on arlm's kernels, without bias (kernels.h: 0 bfloat16 tiles, 1 int8, 2 int4,
+    3 float32), None for others."""
     if isinstance(layer, NativeLinear) and layer.bias is None:
         return layer.kind
     if isinstance(layer, (Int8Linear, Int4Linear)) and layer.native and layer.bias is None:
@@ -237,7 +237,7 @@ def optimize_for_decoding(
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Dropout):  # inference: no dropout, and no call to find that out per layer
                 setattr(parent, name, nn.Identity())
-            if isinstance(child, RMSNorm) and child.weight.dtype in NATIVE_NORM_DTYPES and native.available():
+            if isinstance(child, RMSNorm) and child.weight.dtype in native.ROW_DTYPES and native.available():
                 setattr(parent, name, NativeRMSNorm(child))
             if not isinstance(child, nn.Linear):
                 continue

@@ -51,7 +51,7 @@ class Attention(ctypes.Structure):
 
 
 class LinearWeights(ctypes.Structure):
-    """kernels.h's Linear: a weight on one of the kernels (kind 0 bfloat16 tiles, 1 int8, 2 int4)."""
+    """kernels.h's Linear: a weight on one of the kernels (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32)."""
 
     _fields_ = [("w", _P), ("scale", _P), ("low", _P), ("N", _L), ("K", _L), ("G", _L), ("kind", _I)]
 
@@ -143,6 +143,12 @@ def library() -> ctypes.CDLL | None:
         lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
         lib.arlm_bf16_mm.restype = None
     return lib
+
+
+def _row_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a kernel taking float32 or bfloat16 rows expects of t: its own where it is one of those, else
+    float32 (so that `_expect` refuses it)."""
+    return t.dtype if t.dtype in ROW_DTYPES else torch.float32
 
 
 def _expect(dtype: torch.dtype, *tensors: torch.Tensor, inputs: int | None = None) -> None:
@@ -242,7 +248,7 @@ def bf16_mm(x: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of rows x (M, D) with weight (D,), both float32 or both bfloat16 (normed, rounded, then weighted, as a
     bfloat16 model does) -> (M, D)."""
-    _expect(x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32, x, weight, inputs=len(weight))
+    _expect(_row_dtype(x), x, weight, inputs=len(weight))
     y = torch.empty_like(x)
     norm = library().arlm_rms_norm if x.dtype == torch.float32 else library().arlm_rms_norm_bf16
     norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
@@ -267,8 +273,8 @@ def attention_call(
     B, T = rows.shape[:2]
     kv_heads, L, hd = keys.shape[1:]
     cos, sin = rope
-    _expect(rows.dtype if rows.dtype in ROW_DTYPES else torch.float32, rows)
-    _expect(keys.dtype if keys.dtype in ROW_DTYPES else torch.float32, keys, values)
+    _expect(_row_dtype(rows), rows)
+    _expect(_row_dtype(keys), keys, values)
     _expect(cos.dtype if cos.dtype in (torch.float32, rows.dtype) else torch.float32, cos, sin, inputs=hd)
     ends = start + T if isinstance(start, int) else int(start.max()) + T
     if ends > L or hd % 16 or hd > 256 or heads % kv_heads or not (len(cos) == B or len(cos) == 1):
@@ -319,7 +325,7 @@ def linear_weights(kind: int, weight: torch.Tensor, scales=None, lows=None, grou
 
 def block_weights(norms: tuple[torch.Tensor, torch.Tensor], linears: list[LinearWeights], eps: float) -> BlockWeights:
     """A block for `block`: its two RMSNorm weights (C,) and its qkv, proj, up (gate and up) and down Linears."""
-    _expect(norms[0].dtype if norms[0].dtype in ROW_DTYPES else torch.float32, *norms)
+    _expect(_row_dtype(norms[0]), *norms)
     return BlockWeights(norms[0].data_ptr(), norms[1].data_ptr(), *linears, eps)
 
 
@@ -338,7 +344,7 @@ def block(weights: BlockWeights, x: torch.Tensor, call: Attention) -> torch.Tens
 def swiglu(h: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for rows h (..., 2F) = [gate, up], float32 or bfloat16 (each op's result rounded to it, as
     PyTorch's ops) -> (..., F)."""
-    _expect(h.dtype if h.dtype in ROW_DTYPES else torch.float32, h)
+    _expect(_row_dtype(h), h)
     out = h.new_empty(*h.shape[:-1], h.shape[-1] // 2)  # (..., F)
     rows = h.numel() // h.shape[-1] if h.numel() else 0
     library().arlm_swiglu(h.data_ptr(), out.data_ptr(), rows, h.shape[-1] // 2, int(h.dtype == torch.bfloat16))

@@ -84,7 +84,8 @@ class Int8Linear(nn.Module):
         if self.native:
             y = native.int8_mm(rows.contiguous(), self.weight, self.scales)  # (M, out)
         else:
-            y = torch._weight_int8pack_mm(torch.nn.functional.pad(rows, (0, self.pad)), self.weight, self.scales)
+            rows = torch.nn.functional.pad(rows, (0, self.pad)) if self.pad else rows  # (M, in + pad)
+            y = torch._weight_int8pack_mm(rows, self.weight, self.scales)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
