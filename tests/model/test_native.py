@@ -67,13 +67,13 @@ def test_tensors_the_kernels_would_misread_are_refused():
 
     from arlm.errors import ArlmError
 
-    codes, scales = torch.zeros(8, 32, dtype=torch.int8), torch.ones(8)
-    assert native.int8_mm(torch.ones(2, 32), codes, scales).shape == (2, 8)
-    wrong = [(torch.ones(2, 32).bfloat16(), scales), (torch.ones(2, 16), scales), (torch.ones(2, 32), scales.half()),
-             (torch.ones(32, 2).t(), scales)]  # fmt: skip
+    packed, scales = native.pack_int8(torch.zeros(8, 32, dtype=torch.int8)), native.pad_outputs(torch.ones(8))
+    assert native.int8_mm(torch.ones(2, 32), packed, scales, 8).shape == (2, 8)
+    wrong = [(torch.ones(2, 32).bfloat16(), scales), (torch.ones(2, 64), scales), (torch.ones(2, 32), scales.half()),
+             (torch.ones(32, 2).t(), scales), (torch.ones(2, 32), scales[:8])]  # fmt: skip
     for x, s in wrong:
-        with pytest.raises(ArlmError, match="contiguous"):
-            native.int8_mm(x, codes, s)
+        with pytest.raises(ArlmError, match="arlm's (CPU|int8) kernel"):
+            native.int8_mm(x, packed, s, 8)
     with pytest.raises(ArlmError, match="contiguous"):
         native.rms_norm(torch.ones(2, 32), torch.ones(16), 1e-5)
 

@@ -39,20 +39,34 @@ def _half_ulp():
     return torch.finfo(kernel_dtype()).eps / 2
 
 
+def _rows_read(x):
+    """Rows as the kernels of a layer built now read them, in float64: arlm's at 16 bits per group of 32
+    (model/quantized.c), PyTorch's in `kernel_dtype`."""
+    if native.available():
+        x = native.int_rows(x.reshape(-1, x.shape[-1]).float().contiguous()).reshape(x.shape)
+    return x.to(kernel_dtype()).double()
+
+
+def _bound(rows, weight, product):
+    """How far a kernel's float32 output may be from the float64 product of what it reads: one rounding of the product
+    (PyTorch's, to its dtype), or float32 sums over groups (arlm's: a few ulps of the sum of the terms' sizes)."""
+    if native.available():
+        return torch.nn.functional.linear(rows.abs(), weight.double().abs()) * 2.0**-21 + 1e-6
+    return product.abs() * _half_ulp() + 1e-5
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias, kernels):
     linear = _linear(bias=bias)
     x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(1))  # (B, T, in)
-    rows = x.to(kernel_dtype()).double()  # what the kernels read
-    HALF_ULP = _half_ulp()
+    rows = _rows_read(x)  # (B, T, in): what the kernels read
     for name, layer in _layers(linear).items():
         weight = layer.dequantized()  # (out, in)
         product = torch.nn.functional.linear(rows, weight.double())  # (B, T, out), before the output's rounding
         expected = product if not bias else product + linear.bias.double()
         y = layer(x)
         assert y.shape == (2, 5, 96) and y.dtype == torch.float32
-        bound = product.abs() * HALF_ULP + 1e-5  # one rounding of the product, and float32 accumulation
-        assert ((y.double() - expected).abs() <= bound).all(), name
+        assert ((y.double() - expected).abs() <= _bound(rows, weight, product)).all(), name
 
 
 @pytest.mark.parametrize("in_features", [100, 136, 264])
@@ -61,10 +75,51 @@ def test_int8_takes_any_input_width(in_features, kernels):
     widths); the layer pads them with zero columns, which add nothing."""
     layer = Int8Linear.from_float(_linear(94, in_features))
     x = torch.randn(8, in_features, generator=torch.Generator().manual_seed(1))  # (M, in)
-    expected = torch.nn.functional.linear(x.to(kernel_dtype()).double(), layer.dequantized().double())  # (M, 94)
+    rows, weight = _rows_read(x), layer.dequantized()
+    expected = torch.nn.functional.linear(rows, weight.double())  # (M, 94)
     for _ in range(20):  # the crash came one call in a few
         y = layer(x)
-        assert ((y.double() - expected).abs() <= expected.abs() * _half_ulp() + 1e-5).all()
+        assert ((y.double() - expected).abs() <= _bound(rows, weight, expected)).all()
+
+
+@pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")
+def test_arlm_kernels_read_rows_at_16_bits_per_group():
+    """Each value within 1/65,278 of its group of 32's largest (round to nearest of 2 x 32,639 steps); zeros stay
+    zeros; a NaN or an infinity makes its group's values NaN, as a float product would be."""
+    x = torch.randn(6, 100, generator=torch.Generator().manual_seed(4)) * torch.logspace(-3, 3, 6)[:, None]
+    x[1, 40:64] = 0  # a group of zeros but for its first values
+    x[2, :32] = 0
+    rows = native.int_rows(x)
+    groups = torch.nn.functional.pad(x, (0, 28)).reshape(6, 4, 32).abs().amax(-1)  # (6, 4)
+    largest = groups.repeat_interleave(32, 1)[:, :100]
+    assert ((rows - x).abs() <= largest / 65278 * (1 + 1e-6)).all()
+    assert torch.equal(rows[2, :32], torch.zeros(32)) and torch.equal(rows[1, 40:64], torch.zeros(24))
+    x[3, 70], x[4, 3] = float("nan"), float("inf")
+    odd = native.int_rows(x)
+    assert odd[3, 64:96].isnan().all() and odd[4, :32].isnan().all()
+    assert not odd[3, :64].isnan().any() and torch.equal(odd[5], rows[5])
+
+
+@pytest.mark.skipif(not native.bf16_available(), reason="needs arlm's kernels on a CPU with AMX")
+def test_arlm_int_kernels_on_amx_and_vnni_give_the_same_bits():
+    """The int8 / int4 products move from VNNI to AMX at `arlm_amx_from` rows; both give every row the same bits
+    (exact integer sums, the same float32 steps), so a row's output does not depend on how many rows came with it."""
+    import ctypes
+
+    start = ctypes.c_int.in_dll(native.library(), "arlm_amx_from")
+    default = start.value
+    x = torch.randn(11, 264, generator=torch.Generator().manual_seed(5))  # (M, in)
+    layers = _layers(_linear(out_features=96, in_features=256))
+    layers["int8-ragged"] = Int8Linear.from_float(_linear(out_features=94, in_features=264))
+    try:
+        for name, layer in layers.items():
+            rows = x[:, : layer.in_features].contiguous()
+            start.value = 1_000  # VNNI alone
+            vnni = layer(rows)
+            start.value = 1  # AMX from one row
+            assert torch.equal(layer(rows), vnni) and torch.equal(layer(rows[4:5]), vnni[4:5]), name
+    finally:
+        start.value = default
 
 
 def test_quantization_error_is_that_of_the_format(kernels):

@@ -25,8 +25,7 @@ void arlm_swiglu(const void *h, void *out, long M, long F, int xbf) {
 }
 
 static void linear(const Linear *l, const void *x, void *y, long M, int threads) {
-    if (l->kind == 1) arlm_int8_mm(x, l->w, l->scale, y, M, l->N, l->K, threads);
-    if (l->kind == 2) arlm_int4_mm(x, l->w, l->scale, l->low, y, M, l->N, l->K, l->G, threads);
+    if (l->kind == 1 || l->kind == 2) arlm_int_mm(x, l, y, M, threads);
     if (l->kind == 3) arlm_f32_mm(x, l->w, y, M, l->N, l->K, threads);
 #ifdef __AMX_BF16__
     if (l->kind == 0) arlm_bf16_mm(x, l->w, y, M, l->N, l->K, threads);

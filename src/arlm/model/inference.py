@@ -149,7 +149,7 @@ class FusedBlock(nn.Module):
         if self._packed is None:
             layers = _linears(self.block)
             norms = (self.block.norm1.vector, self.block.norm2.vector)
-            linears = [native.linear_weights(_kind(layer), *_tensors(layer), group=_group(layer)) for layer in layers]
+            linears = [native.linear_weights(_kind(layer), *_tensors(layer), **_shape(layer)) for layer in layers]
             tensors = norms + tuple(t for layer in layers for t in _tensors(layer))  # what the pointers point into
             self._packed = (native.block_weights(norms, linears, self.block.norm1.eps), tensors)
         return self._packed[0]
@@ -196,12 +196,14 @@ def _tensors(layer: nn.Module) -> tuple[torch.Tensor, ...]:
     """The tensors the kernel reads of a Linear `_kind` accepts."""
     if isinstance(layer, NativeLinear):
         return (layer.tiles,) if layer.kind == 0 else (layer.weight,)
-    return (layer.weight, layer.scales) if isinstance(layer, Int8Linear) else (layer.packed, layer.scales, layer.lows)
+    return (layer.packed, layer.scales) if isinstance(layer, Int8Linear) else (layer.packed, layer.scales_and_lows)
 
 
-def _group(layer: nn.Module) -> int:
-    """An int4 layer's group size (0 for the others)."""
-    return layer.group_size if isinstance(layer, Int4Linear) else 0
+def _shape(layer: nn.Module) -> dict:
+    """An int8 / int4 layer's group size and weight shape for `native.linear_weights` (none for the others)."""
+    if not isinstance(layer, (Int8Linear, Int4Linear)):
+        return {}
+    return {"group": getattr(layer, "group_size", 0), "shape": (layer.out_features, layer.in_features)}
 
 
 _PROBED: dict[tuple, bool] = {}  # (shape, dtype, device type, rows) -> what the probe found

@@ -1,23 +1,24 @@
-/* arlm's small-batch matrix products for x86-64 CPUs with AVX-512 (model/native.py builds and loads this file;
- * model/quant.py and model/inference.py call it).
+/* arlm's small-batch matrix products in float32 and bfloat16 for x86-64 CPUs with AVX-512, and RMSNorm
+ * (model/native.py builds and loads this file; model/inference.py and block.c call it; quantized.c has int8 / int4).
  *
  * y[m, n] = sum_k x[m, k] * w[n, k] for rows x (M, K) and a weight w (N, K) read from memory once per call:
- *   float32: float32 rows and weights;
- *   int8: float32 rows, w[n, k] = q[n, k] * scale[n], the scale applied once to the finished sum;
- *   int4: float32 rows, w[n, k] = q[n, k] * scale[n, g] + low[n, g] with g = k / G (G = 32 or 64), each weight
- *         dequantized in registers by one fused multiply-add; q is packed per block of 32: byte j = q[j] | q[j + 16] << 4;
- *   bf16: bfloat16 rows and weights on AMX tiles (where the CPU has them), sums in float32, y rounded to bfloat16.
- * float32 / int8 / int4: every (m, n) sum runs in 16 float32 lanes, k in order, and ends in one fixed lane reduction,
- * whatever the tile it falls in; bf16: every row goes through the same tile products. Either way a row's bits depend on
- * that row and the weight only, never on the other rows or on M (batch-invariant). The weights stream from memory once
- * per call (float32 / int8 / int4: the next tile's prefetched while a tile computes) and are reused from cache for
- * every block of rows, so a few rows (speculative verification, a batch of decoding sequences) cost little more than one. */
+ *   float32: float32 rows and weights; every (m, n) sum runs in 16 float32 lanes, k in order, and ends in one fixed
+ *            lane reduction, whatever the tile it falls in (the next tile's weights prefetched while a tile computes);
+ *   bf16: bfloat16 rows and weights on AMX tiles (where the CPU has them), sums in float32, y rounded to bfloat16;
+ *         every row goes through the same tile products.
+ * Either way a row's bits depend on that row and the weight only, never on the other rows or on M (batch-invariant),
+ * and the weights are reused from cache for every block of rows, so a few rows (speculative verification, a batch of
+ * decoding sequences) cost little more than one. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 
 #include "bf16.h"
 #include "kernels.h"
+
+int arlm_amx_ready = 0; /* whether Linux let this process use the AMX tiles (arlm_amx_init) */
+int arlm_amx_from = 3;  /* the fewest rows the int8 / int4 products take to AMX (quantized.c; at 2 rows AMX and
+                           VNNI take about as long, at 1 VNNI ~20% less, at 8 AMX ~30% less: docs/perf.md) */
 
 #define TILE_M 4 /* rows of x per tile */
 #define TILE_N 4 /* rows of w per tile */
@@ -32,46 +33,29 @@ static inline void prefetch_rows(const void *row0, long stride) {
     for (int j = 0; j < TILE_N; j++) _mm_prefetch((const char *)row0 + j * stride, _MM_HINT_T0);
 }
 
-static inline __m512 load_int8(const void *codes, long k, long K) {
-    const int8_t *w = codes;
-    __m128i q = k + 16 <= K ? _mm_loadu_si128((const __m128i *)(w + k))
-                            : _mm_maskz_loadu_epi8((__mmask16)((1u << (K - k)) - 1), w + k);
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-}
-
-/* 16 weights of row w from k, as float32: int8 codes (kind 1) or float32 values (kind 3) */
-static inline __attribute__((always_inline)) __m512 load_w(const void *w, long k, long K, int kind) {
-    return kind == 1 ? load_int8(w, k, K) : load_x(w, k, K);
-}
-
-/* mt (<= TILE_M) rows from m0 times nt (<= TILE_N) weight rows from n0 of int8 codes (kind 1, scaled at the end) or
- * float32 values (kind 3); mt, nt and kind are constants where inlined */
-static inline __attribute__((always_inline)) void dot_tile(const float *x, const void *w, const float *scale,
-                                                           float *y, long m0, int mt, long n0, int nt, long N, long K,
-                                                           int kind) {
-    long size = kind == 1 ? 1 : 4;
-    const char *rows = (const char *)w;
+/* mt (<= TILE_M) rows from m0 times nt (<= TILE_N) float32 weight rows from n0; mt and nt are constants where
+ * inlined */
+static inline __attribute__((always_inline)) void dot_tile(const float *x, const float *w, float *y, long m0, int mt,
+                                                           long n0, int nt, long N, long K) {
     __m512 acc[TILE_M][TILE_N];
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_ps();
     for (long k = 0; k < K; k += 16) {
         __m512 wv[TILE_N];
-        for (int j = 0; j < nt; j++) wv[j] = load_w(rows + (n0 + j) * K * size, k, K, kind);
-        if (m0 == 0 && k % (64 / size) == 0) prefetch_rows(rows + ((n0 + TILE_N) * K + k) * size, K * size);
+        for (int j = 0; j < nt; j++) wv[j] = load_x(w + (n0 + j) * K, k, K);
+        if (m0 == 0) prefetch_rows(w + (n0 + TILE_N) * K + k, K * 4);
         for (int i = 0; i < mt; i++) {
             __m512 xv = load_x(x + (m0 + i) * K, k, K);
             for (int j = 0; j < nt; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
         }
     }
     for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) {
-            float sum = _mm512_reduce_add_ps(acc[i][j]);
-            y[(m0 + i) * N + n0 + j] = kind == 1 ? sum * scale[n0 + j] : sum;
-        }
+        for (int j = 0; j < nt; j++) y[(m0 + i) * N + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
 /* Every TILE_M x TILE_N tile of y over threads by weight rows, each tile by `TILE(m0, mt, n0, nt)` with literal tile
- * sizes where they are full (so the compiler keeps the tile's sums in registers); the last weight rows one at a time. */
+ * sizes where they are full (so the compiler keeps the tile's sums in registers); the last weight rows one at a
+ * time. */
 #define FOR_EACH_TILE(TILE)                                                  \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")       \
     for (long t = 0; t < (N + TILE_N - 1) / TILE_N; t++) {                    \
@@ -88,52 +72,9 @@ static inline __attribute__((always_inline)) void dot_tile(const float *x, const
         }                                                                    \
     }
 
-void arlm_int8_mm(const float *x, const int8_t *w, const float *scale, float *y, long M, long N, long K,
-                  int threads) {
-#define INT8_TILE(m0, mt, n0, nt) dot_tile(x, w, scale, y, m0, mt, n0, nt, N, K, 1)
-    FOR_EACH_TILE(INT8_TILE)
-}
-
 void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads) {
-#define F32_TILE(m0, mt, n0, nt) dot_tile(x, w, NULL, y, m0, mt, n0, nt, N, K, 3)
+#define F32_TILE(m0, mt, n0, nt) dot_tile(x, w, y, m0, mt, n0, nt, N, K)
     FOR_EACH_TILE(F32_TILE)
-}
-
-static inline __attribute__((always_inline)) void int4_tile(const float *x, const uint8_t *q, const float *scale,
-                                                            const float *low, float *y, long m0, int mt, long n0,
-                                                            int nt, long N, long K, long G) {
-    const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    long groups = K / G;
-    __m512 acc[TILE_M][TILE_N];
-    for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_ps();
-    for (long k = 0; k < K; k += 32) {
-        __m512 lo[TILE_N], hi[TILE_N];
-        if (m0 == 0 && k % 128 == 0) prefetch_rows(q + (n0 + TILE_N) * (K / 2) + k / 2, K / 2);
-        for (int j = 0; j < nt; j++) {
-            long at = (n0 + j) * groups + k / G;
-            /* the 16 weight values of this group: table[q] = q * scale + low, one rounding (q * scale is exact) */
-            __m512 table = _mm512_fmadd_ps(levels, _mm512_set1_ps(scale[at]), _mm512_set1_ps(low[at]));
-            __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + (n0 + j) * (K / 2) + k / 2)));
-            lo[j] = _mm512_permutexvar_ps(codes, table); /* reads the low 4 bits of each index: the low nibble */
-            hi[j] = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
-        }
-        for (int i = 0; i < mt; i++) {
-            __m512 xl = _mm512_loadu_ps(x + (m0 + i) * K + k), xh = _mm512_loadu_ps(x + (m0 + i) * K + k + 16);
-            for (int j = 0; j < nt; j++) {
-                acc[i][j] = _mm512_fmadd_ps(lo[j], xl, acc[i][j]);
-                acc[i][j] = _mm512_fmadd_ps(hi[j], xh, acc[i][j]);
-            }
-        }
-    }
-    for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) y[(m0 + i) * N + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
-}
-
-void arlm_int4_mm(const float *x, const uint8_t *q, const float *scale, const float *low, float *y, long M, long N,
-                  long K, long G, int threads) {
-#define INT4_TILE(m0, mt, n0, nt) int4_tile(x, q, scale, low, y, m0, mt, n0, nt, N, K, G)
-    FOR_EACH_TILE(INT4_TILE)
 }
 
 #ifdef __AMX_BF16__
@@ -142,7 +83,10 @@ void arlm_int4_mm(const float *x, const uint8_t *q, const float *scale, const fl
 #include <unistd.h>
 
 /* Asks Linux for this process's right to use the AMX tile registers; 0 on success. */
-int arlm_amx_init(void) { return (int)syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */); }
+int arlm_amx_init(void) {
+    arlm_amx_ready = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    return arlm_amx_ready ? 0 : -1;
+}
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];

@@ -1,5 +1,5 @@
-/* What arlm's kernels (kernels.c, attention.c, block.c) offer each other and model/native.py (which mirrors the
- * structs below with ctypes: keep the two in step). */
+/* What arlm's kernels (kernels.c, quantized.c, attention.c, block.c) offer each other and model/native.py (which
+ * mirrors the structs below with ctypes: keep the two in step). */
 #ifndef ARLM_KERNELS_H
 #define ARLM_KERNELS_H
 #include <stdint.h>
@@ -20,11 +20,11 @@ typedef struct {
 
 void arlm_attend(const Attention *a, const void *qkv, void *out, int threads);
 
-/* A Linear on one of the kernels: kind 0 bfloat16 AMX tiles (w), 1 int8 codes (w) and scales, 2 int4 packed codes (w),
- * scales and lows per group of G, 3 float32 (w); N outputs, K inputs, no bias. */
+/* A Linear on one of the kernels: kind 0 bfloat16 AMX tiles (w), 1 int8 codes (w) and float32 scales (scale), 2 int4
+ * codes (w) and float16 scales and lows per group of G (scale; both laid out as quantized.c says), 3 float32 (w); N
+ * outputs, K inputs, no bias. */
 typedef struct {
-    const void *w;
-    const float *scale, *low;
+    const void *w, *scale;
     long N, K, G;
     int kind;
 } Linear;
@@ -39,10 +39,10 @@ typedef struct {
 
 void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads);
 
-void arlm_int8_mm(const float *x, const int8_t *w, const float *scale, float *y, long M, long N, long K, int threads);
+extern int arlm_amx_ready, arlm_amx_from; /* kernels.c */
+void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads);
+void arlm_int_rows(const float *x, float *y, long M, long K);
 void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads);
-void arlm_int4_mm(const float *x, const uint8_t *q, const float *scale, const float *low, float *y, long M, long N,
-                  long K, long G, int threads);
 void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads);
 void arlm_rms_norm(const float *x, const float *w, float *y, long M, long D, float eps);
 void arlm_rms_norm_bf16(const uint16_t *x, const uint16_t *w, uint16_t *y, long M, long D, float eps);

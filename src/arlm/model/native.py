@@ -34,10 +34,10 @@ import torch
 
 from arlm.errors import ArlmError
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "attention.c", "block.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "quantized.c", "attention.c", "block.c"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
-NEEDED_FLAGS = ("avx512f", "avx512bw")
+NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 ROW_DTYPES = (torch.float32, torch.bfloat16)  # rows (and caches) the attention, SwiGLU and block kernels read
 
@@ -53,7 +53,7 @@ class Attention(ctypes.Structure):
 class LinearWeights(ctypes.Structure):
     """kernels.h's Linear: a weight on one of the kernels (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32)."""
 
-    _fields_ = [("w", _P), ("scale", _P), ("low", _P), ("N", _L), ("K", _L), ("G", _L), ("kind", _I)]
+    _fields_ = [("w", _P), ("scale", _P), ("N", _L), ("K", _L), ("G", _L), ("kind", _I)]
 
 
 class BlockWeights(ctypes.Structure):
@@ -128,10 +128,10 @@ def library() -> ctypes.CDLL | None:
     if path is None:
         return None
     lib = ctypes.CDLL(str(path))
-    lib.arlm_int8_mm.argtypes = [_P, _P, _P, _P, _L, _L, _L, _I]
-    lib.arlm_int4_mm.argtypes = [_P, _P, _P, _P, _P, _L, _L, _L, _L, _I]
+    lib.arlm_int_mm.argtypes = [_P, ctypes.POINTER(LinearWeights), _P, _L, _I]
+    lib.arlm_int_rows.argtypes = [_P, _P, _L, _L]
     lib.arlm_f32_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
-    lib.arlm_int8_mm.restype = lib.arlm_int4_mm.restype = lib.arlm_f32_mm.restype = None
+    lib.arlm_int_mm.restype = lib.arlm_int_rows.restype = lib.arlm_f32_mm.restype = None
     lib.arlm_rms_norm.argtypes = lib.arlm_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _L, ctypes.c_float]
     lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
     lib.arlm_attend.argtypes = [ctypes.POINTER(Attention), _P, _P, _I]
@@ -179,16 +179,42 @@ def _compilable(schema: str, fake: Callable[..., torch.Tensor]) -> Callable[[Cal
 
 
 @_compilable(
-    "(Tensor x, Tensor codes, Tensor scales) -> Tensor", lambda x, codes, scales: x.new_empty(len(x), len(codes))
+    "(Tensor x, Tensor packed, Tensor scales, int outputs) -> Tensor",
+    lambda x, packed, scales, outputs: x.new_empty(len(x), outputs),
 )
-def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x (M, K) float32 times (codes * scales[:, None])^T for int8 codes (N, K) and float32 scales (N,) -> (M, N)."""
-    _expect(torch.float32, x, scales, inputs=codes.shape[1])
-    _expect(torch.int8, codes)
-    rows, outputs = x.shape[0], codes.shape[0]
-    y = torch.empty(rows, outputs)  # (M, N)
-    args = (x.data_ptr(), codes.data_ptr(), scales.data_ptr(), y.data_ptr())
-    library().arlm_int8_mm(*args, rows, outputs, codes.shape[1], torch.get_num_threads())
+def int8_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, outputs: int) -> torch.Tensor:
+    """x (M, K) float32 times (codes * scales[:, None])^T for int8 codes (N, K) laid out by `pack_int8` and float32
+    scales (`pad_outputs`) -> (M, N = outputs), the rows read at 16 bits (quantized.c)."""
+    _expect(torch.uint8, packed)
+    _expect(torch.float32, x, scales)
+    return _int_mm(x, linear_weights(1, packed, scales, shape=(outputs, x.shape[1])))
+
+
+@_compilable(
+    "(Tensor x, Tensor packed, Tensor levels, int group) -> Tensor",
+    lambda x, packed, levels, group: x.new_empty(len(x), 16 * len(packed)),
+)
+def int4_mm(x: torch.Tensor, packed: torch.Tensor, levels: torch.Tensor, group: int) -> torch.Tensor:
+    """x (M, K) float32 times W^T, W[n, k] = q * scale[n, g] + low[n, g] (g = k // group) for 4-bit codes q laid out
+    by `pack_int4` and float16 scales and lows by `tile_levels` -> (M, N), the rows read at 16 bits (quantized.c)."""
+    _expect(torch.uint8, packed)
+    _expect(torch.float32, x)
+    return _int_mm(x, linear_weights(2, packed, levels, group, shape=(16 * len(packed), x.shape[1])))
+
+
+def _int_mm(x: torch.Tensor, weights: LinearWeights) -> torch.Tensor:
+    """x (M, K) float32 times an int8 / int4 weight on quantized.c's kernel -> (M, N)."""
+    y = torch.empty(x.shape[0], weights.N)  # (M, N)
+    library().arlm_int_mm(x.data_ptr(), ctypes.byref(weights), y.data_ptr(), x.shape[0], torch.get_num_threads())
+    return y
+
+
+def int_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows x (M, K) float32 as the int8 / int4 kernel reads them: each value at 16 bits of its group of 32's largest
+    (quantized.c) -> (M, K) float32."""
+    _expect(torch.float32, x)
+    y = torch.empty_like(x)
+    library().arlm_int_rows(x.data_ptr(), y.data_ptr(), *x.shape)
     return y
 
 
@@ -200,24 +226,6 @@ def f32_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     library().arlm_f32_mm(
         x.data_ptr(), weight.data_ptr(), y.data_ptr(), *x.shape[:1], *weight.shape, torch.get_num_threads()
     )
-    return y
-
-
-@_compilable(
-    "(Tensor x, Tensor packed, Tensor scales, Tensor lows, int group) -> Tensor",
-    lambda x, packed, scales, lows, group: x.new_empty(len(x), len(packed)),
-)
-def int4_mm(
-    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, group: int
-) -> torch.Tensor:
-    """x (M, K) float32 times W^T, W[n, k] = q * scales[n, g] + lows[n, g] (g = k // group) for 4-bit codes q packed by
-    `pack_int4` (N, K / 2) and float32 scales and lows (N, K / group) -> (M, N)."""
-    _expect(torch.float32, x, scales, lows, inputs=2 * packed.shape[1])
-    _expect(torch.uint8, packed)
-    rows, outputs = x.shape[0], packed.shape[0]
-    y = torch.empty(rows, outputs)  # (M, N)
-    args = (x.data_ptr(), packed.data_ptr(), scales.data_ptr(), lows.data_ptr(), y.data_ptr())
-    library().arlm_int4_mm(*args, rows, outputs, 2 * packed.shape[1], group, torch.get_num_threads())
     return y
 
 
@@ -310,17 +318,24 @@ def attend(qkv: torch.Tensor, call: Attention) -> torch.Tensor:
     return out
 
 
-def linear_weights(kind: int, weight: torch.Tensor, scales=None, lows=None, group: int = 0) -> LinearWeights:
-    """A Linear for `block`: kind 0 bfloat16 `bf16_tiles`, 1 int8 codes (N, K) and float32 scales (N,), 2 int4
-    `pack_int4` codes (N, K / 2) with float32 scales and lows (N, K / group), 3 float32 (N, K)."""
-    dtypes = {0: torch.bfloat16, 1: torch.int8, 2: torch.uint8, 3: torch.float32}
+def linear_weights(
+    kind: int, weight: torch.Tensor, scales=None, group: int = 0, shape: tuple[int, int] | None = None
+) -> LinearWeights:
+    """A Linear for `block` or `_int_mm`: kind 0 bfloat16 `bf16_tiles`, 1 int8 `pack_int8` codes with `pad_outputs`
+    float32 scales, 2 int4 `pack_int4` codes with `tile_levels` float16 scales and lows per group, 3 float32 (N, K);
+    shape: the weight's (N, K) (kinds 1 and 2, whose layouts pad it)."""
+    dtypes = {0: torch.bfloat16, 1: torch.uint8, 2: torch.uint8, 3: torch.float32}
     _expect(dtypes[kind], weight)
-    if kind:
-        _expect(torch.float32, *(t for t in (scales, lows) if t is not None))
-    N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1])
-    K = 2 * K if kind == 2 else K
-    pointer = [None if t is None else t.data_ptr() for t in (scales, lows)]
-    return LinearWeights(weight.data_ptr(), *pointer, N, K, group, kind)
+    if kind in (1, 2):
+        _expect(torch.float32 if kind == 1 else torch.float16, scales)
+        N, K = shape
+        tiles = weight.shape[:2] == (-(-N // 16), -(-K // 32))
+        levels = (16 * len(weight),) if kind == 1 else (len(weight), K // max(group, 1), 2, 16)
+        if not tiles or tuple(scales.shape) != levels or (kind == 2 and (K % group or N % 16)):
+            raise ArlmError(f"arlm's int{8 if kind == 1 else 4} kernel cannot read a {N}x{K} weight from these codes")
+    else:
+        N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1])
+    return LinearWeights(weight.data_ptr(), None if scales is None else scales.data_ptr(), N, K, group, kind)
 
 
 def block_weights(norms: tuple[torch.Tensor, torch.Tensor], linears: list[LinearWeights], eps: float) -> BlockWeights:
@@ -351,8 +366,52 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """Codes (N, K) in 0..15 -> (N, K / 2) bytes, per block of 32: byte j = q[j] | q[j + 16] << 4 (GGUF's order)."""
+def _tiles_of(codes: torch.Tensor, pad: int) -> torch.Tensor:
+    """Codes (N, K) as uint8, padded with `pad` to whole tiles of 16 outputs and groups of 32 inputs:
+    (T, 16, G, 32)."""
     out_features, in_features = codes.shape
-    halves = codes.to(torch.uint8).reshape(out_features, in_features // 32, 2, 16)  # (N, K/32, 2, 16)
-    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out_features, in_features // 2).contiguous()
+    padded = torch.nn.functional.pad(codes.to(torch.int16), (0, -in_features % 32, 0, -out_features % 16), value=pad)
+    return padded.to(torch.uint8).reshape(-(-out_features // 16), 16, -(-in_features // 32), 32)
+
+
+def pack_int8(codes: torch.Tensor) -> torch.Tensor:
+    """Signed codes (N, K) -> the int8 kernel's layout (quantized.c), codes + 128: (N/16, K/32, 8, 16, 4) bytes."""
+    tiles = _tiles_of(codes.to(torch.int16) + 128, 128)  # (T, 16, G, 32); 128: a zero weight
+    return tiles.reshape(*tiles.shape[:3], 8, 4).permute(0, 2, 3, 1, 4).contiguous()
+
+
+def unpack_int8(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """The signed codes (N, K) `pack_int8` laid out."""
+    tiles = packed.permute(0, 3, 1, 2, 4).reshape(16 * len(packed), -1)  # (T 16, G 32)
+    return (tiles[:out_features, :in_features].to(torch.int16) - 128).to(torch.int8)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes (N, K) in 0..15, N by 16 and K by 32 -> the int4 kernel's layout (quantized.c): (N/16, K/32, 4, 16, 4)
+    bytes, inputs 4j.. of a group in the low nibbles and 16 + 4j.. in the high ones."""
+    tiles = _tiles_of(codes, 0).reshape(len(codes) // 16, 16, -1, 2, 4, 4)  # (T, 16, G, half, j, 4)
+    packed = tiles[:, :, :, 0] | (tiles[:, :, :, 1] << 4)  # (T, 16, G, 4, 4)
+    return packed.permute(0, 2, 3, 1, 4).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The codes (N, K) `pack_int4` laid out."""
+    halves = torch.stack([packed & 0x0F, packed >> 4], dim=3)  # (T, G, 4, 2, 16, 4) -> inputs 16 half + 4 j + b
+    return halves.permute(0, 4, 1, 3, 2, 5).reshape(16 * len(packed), -1)
+
+
+def pad_outputs(scales: torch.Tensor) -> torch.Tensor:
+    """Per-output float32 scales (N,) padded with zeros to whole tiles of 16, as the int8 kernel reads them."""
+    return torch.nn.functional.pad(scales.float(), (0, -len(scales) % 16)).contiguous()
+
+
+def tile_levels(scales: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
+    """Per-group scales and lows (N, K / G), N by 16 -> the int4 kernel's layout: (N/16, K/G, 2, 16) float16."""
+    pairs = torch.stack([scales, lows], dim=1).to(torch.float16)  # (N, 2, K/G)
+    return pairs.reshape(len(scales) // 16, 16, 2, -1).permute(0, 3, 2, 1).contiguous()
+
+
+def untile_levels(tiled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scales and lows (N, K / G) `tile_levels` laid out, in float32."""
+    pairs = tiled.float().permute(0, 3, 2, 1).reshape(16 * len(tiled), 2, -1)  # (N, 2, K/G)
+    return pairs[:, 0], pairs[:, 1]

@@ -7,9 +7,10 @@
   (interop/gguf_quant.py).
 
 Two kernel sets, chosen when a layer is built:
-- arlm's own (model/native.py, where this CPU and compiler can build them): float32 rows, float32 scales and lows (a
-  GGUF file's float16 ones held exactly), float32 output; batch-invariant by construction; about as fast as PyTorch's
-  at one row and faster at several (docs/perf.md, "arlm's own kernels").
+- arlm's own (model/quantized.c, where this CPU and compiler can build them): integer dot products of the codes by
+  the rows read at 16 bits per group of 32 (each value within 1/65,278 of its group's largest), int8 scales in float32,
+  int4 scales and lows in float16 (a GGUF file's held exactly), float32 output; batch-invariant by construction
+  (docs/perf.md, "arlm's own kernels").
 - PyTorch's (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`), elsewhere. They read their inputs,
   scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX), 20-35x faster there
   than with float32 inputs, so a layer then rounds its input rows and its scales and zeros to bfloat16
@@ -59,11 +60,14 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.native = native.available()
-        # PyTorch's kernel reads past rows whose width is not a multiple of 16 (a segfault, tested): zero columns
-        self.pad = 0 if self.native else -self.in_features % 16
-        weight = torch.nn.functional.pad(weight.to(torch.int8), (0, self.pad))
-        self.register_buffer("weight", weight.contiguous())  # (out, in + pad)
-        self.register_buffer("scales", scales.to(kernel_dtype()).contiguous())  # (out,)
+        if self.native:
+            self.register_buffer("packed", native.pack_int8(weight))  # (out/16, in/32, 8, 16, 4)
+            self.register_buffer("scales", native.pad_outputs(scales))  # (out rounded up to 16,)
+        else:  # PyTorch's kernel reads past rows whose width is not a multiple of 16 (a segfault, tested): zero columns
+            self.pad = -self.in_features % 16
+            weight = torch.nn.functional.pad(weight.to(torch.int8), (0, self.pad))
+            self.register_buffer("weight", weight.contiguous())  # (out, in + pad)
+            self.register_buffer("scales", scales.to(kernel_dtype()).contiguous())  # (out,)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
@@ -74,15 +78,21 @@ class Int8Linear(nn.Module):
         codes = torch.round(weight / scales[:, None]).clamp(-127, 127)
         return cls(codes, scales, linear.bias)
 
+    def codes(self) -> torch.Tensor:
+        """The int8 codes (out, in)."""
+        if self.native:
+            return native.unpack_int8(self.packed, self.out_features, self.in_features)
+        return self.weight[:, : self.in_features]
+
     def dequantized(self) -> torch.Tensor:
         """The float32 weight the layer multiplies by: (out, in)."""
-        return self.weight[:, : self.in_features].float() * self.scales.float()[:, None]
+        return self.codes().float() * self.scales[: self.out_features].float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
         rows = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, in)
         if self.native:
-            y = native.int8_mm(rows.contiguous(), self.weight, self.scales)  # (M, out)
+            y = native.int8_mm(rows.contiguous(), self.packed, self.scales, self.out_features)  # (M, out)
         else:
             rows = torch.nn.functional.pad(rows, (0, self.pad)) if self.pad else rows  # (M, in + pad)
             y = torch._weight_int8pack_mm(rows, self.weight, self.scales)
@@ -111,9 +121,8 @@ class Int4Linear(nn.Module):
         self.native = native.available() if ours is None else ours
         scales, lows = _levels(scales, lows, self.native)
         if self.native:
-            self.register_buffer("packed", native.pack_int4(codes))  # (out, in/2)
-            self.register_buffer("scales", scales.contiguous())  # (out, in/G)
-            self.register_buffer("lows", lows.contiguous())  # (out, in/G)
+            self.register_buffer("packed", native.pack_int4(codes))  # (out/16, in/32, 4, 16, 4)
+            self.register_buffer("scales_and_lows", native.tile_levels(scales, lows))  # (out/16, in/G, 2, 16) float16
         else:  # PyTorch's kernel reads (q - 8) * scale + zero
             packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)  # (out, in/2)
             self.register_buffer("packed", packed)
@@ -136,7 +145,7 @@ class Int4Linear(nn.Module):
         check_int4_shape(out_features, in_features, group_size)
         groups = weight.reshape(out_features, in_features // group_size, group_size)  # (out, in/G, G)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (out, in/G)
-        scales = ((high - low) / 15).clamp(min=torch.finfo(torch.bfloat16).tiny)  # (out, in/G)
+        scales = ((high - low) / 15).clamp(min=2.0**-24)  # (out, in/G); float16's smallest step: never 0 in it
         ours = native.available()
         moved_scales, moved_lows = _levels(scales, low, ours)  # the levels the kernel will read: codes fit those
         codes = torch.round((groups - moved_lows[..., None]) / moved_scales[..., None]).clamp(0, 15)
@@ -145,16 +154,17 @@ class Int4Linear(nn.Module):
     def levels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The scales and lows (out, in / group_size) as the kernel reads them, in float32."""
         if self.native:
-            return self.scales, self.lows
+            return native.untile_levels(self.scales_and_lows)
         scales, zeros = self.scales_and_zeros.float().permute(2, 1, 0)  # (out, in/G) each
         return scales, zeros - 8 * scales
 
     def dequantized(self) -> torch.Tensor:
-        """The float32 weight the layer multiplies by: (out, in), computed by the kernel's float32 path on the
-        identity (exact: each output is one weight times 1)."""
-        eye = torch.eye(self.in_features)  # (in, in)
+        """The float32 weight the layer multiplies by: (out, in), q * scale + low (PyTorch's kernel: computed by its
+        float32 path on the identity, exact as each output is one weight times 1)."""
         if self.native:
-            return native.int4_mm(eye, self.packed, self.scales, self.lows, self.group_size).t()
+            scales, lows = (v.repeat_interleave(self.group_size, 1) for v in self.levels())  # (out, in)
+            return native.unpack_int4(self.packed) * scales + lows
+        eye = torch.eye(self.in_features)  # (in, in)
         pairs = self.scales_and_zeros.float()
         return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, pairs).t()
 
@@ -162,7 +172,7 @@ class Int4Linear(nn.Module):
         """(..., in) -> (..., out)"""
         if self.native:
             rows = x.reshape(-1, self.in_features).float().contiguous()  # (M, in)
-            y = native.int4_mm(rows, self.packed, self.scales, self.lows, self.group_size)  # (M, out)
+            y = native.int4_mm(rows, self.packed, self.scales_and_lows, self.group_size)  # (M, out)
         else:
             rows = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
             y = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
@@ -171,11 +181,12 @@ class Int4Linear(nn.Module):
 
 
 def _levels(scales: torch.Tensor, lows: torch.Tensor, ours: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact scales and lows moved to what a kernel reads, in float32: as they are for arlm's own (ours); for
-    PyTorch's, the scale and the zero (low + 8 * scale) each rounded to `compute_dtype`."""
+    """Exact scales and lows moved to what a kernel reads, in float32: for arlm's own (ours), each rounded to float16
+    (as a GGUF file holds them: its levels are kept exactly); for PyTorch's, the scale and the zero (low + 8 * scale)
+    each rounded to `compute_dtype`."""
     scales, lows = scales.float(), lows.float()
     if ours:
-        return scales, lows
+        return _rounded(scales, torch.float16), _rounded(lows, torch.float16)
     rounded = _rounded(scales, compute_dtype())
     zeros = _rounded(lows + 8 * scales, compute_dtype())  # from the exact scale: |q - 8| <= 8 steps
     return rounded, zeros - 8 * rounded

@@ -1,0 +1,294 @@
+/* arlm's products by int8 and int4 weights, on integer dot products, for decoding on x86-64 CPUs (model/native.py
+ * builds and loads this file with kernels.c; model/quant.py and block.c call it).
+ *
+ * y[m, n] = sum_k x[m, k] w[n, k] for float32 rows x (M, K) and a weight held as 8-bit or 4-bit codes u:
+ *   int8 (kind 1): w[n, k] = (u[n, k] - 128) scale[n], u = q + 128 for signed codes q, one float32 scale per output;
+ *   int4 (kind 2): w[n, k] = u[n, k] scale[n, g] + low[n, g], g = k / G (G = 32 or 64), GGUF's Q4_1 convention,
+ *                  scale and low in float16 (as a GGUF file holds them).
+ * The rows are read at 16 bits per group of 32 inputs: x[k] = d q[k], d = (largest |x| of the group) / 32639, so each
+ * value is off by at most 1/65278 of its group's largest (float32 rows hold 24 bits; the weights' codes 4 or 8). q is
+ * split into two signed bytes, q = 256 q1 + q2, so that integer dot products of bytes (unsigned codes times signed
+ * row bytes, 4 products summed into each int32) multiply them exactly; a group's sum S = 256 S1 + S2 is an exact
+ * integer, scaled once in float32: y = sum_g d_g S_g scale (+ low_g d_g sum q).
+ *
+ * Layout (native.pack_int8 / pack_int4): 16 outputs to a 64-byte vector, 4 consecutive inputs to a lane, so that a
+ * vector's 16 sums are 16 outputs and nothing is reduced across lanes. Per tile of 16 outputs, per group of 32 inputs:
+ * int8, 8 vectors (inputs 4j.., j = 0..7); int4, 4 vectors whose low nibbles are inputs 4j.. and high nibbles
+ * 16 + 4j.. (j = 0..3). int4's levels per tile, per group of G: 16 scales then 16 lows, float16 (one cache line).
+ *
+ * Two engines, the same sums: AVX512-VNNI (`vpdpbusd`: 16 outputs x 4 inputs of one row byte level per instruction)
+ * for one to a few rows, where reading the weights bounds the time; AMX-INT8 where the CPU has it and Linux lets us
+ * (`tdpbsud`: one tile product gives a group's sums for up to 8 rows' two byte levels at once) from arlm_amx_from rows
+ * on, where VNNI's work grows with the rows. Integer sums are exact either way and the float32 steps are the same, so
+ * both give the same bits. Each row is computed alone, in the same order whatever M is and wherever it sits
+ * (batch-invariant), and each tile's weights are read from memory once per call. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "kernels.h"
+
+#define ROWS 4       /* rows per block */
+#define AHEAD 12     /* groups prefetched ahead (4: ~10% slower at one row, 8 to 16 alike) */
+#define Q_MAX 32639 /* largest |q|: 256 q1 + q2 with q1 in -127..127, q2 in -128..127 */
+
+/* The rows at 16 bits: q (2M, Kp) bytes, row 2m holding row m's q1 and 2m + 1 its q2; per row and group of 32: d, the
+ * sum of q, and d times that sum */
+typedef struct {
+    int8_t *q;
+    float *d, *xsum;
+    int32_t *qsum;
+    long Kp, groups;
+} Rows;
+
+static void free_rows(Rows *r) { free(r->q), free(r->d), free(r->xsum), free(r->qsum); }
+
+/* One group of 32 values (count of them real, the rest zeros): sets its q1, q2 and the sum of q; returns d (NaN where
+ * the group holds a NaN or an infinity: the outputs then are NaN, as a float product's would be). q rounds to nearest,
+ * ties to even. */
+static float quantize_group(const float *x, long count, int8_t *q1, int8_t *q2, int32_t *qsum) {
+    __m512 v[2];
+    for (int h = 0; h < 2; h++) {
+        long n = count - 16 * h < 0 ? 0 : count - 16 * h > 16 ? 16 : count - 16 * h;
+        v[h] = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), x + 16 * h);
+    }
+    __mmask16 odd = _mm512_fpclass_ps_mask(v[0], 0x99) | _mm512_fpclass_ps_mask(v[1], 0x99); /* NaN or infinity */
+    float largest = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+    float inverse = !odd && largest > 0.0f ? Q_MAX / largest : 0.0f;
+    __m512i sum = _mm512_setzero_si512();
+    for (int h = 0; h < 2; h++) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[h], _mm512_set1_ps(inverse)));
+        __m512i high = _mm512_srai_epi32(_mm512_add_epi32(q, _mm512_set1_epi32(128)), 8); /* -127..127 */
+        _mm_storeu_si128((__m128i *)(q1 + 16 * h), _mm512_cvtepi32_epi8(high));
+        __m512i low = _mm512_sub_epi32(q, _mm512_slli_epi32(high, 8)); /* -128..127 */
+        _mm_storeu_si128((__m128i *)(q2 + 16 * h), _mm512_cvtepi32_epi8(low));
+        sum = _mm512_add_epi32(sum, q);
+    }
+    *qsum = _mm512_reduce_add_epi32(sum);
+    return odd ? NAN : largest / Q_MAX;
+}
+
+static Rows quantize_rows(const float *x, long M, long K) {
+    Rows r = {.Kp = (K + 31) / 32 * 32, .groups = (K + 31) / 32};
+    r.q = malloc(2 * M * r.Kp);
+    r.d = malloc(M * r.groups * sizeof(float)), r.xsum = malloc(M * r.groups * sizeof(float));
+    r.qsum = malloc(M * r.groups * sizeof(int32_t));
+    for (long m = 0; m < M; m++)
+        for (long g = 0; g < r.groups; g++) {
+            long at = m * r.groups + g, count = K - 32 * g < 32 ? K - 32 * g : 32, row = 2 * m * r.Kp + 32 * g;
+            r.d[at] = quantize_group(x + m * K + 32 * g, count, r.q + row, r.q + row + r.Kp, r.qsum + at);
+            r.xsum[at] = r.d[at] * (float)r.qsum[at];
+        }
+    return r;
+}
+
+/* The rows as the kernel reads them: y (M, K) = d q (for tests and for dequantized references) */
+void arlm_int_rows(const float *x, float *y, long M, long K) {
+    Rows r = quantize_rows(x, M, K);
+    for (long m = 0; m < M; m++)
+        for (long k = 0; k < K; k++) {
+            long at = 2 * m * r.Kp + k;
+            y[m * K + k] = r.d[m * r.groups + k / 32] * (float)(256 * r.q[at] + r.q[at + r.Kp]);
+        }
+    free_rows(&r);
+}
+
+
+/* The 8 vectors of group g's codes in tile `codes` (int8: as stored; int4: the nibbles, unpacked) */
+static inline __attribute__((always_inline)) void load_codes(const uint8_t *codes, long g, int kind, __m512i w[8]) {
+    if (kind == 1) {
+        for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(codes + (8 * g + j) * 64);
+        return;
+    }
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    for (int j = 0; j < 4; j++) {
+        __m512i v = _mm512_loadu_si512(codes + (4 * g + j) * 64);
+        w[j] = _mm512_and_si512(v, nibble);
+        w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+    }
+}
+
+/* A hint to have the lines AHEAD groups on in cache when they are reached (the next tile's where this one ends) */
+static inline void prefetch_group(const uint8_t *codes, const Linear *l, long t, long g, long levels, int shift) {
+    const int lines = l->kind == 1 ? 8 : 4;
+    for (int j = 0; j < lines; j++) _mm_prefetch(codes + (lines * (g + AHEAD) + j) * 64, _MM_HINT_T0);
+    if (l->kind == 2)
+        _mm_prefetch((const uint16_t *)l->scale + (t * levels + ((g + AHEAD) >> shift)) * 32, _MM_HINT_T0);
+}
+
+/* Row m's sums s = sum_k u q over group g (exact) added to its 16 outputs' float32 sums */
+static inline __attribute__((always_inline)) __m512 add_group(__m512 acc, __m512i s, int kind, const Rows *r, long at,
+                                                              __m512 scale, __m512 low) {
+    if (kind == 1) { /* minus the codes' offset: sum_k (u - 128) q, scaled by the output's scale at the end */
+        s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * r->qsum[at]));
+        return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(r->d[at]), acc);
+    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(scale, _mm512_set1_ps(r->d[at])), acc);
+    return _mm512_fmadd_ps(low, _mm512_set1_ps(r->xsum[at]), acc);
+}
+
+/* Tile t's scale and low for a group (int4): the at-th pair of the layer's */
+static inline void group_levels(const Linear *l, long at, __m512 *scale, __m512 *low) {
+    const __m256i *halves = (const __m256i *)((const uint16_t *)l->scale + at * 32);
+    *scale = _mm512_cvtph_ps(_mm256_loadu_si256(halves)), *low = _mm512_cvtph_ps(_mm256_loadu_si256(halves + 1));
+}
+
+/* Rows m0 .. m0 + mt of y, outputs 16 t.. (int8: times the outputs' scales) */
+static inline void store_sums(const Linear *l, float *y, long m0, int mt, long t, const __m512 *acc) {
+    long outputs = l->N - 16 * t < 16 ? l->N - 16 * t : 16;
+    __mmask16 mask = (__mmask16)((1u << outputs) - 1);
+    for (int i = 0; i < mt; i++) {
+        __m512 out = l->kind == 1 ? _mm512_mul_ps(acc[i], _mm512_loadu_ps((const float *)l->scale + 16 * t)) : acc[i];
+        _mm512_mask_storeu_ps(y + (m0 + i) * l->N + 16 * t, mask, out);
+    }
+}
+
+/* rows m0 .. m0 + mt (mt <= ROWS, a constant where inlined) times the 16 outputs of tile t, on vpdpbusd */
+static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
+                                                           long t) {
+    const int kind = l->kind;
+    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
+    const int shift = l->G == 64; /* group g's levels: g >> shift */
+    const uint8_t *codes = (const uint8_t *)l->w + t * groups * (kind == 1 ? 512 : 256);
+    __m512 acc[ROWS], scale = _mm512_setzero_ps(), low = _mm512_setzero_ps();
+    for (int i = 0; i < mt; i++) acc[i] = _mm512_setzero_ps();
+    for (long g = 0; g < groups; g++) {
+        __m512i w[8];
+        if (m0 == 0) prefetch_group(codes, l, t, g, levels, shift);
+        load_codes(codes, g, kind, w);
+        if (kind == 2) group_levels(l, t * levels + (g >> shift), &scale, &low);
+        for (int i = 0; i < mt; i++) {
+            const int8_t *a = r->q + 2 * (m0 + i) * r->Kp + 32 * g, *b = a + r->Kp;
+            __m512i s1 = _mm512_setzero_si512(), s2 = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j++) {
+                s1 = _mm512_dpbusd_epi32(s1, w[j], _mm512_set1_epi32(*(const int32_t *)(a + 4 * j)));
+                s2 = _mm512_dpbusd_epi32(s2, w[j], _mm512_set1_epi32(*(const int32_t *)(b + 4 * j)));
+            }
+            __m512i s = _mm512_add_epi32(_mm512_slli_epi32(s1, 8), s2); /* sum_k u q, exact */
+            acc[i] = add_group(acc[i], s, kind, r, (m0 + i) * groups + g, scale, low);
+        }
+    }
+    store_sums(l, y, m0, mt, t, acc);
+}
+
+#ifdef __AMX_INT8__
+#include <string.h>
+#define AMX_ROWS 8 /* rows per block on AMX: their q1 and q2 fill a tile's 16 rows */
+
+/* For each of two groups (tiles 0-2 and 3-5): 2 rows rows of q, 32 bytes (one group) each; the group's codes, 8 rows
+ * of 16 outputs x 4 inputs; the sums, 2 rows rows x 16 int32 */
+static void configure_int_tiles(int rows) {
+    struct {
+        uint8_t palette, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int h = 0; h < 6; h += 3) {
+        c.colsb[h] = 32, c.rows[h] = (uint8_t)(2 * rows);
+        c.colsb[h + 1] = 64, c.rows[h + 1] = 8;
+        c.colsb[h + 2] = 64, c.rows[h + 2] = (uint8_t)(2 * rows);
+    }
+    _tile_loadconfig(&c);
+}
+
+/* Group g's codes as the tile product reads them: in place (int8) or unpacked into `room` (int4) */
+static inline const void *tile_codes(const uint8_t *codes, long g, int kind, __m512i room[8]) {
+    if (kind == 1) return codes + 512 * g;
+    load_codes(codes, g, kind, room);
+    return room;
+}
+
+/* Rows m0 .. m0 + mt's sums of group g, stored from a tile, added to acc */
+static inline void add_tile_sums(__m512 *acc, int32_t (*sums)[16], const Linear *l, const Rows *r, long m0, int mt,
+                                 long g, long level) {
+    __m512 scale = _mm512_setzero_ps(), low = _mm512_setzero_ps();
+    if (l->kind == 2) group_levels(l, level, &scale, &low);
+    for (int i = 0; i < mt; i++) {
+        __m512i s = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sums[2 * i]), 8),
+                                     _mm512_load_si512(sums[2 * i + 1]));
+        acc[i] = add_group(acc[i], s, l->kind, r, (m0 + i) * r->groups + g, scale, low);
+    }
+}
+
+/* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the 16 outputs of tile t, on AMX: one tile
+ * product per group gives every row's q1 and q2 sums at once; two groups at a time, so that one's product runs while
+ * the other's sums are stored and added */
+static void amx_tile(const Rows *r, const Linear *l, float *y, long m0, int mt, long t) {
+    const int kind = l->kind;
+    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
+    const int shift = l->G == 64; /* group g's levels: g >> shift */
+    const uint8_t *codes = (const uint8_t *)l->w + t * groups * (kind == 1 ? 512 : 256);
+    const int8_t *q = r->q + 2 * m0 * r->Kp;
+    __m512i room[2][8];
+    int32_t sums[2][2 * AMX_ROWS][16] __attribute__((aligned(64)));
+    __m512 acc[AMX_ROWS];
+    for (int i = 0; i < mt; i++) acc[i] = _mm512_setzero_ps();
+    long g = 0;
+    for (; g + 1 < groups; g += 2) {
+        if (m0 == 0) {
+            prefetch_group(codes, l, t, g, levels, shift);
+            prefetch_group(codes, l, t, g + 1, levels, shift);
+        }
+        _tile_zero(2);
+        _tile_zero(5);
+        _tile_loadd(0, q + 32 * g, r->Kp);
+        _tile_loadd(1, tile_codes(codes, g, kind, room[0]), 64);
+        _tile_loadd(3, q + 32 * (g + 1), r->Kp);
+        _tile_loadd(4, tile_codes(codes, g + 1, kind, room[1]), 64);
+        _tile_dpbsud(2, 0, 1);
+        _tile_dpbsud(5, 3, 4);
+        _tile_stored(2, sums[0], 64);
+        _tile_stored(5, sums[1], 64);
+        add_tile_sums(acc, sums[0], l, r, m0, mt, g, t * levels + (g >> shift));
+        add_tile_sums(acc, sums[1], l, r, m0, mt, g + 1, t * levels + ((g + 1) >> shift));
+    }
+    if (g < groups) {
+        _tile_zero(2);
+        _tile_loadd(0, q + 32 * g, r->Kp);
+        _tile_loadd(1, tile_codes(codes, g, kind, room[0]), 64);
+        _tile_dpbsud(2, 0, 1);
+        _tile_stored(2, sums[0], 64);
+        add_tile_sums(acc, sums[0], l, r, m0, mt, g, t * levels + (g >> shift));
+    }
+    store_sums(l, y, m0, mt, t, acc);
+}
+#endif
+
+/* y (M, N) = x (M, K) times the weight of l (kind 1 or 2, the layout above), over threads by tiles of 16 outputs */
+void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads) {
+    Rows r = quantize_rows(x, M, l->K);
+    long tiles = (l->N + 15) / 16;
+#ifdef __AMX_INT8__
+    if (arlm_amx_ready && M >= arlm_amx_from) {
+#pragma omp parallel num_threads(threads)
+        {
+            long full = M / AMX_ROWS, rest = M % AMX_ROWS;
+            if (full) configure_int_tiles(AMX_ROWS);
+#pragma omp for schedule(static)
+            for (long t = 0; t < tiles; t++)
+                for (long b = 0; b < full; b++) amx_tile(&r, l, y, b * AMX_ROWS, AMX_ROWS, t);
+            if (rest) {
+                configure_int_tiles((int)rest);
+#pragma omp for schedule(static)
+                for (long t = 0; t < tiles; t++) amx_tile(&r, l, y, full * AMX_ROWS, (int)rest, t);
+            }
+            _tile_release();
+        }
+        free_rows(&r);
+        return;
+    }
+#endif
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long t = 0; t < tiles; t++)
+        for (long m0 = 0; m0 < M; m0 += ROWS) {
+            long mt = M - m0 < ROWS ? M - m0 : ROWS;
+            if (mt == 4) int_tile(&r, l, y, m0, 4, t);
+            else if (mt == 3) int_tile(&r, l, y, m0, 3, t);
+            else if (mt == 2) int_tile(&r, l, y, m0, 2, t);
+            else int_tile(&r, l, y, m0, 1, t);
+        }
+    free_rows(&r);
+}
