@@ -10,13 +10,14 @@ from arlm.model import inference, native
 from arlm.model.inference import (
     ChunkedLinear,
     FusedBlock,
+    FusedBlocks,
     NativeLinear,
     NativeRMSNorm,
     linear_is_batch_invariant,
     optimize_for_decoding,
 )
 from arlm.model.quant import quantize_model
-from arlm.model.transformer import RMSNorm, Transformer
+from arlm.model.transformer import Blocks, RMSNorm, Transformer
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -167,20 +168,23 @@ def _decode(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8", "int4"])
 def test_a_fused_block_gives_the_bits_its_modules_give(dtype):
     """block.c runs a block's norms, Linears, attention, SwiGLU and residuals in one call with the roundings the
-    modules make: logits and cache equal to the same model run module by module, padded rows included."""
+    modules make, and every block of the model in one call (FusedBlocks): logits and cache equal to the same model run
+    module by module and block by block, padded rows included."""
     if dtype == torch.bfloat16 and not native.bf16_available():
         pytest.skip("arlm's bfloat16 kernel needs AMX (model/native.py)")
     model = _fused_model(dtype)
-    assert all(isinstance(block, FusedBlock) for block in model.blocks)
-    modules = copy.deepcopy(model)
-    modules.blocks = torch.nn.ModuleList(block.block for block in modules.blocks)
+    assert isinstance(model.blocks, FusedBlocks) and all(isinstance(block, FusedBlock) for block in model.blocks)
+    modules, one_by_one = copy.deepcopy(model), copy.deepcopy(model)
+    modules.blocks = Blocks(block.block for block in modules.blocks)
+    one_by_one.blocks = Blocks(list(one_by_one.blocks))
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))  # (B, 16)
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, :3] = 0  # row 1 left-padded
     (fused, fused_keys), (theirs, their_keys) = _decode(model, ids, mask), _decode(modules, ids, mask)
     assert torch.equal(fused, theirs) and torch.equal(fused_keys, their_keys)
+    assert torch.equal(_decode(one_by_one, ids, mask)[0], theirs)
     model.to("cpu")  # Module._apply: the packed pointers are dropped and packed again on the next call
-    assert all(block._packed is None for block in model.blocks)
+    assert model.blocks._packed is None and all(block._packed is None for block in model.blocks)
     assert torch.equal(_decode(model, ids, mask)[0], theirs)
 
 

@@ -23,7 +23,7 @@ def self_draft(model: nn.Module, layers: int) -> nn.Module:
         raise ArlmError(f"a self-draft takes 1 to {total - 1} of the target's {total} layers, got {layers}")
     draft = copy.copy(model)  # shares every parameter, buffer and submodule with the target ...
     draft._modules = dict(model._modules)  # ... but has its own list of children,
-    draft._modules["blocks"] = nn.ModuleList(list(model.blocks)[:layers])  # whose blocks are the first `layers`
+    draft._modules["blocks"] = model.blocks[:layers]  # whose blocks are the first `layers` (a list of their class)
     draft.config = dataclasses.replace(model.config, n_layer=layers)  # so its caches hold `layers` layers
     return draft
 

@@ -100,7 +100,7 @@ class CausalSelfAttention(nn.Module):
         and cache bits)."""
         if kv_cache is None or rope is None or isinstance(start, torch.Tensor) or self.backend != "sdpa":
             return False
-        usable = rows.dtype in native.ROW_DTYPES and _buffers(kv_cache).k.dtype in native.ROW_DTYPES and rows.is_cpu
+        usable = rows.dtype in native.ROW_DTYPES and kv_buffers(kv_cache).k.dtype in native.ROW_DTYPES and rows.is_cpu
         small = rows.shape[1] <= STEPWISE_QUERIES and self.head_dim % 16 == 0 and self.head_dim <= 256
         inference = not (self.training or rows.requires_grad or torch.compiler.is_compiling())
         return usable and small and inference and native.available()
@@ -116,7 +116,7 @@ class CausalSelfAttention(nn.Module):
         last = getattr(_LAST_CALL, "value", None)  # the cache by weak reference: a finished one is freed
         if last and last[0] is rope[0] and last[1] is mask and last[2]() is kv_cache and last[3] == values:
             call, kept = last[4], last[5]
-            buffers = _buffers(kv_cache)
+            buffers = kv_buffers(kv_cache)
             call.ck, call.cv = buffers.k[self.layer].data_ptr(), buffers.v[self.layer].data_ptr()
             return call, kept
         call, kept = self._new_native_call(rows, rope, mask, kv_cache, start)
@@ -130,7 +130,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = rope[0][:, 0], rope[1][:, 0]  # (B or 1, T, hd) each
         if isinstance(kv_cache, SlotBatch):
             slots, positions = kv_cache.rows()  # (A,) each
-            buffers = _buffers(kv_cache)
+            buffers = kv_buffers(kv_cache)
             k, v = buffers.k[self.layer], buffers.v[self.layer]  # (slots, nkv, L, hd) each
             return native.attention_call(rows, (cos, sin), k, v, self.n_head, positions, slots=slots)
         if start + rows.shape[1] > kv_cache.max_len:
@@ -198,7 +198,7 @@ class CausalSelfAttention(nn.Module):
         return not self.training and attends_in_float32(q)
 
 
-def _buffers(kv_cache: KVCache | SlotBatch) -> KVCache:
+def kv_buffers(kv_cache: KVCache | SlotBatch) -> KVCache:
     """The KVCache whose buffers a forward writes: the cache itself, or a slot batch's slot cache's."""
     return kv_cache.cache.buffers if isinstance(kv_cache, SlotBatch) else kv_cache
 

@@ -62,3 +62,12 @@ void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads
     add(x, o, M * C, xbf);
     free(h), free(qkv), free(heads), free(o), free(up), free(gated);
 }
+
+/* n blocks in order, block i's cache layer `layer_bytes` on from the one a points at (the layers of one cache tensor) */
+void arlm_blocks(const Block *blocks, long n, void *x, long M, const Attention *a, long layer_bytes, int threads) {
+    Attention layer = *a;
+    for (long i = 0; i < n; i++) {
+        layer.ck = (char *)a->ck + i * layer_bytes, layer.cv = (char *)a->cv + i * layer_bytes;
+        arlm_block(&blocks[i], x, M, &layer, threads);
+    }
+}

@@ -33,6 +33,7 @@ with the bits its modules give (tested), where Python and PyTorch's small ops co
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
@@ -40,8 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.model import native
+from arlm.model.attention import kv_buffers
 from arlm.model.quant import Int4Linear, Int8Linear
-from arlm.model.transformer import Block, RMSNorm
+from arlm.model.transformer import Block, Blocks, RMSNorm
 
 PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verification of up to STEPWISE_QUERIES tokens
 
@@ -177,6 +179,44 @@ class FusedBlock(nn.Module):
         return native.block(self._weights(), x.contiguous(), call)
 
 
+class FusedBlocks(Blocks):
+    """A model's blocks when every one is a FusedBlock at its own cache layer (0, 1, ...): a cached step or
+    verification runs them all in one kernel call (block.c's arlm_blocks), with the bits one call a block gives; other
+    calls go block by block."""
+
+    def __init__(self, blocks) -> None:
+        super().__init__(blocks)
+        self._packed: ctypes.Array | None = None
+
+    @staticmethod
+    def fits(blocks: nn.Module) -> bool:
+        """Whether blocks can run as one call: FusedBlocks of one dtype at cache layers 0, 1, ... in order."""
+        fused = all(isinstance(block, FusedBlock) and block.attn.layer == i for i, block in enumerate(blocks))
+        return fused and len(blocks) > 0 and len({block.dtype for block in blocks}) == 1
+
+    def _weights(self) -> ctypes.Array:
+        """Every block's weights for the kernel, in one array (gathered on first use and after `_apply`)."""
+        if self._packed is None:
+            packed = [block._weights() for block in self]
+            self._packed = (native.BlockWeights * len(packed))(*packed)
+        return self._packed
+
+    def _apply(self, fn, recurse: bool = True):
+        """Module.to / .float / ...: each block packs afresh, and so does the array."""
+        self._packed = None
+        return super()._apply(fn, recurse)
+
+    def run(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache, start) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C) through every block, as Blocks.run."""
+        first = self[0]
+        attn = first.block.attn
+        if x.dtype != first.dtype or x.requires_grad or not attn.native_attends(x, rope, kv_cache, start):
+            return super().run(x, rope, mask, is_causal, kv_cache, start)
+        call, _ = attn.native_call(x, rope, mask, kv_cache, start)  # _: what the call points into, kept
+        keys = kv_buffers(kv_cache).k  # (layers, rows, nkv, L, hd): each layer one stride on
+        return native.blocks(self._weights(), x.contiguous(), call, keys.stride(0) * keys.element_size())
+
+
 def _linears(block: Block) -> list[nn.Module]:
     """A block's Linears in the kernel's order: qkv, proj, up, down."""
     return [block.attn.qkv, block.attn.proj, block.mlp.up, block.mlp.down]
@@ -254,6 +294,8 @@ def optimize_for_decoding(
     for i, block in enumerate(blocks):
         if FusedBlock.fits(block):
             blocks[i] = FusedBlock(block)
+    if isinstance(blocks, Blocks) and FusedBlocks.fits(blocks):
+        model.blocks = FusedBlocks(blocks)
     return model
 
 

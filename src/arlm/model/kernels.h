@@ -38,6 +38,7 @@ typedef struct {
 } Block;
 
 void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads);
+void arlm_blocks(const Block *blocks, long n, void *x, long M, const Attention *a, long layer_bytes, int threads);
 
 extern int arlm_amx_ready, arlm_amx_from; /* kernels.c */
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads);

@@ -136,8 +136,9 @@ def library() -> ctypes.CDLL | None:
     lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
     lib.arlm_attend.argtypes = [ctypes.POINTER(Attention), _P, _P, _I]
     lib.arlm_block.argtypes = [ctypes.POINTER(BlockWeights), _P, _L, ctypes.POINTER(Attention), _I]
+    lib.arlm_blocks.argtypes = [ctypes.POINTER(BlockWeights), _L, _P, _L, ctypes.POINTER(Attention), _L, _I]
     lib.arlm_swiglu.argtypes = [_P, _P, _L, _L, _I]
-    lib.arlm_attend.restype = lib.arlm_block.restype = lib.arlm_swiglu.restype = None
+    lib.arlm_attend.restype = lib.arlm_block.restype = lib.arlm_blocks.restype = lib.arlm_swiglu.restype = None
     lib.amx = hasattr(lib, "arlm_bf16_mm") and lib.arlm_amx_init() == 0  # compiled where the CPU has AMX-BF16
     if lib.amx:
         lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
@@ -351,6 +352,17 @@ def block(weights: BlockWeights, x: torch.Tensor, call: Attention) -> torch.Tens
     out = x.clone()  # (B, T, C), replaced in place by the kernel
     library().arlm_block(
         ctypes.byref(weights), out.data_ptr(), call.B * call.T, ctypes.byref(call), torch.get_num_threads()
+    )
+    return out
+
+
+def blocks(weights: ctypes.Array, x: torch.Tensor, call: Attention, layer_bytes: int) -> torch.Tensor:
+    """Llama blocks in order (block.c), as `block` one after another: weights, an array of BlockWeights; `call` for
+    the first, whose cache layer each next block's is `layer_bytes` on from -> (B, T, C)."""
+    _expect(torch.bfloat16 if call.xbf else torch.float32, x, inputs=weights[0].qkv.K)
+    out = x.clone()  # (B, T, C), replaced in place by the kernel
+    library().arlm_blocks(
+        weights, len(weights), out.data_ptr(), call.B * call.T, ctypes.byref(call), layer_bytes, torch.get_num_threads()
     )
     return out
 

@@ -160,12 +160,13 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
         if (kind == 2) group_levels(l, t * levels + (g >> shift), &scale, &low);
         for (int i = 0; i < mt; i++) {
             const int8_t *a = r->q + 2 * (m0 + i) * r->Kp + 32 * g, *b = a + r->Kp;
-            __m512i s1 = _mm512_setzero_si512(), s2 = _mm512_setzero_si512();
-            for (int j = 0; j < 8; j++) {
-                s1 = _mm512_dpbusd_epi32(s1, w[j], _mm512_set1_epi32(*(const int32_t *)(a + 4 * j)));
-                s2 = _mm512_dpbusd_epi32(s2, w[j], _mm512_set1_epi32(*(const int32_t *)(b + 4 * j)));
+            __m512i s1[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}, s2[2] = {s1[0], s1[0]};
+            for (int j = 0; j < 8; j++) { /* two chains per level: each product waits for half as many before it */
+                s1[j & 1] = _mm512_dpbusd_epi32(s1[j & 1], w[j], _mm512_set1_epi32(*(const int32_t *)(a + 4 * j)));
+                s2[j & 1] = _mm512_dpbusd_epi32(s2[j & 1], w[j], _mm512_set1_epi32(*(const int32_t *)(b + 4 * j)));
             }
-            __m512i s = _mm512_add_epi32(_mm512_slli_epi32(s1, 8), s2); /* sum_k u q, exact */
+            __m512i upper = _mm512_add_epi32(s1[0], s1[1]), lower = _mm512_add_epi32(s2[0], s2[1]);
+            __m512i s = _mm512_add_epi32(_mm512_slli_epi32(upper, 8), lower); /* sum_k u q, exact */
             acc[i] = add_group(acc[i], s, kind, r, (m0 + i) * groups + g, scale, low);
         }
     }

@@ -76,6 +76,16 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class Blocks(nn.ModuleList):
+    """The model's blocks, run in order (model/inference.py's FusedBlocks runs them in one call where it can)."""
+
+    def run(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache: KVCache | None, start) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C) through every block."""
+        for block in self:
+            x = block(x, rope, mask, is_causal, kv_cache, start)
+        return x
+
+
 def make_norm(config: ModelConfig) -> nn.Module:
     """LayerNorm (gpt2) or RMSNorm (llama)."""
     if config.flavour == "llama":
@@ -98,7 +108,7 @@ class Transformer(nn.Module):
             Rotary(config.head_dim, config.block_size, config.rope_theta) if config.flavour == "llama" else None
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.blocks = Blocks(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -173,8 +183,7 @@ class Transformer(nn.Module):
         x = self.dropout(x)
         rope = self.rotary(positions) if self.rotary is not None else None
         mask, is_causal = build_mask(T, start, attention_mask, idx.device, cached=kv_cache is not None)
-        for block in self.blocks:
-            x = block(x, rope, mask, is_causal, kv_cache, start)
+        x = self.blocks.run(x, rope, mask, is_causal, kv_cache, start)
         if kv_cache is not None:
             kv_cache.length = start + T
         if num_logits:
@@ -194,8 +203,7 @@ class Transformer(nn.Module):
             x = x + self.pos_emb(pos)  # (1, C) broadcast over rows
         rope = self.rotary(pos) if self.rotary is not None else None  # (1, 1, 1, hd) each
         mask = (torch.arange(kv_cache.max_len, device=token.device) <= pos)[None, None, None, :]  # (1, 1, 1, S)
-        for block in self.blocks:
-            x = block(x, rope, mask, False, kv_cache, pos)
+        x = self.blocks.run(x, rope, mask, False, kv_cache, pos)
         return self.lm_head(self.norm(x))[:, -1]  # (B, V)
 
     def new_slot_cache(self, slots: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> SlotCache:
