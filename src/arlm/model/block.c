@@ -14,14 +14,19 @@
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
-/* h (M, 2F) -> out (M, F): silu(gate) * up, gate the first F values of a row; bfloat16 rounds each op's result */
-void arlm_swiglu(const void *h, void *out, long M, long F, int xbf) {
-    for (long m = 0; m < M; m++)
-        for (long f = 0; f < F; f++) {
+/* h (M, 2F) -> out (M, F): silu(gate) * up, gate the first F values of a row; bfloat16 rounds each op's result. Each
+ * value alone, so spread over threads in chunks of 64 (a chunk's cost is its exps; the split changes no bits). */
+void arlm_swiglu(const void *h, void *out, long M, long F, int xbf, int threads) {
+    long chunks = (F + 63) / 64;
+#pragma omp parallel for schedule(static) num_threads(threads) if (M * F >= 1024)
+    for (long c = 0; c < M * chunks; c++) {
+        long m = c / chunks, f0 = c % chunks * 64, f1 = f0 + 64 < F ? f0 + 64 : F;
+        for (long f = f0; f < f1; f++) {
             float gate = value(h, xbf, m * 2 * F + f), up = value(h, xbf, m * 2 * F + F + f);
             float s = xbf ? round_bf16(silu(gate)) : silu(gate);
             store(out, xbf, m * F + f, s * up);
         }
+    }
 }
 
 static void linear(const Linear *l, const void *x, void *y, long M, int threads) {
@@ -57,7 +62,7 @@ void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads
     add(x, o, M * C, xbf);
     norm(b->norm2, x, h, M, C, b->eps, xbf);
     linear(&b->up, h, up, M, threads);
-    arlm_swiglu(up, gated, M, F, xbf);
+    arlm_swiglu(up, gated, M, F, xbf, threads);
     linear(&b->down, gated, o, M, threads);
     add(x, o, M * C, xbf);
     free(h), free(qkv), free(heads), free(o), free(up), free(gated);

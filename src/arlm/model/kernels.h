@@ -47,5 +47,5 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
 void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads);
 void arlm_rms_norm(const float *x, const float *w, float *y, long M, long D, float eps);
 void arlm_rms_norm_bf16(const uint16_t *x, const uint16_t *w, uint16_t *y, long M, long D, float eps);
-void arlm_swiglu(const void *h, void *out, long M, long F, int xbf);
+void arlm_swiglu(const void *h, void *out, long M, long F, int xbf, int threads);
 #endif

@@ -137,7 +137,7 @@ def library() -> ctypes.CDLL | None:
     lib.arlm_attend.argtypes = [ctypes.POINTER(Attention), _P, _P, _I]
     lib.arlm_block.argtypes = [ctypes.POINTER(BlockWeights), _P, _L, ctypes.POINTER(Attention), _I]
     lib.arlm_blocks.argtypes = [ctypes.POINTER(BlockWeights), _L, _P, _L, ctypes.POINTER(Attention), _L, _I]
-    lib.arlm_swiglu.argtypes = [_P, _P, _L, _L, _I]
+    lib.arlm_swiglu.argtypes = [_P, _P, _L, _L, _I, _I]
     lib.arlm_attend.restype = lib.arlm_block.restype = lib.arlm_blocks.restype = lib.arlm_swiglu.restype = None
     lib.amx = hasattr(lib, "arlm_bf16_mm") and lib.arlm_amx_init() == 0  # compiled where the CPU has AMX-BF16
     if lib.amx:
@@ -374,7 +374,8 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
     _expect(_row_dtype(h), h)
     out = h.new_empty(*h.shape[:-1], h.shape[-1] // 2)  # (..., F)
     rows = h.numel() // h.shape[-1] if h.numel() else 0
-    library().arlm_swiglu(h.data_ptr(), out.data_ptr(), rows, h.shape[-1] // 2, int(h.dtype == torch.bfloat16))
+    xbf = int(h.dtype == torch.bfloat16)
+    library().arlm_swiglu(h.data_ptr(), out.data_ptr(), rows, h.shape[-1] // 2, xbf, torch.get_num_threads())
     return out
 
 

@@ -30,7 +30,7 @@
 #include "kernels.h"
 
 #define ROWS 4       /* rows per block */
-#define AHEAD 12     /* groups prefetched ahead (4: ~10% slower at one row, 8 to 16 alike) */
+#define AHEAD 12     /* groups prefetched ahead (4: ~10% slower at one row; 8 to 48 alike) */
 #define Q_MAX 32639 /* largest |q|: 256 q1 + q2 with q1 in -127..127, q2 in -128..127 */
 
 /* The rows at 16 bits: q (2M, Kp) bytes, row 2m holding row m's q1 and 2m + 1 its q2; per row and group of 32: d, the
