@@ -19,6 +19,23 @@ def test_the_library_is_built_into_an_empty_cache_and_reused(tmp_path, monkeypat
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # nothing half-written left beside it
 
 
+@pytest.mark.skipif(
+    not set(native.NEEDED_FLAGS) <= native._cpu_flags() or native._compiler() is None,
+    reason="this CPU or compiler is not one arlm's kernels are for",
+)
+def test_the_kernels_compile_where_the_cpu_and_compiler_allow(tmp_path, monkeypatch):
+    """A C file that stops compiling would only turn the kernels off (PyTorch's run instead, tests that need ours skip):
+    where this CPU and compiler can build them, they must build, with no warning."""
+    import subprocess
+
+    cc, _ = native._compiler()
+    sources = list(map(str, native.SOURCES))
+    done = subprocess.run(
+        [cc, *native.FLAGS, "-Wall", *sources, "-o", str(tmp_path / "lib.so"), "-lm"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
 def test_a_missing_compiler_or_a_failed_build_gives_none(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     assert native._compiler() is None

@@ -28,7 +28,7 @@ Linear take the chunked, padded layout. RMSNorm layers take arlm's one-call kern
 Last, a Llama block whose norms and Linears all ended on arlm's kernels (float32, bfloat16 with AMX, int8, int4) becomes
 a `FusedBlock`: a cached forward over up to STEPWISE_QUERIES tokens runs the whole block in one kernel call (block.c),
 with the bits its modules give (tested), where Python and PyTorch's small ops cost about as much as the products
-(docs/perf.md).
+(docs/perf.md); where every block is one, the model's blocks become `FusedBlocks`, all of them one call.
 """
 
 from __future__ import annotations

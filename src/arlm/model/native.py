@@ -1,21 +1,23 @@
-"""arlm's own CPU kernels for small-batch matrix products (kernels.c), cached attention (attention.c) and a whole
-decoder block (block.c), built on first use.
+"""arlm's own CPU kernels for small-batch matrix products (kernels.c: float32, bfloat16; quantized.c: int8, int4),
+cached attention (attention.c) and whole decoder blocks (block.c), built on first use.
 
 Decoding multiplies 1-32 rows by every weight matrix: a product bound by reading the weights. PyTorch's kernels for that
 shape read them slowly (oneDNN's one-row bfloat16 `linear`: ~7 GB/s here) or cost 2-4x their one-row time at 5-8 rows
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, which are also fast only with bfloat16 inputs, which they round
-to). Ours stream each weight once per call for every row, keep int8 / int4 layers' rows in float32, and are
-batch-invariant by construction (the C file says how). The attention kernel does a layer's RoPE, cache write and
-attention of a decoding step or verification in one call, where PyTorch takes ~20 ops and one SDPA call per query;
-the block kernel runs a Llama block's ten steps on those kernels in one call (model/inference.py's FusedBlock), so a
-token costs ~30 Python calls instead of ~1,000 small operations. docs/perf.md has the side-by-side figures.
+to). Ours stream each weight once per call for every row, multiply int8 / int4 codes by the rows read at 16 bits with
+integer dot products, and are batch-invariant by construction (the C files say how). The attention kernel does a
+layer's RoPE, cache write and attention of a decoding step or verification in one call, where PyTorch takes ~20 ops and
+one SDPA call per query; the block kernel runs a Llama block's ten steps on those kernels in one call, and every block
+of a model in one call (model/inference.py's FusedBlock, FusedBlocks), so a token costs a few Python calls instead of
+~1,000 small operations. docs/perf.md has the side-by-side figures.
 
 The C files are compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
 `$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second;
 the digest covers the sources, the compiler and the CPU's flags, so a changed file or machine builds afresh. It needs
-x86-64 with AVX-512 (F and BW; the bfloat16 product also AMX-BF16, and Linux's leave to use it) and a compiler with
-OpenMP: where either is missing, or with ARLM_NATIVE=0, `available()` (`bf16_available()`) is False and the layers use
-PyTorch's kernels (model/quant.py, model/inference.py).
+x86-64 with AVX-512 (F, BW and VNNI; the bfloat16 product also AMX-BF16, and Linux's leave to use it, which also lets
+the int products take AMX-INT8 for several rows) and a compiler with OpenMP: where either is missing, or with
+ARLM_NATIVE=0, `available()` (`bf16_available()`) is False and the layers use PyTorch's kernels (model/quant.py,
+model/inference.py).
 """
 
 from __future__ import annotations

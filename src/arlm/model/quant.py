@@ -44,7 +44,8 @@ def compute_dtype() -> torch.dtype:
 
 
 def kernel_dtype() -> torch.dtype:
-    """The dtype the kernels of a layer built now read rows, scales and lows in: float32 for arlm's own."""
+    """The dtype the kernels of a layer built now take rows in: float32 for arlm's own (which read them at 16 bits per
+    group of 32, model/quantized.c)."""
     return torch.float32 if native.available() else compute_dtype()
 
 

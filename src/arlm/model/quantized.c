@@ -94,7 +94,6 @@ void arlm_int_rows(const float *x, float *y, long M, long K) {
     free_rows(&r);
 }
 
-
 /* The 8 vectors of group g's codes in tile `codes` (int8: as stored; int4: the nibbles, unpacked) */
 static inline __attribute__((always_inline)) void load_codes(const uint8_t *codes, long g, int kind, __m512i w[8]) {
     if (kind == 1) {
