@@ -186,6 +186,9 @@ def test_a_fused_block_gives_the_bits_its_modules_give(dtype):
     model.to("cpu")  # Module._apply: the packed pointers are dropped and packed again on the next call
     assert model.blocks._packed is None and all(block._packed is None for block in model.blocks)
     assert torch.equal(_decode(model, ids, mask)[0], theirs)
+    model.blocks[1]._apply(lambda t: t.clone())  # one block alone moves to new tensors: the model's array of blocks
+    assert torch.equal(_decode(model, ids, mask)[0], theirs)  # is gathered again from its new pointers, not left stale
+    assert model.blocks._packed[1][1] is model.blocks[1]._packed[0]
 
 
 def test_blocks_not_all_on_arlms_kernels_stay_modules():

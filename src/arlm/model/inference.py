@@ -186,7 +186,7 @@ class FusedBlocks(Blocks):
 
     def __init__(self, blocks) -> None:
         super().__init__(blocks)
-        self._packed: ctypes.Array | None = None
+        self._packed: tuple[ctypes.Array, list[native.BlockWeights]] | None = None
 
     @staticmethod
     def fits(blocks: nn.Module) -> bool:
@@ -195,11 +195,12 @@ class FusedBlocks(Blocks):
         return fused and len(blocks) > 0 and len({block.dtype for block in blocks}) == 1
 
     def _weights(self) -> ctypes.Array:
-        """Every block's weights for the kernel, in one array (gathered on first use and after `_apply`)."""
-        if self._packed is None:
-            packed = [block._weights() for block in self]
-            self._packed = (native.BlockWeights * len(packed))(*packed)
-        return self._packed
+        """Every block's weights for the kernel, in one array: gathered again whenever a block packed afresh (after
+        `_apply` on the model or on a block alone), so it never points into tensors a block let go."""
+        current = [block._weights() for block in self]
+        if self._packed is None or any(now is not then for now, then in zip(current, self._packed[1])):
+            self._packed = ((native.BlockWeights * len(current))(*current), current)
+        return self._packed[0]
 
     def _apply(self, fn, recurse: bool = True):
         """Module.to / .float / ...: each block packs afresh, and so does the array."""
