@@ -170,12 +170,19 @@ class FusedBlock(nn.Module):
         self._packed = None
         return super()._apply(fn, recurse)
 
-    def forward(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache, start) -> torch.Tensor:
-        """(B, T, C) -> (B, T, C), as Block.forward."""
+    def one_call(self, x: torch.Tensor, rope, mask, kv_cache, start) -> native.Attention | None:
+        """The attention call of a forward over rows x (B, T, C) that runs on the block kernel (a cached step or
+        verification of this block's dtype, no gradient), None for a forward that goes to the modules."""
         attn = self.block.attn
         if x.dtype != self.dtype or x.requires_grad or not attn.native_attends(x, rope, kv_cache, start):
+            return None
+        return attn.native_call(x, rope, mask, kv_cache, start)[0]  # what the call points into is kept by native_call
+
+    def forward(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache, start) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), as Block.forward."""
+        call = self.one_call(x, rope, mask, kv_cache, start)
+        if call is None:
             return self.block(x, rope, mask, is_causal, kv_cache, start)
-        call, _ = attn.native_call(x, rope, mask, kv_cache, start)  # _: what the call points into, kept
         return native.block(self._weights(), x.contiguous(), call)
 
 
@@ -209,11 +216,9 @@ class FusedBlocks(Blocks):
 
     def run(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache, start) -> torch.Tensor:
         """(B, T, C) -> (B, T, C) through every block, as Blocks.run."""
-        first = self[0]
-        attn = first.block.attn
-        if x.dtype != first.dtype or x.requires_grad or not attn.native_attends(x, rope, kv_cache, start):
+        call = self[0].one_call(x, rope, mask, kv_cache, start)
+        if call is None:
             return super().run(x, rope, mask, is_causal, kv_cache, start)
-        call, _ = attn.native_call(x, rope, mask, kv_cache, start)  # _: what the call points into, kept
         keys = kv_buffers(kv_cache).k  # (layers, rows, nkv, L, hd): each layer one stride on
         return native.blocks(self._weights(), x.contiguous(), call, keys.stride(0) * keys.element_size())
 
