@@ -57,6 +57,19 @@ def test_chunked_linear_is_batch_invariant():
         assert torch.equal(chunked(x[2:5]), together[2:5])
 
 
+def test_chunked_linear_computes_rows_alone_where_no_padding_makes_them_agree():
+    """Where the probe finds no padding (pad None), each row is computed alone: invariant, and the same product."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 99)
+    chunked = ChunkedLinear(linear, chunks=3, batch_invariant=True)
+    chunked.pad = None
+    x = torch.randn(5, 48)
+    together = chunked(x)
+    assert all(torch.equal(chunked(x[i : i + 1]), together[i : i + 1]) for i in range(5))
+    torch.testing.assert_close(together, linear(x), rtol=1e-5, atol=1e-5)
+    assert chunked(x[:0]).shape == (0, 99)
+
+
 def test_batch_invariance_is_the_default_for_16_bit_weights_only():
     """16-bit speculative verification needs it (tests/model/test_attention.py); float32 batch 1 goes faster
     without it in the chunked layout; the server asks for it in every dtype. A 16-bit Linear whose own kernel is
@@ -70,7 +83,7 @@ def test_batch_invariance_is_the_default_for_16_bit_weights_only():
         kept = [m for m in model.modules() if type(m) is torch.nn.Linear]
         ours = [m for m in model.modules() if isinstance(m, NativeLinear)]
         assert chunked or kept or ours
-        ours_expected = native.bf16_available() if dtype == torch.bfloat16 else dtype == torch.float32
+        ours_expected = native.available() if dtype == torch.bfloat16 else dtype == torch.float32
         assert bool(ours) == (ours_expected and native.available()), dtype
         assert all(m.batch_invariant == expected for m in chunked), (dtype, asked)
         assert all(linear_is_batch_invariant(m.weight.detach()) for m in kept), (dtype, asked)
@@ -97,7 +110,7 @@ def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch)
 def test_native_linear_is_a_matmul_and_batch_invariant(dtype, bias):
     """Each output is the exact product of the row and weight (bfloat16: rounded once to bfloat16), up to float32
     summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 16 and a rest)."""
-    if dtype == torch.bfloat16 and not native.bf16_available():
+    if dtype == torch.bfloat16 and not native.available():
         pytest.skip("arlm's bfloat16 kernel needs AMX (model/native.py)")
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 64, bias=bias).to(dtype)
@@ -170,7 +183,7 @@ def test_a_fused_block_gives_the_bits_its_modules_give(dtype):
     """block.c runs a block's norms, Linears, attention, SwiGLU and residuals in one call with the roundings the
     modules make, and every block of the model in one call (FusedBlocks): logits and cache equal to the same model run
     module by module and block by block, padded rows included."""
-    if dtype == torch.bfloat16 and not native.bf16_available():
+    if dtype == torch.bfloat16 and not native.available():
         pytest.skip("arlm's bfloat16 kernel needs AMX (model/native.py)")
     model = _fused_model(dtype)
     assert isinstance(model.blocks, FusedBlocks) and all(isinstance(block, FusedBlock) for block in model.blocks)

@@ -46,7 +46,7 @@ def test_a_missing_compiler_or_a_failed_build_gives_none(tmp_path, monkeypatch):
 @needs_kernels
 def test_arlm_native_0_turns_them_off(monkeypatch):
     monkeypatch.setenv("ARLM_NATIVE", "0")
-    assert not native.available() and not native.bf16_available()
+    assert not native.available() and not native.amx_ready()
     monkeypatch.setenv("ARLM_NATIVE", "1")
     assert native.available()
 
@@ -64,8 +64,7 @@ def test_torch_compile_sees_each_kernel_as_one_op():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 64, bias=False)
     layers = [NativeRMSNorm(RMSNorm(64, 1e-5)), Int8Linear.from_float(linear), Int4Linear.from_float(linear, 32)]
-    if native.bf16_available():
-        layers.append(NativeLinear(linear.to(torch.bfloat16)))
+    layers.append(NativeLinear(linear.to(torch.bfloat16)))
 
     def run(x):
         outs = [layer(x) for layer in layers[:3]]

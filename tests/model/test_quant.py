@@ -100,7 +100,7 @@ def test_arlm_kernels_read_rows_at_16_bits_per_group():
     assert not odd[3, :64].isnan().any() and torch.equal(odd[5], rows[5])
 
 
-@pytest.mark.skipif(not native.bf16_available(), reason="needs arlm's kernels on a CPU with AMX")
+@pytest.mark.skipif(not native.amx_ready(), reason="needs arlm's kernels on a CPU with AMX")
 def test_arlm_int_kernels_on_amx_and_vnni_give_the_same_bits():
     """The int8 / int4 products move from VNNI to AMX at `arlm_amx_from` rows; both give every row the same bits
     (exact integer sums, the same float32 steps), so a row's output does not depend on how many rows came with it."""

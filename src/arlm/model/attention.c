@@ -1,5 +1,6 @@
-/* arlm's cached attention for x86-64 CPUs with AVX-512 (model/native.py builds and loads this file with kernels.c;
- * model/attention.py calls it for cached forwards over a few new tokens: decoding steps and verifications).
+/* arlm's cached attention for x86-64 CPUs with AVX-512 or AVX2 (simd.h; model/native.py builds and loads this file
+ * with kernels.c; model/attention.py calls it for cached forwards over a few new tokens: decoding steps and
+ * verifications).
  *
  * One call does what ~20 PyTorch ops do for a layer: the new tokens' queries and keys rotated (RoPE, rotate-half
  * layout), keys and values written into the cache at each row's position, and every query attending over its row's
@@ -19,12 +20,11 @@
 
 #include "bf16.h"
 #include "kernels.h"
+#include "simd.h"
 
-/* 16 elements of a float32 or bfloat16 array from i, as float32 */
-static inline __m512 load16(const void *p, int bf, long i) {
-    if (!bf) return _mm512_loadu_ps((const float *)p + i);
-    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+/* VL elements of a float32 or bfloat16 array from i, as float32 */
+static inline vf load_values(const void *p, int bf, long i) {
+    return bf ? vf_load_bf16((const uint16_t *)p + i) : vf_load((const float *)p + i);
 }
 
 /* a head (hd values of dtype xbf) rotated by the angles (cos, sin: dtype tbf), rounded to the head's dtype, into dst
@@ -53,27 +53,26 @@ static void attend_one(const float *q, const void *keys, const void *values, int
             scores[j] = -INFINITY;
             continue;
         }
-        __m512 acc = _mm512_setzero_ps();
-        for (long d = 0; d < hd; d += 16)
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load16(keys, cbf, j * hd + d), acc);
-        scores[j] = _mm512_reduce_add_ps(acc) * scale;
+        vf acc = vf_zero();
+        for (long d = 0; d < hd; d += VL) acc = vf_fma(vf_load(q + d), load_values(keys, cbf, j * hd + d), acc);
+        scores[j] = vf_sum(acc) * scale;
         if (scores[j] > top) top = scores[j];
     }
-    __m512 sums[16]; /* hd <= 256 */
-    for (long d = 0; d < hd; d += 16) sums[d / 16] = _mm512_setzero_ps();
+    vf sums[256 / VL]; /* hd <= 256 */
+    for (long d = 0; d < hd; d += VL) sums[d / VL] = vf_zero();
     float total = 0.0f;
     for (long j = 0; j < seen; j++) {
         if (scores[j] == -INFINITY) continue;
         float p = expf(scores[j] - top);
         total += p;
-        __m512 weight = _mm512_set1_ps(p);
-        for (long d = 0; d < hd; d += 16)
-            sums[d / 16] = _mm512_fmadd_ps(weight, load16(values, cbf, j * hd + d), sums[d / 16]);
+        vf weight = vf_set1(p);
+        for (long d = 0; d < hd; d += VL)
+            sums[d / VL] = vf_fma(weight, load_values(values, cbf, j * hd + d), sums[d / VL]);
     }
-    float lanes[16];
-    for (long d = 0; d < hd; d += 16) {
-        _mm512_storeu_ps(lanes, _mm512_div_ps(sums[d / 16], _mm512_set1_ps(total)));
-        for (int i = 0; i < 16; i++) store(out, xbf, d + i, lanes[i]);
+    float lanes[VL];
+    for (long d = 0; d < hd; d += VL) {
+        vf_storen(lanes, vf_div(sums[d / VL], vf_set1(total)), VL);
+        for (int i = 0; i < VL; i++) store(out, xbf, d + i, lanes[i]);
     }
 }
 

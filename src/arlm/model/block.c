@@ -1,5 +1,6 @@
-/* A decoder block's forward over a few rows in one call, for decoding on x86-64 CPUs with AVX-512 (model/native.py
- * builds and loads this file with kernels.c and attention.c; model/inference.py's FusedBlock calls it).
+/* A decoder block's forward over a few rows in one call, for decoding on x86-64 CPUs with AVX-512 or AVX2
+ * (model/native.py builds and loads this file with kernels.c and attention.c; model/inference.py's FusedBlock calls
+ * it).
  *
  * A decoding step of a 135M-parameter model runs ~1,000 small operations; between them PyTorch and Python spend as long
  * as the products take. arlm_block runs a Llama block's ten steps (RMSNorm, qkv, attention, projection, residual,
@@ -32,9 +33,7 @@ void arlm_swiglu(const void *h, void *out, long M, long F, int xbf, int threads)
 static void linear(const Linear *l, const void *x, void *y, long M, int threads) {
     if (l->kind == 1 || l->kind == 2) arlm_int_mm(x, l, y, M, threads);
     if (l->kind == 3) arlm_f32_mm(x, l->w, y, M, l->N, l->K, threads);
-#ifdef __AMX_BF16__
     if (l->kind == 0) arlm_bf16_mm(x, l->w, y, M, l->N, l->K, threads);
-#endif
 }
 
 static void norm(const void *w, const void *x, void *y, long M, long C, float eps, int xbf) {
@@ -68,7 +67,8 @@ void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads
     free(h), free(qkv), free(heads), free(o), free(up), free(gated);
 }
 
-/* n blocks in order, block i's cache layer `layer_bytes` on from the one a points at (the layers of one cache tensor) */
+/* n blocks in order, block i's cache layer `layer_bytes` on from the one a points at (the layers of one cache
+ * tensor) */
 void arlm_blocks(const Block *blocks, long n, void *x, long M, const Attention *a, long layer_bytes, int threads) {
     Attention layer = *a;
     for (long i = 0; i < n; i++) {

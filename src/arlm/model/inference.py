@@ -6,9 +6,11 @@ bandwidth. PyTorch's CPU kernel for that shape (MKL sgemm with M=1) runs on one 
 thread and reads about 30 GB/s (docs/perf.md). `optimize_for_decoding` swaps each Linear of a model for that
 layout. The result is for inference only: its state dict is not a checkpoint's.
 
-With `batch_invariant=True` the layout is also batch-invariant: the batched matmul gives each row the same bits whatever
-the number of rows (2 or more) beside it, while a single row takes another kernel (a matrix-vector product) that rounds
-differently, so one row is computed as two (the second a zero row, dropped). Continuous batching needs that to be exact
+With `batch_invariant=True` the layout is also batch-invariant: a BLAS's batched matmul gives a row the same bits
+whatever rows are beside it only where it computes that row with the same kernel, and it picks kernels by the number of
+rows (a single row: a matrix-vector product; MKL on AVX2 blocks 4 rows at a time and rounds the remainder otherwise),
+so the rows are padded with zero rows (dropped after) to a multiple found by a probe per weight shape at load, or
+computed one at a time where no padding makes them agree. Continuous batching needs that to be exact
 (a sequence decoded alone and among others get identical logits; `arlm serve` asks for it, docs/serving.md), and so does
 speculative verification in 16 bits (k rows verified must give the bits k one-row steps give; the default for 16-bit
 weights). Leaving it off made float32 one-row steps 1.07-1.38x faster (docs/perf.md), so float32 batch-1 decoding leaves
@@ -51,7 +53,7 @@ PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verific
 class ChunkedLinear(nn.Module):
     """y = x W^T + b with W stored as (chunks, in, out / chunks): one bmm over the chunks, all threads busy."""
 
-    def __init__(self, linear: nn.Linear, chunks: int, batch_invariant: bool = False) -> None:
+    def __init__(self, linear: nn.Linear, chunks: int, batch_invariant: bool = False, rows: int = PROBE_ROWS) -> None:
         super().__init__()
         out_features, in_features = linear.weight.shape
         self.chunks, self.batch_invariant = chunks, batch_invariant
@@ -59,18 +61,50 @@ class ChunkedLinear(nn.Module):
         blocks = linear.weight.detach().t().reshape(in_features, chunks, out_features // chunks)  # (in, c, out/c)
         self.weight = nn.Parameter(blocks.permute(1, 0, 2).contiguous(), requires_grad=False)  # (c, in, out/c)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.pad = _invariant_padding(self.weight, rows) if batch_invariant else 1  # None: one row at a time
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
-        rows = x.reshape(1, -1, x.shape[-1])  # (1, M, in)
-        single = self.batch_invariant and rows.shape[1] == 1
-        if single:  # the same kernel as for several rows: batch-invariant (module docstring)
-            rows = torch.cat([rows, torch.zeros_like(rows)], dim=1)  # (1, 2, in)
-        y = torch.bmm(rows.expand(self.chunks, -1, -1), self.weight)  # (c, M, out/c)
-        if single:
-            y = y[:, :1]
-        y = y.permute(1, 0, 2).reshape(*x.shape[:-1], self.out_features)  # (..., out)
+        rows = x.reshape(-1, x.shape[-1])  # (M, in)
+        if self.pad is None:  # no padding made this CPU's bmm invariant: every row alone, as the same first row of 2
+            y = torch.cat([_padded_bmm(row[None], self.weight, 2) for row in rows]) if len(rows) else rows[:, :0]
+        else:
+            y = _padded_bmm(rows, self.weight, self.pad)  # (M, c, out/c)
+        y = y.reshape(*x.shape[:-1], self.out_features)  # (..., out)
         return y if self.bias is None else y + self.bias
+
+
+def _padded_bmm(rows: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
+    """rows (M, in) times chunked weights (c, in, out/c), M padded with zero rows to a multiple of `pad` for the
+    product (dropped after) -> (M, c, out/c)."""
+    extra = -len(rows) % pad
+    padded = torch.cat([rows, rows.new_zeros(extra, rows.shape[1])]) if extra else rows  # (M + extra, in)
+    y = torch.bmm(padded[None].expand(len(weight), -1, -1), weight)  # (c, M + extra, out/c)
+    return y[:, : len(rows)].permute(1, 0, 2)
+
+
+_PADDINGS: dict[tuple, int | None] = {}  # (shape, dtype, rows) -> what `_invariant_padding` found
+
+
+def _invariant_padding(weight: torch.Tensor, rows: int) -> int | None:
+    """The least row padding (2, 4, 8 or 16) with which this CPU's bmm gives every row the same bits alone and among
+    up to `rows` rows, for chunked weights (c, in, out/c) of this shape (probed once per shape: BLAS kernels block rows
+    by shape, e.g. 4 at a time, and round a block's remainder differently), None where none does."""
+    key = (tuple(weight.shape), weight.dtype, rows)
+    if key not in _PADDINGS:
+        x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)  # (rows, in)
+        _PADDINGS[key] = None
+        with torch.no_grad():
+            for pad in (2, 4, 8, 16):
+                together = _padded_bmm(x, weight, pad)  # (rows, c, out/c)
+                prefixes = all(torch.equal(_padded_bmm(x[:m], weight, pad), together[:m]) for m in range(1, rows))
+                alone = all(
+                    torch.equal(_padded_bmm(x[i : i + 1], weight, pad), together[i : i + 1]) for i in range(rows)
+                )
+                if prefixes and alone:
+                    _PADDINGS[key] = pad
+                    break
+    return _PADDINGS[key]
 
 
 class NativeLinear(nn.Module):
@@ -91,11 +125,11 @@ class NativeLinear(nn.Module):
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
         """Whether a Linear can take this layout: float32 on the CPU with the kernels built, or bfloat16 with sizes
-        multiples of 32 and the AMX kernel built."""
+        multiples of 32 and the kernels built."""
         if linear.weight.dtype == torch.float32:
             return linear.weight.is_cpu and native.available()
         sizes = all(size % 32 == 0 for size in linear.weight.shape)
-        return linear.weight.dtype == torch.bfloat16 and sizes and native.bf16_available()
+        return linear.weight.dtype == torch.bfloat16 and sizes and native.available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
@@ -295,7 +329,7 @@ def optimize_for_decoding(
             if _invariant_as_is(child, rows):
                 continue
             # every other Linear, so that every one is batch-invariant
-            setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks), batch_invariant))
+            setattr(parent, name, ChunkedLinear(child, math.gcd(child.out_features, chunks), batch_invariant, rows))
     blocks = getattr(model, "blocks", [])
     for i, block in enumerate(blocks):
         if FusedBlock.fits(block):

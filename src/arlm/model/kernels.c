@@ -1,31 +1,34 @@
-/* arlm's small-batch matrix products in float32 and bfloat16 for x86-64 CPUs with AVX-512, and RMSNorm
- * (model/native.py builds and loads this file; model/inference.py and block.c call it; quantized.c has int8 / int4).
+/* arlm's small-batch matrix products in float32 and bfloat16 for x86-64 CPUs with AVX-512 or AVX2 (simd.h), and
+ * RMSNorm (model/native.py builds and loads this file; model/inference.py and block.c call it; quantized.c has int8 /
+ * int4).
  *
  * y[m, n] = sum_k x[m, k] * w[n, k] for rows x (M, K) and a weight w (N, K) read from memory once per call:
- *   float32: float32 rows and weights; every (m, n) sum runs in 16 float32 lanes, k in order, and ends in one fixed
+ *   float32: float32 rows and weights; every (m, n) sum runs in VL float32 lanes, k in order, and ends in one fixed
  *            lane reduction, whatever the tile it falls in (the next tile's weights prefetched while a tile computes);
- *   bf16: bfloat16 rows and weights on AMX tiles (where the CPU has them), sums in float32, y rounded to bfloat16;
- *         every row goes through the same tile products.
+ *   bf16: bfloat16 rows and weights (laid out as AMX reads them), sums in float32, y rounded to bfloat16: on AMX tiles
+ *         where the CPU has them and Linux lets us, else widened to float32 in vectors whose lanes are 16 outputs'
+ *         sums (even and odd inputs apart, added at the end). Every row goes through the same steps.
  * Either way a row's bits depend on that row and the weight only, never on the other rows or on M (batch-invariant),
  * and the weights are reused from cache for every block of rows, so a few rows (speculative verification, a batch of
  * decoding sequences) cost little more than one. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "bf16.h"
 #include "kernels.h"
+#include "simd.h"
 
 int arlm_amx_ready = 0; /* whether Linux let this process use the AMX tiles (arlm_amx_init) */
 int arlm_amx_from = 3;  /* the fewest rows the int8 / int4 products take to AMX (quantized.c; at 2 rows AMX and
                            VNNI take about as long, at 1 VNNI ~20% less, at 8 AMX ~30% less: docs/perf.md) */
 
-#define TILE_M 4 /* rows of x per tile */
-#define TILE_N 4 /* rows of w per tile */
+#define TILE_M (VL == 16 ? 4 : 3) /* rows of x per tile (AVX2's 16 registers hold 3 x 4 sums) */
+#define TILE_N 4                   /* rows of w per tile */
 
-static inline __m512 load_x(const float *x, long k, long K) {
-    if (k + 16 <= K) return _mm512_loadu_ps(x + k);
-    return _mm512_maskz_loadu_ps((__mmask16)((1u << (K - k)) - 1), x + k);
+static inline vf load_x(const float *x, long k, long K) {
+    return k + VL <= K ? vf_load(x + k) : vf_loadn(x + k, K - k);
 }
 
 /* one cache line of each of the TILE_N weight rows at `row0`, `stride` bytes apart (a hint: never faults) */
@@ -37,20 +40,20 @@ static inline void prefetch_rows(const void *row0, long stride) {
  * inlined */
 static inline __attribute__((always_inline)) void dot_tile(const float *x, const float *w, float *y, long m0, int mt,
                                                            long n0, int nt, long N, long K) {
-    __m512 acc[TILE_M][TILE_N];
+    vf acc[4][TILE_N]; /* mt <= 4 */
     for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_ps();
-    for (long k = 0; k < K; k += 16) {
-        __m512 wv[TILE_N];
+        for (int j = 0; j < nt; j++) acc[i][j] = vf_zero();
+    for (long k = 0; k < K; k += VL) {
+        vf wv[TILE_N];
         for (int j = 0; j < nt; j++) wv[j] = load_x(w + (n0 + j) * K, k, K);
         if (m0 == 0) prefetch_rows(w + (n0 + TILE_N) * K + k, K * 4);
         for (int i = 0; i < mt; i++) {
-            __m512 xv = load_x(x + (m0 + i) * K, k, K);
-            for (int j = 0; j < nt; j++) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+            vf xv = load_x(x + (m0 + i) * K, k, K);
+            for (int j = 0; j < nt; j++) acc[i][j] = vf_fma(wv[j], xv, acc[i][j]);
         }
     }
     for (int i = 0; i < mt; i++)
-        for (int j = 0; j < nt; j++) y[(m0 + i) * N + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
+        for (int j = 0; j < nt; j++) y[(m0 + i) * N + n0 + j] = vf_sum(acc[i][j]);
 }
 
 /* Every TILE_M x TILE_N tile of y over threads by weight rows, each tile by `TILE(m0, mt, n0, nt)` with literal tile
@@ -77,16 +80,21 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
     FOR_EACH_TILE(F32_TILE)
 }
 
-#ifdef __AMX_BF16__
-#include <string.h>
+/* Asks Linux for this process's right to use the AMX tile registers; 0 on success, -1 where it refuses or the CPU
+ * (or this build) has none: the products then run on vectors. */
+#ifdef __AMX_TILE__
 #include <sys/syscall.h>
 #include <unistd.h>
-
-/* Asks Linux for this process's right to use the AMX tile registers; 0 on success. */
 int arlm_amx_init(void) {
     arlm_amx_ready = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
     return arlm_amx_ready ? 0 : -1;
 }
+#else
+int arlm_amx_init(void) { return -1; }
+#endif
+
+#ifdef __AMX_BF16__
+#include <string.h>
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];
@@ -129,11 +137,10 @@ static void bf16_block(const uint16_t *x, const uint16_t *tiles, uint16_t *y, lo
             for (int j = 0; j < 16; j++) y[(m0 + i) * N + 32 * p + 16 * h + j] = to_bf16(sums[h][i][j]);
 }
 
-/* y (M, N) bfloat16 = x (M, K) bfloat16 times w^T, w (N, K) held as `tiles` (arlm_bf16_tiles' layout; N % 32 == 0,
- * K % 32 == 0), on AMX: every row's sums go through the same tile products whatever M is (batch-invariant). Each
+/* arlm_bf16_mm on AMX: every row's sums go through the same tile products whatever M is (batch-invariant). Each
  * thread takes pairs of 16-output tiles and, for each, every 16-row block of x, so each weight is read from memory
  * once per call. */
-void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads) {
+static void amx_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads) {
     long pairs = N / 32, full = M / 16, rest = M % 16;
 #pragma omp parallel num_threads(threads)
     {
@@ -153,26 +160,79 @@ void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M,
 }
 #endif
 
-/* RMSNorm of M rows of D values: y = x / sqrt(mean(x^2) + eps) * w, the sum of squares in 16 float32 lanes (k in
+#define BF_ROWS (VL == 16 ? 4 : 2) /* rows per block of the vector bfloat16 product */
+
+/* rows m0 .. m0 + mt (mt <= 4, a constant where inlined; x widened to float32) times the 16 outputs of tile t, on
+ * vectors: pair p of a tile is 16 outputs' inputs 2p and 2p + 1, so every lane is one output's sum */
+static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, const uint16_t *tiles, uint16_t *y,
+                                                                long m0, int mt, long t, long N, long K) {
+    vf even[4][16 / VL], odd[4][16 / VL]; /* sums over even and odd inputs */
+    for (int i = 0; i < mt; i++)
+        for (int h = 0; h < 16 / VL; h++) even[i][h] = odd[i][h] = vf_zero();
+    const uint16_t *w = tiles + t * 16 * K; /* (K / 2 pairs, 16 outputs, 2) */
+    for (long p = 0; p < K / 2; p++) {
+        _mm_prefetch((const char *)(w + 32 * p) + 512, _MM_HINT_T0);
+        for (int h = 0; h < 16 / VL; h++) {
+            vf we, wo;
+            vf_load_bf16_pairs(w + 32 * p + 2 * VL * h, &we, &wo);
+            for (int i = 0; i < mt; i++) {
+                even[i][h] = vf_fma(we, vf_set1(x[(m0 + i) * K + 2 * p]), even[i][h]);
+                odd[i][h] = vf_fma(wo, vf_set1(x[(m0 + i) * K + 2 * p + 1]), odd[i][h]);
+            }
+        }
+    }
+    float lanes[16];
+    for (int i = 0; i < mt; i++) {
+        for (int h = 0; h < 16 / VL; h++) vf_storen(lanes + VL * h, vf_add(even[i][h], odd[i][h]), VL);
+        for (int j = 0; j < 16; j++) y[(m0 + i) * N + 16 * t + j] = to_bf16(lanes[j]);
+    }
+}
+
+/* arlm_bf16_mm on vectors, over threads by tiles of 16 outputs */
+static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads) {
+    float *rows = malloc(M * K * sizeof(float));
+    for (long i = 0; i < M * K; i++) rows[i] = from_bf16(x[i]);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long t = 0; t < N / 16; t++)
+        for (long m0 = 0; m0 < M; m0 += BF_ROWS) {
+            long mt = M - m0 < BF_ROWS ? M - m0 : BF_ROWS;
+            if (mt == 4) bf16_vec_tile(rows, tiles, y, m0, 4, t, N, K);
+            else if (mt == 3) bf16_vec_tile(rows, tiles, y, m0, 3, t, N, K);
+            else if (mt == 2) bf16_vec_tile(rows, tiles, y, m0, 2, t, N, K);
+            else bf16_vec_tile(rows, tiles, y, m0, 1, t, N, K);
+        }
+    free(rows);
+}
+
+/* y (M, N) bfloat16 = x (M, K) bfloat16 times w^T, w (N, K) held as `tiles` (native.bf16_tiles' layout: N % 32 == 0,
+ * K % 32 == 0): on AMX where Linux let this process use it, else on vectors */
+void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads) {
+#ifdef __AMX_BF16__
+    if (arlm_amx_ready) {
+        amx_bf16_mm(x, tiles, y, M, N, K, threads);
+        return;
+    }
+#endif
+    vec_bf16_mm(x, tiles, y, M, N, K, threads);
+}
+
+/* RMSNorm of M rows of D values: y = x / sqrt(mean(x^2) + eps) * w, the sum of squares in VL float32 lanes (k in
  * order, one fixed lane reduction: a row's bits do not depend on the other rows). float32 rows and weight: */
 static inline float inverse_rms(const float *x, long D, float eps) {
-    __m512 acc = _mm512_setzero_ps();
-    for (long k = 0; k < D; k += 16) {
-        __m512 v = load_x(x, k, D);
-        acc = _mm512_fmadd_ps(v, v, acc);
+    vf acc = vf_zero();
+    for (long k = 0; k < D; k += VL) {
+        vf v = load_x(x, k, D);
+        acc = vf_fma(v, v, acc);
     }
-    return 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)D + eps);
+    return 1.0f / sqrtf(vf_sum(acc) / (float)D + eps);
 }
 
 void arlm_rms_norm(const float *x, const float *w, float *y, long M, long D, float eps) {
     for (long m = 0; m < M; m++) {
         const float *row = x + m * D;
-        __m512 r = _mm512_set1_ps(inverse_rms(row, D, eps));
-        for (long k = 0; k < D; k += 16) {
-            __mmask16 mask = k + 16 <= D ? (__mmask16)0xffff : (__mmask16)((1u << (D - k)) - 1);
-            __m512 v = _mm512_mul_ps(_mm512_mul_ps(load_x(row, k, D), r), load_x(w, k, D));
-            _mm512_mask_storeu_ps(y + m * D + k, mask, v);
-        }
+        vf r = vf_set1(inverse_rms(row, D, eps));
+        for (long k = 0; k < D; k += VL)
+            vf_storen(y + m * D + k, vf_mul(vf_mul(load_x(row, k, D), r), load_x(w, k, D)), D - k);
     }
 }
 

@@ -41,6 +41,7 @@ void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads
 void arlm_blocks(const Block *blocks, long n, void *x, long M, const Attention *a, long layer_bytes, int threads);
 
 extern int arlm_amx_ready, arlm_amx_from; /* kernels.c */
+int arlm_amx_init(void);
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads);
 void arlm_int_rows(const float *x, float *y, long M, long K);
 void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads);

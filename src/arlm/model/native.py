@@ -14,10 +14,10 @@ of a model in one call (model/inference.py's FusedBlock, FusedBlocks), so a toke
 The C files are compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
 `$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second;
 the digest covers the sources, the compiler and the CPU's flags, so a changed file or machine builds afresh. It needs
-x86-64 with AVX-512 (F, BW and VNNI; the bfloat16 product also AMX-BF16, and Linux's leave to use it, which also lets
-the int products take AMX-INT8 for several rows) and a compiler with OpenMP: where either is missing, or with
-ARLM_NATIVE=0, `available()` (`bf16_available()`) is False and the layers use PyTorch's kernels (model/quant.py,
-model/inference.py).
+x86-64 with AVX2, FMA and F16C (Haswell, Zen and later) and a compiler with OpenMP, and uses what more the CPU has:
+AVX-512 (16 lanes instead of 8; with VNNI, the int products on vpdpbusd) and AMX where Linux lets us use it (bfloat16
+products; int products from a few rows). Where a need is missing, or with ARLM_NATIVE=0, `available()` is False and
+the layers use PyTorch's kernels (model/quant.py, model/inference.py).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import torch
 from arlm.errors import ArlmError
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "quantized.c", "attention.c", "block.c"))
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h"))
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h", "simd.h"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
-NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512_vnni")
+NEEDED_FLAGS = ("avx2", "fma", "f16c")  # the least; AVX-512 (F, BW, VNNI) and AMX where present (simd.h, quantized.c)
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 ROW_DTYPES = (torch.float32, torch.bfloat16)  # rows (and caches) the attention, SwiGLU and block kernels read
 
@@ -71,9 +71,9 @@ def available() -> bool:
     return os.environ.get("ARLM_NATIVE", "1") != "0" and library() is not None
 
 
-def bf16_available() -> bool:
-    """Whether the bfloat16 decoding layers built now use arlm's kernel (it needs AMX)."""
-    return available() and getattr(library(), "amx", False)
+def amx_ready() -> bool:
+    """Whether the kernels run on AMX tiles here (the CPU has them and Linux lets this process use them)."""
+    return available() and library().amx
 
 
 def _cpu_flags() -> set[str]:
@@ -141,10 +141,9 @@ def library() -> ctypes.CDLL | None:
     lib.arlm_blocks.argtypes = [ctypes.POINTER(BlockWeights), _L, _P, _L, ctypes.POINTER(Attention), _L, _I]
     lib.arlm_swiglu.argtypes = [_P, _P, _L, _L, _I, _I]
     lib.arlm_attend.restype = lib.arlm_block.restype = lib.arlm_blocks.restype = lib.arlm_swiglu.restype = None
-    lib.amx = hasattr(lib, "arlm_bf16_mm") and lib.arlm_amx_init() == 0  # compiled where the CPU has AMX-BF16
-    if lib.amx:
-        lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
-        lib.arlm_bf16_mm.restype = None
+    lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
+    lib.arlm_bf16_mm.restype = None
+    lib.amx = lib.arlm_amx_init() == 0  # compiled where the CPU has AMX and Linux lets us use it
     return lib
 
 

@@ -6,21 +6,23 @@
  *   int4 (kind 2): w[n, k] = u[n, k] scale[n, g] + low[n, g], g = k / G (G = 32 or 64), GGUF's Q4_1 convention,
  *                  scale and low in float16 (as a GGUF file holds them).
  * The rows are read at 16 bits per group of 32 inputs: x[k] = d q[k], d = (largest |x| of the group) / 32639, so each
- * value is off by at most 1/65278 of its group's largest (float32 rows hold 24 bits; the weights' codes 4 or 8). q is
- * split into two signed bytes, q = 256 q1 + q2, so that integer dot products of bytes (unsigned codes times signed
- * row bytes, 4 products summed into each int32) multiply them exactly; a group's sum S = 256 S1 + S2 is an exact
- * integer, scaled once in float32: y = sum_g d_g S_g scale (+ low_g d_g sum q).
+ * value is off by at most 1/65278 of its group's largest (float32 rows hold 24 bits; the weights' codes 4 or 8). With
+ * AVX512-VNNI q is split into two signed bytes, q = 256 q1 + q2, so that integer dot products of bytes (unsigned codes
+ * times signed row bytes, 4 products summed into each int32) multiply them exactly, S = 256 S1 + S2; on AVX2 q stays
+ * an int16 and the codes are widened to int16. Either way a group's sum S is an exact integer, scaled once in
+ * float32: y = sum_g d_g S_g scale (+ low_g d_g sum q).
  *
  * Layout (native.pack_int8 / pack_int4): 16 outputs to a 64-byte vector, 4 consecutive inputs to a lane, so that a
  * vector's 16 sums are 16 outputs and nothing is reduced across lanes. Per tile of 16 outputs, per group of 32 inputs:
  * int8, 8 vectors (inputs 4j.., j = 0..7); int4, 4 vectors whose low nibbles are inputs 4j.. and high nibbles
  * 16 + 4j.. (j = 0..3). int4's levels per tile, per group of G: 16 scales then 16 lows, float16 (one cache line).
  *
- * Two engines, the same sums: AVX512-VNNI (`vpdpbusd`: 16 outputs x 4 inputs of one row byte level per instruction)
+ * Three engines, the same sums: AVX512-VNNI (`vpdpbusd`: 16 outputs x 4 inputs of one row byte level per instruction)
  * for one to a few rows, where reading the weights bounds the time; AMX-INT8 where the CPU has it and Linux lets us
  * (`tdpbsud`: one tile product gives a group's sums for up to 8 rows' two byte levels at once) from arlm_amx_from rows
- * on, where VNNI's work grows with the rows. Integer sums are exact either way and the float32 steps are the same, so
- * both give the same bits. Each row is computed alone, in the same order whatever M is and wherever it sits
+ * on, where VNNI's work grows with the rows; and, on CPUs without AVX512-VNNI, AVX2 (`vpmaddwd`: 8 int16 pairs per
+ * instruction, 8 outputs at a time). Integer sums are exact on each and the float32 steps are the same lane by lane,
+ * so all give the same bits. Each row is computed alone, in the same order whatever M is and wherever it sits
  * (batch-invariant), and each tile's weights are read from memory once per call. */
 #include <immintrin.h>
 #include <math.h>
@@ -29,12 +31,17 @@
 
 #include "kernels.h"
 
-#define ROWS 4       /* rows per block */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define BYTE_LEVELS 1 /* rows as two signed bytes per value, for vpdpbusd and tdpbsud */
+#define ROWS 4        /* rows per block */
+#else
+#define ROWS 2 /* rows per block (AVX2's 16 registers) */
+#endif
 #define AHEAD 12     /* groups prefetched ahead (4: ~10% slower at one row; 8 to 48 alike) */
 #define Q_MAX 32639 /* largest |q|: 256 q1 + q2 with q1 in -127..127, q2 in -128..127 */
 
-/* The rows at 16 bits: q (2M, Kp) bytes, row 2m holding row m's q1 and 2m + 1 its q2; per row and group of 32: d, the
- * sum of q, and d times that sum */
+/* The rows at 16 bits: q (2M, Kp) bytes, row 2m holding row m's q1 and 2m + 1 its q2 (BYTE_LEVELS; else (M, Kp)
+ * int16, q itself); per row and group of 32: d, the sum of q, and d times that sum */
 typedef struct {
     int8_t *q;
     float *d, *xsum;
@@ -44,6 +51,7 @@ typedef struct {
 
 static void free_rows(Rows *r) { free(r->q), free(r->d), free(r->xsum), free(r->qsum); }
 
+#ifdef BYTE_LEVELS
 /* One group of 32 values (count of them real, the rest zeros): sets its q1, q2 and the sum of q; returns d (NaN where
  * the group holds a NaN or an infinity: the outputs then are NaN, as a float product's would be). q rounds to nearest,
  * ties to even. */
@@ -69,6 +77,39 @@ static float quantize_group(const float *x, long count, int8_t *q1, int8_t *q2, 
     return odd ? NAN : largest / Q_MAX;
 }
 
+#else
+/* quantize_group on AVX2: the same q and d, q stored as int16 */
+static float quantize_group(const float *x, long count, int16_t *q, int32_t *qsum) {
+    __m256 v[4], largest = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int h = 0; h < 4; h++) {
+        long n = count - 8 * h < 0 ? 0 : count - 8 * h > 8 ? 8 : count - 8 * h;
+        __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        v[h] = _mm256_maskload_ps(x + 8 * h, mask);
+        __m256 a = _mm256_and_ps(v[h], magnitude);
+        odd = _mm256_or_ps(odd, _mm256_cmp_ps(a, _mm256_set1_ps(INFINITY), _CMP_NLT_UQ)); /* NaN or infinity */
+        largest = _mm256_max_ps(largest, a);
+    }
+    __m128 top = _mm_max_ps(_mm256_castps256_ps128(largest), _mm256_extractf128_ps(largest, 1));
+    top = _mm_max_ps(top, _mm_movehl_ps(top, top));
+    float most = _mm_cvtss_f32(_mm_max_ss(top, _mm_movehdup_ps(top)));
+    int bad = _mm256_movemask_ps(odd) != 0;
+    float inverse = !bad && most > 0.0f ? Q_MAX / most : 0.0f;
+    __m256i sum = _mm256_setzero_si256(), ints[4];
+    for (int h = 0; h < 4; h++) {
+        ints[h] = _mm256_cvtps_epi32(_mm256_mul_ps(v[h], _mm256_set1_ps(inverse)));
+        sum = _mm256_add_epi32(sum, ints[h]);
+    }
+    for (int h = 0; h < 4; h += 2) /* packs interleaves 128-bit halves; the permute puts them back in order */
+        _mm256_storeu_si256((__m256i *)(q + 8 * h),
+                            _mm256_permute4x64_epi64(_mm256_packs_epi32(ints[h], ints[h + 1]), 0xD8));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    *qsum = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1)));
+    return bad ? NAN : most / Q_MAX;
+}
+#endif
+
 static Rows quantize_rows(const float *x, long M, long K) {
     Rows r = {.Kp = (K + 31) / 32 * 32, .groups = (K + 31) / 32};
     r.q = malloc(2 * M * r.Kp);
@@ -76,8 +117,14 @@ static Rows quantize_rows(const float *x, long M, long K) {
     r.qsum = malloc(M * r.groups * sizeof(int32_t));
     for (long m = 0; m < M; m++)
         for (long g = 0; g < r.groups; g++) {
-            long at = m * r.groups + g, count = K - 32 * g < 32 ? K - 32 * g : 32, row = 2 * m * r.Kp + 32 * g;
-            r.d[at] = quantize_group(x + m * K + 32 * g, count, r.q + row, r.q + row + r.Kp, r.qsum + at);
+            long at = m * r.groups + g, count = K - 32 * g < 32 ? K - 32 * g : 32;
+#ifdef BYTE_LEVELS
+            int8_t *q1 = r.q + 2 * m * r.Kp + 32 * g;
+            r.d[at] = quantize_group(x + m * K + 32 * g, count, q1, q1 + r.Kp, r.qsum + at);
+#else
+            int16_t *q = (int16_t *)r.q + m * r.Kp + 32 * g;
+            r.d[at] = quantize_group(x + m * K + 32 * g, count, q, r.qsum + at);
+#endif
             r.xsum[at] = r.d[at] * (float)r.qsum[at];
         }
     return r;
@@ -88,12 +135,26 @@ void arlm_int_rows(const float *x, float *y, long M, long K) {
     Rows r = quantize_rows(x, M, K);
     for (long m = 0; m < M; m++)
         for (long k = 0; k < K; k++) {
+#ifdef BYTE_LEVELS
             long at = 2 * m * r.Kp + k;
-            y[m * K + k] = r.d[m * r.groups + k / 32] * (float)(256 * r.q[at] + r.q[at + r.Kp]);
+            int q = 256 * r.q[at] + r.q[at + r.Kp];
+#else
+            int q = ((const int16_t *)r.q)[m * r.Kp + k];
+#endif
+            y[m * K + k] = r.d[m * r.groups + k / 32] * (float)q;
         }
     free_rows(&r);
 }
 
+/* A hint to have the lines AHEAD groups on in cache when they are reached (the next tile's where this one ends) */
+static inline void prefetch_group(const uint8_t *codes, const Linear *l, long t, long g, long levels, int shift) {
+    const int lines = l->kind == 1 ? 8 : 4;
+    for (int j = 0; j < lines; j++) _mm_prefetch(codes + (lines * (g + AHEAD) + j) * 64, _MM_HINT_T0);
+    if (l->kind == 2)
+        _mm_prefetch((const uint16_t *)l->scale + (t * levels + ((g + AHEAD) >> shift)) * 32, _MM_HINT_T0);
+}
+
+#ifdef BYTE_LEVELS
 /* The 8 vectors of group g's codes in tile `codes` (int8: as stored; int4: the nibbles, unpacked) */
 static inline __attribute__((always_inline)) void load_codes(const uint8_t *codes, long g, int kind, __m512i w[8]) {
     if (kind == 1) {
@@ -106,14 +167,6 @@ static inline __attribute__((always_inline)) void load_codes(const uint8_t *code
         w[j] = _mm512_and_si512(v, nibble);
         w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
     }
-}
-
-/* A hint to have the lines AHEAD groups on in cache when they are reached (the next tile's where this one ends) */
-static inline void prefetch_group(const uint8_t *codes, const Linear *l, long t, long g, long levels, int shift) {
-    const int lines = l->kind == 1 ? 8 : 4;
-    for (int j = 0; j < lines; j++) _mm_prefetch(codes + (lines * (g + AHEAD) + j) * 64, _MM_HINT_T0);
-    if (l->kind == 2)
-        _mm_prefetch((const uint16_t *)l->scale + (t * levels + ((g + AHEAD) >> shift)) * 32, _MM_HINT_T0);
 }
 
 /* Row m's sums s = sum_k u q over group g (exact) added to its 16 outputs' float32 sums */
@@ -254,6 +307,88 @@ static void amx_tile(const Rows *r, const Linear *l, float *y, long m0, int mt, 
         add_tile_sums(acc, sums[0], l, r, m0, mt, g, t * levels + (g >> shift));
     }
     store_sums(l, y, m0, mt, t, acc);
+}
+#endif
+
+#else
+/* Codes u (8 outputs x inputs 4j .. 4j + 3, a byte each) times rows m0 .. m0 + mt's q of those inputs, added to
+ * their sums: vpmaddwd multiplies int16 pairs and adds each pair into an int32 (exact), so pairs[i] holds outputs 0-3
+ * and 4-7 two lanes each */
+static inline __attribute__((always_inline)) void add_products(__m256i pairs[][2], __m256i u, const Rows *r, long m0,
+                                                               int mt, long g, int j) {
+    __m256i lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
+    __m256i hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1));
+    for (int i = 0; i < mt; i++) {
+        long long quad;
+        __builtin_memcpy(&quad, (const int16_t *)r->q + (m0 + i) * r->Kp + 32 * g + 4 * j, 8);
+        __m256i x = _mm256_set1_epi64x(quad); /* the 4 inputs in every 64-bit lane */
+        pairs[i][0] = _mm256_add_epi32(pairs[i][0], _mm256_madd_epi16(lo, x));
+        pairs[i][1] = _mm256_add_epi32(pairs[i][1], _mm256_madd_epi16(hi, x));
+    }
+}
+
+/* Group g's exact sums sum_k u q for outputs 8h .. 8h + 7 of tile `codes`, rows m0 .. m0 + mt, in order */
+static inline __attribute__((always_inline)) void group_sums(const uint8_t *codes, long g, int kind, int h,
+                                                             const Rows *r, long m0, int mt, __m256i *sums) {
+    __m256i pairs[4][2];
+    for (int i = 0; i < mt; i++) pairs[i][0] = pairs[i][1] = _mm256_setzero_si256();
+    if (kind == 1)
+        for (int j = 0; j < 8; j++) {
+            __m256i u = _mm256_loadu_si256((const __m256i *)(codes + (8 * g + j) * 64 + 32 * h));
+            add_products(pairs, u, r, m0, mt, g, j);
+        }
+    else
+        for (int j = 0; j < 4; j++) { /* low nibbles: inputs 4j..; high: 16 + 4j.. */
+            __m256i v = _mm256_loadu_si256((const __m256i *)(codes + (4 * g + j) * 64 + 32 * h));
+            add_products(pairs, _mm256_and_si256(v, _mm256_set1_epi8(0x0F)), r, m0, mt, g, j);
+            add_products(pairs, _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)), r, m0, mt, g, j + 4);
+        }
+    for (int i = 0; i < mt; i++) /* hadd: outputs 0 1 4 5 | 2 3 6 7; the permute puts them in order */
+        sums[i] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[i][0], pairs[i][1]), 0xD8);
+}
+
+/* rows m0 .. m0 + mt (mt <= ROWS, a constant where inlined) times the 16 outputs of tile t, 8 at a time; the same
+ * integer sums and float32 steps, lane by lane, as the VNNI kernel */
+static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
+                                                           long t) {
+    const int kind = l->kind;
+    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
+    const int shift = l->G == 64; /* group g's levels: g >> shift */
+    const uint8_t *codes = (const uint8_t *)l->w + t * groups * (kind == 1 ? 512 : 256);
+    __m256 acc[4][2];
+    for (int i = 0; i < mt; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (long g = 0; g < groups; g++) {
+        if (m0 == 0) prefetch_group(codes, l, t, g, levels, shift);
+        const uint16_t *pair = (const uint16_t *)l->scale + (t * levels + (g >> shift)) * 32; /* int4 */
+        for (int h = 0; h < 2; h++) {
+            __m256i sums[4];
+            group_sums(codes, g, kind, h, r, m0, mt, sums);
+            for (int i = 0; i < mt; i++) {
+                long at = (m0 + i) * groups + g;
+                __m256i s = sums[i];
+                if (kind == 1) { /* minus the codes' offset, as add_group on VNNI */
+                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * r->qsum[at]));
+                    acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(r->d[at]), acc[i][h]);
+                    continue;
+                }
+                __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 8 * h)));
+                __m256 low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 16 + 8 * h)));
+                acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(scale, _mm256_set1_ps(r->d[at])),
+                                            acc[i][h]);
+                acc[i][h] = _mm256_fmadd_ps(low, _mm256_set1_ps(r->xsum[at]), acc[i][h]);
+            }
+        }
+    }
+    long outputs = l->N - 16 * t < 16 ? l->N - 16 * t : 16;
+    for (int i = 0; i < mt; i++)
+        for (int h = 0; h < 2; h++) {
+            long n = outputs - 8 * h;
+            if (n <= 0) continue;
+            __m256 out = acc[i][h];
+            if (kind == 1) out = _mm256_mul_ps(out, _mm256_loadu_ps((const float *)l->scale + 16 * t + 8 * h));
+            __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskstore_ps(y + (m0 + i) * l->N + 16 * t + 8 * h, mask, out);
+        }
 }
 #endif
 

@@ -1,0 +1,68 @@
+/* The float32 vector arlm's kernels compute on (kernels.c, attention.c), VL lanes wide: AVX-512 (16 lanes) where the
+ * compiler targets it, else AVX2 with FMA and F16C (8 lanes). Every operation is lane by lane except vf_sum, a fixed
+ * reduction, so a kernel's result depends on the data and VL only, never on what else is computed beside it. */
+#ifndef ARLM_SIMD_H
+#define ARLM_SIMD_H
+#include <immintrin.h>
+#include <stdint.h>
+
+#if defined(__AVX512F__)
+#define VL 16
+typedef __m512 vf;
+static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
+static inline vf vf_set1(float v) { return _mm512_set1_ps(v); }
+static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
+static inline __mmask16 vf_mask(long n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+/* the first n (0..VL) values at p, zeros after them; stores only the first n */
+static inline vf vf_loadn(const float *p, long n) { return _mm512_maskz_loadu_ps(vf_mask(n), p); }
+static inline void vf_storen(float *p, vf v, long n) { _mm512_mask_storeu_ps(p, vf_mask(n), v); }
+/* VL bfloat16 values (widened exactly) */
+static inline vf vf_load_bf16(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+/* VL pairs of bfloat16 at p (a0 b0 a1 b1 ...), widened exactly: even = a0 a1 ..., odd = b0 b1 ... */
+static inline void vf_load_bf16_pairs(const uint16_t *p, vf *even, vf *odd) {
+    __m512i v = _mm512_loadu_si512(p);
+    *even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    *odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+}
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define VL 8
+typedef __m256 vf;
+static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
+static inline vf vf_set1(float v) { return _mm256_set1_ps(v); }
+static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+static inline float vf_sum(vf v) { /* halves, then quarters, then the last pair: always the same tree */
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline __m256i vf_mask(long n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline vf vf_loadn(const float *p, long n) { return _mm256_maskload_ps(p, vf_mask(n)); }
+static inline void vf_storen(float *p, vf v, long n) { _mm256_maskstore_ps(p, vf_mask(n), v); }
+static inline vf vf_load_bf16(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+static inline void vf_load_bf16_pairs(const uint16_t *p, vf *even, vf *odd) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    *even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    *odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
+}
+#else
+#error "arlm's kernels need AVX-512 or AVX2 with FMA and F16C"
+#endif
+
+#endif
