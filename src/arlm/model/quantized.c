@@ -312,39 +312,43 @@ static void amx_tile(const Rows *r, const Linear *l, float *y, long m0, int mt, 
 
 #else
 /* Codes u (8 outputs x inputs 4j .. 4j + 3, a byte each) times rows m0 .. m0 + mt's q of those inputs, added to
- * their sums: vpmaddwd multiplies int16 pairs and adds each pair into an int32 (exact), so pairs[i] holds outputs 0-3
- * and 4-7 two lanes each */
-static inline __attribute__((always_inline)) void add_products(__m256i pairs[][2], __m256i u, const Rows *r, long m0,
-                                                               int mt, long g, int j) {
+ * their sums: vpmaddwd multiplies int16 pairs and adds each pair into an int32 (exact), so pairs[i][h] holds outputs
+ * 0-3 and 4-7 of half h two lanes each */
+static inline __attribute__((always_inline)) void add_products(__m256i pairs[][2][2], int h, __m256i u,
+                                                               const int16_t *q, long Kp, int mt) {
     __m256i lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
     __m256i hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1));
     for (int i = 0; i < mt; i++) {
         long long quad;
-        __builtin_memcpy(&quad, (const int16_t *)r->q + (m0 + i) * r->Kp + 32 * g + 4 * j, 8);
+        __builtin_memcpy(&quad, q + i * Kp, 8);
         __m256i x = _mm256_set1_epi64x(quad); /* the 4 inputs in every 64-bit lane */
-        pairs[i][0] = _mm256_add_epi32(pairs[i][0], _mm256_madd_epi16(lo, x));
-        pairs[i][1] = _mm256_add_epi32(pairs[i][1], _mm256_madd_epi16(hi, x));
+        pairs[i][h][0] = _mm256_add_epi32(pairs[i][h][0], _mm256_madd_epi16(lo, x));
+        pairs[i][h][1] = _mm256_add_epi32(pairs[i][h][1], _mm256_madd_epi16(hi, x));
     }
 }
 
-/* Group g's exact sums sum_k u q for outputs 8h .. 8h + 7 of tile `codes`, rows m0 .. m0 + mt, in order */
-static inline __attribute__((always_inline)) void group_sums(const uint8_t *codes, long g, int kind, int h,
-                                                             const Rows *r, long m0, int mt, __m256i *sums) {
-    __m256i pairs[4][2];
-    for (int i = 0; i < mt; i++) pairs[i][0] = pairs[i][1] = _mm256_setzero_si256();
-    if (kind == 1)
-        for (int j = 0; j < 8; j++) {
-            __m256i u = _mm256_loadu_si256((const __m256i *)(codes + (8 * g + j) * 64 + 32 * h));
-            add_products(pairs, u, r, m0, mt, g, j);
-        }
-    else
-        for (int j = 0; j < 4; j++) { /* low nibbles: inputs 4j..; high: 16 + 4j.. */
-            __m256i v = _mm256_loadu_si256((const __m256i *)(codes + (4 * g + j) * 64 + 32 * h));
-            add_products(pairs, _mm256_and_si256(v, _mm256_set1_epi8(0x0F)), r, m0, mt, g, j);
-            add_products(pairs, _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)), r, m0, mt, g, j + 4);
+/* Group g's exact sums sum_k u q for the 16 outputs of tile `codes` (sums[i][h]: outputs 8h .. 8h + 7, in order), rows
+ * m0 .. m0 + mt; each code vector is read and widened once for all the rows */
+static inline __attribute__((always_inline)) void group_sums(const uint8_t *codes, long g, int kind, const Rows *r,
+                                                             long m0, int mt, __m256i sums[][2]) {
+    __m256i pairs[4][2][2];
+    for (int i = 0; i < mt; i++)
+        for (int h = 0; h < 2; h++) pairs[i][h][0] = pairs[i][h][1] = _mm256_setzero_si256();
+    const int16_t *q = (const int16_t *)r->q + m0 * r->Kp + 32 * g;
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < (kind == 1 ? 8 : 4); j++) /* int4: low nibbles are inputs 4j.., high ones 16 + 4j.. */
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(codes + ((kind == 1 ? 8 : 4) * g + j) * 64 + 32 * h));
+            if (kind == 1) {
+                add_products(pairs, h, v, q + 4 * j, r->Kp, mt);
+                continue;
+            }
+            add_products(pairs, h, _mm256_and_si256(v, nibble), q + 4 * j, r->Kp, mt);
+            add_products(pairs, h, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble), q + 16 + 4 * j, r->Kp, mt);
         }
     for (int i = 0; i < mt; i++) /* hadd: outputs 0 1 4 5 | 2 3 6 7; the permute puts them in order */
-        sums[i] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[i][0], pairs[i][1]), 0xD8);
+        for (int h = 0; h < 2; h++)
+            sums[i][h] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[i][h][0], pairs[i][h][1]), 0xD8);
 }
 
 /* rows m0 .. m0 + mt (mt <= ROWS, a constant where inlined) times the 16 outputs of tile t, 8 at a time; the same
@@ -360,12 +364,12 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
     for (long g = 0; g < groups; g++) {
         if (m0 == 0) prefetch_group(codes, l, t, g, levels, shift);
         const uint16_t *pair = (const uint16_t *)l->scale + (t * levels + (g >> shift)) * 32; /* int4 */
+        __m256i sums[4][2];
+        group_sums(codes, g, kind, r, m0, mt, sums);
         for (int h = 0; h < 2; h++) {
-            __m256i sums[4];
-            group_sums(codes, g, kind, h, r, m0, mt, sums);
             for (int i = 0; i < mt; i++) {
                 long at = (m0 + i) * groups + g;
-                __m256i s = sums[i];
+                __m256i s = sums[i][h];
                 if (kind == 1) { /* minus the codes' offset, as add_group on VNNI */
                     s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * r->qsum[at]));
                     acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(r->d[at]), acc[i][h]);
