@@ -351,6 +351,29 @@ static inline __attribute__((always_inline)) void group_sums(const uint8_t *code
             sums[i][h] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[i][h][0], pairs[i][h][1]), 0xD8);
 }
 
+/* Row sums s (8 outputs of half h, group g; row at `at` of r) added to their float32 sums acc: the float32 steps of
+ * add_group on VNNI, lane by lane */
+static inline __attribute__((always_inline)) __m256 add_sums(__m256 acc, __m256i s, int kind, const Rows *r, long at,
+                                                             const uint16_t *pair, int h) {
+    if (kind == 1) { /* minus the codes' offset */
+        s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * r->qsum[at]));
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(r->d[at]), acc);
+    }
+    __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 8 * h)));
+    __m256 low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 16 + 8 * h)));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(scale, _mm256_set1_ps(r->d[at])), acc);
+    return _mm256_fmadd_ps(low, _mm256_set1_ps(r->xsum[at]), acc);
+}
+
+/* Row m's sums for outputs 8h .. 8h + 7 of tile t into y (int8: times the outputs' scales) */
+static inline void store_half(const Linear *l, float *y, long m, long t, int h, __m256 acc) {
+    long n = (l->N - 16 * t < 16 ? l->N - 16 * t : 16) - 8 * h;
+    if (n <= 0) return;
+    if (l->kind == 1) acc = _mm256_mul_ps(acc, _mm256_loadu_ps((const float *)l->scale + 16 * t + 8 * h));
+    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(y + m * l->N + 16 * t + 8 * h, mask, acc);
+}
+
 /* rows m0 .. m0 + mt (mt <= ROWS, a constant where inlined) times the 16 outputs of tile t, 8 at a time; the same
  * integer sums and float32 steps, lane by lane, as the VNNI kernel */
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
@@ -366,33 +389,12 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
         const uint16_t *pair = (const uint16_t *)l->scale + (t * levels + (g >> shift)) * 32; /* int4 */
         __m256i sums[4][2];
         group_sums(codes, g, kind, r, m0, mt, sums);
-        for (int h = 0; h < 2; h++) {
-            for (int i = 0; i < mt; i++) {
-                long at = (m0 + i) * groups + g;
-                __m256i s = sums[i][h];
-                if (kind == 1) { /* minus the codes' offset, as add_group on VNNI */
-                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * r->qsum[at]));
-                    acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(r->d[at]), acc[i][h]);
-                    continue;
-                }
-                __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 8 * h)));
-                __m256 low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 16 + 8 * h)));
-                acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(scale, _mm256_set1_ps(r->d[at])),
-                                            acc[i][h]);
-                acc[i][h] = _mm256_fmadd_ps(low, _mm256_set1_ps(r->xsum[at]), acc[i][h]);
-            }
-        }
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < mt; i++)
+                acc[i][h] = add_sums(acc[i][h], sums[i][h], kind, r, (m0 + i) * groups + g, pair, h);
     }
-    long outputs = l->N - 16 * t < 16 ? l->N - 16 * t : 16;
     for (int i = 0; i < mt; i++)
-        for (int h = 0; h < 2; h++) {
-            long n = outputs - 8 * h;
-            if (n <= 0) continue;
-            __m256 out = acc[i][h];
-            if (kind == 1) out = _mm256_mul_ps(out, _mm256_loadu_ps((const float *)l->scale + 16 * t + 8 * h));
-            __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            _mm256_maskstore_ps(y + (m0 + i) * l->N + 16 * t + 8 * h, mask, out);
-        }
+        for (int h = 0; h < 2; h++) store_half(l, y, m0 + i, t, h, acc[i][h]);
 }
 #endif
 
