@@ -22,6 +22,7 @@ from arlm.bench.forward import forward_times
 from arlm.bench.lookup_replay import by_match, fixed, replay
 from arlm.bench.prompt_sets import chat_ids, load_prompt_set
 from arlm.config import GenerationConfig
+from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.generate import generate
 from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT, AdaptiveGamma, lookup_ngram
 from arlm.interop.loading import DTYPES, load_model
@@ -57,7 +58,8 @@ def main() -> None:
     policies = {f"γ={g}": (fixed(g), n, False) for g in (2, 3, 4, 8, 16)}
     policies |= {"γ=4, matches of 2+ tokens": (fixed(4, 2), n, False)}
     policies |= {"γ by running acceptance (AdaptiveGamma)": (fixed(MAX_ADAPTIVE_DRAFT), n, True)}
-    policies |= {"γ by match length (--adaptive-draft)": (by_match, lookup_ngram(n, by_match=True), False)}
+    policies |= {"γ by match length (--adaptive-draft, sampling)": (by_match, lookup_ngram(n, by_match=True), False)}
+    policies |= {"γ by match length and cost (--adaptive-draft, greedy)": (by_match, lookup_ngram(n, True), True)}
     print(f"{args.dtype}; greedy outputs cut at EOS; speed-up over greedy per prompt: median, worst")
     print("| policy | " + " | ".join(data["sets"]) + " |")
     print("|---" * (len(data["sets"]) + 1) + "|")
@@ -67,7 +69,7 @@ def main() -> None:
             ratios = []
             for row in rows:
                 greedy = row["greedy"][: row["greedy"].index(eos) + 1] if eos in row["greedy"] else row["greedy"]
-                rate = AdaptiveGamma(MAX_ADAPTIVE_DRAFT, 0.0) if adaptive else None
+                rate = AdaptiveGamma(MAX_ADAPTIVE_DRAFT, 0.0, ForwardCost(measure=True)) if adaptive else None
                 run = replay(row["prompt"], greedy, policy, max_n, ms, rate)
                 ratios.append(run.tokens * ms[1] / run.cost)
             cells.append(f"{statistics.median(ratios):.2f}×, worst {min(ratios):.2f}×")

@@ -5,11 +5,14 @@ import torch
 
 from arlm.bench.lookup_replay import by_match, fixed, replay
 from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding import speculative as spec
+from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.generate import generate
-from arlm.decoding.speculative import lookup_ngram
+from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT, AdaptiveGamma, lookup_ngram
 from arlm.model.transformer import Transformer
 
 UNIT_COST = {k: 1.0 for k in range(1, 18)}
+DEAR_COST = {k: 1.0 + 0.3 * (k - 1) for k in range(1, 18)}  # verifying k tokens: a price adaptive drafting weighs
 
 
 def _model(seed: int) -> Transformer:
@@ -20,7 +23,14 @@ def _model(seed: int) -> Transformer:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("gamma,adaptive", [(1, False), (4, False), (8, False), (4, True)])
-def test_replay_matches_real_prompt_lookup(seed, gamma, adaptive):
+def test_replay_matches_real_prompt_lookup(seed, gamma, adaptive, monkeypatch):
+    """Adaptive (greedy): the real run's measured times replaced by the cost table the replay is told."""
+
+    class Tabled(ForwardCost):
+        def record(self, tokens: int, seconds: float) -> None:
+            super().record(tokens, DEAR_COST[tokens])
+
+    monkeypatch.setattr(spec, "ForwardCost", Tabled)
     target, prompt = _model(seed), [1, 2, 3, 4, 1, 2, 3, 5, 6, 1, 2]
     settings = dict(temperature=0, max_new_tokens=48, stop_at_eos=False)
     greedy = generate(target, [prompt], GenerationConfig(strategy="greedy", **settings)).generated()[0]
@@ -29,11 +39,12 @@ def test_replay_matches_real_prompt_lookup(seed, gamma, adaptive):
     assert real.generated()[0] == greedy
     policy = by_match if adaptive else fixed(gamma)
     max_n = lookup_ngram(config.prompt_lookup_ngram, adaptive)
-    run = replay(prompt, greedy, policy, max_n, UNIT_COST)
+    rate = AdaptiveGamma(MAX_ADAPTIVE_DRAFT, 0.0, ForwardCost(measure=True)) if adaptive else None
+    run = replay(prompt, greedy, policy, max_n, DEAR_COST if adaptive else UNIT_COST, rate)
     assert (run.rounds, run.proposed, run.accepted) == (
         real.stats["target_forwards"],
         real.stats["proposed"],
         real.stats["accepted"],
     )
-    assert run.tokens == len(greedy) and run.cost == run.rounds  # a unit cost per round
+    assert run.tokens == len(greedy) and (adaptive or run.cost == run.rounds)  # fixed γ: a unit cost per round
     assert run.proposed > 0  # the prompt repeats itself: there was something to draft

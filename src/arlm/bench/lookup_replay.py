@@ -38,7 +38,8 @@ def fixed(gamma: int, min_match: int = 1) -> Policy:
 
 
 def by_match(index: NgramIndex, room: int) -> list[int]:
-    """What `--adaptive-draft` prompt lookup drafts: by the match's length (`lookup_gamma`)."""
+    """What `--adaptive-draft` prompt lookup drafts: by the match's length (`lookup_gamma`); where greedy, also at
+    most what an AdaptiveGamma on the measured cost allows (replay's `rate`)."""
     follow, matched = index.lookup(min(MAX_ADAPTIVE_DRAFT, room))
     return follow[: lookup_gamma(matched)]
 
@@ -52,7 +53,8 @@ def replay(
     rate: AdaptiveGamma | None = None,
 ) -> Replay:
     """Decode `greedy` (the target's greedy continuation of `prompt`) with the policy; cost[k]: one forward over
-    k new tokens; rate: an AdaptiveGamma whose gamma caps each round (the running-acceptance rule)."""
+    k new tokens; rate: an AdaptiveGamma whose gamma caps each round (the running-acceptance rule), told each
+    round's cost from the table as greedy decoding tells it the time it measured."""
     index, seq, pos = NgramIndex(max_n), list(prompt), 0
     out = Replay(len(greedy), 0, 0, 0, 0.0)
     while pos < len(greedy):
@@ -63,6 +65,7 @@ def replay(
         while accepted < len(drafts) and drafts[accepted] == greedy[pos + accepted]:
             accepted += 1
         if rate:
+            rate.cost.record(1 + len(drafts), cost[1 + len(drafts)])
             rate.update(len(drafts), accepted)
         out.rounds, out.proposed, out.accepted = out.rounds + 1, out.proposed + len(drafts), out.accepted + accepted
         out.cost += cost[1 + len(drafts)]

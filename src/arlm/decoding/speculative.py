@@ -11,15 +11,12 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine
+from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 from arlm.errors import ArlmError
 
 MAX_ADAPTIVE_DRAFT = 16
-# A target forward over 1 + g tokens costs about 1 + VERIFY_FIXED + VERIFY_PER_TOKEN * g one-token forwards: SmolLM2
-# in float32 on 2 CPU cores took 18.4 ms for 1 token, 26.3 for 2, 31.8 for 3, 36.0 for 5, 36.9 for 8 (docs/perf.md)
-VERIFY_FIXED = 0.4
-VERIFY_PER_TOKEN = 0.1
 RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
 RECOVERY = 0.05  # how fast the estimate drifts back to its prior while nothing is drafted
 LOOKUP_MATCH_MIN = 2  # adaptive prompt lookup drafts only after a match of at least this many tokens
@@ -168,30 +165,23 @@ class PromptLookupDrafter:
 class AdaptiveGamma:
     """How many tokens to draft next: the gamma (0..max_gamma) with the most expected tokens per unit of cost,
     from a running estimate `rate` of the chance that a drafted token is accepted. With acceptance a, a round that
-    drafts g tokens yields (1 - a^(g+1)) / (1 - a) tokens and costs, in one-token target forwards, 1 for g = 0 and
-    1 + verify_fixed + (verify_per_token + draft_cost) * g otherwise; so when acceptance falls gamma shrinks to 0
-    (plain one-token steps, as greedy decoding takes), and while not drafting the estimate drifts back to its prior,
-    so drafting is tried again now and then. Only how many tokens are drafted changes: verification, and so the
-    output, stays exact."""
+    drafts g tokens yields (1 - a^(g+1)) / (1 - a) tokens and costs, in one-token target forwards, the forward over
+    1 + g tokens (`cost`: measured where decoding is greedy, decoding/forward_cost.py) plus g drafted tokens at
+    draft_cost each; so when acceptance falls, or verifying costs much more than a step, gamma shrinks to 0 (plain
+    one-token steps, as greedy decoding takes), and while not drafting the estimate drifts back to its prior, so
+    drafting is tried again now and then. Only how many tokens are drafted changes: verification, and so the output,
+    stays exact."""
 
-    def __init__(
-        self,
-        max_gamma: int,
-        draft_cost: float,
-        verify_fixed: float = VERIFY_FIXED,
-        verify_per_token: float = VERIFY_PER_TOKEN,
-        prior: float = 0.6,
-    ) -> None:
-        self.max_gamma = max_gamma
-        self.fixed, self.per_token = verify_fixed, verify_per_token + draft_cost
+    def __init__(self, max_gamma: int, draft_cost: float, cost: ForwardCost | None = None, prior: float = 0.6) -> None:
+        self.max_gamma, self.draft_cost = max_gamma, draft_cost
+        self.cost = cost if cost is not None else ForwardCost(measure=False)
         self.prior = self.rate = prior
 
     def next(self) -> int:
         """The gamma to draft next (0 unless some gamma is expected to beat a plain step)."""
         a = min(self.rate, 0.999)
-        value = [1.0] + [
-            (1 - a ** (g + 1)) / (1 - a) / (1 + self.fixed + self.per_token * g) for g in range(1, self.max_gamma + 1)
-        ]
+        price = [self.cost.relative(g + 1) + self.draft_cost * g for g in range(self.max_gamma + 1)]
+        value = [1.0] + [(1 - a ** (g + 1)) / (1 - a) / price[g] for g in range(1, self.max_gamma + 1)]
         best = max(range(self.max_gamma + 1), key=lambda g: value[g])
         return best if value[best] > 1.0 + 1e-9 else 0
 
@@ -221,7 +211,8 @@ def speculative_generate(
     """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup') on the
     target's engine; trace gets each verification: the drafted ids, how many were accepted, the target's own next
     token, and the target's probability of each token kept. config.adaptive_draft picks gamma each round (a draft
-    model: AdaptiveGamma; prompt lookup: the match's length, `lookup_gamma`), else it is config.num_draft_tokens."""
+    model: AdaptiveGamma; prompt lookup: the match's length, `lookup_gamma`, and where greedy also AdaptiveGamma on
+    the measured cost of a verification), else it is config.num_draft_tokens."""
     target = engine.model
     _check_inputs(target, draft, prompt_ids, attention_mask, config)
     T = prompt_ids.shape[1]
@@ -230,8 +221,10 @@ def speculative_generate(
     generator = make_generator(config.seed, prompt_ids.device)
     top = max(config.num_draft_tokens, MAX_ADAPTIVE_DRAFT if config.adaptive_draft else 0)
     drafter = _drafter(draft, max_len + top + 1, config, history)
-    by_cost = config.adaptive_draft and config.strategy == "speculative"  # prompt lookup adapts by match length
-    adaptive = AdaptiveGamma(top, draft_cost(target, draft, config)) if by_cost else None
+    cost = ForwardCost(measure=greedy)  # measured only where the number drafted cannot change the output
+    # a draft model adapts by cost; prompt lookup by match length, and by measured cost too where greedy
+    by_cost = config.adaptive_draft and (config.strategy == "speculative" or greedy)
+    adaptive = AdaptiveGamma(top, draft_cost(target, draft, config), cost) if by_cost else None
     engine.open(1, max_len + top + 1)
     start = time.perf_counter()
     if T > 1:
@@ -242,7 +235,9 @@ def speculative_generate(
             gamma = adaptive.next() if adaptive is not None else top
             room = max_len - seq.shape[1]
             drafts, q = drafter.propose(seq, min(gamma, room - 1), config, greedy, generator)
+            began = time.perf_counter()
             accepted, new, p = _round(engine, seq, drafts, q, config, greedy, generator, history)
+            cost.record(1 + len(drafts), time.perf_counter() - began)
             if trace is not None:
                 trace(_verify_event(drafts, accepted, int(new[-1]), p, new))
             stats["target_forwards"] += 1
