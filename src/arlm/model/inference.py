@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -92,19 +93,21 @@ def _invariant_padding(weight: torch.Tensor, rows: int) -> int | None:
     by shape, e.g. 4 at a time, and round a block's remainder differently), None where none does."""
     key = (tuple(weight.shape), weight.dtype, rows)
     if key not in _PADDINGS:
-        x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)  # (rows, in)
-        _PADDINGS[key] = None
-        with torch.no_grad():
-            for pad in (2, 4, 8, 16):
-                together = _padded_bmm(x, weight, pad)  # (rows, c, out/c)
-                prefixes = all(torch.equal(_padded_bmm(x[:m], weight, pad), together[:m]) for m in range(1, rows))
-                alone = all(
-                    torch.equal(_padded_bmm(x[i : i + 1], weight, pad), together[i : i + 1]) for i in range(rows)
-                )
-                if prefixes and alone:
-                    _PADDINGS[key] = pad
-                    break
+        agree = (
+            pad for pad in (2, 4, 8, 16) if _rows_agree(lambda x, pad=pad: _padded_bmm(x, weight, pad), weight, rows)
+        )
+        _PADDINGS[key] = next(agree, None)
     return _PADDINGS[key]
+
+
+def _rows_agree(product: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor, rows: int) -> bool:
+    """Whether `product` of seeded random rows (rows, in), in = weight.shape[1], gives every row the same bits alone,
+    in every prefix of the rows and among all of them."""
+    x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)  # (rows, in)
+    with torch.no_grad():
+        together = product(x)
+        prefixes = all(torch.equal(product(x[:m]), together[:m]) for m in range(1, rows))
+        return prefixes and all(torch.equal(product(x[i : i + 1]), together[i : i + 1]) for i in range(rows))
 
 
 class NativeLinear(nn.Module):
@@ -294,12 +297,7 @@ def linear_is_batch_invariant(weight: torch.Tensor, rows: int = PROBE_ROWS) -> b
     one's shape and dtype (probed once per shape: kernels pick their blocking by shape, not by value)."""
     key = (tuple(weight.shape), weight.dtype, weight.device.type, rows)
     if key not in _PROBED:
-        x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)  # (rows, in)
-        with torch.no_grad():
-            together = F.linear(x, weight)  # (rows, out)
-            prefixes = all(torch.equal(F.linear(x[:m], weight), together[:m]) for m in range(1, rows))
-            alone = all(torch.equal(F.linear(x[i : i + 1], weight), together[i : i + 1]) for i in range(rows))
-        _PROBED[key] = prefixes and alone
+        _PROBED[key] = _rows_agree(lambda x: F.linear(x, weight), weight, rows)
     return _PROBED[key]
 
 
