@@ -36,6 +36,18 @@ static inline void prefetch_rows(const void *row0, long stride) {
     for (int j = 0; j < TILE_N; j++) _mm_prefetch((const char *)row0 + j * stride, _MM_HINT_T0);
 }
 
+/* acc[i][j] += x row i's and weight row j's VL values at k (n of them; n < VL only at the tail), for mt rows and nt
+ * weight rows: one weight vector live at a time, the rows' values read as operands (AVX2's 16 registers then hold a
+ * 3 x 4 tile's sums without spilling them) */
+static inline __attribute__((always_inline)) void dot_step(const float *x, const float *w, vf acc[][TILE_N], int mt,
+                                                           int nt, long k, long n, long K) {
+    for (int j = 0; j < nt; j++) {
+        vf wv = n == VL ? vf_load(w + j * K + k) : vf_loadn(w + j * K + k, n);
+        for (int i = 0; i < mt; i++)
+            acc[i][j] = vf_fma(wv, n == VL ? vf_load(x + i * K + k) : vf_loadn(x + i * K + k, n), acc[i][j]);
+    }
+}
+
 /* mt (<= TILE_M) rows from m0 times nt (<= TILE_N) float32 weight rows from n0; mt and nt are constants where
  * inlined */
 static inline __attribute__((always_inline)) void dot_tile(const float *x, const float *w, float *y, long m0, int mt,
@@ -43,15 +55,13 @@ static inline __attribute__((always_inline)) void dot_tile(const float *x, const
     vf acc[4][TILE_N]; /* mt <= 4 */
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++) acc[i][j] = vf_zero();
-    for (long k = 0; k < K; k += VL) {
-        vf wv[TILE_N];
-        for (int j = 0; j < nt; j++) wv[j] = load_x(w + (n0 + j) * K, k, K);
-        if (m0 == 0) prefetch_rows(w + (n0 + TILE_N) * K + k, K * 4);
-        for (int i = 0; i < mt; i++) {
-            vf xv = load_x(x + (m0 + i) * K, k, K);
-            for (int j = 0; j < nt; j++) acc[i][j] = vf_fma(wv[j], xv, acc[i][j]);
-        }
+    const float *xs = x + m0 * K, *ws = w + n0 * K;
+    long full = K - K % VL;
+    for (long k = 0; k < full; k += VL) {
+        if (m0 == 0) prefetch_rows(ws + TILE_N * K + k, K * 4);
+        dot_step(xs, ws, acc, mt, nt, k, VL, K);
     }
+    if (full < K) dot_step(xs, ws, acc, mt, nt, full, K - full, K);
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++) y[(m0 + i) * N + n0 + j] = vf_sum(acc[i][j]);
 }
