@@ -26,20 +26,22 @@ int arlm_amx_from = 3;  /* the fewest rows the int8 / int4 products take to AMX 
 
 #define TILE_M (VL == 16 ? 4 : 3) /* rows of x per tile (AVX2's 16 registers hold 3 x 4 sums) */
 #define TILE_N 4                   /* rows of w per tile */
+#define ONE_ROW_N 12 /* rows of w per tile for one row of x: more weight rows streamed at once (8 to 16 read ~10% faster
+                        than 4 on an AVX2 EPYC) */
 
 static inline vf load_x(const float *x, long k, long K) {
     return k + VL <= K ? vf_load(x + k) : vf_loadn(x + k, K - k);
 }
 
-/* one cache line of each of the TILE_N weight rows at `row0`, `stride` bytes apart (a hint: never faults) */
-static inline void prefetch_rows(const void *row0, long stride) {
-    for (int j = 0; j < TILE_N; j++) _mm_prefetch((const char *)row0 + j * stride, _MM_HINT_T0);
+/* one cache line of each of `rows` weight rows from `row0`, `stride` bytes apart (a hint: never faults) */
+static inline __attribute__((always_inline)) void prefetch_rows(const void *row0, long stride, int rows) {
+    for (int j = 0; j < rows; j++) _mm_prefetch((const char *)row0 + j * stride, _MM_HINT_T0);
 }
 
 /* acc[i][j] += x row i's and weight row j's VL values at k (n of them; n < VL only at the tail), for mt rows and nt
  * weight rows: one weight vector live at a time, the rows' values read as operands (AVX2's 16 registers then hold a
  * 3 x 4 tile's sums without spilling them) */
-static inline __attribute__((always_inline)) void dot_step(const float *x, const float *w, vf acc[][TILE_N], int mt,
+static inline __attribute__((always_inline)) void dot_step(const float *x, const float *w, vf acc[][ONE_ROW_N], int mt,
                                                            int nt, long k, long n, long K) {
     for (int j = 0; j < nt; j++) {
         vf wv = n == VL ? vf_load(w + j * K + k) : vf_loadn(w + j * K + k, n);
@@ -52,13 +54,13 @@ static inline __attribute__((always_inline)) void dot_step(const float *x, const
  * inlined */
 static inline __attribute__((always_inline)) void dot_tile(const float *x, const float *w, float *y, long m0, int mt,
                                                            long n0, int nt, long N, long K) {
-    vf acc[4][TILE_N]; /* mt <= 4 */
+    vf acc[4][ONE_ROW_N]; /* mt <= 4, nt <= ONE_ROW_N */
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++) acc[i][j] = vf_zero();
     const float *xs = x + m0 * K, *ws = w + n0 * K;
     long full = K - K % VL;
     for (long k = 0; k < full; k += VL) {
-        if (m0 == 0) prefetch_rows(ws + TILE_N * K + k, K * 4);
+        if (m0 == 0) prefetch_rows(ws + nt * K + k, K * 4, nt);
         dot_step(xs, ws, acc, mt, nt, k, VL, K);
     }
     if (full < K) dot_step(xs, ws, acc, mt, nt, full, K - full, K);
@@ -87,6 +89,12 @@ static inline __attribute__((always_inline)) void dot_tile(const float *x, const
 
 void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads) {
 #define F32_TILE(m0, mt, n0, nt) dot_tile(x, w, y, m0, mt, n0, nt, N, K)
+    if (M == 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (long t = 0; t < N / ONE_ROW_N; t++) dot_tile(x, w, y, 0, 1, t * ONE_ROW_N, ONE_ROW_N, N, K);
+        for (long j = N - N % ONE_ROW_N; j < N; j++) dot_tile(x, w, y, 0, 1, j, 1, N, K);
+        return;
+    }
     FOR_EACH_TILE(F32_TILE)
 }
 
