@@ -90,6 +90,24 @@ def test_batch_invariance_is_the_default_for_16_bit_weights_only():
         assert dtype != torch.float32 or not kept
 
 
+@pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
+def test_float32_weights_are_packed_unless_shared():
+    """A float32 model's Linears take the packed layout, but a head tied to the embedding keeps reading the table in
+    place (no second copy); the logits stay those of the model as built."""
+    config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        before = model(ids)
+    optimize_for_decoding(model)
+    kinds = {name: m.kind for name, m in model.named_modules() if isinstance(m, NativeLinear)}
+    assert kinds.pop("lm_head") == 3 and model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    assert kinds and set(kinds.values()) == {4}
+    with torch.no_grad():
+        assert torch.allclose(model(ids), before, rtol=1e-5, atol=1e-5)
+
+
 def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch):
     """A kernel whose bits change with the number of rows (from 5 on, as blocked kernels do) fails the probe; a
     padded layout, invariant by construction, passes."""
@@ -104,29 +122,34 @@ def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch)
     assert linear_is_batch_invariant(weight, rows=8)
 
 
+LAYOUTS = [(torch.float32, True, 64), (torch.float32, True, 50), (torch.float32, False, 50), (torch.bfloat16, True, 64)]
+
+
 @pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("dtype", "pack", "outputs"), LAYOUTS)
 @pytest.mark.parametrize("bias", [False, True])
-def test_native_linear_is_a_matmul_and_batch_invariant(dtype, bias):
+def test_native_linear_is_a_matmul_and_batch_invariant(dtype, pack, outputs, bias):
     """Each output is the exact product of the row and weight (bfloat16: rounded once to bfloat16), up to float32
-    summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 16 and a rest)."""
-    if dtype == torch.bfloat16 and not native.available():
-        pytest.skip("arlm's bfloat16 kernel needs AMX (model/native.py)")
+    summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 6 or 8 and a rest,
+    or 3 or 4 and a rest in place), float32 packed (outputs past a multiple of 16 too) or read in place."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(96, 64, bias=bias).to(dtype)
-    layer = NativeLinear(linear)
-    assert torch.equal(native.bf16_weight(layer.tiles) if dtype == torch.bfloat16 else layer.weight, linear.weight)
+    linear = torch.nn.Linear(96, outputs, bias=bias).to(dtype)
+    layer = NativeLinear(linear, pack=pack)
+    assert layer.kind == (0 if dtype == torch.bfloat16 else 4 if pack else 3)
+    held = {0: lambda: native.bf16_weight(layer.tiles), 3: lambda: layer.weight}
+    held[4] = lambda: native.unpack_f32(layer.packed, outputs)
+    assert torch.equal(held[layer.kind](), linear.weight)
     x = torch.randn(37, 96).to(dtype)  # (M, in)
     y = layer(x)  # (M, out)
     exact = x.double() @ linear.weight.double().t()  # (M, out)
     product = y.double() - (linear.bias.double() if bias else 0)
-    assert y.dtype == dtype and y.shape == (37, 64)
+    assert y.dtype == dtype and y.shape == (37, outputs)
     relative, absolute = (2**-7, 2e-2) if dtype == torch.bfloat16 else (1e-6, 1e-5)
     assert ((product - exact).abs() <= exact.abs() * relative + absolute).all()
-    for rows in (1, 2, 3, 5, 8, 15, 16, 17, 32):
+    for rows in (1, 2, 3, 5, 6, 7, 8, 9, 13, 15, 16, 17, 32):
         assert torch.equal(layer(x[:rows]), y[:rows]), rows
     assert torch.equal(layer(x[20:21]), y[20:21]) and torch.equal(layer(x.flip(0)).flip(0), y)
-    assert torch.equal(layer(x.reshape(1, 37, 96)), y.reshape(1, 37, 64))
+    assert torch.equal(layer(x.reshape(1, 37, 96)), y.reshape(1, 37, outputs))
     assert not NativeLinear.fits(torch.nn.Linear(96, 50).to(torch.bfloat16))
     assert NativeLinear.fits(torch.nn.Linear(96, 50)) and not NativeLinear.fits(torch.nn.Linear(96, 64).half())
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -111,16 +112,20 @@ def _rows_agree(product: Callable[[torch.Tensor], torch.Tensor], weight: torch.T
 
 
 class NativeLinear(nn.Module):
-    """y = x W^T + b on arlm's kernels, batch-invariant: a float32 W, or a bfloat16 W (both sizes multiples of 32) on
-    AMX tiles."""
+    """y = x W^T + b on arlm's kernels, batch-invariant: a float32 W, packed 16 outputs to a line (`pack`; else read
+    where it is, e.g. a table it shares with an embedding), or a bfloat16 W (both sizes multiples of 32) in AMX
+    tiles."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, pack: bool = True) -> None:
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
         weight = linear.weight.detach()
-        self.kind = 0 if weight.dtype == torch.bfloat16 else 3  # the kernel's kind (kernels.h): bfloat16 tiles, float32
+        # the kernel's kind (kernels.h): 0 bfloat16 tiles, 3 float32 (out, in), 4 float32 packed
+        self.kind = 0 if weight.dtype == torch.bfloat16 else 4 if pack else 3
         if self.kind == 0:
             self.register_buffer("tiles", native.bf16_tiles(weight))  # (out/16, in/32, 16, 16, 2)
+        elif self.kind == 4:
+            self.register_buffer("packed", native.pack_f32(weight))  # (ceil(out/16), in, 16)
         else:
             self.register_buffer("weight", weight.contiguous())  # (out, in): the Linear's storage (a tied table's too)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
@@ -137,7 +142,12 @@ class NativeLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
         rows = x.reshape(-1, self.in_features).contiguous()  # (M, in)
-        y = native.bf16_mm(rows, self.tiles) if self.kind == 0 else native.f32_mm(rows, self.weight)  # (M, out)
+        if self.kind == 0:
+            y = native.bf16_mm(rows, self.tiles)  # (M, out)
+        elif self.kind == 4:
+            y = native.f32p_mm(rows, self.packed, self.out_features)
+        else:
+            y = native.f32_mm(rows, self.weight)
         y = y.reshape(*x.shape[:-1], self.out_features)  # (..., out)
         return y if self.bias is None else y + self.bias
 
@@ -267,7 +277,7 @@ def _linears(block: Block) -> list[nn.Module]:
 
 def _kind(layer: nn.Module) -> int | None:
     """The kernel kind of a Linear on arlm's kernels, without bias (kernels.h: 0 bfloat16 tiles, 1 int8, 2 int4,
-    3 float32), None for others."""
+    3 float32, 4 float32 packed), None for others."""
     if isinstance(layer, NativeLinear) and layer.bias is None:
         return layer.kind
     if isinstance(layer, (Int8Linear, Int4Linear)) and layer.native and layer.bias is None:
@@ -278,12 +288,15 @@ def _kind(layer: nn.Module) -> int | None:
 def _tensors(layer: nn.Module) -> tuple[torch.Tensor, ...]:
     """The tensors the kernel reads of a Linear `_kind` accepts."""
     if isinstance(layer, NativeLinear):
-        return (layer.tiles,) if layer.kind == 0 else (layer.weight,)
+        return (layer.tiles if layer.kind == 0 else layer.packed if layer.kind == 4 else layer.weight,)
     return (layer.packed, layer.scales) if isinstance(layer, Int8Linear) else (layer.packed, layer.scales_and_lows)
 
 
 def _shape(layer: nn.Module) -> dict:
-    """An int8 / int4 layer's group size and weight shape for `native.linear_weights` (none for the others)."""
+    """An int8 / int4 layer's group size and weight shape, a packed float32 one's shape, for `native.linear_weights`
+    (none for the others)."""
+    if isinstance(layer, NativeLinear):
+        return {"shape": (layer.out_features, layer.in_features)} if layer.kind == 4 else {}
     if not isinstance(layer, (Int8Linear, Int4Linear)):
         return {}
     return {"group": getattr(layer, "group_size", 0), "shape": (layer.out_features, layer.in_features)}
@@ -313,6 +326,7 @@ def optimize_for_decoding(
     if batch_invariant is None:
         batch_invariant = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
     chunks = chunks or max(torch.get_num_threads(), 1)
+    owners = Counter(id(p) for module in model.modules() for p in module.parameters(recurse=False))
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Dropout):  # inference: no dropout, and no call to find that out per layer
@@ -321,8 +335,8 @@ def optimize_for_decoding(
                 setattr(parent, name, NativeRMSNorm(child))
             if not isinstance(child, nn.Linear):
                 continue
-            if NativeLinear.fits(child):
-                setattr(parent, name, NativeLinear(child))
+            if NativeLinear.fits(child):  # a weight shared with another module (a tied embedding) is read in place
+                setattr(parent, name, NativeLinear(child, pack=owners[id(child.weight)] == 1))
                 continue
             if _invariant_as_is(child, rows):
                 continue

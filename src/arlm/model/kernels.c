@@ -3,8 +3,10 @@
  * int4).
  *
  * y[m, n] = sum_k x[m, k] * w[n, k] for rows x (M, K) and a weight w (N, K) read from memory once per call:
- *   float32: float32 rows and weights; every (m, n) sum runs in VL float32 lanes, k in order, and ends in one fixed
- *            lane reduction, whatever the tile it falls in (the next tile's weights prefetched while a tile computes);
+ *   float32, packed (arlm_f32p_mm; native.pack_f32: 16 outputs to a line): every (m, n) sum is one lane's FMAs, k in
+ *            order; float32 in place (arlm_f32_mm: w as it is, for a table shared with an embedding): every sum runs
+ *            in VL lanes, k in order, and ends in one fixed lane reduction (the next tile's weights prefetched while
+ *            a tile computes);
  *   bf16: bfloat16 rows and weights (laid out as AMX reads them), sums in float32, y rounded to bfloat16: on AMX tiles
  *         where the CPU has them and Linux lets us, else widened to float32 in vectors whose lanes are 16 outputs'
  *         sums (even and odd inputs apart, added at the end). Every row goes through the same steps.
@@ -96,6 +98,82 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
         return;
     }
     FOR_EACH_TILE(F32_TILE)
+}
+
+/* The float32 product on packed weights (native.pack_f32: (ceil(N/16), K, 16), 16 outputs to a line, zeros past N):
+ * each output's sum is one lane's FMAs over k in order, whatever the rows or tiles beside it (batch-invariant, and
+ * the same bits on AVX-512 and AVX2). Rows x are broadcast a value at a time against a tile's weight vectors, the
+ * register-blocked shape of a matrix product (the lane-reduction tile above reads 16 vectors per 12 FMAs, this one
+ * 8 per 12). */
+#define PACK 16                        /* outputs per tile */
+#define PACK_V (PACK / VL)             /* vectors per tile's line */
+#define PACK_ROWS (VL == 16 ? 8 : 6)   /* rows per block: AVX2's 16 registers hold 6 x 2 sums, 2 weights, a row value */
+#define PACK_TILES 4                   /* tiles at once for one row: 4 weight streams, 4 PACK_V sums in flight */
+
+/* outputs of tile t (n of its 16 real) from sums acc, to row y */
+static inline void store_tile(float *y, const vf *acc, long n) {
+    for (int v = 0; v < PACK_V; v++) {
+        long left = n - v * VL;
+        if (left >= VL) vf_store(y + v * VL, acc[v]);
+        else if (left > 0) vf_storen(y + v * VL, acc[v], left);
+    }
+}
+
+/* rows m0 .. m0 + mt (a constant where inlined) times tile t */
+static inline __attribute__((always_inline)) void packed_rows(const float *x, const float *wp, float *y, long m0, int mt,
+                                                              long t, long N, long K) {
+    vf acc[8][PACK_V]; /* mt <= 8 */
+    for (int i = 0; i < mt; i++)
+        for (int v = 0; v < PACK_V; v++) acc[i][v] = vf_zero();
+    const float *w = wp + t * K * PACK, *xs = x + m0 * K;
+    for (long k = 0; k < K; k++) {
+        vf wv[PACK_V];
+        for (int v = 0; v < PACK_V; v++) wv[v] = vf_load(w + k * PACK + v * VL);
+        for (int i = 0; i < mt; i++) {
+            vf b = vf_set1(xs[i * K + k]);
+            for (int v = 0; v < PACK_V; v++) acc[i][v] = vf_fma(wv[v], b, acc[i][v]);
+        }
+    }
+    for (int i = 0; i < mt; i++) store_tile(y + (m0 + i) * N + t * PACK, acc[i], N - t * PACK);
+}
+
+/* one row times tiles t .. t + nt (nt <= PACK_TILES, a constant where inlined) */
+static inline __attribute__((always_inline)) void packed_row(const float *x, const float *wp, float *y, long t, int nt,
+                                                             long N, long K) {
+    vf acc[PACK_TILES][PACK_V];
+    for (int j = 0; j < nt; j++)
+        for (int v = 0; v < PACK_V; v++) acc[j][v] = vf_zero();
+    const float *w = wp + t * K * PACK;
+    for (long k = 0; k < K; k++) {
+        vf b = vf_set1(x[k]);
+        for (int j = 0; j < nt; j++)
+            for (int v = 0; v < PACK_V; v++) acc[j][v] = vf_fma(vf_load(w + (j * K + k) * PACK + v * VL), b, acc[j][v]);
+    }
+    for (int j = 0; j < nt; j++) store_tile(y + (t + j) * PACK, acc[j], N - (t + j) * PACK);
+}
+
+void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, long K, int threads) {
+    long tiles = (N + PACK - 1) / PACK;
+    if (M == 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (long g = 0; g < tiles / PACK_TILES; g++) packed_row(x, wp, y, g * PACK_TILES, PACK_TILES, N, K);
+        for (long t = tiles - tiles % PACK_TILES; t < tiles; t++) packed_row(x, wp, y, t, 1, N, K);
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long t = 0; t < tiles; t++)
+        for (long m0 = 0; m0 < M; m0 += PACK_ROWS) {
+            switch (M - m0 < PACK_ROWS ? M - m0 : PACK_ROWS) {
+            case 8: packed_rows(x, wp, y, m0, 8, t, N, K); break;
+            case 7: packed_rows(x, wp, y, m0, 7, t, N, K); break;
+            case 6: packed_rows(x, wp, y, m0, 6, t, N, K); break;
+            case 5: packed_rows(x, wp, y, m0, 5, t, N, K); break;
+            case 4: packed_rows(x, wp, y, m0, 4, t, N, K); break;
+            case 3: packed_rows(x, wp, y, m0, 3, t, N, K); break;
+            case 2: packed_rows(x, wp, y, m0, 2, t, N, K); break;
+            default: packed_rows(x, wp, y, m0, 1, t, N, K);
+            }
+        }
 }
 
 /* Asks Linux for this process's right to use the AMX tile registers; 0 on success, -1 where it refuses or the CPU

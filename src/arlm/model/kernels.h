@@ -21,8 +21,8 @@ typedef struct {
 void arlm_attend(const Attention *a, const void *qkv, void *out, int threads);
 
 /* A Linear on one of the kernels: kind 0 bfloat16 AMX tiles (w), 1 int8 codes (w) and float32 scales (scale), 2 int4
- * codes (w) and float16 scales and lows per group of G (scale; both laid out as quantized.c says), 3 float32 (w); N
- * outputs, K inputs, no bias. */
+ * codes (w) and float16 scales and lows per group of G (scale; both laid out as quantized.c says), 3 float32 (N, K)
+ * (w), 4 float32 packed 16 outputs to a line (w; kernels.c); N outputs, K inputs, no bias. */
 typedef struct {
     const void *w, *scale;
     long N, K, G;
@@ -45,6 +45,7 @@ int arlm_amx_init(void);
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads);
 void arlm_int_rows(const float *x, float *y, long M, long K);
 void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads);
+void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, long K, int threads);
 void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads);
 void arlm_rms_norm(const float *x, const float *w, float *y, long M, long D, float eps);
 void arlm_rms_norm_bf16(const uint16_t *x, const uint16_t *w, uint16_t *y, long M, long D, float eps);

@@ -53,7 +53,8 @@ class Attention(ctypes.Structure):
 
 
 class LinearWeights(ctypes.Structure):
-    """kernels.h's Linear: a weight on one of the kernels (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32)."""
+    """kernels.h's Linear: a weight on one of the kernels (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32, 4 float32
+    packed)."""
 
     _fields_ = [("w", _P), ("scale", _P), ("N", _L), ("K", _L), ("G", _L), ("kind", _I)]
 
@@ -132,8 +133,8 @@ def library() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(path))
     lib.arlm_int_mm.argtypes = [_P, ctypes.POINTER(LinearWeights), _P, _L, _I]
     lib.arlm_int_rows.argtypes = [_P, _P, _L, _L]
-    lib.arlm_f32_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
-    lib.arlm_int_mm.restype = lib.arlm_int_rows.restype = lib.arlm_f32_mm.restype = None
+    lib.arlm_f32_mm.argtypes = lib.arlm_f32p_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
+    lib.arlm_int_mm.restype = lib.arlm_int_rows.restype = lib.arlm_f32_mm.restype = lib.arlm_f32p_mm.restype = None
     lib.arlm_rms_norm.argtypes = lib.arlm_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _L, ctypes.c_float]
     lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
     lib.arlm_attend.argtypes = [ctypes.POINTER(Attention), _P, _P, _I]
@@ -231,6 +232,37 @@ def f32_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y
 
 
+PACK = 16  # outputs to a line of a packed float32 weight (kernels.c)
+
+
+def pack_f32(weight: torch.Tensor) -> torch.Tensor:
+    """A float32 weight (N, K) as arlm_f32p_mm reads it: (ceil(N/16), K, 16), outputs past N zero."""
+    out_features, in_features = weight.shape
+    padded = weight.new_zeros(-(-out_features // PACK) * PACK, in_features)  # (N padded, K)
+    padded[:out_features] = weight
+    return padded.reshape(-1, PACK, in_features).transpose(1, 2).contiguous()
+
+
+def unpack_f32(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The (N, K) weight `pack_f32` laid out."""
+    return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:out_features]
+
+
+@_compilable(
+    "(Tensor x, Tensor packed, int outputs) -> Tensor", lambda x, packed, outputs: x.new_empty(len(x), outputs)
+)
+def f32p_mm(x: torch.Tensor, packed: torch.Tensor, outputs: int) -> torch.Tensor:
+    """x (M, K) float32 times W^T for W (outputs, K) held as `pack_f32(W)` -> (M, outputs)."""
+    _expect(torch.float32, x, packed, inputs=packed.shape[1])
+    if not PACK * (len(packed) - 1) < outputs <= PACK * len(packed):
+        raise ArlmError(f"a packed float32 weight of {PACK * len(packed)} outputs cannot hold {outputs}")
+    y = torch.empty(x.shape[0], outputs)  # (M, N)
+    library().arlm_f32p_mm(
+        x.data_ptr(), packed.data_ptr(), y.data_ptr(), x.shape[0], outputs, packed.shape[1], torch.get_num_threads()
+    )
+    return y
+
+
 def bf16_tiles(weight: torch.Tensor) -> torch.Tensor:
     """A bfloat16 weight (N, K), N and K multiples of 32, laid out as AMX reads it: (N/16, K/32, 16 k-pairs, 16, 2)."""
     out_features, in_features = weight.shape
@@ -324,9 +356,9 @@ def linear_weights(
     kind: int, weight: torch.Tensor, scales=None, group: int = 0, shape: tuple[int, int] | None = None
 ) -> LinearWeights:
     """A Linear for `block` or `_int_mm`: kind 0 bfloat16 `bf16_tiles`, 1 int8 `pack_int8` codes with `pad_outputs`
-    float32 scales, 2 int4 `pack_int4` codes with `tile_levels` float16 scales and lows per group, 3 float32 (N, K);
-    shape: the weight's (N, K) (kinds 1 and 2, whose layouts pad it)."""
-    dtypes = {0: torch.bfloat16, 1: torch.uint8, 2: torch.uint8, 3: torch.float32}
+    float32 scales, 2 int4 `pack_int4` codes with `tile_levels` float16 scales and lows per group, 3 float32 (N, K),
+    4 float32 `pack_f32`; shape: the weight's (N, K) (kinds 1, 2 and 4, whose layouts pad it)."""
+    dtypes = {0: torch.bfloat16, 1: torch.uint8, 2: torch.uint8, 3: torch.float32, 4: torch.float32}
     _expect(dtypes[kind], weight)
     if kind in (1, 2):
         _expect(torch.float32 if kind == 1 else torch.float16, scales)
@@ -335,6 +367,10 @@ def linear_weights(
         levels = (16 * len(weight),) if kind == 1 else (len(weight), K // max(group, 1), 2, 16)
         if not tiles or tuple(scales.shape) != levels or (kind == 2 and (K % group or N % 16)):
             raise ArlmError(f"arlm's int{8 if kind == 1 else 4} kernel cannot read a {N}x{K} weight from these codes")
+    elif kind == 4:
+        N, K = shape
+        if tuple(weight.shape) != (-(-N // PACK), K, PACK):
+            raise ArlmError(f"arlm's float32 kernel cannot read a {N}x{K} weight from a {tuple(weight.shape)} packing")
     else:
         N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1])
     return LinearWeights(weight.data_ptr(), None if scales is None else scales.data_ptr(), N, K, group, kind)

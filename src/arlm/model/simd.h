@@ -21,6 +21,7 @@ static inline __mmask16 vf_mask(long n) { return n >= 16 ? (__mmask16)0xffff : (
 /* the first n (0..VL) values at p, zeros after them; stores only the first n */
 static inline vf vf_loadn(const float *p, long n) { return _mm512_maskz_loadu_ps(vf_mask(n), p); }
 static inline void vf_storen(float *p, vf v, long n) { _mm512_mask_storeu_ps(p, vf_mask(n), v); }
+static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
 /* VL bfloat16 values (widened exactly) */
 static inline vf vf_load_bf16(const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
@@ -52,6 +53,7 @@ static inline __m256i vf_mask(long n) {
 }
 static inline vf vf_loadn(const float *p, long n) { return _mm256_maskload_ps(p, vf_mask(n)); }
 static inline void vf_storen(float *p, vf v, long n) { _mm256_maskstore_ps(p, vf_mask(n), v); }
+static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vf_load_bf16(const uint16_t *p) {
     __m128i h = _mm_loadu_si128((const __m128i *)p);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
