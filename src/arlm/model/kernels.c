@@ -127,6 +127,7 @@ static inline __attribute__((always_inline)) void packed_rows(const float *x, co
         for (int v = 0; v < PACK_V; v++) acc[i][v] = vf_zero();
     const float *w = wp + t * K * PACK, *xs = x + m0 * K;
     for (long k = 0; k < K; k++) {
+        if (m0 == 0) _mm_prefetch((const char *)(w + (K + k) * PACK), _MM_HINT_T0); /* the next tile's line k */
         vf wv[PACK_V];
         for (int v = 0; v < PACK_V; v++) wv[v] = vf_load(w + k * PACK + v * VL);
         for (int i = 0; i < mt; i++) {
