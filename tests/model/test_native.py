@@ -64,11 +64,11 @@ def test_torch_compile_sees_each_kernel_as_one_op():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 64, bias=False)
     layers = [NativeRMSNorm(RMSNorm(64, 1e-5)), Int8Linear.from_float(linear), Int4Linear.from_float(linear, 32)]
-    layers.append(NativeLinear(linear.to(torch.bfloat16)))
+    layers += [NativeLinear(linear), NativeLinear(linear, pack=False), NativeLinear(linear.to(torch.bfloat16))]
 
     def run(x):
-        outs = [layer(x) for layer in layers[:3]]
-        return outs + [layer(x.to(torch.bfloat16)) for layer in layers[3:]]
+        outs = [layer(x) for layer in layers[:5]]
+        return outs + [layer(x.to(torch.bfloat16)) for layer in layers[5:]]
 
     x = torch.randn(3, 64)
     with torch.no_grad():
