@@ -92,6 +92,15 @@ def test_tensors_the_kernels_would_misread_are_refused():
             native.int8_mm(x, packed, s, 8)
     with pytest.raises(ArlmError, match="contiguous"):
         native.rms_norm(torch.ones(2, 32), torch.ones(16), 1e-5)
+    weight = native.pack_f32(torch.ones(20, 32))  # (2, 32, 16)
+    assert torch.equal(native.f32p_mm(torch.ones(2, 32), weight, 20), torch.full((2, 20), 32.0))
+    misread = [(torch.ones(2, 32), weight, 33), (torch.ones(2, 32), weight, 16), (torch.ones(2, 64), weight, 20),
+               (torch.ones(2, 32), weight.reshape(2, 64, 8), 20), (torch.ones(2, 32), weight.double(), 20)]  # fmt: skip
+    for x, packed, outputs in misread:
+        with pytest.raises(ArlmError, match="arlm's (CPU|float32) kernel"):
+            native.f32p_mm(x, packed, outputs)
+    with pytest.raises(ArlmError, match="float32 kernel cannot read a 40x32 weight"):
+        native.linear_weights(4, weight, shape=(40, 32))
 
 
 @needs_kernels

@@ -52,7 +52,7 @@ static inline __attribute__((always_inline)) void dot_step(const float *x, const
     }
 }
 
-/* mt (<= TILE_M) rows from m0 times nt (<= TILE_N) float32 weight rows from n0; mt and nt are constants where
+/* mt (<= TILE_M) rows from m0 times nt (<= ONE_ROW_N) float32 weight rows from n0; mt and nt are constants where
  * inlined */
 static inline __attribute__((always_inline)) void dot_tile(const float *x, const float *w, float *y, long m0, int mt,
                                                            long n0, int nt, long N, long K) {

@@ -243,6 +243,15 @@ def pack_f32(weight: torch.Tensor) -> torch.Tensor:
     return padded.reshape(-1, PACK, in_features).transpose(1, 2).contiguous()
 
 
+def _expect_packed(packed: torch.Tensor, outputs: int, inputs: int) -> None:
+    """Refuse a packing that is not `pack_f32` of an (outputs, inputs) weight (the kernel reads raw memory)."""
+    _expect(torch.float32, packed)
+    if tuple(packed.shape) != (-(-outputs // PACK), inputs, PACK):
+        raise ArlmError(
+            f"arlm's float32 kernel cannot read a {outputs}x{inputs} weight from a {tuple(packed.shape)} packing"
+        )
+
+
 def unpack_f32(packed: torch.Tensor, out_features: int) -> torch.Tensor:
     """The (N, K) weight `pack_f32` laid out."""
     return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:out_features]
@@ -253,9 +262,8 @@ def unpack_f32(packed: torch.Tensor, out_features: int) -> torch.Tensor:
 )
 def f32p_mm(x: torch.Tensor, packed: torch.Tensor, outputs: int) -> torch.Tensor:
     """x (M, K) float32 times W^T for W (outputs, K) held as `pack_f32(W)` -> (M, outputs)."""
-    _expect(torch.float32, x, packed, inputs=packed.shape[1])
-    if not PACK * (len(packed) - 1) < outputs <= PACK * len(packed):
-        raise ArlmError(f"a packed float32 weight of {PACK * len(packed)} outputs cannot hold {outputs}")
+    _expect(torch.float32, x, inputs=packed.shape[1])
+    _expect_packed(packed, outputs, packed.shape[1])
     y = torch.empty(x.shape[0], outputs)  # (M, N)
     library().arlm_f32p_mm(
         x.data_ptr(), packed.data_ptr(), y.data_ptr(), x.shape[0], outputs, packed.shape[1], torch.get_num_threads()
@@ -369,8 +377,7 @@ def linear_weights(
             raise ArlmError(f"arlm's int{8 if kind == 1 else 4} kernel cannot read a {N}x{K} weight from these codes")
     elif kind == 4:
         N, K = shape
-        if tuple(weight.shape) != (-(-N // PACK), K, PACK):
-            raise ArlmError(f"arlm's float32 kernel cannot read a {N}x{K} weight from a {tuple(weight.shape)} packing")
+        _expect_packed(weight, N, K)
     else:
         N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1])
     return LinearWeights(weight.data_ptr(), None if scales is None else scales.data_ptr(), N, K, group, kind)
