@@ -130,6 +130,8 @@ static inline __attribute__((always_inline)) void packed_rows(const float *x, co
         if (m0 == 0) _mm_prefetch((const char *)(w + (K + k) * PACK), _MM_HINT_T0); /* the next tile's line k */
         vf wv[PACK_V];
         for (int v = 0; v < PACK_V; v++) wv[v] = vf_load(w + k * PACK + v * VL);
+        /* in registers: below 5 rows gcc would read each weight again for every row's FMA, 3 loads per 2 FMAs */
+        for (int v = 0; v < PACK_V; v++) __asm__("" : "+x"(wv[v]));
         for (int i = 0; i < mt; i++) {
             vf b = vf_set1(xs[i * K + k]);
             for (int v = 0; v < PACK_V; v++) acc[i][v] = vf_fma(wv[v], b, acc[i][v]);
