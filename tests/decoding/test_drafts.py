@@ -7,7 +7,9 @@ import torch
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.drafts import parse_self_draft, self_draft, shares_weights
 from arlm.decoding.generate import generate
+from arlm.decoding.speculative import draft_cost
 from arlm.errors import ArlmError
+from arlm.interop.loading import to_dtype
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
 from tests.helpers import two_token_pvalue
@@ -33,6 +35,27 @@ def test_self_draft_is_the_targets_first_layers_with_its_head(flavour):
     x = torch.randint(0, 50, (2, 9))
     torch.testing.assert_close(draft(x), reference(x), rtol=0, atol=0)
     assert draft.new_cache(1, 16).k.shape[0] == 2  # its cache holds its own layers only
+
+
+@pytest.mark.parametrize("layout", ["as trained", "for decoding", "int8", "int4"])
+def test_a_drafts_cost_is_its_share_of_the_weights_a_token_reads(layout):
+    """Adaptive gamma prices a drafted token at the draft's share of the bytes a token reads: laid out for decoding or
+    quantized, the weights are buffers, and counting parameters alone priced a self-draft at a whole target forward."""
+    target = _model(vocab=64, layers=4)
+    block = sum(p.numel() * 4 for p in target.blocks[0].parameters())  # float32 bytes of one block
+    head = (target.lm_head.weight.numel() + target.norm.weight.numel()) * 4  # the tied table, read by the head
+    shared = head + sum(b.numel() * 4 for b in target.rotary.buffers())  # and RoPE's tables
+    config = GenerationConfig(strategy="speculative", temperature=0)
+    if layout == "for decoding":
+        optimize_for_decoding(target)
+    elif layout != "as trained":
+        target = optimize_for_decoding(to_dtype(target, layout, "cpu"))
+    cost = draft_cost(target, self_draft(target, 2), config)
+    if layout in ("as trained", "for decoding"):
+        assert cost == pytest.approx((2 * block + shared) / (4 * block + shared), rel=1e-6)
+    else:  # int8 / int4 blocks shrink while the tied head stays float32: a larger share than that, not all
+        assert (2 * block + shared) / (4 * block + shared) < cost < 0.9
+    assert draft_cost(target, None, config) == 0.0
 
 
 @pytest.mark.parametrize("layers", [1, 3])

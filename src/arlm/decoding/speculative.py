@@ -285,8 +285,18 @@ def draft_cost(target: torch.nn.Module, draft: torch.nn.Module | None, config: G
 
 
 def _weights(model: torch.nn.Module) -> int:
-    """Number of weights a forward reads (tied ones once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Bytes of weights a forward over one token reads: every parameter and buffer once (tied or shared ones once;
+    buffers too, since a model laid out for decoding or quantized holds its weights in buffers), an embedding table
+    only where the head reads it as well (tied), since a token reads one row of it."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            continue
+        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
 
 
 def _check_inputs(
