@@ -13,6 +13,7 @@ from arlm.model.inference import (
     FusedBlocks,
     NativeLinear,
     NativeRMSNorm,
+    PackedEmbedding,
     linear_is_batch_invariant,
     optimize_for_decoding,
 )
@@ -91,21 +92,36 @@ def test_batch_invariance_is_the_default_for_16_bit_weights_only():
 
 
 @pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
-def test_float32_weights_are_packed_unless_shared():
-    """A float32 model's Linears take the packed layout, but a head tied to the embedding keeps reading the table in
-    place (no second copy); the logits stay those of the model as built."""
-    config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32)
+def test_float32_weights_are_packed_and_a_tied_table_once():
+    """A float32 model's Linears take the packed layout; a head tied to the embedding too, the embedding then reading
+    rows of the packed table (the same values, no second copy); the logits stay those of the model as built."""
+    config = ModelConfig(flavour="llama", vocab_size=70, block_size=64, n_layer=2, n_head=4, d_model=32)
     torch.manual_seed(0)
     model = Transformer(config).eval()
-    ids = torch.randint(0, 64, (2, 9))
+    ids = torch.randint(0, 70, (2, 9))
+    table = model.tok_emb.weight.detach().clone()  # (V, C)
+    held = sum(t.numel() for t in [*model.parameters(), *model.buffers()])  # the tied table counted once
     with torch.no_grad():
         before = model(ids)
     optimize_for_decoding(model)
     kinds = {name: m.kind for name, m in model.named_modules() if isinstance(m, NativeLinear)}
-    assert kinds.pop("lm_head") == 3 and model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
-    assert kinds and set(kinds.values()) == {4}
+    assert kinds and set(kinds.values()) == {4} and "lm_head" in kinds
+    assert isinstance(model.tok_emb, PackedEmbedding)
+    assert torch.equal(model.tok_emb(torch.arange(70)), table)  # every row, the last tile's 6 included
+    assert torch.equal(model.tok_emb(ids), table[ids])  # (B, T, C)
+    after = sum(t.numel() for t in {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}.values())
+    assert after == held + (80 - 70) * 32  # the table once, its 70 rows padded to 5 tiles of 16
     with torch.no_grad():
         assert torch.allclose(model(ids), before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_shared_but_not_with_an_embedding_is_read_in_place():
+    """Two Linears sharing one weight: packing either would hold a second copy, so both read it where it is."""
+    shared, own, other = (torch.nn.Linear(32, 48, bias=False) for _ in range(3))
+    other.weight = shared.weight
+    model = torch.nn.ModuleList([shared, own, other])
+    optimize_for_decoding(model)
+    assert [m.kind for m in model] == [3, 4, 3]
 
 
 def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch):

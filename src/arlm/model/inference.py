@@ -113,7 +113,7 @@ def _rows_agree(product: Callable[[torch.Tensor], torch.Tensor], weight: torch.T
 
 class NativeLinear(nn.Module):
     """y = x W^T + b on arlm's kernels, batch-invariant: a float32 W, packed 16 outputs to a line (`pack`; else read
-    where it is, e.g. a table it shares with an embedding), or a bfloat16 W (both sizes multiples of 32) in AMX
+    where it is, for a weight another Linear shares), or a bfloat16 W (both sizes multiples of 32) in AMX
     tiles."""
 
     def __init__(self, linear: nn.Linear, pack: bool = True) -> None:
@@ -127,7 +127,7 @@ class NativeLinear(nn.Module):
         elif self.kind == 4:
             self.register_buffer("packed", native.pack_f32(weight))  # (ceil(out/16), in, 16)
         else:
-            self.register_buffer("weight", weight.contiguous())  # (out, in): the Linear's storage (a tied table's too)
+            self.register_buffer("weight", weight.contiguous())  # (out, in): the Linear's storage, shared
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     @staticmethod
@@ -150,6 +150,25 @@ class NativeLinear(nn.Module):
             y = native.f32_mm(rows, self.weight)
         y = y.reshape(*x.shape[:-1], self.out_features)  # (..., out)
         return y if self.bias is None else y + self.bias
+
+
+class PackedEmbedding(nn.Module):
+    """An embedding whose table is a packed float32 head's (a tied head, `NativeLinear` kind 4): row v is lane v % 16
+    of tile v // 16, gathered (the same values the table held), so the head reads the table packed with no second
+    copy."""
+
+    def __init__(self, head: NativeLinear) -> None:
+        super().__init__()
+        self._head = (head,)  # in a tuple: not a child module (the head stays the model's, listed once)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The packed table (ceil(V/16), C, 16), for what asks an embedding's dtype and device."""
+        return self._head[0].packed
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...) ids -> (..., C) rows of the table"""
+        return self._head[0].packed[ids // native.PACK, :, ids % native.PACK]
 
 
 class NativeRMSNorm(nn.Module):
@@ -327,6 +346,8 @@ def optimize_for_decoding(
         batch_invariant = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
     chunks = chunks or max(torch.get_num_threads(), 1)
     owners = Counter(id(p) for module in model.modules() for p in module.parameters(recurse=False))
+    children = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()]
+    tables = {id(m.weight): (parent, name) for parent, name, m in children if isinstance(m, nn.Embedding)}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Dropout):  # inference: no dropout, and no call to find that out per layer
@@ -335,8 +356,8 @@ def optimize_for_decoding(
                 setattr(parent, name, NativeRMSNorm(child))
             if not isinstance(child, nn.Linear):
                 continue
-            if NativeLinear.fits(child):  # a weight shared with another module (a tied embedding) is read in place
-                setattr(parent, name, NativeLinear(child, pack=owners[id(child.weight)] == 1))
+            if NativeLinear.fits(child):
+                _native_linear(parent, name, child, owners[id(child.weight)], tables.get(id(child.weight)))
                 continue
             if _invariant_as_is(child, rows):
                 continue
@@ -349,6 +370,16 @@ def optimize_for_decoding(
     if isinstance(blocks, Blocks) and FusedBlocks.fits(blocks):
         model.blocks = FusedBlocks(blocks)
     return model
+
+
+def _native_linear(parent: nn.Module, name: str, linear: nn.Linear, owners: int, table: tuple | None) -> None:
+    """parent.name = the Linear on arlm's kernels: packed, and where its weight is an embedding's table (tied) the
+    embedding reads the packed table (`PackedEmbedding`); shared any other way, read in place (no second copy)."""
+    tied = owners == 2 and table is not None
+    layer = NativeLinear(linear, pack=owners == 1 or tied)
+    setattr(parent, name, layer)
+    if tied and layer.kind == 4:  # (bfloat16 tiles are a layout of their own, beside the table)
+        setattr(*table, PackedEmbedding(layer))
 
 
 def _invariant_as_is(linear: nn.Linear, rows: int) -> bool:
