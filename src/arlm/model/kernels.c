@@ -8,8 +8,8 @@
  *            in VL lanes, k in order, and ends in one fixed lane reduction (the next tile's weights prefetched while
  *            a tile computes);
  *   bf16: bfloat16 rows and weights (laid out as AMX reads them), sums in float32, y rounded to bfloat16: on AMX tiles
- *         where the CPU has them and Linux lets us, else widened to float32 in vectors whose lanes are 16 outputs'
- *         sums (even and odd inputs apart, added at the end). Every row goes through the same steps.
+ *         where the CPU has them and Linux lets us, else widened to float32 in vectors whose lanes are the outputs'
+ *         sums, k in order (6 rows a block on AVX2, 8 on AVX-512). Every row goes through the same steps.
  * Either way a row's bits depend on that row and the weight only, never on the other rows or on M (batch-invariant),
  * and the weights are reused from cache for every block of rows, so a few rows (speculative verification, a batch of
  * decoding sequences) cost little more than one. */
@@ -259,46 +259,86 @@ static void amx_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
 }
 #endif
 
-#define BF_ROWS (VL == 16 ? 4 : 2) /* rows per block of the vector bfloat16 product */
+#define BF_ROWS (VL == 16 ? 8 : 6) /* rows per block of the vector bfloat16 product: 6 x 2 sums on AVX2 */
+#define BF_TILES 4                  /* tiles at once for one row */
+#define BF_V (16 / VL)              /* vectors per tile's 16 outputs */
 
-/* rows m0 .. m0 + mt (mt <= 4, a constant where inlined; x widened to float32) times the 16 outputs of tile t, on
- * vectors: pair p of a tile is 16 outputs' inputs 2p and 2p + 1, so every lane is one output's sum */
+/* the sums of tile t's 16 outputs (acc) rounded to bfloat16, into row y */
+static inline void store_bf16_tile(uint16_t *y, const vf *acc) {
+    float lanes[16];
+    for (int h = 0; h < BF_V; h++) vf_storen(lanes + VL * h, acc[h], VL);
+    for (int j = 0; j < 16; j++) y[j] = to_bf16(lanes[j]);
+}
+
+/* rows m0 .. m0 + mt (mt <= BF_ROWS, a constant where inlined; x widened to float32) times the 16 outputs of tile t,
+ * on vectors: pair p of a tile is 16 outputs' inputs 2p and 2p + 1, so every lane is one output's sum, k in order */
 static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, const uint16_t *tiles, uint16_t *y,
                                                                 long m0, int mt, long t, long N, long K) {
-    vf even[4][16 / VL], odd[4][16 / VL]; /* sums over even and odd inputs */
+    vf acc[8][BF_V];
     for (int i = 0; i < mt; i++)
-        for (int h = 0; h < 16 / VL; h++) even[i][h] = odd[i][h] = vf_zero();
+        for (int h = 0; h < BF_V; h++) acc[i][h] = vf_zero();
     const uint16_t *w = tiles + t * 16 * K; /* (K / 2 pairs, 16 outputs, 2) */
+    const float *xs = x + m0 * K;
     for (long p = 0; p < K / 2; p++) {
-        _mm_prefetch((const char *)(w + 32 * p) + 512, _MM_HINT_T0);
-        for (int h = 0; h < 16 / VL; h++) {
+        if (m0 == 0) _mm_prefetch((const char *)(w + 32 * p) + 512, _MM_HINT_T0);
+        for (int h = 0; h < BF_V; h++) {
             vf we, wo;
             vf_load_bf16_pairs(w + 32 * p + 2 * VL * h, &we, &wo);
+            __asm__("" : "+x"(we), "+x"(wo)); /* in registers, not read again for each row */
             for (int i = 0; i < mt; i++) {
-                even[i][h] = vf_fma(we, vf_set1(x[(m0 + i) * K + 2 * p]), even[i][h]);
-                odd[i][h] = vf_fma(wo, vf_set1(x[(m0 + i) * K + 2 * p + 1]), odd[i][h]);
+                acc[i][h] = vf_fma(we, vf_set1(xs[i * K + 2 * p]), acc[i][h]);
+                acc[i][h] = vf_fma(wo, vf_set1(xs[i * K + 2 * p + 1]), acc[i][h]);
             }
         }
     }
-    float lanes[16];
-    for (int i = 0; i < mt; i++) {
-        for (int h = 0; h < 16 / VL; h++) vf_storen(lanes + VL * h, vf_add(even[i][h], odd[i][h]), VL);
-        for (int j = 0; j < 16; j++) y[(m0 + i) * N + 16 * t + j] = to_bf16(lanes[j]);
+    for (int i = 0; i < mt; i++) store_bf16_tile(y + (m0 + i) * N + 16 * t, acc[i]);
+}
+
+/* one row (x widened to float32) times tiles t .. t + nt (nt <= BF_TILES, a constant where inlined): the same sums
+ * as bf16_vec_tile's, nt weight streams at once */
+static inline __attribute__((always_inline)) void bf16_vec_row(const float *x, const uint16_t *tiles, uint16_t *y,
+                                                               long t, int nt, long K) {
+    vf acc[BF_TILES][BF_V];
+    for (int j = 0; j < nt; j++)
+        for (int h = 0; h < BF_V; h++) acc[j][h] = vf_zero();
+    const uint16_t *w = tiles + t * 16 * K;
+    for (long p = 0; p < K / 2; p++) {
+        vf a = vf_set1(x[2 * p]), b = vf_set1(x[2 * p + 1]);
+        for (int j = 0; j < nt; j++)
+            for (int h = 0; h < BF_V; h++) {
+                vf we, wo;
+                vf_load_bf16_pairs(w + j * 16 * K + 32 * p + 2 * VL * h, &we, &wo);
+                acc[j][h] = vf_fma(wo, b, vf_fma(we, a, acc[j][h]));
+            }
     }
+    for (int j = 0; j < nt; j++) store_bf16_tile(y + 16 * (t + j), acc[j]);
 }
 
 /* arlm_bf16_mm on vectors, over threads by tiles of 16 outputs */
 static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads) {
     float *rows = malloc(M * K * sizeof(float));
     for (long i = 0; i < M * K; i++) rows[i] = from_bf16(x[i]);
+    long tiles_n = N / 16;
+    if (M == 1) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long t = 0; t < N / 16; t++)
+        for (long g = 0; g < tiles_n / BF_TILES; g++) bf16_vec_row(rows, tiles, y, g * BF_TILES, BF_TILES, K);
+        for (long t = tiles_n - tiles_n % BF_TILES; t < tiles_n; t++) bf16_vec_row(rows, tiles, y, t, 1, K);
+        free(rows);
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long t = 0; t < tiles_n; t++)
         for (long m0 = 0; m0 < M; m0 += BF_ROWS) {
-            long mt = M - m0 < BF_ROWS ? M - m0 : BF_ROWS;
-            if (mt == 4) bf16_vec_tile(rows, tiles, y, m0, 4, t, N, K);
-            else if (mt == 3) bf16_vec_tile(rows, tiles, y, m0, 3, t, N, K);
-            else if (mt == 2) bf16_vec_tile(rows, tiles, y, m0, 2, t, N, K);
-            else bf16_vec_tile(rows, tiles, y, m0, 1, t, N, K);
+            switch (M - m0 < BF_ROWS ? M - m0 : BF_ROWS) {
+            case 8: bf16_vec_tile(rows, tiles, y, m0, 8, t, N, K); break;
+            case 7: bf16_vec_tile(rows, tiles, y, m0, 7, t, N, K); break;
+            case 6: bf16_vec_tile(rows, tiles, y, m0, 6, t, N, K); break;
+            case 5: bf16_vec_tile(rows, tiles, y, m0, 5, t, N, K); break;
+            case 4: bf16_vec_tile(rows, tiles, y, m0, 4, t, N, K); break;
+            case 3: bf16_vec_tile(rows, tiles, y, m0, 3, t, N, K); break;
+            case 2: bf16_vec_tile(rows, tiles, y, m0, 2, t, N, K); break;
+            default: bf16_vec_tile(rows, tiles, y, m0, 1, t, N, K);
+            }
         }
     free(rows);
 }
