@@ -56,6 +56,30 @@ def test_prompt_lookup_is_exact_and_finds_repeats():
     assert out.stats["accepted"] > 0
 
 
+class _Squash(torch.nn.Module):
+    """Scores within 1e-8 of each other: a softmax rounds many of them to one probability, their argmax does not."""
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits - logits.amax(dim=-1, keepdim=True)) * 1e-9
+
+
+@pytest.mark.parametrize("strategy", ["prompt-lookup", "speculative"])
+def test_greedy_verification_takes_the_argmax_greedy_decoding_takes(strategy):
+    """Greedy decoding takes the argmax of the scores; a verification that took the argmax of their softmax picked
+    the first of the tokens the softmax tied with the best, and wrote another text."""
+    target, draft = _model(0), _model(1, layers=1, d=16)
+    for model in (target, draft):
+        model.lm_head = torch.nn.Sequential(model.lm_head, _Squash())
+    logits = target(torch.tensor([[1, 2, 3]]))[0, -1]
+    assert logits.softmax(-1).argmax() != logits.argmax()  # the softmax ties the best with an earlier token
+    plain = generate(target, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=60)).generated()[0]
+    prompt = [[1, 2, 3] + plain[:30]]
+    expected = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]
+    config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=30, num_draft_tokens=4)
+    out = generate(target, prompt, config, draft=draft if strategy == "speculative" else None)
+    assert out.generated()[0] == expected and out.stats["proposed"] > 0
+
+
 def test_eos_and_marks():
     target = _model(0)
     plain = generate(target, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]

@@ -32,24 +32,23 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def verify(
     p: torch.Tensor, q: torch.Tensor | None, drafts: torch.Tensor, greedy: bool, generator: torch.Generator | None
 ) -> tuple[int, int]:
-    """Accept a prefix of drafts (g,) given target probs p (g+1, V) and draft probs q (g, V) (None: the drafts
-    were certain, q one-hot). Returns (accepted count, next token: the resampled or bonus token)."""
+    """Accept a prefix of drafts (g,) given target probs p (g+1, V) (greedy: any scores, whose argmax is taken) and
+    draft probs q (g, V) (None: the drafts were certain, q one-hot). Returns (accepted count, next token: the
+    resampled or bonus token)."""
     g = drafts.numel()
+    if greedy:  # accept while a draft is the target's argmax; then the target's own token
+        best, drafted = p.argmax(dim=-1).tolist(), drafts.tolist()
+        accepted = next((j for j in range(g) if drafted[j] != best[j]), g)
+        return accepted, best[accepted]
     for j in range(g):
         d = int(drafts[j])
-        if greedy:
-            best = int(p[j].argmax())
-            if d != best:
-                return j, best
-            continue
         q_d = 1.0 if q is None else float(q[j, d])
         u = float(torch.rand((), generator=generator, device=p.device))
         if u * q_d < float(p[j, d]):  # u < p/q without dividing by a zero q
             continue
         q_row = torch.nn.functional.one_hot(drafts[j], p.shape[-1]).to(p.dtype) if q is None else q[j]
         return j, int(torch.multinomial(residual(p[j], q_row), 1, generator=generator))
-    last = p[g]
-    return g, int(last.argmax()) if greedy else int(torch.multinomial(last, 1, generator=generator))
+    return g, int(torch.multinomial(p[g], 1, generator=generator))
 
 
 class ModelDrafter:
@@ -236,10 +235,10 @@ def speculative_generate(
             room = max_len - seq.shape[1]
             drafts, q = drafter.propose(seq, min(gamma, room - 1), config, greedy, generator)
             began = time.perf_counter()
-            accepted, new, p = _round(engine, seq, drafts, q, config, greedy, generator, history)
+            accepted, new, scores = _round(engine, seq, drafts, q, config, greedy, generator, history)
             cost.record(1 + len(drafts), time.perf_counter() - began)
             if trace is not None:
-                trace(_verify_event(drafts, accepted, int(new[-1]), p, new))
+                trace(_verify_event(drafts, accepted, int(new[-1]), scores.softmax(dim=-1), new))
             stats["target_forwards"] += 1
             stats["proposed"] += len(drafts)
             stats["accepted"] += accepted
@@ -266,14 +265,16 @@ def _round(
     history: History,
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """One verification: the target scores seq's last token and the drafts (g,) in one forward; how many drafts
-    it accepts, the tokens kept (accepted drafts, then its own next token) and its probabilities p (1+g, V)."""
+    it accepts, the tokens kept (accepted drafts, then its own next token) and its processed scores (1+g, V).
+    Greedy takes the argmax of the scores, as greedy decoding does (no softmax, which can tie two nearly equal
+    scores); sampling their softmax."""
     block = torch.cat([seq[:, -1:], drafts[None]], dim=1)  # (1, 1+g): last token, then the drafts
-    logits = engine.verify(block)[0]  # (1+g, V)
+    logits = engine.verify(block)[0].float()  # (1+g, V)
     contexts = [torch.cat([seq, drafts[None, :j]], dim=1) for j in range(len(drafts) + 1)]
-    p = torch.stack([logits_to_probs(logits[j : j + 1], c, config, history)[0] for j, c in enumerate(contexts)])
-    accepted, nxt = verify(p, q, drafts, greedy, generator)
+    scores = torch.cat([process(logits[j : j + 1], c, config, history) for j, c in enumerate(contexts)])  # (1+g, V)
+    accepted, nxt = verify(scores if greedy else scores.softmax(dim=-1), q, drafts, greedy, generator)
     engine.rollback(seq.shape[1] + accepted)  # keep the last token and the accepted drafts
-    return accepted, torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)]), p
+    return accepted, torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)]), scores
 
 
 def draft_cost(target: torch.nn.Module, draft: torch.nn.Module | None, config: GenerationConfig) -> float:
