@@ -80,6 +80,19 @@ def test_greedy_verification_takes_the_argmax_greedy_decoding_takes(strategy):
     assert out.generated()[0] == expected and out.stats["proposed"] > 0
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "prompt-lookup", "speculative"])
+def test_every_strategy_times_decoding_apart_from_the_same_prompt_forward(strategy):
+    """prompt_seconds: the forward over the prompt but its last token (the same one for greedy and speculative
+    decoding); decode_tokens_per_s counts the time after it; a one-token prompt has none."""
+    target, draft = _model(0), _model(1, layers=1, d=16)
+    config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=12)
+    for prompt in ([[1, 2, 3, 4, 5, 6, 7]], [[1]]):
+        stats = generate(target, prompt, config, draft=draft if strategy == "speculative" else None).stats
+        assert 0 <= stats["prompt_seconds"] < stats["seconds"]
+        assert stats["decode_tokens_per_s"] == pytest.approx(12 / (stats["seconds"] - stats["prompt_seconds"]))
+        assert (stats["prompt_seconds"] == 0) == (len(prompt[0]) == 1)
+
+
 def test_eos_and_marks():
     target = _model(0)
     plain = generate(target, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=30)).generated()[0]

@@ -70,6 +70,7 @@ def compare_on_prompt(
     for label, outs in runs.items():
         rows[label] = {
             "tokens_per_s": statistics.median(o.stats["tokens_per_s"] for o in outs),
+            "decode_tokens_per_s": statistics.median(o.stats["decode_tokens_per_s"] for o in outs),
             "acceptance": outs[0].stats.get("acceptance_rate"),
             "identical": all(o.generated()[0] == reference for o in outs),
             "ids": outs[0].generated()[0],
@@ -78,17 +79,21 @@ def compare_on_prompt(
 
 
 def summarize(per_prompt: list[dict], labels: list[str]) -> dict[str, dict]:
-    """Per scheme over a set's prompts: median tokens/s, median and worst ratio to greedy, median acceptance,
-    and how many prompts gave greedy's output."""
+    """Per scheme over a set's prompts: median tokens/s, median and worst ratio to greedy (from the request's start,
+    and decoding alone: after the forward over the prompt, which every scheme makes alike), median acceptance, and
+    how many prompts gave greedy's output."""
     base = labels[0]
     out = {}
     for label in labels:
         ratios = [row[label]["tokens_per_s"] / row[base]["tokens_per_s"] for row in per_prompt]
+        decoding = [row[label]["decode_tokens_per_s"] / row[base]["decode_tokens_per_s"] for row in per_prompt]
         accepted = [row[label]["acceptance"] for row in per_prompt if row[label]["acceptance"] is not None]
         out[label] = {
             "tokens_per_s": statistics.median(row[label]["tokens_per_s"] for row in per_prompt),
             "ratio": statistics.median(ratios),
             "worst_ratio": min(ratios),
+            "decode_ratio": statistics.median(decoding),
+            "decode_worst_ratio": min(decoding),
             "acceptance": statistics.median(accepted) if accepted else None,
             "identical": sum(row[label]["identical"] for row in per_prompt),
             "prompts": len(per_prompt),
@@ -100,13 +105,15 @@ def format_table(name: str, summary: dict[str, dict]) -> list[str]:
     """A markdown table of one set's summary."""
     lines = [
         f"{name}:",
-        "| scheme | tokens/s | vs greedy (median) | worst prompt | acceptance | identical to greedy |",
-        "|---|---|---|---|---|---|",
+        "| scheme | tokens/s | vs greedy (median) | worst prompt | decoding alone: vs greedy, worst | acceptance | "
+        "identical to greedy |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, row in summary.items():
         accepted = f"{row['acceptance']:.0%}" if row["acceptance"] is not None else "-"
         lines.append(
-            f"| {label} | {row['tokens_per_s']:.1f} | {row['ratio']:.2f}× | {row['worst_ratio']:.2f}× | {accepted} | "
+            f"| {label} | {row['tokens_per_s']:.1f} | {row['ratio']:.2f}× | {row['worst_ratio']:.2f}× | "
+            f"{row['decode_ratio']:.2f}×, {row['decode_worst_ratio']:.2f}× | {accepted} | "
             f"{row['identical']}/{row['prompts']} |"
         )
     return lines

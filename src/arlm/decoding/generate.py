@@ -13,7 +13,7 @@ from arlm.decoding.beam import beam_search
 from arlm.decoding.engine import Engine, engine_for
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process, prompt_starts, sample
 from arlm.decoding.speculative import speculative_generate
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
 from arlm.errors import ArlmError
 
 SYNC_EVERY = 16  # GPU decoding looks at the stop flags (a device sync) once per this many tokens
@@ -202,7 +202,7 @@ def decode_loop(
     engine.open(B, T + config.max_new_tokens, compiled=config.compile)
     mask = attention_mask
     start = time.perf_counter()
-    logits = _prefill_then_step(engine, prompt_ids, mask)  # (B, V)
+    logits, prompt_s = _prefill_then_step(engine, prompt_ids, mask)  # (B, V)
     prefill_s = time.perf_counter() - start
     sequences = prompt_ids
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -227,17 +227,23 @@ def decode_loop(
             logits, mask = _slide(engine, sequences, mask)
             continue
         logits = engine.step(token[:, None], mask)  # (B, V)
-    return _loop_output(sequences, T, _lengths(sequences[:, T:], history.eos_id, stopped), start, prefill_s)
+    lengths = _lengths(sequences[:, T:], history.eos_id, stopped)
+    return _loop_output(sequences, T, lengths, start, prefill_s, prompt_s)
 
 
-def _prefill_then_step(engine: Engine, prompt_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _prefill_then_step(
+    engine: Engine, prompt_ids: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, float]:
     """The prompt (B, T) but its last token in one forward, then that token as a step: the same computations
     speculative decoding makes (it verifies the last prompt token with its first drafts), so that greedy and
-    speculative decoding share every bit of the cache. The next-token logits (B, V)."""
+    speculative decoding share every bit of the cache. The next-token logits (B, V) and the seconds the forward
+    over the prompt but its last token took."""
     if prompt_ids.shape[1] == 1:
-        return engine.prefill(prompt_ids, mask)
+        return engine.prefill(prompt_ids, mask), 0.0
+    start = time.perf_counter()
     engine.prefill(prompt_ids[:, :-1], None if mask is None else mask[:, :-1])
-    return engine.step(prompt_ids[:, -1:], mask)
+    prompt_s = time.perf_counter() - start
+    return engine.step(prompt_ids[:, -1:], mask), prompt_s
 
 
 def _slide(
@@ -252,7 +258,7 @@ def _slide(
 
 
 def _loop_output(
-    sequences: torch.Tensor, prompt_length: int, lengths: list[int], start: float, prefill_s: float
+    sequences: torch.Tensor, prompt_length: int, lengths: list[int], start: float, prefill_s: float, prompt_s: float
 ) -> GenerationOutput:
     """The output of decode_loop with its timing (waiting first for the work a GPU loop only queued)."""
     if sequences.device.type == "cuda":
@@ -264,6 +270,7 @@ def _loop_output(
         "seconds": total_s,
         "prefill_seconds": prefill_s,
         "tokens_per_s": new_tokens / max(total_s, 1e-9),
+        **decoding_rate(new_tokens, total_s, prompt_s),
         "lengths": lengths,
     }
     return GenerationOutput(sequences, None, stats, prompt_length)

@@ -13,7 +13,7 @@ from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine
 from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
 from arlm.errors import ArlmError
 
 MAX_ADAPTIVE_DRAFT = 16
@@ -225,9 +225,10 @@ def speculative_generate(
     by_cost = config.adaptive_draft and (config.strategy == "speculative" or greedy)
     adaptive = AdaptiveGamma(top, draft_cost(target, draft, config), cost) if by_cost else None
     engine.open(1, max_len + top + 1)
-    start = time.perf_counter()
+    start, prompt_s = time.perf_counter(), 0.0
     if T > 1:
         engine.prefill(prompt_ids[:, :-1])  # the last prompt token is the first one verified
+        prompt_s = time.perf_counter() - start
     seq, marks, stats = prompt_ids, [], {"proposed": 0, "accepted": 0, "target_forwards": 0}
     try:
         while seq.shape[1] < max_len:
@@ -251,7 +252,7 @@ def speculative_generate(
                 break
     finally:
         drafter.close()
-    return _output(seq[:, :max_len], T, marks, stats, time.perf_counter() - start)
+    return _output(seq[:, :max_len], T, marks, stats, time.perf_counter() - start, prompt_s)
 
 
 def _round(
@@ -359,7 +360,10 @@ def _append(
     return seq, False
 
 
-def _output(seq: torch.Tensor, T: int, marks: list[bool], stats: dict, seconds: float) -> GenerationOutput:
+def _output(
+    seq: torch.Tensor, T: int, marks: list[bool], stats: dict, seconds: float, prompt_s: float
+) -> GenerationOutput:
+    """The output with its stats: tokens, timing (`decoding_rate` too), acceptance and which tokens were drafts."""
     new_tokens = seq.shape[1] - T
     proposed = max(stats["proposed"], 1)
     forwards = max(stats["target_forwards"], 1)
@@ -367,6 +371,7 @@ def _output(seq: torch.Tensor, T: int, marks: list[bool], stats: dict, seconds: 
         new_tokens=new_tokens,
         seconds=seconds,
         tokens_per_s=new_tokens / max(seconds, 1e-9),
+        **decoding_rate(new_tokens, seconds, prompt_s),
         lengths=[new_tokens],
         acceptance_rate=stats["accepted"] / proposed,
         tokens_per_target_forward=new_tokens / forwards,

@@ -26,3 +26,10 @@ class GenerationOutput:
         rows = self.sequences[:, self.prompt_length :].tolist()
         lengths = self.stats.get("lengths")
         return [row[: lengths[i]] if lengths else row for i, row in enumerate(rows)]
+
+
+def decoding_rate(new_tokens: int, seconds: float, prompt_s: float) -> dict:
+    """The stats of decoding alone: the seconds the forward over the prompt but its last token took (the same
+    forward in greedy decoding and speculative decoding, which verifies the last prompt token with its first
+    drafts), and the tokens per second from there on."""
+    return {"prompt_seconds": prompt_s, "decode_tokens_per_s": new_tokens / max(seconds - prompt_s, 1e-9)}
