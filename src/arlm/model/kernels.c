@@ -100,6 +100,19 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
     FOR_EACH_TILE(F32_TILE)
 }
 
+/* CALL(m) with m = mt (1..8) a constant, so that the block of rows it calls is compiled for that many rows */
+#define BY_ROWS(mt, CALL)                                                                                              \
+    switch (mt) {                                                                                                      \
+    case 8: CALL(8); break;                                                                                            \
+    case 7: CALL(7); break;                                                                                            \
+    case 6: CALL(6); break;                                                                                            \
+    case 5: CALL(5); break;                                                                                            \
+    case 4: CALL(4); break;                                                                                            \
+    case 3: CALL(3); break;                                                                                            \
+    case 2: CALL(2); break;                                                                                            \
+    default: CALL(1);                                                                                                  \
+    }
+
 /* The float32 product on packed weights (native.pack_f32: (ceil(N/16), K, 16), 16 outputs to a line, zeros past N):
  * each output's sum is one lane's FMAs over k in order, whatever the rows or tiles beside it (batch-invariant, and
  * the same bits on AVX-512 and AVX2). Rows x are broadcast a value at a time against a tile's weight vectors, the
@@ -166,16 +179,8 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++)
         for (long m0 = 0; m0 < M; m0 += PACK_ROWS) {
-            switch (M - m0 < PACK_ROWS ? M - m0 : PACK_ROWS) {
-            case 8: packed_rows(x, wp, y, m0, 8, t, N, K); break;
-            case 7: packed_rows(x, wp, y, m0, 7, t, N, K); break;
-            case 6: packed_rows(x, wp, y, m0, 6, t, N, K); break;
-            case 5: packed_rows(x, wp, y, m0, 5, t, N, K); break;
-            case 4: packed_rows(x, wp, y, m0, 4, t, N, K); break;
-            case 3: packed_rows(x, wp, y, m0, 3, t, N, K); break;
-            case 2: packed_rows(x, wp, y, m0, 2, t, N, K); break;
-            default: packed_rows(x, wp, y, m0, 1, t, N, K);
-            }
+#define PACKED_ROWS(mt) packed_rows(x, wp, y, m0, mt, t, N, K)
+            BY_ROWS(M - m0 < PACK_ROWS ? M - m0 : PACK_ROWS, PACKED_ROWS);
         }
 }
 
@@ -329,16 +334,8 @@ static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles_n; t++)
         for (long m0 = 0; m0 < M; m0 += BF_ROWS) {
-            switch (M - m0 < BF_ROWS ? M - m0 : BF_ROWS) {
-            case 8: bf16_vec_tile(rows, tiles, y, m0, 8, t, N, K); break;
-            case 7: bf16_vec_tile(rows, tiles, y, m0, 7, t, N, K); break;
-            case 6: bf16_vec_tile(rows, tiles, y, m0, 6, t, N, K); break;
-            case 5: bf16_vec_tile(rows, tiles, y, m0, 5, t, N, K); break;
-            case 4: bf16_vec_tile(rows, tiles, y, m0, 4, t, N, K); break;
-            case 3: bf16_vec_tile(rows, tiles, y, m0, 3, t, N, K); break;
-            case 2: bf16_vec_tile(rows, tiles, y, m0, 2, t, N, K); break;
-            default: bf16_vec_tile(rows, tiles, y, m0, 1, t, N, K);
-            }
+#define BF16_ROWS(mt) bf16_vec_tile(rows, tiles, y, m0, mt, t, N, K)
+            BY_ROWS(M - m0 < BF_ROWS ? M - m0 : BF_ROWS, BF16_ROWS);
         }
     free(rows);
 }
