@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from arlm.commands.generate import Streamer
+from arlm.commands.generate import Streamer, format_stats
 from arlm.decoding.stops import cut_at_stop, stop_checker
 
 PIECES = ["a", "b", "le", " s", "pa", "ce", "l", "e", " ", "\n", "ab"]
@@ -56,3 +56,10 @@ def test_without_stops_everything_is_printed_as_it_comes():
     assert out.getvalue() == "P:le"
     streamer.finish()
     assert out.getvalue() == "P:le\n"
+
+
+def test_the_stats_line_gives_the_rate_after_the_prompt_when_there_was_one():
+    stats = {"new_tokens": 40, "seconds": 2.0, "tokens_per_s": 20.0, "prompt_seconds": 1.0, "decode_tokens_per_s": 40.0}
+    line = format_stats(stats)
+    assert line.startswith("40 tokens in 2.00s (20.0 tokens/s)") and "40.0 tokens/s after the prompt's 1.00s" in line
+    assert "after the prompt" not in format_stats({**stats, "prompt_seconds": 0.0})

@@ -221,6 +221,8 @@ def format_stats(stats: dict) -> str:
         f"{stats.get('new_tokens', 0)} tokens in {stats.get('seconds', 0):.2f}s "
         f"({stats.get('tokens_per_s', 0):.1f} tokens/s)"
     ]
+    if stats.get("prompt_seconds"):  # decoding alone, after the forward over the prompt
+        parts.append(f"{stats['decode_tokens_per_s']:.1f} tokens/s after the prompt's {stats['prompt_seconds']:.2f}s")
     if "acceptance_rate" in stats:
         parts.append(
             f"acceptance {stats['acceptance_rate']:.2%}, {stats['tokens_per_target_forward']:.2f} tokens "
