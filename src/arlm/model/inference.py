@@ -19,18 +19,20 @@ the top two logits (as CPU attention's own 1e-7 differences already do). That is
 built (model/native.py); where they are:
 
 float32 weights take arlm's own kernel where it is built (`NativeLinear`): 0.87-0.91x the chunked layout's speed for one
-row, faster for several, batch-invariant by construction, and what lets a float32 block fuse (below). bfloat16 weights
-take arlm's own kernel where the CPU has AMX (`NativeLinear`, model/native.py): it reads the weight at the memory's
-speed, costs about the same for 1 to 16 rows, and is batch-invariant by construction at every number of rows; about
-twice as fast as oneDNN's `linear` for 1-16 rows here (docs/perf.md). Otherwise 16-bit weights ask the CPU's own kernel:
-where oneDNN's 16-bit `linear` is batch-invariant already (one row and up to PROBE_ROWS rows give every row the same
-bits, probed once per weight shape at load), the Linear is kept as it is: it is invariant for free and faster than the
-chunked layout, one row or eight (docs/perf.md). Only where the probe fails (another CPU, another oneDNN) does a 16-bit
-Linear take the chunked, padded layout. RMSNorm layers take arlm's one-call kernel (`NativeRMSNorm`) where it is built.
-Last, a Llama block whose norms and Linears all ended on arlm's kernels (float32, bfloat16 with AMX, int8, int4) becomes
-a `FusedBlock`: a cached forward over up to STEPWISE_QUERIES tokens runs the whole block in one kernel call (block.c),
-with the bits its modules give (tested), where Python and PyTorch's small ops cost about as much as the products
-(docs/perf.md); where every block is one, the model's blocks become `FusedBlocks`, all of them one call.
+row, faster for several, batch-invariant by construction, and what lets a float32 block fuse (below). A head tied to the
+embedding is packed too, the embedding then gathering its rows from the packed table (`PackedEmbedding`). bfloat16
+weights (sizes multiples of 32) take arlm's own kernel too (`NativeLinear`, model/native.py): on AMX tiles where the CPU
+has them, where it reads the weight at the memory's speed, costs about the same for 1 to 16 rows, and is batch-invariant
+by construction at every number of rows; about twice as fast as oneDNN's `linear` for 1-16 rows there (docs/perf.md);
+else widened to float32 in vectors, k in order. Other 16-bit weights ask the CPU's own kernel: where oneDNN's 16-bit
+`linear` is batch-invariant already (one row and up to PROBE_ROWS rows give every row the same bits, probed once per
+weight shape at load), the Linear is kept as it is: it is invariant for free and faster than the chunked layout, one row
+or eight (docs/perf.md). Only where the probe fails (another CPU, another oneDNN) does a 16-bit Linear take the chunked,
+padded layout. RMSNorm layers take arlm's one-call kernel (`NativeRMSNorm`) where it is built. Last, a Llama block whose
+norms and Linears all ended on arlm's kernels (float32, bfloat16, int8, int4) becomes a `FusedBlock`: a cached forward
+over up to STEPWISE_QUERIES tokens runs the whole block in one kernel call (block.c), with the bits its modules give
+(tested), where Python and PyTorch's small ops cost about as much as the products (docs/perf.md); where every block is
+one, the model's blocks become `FusedBlocks`, all of them one call.
 """
 
 from __future__ import annotations
