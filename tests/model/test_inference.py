@@ -138,7 +138,8 @@ def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch)
     assert linear_is_batch_invariant(weight, rows=8)
 
 
-LAYOUTS = [(torch.float32, True, 64), (torch.float32, True, 50), (torch.float32, False, 50), (torch.bfloat16, True, 64)]
+LAYOUTS = [(torch.float32, True, 64), (torch.float32, True, 50), (torch.float32, True, 200)]
+LAYOUTS += [(torch.float32, False, 50), (torch.bfloat16, True, 64)]
 
 
 @pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
@@ -147,7 +148,8 @@ LAYOUTS = [(torch.float32, True, 64), (torch.float32, True, 50), (torch.float32,
 def test_native_linear_is_a_matmul_and_batch_invariant(dtype, pack, outputs, bias):
     """Each output is the exact product of the row and weight (bfloat16: rounded once to bfloat16), up to float32
     summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 6 or 8 and a rest,
-    or 3 or 4 and a rest in place), float32 packed (outputs past a multiple of 16 too) or read in place."""
+    2 to 4 rows over 3 tiles side by side in chunks of k (200 outputs: whole groups and a rest), or 3 or 4 and a rest in
+    place), float32 packed (outputs past a multiple of 16 too) or read in place."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, outputs, bias=bias).to(dtype)
     layer = NativeLinear(linear, pack=pack)
@@ -162,7 +164,7 @@ def test_native_linear_is_a_matmul_and_batch_invariant(dtype, pack, outputs, bia
     assert y.dtype == dtype and y.shape == (37, outputs)
     relative, absolute = (2**-7, 2e-2) if dtype == torch.bfloat16 else (1e-6, 1e-5)
     assert ((product - exact).abs() <= exact.abs() * relative + absolute).all()
-    for rows in (1, 2, 3, 5, 6, 7, 8, 9, 13, 15, 16, 17, 32):
+    for rows in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15, 16, 17, 32):
         assert torch.equal(layer(x[:rows]), y[:rows]), rows
     assert torch.equal(layer(x[20:21]), y[20:21]) and torch.equal(layer(x.flip(0)).flip(0), y)
     assert torch.equal(layer(x.reshape(1, 37, 96)), y.reshape(1, 37, outputs))

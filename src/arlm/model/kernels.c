@@ -122,6 +122,14 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
 #define PACK_V (PACK / VL)             /* vectors per tile's line */
 #define PACK_ROWS (VL == 16 ? 8 : 6)   /* rows per block: AVX2's 16 registers hold 6 x 2 sums, 2 weights, a row value */
 #define PACK_TILES 4                   /* tiles at once for one row: 4 weight streams, 4 PACK_V sums in flight */
+/* A few rows (2 to GROUP_MAX_M) read GROUP tiles side by side, GROUP_ROWS rows a pass: one core streams a single tile
+ * at ~14 GB/s on an AVX2 EPYC and three at ~20, so 2 rows over 3 tiles took 17 ms where 2 rows over one took 25 (all
+ * SmolLM2's products, 2 threads; docs/perf.md). From 5 rows the 6-row blocks on one tile are as fast; AVX-512 keeps
+ * them at every row count (not timed there). */
+#define GROUP 3
+#define GROUP_ROWS 2
+#define GROUP_MAX_M (VL == 8 ? 4 : 1)
+#define CHUNK 64 /* k per pass when the rows take two passes: the group's 3 x 4 KiB stay in L1 for the second */
 
 /* outputs of tile t (n of its 16 real) from sums acc, to row y */
 static inline void store_tile(float *y, const vf *acc, long n) {
@@ -153,6 +161,59 @@ static inline __attribute__((always_inline)) void packed_rows(const float *x, co
     for (int i = 0; i < mt; i++) store_tile(y + (m0 + i) * N + t * PACK, acc[i], N - t * PACK);
 }
 
+/* rows m0 .. m0 + mt times tiles t .. t + nt (mt, nt constants where inlined) over k0 .. k1, the tiles read side by
+ * side, weights as operands: sums start at zero (k0 = 0) or from part ((GROUP, GROUP_MAX_M, PACK)), and end in y
+ * (k1 = K) or back in part */
+static inline __attribute__((always_inline)) void packed_block(const float *x, const float *wp, float *y, long m0, int mt,
+                                                               long t, int nt, long N, long K, long k0, long k1,
+                                                               float *part) {
+    vf acc[GROUP_ROWS][GROUP][PACK_V];
+    for (int i = 0; i < mt; i++)
+        for (int j = 0; j < nt; j++)
+            for (int v = 0; v < PACK_V; v++)
+                acc[i][j][v] = k0 == 0 ? vf_zero() : vf_load(part + (j * GROUP_MAX_M + m0 + i) * PACK + v * VL);
+    const float *w = wp + t * K * PACK, *xs = x + m0 * K;
+    for (long k = k0; k < k1; k++)
+        for (int i = 0; i < mt; i++) {
+            vf b = vf_set1(xs[i * K + k]);
+            for (int j = 0; j < nt; j++)
+                for (int v = 0; v < PACK_V; v++)
+                    acc[i][j][v] = vf_fma(vf_load(w + (j * K + k) * PACK + v * VL), b, acc[i][j][v]);
+        }
+    for (int i = 0; i < mt; i++)
+        for (int j = 0; j < nt; j++) {
+            if (k1 == K) store_tile(y + (m0 + i) * N + (t + j) * PACK, acc[i][j], N - (t + j) * PACK);
+            else
+                for (int v = 0; v < PACK_V; v++)
+                    vf_store(part + (j * GROUP_MAX_M + m0 + i) * PACK + v * VL, acc[i][j][v]);
+        }
+}
+
+/* rows m0 .. m0 + mt (a constant where inlined) times tiles t .. t1 (GROUP of them side by side, or fewer one by
+ * one) over k0 .. k1 */
+static inline __attribute__((always_inline)) void group_pass(const float *x, const float *wp, float *y, long m0, int mt,
+                                                             long t, long t1, long N, long K, long k0, long k1,
+                                                             float *part) {
+    if (t1 - t == GROUP) packed_block(x, wp, y, m0, mt, t, GROUP, N, K, k0, k1, part);
+    else
+        for (long u = t; u < t1; u++)
+            packed_block(x, wp, y, m0, mt, u, 1, N, K, k0, k1, part + (u - t) * GROUP_MAX_M * PACK);
+}
+
+/* M (2 .. GROUP_MAX_M) rows times tiles t .. t1 (at most GROUP): GROUP_ROWS rows a pass, a chunk of k at a time
+ * where they take more than one */
+static void packed_group(const float *x, const float *wp, float *y, long M, long N, long K, long t, long t1) {
+    float part[GROUP * GROUP_MAX_M * PACK] __attribute__((aligned(64)));
+    long step = M <= GROUP_ROWS ? K : CHUNK;
+    for (long k0 = 0; k0 < K; k0 += step) {
+        long k1 = k0 + step < K ? k0 + step : K;
+        for (long m0 = 0; m0 < M; m0 += GROUP_ROWS) {
+            if (M - m0 >= GROUP_ROWS) group_pass(x, wp, y, m0, GROUP_ROWS, t, t1, N, K, k0, k1, part);
+            else group_pass(x, wp, y, m0, 1, t, t1, N, K, k0, k1, part);
+        }
+    }
+}
+
 /* one row times tiles t .. t + nt (nt <= PACK_TILES, a constant where inlined) */
 static inline __attribute__((always_inline)) void packed_row(const float *x, const float *wp, float *y, long t, int nt,
                                                              long N, long K) {
@@ -174,6 +235,15 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (long g = 0; g < tiles / PACK_TILES; g++) packed_row(x, wp, y, g * PACK_TILES, PACK_TILES, N, K);
         for (long t = tiles - tiles % PACK_TILES; t < tiles; t++) packed_row(x, wp, y, t, 1, N, K);
+        return;
+    }
+    if (M <= GROUP_MAX_M) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int th = 0; th < threads; th++) { /* each thread a contiguous, even share of the tiles */
+            long t1 = tiles * (th + 1) / threads;
+            for (long t = tiles * th / threads; t < t1; t += GROUP)
+                packed_group(x, wp, y, M, N, K, t, t + GROUP < t1 ? t + GROUP : t1);
+        }
         return;
     }
 #pragma omp parallel for schedule(static) num_threads(threads)
