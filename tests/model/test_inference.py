@@ -148,16 +148,17 @@ LAYOUTS += [(torch.float32, False, 50), (torch.bfloat16, True, 64)]
 def test_native_linear_is_a_matmul_and_batch_invariant(dtype, pack, outputs, bias):
     """Each output is the exact product of the row and weight (bfloat16: rounded once to bfloat16), up to float32
     summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 6 or 8 and a rest,
-    2 to 4 rows over 3 tiles side by side in chunks of k (200 outputs: whole groups and a rest), or 3 or 4 and a rest in
-    place), float32 packed (outputs past a multiple of 16 too) or read in place."""
+    2 to 4 rows over 3 tiles side by side in chunks of k (200 outputs: whole groups and a rest), past 8 rows in passes
+    of 256 inputs and a rest, or 3 or 4 and a rest in place), float32 packed (outputs past a multiple of 16 too) or
+    read in place."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(96, outputs, bias=bias).to(dtype)
+    linear = torch.nn.Linear(320, outputs, bias=bias).to(dtype)
     layer = NativeLinear(linear, pack=pack)
     assert layer.kind == (0 if dtype == torch.bfloat16 else 4 if pack else 3)
     held = {0: lambda: native.bf16_weight(layer.tiles), 3: lambda: layer.weight}
     held[4] = lambda: native.unpack_f32(layer.packed, outputs)
     assert torch.equal(held[layer.kind](), linear.weight)
-    x = torch.randn(37, 96).to(dtype)  # (M, in)
+    x = torch.randn(37, 320).to(dtype)  # (M, in)
     y = layer(x)  # (M, out)
     exact = x.double() @ linear.weight.double().t()  # (M, out)
     product = y.double() - (linear.bias.double() if bias else 0)
@@ -167,7 +168,7 @@ def test_native_linear_is_a_matmul_and_batch_invariant(dtype, pack, outputs, bia
     for rows in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15, 16, 17, 32):
         assert torch.equal(layer(x[:rows]), y[:rows]), rows
     assert torch.equal(layer(x[20:21]), y[20:21]) and torch.equal(layer(x.flip(0)).flip(0), y)
-    assert torch.equal(layer(x.reshape(1, 37, 96)), y.reshape(1, 37, outputs))
+    assert torch.equal(layer(x.reshape(1, 37, 320)), y.reshape(1, 37, outputs))
     assert not NativeLinear.fits(torch.nn.Linear(96, 50).to(torch.bfloat16))
     assert NativeLinear.fits(torch.nn.Linear(96, 50)) and not NativeLinear.fits(torch.nn.Linear(96, 64).half())
 
