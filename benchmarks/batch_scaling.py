@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from arlm.bench.decode import ragged_prompts
 from arlm.bench.forward import forward_times
 from arlm.bench.machine import cpu_model
 from arlm.config import GenerationConfig
@@ -28,12 +29,6 @@ from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
 from arlm.interop.loading import load_model
 from arlm.model.inference import optimize_for_decoding
-
-
-def prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
-    """`batch` random prompts of length - 0..7 tokens (seeded)."""
-    g = torch.Generator().manual_seed(0)
-    return [torch.randint(10, vocab, (length - (i * 3) % 8,), generator=g).tolist() for i in range(batch)]
 
 
 def rate(engine: Engine, rows: list[list[int]], config: GenerationConfig, pad: int) -> float:
@@ -68,7 +63,7 @@ def main() -> None:
         sets = args.kernels.split(",")
         engines = {kernels: load(dtype, kernels) for kernels in sets}
         vocab = next(iter(engines.values()))[0].model.config.vocab_size
-        cases = {1: prompts(1, 32, vocab), 8: prompts(8, 32, vocab)}
+        cases = {1: ragged_prompts(1, 32, vocab), 8: ragged_prompts(8, 32, vocab)}
         rates = {(kernels, batch): [] for kernels in sets for batch in cases}
         forwards: dict[str, list[dict[int, float]]] = {kernels: [] for kernels in sets}
         for engine, pad in engines.values():

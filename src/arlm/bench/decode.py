@@ -68,9 +68,10 @@ def _cases(new_tokens: int) -> dict[str, tuple[int, GenerationConfig, dict]]:
     }
 
 
-def _prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
+def ragged_prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
+    """`batch` random prompts (seeded) of length - 0..8 tokens, so that left padding is exercised."""
     generator = torch.Generator().manual_seed(0)
-    lengths = [length - (i * 3) % 9 for i in range(batch)]  # ragged: left padding is exercised
+    lengths = [length - (i * 3) % 9 for i in range(batch)]
     return [torch.randint(10, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
@@ -149,7 +150,7 @@ def run_decode_bench(
         if cases is not None and name not in cases:
             continue
         config.compile = compile and config.strategy != "beam" and batch == 1  # the compiled step takes no padding
-        prompts = _prompts(batch, prompt_len, model.config.vocab_size)
+        prompts = ragged_prompts(batch, prompt_len, model.config.vocab_size)
         medians = _bench_case(model, reference, prompts, config, hf_kwargs, pad, repeats)
         results[name] = {**medians, "ratio": medians["arlm"] / medians["transformers"]}  # tokens/s, tokens
         log(f"  {name:<24}{medians['arlm']:>10.1f}{medians['transformers']:>14.1f}{results[name]['ratio']:>9.2f}x")
