@@ -28,6 +28,8 @@ def test_decode_bench_runs_every_case_on_both_sides():
     for name, tokens in expected_tokens.items():  # both sides generated the same tokens, counted from their outputs
         assert results[name]["tokens"] == {"arlm": tokens, "transformers": tokens}
         assert results[name]["ratio"] == pytest.approx(results[name]["arlm"] / results[name]["transformers"])
+    for name in ("greedy, batch 1", "greedy, batch 8"):  # decoding alone leaves out the prompts' forward
+        assert results[name]["arlm_decoding"] > results[name]["arlm"]
     assert results["speculative"]["identical"] and results["speculative"]["acceptance"] == 1.0
     assert len(lines) == 5
 

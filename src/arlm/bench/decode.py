@@ -87,14 +87,20 @@ def _timed(fn: Callable[[], int]) -> tuple[int, float]:
 
 
 def _bench_case(model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int, repeats: int) -> dict:
-    """Median tokens/s of ours and of transformers on one case, alternating which goes first, and the tokens
-    each side generated in a run (counted from its output)."""
+    """Median tokens/s of ours and of transformers on one case, alternating which goes first, the tokens each side
+    generated in a run (counted from its output), and ours after the forward over the prompts (`arlm_decoding`,
+    where the strategy reports it)."""
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad))
     engine = Engine(model)  # one engine for every run: a compiled step and its static cache are made once
 
+    decoding: list[float] = []  # ours, tokens/s after the forward over the prompts (GenerationOutput.stats)
+
     def ours() -> int:
-        return generate(engine, prompts, config, pad_id=pad).stats["new_tokens"]
+        stats = generate(engine, prompts, config, pad_id=pad).stats
+        if "decode_tokens_per_s" in stats:
+            decoding.append(stats["decode_tokens_per_s"])
+        return stats["new_tokens"]
 
     def theirs() -> int:
         with torch.inference_mode():
@@ -111,13 +117,15 @@ def _bench_case(model, reference, prompts, config: GenerationConfig, hf_kwargs: 
     for _ in range(3 if config.compile else 1):  # warm-up (and compilation / CUDA graph capture)
         ours()
     theirs()
+    decoding.clear()
     rates: dict[str, list[float]] = {"arlm": [], "transformers": []}
     tokens: dict[str, int] = {}
     for r in range(repeats):
         for side, fn in (("arlm", ours), ("transformers", theirs))[:: 1 if r % 2 == 0 else -1]:
             tokens[side], seconds = _timed(fn)
             rates[side].append(tokens[side] / seconds)
-    return {**{k: statistics.median(v) for k, v in rates.items()}, "tokens": tokens}
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+    return {**medians, "tokens": tokens, **({"arlm_decoding": statistics.median(decoding)} if decoding else {})}
 
 
 def run_decode_bench(

@@ -61,18 +61,21 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_table(results: dict[str, dict]) -> list[str]:
     """One markdown table over the dtypes: greedy batch 1 against transformers (and llama.cpp where it ran),
-    batch 8 over batch 1 (arlm), and a 5-token forward over a 1-token one."""
+    batch 8 over batch 1 (arlm; the whole run, and decoding alone after the forward over the prompts), and a 5-token
+    forward over a 1-token one."""
     llama = any("llama.cpp" in r for r in results.values())
     beside = " arlm, beside llama.cpp | llama.cpp | ratio |"  # its own alternating runs (bench/llamacpp.py)
     head = "| dtype | arlm tok/s | transformers | ratio |" + (beside if llama else "")
-    lines = [head + " batch 8 / batch 1 | forward 5 / 1 |", "|---" * (head.count("|") + 1) + "|"]
+    lines = [head + " batch 8 / batch 1 | decoding alone | forward 5 / 1 |", "|---" * (head.count("|") + 2) + "|"]
     for dtype, r in results.items():
         one, eight, ms = r["greedy, batch 1"], r["greedy, batch 8"], r["forward_ms"]
         cells = [dtype, f"{one['arlm']:.1f}", f"{one['transformers']:.1f}", f"{one['ratio']:.2f}x"]
         if llama:
             row = r.get("llama.cpp")
             cells += [f"{row['arlm']:.1f}", f"{row['llama.cpp']:.1f}", f"{row['ratio']:.2f}x"] if row else ["-"] * 3
-        cells += [f"{eight['arlm'] / one['arlm']:.2f}x", f"{ms[5] / ms[1]:.2f}x"]
+        alone = [r.get("arlm_decoding") for r in (eight, one)]
+        cells += [f"{eight['arlm'] / one['arlm']:.2f}x", f"{alone[0] / alone[1]:.2f}x" if all(alone) else "-"]
+        cells.append(f"{ms[5] / ms[1]:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
