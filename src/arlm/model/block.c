@@ -12,20 +12,28 @@
 
 #include "bf16.h"
 #include "kernels.h"
+#include "simd.h"
 
-static inline float silu(float g) { return g / (1.0f + expf(-g)); }
-
-/* h (M, 2F) -> out (M, F): silu(gate) * up, gate the first F values of a row; bfloat16 rounds each op's result. Each
- * value alone, so spread over threads in chunks of 64 (a chunk's cost is its exps; the split changes no bits). */
+/* h (M, 2F) -> out (M, F): silu(gate) * up = gate / (1 + e^-gate) * up, gate the first F values of a row, e^ on
+ * vectors (simd.h's vf_exp); bfloat16 rounds each op's result. Each value alone, so spread over threads in chunks of
+ * 64 (the split changes no bits), on one thread below SWIGLU_SPLIT values (a decoding step's few rows take less time
+ * than waking a second thread). */
+#define SWIGLU_SPLIT 4096
 void arlm_swiglu(const void *h, void *out, long M, long F, int xbf, int threads) {
     long chunks = (F + 63) / 64;
-#pragma omp parallel for schedule(static) num_threads(threads) if (M * F >= 1024)
+#pragma omp parallel for schedule(static) num_threads(threads) if (M * F >= SWIGLU_SPLIT)
     for (long c = 0; c < M * chunks; c++) {
-        long m = c / chunks, f0 = c % chunks * 64, f1 = f0 + 64 < F ? f0 + 64 : F;
-        for (long f = f0; f < f1; f++) {
-            float gate = value(h, xbf, m * 2 * F + f), up = value(h, xbf, m * 2 * F + F + f);
-            float s = xbf ? round_bf16(silu(gate)) : silu(gate);
-            store(out, xbf, m * F + f, s * up);
+        long m = c / chunks, f0 = c % chunks * 64, n = f0 + 64 < F ? 64 : F - f0;
+        float s[64];
+        for (long f = 0; f < n; f++) s[f] = value(h, xbf, m * 2 * F + f0 + f);
+        for (long v = 0; v < n; v += VL) {
+            vf gate = vf_loadn(s + v, n - v);
+            vf e = vf_exp(vf_mul(gate, vf_set1(-1.0f)));
+            vf_storen(s + v, vf_div(gate, vf_add(vf_set1(1.0f), e)), n - v);
+        }
+        for (long f = 0; f < n; f++) {
+            float silu = xbf ? round_bf16(s[f]) : s[f];
+            store(out, xbf, m * F + f0 + f, silu * value(h, xbf, m * 2 * F + F + f0 + f));
         }
     }
 }

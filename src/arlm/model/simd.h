@@ -1,4 +1,4 @@
-/* The float32 vector arlm's kernels compute on (kernels.c, attention.c), VL lanes wide: AVX-512 (16 lanes) where the
+/* The float32 vector arlm's kernels compute on (kernels.c, attention.c, block.c), VL lanes wide: AVX-512 (16 lanes) where the
  * compiler targets it, else AVX2 with FMA and F16C (8 lanes). Every operation is lane by lane except vf_sum, a fixed
  * reduction, so a kernel's result depends on the data and VL only, never on what else is computed beside it. */
 #ifndef ARLM_SIMD_H
@@ -16,6 +16,13 @@ static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vf_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+/* 2^n for whole n in -126 .. 127 (exactly: the exponent field) */
+static inline vf vf_pow2(vf n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
 static inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
 static inline __mmask16 vf_mask(long n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 /* the first n (0..VL) values at p, zeros after them; stores only the first n */
@@ -43,6 +50,12 @@ static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+static inline vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf vf_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf vf_pow2(vf n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
 static inline float vf_sum(vf v) { /* halves, then quarters, then the last pair: always the same tree */
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -66,5 +79,19 @@ static inline void vf_load_bf16_pairs(const uint16_t *p, vf *even, vf *odd) {
 #else
 #error "arlm's kernels need AVX-512 or AVX2 with FMA and F16C"
 #endif
+
+/* e^x lane by lane, within about 2 units in the last place, the same bits at either width: x clamped to -87 .. 88
+ * (beyond them 1.2e-38 and 1.7e38), x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so n ln2 is exact), e^r by
+ * its Taylor series to r^7 (truncated: < 6e-9 relative), times 2^n */
+static inline vf vf_exp(vf x) {
+    x = vf_min(vf_max(x, vf_set1(-87.0f)), vf_set1(88.0f));
+    vf n = vf_round(vf_mul(x, vf_set1(1.44269504f)));
+    vf r = vf_fma(n, vf_set1(-0.693145752f), x);
+    r = vf_fma(n, vf_set1(-1.42860677e-6f), r);
+    vf p = vf_set1(1.0f / 5040.0f);
+    const float terms[7] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
+    for (int i = 0; i < 7; i++) p = vf_fma(p, r, vf_set1(terms[i]));
+    return vf_mul(p, vf_pow2(n));
+}
 
 #endif
