@@ -5,9 +5,9 @@
  * y[m, n] = sum_k x[m, k] * w[n, k] for rows x (M, K) and a weight w (N, K) read from memory once per call:
  *   float32, packed (arlm_f32p_mm; native.pack_f32: 16 outputs to a line): every (m, n) sum is one lane's FMAs, k in
  *            order (one row over 4 tiles side by side, 2-4 rows over 3 on AVX2, more in blocks of 6 or 8 over one
- *            tile, a prompt's rows in passes of 256 inputs); float32 in place (arlm_f32_mm: w as it is, for a weight two Linears share): every sum runs
- *            in VL lanes, k in order, and ends in one fixed lane reduction (the next tile's weights prefetched while
- *            a tile computes);
+ *            tile, a prompt's rows in passes of 256 inputs); float32 in place (arlm_f32_mm: w as it is, for a weight
+ *            two Linears share): every sum runs in VL lanes, k in order, and ends in one fixed lane reduction (the
+ *            next tile's weights prefetched while a tile computes);
  *   bf16: bfloat16 rows and weights (laid out as AMX reads them), sums in float32, y rounded to bfloat16: on AMX tiles
  *         where the CPU has them and Linux lets us, else widened to float32 in vectors whose lanes are the outputs'
  *         sums, k in order (6 rows a block on AVX2, 8 on AVX-512). Every row goes through the same steps.
