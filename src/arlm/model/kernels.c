@@ -145,8 +145,8 @@ static inline void store_tile(float *y, const vf *acc, long n) {
 
 /* rows m0 .. m0 + mt (a constant where inlined) times tile t over k0 .. k1: sums start at zero (k0 = 0) or from y,
  * where the chunk before left them */
-static inline __attribute__((always_inline)) void packed_rows(const float *x, const float *wp, float *y, long m0, int mt,
-                                                              long t, long N, long K, long k0, long k1) {
+static inline __attribute__((always_inline)) void packed_rows(const float *x, const float *wp, float *y, long m0,
+                                                              int mt, long t, long N, long K, long k0, long k1) {
     vf acc[8][PACK_V]; /* mt <= 8 */
     long n = N - t * PACK;
     for (int i = 0; i < mt; i++)
@@ -173,9 +173,9 @@ static inline __attribute__((always_inline)) void packed_rows(const float *x, co
 /* rows m0 .. m0 + mt times tiles t .. t + nt (mt, nt constants where inlined) over k0 .. k1, the tiles read side by
  * side, weights as operands: sums start at zero (k0 = 0) or from part ((GROUP, GROUP_MAX_M, PACK)), and end in y
  * (k1 = K) or back in part */
-static inline __attribute__((always_inline)) void packed_block(const float *x, const float *wp, float *y, long m0, int mt,
-                                                               long t, int nt, long N, long K, long k0, long k1,
-                                                               float *part) {
+static inline __attribute__((always_inline)) void packed_block(const float *x, const float *wp, float *y, long m0,
+                                                               int mt, long t, int nt, long N, long K, long k0,
+                                                               long k1, float *part) {
     vf acc[GROUP_ROWS][GROUP][PACK_V];
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++)
