@@ -46,7 +46,8 @@ static void rotate(const void *head, int xbf, const void *cos, const void *sin, 
  * allowed (NULL: all), into out (dtype xbf) */
 static void attend_one(const float *q, const void *keys, const void *values, int cbf, const uint8_t *allowed,
                        long seen, long hd, void *out, int xbf) {
-    float scores[seen];
+    long padded = (seen + VL - 1) / VL * VL;
+    float scores[padded], weights[padded];
     float scale = 1.0f / sqrtf((float)hd), top = -INFINITY;
     for (long j = 0; j < seen; j++) {
         if (allowed && !allowed[j]) {
@@ -58,12 +59,16 @@ static void attend_one(const float *q, const void *keys, const void *values, int
         scores[j] = vf_sum(acc) * scale;
         if (scores[j] > top) top = scores[j];
     }
+    for (long j = seen; j < padded; j++) scores[j] = 0.0f;
+    for (long j = 0; j < seen; j += VL) /* the weights e^(score - top) on vectors (simd.h's vf_exp); whole vectors, as
+                                           AVX2's masked stores are slow and the reads after them wait */
+        vf_store(weights + j, vf_exp(vf_add(vf_load(scores + j), vf_set1(-top))));
     vf sums[256 / VL]; /* hd <= 256 */
     for (long d = 0; d < hd; d += VL) sums[d / VL] = vf_zero();
     float total = 0.0f;
     for (long j = 0; j < seen; j++) {
-        if (scores[j] == -INFINITY) continue;
-        float p = expf(scores[j] - top);
+        if (scores[j] == -INFINITY) continue; /* masked: no weight (vf_exp clamps, it never gives 0) */
+        float p = weights[j];
         total += p;
         vf weight = vf_set1(p);
         for (long d = 0; d < hd; d += VL)
@@ -71,7 +76,7 @@ static void attend_one(const float *q, const void *keys, const void *values, int
     }
     float lanes[VL];
     for (long d = 0; d < hd; d += VL) {
-        vf_storen(lanes, vf_div(sums[d / VL], vf_set1(total)), VL);
+        vf_store(lanes, vf_div(sums[d / VL], vf_set1(total)));
         for (int i = 0; i < VL; i++) store(out, xbf, d + i, lanes[i]);
     }
 }

@@ -26,10 +26,10 @@ void arlm_swiglu(const void *h, void *out, long M, long F, int xbf, int threads)
         long m = c / chunks, f0 = c % chunks * 64, n = f0 + 64 < F ? 64 : F - f0;
         float s[64];
         for (long f = 0; f < n; f++) s[f] = value(h, xbf, m * 2 * F + f0 + f);
-        for (long v = 0; v < n; v += VL) {
-            vf gate = vf_loadn(s + v, n - v);
-            vf e = vf_exp(vf_mul(gate, vf_set1(-1.0f)));
-            vf_storen(s + v, vf_div(gate, vf_add(vf_set1(1.0f), e)), n - v);
+        for (long f = n; f < 64; f++) s[f] = 0.0f;
+        for (long v = 0; v < n; v += VL) { /* whole vectors: AVX2's masked stores are slow, the reads after them wait */
+            vf gate = vf_load(s + v);
+            vf_store(s + v, vf_div(gate, vf_add(vf_set1(1.0f), vf_exp(vf_mul(gate, vf_set1(-1.0f))))));
         }
         for (long f = 0; f < n; f++) {
             float silu = xbf ? round_bf16(s[f]) : s[f];

@@ -353,7 +353,7 @@ static void amx_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
 /* the sums of tile t's 16 outputs (acc) rounded to bfloat16, into row y */
 static inline void store_bf16_tile(uint16_t *y, const vf *acc) {
     float lanes[16];
-    for (int h = 0; h < BF_V; h++) vf_storen(lanes + VL * h, acc[h], VL);
+    for (int h = 0; h < BF_V; h++) vf_store(lanes + VL * h, acc[h]); /* whole: a masked store's reads wait */
     for (int j = 0; j < 16; j++) y[j] = to_bf16(lanes[j]);
 }
 
@@ -449,8 +449,11 @@ void arlm_rms_norm(const float *x, const float *w, float *y, long M, long D, flo
     for (long m = 0; m < M; m++) {
         const float *row = x + m * D;
         vf r = vf_set1(inverse_rms(row, D, eps));
-        for (long k = 0; k < D; k += VL)
-            vf_storen(y + m * D + k, vf_mul(vf_mul(load_x(row, k, D), r), load_x(w, k, D)), D - k);
+        for (long k = 0; k < D; k += VL) {
+            vf v = vf_mul(vf_mul(load_x(row, k, D), r), load_x(w, k, D));
+            if (k + VL <= D) vf_store(y + m * D + k, v); /* AVX2's masked store is slow: only for a tail */
+            else vf_storen(y + m * D + k, v, D - k);
+        }
     }
 }
 
