@@ -131,7 +131,7 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
 #define GROUP_ROWS 2
 #define GROUP_MAX_M (VL == 8 ? 4 : 1)
 #define KC 256 /* k per pass of many rows (a prompt) over a tile: its 16 KiB stay in L1 while every block of rows reads
-                  them, sums left in y between passes (248 rows: 113 -> 129 GFLOP/s, docs/perf.md) */
+                  them, sums left in y between passes (248 rows: 113 -> 130 GFLOP/s, docs/perf.md) */
 #define CHUNK 64 /* k per pass when the rows take two passes: the group's 3 x 4 KiB stay in L1 for the second */
 
 /* outputs of tile t (n of its 16 real) from sums acc, to row y */
@@ -257,7 +257,7 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
     }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++)
-        for (long k0 = 0, kc = M > 8 ? KC : K; k0 < K; k0 += kc) {
+        for (long k0 = 0, kc = M > 8 ? KC : K; k0 < K; k0 += kc) { /* past 8 rows: a prompt */
             long k1 = k0 + kc < K ? k0 + kc : K;
             for (long m0 = 0; m0 < M; m0 += PACK_ROWS) {
 #define PACKED_ROWS(mt) packed_rows(x, wp, y, m0, mt, t, N, K, k0, k1)
