@@ -9,8 +9,9 @@
  * value is off by at most 1/65278 of its group's largest (float32 rows hold 24 bits; the weights' codes 4 or 8). With
  * AVX512-VNNI q is split into two signed bytes, q = 256 q1 + q2, so that integer dot products of bytes (unsigned codes
  * times signed row bytes, 4 products summed into each int32) multiply them exactly, S = 256 S1 + S2; on AVX2 q stays
- * an int16 and the codes are widened to int16. Either way a group's sum S is an exact integer, scaled once in
- * float32: y = sum_g d_g S_g scale (+ low_g d_g sum q).
+ * an int16 and the codes become 16-bit words by masks and shifts within each lane (no shuffle across lanes: on an AVX2
+ * EPYC a group took ~50 cycles at one row where widening bytes took ~80). Either way a group's sum S is an exact
+ * integer, scaled once in float32: y = sum_g d_g S_g scale (+ low_g d_g sum q).
  *
  * Layout (native.pack_int8 / pack_int4): 16 outputs to a 64-byte vector, 4 consecutive inputs to a lane, so that a
  * vector's 16 sums are 16 outputs and nothing is reduced across lanes. Per tile of 16 outputs, per group of 32 inputs:
@@ -36,6 +37,7 @@
 #define ROWS 4        /* rows per block */
 #else
 #define ROWS 2 /* rows per block (AVX2's 16 registers) */
+static const int PAIRED[4] = {0, 2, 1, 3}; /* where input i of a quad of the rows' int16 q lies */
 #endif
 #define AHEAD 12     /* groups prefetched ahead (4: ~10% slower at one row; 8 to 48 alike) */
 #define Q_MAX 32639 /* largest |q|: 256 q1 + q2 with q1 in -127..127, q2 in -128..127 */
@@ -100,9 +102,11 @@ static float quantize_group(const float *x, long count, int16_t *q, int32_t *qsu
         ints[h] = _mm256_cvtps_epi32(_mm256_mul_ps(v[h], _mm256_set1_ps(inverse)));
         sum = _mm256_add_epi32(sum, ints[h]);
     }
-    for (int h = 0; h < 4; h += 2) /* packs interleaves 128-bit halves; the permute puts them back in order */
-        _mm256_storeu_si256((__m256i *)(q + 8 * h),
-                            _mm256_permute4x64_epi64(_mm256_packs_epi32(ints[h], ints[h + 1]), 0xD8));
+    for (int h = 0; h < 4; h += 2) { /* packs interleaves 128-bit halves, the permute puts them back in order, the
+                                        shuffles store each quad of inputs 0 1 2 3 as 0 2 1 3 (PAIRED) */
+        __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(ints[h], ints[h + 1]), 0xD8);
+        _mm256_storeu_si256((__m256i *)(q + 8 * h), _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(q16, 0xD8), 0xD8));
+    }
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
     *qsum = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1)));
@@ -139,7 +143,7 @@ void arlm_int_rows(const float *x, float *y, long M, long K) {
             long at = 2 * m * r.Kp + k;
             int q = 256 * r.q[at] + r.q[at + r.Kp];
 #else
-            int q = ((const int16_t *)r.q)[m * r.Kp + k];
+            int q = ((const int16_t *)r.q)[m * r.Kp + (k & ~3) + PAIRED[k & 3]];
 #endif
             y[m * K + k] = r.d[m * r.groups + k / 32] * (float)q;
         }
@@ -311,44 +315,40 @@ static void amx_tile(const Rows *r, const Linear *l, float *y, long m0, int mt, 
 #endif
 
 #else
-/* Codes u (8 outputs x inputs 4j .. 4j + 3, a byte each) times rows m0 .. m0 + mt's q of those inputs, added to
- * their sums: vpmaddwd multiplies int16 pairs and adds each pair into an int32 (exact), so pairs[i][h] holds outputs
- * 0-3 and 4-7 of half h two lanes each */
-static inline __attribute__((always_inline)) void add_products(__m256i pairs[][2][2], int h, __m256i u,
+/* Codes (8 outputs x inputs 4j .. 4j + 3, a byte each, as 16-bit words: even holds inputs 4j and 4j + 2, odd 4j + 1
+ * and 4j + 3, as values 0..255) times rows m0 .. m0 + mt's q of those inputs (stored 4j, 4j + 2, 4j + 1, 4j + 3),
+ * added to their sums: vpmaddwd multiplies int16 pairs and adds each pair into an int32 (exact), so every lane of
+ * sums[i][h] is one output's */
+static inline __attribute__((always_inline)) void add_products(__m256i sums[][2], int h, __m256i even, __m256i odd,
                                                                const int16_t *q, long Kp, int mt) {
-    __m256i lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
-    __m256i hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1));
     for (int i = 0; i < mt; i++) {
-        long long quad;
-        __builtin_memcpy(&quad, q + i * Kp, 8);
-        __m256i x = _mm256_set1_epi64x(quad); /* the 4 inputs in every 64-bit lane */
-        pairs[i][h][0] = _mm256_add_epi32(pairs[i][h][0], _mm256_madd_epi16(lo, x));
-        pairs[i][h][1] = _mm256_add_epi32(pairs[i][h][1], _mm256_madd_epi16(hi, x));
+        int first, second; /* q of inputs 4j, 4j + 2 and of 4j + 1, 4j + 3 */
+        __builtin_memcpy(&first, q + i * Kp, 4);
+        __builtin_memcpy(&second, q + i * Kp + 2, 4);
+        sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(even, _mm256_set1_epi32(first)));
+        sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(odd, _mm256_set1_epi32(second)));
     }
 }
 
 /* Group g's exact sums sum_k u q for the 16 outputs of tile `codes` (sums[i][h]: outputs 8h .. 8h + 7, in order), rows
- * m0 .. m0 + mt; each code vector is read and widened once for all the rows */
+ * m0 .. m0 + mt; each code vector is read and split into words once for all the rows */
 static inline __attribute__((always_inline)) void group_sums(const uint8_t *codes, long g, int kind, const Rows *r,
                                                              long m0, int mt, __m256i sums[][2]) {
-    __m256i pairs[4][2][2];
-    for (int i = 0; i < mt; i++)
-        for (int h = 0; h < 2; h++) pairs[i][h][0] = pairs[i][h][1] = _mm256_setzero_si256();
+    for (int i = 0; i < mt; i++) sums[i][0] = sums[i][1] = _mm256_setzero_si256();
     const int16_t *q = (const int16_t *)r->q + m0 * r->Kp + 32 * g;
-    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i byte = _mm256_set1_epi16(0x00FF), nibble = _mm256_set1_epi16(0x000F);
     for (int j = 0; j < (kind == 1 ? 8 : 4); j++) /* int4: low nibbles are inputs 4j.., high ones 16 + 4j.. */
         for (int h = 0; h < 2; h++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(codes + ((kind == 1 ? 8 : 4) * g + j) * 64 + 32 * h));
             if (kind == 1) {
-                add_products(pairs, h, v, q + 4 * j, r->Kp, mt);
+                add_products(sums, h, _mm256_and_si256(v, byte), _mm256_srli_epi16(v, 8), q + 4 * j, r->Kp, mt);
                 continue;
             }
-            add_products(pairs, h, _mm256_and_si256(v, nibble), q + 4 * j, r->Kp, mt);
-            add_products(pairs, h, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble), q + 16 + 4 * j, r->Kp, mt);
+            __m256i even = _mm256_and_si256(v, nibble), odd = _mm256_and_si256(_mm256_srli_epi16(v, 8), nibble);
+            add_products(sums, h, even, odd, q + 4 * j, r->Kp, mt);
+            even = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble), odd = _mm256_srli_epi16(v, 12);
+            add_products(sums, h, even, odd, q + 16 + 4 * j, r->Kp, mt);
         }
-    for (int i = 0; i < mt; i++) /* hadd: outputs 0 1 4 5 | 2 3 6 7; the permute puts them in order */
-        for (int h = 0; h < 2; h++)
-            sums[i][h] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(pairs[i][h][0], pairs[i][h][1]), 0xD8);
 }
 
 /* Row sums s (8 outputs of half h, group g; row at `at` of r) added to their float32 sums acc: the float32 steps of
