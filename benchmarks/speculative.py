@@ -1,9 +1,10 @@
 """Speculative decoding that pays, and where it does not: SmolLM2-135M-Instruct on CPU, greedy against prompt lookup
-(gamma fixed and adaptive) and self-speculation (its own first layers as the draft), on the built-in grounded set
-(requests that quote or transform their input) and the chat set (general questions).
+(gamma fixed and adaptive) and self-speculation (its own first layers, or its own weights at a cheaper dtype, as the
+draft), on the built-in grounded set (requests that quote or transform their input) and the chat set (general
+questions).
 
     .venv/bin/python benchmarks/speculative.py [--dtype int4] [--new-tokens 96] [--repeats 3] [--self-layers 20]
-        [--limit N] [--stop-at-eos]
+        [--self-dtype int4] [--limit N] [--stop-at-eos]
 
 Runs alternate the order of the schemes, medians are kept; every output is checked identical to greedy's. Prints
 the CPU model name and one markdown table per set for docs/perf.md. Time it on quiet cores."""
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--self-layers", type=int, default=20, help="layers of the self-draft (0: none)")
+    parser.add_argument("--self-dtype", default="int4", help="dtype of the target's own weights as a draft ('': none)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts of each set (0: all)")
     parser.add_argument(
         "--stop-at-eos",
@@ -50,7 +52,12 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {threads} threads; torch {torch.__version__}; {args.model}, {args.dtype}")
     ending = "at most, ending at EOS" if args.stop_at_eos else "a run (no stop at EOS)"
     print(f"{args.new_tokens} new tokens {ending}, {args.repeats} runs per scheme and prompt, alternating")
-    plan = schemes(target, args.new_tokens, args.self_layers or None, args.gamma, stop_at_eos=args.stop_at_eos)
+    cheaper = None
+    if args.self_dtype and args.self_dtype != args.dtype:
+        cheaper = (args.self_dtype, optimize_for_decoding(load_model(args.model, dtype=args.self_dtype).model.eval()))
+    plan = schemes(
+        target, args.new_tokens, args.self_layers or None, args.gamma, stop_at_eos=args.stop_at_eos, cheaper=cheaper
+    )
     eos = tok.eos_id
     run_speculative_bench(target, {"warm-up": sets["chat"][:1]}, plan, 1, log=lambda line: None, eos_id=eos)  # untimed
     run_speculative_bench(target, sets, plan, args.repeats, eos_id=eos)

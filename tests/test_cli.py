@@ -189,6 +189,17 @@ def test_speculative_generation_with_show_drafts_and_export(trained, tmp_path, c
     _fails(capsys, "export", "hf", str(run), str(tmp_path / "hf"), match="is not empty")
 
 
+def test_the_targets_own_weights_in_int4_draft_for_it(trained, capsys):
+    _, run = trained
+    argv = ["generate", str(run), "--prompt", "The ", "--temperature", "0", "--max-new-tokens", "20"]
+    assert main([*argv, "--strategy", "greedy"]) == 0
+    plain = capsys.readouterr().out
+    assert main([*argv, "--strategy", "speculative", "--draft", "self:int4", "--stats"]) == 0
+    drafted = capsys.readouterr()
+    assert drafted.out == plain and "acceptance" in drafted.err
+    _fails(capsys, *argv, "--strategy", "speculative", "--draft", "self:int3", match="self:DTYPE with DTYPE one of")
+
+
 def test_tensorboard_mirrors_the_metrics(tmp_path, corpus_dir):
     config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 5, "tensorboard": True})
     train_command(config, log=lambda _: None)

@@ -1,6 +1,8 @@
 """Self-speculation: the draft is the target's first layers plus its own norm and head, with no weights of its own,
 and speculative decoding with it is exact."""
 
+import copy
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from arlm.decoding.drafts import parse_self_draft, self_draft, shares_weights
 from arlm.decoding.generate import generate
 from arlm.decoding.speculative import draft_cost
 from arlm.errors import ArlmError
-from arlm.interop.loading import to_dtype
+from arlm.interop.loading import DTYPES, to_dtype
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
 from tests.helpers import two_token_pvalue
@@ -70,6 +72,24 @@ def test_self_speculation_equals_greedy(layers):
         assert generate(target, prompt, config, draft=self_draft(target, layers)).generated()[0] == plain
 
 
+def test_the_targets_own_int4_weights_draft_for_it_exactly():
+    """`self:int4`: the target's weights quantized to int4 draft for it, at a fraction of its bytes a token; the
+    output is the target's greedy output whatever gamma (how often SmolLM2's int4 copy agrees with it:
+    tests/interop/test_gguf_quant.py)."""
+    base = _model(vocab=64)
+    draft = optimize_for_decoding(to_dtype(copy.deepcopy(base), "int4", "cpu"))
+    target = optimize_for_decoding(base)
+    assert 0.0 < draft_cost(target, draft, GenerationConfig(strategy="speculative", temperature=0)) < 0.5
+    prompt = [[1, 2, 3, 4, 5]]
+    plain = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=40)).generated()[0]
+    for gamma, adaptive in ((1, False), (4, False), (4, True)):
+        config = GenerationConfig(
+            strategy="speculative", temperature=0, max_new_tokens=40, num_draft_tokens=gamma, adaptive_draft=adaptive
+        )
+        out = generate(target, prompt, config, draft=draft)
+        assert out.generated()[0] == plain, (gamma, adaptive)
+
+
 @pytest.mark.slow
 def test_self_speculative_sampling_matches_the_target_on_a_tiny_vocabulary():
     target = _model(vocab=6)
@@ -80,7 +100,10 @@ def test_self_speculative_sampling_matches_the_target_on_a_tiny_vocabulary():
 
 def test_self_draft_references_and_refusals():
     assert parse_self_draft("self:12") == 12 and parse_self_draft("runs/draft") is None
+    assert parse_self_draft("self:int4", DTYPES) == "int4"
     with pytest.raises(ArlmError, match="self:L"):
         parse_self_draft("self:half")
+    with pytest.raises(ArlmError, match="self:DTYPE with DTYPE one of float32, bfloat16"):
+        parse_self_draft("self:int3", DTYPES)
     with pytest.raises(ArlmError, match="1 to 3"):
         self_draft(_model(), 4)

@@ -141,3 +141,17 @@ def test_speculative_and_prompt_lookup_on_int4_smollm2_equal_its_greedy(smollm2,
         lookup = GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=NEW_TOKENS,
                                   num_draft_tokens=gamma, stop_at_eos=False)  # fmt: skip
         assert generate(int4, [ids], lookup).generated()[0] == expected, gamma
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_int4_smollm2_drafts_for_its_float32_self_and_agrees_on_nearly_every_token(smollm2, int4):
+    """`--draft self:int4` on SmolLM2: the same Q4_1 weights on the int kernels draft for the float32 model; the text
+    is float32's greedy text and nearly every drafted token is accepted (why it pays on chat: docs/perf.md)."""
+    target = optimize_for_decoding(copy.deepcopy(smollm2.model))
+    ids = smollm2.tokenizer.encode("Question: why is the sky blue? Answer:")
+    expected = _greedy(target, ids)
+    spec = GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=NEW_TOKENS, num_draft_tokens=4,
+                            stop_at_eos=False)  # fmt: skip
+    out = generate(target, [ids], spec, draft=int4)
+    assert out.generated()[0] == expected and out.stats["acceptance_rate"] > 0.9, out.stats

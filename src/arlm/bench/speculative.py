@@ -1,5 +1,6 @@
 """Speculative decoding against greedy decoding, timed: plain greedy, prompt lookup (fixed gamma and adaptive) and
-self-speculation (the target's first layers as the draft) on prompt sets, each run checked identical to greedy.
+self-speculation (the target's first layers, or its own weights at a cheaper dtype, as the draft) on prompt sets,
+each run checked identical to greedy.
 
 For every prompt each scheme runs `repeats` times, the order of the schemes alternating (forward, then backward),
 and its median tokens/s is kept; a set's figure for a scheme is the median over its prompts of those medians, and
@@ -28,9 +29,15 @@ class Scheme:
 
 
 def schemes(
-    target: torch.nn.Module, new_tokens: int, self_layers: int | None, gamma: int = 4, stop_at_eos: bool = False
+    target: torch.nn.Module,
+    new_tokens: int,
+    self_layers: int | None,
+    gamma: int = 4,
+    stop_at_eos: bool = False,
+    cheaper: tuple[str, torch.nn.Module] | None = None,
 ) -> list[Scheme]:
-    """Greedy, prompt lookup (gamma fixed, and adaptive) and, with self_layers, self-speculation (gamma fixed, and
+    """Greedy, prompt lookup (gamma fixed, and adaptive), with self_layers self-speculation by the first layers and
+    with `cheaper` (a dtype and the target loaded at it) by the target's own weights at that dtype (gamma fixed, and
     adaptive), all at temperature 0, by default with no stop at EOS (every run writes new_tokens tokens)."""
 
     def config(strategy: str, adaptive: bool = False) -> GenerationConfig:
@@ -52,6 +59,10 @@ def schemes(
         draft = self_draft(target, self_layers)
         out.append(Scheme(f"self-speculation ({self_layers} layers) γ={gamma}", config("speculative"), draft))
         out.append(Scheme(f"self-speculation ({self_layers} layers), adaptive γ", config("speculative", True), draft))
+    if cheaper:
+        dtype, draft = cheaper
+        out.append(Scheme(f"self-speculation ({dtype} weights) γ={gamma}", config("speculative"), draft))
+        out.append(Scheme(f"self-speculation ({dtype} weights), adaptive γ", config("speculative", True), draft))
     return out
 
 

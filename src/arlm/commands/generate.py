@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
     parser.add_argument(
-        "--draft", help="draft model for --strategy speculative, or self:L (the model's own first L layers)"
+        "--draft",
+        help="draft model for --strategy speculative, self:L (the model's own first L layers) or self:DTYPE (its own "
+        "weights at DTYPE, e.g. self:int4)",
     )
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
@@ -188,11 +190,14 @@ def load_draft(
     ref: str, target: LoadedModel, target_ref: str, device: torch.device, dtype: str | torch.dtype
 ) -> torch.nn.Module:
     """The draft of speculative decoding: `self:L`, the target's own first L layers with its final norm and head
-    (no weights of its own; call after optimize_for_decoding(target.model), to share its layout), or a model on the
-    target's tokenizer, loaded and laid out for decoding."""
-    layers = parse_self_draft(ref)
-    if layers is not None:
-        return self_draft(target.model, layers)
+    (no weights of its own; call after optimize_for_decoding(target.model), to share its layout), `self:DTYPE`, the
+    target loaded again at DTYPE (e.g. int4 drafting for float32), or a model on the target's tokenizer, loaded and
+    laid out for decoding."""
+    spec = parse_self_draft(ref, DTYPES)
+    if isinstance(spec, int):
+        return self_draft(target.model, spec)
+    if spec is not None:
+        return optimize_for_decoding(load_model(target_ref, device=device, dtype=spec).model)
     draft_loaded = load_model(ref, device=device, dtype=dtype)
     if draft_loaded.tokenizer.fingerprint() != target.tokenizer.fingerprint():
         raise ArlmError(f"the draft {ref} uses another vocabulary than {target_ref}; they must share a tokenizer")

@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limit = f"positions per sequence (default: the model's context, at most {DEFAULT_CONTEXT})"
     parser.add_argument("--context", type=int, default=0, help=limit)
     parser.add_argument("--prefill-chunk", type=int, default=512, help="longer prompts are prefilled in chunks")
-    parser.add_argument("--draft", help="draft model for strategy speculative, or self:L (its first L layers)")
+    parser.add_argument(
+        "--draft",
+        help="draft model for strategy speculative, self:L (its first L layers) or self:DTYPE (e.g. self:int4)",
+    )
     parser.add_argument("--name", help="the model name clients send (default: MODEL as given)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

@@ -1,12 +1,15 @@
-"""Self-speculation's draft: the target's own first `layers` blocks, then its own final norm and output head (an
-early exit, as in LayerSkip / Draft & Verify), with no weight of its own. The draft is a view of the target sharing
-every tensor, so it costs no memory beyond its KV cache of `layers` layers, and, since every drafted token is
-verified by the full target, speculative decoding with it is exact by construction."""
+"""Self-speculation's drafts. `self:L`: the target's own first L blocks, then its own final norm and output head (an
+early exit, as in LayerSkip / Draft & Verify), with no weight of its own: a view of the target sharing every tensor,
+so it costs no memory beyond its KV cache of L layers. `self:DTYPE`: the target's own weights at a cheaper precision
+(e.g. int4 drafting for float32: the same model, a few times faster a token, agreeing with the target on most
+tokens; loaded by the command, which knows the dtypes). Every drafted token is verified by the full target, so
+speculative decoding with either is exact by construction."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Collection
 
 from torch import nn
 
@@ -28,14 +31,19 @@ def self_draft(model: nn.Module, layers: int) -> nn.Module:
     return draft
 
 
-def parse_self_draft(spec: str) -> int | None:
-    """The layer count of a `self:L` draft reference, None for any other reference (a model to load)."""
+def parse_self_draft(spec: str, dtypes: Collection[str] = ()) -> int | str | None:
+    """The layer count of a `self:L` draft reference (the target's first L layers), the dtype of a `self:DTYPE` one
+    (the target's own weights at another precision, e.g. self:int4, one of `dtypes`), None for any other reference (a
+    model to load)."""
     if not spec.startswith(SELF_PREFIX):
         return None
     value = spec[len(SELF_PREFIX) :]
-    if not value.isdigit():
-        raise ArlmError(f"a self-draft is written self:L with L a number of layers (e.g. self:12), got {spec!r}")
-    return int(value)
+    if value.isdigit():
+        return int(value)
+    if value in dtypes:
+        return value
+    choices = f" or self:DTYPE with DTYPE one of {', '.join(dtypes)}" if dtypes else ""
+    raise ArlmError(f"a self-draft is written self:L with L a number of layers (e.g. self:12){choices}, got {spec!r}")
 
 
 def shares_weights(draft: nn.Module, target: nn.Module) -> bool:
