@@ -4,7 +4,7 @@ draft), on the built-in grounded set (requests that quote or transform their inp
 questions).
 
     .venv/bin/python benchmarks/speculative.py [--dtype int4] [--new-tokens 96] [--repeats 3] [--self-layers 20]
-        [--self-dtype int4] [--limit N] [--stop-at-eos]
+        [--self-dtype int4] [--limit N] [--sets chat] [--stop-at-eos]
 
 Runs alternate the order of the schemes, medians are kept; every output is checked identical to greedy's. Prints
 the CPU model name and one markdown table per set for docs/perf.md. Time it on quiet cores."""
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--self-layers", type=int, default=20, help="layers of the self-draft (0: none)")
     parser.add_argument("--self-dtype", default="int4", help="dtype of the target's own weights as a draft ('': none)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts of each set (0: all)")
+    parser.add_argument("--sets", nargs="+", default=["grounded", "chat"], choices=["grounded", "chat"])
     parser.add_argument(
         "--stop-at-eos",
         action="store_true",
@@ -45,7 +46,7 @@ def main() -> None:
     loaded = load_model(args.model, dtype=args.dtype)
     target, tok = optimize_for_decoding(loaded.model.eval()), loaded.tokenizer
     sets = {}
-    for name in ("grounded", "chat"):
+    for name in args.sets:
         items = load_prompt_set(name)[: args.limit or None]
         sets[name] = [chat_ids(tok, item) for item in items]
     threads = torch.get_num_threads()
@@ -59,7 +60,8 @@ def main() -> None:
         target, args.new_tokens, args.self_layers or None, args.gamma, stop_at_eos=args.stop_at_eos, cheaper=cheaper
     )
     eos = tok.eos_id
-    run_speculative_bench(target, {"warm-up": sets["chat"][:1]}, plan, 1, log=lambda line: None, eos_id=eos)  # untimed
+    warm = {"warm-up": next(iter(sets.values()))[:1]}
+    run_speculative_bench(target, warm, plan, 1, log=lambda line: None, eos_id=eos)  # untimed
     run_speculative_bench(target, sets, plan, args.repeats, eos_id=eos)
 
 

@@ -278,3 +278,22 @@ def test_every_gamma_from_1_to_8_gives_the_greedy_output(adaptive):
                 strategy=strategy, temperature=0, max_new_tokens=24, num_draft_tokens=gamma, adaptive_draft=adaptive
             )
             assert generate(target, prompt, config, draft=draft).generated()[0] == plain, (strategy, gamma)
+
+
+def test_a_greedy_draft_stops_at_eos_and_the_output_stays_exact():
+    """Where decoding stops at EOS, a draft model drafts nothing past its EOS (the target would end the text there,
+    or reject the rest with it)."""
+    target = _model(0)
+    prompt = [[1, 2, 3, 4, 5, 6]]
+    free = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=12, stop_at_eos=False))
+    eos = free.generated()[0][3]  # the target's 4th token: a text that ends there
+    seq = torch.tensor(prompt)
+    config = GenerationConfig(strategy="speculative", temperature=0)
+    drafter = spec.ModelDrafter(target, 64, spec.History(None, seq.shape[1], eos))
+    drafts, _ = drafter.propose(seq, 8, config, True, None)
+    assert drafts.tolist() == free.generated()[0][:4]  # the target drafting for itself, cut after its EOS
+    drafter.close()
+    plain = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=12), eos_id=eos)
+    config = GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=12, num_draft_tokens=8)
+    out = generate(target, prompt, config, eos_id=eos, draft=target)
+    assert out.generated() == plain.generated() and out.stats["proposed"] == 4

@@ -66,7 +66,9 @@ class ModelDrafter:
     def propose(
         self, seq: torch.Tensor, gamma: int, config: GenerationConfig, greedy: bool, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """gamma draft tokens continuing seq (1, S), and the draft distribution q each was drawn from."""
+        """Up to gamma draft tokens continuing seq (1, S), and the draft distribution q each was drawn from; where
+        greedy and decoding stops at EOS, none past a drafted EOS (accepted, it ends the text; rejected, what the draft
+        wrote after it is rejected too)."""
         if gamma == 0:
             return seq.new_zeros(0), None
         pending = seq[:, self.engine.length :]  # tokens the draft has not seen yet (the prompt, then 1 or 2)
@@ -83,6 +85,8 @@ class ModelDrafter:
                 token = torch.multinomial(q, 1, generator=generator)[0]
                 probs.append(q)
             tokens.append(token)
+            if greedy and self.history.eos_id is not None and int(token) == self.history.eos_id:
+                break
         return torch.stack(tokens), (torch.stack(probs) if probs else None)
 
     def rollback(self, length: int) -> None:
