@@ -19,8 +19,9 @@ from arlm.errors import ArlmError
 MAX_ADAPTIVE_DRAFT = 16
 RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
 RECOVERY = 0.05  # how fast the estimate drifts back to its prior while nothing is drafted
-# acceptance assumed before a draft model has drafted: drafting is how its acceptance is learned, and at 0.6 a cheap
-# draft that agrees with the target on nearly every token (the target's own weights in int4) never started
+LOOKUP_PRIOR = 0.6  # acceptance assumed by adaptive prompt lookup before it has drafted
+# and by a draft model: drafting is how its acceptance is learned, and at 0.6 a cheap draft that agrees with the
+# target on nearly every token (the target's own weights in int4) never started
 DRAFT_PRIOR = 0.9
 LOOKUP_MATCH_MIN = 2  # adaptive prompt lookup drafts only after a match of at least this many tokens
 
@@ -178,7 +179,9 @@ class AdaptiveGamma:
     drafting is tried again now and then. Only how many tokens are drafted changes: verification, and so the output,
     stays exact."""
 
-    def __init__(self, max_gamma: int, draft_cost: float, cost: ForwardCost | None = None, prior: float = 0.6) -> None:
+    def __init__(
+        self, max_gamma: int, draft_cost: float, cost: ForwardCost | None = None, prior: float = LOOKUP_PRIOR
+    ) -> None:
         self.max_gamma, self.draft_cost = max_gamma, draft_cost
         self.cost = cost if cost is not None else ForwardCost(measure=False)
         self.prior = self.rate = prior
@@ -230,7 +233,7 @@ def speculative_generate(
     cost = ForwardCost(measure=greedy)  # measured only where the number drafted cannot change the output
     # a draft model adapts by cost; prompt lookup by match length, and by measured cost too where greedy
     by_cost = config.adaptive_draft and (config.strategy == "speculative" or greedy)
-    prior = DRAFT_PRIOR if config.strategy == "speculative" else 0.6
+    prior = DRAFT_PRIOR if config.strategy == "speculative" else LOOKUP_PRIOR
     adaptive = AdaptiveGamma(top, draft_cost(target, draft, config), cost, prior) if by_cost else None
     engine.open(1, max_len + top + 1)
     start, prompt_s = time.perf_counter(), 0.0
