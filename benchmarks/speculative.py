@@ -31,7 +31,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--self-layers", type=int, default=20, help="layers of the self-draft (0: none)")
-    parser.add_argument("--self-dtype", default="int4", help="dtype of the target's own weights as a draft ('': none)")
+    parser.add_argument(
+        "--self-dtype",
+        default="int4",
+        choices=("", *DTYPES),
+        help="dtype of the target's own weights as a draft ('': none)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="only the first N prompts of each set (0: all)")
     parser.add_argument("--sets", nargs="+", default=["grounded", "chat"], choices=["grounded", "chat"])
     parser.add_argument(
