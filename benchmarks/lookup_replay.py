@@ -22,9 +22,10 @@ from arlm.bench.forward import forward_times
 from arlm.bench.lookup_replay import by_match, fixed, replay
 from arlm.bench.prompt_sets import chat_ids, load_prompt_set
 from arlm.config import GenerationConfig
+from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, lookup_ngram
 from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.generate import generate
-from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT, AdaptiveGamma, lookup_ngram
+from arlm.decoding.speculative import AdaptiveGamma
 from arlm.interop.loading import DTYPES, load_model
 from arlm.model.inference import optimize_for_decoding
 

@@ -261,6 +261,7 @@ class GenerationConfig:
     num_draft_tokens: int = 4  # speculative: gamma
     adaptive_draft: bool = False
     prompt_lookup_ngram: int = 3  # prompt-lookup: longest n-gram to match
+    lookup_first: bool = False  # speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere
     compile: bool = False  # greedy/sample: a torch.compile'd one-token step (CUDA graphs on GPU)
 
     def validate(self) -> None:
@@ -279,6 +280,8 @@ class GenerationConfig:
             raise ArlmError(f"num_beams must be >= 1, got {self.num_beams}")
         if not self.num_return_sequences >= 1:
             raise ArlmError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.lookup_first and self.strategy != "speculative":
+            raise ArlmError(f"lookup_first goes with the speculative strategy (a draft model), not {self.strategy}")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
             raise ArlmError(
                 f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})"

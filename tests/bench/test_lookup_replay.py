@@ -6,9 +6,10 @@ import torch
 from arlm.bench.lookup_replay import by_match, fixed, replay
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding import speculative as spec
+from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, lookup_ngram
 from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.generate import generate
-from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT, AdaptiveGamma, lookup_ngram
+from arlm.decoding.speculative import AdaptiveGamma
 from arlm.model.transformer import Transformer
 
 UNIT_COST = {k: 1.0 for k in range(1, 18)}

@@ -2,13 +2,17 @@
 and speculative decoding with it is exact."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from arlm.config import GenerationConfig, ModelConfig
-from arlm.decoding.drafts import parse_self_draft, self_draft, shares_weights
+from arlm.decoding.drafters import ModelDrafter
+from arlm.decoding.drafts import parse_self_draft, self_draft, shares_cache, shares_weights
+from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
+from arlm.decoding.processors import History
 from arlm.decoding.speculative import draft_cost
 from arlm.errors import ArlmError
 from arlm.interop.loading import DTYPES, to_dtype
@@ -88,6 +92,46 @@ def test_the_targets_own_int4_weights_draft_for_it_exactly():
         )
         out = generate(target, prompt, config, draft=draft)
         assert out.generated()[0] == plain, (gamma, adaptive)
+
+
+def test_which_drafts_draft_over_the_targets_cache():
+    """The target's own first layers and the target at another precision read the target's keys and values; a
+    separate draft (other weights, or another shape) and one whose cache would hold another dtype keep their own."""
+    base = _model(vocab=64)
+    int4 = optimize_for_decoding(to_dtype(copy.deepcopy(base), "int4", "cpu"))
+    target = optimize_for_decoding(base)
+    f32 = torch.float32
+    assert shares_cache(self_draft(target, 2), target, f32) and shares_cache(int4, target, f32)
+    assert shares_cache(target, target, f32)
+    separate = _model(vocab=64, layers=2)  # the target's shape on 2 layers, but its own blocks (a distilled draft)
+    narrow = Transformer(dataclasses.replace(base.config, d_model=16)).eval()
+    assert not shares_cache(separate, target, f32) and not shares_cache(narrow, target, f32)
+    bf16 = optimize_for_decoding(to_dtype(copy.deepcopy(base), "bfloat16", "cpu"))
+    assert not shares_cache(int4, bf16, torch.bfloat16)  # an int4 draft computes in float32
+
+
+@pytest.mark.parametrize("kind", ["self:2", "self:int4"])
+def test_a_draft_over_the_targets_cache_makes_one_token_forwards_and_leaves_the_cache_as_it_was(kind):
+    """No forward over the prompt, no catch-up: every draft forward is one token, and the target's cached positions
+    (and its length) are what they were, the drafted tokens' keys and values lying past them."""
+    base = _model(vocab=64)
+    draft = optimize_for_decoding(to_dtype(copy.deepcopy(base), "int4", "cpu")) if kind == "self:int4" else None
+    target = optimize_for_decoding(base)
+    draft = draft if draft is not None else self_draft(target, 2)
+    engine, prompt = Engine(target), torch.tensor([[5, 9, 2, 7, 7, 1, 3, 8]])
+    engine.open(1, 64)
+    engine.prefill(prompt[:, :-1])
+    keys = engine.cache.k[:, :, :, :7].clone()
+    widths = []
+    hook = draft.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
+    drafter = ModelDrafter(draft, 64, History(None, 8, None), target=engine)
+    config = GenerationConfig(strategy="speculative", temperature=0)
+    for gamma in (4, 1, 6):
+        drafts, _ = drafter.propose(prompt, gamma, config, True, None)
+        assert drafts.shape == (gamma,)
+    hook.remove()
+    assert widths == [1] * 11 and engine.length == 7
+    assert torch.equal(engine.cache.k[:, :, :, :7], keys)
 
 
 @pytest.mark.slow

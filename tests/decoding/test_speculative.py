@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+import arlm.decoding.drafters as drafters
 import arlm.decoding.speculative as spec
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.generate import generate
+from arlm.decoding.processors import History
 from arlm.errors import ArlmError
 from arlm.model.quant import quantize_model
 from arlm.model.transformer import Transformer
@@ -208,7 +210,7 @@ def _brute_force_lookup(ids, max_ngram, gamma):
 def test_the_ngram_index_drafts_what_a_full_scan_of_the_context_drafts():
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 6, (300,), generator=generator).tolist()
-    index = spec.NgramIndex(3)
+    index = drafters.NgramIndex(3)
     for end in range(1, len(ids) + 1):
         index.extend(ids[end - 1 : end])
         for gamma in (1, 4):
@@ -216,7 +218,7 @@ def test_the_ngram_index_drafts_what_a_full_scan_of_the_context_drafts():
 
 
 def test_prompt_lookup_drafts_from_the_generated_text_too():
-    drafter = spec.PromptLookupDrafter(3)
+    drafter = drafters.PromptLookupDrafter(3)
     config = GenerationConfig(strategy="prompt-lookup", temperature=0)
     prompt = [5, 6, 7]
     seq = torch.tensor([prompt + [1, 2, 3, 9, 8, 1, 2]])  # the prompt, then generated text that repeats itself
@@ -232,11 +234,11 @@ def test_prompt_lookup_drafts_from_the_generated_text_too():
 
 def test_adaptive_prompt_lookup_drafts_by_the_length_of_the_match():
     """No drafts after a one-token match, 4 after two tokens, 8 after three, 16 after four; never more than asked."""
-    drafter = spec.PromptLookupDrafter(3, by_match=True)
+    drafter = drafters.PromptLookupDrafter(3, by_match=True)
     config = GenerationConfig(strategy="prompt-lookup", temperature=0, adaptive_draft=True)
     copied = list(range(100, 140))  # a span the text goes on to copy
     for matched, expected in ((1, 0), (2, 4), (3, 8), (4, 16), (5, 16)):
-        drafter = spec.PromptLookupDrafter(3, by_match=True)
+        drafter = drafters.PromptLookupDrafter(3, by_match=True)
         seq = torch.tensor([[7, 8, *copied, 9, *copied[:matched]]])  # the last `matched` tokens repeat the span
         drafts, _ = drafter.propose(seq, 16, config, True, None)
         assert drafts.tolist() == copied[matched : matched + expected], matched
@@ -273,11 +275,16 @@ def test_every_gamma_from_1_to_8_gives_the_greedy_output(adaptive):
     prompt = [[1, 2, 3, 4, 1, 2, 3]]
     plain = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24)).generated()[0]
     for gamma in range(1, 9):
-        for strategy in ("speculative", "prompt-lookup"):
+        for strategy, first in (("speculative", False), ("speculative", True), ("prompt-lookup", False)):
             config = GenerationConfig(
-                strategy=strategy, temperature=0, max_new_tokens=24, num_draft_tokens=gamma, adaptive_draft=adaptive
+                strategy=strategy,
+                temperature=0,
+                max_new_tokens=24,
+                num_draft_tokens=gamma,
+                adaptive_draft=adaptive,
+                lookup_first=first,
             )
-            assert generate(target, prompt, config, draft=draft).generated()[0] == plain, (strategy, gamma)
+            assert generate(target, prompt, config, draft=draft).generated()[0] == plain, (strategy, first, gamma)
 
 
 def test_a_greedy_draft_stops_at_eos_and_the_output_stays_exact():
@@ -289,7 +296,7 @@ def test_a_greedy_draft_stops_at_eos_and_the_output_stays_exact():
     eos = free.generated()[0][3]  # the target's 4th token: a text that ends there
     seq = torch.tensor(prompt)
     config = GenerationConfig(strategy="speculative", temperature=0)
-    drafter = spec.ModelDrafter(target, 64, spec.History(None, seq.shape[1], eos))
+    drafter = drafters.ModelDrafter(target, 64, History(None, seq.shape[1], eos))
     drafts, _ = drafter.propose(seq, 8, config, True, None)
     assert drafts.tolist() == free.generated()[0][:4]  # the target drafting for itself, cut after its EOS
     drafter.close()
@@ -297,3 +304,59 @@ def test_a_greedy_draft_stops_at_eos_and_the_output_stays_exact():
     config = GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=12, num_draft_tokens=8)
     out = generate(target, prompt, config, eos_id=eos, draft=target)
     assert out.generated() == plain.generated() and out.stats["proposed"] == 4
+
+
+def test_lookup_first_copies_where_the_context_recurs_and_asks_the_model_elsewhere():
+    """speculative with lookup_first: prompt lookup's tokens (by the match's length) where the context's last 2+
+    tokens recur, the draft model's (as the model alone drafts them) where they do not."""
+    draft = _model(1, layers=1, d=16)
+    config = GenerationConfig(strategy="speculative", temperature=0, lookup_first=True)
+    copied = list(range(20, 40))
+    for seq, matched in ((torch.tensor([[7, *copied, 9, *copied[:3]]]), 3), (torch.tensor([[7, 8, 9, 7]]), 1)):
+        history = History(None, seq.shape[1], None)
+        model = drafters.ModelDrafter(draft, 64, history)
+        both = drafters.LookupThenModel(model, drafters.PromptLookupDrafter(3, by_match=True), 16, 64)
+        drafts, q = both.propose(seq, 4, config, True, None)
+        if matched >= drafters.LOOKUP_MATCH_MIN:
+            assert both.source == "lookup" and q is None
+            assert drafts.tolist() == copied[3 : 3 + drafters.lookup_gamma(3)]  # 8 tokens, more than the model's 4
+        else:
+            alone = drafters.ModelDrafter(draft, 64, history).propose(seq, 4, config, True, None)[0]
+            assert both.source == "model" and drafts.tolist() == alone.tolist()
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_lookup_first_traces_both_sources_and_adaptive_gamma_learns_from_the_models_rounds_only(adaptive):
+    target, draft = _model(0), _model(1, layers=1, d=16)
+    plain = generate(target, [[1, 2, 3]], GenerationConfig(strategy="greedy", max_new_tokens=60)).generated()[0]
+    prompt = [[1, 2, 3, *plain[:20], 4, 5]]  # a copy to be made later, and new text first
+    expected = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=40)).generated()[0]
+    config = GenerationConfig(
+        strategy="speculative", temperature=0, max_new_tokens=40, lookup_first=True, adaptive_draft=adaptive
+    )
+    learned = []
+    real_update = spec.AdaptiveGamma.update
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spec.AdaptiveGamma, "update", lambda self, p, a: learned.append(p) or real_update(self, p, a))
+        events = []
+        out = generate(target, prompt, config, draft=draft, trace=events.append)
+    assert out.generated()[0] == expected
+    rounds = [e for e in events if e["event"] == "verify"]
+    assert {e["source"] for e in rounds} == {"lookup", "model"}
+    model_rounds = [len(e["drafted"]) for e in rounds if e["source"] == "model"]
+    assert learned == (model_rounds if adaptive else [])
+
+
+def test_lookup_first_is_refused_without_a_draft_model_strategy():
+    for strategy in ("greedy", "prompt-lookup"):
+        with pytest.raises(ArlmError, match="lookup_first goes with the speculative strategy"):
+            GenerationConfig(strategy=strategy, lookup_first=True).validate()
+
+
+@pytest.mark.slow
+def test_lookup_first_sampling_matches_the_target_on_a_tiny_vocabulary():
+    """Rounds drafted by lookup (certain tokens, q one-hot) and by the model (q its distribution) in one text: each
+    round's acceptance uses its own q, so the text keeps the target's distribution."""
+    target, draft = _model(0, vocab=6), _model(1, vocab=6, layers=1, d=16)
+    config = GenerationConfig(strategy="speculative", temperature=1.0, max_new_tokens=2, lookup_first=True)
+    assert two_token_pvalue(target, [1, 2, 3, 1, 2], config, draft=draft) > 1e-3

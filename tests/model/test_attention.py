@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from arlm.config import ModelConfig
-from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT
+from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT
 from arlm.errors import ArlmError
 from arlm.model import native
 from arlm.model.attention import STEPWISE_QUERIES

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from arlm.decoding.speculative import MAX_ADAPTIVE_DRAFT, AdaptiveGamma, NgramIndex, lookup_gamma
+from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, NgramIndex, lookup_gamma
+from arlm.decoding.speculative import AdaptiveGamma
 
 Policy = Callable[[NgramIndex, int], list[int]]  # (index over the text so far, most tokens to draft) -> drafts
 

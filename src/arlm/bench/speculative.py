@@ -37,16 +37,18 @@ def schemes(
     cheaper: tuple[str, torch.nn.Module] | None = None,
 ) -> list[Scheme]:
     """Greedy, prompt lookup (gamma fixed, and adaptive), with self_layers self-speculation by the first layers and
-    with `cheaper` (a dtype and the target loaded at it) by the target's own weights at that dtype (gamma fixed, and
-    adaptive), all at temperature 0, by default with no stop at EOS (every run writes new_tokens tokens)."""
+    with `cheaper` (a dtype and the target loaded at it) by the target's own weights at that dtype, alone and after
+    prompt lookup (lookup_first; gamma fixed, and adaptive), all at temperature 0, by default with no stop at EOS
+    (every run writes new_tokens tokens)."""
 
-    def config(strategy: str, adaptive: bool = False) -> GenerationConfig:
+    def config(strategy: str, adaptive: bool = False, lookup_first: bool = False) -> GenerationConfig:
         return GenerationConfig(
             strategy=strategy,
             temperature=0,
             max_new_tokens=new_tokens,
             num_draft_tokens=gamma,
             adaptive_draft=adaptive,
+            lookup_first=lookup_first,
             stop_at_eos=stop_at_eos,
         )
 
@@ -63,6 +65,9 @@ def schemes(
         dtype, draft = cheaper
         out.append(Scheme(f"self-speculation ({dtype} weights) γ={gamma}", config("speculative"), draft))
         out.append(Scheme(f"self-speculation ({dtype} weights), adaptive γ", config("speculative", True), draft))
+        label = f"prompt lookup, else {dtype} weights"
+        out.append(Scheme(f"{label} γ={gamma}", config("speculative", lookup_first=True), draft))
+        out.append(Scheme(f"{label}, adaptive γ", config("speculative", True, True), draft))
     return out
 
 

@@ -3,7 +3,12 @@ early exit, as in LayerSkip / Draft & Verify), with no weight of its own: a view
 so it costs no memory beyond its KV cache of L layers. `self:DTYPE`: the target's own weights at a cheaper precision
 (e.g. int4 drafting for float32: the same model, a few times faster a token, agreeing with the target on most
 tokens; loaded by the command, which knows the dtypes). Every drafted token is verified by the full target, so
-speculative decoding with either is exact by construction."""
+speculative decoding with either is exact by construction.
+
+Both draft over the target's own KV cache (`shares_cache`): the keys and values the target wrote for the text so far
+are what the draft would have computed (self:L: exactly; self:DTYPE: the same up to the precision), so the draft makes
+no forward over the prompt and no catch-up after a verification; its few own positions (the drafted tokens) lie past
+the target's and are overwritten by the target's verification of them, before it reads them."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import copy
 import dataclasses
 from collections.abc import Collection
 
+import torch
 from torch import nn
 
 from arlm.errors import ArlmError
@@ -44,6 +50,19 @@ def parse_self_draft(spec: str, dtypes: Collection[str] = ()) -> int | str | Non
         return value
     choices = f" or self:DTYPE with DTYPE one of {', '.join(dtypes)}" if dtypes else ""
     raise ArlmError(f"a self-draft is written self:L with L a number of layers (e.g. self:12){choices}, got {spec!r}")
+
+
+def shares_cache(draft: nn.Module, target: nn.Module, cache_dtype: torch.dtype) -> bool:
+    """Whether the draft can draft over the target's KV cache (of `cache_dtype`): it is the target's own first blocks
+    (self:L) or a model of the target's very architecture (the target at another precision, self:DTYPE: no one drafts
+    with a separate model as large as the target), and its cache would hold the same dtype."""
+    if draft.config.n_layer > target.config.n_layer or draft.new_cache(1, 1).k.dtype != cache_dtype:
+        return False
+    if dataclasses.replace(draft.config, n_layer=target.config.n_layer) != target.config:
+        return False
+    return draft.config.n_layer == target.config.n_layer or all(
+        a is b for a, b in zip(draft.blocks, target.blocks, strict=False)
+    )
 
 
 def shares_weights(draft: nn.Module, target: nn.Module) -> bool:

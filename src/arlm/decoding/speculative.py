@@ -10,20 +10,19 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
+from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, make_drafter
 from arlm.decoding.engine import Engine
 from arlm.decoding.forward_cost import ForwardCost
-from arlm.decoding.processors import History, logits_to_probs, make_generator, process
+from arlm.decoding.processors import History, make_generator, process
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
 from arlm.errors import ArlmError
 
-MAX_ADAPTIVE_DRAFT = 16
 RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
 RECOVERY = 0.05  # how fast the estimate drifts back to its prior while nothing is drafted
 LOOKUP_PRIOR = 0.6  # acceptance assumed by adaptive prompt lookup before it has drafted
 # and by a draft model: drafting is how its acceptance is learned, and at 0.6 a cheap draft that agrees with the
 # target on nearly every token (the target's own weights in int4) never started
 DRAFT_PRIOR = 0.9
-LOOKUP_MATCH_MIN = 2  # adaptive prompt lookup drafts only after a match of at least this many tokens
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -53,120 +52,6 @@ def verify(
         q_row = torch.nn.functional.one_hot(drafts[j], p.shape[-1]).to(p.dtype) if q is None else q[j]
         return j, int(torch.multinomial(residual(p[j], q_row), 1, generator=generator))
     return g, int(torch.multinomial(p[g], 1, generator=generator))
-
-
-class ModelDrafter:
-    """A model on the same vocabulary (a separate draft, or the target's own first layers: decoding/drafts.py)
-    proposes tokens through its own engine."""
-
-    def __init__(self, model: torch.nn.Module, max_len: int, history: History) -> None:
-        self.engine = Engine(model)
-        self.engine.open(1, max_len)
-        self.history = history
-
-    def propose(
-        self, seq: torch.Tensor, gamma: int, config: GenerationConfig, greedy: bool, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Up to gamma draft tokens continuing seq (1, S), and the draft distribution q each was drawn from; where
-        greedy and decoding stops at EOS, none past a drafted EOS (accepted, it ends the text; rejected, what the draft
-        wrote after it is rejected too)."""
-        if gamma == 0:
-            return seq.new_zeros(0), None
-        pending = seq[:, self.engine.length :]  # tokens the draft has not seen yet (the prompt, then 1 or 2)
-        logits = self.engine.prefill(pending) if pending.shape[1] > 1 else self.engine.step(pending)  # (1, V)
-        tokens, probs = [], []
-        for i in range(gamma):
-            if i:
-                logits = self.engine.step(tokens[-1].view(1, 1))  # (1, V)
-            context = torch.cat([seq] + [t.view(1, 1) for t in tokens], dim=1)
-            if greedy:
-                token = process(logits.float(), context, config, self.history).argmax(dim=-1)[0]
-            else:
-                q = logits_to_probs(logits, context, config, self.history)[0]  # (V,)
-                token = torch.multinomial(q, 1, generator=generator)[0]
-                probs.append(q)
-            tokens.append(token)
-            if greedy and self.history.eos_id is not None and int(token) == self.history.eos_id:
-                break
-        return torch.stack(tokens), (torch.stack(probs) if probs else None)
-
-    def rollback(self, length: int) -> None:
-        """Forget cached positions from `length` on."""
-        self.engine.rollback(min(length, self.engine.length))
-
-    def close(self) -> None:
-        """Free the draft's cache."""
-        self.engine.close()
-
-
-class NgramIndex:
-    """Where each n-gram (n = 1..max_n) of a growing id list (the prompt, then the generated text) last occurred
-    with a token after it: the n-gram cache of prompt lookup, updated as tokens are appended."""
-
-    def __init__(self, max_n: int) -> None:
-        self.max_n = max_n
-        self.ids: list[int] = []
-        self.latest: dict[tuple[int, ...], int] = {}  # n-gram -> end of its latest occurrence that has a follower
-
-    def extend(self, new: list[int]) -> None:
-        """Append ids; the n-grams ending just before each appended id become matchable."""
-        for token in new:
-            end = len(self.ids)
-            for n in range(1, min(self.max_n, end) + 1):
-                self.latest[tuple(self.ids[end - n : end])] = end
-            self.ids.append(token)
-
-    def lookup(self, gamma: int) -> tuple[list[int], int]:
-        """Up to gamma ids that followed the latest earlier occurrence of the longest matching tail n-gram, and n
-        (0: no match)."""
-        ids = self.ids
-        for n in range(min(self.max_n, len(ids) - 1), 0, -1):
-            end = self.latest.get(tuple(ids[-n:]))
-            if end is not None:
-                return ids[end : end + gamma], n
-        return [], 0
-
-
-def lookup_gamma(matched: int) -> int:
-    """Tokens adaptive prompt lookup drafts after a match of the context's last `matched` tokens: none below
-    LOOKUP_MATCH_MIN (one shared token predicts little), then 4, 8, 16 (a longer match is a copy more likely to go
-    on). Chosen by replaying greedy SmolLM2 on the built-in prompt sets against measured forward costs
-    (docs/perf.md, "Speculative decoding")."""
-    if matched < LOOKUP_MATCH_MIN:
-        return 0
-    return min(4 << (matched - LOOKUP_MATCH_MIN), MAX_ADAPTIVE_DRAFT)
-
-
-def lookup_ngram(max_ngram: int, by_match: bool) -> int:
-    """The longest n-gram prompt lookup matches: by_match needs matches long enough to reach `lookup_gamma`'s
-    largest draft (LOOKUP_MATCH_MIN + 2 tokens)."""
-    return max(max_ngram, LOOKUP_MATCH_MIN + 2) if by_match else max_ngram
-
-
-class PromptLookupDrafter:
-    """Draft-free: copy what followed the latest earlier occurrence of the context's last n-gram, in the prompt or
-    in the text generated so far (an NgramIndex kept up to date, not a scan of the whole context each round).
-    by_match: draft as many tokens as the match's length warrants (`lookup_gamma`), at most the gamma asked."""
-
-    def __init__(self, max_ngram: int, by_match: bool = False) -> None:
-        self.by_match = by_match
-        self.index = NgramIndex(lookup_ngram(max_ngram, by_match))
-
-    def propose(
-        self, seq: torch.Tensor, gamma: int, config: GenerationConfig, greedy: bool, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, None]:
-        """Up to gamma tokens (possibly none), proposed with certainty (q one-hot)."""
-        self.index.extend(seq[0, len(self.index.ids) :].tolist())
-        follow, matched = self.index.lookup(gamma) if gamma > 0 else ([], 0)
-        if self.by_match:
-            follow = follow[: lookup_gamma(matched)]
-        return torch.tensor(follow, dtype=torch.long, device=seq.device), None
-
-    def rollback(self, length: int) -> None:
-        """Nothing cached beyond the accepted text."""
-
-    def close(self) -> None:
-        """Nothing to free."""
 
 
 class AdaptiveGamma:
@@ -229,12 +114,13 @@ def speculative_generate(
     greedy = config.temperature == 0  # greedy speculative decoding: accept while draft == target argmax
     generator = make_generator(config.seed, prompt_ids.device)
     top = max(config.num_draft_tokens, MAX_ADAPTIVE_DRAFT if config.adaptive_draft else 0)
-    drafter = _drafter(draft, max_len + top + 1, config, history)
+    drafter = make_drafter(draft, max_len, top, config, history, engine)
     cost = ForwardCost(measure=greedy)  # measured only where the number drafted cannot change the output
     # a draft model adapts by cost; prompt lookup by match length, and by measured cost too where greedy
     by_cost = config.adaptive_draft and (config.strategy == "speculative" or greedy)
     prior = DRAFT_PRIOR if config.strategy == "speculative" else LOOKUP_PRIOR
     adaptive = AdaptiveGamma(top, draft_cost(target, draft, config), cost, prior) if by_cost else None
+    sized = "model" if config.strategy == "speculative" else "lookup"  # the drafter whose rounds adaptive sizes
     engine.open(1, max_len + top + 1)
     start, prompt_s = time.perf_counter(), 0.0
     if T > 1:
@@ -250,12 +136,12 @@ def speculative_generate(
             accepted, new, scores = _round(engine, seq, drafts, q, config, greedy, generator, history)
             cost.record(1 + len(drafts), time.perf_counter() - began)
             if trace is not None:
-                trace(_verify_event(drafts, accepted, int(new[-1]), scores.softmax(dim=-1), new))
+                trace(_verify_event(drafts, accepted, int(new[-1]), scores.softmax(dim=-1), new, drafter.source))
             stats["target_forwards"] += 1
             stats["proposed"] += len(drafts)
             stats["accepted"] += accepted
             marks += [True] * accepted + [False]
-            if adaptive is not None:
+            if adaptive is not None and drafter.source == sized:  # (lookup's rounds are sized by the match)
                 adaptive.update(len(drafts), accepted)
             drafter.rollback(seq.shape[1] + accepted)
             seq, done = _append(seq, new, history.eos_id, should_stop, T, on_token)
@@ -332,20 +218,14 @@ def _check_inputs(
             )
 
 
-def _drafter(
-    draft: torch.nn.Module | None, max_len: int, config: GenerationConfig, history: History
-) -> ModelDrafter | PromptLookupDrafter:
-    """The draft model's drafter ('speculative') or n-gram lookup in the context ('prompt-lookup')."""
-    if config.strategy == "speculative":
-        return ModelDrafter(draft, max_len, history)
-    return PromptLookupDrafter(config.prompt_lookup_ngram, by_match=config.adaptive_draft)
-
-
-def _verify_event(drafts: torch.Tensor, accepted: int, token: int, p: torch.Tensor, kept: torch.Tensor) -> dict:
-    """A trace event of one verification: drafted ids, how many were accepted, the target's own next token, and
-    the target's probability (p: (1+g, V)) of each token kept."""
+def _verify_event(
+    drafts: torch.Tensor, accepted: int, token: int, p: torch.Tensor, kept: torch.Tensor, source: str
+) -> dict:
+    """A trace event of one verification: drafted ids and what drafted them ("model" or "lookup"), how many were
+    accepted, the target's own next token, and the target's probability (p: (1+g, V)) of each token kept."""
     return {
         "event": "verify",
+        "source": source,
         "drafted": drafts.tolist(),
         "accepted": accepted,
         "token": token,
