@@ -1,4 +1,11 @@
-from arlm.commands.bench_decode import summary_table
+import pytest
+import torch
+
+from arlm.commands.bench_decode import bench_draft, summary_table
+from arlm.config import ModelConfig
+from arlm.decoding.drafts import shares_weights
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
 
 
 def _result(b1: float, b8: float, hf: float, ms1: float, ms5: float, llama: dict | None = None) -> dict:
@@ -30,3 +37,19 @@ def test_a_strategy_without_a_decoding_alone_rate_shows_a_dash():
     result = _result(20.0, 160.0, 25.0, 40.0, 44.0)
     del result["greedy, batch 8"]["arlm_decoding"]
     assert summary_table({"float32": result})[2] == "| float32 | 20.0 | 25.0 | 0.80x | 8.00x | - | 1.10x |"
+
+
+def test_the_benchmarks_draft_takes_the_self_forms():
+    """--draft self:L makes the target's first L layers from the target as the benchmark lays it out; self:DTYPE is
+    the target's own weights at DTYPE; a malformed self: reference ends in one clear error."""
+    torch.manual_seed(0)
+    config = ModelConfig(flavour="llama", vocab_size=64, block_size=32, n_layer=3, n_head=2, d_model=64)
+    target = Transformer(config).eval()
+    make = bench_draft("self:2", "random-smollm2", target, "float32")
+    draft = make(target)
+    assert callable(make) and shares_weights(draft, target) and draft.config.n_layer == 2
+    int4 = bench_draft("self:int4", "random-smollm2", target, "float32")
+    assert int4.config == target.config and int4 is not target
+    assert "Int4Linear" in {type(m).__name__ for m in int4.modules()}
+    with pytest.raises(ArlmError, match="self:DTYPE with DTYPE one of"):
+        bench_draft("self:int3", "random-smollm2", target, "float32")

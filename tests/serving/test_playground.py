@@ -111,3 +111,25 @@ def test_speculative_marks_drafts_and_two_strategies_side_by_side(browser, serve
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert errors == []
+
+
+def test_lookup_first_sends_its_switch_and_each_verification_says_what_drafted(browser, server):
+    """'lookup first' ticked: the request carries lookup_first, and every verification row says whether prompt
+    lookup copied its drafts or the draft model drafted them, as the server's trace said."""
+    page, errors = _open(browser, server)
+    page.uncheck("#compare")
+    page.fill("#prompt", "one two three one two three one two three one two")  # recurring text: lookup matches
+    page.select_option(".panel[data-name=A] select[name=strategy]", "speculative")
+    page.fill(".panel[data-name=A] [name=temperature]", "0")
+    page.check(".panel[data-name=A] [name=lookup_first]")
+    bodies = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.method == "POST" else None)
+    page.click("#run")
+    _done(page, "A")
+    assert bodies and bodies[0]["lookup_first"] is True and bodies[0]["strategy"] == "speculative"
+    rows = page.locator(".panel[data-name=A] .verify")
+    sources = [rows.nth(i).get_attribute("data-source") for i in range(rows.count())]
+    labels = [rows.nth(i).locator(".source").text_content() for i in range(rows.count())]
+    assert sources and set(sources) <= {"lookup", "model"}
+    assert labels == [{"lookup": "copied", "model": "drafted"}[s] for s in sources]
+    assert errors == []

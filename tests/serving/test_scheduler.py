@@ -169,6 +169,7 @@ def test_trace_streams_tokens_verifications_and_beams(with_draft):
     spec = SSEStream(base, "/v1/arlm/trace", {**body, "strategy": "speculative", "num_draft_tokens": 3}).all()
     verifies = [e for e in spec if e["type"] == "verify"]
     assert verifies and all(0 <= v["accepted"] <= len(v["drafted"]) for v in verifies)
+    assert {v["source"] for v in verifies} == {"model"}
     kept = sum(v["accepted"] + 1 for v in verifies)
     assert kept >= 12 and len([e for e in spec if e["type"] == "token"]) == 12
 

@@ -135,7 +135,7 @@ def run_decode_bench(
     new_tokens: int = 64,
     prompt_len: int = 32,
     repeats: int = 3,
-    draft: Transformer | None = None,
+    draft: Transformer | Callable[[Transformer], Transformer] | None = None,
     log=print,
     cases: list[str] | None = None,
     dtype: str | torch.dtype = torch.float32,
@@ -145,13 +145,14 @@ def run_decode_bench(
     """Tokens/s per case for both sides (median of `repeats`, alternating) and their ratio; the model's device
     is used, both sides in `dtype` (a float model given; for int8 / int4 transformers stays in float32, and
     `gguf` names the file whose Q4 blocks int4 uses); compile=True decodes batch-1 greedy/sampling with a
-    compiled (CUDA graph) step (the ragged batch stays eager: the compiled step takes no padding)."""
+    compiled (CUDA graph) step (the ragged batch stays eager: the compiled step takes no padding). draft: a model, or
+    what makes one from the target as laid out here (self:L), adds speculative decoding against our greedy."""
     device = next(model.parameters()).device
     reference = _reference(model, tokenizer, resolve_dtype(dtype, device).float_dtype)
     model = to_dtype(model, dtype, device, gguf=gguf)
     optimize_for_decoding(model)
-    if draft is not None:
-        optimize_for_decoding(draft)
+    if draft is not None:  # a model, or what makes one from the target as laid out here (self:L)
+        draft = optimize_for_decoding(draft) if isinstance(draft, torch.nn.Module) else draft(model)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     results: dict[str, dict] = {}
     for name, (batch, config, hf_kwargs) in _cases(new_tokens).items():

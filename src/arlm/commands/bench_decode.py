@@ -5,6 +5,7 @@ GGUF file of the same precision, per --dtype."""
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 
@@ -14,8 +15,9 @@ from arlm.bench.llamacpp import compare_with_llamacpp, find_llama_bench, gguf_fo
 from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
+from arlm.decoding.drafts import parse_self_draft, self_draft
 from arlm.errors import ArlmError
-from arlm.interop.loading import DTYPES, is_gguf_reference, load_model, resolve_dtype
+from arlm.interop.loading import DTYPES, is_gguf_reference, load_model, resolve_dtype, to_dtype
 from arlm.model.transformer import Transformer
 
 
@@ -26,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="random-smollm2",
         help="model reference (smollm2, a checkpoint, ...) or random-smollm2 (random weights)",
     )
-    parser.add_argument("--draft", help="a draft model; adds speculative decoding against our greedy")
+    parser.add_argument(
+        "--draft",
+        help="a draft model, self:L (the target's first L layers) or self:DTYPE (its own weights at DTYPE, e.g. "
+        "self:int4); adds speculative decoding against our greedy",
+    )
     parser.add_argument(
         "--dtype", nargs="+", default=["float32"], choices=DTYPES, help="one table per dtype (int8 / int4: CPU)"
     )
@@ -103,6 +109,20 @@ def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int,
     return row
 
 
+def bench_draft(ref: str, model_ref: str, model: Transformer, dtype: str):
+    """The benchmark's draft: a model loaded at `dtype`; for self:L, what makes it from the target once laid out at
+    `dtype` (a callable); for self:DTYPE, the target at that dtype (random-smollm2: converted from the same
+    weights)."""
+    spec = parse_self_draft(ref, DTYPES)
+    if isinstance(spec, int):
+        return lambda target: self_draft(target, spec)
+    if spec is None:
+        return load_model(ref, dtype=dtype).model
+    if model_ref == "random-smollm2":
+        return to_dtype(copy.deepcopy(model), spec, "cpu")
+    return load_model(model_ref, dtype=spec).model
+
+
 def bench_decode_command(
     model_ref: str,
     *,
@@ -122,7 +142,7 @@ def bench_decode_command(
     else:
         loaded = load_model(model_ref)
         model, tokenizer = loaded.model, loaded.tokenizer
-    draft = load_model(draft_ref, dtype=dtype).model if draft_ref else None
+    draft = bench_draft(draft_ref, model_ref, model, dtype) if draft_ref else None
     params = model.num_params() / 1e6
     log(
         f"model: {model_ref} ({params:.0f}M parameters, {dtype}); {cpu_model()}, "

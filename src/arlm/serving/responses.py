@@ -171,6 +171,7 @@ class TraceFormat:
             return {
                 "type": "verify",
                 "index": index,
+                "source": data["source"],  # "model" or "lookup": what drafted these tokens
                 "drafted": [{"id": t, "piece": piece(t)} for t in data["drafted"]],
                 "accepted": data["accepted"],
                 "token": {"id": data["token"], "piece": piece(data["token"])},

@@ -23,7 +23,7 @@ class StreamOptions(BaseModel):
 
 class Sampling(BaseModel):
     """What both endpoints share: OpenAI's sampling parameters and arlm's extras (top_k, min_p,
-    repetition_penalty, strategy, num_beams, num_draft_tokens), all optional."""
+    repetition_penalty, strategy, num_beams, num_draft_tokens, adaptive_draft, lookup_first), all optional."""
 
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -45,6 +45,8 @@ class Sampling(BaseModel):
     strategy: Strategy | None = None  # default: greedy at temperature 0, else sample
     num_beams: int = Field(default=4, ge=1, le=MAX_N)
     num_draft_tokens: int = Field(default=4, ge=1, le=16)
+    adaptive_draft: bool = False  # speculative / prompt-lookup: gamma chosen each round (num_draft_tokens ignored)
+    lookup_first: bool = False  # speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere
 
     def stops(self) -> list[str]:
         """The stop strings as a list."""
@@ -69,6 +71,8 @@ class Sampling(BaseModel):
             num_beams=self.num_beams,
             seed=self.seed,
             num_draft_tokens=self.num_draft_tokens,
+            adaptive_draft=self.adaptive_draft,
+            lookup_first=self.lookup_first,
         )
 
 
