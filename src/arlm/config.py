@@ -496,8 +496,3 @@ def build_config(preset: str = DEFAULT_PRESET, overrides: list[str] | None = Non
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     """Plain nested dict of a RunConfig (JSON/YAML ready)."""
     return asdict(config)
-
-
-def replace(config: Any, **changes: Any) -> Any:
-    """dataclasses.replace, re-exported for callers that tweak a section."""
-    return dataclasses.replace(config, **changes)

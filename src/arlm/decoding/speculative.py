@@ -116,10 +116,7 @@ def speculative_generate(
     top = max(config.num_draft_tokens, MAX_ADAPTIVE_DRAFT if config.adaptive_draft else 0)
     drafter = make_drafter(draft, max_len, top, config, history, engine)
     cost = ForwardCost(measure=greedy)  # measured only where the number drafted cannot change the output
-    # a draft model adapts by cost; prompt lookup by match length, and by measured cost too where greedy
-    by_cost = config.adaptive_draft and (config.strategy == "speculative" or greedy)
-    prior = DRAFT_PRIOR if config.strategy == "speculative" else LOOKUP_PRIOR
-    adaptive = AdaptiveGamma(top, draft_cost(target, draft, config), cost, prior) if by_cost else None
+    adaptive = _adaptive(config, target, draft, top, cost, greedy)
     sized = "model" if config.strategy == "speculative" else "lookup"  # the drafter whose rounds adaptive sizes
     engine.open(1, max_len + top + 1)
     start, prompt_s = time.perf_counter(), 0.0
@@ -150,6 +147,22 @@ def speculative_generate(
     finally:
         drafter.close()
     return _output(seq[:, :max_len], T, marks, stats, time.perf_counter() - start, prompt_s)
+
+
+def _adaptive(
+    config: GenerationConfig,
+    target: torch.nn.Module,
+    draft: torch.nn.Module | None,
+    top: int,
+    cost: ForwardCost,
+    greedy: bool,
+) -> AdaptiveGamma | None:
+    """AdaptiveGamma where it sizes the drafts: a draft model's by cost, prompt lookup's where greedy (else lookup
+    drafts by the match's length alone), None without config.adaptive_draft."""
+    if not config.adaptive_draft or not (config.strategy == "speculative" or greedy):
+        return None
+    prior = DRAFT_PRIOR if config.strategy == "speculative" else LOOKUP_PRIOR
+    return AdaptiveGamma(top, draft_cost(target, draft, config), cost, prior)
 
 
 def _round(
