@@ -1,12 +1,13 @@
 """`arlm generate`'s text side: a streamed single prompt prints exactly the non-streamed text, cut at a stop."""
 
+import argparse
 import io
 import random
 
 import pytest
 import torch
 
-from arlm.commands.generate import Streamer, format_stats
+from arlm.commands.generate import Streamer, add_generation_flags, format_stats, generation_options
 from arlm.decoding.stops import cut_at_stop, stop_checker
 
 PIECES = ["a", "b", "le", " s", "pa", "ce", "l", "e", " ", "\n", "ab"]
@@ -63,3 +64,15 @@ def test_the_stats_line_gives_the_rate_after_the_prompt_when_there_was_one():
     line = format_stats(stats)
     assert line.startswith("40 tokens in 2.00s (20.0 tokens/s)") and "40.0 tokens/s after the prompt's 1.00s" in line
     assert "after the prompt" not in format_stats({**stats, "prompt_seconds": 0.0})
+
+
+def test_a_yes_no_flag_alone_means_true_and_takes_a_value_too():
+    """--adaptive-draft --temperature 0 (the README's line) parses: a yes/no field's flag alone is true."""
+    parser = argparse.ArgumentParser()
+    add_generation_flags(parser)
+    options = generation_options(parser.parse_args(["--adaptive-draft", "--temperature", "0", "--lookup-first", "no"]))
+    assert options == {"adaptive_draft": True, "temperature": 0.0, "lookup_first": False}
+    assert generation_options(parser.parse_args(["--stop-at-eos", "false", "--compile"])) == {
+        "stop_at_eos": False,
+        "compile": True,
+    }

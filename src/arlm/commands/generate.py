@@ -65,13 +65,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per GenerationConfig field (--max-new-tokens for max_new_tokens; --stop repeats)."""
+    """One flag per GenerationConfig field (--max-new-tokens for max_new_tokens; --stop repeats; a yes/no field's
+    flag alone means true: --adaptive-draft, or --adaptive-draft false)."""
+    hints = typing.get_type_hints(GenerationConfig)
     for f in dataclasses.fields(GenerationConfig):
+        switch = hints[f.name] is bool
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f"gen_{f.name}",
             default=None,
             action="append" if f.name == "stop" else None,
+            nargs="?" if switch else None,
+            const="true" if switch else None,
             metavar=f.name.upper(),
             help=f"(default {f.default if f.default is not dataclasses.MISSING else '[]'})",
         )
