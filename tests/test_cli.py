@@ -123,6 +123,8 @@ def test_bad_generation_options(trained, capsys):
     _fails(capsys, "generate", str(run), "--top-p", "1.5", match="top_p must be in (0, 1]")
     _fails(capsys, "generate", str(run), "--temperature", "-1", match="temperature must be >= 0")
     _fails(capsys, "generate", str(run), "--strategy", "beam", "--num-beams", "0", match="num_beams must be >= 1")
+    _fails(capsys, "generate", str(run), "--lookup-first", match="lookup_first goes with the speculative strategy")
+    _fails(capsys, "generate", str(run), "--compile", "maybe", match="--compile: expected true or false")
     _fails(
         capsys,
         "generate",
