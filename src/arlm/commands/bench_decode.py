@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Callable
 
 import torch
 
@@ -109,7 +110,9 @@ def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int,
     return row
 
 
-def bench_draft(ref: str, model_ref: str, model: Transformer, dtype: str):
+def bench_draft(
+    ref: str, model_ref: str, model: Transformer, dtype: str
+) -> Transformer | Callable[[Transformer], Transformer]:
     """The benchmark's draft: a model loaded at `dtype`; for self:L, what makes it from the target once laid out at
     `dtype` (a callable); for self:DTYPE, the target at that dtype (random-smollm2: converted from the same
     weights)."""
