@@ -154,7 +154,12 @@ class LookupThenModel:
     target's cache the model needs no catch-up on the tokens lookup drafted."""
 
     def __init__(self, model: ModelDrafter, lookup: PromptLookupDrafter, most: int, max_len: int) -> None:
-        """most: the most tokens a lookup round drafts (by the match's length below that); max_len: of the text."""
+        """lookup: drafting by the match's length (by_match); most: the most tokens a lookup round drafts; max_len: of
+        the text."""
+        if not lookup.by_match:
+            raise ValueError(
+                "lookup first drafts by the length of the match: give a PromptLookupDrafter(by_match=True)"
+            )
         self.model, self.lookup = model, lookup
         self.most, self.max_len = most, max_len
         self.source = "model"
@@ -165,12 +170,9 @@ class LookupThenModel:
         """Lookup's tokens (by the length of the match, at most `most`, q one-hot) where the context recurs, else up
         to gamma tokens of the draft model."""
         room = self.max_len - seq.shape[1] - 1  # the target's own token follows the drafts
-        follow, matched = self.lookup.match(seq, min(self.most, room))
-        follow = follow[: lookup_gamma(matched)]
-        self.source = "lookup" if follow else "model"
-        if follow:
-            return torch.tensor(follow, dtype=torch.long, device=seq.device), None
-        return self.model.propose(seq, gamma, config, greedy, generator)
+        follow, _ = self.lookup.propose(seq, min(self.most, room), config, greedy, generator)  # by_match: by length
+        self.source = "lookup" if follow.numel() else "model"
+        return (follow, None) if follow.numel() else self.model.propose(seq, gamma, config, greedy, generator)
 
     def rollback(self, length: int) -> None:
         """The model forgets what the target rejected."""
