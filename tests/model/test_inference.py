@@ -139,7 +139,7 @@ def test_the_probe_finds_a_kernel_that_rounds_by_the_number_of_rows(monkeypatch)
 
 
 LAYOUTS = [(torch.float32, True, 64), (torch.float32, True, 50), (torch.float32, True, 200)]
-LAYOUTS += [(torch.float32, False, 50), (torch.bfloat16, True, 64)]
+LAYOUTS += [(torch.float32, False, 50), (torch.bfloat16, True, 64), (torch.bfloat16, True, 352)]
 
 
 @pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
@@ -150,7 +150,7 @@ def test_native_linear_is_a_matmul_and_batch_invariant(dtype, pack, outputs, bia
     summation; a row's bits do not depend on the rows beside it, at any number of rows (blocks of 6 or 8 and a rest,
     2 to 4 rows over 3 tiles side by side in chunks of k (200 outputs: whole groups and a rest), past 8 rows in passes
     of 256 inputs and a rest, or 3 or 4 and a rest in place), float32 packed (outputs past a multiple of 16 too) or
-    read in place."""
+    read in place; bfloat16's one row 8 tiles side by side and the rest of a thread's share (352 outputs: 22 tiles)."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(320, outputs, bias=bias).to(dtype)
     layer = NativeLinear(linear, pack=pack)
