@@ -42,43 +42,72 @@ static void rotate(const void *head, int xbf, const void *cos, const void *sin, 
     }
 }
 
+/* the scores q . k of keys j0 .. j0 + n (n <= VL; lanes past n zero), one vector: each key's products summed lane by
+ * lane over d in order, then across the lanes by vf_sums' tree -- the same for every key wherever it sits */
+static inline __attribute__((always_inline)) vf key_scores(const float *q, const void *keys, int cbf, long j0, long n,
+                                                           long hd) {
+    vf acc[VL];
+    for (int i = 0; i < VL; i++) {
+        acc[i] = vf_zero();
+        if (i < n)
+            for (long d = 0; d < hd; d += VL)
+                acc[i] = vf_fma(vf_load(q + d), load_values(keys, cbf, (j0 + i) * hd + d), acc[i]);
+    }
+    return vf_sums(acc);
+}
+
+/* sums (hd / VL vectors) += p times value j */
+static inline __attribute__((always_inline)) void add_value(vf *sums, float p, const void *values, int cbf, long j,
+                                                            long hd) {
+    vf weight = vf_set1(p);
+    for (long d = 0; d < hd; d += VL) sums[d / VL] = vf_fma(weight, load_values(values, cbf, j * hd + d), sums[d / VL]);
+}
+
 /* One query q (hd float32) over keys/values [0, seen) of one cache head (hd values each, dtype cbf), keys where
- * allowed (NULL: all), into out (dtype xbf) */
-static void attend_one(const float *q, const void *keys, const void *values, int cbf, const uint8_t *allowed,
-                       long seen, long hd, void *out, int xbf) {
+ * allowed (NULL: all), into out (dtype xbf). Keys VL at a time (vf_sums), the weighted values in two sums (even and
+ * odd keys, added at the end): every step's order is fixed by `seen` alone. One key a step, its score reduced alone
+ * and one chain of sums, took ~20 cycles a key (docs/perf.md). */
+static inline __attribute__((always_inline)) void attend_one(const float *q, const void *keys, const void *values,
+                                                             int cbf, const uint8_t *allowed, long seen, long hd,
+                                                             void *out, int xbf) {
     long padded = (seen + VL - 1) / VL * VL;
     float scores[padded], weights[padded];
-    float scale = 1.0f / sqrtf((float)hd), top = -INFINITY;
-    for (long j = 0; j < seen; j++) {
-        if (allowed && !allowed[j]) {
-            scores[j] = -INFINITY;
-            continue;
-        }
-        vf acc = vf_zero();
-        for (long d = 0; d < hd; d += VL) acc = vf_fma(vf_load(q + d), load_values(keys, cbf, j * hd + d), acc);
-        scores[j] = vf_sum(acc) * scale;
-        if (scores[j] > top) top = scores[j];
+    const vf scale = vf_set1(1.0f / sqrtf((float)hd));
+    vf top = vf_set1(-INFINITY);
+    for (long j = 0; j < padded; j += VL) {
+        vf s = j + VL <= seen ? key_scores(q, keys, cbf, j, VL, hd) : key_scores(q, keys, cbf, j, seen - j, hd);
+        vf_store(scores + j, vf_mul(s, scale));
+        if (allowed || j + VL > seen) /* masked keys and lanes past the last: no weight */
+            for (long i = j; i < j + VL; i++)
+                if (i >= seen || (allowed && !allowed[i])) scores[i] = -INFINITY;
+        top = vf_max(top, vf_load(scores + j));
     }
-    for (long j = seen; j < padded; j++) scores[j] = 0.0f;
-    for (long j = 0; j < seen; j += VL) /* the weights e^(score - top) on vectors (simd.h's vf_exp); whole vectors, as
-                                           AVX2's masked stores are slow and the reads after them wait */
-        vf_store(weights + j, vf_exp(vf_add(vf_load(scores + j), vf_set1(-top))));
-    vf sums[256 / VL]; /* hd <= 256 */
-    for (long d = 0; d < hd; d += VL) sums[d / VL] = vf_zero();
-    float total = 0.0f;
-    for (long j = 0; j < seen; j++) {
-        if (scores[j] == -INFINITY) continue; /* masked: no weight (vf_exp clamps, it never gives 0) */
-        float p = weights[j];
-        total += p;
-        vf weight = vf_set1(p);
-        for (long d = 0; d < hd; d += VL)
-            sums[d / VL] = vf_fma(weight, load_values(values, cbf, j * hd + d), sums[d / VL]);
+    const vf shift = vf_set1(-vf_top(top));
+    vf total = vf_zero();
+    for (long j = 0; j < padded; j += VL) { /* e^(score - top) on vectors (simd.h's vf_exp), 0 where masked */
+        vf s = vf_load(scores + j), w = vf_where_not_neg_inf(s, vf_exp(vf_add(s, shift)));
+        vf_store(weights + j, w);
+        total = vf_add(total, w);
     }
+    vf even[256 / VL], odd[256 / VL]; /* hd <= 256 */
+    for (long d = 0; d < hd; d += VL) even[d / VL] = odd[d / VL] = vf_zero();
+    for (long j = 0; j < seen; j += 2) {
+        if (!allowed || allowed[j]) add_value(even, weights[j], values, cbf, j, hd);
+        if (j + 1 < seen && (!allowed || allowed[j + 1])) add_value(odd, weights[j + 1], values, cbf, j + 1, hd);
+    }
+    const vf divisor = vf_set1(vf_sum(total));
     float lanes[VL];
     for (long d = 0; d < hd; d += VL) {
-        vf_store(lanes, vf_div(sums[d / VL], vf_set1(total)));
+        vf_store(lanes, vf_div(vf_add(even[d / VL], odd[d / VL]), divisor));
         for (int i = 0; i < VL; i++) store(out, xbf, d + i, lanes[i]);
     }
+}
+
+/* attend_one compiled for SmolLM2's and most models' head size, and for any other */
+static void attend(const float *q, const void *keys, const void *values, int cbf, const uint8_t *allowed, long seen,
+                   long hd, void *out, int xbf) {
+    if (hd == 64) attend_one(q, keys, values, cbf, allowed, seen, 64, out, xbf);
+    else attend_one(q, keys, values, cbf, allowed, seen, hd, out, xbf);
 }
 
 /* one call: its arguments and rows */
@@ -132,7 +161,7 @@ void arlm_attend(const Attention *a, const void *qkv, void *out, int threads) {
                     long head = (cache_row(&c, b) * nkv + h / (nh / nkv)) * L * hd * csize;
                     const uint8_t *mask = a->allowed ? a->allowed + b * a->mask_stride + t * a->S : NULL;
                     char *dst = (char *)out + ((b * T + t) * nh + h) * hd * (a->xbf ? 2 : 4);
-                    attend_one(rotated, (char *)a->ck + head, (char *)a->cv + head, a->cbf, mask,
+                    attend(rotated, (char *)a->ck + head, (char *)a->cv + head, a->cbf, mask,
                                position(&c, b, t) + 1, hd, dst, a->xbf);
                 }
     }

@@ -114,6 +114,32 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
     default: CALL(1);                                                                                                  \
     }
 
+/* BY_ROWS for mt up to 16 (AVX-512's 32 registers hold 16 rows' sums, a tile's weights and a row value) */
+#define BY_ROWS_16(mt, CALL)                                                                                           \
+    switch (mt) {                                                                                                      \
+    case 16: CALL(16); break;                                                                                          \
+    case 15: CALL(15); break;                                                                                          \
+    case 14: CALL(14); break;                                                                                          \
+    case 13: CALL(13); break;                                                                                          \
+    case 12: CALL(12); break;                                                                                          \
+    case 11: CALL(11); break;                                                                                          \
+    case 10: CALL(10); break;                                                                                          \
+    case 9: CALL(9); break;                                                                                            \
+    default: BY_ROWS(mt, CALL);                                                                                        \
+    }
+#define MAX_ROWS 16                   /* the most rows a block takes (sums held in registers) */
+#define FEW_ROWS (VL == 16 ? 16 : 6)    /* rows a block takes at most, up to 2 FEW_ROWS rows (verifications, batches) */
+#define PROMPT_ROWS (VL == 16 ? 8 : 6) /* and past that (a prompt): 16 a block read 5% slower (300 rows, float32) */
+
+/* Rows 0 .. M in blocks as even as possible (9 rows one block, 17 two of 9 and 8): block b is rows M b / nb ..
+ * M (b + 1) / nb of nb = row_blocks(M). No block is a row or two: a block's sums are chains of FMAs, one per row and
+ * vector, and a block of fewer chains than the FMA units keep in flight (latency 4, 2 units) waits on each FMA -- 9
+ * rows as 8 + 1 took 1.4x the time of 8 (docs/perf.md). AVX2's 16 registers hold 6 rows x 2 sums, 2 weights, a row
+ * value; AVX-512's 32 hold 16 rows' sums. */
+static inline long row_blocks(long M) {
+    return M <= 2 * FEW_ROWS ? (M + FEW_ROWS - 1) / FEW_ROWS : (M + PROMPT_ROWS - 1) / PROMPT_ROWS;
+}
+
 /* The float32 product on packed weights (native.pack_f32: (ceil(N/16), K, 16), 16 outputs to a line, zeros past N):
  * each output's sum is one lane's FMAs over k in order, whatever the rows or tiles beside it (batch-invariant, and
  * the same bits on AVX-512 and AVX2). Rows x are broadcast a value at a time against a tile's weight vectors, the
@@ -121,7 +147,6 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
  * 8 per 12). */
 #define PACK 16                        /* outputs per tile */
 #define PACK_V (PACK / VL)             /* vectors per tile's line */
-#define PACK_ROWS (VL == 16 ? 8 : 6)   /* rows per block: AVX2's 16 registers hold 6 x 2 sums, 2 weights, a row value */
 #define PACK_TILES 4                   /* tiles at once for one row: 4 weight streams, 4 PACK_V sums in flight */
 /* A few rows (2 to GROUP_MAX_M) read GROUP tiles side by side, GROUP_ROWS rows a pass: one core streams a single tile
  * at ~14 GB/s on an AVX2 EPYC and three at ~20, so 2 rows over 3 tiles took 17 ms where 2 rows over one took 25 (all
@@ -147,7 +172,7 @@ static inline void store_tile(float *y, const vf *acc, long n) {
  * where the chunk before left them */
 static inline __attribute__((always_inline)) void packed_rows(const float *x, const float *wp, float *y, long m0,
                                                               int mt, long t, long N, long K, long k0, long k1) {
-    vf acc[8][PACK_V]; /* mt <= 8 */
+    vf acc[MAX_ROWS][PACK_V]; /* mt <= FEW_ROWS */
     long n = N - t * PACK;
     for (int i = 0; i < mt; i++)
         for (int v = 0; v < PACK_V; v++) {
@@ -259,11 +284,12 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
     }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++)
-        for (long k0 = 0, kc = M > 8 ? KC : K; k0 < K; k0 += kc) { /* past 8 rows: a prompt */
+        for (long k0 = 0, kc = row_blocks(M) > 1 ? KC : K; k0 < K; k0 += kc) { /* blocks re-read each chunk */
             long k1 = k0 + kc < K ? k0 + kc : K;
-            for (long m0 = 0; m0 < M; m0 += PACK_ROWS) {
-#define PACKED_ROWS(mt) packed_rows(x, wp, y, m0, mt, t, N, K, k0, k1)
-                BY_ROWS(M - m0 < PACK_ROWS ? M - m0 : PACK_ROWS, PACKED_ROWS);
+            for (long b = 0, nb = row_blocks(M); b < nb; b++) {
+                long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
+#define PACKED_ROWS(rows) packed_rows(x, wp, y, m0, rows, t, N, K, k0, k1)
+                BY_ROWS_16(mt, PACKED_ROWS);
             }
         }
 }
@@ -348,7 +374,6 @@ static void amx_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
 }
 #endif
 
-#define BF_ROWS (VL == 16 ? 8 : 6) /* rows per block of the vector bfloat16 product: 6 x 2 sums on AVX2 */
 #define BF_TILES (VL == 16 ? 8 : 4) /* tiles at once for one row: 8 weight streams on AVX-512 (SmolLM2's one-row
                                       forward 7.4 -> 6.6 ms on a Zen 5 EPYC, docs/perf.md), 4 on AVX2's 16 registers */
 #define BF_V (16 / VL)              /* vectors per tile's 16 outputs */
@@ -360,11 +385,11 @@ static inline void store_bf16_tile(uint16_t *y, const vf *acc) {
     for (int j = 0; j < 16; j++) y[j] = to_bf16(lanes[j]);
 }
 
-/* rows m0 .. m0 + mt (mt <= BF_ROWS, a constant where inlined; x widened to float32) times the 16 outputs of tile t,
+/* rows m0 .. m0 + mt (mt <= FEW_ROWS, a constant where inlined; x widened to float32) times the 16 outputs of tile t,
  * on vectors: pair p of a tile is 16 outputs' inputs 2p and 2p + 1, so every lane is one output's sum, k in order */
 static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, const uint16_t *tiles, uint16_t *y,
                                                                 long m0, int mt, long t, long N, long K) {
-    vf acc[8][BF_V];
+    vf acc[MAX_ROWS][BF_V];
     for (int i = 0; i < mt; i++)
         for (int h = 0; h < BF_V; h++) acc[i][h] = vf_zero();
     const uint16_t *w = tiles + t * 16 * K; /* (K / 2 pairs, 16 outputs, 2) */
@@ -424,9 +449,10 @@ static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
     }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles_n; t++)
-        for (long m0 = 0; m0 < M; m0 += BF_ROWS) {
-#define BF16_ROWS(mt) bf16_vec_tile(rows, tiles, y, m0, mt, t, N, K)
-            BY_ROWS(M - m0 < BF_ROWS ? M - m0 : BF_ROWS, BF16_ROWS);
+        for (long b = 0, nb = row_blocks(M); b < nb; b++) {
+            long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
+#define BF16_ROWS(rows_) bf16_vec_tile(rows, tiles, y, m0, rows_, t, N, K)
+            BY_ROWS_16(mt, BF16_ROWS);
         }
     free(rows);
 }

@@ -1,9 +1,11 @@
 /* The float32 vector arlm's kernels compute on (kernels.c, attention.c, block.c), VL lanes wide: AVX-512 (16 lanes)
  * where the compiler targets it, else AVX2 with FMA and F16C (8 lanes). Every operation is lane by lane except vf_sum,
- * a fixed reduction, so a kernel's result depends on the data and VL only, never on what else is computed beside it. */
+ * vf_sums and vf_top, fixed reductions, so a kernel's result depends on the data and VL only, never on what else is
+ * computed beside it. */
 #ifndef ARLM_SIMD_H
 #define ARLM_SIMD_H
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__AVX512F__)
@@ -24,6 +26,25 @@ static inline vf vf_pow2(vf n) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
 }
 static inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
+static inline float vf_top(vf v) { return _mm512_reduce_max_ps(v); }
+/* w where s is not minus infinity, else 0 */
+static inline vf vf_where_not_neg_inf(vf s, vf w) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ), w, _mm512_setzero_ps());
+}
+/* lane j: the sum of v[j]'s lanes, for 16 vectors at once, every lane by the same tree: within each 128-bit quarter
+ * (0 + 2) + (1 + 3), then the quarters (q0 + q1) + (q2 + q3) */
+static inline vf vf_sums(const vf *v) {
+    vf w[8], x[4];
+    for (int i = 0; i < 8; i++)
+        w[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(w[2 * i]), b = _mm512_castps_pd(w[2 * i + 1]);
+        x[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    vf s01 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
+    vf s23 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+}
 static inline __mmask16 vf_mask(long n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 /* the first n (0..VL) values at p, zeros after them; stores only the first n */
 static inline vf vf_loadn(const float *p, long n) { return _mm512_maskz_loadu_ps(vf_mask(n), p); }
@@ -60,6 +81,26 @@ static inline float vf_sum(vf v) { /* halves, then quarters, then the last pair:
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline vf vf_where_not_neg_inf(vf s, vf w) {
+    return _mm256_blendv_ps(w, _mm256_setzero_ps(), _mm256_cmp_ps(s, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
+}
+static inline float vf_top(vf v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+/* lane j: the sum of v[j]'s lanes, for 8 vectors at once, every lane by the same tree: within each 128-bit half
+ * (0 + 2) + (1 + 3), then the halves */
+static inline vf vf_sums(const vf *v) {
+    vf w[4], x[2];
+    for (int i = 0; i < 4; i++)
+        w[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++) {
+        __m256d a = _mm256_castps_pd(w[2 * i]), b = _mm256_castps_pd(w[2 * i + 1]);
+        x[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+    }
+    return _mm256_add_ps(_mm256_permute2f128_ps(x[0], x[1], 0x20), _mm256_permute2f128_ps(x[0], x[1], 0x31));
 }
 static inline __m256i vf_mask(long n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
