@@ -8,9 +8,9 @@
  *
  * Exactness: the rotation computes x * cos + rotated * sin in float32, one rounding per operation (no fused multiply-
  * add: built with -ffp-contract=off) and rounds to the rows' dtype, as model/attention.py's apply_rope does, so the
- * cache holds the same bits either path writes. Each query's attention is computed alone (keys in order, one fixed
- * reduction), so its bits depend on its own query, keys and values only: a verification of k tokens gives each token
- * the bits k one-token steps give, and a row of a batch the bits it gets alone.
+ * cache holds the same bits either path writes. Each query's attention is computed alone (its keys in groups of VL
+ * from the first, fixed reductions), so its bits depend on its own query, keys and values only: a verification of k
+ * tokens gives each token the bits k one-token steps give, and a row of a batch the bits it gets alone.
  *
  * Dtypes: rows (qkv, out) float32 or bfloat16 (xbf = 1); cache float32 or bfloat16 (cbf = 1); head_dim a multiple
  * of 16, at most 256. */
@@ -161,8 +161,8 @@ void arlm_attend(const Attention *a, const void *qkv, void *out, int threads) {
                     long head = (cache_row(&c, b) * nkv + h / (nh / nkv)) * L * hd * csize;
                     const uint8_t *mask = a->allowed ? a->allowed + b * a->mask_stride + t * a->S : NULL;
                     char *dst = (char *)out + ((b * T + t) * nh + h) * hd * (a->xbf ? 2 : 4);
-                    attend(rotated, (char *)a->ck + head, (char *)a->cv + head, a->cbf, mask,
-                               position(&c, b, t) + 1, hd, dst, a->xbf);
+                    attend(rotated, (char *)a->ck + head, (char *)a->cv + head, a->cbf, mask, position(&c, b, t) + 1,
+                           hd, dst, a->xbf);
                 }
     }
 }
