@@ -127,14 +127,15 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
     case 9: CALL(9); break;                                                                                            \
     default: BY_ROWS(mt, CALL);                                                                                        \
     }
-#define MAX_ROWS 16                   /* the most rows a block takes (sums held in registers) */
-#define FEW_ROWS (VL == 16 ? 16 : 6)    /* rows a block takes at most, up to 2 FEW_ROWS rows (verifications, batches) */
-#define PROMPT_ROWS (VL == 16 ? 8 : 6) /* and past that (a prompt): 16 a block read 5% slower (300 rows, float32) */
+#define MAX_ROWS 16                 /* the most rows a block takes (sums held in registers) */
+#define FEW_ROWS (VL == 16 ? 16 : 6) /* rows a block takes at most, up to 2 FEW_ROWS rows (verifications, batches) */
+#define PROMPT_ROWS (VL == 16 ? 8 : 6) /* and past that (a prompt): blocks of 16 read 3-10% slower at 48 to 300 rows
+                                          (float32, docs/perf.md) */
 
 /* Rows 0 .. M in blocks as even as possible (9 rows one block, 17 two of 9 and 8): block b is rows M b / nb ..
  * M (b + 1) / nb of nb = row_blocks(M). No block is a row or two: a block's sums are chains of FMAs, one per row and
  * vector, and a block of fewer chains than the FMA units keep in flight (latency 4, 2 units) waits on each FMA -- 9
- * rows as 8 + 1 took 1.4x the time of 8 (docs/perf.md). AVX2's 16 registers hold 6 rows x 2 sums, 2 weights, a row
+ * rows as 8 + 1 took 1.36x the time of 8 (docs/perf.md). AVX2's 16 registers hold 6 rows x 2 sums, 2 weights, a row
  * value; AVX-512's 32 hold 16 rows' sums. */
 static inline long row_blocks(long M) {
     return M <= 2 * FEW_ROWS ? (M + FEW_ROWS - 1) / FEW_ROWS : (M + PROMPT_ROWS - 1) / PROMPT_ROWS;
@@ -282,11 +283,12 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
         }
         return;
     }
+    long nb = row_blocks(M), kc = nb > 1 ? KC : K; /* more than one block: they re-read each chunk of k from L1 */
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++)
-        for (long k0 = 0, kc = row_blocks(M) > 1 ? KC : K; k0 < K; k0 += kc) { /* blocks re-read each chunk */
+        for (long k0 = 0; k0 < K; k0 += kc) {
             long k1 = k0 + kc < K ? k0 + kc : K;
-            for (long b = 0, nb = row_blocks(M); b < nb; b++) {
+            for (long b = 0; b < nb; b++) {
                 long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
 #define PACKED_ROWS(rows) packed_rows(x, wp, y, m0, rows, t, N, K, k0, k1)
                 BY_ROWS_16(mt, PACKED_ROWS);
@@ -447,9 +449,10 @@ static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
         free(rows);
         return;
     }
+    long nb = row_blocks(M);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles_n; t++)
-        for (long b = 0, nb = row_blocks(M); b < nb; b++) {
+        for (long b = 0; b < nb; b++) {
             long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
 #define BF16_ROWS(rows_) bf16_vec_tile(rows, tiles, y, m0, rows_, t, N, K)
             BY_ROWS_16(mt, BF16_ROWS);
