@@ -31,7 +31,28 @@ def test_decode_bench_runs_every_case_on_both_sides():
     for name in ("greedy, batch 1", "greedy, batch 8"):  # decoding alone leaves out the prompts' forward
         assert results[name]["arlm_decoding"] > results[name]["arlm"]
     assert results["speculative"]["identical"] and results["speculative"]["acceptance"] == 1.0
-    assert len(lines) == 5
+    assert len(lines) == 6
+
+
+@pytest.mark.hf
+def test_decode_bench_alternates_every_case(monkeypatch):
+    """The cases' timed runs interleave (round robin, reversed every repeat): batch 8 over batch 1 compares runs
+    made in the same stretch of the machine's speed, not one case's repeats after another's."""
+    import arlm.bench.decode as bench
+
+    torch.manual_seed(0)
+    tokenizer = VocabTokenizer.train("char", ["abcdefgh"], 0)
+    model = Transformer(ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=1, n_head=2, d_model=16))
+    calls, real = [], bench.generate
+
+    def recording(engine, prompts, config, **kwargs):
+        calls.append((config.strategy, len(prompts)))
+        return real(engine, prompts, config, **kwargs)
+
+    monkeypatch.setattr(bench, "generate", recording)
+    bench.run_decode_bench(model.eval(), tokenizer, new_tokens=2, prompt_len=10, repeats=3, log=lambda _: None)
+    order = [("greedy", 1), ("greedy", 8), ("beam", 1), ("sample", 1)]
+    assert calls == order + order + order[::-1] + order  # warm-ups, then repeats 1, 2 (reversed), 3
 
 
 @pytest.mark.hf

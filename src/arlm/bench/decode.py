@@ -1,6 +1,6 @@
 """Our generate() (`arlm bench decode`) against transformers' generate() on the same weights, in one command,
-alternating, median of repeats: greedy batch 1, greedy batch 8, beam search (4 beams), sampling; and our
-speculative decoding against our own greedy when a draft is given."""
+every case and side alternating, median of repeats: greedy batch 1, greedy batch 8, beam search (4 beams),
+sampling; and our speculative decoding against our own greedy when a draft is given."""
 
 from __future__ import annotations
 
@@ -86,15 +86,13 @@ def _timed(fn: Callable[[], int]) -> tuple[int, float]:
     return tokens, time.perf_counter() - start
 
 
-def _bench_case(model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int, repeats: int) -> dict:
-    """Median tokens/s of ours and of transformers on one case, alternating which goes first, the tokens each side
-    generated in a run (counted from its output), and ours after the forward over the prompts (`arlm_decoding`,
-    where the strategy reports it)."""
+def _sides(model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int) -> dict:
+    """One case's two timed functions (each returns the tokens it generated, counted from its output) and the list
+    that collects ours' tokens/s after the forward over the prompts (`decoding`, where the strategy reports it)."""
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad))
     engine = Engine(model)  # one engine for every run: a compiled step and its static cache are made once
-
-    decoding: list[float] = []  # ours, tokens/s after the forward over the prompts (GenerationOutput.stats)
+    decoding: list[float] = []
 
     def ours() -> int:
         stats = generate(engine, prompts, config, pad_id=pad).stats
@@ -118,14 +116,29 @@ def _bench_case(model, reference, prompts, config: GenerationConfig, hf_kwargs: 
         ours()
     theirs()
     decoding.clear()
-    rates: dict[str, list[float]] = {"arlm": [], "transformers": []}
-    tokens: dict[str, int] = {}
+    return {"arlm": ours, "transformers": theirs, "decoding": decoding}
+
+
+def _bench_cases(model, reference, cases: dict[str, tuple], pad: int, repeats: int) -> dict[str, dict]:
+    """Per case (name -> prompts, our config, transformers kwargs): median tokens/s of ours and of transformers, the
+    tokens each side generated in a run, and ours after the forward over the prompts (`arlm_decoding`). Every run of
+    every case and side alternates with the others (round robin, order reversed every repeat), so that ratios across
+    cases (batch 8 over batch 1) are as comparable as those within one: a machine's slow stretch falls on all."""
+    sides = {name: _sides(model, reference, *case, pad) for name, case in cases.items()}
+    runs = [(name, side) for name in cases for side in ("arlm", "transformers")]
+    rates: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    tokens: dict[tuple[str, str], int] = {}
     for r in range(repeats):
-        for side, fn in (("arlm", ours), ("transformers", theirs))[:: 1 if r % 2 == 0 else -1]:
-            tokens[side], seconds = _timed(fn)
-            rates[side].append(tokens[side] / seconds)
-    medians = {k: statistics.median(v) for k, v in rates.items()}
-    return {**medians, "tokens": tokens, **({"arlm_decoding": statistics.median(decoding)} if decoding else {})}
+        for name, side in runs if r % 2 == 0 else runs[::-1]:
+            tokens[name, side], seconds = _timed(sides[name][side])
+            rates[name, side].append(tokens[name, side] / seconds)
+    results = {}
+    for name in cases:
+        medians = {side: statistics.median(rates[name, side]) for side in ("arlm", "transformers")}
+        decoding = sides[name]["decoding"]
+        alone = {"arlm_decoding": statistics.median(decoding)} if decoding else {}
+        results[name] = {**medians, "tokens": {side: tokens[name, side] for side in medians}, **alone}
+    return results
 
 
 def run_decode_bench(
@@ -154,15 +167,16 @@ def run_decode_bench(
     if draft is not None:  # a model, or what makes one from the target as laid out here (self:L)
         draft = optimize_for_decoding(draft) if isinstance(draft, torch.nn.Module) else draft(model)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    results: dict[str, dict] = {}
+    chosen = {}
     for name, (batch, config, hf_kwargs) in _cases(new_tokens).items():
-        if cases is not None and name not in cases:
-            continue
-        config.compile = compile and config.strategy != "beam" and batch == 1  # the compiled step takes no padding
-        prompts = ragged_prompts(batch, prompt_len, model.config.vocab_size)
-        medians = _bench_case(model, reference, prompts, config, hf_kwargs, pad, repeats)
-        results[name] = {**medians, "ratio": medians["arlm"] / medians["transformers"]}  # tokens/s, tokens
-        log(f"  {name:<24}{medians['arlm']:>10.1f}{medians['transformers']:>14.1f}{results[name]['ratio']:>9.2f}x")
+        if cases is None or name in cases:
+            config.compile = compile and config.strategy != "beam" and batch == 1  # the compiled step takes no padding
+            chosen[name] = (ragged_prompts(batch, prompt_len, model.config.vocab_size), config, hf_kwargs)
+    log(f"  ({len(chosen)} cases x 2 sides, round robin, {repeats} repeats)")
+    results = _bench_cases(model, reference, chosen, pad, repeats)
+    for name, row in results.items():
+        row["ratio"] = row["arlm"] / row["transformers"]
+        log(f"  {name:<24}{row['arlm']:>10.1f}{row['transformers']:>14.1f}{row['ratio']:>9.2f}x")
     if draft is not None:
         results["speculative"] = _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log)
     return results
