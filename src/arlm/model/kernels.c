@@ -9,8 +9,9 @@
  *            two Linears share): every sum runs in VL lanes, k in order, and ends in one fixed lane reduction (the
  *            next tile's weights prefetched while a tile computes);
  *   bf16: bfloat16 rows and weights (laid out as AMX reads them), sums in float32, y rounded to bfloat16: on AMX tiles
- *         where the CPU has them and Linux lets us, else widened to float32 in vectors whose lanes are the outputs'
- *         sums, k in order (6 rows a block on AVX2, 8 on AVX-512). Every row goes through the same steps.
+ *         where the CPU has them and Linux lets us, else in vectors whose lanes are the outputs' sums, k in order: on
+ *         AVX512-BF16 by bfloat16 dot products of the rows as they are (a pair of inputs an instruction), elsewhere
+ *         widened to float32 (6 rows a block on AVX2, up to 16 on AVX-512). Every row goes through the same steps.
  * Either way a row's bits depend on that row and the weight only, never on the other rows or on M (batch-invariant),
  * and the weights are reused from cache for every block of rows, so a few rows (speculative verification, a batch of
  * decoding sequences) cost little more than one. */
@@ -18,6 +19,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bf16.h"
 #include "kernels.h"
@@ -379,6 +381,8 @@ static void amx_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
 #define BF_TILES (VL == 16 ? 8 : 4) /* tiles at once for one row: 8 weight streams on AVX-512 (SmolLM2's one-row
                                       forward 7.4 -> 6.6 ms on a Zen 5 EPYC, docs/perf.md), 4 on AVX2's 16 registers */
 #define BF_V (16 / VL)              /* vectors per tile's 16 outputs */
+#define BF_AHEAD 6144 /* bytes of a tile read ahead by its first block of rows (512: a 5- or 8-row forward of SmolLM2
+                         1.5-1.9x slower, waiting on memory; 10240 and up slower again: docs/perf.md) */
 
 /* the sums of tile t's 16 outputs (acc) rounded to bfloat16, into row y */
 static inline void store_bf16_tile(uint16_t *y, const vf *acc) {
@@ -397,7 +401,7 @@ static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, 
     const uint16_t *w = tiles + t * 16 * K; /* (K / 2 pairs, 16 outputs, 2) */
     const float *xs = x + m0 * K;
     for (long p = 0; p < K / 2; p++) {
-        if (m0 == 0) _mm_prefetch((const char *)(w + 32 * p) + 512, _MM_HINT_T0);
+        if (m0 == 0) _mm_prefetch((const char *)(w + 32 * p) + BF_AHEAD, _MM_HINT_T0);
         for (int h = 0; h < BF_V; h++) {
             vf we, wo;
             vf_load_bf16_pairs(w + 32 * p + 2 * VL * h, &we, &wo);
@@ -431,10 +435,73 @@ static inline __attribute__((always_inline)) void bf16_vec_row(const float *x, c
     for (int j = 0; j < nt; j++) store_bf16_tile(y + 16 * (t + j), acc[j]);
 }
 
+#ifdef __AVX512BF16__
+/* pair p of a bfloat16 row (inputs 2p and 2p + 1), broadcast to every lane for vdpbf16ps */
+static inline __m512bh row_pair(const uint16_t *x, long p) {
+    uint32_t pair;
+    memcpy(&pair, x + 2 * p, sizeof pair);
+    return (__m512bh)_mm512_set1_epi32((int)pair);
+}
+
+/* bf16_vec_tile on bfloat16 dot products, for tiles t .. t + nt (nt <= 2; mt and nt constants where inlined): each
+ * lane one output's sum over the pairs in k order (vdpbf16ps adds a pair's two exact products), the rows as they are
+ * (not widened); two tiles give a few rows twice the independent sums (a sum waits ~6 cycles on its last) */
+static inline __attribute__((always_inline)) void bf16_dp_tile(const uint16_t *x, const uint16_t *tiles, uint16_t *y,
+                                                               long m0, int mt, long t, int nt, long N, long K) {
+    vf acc[MAX_ROWS][2];
+    for (int i = 0; i < mt; i++)
+        for (int j = 0; j < nt; j++) acc[i][j] = vf_zero();
+    const uint16_t *w = tiles + t * 16 * K, *xs = x + m0 * K;
+    for (long p = 0; p < K / 2; p++) {
+        __m512bh pair[2];
+        for (int j = 0; j < nt; j++) {
+            if (m0 == 0) _mm_prefetch((const char *)(w + j * 16 * K + 32 * p) + BF_AHEAD, _MM_HINT_T0);
+            pair[j] = (__m512bh)_mm512_loadu_si512(w + j * 16 * K + 32 * p);
+        }
+        for (int i = 0; i < mt; i++) {
+            __m512bh xp = row_pair(xs + i * K, p);
+            for (int j = 0; j < nt; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], pair[j], xp);
+        }
+    }
+    for (int i = 0; i < mt; i++)
+        for (int j = 0; j < nt; j++) store_bf16_tile(y + (m0 + i) * N + 16 * (t + j), &acc[i][j]);
+}
+
+/* bf16_vec_row on bfloat16 dot products: the sums bf16_dp_tile gives one row */
+static inline __attribute__((always_inline)) void bf16_dp_row(const uint16_t *x, const uint16_t *tiles, uint16_t *y,
+                                                              long t, int nt, long K) {
+    vf acc[BF_TILES];
+    for (int j = 0; j < nt; j++) acc[j] = vf_zero();
+    const uint16_t *w = tiles + t * 16 * K;
+    for (long p = 0; p < K / 2; p++) {
+        __m512bh xp = row_pair(x, p);
+        for (int j = 0; j < nt; j++)
+            acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(w + j * 16 * K + 32 * p), xp);
+    }
+    for (int j = 0; j < nt; j++) store_bf16_tile(y + 16 * (t + j), acc + j);
+}
+#define BF16_ROW_OF(x, n) bf16_dp_row(x, tiles, y, t, n, K)
+#define BF16_TILE_OF(x, rows_) bf16_dp_tile(x, tiles, y, m0, rows_, t, 1, N, K)
+#define BF16_TILES_OF(x, rows_) bf16_dp_tile(x, tiles, y, m0, rows_, t, 2, N, K)
+#define PROMPT_TILES 2 /* tiles a block of a prompt's rows takes at once (a prompt of 512 rows 1.23x faster than 1; a
+                          few rows' block 1.1x slower: docs/perf.md) */
+#define WIDENED 0 /* the rows as they are */
+#else
+#define BF16_ROW_OF(x, n) bf16_vec_row(x, tiles, y, t, n, K)
+#define BF16_TILE_OF(x, rows_) bf16_vec_tile(x, tiles, y, m0, rows_, t, N, K)
+#define BF16_TILES_OF(x, rows_) BF16_TILE_OF(x, rows_) /* not reached */
+#define PROMPT_TILES 1
+#define WIDENED 1 /* the rows widened to float32 */
+#endif
+
 /* arlm_bf16_mm on vectors, over threads by tiles of 16 outputs */
 static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads) {
+#if WIDENED
     float *rows = malloc(M * K * sizeof(float));
     for (long i = 0; i < M * K; i++) rows[i] = from_bf16(x[i]);
+#else
+    const uint16_t *rows = x;
+#endif
     long tiles_n = N / 16;
     if (M == 1) {
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -442,22 +509,28 @@ static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
             long t1 = tiles_n * (th + 1) / threads;
             for (long t = tiles_n * th / threads, nt; t < t1; t += nt) {
                 nt = t1 - t < BF_TILES ? t1 - t : BF_TILES;
-#define BF16_ROW(n) bf16_vec_row(rows, tiles, y, t, n, K)
+#define BF16_ROW(n) BF16_ROW_OF(rows, n)
                 BY_ROWS(nt, BF16_ROW); /* nt tiles side by side, nt a constant in each case */
             }
         }
-        free(rows);
-        return;
-    }
-    long nb = row_blocks(M);
+    } else {
+        long nb = row_blocks(M), step = M > 2 * FEW_ROWS ? PROMPT_TILES : 1; /* N % 32 == 0: tiles pair up */
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long t = 0; t < tiles_n; t++)
-        for (long b = 0; b < nb; b++) {
-            long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
-#define BF16_ROWS(rows_) bf16_vec_tile(rows, tiles, y, m0, rows_, t, N, K)
-            BY_ROWS_16(mt, BF16_ROWS);
-        }
+        for (long t = 0; t < tiles_n; t += step)
+            for (long b = 0; b < nb; b++) {
+                long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
+#define BF16_ROWS(rows_) BF16_TILE_OF(rows, rows_)
+#define BF16_ROWS_PAIRED(rows_) BF16_TILES_OF(rows, rows_)
+                if (step == 2) {
+                    BY_ROWS(mt, BF16_ROWS_PAIRED);
+                } else {
+                    BY_ROWS_16(mt, BF16_ROWS);
+                }
+            }
+    }
+#if WIDENED
     free(rows);
+#endif
 }
 
 /* y (M, N) bfloat16 = x (M, K) bfloat16 times w^T, w (N, K) held as `tiles` (native.bf16_tiles' layout: N % 32 == 0,
