@@ -1,6 +1,8 @@
 """arlm's kernels are built from the source on first use into the cache folder, reused after, and turned off by
 ARLM_NATIVE=0 or a missing compiler (then the layers take PyTorch's kernels: tests/model/test_quant.py runs both)."""
 
+import os
+
 import pytest
 
 from arlm.model import native
@@ -11,12 +13,33 @@ needs_kernels = pytest.mark.skipif(native.library() is None, reason="this machin
 @needs_kernels
 def test_the_library_is_built_into_an_empty_cache_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
+    for i in range(native.KEPT_BUILDS):  # older builds (an earlier version's): the new one pushes the oldest out
+        (tmp_path / "kernels" / f"old-{i}").mkdir(parents=True)
+        (tmp_path / "kernels" / f"old-{i}" / native.LIBRARY).write_bytes(b"")
+    os.utime(tmp_path / "kernels" / "old-0" / native.LIBRARY, (1000, 1000))
     cc, version = native._compiler()
     built = native._build(cc, version, native._cpu_flags())
     assert built is not None and built.is_file() and built.is_relative_to(tmp_path / "kernels")
-    stamp = built.stat().st_mtime_ns
-    assert native._build(cc, version, native._cpu_flags()) == built and built.stat().st_mtime_ns == stamp
+    kept = {p.name for p in (tmp_path / "kernels").iterdir()}
+    assert len(kept) == native.KEPT_BUILDS and built.parent.name in kept and "old-0" not in kept
+    inode = built.stat().st_ino
+    assert native._build(cc, version, native._cpu_flags()) == built and built.stat().st_ino == inode  # not rebuilt
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # nothing half-written left beside it
+
+
+def test_the_cache_keeps_the_most_recently_used_builds(tmp_path):
+    """Every source change or upgrade adds a build; the cache keeps the newest-used KEPT_BUILDS, and a folder whose
+    build has not finished (no library yet) is left alone."""
+    kernels = tmp_path / "kernels"
+    for i in range(11):  # build i used at time 1000 + i, in shuffled creation order
+        folder = kernels / f"build-{(i * 7) % 11}"
+        folder.mkdir(parents=True)
+        (folder / native.LIBRARY).write_bytes(b"")
+        os.utime(folder / native.LIBRARY, (1000 + (i * 7) % 11, 1000 + (i * 7) % 11))
+    (kernels / "in-progress").mkdir()
+    native.prune_builds(kernels, keep=8)
+    left = {p.name for p in kernels.iterdir()}
+    assert left == {f"build-{i}" for i in range(3, 11)} | {"in-progress"}
 
 
 @pytest.mark.skipif(

@@ -12,21 +12,23 @@ of a model in one call (model/inference.py's FusedBlock, FusedBlocks), so a toke
 ~1,000 small operations. docs/perf.md has the side-by-side figures.
 
 The C files are compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
-`$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second;
-the digest covers the sources, the compiler and the CPU's flags, so a changed file or machine builds afresh. It needs
-x86-64 with AVX2, FMA and F16C (Haswell, Zen and later) and a compiler with OpenMP, and uses what more the CPU has:
-AVX-512 (16 lanes instead of 8; with VNNI, the int products on vpdpbusd) and AMX where Linux lets us use it (bfloat16
-products; int products from a few rows). Where a need is missing, or with ARLM_NATIVE=0, `available()` is False and
-the layers use PyTorch's kernels (model/quant.py, model/inference.py).
+`$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second; the
+digest covers the sources, the compiler and the CPU's flags, so a changed file or machine builds afresh (the cache keeps
+the 8 most recently used builds). It needs x86-64 with AVX2, FMA and F16C (Haswell, Zen and later) and a compiler with
+OpenMP, and uses what more the CPU has: AVX-512 (16 lanes instead of 8; with VNNI, the int products on vpdpbusd) and AMX
+where Linux lets us use it (bfloat16 products; int products from a few rows). Where a need is missing, or with
+ARLM_NATIVE=0, `available()` is False and the layers use PyTorch's kernels (model/quant.py, model/inference.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -39,6 +41,8 @@ from arlm.errors import ArlmError
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "quantized.c", "attention.c", "block.c"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h", "simd.h"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
+LIBRARY = "libarlm_quant.so"  # a build's file, in its folder of the cache
+KEPT_BUILDS = 8  # builds the cache keeps (the most recently used): each source change or upgrade adds one
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # the least; AVX-512 (F, BW, VNNI) and AMX where present (simd.h, quantized.c)
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 ROW_DTYPES = (torch.float32, torch.bfloat16)  # rows (and caches) the attention, SwiGLU and block kernels read
@@ -102,8 +106,10 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
     text = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     digest = hashlib.sha256(text + version.encode() + " ".join(FLAGS + tuple(sorted(flags))).encode())
     folder = Path(os.environ.get("ARLM_CACHE", Path.home() / ".cache" / "arlm")) / "kernels" / digest.hexdigest()[:16]
-    target = folder / "libarlm_quant.so"
+    target = folder / LIBRARY
     if target.exists():
+        with contextlib.suppress(OSError):  # marked as used (a read-only cache stays as it is)
+            os.utime(target)
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then moved in whole: no half-written file
@@ -117,7 +123,19 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
         if done.returncode != 0:
             return None
         os.replace(built, target)
+    prune_builds(folder.parent)
     return target
+
+
+def prune_builds(kernels: Path, keep: int = KEPT_BUILDS) -> None:
+    """Remove all but the `keep` most recently used builds under `kernels` (a build's library is touched when used;
+    a folder still being built has none yet and stays). Another process that had one loaded keeps its mapping."""
+    used = {}
+    for folder in kernels.iterdir():
+        with contextlib.suppress(OSError):  # no library (yet), or another process removed it meanwhile
+            used[folder] = (folder / LIBRARY).stat().st_mtime
+    for old in sorted(used, key=used.get, reverse=True)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @functools.cache
