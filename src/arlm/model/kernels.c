@@ -445,7 +445,7 @@ static inline __m512bh row_pair(const uint16_t *x, long p) {
 
 /* bf16_vec_tile on bfloat16 dot products, for tiles t .. t + nt (nt <= 2; mt and nt constants where inlined): each
  * lane one output's sum over the pairs in k order (vdpbf16ps adds a pair's two exact products), the rows as they are
- * (not widened); two tiles give a few rows twice the independent sums (a sum waits ~6 cycles on its last) */
+ * (not widened); a prompt's blocks take two tiles (PROMPT_TILES), a few rows one */
 static inline __attribute__((always_inline)) void bf16_dp_tile(const uint16_t *x, const uint16_t *tiles, uint16_t *y,
                                                                long m0, int mt, long t, int nt, long N, long K) {
     vf acc[MAX_ROWS][2];
@@ -483,8 +483,8 @@ static inline __attribute__((always_inline)) void bf16_dp_row(const uint16_t *x,
 #define BF16_ROW_OF(x, n) bf16_dp_row(x, tiles, y, t, n, K)
 #define BF16_TILE_OF(x, rows_) bf16_dp_tile(x, tiles, y, m0, rows_, t, 1, N, K)
 #define BF16_TILES_OF(x, rows_) bf16_dp_tile(x, tiles, y, m0, rows_, t, 2, N, K)
-#define PROMPT_TILES 2 /* tiles a block of a prompt's rows takes at once (a prompt of 512 rows 1.23x faster than 1; a
-                          few rows' block 1.1x slower: docs/perf.md) */
+#define PROMPT_TILES 2 /* tiles a block of a prompt's rows takes at once (a prompt of 512 rows 1.23x faster than 1;
+                          5 or 8 rows 1.15-1.2x slower, so they take one: docs/perf.md) */
 #define WIDENED 0 /* the rows as they are */
 #else
 #define BF16_ROW_OF(x, n) bf16_vec_row(x, tiles, y, t, n, K)
