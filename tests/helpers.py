@@ -270,3 +270,16 @@ def two_token_pvalue(target, prompt: list[int], config, draft=None, seeds: int =
         config.seed = seed
         counts[tuple(generate(target, [prompt], config, draft=draft).generated()[0][:2])] += 1
     return chi_square_pvalue(np.array([counts[k] for k in keys]), np.array([joint[k] for k in keys]))
+
+
+def hf_rounding_cache():
+    """transformers' DynamicCache storing keys and values rounded to bfloat16 (and handing them back in float32): the
+    reference for a float32 model decoding over a bfloat16 KV cache."""
+    from transformers import DynamicCache
+
+    class Rounding(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            rounded = (t.to(torch.bfloat16).float() for t in (key_states, value_states))
+            return super().update(*rounded, layer_idx, *args, **kwargs)
+
+    return Rounding()

@@ -263,6 +263,7 @@ class GenerationConfig:
     prompt_lookup_ngram: int = 3  # prompt-lookup: longest n-gram to match
     lookup_first: bool = False  # speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere
     compile: bool = False  # greedy/sample: a torch.compile'd one-token step (CUDA graphs on GPU)
+    kv_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # the KV cache's; auto: the model's float dtype
 
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
@@ -298,6 +299,7 @@ class GenerationConfig:
             raise ArlmError(f"early_stopping must be true, false or never, got {self.early_stopping!r}")
         if self.num_draft_tokens < 1:
             raise ArlmError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
+        _choice("kv_dtype", self.kv_dtype, ("auto", "float32", "bfloat16"))
 
 
 @dataclass

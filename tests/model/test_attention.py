@@ -54,9 +54,10 @@ def _one_layer(dtype: torch.dtype) -> Transformer:
     return Transformer(config).eval().to(dtype)
 
 
-def _cached_forwards(model: Transformer, ids: torch.Tensor, mask: torch.Tensor | None = None):
-    """Logits of a 10-token prefill, a 5-token verification and two steps, and the cache they leave."""
-    cache = model.new_cache(len(ids), 64)
+def _cached_forwards(model: Transformer, ids: torch.Tensor, mask: torch.Tensor | None = None, kv=None):
+    """Logits of a 10-token prefill, a 5-token verification and two steps, and the cache (of dtype kv, None: the
+    model's) they leave."""
+    cache = model.new_cache(len(ids), 64, dtype=kv)
     with torch.no_grad():
         logits = [model(ids[:, :10], kv_cache=cache, attention_mask=None if mask is None else mask[:, :10])]
         logits.append(model(ids[:, 10:15], kv_cache=cache, attention_mask=None if mask is None else mask[:, :15]))
@@ -68,18 +69,22 @@ def _cached_forwards(model: Transformer, ids: torch.Tensor, mask: torch.Tensor |
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("dtype", "kv"), [(torch.float32, None), (torch.bfloat16, None), (torch.float32, torch.bfloat16)]
+)
 @pytest.mark.parametrize("padded", [False, True])
-def test_arlms_attention_kernel_writes_pytorchs_cache_and_attends_as_sdpa(dtype, padded, monkeypatch):
+def test_arlms_attention_kernel_writes_pytorchs_cache_and_attends_as_sdpa(dtype, kv, padded, monkeypatch):
     """The kernel (model/attention.c) rotates and writes keys and values to the same bits as PyTorch's ops, and its
-    attention equals SDPA's up to float32 rounding; with left padding too."""
+    attention equals SDPA's up to float32 rounding; with left padding too; in a cache of the model's dtype or a
+    bfloat16 one under float32 rows (GenerationConfig.kv_dtype)."""
     model = _one_layer(dtype)
     ids = torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(1))  # (2, 17)
     mask = torch.ones(2, 17, dtype=torch.long)
     mask[1, :3] = 0  # row 1 left-padded by three
-    ours, ours_cache = _cached_forwards(model, ids, mask if padded else None)
+    ours, ours_cache = _cached_forwards(model, ids, mask if padded else None, kv)
     monkeypatch.setenv("ARLM_NATIVE", "0")  # PyTorch's ops from here
-    theirs, their_cache = _cached_forwards(model, ids, mask if padded else None)
+    theirs, their_cache = _cached_forwards(model, ids, mask if padded else None, kv)
+    assert ours_cache.k.dtype == (kv or dtype)
     assert torch.equal(ours_cache.k, their_cache.k) and torch.equal(ours_cache.v, their_cache.v)
     tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bfloat16: a 1e-7 difference may move an output's last bit
     torch.testing.assert_close(ours.float(), theirs.float(), atol=tolerance, rtol=0)

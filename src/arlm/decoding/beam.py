@@ -9,7 +9,7 @@ import time
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.engine import Engine
+from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.processors import History, process
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 
@@ -64,7 +64,7 @@ def beam_search(
     keep = max(2, 1 + (eos_id is not None)) * K  # candidates kept a step, so K survive even if all top-K end
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
     start = time.perf_counter()
-    logits, mask = _prefill(engine, prompt_ids, attention_mask, K, max_len)
+    logits, mask = _prefill(engine, prompt_ids, attention_mask, K, max_len, cache_dtype(config.kv_dtype))
     running, running_scores, finished, finished_scores, finished_len, is_finished = _initial_beams(
         prompt_ids, K, max_len, pad_id
     )
@@ -120,12 +120,17 @@ def _stop_hits(should_stop: StopCheck | None, generated: torch.Tensor) -> torch.
 
 
 def _prefill(
-    engine: Engine, prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, K: int, max_len: int
+    engine: Engine,
+    prompt_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    K: int,
+    max_len: int,
+    dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Encode each prompt (B, T) once and copy its cache to its K beams: the first logits (B*K, V) and the mask
-    (B*K, T)."""
+    """Encode each prompt (B, T) once into a cache of `dtype` and copy its cache to its K beams: the first logits
+    (B*K, V) and the mask (B*K, T)."""
     B = prompt_ids.shape[0]
-    engine.open(B, max_len)
+    engine.open(B, max_len, dtype=dtype)
     logits = engine.prefill(prompt_ids, attention_mask)  # (B, V)
     engine.reorder(torch.arange(B, device=prompt_ids.device).repeat_interleave(K))
     mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)

@@ -10,7 +10,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.drafts import shares_cache
-from arlm.decoding.engine import Engine
+from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.processors import History, logits_to_probs, process
 from arlm.model.kv_cache import KVCache
 
@@ -24,12 +24,20 @@ class ModelDrafter:
 
     source = "model"  # what drafted the last proposal
 
-    def __init__(self, model: torch.nn.Module, max_len: int, history: History, target: Engine | None = None) -> None:
-        """target: draft over that engine's cache (drafts.py `shares_cache`) instead of a cache of the draft's own."""
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_len: int,
+        history: History,
+        target: Engine | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """target: draft over that engine's cache (drafts.py `shares_cache`) instead of a cache of the draft's own (of
+        `dtype`; None: the draft's float dtype)."""
         self.engine = Engine(model)
         self.target = target
         if target is None:
-            self.engine.open(1, max_len)
+            self.engine.open(1, max_len, dtype=dtype)
         self.history = history
 
     def propose(
@@ -192,6 +200,7 @@ def make_drafter(
     lookup = PromptLookupDrafter(config.prompt_lookup_ngram, by_match=config.adaptive_draft or config.lookup_first)
     if config.strategy != "speculative":
         return lookup
-    shared = shares_cache(draft, target.model, target.model.new_cache(1, 1).k.dtype)
-    model = ModelDrafter(draft, max_len + most + 1, history, target if shared else None)
+    shared = shares_cache(draft, target.model, target.model.new_cache(1, 1).k.dtype)  # both compute in one dtype
+    dtype = cache_dtype(config.kv_dtype)  # a separate draft's cache's, as the target's
+    model = ModelDrafter(draft, max_len + most + 1, history, target if shared else None, dtype)
     return LookupThenModel(model, lookup, most, max_len) if config.lookup_first else model

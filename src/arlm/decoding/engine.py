@@ -14,12 +14,23 @@ from __future__ import annotations
 
 import torch
 
+from arlm.errors import ArlmError
 from arlm.model.kv_cache import KVCache
 
 
 def compile_options(device: torch.device) -> dict:
     """torch.compile settings for the one-token step: CUDA graphs on GPU, inductor elsewhere."""
     return {"mode": "reduce-overhead" if device.type == "cuda" else "default", "fullgraph": True}
+
+
+KV_DTYPES = ("auto", "float32", "bfloat16")  # GenerationConfig.kv_dtype's values: the KV cache's dtype
+
+
+def cache_dtype(name: str) -> torch.dtype | None:
+    """A KV_DTYPES name as the cache's dtype; None for auto (the model's own: new_cache's default)."""
+    if name not in KV_DTYPES:
+        raise ArlmError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}; got {name!r}")
+    return None if name == "auto" else getattr(torch, name)
 
 
 def static_length(block_size: int, needed: int) -> int:
@@ -43,20 +54,21 @@ class Engine:
         """Where the model's weights are."""
         return next(self.model.parameters()).device
 
-    def open(self, batch: int, needed: int, *, compiled: bool = False) -> KVCache:
-        """An empty cache for `batch` rows and `needed` positions (at most the context). compiled: the compiled
-        step's static cache, kept and reused by later opens that fit it (same rows, length, dtype, device)."""
+    def open(self, batch: int, needed: int, *, compiled: bool = False, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for `batch` rows and `needed` positions (at most the context), of `dtype` (None: the
+        model's). compiled: the compiled step's static cache, kept and reused by later opens that fit it (same rows,
+        length, dtype, device)."""
         block = self.model.config.block_size
         if not compiled:
             self.close()
-            self.cache = self.model.new_cache(batch, min(needed, block))
+            self.cache = self.model.new_cache(batch, min(needed, block), dtype=dtype)
             return self.cache
         max_len, weight = static_length(block, needed), next(self.model.parameters())
         cache = self.cache
         fits = self.static and cache is not None and cache.batch_size == batch and cache.max_len == max_len
-        if not (fits and cache.k.dtype == weight.dtype and cache.k.device == weight.device):
+        if not (fits and cache.k.dtype == (dtype or weight.dtype) and cache.k.device == weight.device):
             self.close()  # free the old buffers first
-            cache = self.model.new_cache(batch, max_len)
+            cache = self.model.new_cache(batch, max_len, dtype=dtype)
             torch._dynamo.mark_static_address(cache.k)
             torch._dynamo.mark_static_address(cache.v)
         if self._compiled is None:

@@ -10,7 +10,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.beam import beam_search
-from arlm.decoding.engine import Engine, engine_for
+from arlm.decoding.engine import Engine, cache_dtype, engine_for
 from arlm.decoding.processors import History, logits_to_probs, make_generator, process, prompt_starts, sample
 from arlm.decoding.speculative import speculative_generate
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
@@ -199,7 +199,7 @@ def decode_loop(
     B, T = prompt_ids.shape
     device = prompt_ids.device
     generator = make_generator(config.seed, device)
-    engine.open(B, T + config.max_new_tokens, compiled=config.compile)
+    engine.open(B, T + config.max_new_tokens, compiled=config.compile, dtype=cache_dtype(config.kv_dtype))
     mask = attention_mask
     start = time.perf_counter()
     logits, prompt_s = _prefill_then_step(engine, prompt_ids, mask)  # (B, V)

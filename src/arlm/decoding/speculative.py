@@ -11,7 +11,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, make_drafter
-from arlm.decoding.engine import Engine
+from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.processors import History, make_generator, process
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
@@ -118,7 +118,7 @@ def speculative_generate(
     cost = ForwardCost(measure=greedy)  # measured only where the number drafted cannot change the output
     adaptive = _adaptive(config, target, draft, top, cost, greedy)
     sized = "model" if config.strategy == "speculative" else "lookup"  # the drafter whose rounds adaptive sizes
-    engine.open(1, max_len + top + 1)
+    engine.open(1, max_len + top + 1, dtype=cache_dtype(config.kv_dtype))
     start, prompt_s = time.perf_counter(), 0.0
     if T > 1:
         engine.prefill(prompt_ids[:, :-1])  # the last prompt token is the first one verified

@@ -86,6 +86,7 @@ class CausalSelfAttention(nn.Module):
                 k, v = kv_cache.write_at(self.layer, start, k, v)  # (B, nkv, max_len, hd) each
             elif kv_cache is not None:
                 k, v = kv_cache.update(self.layer, start, k, v)  # (B, nkv, S, hd) each, S = start + T
+            k, v = self._cached_as_rows(q, k, v)
             if kv_cache is not None and 1 < T <= STEPWISE_QUERIES and not self.training and x.device.type == "cpu":
                 y = self.attend_stepwise(q, k, v, mask)  # (B, nh, T, hd)
             else:
@@ -148,6 +149,7 @@ class CausalSelfAttention(nn.Module):
         keys, values, spans = batch.update(self.layer, k, v)  # (n, nkv, S, hd) each, the step's slots
         if self._widened(q):
             q, keys, values = q.float(), keys.float(), values.float()
+        keys, values = self._cached_as_rows(q, keys, values)
         rows = [
             self._kernel(q[i : i + 1], keys[j : j + 1, :, :n], values[j : j + 1, :, :n], None, False)
             for i, (j, n) in enumerate(spans)
@@ -192,6 +194,13 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, enable_gqa=self.n_kv_head != self.n_head
         )  # (B, nh, T, hd)
+
+    def _cached_as_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values from a cache of another precision than the queries' (GenerationConfig.kv_dtype) in the
+        queries' dtype, which PyTorch's attention needs (16-bit rows are widened later, by `attend`)."""
+        if k.dtype == q.dtype or self._widened(q):
+            return k, v
+        return k.to(q.dtype), v.to(q.dtype)
 
     def _widened(self, q: torch.Tensor) -> bool:
         """Whether attention runs in float32 for these inputs (inference only)."""

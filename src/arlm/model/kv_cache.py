@@ -52,8 +52,8 @@ class KVCache:
     def write_at(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Static-shape write for compiled decoding: k, v (B, nkv, 1, hd) at position tensor pos (1,); returns the
         whole buffers (B, nkv, max_len, hd), positions after pos being masked by the caller."""
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
+        self.k[layer].index_copy_(2, pos, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, pos, v.to(self.v.dtype))
         return self.k[layer], self.v[layer]
 
     @classmethod
