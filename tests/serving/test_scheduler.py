@@ -177,3 +177,31 @@ def test_trace_streams_tokens_verifications_and_beams(with_draft):
     steps = [e for e in beams if e["type"] == "beams"]
     assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
     assert all(len(s["running"]) == 3 for s in steps[:-1]) and steps[-1]["finished"]
+
+
+def test_a_server_with_a_bfloat16_cache_answers_as_generate_over_one(tiny_lm):
+    """`arlm serve --kv-dtype bfloat16`: the slots are bfloat16, and both the batch (greedy, concurrent) and the lane
+    (prompt lookup) give generate()'s tokens over a bfloat16 cache, which differ from a float32 cache's here."""
+    import torch
+
+    server, stop = start_in_thread(tiny_lm, kv_dtype="bfloat16")
+    try:
+        assert server.scheduler.engine.cache.buffers.k.dtype == torch.bfloat16
+        client, lm = server.client(), tiny_lm
+
+        def alone(prompt: str, strategy: str, kv: str) -> str:
+            config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=40, kv_dtype=kv)
+            out = generate(lm.model, [lm.tokenizer.encode(prompt)], config, eos_id=lm.tokenizer.eos_id)
+            return lm.tokenizer.decode(out.generated()[0])
+
+        def ask(i: int, strategy: str = "greedy") -> str:
+            kwargs = {"model": MODEL_ID, "prompt": PROMPTS[i], "max_tokens": 40, "temperature": 0}
+            return client.completions.create(**kwargs, extra_body={"strategy": strategy}).choices[0].text
+
+        with ThreadPoolExecutor(4) as pool:
+            texts = list(pool.map(ask, range(4)))
+        assert texts == [alone(PROMPTS[i], "greedy", "bfloat16") for i in range(4)]
+        assert texts != [alone(PROMPTS[i], "greedy", "auto") for i in range(4)]  # the cache's precision tells
+        assert ask(4, "prompt-lookup") == alone(PROMPTS[4], "prompt-lookup", "bfloat16")
+    finally:
+        stop()

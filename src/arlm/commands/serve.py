@@ -7,6 +7,7 @@ import signal
 import sys
 
 from arlm.commands.generate import load_draft
+from arlm.decoding.engine import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import PROBE_ROWS, optimize_for_decoding
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft",
         help="draft model for strategy speculative, self:L (its first L layers) or self:DTYPE (e.g. self:int4)",
     )
+    kv_help = "the KV cache's dtype (default auto: the model's; bfloat16 halves it)"
+    parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES, help=kv_help)
     parser.add_argument("--name", help="the model name clients send (default: MODEL as given)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         max_len=context,
         prefill_chunk=args.prefill_chunk,
         draft=draft,
+        kv_dtype=args.kv_dtype,
     )
     name = args.name or args.model
     app = create_app(scheduler, name)

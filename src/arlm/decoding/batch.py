@@ -66,13 +66,19 @@ class BatchEngine:
     """Slots for up to max_batch sequences of at most max_len positions (prompt + new tokens) on one model."""
 
     def __init__(
-        self, model: torch.nn.Module, max_batch: int, max_len: int | None = None, prefill_chunk: int = PREFILL_CHUNK
+        self,
+        model: torch.nn.Module,
+        max_batch: int,
+        max_len: int | None = None,
+        prefill_chunk: int = PREFILL_CHUNK,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
+        """kv_dtype: the slots' cache's (None: the model's, new_slot_cache's default)."""
         if max_batch < 1 or prefill_chunk < 1:
             raise ArlmError(f"max_batch and prefill_chunk must be >= 1, got {max_batch} and {prefill_chunk}")
         self.model = model
         self.max_len = min(max_len or model.config.block_size, model.config.block_size)
-        self.cache = model.new_slot_cache(max_batch, self.max_len)
+        self.cache = model.new_slot_cache(max_batch, self.max_len, dtype=kv_dtype)
         self.prefill_chunk = prefill_chunk
         self.device = next(model.parameters()).device
         self.free = list(range(max_batch - 1, -1, -1))  # popped from the end: slot 0 first

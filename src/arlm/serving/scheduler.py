@@ -29,6 +29,7 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.batch import BATCH_STRATEGIES, BatchEngine, BatchSequence, Emitted
+from arlm.decoding.engine import cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.errors import ArlmError
 from arlm.serving.metrics import ServerMetrics
@@ -111,9 +112,11 @@ class Scheduler:
         prefill_chunk: int = 512,
         draft: torch.nn.Module | None = None,
         metrics: ServerMetrics | None = None,
+        kv_dtype: str = "auto",
     ) -> None:
-        self.model, self.tokenizer, self.draft = model, tokenizer, draft
-        self.engine = BatchEngine(model, max_batch, max_len, prefill_chunk)
+        """kv_dtype: every request's KV cache (GenerationConfig.kv_dtype's values), the slots' and the lane's."""
+        self.model, self.tokenizer, self.draft, self.kv_dtype = model, tokenizer, draft, kv_dtype
+        self.engine = BatchEngine(model, max_batch, max_len, prefill_chunk, cache_dtype(kv_dtype))
         self.max_queue = max_queue
         self.metrics = metrics or ServerMetrics(max_batch)
         self._cond = threading.Condition()
@@ -417,7 +420,9 @@ class Scheduler:
             self._lane_finish(job, choice, ids)
 
     def _lane_generate(self, job: Job, choice: Choice | None, config: GenerationConfig):
-        """generate() with the request's callbacks: tokens streamed, stop strings, trace, cancellation."""
+        """generate() with the request's callbacks: tokens streamed, stop strings, trace, cancellation; the server's
+        KV cache dtype."""
+        config = dataclasses.replace(config, kv_dtype=self.kv_dtype)
 
         def check() -> None:
             if job.cancelled.is_set():
