@@ -378,6 +378,20 @@ def test_a_file_where_a_folder_is_needed(tmp_path, capsys):
     assert file.read_text() == "keep me"
 
 
+def test_kv_dtype_for_generate_and_eval_or_one_line(trained, tmp_path, capsys):
+    _, run = trained
+    argv = ["generate", str(run), "--prompt", "The ", "--strategy", "greedy", "--max-new-tokens", "8"]
+    assert main([*argv, "--kv-dtype", "bfloat16"]) == 0
+    _fails(capsys, *argv, "--kv-dtype", "float16", match="--kv-dtype must be one of auto, float32, bfloat16")
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat. " * 20)
+    assert main(["eval", "perplexity", str(run), "--file", str(text), "--kv-dtype", "bfloat16"]) == 0
+    assert "bfloat16 KV cache" in capsys.readouterr().out
+    _fails(
+        capsys, "eval", "perplexity", str(run), "--split", "test", "--kv-dtype", "bfloat16", match="goes with --file"
+    )
+
+
 def test_every_loader_takes_a_quantized_dtype(trained, capsys):
     _, run = trained
     argv = ["generate", str(run), "--prompt", "The ", "--strategy", "greedy", "--max-new-tokens", "8"]

@@ -1,12 +1,14 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from arlm.config import ModelConfig
 from arlm.data.batches import BatchSampler
-from arlm.evaluation.perplexity import evaluate_batches, result, sliding_window
+from arlm.evaluation.perplexity import evaluate_batches, result, sliding_window, sliding_windows
 from arlm.model.transformer import Transformer
+from tests.helpers import hf_rounding_cache
 
 
 def _model(block=32):
@@ -63,3 +65,40 @@ def test_batches_over_a_split_match_sliding_windows_with_stride_equal_to_context
     windows = sliding_window(model, torch.from_numpy(tokens).long(), context=8, stride=8)
     assert count == windows.tokens == 48
     assert math.isclose(result(nll, count).loss, windows.loss, rel_tol=1e-5)
+
+
+@pytest.mark.hf
+def test_windows_over_a_bfloat16_cache_score_as_transformers_over_a_rounding_one(tmp_path):
+    """sliding_window(kv_dtype=bfloat16) (`arlm eval perplexity --kv-dtype`): each window's keys and values as a
+    bfloat16 cache holds them, transformers' loss on the same windows with its cache rounding to bfloat16; a float32
+    cache scores as no cache."""
+    from transformers import AutoModelForCausalLM
+
+    from arlm.data.tokenizers import VocabTokenizer
+    from arlm.interop.hf import save_hf_folder
+
+    torch.manual_seed(3)
+    tokenizer = VocabTokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,!?"], 0)
+    config = ModelConfig(
+        flavour="llama", vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, n_kv_head=2, d_model=32,
+        init_std=0.25,
+    )  # fmt: skip
+    ours = Transformer(config).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(save_hf_folder(ours, tokenizer, tmp_path / "hf"), dtype=torch.float32)
+    ids = torch.randint(0, tokenizer.vocab_size, (70,), generator=torch.Generator().manual_seed(0))
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for begin, end, skip in sliding_windows(70, 32, 16):
+            logits = theirs(ids[None, begin:end], cache=hf_rounding_cache(), use_cache=True).logits
+            targets = ids[begin + 1 + skip : end + 1]
+            nll -= float(torch.log_softmax(logits[0, skip:], -1).gather(1, targets[:, None]).sum())
+            count += len(targets)
+    rounded = sliding_window(ours, ids, context=32, stride=16, kv_dtype=torch.bfloat16)
+    assert rounded.tokens == count and math.isclose(rounded.loss, nll / count, rel_tol=1e-6), (
+        rounded.loss,
+        nll / count,
+    )
+    plain = sliding_window(ours, ids, context=32, stride=16)
+    wide = sliding_window(ours, ids, context=32, stride=16, kv_dtype=torch.float32)
+    assert math.isclose(wide.loss, plain.loss, rel_tol=1e-6)  # another SDPA call: float32's last bits differ
+    assert not math.isclose(rounded.loss, plain.loss, rel_tol=2e-6)  # the rounding tells (1e-5 here)

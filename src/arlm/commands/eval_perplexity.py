@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from arlm.data.normalize import corpus_text
+from arlm.decoding.engine import KV_DTYPES, cache_dtype
 from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result, sliding_window, sliding_windows
 from arlm.evaluation.reference import transformers_sliding_window
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    kv_help = "with --file: each window over a KV cache of this dtype, as decoding reads it (default auto: none)"
+    parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES, help=kv_help)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         max_chars=args.max_chars,
         compare_transformers=args.compare_transformers,
+        kv_dtype=args.kv_dtype,
     )
     return 0
 
@@ -76,12 +80,17 @@ def eval_command(
     dtype: str = "float32",
     max_chars: int = 0,
     compare_transformers: bool = False,
+    kv_dtype: str = "auto",
     log=print,
 ) -> EvalResult:
     """Evaluate and print one line of figures."""
+    kv = cache_dtype(kv_dtype)
+    if kv is not None and not file:
+        raise ArlmError("--kv-dtype goes with --file (windows attending over a KV cache)")
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     if file:
-        res, where = _on_file(loaded, model_ref, file, context, stride, max_chars, compare_transformers, log)
+        windows = (file, context, stride, max_chars, kv)
+        res, where = _on_file(loaded, model_ref, windows, compare_transformers, log)
     else:
         res, where = _on_split(loaded, split, data_dir, context, batches)
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
@@ -90,17 +99,12 @@ def eval_command(
 
 
 def _on_file(
-    loaded: LoadedModel,
-    model_ref: str,
-    file: str,
-    context: int,
-    stride: int,
-    max_chars: int,
-    compare_transformers: bool,
-    log,
+    loaded: LoadedModel, model_ref: str, windows: tuple, compare_transformers: bool, log
 ) -> tuple[EvalResult, str]:
     """Sliding-window perplexity of a corpus normalized as the model's training data was (a progress bar on a
-    terminal); with compare_transformers, transformers' own loading of the model scores the same windows."""
+    terminal); windows: (file, context, stride, max_chars, KV cache dtype or None); with compare_transformers,
+    transformers' own loading of the model scores the same windows."""
+    file, context, stride, max_chars, kv = windows
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     text = corpus_text(file, config.data, max_chars)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
@@ -119,6 +123,7 @@ def _on_file(
         device=model.tok_emb.weight.device,
         token_bytes=tokenizer.token_bytes(),
         on_window=lambda done, _total: progress.update(done),
+        kv_dtype=kv,
     )
     progress.close()
     if compare_transformers:
@@ -127,7 +132,8 @@ def _on_file(
             f"transformers on the same {theirs.tokens:,} tokens: loss {theirs.loss:.4f}  perplexity "
             f"{theirs.perplexity:.3f}  (ours / theirs: {res.perplexity / theirs.perplexity:.5f})"
         )
-    return res, f"{file} (window {window}, stride {step})"
+    cached = f", {str(kv).removeprefix('torch.')} KV cache" if kv is not None else ""
+    return res, f"{file} (window {window}, stride {step}{cached})"
 
 
 def _on_split(

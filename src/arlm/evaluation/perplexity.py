@@ -103,17 +103,20 @@ def sliding_window(
     device: torch.device | str = "cpu",
     token_bytes: np.ndarray | None = None,
     on_window: Callable[[int, int], None] | None = None,
+    kv_dtype: torch.dtype | None = None,
 ) -> EvalResult:
     """Perplexity of one long sequence (N,) with windows of `context` tokens moved by `stride`, each token
     past the first window seeing at least context - stride tokens of history (the Hugging Face recipe).
-    on_window(done, total) is called after each window (a progress bar)."""
+    on_window(done, total) is called after each window (a progress bar). kv_dtype: each window attends over a KV
+    cache of that dtype (its keys and values as decoding over such a cache reads them), else over its own."""
     model.eval()
     nll, count, nbytes = 0.0, 0, 0
     windows = sliding_windows(ids.numel(), context, stride)
     for i, (begin, end, skip) in enumerate(windows):
         x = ids[begin:end][None].to(device)  # (1, W)
         y = ids[begin + 1 + skip : end + 1][None].to(device)  # (1, W - skip): only these need logits
-        nll += float(nll_sum(model(x, num_logits=y.shape[1]), y))
+        cache = None if kv_dtype is None else model.new_cache(1, x.shape[1], dtype=kv_dtype)
+        nll += float(nll_sum(model(x, kv_cache=cache, num_logits=y.shape[1]), y))
         count += y.numel()
         if token_bytes is not None:
             nbytes += int(token_bytes[y.cpu().numpy()].sum())
