@@ -16,17 +16,14 @@ caches, alternating) with the rate at which it reads the cache. Time it on quiet
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from arlm.bench.llamacpp import find_llama_bench, gguf_for, llamacpp_folder
+from arlm.bench.llamacpp import find_llama_bench, gguf_for, llama_bench_rate, llamacpp_folder
 from arlm.bench.machine import cpu_model
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine
@@ -42,19 +39,6 @@ def arlm_rate(engine: Engine, prompt: list[int], new_tokens: int, kv: str) -> fl
     return generate(engine, [prompt], config).stats["decode_tokens_per_s"]
 
 
-def llama_rate(binary: Path, gguf: Path, depth: int, new_tokens: int, cache: str = "f16") -> float:
-    """Tokens/s of one `llama-bench -p 0 -n new_tokens -d depth` run with its cache in `cache` (f16, bf16, ...)."""
-    threads = str(torch.get_num_threads())
-    command = [str(binary), "-m", str(gguf), "-t", threads, "-p", "0", "-n", str(new_tokens), "-d", str(depth)]
-    command += ["-ctk", cache, "-ctv", cache, "-r", "1", "-o", "jsonl"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not rows:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ArlmError(f"llama-bench failed on {gguf.name} (exit {done.returncode}): {last}")
-    return float(rows[-1]["avg_ts"])
-
-
 def sides(dtype: str, engine: Engine, depth: int, args: argparse.Namespace) -> dict[str, Callable[[], float]]:
     """The runs to alternate at one (dtype, depth): ours per cache width, and llama-bench's where asked."""
     prompt = torch.randint(10, engine.model.config.vocab_size, (depth,), generator=torch.Generator().manual_seed(0))
@@ -65,7 +49,8 @@ def sides(dtype: str, engine: Engine, depth: int, args: argparse.Namespace) -> d
         binary, gguf = find_llama_bench(folder), gguf_for(folder, dtype)
         if binary is None:
             raise ArlmError(f"no llama-bench under {folder}; build it with: bash benchmarks/llamacpp.sh")
-        runs["llama.cpp"] = lambda: llama_rate(binary, gguf, depth, args.new_tokens)
+        threads, new = torch.get_num_threads(), args.new_tokens
+        runs["llama.cpp"] = lambda: llama_bench_rate(binary, gguf, threads=threads, new_tokens=new, depth=depth)
     return runs
 
 

@@ -16,12 +16,13 @@ from arlm.model.transformer import Transformer
 
 
 def _fake_bench(folder, rate: float, code: int = 0):
-    """A llama-bench stand-in under folder/build/bin that prints one jsonl row (or fails with `code`)."""
+    """A llama-bench stand-in under folder/build/bin that prints one jsonl row (or fails with `code`), its arguments
+    written to folder/args."""
     row = {"model_filename": "x.gguf", "n_threads": 2, "n_gen": 8, "avg_ts": rate, "stddev_ts": 0.1}
     path = folder / "build" / "bin" / "llama-bench"
     path.parent.mkdir(parents=True)
     body = f"echo 'broken model' >&2; exit {code}" if code else f"echo '{json.dumps(row)}'"
-    path.write_text(f"#!/bin/sh\necho 'main: loading' >&2\n{body}\n")
+    path.write_text(f"#!/bin/sh\necho \"$@\" > {folder / 'args'}\necho 'main: loading' >&2\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return path
 
@@ -30,6 +31,9 @@ def test_the_rate_is_read_from_llama_bench_jsonl(tmp_path):
     binary = _fake_bench(tmp_path, 123.5)
     assert find_llama_bench(tmp_path) == binary
     assert llama_bench_rate(binary, tmp_path / "m.gguf", threads=2, new_tokens=8) == 123.5
+    assert " -d " not in (tmp_path / "args").read_text()
+    assert llama_bench_rate(binary, tmp_path / "m.gguf", threads=2, new_tokens=8, depth=1024) == 123.5
+    assert " -d 1024" in (tmp_path / "args").read_text()  # decoding after 1,024 tokens of context
 
 
 def test_a_failing_llama_bench_is_one_line(tmp_path):

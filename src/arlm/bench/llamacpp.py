@@ -45,9 +45,11 @@ def gguf_for(folder: Path, dtype: str) -> Path:
     return path
 
 
-def llama_bench_rate(binary: Path, gguf: Path, *, threads: int, new_tokens: int) -> float:
-    """Tokens/s of one llama-bench token-generation run (-p 0 -n new_tokens -r 1) on `gguf`."""
+def llama_bench_rate(binary: Path, gguf: Path, *, threads: int, new_tokens: int, depth: int = 0) -> float:
+    """Tokens/s of one llama-bench token-generation run (-p 0 -n new_tokens -r 1) on `gguf`, after `depth` tokens of
+    context (-d; its cache in f16, llama-bench's default)."""
     command = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new_tokens), "-r", "1"]
+    command += ["-d", str(depth)] if depth else []
     done = subprocess.run([*command, "-o", "jsonl"], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
