@@ -283,3 +283,24 @@ def hf_rounding_cache():
             return super().update(*rounded, layer_idx, *args, **kwargs)
 
     return Rounding()
+
+
+def hf_pair(folder: Path, flavour: str = "llama", block_size: int = 64):
+    """(our model, transformers' model) with the same random weights (seed 3; a character vocabulary; Llama with 2
+    key/value heads for 4 query heads), transformers' loaded from the HF folder written under `folder`."""
+    from transformers import AutoModelForCausalLM
+
+    from arlm.config import ModelConfig
+    from arlm.data.tokenizers import VocabTokenizer
+    from arlm.interop.hf import save_hf_folder
+    from arlm.model.transformer import Transformer
+
+    torch.manual_seed(3)
+    tokenizer = VocabTokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,!?"], 0)
+    config = ModelConfig(
+        flavour=flavour, vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=4, d_model=32,
+        init_std=0.25, n_kv_head=2 if flavour == "llama" else None,
+    )  # fmt: skip
+    ours = Transformer(config).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(save_hf_folder(ours, tokenizer, folder / "hf"), dtype=torch.float32)
+    return ours, theirs.eval()

@@ -3,11 +3,9 @@
 import pytest
 import torch
 
-from arlm.config import GenerationConfig, ModelConfig
-from arlm.data.tokenizers import VocabTokenizer
+from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate, left_pad
-from arlm.interop.hf import save_hf_folder
-from arlm.model.transformer import Transformer
+from tests.helpers import hf_pair
 
 pytestmark = pytest.mark.hf
 
@@ -15,24 +13,7 @@ pytestmark = pytest.mark.hf
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def pair(request, tmp_path_factory):
     """(our model, transformers' model) with the same random weights."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    tokenizer = VocabTokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,!?"], 0)
-    config = ModelConfig(
-        flavour=request.param,
-        vocab_size=tokenizer.vocab_size,
-        block_size=64,
-        n_layer=2,
-        n_head=4,
-        d_model=32,
-        init_std=0.25,
-        n_kv_head=2 if request.param == "llama" else None,
-    )
-    ours = Transformer(config).eval()
-    folder = save_hf_folder(ours, tokenizer, tmp_path_factory.mktemp(request.param) / "hf")
-    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return ours, theirs
+    return hf_pair(tmp_path_factory.mktemp(request.param), request.param)
 
 
 def _hf_generate(model, ids, mask, **kw):

@@ -13,7 +13,7 @@ from arlm.decoding.engine import KV_DTYPES, Engine, cache_dtype
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
-from tests.helpers import hf_rounding_cache
+from tests.helpers import hf_pair, hf_rounding_cache
 
 
 def _model(seed=0, layers=2, d=32):
@@ -90,21 +90,9 @@ def _hf_greedy(model, ids: list[int], new_tokens: int) -> tuple[list[int], torch
 
 @pytest.mark.hf
 def test_a_bfloat16_cache_decodes_as_transformers_rounding_its_cache(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from arlm.data.tokenizers import VocabTokenizer
-    from arlm.interop.hf import save_hf_folder
-
-    torch.manual_seed(3)
-    tokenizer = VocabTokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,!?"], 0)
-    config = ModelConfig(
-        flavour="llama", vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, d_model=32,
-        init_std=0.25, n_kv_head=2,
-    )  # fmt: skip
-    ours = Transformer(config).eval()
-    theirs = AutoModelForCausalLM.from_pretrained(save_hf_folder(ours, tokenizer, tmp_path / "hf"), dtype=torch.float32)
+    ours, theirs = hf_pair(tmp_path)
     prompt = [5, 6, 7, 8, 9, 10, 11]
-    tokens, logits = _hf_greedy(theirs.eval(), prompt, 16)
+    tokens, logits = _hf_greedy(theirs, prompt, 16)
     config = GenerationConfig(strategy="greedy", max_new_tokens=16, stop_at_eos=False, kv_dtype="bfloat16")
     assert generate(ours, [prompt], config).generated()[0] == tokens
     cache = ours.new_cache(1, 64, dtype=torch.bfloat16)

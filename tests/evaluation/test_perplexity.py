@@ -8,7 +8,7 @@ from arlm.config import ModelConfig
 from arlm.data.batches import BatchSampler
 from arlm.evaluation.perplexity import evaluate_batches, result, sliding_window, sliding_windows
 from arlm.model.transformer import Transformer
-from tests.helpers import hf_rounding_cache
+from tests.helpers import hf_pair, hf_rounding_cache
 
 
 def _model(block=32):
@@ -72,20 +72,8 @@ def test_windows_over_a_bfloat16_cache_score_as_transformers_over_a_rounding_one
     """sliding_window(kv_dtype=bfloat16) (`arlm eval perplexity --kv-dtype`): each window's keys and values as a
     bfloat16 cache holds them, transformers' loss on the same windows with its cache rounding to bfloat16; a float32
     cache scores as no cache."""
-    from transformers import AutoModelForCausalLM
-
-    from arlm.data.tokenizers import VocabTokenizer
-    from arlm.interop.hf import save_hf_folder
-
-    torch.manual_seed(3)
-    tokenizer = VocabTokenizer.train("char", ["abcdefghijklmnopqrstuvwxyz .,!?"], 0)
-    config = ModelConfig(
-        flavour="llama", vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, n_kv_head=2, d_model=32,
-        init_std=0.25,
-    )  # fmt: skip
-    ours = Transformer(config).eval()
-    theirs = AutoModelForCausalLM.from_pretrained(save_hf_folder(ours, tokenizer, tmp_path / "hf"), dtype=torch.float32)
-    ids = torch.randint(0, tokenizer.vocab_size, (70,), generator=torch.Generator().manual_seed(0))
+    ours, theirs = hf_pair(tmp_path, block_size=32)
+    ids = torch.randint(0, ours.config.vocab_size, (70,), generator=torch.Generator().manual_seed(0))
     nll, count = 0.0, 0
     with torch.no_grad():
         for begin, end, skip in sliding_windows(70, 32, 16):
