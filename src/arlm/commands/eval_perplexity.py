@@ -89,8 +89,7 @@ def eval_command(
         raise ArlmError("--kv-dtype goes with --file (windows attending over a KV cache)")
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     if file:
-        windows = (file, context, stride, max_chars, kv)
-        res, where = _on_file(loaded, model_ref, windows, compare_transformers, log)
+        res, where = _on_file(loaded, model_ref, file, context, stride, max_chars, kv, compare_transformers, log)
     else:
         res, where = _on_split(loaded, split, data_dir, context, batches)
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
@@ -99,12 +98,19 @@ def eval_command(
 
 
 def _on_file(
-    loaded: LoadedModel, model_ref: str, windows: tuple, compare_transformers: bool, log
+    loaded: LoadedModel,
+    model_ref: str,
+    file: str,
+    context: int,
+    stride: int,
+    max_chars: int,
+    kv: torch.dtype | None,
+    compare_transformers: bool,
+    log,
 ) -> tuple[EvalResult, str]:
     """Sliding-window perplexity of a corpus normalized as the model's training data was (a progress bar on a
-    terminal); windows: (file, context, stride, max_chars, KV cache dtype or None); with compare_transformers,
-    transformers' own loading of the model scores the same windows."""
-    file, context, stride, max_chars, kv = windows
+    terminal), each window over a KV cache of dtype kv where given; with compare_transformers, transformers' own
+    loading of the model scores the same windows."""
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     text = corpus_text(file, config.data, max_chars)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
