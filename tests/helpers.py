@@ -304,3 +304,22 @@ def hf_pair(folder: Path, flavour: str = "llama", block_size: int = 64):
     ours = Transformer(config).eval()
     theirs = AutoModelForCausalLM.from_pretrained(save_hf_folder(ours, tokenizer, folder / "hf"), dtype=torch.float32)
     return ours, theirs.eval()
+
+
+def hf_generate(model, ids: torch.Tensor, mask: torch.Tensor, **kw):
+    """transformers' generate() without sampling or its default processors (greedy, or beam search with num_beams),
+    returning its dict with the scores; kw adds or overrides settings."""
+    kw.setdefault("pad_token_id", 0)
+    with torch.no_grad():
+        return model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            min_length=0,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **kw,
+        )

@@ -5,7 +5,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate, left_pad
-from tests.helpers import hf_pair
+from tests.helpers import hf_generate, hf_pair
 
 pytestmark = pytest.mark.hf
 
@@ -16,23 +16,6 @@ def pair(request, tmp_path_factory):
     return hf_pair(tmp_path_factory.mktemp(request.param), request.param)
 
 
-def _hf_generate(model, ids, mask, **kw):
-    kw.setdefault("pad_token_id", 0)
-    with torch.no_grad():
-        return model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            min_length=0,
-            do_sample=False,
-            top_k=None,
-            top_p=None,
-            temperature=None,
-            return_dict_in_generate=True,
-            output_scores=True,
-            **kw,
-        )
-
-
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
 
 
@@ -40,7 +23,7 @@ def test_greedy_identical(pair):
     ours, theirs = pair
     ids, mask = left_pad(PROMPTS, 0)
     out = generate(ours, PROMPTS, GenerationConfig(strategy="greedy", max_new_tokens=25), pad_id=0)
-    hf = _hf_generate(theirs, ids, mask, max_new_tokens=25, eos_token_id=None)
+    hf = hf_generate(theirs, ids, mask, max_new_tokens=25, eos_token_id=None)
     assert out.sequences.tolist() == hf.sequences.tolist()
 
 
@@ -66,7 +49,7 @@ def test_beam_search_same_sequences_order_and_scores(pair, length_penalty, early
     )
     out = generate(ours, [prompt], config, eos_id=eos, pad_id=eos)
     ids = torch.tensor([prompt])
-    hf = _hf_generate(
+    hf = hf_generate(
         theirs,
         ids,
         torch.ones_like(ids),
@@ -88,7 +71,7 @@ def test_beam_search_batched_with_left_padding(pair):
     config = GenerationConfig(strategy="beam", num_beams=4, num_return_sequences=2, max_new_tokens=10)
     out = generate(ours, PROMPTS, config, eos_id=eos, pad_id=0)
     ids, mask = left_pad(PROMPTS, 0)
-    hf = _hf_generate(
+    hf = hf_generate(
         theirs, ids, mask, num_beams=4, num_return_sequences=2, max_new_tokens=10, eos_token_id=eos, pad_token_id=0
     )
     assert out.sequences.tolist() == hf.sequences.tolist()
@@ -104,7 +87,7 @@ def test_repetition_penalty_on_a_left_padded_batch(pair, strategy, pad):
     config = GenerationConfig(strategy=strategy, num_beams=beams, max_new_tokens=12, repetition_penalty=2.5)
     out = generate(ours, PROMPTS, config, pad_id=pad)
     ids, mask = left_pad(PROMPTS, pad)
-    hf = _hf_generate(
+    hf = hf_generate(
         theirs,
         ids,
         mask,
@@ -128,7 +111,7 @@ def test_min_new_tokens(pair, strategy):
     )
     out = generate(ours, [prompt], config, eos_id=eos, pad_id=eos)
     ids = torch.tensor([prompt])
-    hf = _hf_generate(
+    hf = hf_generate(
         theirs,
         ids,
         torch.ones_like(ids),

@@ -13,7 +13,7 @@ from arlm.decoding.engine import KV_DTYPES, Engine, cache_dtype
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
-from tests.helpers import hf_pair, hf_rounding_cache
+from tests.helpers import hf_generate, hf_pair, hf_rounding_cache
 
 
 def _model(seed=0, layers=2, d=32):
@@ -70,21 +70,9 @@ def test_a_bfloat16_cache_takes_half_the_memory():
 
 def _hf_greedy(model, ids: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
     """transformers' greedy tokens over the rounding cache, and the logits of the first new token (V,)."""
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            cache=hf_rounding_cache(),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            top_k=None,
-            top_p=None,
-            temperature=None,
-            pad_token_id=0,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
+    prompt, mask = torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)  # (1, T) each
+    steps = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+    out = hf_generate(model, prompt, mask, cache=hf_rounding_cache(), output_logits=True, **steps)
     return out.sequences[0, len(ids) :].tolist(), out.logits[0][0]
 
 
