@@ -115,3 +115,31 @@ def test_flash_attention_matches_naive_on_gpu(dtype):
     x = torch.randint(0, 61, (4, 48), device="cuda")
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(sdpa(x).float(), naive(x).float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_from_weights_equals_a_drawn_model_given_the_same_weights(flavour, tied):
+    """Built without random draws (meta, then assigned): the same logits, tensors and tying as load_state_dict."""
+    reference = _model(flavour=flavour, tie_embeddings=tied)
+    config = reference.config
+    state = {k: v.clone() for k, v in reference.state_dict().items() if not (tied and k == "lm_head.weight")}
+    state = {k: v.to(torch.bfloat16) if k.endswith("norm.weight") else v for k, v in state.items()}  # cast as copied
+    reference.load_state_dict(state, strict=False)
+    built = Transformer.from_weights(config, state).eval()
+    assert all(p.dtype == torch.float32 and not p.is_meta for p in (*built.parameters(), *built.buffers()))
+    assert (built.lm_head.weight is built.tok_emb.weight) == tied and built.num_params() == reference.num_params()
+    ids = torch.randint(0, config.vocab_size, (2, 12))
+    assert torch.equal(built(ids), reference(ids))
+    if flavour == "llama":
+        assert torch.equal(built.rotary.cos, reference.rotary.cos)
+        assert torch.equal(built.rotary.sin, reference.rotary.sin)
+
+
+def test_from_weights_refuses_a_missing_or_misshapen_tensor():
+    model = _model(flavour="llama")
+    state = model.state_dict()
+    with pytest.raises(RuntimeError, match="Missing key"):
+        Transformer.from_weights(model.config, {k: v for k, v in state.items() if k != "norm.weight"})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        Transformer.from_weights(model.config, {**state, "norm.weight": torch.ones(3)})

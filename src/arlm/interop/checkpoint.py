@@ -360,6 +360,5 @@ def checkpoint_model(checkpoint: Checkpoint) -> LoadedModel:
     tokenizer = checkpoint.tokenizer()
     if tokenizer.fingerprint() != checkpoint.meta.get("tokenizer_fingerprint"):
         raise ArlmError(f"the tokenizer in {checkpoint.path} does not match the one the model was trained with")
-    model = Transformer(checkpoint.config.model)
-    model.load_state_dict(load_weights_dict(model, checkpoint.model_state()))
+    model = Transformer.from_weights(checkpoint.config.model, checkpoint.model_state())
     return LoadedModel(model, tokenizer, checkpoint.config, str(checkpoint.path))

@@ -265,10 +265,7 @@ def load_hf_folder(path: str | Path) -> LoadedModel:
         config, weights = _gpt2_from_hf(hf, state, path)
     else:
         config, weights = _llama_from_hf(hf, state, path)
-    if config.tie_embeddings:
-        weights["lm_head.weight"] = weights["tok_emb.weight"]
-    model = Transformer(config)
-    model.load_state_dict(weights)
+    model = Transformer.from_weights(config, weights)
     if not (path / "tokenizer.json").exists():
         raise ArlmError(
             f"{path} has no tokenizer.json; write one with transformers: "

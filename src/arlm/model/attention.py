@@ -23,8 +23,10 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, max_len: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (hd/2,)
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
+        # on the CPU even under a device context (Transformer.from_weights builds on "meta"); .to() moves them
+        steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu")
+        inv_freq = 1.0 / (theta ** (steps.float() / head_dim))  # (hd/2,)
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32, device="cpu"), inv_freq)  # (max_len, hd/2)
         angles = torch.cat([freqs, freqs], dim=-1)  # (max_len, hd)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)

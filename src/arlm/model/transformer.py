@@ -34,7 +34,8 @@ class RMSNorm(nn.Module):
 class MLP(nn.Module):
     """GELU (tanh form, as GPT-2) or SwiGLU (as Llama, with fused gate/up projection)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, init: bool = True) -> None:
+        """init=False: the weights are left as allocated, for from_weights to fill."""
         super().__init__()
         self.swiglu = config.flavour == "llama"
         hidden = config.ffn_dim
@@ -93,17 +94,23 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
+def _embedding(rows: int, width: int, init: bool) -> nn.Embedding:
+    """An embedding table (rows, width): drawn at random (init), else left as allocated."""
+    return nn.Embedding(rows, width) if init else nn.Embedding.from_pretrained(torch.empty(rows, width), freeze=False)
+
+
 class Transformer(nn.Module):
     """Decoder-only language model; knows nothing of data, training or decoding."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, init: bool = True) -> None:
+        """init=False: the weights are left as allocated, for from_weights to fill."""
         super().__init__()
         if config.vocab_size < 1:
             raise ValueError("model.vocab_size must be set (from the tokenizer) before building the model")
         config.validate()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.block_size, config.d_model) if config.flavour == "gpt2" else None
+        self.tok_emb = _embedding(config.vocab_size, config.d_model, init)
+        self.pos_emb = _embedding(config.block_size, config.d_model, init) if config.flavour == "gpt2" else None
         self.rotary = (
             Rotary(config.head_dim, config.block_size, config.rope_theta) if config.flavour == "llama" else None
         )
@@ -113,11 +120,31 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        residual_std = config.init_std / math.sqrt(2 * config.n_layer)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, std=residual_std)
-            nn.init.normal_(block.mlp.down.weight, std=residual_std)
+        if init:
+            self.apply(self._init_weights)
+            residual_std = config.init_std / math.sqrt(2 * config.n_layer)
+            for block in self.blocks:
+                nn.init.normal_(block.attn.proj.weight, std=residual_std)
+                nn.init.normal_(block.mlp.down.weight, std=residual_std)
+
+    @classmethod
+    def from_weights(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+        """A model holding `state` (every tensor by load_state_dict's names; a tied head may be left out), built
+        without drawing the random weights it replaces (a second or more for SmolLM2): on the meta device, then given
+        the tensors, each made contiguous and of the parameter's dtype as load_state_dict's copy would; tied weights
+        stay one tensor."""
+        with torch.device("meta"):  # no random draws: normal_ on meta tensors alone would import torch._dynamo (~1 s)
+            model = cls(config, init=False)
+        expected = model.state_dict()
+        if config.tie_embeddings and "lm_head.weight" not in state:  # a tied model's files hold the table once
+            state = {**state, "lm_head.weight": state["tok_emb.weight"]}
+        state = {k: v.to(expected[k].dtype).contiguous() if k in expected else v for k, v in state.items()}
+        model.load_state_dict(state, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.tok_emb.weight
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            raise RuntimeError("Transformer.from_weights left a tensor on the meta device")
+        return model
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
