@@ -102,3 +102,22 @@ def test_a_checkpoint_loads_at_every_dtype(run):
         assert model.tok_emb.weight.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
         assert is_quantized(model) == (dtype == "int8")
     assert isinstance(load_model(run, dtype="int8").model.lm_head, Int8Linear)
+
+
+def test_starting_to_generate_from_smollm2_never_imports_torch_dynamo():
+    """`arlm generate smollm2` at float32 and int4 starts without torch._dynamo, whose import alone costs ~1 s (a
+    decorator at import, random draws on the meta device, RoPE tables computed there all imported it once)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from arlm.cli import main\n"
+        "for dtype in ('float32', 'int4'):\n"
+        "    main(['generate', 'smollm2', '--prompt', 'Hi', '--dtype', dtype, '--temperature', '0',\n"
+        "          '--max-new-tokens', '3'])\n"
+        "print('dynamo imported:', 'torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("dynamo imported: False")

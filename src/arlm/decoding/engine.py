@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from arlm.errors import ArlmError
+from arlm.model import native
 from arlm.model.kv_cache import KVCache
 
 
@@ -72,6 +73,7 @@ class Engine:
             torch._dynamo.mark_static_address(cache.k)
             torch._dynamo.mark_static_address(cache.v)
         if self._compiled is None:
+            native.prepare_compile()
             self._compiled = torch.compile(self.model.decode_step, **compile_options(weight.device))
         cache.length = 0
         self.cache, self.static, self._pos = cache, True, None

@@ -25,6 +25,7 @@ from arlm.interop.checkpoint import (
     save_checkpoint,
 )
 from arlm.interop.lora import base_reference, peft_files
+from arlm.model import native
 from arlm.model.lora import add_lora, is_adapter_key, target_names, weights_sha256
 from arlm.model.transformer import Transformer
 from arlm.training import distributed as D
@@ -74,6 +75,7 @@ class Trainer:
         self.model = D.wrap_model(model, tc, self.info, device)
         self._loss_model, self._train_loss = self.model, self._forward_loss
         if tc.compile:
+            native.prepare_compile()
             self.model = torch.compile(self.model)  # evaluation, scheduled sampling
             if self.info.enabled:  # DDP/FSDP2: the wrapped model compiled, the loss after it
                 self._loss_model = self.model
