@@ -143,3 +143,14 @@ def test_swiglu_is_pytorchs_silu_times_up(dtype):
     else:
         assert (ours == theirs).float().mean() > 0.995
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=2**-7, atol=0)
+
+
+def test_a_build_says_why_it_waits_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
+    assert native._build("false", "a compiler that fails", set()) is None
+    assert capsys.readouterr().err == ""  # output captured (a pipe, a file): the command's own lines alone
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert native._build("false", "a compiler that fails, again", set()) is None
+    assert "compiling its CPU kernels" in capsys.readouterr().err

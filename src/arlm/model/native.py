@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,8 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
             os.utime(target)
         return target
     folder.mkdir(parents=True, exist_ok=True)
+    if sys.stderr.isatty():  # a person waits: say why (a terminal only, so captured output stays the command's own)
+        print(f"arlm: compiling its CPU kernels for this machine into {folder} (once, ~5-10 s)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then moved in whole: no half-written file
         built = Path(scratch) / target.name
         try:
