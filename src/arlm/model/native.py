@@ -11,13 +11,13 @@ one SDPA call per query; the block kernel runs a Llama block's ten steps on thos
 of a model in one call (model/inference.py's FusedBlock, FusedBlocks), so a token costs a few Python calls instead of
 ~1,000 small operations. docs/perf.md has the side-by-side figures.
 
-The C files are compiled by the system's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into
-`$ARLM_CACHE/kernels/<digest>/` (default `~/.cache/arlm`) the first time a quantized layer is built, about a second; the
-digest covers the sources, the compiler and the CPU's flags, so a changed file or machine builds afresh (the cache keeps
-the 8 most recently used builds). It needs x86-64 with AVX2, FMA and F16C (Haswell, Zen and later) and a compiler with
-OpenMP, and uses what more the CPU has: AVX-512 (16 lanes instead of 8; with VNNI, the int products on vpdpbusd) and AMX
-where Linux lets us use it (bfloat16 products; int products from a few rows). Where a need is missing, or with
-ARLM_NATIVE=0, `available()` is False and the layers use PyTorch's kernels (model/quant.py, model/inference.py).
+The C files are compiled by `$CC` (else `cc`; `-O3 -march=native -fopenmp`) into `$ARLM_CACHE/kernels/<digest>/`
+(default `~/.cache/arlm`) when first needed (6-7 s on 2 cores); the digest covers the sources, the compiler and the
+CPU's flags, so a changed file or machine builds afresh (the cache keeps the 8 most recently used builds). It needs
+x86-64 with AVX2, FMA and F16C (Haswell, Zen and later) and a compiler with OpenMP, and uses what more the CPU has:
+AVX-512 (16 lanes instead of 8; with VNNI, the int products on vpdpbusd) and AMX where Linux lets us use it (bfloat16
+products; int products from a few rows). Where a need is missing, or with ARLM_NATIVE=0, `available()` is False and the
+layers use PyTorch's kernels (model/quant.py, model/inference.py).
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ class Attention(ctypes.Structure):
 
 
 class LinearWeights(ctypes.Structure):
-    """kernels.h's Linear: a weight on one of the kernels (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32, 4 float32
-    packed)."""
+    """kernels.h's Linear: a weight on a kernel (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32, 4 float32 packed)."""
 
     _fields_ = [("w", _P), ("scale", _P), ("N", _L), ("K", _L), ("G", _L), ("kind", _I)]
 
@@ -77,9 +76,8 @@ def available() -> bool:
 
 
 def prepare_compile() -> None:
-    """Call before torch.compile: `available()` becomes a constant to compiled graphs (asked once, when traced, not at
-    every call: torch.compiler.assume_constant_result). Not done at import, where it would import torch._dynamo,
-    ~1.1 s added to every command's start."""
+    """Call before torch.compile: `available()` becomes a constant to compiled graphs (assume_constant_result); not at
+    import, where it would import torch._dynamo, ~1.1 s added to every command's start."""
     global available
     available = torch.compiler.assume_constant_result(available)
 
