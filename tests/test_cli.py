@@ -5,6 +5,8 @@ import importlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -400,3 +402,19 @@ def test_every_loader_takes_a_quantized_dtype(trained, capsys):
     assert "perplexity" in capsys.readouterr().out
     _fails(capsys, "eval", "icl", str(run), "--lm-eval", "--dtype", "int8", match="--lm-eval loads the model")
     _fails(capsys, "generate", str(run), "--dtype", "int4", "--device", "meta", match="CPU only")
+
+
+def test_help_lists_every_verb_without_importing_torch():
+    """`arlm --help` reads each verb's help line from its source: a fresh interpreter prints the list (each line the
+    module's own first docstring line) and never imports torch or a verb module."""
+    code = (
+        "import sys\nfrom arlm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', 'torch' in sys.modules, any(m.startswith('arlm.commands.') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip().endswith("LOADED False False")
+    help_text = " ".join(out.split())
+    for name, module_name in VERBS.items():
+        if " " not in name:
+            assert importlib.import_module(module_name).__doc__.strip().splitlines()[0] in help_text, name
+    assert run_cli("--help").returncode == 0

@@ -9,7 +9,9 @@ two words (`eval icl`) is a form of a group (`eval`); to add a verb, add its mod
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import os
 import sys
 from types import ModuleType
@@ -48,8 +50,8 @@ OVERRIDES_HELP = "config overrides: --section.key value (e.g. --train.lr 3e-4 --
 
 
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
-    """The parser of every verb. Only the modules of the verbs argv's first word can reach are imported (all of
-    them for `arlm --help`), so a command starts without loading every other one."""
+    """The parser of every verb. Only the modules of the verbs argv's first word can reach are imported; where it
+    names no verb (`arlm --help`) none is, their help lines read from their sources, so the list comes at once."""
     parser = argparse.ArgumentParser(prog="arlm", description="Autoregressive transformer language models.")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -63,11 +65,22 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
                 group = verbs.add_parser(head, help=forms, description=f"arlm {head} FORM: one of {forms}.")
                 groups[head] = group.add_subparsers(dest="form", metavar="FORM", required=True)
             where = groups[head]
-        if argv and argv[0] in heads and argv[0] != head:
+        if not argv or argv[0] not in heads:
+            where.add_parser(form or head, help=help_line(module_name))  # never parsed: argv names no verb
+            continue
+        if argv[0] != head:
             where.add_parser(form or head)  # never parsed: argv names another verb
             continue
         add_verb(where, form or head, importlib.import_module(module_name))
     return parser
+
+
+def help_line(module_name: str) -> str:
+    """The first line of a module's docstring, read from its source without importing it (or its torch)."""
+    spec = importlib.util.find_spec(module_name)
+    with open(spec.origin, encoding="utf-8") as source:  # type: ignore[union-attr]
+        doc = ast.get_docstring(ast.parse(source.read())) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def add_verb(where: argparse._SubParsersAction, word: str, module: ModuleType) -> argparse.ArgumentParser:
