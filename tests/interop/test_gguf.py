@@ -23,7 +23,8 @@ from arlm.interop.gguf import (
     read_tensors,
     smollm2_path,
 )
-from arlm.interop.loading import load_model
+from arlm.interop.loading import load_model, to_dtype
+from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Transformer
 
 gguf = pytest.importorskip("gguf")
@@ -350,7 +351,10 @@ def _permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _write_tiny_llama(path, model: Transformer, tokens: list[str], merges: list[str], arch: str = "llama"):
+def _write_tiny_llama(
+    path, model: Transformer, tokens: list[str], merges: list[str], arch: str = "llama", types: dict | None = None
+):
+    """The model as convert_hf_to_gguf writes it, float32, or a tensor's type from `types` (name -> GGML type)."""
     c = model.config
     state = {k: v.detach() for k, v in model.state_dict().items()}
     writer = gguf.GGUFWriter(path, arch)
@@ -394,7 +398,9 @@ def _write_tiny_llama(path, model: Transformer, tokens: list[str], merges: list[
         ):
             tensors[f"blk.{i}.{name}.weight"] = value
     for name, value in tensors.items():
-        writer.add_tensor(name, np.ascontiguousarray(value.numpy()))
+        values = np.ascontiguousarray(value.numpy())
+        kind = (types or {}).get(name)
+        writer.add_tensor(name, values if kind is None else gguf.quants.quantize(values, kind), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -402,20 +408,23 @@ def _write_tiny_llama(path, model: Transformer, tokens: list[str], merges: list[
     return path
 
 
+TINY_TOKENS = ["<|endoftext|>", "<|im_end|>", *_byte_alphabet(), "Ġt", "he", "Ġthe"]
+TINY_MERGES = ["Ġ t", "h e", "Ġt he"]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(arlm model, path of its GGUF) for a random GQA Llama with untied embeddings and a byte-level vocab."""
     torch.manual_seed(3)
-    tokens = ["<|endoftext|>", "<|im_end|>", *_byte_alphabet(), "Ġt", "he", "Ġthe"]
     config = ModelConfig(
-        flavour="llama", vocab_size=len(tokens), block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
+        flavour="llama", vocab_size=len(TINY_TOKENS), block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
         d_ff=96, tie_embeddings=False, rope_theta=500.0, norm_eps=1e-6,
     )  # fmt: skip
     model = Transformer(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(1 + 0.2 * torch.randn_like(param) if "norm" in name else 0.3 * torch.randn_like(param))
-    path = _write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", model, tokens, ["Ġ t", "h e", "Ġt he"])
+    path = _write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", model, TINY_TOKENS, TINY_MERGES)
     return model, path
 
 
@@ -431,6 +440,28 @@ def test_tiny_llama_round_trips_through_gguf(tiny):
     assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (0, 1, None)
     assert tokenizer.decode(tokenizer.encode("héllo 1 2")) == "héllo 1 2"
     assert apply_chat_template(chat_template(path), [{"role": "user", "content": "x"}]) == "x"
+
+
+@torch.no_grad()
+def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_path, tiny, monkeypatch):
+    """--dtype int4 of a GGUF decodes no Q4 tensor whose layer it builds from the blocks; a layer with a source of
+    another type (layer 0's keys in Q8_0 here) is decoded and quantized as before: the same model either way."""
+    model, _ = tiny
+    linears = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    types = {f"blk.{i}.{name}.weight": Q.Q4_1 for i in range(model.config.n_layer) for name in linears}
+    types["blk.0.attn_k.weight"] = Q.Q8_0
+    path = str(_write_tiny_llama(tmp_path / "mixed.gguf", model, TINY_TOKENS, TINY_MERGES, types=types))
+    decoded_first = to_dtype(load_gguf_model(path).model, "int4", gguf=path)  # every tensor decoded, then replaced
+    decoded, decode = [], arlm_gguf.dequantize
+    monkeypatch.setattr(
+        arlm_gguf, "dequantize", lambda raw, kind, shape: decoded.append(kind) or decode(raw, kind, shape)
+    )
+    loaded = load_model(path, dtype="int4").model
+    assert decoded.count("Q4_1") == 2 and decoded.count("Q8_0") == 1  # layer 0's queries, values and keys
+    assert isinstance(loaded.blocks[0].attn.qkv, Int8Linear) and isinstance(loaded.blocks[1].attn.qkv, Int4Linear)
+    assert sum(isinstance(m, Int4Linear) for m in loaded.modules()) == 4 * model.config.n_layer - 1
+    ids = torch.randint(0, model.config.vocab_size, (2, 20))
+    assert torch.equal(loaded(ids), decoded_first(ids))
 
 
 def test_rope_unpermute_inverts_the_converter():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,9 @@ def dequantize(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> torch.T
     return torch.from_numpy(values.reshape(tuple(shape)))  # GGUF row-major: the last torch dim is ne0
 
 
-def read_tensors(contents: GGUFContents) -> dict[str, torch.Tensor]:
-    """Every tensor as float32 in torch layout: GGUF shape [ne0, ne1] (ne0 fastest) is torch (ne1, ne0)."""
+def read_tensors(contents: GGUFContents, unread: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """Every tensor as float32 in torch layout: GGUF shape [ne0, ne1] (ne0 fastest) is torch (ne1, ne0); those
+    named in `unread` as their shapes alone (meta tensors, nothing decoded: their layers are built another way)."""
     unsupported = {
         n: t.tensor_type.name for n, t in contents.tensors.items() if t.tensor_type.name not in SUPPORTED_TYPES
     }
@@ -162,8 +163,11 @@ def read_tensors(contents: GGUFContents) -> dict[str, torch.Tensor]:
             f"{contents.path}: tensor {name} has quantization type {kind}, which arlm cannot dequantize; "
             f"supported: {', '.join(SUPPORTED_TYPES)}"
         )
+    shapes = {name: [int(d) for d in reversed(t.shape)] for name, t in contents.tensors.items()}
     return {
-        name: dequantize(t.data, t.tensor_type.name, [int(d) for d in reversed(t.shape)])
+        name: torch.empty(shapes[name], device="meta")
+        if name in unread
+        else dequantize(t.data, t.tensor_type.name, shapes[name])
         for name, t in contents.tensors.items()
     }
 
@@ -245,9 +249,11 @@ def stack_rows(parts: Sequence[torch.Tensor], heads: Sequence[int]) -> torch.Ten
 
 
 def to_arlm_state_dict(
-    tensors: dict[str, torch.Tensor], config: ModelConfig, source: str = ""
+    tensors: dict[str, torch.Tensor], config: ModelConfig, source: str = "", unread: Collection[str] = ()
 ) -> dict[str, torch.Tensor]:
-    """Rename llama.cpp tensors to arlm's, fuse q/k/v and gate/up, and check every shape."""
+    """Rename llama.cpp tensors to arlm's, fuse q/k/v and gate/up, and check every shape. The Linear weights named
+    in `unread` (their sources read as shapes alone) get room of their shape, never written: the caller replaces
+    their layers (int4 from the file's blocks)."""
     remaining = dict(tensors)
 
     def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -266,7 +272,11 @@ def to_arlm_state_dict(
         state[f"blocks.{i}.norm1.weight"] = take(f"blk.{i}.attn_norm.weight", (C,))
         state[f"blocks.{i}.norm2.weight"] = take(f"blk.{i}.ffn_norm.weight", (C,))
     for ours, parts in linear_sources(config).items():
-        state[ours] = stack_rows([take(name, shape) for name, shape, _ in parts], [h for *_, h in parts])
+        taken = [take(name, shape) for name, shape, _ in parts]
+        if ours in unread:
+            state[ours] = torch.empty(sum(shape[0] for _, shape, _ in parts), parts[0][1][1])  # (rows, cols), unread
+        else:
+            state[ours] = stack_rows(taken, [h for *_, h in parts])
     if remaining:
         raise ArlmError(f"{source}: GGUF tensors arlm's Llama has no place for: {', '.join(sorted(remaining)[:5])}")
     return state
@@ -337,14 +347,17 @@ def chat_template(ref: str | Path) -> str | None:
     return str(template) if template else None
 
 
-def load_gguf_model(ref: str) -> LoadedModel:
-    """A GGUF Llama ("smollm2" or a path) as an arlm Transformer (float32, eval mode) with its tokenizer."""
+def load_gguf_model(ref: str, unread: Collection[str] = ()) -> LoadedModel:
+    """A GGUF Llama ("smollm2" or a path) as an arlm Transformer (float32, eval mode) with its tokenizer; the Linear
+    weights named in `unread` are left undecoded and unwritten, for the caller to replace (interop/gguf_quant.py)."""
     contents = read_gguf(ref)
     config = gguf_model_config(contents)
     tokenizer = build_tokenizer(contents)
     if tokenizer.vocab_size > config.vocab_size:
         raise ArlmError(f"{contents.path}: {tokenizer.vocab_size} tokens but only {config.vocab_size} embedding rows")
-    state = to_arlm_state_dict(read_tensors(contents), config, str(contents.path))
+    sources = linear_sources(config)
+    skipped = {name for layer in unread for name, _, _ in sources[layer]}
+    state = to_arlm_state_dict(read_tensors(contents, skipped), config, str(contents.path), unread)
     model = Transformer.from_weights(config, state).eval()
     return LoadedModel(
         model, tokenizer, RunConfig(model=config, data=DataConfig(tokenizer=str(ref))), str(contents.path)

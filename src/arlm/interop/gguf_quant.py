@@ -9,20 +9,31 @@ differs from the file (with PyTorch's kernels, also their bfloat16 rounding of s
 
 from __future__ import annotations
 
-from arlm.interop.gguf import BLOCK, Q4_TYPES, linear_sources, q4_blocks, read_gguf, stack_rows
+from arlm.config import ModelConfig
+from arlm.interop.gguf import BLOCK, Q4_TYPES, GGUFContents, linear_sources, q4_blocks, read_gguf, stack_rows
 from arlm.model.quant import Int4Linear
 from arlm.model.transformer import Transformer
+
+
+def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
+    """arlm's Linear weights whose source tensors in the file are all Q4_0 / Q4_1: the layers int4 builds from the
+    blocks (so their float32 values need not be decoded at all: load_gguf_model's `unread`)."""
+    return [
+        ours
+        for ours, parts in linear_sources(config).items()
+        if all(name in contents.tensors and contents.tensors[name].tensor_type.name in Q4_TYPES for name, _, _ in parts)
+    ]
 
 
 def int4_from_gguf(model: Transformer, ref: str) -> list[str]:
     """Replace every Linear of a model loaded from GGUF `ref` whose source tensors are all Q4_0 / Q4_1 by an
     Int4Linear built from the blocks (in place); returns the names of the layers replaced."""
     contents = read_gguf(ref)
+    sources = linear_sources(model.config)
     replaced = []
-    for ours, parts in linear_sources(model.config).items():
+    for ours in q4_layers(contents, model.config):
+        parts = sources[ours]
         tensors = [contents.tensors[name] for name, _, _ in parts]
-        if any(t.tensor_type.name not in Q4_TYPES for t in tensors):
-            continue
         blocks = [q4_blocks(t.data, t.tensor_type.name, shape) for t, (_, shape, _) in zip(tensors, parts)]
         heads = [h for *_, h in parts]
         codes, scales, lows = (stack_rows([b[i] for b in blocks], heads) for i in range(3))

@@ -24,8 +24,8 @@ from arlm.interop.checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
-from arlm.interop.gguf import load_gguf_model, load_gguf_tokenizer, resolve_gguf
-from arlm.interop.gguf_quant import int4_from_gguf
+from arlm.interop.gguf import gguf_model_config, load_gguf_model, load_gguf_tokenizer, read_gguf, resolve_gguf
+from arlm.interop.gguf_quant import int4_from_gguf, q4_layers
 from arlm.interop.hf import export_hf, load_hf_folder
 from arlm.interop.lora import load_lora_checkpoint
 from arlm.model.quant import quantize_model
@@ -102,13 +102,16 @@ def load_model(
 
     int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the tied head
     included (int8 for both kinds); int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks
-    and quantizes the others (SmolLM2's Q8_0 head) to int8 per output channel from the values the file holds: a
-    second rounding of those, 4x less to read than float32 (interop/gguf_quant.py; quality in docs/perf.md)."""
-    resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
+    (never decoding them to float32) and quantizes the others (SmolLM2's Q8_0 head) to int8 per output channel from
+    the values the file holds: a second rounding of those, 4x less to read than float32 (interop/gguf_quant.py;
+    quality in docs/perf.md)."""
+    precision = resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     ref = str(reference)
     path = Path(ref)
     if is_gguf_reference(ref):
-        loaded = load_gguf_model(ref)
+        contents = read_gguf(ref)  # int4 builds the Q4 layers from their blocks (to_dtype): no float32 decoded
+        unread = q4_layers(contents, gguf_model_config(contents)) if precision.quant == "int4" else []
+        loaded = load_gguf_model(ref, unread)
     elif path.is_dir() and _is_hf_folder(path):
         loaded = load_hf_folder(path)
     else:
