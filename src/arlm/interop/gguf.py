@@ -274,7 +274,7 @@ def to_arlm_state_dict(
     for ours, parts in linear_sources(config).items():
         taken = [take(name, shape) for name, shape, _ in parts]
         if ours in unread:
-            state[ours] = torch.empty(sum(shape[0] for _, shape, _ in parts), parts[0][1][1])  # (rows, cols), unread
+            state[ours] = torch.empty(sum(t.shape[0] for t in taken), taken[0].shape[1])  # (rows, cols), unread
         else:
             state[ours] = stack_rows(taken, [h for *_, h in parts])
     if remaining:
