@@ -31,3 +31,7 @@ def test_gpu_script_runs_in_cpu_smoke_mode(tmp_path):
         case = results["decode"][mode]["greedy, batch 1"]
         assert case["tokens"] == {"arlm": 16, "transformers": 16}  # counted from each side's output
         assert case["ratio"] == pytest.approx(case["arlm"] / case["transformers"])
+    dtypes = results["dtypes"]  # compiled greedy per dtype, the same weights: float32 and int8 on the CPU
+    for name in ("float32", "int8"):
+        assert dtypes[name]["tokens_per_s"] > 0 and dtypes[name]["profile"]["wall_us_per_token"] > 0
+    assert dtypes["ratio_int8"] == pytest.approx(dtypes["int8"]["tokens_per_s"] / dtypes["float32"]["tokens_per_s"])

@@ -5,6 +5,7 @@ from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
+from arlm.model.quant import Int8Linear, quantize_model
 from arlm.model.transformer import Transformer
 
 
@@ -152,6 +153,24 @@ def test_compiled_decoding_equals_eager(monkeypatch):
 @pytest.mark.gpu
 def test_cuda_graph_decoding_equals_eager_on_gpu():
     model = _model().cuda()
+    prompt = [[1, 2, 3]]
+    eager = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24))
+    compiled = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24, compile=True))
+    assert compiled.generated() == eager.generated()
+
+
+@pytest.mark.gpu
+def test_int8_on_gpu_stays_close_to_bfloat16_and_compiles():
+    """--dtype int8 on a GPU (bfloat16 activations, int8 codes widened in the matmul): logits close to the bfloat16
+    model's, and its compiled (CUDA graph) greedy equals its eager greedy."""
+    model = _model().to("cuda", torch.bfloat16)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]], device="cuda")
+    with torch.no_grad():
+        reference = model(ids).float()
+        quantize_model(model, "int8")
+        logits = model(ids).float()
+    assert isinstance(model.lm_head, Int8Linear) and model.lm_head.dense
+    assert (logits - reference).abs().max() <= 0.05 * reference.abs().max()
     prompt = [[1, 2, 3]]
     eager = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24))
     compiled = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24, compile=True))

@@ -92,7 +92,8 @@ def test_resolve_dtype_names_and_refusals():
     with pytest.raises(ArlmError, match="unknown dtype 'int2'"):
         resolve_dtype("int2")
     with pytest.raises(ArlmError, match="CPU only"):
-        resolve_dtype("int8", "cuda")
+        resolve_dtype("int4", "cuda")
+    assert resolve_dtype("int8", "cuda").float_dtype == torch.bfloat16  # a GPU's int8 layers compute in bfloat16
     assert pick_device("auto", "int4").type == "cpu"
 
 

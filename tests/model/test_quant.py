@@ -82,6 +82,28 @@ def test_int8_takes_any_input_width(in_features, kernels):
         assert ((y.double() - expected).abs() <= _bound(rows, weight, expected)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_dense_layout_is_the_matmul_by_its_codes_then_the_scales(dtype):
+    """The GPU's layout (built here on the CPU): codes as they are, y = linear(x, codes) * scales in the model's
+    dtype; the same codes as the CPU layers' for a float32 weight, scales rounded to the weight's dtype."""
+    linear = _linear(out_features=94, in_features=100, bias=True).to(dtype)
+    weight = linear.weight.detach().float()
+    scales = (weight.abs().amax(dim=1) / 127).to(dtype)  # (out,)
+    codes = torch.round(weight / scales.float()[:, None]).clamp(-127, 127)  # (out, in)
+    layer = Int8Linear(codes, scales, linear.bias, dense=True)
+    assert layer.dense and layer.weight.dtype == torch.int8 and layer.scales.dtype == dtype
+    assert torch.equal(layer.dequantized(), codes * scales.float()[:, None])
+    x = torch.randn(3, 100, generator=torch.Generator().manual_seed(1)).to(dtype)  # (M, in)
+    product = torch.nn.functional.linear(x.double(), codes.double()) * scales.double()  # (M, out)
+    expected = product + linear.bias.double()
+    y = layer(x)
+    assert y.dtype == dtype
+    rounding = 3 * torch.finfo(dtype).eps  # the product's, the scaling's and the bias's roundings to the dtype
+    assert ((y.double() - expected).abs() <= expected.abs() * rounding + product.abs() * rounding + 1e-5).all()
+    if dtype == torch.float32:  # the CPU layers quantize a float32 weight to the same codes
+        assert torch.equal(Int8Linear.from_float(linear).codes().float(), codes)
+
+
 @pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")
 def test_arlm_kernels_read_rows_at_16_bits_per_group():
     """Each value within 1/65,278 of its group of 32's largest (round to nearest of 2 x 32,639 steps); zeros stay

@@ -1,21 +1,28 @@
 """The figures of `arlm bench gpu` (run by `bash benchmarks/gpu.sh`): a GPT-2-124M-shaped training step (bf16,
 compiled) against transformers' GPT2LMHeadModel with MFU, and batch-1 greedy decoding of a SmolLM2-135M-shaped
-Llama (bf16, compiled step with CUDA graphs) against transformers' generate(). Smoke mode runs the same code on
-tiny shapes on the CPU, so the test suite keeps the script from rotting."""
+Llama (bf16, compiled step with CUDA graphs) against transformers' generate(); then our compiled decoding per dtype
+(bfloat16, int8 weight-only) with a profile of each (kernels and GPU time per token against the wall time). Smoke mode
+runs the same code on tiny shapes on the CPU, so the test suite keeps the script from rotting."""
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
+import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from arlm.bench.decode import SMOLLM2_SHAPE, run_decode_bench
+from arlm.bench.decode import SMOLLM2_SHAPE, ragged_prompts, run_decode_bench
 from arlm.bench.train import run_bench
-from arlm.config import ModelConfig
+from arlm.config import GenerationConfig, ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
+from arlm.decoding.engine import Engine, compile_options
+from arlm.decoding.generate import generate
+from arlm.interop.loading import to_dtype
 from arlm.model.transformer import Transformer
 
 GPT2_124M = dict(flavour="gpt2", n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50304, bias=True)
@@ -71,6 +78,80 @@ def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
             compile=compile,
         )
     return figures
+
+
+def dtype_figures(device: torch.device, smoke: bool, log=print) -> dict:
+    """Batch-1 greedy tokens/s of our compiled step per dtype (bfloat16, int8 weight-only; on the CPU float32 and
+    int8), each on a GPU also compiled without coordinate descent tuning ("untuned"), the same random weights, runs
+    alternating, median of repeats; whether each output equals the first's; and a profile of one run each."""
+    config = ModelConfig(**(SMOKE_DECODE if smoke else SMOLLM2_SHAPE))
+    dtypes = ("float32", "int8") if smoke else ("bfloat16", "int8")
+    variants = {name: (name, None) for name in dtypes}  # name -> (dtype, compile options: None for the default)
+    if device.type == "cuda":
+        variants |= {f"{name}, untuned": (name, compile_options(device, tuned=False)) for name in dtypes}
+    new_tokens, repeats = (16, 2) if smoke else (256, 7)
+    greedy = GenerationConfig(strategy="greedy", max_new_tokens=new_tokens, stop_at_eos=False, compile=True)
+    prompt = ragged_prompts(1, 32, config.vocab_size)
+    torch._dynamo.reset()  # every variant compiles afresh (and within the recompile limit)
+    engines, outputs = {}, {}
+    for name, (dtype, options) in variants.items():
+        torch.manual_seed(0)
+        engines[name] = Engine(to_dtype(Transformer(config), dtype, device), options)
+        start = time.perf_counter()
+        for _ in range(3):  # compilation and CUDA graph capture
+            outputs[name] = generate(engines[name], prompt, greedy).generated()
+        log(f"  {name}: compiled and warmed up in {time.perf_counter() - start:.1f} s")
+    names = list(variants)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            rates[name].append(generate(engines[name], prompt, greedy).stats["tokens_per_s"])
+    figures = {"new_tokens": new_tokens, "repeats": repeats}
+    for name in names:
+        rate = statistics.median(rates[name])
+        figures[name] = {
+            "tokens_per_s": rate,
+            "range": [min(rates[name]), max(rates[name])],
+            "same_output_as_" + names[0]: outputs[name] == outputs[names[0]],
+            "profile": _guarded(lambda name=name: step_profile(engines[name], prompt, greedy)),
+        }
+        log(f"  {name:<18} {rate:>8.1f} tokens/s (range {min(rates[name]):.1f}-{max(rates[name]):.1f})")
+        log(f"    profile per token: {json.dumps(figures[name]['profile'])}")
+    figures["ratio_" + dtypes[1]] = figures[dtypes[1]]["tokens_per_s"] / figures[dtypes[0]]["tokens_per_s"]
+    return figures
+
+
+def step_profile(engine: Engine, prompt: list[list[int]], config: GenerationConfig, top: int = 8) -> dict:
+    """One generate() under torch.profiler: device kernels and their busy time per new token, against the wall time
+    per new token (busy far below wall: the host or launches limit; near it: the kernels do), and the kernels that
+    take most of it."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = engine.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
+    with profile(activities=activities) as prof:
+        out = generate(engine, prompt, config)
+    tokens = out.stats["new_tokens"]
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy = Counter()
+    for kernel in kernels:
+        busy[kernel.name] += kernel.time_range.elapsed_us()  # the kernel's own run
+    return {
+        "wall_us_per_token": 1e6 * out.stats["seconds"] / tokens,
+        "kernels_per_token": len(kernels) / tokens,
+        "busy_us_per_token": sum(busy.values()) / tokens,
+        "top_kernels_us_per_token": {name: us / tokens for name, us in busy.most_common(top)},
+    }
+
+
+def _guarded(fn) -> dict:
+    """fn's figures, or the error it raised (the figures measured before it are kept)."""
+    try:
+        return fn()
+    except Exception as error:  # a profiler that cannot see the device must not lose the rates
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
 def run_section(results: dict, name: str, out: Path, fn) -> None:

@@ -1,4 +1,5 @@
-"""Every GPU figure of docs/perf.md in one run (training step and decoding against transformers); results.json.
+"""Every GPU figure of docs/perf.md in one run (training step and decoding against transformers, decoding per dtype);
+results.json.
 
 `bash benchmarks/gpu.sh` runs it; `--cpu-smoke` runs the same code on tiny shapes on the CPU (the tests do)."""
 
@@ -10,18 +11,28 @@ from pathlib import Path
 
 import torch
 
-from arlm.bench.gpu import decode_figures, environment, run_section, train_figures
+from arlm.bench.gpu import decode_figures, dtype_figures, environment, run_section, train_figures
+from arlm.errors import ArlmError
+
+SECTIONS = ("train", "decode", "dtypes")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--cpu-smoke, --out, --batch."""
+    """--cpu-smoke, --out, --batch, --sections."""
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (what the tests run)")
     parser.add_argument("--out", default="bench-out", help="folder for results.json")
     parser.add_argument("--batch", type=int, default=32, help="training batch (rows of 1,024 tokens)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run both sections (a failing one is recorded, the other still runs); exit 1 when one failed."""
+    """Run the sections asked for (a failing one is recorded, the others still run); exit 1 when one failed."""
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        raise ArlmError(f"--sections takes names of {', '.join(SECTIONS)}; got {args.sections!r}")
     smoke = args.cpu_smoke or not torch.cuda.is_available()
     device = torch.device("cpu" if smoke else "cuda")
     if smoke and not args.cpu_smoke:
@@ -31,12 +42,20 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     results = {"environment": environment(device), "smoke": smoke}
-    print("== training step: arlm vs transformers GPT2LMHeadModel ==", flush=True)
-    run_section(results, "train", out, lambda: train_figures(device, smoke, 2 if smoke else args.batch))
-    print("== batch-1 greedy decoding: arlm vs transformers generate() ==", flush=True)
-    run_section(results, "decode", out, lambda: decode_figures(device, smoke))
+    runs = {
+        "train": ("training step: arlm vs transformers GPT2LMHeadModel", lambda: train_figures(device, smoke, batch)),
+        "decode": ("batch-1 greedy decoding: arlm vs transformers generate()", lambda: decode_figures(device, smoke)),
+        "dtypes": (
+            "batch-1 greedy decoding, compiled, per dtype, with a profile",
+            lambda: dtype_figures(device, smoke),
+        ),
+    }
+    batch = 2 if smoke else args.batch
+    for name in sections:
+        print(f"== {runs[name][0]} ==", flush=True)
+        run_section(results, name, out, runs[name][1])
     print(f"wrote {out / 'results.json'}")
-    failed = [name for name in ("train", "decode") if "error" in results[name]]
+    failed = [name for name in sections if "error" in results[name]]
     if failed:
         print(f"benchmark sections failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -62,9 +62,9 @@ class Precision:
 
 
 def pick_device(name: str = "auto", dtype: str | None = None) -> torch.device:
-    """'auto' picks CUDA when present (and the dtype runs there: int8 / int4 are CPU-only), else the CPU."""
+    """'auto' picks CUDA when present (and the dtype runs there: int4 is CPU-only), else the CPU."""
     if name == "auto":
-        cuda = torch.cuda.is_available() and dtype not in ("int8", "int4")
+        cuda = torch.cuda.is_available() and dtype != "int4"
         return torch.device("cuda" if cuda else "cpu")
     try:
         device = torch.device(name)
@@ -83,10 +83,10 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "
     if name not in DTYPES:
         raise ArlmError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     device = torch.device(device)
-    if name in ("int8", "int4"):
-        if device.type != "cpu":
-            raise ArlmError(f"--dtype {name} runs on the CPU only (PyTorch's weight-only kernels); use --device cpu")
-        return Precision(name, torch.float32, name)
+    if name == "int4" and device.type != "cpu":
+        raise ArlmError("--dtype int4 runs on the CPU only (arlm's and PyTorch's CPU kernels); use --device cpu")
+    if name in ("int8", "int4"):  # a GPU's int8 layers compute in bfloat16 (model/quant.py), a CPU's in float32
+        return Precision(name, torch.float32 if device.type == "cpu" else torch.bfloat16, name)
     return Precision(name, getattr(torch, name))
 
 

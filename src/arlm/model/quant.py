@@ -1,4 +1,4 @@
-"""Weight-only quantized linear layers for the CPU.
+"""Weight-only quantized linear layers: int8 and int4 on the CPU, int8 on a GPU.
 
 - `Int8Linear`: int8 weights with one float scale per output channel.
 - `Int4Linear`: 4-bit codes q in 0..15 per group of 32 or 64 inputs, with a scale and a low per group: the weight is
@@ -17,10 +17,13 @@ Two kernel sets, chosen when a layer is built:
   (`compute_dtype`) and its output comes back in bfloat16 precision. They too are batch-invariant on the CPUs tested
   (tests/model/test_quant.py).
 
-`kernel_dtype()` is the dtype a layer built now reads its inputs and levels in; `dequantized()` is the weight the kernel
-multiplies by, every rounding included. Either way a layer returns its output in the input's dtype (the residual stream,
-norms and attention stay in the model's float dtype), runs on the CPU only, and is for inference: its state dict is not
-a checkpoint's.
+On a GPU an int8 layer keeps its codes (out, in) as they are and its scales in the model's float dtype (bfloat16 for
+--dtype int8 there): y = linear(x, codes widened) * scales, which torch.compile fuses into one kernel reading the int8
+codes (eager, the widened copy is made at every call; correct, not fast).
+
+`kernel_dtype()` is the dtype a CPU layer built now reads its inputs and levels in; `dequantized()` is the weight the
+kernel multiplies by, every rounding included. Either way a layer returns its output in the input's dtype (the residual
+stream, norms and attention stay in the model's float dtype) and is for inference: its state dict is not a checkpoint's.
 """
 
 from __future__ import annotations
@@ -57,11 +60,19 @@ def _rounded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class Int8Linear(nn.Module):
     """y = x (scale * W_int8)^T + b, one scale per output channel."""
 
-    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None, dense: bool | None = None
+    ) -> None:
+        """Codes (out, in) in -127..127 and scales (out,); dense: the GPU's layout (None: where the codes are not on
+        the CPU), else the CPU kernels'."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.native = native.available()
-        if self.native:
+        self.dense = weight.device.type != "cpu" if dense is None else dense
+        self.native = not self.dense and native.available()
+        if self.dense:  # GPU: the codes as they are, widened inside the matmul's input (fused when compiled)
+            self.register_buffer("weight", weight.to(torch.int8).contiguous())  # (out, in)
+            self.register_buffer("scales", scales.contiguous())  # (out,) in the model's float dtype
+        elif self.native:
             self.register_buffer("packed", native.pack_int8(weight))  # (out/16, in/32, 8, 16, 4)
             self.register_buffer("scales", native.pad_outputs(scales))  # (out rounded up to 16,)
         else:  # PyTorch's kernel reads past rows whose width is not a multiple of 16 (a segfault, tested): zero columns
@@ -73,17 +84,19 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_float(cls, linear: nn.Module) -> Int8Linear:
-        """Symmetric per-channel quantization of a Linear's weight (round to nearest, scale = max|w| / 127)."""
+        """Symmetric per-channel quantization of a Linear's weight (round to nearest, scale = max|w| / 127), on the
+        weight's device; a GPU layer keeps its scales in the weight's float dtype."""
         weight = linear.weight.detach().float()  # (out, in)
-        scales = _rounded((weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny), kernel_dtype())
+        dtype = kernel_dtype() if weight.is_cpu else linear.weight.dtype
+        scales = _rounded((weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny), dtype)
         codes = torch.round(weight / scales[:, None]).clamp(-127, 127)
-        return cls(codes, scales, linear.bias)
+        return cls(codes, scales.to(dtype), linear.bias)
 
     def codes(self) -> torch.Tensor:
         """The int8 codes (out, in)."""
         if self.native:
             return native.unpack_int8(self.packed, self.out_features, self.in_features)
-        return self.weight[:, : self.in_features]
+        return self.weight if self.dense else self.weight[:, : self.in_features]
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight the layer multiplies by: (out, in)."""
@@ -92,7 +105,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
         rows = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, in)
-        if self.native:
+        if self.dense:
+            y = torch.nn.functional.linear(rows, self.weight.to(rows.dtype)) * self.scales  # (M, out)
+        elif self.native:
             y = native.int8_mm(rows.contiguous(), self.packed, self.scales, self.out_features)  # (M, out)
         else:
             rows = torch.nn.functional.pad(rows, (0, self.pad)) if self.pad else rows  # (M, in + pad)
@@ -205,14 +220,14 @@ def check_int4_shape(out_features: int, in_features: int, group_size: int) -> No
 
 
 def quantize_model(model: nn.Module, kind: str, group_size: int = 32, head: bool = True) -> nn.Module:
-    """Swap every nn.Linear of a CPU model for its int8 or int4 layer (in place). The output head `lm_head` is int8
-    for both kinds (int4 there costs SmolLM2 4.9% of perplexity, int8 0.2%: docs/perf.md); head=False keeps it in
-    float. Layers already quantized (built from a file's blocks) are kept as they are."""
+    """Swap every nn.Linear of a model for its int8 or int4 layer (in place; int4 on the CPU only). The output head
+    `lm_head` is int8 for both kinds (int4 there costs SmolLM2 4.9% of perplexity, int8 0.2%: docs/perf.md);
+    head=False keeps it in float. Layers already quantized (built from a file's blocks) are kept as they are."""
     if kind not in QUANT_KINDS:
         raise ArlmError(f"unknown quantization {kind!r}; use one of {', '.join(QUANT_KINDS)}")
     device = next(model.parameters()).device
-    if device.type != "cpu":
-        raise ArlmError(f"{kind} weights run on the CPU only (PyTorch's weight-only kernels); use --device cpu")
+    if kind == "int4" and device.type != "cpu":
+        raise ArlmError("int4 weights run on the CPU only (arlm's and PyTorch's CPU kernels); use --device cpu")
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
