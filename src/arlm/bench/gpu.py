@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 from arlm.bench.decode import SMOLLM2_SHAPE, ragged_prompts, run_decode_bench
 from arlm.bench.train import run_bench
@@ -80,14 +82,15 @@ def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
     return figures
 
 
-def dtype_figures(device: torch.device, smoke: bool, log=print) -> dict:
+def dtype_figures(device: torch.device, smoke: bool, untuned: bool = False, log=print) -> dict:
     """Batch-1 greedy tokens/s of our compiled step per dtype (bfloat16, int8 weight-only; on the CPU float32 and
-    int8), each on a GPU also compiled without coordinate descent tuning ("untuned"), the same random weights, runs
+    int8), untuned: each on a GPU also compiled without coordinate descent tuning (its first compile costs ~130 s
+    a variant on an H200 against ~30-55 s untuned: docs/perf.md), the same random weights, runs
     alternating, median of repeats; whether each output equals the first's; and a profile of one run each."""
     config = ModelConfig(**(SMOKE_DECODE if smoke else SMOLLM2_SHAPE))
     dtypes = ("float32", "int8") if smoke else ("bfloat16", "int8")
     variants = {name: (name, None) for name in dtypes}  # name -> (dtype, compile options: None for the default)
-    if device.type == "cuda":
+    if untuned and device.type == "cuda":
         variants |= {f"{name}, untuned": (name, compile_options(device, tuned=False)) for name in dtypes}
     new_tokens, repeats = (16, 2) if smoke else (256, 7)
     greedy = GenerationConfig(strategy="greedy", max_new_tokens=new_tokens, stop_at_eos=False, compile=True)
@@ -125,9 +128,6 @@ def step_profile(engine: Engine, prompt: list[list[int]], config: GenerationConf
     """One generate() under torch.profiler: device kernels and their busy time per new token, against the wall time
     per new token (busy far below wall: the host or launches limit; near it: the kernels do), and the kernels that
     take most of it."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     on_gpu = engine.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
     with profile(activities=activities) as prof:

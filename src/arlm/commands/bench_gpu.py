@@ -18,10 +18,13 @@ SECTIONS = ("train", "decode", "dtypes")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--cpu-smoke, --out, --batch, --sections."""
+    """--cpu-smoke, --out, --batch, --sections, --untuned."""
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (what the tests run)")
     parser.add_argument("--out", default="bench-out", help="folder for results.json")
     parser.add_argument("--batch", type=int, default=32, help="training batch (rows of 1,024 tokens)")
+    parser.add_argument(
+        "--untuned", action="store_true", help="dtypes: also each dtype compiled without coordinate descent tuning"
+    )
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)"
     )
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "decode": ("batch-1 greedy decoding: arlm vs transformers generate()", lambda: decode_figures(device, smoke)),
         "dtypes": (
             "batch-1 greedy decoding, compiled, per dtype, with a profile",
-            lambda: dtype_figures(device, smoke),
+            lambda: dtype_figures(device, smoke, args.untuned),
         ),
     }
     batch = 2 if smoke else args.batch
