@@ -18,8 +18,9 @@ Two kernel sets, chosen when a layer is built:
   (tests/model/test_quant.py).
 
 On a GPU an int8 layer keeps its codes (out, in) as they are and its scales in the model's float dtype (bfloat16 for
---dtype int8 there): y = linear(x, codes widened) * scales, which torch.compile fuses into one kernel reading the int8
-codes (eager, the widened copy is made at every call; correct, not fast).
+--dtype int8 there): y = linear(x, codes widened) * scales. The compiled step (coordinate descent tuning, the engine's
+default on a GPU) fuses the widening and the scaling into Triton reductions that read the int8 codes (docs/perf.md,
+H200); eager, the widened copy is made at every call: correct, not fast.
 
 `kernel_dtype()` is the dtype a CPU layer built now reads its inputs and levels in; `dequantized()` is the weight the
 kernel multiplies by, every rounding included. Either way a layer returns its output in the input's dtype (the residual
