@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     results = {"environment": environment(device), "smoke": smoke}
+    batch = 2 if smoke else args.batch
     runs = {
         "train": ("training step: arlm vs transformers GPT2LMHeadModel", lambda: train_figures(device, smoke, batch)),
         "decode": ("batch-1 greedy decoding: arlm vs transformers generate()", lambda: decode_figures(device, smoke)),
@@ -53,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
             lambda: dtype_figures(device, smoke, args.untuned),
         ),
     }
-    batch = 2 if smoke else args.batch
     for name in sections:
         print(f"== {runs[name][0]} ==", flush=True)
         run_section(results, name, out, runs[name][1])
