@@ -35,10 +35,12 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define BYTE_LEVELS 1 /* rows as two signed bytes per value, for vpdpbusd and tdpbsud */
 #define ROWS 4        /* rows per block */
+#define ODD_THREE 0
 #define ALONE 1       /* the first row takes a tile alone: a block of rows streaming it from memory waited on it and
                          then computed, one row's arithmetic hides under the reading (Zen 5: 5 rows 1.6x faster) */
 #else
-#define ROWS 2  /* rows per block (AVX2's 16 registers) */
+#define ROWS 2  /* rows per block (AVX2's 16 registers; 3 spills, 4 more) */
+#define ODD_THREE 1 /* an odd count's first block takes 3 rows: a block of one row after others costs ~what two do */
 #define ALONE 0 /* the first row with the others (alone, AVX2 code on a Zen 5: 2 rows 1.2-1.4x slower) */
 static const int PAIRED[4] = {0, 2, 1, 3}; /* where input i of a quad of the rows' int16 q lies */
 #endif
@@ -330,6 +332,8 @@ static inline __attribute__((always_inline)) void add_products(__m256i sums[][2]
         __builtin_memcpy(&second, q + i * Kp + 2, 4);
         sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(even, _mm256_set1_epi32(first)));
         sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(odd, _mm256_set1_epi32(second)));
+        __asm__("" : "+x"(sums[i][h])); /* the sum kept in a register, added in this order: GCC otherwise reorders
+                                           the additions into a tree whose parts it spills (int4: 5-15% slower) */
     }
 }
 
@@ -428,8 +432,9 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++) {
         if (ALONE) int_tile(&r, l, y, 0, 1, t); /* streams the tile from memory; the blocks after read it in cache */
-        for (long m0 = ALONE; m0 < M; m0 += ROWS) {
-            long mt = M - m0 < ROWS ? M - m0 : ROWS;
+        for (long m0 = ALONE, mt; m0 < M; m0 += mt) {
+            mt = M - m0 < ROWS ? M - m0 : ROWS;
+            if (ODD_THREE && mt == 2 && (M - m0) % 2) mt = 3; /* 5 rows: 3 + 2, not 2 + 2 + 1 */
             if (mt == 4) int_tile(&r, l, y, m0, 4, t);
             else if (mt == 3) int_tile(&r, l, y, m0, 3, t);
             else if (mt == 2) int_tile(&r, l, y, m0, 2, t);

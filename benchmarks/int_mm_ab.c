@@ -1,0 +1,74 @@
+/* arlm's int8 / int4 product (src/arlm/model/quantized.c) from two versions of the file, alternating in one process:
+ * time per call and CPU cycles per row-group (one row times 16 outputs x 32 inputs) for 1..8 rows, and whether the two
+ * give the same bits. Built and run by benchmarks/int_mm_ab.sh, which compiles each version with its function renamed
+ * (arlm_int_mm_a: the reference, arlm_int_mm_b: the one tried).
+ *
+ *     int_mm_ab KIND THREADS COPIES   (KIND 1: int8, 2: int4; COPIES of the layer, streamed from memory when many)
+ *
+ * The layer is SmolLM2's 1536 x 576 (up / gate shape), random codes and levels; medians of 15 calls a version. Cycles
+ * assume the clock a chain of dependent adds runs at, measured after each row count (a VM's clock moves). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels.h"
+
+#define REPEATS 15
+
+void arlm_int_mm_a(const float *x, const Linear *l, float *y, long M, int threads);
+void arlm_int_mm_b(const float *x, const Linear *l, float *y, long M, int threads);
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* Cycles a second: a chain of dependent adds retires one a cycle */
+static double clock_rate(void) {
+    long n = 200000000, v = 0;
+    double start = now();
+    __asm__ volatile("1: add $1, %0\n add $1, %0\n add $1, %0\n add $1, %0\n sub $4, %1\n jnz 1b" : "+r"(v), "+r"(n));
+    return 2e8 / (now() - start);
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) return fprintf(stderr, "usage: int_mm_ab KIND THREADS COPIES\n"), 2;
+    int kind = atoi(argv[1]), threads = atoi(argv[2]), copies = atoi(argv[3]);
+    const long N = 1536, K = 576, G = 32, tiles = N / 16, groups = K / 32;
+    long bytes = kind == 1 ? N * K : N * K / 2, level_bytes = kind == 1 ? N * 4 : tiles * groups * 64;
+    uint8_t *w = aligned_alloc(64, bytes * copies), *levels = aligned_alloc(64, level_bytes * copies);
+    srand(0);
+    for (long i = 0; i < bytes * copies; i++) w[i] = (uint8_t)rand();
+    for (long i = 0; i < level_bytes * copies / 2; i++) ((uint16_t *)levels)[i] = 0x3000 + (rand() & 0x3ff);
+    if (kind == 1)
+        for (long i = 0; i < N * copies; i++) ((float *)levels)[i] = 0.01f;
+    float *x = malloc(8 * K * sizeof(float)), *ya = malloc(8 * N * sizeof(float)), *yb = malloc(8 * N * sizeof(float));
+    for (long i = 0; i < 8 * K; i++) x[i] = rand() / (float)RAND_MAX - 0.5f;
+    for (long M = 1; M <= 8; M++) {
+        double ta[REPEATS], tb[REPEATS];
+        for (int r = 0; r < REPEATS; r++)
+            for (int v = 0; v < 2; v++) { /* a, b, a, b, ...: both see the same stretch of the machine */
+                double start = now();
+                for (int c = 0; c < copies; c++) {
+                    Linear l = {w + c * bytes, levels + c * level_bytes, N, K, G, kind};
+                    (v ? arlm_int_mm_b : arlm_int_mm_a)(x, &l, v ? yb : ya, M, threads);
+                }
+                (v ? tb : ta)[r] = (now() - start) / copies;
+            }
+        qsort(ta, REPEATS, sizeof(double), by_value), qsort(tb, REPEATS, sizeof(double), by_value);
+        double a = ta[REPEATS / 2], b = tb[REPEATS / 2], per = clock_rate() * threads / (M * tiles * groups);
+        printf("%s, %d thread(s), %d cop%s, %ld row(s): a %.1f us (%.1f cycles a row-group), b %.1f us (%.1f), b / a "
+               "%.2f%s\n",
+               kind == 1 ? "int8" : "int4", threads, copies, copies > 1 ? "ies" : "y", M, a * 1e6, a * per, b * 1e6,
+               b * per, b / a, memcmp(ya, yb, M * N * sizeof(float)) ? "  DIFFERENT BITS" : "");
+    }
+    return 0;
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# arlm's int8 / int4 product at git revision REV (default HEAD) against the working tree's, alternating in one
+# process (benchmarks/int_mm_ab.c): one thread in cache, two threads streaming 128 copies of the layer from memory.
+#
+#     bash benchmarks/int_mm_ab.sh [REV]
+#
+# "b / a" below 1: the working tree's kernel is faster. Time it on quiet cores.
+set -euo pipefail
+rev="${1:-HEAD}"
+root="$(git rev-parse --show-toplevel)"
+build="$(mktemp -d)"
+trap 'rm -rf "$build"' EXIT
+git -C "$root" show "$rev:src/arlm/model/quantized.c" > "$build/a.c"
+cp "$root/src/arlm/model/quantized.c" "$build/b.c"
+flags=(-O3 -march=native -ffp-contract=off -fopenmp -I "$root/src/arlm/model")
+for v in a b; do
+    "${CC:-cc}" "${flags[@]}" -c "$build/$v.c" -o "$build/$v.o" \
+        -Darlm_int_mm="arlm_int_mm_$v" -Darlm_int_rows="arlm_int_rows_$v"
+done
+"${CC:-cc}" "${flags[@]}" "$root/benchmarks/int_mm_ab.c" "$build/a.o" "$build/b.o" -o "$build/int_mm_ab" -lm
+echo "a: quantized.c at $rev; b: the working tree's; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
+for kind in 1 2; do
+    "$build/int_mm_ab" "$kind" 1 1
+    "$build/int_mm_ab" "$kind" 2 128
+done
