@@ -47,9 +47,10 @@ int main(int argc, char **argv) {
     uint8_t *w = aligned_alloc(64, bytes * copies), *levels = aligned_alloc(64, level_bytes * copies);
     srand(0);
     for (long i = 0; i < bytes * copies; i++) w[i] = (uint8_t)rand();
-    for (long i = 0; i < level_bytes * copies / 2; i++) ((uint16_t *)levels)[i] = 0x3000 + (rand() & 0x3ff);
-    if (kind == 1)
+    if (kind == 1) /* one float32 scale per output */
         for (long i = 0; i < N * copies; i++) ((float *)levels)[i] = 0.01f;
+    else /* float16 scales and lows per group, ~0.125 .. 0.25 */
+        for (long i = 0; i < level_bytes * copies / 2; i++) ((uint16_t *)levels)[i] = 0x3000 + (rand() & 0x3ff);
     float *x = malloc(8 * K * sizeof(float)), *ya = malloc(8 * N * sizeof(float)), *yb = malloc(8 * N * sizeof(float));
     for (long i = 0; i < 8 * K; i++) x[i] = rand() / (float)RAND_MAX - 0.5f;
     for (long M = 1; M <= 8; M++) {
