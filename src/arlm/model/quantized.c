@@ -35,12 +35,13 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define BYTE_LEVELS 1 /* rows as two signed bytes per value, for vpdpbusd and tdpbsud */
 #define ROWS 4        /* rows per block */
-#define ODD_THREE 0
+#define EVEN_BLOCKS 0 /* blocks of ROWS, the rest last */
 #define ALONE 1       /* the first row takes a tile alone: a block of rows streaming it from memory waited on it and
                          then computed, one row's arithmetic hides under the reading (Zen 5: 5 rows 1.6x faster) */
 #else
-#define ROWS 2  /* rows per block (AVX2's 16 registers; 3 spills, 4 more) */
-#define ODD_THREE 1 /* an odd count's first block takes 3 rows: a block of one row after others costs ~what two do */
+#define ROWS 3  /* rows per block: AVX2's 16 registers hold 3 rows' sums, a code vector's 2 halves and 4 words of
+                   them, 2 row values and a mask (4 rows would need 17; 2 a block: 6 and 8 rows 1.1-1.2x slower) */
+#define EVEN_BLOCKS 1 /* blocks of even size, the larger first: a block of one row after others costs ~what two do */
 #define ALONE 0 /* the first row with the others (alone, AVX2 code on a Zen 5: 2 rows 1.2-1.4x slower) */
 static const int PAIRED[4] = {0, 2, 1, 3}; /* where input i of a quad of the rows' int16 q lies */
 #endif
@@ -320,20 +321,24 @@ static void amx_tile(const Rows *r, const Linear *l, float *y, long m0, int mt, 
 #endif
 
 #else
-/* Codes (8 outputs x inputs 4j .. 4j + 3, a byte each, as 16-bit words: even holds inputs 4j and 4j + 2, odd 4j + 1
- * and 4j + 3, as values 0..255) times rows m0 .. m0 + mt's q of those inputs (stored 4j, 4j + 2, 4j + 1, 4j + 3),
- * added to their sums: vpmaddwd multiplies int16 pairs and adds each pair into an int32 (exact), so every lane of
- * sums[i][h] is one output's */
-static inline __attribute__((always_inline)) void add_products(__m256i sums[][2], int h, __m256i even, __m256i odd,
-                                                               const int16_t *q, long Kp, int mt) {
+/* Codes (16 outputs x inputs 4j .. 4j + 3, a byte each, as 16-bit words: even[h] holds inputs 4j and 4j + 2 of
+ * outputs 8h .. 8h + 7, odd[h] 4j + 1 and 4j + 3, as values 0..255) times rows m0 .. m0 + mt's q of those inputs
+ * (stored 4j, 4j + 2, 4j + 1, 4j + 3), added to their sums: vpmaddwd multiplies int16 pairs and adds each pair into an
+ * int32 (exact), so every lane of sums[i][h] is one output's. A row's two broadcasts serve both halves. */
+static inline __attribute__((always_inline)) void add_products(__m256i sums[][2], const __m256i even[2],
+                                                               const __m256i odd[2], const int16_t *q, long Kp,
+                                                               int mt) {
     for (int i = 0; i < mt; i++) {
         int first, second; /* q of inputs 4j, 4j + 2 and of 4j + 1, 4j + 3 */
         __builtin_memcpy(&first, q + i * Kp, 4);
         __builtin_memcpy(&second, q + i * Kp + 2, 4);
-        sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(even, _mm256_set1_epi32(first)));
-        sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(odd, _mm256_set1_epi32(second)));
-        __asm__("" : "+x"(sums[i][h])); /* the sum kept in a register, added in this order: GCC otherwise reorders
-                                           the additions into a tree whose parts it spills (int4: 5-15% slower) */
+        __m256i a = _mm256_set1_epi32(first), b = _mm256_set1_epi32(second);
+        for (int h = 0; h < 2; h++) {
+            sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(even[h], a));
+            sums[i][h] = _mm256_add_epi32(sums[i][h], _mm256_madd_epi16(odd[h], b));
+        }
+        __asm__("" : "+x"(sums[i][0]), "+x"(sums[i][1])); /* the sums kept in registers, added in this order: GCC
+                                           otherwise reorders the additions into a tree whose parts it spills */
     }
 }
 
@@ -344,18 +349,22 @@ static inline __attribute__((always_inline)) void group_sums(const uint8_t *code
     for (int i = 0; i < mt; i++) sums[i][0] = sums[i][1] = _mm256_setzero_si256();
     const int16_t *q = (const int16_t *)r->q + m0 * r->Kp + 32 * g;
     const __m256i byte = _mm256_set1_epi16(0x00FF), nibble = _mm256_set1_epi16(0x000F);
-    for (int j = 0; j < (kind == 1 ? 8 : 4); j++) /* int4: low nibbles are inputs 4j.., high ones 16 + 4j.. */
-        for (int h = 0; h < 2; h++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(codes + ((kind == 1 ? 8 : 4) * g + j) * 64 + 32 * h));
-            if (kind == 1) {
-                add_products(sums, h, _mm256_and_si256(v, byte), _mm256_srli_epi16(v, 8), q + 4 * j, r->Kp, mt);
-                continue;
-            }
-            __m256i even = _mm256_and_si256(v, nibble), odd = _mm256_and_si256(_mm256_srli_epi16(v, 8), nibble);
-            add_products(sums, h, even, odd, q + 4 * j, r->Kp, mt);
-            even = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble), odd = _mm256_srli_epi16(v, 12);
-            add_products(sums, h, even, odd, q + 16 + 4 * j, r->Kp, mt);
+    for (int j = 0; j < (kind == 1 ? 8 : 4); j++) { /* int4: low nibbles are inputs 4j.., high ones 16 + 4j.. */
+        __m256i v[2], even[2], odd[2];
+        for (int h = 0; h < 2; h++)
+            v[h] = _mm256_loadu_si256((const __m256i *)(codes + ((kind == 1 ? 8 : 4) * g + j) * 64 + 32 * h));
+        if (kind == 1) {
+            for (int h = 0; h < 2; h++) even[h] = _mm256_and_si256(v[h], byte), odd[h] = _mm256_srli_epi16(v[h], 8);
+            add_products(sums, even, odd, q + 4 * j, r->Kp, mt);
+            continue;
         }
+        for (int h = 0; h < 2; h++)
+            even[h] = _mm256_and_si256(v[h], nibble), odd[h] = _mm256_and_si256(_mm256_srli_epi16(v[h], 8), nibble);
+        add_products(sums, even, odd, q + 4 * j, r->Kp, mt);
+        for (int h = 0; h < 2; h++)
+            even[h] = _mm256_and_si256(_mm256_srli_epi16(v[h], 4), nibble), odd[h] = _mm256_srli_epi16(v[h], 12);
+        add_products(sums, even, odd, q + 16 + 4 * j, r->Kp, mt);
+    }
 }
 
 /* Row sums s (8 outputs of half h, group g; row at `at` of r) added to their float32 sums acc: the float32 steps of
@@ -433,8 +442,8 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
     for (long t = 0; t < tiles; t++) {
         if (ALONE) int_tile(&r, l, y, 0, 1, t); /* streams the tile from memory; the blocks after read it in cache */
         for (long m0 = ALONE, mt; m0 < M; m0 += mt) {
-            mt = M - m0 < ROWS ? M - m0 : ROWS;
-            if (ODD_THREE && mt == 2 && (M - m0) % 2) mt = 3; /* 5 rows: 3 + 2, not 2 + 2 + 1 */
+            long left = M - m0, blocks = (left + ROWS - 1) / ROWS;
+            mt = EVEN_BLOCKS ? (left + blocks - 1) / blocks : left < ROWS ? left : ROWS; /* AVX2: 7 rows 3 + 2 + 2, not 3 + 3 + 1 */
             if (mt == 4) int_tile(&r, l, y, m0, 4, t);
             else if (mt == 3) int_tile(&r, l, y, m0, 3, t);
             else if (mt == 2) int_tile(&r, l, y, m0, 2, t);
