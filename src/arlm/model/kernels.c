@@ -396,7 +396,7 @@ static inline void store_bf16_tile(uint16_t *y, const vf *acc) {
  * on vectors: pair p of a tile is 16 outputs' inputs 2p and 2p + 1, so every lane is one output's sum, k in order.
  * A pair's weights are widened once and each row value broadcast once for all of them: on AVX2 that is the rows'
  * sums, 4 weight vectors and a row value in 16 registers, so at most 5 rows (past that, or with the values broadcast
- * again for each half, gcc spilled sums, and a forward's products over 8 rows took 1.7x as long: docs/perf.md) */
+ * again for each half, gcc spilled sums: SmolLM2's forward over 8 rows took 1.28x as long, docs/perf.md) */
 static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, const uint16_t *tiles, uint16_t *y,
                                                                 long m0, int mt, long t, long N, long K) {
     vf acc[MAX_ROWS][BF_V];
