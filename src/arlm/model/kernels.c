@@ -381,7 +381,6 @@ static void amx_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
 #define BF_TILES (VL == 16 ? 8 : 4) /* tiles at once for one row: 8 weight streams on AVX-512 (SmolLM2's one-row
                                       forward 7.4 -> 6.6 ms on a Zen 5 EPYC, docs/perf.md), 4 on AVX2's 16 registers */
 #define BF_V (16 / VL)              /* vectors per tile's 16 outputs */
-#define BF_ROWS (VL == 16 ? FEW_ROWS : 5) /* rows a block takes at most (bf16_vec_tile) */
 #define BF_AHEAD 6144 /* bytes of a tile read ahead by its first block of rows (512: a 5- or 8-row forward of SmolLM2
                          1.5-1.9x slower, waiting on memory; 10240 and up slower again: docs/perf.md) */
 
@@ -392,11 +391,12 @@ static inline void store_bf16_tile(uint16_t *y, const vf *acc) {
     for (int j = 0; j < 16; j++) y[j] = to_bf16(lanes[j]);
 }
 
-/* rows m0 .. m0 + mt (mt <= BF_ROWS, a constant where inlined; x widened to float32) times the 16 outputs of tile t,
+/* rows m0 .. m0 + mt (mt <= FEW_ROWS, a constant where inlined; x widened to float32) times the 16 outputs of tile t,
  * on vectors: pair p of a tile is 16 outputs' inputs 2p and 2p + 1, so every lane is one output's sum, k in order.
- * A pair's weights are widened once and each row value broadcast once for all of them: on AVX2 that is the rows'
- * sums, 4 weight vectors and a row value in 16 registers, so at most 5 rows (past that, or with the values broadcast
- * again for each half, gcc spilled sums: SmolLM2's forward over 8 rows took 1.28x as long, docs/perf.md) */
+ * Input 2p for all the rows, then 2p + 1: its weight vectors widened once and each row value broadcast once for both
+ * halves of the tile, so that AVX2's 16 registers hold 6 rows' sums, 2 weight vectors and a row value (with the values
+ * broadcast again for each half gcc spilled sums: SmolLM2's forward over 8 rows took 1.28x as long; both inputs'
+ * weights at once fit 5 rows, and 6 as 3 + 3 took 1.35x the time of one block: docs/perf.md) */
 static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, const uint16_t *tiles, uint16_t *y,
                                                                 long m0, int mt, long t, long N, long K) {
     vf acc[MAX_ROWS][BF_V];
@@ -406,16 +406,22 @@ static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, 
     const float *xs = x + m0 * K;
     for (long p = 0; p < K / 2; p++) {
         if (m0 == 0) _mm_prefetch((const char *)(w + 32 * p) + BF_AHEAD, _MM_HINT_T0);
-        vf we[BF_V], wo[BF_V];
+        vf wv[BF_V], unused;
         for (int h = 0; h < BF_V; h++) {
-            vf_load_bf16_pairs(w + 32 * p + 2 * VL * h, &we[h], &wo[h]);
-            __asm__("" : "+x"(we[h]), "+x"(wo[h])); /* in registers, not read again for each row */
+            vf_load_bf16_pairs(w + 32 * p + 2 * VL * h, &wv[h], &unused);
+            __asm__("" : "+x"(wv[h])); /* in registers, not read again for each row */
         }
         for (int i = 0; i < mt; i++) {
             vf b = vf_set1(xs[i * K + 2 * p]);
-            for (int h = 0; h < BF_V; h++) acc[i][h] = vf_fma(we[h], b, acc[i][h]);
-            b = vf_set1(xs[i * K + 2 * p + 1]);
-            for (int h = 0; h < BF_V; h++) acc[i][h] = vf_fma(wo[h], b, acc[i][h]);
+            for (int h = 0; h < BF_V; h++) acc[i][h] = vf_fma(wv[h], b, acc[i][h]);
+        }
+        for (int h = 0; h < BF_V; h++) {
+            vf_load_bf16_pairs(w + 32 * p + 2 * VL * h, &unused, &wv[h]);
+            __asm__("" : "+x"(wv[h]));
+        }
+        for (int i = 0; i < mt; i++) {
+            vf b = vf_set1(xs[i * K + 2 * p + 1]);
+            for (int h = 0; h < BF_V; h++) acc[i][h] = vf_fma(wv[h], b, acc[i][h]);
         }
     }
     for (int i = 0; i < mt; i++) store_bf16_tile(y + (m0 + i) * N + 16 * t, acc[i]);
@@ -520,8 +526,7 @@ static void vec_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, l
             }
         }
     } else {
-        long nb = BF_ROWS == FEW_ROWS ? row_blocks(M) : (M + BF_ROWS - 1) / BF_ROWS; /* 8 rows: 4 + 4, 6: 3 + 3 */
-        long step = M > 2 * FEW_ROWS ? PROMPT_TILES : 1; /* N % 32 == 0: tiles pair up */
+        long nb = row_blocks(M), step = M > 2 * FEW_ROWS ? PROMPT_TILES : 1; /* N % 32 == 0: tiles pair up */
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (long t = 0; t < tiles_n; t += step)
             for (long b = 0; b < nb; b++) {
