@@ -396,7 +396,7 @@ static inline void store_bf16_tile(uint16_t *y, const vf *acc) {
  * Input 2p for all the rows, then 2p + 1: its weight vectors widened once and each row value broadcast once for both
  * halves of the tile, so that AVX2's 16 registers hold 6 rows' sums, 2 weight vectors and a row value (with the values
  * broadcast again for each half gcc spilled sums: SmolLM2's forward over 8 rows took 1.28x as long; both inputs'
- * weights at once fit 5 rows, and 6 as 3 + 3 took 1.35x the time of one block: docs/perf.md) */
+ * weights at once fit 5 rows, and 6 as 3 + 3 took 1.35-1.4x the time of one block: docs/perf.md) */
 static inline __attribute__((always_inline)) void bf16_vec_tile(const float *x, const uint16_t *tiles, uint16_t *y,
                                                                 long m0, int mt, long t, long N, long K) {
     vf acc[MAX_ROWS][BF_V];
