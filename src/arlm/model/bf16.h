@@ -1,4 +1,5 @@
-/* bfloat16 <-> float32 conversions and element access shared by arlm's kernels (kernels.c, attention.c, block.c). */
+/* bfloat16 <-> float32 conversions and element access shared by arlm's kernels (kernels.c, bf16_mm.c, attention.c,
+ * block.c). */
 #ifndef ARLM_BF16_H
 #define ARLM_BF16_H
 #include <stdint.h>

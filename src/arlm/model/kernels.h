@@ -1,5 +1,5 @@
-/* What arlm's kernels (kernels.c, quantized.c, attention.c, block.c) offer each other and model/native.py (which
- * mirrors the structs below with ctypes: keep the two in step). */
+/* What arlm's kernels (kernels.c, bf16_mm.c, quantized.c, attention.c, block.c) offer each other and model/native.py
+ * (which mirrors the structs below with ctypes: keep the two in step). */
 #ifndef ARLM_KERNELS_H
 #define ARLM_KERNELS_H
 #include <stdint.h>

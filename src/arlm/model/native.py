@@ -1,5 +1,5 @@
-"""arlm's own CPU kernels for small-batch matrix products (kernels.c: float32, bfloat16; quantized.c: int8, int4),
-cached attention (attention.c) and whole decoder blocks (block.c), built on first use.
+"""arlm's own CPU kernels for small-batch matrix products (kernels.c: float32; bf16_mm.c: bfloat16; quantized.c: int8,
+int4), cached attention (attention.c) and whole decoder blocks (block.c), built on first use.
 
 Decoding multiplies 1-32 rows by every weight matrix: a product bound by reading the weights. PyTorch's kernels for that
 shape read them slowly (oneDNN's one-row bfloat16 `linear`: ~7 GB/s here) or cost 2-4x their one-row time at 5-8 rows
@@ -39,8 +39,10 @@ import torch
 
 from arlm.errors import ArlmError
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.c", "quantized.c", "attention.c", "block.c"))
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h", "simd.h"))
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("kernels.c", "bf16_mm.c", "quantized.c", "attention.c", "block.c")
+)
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h", "rows.h", "simd.h"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 LIBRARY = "libarlm_quant.so"  # a build's file, in its folder of the cache
 KEPT_BUILDS = 8  # builds the cache keeps (the most recently used): each source change or upgrade adds one

@@ -442,8 +442,8 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
     for (long t = 0; t < tiles; t++) {
         if (ALONE) int_tile(&r, l, y, 0, 1, t); /* streams the tile from memory; the blocks after read it in cache */
         for (long m0 = ALONE, mt; m0 < M; m0 += mt) {
-            long left = M - m0, blocks = (left + ROWS - 1) / ROWS;
-            mt = EVEN_BLOCKS ? (left + blocks - 1) / blocks : left < ROWS ? left : ROWS; /* AVX2: 7 rows 3 + 2 + 2, not 3 + 3 + 1 */
+            long left = M - m0, blocks = (left + ROWS - 1) / ROWS; /* AVX2: 7 rows 3 + 2 + 2, not 3 + 3 + 1 */
+            mt = EVEN_BLOCKS ? (left + blocks - 1) / blocks : left < ROWS ? left : ROWS;
             if (mt == 4) int_tile(&r, l, y, m0, 4, t);
             else if (mt == 3) int_tile(&r, l, y, m0, 3, t);
             else if (mt == 2) int_tile(&r, l, y, m0, 2, t);

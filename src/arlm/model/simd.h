@@ -1,7 +1,7 @@
-/* The float32 vector arlm's kernels compute on (kernels.c, attention.c, block.c), VL lanes wide: AVX-512 (16 lanes)
- * where the compiler targets it, else AVX2 with FMA and F16C (8 lanes). Every operation is lane by lane except vf_sum,
- * vf_sums and vf_top, fixed reductions, so a kernel's result depends on the data and VL only, never on what else is
- * computed beside it. */
+/* The float32 vector arlm's kernels compute on (kernels.c, bf16_mm.c, attention.c, block.c), VL lanes wide: AVX-512
+ * (16 lanes) where the compiler targets it, else AVX2 with FMA and F16C (8 lanes). Every operation is lane by lane
+ * except vf_sum, vf_sums and vf_top, fixed reductions, so a kernel's result depends on the data and VL only, never on
+ * what else is computed beside it. */
 #ifndef ARLM_SIMD_H
 #define ARLM_SIMD_H
 #include <immintrin.h>
