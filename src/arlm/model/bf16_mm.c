@@ -18,7 +18,6 @@
 #include "rows.h"
 
 #ifdef __AMX_BF16__
-#include <string.h>
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];

@@ -13,8 +13,6 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "bf16.h"
 #include "kernels.h"
