@@ -1,7 +1,8 @@
-"""torch.compile against eager for SmolLM2's quantized one-token step, and inductor's weight-only GEMM templates
-against the ATen kernels for one layer (docs/perf.md, "Decoding against llama.cpp, per precision").
+"""torch.compile against eager for SmolLM2's one-token step at each dtype, and inductor's weight-only GEMM templates
+against the ATen kernels for one layer (docs/perf.md, "Decoding against llama.cpp, per precision" and "A compiled step
+on the CPU").
 
-    .venv/bin/python benchmarks/compile_quant.py step --dtype int4 --variant eager|default|autotune
+    .venv/bin/python benchmarks/compile_quant.py step --dtype float32|bfloat16|int8|int4 --variant eager|default|autotune
     TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 .venv/bin/python benchmarks/compile_quant.py kernel --dtype int4
 
 `step`: greedy batch 1, 64 tokens, two untimed calls (compilation), then the median of 5 (run each variant in its
@@ -77,9 +78,11 @@ def kernel(dtype: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("step", "kernel"))
-    parser.add_argument("--dtype", default="int4", choices=("int8", "int4"))
+    parser.add_argument("--dtype", default="int4", choices=("float32", "bfloat16", "int8", "int4"))
     parser.add_argument("--variant", default="eager", choices=("eager", "default", "autotune"))
     args = parser.parse_args()
+    if args.what == "kernel" and args.dtype not in ("int8", "int4"):
+        parser.error("kernel times the quantized layers: --dtype int8 or int4")
     step(args.dtype, args.variant) if args.what == "step" else kernel(args.dtype)
 
 

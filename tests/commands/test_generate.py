@@ -7,7 +7,15 @@ import random
 import pytest
 import torch
 
-from arlm.commands.generate import Streamer, add_generation_flags, format_stats, generation_options
+from arlm.commands.generate import (
+    CPU_COMPILE_NOTE,
+    Streamer,
+    add_generation_flags,
+    format_stats,
+    generation_options,
+    note_compile,
+)
+from arlm.config import GenerationConfig
 from arlm.decoding.stops import cut_at_stop, stop_checker
 
 PIECES = ["a", "b", "le", " s", "pa", "ce", "l", "e", " ", "\n", "ab"]
@@ -64,6 +72,25 @@ def test_the_stats_line_gives_the_rate_after_the_prompt_when_there_was_one():
     line = format_stats(stats)
     assert line.startswith("40 tokens in 2.00s (20.0 tokens/s)") and "40.0 tokens/s after the prompt's 1.00s" in line
     assert "after the prompt" not in format_stats({**stats, "prompt_seconds": 0.0})
+
+
+def test_the_stats_line_says_how_many_were_drafted_and_when_none_were():
+    """A speculative run's acceptance is of the tokens drafted; adaptive drafting may draft none (not 0% accepted)."""
+    stats = {"new_tokens": 40, "seconds": 1.0, "tokens_per_s": 40.0, "target_forwards": 9, "proposed": 33}
+    line = format_stats({**stats, "accepted": 31, "acceptance_rate": 31 / 33, "tokens_per_target_forward": 40 / 9})
+    assert "acceptance 93.94% of 33 drafted, 4.44 tokens per target forward, 9 target forwards" in line
+    none = {**stats, "proposed": 0, "accepted": 0, "acceptance_rate": 0.0, "target_forwards": 40}
+    line = format_stats({**none, "tokens_per_target_forward": 1.0})
+    assert "nothing drafted" in line and "acceptance" not in line and "40 target forwards" in line
+
+
+def test_compile_on_the_cpu_is_said_to_be_slower(capsys):
+    """--compile still runs on the CPU, with one line on stderr saying the eager step there is faster."""
+    note_compile(GenerationConfig(compile=True), torch.device("cpu"))
+    assert capsys.readouterr().err == CPU_COMPILE_NOTE + "\n"
+    note_compile(GenerationConfig(compile=False), torch.device("cpu"))
+    note_compile(GenerationConfig(compile=True), torch.device("meta"))  # not the CPU
+    assert capsys.readouterr().err == ""
 
 
 def test_a_yes_no_flag_alone_means_true_and_takes_a_value_too():

@@ -26,6 +26,10 @@ from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
+CPU_COMPILE_NOTE = (
+    "note: --compile on the CPU compiles for 15-110 s, then ran 1.5-5x slower than the eager step (docs/perf.md, "
+    "'A compiled step on the CPU'); it is meant for GPUs"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +164,7 @@ def generate_command(
     dev = pick_device(device, dtype)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     config = with_options(config or loaded.config.generate, options)
+    note_compile(config, dev)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
     texts = prompts or [""]
@@ -189,6 +194,13 @@ def generate_command(
     if stats:
         print(format_stats(out.stats), file=sys.stderr)
     return out
+
+
+def note_compile(config: GenerationConfig, device: torch.device) -> None:
+    """Say on stderr that a compiled step on the CPU is slower than the eager one (it was at every dtype, with and
+    without arlm's kernels)."""
+    if config.compile and device.type == "cpu":
+        print(CPU_COMPILE_NOTE, file=sys.stderr)
 
 
 def load_draft(
@@ -234,8 +246,14 @@ def format_stats(stats: dict) -> str:
     if stats.get("prompt_seconds"):  # decoding alone, after the forward over the prompt
         parts.append(f"{stats['decode_tokens_per_s']:.1f} tokens/s after the prompt's {stats['prompt_seconds']:.2f}s")
     if "acceptance_rate" in stats:
+        drafted = stats.get("proposed")
+        accepted = (  # none drafted: prompt lookup found no match, or adaptive drafting expected no gain
+            "nothing drafted"
+            if drafted == 0
+            else f"acceptance {stats['acceptance_rate']:.2%}" + (f" of {drafted} drafted" if drafted else "")
+        )
         parts.append(
-            f"acceptance {stats['acceptance_rate']:.2%}, {stats['tokens_per_target_forward']:.2f} tokens "
-            f"per target forward, {stats['target_forwards']} target forwards"
+            f"{accepted}, {stats['tokens_per_target_forward']:.2f} tokens per target forward, "
+            f"{stats['target_forwards']} target forwards"
         )
     return "; ".join(parts)
