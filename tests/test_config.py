@@ -94,5 +94,9 @@ def test_generation_options_refused_with_one_line():
         GenerationConfig(strategy="sample", temperature=0, num_return_sequences=2).validate()
     with pytest.raises(ArlmError, match="min_new_tokens must be >= 0"):
         GenerationConfig(min_new_tokens=-1).validate()
+    with pytest.raises(ArlmError, match="prompt_lookup_ngram must be >= 1, got 0"):
+        GenerationConfig(strategy="prompt-lookup", prompt_lookup_ngram=0).validate()
+    with pytest.raises(ArlmError, match="no_repeat_ngram_size must be >= 0"):
+        GenerationConfig(no_repeat_ngram_size=-2).validate()
     GenerationConfig(strategy="sample", num_return_sequences=2).validate()
     GenerationConfig(max_new_tokens=0, min_new_tokens=3).validate()

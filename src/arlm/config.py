@@ -268,7 +268,7 @@ class GenerationConfig:
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
         _choice("strategy", self.strategy, ("greedy", "sample", "beam", "speculative", "prompt-lookup"))
-        for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_k"):
+        for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "no_repeat_ngram_size"):
             if getattr(self, name) < 0:
                 raise ArlmError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
@@ -299,6 +299,8 @@ class GenerationConfig:
             raise ArlmError(f"early_stopping must be true, false or never, got {self.early_stopping!r}")
         if self.num_draft_tokens < 1:
             raise ArlmError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
+        if self.prompt_lookup_ngram < 1:  # 0 would never match: prompt lookup silently drafting nothing
+            raise ArlmError(f"prompt_lookup_ngram must be >= 1, got {self.prompt_lookup_ngram}")
         _choice("kv_dtype", self.kv_dtype, ("auto", "float32", "bfloat16"))
 
 
