@@ -271,16 +271,15 @@ class GenerationConfig:
         for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "no_repeat_ngram_size"):
             if getattr(self, name) < 0:
                 raise ArlmError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("num_beams", "num_return_sequences", "num_draft_tokens", "prompt_lookup_ngram"):  # (a lookup
+            if not getattr(self, name) >= 1:  # n-gram of 0 would never match: nothing drafted, silently)
+                raise ArlmError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
             raise ArlmError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ArlmError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.repetition_penalty <= 0:
             raise ArlmError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.num_beams < 1:
-            raise ArlmError(f"num_beams must be >= 1, got {self.num_beams}")
-        if not self.num_return_sequences >= 1:
-            raise ArlmError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
         if self.lookup_first and self.strategy != "speculative":
             raise ArlmError(f"lookup_first goes with the speculative strategy (a draft model), not {self.strategy}")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
@@ -297,10 +296,6 @@ class GenerationConfig:
             raise ArlmError("a stop string must not be empty")
         if self.early_stopping not in (True, False, "never"):
             raise ArlmError(f"early_stopping must be true, false or never, got {self.early_stopping!r}")
-        if self.num_draft_tokens < 1:
-            raise ArlmError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
-        if self.prompt_lookup_ngram < 1:  # 0 would never match: prompt lookup silently drafting nothing
-            raise ArlmError(f"prompt_lookup_ngram must be >= 1, got {self.prompt_lookup_ngram}")
         _choice("kv_dtype", self.kv_dtype, ("auto", "float32", "bfloat16"))
 
 
