@@ -16,6 +16,7 @@ from arlm.model.inference import (
     PackedEmbedding,
     linear_is_batch_invariant,
     optimize_for_decoding,
+    optimize_for_scoring,
 )
 from arlm.model.quant import quantize_model
 from arlm.model.transformer import Blocks, RMSNorm, Transformer
@@ -44,6 +45,26 @@ def test_optimized_model_decodes_the_same(flavour):
     assert any(isinstance(m, (ChunkedLinear, NativeLinear)) for m in model.modules())
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     assert generate(model, [[1, 2, 3]], config).generated() == plain
+
+
+def test_scoring_lays_out_16_bit_models_only():
+    """eval's windows: a bfloat16 model scored by the kernels generate samples with (the decoding layout; on CPUs
+    without bfloat16 arithmetic PyTorch's 16-bit matmuls run ~6x slower), a float32 one left to MKL."""
+    if not native.available():
+        pytest.skip("needs arlm's kernels (a C compiler)")
+    torch.manual_seed(0)
+    config = ModelConfig(flavour="llama", vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32, init_std=0.3)
+    plain = Transformer(config).eval().to(torch.bfloat16)
+    wide, scored, decoding = copy.deepcopy(plain).float(), copy.deepcopy(plain), copy.deepcopy(plain)
+    x = torch.randint(0, 64, (2, 40))
+    with torch.no_grad():
+        assert optimize_for_scoring(scored) is scored and isinstance(scored.lm_head, NativeLinear)
+        logits = scored(x)
+        assert torch.equal(logits, optimize_for_decoding(decoding)(x))  # the very layout generate uses
+        torch.testing.assert_close(logits.float(), plain(x).float(), rtol=0.05, atol=0.5)  # bfloat16's roundings
+        expected = wide(x)
+        assert optimize_for_scoring(wide) is wide and not any(isinstance(m, NativeLinear) for m in wide.modules())
+        assert torch.equal(wide(x), expected)
 
 
 def test_chunked_linear_is_batch_invariant():

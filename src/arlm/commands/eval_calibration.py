@@ -12,6 +12,7 @@ from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.calibration import N_BINS, CalibrationResult, calibration, format_table
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device, run_data
+from arlm.model.inference import optimize_for_scoring
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +54,7 @@ def calibration_command(
     results: dict[str, CalibrationResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
+        optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
         config = loaded.config
         data = run_data(loaded, split, data_dir)
         sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 from arlm.commands.plots import plot_lines
 from arlm.evaluation.context import per_position_loss
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, run_data
+from arlm.model.inference import optimize_for_scoring
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def context_command(
     curves = {}
     for ref in run_refs:
         loaded = load_model(ref, dtype=dtype)
+        optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
         config = loaded.config
         sampler = run_data(loaded, split).sampler(split, config.data, config.model.block_size, config.train.seed)
         loss, _ = per_position_loss(loaded.model, sampler.eval_batches(config.train.batch_size, batches))

@@ -18,6 +18,7 @@ from arlm.evaluation.exposure_bias import (
     held_out_sequences,
 )
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device, run_data
+from arlm.model.inference import optimize_for_scoring
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,7 @@ def exposure_bias_command(
     results: dict[str, ExposureBiasResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
+        optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
         P, L = default_lengths(loaded.config.model.block_size, prompt_len, length)
         data = run_data(loaded, split, data_dir)
         sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)

@@ -20,6 +20,7 @@ from arlm.interop.loading import (
     pick_device,
     run_data,
 )
+from arlm.model.inference import optimize_for_scoring
 from arlm.training.logging import Progress
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
@@ -88,6 +89,7 @@ def eval_command(
     if kv is not None and not file:
         raise ArlmError("--kv-dtype goes with --file (windows attending over a KV cache)")
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
+    optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
     if file:
         res, where = _on_file(loaded, model_ref, file, context, stride, max_chars, kv, compare_transformers, log)
     else:
