@@ -271,8 +271,9 @@ class GenerationConfig:
         for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "no_repeat_ngram_size"):
             if getattr(self, name) < 0:
                 raise ArlmError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("num_beams", "num_return_sequences", "num_draft_tokens", "prompt_lookup_ngram"):  # (a lookup
-            if not getattr(self, name) >= 1:  # n-gram of 0 would never match: nothing drafted, silently)
+        # (a prompt-lookup n-gram of 0 would never match: nothing drafted, silently)
+        for name in ("num_beams", "num_return_sequences", "num_draft_tokens", "prompt_lookup_ngram"):
+            if not getattr(self, name) >= 1:
                 raise ArlmError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
             raise ArlmError(f"top_p must be in (0, 1], got {self.top_p}")
