@@ -1,6 +1,7 @@
 """`arlm generate`'s text side: a streamed single prompt prints exactly the non-streamed text, cut at a stop."""
 
 import argparse
+import dataclasses
 import io
 import random
 
@@ -9,6 +10,7 @@ import torch
 
 from arlm.commands.generate import (
     CPU_COMPILE_NOTE,
+    FLAG_HELP,
     Streamer,
     add_generation_flags,
     format_stats,
@@ -91,6 +93,16 @@ def test_compile_on_the_cpu_is_said_to_be_slower(capsys):
     note_compile(GenerationConfig(compile=False), torch.device("cpu"))
     note_compile(GenerationConfig(compile=True), torch.device("meta"))  # not the CPU
     assert capsys.readouterr().err == ""
+
+
+def test_every_generation_flag_says_what_it_does():
+    """--help gives each GenerationConfig field a line of its own, then its default (a new field needs one)."""
+    assert set(FLAG_HELP) == {f.name for f in dataclasses.fields(GenerationConfig)}
+    parser = argparse.ArgumentParser()
+    add_generation_flags(parser)
+    helps = {action.dest: action.help for action in parser._actions}
+    assert helps["gen_adaptive_draft"] == FLAG_HELP["adaptive_draft"] + " (default False)"
+    assert helps["gen_stop"] == FLAG_HELP["stop"] + " (default [])"
 
 
 def test_a_yes_no_flag_alone_means_true_and_takes_a_value_too():

@@ -26,6 +26,32 @@ from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
+FLAG_HELP = {  # one line per GenerationConfig field, for --help
+    "strategy": "greedy, sample, beam, speculative (a --draft) or prompt-lookup",
+    "max_new_tokens": "tokens to generate at most (0: the prompt back, nothing new)",
+    "min_new_tokens": "EOS is masked until this many tokens are out",
+    "temperature": "sampling temperature (0: the most likely token, as greedy)",
+    "top_k": "sample among the k most likely tokens (0: off)",
+    "top_p": "sample within the smallest set holding this much probability (1: off)",
+    "min_p": "drop tokens below this fraction of the top token's probability (0: off)",
+    "repetition_penalty": "CTRL's: tokens already in the text have a positive score divided by it, a negative one "
+    "multiplied (1: off)",
+    "no_repeat_ngram_size": "never repeat an n-gram of this size (0: off)",
+    "num_beams": "beams of --strategy beam",
+    "num_return_sequences": "samples per prompt (sample) or best beams returned (beam)",
+    "length_penalty": "beam: a finished beam's score is divided by its length to this power",
+    "early_stopping": "beam: true, false or never (as transformers)",
+    "stop": "stop at this string (repeat for several)",
+    "stop_at_eos": "stop at the end-of-sequence token",
+    "seed": "seed of the sampling generator (reproducible draws)",
+    "num_draft_tokens": "speculative / prompt-lookup: tokens drafted a round (gamma)",
+    "adaptive_draft": "speculative / prompt-lookup: how many to draft each round, from the acceptance so far and the "
+    "cost of a verification (none where drafting would not pay)",
+    "prompt_lookup_ngram": "prompt-lookup: the longest n-gram of the context matched",
+    "lookup_first": "speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere",
+    "compile": "greedy / sample: a torch.compile'd one-token step (CUDA graphs on a GPU; slower on the CPU)",
+    "kv_dtype": "the KV cache's dtype: auto (the model's float dtype), float32 or bfloat16",
+}
 CPU_COMPILE_NOTE = (
     "note: --compile on the CPU compiles for 15-110 s, then ran 1.5-5x slower than the eager step (docs/perf.md, "
     "'A compiled step on the CPU'); it is meant for GPUs"
@@ -82,7 +108,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
             nargs="?" if switch else None,
             const="true" if switch else None,
             metavar=f.name.upper(),
-            help=f"(default {f.default if f.default is not dataclasses.MISSING else '[]'})",
+            help=f"{FLAG_HELP[f.name]} (default {f.default if f.default is not dataclasses.MISSING else '[]'})",
         )
 
 
