@@ -272,12 +272,8 @@ def format_stats(stats: dict) -> str:
     if stats.get("prompt_seconds"):  # decoding alone, after the forward over the prompt
         parts.append(f"{stats['decode_tokens_per_s']:.1f} tokens/s after the prompt's {stats['prompt_seconds']:.2f}s")
     if "acceptance_rate" in stats:
-        drafted = stats.get("proposed")
-        accepted = (  # none drafted: prompt lookup found no match, or adaptive drafting expected no gain
-            "nothing drafted"
-            if drafted == 0
-            else f"acceptance {stats['acceptance_rate']:.2%}" + (f" of {drafted} drafted" if drafted else "")
-        )
+        drafted = stats["proposed"]  # none: prompt lookup found no match, or adaptive drafting expected no gain
+        accepted = f"acceptance {stats['acceptance_rate']:.2%} of {drafted} drafted" if drafted else "nothing drafted"
         parts.append(
             f"{accepted}, {stats['tokens_per_target_forward']:.2f} tokens per target forward, "
             f"{stats['target_forwards']} target forwards"
