@@ -32,6 +32,8 @@ def _torchrun(preset, out_dir, *extra, wait=True):
         "-m",
         "torch.distributed.run",
         "--standalone",
+        "--log-dir",  # torchrun's own folder, else a torchelastic_* left in /tmp per launch
+        str(out_dir.parent / "torchrun-logs"),
         "--nproc_per_node",
         "2",
         "-m",
