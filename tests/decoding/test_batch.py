@@ -166,3 +166,20 @@ def test_presence_and_frequency_penalties_follow_openai():
     scores = torch.zeros(1, 5)
     out = presence_frequency_penalty(scores, torch.tensor([[1, 1, 3]]), presence=0.5, frequency=0.25)
     assert out.tolist() == [[0.0, -1.0, 0.0, -0.75, 0.0]]
+
+
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_a_scored_prompt_gets_each_tokens_logprob_given_those_before(chunk):
+    model = _model()
+    prompt = torch.randint(1, 61, (23,), generator=torch.Generator().manual_seed(5)).tolist()
+    seq = BatchSequence(prompt, GenerationConfig(strategy="greedy", max_new_tokens=2), top_logprobs=2)
+    seq.prompt_logprobs = True
+    engine = BatchEngine(model, max_batch=2, max_len=40, prefill_chunk=chunk)
+    _run(engine, {0: [seq]})
+    with torch.inference_mode():  # the reference: one forward over the whole prompt, no cache
+        logprobs = torch.log_softmax(model(torch.tensor([prompt]))[0].float(), dim=-1)  # (T, V)
+    assert len(seq.prompt_scores) == len(prompt) - 1
+    for j, scored in enumerate(seq.prompt_scores):  # token j + 1 given tokens 0 .. j
+        assert scored.logprob == pytest.approx(float(logprobs[j, prompt[j + 1]]), abs=1e-5)
+        assert [t for t, _ in scored.top] == logprobs[j].topk(2).indices.tolist()
+    assert seq.generated == generate(model, [prompt], seq.config).generated()[0]  # decoding as without scores

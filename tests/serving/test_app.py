@@ -122,6 +122,83 @@ def test_logprobs(live):
     assert all(len(c.top_logprobs) == 2 and math.exp(c.logprob) <= 1 for c in content)
 
 
+def test_a_list_of_prompts_is_answered_as_each_alone(live):
+    client, lm = live.client(), live.lm
+    texts = [PROMPT, "Objects are", "x"]
+    ids = [lm.tokenizer.encode(t) for t in texts]
+    alone = [_alone(lm, i, max_new_tokens=8) for i in ids]
+    expected = [text for _, text in alone]
+    out = client.completions.create(model=MODEL_ID, prompt=texts, max_tokens=8, temperature=0, n=2)
+    assert [c.index for c in out.choices] == list(range(6))  # prompt p's choices at 2p, 2p + 1, as OpenAI's
+    assert [c.text for c in out.choices] == [e for e in expected for _ in range(2)]
+    assert out.usage.prompt_tokens == sum(map(len, ids))  # each prompt once, whatever n
+    assert out.usage.completion_tokens == 2 * sum(len(row) for row, _ in alone)
+    as_ids = client.completions.create(model=MODEL_ID, prompt=ids, max_tokens=8, temperature=0)
+    assert [c.text for c in as_ids.choices] == expected
+    streamed = [""] * 3
+    for chunk in client.completions.create(model=MODEL_ID, prompt=ids, max_tokens=8, temperature=0, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert streamed == expected
+
+
+def test_echo_puts_the_prompt_first_and_scores_its_tokens_as_a_plain_forward(live):
+    import torch
+
+    client, lm = live.client(), live.lm
+    ids = lm.tokenizer.encode(PROMPT)
+    text = _alone(lm, ids, max_new_tokens=5)[1]
+    out = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=5, temperature=0, echo=True)
+    assert out.choices[0].text == PROMPT + text
+    chunks = client.completions.create(
+        model=MODEL_ID, prompt=PROMPT, max_tokens=5, temperature=0, echo=True, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == PROMPT + text
+    for stream in (False, True):  # lm-evaluation-harness's loglikelihood request: token ids, echo, logprobs 1
+        body = {"model": MODEL_ID, "prompt": [ids], "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+        lp = _echo_logprobs(live, {**body, "stream": stream})
+        assert lp["tokens"][: len(ids)] == [lm.tokenizer.token_text(t) for t in ids]
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None and len(lp["tokens"]) == len(ids) + 1
+        with torch.inference_mode():  # the reference: the model's forward over the whole prompt, no cache
+            reference = torch.log_softmax(lm.model(torch.tensor([ids]))[0].float(), dim=-1)  # (T, V)
+        expected = [float(reference[j, ids[j + 1]]) for j in range(len(ids) - 1)]
+        assert lp["token_logprobs"][1 : len(ids)] == pytest.approx(expected, abs=1e-5)
+        best = [float(reference[j].max()) for j in range(len(ids) - 1)]
+        assert [max(top.values()) for top in lp["top_logprobs"][1 : len(ids)]] == pytest.approx(best, abs=1e-5)
+        assert lp["text_offset"][: len(ids)] == [len(lm.tokenizer.decode(ids[:j])) for j in range(len(ids))]
+
+
+def _echo_logprobs(live, body: dict) -> dict:
+    """The logprobs object of a one-choice completion, put together from the stream's chunks when streamed."""
+    from tests.serving.conftest import SSEStream
+
+    if not body.get("stream"):
+        status, out = request(live.base_url, "POST", "/v1/completions", body)
+        assert status == 200, out
+        return out["choices"][0]["logprobs"]
+    joined = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for event in SSEStream(live.base_url, "/v1/completions", body).all():
+        for choice in event["choices"]:
+            for key in joined:
+                joined[key] += (choice["logprobs"] or {}).get(key, [])
+    return joined
+
+
+def test_tokenizer_endpoints_as_vllm_has_them(live):
+    tok = live.lm.tokenizer
+    status, info = request(live.base_url, "GET", "/tokenizer_info")
+    assert status == 200 and info["eos_token"] == tok.token_text(tok.eos_id)
+    assert info["chat_template"] == tok.chat_template and info["model_max_length"] == 256
+    status, out = request(live.base_url, "POST", "/tokenize", {"prompt": PROMPT, "add_special_tokens": False})
+    assert status == 200 and out["tokens"] == tok.encode(PROMPT) and out["count"] == len(out["tokens"])
+    assert request(live.base_url, "POST", "/detokenize", {"tokens": out["tokens"]})[1] == {"prompt": PROMPT}
+    messages = [{"role": "user", "content": "hello"}]
+    chat = request(live.base_url, "POST", "/tokenize", {"model": MODEL_ID, "messages": messages})[1]
+    assert chat["tokens"] == _chat_ids(live.lm, messages)
+    assert request(live.base_url, "POST", "/detokenize", {"tokens": [10**6]})[0] == 400
+    assert request(live.base_url, "POST", "/tokenize", {"model": "other", "prompt": "x"})[0] == 404
+
+
 def test_models_health_and_metrics(live):
     models = live.client().models.list()
     assert [m.id for m in models.data] == [MODEL_ID]
@@ -152,7 +229,15 @@ BAD = [
     ("bad type", {"model": MODEL_ID, "prompt": "hi", "temperature": "hot"}, 400, "temperature", "temperature"),
     ("no draft", {"model": MODEL_ID, "prompt": "hi", "strategy": "speculative"}, 400, "no draft model", None),
     ("beam logprobs", {"model": MODEL_ID, "prompt": "hi", "strategy": "beam", "logprobs": 1}, 400, "logprobs", None),
-    ("echo", {"model": MODEL_ID, "prompt": "hi", "echo": True}, 400, "echo", "echo"),
+    (
+        "echo scored in beam search",
+        {"model": MODEL_ID, "prompt": "hi", "strategy": "beam", "echo": True, "logprobs": 0},
+        400,
+        "logprobs",
+        None,
+    ),
+    ("more prompts than the queue", {"model": MODEL_ID, "prompt": ["a"] * 17}, 400, "queues at most 16", "prompt"),
+    ("mixed prompt list", {"model": MODEL_ID, "prompt": ["a", 3]}, 400, "prompt", "prompt"),
     ("token id", {"model": MODEL_ID, "prompt": [1, 99999]}, 400, "token ids", "prompt"),
 ]
 

@@ -27,6 +27,24 @@ PREFILL_CHUNK = 512
 
 
 @dataclass
+class Scored:
+    """A token's log-probability under the model's own distribution and the k most likely tokens there."""
+
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+def score(logits: torch.Tensor, token: int, k: int) -> Scored:
+    """The token's log-probability under logits (V,) and the k most likely (id, log-probability)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (V,)
+    scored = Scored(float(logprobs[token]))
+    if k > 0:
+        values, ids = torch.topk(logprobs, min(k, logprobs.numel()))
+        scored.top = list(zip(ids.tolist(), values.tolist()))
+    return scored
+
+
+@dataclass
 class BatchSequence:
     """One sequence to decode: its prompt, settings and, as it runs, its tokens and where it is."""
 
@@ -36,6 +54,8 @@ class BatchSequence:
     top_logprobs: int = -1  # -1: no log-probabilities; 0: the chosen token's; k > 0: also the k most likely
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence among the generated tokens
+    prompt_logprobs: bool = False  # also score the prompt's tokens as it is prefilled (OpenAI's echo with logprobs)
+    prompt_scores: list[Scored] = field(default_factory=list)  # prompt tokens 1.. given those before, once prefilled
     generated: list[int] = field(default_factory=list)
     slot: int | None = None
     filled: int = 0  # prompt tokens already in the cache
@@ -157,7 +177,11 @@ class BatchEngine:
                 break  # this prompt waits for the next step rather than be split
             row = self.cache.row(s.slot)
             chunk = s.ids[:, s.filled : s.filled + take]  # (1, take)
-            logits = self.model(chunk, kv_cache=row, num_logits=1)[:, -1]  # (1, V)
+            logits = self.model(chunk, kv_cache=row, num_logits=take if s.prompt_logprobs else 1)  # (1, n, V)
+            if s.prompt_logprobs:
+                targets = s.prompt[s.filled + 1 : s.filled + 1 + take]  # what each position predicts
+                s.prompt_scores += [score(logits[0, j], t, s.top_logprobs) for j, t in enumerate(targets)]
+            logits = logits[:, -1]  # (1, V)
             self.cache.sync(s.slot, row)
             s.filled += take
             budget -= take
@@ -181,11 +205,8 @@ class BatchEngine:
         s.generated.append(tid)
         out = Emitted(s, tid)
         if s.top_logprobs >= 0:
-            logprobs = torch.log_softmax(logits[0].float(), dim=-1)  # (V,)
-            out.logprob = float(logprobs[tid])
-            if s.top_logprobs:
-                values, ids = torch.topk(logprobs, min(s.top_logprobs, logprobs.numel()))
-                out.top = list(zip(ids.tolist(), values.tolist()))
+            scored = score(logits[0], tid, s.top_logprobs)
+            out.logprob, out.top = scored.logprob, scored.top
         if s.config.stop_at_eos and s.eos_id is not None and tid == s.eos_id:
             s.finish_reason = "stop"
         elif len(s.generated) >= s.config.max_new_tokens:

@@ -27,9 +27,18 @@ from arlm.decoding.chat import apply_chat_template
 from arlm.errors import ArlmError
 from arlm.serving.responses import OpenAIFormat, TraceFormat
 from arlm.serving.scheduler import Job, QueueFull, Scheduler
-from arlm.serving.schemas import ChatMessage, ChatRequest, CompletionRequest, Sampling, TraceRequest
+from arlm.serving.schemas import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    Sampling,
+    TokenizeRequest,
+    TraceRequest,
+)
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+NOT_UNION = ("extra_forbidden", "missing")  # errors of a model's own keys, never of a union's types
 
 
 class ApiError(Exception):
@@ -60,12 +69,16 @@ class Server:
             message = f"the model {name!r} does not exist; this server serves {self.model_id!r}"
             raise ApiError(404, message, param="model", code="model_not_found")
 
-    def encode_prompt(self, prompt) -> list[int]:
-        """A completion prompt (text, one-text list, or token ids) as ids."""
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise ApiError(400, "one prompt per request (got a list of several)", param="prompt")
-            prompt = prompt[0]
+    def split_prompts(self, prompt) -> list[str | list[int]]:
+        """A completion's prompt (a text or token ids) or list of prompts, as a list of prompts."""
+        prompts = [prompt] if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int) else prompt
+        if len(prompts) > self.scheduler.max_queue:
+            message = f"{len(prompts)} prompts in one request; this server queues at most {self.scheduler.max_queue}"
+            raise ApiError(400, message, param="prompt")
+        return prompts
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        """One prompt (text or token ids) as ids; an empty one is BOS."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         vocab = self.tokenizer.vocab_size
         if any(not 0 <= t < vocab for t in ids):
@@ -75,7 +88,7 @@ class Server:
             ids = [bos if bos is not None else 0]  # an empty prompt starts from BOS, as arlm generate does
         return ids
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
         """A conversation through the model's chat template, ending in the assistant's cue."""
         tok = self.tokenizer
         if not tok.chat_template:
@@ -84,13 +97,17 @@ class Server:
         rendered = apply_chat_template(
             tok.chat_template,
             [{"role": m.role, "content": m.text()} for m in messages],
+            add_generation_prompt,
             bos_token=special(tok.bos_id),
             eos_token=special(tok.eos_id),
         )
         return tok.encode(rendered)
 
-    def job(self, req: Sampling, prompt: list[int], max_tokens: int | None, emit, top_logprobs: int = -1) -> Job:
-        """The scheduler job of a request (default max_tokens: what the context leaves)."""
+    def job(
+        self, req: Sampling, prompt: list[int], max_tokens: int | None, emit, top_logprobs: int = -1, scored=False
+    ) -> Job:
+        """The scheduler job of a request (default max_tokens: what the context leaves); scored: the prompt's
+        tokens get log-probabilities too."""
         context = self.context
         if len(prompt) >= context:
             message = f"the prompt has {len(prompt)} tokens; the context holds {context} (prompt and completion)"
@@ -104,6 +121,7 @@ class Server:
             n=req.n,
             eos_id=self.tokenizer.eos_id,
             top_logprobs=top_logprobs,
+            prompt_logprobs=scored,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
             stops=req.stops(),
@@ -111,32 +129,51 @@ class Server:
 
 
 class Events:
-    """A job's events, handed from the scheduler's threads to the event loop."""
+    """The events of a request's jobs (one per prompt), handed from the scheduler's threads to the event loop: each
+    job's choice indices shifted to its place in the response, one "done" once every job is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: int = 1) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[dict] = asyncio.Queue()
+        self.left = jobs
 
     def put(self, event: dict) -> None:
         """Called from another thread."""
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
+    def emitter(self, offset: int) -> Callable[[dict], None]:
+        """put() for the job whose choices come at offset, offset + 1, ... in the response."""
+        if offset == 0:
+            return self.put
+        return lambda event: self.put({**event, "index": event["index"] + offset} if "index" in event else event)
+
     async def __aiter__(self) -> AsyncIterator[dict]:
         while True:
             event = await self.queue.get()
+            if event["type"] == "done":
+                self.left -= 1
+                if self.left:
+                    continue
             yield event
             if event["type"] in ("done", "error"):
                 return
 
 
-def submit(server: Server, job: Job) -> None:
-    """Queue a job; the scheduler's refusals become API errors."""
+def submit(server: Server, jobs: list[Job]) -> None:
+    """Queue a request's jobs; the scheduler's refusals become API errors."""
     try:
-        server.scheduler.submit(job)
+        server.scheduler.submit(*jobs)
     except QueueFull as exc:
         raise ApiError(429, str(exc), code="queue_full") from None
     except ArlmError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def cancel(server: Server, jobs: list[Job]) -> None:
+    """End what is left of a request's jobs (its client went away, or one of them failed)."""
+    for job in jobs:
+        if job.open_choices:
+            server.scheduler.cancel(job)
 
 
 async def watch_disconnect(request: Request, on_disconnect: Callable[[], None]) -> None:
@@ -154,14 +191,21 @@ def sse(data) -> str:
 
 
 async def run_job(
-    request: Request, server: Server, job: Job, events: Events, stream: bool, chunks: Callable, start=(), final=None
+    request: Request,
+    server: Server,
+    jobs: list[Job],
+    events: Events,
+    stream: bool,
+    chunks: Callable,
+    start=(),
+    final=None,
 ):
-    """Submit a job and answer: a stream of server-sent events (chunks of each event, then [DONE]), or, after the
-    last event, final() as JSON. A client that disconnects cancels the job."""
-    submit(server, job)
+    """Submit a request's jobs and answer: a stream of server-sent events (chunks of each event, then [DONE]), or,
+    after the last event, final() as JSON. A client that disconnects cancels the jobs."""
+    submit(server, jobs)
     if stream:
-        return StreamingResponse(_stream(server, job, events, chunks, start), media_type="text/event-stream")
-    watcher = asyncio.create_task(watch_disconnect(request, lambda: server.scheduler.cancel(job)))
+        return StreamingResponse(_stream(server, jobs, events, chunks, start), media_type="text/event-stream")
+    watcher = asyncio.create_task(watch_disconnect(request, lambda: cancel(server, jobs)))
     try:
         async for event in events:
             if event["type"] == "error":
@@ -171,12 +215,11 @@ async def run_job(
             chunks(event)
     finally:
         watcher.cancel()
-        if job.open_choices:
-            server.scheduler.cancel(job)
+        cancel(server, jobs)
     return JSONResponse(final())
 
 
-async def _stream(server: Server, job: Job, events: Events, chunks: Callable, start) -> AsyncIterator[str]:
+async def _stream(server: Server, jobs: list[Job], events: Events, chunks: Callable, start) -> AsyncIterator[str]:
     try:
         for chunk in start:
             yield sse(chunk)
@@ -189,8 +232,7 @@ async def _stream(server: Server, job: Job, events: Events, chunks: Callable, st
                 yield sse(chunk)
         yield sse("[DONE]")
     finally:  # also when the client went away (the response task is cancelled)
-        if job.open_choices:
-            server.scheduler.cancel(job)
+        cancel(server, jobs)
 
 
 def create_app(scheduler: Scheduler, model_id: str) -> FastAPI:
@@ -208,6 +250,7 @@ def create_app(scheduler: Scheduler, model_id: str) -> FastAPI:
     _error_handlers(app, scheduler)
     _info_routes(app, server)
     _generation_routes(app, server)
+    _tokenizer_routes(app, server)
     app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})
     return app
 
@@ -254,11 +297,28 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
     param = ".".join(loc) or None
+    union = _union_refusal(exc.errors())
+    if union:
+        field, forms = union
+        return ApiError(400, f"{field}: expected one of {', '.join(forms)}", param=field)
     if first.get("type") == "extra_forbidden":
         return ApiError(400, f"unrecognized request argument: {param}", param=param)
     if first.get("type") == "missing":
         return ApiError(400, f"missing required argument: {param}", param=param)
     return ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+
+
+def _union_refusal(errors: list[dict]) -> tuple[str, list[str]] | None:
+    """(field, its types) where every type of a union field refused the value: pydantic reports one error per type,
+    each naming its type in the location after the field's (("prompt", "str"), ("prompt", "list[int]", 0), ...)."""
+    locs = [[str(p) for p in e.get("loc", ()) if p != "body"] for e in errors if e["type"] not in NOT_UNION]
+    if not locs:
+        return None
+    for i in range(1, len(locs[0])):
+        forms = list(dict.fromkeys(loc[i] for loc in locs if len(loc) > i and loc[:i] == locs[0][:i]))
+        if len(forms) > 1:
+            return ".".join(locs[0][:i]), forms
+    return None
 
 
 def _info_routes(app: FastAPI, server: Server) -> None:
@@ -289,16 +349,23 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         server.check_model(req.model)
-        if req.echo:
-            raise ApiError(400, "echo is not supported", param="echo")
-        prompt = server.encode_prompt(req.prompt)
-        events = Events()
+        texts = server.split_prompts(req.prompt)
+        prompts = [server.encode_prompt(p) for p in texts]
+        events = Events(len(prompts))
         top = -1 if req.logprobs is None else req.logprobs
+        scored = req.echo and req.logprobs is not None
         max_tokens = req.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
-        job = server.job(req, prompt, max_tokens, events.put, top_logprobs=top)
-        fmt = OpenAIFormat("completion", server.model_id, req.n, len(prompt), _include_usage(req))
+        jobs = [
+            server.job(req, p, max_tokens, events.emitter(k * req.n), top_logprobs=top, scored=scored)
+            for k, p in enumerate(prompts)
+        ]
+        decoded = [t if isinstance(t, str) else server.tokenizer.decode(t) for t in texts]
+        echo = [text for text in decoded for _ in range(req.n)] if req.echo else None  # a prompt per choice
+        n, usage = req.n * len(prompts), _include_usage(req)
+        fmt = OpenAIFormat("completion", server.model_id, n, sum(map(len, prompts)), usage, echo=echo, scored=scored)
         final = lambda: fmt.response(with_logprobs=req.logprobs is not None)
-        return await run_job(request, server, job, events, req.stream, fmt.chunks, final=final)
+        start = fmt.start_chunks()
+        return await run_job(request, server, jobs, events, req.stream, fmt.chunks, start=start, final=final)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
@@ -312,7 +379,7 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         fmt = OpenAIFormat("chat", server.model_id, req.n, len(prompt), _include_usage(req))
         final = lambda: fmt.response(with_logprobs=req.logprobs)
         start = fmt.start_chunks()
-        return await run_job(request, server, job, events, req.stream, fmt.chunks, start=start, final=final)
+        return await run_job(request, server, [job], events, req.stream, fmt.chunks, start=start, final=final)
 
     @app.post("/v1/arlm/trace")
     async def trace(req: TraceRequest, request: Request):
@@ -326,7 +393,41 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         job.trace = True
         fmt = TraceFormat(server.tokenizer)
         start = [{"type": "start", "strategy": job.config.strategy, "prompt_tokens": len(prompt), "n": req.n}]
-        return await run_job(request, server, job, events, True, fmt.events, start=start)
+        return await run_job(request, server, [job], events, True, fmt.events, start=start)
+
+
+def _tokenizer_routes(app: FastAPI, server: Server) -> None:
+    """vLLM's tokenizer endpoints, which lm-evaluation-harness's local-completions uses when a server has them."""
+    tok = server.tokenizer
+    special = lambda i: tok.token_text(i) if i is not None else None
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict:
+        names = {"eos_token": tok.eos_id, "bos_token": tok.bos_id, "pad_token": tok.pad_id}
+        info = {"tokenizer_class": f"arlm-{tok.kind}", **{k: special(i) for k, i in names.items()}}
+        info["chat_template"] = tok.chat_template
+        return {**info, "model_max_length": server.context, "vocab_size": tok.vocab_size}
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> dict:
+        if req.model is not None:
+            server.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise ApiError(400, "give either prompt or messages", param="prompt")
+        ids = (
+            tok.encode(req.prompt)
+            if req.prompt is not None
+            else server.encode_chat(req.messages, req.add_generation_prompt)
+        )
+        return {"count": len(ids), "max_model_len": server.context, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> dict:
+        if req.model is not None:
+            server.check_model(req.model)
+        if any(not 0 <= t < tok.vocab_size for t in req.tokens):
+            raise ApiError(400, f"token ids must be in [0, {tok.vocab_size})", param="tokens")
+        return {"prompt": tok.decode(req.tokens)}
 
 
 def _include_usage(req: Sampling) -> bool:

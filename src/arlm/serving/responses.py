@@ -20,13 +20,25 @@ def _bytes(text: str) -> list[int] | None:
 class OpenAIFormat:
     """Builds one response of /v1/completions (kind "completion") or /v1/chat/completions (kind "chat")."""
 
-    def __init__(self, kind: str, model_id: str, n: int, prompt_tokens: int, include_usage: bool = False) -> None:
+    def __init__(
+        self,
+        kind: str,
+        model_id: str,
+        n: int,
+        prompt_tokens: int,
+        include_usage: bool = False,
+        echo: list[str] | None = None,
+        scored: bool = False,
+    ) -> None:
+        """n choices; echo: each choice's prompt text, put before its completion (scored: with the prompt tokens'
+        log-probabilities, which come as a "prompt" event before its first token)."""
         self.kind, self.model_id, self.n = kind, model_id, n
+        self.echo, self.scored = echo, scored
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.prompt_tokens = prompt_tokens
         self.include_usage = include_usage
-        self.texts = [""] * n
+        self.texts = list(echo) if echo else [""] * n
         self.logprobs: list[list[dict]] = [[] for _ in range(n)]
         self.finish: list[str | None] = [None] * n
         self.completion_tokens = 0
@@ -35,14 +47,21 @@ class OpenAIFormat:
     # ------------------------------------------------------------ streaming
 
     def start_chunks(self) -> list[dict]:
-        """Chunks sent before any token: the assistant role of each chat choice."""
-        if self.kind != "chat":
-            return []
-        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(self.n)]
+        """Chunks sent before any token: the assistant role of each chat choice, or the prompt of each echoed
+        completion (when its log-probabilities are not awaited)."""
+        if self.kind == "chat":
+            return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(self.n)]
+        if self.echo and not self.scored:
+            return [self._chunk(i, text) for i, text in enumerate(self.echo) if text]
+        return []
 
     def chunks(self, event: dict) -> list[dict]:
         """The stream chunks for one scheduler event (and records it for the whole response)."""
         kind, i = event["type"], event.get("index", 0)
+        if kind == "prompt":
+            for piece, logprob, top in event["tokens"]:
+                self.logprobs[i].append(self._logprob_entry(i, {"piece": piece, "logprob": logprob, "top": top}))
+            return [self._chunk(i, self.echo[i], logprobs=self._logprobs_object(self.logprobs[i]))]
         if kind == "token":
             self.completion_tokens += 1
             self.texts[i] += event["text"]
@@ -94,6 +113,8 @@ class OpenAIFormat:
             top = [{"token": p, "logprob": lp, "bytes": _bytes(p)} for _, p, lp in event["top"]]
             return {"token": piece, "logprob": event["logprob"], "bytes": _bytes(piece), "top_logprobs": top}
         offset = sum(len(e["token"]) for e in self.logprobs[i])
+        if event["top"] is None:  # an echoed prompt's first token: nothing before it to predict it
+            return {"token": piece, "logprob": None, "top": None, "offset": offset}
         top: dict[str, float] = {}
         for _, p, lp in event["top"]:  # keyed by text, as OpenAI's: of tokens with the same text the likelier
             top.setdefault(p, lp)

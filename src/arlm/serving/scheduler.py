@@ -5,6 +5,7 @@ a lane of their own, served one request at a time by a second thread through gen
 weights, with caches of its own), never downgraded to another strategy.
 
 Everything a request produces reaches it through job.emit(event), called from these threads, with plain dicts:
+  {"type": "prompt", "index", "tokens"}   the prompt's tokens as (piece, logprob, top) (echo with logprobs)
   {"type": "token", "index", "token", "text", ["logprob", "piece", "top"]}  a token of choice `index` and the text
                                                                        that became final with it
   {"type": "trace", "index", "data"}       a strategy event of the lane (beam search's beams, a verification)
@@ -57,6 +58,7 @@ class Job:
     n: int = 1
     eos_id: int | None = None
     top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely (batch lane only)
+    prompt_logprobs: bool = False  # the prompt's tokens scored too, sent before the first token (echo, batch only)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stops: list[str] = field(default_factory=list)
@@ -175,25 +177,32 @@ class Scheduler:
         if config.strategy == "beam" and job.n > config.num_beams:
             raise ArlmError(f"n ({job.n}) must be <= num_beams ({config.num_beams})")
 
-    def submit(self, job: Job) -> None:
-        """Queue a validated request; raises QueueFull when max_queue requests are waiting already."""
-        self.validate(job)
+    def submit(self, *jobs: Job) -> None:
+        """Queue validated requests, all or none (the prompts of one completion); raises QueueFull when they do not
+        fit beside those waiting already (max_queue)."""
+        for job in jobs:
+            self.validate(job)
         with self._cond:
             if self._stopping:
                 raise ArlmError("the server is shutting down")
-            if self._queued >= self.max_queue:
+            if self._queued + len(jobs) > self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry later")
-            self._queued += 1
+            for job in jobs:
+                self._queue(job)
             self.metrics.queue_length.set(self._queued)
-            self.metrics.prompt_tokens.inc(len(job.prompt))
-            job.open_choices = job.n
-            choices = [Choice(job, i, TextStream(self.tokenizer, job.stops)) for i in range(job.n)]
-            if job.batched:
-                self._waiting.extend(choices)
-            else:
-                job.choices = choices
-                self._lane.append(job)
             self._cond.notify_all()
+
+    def _queue(self, job: Job) -> None:
+        """One job's choices into the batch's queue or the lane (the lock held)."""
+        self._queued += 1
+        self.metrics.prompt_tokens.inc(len(job.prompt))
+        job.open_choices = job.n
+        choices = [Choice(job, i, TextStream(self.tokenizer, job.stops)) for i in range(job.n)]
+        if job.batched:
+            self._waiting.extend(choices)
+        else:
+            job.choices = choices
+            self._lane.append(job)
 
     def cancel(self, job: Job) -> None:
         """The client went away: the job's choices end before the next step (or as soon as the lane checks)."""
@@ -292,6 +301,7 @@ class Scheduler:
                 top_logprobs=job.top_logprobs,
                 presence_penalty=job.presence_penalty,
                 frequency_penalty=job.frequency_penalty,
+                prompt_logprobs=job.prompt_logprobs,
             )
             self.engine.admit(choice.seq)
             self._owner[id(choice.seq)] = choice
@@ -323,6 +333,8 @@ class Scheduler:
         """Hand each new token to its request; stop strings end a choice here, before the next step."""
         for e in emitted:
             choice = self._owner[id(e.sequence)]
+            if e.sequence.prompt_logprobs and len(e.sequence.generated) == 1:
+                self._send(choice.job, self._prompt_event(choice, e.sequence))
             event = self._token_event(choice, e.token)
             if e.logprob is not None:
                 event["logprob"] = e.logprob
@@ -333,6 +345,15 @@ class Scheduler:
                 self.engine.release(e.sequence, "stop")
             if e.sequence.finished:
                 self._finish(choice, e.sequence.finish_reason)
+
+    def _prompt_event(self, choice: Choice, seq: BatchSequence) -> Event:
+        """The prompt's tokens as (piece, log-probability, top) for an echo: the first has neither."""
+        piece = self.tokenizer.token_text
+        tokens = [(piece(seq.prompt[0]), None, None)]
+        for token, scored in zip(seq.prompt[1:], seq.prompt_scores):
+            tokens.append((piece(token), scored.logprob, [(t, piece(t), lp) for t, lp in scored.top]))
+        seq.prompt_scores = []
+        return {"type": "prompt", "index": choice.index, "tokens": tokens}
 
     def _token_event(self, choice: Choice, token: int) -> Event:
         job = choice.job

@@ -77,9 +77,9 @@ class Sampling(BaseModel):
 
 
 class CompletionRequest(Sampling):
-    """POST /v1/completions: one prompt (text or token ids)."""
+    """POST /v1/completions: a prompt (text or token ids) or a list of them, each continued n times."""
 
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
 
@@ -122,3 +122,23 @@ class TraceRequest(Sampling):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     top_logprobs: int = Field(default=5, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's, which lm-evaluation-harness reads): a text, or a conversation through the chat
+    template. arlm's tokenizers add no special tokens, so add_special_tokens changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize: token ids back to text."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    tokens: list[int]
