@@ -34,6 +34,9 @@ def test_the_rate_is_read_from_llama_bench_jsonl(tmp_path):
     assert " -d " not in (tmp_path / "args").read_text()
     assert llama_bench_rate(binary, tmp_path / "m.gguf", threads=2, new_tokens=8, depth=1024) == 123.5
     assert " -d 1024" in (tmp_path / "args").read_text()  # decoding after 1,024 tokens of context
+    assert " -p 0 -n 8 " in (tmp_path / "args").read_text()
+    assert llama_bench_rate(binary, tmp_path / "m.gguf", threads=2, new_tokens=0, prompt_tokens=512) == 123.5
+    assert " -p 512 -n 0 " in (tmp_path / "args").read_text()  # a prompt's processing
 
 
 def test_a_failing_llama_bench_is_one_line(tmp_path):

@@ -45,10 +45,13 @@ def gguf_for(folder: Path, dtype: str) -> Path:
     return path
 
 
-def llama_bench_rate(binary: Path, gguf: Path, *, threads: int, new_tokens: int, depth: int = 0) -> float:
-    """Tokens/s of one llama-bench token-generation run (-p 0 -n new_tokens -r 1) on `gguf`, after `depth` tokens of
-    context (-d; its cache in f16, llama-bench's default)."""
-    command = [str(binary), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(new_tokens), "-r", "1"]
+def llama_bench_rate(
+    binary: Path, gguf: Path, *, threads: int, new_tokens: int, depth: int = 0, prompt_tokens: int = 0
+) -> float:
+    """Tokens/s of one llama-bench run on `gguf`: token generation (-p 0 -n new_tokens -r 1) after `depth` tokens of
+    context (-d; its cache in f16, llama-bench's default), or with prompt_tokens a prompt's processing (-p P -n 0)."""
+    sizes = ["-p", str(prompt_tokens), "-n", str(0 if prompt_tokens else new_tokens)]
+    command = [str(binary), "-m", str(gguf), "-t", str(threads), *sizes, "-r", "1"]
     command += ["-d", str(depth)] if depth else []
     done = subprocess.run([*command, "-o", "jsonl"], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
