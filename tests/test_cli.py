@@ -404,6 +404,28 @@ def test_every_loader_takes_a_quantized_dtype(trained, capsys):
     _fails(capsys, "generate", str(run), "--dtype", "int4", "--device", "meta", match="CPU only")
 
 
+def test_float16_on_the_cpu_runs_with_a_note_and_bfloat16_without(trained, capsys):
+    from arlm.commands.generate import CPU_FLOAT16_NOTE
+
+    _, run = trained
+    argv = [
+        "generate",
+        str(run),
+        "--prompt",
+        "The ",
+        "--strategy",
+        "greedy",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
+    assert main([*argv, "--dtype", "float16"]) == 0
+    assert capsys.readouterr().err == CPU_FLOAT16_NOTE + "\n"
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_help_lists_every_verb_without_importing_torch():
     """`arlm --help` reads each verb's help line from its source: a fresh interpreter prints the list (each line the
     module's own first docstring line) and never imports torch or a verb module."""

@@ -6,7 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from arlm.commands.generate import Streamer, add_generation_flags, generation_options, note_compile, with_options
+from arlm.commands.generate import (
+    Streamer,
+    add_generation_flags,
+    generation_options,
+    note_compile,
+    note_dtype,
+    with_options,
+)
 from arlm.config import GenerationConfig
 from arlm.decoding.chat import ChatSession
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
@@ -44,6 +51,7 @@ def chat_command(
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
     dev = pick_device(device, dtype)
     note_compile(config, dev)
+    note_dtype(dtype, dev)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     optimize_for_decoding(loaded.model)
     session = ChatSession(loaded.model, loaded.tokenizer, config, system)

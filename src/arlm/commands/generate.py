@@ -56,6 +56,10 @@ CPU_COMPILE_NOTE = (
     "note: --compile on the CPU compiles for 15-110 s, then ran 1.5-5x slower than the eager step (docs/perf.md, "
     "'A compiled step on the CPU'); it is meant for GPUs"
 )
+CPU_FLOAT16_NOTE = (
+    "note: float16 on the CPU runs PyTorch's own kernels, 0.3x bfloat16's speed here (docs/perf.md, 'float16 on the "
+    "CPU'); bfloat16 is the 16-bit dtype arlm's kernels run"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +195,7 @@ def generate_command(
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     config = with_options(config or loaded.config.generate, options)
     note_compile(config, dev)
+    note_dtype(dtype, dev)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
     texts = prompts or [""]
@@ -227,6 +232,12 @@ def note_compile(config: GenerationConfig, device: torch.device) -> None:
     without arlm's kernels)."""
     if config.compile and device.type == "cpu":
         print(CPU_COMPILE_NOTE, file=sys.stderr)
+
+
+def note_dtype(dtype: str, device: torch.device) -> None:
+    """Say on stderr that float16 on the CPU decodes far slower than bfloat16 (no arlm kernel takes it)."""
+    if dtype == "float16" and device.type == "cpu":
+        print(CPU_FLOAT16_NOTE, file=sys.stderr)
 
 
 def load_draft(

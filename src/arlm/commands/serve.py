@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 
-from arlm.commands.generate import load_draft
+from arlm.commands.generate import load_draft, note_dtype
 from arlm.decoding.engine import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.max_queue < 0 or args.context < 0:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
     device, dtype = pick_device(args.device, args.dtype), args.dtype
+    note_dtype(dtype, device)
     loaded = load_model(args.model, device=device, dtype=dtype)
     model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
     draft = load_draft(args.draft, loaded, args.model, device, dtype) if args.draft else None
