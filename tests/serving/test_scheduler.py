@@ -74,22 +74,26 @@ def test_a_request_joins_while_another_is_running(live):
     assert second.admitted_step < first.finished_step and second.finished_step < first.finished_step
 
 
-def test_a_client_that_goes_away_frees_its_slot_within_one_step(live):
+@pytest.mark.parametrize("prompts", [1, 2])  # 2: a list of prompts, a job each, all dropped together
+def test_a_client_that_goes_away_frees_its_slot_within_one_step(live, prompts):
     scheduler = live.scheduler
-    body = {"model": MODEL_ID, "prompt": PROMPTS[2], "max_tokens": 200, "temperature": 0, "stream": True}
+    prompt = PROMPTS[2] if prompts == 1 else PROMPTS[1:3]
+    body = {"model": MODEL_ID, "prompt": prompt, "max_tokens": 200, "temperature": 0, "stream": True}
     scheduler.pause(after_steps=3)  # the request decodes 3 tokens, then the batch waits
     try:
         stream = SSEStream(live.base_url, "/v1/completions", body)
         assert stream.next()["choices"]
         wait_until(lambda: scheduler.paused, "the batch to pause")
-        (job,) = scheduler.running()
+        jobs = scheduler.running()
+        assert len(jobs) == prompts
         stream.close()
-        wait_until(job.cancelled.is_set, "the server to notice the disconnect")
+        wait_until(lambda: all(job.cancelled.is_set() for job in jobs), "the server to notice the disconnect")
     finally:
         scheduler.resume()
     wait_until(lambda: scheduler.state()["active_slots"] == 0, "the slot to be freed")
-    assert job.release_step - job.cancel_step <= 1
-    assert job.completion_tokens < 200
+    for job in jobs:
+        assert job.release_step - job.cancel_step <= 1
+        assert job.completion_tokens < 200
     metrics = request(live.base_url, "GET", "/metrics")[1]
     assert "arlm_batch_occupancy 0.0" in metrics
     assert 'arlm_sequences_finished_total{reason="cancelled"}' in metrics
@@ -101,7 +105,11 @@ def test_a_full_queue_answers_429(tiny_lm):
         server.scheduler.pause()
         body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 3, "temperature": 0}
         with ThreadPoolExecutor(2) as pool:
-            waiting = [pool.submit(request, server.base_url, "POST", "/v1/completions", body) for _ in range(2)]
+            waiting = [pool.submit(request, server.base_url, "POST", "/v1/completions", body)]
+            wait_until(lambda: server.scheduler.state()["queued"] == 1, "one queued request")
+            two = request(server.base_url, "POST", "/v1/completions", {**body, "prompt": ["x", "y"]})
+            assert two[0] == 429 and server.scheduler.state()["queued"] == 1  # two prompts, one place: neither queued
+            waiting.append(pool.submit(request, server.base_url, "POST", "/v1/completions", body))
             wait_until(lambda: server.scheduler.state()["queued"] == 2, "two queued requests")
             status, answer = request(server.base_url, "POST", "/v1/completions", body)
             server.scheduler.resume()
