@@ -34,13 +34,16 @@ class Scored:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
-def score(logits: torch.Tensor, token: int, k: int) -> Scored:
-    """The token's log-probability under logits (V,) and the k most likely (id, log-probability)."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (V,)
-    scored = Scored(float(logprobs[token]))
+def score(logits: torch.Tensor, tokens: list[int], k: int) -> list[Scored]:
+    """Each row's token's log-probability under that row of logits (T, V), and the row's k most likely (id,
+    log-probability)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logprobs.device)[:, None])[:, 0]  # (T,)
+    scored = [Scored(value) for value in chosen.tolist()]
     if k > 0:
-        values, ids = torch.topk(logprobs, min(k, logprobs.numel()))
-        scored.top = list(zip(ids.tolist(), values.tolist()))
+        values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)  # (T, k) each
+        for s, row_ids, row_values in zip(scored, ids.tolist(), values.tolist()):
+            s.top = list(zip(row_ids, row_values))
     return scored
 
 
@@ -180,7 +183,7 @@ class BatchEngine:
             logits = self.model(chunk, kv_cache=row, num_logits=take if s.prompt_logprobs else 1)  # (1, n, V)
             if s.prompt_logprobs:
                 targets = s.prompt[s.filled + 1 : s.filled + 1 + take]  # what each position predicts
-                s.prompt_scores += [score(logits[0, j], t, s.top_logprobs) for j, t in enumerate(targets)]
+                s.prompt_scores += score(logits[0, : len(targets)], targets, s.top_logprobs)
             logits = logits[:, -1]  # (1, V)
             self.cache.sync(s.slot, row)
             s.filled += take
@@ -205,7 +208,7 @@ class BatchEngine:
         s.generated.append(tid)
         out = Emitted(s, tid)
         if s.top_logprobs >= 0:
-            scored = score(logits[0], tid, s.top_logprobs)
+            (scored,) = score(logits, [tid], s.top_logprobs)
             out.logprob, out.top = scored.logprob, scored.top
         if s.config.stop_at_eos and s.eos_id is not None and tid == s.eos_id:
             s.finish_reason = "stop"
