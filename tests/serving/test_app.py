@@ -237,7 +237,14 @@ BAD = [
         None,
     ),
     ("more prompts than the queue", {"model": MODEL_ID, "prompt": ["a"] * 17}, 400, "queues at most 16", "prompt"),
-    ("mixed prompt list", {"model": MODEL_ID, "prompt": ["a", 3]}, 400, "prompt", "prompt"),
+    (
+        "mixed prompt list",
+        {"model": MODEL_ID, "prompt": ["a", 3]},
+        400,
+        "prompt: expected one of str, list[str]",
+        "prompt",
+    ),
+    ("stop of numbers", {"model": MODEL_ID, "prompt": "hi", "stop": [1, 2]}, 400, "stop: expected one of", "stop"),
     ("token id", {"model": MODEL_ID, "prompt": [1, 99999]}, 400, "token ids", "prompt"),
 ]
 

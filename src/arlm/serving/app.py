@@ -311,14 +311,18 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 def _union_refusal(errors: list[dict]) -> tuple[str, list[str]] | None:
     """(field, its types) where every type of a union field refused the value: pydantic reports one error per type,
     each naming its type in the location after the field's (("prompt", "str"), ("prompt", "list[int]", 0), ...)."""
-    locs = [[str(p) for p in e.get("loc", ()) if p != "body"] for e in errors if e["type"] not in NOT_UNION]
-    if not locs:
-        return None
-    for i in range(1, len(locs[0])):
-        forms = list(dict.fromkeys(loc[i] for loc in locs if len(loc) > i and loc[:i] == locs[0][:i]))
-        if len(forms) > 1:
-            return ".".join(locs[0][:i]), forms
+    locs = [[p for p in e.get("loc", ()) if p != "body"] for e in errors if e["type"] not in NOT_UNION]
+    for i in range(1, len(locs[0]) if locs else 0):
+        tags = [loc[i] for loc in locs if len(loc) > i and loc[:i] == locs[0][:i]]
+        forms = list(dict.fromkeys(tags))
+        if len(forms) > 1 and all(_is_type_tag(tag) for tag in forms):
+            return ".".join(map(str, locs[0][:i])), forms
     return None
+
+
+def _is_type_tag(part) -> bool:
+    """Whether a location part names a type (pydantic's tag of a union member), not a field or an index."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool") or part[:1].isupper())
 
 
 def _info_routes(app: FastAPI, server: Server) -> None:
