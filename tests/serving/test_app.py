@@ -2,6 +2,8 @@
 logprobs; greedy output equal to generate() and to `arlm generate`; and every bad request answered with its
 status and OpenAI's error body."""
 
+from unittest.mock import ANY
+
 import pytest
 
 from arlm.config import GenerationConfig
@@ -201,6 +203,8 @@ def test_tokenizer_endpoints_as_vllm_has_them(live):
 
 def test_models_health_and_metrics(live):
     models = live.client().models.list()
+    assert live.client().models.retrieve(MODEL_ID).model_dump() == {**models.data[0].model_dump(), "created": ANY}
+    assert request(live.base_url, "GET", "/v1/models/runs/other")[1]["error"]["code"] == "model_not_found"
     assert [m.id for m in models.data] == [MODEL_ID]
     status, health = request(live.base_url, "GET", "/health")
     assert status == 200 and health["status"] == "ok" and health["max_batch"] == 4

@@ -341,12 +341,19 @@ def _info_routes(app: FastAPI, server: Server) -> None:
     async def metrics() -> Response:
         return Response(scheduler.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def card() -> dict:
+        """The served model as OpenAI's model object, with vLLM's max_model_len."""
+        card = {"id": server.model_id, "object": "model", "created": int(time.time()), "owned_by": "arlm"}
+        return {**card, "max_model_len": server.context}
+
     @app.get("/v1/models")
     async def models() -> dict:
-        created = int(time.time())
-        card = {"id": server.model_id, "object": "model", "created": created, "owned_by": "arlm"}
-        card["max_model_len"] = server.context
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [card()]}
+
+    @app.get("/v1/models/{model:path}")  # a name as given may hold slashes (runs/quickstart)
+    async def model(model: str) -> dict:
+        server.check_model(model)
+        return card()
 
 
 def _generation_routes(app: FastAPI, server: Server) -> None:
