@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from arlm.bench.alternate import alternate
 from arlm.bench.llamacpp import find_llama_bench, gguf_for, llama_bench_rate, llamacpp_folder
 from arlm.bench.machine import cpu_model
 from arlm.config import GenerationConfig
@@ -122,10 +123,7 @@ def main() -> None:
             runs = sides(dtype, engine, depth, args)
             for kv in ("float32", "bfloat16"):
                 runs[f"arlm {kv}"]()  # warm-up
-            rates: dict[str, list[float]] = {name: [] for name in runs}
-            for r in range(args.repeats):
-                for name, run in runs.items() if r % 2 == 0 else reversed(runs.items()):
-                    rates[name].append(run())
+            rates = alternate(runs, args.repeats)
             print(row(dtype, depth, {name: statistics.median(v) for name, v in rates.items()}), flush=True)
 
 

@@ -18,6 +18,7 @@ import statistics
 
 import torch
 
+from arlm.bench.alternate import alternate
 from arlm.bench.llamacpp import find_llama_bench, gguf_for, llama_bench_rate, llamacpp_folder
 from arlm.bench.machine import cpu_model
 from arlm.config import GenerationConfig
@@ -43,10 +44,7 @@ def medians(engine: Engine, binary, gguf, size: int, repeats: int, threads: int)
         "llama.cpp": lambda: llama_bench_rate(binary, gguf, threads=threads, new_tokens=0, prompt_tokens=size),
     }
     runs["arlm"]()  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(repeats):
-        for name, run in runs.items() if r % 2 == 0 else reversed(runs.items()):
-            rates[name].append(run())
+    rates = alternate(runs, repeats)
     return statistics.median(rates["arlm"]), statistics.median(rates["llama.cpp"])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from arlm.bench.alternate import alternate
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
@@ -77,13 +78,10 @@ def compare_with_llamacpp(
     """arlm greedy batch 1 and llama-bench on `gguf`, alternating which goes first; medians and arlm / llama.cpp."""
     threads = torch.get_num_threads()
     arlm_greedy_rate(model, bos, 4)  # warm-up
-    rates: dict[str, list[float]] = {"arlm": [], "llama.cpp": []}
-    for r in range(repeats):
-        sides = (
-            ("arlm", lambda: arlm_greedy_rate(model, bos, new_tokens)),
-            ("llama.cpp", lambda: llama_bench_rate(binary, gguf, threads=threads, new_tokens=new_tokens)),
-        )
-        for side, fn in sides[:: 1 if r % 2 == 0 else -1]:
-            rates[side].append(fn())
+    sides = {
+        "arlm": lambda: arlm_greedy_rate(model, bos, new_tokens),
+        "llama.cpp": lambda: llama_bench_rate(binary, gguf, threads=threads, new_tokens=new_tokens),
+    }
+    rates = alternate(sides, repeats)
     medians = {side: statistics.median(values) for side, values in rates.items()}
     return {**medians, "ratio": medians["arlm"] / medians["llama.cpp"], "threads": threads}
