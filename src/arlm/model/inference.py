@@ -376,9 +376,10 @@ def optimize_for_decoding(
 
 def optimize_for_scoring(model: nn.Module) -> nn.Module:
     """A 16-bit CPU model on the decoding layout (optimize_for_decoding), for scoring whole windows: scored by the
-    kernels generate samples with, and on CPUs without bfloat16 arithmetic ~6x faster than PyTorch's 16-bit matmuls
-    (docs/perf.md); float32 and quantized models stay as they are (MKL's float32 products are faster over long windows
-    than the decoding layout's; the int8 / int4 layers are arlm's kernels already)."""
+    kernels generate samples with (bfloat16: arlm's, on CPUs without bfloat16 arithmetic ~6x faster than PyTorch's
+    bfloat16 matmuls, docs/perf.md; float16 keeps PyTorch's); float32 and quantized models stay as they are (MKL's
+    float32 products are faster over long windows than the decoding layout's; the int8 / int4 layers are arlm's
+    kernels already)."""
     weight = next(model.parameters())
     if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
         optimize_for_decoding(model)

@@ -80,13 +80,17 @@ class Server:
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """One prompt (text or token ids) as ids; an empty one is BOS."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        vocab = self.tokenizer.vocab_size
-        if any(not 0 <= t < vocab for t in ids):
-            raise ApiError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+        self.check_ids(ids, "prompt token ids", "prompt")
         if not ids:
             bos = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
             ids = [bos if bos is not None else 0]  # an empty prompt starts from BOS, as arlm generate does
         return ids
+
+    def check_ids(self, ids: list[int], what: str, param: str) -> None:
+        """400 unless every id is one of the tokenizer's."""
+        vocab = self.tokenizer.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise ApiError(400, f"{what} must be in [0, {vocab})", param=param)
 
     def encode_chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
         """A conversation through the model's chat template, ending in the assistant's cue."""
@@ -370,8 +374,9 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
             server.job(req, p, max_tokens, events.emitter(k * req.n), top_logprobs=top, scored=scored)
             for k, p in enumerate(prompts)
         ]
-        decoded = [t if isinstance(t, str) else server.tokenizer.decode(t) for t in texts]
-        echo = [text for text in decoded for _ in range(req.n)] if req.echo else None  # a prompt per choice
+        echo = None
+        if req.echo:  # each choice's prompt text: as given, or its token ids decoded
+            echo = [t if isinstance(t, str) else server.tokenizer.decode(t) for t in texts for _ in range(req.n)]
         n, usage = req.n * len(prompts), _include_usage(req)
         fmt = OpenAIFormat("completion", server.model_id, n, sum(map(len, prompts)), usage, echo=echo, scored=scored)
         final = lambda: fmt.response(with_logprobs=req.logprobs is not None)
@@ -436,8 +441,7 @@ def _tokenizer_routes(app: FastAPI, server: Server) -> None:
     async def detokenize(req: DetokenizeRequest) -> dict:
         if req.model is not None:
             server.check_model(req.model)
-        if any(not 0 <= t < tok.vocab_size for t in req.tokens):
-            raise ApiError(400, f"token ids must be in [0, {tok.vocab_size})", param="tokens")
+        server.check_ids(req.tokens, "token ids", "tokens")
         return {"prompt": tok.decode(req.tokens)}
 
 
