@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,3 +48,32 @@ def test_models_without_a_template_are_refused():
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=1, d_model=8))
     with pytest.raises(ArlmError, match="no chat template"):
         ChatSession(model, tok, GenerationConfig())
+
+
+def test_an_answer_ends_before_its_stop_string_and_is_remembered_so():
+    session = _session(max_new=24)
+    free = session.reply("question about the data")
+    assert len(free) > 4
+    stop = free[2:4]
+    session = _session(max_new=24)
+    session.config.stop = [stop]
+    answer = session.reply("question about the data")
+    assert answer == free[: free.find(stop)].strip()
+    assert session.turns[-1]["content"] == answer
+
+
+def test_speculative_chat_with_a_draft_answers_as_greedy():
+    greedy = _session(max_new=16)
+    expected = [greedy.reply(m) for m in ("first question", "and the second one")]
+    session = _session(max_new=16)
+    torch.manual_seed(1)
+    draft = Transformer(dataclasses.replace(session.model.config, n_layer=1, d_model=8)).eval()
+    session.config = GenerationConfig(strategy="speculative", temperature=0.0, max_new_tokens=16, num_draft_tokens=3)
+    session.draft = draft
+    assert [session.reply(m) for m in ("first question", "and the second one")] == expected
+
+
+def test_a_chat_refuses_several_answers_a_turn():
+    session = _session()
+    with pytest.raises(ArlmError, match="--num-return-sequences"):
+        ChatSession(session.model, session.tokenizer, GenerationConfig(num_return_sequences=2))

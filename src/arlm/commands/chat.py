@@ -7,8 +7,10 @@ import sys
 from collections.abc import Callable
 
 from arlm.commands.generate import (
+    DRAFT_HELP,
     Streamer,
     add_generation_flags,
+    draft_for,
     generation_options,
     note_compile,
     note_dtype,
@@ -21,10 +23,11 @@ from arlm.model.inference import optimize_for_decoding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --system, --message (repeatable), --device, --dtype and the generation flags."""
+    """--model, --system, --message (repeatable), --draft, --device, --dtype and the generation flags."""
     parser.add_argument("--model", default="smollm2", help="an instruct model with a chat template (default smollm2)")
     parser.add_argument("--system", help="a system message")
     parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
+    parser.add_argument("--draft", help=DRAFT_HELP)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     add_generation_flags(parser)
@@ -34,7 +37,15 @@ def run(args: argparse.Namespace) -> int:
     """Chat with top-p sampling at temperature 0.7 unless the flags say otherwise."""
     config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
     config = with_options(config, generation_options(args))
-    chat_command(args.model, config, system=args.system, messages=args.message, device=args.device, dtype=args.dtype)
+    chat_command(
+        args.model,
+        config,
+        system=args.system,
+        messages=args.message,
+        draft=args.draft,
+        device=args.device,
+        dtype=args.dtype,
+    )
     return 0
 
 
@@ -44,6 +55,7 @@ def chat_command(
     *,
     system: str | None = None,
     messages: list[str] | None = None,
+    draft: str | None = None,
     device: str = "auto",
     dtype: str = "float32",
     read: Callable[[str], str] = input,
@@ -54,7 +66,8 @@ def chat_command(
     note_dtype(dtype, dev)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     optimize_for_decoding(loaded.model)
-    session = ChatSession(loaded.model, loaded.tokenizer, config, system)
+    draft_model = draft_for(config, draft, loaded, model_ref, dev, dtype)
+    session = ChatSession(loaded.model, loaded.tokenizer, config, system, draft=draft_model)
     answers = []
     queue = list(messages) if messages is not None else None
     while True:
@@ -73,6 +86,7 @@ def chat_command(
             session.turns = []
             continue
         sys.stdout.write("assistant> ")
-        answers.append(session.reply(line, on_token=Streamer(loaded.tokenizer)))
-        sys.stdout.write("\n")
+        streamer = Streamer(loaded.tokenizer, config.stop)
+        answers.append(session.reply(line, on_token=streamer))
+        streamer.finish()
     return answers

@@ -26,6 +26,10 @@ from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
+DRAFT_HELP = (
+    "draft model for --strategy speculative, self:L (the model's own first L layers) or self:DTYPE (its own weights "
+    "at DTYPE, e.g. self:int4)"
+)
 FLAG_HELP = {  # one line per GenerationConfig field, for --help
     "strategy": "greedy, sample, beam, speculative (a --draft) or prompt-lookup",
     "max_new_tokens": "tokens to generate at most (0: the prompt back, nothing new)",
@@ -69,11 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", help="take the defaults from this preset's generate: section (default: the run's own config)"
     )
     parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
-    parser.add_argument(
-        "--draft",
-        help="draft model for --strategy speculative, self:L (the model's own first L layers) or self:DTYPE (its own "
-        "weights at DTYPE, e.g. self:int4)",
-    )
+    parser.add_argument("--draft", help=DRAFT_HELP)
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
     parser.add_argument("--device", default="auto")
@@ -200,11 +200,7 @@ def generate_command(
     tok = loaded.tokenizer
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
-    draft_model = None
-    if config.strategy == "speculative":
-        if not draft:
-            raise ArlmError("--strategy speculative needs --draft MODEL or self:L (or use --strategy prompt-lookup)")
-        draft_model = load_draft(draft, loaded, model_ref, dev, dtype)
+    draft_model = draft_for(config, draft, loaded, model_ref, dev, dtype)
     single = len(texts) == 1 and config.num_return_sequences == 1
     streaming = single and config.strategy != "beam" and not show_drafts
     streamer = Streamer(tok, config.stop, prefix=texts[0]) if streaming else None  # prints nothing before a token
@@ -238,6 +234,17 @@ def note_dtype(dtype: str, device: torch.device) -> None:
     """Say on stderr that float16 on the CPU decodes far slower than bfloat16 (no arlm kernel takes it)."""
     if dtype == "float16" and device.type == "cpu":
         print(CPU_FLOAT16_NOTE, file=sys.stderr)
+
+
+def draft_for(
+    config: GenerationConfig, ref: str | None, target: LoadedModel, target_ref: str, device: torch.device, dtype: str
+) -> torch.nn.Module | None:
+    """The draft --strategy speculative needs (refused without --draft), None for the other strategies."""
+    if config.strategy != "speculative":
+        return None
+    if not ref:
+        raise ArlmError("--strategy speculative needs --draft MODEL or self:L (or use --strategy prompt-lookup)")
+    return load_draft(ref, target, target_ref, device, dtype)
 
 
 def load_draft(

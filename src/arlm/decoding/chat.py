@@ -8,18 +8,22 @@ from collections.abc import Callable
 from arlm.config import GenerationConfig
 from arlm.data.chat_template import Message, apply_chat_template
 from arlm.decoding.generate import generate
+from arlm.decoding.stops import cut_at_stop, stop_checker
 from arlm.errors import ArlmError
 
 __all__ = ["ChatSession", "Message", "apply_chat_template"]
 
 
 class ChatSession:
-    """A conversation: messages so far, rendered and encoded each turn, the oldest turns dropped to fit."""
+    """A conversation: messages so far, rendered and encoded each turn, the oldest turns dropped to fit. One answer
+    a turn, ended at EOS or config.stop's first string (not kept); `draft` serves --strategy speculative."""
 
-    def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None = None) -> None:
+    def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None = None, draft=None) -> None:
         if not tokenizer.chat_template:
             raise ArlmError("this model has no chat template; use arlm generate, or an instruct model (smollm2)")
-        self.model, self.tokenizer, self.config = model, tokenizer, config
+        if config.num_return_sequences != 1:
+            raise ArlmError("a chat answers once a turn: --num-return-sequences is for arlm generate")
+        self.model, self.tokenizer, self.config, self.draft = model, tokenizer, config, draft
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
 
@@ -47,9 +51,16 @@ class ChatSession:
         self.turns.append({"role": "user", "content": message})
         tok = self.tokenizer
         out = generate(
-            self.model, [self.prompt_ids()], self.config, eos_id=tok.eos_id, pad_id=tok.pad_id, on_token=on_token
+            self.model,
+            [self.prompt_ids()],
+            self.config,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            draft=self.draft,
+            on_token=on_token,
+            should_stop=stop_checker(tok, self.config.stop),
         )
-        answer = tok.decode(out.generated()[0]).strip()
+        answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()
         self.turns.append({"role": "assistant", "content": answer})
         return answer
 
