@@ -250,6 +250,21 @@ BAD = [
     ),
     ("stop of numbers", {"model": MODEL_ID, "prompt": "hi", "stop": [1, 2]}, 400, "stop: expected one of", "stop"),
     ("token id", {"model": MODEL_ID, "prompt": [1, 99999]}, 400, "token ids", "prompt"),
+    (
+        "temperature in beam search",
+        {"model": MODEL_ID, "prompt": "hi", "strategy": "beam", "temperature": 0.7},
+        400,
+        "temperature does nothing with strategy beam",
+        "temperature",
+    ),
+    (
+        "top_k at temperature 0",
+        {"model": MODEL_ID, "prompt": "hi", "temperature": 0, "top_k": 5},
+        400,
+        "top_k",
+        "top_k",
+    ),
+    ("beams when sampling", {"model": MODEL_ID, "prompt": "hi", "num_beams": 2}, 400, "read by beam", "num_beams"),
 ]
 
 

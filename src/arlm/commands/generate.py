@@ -17,6 +17,7 @@ from arlm.config import GenerationConfig, build_config, coerce
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.drafts import parse_self_draft, self_draft
 from arlm.decoding.generate import generate
+from arlm.decoding.settings import refuse_unread
 from arlm.decoding.show import render_drafts
 from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.decoding.types import GenerationOutput
@@ -128,9 +129,10 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def with_options(base: GenerationConfig, options: dict[str, Any] | None) -> GenerationConfig:
-    """A copy of base with the given fields replaced, validated."""
+    """A copy of base with the given fields replaced, validated; a flag the strategy would not read is refused."""
     config = dataclasses.replace(base, **(options or {}))
     config.validate()
+    refuse_unread(config, options or {}, spell=lambda name: "--" + name.replace("_", "-"))
     return config
 
 
@@ -194,6 +196,10 @@ def generate_command(
     dev = pick_device(device, dtype)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     config = with_options(config or loaded.config.generate, options)
+    if show_drafts and config.strategy not in ("speculative", "prompt-lookup"):
+        raise ArlmError(
+            f"--show-drafts does nothing with --strategy {config.strategy}; it is read by speculative, prompt-lookup"
+        )
     note_compile(config, dev)
     note_dtype(dtype, dev)
     optimize_for_decoding(loaded.model)
@@ -239,8 +245,11 @@ def note_dtype(dtype: str, device: torch.device) -> None:
 def draft_for(
     config: GenerationConfig, ref: str | None, target: LoadedModel, target_ref: str, device: torch.device, dtype: str
 ) -> torch.nn.Module | None:
-    """The draft --strategy speculative needs (refused without --draft), None for the other strategies."""
+    """The draft --strategy speculative needs (refused without --draft), None for the other strategies (refused
+    with one)."""
     if config.strategy != "speculative":
+        if ref:
+            raise ArlmError(f"--draft does nothing with --strategy {config.strategy}; it is read by speculative")
         return None
     if not ref:
         raise ArlmError("--strategy speculative needs --draft MODEL or self:L (or use --strategy prompt-lookup)")

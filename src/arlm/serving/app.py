@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arlm.decoding.batch import BATCH_STRATEGIES
 from arlm.decoding.chat import apply_chat_template
+from arlm.decoding.settings import unread, unread_message
 from arlm.errors import ArlmError
 from arlm.serving.responses import OpenAIFormat, TraceFormat
 from arlm.serving.scheduler import Job, QueueFull, Scheduler
@@ -118,9 +119,13 @@ class Server:
             raise ApiError(400, message, param="prompt", code="context_length_exceeded")
         if max_tokens is None:
             max_tokens = context - len(prompt)
+        config = req.generation_config(max_tokens)
+        unused = unread(config, sorted(req.model_fields_set))  # a setting the strategy would ignore: refused
+        if unused:
+            raise ApiError(400, unread_message(config, unused[0]), param=unused[0])
         return Job(
             prompt=prompt,
-            config=req.generation_config(max_tokens),
+            config=config,
             emit=emit,
             n=req.n,
             eos_id=self.tokenizer.eos_id,

@@ -1,0 +1,77 @@
+"""A setting refused as unread by a strategy must indeed change nothing in what that strategy decodes."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.generate import generate
+from arlm.decoding.settings import EVERY, FIELDS, NEUTRAL, READ_BY, refuse_unread, unread
+from arlm.errors import ArlmError
+from arlm.model.transformer import Transformer
+
+OTHER_VALUE = {  # a value off each setting's neutral one and off GenerationConfig's default
+    "temperature": 0.7,
+    "top_k": 3,
+    "top_p": 0.5,
+    "min_p": 0.3,
+    "num_beams": 2,
+    "num_return_sequences": 2,
+    "length_penalty": 0.3,
+    "early_stopping": True,
+    "num_draft_tokens": 2,
+    "adaptive_draft": True,
+    "prompt_lookup_ngram": 1,
+    "lookup_first": True,
+}
+
+
+def _model(seed: int, n_layer: int = 2) -> Transformer:
+    torch.manual_seed(seed)
+    config = ModelConfig(flavour="llama", vocab_size=24, block_size=64, n_layer=n_layer, n_head=2, d_model=16)
+    return Transformer(config).eval()
+
+
+def _decode(config: GenerationConfig) -> torch.Tensor:
+    prompt = [[3, 5, 7, 3, 5, 9, 11]]
+    draft = _model(1, n_layer=1) if config.strategy == "speculative" else None
+    return generate(_model(0), prompt, config, eos_id=None, pad_id=0, draft=draft).sequences
+
+
+@pytest.mark.parametrize("strategy", list(READ_BY))
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_what_a_strategy_does_not_read_changes_nothing(strategy, temperature):
+    base = GenerationConfig(strategy=strategy, temperature=temperature, max_new_tokens=10, seed=0)
+    expected = _decode(base)
+    refused = 0
+    for name, value in OTHER_VALUE.items():
+        changed = dataclasses.replace(base, **{name: value})
+        if not unread(changed, [name]):
+            continue
+        refused += 1
+        with pytest.raises(ArlmError, match=name):
+            refuse_unread(changed, [name])
+        try:
+            changed.validate()
+        except ArlmError:
+            continue  # refused on its own already
+        assert torch.equal(_decode(changed), expected), name
+    assert refused > 0
+
+
+def test_neutral_values_and_other_names_pass():
+    config = GenerationConfig(strategy="beam", temperature=0.0)
+    assert unread(config, [name for name in NEUTRAL if name in FIELDS]) == []
+    assert unread(config, ["model", "n", "seed", "stop"]) == []
+    assert unread(dataclasses.replace(config, top_k=5, temperature=0.5), ["top_k", "temperature"]) == [
+        "top_k",
+        "temperature",
+    ]
+    with pytest.raises(ArlmError, match="--top-p does nothing at --temperature 0"):
+        refuse_unread(GenerationConfig(temperature=0.0, top_p=0.5), ["top_p"], lambda n: "--" + n.replace("_", "-"))
+
+
+def test_every_setting_has_a_place():
+    placed = {name for fields in READ_BY.values() for name in fields}
+    assert placed | set(EVERY) == FIELDS
