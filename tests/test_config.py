@@ -39,6 +39,12 @@ def test_overrides_both_spellings_and_types():
     assert parse_overrides(["--train.max-steps", "5"]) == {"train": {"max_steps": "5"}}
 
 
+def test_a_list_on_the_command_line():
+    several = build_config("smollm2-sft", ["--train.lora.targets", "[qkv, down]", "--generate.stop", "[INST]"])
+    assert several.train.lora.targets == ["qkv", "down"] and several.generate.stop == ["[INST]"]  # one item: as given
+    assert build_config("quickstart", ["--generate.stop", "[a, b]"]).generate.stop == ["a", "b"]
+
+
 def test_strict_loading():
     with pytest.raises(ArlmError, match="unknown config key model.layers"):
         config_from_dict({"model": {"layers": 3}})

@@ -62,11 +62,11 @@ class ModelConfig:
         _choice("model.flavour", self.flavour, ("gpt2", "llama"))
         _choice("model.attention", self.attention, ("sdpa", "naive"))
         for name in ("block_size", "n_layer", "n_head", "d_model"):
-            _positive(f"model.{name}", getattr(self, name))
+            _at_least(f"model.{name}", getattr(self, name), 1)
         if self.block_size < 2:
             raise ArlmError(f"model.block_size must be at least 2 (an input and its next token), got {self.block_size}")
         for name in ("vocab_size", "d_ff", "n_kv_head"):
-            _non_negative(f"model.{name}", getattr(self, name) or 0)
+            _at_least(f"model.{name}", getattr(self, name) or 0, 0)
         for name in ("norm_eps", "rope_theta", "init_std"):
             _finite(f"model.{name}", getattr(self, name), low=0.0)
             if getattr(self, name) == 0:
@@ -122,7 +122,7 @@ class DataConfig:
             raise ArlmError("data.val_fraction and data.test_fraction must be in [0, 1)")
         if self.val_fraction + self.test_fraction >= 1:
             raise ArlmError("data.val_fraction + data.test_fraction must leave room for training text")
-        _positive("data.vocab_size", self.vocab_size)
+        _at_least("data.vocab_size", self.vocab_size, 1)
         if self.doc_max_chars < 0:
             raise ArlmError(f"data.doc_max_chars must be >= 0 (0: no limit), got {self.doc_max_chars}")
 
@@ -138,7 +138,7 @@ class LoRAConfig:
 
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
-        _non_negative("train.lora.rank", self.rank)
+        _at_least("train.lora.rank", self.rank, 0)
         _finite("train.lora.alpha", self.alpha, low=0.0)
         _finite("train.lora.dropout", self.dropout, low=0.0, high=0.99)
         for target in self.targets or [""]:
@@ -195,16 +195,16 @@ class TrainConfig:
         _choice("train.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval"):
-            _positive(f"train.{name}", getattr(self, name))
+            _at_least(f"train.{name}", getattr(self, name), 1)
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ArlmError(f"need 0 <= train.min_lr <= train.lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ArlmError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.keep_checkpoints < 1:
             raise ArlmError("train.keep_checkpoints must be at least 1")
-        _positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
+        _at_least("train.max_nonfinite_steps", self.max_nonfinite_steps, 1)
         for name in TRAIN_COUNTS:
-            _non_negative(f"train.{name}", getattr(self, name))
+            _at_least(f"train.{name}", getattr(self, name), 0)
         for name, (low, high) in TRAIN_RANGES.items():
             _finite(f"train.{name}", getattr(self, name), low=low, high=high)
         if max(self.beta1, self.beta2) >= 1 or self.distill_temperature == 0:
@@ -321,14 +321,9 @@ def _choice(name: str, value: Any, choices: tuple) -> None:
         raise ArlmError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ArlmError(f"{name} must be a positive integer, got {value}")
-
-
-def _non_negative(name: str, value: int) -> None:
-    if value < 0:
-        raise ArlmError(f"{name} must be 0 or more, got {value}")
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ArlmError(f"{name} must be {'a positive integer' if low == 1 else '0 or more'}, got {value}")
 
 
 def _finite(name: str, value: float, *, low: float, high: float | None = None) -> None:
@@ -437,8 +432,9 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
                 continue
         raise ArlmError(f"{name}: cannot read {value!r} as {tp}")
     if origin is list:
-        if isinstance(value, str):
-            value = [value] if value else []
+        if isinstance(value, str):  # one item, or several as on the command line: '[attn, mlp]'
+            several = value.startswith("[") and value.endswith("]") and "," in value
+            value = yaml.safe_load(value) if several else [value] if value else []
         if not isinstance(value, list):
             raise ArlmError(f"{name}: expected a list, got {value!r}")
         return [coerce(v, typing.get_args(tp)[0], name) for v in value]

@@ -76,4 +76,10 @@ def test_speculative_chat_with_a_draft_answers_as_greedy():
 def test_a_chat_refuses_several_answers_a_turn():
     session = _session()
     with pytest.raises(ArlmError, match="--num-return-sequences"):
-        ChatSession(session.model, session.tokenizer, GenerationConfig(num_return_sequences=2))
+        ChatSession(session.model, session.tokenizer, GenerationConfig(num_return_sequences=2, max_new_tokens=8))
+
+
+def test_an_answer_longer_than_the_context_is_refused_at_once():
+    session = _session(block=96)
+    with pytest.raises(ArlmError, match="max_new_tokens 96 leaves no room .* context of 96 tokens"):
+        ChatSession(session.model, session.tokenizer, GenerationConfig(max_new_tokens=96))

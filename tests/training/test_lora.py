@@ -104,3 +104,17 @@ def test_lora_under_torchrun_follows_the_single_process_curve_and_resumes(tmp_pa
     _torchrun(preset, tmp_path / "two", *two, "--train.max_steps", "5")
     _torchrun(preset, tmp_path / "two", *two, "--resume")
     assert nll_log(tmp_path / "two") == pytest.approx(nll_log(tmp_path / "single"), abs=1e-5)
+
+
+def test_a_lora_run_resumed_from_the_command_line_keeps_its_adapters(tmp_path, lora_preset, capsys):
+    from arlm.cli import main
+
+    _, raw = lora_preset
+    run = tmp_path / "r"
+    short = {**raw["train"], "out_dir": str(run), "max_steps": 4, "checkpoint_interval": 2}
+    train_command(config_from_dict({**raw, "train": short}).validate(), log=lambda _: None)
+    resume = ["train", "--resume", "--train.out_dir", str(run), "--train.max_steps"]
+    assert main([*resume, "6", "--train.lora.rank", "0"]) == 2  # the run's adapters cannot become a full fine-tune
+    assert capsys.readouterr().err.strip().endswith("holds LoRA adapters; resume it with its own train.lora")
+    assert main([*resume, "6", "--train.lora.rank", "4"]) == 0  # its own rank, no preset: checked on the run's config
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train_nll" in r][-1] == 6

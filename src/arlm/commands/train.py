@@ -23,6 +23,7 @@ from arlm.config import (
     build_config,
     config_from_dict,
     config_to_dict,
+    load_preset,
     merge,
     parse_overrides,
 )
@@ -34,7 +35,7 @@ from arlm.interop.checkpoint import Checkpoint, latest_checkpoint, list_checkpoi
 from arlm.interop.loading import load_model, load_tokenizer, pick_device, prepared_dir
 from arlm.model.transformer import Transformer
 from arlm.training import distributed as D
-from arlm.training.init import initial_model
+from arlm.training.init import FROM_CONFIG, initial_model
 from arlm.training.logging import read_metrics, truncate_log
 from arlm.training.run_dir import (
     discard,
@@ -66,12 +67,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the preset with the overrides, or resume a run with its own config plus the overrides."""
-    config = build_config(args.preset or DEFAULT_PRESET, args.overrides)
+    preset_given = args.preset is not None
+    if args.resume is None or preset_given:
+        config = build_config(args.preset or DEFAULT_PRESET, args.overrides)
+    else:  # only train.out_dir is read here: the run's own config is checked once the overrides join it
+        config = config_from_dict(merge(load_preset(DEFAULT_PRESET), parse_overrides(args.overrides)))
     resume = None
     if args.resume is not None:
-        config, resume = resume_config(config, args.resume, args.overrides, preset_given=args.preset is not None)
+        config, resume = resume_config(config, args.resume, args.overrides, preset_given=preset_given)
+    refuse_unread_overrides(config, parse_overrides(args.overrides))
     train_command(config, resume=resume, resuming=args.resume is not None, overwrite=args.overwrite)
     return 0
+
+
+def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
+    """Refuse an override the run would not read: a model shape beside train.init (its shape comes from there)
+    or a LoRA setting at train.lora.rank 0 (no adapters)."""
+    shape = sorted(set(given.get("model", {})) - set(FROM_CONFIG))
+    if config.train.init and shape:
+        raise ArlmError(
+            f"--model.{shape[0]} does nothing with train.init: the model's shape comes from {config.train.init} "
+            f"(model.{', model.'.join(FROM_CONFIG)} apply)"
+        )
+    lora = sorted(set(given.get("train", {}).get("lora", {})) - {"rank"})
+    if lora and not config.train.lora.rank:
+        raise ArlmError(f"--train.lora.{lora[0]} does nothing at train.lora.rank 0 (no adapters are trained)")
 
 
 @dataclass

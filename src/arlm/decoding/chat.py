@@ -21,6 +21,12 @@ class ChatSession:
     def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None = None, draft=None) -> None:
         if not tokenizer.chat_template:
             raise ArlmError("this model has no chat template; use arlm generate, or an instruct model (smollm2)")
+        block = model.config.block_size
+        if config.max_new_tokens >= block:
+            raise ArlmError(
+                f"max_new_tokens {config.max_new_tokens} leaves no room for the conversation in the model's context of "
+                f"{block} tokens; lower it (--max-new-tokens)"
+            )
         if config.num_return_sequences != 1:
             raise ArlmError("a chat answers once a turn: --num-return-sequences is for arlm generate")
         self.model, self.tokenizer, self.config, self.draft = model, tokenizer, config, draft

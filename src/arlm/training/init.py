@@ -10,6 +10,8 @@ from arlm.errors import ArlmError
 from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
 
+FROM_CONFIG = ("block_size", "dropout", "attention")  # what train.init's model takes from model:, not from init
+
 
 def initial_model(config: RunConfig, data: PreparedData, log) -> Transformer:
     """Load train.init's weights; its shape replaces config.model (context capped at model.block_size)."""
@@ -21,9 +23,8 @@ def initial_model(config: RunConfig, data: PreparedData, log) -> Transformer:
         )
     source = loaded.config.model
     block = min(config.model.block_size, source.block_size)
-    config.model = dataclasses.replace(
-        source, block_size=block, dropout=config.model.dropout, attention=config.model.attention
-    )
+    kept = {name: getattr(config.model, name) for name in FROM_CONFIG}
+    config.model = dataclasses.replace(source, **{**kept, "block_size": block})
     model = Transformer(config.model)
     state = loaded.model.state_dict()
     if "pos_emb.weight" in state:

@@ -143,6 +143,8 @@ class Trainer:
         """The weights to resume: all of them, or (LoRA) the adapters, checked to be of this base and shape."""
         saved = checkpoint.model_state(self.device)
         if self.lora_base is None:
+            if "lora_base" in checkpoint.meta:
+                raise ArlmError(f"{checkpoint.path} holds LoRA adapters; resume it with its own train.lora")
             return load_weights_dict(self.raw_model, saved)
         adapters = {k for k in self.raw_model.state_dict() if is_adapter_key(k)}
         if checkpoint.meta.get("lora_base") != self.lora_base or set(saved) != adapters:
