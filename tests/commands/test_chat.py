@@ -3,6 +3,7 @@ import pytest
 from arlm.cli import main
 from arlm.commands.chat import chat_command
 from arlm.config import GenerationConfig
+from arlm.errors import ArlmError
 
 
 @pytest.mark.real_model
@@ -23,3 +24,19 @@ def test_the_command_takes_a_draft_and_stops_at_a_stop_string(capsys):
     assert capsys.readouterr().out == full[: full.index("5")] + "\n"
     assert main(["chat", "--message", "hi", "--num-return-sequences", "2"]) == 2
     assert capsys.readouterr().err.strip().endswith("--num-return-sequences is for arlm generate")
+
+
+def test_a_model_fine_tuned_on_chat_data_without_a_template_chats_as_it_trained(tmp_path, capsys):
+    from arlm.commands.train import train_command
+    from arlm.config import config_from_dict
+    from tests.helpers import chat_raw, tiny_base, write_chat
+
+    base = tiny_base(tmp_path / "base")
+    raw = chat_raw(tmp_path, base, write_chat(tmp_path / "chat.jsonl"), train={"max_steps": 2})
+    run = tmp_path / "lora"
+    train_command(config_from_dict({**raw, "train": {**raw["train"], "out_dir": str(run)}}).validate(), log=print)
+    config = GenerationConfig(strategy="greedy", max_new_tokens=6, stop_at_eos=False)
+    answers = chat_command(str(run), config, messages=["red", "blue"], device="cpu")
+    assert len(answers) == 2
+    with pytest.raises(ArlmError, match="no chat template"):
+        chat_command(str(base), config, messages=["red"], device="cpu")  # never trained on chat data

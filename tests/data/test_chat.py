@@ -5,7 +5,7 @@ import json
 import pytest
 
 from arlm.cli import main
-from arlm.data.chat import read_chat_jsonl, render_example
+from arlm.data.chat import encode_conversation, read_chat_jsonl, render_example
 from arlm.data.chat_template import apply_chat_template
 from arlm.data.tokenizers import VocabTokenizer
 from tests.helpers import CHAT_ALPHABET, tiny_base, write_chat
@@ -34,6 +34,17 @@ def test_plain_template_targets_are_the_answers_and_their_end_of_turn():
     assert targets == [flag for piece, flag in expected for _ in piece]
 
 
+def test_a_conversation_is_encoded_for_an_answer_as_training_saw_it():
+    tok = VocabTokenizer.train("char", [CHAT_ALPHABET], 100)
+    enc, eos = tok.encode, tok.eos_id
+    prompt = encode_conversation(CONVERSATION[:4], tok)  # the plain rendering: answers end in the end-of-turn id
+    assert prompt == enc("system: be brief.\nuser: one\nassistant:") + enc(" two") + [eos] + enc(
+        "\nuser: three\nassistant:"
+    )
+    assert render_example(CONVERSATION, tok)[0][: len(prompt)] == prompt
+    assert encode_conversation(CONVERSATION, tok, add_generation_prompt=False) == render_example(CONVERSATION, tok)[0]
+
+
 @pytest.mark.real_model
 def test_chatml_targets_are_the_answers_and_im_end_and_the_ids_are_the_whole_rendering(smollm2):
     tok = smollm2.tokenizer
@@ -41,6 +52,8 @@ def test_chatml_targets_are_the_answers_and_im_end_and_the_ids_are_the_whole_ren
     assert [tok.token_text(i) for i, t in zip(ids, targets) if t] == ["two", "<|im_end|>", "four", "<|im_end|>"]
     whole = apply_chat_template(tok.chat_template, CONVERSATION, add_generation_prompt=False)
     assert ids == tok.encode(whole)  # encoding piece by piece changes nothing
+    cue = apply_chat_template(tok.chat_template, CONVERSATION[:4], bos_token="<|im_start|>", eos_token="<|im_end|>")
+    assert encode_conversation(CONVERSATION[:4], tok) == tok.encode(cue)
 
 
 def test_prompt_completion_pairs_are_a_user_and_an_assistant_turn(tmp_path):

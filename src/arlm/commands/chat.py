@@ -67,7 +67,8 @@ def chat_command(
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     optimize_for_decoding(loaded.model)
     draft_model = draft_for(config, draft, loaded, model_ref, dev, dtype)
-    session = ChatSession(loaded.model, loaded.tokenizer, config, system, draft=draft_model)
+    plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
+    session = ChatSession(loaded.model, loaded.tokenizer, config, system, draft=draft_model, plain=plain)
     answers = []
     queue = list(messages) if messages is not None else None
     while True:

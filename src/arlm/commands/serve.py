@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         kv_dtype=args.kv_dtype,
     )
     name = args.name or args.model
-    app = create_app(scheduler, name)
+    app = create_app(scheduler, name, plain_chat=loaded.config.data.format == "chat")  # fine-tuned on chat data
     print(f"serving {name} on http://{args.host}:{args.port} (playground at /, API at /v1)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     # uvicorn turns Ctrl-C / SIGTERM into a graceful shutdown (in-flight requests finish, then the scheduler

@@ -107,3 +107,23 @@ def render_example(messages: list[Message], tokenizer: Tokenizer) -> tuple[list[
 def eos_ids(tokenizer: Tokenizer) -> list[int]:
     """[eos_id], or nothing for a tokenizer without one."""
     return [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+
+
+def encode_conversation(messages: list[Message], tokenizer: Tokenizer, add_generation_prompt: bool = True) -> list[int]:
+    """A conversation's ids through the tokenizer's chat template, ending in the assistant's cue if asked; without a
+    template, as chat-data training rendered it (arlm's plain one, each answer ended by the end-of-turn id)."""
+    if tokenizer.chat_template:
+        special = lambda i: tokenizer.token_text(i) if i is not None else ""
+        text = apply_chat_template(
+            tokenizer.chat_template,
+            messages,
+            add_generation_prompt,
+            bos_token=special(tokenizer.bos_id),
+            eos_token=special(tokenizer.eos_id),
+        )
+        return tokenizer.encode(text)
+    if not add_generation_prompt:
+        return render_example(messages, tokenizer)[0]
+    ids, targets = render_example([*messages, {"role": "assistant", "content": "x"}], tokenizer)
+    start = max(i for i, t in enumerate(targets) if t and (i == 0 or not targets[i - 1]))  # the placeholder answer's
+    return ids[:start]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from arlm.config import GenerationConfig
+from arlm.data.chat import encode_conversation
 from arlm.data.chat_template import Message, apply_chat_template
 from arlm.decoding.generate import generate
 from arlm.decoding.stops import cut_at_stop, stop_checker
@@ -16,10 +17,13 @@ __all__ = ["ChatSession", "Message", "apply_chat_template"]
 
 class ChatSession:
     """A conversation: messages so far, rendered and encoded each turn, the oldest turns dropped to fit. One answer
-    a turn, ended at EOS or config.stop's first string (not kept); `draft` serves --strategy speculative."""
+    a turn, ended at EOS or config.stop's first string (not kept); `draft` serves --strategy speculative; `plain`:
+    a model without a chat template, fine-tuned on chat data, gets the conversation as its training rendered it."""
 
-    def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None = None, draft=None) -> None:
-        if not tokenizer.chat_template:
+    def __init__(
+        self, model, tokenizer, config: GenerationConfig, system: str | None = None, draft=None, plain: bool = False
+    ) -> None:
+        if not tokenizer.chat_template and not plain:
             raise ArlmError("this model has no chat template; use arlm generate, or an instruct model (smollm2)")
         block = model.config.block_size
         if config.max_new_tokens >= block:
@@ -35,16 +39,9 @@ class ChatSession:
 
     def prompt_ids(self) -> list[int]:
         """The encoded conversation ending in the assistant's cue, shortened from the oldest turn to fit."""
-        tok = self.tokenizer
         budget = self.model.config.block_size - self.config.max_new_tokens
         while True:
-            text = apply_chat_template(
-                tok.chat_template,
-                self.system + self.turns,
-                bos_token=_token(tok, tok.bos_id),
-                eos_token=_token(tok, tok.eos_id),
-            )
-            ids = tok.encode(text)
+            ids = encode_conversation(self.system + self.turns, self.tokenizer)
             if len(ids) <= budget or len(self.turns) <= 1:
                 break
             self.turns = self.turns[2:]  # drop the oldest user/assistant pair
@@ -69,7 +66,3 @@ class ChatSession:
         answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()
         self.turns.append({"role": "assistant", "content": answer})
         return answer
-
-
-def _token(tokenizer, token_id: int | None) -> str:
-    return tokenizer.token_text(token_id) if token_id is not None else ""

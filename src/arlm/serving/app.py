@@ -22,8 +22,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from arlm.data.chat import encode_conversation
 from arlm.decoding.batch import BATCH_STRATEGIES
-from arlm.decoding.chat import apply_chat_template
 from arlm.decoding.settings import unread, unread_message
 from arlm.errors import ArlmError
 from arlm.serving.responses import OpenAIFormat, TraceFormat
@@ -59,8 +59,8 @@ class ApiError(Exception):
 class Server:
     """What the handlers need: the scheduler, the tokenizer, the served model's name and context."""
 
-    def __init__(self, scheduler: Scheduler, model_id: str) -> None:
-        self.scheduler, self.model_id = scheduler, model_id
+    def __init__(self, scheduler: Scheduler, model_id: str, plain_chat: bool = False) -> None:
+        self.scheduler, self.model_id, self.plain_chat = scheduler, model_id, plain_chat
         self.tokenizer = scheduler.tokenizer
         self.context = scheduler.engine.max_len
 
@@ -94,19 +94,12 @@ class Server:
             raise ApiError(400, f"{what} must be in [0, {vocab})", param=param)
 
     def encode_chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
-        """A conversation through the model's chat template, ending in the assistant's cue."""
-        tok = self.tokenizer
-        if not tok.chat_template:
+        """A conversation through the model's chat template (or as its chat-data training rendered it), ending in
+        the assistant's cue."""
+        if not self.tokenizer.chat_template and not self.plain_chat:
             raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
-        special = lambda i: tok.token_text(i) if i is not None else ""
-        rendered = apply_chat_template(
-            tok.chat_template,
-            [{"role": m.role, "content": m.text()} for m in messages],
-            add_generation_prompt,
-            bos_token=special(tok.bos_id),
-            eos_token=special(tok.eos_id),
-        )
-        return tok.encode(rendered)
+        turns = [{"role": m.role, "content": m.text()} for m in messages]
+        return encode_conversation(turns, self.tokenizer, add_generation_prompt)
 
     def job(
         self, req: Sampling, prompt: list[int], max_tokens: int | None, emit, top_logprobs: int = -1, scored=False
@@ -244,9 +237,9 @@ async def _stream(server: Server, jobs: list[Job], events: Events, chunks: Calla
         cancel(server, jobs)
 
 
-def create_app(scheduler: Scheduler, model_id: str) -> FastAPI:
+def create_app(scheduler: Scheduler, model_id: str, plain_chat: bool = False) -> FastAPI:
     """The app; its lifespan starts the scheduler and, at shutdown, lets it finish what it holds."""
-    server = Server(scheduler, model_id)
+    server = Server(scheduler, model_id, plain_chat)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -343,7 +336,8 @@ def _info_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/health")
     async def health() -> dict:
-        features = {"chat_template": bool(server.tokenizer.chat_template), "draft": scheduler.draft is not None}
+        chat = bool(server.tokenizer.chat_template) or server.plain_chat
+        features = {"chat_template": chat, "draft": scheduler.draft is not None}
         return {"status": "ok", "model": server.model_id, "context": server.context, **features, **scheduler.state()}
 
     @app.get("/metrics")
