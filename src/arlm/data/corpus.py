@@ -186,16 +186,23 @@ def read_blocks(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[s
 
 
 def _jsonl_chunks(path: Path, text_field: str, encoding_errors: str) -> Iterator[Chunk]:
-    """One document a JSONL record; lines are split as str.splitlines does."""
+    """One document a JSONL record."""
+    for lineno, line in jsonl_lines(path, encoding_errors):
+        value = _jsonl_record(path, lineno, line, text_field)
+        if value is not None:
+            yield Chunk(f"{path}:{lineno}", value, True)
+
+
+def jsonl_lines(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSONL file read as UTF-8 in blocks (see read_blocks): lines end at "\n" only
+    (a trailing "\r" is dropped), so U+2028, U+2029 and U+0085 inside a record's strings stay in it."""
     buf, lineno = "", 0
     for text, last in read_blocks(path, encoding_errors):
-        lines = (buf + text).splitlines(keepends=True)
-        buf = "" if last or not lines else lines.pop()  # the last line may continue in the next block
+        lines = (buf + text).split("\n")
+        buf = "" if last else lines.pop()  # the last line may continue in the next block
         for line in lines:
             lineno += 1
-            value = _jsonl_record(path, lineno, line.splitlines()[0], text_field)
-            if value is not None:
-                yield Chunk(f"{path}:{lineno}", value, True)
+            yield lineno, line.removesuffix("\r")
 
 
 def _jsonl_record(path: Path, lineno: int, line: str, text_field: str) -> str | None:
