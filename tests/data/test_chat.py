@@ -51,6 +51,29 @@ def test_prompt_completion_pairs_are_a_user_and_an_assistant_turn(tmp_path):
     assert [e.line for e in examples] == [1, 3]
 
 
+def test_answers_may_hold_unicode_line_separators(tmp_path):
+    path = tmp_path / "c.jsonl"
+    pairs = [{"prompt": "p\u2028q", "completion": "c\u2029d\x85e"}, {"prompt": "p", "completion": "c"}]
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in pairs) + "\r\n", encoding="utf-8")
+    examples = list(read_chat_jsonl(path))
+    assert [m["content"] for m in examples[0].messages] == ["p\u2028q", "c\u2029d\x85e"]
+    assert [e.line for e in examples] == [1, 2]
+
+
+def test_invalid_utf8_is_one_error_naming_file_and_byte_offset_unless_replaced(tmp_path, capsys):
+    path = write_chat(tmp_path / "chat.jsonl", 6)
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"prompt": "a\xff", "completion": "b"}\n')
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", "char"]
+    assert main([*argv, "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} is not valid UTF-8 at byte offset {len(good) + 13};" in err
+    assert not (tmp_path / "data").exists()
+    assert main([*argv, "--data.encoding_errors", "replace", "--out", str(tmp_path / "data")]) == 0
+    examples = list(read_chat_jsonl(path, "replace"))
+    assert examples[-1].messages[0]["content"] == "a\ufffd"
+
+
 BAD_LINES = {
     "missing role": ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}, "message 1 has no role"),
     "unknown role": ({"messages": [{"role": "bot", "content": "x"}]}, "message 1 has unknown role 'bot'"),

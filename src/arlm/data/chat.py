@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arlm.data.chat_template import PLAIN_TEMPLATE, Message, apply_chat_template
+from arlm.data.corpus import jsonl_lines
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
 
@@ -24,15 +25,15 @@ class ChatExample:
     line: int
 
 
-def read_chat_jsonl(path: str | Path) -> Iterator[ChatExample]:
-    """The conversations of a JSONL file; a bad line raises ArlmError naming the file and line."""
+def read_chat_jsonl(path: str | Path, encoding_errors: str = "strict") -> Iterator[ChatExample]:
+    """The conversations of a JSONL file; a bad line raises ArlmError naming the file and line, invalid UTF-8
+    the file and byte offset (unless encoding_errors is "replace")."""
     path = Path(path)
     if not path.is_file():
         raise ArlmError(f"chat data {path} does not exist (give a .jsonl file)")
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield ChatExample(parse_record(raw, f"{path}:{number}"), number)
+    for number, line in jsonl_lines(path, encoding_errors):
+        if line.strip():
+            yield ChatExample(parse_record(line, f"{path}:{number}"), number)
 
 
 def parse_record(raw: str, where: str) -> list[Message]:

@@ -37,7 +37,7 @@ def prepare_chat(
 ) -> tuple[Tokenizer, dict[str, dict], dict[str, np.ndarray]]:
     """Read, split, render and write the conversations of data.source into `out`: per split a token shard, the
     conversations' start offsets, target flags and source lines; returns the tokenizer, counts and histograms."""
-    splits = split_examples(list(read_chat_jsonl(config.source)), config)
+    splits = split_examples(list(read_chat_jsonl(config.source, config.encoding_errors)), config)
     texts = (apply_chat_template(PLAIN_TEMPLATE, e.messages, False) for e in splits["train"])
     tokenizer = train_tokenizer(config.tokenizer, texts, config.vocab_size, resolve)
     tokenizer.save(out / "tokenizer")
