@@ -233,7 +233,14 @@ def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log) ->
     directory = prepared_dir(config)
     if info.is_main:
         replace = overwrite or not config.data.prepared_dir
-        data = prepare(config.data, directory, overwrite=replace, log=log, resolve_tokenizer=load_tokenizer)
+        data = prepare(
+            config.data,
+            directory,
+            overwrite=replace,
+            log=log,
+            block_size=config.model.block_size,  # the report counts chat conversations cut to the context
+            resolve_tokenizer=load_tokenizer,
+        )
     D.barrier(info)
     return data if info.is_main else load_prepared(directory)
 
