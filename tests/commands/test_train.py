@@ -3,7 +3,7 @@
 import json
 
 from arlm.cli import main
-from tests.helpers import chat_raw, tiny_base, write_yaml
+from tests.helpers import chat_raw, tiny_base, tiny_raw, write_corpus, write_yaml
 
 
 def test_train_reports_chat_conversations_cut_to_the_context_as_prepare_does(tmp_path, capsys):
@@ -16,3 +16,18 @@ def test_train_reports_chat_conversations_cut_to_the_context_as_prepare_does(tmp
     assert "train: 7 conversations, " in out and ", 1 cut to the context (answers shortened)" in out
     report = json.loads((tmp_path / "run" / "data" / "report.json").read_text())
     assert report["splits"]["train"]["truncated"] == 1
+
+
+def test_resume_keeps_the_data_it_trained_on_when_the_source_changed(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus")
+    raw = tiny_raw(tmp_path, corpus, train={"max_steps": 2, "checkpoint_interval": 2, "eval_interval": 2})
+    preset = write_yaml(tmp_path / "tiny.yaml", raw)
+    assert main(["train", "--preset", str(preset)]) == 0
+    before = (tmp_path / "run" / "data" / "train.bin").read_bytes()
+    with open(sorted(corpus.iterdir())[0], "a", encoding="utf-8") as f:
+        f.write("text added after the run started.\n" * 20)
+    capsys.readouterr()
+    run = str(tmp_path / "run")
+    assert main(["train", "--resume", "latest", "--train.out_dir", run, "--train.max_steps", "4"]) == 0
+    assert "changed since" in capsys.readouterr().out
+    assert (tmp_path / "run" / "data" / "train.bin").read_bytes() == before

@@ -83,7 +83,7 @@ def _source_chunks(source: str, text_field: str, encoding_errors: str) -> Iterat
     if source in BUILTIN_SOURCES:
         yield from (Chunk(d.name, d.text, True) for d in builtin_documents(source))
         return
-    for path in _source_paths(source):
+    for path in source_paths(source):
         if path.suffix in (".jsonl", ".ndjson"):
             yield from _jsonl_chunks(path, text_field, encoding_errors)
         else:
@@ -124,7 +124,7 @@ def _stdlib_docstrings() -> list[Document]:
     return docs
 
 
-def _source_paths(source: str) -> list[Path]:
+def source_paths(source: str) -> list[Path]:
     """The files of a named corpus, path, folder (recursively, hidden ones left out) or glob, sorted."""
     if is_named_corpus(source):  # found locally or downloaded once, before any path of that name
         return [find_corpus(source)]
