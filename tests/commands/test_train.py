@@ -1,8 +1,38 @@
-"""`arlm train`'s command line: overrides the run would not read are refused before any work."""
+"""`arlm train`: what it prepares and reports, and overrides the run would not read refused before any work."""
+
+import json
 
 import pytest
 
 from arlm.cli import main
+from tests.helpers import chat_raw, tiny_base, tiny_raw, write_corpus, write_yaml
+
+
+def test_train_reports_chat_conversations_cut_to_the_context_as_prepare_does(tmp_path, capsys):
+    chat = tmp_path / "chat.jsonl"
+    pairs = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(6)] + [{"prompt": "x", "completion": "y" * 80}]
+    chat.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    raw = chat_raw(tmp_path, tiny_base(tmp_path / "base"), chat, data={"val_fraction": 0.0}, train={"max_steps": 1})
+    assert main(["train", "--preset", str(write_yaml(tmp_path / "sft.yaml", raw))]) == 0
+    out = capsys.readouterr().out
+    assert "train: 7 conversations, " in out and ", 1 cut to the context (answers shortened)" in out
+    report = json.loads((tmp_path / "run" / "data" / "report.json").read_text())
+    assert report["splits"]["train"]["truncated"] == 1
+
+
+def test_resume_keeps_the_data_it_trained_on_when_the_source_changed(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus")
+    raw = tiny_raw(tmp_path, corpus, train={"max_steps": 2, "checkpoint_interval": 2, "eval_interval": 2})
+    preset = write_yaml(tmp_path / "tiny.yaml", raw)
+    assert main(["train", "--preset", str(preset)]) == 0
+    before = (tmp_path / "run" / "data" / "train.bin").read_bytes()
+    with open(sorted(corpus.iterdir())[0], "a", encoding="utf-8") as f:
+        f.write("text added after the run started.\n" * 20)
+    capsys.readouterr()
+    run = str(tmp_path / "run")
+    assert main(["train", "--resume", "latest", "--train.out_dir", run, "--train.max_steps", "4"]) == 0
+    assert "changed since" in capsys.readouterr().out
+    assert (tmp_path / "run" / "data" / "train.bin").read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,17 @@ import json
 import pytest
 
 from arlm.cli import main
-from arlm.data.chat import encode_conversation, read_chat_jsonl, render_example
+from arlm.config import DataConfig
+from arlm.data.chat import (
+    encode_conversation,
+    normalize_examples,
+    read_chat_jsonl,
+    refuse_text_only_settings,
+    render_example,
+)
 from arlm.data.chat_template import apply_chat_template
 from arlm.data.tokenizers import VocabTokenizer
+from arlm.errors import ArlmError
 from tests.helpers import CHAT_ALPHABET, tiny_base, write_chat
 
 CONVERSATION = [
@@ -62,6 +70,66 @@ def test_prompt_completion_pairs_are_a_user_and_an_assistant_turn(tmp_path):
     examples = list(read_chat_jsonl(path))
     assert examples[0].messages == [{"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]
     assert [e.line for e in examples] == [1, 3]
+
+
+def test_answers_may_hold_unicode_line_separators(tmp_path):
+    path = tmp_path / "c.jsonl"
+    pairs = [{"prompt": "p\u2028q", "completion": "c\u2029d\x85e"}, {"prompt": "p", "completion": "c"}]
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in pairs) + "\r\n", encoding="utf-8")
+    examples = list(read_chat_jsonl(path))
+    assert [m["content"] for m in examples[0].messages] == ["p\u2028q", "c\u2029d\x85e"]
+    assert [e.line for e in examples] == [1, 2]
+
+
+def test_invalid_utf8_is_one_error_naming_file_and_byte_offset_unless_replaced(tmp_path, capsys):
+    path = write_chat(tmp_path / "chat.jsonl", 6)
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"prompt": "a\xff", "completion": "b"}\n')
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", "char"]
+    assert main([*argv, "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} is not valid UTF-8 at byte offset {len(good) + 13};" in err
+    assert not (tmp_path / "data").exists()
+    assert main([*argv, "--data.encoding_errors", "replace", "--out", str(tmp_path / "data")]) == 0
+    examples = list(read_chat_jsonl(path, "replace"))
+    assert examples[-1].messages[0]["content"] == "a\ufffd"
+
+
+def test_normalization_switches_apply_to_every_message_and_an_answer_left_empty_is_refused(tmp_path, capsys):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"prompt": "Ｆｕｌｌ WIDTH", "completion": "Ｏk"}) + "\n")
+    config = DataConfig(source=str(path), format="chat", unicode="NFKC", lowercase=True)
+    examples = list(read_chat_jsonl(path))
+    report = normalize_examples(examples, config)
+    assert [m["content"] for m in examples[0].messages] == ["full width", "ok"]
+    assert report.edited == {"NFKC": 5, "lowercase": 7}
+    path.write_text("\n" + json.dumps({"prompt": "p", "completion": "\u200b"}) + "\n")
+    control = DataConfig(source=str(path), format="chat", strip_control=True)
+    with pytest.raises(ArlmError, match=f"{path}:2: message 2 is an empty assistant turn after normalization"):
+        normalize_examples(list(read_chat_jsonl(path)), control)
+
+
+def test_prepare_lowercases_chat_data_when_asked(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Q{i}", "completion": f"A{i}"}) + "\n" for i in range(20)))
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", "char"]
+    assert main([*argv, "--data.lowercase", "true", "--out", str(tmp_path / "data")]) == 0
+    report = json.loads((tmp_path / "data" / "report.json").read_text())
+    assert not {t["text"] for t in report["top_tokens"]} & {"Q", "A"} and report["normalize"]["removed"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("text_field", "body"), ("doc_separator", "blank"), ("doc_max_chars", "100"), ("split", "contiguous")],
+)
+def test_chat_data_refuses_the_document_settings_it_would_ignore(tmp_path, capsys, setting, value):
+    path = write_chat(tmp_path / "chat.jsonl", 6)
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", "char"]
+    assert main([*argv, f"--data.{setting}", value, "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: data.{setting} " in err and "does not apply to chat data" in err
+    assert not (tmp_path / "data").exists()
+    refuse_text_only_settings(DataConfig(format="chat", split="documents", document_mask=True))
 
 
 BAD_LINES = {

@@ -73,6 +73,14 @@ def test_files_stream_in_blocks_with_exact_offsets_and_lines(tmp_path, monkeypat
         load_documents(str(jsonl))
 
 
+def test_jsonl_lines_end_at_newline_only_so_unicode_line_separators_stay_in_the_text(tmp_path):
+    texts = ["a\u2028b", "c\u2029d", "e\x85f", "g\x0bh\x0ci\x1cj"]  # all of them str.splitlines breaks
+    jsonl = tmp_path / "ls.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts) + "\n", encoding="utf-8")
+    assert [d.text for d in load_documents(str(jsonl))] == texts
+    assert [d.name for d in load_documents(str(jsonl))][-1] == f"{jsonl}:4"
+
+
 def test_separator_and_size_make_documents_of_one_file(tmp_path):
     book = tmp_path / "book.txt"
     book.write_text("First part.\nStill first.\n\n\nSecond part.\n  \nThird, long: " + "x" * 25, encoding="utf-8")

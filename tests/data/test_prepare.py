@@ -53,6 +53,30 @@ def test_other_settings_are_refused_without_overwrite(tmp_path, corpus_dir):
     assert load_prepared(tmp_path / "data").meta["data"]["lowercase"] is True
 
 
+def test_a_source_changed_since_it_was_prepared_is_refused_without_overwrite(tmp_path, corpus_dir):
+    config = DataConfig(source=str(corpus_dir), tokenizer="char")
+    fingerprint, lines = data_fingerprint(config), []
+    prepare(config, tmp_path / "data", log=lines.append)
+    before = (tmp_path / "data" / "train.bin").read_bytes()
+    first = sorted(corpus_dir.iterdir())[0]
+    stat = first.stat()
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same size, newer
+    with pytest.raises(ArlmError, match=rf"earlier version of the source \({first.resolve()} changed since\)"):
+        prepare(config, tmp_path / "data", log=lines.append)
+    with open(first, "a", encoding="utf-8") as f:
+        f.write("more text appended to the first document.\n" * 20)
+    with pytest.raises(ArlmError, match="pass --overwrite"):
+        prepare(config, tmp_path / "data", log=lines.append)
+    assert (tmp_path / "data" / "train.bin").read_bytes() == before
+    kept = prepare(config, tmp_path / "data", log=lines.append, keep=True)  # a resumed run keeps its data
+    assert lines[-2].startswith(f"note: {first.resolve()} changed since") and kept.meta["sources"]
+    assert (tmp_path / "data" / "train.bin").read_bytes() == before
+    again = prepare(config, tmp_path / "data", overwrite=True, log=lines.append)
+    assert again.meta["splits"] != kept.meta["splits"] and data_fingerprint(config) == fingerprint
+    assert prepare(config, tmp_path / "data", log=lines.append).meta == again.meta
+    assert lines[-1].startswith("using prepared data")
+
+
 def test_split_shorter_than_a_block_is_refused(tmp_path):
     small = tmp_path / "small.txt"
     small.write_text("just a few characters of text, not many at all." * 3, encoding="utf-8")

@@ -89,6 +89,13 @@ def test_prompt_format_is_exact(tmp_path):
         icl.build_prompt(task, task.queries[0], 4)
 
 
+def test_task_texts_may_hold_unicode_line_separators(tmp_path):
+    items = [{"input": "a\u2028b", "output": "c\u2029d"}]
+    path = tmp_path / "ls.jsonl"
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in [{"description": "D."}, *items]) + "\n")
+    assert [(i.input, i.output) for i in icl.load_task(path).queries] == [("a\u2028b", "c\u2029d")]
+
+
 def test_demonstrations_never_include_the_query(tmp_path):
     items = [{"input": "a", "output": "A", "split": "demo"}, {"input": "b", "output": "B", "split": "demo"}]
     task = icl.load_task(write_task(tmp_path / "t.jsonl", [*items, {"input": "a", "output": "A"}]))

@@ -210,7 +210,7 @@ class _Job:
 
     def _train(self, run_dir: Path, aside: Path | None) -> TrainSummary:
         config, info, say, tc = self.config, self.info, self.log, self.config.train
-        data = _prepared_data(config, info, self.overwrite, say)
+        data = _prepared_data(config, info, self.overwrite, say, keep=self.checkpoint is not None)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         model = build_model(config, data, self.device, say, self.initial_model)
@@ -249,11 +249,20 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path 
     return None
 
 
-def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log) -> PreparedData:
+def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log, keep: bool = False) -> PreparedData:
+    """The run's prepared data: reused, or prepared (again); keep: a resumed run keeps the data it trained on."""
     directory = prepared_dir(config)
     if info.is_main:
         replace = overwrite or not config.data.prepared_dir
-        data = prepare(config.data, directory, overwrite=replace, log=log, resolve_tokenizer=load_tokenizer)
+        data = prepare(
+            config.data,
+            directory,
+            overwrite=replace,
+            log=log,
+            block_size=config.model.block_size,  # the report counts chat conversations cut to the context
+            resolve_tokenizer=load_tokenizer,
+            keep=keep,
+        )
     D.barrier(info)
     return data if info.is_main else load_prepared(directory)
 

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from arlm.config import DataConfig
 from arlm.data.chat_template import PLAIN_TEMPLATE, Message, apply_chat_template
+from arlm.data.corpus import jsonl_lines
+from arlm.data.normalize import Normalizer, NormalizeReport
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
 
@@ -24,15 +27,15 @@ class ChatExample:
     line: int
 
 
-def read_chat_jsonl(path: str | Path) -> Iterator[ChatExample]:
-    """The conversations of a JSONL file; a bad line raises ArlmError naming the file and line."""
+def read_chat_jsonl(path: str | Path, encoding_errors: str = "strict") -> Iterator[ChatExample]:
+    """The conversations of a JSONL file; a bad line raises ArlmError naming the file and line, invalid UTF-8
+    the file and byte offset (unless encoding_errors is "replace")."""
     path = Path(path)
     if not path.is_file():
         raise ArlmError(f"chat data {path} does not exist (give a .jsonl file)")
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield ChatExample(parse_record(raw, f"{path}:{number}"), number)
+    for number, line in jsonl_lines(path, encoding_errors):
+        if line.strip():
+            yield ChatExample(parse_record(line, f"{path}:{number}"), number)
 
 
 def parse_record(raw: str, where: str) -> list[Message]:
@@ -62,6 +65,33 @@ def parse_record(raw: str, where: str) -> list[Message]:
     if not any(m["role"] == "assistant" for m in messages):
         raise ArlmError(f"{where}: the conversation has no assistant turn to learn from")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def refuse_text_only_settings(config: DataConfig) -> None:
+    """Refuse, for chat data, a document setting changed from its default: chat reads one conversation a line."""
+    reasons = {
+        "text_field": "it reads 'messages' or 'prompt' and 'completion'",
+        "doc_separator": "each line is one conversation",
+        "doc_max_chars": "a conversation longer than the context is cut and counted",
+    }
+    defaults = DataConfig()
+    for name, reason in reasons.items():
+        if getattr(config, name) != getattr(defaults, name):
+            raise ArlmError(f"data.{name} does not apply to chat data ({reason})")
+    if config.split == "contiguous":
+        raise ArlmError("data.split contiguous does not apply to chat data (conversations are split whole)")
+
+
+def normalize_examples(examples: list[ChatExample], config: DataConfig) -> NormalizeReport:
+    """Apply data's normalization switches to every message's content, in place; an answer left empty is refused."""
+    normalizer = Normalizer(config)
+    for example in examples:
+        for i, message in enumerate(example.messages, start=1):
+            message["content"] = normalizer(message["content"])
+            if message["role"] == "assistant" and not message["content"].strip():
+                where = f"{config.source}:{example.line}"
+                raise ArlmError(f"{where}: message {i} is an empty assistant turn after normalization")
+    return normalizer.report
 
 
 def render_example(messages: list[Message], tokenizer: Tokenizer) -> tuple[list[int], list[int]]:

@@ -15,8 +15,15 @@ import torch
 
 from arlm.config import DataConfig
 from arlm.data.batches import IGNORE_INDEX, Batch, BatchSampler, without_targets
-from arlm.data.chat import ChatExample, read_chat_jsonl, render_example
+from arlm.data.chat import (
+    ChatExample,
+    normalize_examples,
+    read_chat_jsonl,
+    refuse_text_only_settings,
+    render_example,
+)
 from arlm.data.chat_template import PLAIN_TEMPLATE, apply_chat_template
+from arlm.data.normalize import NormalizeReport
 from arlm.data.shards import ShardWriter, read_shard
 from arlm.data.tokenizers import Tokenizer, train_tokenizer
 from arlm.errors import ArlmError
@@ -34,10 +41,14 @@ def split_examples(examples: list[ChatExample], config: DataConfig) -> dict[str,
 
 def prepare_chat(
     config: DataConfig, out: Path, resolve: Callable[[str], Tokenizer], block_size: int = 1
-) -> tuple[Tokenizer, dict[str, dict], dict[str, np.ndarray]]:
-    """Read, split, render and write the conversations of data.source into `out`: per split a token shard, the
-    conversations' start offsets, target flags and source lines; returns the tokenizer, counts and histograms."""
-    splits = split_examples(list(read_chat_jsonl(config.source)), config)
+) -> tuple[Tokenizer, dict[str, dict], dict[str, np.ndarray], NormalizeReport]:
+    """Read, normalize, split, render and write the conversations of data.source into `out`: per split a token
+    shard, the conversations' start offsets, target flags and source lines; returns the tokenizer, counts,
+    histograms and what normalization changed."""
+    refuse_text_only_settings(config)
+    examples = list(read_chat_jsonl(config.source, config.encoding_errors))
+    norm = normalize_examples(examples, config)
+    splits = split_examples(examples, config)
     texts = (apply_chat_template(PLAIN_TEMPLATE, e.messages, False) for e in splits["train"])
     tokenizer = train_tokenizer(config.tokenizer, texts, config.vocab_size, resolve)
     tokenizer.save(out / "tokenizer")
@@ -47,7 +58,7 @@ def prepare_chat(
         if block_size > 1 and examples:
             sampler = open_chat_split(out, name, config, block_size, seed=0)
             counts[name]["truncated"] = sampler.truncated
-    return tokenizer, counts, hists
+    return tokenizer, counts, hists, norm
 
 
 def _write_chat_split(

@@ -83,7 +83,7 @@ def _source_chunks(source: str, text_field: str, encoding_errors: str) -> Iterat
     if source in BUILTIN_SOURCES:
         yield from (Chunk(d.name, d.text, True) for d in builtin_documents(source))
         return
-    for path in _source_paths(source):
+    for path in source_paths(source):
         if path.suffix in (".jsonl", ".ndjson"):
             yield from _jsonl_chunks(path, text_field, encoding_errors)
         else:
@@ -124,7 +124,7 @@ def _stdlib_docstrings() -> list[Document]:
     return docs
 
 
-def _source_paths(source: str) -> list[Path]:
+def source_paths(source: str) -> list[Path]:
     """The files of a named corpus, path, folder (recursively, hidden ones left out) or glob, sorted."""
     if is_named_corpus(source):  # found locally or downloaded once, before any path of that name
         return [find_corpus(source)]
@@ -186,16 +186,23 @@ def read_blocks(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[s
 
 
 def _jsonl_chunks(path: Path, text_field: str, encoding_errors: str) -> Iterator[Chunk]:
-    """One document a JSONL record; lines are split as str.splitlines does."""
+    """One document a JSONL record."""
+    for lineno, line in jsonl_lines(path, encoding_errors):
+        value = _jsonl_record(path, lineno, line, text_field)
+        if value is not None:
+            yield Chunk(f"{path}:{lineno}", value, True)
+
+
+def jsonl_lines(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSONL file read as UTF-8 in blocks (see read_blocks): lines end at "\n" only
+    (a trailing "\r" is dropped), so U+2028, U+2029 and U+0085 inside a record's strings stay in it."""
     buf, lineno = "", 0
     for text, last in read_blocks(path, encoding_errors):
-        lines = (buf + text).splitlines(keepends=True)
-        buf = "" if last or not lines else lines.pop()  # the last line may continue in the next block
+        lines = (buf + text).split("\n")
+        buf = "" if last else lines.pop()  # the last line may continue in the next block
         for line in lines:
             lineno += 1
-            value = _jsonl_record(path, lineno, line.splitlines()[0], text_field)
-            if value is not None:
-                yield Chunk(f"{path}:{lineno}", value, True)
+            yield lineno, line.removesuffix("\r")
 
 
 def _jsonl_record(path: Path, lineno: int, line: str, text_field: str) -> str | None:

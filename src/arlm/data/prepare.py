@@ -24,7 +24,7 @@ import numpy as np
 from arlm.config import DataConfig
 from arlm.data.batches import BatchSampler
 from arlm.data.chat_batches import ChatSampler, open_chat_split, prepare_chat
-from arlm.data.corpus import iter_chunks
+from arlm.data.corpus import BUILTIN_SOURCES, iter_chunks, source_paths
 from arlm.data.normalize import Normalizer, NormalizeReport
 from arlm.data.pieces import Chunk
 from arlm.data.report import corpus_report, format_report
@@ -71,6 +71,54 @@ def data_fingerprint(config: DataConfig) -> str:
     if config.source not in ("builtin", "builtin:topics", "builtin:docstrings") and not is_named_corpus(config.source):
         settings["source"] = str(Path(config.source).resolve()) if Path(config.source).exists() else config.source
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_stamps(config: DataConfig) -> dict[str, list[int]] | None:
+    """[size, modification time in ns] of each file of data.source, to notice a source changed since it was
+    prepared; None for built-in and named corpora (fixed texts) and for a source not on disk."""
+    if config.source in BUILTIN_SOURCES or is_named_corpus(config.source):
+        return None
+    try:
+        stats = {str(path.resolve()): path.stat() for path in source_paths(config.source)}
+    except (ArlmError, OSError):
+        return None
+    return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
+
+
+def changed_source(old: dict | None, new: dict | None) -> str:
+    """The first source file added, removed or changed between two source_stamps; "" when none (or unknown)."""
+    if old is None or new is None:
+        return ""
+    return next((name for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)), "")
+
+
+def _reuse(
+    directory: Path, meta: dict, fingerprint: str, stamps: dict | None, keep: bool, log: Callable[[str], None]
+) -> PreparedData | None:
+    """The prepared data in directory when it matches the settings and the source files (or keep), else None."""
+    if meta.get("fingerprint") != fingerprint:
+        return None
+    changed = changed_source(meta.get("sources"), stamps)
+    if changed and not keep:
+        return None
+    if changed:
+        log(f"note: {changed} changed since {directory} was prepared; resuming on the data prepared then")
+    log(f"using prepared data in {directory}")
+    return load_prepared(directory)
+
+
+def _why_not_reused(directory: Path, meta: dict, fingerprint: str, stamps: dict | None) -> str:
+    """The one-line refusal to replace prepared data: other settings, or a source changed since."""
+    if meta.get("fingerprint") == fingerprint:
+        changed = changed_source(meta.get("sources"), stamps)
+        return (
+            f"{directory} holds data prepared from an earlier version of the source ({changed} changed since); "
+            "pass --overwrite to prepare it again or choose another --data.prepared_dir"
+        )
+    return (
+        f"{directory} holds data prepared with other settings; pass --overwrite to replace "
+        "it or choose another --data.prepared_dir"
+    )
 
 
 @dataclass
@@ -139,25 +187,24 @@ def prepare(
     log: Callable[[str], None] = print,
     block_size: int = 1,
     resolve_tokenizer: Callable[[str], Tokenizer] = load_tokenizer,
+    keep: bool = False,
 ) -> PreparedData:
-    """Prepare a corpus into `directory`, or reuse it when it was prepared with the same settings; refuse
+    """Prepare a corpus into `directory`, or reuse it when it was prepared with the same settings from the same
+    source files (size and modification time; with keep, even from changed ones, as a resumed run needs); refuse
     a corpus whose train split (or a non-empty val/test split) is too small for one block of block_size. A
     data.tokenizer that is not trained here (char, word, bpe) is loaded by resolve_tokenizer."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ArlmError(f"{directory} is a file, not a folder; give another folder for the prepared data")
-    fingerprint = data_fingerprint(config)
+    fingerprint, stamps = data_fingerprint(config), source_stamps(config)
     meta_path = directory / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("fingerprint") == fingerprint:
-            log(f"using prepared data in {directory}")
-            return load_prepared(directory)
+        reused = _reuse(directory, meta, fingerprint, stamps, keep, log)
+        if reused is not None:
+            return reused
         if not overwrite:
-            raise ArlmError(
-                f"{directory} holds data prepared with other settings; pass --overwrite to replace "
-                "it or choose another --data.prepared_dir"
-            )
+            raise ArlmError(_why_not_reused(directory, meta, fingerprint, stamps))
     elif directory.exists() and any(directory.iterdir()) and not overwrite:
         raise ArlmError(f"{directory} exists and is not a prepared corpus; choose another --data.prepared_dir")
     tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
@@ -167,7 +214,7 @@ def prepare(
     except OSError as exc:
         raise ArlmError(f"cannot create {tmp} ({exc.strerror}); give another folder for the prepared data") from None
     try:
-        report_text = _prepare_into(config, tmp, fingerprint, log, block_size, resolve_tokenizer)
+        report_text = _prepare_into(config, tmp, (fingerprint, stamps), log, block_size, resolve_tokenizer)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,20 +228,23 @@ def prepare(
 def _prepare_into(
     config: DataConfig,
     out: Path,
-    fingerprint: str,
+    stamp: tuple[str, dict | None],
     log: Callable[[str], None],
     block_size: int,
     resolve: Callable[[str], Tokenizer],
 ) -> str:
     if config.format == "chat":
-        tokenizer, counts, histograms = prepare_chat(config, out, resolve, block_size)
+        tokenizer, counts, histograms, norm = prepare_chat(config, out, resolve, block_size)
+        log(norm.describe())
         report, split_mode = corpus_report(tokenizer, counts, histograms), "conversations"
+        report["normalize"] = asdict(norm)
     else:
         tokenizer, counts, report = _prepare_text(config, out, log, block_size, resolve)
         split_mode = report["split_mode"]
     meta = {
         "version": META_VERSION,
-        "fingerprint": fingerprint,
+        "fingerprint": stamp[0],
+        **({"sources": stamp[1]} if stamp[1] is not None else {}),
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "data": prepare_settings(config),
         "splits": counts,

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from arlm.config import GenerationConfig
+from arlm.data.corpus import jsonl_lines
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.generate import generate
 from arlm.decoding.stops import cut_at_stop, stop_checker
@@ -69,7 +70,7 @@ def load_task(name_or_path: str | Path) -> Task:
             raise ArlmError(f"unknown ICL task {name_or_path!r}; built-in: {', '.join(builtin_task_names())}")
     if not path.exists():
         raise ArlmError(f"task file {path} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for _, line in jsonl_lines(path) if line.strip()]  # "\n"-separated, as JSONL is
     try:
         records = [json.loads(line) for line in lines]
     except json.JSONDecodeError as error:
