@@ -95,3 +95,19 @@ def test_a_base_model_whose_weights_changed_is_refused(lora_run, tmp_path):
     other = tiny_base(tmp_path / "other", seed=1)
     with pytest.raises(ArlmError, match="adapts a base model that .* no longer holds"):
         load_lora_checkpoint(open_checkpoint(run), lambda _reference: load_model(other))
+
+
+def test_a_lora_run_finds_its_base_in_the_base_run_that_trained_on(tmp_path):
+    base_run = tmp_path / "base-run"
+    tiny_base(base_run / "checkpoints" / "step-00000001")
+    raw = chat_raw(tmp_path, base_run, write_chat(tmp_path / "chat.jsonl"), train={"max_steps": 2})
+    train_command(config_from_dict(raw).validate(), log=lambda _: None)
+    with torch.no_grad():
+        expected = load_model(tmp_path / "run").model(_ids())
+        tiny_base(base_run / "checkpoints" / "step-00000002", seed=1)  # the base run trained on
+        assert torch.equal(load_model(tmp_path / "run").model(_ids()), expected)  # its step 1 still adapted
+        for step in base_run.glob("checkpoints/step-*"):
+            if step.name.endswith("1"):
+                (step / "manifest.json").unlink()  # that checkpoint gone: refused
+        with pytest.raises(ArlmError, match="adapts a base model that .* no longer holds"):
+            load_model(tmp_path / "run")

@@ -13,7 +13,7 @@ from safetensors.torch import save
 
 from arlm.config import RunConfig
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import Checkpoint, LoadedModel
+from arlm.interop.checkpoint import Checkpoint, LoadedModel, list_checkpoints
 from arlm.model.lora import add_lora, merge_lora, weights_sha256
 from arlm.model.transformer import Transformer
 
@@ -37,10 +37,15 @@ def base_weights(base: Transformer, config: RunConfig) -> dict[str, torch.Tensor
 def load_lora_checkpoint(checkpoint: Checkpoint, load_base: Callable[[str], LoadedModel]) -> LoadedModel:
     """The model of a LoRA checkpoint: its base (verified by hash) with the adapters folded into the weights."""
     record = checkpoint.meta["lora_base"]
-    base = load_base(record["reference"])
     model = Transformer(checkpoint.config.model)
-    model.load_state_dict(base_weights(base.model, checkpoint.config))
-    if weights_sha256(model.state_dict()) != record["sha256"]:
+    for reference in _base_candidates(record["reference"]):
+        try:
+            model.load_state_dict(base_weights(load_base(reference).model, checkpoint.config))
+        except ArlmError:  # an unfinished older checkpoint of the base run
+            continue
+        if weights_sha256(model.state_dict()) == record["sha256"]:
+            break
+    else:
         raise ArlmError(
             f"{checkpoint.path} adapts a base model that {record['reference']} no longer holds (its weights "
             "changed); restore that base model"
@@ -50,6 +55,13 @@ def load_lora_checkpoint(checkpoint: Checkpoint, load_base: Callable[[str], Load
     if unexpected or any(k.endswith(("lora_A", "lora_B")) for k in missing):
         raise ArlmError(f"{checkpoint.path} holds adapters of another shape than its config says")
     return LoadedModel(merge_lora(model).eval(), checkpoint.tokenizer(), checkpoint.config, str(checkpoint.path))
+
+
+def _base_candidates(reference: str) -> list[str]:
+    """Where a LoRA run's base may be: its reference, then (a run folder that trained on since) each of its older
+    checkpoints, newest first."""
+    older = list_checkpoints(reference)[-2::-1] if Path(reference, "checkpoints").is_dir() else []
+    return [reference, *(str(path) for path in older)]
 
 
 def peft_files(adapters: dict[str, torch.Tensor], config: RunConfig) -> dict[str, bytes]:
