@@ -126,9 +126,10 @@ def _claim_out(out: Path, overwrite: bool) -> None:
 def _run_config(
     preset: str, overrides: list[str], out: Path, label: str, base: RunConfig, same_tokens: bool
 ) -> RunConfig:
-    """One run's config: its own folder, the shared corpus, no sample; the batch scaled with --same-tokens."""
+    """One run's config: its own folder, the shared corpus, no sample unless asked; the batch scaled with
+    --same-tokens."""
     shared = ["--train.out_dir", str(out / label), "--data.prepared_dir", str(out / "data")]
-    config = build_config(preset, [*overrides, *shared, "--train.sample_tokens", "0"])
+    config = build_config(preset, ["--train.sample_tokens", "0", *overrides, *shared])  # a sample when asked
     if same_tokens and config.model.block_size != base.model.block_size:
         rows = base.train.batch_size * base.model.block_size / config.model.block_size
         if rows < 1 or rows != int(rows):
