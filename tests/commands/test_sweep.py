@@ -34,6 +34,7 @@ def test_out_dir_and_prepared_dir_are_refused(tmp_path, corpus_dir, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "the sweep places each run in --out" in err
     assert main([*argv[:4], "train.out_dir=a,b", *argv[5:]]) == 2
+    assert main([*argv[:4], "data.prepared-dir=a,b", *argv[5:]]) == 2
     assert not (tmp_path / "sw").exists() and not (tmp_path / "x").exists()
     assert main([*argv, "--train.sample_tokens", "3"]) == 0  # the sweep's default of no sample yields to it
     assert json.loads((tmp_path / "sw" / "d_model=16" / "config.json").read_text())["train"]["sample_tokens"] == 3

@@ -102,7 +102,7 @@ def _refuse_placement(overrides: list[str], grid: list[tuple[str, list[str]]]) -
     """Refuse train.out_dir and data.prepared_dir (as overrides or varied): the sweep places every run itself."""
     given = parse_overrides(overrides)
     named = [f"train.{k}" for k in given.get("train", {})] + [f"data.{k}" for k in given.get("data", {})]
-    for key in [*named, *(key for key, _ in grid)]:
+    for key in [*named, *(key.replace("-", "_") for key, _ in grid)]:  # as parse_overrides spells them
         if key in ("train.out_dir", "data.prepared_dir"):
             raise ArlmError(f"--{key}: the sweep places each run in --out (OUT/LABEL, its data in OUT/data); use --out")
 
