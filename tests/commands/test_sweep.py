@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from arlm.cli import main
 from arlm.commands.sweep import parse_vary, sweep_command
 from arlm.errors import ArlmError
 from tests.helpers import tiny_raw, write_yaml
@@ -23,3 +24,47 @@ def test_sweep_trains_each_setting_and_plots_them_together(tmp_path, corpus_dir)
     assert configs["block_size=16"]["train"]["batch_size"] == 2 * configs["block_size=32"]["train"]["batch_size"]
     assert (tmp_path / "sw" / "loss.png").exists() and (tmp_path / "sw" / "final.png").exists()
     assert all(r["final"]["val"]["loss"] > 0 and r["parameters"] > 0 for r in results.values())
+
+
+def test_out_dir_and_prepared_dir_are_refused(tmp_path, corpus_dir, capsys):
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 2}))
+    argv = ["sweep", "--preset", str(preset), "--vary", "model.d_model=16", "--out", str(tmp_path / "sw")]
+    for extra in (["--train.out_dir", str(tmp_path / "x")], ["--data.prepared_dir", str(tmp_path / "x")]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the sweep places each run in --out" in err
+    assert main([*argv[:4], "train.out_dir=a,b", *argv[5:]]) == 2
+    assert main([*argv[:4], "data.prepared-dir=a,b", *argv[5:]]) == 2
+    assert not (tmp_path / "sw").exists() and not (tmp_path / "x").exists()
+    assert main([*argv, "--train.sample_tokens", "3"]) == 0  # the sweep's default of no sample yields to it
+    assert json.loads((tmp_path / "sw" / "d_model=16" / "config.json").read_text())["train"]["sample_tokens"] == 3
+
+
+def test_an_earlier_sweep_is_kept_unless_overwrite(tmp_path, corpus_dir):
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 2}))
+    out = tmp_path / "sw"
+    sweep_command(str(preset), ["model.d_model=16,32"], out_dir=str(out), log=lambda _: None)
+    weights = (out / "d_model=16" / "checkpoints").rglob("model.safetensors")
+    before = {p: p.read_bytes() for p in weights} | {out / "sweep.json": (out / "sweep.json").read_bytes()}
+    with pytest.raises(ArlmError, match="holds an earlier sweep; pass --overwrite"):
+        sweep_command(str(preset), ["model.d_model=16"], ["--train.lr", "5e-3"], out_dir=str(out), log=lambda _: None)
+    assert {p: p.read_bytes() for p in before} == before
+    sweep_command(str(preset), ["model.d_model=16"], out_dir=str(out), overwrite=True, log=lambda _: None)
+    assert set(json.loads((out / "sweep.json").read_text())) == {"d_model=16"}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(ArlmError, match="holds files but no sweep"):
+            sweep_command(str(preset), ["model.d_model=16"], out_dir=str(tmp_path / "mine"), overwrite=overwrite)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_runs_of_other_data_settings_each_get_their_own_data(tmp_path, corpus_dir):
+    raw = tiny_raw(tmp_path, corpus_dir, data={"tokenizer": "bpe"}, train={"max_steps": 2})
+    preset = write_yaml(tmp_path / "tiny.yaml", raw)
+    out = tmp_path / "sw"
+    sweep_command(str(preset), ["data.vocab_size=300,400"], out_dir=str(out), log=lambda _: None)
+    for label, vocab in (("vocab_size=300", 300), ("vocab_size=400", 400)):
+        assert json.loads((out / label / "data" / "meta.json").read_text())["data"]["vocab_size"] == vocab
+        assert main(["eval", "perplexity", str(out / label)]) == 0
+    assert not (out / "data").exists()

@@ -51,3 +51,15 @@ def test_an_override_the_run_would_not_read_is_refused(tmp_path, capsys, overrid
     assert main(["train", *overrides, "--train.out_dir", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_never_replaces_a_folder_of_other_files_as_data(tmp_path, corpus_dir, capsys):
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir))
+    mine = tmp_path / "mydocs"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    argv = ["train", "--preset", str(preset), "--data.prepared_dir", str(mine), "--overwrite"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds files but no prepared data" in err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "precious"

@@ -77,6 +77,29 @@ def test_a_source_changed_since_it_was_prepared_is_refused_without_overwrite(tmp
     assert lines[-1].startswith("using prepared data")
 
 
+def test_overwrite_replaces_prepared_data_only(tmp_path, corpus_dir):
+    mine = tmp_path / "mydocs"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious", encoding="utf-8")
+    (mine / "meta.json").write_text('{"someone": "else"}', encoding="utf-8")
+    config = DataConfig(source=str(corpus_dir), tokenizer="char")
+    for overwrite in (False, True):
+        with pytest.raises(ArlmError, match="holds files but no prepared data.*choose another --out$"):
+            prepare(config, mine, overwrite=overwrite, log=lambda _: None, flag="--out")
+    assert sorted(p.name for p in mine.iterdir()) == ["meta.json", "notes.txt"]
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "precious"
+
+
+def test_the_current_folder_is_refused_cleanly(tmp_path, corpus_dir, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    config = DataConfig(source=str(corpus_dir), tokenizer="char")
+    for name in (".", "./", "..", "/"):
+        with pytest.raises(ArlmError, match="is or holds the current folder; choose another --data.prepared_dir"):
+            prepare(config, name, overwrite=True, log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "here"] and not any((tmp_path / "here").iterdir())
+
+
 def test_split_shorter_than_a_block_is_refused(tmp_path):
     small = tmp_path / "small.txt"
     small.write_text("just a few characters of text, not many at all." * 3, encoding="utf-8")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from arlm.config import LoRAConfig
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import export_weights, read_checkpoint, save_checkpoint
+from arlm.interop.checkpoint import check_output_apart, export_weights, read_checkpoint, save_checkpoint
 from arlm.interop.loading import load_model
 
 
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the merged model of a LoRA run (or checkpoint) as an arlm checkpoint in `out`."""
     out = Path(out)
+    check_output_apart(out, run)  # never the run, one of its checkpoints or its base model
     if out.exists() and not overwrite:
         raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
     meta = read_checkpoint(run, lambda checkpoint: checkpoint.meta)

@@ -16,7 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --out, --overwrite."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")
     parser.add_argument("--out", help="output folder (default: data.prepared_dir, else <train.out_dir>/data)")
-    parser.add_argument("--overwrite", action="store_true", help="replace data prepared with other settings")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace data prepared with other settings (never a folder of other files)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         block_size=config.model.block_size,
         resolve_tokenizer=load_tokenizer,
+        flag="--out" if args.out else "--data.prepared_dir",
     )
     print(f"prepared data in {directory}")
     return 0

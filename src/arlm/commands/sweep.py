@@ -1,7 +1,7 @@
 """Train a preset over a grid (--vary section.key=v1,v2,...) and draw all loss curves in one figure.
 
-Every run shares one prepared corpus; the figure is the LLaMA paper's Figure 1 at our scale, and the final
-losses are tabulated."""
+Every run shares one prepared corpus (each its own when the varied keys change the data); the figure is the
+LLaMA paper's Figure 1 at our scale, and the final losses are tabulated."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ from pathlib import Path
 
 from arlm.commands.plots import plot_lines, plot_loss
 from arlm.commands.train import train_command
-from arlm.config import DEFAULT_PRESET, RunConfig, build_config
+from arlm.config import DEFAULT_PRESET, RunConfig, build_config, parse_overrides
+from arlm.data.prepare import data_fingerprint
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 from arlm.training.logging import read_metrics
+from arlm.training.run_dir import holds_run
 
 CONFIG_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset, --vary (repeatable), --same-tokens, --out."""
+    """--preset, --vary (repeatable), --same-tokens, --out, --overwrite."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")
     parser.add_argument(
         "--vary",
@@ -36,11 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when model.block_size varies, scale the batch so every run sees the same tokens",
     )
     parser.add_argument("--out", default="runs/sweep", help="folder for the runs and the figure")
+    parser.add_argument("--overwrite", action="store_true", help="retrain the runs of an earlier sweep in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train the grid and draw it."""
-    sweep_command(args.preset, args.vary, args.overrides, same_tokens=args.same_tokens, out_dir=args.out)
+    sweep_command(
+        args.preset, args.vary, args.overrides, same_tokens=args.same_tokens, out_dir=args.out, overwrite=args.overwrite
+    )
     return 0
 
 
@@ -62,19 +67,28 @@ def sweep_command(
     *,
     same_tokens: bool = False,
     out_dir: str = "runs/sweep",
+    overwrite: bool = False,
     log=print,
 ) -> dict[str, dict]:
-    """Train every combination (sharing one prepared corpus) and plot loss vs tokens for all of them."""
+    """Train every combination (sharing one prepared corpus unless their data settings differ) and plot loss vs
+    tokens for all of them; an --out holding an earlier sweep is retrained only with overwrite."""
     grid = parse_vary(vary)
+    _refuse_placement(overrides or [], grid)
     base = build_config(preset, overrides)
     out = Path(out_dir)
-    results: dict[str, dict] = {}
+    _claim_out(out, overwrite)
+    configs = {}
     for combo in itertools.product(*(values for _, values in grid)):
         label = "-".join(f"{key.split('.')[1]}={value}" for (key, _), value in zip(grid, combo))
         extra = [arg for (key, _), value in zip(grid, combo) for arg in (f"--{key}", value)]
-        config = _run_config(preset, [*(overrides or []), *extra], out, label, base, same_tokens)
+        configs[label] = _run_config(preset, [*(overrides or []), *extra], out, label, base, same_tokens)
+    if len({data_fingerprint(config.data) for config in configs.values()}) > 1:
+        for label, config in configs.items():  # other data settings: each run its own corpus, OUT/LABEL/data
+            config.data.prepared_dir = str(out / label / "data")
+    results: dict[str, dict] = {}
+    for label, config in configs.items():
         log(f"=== {label} ===")
-        summary = train_command(config, overwrite=True, log=log)
+        summary = train_command(config, overwrite=overwrite, log=log)
         results[label] = {
             "final": {s: r.as_dict() for s, r in summary.final.items()},
             "parameters": Transformer(config.model).num_params(),
@@ -84,12 +98,38 @@ def sweep_command(
     return results
 
 
+def _refuse_placement(overrides: list[str], grid: list[tuple[str, list[str]]]) -> None:
+    """Refuse train.out_dir and data.prepared_dir (as overrides or varied): the sweep places every run itself."""
+    given = parse_overrides(overrides)
+    named = [f"train.{k}" for k in given.get("train", {})] + [f"data.{k}" for k in given.get("data", {})]
+    for key in [*named, *(key.replace("-", "_") for key, _ in grid)]:  # as parse_overrides spells them
+        if key in ("train.out_dir", "data.prepared_dir"):
+            raise ArlmError(f"--{key}: the sweep places each run in --out (OUT/LABEL, its data in OUT/data); use --out")
+
+
+def _claim_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out holding files unless overwrite and it holds an earlier sweep (its sweep.json or a run)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        if out.exists() and not out.is_dir():
+            raise ArlmError(f"--out {out} is a file; name a folder for the sweep")
+        return
+    marks = [out / "sweep.json", out / "data" / "meta.json"]  # its report, or its corpus prepared before any run
+    is_sweep = any(p.exists() for p in marks) or any(holds_run(p) for p in out.iterdir() if p.is_dir())
+    if not is_sweep:
+        raise ArlmError(f"--out {out} holds files but no sweep; choose another --out")
+    if not overwrite:
+        raise ArlmError(
+            f"--out {out} holds an earlier sweep; pass --overwrite to retrain its runs or choose another --out"
+        )
+
+
 def _run_config(
     preset: str, overrides: list[str], out: Path, label: str, base: RunConfig, same_tokens: bool
 ) -> RunConfig:
-    """One run's config: its own folder, the shared corpus, no sample; the batch scaled with --same-tokens."""
+    """One run's config: its own folder, the shared corpus, no sample unless asked; the batch scaled with
+    --same-tokens."""
     shared = ["--train.out_dir", str(out / label), "--data.prepared_dir", str(out / "data")]
-    config = build_config(preset, [*overrides, *shared, "--train.sample_tokens", "0"])
+    config = build_config(preset, ["--train.sample_tokens", "0", *overrides, *shared])  # a sample when asked
     if same_tokens and config.model.block_size != base.model.block_size:
         rows = base.train.batch_size * base.model.block_size / config.model.block_size
         if rows < 1 or rows != int(rows):

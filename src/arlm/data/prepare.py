@@ -107,17 +107,16 @@ def _reuse(
     return load_prepared(directory)
 
 
-def _why_not_reused(directory: Path, meta: dict, fingerprint: str, stamps: dict | None) -> str:
+def _why_not_reused(directory: Path, meta: dict, fingerprint: str, stamps: dict | None, flag: str) -> str:
     """The one-line refusal to replace prepared data: other settings, or a source changed since."""
     if meta.get("fingerprint") == fingerprint:
         changed = changed_source(meta.get("sources"), stamps)
         return (
             f"{directory} holds data prepared from an earlier version of the source ({changed} changed since); "
-            "pass --overwrite to prepare it again or choose another --data.prepared_dir"
+            f"pass --overwrite to prepare it again or choose another {flag}"
         )
     return (
-        f"{directory} holds data prepared with other settings; pass --overwrite to replace "
-        "it or choose another --data.prepared_dir"
+        f"{directory} holds data prepared with other settings; pass --overwrite to replace it or choose another {flag}"
     )
 
 
@@ -188,26 +187,27 @@ def prepare(
     block_size: int = 1,
     resolve_tokenizer: Callable[[str], Tokenizer] = load_tokenizer,
     keep: bool = False,
+    flag: str = "--data.prepared_dir",
 ) -> PreparedData:
     """Prepare a corpus into `directory`, or reuse it when it was prepared with the same settings from the same
     source files (size and modification time; with keep, even from changed ones, as a resumed run needs); refuse
     a corpus whose train split (or a non-empty val/test split) is too small for one block of block_size. A
-    data.tokenizer that is not trained here (char, word, bpe) is loaded by resolve_tokenizer."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ArlmError(f"{directory} is a file, not a folder; give another folder for the prepared data")
+    data.tokenizer that is not trained here (char, word, bpe) is loaded by resolve_tokenizer. overwrite replaces
+    prepared data only (never another folder); `flag` is the option that named the folder, for the messages."""
+    directory, path = Path(directory), _target(directory, flag)
     fingerprint, stamps = data_fingerprint(config), source_stamps(config)
-    meta_path = directory / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = _prepared_meta(path)
+    if meta is not None:
         reused = _reuse(directory, meta, fingerprint, stamps, keep, log)
         if reused is not None:
             return reused
         if not overwrite:
-            raise ArlmError(_why_not_reused(directory, meta, fingerprint, stamps))
-    elif directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise ArlmError(f"{directory} exists and is not a prepared corpus; choose another --data.prepared_dir")
-    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+            raise ArlmError(_why_not_reused(directory, meta, fingerprint, stamps, flag))
+    elif path.exists() and any(path.iterdir()):
+        raise ArlmError(
+            f"{directory} holds files but no prepared data (--overwrite replaces only that); choose another {flag}"
+        )
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -218,11 +218,31 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
     log(report_text)
     return load_prepared(directory)
+
+
+def _target(directory: str | Path, flag: str) -> Path:
+    """The folder for prepared data, made absolute; never the current folder ('.'), which a replace would pull
+    from under the shell."""
+    path = Path(directory).resolve()
+    if path.exists() and not path.is_dir():
+        raise ArlmError(f"{directory} is a file, not a folder; choose another {flag}")
+    if path == Path.cwd() or path in Path.cwd().parents:  # replacing it would leave the shell in a deleted folder
+        raise ArlmError(f"{directory} is or holds the current folder; choose another {flag} (e.g. data)")
+    return path
+
+
+def _prepared_meta(directory: Path) -> dict | None:
+    """The meta.json of a folder holding arlm's prepared data, else None (no such file, or not arlm's)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and "fingerprint" in meta and "splits" in meta else None
 
 
 def _prepare_into(

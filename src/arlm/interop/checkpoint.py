@@ -252,6 +252,35 @@ def resolve_checkpoint(path: str | Path, *, hashes: bool = True) -> Path:
     return path
 
 
+def input_paths(reference: str | Path) -> list[Path]:
+    """The paths a model reference reads, resolved: the reference, its run folder (a checkpoint's too) and, for
+    a LoRA checkpoint, those of its base model (train.init); a name such as 'smollm2' reads none here."""
+    path = Path(reference).resolve()
+    if not path.exists():
+        return []
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    paths = [path] if run == path else [path, run]
+    try:
+        base = read_record(resolve_checkpoint(path, hashes=False)).get("lora_base")
+    except (ArlmError, OSError, ValueError):
+        return paths  # not an arlm checkpoint (a HF folder, a .gguf) or a damaged one, which loading refuses
+    if isinstance(base, dict) and isinstance(base.get("reference"), str) and Path(base["reference"]) != path:
+        paths += input_paths(base["reference"])
+    return paths
+
+
+def check_output_apart(out: str | Path, reference: str | Path) -> None:
+    """Refuse an output that is, lies inside or holds a path the model reference reads (input_paths), so that
+    writing it (with --overwrite) cannot destroy the model, its run or a LoRA run's base."""
+    target = Path(out).resolve()
+    for path in input_paths(reference):
+        if target == Path(reference).resolve():
+            raise ArlmError(f"{out} is {reference} itself; choose an output outside it")
+        where = "is" if target == path else "lies inside" if path in target.parents else "holds"
+        if where != "holds" or target in path.parents:
+            raise ArlmError(f"{out} {where} {path}, which {reference} reads; choose an output outside it")
+
+
 def _is_valid(path: Path) -> bool:
     try:
         verify_checkpoint(path, hashes=False)

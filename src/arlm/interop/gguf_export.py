@@ -20,6 +20,7 @@ import torch
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import Tokenizer, VocabTokenizer
 from arlm.errors import ArlmError
+from arlm.interop.checkpoint import check_output_apart
 from arlm.interop.gguf import GGUFContents, build_tokenizer
 from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
@@ -63,6 +64,7 @@ class GGUFVocab:
 def export_gguf(reference: str | Path, out: str | Path, *, outtype: str = "f32", overwrite: bool = False) -> Path:
     """Write a model (an arlm run or checkpoint, an HF folder, a .gguf or 'smollm2') as one GGUF file."""
     out = Path(out)
+    check_output_apart(out, reference)  # not inside the model's run or a LoRA run's base
     _check_target(out, outtype, overwrite)
     loaded = load_model(reference)
     if Path(loaded.source).resolve() == out.resolve():

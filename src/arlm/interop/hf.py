@@ -23,7 +23,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import Tokenizer, VocabTokenizer, load_tokenizer
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import LoadedModel, load_checkpoint_model
+from arlm.interop.checkpoint import LoadedModel, check_output_apart, load_checkpoint_model
 from arlm.model.transformer import Transformer
 
 SUPPORTED = ("gpt2", "llama")
@@ -55,10 +55,8 @@ def export_hf(
     """Write an arlm checkpoint (or a run's newest) as a Hugging Face folder; return the folder. `load` reads
     the model (interop.loading.load_model also merges a LoRA run into its base)."""
     out_dir = Path(out_dir)
+    check_output_apart(out_dir, checkpoint)  # not the model, its run, a LoRA run's base, inside or around them
     _check_target(out_dir, overwrite)
-    source, target = Path(checkpoint).resolve(), out_dir.resolve()
-    if target == source or target in source.parents:
-        raise ArlmError(f"refusing to export {checkpoint} onto itself or a folder holding it; choose another out_dir")
     loaded = load(checkpoint)
     return save_hf_folder(loaded.model, loaded.tokenizer, out_dir, overwrite=overwrite)
 

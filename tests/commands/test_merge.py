@@ -1,0 +1,55 @@
+"""`arlm merge` (and the exports) never write over, into or around the LoRA run they read or its base model."""
+
+import pytest
+
+from arlm.cli import main
+from arlm.commands.train import train_command
+from arlm.config import config_from_dict
+from tests.helpers import chat_raw, tiny_base, write_chat
+
+
+@pytest.fixture(scope="module")
+def lora_on_a_run(tmp_path_factory):
+    """(base run folder, LoRA run adapting it) after 4 steps; the base run holds one checkpoint."""
+    tmp = tmp_path_factory.mktemp("merge")
+    base_run = tmp / "base"
+    tiny_base(base_run / "checkpoints" / "step-00000000")
+    raw = chat_raw(tmp, base_run, write_chat(tmp / "chat.jsonl"), train={"max_steps": 4, "checkpoint_interval": 2})
+    train_command(config_from_dict(raw).validate(), log=lambda _: None)
+    return base_run, tmp / "run"
+
+
+def _snapshot(*folders):
+    return {p: p.read_bytes() for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_output_over_into_or_around_the_run_or_its_base_is_refused(lora_on_a_run, capsys):
+    base, run = lora_on_a_run
+    before = _snapshot(base, run)
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    base_step = base / "checkpoints" / "step-00000000"
+    refused = [
+        ("merge", run, run),
+        ("merge", run, step),
+        ("merge", step, run),
+        ("merge", run, run.parent),
+        ("merge", run, base),
+        ("merge", run, base_step),
+        ("merge", step, base / "merged"),
+        ("export hf", run, run),
+        ("export hf", run, run / "hf"),
+        ("export hf", run, base),
+        ("export gguf", run, base / "m.gguf"),
+    ]
+    for verb, model, out in refused:
+        code = main([*verb.split(), str(model), str(out), "--overwrite"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "choose an output outside it" in err, (verb, out, err)
+    assert _snapshot(base, run) == before
+    assert not (base / "merged").exists() and not (run / "hf").exists() and not (base / "m.gguf").exists()
+
+
+def test_merge_writes_beside_the_run(lora_on_a_run, tmp_path):
+    _, run = lora_on_a_run
+    assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").exists()
