@@ -53,3 +53,14 @@ def test_merge_writes_beside_the_run(lora_on_a_run, tmp_path):
     _, run = lora_on_a_run
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert main(["merge", str(run), str(tmp_path / "merged"), "--overwrite"]) == 0  # a merged model: replaced
+
+
+def test_overwrite_replaces_a_checkpoint_never_a_folder_of_other_files(lora_on_a_run, tmp_path, capsys):
+    _, run = lora_on_a_run
+    mine = tmp_path / "mydocs"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    assert main(["merge", str(run), str(mine), "--overwrite"]) == 2
+    assert "holds no arlm checkpoint" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -34,6 +34,8 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
     check_output_apart(out, run)  # never the run, one of its checkpoints or its base model
     if out.exists() and not overwrite:
         raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
+    if out.exists() and not (out / "manifest.json").is_file():  # --overwrite replaces a checkpoint, nothing else
+        raise ArlmError(f"{out} holds no arlm checkpoint (--overwrite replaces only one); choose another folder")
     meta = read_checkpoint(run, lambda checkpoint: checkpoint.meta)
     if "lora_base" not in meta:
         raise ArlmError(f"{run} is not a LoRA run (its checkpoint holds all the weights already)")
