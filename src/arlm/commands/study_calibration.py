@@ -22,11 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path (+ overrides)")
     parser.add_argument("--out", default="docs/studies/calibration", help="folder for the report, figure and numbers")
     parser.add_argument("--runs-dir", help="where the runs are trained (default: <out>/runs)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the runs an earlier study left in the runs dir"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Train both runs, measure, write the report."""
-    calibration_study(args.out, preset=args.preset, overrides=args.overrides, runs_dir=args.runs_dir)
+    calibration_study(
+        args.out, preset=args.preset, overrides=args.overrides, runs_dir=args.runs_dir, overwrite=args.overwrite
+    )
     return 0
 
 
@@ -36,6 +41,7 @@ def calibration_study(
     preset: str = "quickstart",
     overrides: Sequence[str] = (),
     runs_dir: str | Path | None = None,
+    overwrite: bool = False,
     smoothing: Sequence[float] = STUDY_SMOOTHING,
     split: str = "val",
     n_bins: int = N_BINS,
@@ -48,7 +54,7 @@ def calibration_study(
     all_overrides = [*STUDY_OVERRIDES, *overrides]
     variants = {f"label-smoothing-{s:g}": ["--train.label_smoothing", str(s)] for s in smoothing}
     start = time.perf_counter()
-    trained = train_variants(preset, variants, runs_dir, all_overrides, log)
+    trained = train_variants(preset, variants, runs_dir, all_overrides, log, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = calibration_command(
         [str(path) for path, _ in trained.values()],

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="docs/studies/exposure-bias", help="folder for the report, figure and numbers")
     parser.add_argument("--runs-dir", help="where the runs are trained (default: <out>/runs)")
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace the runs an earlier study left in the runs dir"
+    )
+    parser.add_argument(
         "--scheduled-sampling",
         type=float,
         default=STUDY_SCHEDULED_SAMPLING,
@@ -34,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train both runs, measure, write the report."""
     exposure_bias_study(
-        args.out, preset=args.preset, overrides=args.overrides, runs_dir=args.runs_dir,
+        args.out, preset=args.preset, overrides=args.overrides, runs_dir=args.runs_dir, overwrite=args.overwrite,
         scheduled_sampling=args.scheduled_sampling, n_sequences=args.sequences,
     )  # fmt: skip
     return 0
@@ -46,6 +49,7 @@ def exposure_bias_study(
     preset: str = "quickstart",
     overrides: Sequence[str] = (),
     runs_dir: str | Path | None = None,
+    overwrite: bool = False,
     scheduled_sampling: float = STUDY_SCHEDULED_SAMPLING,
     prompt_len: int = 0,
     length: int = 0,
@@ -67,7 +71,7 @@ def exposure_bias_study(
         ],
     }  # fmt: skip
     start = time.perf_counter()
-    trained = train_variants(preset, variants, runs_dir, all_overrides, log)
+    trained = train_variants(preset, variants, runs_dir, all_overrides, log, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     refs = [str(path) for path, _ in trained.values()]
     measure_start = time.perf_counter()

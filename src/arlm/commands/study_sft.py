@@ -19,6 +19,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from arlm.commands.runs import refuse_placement
 from arlm.config import build_config
 from arlm.errors import ArlmError
 from arlm.evaluation.instruct import instruct_accuracy, instruction_split, write_chat_jsonl
@@ -71,6 +72,8 @@ def sft_study(
 ) -> dict:
     """Before, LoRA and full fine-tuning on the held-out items; writes sft.json and sft.md into out_dir."""
     out = Path(out_dir)
+    where = "the study writes its data and runs in --out (OUT/sft.jsonl, OUT/data, OUT/runs/NAME)"
+    refuse_placement(overrides, where, placed=("train.out_dir", "data.prepared_dir", "data.source"))
     config = build_config(preset, list(overrides))
     if not config.train.lora.rank:
         raise ArlmError(f"preset {preset} trains no LoRA adapters; set train.lora.rank")

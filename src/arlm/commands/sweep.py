@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from arlm.commands.plots import plot_lines, plot_loss
+from arlm.commands.runs import refuse_placement
 from arlm.commands.train import train_command
-from arlm.config import DEFAULT_PRESET, RunConfig, build_config, parse_overrides
+from arlm.config import DEFAULT_PRESET, RunConfig, build_config
 from arlm.data.prepare import data_fingerprint
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
@@ -73,7 +74,8 @@ def sweep_command(
     """Train every combination (sharing one prepared corpus unless their data settings differ) and plot loss vs
     tokens for all of them; an --out holding an earlier sweep is retrained only with overwrite."""
     grid = parse_vary(vary)
-    _refuse_placement(overrides or [], grid)
+    where = "the sweep places each run in --out (OUT/LABEL, its data in OUT/data); use --out"
+    refuse_placement(overrides or [], where, (key for key, _ in grid))
     base = build_config(preset, overrides)
     out = Path(out_dir)
     _claim_out(out, overwrite)
@@ -96,15 +98,6 @@ def sweep_command(
         }
     _report(results, grid, preset, out, log)
     return results
-
-
-def _refuse_placement(overrides: list[str], grid: list[tuple[str, list[str]]]) -> None:
-    """Refuse train.out_dir and data.prepared_dir (as overrides or varied): the sweep places every run itself."""
-    given = parse_overrides(overrides)
-    named = [f"train.{k}" for k in given.get("train", {})] + [f"data.{k}" for k in given.get("data", {})]
-    for key in [*named, *(key.replace("-", "_") for key, _ in grid)]:  # as parse_overrides spells them
-        if key in ("train.out_dir", "data.prepared_dir"):
-            raise ArlmError(f"--{key}: the sweep places each run in --out (OUT/LABEL, its data in OUT/data); use --out")
 
 
 def _claim_out(out: Path, overwrite: bool) -> None:
