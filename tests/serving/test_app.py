@@ -288,3 +288,25 @@ def test_bad_chat_requests_and_paths(live):
     assert request(live.base_url, "POST", "/v1/chat/completions", bad_role)[0] == 400
     code, answer = request(live.base_url, "GET", "/v1/nothing")
     assert code == 404 and "not found" in answer["error"]["message"]
+
+
+def test_a_model_fine_tuned_on_chat_data_without_a_template_is_served_its_training_rendering(tiny_lm):
+    from types import SimpleNamespace
+
+    from arlm.data.chat import encode_conversation
+    from arlm.data.tokenizers import train_tokenizer
+    from arlm.serving.app import ApiError, Server
+    from arlm.serving.schemas import ChatMessage
+    from tests.helpers import tiny_text
+
+    tok = train_tokenizer("char", tiny_text(2), 0)  # no chat template
+    scheduler = SimpleNamespace(tokenizer=tok, engine=SimpleNamespace(max_len=64))
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "ok"},
+    ]
+    messages = [ChatMessage(**turn) for turn in turns]
+    assert Server(scheduler, "m", plain_chat=True).encode_chat(messages) == encode_conversation(turns, tok)
+    with pytest.raises(ApiError, match="no chat template"):
+        Server(scheduler, "m").encode_chat(messages)
