@@ -290,7 +290,7 @@ def test_bad_chat_requests_and_paths(live):
     assert code == 404 and "not found" in answer["error"]["message"]
 
 
-def test_a_model_fine_tuned_on_chat_data_without_a_template_is_served_its_training_rendering(tiny_lm):
+def test_a_model_fine_tuned_on_chat_data_without_a_template_is_served_its_training_rendering():
     from types import SimpleNamespace
 
     from arlm.data.chat import encode_conversation
