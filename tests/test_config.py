@@ -106,3 +106,9 @@ def test_generation_options_refused_with_one_line():
         GenerationConfig(no_repeat_ngram_size=-2).validate()
     GenerationConfig(strategy="sample", num_return_sequences=2).validate()
     GenerationConfig(max_new_tokens=0, min_new_tokens=3).validate()
+
+
+def test_a_base_model_is_never_paired_with_a_new_tokenizer():
+    with pytest.raises(ArlmError, match="train.init's model has its own tokenizer: set data.tokenizer smollm2"):
+        build_config("quickstart", ["--train.init", "smollm2"])
+    assert build_config("quickstart", ["--train.init", "smollm2", "--data.tokenizer", "smollm2"]).train.init

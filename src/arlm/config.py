@@ -313,6 +313,8 @@ class RunConfig:
         """Validate every section and return self."""
         for section in (self.model, self.data, self.train, self.generate):
             section.validate()
+        if self.train.init and self.data.tokenizer in ("char", "word", "bpe"):  # a new one never fits init's model
+            raise ArlmError(f"train.init's model has its own tokenizer: set data.tokenizer {self.train.init}")
         return self
 
 

@@ -32,7 +32,8 @@ def read_chat_jsonl(path: str | Path, encoding_errors: str = "strict") -> Iterat
     the file and byte offset (unless encoding_errors is "replace")."""
     path = Path(path)
     if not path.is_file():
-        raise ArlmError(f"chat data {path} does not exist (give a .jsonl file)")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ArlmError(f"chat data {path} {what}; chat data is one .jsonl file")
     for number, line in jsonl_lines(path, encoding_errors):
         if line.strip():
             yield ChatExample(parse_record(line, f"{path}:{number}"), number)
