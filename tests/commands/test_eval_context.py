@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 
 from arlm.commands.eval_context import context_command
 from arlm.commands.train import train_command
+from arlm.errors import ArlmError
 from tests.helpers import tiny_config
 
 
@@ -12,3 +14,8 @@ def test_trained_model_gains_from_context(tmp_path, corpus_dir):
     curve = curves["run"]
     assert len(curve) == 32 and curve[0] > np.mean(curve[8:])  # the first token has no context to use
     assert (tmp_path / "ctx.png").exists()
+
+
+def test_negative_batches_refused_before_any_run_is_read(tmp_path):
+    with pytest.raises(ArlmError, match="--batches -1"):
+        context_command(["no-such-run"], batches=-1, out=str(tmp_path / "ctx.png"), log=lambda _: None)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from arlm.commands.options import check_batches
 from arlm.commands.plots import plot_reliability
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
@@ -51,6 +52,7 @@ def calibration_command(
     """Measure the calibration of runs on a split; print a table, write the diagram (out) and out.json."""
     if not run_refs:
         raise ArlmError("name at least one run or checkpoint to measure")
+    check_batches(batches)
     results: dict[str, CalibrationResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from arlm.commands.options import check_batches
 from arlm.commands.plots import plot_lines
 from arlm.evaluation.context import per_position_loss
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, run_data
@@ -37,6 +38,7 @@ def context_command(
     log=print,
 ) -> dict[str, list[float]]:
     """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
+    check_batches(batches)
     curves = {}
     for ref in run_refs:
         loaded = load_model(ref, dtype=dtype)
