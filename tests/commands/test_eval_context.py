@@ -19,3 +19,8 @@ def test_trained_model_gains_from_context(tmp_path, corpus_dir):
 def test_negative_batches_refused_before_any_run_is_read(tmp_path):
     with pytest.raises(ArlmError, match="--batches -1"):
         context_command(["no-such-run"], batches=-1, out=str(tmp_path / "ctx.png"), log=lambda _: None)
+
+
+def test_a_figure_path_that_cannot_be_written_is_refused_before_any_run_is_read(tmp_path):
+    with pytest.raises(ArlmError, match="suffix matplotlib writes"):
+        context_command(["no-such-run"], out=str(tmp_path / "ctx.json"), log=lambda _: None)

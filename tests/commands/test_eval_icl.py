@@ -4,6 +4,7 @@ import os
 import pytest
 
 from arlm.commands.eval_icl import icl_command, lm_eval_command
+from arlm.errors import ArlmError
 from arlm.evaluation import icl
 from tests.evaluation.test_icl import save_tiny_checkpoint, tiny  # noqa: F401  (the module fixture)
 
@@ -38,3 +39,9 @@ def test_model_reference_through_the_registry_and_lm_eval_command(tiny, tmp_path
     ours = icl.run_icl(model, tokenizer, ["capitals"], (1,), "loglikelihood", 5)["tasks"]["capitals"]["by_shots"][1]
     assert results["results"]["arlm_capitals"]["acc,none"] == pytest.approx(ours["accuracy"])
     assert "arlm_capitals" in "\n".join(lines)
+
+
+def test_an_out_folder_that_is_a_file_is_refused_before_the_model_is_read(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ArlmError, match="is a file, not a folder"):
+        icl_command("no-such-run", out_dir=tmp_path / "f.txt", log=lambda _: None)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from arlm.commands.options import check_batches
-from arlm.commands.plots import plot_lines
+from arlm.commands.plots import figure_path, plot_lines
 from arlm.evaluation.context import per_position_loss
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, run_data
 from arlm.model.inference import optimize_for_scoring
@@ -39,6 +39,7 @@ def context_command(
 ) -> dict[str, list[float]]:
     """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
     check_batches(batches)
+    figure_path(out)
     curves = {}
     for ref in run_refs:
         loaded = load_model(ref, dtype=dtype)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from arlm.commands.plots import plot_exposure_bias
+from arlm.commands.plots import figure_path, plot_exposure_bias
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.exposure_bias import (
@@ -61,6 +61,7 @@ def exposure_bias_command(
     prompt_len / length 0: a quarter of the context as prompt, the rest as continuation."""
     if not run_refs:
         raise ArlmError("name at least one run or checkpoint to measure")
+    out = figure_path(out)
     results: dict[str, ExposureBiasResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
@@ -75,7 +76,6 @@ def exposure_bias_command(
         f"{first.length} positions (gap = free-running minus teacher-forced loss, nats)"
     )
     log(format_summary(results))
-    out = Path(out)
     plot_exposure_bias(results, out)
     record = {"split": split, "runs": dict(zip(results, run_refs))}
     record["results"] = {k: r.as_dict() for k, r in results.items()}

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from arlm.commands.plots import plot_icl
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, check_creatable
 from arlm.evaluation.icl import DEFAULT_SHOTS, format_table, run_icl
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
@@ -86,6 +86,7 @@ def icl_command(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Few-shot accuracy of a model on ICL tasks: prints a table, writes icl.json and icl.png into out_dir."""
+    check_creatable(out_dir, folder=True)
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     optimize_for_decoding(loaded.model)
     results = run_icl(loaded.model, loaded.tokenizer, tasks, shots, scoring, limit, num_beams=num_beams, log=log)

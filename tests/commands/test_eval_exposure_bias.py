@@ -1,0 +1,9 @@
+import pytest
+
+from arlm.commands.eval_exposure_bias import exposure_bias_command
+from arlm.errors import ArlmError
+
+
+def test_a_figure_path_that_cannot_be_written_is_refused_before_any_run_is_read(tmp_path):
+    with pytest.raises(ArlmError, match="suffix matplotlib writes"):
+        exposure_bias_command(["no-such-run"], out=tmp_path / "eb.txt", log=lambda _: None)
