@@ -34,18 +34,21 @@ def metrics_path(run: str | Path) -> Path:
 
 def plot_command(runs: list[str], out: str, *, grad_norms: bool = False, log=print) -> list[Path]:
     """Write the loss figure (and a gradient-norm figure per run when asked)."""
-    figure_path(out)
+    out_path = figure_path(out)
     records = {}
     for run in runs:
         file = metrics_path(run)
         label = file.parent.name if file.name == "metrics.jsonl" else file.stem
         records[label] = read_metrics(file)
-    written = [plot_loss(records, out)]
-    if grad_norms:
+    if grad_norms:  # checked before any figure is written
         for label, recs in records.items():
             if not any(k.startswith("gradnorm/") for r in recs for k in r):
                 raise ArlmError(f"run {label} logged no gradient norms; train with --train.grad_norms true")
-            written.append(plot_grad_norms(recs, Path(out).with_name(f"{Path(out).stem}-gradnorms-{label}.png")))
+    written = [plot_loss(records, out_path)]
+    if grad_norms:
+        for label, recs in records.items():
+            name = f"{out_path.stem}-gradnorms-{label}{out_path.suffix}"
+            written.append(plot_grad_norms(recs, out_path.with_name(name)))
     for path in written:
         log(f"wrote {path}")
     return written
