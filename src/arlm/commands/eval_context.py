@@ -8,6 +8,7 @@ from pathlib import Path
 
 from arlm.commands.options import check_batches
 from arlm.commands.plots import figure_path, plot_lines
+from arlm.commands.runs import run_label
 from arlm.evaluation.context import per_position_loss
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, run_data
 from arlm.model.inference import optimize_for_scoring
@@ -47,7 +48,7 @@ def context_command(
         config = loaded.config
         sampler = run_data(loaded, split).sampler(split, config.data, config.model.block_size, config.train.seed)
         loss, _ = per_position_loss(loaded.model, sampler.eval_batches(config.train.batch_size, batches))
-        label = Path(ref).name
+        label = run_label(ref, curves)
         curves[label] = loss.tolist()
         marks = [p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023) if p < len(loss)]
         shown = ", ".join(f"pos {p}: {loss[p]:.3f}" for p in marks)

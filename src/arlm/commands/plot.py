@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from arlm.commands.plots import figure_path, plot_grad_norms, plot_loss
+from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.training.logging import read_metrics
 
@@ -38,8 +39,8 @@ def plot_command(runs: list[str], out: str, *, grad_norms: bool = False, log=pri
     records = {}
     for run in runs:
         file = metrics_path(run)
-        label = file.parent.name if file.name == "metrics.jsonl" else file.stem
-        records[label] = read_metrics(file)
+        named = file.parent if file.name == "metrics.jsonl" else file.with_suffix("")
+        records[run_label(str(named), records)] = read_metrics(file)
     if grad_norms:  # checked before any figure is written
         for label, recs in records.items():
             if not any(k.startswith("gradnorm/") for r in recs for k in r):
