@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from arlm.cli import main
 from arlm.commands.eval_icl import icl_command, lm_eval_command
 from arlm.errors import ArlmError
 from arlm.evaluation import icl
@@ -45,3 +46,14 @@ def test_an_out_folder_that_is_a_file_is_refused_before_the_model_is_read(tmp_pa
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ArlmError, match="is a file, not a folder"):
         icl_command("no-such-run", out_dir=tmp_path / "f.txt", log=lambda _: None)
+
+
+def test_num_beams_refused_with_loglikelihood_scoring(tmp_path):
+    with pytest.raises(ArlmError, match="--num-beams goes with --scoring generate"):
+        icl_command("no-such-run", scoring="loglikelihood", num_beams=4, out_dir=tmp_path, log=lambda _: None)
+
+
+def test_lm_eval_refuses_the_options_it_does_not_read(tmp_path, capsys):
+    argv = ["eval", "icl", "no-such-run", "--lm-eval", "--scoring", "generate", "--num-beams", "3", "--out", "lmx"]
+    assert main(argv) == 2
+    assert "error: --scoring, --num-beams, --out go with arlm's own evaluation" in capsys.readouterr().err
