@@ -234,7 +234,7 @@ def test_export_never_overwrites_without_being_asked(exported, tmp_path):
     target = tmp_path / "busy"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ArlmError, match="is not empty"):
+    with pytest.raises(ArlmError, match="is not empty; choose an empty folder or pass --overwrite to replace it"):
         export_hf(checkpoint, target)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     export_hf(checkpoint, target, overwrite=True)

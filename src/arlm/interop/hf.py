@@ -95,7 +95,7 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         raise ArlmError(f"{out_dir} exists and is not a folder; choose a folder to export to")
     check_creatable(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass overwrite=True to replace it")
+        raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass --overwrite to replace it")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
