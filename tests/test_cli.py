@@ -190,7 +190,7 @@ def test_speculative_generation_with_show_drafts_and_export(trained, tmp_path, c
     assert "[" in captured.out and "acceptance 100.00%" in captured.err  # the model drafting for itself
     assert main(["export", "hf", str(run), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "tokenizer.json").exists()
-    _fails(capsys, "export", "hf", str(run), str(tmp_path / "hf"), match="is not empty")
+    _fails(capsys, "export", "hf", str(run), str(tmp_path / "hf"), match="pass --overwrite to replace it")
 
 
 def test_the_targets_own_weights_in_int4_draft_for_it(trained, capsys):

@@ -1,7 +1,12 @@
+import json
+import shutil
+
 import numpy as np
+import pytest
 
 from arlm.commands.eval_context import context_command
 from arlm.commands.train import train_command
+from arlm.errors import ArlmError
 from tests.helpers import tiny_config
 
 
@@ -12,3 +17,23 @@ def test_trained_model_gains_from_context(tmp_path, corpus_dir):
     curve = curves["run"]
     assert len(curve) == 32 and curve[0] > np.mean(curve[8:])  # the first token has no context to use
     assert (tmp_path / "ctx.png").exists()
+
+
+def test_negative_batches_refused_before_any_run_is_read(tmp_path):
+    with pytest.raises(ArlmError, match="--batches -1"):
+        context_command(["no-such-run"], batches=-1, out=str(tmp_path / "ctx.png"), log=lambda _: None)
+
+
+def test_a_figure_path_that_cannot_be_written_is_refused_before_any_run_is_read(tmp_path):
+    with pytest.raises(ArlmError, match="suffix matplotlib writes"):
+        context_command(["no-such-run"], out=str(tmp_path / "ctx.json"), log=lambda _: None)
+
+
+def test_runs_with_the_same_folder_name_keep_their_own_curves(tmp_path, corpus_dir):
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 2})
+    train_command(config, log=lambda _: None)
+    shutil.copytree(tmp_path / "run", tmp_path / "other" / "run")
+    runs = [str(tmp_path / "run"), str(tmp_path / "other" / "run")]
+    curves = context_command(runs, batches=1, out=str(tmp_path / "c.png"), log=lambda _: None)
+    assert list(curves) == ["run", "run-2"]
+    assert list(json.loads((tmp_path / "c.json").read_text())) == ["run", "run-2"]

@@ -3,7 +3,9 @@ import os
 
 import pytest
 
+from arlm.cli import main
 from arlm.commands.eval_icl import icl_command, lm_eval_command
+from arlm.errors import ArlmError
 from arlm.evaluation import icl
 from tests.evaluation.test_icl import save_tiny_checkpoint, tiny  # noqa: F401  (the module fixture)
 
@@ -38,3 +40,20 @@ def test_model_reference_through_the_registry_and_lm_eval_command(tiny, tmp_path
     ours = icl.run_icl(model, tokenizer, ["capitals"], (1,), "loglikelihood", 5)["tasks"]["capitals"]["by_shots"][1]
     assert results["results"]["arlm_capitals"]["acc,none"] == pytest.approx(ours["accuracy"])
     assert "arlm_capitals" in "\n".join(lines)
+
+
+def test_an_out_folder_that_is_a_file_is_refused_before_the_model_is_read(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ArlmError, match="is a file, not a folder"):
+        icl_command("no-such-run", out_dir=tmp_path / "f.txt", log=lambda _: None)
+
+
+def test_num_beams_refused_with_loglikelihood_scoring(tmp_path):
+    with pytest.raises(ArlmError, match="--num-beams goes with --scoring generate"):
+        icl_command("no-such-run", scoring="loglikelihood", num_beams=4, out_dir=tmp_path, log=lambda _: None)
+
+
+def test_lm_eval_refuses_the_options_it_does_not_read(tmp_path, capsys):
+    argv = ["eval", "icl", "no-such-run", "--lm-eval", "--scoring", "generate", "--num-beams", "3", "--out", "lmx"]
+    assert main(argv) == 2
+    assert "error: --scoring, --num-beams, --out go with arlm's own evaluation" in capsys.readouterr().err

@@ -1,10 +1,14 @@
 """`arlm merge` (and the exports) never write over, into or around the LoRA run they read or its base model."""
 
+import json
+
 import pytest
 
 from arlm.cli import main
+from arlm.commands.merge import merge_run
 from arlm.commands.train import train_command
 from arlm.config import config_from_dict
+from arlm.errors import ArlmError
 from tests.helpers import chat_raw, tiny_base, write_chat
 
 
@@ -64,3 +68,12 @@ def test_overwrite_replaces_a_checkpoint_never_a_folder_of_other_files(lora_on_a
     assert main(["merge", str(run), str(mine), "--overwrite"]) == 2
     assert "holds no arlm checkpoint" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_folder_that_is_no_arlm_run_is_called_no_lora_run(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ArlmError, match="hf is not a LoRA run"):
+        merge_run(hf, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import VocabTokenizer
 from arlm.errors import ArlmError
 from arlm.interop.checkpoint import (
+    is_run_or_checkpoint,
     latest_checkpoint,
     open_checkpoint,
     prune_checkpoints,
@@ -203,3 +204,20 @@ def test_a_checkpoint_pruned_while_read_is_replaced_by_the_newest(tmp_path, monk
     pruned.clear()  # a checkpoint named by the user (not a run folder) cannot be replaced: one line
     with pytest.raises(ArlmError, match="step-00000003 was deleted while it was being read"):
         read_checkpoint(tmp_path / "checkpoints" / "step-00000003", lambda c: c.model_state())
+
+
+def test_what_is_no_run_or_checkpoint_is_named_so_not_called_unfinished(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    for path in (text, hf):
+        assert not is_run_or_checkpoint(path)
+        with pytest.raises(ArlmError, match=f"^{path} is not an arlm run or checkpoint$"):
+            resolve_checkpoint(path)
+    unfinished = tmp_path / "run" / "checkpoints" / "step-5"
+    unfinished.mkdir(parents=True)
+    assert is_run_or_checkpoint(unfinished) and is_run_or_checkpoint(tmp_path / "run")
+    with pytest.raises(ArlmError, match="incomplete"):
+        resolve_checkpoint(unfinished)

@@ -267,3 +267,9 @@ def test_existing_files_and_other_names_are_refused(exported, tmp_path, capsys):
     assert path.read_bytes() == before
     assert main(["export", "gguf", str(checkpoint), str(path), "--overwrite"]) == 0
     assert path.read_bytes() == before  # the same model writes the same bytes
+
+
+def test_an_out_file_under_a_file_is_refused_before_the_model_is_read(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ArlmError, match="f.txt is a file, not a folder"):
+        export_gguf("no-such-run", tmp_path / "f.txt" / "x.gguf")

@@ -234,7 +234,7 @@ def test_export_never_overwrites_without_being_asked(exported, tmp_path):
     target = tmp_path / "busy"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ArlmError, match="is not empty"):
+    with pytest.raises(ArlmError, match="is not empty; choose an empty folder or pass --overwrite to replace it"):
         export_hf(checkpoint, target)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     export_hf(checkpoint, target, overwrite=True)
@@ -242,3 +242,9 @@ def test_export_never_overwrites_without_being_asked(exported, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(ArlmError, match="holds .*choose an output outside it"):
         export_hf(checkpoint, checkpoint.parent, overwrite=True)
+
+
+def test_an_out_folder_under_a_file_is_refused_before_the_model_is_read(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ArlmError, match="f.txt is a file, not a folder"):
+        export_hf("no-such-run", tmp_path / "f.txt" / "sub")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from arlm.bench.memory import LENGTHS, run_memory_bench
-from arlm.commands.plots import plot_memory
+from arlm.commands.plots import figure_path, plot_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,7 @@ def bench_memory_command(
     log=print,
 ) -> dict:
     """Measure both backends over the lengths, print the table and exponents, write the plot and a JSON."""
+    figure_path(out)
     result = run_memory_bench(lengths=lengths, budget_gb=budget_gb, device=device, limit_gb=limit_gb, log=log)
     plot_memory(result, out)
     Path(out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from arlm.commands.plots import plot_reliability
+from arlm.commands.options import check_batches
+from arlm.commands.plots import figure_path, plot_reliability
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.calibration import N_BINS, CalibrationResult, calibration, format_table
@@ -51,6 +52,8 @@ def calibration_command(
     """Measure the calibration of runs on a split; print a table, write the diagram (out) and out.json."""
     if not run_refs:
         raise ArlmError("name at least one run or checkpoint to measure")
+    check_batches(batches)
+    out = figure_path(out)
     results: dict[str, CalibrationResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
@@ -63,7 +66,6 @@ def calibration_command(
         )
     log(f"calibration on the {split} split ({n_bins} bins):")
     log(format_table(results))
-    out = Path(out)
     plot_reliability(results, out)
     record = {"split": split, "batches": batches, "runs": dict(zip(results, run_refs))}
     record["results"] = {k: r.as_dict() for k, r in results.items()}

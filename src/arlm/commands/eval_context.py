@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from arlm.commands.plots import plot_lines
+from arlm.commands.options import check_batches
+from arlm.commands.plots import figure_path, plot_lines
+from arlm.commands.runs import run_label
 from arlm.evaluation.context import per_position_loss
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, run_data
 from arlm.model.inference import optimize_for_scoring
@@ -37,6 +39,8 @@ def context_command(
     log=print,
 ) -> dict[str, list[float]]:
     """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
+    check_batches(batches)
+    figure_path(out)
     curves = {}
     for ref in run_refs:
         loaded = load_model(ref, dtype=dtype)
@@ -44,7 +48,7 @@ def context_command(
         config = loaded.config
         sampler = run_data(loaded, split).sampler(split, config.data, config.model.block_size, config.train.seed)
         loss, _ = per_position_loss(loaded.model, sampler.eval_batches(config.train.batch_size, batches))
-        label = Path(ref).name
+        label = run_label(ref, curves)
         curves[label] = loss.tolist()
         marks = [p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023) if p < len(loss)]
         shown = ", ".join(f"pos {p}: {loss[p]:.3f}" for p in marks)

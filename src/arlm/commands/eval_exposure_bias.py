@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from arlm.commands.plots import plot_exposure_bias
+from arlm.commands.plots import figure_path, plot_exposure_bias
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.exposure_bias import (
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
-    parser.add_argument("--prompt-len", type=int, default=0, help="gold prompt tokens (default: context / 4)")
-    parser.add_argument("--length", type=int, default=0, help="positions measured after it (default: the rest)")
+    parser.add_argument("--prompt-len", type=int, help="gold prompt tokens, at least 1 (default: context / 4)")
+    parser.add_argument("--length", type=int, help="positions measured after it, at least 1 (default: the rest)")
     parser.add_argument("--sequences", type=int, default=256, help="held-out sequences")
     parser.add_argument("--out", default="exposure_bias.png", help="PNG to write (numbers go to the same name .json)")
     parser.add_argument("--device", default="auto")
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 def exposure_bias_command(
     run_refs: list[str],
     *,
-    prompt_len: int = 0,
-    length: int = 0,
+    prompt_len: int | None = None,
+    length: int | None = None,
     n_sequences: int = 256,
     split: str = "val",
     out: str | Path = "exposure_bias.png",
@@ -58,9 +58,13 @@ def exposure_bias_command(
     log: Callable[[str], None] = print,
 ) -> dict[str, ExposureBiasResult]:
     """Measure exposure bias of runs on held-out sequences; print the summary, write the figure and out.json.
-    prompt_len / length 0: a quarter of the context as prompt, the rest as continuation."""
+    prompt_len / length None: a quarter of the context as prompt, the rest as continuation."""
     if not run_refs:
         raise ArlmError("name at least one run or checkpoint to measure")
+    for flag, value in (("--prompt-len", prompt_len), ("--length", length)):
+        if value is not None and value < 1:
+            raise ArlmError(f"{flag} must be at least 1, got {value} (leave it out for the default)")
+    out = figure_path(out)
     results: dict[str, ExposureBiasResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
@@ -75,7 +79,6 @@ def exposure_bias_command(
         f"{first.length} positions (gap = free-running minus teacher-forced loss, nats)"
     )
     log(format_summary(results))
-    out = Path(out)
     plot_exposure_bias(results, out)
     record = {"split": split, "runs": dict(zip(results, run_refs))}
     record["results"] = {k: r.as_dict() for k, r in results.items()}

@@ -7,8 +7,9 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from arlm.commands.options import refuse_unused
 from arlm.commands.plots import plot_icl
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, check_creatable
 from arlm.evaluation.icl import DEFAULT_SHOTS, format_table, run_icl
 from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
 from arlm.model.inference import optimize_for_decoding
@@ -26,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_SHOTS),
         help="numbers of demonstrations (default 0,1,2,4,8)",
     )
-    parser.add_argument("--scoring", default="generate", choices=("generate", "loglikelihood"))
+    parser.add_argument("--scoring", choices=("generate", "loglikelihood"), help="default: generate")
     parser.add_argument("--num-beams", type=int, default=1, help="generate scoring: beam search when > 1")
     parser.add_argument("--limit", type=int, default=None, help="at most this many items per task")
-    parser.add_argument("--out", default="icl", help="folder for icl.json and icl.png")
+    parser.add_argument("--out", help="folder for icl.json and icl.png (default: icl)")
     parser.add_argument("--lm-eval", action="store_true", help="run lm-evaluation-harness on the same tasks instead")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
@@ -41,15 +42,23 @@ def run(args: argparse.Namespace) -> int:
     if args.lm_eval:
         if args.dtype != "float32":
             raise ArlmError("--lm-eval loads the model itself in float32; drop --dtype or leave out --lm-eval")
+        ours = {
+            "--scoring": args.scoring is not None,
+            "--num-beams": args.num_beams != 1,
+            "--out": args.out is not None,
+        }
+        refuse_unused(
+            ours, "with arlm's own evaluation; lm-eval prints its tables and writes no files (drop --lm-eval)"
+        )
         lm_eval_command(args.model, tasks, args.shots, args.limit, device=str(pick_device(args.device)))
         return 0
     icl_command(
         args.model,
         tasks=tasks,
         shots=args.shots,
-        scoring=args.scoring,
+        scoring=args.scoring or "generate",
         limit=args.limit,
-        out_dir=args.out,
+        out_dir=args.out or "icl",
         num_beams=args.num_beams,
         device=args.device,
         dtype=args.dtype,
@@ -86,6 +95,11 @@ def icl_command(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Few-shot accuracy of a model on ICL tasks: prints a table, writes icl.json and icl.png into out_dir."""
+    if num_beams != 1 and scoring != "generate":
+        raise ArlmError(
+            f"--num-beams goes with --scoring generate; {scoring} scoring compares the choices' likelihoods"
+        )
+    check_creatable(out_dir, folder=True)
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     optimize_for_decoding(loaded.model)
     results = run_icl(loaded.model, loaded.tokenizer, tasks, shots, scoring, limit, num_beams=num_beams, log=log)

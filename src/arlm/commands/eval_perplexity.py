@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from arlm.commands.options import check_batches, refuse_unused
 from arlm.data.normalize import corpus_text
 from arlm.decoding.engine import KV_DTYPES, cache_dtype
 from arlm.errors import ArlmError
@@ -29,7 +30,7 @@ MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL, --split / --data, or --file with --max-chars and --compare-transformers; --context, --stride, ..."""
     parser.add_argument("model", help=MODEL_HELP)
-    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--split", choices=("train", "val", "test"), help="prepared split to score (default: val)")
     parser.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
     parser.add_argument("--file", help="score this corpus (file, folder, glob, JSONL or builtin) by sliding window")
     parser.add_argument("--max-chars", type=int, default=0, help="with --file: only the first N characters")
@@ -39,10 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --file: also score the same windows with transformers' own loading of the model",
     )
     parser.add_argument(
-        "--context", type=int, default=0, help="window / block length (default: the model's context, at most 1024)"
+        "--context",
+        type=int,
+        default=0,
+        help="window (--file) / block length (default: the model's context; on a split at most 1024)",
     )
-    parser.add_argument("--stride", type=int, default=0, help="window stride (default: half the window)")
-    parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
+    parser.add_argument(
+        "--stride", type=int, default=0, help="with --file: window stride, at most the window (default: half of it)"
+    )
+    parser.add_argument("--batches", type=int, default=0, help="on a split: at most this many batches (0: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     kv_help = "with --file: each window over a KV cache of this dtype, as decoding reads it (default auto: none)"
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def eval_command(
     model_ref: str,
     *,
-    split: str = "val",
+    split: str | None = None,
     file: str | None = None,
     data_dir: str | None = None,
     context: int = 0,
@@ -84,19 +90,55 @@ def eval_command(
     kv_dtype: str = "auto",
     log=print,
 ) -> EvalResult:
-    """Evaluate and print one line of figures."""
+    """Evaluate and print one line of figures (a split: val unless split is given; or a file)."""
     kv = cache_dtype(kv_dtype)
-    if kv is not None and not file:
-        raise ArlmError("--kv-dtype goes with --file (windows attending over a KV cache)")
+    _check_options(file, split, data_dir, context, stride, batches, max_chars, compare_transformers, kv)
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
     if file:
         res, where = _on_file(loaded, model_ref, file, context, stride, max_chars, kv, compare_transformers, log)
     else:
-        res, where = _on_split(loaded, split, data_dir, context, batches)
+        res, where = _on_split(loaded, split or "val", data_dir, context, batches)
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
     log(f"{where}: loss {res.loss:.4f}  perplexity {res.perplexity:.3f}  bits/byte {bpb}  tokens {res.tokens:,}")
     return res
+
+
+def _check_options(
+    file: str | None,
+    split: str | None,
+    data_dir: str | None,
+    context: int,
+    stride: int,
+    batches: int,
+    max_chars: int,
+    compare_transformers: bool,
+    kv: torch.dtype | None,
+) -> None:
+    """Refuse negative values and the options the chosen mode (a split or --file) would not read."""
+    for flag, value in (("--context", context), ("--stride", stride), ("--max-chars", max_chars)):
+        if value < 0:
+            raise ArlmError(f"{flag} {value}: give a positive number (0 or left out: the default)")
+    check_batches(batches)
+    if file:
+        on_split = {"--split": split is not None, "--data": data_dir is not None, "--batches": batches != 0}
+        refuse_unused(on_split, "with a prepared split, not with --file")
+    else:
+        with_file = {"--stride": stride != 0, "--max-chars": max_chars != 0}
+        with_file |= {"--compare-transformers": compare_transformers, "--kv-dtype": kv is not None}
+        refuse_unused(with_file, "with --file")
+
+
+def window_and_stride(block_size: int, context: int, stride: int, *, on_file: bool) -> tuple[int, int]:
+    """The window (or block) and stride to score with: refused beyond the model's context, or a stride past
+    the window (the tokens between windows would go unscored)."""
+    window = context or (block_size if on_file else min(block_size, 1024))
+    if window > block_size:
+        raise ArlmError(f"--context {window} exceeds the model's context of {block_size}")
+    step = stride or max(window // 2, 1)
+    if step > window:
+        raise ArlmError(f"--stride {step} exceeds the window of {window}: tokens between windows would go unscored")
+    return window, step
 
 
 def _on_file(
@@ -118,10 +160,7 @@ def _on_file(
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     if ids.numel() < 2:
         raise ArlmError(f"{file} holds fewer than two tokens")
-    window = context or config.model.block_size
-    if window > config.model.block_size:
-        raise ArlmError(f"--context {window} exceeds the model's context of {config.model.block_size}")
-    step = stride or max(window // 2, 1)
+    window, step = window_and_stride(config.model.block_size, context, stride, on_file=True)
     progress = Progress(len(sliding_windows(ids.numel(), window, step)), desc="eval")
     res = sliding_window(
         model,
@@ -150,7 +189,7 @@ def _on_split(
     """Loss over blocks of a prepared split (the run's own data unless data_dir)."""
     config = loaded.config
     data = run_data(loaded, split, data_dir)
-    block = context or min(config.model.block_size, 1024)
+    block, _ = window_and_stride(config.model.block_size, context, 0, on_file=False)
     sampler = data.sampler(split, config.data, block, config.train.seed)
     progress = Progress(sampler.eval_batch_count(config.train.batch_size, batches), desc="eval", leave=False)
     sums = evaluate_batches(

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from arlm.config import LoRAConfig
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import check_output_apart, export_weights, read_checkpoint, save_checkpoint
+from arlm.interop.checkpoint import (
+    check_output_apart,
+    export_weights,
+    is_run_or_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from arlm.interop.loading import load_model
 
 
@@ -36,6 +42,8 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
         raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
     if out.exists() and not (out / "manifest.json").is_file():  # --overwrite replaces a checkpoint, nothing else
         raise ArlmError(f"{out} holds no arlm checkpoint (--overwrite replaces only one); choose another folder")
+    if Path(run).exists() and not is_run_or_checkpoint(run):
+        raise ArlmError(f"{run} is not a LoRA run (nor any arlm run or checkpoint)")
     meta = read_checkpoint(run, lambda checkpoint: checkpoint.meta)
     if "lora_base" not in meta:
         raise ArlmError(f"{run} is not a LoRA run (its checkpoint holds all the weights already)")

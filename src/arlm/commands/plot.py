@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arlm.commands.plots import plot_grad_norms, plot_loss
+from arlm.commands.plots import figure_path, plot_grad_norms, plot_loss
+from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.training.logging import read_metrics
 
@@ -34,17 +35,21 @@ def metrics_path(run: str | Path) -> Path:
 
 def plot_command(runs: list[str], out: str, *, grad_norms: bool = False, log=print) -> list[Path]:
     """Write the loss figure (and a gradient-norm figure per run when asked)."""
+    out_path = figure_path(out)
     records = {}
     for run in runs:
         file = metrics_path(run)
-        label = file.parent.name if file.name == "metrics.jsonl" else file.stem
-        records[label] = read_metrics(file)
-    written = [plot_loss(records, out)]
-    if grad_norms:
+        named = file.parent if file.name == "metrics.jsonl" else file.with_suffix("")
+        records[run_label(str(named), records)] = read_metrics(file)
+    if grad_norms:  # checked before any figure is written
         for label, recs in records.items():
             if not any(k.startswith("gradnorm/") for r in recs for k in r):
                 raise ArlmError(f"run {label} logged no gradient norms; train with --train.grad_norms true")
-            written.append(plot_grad_norms(recs, Path(out).with_name(f"{Path(out).stem}-gradnorms-{label}.png")))
+    written = [plot_loss(records, out_path)]
+    if grad_norms:
+        for label, recs in records.items():
+            name = f"{out_path.stem}-gradnorms-{label}{out_path.suffix}"
+            written.append(plot_grad_norms(recs, out_path.with_name(name)))
     for path in written:
         log(f"wrote {path}")
     return written

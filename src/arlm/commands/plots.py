@@ -11,11 +11,25 @@ import matplotlib
 import numpy as np
 
 from arlm.bench.memory import scores_bytes
+from arlm.errors import ArlmError, check_creatable
 from arlm.evaluation.calibration import CalibrationResult
 from arlm.evaluation.exposure_bias import ExposureBiasResult
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+
+def figure_path(out: str | Path) -> Path:
+    """The path of a figure to write, checked before any work: a suffix matplotlib writes, a creatable folder."""
+    path = Path(out)
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ArlmError(f"{path}: name the figure with a suffix matplotlib writes ({', '.join(sorted(formats))})")
+    if path.is_dir():
+        raise ArlmError(f"{path} is a folder; give a file name for the figure")
+    check_creatable(path)
+    return path
 
 
 def _save(fig, path: str | Path) -> Path:

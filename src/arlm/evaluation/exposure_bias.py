@@ -149,10 +149,11 @@ def held_out_sequences(tokens: np.ndarray, n_sequences: int, width: int) -> torc
     return torch.from_numpy(np.stack([np.asarray(tokens[o : o + width], dtype=np.int64) for o in offsets]))
 
 
-def default_lengths(block_size: int, prompt_len: int = 0, length: int = 0) -> tuple[int, int]:
-    """Prompt and continuation lengths: a quarter of the context as prompt, the rest continuation."""
-    prompt_len = prompt_len or max(block_size // 4, 1)
-    length = length or max(block_size - prompt_len, 1)
+def default_lengths(block_size: int, prompt_len: int | None = None, length: int | None = None) -> tuple[int, int]:
+    """Prompt and continuation lengths: those given, else a quarter of the context as prompt, the rest
+    continuation (a 0 given stays 0, for exposure_bias to refuse)."""
+    prompt_len = max(block_size // 4, 1) if prompt_len is None else prompt_len
+    length = max(block_size - prompt_len, 1) if length is None else length
     return prompt_len, length
 
 

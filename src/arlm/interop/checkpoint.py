@@ -242,6 +242,8 @@ def resolve_checkpoint(path: str | Path, *, hashes: bool = True) -> Path:
         if found is None:
             raise ArlmError(f"run {path} has no complete checkpoint")
         return found
+    if not is_run_or_checkpoint(path):
+        raise ArlmError(f"{path} is not an arlm run or checkpoint")
     try:
         verify_checkpoint(path, hashes=hashes)
     except ArlmError as exc:
@@ -279,6 +281,19 @@ def check_output_apart(out: str | Path, reference: str | Path) -> None:
         where = "is" if target == path else "lies inside" if path in target.parents else "holds"
         if where != "holds" or target in path.parents:
             raise ArlmError(f"{out} {where} {path}, which {reference} reads; choose an output outside it")
+
+
+def is_run_or_checkpoint(path: str | Path) -> bool:
+    """Whether path is an arlm run folder or checkpoint (finished or not): not a file, an HF folder, ..."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / "checkpoints").is_dir() or (path / MANIFEST).exists() or STEP_NAME.fullmatch(path.name):
+        return True
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):  # no config.json, not JSON, not an object
+        return False
 
 
 def _is_valid(path: Path) -> bool:

@@ -19,7 +19,7 @@ import torch
 
 from arlm.config import ModelConfig
 from arlm.data.tokenizers import Tokenizer, VocabTokenizer
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, check_creatable
 from arlm.interop.checkpoint import check_output_apart
 from arlm.interop.gguf import GGUFContents, build_tokenizer
 from arlm.interop.loading import load_model
@@ -81,6 +81,7 @@ def _check_target(out: Path, outtype: str, overwrite: bool) -> None:
         raise ArlmError(f"{out} is a folder; give a file name ending in .gguf")
     if out.exists() and not overwrite:
         raise ArlmError(f"{out} exists; choose another file or pass --overwrite to replace it")
+    check_creatable(out)
 
 
 def save_gguf(

@@ -22,7 +22,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import Tokenizer, VocabTokenizer, load_tokenizer
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, check_creatable
 from arlm.interop.checkpoint import LoadedModel, check_output_apart, load_checkpoint_model
 from arlm.model.transformer import Transformer
 
@@ -93,8 +93,9 @@ def save_hf_folder(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path
 def _check_target(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ArlmError(f"{out_dir} exists and is not a folder; choose a folder to export to")
+    check_creatable(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass overwrite=True to replace it")
+        raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass --overwrite to replace it")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -64,9 +64,17 @@ def truncate_log(path: str | Path, offset: int) -> None:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl."""
+    """All records of a metrics.jsonl; a line that is not JSON raises ArlmError naming the file and line."""
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ArlmError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+    return records
 
 
 class Progress:
