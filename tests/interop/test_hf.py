@@ -236,9 +236,14 @@ def test_export_never_overwrites_without_being_asked(exported, tmp_path):
     (target / "keep.txt").write_text("mine")
     with pytest.raises(ArlmError, match="is not empty; choose an empty folder or pass --overwrite to replace it"):
         export_hf(checkpoint, target)
+    with pytest.raises(ArlmError, match="holds no Hugging Face model .--overwrite replaces only one"):
+        export_hf(checkpoint, target, overwrite=True)  # a folder of other files is never deleted
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
-    export_hf(checkpoint, target, overwrite=True)
-    assert (target / "model.safetensors").exists() and not (target / "keep.txt").exists()
+    target = tmp_path / "hf"
+    export_hf(checkpoint, target)
+    (target / "stale.txt").write_text("from an earlier export")
+    export_hf(checkpoint, target, overwrite=True)  # an earlier export: replaced whole
+    assert (target / "model.safetensors").exists() and not (target / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(ArlmError, match="holds .*choose an output outside it"):
         export_hf(checkpoint, checkpoint.parent, overwrite=True)

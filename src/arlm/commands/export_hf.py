@@ -12,7 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL OUT [--overwrite]."""
     parser.add_argument("model", help="checkpoint or run folder (a LoRA run is merged into its base)")
     parser.add_argument("out", help="folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export (a folder with a config.json; never other files)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

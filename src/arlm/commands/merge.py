@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """RUN OUT [--overwrite]."""
     parser.add_argument("run", help="a LoRA run folder or one of its checkpoints")
     parser.add_argument("out", help="folder for the merged checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier merged checkpoint (never a folder of other files)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

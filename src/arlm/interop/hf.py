@@ -96,6 +96,8 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
     check_creatable(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass --overwrite to replace it")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise ArlmError(f"{out_dir} holds no Hugging Face model (--overwrite replaces only one); choose another folder")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
