@@ -30,7 +30,10 @@ def test_file_folder_glob_and_jsonl(tmp_path, corpus_dir):
 def test_jsonl_without_field_names_the_line(tmp_path):
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text('{"text": "a"}\n{"other": "b"}\n', encoding="utf-8")
-    with pytest.raises(ArlmError, match=r"c.jsonl:2 has no field 'text'"):
+    with pytest.raises(ArlmError, match=r"c.jsonl:2 has no field 'text'; data.text_field names another"):
+        load_documents(str(jsonl))
+    jsonl.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    with pytest.raises(ArlmError, match=r"c.jsonl:1 has no field 'text'; it looks like chat data"):
         load_documents(str(jsonl))
 
 

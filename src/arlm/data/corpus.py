@@ -213,7 +213,9 @@ def _jsonl_record(path: Path, lineno: int, line: str, text_field: str) -> str | 
     except json.JSONDecodeError as exc:
         raise ArlmError(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
     if not isinstance(record, dict) or text_field not in record:
-        raise ArlmError(f"{path}:{lineno} has no field {text_field!r}; set --data.text_field")
+        chat = isinstance(record, dict) and ("messages" in record or "prompt" in record)
+        hint = "it looks like chat data (data.format chat)" if chat else "data.text_field names another"
+        raise ArlmError(f"{path}:{lineno} has no field {text_field!r}; {hint}")
     value = record[text_field]
     if not isinstance(value, str):
         raise ArlmError(f"{path}:{lineno} field {text_field!r} is not a string")
