@@ -35,3 +35,12 @@ def test_window_and_stride_per_mode():
         window_and_stride(64, 128, 0, on_file=False)
     with pytest.raises(ArlmError, match="--stride 17 exceeds the window of 16"):
         window_and_stride(64, 16, 17, on_file=True)
+
+
+@pytest.mark.real_model
+def test_a_model_without_its_training_data_here_asks_for_data_or_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart/data here
+    with pytest.raises(
+        ArlmError, match="found no prepared data of .* at runs/quickstart/data; give --data DIR or --file"
+    ):
+        eval_command("smollm2", device="cpu", log=lambda _: None)

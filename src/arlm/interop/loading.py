@@ -186,6 +186,8 @@ def prepared_dir(config: RunConfig) -> Path:
 def run_data(loaded: LoadedModel, split: str, data_dir: str | Path | None = None) -> PreparedData:
     """The prepared corpus a model was trained on (or `data_dir`), checked to share its tokenizer and hold `split`."""
     directory = Path(data_dir) if data_dir else prepared_dir(loaded.config)
+    if not data_dir and not directory.is_dir():  # e.g. a HF folder or GGUF file: no training data of its own here
+        raise ArlmError(f"found no prepared data of {loaded.source} at {directory}; give --data DIR or --file FILE")
     data = load_prepared(directory)
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise ArlmError(
