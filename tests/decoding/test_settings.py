@@ -75,3 +75,11 @@ def test_neutral_values_and_other_names_pass():
 def test_every_setting_has_a_place():
     placed = {name for fields in READ_BY.values() for name in fields}
     assert placed | set(EVERY) == FIELDS
+
+
+def test_the_server_takes_openai_sampling_knobs_at_temperature_0():
+    greedy = GenerationConfig(strategy="greedy", temperature=0.0, top_p=0.9, top_k=5)
+    assert unread(greedy, ["top_p", "top_k"], at_zero=False) == []
+    assert unread(greedy, ["top_p", "top_k"]) == ["top_p", "top_k"]
+    beam = GenerationConfig(strategy="beam", temperature=0.7, top_p=0.9)
+    assert unread(beam, ["temperature", "top_p"], at_zero=False) == ["temperature", "top_p"]

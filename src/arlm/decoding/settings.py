@@ -44,13 +44,14 @@ NEUTRAL = {  # a setting at this value does nothing under any strategy, so it is
 FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig))
 
 
-def unread(config: GenerationConfig, given: Iterable[str]) -> list[str]:
+def unread(config: GenerationConfig, given: Iterable[str], at_zero: bool = True) -> list[str]:
     """The given settings config's strategy does not read at config's values (top_k with beam, top_k at
     temperature 0), in the order given; a setting at its neutral value (temperature 0, top_k 0) is read by all,
-    and a name that is no GenerationConfig field (a request's model, n) is passed over."""
+    and a name that is no GenerationConfig field (a request's model, n) is passed over. at_zero=False lets the
+    sampling settings pass at temperature 0 under any strategy (as OpenAI's API takes them)."""
     read = set(EVERY) | set(READ_BY[config.strategy])
     if config.temperature == 0:
-        read -= set(SAMPLING) - {"temperature"}
+        read = read - set(SAMPLING) | {"temperature"} if at_zero else read | set(SAMPLING)
     return [
         name
         for name in given

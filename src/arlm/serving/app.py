@@ -113,7 +113,9 @@ class Server:
         if max_tokens is None:
             max_tokens = context - len(prompt)
         config = req.generation_config(max_tokens)
-        unused = unread(config, sorted(req.model_fields_set))  # a setting the strategy would ignore: refused
+        # a setting the strategy would ignore is refused; OpenAI's sampling knobs at temperature 0 are not (clients
+        # send top_p with every request, as OpenAI's API takes it)
+        unused = unread(config, sorted(req.model_fields_set), at_zero=False)
         if unused:
             raise ApiError(400, unread_message(config, unused[0]), param=unused[0])
         return Job(
