@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from arlm.cli import main
 from arlm.commands.generate import (
     CPU_COMPILE_NOTE,
     FLAG_HELP,
@@ -115,3 +116,13 @@ def test_a_yes_no_flag_alone_means_true_and_takes_a_value_too():
         "stop_at_eos": False,
         "compile": True,
     }
+
+
+@pytest.mark.real_model
+def test_show_drafts_prints_the_text_before_the_stop_string(capsys):
+    args = ["generate", "smollm2", "--prompt", "Once upon a time", "--max-new-tokens", "40", "--temperature", "0"]
+    args += ["--strategy", "prompt-lookup", "--stop", "skyscrapers"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main([*args, "--show-drafts"]) == 0
+    assert capsys.readouterr().out.replace("[", "").replace("]", "") == plain

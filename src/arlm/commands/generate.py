@@ -279,10 +279,10 @@ def _print_rows(
 ) -> None:
     per_prompt = max(out.sequences.shape[0] // len(texts), 1)
     for i, row in enumerate(out.generated()):
+        body = cut_at_stop(tok.decode(row), config.stop)
         if show_drafts and "draft_marks" in out.stats:
-            body = render_drafts(tok, row, out.stats["draft_marks"][i], color=sys.stdout.isatty())
-        else:
-            body = cut_at_stop(tok.decode(row), config.stop)
+            marks = out.stats["draft_marks"][i]
+            body = render_drafts(tok, row, marks, color=sys.stdout.isatty(), end=len(body))
         score = f"  [score {float(out.scores[i]):.4f}]" if out.scores is not None else ""
         header = f"=== {i // per_prompt}.{i % per_prompt}{score}" if per_prompt > 1 or len(texts) > 1 else ""
         if header:

@@ -8,15 +8,20 @@ from arlm.data.tokenizers import Tokenizer
 GREEN, RESET = "\x1b[32m", "\x1b[0m"
 
 
-def render_drafts(tokenizer: Tokenizer, ids: list[int], from_draft: list[bool], *, color: bool) -> str:
-    """Text of ids with runs of draft-accepted tokens highlighted."""
+def render_drafts(
+    tokenizer: Tokenizer, ids: list[int], from_draft: list[bool], *, color: bool, end: int | None = None
+) -> str:
+    """Text of ids with runs of draft-accepted tokens highlighted; only its first `end` characters (e.g. the text
+    before a stop string) when given."""
     pieces, text_so_far = [], ""
     for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1])
+        text = tokenizer.decode(ids[: i + 1])[:end]
         pieces.append((text[len(text_so_far) :], from_draft[i] if i < len(from_draft) else False))
         text_so_far = text
     out, in_draft = [], False
     for piece, drafted in pieces:
+        if not piece:  # past `end`, or a token that completes no character yet
+            continue
         if drafted != in_draft:
             out.append((GREEN if drafted else RESET) if color else ("[" if drafted else "]"))
             in_draft = drafted
