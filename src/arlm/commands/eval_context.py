@@ -63,5 +63,5 @@ def context_command(
         logx=True,
     )
     Path(out).with_suffix(".json").write_text(json.dumps(curves) + "\n")
-    log(f"wrote {out}")
+    log(f"wrote {out} and {Path(out).with_suffix('.json')}")
     return curves
