@@ -12,6 +12,7 @@ from pathlib import Path
 from arlm.config import LoRAConfig
 from arlm.errors import ArlmError
 from arlm.interop.checkpoint import (
+    MANIFEST,
     check_output_apart,
     export_weights,
     is_run_or_checkpoint,
@@ -42,7 +43,7 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
     check_output_apart(out, run)  # never the run, one of its checkpoints or its base model
     if out.exists() and not overwrite:
         raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
-    if out.exists() and not (out / "manifest.json").is_file():  # --overwrite replaces a checkpoint, nothing else
+    if out.exists() and not (out / MANIFEST).is_file():  # --overwrite replaces a checkpoint, nothing else
         raise ArlmError(f"{out} holds no arlm checkpoint (--overwrite replaces only one); choose another folder")
     if Path(run).exists() and not is_run_or_checkpoint(run):
         raise ArlmError(f"{run} is not a LoRA run (nor any arlm run or checkpoint)")

@@ -42,11 +42,7 @@ def train_variants(
     with overwrite (checked before anything is trained)."""
     runs_dir = Path(runs_dir)
     refuse_placement(overrides, "the study trains each run in --runs-dir (RUNS/NAME, its data in RUNS/data)")
-    for name in variants:
-        if not overwrite and holds_run(runs_dir / name):
-            raise ArlmError(
-                f"{runs_dir / name} holds an earlier run; pass --overwrite to replace it, or another --runs-dir"
-            )
+    refuse_earlier_runs([runs_dir / name for name in variants], overwrite, "--runs-dir")
     shared = ["--data.prepared_dir", str(runs_dir / "data")]
     trained = {}
     for name, extra in variants.items():
@@ -72,3 +68,11 @@ def refuse_placement(
     for key in [*named, *(k.replace("-", "_") for k in keys)]:  # as parse_overrides spells them
         if key in placed:
             raise ArlmError(f"--{key}: {where}")
+
+
+def refuse_earlier_runs(run_dirs: Iterable[Path], overwrite: bool, flag: str) -> None:
+    """Refuse, unless overwrite, a run folder that holds an earlier run (checked before anything is trained); `flag`
+    is the option that places the runs."""
+    for run_dir in run_dirs:
+        if not overwrite and holds_run(run_dir):
+            raise ArlmError(f"{run_dir} holds an earlier run; pass --overwrite to replace it, or choose another {flag}")

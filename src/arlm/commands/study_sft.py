@@ -19,13 +19,12 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from arlm.commands.runs import refuse_placement
+from arlm.commands.runs import refuse_earlier_runs, refuse_placement
 from arlm.config import build_config
 from arlm.errors import ArlmError
 from arlm.evaluation.instruct import instruct_accuracy, instruction_split, write_chat_jsonl
 from arlm.interop.checkpoint import resolve_checkpoint
 from arlm.interop.loading import load_model
-from arlm.training.run_dir import holds_run
 
 CONFIG_OVERRIDES = True
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4}
@@ -78,10 +77,7 @@ def sft_study(
     if not config.train.lora.rank:
         raise ArlmError(f"preset {preset} trains no LoRA adapters; set train.lora.rank")
     variants = {"lora": [], "full": ["--train.lora.rank", "0", "--train.lr", full_lr, "--train.min_lr", "0"]}
-    for name in variants:  # before anything is written: an earlier run is replaced only when asked
-        run_dir = out / "runs" / name
-        if not overwrite and holds_run(run_dir):
-            raise ArlmError(f"{run_dir} holds an earlier run; pass --overwrite to replace it, or choose another --out")
+    refuse_earlier_runs([out / "runs" / name for name in variants], overwrite, "--out")  # before anything is written
     train, held = instruction_split(tasks, limit=limit)
     source = write_chat_jsonl(out / "sft.jsonl", train)
     log(f"{len(train)} training conversations in {source}; {len(held)} held-out items")

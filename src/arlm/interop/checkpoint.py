@@ -274,10 +274,10 @@ def input_paths(reference: str | Path) -> list[Path]:
 def check_output_apart(out: str | Path, reference: str | Path) -> None:
     """Refuse an output that is, lies inside or holds a path the model reference reads (input_paths), so that
     writing it (with --overwrite) cannot destroy the model, its run or a LoRA run's base."""
-    target = Path(out).resolve()
-    for path in input_paths(reference):
-        if target == Path(reference).resolve():
-            raise ArlmError(f"{out} is {reference} itself; choose an output outside it")
+    target, paths = Path(out).resolve(), input_paths(reference)
+    if paths and target == paths[0]:  # paths[0]: the reference itself, resolved
+        raise ArlmError(f"{out} is {reference} itself; choose an output outside it")
+    for path in paths:
         where = "is" if target == path else "lies inside" if path in target.parents else "holds"
         if where != "holds" or target in path.parents:
             raise ArlmError(f"{out} {where} {path}, which {reference} reads; choose an output outside it")
