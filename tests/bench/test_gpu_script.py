@@ -4,7 +4,9 @@ import statistics
 import subprocess
 
 import pytest
+import torch
 
+from arlm.bench.gpu import dtype_variants
 from tests.helpers import REPO
 
 
@@ -35,3 +37,21 @@ def test_gpu_script_runs_in_cpu_smoke_mode(tmp_path):
     for name in ("float32", "int8"):
         assert dtypes[name]["tokens_per_s"] > 0 and dtypes[name]["profile"]["wall_us_per_token"] > 0
     assert dtypes["ratio_int8"] == pytest.approx(dtypes["int8"]["tokens_per_s"] / dtypes["float32"]["tokens_per_s"])
+
+
+def test_dtype_variants_add_one_graph_on_cuda_only():
+    cpu = dtype_variants(torch.device("cpu"), ("float32", "int8"), untuned=True)
+    assert cpu == {"float32": ("float32", None), "int8": ("int8", None)}  # one graph applies only on CUDA
+    cuda = dtype_variants(torch.device("cuda"), ("bfloat16", "int8"), untuned=True)  # dicts only: no CUDA needed
+    assert list(cuda) == [
+        "bfloat16",
+        "bfloat16, one graph",
+        "int8",
+        "int8, one graph",
+        "bfloat16, untuned",
+        "int8, untuned",
+    ]
+    assert cuda["int8, one graph"][1]["graph"] == "manual" and cuda["int8"][1] is None
+    assert (
+        "graph" not in cuda["int8, untuned"][1] and not cuda["int8, untuned"][1]["options"]["coordinate_descent_tuning"]
+    )

@@ -2,12 +2,14 @@
 owns (and frees) its cache, and every option either works or is refused with one line."""
 
 import collections
+import contextlib
 
 import pytest
 import torch
 
+import arlm.decoding.engine as engine_module
 from arlm.config import GenerationConfig, ModelConfig
-from arlm.decoding.engine import Engine
+from arlm.decoding.engine import Engine, compile_options
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
@@ -111,3 +113,77 @@ def test_beam_search_streams_the_returned_rows_once_it_ends():
     columns = []
     out = generate(model, [[1, 2, 3], [4, 5, 6]], config, eos_id=7, on_token=columns.append)
     assert torch.equal(torch.stack(columns, dim=1), out.sequences[:, 3:])
+
+
+def test_compile_options_on_a_gpu_are_cudagraph_trees_or_one_manual_graph():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only dicts: no CUDA needed
+    trees = {"fullgraph": True, "options": {"triton.cudagraphs": True, "coordinate_descent_tuning": True}}
+    assert compile_options(cuda) == compile_options(cuda, graph="trees") == trees
+    assert compile_options(cuda, tuned=False)["options"]["coordinate_descent_tuning"] is False
+    manual = compile_options(cuda, graph="manual")  # inductor code alone, and the marker the engine takes out
+    assert manual == {
+        "fullgraph": True,
+        "options": {"triton.cudagraphs": False, "coordinate_descent_tuning": True},
+        "graph": "manual",
+    }
+    assert compile_options(cuda, tuned=False, graph="manual")["options"]["coordinate_descent_tuning"] is False
+    assert compile_options(cpu, graph="manual") == compile_options(cpu) == {"mode": "default", "fullgraph": True}
+    with pytest.raises(ValueError, match="graph must be one of"):
+        compile_options(cuda, graph="cudagraphs")
+
+
+def test_a_manual_graph_marker_on_the_cpu_is_taken_out_and_the_step_stays_the_compiled_one():
+    model = _model()
+    config = GenerationConfig(strategy="greedy", max_new_tokens=10)
+    eager = generate(model, [[1, 2, 3]], config).generated()
+    engine = Engine(model, {"backend": "eager", "fullgraph": True, "graph": "manual"})
+    config.compile = True
+    assert generate(engine, [[1, 2, 3]], config).generated() == eager
+    assert engine.static and not engine._manual and engine._graph is None  # a CUDA graph only on CUDA
+    assert engine.options["graph"] == "manual"  # the caller's dict is left as given
+
+
+def test_the_manual_graph_bookkeeping_follows_prefills_and_new_caches(monkeypatch):
+    """The engine's side of one manual CUDA graph, on the CPU: torch.cuda's streams and graphs faked, a "replay"
+    runs what the capture recorded. Greedy output equals eager's across calls, prompt lengths and a new batch."""
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def replay(self):
+            self.owner.logits.copy_(self.owner._captured())  # what the capture recorded, over the same buffers
+
+    for name, fake in (("device", contextlib.nullcontext), ("stream", contextlib.nullcontext), ("Stream", Stream)):
+        monkeypatch.setattr(torch.cuda, name, fake)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", contextlib.nullcontext)  # the body runs once: the step sets pos anew
+    init = engine_module.StepGraph.__init__
+
+    def captured(self, *args):
+        init(self, *args)
+        self.graph.owner = self
+
+    monkeypatch.setattr(engine_module.StepGraph, "__init__", captured)
+    model = _model()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # matrices drawn N(0, 1): greedy output then depends on every position (the small
+        for p in model.parameters():  # default init repeats one token whatever the positions)
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=generator))
+    engine = Engine(model, {"backend": "eager", "fullgraph": True, "graph": "manual"})
+    engine.open(1, 8, compiled=True)
+    engine._manual = True  # as on CUDA
+    config = GenerationConfig(strategy="greedy", max_new_tokens=12)
+    compiled = GenerationConfig(strategy="greedy", max_new_tokens=12, compile=True)
+    graphs = []
+    for prompt in ([[1, 2, 3]], [[1, 2, 3]], [[4, 5, 6, 7, 8, 9, 10]], [[7]], [[1, 2], [3, 4]]):
+        assert generate(engine, prompt, compiled).generated() == generate(model, prompt, config).generated()
+        assert engine.cache.length == len(prompt[0]) + 11  # the last token is not stepped
+        assert int(engine._graph.pos) == engine.cache.length  # advanced by the "replays"
+        graphs.append(engine._graph)
+    assert graphs[0] is not None and all(g is graphs[0] for g in graphs[:4]) and graphs[4] is not graphs[0]
+    engine.close()
+    assert engine._graph is None

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from arlm.config import GenerationConfig, ModelConfig
-from arlm.decoding.engine import Engine
+from arlm.decoding.engine import Engine, compile_options
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.model.quant import Int8Linear, quantize_model
@@ -157,6 +157,35 @@ def test_cuda_graph_decoding_equals_eager_on_gpu():
     eager = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24))
     compiled = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=24, compile=True))
     assert compiled.generated() == eager.generated()
+
+
+@pytest.mark.gpu
+def test_one_manual_cuda_graph_decodes_as_eager_and_is_reused_while_its_cache_fits():
+    """compile_options(graph="manual"): the engine captures one CUDA graph over its static cache on the first step
+    and replays it; greedy output equals eager's, again on the same engine (the graph reused), after a prompt of
+    another length (the same cache, the position set anew), and for another batch (a new cache, a new graph)."""
+    model = _model()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # matrices drawn N(0, 1): greedy output then depends on every position (the small
+        for p in model.parameters():  # default init repeats one token, which a wrong position would too)
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=generator))
+    model = model.cuda()
+    engine = Engine(model, compile_options(torch.device("cuda"), graph="manual"))
+    config = GenerationConfig(strategy="greedy", max_new_tokens=24)
+    compiled = GenerationConfig(strategy="greedy", max_new_tokens=24, compile=True)
+    graphs = []
+    for prompt in ([[1, 2, 3]], [[1, 2, 3]], [[4, 5, 6, 7, 8, 9, 10, 11, 12]], [[7]]):
+        assert generate(engine, prompt, compiled).generated() == generate(model, prompt, config).generated()
+        graphs.append(engine._graph)
+    graph = graphs[0]
+    assert engine._manual and graph is not None and all(g is graph for g in graphs)  # one capture (64 positions)
+    assert int(graph.pos) == engine.cache.length  # the position advanced by the replays themselves
+    batch = [[1, 2, 3], [4, 5, 6]]
+    assert generate(engine, batch, compiled).generated() == generate(model, batch, config).generated()
+    assert engine._graph is not graph  # two rows: a new cache, captured again
+    engine.close()
+    assert engine._graph is None and engine.cache is None
 
 
 @pytest.mark.gpu

@@ -1,11 +1,13 @@
 """The figures of `arlm bench gpu` (run by `bash benchmarks/gpu.sh`): a GPT-2-124M-shaped training step (bf16,
 compiled) against transformers' GPT2LMHeadModel with MFU, and batch-1 greedy decoding of a SmolLM2-135M-shaped
 Llama (bf16, compiled step with CUDA graphs) against transformers' generate(); then our compiled decoding per dtype
-(bfloat16, int8 weight-only) with a profile of each (kernels and GPU time per token against the wall time). Smoke mode
+(bfloat16, int8 weight-only), each as cudagraph trees and as one captured CUDA graph, with a profile of each (kernels
+and GPU time per token against the wall time). Smoke mode
 runs the same code on tiny shapes on the CPU, so the test suite keeps the script from rotting."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import statistics
@@ -84,26 +86,28 @@ def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
 
 def dtype_figures(device: torch.device, smoke: bool, untuned: bool = False, log=print) -> dict:
     """Batch-1 greedy tokens/s of our compiled step per dtype (bfloat16, int8 weight-only; on the CPU float32 and
-    int8), untuned: each on a GPU also compiled without coordinate descent tuning (its first compile costs ~130 s
-    a variant on an H200 against ~30-55 s untuned: docs/perf.md), the same random weights, runs
-    alternating, median of repeats; whether each output equals the first's; and a profile of one run each."""
+    int8), on a GPU each both as inductor's cudagraph trees and as one CUDA graph the engine captures ("one graph"),
+    untuned: each on a GPU also compiled without coordinate descent tuning (its first compile costs ~130 s a variant
+    on an H200 against ~30-55 s untuned: docs/perf.md), the same random weights, runs alternating, median of repeats;
+    whether each output equals the first's and an eager (uncompiled) greedy decode's; and a profile of one run
+    each."""
     config = ModelConfig(**(SMOKE_DECODE if smoke else SMOLLM2_SHAPE))
     dtypes = ("float32", "int8") if smoke else ("bfloat16", "int8")
-    variants = {name: (name, None) for name in dtypes}  # name -> (dtype, compile options: None for the default)
-    if untuned and device.type == "cuda":
-        variants |= {f"{name}, untuned": (name, compile_options(device, tuned=False)) for name in dtypes}
+    variants = dtype_variants(device, dtypes, untuned)
     new_tokens, repeats = (16, 2) if smoke else (256, 7)
     greedy = GenerationConfig(strategy="greedy", max_new_tokens=new_tokens, stop_at_eos=False, compile=True)
+    uncompiled = dataclasses.replace(greedy, compile=False)  # the reference: the same model, eager
     prompt = ragged_prompts(1, 32, config.vocab_size)
     torch._dynamo.reset()  # every variant compiles afresh (and within the recompile limit)
-    engines, outputs = {}, {}
+    engines, outputs, eager = {}, {}, {}
     for name, (dtype, options) in variants.items():
         torch.manual_seed(0)
         engines[name] = Engine(to_dtype(Transformer(config), dtype, device), options)
         start = time.perf_counter()
         for _ in range(3):  # compilation and CUDA graph capture
             outputs[name] = generate(engines[name], prompt, greedy).generated()
-        log(f"  {name}: compiled and warmed up in {time.perf_counter() - start:.1f} s")
+        log(f"  {name}: compiled, captured and warmed up in {time.perf_counter() - start:.1f} s")
+        eager[name] = generate(engines[name].model, prompt, uncompiled).generated()  # an engine of its own
     names = list(variants)
     rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
@@ -116,12 +120,31 @@ def dtype_figures(device: torch.device, smoke: bool, untuned: bool = False, log=
             "tokens_per_s": rate,
             "range": [min(rates[name]), max(rates[name])],
             "same_output_as_" + names[0]: outputs[name] == outputs[names[0]],
+            "same_output_as_eager": outputs[name] == eager[name],
             "profile": _guarded(lambda name=name: step_profile(engines[name], prompt, greedy)),
         }
-        log(f"  {name:<18} {rate:>8.1f} tokens/s (range {min(rates[name]):.1f}-{max(rates[name]):.1f})")
+        log(f"  {name:<20} {rate:>8.1f} tokens/s (range {min(rates[name]):.1f}-{max(rates[name]):.1f})")
         log(f"    profile per token: {json.dumps(figures[name]['profile'])}")
     figures["ratio_" + dtypes[1]] = figures[dtypes[1]]["tokens_per_s"] / figures[dtypes[0]]["tokens_per_s"]
+    for dtype in dtypes:  # one graph against the trees, per dtype (on a GPU)
+        if f"{dtype}, one graph" in figures:
+            speedup = figures[f"{dtype}, one graph"]["tokens_per_s"] / figures[dtype]["tokens_per_s"]
+            figures[f"one_graph_speedup_{dtype}"] = speedup
     return figures
+
+
+def dtype_variants(device: torch.device, dtypes: tuple[str, ...], untuned: bool) -> dict[str, tuple[str, dict | None]]:
+    """dtype_figures' variants, name -> (dtype, compile options; None: the default, cudagraph trees on a GPU): each
+    dtype; on a GPU each also as one CUDA graph the engine captures, and, untuned, without coordinate descent
+    tuning (cudagraph trees). One graph applies only on CUDA: the CPU runs the dtypes alone."""
+    variants = {}
+    for name in dtypes:
+        variants[name] = (name, None)
+        if device.type == "cuda":
+            variants[f"{name}, one graph"] = (name, compile_options(device, graph="manual"))
+    if untuned and device.type == "cuda":
+        variants |= {f"{name}, untuned": (name, compile_options(device, tuned=False)) for name in dtypes}
+    return variants
 
 
 def step_profile(engine: Engine, prompt: list[list[int]], config: GenerationConfig, top: int = 8) -> dict:

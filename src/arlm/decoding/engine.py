@@ -8,7 +8,14 @@ runs its model through an Engine's three calls over a KV cache the engine owns:
 An Engine made by generate() lives for that call and is closed (its cache freed) at its end. A caller that decodes
 many times with `compile` (a benchmark, a server) makes one Engine and passes it to generate() instead of the
 model: the compiled step and its static cache (fixed addresses, so a CUDA graph replays) then stay with that
-Engine, never on the model object."""
+Engine, never on the model object.
+
+On a GPU the compiled step runs as CUDA graphs one of two ways (`compile_options`' graph): "trees", inductor's
+cudagraph trees (the default), whose every call still pays the host dynamo's guards and the trees' checks of each
+static input's address; or "manual", one `torch.cuda.CUDAGraph` per static cache (`StepGraph`), captured on the
+first step after a new cache and replayed by every step, the tokens copied into its static input and the position
+advanced by the graph itself: a few microseconds of host time a step. Either way a step's logits are the graph's
+output buffer, rewritten by the next step (read them, or clone them, first)."""
 
 from __future__ import annotations
 
@@ -18,14 +25,21 @@ from arlm.errors import ArlmError
 from arlm.model import native
 from arlm.model.kv_cache import KVCache
 
+GRAPHS = ("trees", "manual")  # compile_options' graph: how a GPU's compiled step runs as CUDA graphs
 
-def compile_options(device: torch.device, tuned: bool = True) -> dict:
-    """torch.compile settings for the one-token step: inductor; on a GPU with CUDA graphs (what mode "reduce-overhead"
-    sets) and, tuned, coordinate descent tuning, under which inductor writes a one-row matrix product as a multiply and
-    a sum that it fuses with what surrounds it (an int8 layer's widening and scaling) instead of calling cuBLAS."""
+
+def compile_options(device: torch.device, tuned: bool = True, graph: str = "trees") -> dict:
+    """torch.compile settings for the one-token step: inductor; on a GPU with CUDA graphs and, tuned, coordinate
+    descent tuning, under which inductor writes a one-row matrix product as a multiply and a sum that it fuses with
+    what surrounds it (an int8 layer's widening and scaling) instead of calling cuBLAS. graph "trees": inductor's
+    cudagraph trees (what mode "reduce-overhead" sets); "manual": inductor code without them, and the key "graph",
+    which the Engine takes out before torch.compile, to capture one CUDA graph itself (`StepGraph`)."""
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {', '.join(GRAPHS)}; got {graph!r}")
     if device.type != "cuda":
         return {"mode": "default", "fullgraph": True}
-    return {"fullgraph": True, "options": {"triton.cudagraphs": True, "coordinate_descent_tuning": tuned}}
+    options = {"triton.cudagraphs": graph == "trees", "coordinate_descent_tuning": tuned}
+    return {"fullgraph": True, "options": options, **({"graph": "manual"} if graph == "manual" else {})}
 
 
 KV_DTYPES = ("auto", "float32", "bfloat16")  # GenerationConfig.kv_dtype's values: the KV cache's dtype
@@ -44,6 +58,44 @@ def static_length(block_size: int, needed: int) -> int:
     return min(block_size, max(256, 1 << (needed - 1).bit_length()))
 
 
+class StepGraph:
+    """The compiled step captured as one CUDA graph over one static cache (the addresses of its buffers, the
+    weights', and the static inputs here): a replay runs the step's kernels and advances the position on the device,
+    with none of the compiled function's host work (guards, input checks)."""
+
+    def __init__(self, compiled, tokens: torch.Tensor, cache: KVCache) -> None:
+        """Warm `compiled` up on a side stream (its first calls compile, tune and allocate, which a capture cannot),
+        then capture one step: the logits for the tokens at the position, and the position advanced."""
+        device, self.compiled, self.cache = tokens.device, compiled, cache
+        self.tokens = tokens.clone(memory_format=torch.contiguous_format)  # (B, 1) copied into before each replay
+        self.pos = torch.tensor([cache.length], device=device)  # (1,) next position, advanced by each replay
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # each writes these tokens' keys and values at the position, as the step will
+                    compiled(self.tokens, self.pos, cache)  # (the position is not advanced, nor cache.length)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # recorded, not run: the cache and the position are as they were
+                self.logits = self._captured()  # (B, V) the graph's output, rewritten by each replay
+
+    def _captured(self) -> torch.Tensor:
+        """What the graph holds: the compiled step's logits (B, V) over the static inputs; the position advanced."""
+        logits = self.compiled(self.tokens, self.pos, self.cache)  # (B, V)
+        self.pos.add_(1)
+        return logits
+
+    def replay(self, tokens: torch.Tensor, length: int | None) -> torch.Tensor:
+        """The step for tokens (B, 1) at the position the last replay left, or at `length` (after a prefill or a
+        rollback); the logits (B, V), the graph's buffer, which the next replay overwrites."""
+        self.tokens.copy_(tokens)
+        if length is not None:
+            self.pos.fill_(length)
+        self.graph.replay()
+        return self.logits
+
+
 class Engine:
     """A model's prefill / step / verify over the KV cache this engine holds (one sequence batch at a time)."""
 
@@ -54,6 +106,8 @@ class Engine:
         self.cache: KVCache | None = None
         self.static = False  # the cache is the compiled step's (fixed addresses, whole buffer masked)
         self._compiled = None  # model.decode_step compiled, made on the first compiled open
+        self._manual = False  # the compiled step runs as this engine's own CUDA graph (options' "graph": "manual")
+        self._graph: StepGraph | None = None  # that graph, captured over the static cache on its first step
         self._pos: torch.Tensor | None = None  # (1,) next position on the device, for the compiled step
 
     @property
@@ -80,7 +134,8 @@ class Engine:
             torch._dynamo.mark_static_address(cache.v)
         if self._compiled is None:
             native.prepare_compile()
-            options = self.options or compile_options(weight.device)
+            options = dict(self.options or compile_options(weight.device))
+            self._manual = options.pop("graph", "trees") == "manual" and weight.device.type == "cuda"
             self._compiled = torch.compile(self.model.decode_step, **options)
         cache.length = 0
         self.cache, self.static, self._pos = cache, True, None
@@ -92,14 +147,28 @@ class Engine:
         return self.model(ids, kv_cache=self.cache, attention_mask=attention_mask, num_logits=1)[:, -1]
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """One token per row (B, 1) after the cached positions; the next-token logits (B, V)."""
+        """One token per row (B, 1) after the cached positions; the next-token logits (B, V) (compiled on a GPU: a
+        CUDA graph's output, which the next step overwrites)."""
         cache = self.cache
         if not self.static:
             return self.model(tokens, kv_cache=cache, attention_mask=attention_mask)[:, -1]
+        if self._manual:
+            return self._replay(tokens)
         if self._pos is None:
             self._pos = torch.tensor([cache.length], device=tokens.device)  # then advanced on the device
         logits = self._compiled(tokens, self._pos, cache)  # (B, V), static shapes: the whole cache masked
         self._pos += 1
+        cache.length += 1
+        return logits
+
+    def _replay(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The compiled step as this engine's CUDA graph over its static cache (captured on the cache's first step);
+        the logits (B, V), the graph's buffer."""
+        cache = self.cache
+        if self._graph is None:
+            self._graph = StepGraph(self._compiled, tokens, cache)
+        logits = self._graph.replay(tokens, cache.length if self._pos is None else None)
+        self._pos = self._graph.pos  # advanced on the device from now on, until a prefill or a rollback
         cache.length += 1
         return logits
 
@@ -124,8 +193,9 @@ class Engine:
         self.cache.reorder(index)
 
     def close(self) -> None:
-        """Free the cache (the compiled function stays, for a later compiled open)."""
-        self.cache, self.static, self._pos = None, False, None
+        """Free the cache and the CUDA graph captured over it (the compiled function stays, for a later compiled
+        open)."""
+        self.cache, self.static, self._pos, self._graph = None, False, None, None
 
 
 def engine_for(model: torch.nn.Module | Engine) -> tuple[Engine, bool]:
