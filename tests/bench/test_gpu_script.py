@@ -6,8 +6,8 @@ import subprocess
 import pytest
 import torch
 
-from arlm.bench.gpu import dtype_variants
-from tests.helpers import REPO
+from arlm.bench.gpu import dtype_variants, pick_variants
+from tests.helpers import REPO, run_cli
 
 
 @pytest.mark.hf
@@ -55,3 +55,17 @@ def test_dtype_variants_add_one_graph_on_cuda_only():
     assert (
         "graph" not in cuda["int8, untuned"][1] and not cuda["int8, untuned"][1]["options"]["coordinate_descent_tuning"]
     )
+
+
+def test_unknown_variant_is_refused_before_anything_runs(tmp_path):
+    """--variants names a variant the run has not (bfloat16 is a GPU variant; the CPU smoke mode compares float32):
+    one line, exit 2, no results written."""
+    result = run_cli("bench", "gpu", "--cpu-smoke", "--variants", "bfloat16", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "--variants takes names of float32; int8; got bfloat16" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_variants_keep_only_those_named():
+    variants = pick_variants(dtype_variants(torch.device("cuda"), ("bfloat16", "int8"), False), ("int8, one graph",))
+    assert list(variants) == ["int8, one graph"]

@@ -26,6 +26,7 @@ from arlm.config import GenerationConfig, ModelConfig
 from arlm.data.tokenizers import VocabTokenizer
 from arlm.decoding.engine import Engine, compile_options
 from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
 from arlm.interop.loading import to_dtype
 from arlm.model.transformer import Transformer
 
@@ -84,16 +85,18 @@ def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
     return figures
 
 
-def dtype_figures(device: torch.device, smoke: bool, untuned: bool = False, log=print) -> dict:
+def dtype_figures(
+    device: torch.device, smoke: bool, untuned: bool = False, only: tuple[str, ...] = (), log=print
+) -> dict:
     """Batch-1 greedy tokens/s of our compiled step per dtype (bfloat16, int8 weight-only; on the CPU float32 and
     int8), on a GPU each both as inductor's cudagraph trees and as one CUDA graph the engine captures ("one graph"),
     untuned: each on a GPU also compiled without coordinate descent tuning (its first compile costs ~130 s a variant
     on an H200 against ~30-55 s untuned: docs/perf.md), the same random weights, runs alternating, median of repeats;
     whether each output equals the first's and an eager (uncompiled) greedy decode's; and a profile of one run
-    each."""
+    each. only: the variants to run, by name (empty: all; a GPU slot may not afford every cold compile)."""
     config = ModelConfig(**(SMOKE_DECODE if smoke else SMOLLM2_SHAPE))
-    dtypes = ("float32", "int8") if smoke else ("bfloat16", "int8")
-    variants = dtype_variants(device, dtypes, untuned)
+    dtypes = figure_dtypes(smoke)
+    variants = pick_variants(dtype_variants(device, dtypes, untuned), only)
     new_tokens, repeats = (16, 2) if smoke else (256, 7)
     greedy = GenerationConfig(strategy="greedy", max_new_tokens=new_tokens, stop_at_eos=False, compile=True)
     uncompiled = dataclasses.replace(greedy, compile=False)  # the reference: the same model, eager
@@ -125,12 +128,28 @@ def dtype_figures(device: torch.device, smoke: bool, untuned: bool = False, log=
         }
         log(f"  {name:<20} {rate:>8.1f} tokens/s (range {min(rates[name]):.1f}-{max(rates[name]):.1f})")
         log(f"    profile per token: {json.dumps(figures[name]['profile'])}")
-    figures["ratio_" + dtypes[1]] = figures[dtypes[1]]["tokens_per_s"] / figures[dtypes[0]]["tokens_per_s"]
+    for kind in ("", ", one graph"):  # the second dtype against the first, each way of running the graph measured
+        if dtypes[0] + kind in figures and dtypes[1] + kind in figures:
+            rate = figures[dtypes[1] + kind]["tokens_per_s"] / figures[dtypes[0] + kind]["tokens_per_s"]
+            figures[f"ratio_{dtypes[1]}{kind}"] = rate
     for dtype in dtypes:  # one graph against the trees, per dtype (on a GPU)
-        if f"{dtype}, one graph" in figures:
+        if f"{dtype}, one graph" in figures and dtype in figures:
             speedup = figures[f"{dtype}, one graph"]["tokens_per_s"] / figures[dtype]["tokens_per_s"]
             figures[f"one_graph_speedup_{dtype}"] = speedup
     return figures
+
+
+def figure_dtypes(smoke: bool) -> tuple[str, str]:
+    """The two dtypes dtype_figures compares: on a GPU bfloat16 and int8, in the CPU smoke mode float32 and int8."""
+    return ("float32", "int8") if smoke else ("bfloat16", "int8")
+
+
+def pick_variants(variants: dict, only: tuple[str, ...]) -> dict:
+    """The variants named in `only` (all where it is empty); an unknown name is refused."""
+    unknown = [name for name in only if name not in variants]
+    if unknown:
+        raise ArlmError(f"--variants takes names of {'; '.join(variants)}; got {'; '.join(unknown)}")
+    return {name: variant for name, variant in variants.items() if not only or name in only}
 
 
 def dtype_variants(device: torch.device, dtypes: tuple[str, ...], untuned: bool) -> dict[str, tuple[str, dict | None]]:
@@ -147,24 +166,26 @@ def dtype_variants(device: torch.device, dtypes: tuple[str, ...], untuned: bool)
     return variants
 
 
-def step_profile(engine: Engine, prompt: list[list[int]], config: GenerationConfig, top: int = 8) -> dict:
+def step_profile(engine: Engine, prompt: list[list[int]], config: GenerationConfig, top: int = 24) -> dict:
     """One generate() under torch.profiler: device kernels and their busy time per new token, against the wall time
     per new token (busy far below wall: the host or launches limit; near it: the kernels do), and the kernels that
-    take most of it."""
+    take most of it (with how many times each runs a token: which ops a fusion could merge)."""
     on_gpu = engine.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
     with profile(activities=activities) as prof:
         out = generate(engine, prompt, config)
     tokens = out.stats["new_tokens"]
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    busy = Counter()
+    busy, runs = Counter(), Counter()
     for kernel in kernels:
         busy[kernel.name] += kernel.time_range.elapsed_us()  # the kernel's own run
+        runs[kernel.name] += 1
     return {
         "wall_us_per_token": 1e6 * out.stats["seconds"] / tokens,
         "kernels_per_token": len(kernels) / tokens,
         "busy_us_per_token": sum(busy.values()) / tokens,
         "top_kernels_us_per_token": {name: us / tokens for name, us in busy.most_common(top)},
+        "top_kernels_runs_per_token": {name: runs[name] / tokens for name, _ in busy.most_common(top)},
     }
 
 

@@ -11,14 +11,23 @@ from pathlib import Path
 
 import torch
 
-from arlm.bench.gpu import decode_figures, dtype_figures, environment, run_section, train_figures
+from arlm.bench.gpu import (
+    decode_figures,
+    dtype_figures,
+    dtype_variants,
+    environment,
+    figure_dtypes,
+    pick_variants,
+    run_section,
+    train_figures,
+)
 from arlm.errors import ArlmError
 
 SECTIONS = ("train", "decode", "dtypes")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--cpu-smoke, --out, --batch, --sections, --untuned."""
+    """--cpu-smoke, --out, --batch, --sections, --untuned, --variants."""
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (what the tests run)")
     parser.add_argument("--out", default="bench-out", help="folder for results.json")
     parser.add_argument("--batch", type=int, default=32, help="training batch (rows of 1,024 tokens)")
@@ -26,8 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--untuned", action="store_true", help="dtypes: also each dtype compiled without coordinate descent tuning"
     )
     parser.add_argument(
+        "--variants",
+        default="",
+        help="dtypes: only these variants, ';'-separated names as the table prints them, e.g. "
+        "'bfloat16;bfloat16, one graph;int8, one graph' (default: all)",
+    )
+    parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)"
     )
+
+
+def variant_names(text: str) -> tuple[str, ...]:
+    """--variants' names: ';'-separated (the names hold commas)."""
+    return tuple(name.strip() for name in text.split(";") if name.strip())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cpu" if smoke else "cuda")
     if smoke and not args.cpu_smoke:
         print("no CUDA device: running the CPU smoke mode")
+    only = variant_names(args.variants)
+    pick_variants(dtype_variants(device, figure_dtypes(smoke), args.untuned), only)  # a wrong name: refused now
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -51,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         "decode": ("batch-1 greedy decoding: arlm vs transformers generate()", lambda: decode_figures(device, smoke)),
         "dtypes": (
             "batch-1 greedy decoding, compiled, per dtype, with a profile",
-            lambda: dtype_figures(device, smoke, args.untuned),
+            lambda: dtype_figures(device, smoke, args.untuned, only),
         ),
     }
     for name in sections:
