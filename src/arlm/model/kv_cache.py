@@ -51,9 +51,12 @@ class KVCache:
 
     def write_at(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Static-shape write for compiled decoding: k, v (B, nkv, 1, hd) at position tensor pos (1,); returns the
-        whole buffers (B, nkv, max_len, hd), positions after pos being masked by the caller."""
-        self.k[layer].index_copy_(2, pos, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, pos, v.to(self.v.dtype))
+        whole buffers (B, nkv, max_len, hd), positions after pos being masked by the caller. The write indexes the
+        whole buffer (layer and position as tensors): written into a view of it (`self.k[layer]`), the compiled
+        step copied both whole buffers back at its end, every step (docs/perf.md, H200 2026-12-04)."""
+        where = (torch.full_like(pos, layer), slice(None), slice(None), pos)  # -> (1, B, nkv, hd)
+        self.k[where] = k.to(self.k.dtype).permute(2, 0, 1, 3)
+        self.v[where] = v.to(self.v.dtype).permute(2, 0, 1, 3)
         return self.k[layer], self.v[layer]
 
     @classmethod
