@@ -40,3 +40,23 @@ def test_a_model_fine_tuned_on_chat_data_without_a_template_chats_as_it_trained(
     assert len(answers) == 2
     with pytest.raises(ArlmError, match="no chat template"):
         chat_command(str(base), config, messages=["red"], device="cpu")  # never trained on chat data
+
+
+def test_the_model_is_an_argument_as_for_generate_and_serve_or_a_flag(monkeypatch):
+    """`arlm chat MODEL` as `arlm generate MODEL` / `arlm serve MODEL`; `--model MODEL` still works; two different
+    models refused in one line; smollm2 by default."""
+    import arlm.commands.chat as chat
+
+    seen = []
+    monkeypatch.setattr(chat, "chat_command", lambda model, *a, **k: seen.append(model))
+    assert main(["chat", "runs/mine", "--message", "hi"]) == 0
+    assert main(["chat", "--model", "runs/mine", "--message", "hi"]) == 0
+    assert main(["chat", "runs/mine", "--model", "runs/mine", "--message", "hi"]) == 0
+    assert main(["chat", "--message", "hi"]) == 0
+    assert seen == ["runs/mine", "runs/mine", "runs/mine", "smollm2"]
+    assert main(["chat", "a", "--model", "b", "--message", "hi"]) == 2
+
+
+def test_two_models_are_refused_in_one_line(capsys):
+    assert main(["chat", "a", "--model", "b", "--message", "hi"]) == 2
+    assert capsys.readouterr().err.strip() == "error: two models given: 'a' and --model 'b'; give one"
