@@ -58,7 +58,7 @@ FLAG_HELP = {  # one line per GenerationConfig field, for --help
     "kv_dtype": "the KV cache's dtype: auto (the model's float dtype), float32 or bfloat16",
 }
 CPU_COMPILE_NOTE = (
-    "note: --compile on the CPU compiles for 15-110 s, then ran 1.5-5x slower than the eager step (docs/perf.md, "
+    "note: --compile on the CPU compiles for 15-110 s, then runs 1.4-2.7x slower than the eager step (docs/perf.md, "
     "'A compiled step on the CPU'); it is meant for GPUs"
 )
 CPU_FLOAT16_NOTE = (
