@@ -195,3 +195,16 @@ def test_min_new_tokens_matches_transformers(generated):
     config = GenerationConfig(strategy="greedy", min_new_tokens=3)
     ours = process(logits, seqs, config, History(prompt_length=prompt_length, eos_id=11))
     assert torch.equal(ours, theirs)
+
+
+def test_best_is_argmax_on_ties_nan_and_wide_rows():
+    """best (greedy's pick, by max) returns what argmax returns: the first largest, the first NaN, index 0 of a row of
+    -inf, across a vocabulary-wide row with many ties, in float32 and bfloat16."""
+    from arlm.decoding.processors import best
+
+    rows = torch.tensor([[1.0, 3.0, 3.0, 2.0], [float("nan"), 1.0, float("nan"), 5.0], [float("-inf")] * 4])
+    assert best(rows).tolist() == rows.argmax(-1).tolist() == [1, 0, 0]
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        wide = torch.randint(0, 5, (8, 49152), generator=generator).to(dtype)  # ~9,800 ties for the top a row
+        assert torch.equal(best(wide), wide.argmax(-1))

@@ -11,7 +11,7 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.decoding.drafts import shares_cache
 from arlm.decoding.engine import Engine, cache_dtype
-from arlm.decoding.processors import History, logits_to_probs, process
+from arlm.decoding.processors import History, best, logits_to_probs, process
 from arlm.model.kv_cache import KVCache
 
 MAX_ADAPTIVE_DRAFT = 16
@@ -59,7 +59,7 @@ class ModelDrafter:
                 logits = self.engine.step(tokens[-1].view(1, 1))  # (1, V)
             context = torch.cat([seq] + [t.view(1, 1) for t in tokens], dim=1)
             if greedy:
-                token = process(logits.float(), context, config, self.history).argmax(dim=-1)[0]
+                token = best(process(logits.float(), context, config, self.history))[0]
             else:
                 q = logits_to_probs(logits, context, config, self.history)[0]  # (V,)
                 token = torch.multinomial(q, 1, generator=generator)[0]

@@ -11,7 +11,15 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.decoding.beam import beam_search
 from arlm.decoding.engine import Engine, cache_dtype, engine_for
-from arlm.decoding.processors import History, logits_to_probs, make_generator, process, prompt_starts, sample
+from arlm.decoding.processors import (
+    History,
+    best,
+    logits_to_probs,
+    make_generator,
+    process,
+    prompt_starts,
+    sample,
+)
 from arlm.decoding.speculative import speculative_generate
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
 from arlm.errors import ArlmError
@@ -157,7 +165,7 @@ def choose_next(
 ) -> torch.Tensor:
     """Greedy argmax of the processed scores, or a sample from the processed distribution: (B, V) -> (B,)."""
     if config.strategy == "greedy" or config.temperature == 0:
-        return process(logits.float(), sequences, config, history).argmax(dim=-1)
+        return best(process(logits.float(), sequences, config, history))
     return sample(logits_to_probs(logits, sequences, config, history), generator)
 
 

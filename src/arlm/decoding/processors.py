@@ -131,6 +131,12 @@ def logits_to_probs(
     return process(scores.float(), sequences, config, history).softmax(dim=-1)
 
 
+def best(scores: torch.Tensor) -> torch.Tensor:
+    """Greedy's token per row: the first index of the largest score, (..., V) -> (...); argmax's answer (ties and NaN
+    alike), by max, which reads a 49,152-wide row 2.6x faster on the CPU (docs/perf.md)."""
+    return scores.max(dim=-1).indices
+
+
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row (B,) drawn from probs (B, V)."""
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -13,7 +13,7 @@ from arlm.config import GenerationConfig
 from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, make_drafter
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.forward_cost import ForwardCost
-from arlm.decoding.processors import History, make_generator, process
+from arlm.decoding.processors import History, best, make_generator, process
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
 from arlm.errors import ArlmError
 
@@ -40,9 +40,9 @@ def verify(
     resampled or bonus token)."""
     g = drafts.numel()
     if greedy:  # accept while a draft is the target's argmax; then the target's own token
-        best, drafted = p.argmax(dim=-1).tolist(), drafts.tolist()
-        accepted = next((j for j in range(g) if drafted[j] != best[j]), g)
-        return accepted, best[accepted]
+        chosen, drafted = best(p).tolist(), drafts.tolist()
+        accepted = next((j for j in range(g) if drafted[j] != chosen[j]), g)
+        return accepted, chosen[accepted]
     for j in range(g):
         d = int(drafts[j])
         q_d = 1.0 if q is None else float(q[j, d])
@@ -76,8 +76,8 @@ class AdaptiveGamma:
         a = min(self.rate, 0.999)
         price = [self.cost.relative(g + 1) + self.draft_cost * g for g in range(self.max_gamma + 1)]
         value = [1.0] + [(1 - a ** (g + 1)) / (1 - a) / price[g] for g in range(1, self.max_gamma + 1)]
-        best = max(range(self.max_gamma + 1), key=lambda g: value[g])
-        return best if value[best] > 1.0 + 1e-9 else 0
+        gamma = max(range(self.max_gamma + 1), key=lambda g: value[g])
+        return gamma if value[gamma] > 1.0 + 1e-9 else 0
 
     def update(self, proposed: int, accepted: int) -> None:
         """Learn from a round: each accepted draft counts as a success, the rejected one (if any) as a failure."""
