@@ -5,12 +5,15 @@
  *
  *     int_mm_ab KIND THREADS COPIES   (KIND 1: int8, 2: int4; COPIES of the layer, streamed from memory when many)
  *
- * The layer is SmolLM2's 1536 x 576 (up / gate shape), random codes and levels; medians of 15 calls a version. Cycles
- * assume the clock a chain of dependent adds runs at, measured after each row count (a VM's clock moves). */
+ * The layer is SmolLM2's 1536 x 576 (up / gate shape; ARLM_AB_OUTPUTS=N for N x 576), random codes and levels; medians
+ * of 15 calls a version. Cycles assume the clock a chain of dependent adds runs at, measured after each row count (a
+ * VM's clock moves); GB/s is the weights' bytes (codes and levels) over version a's time. ARLM_AB_HUGE=1 puts the
+ * copies on 2 MiB pages (madvise MADV_HUGEPAGE; Linux with transparent huge pages). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,6 +42,15 @@ static double clock_rate(void) {
     return 2e8 / (now() - start);
 }
 
+/* n bytes on a 2 MiB boundary, advised onto huge pages under ARLM_AB_HUGE=1 */
+static void *weights(long n) {
+    const long page = 2L << 20;
+    n = (n + page - 1) / page * page;
+    void *p = aligned_alloc(page, n);
+    if (getenv("ARLM_AB_HUGE")) madvise(p, n, MADV_HUGEPAGE);
+    return p;
+}
+
 static int by_value(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -50,9 +62,9 @@ int main(int argc, char **argv) {
 #ifdef __AMX_TILE__
     arlm_amx_ready = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
 #endif
-    const long N = 1536, K = 576, G = 32, tiles = N / 16, groups = K / 32;
+    const long N = getenv("ARLM_AB_OUTPUTS") ? atol(getenv("ARLM_AB_OUTPUTS")) : 1536, K = 576, G = 32, tiles = N / 16, groups = K / 32;
     long bytes = kind == 1 ? N * K : N * K / 2, level_bytes = kind == 1 ? N * 4 : tiles * groups * 64;
-    uint8_t *w = aligned_alloc(64, bytes * copies), *levels = aligned_alloc(64, level_bytes * copies);
+    uint8_t *w = weights(bytes * copies), *levels = weights(level_bytes * copies);
     srand(0);
     for (long i = 0; i < bytes * copies; i++) w[i] = (uint8_t)rand();
     if (kind == 1) /* one float32 scale per output */
@@ -74,10 +86,11 @@ int main(int argc, char **argv) {
             }
         qsort(ta, REPEATS, sizeof(double), by_value), qsort(tb, REPEATS, sizeof(double), by_value);
         double a = ta[REPEATS / 2], b = tb[REPEATS / 2], per = clock_rate() * threads / (M * tiles * groups);
-        printf("%s, %d thread(s), %d cop%s, %ld row(s): a %.1f us (%.1f cycles a row-group), b %.1f us (%.1f), b / a "
-               "%.2f%s\n",
-               kind == 1 ? "int8" : "int4", threads, copies, copies > 1 ? "ies" : "y", M, a * 1e6, a * per, b * 1e6,
-               b * per, b / a, memcmp(ya, yb, M * N * sizeof(float)) ? "  DIFFERENT BITS" : "");
+        printf("%s, %d thread(s), %d cop%s, %ld row(s): a %.1f us (%.1f cycles a row-group, %.1f GB/s), b %.1f us "
+               "(%.1f), b / a %.2f%s\n",
+               kind == 1 ? "int8" : "int4", threads, copies, copies > 1 ? "ies" : "y", M, a * 1e6, a * per,
+               (bytes + level_bytes) / a * 1e-9, b * 1e6, b * per, b / a,
+               memcmp(ya, yb, M * N * sizeof(float)) ? "  DIFFERENT BITS" : "");
     }
     return 0;
 }

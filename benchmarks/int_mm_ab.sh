@@ -5,6 +5,7 @@
 #     bash benchmarks/int_mm_ab.sh [REV]
 #
 # "b / a" below 1: the working tree's kernel is faster. Time it on quiet cores.
+# ARLM_AB_OUTPUTS=N (an N x 576 layer) and ARLM_AB_HUGE=1 (2 MiB pages) pass through to the harness.
 set -euo pipefail
 rev="${1:-HEAD}"
 root="$(git rev-parse --show-toplevel)"
