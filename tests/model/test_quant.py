@@ -125,7 +125,8 @@ def test_arlm_kernels_read_rows_at_16_bits_per_group():
 @pytest.mark.skipif(not native.amx_ready(), reason="needs arlm's kernels on a CPU with AMX")
 def test_arlm_int_kernels_on_amx_and_vnni_give_the_same_bits():
     """The int8 / int4 products move from VNNI to AMX at `arlm_amx_from` rows; both give every row the same bits
-    (exact integer sums, the same float32 steps), so a row's output does not depend on how many rows came with it."""
+    (exact integer sums, the same float32 steps), so a row's output does not depend on how many rows came with it.
+    AMX takes output tiles of 16 three at a time: 6 tiles (96), 7 (112: three, three, one) and 5 (80: three, two)."""
     import ctypes
 
     start = ctypes.c_int.in_dll(native.library(), "arlm_amx_from")
@@ -133,6 +134,8 @@ def test_arlm_int_kernels_on_amx_and_vnni_give_the_same_bits():
     x = torch.randn(11, 264, generator=torch.Generator().manual_seed(5))  # (M, in)
     layers = _layers(_linear(out_features=96, in_features=256))
     layers["int8-ragged"] = Int8Linear.from_float(_linear(out_features=94, in_features=264))
+    layers |= {f"{name}, 7 tiles": layer for name, layer in _layers(_linear(out_features=112, in_features=256)).items()}
+    layers |= {f"{name}, 5 tiles": layer for name, layer in _layers(_linear(out_features=80, in_features=128)).items()}
     try:
         for name, layer in layers.items():
             rows = x[:, : layer.in_features].contiguous()

@@ -239,8 +239,8 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
 #include <string.h>
 #define AMX_ROWS 8 /* rows per block on AMX: their q1 and q2 fill a tile's 16 rows */
 
-/* For each of two groups (tiles 0-2 and 3-5): 2 rows rows of q, 32 bytes (one group) each; the group's codes, 8 rows
- * of 16 outputs x 4 inputs; the sums, 2 rows rows x 16 int32 */
+/* Tile 0: 2 rows rows of q, 32 bytes (one group) each; tiles 1-3: a group's codes of three output tiles, 8 rows of
+ * 16 outputs x 4 inputs; tiles 4-6: their sums, 2 rows rows x 16 int32 */
 static void configure_int_tiles(int rows) {
     struct {
         uint8_t palette, start_row, reserved[14];
@@ -249,19 +249,12 @@ static void configure_int_tiles(int rows) {
     } c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
-    for (int h = 0; h < 6; h += 3) {
-        c.colsb[h] = 32, c.rows[h] = (uint8_t)(2 * rows);
-        c.colsb[h + 1] = 64, c.rows[h + 1] = 8;
-        c.colsb[h + 2] = 64, c.rows[h + 2] = (uint8_t)(2 * rows);
+    c.colsb[0] = 32, c.rows[0] = (uint8_t)(2 * rows);
+    for (int i = 1; i <= 3; i++) {
+        c.colsb[i] = 64, c.rows[i] = 8;
+        c.colsb[i + 3] = 64, c.rows[i + 3] = (uint8_t)(2 * rows);
     }
     _tile_loadconfig(&c);
-}
-
-/* Group g's codes as the tile product reads them: in place (int8) or unpacked into `room` (int4) */
-static inline const void *tile_codes(const uint8_t *codes, long g, int kind, __m512i room[8]) {
-    if (kind == 1) return codes + 512 * g;
-    load_codes(codes, g, kind, room);
-    return room;
 }
 
 /* Rows m0 .. m0 + mt's sums of group g, stored from a tile, added to acc */
@@ -276,47 +269,51 @@ static inline void add_tile_sums(__m512 *acc, int32_t (*sums)[16], const Linear 
     }
 }
 
-/* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the 16 outputs of tile t, on AMX: one tile
- * product per group gives every row's q1 and q2 sums at once; two groups at a time, so that one's product runs while
- * the other's sums are stored and added */
-static void amx_tile(const Rows *r, const Linear *l, float *y, long m0, int mt, long t) {
+/* Group g's codes of output tile i (of tiles `bytes` apart from `codes`) where a tile load reads them: in place (int8),
+ * or (int4) unpacked into room[g & 1][i] a group ahead, so that the stores are done before the load comes */
+static inline const void *codes_at(const uint8_t *codes, long bytes, int i, long g, int kind, __m512i room[2][3][8]) {
+    return kind == 1 ? codes + i * bytes + 512 * g : (const void *)room[g & 1][i];
+}
+
+/* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the outputs of the n <= 3 output tiles t0..,
+ * on AMX: per group one row tile against each output tile's codes, the n tile products independent of each other (in
+ * flight together), then their sums stored and added */
+static void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0, int n) {
     const int kind = l->kind;
-    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
+    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1, bytes = groups * (kind == 1 ? 512 : 256);
     const int shift = l->G == 64; /* group g's levels: g >> shift */
-    const uint8_t *codes = (const uint8_t *)l->w + t * groups * (kind == 1 ? 512 : 256);
+    const uint8_t *codes = (const uint8_t *)l->w + t0 * bytes;
     const int8_t *q = r->q + 2 * m0 * r->Kp;
-    __m512i room[2][8];
-    int32_t sums[2][2 * AMX_ROWS][16] __attribute__((aligned(64)));
-    __m512 acc[AMX_ROWS];
-    for (int i = 0; i < mt; i++) acc[i] = _mm512_setzero_ps();
-    long g = 0;
-    for (; g + 1 < groups; g += 2) {
-        if (m0 == 0) {
-            prefetch_group(codes, l, t, g, levels, shift);
-            prefetch_group(codes, l, t, g + 1, levels, shift);
+    __m512i room[2][3][8];
+    int32_t sums[3][2 * AMX_ROWS][16] __attribute__((aligned(64)));
+    __m512 acc[3][AMX_ROWS];
+    for (int i = 0; i < n; i++)
+        for (int m = 0; m < mt; m++) acc[i][m] = _mm512_setzero_ps();
+    for (int i = 0; kind == 2 && i < n; i++) load_codes(codes + i * bytes, 0, kind, room[0][i]);
+    for (long g = 0; g < groups; g++) {
+        for (int i = 0; m0 == 0 && i < n; i++) prefetch_group(codes + i * bytes, l, t0 + i, g, levels, shift);
+        _tile_loadd(0, q + 32 * g, r->Kp);
+        _tile_zero(4);
+        _tile_loadd(1, codes_at(codes, bytes, 0, g, kind, room), 64);
+        _tile_dpbsud(4, 0, 1);
+        if (n > 1) {
+            _tile_zero(5);
+            _tile_loadd(2, codes_at(codes, bytes, 1, g, kind, room), 64);
+            _tile_dpbsud(5, 0, 2);
         }
-        _tile_zero(2);
-        _tile_zero(5);
-        _tile_loadd(0, q + 32 * g, r->Kp);
-        _tile_loadd(1, tile_codes(codes, g, kind, room[0]), 64);
-        _tile_loadd(3, q + 32 * (g + 1), r->Kp);
-        _tile_loadd(4, tile_codes(codes, g + 1, kind, room[1]), 64);
-        _tile_dpbsud(2, 0, 1);
-        _tile_dpbsud(5, 3, 4);
-        _tile_stored(2, sums[0], 64);
-        _tile_stored(5, sums[1], 64);
-        add_tile_sums(acc, sums[0], l, r, m0, mt, g, t * levels + (g >> shift));
-        add_tile_sums(acc, sums[1], l, r, m0, mt, g + 1, t * levels + ((g + 1) >> shift));
+        if (n > 2) {
+            _tile_zero(6);
+            _tile_loadd(3, codes_at(codes, bytes, 2, g, kind, room), 64);
+            _tile_dpbsud(6, 0, 3);
+        }
+        for (int i = 0; kind == 2 && g + 1 < groups && i < n; i++)
+            load_codes(codes + i * bytes, g + 1, kind, room[(g + 1) & 1][i]);
+        _tile_stored(4, sums[0], 64);
+        if (n > 1) _tile_stored(5, sums[1], 64);
+        if (n > 2) _tile_stored(6, sums[2], 64);
+        for (int i = 0; i < n; i++) add_tile_sums(acc[i], sums[i], l, r, m0, mt, g, (t0 + i) * levels + (g >> shift));
     }
-    if (g < groups) {
-        _tile_zero(2);
-        _tile_loadd(0, q + 32 * g, r->Kp);
-        _tile_loadd(1, tile_codes(codes, g, kind, room[0]), 64);
-        _tile_dpbsud(2, 0, 1);
-        _tile_stored(2, sums[0], 64);
-        add_tile_sums(acc, sums[0], l, r, m0, mt, g, t * levels + (g >> shift));
-    }
-    store_sums(l, y, m0, mt, t, acc);
+    for (int i = 0; i < n; i++) store_sums(l, y, m0, mt, t0 + i, acc[i]);
 }
 #endif
 
@@ -422,15 +419,20 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
     if (arlm_amx_ready && M >= arlm_amx_from) {
 #pragma omp parallel num_threads(threads)
         {
-            long full = M / AMX_ROWS, rest = M % AMX_ROWS;
+            long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
             if (full) configure_int_tiles(AMX_ROWS);
 #pragma omp for schedule(static)
-            for (long t = 0; t < tiles; t++)
-                for (long b = 0; b < full; b++) amx_tile(&r, l, y, b * AMX_ROWS, AMX_ROWS, t);
+            for (long u = 0; u < triples; u++) {
+                int n = tiles - 3 * u < 3 ? (int)(tiles - 3 * u) : 3;
+                for (long b = 0; b < full; b++) amx_tiles(&r, l, y, b * AMX_ROWS, AMX_ROWS, 3 * u, n);
+            }
             if (rest) {
                 configure_int_tiles((int)rest);
 #pragma omp for schedule(static)
-                for (long t = 0; t < tiles; t++) amx_tile(&r, l, y, full * AMX_ROWS, (int)rest, t);
+                for (long u = 0; u < triples; u++) {
+                    int n = tiles - 3 * u < 3 ? (int)(tiles - 3 * u) : 3;
+                    amx_tiles(&r, l, y, full * AMX_ROWS, (int)rest, 3 * u, n);
+                }
             }
             _tile_release();
         }
