@@ -275,11 +275,11 @@ static inline const void *codes_at(const uint8_t *codes, long bytes, int i, long
     return kind == 1 ? codes + i * bytes + 512 * g : (const void *)room[g & 1][i];
 }
 
-/* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the outputs of the n <= 3 output tiles t0..,
- * on AMX: per group one row tile against each output tile's codes, the n tile products independent of each other (in
- * flight together), then their sums stored and added */
-static void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0, int n) {
-    const int kind = l->kind;
+/* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the outputs of output tiles t0 .. t0 + n - 1
+ * (n: 3, or what is left of the layer), on AMX: per group one row tile against each output tile's codes, the n tile
+ * products independent of each other (in flight together), then their sums stored and added */
+static void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0) {
+    const int kind = l->kind, n = (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3;
     const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1, bytes = groups * (kind == 1 ? 512 : 256);
     const int shift = l->G == 64; /* group g's levels: g >> shift */
     const uint8_t *codes = (const uint8_t *)l->w + t0 * bytes;
@@ -422,17 +422,12 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
             long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
             if (full) configure_int_tiles(AMX_ROWS);
 #pragma omp for schedule(static)
-            for (long u = 0; u < triples; u++) {
-                int n = tiles - 3 * u < 3 ? (int)(tiles - 3 * u) : 3;
-                for (long b = 0; b < full; b++) amx_tiles(&r, l, y, b * AMX_ROWS, AMX_ROWS, 3 * u, n);
-            }
+            for (long u = 0; u < triples; u++)
+                for (long b = 0; b < full; b++) amx_tiles(&r, l, y, b * AMX_ROWS, AMX_ROWS, 3 * u);
             if (rest) {
                 configure_int_tiles((int)rest);
 #pragma omp for schedule(static)
-                for (long u = 0; u < triples; u++) {
-                    int n = tiles - 3 * u < 3 ? (int)(tiles - 3 * u) : 3;
-                    amx_tiles(&r, l, y, full * AMX_ROWS, (int)rest, 3 * u, n);
-                }
+                for (long u = 0; u < triples; u++) amx_tiles(&r, l, y, full * AMX_ROWS, (int)rest, 3 * u);
             }
             _tile_release();
         }
