@@ -45,7 +45,7 @@
 #define ALONE 0 /* the first row with the others (alone, AVX2 code on a Zen 5: 2 rows 1.2-1.4x slower) */
 static const int PAIRED[4] = {0, 2, 1, 3}; /* where input i of a quad of the rows' int16 q lies */
 #endif
-#define AHEAD 12     /* groups prefetched ahead (4: ~10% slower at one row; 8 to 48 alike) */
+#define AHEAD 12    /* groups prefetched ahead (one row streamed, int8 / int4: 4 1.07-1.08x slower, 24 or 48 alike) */
 #define Q_MAX 32639 /* largest |q|: 256 q1 + q2 with q1 in -127..127, q2 in -128..127 */
 
 /* The rows at 16 bits: q (2M, Kp) bytes, row 2m holding row m's q1 and 2m + 1 its q2 (BYTE_LEVELS; else (M, Kp)
@@ -156,8 +156,11 @@ void arlm_int_rows(const float *x, float *y, long M, long K) {
     free_rows(&r);
 }
 
-/* A hint to have the lines AHEAD groups on in cache when they are reached (the next tile's where this one ends) */
-static inline void prefetch_group(const uint8_t *codes, const Linear *l, long t, long g, long levels, int shift) {
+/* A hint to have the lines AHEAD groups on in cache when they are reached (the next tile's where this one ends).
+ * Always inlined: GCC 12 found this helper "pure" (a prefetch changes nothing it can see) and deleted its calls,
+ * which left one row streaming at ~60% of the memory's speed (docs/perf.md); tests/model/test_native.py checks. */
+static inline __attribute__((always_inline)) void prefetch_group(const uint8_t *codes, const Linear *l, long t, long g,
+                                                                 long levels, int shift) {
     const int lines = l->kind == 1 ? 8 : 4;
     for (int j = 0; j < lines; j++) _mm_prefetch(codes + (lines * (g + AHEAD) + j) * 64, _MM_HINT_T0);
     if (l->kind == 2)
