@@ -26,26 +26,24 @@ static int by_value(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Groups g0 .. g1 of one layer: two streams (codes, levels), or one of 320 bytes a group */
-static __m512i read_groups(const char *codes, const char *levels, long g0, long g1, int two, __m512i sum) {
-    for (long g = g0; g < g1; g++) {
-        const char *p = two ? codes + 256 * g : codes + 320 * g;
-        for (int j = 0; j < 4; j++) sum = _mm512_add_epi32(sum, _mm512_load_si512(p + 64 * j));
-        sum = _mm512_add_epi32(sum, _mm512_load_si512(two ? levels + 64 * g : p + 256));
-    }
-    return sum;
+/* Group g of one layer added to sum: from two streams (codes, levels), or one of 320 bytes a group */
+static __m512i read_group(const char *codes, const char *levels, long g, int two, __m512i sum) {
+    const char *p = two ? codes + 256 * g : codes + 320 * g;
+    for (int j = 0; j < 4; j++) sum = _mm512_add_epi32(sum, _mm512_load_si512(p + 64 * j));
+    return _mm512_add_epi32(sum, _mm512_load_si512(two ? levels + 64 * g : p + 256));
 }
 
 static double pass(const char *codes, const char *levels, long layers, long groups, int threads, int two) {
     double start = now();
-    volatile int sink = 0;
+    volatile int sink = 0; /* what was read, so that the reads are kept */
     for (long l = 0; l < layers; l++) {
         const char *c = codes + l * groups * (two ? 256 : 320), *v = levels + l * groups * 64;
 #pragma omp parallel num_threads(threads)
         {
             __m512i sum = _mm512_setzero_si512();
 #pragma omp for schedule(static)
-            for (long g = 0; g < groups; g++) sum = read_groups(c, v, g, g + 1, two, sum);
+            for (long g = 0; g < groups; g++) sum = read_group(c, v, g, two, sum);
+#pragma omp atomic
             sink += _mm512_reduce_add_epi32(sum) & 1;
         }
     }

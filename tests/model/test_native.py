@@ -9,6 +9,10 @@ import pytest
 from arlm.model import native
 
 needs_kernels = pytest.mark.skipif(native.library() is None, reason="this machine cannot build arlm's kernels")
+kernels_build_here = pytest.mark.skipif(
+    not set(native.NEEDED_FLAGS) <= native._cpu_flags() or native._compiler() is None,
+    reason="this CPU or compiler is not one arlm's kernels are for",
+)
 
 
 @needs_kernels
@@ -43,10 +47,7 @@ def test_the_cache_keeps_the_most_recently_used_builds(tmp_path):
     assert left == {f"build-{i}" for i in range(3, 11)} | {"in-progress"}
 
 
-@pytest.mark.skipif(
-    not set(native.NEEDED_FLAGS) <= native._cpu_flags() or native._compiler() is None,
-    reason="this CPU or compiler is not one arlm's kernels are for",
-)
+@kernels_build_here
 def test_the_kernels_compile_where_the_cpu_and_compiler_allow(tmp_path, monkeypatch):
     """A C file that stops compiling would only turn the kernels off (PyTorch's run instead, tests that need ours skip):
     where this CPU and compiler can build them, they must build, with no warning."""
@@ -60,10 +61,7 @@ def test_the_kernels_compile_where_the_cpu_and_compiler_allow(tmp_path, monkeypa
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
-@pytest.mark.skipif(
-    not set(native.NEEDED_FLAGS) <= native._cpu_flags() or native._compiler() is None,
-    reason="this CPU or compiler is not one arlm's kernels are for",
-)
+@kernels_build_here
 @pytest.mark.parametrize("source", native.SOURCES, ids=lambda path: path.name)
 def test_the_prefetches_a_kernel_asks_for_reach_its_machine_code(source):
     """A compiler may drop a prefetch: GCC 12 found a helper holding only prefetches "pure" and deleted its calls,
