@@ -2,7 +2,8 @@
 against the ATen kernels for one layer (docs/perf.md, "Decoding against llama.cpp, per precision" and "A compiled step
 on the CPU").
 
-    .venv/bin/python benchmarks/compile_quant.py step --dtype float32|bfloat16|int8|int4 --variant eager|default|autotune
+    .venv/bin/python benchmarks/compile_quant.py step --dtype float32|bfloat16|int8|int4 \
+        --variant eager|default|autotune
     TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 .venv/bin/python benchmarks/compile_quant.py kernel --dtype int4
 
 `step`: greedy batch 1, 64 tokens, two untimed calls (compilation), then the median of 5 (run each variant in its

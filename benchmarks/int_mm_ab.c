@@ -62,7 +62,9 @@ int main(int argc, char **argv) {
 #ifdef __AMX_TILE__
     arlm_amx_ready = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
 #endif
-    const long N = getenv("ARLM_AB_OUTPUTS") ? atol(getenv("ARLM_AB_OUTPUTS")) : 1536, K = 576, G = 32, tiles = N / 16, groups = K / 32;
+    /* G: int4's levels' group; int8's, the rows' group, native.INT8_ROW_GROUP (a version before it reads 32) */
+    const long N = getenv("ARLM_AB_OUTPUTS") ? atol(getenv("ARLM_AB_OUTPUTS")) : 1536, K = 576, tiles = N / 16;
+    const long G = kind == 1 ? 64 : 32, groups = K / 32;
     long bytes = kind == 1 ? N * K : N * K / 2, level_bytes = kind == 1 ? N * 4 : tiles * groups * 64;
     uint8_t *w = weights(bytes * copies), *levels = weights(level_bytes * copies);
     srand(0);

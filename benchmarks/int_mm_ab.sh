@@ -11,14 +11,17 @@ rev="${1:-HEAD}"
 root="$(git rev-parse --show-toplevel)"
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
-git -C "$root" show "$rev:src/arlm/model/quantized.c" > "$build/a.c"
-cp "$root/src/arlm/model/quantized.c" "$build/b.c"
-flags=(-O3 -march=native -ffp-contract=off -fopenmp -I "$root/src/arlm/model")
+mkdir "$build/a" "$build/b"  # each version with its own headers
+for name in quantized.c kernels.h; do
+    git -C "$root" show "$rev:src/arlm/model/$name" > "$build/a/$name"
+    cp "$root/src/arlm/model/$name" "$build/b/$name"
+done
+flags=(-O3 -march=native -ffp-contract=off -fopenmp)
 for v in a b; do
-    "${CC:-cc}" "${flags[@]}" -c "$build/$v.c" -o "$build/$v.o" \
+    "${CC:-cc}" "${flags[@]}" -I "$build/$v" -c "$build/$v/quantized.c" -o "$build/$v.o" \
         -Darlm_int_mm="arlm_int_mm_$v" -Darlm_int_rows="arlm_int_rows_$v"
 done
-"${CC:-cc}" "${flags[@]}" "$root/benchmarks/int_mm_ab.c" "$build/a.o" "$build/b.o" -o "$build/int_mm_ab" -lm
+"${CC:-cc}" "${flags[@]}" -I "$build/b" "$root/benchmarks/int_mm_ab.c" "$build/a.o" "$build/b.o" -o "$build/int_mm_ab" -lm
 echo "a: quantized.c at $rev; b: the working tree's; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
 for kind in 1 2; do
     "$build/int_mm_ab" "$kind" 1 1

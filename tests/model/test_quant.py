@@ -39,11 +39,19 @@ def _half_ulp():
     return torch.finfo(kernel_dtype()).eps / 2
 
 
-def _rows_read(x):
-    """Rows as the kernels of a layer built now read them, in float64: arlm's at 16 bits per group of 32
-    (model/quantized.c), PyTorch's in `kernel_dtype`."""
+def _row_group(layer):
+    """The inputs per 16-bit scale of the rows arlm's kernels read for a layer (model/quantized.c): an int4 layer's
+    levels' group; for int8 (scales per output) 64 where it divides the inputs, else 32."""
+    if isinstance(layer, Int4Linear):
+        return layer.group_size
+    return 64 if layer.in_features % 64 == 0 else 32
+
+
+def _rows_read(x, layer):
+    """Rows as the kernels of `layer` read them, in float64: arlm's at 16 bits per group of `_row_group` inputs,
+    PyTorch's in `kernel_dtype`."""
     if native.available():
-        x = native.int_rows(x.reshape(-1, x.shape[-1]).float().contiguous()).reshape(x.shape)
+        x = native.int_rows(x.reshape(-1, x.shape[-1]).float().contiguous(), _row_group(layer)).reshape(x.shape)
     return x.to(kernel_dtype()).double()
 
 
@@ -59,8 +67,8 @@ def _bound(rows, weight, product):
 def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias, kernels):
     linear = _linear(bias=bias)
     x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(1))  # (B, T, in)
-    rows = _rows_read(x)  # (B, T, in): what the kernels read
     for name, layer in _layers(linear).items():
+        rows = _rows_read(x, layer)  # (B, T, in): what the kernels read
         weight = layer.dequantized()  # (out, in)
         product = torch.nn.functional.linear(rows, weight.double())  # (B, T, out), before the output's rounding
         expected = product if not bias else product + linear.bias.double()
@@ -69,13 +77,14 @@ def test_each_layer_is_a_float_matmul_by_its_dequantized_weight(bias, kernels):
         assert ((y.double() - expected).abs() <= _bound(rows, weight, product)).all(), name
 
 
-@pytest.mark.parametrize("in_features", [100, 136, 264])
+@pytest.mark.parametrize("in_features", [100, 136, 264, 192])
 def test_int8_takes_any_input_width(in_features, kernels):
     """PyTorch's int8 kernel reads past rows of a width that is not a multiple of 16 (it crashed the process on these
-    widths); the layer pads them with zero columns, which add nothing."""
+    widths); the layer pads them with zero columns, which add nothing. arlm's reads rows in groups of 64 where the
+    width allows (192), else of 32."""
     layer = Int8Linear.from_float(_linear(94, in_features))
     x = torch.randn(8, in_features, generator=torch.Generator().manual_seed(1))  # (M, in)
-    rows, weight = _rows_read(x), layer.dequantized()
+    rows, weight = _rows_read(x, layer), layer.dequantized()
     expected = torch.nn.functional.linear(rows, weight.double())  # (M, 94)
     for _ in range(20):  # the crash came one call in a few
         y = layer(x)
@@ -105,21 +114,26 @@ def test_int8_dense_layout_is_the_matmul_by_its_codes_then_the_scales(dtype):
 
 
 @pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")
-def test_arlm_kernels_read_rows_at_16_bits_per_group():
-    """Each value within 1/65,278 of its group of 32's largest (round to nearest of 2 x 32,639 steps); zeros stay
-    zeros; a NaN or an infinity makes its group's values NaN, as a float product would be."""
-    x = torch.randn(6, 100, generator=torch.Generator().manual_seed(4)) * torch.logspace(-3, 3, 6)[:, None]
-    x[1, 40:64] = 0  # a group of zeros but for its first values
-    x[2, :32] = 0
-    rows = native.int_rows(x)
-    groups = torch.nn.functional.pad(x, (0, 28)).reshape(6, 4, 32).abs().amax(-1)  # (6, 4)
-    largest = groups.repeat_interleave(32, 1)[:, :100]
+@pytest.mark.parametrize("group", [32, 64])
+def test_arlm_kernels_read_rows_at_16_bits_per_group(group):
+    """Each value within 1/65,278 of its group's largest (round to nearest of 2 x 32,639 steps), the last group short;
+    zeros stay zeros; a NaN or an infinity makes its group's values NaN, as a float product would be."""
+    x = torch.randn(6, 200, generator=torch.Generator().manual_seed(4)) * torch.logspace(-3, 3, 6)[:, None]
+    x[1, group + 8 : 2 * group] = 0  # a group of zeros but for its first values
+    x[2, :group] = 0
+    rows = native.int_rows(x, group)
+    groups = torch.nn.functional.pad(x, (0, -200 % group)).reshape(6, -1, group).abs().amax(-1)  # (6, groups)
+    largest = groups.repeat_interleave(group, 1)[:, :200]
     assert ((rows - x).abs() <= largest / 65278 * (1 + 1e-6)).all()
-    assert torch.equal(rows[2, :32], torch.zeros(32)) and torch.equal(rows[1, 40:64], torch.zeros(24))
-    x[3, 70], x[4, 3] = float("nan"), float("inf")
-    odd = native.int_rows(x)
-    assert odd[3, 64:96].isnan().all() and odd[4, :32].isnan().all()
-    assert not odd[3, :64].isnan().any() and torch.equal(odd[5], rows[5])
+    assert torch.equal(rows[2, :group], torch.zeros(group))
+    assert torch.equal(rows[1, group + 8 : 2 * group], torch.zeros(group - 8))
+    x[3, group + 6], x[4, 3] = float("nan"), float("inf")
+    odd = native.int_rows(x, group)
+    assert odd[3, group : 2 * group].isnan().all() and odd[4, :group].isnan().all()
+    assert not odd[3, :group].isnan().any() and not odd[3, 2 * group :].isnan().any()
+    assert torch.equal(odd[5], rows[5])
+    with pytest.raises(ArlmError, match="groups of 32 or 64"):
+        native.int_rows(x, 16)
 
 
 @pytest.mark.skipif(not native.amx_ready(), reason="needs arlm's kernels on a CPU with AMX")

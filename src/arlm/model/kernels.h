@@ -22,7 +22,8 @@ void arlm_attend(const Attention *a, const void *qkv, void *out, int threads);
 
 /* A Linear on one of the kernels: kind 0 bfloat16 AMX tiles (w), 1 int8 codes (w) and float32 scales (scale), 2 int4
  * codes (w) and float16 scales and lows per group of G (scale; both laid out as quantized.c says), 3 float32 (N, K)
- * (w), 4 float32 packed 16 outputs to a line (w; kernels.c); N outputs, K inputs, no bias. */
+ * (w), 4 float32 packed 16 outputs to a line (w; kernels.c); N outputs, K inputs, no bias. Kinds 1 and 2 read their
+ * rows in groups of G inputs where G is 64 and divides K, else 32 (int8's G: native.INT8_ROW_GROUP). */
 typedef struct {
     const void *w, *scale;
     long N, K, G;
@@ -43,7 +44,7 @@ void arlm_blocks(const Block *blocks, long n, void *x, long M, const Attention *
 extern int arlm_amx_ready, arlm_amx_from; /* kernels.c */
 int arlm_amx_init(void);
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads);
-void arlm_int_rows(const float *x, float *y, long M, long K);
+void arlm_int_rows(const float *x, float *y, long M, long K, int width);
 void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long K, int threads);
 void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, long K, int threads);
 void arlm_bf16_mm(const uint16_t *x, const uint16_t *tiles, uint16_t *y, long M, long N, long K, int threads);

@@ -46,6 +46,7 @@ LIBRARY = "libarlm_quant.so"  # a build's file, in its folder of the cache
 KEPT_BUILDS = 8  # builds the cache keeps (the most recently used): each source change or upgrade adds one
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # the least; AVX-512 (F, BW, VNNI) and AMX where present (simd.h, quantized.c)
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+INT8_ROW_GROUP = 64  # inputs per 16-bit scale of an int8 product's rows, where it divides K (else 32; quantized.c)
 ROW_DTYPES = (torch.float32, torch.bfloat16)  # rows (and caches) the attention, SwiGLU and block kernels read
 
 
@@ -151,32 +152,28 @@ def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None where this machine cannot build them (module docstring)."""
     flags = _cpu_flags()
     compiler = _compiler()
-    if platform.machine() != "x86_64" or not set(NEEDED_FLAGS) <= flags or compiler is None:
-        return None
-    path = _build(*compiler, flags)
+    buildable = platform.machine() == "x86_64" and set(NEEDED_FLAGS) <= flags and compiler is not None
+    path = _build(*compiler, flags) if buildable else None
     if path is None:
         return None
     lib = ctypes.CDLL(str(path))
     lib.arlm_int_mm.argtypes = [_P, ctypes.POINTER(LinearWeights), _P, _L, _I]
-    lib.arlm_int_rows.argtypes = [_P, _P, _L, _L]
-    lib.arlm_f32_mm.argtypes = lib.arlm_f32p_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
-    lib.arlm_int_mm.restype = lib.arlm_int_rows.restype = lib.arlm_f32_mm.restype = lib.arlm_f32p_mm.restype = None
+    lib.arlm_int_rows.argtypes = [_P, _P, _L, _L, _I]
+    lib.arlm_f32_mm.argtypes = lib.arlm_f32p_mm.argtypes = lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
     lib.arlm_rms_norm.argtypes = lib.arlm_rms_norm_bf16.argtypes = [_P, _P, _P, _L, _L, ctypes.c_float]
-    lib.arlm_rms_norm.restype = lib.arlm_rms_norm_bf16.restype = None
     lib.arlm_attend.argtypes = [ctypes.POINTER(Attention), _P, _P, _I]
     lib.arlm_block.argtypes = [ctypes.POINTER(BlockWeights), _P, _L, ctypes.POINTER(Attention), _I]
     lib.arlm_blocks.argtypes = [ctypes.POINTER(BlockWeights), _L, _P, _L, ctypes.POINTER(Attention), _L, _I]
     lib.arlm_swiglu.argtypes = [_P, _P, _L, _L, _I, _I]
-    lib.arlm_attend.restype = lib.arlm_block.restype = lib.arlm_blocks.restype = lib.arlm_swiglu.restype = None
-    lib.arlm_bf16_mm.argtypes = [_P, _P, _P, _L, _L, _L, _I]
-    lib.arlm_bf16_mm.restype = None
+    for name in ("int_mm", "int_rows", "f32_mm", "f32p_mm", "bf16_mm", "rms_norm", "rms_norm_bf16", "attend", "block"):
+        getattr(lib, f"arlm_{name}").restype = None
+    lib.arlm_blocks.restype = lib.arlm_swiglu.restype = None
     lib.amx = lib.arlm_amx_init() == 0  # compiled where the CPU has AMX and Linux lets us use it
     return lib
 
 
 def _row_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype a kernel taking float32 or bfloat16 rows expects of t: its own where it is one of those, else
-    float32 (so that `_expect` refuses it)."""
+    """The dtype a kernel taking float32 or bfloat16 rows expects of t: its own if one of those, else float32."""
     return t.dtype if t.dtype in ROW_DTYPES else torch.float32
 
 
@@ -238,12 +235,14 @@ def _int_mm(x: torch.Tensor, weights: LinearWeights) -> torch.Tensor:
     return y
 
 
-def int_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows x (M, K) float32 as the int8 / int4 kernel reads them: each value at 16 bits of its group of 32's largest
-    (quantized.c) -> (M, K) float32."""
+def int_rows(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Rows x (M, K) float32 as the int8 / int4 kernel reads them: each value at 16 bits of its group's largest, groups
+    of `group` (32 or 64) inputs (quantized.c) -> (M, K) float32."""
     _expect(torch.float32, x)
+    if group not in (32, 64):
+        raise ArlmError(f"the int kernels read rows in groups of 32 or 64 inputs, not {group}")
     y = torch.empty_like(x)
-    library().arlm_int_rows(x.data_ptr(), y.data_ptr(), *x.shape)
+    library().arlm_int_rows(x.data_ptr(), y.data_ptr(), *x.shape, group)
     return y
 
 
@@ -406,6 +405,7 @@ def linear_weights(
         _expect_packed(weight, N, K)
     else:
         N, K = (16 * weight.shape[0], 32 * weight.shape[1]) if kind == 0 else (weight.shape[0], weight.shape[1])
+    group = INT8_ROW_GROUP if kind == 1 else group  # int8: its rows' group (int4: its levels', which its rows take)
     return LinearWeights(weight.data_ptr(), None if scales is None else scales.data_ptr(), N, K, group, kind)
 
 

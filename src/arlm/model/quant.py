@@ -8,9 +8,10 @@
 
 Two kernel sets, chosen when a layer is built:
 - arlm's own (model/quantized.c, where this CPU and compiler can build them): integer dot products of the codes by
-  the rows read at 16 bits per group of 32 (each value within 1/65,278 of its group's largest), int8 scales in float32,
-  int4 scales and lows in float16 (a GGUF file's held exactly), float32 output; batch-invariant by construction
-  (docs/perf.md, "arlm's own kernels").
+  the rows read at 16 bits per group of inputs (int8: 64 where that divides the inputs, else 32; int4: its levels'
+  group, 32 or 64; each value within 1/65,278 of its group's largest), int8 scales in float32, int4 scales and lows
+  in float16 (a GGUF file's held exactly), float32 output; batch-invariant by construction (docs/perf.md, "arlm's own
+  kernels").
 - PyTorch's (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`), elsewhere. They read their inputs,
   scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX), 20-35x faster there
   than with float32 inputs, so a layer then rounds its input rows and its scales and zeros to bfloat16
@@ -49,7 +50,7 @@ def compute_dtype() -> torch.dtype:
 
 def kernel_dtype() -> torch.dtype:
     """The dtype the kernels of a layer built now take rows in: float32 for arlm's own (which read them at 16 bits per
-    group of 32, model/quantized.c)."""
+    group of 32 or 64 inputs, model/quantized.c)."""
     return torch.float32 if native.available() else compute_dtype()
 
 

@@ -5,13 +5,16 @@
  *   int8 (kind 1): w[n, k] = (u[n, k] - 128) scale[n], u = q + 128 for signed codes q, one float32 scale per output;
  *   int4 (kind 2): w[n, k] = u[n, k] scale[n, g] + low[n, g], g = k / G (G = 32 or 64), GGUF's Q4_1 convention,
  *                  scale and low in float16 (as a GGUF file holds them).
- * The rows are read at 16 bits per group of 32 inputs: x[k] = d q[k], d = (largest |x| of the group) / 32639, so each
- * value is off by at most 1/65278 of its group's largest (float32 rows hold 24 bits; the weights' codes 4 or 8). With
+ * The rows are read at 16 bits per group of W inputs: x[k] = d q[k], d = (largest |x| of the group) / 32639, so each
+ * value is off by at most 1/65278 of its group's largest (float32 rows hold 24 bits; the weights' codes 4 or 8). W is
+ * the Linear's G where it divides K, else 32: int4's levels' group; for int8, whose scale is per output, native.py
+ * asks 64 (one float32 step per 64 inputs instead of two: at 3-8 rows 0.65x the time in cache, 0.86-0.97x streamed;
+ * SmolLM2's int8 forwards 0.93-0.98x, docs/perf.md). With
  * AVX512-VNNI q is split into two signed bytes, q = 256 q1 + q2, so that integer dot products of bytes (unsigned codes
  * times signed row bytes, 4 products summed into each int32) multiply them exactly, S = 256 S1 + S2; on AVX2 q stays
  * an int16 and the codes become 16-bit words by masks and shifts within each lane (no shuffle across lanes: on an AVX2
  * EPYC a group took ~50 cycles at one row where widening bytes took ~80). Either way a group's sum S is an exact
- * integer, scaled once in float32: y = sum_g d_g S_g scale (+ low_g d_g sum q).
+ * integer (|S| < 64 x 255 x 32639 < 2^31), scaled once in float32: y = sum_g d_g S_g scale (+ low_g d_g sum q).
  *
  * Layout (native.pack_int8 / pack_int4): 16 outputs to a 64-byte vector, 4 consecutive inputs to a lane, so that a
  * vector's 16 sums are 16 outputs and nothing is reduced across lanes. Per tile of 16 outputs, per group of 32 inputs:
@@ -49,31 +52,35 @@ static const int PAIRED[4] = {0, 2, 1, 3}; /* where input i of a quad of the row
 #define Q_MAX 32639 /* largest |q|: 256 q1 + q2 with q1 in -127..127, q2 in -128..127 */
 
 /* The rows at 16 bits: q (2M, Kp) bytes, row 2m holding row m's q1 and 2m + 1 its q2 (BYTE_LEVELS; else (M, Kp)
- * int16, q itself); per row and group of 32: d, the sum of q, and d times that sum */
+ * int16, q itself); per row and group of `width` (32 or 64) inputs: d, the sum of q, and d times that sum. The codes
+ * come in groups of 32 (the layout above): a group of the rows is `width` / 32 of theirs. */
 typedef struct {
     int8_t *q;
     float *d, *xsum;
     int32_t *qsum;
     long Kp, groups;
+    int width;
 } Rows;
 
 static void free_rows(Rows *r) { free(r->q), free(r->d), free(r->xsum), free(r->qsum); }
 
 #ifdef BYTE_LEVELS
-/* One group of 32 values (count of them real, the rest zeros): sets its q1, q2 and the sum of q; returns d (NaN where
- * the group holds a NaN or an infinity: the outputs then are NaN, as a float product's would be). q rounds to nearest,
- * ties to even. */
-static float quantize_group(const float *x, long count, int8_t *q1, int8_t *q2, int32_t *qsum) {
-    __m512 v[2];
-    for (int h = 0; h < 2; h++) {
+/* One group of `width` (32 or 64) values (count of them real, the rest zeros): sets its q1, q2 and the sum of q;
+ * returns d (NaN where the group holds a NaN or an infinity: the outputs then are NaN, as a float product's would be).
+ * q rounds to nearest, ties to even. */
+static float quantize_group(const float *x, long count, int width, int8_t *q1, int8_t *q2, int32_t *qsum) {
+    __m512 v[4], top = _mm512_setzero_ps();
+    __mmask16 odd = 0;
+    for (int h = 0; h < width / 16; h++) {
         long n = count - 16 * h < 0 ? 0 : count - 16 * h > 16 ? 16 : count - 16 * h;
         v[h] = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), x + 16 * h);
+        odd |= _mm512_fpclass_ps_mask(v[h], 0x99); /* NaN or infinity */
+        top = _mm512_max_ps(top, _mm512_abs_ps(v[h]));
     }
-    __mmask16 odd = _mm512_fpclass_ps_mask(v[0], 0x99) | _mm512_fpclass_ps_mask(v[1], 0x99); /* NaN or infinity */
-    float largest = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+    float largest = _mm512_reduce_max_ps(top);
     float inverse = !odd && largest > 0.0f ? Q_MAX / largest : 0.0f;
     __m512i sum = _mm512_setzero_si512();
-    for (int h = 0; h < 2; h++) {
+    for (int h = 0; h < width / 16; h++) {
         __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[h], _mm512_set1_ps(inverse)));
         __m512i high = _mm512_srai_epi32(_mm512_add_epi32(q, _mm512_set1_epi32(128)), 8); /* -127..127 */
         _mm_storeu_si128((__m128i *)(q1 + 16 * h), _mm512_cvtepi32_epi8(high));
@@ -87,10 +94,10 @@ static float quantize_group(const float *x, long count, int8_t *q1, int8_t *q2, 
 
 #else
 /* quantize_group on AVX2: the same q and d, q stored as int16 */
-static float quantize_group(const float *x, long count, int16_t *q, int32_t *qsum) {
-    __m256 v[4], largest = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+static float quantize_group(const float *x, long count, int width, int16_t *q, int32_t *qsum) {
+    __m256 v[8], largest = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (int h = 0; h < 4; h++) {
+    for (int h = 0; h < width / 8; h++) {
         long n = count - 8 * h < 0 ? 0 : count - 8 * h > 8 ? 8 : count - 8 * h;
         __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         v[h] = _mm256_maskload_ps(x + 8 * h, mask);
@@ -103,15 +110,15 @@ static float quantize_group(const float *x, long count, int16_t *q, int32_t *qsu
     float most = _mm_cvtss_f32(_mm_max_ss(top, _mm_movehdup_ps(top)));
     int bad = _mm256_movemask_ps(odd) != 0;
     float inverse = !bad && most > 0.0f ? Q_MAX / most : 0.0f;
-    __m256i sum = _mm256_setzero_si256(), ints[4];
-    for (int h = 0; h < 4; h++) {
-        ints[h] = _mm256_cvtps_epi32(_mm256_mul_ps(v[h], _mm256_set1_ps(inverse)));
-        sum = _mm256_add_epi32(sum, ints[h]);
-    }
-    for (int h = 0; h < 4; h += 2) { /* packs interleaves 128-bit halves, the permute puts them back in order, the
-                                        shuffles store each quad of inputs 0 1 2 3 as 0 2 1 3 (PAIRED) */
-        __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(ints[h], ints[h + 1]), 0xD8);
-        _mm256_storeu_si256((__m256i *)(q + 8 * h), _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(q16, 0xD8), 0xD8));
+    __m256i sum = _mm256_setzero_si256(), ints[2];
+    for (int h = 0; h < width / 8; h++) {
+        ints[h & 1] = _mm256_cvtps_epi32(_mm256_mul_ps(v[h], _mm256_set1_ps(inverse)));
+        sum = _mm256_add_epi32(sum, ints[h & 1]);
+        if (!(h & 1)) continue;
+        /* packs interleaves 128-bit halves, the permute puts them back in order, the shuffles store each quad of inputs
+           0 1 2 3 as 0 2 1 3 (PAIRED) */
+        __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(ints[0], ints[1]), 0xD8);
+        _mm256_storeu_si256((__m256i *)(q + 8 * h - 8), _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(q16, 0xD8), 0xD8));
     }
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
@@ -120,29 +127,30 @@ static float quantize_group(const float *x, long count, int16_t *q, int32_t *qsu
 }
 #endif
 
-static Rows quantize_rows(const float *x, long M, long K) {
-    Rows r = {.Kp = (K + 31) / 32 * 32, .groups = (K + 31) / 32};
+static Rows quantize_rows(const float *x, long M, long K, int width) {
+    Rows r = {.Kp = (K + width - 1) / width * width, .groups = (K + width - 1) / width, .width = width};
     r.q = malloc(2 * M * r.Kp);
     r.d = malloc(M * r.groups * sizeof(float)), r.xsum = malloc(M * r.groups * sizeof(float));
     r.qsum = malloc(M * r.groups * sizeof(int32_t));
     for (long m = 0; m < M; m++)
         for (long g = 0; g < r.groups; g++) {
-            long at = m * r.groups + g, count = K - 32 * g < 32 ? K - 32 * g : 32;
+            long at = m * r.groups + g, count = K - width * g < width ? K - width * g : width;
 #ifdef BYTE_LEVELS
-            int8_t *q1 = r.q + 2 * m * r.Kp + 32 * g;
-            r.d[at] = quantize_group(x + m * K + 32 * g, count, q1, q1 + r.Kp, r.qsum + at);
+            int8_t *q1 = r.q + 2 * m * r.Kp + width * g;
+            r.d[at] = quantize_group(x + m * K + width * g, count, width, q1, q1 + r.Kp, r.qsum + at);
 #else
-            int16_t *q = (int16_t *)r.q + m * r.Kp + 32 * g;
-            r.d[at] = quantize_group(x + m * K + 32 * g, count, q, r.qsum + at);
+            int16_t *q = (int16_t *)r.q + m * r.Kp + width * g;
+            r.d[at] = quantize_group(x + m * K + width * g, count, width, q, r.qsum + at);
 #endif
             r.xsum[at] = r.d[at] * (float)r.qsum[at];
         }
     return r;
 }
 
-/* The rows as the kernel reads them: y (M, K) = d q (for tests and for dequantized references) */
-void arlm_int_rows(const float *x, float *y, long M, long K) {
-    Rows r = quantize_rows(x, M, K);
+/* The rows as the kernel reads them in groups of `width` (32 or 64): y (M, K) = d q (for tests and for dequantized
+ * references) */
+void arlm_int_rows(const float *x, float *y, long M, long K, int width) {
+    Rows r = quantize_rows(x, M, K, width);
     for (long m = 0; m < M; m++)
         for (long k = 0; k < K; k++) {
 #ifdef BYTE_LEVELS
@@ -151,7 +159,7 @@ void arlm_int_rows(const float *x, float *y, long M, long K) {
 #else
             int q = ((const int16_t *)r.q)[m * r.Kp + (k & ~3) + PAIRED[k & 3]];
 #endif
-            y[m * K + k] = r.d[m * r.groups + k / 32] * (float)q;
+            y[m * K + k] = r.d[m * r.groups + k / width] * (float)q;
         }
     free_rows(&r);
 }
@@ -217,28 +225,37 @@ static inline void store_sums(const Linear *l, float *y, long m0, int mt, long t
     }
 }
 
-/* rows m0 .. m0 + mt (mt <= ROWS, a constant where inlined) times the 16 outputs of tile t, on vpdpbusd */
+/* rows m0 .. m0 + mt (mt <= ROWS) times the 16 outputs of tile t, on vpdpbusd, the rows in groups of W (mt and W
+ * constants where inlined) */
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                           long t) {
-    const int kind = l->kind;
+                                                           long t, const int W) {
+    const int kind = l->kind, sub = W / 32; /* the codes' groups of 32 in a group of the rows */
     const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
-    const int shift = l->G == 64; /* group g's levels: g >> shift */
-    const uint8_t *codes = (const uint8_t *)l->w + t * groups * (kind == 1 ? 512 : 256);
+    const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
+    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (kind == 1 ? 512 : 256);
     __m512 acc[ROWS], scale = _mm512_setzero_ps(), low = _mm512_setzero_ps();
     for (int i = 0; i < mt; i++) acc[i] = _mm512_setzero_ps();
     for (long g = 0; g < groups; g++) {
-        __m512i w[8];
-        if (m0 == 0) prefetch_group(codes, l, t, g, levels, shift);
-        load_codes(codes, g, kind, w);
-        if (kind == 2) group_levels(l, t * levels + (g >> shift), &scale, &low);
-        for (int i = 0; i < mt; i++) {
-            const int8_t *a = r->q + 2 * (m0 + i) * r->Kp + 32 * g, *b = a + r->Kp;
-            __m512i s1[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}, s2[2] = {s1[0], s1[0]};
-            for (int j = 0; j < 8; j++) { /* two chains per level: each product waits for half as many before it */
-                s1[j & 1] = _mm512_dpbusd_epi32(s1[j & 1], w[j], _mm512_set1_epi32(*(const int32_t *)(a + 4 * j)));
-                s2[j & 1] = _mm512_dpbusd_epi32(s2[j & 1], w[j], _mm512_set1_epi32(*(const int32_t *)(b + 4 * j)));
+        __m512i s1[ROWS][2], s2[ROWS][2]; /* per row, two chains per byte level: each product waits for half as many */
+        for (int i = 0; i < mt; i++) s1[i][0] = s1[i][1] = s2[i][0] = s2[i][1] = _mm512_setzero_si512();
+        for (int h = 0; h < sub; h++) { /* the codes' groups of 32 one at a time (16 vectors of a group of 64 at once:
+                                           1.2x the time at one row in cache) */
+            __m512i w[8];
+            if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift);
+            load_codes(codes, sub * g + h, kind, w);
+            for (int i = 0; i < mt; i++) {
+                const int8_t *a = r->q + 2 * (m0 + i) * r->Kp + W * g + 32 * h, *b = a + r->Kp;
+                for (int j = 0; j < 8; j++) {
+                    __m512i a4 = _mm512_set1_epi32(*(const int32_t *)(a + 4 * j));
+                    __m512i b4 = _mm512_set1_epi32(*(const int32_t *)(b + 4 * j));
+                    s1[i][j & 1] = _mm512_dpbusd_epi32(s1[i][j & 1], w[j], a4);
+                    s2[i][j & 1] = _mm512_dpbusd_epi32(s2[i][j & 1], w[j], b4);
+                }
             }
-            __m512i upper = _mm512_add_epi32(s1[0], s1[1]), lower = _mm512_add_epi32(s2[0], s2[1]);
+        }
+        if (kind == 2) group_levels(l, t * levels + (sub * g >> shift), &scale, &low);
+        for (int i = 0; i < mt; i++) {
+            __m512i upper = _mm512_add_epi32(s1[i][0], s1[i][1]), lower = _mm512_add_epi32(s2[i][0], s2[i][1]);
             __m512i s = _mm512_add_epi32(_mm512_slli_epi32(upper, 8), lower); /* sum_k u q, exact */
             acc[i] = add_group(acc[i], s, kind, r, (m0 + i) * groups + g, scale, low);
         }
@@ -250,9 +267,9 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
 #include <string.h>
 #define AMX_ROWS 8 /* rows per block on AMX: their q1 and q2 fill a tile's 16 rows */
 
-/* Tile 0: 2 rows rows of q, 32 bytes (one group) each; tiles 1-3: a group's codes of three output tiles, 8 rows of
- * 16 outputs x 4 inputs; tiles 4-6: their sums, 2 rows rows x 16 int32 */
-static void configure_int_tiles(int rows) {
+/* Tile 0: 2 rows rows of q, `width` bytes (one group) each; tiles 1-3: a group's codes of three output tiles, width / 4
+ * rows of 16 outputs x 4 inputs; tiles 4-6: their sums, 2 rows rows x 16 int32 */
+static void configure_int_tiles(int rows, int width) {
     struct {
         uint8_t palette, start_row, reserved[14];
         uint16_t colsb[16];
@@ -260,9 +277,9 @@ static void configure_int_tiles(int rows) {
     } c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
-    c.colsb[0] = 32, c.rows[0] = (uint8_t)(2 * rows);
+    c.colsb[0] = (uint16_t)width, c.rows[0] = (uint8_t)(2 * rows);
     for (int i = 1; i <= 3; i++) {
-        c.colsb[i] = 64, c.rows[i] = 8;
+        c.colsb[i] = 64, c.rows[i] = (uint8_t)(width / 4);
         c.colsb[i + 3] = 64, c.rows[i + 3] = (uint8_t)(2 * rows);
     }
     _tile_loadconfig(&c);
@@ -280,53 +297,71 @@ static inline void add_tile_sums(__m512 *acc, int32_t (*sums)[16], const Linear 
     }
 }
 
-/* Group g's codes of output tile i (of tiles `bytes` apart from `codes`) where a tile load reads them: in place (int8),
- * or (int4) unpacked into room[g & 1][i] a group ahead, so that the stores are done before the load comes */
-static inline const void *codes_at(const uint8_t *codes, long bytes, int i, long g, int kind, __m512i room[2][3][8]) {
-    return kind == 1 ? codes + i * bytes + 512 * g : (const void *)room[g & 1][i];
+/* Group g's codes of output tile i (of tiles `bytes` apart from `codes`; groups of `width`) where a tile load reads
+ * them: in place (int8), or (int4) unpacked into room[g & 1][i] a group ahead, so that the stores are done before the
+ * load comes */
+static inline const void *codes_at(const uint8_t *codes, long bytes, int i, long g, int width, int kind,
+                                   __m512i room[2][3][16]) {
+    return kind == 1 ? codes + i * bytes + 16 * width * g : (const void *)room[g & 1][i];
+}
+
+/* Group g's codes of output tile `codes` (groups of `width`), int4, unpacked into `room` */
+static inline void unpack_group(const uint8_t *codes, long g, int width, __m512i *room) {
+    for (int h = 0; h < width / 32; h++) load_codes(codes, width / 32 * g + h, 2, room + 8 * h);
 }
 
 /* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the outputs of output tiles t0 .. t0 + n - 1
- * (n: 3, or what is left of the layer), on AMX: per group one row tile against each output tile's codes, the n tile
- * products independent of each other (in flight together), then their sums stored and added */
-static void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0) {
+ * (n: 3, or what is left of the layer), on AMX, the rows in groups of W (a constant where inlined): per group one row
+ * tile against each output tile's codes, the n tile products independent of each other (in flight together), then
+ * their sums stored and added */
+static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt,
+                                                            long t0, const int W) {
     const int kind = l->kind, n = (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3;
-    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1, bytes = groups * (kind == 1 ? 512 : 256);
-    const int shift = l->G == 64; /* group g's levels: g >> shift */
+    const int sub = W / 32, shift = l->G == 64; /* the codes' groups of 32 in a group of W; group g of 32's levels:
+                                                   g >> shift */
+    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
+    const long bytes = (l->K + 31) / 32 * (kind == 1 ? 512 : 256); /* an output tile's codes */
     const uint8_t *codes = (const uint8_t *)l->w + t0 * bytes;
     const int8_t *q = r->q + 2 * m0 * r->Kp;
-    __m512i room[2][3][8];
+    __m512i room[2][3][16];
     int32_t sums[3][2 * AMX_ROWS][16] __attribute__((aligned(64)));
     __m512 acc[3][AMX_ROWS];
     for (int i = 0; i < n; i++)
         for (int m = 0; m < mt; m++) acc[i][m] = _mm512_setzero_ps();
-    for (int i = 0; kind == 2 && i < n; i++) load_codes(codes + i * bytes, 0, kind, room[0][i]);
+    for (int i = 0; kind == 2 && i < n; i++) unpack_group(codes + i * bytes, 0, W, room[0][i]);
     for (long g = 0; g < groups; g++) {
         for (int i = 3; m0 == 0 && i < 6; i++) /* the next triple's group g (the prefetches AHEAD groups on in
                                                  these tiles: 0.66-0.93x the time at 3-8 rows) */
-            prefetch_at(codes + i * bytes, l, t0 + i, g, levels, shift);
-        _tile_loadd(0, q + 32 * g, r->Kp);
+            for (int h = 0; h < sub; h++) prefetch_at(codes + i * bytes, l, t0 + i, sub * g + h, levels, shift);
+        _tile_loadd(0, q + W * g, r->Kp);
         _tile_zero(4);
-        _tile_loadd(1, codes_at(codes, bytes, 0, g, kind, room), 64);
+        _tile_loadd(1, codes_at(codes, bytes, 0, g, W, kind, room), 64);
         _tile_dpbsud(4, 0, 1);
         if (n > 1) {
             _tile_zero(5);
-            _tile_loadd(2, codes_at(codes, bytes, 1, g, kind, room), 64);
+            _tile_loadd(2, codes_at(codes, bytes, 1, g, W, kind, room), 64);
             _tile_dpbsud(5, 0, 2);
         }
         if (n > 2) {
             _tile_zero(6);
-            _tile_loadd(3, codes_at(codes, bytes, 2, g, kind, room), 64);
+            _tile_loadd(3, codes_at(codes, bytes, 2, g, W, kind, room), 64);
             _tile_dpbsud(6, 0, 3);
         }
         for (int i = 0; kind == 2 && g + 1 < groups && i < n; i++)
-            load_codes(codes + i * bytes, g + 1, kind, room[(g + 1) & 1][i]);
+            unpack_group(codes + i * bytes, g + 1, W, room[(g + 1) & 1][i]);
         _tile_stored(4, sums[0], 64);
         if (n > 1) _tile_stored(5, sums[1], 64);
         if (n > 2) _tile_stored(6, sums[2], 64);
-        for (int i = 0; i < n; i++) add_tile_sums(acc[i], sums[i], l, r, m0, mt, g, (t0 + i) * levels + (g >> shift));
+        for (int i = 0; i < n; i++)
+            add_tile_sums(acc[i], sums[i], l, r, m0, mt, g, (t0 + i) * levels + (sub * g >> shift));
     }
     for (int i = 0; i < n; i++) store_sums(l, y, m0, mt, t0 + i, acc[i]);
+}
+
+/* amx_tiles for the rows' group width */
+static void amx_block(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0) {
+    if (r->width == 64) amx_tiles(r, l, y, m0, mt, t0, 64);
+    else amx_tiles(r, l, y, m0, mt, t0, 32);
 }
 #endif
 
@@ -352,11 +387,11 @@ static inline __attribute__((always_inline)) void add_products(__m256i sums[][2]
     }
 }
 
-/* Group g's exact sums sum_k u q for the 16 outputs of tile `codes` (sums[i][h]: outputs 8h .. 8h + 7, in order), rows
- * m0 .. m0 + mt; each code vector is read and split into words once for all the rows */
+/* The exact sums sum_k u q over the codes' group g of 32, for the 16 outputs of tile `codes` (sums[i][h]: outputs
+ * 8h .. 8h + 7, in order), rows m0 .. m0 + mt, added to sums; each code vector is read and split into words once for
+ * all the rows */
 static inline __attribute__((always_inline)) void group_sums(const uint8_t *codes, long g, int kind, const Rows *r,
                                                              long m0, int mt, __m256i sums[][2]) {
-    for (int i = 0; i < mt; i++) sums[i][0] = sums[i][1] = _mm256_setzero_si256();
     const int16_t *q = (const int16_t *)r->q + m0 * r->Kp + 32 * g;
     const __m256i byte = _mm256_set1_epi16(0x00FF), nibble = _mm256_set1_epi16(0x000F);
     for (int j = 0; j < (kind == 1 ? 8 : 4); j++) { /* int4: low nibbles are inputs 4j.., high ones 16 + 4j.. */
@@ -400,21 +435,24 @@ static inline void store_half(const Linear *l, float *y, long m, long t, int h, 
     _mm256_maskstore_ps(y + m * l->N + 16 * t + 8 * h, mask, acc);
 }
 
-/* rows m0 .. m0 + mt (mt <= ROWS, a constant where inlined) times the 16 outputs of tile t, 8 at a time; the same
- * integer sums and float32 steps, lane by lane, as the VNNI kernel */
+/* rows m0 .. m0 + mt (mt <= ROWS) times the 16 outputs of tile t, 8 at a time, the rows in groups of W (mt and W
+ * constants where inlined); the same integer sums and float32 steps, lane by lane, as the VNNI kernel */
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                           long t) {
-    const int kind = l->kind;
+                                                           long t, const int W) {
+    const int kind = l->kind, sub = W / 32; /* the codes' groups of 32 in a group of the rows */
     const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
-    const int shift = l->G == 64; /* group g's levels: g >> shift */
-    const uint8_t *codes = (const uint8_t *)l->w + t * groups * (kind == 1 ? 512 : 256);
+    const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
+    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (kind == 1 ? 512 : 256);
     __m256 acc[4][2];
     for (int i = 0; i < mt; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (long g = 0; g < groups; g++) {
-        if (m0 == 0) prefetch_group(codes, l, t, g, levels, shift);
-        const uint16_t *pair = (const uint16_t *)l->scale + (t * levels + (g >> shift)) * 32; /* int4 */
+        const uint16_t *pair = (const uint16_t *)l->scale + (t * levels + (sub * g >> shift)) * 32; /* int4 */
         __m256i sums[4][2];
-        group_sums(codes, g, kind, r, m0, mt, sums);
+        for (int i = 0; i < mt; i++) sums[i][0] = sums[i][1] = _mm256_setzero_si256();
+        for (int h = 0; h < sub; h++) {
+            if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift);
+            group_sums(codes, sub * g + h, kind, r, m0, mt, sums);
+        }
         for (int h = 0; h < 2; h++)
             for (int i = 0; i < mt; i++)
                 acc[i][h] = add_sums(acc[i][h], sums[i][h], kind, r, (m0 + i) * groups + g, pair, h);
@@ -424,23 +462,37 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
 }
 #endif
 
+/* Rows 0 .. M times the 16 outputs of tile t, in blocks of ROWS, the rows in groups of W (a constant where inlined) */
+static inline __attribute__((always_inline)) void tile_rows(const Rows *r, const Linear *l, float *y, long M, long t,
+                                                            const int W) {
+    if (ALONE) int_tile(r, l, y, 0, 1, t, W); /* streams the tile from memory; the blocks after read it in cache */
+    for (long m0 = ALONE, mt; m0 < M; m0 += mt) {
+        long left = M - m0, blocks = (left + ROWS - 1) / ROWS; /* AVX2: 7 rows 3 + 2 + 2, not 3 + 3 + 1 */
+        mt = EVEN_BLOCKS ? (left + blocks - 1) / blocks : left < ROWS ? left : ROWS;
+        if (mt == 4) int_tile(r, l, y, m0, 4, t, W);
+        else if (mt == 3) int_tile(r, l, y, m0, 3, t, W);
+        else if (mt == 2) int_tile(r, l, y, m0, 2, t, W);
+        else int_tile(r, l, y, m0, 1, t, W);
+    }
+}
+
 /* y (M, N) = x (M, K) times the weight of l (kind 1 or 2, the layout above), over threads by tiles of 16 outputs */
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads) {
-    Rows r = quantize_rows(x, M, l->K);
+    Rows r = quantize_rows(x, M, l->K, l->G == 64 && l->K % 64 == 0 ? 64 : 32);
     long tiles = (l->N + 15) / 16;
 #ifdef __AMX_INT8__
     if (arlm_amx_ready && M >= arlm_amx_from) {
 #pragma omp parallel num_threads(threads)
         {
             long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
-            if (full) configure_int_tiles(AMX_ROWS);
+            if (full) configure_int_tiles(AMX_ROWS, r.width);
 #pragma omp for schedule(static)
             for (long u = 0; u < triples; u++)
-                for (long b = 0; b < full; b++) amx_tiles(&r, l, y, b * AMX_ROWS, AMX_ROWS, 3 * u);
+                for (long b = 0; b < full; b++) amx_block(&r, l, y, b * AMX_ROWS, AMX_ROWS, 3 * u);
             if (rest) {
-                configure_int_tiles((int)rest);
+                configure_int_tiles((int)rest, r.width);
 #pragma omp for schedule(static)
-                for (long u = 0; u < triples; u++) amx_tiles(&r, l, y, full * AMX_ROWS, (int)rest, 3 * u);
+                for (long u = 0; u < triples; u++) amx_block(&r, l, y, full * AMX_ROWS, (int)rest, 3 * u);
             }
             _tile_release();
         }
@@ -450,15 +502,8 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
 #endif
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++) {
-        if (ALONE) int_tile(&r, l, y, 0, 1, t); /* streams the tile from memory; the blocks after read it in cache */
-        for (long m0 = ALONE, mt; m0 < M; m0 += mt) {
-            long left = M - m0, blocks = (left + ROWS - 1) / ROWS; /* AVX2: 7 rows 3 + 2 + 2, not 3 + 3 + 1 */
-            mt = EVEN_BLOCKS ? (left + blocks - 1) / blocks : left < ROWS ? left : ROWS;
-            if (mt == 4) int_tile(&r, l, y, m0, 4, t);
-            else if (mt == 3) int_tile(&r, l, y, m0, 3, t);
-            else if (mt == 2) int_tile(&r, l, y, m0, 2, t);
-            else int_tile(&r, l, y, m0, 1, t);
-        }
+        if (r.width == 64) tile_rows(&r, l, y, M, t, 64);
+        else tile_rows(&r, l, y, M, t, 32);
     }
     free_rows(&r);
 }
