@@ -4,8 +4,8 @@
  *
  * y[m, n] = sum_k x[m, k] * w[n, k] for float32 rows x (M, K) and a weight w (N, K) read from memory once per call:
  *   packed (arlm_f32p_mm; native.pack_f32: 16 outputs to a line): every (m, n) sum is one lane's FMAs, k in order (one
- *   row over 4 tiles side by side, 2-4 rows over 3 on AVX2, more in blocks of 6 or 8 over one tile, a prompt's rows in
- *   passes of 256 inputs); in place (arlm_f32_mm: w as it is, for a weight two Linears share): every sum runs in VL
+ *   row over 4 tiles side by side, 2-4 rows over 3 on AVX2, more in blocks of 6 to 16 over one tile, a prompt's rows
+ *   in passes of 256 inputs, on AVX-512 blocks of 8 over 3 tiles in passes of 128); in place (arlm_f32_mm: w as it is, for a weight two Linears share): every sum runs in VL
  *   lanes, k in order, and ends in one fixed lane reduction (the next tile's weights prefetched while a tile computes).
  * Either way a row's bits depend on that row and the weight only, never on the other rows or on M (batch-invariant),
  * and the weights are reused from cache for every block of rows, so a few rows (speculative verification, a batch of
@@ -114,6 +114,9 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
 #define GROUP_MAX_M (VL == 8 ? 4 : 1)
 #define KC 256 /* k per pass of many rows (a prompt) over a tile: its 16 KiB stay in L1 while every block of rows reads
                   them, sums left in y between passes (248 rows: 113 -> 130 GFLOP/s, docs/perf.md) */
+#define PROMPT_TILES (VL == 16 ? 3 : 1) /* tiles side by side for a prompt's blocks of PROMPT_ROWS rows: 8 x 3 sums,
+                                          3 weight vectors and 8 row values per 24 FMAs (one tile: 9 loads per 8) */
+#define PROMPT_KC 128 /* k per pass of those: the 3 tiles' 24 KiB stay in L1 */
 #define CHUNK 64 /* k per pass when the rows take two passes: the group's 3 x 4 KiB stay in L1 for the second */
 
 /* outputs of tile t (n of its 16 real) from sums acc, to row y */
@@ -125,31 +128,37 @@ static inline void store_tile(float *y, const vf *acc, long n) {
     }
 }
 
-/* rows m0 .. m0 + mt (a constant where inlined) times tile t over k0 .. k1: sums start at zero (k0 = 0) or from y,
- * where the chunk before left them */
+/* rows m0 .. m0 + mt times tiles t .. t + nt (mt, nt constants where inlined) over k0 .. k1: sums start at zero
+ * (k0 = 0) or from y, where the chunk before left them */
 static inline __attribute__((always_inline)) void packed_rows(const float *x, const float *wp, float *y, long m0,
-                                                              int mt, long t, long N, long K, long k0, long k1) {
-    vf acc[MAX_ROWS][PACK_V]; /* mt <= FEW_ROWS */
-    long n = N - t * PACK;
+                                                              int mt, long t, int nt, long N, long K, long k0,
+                                                              long k1) {
+    vf acc[MAX_ROWS][PROMPT_TILES][PACK_V]; /* mt <= FEW_ROWS; nt > 1 only for blocks of PROMPT_ROWS */
     for (int i = 0; i < mt; i++)
-        for (int v = 0; v < PACK_V; v++) {
-            long left = n - v * VL;
-            const float *at = y + (m0 + i) * N + t * PACK + v * VL;
-            acc[i][v] = k0 == 0 || left <= 0 ? vf_zero() : left >= VL ? vf_load(at) : vf_loadn(at, left);
-        }
+        for (int j = 0; j < nt; j++)
+            for (int v = 0; v < PACK_V; v++) {
+                long left = N - (t + j) * PACK - v * VL;
+                const float *at = y + (m0 + i) * N + (t + j) * PACK + v * VL;
+                acc[i][j][v] = k0 == 0 || left <= 0 ? vf_zero() : left >= VL ? vf_load(at) : vf_loadn(at, left);
+            }
     const float *w = wp + t * K * PACK, *xs = x + m0 * K;
     for (long k = k0; k < k1; k++) {
-        if (m0 == 0) _mm_prefetch((const char *)(w + (K + k) * PACK), _MM_HINT_T0); /* the next tile's line k */
-        vf wv[PACK_V];
-        for (int v = 0; v < PACK_V; v++) wv[v] = vf_load(w + k * PACK + v * VL);
+        for (int j = 0; m0 == 0 && j < nt; j++) /* the next tiles' line k */
+            _mm_prefetch((const char *)(w + ((nt + j) * K + k) * PACK), _MM_HINT_T0);
+        vf wv[PROMPT_TILES][PACK_V];
+        for (int j = 0; j < nt; j++)
+            for (int v = 0; v < PACK_V; v++) wv[j][v] = vf_load(w + (j * K + k) * PACK + v * VL);
         /* in registers: below 5 rows gcc would read each weight again for every row's FMA, 3 loads per 2 FMAs */
-        for (int v = 0; v < PACK_V; v++) __asm__("" : "+x"(wv[v]));
+        for (int j = 0; j < nt; j++)
+            for (int v = 0; v < PACK_V; v++) __asm__("" : "+x"(wv[j][v]));
         for (int i = 0; i < mt; i++) {
             vf b = vf_set1(xs[i * K + k]);
-            for (int v = 0; v < PACK_V; v++) acc[i][v] = vf_fma(wv[v], b, acc[i][v]);
+            for (int j = 0; j < nt; j++)
+                for (int v = 0; v < PACK_V; v++) acc[i][j][v] = vf_fma(wv[j][v], b, acc[i][j][v]);
         }
     }
-    for (int i = 0; i < mt; i++) store_tile(y + (m0 + i) * N + t * PACK, acc[i], n);
+    for (int i = 0; i < mt; i++)
+        for (int j = 0; j < nt; j++) store_tile(y + (m0 + i) * N + (t + j) * PACK, acc[i][j], N - (t + j) * PACK);
 }
 
 /* rows m0 .. m0 + mt times tiles t .. t + nt (mt, nt constants where inlined) over k0 .. k1, the tiles read side by
@@ -240,13 +249,31 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
         return;
     }
     long nb = row_blocks(M), kc = nb > 1 ? KC : K; /* more than one block: they re-read each chunk of k from L1 */
+    if (PROMPT_TILES > 1 && M > 2 * FEW_ROWS) { /* a prompt: blocks of PROMPT_ROWS over PROMPT_TILES tiles at once */
+        long groups = (tiles + PROMPT_TILES - 1) / PROMPT_TILES;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (long g = 0; g < groups; g++)
+            for (long k0 = 0; k0 < K; k0 += PROMPT_KC) {
+                long k1 = k0 + PROMPT_KC < K ? k0 + PROMPT_KC : K, t = g * PROMPT_TILES;
+                for (long b = 0; b < nb; b++) {
+                    long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
+#define PROMPT_BLOCK(rows) packed_rows(x, wp, y, m0, rows, t, PROMPT_TILES, N, K, k0, k1)
+#define PROMPT_ALONE(rows) packed_rows(x, wp, y, m0, rows, u, 1, N, K, k0, k1)
+                    if (tiles - t >= PROMPT_TILES) {
+                        BY_ROWS(mt, PROMPT_BLOCK);
+                    } else
+                        for (long u = t; u < tiles; u++) BY_ROWS(mt, PROMPT_ALONE);
+                }
+            }
+        return;
+    }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++)
         for (long k0 = 0; k0 < K; k0 += kc) {
             long k1 = k0 + kc < K ? k0 + kc : K;
             for (long b = 0; b < nb; b++) {
                 long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
-#define PACKED_ROWS(rows) packed_rows(x, wp, y, m0, rows, t, N, K, k0, k1)
+#define PACKED_ROWS(rows) packed_rows(x, wp, y, m0, rows, t, 1, N, K, k0, k1)
                 BY_ROWS_16(mt, PACKED_ROWS);
             }
         }
