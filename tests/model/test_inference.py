@@ -171,8 +171,8 @@ def test_native_linear_is_a_matmul_and_batch_invariant(dtype, pack, outputs, bia
     summation; a row's bits do not depend on the rows beside it, at any number of rows (one block up to 16 rows, 6
     on AVX2, then blocks as even as possible: 17 as 9 + 8, 37 as blocks of 7 and 8; 2 to 4 rows over 3 tiles side by
     side in chunks of k (200 outputs: whole groups and a rest), more than one block in passes of 256 inputs and a
-    rest (AVX-512, past 32 rows: blocks of 8 over 3 tiles in passes of 128 and a rest, the last tiles one by one), or
-    3 or 4 and a rest in place), float32 packed (outputs past a multiple of 16 too) or
+    rest (AVX-512, from 2 rows: blocks of up to 8 over 3 tiles, several in passes of 128 and a rest, the last tiles
+    one by one), or 3 or 4 and a rest in place), float32 packed (outputs past a multiple of 16 too) or
     read in place; bfloat16's one row 8 tiles side by side and the rest of a thread's share (352 outputs: 22 tiles)."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(320, outputs, bias=bias).to(dtype)

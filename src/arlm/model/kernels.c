@@ -4,8 +4,8 @@
  *
  * y[m, n] = sum_k x[m, k] * w[n, k] for float32 rows x (M, K) and a weight w (N, K) read from memory once per call:
  *   packed (arlm_f32p_mm; native.pack_f32: 16 outputs to a line): every (m, n) sum is one lane's FMAs, k in order (one
- *   row over 4 tiles side by side, 2-4 rows over 3 on AVX2, more in blocks of 6 to 16 over one tile, a prompt's rows
- *   in passes of 256 inputs, on AVX-512 blocks of 8 over 3 tiles in passes of 128); in place (arlm_f32_mm: w as it is, for a weight two Linears share): every sum runs in VL
+ *   row over 4 tiles side by side; on AVX-512 more rows in blocks of up to 8 over 3 tiles, several blocks in passes
+ *   of 128 inputs; on AVX2 2-4 rows over 3 tiles, more in blocks of 6 over one, a prompt's in passes of 256); in place (arlm_f32_mm: w as it is, for a weight two Linears share): every sum runs in VL
  *   lanes, k in order, and ends in one fixed lane reduction (the next tile's weights prefetched while a tile computes).
  * Either way a row's bits depend on that row and the weight only, never on the other rows or on M (batch-invariant),
  * and the weights are reused from cache for every block of rows, so a few rows (speculative verification, a batch of
@@ -107,16 +107,18 @@ void arlm_f32_mm(const float *x, const float *w, float *y, long M, long N, long 
 #define PACK_TILES 4                   /* tiles at once for one row: 4 weight streams, 4 PACK_V sums in flight */
 /* A few rows (2 to GROUP_MAX_M) read GROUP tiles side by side, GROUP_ROWS rows a pass: one core streams a single tile
  * at ~14 GB/s on an AVX2 EPYC and three at ~20, so 2 rows over 3 tiles took 17 ms where 2 rows over one took 25 (all
- * SmolLM2's products, 2 threads; docs/perf.md). From 5 rows the 6-row blocks on one tile are as fast; AVX-512 keeps
- * them at every row count (not timed there). */
+ * SmolLM2's products, 2 threads; docs/perf.md). From 5 rows the 6-row blocks on one tile are as fast. AVX-512 takes
+ * WIDE_TILES instead. */
 #define GROUP 3
 #define GROUP_ROWS 2
 #define GROUP_MAX_M (VL == 8 ? 4 : 1)
 #define KC 256 /* k per pass of many rows (a prompt) over a tile: its 16 KiB stay in L1 while every block of rows reads
                   them, sums left in y between passes (248 rows: 113 -> 130 GFLOP/s, docs/perf.md) */
-#define PROMPT_TILES (VL == 16 ? 3 : 1) /* tiles side by side for a prompt's blocks of PROMPT_ROWS rows: 8 x 3 sums,
-                                          3 weight vectors and 8 row values per 24 FMAs (one tile: 9 loads per 8) */
-#define PROMPT_KC 128 /* k per pass of those: the 3 tiles' 24 KiB stay in L1 */
+#define WIDE_TILES (VL == 16 ? 3 : 1) /* AVX-512, from 2 rows: blocks of up to PROMPT_ROWS rows over 3 tiles side by
+                                        side, 8 x 3 sums, 3 weight vectors and 8 row values per 24 FMAs (one tile: 9
+                                        loads per 8); SmolLM2's forward over 2-8 tokens 0.78-0.95x the time, a prompt's
+                                        0.83-0.87x (docs/perf.md) */
+#define WIDE_KC 128 /* k per pass of those where there are several blocks: the 3 tiles' 24 KiB stay in L1 */
 #define CHUNK 64 /* k per pass when the rows take two passes: the group's 3 x 4 KiB stay in L1 for the second */
 
 /* outputs of tile t (n of its 16 real) from sums acc, to row y */
@@ -133,7 +135,7 @@ static inline void store_tile(float *y, const vf *acc, long n) {
 static inline __attribute__((always_inline)) void packed_rows(const float *x, const float *wp, float *y, long m0,
                                                               int mt, long t, int nt, long N, long K, long k0,
                                                               long k1) {
-    vf acc[MAX_ROWS][PROMPT_TILES][PACK_V]; /* mt <= FEW_ROWS; nt > 1 only for blocks of PROMPT_ROWS */
+    vf acc[MAX_ROWS][WIDE_TILES][PACK_V]; /* mt <= FEW_ROWS; nt > 1 only for blocks of up to PROMPT_ROWS */
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++)
             for (int v = 0; v < PACK_V; v++) {
@@ -145,7 +147,7 @@ static inline __attribute__((always_inline)) void packed_rows(const float *x, co
     for (long k = k0; k < k1; k++) {
         for (int j = 0; m0 == 0 && j < nt; j++) /* the next tiles' line k */
             _mm_prefetch((const char *)(w + ((nt + j) * K + k) * PACK), _MM_HINT_T0);
-        vf wv[PROMPT_TILES][PACK_V];
+        vf wv[WIDE_TILES][PACK_V];
         for (int j = 0; j < nt; j++)
             for (int v = 0; v < PACK_V; v++) wv[j][v] = vf_load(w + (j * K + k) * PACK + v * VL);
         /* in registers: below 5 rows gcc would read each weight again for every row's FMA, 3 loads per 2 FMAs */
@@ -248,25 +250,26 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
         }
         return;
     }
-    long nb = row_blocks(M), kc = nb > 1 ? KC : K; /* more than one block: they re-read each chunk of k from L1 */
-    if (PROMPT_TILES > 1 && M > 2 * FEW_ROWS) { /* a prompt: blocks of PROMPT_ROWS over PROMPT_TILES tiles at once */
-        long groups = (tiles + PROMPT_TILES - 1) / PROMPT_TILES;
+    if (WIDE_TILES > 1) { /* blocks of up to PROMPT_ROWS rows over WIDE_TILES tiles at once, the last tiles alone */
+        long groups = (tiles + WIDE_TILES - 1) / WIDE_TILES, nb = (M + PROMPT_ROWS - 1) / PROMPT_ROWS;
+        long kc = nb > 1 ? WIDE_KC : K; /* several blocks: they re-read each chunk of k from L1 */
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (long g = 0; g < groups; g++)
-            for (long k0 = 0; k0 < K; k0 += PROMPT_KC) {
-                long k1 = k0 + PROMPT_KC < K ? k0 + PROMPT_KC : K, t = g * PROMPT_TILES;
+            for (long k0 = 0; k0 < K; k0 += kc) {
+                long k1 = k0 + kc < K ? k0 + kc : K, t = g * WIDE_TILES;
                 for (long b = 0; b < nb; b++) {
                     long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
-#define PROMPT_BLOCK(rows) packed_rows(x, wp, y, m0, rows, t, PROMPT_TILES, N, K, k0, k1)
-#define PROMPT_ALONE(rows) packed_rows(x, wp, y, m0, rows, u, 1, N, K, k0, k1)
-                    if (tiles - t >= PROMPT_TILES) {
-                        BY_ROWS(mt, PROMPT_BLOCK);
+#define WIDE_BLOCK(rows) packed_rows(x, wp, y, m0, rows, t, WIDE_TILES, N, K, k0, k1)
+#define ONE_TILE(rows) packed_rows(x, wp, y, m0, rows, u, 1, N, K, k0, k1)
+                    if (tiles - t >= WIDE_TILES) {
+                        BY_ROWS(mt, WIDE_BLOCK);
                     } else
-                        for (long u = t; u < tiles; u++) BY_ROWS(mt, PROMPT_ALONE);
+                        for (long u = t; u < tiles; u++) BY_ROWS(mt, ONE_TILE);
                 }
             }
         return;
     }
+    long nb = row_blocks(M), kc = nb > 1 ? KC : K; /* more than one block: they re-read each chunk of k from L1 */
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++)
         for (long k0 = 0; k0 < K; k0 += kc) {
