@@ -5,8 +5,9 @@
  * y[m, n] = sum_k x[m, k] * w[n, k] for float32 rows x (M, K) and a weight w (N, K) read from memory once per call:
  *   packed (arlm_f32p_mm; native.pack_f32: 16 outputs to a line): every (m, n) sum is one lane's FMAs, k in order (one
  *   row over 4 tiles side by side; on AVX-512 more rows in blocks of up to 8 over 3 tiles, several blocks in passes
- *   of 128 inputs; on AVX2 2-4 rows over 3 tiles, more in blocks of 6 over one, a prompt's in passes of 256); in place (arlm_f32_mm: w as it is, for a weight two Linears share): every sum runs in VL
- *   lanes, k in order, and ends in one fixed lane reduction (the next tile's weights prefetched while a tile computes).
+ *   of 128 inputs; on AVX2 2-4 rows over 3 tiles, more in blocks of 6 over one, a prompt's in passes of 256); in
+ *   place (arlm_f32_mm: w as it is, for a weight two Linears share): every sum runs in VL lanes, k in order, and ends
+ *   in one fixed lane reduction (the next tile's weights prefetched while a tile computes).
  * Either way a row's bits depend on that row and the weight only, never on the other rows or on M (batch-invariant),
  * and the weights are reused from cache for every block of rows, so a few rows (speculative verification, a batch of
  * decoding sequences) cost little more than one. */
