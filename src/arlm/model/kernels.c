@@ -136,7 +136,7 @@ static inline void store_tile(float *y, const vf *acc, long n) {
 static inline __attribute__((always_inline)) void packed_rows(const float *x, const float *wp, float *y, long m0,
                                                               int mt, long t, int nt, long N, long K, long k0,
                                                               long k1) {
-    vf acc[MAX_ROWS][WIDE_TILES][PACK_V]; /* mt <= FEW_ROWS; nt > 1 only for blocks of up to PROMPT_ROWS */
+    vf acc[MAX_ROWS][WIDE_TILES][PACK_V]; /* mt <= PROMPT_ROWS (AVX2: row_blocks, at most FEW_ROWS = 6) */
     for (int i = 0; i < mt; i++)
         for (int j = 0; j < nt; j++)
             for (int v = 0; v < PACK_V; v++) {
@@ -251,34 +251,22 @@ void arlm_f32p_mm(const float *x, const float *wp, float *y, long M, long N, lon
         }
         return;
     }
-    if (WIDE_TILES > 1) { /* blocks of up to PROMPT_ROWS rows over WIDE_TILES tiles at once, the last tiles alone */
-        long groups = (tiles + WIDE_TILES - 1) / WIDE_TILES, nb = (M + PROMPT_ROWS - 1) / PROMPT_ROWS;
-        long kc = nb > 1 ? WIDE_KC : K; /* several blocks: they re-read each chunk of k from L1 */
+    /* blocks of rows over WIDE_TILES tiles at once (AVX2: one; AVX-512: blocks of up to PROMPT_ROWS rows), the last
+       tiles one by one; several blocks re-read each chunk of k from L1 */
+    long nb = WIDE_TILES > 1 ? (M + PROMPT_ROWS - 1) / PROMPT_ROWS : row_blocks(M);
+    long kc = nb == 1 ? K : WIDE_TILES > 1 ? WIDE_KC : KC, groups = (tiles + WIDE_TILES - 1) / WIDE_TILES;
 #pragma omp parallel for schedule(static) num_threads(threads)
-        for (long g = 0; g < groups; g++)
-            for (long k0 = 0; k0 < K; k0 += kc) {
-                long k1 = k0 + kc < K ? k0 + kc : K, t = g * WIDE_TILES;
-                for (long b = 0; b < nb; b++) {
-                    long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
-#define WIDE_BLOCK(rows) packed_rows(x, wp, y, m0, rows, t, WIDE_TILES, N, K, k0, k1)
-#define ONE_TILE(rows) packed_rows(x, wp, y, m0, rows, u, 1, N, K, k0, k1)
-                    if (tiles - t >= WIDE_TILES) {
-                        BY_ROWS(mt, WIDE_BLOCK);
-                    } else
-                        for (long u = t; u < tiles; u++) BY_ROWS(mt, ONE_TILE);
-                }
-            }
-        return;
-    }
-    long nb = row_blocks(M), kc = nb > 1 ? KC : K; /* more than one block: they re-read each chunk of k from L1 */
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (long t = 0; t < tiles; t++)
+    for (long g = 0; g < groups; g++)
         for (long k0 = 0; k0 < K; k0 += kc) {
-            long k1 = k0 + kc < K ? k0 + kc : K;
+            long k1 = k0 + kc < K ? k0 + kc : K, t = g * WIDE_TILES;
             for (long b = 0; b < nb; b++) {
                 long m0 = M * b / nb, mt = M * (b + 1) / nb - m0;
-#define PACKED_ROWS(rows) packed_rows(x, wp, y, m0, rows, t, 1, N, K, k0, k1)
-                BY_ROWS_16(mt, PACKED_ROWS);
+#define WIDE_BLOCK(rows) packed_rows(x, wp, y, m0, rows, t, WIDE_TILES, N, K, k0, k1)
+#define ONE_TILE(rows) packed_rows(x, wp, y, m0, rows, u, 1, N, K, k0, k1)
+                if (tiles - t >= WIDE_TILES) {
+                    BY_ROWS(mt, WIDE_BLOCK);
+                } else
+                    for (long u = t; u < tiles; u++) BY_ROWS(mt, ONE_TILE);
             }
         }
 }
