@@ -5,8 +5,9 @@
 tinyshakespeare's first 100,000 characters, windows of 512 tokens moved by 256 (the figures of
 `arlm eval perplexity smollm2 --file tinyshakespeare --max-chars 100000 --context 512 --stride 256 --dtype D`
 for the --dtype rows). float32 is the GGUF dequantized to float32: the reference for every row. Besides the
---dtype paths it scores the choices behind them: the tied 49152 x 576 head quantized or kept in float32, int4
-requantized from float32 (what --dtype int4 does to a checkpoint) against int4 from the file's Q4_1 blocks.
+--dtype paths it scores the choices behind them: the tied 49152 x 576 head (the file's Q8_0) requantized per output
+channel or kept in float32, int4 requantized from float32 (what --dtype int4 does to a checkpoint) against int4 from
+the file's Q4_1 blocks.
 Prints a markdown table for docs/perf.md."""
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import torch
 
 from arlm.data.normalize import corpus_text
 from arlm.evaluation.perplexity import sliding_window
-from arlm.interop.gguf_quant import int4_from_gguf
 from arlm.interop.loading import load_model, to_dtype
-from arlm.model.quant import quantize_model
+from arlm.model.quant import Int8Linear, quantize_model
 
 
-def int4_from_gguf_only(model: torch.nn.Module) -> torch.nn.Module:
-    """The Q4_1 layers from the file's blocks, every other layer (the tied Q8_0 head) as the file dequantizes it."""
-    int4_from_gguf(model, "smollm2")
+def with_head(model: torch.nn.Module, reference: torch.nn.Module, quantized: bool) -> torch.nn.Module:
+    """`model` with its head replaced by the reference's float32 one, or that requantized to int8 per output channel
+    (what --dtype int4 / int8 of the GGUF did until 2026-12-05)."""
+    head = copy.deepcopy(reference.lm_head)
+    model.lm_head = Int8Linear.from_float(head) if quantized else head
     return model
 
 
@@ -35,10 +37,8 @@ def dtype_rows(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.Mo
     fresh = lambda: copy.deepcopy(reference)
     return {
         "float32 (GGUF dequantized)": lambda: reference,
-        "`--dtype int4` (Q4_1 blocks from the file; Q8_0 head requantized to int8)": lambda: (
-            load_model("smollm2", dtype="int4").model
-        ),
-        "`--dtype int8` (per channel, head too)": lambda: to_dtype(fresh(), "int8"),
+        "`--dtype int4` (Q4_1 layers and Q8_0 head from the file)": lambda: load_model("smollm2", dtype="int4").model,
+        "`--dtype int8` (per channel; Q8_0 head from the file)": lambda: load_model("smollm2", dtype="int8").model,
         "`--dtype bfloat16`": lambda: to_dtype(fresh(), "bfloat16"),
     }
 
@@ -47,7 +47,13 @@ def choice_rows(reference: torch.nn.Module) -> dict[str, Callable[[], torch.nn.M
     """The choices behind the --dtype paths (head kept or quantized, requantized int4, group size)."""
     fresh = lambda: copy.deepcopy(reference)
     return {
-        "int4 from the file's Q4_1 blocks, Q8_0 head kept float32": lambda: int4_from_gguf_only(fresh()),
+        "int4 from the file's Q4_1 blocks, head requantized to int8 per channel": lambda: with_head(
+            load_model("smollm2", dtype="int4").model, reference, quantized=True
+        ),
+        "int4 from the file's Q4_1 blocks, head float32": lambda: with_head(
+            load_model("smollm2", dtype="int4").model, reference, quantized=False
+        ),
+        "int8 per channel, head too (`to_dtype`, no file)": lambda: to_dtype(fresh(), "int8"),
         "int4 g32 requantized from float32, head int8 (`--dtype int4` of a checkpoint)": lambda: quantize_model(
             fresh(), "int4", 32
         ),

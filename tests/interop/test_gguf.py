@@ -24,6 +24,7 @@ from arlm.interop.gguf import (
     smollm2_path,
 )
 from arlm.interop.loading import load_model, to_dtype
+from arlm.model import native
 from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Transformer
 
@@ -445,11 +446,12 @@ def test_tiny_llama_round_trips_through_gguf(tiny):
 @torch.no_grad()
 def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_path, tiny, monkeypatch):
     """--dtype int4 of a GGUF decodes no Q4 tensor whose layer it builds from the blocks; a layer with a source of
-    another type (layer 0's keys in Q8_0 here) is decoded and quantized as before: the same model either way."""
+    another type (layer 0's keys in Q8_0 here) is decoded and quantized as before; a layer all in Q8_0 (layer 1's
+    down projection) keeps its blocks where arlm's kernels run: the same model either way."""
     model, _ = tiny
     linears = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
     types = {f"blk.{i}.{name}.weight": Q.Q4_1 for i in range(model.config.n_layer) for name in linears}
-    types["blk.0.attn_k.weight"] = Q.Q8_0
+    types["blk.0.attn_k.weight"] = types["blk.1.ffn_down.weight"] = Q.Q8_0
     path = str(_write_tiny_llama(tmp_path / "mixed.gguf", model, TINY_TOKENS, TINY_MERGES, types=types))
     decoded_first = to_dtype(load_gguf_model(path).model, "int4", gguf=path)  # every tensor decoded, then replaced
     decoded, decode = [], arlm_gguf.dequantize
@@ -457,9 +459,13 @@ def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_p
         arlm_gguf, "dequantize", lambda raw, kind, shape: decoded.append(kind) or decode(raw, kind, shape)
     )
     loaded = load_model(path, dtype="int4").model
-    assert decoded.count("Q4_1") == 2 and decoded.count("Q8_0") == 1  # layer 0's queries, values and keys
+    assert decoded.count("Q4_1") == 2 and decoded.count("Q8_0") == 2  # layer 0's queries, values and keys; the down
     assert isinstance(loaded.blocks[0].attn.qkv, Int8Linear) and isinstance(loaded.blocks[1].attn.qkv, Int4Linear)
-    assert sum(isinstance(m, Int4Linear) for m in loaded.modules()) == 4 * model.config.n_layer - 1
+    assert sum(isinstance(m, Int4Linear) for m in loaded.modules()) == 4 * model.config.n_layer - 2
+    down = loaded.blocks[1].mlp.down
+    assert isinstance(down, Int8Linear) and down.group_size == (32 if native.available() else 0)
+    if native.available():  # the file's weights exactly
+        assert torch.equal(down.dequantized(), load_gguf_model(path).model.blocks[1].mlp.down.weight)
     ids = torch.randint(0, model.config.vocab_size, (2, 20))
     assert torch.equal(loaded(ids), decoded_first(ids))
 

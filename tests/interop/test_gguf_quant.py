@@ -1,6 +1,7 @@
-"""GGUF Q4_0 / Q4_1 blocks kept as int4 layers: the codes, scales and lows read from the bytes reproduce gguf's own
-dequantization; SmolLM2 loaded at --dtype int4 multiplies by the file's weights (exactly with arlm's kernels, up to
-the rounding of scales and zeros with PyTorch's) and its logits equal those of a float32 model holding the same
+"""GGUF Q4_0 / Q4_1 blocks kept as int4 layers and Q8_0 blocks as int8 layers in groups: the codes, scales and lows
+read from the bytes reproduce gguf's own dequantization; SmolLM2 loaded at --dtype int4 multiplies by the file's
+weights, its Q8_0 head's included (exactly with arlm's kernels; with PyTorch's, up to the rounding of scales and zeros,
+and the head requantized per output channel) and its logits equal those of a float32 model holding the same
 weights within 1e-3 (arlm's kernels); greedy decoding at each dtype agrees with float32 wherever
 float32's top-2 margin exceeds the dtype's measured logit error; speculative decoding and prompt lookup on it
 equal its greedy output."""
@@ -15,8 +16,9 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
-from arlm.interop.gguf import q4_blocks
+from arlm.interop.gguf import q4_blocks, q8_blocks
 from arlm.interop.loading import load_model, to_dtype
+from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.quant import Int4Linear, Int8Linear, kernel_dtype
 
@@ -46,6 +48,17 @@ def test_q4_blocks_reproduce_gguf_dequantization(kind):
     torch.testing.assert_close(layer.dequantized(), codes.float() * scale + low, rtol=1e-6, atol=1e-7)
 
 
+def test_q8_blocks_reproduce_gguf_dequantization():
+    values = np.random.default_rng(1).standard_normal((48, 96)).astype(np.float32)  # (rows, cols)
+    raw = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).reshape(48, 96))
+    codes, scales = q8_blocks(raw, (48, 96))
+    assert codes.dtype == torch.int8 and scales.shape == (48, 3)
+    assert torch.equal(codes.float() * scales.repeat_interleave(32, 1), expected)
+    if native.available():
+        assert torch.equal(Int8Linear.from_blocks(codes, scales).dequantized(), expected)
+
+
 @pytest.fixture(scope="module")
 def int4(smollm2):
     """SmolLM2 at --dtype int4: its Q4_1 layers straight from the file's blocks."""
@@ -64,7 +77,8 @@ HALF_ULP = torch.finfo(kernel_dtype()).eps / 2  # the relative rounding of one v
 @pytest.mark.slow
 def test_int4_from_the_file_holds_the_files_weights(smollm2, int4):
     """Every Q4_1 layer multiplies by gguf's own dequantization of the file's tensor, up to the rounding of its
-    scales and zeros to the kernels' dtype (none with arlm's); the Q8_0 head is int8 within half a step. The logits
+    scales and zeros to the kernels' dtype (none with arlm's); the Q8_0 head is the file's exactly (arlm's kernels),
+    or int8 per output channel within half a step (PyTorch's). The logits
     equal a float32 model's holding the very weights the layers multiply by (the head's included) within 1e-3 of
     the largest with arlm's kernels (same weights, other kernels), 5e-2 with PyTorch's (which round each layer's
     input and output to bfloat16 on CPUs with native bfloat16); the file's float32 model within 5%."""
@@ -76,10 +90,13 @@ def test_int4_from_the_file_holds_the_files_weights(smollm2, int4):
         scale, low = layer.levels()  # (out, in / 32) each
         moved = (8 * scale + (low + 8 * scale).abs()).repeat_interleave(32, 1) * 2 * HALF_ULP + 1e-7
         assert ((layer.dequantized() - weight).abs() <= moved).all(), name
-    assert isinstance(int4.lm_head, Int8Linear)  # SmolLM2's tied Q8_0 head, requantized per output channel
+    assert isinstance(int4.lm_head, Int8Linear)  # SmolLM2's tied Q8_0 head
     head = smollm2.model.lm_head.weight.detach()
-    step = int4.lm_head.scales.float()[:, None]  # (V, 1)
-    assert ((int4.lm_head.dequantized() - head).abs() <= step / 2 + head.abs() * 2 * HALF_ULP + 1e-7).all()
+    if native.available():  # its blocks as they are
+        assert int4.lm_head.group_size == 32 and torch.equal(int4.lm_head.dequantized(), head)
+    else:  # requantized per output channel
+        step = int4.lm_head.scales.float()[:, None]  # (V, 1)
+        assert ((int4.lm_head.dequantized() - head).abs() <= step / 2 + head.abs() * 2 * HALF_ULP + 1e-7).all()
     same = copy.deepcopy(smollm2.model)  # float32, holding the int4 model's weights
     for name, layer in int4.named_modules():
         if isinstance(layer, (Int4Linear, Int8Linear)):

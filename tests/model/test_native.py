@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from arlm.model import native
+from arlm.model import int_layout, native
 
 needs_kernels = pytest.mark.skipif(native.library() is None, reason="this machine cannot build arlm's kernels")
 kernels_build_here = pytest.mark.skipif(
@@ -129,7 +129,7 @@ def test_tensors_the_kernels_would_misread_are_refused():
 
     from arlm.errors import ArlmError
 
-    packed, scales = native.pack_int8(torch.zeros(8, 32, dtype=torch.int8)), native.pad_outputs(torch.ones(8))
+    packed, scales = int_layout.pack_int8(torch.zeros(8, 32, dtype=torch.int8)), int_layout.pad_outputs(torch.ones(8))
     assert native.int8_mm(torch.ones(2, 32), packed, scales, 8).shape == (2, 8)
     wrong = [(torch.ones(2, 32).bfloat16(), scales), (torch.ones(2, 64), scales), (torch.ones(2, 32), scales.half()),
              (torch.ones(32, 2).t(), scales), (torch.ones(2, 32), scales[:8])]  # fmt: skip

@@ -21,8 +21,19 @@ def _linear(out_features=96, in_features=128, seed=0, bias=False):
 
 
 def _layers(linear):
-    return {"int8": Int8Linear.from_float(linear), "int4-32": Int4Linear.from_float(linear, 32),
-            "int4-64": Int4Linear.from_float(linear, 64)}  # fmt: skip
+    layers = {"int8": Int8Linear.from_float(linear), "int4-32": Int4Linear.from_float(linear, 32),
+              "int4-64": Int4Linear.from_float(linear, 64)}  # fmt: skip
+    return layers | ({"q8_0": _q8_0(linear)} if native.available() else {})
+
+
+def _q8_0(linear):
+    """A layer from Q8_0 blocks of a Linear's weight (GGUF's: d = max |w| / 127 per 32 inputs in float16, q = w / d
+    rounded), on arlm's kernels (the only ones that take them)."""
+    w = linear.weight.detach().float()  # (out, in)
+    groups = w.reshape(w.shape[0], -1, 32)  # (out, in/32, 32)
+    d = (groups.abs().amax(-1) / 127).half().float().clamp(min=2.0**-24)  # (out, in/32)
+    codes = torch.round(groups / d[..., None]).clamp(-128, 127).to(torch.int8).reshape(w.shape)
+    return Int8Linear.from_blocks(codes, d, linear.bias)
 
 
 @pytest.fixture(params=["native", "pytorch"])
@@ -41,8 +52,8 @@ def _half_ulp():
 
 def _row_group(layer):
     """The inputs per 16-bit scale of the rows arlm's kernels read for a layer (model/quantized.c): an int4 layer's
-    levels' group; for int8 (scales per output) 64 where it divides the inputs, else 32."""
-    if isinstance(layer, Int4Linear):
+    levels' group, a Q8_0 layer's 32; for int8 (scales per output) 64 where it divides the inputs, else 32."""
+    if isinstance(layer, Int4Linear) or layer.group_size:
         return layer.group_size
     return 64 if layer.in_features % 64 == 0 else 32
 
@@ -175,6 +186,23 @@ def test_quantization_error_is_that_of_the_format(kernels):
     slack = (low.abs() + high.abs()) * 2 * HALF_ULP  # the grid's ends move by the rounding of scale and zero
     int4 = Int4Linear.from_float(linear, 32).dequantized().reshape(96, 4, 32)
     assert ((int4 - groups).abs() <= (step / 2 + slack)[..., None] + 1e-6).all()
+
+
+@pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")
+def test_int8_from_blocks_follows_the_q8_0_convention(monkeypatch):
+    """w = d * q (GGUF Q8_0), d per group of 32 inputs held exactly (float16), the codes' full -128..127 included;
+    without arlm's kernels (or with outputs not by 16) such a layer is refused in one line."""
+    g = torch.Generator().manual_seed(6)
+    codes = torch.randint(-128, 128, (48, 96), generator=g).to(torch.int8)  # (out, in)
+    d = (torch.rand(48, 3, generator=g) * 0.01 + 1e-4).half().float()  # (out, in/32)
+    layer = Int8Linear.from_blocks(codes, d)
+    assert torch.equal(layer.codes(), codes)
+    assert torch.equal(layer.dequantized(), codes.float() * d.repeat_interleave(32, 1))
+    with pytest.raises(ArlmError, match="Q8_0 weight needs"):
+        Int8Linear.from_blocks(codes[:40], d[:40])
+    monkeypatch.setenv("ARLM_NATIVE", "0")
+    with pytest.raises(ArlmError, match="Q8_0 weight needs"):
+        Int8Linear.from_blocks(codes, d)
 
 
 def test_int4_from_codes_follows_the_q4_1_convention(kernels):

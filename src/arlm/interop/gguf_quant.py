@@ -1,44 +1,69 @@
-"""GGUF 4-bit blocks kept as they are: Q4_0 and Q4_1 tensors become `Int4Linear` layers (group 32) straight from
-the file's codes and block scales, with no dequantize-requantize round trip.
+"""GGUF blocks kept as they are: Q4_0 and Q4_1 tensors become `Int4Linear` layers (group 32), Q8_0 tensors (on arlm's
+CPU kernels) `Int8Linear` layers in groups of 32, straight from the file's codes and block scales, with no
+dequantize-requantize round trip.
 
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
 nibbles): w = d * q + m, `Int4Linear`'s convention with scale d and low m. Q4_0 holds d alone: w = d * (q - 8), scale d
-and low -8d. Tensors of other types (SmolLM2's tied Q8_0 head, K-quants) are dequantized by the file reader;
-`--dtype int4` then quantizes them to int8 per output channel (interop/loading.py), the one place where the model read
-differs from the file (with PyTorch's kernels, also their bfloat16 rounding of scales and inputs: model/quant.py)."""
+and low -8d. A Q8_0 block holds d (float16) and 32 signed bytes q: w = d * q. The output head counts as a layer: its
+source is `output.weight`, or `token_embd.weight` where the model ties them (SmolLM2's Q8_0). Tensors of other types
+(K-quants; Q8_0 where arlm's kernels are not built) are dequantized by the file reader and `--dtype int8 / int4` then
+quantizes them to int8 per output channel (interop/loading.py): with PyTorch's kernels, also their bfloat16 rounding
+of scales and inputs (model/quant.py)."""
 
 from __future__ import annotations
 
 from arlm.config import ModelConfig
-from arlm.interop.gguf import BLOCK, Q4_TYPES, GGUFContents, linear_sources, q4_blocks, read_gguf, stack_rows
-from arlm.model.quant import Int4Linear
+from arlm.interop.gguf import BLOCK, Q4_TYPES, GGUFContents, linear_sources, q4_blocks, q8_blocks, read_gguf, stack_rows
+from arlm.model import native
+from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Transformer
 
+Q8_TYPES = ("Q8_0",)
 
-def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
-    """arlm's Linear weights whose source tensors in the file are all Q4_0 / Q4_1: the layers int4 builds from the
-    blocks (so their float32 values need not be decoded at all: load_gguf_model's `unread`)."""
+
+def _sources(config: ModelConfig) -> dict[str, list[tuple[str, tuple[int, int], int]]]:
+    """linear_sources with the output head: arlm's Linear weights -> their GGUF tensors."""
+    head = "token_embd.weight" if config.tie_embeddings else "output.weight"
+    return {**linear_sources(config), "lm_head.weight": [(head, (config.vocab_size, config.d_model), 0)]}
+
+
+def block_layers(contents: GGUFContents, config: ModelConfig, types: tuple[str, ...]) -> list[str]:
+    """arlm's Linear weights (the head included) whose source tensors in the file are all of `types`."""
     return [
         ours
-        for ours, parts in linear_sources(config).items()
-        if all(name in contents.tensors and contents.tensors[name].tensor_type.name in Q4_TYPES for name, _, _ in parts)
+        for ours, parts in _sources(config).items()
+        if all(name in contents.tensors and contents.tensors[name].tensor_type.name in types for name, _, _ in parts)
     ]
 
 
-def int4_from_gguf(model: Transformer, ref: str) -> list[str]:
-    """Replace every Linear of a model loaded from GGUF `ref` whose source tensors are all Q4_0 / Q4_1 by an
-    Int4Linear built from the blocks (in place); returns the names of the layers replaced."""
-    contents = read_gguf(ref)
-    sources = linear_sources(model.config)
+def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
+    """arlm's Linear weights whose sources are all Q4_0 / Q4_1: the layers int4 builds from the blocks (so their
+    float32 values need not be decoded at all: load_gguf_model's `unread`). The head never: its source is also the
+    embedding's."""
+    return [ours for ours in block_layers(contents, config, Q4_TYPES) if ours != "lm_head.weight"]
+
+
+def layers_from_gguf(model: Transformer, ref: str, q4: bool = True) -> list[str]:
+    """Replace every Linear of a model loaded from GGUF `ref` whose source tensors are all Q4_0 / Q4_1 (where q4) by
+    an Int4Linear, and all Q8_0 (where arlm's kernels run and the outputs come by 16) by an Int8Linear in groups of
+    32, built from the blocks (in place); returns the names of the layers replaced."""
+    contents, sources = read_gguf(ref), _sources(model.config)
+    q8 = block_layers(contents, model.config, Q8_TYPES) if native.available() else []
     replaced = []
-    for ours in q4_layers(contents, model.config):
+    for ours in (q4_layers(contents, model.config) if q4 else []) + q8:
         parts = sources[ours]
+        if ours in q8 and sum(shape[0] for _, shape, _ in parts) % 16:
+            continue
         tensors = [contents.tensors[name] for name, _, _ in parts]
-        blocks = [q4_blocks(t.data, t.tensor_type.name, shape) for t, (_, shape, _) in zip(tensors, parts)]
+        blocks = [  # (codes, scales) or (codes, scales, lows) per tensor
+            q8_blocks(t.data, shape) if ours in q8 else q4_blocks(t.data, t.tensor_type.name, shape)
+            for t, (_, shape, _) in zip(tensors, parts)
+        ]
         heads = [h for *_, h in parts]
-        codes, scales, lows = (stack_rows([b[i] for b in blocks], heads) for i in range(3))
+        arrays = [stack_rows([b[i] for b in blocks], heads) for i in range(len(blocks[0]))]
+        layer = Int8Linear.from_blocks(*arrays) if ours in q8 else Int4Linear.from_codes(*arrays, BLOCK)
         path = ours.removesuffix(".weight")
-        parent, name = path.rsplit(".", 1)
-        setattr(model.get_submodule(parent), name, Int4Linear.from_codes(codes, scales, lows, BLOCK))
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent), name, layer)
         replaced.append(path)
     return replaced

@@ -25,7 +25,7 @@ from arlm.interop.checkpoint import (
     resolve_checkpoint,
 )
 from arlm.interop.gguf import gguf_model_config, load_gguf_model, load_gguf_tokenizer, read_gguf, resolve_gguf
-from arlm.interop.gguf_quant import int4_from_gguf, q4_layers
+from arlm.interop.gguf_quant import layers_from_gguf, q4_layers
 from arlm.interop.hf import export_hf, load_hf_folder
 from arlm.interop.lora import load_lora_checkpoint
 from arlm.model.quant import quantize_model
@@ -101,10 +101,10 @@ def load_model(
     comes merged into its base.
 
     int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the tied head
-    included (int8 for both kinds); int4 of a GGUF builds the layers the file stores as Q4_0 / Q4_1 from its blocks
-    (never decoding them to float32) and quantizes the others (SmolLM2's Q8_0 head) to int8 per output channel from
-    the values the file holds: a second rounding of those, 4x less to read than float32 (interop/gguf_quant.py;
-    quality in docs/perf.md)."""
+    included (int8 for both kinds). Of a GGUF on the CPU, both keep the layers the file stores as Q8_0 (SmolLM2's
+    head) as they are, int4 also those stored as Q4_0 / Q4_1 (never decoding them to float32), and both quantize the
+    others to int8 per output channel from the values the file holds (interop/gguf_quant.py; quality in
+    docs/perf.md)."""
     precision = resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     ref = str(reference)
     path = Path(ref)
@@ -135,12 +135,12 @@ def to_dtype(
     gguf: str | None = None,
 ) -> Transformer:
     """A float model moved to `device` at a --dtype (in place, eval mode); `gguf`: the file it was loaded from,
-    whose Q4_0 / Q4_1 blocks int4 then uses as they are."""
+    whose Q8_0 blocks int8 and int4 then use as they are on the CPU (int4 its Q4_0 / Q4_1 blocks too)."""
     precision = resolve_dtype(dtype, device)
     model = model.to(device=device, dtype=precision.float_dtype)
-    if precision.quant == "int4" and gguf is not None:
-        int4_from_gguf(model, gguf)
-        quantize_model(model, "int8")  # the layers the file holds in other types (SmolLM2's Q8_0 head)
+    if precision.quant and gguf is not None and torch.device(device).type == "cpu":
+        layers_from_gguf(model, gguf, q4=precision.quant == "int4")  # Q8_0 (SmolLM2's head) for both
+        quantize_model(model, "int8")  # the layers the file holds in other types
     elif precision.quant:
         quantize_model(model, precision.quant, group_size)
     return model.eval()

@@ -298,11 +298,11 @@ def _linears(block: Block) -> list[nn.Module]:
 
 def _kind(layer: nn.Module) -> int | None:
     """The kernel kind of a Linear on arlm's kernels, without bias (kernels.h: 0 bfloat16 tiles, 1 int8, 2 int4,
-    3 float32, 4 float32 packed), None for others."""
+    3 float32, 4 float32 packed, 5 int8 in groups of 32), None for others."""
     if isinstance(layer, NativeLinear) and layer.bias is None:
         return layer.kind
     if isinstance(layer, (Int8Linear, Int4Linear)) and layer.native and layer.bias is None:
-        return 1 if isinstance(layer, Int8Linear) else 2
+        return 2 if isinstance(layer, Int4Linear) else 5 if layer.group_size else 1
     return None
 
 
@@ -310,7 +310,9 @@ def _tensors(layer: nn.Module) -> tuple[torch.Tensor, ...]:
     """The tensors the kernel reads of a Linear `_kind` accepts."""
     if isinstance(layer, NativeLinear):
         return (layer.tiles if layer.kind == 0 else layer.packed if layer.kind == 4 else layer.weight,)
-    return (layer.packed, layer.scales) if isinstance(layer, Int8Linear) else (layer.packed, layer.scales_and_lows)
+    if isinstance(layer, Int4Linear):
+        return layer.packed, layer.scales_and_lows
+    return (layer.packed, layer.group_scales) if layer.group_size else (layer.packed, layer.scales)
 
 
 def _shape(layer: nn.Module) -> dict:

@@ -22,8 +22,9 @@ void arlm_attend(const Attention *a, const void *qkv, void *out, int threads);
 
 /* A Linear on one of the kernels: kind 0 bfloat16 AMX tiles (w), 1 int8 codes (w) and float32 scales (scale), 2 int4
  * codes (w) and float16 scales and lows per group of G (scale; both laid out as quantized.c says), 3 float32 (N, K)
- * (w), 4 float32 packed 16 outputs to a line (w; kernels.c); N outputs, K inputs, no bias. Kinds 1 and 2 read their
- * rows in groups of G inputs where G is 64 and divides K, else 32 (int8's G: native.INT8_ROW_GROUP). */
+ * (w), 4 float32 packed 16 outputs to a line (w; kernels.c), 5 int8 codes (w) and float16 scales per group of
+ * G = 32 (scale; GGUF's Q8_0); N outputs, K inputs, no bias. Kinds 1, 2 and 5 read their rows in groups of G inputs where G is 64 and
+ * divides K, else 32 (int8's G: native.INT8_ROW_GROUP). */
 typedef struct {
     const void *w, *scale;
     long N, K, G;

@@ -47,6 +47,7 @@ KEPT_BUILDS = 8  # builds the cache keeps (the most recently used): each source 
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # the least; AVX-512 (F, BW, VNNI) and AMX where present (simd.h, quantized.c)
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 INT8_ROW_GROUP = 64  # inputs per 16-bit scale of an int8 product's rows, where it divides K (else 32; quantized.c)
+Q8_GROUP = 32  # inputs per scale of GGUF's Q8_0 blocks, and per 16-bit scale of their products' rows (kind 5)
 ROW_DTYPES = (torch.float32, torch.bfloat16)  # rows (and caches) the attention, SwiGLU and block kernels read
 
 
@@ -59,7 +60,8 @@ class Attention(ctypes.Structure):
 
 
 class LinearWeights(ctypes.Structure):
-    """kernels.h's Linear: a weight on a kernel (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32, 4 float32 packed)."""
+    """kernels.h's Linear: a weight on a kernel (kind 0 bfloat16 tiles, 1 int8, 2 int4, 3 float32, 4 float32 packed,
+    5 int8 in groups of 32)."""
 
     _fields_ = [("w", _P), ("scale", _P), ("N", _L), ("K", _L), ("G", _L), ("kind", _I)]
 
@@ -210,7 +212,7 @@ def _compilable(schema: str, fake: Callable[..., torch.Tensor]) -> Callable[[Cal
 )
 def int8_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, outputs: int) -> torch.Tensor:
     """x (M, K) float32 times (codes * scales[:, None])^T for int8 codes (N, K) laid out by `pack_int8` and float32
-    scales (`pad_outputs`) -> (M, N = outputs), the rows read at 16 bits (quantized.c)."""
+    scales (`int_layout.pad_outputs`) -> (M, N = outputs), the rows read at 16 bits (quantized.c)."""
     _expect(torch.uint8, packed)
     _expect(torch.float32, x, scales)
     return _int_mm(x, linear_weights(1, packed, scales, shape=(outputs, x.shape[1])))
@@ -222,10 +224,22 @@ def int8_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, outputs
 )
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, levels: torch.Tensor, group: int) -> torch.Tensor:
     """x (M, K) float32 times W^T, W[n, k] = q * scale[n, g] + low[n, g] (g = k // group) for 4-bit codes q laid out
-    by `pack_int4` and float16 scales and lows by `tile_levels` -> (M, N), the rows read at 16 bits (quantized.c)."""
+    by `int_layout.pack_int4` and float16 scales and lows by `tile_levels` -> (M, N), the rows read at 16 bits."""
     _expect(torch.uint8, packed)
     _expect(torch.float32, x)
     return _int_mm(x, linear_weights(2, packed, levels, group, shape=(16 * len(packed), x.shape[1])))
+
+
+@_compilable(
+    "(Tensor x, Tensor packed, Tensor levels) -> Tensor",
+    lambda x, packed, levels: x.new_empty(len(x), 16 * len(packed)),
+)
+def q8_mm(x: torch.Tensor, packed: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """x (M, K) float32 times W^T, W[n, k] = q * scale[n, g] (g = k // 32, GGUF's Q8_0) for int8 codes q laid out by
+    `int_layout.pack_int8` and float16 scales by `tile_scales` -> (M, N), the rows read at 16 bits (quantized.c)."""
+    _expect(torch.uint8, packed)
+    _expect(torch.float32, x)
+    return _int_mm(x, linear_weights(5, packed, levels, Q8_GROUP, shape=(16 * len(packed), x.shape[1])))
 
 
 def _int_mm(x: torch.Tensor, weights: LinearWeights) -> torch.Tensor:
@@ -390,16 +404,18 @@ def linear_weights(
 ) -> LinearWeights:
     """A Linear for `block` or `_int_mm`: kind 0 bfloat16 `bf16_tiles`, 1 int8 `pack_int8` codes with `pad_outputs`
     float32 scales, 2 int4 `pack_int4` codes with `tile_levels` float16 scales and lows per group, 3 float32 (N, K),
-    4 float32 `pack_f32`; shape: the weight's (N, K) (kinds 1, 2 and 4, whose layouts pad it)."""
-    dtypes = {0: torch.bfloat16, 1: torch.uint8, 2: torch.uint8, 3: torch.float32, 4: torch.float32}
+    4 float32 `pack_f32`, 5 int8 `pack_int8` codes with `tile_scales` float16 scales per group of 32 (the int layouts:
+    model/int_layout.py); shape: the weight's (N, K) (kinds 1, 2, 4 and 5, whose layouts pad it)."""
+    dtypes = {0: torch.bfloat16, 1: torch.uint8, 2: torch.uint8, 3: torch.float32, 4: torch.float32, 5: torch.uint8}
     _expect(dtypes[kind], weight)
-    if kind in (1, 2):
+    if kind in (1, 2, 5):
         _expect(torch.float32 if kind == 1 else torch.float16, scales)
         N, K = shape
         tiles = weight.shape[:2] == (-(-N // 16), -(-K // 32))
-        levels = (16 * len(weight),) if kind == 1 else (len(weight), K // max(group, 1), 2, 16)
-        if not tiles or tuple(scales.shape) != levels or (kind == 2 and (K % group or N % 16)):
-            raise ArlmError(f"arlm's int{8 if kind == 1 else 4} kernel cannot read a {N}x{K} weight from these codes")
+        levels = {1: (16 * len(weight),), 2: (len(weight), K // max(group, 1), 2, 16), 5: (len(weight), K // 32, 16)}
+        levels = levels[kind]
+        if not tiles or tuple(scales.shape) != levels or (kind != 1 and (K % group or N % 16)):
+            raise ArlmError(f"arlm's int{4 if kind == 2 else 8} kernel cannot read a {N}x{K} weight from these codes")
     elif kind == 4:
         N, K = shape
         _expect_packed(weight, N, K)
@@ -447,54 +463,3 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
     xbf = int(h.dtype == torch.bfloat16)
     library().arlm_swiglu(h.data_ptr(), out.data_ptr(), rows, h.shape[-1] // 2, xbf, torch.get_num_threads())
     return out
-
-
-def _tiles_of(codes: torch.Tensor, pad: int) -> torch.Tensor:
-    """Codes (N, K) as uint8, padded with `pad` to whole tiles of 16 outputs and groups of 32 inputs:
-    (T, 16, G, 32)."""
-    out_features, in_features = codes.shape
-    padded = torch.nn.functional.pad(codes.to(torch.int16), (0, -in_features % 32, 0, -out_features % 16), value=pad)
-    return padded.to(torch.uint8).reshape(-(-out_features // 16), 16, -(-in_features // 32), 32)
-
-
-def pack_int8(codes: torch.Tensor) -> torch.Tensor:
-    """Signed codes (N, K) -> the int8 kernel's layout (quantized.c), codes + 128: (N/16, K/32, 8, 16, 4) bytes."""
-    tiles = _tiles_of(codes.to(torch.int16) + 128, 128)  # (T, 16, G, 32); 128: a zero weight
-    return tiles.reshape(*tiles.shape[:3], 8, 4).permute(0, 2, 3, 1, 4).contiguous()
-
-
-def unpack_int8(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
-    """The signed codes (N, K) `pack_int8` laid out."""
-    tiles = packed.permute(0, 3, 1, 2, 4).reshape(16 * len(packed), -1)  # (T 16, G 32)
-    return (tiles[:out_features, :in_features].to(torch.int16) - 128).to(torch.int8)
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """Codes (N, K) in 0..15, N by 16 and K by 32 -> the int4 kernel's layout (quantized.c): (N/16, K/32, 4, 16, 4)
-    bytes, inputs 4j.. of a group in the low nibbles and 16 + 4j.. in the high ones."""
-    tiles = _tiles_of(codes, 0).reshape(len(codes) // 16, 16, -1, 2, 4, 4)  # (T, 16, G, half, j, 4)
-    packed = tiles[:, :, :, 0] | (tiles[:, :, :, 1] << 4)  # (T, 16, G, 4, 4)
-    return packed.permute(0, 2, 3, 1, 4).contiguous()
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The codes (N, K) `pack_int4` laid out."""
-    halves = torch.stack([packed & 0x0F, packed >> 4], dim=3)  # (T, G, 4, 2, 16, 4) -> inputs 16 half + 4 j + b
-    return halves.permute(0, 4, 1, 3, 2, 5).reshape(16 * len(packed), -1)
-
-
-def pad_outputs(scales: torch.Tensor) -> torch.Tensor:
-    """Per-output float32 scales (N,) padded with zeros to whole tiles of 16, as the int8 kernel reads them."""
-    return torch.nn.functional.pad(scales.float(), (0, -len(scales) % 16)).contiguous()
-
-
-def tile_levels(scales: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
-    """Per-group scales and lows (N, K / G), N by 16 -> the int4 kernel's layout: (N/16, K/G, 2, 16) float16."""
-    pairs = torch.stack([scales, lows], dim=1).to(torch.float16)  # (N, 2, K/G)
-    return pairs.reshape(len(scales) // 16, 16, 2, -1).permute(0, 3, 2, 1).contiguous()
-
-
-def untile_levels(tiled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scales and lows (N, K / G) `tile_levels` laid out, in float32."""
-    pairs = tiled.float().permute(0, 3, 2, 1).reshape(16 * len(tiled), 2, -1)  # (N, 2, K/G)
-    return pairs[:, 0], pairs[:, 1]

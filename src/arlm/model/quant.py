@@ -1,6 +1,7 @@
 """Weight-only quantized linear layers: int8 and int4 on the CPU, int8 on a GPU.
 
-- `Int8Linear`: int8 weights with one float scale per output channel.
+- `Int8Linear`: int8 weights with one float scale per output channel, or (a GGUF file's Q8_0 blocks, kept as they
+  are on arlm's kernels) one float16 scale per group of 32 inputs.
 - `Int4Linear`: 4-bit codes q in 0..15 per group of 32 or 64 inputs, with a scale and a low per group: the weight is
   q * scale + low, GGUF's Q4_1 convention (d * q + m); Q4_0's d * (q - 8) is scale d and low -8d. So
   `Int4Linear.from_codes` builds a layer from a file's blocks without dequantizing and requantizing them
@@ -8,10 +9,10 @@
 
 Two kernel sets, chosen when a layer is built:
 - arlm's own (model/quantized.c, where this CPU and compiler can build them): integer dot products of the codes by
-  the rows read at 16 bits per group of inputs (int8: 64 where that divides the inputs, else 32; int4: its levels'
-  group, 32 or 64; each value within 1/65,278 of its group's largest), int8 scales in float32, int4 scales and lows
-  in float16 (a GGUF file's held exactly), float32 output; batch-invariant by construction (docs/perf.md, "arlm's own
-  kernels").
+  the rows read at 16 bits per group of inputs (int8: 64 where that divides the inputs, else 32; int4 and Q8_0: their
+  levels' group, 32 or 64; each value within 1/65,278 of its group's largest), int8 scales in float32, int4 and Q8_0
+  levels in float16 (a GGUF file's held exactly), float32 output; batch-invariant by construction (docs/perf.md,
+  "arlm's own kernels").
 - PyTorch's (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`), elsewhere. They read their inputs,
   scales and zeros in bfloat16 where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX), 20-35x faster there
   than with float32 inputs, so a layer then rounds its input rows and its scales and zeros to bfloat16
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from arlm.errors import ArlmError
-from arlm.model import native
+from arlm.model import int_layout, native
 
 QUANT_KINDS = ("int8", "int4")
 GROUP_SIZES = (32, 64)
@@ -60,23 +61,30 @@ def _rounded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class Int8Linear(nn.Module):
-    """y = x (scale * W_int8)^T + b, one scale per output channel."""
+    """y = x (scale * W_int8)^T + b, one scale per output channel (or per group of 32 inputs: GGUF's Q8_0)."""
 
     def __init__(
         self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None, dense: bool | None = None
     ) -> None:
-        """Codes (out, in) in -127..127 and scales (out,); dense: the GPU's layout (None: where the codes are not on
+        """Codes (out, in) in -127..127 and scales (out,), or codes in -128..127 and scales (out, in / 32) (Q8_0's:
+        arlm's kernels only, the scales read in float16); dense: the GPU's layout (None: where the codes are not on
         the CPU), else the CPU kernels'."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        self.group_size = 0 if scales.dim() == 1 else native.Q8_GROUP
         self.dense = weight.device.type != "cpu" if dense is None else dense
         self.native = not self.dense and native.available()
-        if self.dense:  # GPU: the codes as they are, widened inside the matmul's input (fused when compiled)
+        if self.group_size:
+            if not self.native or self.in_features != native.Q8_GROUP * scales.shape[1] or self.out_features % 16:
+                raise ArlmError(f"a {self.out_features}x{self.in_features} Q8_0 weight needs arlm's CPU kernels")
+            self.register_buffer("packed", int_layout.pack_int8(weight))  # (out/16, in/32, 8, 16, 4)
+            self.register_buffer("group_scales", int_layout.tile_scales(scales))  # (out/16, in/32, 16) float16
+        elif self.dense:  # GPU: the codes as they are, widened inside the matmul's input (fused when compiled)
             self.register_buffer("weight", weight.to(torch.int8).contiguous())  # (out, in)
             self.register_buffer("scales", scales.contiguous())  # (out,) in the model's float dtype
         elif self.native:
-            self.register_buffer("packed", native.pack_int8(weight))  # (out/16, in/32, 8, 16, 4)
-            self.register_buffer("scales", native.pad_outputs(scales))  # (out rounded up to 16,)
+            self.register_buffer("packed", int_layout.pack_int8(weight))  # (out/16, in/32, 8, 16, 4)
+            self.register_buffer("scales", int_layout.pad_outputs(scales))  # (out rounded up to 16,)
         else:  # PyTorch's kernel reads past rows whose width is not a multiple of 16 (a segfault, tested): zero columns
             self.pad = -self.in_features % 16
             weight = torch.nn.functional.pad(weight.to(torch.int8), (0, self.pad))
@@ -94,18 +102,31 @@ class Int8Linear(nn.Module):
         codes = torch.round(weight / scales[:, None]).clamp(-127, 127)
         return cls(codes, scales.to(dtype), linear.bias)
 
+    @classmethod
+    def from_blocks(cls, codes: torch.Tensor, scales: torch.Tensor, bias=None) -> Int8Linear:
+        """A layer from a GGUF file's Q8_0 blocks: codes (out, in) in -128..127, scales (out, in / 32)."""
+        return cls(codes, scales, bias, dense=False)
+
     def codes(self) -> torch.Tensor:
         """The int8 codes (out, in)."""
         if self.native:
-            return native.unpack_int8(self.packed, self.out_features, self.in_features)
+            return int_layout.unpack_int8(self.packed, self.out_features, self.in_features)
         return self.weight if self.dense else self.weight[:, : self.in_features]
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight the layer multiplies by: (out, in)."""
+        if self.group_size:
+            scales = int_layout.untile_scales(self.group_scales)  # (out, in/32)
+            return self.codes().float() * scales.repeat_interleave(self.group_size, 1)
         return self.codes().float() * self.scales[: self.out_features].float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
+        if self.group_size:
+            rows = x.reshape(-1, self.in_features).float().contiguous()  # (M, in)
+            y = native.q8_mm(rows, self.packed, self.group_scales)  # (M, out)
+            y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         rows = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, in)
         if self.dense:
             y = torch.nn.functional.linear(rows, self.weight.to(rows.dtype)) * self.scales  # (M, out)
@@ -139,8 +160,9 @@ class Int4Linear(nn.Module):
         self.native = native.available() if ours is None else ours
         scales, lows = _levels(scales, lows, self.native)
         if self.native:
-            self.register_buffer("packed", native.pack_int4(codes))  # (out/16, in/32, 4, 16, 4)
-            self.register_buffer("scales_and_lows", native.tile_levels(scales, lows))  # (out/16, in/G, 2, 16) float16
+            self.register_buffer("packed", int_layout.pack_int4(codes))  # (out/16, in/32, 4, 16, 4)
+            levels = int_layout.tile_levels(scales, lows)  # (out/16, in/G, 2, 16) float16
+            self.register_buffer("scales_and_lows", levels)
         else:  # PyTorch's kernel reads (q - 8) * scale + zero
             packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)  # (out, in/2)
             self.register_buffer("packed", packed)
@@ -172,7 +194,7 @@ class Int4Linear(nn.Module):
     def levels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The scales and lows (out, in / group_size) as the kernel reads them, in float32."""
         if self.native:
-            return native.untile_levels(self.scales_and_lows)
+            return int_layout.untile_levels(self.scales_and_lows)
         scales, zeros = self.scales_and_zeros.float().permute(2, 1, 0)  # (out, in/G) each
         return scales, zeros - 8 * scales
 
@@ -181,7 +203,7 @@ class Int4Linear(nn.Module):
         float32 path on the identity, exact as each output is one weight times 1)."""
         if self.native:
             scales, lows = (v.repeat_interleave(self.group_size, 1) for v in self.levels())  # (out, in)
-            return native.unpack_int4(self.packed) * scales + lows
+            return int_layout.unpack_int4(self.packed) * scales + lows
         eye = torch.eye(self.in_features)  # (in, in)
         pairs = self.scales_and_zeros.float()
         return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, pairs).t()

@@ -4,7 +4,9 @@
  * y[m, n] = sum_k x[m, k] w[n, k] for float32 rows x (M, K) and a weight held as 8-bit or 4-bit codes u:
  *   int8 (kind 1): w[n, k] = (u[n, k] - 128) scale[n], u = q + 128 for signed codes q, one float32 scale per output;
  *   int4 (kind 2): w[n, k] = u[n, k] scale[n, g] + low[n, g], g = k / G (G = 32 or 64), GGUF's Q4_1 convention,
- *                  scale and low in float16 (as a GGUF file holds them).
+ *                  scale and low in float16 (as a GGUF file holds them);
+ *   int8 in groups (kind 5): w[n, k] = (u[n, k] - 128) scale[n, g], g = k / 32: GGUF's Q8_0 (w = d q), int8's codes
+ *                  with a float16 scale per group (the file's d, exactly).
  * The rows are read at 16 bits per group of W inputs: x[k] = d q[k], d = (largest |x| of the group) / 32639, so each
  * value is off by at most 1/65278 of its group's largest (float32 rows hold 24 bits; the weights' codes 4 or 8). W is
  * the Linear's G where it divides K, else 32: int4's levels' group; for int8, whose scale is per output, native.py
@@ -34,6 +36,11 @@
 #include <stdlib.h>
 
 #include "kernels.h"
+
+#define BYTE_CODES(kind) ((kind) != 2)   /* a byte per code (kinds 1 and 5), else a nibble (int4) */
+#define GROUP_LEVELS(kind) ((kind) != 1) /* levels per group (kinds 2 and 5), else a scale per output */
+#define LEVEL_HALVES(kind) ((kind) == 2 ? 32 : 16) /* float16 levels per output tile and group: int4 16 scales and 16
+                                                      lows, kind 5 16 scales */
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define BYTE_LEVELS 1 /* rows as two signed bytes per value, for vpdpbusd and tdpbsud */
@@ -168,25 +175,26 @@ void arlm_int_rows(const float *x, float *y, long M, long K, int width) {
  * found this helper "pure" (a prefetch changes nothing it can see) and deleted its calls, which left one row streaming
  * at ~60% of the memory's speed (docs/perf.md); tests/model/test_native.py checks. */
 static inline __attribute__((always_inline)) void prefetch_at(const uint8_t *codes, const Linear *l, long t, long g,
-                                                              long levels, int shift) {
-    if (l->kind == 1) { /* into L2 (T0: 1.1-1.3x the time at 1-2 rows, the 8 lines a group holding L1's fill buffers) */
+                                                              long levels, int shift, const int kind) {
+    if (BYTE_CODES(kind)) /* into L2 (T0: 1.1-1.3x the time at 1-2 rows, the 8 lines a group holding L1's fill
+                                buffers) */
         for (int j = 0; j < 8; j++) _mm_prefetch(codes + (8 * g + j) * 64, _MM_HINT_T1);
-        return;
-    }
-    for (int j = 0; j < 4; j++) _mm_prefetch(codes + (4 * g + j) * 64, _MM_HINT_T0); /* T1: 1.05-1.08x */
-    _mm_prefetch((const uint16_t *)l->scale + (t * levels + (g >> shift)) * 32, _MM_HINT_T0);
+    else
+        for (int j = 0; j < 4; j++) _mm_prefetch(codes + (4 * g + j) * 64, _MM_HINT_T0); /* T1: 1.05-1.08x */
+    if (GROUP_LEVELS(kind))
+        _mm_prefetch((const uint16_t *)l->scale + (t * levels + (g >> shift)) * LEVEL_HALVES(kind), _MM_HINT_T0);
 }
 
 /* The lines AHEAD groups on (the next tile's where this one ends: a thread's tiles lie in a row) */
 static inline __attribute__((always_inline)) void prefetch_group(const uint8_t *codes, const Linear *l, long t, long g,
-                                                                 long levels, int shift) {
-    prefetch_at(codes, l, t, g + AHEAD, levels, shift);
+                                                                 long levels, int shift, const int kind) {
+    prefetch_at(codes, l, t, g + AHEAD, levels, shift, kind);
 }
 
 #ifdef BYTE_LEVELS
 /* The 8 vectors of group g's codes in tile `codes` (int8: as stored; int4: the nibbles, unpacked) */
 static inline __attribute__((always_inline)) void load_codes(const uint8_t *codes, long g, int kind, __m512i w[8]) {
-    if (kind == 1) {
+    if (BYTE_CODES(kind)) {
         for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(codes + (8 * g + j) * 64);
         return;
     }
@@ -201,26 +209,31 @@ static inline __attribute__((always_inline)) void load_codes(const uint8_t *code
 /* Row m's sums s = sum_k u q over group g (exact) added to its 16 outputs' float32 sums */
 static inline __attribute__((always_inline)) __m512 add_group(__m512 acc, __m512i s, int kind, const Rows *r, long at,
                                                               __m512 scale, __m512 low) {
-    if (kind == 1) { /* minus the codes' offset: sum_k (u - 128) q, scaled by the output's scale at the end */
+    if (kind != 2) { /* minus the codes' offset: sum_k (u - 128) q (exact), times the group's scale (kind 5) or, at the
+                        end, the output's (kind 1) */
         s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * r->qsum[at]));
-        return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(r->d[at]), acc);
+        __m512 d = _mm512_set1_ps(r->d[at]);
+        return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), kind == 1 ? d : _mm512_mul_ps(scale, d), acc);
     }
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(scale, _mm512_set1_ps(r->d[at])), acc);
     return _mm512_fmadd_ps(low, _mm512_set1_ps(r->xsum[at]), acc);
 }
 
-/* Tile t's scale and low for a group (int4): the at-th pair of the layer's */
-static inline void group_levels(const Linear *l, long at, __m512 *scale, __m512 *low) {
-    const __m256i *halves = (const __m256i *)((const uint16_t *)l->scale + at * 32);
-    *scale = _mm512_cvtph_ps(_mm256_loadu_si256(halves)), *low = _mm512_cvtph_ps(_mm256_loadu_si256(halves + 1));
+/* Tile t's levels for a group, the at-th of the layer's: scale and low (int4), scale (kind 5) */
+static inline __attribute__((always_inline)) void group_levels(const Linear *l, long at, const int kind, __m512 *scale,
+                                                               __m512 *low) {
+    const __m256i *halves = (const __m256i *)((const uint16_t *)l->scale + at * LEVEL_HALVES(kind));
+    *scale = _mm512_cvtph_ps(_mm256_loadu_si256(halves));
+    if (kind == 2) *low = _mm512_cvtph_ps(_mm256_loadu_si256(halves + 1));
 }
 
 /* Rows m0 .. m0 + mt of y, outputs 16 t.. (int8: times the outputs' scales) */
-static inline void store_sums(const Linear *l, float *y, long m0, int mt, long t, const __m512 *acc) {
+static inline __attribute__((always_inline)) void store_sums(const Linear *l, const int kind, float *y, long m0, int mt,
+                                                             long t, const __m512 *acc) {
     long outputs = l->N - 16 * t < 16 ? l->N - 16 * t : 16;
     __mmask16 mask = (__mmask16)((1u << outputs) - 1);
     for (int i = 0; i < mt; i++) {
-        __m512 out = l->kind == 1 ? _mm512_mul_ps(acc[i], _mm512_loadu_ps((const float *)l->scale + 16 * t)) : acc[i];
+        __m512 out = kind == 1 ? _mm512_mul_ps(acc[i], _mm512_loadu_ps((const float *)l->scale + 16 * t)) : acc[i];
         _mm512_mask_storeu_ps(y + (m0 + i) * l->N + 16 * t, mask, out);
     }
 }
@@ -228,11 +241,11 @@ static inline void store_sums(const Linear *l, float *y, long m0, int mt, long t
 /* rows m0 .. m0 + mt (mt <= ROWS) times the 16 outputs of tile t, on vpdpbusd, the rows in groups of W (mt and W
  * constants where inlined) */
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                           long t, const int W) {
-    const int kind = l->kind, sub = W / 32; /* the codes' groups of 32 in a group of the rows */
-    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
+                                                           long t, const int W, const int kind) {
+    const int sub = W / 32; /* the codes' groups of 32 in a group of the rows */
+    const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
     const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
-    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (kind == 1 ? 512 : 256);
+    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (BYTE_CODES(kind) ? 512 : 256);
     __m512 acc[ROWS], scale = _mm512_setzero_ps(), low = _mm512_setzero_ps();
     for (int i = 0; i < mt; i++) acc[i] = _mm512_setzero_ps();
     for (long g = 0; g < groups; g++) {
@@ -241,7 +254,7 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
         for (int h = 0; h < sub; h++) { /* the codes' groups of 32 one at a time (16 vectors of a group of 64 at once:
                                            1.2x the time at one row in cache) */
             __m512i w[8];
-            if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift);
+            if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift, kind);
             load_codes(codes, sub * g + h, kind, w);
             for (int i = 0; i < mt; i++) {
                 const int8_t *a = r->q + 2 * (m0 + i) * r->Kp + W * g + 32 * h, *b = a + r->Kp;
@@ -253,14 +266,14 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
                 }
             }
         }
-        if (kind == 2) group_levels(l, t * levels + (sub * g >> shift), &scale, &low);
+        if (GROUP_LEVELS(kind)) group_levels(l, t * levels + (sub * g >> shift), kind, &scale, &low);
         for (int i = 0; i < mt; i++) {
             __m512i upper = _mm512_add_epi32(s1[i][0], s1[i][1]), lower = _mm512_add_epi32(s2[i][0], s2[i][1]);
             __m512i s = _mm512_add_epi32(_mm512_slli_epi32(upper, 8), lower); /* sum_k u q, exact */
             acc[i] = add_group(acc[i], s, kind, r, (m0 + i) * groups + g, scale, low);
         }
     }
-    store_sums(l, y, m0, mt, t, acc);
+    store_sums(l, kind, y, m0, mt, t, acc);
 }
 
 #ifdef __AMX_INT8__
@@ -286,14 +299,15 @@ static void configure_int_tiles(int rows, int width) {
 }
 
 /* Rows m0 .. m0 + mt's sums of group g, stored from a tile, added to acc */
-static inline void add_tile_sums(__m512 *acc, int32_t (*sums)[16], const Linear *l, const Rows *r, long m0, int mt,
-                                 long g, long level) {
+static inline __attribute__((always_inline)) void add_tile_sums(__m512 *acc, int32_t (*sums)[16], const Linear *l,
+                                                                const int kind, const Rows *r, long m0, int mt, long g,
+                                                                long level) {
     __m512 scale = _mm512_setzero_ps(), low = _mm512_setzero_ps();
-    if (l->kind == 2) group_levels(l, level, &scale, &low);
+    if (GROUP_LEVELS(kind)) group_levels(l, level, kind, &scale, &low);
     for (int i = 0; i < mt; i++) {
         __m512i s = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sums[2 * i]), 8),
                                      _mm512_load_si512(sums[2 * i + 1]));
-        acc[i] = add_group(acc[i], s, l->kind, r, (m0 + i) * r->groups + g, scale, low);
+        acc[i] = add_group(acc[i], s, kind, r, (m0 + i) * r->groups + g, scale, low);
     }
 }
 
@@ -302,7 +316,7 @@ static inline void add_tile_sums(__m512 *acc, int32_t (*sums)[16], const Linear 
  * load comes */
 static inline const void *codes_at(const uint8_t *codes, long bytes, int i, long g, int width, int kind,
                                    __m512i room[2][3][16]) {
-    return kind == 1 ? codes + i * bytes + 16 * width * g : (const void *)room[g & 1][i];
+    return BYTE_CODES(kind) ? codes + i * bytes + 16 * width * g : (const void *)room[g & 1][i];
 }
 
 /* Group g's codes of output tile `codes` (groups of `width`), int4, unpacked into `room` */
@@ -315,12 +329,12 @@ static inline void unpack_group(const uint8_t *codes, long g, int width, __m512i
  * tile against each output tile's codes, the n tile products independent of each other (in flight together), then
  * their sums stored and added */
 static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                            long t0, const int W) {
-    const int kind = l->kind, n = (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3;
+                                                            long t0, const int W, const int kind) {
+    const int n = (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3;
     const int sub = W / 32, shift = l->G == 64; /* the codes' groups of 32 in a group of W; group g of 32's levels:
                                                    g >> shift */
-    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
-    const long bytes = (l->K + 31) / 32 * (kind == 1 ? 512 : 256); /* an output tile's codes */
+    const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
+    const long bytes = (l->K + 31) / 32 * (BYTE_CODES(kind) ? 512 : 256); /* an output tile's codes */
     const uint8_t *codes = (const uint8_t *)l->w + t0 * bytes;
     const int8_t *q = r->q + 2 * m0 * r->Kp;
     __m512i room[2][3][16];
@@ -328,11 +342,11 @@ static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const
     __m512 acc[3][AMX_ROWS];
     for (int i = 0; i < n; i++)
         for (int m = 0; m < mt; m++) acc[i][m] = _mm512_setzero_ps();
-    for (int i = 0; kind == 2 && i < n; i++) unpack_group(codes + i * bytes, 0, W, room[0][i]);
+    for (int i = 0; !BYTE_CODES(kind) && i < n; i++) unpack_group(codes + i * bytes, 0, W, room[0][i]);
     for (long g = 0; g < groups; g++) {
         for (int i = 3; m0 == 0 && i < 6; i++) /* the next triple's group g (the prefetches AHEAD groups on in
                                                  these tiles: 0.66-0.93x the time at 3-8 rows) */
-            for (int h = 0; h < sub; h++) prefetch_at(codes + i * bytes, l, t0 + i, sub * g + h, levels, shift);
+            for (int h = 0; h < sub; h++) prefetch_at(codes + i * bytes, l, t0 + i, sub * g + h, levels, shift, kind);
         _tile_loadd(0, q + W * g, r->Kp);
         _tile_zero(4);
         _tile_loadd(1, codes_at(codes, bytes, 0, g, W, kind, room), 64);
@@ -347,21 +361,24 @@ static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const
             _tile_loadd(3, codes_at(codes, bytes, 2, g, W, kind, room), 64);
             _tile_dpbsud(6, 0, 3);
         }
-        for (int i = 0; kind == 2 && g + 1 < groups && i < n; i++)
+        for (int i = 0; !BYTE_CODES(kind) && g + 1 < groups && i < n; i++)
             unpack_group(codes + i * bytes, g + 1, W, room[(g + 1) & 1][i]);
         _tile_stored(4, sums[0], 64);
         if (n > 1) _tile_stored(5, sums[1], 64);
         if (n > 2) _tile_stored(6, sums[2], 64);
         for (int i = 0; i < n; i++)
-            add_tile_sums(acc[i], sums[i], l, r, m0, mt, g, (t0 + i) * levels + (sub * g >> shift));
+            add_tile_sums(acc[i], sums[i], l, kind, r, m0, mt, g, (t0 + i) * levels + (sub * g >> shift));
     }
-    for (int i = 0; i < n; i++) store_sums(l, y, m0, mt, t0 + i, acc[i]);
+    for (int i = 0; i < n; i++) store_sums(l, kind, y, m0, mt, t0 + i, acc[i]);
 }
 
-/* amx_tiles for the rows' group width */
+/* amx_tiles for the layer's kind and the rows' group width (constants in each copy) */
 static void amx_block(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0) {
-    if (r->width == 64) amx_tiles(r, l, y, m0, mt, t0, 64);
-    else amx_tiles(r, l, y, m0, mt, t0, 32);
+    if (l->kind == 5) amx_tiles(r, l, y, m0, mt, t0, 32, 5);
+    else if (l->kind == 1 && r->width == 64) amx_tiles(r, l, y, m0, mt, t0, 64, 1);
+    else if (l->kind == 1) amx_tiles(r, l, y, m0, mt, t0, 32, 1);
+    else if (r->width == 64) amx_tiles(r, l, y, m0, mt, t0, 64, 2);
+    else amx_tiles(r, l, y, m0, mt, t0, 32, 2);
 }
 #endif
 
@@ -394,11 +411,11 @@ static inline __attribute__((always_inline)) void group_sums(const uint8_t *code
                                                              long m0, int mt, __m256i sums[][2]) {
     const int16_t *q = (const int16_t *)r->q + m0 * r->Kp + 32 * g;
     const __m256i byte = _mm256_set1_epi16(0x00FF), nibble = _mm256_set1_epi16(0x000F);
-    for (int j = 0; j < (kind == 1 ? 8 : 4); j++) { /* int4: low nibbles are inputs 4j.., high ones 16 + 4j.. */
+    for (int j = 0; j < (BYTE_CODES(kind) ? 8 : 4); j++) { /* int4: low nibbles are inputs 4j.., high ones 16 + 4j.. */
         __m256i v[2], even[2], odd[2];
         for (int h = 0; h < 2; h++)
-            v[h] = _mm256_loadu_si256((const __m256i *)(codes + ((kind == 1 ? 8 : 4) * g + j) * 64 + 32 * h));
-        if (kind == 1) {
+            v[h] = _mm256_loadu_si256((const __m256i *)(codes + ((BYTE_CODES(kind) ? 8 : 4) * g + j) * 64 + 32 * h));
+        if (BYTE_CODES(kind)) {
             for (int h = 0; h < 2; h++) even[h] = _mm256_and_si256(v[h], byte), odd[h] = _mm256_srli_epi16(v[h], 8);
             add_products(sums, even, odd, q + 4 * j, r->Kp, mt);
             continue;
@@ -416,9 +433,11 @@ static inline __attribute__((always_inline)) void group_sums(const uint8_t *code
  * add_group on VNNI, lane by lane */
 static inline __attribute__((always_inline)) __m256 add_sums(__m256 acc, __m256i s, int kind, const Rows *r, long at,
                                                              const uint16_t *pair, int h) {
-    if (kind == 1) { /* minus the codes' offset */
+    __m256 d = _mm256_set1_ps(r->d[at]);
+    if (kind != 2) { /* minus the codes' offset; kind 5 times the group's scale */
         s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * r->qsum[at]));
-        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(r->d[at]), acc);
+        if (kind == 5) d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 8 * h))), d);
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
     }
     __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 8 * h)));
     __m256 low = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pair + 16 + 8 * h)));
@@ -427,10 +446,11 @@ static inline __attribute__((always_inline)) __m256 add_sums(__m256 acc, __m256i
 }
 
 /* Row m's sums for outputs 8h .. 8h + 7 of tile t into y (int8: times the outputs' scales) */
-static inline void store_half(const Linear *l, float *y, long m, long t, int h, __m256 acc) {
+static inline __attribute__((always_inline)) void store_half(const Linear *l, const int kind, float *y, long m, long t,
+                                                             int h, __m256 acc) {
     long n = (l->N - 16 * t < 16 ? l->N - 16 * t : 16) - 8 * h;
     if (n <= 0) return;
-    if (l->kind == 1) acc = _mm256_mul_ps(acc, _mm256_loadu_ps((const float *)l->scale + 16 * t + 8 * h));
+    if (kind == 1) acc = _mm256_mul_ps(acc, _mm256_loadu_ps((const float *)l->scale + 16 * t + 8 * h));
     __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     _mm256_maskstore_ps(y + m * l->N + 16 * t + 8 * h, mask, acc);
 }
@@ -438,19 +458,19 @@ static inline void store_half(const Linear *l, float *y, long m, long t, int h, 
 /* rows m0 .. m0 + mt (mt <= ROWS) times the 16 outputs of tile t, 8 at a time, the rows in groups of W (mt and W
  * constants where inlined); the same integer sums and float32 steps, lane by lane, as the VNNI kernel */
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                           long t, const int W) {
-    const int kind = l->kind, sub = W / 32; /* the codes' groups of 32 in a group of the rows */
-    const long groups = r->groups, levels = kind == 2 ? l->K / l->G : 1;
+                                                           long t, const int W, const int kind) {
+    const int sub = W / 32; /* the codes' groups of 32 in a group of the rows */
+    const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
     const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
-    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (kind == 1 ? 512 : 256);
+    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (BYTE_CODES(kind) ? 512 : 256);
     __m256 acc[4][2];
     for (int i = 0; i < mt; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (long g = 0; g < groups; g++) {
-        const uint16_t *pair = (const uint16_t *)l->scale + (t * levels + (sub * g >> shift)) * 32; /* int4 */
+        const uint16_t *pair = (const uint16_t *)l->scale + (t * levels + (sub * g >> shift)) * LEVEL_HALVES(kind);
         __m256i sums[4][2];
         for (int i = 0; i < mt; i++) sums[i][0] = sums[i][1] = _mm256_setzero_si256();
         for (int h = 0; h < sub; h++) {
-            if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift);
+            if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift, kind);
             group_sums(codes, sub * g + h, kind, r, m0, mt, sums);
         }
         for (int h = 0; h < 2; h++)
@@ -458,25 +478,34 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
                 acc[i][h] = add_sums(acc[i][h], sums[i][h], kind, r, (m0 + i) * groups + g, pair, h);
     }
     for (int i = 0; i < mt; i++)
-        for (int h = 0; h < 2; h++) store_half(l, y, m0 + i, t, h, acc[i][h]);
+        for (int h = 0; h < 2; h++) store_half(l, kind, y, m0 + i, t, h, acc[i][h]);
 }
 #endif
 
 /* Rows 0 .. M times the 16 outputs of tile t, in blocks of ROWS, the rows in groups of W (a constant where inlined) */
 static inline __attribute__((always_inline)) void tile_rows(const Rows *r, const Linear *l, float *y, long M, long t,
-                                                            const int W) {
-    if (ALONE) int_tile(r, l, y, 0, 1, t, W); /* streams the tile from memory; the blocks after read it in cache */
+                                                            const int W, const int kind) {
+    if (ALONE) int_tile(r, l, y, 0, 1, t, W, kind); /* streams the tile from memory; the blocks after read it in cache */
     for (long m0 = ALONE, mt; m0 < M; m0 += mt) {
         long left = M - m0, blocks = (left + ROWS - 1) / ROWS; /* AVX2: 7 rows 3 + 2 + 2, not 3 + 3 + 1 */
         mt = EVEN_BLOCKS ? (left + blocks - 1) / blocks : left < ROWS ? left : ROWS;
-        if (mt == 4) int_tile(r, l, y, m0, 4, t, W);
-        else if (mt == 3) int_tile(r, l, y, m0, 3, t, W);
-        else if (mt == 2) int_tile(r, l, y, m0, 2, t, W);
-        else int_tile(r, l, y, m0, 1, t, W);
+        if (mt == 4) int_tile(r, l, y, m0, 4, t, W, kind);
+        else if (mt == 3) int_tile(r, l, y, m0, 3, t, W, kind);
+        else if (mt == 2) int_tile(r, l, y, m0, 2, t, W, kind);
+        else int_tile(r, l, y, m0, 1, t, W, kind);
     }
 }
 
-/* y (M, N) = x (M, K) times the weight of l (kind 1 or 2, the layout above), over threads by tiles of 16 outputs */
+/* tile_rows for the layer's kind and the rows' group width (constants in each copy) */
+static void rows_of_tile(const Rows *r, const Linear *l, float *y, long M, long t) {
+    if (l->kind == 5) tile_rows(r, l, y, M, t, 32, 5);
+    else if (l->kind == 1 && r->width == 64) tile_rows(r, l, y, M, t, 64, 1);
+    else if (l->kind == 1) tile_rows(r, l, y, M, t, 32, 1);
+    else if (r->width == 64) tile_rows(r, l, y, M, t, 64, 2);
+    else tile_rows(r, l, y, M, t, 32, 2);
+}
+
+/* y (M, N) = x (M, K) times the weight of l (kind 1, 2 or 5, the layout above), over threads by tiles of 16 outputs */
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads) {
     Rows r = quantize_rows(x, M, l->K, l->G == 64 && l->K % 64 == 0 ? 64 : 32);
     long tiles = (l->N + 15) / 16;
@@ -501,9 +530,6 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
     }
 #endif
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long t = 0; t < tiles; t++) {
-        if (r.width == 64) tile_rows(&r, l, y, M, t, 64);
-        else tile_rows(&r, l, y, M, t, 32);
-    }
+    for (long t = 0; t < tiles; t++) rows_of_tile(&r, l, y, M, t);
     free_rows(&r);
 }
