@@ -166,8 +166,10 @@ def test_arlm_int_kernels_on_amx_and_vnni_give_the_same_bits():
             rows = x[:, : layer.in_features].contiguous()
             start.value = 1_000  # VNNI alone
             vnni = layer(rows)
-            start.value = 1  # AMX from one row
+            start.value = 1  # AMX from one row, every row count (3-7: copies of their own, quantized.c amx_block)
             assert torch.equal(layer(rows), vnni) and torch.equal(layer(rows[4:5]), vnni[4:5]), name
+            for m in range(2, 11):
+                assert torch.equal(layer(rows[:m]), vnni[:m]), (name, m)
     finally:
         start.value = default
 
