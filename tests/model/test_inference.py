@@ -18,7 +18,7 @@ from arlm.model.inference import (
     optimize_for_decoding,
     optimize_for_scoring,
 )
-from arlm.model.quant import quantize_model
+from arlm.model.quant import Int8Linear, quantize_model
 from arlm.model.transformer import Blocks, RMSNorm, Transformer
 
 
@@ -228,8 +228,22 @@ def _fused_model(dtype) -> Transformer:
     config = ModelConfig(flavour="llama", vocab_size=128, block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=128)
     torch.manual_seed(0)
     model = Transformer(config).eval()
-    model = quantize_model(model, dtype, head=False) if isinstance(dtype, str) else model.to(dtype)
+    if dtype == "q8_0":
+        _q8_0_blocks(model)
+    else:
+        model = quantize_model(model, dtype, head=False) if isinstance(dtype, str) else model.to(dtype)
     return optimize_for_decoding(model)
+
+
+def _q8_0_blocks(model: Transformer) -> None:
+    """Every Linear of the blocks as GGUF's Q8_0 blocks would hold it (d = max |w| / 127 per 32 inputs, in float16)."""
+    for parent in list(model.blocks.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                groups = child.weight.detach().reshape(child.out_features, -1, 32)  # (out, in/32, 32)
+                d = (groups.abs().amax(-1) / 127).half().float().clamp(min=2.0**-24)  # (out, in/32)
+                codes = torch.round(groups / d[..., None]).clamp(-128, 127).to(torch.int8).flatten(1)  # (out, in)
+                setattr(parent, name, Int8Linear.from_blocks(codes, d))
 
 
 def _decode(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +257,7 @@ def _decode(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[
 
 
 @pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8", "int4", "q8_0"])
 def test_a_fused_block_gives_the_bits_its_modules_give(dtype):
     """block.c runs a block's norms, Linears, attention, SwiGLU and residuals in one call with the roundings the
     modules make, and every block of the model in one call (FusedBlocks): logits and cache equal to the same model run

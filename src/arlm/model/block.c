@@ -38,11 +38,12 @@ void arlm_swiglu(const void *h, void *out, long M, long F, int xbf, int threads)
     }
 }
 
+/* y = x times l's weight on its kernel (kernels.h's kinds; 1, 2 and 5 the int ones) */
 static void linear(const Linear *l, const void *x, void *y, long M, int threads) {
-    if (l->kind == 1 || l->kind == 2) arlm_int_mm(x, l, y, M, threads);
-    if (l->kind == 3) arlm_f32_mm(x, l->w, y, M, l->N, l->K, threads);
-    if (l->kind == 4) arlm_f32p_mm(x, l->w, y, M, l->N, l->K, threads);
     if (l->kind == 0) arlm_bf16_mm(x, l->w, y, M, l->N, l->K, threads);
+    else if (l->kind == 3) arlm_f32_mm(x, l->w, y, M, l->N, l->K, threads);
+    else if (l->kind == 4) arlm_f32p_mm(x, l->w, y, M, l->N, l->K, threads);
+    else arlm_int_mm(x, l, y, M, threads);
 }
 
 static void norm(const void *w, const void *x, void *y, long M, long C, float eps, int xbf) {
