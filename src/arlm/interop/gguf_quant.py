@@ -1,14 +1,14 @@
-"""GGUF blocks kept as they are: Q4_0 and Q4_1 tensors become `Int4Linear` layers (group 32), Q8_0 tensors (on arlm's
-CPU kernels) `Int8Linear` layers in groups of 32, straight from the file's codes and block scales, with no
-dequantize-requantize round trip.
+"""GGUF blocks kept as they are: at --dtype int4, Q4_0 and Q4_1 tensors become `Int4Linear` layers (group 32); Q8_0
+tensors (at int8, and int4's head) `Int8Linear` layers in groups of 32 on arlm's CPU kernels; straight from the file's
+codes and block scales, with no dequantize-requantize round trip.
 
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
 nibbles): w = d * q + m, `Int4Linear`'s convention with scale d and low m. Q4_0 holds d alone: w = d * (q - 8), scale d
 and low -8d. A Q8_0 block holds d (float16) and 32 signed bytes q: w = d * q. The output head counts as a layer: its
 source is `output.weight`, or `token_embd.weight` where the model ties them (SmolLM2's Q8_0). Tensors of other types
-(K-quants; Q8_0 where arlm's kernels are not built) are dequantized by the file reader and `--dtype int8 / int4` then
-quantizes them to int8 per output channel (interop/loading.py): with PyTorch's kernels, also their bfloat16 rounding
-of scales and inputs (model/quant.py)."""
+(K-quants; Q8_0 layers at int4, or where arlm's kernels are not built) are dequantized by the file reader and
+`--dtype int8 / int4` then quantizes them to that dtype (interop/loading.py): with PyTorch's kernels, also their
+bfloat16 rounding of scales and inputs (model/quant.py)."""
 
 from __future__ import annotations
 
@@ -43,14 +43,17 @@ def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
     return [ours for ours in block_layers(contents, config, Q4_TYPES) if ours != "lm_head.weight"]
 
 
-def layers_from_gguf(model: Transformer, ref: str, q4: bool = True) -> list[str]:
-    """Replace every Linear of a model loaded from GGUF `ref` whose source tensors are all Q4_0 / Q4_1 (where q4) by
-    an Int4Linear, and all Q8_0 (where arlm's kernels run and the outputs come by 16) by an Int8Linear in groups of
-    32, built from the blocks (in place); returns the names of the layers replaced."""
+def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
+    """Replace Linears of a model loaded from GGUF `ref` by layers built from the file's blocks (in place): for
+    quant "int4", those whose sources are all Q4_0 / Q4_1 by Int4Linears and the head, if Q8_0, by an Int8Linear in
+    groups of 32 (int4's head is int8); for "int8", every Linear whose sources are all Q8_0 so. Q8_0 layers only where
+    arlm's kernels run and the outputs come by 16. Returns the names of the layers replaced."""
     contents, sources = read_gguf(ref), _sources(model.config)
     q8 = block_layers(contents, model.config, Q8_TYPES) if native.available() else []
+    if quant == "int4":
+        q8 = [ours for ours in q8 if ours == "lm_head.weight"]
     replaced = []
-    for ours in (q4_layers(contents, model.config) if q4 else []) + q8:
+    for ours in (q4_layers(contents, model.config) if quant == "int4" else []) + q8:
         parts = sources[ours]
         if ours in q8 and sum(shape[0] for _, shape, _ in parts) % 16:
             continue

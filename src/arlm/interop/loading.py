@@ -101,10 +101,10 @@ def load_model(
     comes merged into its base.
 
     int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the tied head
-    included (int8 for both kinds). Of a GGUF on the CPU, both keep the layers the file stores as Q8_0 (SmolLM2's
-    head) as they are, int4 also those stored as Q4_0 / Q4_1 (never decoding them to float32), and both quantize the
-    others to int8 per output channel from the values the file holds (interop/gguf_quant.py; quality in
-    docs/perf.md)."""
+    included (int8 for both kinds). Of a GGUF on the CPU, int4 builds the layers the file stores as Q4_0 / Q4_1
+    (never decoding them to float32) and its head, if Q8_0 (SmolLM2's), from their blocks, int8 every layer stored
+    as Q8_0; the others (K-quants, ...) are quantized from the values the file holds (interop/gguf_quant.py;
+    quality in docs/perf.md)."""
     precision = resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     ref = str(reference)
     path = Path(ref)
@@ -135,13 +135,13 @@ def to_dtype(
     gguf: str | None = None,
 ) -> Transformer:
     """A float model moved to `device` at a --dtype (in place, eval mode); `gguf`: the file it was loaded from,
-    whose Q8_0 blocks int8 and int4 then use as they are on the CPU (int4 its Q4_0 / Q4_1 blocks too)."""
+    whose blocks of the dtype's kind (int4: Q4_0 / Q4_1 and a Q8_0 head; int8: Q8_0) are used as they are on the
+    CPU."""
     precision = resolve_dtype(dtype, device)
     model = model.to(device=device, dtype=precision.float_dtype)
     if precision.quant and gguf is not None and torch.device(device).type == "cpu":
-        layers_from_gguf(model, gguf, q4=precision.quant == "int4")  # Q8_0 (SmolLM2's head) for both
-        quantize_model(model, "int8")  # the layers the file holds in other types
-    elif precision.quant:
+        layers_from_gguf(model, gguf, precision.quant)  # the file's blocks where they are the dtype's
+    if precision.quant:  # the other Linears, from the values the file holds
         quantize_model(model, precision.quant, group_size)
     return model.eval()
 
