@@ -151,12 +151,13 @@ def test_arlm_kernels_read_rows_at_16_bits_per_group(group):
 def test_arlm_int_kernels_on_amx_and_vnni_give_the_same_bits():
     """The int8 / int4 products move from VNNI to AMX at `arlm_amx_from` rows; both give every row the same bits
     (exact integer sums, the same float32 steps), so a row's output does not depend on how many rows came with it.
-    AMX takes output tiles of 16 three at a time: 6 tiles (96), 7 (112: three, three, one) and 5 (80: three, two)."""
+    AMX takes output tiles of 16 three at a time: 6 tiles (96), 7 (112: three, three, one) and 5 (80: three, two);
+    from 16 rows (two blocks of 8) int4 codes are unpacked once a triple (16, 17, 27 rows)."""
     import ctypes
 
     start = ctypes.c_int.in_dll(native.library(), "arlm_amx_from")
     default = start.value
-    x = torch.randn(11, 264, generator=torch.Generator().manual_seed(5))  # (M, in)
+    x = torch.randn(27, 264, generator=torch.Generator().manual_seed(5))  # (M, in)
     layers = _layers(_linear(out_features=96, in_features=256))
     layers["int8-ragged"] = Int8Linear.from_float(_linear(out_features=94, in_features=264))
     layers |= {f"{name}, 7 tiles": layer for name, layer in _layers(_linear(out_features=112, in_features=256)).items()}
@@ -168,7 +169,7 @@ def test_arlm_int_kernels_on_amx_and_vnni_give_the_same_bits():
             vnni = layer(rows)
             start.value = 1  # AMX from one row, every row count (3-7: copies of their own, quantized.c amx_block)
             assert torch.equal(layer(rows), vnni) and torch.equal(layer(rows[4:5]), vnni[4:5]), name
-            for m in range(2, 11):
+            for m in (*range(2, 11), 16, 17, 27):
                 assert torch.equal(layer(rows[:m]), vnni[:m]), (name, m)
     finally:
         start.value = default

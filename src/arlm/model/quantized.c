@@ -312,11 +312,12 @@ static inline __attribute__((always_inline)) void add_tile_sums(__m512 *acc, int
 }
 
 /* Group g's codes of output tile i (of tiles `bytes` apart from `codes`; groups of `width`) where a tile load reads
- * them: in place (int8), or (int4) unpacked into room[g & 1][i] a group ahead, so that the stores are done before the
- * load comes */
+ * them: in place (int8); int4, in `flat` where unpack_triple unpacked them all (tiles 2 `bytes` apart), else
+ * unpacked into room[g & 1][i] a group ahead, so that the stores are done before the load comes */
 static inline const void *codes_at(const uint8_t *codes, long bytes, int i, long g, int width, int kind,
-                                   __m512i room[2][3][16]) {
-    return BYTE_CODES(kind) ? codes + i * bytes + 16 * width * g : (const void *)room[g & 1][i];
+                                   __m512i room[2][3][16], const uint8_t *flat) {
+    if (BYTE_CODES(kind)) return codes + i * bytes + 16 * width * g;
+    return flat ? flat + 2 * i * bytes + 16 * width * g : (const void *)room[g & 1][i];
 }
 
 /* Group g's codes of output tile `codes` (groups of `width`), int4, unpacked into `room` */
@@ -324,23 +325,34 @@ static inline void unpack_group(const uint8_t *codes, long g, int width, __m512i
     for (int h = 0; h < width / 32; h++) load_codes(codes, width / 32 * g + h, 2, room + 8 * h);
 }
 
+/* Every group's codes of int4 output tiles t0 .. t0 + 2 (what the layer has), unpacked into `flat` (a byte a code, the
+ * int8 layout: 3 tiles of (K + 31) / 32 x 512 bytes), so that many blocks of rows read them unpacked once */
+static void unpack_triple(const Linear *l, long t0, uint8_t *flat) {
+    const long groups = (l->K + 31) / 32, tiles = (l->N + 15) / 16 - t0 < 3 ? (l->N + 15) / 16 - t0 : 3;
+    const uint8_t *codes = (const uint8_t *)l->w + t0 * groups * 256;
+    for (long i = 0; i < tiles; i++)
+        for (long g = 0; g < groups; g++)
+            load_codes(codes + i * groups * 256, g, 2, (__m512i *)(flat + (i * groups + g) * 512));
+}
+
 /* Group g's n tile products (rows' tile 0 against each output tile's codes, sums into tiles 4 .. 3 + n), independent
  * of each other (in flight together) */
 static inline __attribute__((always_inline)) void tile_products(const int8_t *q, const Rows *r, const uint8_t *codes,
                                                                 long bytes, long g, const int W, const int kind,
-                                                                __m512i room[2][3][16], const int n) {
+                                                                __m512i room[2][3][16], const uint8_t *flat,
+                                                                const int n) {
     _tile_loadd(0, q + W * g, r->Kp);
     _tile_zero(4);
-    _tile_loadd(1, codes_at(codes, bytes, 0, g, W, kind, room), 64);
+    _tile_loadd(1, codes_at(codes, bytes, 0, g, W, kind, room, flat), 64);
     _tile_dpbsud(4, 0, 1);
     if (n > 1) {
         _tile_zero(5);
-        _tile_loadd(2, codes_at(codes, bytes, 1, g, W, kind, room), 64);
+        _tile_loadd(2, codes_at(codes, bytes, 1, g, W, kind, room, flat), 64);
         _tile_dpbsud(5, 0, 2);
     }
     if (n > 2) {
         _tile_zero(6);
-        _tile_loadd(3, codes_at(codes, bytes, 2, g, W, kind, room), 64);
+        _tile_loadd(3, codes_at(codes, bytes, 2, g, W, kind, room, flat), 64);
         _tile_dpbsud(6, 0, 3);
     }
 }
@@ -351,8 +363,9 @@ static inline __attribute__((always_inline)) void tile_products(const int8_t *q,
  * while the tile unit works (at 3-8 rows 0.84-0.91x the time streamed, SmolLM2's int8 forwards 0.89-0.95x); int4's,
  * unpacked a group ahead, take their products first (pipelined, SmolLM2's int4 forwards 1.06-1.11x) */
 static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                            long t0, const int W, const int kind, const int full) {
-    const int n = full ? 3 : (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3, ahead = BYTE_CODES(kind);
+                                                            long t0, const uint8_t *flat, const int W, const int kind,
+                                                            const int full) {
+    const int n = full ? 3 : (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3, ahead = BYTE_CODES(kind) || flat;
     const int sub = W / 32, shift = l->G == 64; /* the codes' groups of 32 in a group of W; group g of 32's levels:
                                                    g >> shift */
     const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
@@ -364,20 +377,20 @@ static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const
     __m512 acc[3][AMX_ROWS];
     for (int i = 0; i < n; i++)
         for (int m = 0; m < mt; m++) acc[i][m] = _mm512_setzero_ps();
-    for (int i = 0; !BYTE_CODES(kind) && i < n; i++) unpack_group(codes + i * bytes, 0, W, room[0][i]);
-    if (ahead) tile_products(q, r, codes, bytes, 0, W, kind, room, n);
+    for (int i = 0; !BYTE_CODES(kind) && !flat && i < n; i++) unpack_group(codes + i * bytes, 0, W, room[0][i]);
+    if (ahead) tile_products(q, r, codes, bytes, 0, W, kind, room, flat, n);
     for (long g = 0; g < groups; g++) {
         for (int i = 3; m0 == 0 && i < 6; i++) /* the next triple's group g (the prefetches AHEAD groups on in
                                                  these tiles: 0.66-0.93x the time at 3-8 rows) */
             for (int h = 0; h < sub; h++) prefetch_at(codes + i * bytes, l, t0 + i, sub * g + h, levels, shift, kind);
-        if (!ahead) tile_products(q, r, codes, bytes, g, W, kind, room, n);
-        for (int i = 0; !BYTE_CODES(kind) && g + 1 < groups && i < n; i++)
+        if (!ahead) tile_products(q, r, codes, bytes, g, W, kind, room, flat, n);
+        for (int i = 0; !BYTE_CODES(kind) && !flat && g + 1 < groups && i < n; i++)
             unpack_group(codes + i * bytes, g + 1, W, room[(g + 1) & 1][i]);
         int32_t(*done)[2 * AMX_ROWS][16] = sums[g & 1];
         _tile_stored(4, done[0], 64);
         if (n > 1) _tile_stored(5, done[1], 64);
         if (n > 2) _tile_stored(6, done[2], 64);
-        if (ahead && g + 1 < groups) tile_products(q, r, codes, bytes, g + 1, W, kind, room, n);
+        if (ahead && g + 1 < groups) tile_products(q, r, codes, bytes, g + 1, W, kind, room, flat, n);
         for (int i = 0; i < n; i++)
             add_tile_sums(acc[i], done[i], l, kind, r, m0, mt, g, (t0 + i) * levels + (sub * g >> shift));
     }
@@ -385,33 +398,33 @@ static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const
 }
 
 /* amx_tiles for the layer's kind and the rows' group width (constants in each copy) */
-static void amx_any(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0) {
-    if (l->kind == 5) amx_tiles(r, l, y, m0, mt, t0, 32, 5, 0);
-    else if (l->kind == 1 && r->width == 64) amx_tiles(r, l, y, m0, mt, t0, 64, 1, 0);
-    else if (l->kind == 1) amx_tiles(r, l, y, m0, mt, t0, 32, 1, 0);
-    else if (r->width == 64) amx_tiles(r, l, y, m0, mt, t0, 64, 2, 0);
-    else amx_tiles(r, l, y, m0, mt, t0, 32, 2, 0);
+static void amx_any(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0, const uint8_t *flat) {
+    if (l->kind == 5) amx_tiles(r, l, y, m0, mt, t0, flat, 32, 5, 0);
+    else if (l->kind == 1 && r->width == 64) amx_tiles(r, l, y, m0, mt, t0, flat, 64, 1, 0);
+    else if (l->kind == 1) amx_tiles(r, l, y, m0, mt, t0, flat, 32, 1, 0);
+    else if (r->width == 64) amx_tiles(r, l, y, m0, mt, t0, flat, 64, 2, 0);
+    else amx_tiles(r, l, y, m0, mt, t0, flat, 32, 2, 0);
 }
 
 /* amx_tiles with the rows and 3 output tiles constants too, for the common kinds (int8 by 64, int4 by 32, Q8_0) */
 #define AMX_ROWS_OF(MT)                                                                                                \
-    if (l->kind == 5) amx_tiles(r, l, y, m0, MT, t0, 32, 5, 1);                                                        \
-    else if (l->kind == 1 && r->width == 64) amx_tiles(r, l, y, m0, MT, t0, 64, 1, 1);                                 \
-    else if (l->kind == 2 && r->width == 32) amx_tiles(r, l, y, m0, MT, t0, 32, 2, 1);                                 \
-    else amx_any(r, l, y, m0, mt, t0);                                                                                 \
+    if (l->kind == 5) amx_tiles(r, l, y, m0, MT, t0, flat, 32, 5, 1);                                                  \
+    else if (l->kind == 1 && r->width == 64) amx_tiles(r, l, y, m0, MT, t0, flat, 64, 1, 1);                           \
+    else if (l->kind == 2 && r->width == 32) amx_tiles(r, l, y, m0, MT, t0, flat, 32, 2, 1);                           \
+    else amx_any(r, l, y, m0, mt, t0, flat);                                                                           \
     break
 
 /* rows m0 .. m0 + mt times output tiles t0 .. t0 + 2 (or what is left of the layer): a verification's 3-7 rows (the
  * sums then in registers, the loops unrolled: 0.87-0.95x the time at 3-7 rows, int8 and int4, in cache and streamed;
  * 8 rows gain nothing) in copies for their row count */
-static void amx_block(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0) {
+static void amx_block(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0, const uint8_t *flat) {
     switch ((l->N + 15) / 16 - t0 >= 3 ? mt : 0) {
     case 3: AMX_ROWS_OF(3);
     case 4: AMX_ROWS_OF(4);
     case 5: AMX_ROWS_OF(5);
     case 6: AMX_ROWS_OF(6);
     case 7: AMX_ROWS_OF(7);
-    default: amx_any(r, l, y, m0, mt, t0);
+    default: amx_any(r, l, y, m0, mt, t0, flat);
     }
 }
 #endif
@@ -548,14 +561,19 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
 #pragma omp parallel num_threads(threads)
         {
             long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
+            /* int4 for 2 blocks of rows or more (a prompt): each triple's codes unpacked once, not once a block */
+            uint8_t *flat = l->kind == 2 && full > 1 ? aligned_alloc(64, 3 * ((l->K + 31) / 32) * 512) : NULL;
             if (full) configure_int_tiles(AMX_ROWS, r.width);
 #pragma omp for schedule(static)
-            for (long u = 0; u < triples; u++)
-                for (long b = 0; b < full; b++) amx_block(&r, l, y, b * AMX_ROWS, AMX_ROWS, 3 * u);
+            for (long u = 0; u < triples; u++) {
+                if (flat) unpack_triple(l, 3 * u, flat);
+                for (long b = 0; b < full; b++) amx_block(&r, l, y, b * AMX_ROWS, AMX_ROWS, 3 * u, flat);
+            }
+            free(flat);
             if (rest) {
                 configure_int_tiles((int)rest, r.width);
 #pragma omp for schedule(static)
-                for (long u = 0; u < triples; u++) amx_block(&r, l, y, full * AMX_ROWS, (int)rest, 3 * u);
+                for (long u = 0; u < triples; u++) amx_block(&r, l, y, full * AMX_ROWS, (int)rest, 3 * u, NULL);
             }
             _tile_release();
         }
