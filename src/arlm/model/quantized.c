@@ -358,39 +358,41 @@ static inline __attribute__((always_inline)) void tile_products(const int8_t *q,
 }
 
 /* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the outputs of output tiles t0 .. t0 + n - 1
- * (n: 3, or what is left of the layer), on AMX, the rows in groups of W (a constant where inlined). int8 codes are
- * software-pipelined: group g's sums are stored, group g + 1's tile products started, then g's sums scaled and added
- * while the tile unit works (at 3-8 rows 0.84-0.91x the time streamed, SmolLM2's int8 forwards 0.89-0.95x); int4's,
- * unpacked a group ahead, take their products first (pipelined, SmolLM2's int4 forwards 1.06-1.11x) */
+ * (n: 3, or what is left of the layer), on AMX, the rows in groups of W (a constant where inlined), software-pipelined:
+ * group g's sums are stored, group g + 1's tile products started, then g's sums scaled and added while the tile unit
+ * works (benchmarks/amx_cycles.c: reading a triple's sums right after their stores cost 18-54 TSC ticks over the
+ * stores' 64-70, the pipelined order 6-26 fewer; int8 at 3-8 rows 0.84-0.91x the time streamed, SmolLM2's int8
+ * forwards 0.89-0.95x; int4 0.89-1.02x streamed, its forwards within the noise) */
 static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt,
                                                             long t0, const uint8_t *flat, const int W, const int kind,
                                                             const int full) {
-    const int n = full ? 3 : (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3, ahead = BYTE_CODES(kind) || flat;
+    const int n = full ? 3 : (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3;
     const int sub = W / 32, shift = l->G == 64; /* the codes' groups of 32 in a group of W; group g of 32's levels:
                                                    g >> shift */
     const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
     const long bytes = (l->K + 31) / 32 * (BYTE_CODES(kind) ? 512 : 256); /* an output tile's codes */
     const uint8_t *codes = (const uint8_t *)l->w + t0 * bytes;
     const int8_t *q = r->q + 2 * m0 * r->Kp;
+    const int unpack = !BYTE_CODES(kind) && !flat; /* int4 codes unpacked here, two groups ahead of their sums */
     __m512i room[2][3][16];
     int32_t sums[2][3][2 * AMX_ROWS][16] __attribute__((aligned(64)));
     __m512 acc[3][AMX_ROWS];
     for (int i = 0; i < n; i++)
         for (int m = 0; m < mt; m++) acc[i][m] = _mm512_setzero_ps();
-    for (int i = 0; !BYTE_CODES(kind) && !flat && i < n; i++) unpack_group(codes + i * bytes, 0, W, room[0][i]);
-    if (ahead) tile_products(q, r, codes, bytes, 0, W, kind, room, flat, n);
+    for (long g = 0; unpack && g < 2 && g < groups; g++)
+        for (int i = 0; i < n; i++) unpack_group(codes + i * bytes, g, W, room[g][i]);
+    tile_products(q, r, codes, bytes, 0, W, kind, room, flat, n);
     for (long g = 0; g < groups; g++) {
         for (int i = 3; m0 == 0 && i < 6; i++) /* the next triple's group g (the prefetches AHEAD groups on in
                                                  these tiles: 0.66-0.93x the time at 3-8 rows) */
             for (int h = 0; h < sub; h++) prefetch_at(codes + i * bytes, l, t0 + i, sub * g + h, levels, shift, kind);
-        if (!ahead) tile_products(q, r, codes, bytes, g, W, kind, room, flat, n);
-        for (int i = 0; !BYTE_CODES(kind) && !flat && g + 1 < groups && i < n; i++)
-            unpack_group(codes + i * bytes, g + 1, W, room[(g + 1) & 1][i]);
         int32_t(*done)[2 * AMX_ROWS][16] = sums[g & 1];
         _tile_stored(4, done[0], 64);
         if (n > 1) _tile_stored(5, done[1], 64);
         if (n > 2) _tile_stored(6, done[2], 64);
-        if (ahead && g + 1 < groups) tile_products(q, r, codes, bytes, g + 1, W, kind, room, flat, n);
+        if (g + 1 < groups) tile_products(q, r, codes, bytes, g + 1, W, kind, room, flat, n);
+        for (int i = 0; unpack && g + 2 < groups && i < n; i++) /* where group g's codes were */
+            unpack_group(codes + i * bytes, g + 2, W, room[g & 1][i]);
         for (int i = 0; i < n; i++)
             add_tile_sums(acc[i], done[i], l, kind, r, m0, mt, g, (t0 + i) * levels + (sub * g >> shift));
     }
