@@ -311,6 +311,12 @@ static inline __attribute__((always_inline)) void add_tile_sums(__m512 *acc, int
     }
 }
 
+/* How many of output tiles t0 .. t0 + 2 the layer has (3, or what is left of it) */
+static inline int triple_tiles(const Linear *l, long t0) {
+    const long left = (l->N + 15) / 16 - t0;
+    return left < 3 ? (int)left : 3;
+}
+
 /* Group g's codes of output tile i (of tiles `bytes` apart from `codes`; groups of `width`) where a tile load reads
  * them: in place (int8); int4, in `flat` where unpack_triple unpacked them all (tiles 2 `bytes` apart), else
  * unpacked into room[g & 1][i] a group ahead, so that the stores are done before the load comes */
@@ -328,9 +334,9 @@ static inline void unpack_group(const uint8_t *codes, long g, int width, __m512i
 /* Every group's codes of int4 output tiles t0 .. t0 + 2 (what the layer has), unpacked into `flat` (a byte a code, the
  * int8 layout: 3 tiles of (K + 31) / 32 x 512 bytes), so that many blocks of rows read them unpacked once */
 static void unpack_triple(const Linear *l, long t0, uint8_t *flat) {
-    const long groups = (l->K + 31) / 32, tiles = (l->N + 15) / 16 - t0 < 3 ? (l->N + 15) / 16 - t0 : 3;
+    const long groups = (l->K + 31) / 32;
     const uint8_t *codes = (const uint8_t *)l->w + t0 * groups * 256;
-    for (long i = 0; i < tiles; i++)
+    for (int i = 0; i < triple_tiles(l, t0); i++)
         for (long g = 0; g < groups; g++)
             load_codes(codes + i * groups * 256, g, 2, (__m512i *)(flat + (i * groups + g) * 512));
 }
@@ -366,7 +372,7 @@ static inline __attribute__((always_inline)) void tile_products(const int8_t *q,
 static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt,
                                                             long t0, const uint8_t *flat, const int W, const int kind,
                                                             const int full) {
-    const int n = full ? 3 : (l->N + 15) / 16 - t0 < 3 ? (int)((l->N + 15) / 16 - t0) : 3;
+    const int n = full ? 3 : triple_tiles(l, t0);
     const int sub = W / 32, shift = l->G == 64; /* the codes' groups of 32 in a group of W; group g of 32's levels:
                                                    g >> shift */
     const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
@@ -420,7 +426,7 @@ static void amx_any(const Rows *r, const Linear *l, float *y, long m0, int mt, l
  * sums then in registers, the loops unrolled: 0.87-0.95x the time at 3-7 rows, int8 and int4, in cache and streamed;
  * 8 rows gain nothing) in copies for their row count */
 static void amx_block(const Rows *r, const Linear *l, float *y, long m0, int mt, long t0, const uint8_t *flat) {
-    switch ((l->N + 15) / 16 - t0 >= 3 ? mt : 0) {
+    switch (triple_tiles(l, t0) == 3 ? mt : 0) {
     case 3: AMX_ROWS_OF(3);
     case 4: AMX_ROWS_OF(4);
     case 5: AMX_ROWS_OF(5);
