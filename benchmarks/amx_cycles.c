@@ -7,16 +7,20 @@
  *   + read    ... then the stored sums read back into vector registers at once (the order before ea7cfb6)
  *   pipelined store round g's sums, start round g + 1's products, then read round g's (amx_tiles' order since)
  *
- *     cc -O2 -march=native benchmarks/amx_cycles.c -o /tmp/amx_cycles && /tmp/amx_cycles
+ *     cc -O2 -march=native -I src/arlm/model benchmarks/amx_cycles.c -o /tmp/amx_cycles -lm && /tmp/amx_cycles
  *
+ * It includes quantized.c, so the tiles are configured and the products issued by the kernel's own code
+ * (configure_int_tiles, tile_products).
  * Linux must grant the tile data (arch_prctl ARCH_REQ_XCOMP_PERM); the program says so where it does not. */
-#include <immintrin.h>
-#include <stdint.h>
 #include <stdio.h>
-#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <x86intrin.h>
+
+#include "quantized.c"
+
+/* kernels.c's switches, defined here (quantized.c alone is linked) */
+int arlm_amx_ready = 1, arlm_amx_from = 3;
 
 #define ROUNDS 200000
 
@@ -24,33 +28,12 @@ static int8_t rows[16 * 64] __attribute__((aligned(64)));
 static uint8_t codes[3][16 * 64] __attribute__((aligned(64)));
 static int32_t sums[2][3][16][16] __attribute__((aligned(64)));
 
-/* Tile 0: `height` rows of `width` bytes; tiles 1-3: width / 4 rows of 64; tiles 4-6: height rows of 16 int32 */
-static void configure(int height, int width) {
-    struct {
-        uint8_t palette, start_row, reserved[14];
-        uint16_t colsb[16];
-        uint8_t rows[16];
-    } c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1, c.colsb[0] = (uint16_t)width, c.rows[0] = (uint8_t)height;
-    for (int i = 1; i <= 3; i++) {
-        c.colsb[i] = 64, c.rows[i] = (uint8_t)(width / 4);
-        c.colsb[i + 3] = 64, c.rows[i + 3] = (uint8_t)height;
-    }
-    _tile_loadconfig(&c);
-}
-
-static void products(void) {
-    _tile_loadd(0, rows, 64);
-    _tile_zero(4);
-    _tile_loadd(1, codes[0], 64);
-    _tile_dpbsud(4, 0, 1);
-    _tile_zero(5);
-    _tile_loadd(2, codes[1], 64);
-    _tile_dpbsud(5, 0, 2);
-    _tile_zero(6);
-    _tile_loadd(3, codes[2], 64);
-    _tile_dpbsud(6, 0, 3);
+/* The kernel's round: tile 0 (the rows) against three code tiles, `width` inputs (a constant in each copy) */
+static void products(int width) {
+    const Rows r = {.q = rows, .Kp = 64};
+    __m512i room[2][3][16];
+    if (width == 32) tile_products(rows, &r, &codes[0][0], sizeof codes[0], 0, 32, 1, room, NULL, 3);
+    else tile_products(rows, &r, &codes[0][0], sizeof codes[0], 0, 64, 1, room, NULL, 3);
 }
 
 static void store(int b) {
@@ -81,20 +64,20 @@ int main(void) {
            names[0], names[1], names[2], names[3]);
     for (int s = 0; s < 4; s++) {
         int height = shapes[s][0], width = shapes[s][1];
-        configure(height, width);
+        configure_int_tiles(height / 2, width);
         printf("| %d x %d |", height, width);
         for (int mode = 0; mode < 4; mode++) {
             __m512i total = _mm512_setzero_si512();
-            if (mode == 3) products();
+            if (mode == 3) products(width);
             uint64_t start = __rdtsc();
             for (long n = 0; n < ROUNDS; n++) {
                 if (mode < 3) {
-                    products();
+                    products(width);
                     if (mode >= 1) store(0);
                     if (mode == 2) total = read_back(0, height, total);
                 } else {
                     store(n & 1);
-                    products();
+                    products(width);
                     total = read_back(n & 1, height, total);
                 }
             }

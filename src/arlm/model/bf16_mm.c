@@ -19,23 +19,17 @@
 
 #ifdef __AMX_BF16__
 
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
 /* tile 0: `rows` rows of x, 32 bfloat16 each; tiles 1, 2: 16 k-pairs x 16 outputs x 2 of w; tiles 3, 4: the sums,
  * `rows` x 16 float32 */
 static void configure_tiles(int rows) {
-    tile_config c;
+    arlm_tile_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     for (int t = 0; t < 5; t++) {
         c.colsb[t] = 64;
         c.rows[t] = t == 1 || t == 2 ? 16 : rows;
     }
-    _tile_loadconfig(&c);
+    arlm_load_tile_config(&c);
 }
 
 /* rows m0 .. m0 + rows of y for outputs 32 p .. 32 p + 32: two 16-output tiles of sums over every k */

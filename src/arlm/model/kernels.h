@@ -43,6 +43,21 @@ void arlm_block(const Block *b, void *x, long M, const Attention *a, int threads
 void arlm_blocks(const Block *blocks, long n, void *x, long M, const Attention *a, long layer_bytes, int threads);
 
 extern int arlm_amx_ready, arlm_amx_from; /* kernels.c */
+
+#ifdef __AMX_TILE__
+/* An AMX tile configuration (palette 1): bytes per row and rows of each of the 8 tiles */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} arlm_tile_config;
+
+/* ldtilecfg of c. GCC 12's _tile_loadconfig names only 8 bytes of its operand as read, so GCC may delete the stores
+ * that fill the rest (at -O2 it did, and ldtilecfg faulted on the garbage); this operand names all 64. */
+static inline void arlm_load_tile_config(const arlm_tile_config *c) {
+    __asm__ volatile("ldtilecfg %0" : : "m"(*c));
+}
+#endif
 int arlm_amx_init(void);
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads);
 void arlm_int_rows(const float *x, float *y, long M, long K, int width);

@@ -283,11 +283,7 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
 /* Tile 0: 2 rows rows of q, `width` bytes (one group) each; tiles 1-3: a group's codes of three output tiles, width / 4
  * rows of 16 outputs x 4 inputs; tiles 4-6: their sums, 2 rows rows x 16 int32 */
 static void configure_int_tiles(int rows, int width) {
-    struct {
-        uint8_t palette, start_row, reserved[14];
-        uint16_t colsb[16];
-        uint8_t rows[16];
-    } c;
+    arlm_tile_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     c.colsb[0] = (uint16_t)width, c.rows[0] = (uint8_t)(2 * rows);
@@ -295,7 +291,7 @@ static void configure_int_tiles(int rows, int width) {
         c.colsb[i] = 64, c.rows[i] = (uint8_t)(width / 4);
         c.colsb[i + 3] = 64, c.rows[i + 3] = (uint8_t)(2 * rows);
     }
-    _tile_loadconfig(&c);
+    arlm_load_tile_config(&c);
 }
 
 /* Rows m0 .. m0 + mt's sums of group g, stored from a tile, added to acc */
@@ -366,8 +362,8 @@ static inline __attribute__((always_inline)) void tile_products(const int8_t *q,
 /* rows m0 .. m0 + mt (mt <= AMX_ROWS, the tiles configured for it) times the outputs of output tiles t0 .. t0 + n - 1
  * (n: 3, or what is left of the layer), on AMX, the rows in groups of W (a constant where inlined), software-pipelined:
  * group g's sums are stored, group g + 1's tile products started, then g's sums scaled and added while the tile unit
- * works (benchmarks/amx_cycles.c: reading a triple's sums right after their stores cost 18-54 TSC ticks over the
- * stores' 64-70, the pipelined order 6-26 fewer; int8 at 3-8 rows 0.84-0.91x the time streamed, SmolLM2's int8
+ * works (benchmarks/amx_cycles.c: reading a triple's sums right after their stores cost 9-35 TSC ticks over the
+ * stores' 87-94, the pipelined order 7-29 fewer; int8 at 3-8 rows 0.84-0.91x the time streamed, SmolLM2's int8
  * forwards 0.89-0.95x; int4 0.89-1.02x streamed, its forwards within the noise) */
 static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const Linear *l, float *y, long m0, int mt,
                                                             long t0, const uint8_t *flat, const int W, const int kind,
