@@ -440,3 +440,18 @@ def test_help_lists_every_verb_without_importing_torch():
         if " " not in name:
             assert importlib.import_module(module_name).__doc__.strip().splitlines()[0] in help_text, name
     assert run_cli("--help").returncode == 0
+
+
+def test_verb_help_never_imports_torch():
+    """`arlm VERB --help` imports the verb's module, which keeps torch for its run: a fresh interpreter builds and
+    parses every verb's help and names the first verb whose parser loaded torch."""
+    code = (
+        "import contextlib, io, sys\nfrom arlm.cli import VERBS, make_parser\nfirst = None\n"
+        "for name in VERBS:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        make_parser(name.split()).parse_args([*name.split(), '--help'])\n"
+        "    if 'torch' in sys.modules:\n        first = name\n        break\n"
+        "print('TORCH LOADED BY', first)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip().splitlines()[-1] == "TORCH LOADED BY None"

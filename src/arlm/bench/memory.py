@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arlm.bench.defaults import LENGTHS
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 
 SHAPE = dict(flavour="llama", n_layer=2, n_head=4, d_model=128, vocab_size=256)
-LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 def _rss_kb(field: str) -> int:

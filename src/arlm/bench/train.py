@@ -21,17 +21,6 @@ from arlm.model.transformer import Transformer
 from arlm.training.mfu import mfu, peak_flops
 from arlm.training.optim import build_optimizer
 
-DEFAULT_SHAPE = {
-    "flavour": "gpt2",
-    "n_layer": 6,
-    "n_head": 6,
-    "d_model": 384,
-    "block_size": 256,
-    "vocab_size": 8192,
-    "bias": True,
-}
-DEFAULT_BATCH = 8
-
 
 @dataclass
 class Side:

@@ -7,19 +7,15 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-
-from arlm.bench.decode import SMOLLM2_SHAPE, run_decode_bench
-from arlm.bench.forward import format_forward_times, forward_times
-from arlm.bench.llamacpp import compare_with_llamacpp, find_llama_bench, gguf_for, llamacpp_folder
 from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig
-from arlm.data.tokenizers import VocabTokenizer
-from arlm.decoding.drafts import parse_self_draft, self_draft
 from arlm.errors import ArlmError
-from arlm.interop.loading import DTYPES, is_gguf_reference, load_model, resolve_dtype, to_dtype
-from arlm.model.transformer import Transformer
+from arlm.interop.dtypes import DTYPES
+
+if TYPE_CHECKING:
+    from arlm.model.transformer import Transformer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the cases and print the table, per dtype."""
+    import torch  # lazy: kept out of --help
+
+    from arlm.interop.loading import resolve_dtype  # lazy: kept out of --help
+
     for name in args.dtype:
         resolve_dtype(name, "cpu")  # refuse an impossible dtype before any timing
     llama = llamacpp_files(args.model, args.dtype) if args.llamacpp else None
@@ -89,6 +89,8 @@ def summary_table(results: dict[str, dict]) -> list[str]:
 
 def llamacpp_files(model_ref: str, dtypes: list[str]) -> tuple:
     """llama-bench and the GGUF file per dtype, or one line saying what is missing (before any timing)."""
+    from arlm.bench.llamacpp import find_llama_bench, gguf_for, llamacpp_folder  # lazy: kept out of --help
+
     if model_ref != "smollm2":
         raise ArlmError("--llamacpp compares SmolLM2 (llama.cpp runs the same GGUF file): use --model smollm2")
     folder = llamacpp_folder()
@@ -101,6 +103,8 @@ def llamacpp_files(model_ref: str, dtypes: list[str]) -> tuple:
 
 def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int, repeats: int, log=print) -> dict:
     """arlm greedy batch 1 and llama-bench (binary, gguf) alternating (bench/llamacpp.py); prints the medians."""
+    from arlm.bench.llamacpp import compare_with_llamacpp  # lazy: kept out of --help
+
     binary, gguf = llama
     row = compare_with_llamacpp(model, bos, binary, gguf, new_tokens=new_tokens, repeats=repeats)
     log(
@@ -116,6 +120,9 @@ def bench_draft(
     """The benchmark's draft: a model loaded at `dtype`; for self:L, what makes it from the target once laid out at
     `dtype` (a callable); for self:DTYPE, the target at that dtype (random-smollm2: converted from the same
     weights)."""
+    from arlm.decoding.drafts import parse_self_draft, self_draft  # lazy: kept out of --help
+    from arlm.interop.loading import load_model, to_dtype  # lazy: kept out of --help
+
     spec = parse_self_draft(ref, DTYPES)
     if isinstance(spec, int):
         return lambda target: self_draft(target, spec)
@@ -138,6 +145,14 @@ def bench_decode_command(
 ) -> dict[str, dict]:
     """Load (or build, for 'random-smollm2') the model and run the benchmark at `dtype`, printing a table,
     the forward time for 1..8 new tokens and, given `llama` (llama-bench, GGUF file), the side-by-side."""
+    import torch  # lazy: kept out of --help
+
+    from arlm.bench.decode import SMOLLM2_SHAPE, run_decode_bench  # lazy: kept out of --help
+    from arlm.bench.forward import format_forward_times, forward_times  # lazy: kept out of --help
+    from arlm.data.tokenizers import VocabTokenizer  # lazy: kept out of --help
+    from arlm.interop.loading import is_gguf_reference, load_model  # lazy: kept out of --help
+    from arlm.model.transformer import Transformer  # lazy: kept out of --help
+
     if model_ref == "random-smollm2":
         torch.manual_seed(0)
         model = Transformer(ModelConfig(**SMOLLM2_SHAPE)).eval()

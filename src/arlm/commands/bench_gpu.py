@@ -9,18 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from arlm.bench.gpu import (
-    decode_figures,
-    dtype_figures,
-    dtype_variants,
-    environment,
-    figure_dtypes,
-    pick_variants,
-    run_section,
-    train_figures,
-)
 from arlm.errors import ArlmError
 
 SECTIONS = ("train", "decode", "dtypes")
@@ -52,6 +40,19 @@ def variant_names(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sections asked for (a failing one is recorded, the others still run); exit 1 when one failed."""
+    import torch  # lazy: kept out of --help
+
+    from arlm.bench.gpu import (  # lazy: kept out of --help
+        decode_figures,
+        dtype_figures,
+        dtype_variants,
+        environment,
+        figure_dtypes,
+        pick_variants,
+        run_section,
+        train_figures,
+    )
+
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:

@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arlm.bench.memory import LENGTHS, run_memory_bench
-from arlm.commands.plots import figure_path, plot_memory
+from arlm.bench.defaults import LENGTHS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +33,9 @@ def bench_memory_command(
     log=print,
 ) -> dict:
     """Measure both backends over the lengths, print the table and exponents, write the plot and a JSON."""
+    from arlm.bench.memory import run_memory_bench  # lazy: kept out of --help
+    from arlm.commands.plots import figure_path, plot_memory  # lazy: kept out of --help
+
     figure_path(out)
     result = run_memory_bench(lengths=lengths, budget_gb=budget_gb, device=device, limit_gb=limit_gb, log=log)
     plot_memory(result, out)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import typing
 
-from arlm.bench.train import DEFAULT_BATCH, DEFAULT_SHAPE, run_bench
+from arlm.bench.defaults import DEFAULT_BATCH, DEFAULT_SHAPE
 from arlm.config import ModelConfig, coerce, parse_overrides
 from arlm.errors import ArlmError
 
@@ -31,6 +31,8 @@ def bench_train_command(
     overrides: list[str], *, batch: int = DEFAULT_BATCH, repeats: int = 5, steps: int = 10, log=print
 ) -> dict:
     """The shape from --model.* overrides, then the benchmark with its figures printed."""
+    from arlm.bench.train import run_bench  # lazy: kept out of --help
+
     return run_bench(model_shape(overrides), batch, steps, repeats, log)
 
 

@@ -17,10 +17,8 @@ from arlm.commands.generate import (
     with_options,
 )
 from arlm.config import GenerationConfig
-from arlm.decoding.chat import ChatSession
 from arlm.errors import ArlmError
-from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
-from arlm.model.inference import optimize_for_decoding
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +73,10 @@ def chat_command(
     read: Callable[[str], str] = input,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
+    from arlm.decoding.chat import ChatSession  # lazy: kept out of --help
+    from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
+
     dev = pick_device(device, dtype)
     note_compile(config, dev)
     note_dtype(dtype, dev)

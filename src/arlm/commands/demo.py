@@ -11,16 +11,14 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from arlm.bench.prompt_sets import chat_ids, load_prompt_set
-from arlm.bench.speculative import compare_on_prompt, format_table, schemes, summarize
 from arlm.commands.train import train_command
 from arlm.config import GenerationConfig, build_config
-from arlm.decoding.generate import generate
-from arlm.decoding.types import GenerationOutput
 from arlm.errors import ArlmError
-from arlm.interop.loading import load_model
-from arlm.model.inference import optimize_for_decoding
+
+if TYPE_CHECKING:
+    from arlm.decoding.types import GenerationOutput
 
 DEMO_PROMPT = "Return the"
 GROUNDED_ITEM = "fix-typos-1"  # a spelling correction: the answer copies most of the prompt
@@ -38,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
 def demo_command(*, new_tokens: int = 80, log=print) -> dict[str, dict]:
     """Run the whole main job and print the decoding comparison."""
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
+
     start = time.perf_counter()
     target = train_command(build_config("quickstart"), overwrite=True, log=log)
     log("\n=== draft model for speculative decoding (same tokenizer) ===")
@@ -83,6 +84,10 @@ def compare_decoding(
     target_ref: str | Path, draft_ref: str | Path, prompt: str, new_tokens: int, log=print, repeats: int = 3
 ) -> dict[str, dict]:
     """Decode `prompt` by each strategy (median tokens/s of `repeats`), print text and figures."""
+    from arlm.decoding.generate import generate  # lazy: kept out of --help
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
+
     target, draft = load_model(target_ref), load_model(draft_ref)
     optimize_for_decoding(target.model)
     optimize_for_decoding(draft.model)
@@ -145,6 +150,9 @@ def _why(rows: dict[str, dict], prompt_tokens: int) -> str:
 def compare_grounded(model, tokenizer, item_id: str, new_tokens: int, log=print, repeats: int = 3) -> dict:
     """One request of the built-in grounded set decoded by greedy and prompt lookup (fixed and adaptive gamma),
     alternating, median tokens/s of `repeats`; the table, the answer and one line on why lookup pays here."""
+    from arlm.bench.prompt_sets import chat_ids, load_prompt_set  # lazy: kept out of --help
+    from arlm.bench.speculative import compare_on_prompt, format_table, schemes, summarize  # lazy: kept out of --help
+
     item = next(i for i in load_prompt_set("grounded") if i.id == item_id)
     plan = schemes(model, new_tokens, self_layers=None, stop_at_eos=True)
     rows = compare_on_prompt(model, chat_ids(tokenizer, item), plan, repeats, eos_id=tokenizer.eos_id)

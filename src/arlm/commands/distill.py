@@ -8,8 +8,6 @@ from pathlib import Path
 
 from arlm.commands.train import TrainSummary, resume_config, train_command
 from arlm.config import RunConfig, build_config
-from arlm.interop.loading import load_model
-from arlm.training.distill import draft_from_teacher, with_model_config
 
 CONFIG_OVERRIDES = True
 
@@ -44,6 +42,9 @@ def distill_command(
     log=print,
 ) -> TrainSummary:
     """Train a draft of `layers` blocks against teacher_ref with the given data/train settings."""
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+    from arlm.training.distill import draft_from_teacher, with_model_config  # lazy: kept out of --help
+
     teacher = load_model(teacher_ref)
     config.train.distill_from = teacher_ref
     config.data.tokenizer = teacher_ref

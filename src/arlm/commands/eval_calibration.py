@@ -6,14 +6,16 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arlm.commands.options import check_batches
-from arlm.commands.plots import figure_path, plot_reliability
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
-from arlm.evaluation.calibration import N_BINS, CalibrationResult, calibration, format_table
-from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device, run_data
-from arlm.model.inference import optimize_for_scoring
+from arlm.evaluation.defaults import N_BINS
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
+
+if TYPE_CHECKING:
+    from arlm.evaluation.calibration import CalibrationResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,11 @@ def calibration_command(
     log: Callable[[str], None] = print,
 ) -> dict[str, CalibrationResult]:
     """Measure the calibration of runs on a split; print a table, write the diagram (out) and out.json."""
+    from arlm.commands.plots import figure_path, plot_reliability  # lazy: kept out of --help
+    from arlm.evaluation.calibration import calibration, format_table  # lazy: kept out of --help
+    from arlm.interop.loading import load_model, pick_device, run_data  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_scoring  # lazy: kept out of --help
+
     if not run_refs:
         raise ArlmError("name at least one run or checkpoint to measure")
     check_batches(batches)

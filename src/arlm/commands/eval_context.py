@@ -7,11 +7,8 @@ import json
 from pathlib import Path
 
 from arlm.commands.options import check_batches
-from arlm.commands.plots import figure_path, plot_lines
 from arlm.commands.runs import run_label
-from arlm.evaluation.context import per_position_loss
-from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, run_data
-from arlm.model.inference import optimize_for_scoring
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +36,11 @@ def context_command(
     log=print,
 ) -> dict[str, list[float]]:
     """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
+    from arlm.commands.plots import figure_path, plot_lines  # lazy: kept out of --help
+    from arlm.evaluation.context import per_position_loss  # lazy: kept out of --help
+    from arlm.interop.loading import load_model, run_data  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_scoring  # lazy: kept out of --help
+
     check_batches(batches)
     figure_path(out)
     curves = {}

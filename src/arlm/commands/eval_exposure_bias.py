@@ -6,19 +6,14 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from arlm.commands.plots import figure_path, plot_exposure_bias
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
-from arlm.evaluation.exposure_bias import (
-    ExposureBiasResult,
-    default_lengths,
-    exposure_bias,
-    format_summary,
-    held_out_sequences,
-)
-from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device, run_data
-from arlm.model.inference import optimize_for_scoring
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
+
+if TYPE_CHECKING:
+    from arlm.evaluation.exposure_bias import ExposureBiasResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +54,16 @@ def exposure_bias_command(
 ) -> dict[str, ExposureBiasResult]:
     """Measure exposure bias of runs on held-out sequences; print the summary, write the figure and out.json.
     prompt_len / length None: a quarter of the context as prompt, the rest as continuation."""
+    from arlm.commands.plots import figure_path, plot_exposure_bias  # lazy: kept out of --help
+    from arlm.evaluation.exposure_bias import (  # lazy: kept out of --help
+        default_lengths,
+        exposure_bias,
+        format_summary,
+        held_out_sequences,
+    )
+    from arlm.interop.loading import load_model, pick_device, run_data  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_scoring  # lazy: kept out of --help
+
     if not run_refs:
         raise ArlmError("name at least one run or checkpoint to measure")
     for flag, value in (("--prompt-len", prompt_len), ("--length", length)):

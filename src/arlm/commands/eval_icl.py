@@ -8,11 +8,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from arlm.commands.options import refuse_unused
-from arlm.commands.plots import plot_icl
 from arlm.errors import ArlmError, check_creatable
-from arlm.evaluation.icl import DEFAULT_SHOTS, format_table, run_icl
-from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
-from arlm.model.inference import optimize_for_decoding
+from arlm.evaluation.defaults import DEFAULT_SHOTS
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 
@@ -50,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         refuse_unused(
             ours, "with arlm's own evaluation; lm-eval prints its tables and writes no files (drop --lm-eval)"
         )
+        from arlm.interop.loading import pick_device  # lazy: kept out of --help
+
         lm_eval_command(args.model, tasks, args.shots, args.limit, device=str(pick_device(args.device)))
         return 0
     icl_command(
@@ -95,6 +95,11 @@ def icl_command(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Few-shot accuracy of a model on ICL tasks: prints a table, writes icl.json and icl.png into out_dir."""
+    from arlm.commands.plots import plot_icl  # lazy: kept out of --help
+    from arlm.evaluation.icl import format_table, run_icl  # lazy: kept out of --help
+    from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
+
     if num_beams != 1 and scoring != "generate":
         raise ArlmError(
             f"--num-beams goes with --scoring generate; {scoring} scoring compares the choices' likelihoods"

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import argparse
-
-import torch
+from typing import TYPE_CHECKING
 
 from arlm.commands.options import check_batches, refuse_unused
-from arlm.data.normalize import corpus_text
-from arlm.decoding.engine import KV_DTYPES, cache_dtype
+from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
-from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result, sliding_window, sliding_windows
-from arlm.evaluation.reference import transformers_sliding_window
-from arlm.interop.loading import (
-    DTYPE_HELP,
-    DTYPES,
-    LoadedModel,
-    load_model,
-    load_transformers_model,
-    pick_device,
-    run_data,
-)
-from arlm.model.inference import optimize_for_scoring
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 from arlm.training.logging import Progress
+
+if TYPE_CHECKING:
+    import torch
+
+    from arlm.evaluation.perplexity import EvalResult
+    from arlm.interop.loading import LoadedModel
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 
@@ -91,6 +84,10 @@ def eval_command(
     log=print,
 ) -> EvalResult:
     """Evaluate and print one line of figures (a split: val unless split is given; or a file)."""
+    from arlm.decoding.engine import cache_dtype  # lazy: kept out of --help
+    from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_scoring  # lazy: kept out of --help
+
     kv = cache_dtype(kv_dtype)
     _check_options(file, split, data_dir, context, stride, batches, max_chars, compare_transformers, kv)
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
@@ -155,6 +152,13 @@ def _on_file(
     """Sliding-window perplexity of a corpus normalized as the model's training data was (a progress bar on a
     terminal), each window over a KV cache of dtype kv where given; with compare_transformers, transformers' own
     loading of the model scores the same windows."""
+    import torch  # lazy: kept out of --help
+
+    from arlm.data.normalize import corpus_text  # lazy: kept out of --help
+    from arlm.evaluation.perplexity import sliding_window, sliding_windows  # lazy: kept out of --help
+    from arlm.evaluation.reference import transformers_sliding_window  # lazy: kept out of --help
+    from arlm.interop.loading import load_transformers_model  # lazy: kept out of --help
+
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     text = corpus_text(file, config.data, max_chars)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
@@ -187,6 +191,9 @@ def _on_split(
     loaded: LoadedModel, split: str, data_dir: str | None, context: int, batches: int
 ) -> tuple[EvalResult, str]:
     """Loss over blocks of a prepared split (the run's own data unless data_dir)."""
+    from arlm.evaluation.perplexity import evaluate_batches, result  # lazy: kept out of --help
+    from arlm.interop.loading import run_data  # lazy: kept out of --help
+
     config = loaded.config
     data = run_data(loaded, split, data_dir)
     block, _ = window_and_stride(config.model.block_size, context, 0, on_file=False)

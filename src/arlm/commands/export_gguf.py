@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.interop.gguf_export import export_gguf
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL OUT.gguf [--outtype] [--overwrite]."""
@@ -17,5 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and name the file written."""
+    from arlm.interop.gguf_export import export_gguf  # lazy: kept out of --help
+
     print(f"wrote {export_gguf(args.model, args.out, outtype=args.outtype, overwrite=args.overwrite)}")
     return 0

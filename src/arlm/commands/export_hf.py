@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.interop.hf import export_hf
-from arlm.interop.loading import load_model
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL OUT [--overwrite]."""
@@ -21,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and name the folder written."""
+    from arlm.interop.hf import export_hf  # lazy: kept out of --help
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+
     folder = export_hf(args.model, args.out, overwrite=args.overwrite, load=load_model)  # a LoRA run: merged
     print(f"wrote {folder}")
     return 0

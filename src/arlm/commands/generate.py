@@ -9,22 +9,19 @@ import argparse
 import dataclasses
 import sys
 import typing
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from arlm.config import GenerationConfig, build_config, coerce
-from arlm.data.tokenizers import Tokenizer
-from arlm.decoding.drafts import parse_self_draft, self_draft
-from arlm.decoding.generate import generate
 from arlm.decoding.settings import refuse_unread
-from arlm.decoding.show import render_drafts
-from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
-from arlm.decoding.types import GenerationOutput
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import LoadedModel
-from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
-from arlm.model.inference import optimize_for_decoding
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
+
+if TYPE_CHECKING:
+    import torch
+
+    from arlm.data.tokenizers import Tokenizer
+    from arlm.decoding.types import GenerationOutput
+    from arlm.interop.checkpoint import LoadedModel
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 DRAFT_HELP = (
@@ -153,6 +150,8 @@ class Streamer:
         self.stopped = False
 
     def __call__(self, tokens: torch.Tensor) -> None:
+        from arlm.decoding.stops import cut_at_stop, held_back  # lazy: kept out of --help
+
         self.ids.append(int(tokens.reshape(-1)[0]))
         text = self.tokenizer.decode(self.ids)
         if self.stopped or text.endswith("\ufffd"):
@@ -163,6 +162,8 @@ class Streamer:
 
     def finish(self) -> None:
         """Print what was held back (generation ended without completing a stop string), then a newline."""
+        from arlm.decoding.stops import cut_at_stop  # lazy: kept out of --help
+
         if not self.stopped:
             self._write(cut_at_stop(self.tokenizer.decode(self.ids), self.stops))
         self._write_raw("\n")
@@ -193,6 +194,11 @@ def generate_command(
 ) -> GenerationOutput:
     """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
     of the model's run config) with `options` (the command-line flags) on top."""
+    from arlm.decoding.generate import generate  # lazy: kept out of --help
+    from arlm.decoding.stops import stop_checker  # lazy: kept out of --help
+    from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
+
     dev = pick_device(device, dtype)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     config = with_options(config or loaded.config.generate, options)
@@ -263,6 +269,10 @@ def load_draft(
     (no weights of its own; call after optimize_for_decoding(target.model), to share its layout), `self:DTYPE`, the
     target loaded again at DTYPE (e.g. int4 drafting for float32), or a model on the target's tokenizer, loaded and
     laid out for decoding."""
+    from arlm.decoding.drafts import parse_self_draft, self_draft  # lazy: kept out of --help
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+    from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
+
     spec = parse_self_draft(ref, DTYPES)
     if isinstance(spec, int):
         return self_draft(target.model, spec)
@@ -277,6 +287,9 @@ def load_draft(
 def _print_rows(
     out: GenerationOutput, texts: list[str], tok: Tokenizer, config: GenerationConfig, show_drafts: bool
 ) -> None:
+    from arlm.decoding.show import render_drafts  # lazy: kept out of --help
+    from arlm.decoding.stops import cut_at_stop  # lazy: kept out of --help
+
     per_prompt = max(out.sequences.shape[0] // len(texts), 1)
     for i, row in enumerate(out.generated()):
         body = cut_at_stop(tok.decode(row), config.stop)

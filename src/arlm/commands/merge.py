@@ -11,15 +11,6 @@ from pathlib import Path
 
 from arlm.config import LoRAConfig
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import (
-    MANIFEST,
-    check_output_apart,
-    export_weights,
-    is_run_or_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
-from arlm.interop.loading import load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +30,16 @@ def run(args: argparse.Namespace) -> int:
 
 def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the merged model of a LoRA run (or checkpoint) as an arlm checkpoint in `out`."""
+    from arlm.interop.checkpoint import (  # lazy: kept out of --help
+        MANIFEST,
+        check_output_apart,
+        export_weights,
+        is_run_or_checkpoint,
+        read_checkpoint,
+        save_checkpoint,
+    )
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+
     out = Path(out)
     check_output_apart(out, run)  # never the run, one of its checkpoints or its base model
     if out.exists() and not overwrite:

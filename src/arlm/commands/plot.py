@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arlm.commands.plots import figure_path, plot_grad_norms, plot_loss
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.training.logging import read_metrics
@@ -35,6 +34,8 @@ def metrics_path(run: str | Path) -> Path:
 
 def plot_command(runs: list[str], out: str, *, grad_norms: bool = False, log=print) -> list[Path]:
     """Write the loss figure (and a gradient-norm figure per run when asked)."""
+    from arlm.commands.plots import figure_path, plot_grad_norms, plot_loss  # lazy: kept out of --help
+
     out_path = figure_path(out)
     records = {}
     for run in runs:

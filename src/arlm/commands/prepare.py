@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 
 from arlm.config import DEFAULT_PRESET, build_config
-from arlm.data.prepare import prepare
-from arlm.interop.loading import load_tokenizer, prepared_dir
 
 CONFIG_OVERRIDES = True
 
@@ -25,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the preset's corpus (with the overrides) into --out."""
+    from arlm.data.prepare import prepare  # lazy: kept out of --help
+    from arlm.interop.loading import load_tokenizer, prepared_dir  # lazy: kept out of --help
+
     config = build_config(args.preset, args.overrides)
     directory = Path(args.out) if args.out else prepared_dir(config)
     prepare(

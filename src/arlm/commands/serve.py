@@ -7,10 +7,9 @@ import signal
 import sys
 
 from arlm.commands.generate import load_draft, note_dtype
-from arlm.decoding.engine import KV_DTYPES
+from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
-from arlm.interop.loading import DTYPE_HELP, DTYPES, load_model, pick_device
-from arlm.model.inference import PROBE_ROWS, optimize_for_decoding
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shorter
 
@@ -46,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         from arlm.serving.scheduler import Scheduler  # lazy: optional dependency (prometheus_client)
     except ImportError as exc:
         raise ArlmError(f"arlm serve needs {exc.name}: pip install 'arlm[serve]'") from None
+    from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
+    from arlm.model.inference import PROBE_ROWS, optimize_for_decoding  # lazy: kept out of --help
+
     if args.max_batch < 1 or args.max_queue < 0 or args.context < 0:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
     device, dtype = pick_device(args.device, args.dtype), args.dtype

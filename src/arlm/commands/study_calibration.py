@@ -7,11 +7,15 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arlm.commands.eval_calibration import calibration_command
 from arlm.commands.runs import STUDY_OVERRIDES, train_variants
 from arlm.config import DEFAULT_PRESET, build_config
-from arlm.evaluation.calibration import N_BINS, CalibrationResult
+from arlm.evaluation.defaults import N_BINS
+
+if TYPE_CHECKING:
+    from arlm.evaluation.calibration import CalibrationResult
 
 CONFIG_OVERRIDES = True
 STUDY_SMOOTHING = (0.0, 0.1)

@@ -7,11 +7,14 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arlm.commands.eval_exposure_bias import exposure_bias_command
 from arlm.commands.runs import STUDY_OVERRIDES, train_variants
 from arlm.config import DEFAULT_PRESET, build_config
-from arlm.evaluation.exposure_bias import ExposureBiasResult
+
+if TYPE_CHECKING:
+    from arlm.evaluation.exposure_bias import ExposureBiasResult
 
 CONFIG_OVERRIDES = True
 STUDY_SCHEDULED_SAMPLING = 0.25

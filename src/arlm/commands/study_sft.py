@@ -22,9 +22,6 @@ from safetensors import safe_open
 from arlm.commands.runs import refuse_earlier_runs, refuse_placement
 from arlm.config import build_config
 from arlm.errors import ArlmError
-from arlm.evaluation.instruct import instruct_accuracy, instruction_split, write_chat_jsonl
-from arlm.interop.checkpoint import resolve_checkpoint
-from arlm.interop.loading import load_model
 
 CONFIG_OVERRIDES = True
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4}
@@ -70,6 +67,13 @@ def sft_study(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Before, LoRA and full fine-tuning on the held-out items; writes sft.json and sft.md into out_dir."""
+    from arlm.evaluation.instruct import (  # lazy: kept out of --help
+        instruct_accuracy,
+        instruction_split,
+        write_chat_jsonl,
+    )
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+
     out = Path(out_dir)
     where = "the study writes its data and runs in --out (OUT/sft.jsonl, OUT/data, OUT/runs/NAME)"
     refuse_placement(overrides, where, placed=("train.out_dir", "data.prepared_dir", "data.source"))
@@ -101,6 +105,8 @@ def sft_study(
 
 def train_measured(preset: str, overrides: list[str], overwrite: bool = False) -> dict:
     """Train in a child process; its wall time, peak resident memory, checkpoint size and optimizer bytes."""
+    from arlm.interop.checkpoint import resolve_checkpoint  # lazy: kept out of --help
+
     command = [
         sys.executable,
         "-m",

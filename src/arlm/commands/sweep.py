@@ -10,13 +10,10 @@ import itertools
 import json
 from pathlib import Path
 
-from arlm.commands.plots import plot_lines, plot_loss
 from arlm.commands.runs import refuse_placement
 from arlm.commands.train import train_command
 from arlm.config import DEFAULT_PRESET, RunConfig, build_config
-from arlm.data.prepare import data_fingerprint
 from arlm.errors import ArlmError
-from arlm.model.transformer import Transformer
 from arlm.training.logging import read_metrics
 from arlm.training.run_dir import holds_run
 
@@ -73,6 +70,9 @@ def sweep_command(
 ) -> dict[str, dict]:
     """Train every combination (sharing one prepared corpus unless their data settings differ) and plot loss vs
     tokens for all of them; an --out holding an earlier sweep is retrained only with overwrite."""
+    from arlm.data.prepare import data_fingerprint  # lazy: kept out of --help
+    from arlm.model.transformer import Transformer  # lazy: kept out of --help
+
     grid = parse_vary(vary)
     where = "the sweep places each run in --out (OUT/LABEL, its data in OUT/data); use --out"
     refuse_placement(overrides or [], where, (key for key, _ in grid))
@@ -136,6 +136,8 @@ def _run_config(
 
 def _report(results: dict[str, dict], grid: list[tuple[str, list[str]]], preset: str, out: Path, log) -> None:
     """Every loss curve in one figure, final validation loss against a single varied key, a table, sweep.json."""
+    from arlm.commands.plots import plot_lines, plot_loss  # lazy: kept out of --help
+
     runs = {label: read_metrics(out / label / "metrics.jsonl") for label in results}
     plot_loss(runs, out / "loss.png", title=f"{preset}: loss vs tokens")
     if len(grid) == 1:

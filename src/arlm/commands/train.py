@@ -12,10 +12,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from arlm.commands.plots import plot_loss
 from arlm.config import (
     DEFAULT_PRESET,
     GenerationConfig,
@@ -27,15 +25,7 @@ from arlm.config import (
     merge,
     parse_overrides,
 )
-from arlm.data.prepare import PreparedData, load_prepared, prepare
-from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
-from arlm.evaluation.perplexity import EvalResult
-from arlm.interop.checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, open_checkpoint
-from arlm.interop.loading import load_model, load_tokenizer, pick_device, prepared_dir
-from arlm.model.transformer import Transformer
-from arlm.training import distributed as D
-from arlm.training.init import FROM_CONFIG, initial_model
 from arlm.training.logging import read_metrics, truncate_log
 from arlm.training.run_dir import (
     discard,
@@ -46,7 +36,16 @@ from arlm.training.run_dir import (
     set_aside,
     write_errors_as_one_line,
 )
-from arlm.training.trainer import Trainer
+
+if TYPE_CHECKING:
+    import torch
+
+    from arlm.data.prepare import PreparedData
+    from arlm.evaluation.perplexity import EvalResult
+    from arlm.interop.checkpoint import Checkpoint
+    from arlm.model.transformer import Transformer
+    from arlm.training import distributed as D
+    from arlm.training.trainer import Trainer
 
 CONFIG_OVERRIDES = True
 
@@ -83,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
     """Refuse an override the run would not read: a model shape beside train.init (its shape comes from there)
     or a LoRA setting at train.lora.rank 0 (no adapters)."""
+    from arlm.training.init import FROM_CONFIG  # lazy: kept out of --help
+
     shape = sorted(set(given.get("model", {})) - set(FROM_CONFIG))
     if config.train.init and shape:
         raise ArlmError(
@@ -110,6 +111,8 @@ def resume_config(
 ) -> tuple[RunConfig, Checkpoint | None]:
     """The checkpoint to resume (verified, once) and the config to resume with: the checkpoint's own, plus
     overrides. None when the run in train.out_dir stopped before its first checkpoint: it starts again."""
+    from arlm.interop.checkpoint import latest_checkpoint, open_checkpoint  # lazy: kept out of --help
+
     if resume != "latest":
         checkpoint = open_checkpoint(resume)
     else:
@@ -125,6 +128,8 @@ def resume_config(
 
 def _restart_config(config: RunConfig, overrides: list[str], preset_given: bool, log) -> RunConfig:
     """The config of a run killed before its first checkpoint (its config.json plus overrides)."""
+    from arlm.interop.checkpoint import list_checkpoints  # lazy: kept out of --help
+
     run_dir = Path(config.train.out_dir)
     if list_checkpoints(run_dir):
         raise ArlmError(
@@ -157,6 +162,12 @@ def train_command(
 ) -> TrainSummary:
     """Run a whole training job as `arlm train` does; `resuming` without a checkpoint trains the run in
     train.out_dir again from step 0 (it stopped before its first checkpoint)."""
+    import torch  # lazy: kept out of --help
+
+    from arlm.interop.checkpoint import Checkpoint, open_checkpoint  # lazy: kept out of --help
+    from arlm.interop.loading import pick_device  # lazy: kept out of --help
+    from arlm.training import distributed as D  # lazy: kept out of --help
+
     tc = config.train
     device = pick_device(tc.device)
     info = D.init_distributed(device.type)
@@ -188,6 +199,8 @@ class _Job:
 
     def run(self) -> TrainSummary:
         """Claim the folder, train, report; an earlier run set aside by --overwrite comes back on failure."""
+        from arlm.training import distributed as D  # lazy: kept out of --help
+
         config, info, run_dir = self.config, self.info, Path(self.config.train.out_dir)
         step = self.checkpoint.meta.get("step", 0) if self.checkpoint else 0
         if self.checkpoint is not None and step >= config.train.max_steps:
@@ -209,6 +222,11 @@ class _Job:
             raise
 
     def _train(self, run_dir: Path, aside: Path | None) -> TrainSummary:
+        import torch  # lazy: kept out of --help
+
+        from arlm.training import distributed as D  # lazy: kept out of --help
+        from arlm.training.trainer import Trainer  # lazy: kept out of --help
+
         config, info, say, tc = self.config, self.info, self.log, self.config.train
         data = _prepared_data(config, info, self.overwrite, say, keep=self.checkpoint is not None)
         if tc.threads:
@@ -234,6 +252,8 @@ class _Job:
 def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path | None:
     """Refuse to clobber an earlier run unless asked; --overwrite sets it aside (returned) until the new run
     has its first checkpoint, so an error before that loses nothing."""
+    from arlm.interop.checkpoint import list_checkpoints  # lazy: kept out of --help
+
     for old in leftovers(run_dir):
         log(f"note: {old} holds an earlier run set aside by an --overwrite that stopped before its first checkpoint")
     has_run = holds_run(run_dir)
@@ -251,6 +271,10 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path 
 
 def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log, keep: bool = False) -> PreparedData:
     """The run's prepared data: reused, or prepared (again); keep: a resumed run keeps the data it trained on."""
+    from arlm.data.prepare import load_prepared, prepare  # lazy: kept out of --help
+    from arlm.interop.loading import load_tokenizer, prepared_dir  # lazy: kept out of --help
+    from arlm.training import distributed as D  # lazy: kept out of --help
+
     directory = prepared_dir(config)
     if info.is_main:
         replace = overwrite or not config.data.prepared_dir
@@ -271,6 +295,11 @@ def build_model(
     config: RunConfig, data: PreparedData, device: torch.device, log, initial: Transformer | None = None
 ) -> Transformer:
     """A freshly initialised model (seeded), one started from train.init's weights, or the one given."""
+    import torch  # lazy: kept out of --help
+
+    from arlm.model.transformer import Transformer  # lazy: kept out of --help
+    from arlm.training.init import initial_model  # lazy: kept out of --help
+
     mc = config.model
     vocab = data.tokenizer.vocab_size
     if mc.vocab_size == 0:
@@ -294,6 +323,8 @@ def build_model(
 
 def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -> torch.nn.Module | None:
     """The model to distill from (train.distill_from), checked to share the data's tokenizer."""
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+
     if not config.train.distill_from:
         return None
     teacher = load_model(config.train.distill_from, device=device)
@@ -322,6 +353,8 @@ def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
 
 def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
     """Write the final record, the loss plot, and print a sample."""
+    from arlm.commands.plots import plot_loss  # lazy: kept out of --help
+
     run_dir = summary.run_dir
     record = {"event": "final", "step": trainer.step, "tokens": trainer.tokens_seen}
     for split, r in summary.final.items():
@@ -345,6 +378,9 @@ def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
 
 def sample_text(trainer: Trainer, prompt: str, tokens: int) -> str:
     """A short sample from the trained model (seeded)."""
+    from arlm.decoding.generate import generate  # lazy: kept out of --help
+    from arlm.training import distributed as D  # lazy: kept out of --help
+
     tok = trainer.data.tokenizer
     model = D.unwrap(trainer.model)
     ids = tok.encode(prompt) if prompt else []

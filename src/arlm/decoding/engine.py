@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.model import native
 from arlm.model.kv_cache import KVCache
@@ -40,9 +41,6 @@ def compile_options(device: torch.device, tuned: bool = True, graph: str = "tree
         return {"mode": "default", "fullgraph": True}
     options = {"triton.cudagraphs": graph == "trees", "coordinate_descent_tuning": tuned}
     return {"fullgraph": True, "options": options, **({"graph": "manual"} if graph == "manual" else {})}
-
-
-KV_DTYPES = ("auto", "float32", "bfloat16")  # GenerationConfig.kv_dtype's values: the KV cache's dtype
 
 
 def cache_dtype(name: str) -> torch.dtype | None:

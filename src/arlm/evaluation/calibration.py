@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from arlm.data.batches import IGNORE_INDEX, Batch
 from arlm.errors import ArlmError
-
-N_BINS = 15
+from arlm.evaluation.defaults import N_BINS
 
 
 @dataclass

@@ -25,10 +25,10 @@ from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.generate import generate
 from arlm.decoding.stops import cut_at_stop, stop_checker
 from arlm.errors import ArlmError
+from arlm.evaluation.defaults import DEFAULT_SHOTS
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 SCORINGS = ("generate", "loglikelihood")
-DEFAULT_SHOTS = (0, 1, 2, 4, 8)
 SEPARATOR = " =>"  # between an input and its output; the output follows after one space
 
 

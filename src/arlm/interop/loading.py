@@ -24,6 +24,7 @@ from arlm.interop.checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
+from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 from arlm.interop.gguf import gguf_model_config, load_gguf_model, load_gguf_tokenizer, read_gguf, resolve_gguf
 from arlm.interop.gguf_quant import layers_from_gguf, q4_layers
 from arlm.interop.hf import export_hf, load_hf_folder
@@ -46,10 +47,6 @@ __all__ = [
     "run_data",
     "to_dtype",
 ]
-
-# The one list of --dtype names (every command that loads a model offers these).
-DTYPES = ("float32", "bfloat16", "float16", "int8", "int4")
-DTYPE_HELP = "weights: float32, bfloat16, float16, or int8 / int4 weight-only quantized (CPU)"
 
 
 @dataclass(frozen=True)
