@@ -45,6 +45,11 @@ def test_resume_keeps_the_data_it_trained_on_when_the_source_changed(tmp_path, c
             "--train.lora.alpha does nothing at train.lora.rank 0",
         ),
         (["--train.lora.dropout", "0.1"], "--train.lora.dropout does nothing at train.lora.rank 0"),
+        (["--preset", "smollm2-sft", "--data.sampling", "epoch"], "--data.sampling does nothing with chat data"),
+        (
+            ["--preset", "smollm2-sft", "--data.document_mask", "false"],
+            "--data.document_mask does nothing with chat data",
+        ),
     ],
 )
 def test_an_override_the_run_would_not_read_is_refused(tmp_path, capsys, overrides, message):

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
-    """Refuse an override the run would not read: a model shape beside train.init (its shape comes from there)
-    or a LoRA setting at train.lora.rank 0 (no adapters)."""
+    """Refuse an override the run would not read: a model shape beside train.init (its shape comes from there),
+    a LoRA setting at train.lora.rank 0 (no adapters), or a batch setting that chat data does not read."""
     from arlm.training.init import FROM_CONFIG  # lazy: kept out of --help
 
     shape = sorted(set(given.get("model", {})) - set(FROM_CONFIG))
@@ -93,6 +93,12 @@ def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
     lora = sorted(set(given.get("train", {}).get("lora", {})) - {"rank"})
     if lora and not config.train.lora.rank:
         raise ArlmError(f"--train.lora.{lora[0]} does nothing at train.lora.rank 0 (no adapters are trained)")
+    chat = sorted(set(given.get("data", {})) & {"sampling", "document_mask"})
+    if chat and config.data.format == "chat":
+        raise ArlmError(
+            f"--data.{chat[0]} does nothing with chat data (whole conversations in shuffled epochs; a packed row's "
+            "conversations always attend only to themselves)"
+        )
 
 
 @dataclass
