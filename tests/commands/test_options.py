@@ -1,6 +1,6 @@
 import pytest
 
-from arlm.commands.options import check_batches, refuse_unused
+from arlm.commands.options import check_batches, model_of, refuse_unused
 from arlm.errors import ArlmError
 
 
@@ -15,3 +15,43 @@ def test_refuse_unused_names_every_flag_set():
     refuse_unused({"--a": False}, "with --file")
     with pytest.raises(ArlmError, match="^--a, --c go with --file$"):
         refuse_unused({"--a": True, "--b": False, "--c": True}, "with --file")
+
+
+MODEL_VERBS = {  # verb -> its default model (None: it needs one); `export` takes MODEL OUT by position, `bench
+    # decode` --model only (its --dtype takes several values, which would swallow a model after it)
+    "generate": None,
+    "chat": "smollm2",
+    "serve": "smollm2",
+    "eval perplexity": None,
+    "eval icl": None,
+}
+
+
+@pytest.mark.parametrize("verb", MODEL_VERBS)
+def test_every_verb_that_loads_a_model_takes_it_as_an_argument_or_as_model(verb):
+    """`arlm VERB MODEL` and `arlm VERB --model MODEL` name the same model; the verb's default where neither is."""
+    from arlm.cli import make_parser
+
+    words, default = verb.split(), MODEL_VERBS[verb]
+
+    def parsed(*argv: str) -> str:
+        return model_of(make_parser(words).parse_args([*words, *argv]))
+
+    assert parsed("m") == parsed("--model", "m") == parsed("m", "--model", "m") == "m"
+    assert parsed("--dtype", "float32", "m") == parsed("m", "--dtype", "float32") == "m"
+    if default is None:
+        with pytest.raises(ArlmError, match="^no model given: name one as an argument or with --model$"):
+            parsed()
+    else:
+        assert parsed() == default
+    with pytest.raises(ArlmError, match="^two models given: 'a' and --model 'b'; give one$"):
+        parsed("a", "--model", "b")
+
+
+def test_a_verb_refuses_a_missing_or_doubled_model_in_one_line_before_loading_anything(capsys):
+    from arlm.cli import main
+
+    assert main(["generate", "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no model given: name one as an argument or with --model"
+    assert main(["eval", "perplexity", "a", "--model", "b"]) == 2
+    assert capsys.readouterr().err.strip() == "error: two models given: 'a' and --model 'b'; give one"

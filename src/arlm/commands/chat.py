@@ -16,19 +16,14 @@ from arlm.commands.generate import (
     note_dtype,
     with_options,
 )
+from arlm.commands.options import add_model_argument, model_of
 from arlm.config import GenerationConfig
-from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL (or --model), --system, --message (repeatable), --draft, --device, --dtype and the generation flags."""
-    parser.add_argument(
-        "model",
-        nargs="?",
-        help="an instruct model with a chat template (default smollm2), as generate and serve take theirs",
-    )
-    parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same, as a flag")
+    add_model_argument(parser, "an instruct model with a chat template", default="smollm2")
     parser.add_argument("--system", help="a system message")
     parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
     parser.add_argument("--draft", help=DRAFT_HELP)
@@ -42,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
     config = with_options(config, generation_options(args))
     chat_command(
-        chat_model(args.model, args.model_flag),
+        model_of(args),
         config,
         system=args.system,
         messages=args.message,
@@ -51,14 +46,6 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     return 0
-
-
-def chat_model(positional: str | None, flag: str | None) -> str:
-    """The model to chat with: given as an argument (as generate and serve take it) or as --model; smollm2 where
-    neither is; refused when the two name different models."""
-    if positional and flag and positional != flag:
-        raise ArlmError(f"two models given: {positional!r} and --model {flag!r}; give one")
-    return positional or flag or "smollm2"
 
 
 def chat_command(

@@ -7,17 +7,15 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from arlm.commands.options import refuse_unused
+from arlm.commands.options import add_model_argument, model_of, refuse_unused
 from arlm.errors import ArlmError, check_creatable
 from arlm.evaluation.defaults import DEFAULT_SHOTS
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
-MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL, --tasks, --shots, --scoring, --num-beams, --limit, --out, --lm-eval, --device, --dtype."""
-    parser.add_argument("model", help=MODEL_HELP)
+    add_model_argument(parser)
     parser.add_argument("--tasks", help="comma-separated built-in tasks or paths to task JSONL (default: all built-in)")
     parser.add_argument(
         "--shots",
@@ -50,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
         )
         from arlm.interop.loading import pick_device  # lazy: kept out of --help
 
-        lm_eval_command(args.model, tasks, args.shots, args.limit, device=str(pick_device(args.device)))
+        lm_eval_command(model_of(args), tasks, args.shots, args.limit, device=str(pick_device(args.device)))
         return 0
     icl_command(
-        args.model,
+        model_of(args),
         tasks=tasks,
         shots=args.shots,
         scoring=args.scoring or "generate",

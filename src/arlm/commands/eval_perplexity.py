@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import check_batches, refuse_unused
+from arlm.commands.options import add_model_argument, check_batches, model_of, refuse_unused
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
@@ -17,12 +17,10 @@ if TYPE_CHECKING:
     from arlm.evaluation.perplexity import EvalResult
     from arlm.interop.loading import LoadedModel
 
-MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL, --split / --data, or --file with --max-chars and --compare-transformers; --context, --stride, ..."""
-    parser.add_argument("model", help=MODEL_HELP)
+    add_model_argument(parser)
     parser.add_argument("--split", choices=("train", "val", "test"), help="prepared split to score (default: val)")
     parser.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
     parser.add_argument("--file", help="score this corpus (file, folder, glob, JSONL or builtin) by sliding window")
@@ -51,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print one line of figures."""
     eval_command(
-        args.model,
+        model_of(args),
         split=args.split,
         file=args.file,
         data_dir=args.data,

@@ -11,6 +11,7 @@ import sys
 import typing
 from typing import TYPE_CHECKING, Any
 
+from arlm.commands.options import add_model_argument, model_of
 from arlm.config import GenerationConfig, build_config, coerce
 from arlm.decoding.settings import refuse_unread
 from arlm.errors import ArlmError
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from arlm.decoding.types import GenerationOutput
     from arlm.interop.checkpoint import LoadedModel
 
-MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 DRAFT_HELP = (
     "draft model for --strategy speculative, self:L (the model's own first L layers) or self:DTYPE (its own weights "
     "at DTYPE, e.g. self:int4)"
@@ -66,7 +66,7 @@ CPU_FLOAT16_NOTE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL, --prompt (repeatable), --draft, --stats, --show-drafts, --device, --dtype and the generation flags."""
-    parser.add_argument("model", help=MODEL_HELP)
+    add_model_argument(parser)
     parser.add_argument(
         "--preset", help="take the defaults from this preset's generate: section (default: the run's own config)"
     )
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     """Decode the prompts and print the continuations."""
     base = build_config(args.preset).generate if args.preset else None  # None: the model's own run config
     generate_command(
-        args.model,
+        model_of(args),
         args.prompt,
         base,
         options=generation_options(args),

@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
+
 from arlm.errors import ArlmError
+
+MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
+
+
+def add_model_argument(parser: argparse.ArgumentParser, help: str = MODEL_HELP, default: str | None = None) -> None:
+    """MODEL as an argument or as --model (the same): every verb that loads a model takes both spellings."""
+    parser.add_argument("model", nargs="?", help=help + (f" (default {default})" if default else ""))
+    parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same, as a flag")
+    parser.set_defaults(model_default=default)
+
+
+def model_of(args: argparse.Namespace) -> str:
+    """The model given as an argument or as --model (the verb's default where neither is); refused when the two
+    name different models, or when neither names one and the verb has no default."""
+    positional, flag = args.model, args.model_flag
+    if positional and flag and positional != flag:
+        raise ArlmError(f"two models given: {positional!r} and --model {flag!r}; give one")
+    model = positional or flag or args.model_default
+    if not model:
+        raise ArlmError("no model given: name one as an argument or with --model")
+    return model
 
 
 def check_batches(batches: int) -> None:

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from arlm.commands.generate import load_draft, note_dtype
+from arlm.commands.options import add_model_argument, model_of
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
@@ -16,7 +17,7 @@ DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shor
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `arlm serve`."""
-    parser.add_argument("model", nargs="?", default="smollm2", help="model to serve (default smollm2)")
+    add_model_argument(parser, "model to serve", default="smollm2")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -52,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
     device, dtype = pick_device(args.device, args.dtype), args.dtype
     note_dtype(dtype, device)
-    loaded = load_model(args.model, device=device, dtype=dtype)
+    model_ref = model_of(args)
+    loaded = load_model(model_ref, device=device, dtype=dtype)
     model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
-    draft = load_draft(args.draft, loaded, args.model, device, dtype) if args.draft else None
+    draft = load_draft(args.draft, loaded, model_ref, device, dtype) if args.draft else None
     context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
     scheduler = Scheduler(
         model,
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         draft=draft,
         kv_dtype=args.kv_dtype,
     )
-    name = args.name or args.model
+    name = args.name or model_ref
     app = create_app(scheduler, name, plain_chat=loaded.config.data.format == "chat")  # fine-tuned on chat data
     print(f"serving {name} on http://{args.host}:{args.port} (playground at /, API at /v1)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
