@@ -44,3 +44,10 @@ def test_a_model_without_its_training_data_here_asks_for_data_or_a_file(tmp_path
         ArlmError, match="found no prepared data of .* at runs/quickstart/data; give --data DIR or --file"
     ):
         eval_command("smollm2", device="cpu", log=lambda _: None)
+
+
+def test_a_text_file_given_as_data_is_pointed_to_file(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("some text")
+    with pytest.raises(ArlmError, match=f"^--data takes a prepared folder; {text} is a file: score it with --file"):
+        eval_command(NO_MODEL, data_dir=str(text), device="cpu", log=lambda _: None)

@@ -288,3 +288,10 @@ def test_a_tokenizer_that_marks_the_start_of_each_input_gets_documents_whole(tmp
     data = prepare(config, tmp_path / "data", log=lambda _: None)
     expected = sentencepiece.encode(book.read_text(encoding="utf-8")) + [sentencepiece.eos_id]
     assert data.tokens("train").tolist() == expected
+
+
+def test_load_prepared_says_whether_the_folder_is_missing_or_not_prepared(tmp_path):
+    with pytest.raises(ArlmError, match="does not exist .*run arlm prepare first"):
+        load_prepared(tmp_path / "missing")
+    with pytest.raises(ArlmError, match=r"is not a prepared corpus \(no meta.json\)"):
+        load_prepared(tmp_path)

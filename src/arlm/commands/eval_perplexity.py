@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arlm.commands.options import add_model_argument, check_batches, model_of, refuse_unused
@@ -122,6 +123,8 @@ def _check_options(
         with_file = {"--stride": stride != 0, "--max-chars": max_chars != 0}
         with_file |= {"--compare-transformers": compare_transformers, "--kv-dtype": kv is not None}
         refuse_unused(with_file, "with --file")
+        if data_dir is not None and Path(data_dir).is_file():
+            raise ArlmError(f"--data takes a prepared folder; {data_dir} is a file: score it with --file {data_dir}")
 
 
 def window_and_stride(block_size: int, context: int, stride: int, *, on_file: bool) -> tuple[int, int]:

@@ -383,6 +383,8 @@ def load_prepared(directory: str | Path) -> PreparedData:
     """Open a prepared corpus; refuse a missing or partial one clearly."""
     directory = Path(directory)
     meta_path = directory / "meta.json"
+    if not directory.exists():
+        raise ArlmError(f"{directory} does not exist (a prepared corpus is a folder: run arlm prepare first)")
     if not meta_path.exists():
         raise ArlmError(f"{directory} is not a prepared corpus (no meta.json); run arlm prepare first")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
