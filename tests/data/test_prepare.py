@@ -295,3 +295,9 @@ def test_load_prepared_says_whether_the_folder_is_missing_or_not_prepared(tmp_pa
         load_prepared(tmp_path / "missing")
     with pytest.raises(ArlmError, match=r"is not a prepared corpus \(no meta.json\)"):
         load_prepared(tmp_path)
+
+
+def test_a_failed_prepare_leaves_no_folders_behind(tmp_path):
+    with pytest.raises(ArlmError, match="does not exist"):
+        prepare(DataConfig(source=str(tmp_path / "missing.txt")), tmp_path / "runs" / "a" / "data", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []

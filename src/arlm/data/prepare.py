@@ -7,6 +7,7 @@ as they come, so memory does not grow with the corpus's text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -209,6 +210,7 @@ def prepare(
         )
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    made = [folder for folder in tmp.parents if not folder.exists()]  # what mkdir makes, deepest first
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:
@@ -217,6 +219,9 @@ def prepare(
         report_text = _prepare_into(config, tmp, (fingerprint, stamps), log, block_size, resolve_tokenizer)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # a failed prepare leaves no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     if path.exists():
         shutil.rmtree(path)
