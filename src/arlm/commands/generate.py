@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from arlm.commands.options import add_model_argument, model_of
 from arlm.config import GenerationConfig, build_config, coerce
 from arlm.decoding.settings import refuse_unread
+from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
@@ -150,8 +151,6 @@ class Streamer:
         self.stopped = False
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        from arlm.decoding.stops import cut_at_stop, held_back  # lazy: kept out of --help
-
         self.ids.append(int(tokens.reshape(-1)[0]))
         text = self.tokenizer.decode(self.ids)
         if self.stopped or text.endswith("\ufffd"):
@@ -162,8 +161,6 @@ class Streamer:
 
     def finish(self) -> None:
         """Print what was held back (generation ended without completing a stop string), then a newline."""
-        from arlm.decoding.stops import cut_at_stop  # lazy: kept out of --help
-
         if not self.stopped:
             self._write(cut_at_stop(self.tokenizer.decode(self.ids), self.stops))
         self._write_raw("\n")
@@ -195,7 +192,6 @@ def generate_command(
     """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
     of the model's run config) with `options` (the command-line flags) on top."""
     from arlm.decoding.generate import generate  # lazy: kept out of --help
-    from arlm.decoding.stops import stop_checker  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
 
@@ -288,7 +284,6 @@ def _print_rows(
     out: GenerationOutput, texts: list[str], tok: Tokenizer, config: GenerationConfig, show_drafts: bool
 ) -> None:
     from arlm.decoding.show import render_drafts  # lazy: kept out of --help
-    from arlm.decoding.stops import cut_at_stop  # lazy: kept out of --help
 
     per_prompt = max(out.sequences.shape[0] // len(texts), 1)
     for i, row in enumerate(out.generated()):

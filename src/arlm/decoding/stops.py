@@ -3,8 +3,11 @@ text at the first stop string, and how much of a streamed text to hold back unti
 
 from __future__ import annotations
 
-from arlm.data.tokenizers import Tokenizer
-from arlm.decoding.types import StopCheck
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: generate's streamer imports this module where `--help` loads no torch
+    from arlm.data.tokenizers import Tokenizer
+    from arlm.decoding.types import StopCheck
 
 
 def stop_checker(tokenizer: Tokenizer, stops: list[str]) -> StopCheck | None:
