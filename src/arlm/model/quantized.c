@@ -31,6 +31,7 @@
  * so all give the same bits. Each row is computed alone, in the same order whatever M is and wherever it sits
  * (batch-invariant), and each tile's weights are read from memory once per call. */
 #include <immintrin.h>
+#include <omp.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -134,23 +135,34 @@ static float quantize_group(const float *x, long count, int width, int16_t *q, i
 }
 #endif
 
-static Rows quantize_rows(const float *x, long M, long K, int width) {
+/* The rows' buffers, not yet filled */
+static Rows new_rows(long M, long K, int width) {
     Rows r = {.Kp = (K + width - 1) / width * width, .groups = (K + width - 1) / width, .width = width};
     r.q = malloc(2 * M * r.Kp);
     r.d = malloc(M * r.groups * sizeof(float)), r.xsum = malloc(M * r.groups * sizeof(float));
     r.qsum = malloc(M * r.groups * sizeof(int32_t));
-    for (long m = 0; m < M; m++)
-        for (long g = 0; g < r.groups; g++) {
-            long at = m * r.groups + g, count = K - width * g < width ? K - width * g : width;
+    return r;
+}
+
+/* Quantizes groups `at` (row m, group g: at = m groups + g) of x (M, K) into r, for at in [first, last) */
+static void quantize_groups(Rows *r, const float *x, long K, long first, long last) {
+    for (long at = first; at < last; at++) {
+        long m = at / r->groups, g = at % r->groups, width = r->width;
+        long count = K - width * g < width ? K - width * g : width;
 #ifdef BYTE_LEVELS
-            int8_t *q1 = r.q + 2 * m * r.Kp + width * g;
-            r.d[at] = quantize_group(x + m * K + width * g, count, width, q1, q1 + r.Kp, r.qsum + at);
+        int8_t *q1 = r->q + 2 * m * r->Kp + width * g;
+        r->d[at] = quantize_group(x + m * K + width * g, count, (int)width, q1, q1 + r->Kp, r->qsum + at);
 #else
-            int16_t *q = (int16_t *)r.q + m * r.Kp + width * g;
-            r.d[at] = quantize_group(x + m * K + width * g, count, width, q, r.qsum + at);
+        int16_t *q = (int16_t *)r->q + m * r->Kp + width * g;
+        r->d[at] = quantize_group(x + m * K + width * g, count, (int)width, q, r->qsum + at);
 #endif
-            r.xsum[at] = r.d[at] * (float)r.qsum[at];
-        }
+        r->xsum[at] = r->d[at] * (float)r->qsum[at];
+    }
+}
+
+static Rows quantize_rows(const float *x, long M, long K, int width) {
+    Rows r = new_rows(M, K, width);
+    quantize_groups(&r, x, K, 0, M * r.groups);
     return r;
 }
 
@@ -558,16 +570,22 @@ static void rows_of_tile(const Rows *r, const Linear *l, float *y, long M, long 
 
 /* y (M, N) = x (M, K) times the weight of l (kind 1, 2 or 5, the layout above), over threads by tiles of 16 outputs */
 void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads) {
-    Rows r = quantize_rows(x, M, l->K, l->G == 64 && l->K % 64 == 0 ? 64 : 32);
+    int width = l->G == 64 && l->K % 64 == 0 ? 64 : 32;
     long tiles = (l->N + 15) / 16;
 #ifdef __AMX_INT8__
     if (arlm_amx_ready && M >= arlm_amx_from) {
+        Rows r = new_rows(M, l->K, width);
 #pragma omp parallel num_threads(threads)
         {
+            /* the rows quantized by the threads together (each group alone: the same bits), then the products */
+            long items = M * r.groups, share = (items + omp_get_num_threads() - 1) / omp_get_num_threads();
+            long first = omp_get_thread_num() * share, last = first + share < items ? first + share : items;
+            if (first < last) quantize_groups(&r, x, l->K, first, last);
             long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
             /* int4 for 2 blocks of rows or more (a prompt): each triple's codes unpacked once, not once a block */
             uint8_t *flat = l->kind == 2 && full > 1 ? aligned_alloc(64, 3 * ((l->K + 31) / 32) * 512) : NULL;
             if (full) configure_int_tiles(AMX_ROWS, r.width);
+#pragma omp barrier
 #pragma omp for schedule(static)
             for (long u = 0; u < triples; u++) {
                 if (flat) unpack_triple(l, 3 * u, flat);
@@ -585,6 +603,7 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
         return;
     }
 #endif
+    Rows r = quantize_rows(x, M, l->K, width);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++) rows_of_tile(&r, l, y, M, t);
     free_rows(&r);
