@@ -52,6 +52,15 @@ def test_overwrite_with_a_bad_source_or_model_keeps_the_old_run(trained, tmp_pat
     assert _snapshot(run) == before and not _aside(run)
 
 
+def test_a_first_run_that_fails_leaves_no_folder_it_made(tmp_path, capsys):
+    nope, kept = tmp_path / "nope.txt", tmp_path / "kept"
+    _fails(capsys, "train", "--data.source", nope, "--train.out_dir", tmp_path / "runs" / "a", match="does not exist")
+    assert not (tmp_path / "runs").exists()
+    kept.mkdir()  # a folder the user made stays, empty as it was
+    _fails(capsys, "train", "--data.source", nope, "--train.out_dir", kept, match="does not exist")
+    assert kept.is_dir() and not any(kept.iterdir())
+
+
 def test_overwrite_replaces_the_run_once_the_new_one_has_a_checkpoint(trained, capsys):
     preset, run = trained
     assert main(["train", "--preset", str(preset), "--train.max_steps", "5", "--overwrite"]) == 0

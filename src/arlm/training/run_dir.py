@@ -33,10 +33,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock (flock) on RUN/train.lock while a process trains in RUN.
 
     A second trainer is refused with one line naming the holder's pid. The kernel drops the lock when the
-    holder's process ends, however it ends (kill -9 included), so no stale lock is ever left.
+    holder's process ends, however it ends (kill -9 included), so no stale lock is ever left. A run that fails
+    before writing anything removes the lock file it made (while still held) and the folders it made.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise ArlmError(f"train.out_dir {run_dir} is a file; name a folder for the run")
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    new_lock = not (run_dir / LOCK_FILE).exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -56,11 +59,27 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
+        except BaseException:
+            if new_lock:
+                _remove_made(run_dir, made)
+            raise
         finally:
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)  # the file stays (deleting a lock file races); its pid goes
+                os.ftruncate(fd, 0)  # a run's file stays (deleting a lock file races); its pid goes
     finally:
         os.close(fd)
+
+
+def _remove_made(run_dir: Path, made: list[Path]) -> None:
+    """Where RUN holds nothing but the lock file this run made: remove it and the folders this run made, deepest
+    first, while the lock is still held (a trainer that opened the file meanwhile is refused by the held lock, one
+    that comes after makes them anew)."""
+    with contextlib.suppress(OSError):
+        if [entry.name for entry in run_dir.iterdir()] != [LOCK_FILE]:
+            return
+        (run_dir / LOCK_FILE).unlink()
+        for folder in made:
+            folder.rmdir()  # stops at the first folder that holds something else
 
 
 def set_aside(run_dir: Path) -> Path:
