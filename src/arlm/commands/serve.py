@@ -44,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
         from arlm.serving.app import create_app  # lazy: optional dependency (fastapi)
         from arlm.serving.scheduler import Scheduler  # lazy: optional dependency (prometheus_client)
+        from arlm.serving.threads import in_own_thread  # lazy: kept out of --help
     except ImportError as exc:
         raise ArlmError(f"arlm serve needs {exc.name}: pip install 'arlm[serve]'") from None
+    from arlm.interop.checkpoint import LoadedModel  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import PROBE_ROWS, optimize_for_decoding  # lazy: kept out of --help
 
@@ -54,20 +56,26 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = pick_device(args.device, args.dtype), args.dtype
     note_dtype(dtype, device)
     model_ref = model_of(args)
-    loaded = load_model(model_ref, device=device, dtype=dtype)
-    model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
-    draft = load_draft(args.draft, loaded, model_ref, device, dtype) if args.draft else None
-    context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
-    scheduler = Scheduler(
-        model,
-        loaded.tokenizer,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        max_len=context,
-        prefill_chunk=args.prefill_chunk,
-        draft=draft,
-        kv_dtype=args.kv_dtype,
-    )
+
+    def build() -> tuple[LoadedModel, Scheduler]:
+        loaded = load_model(model_ref, device=device, dtype=dtype)
+        model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
+        draft = load_draft(args.draft, loaded, model_ref, device, dtype) if args.draft else None
+        context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
+        scheduler = Scheduler(
+            model,
+            loaded.tokenizer,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            max_len=context,
+            prefill_chunk=args.prefill_chunk,
+            draft=draft,
+            kv_dtype=args.kv_dtype,
+        )
+        return loaded, scheduler
+
+    # the main thread runs no parallel kernels, so that the batch thread's OpenMP pool is the only one
+    loaded, scheduler = in_own_thread(build, "arlm-load")
     name = args.name or model_ref
     app = create_app(scheduler, name, plain_chat=loaded.config.data.format == "chat")  # fine-tuned on chat data
     print(f"serving {name} on http://{args.host}:{args.port} (playground at /, API at /v1)", flush=True)

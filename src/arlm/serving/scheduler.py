@@ -35,6 +35,7 @@ from arlm.decoding.generate import check_length, generate
 from arlm.errors import ArlmError
 from arlm.serving.metrics import ServerMetrics
 from arlm.serving.text import TextStream
+from arlm.serving.threads import in_own_thread
 
 Event = dict
 LANE_STRATEGIES = ("beam", "speculative", "prompt-lookup")
@@ -409,8 +410,8 @@ class Scheduler:
                 self._queued -= 1
                 self.metrics.queue_length.set(self._queued)
             self.metrics.lane_busy.set(1)
-            try:
-                self._run_lane_job(job)
+            try:  # in a thread that ends with the job, its OpenMP workers too (serving/threads.py)
+                in_own_thread(lambda job=job: self._run_lane_job(job), "arlm-lane-job")
             except Cancelled:
                 for choice in job.choices[job.choices_done :]:
                     self._finish(choice, "cancelled")
