@@ -2,18 +2,24 @@ import pytest
 import torch
 
 from arlm.config import ModelConfig
-from arlm.model.inference import optimize_for_decoding
+from arlm.model import native
+from arlm.model.inference import FusedBlocks, optimize_for_decoding
+from arlm.model.quant import quantize_model
 from arlm.model.transformer import Transformer
 
 
-def _model(flavour: str, dtype: torch.dtype = torch.float32) -> Transformer:
+def _model(
+    flavour: str, dtype: torch.dtype = torch.float32, d_model: int = 32, quant: str | None = None
+) -> Transformer:
     torch.manual_seed(0)
     config = ModelConfig(
-        flavour=flavour, vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32, n_kv_head=2, init_std=0.3
+        flavour=flavour, vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=d_model, n_kv_head=2, init_std=0.3
     )
     if flavour == "gpt2":
         config.n_kv_head = None
     model = Transformer(config).eval().to(dtype)
+    if quant:
+        model = quantize_model(model, quant)
     return optimize_for_decoding(model, chunks=2, batch_invariant=True)  # as the server
 
 
@@ -26,14 +32,24 @@ def _alone(model, prompt: list[int], steps: list[int]) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize(
-    ("flavour", "dtype"), [("llama", torch.float32), ("gpt2", torch.float32), ("llama", torch.bfloat16)]
-)
+FUSED = [(torch.float32, None), (torch.bfloat16, None), (torch.float32, "int8"), (torch.float32, "int4")]
+SLOT_MODELS = [
+    ("llama", torch.float32, 32, None),
+    ("gpt2", torch.float32, 32, None),
+    ("llama", torch.bfloat16, 32, None),
+    *[("llama", dtype, 64, quant) for dtype, quant in FUSED],
+]
+
+
+@pytest.mark.parametrize(("flavour", "dtype", "d_model", "quant"), SLOT_MODELS)
 @torch.inference_mode()
-def test_each_row_of_a_slot_step_is_bitwise_the_batch1_step(flavour, dtype):
+def test_each_row_of_a_slot_step_is_bitwise_the_batch1_step(flavour, dtype, d_model, quant):
     """Rows at different positions, in any slot, beside any other rows: the very same logits as alone (16-bit
-    weights too, whose attention runs in float32: widened once for all rows, per row alone)."""
-    model = _model(flavour, dtype)
+    weights too, whose attention runs in float32: widened once for all rows, per row alone). Heads of 16 (d_model
+    64) fit arlm's kernels, where a step runs every block in one call (FusedBlocks)."""
+    model = _model(flavour, dtype, d_model, quant)
+    if d_model == 64 and native.available():
+        assert isinstance(model.blocks, FusedBlocks)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
     steps = [[20, 21, 22, 23], [30, 31, 32, 33], [40, 41, 42, 43], [50, 51, 52, 53]]
     cache = model.new_slot_cache(6, 40)
@@ -55,6 +71,21 @@ def test_each_row_of_a_slot_step_is_bitwise_the_batch1_step(flavour, dtype):
         expected = _alone(model, prompt, steps[i][: 4 - i])
         for a, b in zip(got[i], expected):
             assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not native.available(), reason="needs arlm's kernels")
+@torch.inference_mode()
+def test_a_slot_step_runs_every_block_in_one_kernel_call(monkeypatch):
+    """As a batch-1 step does (FusedBlocks): one call a block cost the server's steps ~1.2 ms of Python at int4."""
+    model, calls = _model("llama", torch.float32, 64), []
+    cache, real = model.new_slot_cache(2, 40), native.blocks
+    for slot, prompt in enumerate([[1, 2, 3], [4, 5]]):
+        row = cache.row(slot)
+        model(torch.tensor([prompt]), kv_cache=row, num_logits=1)
+        cache.sync(slot, row)
+    monkeypatch.setattr(native, "blocks", lambda *args: calls.append(1) or real(*args))
+    model.decode_slots(torch.tensor([[7], [8]]), cache.batch([0, 1]))  # (2, V)
+    assert calls == [1]
 
 
 def test_slot_rows_share_storage_and_reset():
