@@ -31,7 +31,6 @@
  * so all give the same bits. Each row is computed alone, in the same order whatever M is and wherever it sits
  * (batch-invariant), and each tile's weights are read from memory once per call. */
 #include <immintrin.h>
-#include <omp.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -578,9 +577,8 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
 #pragma omp parallel num_threads(threads)
         {
             /* the rows quantized by the threads together (each group alone: the same bits), then the products */
-            long items = M * r.groups, share = (items + omp_get_num_threads() - 1) / omp_get_num_threads();
-            long first = omp_get_thread_num() * share, last = first + share < items ? first + share : items;
-            if (first < last) quantize_groups(&r, x, l->K, first, last);
+#pragma omp for schedule(static) nowait
+            for (long at = 0; at < M * r.groups; at++) quantize_groups(&r, x, l->K, at, at + 1);
             long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
             /* int4 for 2 blocks of rows or more (a prompt): each triple's codes unpacked once, not once a block */
             uint8_t *flat = l->kind == 2 && full > 1 ? aligned_alloc(64, 3 * ((l->K + 31) / 32) * 512) : NULL;
