@@ -208,3 +208,7 @@ def test_best_is_argmax_on_ties_nan_and_wide_rows():
     for dtype in (torch.float32, torch.bfloat16):
         wide = torch.randint(0, 5, (8, 49152), generator=generator).to(dtype)  # ~9,800 ties for the top a row
         assert torch.equal(best(wide), wide.argmax(-1))
+        assert torch.equal(best(wide[3]), wide[3].argmax(-1))  # one row (V,) -> a 0-d index
+        strided = wide.reshape(8, 2, 24576).transpose(0, 1)  # (2, 8, 24576), not contiguous
+        assert torch.equal(best(strided), strided.argmax(-1))
+        assert best(wide).dtype == torch.long
