@@ -5,7 +5,9 @@ from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.batch import BatchEngine, BatchSequence
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
-from arlm.model.inference import optimize_for_decoding
+from arlm.model import native
+from arlm.model.inference import optimize_for_decoding, rows_invariant
+from arlm.model.quant import quantize_model
 from arlm.model.transformer import Transformer
 
 
@@ -183,3 +185,31 @@ def test_a_scored_prompt_gets_each_tokens_logprob_given_those_before(chunk):
         assert scored.logprob == pytest.approx(float(logprobs[j, prompt[j + 1]]), abs=1e-5)
         assert [t for t, _ in scored.top] == logprobs[j].topk(2).indices.tolist()
     assert seq.generated == generate(model, [prompt], seq.config).generated()[0]  # decoding as without scores
+
+
+@pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
+@pytest.mark.parametrize("kind", ["float32", "int4"])
+def test_a_steps_new_prompts_share_one_forward_and_decode_as_alone(kind):
+    """On arlm's kernels (rows_invariant) the prompts admitted together are prefilled in one forward, within the
+    step's budget and never split; every sequence still decodes what generate() gives it alone, its prompt's scores
+    too."""
+    torch.manual_seed(0)
+    config = ModelConfig(flavour="llama", vocab_size=61, block_size=160, n_layer=2, n_head=4, n_kv_head=2, d_model=64)
+    config.init_std = 0.3
+    model = Transformer(config).eval()
+    model = optimize_for_decoding(quantize_model(model, kind) if kind != "float32" else model, batch_invariant=True)
+    assert rows_invariant(model)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 61, (n,), generator=g).tolist() for n in (1, 40, 5, 90, 33, 17, 64, 7)]
+    seqs = [BatchSequence(p, GenerationConfig(strategy="greedy", max_new_tokens=12)) for p in prompts]
+    seqs[2].prompt_logprobs, seqs[2].top_logprobs = True, 2
+    engine = BatchEngine(model, max_batch=8, max_len=150, prefill_chunk=128)
+    shared, original = [], model.prefill_many
+    model.prefill_many = lambda chunks: shared.append([ids.shape[1] for ids, _, _ in chunks]) or original(chunks)
+    _run(engine, {0: seqs})
+    assert shared == [[1, 40, 5], [90, 33], [17, 64, 7]]  # 128 tokens a step at most, no prompt split
+    for seq, prompt in zip(seqs, prompts):
+        assert seq.generated == generate(model, [prompt], seq.config).generated()[0]
+    alone = BatchSequence(prompts[2], seqs[2].config, top_logprobs=2, prompt_logprobs=True)
+    _run(BatchEngine(model, max_batch=1, max_len=150), {0: [alone]})
+    assert seqs[2].prompt_scores == alone.prompt_scores and len(alone.prompt_scores) == 4

@@ -289,3 +289,46 @@ def test_blocks_not_all_on_arlms_kernels_stay_modules():
         config = ModelConfig(flavour=flavour, vocab_size=64, block_size=32, n_layer=1, n_head=4, d_model=64)
         model = optimize_for_decoding(Transformer(config).eval().to(dtype))
         assert not any(isinstance(block, FusedBlock) for block in model.blocks)
+
+
+@pytest.mark.skipif(not native.available(), reason="arlm's kernels cannot be built on this machine (model/native.py)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int8", "int4", "q8_0"])
+def test_prefill_many_gives_each_chunk_the_bits_it_gets_alone(dtype):
+    """Several sequences' chunks in one forward (the server's prefill): each chunk's logits and cache are those of
+    forward() over it alone, whether it starts its cache or continues it, is short enough for the fused kernel alone
+    (<= 32 tokens) or goes through SDPA, and keeps one logit or all of them."""
+    model = _fused_model(dtype)
+    assert inference.rows_invariant(model)
+    g = torch.Generator().manual_seed(2)
+    cases = [(0, 1, 1), (0, 5, 5), (0, 40, 1), (10, 20, 1), (12, 45, 3)]  # (cached before, new tokens, logits kept)
+    prefixes = [torch.randint(0, 128, (1, before), generator=g) for before, _, _ in cases]  # (1, before) each
+    chunks = [torch.randint(0, 128, (1, new), generator=g) for _, new, _ in cases]  # (1, new) each
+
+    def caches() -> list:
+        made = [model.new_cache(1, 64) for _ in cases]
+        with torch.no_grad():
+            for cache, prefix in zip(made, prefixes):
+                if prefix.shape[1]:
+                    model(prefix, kv_cache=cache)
+        return made
+
+    alone, shared = caches(), caches()
+    with torch.no_grad():
+        theirs = [model(ids, kv_cache=c, num_logits=n) for ids, c, (_, _, n) in zip(chunks, alone, cases)]
+        ours = model.prefill_many([(ids, c, n) for ids, c, (_, _, n) in zip(chunks, shared, cases)])
+    for mine, their, a, b in zip(ours, theirs, shared, alone):
+        assert mine.shape == their.shape and torch.equal(mine, their)
+        assert a.length == b.length and torch.equal(a.k[:, :, :, : a.length], b.k[:, :, :, : b.length])
+        assert torch.equal(a.v[:, :, :, : a.length], b.v[:, :, :, : b.length])
+
+
+def test_rows_invariant_only_where_every_row_layer_is_on_arlms_kernels():
+    """A model as built (PyTorch's Linears), or whose head is not on arlm's kernels, does not share a prefill."""
+    config = ModelConfig(flavour="llama", vocab_size=64, block_size=32, n_layer=1, n_head=4, d_model=64)
+    model = Transformer(config).eval()
+    assert not inference.rows_invariant(model)
+    if native.available():
+        model = optimize_for_decoding(model)
+        assert inference.rows_invariant(model)
+        model.lm_head = torch.nn.Linear(64, 64, bias=False)
+        assert not inference.rows_invariant(model)

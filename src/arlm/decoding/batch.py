@@ -2,7 +2,8 @@
 at step boundaries, each with its own processors, seed and stop conditions.
 
 A step (1) runs one batched forward over the last token of every decoding sequence, (2) prefills newly admitted
-prompts (each one alone, as generate() does; a prompt longer than `prefill_chunk` in several chunks), and (3)
+prompts (a prompt longer than `prefill_chunk` in several chunks; on arlm's kernels the step's prompts in one forward,
+Transformer.prefill_many, each attending alone, so each gets generate()'s bits; elsewhere each alone), and (3)
 chooses each sequence's next token from its own logits with generate()'s own choose_next. A sequence's logits do
 not depend on the other rows of the step (the batch-invariant decode layout of model/inference.py, and per-row
 attention in model/kv_cache.py), so its tokens are exactly those generate() gives it alone: greedy the same text,
@@ -21,6 +22,8 @@ from arlm.config import GenerationConfig
 from arlm.decoding.generate import choose_next
 from arlm.decoding.processors import History, make_generator, presence_frequency_penalty
 from arlm.errors import ArlmError
+from arlm.model.inference import rows_invariant
+from arlm.model.kv_cache import KVCache
 
 BATCH_STRATEGIES = ("greedy", "sample")
 PREFILL_CHUNK = 512
@@ -103,6 +106,7 @@ class BatchEngine:
         self.max_len = min(max_len or model.config.block_size, model.config.block_size)
         self.cache = model.new_slot_cache(max_batch, self.max_len, dtype=kv_dtype)
         self.prefill_chunk = prefill_chunk
+        self.shared_prefill = rows_invariant(model)  # a step's new prompts share one forward
         self.device = next(model.parameters()).device
         self.free = list(range(max_batch - 1, -1, -1))  # popped from the end: slot 0 first
         self.active: list[BatchSequence] = []
@@ -169,8 +173,25 @@ class BatchEngine:
 
     def _prefill(self) -> None:
         """Prefill waiting prompts, at most prefill_chunk tokens this step; a prompt that fits one chunk is never
-        split (it is prefilled in one forward, as generate() does), a longer one goes chunk by chunk."""
-        budget = self.prefill_chunk
+        split (it is prefilled whole, as generate() does), a longer one goes chunk by chunk. Where the model's rows
+        are batch-invariant (rows_invariant) the step's prompts share one forward, each with its own attention and
+        the bits it gets alone; elsewhere each goes alone."""
+        chunks = self._waiting_chunks()
+        groups = [chunks] if self.shared_prefill and len(chunks) > 1 else [[chunk] for chunk in chunks]
+        for group in groups:
+            rows = [(s, self.cache.row(s.slot), take) for s, take in group]
+            inputs = [(s.ids[:, s.filled : s.filled + t], row, t if s.prompt_logprobs else 1) for s, row, t in rows]
+            if len(inputs) > 1:
+                outputs = self.model.prefill_many(inputs)  # (1, n_i, V) each
+            else:
+                ids, row, n = inputs[0]
+                outputs = [self.model(ids, kv_cache=row, num_logits=n)]  # (1, n, V)
+            for (s, row, take), logits in zip(rows, outputs):
+                self._prefilled(s, row, take, logits)
+
+    def _waiting_chunks(self) -> list[tuple[BatchSequence, int]]:
+        """The prompts (and how many of their tokens) this step prefills, in order, within prefill_chunk tokens."""
+        budget, chunks = self.prefill_chunk, []
         for s in self.active:
             remaining = len(s.prompt) - s.filled
             if remaining == 0 or s.pending is not None or s.logits is not None:
@@ -178,20 +199,22 @@ class BatchEngine:
             take = min(remaining, self.prefill_chunk)
             if take > budget and budget < self.prefill_chunk:
                 break  # this prompt waits for the next step rather than be split
-            row = self.cache.row(s.slot)
-            chunk = s.ids[:, s.filled : s.filled + take]  # (1, take)
-            logits = self.model(chunk, kv_cache=row, num_logits=take if s.prompt_logprobs else 1)  # (1, n, V)
-            if s.prompt_logprobs:
-                targets = s.prompt[s.filled + 1 : s.filled + 1 + take]  # what each position predicts
-                s.prompt_scores += score(logits[0, : len(targets)], targets, s.top_logprobs)
-            logits = logits[:, -1]  # (1, V)
-            self.cache.sync(s.slot, row)
-            s.filled += take
+            chunks.append((s, take))
             budget -= take
-            if s.filled == len(s.prompt):
-                s.logits = logits
             if budget <= 0:
                 break
+        return chunks
+
+    def _prefilled(self, s: BatchSequence, row: KVCache, take: int, logits: torch.Tensor) -> None:
+        """A chunk of s's prompt is in its row's cache, with its logits (1, n, V): scored, synced to the slot; the
+        last chunk leaves the next-token logits."""
+        if s.prompt_logprobs:
+            targets = s.prompt[s.filled + 1 : s.filled + 1 + take]  # what each position predicts
+            s.prompt_scores += score(logits[0, : len(targets)], targets, s.top_logprobs)
+        self.cache.sync(s.slot, row)
+        s.filled += take
+        if s.filled == len(s.prompt):
+            s.logits = logits[:, -1]  # (1, V)
 
     def _choose(self, s: BatchSequence) -> Emitted:
         """The sequence's next token from its logits, by its own settings; the sequence ends on EOS or length."""

@@ -16,6 +16,9 @@ from arlm.model.kv_cache import KVCache, SlotBatch
 
 STEPWISE_QUERIES = 32  # a cached forward over at most this many new tokens (a verification) attends query by query
 _LAST_CALL = threading.local()  # per thread: the attention kernel's arguments of the latest forward (`native_call`)
+# One sequence's share of a forward over several (`forward_many`): its rows of the call, rope (cos, sin), mask,
+# is_causal, cache and start, as `forward` takes them for that sequence alone.
+Part = tuple[slice, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None, bool, KVCache, int]
 
 
 class Rotary(nn.Module):
@@ -70,12 +73,32 @@ class CausalSelfAttention(nn.Module):
         start: int = 0,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); mask (B|1, 1, T, S) bool (True = may attend) or None."""
-        B, T, _ = x.shape
-        nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
+        return self.resid_dropout(self.proj(self.mix(qkv, rope, mask, is_causal, kv_cache, start)))
+
+    def forward_many(self, x: torch.Tensor, parts: list[Part]) -> torch.Tensor:
+        """Several sequences' rows x (1, N, C) -> (1, N, C): the projections over all the rows at once, the attention
+        of each part (its rows, rope, mask, is_causal, cache and start) alone, by what `forward` runs for it."""
+        qkv = self.qkv(x)  # (1, N, (nh + 2 nkv) hd)
+        mixed = [self.mix(qkv[:, rows], *part) for rows, *part in parts]  # (1, T_i, nh hd) each
+        return self.resid_dropout(self.proj(torch.cat(mixed, dim=1)))  # (1, N, C)
+
+    def mix(
+        self,
+        qkv: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | None,
+        start: int,
+    ) -> torch.Tensor:
+        """The heads' outputs (B, T, nh hd) for the rows' queries, keys and values qkv (B, T, (nh + 2 nkv) hd),
+        the keys and values written into kv_cache at `start`."""
+        B, T = qkv.shape[:2]
+        nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         if self.native_attends(qkv, rope, kv_cache, start):
             call, _ = self.native_call(qkv, rope, mask, kv_cache, start)  # _: what the call points into, kept
-            return self.resid_dropout(self.proj(native.attend(qkv, call)))
+            return native.attend(qkv, call)
         heads = qkv.view(B, T, nh + 2 * nkv, hd).transpose(1, 2)  # (B, nh + 2 nkv, T, hd)
         qk, v = heads.split([nh + nkv, nkv], dim=1)  # (B, nh + nkv, T, hd), (B, nkv, T, hd)
         if rope is not None:
@@ -89,12 +112,11 @@ class CausalSelfAttention(nn.Module):
             elif kv_cache is not None:
                 k, v = kv_cache.update(self.layer, start, k, v)  # (B, nkv, S, hd) each, S = start + T
             k, v = self._cached_as_rows(q, k, v)
-            if kv_cache is not None and 1 < T <= STEPWISE_QUERIES and not self.training and x.device.type == "cpu":
+            if kv_cache is not None and 1 < T <= STEPWISE_QUERIES and not self.training and qkv.device.type == "cpu":
                 y = self.attend_stepwise(q, k, v, mask)  # (B, nh, T, hd)
             else:
                 y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
-        return self.resid_dropout(self.proj(y))
+        return y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
 
     def native_attends(self, rows: torch.Tensor, rope, kv_cache, start) -> bool:
         """Whether attention over new tokens' rows (B, T, ...) runs on arlm's kernel (model/native.py): cached

@@ -376,6 +376,14 @@ def optimize_for_decoding(
     return model
 
 
+def rows_invariant(model: nn.Module) -> bool:
+    """Whether every layer of a model that works row by row (the blocks' norms and Linears, the last norm, the head)
+    runs on arlm's kernels, which give a row the same bits whatever number of rows share the call: then several
+    sequences' rows may share one forward (Transformer.prefill_many) with each sequence's bits."""
+    blocks, norm, head = (getattr(model, name, None) for name in ("blocks", "norm", "lm_head"))
+    return isinstance(blocks, FusedBlocks) and isinstance(norm, NativeRMSNorm) and _kind(head) is not None
+
+
 def optimize_for_scoring(model: nn.Module) -> nn.Module:
     """A 16-bit CPU model on the decoding layout (optimize_for_decoding), for scoring whole windows: scored by the
     kernels generate samples with (bfloat16: arlm's, on CPUs without bfloat16 arithmetic ~6x faster than PyTorch's

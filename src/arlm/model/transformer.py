@@ -11,7 +11,7 @@ from torch import nn
 
 from arlm.config import ModelConfig
 from arlm.model import native
-from arlm.model.attention import CausalSelfAttention, Rotary, attends_in_float32
+from arlm.model.attention import CausalSelfAttention, Part, Rotary, attends_in_float32
 from arlm.model.kv_cache import KVCache, SlotBatch, SlotCache
 
 
@@ -73,6 +73,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache: KVCache | None, start: int):
         """(B, T, C) -> (B, T, C)"""
         x = x + self.attn(self.norm1(x), rope, mask, is_causal, kv_cache, start)
+        return x + self.mlp(self.norm2(x))
+
+    def forward_many(self, x: torch.Tensor, parts: list[Part]) -> torch.Tensor:
+        """Several sequences' rows (1, N, C) -> (1, N, C), as `forward` computes each part alone (attn.forward_many)."""
+        x = x + self.attn.forward_many(self.norm1(x), parts)
         return x + self.mlp(self.norm2(x))
 
 
@@ -219,6 +224,34 @@ class Transformer(nn.Module):
             return logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return logits, loss
+
+    def prefill_many(self, chunks: list[tuple[torch.Tensor, KVCache, int]]) -> list[torch.Tensor]:
+        """Several sequences' next chunks in one pass: for chunk i (ids (1, T_i), its own cache, n_i), the logits
+        (1, n_i, V) of its last n_i tokens, written into its cache at the cache's length, each chunk's attention
+        computed alone as forward(ids, kv_cache=cache, num_logits=n_i) computes it, every other layer over all the
+        rows at once. A chunk gets the bits it gets alone where those layers give a row the same bits whatever rows
+        share the call (arlm's kernels: model/inference.py's rows_invariant)."""
+        device, parts, positions, at = chunks[0][0].device, [], [], 0
+        for ids, cache, _ in chunks:
+            T, start = ids.shape[1], cache.length
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+            positions.append(torch.arange(start, start + T, device=device))  # (T,)
+            rope = self.rotary(positions[-1]) if self.rotary is not None else None
+            mask, is_causal = build_mask(T, start, None, device, cached=True)
+            parts.append((slice(at, at + T), rope, mask, is_causal, cache, start))
+            at += T
+        x = self.tok_emb(torch.cat([ids for ids, _, _ in chunks], dim=1))  # (1, N, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.cat(positions))
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block.forward_many(x, parts)
+        for rows, *_, cache, start in parts:
+            cache.length = start + rows.stop - rows.start
+        last = torch.cat([x[:, rows.stop - n : rows.stop] for (rows, *_), (_, _, n) in zip(parts, chunks)], dim=1)
+        logits = self.lm_head(self.norm(last))  # (1, sum n_i, V)
+        return list(logits.split([n for _, _, n in chunks], dim=1))
 
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
         """Logits (B, V) for one token per row (B, 1) at position tensor pos (1,), attending over the whole
