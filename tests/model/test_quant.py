@@ -11,7 +11,7 @@ from torch import nn
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
 from arlm.model import native
-from arlm.model.quant import Int4Linear, Int8Linear, is_quantized, kernel_dtype, quantize_model
+from arlm.model.quant import Int4Linear, Int8Linear, is_quantized, kernel_dtype, q8_0_fits, quantize_model
 from arlm.model.transformer import Transformer
 
 
@@ -276,3 +276,13 @@ def test_head_can_stay_float_and_bad_requests_are_refused():
         Int4Linear.from_float(_linear(out_features=16, in_features=48), 32)
     with pytest.raises(ArlmError, match="outputs of 16"):
         Int4Linear.from_float(_linear(out_features=6, in_features=64), 32)
+
+
+def test_q8_0_blocks_are_held_as_they_are_only_where_the_kernels_can():
+    """GGUF's Q8_0 blocks stay blocks on arlm's kernels with the inputs by 32 and the outputs by 16; elsewhere the
+    layer is refused in one line (and the loader decodes those tensors instead: interop/gguf_quant.py)."""
+    assert q8_0_fits(48, 96) == native.available()
+    assert not q8_0_fits(40, 96) and not q8_0_fits(48, 80)
+    codes = torch.randint(-128, 128, (40, 96), generator=torch.Generator().manual_seed(0)).to(torch.int8)
+    with pytest.raises(ArlmError, match="Q8_0 weight needs arlm's CPU kernels"):
+        Int8Linear.from_blocks(codes, torch.full((40, 3), 0.01))

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from arlm.config import ModelConfig
 from arlm.interop.gguf import BLOCK, Q4_TYPES, GGUFContents, linear_sources, q4_blocks, q8_blocks, read_gguf, stack_rows
-from arlm.model import native
-from arlm.model.quant import Int4Linear, Int8Linear
+from arlm.model.quant import Int4Linear, Int8Linear, q8_0_fits
 from arlm.model.transformer import Transformer
 
 Q8_TYPES = ("Q8_0",)
@@ -49,14 +48,14 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
     groups of 32 (int4's head is int8); for "int8", every Linear whose sources are all Q8_0 so. Q8_0 layers only where
     arlm's kernels run and the outputs come by 16. Returns the names of the layers replaced."""
     contents, sources = read_gguf(ref), _sources(model.config)
-    q8 = block_layers(contents, model.config, Q8_TYPES) if native.available() else []
+    q8 = block_layers(contents, model.config, Q8_TYPES)
     if quant == "int4":
         q8 = [ours for ours in q8 if ours == "lm_head.weight"]
     replaced = []
     for ours in (q4_layers(contents, model.config) if quant == "int4" else []) + q8:
         parts = sources[ours]
-        if ours in q8 and sum(shape[0] for _, shape, _ in parts) % 16:
-            continue
+        if ours in q8 and not q8_0_fits(sum(shape[0] for _, shape, _ in parts), parts[0][1][1]):
+            continue  # left to be decoded and quantized as a float weight
         tensors = [contents.tensors[name] for name, _, _ in parts]
         blocks = [  # (codes, scales) or (codes, scales, lows) per tensor
             q8_blocks(t.data, shape) if ours in q8 else q4_blocks(t.data, t.tensor_type.name, shape)

@@ -60,6 +60,12 @@ def _rounded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return values.float().to(dtype).float()
 
 
+def q8_0_fits(out_features: int, in_features: int) -> bool:
+    """Whether arlm's kernels can hold a weight of GGUF's Q8_0 blocks as it is: built here, the inputs by 32, the
+    outputs by 16 (Int8Linear.from_blocks)."""
+    return native.available() and in_features % native.Q8_GROUP == 0 and out_features % 16 == 0
+
+
 class Int8Linear(nn.Module):
     """y = x (scale * W_int8)^T + b, one scale per output channel (or per group of 32 inputs: GGUF's Q8_0)."""
 
@@ -75,7 +81,7 @@ class Int8Linear(nn.Module):
         self.dense = weight.device.type != "cpu" if dense is None else dense
         self.native = not self.dense and native.available()
         if self.group_size:
-            if not self.native or self.in_features != native.Q8_GROUP * scales.shape[1] or self.out_features % 16:
+            if not self.native or not q8_0_fits(*weight.shape) or self.in_features != native.Q8_GROUP * scales.shape[1]:
                 raise ArlmError(f"a {self.out_features}x{self.in_features} Q8_0 weight needs arlm's CPU kernels")
             self.register_buffer("packed", int_layout.pack_int8(weight))  # (out/16, in/32, 8, 16, 4)
             self.register_buffer("group_scales", int_layout.tile_scales(scales))  # (out/16, in/32, 16) float16
