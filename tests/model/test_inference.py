@@ -332,3 +332,25 @@ def test_rows_invariant_only_where_every_row_layer_is_on_arlms_kernels():
         assert inference.rows_invariant(model)
         model.lm_head = torch.nn.Linear(64, 64, bias=False)
         assert not inference.rows_invariant(model)
+
+
+def test_prefill_many_with_position_embeddings_matches_forward_alone():
+    """A GPT-2 model (learned positions, PyTorch's kernels: not rows_invariant) through prefill_many: each chunk's
+    logits are forward()'s alone up to float32 rounding, at its own cache's positions."""
+    torch.manual_seed(0)
+    config = ModelConfig(flavour="gpt2", vocab_size=64, block_size=64, n_layer=2, n_head=4, d_model=32, init_std=0.3)
+    model = Transformer(config).eval()
+    assert not inference.rows_invariant(model)
+    g = torch.Generator().manual_seed(4)
+    chunks = [torch.randint(0, 64, (1, n), generator=g) for n in (3, 9, 1)]
+    alone, shared = [model.new_cache(1, 64) for _ in chunks], [model.new_cache(1, 64) for _ in chunks]
+    with torch.no_grad():
+        for cache_a, cache_b in zip(alone, shared):  # the last two continue a cache already 5 positions long
+            if cache_a is not alone[0]:
+                prefix = torch.randint(0, 64, (1, 5), generator=g)
+                model(prefix, kv_cache=cache_a), model(prefix, kv_cache=cache_b)
+        theirs = [model(ids, kv_cache=c, num_logits=2 if ids.shape[1] > 1 else 1) for ids, c in zip(chunks, alone)]
+        ours = model.prefill_many([(ids, c, t.shape[1]) for ids, c, t in zip(chunks, shared, theirs)])
+    for mine, their, a, b in zip(ours, theirs, shared, alone):
+        torch.testing.assert_close(mine, their, rtol=1e-5, atol=1e-5)
+        assert a.length == b.length
