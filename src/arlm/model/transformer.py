@@ -205,13 +205,9 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         start = input_pos if input_pos is not None else (kv_cache.length if kv_cache is not None else 0)
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        self._check_fits(start, T)
         positions = self._positions(B, T, start, attention_mask, idx.device)
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
-        x = self.dropout(x)
+        x = self.dropout(self._embed(idx, positions))  # (B, T, C)
         rope = self.rotary(positions) if self.rotary is not None else None
         mask, is_causal = build_mask(T, start, attention_mask, idx.device, cached=kv_cache is not None)
         x = self.blocks.run(x, rope, mask, is_causal, kv_cache, start)
@@ -234,17 +230,14 @@ class Transformer(nn.Module):
         device, parts, positions, at = chunks[0][0].device, [], [], 0
         for ids, cache, _ in chunks:
             T, start = ids.shape[1], cache.length
-            if start + T > self.config.block_size:
-                raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
-            positions.append(torch.arange(start, start + T, device=device))  # (T,)
+            self._check_fits(start, T)
+            positions.append(self._positions(1, T, start, None, device))  # (T,)
             rope = self.rotary(positions[-1]) if self.rotary is not None else None
             mask, is_causal = build_mask(T, start, None, device, cached=True)
             parts.append((slice(at, at + T), rope, mask, is_causal, cache, start))
             at += T
-        x = self.tok_emb(torch.cat([ids for ids, _, _ in chunks], dim=1))  # (1, N, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.cat(positions))
-        x = self.dropout(x)
+        tokens = torch.cat([ids for ids, _, _ in chunks], dim=1)  # (1, N)
+        x = self.dropout(self._embed(tokens, torch.cat(positions)))  # (1, N, C)
         for block in self.blocks:
             x = block.forward_many(x, parts)
         for rows, *_, cache, start in parts:
@@ -257,9 +250,7 @@ class Transformer(nn.Module):
         """Logits (B, V) for one token per row (B, 1) at position tensor pos (1,), attending over the whole
         preallocated cache with a mask: every shape is static, so torch.compile can capture it in a CUDA graph.
         The caller advances the position (kv_cache.length is not touched)."""
-        x = self.tok_emb(token)  # (B, 1, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(pos)  # (1, C) broadcast over rows
+        x = self._embed(token, pos)  # (B, 1, C), pos (1,) broadcast over rows
         rope = self.rotary(pos) if self.rotary is not None else None  # (1, 1, 1, hd) each
         mask = (torch.arange(kv_cache.max_len, device=token.device) <= pos)[None, None, None, :]  # (1, 1, 1, S)
         x = self.blocks.run(x, rope, mask, False, kv_cache, pos)
@@ -279,13 +270,21 @@ class Transformer(nn.Module):
         """Logits (A, V) for one new token per row (A, 1), row i continuing the sequence in slot batch.slots[i] at
         that slot's own length; the slots' lengths advance by one."""
         positions = batch.positions(tokens.device)  # (A, 1)
-        x = self.tok_emb(tokens)  # (A, 1, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
+        x = self._embed(tokens, positions)  # (A, 1, C)
         rope = self.rotary(positions) if self.rotary is not None else None  # (A, 1, 1, hd) each
         x = self.blocks.run(x, rope, None, False, batch, 0)  # every block in one kernel call where they fuse
         batch.advance()
         return self.lm_head(self.norm(x))[:, -1]  # (A, V)
+
+    def _check_fits(self, start: int, T: int) -> None:
+        """Refuse T new positions after `start` beyond the model's context."""
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+
+    def _embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ids (B, T) -> (B, T, C), plus the learned positions' (GPT-2) at `positions`."""
+        x = self.tok_emb(idx)  # (B, T, C)
+        return x + self.pos_emb(positions) if self.pos_emb is not None else x
 
     def _positions(
         self, B: int, T: int, start: int, attention_mask: torch.Tensor | None, device: torch.device
