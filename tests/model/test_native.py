@@ -86,7 +86,24 @@ def test_a_missing_compiler_or_a_failed_build_gives_none(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     assert native._compiler() is None
     monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
-    assert native._build("false", "a compiler that fails", set()) is None
+    with pytest.warns(RuntimeWarning, match=r"did not compile with false \(exit 1\)"):
+        assert native._build("false", "a compiler that fails", set()) is None
+
+
+def test_a_failed_build_says_the_compilers_first_error(tmp_path, monkeypatch):
+    """The model then runs on PyTorch's kernels, several times slower: the user hears why, in one warning."""
+    cc = tmp_path / "cc"
+    cc.write_text(
+        "#!/bin/sh\necho 'In file included from kernels.c:1:' >&2\n"
+        "echo 'quantized.c:9:1: error: unknown type name nope' >&2\necho '1 error generated.' >&2\nexit 1\n"
+    )
+    cc.chmod(0o755)
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning) as caught:
+        assert native._build(str(cc), "a compiler that stops at an error", set()) is None
+    (message,) = [str(w.message) for w in caught]
+    assert "quantized.c:9:1: error: unknown type name nope" in message and "PyTorch's kernels run instead" in message
+    assert [p.name for p in (tmp_path / "cache" / "kernels").iterdir() for p in p.iterdir()] == []  # nothing half-built
 
 
 @needs_kernels
@@ -172,8 +189,10 @@ def test_a_build_says_why_it_waits_on_a_terminal_only(tmp_path, monkeypatch, cap
     import sys
 
     monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
-    assert native._build("false", "a compiler that fails", set()) is None
+    with pytest.warns(RuntimeWarning):  # the failure itself is a warning (above), not a line of progress
+        assert native._build("false", "a compiler that fails", set()) is None
     assert capsys.readouterr().err == ""  # output captured (a pipe, a file): the command's own lines alone
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert native._build("false", "a compiler that fails, again", set()) is None
+    with pytest.warns(RuntimeWarning):
+        assert native._build("false", "a compiler that fails, again", set()) is None
     assert "compiling its CPU kernels" in capsys.readouterr().err

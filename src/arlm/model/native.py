@@ -17,7 +17,8 @@ CPU's flags, so a changed file or machine builds afresh (the cache keeps the 8 m
 x86-64 with AVX2, FMA and F16C (Haswell, Zen and later) and a compiler with OpenMP, and uses what more the CPU has:
 AVX-512 (16 lanes instead of 8; with VNNI, the int products on vpdpbusd) and AMX where Linux lets us use it (bfloat16
 products; int products from a few rows). Where a need is missing, or with ARLM_NATIVE=0, `available()` is False and the
-layers use PyTorch's kernels (model/quant.py, model/inference.py).
+layers use PyTorch's kernels (model/quant.py, model/inference.py); a build that fails says so (a RuntimeWarning with the
+compiler's first error), since the model then runs several times slower.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,13 +131,29 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
             done = subprocess.run(
                 [cc, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"], capture_output=True, timeout=300
             )
-        except (OSError, subprocess.SubprocessError):
-            return None
+        except (OSError, subprocess.SubprocessError) as error:
+            return _not_built(cc, str(error))
         if done.returncode != 0:
-            return None
+            return _not_built(cc, _first_error(done.stderr.decode(errors="replace")) or f"exit {done.returncode}")
         os.replace(built, target)
     prune_builds(folder.parent)
     return target
+
+
+def _first_error(output: str) -> str:
+    """The first line of a compiler's output that says `error` (else its last line), empty for no output."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+
+
+def _not_built(cc: str, reason: str) -> None:
+    """Warn that the kernels did not compile (the layers then run PyTorch's kernels, several times slower) -> None."""
+    warnings.warn(
+        f"arlm: its CPU kernels did not compile with {cc} ({reason}); PyTorch's kernels run instead, several times "
+        "slower (ARLM_NATIVE=0 silences this)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def prune_builds(kernels: Path, keep: int = KEPT_BUILDS) -> None:
