@@ -13,6 +13,7 @@ import pytest
 from arlm.cli import VERBS, main, make_parser
 from arlm.commands.train import sample_config, train_command
 from arlm.config import GenerationConfig
+from arlm.model import native
 from tests.helpers import REPO, run_cli, tiny_config, tiny_raw, write_corpus, write_yaml
 
 
@@ -455,3 +456,27 @@ def test_verb_help_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip().splitlines()[-1] == "TORCH LOADED BY None"
+
+
+@pytest.mark.skipif(
+    not set(native.NEEDED_FLAGS) <= native._cpu_flags(), reason="this CPU is not one arlm's kernels are for"
+)
+def test_a_failed_build_of_the_kernels_is_one_warning_line_and_generation_goes_on(trained, tmp_path, monkeypatch):
+    """The model then runs on PyTorch's kernels, several times slower: the user reads why, in one line."""
+    cc = tmp_path / "cc"
+    cc.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && { echo "a compiler 1.0"; exit 0; }\n'
+        "echo 'quantized.c:9:1: error: unknown type name nope' >&2\nexit 1\n"
+    )
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path / "cache"))
+    _, run = trained
+    gen = run_cli("generate", str(run), "--prompt", "The ", "--max-new-tokens", "5", "--dtype", "int8")
+    assert gen.returncode == 0 and gen.stdout.startswith("The ")
+    lines = [line for line in gen.stderr.splitlines() if "did not compile" in line]
+    assert lines == [
+        f"warning: its CPU kernels did not compile with {cc} (quantized.c:9:1: error: unknown type name nope); "
+        "PyTorch's kernels run instead, several times slower (ARLM_NATIVE=0 silences this)"
+    ]
+    assert "native.py" not in gen.stderr and "Traceback" not in gen.stderr

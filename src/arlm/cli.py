@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from types import ModuleType
 
 from arlm.config import parse_overrides
@@ -104,9 +105,21 @@ def config_overrides(module: ModuleType, rest: list[str]) -> list[str]:
     return rest
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """arlm's own warnings ("arlm: ...") as one line on stderr, `warning: ...`; others as Python shows them."""
+    text = str(message)
+    if not text.startswith("arlm: "):
+        return _python_show_warning(message, category, filename, lineno, file, line)
+    print(f"warning: {text.removeprefix('arlm: ')}", file=file or sys.stderr)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `arlm` command; user errors print one line and return 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.showwarning = _show_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(argv)
     args, rest = parser.parse_known_args(argv)
