@@ -105,15 +105,15 @@ def config_overrides(module: ModuleType, rest: list[str]) -> list[str]:
     return rest
 
 
+_python_show_warning = warnings.showwarning  # how Python shows a warning: kept for everyone else's
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """arlm's own warnings ("arlm: ...") as one line on stderr, `warning: ...`; others as Python shows them."""
     text = str(message)
     if not text.startswith("arlm: "):
         return _python_show_warning(message, category, filename, lineno, file, line)
     print(f"warning: {text.removeprefix('arlm: ')}", file=file or sys.stderr)
-
-
-_python_show_warning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
