@@ -5,6 +5,8 @@ subprocess."""
 from __future__ import annotations
 
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
@@ -72,12 +74,6 @@ def draft_model(lm: TinyLM) -> Transformer:
         for p in draft.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1 * p.std())
     return draft
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -150,22 +146,30 @@ def request(base_url: str, method: str, path: str, body=None, timeout: float = 1
         return response.status, raw
 
 
-def start_subprocess(args: list[str], port: int) -> subprocess.Popen:
-    """`python -m arlm serve ARGS --port PORT`, waited for until /health answers."""
+def start_subprocess(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`python -m arlm serve ARGS --port 0`, waited for until it prints where it serves and /health answers there:
+    the process and its base URL (its port bound by the server itself, so no other process can take it between a
+    free-port probe and the server's start)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "arlm", "serve", *args, "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "arlm", "serve", *args, "--port", "0", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = ""
     for _ in range(1200):  # bounded: up to two minutes on a busy machine
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            line = proc.stdout.readline()  # the whole line: printed and flushed at once ("" once it exited)
+            break
+    found = re.search(r" on (http://127\.0\.0\.1:[1-9][0-9]*) ", line)
+    for _ in range(1200 if found else 0):  # bounded, as above
         if proc.poll() is not None:
-            raise AssertionError(f"arlm serve exited: {proc.stderr.read()}")
+            break
         try:
-            if request(f"http://127.0.0.1:{port}", "GET", "/health", timeout=5)[0] == 200:
-                return proc
+            if request(found.group(1), "GET", "/health", timeout=5)[0] == 200:
+                return proc, found.group(1)
         except OSError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise AssertionError("arlm serve did not come up")
+    raise AssertionError(f"arlm serve did not come up: {line!r} {proc.communicate(timeout=30)[1]}")
 
 
 class SSEStream:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.serving.conftest import MODEL_ID, SSEStream, free_port, request, start_subprocess, wait_until
+from tests.serving.conftest import MODEL_ID, SSEStream, request, start_subprocess, wait_until
 
 
 def _rss_kb(pid: int) -> int:
@@ -17,11 +17,10 @@ def _rss_kb(pid: int) -> int:
 
 
 def test_sigterm_drains_the_request_in_flight(tiny_lm):
-    port = free_port()
-    proc = start_subprocess([str(tiny_lm.checkpoint), "--name", MODEL_ID, "--max-batch", "2"], port)
+    proc, base = start_subprocess([str(tiny_lm.checkpoint), "--name", MODEL_ID, "--max-batch", "2"])
     try:
         body = {"model": MODEL_ID, "prompt": "The data", "max_tokens": 150, "temperature": 0, "stream": True}
-        stream = SSEStream(f"http://127.0.0.1:{port}", "/v1/completions", body)
+        stream = SSEStream(base, "/v1/completions", body)
         assert stream.next()["choices"]
         proc.send_signal(signal.SIGTERM)
         rest = [stream.next() for _ in range(400)]
@@ -65,9 +64,7 @@ def _client(base: str, seed: int, count: int, statuses: list, lock: threading.Lo
 
 @pytest.mark.slow
 def test_a_burst_of_200_requests_from_16_clients(tiny_lm):
-    port = free_port()
-    proc = start_subprocess([str(tiny_lm.checkpoint), "--name", MODEL_ID, "--max-batch", "8"], port)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_subprocess([str(tiny_lm.checkpoint), "--name", MODEL_ID, "--max-batch", "8"])
     statuses, done, lock = [], [], threading.Lock()
     rss = {}
     try:

@@ -59,7 +59,7 @@ def test_serve_loads_the_model_off_the_main_thread(monkeypatch, tmp_path, capsys
         raise ArlmError("stopped after the thread check")
 
     monkeypatch.setattr("arlm.interop.loading.load_model", load_model)
-    assert main(["serve", str(tmp_path), "--port", "1"]) == 2
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 2
     assert seen == [False]
     assert capsys.readouterr().err.strip() == "error: stopped after the thread check"
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
+import socket
 import sys
 
 from arlm.commands.generate import load_draft, note_dtype
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser, "model to serve", default="smollm2")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed)")
     parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429 (default 64)")
     limit = f"positions per sequence (default: the model's context, at most {DEFAULT_CONTEXT})"
@@ -54,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.max_queue < 0 or args.context < 0:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
     device, dtype = pick_device(args.device, args.dtype), args.dtype
-    note_dtype(dtype, device)
     model_ref = model_of(args)
 
     def build() -> tuple[LoadedModel, Scheduler]:
@@ -74,19 +75,60 @@ def run(args: argparse.Namespace) -> int:
         )
         return loaded, scheduler
 
-    # the main thread runs no parallel kernels, so that the batch thread's OpenMP pool is the only one
-    loaded, scheduler = in_own_thread(build, "arlm-load")
-    name = args.name or model_ref
-    app = create_app(scheduler, name, plain_chat=loaded.config.data.format == "chat")  # fine-tuned on chat data
-    print(f"serving {name} on http://{args.host}:{args.port} (playground at /, API at /v1)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
-    # uvicorn turns Ctrl-C / SIGTERM into a graceful shutdown (in-flight requests finish, then the scheduler
-    # drains), then raises the signal again; handlers that ignore it make that a normal exit, code 0.
+    sockets = bound_sockets(args.host, args.port)  # before the model loads: a busy port fails at once
+    try:
+        note_dtype(dtype, device)
+        # the main thread runs no parallel kernels, so that the batch thread's OpenMP pool is the only one
+        loaded, scheduler = in_own_thread(build, "arlm-load")
+        name = args.name or model_ref
+        app = create_app(scheduler, name, plain_chat=loaded.config.data.format == "chat")  # fine-tuned on chats
+        port = sockets[0].getsockname()[1]
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"serving {name} on http://{where}:{port} (playground at /, API at /v1)", flush=True)
+        config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level)
+        serve_until_signal(uvicorn.Server(config), sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    print("stopped: every request in flight was answered", file=sys.stderr)
+    return 0
+
+
+def serve_until_signal(server, sockets: list[socket.socket]) -> None:
+    """Run a uvicorn server on `sockets` until Ctrl-C / SIGTERM. uvicorn turns either into a graceful shutdown
+    (in-flight requests finish, then the scheduler drains), then raises the signal again; handlers that ignore it
+    make that a normal exit, code 0."""
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print("stopped: every request in flight was answered", file=sys.stderr)
-    return 0
+
+
+def bound_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to each address `host` names, at `port` (0: one free port for all), not yet listening
+    (uvicorn listens on them once the model is loaded); a bad port, a busy one or an unknown host is one line."""
+    if not 0 <= port <= 65535:
+        raise ArlmError(f"--port must be 0-65535, got {port}")
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ArlmError(f"cannot listen on {host}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin binds on its own
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]  # port 0: the free port the first one got, for the others too
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        busy = exc.errno == errno.EADDRINUSE
+        hint = " (another server there? choose another --port, or 0 for a free one)" if busy else ""
+        raise ArlmError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sockets

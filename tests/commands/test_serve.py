@@ -1,0 +1,69 @@
+"""commands/serve.py: the port is bound before the model loads, so that a busy or impossible port is one line and
+exit code 2 at once, and --port 0 serves on a free port it names (the served process itself: tests/serving)."""
+
+import socket
+
+import pytest
+
+from arlm.cli import main
+from arlm.commands.serve import bound_sockets
+from arlm.errors import ArlmError
+
+
+@pytest.fixture
+def loads(monkeypatch) -> list[str]:
+    """The models `arlm serve` began to load (none, where it stops first)."""
+    seen = []
+
+    def load_model(ref, **kwargs):
+        seen.append(ref)
+        raise ArlmError("not loaded in this test")
+
+    monkeypatch.setattr("arlm.interop.loading.load_model", load_model)
+    return seen
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(tmp_path, loads, capsys):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert main(["serve", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another server there? choose another "
+        "--port, or 0 for a free one)"
+    ]
+    assert loads == []
+
+
+@pytest.mark.parametrize("port", ["-1", "65536"])
+def test_a_port_out_of_range_is_one_line(tmp_path, loads, capsys, port):
+    assert main(["serve", str(tmp_path), "--port", port]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: --port must be 0-65535, got {port}"]
+    assert loads == []
+
+
+def test_port_zero_is_one_free_port_for_every_address_of_the_host():
+    for host in ("127.0.0.1", "localhost"):
+        sockets = bound_sockets(host, 0)
+        try:
+            ports = {sock.getsockname()[1] for sock in sockets}
+            assert len(ports) == 1 and ports.pop() > 0
+            first = sockets[0]  # bound: no one else gets its address before the server listens
+            with socket.socket(first.family) as other, pytest.raises(OSError, match="in use"):
+                other.bind(first.getsockname())
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_the_port_is_free_again_once_serve_stops(tmp_path, loads, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", str(tmp_path), "--port", str(port)]) == 2  # bound, then the load fails
+    assert loads == [str(tmp_path)]
+    assert capsys.readouterr().err.strip() == "error: not loaded in this test"
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
