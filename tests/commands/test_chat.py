@@ -38,6 +38,19 @@ def test_a_model_fine_tuned_on_chat_data_without_a_template_chats_as_it_trained(
     config = GenerationConfig(strategy="greedy", max_new_tokens=6, stop_at_eos=False)
     answers = chat_command(str(run), config, messages=["red", "blue"], device="cpu")
     assert len(answers) == 2
+    typed = iter(["red"])
+
+    def read(prompt: str) -> str:  # a terminal: the prompt shown, one line typed, then Ctrl-D
+        print(prompt, end="")
+        line = next(typed, None)
+        if line is None:
+            raise EOFError
+        return line
+
+    capsys.readouterr()
+    assert len(chat_command(str(run), config, device="cpu", read=read)) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("you> assistant> ") and out.endswith("\nyou> \n")
     with pytest.raises(ArlmError, match="no chat template"):
         chat_command(str(base), config, messages=["red"], device="cpu")  # never trained on chat data
 

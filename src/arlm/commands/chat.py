@@ -82,7 +82,8 @@ def chat_command(
         else:
             try:
                 line = read("you> ")
-            except EOFError:
+            except EOFError:  # Ctrl-D
+                print()  # the shell's prompt then starts a line of its own
                 break
         if line.strip() in ("/quit", "/exit"):
             break
