@@ -7,12 +7,16 @@ import errno
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from arlm.commands.generate import load_draft, note_dtype
 from arlm.commands.options import add_model_argument, model_of
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
+
+if TYPE_CHECKING:
+    import uvicorn
 
 DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shorter
 
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_until_signal(server, sockets: list[socket.socket]) -> None:
+def serve_until_signal(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
     """Run a uvicorn server on `sockets` until Ctrl-C / SIGTERM. uvicorn turns either into a graceful shutdown
     (in-flight requests finish, then the scheduler drains), then raises the signal again; handlers that ignore it
     make that a normal exit, code 0."""
