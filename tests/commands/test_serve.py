@@ -58,12 +58,17 @@ def test_port_zero_is_one_free_port_for_every_address_of_the_host():
                 sock.close()
 
 
-def test_the_port_is_free_again_once_serve_stops(tmp_path, loads, capsys):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert main(["serve", str(tmp_path), "--port", str(port)]) == 2  # bound, then the load fails
+def test_the_sockets_are_closed_when_serve_stops_early(tmp_path, loads, capsys, monkeypatch):
+    import arlm.commands.serve as serve
+
+    made = []
+
+    def bind(host: str, port: int) -> list[socket.socket]:
+        made.extend(bound_sockets(host, port))
+        return made
+
+    monkeypatch.setattr(serve, "bound_sockets", bind)
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 2  # bound, then the load fails
     assert loads == [str(tmp_path)]
     assert capsys.readouterr().err.strip() == "error: not loaded in this test"
-    with socket.socket() as again:
-        again.bind(("127.0.0.1", port))
+    assert made and all(sock.fileno() == -1 for sock in made)  # closed: the port is free again
