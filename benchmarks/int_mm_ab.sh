@@ -11,11 +11,11 @@ rev="${1:-HEAD}"
 root="$(git rev-parse --show-toplevel)"
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
-mkdir "$build/a" "$build/b"  # each version with its own headers
-for name in quantized.c kernels.h; do
-    git -C "$root" show "$rev:src/arlm/model/$name" > "$build/a/$name"
-    cp "$root/src/arlm/model/$name" "$build/b/$name"
+mkdir "$build/a" "$build/b"  # each version with its own headers (quantized_*.h where it has them)
+for name in $(git -C "$root" ls-tree --name-only "$rev" src/arlm/model/ | grep -E '/(quantized[^/]*|kernels\.h)$'); do
+    git -C "$root" show "$rev:$name" > "$build/a/$(basename "$name")"
 done
+cp "$root"/src/arlm/model/quantized*.[ch] "$root/src/arlm/model/kernels.h" "$build/b/"
 flags=(-O3 -march=native -ffp-contract=off -fopenmp)
 for v in a b; do
     "${CC:-cc}" "${flags[@]}" -I "$build/$v" -c "$build/$v/quantized.c" -o "$build/$v.o" \

@@ -32,6 +32,13 @@ def test_the_library_is_built_into_an_empty_cache_and_reused(tmp_path, monkeypat
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # nothing half-written left beside it
 
 
+def test_every_c_file_is_built_and_every_header_is_in_the_builds_digest():
+    """A header left out of HEADERS would leave the cached library of its old text in use after an edit."""
+    folder = native.SOURCES[0].parent
+    assert set(native.SOURCES) == set(folder.glob("*.c"))
+    assert set(native.HEADERS) == set(folder.glob("*.h"))
+
+
 def test_the_cache_keeps_the_most_recently_used_builds(tmp_path):
     """Every source change or upgrade adds a build; the cache keeps the newest-used KEPT_BUILDS, and a folder whose
     build has not finished (no library yet) is left alone."""

@@ -42,7 +42,10 @@ import torch
 from arlm.errors import ArlmError
 
 SOURCES = tuple(Path(__file__).with_name(f"{n}.c") for n in ("kernels", "bf16_mm", "quantized", "attention", "block"))
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("bf16.h", "kernels.h", "rows.h", "simd.h"))
+HEADERS = tuple(
+    Path(__file__).with_name(name)
+    for name in ("bf16.h", "kernels.h", "quantized_amx.h", "quantized_avx2.h", "rows.h", "simd.h")
+)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 LIBRARY = "libarlm_quant.so"  # a build's file, in its folder of the cache
 KEPT_BUILDS = 8  # builds the cache keeps (the most recently used): each source change or upgrade adds one
