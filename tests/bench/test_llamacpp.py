@@ -62,6 +62,8 @@ def test_the_comparison_is_the_quotient_of_medians(tmp_path):
     assert result["llama.cpp"] == 50.0
     assert result["arlm"] > 0
     assert result["ratio"] == pytest.approx(result["arlm"] / 50.0)
+    low, high = result["ratio_range"]  # each round's arlm / llama.cpp: the llama.cpp side is 50 every round
+    assert low <= result["ratio"] <= high and low > 0
 
 
 def test_bench_decode_llamacpp_refuses_in_one_line_before_timing(tmp_path, monkeypatch, capsys):

@@ -75,7 +75,8 @@ def arlm_greedy_rate(model: torch.nn.Module, bos: int, new_tokens: int) -> float
 def compare_with_llamacpp(
     model: torch.nn.Module, bos: int, binary: Path, gguf: Path, *, new_tokens: int = 64, repeats: int = 5
 ) -> dict[str, float]:
-    """arlm greedy batch 1 and llama-bench on `gguf`, alternating which goes first; medians and arlm / llama.cpp."""
+    """arlm greedy batch 1 and llama-bench on `gguf`, alternating which goes first; medians, arlm / llama.cpp, and the
+    lowest and highest of the rounds' own ratios (how far one round's reading strays on this machine)."""
     threads = torch.get_num_threads()
     arlm_greedy_rate(model, bos, 4)  # warm-up
     sides = {
@@ -84,4 +85,6 @@ def compare_with_llamacpp(
     }
     rates = alternate(sides, repeats)
     medians = {side: statistics.median(values) for side, values in rates.items()}
-    return {**medians, "ratio": medians["arlm"] / medians["llama.cpp"], "threads": threads}
+    rounds = [ours / theirs for ours, theirs in zip(rates["arlm"], rates["llama.cpp"])]
+    ratio = medians["arlm"] / medians["llama.cpp"]
+    return {**medians, "ratio": ratio, "ratio_range": (min(rounds), max(rounds)), "threads": threads}

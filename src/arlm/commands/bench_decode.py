@@ -71,7 +71,7 @@ def summary_table(results: dict[str, dict]) -> list[str]:
     batch 8 over batch 1 (arlm; the whole run, and decoding alone after the forward over the prompts), and a 5-token
     forward over a 1-token one."""
     llama = any("llama.cpp" in r for r in results.values())
-    beside = " arlm, beside llama.cpp | llama.cpp | ratio |"  # its own alternating runs (bench/llamacpp.py)
+    beside = " arlm, beside llama.cpp | llama.cpp | ratio (rounds) |"  # its own alternating runs (bench/llamacpp.py)
     head = "| dtype | arlm tok/s | transformers | ratio |" + (beside if llama else "")
     lines = [head + " batch 8 / batch 1 | decoding alone | forward 5 / 1 |", "|---" * (head.count("|") + 2) + "|"]
     for dtype, r in results.items():
@@ -79,7 +79,7 @@ def summary_table(results: dict[str, dict]) -> list[str]:
         cells = [dtype, f"{one['arlm']:.1f}", f"{one['transformers']:.1f}", f"{one['ratio']:.2f}x"]
         if llama:
             row = r.get("llama.cpp")
-            cells += [f"{row['arlm']:.1f}", f"{row['llama.cpp']:.1f}", f"{row['ratio']:.2f}x"] if row else ["-"] * 3
+            cells += [f"{row['arlm']:.1f}", f"{row['llama.cpp']:.1f}", _ratio_of_rounds(row)] if row else ["-"] * 3
         alone = [r.get("arlm_decoding") for r in (eight, one)]
         cells += [f"{eight['arlm'] / one['arlm']:.2f}x", f"{alone[0] / alone[1]:.2f}x" if all(alone) else "-"]
         cells.append(f"{ms[5] / ms[1]:.2f}x")
@@ -109,9 +109,15 @@ def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int,
     row = compare_with_llamacpp(model, bos, binary, gguf, new_tokens=new_tokens, repeats=repeats)
     log(
         f"  greedy batch 1 beside llama.cpp ({gguf.name}, {row['threads']} threads): arlm {row['arlm']:.1f} "
-        f"tok/s, llama-bench {row['llama.cpp']:.1f} tok/s: {row['ratio']:.2f}x"
+        f"tok/s, llama-bench {row['llama.cpp']:.1f} tok/s: {_ratio_of_rounds(row)}"
     )
     return row
+
+
+def _ratio_of_rounds(row: dict) -> str:
+    """arlm / llama.cpp of the medians, and the range of the rounds' own ratios where known: "1.10x (0.95-1.21)"."""
+    spread = row.get("ratio_range")
+    return f"{row['ratio']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
 
 
 def bench_draft(
