@@ -1,6 +1,7 @@
 """Bad input ends with one line on stderr and exit code 2, and nothing on disk is lost or overwritten."""
 
 import argparse
+import errno
 import importlib
 import json
 import re
@@ -480,3 +481,39 @@ def test_a_failed_build_of_the_kernels_is_one_warning_line_and_generation_goes_o
         "PyTorch's kernels run instead, several times slower (ARLM_NATIVE=0 silences this)"
     ]
     assert "native.py" not in gen.stderr and "Traceback" not in gen.stderr
+
+
+def _full_disk_errors() -> list[BaseException]:
+    """What writers raise on a full disk, as met here on a 2 MB tmpfs: safetensors (`arlm export hf`, checkpoints),
+    NumPy's tofile (`arlm export gguf`), tokenizers (a tokenizer's save), and an OSError wrapped by another error."""
+    from safetensors import SafetensorError
+
+    wrapped = RuntimeError("could not save")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/full/.out.tmp-1")
+    return [
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        OSError("Not enough free space to write 113246208 bytes after offset 1785280"),
+        Exception("No space left on device (os error 28)"),
+        wrapped,
+    ]
+
+
+@pytest.mark.parametrize("error", _full_disk_errors(), ids=["safetensors", "numpy", "tokenizers", "wrapped"])
+def test_a_full_disk_is_one_line_whatever_writer_met_it(monkeypatch, capsys, error):
+    def export_hf(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("arlm.interop.hf.export_hf", export_hf)
+    assert main(["export", "hf", "smollm2", "out"]) == 2
+    where = " while writing /full/.out.tmp-1" if isinstance(error, RuntimeError) else ""
+    line = f"error: the disk is full{where}; free some space or write elsewhere"
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_other_errors_keep_their_traceback(monkeypatch):
+    def export_hf(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("arlm.interop.hf.export_hf", export_hf)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["export", "hf", "smollm2", "out"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib
 import importlib.util
 import os
@@ -116,6 +117,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {text.removeprefix('arlm: ')}", file=file or sys.stderr)
 
 
+# What a full disk says: OSError's own text, also carried by the Rust-backed writers' exceptions (safetensors,
+# tokenizers) and by NumPy's tofile (gguf files), which raise without an errno
+DISK_FULL = ("No space left on device", "Disk quota exceeded", "Not enough free space")
+
+
+def disk_full_line(exc: BaseException) -> str | None:
+    """The one line for an error that is the disk filling up, whichever writer met it (through its causes); else
+    None. The writers write a temporary file and rename it, so the half-written one is gone by now."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        full = isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or any(text in str(seen) for text in DISK_FULL):
+            where = f" while writing {seen.filename}" if getattr(seen, "filename", None) else ""
+            return f"the disk is full{where}; free some space or write elsewhere"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `arlm` command; user errors print one line and return 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -137,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        line = disk_full_line(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
