@@ -183,6 +183,15 @@ void arlm_int_rows(const float *x, float *y, long M, long K, int width) {
     free_rows(&r);
 }
 
+/* The bytes of one output tile's codes: 16 outputs x K inputs in groups of 32, a byte each (int8, Q8_0) or a nibble
+ * (int4) */
+static inline long tile_bytes(const Linear *l, const int kind) {
+    return (l->K + 31) / 32 * (BYTE_CODES(kind) ? 512 : 256);
+}
+
+/* The groups of levels one output tile has: K / G (int4, Q8_0), or one (int8: a scale per output) */
+static inline long tile_levels(const Linear *l, const int kind) { return GROUP_LEVELS(kind) ? l->K / l->G : 1; }
+
 /* A hint to have group g's lines of tile t (codes: its codes) in cache when they are reached. Always inlined: GCC 12
  * found this helper "pure" (a prefetch changes nothing it can see) and deleted its calls, which left one row streaming
  * at ~60% of the memory's speed (docs/perf.md); tests/model/test_native.py checks. */
@@ -255,9 +264,9 @@ static inline __attribute__((always_inline)) void store_sums(const Linear *l, co
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
                                                            long t, const int W, const int kind) {
     const int sub = W / 32; /* the codes' groups of 32 in a group of the rows */
-    const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
+    const long groups = r->groups, levels = tile_levels(l, kind);
     const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
-    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (BYTE_CODES(kind) ? 512 : 256);
+    const uint8_t *codes = (const uint8_t *)l->w + t * tile_bytes(l, kind);
     __m512 acc[ROWS], scale = _mm512_setzero_ps(), low = _mm512_setzero_ps();
     for (int i = 0; i < mt; i++) acc[i] = _mm512_setzero_ps();
     for (long g = 0; g < groups; g++) {
@@ -333,7 +342,7 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
             for (long at = 0; at < M * r.groups; at++) quantize_groups(&r, x, l->K, at, at + 1);
             long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
             /* int4 for 2 blocks of rows or more (a prompt): each triple's codes unpacked once, not once a block */
-            uint8_t *flat = l->kind == 2 && full > 1 ? aligned_alloc(64, 3 * ((l->K + 31) / 32) * 512) : NULL;
+            uint8_t *flat = l->kind == 2 && full > 1 ? aligned_alloc(64, 3 * tile_bytes(l, 1)) : NULL;
             if (full) configure_int_tiles(AMX_ROWS, r.width);
 #pragma omp barrier
 #pragma omp for schedule(static)

@@ -57,11 +57,10 @@ static inline void unpack_group(const uint8_t *codes, long g, int width, __m512i
 /* Every group's codes of int4 output tiles t0 .. t0 + 2 (what the layer has), unpacked into `flat` (a byte a code, the
  * int8 layout: 3 tiles of (K + 31) / 32 x 512 bytes), so that many blocks of rows read them unpacked once */
 static void unpack_triple(const Linear *l, long t0, uint8_t *flat) {
-    const long groups = (l->K + 31) / 32;
-    const uint8_t *codes = (const uint8_t *)l->w + t0 * groups * 256;
+    const long groups = (l->K + 31) / 32, bytes = tile_bytes(l, 2);
+    const uint8_t *codes = (const uint8_t *)l->w + t0 * bytes;
     for (int i = 0; i < triple_tiles(l, t0); i++)
-        for (long g = 0; g < groups; g++)
-            load_codes(codes + i * groups * 256, g, 2, (__m512i *)(flat + (i * groups + g) * 512));
+        for (long g = 0; g < groups; g++) load_codes(codes + i * bytes, g, 2, (__m512i *)(flat + (i * groups + g) * 512));
 }
 
 /* Group g's n tile products (rows' tile 0 against each output tile's codes, sums into tiles 4 .. 3 + n), independent
@@ -98,8 +97,7 @@ static inline __attribute__((always_inline)) void amx_tiles(const Rows *r, const
     const int n = full ? 3 : triple_tiles(l, t0);
     const int sub = W / 32, shift = l->G == 64; /* the codes' groups of 32 in a group of W; group g of 32's levels:
                                                    g >> shift */
-    const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
-    const long bytes = (l->K + 31) / 32 * (BYTE_CODES(kind) ? 512 : 256); /* an output tile's codes */
+    const long groups = r->groups, levels = tile_levels(l, kind), bytes = tile_bytes(l, kind);
     const uint8_t *codes = (const uint8_t *)l->w + t0 * bytes;
     const int8_t *q = r->q + 2 * m0 * r->Kp;
     const int unpack = !BYTE_CODES(kind) && !flat; /* int4 codes unpacked here, two groups ahead of their sums */

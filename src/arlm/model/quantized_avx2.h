@@ -80,9 +80,9 @@ static inline __attribute__((always_inline)) void store_half(const Linear *l, co
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
                                                            long t, const int W, const int kind) {
     const int sub = W / 32; /* the codes' groups of 32 in a group of the rows */
-    const long groups = r->groups, levels = GROUP_LEVELS(kind) ? l->K / l->G : 1;
+    const long groups = r->groups, levels = tile_levels(l, kind);
     const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
-    const uint8_t *codes = (const uint8_t *)l->w + t * ((l->K + 31) / 32) * (BYTE_CODES(kind) ? 512 : 256);
+    const uint8_t *codes = (const uint8_t *)l->w + t * tile_bytes(l, kind);
     __m256 acc[4][2];
     for (int i = 0; i < mt; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (long g = 0; g < groups; g++) {
