@@ -124,7 +124,8 @@ DISK_FULL = ("No space left on device", "Disk quota exceeded", "Not enough free 
 
 def disk_full_line(exc: BaseException) -> str | None:
     """The one line for an error that is the disk filling up, whichever writer met it (through its causes); else
-    None. The writers write a temporary file and rename it, so the half-written one is gone by now."""
+    None. Checkpoints, exports and prepared data are written under a temporary name and renamed once whole, so none of
+    those is left half-written by now (reports and figures are written in place)."""
     seen: BaseException | None = exc
     while seen is not None:
         full = isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
