@@ -9,7 +9,7 @@ import pytest
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
 from tests.helpers import run_cli
-from tests.serving.conftest import MODEL_ID, request
+from tests.serving.conftest import MODEL_ID, SSEStream, request
 
 PROMPT = "The data model of Python"
 
@@ -45,6 +45,29 @@ def test_completions_greedy_equals_generate_streamed_or_not(live):
     assert chunks[-1].choices[0].finish_reason == out.choices[0].finish_reason
     knobs = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=0, top_p=0.9)
     assert knobs.choices[0].text == text  # OpenAI's sampling knobs at temperature 0: taken, as OpenAI does, unused
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_usage_asked_for_in_a_stream_comes_once_in_the_last_chunk(live, path):
+    """stream_options.include_usage: every chunk carries "usage": null but the last, which has no choices and the
+    whole request's usage (OpenAI's contract; clients that add up each chunk's usage count each token once)."""
+    body = {"model": MODEL_ID, "max_tokens": 6, "temperature": 0, "n": 2}
+    body.update({"prompt": PROMPT} if "chat" not in path else {"messages": [{"role": "user", "content": PROMPT}]})
+    whole = request(live.base_url, "POST", path, body)[1]["usage"]
+    stream = SSEStream(live.base_url, path, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    try:
+        chunks = stream.all()
+    finally:
+        stream.close()
+    assert all("usage" in c for c in chunks) and [c["usage"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole
+    assert sum(c["finish_reason"] is not None for chunk in chunks for c in chunk["choices"]) == 2
+    plain = SSEStream(live.base_url, path, {**body, "stream": True})  # not asked: llama.cpp's way, on the last choice
+    try:
+        chunks = plain.all()
+    finally:
+        plain.close()
+    assert [c.get("usage") for c in chunks] == [None] * (len(chunks) - 1) + [whole] and chunks[-1]["choices"]
 
 
 def test_greedy_equals_arlm_generate_on_the_command_line(live):

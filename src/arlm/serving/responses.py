@@ -42,7 +42,7 @@ class OpenAIFormat:
         self.logprobs: list[list[dict]] = [[] for _ in range(n)]
         self.finish: list[str | None] = [None] * n
         self.completion_tokens = 0
-        self._held: dict | None = None  # the last choice's final chunk, sent with the usage
+        self._held: dict | None = None  # the last choice's final chunk, sent once the usage is known
 
     # ------------------------------------------------------------ streaming
 
@@ -76,14 +76,15 @@ class OpenAIFormat:
             self.finish[i] = "stop" if event["reason"] == "stop" else "length"
             chunk = self._chunk(i, event["text"] if event["text"] else None, finish=self.finish[i])
             if all(f is not None for f in self.finish):
-                self._held = chunk  # the last one: it carries the usage
+                self._held = chunk  # the last one: it carries the usage unless a usage chunk follows
                 return []
             return [chunk]
         if kind == "done":
             usage = self.usage()
             out = []
             if self._held is not None:
-                self._held["usage"] = usage
+                if not self.include_usage:  # llama.cpp's way; asked for, the usage comes once, in its own chunk
+                    self._held["usage"] = usage
                 out.append(self._held)
             if self.include_usage:
                 out.append(self._envelope([], usage=usage))
@@ -101,7 +102,7 @@ class OpenAIFormat:
     def _envelope(self, choices: list[dict], usage: dict | None = None) -> dict:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         out = {"id": self.id, "object": obj, "created": self.created, "model": self.model_id, "choices": choices}
-        if usage is not None:
+        if usage is not None or self.include_usage:  # asked for: null on every chunk but the last (OpenAI's)
             out["usage"] = usage
         return out
 
