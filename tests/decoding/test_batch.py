@@ -170,6 +170,14 @@ def test_presence_and_frequency_penalties_follow_openai():
     assert out.tolist() == [[0.0, -1.0, 0.0, -0.75, 0.0]]
 
 
+def test_logit_bias_adds_to_each_rows_scores():
+    from arlm.decoding.processors import add_logit_bias
+
+    scores = torch.zeros(2, 5)
+    assert add_logit_bias(scores, {1: -100.0, 4: 2.5}).tolist() == [[0.0, -100.0, 0.0, 0.0, 2.5]] * 2
+    assert scores.abs().sum() == 0  # a new tensor: the logits kept for log-probabilities are untouched
+
+
 @pytest.mark.parametrize("chunk", [4, 64])
 def test_a_scored_prompt_gets_each_tokens_logprob_given_those_before(chunk):
     model = _model()

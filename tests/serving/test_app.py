@@ -70,6 +70,37 @@ def test_usage_asked_for_in_a_stream_comes_once_in_the_last_chunk(live, path):
     assert [c.get("usage") for c in chunks] == [None] * (len(chunks) - 1) + [whole] and chunks[-1]["choices"]
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_logit_bias_moves_the_choice_as_openais_does(live, path):
+    """-100 on greedy's first token gives the model's second likeliest instead; +100 on a token makes greedy choose
+    it every step; the log-probabilities stay the model's own."""
+    import torch
+
+    lm = live.lm
+    body = {"model": MODEL_ID, "max_tokens": 3, "temperature": 0, "logprobs": 0 if "chat" not in path else True}
+    if "chat" in path:
+        messages = [{"role": "user", "content": PROMPT}]
+        body["messages"], ids = messages, _chat_ids(lm, messages)
+    else:
+        body["prompt"], ids = PROMPT, lm.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        first, second = lm.model(torch.tensor([ids]))[0, -1].topk(2).indices.tolist()  # the model's top two
+    banned = request(live.base_url, "POST", path, {**body, "max_tokens": 1, "logit_bias": {str(first): -100}})[1]
+    forced = request(live.base_url, "POST", path, {**body, "logit_bias": {str(second): 100}})[1]
+    plain = request(live.base_url, "POST", path, {**body, "max_tokens": 1})[1]
+    text = lm.tokenizer.decode
+
+    def content(answer):
+        choice = answer["choices"][0]
+        return choice["text"] if "chat" not in path else choice["message"]["content"]
+
+    assert content(banned) == text([second]) and content(plain) == text([first])
+    assert content(forced) == text([second] * 3)
+    lp = (lambda a: a["choices"][0]["logprobs"]["token_logprobs"][0]) if "chat" not in path else None
+    lp = lp or (lambda a: a["choices"][0]["logprobs"]["content"][0]["logprob"])
+    assert lp(banned) < lp(plain)  # the chosen token's own log-probability, not the biased one's
+
+
 def test_greedy_equals_arlm_generate_on_the_command_line(live):
     out = live.client().completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=20, temperature=0)
     result = run_cli(
@@ -283,6 +314,16 @@ BAD = [
         "temperature",
     ),
     ("beams when sampling", {"model": MODEL_ID, "prompt": "hi", "num_beams": 2}, 400, "read by beam", "num_beams"),
+    ("bias of a word", {"model": MODEL_ID, "prompt": "hi", "logit_bias": {"a": 1}}, 400, "'a' is not", "logit_bias"),
+    ("bias past the vocabulary", {"model": MODEL_ID, "prompt": "hi", "logit_bias": {"99999": 1}}, 400, "not a", None),
+    ("bias over 100", {"model": MODEL_ID, "prompt": "hi", "logit_bias": {"3": 101}}, 400, "[-100, 100]", None),
+    (
+        "bias in beam search",
+        {"model": MODEL_ID, "prompt": "hi", "strategy": "beam", "logit_bias": {"3": 1}},
+        400,
+        "logit_bias is not supported with strategy beam",
+        None,
+    ),
 ]
 
 

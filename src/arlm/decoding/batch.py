@@ -20,7 +20,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import choose_next
-from arlm.decoding.processors import History, make_generator, presence_frequency_penalty
+from arlm.decoding.processors import History, add_logit_bias, make_generator, presence_frequency_penalty
 from arlm.errors import ArlmError
 from arlm.model.inference import rows_invariant
 from arlm.model.kv_cache import KVCache
@@ -60,6 +60,7 @@ class BatchSequence:
     top_logprobs: int = -1  # -1: no log-probabilities; 0: the chosen token's; k > 0: also the k most likely
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence among the generated tokens
+    logit_bias: dict[int, float] = field(default_factory=dict)  # OpenAI's: token id -> added to its logit
     prompt_logprobs: bool = False  # also score the prompt's tokens as it is prefilled (OpenAI's echo with logprobs)
     prompt_scores: list[Scored] = field(default_factory=list)  # prompt tokens 1.. given those before, once prefilled
     generated: list[int] = field(default_factory=list)
@@ -223,6 +224,8 @@ class BatchEngine:
         if s.presence_penalty or s.frequency_penalty:
             generated = s.ids[:, len(s.prompt) :]  # (1, n)
             scores = presence_frequency_penalty(logits, generated, s.presence_penalty, s.frequency_penalty)
+        if s.logit_bias:
+            scores = add_logit_bias(scores, s.logit_bias)
         eos = s.eos_id if s.config.stop_at_eos else None
         history = History(None, len(s.prompt), eos)  # one unpadded row: min_new_tokens counts from the prompt
         token = choose_next(scores, s.ids, s.config, s.generator, history)  # (1,)

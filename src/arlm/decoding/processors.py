@@ -145,6 +145,14 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def add_logit_bias(scores: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
+    """OpenAI's logit_bias: each given token's score (B, V) raised by its bias (-100 all but bans it, 100 all but
+    forces it)."""
+    ids = torch.tensor(list(bias), device=scores.device)  # (n,)
+    values = torch.tensor(list(bias.values()), dtype=scores.dtype, device=scores.device)  # (n,)
+    return scores.index_add(-1, ids, values.expand(scores.shape[0], -1))
+
+
 def presence_frequency_penalty(
     scores: torch.Tensor, generated: torch.Tensor, presence: float, frequency: float
 ) -> torch.Tensor:

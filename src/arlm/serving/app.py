@@ -118,6 +118,10 @@ class Server:
         unused = unread(config, sorted(req.model_fields_set), at_zero=False)
         if unused:
             raise ApiError(400, unread_message(config, unused[0]), param=unused[0])
+        try:
+            logit_bias = req.logit_biases(self.tokenizer.vocab_size)
+        except ValueError as e:
+            raise ApiError(400, str(e), param="logit_bias") from None
         return Job(
             prompt=prompt,
             config=config,
@@ -128,6 +132,7 @@ class Server:
             prompt_logprobs=scored,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
+            logit_bias=logit_bias,
             stops=req.stops(),
         )
 

@@ -62,6 +62,7 @@ class Job:
     prompt_logprobs: bool = False  # the prompt's tokens scored too, sent before the first token (echo, batch only)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (batch lane only)
     stops: list[str] = field(default_factory=list)
     trace: bool = False  # forward the lane's strategy events
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -169,6 +170,7 @@ class Scheduler:
             "logprobs": job.top_logprobs >= 0,
             "presence_penalty": job.presence_penalty != 0,
             "frequency_penalty": job.frequency_penalty != 0,
+            "logit_bias": bool(job.logit_bias),
         }
         for name, given in unsupported.items():
             if given:
@@ -302,6 +304,7 @@ class Scheduler:
                 top_logprobs=job.top_logprobs,
                 presence_penalty=job.presence_penalty,
                 frequency_penalty=job.frequency_penalty,
+                logit_bias=job.logit_bias,
                 prompt_logprobs=job.prompt_logprobs,
             )
             self.engine.admit(choice.seq)

@@ -37,6 +37,7 @@ class Sampling(BaseModel):
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None  # token id (as text) -> -100..100, added to its logit before choosing
     user: str | None = None  # OpenAI's end-user id: accepted, unused
     # arlm's extras
     top_k: int = Field(default=0, ge=0)
@@ -53,6 +54,17 @@ class Sampling(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def logit_biases(self, vocab_size: int) -> dict[int, float]:
+        """logit_bias with its keys as token ids, each checked (ValueError naming the first that is not one)."""
+        biases = {}
+        for key, value in (self.logit_bias or {}).items():
+            if not (key.isascii() and key.isdigit()) or int(key) >= vocab_size:
+                raise ValueError(f"logit_bias: {key!r} is not a token id (0 .. {vocab_size - 1})")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"logit_bias: the bias of {key} must be in [-100, 100], got {value}")
+            biases[int(key)] = value
+        return biases
 
     def resolved_strategy(self) -> str:
         """The strategy asked for, by default greedy at temperature 0 and sampling otherwise."""
