@@ -257,6 +257,21 @@ def test_tokenizer_endpoints_as_vllm_has_them(live):
     assert request(live.base_url, "POST", "/tokenize", {"model": "other", "prompt": "x"})[0] == 404
 
 
+def test_a_developer_message_is_the_system_prompt_unless_the_template_knows_the_role(live):
+    """OpenAI's newer models take their system prompt as "developer" (clients such as coding agents send it): a
+    template that only knows "system" gets it as "system", one that handles "developer" gets it as it is."""
+    from arlm.serving.app import _role
+
+    def turns(role):
+        return [{"role": role, "content": "Be brief."}, {"role": "user", "content": "hello"}]
+
+    ids = request(live.base_url, "POST", "/tokenize", {"model": MODEL_ID, "messages": turns("developer")})[1]["tokens"]
+    assert ids == _chat_ids(live.lm, turns("system")) != _chat_ids(live.lm, turns("developer"))
+    reply = live.client().chat.completions.create(model=MODEL_ID, messages=turns("developer"), max_tokens=4)
+    assert reply.usage.prompt_tokens == len(ids)
+    assert _role("developer", "{% if m['role'] == 'developer' %}") == "developer" and _role("user", "") == "user"
+
+
 def test_models_health_and_metrics(live):
     models = live.client().models.list()
     assert live.client().models.retrieve(MODEL_ID).model_dump() == {**models.data[0].model_dump(), "created": ANY}

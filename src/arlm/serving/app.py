@@ -98,7 +98,8 @@ class Server:
         the assistant's cue."""
         if not self.tokenizer.chat_template and not self.plain_chat:
             raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
-        turns = [{"role": m.role, "content": m.text()} for m in messages]
+        template = self.tokenizer.chat_template or ""
+        turns = [{"role": _role(m.role, template), "content": m.text()} for m in messages]
         return encode_conversation(turns, self.tokenizer, add_generation_prompt)
 
     def job(
@@ -135,6 +136,12 @@ class Server:
             logit_bias=logit_bias,
             stops=req.stops(),
         )
+
+
+def _role(role: str, template: str) -> str:
+    """A message's role as the chat template gets it: OpenAI's "developer" (the system prompt of its newer models)
+    as "system", unless the template handles "developer" itself."""
+    return "system" if role == "developer" and "developer" not in template else role
 
 
 class Events:
