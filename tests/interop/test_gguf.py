@@ -446,13 +446,16 @@ def test_tiny_llama_round_trips_through_gguf(tiny):
 @torch.no_grad()
 def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_path, tiny, monkeypatch):
     """--dtype int4 of a GGUF decodes no Q4 tensor whose layer it builds from the blocks; a layer with a source of
-    another type (layer 0's keys in Q8_0 here, layer 1's down projection all Q8_0) is decoded and quantized to int4
-    from its values: the same model either way. --dtype int8 keeps a layer all in Q8_0 as its blocks (where arlm's
-    kernels run), the file's weights exactly, and quantizes the others per output channel."""
+    another type (layer 0's keys in Q8_0 here, layer 1's down projection all Q8_0, layer 0's Q5_0) is decoded and
+    quantized to int4 from its values: the same model either way. --dtype int8 keeps a layer all in Q8_0, Q5_0 or
+    Q4_0 as its blocks (where arlm's kernels run), the file's weights exactly, and quantizes the others per output
+    channel."""
     model, _ = tiny
     linears = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
     types = {f"blk.{i}.{name}.weight": Q.Q4_1 for i in range(model.config.n_layer) for name in linears}
     types["blk.0.attn_k.weight"] = types["blk.1.ffn_down.weight"] = Q.Q8_0
+    types["blk.0.ffn_down.weight"] = Q.Q5_0
+    types["blk.1.ffn_gate.weight"] = types["blk.1.ffn_up.weight"] = Q.Q4_0
     path = str(_write_tiny_llama(tmp_path / "mixed.gguf", model, TINY_TOKENS, TINY_MERGES, types=types))
     decoded_first = to_dtype(load_gguf_model(path).model, "int4", gguf=path)  # every tensor decoded, then replaced
     decoded, decode = [], arlm_gguf.dequantize
@@ -461,15 +464,18 @@ def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_p
     )
     loaded = load_model(path, dtype="int4").model
     assert decoded.count("Q4_1") == 2 and decoded.count("Q8_0") == 2  # layer 0's queries, values and keys; the down
+    assert decoded.count("Q5_0") == 1 and "Q4_0" not in decoded  # layer 0's down; layer 1's gate and up: int4
     assert sum(isinstance(m, Int4Linear) for m in loaded.modules()) == 4 * model.config.n_layer
     ids = torch.randint(0, model.config.vocab_size, (2, 20))
     assert torch.equal(loaded(ids), decoded_first(ids))
-    int8 = load_model(path, dtype="int8").model
-    down, qkv = int8.blocks[1].mlp.down, int8.blocks[0].attn.qkv
-    assert isinstance(down, Int8Linear) and down.group_size == (32 if native.available() else 0)
+    int8, floats = load_model(path, dtype="int8").model, load_gguf_model(path).model
+    qkv, kept = int8.blocks[0].attn.qkv, {"blocks.1.mlp.down", "blocks.0.mlp.down", "blocks.1.mlp.up"}  # Q8/Q5/Q4_0
     assert isinstance(qkv, Int8Linear) and qkv.group_size == 0  # a mixed layer: per output channel
-    if native.available():  # the file's weights exactly
-        assert torch.equal(down.dequantized(), load_gguf_model(path).model.blocks[1].mlp.down.weight)
+    for name in kept:
+        layer = int8.get_submodule(name)
+        assert isinstance(layer, Int8Linear) and layer.group_size == (32 if native.available() else 0)
+        if native.available():  # the file's weights exactly
+            assert torch.equal(layer.dequantized(), floats.get_submodule(name).weight)
 
 
 def test_rope_unpermute_inverts_the_converter():

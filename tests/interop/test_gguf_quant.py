@@ -16,7 +16,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
-from arlm.interop.gguf import q4_blocks, q8_blocks
+from arlm.interop.gguf import byte_blocks, q4_blocks, q8_blocks
 from arlm.interop.loading import load_model, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
@@ -54,6 +54,22 @@ def test_q8_blocks_reproduce_gguf_dequantization():
     expected = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).reshape(48, 96))
     codes, scales = q8_blocks(raw, (48, 96))
     assert codes.dtype == torch.int8 and scales.shape == (48, 3)
+    assert torch.equal(codes.float() * scales.repeat_interleave(32, 1), expected)
+    if native.available():
+        assert torch.equal(Int8Linear.from_blocks(codes, scales).dequantized(), expected)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q5_0", "Q4_0"])
+def test_byte_blocks_reproduce_gguf_dequantization(kind):
+    """Q5_0's 5-bit codes (and Q4_0's 4-bit ones) as byte codes c = q - 16 (q - 8) with the block's scale: w = d c,
+    the very values gguf decodes, and those an int8 layer in groups of 32 multiplies by."""
+    values = np.random.default_rng(2).standard_normal((48, 96)).astype(np.float32)  # (rows, cols)
+    raw = gguf.quants.quantize(values, gguf.GGMLQuantizationType[kind])
+    expected = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[kind]).reshape(48, 96))
+    codes, scales = byte_blocks(raw, kind, (48, 96))
+    low, high = {"Q8_0": (-128, 127), "Q5_0": (-16, 15), "Q4_0": (-8, 7)}[kind]
+    assert codes.dtype == torch.int8 and low <= int(codes.min()) and int(codes.max()) <= high
+    assert int(codes.min()) == low or int(codes.max()) == high  # the codes' whole range is used
     assert torch.equal(codes.float() * scales.repeat_interleave(32, 1), expected)
     if native.available():
         assert torch.equal(Int8Linear.from_blocks(codes, scales).dequantized(), expected)

@@ -1,10 +1,13 @@
 """GGUF blocks kept as they are: at --dtype int4, Q4_0 and Q4_1 tensors become `Int4Linear` layers (group 32); Q8_0
-tensors (at int8, and int4's head) `Int8Linear` layers in groups of 32 on arlm's CPU kernels; straight from the file's
-codes and block scales, with no dequantize-requantize round trip.
+tensors (at int8, and int4's head) `Int8Linear` layers in groups of 32 on arlm's CPU kernels, and at int8 so do Q5_0
+and Q4_0 ones (a byte code and a scale per value: most of a Q4_K_M file made from a model whose widths are no
+multiple of 256, as SmolLM2's); straight from the file's codes and block scales, with no dequantize-requantize round
+trip.
 
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
 nibbles): w = d * q + m, `Int4Linear`'s convention with scale d and low m. Q4_0 holds d alone: w = d * (q - 8), scale d
-and low -8d. A Q8_0 block holds d (float16) and 32 signed bytes q: w = d * q. The output head counts as a layer: its
+and low -8d. A Q8_0 block holds d (float16) and 32 signed bytes q: w = d * q; Q5_0, d and 5-bit codes: w = d * (q - 16),
+the byte code q - 16 with scale d (`gguf.byte_blocks`). The output head counts as a layer: its
 source is `output.weight`, or `token_embd.weight` where the model ties them (SmolLM2's Q8_0). Tensors of other types
 (K-quants; Q8_0 layers at int4, or where arlm's kernels are not built) are dequantized by the file reader and
 `--dtype int8 / int4` then quantizes them to that dtype (interop/loading.py): with PyTorch's kernels, also their
@@ -13,11 +16,20 @@ bfloat16 rounding of scales and inputs (model/quant.py)."""
 from __future__ import annotations
 
 from arlm.config import ModelConfig
-from arlm.interop.gguf import BLOCK, Q4_TYPES, GGUFContents, linear_sources, q4_blocks, q8_blocks, read_gguf, stack_rows
+from arlm.interop.gguf import (
+    BLOCK,
+    Q4_TYPES,
+    GGUFContents,
+    byte_blocks,
+    linear_sources,
+    q4_blocks,
+    read_gguf,
+    stack_rows,
+)
 from arlm.model.quant import Int4Linear, Int8Linear, q8_0_fits
 from arlm.model.transformer import Transformer
 
-Q8_TYPES = ("Q8_0",)
+BYTE_TYPES = ("Q8_0", "Q5_0", "Q4_0")  # w = d c, c a byte: Int8Linear in groups of 32 (int8, and int4's head)
 
 
 def _sources(config: ModelConfig) -> dict[str, list[tuple[str, tuple[int, int], int]]]:
@@ -45,10 +57,10 @@ def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
 def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
     """Replace Linears of a model loaded from GGUF `ref` by layers built from the file's blocks (in place): for
     quant "int4", those whose sources are all Q4_0 / Q4_1 by Int4Linears and the head, if Q8_0, by an Int8Linear in
-    groups of 32 (int4's head is int8); for "int8", every Linear whose sources are all Q8_0 so. Q8_0 layers only where
-    arlm's kernels run and the outputs come by 16. Returns the names of the layers replaced."""
+    groups of 32 (int4's head is int8); for "int8", every Linear whose sources are all Q8_0, Q5_0 or Q4_0 so. Those
+    layers only where arlm's kernels run and the outputs come by 16. Returns the names of the layers replaced."""
     contents, sources = read_gguf(ref), _sources(model.config)
-    q8 = block_layers(contents, model.config, Q8_TYPES)
+    q8 = block_layers(contents, model.config, BYTE_TYPES)
     if quant == "int4":
         q8 = [ours for ours in q8 if ours == "lm_head.weight"]
     replaced = []
@@ -58,7 +70,7 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
             continue  # left to be decoded and quantized as a float weight
         tensors = [contents.tensors[name] for name, _, _ in parts]
         blocks = [  # (codes, scales) or (codes, scales, lows) per tensor
-            q8_blocks(t.data, shape) if ours in q8 else q4_blocks(t.data, t.tensor_type.name, shape)
+            (byte_blocks if ours in q8 else q4_blocks)(t.data, t.tensor_type.name, shape)
             for t, (_, shape, _) in zip(tensors, parts)
         ]
         heads = [h for *_, h in parts]

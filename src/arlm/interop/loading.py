@@ -132,8 +132,8 @@ def to_dtype(
     gguf: str | None = None,
 ) -> Transformer:
     """A float model moved to `device` at a --dtype (in place, eval mode); `gguf`: the file it was loaded from,
-    whose blocks of the dtype's kind (int4: Q4_0 / Q4_1 and a Q8_0 head; int8: Q8_0) are used as they are on the
-    CPU."""
+    whose blocks of the dtype's kind (int4: Q4_0 / Q4_1 and a Q8_0 / Q5_0 / Q4_0 head; int8: Q8_0, Q5_0, Q4_0) are
+    used as they are on the CPU."""
     precision = resolve_dtype(dtype, device)
     model = model.to(device=device, dtype=precision.float_dtype)
     if precision.quant and gguf is not None and torch.device(device).type == "cpu":
