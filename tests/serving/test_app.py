@@ -270,6 +270,7 @@ def test_a_developer_message_is_the_system_prompt_unless_the_template_knows_the_
     reply = live.client().chat.completions.create(model=MODEL_ID, messages=turns("developer"), max_tokens=4)
     assert reply.usage.prompt_tokens == len(ids)
     assert _role("developer", "{% if m['role'] == 'developer' %}") == "developer" and _role("user", "") == "user"
+    assert _role("developer", "You are an assistant for developers.") == "system"
 
 
 def test_models_health_and_metrics(live):

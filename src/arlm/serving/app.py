@@ -140,8 +140,9 @@ class Server:
 
 def _role(role: str, template: str) -> str:
     """A message's role as the chat template gets it: OpenAI's "developer" (the system prompt of its newer models)
-    as "system", unless the template handles "developer" itself."""
-    return "system" if role == "developer" and "developer" not in template else role
+    as "system", unless the template names the role itself (as a quoted string: not a word of its default prompt)."""
+    names = "'developer'" in template or '"developer"' in template
+    return "system" if role == "developer" and not names else role
 
 
 class Events:
