@@ -510,6 +510,36 @@ def test_a_full_disk_is_one_line_whatever_writer_met_it(monkeypatch, capsys, err
     assert capsys.readouterr().err.splitlines() == [line]
 
 
+def _refused_errors() -> list[tuple[BaseException, str]]:
+    """What writers raise where the storage refuses a write, as met here on a read-only tmpfs (the writers of
+    _full_disk_errors), and a folder without write permission (a user's own, not root's), with the line each gives."""
+    from safetensors import SafetensorError
+
+    read_only = "is on a read-only file system; write elsewhere"
+    return [
+        (OSError(errno.EROFS, "Read-only file system", "/ro/.out.tmp-1"), f"/ro/.out.tmp-1 {read_only}"),
+        (
+            SafetensorError('Error while serializing: I/O error: Read-only file system (os error 30) at path "/ro/x"'),
+            f"the output {read_only}",
+        ),
+        (Exception("Read-only file system (os error 30)"), f"the output {read_only}"),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/usr/out"),
+            "permission denied: /usr/out; check its permissions or use another path",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("error", "line"), _refused_errors(), ids=["oserror", "safetensors", "tokenizers", "eacces"])
+def test_a_read_only_or_forbidden_path_is_one_line(monkeypatch, capsys, error, line):
+    def export_hf(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("arlm.interop.hf.export_hf", export_hf)
+    assert main(["export", "hf", "smollm2", "out"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {line}"]
+
+
 def test_other_errors_keep_their_traceback(monkeypatch):
     def export_hf(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")

@@ -12,3 +12,20 @@ def test_check_creatable_refuses_a_file_above_the_path(tmp_path):
     with pytest.raises(ArlmError, match="is a file, not a folder; choose a folder"):
         check_creatable(tmp_path / "f.txt", folder=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # nothing made
+
+
+@pytest.mark.parametrize(
+    ("read_only", "why"), [(True, "is on a read-only file system"), (False, "is not writable by this user")]
+)
+def test_check_creatable_refuses_a_folder_it_cannot_write(tmp_path, monkeypatch, read_only, why):
+    """The nearest existing folder is asked (access(2): a read-only mount refuses even root); the reason is the
+    mount's flag."""
+    import os
+
+    asked = []
+    flags = os.ST_RDONLY if read_only else 0
+    monkeypatch.setattr(os, "access", lambda path, mode: asked.append((str(path), mode)) or False)
+    monkeypatch.setattr(os, "statvfs", lambda path: type("V", (), {"f_flag": flags})())
+    with pytest.raises(ArlmError, match=rf"cannot write {tmp_path}/new/x\.png: {tmp_path} {why}; write elsewhere"):
+        check_creatable(tmp_path / "new" / "x.png")
+    assert asked == [(str(tmp_path), os.W_OK | os.X_OK)]

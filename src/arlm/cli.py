@@ -122,16 +122,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 DISK_FULL = ("No space left on device", "Disk quota exceeded", "Not enough free space")
 
 
-def disk_full_line(exc: BaseException) -> str | None:
-    """The one line for an error that is the disk filling up, whichever writer met it (through its causes); else
-    None. Checkpoints, exports and prepared data are written under a temporary name and renamed once whole, so none of
-    those is left half-written by now (reports and figures are written in place)."""
+def storage_line(exc: BaseException) -> str | None:
+    """The one line for an error that is the storage refusing us, whichever writer met it (through its causes): a
+    full disk, a read-only file system, a permission denied; else None. Checkpoints, exports and prepared data are
+    written under a temporary name and renamed once whole, so none of those is left half-written by now (reports and
+    figures are written in place)."""
     seen: BaseException | None = exc
     while seen is not None:
-        full = isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or any(text in str(seen) for text in DISK_FULL):
-            where = f" while writing {seen.filename}" if getattr(seen, "filename", None) else ""
+        code, text = seen.errno if isinstance(seen, OSError) else None, str(seen)
+        name = getattr(seen, "filename", None)
+        if code in (errno.ENOSPC, errno.EDQUOT) or any(words in text for words in DISK_FULL):
+            where = f" while writing {name}" if name else ""
             return f"the disk is full{where}; free some space or write elsewhere"
+        if code == errno.EROFS or "Read-only file system" in text:
+            return f"{name or 'the output'} is on a read-only file system; write elsewhere"
+        if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
+            return f"permission denied{f': {name}' if name else ''}; check its permissions or use another path"
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:
-        line = disk_full_line(exc)
+        line = storage_line(exc)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)

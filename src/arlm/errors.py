@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,7 +16,8 @@ class ArlmError(Exception):
 
 
 def check_creatable(path: str | Path, *, folder: bool = False) -> None:
-    """Refuse an output path that could not be made: a folder above it (or, for a folder, the path) is a file."""
+    """Refuse, before any work, an output path that could not be made: a folder above it (or, for a folder, the path)
+    is a file, or the nearest folder that exists cannot be written (a read-only file system, no permission)."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise ArlmError(f"{path} is a file, not a folder; choose a folder to write to")
@@ -23,4 +25,8 @@ def check_creatable(path: str | Path, *, folder: bool = False) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise ArlmError(f"cannot write {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                read_only = os.statvfs(parent).f_flag & os.ST_RDONLY
+                why = "is on a read-only file system" if read_only else "is not writable by this user"
+                raise ArlmError(f"cannot write {path}: {parent} {why}; write elsewhere")
             return

@@ -8,6 +8,7 @@ output, with the attn_q / attn_k rows permuted per head into llama.cpp's interle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -101,7 +102,8 @@ def save_gguf(
         _write(tmp, config, vocab, tensors, outtype, name)
         os.replace(tmp, out)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # where nothing could be written, the write's error is the one to see
+            tmp.unlink(missing_ok=True)
     return out
 
 
