@@ -37,6 +37,20 @@ def test_a_busy_port_is_one_line_before_the_model_loads(tmp_path, loads, capsys)
     assert loads == []
 
 
+def test_an_empty_api_key_is_one_line_and_the_environments_is_the_default(tmp_path, loads, capsys, monkeypatch):
+    assert main(["serve", str(tmp_path), "--api-key", " "]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --api-key is empty; give the key clients will send (or leave the flag out: no key)"
+    ]
+    assert loads == []
+    from arlm.cli import make_parser
+
+    monkeypatch.setenv("ARLM_API_KEY", "from-env")
+    assert make_parser(["serve"]).parse_args(["serve"]).api_key == "from-env"
+    monkeypatch.setenv("ARLM_API_KEY", "")
+    assert make_parser(["serve"]).parse_args(["serve"]).api_key is None
+
+
 @pytest.mark.parametrize("port", ["-1", "65536"])
 def test_a_port_out_of_range_is_one_line(tmp_path, loads, capsys, port):
     assert main(["serve", str(tmp_path), "--port", port]) == 2

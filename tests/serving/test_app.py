@@ -273,6 +273,35 @@ def test_a_developer_message_is_the_system_prompt_unless_the_template_knows_the_
     assert _role("developer", "You are an assistant for developers.") == "system"
 
 
+@pytest.fixture(scope="module")
+def keyed(tiny_lm):
+    """The tiny model served with an API key."""
+    from tests.serving.conftest import start_in_thread
+
+    server, stop = start_in_thread(tiny_lm, api_key="s3cret")
+    yield server
+    stop()
+
+
+def test_an_api_key_is_asked_of_every_request_but_the_page_health_and_metrics(keyed):
+    import openai
+
+    out = keyed.client(api_key="s3cret").completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=3)
+    assert out.usage.completion_tokens == 3
+    with pytest.raises(openai.AuthenticationError) as refused:
+        keyed.client(api_key="wrong").chat.completions.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+    assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
+    for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/tokenize")]:
+        status, body = request(keyed.base_url, method, path, {"model": MODEL_ID, "prompt": "x"})
+        assert status == 401 and body["error"]["message"].startswith("missing API key"), path
+    assert request(keyed.base_url, "GET", "/health")[1]["auth"] is True
+    assert request(keyed.base_url, "GET", "/metrics")[0] == request(keyed.base_url, "GET", "/")[0] == 200
+    metrics = request(keyed.base_url, "GET", "/metrics")[1]
+    assert 'arlm_requests_total{endpoint="/v1/models",status="401"} 1.0' in metrics
+
+
 def test_models_health_and_metrics(live):
     models = live.client().models.list()
     assert live.client().models.retrieve(MODEL_ID).model_dump() == {**models.data[0].model_dump(), "created": ANY}

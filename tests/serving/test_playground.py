@@ -133,3 +133,29 @@ def test_lookup_first_sends_its_switch_and_each_verification_says_what_drafted(b
     assert sources and set(sources) <= {"lookup", "model"}
     assert labels == [{"lookup": "copied", "model": "drafted"}[s] for s in sources]
     assert errors == []
+
+
+def test_a_server_with_an_api_key_has_the_page_ask_for_it(browser, tiny_lm):
+    """With --api-key the page shows a key field and sends the key with its runs: a wrong one is the server's 401
+    message in the panel, the right one streams the run; without a key the field stays hidden."""
+    keyed, stop = start_in_thread(tiny_lm, api_key="s3cret")
+    try:
+        page, errors = _open(browser, keyed)
+        page.uncheck("#compare")
+        assert page.is_visible("#api_key")
+        page.fill("#api_key", "wrong")
+        page.click("#run")
+        stats = ".panel[data-name=A] .stats"
+        page.wait_for_function(f"document.querySelector('{stats}').textContent.includes('incorrect API key')")
+        page.fill("#api_key", "s3cret")
+        page.click("#run")
+        _done(page, "A")
+        assert page.locator(".panel[data-name=A] .output .tok").count() > 0
+        assert [e for e in errors if "401" not in e] == []  # the browser logs the refused request itself
+    finally:
+        stop()
+
+
+def test_without_a_key_the_page_shows_no_key_field(browser, server):
+    page, errors = _open(browser, server)
+    assert not page.is_visible("#api_key") and errors == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import signal
 import socket
 import sys
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kv_help = "the KV cache's dtype (default auto: the model's; bfloat16 halves it)"
     parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES, help=kv_help)
     parser.add_argument("--name", help="the model name clients send (default: MODEL as given)")
+    key_help = "answer only requests with Authorization: Bearer KEY (default: $ARLM_API_KEY; unset: no key)"
+    parser.add_argument("--api-key", default=os.environ.get("ARLM_API_KEY") or None, help=key_help)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1 or args.max_queue < 0 or args.context < 0:
         raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
+    if args.api_key is not None and not args.api_key.strip():
+        raise ArlmError("--api-key is empty; give the key clients will send (or leave the flag out: no key)")
     device, dtype = pick_device(args.device, args.dtype), args.dtype
     model_ref = model_of(args)
 
@@ -85,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
         # the main thread runs no parallel kernels, so that the batch thread's OpenMP pool is the only one
         loaded, scheduler = in_own_thread(build, "arlm-load")
         name = args.name or model_ref
-        app = create_app(scheduler, name, plain_chat=loaded.config.data.format == "chat")  # fine-tuned on chats
+        chats = loaded.config.data.format == "chat"  # a model fine-tuned on chats, rendered as its training saw them
+        app = create_app(scheduler, name, plain_chat=chats, api_key=args.api_key)
         port = sockets[0].getsockname()[1]
         where = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"serving {name} on http://{where}:{port} (playground at /, API at /v1)", flush=True)
+        keyed = ", with its API key" if args.api_key else ""
+        print(f"serving {name} on http://{where}:{port} (playground at /, API at /v1{keyed})", flush=True)
         config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level)
         serve_until_signal(uvicorn.Server(config), sockets)
     finally:

@@ -26,6 +26,7 @@ from arlm.data.chat import encode_conversation
 from arlm.decoding.batch import BATCH_STRATEGIES
 from arlm.decoding.settings import unread, unread_message
 from arlm.errors import ArlmError
+from arlm.serving.auth import RequireKey
 from arlm.serving.responses import OpenAIFormat, TraceFormat
 from arlm.serving.scheduler import Job, QueueFull, Scheduler
 from arlm.serving.schemas import (
@@ -57,10 +58,11 @@ class ApiError(Exception):
 
 
 class Server:
-    """What the handlers need: the scheduler, the tokenizer, the served model's name and context."""
+    """What the handlers need: the scheduler, the tokenizer, the served model's name and context, whether the API
+    asks a key."""
 
-    def __init__(self, scheduler: Scheduler, model_id: str, plain_chat: bool = False) -> None:
-        self.scheduler, self.model_id, self.plain_chat = scheduler, model_id, plain_chat
+    def __init__(self, scheduler: Scheduler, model_id: str, plain_chat: bool = False, auth: bool = False) -> None:
+        self.scheduler, self.model_id, self.plain_chat, self.auth = scheduler, model_id, plain_chat, auth
         self.tokenizer = scheduler.tokenizer
         self.context = scheduler.engine.max_len
 
@@ -252,9 +254,10 @@ async def _stream(server: Server, jobs: list[Job], events: Events, chunks: Calla
         cancel(server, jobs)
 
 
-def create_app(scheduler: Scheduler, model_id: str, plain_chat: bool = False) -> FastAPI:
-    """The app; its lifespan starts the scheduler and, at shutdown, lets it finish what it holds."""
-    server = Server(scheduler, model_id, plain_chat)
+def create_app(scheduler: Scheduler, model_id: str, plain_chat: bool = False, api_key: str | None = None) -> FastAPI:
+    """The app; its lifespan starts the scheduler and, at shutdown, lets it finish what it holds. With api_key, the
+    API answers only requests that carry it (serving/auth.py)."""
+    server = Server(scheduler, model_id, plain_chat, auth=bool(api_key))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -268,7 +271,9 @@ def create_app(scheduler: Scheduler, model_id: str, plain_chat: bool = False) ->
     _info_routes(app, server)
     _generation_routes(app, server)
     _tokenizer_routes(app, server)
-    app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})
+    if api_key:
+        app.add_middleware(RequireKey, key=api_key)
+    app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})  # counts 401s too
     return app
 
 
@@ -352,7 +357,7 @@ def _info_routes(app: FastAPI, server: Server) -> None:
     @app.get("/health")
     async def health() -> dict:
         chat = bool(server.tokenizer.chat_template) or server.plain_chat
-        features = {"chat_template": chat, "draft": scheduler.draft is not None}
+        features = {"chat_template": chat, "draft": scheduler.draft is not None, "auth": server.auth}
         return {"status": "ok", "model": server.model_id, "context": server.context, **features, **scheduler.state()}
 
     @app.get("/metrics")

@@ -1,0 +1,31 @@
+"""`arlm serve --api-key`: every request but the page, /health and /metrics must carry `Authorization: Bearer KEY`
+(the header OpenAI's clients send their api_key in); any other gets 401 and OpenAI's error body."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+OPEN_PATHS = ("/", "/health", "/metrics")  # the playground's page, liveness, Prometheus: no model behind them
+
+
+class RequireKey:
+    """ASGI middleware refusing requests without the key (compared in constant time)."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._holds_key(scope):
+            return await self.app(scope, receive, send)
+        given = any(name == b"authorization" for name, _ in scope["headers"])
+        message = "incorrect API key" if given else "missing API key: send the header Authorization: Bearer KEY"
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+        body = json.dumps({"error": error}).encode()
+        headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _holds_key(self, scope) -> bool:
+        found = [value for name, value in scope["headers"] if name == b"authorization"]
+        return len(found) == 1 and hmac.compare_digest(found[0], self.expected)
