@@ -275,10 +275,10 @@ def test_a_developer_message_is_the_system_prompt_unless_the_template_knows_the_
 
 @pytest.fixture(scope="module")
 def keyed(tiny_lm):
-    """The tiny model served with an API key."""
+    """The tiny model served with an API key, to scripts of one other web page too."""
     from tests.serving.conftest import start_in_thread
 
-    server, stop = start_in_thread(tiny_lm, api_key="s3cret")
+    server, stop = start_in_thread(tiny_lm, api_key="s3cret", origins=[PAGE])
     yield server
     stop()
 
@@ -300,6 +300,38 @@ def test_an_api_key_is_asked_of_every_request_but_the_page_health_and_metrics(ke
     assert request(keyed.base_url, "GET", "/metrics")[0] == request(keyed.base_url, "GET", "/")[0] == 200
     metrics = request(keyed.base_url, "GET", "/metrics")[1]
     assert 'arlm_requests_total{endpoint="/v1/models",status="401"} 1.0' in metrics
+
+
+PAGE = "http://page.example:3000"
+
+
+def _headers(base_url: str, method: str, path: str, headers: dict) -> tuple[int, dict]:
+    """A request's status and response headers (lower-case names)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    conn.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}
+
+
+def test_the_pages_named_by_allow_origin_may_call_the_api_from_a_browser(keyed, live):
+    """CORS: a preflight (which carries no key) is answered for the named origin and refused for another; a refusal
+    for want of the key reaches the page's script readable; a server without --allow-origin sends no CORS header."""
+    ask = {"Origin": PAGE, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    status, headers = _headers(keyed.base_url, "OPTIONS", "/v1/chat/completions", ask)
+    assert status == 200 and headers["access-control-allow-origin"] == PAGE
+    assert "authorization" in headers["access-control-allow-headers"].lower()
+    other = _headers(keyed.base_url, "OPTIONS", "/v1/chat/completions", {**ask, "Origin": "http://elsewhere"})
+    assert other[0] == 400 and "access-control-allow-origin" not in other[1]
+    status, headers = _headers(keyed.base_url, "POST", "/v1/completions", {"Origin": PAGE})
+    assert status == 401 and headers["access-control-allow-origin"] == PAGE
+    status, headers = _headers(live.base_url, "GET", "/v1/models", {"Origin": PAGE})
+    assert status == 200 and "access-control-allow-origin" not in headers
 
 
 def test_models_health_and_metrics(live):

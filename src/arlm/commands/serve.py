@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the model name clients send (default: MODEL as given)")
     key_help = "answer only requests with Authorization: Bearer KEY (default: $ARLM_API_KEY; unset: no key)"
     parser.add_argument("--api-key", default=os.environ.get("ARLM_API_KEY") or None, help=key_help)
+    origin_help = "a web page's origin whose scripts may call the API from a browser (repeat; '*': any; default none)"
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help=origin_help)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         loaded, scheduler = in_own_thread(build, "arlm-load")
         name = args.name or model_ref
         chats = loaded.config.data.format == "chat"  # a model fine-tuned on chats, rendered as its training saw them
-        app = create_app(scheduler, name, plain_chat=chats, api_key=args.api_key)
+        app = create_app(scheduler, name, plain_chat=chats, api_key=args.api_key, origins=args.allow_origin)
         port = sockets[0].getsockname()[1]
         where = f"[{args.host}]" if ":" in args.host else args.host
         keyed = ", with its API key" if args.api_key else ""

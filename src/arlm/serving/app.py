@@ -18,6 +18,7 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -254,9 +255,16 @@ async def _stream(server: Server, jobs: list[Job], events: Events, chunks: Calla
         cancel(server, jobs)
 
 
-def create_app(scheduler: Scheduler, model_id: str, plain_chat: bool = False, api_key: str | None = None) -> FastAPI:
+def create_app(
+    scheduler: Scheduler,
+    model_id: str,
+    plain_chat: bool = False,
+    api_key: str | None = None,
+    origins: list[str] | None = None,
+) -> FastAPI:
     """The app; its lifespan starts the scheduler and, at shutdown, lets it finish what it holds. With api_key, the
-    API answers only requests that carry it (serving/auth.py)."""
+    API answers only requests that carry it (serving/auth.py); origins: the web pages ("*": any) whose scripts may
+    call it from a browser (CORS)."""
     server = Server(scheduler, model_id, plain_chat, auth=bool(api_key))
 
     @asynccontextmanager
@@ -274,6 +282,8 @@ def create_app(scheduler: Scheduler, model_id: str, plain_chat: bool = False, ap
     if api_key:
         app.add_middleware(RequireKey, key=api_key)
     app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})  # counts 401s too
+    if origins:  # outermost: a preflight carries no key, and a 401 must reach the page's script readable
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
     return app
 
 
