@@ -283,7 +283,9 @@ def keyed(tiny_lm):
     stop()
 
 
-def test_an_api_key_is_asked_of_every_request_but_the_page_health_and_metrics(keyed):
+def test_an_api_key_is_asked_of_every_api_request(keyed):
+    """/v1/...: the key or 401; the page, /health, /metrics and the tokenizer's endpoints (vLLM's, outside /v1, open
+    there too) answer without it."""
     import openai
 
     out = keyed.client(api_key="s3cret").completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=3)
@@ -293,10 +295,11 @@ def test_an_api_key_is_asked_of_every_request_but_the_page_health_and_metrics(ke
             model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=3
         )
     assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
-    for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/tokenize")]:
+    for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/arlm/trace")]:
         status, body = request(keyed.base_url, method, path, {"model": MODEL_ID, "prompt": "x"})
         assert status == 401 and body["error"]["message"].startswith("missing API key"), path
     assert request(keyed.base_url, "GET", "/health")[1]["auth"] is True
+    assert request(keyed.base_url, "POST", "/tokenize", {"model": MODEL_ID, "prompt": "x"})[0] == 200
     assert request(keyed.base_url, "GET", "/metrics")[0] == request(keyed.base_url, "GET", "/")[0] == 200
     metrics = request(keyed.base_url, "GET", "/metrics")[1]
     assert 'arlm_requests_total{endpoint="/v1/models",status="401"} 1.0' in metrics

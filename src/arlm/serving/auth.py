@@ -1,12 +1,13 @@
-"""`arlm serve --api-key`: every request but the page, /health and /metrics must carry `Authorization: Bearer KEY`
-(the header OpenAI's clients send their api_key in); any other gets 401 and OpenAI's error body."""
+"""`arlm serve --api-key`: every request to the API (/v1/...: what runs the model) must carry `Authorization: Bearer
+KEY`, the header OpenAI's clients send their api_key in; any other gets 401 and OpenAI's error body. The page, /health,
+/metrics and the tokenizer's endpoints stay open, as vLLM's --api-key leaves all but /v1 (lm-eval reads them so)."""
 
 from __future__ import annotations
 
 import hmac
 import json
 
-OPEN_PATHS = ("/", "/health", "/metrics")  # the playground's page, liveness, Prometheus: no model behind them
+API = "/v1/"
 
 
 class RequireKey:
@@ -16,7 +17,7 @@ class RequireKey:
         self.app, self.expected = app, f"Bearer {key}".encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._holds_key(scope):
+        if scope["type"] != "http" or not scope["path"].startswith(API) or self._holds_key(scope):
             return await self.app(scope, receive, send)
         given = any(name == b"authorization" for name, _ in scope["headers"])
         message = "incorrect API key" if given else "missing API key: send the header Authorization: Bearer KEY"
