@@ -96,9 +96,12 @@ def test_logit_bias_moves_the_choice_as_openais_does(live, path):
 
     assert content(banned) == text([second]) and content(plain) == text([first])
     assert content(forced) == text([second] * 3)
-    lp = (lambda a: a["choices"][0]["logprobs"]["token_logprobs"][0]) if "chat" not in path else None
-    lp = lp or (lambda a: a["choices"][0]["logprobs"]["content"][0]["logprob"])
-    assert lp(banned) < lp(plain)  # the chosen token's own log-probability, not the biased one's
+
+    def logprob(answer):  # of the first token chosen
+        found = answer["choices"][0]["logprobs"]
+        return found["token_logprobs"][0] if "chat" not in path else found["content"][0]["logprob"]
+
+    assert logprob(banned) < logprob(plain)  # the chosen token's own log-probability, not the biased one's
 
 
 def test_greedy_equals_arlm_generate_on_the_command_line(live):

@@ -17,16 +17,14 @@ class RequireKey:
         self.app, self.expected = app, f"Bearer {key}".encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API) or self._holds_key(scope):
+        if scope["type"] != "http" or not scope["path"].startswith(API):
             return await self.app(scope, receive, send)
-        given = any(name == b"authorization" for name, _ in scope["headers"])
-        message = "incorrect API key" if given else "missing API key: send the header Authorization: Bearer KEY"
+        found = [value for name, value in scope["headers"] if name == b"authorization"]  # the headers read once
+        if len(found) == 1 and hmac.compare_digest(found[0], self.expected):
+            return await self.app(scope, receive, send)
+        message = "incorrect API key" if found else "missing API key: send the header Authorization: Bearer KEY"
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
         body = json.dumps({"error": error}).encode()
         headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-    def _holds_key(self, scope) -> bool:
-        found = [value for name, value in scope["headers"] if name == b"authorization"]
-        return len(found) == 1 and hmac.compare_digest(found[0], self.expected)
