@@ -126,3 +126,42 @@ def test_show_drafts_prints_the_text_before_the_stop_string(capsys):
     plain = capsys.readouterr().out
     assert main([*args, "--show-drafts"]) == 0
     assert capsys.readouterr().out.replace("[", "").replace("]", "") == plain
+
+
+@pytest.fixture(scope="module")
+def q4_file(tmp_path_factory):
+    """A tiny tied Llama written as SmolLM2's file is: Q4_1 layers, a Q8_0 embedding that is also the head."""
+    pytest.importorskip("gguf")
+    from tests.interop.gguf_files import TINY_MERGES, layer_types, tied_llama, write_tiny_llama
+
+    model, tokens = tied_llama()
+    path = tmp_path_factory.mktemp("q4") / "q4.gguf"
+    return str(write_tiny_llama(path, model, tokens, TINY_MERGES, types=layer_types(model, "Q8_0", "Q4_1")))
+
+
+def test_generate_runs_a_file_at_its_own_precision_unless_told(q4_file, monkeypatch):
+    """No --dtype: the Q4_1 file's int4 model (auto, its layers the file's blocks); --dtype float32 when told."""
+    from arlm.interop import loading
+    from arlm.model import native
+    from arlm.model.quant import Int4Linear
+
+    if not native.available():
+        pytest.skip("int4 keeps the file's blocks with arlm's kernels only")
+    loaded, load = [], loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    argv = ["generate", q4_file, "--prompt", "the", "--max-new-tokens", "4"]
+    assert main(argv) == 0 and main([*argv, "--dtype", "float32"]) == 0
+    assert [one.dtype for one in loaded] == ["int4", "float32"]
+    assert sum(isinstance(m, Int4Linear) for m in loaded[0].model.modules()) == 4 * 2
+
+
+def test_a_self_draft_at_the_targets_own_dtype_is_refused(q4_file, capsys):
+    """--draft self:int4 on a target auto loaded at int4 would draft with the target itself: one line, exit 2."""
+    from arlm.model import native
+
+    if not native.available():
+        pytest.skip("auto is float32 where arlm's kernels are not built")
+    argv = ["generate", q4_file, "--prompt", "the", "--strategy", "speculative", "--draft", "self:int4"]
+    assert main(argv) == 2
+    assert "error: --draft self:int4 would draft with the target itself" in capsys.readouterr().err
+    assert main([*argv, "--dtype", "float32", "--max-new-tokens", "4", "--temperature", "0"]) == 0

@@ -27,6 +27,7 @@ from arlm.interop.loading import load_model, to_dtype
 from arlm.model import native
 from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Transformer
+from tests.interop.gguf_files import TINY_MERGES, TINY_TOKENS, byte_alphabet, permute_for_llama_cpp, write_tiny_llama
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -339,80 +340,6 @@ def test_quantized_values_stay_close_to_the_originals(name):
 # --- a tiny Llama written as GGUF the way convert_hf_to_gguf writes one ---------------------------------
 
 
-def _byte_alphabet() -> list[str]:
-    """GPT-2's byte-to-symbol table: printable bytes stand for themselves, the rest move to 256 and up."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    rest = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(rest))]
-
-
-def _permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """convert_hf_to_gguf's LlamaModel.permute: per head, rows (hd/2 firsts, hd/2 seconds) interleaved."""
-    rows, cols = weight.shape
-    return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def _write_tiny_llama(
-    path, model: Transformer, tokens: list[str], merges: list[str], arch: str = "llama", types: dict | None = None
-):
-    """The model as convert_hf_to_gguf writes it, float32, or a tensor's type from `types` (name -> GGML type)."""
-    c = model.config
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    writer = gguf.GGUFWriter(path, arch)
-    for key, value in (
-        ("block_count", c.n_layer),
-        ("context_length", c.block_size),
-        ("embedding_length", c.d_model),
-        ("feed_forward_length", c.ffn_dim),
-        ("attention.head_count", c.n_head),
-        ("attention.head_count_kv", c.kv_heads),
-        ("vocab_size", c.vocab_size),
-    ):
-        writer.add_uint32(f"{arch}.{key}", value)
-    writer.add_float32(f"{arch}.rope.freq_base", c.rope_theta)
-    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.norm_eps)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(tokens)
-    writer.add_token_merges(merges)
-    writer.add_token_types([3, 3] + [1] * (len(tokens) - 2))
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(1)
-    writer.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    tensors = {"token_embd.weight": state["tok_emb.weight"], "output_norm.weight": state["norm.weight"]}
-    if not c.tie_embeddings:
-        tensors["output.weight"] = state["lm_head.weight"]
-    nh, nkv, hd, F = c.n_head, c.kv_heads, c.head_dim, c.ffn_dim
-    for i in range(c.n_layer):
-        q, k, v = state[f"blocks.{i}.attn.qkv.weight"].split([nh * hd, nkv * hd, nkv * hd])
-        up = state[f"blocks.{i}.mlp.up.weight"]
-        for name, value in (
-            ("attn_norm", state[f"blocks.{i}.norm1.weight"]),
-            ("attn_q", _permute_for_llama_cpp(q, nh)),
-            ("attn_k", _permute_for_llama_cpp(k, nkv)),
-            ("attn_v", v),
-            ("attn_output", state[f"blocks.{i}.attn.proj.weight"]),
-            ("ffn_norm", state[f"blocks.{i}.norm2.weight"]),
-            ("ffn_gate", up[:F]),
-            ("ffn_up", up[F:]),
-            ("ffn_down", state[f"blocks.{i}.mlp.down.weight"]),
-        ):
-            tensors[f"blk.{i}.{name}.weight"] = value
-    for name, value in tensors.items():
-        values = np.ascontiguousarray(value.numpy())
-        kind = (types or {}).get(name)
-        writer.add_tensor(name, values if kind is None else gguf.quants.quantize(values, kind), raw_dtype=kind)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-TINY_TOKENS = ["<|endoftext|>", "<|im_end|>", *_byte_alphabet(), "Ġt", "he", "Ġthe"]
-TINY_MERGES = ["Ġ t", "h e", "Ġt he"]
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(arlm model, path of its GGUF) for a random GQA Llama with untied embeddings and a byte-level vocab."""
@@ -425,7 +352,7 @@ def tiny(tmp_path_factory):
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(1 + 0.2 * torch.randn_like(param) if "norm" in name else 0.3 * torch.randn_like(param))
-    path = _write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", model, TINY_TOKENS, TINY_MERGES)
+    path = write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", model, TINY_TOKENS, TINY_MERGES)
     return model, path
 
 
@@ -456,7 +383,7 @@ def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_p
     types["blk.0.attn_k.weight"] = types["blk.1.ffn_down.weight"] = Q.Q8_0
     types["blk.0.ffn_down.weight"] = Q.Q5_0
     types["blk.1.ffn_gate.weight"] = types["blk.1.ffn_up.weight"] = Q.Q4_0
-    path = str(_write_tiny_llama(tmp_path / "mixed.gguf", model, TINY_TOKENS, TINY_MERGES, types=types))
+    path = str(write_tiny_llama(tmp_path / "mixed.gguf", model, TINY_TOKENS, TINY_MERGES, types=types))
     decoded_first = to_dtype(load_gguf_model(path).model, "int4", gguf=path)  # every tensor decoded, then replaced
     decoded, decode = [], arlm_gguf.dequantize
     monkeypatch.setattr(
@@ -480,7 +407,7 @@ def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_p
 
 def test_rope_unpermute_inverts_the_converter():
     weight = torch.randn(3 * 8, 5)
-    assert torch.equal(arlm_gguf.unpermute_rope_rows(_permute_for_llama_cpp(weight, 3), 3), weight)
+    assert torch.equal(arlm_gguf.unpermute_rope_rows(permute_for_llama_cpp(weight, 3), 3), weight)
 
 
 # --- bad input ------------------------------------------------------------------------------------------
@@ -489,7 +416,7 @@ def test_rope_unpermute_inverts_the_converter():
 @pytest.mark.parametrize("arch", ["gpt2", "mamba"])
 def test_other_architectures_are_refused(tmp_path, tiny, arch):
     model, _ = tiny
-    path = _write_tiny_llama(tmp_path / f"{arch}.gguf", model, ["<s>", "</s>", *_byte_alphabet()], [], arch=arch)
+    path = write_tiny_llama(tmp_path / f"{arch}.gguf", model, ["<s>", "</s>", *byte_alphabet()], [], arch=arch)
     with pytest.raises(ArlmError, match=rf"'{arch}'.*llama"):
         load_gguf_model(str(path))
 

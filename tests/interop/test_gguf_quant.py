@@ -17,10 +17,11 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
 from arlm.interop.gguf import byte_blocks, q4_blocks, q8_blocks
-from arlm.interop.loading import load_model, to_dtype
+from arlm.interop.loading import auto_dtype, load_model, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.quant import Int4Linear, Int8Linear, kernel_dtype
+from tests.interop.gguf_files import TINY_MERGES, layer_types, tied_llama, write_tiny_llama
 
 gguf = pytest.importorskip("gguf")
 
@@ -32,6 +33,49 @@ PROMPTS = [
     "The three primary colors are",
 ]
 NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def tied():
+    return tied_llama()
+
+
+@pytest.mark.parametrize(
+    ("head", "layers", "odd_one", "expected"),
+    [
+        ("Q8_0", "Q4_1", None, "int4"),  # SmolLM2's file
+        ("Q4_0", "Q4_0", None, "int4"),
+        ("Q8_0", "Q8_0", None, "int8"),
+        ("Q8_0", "Q5_0", "Q8_0", "int8"),  # a byte code per weight throughout
+        ("Q8_0", "Q4_1", "Q8_0", "float32"),  # int4 would requantize the Q8_0 layer, int8 the Q4_1 ones
+        ("F32", "Q4_1", None, "float32"),  # int4 would requantize the head
+        ("BF16", "BF16", None, "bfloat16"),
+        ("F16", "F16", None, "float32"),
+        ("F32", "F32", None, "float32"),
+    ],
+)
+@torch.no_grad()
+def test_auto_is_the_dtype_that_keeps_the_files_layers_as_they_are(tmp_path, tied, head, layers, odd_one, expected):
+    """--dtype auto: int4 where every layer is Q4_0 / Q4_1 and the head a byte type, int8 where all are byte types
+    (arlm's kernels on the CPU), bfloat16 for BF16, float32 otherwise and on a GPU; the model it loads is the one the
+    named dtype loads, its layers the file's blocks."""
+    model, tokens = tied
+    types = layer_types(model, head, layers)
+    if odd_one:
+        types["blk.1.ffn_down.weight"] = gguf.GGMLQuantizationType[odd_one]
+    path = str(write_tiny_llama(tmp_path / "m.gguf", model, tokens, TINY_MERGES, types=types))
+    kernels = expected in ("float32", "bfloat16") or native.available()
+    assert auto_dtype(path) == (expected if kernels else "float32")
+    assert auto_dtype(path, "cuda") == ("bfloat16" if expected == "bfloat16" else "float32")  # read from the file
+    loaded, named = load_model(path, dtype="auto"), load_model(path, dtype=auto_dtype(path))
+    assert loaded.dtype == auto_dtype(path)
+    ids = torch.randint(0, len(tokens), (2, 12))
+    assert torch.equal(loaded.model(ids), named.model(ids))
+    if kernels and expected == "int4":  # every layer the file's blocks: none requantized from decoded values
+        assert sum(isinstance(m, Int4Linear) for m in loaded.model.modules()) == 4 * 2
+        assert isinstance(loaded.model.lm_head, Int8Linear) and loaded.model.lm_head.group_size == 32
+    if kernels and expected == "int8":
+        assert all(m.group_size == 32 for m in loaded.model.modules() if isinstance(m, Int8Linear))
 
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])

@@ -103,6 +103,9 @@ def test_a_checkpoint_loads_at_every_dtype(run):
         assert model.tok_emb.weight.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
         assert is_quantized(model) == (dtype == "int8")
     assert isinstance(load_model(run, dtype="int8").model.lm_head, Int8Linear)
+    auto, float32 = load_model(run, dtype="auto"), load_model(run, dtype="float32")  # a checkpoint holds float32
+    assert auto.dtype == "float32" and not is_quantized(auto.model)
+    assert all(torch.equal(a, b) for a, b in zip(auto.model.state_dict().values(), float32.model.state_dict().values()))
 
 
 def test_starting_to_generate_from_smollm2_never_imports_torch_dynamo():

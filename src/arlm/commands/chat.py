@@ -16,9 +16,8 @@ from arlm.commands.generate import (
     note_dtype,
     with_options,
 )
-from arlm.commands.options import add_model_argument, model_of
+from arlm.commands.options import add_dtype_argument, add_model_argument, model_of
 from arlm.config import GenerationConfig
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
     parser.add_argument("--draft", help=DRAFT_HELP)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
     add_generation_flags(parser)
 
 
@@ -56,7 +55,7 @@ def chat_command(
     messages: list[str] | None = None,
     draft: str | None = None,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     read: Callable[[str], str] = input,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
@@ -69,7 +68,7 @@ def chat_command(
     note_dtype(dtype, dev)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     optimize_for_decoding(loaded.model)
-    draft_model = draft_for(config, draft, loaded, model_ref, dev, dtype)
+    draft_model = draft_for(config, draft, loaded, model_ref, dev, loaded.dtype)
     plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
     session = ChatSession(loaded.model, loaded.tokenizer, config, system, draft=draft_model, plain=plain)
     answers = []

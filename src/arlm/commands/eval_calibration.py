@@ -8,11 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import check_batches
+from arlm.commands.options import add_dtype_argument, check_batches
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.defaults import N_BINS
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 if TYPE_CHECKING:
     from arlm.evaluation.calibration import CalibrationResult
@@ -27,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=N_BINS, help="equal-width confidence bins")
     parser.add_argument("--out", default="calibration.png", help="PNG to write (numbers go to the same name .json)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +47,7 @@ def calibration_command(
     n_bins: int = N_BINS,
     data_dir: str | None = None,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, CalibrationResult]:
     """Measure the calibration of runs on a split; print a table, write the diagram (out) and out.json."""

@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from arlm.commands.options import check_batches
+from arlm.commands.options import add_dtype_argument, check_batches
 from arlm.commands.runs import run_label
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     parser.add_argument("--out", default="context.png", help="PNG to write")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +31,7 @@ def context_command(
     split: str = "val",
     batches: int = 0,
     out: str = "context.png",
-    dtype: str = "float32",
+    dtype: str = "auto",
     log=print,
 ) -> dict[str, list[float]]:
     """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from arlm.commands.options import add_dtype_argument
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 if TYPE_CHECKING:
     from arlm.evaluation.exposure_bias import ExposureBiasResult
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequences", type=int, default=256, help="held-out sequences")
     parser.add_argument("--out", default="exposure_bias.png", help="PNG to write (numbers go to the same name .json)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def exposure_bias_command(
     batch_size: int = 64,
     data_dir: str | None = None,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, ExposureBiasResult]:
     """Measure exposure bias of runs on held-out sequences; print the summary, write the figure and out.json.

@@ -7,10 +7,9 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from arlm.commands.options import add_model_argument, model_of, refuse_unused
+from arlm.commands.options import add_dtype_argument, add_model_argument, model_of, refuse_unused
 from arlm.errors import ArlmError, check_creatable
 from arlm.evaluation.defaults import DEFAULT_SHOTS
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for icl.json and icl.png (default: icl)")
     parser.add_argument("--lm-eval", action="store_true", help="run lm-evaluation-harness on the same tasks instead")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Our own ICL evaluation, or lm-evaluation-harness on the same items (one table per number of shots)."""
     tasks = args.tasks.split(",") if args.tasks else None
     if args.lm_eval:
-        if args.dtype != "float32":
+        if args.dtype not in ("auto", "float32"):
             raise ArlmError("--lm-eval loads the model itself in float32; drop --dtype or leave out --lm-eval")
         ours = {
             "--scoring": args.scoring is not None,
@@ -89,7 +88,7 @@ def icl_command(
     out_dir: str | Path = "icl",
     num_beams: int = 1,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict:
     """Few-shot accuracy of a model on ICL tasks: prints a table, writes icl.json and icl.png into out_dir."""

@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import add_model_argument, check_batches, model_of, refuse_unused
+from arlm.commands.options import add_dtype_argument, add_model_argument, check_batches, model_of, refuse_unused
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 from arlm.training.logging import Progress
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batches", type=int, default=0, help="on a split: at most this many batches (0: all)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
     kv_help = "with --file: each window over a KV cache of this dtype, as decoding reads it (default auto: none)"
     parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES, help=kv_help)
 
@@ -76,7 +75,7 @@ def eval_command(
     stride: int = 0,
     batches: int = 0,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     max_chars: int = 0,
     compare_transformers: bool = False,
     kv_dtype: str = "auto",

@@ -11,12 +11,12 @@ import sys
 import typing
 from typing import TYPE_CHECKING, Any
 
-from arlm.commands.options import add_model_argument, model_of
+from arlm.commands.options import add_dtype_argument, add_model_argument, model_of
 from arlm.config import GenerationConfig, build_config, coerce
 from arlm.decoding.settings import refuse_unread
 from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.errors import ArlmError
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
+from arlm.interop.dtypes import DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
     add_generation_flags(parser)
 
 
@@ -187,7 +187,7 @@ def generate_command(
     device: str = "auto",
     stats: bool = False,
     show_drafts: bool = False,
-    dtype: str = "float32",
+    dtype: str = "auto",
 ) -> GenerationOutput:
     """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
     of the model's run config) with `options` (the command-line flags) on top."""
@@ -208,7 +208,7 @@ def generate_command(
     tok = loaded.tokenizer
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
-    draft_model = draft_for(config, draft, loaded, model_ref, dev, dtype)
+    draft_model = draft_for(config, draft, loaded, model_ref, dev, loaded.dtype)
     single = len(texts) == 1 and config.num_return_sequences == 1
     streaming = single and config.strategy != "beam" and not show_drafts
     streamer = Streamer(tok, config.stop, prefix=texts[0]) if streaming else None  # prints nothing before a token
@@ -273,6 +273,11 @@ def load_draft(
     if isinstance(spec, int):
         return self_draft(target.model, spec)
     if spec is not None:
+        if spec == target.dtype:
+            raise ArlmError(
+                f"--draft self:{spec} would draft with the target itself: it is loaded at {spec} already; "
+                "give the target another --dtype (e.g. --dtype float32)"
+            )
         return optimize_for_decoding(load_model(target_ref, device=device, dtype=spec).model)
     draft_loaded = load_model(ref, device=device, dtype=dtype)
     if draft_loaded.tokenizer.fingerprint() != target.tokenizer.fingerprint():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from arlm.errors import ArlmError
+from arlm.interop.dtypes import DTYPE_HELP, LOAD_DTYPES
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 
@@ -14,6 +15,11 @@ def add_model_argument(parser: argparse.ArgumentParser, help: str = MODEL_HELP, 
     parser.add_argument("model", nargs="?", help=help + (f" (default {default})" if default else ""))
     parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same, as a flag")
     parser.set_defaults(model_default=default)
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """--dtype, the same on every verb that loads a model (default auto: a GGUF file at its own precision)."""
+    parser.add_argument("--dtype", default="auto", choices=LOAD_DTYPES, help=DTYPE_HELP)
 
 
 def model_of(args: argparse.Namespace) -> str:

@@ -11,10 +11,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from arlm.commands.generate import load_draft, note_dtype
-from arlm.commands.options import add_model_argument, model_of
+from arlm.commands.options import add_dtype_argument, add_model_argument, model_of
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
-from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 
 if TYPE_CHECKING:
     import uvicorn
@@ -25,7 +24,7 @@ DEFAULT_CONTEXT = 2048  # positions per slot, unless the model's context is shor
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `arlm serve`."""
     add_model_argument(parser, "model to serve", default="smollm2")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed)")
     parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     def build() -> tuple[LoadedModel, Scheduler]:
         loaded = load_model(model_ref, device=device, dtype=dtype)
         model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
-        draft = load_draft(args.draft, loaded, model_ref, device, dtype) if args.draft else None
+        draft = load_draft(args.draft, loaded, model_ref, device, loaded.dtype) if args.draft else None
         context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
         scheduler = Scheduler(
             model,
@@ -97,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         port = sockets[0].getsockname()[1]
         where = f"[{args.host}]" if ":" in args.host else args.host
         keyed = ", with its API key" if args.api_key else ""
-        print(f"serving {name} on http://{where}:{port} (playground at /, API at /v1{keyed})", flush=True)
+        at = f"http://{where}:{port}"
+        print(f"serving {name} ({loaded.dtype}) on {at} (playground at /, API at /v1{keyed})", flush=True)
         config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level)
         serve_until_signal(uvicorn.Server(config), sockets)
     finally:

@@ -63,12 +63,14 @@ class Checkpoint:
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference, its tokenizer, and the config it came with (from any model format)."""
+    """A model ready for inference, its tokenizer, the config it came with (from any model format), and the --dtype
+    it was loaded at ("auto" resolved)."""
 
     model: Transformer
     tokenizer: Tokenizer
     config: RunConfig
     source: str
+    dtype: str = "float32"
 
 
 def export_weights(state: dict[str, torch.Tensor], model_config) -> dict[str, torch.Tensor]:

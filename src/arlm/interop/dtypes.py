@@ -4,4 +4,9 @@ them). No torch here: the commands build their flags from it, so `arlm VERB --he
 from __future__ import annotations
 
 DTYPES = ("float32", "bfloat16", "float16", "int8", "int4")
-DTYPE_HELP = "weights: float32, bfloat16, float16, or int8 / int4 weight-only quantized (CPU)"
+LOAD_DTYPES = ("auto", *DTYPES)  # a command's --dtype: "auto" is resolved per model file (loading.auto_dtype)
+DTYPE_HELP = (
+    "weights: auto (default: a GGUF file at the precision it stores, where arlm holds its layers as they are: int4 "
+    "for Q4_0 / Q4_1, int8 for Q8_0 / Q5_0 / Q4_0, bfloat16 for BF16; float32 otherwise), float32, bfloat16, "
+    "float16, or int8 / int4 weight-only quantized (CPU)"
+)

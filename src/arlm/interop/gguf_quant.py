@@ -26,7 +26,8 @@ from arlm.interop.gguf import (
     read_gguf,
     stack_rows,
 )
-from arlm.model.quant import Int4Linear, Int8Linear, q8_0_fits
+from arlm.model import native
+from arlm.model.quant import Int4Linear, Int8Linear, int4_fits, q8_0_fits
 from arlm.model.transformer import Transformer
 
 BYTE_TYPES = ("Q8_0", "Q5_0", "Q4_0")  # w = d c, c a byte: Int8Linear in groups of 32 (int8, and int4's head)
@@ -52,6 +53,24 @@ def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
     float32 values need not be decoded at all: load_gguf_model's `unread`). The head never: its source is also the
     embedding's."""
     return [ours for ours in block_layers(contents, config, Q4_TYPES) if ours != "lm_head.weight"]
+
+
+def file_dtype(contents: GGUFContents, config: ModelConfig, cpu: bool) -> str:
+    """--dtype auto for a GGUF file: on a CPU where arlm's kernels run, int4 when every layer is Q4_0 / Q4_1 and the
+    head a byte type (SmolLM2's Q4_1 file), int8 when every layer and the head are Q8_0 / Q5_0 / Q4_0: the dtypes
+    that hold each of them as the file's own blocks. bfloat16 when every weight matrix is BF16; float32 otherwise
+    (K-quants, F16, F32, mixtures): those hold the file's values, decoded."""
+    sources = _sources(config)
+    layers = set(sources)
+    shapes = {ours: (sum(shape[0] for _, shape, _ in parts), parts[0][1][1]) for ours, parts in sources.items()}
+    byte = {ours for ours in block_layers(contents, config, BYTE_TYPES) if q8_0_fits(*shapes[ours])}
+    q4 = {ours for ours in q4_layers(contents, config) if int4_fits(*shapes[ours])}
+    if cpu and native.available():
+        if q4 | (byte & {"lm_head.weight"}) == layers:
+            return "int4"
+        if byte == layers:
+            return "int8"
+    return "bfloat16" if set(block_layers(contents, config, ("BF16",))) == layers else "float32"
 
 
 def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:

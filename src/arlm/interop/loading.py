@@ -26,7 +26,7 @@ from arlm.interop.checkpoint import (
 )
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 from arlm.interop.gguf import gguf_model_config, load_gguf_model, load_gguf_tokenizer, read_gguf, resolve_gguf
-from arlm.interop.gguf_quant import layers_from_gguf, q4_layers
+from arlm.interop.gguf_quant import file_dtype, layers_from_gguf, q4_layers
 from arlm.interop.hf import export_hf, load_hf_folder
 from arlm.interop.lora import load_lora_checkpoint
 from arlm.model.quant import quantize_model
@@ -37,6 +37,7 @@ __all__ = [
     "DTYPE_HELP",
     "LoadedModel",
     "Precision",
+    "auto_dtype",
     "is_gguf_reference",
     "load_model",
     "load_tokenizer",
@@ -87,6 +88,17 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "
     return Precision(name, getattr(torch, name))
 
 
+def auto_dtype(reference: str | Path, device: torch.device | str = "cpu") -> str:
+    """What --dtype auto means for a model on a device: a GGUF file's own precision where arlm holds its layers as
+    they are (gguf_quant.file_dtype), float32 for anything else (arlm checkpoints and HF folders: what they load
+    as)."""
+    ref = str(reference)
+    if not is_gguf_reference(ref):
+        return "float32"
+    contents = read_gguf(ref)
+    return file_dtype(contents, gguf_model_config(contents), torch.device(device).type == "cpu")
+
+
 def load_model(
     reference: str | Path,
     *,
@@ -94,16 +106,18 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     group_size: int = 32,
 ) -> LoadedModel:
-    """Load any supported model reference for inference (eval mode) at a --dtype (float32 when None); a LoRA run
-    comes merged into its base.
+    """Load any supported model reference for inference (eval mode) at a --dtype (float32 when None, the file's
+    own where "auto": auto_dtype); a LoRA run comes merged into its base.
 
     int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the tied head
     included (int8 for both kinds). Of a GGUF on the CPU, int4 builds the layers the file stores as Q4_0 / Q4_1
     (never decoding them to float32) and its head, if Q8_0 (SmolLM2's), from their blocks, int8 every layer stored
-    as Q8_0; the others (K-quants, ...) are quantized from the values the file holds (interop/gguf_quant.py;
-    quality in docs/perf.md)."""
-    precision = resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
+    as Q8_0, Q5_0 or Q4_0; the others (K-quants, ...) are quantized from the values the file holds
+    (interop/gguf_quant.py; quality in docs/perf.md)."""
     ref = str(reference)
+    if dtype == "auto":
+        dtype = auto_dtype(ref, device)
+    precision = resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     path = Path(ref)
     if is_gguf_reference(ref):
         contents = read_gguf(ref)  # int4 builds the Q4 layers from their blocks (to_dtype): no float32 decoded
@@ -114,7 +128,7 @@ def load_model(
     else:
         loaded = read_checkpoint(path, _checkpoint_or_adapters)
     model = to_dtype(loaded.model, dtype, device, group_size, gguf=ref if is_gguf_reference(ref) else None)
-    return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source)
+    return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source, precision.name)
 
 
 def _checkpoint_or_adapters(checkpoint: Checkpoint) -> LoadedModel:

@@ -238,11 +238,17 @@ def _levels(scales: torch.Tensor, lows: torch.Tensor, ours: bool) -> tuple[torch
     return rounded, zeros - 8 * rounded
 
 
+def int4_fits(out_features: int, in_features: int, group_size: int = 32) -> bool:
+    """Whether the int4 kernels can hold a weight of this shape in groups of `group_size` (inputs by the group,
+    outputs by 16)."""
+    return in_features % group_size == 0 and out_features % 16 == 0
+
+
 def check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:
     """Refuse a shape the int4 kernels cannot hold (group size 32 or 64 dividing the inputs, outputs by 16)."""
     if group_size not in GROUP_SIZES:
         raise ArlmError(f"int4 group size {group_size} is not supported; use one of {GROUP_SIZES}")
-    if in_features % group_size or out_features % 16:
+    if not int4_fits(out_features, in_features, group_size):
         raise ArlmError(
             f"a {out_features}x{in_features} weight cannot be quantized to int4 in groups of {group_size}: "
             "the inputs must be a multiple of the group size and the outputs of 16"
