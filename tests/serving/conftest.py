@@ -89,9 +89,15 @@ class LiveServer:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0, **kwargs)
 
 
-def start_in_thread(lm: TinyLM, api_key: str | None = None, origins: list[str] | None = None, **scheduler_kwargs):
-    """uvicorn serving the tiny model in a thread (api_key: the key it asks; origins: CORS); returns (LiveServer,
-    stop function)."""
+def start_in_thread(
+    lm: TinyLM,
+    api_key: str | None = None,
+    origins: list[str] | None = None,
+    dtype: str | None = None,
+    **scheduler_kwargs,
+):
+    """uvicorn serving the tiny model in a thread (api_key: the key it asks; origins: CORS; dtype: what /health says
+    it was loaded at); returns (LiveServer, stop function)."""
     import uvicorn
 
     from arlm.serving.app import create_app
@@ -99,7 +105,7 @@ def start_in_thread(lm: TinyLM, api_key: str | None = None, origins: list[str] |
 
     settings = {"max_batch": 4, "max_queue": 16, "max_len": 256, **scheduler_kwargs}
     scheduler = Scheduler(lm.model, lm.tokenizer, **settings)
-    app = create_app(scheduler, MODEL_ID, api_key=api_key, origins=origins)
+    app = create_app(scheduler, MODEL_ID, api_key=api_key, origins=origins, dtype=dtype)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.serving.conftest import draft_model, start_in_thread, wait_until
+from tests.serving.conftest import MODEL_ID, draft_model, start_in_thread, wait_until
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
 
@@ -39,7 +39,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tiny_lm):
-    live, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm))
+    live, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm), dtype="float32")
     yield live
     stop()
 
@@ -68,6 +68,7 @@ def _done(page, panel: str) -> None:
 
 def test_a_greedy_run_streams_into_the_page(browser, server):
     page, errors = _open(browser, server)
+    assert page.text_content("#status").startswith(f"{MODEL_ID} (float32) · context 256")  # /health's model, dtype
     page.uncheck("#compare")
     page.select_option(".panel[data-name=A] select[name=strategy]", "greedy")
     scheduler = server.scheduler

@@ -19,6 +19,7 @@ def _rss_kb(pid: int) -> int:
 def test_sigterm_drains_the_request_in_flight(tiny_lm):
     proc, base = start_subprocess([str(tiny_lm.checkpoint), "--name", MODEL_ID, "--max-batch", "2"])
     try:
+        assert request(base, "GET", "/health")[1]["dtype"] == "float32"  # what auto makes of an arlm checkpoint
         body = {"model": MODEL_ID, "prompt": "The data", "max_tokens": 150, "temperature": 0, "stream": True}
         stream = SSEStream(base, "/v1/completions", body)
         assert stream.next()["choices"]

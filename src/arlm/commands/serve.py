@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         loaded, scheduler = in_own_thread(build, "arlm-load")
         name = args.name or model_ref
         chats = loaded.config.data.format == "chat"  # a model fine-tuned on chats, rendered as its training saw them
-        app = create_app(scheduler, name, plain_chat=chats, api_key=args.api_key, origins=args.allow_origin)
+        keys = {"api_key": args.api_key, "origins": args.allow_origin}
+        app = create_app(scheduler, name, plain_chat=chats, dtype=loaded.dtype, **keys)
         port = sockets[0].getsockname()[1]
         where = f"[{args.host}]" if ":" in args.host else args.host
         keyed = ", with its API key" if args.api_key else ""

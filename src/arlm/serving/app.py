@@ -59,11 +59,19 @@ class ApiError(Exception):
 
 
 class Server:
-    """What the handlers need: the scheduler, the tokenizer, the served model's name and context, whether the API
-    asks a key."""
+    """What the handlers need: the scheduler, the tokenizer, the served model's name, dtype and context, whether the
+    API asks a key."""
 
-    def __init__(self, scheduler: Scheduler, model_id: str, plain_chat: bool = False, auth: bool = False) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        model_id: str,
+        plain_chat: bool = False,
+        auth: bool = False,
+        dtype: str | None = None,
+    ) -> None:
         self.scheduler, self.model_id, self.plain_chat, self.auth = scheduler, model_id, plain_chat, auth
+        self.dtype = dtype
         self.tokenizer = scheduler.tokenizer
         self.context = scheduler.engine.max_len
 
@@ -261,11 +269,12 @@ def create_app(
     plain_chat: bool = False,
     api_key: str | None = None,
     origins: list[str] | None = None,
+    dtype: str | None = None,
 ) -> FastAPI:
     """The app; its lifespan starts the scheduler and, at shutdown, lets it finish what it holds. With api_key, the
     API answers only requests that carry it (serving/auth.py); origins: the web pages ("*": any) whose scripts may
-    call it from a browser (CORS)."""
-    server = Server(scheduler, model_id, plain_chat, auth=bool(api_key))
+    call it from a browser (CORS); dtype: the --dtype the model was loaded at, which /health reports."""
+    server = Server(scheduler, model_id, plain_chat, auth=bool(api_key), dtype=dtype)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -368,7 +377,8 @@ def _info_routes(app: FastAPI, server: Server) -> None:
     async def health() -> dict:
         chat = bool(server.tokenizer.chat_template) or server.plain_chat
         features = {"chat_template": chat, "draft": scheduler.draft is not None, "auth": server.auth}
-        return {"status": "ok", "model": server.model_id, "context": server.context, **features, **scheduler.state()}
+        model = {"model": server.model_id, "dtype": server.dtype, "context": server.context}
+        return {"status": "ok", **model, **features, **scheduler.state()}
 
     @app.get("/metrics")
     async def metrics() -> Response:
