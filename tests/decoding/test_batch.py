@@ -221,3 +221,37 @@ def test_a_steps_new_prompts_share_one_forward_and_decode_as_alone(kind):
     alone = BatchSequence(prompts[2], seqs[2].config, top_logprobs=2, prompt_logprobs=True)
     _run(BatchEngine(model, max_batch=1, max_len=150), {0: [alone]})
     assert seqs[2].prompt_scores == alone.prompt_scores and len(alone.prompt_scores) == 4
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_follow_up_prompt_starts_from_what_its_slot_holds(reuse):
+    """reuse_prefix: a chat's next turn (the last prompt, its answer, a new message) goes to the slot that holds
+    them and is prefilled from there: only the new tokens go through a forward, its logits are a fresh prefill's up
+    to rounding and its greedy tokens generate()'s. A prompt that shares nothing, or one whose every position is
+    scored, starts from 0. Without reuse_prefix every prompt starts from 0."""
+    model = _model(block=128)
+    g = torch.Generator().manual_seed(7)
+    first, other = (torch.randint(1, 61, (n,), generator=g).tolist() for n in (21, 9))
+    config = GenerationConfig(strategy="greedy", max_new_tokens=10)
+    engine = BatchEngine(model, max_batch=2, max_len=100, reuse_prefix=reuse)
+    a, b = BatchSequence(first, config), BatchSequence(other, config)
+    _run(engine, {0: [a, b]})
+    held = len(first) + len(a.generated) - 1  # the last token chosen was never written
+    follow = BatchSequence(first + a.generated + [5, 6, 7], config)
+    forwards, original = [], model.forward
+    model.forward = lambda ids, **kw: forwards.append((ids.shape[1], original(ids, **kw))) or forwards[-1][1]
+    start = engine.admit(follow)
+    assert start == (held if reuse else 0) and (follow.slot == a.slot or not reuse)
+    while not follow.finished:
+        engine.step()
+    rows, logits = forwards[0]
+    assert rows == len(follow.prompt) - start  # only what the slot did not hold
+    with torch.inference_mode():
+        fresh_logits = original(torch.tensor([follow.prompt]))[0, -1]  # (V,) one forward, no cache
+    torch.testing.assert_close(logits[0, -1], fresh_logits, rtol=1e-5, atol=1e-5)
+    assert follow.generated == generate(model, [follow.prompt], config).generated()[0]
+    fresh = BatchSequence(list(reversed(first)), config)  # shares no beginning with what either slot holds
+    scored = BatchSequence(first + a.generated, config, top_logprobs=0, prompt_logprobs=True)
+    engine.admit(scored)
+    engine.admit(fresh)
+    assert fresh.filled == 0 and scored.filled == 0

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limit = f"positions per sequence (default: the model's context, at most {DEFAULT_CONTEXT})"
     parser.add_argument("--context", type=int, default=0, help=limit)
     parser.add_argument("--prefill-chunk", type=int, default=512, help="longer prompts are prefilled in chunks")
+    reuse_help = (
+        "start a prompt from the keys and values a free slot holds of its beginning (a chat's earlier turns): "
+        "prefilled from there, its logits equal a fresh prefill's up to rounding, not bit for bit"
+    )
+    parser.add_argument("--reuse-prefix", action="store_true", help=reuse_help)
     parser.add_argument(
         "--draft",
         help="draft model for strategy speculative, self:L (its first L layers) or self:DTYPE (e.g. self:int4)",
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             max_len=context,
             prefill_chunk=args.prefill_chunk,
+            reuse_prefix=args.reuse_prefix,
             draft=draft,
             kv_dtype=args.kv_dtype,
         )

@@ -99,8 +99,12 @@ class BatchEngine:
         max_len: int | None = None,
         prefill_chunk: int = PREFILL_CHUNK,
         kv_dtype: torch.dtype | None = None,
+        reuse_prefix: bool = False,
     ) -> None:
-        """kv_dtype: the slots' cache's (None: the model's, new_slot_cache's default)."""
+        """kv_dtype: the slots' cache's (None: the model's, new_slot_cache's default). reuse_prefix: a new prompt
+        goes to the free slot whose kept tokens share its longest prefix and is prefilled from there (the keys and
+        values of those positions were computed by another forward: its logits equal a fresh prefill's up to
+        rounding, as a prompt prefilled in chunks does, not bit for bit)."""
         if max_batch < 1 or prefill_chunk < 1:
             raise ArlmError(f"max_batch and prefill_chunk must be >= 1, got {max_batch} and {prefill_chunk}")
         self.model = model
@@ -110,6 +114,8 @@ class BatchEngine:
         self.shared_prefill = rows_invariant(model)  # a step's new prompts share one forward
         self.device = next(model.parameters()).device
         self.free = list(range(max_batch - 1, -1, -1))  # popped from the end: slot 0 first
+        self.reuse_prefix = reuse_prefix
+        self.kept: list[list[int]] = [[] for _ in range(max_batch)]  # a free slot's tokens whose keys it holds
         self.active: list[BatchSequence] = []
         self.steps = 0
 
@@ -133,17 +139,23 @@ class BatchEngine:
                 f"the {self.max_len} positions of the context; shorten the prompt or lower max_tokens"
             )
 
-    def admit(self, seq: BatchSequence) -> None:
-        """Give the sequence a free slot; it is prefilled and starts decoding from the next step."""
+    def admit(self, seq: BatchSequence) -> int:
+        """Give the sequence a free slot; it is prefilled and starts decoding from the next step. Returns how many
+        of its prompt's tokens the slot held already (reuse_prefix; else 0)."""
         self.check(seq)
         if not self.free:
             raise ArlmError("no free slot")
-        seq.slot = self.free.pop()
-        self.cache.reset(seq.slot)
+        reusable = self.reuse_prefix and not seq.prompt_logprobs  # a scored prompt needs every position's logits
+        shared = {slot: _common(self.kept[slot], seq.prompt) if reusable else 0 for slot in self.free}
+        seq.slot = max(reversed(self.free), key=lambda slot: shared[slot])  # ties: the slot pop() would give
+        self.free.remove(seq.slot)
+        seq.filled = shared[seq.slot]
+        self.cache.reset(seq.slot, keep=seq.filled)
         seed = seq.config.seed if seq.config.seed is not None else random.SystemRandom().randrange(2**63)
         seq.generator = make_generator(seed, self.device)
         seq.ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)  # (1, T)
         self.active.append(seq)
+        return seq.filled
 
     def release(self, seq: BatchSequence, reason: str | None = None) -> None:
         """Free the sequence's slot (ending it with `reason` unless it has ended already)."""
@@ -152,6 +164,7 @@ class BatchEngine:
         if seq in self.active:
             self.active.remove(seq)
             self.free.append(seq.slot)
+            self.kept[seq.slot] = seq.ids[0, : self.cache.lengths[seq.slot]].tolist()
         seq.pending = seq.logits = None
 
     @torch.inference_mode()
@@ -243,3 +256,14 @@ class BatchEngine:
         else:
             s.pending = token
         return out
+
+
+def _common(kept: list[int], prompt: list[int]) -> int:
+    """How many leading tokens of the prompt a slot keeping `kept` holds already, leaving at least the prompt's last
+    token to prefill (its logits choose the first new token)."""
+    n = 0
+    for a, b in zip(kept, prompt[:-1]):
+        if a != b:
+            break
+        n += 1
+    return n

@@ -106,9 +106,11 @@ class SlotCache:
         """Record the length a row view reached."""
         self.lengths[slot] = row.length
 
-    def reset(self, slot: int) -> None:
-        """Empty a slot (its old keys/values are overwritten by later writes)."""
-        self.lengths[slot] = 0
+    def reset(self, slot: int, keep: int = 0) -> None:
+        """Empty a slot but for its first `keep` positions (the others are overwritten by later writes)."""
+        if not 0 <= keep <= self.lengths[slot]:
+            raise ValueError(f"slot {slot} holds {self.lengths[slot]} positions; cannot keep {keep}")
+        self.lengths[slot] = keep
 
     def batch(self, slots: list[int]) -> SlotBatch:
         """One decode step over these slots, one new token each."""

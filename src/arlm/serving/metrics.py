@@ -21,6 +21,9 @@ class ServerMetrics:
             "arlm_requests", "Requests answered, by endpoint and status code", ["endpoint", "status"], registry=r
         )
         self.prompt_tokens = Counter("arlm_prompt_tokens", "Prompt tokens of accepted requests", registry=r)
+        self.reused_tokens = Counter(
+            "arlm_prompt_tokens_reused", "Prompt tokens whose keys and values a slot held already", registry=r
+        )
         self.generated_tokens = Counter("arlm_generated_tokens", "Tokens generated", ["lane"], registry=r)
         self.finished = Counter("arlm_sequences_finished", "Sequences ended, by reason", ["reason"], registry=r)
         self.queue_length = Gauge("arlm_queue_length", "Requests waiting to start", registry=r)

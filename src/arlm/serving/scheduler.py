@@ -117,10 +117,11 @@ class Scheduler:
         draft: torch.nn.Module | None = None,
         metrics: ServerMetrics | None = None,
         kv_dtype: str = "auto",
+        reuse_prefix: bool = False,
     ) -> None:
         """kv_dtype: every request's KV cache (GenerationConfig.kv_dtype's values), the slots' and the lane's."""
         self.model, self.tokenizer, self.draft, self.kv_dtype = model, tokenizer, draft, kv_dtype
-        self.engine = BatchEngine(model, max_batch, max_len, prefill_chunk, cache_dtype(kv_dtype))
+        self.engine = BatchEngine(model, max_batch, max_len, prefill_chunk, cache_dtype(kv_dtype), reuse_prefix)
         self.max_queue = max_queue
         self.metrics = metrics or ServerMetrics(max_batch)
         self._cond = threading.Condition()
@@ -307,7 +308,7 @@ class Scheduler:
                 logit_bias=job.logit_bias,
                 prompt_logprobs=job.prompt_logprobs,
             )
-            self.engine.admit(choice.seq)
+            self.metrics.reused_tokens.inc(self.engine.admit(choice.seq))
             self._owner[id(choice.seq)] = choice
             if job.admitted_step is None:
                 job.admitted_step = self.engine.steps
