@@ -28,8 +28,9 @@ from arlm.decoding.batch import BATCH_STRATEGIES
 from arlm.decoding.settings import unread, unread_message
 from arlm.errors import ArlmError
 from arlm.serving.auth import RequireKey
+from arlm.serving.jobs import Job
 from arlm.serving.responses import OpenAIFormat, TraceFormat
-from arlm.serving.scheduler import Job, QueueFull, Scheduler
+from arlm.serving.scheduler import QueueFull, Scheduler
 from arlm.serving.schemas import (
     ChatMessage,
     ChatRequest,
@@ -176,12 +177,15 @@ class Events:
         return lambda event: self.put({**event, "index": event["index"] + offset} if "index" in event else event)
 
     async def __aiter__(self) -> AsyncIterator[dict]:
+        cached = 0  # the jobs' reused prompt tokens, summed into the last "done"
         while True:
             event = await self.queue.get()
             if event["type"] == "done":
                 self.left -= 1
+                cached += event["usage"]["prompt_tokens_details"]["cached_tokens"]
                 if self.left:
                     continue
+                event = {**event, "usage": {**event["usage"], "prompt_tokens_details": {"cached_tokens": cached}}}
             yield event
             if event["type"] in ("done", "error"):
                 return

@@ -42,6 +42,7 @@ class OpenAIFormat:
         self.logprobs: list[list[dict]] = [[] for _ in range(n)]
         self.finish: list[str | None] = [None] * n
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the slots held already (--reuse-prefix), from the "done" event
         self._held: dict | None = None  # the last choice's final chunk, sent once the usage is known
 
     # ------------------------------------------------------------ streaming
@@ -80,6 +81,7 @@ class OpenAIFormat:
                 return []
             return [chunk]
         if kind == "done":
+            self.cached_tokens = event.get("usage", {}).get("prompt_tokens_details", {}).get("cached_tokens", 0)
             usage = self.usage()
             out = []
             if self._held is not None:
@@ -140,8 +142,12 @@ class OpenAIFormat:
 
     def usage(self) -> dict:
         """OpenAI's usage counts."""
-        total = self.prompt_tokens + self.completion_tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
 
     def response(self, with_logprobs: bool) -> dict:
         """The non-streamed response, once every event has been through chunks()."""

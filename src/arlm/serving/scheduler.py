@@ -22,22 +22,20 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from arlm.config import GenerationConfig
 from arlm.data.tokenizers import Tokenizer
-from arlm.decoding.batch import BATCH_STRATEGIES, BatchEngine, BatchSequence, Emitted
+from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
 from arlm.decoding.engine import cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.errors import ArlmError
+from arlm.serving.jobs import Choice, Event, Job
 from arlm.serving.metrics import ServerMetrics
 from arlm.serving.text import TextStream
 from arlm.serving.threads import in_own_thread
 
-Event = dict
 LANE_STRATEGIES = ("beam", "speculative", "prompt-lookup")
 
 
@@ -47,59 +45,6 @@ class QueueFull(Exception):
 
 class Cancelled(Exception):
     """Raised inside a lane generation whose client went away."""
-
-
-@dataclass
-class Job:
-    """One request: n choices continuing one prompt, with its settings and where its events go."""
-
-    prompt: list[int]
-    config: GenerationConfig
-    emit: Callable[[Event], None]
-    n: int = 1
-    eos_id: int | None = None
-    top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely (batch lane only)
-    prompt_logprobs: bool = False  # the prompt's tokens scored too, sent before the first token (echo, batch only)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (batch lane only)
-    stops: list[str] = field(default_factory=list)
-    trace: bool = False  # forward the lane's strategy events
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    created: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
-    completion_tokens: int = 0
-    open_choices: int = 0
-    cancel_step: int | None = None  # batch step count when the cancel came
-    admitted_step: int | None = None  # batch step count when its first choice joined the batch
-    finished_step: int | None = None  # batch step count when its last choice ended
-    release_step: int | None = None  # batch step count when a cancelled choice left the batch
-    choices: list[Choice] = field(default_factory=list)  # lane jobs: their choices, run in turn
-    choices_done: int = 0
-
-    @property
-    def batched(self) -> bool:
-        """Whether the strategy shares the batch (else the one-at-a-time lane)."""
-        return self.config.strategy in BATCH_STRATEGIES
-
-    def usage(self) -> dict:
-        """OpenAI's usage counts."""
-        prompt = len(self.prompt)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": prompt + self.completion_tokens,
-        }
-
-
-@dataclass
-class Choice:
-    """One of a job's n continuations."""
-
-    job: Job
-    index: int
-    text: TextStream
-    seq: BatchSequence | None = None
 
 
 class Scheduler:
@@ -308,7 +253,9 @@ class Scheduler:
                 logit_bias=job.logit_bias,
                 prompt_logprobs=job.prompt_logprobs,
             )
-            self.metrics.reused_tokens.inc(self.engine.admit(choice.seq))
+            reused = self.engine.admit(choice.seq)
+            self.metrics.reused_tokens.inc(reused)
+            job.cached_tokens = max(job.cached_tokens, reused)
             self._owner[id(choice.seq)] = choice
             if job.admitted_step is None:
                 job.admitted_step = self.engine.steps

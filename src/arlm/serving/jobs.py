@@ -1,0 +1,70 @@
+"""A request as the scheduler holds it: a Job (n choices continuing one prompt, with its settings and where its
+events go) and its Choices."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from arlm.config import GenerationConfig
+from arlm.decoding.batch import BATCH_STRATEGIES, BatchSequence
+from arlm.serving.text import TextStream
+
+Event = dict
+
+
+@dataclass
+class Job:
+    """One request: n choices continuing one prompt, with its settings and where its events go."""
+
+    prompt: list[int]
+    config: GenerationConfig
+    emit: Callable[[Event], None]
+    n: int = 1
+    eos_id: int | None = None
+    top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely (batch lane only)
+    prompt_logprobs: bool = False  # the prompt's tokens scored too, sent before the first token (echo, batch only)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (batch lane only)
+    stops: list[str] = field(default_factory=list)
+    trace: bool = False  # forward the lane's strategy events
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens a slot held already (--reuse-prefix): the most any choice reused
+    open_choices: int = 0
+    cancel_step: int | None = None  # batch step count when the cancel came
+    admitted_step: int | None = None  # batch step count when its first choice joined the batch
+    finished_step: int | None = None  # batch step count when its last choice ended
+    release_step: int | None = None  # batch step count when a cancelled choice left the batch
+    choices: list[Choice] = field(default_factory=list)  # lane jobs: their choices, run in turn
+    choices_done: int = 0
+
+    @property
+    def batched(self) -> bool:
+        """Whether the strategy shares the batch (else the one-at-a-time lane)."""
+        return self.config.strategy in BATCH_STRATEGIES
+
+    def usage(self) -> dict:
+        """OpenAI's usage counts."""
+        prompt = len(self.prompt)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
+@dataclass
+class Choice:
+    """One of a job's n continuations."""
+
+    job: Job
+    index: int
+    text: TextStream
+    seq: BatchSequence | None = None
