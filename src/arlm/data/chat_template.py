@@ -39,7 +39,7 @@ def apply_chat_template(
 
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str) -> Template:
-    """A template compiled once (a server renders the same one for every request: compiling took ~10 ms of each)."""
+    """A template compiled once (a server renders the same one for every request: compiling took 1.6 ms of each)."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = _raise_exception

@@ -39,6 +39,11 @@ def _sources(config: ModelConfig) -> dict[str, list[tuple[str, tuple[int, int], 
     return {**linear_sources(config), "lm_head.weight": [(head, (config.vocab_size, config.d_model), 0)]}
 
 
+def _shape(parts: list[tuple[str, tuple[int, int], int]]) -> tuple[int, int]:
+    """The (out, in) shape of arlm's Linear weight stacked from these source tensors."""
+    return sum(shape[0] for _, shape, _ in parts), parts[0][1][1]
+
+
 def block_layers(contents: GGUFContents, config: ModelConfig, types: tuple[str, ...]) -> list[str]:
     """arlm's Linear weights (the head included) whose source tensors in the file are all of `types`."""
     return [
@@ -62,7 +67,7 @@ def file_dtype(contents: GGUFContents, config: ModelConfig, cpu: bool) -> str:
     (K-quants, F16, F32, mixtures): those hold the file's values, decoded."""
     sources = _sources(config)
     layers = set(sources)
-    shapes = {ours: (sum(shape[0] for _, shape, _ in parts), parts[0][1][1]) for ours, parts in sources.items()}
+    shapes = {ours: _shape(parts) for ours, parts in sources.items()}
     byte = {ours for ours in block_layers(contents, config, BYTE_TYPES) if q8_0_fits(*shapes[ours])}
     q4 = {ours for ours in q4_layers(contents, config) if int4_fits(*shapes[ours])}
     if cpu and native.available():
@@ -85,7 +90,7 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
     replaced = []
     for ours in (q4_layers(contents, model.config) if quant == "int4" else []) + q8:
         parts = sources[ours]
-        if ours in q8 and not q8_0_fits(sum(shape[0] for _, shape, _ in parts), parts[0][1][1]):
+        if ours in q8 and not q8_0_fits(*_shape(parts)):
             continue  # left to be decoded and quantized as a float weight
         tensors = [contents.tensors[name] for name, _, _ in parts]
         blocks = [  # (codes, scales) or (codes, scales, lows) per tensor

@@ -81,7 +81,7 @@ class OpenAIFormat:
                 return []
             return [chunk]
         if kind == "done":
-            self.cached_tokens = event.get("usage", {}).get("prompt_tokens_details", {}).get("cached_tokens", 0)
+            self.cached_tokens = event["usage"]["prompt_tokens_details"]["cached_tokens"]
             usage = self.usage()
             out = []
             if self._held is not None:
