@@ -370,6 +370,7 @@ BAD = [
     ("prompt past the context", {"model": MODEL_ID, "prompt": "word " * 300}, 400, "context holds 256", "prompt"),
     ("unknown argument", {"model": MODEL_ID, "prompt": "hi", "best_of": 2}, 400, "unrecognized", "best_of"),
     ("bad type", {"model": MODEL_ID, "prompt": "hi", "temperature": "hot"}, 400, "temperature", "temperature"),
+    ("temperature over 2", {"model": MODEL_ID, "prompt": "hi", "temperature": 2.5}, 400, "equal to 2", "temperature"),
     ("no draft", {"model": MODEL_ID, "prompt": "hi", "strategy": "speculative"}, 400, "no draft model", None),
     ("beam logprobs", {"model": MODEL_ID, "prompt": "hi", "strategy": "beam", "logprobs": 1}, 400, "logprobs", None),
     (

@@ -28,7 +28,7 @@ class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # OpenAI's range (the CLI allows any)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
