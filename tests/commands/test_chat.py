@@ -73,3 +73,21 @@ def test_the_model_is_an_argument_as_for_generate_and_serve_or_a_flag(monkeypatc
 def test_two_models_are_refused_in_one_line(capsys):
     assert main(["chat", "a", "--model", "b", "--message", "hi"]) == 2
     assert capsys.readouterr().err.strip() == "error: two models given: 'a' and --model 'b'; give one"
+
+
+@pytest.mark.real_model
+def test_a_chat_keeping_its_cache_answers_as_one_encoding_each_turn_afresh(capsys, monkeypatch):
+    from arlm.decoding.chat import ChatSession
+
+    reused = []
+    reply = ChatSession.reply
+    monkeypatch.setattr(
+        ChatSession, "reply", lambda self, *a, **kw: (reply(self, *a, **kw), reused.append(self.reused))[0]
+    )
+    questions = ["Name a fruit.", "What colour is it?", "Name another one."]
+    args = ["chat", *[f"--message={q}" for q in questions], "--temperature", "0", "--max-new-tokens", "24"]
+    assert main([*args, "--no-reuse-prefix"]) == 0
+    afresh = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == afresh
+    assert reused[:3] == [0, 0, 0] and reused[3] == 0 and 0 < reused[4] < reused[5]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from arlm.config import GenerationConfig, ModelConfig
+from arlm.data.chat import encode_conversation
 from arlm.data.tokenizers import train_tokenizer
 from arlm.decoding.chat import ChatSession, apply_chat_template
 from arlm.errors import ArlmError
@@ -24,14 +25,15 @@ def test_template_rendering():
         apply_chat_template("{{ raise_exception('nope') }}", messages)
 
 
-def _session(block=96, max_new=8):
+def _session(block=96, max_new=8, reuse_prefix=True):
     tok = train_tokenizer("bpe", tiny_text(10), 300)
     tok.chat_template = TEMPLATE
     torch.manual_seed(0)
     model = Transformer(
         ModelConfig(flavour="llama", vocab_size=tok.vocab_size, block_size=block, n_layer=1, n_head=2, d_model=16)
     ).eval()
-    return ChatSession(model, tok, GenerationConfig(strategy="greedy", max_new_tokens=max_new), system="be brief")
+    config = GenerationConfig(strategy="greedy", max_new_tokens=max_new)
+    return ChatSession(model, tok, config, system="be brief", reuse_prefix=reuse_prefix)
 
 
 def test_session_keeps_the_conversation_and_drops_old_turns_to_fit():
@@ -83,3 +85,19 @@ def test_an_answer_longer_than_the_context_is_refused_at_once():
     session = _session(block=96)
     with pytest.raises(ArlmError, match="max_new_tokens 96 leaves no room .* context of 96 tokens"):
         ChatSession(session.model, session.tokenizer, GenerationConfig(max_new_tokens=96))
+
+
+def test_a_turn_encodes_only_what_the_last_turns_cache_does_not_hold():
+    questions = ("first question", "and the second one", "a third")
+    afresh = _session(block=160, max_new=12, reuse_prefix=False)
+    expected = [afresh.reply(q) for q in questions]
+    assert afresh.reused == 0
+    session = _session(block=160, max_new=12)
+    answers, reused, prompts = [], [], []
+    for q in questions:
+        answers.append(session.reply(q))
+        reused.append(session.reused)
+        prompts.append(len(encode_conversation(session.system + session.turns[:-1], session.tokenizer)))
+    assert answers == expected
+    assert reused[0] == 0
+    assert prompts[0] <= reused[1] < prompts[1] and prompts[1] <= reused[2] < prompts[2]  # the last prompt at least

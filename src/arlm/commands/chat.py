@@ -21,11 +21,19 @@ from arlm.config import GenerationConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL (or --model), --system, --message (repeatable), --draft, --device, --dtype and the generation flags."""
+    """MODEL (or --model), --system, --message (repeatable), --draft, --[no-]reuse-prefix, --device, --dtype and the
+    generation flags."""
     add_model_argument(parser, "an instruct model with a chat template", default="smollm2")
     parser.add_argument("--system", help="a system message")
     parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
     parser.add_argument("--draft", help=DRAFT_HELP)
+    parser.add_argument(
+        "--reuse-prefix",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the KV cache from turn to turn and encode only what it does not hold (default; equal to encoding "
+        "the conversation afresh up to rounding); --no-reuse-prefix encodes it all each turn",
+    )
     parser.add_argument("--device", default="auto")
     add_dtype_argument(parser)
     add_generation_flags(parser)
@@ -43,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         draft=args.draft,
         device=args.device,
         dtype=args.dtype,
+        reuse_prefix=args.reuse_prefix,
     )
     return 0
 
@@ -56,6 +65,7 @@ def chat_command(
     draft: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    reuse_prefix: bool = True,
     read: Callable[[str], str] = input,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
@@ -70,7 +80,9 @@ def chat_command(
     optimize_for_decoding(loaded.model)
     draft_model = draft_for(config, draft, loaded, model_ref, dev, loaded.dtype)
     plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
-    session = ChatSession(loaded.model, loaded.tokenizer, config, system, draft=draft_model, plain=plain)
+    session = ChatSession(
+        loaded.model, loaded.tokenizer, config, system, draft=draft_model, plain=plain, reuse_prefix=reuse_prefix
+    )
     answers = []
     queue = list(messages) if messages is not None else None
     while True:

@@ -1,5 +1,8 @@
 """A chat with an instruct model through its own chat template: the conversation, rendered (as transformers
-does) and encoded each turn, the oldest turns dropped to fit the context."""
+does) and encoded each turn, the oldest turns dropped to fit the context. By default the session keeps its engine's
+KV cache from turn to turn and encodes only what the last turn's cache does not hold (the new message, and the
+answer where its text encodes to other ids than those generated): equal to encoding it all afresh up to rounding
+(decoding/engine.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Callable
 from arlm.config import GenerationConfig
 from arlm.data.chat import encode_conversation
 from arlm.data.chat_template import Message, apply_chat_template
+from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
 from arlm.decoding.stops import cut_at_stop, stop_checker
 from arlm.errors import ArlmError
@@ -18,10 +22,18 @@ __all__ = ["ChatSession", "Message", "apply_chat_template"]
 class ChatSession:
     """A conversation: messages so far, rendered and encoded each turn, the oldest turns dropped to fit. One answer
     a turn, ended at EOS or config.stop's first string (not kept); `draft` serves --strategy speculative; `plain`:
-    a model without a chat template, fine-tuned on chat data, gets the conversation as its training rendered it."""
+    a model without a chat template, fine-tuned on chat data, gets the conversation as its training rendered it;
+    reuse_prefix: keep the cache across turns (`reused`: the positions the last turn started from)."""
 
     def __init__(
-        self, model, tokenizer, config: GenerationConfig, system: str | None = None, draft=None, plain: bool = False
+        self,
+        model,
+        tokenizer,
+        config: GenerationConfig,
+        system: str | None = None,
+        draft=None,
+        plain: bool = False,
+        reuse_prefix: bool = True,
     ) -> None:
         if not tokenizer.chat_template and not plain:
             raise ArlmError("this model has no chat template; use arlm generate, or an instruct model (smollm2)")
@@ -34,6 +46,8 @@ class ChatSession:
         if config.num_return_sequences != 1:
             raise ArlmError("a chat answers once a turn: --num-return-sequences is for arlm generate")
         self.model, self.tokenizer, self.config, self.draft = model, tokenizer, config, draft
+        self.engine = Engine(model, reuse_prefix=True) if reuse_prefix else None
+        self.reused = 0
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
 
@@ -54,7 +68,7 @@ class ChatSession:
         self.turns.append({"role": "user", "content": message})
         tok = self.tokenizer
         out = generate(
-            self.model,
+            self.engine or self.model,
             [self.prompt_ids()],
             self.config,
             eos_id=tok.eos_id,
@@ -63,6 +77,7 @@ class ChatSession:
             on_token=on_token,
             should_stop=stop_checker(tok, self.config.stop),
         )
+        self.reused = self.engine.reused if self.engine else 0
         answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()
         self.turns.append({"role": "assistant", "content": answer})
         return answer

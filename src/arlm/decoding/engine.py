@@ -8,7 +8,11 @@ runs its model through an Engine's three calls over a KV cache the engine owns:
 An Engine made by generate() lives for that call and is closed (its cache freed) at its end. A caller that decodes
 many times with `compile` (a benchmark, a server) makes one Engine and passes it to generate() instead of the
 model: the compiled step and its static cache (fixed addresses, so a CUDA graph replays) then stay with that
-Engine, never on the model object.
+Engine, never on the model object. An Engine made with `reuse_prefix` (a chat, whose every turn re-sends the whole
+conversation) also remembers the ids whose keys and values its cache holds, and `open(..., prompt=)` keeps the
+longest beginning of a one-row prompt it holds already: generate() then encodes only the rest. The kept positions
+were computed by other forwards (one-token steps, other chunks), so the logits equal a fresh prefill's up to
+rounding, as chunked prefill's do, not bit for bit.
 
 On a GPU the compiled step runs as CUDA graphs one of two ways (`compile_options`' graph): "trees", inductor's
 cudagraph trees (the default), whose every call still pays the host dynamo's guards and the trees' checks of each
@@ -97,10 +101,14 @@ class StepGraph:
 class Engine:
     """A model's prefill / step / verify over the KV cache this engine holds (one sequence batch at a time)."""
 
-    def __init__(self, model: torch.nn.Module, options: dict | None = None) -> None:
-        """options: torch.compile's settings for a compiled step (None: `compile_options` for the model's device)."""
+    def __init__(self, model: torch.nn.Module, options: dict | None = None, reuse_prefix: bool = False) -> None:
+        """options: torch.compile's settings for a compiled step (None: `compile_options` for the model's device);
+        reuse_prefix: remember the ids cached, for `open`'s prompt to start from the beginning they share."""
         self.model = model
         self.options = options
+        self.reuse_prefix = reuse_prefix
+        self.reused = 0  # positions the last open kept (reuse_prefix)
+        self._fed: list[torch.Tensor] | None = None  # ids (B, t) encoded into the cache, in order (reuse_prefix)
         self.cache: KVCache | None = None
         self.static = False  # the cache is the compiled step's (fixed addresses, whole buffer masked)
         self._compiled = None  # model.decode_step compiled, made on the first compiled open
@@ -113,10 +121,42 @@ class Engine:
         """Where the model's weights are."""
         return next(self.model.parameters()).device
 
-    def open(self, batch: int, needed: int, *, compiled: bool = False, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty cache for `batch` rows and `needed` positions (at most the context), of `dtype` (None: the
-        model's). compiled: the compiled step's static cache, kept and reused by later opens that fit it (same rows,
-        length, dtype, device)."""
+    def open(
+        self,
+        batch: int,
+        needed: int,
+        *,
+        compiled: bool = False,
+        dtype: torch.dtype | None = None,
+        prompt: torch.Tensor | None = None,
+    ) -> KVCache:
+        """A cache for `batch` rows and `needed` positions (at most the context), of `dtype` (None: the model's),
+        empty, or with reuse_prefix and a one-row unpadded prompt (1, T), holding the longest beginning of the
+        prompt but its last token that the old cache held (`reused` of them). compiled: the compiled step's static
+        cache, kept and reused by later opens that fit it (same rows, length, dtype, device)."""
+        old, keep = self.cache, self._shared(prompt) if batch == 1 else 0
+        cache = self._fresh(batch, needed, compiled, dtype)
+        if keep and old.k.dtype != cache.k.dtype:
+            keep = 0
+        if keep and cache is not old:
+            cache.k[:, :, :, :keep] = old.k[:, :, :, :keep]
+            cache.v[:, :, :, :keep] = old.v[:, :, :, :keep]
+        cache.length, self.reused = keep, keep
+        if self.reuse_prefix:  # what the cache holds, recorded from here on
+            self._fed = [] if prompt is None else [prompt[:, :keep]]
+        return cache
+
+    def _shared(self, prompt: torch.Tensor | None) -> int:
+        """How many leading ids of a one-row prompt (1, T), but its last, the cache holds (0 without reuse_prefix)."""
+        if prompt is None or not self._fed or self.cache is None or self.cache.batch_size != 1:
+            return 0
+        held = torch.cat(self._fed, dim=1)[0, : self.cache.length]  # (L,)
+        n = min(held.shape[0], prompt.shape[1] - 1)
+        differs = (held[:n] != prompt[0, :n].to(held.device)).nonzero()  # (d, 1)
+        return int(differs[0, 0]) if differs.numel() else n
+
+    def _fresh(self, batch: int, needed: int, compiled: bool, dtype: torch.dtype | None) -> KVCache:
+        """The cache `open` fills: new, or the compiled step's static one where it fits; its length set to 0."""
         block = self.model.config.block_size
         if not compiled:
             self.close()
@@ -142,12 +182,14 @@ class Engine:
     def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode ids (B, T) after the cached positions; the logits (B, V) for the token after them."""
         self._pos = None
+        self._record(ids)
         return self.model(ids, kv_cache=self.cache, attention_mask=attention_mask, num_logits=1)[:, -1]
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One token per row (B, 1) after the cached positions; the next-token logits (B, V) (compiled on a GPU: a
         CUDA graph's output, which the next step overwrites)."""
         cache = self.cache
+        self._record(tokens)
         if not self.static:
             return self.model(tokens, kv_cache=cache, attention_mask=attention_mask)[:, -1]
         if self._manual:
@@ -174,7 +216,13 @@ class Engine:
         """k tokens per row (B, k) after the cached positions in one forward; the logits after each (B, k, V)."""
         if self.static:
             raise ValueError("a compiled engine steps one token at a time")
+        self._record(block)
         return self.model(block, kv_cache=self.cache)
+
+    def _record(self, ids: torch.Tensor) -> None:
+        """Note ids (B, t) as encoded after the cached positions (reuse_prefix only)."""
+        if self._fed is not None:
+            self._fed.append(ids)
 
     @property
     def length(self) -> int:
@@ -185,15 +233,19 @@ class Engine:
         """Forget cached positions from `length` on (rejected drafts; a sliding window empties the cache)."""
         self.cache.rollback(length)
         self._pos = None
+        if self._fed is not None:
+            self._fed = [torch.cat(self._fed, dim=1)[:, :length]]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row i of the cache becomes old row index[i] (beam search)."""
         self.cache.reorder(index)
+        if self._fed is not None:
+            self._fed = [torch.cat(self._fed, dim=1).index_select(0, index)]
 
     def close(self) -> None:
         """Free the cache and the CUDA graph captured over it (the compiled function stays, for a later compiled
         open)."""
-        self.cache, self.static, self._pos, self._graph = None, False, None, None
+        self.cache, self.static, self._pos, self._graph, self._fed = None, False, None, None, None
 
 
 def engine_for(model: torch.nn.Module | Engine) -> tuple[Engine, bool]:

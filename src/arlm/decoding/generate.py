@@ -207,7 +207,10 @@ def decode_loop(
     B, T = prompt_ids.shape
     device = prompt_ids.device
     generator = make_generator(config.seed, device)
-    engine.open(B, T + config.max_new_tokens, compiled=config.compile, dtype=cache_dtype(config.kv_dtype))
+    unpadded = attention_mask is None or (engine.reuse_prefix and bool(attention_mask.all()))
+    prompt = prompt_ids if unpadded else None  # whose beginning Engine.open may keep (reuse_prefix)
+    kv_dtype = cache_dtype(config.kv_dtype)
+    engine.open(B, T + config.max_new_tokens, compiled=config.compile, dtype=kv_dtype, prompt=prompt)
     mask = attention_mask
     start = time.perf_counter()
     logits, prompt_s = _prefill_then_step(engine, prompt_ids, mask)  # (B, V)
@@ -244,12 +247,14 @@ def _prefill_then_step(
 ) -> tuple[torch.Tensor, float]:
     """The prompt (B, T) but its last token in one forward, then that token as a step: the same computations
     speculative decoding makes (it verifies the last prompt token with its first drafts), so that greedy and
-    speculative decoding share every bit of the cache. The next-token logits (B, V) and the seconds the forward
-    over the prompt but its last token took."""
+    speculative decoding share every bit of the cache. Positions the engine kept (`Engine.open`'s prompt) are not
+    encoded again. The next-token logits (B, V) and the seconds the forward over the prompt but its last token
+    took."""
     if prompt_ids.shape[1] == 1:
         return engine.prefill(prompt_ids, mask), 0.0
     start = time.perf_counter()
-    engine.prefill(prompt_ids[:, :-1], None if mask is None else mask[:, :-1])
+    if engine.length < prompt_ids.shape[1] - 1:  # (a kept beginning comes with no mask: the prompt is unpadded)
+        engine.prefill(prompt_ids[:, engine.length : -1], None if mask is None else mask[:, :-1])
     prompt_s = time.perf_counter() - start
     return engine.step(prompt_ids[:, -1:], mask), prompt_s
 

@@ -118,10 +118,10 @@ def speculative_generate(
     cost = ForwardCost(measure=greedy)  # measured only where the number drafted cannot change the output
     adaptive = _adaptive(config, target, draft, top, cost, greedy)
     sized = "model" if config.strategy == "speculative" else "lookup"  # the drafter whose rounds adaptive sizes
-    engine.open(1, max_len + top + 1, dtype=cache_dtype(config.kv_dtype))
+    engine.open(1, max_len + top + 1, dtype=cache_dtype(config.kv_dtype), prompt=prompt_ids)
     start, prompt_s = time.perf_counter(), 0.0
-    if T > 1:
-        engine.prefill(prompt_ids[:, :-1])  # the last prompt token is the first one verified
+    if engine.length < T - 1:  # (the beginning the engine kept, if any, is not encoded again)
+        engine.prefill(prompt_ids[:, engine.length : -1])  # the last prompt token is the first one verified
         prompt_s = time.perf_counter() - start
     seq, marks, stats = prompt_ids, [], {"proposed": 0, "accepted": 0, "target_forwards": 0}
     try:
