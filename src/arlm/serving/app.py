@@ -350,7 +350,8 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, f"unrecognized request argument: {param}", param=param)
     if first.get("type") == "missing":
         return ApiError(400, f"missing required argument: {param}", param=param)
-    return ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+    message = first["msg"].removeprefix("Value error, ")  # (pydantic's prefix to a validator's own message)
+    return ApiError(400, f"{param}: {message}" if param else message, param=param)
 
 
 def _union_refusal(errors: list[dict]) -> tuple[str, list[str]] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from arlm.config import GenerationConfig
 
@@ -119,10 +119,27 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: {"type": "text"}, what a reply is anyway, is accepted (clients send it); the JSON
+    modes are refused, since arlm does not constrain decoding to a grammar."""
+
+    model_config = ConfigDict(extra="allow")  # json_schema's schema: refused with its type
+    type: Literal["text", "json_object", "json_schema"]
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, kind: str) -> str:
+        """Refuse the JSON modes in one line."""
+        if kind != "text":
+            raise ValueError(f"{kind} is not supported (arlm does not constrain decoding to JSON); use type text")
+        return kind
+
+
 class ChatRequest(Sampling):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    response_format: ResponseFormat | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
