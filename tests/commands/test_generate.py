@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import io
+import json
 import random
 
 import pytest
@@ -165,3 +166,19 @@ def test_a_self_draft_at_the_targets_own_dtype_is_refused(q4_file, capsys):
     assert main(argv) == 2
     assert "error: --draft self:int4 would draft with the target itself" in capsys.readouterr().err
     assert main([*argv, "--dtype", "float32", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+
+
+@pytest.mark.real_model
+def test_json_keeps_the_output_to_any_object_or_to_a_schema_file(tmp_path, capsys):
+    prompt = "A person as JSON with name and age: "
+    args = ["generate", "smollm2", "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "80"]
+    assert main([*args, "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out.removeprefix(prompt)), dict)
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    (tmp_path / "age.json").write_text(json.dumps({**schema, "additionalProperties": False}))
+    assert main([*args, "--json", str(tmp_path / "age.json")]) == 0
+    assert set(json.loads(capsys.readouterr().out.removeprefix(prompt))) == {"age"}
+    assert main([*args, "--json", "[1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --json '[1': not a JSON schema file or text")
+    assert main([*args, "--json", "--strategy", "beam"]) == 2
+    assert "JSON output is decoded by greedy decoding or sampling, not beam" in capsys.readouterr().err

@@ -431,16 +431,6 @@ def test_bad_chat_requests_and_paths(live):
     assert request(live.base_url, "POST", "/v1/chat/completions", bad_role)[0] == 400
     code, answer = request(live.base_url, "GET", "/v1/nothing")
     assert code == 404 and "not found" in answer["error"]["message"]
-    ask = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    assert (
-        request(live.base_url, "POST", "/v1/chat/completions", {**ask, "response_format": {"type": "text"}})[0] == 200
-    )
-    for kind in ("json_object", "json_schema"):
-        code, answer = request(
-            live.base_url, "POST", "/v1/chat/completions", {**ask, "response_format": {"type": kind}}
-        )
-        assert code == 400 and answer["error"]["param"] == "response_format.type"
-        assert answer["error"]["message"].startswith(f"response_format.type: {kind} is not supported (arlm does not")
 
 
 def test_a_model_fine_tuned_on_chat_data_without_a_template_is_served_its_training_rendering():

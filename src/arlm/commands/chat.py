@@ -12,17 +12,18 @@ from arlm.commands.generate import (
     add_generation_flags,
     draft_for,
     generation_options,
+    grammar_for,
     note_compile,
     note_dtype,
     with_options,
 )
-from arlm.commands.options import add_dtype_argument, add_model_argument, model_of
+from arlm.commands.options import add_dtype_argument, add_json_argument, add_model_argument, json_schema_of, model_of
 from arlm.config import GenerationConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL (or --model), --system, --message (repeatable), --draft, --[no-]reuse-prefix, --device, --dtype and the
-    generation flags."""
+    """MODEL (or --model), --system, --message (repeatable), --draft, --[no-]reuse-prefix, --device, --dtype, --json
+    and the generation flags."""
     add_model_argument(parser, "an instruct model with a chat template", default="smollm2")
     parser.add_argument("--system", help="a system message")
     parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto")
     add_dtype_argument(parser)
+    add_json_argument(parser)
     add_generation_flags(parser)
 
 
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         reuse_prefix=args.reuse_prefix,
+        json_schema=json_schema_of(args.json),
     )
     return 0
 
@@ -66,6 +69,7 @@ def chat_command(
     device: str = "auto",
     dtype: str = "auto",
     reuse_prefix: bool = True,
+    json_schema: dict | None = None,
     read: Callable[[str], str] = input,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
@@ -83,6 +87,7 @@ def chat_command(
     session = ChatSession(
         loaded.model, loaded.tokenizer, config, system, draft=draft_model, plain=plain, reuse_prefix=reuse_prefix
     )
+    session.grammar = grammar_for(json_schema, loaded)
     answers = []
     queue = list(messages) if messages is not None else None
     while True:

@@ -11,7 +11,13 @@ import sys
 import typing
 from typing import TYPE_CHECKING, Any
 
-from arlm.commands.options import add_dtype_argument, add_model_argument, model_of
+from arlm.commands.options import (
+    add_dtype_argument,
+    add_json_argument,
+    add_model_argument,
+    json_schema_of,
+    model_of,
+)
 from arlm.config import GenerationConfig, build_config, coerce
 from arlm.decoding.settings import refuse_unread
 from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
@@ -66,7 +72,8 @@ CPU_FLOAT16_NOTE = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL, --prompt (repeatable), --draft, --stats, --show-drafts, --device, --dtype and the generation flags."""
+    """MODEL, --prompt (repeatable), --draft, --stats, --show-drafts, --device, --dtype, --json and the generation
+    flags."""
     add_model_argument(parser)
     parser.add_argument(
         "--preset", help="take the defaults from this preset's generate: section (default: the run's own config)"
@@ -77,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
     parser.add_argument("--device", default="auto")
     add_dtype_argument(parser)
+    add_json_argument(parser)
     add_generation_flags(parser)
 
 
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         stats=args.stats,
         show_drafts=args.show_drafts,
         dtype=args.dtype,
+        json_schema=json_schema_of(args.json),
     )
     return 0
 
@@ -188,9 +197,11 @@ def generate_command(
     stats: bool = False,
     show_drafts: bool = False,
     dtype: str = "auto",
+    json_schema: dict | None = None,
 ) -> GenerationOutput:
     """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
-    of the model's run config) with `options` (the command-line flags) on top."""
+    of the model's run config) with `options` (the command-line flags) on top; json_schema: the output kept to
+    it."""
     from arlm.decoding.generate import generate  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
@@ -209,6 +220,7 @@ def generate_command(
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
     draft_model = draft_for(config, draft, loaded, model_ref, dev, loaded.dtype)
+    grammar = grammar_for(json_schema, loaded)
     single = len(texts) == 1 and config.num_return_sequences == 1
     streaming = single and config.strategy != "beam" and not show_drafts
     streamer = Streamer(tok, config.stop, prefix=texts[0]) if streaming else None  # prints nothing before a token
@@ -221,6 +233,7 @@ def generate_command(
         draft=draft_model,
         on_token=streamer,
         should_stop=stop_checker(tok, config.stop),
+        grammar=grammar,
     )
     if streamer:
         streamer.finish()
@@ -229,6 +242,13 @@ def generate_command(
     if stats:
         print(format_stats(out.stats), file=sys.stderr)
     return out
+
+
+def grammar_for(schema: dict | None, loaded: LoadedModel):
+    """The JSON grammar --json asks for over the model's tokenizer (None without it)."""
+    from arlm.decoding.grammar import JsonGrammar  # lazy: kept out of --help
+
+    return None if schema is None else JsonGrammar(loaded.tokenizer, schema, loaded.model.config.vocab_size)
 
 
 def note_compile(config: GenerationConfig, device: torch.device) -> None:

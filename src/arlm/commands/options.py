@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPE_HELP, LOAD_DTYPES
@@ -20,6 +22,34 @@ def add_model_argument(parser: argparse.ArgumentParser, help: str = MODEL_HELP, 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """--dtype, the same on every verb that loads a model (default auto: a GGUF file at its own precision)."""
     parser.add_argument("--dtype", default="auto", choices=LOAD_DTYPES, help=DTYPE_HELP)
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """--json [SCHEMA]: the output kept to JSON (greedy or sampling), as OpenAI's response_format."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="object",
+        metavar="SCHEMA",
+        help="keep the output to JSON: alone, any JSON object; with a JSON schema (a file, or its text), that schema",
+    )
+
+
+def json_schema_of(spec: str | None) -> dict | None:
+    """--json's schema: None without the flag, any object for "object", else the schema a file or the text holds."""
+    if spec is None:
+        return None
+    if spec == "object":
+        return {"type": "object"}
+    path = Path(spec)
+    text = path.read_text(encoding="utf-8") if not spec.lstrip().startswith("{") and path.is_file() else spec
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArlmError(f"--json {spec!r}: not a JSON schema file or text ({e})") from None
+    if not isinstance(schema, dict):
+        raise ArlmError(f"--json {spec!r}: a JSON schema is an object, got {type(schema).__name__}")
+    return schema
 
 
 def model_of(args: argparse.Namespace) -> str:

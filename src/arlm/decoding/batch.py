@@ -20,6 +20,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import choose_next
+from arlm.decoding.grammar import Matcher
 from arlm.decoding.processors import History, add_logit_bias, make_generator, presence_frequency_penalty
 from arlm.errors import ArlmError
 from arlm.model.inference import rows_invariant
@@ -63,6 +64,7 @@ class BatchSequence:
     logit_bias: dict[int, float] = field(default_factory=dict)  # OpenAI's: token id -> added to its logit
     prompt_logprobs: bool = False  # also score the prompt's tokens as it is prefilled (OpenAI's echo with logprobs)
     prompt_scores: list[Scored] = field(default_factory=list)  # prompt tokens 1.. given those before, once prefilled
+    matcher: Matcher | None = None  # the JSON grammar the text keeps to (decoding/grammar.py), following its tokens
     generated: list[int] = field(default_factory=list)
     slot: int | None = None
     filled: int = 0  # prompt tokens already in the cache
@@ -239,12 +241,16 @@ class BatchEngine:
             scores = presence_frequency_penalty(logits, generated, s.presence_penalty, s.frequency_penalty)
         if s.logit_bias:
             scores = add_logit_bias(scores, s.logit_bias)
+        if s.matcher is not None:
+            scores = s.matcher.mask(scores)
         eos = s.eos_id if s.config.stop_at_eos else None
         history = History(None, len(s.prompt), eos)  # one unpadded row: min_new_tokens counts from the prompt
         token = choose_next(scores, s.ids, s.config, s.generator, history)  # (1,)
         s.ids = torch.cat([s.ids, token[:, None]], dim=1)  # (1, S+1)
         tid = int(token)
         s.generated.append(tid)
+        if s.matcher is not None and tid != s.eos_id:
+            s.matcher.advance(tid)
         out = Emitted(s, tid)
         if s.top_logprobs >= 0:
             (scored,) = score(logits, [tid], s.top_logprobs)

@@ -48,6 +48,7 @@ class ChatSession:
         self.model, self.tokenizer, self.config, self.draft = model, tokenizer, config, draft
         self.engine = Engine(model, reuse_prefix=True) if reuse_prefix else None
         self.reused = 0
+        self.grammar = None  # a JsonGrammar every answer keeps to (decoding/grammar.py)
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
 
@@ -76,6 +77,7 @@ class ChatSession:
             draft=self.draft,
             on_token=on_token,
             should_stop=stop_checker(tok, self.config.stop),
+            grammar=self.grammar,
         )
         self.reused = self.engine.reused if self.engine else 0
         answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()

@@ -11,6 +11,7 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.decoding.beam import beam_search
 from arlm.decoding.engine import Engine, cache_dtype, engine_for
+from arlm.decoding.grammar import JsonGrammar, Matcher, mask_rows
 from arlm.decoding.processors import (
     History,
     best,
@@ -52,6 +53,7 @@ def generate(
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
     trace: TraceCallback | None = None,
+    grammar: JsonGrammar | None = None,
 ) -> GenerationOutput:
     """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy.
 
@@ -61,12 +63,14 @@ def generate(
     beam can change until then); should_stop ends a row (beam search: a hypothesis, as EOS does). trace, if given,
     receives the strategy's own events as plain dicts: beam search's running beams and finished hypotheses after
     each step, speculative decoding's drafted tokens and how many were accepted after each target forward (greedy
-    and sampling have none beyond on_token). An exception it raises ends the generation."""
+    and sampling have none beyond on_token). An exception it raises ends the generation. grammar: each row's text
+    constrained to a JSON schema (greedy and sampling; decoding/grammar.py)."""
     config.validate()
+    check_grammar(grammar, config, eos_id)
     engine, owned = engine_for(model)
     try:
         return _generate(
-            engine, prompt_ids, config, attention_mask, eos_id, pad_id, draft, on_token, should_stop, trace
+            engine, prompt_ids, config, attention_mask, eos_id, pad_id, draft, on_token, should_stop, trace, grammar
         )
     finally:
         if owned:
@@ -84,6 +88,7 @@ def _generate(
     on_token: TokenCallback | None,
     should_stop: StopCheck | None,
     trace: TraceCallback | None,
+    grammar: JsonGrammar | None = None,
 ) -> GenerationOutput:
     """generate() on its engine: the prompts checked, then the strategy's loop."""
     model = engine.model
@@ -103,7 +108,10 @@ def _generate(
         return speculative_generate(
             engine, prompt_ids, config, draft=draft, **common, on_token=on_token, should_stop=should_stop, trace=trace
         )
-    return decode_loop(engine, prompt_ids, config, **common, on_token=on_token, should_stop=should_stop)
+    matchers = None if grammar is None else [grammar.matcher() for _ in range(prompt_ids.shape[0])]
+    return decode_loop(
+        engine, prompt_ids, config, **common, on_token=on_token, should_stop=should_stop, matchers=matchers
+    )
 
 
 def _prompt_batch(
@@ -169,6 +177,19 @@ def choose_next(
     return sample(logits_to_probs(logits, sequences, config, history), generator)
 
 
+def check_grammar(grammar: JsonGrammar | None, config: GenerationConfig, eos_id: int | None) -> None:
+    """Refuse a grammar where it cannot hold: strategies other than greedy and sampling, no EOS to end the text, or
+    min_new_tokens (which would mask the EOS a complete text needs)."""
+    if grammar is None:
+        return
+    if config.strategy not in ("greedy", "sample"):
+        raise ArlmError(f"JSON output is decoded by greedy decoding or sampling, not {config.strategy}")
+    if eos_id is None or not config.stop_at_eos:
+        raise ArlmError("JSON output ends at the EOS token: it needs an EOS id and stop_at_eos")
+    if config.min_new_tokens:
+        raise ArlmError("min_new_tokens masks the EOS that ends a complete JSON text; leave it at 0 for JSON output")
+
+
 def check_compile(config: GenerationConfig, attention_mask: torch.Tensor | None, needed: int, block: int) -> None:
     """Refuse config.compile where the compiled one-token step cannot run (it is never silently dropped)."""
     if not config.compile:
@@ -197,9 +218,10 @@ def decode_loop(
     pad_id: int,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
+    matchers: list[Matcher] | None = None,
 ) -> GenerationOutput:
     """Prefill the prompt (all but its last token in one forward), then one token a step on the KV cache (greedy or
-    sampling).
+    sampling); matchers: each row's grammar, which masks its logits and follows its tokens.
 
     When the context fills up, the newest half of it is re-encoded into an emptied cache and decoding
     goes on (a sliding window), so a model with a short context can write long texts. On a GPU the loop
@@ -220,8 +242,11 @@ def decode_loop(
     stopped: dict[int, int] = {}  # row -> generated length, for rows ended by should_stop
     sync_every = sync_interval(device, should_stop)
     for step in range(config.max_new_tokens):
-        token = choose_next(logits, sequences, config, generator, history)  # (B,)
+        scores = logits if matchers is None else mask_rows(matchers, logits, done)  # (B, V)
+        token = choose_next(scores, sequences, config, generator, history)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
+        if matchers is not None:
+            _advance(matchers, token, done, history.eos_id)
         sequences = torch.cat([sequences, token[:, None]], dim=1)  # (B, S+1)
         if on_token is not None:
             on_token(token)
@@ -240,6 +265,13 @@ def decode_loop(
         logits = engine.step(token[:, None], mask)  # (B, V)
     lengths = _lengths(sequences[:, T:], history.eos_id, stopped)
     return _loop_output(sequences, T, lengths, start, prefill_s, prompt_s)
+
+
+def _advance(matchers: list[Matcher], token: torch.Tensor, done: torch.Tensor, eos_id: int | None) -> None:
+    """Each running row's matcher follows its new token (B,) (EOS ends the row instead)."""
+    for i, (t, finished) in enumerate(zip(token.tolist(), done.tolist())):
+        if not finished and t != eos_id:
+            matchers[i].advance(t)
 
 
 def _prefill_then_step(

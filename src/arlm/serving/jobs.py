@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from arlm.config import GenerationConfig
 from arlm.decoding.batch import BATCH_STRATEGIES, BatchSequence
+from arlm.decoding.grammar import JsonGrammar
 from arlm.serving.text import TextStream
 
 Event = dict
@@ -29,6 +30,7 @@ class Job:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (batch lane only)
+    grammar: JsonGrammar | None = None  # each choice's text kept to this JSON schema (response_format; batch only)
     stops: list[str] = field(default_factory=list)
     trace: bool = False  # forward the lane's strategy events
     cancelled: threading.Event = field(default_factory=threading.Event)

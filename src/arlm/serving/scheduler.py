@@ -117,6 +117,7 @@ class Scheduler:
             "presence_penalty": job.presence_penalty != 0,
             "frequency_penalty": job.frequency_penalty != 0,
             "logit_bias": bool(job.logit_bias),
+            "response_format": job.grammar is not None,
         }
         for name, given in unsupported.items():
             if given:
@@ -252,6 +253,7 @@ class Scheduler:
                 frequency_penalty=job.frequency_penalty,
                 logit_bias=job.logit_bias,
                 prompt_logprobs=job.prompt_logprobs,
+                matcher=None if job.grammar is None else job.grammar.matcher(),
             )
             reused = self.engine.admit(choice.seq)
             self.metrics.reused_tokens.inc(reused)

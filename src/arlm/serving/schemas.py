@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from arlm.config import GenerationConfig
 
@@ -119,20 +119,39 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+class JsonSchemaFormat(BaseModel):
+    """response_format.json_schema: OpenAI's name, description, schema and strict (arlm's output always keeps to the
+    schema; without one, any JSON value)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
-    """OpenAI's response_format: {"type": "text"}, what a reply is anyway, is accepted (clients send it); the JSON
-    modes are refused, since arlm does not constrain decoding to a grammar."""
+    """OpenAI's response_format: "text" (a reply as it comes), "json_object" (any JSON object) or "json_schema" (JSON
+    matching json_schema.schema): the JSON modes constrain decoding (decoding/grammar.py)."""
 
-    model_config = ConfigDict(extra="allow")  # json_schema's schema: refused with its type
+    model_config = ConfigDict(extra="forbid")
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
-    @field_validator("type")
-    @classmethod
-    def _text_only(cls, kind: str) -> str:
-        """Refuse the JSON modes in one line."""
-        if kind != "text":
-            raise ValueError(f"{kind} is not supported (arlm does not constrain decoding to JSON); use type text")
-        return kind
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        """json_schema goes with type json_schema, and only with it."""
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type json_schema, and only with it")
+        return self
+
+    def constraint(self) -> dict | None:
+        """The JSON schema decoding keeps to, or None for text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "object"}
+        return self.json_schema.schema_ if self.json_schema.schema_ is not None else {}
 
 
 class ChatRequest(Sampling):

@@ -1,0 +1,101 @@
+"""Structured output: decoding constrained to JSON, by llguidance (the grammar engine of llama.cpp, vLLM and
+OpenAI's own structured outputs). A `JsonGrammar` is a JSON schema compiled for one tokenizer; each sequence decoded
+under it holds a `Matcher`, which gives the tokens allowed next (every token that can still lead to a text the
+schema accepts, EOS once the JSON is complete) and follows the tokens chosen. Greedy decoding and sampling choose
+among the allowed tokens only (the others' logits set to -inf before any processor), so the text is the schema's
+whenever decoding ends on EOS, not on max_new_tokens."""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import llguidance
+import torch
+
+from arlm.errors import ArlmError
+
+ANY_OBJECT = {"type": "object"}  # OpenAI's json_object: any JSON object
+# Between JSON tokens: one space, or a line break and at most 20 spaces or tabs of indentation (llama.cpp's JSON
+# grammars' rule), so that a model cannot pad a text with whitespace without end; unless the schema's own
+# "x-guidance" options say otherwise ({"whitespace_flexible": false}: none at all)
+WHITESPACE = r"(\x20|\x0A[\x20\x09]{0,20})"
+
+
+_LL_TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {vocab size: LLTokenizer}
+
+
+def _ll_tokenizer(tokenizer, vocab_size: int) -> llguidance.LLTokenizer:
+    """llguidance's view of a tokenizer (from its tokenizers JSON), made once per tokenizer and vocabulary width:
+    ~0.2 s for SmolLM2's, and reading the JSON alone takes 15 ms."""
+    made = _LL_TOKENIZERS.setdefault(tokenizer, {})
+    if vocab_size not in made:
+        spec = tokenizer.backend.to_str()
+        made[vocab_size] = llguidance.LLTokenizer(spec, n_vocab=vocab_size, eos_token=tokenizer.eos_id)
+    return made[vocab_size]
+
+
+class JsonGrammar:
+    """A JSON schema (a dict, or its JSON text) compiled for a tokenizer of the tokenizers library with an EOS."""
+
+    def __init__(self, tokenizer, schema: dict | str = ANY_OBJECT, vocab_size: int | None = None) -> None:
+        """vocab_size: the model's (its logits' width), where it exceeds the tokenizer's."""
+        backend = getattr(tokenizer, "backend", None)
+        if not hasattr(backend, "to_str") or tokenizer.eos_id is None:
+            raise ArlmError("JSON output needs a tokenizer of the tokenizers library with an EOS token (bpe, GGUF, HF)")
+        try:
+            schema = json.loads(schema) if isinstance(schema, str) else schema
+        except ValueError as e:
+            raise ArlmError(f"the JSON schema is not valid JSON: {e}") from None
+        if not isinstance(schema, dict):
+            raise ArlmError(f"a JSON schema is an object, got {type(schema).__name__}")
+        options = schema.get("x-guidance", {})
+        spaced = "whitespace_flexible" in options or "whitespace_pattern" in options  # the schema's own rule
+        defaults = {} if spaced else {"whitespace_pattern": WHITESPACE}
+        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults)
+        self.vocab_size = vocab_size or tokenizer.vocab_size
+        self.tokenizer = _ll_tokenizer(tokenizer, self.vocab_size)
+        error = llguidance.LLMatcher.validate_grammar(self.grammar, self.tokenizer)
+        if error:
+            raise ArlmError(f"the JSON schema cannot be used: {error}")
+
+    def matcher(self) -> Matcher:
+        """A fresh matcher for one sequence, at the start of the output."""
+        return Matcher(self)
+
+
+class Matcher:
+    """One sequence's place in its grammar: the tokens allowed next, and the tokens chosen so far."""
+
+    def __init__(self, grammar: JsonGrammar) -> None:
+        self.vocab_size = grammar.vocab_size
+        self._matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
+        self._bits = torch.arange(32, dtype=torch.int32)  # (32,)
+
+    def allowed(self) -> torch.Tensor:
+        """Which tokens may come next: (V,) bool."""
+        words = torch.frombuffer(bytearray(self._matcher.compute_bitmask()), dtype=torch.int32)  # (ceil(V/32),)
+        bits = (words[:, None] >> self._bits) & 1  # (ceil(V/32), 32): bit j of word i is token 32 i + j
+        return bits.flatten()[: self.vocab_size].bool()
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (..., V) with every token not allowed next at -inf (a new tensor)."""
+        allowed = self.allowed().to(logits.device)
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def advance(self, token: int) -> None:
+        """Follow the token chosen (one the mask allowed)."""
+        if not self._matcher.consume_token(token):
+            raise RuntimeError(f"token {token} was not allowed by the grammar: {self._matcher.get_error()}")
+
+
+def mask_rows(matchers: list[Matcher | None], logits: torch.Tensor, done: torch.Tensor | None = None) -> torch.Tensor:
+    """logits (B, V) with each running row's disallowed tokens at -inf (rows without a matcher, or done: as they
+    are)."""
+    rows = [i for i, m in enumerate(matchers) if m is not None and (done is None or not bool(done[i]))]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    for i in rows:
+        logits[i] = matchers[i].mask(logits[i])
+    return logits

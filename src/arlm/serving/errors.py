@@ -1,0 +1,78 @@
+"""Errors with OpenAI's body, {"error": {"message", "type", "param", "code"}}: `ApiError`, and the handlers that give
+it for a body pydantic refused or an unknown path, in one line naming the argument at fault."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+NOT_UNION = ("extra_forbidden", "missing")  # errors of a model's own keys, never of a union's types
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's body."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or {404: "not_found_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+
+    def response(self) -> JSONResponse:
+        """The JSON response."""
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+def error_handlers(app: FastAPI) -> None:
+    """Every refusal answered with OpenAI's error body: ApiError, a body pydantic refused, an unknown path."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = "not found: " + request.url.path if exc.status_code == 404 else str(exc.detail)
+        return ApiError(exc.status_code, message).response()
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """The first problem of a body pydantic refused, in one line."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    param = ".".join(loc) or None
+    union = _union_refusal(exc.errors())
+    if union:
+        field, forms = union
+        return ApiError(400, f"{field}: expected one of {', '.join(forms)}", param=field)
+    if first.get("type") == "extra_forbidden":
+        return ApiError(400, f"unrecognized request argument: {param}", param=param)
+    if first.get("type") == "missing":
+        return ApiError(400, f"missing required argument: {param}", param=param)
+    message = first["msg"].removeprefix("Value error, ")  # (pydantic's prefix to a validator's own message)
+    return ApiError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _union_refusal(errors: list[dict]) -> tuple[str, list[str]] | None:
+    """(field, its types) where every type of a union field refused the value: pydantic reports one error per type,
+    each naming its type in the location after the field's (("prompt", "str"), ("prompt", "list[int]", 0), ...)."""
+    locs = [[p for p in e.get("loc", ()) if p != "body"] for e in errors if e["type"] not in NOT_UNION]
+    for i in range(1, len(locs[0]) if locs else 0):
+        tags = [loc[i] for loc in locs if len(loc) > i and loc[:i] == locs[0][:i]]
+        forms = list(dict.fromkeys(tags))
+        if len(forms) > 1 and all(_is_type_tag(tag) for tag in forms):
+            return ".".join(map(str, locs[0][:i])), forms
+    return None
+
+
+def _is_type_tag(part) -> bool:
+    """Whether a location part names a type (pydantic's tag of a union member), not a field or an index."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool") or part[:1].isupper())
