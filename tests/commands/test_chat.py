@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from arlm.cli import main
@@ -91,3 +93,12 @@ def test_a_chat_keeping_its_cache_answers_as_one_encoding_each_turn_afresh(capsy
     assert main(args) == 0
     assert capsys.readouterr().out == afresh
     assert reused[:3] == [0, 0, 0] and reused[3] == 0 and 0 < reused[4] < reused[5]
+
+
+@pytest.mark.real_model
+def test_json_keeps_each_answer_to_the_schema(capsys):
+    schema = '{"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}'
+    args = ["chat", "--message", "Name a colour.", "--message", "Another one.", "--json", schema, "--temperature", "0"]
+    assert main(args) == 0
+    answers = [a.strip() for a in capsys.readouterr().out.split("assistant> ")[1:]]
+    assert len(answers) == 2 and all(isinstance(json.loads(a)["colour"], str) for a in answers)

@@ -84,10 +84,10 @@ def chat_command(
     optimize_for_decoding(loaded.model)
     draft_model = draft_for(config, draft, loaded, model_ref, dev, loaded.dtype)
     plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
+    grammar = grammar_for(json_schema, loaded)
     session = ChatSession(
-        loaded.model, loaded.tokenizer, config, system, draft=draft_model, plain=plain, reuse_prefix=reuse_prefix
+        loaded.model, loaded.tokenizer, config, system, draft_model, plain, reuse_prefix=reuse_prefix, grammar=grammar
     )
-    session.grammar = grammar_for(json_schema, loaded)
     answers = []
     queue = list(messages) if messages is not None else None
     while True:

@@ -13,6 +13,7 @@ from arlm.data.chat import encode_conversation
 from arlm.data.chat_template import Message, apply_chat_template
 from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
+from arlm.decoding.grammar import JsonGrammar
 from arlm.decoding.stops import cut_at_stop, stop_checker
 from arlm.errors import ArlmError
 
@@ -23,7 +24,8 @@ class ChatSession:
     """A conversation: messages so far, rendered and encoded each turn, the oldest turns dropped to fit. One answer
     a turn, ended at EOS or config.stop's first string (not kept); `draft` serves --strategy speculative; `plain`:
     a model without a chat template, fine-tuned on chat data, gets the conversation as its training rendered it;
-    reuse_prefix: keep the cache across turns (`reused`: the positions the last turn started from)."""
+    reuse_prefix: keep the cache across turns (`reused`: the positions the last turn started from); grammar: a
+    JsonGrammar every answer keeps to (decoding/grammar.py)."""
 
     def __init__(
         self,
@@ -34,6 +36,7 @@ class ChatSession:
         draft=None,
         plain: bool = False,
         reuse_prefix: bool = True,
+        grammar: JsonGrammar | None = None,
     ) -> None:
         if not tokenizer.chat_template and not plain:
             raise ArlmError("this model has no chat template; use arlm generate, or an instruct model (smollm2)")
@@ -48,7 +51,7 @@ class ChatSession:
         self.model, self.tokenizer, self.config, self.draft = model, tokenizer, config, draft
         self.engine = Engine(model, reuse_prefix=True) if reuse_prefix else None
         self.reused = 0
-        self.grammar = None  # a JsonGrammar every answer keeps to (decoding/grammar.py)
+        self.grammar = grammar
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
 
