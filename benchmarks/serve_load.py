@@ -1,6 +1,6 @@
 """Load test of `arlm serve` on localhost: N concurrent clients x M streamed requests each, for N in 1, 4, 8, 16.
 
-    .venv/bin/python benchmarks/serve_load.py [--model smollm2] [--requests 4] [--max-tokens 64] [--dtype float32]
+    .venv/bin/python benchmarks/serve_load.py [--model smollm2] [--requests 4] [--max-tokens 64] [--dtype auto]
         [--reuse-prefix]
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --name smollm2   # a running server
     .venv/bin/python benchmarks/serve_load.py --levels 8 --vs http://127.0.0.1:8080 --rounds 3  # side by side
@@ -168,7 +168,9 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=5)
             conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
+            answer = conn.getresponse()
+            if answer.status == 200:
+                args.dtype = json.loads(answer.read()).get("dtype") or args.dtype  # what auto chose, for the tables
                 return proc
         except OSError:
             time.sleep(0.5)
@@ -179,7 +181,7 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto")  # arlm serve's own default
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--url", help="use this running server instead of starting one")
@@ -214,11 +216,12 @@ def main() -> None:
     columns = ["clients", "requests", "errors", "tokens", "wall s", "tokens/s", "vs 1 client", "TTFT p50 / p95 s"]
     print("| " + " | ".join([*columns, "ITL p50 / p95 ms"]) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
-    base = rows[0]["tok_s"] if rows and rows[0]["clients"] == 1 else float("nan")
+    base = next((r["tok_s"] for r in rows if r["clients"] == 1), None)  # the 1-client level, where it ran
     for r in rows:
+        ratio = f"{r['tok_s'] / base:.2f}x" if base else "-"
         print(
             f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['tokens']} | {r['wall']:.1f} | "
-            f"{r['tok_s']:.1f} | {r['tok_s'] / base:.2f}x | {r['ttft_p50']:.2f} / {r['ttft_p95']:.2f} | "
+            f"{r['tok_s']:.1f} | {ratio} | {r['ttft_p50']:.2f} / {r['ttft_p95']:.2f} | "
             f"{1000 * r['itl_p50']:.0f} / {1000 * r['itl_p95']:.0f} |"
         )
     print(f"\nmedian tokens per request: {statistics.median([r['tokens'] / max(r['requests'], 1) for r in rows]):.1f}")

@@ -22,13 +22,15 @@ def _reused(base_url: str) -> float:
     return float(re.search(r"^arlm_prompt_tokens_reused_total (\S+)$", metrics, re.M).group(1))
 
 
-def _conversation(server) -> tuple[list[str], list[int], list[int]]:
-    """Three greedy turns, each request carrying the whole conversation so far: the replies, prompt sizes and the
-    prompt tokens each usage says were cached."""
+def _conversation(server, strategy: str = "greedy") -> tuple[list[str], list[int], list[int]]:
+    """Three turns at temperature 0, each request carrying the whole conversation so far: the replies, prompt sizes
+    and the prompt tokens each usage says were cached."""
     client, messages, replies, prompts, cached = server.client(), [], [], [], []
     for turn in ("What is a class?", "And an object?", "Give an example."):
         messages.append({"role": "user", "content": turn})
-        out = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=16, temperature=0)
+        out = client.chat.completions.create(
+            model=MODEL_ID, messages=messages, max_tokens=16, temperature=0, extra_body={"strategy": strategy}
+        )
         replies.append(out.choices[0].message.content)
         prompts.append(out.usage.prompt_tokens)
         cached.append(out.usage.prompt_tokens_details.cached_tokens)
@@ -36,14 +38,15 @@ def _conversation(server) -> tuple[list[str], list[int], list[int]]:
     return replies, prompts, cached
 
 
-def test_a_chats_later_turns_reuse_their_slot_and_answer_as_without(reusing, live):
+@pytest.mark.parametrize("strategy", ["greedy", "prompt-lookup"])  # the batch's slots, the lane's engine
+def test_a_chats_later_turns_reuse_their_cache_and_answer_as_without(reusing, live, strategy):
     before, plain_before = _reused(reusing.base_url), _reused(live.base_url)
-    replies, prompts, cached = _conversation(reusing)
+    replies, prompts, cached = _conversation(reusing, strategy)
     reused = _reused(reusing.base_url) - before
     assert 0 < reused < sum(prompts[1:])  # the later turns' earlier tokens, never a whole prompt
     assert reused >= prompts[0]  # at least the first turn's prompt again in each of the later two
     assert cached[0] == 0 and sum(cached) == reused  # each request's usage says what it reused
-    plain_replies, plain_prompts, plain_cached = _conversation(live)
+    plain_replies, plain_prompts, plain_cached = _conversation(live, strategy)
     assert (replies, prompts) == (plain_replies, plain_prompts)  # the same answers from a server that reuses nothing
     assert _reused(live.base_url) == plain_before and plain_cached == [0, 0, 0]
 

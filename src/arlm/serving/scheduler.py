@@ -28,7 +28,7 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
-from arlm.decoding.engine import cache_dtype
+from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.errors import ArlmError
 from arlm.serving.jobs import Choice, Event, Job
@@ -67,6 +67,7 @@ class Scheduler:
         """kv_dtype: every request's KV cache (GenerationConfig.kv_dtype's values), the slots' and the lane's."""
         self.model, self.tokenizer, self.draft, self.kv_dtype = model, tokenizer, draft, kv_dtype
         self.engine = BatchEngine(model, max_batch, max_len, prefill_chunk, cache_dtype(kv_dtype), reuse_prefix)
+        self._lane_engine = Engine(model, reuse_prefix=True) if reuse_prefix else None  # its cache kept between jobs
         self.max_queue = max_queue
         self.metrics = metrics or ServerMetrics(max_batch)
         self._cond = threading.Condition()
@@ -414,8 +415,8 @@ class Scheduler:
                 self._send(job, {"type": "trace", "index": 0 if choice is None else choice.index, "data": event})
 
         tok = self.tokenizer
-        return generate(
-            self.model,
+        out = generate(
+            self._lane_engine or self.model,
             [job.prompt],
             config,
             eos_id=job.eos_id,
@@ -425,6 +426,10 @@ class Scheduler:
             should_stop=(lambda row, ids: choice.text.stopped) if choice is not None else self._beam_stop(job),
             trace=trace,
         )
+        if self._lane_engine is not None:  # (--reuse-prefix: the beginning of the prompt the lane's cache held)
+            self.metrics.reused_tokens.inc(self._lane_engine.reused)
+            job.cached_tokens = max(job.cached_tokens, self._lane_engine.reused)
+        return out
 
     def _beam_stop(self, job: Job):
         """Beam search's stop check: a hypothesis ends once its text holds one of the request's stop strings (the
