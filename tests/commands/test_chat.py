@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -90,9 +91,12 @@ def test_a_chat_keeping_its_cache_answers_as_one_encoding_each_turn_afresh(capsy
     args = ["chat", *[f"--message={q}" for q in questions], "--temperature", "0", "--max-new-tokens", "24"]
     assert main([*args, "--no-reuse-prefix"]) == 0
     afresh = capsys.readouterr().out
-    assert main(args) == 0
-    assert capsys.readouterr().out == afresh
+    assert main([*args, "--stats"]) == 0
+    out = capsys.readouterr()
+    assert out.out == afresh
     assert reused[:3] == [0, 0, 0] and reused[3] == 0 and 0 < reused[4] < reused[5]
+    kept = [int(n) for n in re.findall(r"tokens/s\); .* (\d+) of \d+ prompt tokens kept from the last turn", out.err)]
+    assert kept == reused[3:]  # --stats says it, a line a turn
 
 
 @pytest.mark.real_model

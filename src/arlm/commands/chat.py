@@ -11,6 +11,7 @@ from arlm.commands.generate import (
     Streamer,
     add_generation_flags,
     draft_for,
+    format_stats,
     generation_options,
     grammar_for,
     note_compile,
@@ -22,12 +23,13 @@ from arlm.config import GenerationConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL (or --model), --system, --message (repeatable), --draft, --[no-]reuse-prefix, --device, --dtype, --json
-    and the generation flags."""
+    """MODEL (or --model), --system, --message (repeatable), --draft, --stats, --[no-]reuse-prefix, --device, --dtype,
+    --json and the generation flags."""
     add_model_argument(parser, "an instruct model with a chat template", default="smollm2")
     parser.add_argument("--system", help="a system message")
     parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
     parser.add_argument("--draft", help=DRAFT_HELP)
+    parser.add_argument("--stats", action="store_true", help="after each answer, its tokens/s and the prompt kept")
     parser.add_argument(
         "--reuse-prefix",
         action=argparse.BooleanOptionalAction,
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         reuse_prefix=args.reuse_prefix,
         json_schema=json_schema_of(args.json),
+        stats=args.stats,
     )
     return 0
 
@@ -70,6 +73,7 @@ def chat_command(
     dtype: str = "auto",
     reuse_prefix: bool = True,
     json_schema: dict | None = None,
+    stats: bool = False,
     read: Callable[[str], str] = input,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
@@ -110,4 +114,8 @@ def chat_command(
         streamer = Streamer(loaded.tokenizer, config.stop)
         answers.append(session.reply(line, on_token=streamer))
         streamer.finish()
+        if stats:
+            last = session.stats
+            kept = f"{last['reused_tokens']} of {last['prompt_tokens']} prompt tokens kept from the last turn"
+            print(f"{format_stats(last)}; {kept}", file=sys.stderr)
     return answers

@@ -52,6 +52,7 @@ class ChatSession:
         self.engine = Engine(model, reuse_prefix=True) if reuse_prefix else None
         self.reused = 0
         self.grammar = grammar
+        self.stats: dict = {}  # the last turn's: generate()'s stats, its prompt's length and the positions reused
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
 
@@ -70,10 +71,10 @@ class ChatSession:
     def reply(self, message: str, on_token: Callable | None = None) -> str:
         """Add a user message, generate the assistant's answer (streamed to on_token), remember it."""
         self.turns.append({"role": "user", "content": message})
-        tok = self.tokenizer
+        tok, prompt = self.tokenizer, self.prompt_ids()
         out = generate(
             self.engine or self.model,
-            [self.prompt_ids()],
+            [prompt],
             self.config,
             eos_id=tok.eos_id,
             pad_id=tok.pad_id,
@@ -83,6 +84,7 @@ class ChatSession:
             grammar=self.grammar,
         )
         self.reused = self.engine.reused if self.engine else 0
+        self.stats = {**out.stats, "prompt_tokens": len(prompt), "reused_tokens": self.reused}
         answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()
         self.turns.append({"role": "assistant", "content": answer})
         return answer
