@@ -91,6 +91,25 @@ def test_a_greedy_run_streams_into_the_page(browser, server):
     assert errors == []
 
 
+def test_the_json_switch_keeps_a_run_to_a_json_object_and_goes_with_greedy_and_sampling_only(browser, server):
+    page, errors = _open(browser, server)
+    page.uncheck("#compare")
+    a = ".panel[data-name=A]"
+    page.select_option(f"{a} select[name=strategy]", "beam")
+    assert not page.is_visible(f"{a} [name=json]")  # beam search cannot keep to a grammar: no switch
+    page.select_option(f"{a} select[name=strategy]", "greedy")
+    page.check(f"{a} [name=json]")
+    page.click("#run")
+    _done(page, "A")
+    text = "".join(page.locator(f"{a} .output .tok").all_text_contents()).replace("↵", "")
+    tok = server.lm.tokenizer
+    assert text.endswith(tok.token_text(tok.eos_id))  # the run ended on EOS: the JSON was complete
+    assert isinstance(
+        json.loads(text.removesuffix(tok.token_text(tok.eos_id))), dict
+    )  # free, the tiny model writes no JSON (tests/serving/test_structured.py)
+    assert errors == []
+
+
 def test_speculative_marks_drafts_and_two_strategies_side_by_side(browser, server, tmp_path):
     page, errors = _open(browser, server)
     page.select_option(".panel[data-name=A] select[name=strategy]", "speculative")

@@ -170,6 +170,7 @@ class TraceRequest(Sampling):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     top_logprobs: int = Field(default=5, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None  # the playground's JSON switch (greedy, sample)
 
 
 class TokenizeRequest(BaseModel):
