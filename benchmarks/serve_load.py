@@ -1,7 +1,7 @@
 """Load test of `arlm serve` on localhost: N concurrent clients x M streamed requests each, for N in 1, 4, 8, 16.
 
     .venv/bin/python benchmarks/serve_load.py [--model smollm2] [--requests 4] [--max-tokens 64] [--dtype auto]
-        [--reuse-prefix]
+        [--reuse-prefix] [--json]
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --name smollm2   # a running server
     .venv/bin/python benchmarks/serve_load.py --levels 8 --vs http://127.0.0.1:8080 --rounds 3  # side by side
 
@@ -9,8 +9,9 @@ Starts `arlm serve MODEL` (unless --url is given), waits for /health, then for e
 client's requests one after another: greedy, streamed chat completions of at most --max-tokens tokens (a reply may
 end earlier at EOS; tokens are counted as the server reports them). Reports per level: requests, tokens, wall time,
 aggregate tokens/s, time to first token p50/p95, inter-token latency p50/p95 (gaps between streamed chunks), and the
-aggregate tokens/s relative to one client. Bounded: clients x requests requests per level, nothing else. Prints a
-markdown table for docs/perf.md.
+aggregate tokens/s relative to one client. --json asks every request for a JSON object (OpenAI's
+response_format json_object, which llama-server also takes). Bounded: clients x requests requests per level,
+nothing else. Prints a markdown table for docs/perf.md.
 
 With --vs URL (another OpenAI-compatible server already running, e.g. llama.cpp's `llama-server --parallel 8`
 on the same GGUF and threads) each level runs --rounds times on each server, alternating, and the table gives the
@@ -56,8 +57,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def one_request(url: str, name: str, prompt: str, max_tokens: int) -> dict:
-    """One streamed chat completion; times of the first chunk and of every chunk after it."""
+def one_request(url: str, name: str, prompt: str, max_tokens: int, extra: dict | None = None) -> dict:
+    """One streamed chat completion (extra: more of the body); times of the first chunk and of every chunk after
+    it."""
     parts = urlparse(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
     body = {
@@ -67,6 +69,7 @@ def one_request(url: str, name: str, prompt: str, max_tokens: int) -> dict:
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},  # OpenAI's way to ask for usage in the last chunk
+        **(extra or {}),
     }
     start = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -89,14 +92,14 @@ def one_request(url: str, name: str, prompt: str, max_tokens: int) -> dict:
     return {"ttft": (times[0] - start) if times else end - start, "gaps": gaps, "tokens": tokens, "end": end}
 
 
-def run_level(url: str, name: str, clients: int, requests: int, max_tokens: int) -> dict:
+def run_level(url: str, name: str, clients: int, requests: int, max_tokens: int, extra: dict | None = None) -> dict:
     """`clients` threads, each sending `requests` requests in turn."""
     results, errors, lock = [], [], threading.Lock()
 
     def client(c: int) -> None:
         for r in range(requests):
             try:
-                out = one_request(url, name, PROMPTS[(c * requests + r) % len(PROMPTS)], max_tokens)
+                out = one_request(url, name, PROMPTS[(c * requests + r) % len(PROMPTS)], max_tokens, extra)
             except Exception as exc:  # reported, not hidden
                 with lock:
                     errors.append(str(exc))
@@ -135,12 +138,17 @@ def compare(url: str, name: str, other: str, other_name: str, args: argparse.Nam
     for clients in (int(c) for c in args.levels.split(",")):
         ours, theirs = [], []
         for _ in range(args.rounds):
-            ours.append(run_level(url, name, clients, args.requests, args.max_tokens))
-            theirs.append(run_level(other, other_name, clients, args.requests, args.max_tokens))
+            ours.append(run_level(url, name, clients, args.requests, args.max_tokens, body_extra(args)))
+            theirs.append(run_level(other, other_name, clients, args.requests, args.max_tokens, body_extra(args)))
         a, b = (statistics.median(r["tok_s"] for r in rows) for rows in (ours, theirs))
         ta, tb = (statistics.median(r["ttft_p50"] for r in rows) for rows in (ours, theirs))
         errors = sum(r["errors"] for r in ours + theirs)
         print(f"| {clients} | {a:.1f} | {b:.1f} | {a / b:.2f}x | {ta:.2f} | {tb:.2f} | {errors} |", flush=True)
+
+
+def body_extra(args: argparse.Namespace) -> dict:
+    """What --json adds to every request: OpenAI's response_format for any JSON object."""
+    return {"response_format": {"type": "json_object"}} if args.json else {}
 
 
 def start_server(args: argparse.Namespace) -> subprocess.Popen:
@@ -186,6 +194,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--url", help="use this running server instead of starting one")
     parser.add_argument("--reuse-prefix", action="store_true", help="start arlm serve with --reuse-prefix")
+    parser.add_argument("--json", action="store_true", help="every request asks response_format json_object")
     parser.add_argument("--name", help="model name the running server serves (default --model)")
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -201,16 +210,18 @@ def main() -> None:
         one_request(url, name, PROMPTS[0], 4)  # warm-up
         if args.vs:
             one_request(args.vs, args.vs_name, PROMPTS[0], 4)
-            print(f"{name} ({args.dtype}) vs {args.vs}; {cpu_model()}, {os.cpu_count()} CPUs")
+            json_mode = ", JSON objects" if args.json else ""
+            print(f"{name} ({args.dtype}{json_mode}) vs {args.vs}; {cpu_model()}, {os.cpu_count()} CPUs")
             return compare(url, name, args.vs, args.vs_name, args)
-        rows = [run_level(url, name, int(c), args.requests, args.max_tokens) for c in args.levels.split(",")]
+        extra = body_extra(args)
+        rows = [run_level(url, name, int(c), args.requests, args.max_tokens, extra) for c in args.levels.split(",")]
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=300)
     print(
         f"\n{name}, {args.dtype}, max batch {args.max_batch}, {args.requests} requests per client, max_tokens "
-        f"{args.max_tokens}, greedy, streamed chat; {cpu_model()}, "
+        f"{args.max_tokens}, greedy, streamed chat{', JSON objects' if args.json else ''}; {cpu_model()}, "
         f"{os.cpu_count()} CPUs\n"
     )
     columns = ["clients", "requests", "errors", "tokens", "wall s", "tokens/s", "vs 1 client", "TTFT p50 / p95 s"]
