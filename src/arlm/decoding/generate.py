@@ -285,7 +285,7 @@ def _prefill_then_step(
     if prompt_ids.shape[1] == 1:
         return engine.prefill(prompt_ids, mask), 0.0
     start = time.perf_counter()
-    if engine.length < prompt_ids.shape[1] - 1:  # (a kept beginning comes with no mask: the prompt is unpadded)
+    if engine.length < prompt_ids.shape[1] - 1:  # (past a kept beginning; the prompt is then unpadded)
         engine.prefill(prompt_ids[:, engine.length : -1], None if mask is None else mask[:, :-1])
     prompt_s = time.perf_counter() - start
     return engine.step(prompt_ids[:, -1:], mask), prompt_s
