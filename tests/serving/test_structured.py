@@ -101,3 +101,11 @@ def test_a_constrained_request_in_a_busy_batch_gets_what_it_gets_alone(live):
         mine = [pool.submit(client.chat.completions.create, **kw, seed=s) for s in range(3)]
         assert [f.result().choices[0].message.content for f in mine] == alone
         assert all(f.result().choices[0].finish_reason for f in others)
+
+
+def test_completions_take_response_format_too_as_vllms_do(live):
+    out = live.client().completions.create(
+        model=MODEL_ID, prompt="The colour:", max_tokens=40, temperature=0, extra_body={"response_format": FORMAT}
+    )
+    assert out.choices[0].finish_reason == "stop"
+    _check(out.choices[0].text)

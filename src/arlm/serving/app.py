@@ -120,8 +120,7 @@ class Server:
             logit_bias = req.logit_biases(self.tokenizer.vocab_size)
         except ValueError as e:
             raise ApiError(400, str(e), param="logit_bias") from None
-        response_format = getattr(req, "response_format", None)  # (chat's)
-        schema = None if response_format is None else response_format.constraint()
+        schema = None if req.response_format is None else req.response_format.constraint()
         try:
             vocab = self.scheduler.model.config.vocab_size  # (the logits' width)
             grammar = None if schema is None else JsonGrammar(self.tokenizer, schema, vocab)

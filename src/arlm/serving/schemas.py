@@ -21,9 +21,45 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    """response_format.json_schema: OpenAI's name, description, schema and strict (arlm's output always keeps to the
+    schema; without one, any JSON value)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: "text" (a reply as it comes), "json_object" (any JSON object) or "json_schema" (JSON
+    matching json_schema.schema): the JSON modes constrain decoding (decoding/grammar.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        """json_schema goes with type json_schema, and only with it."""
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type json_schema, and only with it")
+        return self
+
+    def constraint(self) -> dict | None:
+        """The JSON schema decoding keeps to, or None for text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "object"}
+        return self.json_schema.schema_ if self.json_schema.schema_ is not None else {}
+
+
 class Sampling(BaseModel):
     """What both endpoints share: OpenAI's sampling parameters and arlm's extras (top_k, min_p,
-    repetition_penalty, strategy, num_beams, num_draft_tokens, adaptive_draft, lookup_first), all optional."""
+    repetition_penalty, strategy, num_beams, num_draft_tokens, adaptive_draft, lookup_first; response_format, which
+    OpenAI's API has for chat only), all optional."""
 
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -48,6 +84,7 @@ class Sampling(BaseModel):
     num_draft_tokens: int = Field(default=4, ge=1, le=16)
     adaptive_draft: bool = False  # speculative / prompt-lookup: gamma chosen each round (num_draft_tokens ignored)
     lookup_first: bool = False  # speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere
+    response_format: ResponseFormat | None = None  # OpenAI's (chat); completions and the trace take it too, as vLLM's
 
     def stops(self) -> list[str]:
         """The stop strings as a list."""
@@ -119,46 +156,10 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class JsonSchemaFormat(BaseModel):
-    """response_format.json_schema: OpenAI's name, description, schema and strict (arlm's output always keeps to the
-    schema; without one, any JSON value)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: str
-    description: str | None = None
-    schema_: dict | None = Field(default=None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    """OpenAI's response_format: "text" (a reply as it comes), "json_object" (any JSON object) or "json_schema" (JSON
-    matching json_schema.schema): the JSON modes constrain decoding (decoding/grammar.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-
-    @model_validator(mode="after")
-    def _schema_with_its_type(self) -> ResponseFormat:
-        """json_schema goes with type json_schema, and only with it."""
-        if (self.type == "json_schema") != (self.json_schema is not None):
-            raise ValueError("json_schema is given with type json_schema, and only with it")
-        return self
-
-    def constraint(self) -> dict | None:
-        """The JSON schema decoding keeps to, or None for text."""
-        if self.type == "text":
-            return None
-        if self.type == "json_object":
-            return {"type": "object"}
-        return self.json_schema.schema_ if self.json_schema.schema_ is not None else {}
-
-
 class ChatRequest(Sampling):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    response_format: ResponseFormat | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -170,7 +171,6 @@ class TraceRequest(Sampling):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     top_logprobs: int = Field(default=5, ge=0, le=MAX_TOP_LOGPROBS)
-    response_format: ResponseFormat | None = None  # the playground's JSON switch (greedy, sample)
 
 
 class TokenizeRequest(BaseModel):
