@@ -16,7 +16,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
-from arlm.interop.gguf import byte_blocks, q4_blocks, q8_blocks
+from arlm.interop.gguf import byte_blocks, q4_blocks, q4_bytes, q8_blocks
 from arlm.interop.loading import auto_dtype, load_model, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
@@ -90,6 +90,27 @@ def test_q4_blocks_reproduce_gguf_dequantization(kind):
     layer = Int4Linear.from_codes(codes, scales, lows, 32)  # the kernel reads them in its dtype
     scale, low = (v.repeat_interleave(32, 1) for v in layer.levels())
     torch.testing.assert_close(layer.dequantized(), codes.float() * scale + low, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("ours", [True, False])
+def test_a_layer_from_the_files_code_bytes_equals_one_from_their_codes(kind, ours, monkeypatch):
+    """from_q4_bytes reorders the file's bytes into the kernel's layout (arlm's kernels) or unpacks them (PyTorch's):
+    either way the layer from_codes builds from the unpacked codes."""
+    if ours and not native.available():
+        pytest.skip("needs arlm's kernels")
+    monkeypatch.setattr(native, "available", lambda: ours)
+    values = np.random.default_rng(2).standard_normal((48, 96)).astype(np.float32)  # (rows, cols)
+    raw = gguf.quants.quantize(values, gguf.GGMLQuantizationType[kind])
+    code_bytes, scales, lows = q4_bytes(raw, kind, (48, 96))
+    assert code_bytes.shape == (48, 48) and code_bytes.dtype == torch.uint8
+    built = Int4Linear.from_q4_bytes(code_bytes, scales, lows)
+    reference = Int4Linear.from_codes(*q4_blocks(raw, kind, (48, 96)), 32)
+    assert built.native == reference.native == ours
+    for name, buffer in reference.named_buffers():
+        assert torch.equal(getattr(built, name), buffer), name
+    x = torch.randn(3, 96)
+    assert torch.equal(built(x), reference(x))
 
 
 def test_q8_blocks_reproduce_gguf_dequantization():

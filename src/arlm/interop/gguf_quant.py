@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from arlm.config import ModelConfig
 from arlm.interop.gguf import (
-    BLOCK,
     Q4_TYPES,
     GGUFContents,
     byte_blocks,
     linear_sources,
-    q4_blocks,
+    q4_bytes,
     read_gguf,
     stack_rows,
 )
@@ -93,13 +92,13 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
         if ours in q8 and not q8_0_fits(*_shape(parts)):
             continue  # left to be decoded and quantized as a float weight
         tensors = [contents.tensors[name] for name, _, _ in parts]
-        blocks = [  # (codes, scales) or (codes, scales, lows) per tensor
-            (byte_blocks if ours in q8 else q4_blocks)(t.data, t.tensor_type.name, shape)
+        blocks = [  # (codes, scales) or (code bytes, scales, lows) per tensor
+            (byte_blocks if ours in q8 else q4_bytes)(t.data, t.tensor_type.name, shape)
             for t, (_, shape, _) in zip(tensors, parts)
         ]
         heads = [h for *_, h in parts]
         arrays = [stack_rows([b[i] for b in blocks], heads) for i in range(len(blocks[0]))]
-        layer = Int8Linear.from_blocks(*arrays) if ours in q8 else Int4Linear.from_codes(*arrays, BLOCK)
+        layer = Int8Linear.from_blocks(*arrays) if ours in q8 else Int4Linear.from_q4_bytes(*arrays)
         path = ours.removesuffix(".weight")
         parent, _, name = path.rpartition(".")
         setattr(model.get_submodule(parent), name, layer)

@@ -35,6 +35,21 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     return packed.permute(0, 2, 3, 1, 4).contiguous()
 
 
+def pack_q4_bytes(block_bytes: torch.Tensor) -> torch.Tensor:
+    """GGUF Q4_0 / Q4_1 code bytes (N, K / 2), each block's 16 in the file's order, N by 16 and K by 32 -> `pack_int4`'s
+    layout, by reordering alone: byte 4j + b of a block holds inputs 4j + b (low nibble) and 16 + 4j + b (high), which
+    is the kernel's byte b of vector j."""
+    n, half = block_bytes.shape
+    return block_bytes.reshape(n // 16, 16, half // 16, 4, 4).permute(0, 2, 3, 1, 4).contiguous()
+
+
+def q4_codes(block_bytes: torch.Tensor) -> torch.Tensor:
+    """GGUF Q4_0 / Q4_1 code bytes (N, K / 2) -> the codes (N, K) in 0..15: each block's low nibbles, then its high."""
+    n, half = block_bytes.shape
+    blocks = block_bytes.reshape(n, half // 16, 16)  # (N, K/32, 16)
+    return torch.cat([blocks & 0x0F, blocks >> 4], dim=-1).reshape(n, 2 * half)
+
+
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """The codes (N, K) `pack_int4` laid out."""
     halves = torch.stack([packed & 0x0F, packed >> 4], dim=3)  # (T, G, 4, 2, 16, 4) -> inputs 16 half + 4 j + b

@@ -150,23 +150,26 @@ class Int4Linear(nn.Module):
 
     def __init__(
         self,
-        codes: torch.Tensor,
+        codes: torch.Tensor | None,
         scales: torch.Tensor,
         lows: torch.Tensor,
         group_size: int,
         bias: torch.Tensor | None = None,
         ours: bool | None = None,
+        packed: torch.Tensor | None = None,
     ) -> None:
         """Codes (out, in) in 0..15 with the exact scales and lows (out, in / group_size); ours: on arlm's kernels
-        (None: where they are built), else PyTorch's, which read the levels moved by `_levels`."""
+        (None: where they are built), else PyTorch's, which read the levels moved by `_levels`; packed: on arlm's
+        kernels, the codes already in their layout (`from_q4_bytes`), codes then None."""
         super().__init__()
-        out_features, in_features = codes.shape
+        out_features, in_features = scales.shape[0], scales.shape[1] * group_size
         check_int4_shape(out_features, in_features, group_size)
         self.out_features, self.in_features, self.group_size = out_features, in_features, group_size
         self.native = native.available() if ours is None else ours
         scales, lows = _levels(scales, lows, self.native)
         if self.native:
-            self.register_buffer("packed", int_layout.pack_int4(codes))  # (out/16, in/32, 4, 16, 4)
+            packed = int_layout.pack_int4(codes) if packed is None else packed  # (out/16, in/32, 4, 16, 4)
+            self.register_buffer("packed", packed)
             levels = int_layout.tile_levels(scales, lows)  # (out/16, in/G, 2, 16) float16
             self.register_buffer("scales_and_lows", levels)
         else:  # PyTorch's kernel reads (q - 8) * scale + zero
@@ -182,6 +185,17 @@ class Int4Linear(nn.Module):
     ) -> Int4Linear:
         """A layer from 4-bit codes (out, in) in 0..15 and per-group scales and lows (out, in / group_size)."""
         return cls(codes, scales, lows, group_size, bias)
+
+    @classmethod
+    def from_q4_bytes(
+        cls, block_bytes: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, bias=None
+    ) -> Int4Linear:
+        """A layer from GGUF Q4_0 / Q4_1 code bytes (out, in / 2) as the file holds them (16 a block of 32 inputs) and
+        the blocks' scales and lows (out, in / 32): on arlm's kernels reordered into their layout, never unpacked
+        (`int_layout.pack_q4_bytes`); elsewhere unpacked into codes."""
+        if native.available():
+            return cls(None, scales, lows, 32, bias, packed=int_layout.pack_q4_bytes(block_bytes))
+        return cls(int_layout.q4_codes(block_bytes), scales, lows, 32, bias)
 
     @classmethod
     def from_float(cls, linear: nn.Module, group_size: int = 32) -> Int4Linear:
