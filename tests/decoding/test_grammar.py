@@ -98,5 +98,8 @@ def test_what_the_grammar_cannot_hold_is_refused_in_one_line(tiny):
         JsonGrammar(tok, {"type": "nonsense"})
     with pytest.raises(ArlmError, match="not valid JSON"):
         JsonGrammar(tok, "{nope")
+    with pytest.raises(ArlmError, match="the JSON schema cannot be used: .*expected a boolean"):
+        JsonGrammar(tok, {**COLOUR, "x-guidance": {"whitespace_flexible": "sometimes"}})
+    JsonGrammar(tok, {**COLOUR, "x-guidance": 3})  # options that are no object: llguidance's own defaults
     with pytest.raises(ArlmError, match="tokenizer of the tokenizers library"):
         JsonGrammar(train_tokenizer("char", ["abc{}"], 0), COLOUR)

@@ -49,10 +49,13 @@ class JsonGrammar:
             raise ArlmError(f"the JSON schema is not valid JSON: {e}") from None
         if not isinstance(schema, dict):
             raise ArlmError(f"a JSON schema is an object, got {type(schema).__name__}")
-        options = schema.get("x-guidance", {})
-        spaced = "whitespace_flexible" in options or "whitespace_pattern" in options  # the schema's own rule
-        defaults = {} if spaced else {"whitespace_pattern": WHITESPACE}
-        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults)
+        options = schema.get("x-guidance")
+        own = isinstance(options, dict) and ("whitespace_flexible" in options or "whitespace_pattern" in options)
+        try:
+            defaults = {} if own else {"whitespace_pattern": WHITESPACE}
+            self.grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults)
+        except ValueError as e:  # (x-guidance options llguidance does not take)
+            raise ArlmError(f"the JSON schema cannot be used: {e}") from None
         self.vocab_size = vocab_size or tokenizer.vocab_size
         self.tokenizer = _ll_tokenizer(tokenizer, self.vocab_size)
         error = llguidance.LLMatcher.validate_grammar(self.grammar, self.tokenizer)
