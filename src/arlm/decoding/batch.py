@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from arlm.config import GenerationConfig
+from arlm.decoding.engine import shared_beginning
 from arlm.decoding.generate import choose_next
 from arlm.decoding.grammar import Matcher
 from arlm.decoding.processors import History, add_logit_bias, make_generator, presence_frequency_penalty
@@ -148,7 +149,7 @@ class BatchEngine:
         if not self.free:
             raise ArlmError("no free slot")
         reusable = self.reuse_prefix and not seq.prompt_logprobs  # a scored prompt needs every position's logits
-        shared = {slot: _common(self.kept[slot], seq.prompt) if reusable else 0 for slot in self.free}
+        shared = {slot: shared_beginning(self.kept[slot], seq.prompt) if reusable else 0 for slot in self.free}
         seq.slot = max(reversed(self.free), key=lambda slot: shared[slot])  # ties: the slot pop() would give
         self.free.remove(seq.slot)
         seq.filled = shared[seq.slot]
@@ -249,7 +250,7 @@ class BatchEngine:
         s.ids = torch.cat([s.ids, token[:, None]], dim=1)  # (1, S+1)
         tid = int(token)
         s.generated.append(tid)
-        if s.matcher is not None and tid != s.eos_id:
+        if s.matcher is not None:
             s.matcher.advance(tid)
         out = Emitted(s, tid)
         if s.top_logprobs >= 0:
@@ -262,14 +263,3 @@ class BatchEngine:
         else:
             s.pending = token
         return out
-
-
-def _common(kept: list[int], prompt: list[int]) -> int:
-    """How many leading tokens of the prompt a slot keeping `kept` holds already, leaving at least the prompt's last
-    token to prefill (its logits choose the first new token)."""
-    n = 0
-    for a, b in zip(kept, prompt[:-1]):
-        if a != b:
-            break
-        n += 1
-    return n

@@ -151,9 +151,7 @@ class Engine:
         if prompt is None or not self._fed or self.cache is None or self.cache.batch_size != 1:
             return 0
         held = torch.cat(self._fed, dim=1)[0, : self.cache.length]  # (L,)
-        n = min(held.shape[0], prompt.shape[1] - 1)
-        differs = (held[:n] != prompt[0, :n].to(held.device)).nonzero()  # (d, 1)
-        return int(differs[0, 0]) if differs.numel() else n
+        return shared_beginning(held.tolist(), prompt[0].tolist())
 
     def _fresh(self, batch: int, needed: int, compiled: bool, dtype: torch.dtype | None) -> KVCache:
         """The cache `open` fills: new, or the compiled step's static one where it fits; its length set to 0."""
@@ -246,6 +244,17 @@ class Engine:
         """Free the cache and the CUDA graph captured over it (the compiled function stays, for a later compiled
         open)."""
         self.cache, self.static, self._pos, self._graph, self._fed = None, False, None, None, None
+
+
+def shared_beginning(held: list[int], prompt: list[int]) -> int:
+    """How many leading ids of the prompt a cache holding `held` has already, leaving at least the prompt's last id to
+    encode (its logits choose the first new token): what reuse_prefix keeps, here and in the batch's slots."""
+    n = 0
+    for a, b in zip(held, prompt[:-1]):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 def engine_for(model: torch.nn.Module | Engine) -> tuple[Engine, bool]:

@@ -246,7 +246,7 @@ def decode_loop(
         token = choose_next(scores, sequences, config, generator, history)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         if matchers is not None:
-            _advance(matchers, token, done, history.eos_id)
+            _advance(matchers, token, done)
         sequences = torch.cat([sequences, token[:, None]], dim=1)  # (B, S+1)
         if on_token is not None:
             on_token(token)
@@ -267,10 +267,10 @@ def decode_loop(
     return _loop_output(sequences, T, lengths, start, prefill_s, prompt_s)
 
 
-def _advance(matchers: list[Matcher], token: torch.Tensor, done: torch.Tensor, eos_id: int | None) -> None:
-    """Each running row's matcher follows its new token (B,) (EOS ends the row instead)."""
+def _advance(matchers: list[Matcher], token: torch.Tensor, done: torch.Tensor) -> None:
+    """Each running row's matcher follows its new token (B,)."""
     for i, (t, finished) in enumerate(zip(token.tolist(), done.tolist())):
-        if not finished and t != eos_id:
+        if not finished:
             matchers[i].advance(t)
 
 

@@ -56,7 +56,7 @@ class JsonGrammar:
             self.grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults)
         except ValueError as e:  # (x-guidance options llguidance does not take)
             raise ArlmError(f"the JSON schema cannot be used: {e}") from None
-        self.vocab_size = vocab_size or tokenizer.vocab_size
+        self.vocab_size, self.eos_id = vocab_size or tokenizer.vocab_size, tokenizer.eos_id
         self.tokenizer = _ll_tokenizer(tokenizer, self.vocab_size)
         error = llguidance.LLMatcher.validate_grammar(self.grammar, self.tokenizer)
         if error:
@@ -71,7 +71,7 @@ class Matcher:
     """One sequence's place in its grammar: the tokens allowed next, and the tokens chosen so far."""
 
     def __init__(self, grammar: JsonGrammar) -> None:
-        self.vocab_size = grammar.vocab_size
+        self.vocab_size, self.eos_id = grammar.vocab_size, grammar.eos_id
         self._matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
         self._bits = torch.arange(32, dtype=torch.int32)  # (32,)
 
@@ -87,8 +87,8 @@ class Matcher:
         return logits.masked_fill(~allowed, float("-inf"))
 
     def advance(self, token: int) -> None:
-        """Follow the token chosen (one the mask allowed)."""
-        if not self._matcher.consume_token(token):
+        """Follow the token chosen (one the mask allowed); EOS ends the text, and the sequence with it."""
+        if token != self.eos_id and not self._matcher.consume_token(token):
             raise RuntimeError(f"token {token} was not allowed by the grammar: {self._matcher.get_error()}")
 
 

@@ -256,9 +256,7 @@ class Scheduler:
                 prompt_logprobs=job.prompt_logprobs,
                 matcher=None if job.grammar is None else job.grammar.matcher(),
             )
-            reused = self.engine.admit(choice.seq)
-            self.metrics.reused_tokens.inc(reused)
-            job.cached_tokens = max(job.cached_tokens, reused)
+            self._count_reused(job, self.engine.admit(choice.seq))
             self._owner[id(choice.seq)] = choice
             if job.admitted_step is None:
                 job.admitted_step = self.engine.steps
@@ -427,9 +425,14 @@ class Scheduler:
             trace=trace,
         )
         if self._lane_engine is not None:  # (--reuse-prefix: the beginning of the prompt the lane's cache held)
-            self.metrics.reused_tokens.inc(self._lane_engine.reused)
-            job.cached_tokens = max(job.cached_tokens, self._lane_engine.reused)
+            self._count_reused(job, self._lane_engine.reused)
         return out
+
+    def _count_reused(self, job: Job, reused: int) -> None:
+        """Prompt tokens a cache held already (--reuse-prefix): into the metric, and the job's usage (the most any of
+        its choices reused)."""
+        self.metrics.reused_tokens.inc(reused)
+        job.cached_tokens = max(job.cached_tokens, reused)
 
     def _beam_stop(self, job: Job):
         """Beam search's stop check: a hypothesis ends once its text holds one of the request's stop strings (the

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from arlm.config import GenerationConfig
+from arlm.decoding.grammar import ANY_OBJECT
 
 Strategy = Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"]
 MAX_N = 16
@@ -52,7 +53,7 @@ class ResponseFormat(BaseModel):
         if self.type == "text":
             return None
         if self.type == "json_object":
-            return {"type": "object"}
+            return ANY_OBJECT
         return self.json_schema.schema_ if self.json_schema.schema_ is not None else {}
 
 
