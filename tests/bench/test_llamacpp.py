@@ -67,12 +67,14 @@ def test_the_comparison_is_the_quotient_of_medians(tmp_path):
 
 
 def test_bench_decode_llamacpp_refuses_in_one_line_before_timing(tmp_path, monkeypatch, capsys):
-    """Another model than SmolLM2, no llama-bench, or no file at the precision: one line naming the fix, exit 2."""
+    """Another model than SmolLM2 or a GGUF file, a missing file, no llama-bench, or no file at the precision: one
+    line naming the fix, exit 2."""
     from arlm.cli import main
 
     monkeypatch.setenv("LLAMACPP_CACHE", str(tmp_path))
     cases = [
-        (["--model", "random-smollm2"], "use --model smollm2"),
+        (["--model", "random-smollm2"], "use --model smollm2 or a .gguf file"),
+        (["--model", str(tmp_path / "absent.gguf")], "no GGUF file at"),
         (["--model", "smollm2"], "no llama-bench under"),
     ]
     for extra, match in cases:
@@ -83,3 +85,14 @@ def test_bench_decode_llamacpp_refuses_in_one_line_before_timing(tmp_path, monke
     assert main(["bench", "decode", "--llamacpp", "--model", "smollm2", "--dtype", "int4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "smollm2-Q4_1.gguf is missing" in err and "benchmarks/llamacpp.sh" in err, err
+
+
+def test_a_gguf_file_is_compared_with_llama_cpp_on_that_very_file(tmp_path, monkeypatch):
+    """--model FILE.gguf: llama-bench runs that file beside every --dtype (auto's mixed for a Q4_K_M file, say)."""
+    from arlm.commands.bench_decode import llamacpp_files
+
+    monkeypatch.setenv("LLAMACPP_CACHE", str(tmp_path))
+    binary = _fake_bench(tmp_path, 10.0)
+    file = tmp_path / "model-Q4_K_M.gguf"
+    file.write_bytes(b"GGUF")
+    assert llamacpp_files(str(file), ["int8", "mixed"]) == (binary, {"int8": file, "mixed": file})

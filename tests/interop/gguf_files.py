@@ -26,10 +26,30 @@ def permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def random_blocks(
+    name: str, n: int, rng: np.random.Generator, scales: tuple[float, float] = (0.001, 0.1)
+) -> np.ndarray:
+    """n random blocks of a quantized type (n, bytes a block), with finite float16 scales drawn from `scales`."""
+    _, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
+    raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    scale_at = {"Q6_K": [208]}.get(name, [0, 2] if name in ("Q4_1", "Q5_1", "Q4_K", "Q5_K") else [0])
+    for at in scale_at:
+        raw[:, at : at + 2] = rng.uniform(*scales, (n, 1)).astype(np.float16).view(np.uint8)
+    return raw
+
+
 def write_tiny_llama(
-    path, model: Transformer, tokens: list[str], merges: list[str], arch: str = "llama", types: dict | None = None
+    path,
+    model: Transformer,
+    tokens: list[str],
+    merges: list[str],
+    arch: str = "llama",
+    types: dict | None = None,
+    raw: dict | None = None,
 ):
-    """The model as convert_hf_to_gguf writes it, float32, or a tensor's type from `types` (name -> GGML type)."""
+    """The model as convert_hf_to_gguf writes it, float32, or a tensor's type from `types` (name -> GGML type), or
+    random blocks of a type in place of a tensor's values (`raw`: name -> type name; for the K-quants, which gguf
+    cannot quantize)."""
     c = model.config
     state = {k: v.detach() for k, v in model.state_dict().items()}
     writer = gguf.GGUFWriter(path, arch)
@@ -72,8 +92,15 @@ def write_tiny_llama(
             ("ffn_down", state[f"blocks.{i}.mlp.down.weight"]),
         ):
             tensors[f"blk.{i}.{name}.weight"] = value
+    rng = np.random.default_rng(11)
     for name, value in tensors.items():
         values = np.ascontiguousarray(value.numpy())
+        if name in (raw or {}):
+            kind = gguf.GGMLQuantizationType[raw[name]]
+            block, _ = gguf.GGML_QUANT_SIZES[kind]
+            blocks = random_blocks(raw[name], values.size // block, rng, scales=(2e-5, 2e-4))
+            writer.add_tensor(name, blocks.reshape(len(values), -1), raw_dtype=kind)
+            continue
         kind = (types or {}).get(name)
         writer.add_tensor(name, values if kind is None else gguf.quants.quantize(values, kind), raw_dtype=kind)
     writer.write_header_to_file()
@@ -88,13 +115,14 @@ TINY_MERGES = ["Ġ t", "h e", "Ġt he"]
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-def tied_llama(seed: int = 5) -> tuple[Transformer, list[str]]:
-    """A random tied Llama whose 272 outputs come by 16 (so that a Q8_0 head can be kept as it is), and its tokens."""
+def tied_llama(seed: int = 5, width: int = 64, ffn: int = 96) -> tuple[Transformer, list[str]]:
+    """A random tied Llama whose 272 outputs come by 16 (so that a Q8_0 head can be kept as it is), and its tokens;
+    width and ffn 256 fit the K-quants' super-blocks."""
     torch.manual_seed(seed)
     tokens = TINY_TOKENS + [f"x{i}" for i in range(272 - len(TINY_TOKENS))]
     config = ModelConfig(
-        flavour="llama", vocab_size=len(tokens), block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64,
-        d_ff=96, tie_embeddings=True,
+        flavour="llama", vocab_size=len(tokens), block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=width,
+        d_ff=ffn, tie_embeddings=True,
     )  # fmt: skip
     return Transformer(config).eval(), tokens
 

@@ -27,7 +27,14 @@ from arlm.interop.loading import load_model, to_dtype
 from arlm.model import native
 from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Transformer
-from tests.interop.gguf_files import TINY_MERGES, TINY_TOKENS, byte_alphabet, permute_for_llama_cpp, write_tiny_llama
+from tests.interop.gguf_files import (
+    TINY_MERGES,
+    TINY_TOKENS,
+    byte_alphabet,
+    permute_for_llama_cpp,
+    random_blocks,
+    write_tiny_llama,
+)
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -280,16 +287,6 @@ def _reference(blocks: np.ndarray, name: str) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _random_blocks(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n random blocks of a quantized type, with finite, modest f16 scales."""
-    _, size = gguf.GGML_QUANT_SIZES[Q[name]]
-    raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    scale_at = {"Q6_K": [208]}.get(name, [0, 2] if name in ("Q4_1", "Q5_1", "Q4_K", "Q5_K") else [0])
-    for at in scale_at:
-        raw[:, at : at + 2] = rng.uniform(0.001, 0.1, (n, 1)).astype(np.float16).view(np.uint8)
-    return raw
-
-
 def _write_one_tensor(path, raw: np.ndarray, dtype=None, name: str = "w"):
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_tensor(name, raw, raw_dtype=dtype)
@@ -312,7 +309,7 @@ def test_dequantization_matches_the_block_formula(tmp_path, name):
         raw, dtype, expected = bits.view(np.uint8), Q.BF16, (bits.astype(np.uint32) << 16).view(np.float32)
     else:
         block, _ = gguf.GGML_QUANT_SIZES[Q[name]]
-        blocks = _random_blocks(name, rows * cols // block, rng)
+        blocks = random_blocks(name, rows * cols // block, rng)
         raw, dtype, expected = blocks.reshape(rows, -1), Q[name], _reference(blocks, name).reshape(rows, cols)
     got = read_tensors(read_gguf(_write_one_tensor(tmp_path / f"{name}.gguf", raw, dtype)))["w"]
     assert got.dtype == torch.float32 and tuple(got.shape) == (rows, cols)
@@ -323,7 +320,7 @@ def test_dequantization_matches_the_block_formula(tmp_path, name):
 def test_the_legacy_blocks_decode_to_gguf_py_s_very_bits(name):
     """Q4_0 / Q4_1 / Q8_0 are decoded by arlm's own torch code (faster): bit for bit gguf.quants' values."""
     rng = np.random.default_rng(3)
-    blocks = _random_blocks(name, 6 * 8, rng)  # 6 rows of 256 values
+    blocks = random_blocks(name, 6 * 8, rng)  # 6 rows of 256 values
     expected = gguf.quants.dequantize(blocks.reshape(6, -1), Q[name]).astype(np.float32)
     got = arlm_gguf.dequantize(blocks.reshape(6, -1), name, (2, 3, 256)).numpy()
     assert got.shape == (2, 3, 256) and np.array_equal(got.view(np.uint32), expected.reshape(2, 3, 256).view(np.uint32))
@@ -375,8 +372,8 @@ def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_p
     """--dtype int4 of a GGUF decodes no Q4 tensor whose layer it builds from the blocks; a layer with a source of
     another type (layer 0's keys in Q8_0 here, layer 1's down projection all Q8_0, layer 0's Q5_0) is decoded and
     quantized to int4 from its values: the same model either way. --dtype int8 keeps a layer all in Q8_0, Q5_0 or
-    Q4_0 as its blocks (where arlm's kernels run), the file's weights exactly, and quantizes the others per output
-    channel."""
+    Q4_0 as its blocks (where arlm's kernels run), the file's weights exactly and never decoded, and quantizes the
+    others per output channel."""
     model, _ = tiny
     linears = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
     types = {f"blk.{i}.{name}.weight": Q.Q4_1 for i in range(model.config.n_layer) for name in linears}
@@ -395,7 +392,11 @@ def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_p
     assert sum(isinstance(m, Int4Linear) for m in loaded.modules()) == 4 * model.config.n_layer
     ids = torch.randint(0, model.config.vocab_size, (2, 20))
     assert torch.equal(loaded(ids), decoded_first(ids))
-    int8, floats = load_model(path, dtype="int8").model, load_gguf_model(path).model
+    decoded.clear()
+    int8 = load_model(path, dtype="int8").model
+    if native.available():  # the layers built from their blocks are never decoded: only layer 0's keys in Q8_0
+        assert decoded.count("Q8_0") == 1 and "Q5_0" not in decoded and "Q4_0" not in decoded
+    floats = load_gguf_model(path).model
     qkv, kept = int8.blocks[0].attn.qkv, {"blocks.1.mlp.down", "blocks.0.mlp.down", "blocks.1.mlp.up"}  # Q8/Q5/Q4_0
     assert isinstance(qkv, Int8Linear) and qkv.group_size == 0  # a mixed layer: per output channel
     for name in kept:

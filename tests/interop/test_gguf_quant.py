@@ -47,8 +47,8 @@ def tied():
         ("Q4_0", "Q4_0", None, "int4"),
         ("Q8_0", "Q8_0", None, "int8"),
         ("Q8_0", "Q5_0", "Q8_0", "int8"),  # a byte code per weight throughout
-        ("Q8_0", "Q4_1", "Q8_0", "float32"),  # int4 would requantize the Q8_0 layer, int8 the Q4_1 ones
-        ("F32", "Q4_1", None, "float32"),  # int4 would requantize the head
+        ("Q8_0", "Q4_1", "Q8_0", "mixed"),  # int4 would requantize the Q8_0 layer, int8 the Q4_1 ones
+        ("F32", "Q4_1", None, "mixed"),  # int4 would requantize the head; mixed keeps it float
         ("BF16", "BF16", None, "bfloat16"),
         ("F16", "F16", None, "float32"),
         ("F32", "F32", None, "float32"),
@@ -56,9 +56,9 @@ def tied():
 )
 @torch.no_grad()
 def test_auto_is_the_dtype_that_keeps_the_files_layers_as_they_are(tmp_path, tied, head, layers, odd_one, expected):
-    """--dtype auto: int4 where every layer is Q4_0 / Q4_1 and the head a byte type, int8 where all are byte types
-    (arlm's kernels on the CPU), bfloat16 for BF16, float32 otherwise and on a GPU; the model it loads is the one the
-    named dtype loads, its layers the file's blocks."""
+    """--dtype auto: int4 where every layer is Q4_0 / Q4_1 and the head a byte type, int8 where all are byte types,
+    mixed where the types differ otherwise (arlm's kernels on the CPU), bfloat16 for BF16, float32 otherwise and on
+    a GPU; the model it loads is the one the named dtype loads, its layers the file's blocks."""
     model, tokens = tied
     types = layer_types(model, head, layers)
     if odd_one:
@@ -76,6 +76,9 @@ def test_auto_is_the_dtype_that_keeps_the_files_layers_as_they_are(tmp_path, tie
         assert isinstance(loaded.model.lm_head, Int8Linear) and loaded.model.lm_head.group_size == 32
     if kernels and expected == "int8":
         assert all(m.group_size == 32 for m in loaded.model.modules() if isinstance(m, Int8Linear))
+    if kernels and expected == "mixed":  # the Q4_1 layers int4, a Q8_0 one int8 from its blocks, an F32 head float
+        assert sum(isinstance(m, Int4Linear) for m in loaded.model.modules()) == 4 * 2 - (odd_one is not None)
+        assert isinstance(loaded.model.lm_head, Int8Linear if head == "Q8_0" else torch.nn.Linear)
 
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])

@@ -85,7 +85,7 @@ def test_loading_a_run_while_it_trains_and_prunes(tmp_path, corpus_dir):
 
 
 def test_resolve_dtype_names_and_refusals():
-    assert DTYPES == ("float32", "bfloat16", "float16", "int8", "int4")
+    assert DTYPES == ("float32", "bfloat16", "float16", "int8", "int4", "mixed")
     assert resolve_dtype(None).float_dtype == torch.float32 and resolve_dtype(None).quant is None
     assert resolve_dtype(torch.bfloat16).name == "bfloat16"
     assert resolve_dtype("int4").quant == "int4" and resolve_dtype("int4").float_dtype == torch.float32

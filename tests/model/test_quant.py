@@ -10,7 +10,7 @@ from torch import nn
 
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
-from arlm.model import native
+from arlm.model import int_layout, native
 from arlm.model.quant import Int4Linear, Int8Linear, is_quantized, kernel_dtype, q8_0_fits, quantize_model
 from arlm.model.transformer import Transformer
 
@@ -189,6 +189,22 @@ def test_quantization_error_is_that_of_the_format(kernels):
     slack = (low.abs() + high.abs()) * 2 * HALF_ULP  # the grid's ends move by the rounding of scale and zero
     int4 = Int4Linear.from_float(linear, 32).dequantized().reshape(96, 4, 32)
     assert ((int4 - groups).abs() <= (step / 2 + slack)[..., None] + 1e-6).all()
+
+
+@pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")
+def test_int8_in_groups_of_32_from_values_errs_by_half_its_step():
+    """from_float(group_size=32), what --dtype mixed holds a Q6_K layer as: a float16 scale max|w| / 127 per 32
+    inputs, every weight within half a step of it (the scale's own rounding aside), each group's largest on +-127."""
+    linear = _linear()
+    w = linear.weight.detach()  # (96, 128)
+    layer = Int8Linear.from_float(linear, group_size=32)
+    assert layer.group_size == 32
+    amax = w.reshape(96, 4, 32).abs().amax(-1)  # (out, in/32)
+    scales = int_layout.untile_scales(layer.group_scales)
+    torch.testing.assert_close(scales, (amax / 127).half().float(), rtol=0, atol=0)
+    error = (layer.dequantized() - w).reshape(96, 4, 32).abs()
+    assert (error <= (scales / 2 + amax * 2.0**-10)[..., None]).all()
+    assert (layer.codes().reshape(96, 4, 32).abs().amax(-1) == 127).all()
 
 
 @pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arlm.bench.machine import cpu_model
@@ -38,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--llamacpp",
         action="store_true",
-        help="also greedy batch 1 beside llama.cpp's llama-bench on the same GGUF precision (--model smollm2; "
-        "build it with: bash benchmarks/llamacpp.sh; folder: $LLAMACPP_CACHE or ~/.cache/arlm/llamacpp)",
+        help="also greedy batch 1 beside llama.cpp's llama-bench on the same GGUF precision (--model smollm2: "
+        "its file at each dtype's precision; --model FILE.gguf: that file for every dtype; build it with: bash "
+        "benchmarks/llamacpp.sh; folder: $LLAMACPP_CACHE or ~/.cache/arlm/llamacpp)",
     )
 
 
@@ -91,14 +93,17 @@ def llamacpp_files(model_ref: str, dtypes: list[str]) -> tuple:
     """llama-bench and the GGUF file per dtype, or one line saying what is missing (before any timing)."""
     from arlm.bench.llamacpp import find_llama_bench, gguf_for, llamacpp_folder  # lazy: kept out of --help
 
-    if model_ref != "smollm2":
-        raise ArlmError("--llamacpp compares SmolLM2 (llama.cpp runs the same GGUF file): use --model smollm2")
+    own = model_ref.endswith(".gguf")
+    if model_ref != "smollm2" and not own:
+        raise ArlmError("--llamacpp runs llama.cpp on the same GGUF file: use --model smollm2 or a .gguf file")
+    if own and not Path(model_ref).is_file():
+        raise ArlmError(f"no GGUF file at {model_ref}")
     folder = llamacpp_folder()
     binary = find_llama_bench(folder)
     if binary is None:
         build = f"LLAMACPP_CACHE={folder} bash benchmarks/llamacpp.sh"
         raise ArlmError(f"no llama-bench under {folder}; build it with: {build}")
-    return binary, {name: gguf_for(folder, name) for name in dtypes}
+    return binary, {name: Path(model_ref) if own else gguf_for(folder, name) for name in dtypes}
 
 
 def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int, repeats: int, log=print) -> dict:

@@ -31,8 +31,10 @@ SUPPORTED_ARCHITECTURES = ("llama",)
 # Tensor types we dequantize (Q4_0, Q4_1, Q8_0 here, the others with gguf.quants); each is checked in the tests.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 BLOCK = 32  # values per block of the legacy types
-Q4_TYPES = ("Q4_0", "Q4_1")
-LEGACY_TYPES = (*Q4_TYPES, "Q8_0")  # decoded here (_legacy_blocks); the others by gguf.quants
+Q4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # 4-bit codes, a scale and a low per 32 weights: int4 layers as they are
+LEGACY_TYPES = ("Q4_0", "Q4_1", "Q8_0")  # decoded here (_legacy_blocks); the others by gguf.quants
+FLOAT_TYPES = ("F32", "F16", "BF16")
+K_BLOCK = 256  # values per super-block of the K-quants
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types (tokenizer.ggml.token_type)
 
 # Pre-tokenizers by `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp splits text for each name.
@@ -113,8 +115,10 @@ def _read_gguf(path: Path, size: int, mtime_ns: int) -> GGUFContents:
 
 
 def q4_bytes(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    """A Q4_0 / Q4_1 tensor's raw bytes -> its code bytes (rows, cols / 2) as the blocks hold them (byte j of a block:
-    code j in the low nibble, code j + 16 in the high), scales and lows (rows, cols / 32)."""
+    """A Q4_0 / Q4_1 / Q4_K tensor's raw bytes -> its code bytes (rows, cols / 2) in Q4_0's order (byte j of a block of
+    32: code j in the low nibble, code j + 16 in the high), scales and lows (rows, cols / 32): w = scale q + low."""
+    if type_name == "Q4_K":
+        return q4_k_bytes(raw, shape)
     rows, cols = shape
     header = 4 if type_name == "Q4_1" else 2  # d (and m) as float16
     blocks = np.asarray(raw).reshape(rows, cols // BLOCK, header + BLOCK // 2)  # (rows, blocks, bytes)
@@ -122,6 +126,32 @@ def q4_bytes(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[t
     m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if header == 4 else -8 * d
     codes = np.ascontiguousarray(blocks[..., header:]).reshape(rows, cols // 2)  # (rows, cols / 2)
     return torch.from_numpy(codes), torch.from_numpy(d), torch.from_numpy(m)
+
+
+def q4_k_bytes(raw: np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """A Q4_K tensor's raw bytes -> q4_bytes' code bytes, scales d sc and lows -dmin m (float32, as gguf.quants
+    computes them). A super-block of 256 weights holds d and dmin (float16), 8 scales sc and mins m of 6 bits packed
+    in 12 bytes, and 128 code bytes: its 32 bytes j hold sub-block 2j in their low nibbles, 2j + 1 in their high."""
+    rows, cols = shape
+    supers = cols // K_BLOCK
+    blocks = np.ascontiguousarray(raw).reshape(rows, supers, 144)  # (rows, S, bytes)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, S)
+    dmin = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, S)
+    low6, min6, high = (blocks[..., 4:16].reshape(rows, supers, 3, 4)[..., i, :] for i in range(3))  # (rows, S, 4)
+    sc = np.concatenate([low6 & 0x3F, (high & 0x0F) | ((low6 >> 2) & 0x30)], axis=-1)  # (rows, S, 8)
+    m = np.concatenate([min6 & 0x3F, (high >> 4) | ((min6 >> 2) & 0x30)], axis=-1)  # (rows, S, 8)
+    scales = (d[..., None] * sc.astype(np.float32)).reshape(rows, supers * 8)  # (rows, cols / 32)
+    lows = -(dmin[..., None] * m.astype(np.float32)).reshape(rows, supers * 8)
+    chunks = blocks[..., 16:].reshape(rows, supers, 4, 32)  # (rows, S, 4, 32)
+    codes = np.stack([chunks & 0x0F, chunks >> 4], axis=3).reshape(rows, supers * 8, BLOCK)  # (rows, cols/32, 32)
+    code_bytes = codes[..., :16] | (codes[..., 16:] << 4)  # (rows, cols / 32, 16): Q4_0's order
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (code_bytes.reshape(rows, cols // 2), scales, lows))
+
+
+def q4_k_levels_fit(raw: np.ndarray) -> bool:
+    """Whether every scale d sc and low dmin m of a Q4_K tensor (sc, m < 64) is a finite float16 number."""
+    halves = np.ascontiguousarray(raw).reshape(-1, 144)[:, :4].copy().view(np.float16)  # (super-blocks, 2): d, dmin
+    return bool(np.isfinite(halves).all() and np.abs(halves.astype(np.float32)).max(initial=0) * 63 <= 65504)
 
 
 def q4_blocks(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:

@@ -1,27 +1,34 @@
-"""GGUF blocks kept as they are: at --dtype int4, Q4_0 and Q4_1 tensors become `Int4Linear` layers (group 32); Q8_0
-tensors (at int8, and int4's head) `Int8Linear` layers in groups of 32 on arlm's CPU kernels, and at int8 so do Q5_0
-and Q4_0 ones (a byte code and a scale per value: most of a Q4_K_M file made from a model whose widths are no
+"""GGUF blocks kept as they are: at --dtype int4, Q4_0, Q4_1 and Q4_K tensors become `Int4Linear` layers (group 32);
+Q8_0 tensors (at int8, and int4's head) `Int8Linear` layers in groups of 32 on arlm's CPU kernels, and at int8 so do
+Q5_0 and Q4_0 ones (a byte code and a scale per value: most of a Q4_K_M file made from a model whose widths are no
 multiple of 256, as SmolLM2's); straight from the file's codes and block scales, with no dequantize-requantize round
-trip.
+trip. --dtype mixed (what auto picks for a file that mixes types, as every Q4_K_M file does) holds each layer so by
+its own type, and the quantized layers of other types (Q6_K, Q5_K, Q5_1) as int8 in groups of 32 from their values.
 
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
 nibbles): w = d * q + m, `Int4Linear`'s convention with scale d and low m. Q4_0 holds d alone: w = d * (q - 8), scale d
-and low -8d. A Q8_0 block holds d (float16) and 32 signed bytes q: w = d * q; Q5_0, d and 5-bit codes: w = d * (q - 16),
-the byte code q - 16 with scale d (`gguf.byte_blocks`). The output head counts as a layer: its
-source is `output.weight`, or `token_embd.weight` where the model ties them (SmolLM2's Q8_0). Tensors of other types
-(K-quants; Q8_0 layers at int4, or where arlm's kernels are not built) are dequantized by the file reader and
-`--dtype int8 / int4` then quantizes them to that dtype (interop/loading.py): with PyTorch's kernels, also their
-bfloat16 rounding of scales and inputs (model/quant.py)."""
+and low -8d. A Q4_K sub-block of 32: w = (d sc) q - dmin m, scale d sc and low -dmin m, each rounded to float16 as the
+int4 kernels read their levels (d and dmin are float16, sc and m 6 bits: the product needs up to 17 bits, so a level
+moves by at most 2^-11 of itself; `gguf.q4_k_bytes`). A Q8_0 block holds d (float16) and 32 signed bytes q: w = d * q;
+Q5_0, d and 5-bit codes: w = d * (q - 16), the byte code q - 16 with scale d (`gguf.byte_blocks`). The output head
+counts as a layer: its source is `output.weight`, or `token_embd.weight` where the model ties them (SmolLM2's Q8_0).
+Tensors of other types (Q8_0 layers at int4, K-quants at int8, or where arlm's kernels are not built) are dequantized
+by the file reader and `--dtype int8 / int4` then quantizes them to that dtype (interop/loading.py): with PyTorch's
+kernels, also their bfloat16 rounding of scales and inputs (model/quant.py)."""
 
 from __future__ import annotations
 
+from torch import nn
+
 from arlm.config import ModelConfig
 from arlm.interop.gguf import (
+    FLOAT_TYPES,
     Q4_TYPES,
     GGUFContents,
     byte_blocks,
     linear_sources,
     q4_bytes,
+    q4_k_levels_fit,
     read_gguf,
     stack_rows,
 )
@@ -53,54 +60,105 @@ def block_layers(contents: GGUFContents, config: ModelConfig, types: tuple[str, 
 
 
 def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
-    """arlm's Linear weights whose sources are all Q4_0 / Q4_1: the layers int4 builds from the blocks (so their
-    float32 values need not be decoded at all: load_gguf_model's `unread`). The head never: its source is also the
-    embedding's."""
-    return [ours for ours in block_layers(contents, config, Q4_TYPES) if ours != "lm_head.weight"]
+    """arlm's Linear weights whose sources are all Q4_0 / Q4_1 / Q4_K and whose shape int4 holds: the layers int4
+    builds from the blocks (so their float32 values need not be decoded at all: load_gguf_model's `unread`). The
+    head never: its source is also the embedding's."""
+    sources = _sources(config)
+    return [
+        ours
+        for ours in block_layers(contents, config, Q4_TYPES)
+        if ours != "lm_head.weight" and int4_fits(*_shape(sources[ours])) and _levels_fit(contents, sources[ours])
+    ]
+
+
+def block_built(contents: GGUFContents, config: ModelConfig, quant: str | None) -> list[str]:
+    """The Linear weights (the head aside: its source is also the embedding's) that layers_from_gguf builds from
+    the file's blocks at `quant` on the CPU, whose float32 values load_gguf_model need not decode (its `unread`)."""
+    q4 = q4_layers(contents, config) if quant in ("int4", "mixed") else []
+    byte = [ours for ours in _byte_layers(contents, config) if ours not in q4] if quant in ("int8", "mixed") else []
+    return [ours for ours in q4 + byte if ours != "lm_head.weight"]
+
+
+def _levels_fit(contents: GGUFContents, parts: list[tuple[str, tuple[int, int], int]]) -> bool:
+    """Whether a Q4 layer's levels are float16 numbers, as the int4 kernels read them (Q4_0 / Q4_1's are; Q4_K's
+    d sc and dmin m are within 63 times its float16 d and dmin)."""
+    q4_k = [name for name, _, _ in parts if _type(contents, name) == "Q4_K"]
+    return all(q4_k_levels_fit(contents.tensors[name].data) for name in q4_k)
+
+
+def layer_kinds(contents: GGUFContents, config: ModelConfig) -> dict[str, str]:
+    """arlm's Linear weights (the head included) -> how --dtype mixed holds them: "int4" (q4_layers), "int8" (every
+    source a byte type: Int8Linear from the blocks), "values" (quantized otherwise, e.g. Q6_K or a Q4_1 head: int8 in
+    groups of 32 from the values the file holds), or "float" (a source F32 / F16 / BF16: kept as decoded)."""
+    sources = _sources(config)
+    q4, byte = set(q4_layers(contents, config)), set(_byte_layers(contents, config))
+    floats = {ours for ours, parts in sources.items() if any(_type(contents, n) in FLOAT_TYPES for n, _, _ in parts)}
+    return {
+        ours: "int4" if ours in q4 else "int8" if ours in byte else "float" if ours in floats else "values"
+        for ours in sources
+    }
+
+
+def _byte_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
+    """arlm's Linear weights (the head included) whose sources are all byte types and whose shape Q8_0's int8
+    layout holds: the layers int8 builds from the blocks."""
+    sources = _sources(config)
+    return [ours for ours in block_layers(contents, config, BYTE_TYPES) if q8_0_fits(*_shape(sources[ours]))]
+
+
+def _type(contents: GGUFContents, name: str) -> str:
+    """The GGML type name of a tensor in the file ("F32" where it is missing: a shape the loader refuses anyway)."""
+    return contents.tensors[name].tensor_type.name if name in contents.tensors else "F32"
 
 
 def file_dtype(contents: GGUFContents, config: ModelConfig, cpu: bool) -> str:
-    """--dtype auto for a GGUF file: on a CPU where arlm's kernels run, int4 when every layer is Q4_0 / Q4_1 and the
-    head a byte type (SmolLM2's Q4_1 file), int8 when every layer and the head are Q8_0 / Q5_0 / Q4_0: the dtypes
-    that hold each of them as the file's own blocks. bfloat16 when every weight matrix is BF16; float32 otherwise
-    (K-quants, F16, F32, mixtures): those hold the file's values, decoded."""
-    sources = _sources(config)
-    layers = set(sources)
-    shapes = {ours: _shape(parts) for ours, parts in sources.items()}
-    byte = {ours for ours in block_layers(contents, config, BYTE_TYPES) if q8_0_fits(*shapes[ours])}
-    q4 = {ours for ours in q4_layers(contents, config) if int4_fits(*shapes[ours])}
+    """--dtype auto for a GGUF file: on a CPU where arlm's kernels run, int4 when every layer is Q4_0 / Q4_1 / Q4_K
+    and the head a byte type (SmolLM2's Q4_1 file), int8 when every layer and the head are Q8_0 / Q5_0 / Q4_0, mixed
+    when any layer is quantized otherwise (a Q4_K_M file: each layer as the file holds it, layer_kinds). bfloat16
+    when every weight matrix is BF16; float32 otherwise (F16, F32 files; a GPU)."""
+    kinds = layer_kinds(contents, config)
     if cpu and native.available():
-        if q4 | (byte & {"lm_head.weight"}) == layers:
+        layers = {kind for ours, kind in kinds.items() if ours != "lm_head.weight"}
+        if layers == {"int4"} and kinds["lm_head.weight"] == "int8":
             return "int4"
-        if byte == layers:
+        if set(kinds.values()) == {"int8"}:
             return "int8"
-    return "bfloat16" if set(block_layers(contents, config, ("BF16",))) == layers else "float32"
+        if set(kinds.values()) - {"float"}:
+            return "mixed"
+    return "bfloat16" if set(block_layers(contents, config, ("BF16",))) == set(kinds) else "float32"
 
 
 def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
-    """Replace Linears of a model loaded from GGUF `ref` by layers built from the file's blocks (in place): for
-    quant "int4", those whose sources are all Q4_0 / Q4_1 by Int4Linears and the head, if Q8_0, by an Int8Linear in
-    groups of 32 (int4's head is int8); for "int8", every Linear whose sources are all Q8_0, Q5_0 or Q4_0 so. Those
-    layers only where arlm's kernels run and the outputs come by 16. Returns the names of the layers replaced."""
+    """Replace Linears of a model loaded from GGUF `ref` by layers built from the file's blocks (in place), where
+    arlm's kernels run: for quant "int4", q4_layers by Int4Linears and the head, if a byte type, by an Int8Linear in
+    groups of 32 (int4's head is int8); for "int8", every Linear whose sources are all Q8_0, Q5_0 or Q4_0 so; for
+    "mixed", every quantized Linear by its layer_kinds. Returns the names of the layers replaced."""
     contents, sources = read_gguf(ref), _sources(model.config)
-    q8 = block_layers(contents, model.config, BYTE_TYPES)
+    kinds = layer_kinds(contents, model.config)
     if quant == "int4":
-        q8 = [ours for ours in q8 if ours == "lm_head.weight"]
+        kinds = {ours: kind for ours, kind in kinds.items() if kind == "int4" or ours == "lm_head.weight"}
+    elif quant == "int8":  # Q4_0 layers too: a byte code each
+        kinds = {ours: "int8" for ours in _byte_layers(contents, model.config)}
     replaced = []
-    for ours in (q4_layers(contents, model.config) if quant == "int4" else []) + q8:
-        parts = sources[ours]
-        if ours in q8 and not q8_0_fits(*_shape(parts)):
-            continue  # left to be decoded and quantized as a float weight
-        tensors = [contents.tensors[name] for name, _, _ in parts]
-        blocks = [  # (codes, scales) or (code bytes, scales, lows) per tensor
-            (byte_blocks if ours in q8 else q4_bytes)(t.data, t.tensor_type.name, shape)
-            for t, (_, shape, _) in zip(tensors, parts)
-        ]
-        heads = [h for *_, h in parts]
-        arrays = [stack_rows([b[i] for b in blocks], heads) for i in range(len(blocks[0]))]
-        layer = Int8Linear.from_blocks(*arrays) if ours in q8 else Int4Linear.from_q4_bytes(*arrays)
+    for ours, kind in kinds.items():
         path = ours.removesuffix(".weight")
         parent, _, name = path.rpartition(".")
+        if kind == "values" and quant == "mixed":
+            layer = Int8Linear.from_float(model.get_submodule(path), group_size=native.Q8_GROUP)
+        elif kind in ("int4", "int8"):
+            layer = _from_blocks(contents, sources[ours], kind)
+        else:
+            continue  # left as decoded, or to quantize_model
         setattr(model.get_submodule(parent), name, layer)
         replaced.append(path)
     return replaced
+
+
+def _from_blocks(contents: GGUFContents, parts: list[tuple[str, tuple[int, int], int]], kind: str) -> nn.Module:
+    """An Int4Linear (kind "int4") or an Int8Linear in groups of 32 ("int8") from the blocks of a Linear's sources."""
+    tensors = [contents.tensors[name] for name, _, _ in parts]
+    read = q4_bytes if kind == "int4" else byte_blocks
+    blocks = [read(t.data, t.tensor_type.name, shape) for t, (_, shape, _) in zip(tensors, parts)]  # per tensor
+    heads = [h for *_, h in parts]
+    arrays = [stack_rows([b[i] for b in blocks], heads) for i in range(len(blocks[0]))]
+    return Int4Linear.from_q4_bytes(*arrays) if kind == "int4" else Int8Linear.from_blocks(*arrays)

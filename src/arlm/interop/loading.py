@@ -26,9 +26,10 @@ from arlm.interop.checkpoint import (
 )
 from arlm.interop.dtypes import DTYPE_HELP, DTYPES
 from arlm.interop.gguf import gguf_model_config, load_gguf_model, load_gguf_tokenizer, read_gguf, resolve_gguf
-from arlm.interop.gguf_quant import file_dtype, layers_from_gguf, q4_layers
+from arlm.interop.gguf_quant import block_built, file_dtype, layers_from_gguf
 from arlm.interop.hf import export_hf, load_hf_folder
 from arlm.interop.lora import load_lora_checkpoint
+from arlm.model import native
 from arlm.model.quant import quantize_model
 from arlm.model.transformer import Transformer
 
@@ -60,9 +61,9 @@ class Precision:
 
 
 def pick_device(name: str = "auto", dtype: str | None = None) -> torch.device:
-    """'auto' picks CUDA when present (and the dtype runs there: int4 is CPU-only), else the CPU."""
+    """'auto' picks CUDA when present (and the dtype runs there: int4 and mixed are CPU-only), else the CPU."""
     if name == "auto":
-        cuda = torch.cuda.is_available() and dtype != "int4"
+        cuda = torch.cuda.is_available() and dtype not in ("int4", "mixed")
         return torch.device("cuda" if cuda else "cpu")
     try:
         device = torch.device(name)
@@ -83,7 +84,9 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "
     device = torch.device(device)
     if name == "int4" and device.type != "cpu":
         raise ArlmError("--dtype int4 runs on the CPU only (arlm's and PyTorch's CPU kernels); use --device cpu")
-    if name in ("int8", "int4"):  # a GPU's int8 layers compute in bfloat16 (model/quant.py), a CPU's in float32
+    if name == "mixed" and (device.type != "cpu" or not native.available()):
+        raise ArlmError("--dtype mixed runs on arlm's CPU kernels only; use --device cpu, or --dtype int8 / int4")
+    if name in ("int8", "int4", "mixed"):  # a GPU's int8 layers compute in bfloat16 (quant.py), a CPU's in float32
         return Precision(name, torch.float32 if device.type == "cpu" else torch.bfloat16, name)
     return Precision(name, getattr(torch, name))
 
@@ -110,19 +113,19 @@ def load_model(
     own where "auto": auto_dtype); a LoRA run comes merged into its base.
 
     int8 / int4 quantize every Linear at load (int8 per output channel; int4 per group of `group_size`), the tied head
-    included (int8 for both kinds). Of a GGUF on the CPU, int4 builds the layers the file stores as Q4_0 / Q4_1
-    (never decoding them to float32) and its head, if Q8_0 (SmolLM2's), from their blocks, int8 every layer stored
-    as Q8_0, Q5_0 or Q4_0; the others (K-quants, ...) are quantized from the values the file holds
-    (interop/gguf_quant.py; quality in docs/perf.md)."""
+    included (int8 for both kinds). Of a GGUF on the CPU, int4 builds the layers the file stores as Q4_0 / Q4_1 /
+    Q4_K (never decoding them to float32) and its head, if Q8_0 (SmolLM2's), from their blocks, int8 every layer
+    stored as Q8_0, Q5_0 or Q4_0; the others are quantized from the values the file holds. mixed (a GGUF file only)
+    holds each layer at its own type (interop/gguf_quant.py; quality in docs/perf.md)."""
     ref = str(reference)
     if dtype == "auto":
         dtype = auto_dtype(ref, device)
     precision = resolve_dtype(dtype, device)  # refuse an impossible pair before reading any weights
     path = Path(ref)
     if is_gguf_reference(ref):
-        contents = read_gguf(ref)  # int4 builds the Q4 layers from their blocks (to_dtype): no float32 decoded
-        unread = q4_layers(contents, gguf_model_config(contents)) if precision.quant == "int4" else []
-        loaded = load_gguf_model(ref, unread)
+        contents = read_gguf(ref)  # the layers to_dtype builds from their blocks: no float32 decoded
+        built = block_built(contents, gguf_model_config(contents), precision.quant)
+        loaded = load_gguf_model(ref, built if torch.device(device).type == "cpu" else [])
     elif path.is_dir() and _is_hf_folder(path):
         loaded = load_hf_folder(path)
     else:
@@ -146,13 +149,15 @@ def to_dtype(
     gguf: str | None = None,
 ) -> Transformer:
     """A float model moved to `device` at a --dtype (in place, eval mode); `gguf`: the file it was loaded from,
-    whose blocks of the dtype's kind (int4: Q4_0 / Q4_1 and a Q8_0 / Q5_0 / Q4_0 head; int8: Q8_0, Q5_0, Q4_0) are
-    used as they are on the CPU."""
+    whose blocks of the dtype's kind (int4: Q4_0 / Q4_1 / Q4_K and a Q8_0 / Q5_0 / Q4_0 head; int8: Q8_0, Q5_0, Q4_0;
+    mixed: each layer by its own type, gguf_quant.layer_kinds) are used as they are on the CPU."""
     precision = resolve_dtype(dtype, device)
+    if precision.quant == "mixed" and gguf is None:
+        raise ArlmError("--dtype mixed holds a GGUF file's layers each at its own type; give a .gguf file, or use int8")
     model = model.to(device=device, dtype=precision.float_dtype)
     if precision.quant and gguf is not None and torch.device(device).type == "cpu":
         layers_from_gguf(model, gguf, precision.quant)  # the file's blocks where they are the dtype's
-    if precision.quant:  # the other Linears, from the values the file holds
+    if precision.quant in ("int8", "int4"):  # the other Linears, from the values the file holds
         quantize_model(model, precision.quant, group_size)
     return model.eval()
 

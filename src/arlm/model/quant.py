@@ -99,10 +99,16 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
-    def from_float(cls, linear: nn.Module) -> Int8Linear:
+    def from_float(cls, linear: nn.Module, group_size: int = 0) -> Int8Linear:
         """Symmetric per-channel quantization of a Linear's weight (round to nearest, scale = max|w| / 127), on the
-        weight's device; a GPU layer keeps its scales in the weight's float dtype."""
+        weight's device; a GPU layer keeps its scales in the weight's float dtype. group_size 32: a scale per group
+        of 32 inputs instead (Q8_0's layout, arlm's kernels only), read in float16."""
         weight = linear.weight.detach().float()  # (out, in)
+        if group_size:
+            groups = weight.reshape(weight.shape[0], -1, group_size)  # (out, in/G, G)
+            scales = _rounded((groups.abs().amax(dim=-1) / 127).clamp(min=2.0**-24), torch.float16)  # (out, in/G)
+            codes = torch.round(groups / scales[..., None]).clamp(-127, 127).reshape(weight.shape)
+            return cls.from_blocks(codes, scales, linear.bias)
         dtype = kernel_dtype() if weight.is_cpu else linear.weight.dtype
         scales = _rounded((weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny), dtype)
         codes = torch.round(weight / scales[:, None]).clamp(-127, 127)
