@@ -11,7 +11,15 @@ from torch import nn
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
 from arlm.model import int_layout, native
-from arlm.model.quant import Int4Linear, Int8Linear, is_quantized, kernel_dtype, q8_0_fits, quantize_model
+from arlm.model.quant import (
+    Int4Linear,
+    Int8Embedding,
+    Int8Linear,
+    is_quantized,
+    kernel_dtype,
+    q8_0_fits,
+    quantize_model,
+)
 from arlm.model.transformer import Transformer
 
 
@@ -222,6 +230,23 @@ def test_int8_from_blocks_follows_the_q8_0_convention(monkeypatch):
     monkeypatch.setenv("ARLM_NATIVE", "0")
     with pytest.raises(ArlmError, match="Q8_0 weight needs"):
         Int8Linear.from_blocks(codes, d)
+
+
+@pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")
+def test_an_int8_embedding_gathers_the_tied_heads_rows():
+    """Row v of the table a Q8_0 head multiplies by, for ids of any shape, the last tile's rows included; a head
+    per output channel is refused."""
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(-128, 128, (48, 96), generator=g).to(torch.int8)  # (V, C)
+    d = (torch.rand(48, 3, generator=g) * 0.01 + 1e-4).half().float()  # (V, C/32)
+    head = Int8Linear.from_blocks(codes, d)
+    table = Int8Embedding(head)
+    assert torch.equal(table(torch.arange(48)), head.dequantized())
+    ids = torch.randint(0, 48, (3, 5), generator=g)
+    assert torch.equal(table(ids), head.dequantized()[ids])  # (3, 5, 96)
+    assert not list(table.parameters()) and not list(table.buffers())  # the head's codes, not a copy
+    with pytest.raises(ArlmError, match="groups of 32"):
+        Int8Embedding(Int8Linear.from_float(_linear()))
 
 
 def test_int4_from_codes_follows_the_q4_1_convention(kernels):

@@ -171,7 +171,7 @@ def _on_file(
         ids,
         context=window,
         stride=step,
-        device=model.tok_emb.weight.device,
+        device=model.norm.weight.device,
         token_bytes=tokenizer.token_bytes(),
         on_window=lambda done, _total: progress.update(done),
         kv_dtype=kv,
@@ -202,7 +202,7 @@ def _on_split(
     sums = evaluate_batches(
         loaded.model,
         progress.iterate(sampler.eval_batches(config.train.batch_size, batches)),
-        device=loaded.model.tok_emb.weight.device,
+        device=loaded.model.norm.weight.device,
         token_bytes=loaded.tokenizer.token_bytes(),
     )
     progress.close()

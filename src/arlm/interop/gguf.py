@@ -319,9 +319,9 @@ def stack_rows(parts: Sequence[torch.Tensor], heads: Sequence[int]) -> torch.Ten
 def to_arlm_state_dict(
     tensors: dict[str, torch.Tensor], config: ModelConfig, source: str = "", unread: Collection[str] = ()
 ) -> dict[str, torch.Tensor]:
-    """Rename llama.cpp tensors to arlm's, fuse q/k/v and gate/up, and check every shape. The Linear weights named
-    in `unread` (their sources read as shapes alone) get room of their shape, never written: the caller replaces
-    their layers (int4 from the file's blocks)."""
+    """Rename llama.cpp tensors to arlm's, fuse q/k/v and gate/up, and check every shape. The weights named in
+    `unread` (Linears, or tok_emb.weight: their sources read as shapes alone) get room of their shape, never written:
+    the caller replaces their layers (from the file's blocks)."""
     remaining = dict(tensors)
 
     def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -333,7 +333,9 @@ def to_arlm_state_dict(
         return tensor
 
     C, V = config.d_model, config.vocab_size
-    state = {"tok_emb.weight": take("token_embd.weight", (V, C)), "norm.weight": take("output_norm.weight", (C,))}
+    table = take("token_embd.weight", (V, C))
+    table = torch.empty(V, C) if "tok_emb.weight" in unread else table  # (V, C): a tied table built from its blocks
+    state = {"tok_emb.weight": table, "norm.weight": take("output_norm.weight", (C,))}
     if not config.tie_embeddings:
         state["lm_head.weight"] = take("output.weight", (V, C))
     for i in range(config.n_layer):
@@ -416,14 +418,15 @@ def chat_template(ref: str | Path) -> str | None:
 
 
 def load_gguf_model(ref: str, unread: Collection[str] = ()) -> LoadedModel:
-    """A GGUF Llama ("smollm2" or a path) as an arlm Transformer (float32, eval mode) with its tokenizer; the Linear
-    weights named in `unread` are left undecoded and unwritten, for the caller to replace (interop/gguf_quant.py)."""
+    """A GGUF Llama ("smollm2" or a path) as an arlm Transformer (float32, eval mode) with its tokenizer; the weights
+    named in `unread` (Linears, tok_emb.weight) are left undecoded and unwritten, for the caller to replace
+    (interop/gguf_quant.py)."""
     contents = read_gguf(ref)
     config = gguf_model_config(contents)
     tokenizer = build_tokenizer(contents)
     if tokenizer.vocab_size > config.vocab_size:
         raise ArlmError(f"{contents.path}: {tokenizer.vocab_size} tokens but only {config.vocab_size} embedding rows")
-    sources = linear_sources(config)
+    sources = {**linear_sources(config), "tok_emb.weight": [("token_embd.weight", (0, 0), 0)]}
     skipped = {name for layer in unread for name, _, _ in sources[layer]}
     state = to_arlm_state_dict(read_tensors(contents, skipped), config, str(contents.path), unread)
     model = Transformer.from_weights(config, state).eval()

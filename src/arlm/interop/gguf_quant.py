@@ -33,7 +33,7 @@ from arlm.interop.gguf import (
     stack_rows,
 )
 from arlm.model import native
-from arlm.model.quant import Int4Linear, Int8Linear, int4_fits, q8_0_fits
+from arlm.model.quant import Int4Linear, Int8Embedding, Int8Linear, int4_fits, q8_0_fits
 from arlm.model.transformer import Transformer
 
 BYTE_TYPES = ("Q8_0", "Q5_0", "Q4_0")  # w = d c, c a byte: Int8Linear in groups of 32 (int8, and int4's head)
@@ -72,11 +72,27 @@ def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
 
 
 def block_built(contents: GGUFContents, config: ModelConfig, quant: str | None) -> list[str]:
-    """The Linear weights (the head aside: its source is also the embedding's) that layers_from_gguf builds from
-    the file's blocks at `quant` on the CPU, whose float32 values load_gguf_model need not decode (its `unread`)."""
-    q4 = q4_layers(contents, config) if quant in ("int4", "mixed") else []
-    byte = [ours for ours in _byte_layers(contents, config) if ours not in q4] if quant in ("int8", "mixed") else []
-    return [ours for ours in q4 + byte if ours != "lm_head.weight"]
+    """The weights layers_from_gguf builds from the file's blocks at `quant` on the CPU, whose float32 values
+    load_gguf_model need not decode (its `unread`): the Linears but the head, and the embedding's table where a tied
+    head is built from its blocks (then read by an Int8Embedding)."""
+    kinds = _built(contents, config, quant)
+    table = ["tok_emb.weight"] if config.tie_embeddings and kinds.get("lm_head.weight") == "int8" else []
+    return [ours for ours, kind in kinds.items() if kind in ("int4", "int8") and ours != "lm_head.weight"] + table
+
+
+def _built(contents: GGUFContents, config: ModelConfig, quant: str | None) -> dict[str, str]:
+    """The Linears layers_from_gguf replaces at `quant` and how: "int4" or "int8" from their blocks, "values" (int8
+    in groups of 32 from the decoded values: mixed only)."""
+    kinds = layer_kinds(contents, config)
+    if quant == "int4":  # the Q4 layers, and a head of a byte type
+        return {
+            ours: kind
+            for ours, kind in kinds.items()
+            if kind == "int4" or (ours == "lm_head.weight" and kind == "int8")
+        }
+    if quant == "int8":  # Q4_0 layers too: a byte code each
+        return {ours: "int8" for ours in _byte_layers(contents, config)}
+    return {ours: kind for ours, kind in kinds.items() if kind != "float"} if quant == "mixed" else {}
 
 
 def _levels_fit(contents: GGUFContents, parts: list[tuple[str, tuple[int, int], int]]) -> bool:
@@ -134,23 +150,19 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
     groups of 32 (int4's head is int8); for "int8", every Linear whose sources are all Q8_0, Q5_0 or Q4_0 so; for
     "mixed", every quantized Linear by its layer_kinds. Returns the names of the layers replaced."""
     contents, sources = read_gguf(ref), _sources(model.config)
-    kinds = layer_kinds(contents, model.config)
-    if quant == "int4":
-        kinds = {ours: kind for ours, kind in kinds.items() if kind == "int4" or ours == "lm_head.weight"}
-    elif quant == "int8":  # Q4_0 layers too: a byte code each
-        kinds = {ours: "int8" for ours in _byte_layers(contents, model.config)}
+    kinds = _built(contents, model.config, quant)
     replaced = []
     for ours, kind in kinds.items():
         path = ours.removesuffix(".weight")
         parent, _, name = path.rpartition(".")
-        if kind == "values" and quant == "mixed":
+        if kind == "values":
             layer = Int8Linear.from_float(model.get_submodule(path), group_size=native.Q8_GROUP)
-        elif kind in ("int4", "int8"):
-            layer = _from_blocks(contents, sources[ours], kind)
         else:
-            continue  # left as decoded, or to quantize_model
+            layer = _from_blocks(contents, sources[ours], kind)
         setattr(model.get_submodule(parent), name, layer)
         replaced.append(path)
+    if model.config.tie_embeddings and kinds.get("lm_head.weight") == "int8":  # the table read from the head's codes
+        model.tok_emb = Int8Embedding(model.lm_head)
     return replaced
 
 

@@ -182,6 +182,11 @@ class NativeRMSNorm(nn.Module):
         self.norm, self.eps, self.dtype = norm, norm.eps, norm.weight.dtype
         self.vector = norm.weight.detach()  # (C,) a plain attribute, read with no module lookup: this runs 61x a token
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The norm's weight (C,), as the module it replaces holds it."""
+        return self.vector
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., C)"""
         if x.dtype != self.dtype or x.requires_grad:

@@ -151,6 +151,26 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
+class Int8Embedding(nn.Module):
+    """An embedding whose table is a tied head's, an Int8Linear in groups of 32 (a GGUF file's Q8_0 table): row v
+    gathered from lane v % 16 of tile v // 16, codes times scales, the very float32 values the file's table decodes
+    to, with no float32 copy of the table beside the codes (SmolLM2: 113 MB)."""
+
+    def __init__(self, head: Int8Linear) -> None:
+        super().__init__()
+        if not head.group_size:
+            raise ArlmError("an Int8Embedding reads an Int8Linear in groups of 32 (Q8_0's layout)")
+        self._head = (head,)  # in a tuple: not a child module (the head stays the model's, listed once)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...) ids -> (..., C) float32 rows of the table"""
+        head = self._head[0]
+        tile, lane = ids // 16, ids % 16
+        codes = head.packed[tile, :, :, lane, :].reshape(*ids.shape, head.in_features)  # (..., C) codes + 128
+        scales = head.group_scales[tile, :, lane].float()  # (..., C / 32)
+        return (codes.to(torch.int16) - 128).float() * scales.repeat_interleave(head.group_size, -1)
+
+
 class Int4Linear(nn.Module):
     """y = x W^T + b with W[n, k] = q[n, k] * scale[n, g] + low[n, g], g = k // group_size."""
 

@@ -166,7 +166,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for this model (max_len defaults to block_size)."""
-        c, weight = self.config, self.tok_emb.weight
+        c, weight = self.config, self.norm.weight  # the model's float dtype and device (the table may be int8)
         return KVCache(
             c.n_layer,
             batch_size,
@@ -260,7 +260,7 @@ class Transformer(nn.Module):
         """An empty slot cache for continuous batching: `slots` sequences of up to max_len positions each. A 16-bit
         model on CPU keeps it in float32, the dtype its attention computes in (widened once when written, not at
         every step for every slot; the values, and so the bits, are the same)."""
-        c, weight = self.config, self.tok_emb.weight
+        c, weight = self.config, self.norm.weight
         max_len = max_len or c.block_size
         if dtype is None:
             dtype = torch.float32 if attends_in_float32(weight) else weight.dtype
