@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from arlm.config import GenerationConfig
+from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
 from arlm.interop.gguf import q4_bytes, q4_k_levels_fit
 from arlm.interop.loading import auto_dtype, load_model, resolve_dtype, to_dtype
 from arlm.model import native
+from arlm.model.inference import optimize_for_decoding
 from arlm.model.quant import Int4Linear, Int8Linear
 from tests.interop.gguf_files import LINEARS, TINY_MERGES, random_blocks, tied_llama, write_tiny_llama
 
@@ -155,3 +158,24 @@ def test_mixed_is_refused_where_it_cannot_run():
     assert "\n" not in str(caught.value)
     with pytest.raises(ArlmError, match="CPU kernels only"):
         resolve_dtype("mixed", "cuda")
+
+
+@needs_kernels
+@torch.no_grad()
+def test_a_mixed_model_decodes_in_one_kernel_call_a_step_as_its_forward_does(tmp_path):
+    """int4 and int8 layers side by side in a block still fuse (every block one call): greedy decoding and prompt
+    lookup give the tokens the model's own full forwards pick."""
+    path = _file(tmp_path, "Q5_0", odd={"blk.0.ffn_down.weight": "Q4_K", "blk.1.ffn_down.weight": "Q6_K"})
+    plain = load_model(path, dtype="mixed").model
+    fused = optimize_for_decoding(load_model(path, dtype="mixed").model)
+    assert type(fused.blocks).__name__ == "FusedBlocks"
+    ids = [5, 9, 44, 17, 3]
+    for _ in range(12):  # greedy by whole forwards, no cache
+        ids.append(int(plain(torch.tensor([ids]))[0, -1].argmax()))
+    config = GenerationConfig(strategy="greedy", max_new_tokens=12, stop_at_eos=False)
+    assert generate(fused, [ids[:5]], config).generated()[0] == ids[5:]
+    lookup = GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=12, stop_at_eos=False)
+    assert (
+        generate(fused, [ids[:5] + ids[5:9] + ids[:5]], lookup).generated()[0]
+        == generate(fused, [ids[:5] + ids[5:9] + ids[:5]], config).generated()[0]
+    )
