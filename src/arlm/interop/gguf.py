@@ -35,6 +35,7 @@ Q4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # 4-bit codes, a scale and a low per 32 wei
 LEGACY_TYPES = ("Q4_0", "Q4_1", "Q8_0")  # decoded here (_legacy_blocks); the others by gguf.quants
 FLOAT_TYPES = ("F32", "F16", "BF16")
 K_BLOCK = 256  # values per super-block of the K-quants
+Q4_K_BYTES = 144  # a Q4_K super-block: d, dmin (float16), 12 bytes of 6-bit scales and mins, 128 of codes
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types (tokenizer.ggml.token_type)
 
 # Pre-tokenizers by `tokenizer.ggml.pre`, as llama.cpp's llama-vocab.cpp splits text for each name.
@@ -134,7 +135,7 @@ def q4_k_bytes(raw: np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tensor, .
     in 12 bytes, and 128 code bytes: its 32 bytes j hold sub-block 2j in their low nibbles, 2j + 1 in their high."""
     rows, cols = shape
     supers = cols // K_BLOCK
-    blocks = np.ascontiguousarray(raw).reshape(rows, supers, 144)  # (rows, S, bytes)
+    blocks = np.ascontiguousarray(raw).reshape(rows, supers, Q4_K_BYTES)  # (rows, S, bytes)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, S)
     dmin = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, S)
     low6, min6, high = (blocks[..., 4:16].reshape(rows, supers, 3, 4)[..., i, :] for i in range(3))  # (rows, S, 4)
@@ -150,7 +151,9 @@ def q4_k_bytes(raw: np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tensor, .
 
 def q4_k_levels_fit(raw: np.ndarray) -> bool:
     """Whether every scale d sc and low dmin m of a Q4_K tensor (sc, m < 64) is a finite float16 number."""
-    halves = np.ascontiguousarray(raw).reshape(-1, 144)[:, :4].copy().view(np.float16)  # (super-blocks, 2): d, dmin
+    halves = (
+        np.ascontiguousarray(raw).reshape(-1, Q4_K_BYTES)[:, :4].copy().view(np.float16)
+    )  # (super-blocks, 2): d, dmin
     return bool(np.isfinite(halves).all() and np.abs(halves.astype(np.float32)).max(initial=0) * 63 <= 65504)
 
 

@@ -155,8 +155,9 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
     for ours, kind in kinds.items():
         path = ours.removesuffix(".weight")
         parent, _, name = path.rpartition(".")
-        if kind == "values":
-            layer = Int8Linear.from_float(model.get_submodule(path), group_size=native.Q8_GROUP)
+        if kind == "values":  # in groups of 32 where Q8_0's layout holds the shape, else per output channel
+            group = native.Q8_GROUP if q8_0_fits(*_shape(sources[ours])) else 0
+            layer = Int8Linear.from_float(model.get_submodule(path), group_size=group)
         else:
             layer = _from_blocks(contents, sources[ours], kind)
         setattr(model.get_submodule(parent), name, layer)
