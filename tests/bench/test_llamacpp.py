@@ -12,6 +12,7 @@ import torch
 from arlm.bench.llamacpp import compare_with_llamacpp, find_llama_bench, gguf_for, llama_bench_rate
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
+from arlm.model import native
 from arlm.model.transformer import Transformer
 
 
@@ -96,3 +97,16 @@ def test_a_gguf_file_is_compared_with_llama_cpp_on_that_very_file(tmp_path, monk
     file = tmp_path / "model-Q4_K_M.gguf"
     file.write_bytes(b"GGUF")
     assert llamacpp_files(str(file), ["int8", "mixed"]) == (binary, {"int8": file, "mixed": file})
+
+
+@pytest.mark.real_model
+def test_bench_decode_auto_is_named_by_the_dtype_it_resolves_to(tmp_path, monkeypatch, capsys):
+    """--dtype auto benches the dtype the file's layers hold (SmolLM2's Q4_1 file: int4), so llama.cpp's side is that
+    precision's file."""
+    from arlm.cli import main
+
+    monkeypatch.setenv("LLAMACPP_CACHE", str(tmp_path))
+    _fake_bench(tmp_path, 10.0)
+    assert main(["bench", "decode", "--llamacpp", "--model", "smollm2", "--dtype", "auto"]) == 2
+    file = "smollm2-Q4_1.gguf" if native.available() else "smollm2-F32.gguf"
+    assert f"{file} is missing" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig
 from arlm.errors import ArlmError
-from arlm.interop.dtypes import DTYPES
+from arlm.interop.dtypes import DTYPES, LOAD_DTYPES
 
 if TYPE_CHECKING:
     from arlm.model.transformer import Transformer
@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "self:int4); adds speculative decoding against our greedy",
     )
     parser.add_argument(
-        "--dtype", nargs="+", default=["float32"], choices=DTYPES, help="one table per dtype (int8 / int4: CPU)"
+        "--dtype",
+        nargs="+",
+        default=["float32"],
+        choices=LOAD_DTYPES,
+        help="one table row per dtype (int8 / int4 / mixed: CPU; auto: the one a GGUF file's layers hold, named)",
     )
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
@@ -49,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the cases and print the table, per dtype."""
     import torch  # lazy: kept out of --help
 
-    from arlm.interop.loading import resolve_dtype  # lazy: kept out of --help
+    from arlm.interop.loading import auto_dtype, resolve_dtype  # lazy: kept out of --help
 
+    args.dtype = list(dict.fromkeys(auto_dtype(args.model) if name == "auto" else name for name in args.dtype))
     for name in args.dtype:
         resolve_dtype(name, "cpu")  # refuse an impossible dtype before any timing
     llama = llamacpp_files(args.model, args.dtype) if args.llamacpp else None
