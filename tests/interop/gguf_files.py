@@ -115,14 +115,14 @@ TINY_MERGES = ["Ġ t", "h e", "Ġt he"]
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-def tied_llama(seed: int = 5, width: int = 64, ffn: int = 96) -> tuple[Transformer, list[str]]:
+def tied_llama(seed: int = 5, width: int = 64, ffn: int = 96, tie: bool = True) -> tuple[Transformer, list[str]]:
     """A random tied Llama whose 272 outputs come by 16 (so that a Q8_0 head can be kept as it is), and its tokens;
-    width and ffn 256 fit the K-quants' super-blocks."""
+    width and ffn 256 fit the K-quants' super-blocks; tie=False: its head a matrix of its own."""
     torch.manual_seed(seed)
     tokens = TINY_TOKENS + [f"x{i}" for i in range(272 - len(TINY_TOKENS))]
     config = ModelConfig(
         flavour="llama", vocab_size=len(tokens), block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=width,
-        d_ff=ffn, tie_embeddings=True,
+        d_ff=ffn, tie_embeddings=tie,
     )  # fmt: skip
     return Transformer(config).eval(), tokens
 

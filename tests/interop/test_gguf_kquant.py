@@ -73,12 +73,14 @@ def test_q4_k_levels_that_overflow_float16_are_not_kept_as_int4():
     assert not q4_k_levels_fit(raw)
 
 
-def _file(tmp_path, layers: str, head: str = "Q8_0", odd: dict | None = None) -> str:
+def _file(tmp_path, layers: str, head: str = "Q8_0", odd: dict | None = None, tie: bool = True) -> str:
     """The wide Llama as a GGUF file: every Linear random `layers` blocks (a K-quant) or quantized to that type, the
-    tied head `head`, and `odd` (tensor -> type) in place of some."""
-    model, tokens = tied_llama(3, 256, 256)
+    tied head `head` (untied: output.weight `head`, the table in `odd` or float32), and `odd` (tensor -> type) in
+    place of some."""
+    model, tokens = tied_llama(3, 256, 256, tie)
     names = [f"blk.{i}.{name}.weight" for i in range(2) for name in LINEARS]
-    kinds = {name: layers for name in names} | {"token_embd.weight": head} | (odd or {})
+    names += [] if tie else ["output.weight"]
+    kinds = {name: layers for name in names} | {"token_embd.weight" if tie else "output.weight": head} | (odd or {})
     k_quants = {name: kind for name, kind in kinds.items() if kind.endswith("_K")}
     types = {name: Q[kind] for name, kind in kinds.items() if name not in k_quants and kind != "F32"}
     path = write_tiny_llama(tmp_path / "k.gguf", model, tokens, TINY_MERGES, types=types, raw=k_quants)
@@ -179,3 +181,22 @@ def test_a_mixed_model_decodes_in_one_kernel_call_a_step_as_its_forward_does(tmp
         generate(fused, [ids[:5] + ids[5:9] + ids[:5]], lookup).generated()[0]
         == generate(fused, [ids[:5] + ids[5:9] + ids[:5]], config).generated()[0]
     )
+
+
+@needs_kernels
+@torch.no_grad()
+def test_an_untied_q4_k_m_file_keeps_its_table_and_holds_its_q6_k_head(tmp_path):
+    """An untied Llama as llama.cpp's Q4_K_M writes one (Q4_K layers and table, a Q6_K head): mixed, the layers
+    int4, the head int8 in groups of 32 from its values, the table decoded (no Int8Embedding: it is no head's)."""
+    path = _file(tmp_path, "Q4_K", head="Q6_K", odd={"token_embd.weight": "Q4_K"}, tie=False)
+    assert auto_dtype(path) == "mixed"
+    model = load_model(path, dtype="auto").model
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 4 * 2
+    assert isinstance(model.lm_head, Int8Linear) and model.lm_head.group_size == 32
+    assert type(model.tok_emb) is torch.nn.Embedding
+    ids = torch.randint(0, 272, (2, 24), generator=torch.Generator().manual_seed(0))
+    reference = load_model(path, dtype="float32").model
+    assert torch.equal(model.tok_emb(ids), reference.tok_emb(ids))
+    assert (model(ids) - reference(ids)).abs().max() < (
+        load_model(path, dtype="int8").model(ids) - reference(ids)
+    ).abs().max()
