@@ -15,7 +15,7 @@ from arlm.interop.gguf import q4_bytes, q4_k_levels_fit
 from arlm.interop.loading import auto_dtype, load_model, resolve_dtype, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
-from arlm.model.quant import Int4Linear, Int8Linear
+from arlm.model.quant import Int4Linear, Int8Embedding, Int8Linear
 from tests.interop.gguf_files import LINEARS, TINY_MERGES, random_blocks, tied_llama, write_tiny_llama
 
 gguf = pytest.importorskip("gguf")
@@ -200,3 +200,19 @@ def test_an_untied_q4_k_m_file_keeps_its_table_and_holds_its_q6_k_head(tmp_path)
     assert (model(ids) - reference(ids)).abs().max() < (
         load_model(path, dtype="int8").model(ids) - reference(ids)
     ).abs().max()
+
+
+@needs_kernels
+@torch.no_grad()
+def test_a_tied_q6_k_table_is_read_from_the_head_as_it_holds_it(tmp_path):
+    """A tied Q6_K table (llama.cpp's Q4_K_M of a tied model): the head int8 in groups of 32 from its values, and the
+    embedding reads the head's codes rather than keep a float32 copy: each row within half a step of the file's."""
+    path = _file(tmp_path, "Q4_K", head="Q6_K")
+    model = load_model(path, dtype="auto").model
+    head = model.lm_head
+    assert isinstance(head, Int8Linear) and head.group_size == 32 and isinstance(model.tok_emb, Int8Embedding)
+    ids = torch.arange(272)
+    assert torch.equal(model.tok_emb(ids), head.dequantized())
+    table = load_model(path, dtype="float32").model.tok_emb.weight  # (V, C): the file's values
+    amax = table.reshape(272, 8, 32).abs().amax(-1, keepdim=True)
+    assert ((model.tok_emb(ids) - table).reshape(272, 8, 32).abs() <= amax / 254 * (1 + 2.0**-9)).all()

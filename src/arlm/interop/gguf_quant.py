@@ -4,6 +4,7 @@ Q5_0 and Q4_0 ones (a byte code and a scale per value: most of a Q4_K_M file mad
 multiple of 256, as SmolLM2's); straight from the file's codes and block scales, with no dequantize-requantize round
 trip. --dtype mixed (what auto picks for a file that mixes types, as every Q4_K_M file does) holds each layer so by
 its own type, and the quantized layers of other types (Q6_K, Q5_K, Q5_1) as int8 in groups of 32 from their values.
+A tied table whose head is int8 in groups of 32 is read from the head's codes (`Int8Embedding`), never kept as float32.
 
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
 nibbles): w = d * q + m, `Int4Linear`'s convention with scale d and low m. Q4_0 holds d alone: w = d * (q - 8), scale d
@@ -162,8 +163,9 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
             layer = _from_blocks(contents, sources[ours], kind)
         setattr(model.get_submodule(parent), name, layer)
         replaced.append(path)
-    if model.config.tie_embeddings and kinds.get("lm_head.weight") == "int8":  # the table read from the head's codes
-        model.tok_emb = Int8Embedding(model.lm_head)
+    head = model.lm_head
+    if model.config.tie_embeddings and isinstance(head, Int8Linear) and head.group_size:  # the table: head's codes
+        model.tok_emb = Int8Embedding(head)  # a Q8_0 table's very values; a Q6_K one's as the head holds them
     return replaced
 
 

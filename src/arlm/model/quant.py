@@ -152,9 +152,10 @@ class Int8Linear(nn.Module):
 
 
 class Int8Embedding(nn.Module):
-    """An embedding whose table is a tied head's, an Int8Linear in groups of 32 (a GGUF file's Q8_0 table): row v
-    gathered from lane v % 16 of tile v // 16, codes times scales, the very float32 values the file's table decodes
-    to, with no float32 copy of the table beside the codes (SmolLM2: 113 MB)."""
+    """An embedding whose table is a tied head's, an Int8Linear in groups of 32: row v gathered from lane v % 16 of
+    tile v // 16, codes times scales, with no float32 copy of the table beside the codes (SmolLM2: 113 MB). Of a
+    GGUF file's Q8_0 table those are the very values the table decodes to; of another type's (a Q6_K table under
+    --dtype mixed) the values the head multiplies by."""
 
     def __init__(self, head: Int8Linear) -> None:
         super().__init__()
