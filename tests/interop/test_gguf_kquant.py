@@ -11,11 +11,12 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
 from arlm.errors import ArlmError
+from arlm.interop import gguf as arlm_gguf
 from arlm.interop.gguf import q4_bytes, q4_k_levels_fit
 from arlm.interop.loading import auto_dtype, load_model, resolve_dtype, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
-from arlm.model.quant import Int4Linear, Int8Embedding, Int8Linear
+from arlm.model.quant import Int4Linear, Int8Linear, QuantEmbedding
 from tests.interop.gguf_files import LINEARS, TINY_MERGES, random_blocks, tied_llama, write_tiny_llama
 
 gguf = pytest.importorskip("gguf")
@@ -184,22 +185,33 @@ def test_a_mixed_model_decodes_in_one_kernel_call_a_step_as_its_forward_does(tmp
 
 
 @needs_kernels
+@pytest.mark.parametrize("table", ["Q4_K", "Q4_1", "Q8_0", "F32"])
 @torch.no_grad()
-def test_an_untied_q4_k_m_file_keeps_its_table_and_holds_its_q6_k_head(tmp_path):
-    """An untied Llama as llama.cpp's Q4_K_M writes one (Q4_K layers and table, a Q6_K head): mixed, the layers
-    int4, the head int8 in groups of 32 from its values, the table decoded (no Int8Embedding: it is no head's)."""
-    path = _file(tmp_path, "Q4_K", head="Q6_K", odd={"token_embd.weight": "Q4_K"}, tie=False)
+def test_an_untied_file_reads_its_table_from_its_own_blocks(tmp_path, monkeypatch, table):
+    """An untied Llama as llama.cpp's Q4_K_M writes one (Q4_K layers and table, a Q6_K head), or with a Q4_1 / Q8_0 /
+    F32 table: mixed, the layers int4, the head int8 in groups of 32 from its values; a Q4 / byte-type table read from
+    its own blocks, never decoded (its rows the file's values; Q4_K's within its levels' float16 rounding), an F32
+    one kept; the logits nearer the file's than --dtype int8's."""
+    path = _file(tmp_path, "Q4_K", head="Q6_K", odd={"token_embd.weight": table}, tie=False)
     assert auto_dtype(path) == "mixed"
+    decoded, decode = [], arlm_gguf.dequantize
+    monkeypatch.setattr(
+        arlm_gguf, "dequantize", lambda raw, kind, shape: decoded.append(kind) or decode(raw, kind, shape)
+    )
     model = load_model(path, dtype="auto").model
-    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 4 * 2
+    assert set(decoded) == {"F32", "Q6_K"}  # the norms (and an F32 table), the head
+    assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 4 * 2 + (table != "F32" and table != "Q8_0")
     assert isinstance(model.lm_head, Int8Linear) and model.lm_head.group_size == 32
-    assert type(model.tok_emb) is torch.nn.Embedding
-    ids = torch.randint(0, 272, (2, 24), generator=torch.Generator().manual_seed(0))
     reference = load_model(path, dtype="float32").model
-    assert torch.equal(model.tok_emb(ids), reference.tok_emb(ids))
-    assert (model(ids) - reference(ids)).abs().max() < (
-        load_model(path, dtype="int8").model(ids) - reference(ids)
-    ).abs().max()
+    ids = torch.randint(0, 272, (2, 24), generator=torch.Generator().manual_seed(0))
+    if table == "F32":
+        assert type(model.tok_emb) is torch.nn.Embedding
+    else:
+        assert isinstance(model.tok_emb, QuantEmbedding) and model.tok_emb.table is not model.lm_head
+        got, want = model.tok_emb(ids), reference.tok_emb(ids)  # (2, 24, 256)
+        assert torch.equal(got, want) if table != "Q4_K" else (got - want).abs().max() <= want.abs().max() * 2.0**-9
+    int8 = load_model(path, dtype="int8").model  # per output channel from the values: further from the file
+    assert (model(ids) - reference(ids)).abs().max() < (int8(ids) - reference(ids)).abs().max()
 
 
 @needs_kernels
@@ -210,7 +222,7 @@ def test_a_tied_q6_k_table_is_read_from_the_head_as_it_holds_it(tmp_path):
     path = _file(tmp_path, "Q4_K", head="Q6_K")
     model = load_model(path, dtype="auto").model
     head = model.lm_head
-    assert isinstance(head, Int8Linear) and head.group_size == 32 and isinstance(model.tok_emb, Int8Embedding)
+    assert isinstance(head, Int8Linear) and head.group_size == 32 and isinstance(model.tok_emb, QuantEmbedding)
     ids = torch.arange(272)
     assert torch.equal(model.tok_emb(ids), head.dequantized())
     table = load_model(path, dtype="float32").model.tok_emb.weight  # (V, C): the file's values

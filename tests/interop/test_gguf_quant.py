@@ -21,7 +21,7 @@ from arlm.interop.gguf import byte_blocks, q4_blocks, q4_bytes, q8_blocks
 from arlm.interop.loading import auto_dtype, load_model, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
-from arlm.model.quant import Int4Linear, Int8Embedding, Int8Linear, kernel_dtype
+from arlm.model.quant import Int4Linear, Int8Linear, QuantEmbedding, kernel_dtype
 from tests.interop.gguf_files import TINY_MERGES, layer_types, tied_llama, write_tiny_llama
 
 gguf = pytest.importorskip("gguf")
@@ -79,7 +79,7 @@ def test_auto_is_the_dtype_that_keeps_the_files_layers_as_they_are(tmp_path, tie
         assert all(m.group_size == 32 for m in loaded.model.modules() if isinstance(m, Int8Linear))
     if kernels and expected in ("int4", "int8", "mixed") and head != "F32":  # the table read from the head's codes
         table = load_model(path, dtype="float32").model.tok_emb.weight  # (V, C): gguf's values
-        assert isinstance(loaded.model.tok_emb, Int8Embedding)
+        assert isinstance(loaded.model.tok_emb, QuantEmbedding)
         assert torch.equal(loaded.model.tok_emb(ids), table[ids])
     if kernels and expected == "mixed":  # the Q4_1 layers int4, a Q8_0 one int8 from its blocks, an F32 head float
         assert sum(isinstance(m, Int4Linear) for m in loaded.model.modules()) == 4 * 2 - (odd_one is not None)
@@ -99,7 +99,7 @@ def test_a_q4_1_file_at_int4_decodes_no_weight_at_all(tmp_path, tied, monkeypatc
         arlm_gguf, "dequantize", lambda raw, kind, shape: decoded.append(kind) or decode(raw, kind, shape)
     )
     loaded = load_model(path, dtype="int4").model
-    assert set(decoded) == {"F32"} and isinstance(loaded.tok_emb, Int8Embedding)
+    assert set(decoded) == {"F32"} and isinstance(loaded.tok_emb, QuantEmbedding)
 
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])

@@ -13,8 +13,8 @@ from arlm.errors import ArlmError
 from arlm.model import int_layout, native
 from arlm.model.quant import (
     Int4Linear,
-    Int8Embedding,
     Int8Linear,
+    QuantEmbedding,
     is_quantized,
     kernel_dtype,
     q8_0_fits,
@@ -233,20 +233,25 @@ def test_int8_from_blocks_follows_the_q8_0_convention(monkeypatch):
 
 
 @pytest.mark.skipif(native.library() is None, reason="arlm's kernels cannot be built on this machine")
-def test_an_int8_embedding_gathers_the_tied_heads_rows():
-    """Row v of the table a Q8_0 head multiplies by, for ids of any shape, the last tile's rows included; a head
-    per output channel is refused."""
+def test_a_quant_embedding_gathers_the_rows_its_layer_multiplies_by(monkeypatch):
+    """Row v of the weight an int layer multiplies by (int8 in groups of 32 or per channel, int4 in groups of 32 or
+    64, 50 rows: the last tile's 2 included), for ids of any shape; a layer on PyTorch's kernels is refused."""
     g = torch.Generator().manual_seed(4)
-    codes = torch.randint(-128, 128, (48, 96), generator=g).to(torch.int8)  # (V, C)
-    d = (torch.rand(48, 3, generator=g) * 0.01 + 1e-4).half().float()  # (V, C/32)
-    head = Int8Linear.from_blocks(codes, d)
-    table = Int8Embedding(head)
-    assert torch.equal(table(torch.arange(48)), head.dequantized())
+    codes = torch.randint(-128, 128, (50, 128), generator=g).to(torch.int8)  # (V, C)
+    d = (torch.rand(50, 4, generator=g) * 0.01 + 1e-4).half().float()  # (V, C/32)
+    layers = [Int8Linear.from_blocks(codes[:48], d[:48]), Int8Linear.from_float(_linear(50, 128))]
+    layers += [Int4Linear.from_float(_linear(48, 128, seed=1), group) for group in (32, 64)]
     ids = torch.randint(0, 48, (3, 5), generator=g)
-    assert torch.equal(table(ids), head.dequantized()[ids])  # (3, 5, 96)
-    assert not list(table.parameters()) and not list(table.buffers())  # the head's codes, not a copy
-    with pytest.raises(ArlmError, match="groups of 32"):
-        Int8Embedding(Int8Linear.from_float(_linear()))
+    for layer in layers:
+        table = QuantEmbedding(layer)
+        rows = torch.arange(layer.out_features)
+        assert torch.equal(table(rows), layer.dequantized())
+        assert torch.equal(table(ids), layer.dequantized()[ids])  # (3, 5, 128)
+        assert not list(table.parameters()) and not list(table.buffers())  # the layer's codes, not a copy
+    assert list(QuantEmbedding(layers[0], owned=True).buffers())  # a table's own layer is its child
+    monkeypatch.setattr(native, "available", lambda: False)
+    with pytest.raises(ArlmError, match="arlm's CPU kernels"):
+        QuantEmbedding(Int4Linear.from_float(_linear(48, 128), 32))
 
 
 def test_int4_from_codes_follows_the_q4_1_convention(kernels):

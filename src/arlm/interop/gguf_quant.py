@@ -4,7 +4,8 @@ Q5_0 and Q4_0 ones (a byte code and a scale per value: most of a Q4_K_M file mad
 multiple of 256, as SmolLM2's); straight from the file's codes and block scales, with no dequantize-requantize round
 trip. --dtype mixed (what auto picks for a file that mixes types, as every Q4_K_M file does) holds each layer so by
 its own type, and the quantized layers of other types (Q6_K, Q5_K, Q5_1) as int8 in groups of 32 from their values.
-A tied table whose head is int8 in groups of 32 is read from the head's codes (`Int8Embedding`), never kept as float32.
+The embedding reads its rows from int codes where it can (`QuantEmbedding`, never a float32 copy): a tied table
+from its head's when the head is int8 in groups of 32, an untied Q4 / byte-type table from its own blocks.
 
 A Q4_1 block of 32 weights holds d and m (float16) and 32 codes q in 0..15 (low nibbles first, then high
 nibbles): w = d * q + m, `Int4Linear`'s convention with scale d and low m. Q4_0 holds d alone: w = d * (q - 8), scale d
@@ -34,7 +35,7 @@ from arlm.interop.gguf import (
     stack_rows,
 )
 from arlm.model import native
-from arlm.model.quant import Int4Linear, Int8Embedding, Int8Linear, int4_fits, q8_0_fits
+from arlm.model.quant import Int4Linear, Int8Linear, QuantEmbedding, int4_fits, q8_0_fits
 from arlm.model.transformer import Transformer
 
 BYTE_TYPES = ("Q8_0", "Q5_0", "Q4_0")  # w = d c, c a byte: Int8Linear in groups of 32 (int8, and int4's head)
@@ -75,10 +76,23 @@ def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
 def block_built(contents: GGUFContents, config: ModelConfig, quant: str | None) -> list[str]:
     """The weights layers_from_gguf builds from the file's blocks at `quant` on the CPU, whose float32 values
     load_gguf_model need not decode (its `unread`): the Linears but the head, and the embedding's table where a tied
-    head is built from its blocks (then read by an Int8Embedding)."""
+    head is built from its blocks, or an untied one is read from its own (then read by a QuantEmbedding)."""
     kinds = _built(contents, config, quant)
-    table = ["tok_emb.weight"] if config.tie_embeddings and kinds.get("lm_head.weight") == "int8" else []
+    tied = config.tie_embeddings and kinds.get("lm_head.weight") == "int8"
+    table = ["tok_emb.weight"] if tied or _table_kind(contents, config, quant) else []
     return [ours for ours, kind in kinds.items() if kind in ("int4", "int8") and ours != "lm_head.weight"] + table
+
+
+def _table_kind(contents: GGUFContents, config: ModelConfig, quant: str | None) -> str | None:
+    """How an untied table is read from its own blocks at an int `quant` on arlm's kernels: "int4" (Q4_0 / Q4_1 /
+    Q4_K), "int8" (a byte type), or None (decoded to float32: another type, a tied table, a shape that does not fit)."""
+    if config.tie_embeddings or quant not in ("int4", "int8", "mixed") or not native.available():
+        return None
+    parts = [("token_embd.weight", (config.vocab_size, config.d_model), 0)]
+    kind = _type(contents, "token_embd.weight")
+    if kind in Q4_TYPES and int4_fits(config.vocab_size, config.d_model) and _levels_fit(contents, parts):
+        return "int4"
+    return "int8" if kind in BYTE_TYPES and q8_0_fits(config.vocab_size, config.d_model) else None
 
 
 def _built(contents: GGUFContents, config: ModelConfig, quant: str | None) -> dict[str, str]:
@@ -163,9 +177,12 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
             layer = _from_blocks(contents, sources[ours], kind)
         setattr(model.get_submodule(parent), name, layer)
         replaced.append(path)
-    head = model.lm_head
-    if model.config.tie_embeddings and isinstance(head, Int8Linear) and head.group_size:  # the table: head's codes
-        model.tok_emb = Int8Embedding(head)  # a Q8_0 table's very values; a Q6_K one's as the head holds them
+    head, config = model.lm_head, model.config
+    if config.tie_embeddings and isinstance(head, Int8Linear) and head.group_size:  # the table: the head's codes
+        model.tok_emb = QuantEmbedding(head)  # a Q8_0 table's very values; a Q6_K one's as the head holds them
+    elif kind := _table_kind(contents, config, quant):  # an untied table: its own blocks
+        table = [("token_embd.weight", (config.vocab_size, config.d_model), 0)]
+        model.tok_emb = QuantEmbedding(_from_blocks(contents, table, kind), owned=True)
     return replaced
 
 

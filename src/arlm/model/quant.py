@@ -132,6 +132,15 @@ class Int8Linear(nn.Module):
             return self.codes().float() * scales.repeat_interleave(self.group_size, 1)
         return self.codes().float() * self.scales[: self.out_features].float()[:, None]
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The weight's rows `ids` (...) in float32, (..., in), as dequantized() holds them (arlm's kernels' layout)."""
+        tile, lane = ids // 16, ids % 16
+        codes = self.packed[tile, :, :, lane, :].reshape(*ids.shape, self.in_features)  # (..., in): codes + 128
+        values = (codes.to(torch.int16) - 128).float()
+        if self.group_size:
+            return values * self.group_scales[tile, :, lane].float().repeat_interleave(self.group_size, -1)
+        return values * self.scales[ids].float()[..., None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
         if self.group_size:
@@ -151,25 +160,23 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-class Int8Embedding(nn.Module):
-    """An embedding whose table is a tied head's, an Int8Linear in groups of 32: row v gathered from lane v % 16 of
-    tile v // 16, codes times scales, with no float32 copy of the table beside the codes (SmolLM2: 113 MB). Of a
-    GGUF file's Q8_0 table those are the very values the table decodes to; of another type's (a Q6_K table under
-    --dtype mixed) the values the head multiplies by."""
+class QuantEmbedding(nn.Module):
+    """An embedding whose table is an int layer's weight on arlm's kernels (Int8Linear, Int4Linear): row v gathered
+    from lane v % 16 of tile v // 16 (`rows`), the very values the layer multiplies by, with no float32 copy of the
+    table (SmolLM2's: 113 MB). The layer is a tied head (then not a child: the model lists it once) or the table's
+    own (owned: a child)."""
 
-    def __init__(self, head: Int8Linear) -> None:
+    def __init__(self, layer: nn.Module, owned: bool = False) -> None:
         super().__init__()
-        if not head.group_size:
-            raise ArlmError("an Int8Embedding reads an Int8Linear in groups of 32 (Q8_0's layout)")
-        self._head = (head,)  # in a tuple: not a child module (the head stays the model's, listed once)
+        if not getattr(layer, "native", False):
+            raise ArlmError("a QuantEmbedding reads an int layer on arlm's CPU kernels")
+        if owned:
+            self.table = layer
+        self._layer = (layer,)  # in a tuple: a tied head stays the model's child alone
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(...) ids -> (..., C) float32 rows of the table"""
-        head = self._head[0]
-        tile, lane = ids // 16, ids % 16
-        codes = head.packed[tile, :, :, lane, :].reshape(*ids.shape, head.in_features)  # (..., C) codes + 128
-        scales = head.group_scales[tile, :, lane].float()  # (..., C / 32)
-        return (codes.to(torch.int16) - 128).float() * scales.repeat_interleave(head.group_size, -1)
+        return self._layer[0].rows(ids)
 
 
 class Int4Linear(nn.Module):
@@ -254,6 +261,16 @@ class Int4Linear(nn.Module):
         eye = torch.eye(self.in_features)  # (in, in)
         pairs = self.scales_and_zeros.float()
         return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, pairs).t()
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The weight's rows `ids` (...) in float32, (..., in), as dequantized() holds them (arlm's kernels' layout:
+        byte b of vector j of a group of 32 holds inputs 4j + b and 16 + 4j + b)."""
+        tile, lane = ids // 16, ids % 16
+        packed = self.packed[tile, :, :, lane, :]  # (..., in/32, 4, 4)
+        codes = torch.stack([packed & 0x0F, packed >> 4], dim=-3).reshape(*ids.shape, self.in_features)  # (..., in)
+        levels = self.scales_and_lows[tile, :, :, lane].float()  # (..., in/G, 2)
+        scales, lows = (levels[..., i].repeat_interleave(self.group_size, -1) for i in range(2))  # (..., in)
+        return codes.float() * scales + lows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out)"""
