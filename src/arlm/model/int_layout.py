@@ -17,8 +17,10 @@ def _tiles_of(codes: torch.Tensor, pad: int) -> torch.Tensor:
 
 def pack_int8(codes: torch.Tensor) -> torch.Tensor:
     """Signed codes (N, K) -> the int8 kernel's layout (quantized.c), codes + 128: (N/16, K/32, 8, 16, 4) bytes."""
-    tiles = _tiles_of(codes.to(torch.int16) + 128, 128)  # (T, 16, G, 32); 128: a zero weight
-    return tiles.reshape(*tiles.shape[:3], 8, 4).permute(0, 2, 3, 1, 4).contiguous()
+    biased = codes.to(torch.int8).view(torch.uint8) ^ 0x80  # (N, K): c + 128 as a byte, with no wider copy
+    n, k = biased.shape
+    tiles = torch.nn.functional.pad(biased, (0, -k % 32, 0, -n % 16), value=128)  # 128: a zero weight
+    return tiles.reshape(-(-n // 16), 16, -(-k // 32), 8, 4).permute(0, 2, 3, 1, 4).contiguous()
 
 
 def unpack_int8(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
