@@ -180,9 +180,9 @@ def layers_from_gguf(model: Transformer, ref: str, quant: str) -> list[str]:
     head, config = model.lm_head, model.config
     if config.tie_embeddings and isinstance(head, Int8Linear) and head.group_size:  # the table: the head's codes
         model.tok_emb = QuantEmbedding(head)  # a Q8_0 table's very values; a Q6_K one's as the head holds them
-    elif kind := _table_kind(contents, config, quant):  # an untied table: its own blocks
+    elif table_kind := _table_kind(contents, config, quant):  # an untied table: its own blocks
         table = [("token_embd.weight", (config.vocab_size, config.d_model), 0)]
-        model.tok_emb = QuantEmbedding(_from_blocks(contents, table, kind), owned=True)
+        model.tok_emb = QuantEmbedding(_from_blocks(contents, table, table_kind), owned=True)
     return replaced
 
 
