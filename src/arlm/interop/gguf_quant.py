@@ -65,12 +65,18 @@ def q4_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
     """arlm's Linear weights whose sources are all Q4_0 / Q4_1 / Q4_K and whose shape int4 holds: the layers int4
     builds from the blocks (so their float32 values need not be decoded at all: load_gguf_model's `unread`). The
     head never: its source is also the embedding's."""
-    sources = _sources(config)
     return [
-        ours
-        for ours in block_layers(contents, config, Q4_TYPES)
-        if ours != "lm_head.weight" and int4_fits(*_shape(sources[ours])) and _levels_fit(contents, sources[ours])
+        ours for ours, parts in _sources(config).items() if ours != "lm_head.weight" and _held(contents, parts, "int4")
     ]
+
+
+def _held(contents: GGUFContents, parts: list[tuple[str, tuple[int, int], int]], kind: str) -> bool:
+    """Whether the weight stacked from `parts` can be held as `kind` straight from the file's blocks: "int4" (every
+    part Q4_0 / Q4_1 / Q4_K, a shape int4 holds, float16 levels) or "int8" (every part a byte type, Q8_0's shape)."""
+    types, fits = (Q4_TYPES, int4_fits) if kind == "int4" else (BYTE_TYPES, q8_0_fits)
+    if not all(_type(contents, name) in types for name, _, _ in parts) or not fits(*_shape(parts)):
+        return False
+    return kind == "int8" or _levels_fit(contents, parts)
 
 
 def block_built(contents: GGUFContents, config: ModelConfig, quant: str | None) -> list[str]:
@@ -89,10 +95,7 @@ def _table_kind(contents: GGUFContents, config: ModelConfig, quant: str | None) 
     if config.tie_embeddings or quant not in ("int4", "int8", "mixed") or not native.available():
         return None
     parts = [("token_embd.weight", (config.vocab_size, config.d_model), 0)]
-    kind = _type(contents, "token_embd.weight")
-    if kind in Q4_TYPES and int4_fits(config.vocab_size, config.d_model) and _levels_fit(contents, parts):
-        return "int4"
-    return "int8" if kind in BYTE_TYPES and q8_0_fits(config.vocab_size, config.d_model) else None
+    return next((kind for kind in ("int4", "int8") if _held(contents, parts, kind)), None)
 
 
 def _built(contents: GGUFContents, config: ModelConfig, quant: str | None) -> dict[str, str]:
@@ -133,8 +136,7 @@ def layer_kinds(contents: GGUFContents, config: ModelConfig) -> dict[str, str]:
 def _byte_layers(contents: GGUFContents, config: ModelConfig) -> list[str]:
     """arlm's Linear weights (the head included) whose sources are all byte types and whose shape Q8_0's int8
     layout holds: the layers int8 builds from the blocks."""
-    sources = _sources(config)
-    return [ours for ours in block_layers(contents, config, BYTE_TYPES) if q8_0_fits(*_shape(sources[ours]))]
+    return [ours for ours, parts in _sources(config).items() if _held(contents, parts, "int8")]
 
 
 def _type(contents: GGUFContents, name: str) -> str:
