@@ -86,3 +86,17 @@ def test_the_sockets_are_closed_when_serve_stops_early(tmp_path, loads, capsys, 
     assert loads == [str(tmp_path)]
     assert capsys.readouterr().err.strip() == "error: not loaded in this test"
     assert made and all(sock.fileno() == -1 for sock in made)  # closed: the port is free again
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-queue", "0"], "--max-batch, --max-queue and --prefill-chunk must be >= 1"),
+        (["--prefill-chunk", "0"], "--max-batch, --max-queue and --prefill-chunk must be >= 1"),
+        (["--context", "1"], "--context must be >= 2 (a prompt token and a new one) or 0 (the default), got 1"),
+    ],
+)
+def test_settings_that_could_serve_nothing_are_one_line_before_the_model_loads(tmp_path, loads, capsys, args, message):
+    assert main(["serve", str(tmp_path), *args]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {message}"]
+    assert loads == []

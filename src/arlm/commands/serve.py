@@ -66,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import PROBE_ROWS, optimize_for_decoding  # lazy: kept out of --help
 
-    if args.max_batch < 1 or args.max_queue < 0 or args.context < 0:
-        raise ArlmError("--max-batch must be >= 1, --max-queue and --context >= 0")
+    if args.max_batch < 1 or args.max_queue < 1 or args.prefill_chunk < 1:
+        raise ArlmError("--max-batch, --max-queue and --prefill-chunk must be >= 1")
+    if args.context < 0 or args.context == 1:
+        raise ArlmError(f"--context must be >= 2 (a prompt token and a new one) or 0 (the default), got {args.context}")
     if args.api_key is not None and not args.api_key.strip():
         raise ArlmError("--api-key is empty; give the key clients will send (or leave the flag out: no key)")
     device, dtype = pick_device(args.device, args.dtype), args.dtype
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(model_ref, device=device, dtype=dtype)
         model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
         draft = load_draft(args.draft, loaded, model_ref, device, loaded.dtype) if args.draft else None
+        if args.context > model.config.block_size:
+            raise ArlmError(f"--context {args.context} exceeds the model's context of {model.config.block_size}")
         context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
         scheduler = Scheduler(
             model,

@@ -21,6 +21,11 @@ UNK = "<|unk|>"
 META_FILE = "arlm_tokenizer.json"
 _WORD = re.compile(r"\w+|[^\w\s]|\s+")  # words, single punctuation marks, whitespace runs: lossless
 # normalizer / pre-tokenizer steps that treat the start or end of each input specially
+_PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+# GPT-2's byte-level alphabet: a printable byte is its own symbol, the others (controls, space, ...) 256, 257, ...
+_BYTE_OF_SYMBOL = {
+    chr(b if b in _PRINTABLE else 256 + [x for x in range(256) if x not in _PRINTABLE].index(b)): b for b in range(256)
+}
 _EDGE_STEP = re.compile(r'"type": "(Prepend|Strip)"|"prepend_scheme": "(always|first)"|"add_prefix_space": true')
 
 
@@ -50,6 +55,10 @@ class Tokenizer:
     def token_text(self, token_id: int) -> str:
         """The surface form of one id, for reports."""
         raise NotImplementedError
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The bytes one id stands for (its text's UTF-8 here; byte-level tokenizers give a character's parts)."""
+        return self.token_text(token_id).encode("utf-8")
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts (parallel where the backend allows)."""
@@ -216,9 +225,24 @@ class HFTokenizer(Tokenizer):
         """Readable text of one token (byte-level symbols decoded)."""
         return self.backend.decode([token_id], skip_special_tokens=False)
 
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The bytes one id stands for, also where they are part of a character (byte-level BPE: one alphabet
+        symbol per byte); an added token's text."""
+        symbols = self.backend.id_to_token(token_id) or ""
+        if not self._byte_level() or token_id in self.backend.get_added_tokens_decoder():
+            return super().piece_bytes(token_id)
+        return bytes(_BYTE_OF_SYMBOL[c] for c in symbols)
+
+    def _byte_level(self) -> bool:
+        """Whether the decoder is byte-level (ids are byte strings written in GPT-2's alphabet of 256 symbols)."""
+        if not hasattr(self, "_is_byte_level"):
+            decoder = json.dumps(json.loads(self.backend.to_str()).get("decoder"))
+            self._is_byte_level = '"ByteLevel"' in decoder
+        return self._is_byte_level
+
     def token_bytes(self) -> np.ndarray:
         """(V,) bytes per id; exact for byte-level BPE (one alphabet symbol per byte), 0 for added tokens."""
-        if '"ByteLevel"' not in json.dumps(json.loads(self.backend.to_str()).get("decoder")):
+        if not self._byte_level():
             return super().token_bytes()
         added = set(self.backend.get_added_tokens_decoder())
         return np.array(

@@ -148,14 +148,15 @@ class BatchEngine:
         self.check(seq)
         if not self.free:
             raise ArlmError("no free slot")
+        seed = seq.config.seed if seq.config.seed is not None else random.SystemRandom().randrange(2**63)
+        generator = make_generator(seed, self.device)  # (before a slot is taken: nothing to undo if it fails)
         reusable = self.reuse_prefix and not seq.prompt_logprobs  # a scored prompt needs every position's logits
         shared = {slot: shared_beginning(self.kept[slot], seq.prompt) if reusable else 0 for slot in self.free}
         seq.slot = max(reversed(self.free), key=lambda slot: shared[slot])  # ties: the slot pop() would give
         self.free.remove(seq.slot)
         seq.filled = shared[seq.slot]
         self.cache.reset(seq.slot, keep=seq.filled)
-        seed = seq.config.seed if seq.config.seed is not None else random.SystemRandom().randrange(2**63)
-        seq.generator = make_generator(seed, self.device)
+        seq.generator = generator
         seq.ids = torch.tensor([seq.prompt], dtype=torch.long, device=self.device)  # (1, T)
         self.active.append(seq)
         return seq.filled

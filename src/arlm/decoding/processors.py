@@ -165,9 +165,10 @@ def presence_frequency_penalty(
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A seeded generator for reproducible sampling (None: the global RNG)."""
+    """A seeded generator for reproducible sampling (None: the global RNG); any integer seeds it, taken modulo 2^64
+    (torch's seeds: a negative one as its two's complement)."""
     if seed is None:
         return None
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    generator.manual_seed(seed % 2**64)
     return generator

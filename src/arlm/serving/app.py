@@ -60,6 +60,7 @@ class Server:
         self.dtype = dtype
         self.tokenizer = scheduler.tokenizer
         self.context = scheduler.engine.max_len
+        self.created = int(time.time())  # the model card's "created": when the server started
 
     def check_model(self, name: str) -> None:
         """404 unless the request names the served model."""
@@ -110,6 +111,12 @@ class Server:
             raise ApiError(400, message, param="prompt", code="context_length_exceeded")
         if max_tokens is None:
             max_tokens = context - len(prompt)
+        if len(prompt) + max_tokens > context:
+            message = (
+                f"the prompt has {len(prompt)} tokens and max_tokens is {max_tokens}: more than the {context} "
+                "positions of the context; shorten the prompt or lower max_tokens"
+            )
+            raise ApiError(400, message, param="max_tokens", code="context_length_exceeded")
         config = req.generation_config(max_tokens)
         # a setting the strategy would ignore is refused; OpenAI's sampling knobs at temperature 0 are not (clients
         # send top_p with every request, as OpenAI's API takes it)
@@ -190,7 +197,7 @@ def submit(server: Server, jobs: list[Job]) -> None:
     except QueueFull as exc:
         raise ApiError(429, str(exc), code="queue_full") from None
     except ArlmError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(400, str(exc), param=getattr(exc, "param", None)) from None
 
 
 def cancel(server: Server, jobs: list[Job]) -> None:
@@ -320,11 +327,13 @@ def _info_routes(app: FastAPI, server: Server) -> None:
         return resources.files("arlm.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> JSONResponse:
         chat = bool(server.tokenizer.chat_template) or server.plain_chat
         features = {"chat_template": chat, "draft": scheduler.draft is not None, "auth": server.auth}
         model = {"model": server.model_id, "dtype": server.dtype, "context": server.context}
-        return {"status": "ok", **model, **features, **scheduler.state()}
+        alive = scheduler.alive()  # a decoding thread that died cannot answer: 503, for a load balancer to see
+        body = {"status": "ok" if alive else "error", **model, **features, **scheduler.state()}
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -332,7 +341,7 @@ def _info_routes(app: FastAPI, server: Server) -> None:
 
     def card() -> dict:
         """The served model as OpenAI's model object, with vLLM's max_model_len."""
-        card = {"id": server.model_id, "object": "model", "created": int(time.time()), "owned_by": "arlm"}
+        card = {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "arlm"}
         return {**card, "max_model_len": server.context}
 
     @app.get("/v1/models")
@@ -350,7 +359,7 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
     async def completions(req: CompletionRequest, request: Request):
         server.check_model(req.model)
         texts = server.split_prompts(req.prompt)
-        prompts = [server.encode_prompt(p) for p in texts]
+        prompts = await asyncio.to_thread(lambda: [server.encode_prompt(p) for p in texts])  # (off the event loop)
         events = Events(len(prompts))
         top = -1 if req.logprobs is None else req.logprobs
         scored = req.echo and req.logprobs is not None
@@ -371,13 +380,14 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         server.check_model(req.model)
-        prompt = server.encode_chat(req.messages)
+        prompt = await asyncio.to_thread(server.encode_chat, req.messages)
         events = Events()
         top = (req.top_logprobs or 0) if req.logprobs else -1
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         job = server.job(req, prompt, req.max_completion_tokens or req.max_tokens, events.put, top_logprobs=top)
-        fmt = OpenAIFormat("chat", server.model_id, req.n, len(prompt), _include_usage(req))
+        usage, piece_bytes = _include_usage(req), server.tokenizer.piece_bytes
+        fmt = OpenAIFormat("chat", server.model_id, req.n, len(prompt), usage, piece_bytes=piece_bytes)
         final = lambda: fmt.response(with_logprobs=req.logprobs)
         start = fmt.start_chunks()
         return await run_job(request, server, [job], events, req.stream, fmt.chunks, start=start, final=final)
@@ -387,7 +397,8 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         server.check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise ApiError(400, "give either prompt or messages", param="prompt")
-        prompt = server.encode_chat(req.messages) if req.messages else server.encode_prompt(req.prompt)
+        encode, given = (server.encode_chat, req.messages) if req.messages else (server.encode_prompt, req.prompt)
+        prompt = await asyncio.to_thread(encode, given)
         events = Events()
         batched = req.resolved_strategy() in BATCH_STRATEGIES
         job = server.job(req, prompt, req.max_tokens, events.put, top_logprobs=req.top_logprobs if batched else -1)
@@ -415,10 +426,12 @@ def _tokenizer_routes(app: FastAPI, server: Server) -> None:
             server.check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise ApiError(400, "give either prompt or messages", param="prompt")
-        ids = (
-            tok.encode(req.prompt)
-            if req.prompt is not None
-            else server.encode_chat(req.messages, req.add_generation_prompt)
+        ids = await asyncio.to_thread(
+            lambda: (
+                tok.encode(req.prompt)
+                if req.prompt is not None
+                else server.encode_chat(req.messages, req.add_generation_prompt)
+            )
         )
         return {"count": len(ids), "max_model_len": server.context, "tokens": ids}
 

@@ -22,7 +22,8 @@ class ApiError(Exception):
     def response(self) -> JSONResponse:
         """The JSON response."""
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        headers = {"Retry-After": "1"} if self.status == 429 else None  # a full queue: worth trying again soon
+        return JSONResponse(body, status_code=self.status, headers=headers)
 
 
 def error_handlers(app: FastAPI) -> None:
@@ -49,6 +50,8 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
     param = ".".join(loc) or None
+    if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
+        return ApiError(400, "the body must be a JSON object (Content-Type: application/json)")
     union = _union_refusal(exc.errors())
     if union:
         field, forms = union

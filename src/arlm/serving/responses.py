@@ -6,15 +6,11 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 
 from arlm.data.tokenizers import Tokenizer
 
 ENDED = -1.0e8  # below this a running beam's score means it has ended (beam search rules it out with -1e9)
-
-
-def _bytes(text: str) -> list[int] | None:
-    """UTF-8 bytes of a token's text (None when the token is part of a character)."""
-    return None if "\ufffd" in text else list(text.encode("utf-8"))
 
 
 class OpenAIFormat:
@@ -29,10 +25,13 @@ class OpenAIFormat:
         include_usage: bool = False,
         echo: list[str] | None = None,
         scored: bool = False,
+        piece_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         """n choices; echo: each choice's prompt text, put before its completion (scored: with the prompt tokens'
-        log-probabilities, which come as a "prompt" event before its first token)."""
+        log-probabilities, which come as a "prompt" event before its first token); piece_bytes: a token id's bytes
+        (the tokenizer's), for chat's logprobs (OpenAI's "bytes": a token that is part of a character has some)."""
         self.kind, self.model_id, self.n = kind, model_id, n
+        self.piece_bytes = piece_bytes or (lambda token: b"")
         self.echo, self.scored = echo, scored
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
@@ -113,8 +112,9 @@ class OpenAIFormat:
     def _logprob_entry(self, i: int, event: dict) -> dict:
         piece = event["piece"]
         if self.kind == "chat":
-            top = [{"token": p, "logprob": lp, "bytes": _bytes(p)} for _, p, lp in event["top"]]
-            return {"token": piece, "logprob": event["logprob"], "bytes": _bytes(piece), "top_logprobs": top}
+            raw = lambda token: list(self.piece_bytes(token))
+            top = [{"token": p, "logprob": lp, "bytes": raw(t)} for t, p, lp in event["top"]]
+            return {"token": piece, "logprob": event["logprob"], "bytes": raw(event["token"]), "top_logprobs": top}
         offset = sum(len(e["token"]) for e in self.logprobs[i])
         if event["top"] is None:  # an echoed prompt's first token: nothing before it to predict it
             return {"token": piece, "logprob": None, "top": None, "offset": offset}

@@ -47,6 +47,14 @@ class Cancelled(Exception):
     """Raised inside a lane generation whose client went away."""
 
 
+class Refused(ArlmError):
+    """A request the scheduler cannot run, naming the argument at fault (its `param`)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class Scheduler:
     """Owns the model: the batch loop and the lane, their queues, and the metrics."""
 
@@ -122,11 +130,12 @@ class Scheduler:
         }
         for name, given in unsupported.items():
             if given:
-                raise ArlmError(f"{name} is not supported with strategy {config.strategy}")
+                raise Refused(f"{name} is not supported with strategy {config.strategy}", name)
         if config.strategy == "speculative" and self.draft is None:
-            raise ArlmError("this server has no draft model (start it with --draft MODEL); try prompt-lookup")
+            message = "this server has no draft model (start it with --draft MODEL); try prompt-lookup"
+            raise Refused(message, "strategy")
         if config.strategy == "beam" and job.n > config.num_beams:
-            raise ArlmError(f"n ({job.n}) must be <= num_beams ({config.num_beams})")
+            raise Refused(f"n ({job.n}) must be <= num_beams ({config.num_beams})", "n")
 
     def submit(self, *jobs: Job) -> None:
         """Queue validated requests, all or none (the prompts of one completion); raises QueueFull when they do not
@@ -193,6 +202,10 @@ class Scheduler:
             jobs = {id(c.job): c.job for c in self._owner.values()}
         return list(jobs.values())
 
+    def alive(self) -> bool:
+        """Whether the batch and lane threads are running (before start and after a shutdown: False)."""
+        return all(t.is_alive() for t in self._threads)
+
     def state(self) -> dict:
         """Counts for /health and the tests."""
         with self._cond:
@@ -223,10 +236,10 @@ class Scheduler:
             started = time.perf_counter()
             try:
                 emitted = self.engine.step()
+                self._deliver(emitted)
             except Exception as exc:  # a bug: fail what is running, keep serving
                 self._fail_active(exc)
                 continue
-            self._deliver(emitted)
             self.metrics.step(len(emitted), time.perf_counter() - started, len(self.engine.active))
             self._count_down()
 
@@ -241,28 +254,55 @@ class Scheduler:
                     self._gate.clear()
 
     def _admit(self) -> None:
-        """Waiting choices into free slots, first come first served."""
+        """Waiting choices into free slots, first come first served; a choice that cannot start fails its request
+        alone."""
         while self._waiting and self.engine.free:
             choice = self._waiting.popleft()
-            job = choice.job
-            choice.seq = BatchSequence(
-                job.prompt,
-                _choice_config(job.config, choice.index),
-                eos_id=job.eos_id,
-                top_logprobs=job.top_logprobs,
-                presence_penalty=job.presence_penalty,
-                frequency_penalty=job.frequency_penalty,
-                logit_bias=job.logit_bias,
-                prompt_logprobs=job.prompt_logprobs,
-                matcher=None if job.grammar is None else job.grammar.matcher(),
-            )
-            self._count_reused(job, self.engine.admit(choice.seq))
-            self._owner[id(choice.seq)] = choice
-            if job.admitted_step is None:
-                job.admitted_step = self.engine.steps
-                self._queued -= 1
-                self.metrics.queue_length.set(self._queued)
+            try:
+                self._admit_one(choice)
+            except Exception as exc:  # (a bug, or what validate missed): this request fails, the others go on
+                self._fail_job(choice, exc)
         self.metrics.active_slots.set(len(self.engine.active))
+
+    def _admit_one(self, choice: Choice) -> None:
+        """One waiting choice into a free slot."""
+        job = choice.job
+        choice.seq = BatchSequence(
+            job.prompt,
+            _choice_config(job.config, choice.index),
+            eos_id=job.eos_id,
+            top_logprobs=job.top_logprobs,
+            presence_penalty=job.presence_penalty,
+            frequency_penalty=job.frequency_penalty,
+            logit_bias=job.logit_bias,
+            prompt_logprobs=job.prompt_logprobs,
+            matcher=None if job.grammar is None else job.grammar.matcher(),
+        )
+        self._count_reused(job, self.engine.admit(choice.seq))
+        self._owner[id(choice.seq)] = choice
+        if job.admitted_step is None:
+            job.admitted_step = self.engine.steps
+            self._queued -= 1
+            self.metrics.queue_length.set(self._queued)
+
+    def _fail_job(self, choice: Choice, exc: Exception) -> None:
+        """A choice that could not start: its request's other choices leave the batch and the queue, and the request
+        gets an error (400 for arlm's refusals, 500 for a bug) (the lock held)."""
+        job = choice.job
+        if not isinstance(exc, ArlmError):
+            traceback.print_exception(exc, file=sys.stderr)
+        for seq in list(self.engine.active):
+            if self._owner[id(seq)].job is job:
+                self.engine.release(seq, "error")
+                self._owner.pop(id(seq), None)
+        self._waiting = deque(c for c in self._waiting if c.job is not job)
+        if job.admitted_step is None:
+            job.admitted_step = self.engine.steps
+            self._queued -= 1
+            self.metrics.queue_length.set(self._queued)
+        job.open_choices = 0
+        status, message = (400, str(exc)) if isinstance(exc, ArlmError) else (500, f"internal error: {exc}")
+        self._send(job, {"type": "error", "status": status, "message": message})
 
     def _drop_cancelled(self) -> None:
         """End the choices of cancelled jobs: running ones leave the batch, waiting ones the queue."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from arlm.config import GenerationConfig
 from arlm.decoding.grammar import ANY_OBJECT
@@ -13,6 +13,8 @@ from arlm.decoding.grammar import ANY_OBJECT
 Strategy = Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"]
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+MAX_STOPS, MAX_STOP_CHARS = 16, 256  # stop strings are matched against each new token's text, in the batch thread
+INT64 = 2**63  # OpenAI's seed is a 64-bit integer
 
 
 class StreamOptions(BaseModel):
@@ -62,7 +64,7 @@ class Sampling(BaseModel):
     repetition_penalty, strategy, num_beams, num_draft_tokens, adaptive_draft, lookup_first; response_format, which
     OpenAI's API has for chat only), all optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # "8" is no integer, NaN no number
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # OpenAI's range (the CLI allows any)
@@ -71,13 +73,15 @@ class Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-INT64, lt=INT64)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None  # token id (as text) -> -100..100, added to its logit before choosing
     user: str | None = None  # OpenAI's end-user id: accepted, unused
+    metadata: dict[str, str] | None = None  # OpenAI's tags for stored completions: accepted, unused (nothing stored)
+    store: bool | None = None  # OpenAI's: accepted; arlm stores nothing
     # arlm's extras
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0)  # 0 (or -1, vLLM's way of saying it): off
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     strategy: Strategy | None = None  # default: greedy at temperature 0, else sample
@@ -86,6 +90,26 @@ class Sampling(BaseModel):
     adaptive_draft: bool = False  # speculative / prompt-lookup: gamma chosen each round (num_draft_tokens ignored)
     lookup_first: bool = False  # speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere
     response_format: ResponseFormat | None = None  # OpenAI's (chat); completions and the trace take it too, as vLLM's
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_as_defaults(cls, data):
+        """An argument given as null takes its default, as OpenAI's nullable arguments do (clients that serialize
+        every field send null for those unset); so does top_k -1 (vLLM's "off")."""
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if v is not None and not (k == "top_k" and v == -1)}
+
+    @field_validator("stop")
+    @classmethod
+    def _few_short_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        """At most MAX_STOPS stop strings of at most MAX_STOP_CHARS characters each."""
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings, got {len(stops)}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string has at most {MAX_STOP_CHARS} characters")
+        return stop
 
     def stops(self) -> list[str]:
         """The stop strings as a list."""
@@ -143,17 +167,31 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One message of a conversation."""
+    """One message of a conversation; an assistant message as OpenAI's API answered it (its `model_dump()`, with
+    refusal, annotations and null tool_calls, function_call, audio) is taken as it is."""
 
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    refusal: str | None = None  # an assistant's refusal: its text when it has no content
+    annotations: list | None = None  # (citations of a web search: nothing to the model)
+    tool_calls: list | None = None
+    function_call: dict | None = None
+    audio: dict | None = None
+
+    @model_validator(mode="after")
+    def _no_tools_or_audio(self) -> ChatMessage:
+        """Tool calls and audio replies are not supported: refused when a message holds one."""
+        for name in ("tool_calls", "function_call", "audio"):
+            if getattr(self, name):
+                raise ValueError(f"{name} are not supported (this server has no tools and no audio)")
+        return self
 
     def text(self) -> str:
-        """The content as one string."""
+        """The content as one string (an assistant's refusal where it has none)."""
         if self.content is None:
-            return ""
+            return self.refusal or ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 

@@ -13,6 +13,7 @@ class TextStream:
     def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None) -> None:
         self.tokenizer = tokenizer
         self.stops = [s for s in (stops or []) if s]
+        self.longest = max(map(len, self.stops), default=0)
         self.ids: list[int] = []
         self.sent = ""  # text handed out so far
         self.stopped = False  # a stop string was found; the text is final
@@ -23,7 +24,8 @@ class TextStream:
             return ""
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids)
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        start = max(0, len(self.sent) - self.longest + 1)  # a stop found now ends after the text sent: search its end
+        cut = min((i for i in (text.find(s, start) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
             return self._advance(text[:cut])

@@ -1,0 +1,153 @@
+"""What clients send beyond the happy path: OpenAI's nullable arguments as null, an assistant message echoed back as
+the SDK returned it, seeds at the ends of their range, arguments of the wrong type or not finite, many stop
+strings; each is answered or refused with OpenAI's error body, and none stops the server (tests/serving/test_app.py
+holds the main table of refusals)."""
+
+import threading
+import time
+
+import pytest
+
+from arlm.config import GenerationConfig
+from arlm.serving.jobs import Job
+from tests.serving.conftest import MODEL_ID, request
+
+PROMPT = "Objects are Python's"
+
+
+def _completion(live, **body) -> tuple[int, dict]:
+    return request(live.base_url, "POST", "/v1/completions", {"model": MODEL_ID, "prompt": PROMPT, **body})
+
+
+def test_null_arguments_take_their_defaults(live):
+    plain = _completion(live, max_tokens=6, seed=3)
+    nulls = dict.fromkeys(["temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty", "echo"])
+    status, answer = _completion(live, max_tokens=6, seed=3, logprobs=None, top_k=-1, **nulls)
+    assert status == 200, answer
+    assert answer["choices"][0]["text"] == plain[1]["choices"][0]["text"]  # the defaults: temperature 1, seeded
+    chat = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    status, answer = request(live.base_url, "POST", "/v1/chat/completions", {**chat, "logprobs": None, "n": None})
+    assert status == 200, answer
+    status, _ = _completion(live, max_tokens=2, metadata={"team": "a"}, store=False, user="u1")
+    assert status == 200  # OpenAI's bookkeeping arguments: accepted, nothing stored
+
+
+def test_an_assistant_message_as_the_sdk_returned_it_continues_the_conversation(live):
+    client = live.client()
+    first = [{"role": "user", "content": "hello"}]
+    reply = client.chat.completions.create(model=MODEL_ID, messages=first, max_tokens=5, temperature=0)
+    echoed = reply.choices[0].message.model_dump()  # refusal, annotations, tool_calls, audio, function_call: null
+    assert {"refusal", "tool_calls", "function_call", "audio"} <= set(echoed)
+    follow_up = [*first, echoed, {"role": "user", "content": "and?"}]
+    again = client.chat.completions.create(model=MODEL_ID, messages=follow_up, max_tokens=5, temperature=0)
+    as_text = [*first, {"role": "assistant", "content": echoed["content"]}, {"role": "user", "content": "and?"}]
+    same = client.chat.completions.create(model=MODEL_ID, messages=as_text, max_tokens=5, temperature=0)
+    assert again.choices[0].message.content == same.choices[0].message.content
+    call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    with_call = [*first, {"role": "assistant", "content": None, "tool_calls": call}]
+    status, answer = request(
+        live.base_url, "POST", "/v1/chat/completions", {"model": MODEL_ID, "messages": with_call, "max_tokens": 2}
+    )
+    assert status == 400 and "tool_calls are not supported" in answer["error"]["message"]
+
+
+def test_seeds_at_the_ends_of_the_64_bit_range(live):
+    for seed in (-(2**63), 2**63 - 1):
+        status, answer = _completion(live, max_tokens=4, seed=seed, n=2)  # choice 1: seed + 1, past 2^63 - 1
+        assert status == 200, answer
+        again = _completion(live, max_tokens=4, seed=seed, n=2)[1]
+        assert [c["text"] for c in again["choices"]] == [c["text"] for c in answer["choices"]]
+    for seed in (2**64, -(2**63) - 1):
+        status, answer = _completion(live, max_tokens=4, seed=seed)
+        assert status == 400 and answer["error"]["param"] == "seed", answer
+    assert live.scheduler.alive() and _completion(live, max_tokens=2)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"max_tokens": "8"}, "max_tokens", "valid integer"),
+        ({"temperature": float("nan")}, "temperature", "finite number"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty", "finite number"),
+        ({"stop": [f"s{i}" for i in range(17)]}, "stop", "at most 16 stop strings"),
+        ({"stop": "x" * 257}, "stop", "at most 256 characters"),
+        ({"stream": "yes"}, "stream", "valid boolean"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_refused_by_name(live, body, param, message):
+    status, answer = _completion(live, **{"max_tokens": 2, **body})
+    assert status == 400 and answer["error"]["param"] == param and message in answer["error"]["message"], answer
+
+
+def test_bodies_that_are_not_a_json_object(live):
+    """(sent raw: the stdlib client of conftest sends JSON)"""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(live.base_url)
+    for body, content_type in ((b"", "application/json"), (b"prompt=hi", "application/x-www-form-urlencoded")):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        text = response.read().decode()
+        conn.close()
+        assert response.status == 400 and "must be a JSON object (Content-Type: application/json)" in text, text
+
+
+def test_the_model_card_is_the_same_at_every_call(live):
+    first = request(live.base_url, "GET", "/v1/models")[1]["data"][0]
+    time.sleep(1.1)  # ("created" counts seconds)
+    assert request(live.base_url, "GET", "/v1/models")[1]["data"][0] == first
+
+
+def test_chat_logprobs_give_the_bytes_of_tokens_that_are_parts_of_a_character(live):
+    client = live.client()
+    messages = [{"role": "user", "content": "日本 — ça"}]
+    out = client.chat.completions.create(
+        model=MODEL_ID, messages=messages, max_tokens=24, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = out.choices[0].logprobs.content
+    assert all(entry.bytes is not None and all(t.bytes is not None for t in entry.top_logprobs) for entry in content)
+    raw = b"".join(bytes(entry.bytes) for entry in content)
+    assert raw.decode("utf-8", errors="replace") == out.choices[0].message.content  # the text is those bytes
+    assert any(entry.token == "\ufffd" for entry in content)  # (the case at hand: tokens inside a character)
+
+
+def test_a_request_that_fails_to_start_fails_alone(live, monkeypatch):
+    """A choice that cannot join the batch (here: its grammar breaks) answers its request with a 500; the requests
+    beside it and after it are served, and no slot is lost."""
+    scheduler = live.scheduler
+
+    class Broken:
+        def matcher(self):
+            raise RuntimeError("broken grammar")
+
+    events: dict[str, list[dict]] = {"bad": [], "good": []}
+    done = {name: threading.Event() for name in events}
+
+    def emit(name):
+        def put(event):
+            events[name].append(event)
+            if event["type"] in ("done", "error"):
+                done[name].set()
+
+        return put
+
+    ids = live.lm.tokenizer.encode(PROMPT)
+    config = GenerationConfig(strategy="greedy", max_new_tokens=4)
+    bad = Job(prompt=ids, config=config, emit=emit("bad"), n=2, grammar=Broken())
+    good = Job(prompt=ids, config=config, emit=emit("good"))
+    scheduler.submit(bad, good)
+    assert done["bad"].wait(60) and done["good"].wait(60)
+    assert events["bad"][-1] == {"type": "error", "status": 500, "message": "internal error: broken grammar"}
+    assert events["good"][-1]["type"] == "done" and events["good"][-1]["usage"]["completion_tokens"] == 4
+    assert scheduler.alive() and _completion(live, max_tokens=2)[0] == 200
+    state = scheduler.state()
+    assert state["free_slots"] == state["max_batch"] and state["queued"] == 0
+
+
+def test_health_is_503_once_a_decoding_thread_is_gone(live, monkeypatch):
+    assert request(live.base_url, "GET", "/health")[0] == 200
+    monkeypatch.setattr(live.scheduler, "alive", lambda: False)
+    status, health = request(live.base_url, "GET", "/health")
+    assert status == 503 and health["status"] == "error"
