@@ -52,6 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse, before the model loads, settings under which the server could answer nothing."""
+    if args.max_batch < 1 or args.max_queue < 1 or args.prefill_chunk < 1:
+        raise ArlmError("--max-batch, --max-queue and --prefill-chunk must be >= 1")
+    if args.context < 0 or args.context == 1:
+        raise ArlmError(f"--context must be >= 2 (a prompt token and a new one) or 0 (the default), got {args.context}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise ArlmError("--api-key is empty; give the key clients will send (or leave the flag out: no key)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model, then serve until Ctrl-C / SIGTERM (which lets in-flight requests finish)."""
     try:
@@ -66,12 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import PROBE_ROWS, optimize_for_decoding  # lazy: kept out of --help
 
-    if args.max_batch < 1 or args.max_queue < 1 or args.prefill_chunk < 1:
-        raise ArlmError("--max-batch, --max-queue and --prefill-chunk must be >= 1")
-    if args.context < 0 or args.context == 1:
-        raise ArlmError(f"--context must be >= 2 (a prompt token and a new one) or 0 (the default), got {args.context}")
-    if args.api_key is not None and not args.api_key.strip():
-        raise ArlmError("--api-key is empty; give the key clients will send (or leave the flag out: no key)")
+    check_settings(args)
     device, dtype = pick_device(args.device, args.dtype), args.dtype
     model_ref = model_of(args)
 
