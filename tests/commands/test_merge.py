@@ -68,6 +68,12 @@ def test_overwrite_replaces_a_checkpoint_never_a_folder_of_other_files(lora_on_a
     assert main(["merge", str(run), str(mine), "--overwrite"]) == 2
     assert "holds no arlm checkpoint" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    merged = tmp_path / "merged"
+    assert main(["merge", str(run), str(merged)]) == 0
+    (merged / "notes.txt").write_text("the user's, beside the merged checkpoint")
+    assert main(["merge", str(run), str(merged), "--overwrite"]) == 2
+    assert "holds files that are not its checkpoint's (notes.txt); --overwrite would delete" in capsys.readouterr().err
+    assert (merged / "notes.txt").exists()
 
 
 def test_a_folder_that_is_no_arlm_run_is_called_no_lora_run(tmp_path):

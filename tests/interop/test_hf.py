@@ -239,11 +239,22 @@ def test_export_never_overwrites_without_being_asked(exported, tmp_path):
     with pytest.raises(ArlmError, match="holds no Hugging Face model .--overwrite replaces only one"):
         export_hf(checkpoint, target, overwrite=True)  # a folder of other files is never deleted
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    project = tmp_path / "project"  # a folder of the user's that happens to hold a config.json
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"name": "my app"}')
+    (project / "src" / "main.py").write_text("print('mine')")
+    with pytest.raises(ArlmError, match=r"holds files an export does not write \(src\); --overwrite would delete"):
+        export_hf(checkpoint, project, overwrite=True)
+    assert (project / "src" / "main.py").read_text() == "print('mine')"
     target = tmp_path / "hf"
     export_hf(checkpoint, target)
-    (target / "stale.txt").write_text("from an earlier export")
-    export_hf(checkpoint, target, overwrite=True)  # an earlier export: replaced whole
-    assert (target / "model.safetensors").exists() and not (target / "stale.txt").exists()
+    (target / "notes.txt").write_text("the user's, beside an earlier export")
+    with pytest.raises(ArlmError, match=r"\(notes.txt\); --overwrite would delete them"):
+        export_hf(checkpoint, target, overwrite=True)
+    (target / "notes.txt").unlink()
+    (target / "model.safetensors").write_bytes(b"stale")
+    export_hf(checkpoint, target, overwrite=True)  # an earlier export alone: replaced whole
+    assert (target / "model.safetensors").stat().st_size > 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(ArlmError, match="holds .*choose an output outside it"):
         export_hf(checkpoint, checkpoint.parent, overwrite=True)

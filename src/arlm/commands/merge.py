@@ -34,6 +34,7 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
         MANIFEST,
         check_output_apart,
         export_weights,
+        foreign_files,
         is_run_or_checkpoint,
         read_checkpoint,
         save_checkpoint,
@@ -46,6 +47,11 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
         raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
     if out.exists() and not (out / MANIFEST).is_file():  # --overwrite replaces a checkpoint, nothing else
         raise ArlmError(f"{out} holds no arlm checkpoint (--overwrite replaces only one); choose another folder")
+    if out.exists() and (foreign := foreign_files(out)):
+        raise ArlmError(
+            f"{out} holds files that are not its checkpoint's ({', '.join(foreign[:3])}); --overwrite would delete "
+            "them: move them, or choose another folder"
+        )
     if Path(run).exists() and not is_run_or_checkpoint(run):
         raise ArlmError(f"{run} is not a LoRA run (nor any arlm run or checkpoint)")
     meta = read_checkpoint(run, lambda checkpoint: checkpoint.meta)

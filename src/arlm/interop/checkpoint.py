@@ -182,6 +182,15 @@ def verify_checkpoint(path: str | Path, *, hashes: bool = True) -> None:
             raise ArlmError(f"checkpoint {path} is damaged: {name} does not match its checksum")
 
 
+def foreign_files(path: str | Path) -> list[str]:
+    """Files in a checkpoint folder that its manifest does not list (a user's, which replacing it would delete)."""
+    path = Path(path)
+    listed = set(_manifest_files(path)) | {MANIFEST}
+    return sorted(
+        str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and str(f.relative_to(path)) not in listed
+    )
+
+
 def _manifest_files(path: Path) -> dict[str, dict[str, Any]]:
     """The manifest's {file: {bytes, sha256}}, refused unless it has that shape and lists the weights."""
     manifest_path = path / MANIFEST

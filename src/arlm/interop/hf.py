@@ -90,6 +90,16 @@ def save_hf_folder(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path
     return out_dir
 
 
+EXPORT_FILES = {  # what save_hf_folder writes: all --overwrite may replace
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
+
+
 def _check_target(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ArlmError(f"{out_dir} exists and is not a folder; choose a folder to export to")
@@ -98,6 +108,12 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass --overwrite to replace it")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
         raise ArlmError(f"{out_dir} holds no Hugging Face model (--overwrite replaces only one); choose another folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES) if out_dir.is_dir() else []
+    if foreign:  # --overwrite replaces the whole folder: only an earlier export's files may be in it
+        raise ArlmError(
+            f"{out_dir} holds files an export does not write ({', '.join(foreign[:3])}); --overwrite would delete "
+            "them: move them, or choose another folder"
+        )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
