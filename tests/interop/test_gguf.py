@@ -450,3 +450,6 @@ def test_non_gguf_file_is_refused(tmp_path, content):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(ArlmError, match="does not exist"):
         load_gguf_tokenizer(str(tmp_path / "missing.gguf"))
+    (tmp_path / "a.gguf").mkdir()
+    with pytest.raises(ArlmError, match="a.gguf is a folder, not a GGUF file"):
+        load_gguf_tokenizer(str(tmp_path / "a.gguf"))

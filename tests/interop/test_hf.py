@@ -227,6 +227,11 @@ def test_bad_folders_are_refused(exported, tmp_path):
     save_file({k: v for k, v in weights.items() if k != name}, missing / "model.safetensors")
     with pytest.raises(ArlmError, match=f"weight {name} is missing"):
         load_hf_folder(missing)
+    truncated = shutil.copytree(folder, tmp_path / "truncated")
+    with open(truncated / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ArlmError, match=r"model.safetensors cannot be read as safetensors .*it may be truncated"):
+        load_hf_folder(truncated)
 
 
 def test_export_never_overwrites_without_being_asked(exported, tmp_path):

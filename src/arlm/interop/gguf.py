@@ -86,6 +86,8 @@ def resolve_gguf(ref: str | Path) -> Path:
     if str(ref) == "smollm2":
         return smollm2_path()
     path = Path(ref)
+    if path.is_dir():
+        raise ArlmError(f"{path} is a folder, not a GGUF file (use a path to a .gguf file or 'smollm2')")
     if not path.is_file():
         raise ArlmError(f"GGUF file {path} does not exist (use a path to a .gguf file or 'smollm2')")
     return path

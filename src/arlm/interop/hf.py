@@ -17,6 +17,7 @@ from typing import Any
 
 import tokenizers
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
@@ -327,7 +328,10 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     for name in files:
         if not (path / name).exists():
             raise ArlmError(f"{path}: shard {name} named in model.safetensors.index.json is missing")
-        state.update(load_file(path / name))
+        try:
+            state.update(load_file(path / name))
+        except SafetensorError as exc:  # a truncated or damaged file
+            raise ArlmError(f"{path / name} cannot be read as safetensors ({exc}); it may be truncated") from None
     return state
 
 
