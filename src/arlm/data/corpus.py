@@ -177,7 +177,7 @@ def read_blocks(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[s
             except UnicodeDecodeError as exc:
                 raise ArlmError(
                     f"{path} is not valid UTF-8 at byte offset {fed - pending + exc.start}; convert it to UTF-8 "
-                    "or pass --data.encoding_errors replace (bad bytes become U+FFFD)"
+                    "(prepare and train also take --data.encoding_errors replace: bad bytes become U+FFFD)"
                 ) from None
             fed += len(data)
             yield text, not data

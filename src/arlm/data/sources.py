@@ -79,7 +79,8 @@ def find_corpus(name: str, *, timeout: float = 60.0) -> Path:
     except ArlmError as exc:
         raise ArlmError(
             f"{exc}; corpus {name!r} is not on this machine: save that file as {target}, "
-            f"or set {DATA_ENV} to a folder holding {corpus.filename}, or give --data.source a path"
+            f"or set {DATA_ENV} to a folder holding {corpus.filename}, or give a path instead (prepare and train: "
+            "--data.source PATH; eval perplexity: --file PATH)"
         ) from None
 
 
