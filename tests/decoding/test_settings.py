@@ -83,3 +83,12 @@ def test_the_server_takes_openai_sampling_knobs_at_temperature_0():
     assert unread(greedy, ["top_p", "top_k"]) == ["top_p", "top_k"]
     beam = GenerationConfig(strategy="beam", temperature=0.7, top_p=0.9)
     assert unread(beam, ["temperature", "top_p"], at_zero=False) == ["temperature", "top_p"]
+
+
+def test_the_lookup_n_gram_is_read_by_speculative_decoding_only_with_lookup_first():
+    config = GenerationConfig(strategy="speculative", prompt_lookup_ngram=2)
+    spell = lambda n: "--" + n.replace("_", "-")
+    with pytest.raises(ArlmError, match="--prompt-lookup-ngram does nothing with --strategy speculative unless --look"):
+        refuse_unread(config, ["prompt_lookup_ngram"], spell)
+    assert unread(dataclasses.replace(config, lookup_first=True), ["prompt_lookup_ngram"]) == []
+    assert unread(dataclasses.replace(config, strategy="prompt-lookup"), ["prompt_lookup_ngram"]) == []

@@ -51,6 +51,8 @@ def unread(config: GenerationConfig, given: Iterable[str], at_zero: bool = True)
     and a name that is no GenerationConfig field (a request's model, n) is passed over. at_zero=False lets the
     sampling settings pass at temperature 0 under any strategy (as OpenAI's API takes them)."""
     read = set(EVERY) | set(READ_BY[config.strategy])
+    if config.strategy == "speculative" and not config.lookup_first:  # the n-gram of prompt lookup's own drafts
+        read.discard("prompt_lookup_ngram")
     if config.temperature == 0:
         read = read - set(SAMPLING) | {"temperature"} if at_zero else read | set(SAMPLING)
     return [
@@ -70,6 +72,8 @@ def refuse_unread(config: GenerationConfig, given: Iterable[str], spell: Callabl
 
 def unread_message(config: GenerationConfig, name: str, spell: Callable[[str], str] = str) -> str:
     """Why setting `name` is refused with config's strategy, and which strategies read it."""
+    if name == "prompt_lookup_ngram" and config.strategy == "speculative":
+        return f"{spell(name)} does nothing with {spell('strategy')} speculative unless {spell('lookup_first')}"
     if name in READ_BY[config.strategy]:  # a sampling knob at temperature 0
         return f"{spell(name)} does nothing at {spell('temperature')} 0 (nothing is sampled)"
     readers = [s for s, fields in READ_BY.items() if name in fields]
