@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="random-smollm2",
-        help="model reference (smollm2, a checkpoint, ...) or random-smollm2 (random weights)",
+        help="model reference (smollm2, a checkpoint, ...) or random-smollm2 (random weights; the default)",
     )
     parser.add_argument(
         "--draft",
@@ -36,10 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["float32"],
         choices=LOAD_DTYPES,
-        help="one table row per dtype (int8 / int4 / mixed: CPU; auto: the one a GGUF file's layers hold, named)",
+        help="one table row per dtype (default float32; int8 / int4 / mixed: CPU; auto: the one a GGUF file's "
+        "layers hold, named)",
     )
-    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence (default 64)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side, median reported (default 5)")
     parser.add_argument(
         "--llamacpp",
         action="store_true",
