@@ -55,3 +55,15 @@ def test_a_verb_refuses_a_missing_or_doubled_model_in_one_line_before_loading_an
     assert capsys.readouterr().err.strip() == "error: no model given: name one as an argument or with --model"
     assert main(["eval", "perplexity", "a", "--model", "b"]) == 2
     assert capsys.readouterr().err.strip() == "error: two models given: 'a' and --model 'b'; give one"
+
+
+def test_json_names_a_folder_or_a_missing_schema_file(tmp_path):
+    from arlm.commands.options import json_schema_of
+
+    with pytest.raises(ArlmError, match="is a folder; give a JSON schema file or its text"):
+        json_schema_of(str(tmp_path))
+    with pytest.raises(ArlmError, match="no such file; give a JSON schema file or its text"):
+        json_schema_of(str(tmp_path / "person.json"))
+    (tmp_path / "person.json").write_text('{"type": "object"}')
+    assert json_schema_of(str(tmp_path / "person.json")) == {"type": "object"}
+    assert json_schema_of('{"type": "array"}') == {"type": "array"}

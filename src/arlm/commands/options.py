@@ -42,7 +42,12 @@ def json_schema_of(spec: str | None) -> dict | None:
     if spec == "object":
         return {"type": "object"}
     path = Path(spec)
-    text = path.read_text(encoding="utf-8") if not spec.lstrip().startswith("{") and path.is_file() else spec
+    is_text = spec.lstrip().startswith("{")
+    if not is_text and path.is_dir():
+        raise ArlmError(f"--json {spec!r} is a folder; give a JSON schema file or its text")
+    if not is_text and not path.is_file() and spec.endswith(".json"):
+        raise ArlmError(f"--json {spec!r}: no such file; give a JSON schema file or its text")
+    text = path.read_text(encoding="utf-8") if not is_text and path.is_file() else spec
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as e:
