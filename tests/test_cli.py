@@ -547,3 +547,18 @@ def test_other_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr("arlm.interop.hf.export_hf", export_hf)
     with pytest.raises(OSError, match="Input/output error"):
         main(["export", "hf", "smollm2", "out"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--dtype", "foo"], "error: argument --dtype: invalid choice: 'foo' (choose from 'auto', "),
+        (["export", "gguf", "runs/x"], "error: the following arguments are required: out (see arlm export gguf"),
+        (["nothing"], "error: argument VERB: invalid choice: 'nothing'"),
+    ],
+)
+def test_what_argparse_refuses_is_one_line_and_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err

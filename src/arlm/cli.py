@@ -51,10 +51,19 @@ VERBS: dict[str, str] = {  # the spelling on the command line -> the module that
 OVERRIDES_HELP = "config overrides: --section.key value (e.g. --train.lr 3e-4 --model.n_layer 6); unknown keys fail"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser whose refusals are one line (`error: ...`, exit code 2), as every arlm error is, pointing
+    at --help instead of printing the usage."""
+
+    def error(self, message: str):
+        """Print the message on one line and exit with code 2."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser of every verb. Only the modules of the verbs argv's first word can reach are imported; where it
     names no verb (`arlm --help`) none is, their help lines read from their sources, so the list comes at once."""
-    parser = argparse.ArgumentParser(prog="arlm", description="Autoregressive transformer language models.")
+    parser = OneLineParser(prog="arlm", description="Autoregressive transformer language models.")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     groups: dict[str, argparse._SubParsersAction] = {}
     heads = {name.split()[0] for name in VERBS}
