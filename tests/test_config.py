@@ -87,6 +87,10 @@ def test_literal_values_are_checked():
         coerce("bem", Literal["greedy", "beam"], "x")
     with pytest.raises(ArlmError, match="generate.strategy must be one of"):
         config_from_dict({"generate": {"strategy": "gready"}})
+    with pytest.raises(ArlmError, match="^x: cannot read 'maybe' as true or false or 'never'$"):
+        coerce("maybe", bool | Literal["never"], "x")
+    with pytest.raises(ArlmError, match="^x: cannot read 'a' as int or none$"):
+        coerce("a", int | None, "x")
     with pytest.raises(ArlmError, match="generate.early_stopping"):
         build_config("quickstart", ["--generate.early_stopping", "sometimes"])
 

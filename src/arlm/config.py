@@ -419,6 +419,18 @@ def _build_section(section: str, factory: Any, values: dict[str, Any]) -> Any:
     return obj
 
 
+def spelled(tp: Any) -> str:
+    """A type annotation as a user reads it: "true or false or 'never'", not typing.Union[bool, Literal['never']]."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("none" if o is type(None) else spelled(o) for o in typing.get_args(tp))
+    if tp is bool:
+        return "true or false"
+    return getattr(tp, "__name__", str(tp))
+
+
 def coerce(value: Any, tp: Any, name: str) -> Any:
     """Convert a YAML or command-line value to the annotated type, or raise ArlmError naming the key."""
     origin = typing.get_origin(tp)
@@ -432,7 +444,7 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
                 return coerce(value, option, name)
             except ArlmError:
                 continue
-        raise ArlmError(f"{name}: cannot read {value!r} as {tp}")
+        raise ArlmError(f"{name}: cannot read {value!r} as {spelled(tp)}")
     if origin is list:
         if isinstance(value, str):  # one item, or several as on the command line: '[attn, mlp]'
             several = value.startswith("[") and value.endswith("]") and "," in value
