@@ -54,6 +54,10 @@ def test_a_model_fine_tuned_on_chat_data_without_a_template_chats_as_it_trained(
     assert len(chat_command(str(run), config, device="cpu", read=read)) == 1
     out = capsys.readouterr().out
     assert out.startswith("you> assistant> ") and out.endswith("\nyou> \n")
+    typed = iter(["red " * 500, "red"])  # a message too long for the context: said, and the chat goes on
+    assert chat_command(str(run), config, device="cpu", read=read) == answers[:1]
+    err = capsys.readouterr().err
+    assert re.search(r"^error: the message is \d+ tokens; the context leaves room for \d+$", err, re.M)
     with pytest.raises(ArlmError, match="no chat template"):
         chat_command(str(base), config, messages=["red"], device="cpu")  # never trained on chat data
 

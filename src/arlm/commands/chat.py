@@ -20,6 +20,7 @@ from arlm.commands.generate import (
 )
 from arlm.commands.options import add_dtype_argument, add_json_argument, add_model_argument, json_schema_of, model_of
 from arlm.config import GenerationConfig
+from arlm.errors import ArlmError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +113,14 @@ def chat_command(
             continue
         sys.stdout.write("assistant> ")
         streamer = Streamer(loaded.tokenizer, config.stop)
-        answers.append(session.reply(line, on_token=streamer))
+        try:
+            answers.append(session.reply(line, on_token=streamer))
+        except ArlmError as exc:  # typed in: say why, and go on with the conversation as it was
+            if queue is not None:
+                raise
+            print(flush=True)
+            print(f"error: {exc}", file=sys.stderr)
+            continue
         streamer.finish()
         if stats:
             last = session.stats

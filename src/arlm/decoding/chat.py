@@ -71,7 +71,11 @@ class ChatSession:
     def reply(self, message: str, on_token: Callable | None = None) -> str:
         """Add a user message, generate the assistant's answer (streamed to on_token), remember it."""
         self.turns.append({"role": "user", "content": message})
-        tok, prompt = self.tokenizer, self.prompt_ids()
+        try:
+            tok, prompt = self.tokenizer, self.prompt_ids()
+        except ArlmError:  # a message too long for the context: the conversation stays as it was
+            self.turns.pop()
+            raise
         out = generate(
             self.engine or self.model,
             [prompt],
