@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from arlm.commands.generate import (
     DRAFT_HELP,
@@ -94,18 +94,7 @@ def chat_command(
         loaded.model, loaded.tokenizer, config, system, draft_model, plain, reuse_prefix=reuse_prefix, grammar=grammar
     )
     answers = []
-    queue = list(messages) if messages is not None else None
-    while True:
-        if queue is not None:
-            if not queue:
-                break
-            line = queue.pop(0)
-        else:
-            try:
-                line = read("you> ")
-            except EOFError:  # Ctrl-D
-                print()  # the shell's prompt then starts a line of its own
-                break
+    for line in _lines(messages, read):
         if line.strip() in ("/quit", "/exit"):
             break
         if line.strip() == "/reset":
@@ -116,7 +105,7 @@ def chat_command(
         try:
             answers.append(session.reply(line, on_token=streamer))
         except ArlmError as exc:  # typed in: say why, and go on with the conversation as it was
-            if queue is not None:
+            if messages is not None:
                 raise
             print(flush=True)
             print(f"error: {exc}", file=sys.stderr)
@@ -127,3 +116,16 @@ def chat_command(
             kept = f"{last['reused_tokens']} of {last['prompt_tokens']} prompt tokens kept from the last turn"
             print(f"{format_stats(last)}; {kept}", file=sys.stderr)
     return answers
+
+
+def _lines(messages: list[str] | None, read: Callable[[str], str]) -> Iterator[str]:
+    """The user's messages: those given, else each line typed after the "you> " prompt until Ctrl-D."""
+    if messages is not None:
+        yield from messages
+        return
+    while True:
+        try:
+            yield read("you> ")
+        except EOFError:  # Ctrl-D
+            print()  # the shell's prompt then starts a line of its own
+            return
