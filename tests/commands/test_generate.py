@@ -164,7 +164,9 @@ def test_a_self_draft_at_the_targets_own_dtype_is_refused(q4_file, capsys):
         pytest.skip("auto is float32 where arlm's kernels are not built")
     argv = ["generate", q4_file, "--prompt", "the", "--strategy", "speculative", "--draft", "self:int4"]
     assert main(argv) == 2
-    assert "error: --draft self:int4 would draft with the target itself" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: --draft self:int4 would draft with the target itself" in err
+    assert "draft at another precision (e.g. --draft self:int8) or give the target another --dtype" in err
     assert main([*argv, "--dtype", "float32", "--max-new-tokens", "4", "--temperature", "0"]) == 0
 
 

@@ -294,9 +294,10 @@ def load_draft(
         return self_draft(target.model, spec)
     if spec is not None:
         if spec == target.dtype:
+            other = "int4" if spec != "int4" else "int8"
             raise ArlmError(
                 f"--draft self:{spec} would draft with the target itself: it is loaded at {spec} already; "
-                "give the target another --dtype (e.g. --dtype float32)"
+                f"draft at another precision (e.g. --draft self:{other}) or give the target another --dtype"
             )
         return optimize_for_decoding(load_model(target_ref, device=device, dtype=spec).model)
     draft_loaded = load_model(ref, device=device, dtype=dtype)
