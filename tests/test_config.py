@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from arlm.config import (
@@ -91,6 +93,19 @@ def test_literal_values_are_checked():
         coerce("maybe", bool | Literal["never"], "x")
     with pytest.raises(ArlmError, match="^x: cannot read 'a' as int or none$"):
         coerce("a", int | None, "x")
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_p", "min_p", "repetition_penalty", "length_penalty"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_decoding_settings_are_finite(name, value):
+    with pytest.raises(ArlmError, match=f"^{name} must be a finite number"):
+        GenerationConfig(**{name: value}).validate()
+
+
+def test_min_new_tokens_fit_under_max_new_tokens():
+    GenerationConfig(min_new_tokens=5, max_new_tokens=5).validate()
+    with pytest.raises(ArlmError, match=r"min_new_tokens \(6\) must be <= max_new_tokens \(5\)"):
+        GenerationConfig(min_new_tokens=6, max_new_tokens=5).validate()
     with pytest.raises(ArlmError, match="generate.early_stopping"):
         build_config("quickstart", ["--generate.early_stopping", "sometimes"])
 

@@ -268,6 +268,11 @@ class GenerationConfig:
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
         _choice("strategy", self.strategy, ("greedy", "sample", "beam", "speculative", "prompt-lookup"))
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "length_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ArlmError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if 0 < self.max_new_tokens < self.min_new_tokens:  # (max_new_tokens 0: the prompt back, whatever the min)
+            raise ArlmError(f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})")
         for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "no_repeat_ngram_size"):
             if getattr(self, name) < 0:
                 raise ArlmError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -56,3 +56,12 @@ def test_the_benchmarks_draft_takes_the_self_forms():
     assert "Int4Linear" in {type(m).__name__ for m in int4.modules()}
     with pytest.raises(ArlmError, match="self:DTYPE with DTYPE one of"):
         bench_draft("self:int3", "random-smollm2", target, "float32")
+
+
+@pytest.mark.parametrize("flags", [["--repeats", "0"], ["--new-tokens", "0"], ["--new-tokens", "-3"]])
+def test_counts_below_one_are_one_line_before_anything_is_printed(flags, capsys):
+    from arlm.cli import main
+
+    assert main(["bench", "decode", *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --new-tokens and --repeats must be >= 1") and err.count("\n") == 1

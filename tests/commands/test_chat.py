@@ -54,10 +54,12 @@ def test_a_model_fine_tuned_on_chat_data_without_a_template_chats_as_it_trained(
     assert len(chat_command(str(run), config, device="cpu", read=read)) == 1
     out = capsys.readouterr().out
     assert out.startswith("you> assistant> ") and out.endswith("\nyou> \n")
-    typed = iter(["red " * 500, "red"])  # a message too long for the context: said, and the chat goes on
+    typed = iter(["", "  ", "red " * 500, "red"])  # blank lines: passed over; a message too long: said, and on
     assert chat_command(str(run), config, device="cpu", read=read) == answers[:1]
     err = capsys.readouterr().err
     assert re.search(r"^error: the message is \d+ tokens; the context leaves room for \d+$", err, re.M)
+    typed = iter([b"caf\xe9".decode("utf-8", "surrogateescape")])  # a terminal's bytes that are not UTF-8
+    assert len(chat_command(str(run), config, device="cpu", read=read)) == 1
     with pytest.raises(ArlmError, match="no chat template"):
         chat_command(str(base), config, messages=["red"], device="cpu")  # never trained on chat data
 

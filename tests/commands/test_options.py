@@ -67,3 +67,14 @@ def test_json_names_a_folder_or_a_missing_schema_file(tmp_path):
     (tmp_path / "person.json").write_text('{"type": "object"}')
     assert json_schema_of(str(tmp_path / "person.json")) == {"type": "object"}
     assert json_schema_of('{"type": "array"}') == {"type": "array"}
+
+
+def test_text_that_is_not_utf8_reads_as_replacement_characters_and_a_dash_reads_stdin(monkeypatch):
+    import io
+
+    from arlm.commands.options import prompt_text, typed_text
+
+    argv_text = b"caf\xe9 au lait".decode("utf-8", "surrogateescape")  # what Python makes of such argv bytes
+    assert typed_text(argv_text) == "caf\ufffd au lait" and typed_text("ça va") == "ça va"
+    monkeypatch.setattr("sys.stdin", io.StringIO("the sky is\n"))
+    assert prompt_text("-") == "the sky is" and prompt_text("-x") == "-x"

@@ -95,6 +95,9 @@ def test_resolve_dtype_names_and_refusals():
         resolve_dtype("int4", "cuda")
     assert resolve_dtype("int8", "cuda").float_dtype == torch.bfloat16  # a GPU's int8 layers compute in bfloat16
     assert pick_device("auto", "int4").type == "cpu"
+    for name in ("mps", "meta"):
+        with pytest.raises(ArlmError, match=f"device '{name}' is not one arlm runs on; use auto, cpu, cuda or cuda:N"):
+            pick_device(name)
 
 
 def test_a_checkpoint_loads_at_every_dtype(run):

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     from arlm.interop.loading import auto_dtype, resolve_dtype  # lazy: kept out of --help
 
+    if args.new_tokens < 1 or args.repeats < 1:
+        raise ArlmError(f"--new-tokens and --repeats must be >= 1, got {args.new_tokens} and {args.repeats}")
     args.dtype = list(dict.fromkeys(auto_dtype(args.model) if name == "auto" else name for name in args.dtype))
     for name in args.dtype:
         resolve_dtype(name, "cpu")  # refuse an impossible dtype before any timing

@@ -18,7 +18,14 @@ from arlm.commands.generate import (
     note_dtype,
     with_options,
 )
-from arlm.commands.options import add_dtype_argument, add_json_argument, add_model_argument, json_schema_of, model_of
+from arlm.commands.options import (
+    add_dtype_argument,
+    add_json_argument,
+    add_model_argument,
+    json_schema_of,
+    model_of,
+    typed_text,
+)
 from arlm.config import GenerationConfig
 from arlm.errors import ArlmError
 
@@ -27,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL (or --model), --system, --message (repeatable), --draft, --stats, --[no-]reuse-prefix, --device, --dtype,
     --json and the generation flags."""
     add_model_argument(parser, "an instruct model with a chat template", default="smollm2")
-    parser.add_argument("--system", help="a system message")
-    parser.add_argument("--message", action="append", help="answer these messages in turn instead of reading input")
+    parser.add_argument("--system", type=typed_text, help="a system message")
+    parser.add_argument(
+        "--message", action="append", type=typed_text, help="answer these messages in turn instead of reading input"
+    )
     parser.add_argument("--draft", help=DRAFT_HELP)
     parser.add_argument("--stats", action="store_true", help="after each answer, its tokens/s and the prompt kept")
     parser.add_argument(
@@ -95,6 +104,8 @@ def chat_command(
     )
     answers = []
     for line in _lines(messages, read):
+        if not line.strip():  # (Enter alone: nothing to answer)
+            continue
         if line.strip() in ("/quit", "/exit"):
             break
         if line.strip() == "/reset":
@@ -125,7 +136,7 @@ def _lines(messages: list[str] | None, read: Callable[[str], str]) -> Iterator[s
         return
     while True:
         try:
-            yield read("you> ")
+            yield typed_text(read("you> "))
         except EOFError:  # Ctrl-D
             print()  # the shell's prompt then starts a line of its own
             return

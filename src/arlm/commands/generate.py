@@ -17,6 +17,7 @@ from arlm.commands.options import (
     add_model_argument,
     json_schema_of,
     model_of,
+    prompt_text,
 )
 from arlm.config import GenerationConfig, build_config, coerce
 from arlm.decoding.settings import refuse_unread
@@ -78,7 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", help="take the defaults from this preset's generate: section (default: the run's own config)"
     )
-    parser.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a batch)")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        type=prompt_text,
+        help="prompt text, - to read it from stdin (repeat for a batch)",
+    )
     parser.add_argument("--draft", help=DRAFT_HELP)
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from arlm.errors import ArlmError
@@ -33,6 +34,19 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
         metavar="SCHEMA",
         help="keep the output to JSON: alone, any JSON object; with a JSON schema (a file, or its text), that schema",
     )
+
+
+def typed_text(text: str) -> str:
+    """Text from the command line or a terminal, its bytes that are not UTF-8 (Python's surrogate escapes) read as
+    U+FFFD, as the corpus reader reads them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def prompt_text(text: str) -> str:
+    """--prompt's text: "-" reads standard input (a pipe's text, its last line break dropped)."""
+    if text == "-":
+        return typed_text(sys.stdin.read().removesuffix("\n"))
+    return typed_text(text)
 
 
 def json_schema_of(spec: str | None) -> dict | None:

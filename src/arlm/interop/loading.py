@@ -71,6 +71,8 @@ def pick_device(name: str = "auto", dtype: str | None = None) -> torch.device:
         raise ArlmError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArlmError("device cuda was asked for, but no CUDA GPU is available")
+    if device.type not in ("cpu", "cuda"):  # (mps, xpu, meta, ...: arlm runs on CPUs and CUDA GPUs)
+        raise ArlmError(f"device {name!r} is not one arlm runs on; use auto, cpu, cuda or cuda:N")
     return device
 
 
