@@ -20,12 +20,12 @@ PAD = "<|pad|>"
 UNK = "<|unk|>"
 META_FILE = "arlm_tokenizer.json"
 _WORD = re.compile(r"\w+|[^\w\s]|\s+")  # words, single punctuation marks, whitespace runs: lossless
-# normalizer / pre-tokenizer steps that treat the start or end of each input specially
 _PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
 # GPT-2's byte-level alphabet: a printable byte is its own symbol, the others (controls, space, ...) 256, 257, ...
 _BYTE_OF_SYMBOL = {
     chr(b if b in _PRINTABLE else 256 + [x for x in range(256) if x not in _PRINTABLE].index(b)): b for b in range(256)
 }
+# normalizer / pre-tokenizer steps that treat the start or end of each input specially
 _EDGE_STEP = re.compile(r'"type": "(Prepend|Strip)"|"prepend_scheme": "(always|first)"|"add_prefix_space": true')
 
 
