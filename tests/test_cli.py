@@ -119,7 +119,7 @@ def test_tokenizer_mismatch_between_checkpoint_and_data(trained, tmp_path, capsy
 
 def test_prompt_longer_than_the_context(trained, capsys):
     _, run = trained
-    _fails(capsys, "generate", str(run), "--prompt", "x" * 40, "--strategy", "greedy", match="context is 32")
+    _fails(capsys, "generate", str(run), "--prompt", "x" * 40, "--strategy", "greedy", match="context holds 32")
 
 
 def test_bad_generation_options(trained, capsys):
@@ -306,7 +306,7 @@ def test_nothing_is_printed_before_an_error(trained, capsys):
     _, run = trained
     assert main(["generate", str(run), "--prompt", "x" * 40, "--strategy", "greedy"]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and "context is 32" in captured.err
+    assert captured.out == "" and "context holds 32" in captured.err
 
 
 def test_max_new_tokens_zero_prints_the_prompt(trained, capsys):

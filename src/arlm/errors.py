@@ -11,8 +11,10 @@ class ArlmError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        """param: the argument at fault, code: the kind of refusal (an API error names both; the CLI does not)."""
         super().__init__(" ".join(message.split()))
+        self.param, self.code = param, code
 
 
 def check_creatable(path: str | Path, *, folder: bool = False) -> None:
@@ -30,3 +32,13 @@ def check_creatable(path: str | Path, *, folder: bool = False) -> None:
                 why = "is on a read-only file system" if read_only else "is not writable by this user"
                 raise ArlmError(f"cannot write {path}: {parent} {why}; write elsewhere")
             return
+
+
+def check_replaceable(folder: str | Path, foreign: list[str], what: str) -> None:
+    """Refuse to replace (--overwrite) a folder holding files other than `what`'s: replacing it would delete them."""
+    if foreign:
+        listed = ", ".join(sorted(foreign)[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ArlmError(
+            f"{folder} holds files that are not {what} ({listed}); --overwrite would delete them: move them, "
+            "or choose another folder"
+        )

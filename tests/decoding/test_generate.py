@@ -114,10 +114,12 @@ def test_sliding_window_writes_past_the_context(flavour):
 
 def test_prompt_longer_than_the_context_is_refused():
     model = _model(block=16)
-    with pytest.raises(ArlmError, match="context is 16"):
+    with pytest.raises(ArlmError, match="the context holds 16") as refused:
         generate(model, [list(range(16))], GenerationConfig(strategy="greedy", max_new_tokens=1))
-    with pytest.raises(ArlmError, match="exceeds the model's context"):
+    assert (refused.value.param, refused.value.code) == ("prompt", "context_length_exceeded")
+    with pytest.raises(ArlmError, match="max_new_tokens is 20: more than the 16 positions") as refused:
         generate(model, [[1, 2]], GenerationConfig(strategy="beam", max_new_tokens=20))
+    assert (refused.value.param, refused.value.code) == ("max_new_tokens", "context_length_exceeded")
 
 
 @pytest.mark.parametrize("flavour", ["gpt2", "llama"])

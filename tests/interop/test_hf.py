@@ -248,7 +248,7 @@ def test_export_never_overwrites_without_being_asked(exported, tmp_path):
     (project / "src").mkdir(parents=True)
     (project / "config.json").write_text('{"name": "my app"}')
     (project / "src" / "main.py").write_text("print('mine')")
-    with pytest.raises(ArlmError, match=r"holds files an export does not write \(src\); --overwrite would delete"):
+    with pytest.raises(ArlmError, match=r"holds files that are not an export's \(src\); --overwrite would delete"):
         export_hf(checkpoint, project, overwrite=True)
     assert (project / "src" / "main.py").read_text() == "print('mine')"
     target = tmp_path / "hf"

@@ -433,6 +433,7 @@ def test_bad_requests_get_their_status_and_body(live, name, body, status, messag
     assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
     if param:
         assert error["param"] == param
+    assert (error["code"] == "context_length_exceeded") == name.endswith("past the context")
     assert request(live.base_url, "GET", "/health")[1]["active_slots"] == 0
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from arlm.config import GenerationConfig
+from arlm.errors import ArlmError
 from arlm.serving.jobs import Job
 from tests.serving.conftest import MODEL_ID, request
 
@@ -113,14 +114,21 @@ def test_chat_logprobs_give_the_bytes_of_tokens_that_are_parts_of_a_character(li
     assert any(entry.token == "\ufffd" for entry in content)  # (the case at hand: tokens inside a character)
 
 
-def test_a_request_that_fails_to_start_fails_alone(live, monkeypatch):
-    """A choice that cannot join the batch (here: its grammar breaks) answers its request with a 500; the requests
-    beside it and after it are served, and no slot is lost."""
+FAILURES = [  # what a choice's start raises -> the error event its request gets
+    (RuntimeError("broken grammar"), (500, "internal error: broken grammar", None, None)),
+    (ArlmError("no such grammar", param="response_format"), (400, "no such grammar", "response_format", None)),
+]
+
+
+@pytest.mark.parametrize(("failure", "answer"), FAILURES, ids=["bug", "refusal"])
+def test_a_request_that_fails_to_start_fails_alone(live, failure, answer):
+    """A choice that cannot join the batch (here: its grammar breaks) answers its request with a 500 (a bug) or a
+    400 naming the argument (arlm's refusal); the requests beside it and after it are served, and no slot is lost."""
     scheduler = live.scheduler
 
     class Broken:
         def matcher(self):
-            raise RuntimeError("broken grammar")
+            raise failure
 
     events: dict[str, list[dict]] = {"bad": [], "good": []}
     done = {name: threading.Event() for name in events}
@@ -139,7 +147,8 @@ def test_a_request_that_fails_to_start_fails_alone(live, monkeypatch):
     good = Job(prompt=ids, config=config, emit=emit("good"))
     scheduler.submit(bad, good)
     assert done["bad"].wait(60) and done["good"].wait(60)
-    assert events["bad"][-1] == {"type": "error", "status": 500, "message": "internal error: broken grammar"}
+    status, message, param, code = answer
+    assert events["bad"][-1] == {"type": "error", "status": status, "message": message, "param": param, "code": code}
     assert events["good"][-1]["type"] == "done" and events["good"][-1]["usage"]["completion_tokens"] == 4
     assert scheduler.alive() and _completion(live, max_tokens=2)[0] == 200
     state = scheduler.state()

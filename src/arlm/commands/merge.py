@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from arlm.config import LoRAConfig
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, check_replaceable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +47,7 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
         raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
     if out.exists() and not (out / MANIFEST).is_file():  # --overwrite replaces a checkpoint, nothing else
         raise ArlmError(f"{out} holds no arlm checkpoint (--overwrite replaces only one); choose another folder")
-    if out.exists() and (foreign := foreign_files(out)):
-        raise ArlmError(
-            f"{out} holds files that are not its checkpoint's ({', '.join(foreign[:3])}); --overwrite would delete "
-            "them: move them, or choose another folder"
-        )
+    check_replaceable(out, foreign_files(out) if out.exists() else [], "its checkpoint's")
     if Path(run).exists() and not is_run_or_checkpoint(run):
         raise ArlmError(f"{run} is not a LoRA run (nor any arlm run or checkpoint)")
     meta = read_checkpoint(run, lambda checkpoint: checkpoint.meta)

@@ -55,13 +55,14 @@ def json_schema_of(spec: str | None) -> dict | None:
         return None
     if spec == "object":
         return {"type": "object"}
-    path = Path(spec)
-    is_text = spec.lstrip().startswith("{")
-    if not is_text and path.is_dir():
-        raise ArlmError(f"--json {spec!r} is a folder; give a JSON schema file or its text")
-    if not is_text and not path.is_file() and spec.endswith(".json"):
-        raise ArlmError(f"--json {spec!r}: no such file; give a JSON schema file or its text")
-    text = path.read_text(encoding="utf-8") if not is_text and path.is_file() else spec
+    text, path = spec, Path(spec)
+    if not spec.lstrip().startswith("{"):  # a file, where one is there (else the text, for json.loads to judge)
+        if path.is_dir():
+            raise ArlmError(f"--json {spec!r} is a folder; give a JSON schema file or its text")
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+        elif spec.endswith(".json"):
+            raise ArlmError(f"--json {spec!r}: no such file; give a JSON schema file or its text")
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as e:

@@ -20,7 +20,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import shared_beginning
-from arlm.decoding.generate import choose_next
+from arlm.decoding.generate import check_length, choose_next
 from arlm.decoding.grammar import Matcher
 from arlm.decoding.processors import History, add_logit_bias, make_generator, presence_frequency_penalty
 from arlm.errors import ArlmError
@@ -133,14 +133,10 @@ class BatchEngine:
         if seq.config.strategy not in BATCH_STRATEGIES:
             raise ArlmError(f"strategy {seq.config.strategy} cannot share a batch; batched: greedy, sample")
         if not seq.prompt:
-            raise ArlmError("the prompt is empty; it needs at least one token")
+            raise ArlmError("the prompt is empty; it needs at least one token", param="prompt")
         if seq.config.max_new_tokens < 1:
-            raise ArlmError(f"max_tokens must be >= 1, got {seq.config.max_new_tokens}")
-        if len(seq.prompt) + seq.config.max_new_tokens > self.max_len:
-            raise ArlmError(
-                f"the prompt has {len(seq.prompt)} tokens and max_tokens is {seq.config.max_new_tokens}: more than "
-                f"the {self.max_len} positions of the context; shorten the prompt or lower max_tokens"
-            )
+            raise ArlmError(f"max_tokens must be >= 1, got {seq.config.max_new_tokens}", param="max_tokens")
+        check_length(len(seq.prompt), seq.config.max_new_tokens, self.max_len, name="max_tokens")
 
     def admit(self, seq: BatchSequence) -> int:
         """Give the sequence a free slot; it is prefilled and starts decoding from the next step. Returns how many

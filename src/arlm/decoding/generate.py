@@ -130,7 +130,8 @@ def _prompt_batch(
     device = next(model.parameters()).device
     prompt_ids = prompt_ids.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
-    check_length(model, prompt_ids.shape[1], config.max_new_tokens, sliding=config.strategy in ("greedy", "sample"))
+    sliding = config.strategy in ("greedy", "sample")
+    check_length(prompt_ids.shape[1], config.max_new_tokens, model.config.block_size, sliding=sliding)
     if config.strategy == "sample" and config.num_return_sequences > 1:  # N independent samples per prompt
         prompt_ids = prompt_ids.repeat_interleave(config.num_return_sequences, dim=0)  # (B*N, T)
         if attention_mask is not None:
@@ -148,19 +149,24 @@ def _prompts_only(prompt_ids: torch.Tensor, config: GenerationConfig) -> Generat
     return GenerationOutput(sequences, scores, stats, prompt_ids.shape[1])
 
 
-def check_length(model: torch.nn.Module, prompt_length: int, max_new_tokens: int, sliding: bool = False) -> None:
-    """Refuse a prompt longer than the context; without a sliding window, also one that leaves no room
-    for max_new_tokens."""
-    block = model.config.block_size
-    if prompt_length >= block:
+def check_length(
+    prompt_length: int, max_new_tokens: int, context: int, *, sliding: bool = False, name: str = "max_new_tokens"
+) -> None:
+    """Refuse a prompt that fills the context; without a sliding window, also one that leaves no room for
+    max_new_tokens (called `name` in the message: the CLI's flag or the API's argument)."""
+    if prompt_length >= context:
         raise ArlmError(
-            f"the prompt has {prompt_length} tokens but the model's context is {block}; shorten it to at most "
-            f"{block - 1} tokens (prompts are refused, never truncated)"
+            f"the prompt has {prompt_length} tokens; the context holds {context}: shorten it to at most "
+            f"{context - 1} tokens (prompts are refused, never truncated)",
+            param="prompt",
+            code="context_length_exceeded",
         )
-    if not sliding and prompt_length + max_new_tokens > block:
+    if not sliding and prompt_length + max_new_tokens > context:
         raise ArlmError(
-            f"prompt of {prompt_length} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
-            f"context of {block}; shorten the prompt or lower max_new_tokens"
+            f"the prompt has {prompt_length} tokens and {name} is {max_new_tokens}: more than the {context} "
+            f"positions of the context; shorten the prompt or lower {name}",
+            param=name,
+            code="context_length_exceeded",
         )
 
 

@@ -23,7 +23,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import Tokenizer, VocabTokenizer, load_tokenizer
-from arlm.errors import ArlmError, check_creatable
+from arlm.errors import ArlmError, check_creatable, check_replaceable
 from arlm.interop.checkpoint import LoadedModel, check_output_apart, load_checkpoint_model
 from arlm.model.transformer import Transformer
 
@@ -109,12 +109,8 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass --overwrite to replace it")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
         raise ArlmError(f"{out_dir} holds no Hugging Face model (--overwrite replaces only one); choose another folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES) if out_dir.is_dir() else []
-    if foreign:  # --overwrite replaces the whole folder: only an earlier export's files may be in it
-        raise ArlmError(
-            f"{out_dir} holds files an export does not write ({', '.join(foreign[:3])}); --overwrite would delete "
-            "them: move them, or choose another folder"
-        )
+    foreign = [p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES] if out_dir.is_dir() else []
+    check_replaceable(out_dir, foreign, "an export's")  # --overwrite replaces the whole folder
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

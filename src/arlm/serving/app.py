@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from arlm.data.chat import encode_conversation
 from arlm.decoding.batch import BATCH_STRATEGIES
+from arlm.decoding.generate import check_length
 from arlm.decoding.grammar import JsonGrammar
 from arlm.decoding.settings import unread, unread_message
 from arlm.errors import ArlmError
@@ -105,18 +106,9 @@ class Server:
     ) -> Job:
         """The scheduler job of a request (default max_tokens: what the context leaves); scored: the prompt's
         tokens get log-probabilities too."""
-        context = self.context
-        if len(prompt) >= context:
-            message = f"the prompt has {len(prompt)} tokens; the context holds {context} (prompt and completion)"
-            raise ApiError(400, message, param="prompt", code="context_length_exceeded")
+        check_length(len(prompt), max_tokens or 0, self.context, name="max_tokens")  # (ArlmError: a 400)
         if max_tokens is None:
-            max_tokens = context - len(prompt)
-        if len(prompt) + max_tokens > context:
-            message = (
-                f"the prompt has {len(prompt)} tokens and max_tokens is {max_tokens}: more than the {context} "
-                "positions of the context; shorten the prompt or lower max_tokens"
-            )
-            raise ApiError(400, message, param="max_tokens", code="context_length_exceeded")
+            max_tokens = self.context - len(prompt)
         config = req.generation_config(max_tokens)
         # a setting the strategy would ignore is refused; OpenAI's sampling knobs at temperature 0 are not (clients
         # send top_p with every request, as OpenAI's API takes it)
@@ -197,7 +189,7 @@ def submit(server: Server, jobs: list[Job]) -> None:
     except QueueFull as exc:
         raise ApiError(429, str(exc), code="queue_full") from None
     except ArlmError as exc:
-        raise ApiError(400, str(exc), param=getattr(exc, "param", None)) from None
+        raise ApiError.refusal(exc) from None
 
 
 def cancel(server: Server, jobs: list[Job]) -> None:
@@ -240,9 +232,7 @@ async def run_job(
     try:
         async for event in events:
             if event["type"] == "error":
-                raise ApiError(
-                    event["status"], event["message"], type="server_error" if event["status"] >= 500 else None
-                )
+                raise ApiError.of_event(event)
             chunks(event)
     finally:
         watcher.cancel()
@@ -256,8 +246,7 @@ async def _stream(server: Server, jobs: list[Job], events: Events, chunks: Calla
             yield sse(chunk)
         async for event in events:
             if event["type"] == "error":
-                kind = "server_error" if event["status"] >= 500 else "invalid_request_error"
-                yield sse({"error": {"message": event["message"], "type": kind, "param": None, "code": None}})
+                yield sse(ApiError.of_event(event).body())
                 break
             for chunk in chunks(event):
                 yield sse(chunk)

@@ -8,6 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from arlm.errors import ArlmError
+
 NOT_UNION = ("extra_forbidden", "missing")  # errors of a model's own keys, never of a union's types
 
 
@@ -19,11 +21,25 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or {404: "not_found_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
 
+    @classmethod
+    def refusal(cls, exc: ArlmError) -> ApiError:
+        """arlm's refusal of a request as a 400 naming its argument (`param`) and kind (`code`)."""
+        return cls(400, str(exc), param=exc.param, code=exc.code)
+
+    @classmethod
+    def of_event(cls, event: dict) -> ApiError:
+        """The error of a scheduler's error event (serving/scheduler.py)."""
+        kind = "server_error" if event["status"] >= 500 else None
+        return cls(event["status"], event["message"], type=kind, param=event["param"], code=event["code"])
+
+    def body(self) -> dict:
+        """OpenAI's error body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
         """The JSON response."""
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         headers = {"Retry-After": "1"} if self.status == 429 else None  # a full queue: worth trying again soon
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def error_handlers(app: FastAPI) -> None:
@@ -32,6 +48,10 @@ def error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         return exc.response()
+
+    @app.exception_handler(ArlmError)
+    async def refused(request: Request, exc: ArlmError):
+        return ApiError.refusal(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

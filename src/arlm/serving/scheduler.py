@@ -11,7 +11,7 @@ Everything a request produces reaches it through job.emit(event), called from th
   {"type": "trace", "index", "data"}       a strategy event of the lane (beam search's beams, a verification)
   {"type": "finish", "index", "reason", "text"}  a choice ended ("stop", "length" or "cancelled"); last text
   {"type": "done", "usage"}                every choice has ended
-  {"type": "error", "status", "message"}   the request failed (400: refused by generate(); 500: a bug)
+  {"type": "error", "status", "message", "param", "code"}   the request failed (400: refused; 500: a bug)
 """
 
 from __future__ import annotations
@@ -47,12 +47,11 @@ class Cancelled(Exception):
     """Raised inside a lane generation whose client went away."""
 
 
-class Refused(ArlmError):
-    """A request the scheduler cannot run, naming the argument at fault (its `param`)."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
+def error_event(exc: Exception) -> dict:
+    """The event of a request that failed: 400 naming the argument at fault for arlm's refusals, 500 for a bug."""
+    if isinstance(exc, ArlmError):
+        return {"type": "error", "status": 400, "message": str(exc), "param": exc.param, "code": exc.code}
+    return {"type": "error", "status": 500, "message": f"internal error: {exc}", "param": None, "code": None}
 
 
 class Scheduler:
@@ -116,11 +115,11 @@ class Scheduler:
         config = job.config
         config.validate()
         if job.n < 1:
-            raise ArlmError(f"n must be >= 1, got {job.n}")
+            raise ArlmError(f"n must be >= 1, got {job.n}", param="n")
         if job.batched:
             self.engine.check(BatchSequence(job.prompt, config))
             return
-        check_length(self.model, len(job.prompt), config.max_new_tokens)
+        check_length(len(job.prompt), config.max_new_tokens, self.engine.max_len, name="max_tokens")
         unsupported = {
             "logprobs": job.top_logprobs >= 0,
             "presence_penalty": job.presence_penalty != 0,
@@ -130,12 +129,12 @@ class Scheduler:
         }
         for name, given in unsupported.items():
             if given:
-                raise Refused(f"{name} is not supported with strategy {config.strategy}", name)
+                raise ArlmError(f"{name} is not supported with strategy {config.strategy}", param=name)
         if config.strategy == "speculative" and self.draft is None:
             message = "this server has no draft model (start it with --draft MODEL); try prompt-lookup"
-            raise Refused(message, "strategy")
+            raise ArlmError(message, param="strategy")
         if config.strategy == "beam" and job.n > config.num_beams:
-            raise Refused(f"n ({job.n}) must be <= num_beams ({config.num_beams})", "n")
+            raise ArlmError(f"n ({job.n}) must be <= num_beams ({config.num_beams})", param="n")
 
     def submit(self, *jobs: Job) -> None:
         """Queue validated requests, all or none (the prompts of one completion); raises QueueFull when they do not
@@ -291,18 +290,22 @@ class Scheduler:
         job = choice.job
         if not isinstance(exc, ArlmError):
             traceback.print_exception(exc, file=sys.stderr)
-        for seq in list(self.engine.active):
-            if self._owner[id(seq)].job is job:
-                self.engine.release(seq, "error")
-                self._owner.pop(id(seq), None)
-        self._waiting = deque(c for c in self._waiting if c.job is not job)
+        self._remove({id(job)})
         if job.admitted_step is None:
             job.admitted_step = self.engine.steps
             self._queued -= 1
             self.metrics.queue_length.set(self._queued)
         job.open_choices = 0
-        status, message = (400, str(exc)) if isinstance(exc, ArlmError) else (500, f"internal error: {exc}")
-        self._send(job, {"type": "error", "status": status, "message": message})
+        self._send(job, error_event(exc))
+
+    def _remove(self, jobs: set[int]) -> None:
+        """Take the choices of the jobs (by id) out of the batch, freeing their slots, and out of the queue (the
+        lock held)."""
+        for seq in list(self.engine.active):
+            if id(self._owner[id(seq)].job) in jobs:
+                self.engine.release(seq, "error")
+                self._owner.pop(id(seq), None)
+        self._waiting = deque(c for c in self._waiting if id(c.job) not in jobs)
 
     def _drop_cancelled(self) -> None:
         """End the choices of cancelled jobs: running ones leave the batch, waiting ones the queue."""
@@ -382,12 +385,9 @@ class Scheduler:
         traceback.print_exception(exc, file=sys.stderr)
         with self._cond:
             failed = {id(self._owner[id(s)].job): self._owner[id(s)].job for s in self.engine.active}
-            for seq in list(self.engine.active):
-                self.engine.release(seq, "error")
-                self._owner.pop(id(seq), None)
-            self._waiting = deque(c for c in self._waiting if id(c.job) not in failed)
+            self._remove(set(failed))
         for job in failed.values():
-            self._send(job, {"type": "error", "status": 500, "message": f"internal error: {exc}"})
+            self._send(job, error_event(exc))
 
     # ------------------------------------------------------------ the lane thread
 
@@ -407,11 +407,10 @@ class Scheduler:
             except Cancelled:
                 for choice in job.choices[job.choices_done :]:
                     self._finish(choice, "cancelled")
-            except ArlmError as exc:
-                self._send(job, {"type": "error", "status": 400, "message": str(exc)})
-            except Exception as exc:  # a bug: fail this request, keep serving
-                traceback.print_exception(exc, file=sys.stderr)
-                self._send(job, {"type": "error", "status": 500, "message": f"internal error: {exc}"})
+            except Exception as exc:  # arlm's refusal, or a bug: fail this request, keep serving
+                if not isinstance(exc, ArlmError):
+                    traceback.print_exception(exc, file=sys.stderr)
+                self._send(job, error_event(exc))
             finally:
                 self.metrics.lane_busy.set(0)
 
