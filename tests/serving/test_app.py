@@ -174,6 +174,7 @@ def test_logprobs(live):
         assert 1 <= len(top) <= 3  # keyed by text: tokens that are parts of one character share "\ufffd"
         assert max(top.values()) == pytest.approx(value)  # greedy: the chosen token is the likeliest
         assert top[token] == pytest.approx(value) and value <= 0
+
     messages = [{"role": "user", "content": "hello"}]
     chat = client.chat.completions.create(
         model=MODEL_ID, messages=messages, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
@@ -181,6 +182,19 @@ def test_logprobs(live):
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens
     assert all(len(c.top_logprobs) == 2 and math.exp(c.logprob) <= 1 for c in content)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_completion_logprobs_always_hold_the_chosen_token(live, k):
+    """OpenAI's completions: top_logprobs holds the k likeliest tokens and the chosen one (up to k + 1), also when a
+    sample drew a token outside the k likeliest, and logprobs 0 gives the chosen token alone."""
+    client = live.client()
+    out = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=24, temperature=1.5, seed=3, logprobs=k)
+    lp = out.choices[0].logprobs
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert top[token] >= value - 1e-6 and len(top) <= k + 1  # (by text: another token of its text may be likelier)
+    if k:  # at temperature 1.5, some of the 24 draws are not the likeliest token: their entries hold two
+        assert any(len(top) == 2 for top in lp.top_logprobs)
 
 
 def test_a_list_of_prompts_is_answered_as_each_alone(live):

@@ -121,6 +121,7 @@ class OpenAIFormat:
         top: dict[str, float] = {}
         for _, p, lp in event["top"]:  # keyed by text, as OpenAI's: of tokens with the same text the likelier
             top.setdefault(p, lp)
+        top.setdefault(piece, event["logprob"])  # the chosen token's is always there (OpenAI's: up to logprobs + 1)
         return {"token": piece, "logprob": event["logprob"], "top": top, "offset": offset}
 
     def _chunk_logprobs(self, entry: dict | None) -> dict | None:
