@@ -93,6 +93,9 @@ def test_the_sockets_are_closed_when_serve_stops_early(tmp_path, loads, capsys, 
     [
         (["--max-queue", "0"], "--max-batch, --max-queue and --prefill-chunk must be >= 1"),
         (["--prefill-chunk", "0"], "--max-batch, --max-queue and --prefill-chunk must be >= 1"),
+        (["--max-body-mb", "0"], "--max-body-mb must be a number > 0, got 0"),
+        (["--max-body-mb", "nan"], "--max-body-mb must be a number > 0, got nan"),
+        (["--max-body-mb", "inf"], "--max-body-mb must be a number > 0, got inf"),
         (["--context", "1"], "--context must be >= 2 (a prompt token and a new one) or 0 (the default), got 1"),
     ],
 )

@@ -94,10 +94,11 @@ def start_in_thread(
     api_key: str | None = None,
     origins: list[str] | None = None,
     dtype: str | None = None,
+    max_body: int = 16 * 2**20,
     **scheduler_kwargs,
 ):
     """uvicorn serving the tiny model in a thread (api_key: the key it asks; origins: CORS; dtype: what /health says
-    it was loaded at); returns (LiveServer, stop function)."""
+    it was loaded at; max_body: its request body limit in bytes); returns (LiveServer, stop function)."""
     import uvicorn
 
     from arlm.serving.app import create_app
@@ -105,7 +106,7 @@ def start_in_thread(
 
     settings = {"max_batch": 4, "max_queue": 16, "max_len": 256, **scheduler_kwargs}
     scheduler = Scheduler(lm.model, lm.tokenizer, **settings)
-    app = create_app(scheduler, MODEL_ID, api_key=api_key, origins=origins, dtype=dtype)
+    app = create_app(scheduler, MODEL_ID, api_key=api_key, origins=origins, dtype=dtype, max_body=max_body)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -3,6 +3,7 @@ the SDK returned it, seeds at the ends of their range, arguments of the wrong ty
 strings; each is answered or refused with OpenAI's error body, and none stops the server (tests/serving/test_app.py
 holds the main table of refusals)."""
 
+import json
 import threading
 import time
 
@@ -160,3 +161,40 @@ def test_health_is_503_once_a_decoding_thread_is_gone(live, monkeypatch):
     monkeypatch.setattr(live.scheduler, "alive", lambda: False)
     status, health = request(live.base_url, "GET", "/health")
     assert status == 503 and health["status"] == "error"
+
+
+def _chunked(base_url: str, body: bytes, piece: int = 1000) -> tuple[int, dict]:
+    """POST a completion's body with no Content-Length, in chunks (Transfer-Encoding: chunked)."""
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    chunks = (body[i : i + piece] for i in range(0, len(body), piece))
+    conn.request(
+        "POST", "/v1/completions", body=chunks, headers={"Content-Type": "application/json"}, encode_chunked=True
+    )
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    conn.close()
+    return response.status, answer
+
+
+def test_a_body_over_the_limit_gets_413_declared_or_chunked(tiny_lm):
+    from tests.serving.conftest import start_in_thread
+
+    server, stop = start_in_thread(tiny_lm, max_body=4096)
+    try:
+        small = {"model": MODEL_ID, "prompt": "x", "max_tokens": 1}
+        large = {"model": MODEL_ID, "prompt": "x" * 5000, "max_tokens": 1}
+        assert request(server.base_url, "POST", "/v1/completions", small)[0] == 200
+        assert _chunked(server.base_url, json.dumps(small).encode(), piece=7)[0] == 200  # the body handed on whole
+        for status, answer in (
+            request(server.base_url, "POST", "/v1/completions", large),
+            _chunked(server.base_url, json.dumps(large).encode()),
+        ):
+            assert status == 413 and "over the server's limit of 4096 bytes" in answer["error"]["message"]
+        assert request(server.base_url, "GET", "/health")[0] == 200
+    finally:
+        stop()

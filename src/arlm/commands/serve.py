@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("ARLM_API_KEY") or None, help=key_help)
     origin_help = "a web page's origin whose scripts may call the API from a browser (repeat; '*': any; default none)"
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help=origin_help)
+    body_help = "the largest request body in MiB; a larger one gets 413 before it is read (default 16)"
+    parser.add_argument("--max-body-mb", type=float, default=16, help=body_help)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
@@ -58,6 +60,8 @@ def check_settings(args: argparse.Namespace) -> None:
         raise ArlmError("--max-batch, --max-queue and --prefill-chunk must be >= 1")
     if args.context < 0 or args.context == 1:
         raise ArlmError(f"--context must be >= 2 (a prompt token and a new one) or 0 (the default), got {args.context}")
+    if not 0 < args.max_body_mb < float("inf"):
+        raise ArlmError(f"--max-body-mb must be a number > 0, got {args.max_body_mb:g}")
     if args.api_key is not None and not args.api_key.strip():
         raise ArlmError("--api-key is empty; give the key clients will send (or leave the flag out: no key)")
 
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         loaded, scheduler = in_own_thread(build, "arlm-load")
         name = args.name or model_ref
         chats = loaded.config.data.format == "chat"  # a model fine-tuned on chats, rendered as its training saw them
-        keys = {"api_key": args.api_key, "origins": args.allow_origin}
+        keys = {"api_key": args.api_key, "origins": args.allow_origin, "max_body": int(args.max_body_mb * 2**20)}
         app = create_app(scheduler, name, plain_chat=chats, dtype=loaded.dtype, **keys)
         port = sockets[0].getsockname()[1]
         where = f"[{args.host}]" if ":" in args.host else args.host

@@ -28,6 +28,7 @@ from arlm.decoding.grammar import JsonGrammar
 from arlm.decoding.settings import unread, unread_message
 from arlm.errors import ArlmError
 from arlm.serving.auth import RequireKey
+from arlm.serving.body import LimitBody
 from arlm.serving.errors import ApiError, error_handlers
 from arlm.serving.jobs import Job
 from arlm.serving.responses import OpenAIFormat, TraceFormat
@@ -262,10 +263,12 @@ def create_app(
     api_key: str | None = None,
     origins: list[str] | None = None,
     dtype: str | None = None,
+    max_body: int = 16 * 2**20,
 ) -> FastAPI:
     """The app; its lifespan starts the scheduler and, at shutdown, lets it finish what it holds. With api_key, the
     API answers only requests that carry it (serving/auth.py); origins: the web pages ("*": any) whose scripts may
-    call it from a browser (CORS); dtype: the --dtype the model was loaded at, which /health reports."""
+    call it from a browser (CORS); dtype: the --dtype the model was loaded at, which /health reports; max_body: the
+    largest request body in bytes (serving/body.py)."""
     server = Server(scheduler, model_id, plain_chat, auth=bool(api_key), dtype=dtype)
 
     @asynccontextmanager
@@ -280,6 +283,7 @@ def create_app(
     _info_routes(app, server)
     _generation_routes(app, server)
     _tokenizer_routes(app, server)
+    app.add_middleware(LimitBody, max_bytes=max_body)  # (middleware added later wraps it: the key is checked first)
     if api_key:
         app.add_middleware(RequireKey, key=api_key)
     app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})  # counts 401s too
