@@ -206,6 +206,36 @@ def test_the_targets_own_weights_in_int4_draft_for_it(trained, capsys):
     _fails(capsys, *argv, "--strategy", "speculative", "--draft", "self:int3", match="self:DTYPE with DTYPE one of")
 
 
+def test_a_draft_model_loads_at_draft_dtype(trained, capsys, monkeypatch):
+    """--draft-dtype picks a draft model's weights apart from the target's (the output stays greedy's); refused
+    where there is no draft model of its own."""
+    from arlm.interop import loading
+    from arlm.model.quant import Int8Linear
+
+    _, run = trained
+    argv = ["generate", str(run), "--prompt", "The ", "--temperature", "0", "--max-new-tokens", "20"]
+    assert main([*argv, "--strategy", "greedy"]) == 0
+    plain = capsys.readouterr().out
+    loaded, load_model = [], loading.load_model
+
+    def spy(ref, **kwargs):
+        loaded.append(load_model(ref, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(loading, "load_model", spy)
+    speculative = [*argv, "--strategy", "speculative", "--draft", str(run)]
+    assert main([*speculative, "--dtype", "float32", "--draft-dtype", "int8", "--stats"]) == 0
+    drafted = capsys.readouterr()
+    assert drafted.out == plain and "acceptance" in drafted.err
+    target, draft = (entry.model for entry in loaded)
+    assert not any(isinstance(m, Int8Linear) for m in target.modules())
+    assert any(isinstance(m, Int8Linear) for m in draft.modules())
+    _fails(capsys, *argv, "--draft-dtype", "int8", match="--draft-dtype does nothing without --draft MODEL")
+    _fails(
+        capsys, *argv, "--strategy", "speculative", "--draft", "self:1", "--draft-dtype", "int8", match="for a draft"
+    )
+
+
 def test_tensorboard_mirrors_the_metrics(tmp_path, corpus_dir):
     config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 5, "tensorboard": True})
     train_command(config, log=lambda _: None)

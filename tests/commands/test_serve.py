@@ -93,6 +93,7 @@ def test_the_sockets_are_closed_when_serve_stops_early(tmp_path, loads, capsys, 
     [
         (["--max-queue", "0"], "--max-batch, --max-queue and --prefill-chunk must be >= 1"),
         (["--prefill-chunk", "0"], "--max-batch, --max-queue and --prefill-chunk must be >= 1"),
+        (["--draft-dtype", "int8"], "--draft-dtype does nothing without --draft MODEL"),
         (["--max-body-mb", "0"], "--max-body-mb must be a number > 0, got 0"),
         (["--max-body-mb", "nan"], "--max-body-mb must be a number > 0, got nan"),
         (["--max-body-mb", "inf"], "--max-body-mb must be a number > 0, got inf"),

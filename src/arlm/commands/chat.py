@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable, Iterator
 
 from arlm.commands.generate import (
-    DRAFT_HELP,
     Streamer,
     add_generation_flags,
     draft_for,
@@ -19,6 +18,7 @@ from arlm.commands.generate import (
     with_options,
 )
 from arlm.commands.options import (
+    add_draft_arguments,
     add_dtype_argument,
     add_json_argument,
     add_model_argument,
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--message", action="append", type=typed_text, help="answer these messages in turn instead of reading input"
     )
-    parser.add_argument("--draft", help=DRAFT_HELP)
+    add_draft_arguments(parser)
     parser.add_argument("--stats", action="store_true", help="after each answer, its tokens/s and the prompt kept")
     parser.add_argument(
         "--reuse-prefix",
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         system=args.system,
         messages=args.message,
         draft=args.draft,
+        draft_dtype=args.draft_dtype,
         device=args.device,
         dtype=args.dtype,
         reuse_prefix=args.reuse_prefix,
@@ -79,6 +80,7 @@ def chat_command(
     system: str | None = None,
     messages: list[str] | None = None,
     draft: str | None = None,
+    draft_dtype: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
     reuse_prefix: bool = True,
@@ -86,7 +88,8 @@ def chat_command(
     stats: bool = False,
     read: Callable[[str], str] = input,
 ) -> list[str]:
-    """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends."""
+    """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends; draft_dtype:
+    the draft model's (None: the target's)."""
     from arlm.decoding.chat import ChatSession  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
@@ -96,7 +99,7 @@ def chat_command(
     note_dtype(dtype, dev)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     optimize_for_decoding(loaded.model)
-    draft_model = draft_for(config, draft, loaded, model_ref, dev, loaded.dtype)
+    draft_model = draft_for(config, draft, loaded, model_ref, dev, draft_dtype)
     plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
     grammar = grammar_for(json_schema, loaded)
     session = ChatSession(

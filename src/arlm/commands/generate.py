@@ -12,6 +12,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from arlm.commands.options import (
+    add_draft_arguments,
     add_dtype_argument,
     add_json_argument,
     add_model_argument,
@@ -32,10 +33,6 @@ if TYPE_CHECKING:
     from arlm.decoding.types import GenerationOutput
     from arlm.interop.checkpoint import LoadedModel
 
-DRAFT_HELP = (
-    "draft model for --strategy speculative, self:L (the model's own first L layers) or self:DTYPE (its own weights "
-    "at DTYPE, e.g. self:int4)"
-)
 FLAG_HELP = {  # one line per GenerationConfig field, for --help
     "strategy": "greedy, sample, beam, speculative (a --draft) or prompt-lookup",
     "max_new_tokens": "tokens to generate at most (0: the prompt back, nothing new)",
@@ -54,7 +51,8 @@ FLAG_HELP = {  # one line per GenerationConfig field, for --help
     "stop": "stop at this string (repeat for several)",
     "stop_at_eos": "stop at the end-of-sequence token",
     "seed": "seed of the sampling generator (reproducible draws)",
-    "num_draft_tokens": "speculative / prompt-lookup: tokens drafted a round (gamma)",
+    "num_draft_tokens": "speculative / prompt-lookup: tokens drafted a round (gamma); with --adaptive-draft, the "
+    "most a round where over 16 (the adaptive rule's own cap)",
     "adaptive_draft": "speculative / prompt-lookup: how many to draft each round, from the acceptance so far and the "
     "cost of a verification (none where drafting would not pay)",
     "prompt_lookup_ngram": "prompt-lookup: the longest n-gram of the context matched",
@@ -86,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=prompt_text,
         help="prompt text, - to read it from stdin (repeat for a batch)",
     )
-    parser.add_argument("--draft", help=DRAFT_HELP)
+    add_draft_arguments(parser)
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
     parser.add_argument("--device", default="auto")
@@ -104,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         base,
         options=generation_options(args),
         draft=args.draft,
+        draft_dtype=args.draft_dtype,
         device=args.device,
         stats=args.stats,
         show_drafts=args.show_drafts,
@@ -200,6 +199,7 @@ def generate_command(
     *,
     options: dict[str, Any] | None = None,
     draft: str | None = None,
+    draft_dtype: str | None = None,
     device: str = "auto",
     stats: bool = False,
     show_drafts: bool = False,
@@ -208,7 +208,7 @@ def generate_command(
 ) -> GenerationOutput:
     """Decode and print continuations of the prompts. The settings are `config` (None: the `generate:` section
     of the model's run config) with `options` (the command-line flags) on top; json_schema: the output kept to
-    it."""
+    it; draft_dtype: the draft model's (None: the target's)."""
     from arlm.decoding.generate import generate  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
@@ -226,7 +226,7 @@ def generate_command(
     tok = loaded.tokenizer
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
-    draft_model = draft_for(config, draft, loaded, model_ref, dev, loaded.dtype)
+    draft_model = draft_for(config, draft, loaded, model_ref, dev, draft_dtype)
     grammar = grammar_for(json_schema, loaded)
     single = len(texts) == 1 and config.num_return_sequences == 1
     streaming = single and config.strategy != "beam" and not show_drafts
@@ -272,13 +272,20 @@ def note_dtype(dtype: str, device: torch.device) -> None:
 
 
 def draft_for(
-    config: GenerationConfig, ref: str | None, target: LoadedModel, target_ref: str, device: torch.device, dtype: str
+    config: GenerationConfig,
+    ref: str | None,
+    target: LoadedModel,
+    target_ref: str,
+    device: torch.device,
+    dtype: str | None = None,
 ) -> torch.nn.Module | None:
     """The draft --strategy speculative needs (refused without --draft), None for the other strategies (refused
-    with one)."""
+    with one); dtype: --draft-dtype."""
     if config.strategy != "speculative":
         if ref:
             raise ArlmError(f"--draft does nothing with --strategy {config.strategy}; it is read by speculative")
+        if dtype:
+            raise ArlmError("--draft-dtype does nothing without --draft MODEL and --strategy speculative")
         return None
     if not ref:
         raise ArlmError("--strategy speculative needs --draft MODEL or self:L (or use --strategy prompt-lookup)")
@@ -286,17 +293,19 @@ def draft_for(
 
 
 def load_draft(
-    ref: str, target: LoadedModel, target_ref: str, device: torch.device, dtype: str | torch.dtype
+    ref: str, target: LoadedModel, target_ref: str, device: torch.device, dtype: str | None = None
 ) -> torch.nn.Module:
     """The draft of speculative decoding: `self:L`, the target's own first L layers with its final norm and head
     (no weights of its own; call after optimize_for_decoding(target.model), to share its layout), `self:DTYPE`, the
-    target loaded again at DTYPE (e.g. int4 drafting for float32), or a model on the target's tokenizer, loaded and
-    laid out for decoding."""
+    target loaded again at DTYPE (e.g. int4 drafting for float32), or a model on the target's tokenizer, loaded at
+    `dtype` (None: the target's) and laid out for decoding."""
     from arlm.decoding.drafts import parse_self_draft, self_draft  # lazy: kept out of --help
     from arlm.interop.loading import load_model  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
 
     spec = parse_self_draft(ref, DTYPES)
+    if spec is not None and dtype:
+        raise ArlmError(f"--draft-dtype is for a draft model of its own; --draft {ref} is the target's own weights")
     if isinstance(spec, int):
         return self_draft(target.model, spec)
     if spec is not None:
@@ -307,7 +316,7 @@ def load_draft(
                 f"draft at another precision (e.g. --draft self:{other}) or give the target another --dtype"
             )
         return optimize_for_decoding(load_model(target_ref, device=device, dtype=spec).model)
-    draft_loaded = load_model(ref, device=device, dtype=dtype)
+    draft_loaded = load_model(ref, device=device, dtype=dtype or target.dtype)
     if draft_loaded.tokenizer.fingerprint() != target.tokenizer.fingerprint():
         raise ArlmError(f"the draft {ref} uses another vocabulary than {target_ref}; they must share a tokenizer")
     return optimize_for_decoding(draft_loaded.model)

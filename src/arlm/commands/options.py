@@ -25,6 +25,19 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=LOAD_DTYPES, help=DTYPE_HELP)
 
 
+DRAFT_HELP = (
+    "draft model for --strategy speculative, self:L (the model's own first L layers) or self:DTYPE (its own weights "
+    "at DTYPE, e.g. self:int4)"
+)
+DRAFT_DTYPE_HELP = "a --draft model's weights (default: the target's dtype; auto: the precision its GGUF file stores)"
+
+
+def add_draft_arguments(parser: argparse.ArgumentParser) -> None:
+    """--draft and --draft-dtype, the same on every verb that decodes speculatively with a draft."""
+    parser.add_argument("--draft", help=DRAFT_HELP)
+    parser.add_argument("--draft-dtype", choices=LOAD_DTYPES, help=DRAFT_DTYPE_HELP)
+
+
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
     """--json [SCHEMA]: the output kept to JSON (greedy or sampling), as OpenAI's response_format."""
     parser.add_argument(

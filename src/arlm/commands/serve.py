@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from arlm.commands.generate import load_draft, note_dtype
-from arlm.commands.options import add_dtype_argument, add_model_argument, model_of
+from arlm.commands.options import add_draft_arguments, add_dtype_argument, add_model_argument, model_of
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
 
@@ -37,10 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "prefilled from there, its logits equal a fresh prefill's up to rounding, not bit for bit"
     )
     parser.add_argument("--reuse-prefix", action="store_true", help=reuse_help)
-    parser.add_argument(
-        "--draft",
-        help="draft model for strategy speculative, self:L (its first L layers) or self:DTYPE (e.g. self:int4)",
-    )
+    add_draft_arguments(parser)
     kv_help = "the KV cache's dtype (default auto: the model's; bfloat16 halves it)"
     parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES, help=kv_help)
     parser.add_argument("--name", help="the model name clients send (default: MODEL as given)")
@@ -60,6 +57,8 @@ def check_settings(args: argparse.Namespace) -> None:
         raise ArlmError("--max-batch, --max-queue and --prefill-chunk must be >= 1")
     if args.context < 0 or args.context == 1:
         raise ArlmError(f"--context must be >= 2 (a prompt token and a new one) or 0 (the default), got {args.context}")
+    if args.draft_dtype and not args.draft:
+        raise ArlmError("--draft-dtype does nothing without --draft MODEL")
     if not 0 < args.max_body_mb < float("inf"):
         raise ArlmError(f"--max-body-mb must be a number > 0, got {args.max_body_mb:g}")
     if args.api_key is not None and not args.api_key.strip():
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     def build() -> tuple[LoadedModel, Scheduler]:
         loaded = load_model(model_ref, device=device, dtype=dtype)
         model = optimize_for_decoding(loaded.model, batch_invariant=True, rows=max(args.max_batch, PROBE_ROWS))
-        draft = load_draft(args.draft, loaded, model_ref, device, loaded.dtype) if args.draft else None
+        draft = load_draft(args.draft, loaded, model_ref, device, args.draft_dtype) if args.draft else None
         if args.context > model.config.block_size:
             raise ArlmError(f"--context {args.context} exceeds the model's context of {model.config.block_size}")
         context = args.context or min(model.config.block_size, DEFAULT_CONTEXT)
