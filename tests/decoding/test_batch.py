@@ -11,7 +11,8 @@ from arlm.model.quant import quantize_model
 from arlm.model.transformer import Transformer
 
 
-def _model(flavour="llama", block=96) -> Transformer:
+def _model(flavour="llama", block=96, nan=False) -> Transformer:
+    """A tiny model laid out for batched decoding; nan: one of its weights NaN (a broken file)."""
     torch.manual_seed(0)
     config = ModelConfig(
         flavour=flavour,
@@ -23,7 +24,11 @@ def _model(flavour="llama", block=96) -> Transformer:
         n_kv_head=2 if flavour == "llama" else None,
         init_std=0.3,  # peaked distributions: greedy text that is not one repeated token
     )
-    return optimize_for_decoding(Transformer(config).eval(), chunks=2, batch_invariant=True)
+    model = Transformer(config).eval()
+    if nan:
+        with torch.no_grad():
+            model.blocks[0].mlp.down.weight[0, 0] = float("nan")
+    return optimize_for_decoding(model, chunks=2, batch_invariant=True)
 
 
 def _run(engine: BatchEngine, arrivals: dict[int, list[BatchSequence]], limit: int = 500) -> list[int]:
@@ -45,6 +50,13 @@ def _requests(n=8):
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, 61, (length,), generator=g).tolist() for length in (1, 2, 5, 9, 3, 17, 30, 7)[:n]]
     return prompts, [4, 20, 11, 33, 6, 25, 14, 40][:n]
+
+
+def test_a_prompt_whose_logits_are_not_numbers_is_refused():
+    engine = BatchEngine(_model(nan=True), max_batch=2, max_len=80)
+    engine.admit(BatchSequence([1, 2, 3], GenerationConfig(strategy="greedy", max_new_tokens=4)))
+    with pytest.raises(ArlmError, match="logits after the prompt are NaN or infinite"):
+        engine.step()
 
 
 @pytest.mark.parametrize("flavour", ["llama", "gpt2"])

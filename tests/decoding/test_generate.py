@@ -112,6 +112,18 @@ def test_sliding_window_writes_past_the_context(flavour):
     assert generated == _greedy_in_a_sliding_window(model, [1, 2, 3], 40)  # three slides: after 14, 23, 32
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam", "prompt-lookup"])
+def test_logits_that_are_not_numbers_are_refused_in_one_line(strategy):
+    """A weight holding NaN (a broken file) makes every logit NaN: refused after the prompt, where greedy printed
+    nothing and sampling raised inside torch.multinomial."""
+    model = _model()
+    with torch.no_grad():
+        model.blocks[0].mlp.down.weight[0, 0] = float("nan")
+    config = GenerationConfig(strategy=strategy, max_new_tokens=4)
+    with pytest.raises(ArlmError, match="logits after the prompt are NaN or infinite"):
+        generate(model, [[1, 2, 3, 1, 2]], config)
+
+
 def test_prompt_longer_than_the_context_is_refused():
     model = _model(block=16)
     with pytest.raises(ArlmError, match="the context holds 16") as refused:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.engine import shared_beginning
+from arlm.decoding.engine import check_finite, shared_beginning
 from arlm.decoding.generate import check_length, choose_next
 from arlm.decoding.grammar import Matcher
 from arlm.decoding.processors import History, add_logit_bias, make_generator, presence_frequency_penalty
@@ -228,7 +228,7 @@ class BatchEngine:
         self.cache.sync(s.slot, row)
         s.filled += take
         if s.filled == len(s.prompt):
-            s.logits = logits[:, -1]  # (1, V)
+            s.logits = check_finite(logits[:, -1])  # (1, V)
 
     def _choose(self, s: BatchSequence) -> Emitted:
         """The sequence's next token from its logits, by its own settings; the sequence ends on EOS or length."""

@@ -178,10 +178,11 @@ class Engine:
         return cache
 
     def prefill(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode ids (B, T) after the cached positions; the logits (B, V) for the token after them."""
+        """Encode ids (B, T) after the cached positions; the logits (B, V) for the token after them, refused when they
+        are not numbers (weights holding NaN or infinities, a float range overflowed), which no strategy can decode."""
         self._pos = None
         self._record(ids)
-        return self.model(ids, kv_cache=self.cache, attention_mask=attention_mask, num_logits=1)[:, -1]
+        return check_finite(self.model(ids, kv_cache=self.cache, attention_mask=attention_mask, num_logits=1)[:, -1])
 
     def step(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One token per row (B, 1) after the cached positions; the next-token logits (B, V) (compiled on a GPU: a
@@ -244,6 +245,17 @@ class Engine:
         """Free the cache and the CUDA graph captured over it (the compiled function stays, for a later compiled
         open)."""
         self.cache, self.static, self._pos, self._graph, self._fed = None, False, None, None, None
+
+
+def check_finite(logits: torch.Tensor) -> torch.Tensor:
+    """A prompt's next-token logits (B, V), refused when they are not numbers (weights holding NaN or infinities, a
+    float range overflowed): greedy would print nothing from them and sampling fail inside torch.multinomial."""
+    if not bool(torch.isfinite(logits).all()):  # (once a prompt)
+        raise ArlmError(
+            "the model's logits after the prompt are NaN or infinite: its weights hold NaN or infinite values, "
+            "or its computation overflows at this --dtype; nothing can be decoded from them"
+        )
+    return logits
 
 
 def shared_beginning(held: list[int], prompt: list[int]) -> int:
