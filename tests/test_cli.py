@@ -3,6 +3,7 @@
 import argparse
 import errno
 import importlib
+import importlib.metadata
 import json
 import re
 import shutil
@@ -472,6 +473,14 @@ def test_help_lists_every_verb_without_importing_torch():
         if " " not in name:
             assert importlib.import_module(module_name).__doc__.strip().splitlines()[0] in help_text, name
     assert run_cli("--help").returncode == 0
+
+
+def test_version_prints_the_packages_version():
+    import arlm
+
+    done = run_cli("--version")
+    assert (done.returncode, done.stdout.strip()) == (0, f"arlm {arlm.__version__}")
+    assert importlib.metadata.version("arlm") == arlm.__version__  # the installed package's, as pyproject says
 
 
 def test_verb_help_never_imports_torch():

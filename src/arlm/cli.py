@@ -18,6 +18,7 @@ import sys
 import warnings
 from types import ModuleType
 
+from arlm import __version__
 from arlm.config import parse_overrides
 from arlm.errors import ArlmError
 
@@ -64,6 +65,7 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser of every verb. Only the modules of the verbs argv's first word can reach are imported; where it
     names no verb (`arlm --help`) none is, their help lines read from their sources, so the list comes at once."""
     parser = OneLineParser(prog="arlm", description="Autoregressive transformer language models.")
+    parser.add_argument("--version", action="version", version=f"arlm {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     groups: dict[str, argparse._SubParsersAction] = {}
     heads = {name.split()[0] for name in VERBS}
