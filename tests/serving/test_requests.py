@@ -198,3 +198,27 @@ def test_a_body_over_the_limit_gets_413_declared_or_chunked(tiny_lm):
         assert request(server.base_url, "GET", "/health")[0] == 200
     finally:
         stop()
+
+
+def test_a_model_whose_logits_are_not_numbers_answers_in_one_line(tiny_lm):
+    """A model whose weights hold NaN: each request, batched or in the lane, gets the reason (sampling raised
+    inside torch.multinomial, greedy streamed token 0), and the server keeps serving."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    from tests.serving.conftest import start_in_thread
+
+    broken = copy.deepcopy(tiny_lm.model)
+    with torch.no_grad():
+        broken.tok_emb.weight.fill_(float("nan"))  # (the Linears are packed for the kernels)
+    server, stop = start_in_thread(dataclasses.replace(tiny_lm, model=broken))
+    try:
+        for extra in ({"temperature": 0}, {"temperature": 1}, {"strategy": "beam", "temperature": 0}):
+            body = {"model": MODEL_ID, "prompt": PROMPT, "max_tokens": 3, **extra}
+            status, answer = request(server.base_url, "POST", "/v1/completions", body)
+            assert status == 400 and "logits after the prompt are NaN or infinite" in answer["error"]["message"]
+        assert server.scheduler.alive()
+    finally:
+        stop()

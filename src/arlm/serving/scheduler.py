@@ -382,7 +382,9 @@ class Scheduler:
             job.cancelled.set()
 
     def _fail_active(self, exc: Exception) -> None:
-        traceback.print_exception(exc, file=sys.stderr)
+        """A step failed: every request in the batch gets its error (a traceback on stderr where it is a bug)."""
+        if not isinstance(exc, ArlmError):
+            traceback.print_exception(exc, file=sys.stderr)
         with self._cond:
             failed = {id(self._owner[id(s)].job): self._owner[id(s)].job for s in self.engine.active}
             self._remove(set(failed))
