@@ -52,6 +52,35 @@ def test_overwrite_with_a_bad_source_or_model_keeps_the_old_run(trained, tmp_pat
     assert _snapshot(run) == before and not _aside(run)
 
 
+def test_overwrite_never_deletes_files_a_run_does_not_write(trained, tmp_path, capsys):
+    """--overwrite replaces a run, not the user's files beside it: a run folder holding notes, or a project folder
+    that merely has a config.json, is refused whole (and keeps no lock file the refusal made)."""
+    preset, run = trained
+    (run / "notes.txt").write_text("mine")
+    before = _snapshot(run)
+    _fails(capsys, "train", "--preset", preset, "--overwrite", match="holds files that are not a run's (notes.txt)")
+    assert _snapshot(run) == before and not _aside(run)
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    (project / "src" / "main.py").write_text("print()")
+    before = _snapshot(project)
+    argv = ["train", "--preset", preset, "--train.out_dir", project]
+    _fails(capsys, *argv, match="already holds a run")
+    _fails(capsys, *argv, "--overwrite", match="holds files that are not a run's (src)")
+    assert _snapshot(project) == before and sorted(p.name for p in project.iterdir()) == ["config.json", "src"]
+
+
+def test_overwrite_of_the_current_folder(trained, capsys, monkeypatch):
+    """--train.out_dir . --overwrite from inside a run folder replaces it (a traceback before: '.' has no name)."""
+    preset, run = trained
+    monkeypatch.chdir(run)
+    assert (
+        main(["train", "--preset", str(preset), "--train.out_dir", ".", "--train.max_steps", "5", "--overwrite"]) == 0
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000005"] and not _aside(run)
+
+
 def test_a_first_run_that_fails_leaves_no_folder_it_made(tmp_path, capsys):
     nope, kept = tmp_path / "nope.txt", tmp_path / "kept"
     _fails(capsys, "train", "--data.source", nope, "--train.out_dir", tmp_path / "runs" / "a", match="does not exist")

@@ -25,10 +25,11 @@ from arlm.config import (
     merge,
     parse_overrides,
 )
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, check_replaceable
 from arlm.training.logging import read_metrics, truncate_log
 from arlm.training.run_dir import (
     discard,
+    foreign_entries,
     holds_run,
     leftovers,
     put_back,
@@ -271,6 +272,7 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path 
             "replace it, or --train.out_dir NEW"
         )
     if overwrite and not resuming and has_run:
+        check_replaceable(run_dir, foreign_entries(run_dir), "a run's")  # --overwrite replaces the whole folder
         return set_aside(run_dir)
     return None
 

@@ -20,12 +20,18 @@ except ImportError:  # pragma: no cover - Windows
 
 LOCK_FILE = "train.lock"
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "config.json")  # what a folder holding a run has
+RUN_FILES = {*RUN_MARKERS, LOCK_FILE, "loss.png", "tensorboard", "data"}  # all a run writes: what --overwrite replaces
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def holds_run(run_dir: Path) -> bool:
     """Whether the folder holds a run (its metrics, checkpoints or config), which only --overwrite replaces."""
     return any((run_dir / marker).exists() for marker in RUN_MARKERS)
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    """What a run folder holds that no run writes (a user's files, which replacing the run would delete)."""
+    return [e.name for e in run_dir.iterdir() if e.name not in RUN_FILES and not e.name.startswith("data.tmp-")]
 
 
 @contextlib.contextmanager
@@ -40,6 +46,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         raise ArlmError(f"train.out_dir {run_dir} is a file; name a folder for the run")
     made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
     new_lock = not (run_dir / LOCK_FILE).exists()
+    before = {e.name for e in run_dir.iterdir()} if run_dir.is_dir() else set()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -61,7 +68,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             yield
         except BaseException:
             if new_lock:
-                _remove_made(run_dir, made)
+                _remove_made(run_dir, made, before)
             raise
         finally:
             with contextlib.suppress(OSError):
@@ -70,12 +77,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _remove_made(run_dir: Path, made: list[Path]) -> None:
-    """Where RUN holds nothing but the lock file this run made: remove it and the folders this run made, deepest
-    first, while the lock is still held (a trainer that opened the file meanwhile is refused by the held lock, one
-    that comes after makes them anew)."""
+def _remove_made(run_dir: Path, made: list[Path], before: set[str]) -> None:
+    """Where RUN holds nothing but what it held `before` and the lock file this run made: remove that and the
+    folders this run made, deepest first, while the lock is still held (a trainer that opened the file meanwhile is
+    refused by the held lock, one that comes after makes them anew)."""
     with contextlib.suppress(OSError):
-        if [entry.name for entry in run_dir.iterdir()] != [LOCK_FILE]:
+        if {entry.name for entry in run_dir.iterdir()} != before | {LOCK_FILE}:
             return
         (run_dir / LOCK_FILE).unlink()
         for folder in made:
@@ -84,6 +91,7 @@ def _remove_made(run_dir: Path, made: list[Path]) -> None:
 
 def set_aside(run_dir: Path) -> Path:
     """Move an earlier run's files into RUN.old-PID beside it (the lock file stays where it is)."""
+    run_dir = run_dir.resolve()  # (".": the folder's own name)
     aside = run_dir.with_name(f"{run_dir.name}.old-{os.getpid()}")
     for n in itertools.count(1):
         try:
