@@ -125,6 +125,31 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, capsys):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_resume_with_other_data_settings_is_refused_and_keeps_the_runs_data(finished, capsys):
+    """A data override on --resume is refused before the run's prepared data is touched (it was replaced, and the
+    next plain --resume trained on the new data); the plain --resume then continues on the data it trained on."""
+    _, run = finished
+    data = {p: p.read_bytes() for p in (run / "data").rglob("*") if p.is_file()}
+    argv = ["train", "--train.out_dir", str(run), "--resume", "--train.max_steps", "15"]
+    assert main([*argv, "--data.val_fraction", "0.2"]) == 2
+    assert "holds the data this run trained on, prepared with other settings" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (run / "data").rglob("*") if p.is_file()} == data
+    assert main(argv) == 0
+    assert "using prepared data in" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (run / "data").rglob("*") if p.is_file()} == data
+
+
+def test_a_run_on_a_relative_source_resumes_once_the_source_is_gone(tmp_path, corpus_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(corpus_dir, tmp_path / "texts")
+    raw = tiny_raw(tmp_path, "texts", train={"checkpoint_interval": 5})
+    preset = write_yaml(tmp_path / "tiny.yaml", raw)
+    assert main(["train", "--preset", str(preset), "--train.max_steps", "5"]) == 0
+    shutil.rmtree(tmp_path / "texts")
+    assert main(["train", "--train.out_dir", str(tmp_path / "run"), "--resume", "--train.max_steps", "10"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+
 def test_resume_hashes_each_checkpoint_file_once(finished, monkeypatch):
     import arlm.interop.checkpoint as ckpt
 

@@ -285,7 +285,7 @@ def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log, ke
 
     directory = prepared_dir(config)
     if info.is_main:
-        replace = overwrite or not config.data.prepared_dir
+        replace = (overwrite or not config.data.prepared_dir) and not keep  # a resumed run's data is never replaced
         data = prepare(
             config.data,
             directory,

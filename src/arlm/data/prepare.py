@@ -70,7 +70,7 @@ def data_fingerprint(config: DataConfig) -> str:
     """Hash of the settings that change the prepared shards (not how batches are drawn from them)."""
     settings = prepare_settings(config)
     if config.source not in ("builtin", "builtin:topics", "builtin:docstrings") and not is_named_corpus(config.source):
-        settings["source"] = str(Path(config.source).resolve()) if Path(config.source).exists() else config.source
+        settings["source"] = str(Path(config.source).resolve())  # (the same once the file is gone: a run resumes)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -202,6 +202,11 @@ def prepare(
         reused = _reuse(directory, meta, fingerprint, stamps, keep, log)
         if reused is not None:
             return reused
+        if keep:
+            raise ArlmError(
+                f"{directory} holds the data this run trained on, prepared with other settings than these; resume "
+                "without changing the data settings (they are the run's own), or train a new run"
+            )
         if not overwrite:
             raise ArlmError(_why_not_reused(directory, meta, fingerprint, stamps, flag))
     elif path.exists() and any(path.iterdir()):
