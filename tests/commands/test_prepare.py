@@ -24,3 +24,19 @@ def test_data_of_other_settings_names_the_flag_given(tmp_path, corpus_dir, capsy
     assert main(argv) == 0
     assert main([*argv, "--data.lowercase", "true"]) == 2
     assert "choose another --out" in capsys.readouterr().err
+
+
+def test_an_output_inside_the_source_folder_is_refused(tmp_path, corpus_dir, capsys, monkeypatch):
+    """A source folder holding the output would read arlm's own files (the scratch text being written, a run's
+    train.lock) as documents: prepare and train refuse it, and write nothing."""
+    import shutil
+
+    shutil.copytree(corpus_dir, tmp_path / "texts")
+    monkeypatch.chdir(tmp_path / "texts")
+    before = sorted(p.name for p in (tmp_path / "texts").iterdir())
+    assert main(["prepare", "--data.source", ".", "--data.tokenizer", "char", "--out", "prep"]) == 2
+    assert "data.source . holds --out prep: the files arlm writes there" in capsys.readouterr().err
+    argv = ["train", "--data.source", ".", "--data.tokenizer", "char", "--train.out_dir", "runs/x"]
+    assert main(argv) == 2
+    assert "data.source . holds --train.out_dir runs/x" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "texts").iterdir()) == before

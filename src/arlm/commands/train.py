@@ -279,12 +279,14 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path 
 
 def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log, keep: bool = False) -> PreparedData:
     """The run's prepared data: reused, or prepared (again); keep: a resumed run keeps the data it trained on."""
+    from arlm.data.corpus import check_source_apart  # lazy: kept out of --help
     from arlm.data.prepare import load_prepared, prepare  # lazy: kept out of --help
     from arlm.interop.loading import load_tokenizer, prepared_dir  # lazy: kept out of --help
     from arlm.training import distributed as D  # lazy: kept out of --help
 
     directory = prepared_dir(config)
     if info.is_main:
+        check_source_apart(config.data.source, config.train.out_dir, "--train.out_dir")  # (its train.lock, its data)
         replace = (overwrite or not config.data.prepared_dir) and not keep  # a resumed run's data is never replaced
         data = prepare(
             config.data,

@@ -147,6 +147,19 @@ def source_paths(source: str) -> list[Path]:
     return [path]
 
 
+def check_source_apart(source: str, folder: str | Path, flag: str) -> None:
+    """Refuse a source folder that holds `folder` (an output: prepared data, a run): the files arlm writes there
+    would be read as the corpus."""
+    src = Path(source)
+    if is_named_corpus(source) or source in BUILTIN_SOURCES or not src.is_dir():
+        return
+    if Path(folder).resolve().is_relative_to(src.resolve()):
+        raise ArlmError(
+            f"data.source {source} holds {flag} {folder}: the files arlm writes there would be read as the corpus; "
+            f"choose a {flag} outside the source folder"
+        )
+
+
 def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 

@@ -25,7 +25,7 @@ import numpy as np
 from arlm.config import DataConfig
 from arlm.data.batches import BatchSampler
 from arlm.data.chat_batches import ChatSampler, open_chat_split, prepare_chat
-from arlm.data.corpus import BUILTIN_SOURCES, iter_chunks, source_paths
+from arlm.data.corpus import BUILTIN_SOURCES, check_source_apart, iter_chunks, source_paths
 from arlm.data.normalize import Normalizer, NormalizeReport
 from arlm.data.pieces import Chunk
 from arlm.data.report import corpus_report, format_report
@@ -196,6 +196,7 @@ def prepare(
     data.tokenizer that is not trained here (char, word, bpe) is loaded by resolve_tokenizer. overwrite replaces
     prepared data only (never another folder); `flag` is the option that named the folder, for the messages."""
     directory, path = Path(directory), _target(directory, flag)
+    check_source_apart(config.source, directory, flag)
     fingerprint, stamps = data_fingerprint(config), source_stamps(config)
     meta = _prepared_meta(path)
     if meta is not None:
