@@ -601,3 +601,13 @@ def test_what_argparse_refuses_is_one_line_and_exit_code_2(argv, message, capsys
         main(argv)
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_a_job_whose_output_pipe_closes_does_not_report_success(tmp_path, corpus_dir):
+    """`arlm prepare ... | head -1`: the job stops at its next print; its exit status is 141 (a closed pipe, as a
+    shell reports it), never 0, and nothing more is printed."""
+    argv = ["prepare", "--data.source", str(corpus_dir), "--data.tokenizer", "char", "--out", str(tmp_path / "d")]
+    proc = subprocess.Popen([sys.executable, "-m", "arlm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == b""

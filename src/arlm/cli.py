@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+    except BrokenPipeError:  # stdout's reader went away (`| head`): the job stops, as a shell's SIGPIPE ends it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error flushing at exit)
+        return 141  # 128 + SIGPIPE: what a shell reports for a program ended by a closed pipe (not success)
     except Exception as exc:
         line = storage_line(exc)
         if line is None:
