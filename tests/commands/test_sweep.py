@@ -26,6 +26,16 @@ def test_sweep_trains_each_setting_and_plots_them_together(tmp_path, corpus_dir)
     assert all(r["final"]["val"]["loss"] > 0 and r["parameters"] > 0 for r in results.values())
 
 
+def test_a_sweep_over_words_reports_without_the_numeric_figure(tmp_path, corpus_dir):
+    """--vary model.flavour=llama,gpt2: every run trained and reported (it raised on float('llama') after training
+    them all); the final-loss figure, whose x axis is the value, is drawn for numbers only."""
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 2}))
+    out = tmp_path / "sw"
+    results = sweep_command(str(preset), ["model.flavour=llama,gpt2"], out_dir=str(out), log=lambda _: None)
+    assert set(results) == {"flavour=llama", "flavour=gpt2"}
+    assert (out / "sweep.json").exists() and (out / "loss.png").exists() and not (out / "final.png").exists()
+
+
 def test_out_dir_and_prepared_dir_are_refused(tmp_path, corpus_dir, capsys):
     preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 2}))
     argv = ["sweep", "--preset", str(preset), "--vary", "model.d_model=16", "--out", str(tmp_path / "sw")]

@@ -52,6 +52,18 @@ def test_an_arlm_checkpoint_with_model_type_is_still_verified(run, tmp_path):
         load_model(copy)
 
 
+def test_a_copied_run_is_scored_on_its_own_data(run, tmp_path, monkeypatch):
+    """A run copied elsewhere (or evaluated from another folder) finds RUN/data inside it, not the data its saved
+    train.out_dir names (another run's, or none)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    monkeypatch.chdir(tmp_path)
+    for model in (copy, sorted((copy / "checkpoints").iterdir())[0]):
+        assert loading.run_data(load_model(model), "val").directory == copy / "data"
+
+
 def test_a_transformers_folder_goes_to_the_hf_loader(tmp_path, monkeypatch):
     class Reached(Exception):
         pass

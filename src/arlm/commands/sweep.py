@@ -134,25 +134,30 @@ def _run_config(
     return config
 
 
+def _number(value: str) -> float | None:
+    """A varied value as a number for the final-loss figure, None for a word."""
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def _report(results: dict[str, dict], grid: list[tuple[str, list[str]]], preset: str, out: Path, log) -> None:
     """Every loss curve in one figure, final validation loss against a single varied key, a table, sweep.json."""
     from arlm.commands.plots import plot_lines, plot_loss  # lazy: kept out of --help
 
     runs = {label: read_metrics(out / label / "metrics.jsonl") for label in results}
     plot_loss(runs, out / "loss.png", title=f"{preset}: loss vs tokens")
-    if len(grid) == 1:
+    values = {label: _number(label.split("=", 1)[1]) for label in results}
+    if len(grid) == 1 and None not in values.values():  # (a key of words, model.flavour: the table says it)
         key = grid[0][0]
-        points = [
-            (float(label.split("=")[1]), r["final"]["val"]["loss"])
-            for label, r in results.items()
-            if "val" in r["final"]
-        ]
+        points = [(values[label], r["final"]["val"]["loss"]) for label, r in results.items() if "val" in r["final"]]
         plot_lines(
             {"final val loss": points},
             out / "final.png",
             xlabel=key,
             ylabel="validation loss",
-            logx=True,
+            logx=all(x > 0 for x in values.values()),
             title=f"final validation loss vs {key}",
         )
     log(f"{'run':<28}{'parameters':>12}{'val loss':>10}{'val ppl':>10}")

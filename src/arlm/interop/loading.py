@@ -201,9 +201,20 @@ def prepared_dir(config: RunConfig) -> Path:
     return Path(config.data.prepared_dir) if config.data.prepared_dir else Path(config.train.out_dir) / "data"
 
 
+def _own_data(loaded: LoadedModel) -> Path | None:
+    """The prepared data inside the run a checkpoint was loaded from (RUN/data, where the run was not given a
+    data.prepared_dir): found there wherever the run was moved or copied and whatever the current folder, where its
+    saved train.out_dir, relative to the folder it trained from, would name another run's data or none."""
+    checkpoint = Path(loaded.source)
+    if loaded.config.data.prepared_dir or checkpoint.parent.name != "checkpoints":
+        return None
+    own = checkpoint.parent.parent / "data"
+    return own if own.is_dir() else None
+
+
 def run_data(loaded: LoadedModel, split: str, data_dir: str | Path | None = None) -> PreparedData:
     """The prepared corpus a model was trained on (or `data_dir`), checked to share its tokenizer and hold `split`."""
-    directory = Path(data_dir) if data_dir else prepared_dir(loaded.config)
+    directory = Path(data_dir) if data_dir else _own_data(loaded) or prepared_dir(loaded.config)
     if not data_dir and not directory.is_dir():  # e.g. a HF folder or GGUF file: no training data of its own here
         raise ArlmError(f"found no prepared data of {loaded.source} at {directory}; give --data DIR or --file FILE")
     data = load_prepared(directory)
