@@ -145,8 +145,9 @@ def test_self_speculative_sampling_matches_the_target_on_a_tiny_vocabulary():
 def test_self_draft_references_and_refusals():
     assert parse_self_draft("self:12") == 12 and parse_self_draft("runs/draft") is None
     assert parse_self_draft("self:int4", DTYPES) == "int4"
-    with pytest.raises(ArlmError, match="self:L"):
-        parse_self_draft("self:half")
+    for spec in ("self:half", "self:²", "self:٣"):  # (digits str.isdigit takes and int() reads otherwise or refuses)
+        with pytest.raises(ArlmError, match="self:L"):
+            parse_self_draft(spec)
     with pytest.raises(ArlmError, match="self:DTYPE with DTYPE one of float32, bfloat16"):
         parse_self_draft("self:int3", DTYPES)
     with pytest.raises(ArlmError, match="1 to 3"):

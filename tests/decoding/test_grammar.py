@@ -90,6 +90,7 @@ def test_what_the_grammar_cannot_hold_is_refused_in_one_line(tiny):
         "not prompt-lookup": GenerationConfig(strategy="prompt-lookup", temperature=0, max_new_tokens=4),
         "min_new_tokens masks the EOS": GenerationConfig(strategy="greedy", min_new_tokens=2, max_new_tokens=4),
         "needs an EOS id and stop_at_eos": GenerationConfig(strategy="greedy", stop_at_eos=False, max_new_tokens=4),
+        "no_repeat_ngram_size bans": GenerationConfig(strategy="sample", no_repeat_ngram_size=1, max_new_tokens=4),
     }
     for message, config in refused.items():
         with pytest.raises(ArlmError, match=message):

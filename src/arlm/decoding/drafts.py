@@ -44,7 +44,7 @@ def parse_self_draft(spec: str, dtypes: Collection[str] = ()) -> int | str | Non
     if not spec.startswith(SELF_PREFIX):
         return None
     value = spec[len(SELF_PREFIX) :]
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # (not "²", which isdigit takes and int refuses)
         return int(value)
     if value in dtypes:
         return value

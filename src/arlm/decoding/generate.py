@@ -184,8 +184,9 @@ def choose_next(
 
 
 def check_grammar(grammar: JsonGrammar | None, config: GenerationConfig, eos_id: int | None) -> None:
-    """Refuse a grammar where it cannot hold: strategies other than greedy and sampling, no EOS to end the text, or
-    min_new_tokens (which would mask the EOS a complete text needs)."""
+    """Refuse a grammar where it cannot hold: strategies other than greedy and sampling, no EOS to end the text,
+    min_new_tokens (which would mask the EOS a complete text needs) or no_repeat_ngram_size (which bans what the
+    schema forces)."""
     if grammar is None:
         return
     if config.strategy not in ("greedy", "sample"):
@@ -194,6 +195,11 @@ def check_grammar(grammar: JsonGrammar | None, config: GenerationConfig, eos_id:
         raise ArlmError("JSON output ends at the EOS token: it needs an EOS id and stop_at_eos")
     if config.min_new_tokens:
         raise ArlmError("min_new_tokens masks the EOS that ends a complete JSON text; leave it at 0 for JSON output")
+    if config.no_repeat_ngram_size:
+        raise ArlmError(
+            "no_repeat_ngram_size bans tokens a JSON text must repeat (its quotes, colons, commas), leaving none the "
+            "schema allows; leave it at 0 for JSON output"
+        )
 
 
 def check_compile(config: GenerationConfig, attention_mask: torch.Tensor | None, needed: int, block: int) -> None:
