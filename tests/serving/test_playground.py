@@ -152,6 +152,14 @@ def test_lookup_first_sends_its_switch_and_each_verification_says_what_drafted(b
     labels = [rows.nth(i).locator(".source").text_content() for i in range(rows.count())]
     assert sources and set(sources) <= {"lookup", "model"}
     assert labels == [{"lookup": "copied", "model": "drafted"}[s] for s in sources]
+    page.fill("#prompt", "The data model")  # prompt lookup, little to copy: rounds that drafted nothing
+    page.select_option(".panel[data-name=A] select[name=strategy]", "prompt-lookup")
+    page.click("#run")
+    _done(page, "A")
+    rows = page.locator(".panel[data-name=A] .verify")
+    drafted = [rows.nth(i).locator(".acc, .rej").count() for i in range(rows.count())]
+    labels = [rows.nth(i).locator(".source").text_content() for i in range(rows.count())]
+    assert 0 in drafted and labels == ["no draft" if n == 0 else "copied" for n in drafted]
     assert errors == []
 
 
@@ -179,3 +187,30 @@ def test_a_server_with_an_api_key_has_the_page_ask_for_it(browser, tiny_lm):
 def test_without_a_key_the_page_shows_no_key_field(browser, server):
     page, errors = _open(browser, server)
     assert not page.is_visible("#api_key") and errors == []
+
+
+def test_a_broken_stream_and_a_refused_length_are_said_in_the_panel(browser, server):
+    """An answer cut before its end, a connection that breaks, and a max tokens of 0 each end the panel's run with
+    a message (it stayed on "running…" with an uncaught error; 0 was sent as 16)."""
+    page, _ = _open(browser, server)
+    uncaught = []
+    page.on("pageerror", lambda exc: uncaught.append(str(exc)))
+    page.uncheck("#compare")
+    page.select_option(".panel[data-name=A] select[name=strategy]", "greedy")
+    stats = ".panel[data-name=A] .stats"
+    cut = 'data: {"type": "token", "id": 5, "piece": "a", "text": "a"}\n\n'  # then the stream ends
+    answers = {
+        "stopped before its end": lambda route: route.fulfill(status=200, content_type="text/event-stream", body=cut),
+        "connection lost": lambda route: route.abort(),
+    }
+    said = "(m) => { const e = document.querySelector('%s .error'); return e !== null && e.textContent.includes(m); }"
+    for message, answer in answers.items():
+        page.route("**/v1/arlm/trace", answer)
+        page.click("#run")
+        page.wait_for_function(said % stats, arg=message, timeout=60_000)
+        page.unroute("**/v1/arlm/trace")
+    page.fill("#max_tokens", "0")
+    page.click("#run")
+    page.wait_for_function(said % stats, arg="max_tokens", timeout=60_000)
+    assert uncaught == []
+    page.close()
