@@ -37,3 +37,19 @@ def test_runs_with_the_same_folder_name_keep_their_own_curves(tmp_path, corpus_d
     curves = context_command(runs, batches=1, out=str(tmp_path / "c.png"), log=lambda _: None)
     assert list(curves) == ["run", "run-2"]
     assert list(json.loads((tmp_path / "c.json").read_text())) == ["run", "run-2"]
+
+
+def test_a_run_without_data_of_its_own_takes_data(tmp_path, corpus_dir):
+    """A checkpoint moved away from its run's data: refused naming --data, which eval context now takes."""
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 2})
+    train_command(config, log=lambda _: None)
+    checkpoint = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    alone = tmp_path / "alone"
+    shutil.copytree(checkpoint, alone)
+    shutil.move(tmp_path / "run" / "data", tmp_path / "data")
+    with pytest.raises(ArlmError, match="found no prepared data .*; give --data DIR$"):
+        context_command([str(alone)], batches=1, out=str(tmp_path / "c.png"), log=lambda _: None)
+    curves = context_command(
+        [str(alone)], data_dir=str(tmp_path / "data"), batches=1, out=str(tmp_path / "c.png"), log=lambda _: None
+    )
+    assert len(curves["alone"]) == 32

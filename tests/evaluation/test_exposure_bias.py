@@ -118,3 +118,6 @@ def test_held_out_sequences_and_bad_lengths():
         exposure_bias(_random_model(block=15), _sequences(), P, L)
     with pytest.raises(ArlmError):
         exposure_bias(_random_model(), _sequences()[:, :-1], P, L)
+    with pytest.raises(ArlmError, match="prompt 16 \\+ length 1 needs 17 positions; the model's context is 16"):
+        exposure_bias(_random_model(block=16), _sequences(), 16, 1)  # a prompt filling the context (decoding's rule)
+    assert exposure_bias(_random_model(block=16), _sequences(), 15, 1).length == 1

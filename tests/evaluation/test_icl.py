@@ -209,6 +209,13 @@ def test_run_icl_refuses_bad_arguments(tiny):
         icl.run_icl(model, tokenizer, ["capitals"], (0,), "bleu")
     with pytest.raises(ArlmError, match="demonstrations"):
         icl.run_icl(model, tokenizer, ["capitals"], (9,), limit=1)
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:  # refused before any number of shots runs
+        patch.setattr(icl, "evaluate_task", lambda *a, **k: calls.append(a))
+        with pytest.raises(ArlmError, match="has 8 demonstrations; 9 shots"):
+            icl.run_icl(model, tokenizer, ["capitals"], (0, 9), limit=1)
+    assert calls == []
+    assert icl.run_icl(model, tokenizer, ["capitals"], (0, 0), limit=1, max_new_tokens=2)["shots"] == [0]
     short = Transformer(
         ModelConfig(flavour="llama", vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, d_model=16)
     )
@@ -243,3 +250,15 @@ def test_smollm2_learns_from_demonstrations(smollm2):
         gains.append(four["accuracy"] - zero["accuracy"])
     # Measured on these 20 items: capitals 0.00 -> 0.85, antonyms 0.55 -> 0.90 (all items: docs/icl.md).
     assert max(gains) > 0
+
+
+def test_a_broken_task_file_names_the_line_of_the_file(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"description": "d"}\n\n{"input": "a", "output": "b"}\n{"input": "c"\n[1]\n')
+    with pytest.raises(
+        ArlmError, match=r"broken.jsonl line 4 is not valid JSON \(Expecting ',' delimiter, column 14\)"
+    ):
+        icl.load_task(path)
+    path.write_text('{"description": "d"}\n[1]\n')
+    with pytest.raises(ArlmError, match="line 2: each line is a JSON object, got list"):
+        icl.load_task(path)

@@ -11,9 +11,10 @@ from arlm.commands.runs import run_label
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """RUN..., --split, --batches, --out, --dtype."""
+    """RUN..., --split, --data, --batches, --out, --dtype."""
     parser.add_argument("runs", nargs="+", help="run folders or checkpoints")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     parser.add_argument("--out", default="context.png", help="PNG to write")
     add_dtype_argument(parser)
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure and draw."""
-    context_command(args.runs, split=args.split, batches=args.batches, out=args.out, dtype=args.dtype)
+    context_command(
+        args.runs, split=args.split, data_dir=args.data, batches=args.batches, out=args.out, dtype=args.dtype
+    )
     return 0
 
 
@@ -29,12 +32,13 @@ def context_command(
     run_refs: list[str],
     *,
     split: str = "val",
+    data_dir: str | None = None,
     batches: int = 0,
     out: str = "context.png",
     dtype: str = "auto",
     log=print,
 ) -> dict[str, list[float]]:
-    """Loss by position for each run (on the split of its own prepared data), one PNG and a JSON."""
+    """Loss by position for each run (on the split of its own prepared data, or data_dir's), one PNG and a JSON."""
     from arlm.commands.plots import figure_path, plot_lines  # lazy: kept out of --help
     from arlm.evaluation.context import per_position_loss  # lazy: kept out of --help
     from arlm.interop.loading import load_model, run_data  # lazy: kept out of --help
@@ -47,7 +51,8 @@ def context_command(
         loaded = load_model(ref, dtype=dtype)
         optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
         config = loaded.config
-        sampler = run_data(loaded, split).sampler(split, config.data, config.model.block_size, config.train.seed)
+        data = run_data(loaded, split, data_dir)
+        sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)
         loss, _ = per_position_loss(loaded.model, sampler.eval_batches(config.train.batch_size, batches))
         label = run_label(ref, curves)
         curves[label] = loss.tolist()

@@ -195,7 +195,7 @@ def _on_split(
     from arlm.interop.loading import run_data  # lazy: kept out of --help
 
     config = loaded.config
-    data = run_data(loaded, split, data_dir)
+    data = run_data(loaded, split, data_dir, hint="give --data DIR or --file FILE")
     block, _ = window_and_stride(config.model.block_size, context, 0, on_file=False)
     sampler = data.sampler(split, config.data, block, config.train.seed)
     progress = Progress(sampler.eval_batch_count(config.train.batch_size, batches), desc="eval", leave=False)

@@ -116,7 +116,7 @@ def exposure_bias(
         raise ArlmError(f"prompt length and length must be at least 1, got {P} and {L}")
     if sequences.dim() != 2 or sequences.shape[1] < P + L or sequences.shape[0] < 1:
         raise ArlmError(f"need (N, >= {P + L}) gold sequences, got shape {tuple(sequences.shape)}")
-    needed, block = P + L - 1, model.config.block_size
+    needed, block = max(P + 1, P + L - 1), model.config.block_size  # (decoding refuses a prompt filling the context)
     if needed > block:
         raise ArlmError(f"prompt {P} + length {L} needs {needed} positions; the model's context is {block}")
     was_training = model.training

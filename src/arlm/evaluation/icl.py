@@ -70,15 +70,11 @@ def load_task(name_or_path: str | Path) -> Task:
             raise ArlmError(f"unknown ICL task {name_or_path!r}; built-in: {', '.join(builtin_task_names())}")
     if not path.exists():
         raise ArlmError(f"task file {path} does not exist")
-    lines = [line for _, line in jsonl_lines(path) if line.strip()]  # "\n"-separated, as JSONL is
-    try:
-        records = [json.loads(line) for line in lines]
-    except json.JSONDecodeError as error:
-        raise ArlmError(f"{path} is not valid JSONL ({error})") from None
-    if not records or set(records[0]) != {"description"}:
+    records = [(number, _record(path, number, line)) for number, line in jsonl_lines(path) if line.strip()]
+    if not records or set(records[0][1]) != {"description"}:
         raise ArlmError(f'{path}: the first line must be {{"description": "..."}}')
-    task = Task(path.stem, str(records[0]["description"]))
-    for number, record in enumerate(records[1:], start=2):
+    task = Task(path.stem, str(records[0][1]["description"]))
+    for number, record in records[1:]:
         if not isinstance(record.get("input"), str) or not isinstance(record.get("output"), str):
             raise ArlmError(f'{path} line {number}: an item needs string "input" and "output"')
         choices = record.get("choices")
@@ -89,6 +85,17 @@ def load_task(name_or_path: str | Path) -> Task:
     if not task.queries:
         raise ArlmError(f"{path} holds no query items")
     return task
+
+
+def _record(path: Path, number: int, line: str) -> dict:
+    """One line of a task file as a JSON object, refused naming its line of the file."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ArlmError(f"{path} line {number} is not valid JSON ({error.msg}, column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise ArlmError(f"{path} line {number}: each line is a JSON object, got {type(record).__name__}")
+    return record
 
 
 def build_prompt(task: Task, query: Item, shots: int) -> str:
@@ -343,7 +350,11 @@ def run_icl(
         raise ArlmError(f"numbers of shots must be >= 0, got {list(shots)}")
     if limit is not None and limit < 1:
         raise ArlmError(f"limit must be >= 1, got {limit}")
+    shots = list(dict.fromkeys(shots))  # each number once, in the order given
     loaded = [load_task(name) for name in (tasks or builtin_task_names())]
+    for task in loaded:  # before any work: a task with too few demonstrations for the most shots asked
+        if len(task.demos) < max(shots, default=0):
+            raise ArlmError(f"task {task.name} has {len(task.demos)} demonstrations; {max(shots)} shots were asked for")
     settings = {"scoring": scoring, "limit": limit, "num_beams": num_beams, "max_new_tokens": max_new_tokens}
     settings["batch_size"] = batch_size
     start = time.perf_counter()

@@ -212,11 +212,14 @@ def _own_data(loaded: LoadedModel) -> Path | None:
     return own if own.is_dir() else None
 
 
-def run_data(loaded: LoadedModel, split: str, data_dir: str | Path | None = None) -> PreparedData:
-    """The prepared corpus a model was trained on (or `data_dir`), checked to share its tokenizer and hold `split`."""
+def run_data(
+    loaded: LoadedModel, split: str, data_dir: str | Path | None = None, hint: str = "give --data DIR"
+) -> PreparedData:
+    """The prepared corpus a model was trained on (or `data_dir`), checked to share its tokenizer and hold `split`;
+    hint: what the command takes instead, where the model has no data of its own."""
     directory = Path(data_dir) if data_dir else _own_data(loaded) or prepared_dir(loaded.config)
     if not data_dir and not directory.is_dir():  # e.g. a HF folder or GGUF file: no training data of its own here
-        raise ArlmError(f"found no prepared data of {loaded.source} at {directory}; give --data DIR or --file FILE")
+        raise ArlmError(f"found no prepared data of {loaded.source} at {directory}; {hint}")
     data = load_prepared(directory)
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise ArlmError(
