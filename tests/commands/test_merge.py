@@ -65,8 +65,12 @@ def test_overwrite_replaces_a_checkpoint_never_a_folder_of_other_files(lora_on_a
     mine = tmp_path / "mydocs"
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
-    assert main(["merge", str(run), str(mine), "--overwrite"]) == 2
-    assert "holds no arlm checkpoint" in capsys.readouterr().err
+    for flags in ([], ["--overwrite"]):  # (--overwrite is never suggested where it would be refused)
+        assert main(["merge", str(run), str(mine), *flags]) == 2
+        assert "holds no arlm checkpoint (--overwrite replaces only a checkpoint)" in capsys.readouterr().err
+    (tmp_path / "file").write_text("mine")
+    assert main(["merge", str(run), str(tmp_path / "file")]) == 2
+    assert "file is a file (--overwrite replaces only a checkpoint)" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     merged = tmp_path / "merged"
     assert main(["merge", str(run), str(merged)]) == 0

@@ -239,10 +239,9 @@ def test_export_never_overwrites_without_being_asked(exported, tmp_path):
     target = tmp_path / "busy"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ArlmError, match="is not empty; choose an empty folder or pass --overwrite to replace it"):
-        export_hf(checkpoint, target)
-    with pytest.raises(ArlmError, match="holds no Hugging Face model .--overwrite replaces only one"):
-        export_hf(checkpoint, target, overwrite=True)  # a folder of other files is never deleted
+    for overwrite in (False, True):  # (--overwrite is never suggested where it would be refused)
+        with pytest.raises(ArlmError, match="holds no Hugging Face model .--overwrite replaces only one"):
+            export_hf(checkpoint, target, overwrite=overwrite)  # a folder of other files is never deleted
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     project = tmp_path / "project"  # a folder of the user's that happens to hold a config.json
     (project / "src").mkdir(parents=True)

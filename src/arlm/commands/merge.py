@@ -43,11 +43,12 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
 
     out = Path(out)
     check_output_apart(out, run)  # never the run, one of its checkpoints or its base model
-    if out.exists() and not overwrite:
-        raise ArlmError(f"{out} exists; pass --overwrite to replace it or choose another folder")
     if out.exists() and not (out / MANIFEST).is_file():  # --overwrite replaces a checkpoint, nothing else
-        raise ArlmError(f"{out} holds no arlm checkpoint (--overwrite replaces only one); choose another folder")
+        what = "is a file" if not out.is_dir() else "holds no arlm checkpoint"
+        raise ArlmError(f"{out} {what} (--overwrite replaces only a checkpoint); choose another folder")
     check_replaceable(out, foreign_files(out) if out.exists() else [], "its checkpoint's")
+    if out.exists() and not overwrite:
+        raise ArlmError(f"{out} holds a checkpoint; pass --overwrite to replace it or choose another folder")
     if Path(run).exists() and not is_run_or_checkpoint(run):
         raise ArlmError(f"{run} is not a LoRA run (nor any arlm run or checkpoint)")
     meta = read_checkpoint(run, lambda checkpoint: checkpoint.meta)

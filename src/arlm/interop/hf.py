@@ -105,12 +105,12 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ArlmError(f"{out_dir} exists and is not a folder; choose a folder to export to")
     check_creatable(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ArlmError(f"{out_dir} is not empty; choose an empty folder or pass --overwrite to replace it")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
         raise ArlmError(f"{out_dir} holds no Hugging Face model (--overwrite replaces only one); choose another folder")
     foreign = [p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES] if out_dir.is_dir() else []
-    check_replaceable(out_dir, foreign, "an export's")  # --overwrite replaces the whole folder
+    check_replaceable(out_dir, foreign, "an export's")  # (before --overwrite is suggested: it would be refused)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ArlmError(f"{out_dir} holds an export; pass --overwrite to replace it, or choose an empty folder")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
