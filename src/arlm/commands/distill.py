@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from arlm.commands.train import TrainSummary, resume_config, train_command
-from arlm.config import RunConfig, build_config
+from arlm.config import RunConfig, build_config, parse_overrides
+from arlm.errors import ArlmError
 
 CONFIG_OVERRIDES = True
 
@@ -28,8 +29,19 @@ def run(args: argparse.Namespace) -> int:
         config, path = resume_config(config, args.resume, args.overrides, preset_given=False)
         train_command(config, resume=path, resuming=True)
         return 0
+    refuse_teachers_settings(parse_overrides(args.overrides))
     distill_command(config, args.teacher, args.layers, overwrite=args.overwrite)
     return 0
+
+
+def refuse_teachers_settings(given: dict) -> None:
+    """Refuse an override the draft takes from its teacher instead: its tokenizer and its shape (but for its
+    context and dropout)."""
+    shape = sorted(set(given.get("model", {})) - {"block_size", "dropout"})
+    if shape:
+        raise ArlmError(f"--model.{shape[0]} does nothing here: the draft's shape is its teacher's (use --layers)")
+    if "tokenizer" in given.get("data", {}):
+        raise ArlmError("--data.tokenizer does nothing here: the draft uses its teacher's tokenizer")
 
 
 def distill_command(
