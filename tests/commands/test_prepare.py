@@ -40,3 +40,23 @@ def test_an_output_inside_the_source_folder_is_refused(tmp_path, corpus_dir, cap
     assert main(argv) == 2
     assert "data.source . holds --train.out_dir runs/x" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "texts").iterdir()) == before
+
+
+def test_data_another_prepare_wrote_meanwhile_is_kept(tmp_path, corpus_dir, capsys, monkeypatch):
+    """Two prepares into one folder: the one that finishes second refuses (it replaced the other's data)."""
+    import shutil
+
+    from arlm.data import prepare as prep
+
+    out, real = tmp_path / "d", prep._prepare_into
+
+    def racing(config, tmp, *args):
+        text = real(config, tmp, *args)
+        shutil.copytree(tmp, out)  # another process's prepare finished first
+        (out / "theirs").write_text("x")
+        return text
+
+    monkeypatch.setattr(prep, "_prepare_into", racing)
+    assert main(["prepare", "--out", str(out), "--data.source", str(corpus_dir), "--data.tokenizer", "char"]) == 2
+    assert "was prepared by another process meanwhile; its data is kept" in capsys.readouterr().err
+    assert (out / "theirs").exists() and not list(tmp_path.glob("d.tmp-*"))

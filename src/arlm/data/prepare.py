@@ -229,6 +229,9 @@ def prepare(
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+    if meta is None and path.exists() and any(path.iterdir()):  # another prepare finished into it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArlmError(f"{directory} was prepared by another process meanwhile; its data is kept (this run's is not)")
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
