@@ -102,6 +102,12 @@ def test_decoding_settings_are_finite(name, value):
         GenerationConfig(**{name: value}).validate()
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_learning_rate_is_refused_in_one_wording(value):
+    with pytest.raises(ArlmError, match=f"^train.lr must be a finite number above 0, got -?{value.lstrip('-')}"):
+        build_config("quickstart", ["--train.lr", value])
+
+
 def test_min_new_tokens_fit_under_max_new_tokens():
     GenerationConfig(min_new_tokens=5, max_new_tokens=5).validate()
     with pytest.raises(ArlmError, match=r"min_new_tokens \(6\) must be <= max_new_tokens \(5\)"):

@@ -196,8 +196,10 @@ class TrainConfig:
         _choice("train.parallel", self.parallel, ("ddp", "fsdp"))
         for name in ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_interval"):
             _at_least(f"train.{name}", getattr(self, name), 1)
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ArlmError(f"need 0 <= train.min_lr <= train.lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+        if not (math.isfinite(self.lr) and self.lr > 0):  # (one wording for 0, negatives and NaN)
+            raise ArlmError(f"train.lr must be a finite number above 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ArlmError(f"need 0 <= train.min_lr <= train.lr (lr={self.lr}, min_lr={self.min_lr})")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ArlmError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.keep_checkpoints < 1:
