@@ -212,3 +212,15 @@ def test_a_stray_step_folder_is_never_pruned_nor_counted(finished, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000020", "step-99999999"]
     assert out.count(f"warning: ignoring {stray}") == 1  # named once, though the run saved twice
     assert open_checkpoint(run).path.name == "step-00000020"
+
+
+def test_a_folder_not_named_by_step_is_no_checkpoint(finished, capsys):
+    """A user's checkpoints/step-mine (sorted after every step-N by name) is neither the newest checkpoint nor
+    reported as one that was not finished writing."""
+    _, run = finished
+    (run / "checkpoints" / "step-mine").mkdir()
+    capsys.readouterr()
+    assert open_checkpoint(run).path.name == "step-00000010"
+    assert main(["train", "--train.out_dir", str(run), "--resume", "--train.max_steps", "15"]) == 0
+    out = capsys.readouterr().out
+    assert "step-mine" not in out and "resumed from" in out and (run / "checkpoints" / "step-mine").is_dir()

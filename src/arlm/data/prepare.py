@@ -70,7 +70,8 @@ def data_fingerprint(config: DataConfig) -> str:
     """Hash of the settings that change the prepared shards (not how batches are drawn from them)."""
     settings = prepare_settings(config)
     if config.source not in ("builtin", "builtin:topics", "builtin:docstrings") and not is_named_corpus(config.source):
-        settings["source"] = str(Path(config.source).resolve())  # (the same once the file is gone: a run resumes)
+        glob = any(ch in config.source for ch in "*?[")  # a pattern as written (as fingerprints always held it)
+        settings["source"] = config.source if glob else str(Path(config.source).resolve())  # (also once it is gone)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -223,11 +223,13 @@ def _manifest_entry_ok(name: str, entry: Any) -> bool:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoint directories of a run, oldest first (complete or not)."""
+    """Checkpoint directories of a run (step-N: what training names them), oldest first (complete or not); a
+    folder of another name (step-mine) is no checkpoint."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("step-*") if p.is_dir())
+    steps = [p for p in folder.glob("step-*") if p.is_dir() and p.name[5:].isascii() and p.name[5:].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[5:]))
 
 
 def latest_checkpoint(run_dir: str | Path, log=print, *, hashes: bool = True) -> Path | None:
