@@ -124,11 +124,16 @@ def _stdlib_docstrings() -> list[Document]:
     return docs
 
 
+def is_glob(source: str) -> bool:
+    """Whether data.source is a glob pattern (its files are those that match it)."""
+    return any(ch in source for ch in "*?[")
+
+
 def source_paths(source: str) -> list[Path]:
     """The files of a named corpus, path, folder (recursively, hidden ones left out) or glob, sorted."""
     if is_named_corpus(source):  # found locally or downloaded once, before any path of that name
         return [find_corpus(source)]
-    if any(ch in source for ch in "*?["):
+    if is_glob(source):
         paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not paths:
             raise ArlmError(f"no files match {source!r}")

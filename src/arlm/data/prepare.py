@@ -25,7 +25,7 @@ import numpy as np
 from arlm.config import DataConfig
 from arlm.data.batches import BatchSampler
 from arlm.data.chat_batches import ChatSampler, open_chat_split, prepare_chat
-from arlm.data.corpus import BUILTIN_SOURCES, check_source_apart, iter_chunks, source_paths
+from arlm.data.corpus import BUILTIN_SOURCES, check_source_apart, is_glob, iter_chunks, source_paths
 from arlm.data.normalize import Normalizer, NormalizeReport
 from arlm.data.pieces import Chunk
 from arlm.data.report import corpus_report, format_report
@@ -70,7 +70,7 @@ def data_fingerprint(config: DataConfig) -> str:
     """Hash of the settings that change the prepared shards (not how batches are drawn from them)."""
     settings = prepare_settings(config)
     if config.source not in ("builtin", "builtin:topics", "builtin:docstrings") and not is_named_corpus(config.source):
-        glob = any(ch in config.source for ch in "*?[")  # a pattern as written (as fingerprints always held it)
+        glob = is_glob(config.source)  # a pattern as written (as fingerprints always held it)
         settings["source"] = config.source if glob else str(Path(config.source).resolve())  # (also once it is gone)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -32,7 +32,7 @@ from arlm.model.transformer import Transformer
 MANIFEST = "manifest.json"
 FORMAT = "arlm-checkpoint-1"
 REQUIRED_FILES = ("config.json", "model.safetensors")
-STEP_NAME = re.compile(r"step-(\d+)")
+STEP_NAME = re.compile(r"step-(\d+)", re.ASCII)  # what training names a checkpoint (step-%08d)
 READ_ATTEMPTS = 20  # a reader retries this often when a training process prunes the checkpoint it reads
 T = TypeVar("T")
 
@@ -228,8 +228,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    steps = [p for p in folder.glob("step-*") if p.is_dir() and p.name[5:].isascii() and p.name[5:].isdigit()]
-    return sorted(steps, key=lambda p: int(p.name[5:]))
+    steps = {p: int(m[1]) for p in folder.glob("step-*") if p.is_dir() and (m := STEP_NAME.fullmatch(p.name))}
+    return sorted(steps, key=steps.__getitem__)
 
 
 def latest_checkpoint(run_dir: str | Path, log=print, *, hashes: bool = True) -> Path | None:

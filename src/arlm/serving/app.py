@@ -184,13 +184,12 @@ class Events:
 
 
 def submit(server: Server, jobs: list[Job]) -> None:
-    """Queue a request's jobs; the scheduler's refusals become API errors."""
+    """Queue a request's jobs; a full queue is a 429 (the scheduler's refusals, ArlmErrors, are 400s by the app's
+    handler, serving/errors.py)."""
     try:
         server.scheduler.submit(*jobs)
     except QueueFull as exc:
         raise ApiError(429, str(exc), code="queue_full") from None
-    except ArlmError as exc:
-        raise ApiError.refusal(exc) from None
 
 
 def cancel(server: Server, jobs: list[Job]) -> None:
