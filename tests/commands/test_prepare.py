@@ -60,3 +60,35 @@ def test_data_another_prepare_wrote_meanwhile_is_kept(tmp_path, corpus_dir, caps
     assert main(["prepare", "--out", str(out), "--data.source", str(corpus_dir), "--data.tokenizer", "char"]) == 2
     assert "was prepared by another process meanwhile; its data is kept" in capsys.readouterr().err
     assert (out / "theirs").exists() and not list(tmp_path.glob("d.tmp-*"))
+
+
+def test_a_prepare_killed_midway_leaves_nothing_behind_the_next_one(tmp_path, corpus_dir, capsys):
+    """kill -9 during prepare leaves OUT.tmp-PID (its scratch text, part of the shards); the next prepare of OUT
+    removes it, says so, and writes its data."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "d"
+    slow = (  # a prepare stopped inside its work, where only kill -9 ends it
+        "import sys, time; from arlm.data import prepare as p; real = p._prepare_into\n"
+        "def stuck(config, tmp, *a):\n    (tmp / 'started').write_text('x'); time.sleep(60)\n"
+        "p._prepare_into = stuck\nfrom arlm.cli import main\n"
+        f"main(['prepare', '--out', {str(out)!r}, '--data.source', {str(corpus_dir)!r}, '--data.tokenizer', 'char'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", slow])
+    tmp = tmp_path / f"d.tmp-{proc.pid}"
+    for _ in range(600):  # at most 60 s
+        if (tmp / "started").exists():
+            break
+        time.sleep(0.1)
+    assert (tmp / "started").exists()
+    argv = ["prepare", "--out", str(out), "--data.source", str(corpus_dir), "--data.tokenizer", "char"]
+    assert main(argv) == 0  # while the first one still runs, its temporary is kept
+    assert tmp.exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main([*argv, "--overwrite"]) == 0
+    assert f"removed {tmp}, left by a prepare that was stopped" in capsys.readouterr().out
+    assert not tmp.exists() and not list(tmp_path.glob("*.tmp-*")) and (out / "meta.json").exists()

@@ -273,3 +273,14 @@ def test_an_out_file_under_a_file_is_refused_before_the_model_is_read(tmp_path):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ArlmError, match="f.txt is a file, not a folder"):
         export_gguf("no-such-run", tmp_path / "f.txt" / "x.gguf")
+
+
+def test_an_export_killed_midway_leaves_nothing_after_the_next_one(bpe, tmp_path):
+    """A kill -9 mid-export leaves .OUT.tmp-PID (part of the file); the next export of OUT removes it."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".m.gguf.tmp-{int(dead.stdout)}").write_bytes(b"GGUF half")
+    save_gguf(_random_model(bpe.vocab_size, n_kv_head=2, tie_embeddings=False), bpe, tmp_path / "m.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]

@@ -268,3 +268,16 @@ def test_an_out_folder_under_a_file_is_refused_before_the_model_is_read(tmp_path
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ArlmError, match="f.txt is a file, not a folder"):
         export_hf("no-such-run", tmp_path / "f.txt" / "sub")
+
+
+def test_an_export_killed_midway_leaves_nothing_after_the_next_one(exported, tmp_path):
+    """A kill -9 mid-export leaves .OUT.tmp-PID (the half-written weights); the next export of OUT removes it."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".hf.tmp-{int(dead.stdout)}"
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"half")
+    export_hf(exported[2].parent / "checkpoint", tmp_path / "hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]

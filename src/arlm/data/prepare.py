@@ -35,6 +35,7 @@ from arlm.data.split import SPLITS, SplitPart, plan_splits
 from arlm.data.textstore import TextStore
 from arlm.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from arlm.errors import ArlmError
+from arlm.temporaries import holding, remove_stale, temporary_for
 
 META_VERSION = 1
 PREPARE_KEYS = (
@@ -199,6 +200,8 @@ def prepare(
     directory, path = Path(directory), _target(directory, flag)
     check_source_apart(config.source, directory, flag)
     fingerprint, stamps = data_fingerprint(config), source_stamps(config)
+    for stale in remove_stale(path):
+        log(f"removed {stale}, left by a prepare that was stopped before it finished")
     meta = _prepared_meta(path)
     if meta is not None:
         reused = _reuse(directory, meta, fingerprint, stamps, keep, log)
@@ -215,15 +218,10 @@ def prepare(
         raise ArlmError(
             f"{directory} holds files but no prepared data (--overwrite replaces only that); choose another {flag}"
         )
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    made = [folder for folder in tmp.parents if not folder.exists()]  # what mkdir makes, deepest first
+    tmp, made = _new_temporary(path)
     try:
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise ArlmError(f"cannot create {tmp} ({exc.strerror}); give another folder for the prepared data") from None
-    try:
-        report_text = _prepare_into(config, tmp, (fingerprint, stamps), log, block_size, resolve_tokenizer)
+        with holding(tmp):  # no other prepare takes it for one a killed process left
+            report_text = _prepare_into(config, tmp, (fingerprint, stamps), log, block_size, resolve_tokenizer)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in made:  # a failed prepare leaves no empty folders behind
@@ -238,6 +236,18 @@ def prepare(
     os.replace(tmp, path)
     log(report_text)
     return load_prepared(directory)
+
+
+def _new_temporary(path: Path) -> tuple[Path, list[Path]]:
+    """Make this process's temporary folder for `path`; returns it and the folders made above it, deepest first."""
+    tmp = temporary_for(path)
+    shutil.rmtree(tmp, ignore_errors=True)  # this pid's, left by an earlier process of the same id
+    made = [folder for folder in tmp.parents if not folder.exists()]
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ArlmError(f"cannot create {tmp} ({exc.strerror}); give another folder for the prepared data") from None
+    return tmp, made
 
 
 def _target(directory: str | Path, flag: str) -> Path:

@@ -25,6 +25,7 @@ from arlm.interop.checkpoint import check_output_apart
 from arlm.interop.gguf import GGUFContents, build_tokenizer
 from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
+from arlm.temporaries import holding, remove_stale, temporary_for
 
 # --outtype: (GGML tensor type of the matrices, general.file_type); 1-D tensors (norms) stay F32 as llama.cpp wants
 OUTTYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
@@ -97,9 +98,12 @@ def save_gguf(
     vocab = gguf_vocab(tokenizer, config.vocab_size)
     tensors = gguf_tensors(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_stale(out)  # what an export that was killed left
+    tmp = temporary_for(out, hidden=True)
     try:
-        _write(tmp, config, vocab, tensors, outtype, name)
+        tmp.touch()
+        with holding(tmp):
+            _write(tmp, config, vocab, tensors, outtype, name)
         os.replace(tmp, out)
     finally:
         with contextlib.suppress(OSError):  # where nothing could be written, the write's error is the one to see

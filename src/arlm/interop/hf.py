@@ -26,6 +26,7 @@ from arlm.data.tokenizers import Tokenizer, VocabTokenizer, load_tokenizer
 from arlm.errors import ArlmError, check_creatable, check_replaceable
 from arlm.interop.checkpoint import LoadedModel, check_output_apart, load_checkpoint_model
 from arlm.model.transformer import Transformer
+from arlm.temporaries import holding, remove_stale, temporary_for
 
 SUPPORTED = ("gpt2", "llama")
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
@@ -72,14 +73,16 @@ def save_hf_folder(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path
     weights = {k: v.contiguous() for k, v in weights.items()}
     specials = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    remove_stale(out_dir)  # what an export that was killed left
+    tmp = temporary_for(out_dir, hidden=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
-        _write_json(tmp / "config.json", {**hf_config(config), **specials})
-        _write_json(tmp / "generation_config.json", {"_from_model_config": True, **specials})
-        save_hf_tokenizer(tokenizer, tmp, model_max_length=config.block_size)
+        with holding(tmp):
+            save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+            _write_json(tmp / "config.json", {**hf_config(config), **specials})
+            _write_json(tmp / "generation_config.json", {"_from_model_config": True, **specials})
+            save_hf_tokenizer(tokenizer, tmp, model_max_length=config.block_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
