@@ -143,3 +143,23 @@ def test_from_weights_refuses_a_missing_or_misshapen_tensor():
         Transformer.from_weights(model.config, {k: v for k, v in state.items() if k != "norm.weight"})
     with pytest.raises(RuntimeError, match="size mismatch"):
         Transformer.from_weights(model.config, {**state, "norm.weight": torch.ones(3)})
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_an_int_model_counts_the_weights_it_quantized(kind, tied):
+    """An int8 / int4 layer holds its weight as codes in buffers: the count is still the weight's (it read 0.04M of
+    SmolLM2's 135M at int4), and so are the FLOPs MFU divides by."""
+    from arlm.model.inference import optimize_for_decoding
+    from arlm.model.quant import quantize_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=64, block_size=48, n_layer=2, n_head=4, d_model=64, flavour="llama", tie_embeddings=tied
+    )
+    model = Transformer(config).eval()
+    count, flops = model.num_params(), model.flops_per_token(32)
+    quantized = optimize_for_decoding(quantize_model(model, kind))
+    assert [n for n, p in quantized.named_parameters() if p.dim() == 2] == ["tok_emb.weight"]  # a float lookup
+    assert quantized.num_params() == count and quantized.flops_per_token(32) == flops
+    assert quantized.num_params(embeddings=False) == count - (0 if tied else 64 * 64)

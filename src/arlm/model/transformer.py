@@ -13,6 +13,9 @@ from arlm.config import ModelConfig
 from arlm.model import native
 from arlm.model.attention import CausalSelfAttention, Part, Rotary, attends_in_float32
 from arlm.model.kv_cache import KVCache, SlotBatch, SlotCache
+from arlm.model.quant import Int4Linear, Int8Linear
+
+INT_LAYERS = (Int8Linear, Int4Linear)  # weights held as codes in buffers, counted by their shape
 
 
 class RMSNorm(nn.Module):
@@ -157,10 +160,18 @@ class Transformer(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, embeddings: bool = True) -> int:
-        """Parameter count (tied weights once); without the position/token embedding tables if asked."""
+        """Weight count (tied weights once, an int8 / int4 layer by its weight's shape, not its codes' buffers);
+        without the position table and the input table (unless tied to the head) if asked."""
         total = sum(p.numel() for p in self.parameters())
+        total += sum(m.out_features * m.in_features for m in self.modules() if isinstance(m, INT_LAYERS))
+        if (
+            self.config.tie_embeddings
+            and isinstance(self.tok_emb, nn.Embedding)
+            and isinstance(self.lm_head, INT_LAYERS)
+        ):
+            total -= self.tok_emb.weight.numel()  # the float table an int head was quantized from: the same weights
         if not embeddings:
-            total -= self.tok_emb.weight.numel() if not self.config.tie_embeddings else 0
+            total -= self.config.vocab_size * self.config.d_model if not self.config.tie_embeddings else 0
             total -= self.pos_emb.weight.numel() if self.pos_emb is not None else 0
         return total
 
@@ -182,10 +193,7 @@ class Transformer(nn.Module):
         c = self.config
         # Lookups cost no FLOPs: drop the position table, and the input table unless it is tied to the
         # output projection (then it is counted once, as the matmul it is).
-        dense = self.num_params() - (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
-        if not c.tie_embeddings:
-            dense -= self.tok_emb.weight.numel()
-        return 6.0 * dense + 12.0 * c.n_layer * context * c.d_model
+        return 6.0 * self.num_params(embeddings=False) + 12.0 * c.n_layer * context * c.d_model
 
     def forward(
         self,
