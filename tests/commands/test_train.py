@@ -20,6 +20,22 @@ def test_train_reports_chat_conversations_cut_to_the_context_as_prepare_does(tmp
     assert report["splits"]["train"]["truncated"] == 1
 
 
+def test_train_says_what_padded_mode_cuts_off(tmp_path, capsys):
+    """data.mode padded puts each document in one row: a long document's tail is never trained on, and the
+    training log says how much (a one-document corpus trained on its first block alone, without a word)."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("a long document of many characters. " * 40)  # 1,440 characters, one document
+    raw = tiny_raw(tmp_path, corpus, data={"mode": "padded", "val_fraction": 0.0, "test_fraction": 0.0})
+    raw["train"]["max_steps"] = 1
+    assert main(["train", "--preset", str(write_yaml(tmp_path / "padded.yaml", raw))]) == 0
+    out = capsys.readouterr().out
+    tokens = 1440 + 1  # one id a character, and the document's EOS
+    assert (
+        f"note: data.mode padded puts one document in a row of 33 tokens: 1 of 1 training documents are longer, "
+        f"and their {tokens - 32:,} tokens past the row ({(tokens - 32) / tokens:.1%} of the split) are never trained"
+    ) in out
+
+
 def test_resume_keeps_the_data_it_trained_on_when_the_source_changed(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus")
     raw = tiny_raw(tmp_path, corpus, train={"max_steps": 2, "checkpoint_interval": 2, "eval_interval": 2})

@@ -56,6 +56,9 @@ def test_padding_truncates_long_documents():
     batch = s.batch(0, 1)
     assert batch.x.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7]]
     assert batch.y.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+    assert s.cut() == (1, 39 - 8)  # tokens 9..39 are never in a row
+    assert _sampler(tokens, starts=[0, 30, 39], mode="padded", block_size=8).cut() == (1, 30 - 9)  # no BOS: 9 a row
+    assert _sampler(tokens, starts=[0, 39]).cut() == (0, 0)  # packed: every token in some block
 
 
 def test_document_mask_never_crosses_an_eos():

@@ -74,6 +74,15 @@ class BatchSampler:
             return len(self.tokens) - self.block_size
         return (len(self.tokens) - 1) // self.block_size
 
+    def cut(self) -> tuple[int, int]:
+        """Padded mode: (documents longer than a row of block_size + 1 tokens, their tokens past it: never trained
+        on); (0, 0) when packed."""
+        if self.mode != "padded":
+            return 0, 0
+        row = self.block_size + 1 - (self.bos_id is not None)  # a document's tokens a row holds
+        over = np.diff(self.doc_starts) - row  # (documents,)
+        return int((over > 0).sum()), int(over.clip(min=0).sum())
+
     def batch(self, step: int, global_rows: int, part: int = 0, parts: int = 1) -> Batch:
         """Rows [part*n, (part+1)*n) of step `step`'s global batch of `global_rows`, n = global_rows/parts."""
         per_part = global_rows // parts

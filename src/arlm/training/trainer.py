@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from arlm.config import RunConfig
+from arlm.data.batches import BatchSampler
 from arlm.data.chat_batches import ChatSampler
 from arlm.data.prepare import PreparedData, data_fingerprint
 from arlm.errors import ArlmError
@@ -91,8 +92,7 @@ class Trainer:
         self.autocast = autocast_context(device, tc.dtype)
         block, seed = config.model.block_size, tc.seed
         self.train_batches = data.sampler("train", config.data, block, seed)
-        if isinstance(self.train_batches, ChatSampler) and self.train_batches.truncated:
-            self.log(f"note: {self.train_batches.truncated} training conversations cut to the context of {block + 1}")
+        self._note_cut(self.train_batches, block)
         self.eval_samplers = {
             s: data.sampler(s, config.data, block, seed) for s in ("val", "test") if data.has_split(s)
         }
@@ -104,6 +104,20 @@ class Trainer:
         self.metrics: MetricsLog | None = None
         self.on_checkpoint: Callable[[Path], None] | None = None  # called (rank 0) after each checkpoint
         self._strays_named: set[Path] = set()
+
+    def _note_cut(self, sampler: BatchSampler | ChatSampler, block: int) -> None:
+        """Say how much of the training split a row of the context cuts off (padded documents, conversations)."""
+        if isinstance(sampler, ChatSampler):
+            if sampler.truncated:
+                self.log(f"note: {sampler.truncated} training conversations cut to the context of {block + 1}")
+            return
+        documents, tokens = sampler.cut()
+        if documents:
+            self.log(
+                f"note: data.mode padded puts one document in a row of {block + 1} tokens: {documents:,} of "
+                f"{sampler.num_units:,} training documents are longer, and their {tokens:,} tokens past the row "
+                f"({tokens / len(sampler.tokens):.1%} of the split) are never trained on (data.mode packed uses them)"
+            )
 
     def _add_adapters(self, model: Transformer) -> dict[str, str]:
         """Freeze the base model, add LoRA adapters; returns the base's reference and weights hash."""
