@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from arlm.cli import main
@@ -15,9 +16,13 @@ def test_train_reports_chat_conversations_cut_to_the_context_as_prepare_does(tmp
     raw = chat_raw(tmp_path, tiny_base(tmp_path / "base"), chat, data={"val_fraction": 0.0}, train={"max_steps": 1})
     assert main(["train", "--preset", str(write_yaml(tmp_path / "sft.yaml", raw))]) == 0
     out = capsys.readouterr().out
-    assert "train: 7 conversations, " in out and ", 1 cut to the context (answers shortened)" in out
-    report = json.loads((tmp_path / "run" / "data" / "report.json").read_text())
-    assert report["splits"]["train"]["truncated"] == 1
+    train = json.loads((tmp_path / "run" / "data" / "report.json").read_text())["splits"]["train"]
+    flags = int(np.load(tmp_path / "run" / "data" / "train.targets.npy").sum())  # every answer token, cut or not
+    assert train["truncated"] == 1 and 0 < train["cut_targets"] < 80 + 1  # the long answer's tail, and its EOS
+    assert train["target_tokens"] + train["cut_targets"] == flags  # the loss sees the tokens within the context
+    cut = f"1 cut to the context (answers shortened by {train['cut_targets']} tokens)"
+    assert f"train: 7 conversations, {train['target_tokens']} target tokens, {cut}" in out
+    assert f"note: 1 training conversations cut to the context of 65 tokens: {train['cut_targets']} answer" in out
 
 
 def test_train_says_what_padded_mode_cuts_off(tmp_path, capsys):

@@ -57,7 +57,8 @@ def prepare_chat(
         counts[name], hists[name] = _write_chat_split(out, name, examples, tokenizer)
         if block_size > 1 and examples:
             sampler = open_chat_split(out, name, config, block_size, seed=0)
-            counts[name]["truncated"] = sampler.truncated
+            counts[name] |= {"target_tokens": sampler.targets, "truncated": sampler.truncated}
+            counts[name]["cut_targets"] = sampler.cut_targets
     return tokenizer, counts, hists, norm
 
 
@@ -117,6 +118,7 @@ class ChatSampler:
         self.block_size, self.seed, self.mode, self.pad_to = block_size, seed, mode, pad_to
         self.pad_id = 0 if pad_id is None else pad_id
         self.truncated = 0  # conversations cut to the context (some of their targets lost)
+        self.targets = self.cut_targets = 0  # target tokens in the rows, and past the context (never trained on)
         self.examples: list[tuple[np.ndarray, np.ndarray]] = []  # (inputs (L,), targets (L,)) per conversation
         for d in range(len(doc_starts) - 1):
             a, b = int(doc_starts[d]), int(doc_starts[d + 1])
@@ -130,8 +132,10 @@ class ChatSampler:
                         f"{source}:{int(lines[d])}: the first answer token is token {first}, beyond the context "
                         f"of {block_size + 1} tokens; shorten the conversation or raise model.block_size"
                     )
-                self.truncated += int((y[block_size:] != IGNORE_INDEX).any())
+                lost = int((y[block_size:] != IGNORE_INDEX).sum())
+                self.truncated, self.cut_targets = self.truncated + (lost > 0), self.cut_targets + lost
                 x, y = x[:block_size], y[:block_size]
+            self.targets += int((y != IGNORE_INDEX).sum())
             self.examples.append((x, y))
         self.rows = self._pack() if mode == "packed" else [[i] for i in range(len(self.examples))]
         self._epochs: dict[int, np.ndarray] = {}

@@ -67,7 +67,9 @@ def format_report(report: dict[str, Any]) -> str:
         )
     for name, s in report["splits"].items():
         if "target_tokens" in s:  # chat data: what the loss sees, and conversations cut to the context
-            cut = f", {s['truncated']:,} cut to the context (answers shortened)" if "truncated" in s else ""
+            cut = ""
+            if "truncated" in s:  # target tokens counted within the context, past it apart
+                cut = f", {s['truncated']:,} cut to the context (answers shortened by {s['cut_targets']:,} tokens)"
             lines.append(f"{name}: {s['documents']:,} conversations, {s['target_tokens']:,} target tokens{cut}")
     top = ", ".join(f"{t['text']!r} {t['share']:.1%}" for t in report["top_tokens"][:12])
     lines.append(f"most frequent (train): {top}")

@@ -109,7 +109,10 @@ class Trainer:
         """Say how much of the training split a row of the context cuts off (padded documents, conversations)."""
         if isinstance(sampler, ChatSampler):
             if sampler.truncated:
-                self.log(f"note: {sampler.truncated} training conversations cut to the context of {block + 1}")
+                self.log(
+                    f"note: {sampler.truncated} training conversations cut to the context of {block + 1} tokens: "
+                    f"{sampler.cut_targets:,} answer tokens past it are never trained on"
+                )
             return
         documents, tokens = sampler.cut()
         if documents:
