@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -69,3 +70,21 @@ def test_bad_tokenizer_paths(tmp_path):
     bad.write_text(json.dumps({"not": "a tokenizer"}))
     with pytest.raises(ArlmError, match=r"not a valid tokenizer\.json"):
         load_tokenizer(bad)
+
+
+def test_a_piece_of_a_character_is_labelled_by_its_bytes():
+    """Byte-level BPE cuts a character into tokens whose text alone is U+FFFD; their label names the bytes, as
+    llama.cpp's <0xNN> does, and reads back to them; a whole character's token is labelled by its text."""
+    tok = train_tokenizer("bpe", tiny_text(40), 300)
+    ids = tok.encode("🙂 ünï")
+    partial = [i for i in ids if "\ufffd" in tok.token_text(i)]
+    assert partial  # 🙂 is four bytes, none of them merged at this vocabulary
+    for i in ids:
+        label, raw = tok.piece_label(i), tok.piece_bytes(i)
+        if i not in partial:
+            assert label == tok.token_text(i)
+            continue
+        assert "\ufffd" not in label and "<0x" in label
+        back = re.sub(rb"<0x([0-9A-F]{2})>", lambda m: bytes([int(m[1], 16)]), label.encode("utf-8"))
+        assert back == raw
+    assert "".join(tok.piece_label(i) for i in tok.encode("🙂")) == "<0xF0><0x9F><0x99><0x82>"

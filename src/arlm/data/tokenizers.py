@@ -60,6 +60,12 @@ class Tokenizer:
         """The bytes one id stands for (its text's UTF-8 here; byte-level tokenizers give a character's parts)."""
         return self.token_text(token_id).encode("utf-8")
 
+    def piece_label(self, token_id: int) -> str:
+        """One id's text for display: the bytes of a character it holds only part of as <0xNN> (as llama.cpp
+        names byte tokens), where token_text shows U+FFFD."""
+        text = self.piece_bytes(token_id).decode("utf-8", errors="surrogateescape")  # a stray byte b: U+DC00 + b
+        return "".join(f"<0x{ord(ch) - 0xDC00:02X}>" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts (parallel where the backend allows)."""
         return [self.encode(t) for t in texts]

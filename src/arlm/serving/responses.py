@@ -184,18 +184,19 @@ class TraceFormat:
         """Trace events for one scheduler event."""
         kind = event["type"]
         if kind == "token":
-            out = {"type": "token", "index": event["index"], "id": event["token"], "text": event["text"]}
-            out["piece"] = self.tokenizer.token_text(event["token"])
+            token, label = event["token"], self.tokenizer.piece_label
+            out = {"type": "token", "index": event["index"], "id": token, "text": event["text"], "piece": label(token)}
+            out["partial"] = "\ufffd" in self.tokenizer.token_text(token)  # part of a character: its text comes later
             if "logprob" in event:
                 out["prob"] = math.exp(event["logprob"])
-                out["top"] = [{"id": t, "piece": p, "prob": math.exp(lp)} for t, p, lp in event["top"]]
+                out["top"] = [{"id": t, "piece": label(t), "prob": math.exp(lp)} for t, _, lp in event["top"]]
             return [out]
         if kind == "trace":
             return [self._strategy_event(event["index"], event["data"])]
         return [event]
 
     def _strategy_event(self, index: int, data: dict) -> dict:
-        piece = self.tokenizer.token_text
+        piece = self.tokenizer.piece_label
         if data["event"] == "verify":
             return {
                 "type": "verify",
