@@ -194,6 +194,16 @@ def test_trace_reports_every_verification():
         kept += new
     assert kept[:30] == out.generated()[0]
     assert sum(e["accepted"] for e in events) == out.stats["accepted"]
+    seq = out.sequences[:, : 3 + len(kept)]  # (1, S): the prompt and every token a verification kept
+    with torch.no_grad():
+        reference = target(seq[:, :-1]).softmax(dim=-1)[0, 2:]  # (len(kept), V): the target's own, from scratch
+    tops = [row for e in events for row in e["top"]]
+    assert len(tops) == len(kept) and all(len(row) == 20 for row in tops)
+    for j, row in enumerate(tops):  # the target's 20 most likely tokens where it verified each kept one
+        ids, probs = zip(*row)
+        best = reference[j].topk(20)
+        assert list(ids) == best.indices.tolist() and ids[0] == kept[j]  # greedy keeps the most likely
+        assert torch.allclose(torch.tensor(probs), best.values, atol=1e-5)
 
 
 def _brute_force_lookup(ids, max_ngram, gamma):

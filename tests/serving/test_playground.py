@@ -123,6 +123,9 @@ def test_speculative_marks_drafts_and_two_strategies_side_by_side(browser, serve
     assert page.locator(f"{a} .verify").count() >= 1 and marks >= 1
     assert page.locator(f"{a} .verify .mark.next").count() == page.locator(f"{a} .verify").count()
     assert page.locator(f"{a} .tok.accepted").count() + page.locator(f"{a} .tok.target").count() == 40
+    verified = f"{a} .tok.accepted, {a} .tok.target"
+    tops = page.eval_on_selector_all(verified, "spans => spans.map((s) => JSON.parse(s.dataset.top || '[]'))")
+    assert all(len(top) == 5 and top[0][1] >= top[-1][1] for top in tops)  # the target's alternatives, by probability
     assert "tokens per target forward" in page.text_content(f"{a} .stats")
     b = ".panel[data-name=B]"
     assert page.locator(f"{b} table.beams tr.finished").count() >= 1  # the last step: hypotheses, ranked

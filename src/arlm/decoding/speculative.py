@@ -14,7 +14,7 @@ from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, make_drafter
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.processors import History, best, make_generator, process
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
+from arlm.decoding.types import MAX_TOP, GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
 from arlm.errors import ArlmError
 
 RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
@@ -235,7 +235,9 @@ def _verify_event(
     drafts: torch.Tensor, accepted: int, token: int, p: torch.Tensor, kept: torch.Tensor, source: str
 ) -> dict:
     """A trace event of one verification: drafted ids and what drafted them ("model" or "lookup"), how many were
-    accepted, the target's own next token, and the target's probability (p: (1+g, V)) of each token kept."""
+    accepted, the target's own next token, the target's probability (p: (1+g, V)) of each token kept, and its
+    MAX_TOP most likely tokens there as (id, probability), most likely first."""
+    best, ids = p[: len(kept)].topk(min(MAX_TOP, p.shape[-1]), dim=-1)  # (kept, MAX_TOP) each
     return {
         "event": "verify",
         "source": source,
@@ -243,6 +245,7 @@ def _verify_event(
         "accepted": accepted,
         "token": token,
         "probs": [float(p[j, t]) for j, t in enumerate(kept.tolist())],
+        "top": [list(zip(row_ids, row)) for row_ids, row in zip(ids.tolist(), best.tolist())],
     }
 
 

@@ -10,6 +10,7 @@ import torch
 TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
 StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
 TraceCallback = Callable[[dict], None]  # strategy events: beam search's beams, speculative decoding's verifications
+MAX_TOP = 20  # the most alternatives a token's log-probabilities or trace list (as OpenAI's top_logprobs)
 
 
 @dataclass

@@ -395,7 +395,7 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         batched = req.resolved_strategy() in BATCH_STRATEGIES
         job = server.job(req, prompt, req.max_tokens, events.put, top_logprobs=req.top_logprobs if batched else -1)
         job.trace = True
-        fmt = TraceFormat(server.tokenizer)
+        fmt = TraceFormat(server.tokenizer, req.top_logprobs)
         start = [{"type": "start", "strategy": job.config.strategy, "prompt_tokens": len(prompt), "n": req.n}]
         return await run_job(request, server, [job], events, True, fmt.events, start=start)
 

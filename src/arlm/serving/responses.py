@@ -177,8 +177,9 @@ class TraceFormat:
     """The playground's events: tokens with their probability and top alternatives, beam search's beams and
     speculative decoding's verifications, ids turned into text."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, top: int = 5) -> None:
+        """top: the alternatives listed per token of a verification (a batched strategy's come from the job)."""
+        self.tokenizer, self.top = tokenizer, top
 
     def events(self, event: dict) -> list[dict]:
         """Trace events for one scheduler event."""
@@ -206,6 +207,7 @@ class TraceFormat:
                 "accepted": data["accepted"],
                 "token": {"id": data["token"], "piece": piece(data["token"])},
                 "probs": data["probs"],
+                "top": [[{"id": t, "piece": piece(t), "prob": p} for t, p in row[: self.top]] for row in data["top"]],
             }
         decode = self.tokenizer.decode
         (running,), (finished,) = data["running"], data["finished"]

@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from arlm.config import GenerationConfig
 from arlm.decoding.grammar import ANY_OBJECT
+from arlm.decoding.types import MAX_TOP
 
 Strategy = Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"]
 MAX_N = 16
-MAX_TOP_LOGPROBS = 20
+MAX_TOP_LOGPROBS = MAX_TOP
 MAX_STOPS, MAX_STOP_CHARS = 16, 256  # stop strings are matched against each new token's text, in the batch thread
 INT64 = 2**63  # OpenAI's seed is a 64-bit integer
 
