@@ -222,3 +222,49 @@ def test_a_model_whose_logits_are_not_numbers_answers_in_one_line(tiny_lm):
         assert server.scheduler.alive()
     finally:
         stop()
+
+
+def _chat(client, **kw):
+    messages = [{"role": "user", "content": "hi"}]
+    return client.chat.completions.create(model=MODEL_ID, messages=messages, temperature=0, logprobs=True, **kw)
+
+
+def test_logprobs_list_the_tokens_of_the_text_and_not_the_end_of_turn(live, tiny_lm):
+    """OpenAI's logprobs.content covers the reply's content: the end-of-turn token that ends a reply is no text, so
+    it has no entry (it had one, `bytes` and all, in every reply that ended by it), streamed or not."""
+    client, eos = live.client(), tiny_lm.tokenizer.eos_id
+    ended = _chat(client, max_tokens=8, logit_bias={str(eos): 100})  # the end of turn comes first
+    assert ended.choices[0].finish_reason == "stop" and ended.choices[0].message.content == ""
+    assert ended.choices[0].logprobs.content == [] and ended.usage.completion_tokens == 1
+    chunks = list(_chat(client, max_tokens=8, logit_bias={str(eos): 100}, stream=True))
+    assert not [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+
+
+def test_logprobs_end_where_a_stop_string_cuts_the_text(live, tiny_lm):
+    """A stop string ends the text before it: its tokens have no entries, except one the stop string begins inside of
+    (its text is partly in the reply); completions' text_offset stays within the text."""
+    client, tok = live.client(), tiny_lm.tokenizer
+    words = {str(i): -100 for i in range(tok.vocab_size) if not tok.piece_bytes(i).isalpha()}  # the untrained model:
+    free = _chat(client, max_tokens=24, logit_bias=words).choices[0].logprobs.content  # letters only, no end of turn
+    k = next(j for j, entry in enumerate(free[2:], 2) if len(entry.token) >= 2)
+    stop = free[k].token[1:] + free[k + 1].token  # begins inside token k
+    for stream in (False, True):
+        if stream:
+            chunks = list(_chat(client, max_tokens=24, stop=stop, stream=True, logit_bias=words))
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        else:
+            out = _chat(client, max_tokens=24, stop=stop, logit_bias=words).choices[0]
+            content, entries = out.message.content, out.logprobs.content
+        assert content == "".join(e.token for e in free[:k]) + free[k].token[0]
+        assert [e.token for e in entries] == [e.token for e in free[: k + 1]]
+    body = {"max_tokens": 24, "temperature": 0, "logprobs": 1, "logit_bias": words}
+    said = _completion(live, **body)[1]["choices"][0]["logprobs"]["tokens"]
+    k = next(j for j, token in enumerate(said[2:], 2) if len(token) >= 2)
+    status, answer = _completion(live, stop=said[k][1:] + said[k + 1], **body)  # completions: the same rule
+    assert status == 200, answer
+    choice = answer["choices"][0]
+    offsets, tokens = choice["logprobs"]["text_offset"], choice["logprobs"]["tokens"]
+    assert choice["finish_reason"] == "stop" and all(o < len(choice["text"]) for o in offsets)
+    assert offsets == [sum(map(len, tokens[:j])) for j in range(len(tokens))]  # where each token's text begins
+    assert "".join(tokens).startswith(choice["text"]) and len("".join(tokens[:-1])) < len(choice["text"])

@@ -38,7 +38,9 @@ class OpenAIFormat:
         self.prompt_tokens = prompt_tokens
         self.include_usage = include_usage
         self.texts = list(echo) if echo else [""] * n
-        self.logprobs: list[list[dict]] = [[] for _ in range(n)]
+        self.logprobs: list[list[dict]] = [[] for _ in range(n)]  # the entries of text sent, echoed prompt first
+        self.pending: list[list[dict]] = [[] for _ in range(n)]  # every generated token's entry, listed or not
+        self.listed = [0] * n  # of them, how many are in logprobs
         self.finish: list[str | None] = [None] * n
         self.completion_tokens = 0
         self.cached_tokens = 0  # prompt tokens the slots held already (--reuse-prefix), from the "done" event
@@ -65,16 +67,17 @@ class OpenAIFormat:
         if kind == "token":
             self.completion_tokens += 1
             self.texts[i] += event["text"]
-            entry = self._logprob_entry(i, event) if "logprob" in event else None
-            if entry is not None:
-                self.logprobs[i].append(entry)
-            if not event["text"] and entry is None:
+            if "logprob" in event:
+                self.pending[i].append(self._logprob_entry(i, event))
+            fresh = self._release(i, event["listed"])
+            if not event["text"] and fresh is None:
                 return []
-            return [self._chunk(i, event["text"], logprobs=self._chunk_logprobs(entry))]
+            return [self._chunk(i, event["text"], logprobs=fresh)]
         if kind == "finish":
             self.texts[i] += event["text"]
             self.finish[i] = "stop" if event["reason"] == "stop" else "length"
-            chunk = self._chunk(i, event["text"] if event["text"] else None, finish=self.finish[i])
+            fresh = self._release(i, event["listed"])
+            chunk = self._chunk(i, event["text"] if event["text"] else None, logprobs=fresh, finish=self.finish[i])
             if all(f is not None for f in self.finish):
                 self._held = chunk  # the last one: it carries the usage unless a usage chunk follows
                 return []
@@ -115,7 +118,10 @@ class OpenAIFormat:
             raw = lambda token: list(self.piece_bytes(token))
             top = [{"token": p, "logprob": lp, "bytes": raw(t)} for t, p, lp in event["top"]]
             return {"token": piece, "logprob": event["logprob"], "bytes": raw(event["token"]), "top_logprobs": top}
-        offset = sum(len(e["token"]) for e in self.logprobs[i])
+        if "start" in event:  # a generated token: where its text begins in the choice's, after the echoed prompt
+            offset = (len(self.echo[i]) if self.echo else 0) + event["start"]
+        else:
+            offset = sum(len(e["token"]) for e in self.logprobs[i])
         if event["top"] is None:  # an echoed prompt's first token: nothing before it to predict it
             return {"token": piece, "logprob": None, "top": None, "offset": offset}
         top: dict[str, float] = {}
@@ -124,10 +130,14 @@ class OpenAIFormat:
         top.setdefault(piece, event["logprob"])  # the chosen token's is always there (OpenAI's: up to logprobs + 1)
         return {"token": piece, "logprob": event["logprob"], "top": top, "offset": offset}
 
-    def _chunk_logprobs(self, entry: dict | None) -> dict | None:
-        if entry is None:
-            return None
-        return self._logprobs_object([entry])
+    def _release(self, i: int, listed: int) -> dict | None:
+        """The log-probabilities of choice i's tokens whose text has now been sent (listed: how many have), as a
+        chunk's; None when there are none. A token whose text is never sent (the end-of-turn token, a stop
+        string's) is never listed, so that, joined, the entries are the text."""
+        fresh = self.pending[i][self.listed[i] : listed]
+        self.listed[i] = max(self.listed[i], listed)
+        self.logprobs[i].extend(fresh)
+        return self._logprobs_object(fresh) if fresh else None
 
     def _logprobs_object(self, entries: list[dict]) -> dict:
         if self.kind == "chat":

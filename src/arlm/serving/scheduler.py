@@ -6,10 +6,10 @@ weights, with caches of its own), never downgraded to another strategy.
 
 Everything a request produces reaches it through job.emit(event), called from these threads, with plain dicts:
   {"type": "prompt", "index", "tokens"}   the prompt's tokens as (piece, logprob, top) (echo with logprobs)
-  {"type": "token", "index", "token", "text", ["logprob", "piece", "top"]}  a token of choice `index` and the text
-                                                                       that became final with it
+  {"type": "token", "index", "token", "text", "start", "listed", ["logprob", "piece", "top"]}  a token, the text
+        that became final with it, where its text begins, how many tokens have text sent (serving/text.py)
   {"type": "trace", "index", "data"}       a strategy event of the lane (beam search's beams, a verification)
-  {"type": "finish", "index", "reason", "text"}  a choice ended ("stop", "length" or "cancelled"); last text
+  {"type": "finish", "index", "reason", "text", "listed"}  a choice ended ("stop", "length", "cancelled")
   {"type": "done", "usage"}                every choice has ended
   {"type": "error", "status", "message", "param", "code"}   the request failed (400: refused; 500: a bug)
 """
@@ -358,7 +358,8 @@ class Scheduler:
             job.first_token = now
             self.metrics.ttft.observe(now - job.created)
         job.completion_tokens += 1
-        return {"type": "token", "index": choice.index, "token": token, "text": choice.text.push(token)}
+        text = choice.text.push(token)
+        return {"type": "token", "index": choice.index, "token": token, "text": text} | choice.text.position()
 
     def _finish(self, choice: Choice, reason: str) -> None:
         """A choice has ended: its last text, and the job's usage once every choice has."""
@@ -367,7 +368,8 @@ class Scheduler:
                 self._owner.pop(id(choice.seq), None)
         job = choice.job
         self.metrics.finished.labels(reason=reason).inc()
-        self._send(job, {"type": "finish", "index": choice.index, "reason": reason, "text": choice.text.flush()})
+        last = {"text": choice.text.flush(), "listed": choice.text.position()["listed"]}
+        self._send(job, {"type": "finish", "index": choice.index, "reason": reason} | last)
         job.open_choices -= 1
         if job.open_choices == 0:
             job.finished_step = self.engine.steps

@@ -3,6 +3,8 @@ cut at the first stop string (which is never sent, not even in part)."""
 
 from __future__ import annotations
 
+import bisect
+
 from arlm.data.tokenizers import Tokenizer
 
 
@@ -17,13 +19,17 @@ class TextStream:
         self.ids: list[int] = []
         self.sent = ""  # text handed out so far
         self.stopped = False  # a stop string was found; the text is final
+        self.starts: list[int] = []  # per id pushed, where its text begins in the decoded text
+        self._decoded = 0  # length of the decoded text, an incomplete character's U+FFFD at its end left out
 
     def push(self, token: int) -> str:
         """Add one id; returns the text that became final (possibly empty)."""
         if self.stopped:
             return ""
         self.ids.append(token)
+        self.starts.append(self._decoded)
         text = self.tokenizer.decode(self.ids)
+        self._decoded = max(self._decoded, len(text.rstrip("\ufffd")))
         start = max(0, len(self.sent) - self.longest + 1)  # a stop found now ends after the text sent: search its end
         cut = min((i for i in (text.find(s, start) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
@@ -43,6 +49,14 @@ class TextStream:
     def text(self) -> str:
         """All the text handed out."""
         return self.sent
+
+    def position(self) -> dict[str, int]:
+        """ "start": where the last id's text begins (an id pushed after a stop string has none and is never listed);
+        "listed": how many of the ids have text in what was handed out: those whose text begins before its end (an
+        end-of-text id, which adds no text, and the ids of a stop string or after it are not; an id a stop string
+        begins inside of is)."""
+        start = self.starts[-1] if self.starts else 0
+        return {"start": start, "listed": bisect.bisect_left(self.starts, len(self.sent))}
 
     def _advance(self, final: str) -> str:
         """The part of `final` not sent yet (text is only ever appended to)."""
