@@ -21,6 +21,7 @@ from arlm.commands.generate import (
 )
 from arlm.config import GenerationConfig
 from arlm.decoding.stops import cut_at_stop, stop_checker
+from tests.helpers import tiny_base
 
 PIECES = ["a", "b", "le", " s", "pa", "ce", "l", "e", " ", "\n", "ab"]
 
@@ -86,6 +87,20 @@ def test_the_stats_line_says_how_many_were_drafted_and_when_none_were():
     none = {**stats, "proposed": 0, "accepted": 0, "acceptance_rate": 0.0, "target_forwards": 40}
     line = format_stats({**none, "tokens_per_target_forward": 1.0})
     assert "nothing drafted" in line and "acceptance" not in line and "40 target forwards" in line
+
+
+def test_a_draft_of_a_shorter_context_is_said_and_the_text_passes_it(tmp_path, capsys):
+    """A distilled draft of context 16 beside a target of 96: a text longer than 16 tokens is decoded (it raised a
+    traceback), the target alone past the draft's context, as one note on stderr says; the output is greedy's."""
+    target, draft = tiny_base(tmp_path / "target"), tiny_base(tmp_path / "draft", block_size=16, seed=1)
+    argv = ["generate", str(target), "--prompt", "hello there, " * 2, "--max-new-tokens", "12", "--temperature", "0"]
+    assert main(argv) == 0
+    greedy = capsys.readouterr().out
+    assert main([*argv, "--strategy", "speculative", "--draft", str(draft)]) == 0
+    out = capsys.readouterr()
+    assert out.out == greedy
+    assert "note: the draft's context is 16 tokens, " in out.err
+    assert "'s 96: past 16 tokens of text it drafts nothing" in out.err
 
 
 def test_compile_on_the_cpu_is_said_to_be_slower(capsys):

@@ -16,10 +16,10 @@ from arlm.model.transformer import Transformer
 from tests.helpers import chi_square_pvalue, two_token_pvalue
 
 
-def _model(seed, vocab=50, layers=2, d=32, flavour="llama"):
+def _model(seed, vocab=50, layers=2, d=32, flavour="llama", context=128):
     torch.manual_seed(seed)
     config = ModelConfig(
-        flavour=flavour, vocab_size=vocab, block_size=128, n_layer=layers, n_head=4, d_model=d, init_std=0.3
+        flavour=flavour, vocab_size=vocab, block_size=context, n_layer=layers, n_head=4, d_model=d, init_std=0.3
     )
     return Transformer(config).eval()
 
@@ -178,6 +178,30 @@ def test_min_new_tokens_keeps_greedy_speculative_equal_to_greedy(strategy, draft
     config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=30, min_new_tokens=12)
     draft = None if draft_seed is None else (target if draft_seed == 0 else _model(draft_seed, layers=1, d=16))
     assert generate(target, prompt, config, draft=draft, eos_id=eos).generated()[0] == expected
+
+
+@pytest.mark.parametrize("flavour", ["llama", "gpt2"])
+@pytest.mark.parametrize(("prompt_len", "temperature"), [(10, 0), (24, 0), (30, 0), (10, 1)])
+def test_a_draft_of_a_shorter_context_drafts_within_it_and_then_nothing(flavour, prompt_len, temperature):
+    """A draft distilled at context 16 beside a target of 128 (the text crosses the draft's context, or the prompt
+    alone is longer): it drafts while the text fits it, then the target decodes alone; the output is the target's
+    (it raised 'sequence of N positions exceeds block_size 16' once the text passed the draft's context)."""
+    target, draft = _model(0, flavour=flavour), _model(1, layers=1, d=16, flavour=flavour, context=16)
+    prompt = [[(7 * i) % 50 for i in range(prompt_len)]]
+    common = {"max_new_tokens": 20, "temperature": temperature, "seed": 5}
+    plain = generate(target, prompt, GenerationConfig(strategy="greedy" if temperature == 0 else "sample", **common))
+    config = GenerationConfig(strategy="speculative", num_draft_tokens=4, **common)
+    events = []
+    out = generate(target, prompt, config, draft=draft, trace=events.append)
+    if temperature == 0:
+        assert out.generated() == plain.generated()
+    assert len(out.generated()[0]) == 20
+    assert all(
+        prompt_len + sum(len(e["drafted"][: e["accepted"]]) + 1 for e in events[:j]) + len(e["drafted"]) <= 17
+        for j, e in enumerate(events)
+        if e["drafted"]
+    )  # each round's drafts within the draft's context
+    assert (out.stats["proposed"] > 0) == (prompt_len < 16)
 
 
 def test_trace_reports_every_verification():

@@ -319,6 +319,13 @@ def load_draft(
     draft_loaded = load_model(ref, device=device, dtype=dtype or target.dtype)
     if draft_loaded.tokenizer.fingerprint() != target.tokenizer.fingerprint():
         raise ArlmError(f"the draft {ref} uses another vocabulary than {target_ref}; they must share a tokenizer")
+    context, theirs = draft_loaded.model.config.block_size, target.model.config.block_size
+    if context < theirs:
+        print(
+            f"note: the draft's context is {context} tokens, {target_ref}'s {theirs}: past {context} tokens of text "
+            "it drafts nothing, and the target decodes alone",
+            file=sys.stderr,
+        )
     return optimize_for_decoding(draft_loaded.model)
 
 

@@ -45,8 +45,10 @@ class ModelDrafter:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Up to gamma draft tokens continuing seq (1, S), and the draft distribution q each was drawn from; where
         greedy and decoding stops at EOS, none past a drafted EOS (accepted, it ends the text; rejected, what the draft
-        wrote after it is rejected too)."""
-        if gamma == 0:
+        wrote after it is rejected too). A draft of a shorter context than the text's drafts fewer, and none once the
+        text fills it (the target then decodes alone: the same output)."""
+        gamma = min(gamma, self.engine.model.config.block_size - seq.shape[1] + 1)  # it reads S + gamma - 1 positions
+        if gamma <= 0:
             return seq.new_zeros(0), None
         if self.target is not None:  # a view of the target's cache, its first layers: positions past it are scratch
             cache, layers = self.target.cache, self.engine.model.config.n_layer
