@@ -268,3 +268,40 @@ def test_logprobs_end_where_a_stop_string_cuts_the_text(live, tiny_lm):
     assert choice["finish_reason"] == "stop" and all(o < len(choice["text"]) for o in offsets)
     assert offsets == [sum(map(len, tokens[:j])) for j in range(len(tokens))]  # where each token's text begins
     assert "".join(tokens).startswith(choice["text"]) and len("".join(tokens[:-1])) < len(choice["text"])
+
+
+LONE = {  # endpoint -> a body whose text holds half of 🙂's escape, as a script's string cut inside the emoji sends
+    "/v1/completions": ({"model": MODEL_ID, "prompt": "a \ud83d"}, "prompt"),
+    "/v1/chat/completions": (
+        {"model": MODEL_ID, "messages": [{"role": "user", "content": "\ude42"}]},
+        "messages.0.content",
+    ),
+    "/v1/arlm/trace": ({"model": MODEL_ID, "prompt": "x", "stop": ["\ud83d"]}, "stop.0"),
+    "/tokenize": ({"prompt": "\ud83d\ud83d"}, "prompt"),
+}
+
+
+@pytest.mark.parametrize("path", list(LONE))
+def test_a_lone_surrogate_is_refused_as_no_text(live, path):
+    """JSON may escape half a character (\\ud83d); that is no text, which no tokenizer encodes: a 400 naming where
+    it is (it was a 500 with a plain-text body, uncounted by /metrics, which OpenAI's SDKs retry)."""
+    body, param = LONE[path]
+    status, answer = request(live.base_url, "POST", path, body)
+    assert status == 400, answer
+    assert answer["error"]["param"] == param and "holds a lone surrogate" in answer["error"]["message"]
+    assert answer["error"]["type"] == "invalid_request_error"
+
+
+def test_a_bug_answers_500_with_openais_body_and_is_counted(live, monkeypatch):
+    """An exception no handler expected: OpenAI's error body (it was Starlette's plain text) and a 500 in /metrics."""
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(live.scheduler.tokenizer, "encode", broken)
+    status, answer = request(live.base_url, "POST", "/tokenize", {"prompt": "hello"})
+    monkeypatch.undo()
+    assert status == 500 and answer["error"]["type"] == "server_error", answer
+    assert answer["error"]["message"] == "internal error: a bug"
+    metrics = request(live.base_url, "GET", "/metrics")[1]
+    assert 'arlm_requests_total{endpoint="/tokenize",status="500"} 1.0' in metrics

@@ -303,12 +303,20 @@ class CountRequests:
             return await self.app(scope, receive, send)
         endpoint = scope["path"] if scope["path"] in self.paths else "other"
 
+        started = []
+
         async def counting_send(message) -> None:
             if message["type"] == "http.response.start":
+                started.append(message["status"])
                 self.metrics.requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:  # a bug: the 500 goes out from the app's outermost layer, past this one
+            if not started:
+                self.metrics.requests.labels(endpoint=endpoint, status="500").inc()
+            raise
 
 
 def _info_routes(app: FastAPI, server: Server) -> None:

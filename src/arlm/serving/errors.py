@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arlm.errors import ArlmError
+from arlm.serving.schemas import NotText
 
 NOT_UNION = ("extra_forbidden", "missing")  # errors of a model's own keys, never of a union's types
 
@@ -19,7 +20,9 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None, code=None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type or {404: "not_found_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+        # OpenAI's: an unknown model (404) is an invalid request too; a full queue is a rate limit; a bug a server error
+        self.type = type or {429: "rate_limit_error"}.get(status, "server_error" if status >= 500 else None)
+        self.type = self.type or "invalid_request_error"
 
     @classmethod
     def refusal(cls, exc: ArlmError) -> ApiError:
@@ -29,8 +32,7 @@ class ApiError(Exception):
     @classmethod
     def of_event(cls, event: dict) -> ApiError:
         """The error of a scheduler's error event (serving/scheduler.py)."""
-        kind = "server_error" if event["status"] >= 500 else None
-        return cls(event["status"], event["message"], type=kind, param=event["param"], code=event["code"])
+        return cls(event["status"], event["message"], param=event["param"], code=event["code"])
 
     def body(self) -> dict:
         """OpenAI's error body."""
@@ -43,7 +45,7 @@ class ApiError(Exception):
 
 
 def error_handlers(app: FastAPI) -> None:
-    """Every refusal answered with OpenAI's error body: ApiError, a body pydantic refused, an unknown path."""
+    """Every refusal answered with OpenAI's error body: ApiError, a body pydantic refused, an unknown path; a bug."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -62,6 +64,10 @@ def error_handlers(app: FastAPI) -> None:
         message = "not found: " + request.url.path if exc.status_code == 404 else str(exc.detail)
         return ApiError(exc.status_code, message).response()
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception):  # (Starlette then raises it again: its traceback is logged)
+        return ApiError(500, f"internal error: {exc}").response()
+
 
 def _validation_error(exc: RequestValidationError) -> ApiError:
     """The first problem of a body pydantic refused, in one line."""
@@ -70,6 +76,8 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
     param = ".".join(loc) or None
+    if isinstance(cause := first.get("ctx", {}).get("error"), NotText):  # a string that is no text, where it is
+        return ApiError(400, str(cause), param=cause.param)
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
         return ApiError(400, "the body must be a JSON object (Content-Type: application/json)")
     union = _union_refusal(exc.errors())

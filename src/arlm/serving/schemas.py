@@ -60,7 +60,44 @@ class ResponseFormat(BaseModel):
         return self.json_schema.schema_ if self.json_schema.schema_ is not None else {}
 
 
-class Sampling(BaseModel):
+class NotText(ValueError):
+    """A string of the body that is not text: it holds a lone UTF-16 surrogate, half of a character's JSON escape
+    (what a script's string cut inside an emoji becomes), which no tokenizer can encode."""
+
+    def __init__(self, param: str) -> None:
+        super().__init__(
+            f"{param} holds a lone surrogate (an escape such as \\ud83d without its other half), which is not text; "
+            "send whole characters"
+        )
+        self.param = param
+
+
+def check_text(data: object, path: str = "") -> object:
+    """data (a parsed JSON body) as it is, or NotText naming the first string (or key) holding a lone surrogate."""
+    if isinstance(data, str):
+        if any("\ud800" <= ch <= "\udfff" for ch in data):
+            raise NotText(path or "the body")
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            check_text(key, where)
+            check_text(value, where)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_text(value, f"{path}.{i}")
+    return data
+
+
+class TextOnly(BaseModel):
+    """A request body whose strings are all text (check_text), refused naming the first that is not."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: object) -> object:
+        return check_text(data)
+
+
+class Sampling(TextOnly):
     """What both endpoints share: OpenAI's sampling parameters and arlm's extras (top_k, min_p,
     repetition_penalty, strategy, num_beams, num_draft_tokens, adaptive_draft, lookup_first; response_format, which
     OpenAI's API has for chat only), all optional."""
@@ -213,7 +250,7 @@ class TraceRequest(Sampling):
     top_logprobs: int = Field(default=5, ge=0, le=MAX_TOP_LOGPROBS)
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(TextOnly):
     """POST /tokenize (vLLM's, which lm-evaluation-harness reads): a text, or a conversation through the chat
     template. arlm's tokenizers add no special tokens, so add_special_tokens changes nothing."""
 
