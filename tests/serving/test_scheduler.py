@@ -100,20 +100,24 @@ def test_a_client_that_goes_away_frees_its_slot_within_one_step(live, prompts):
 
 
 def test_a_full_queue_answers_429(tiny_lm):
+    """--max-queue requests may wait beside those a free slot takes at the next step (one got 429 on an idle
+    server: a request counted as waiting until the batch thread's next step started it)."""
     server, stop = start_in_thread(tiny_lm, max_batch=1, max_queue=2)
     try:
         server.scheduler.pause()
         body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 3, "temperature": 0}
-        with ThreadPoolExecutor(2) as pool:
-            waiting = [pool.submit(request, server.base_url, "POST", "/v1/completions", body)]
-            wait_until(lambda: server.scheduler.state()["queued"] == 1, "one queued request")
+        with ThreadPoolExecutor(3) as pool:
+            waiting = []
+            for queued in (1, 2):  # the free slot's, then one waiting
+                waiting.append(pool.submit(request, server.base_url, "POST", "/v1/completions", body))
+                wait_until(lambda n=queued: server.scheduler.state()["queued"] == n, f"{queued} queued requests")
             two = request(server.base_url, "POST", "/v1/completions", {**body, "prompt": ["x", "y"]})
-            assert two[0] == 429 and server.scheduler.state()["queued"] == 1  # two prompts, one place: neither queued
+            assert two[0] == 429 and server.scheduler.state()["queued"] == 2  # two prompts, one place: neither queued
             waiting.append(pool.submit(request, server.base_url, "POST", "/v1/completions", body))
-            wait_until(lambda: server.scheduler.state()["queued"] == 2, "two queued requests")
+            wait_until(lambda: server.scheduler.state()["queued"] == 3, "two requests waiting")
             status, answer = request(server.base_url, "POST", "/v1/completions", body)
             server.scheduler.resume()
-            assert [f.result()[0] for f in waiting] == [200, 200]
+            assert [f.result()[0] for f in waiting] == [200, 200, 200]
         assert status == 429
         assert answer["error"]["type"] == "rate_limit_error" and "queue is full" in answer["error"]["message"]
         assert server.scheduler.state() == {**server.scheduler.state(), "queued": 0, "active_slots": 0}

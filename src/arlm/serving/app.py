@@ -30,9 +30,9 @@ from arlm.errors import ArlmError
 from arlm.serving.auth import RequireKey
 from arlm.serving.body import LimitBody
 from arlm.serving.errors import ApiError, error_handlers
-from arlm.serving.jobs import Job
+from arlm.serving.jobs import Job, QueueFull
 from arlm.serving.responses import OpenAIFormat, TraceFormat
-from arlm.serving.scheduler import QueueFull, Scheduler
+from arlm.serving.scheduler import Scheduler
 from arlm.serving.schemas import (
     ChatMessage,
     ChatRequest,

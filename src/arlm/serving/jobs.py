@@ -3,6 +3,7 @@ events go) and its Choices."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -11,9 +12,32 @@ from dataclasses import dataclass, field
 from arlm.config import GenerationConfig
 from arlm.decoding.batch import BATCH_STRATEGIES, BatchSequence
 from arlm.decoding.grammar import JsonGrammar
+from arlm.errors import ArlmError
 from arlm.serving.text import TextStream
 
 Event = dict
+
+
+class QueueFull(Exception):
+    """The queue already holds max_queue requests."""
+
+
+class Cancelled(Exception):
+    """Raised inside a lane generation whose client went away."""
+
+
+def error_event(exc: Exception) -> dict:
+    """The event of a request that failed: 400 naming the argument at fault for arlm's refusals, 500 for a bug."""
+    if isinstance(exc, ArlmError):
+        return {"type": "error", "status": 400, "message": str(exc), "param": exc.param, "code": exc.code}
+    return {"type": "error", "status": 500, "message": f"internal error: {exc}", "param": None, "code": None}
+
+
+def choice_config(config: GenerationConfig, index: int) -> GenerationConfig:
+    """Choice i of n: the request's settings, seeded seed + i (so that choices differ and each is reproducible)."""
+    if config.seed is None or index == 0:
+        return config
+    return dataclasses.replace(config, seed=config.seed + index)
 
 
 @dataclass

@@ -31,27 +31,12 @@ from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.errors import ArlmError
-from arlm.serving.jobs import Choice, Event, Job
+from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event
 from arlm.serving.metrics import ServerMetrics
 from arlm.serving.text import TextStream
 from arlm.serving.threads import in_own_thread
 
 LANE_STRATEGIES = ("beam", "speculative", "prompt-lookup")
-
-
-class QueueFull(Exception):
-    """The queue already holds max_queue requests."""
-
-
-class Cancelled(Exception):
-    """Raised inside a lane generation whose client went away."""
-
-
-def error_event(exc: Exception) -> dict:
-    """The event of a request that failed: 400 naming the argument at fault for arlm's refusals, 500 for a bug."""
-    if isinstance(exc, ArlmError):
-        return {"type": "error", "status": 400, "message": str(exc), "param": exc.param, "code": exc.code}
-    return {"type": "error", "status": 500, "message": f"internal error: {exc}", "param": None, "code": None}
 
 
 class Scheduler:
@@ -144,12 +129,20 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise ArlmError("the server is shutting down")
-            if self._queued + len(jobs) > self.max_queue:
+            if self._would_wait(jobs) > self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry later")
             for job in jobs:
                 self._queue(job)
             self.metrics.queue_length.set(self._queued)
             self._cond.notify_all()
+
+    def _would_wait(self, jobs: tuple[Job, ...]) -> int:
+        """How many requests would wait with `jobs` queued: the queued ones less those the free batch slots take at
+        the next step (a request in the queue is not waiting while a slot is free for it; the lock held)."""
+        free = max(0, self.engine.max_batch - len(self.engine.active))
+        placed = min(free, len(self._waiting))  # choices queued already that the next step starts
+        joining = min(free - placed, sum(job.n for job in jobs if job.batched))
+        return self._queued - placed + len(jobs) - joining
 
     def _queue(self, job: Job) -> None:
         """One job's choices into the batch's queue or the lane (the lock held)."""
@@ -268,7 +261,7 @@ class Scheduler:
         job = choice.job
         choice.seq = BatchSequence(
             job.prompt,
-            _choice_config(job.config, choice.index),
+            choice_config(job.config, choice.index),
             eos_id=job.eos_id,
             top_logprobs=job.top_logprobs,
             presence_penalty=job.presence_penalty,
@@ -432,7 +425,7 @@ class Scheduler:
                 self._lane_finish(job, choice, ids)
             return
         for choice in job.choices:
-            config = _choice_config(job.config, choice.index)
+            config = choice_config(job.config, choice.index)
             ids = self._lane_generate(job, choice, config).generated()[0]
             self._lane_finish(job, choice, ids)
 
@@ -491,10 +484,3 @@ class Scheduler:
             self.metrics.generated_tokens.labels(lane="lane").inc(len(ids))
         job.choices_done += 1
         self._finish(choice, reason)
-
-
-def _choice_config(config: GenerationConfig, index: int) -> GenerationConfig:
-    """Choice i of n: the request's settings, seeded seed + i (so that choices differ and each is reproducible)."""
-    if config.seed is None or index == 0:
-        return config
-    return dataclasses.replace(config, seed=config.seed + index)
