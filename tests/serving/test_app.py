@@ -339,6 +339,16 @@ def _headers(base_url: str, method: str, path: str, headers: dict) -> tuple[int,
     return response.status, {k.lower(): v for k, v in response.getheaders()}
 
 
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [("Bearer s3cret", 200), ("bearer s3cret", 200), ("BEARER  s3cret", 200), ("Basic s3cret", 401),
+     ("Bearer s3cre", 401), ("Bearers3cret", 401), ("s3cret", 401), ("Bearer s3cret x", 401)],
+)  # fmt: skip
+def test_the_key_is_read_from_the_bearer_scheme_in_any_case(keyed, header, status):
+    """RFC 7235: an authorization scheme is case-insensitive (a client or proxy may send "bearer"; it got 401)."""
+    assert _headers(keyed.base_url, "GET", "/v1/models", {"Authorization": header})[0] == status
+
+
 def test_the_pages_named_by_allow_origin_may_call_the_api_from_a_browser(keyed, live):
     """CORS: a preflight (which carries no key) is answered for the named origin and refused for another; a refusal
     for want of the key reaches the page's script readable; a server without --allow-origin sends no CORS header."""

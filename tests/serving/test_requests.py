@@ -305,3 +305,30 @@ def test_a_bug_answers_500_with_openais_body_and_is_counted(live, monkeypatch):
     assert answer["error"]["message"] == "internal error: a bug"
     metrics = request(live.base_url, "GET", "/metrics")[1]
     assert 'arlm_requests_total{endpoint="/tokenize",status="500"} 1.0' in metrics
+
+
+def _chat_status(live, messages, **body) -> tuple[int, dict]:
+    return request(live.base_url, "POST", "/v1/chat/completions", {"model": MODEL_ID, "messages": messages, **body})
+
+
+@pytest.mark.parametrize("message", [{"role": "user"}, {"role": "user", "content": None}, {"role": "system"}])
+def test_a_message_without_content_is_refused_but_an_assistants(live, message):
+    """OpenAI's: content is required of a system, developer or user message (it was templated as empty, 200)."""
+    status, answer = _chat_status(live, [message], max_tokens=2)
+    assert status == 400 and answer["error"]["param"] == "messages.0", answer
+    assert f"a {message['role']} message needs its content" in answer["error"]["message"]
+    said = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "refusal": "no"}]
+    assert _chat_status(live, [*said, {"role": "user", "content": "ok"}], max_tokens=2)[0] == 200
+
+
+def test_a_chat_past_the_context_names_the_arguments_it_sent(live):
+    """A conversation too long is refused naming `messages` (chat has no `prompt`), and a max_completion_tokens
+    past the context names max_completion_tokens (the request sent no max_tokens)."""
+    status, answer = _chat_status(live, [{"role": "user", "content": "word " * 400}], max_tokens=2)
+    assert status == 400 and answer["error"]["param"] == "messages", answer
+    assert answer["error"]["code"] == "context_length_exceeded"
+    status, answer = _chat_status(live, [{"role": "user", "content": "hi"}], max_completion_tokens=5000)
+    assert status == 400 and answer["error"]["param"] == "max_completion_tokens", answer
+    assert "max_completion_tokens is 5000" in answer["error"]["message"]
+    status, answer = _chat_status(live, [{"role": "user", "content": "hi"}], max_tokens=5000)
+    assert status == 400 and answer["error"]["param"] == "max_tokens", answer

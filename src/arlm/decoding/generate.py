@@ -150,15 +150,22 @@ def _prompts_only(prompt_ids: torch.Tensor, config: GenerationConfig) -> Generat
 
 
 def check_length(
-    prompt_length: int, max_new_tokens: int, context: int, *, sliding: bool = False, name: str = "max_new_tokens"
+    prompt_length: int,
+    max_new_tokens: int,
+    context: int,
+    *,
+    sliding: bool = False,
+    name: str = "max_new_tokens",
+    prompt: str = "prompt",
 ) -> None:
     """Refuse a prompt that fills the context; without a sliding window, also one that leaves no room for
-    max_new_tokens (called `name` in the message: the CLI's flag or the API's argument)."""
+    max_new_tokens (called `name` in the message: the CLI's flag or the API's argument; `prompt`: the argument
+    that holds the prompt, "messages" for a chat request)."""
     if prompt_length >= context:
         raise ArlmError(
             f"the prompt has {prompt_length} tokens; the context holds {context}: shorten it to at most "
             f"{context - 1} tokens (prompts are refused, never truncated)",
-            param="prompt",
+            param=prompt,
             code="context_length_exceeded",
         )
     if not sliding and prompt_length + max_new_tokens > context:

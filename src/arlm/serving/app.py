@@ -107,7 +107,9 @@ class Server:
     ) -> Job:
         """The scheduler job of a request (default max_tokens: what the context leaves); scored: the prompt's
         tokens get log-probabilities too."""
-        check_length(len(prompt), max_tokens or 0, self.context, name="max_tokens")  # (ArlmError: a 400)
+        given = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+        held = "messages" if getattr(req, "messages", None) else "prompt"  # the arguments the request named
+        check_length(len(prompt), max_tokens or 0, self.context, name=given, prompt=held)  # (ArlmError: a 400)
         if max_tokens is None:
             max_tokens = self.context - len(prompt)
         config = req.generation_config(max_tokens)

@@ -1,6 +1,7 @@
 """`arlm serve --api-key`: every request to the API (/v1/...: what runs the model) must carry `Authorization: Bearer
-KEY`, the header OpenAI's clients send their api_key in; any other gets 401 and OpenAI's error body. The page, /health,
-/metrics and the tokenizer's endpoints stay open, as vLLM's --api-key leaves all but /v1 (lm-eval reads them so)."""
+KEY` (the scheme in any case), the header OpenAI's clients send their api_key in; any other gets 401 and OpenAI's
+error body. The page, /health, /metrics and the tokenizer's endpoints stay open, as vLLM's --api-key leaves all but
+/v1 (lm-eval reads them so)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ class RequireKey:
     """ASGI middleware refusing requests without the key (compared in constant time)."""
 
     def __init__(self, app, key: str) -> None:
-        self.app, self.expected = app, f"Bearer {key}".encode()
+        self.app, self.expected = app, key.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(API):
             return await self.app(scope, receive, send)
         found = [value for name, value in scope["headers"] if name == b"authorization"]  # the headers read once
-        if len(found) == 1 and hmac.compare_digest(found[0], self.expected):
+        scheme, _, given = found[0].partition(b" ") if len(found) == 1 else (b"", b"", b"")  # (RFC 7235: any case)
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(b" "), self.expected):
             return await self.app(scope, receive, send)
         message = "incorrect API key" if found else "missing API key: send the header Authorization: Bearer KEY"
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}

@@ -220,10 +220,13 @@ class ChatMessage(BaseModel):
 
     @model_validator(mode="after")
     def _no_tools_or_audio(self) -> ChatMessage:
-        """Tool calls and audio replies are not supported: refused when a message holds one."""
+        """Tool calls and audio replies are not supported: refused when a message holds one; content is required
+        but of an assistant's message (OpenAI's: one with a refusal or a tool call may have none)."""
         for name in ("tool_calls", "function_call", "audio"):
             if getattr(self, name):
                 raise ValueError(f"{name} are not supported (this server has no tools and no audio)")
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs its content (a string or a list of text parts)")
         return self
 
     def text(self) -> str:
