@@ -62,6 +62,24 @@ def test_a_model_fine_tuned_on_chat_data_without_a_template_chats_as_it_trained(
     assert len(chat_command(str(run), config, device="cpu", read=read)) == 1
     with pytest.raises(ArlmError, match="no chat template"):
         chat_command(str(base), config, messages=["red"], device="cpu")  # never trained on chat data
+    capsys.readouterr()  # its context is 64: chat's default answer, 256 tokens, is cut to half of it unless given
+    assert main(["chat", str(run), "--message", "red", "--temperature", "0", "--stop-at-eos", "false"]) == 0
+    assert len(capsys.readouterr().out) > len("assistant> ")
+    assert main(["chat", str(run), "--message", "red", "--max-new-tokens", "256"]) == 2
+    assert "max_new_tokens 256 leaves no room" in capsys.readouterr().err
+
+
+def test_chat_help_shows_the_defaults_chat_uses():
+    """chat samples at 0.7, top-p 0.9, 256 tokens; its --help said generate's 1.0, 1.0 and 200."""
+    import argparse
+
+    from arlm.commands import chat
+
+    parser = argparse.ArgumentParser()
+    chat.add_arguments(parser)
+    helps = {action.dest: action.help for action in parser._actions}
+    assert helps["gen_temperature"].endswith("(default 0.7)") and helps["gen_top_p"].endswith("(default 0.9)")
+    assert helps["gen_max_new_tokens"].endswith("(default 256)") and helps["gen_strategy"].endswith("(default sample)")
 
 
 def test_the_model_is_an_argument_as_for_generate_and_serve_or_a_flag(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 
@@ -29,6 +30,9 @@ from arlm.commands.options import (
 from arlm.config import GenerationConfig
 from arlm.errors import ArlmError
 
+CHAT_DEFAULTS = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
+CHAT_WHERE = "defaults: chat's own, shown (max-new-tokens at most half the model's context unless given)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL (or --model), --system, --message (repeatable), --draft, --stats, --[no-]reuse-prefix, --device, --dtype,
@@ -50,13 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     add_dtype_argument(parser)
     add_json_argument(parser)
-    add_generation_flags(parser)
+    add_generation_flags(parser, CHAT_DEFAULTS, CHAT_WHERE)
 
 
 def run(args: argparse.Namespace) -> int:
     """Chat with top-p sampling at temperature 0.7 unless the flags say otherwise."""
-    config = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
-    config = with_options(config, generation_options(args))
+    options = generation_options(args)
+    config = with_options(CHAT_DEFAULTS, options)
     chat_command(
         model_of(args),
         config,
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         reuse_prefix=args.reuse_prefix,
         json_schema=json_schema_of(args.json),
         stats=args.stats,
+        fit_answer="max_new_tokens" not in options,
     )
     return 0
 
@@ -87,9 +92,11 @@ def chat_command(
     json_schema: dict | None = None,
     stats: bool = False,
     read: Callable[[str], str] = input,
+    fit_answer: bool = False,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends; draft_dtype:
-    the draft model's (None: the target's)."""
+    the draft model's (None: the target's); fit_answer: an answer of at most half the model's context (the default
+    max_new_tokens, 256, leaves no room for a conversation in a small model's)."""
     from arlm.decoding.chat import ChatSession  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
@@ -99,6 +106,9 @@ def chat_command(
     note_dtype(dtype, dev)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     optimize_for_decoding(loaded.model)
+    if fit_answer:
+        half = max(loaded.model.config.block_size // 2, 1)
+        config = dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, half))
     draft_model = draft_for(config, draft, loaded, model_ref, dev, draft_dtype)
     plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
     grammar = grammar_for(json_schema, loaded)

@@ -112,13 +112,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+RUN_DEFAULTS = "defaults: an arlm run's own generate: section (its run config), else the ones shown"
+
+
+def add_generation_flags(
+    parser: argparse.ArgumentParser, defaults: GenerationConfig | None = None, where: str = RUN_DEFAULTS
+) -> None:
     """One flag per GenerationConfig field (--max-new-tokens for max_new_tokens; --stop repeats; a yes/no field's
-    flag alone means true: --adaptive-draft, or --adaptive-draft false)."""
+    flag alone means true: --adaptive-draft, or --adaptive-draft false), each showing its default in `defaults` (None:
+    GenerationConfig's), under a heading saying where the defaults come from."""
     hints = typing.get_type_hints(GenerationConfig)
+    defaults, group = defaults or GenerationConfig(), parser.add_argument_group("generation settings", where)
     for f in dataclasses.fields(GenerationConfig):
-        switch = hints[f.name] is bool
-        parser.add_argument(
+        switch, default = hints[f.name] is bool, getattr(defaults, f.name)
+        group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f"gen_{f.name}",
             default=None,
@@ -126,7 +133,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
             nargs="?" if switch else None,
             const="true" if switch else None,
             metavar=f.name.upper(),
-            help=f"{FLAG_HELP[f.name]} (default {f.default if f.default is not dataclasses.MISSING else '[]'})",
+            help=f"{FLAG_HELP[f.name]} (default {default})",
         )
 
 
