@@ -95,8 +95,7 @@ def chat_command(
     fit_answer: bool = False,
 ) -> list[str]:
     """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends; draft_dtype:
-    the draft model's (None: the target's); fit_answer: an answer of at most half the model's context (the default
-    max_new_tokens, 256, leaves no room for a conversation in a small model's)."""
+    the draft model's (None: the target's); fit_answer: max_new_tokens at most half the model's context."""
     from arlm.decoding.chat import ChatSession  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
@@ -106,9 +105,8 @@ def chat_command(
     note_dtype(dtype, dev)
     loaded = load_model(model_ref, device=dev, dtype=dtype)
     optimize_for_decoding(loaded.model)
-    if fit_answer:
-        half = max(loaded.model.config.block_size // 2, 1)
-        config = dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, half))
+    if fit_answer:  # (the default, 256, leaves no room for a conversation in a small model's context)
+        config = _answer_within(config, loaded.model.config.block_size // 2)
     draft_model = draft_for(config, draft, loaded, model_ref, dev, draft_dtype)
     plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
     grammar = grammar_for(json_schema, loaded)
@@ -140,6 +138,11 @@ def chat_command(
             kept = f"{last['reused_tokens']} of {last['prompt_tokens']} prompt tokens kept from the last turn"
             print(f"{format_stats(last)}; {kept}", file=sys.stderr)
     return answers
+
+
+def _answer_within(config: GenerationConfig, most: int) -> GenerationConfig:
+    """config with max_new_tokens at most `most`."""
+    return dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, most))
 
 
 def _lines(messages: list[str] | None, read: Callable[[str], str]) -> Iterator[str]:
