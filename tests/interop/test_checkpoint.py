@@ -45,6 +45,20 @@ def test_round_trip_and_no_temporary_left(tmp_path):
     assert not any(p.suffix == ".pkl" or p.name.endswith((".pt", ".bin")) for p in path.rglob("*"))
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_every_file_of_a_checkpoint_is_as_readable_as_the_umask_allows(tmp_path, umask, mode):
+    """safetensors writes its files for their owner alone (0600): a run or export shared with another account
+    could not be read, while its config and tokenizer could (the umask's mode)."""
+    old = os.umask(umask)
+    try:
+        path = _save(tmp_path, 3)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "state.safetensors", "config.json"} <= set(modes)
+    assert set(modes.values()) == {mode}, modes
+
+
 def test_truncated_checkpoint_is_refused_and_the_previous_one_named(tmp_path):
     _save(tmp_path, 10)
     newest = _save(tmp_path, 20)

@@ -110,10 +110,10 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         record = {"format": FORMAT, **meta, "tokenizer_fingerprint": tokenizer.fingerprint(), **config_to_dict(config)}
         (tmp / "config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        save_file(weights, tmp / "model.safetensors")
+        save_tensors(weights, tmp / "model.safetensors")
         tokenizer.save(tmp / "tokenizer")
         if state is not None:
-            save_file(state_tensors or {}, tmp / "state.safetensors")
+            save_tensors(state_tensors or {}, tmp / "state.safetensors")
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         for name, data in (extra_files or {}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,24 @@ def _reason(exc: BaseException) -> str:
         return exc.strerror
     found = re.search(r'message: "([^"]+)"', str(exc)) or re.search(r"^(.*?) \(os error \d+\)", str(exc))
     return found.group(1) if found else str(exc)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, the file readable as the umask allows, as every other file written (save_file leaves
+    it to its owner alone: 0600, so a shared export or run could not be read by another account)."""
+    save_file(tensors, path, metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _write_manifest(directory: Path) -> None:

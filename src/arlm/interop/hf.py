@@ -18,13 +18,13 @@ from typing import Any
 import tokenizers
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from arlm.config import ModelConfig, RunConfig
 from arlm.data.tokenizers import Tokenizer, VocabTokenizer, load_tokenizer
 from arlm.errors import ArlmError, check_creatable, check_replaceable
-from arlm.interop.checkpoint import LoadedModel, check_output_apart, load_checkpoint_model
+from arlm.interop.checkpoint import LoadedModel, check_output_apart, load_checkpoint_model, save_tensors
 from arlm.model.transformer import Transformer
 from arlm.temporaries import holding, remove_stale, temporary_for
 
@@ -79,7 +79,7 @@ def save_hf_folder(model: Transformer, tokenizer: Tokenizer, out_dir: str | Path
     tmp.mkdir()
     try:
         with holding(tmp):
-            save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+            save_tensors(weights, tmp / "model.safetensors", metadata={"format": "pt"})
             _write_json(tmp / "config.json", {**hf_config(config), **specials})
             _write_json(tmp / "generation_config.json", {"_from_model_config": True, **specials})
             save_hf_tokenizer(tokenizer, tmp, model_max_length=config.block_size)
