@@ -89,3 +89,21 @@ def test_overwrite_never_replaces_a_folder_of_other_files_as_data(tmp_path, corp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds files but no prepared data" in err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "precious"
+
+
+def test_the_final_table_keeps_its_columns_apart_for_any_perplexity():
+    """An early run's perplexity (2.4e10 at loss 23.9) ran into the loss: '23.914524318682691.42'."""
+    from types import SimpleNamespace
+
+    from arlm.commands.train import final_report
+    from arlm.evaluation.perplexity import EvalResult
+
+    results = {"train": EvalResult(23.9145, 128, 300), "val": EvalResult(1.5, 1_234_567, 4_000_000)}
+    trainer = SimpleNamespace(tc=SimpleNamespace(final_eval_batches=1), eval_samplers=dict.fromkeys(results))
+    trainer.evaluate = lambda split, batches, progress: results[split]
+    lines = []
+    final_report(trainer, lines.append)
+    rows = [line.split() for line in lines]
+    assert rows[0] == ["split", "loss", "ppl", "bits/byte", "tokens"] and all(len(row) == 5 for row in rows)
+    assert rows[1][:3] == ["train", "23.9145", "2.43e+10"] and rows[2][:3] == ["val", "1.5000", "4.48"]
+    assert rows[2][4] == "1,234,567"

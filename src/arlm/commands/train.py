@@ -354,10 +354,11 @@ def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
         for s in ("train", "val", "test")
         if s in trainer.eval_samplers
     }
-    log(f"{'split':<6}{'loss':>9}{'ppl':>10}{'bits/byte':>11}{'tokens':>12}")
+    log(f"{'split':<6} {'loss':>8} {'ppl':>9} {'bits/byte':>10} {'tokens':>11}")
     for split, r in results.items():
         bpb = f"{r.bits_per_byte:.4f}" if r.bits_per_byte else "-"
-        log(f"{split:<6}{r.loss:>9.4f}{r.perplexity:>10.2f}{bpb:>11}{r.tokens:>12,}")
+        ppl = f"{r.perplexity:.2f}" if r.perplexity < 1e6 else f"{r.perplexity:.3g}"  # (an early run's: 2.43e+10)
+        log(f"{split:<6} {r.loss:>8.4f} {ppl:>9} {bpb:>10} {r.tokens:>11,}")
     return results
 
 
