@@ -90,3 +90,18 @@ def test_functions_fit_a_screen_and_files_stay_short():
                     long_functions.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {lines} lines")
     assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long_functions)
     assert not long_files, f"files over {MAX_FILE_LINES} lines:\n" + "\n".join(long_files)
+
+
+def test_the_documented_layers_are_the_contracts():
+    """docs/architecture.md's diagram names the contract's layers, top to bottom, as pyproject.toml states them
+    (it had left `values` out)."""
+    import re
+    import tomllib
+
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    layers = [re.split(r"\s*[|:]\s*", layer) for layer in contract["layers"]]
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    diagram = doc.split("```")[1].strip().splitlines()
+    names = [re.findall(r"[a-z_]+(?=\.py|/|\s|$)", line.split("  ")[0]) for line in diagram]  # each line's first column
+    documented = [[n for n in line if n != "py"] for line in names]
+    assert [sorted(layer) for layer in layers] == [sorted(line) for line in documented if line], documented

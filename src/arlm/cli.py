@@ -159,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(argv)
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)  # (a flag's type may refuse its value: --prompt - of no text)
+    except ArlmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     if args.verb is None:
         parser.print_help()
         return 2

@@ -78,3 +78,17 @@ def test_text_that_is_not_utf8_reads_as_replacement_characters_and_a_dash_reads_
     assert typed_text(argv_text) == "caf\ufffd au lait" and typed_text("ça va") == "ça va"
     monkeypatch.setattr("sys.stdin", io.StringIO("the sky is\n"))
     assert prompt_text("-") == "the sky is" and prompt_text("-x") == "-x"
+
+
+@pytest.mark.parametrize("piped", ["", "\n"])
+def test_an_empty_stdin_prompt_is_refused(monkeypatch, capsys, piped):
+    """`git diff | arlm generate smollm2 --prompt -` on a clean tree: nothing to continue; it generated from nothing
+    and exited 0. --prompt '' still asks for that."""
+    import io
+
+    from arlm.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(piped))
+    assert main(["generate", "runs/none", "--prompt", "-"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --prompt -: standard input was empty; pipe some text, or --prompt '' to start from none"

@@ -9,7 +9,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL OUT.gguf [--outtype] [--overwrite]."""
     parser.add_argument("model", help="checkpoint, run folder, HF folder, .gguf file or 'smollm2' (Llama flavour)")
     parser.add_argument("out", help="the .gguf file to write")
-    parser.add_argument("--outtype", default="f32", choices=("f32", "f16", "bf16", "q8_0"), help="matrix type")
+    parser.add_argument(
+        "--outtype",
+        default="f32",
+        choices=("f32", "f16", "bf16", "q8_0"),
+        help="the weight matrices' type (default f32)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
 

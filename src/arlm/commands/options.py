@@ -56,9 +56,13 @@ def typed_text(text: str) -> str:
 
 
 def prompt_text(text: str) -> str:
-    """--prompt's text: "-" reads standard input (a pipe's text, its last line break dropped)."""
+    """--prompt's text: "-" reads standard input (a pipe's text, its last line break dropped), refused when empty (a
+    `git diff` of a clean tree: a continuation of nothing is not what was asked)."""
     if text == "-":
-        return typed_text(sys.stdin.read().removesuffix("\n"))
+        read = sys.stdin.read().removesuffix("\n")
+        if not read:
+            raise ArlmError("--prompt -: standard input was empty; pipe some text, or --prompt '' to start from none")
+        return typed_text(read)
     return typed_text(text)
 
 
