@@ -137,6 +137,10 @@ BAD_LINES = {
     "unknown role": ({"messages": [{"role": "bot", "content": "x"}]}, "message 1 has unknown role 'bot'"),
     "empty answer": ({"prompt": "hi", "completion": "  "}, "message 2 is an empty assistant turn"),
     "not json": ("{'prompt': 1", "not valid JSON"),
+    "both forms": (  # which one to train on? (it took the messages, silently)
+        {"prompt": "hi", "completion": "yo", "messages": [{"role": "user", "content": "a"}]},
+        "a record holds 'messages' or 'prompt' and 'completion', not both",
+    ),
 }
 
 
@@ -152,6 +156,32 @@ def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}:4: {message}" in err
     assert not (tmp_path / "data").exists()
+
+
+def test_a_conversation_its_template_cannot_cut_into_answers_is_refused_with_its_line(tmp_path, capsys, monkeypatch):
+    """A template with a default system prompt (SmolLM2's) renders no messages without it and one message with it:
+    a conversation that begins with an assistant turn has no prompt before its answer. Refused naming the file's
+    line and what to do (it named neither, and blamed the template)."""
+    tok = VocabTokenizer.train("char", [CHAT_ALPHABET], 1000)
+    tok.chat_template = (
+        "{% if messages and messages[0]['role'] != 'system' %}<system>be kind\n{% endif %}"
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    opening = [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "yo"}]
+    with pytest.raises(ArlmError, match="before message 1 as the beginning .* begin it with a system or user message"):
+        render_example([*opening, {"role": "assistant", "content": "ok"}], tok)
+    ids, targets = render_example(opening[1:] + [{"role": "assistant", "content": "ok"}], tok)
+    assert "".join(tok.token_text(i) for i, t in zip(ids, targets) if t) == "ok\n"
+
+    def unrenderable(messages, tokenizer):
+        raise ArlmError("the template's words")
+
+    path = write_chat(tmp_path / "chat.jsonl", 6)
+    monkeypatch.setattr("arlm.data.chat_batches.render_example", unrenderable)
+    argv = ["prepare", "--data.source", str(path), "--data.format", "chat", "--data.tokenizer", "char"]
+    assert main([*argv, "--out", str(tmp_path / "data")]) == 2
+    assert f"error: {path}:1: the template's words" in capsys.readouterr().err
 
 
 def test_a_conversation_with_no_room_for_its_answer_is_refused_with_its_line(tmp_path, capsys):

@@ -45,6 +45,8 @@ def parse_record(raw: str, where: str) -> list[Message]:
         record = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ArlmError(f"{where}: not valid JSON ({exc.msg})") from None
+    if isinstance(record, dict) and "messages" in record and ({"prompt", "completion"} & set(record)):
+        raise ArlmError(f"{where}: a record holds 'messages' or 'prompt' and 'completion', not both")
     if isinstance(record, dict) and "messages" in record:
         messages = record["messages"]
     elif isinstance(record, dict) and "prompt" in record and "completion" in record:
@@ -121,7 +123,11 @@ def render_example(messages: list[Message], tokenizer: Tokenizer) -> tuple[list[
             continue
         before, through = render(i, True), render(i + 1, False)
         if not (before.startswith(done) and through.startswith(before)):
-            raise ArlmError("the chat template does not render a conversation as a prefix of its continuation")
+            raise ArlmError(
+                f"the chat template does not render the conversation before message {i + 1} as the beginning of "
+                "the conversation through it (a template's default system prompt, added once there is a message, "
+                "does so to one that begins with an assistant turn); begin it with a system or user message"
+            )
         answer = through[len(before) :]
         if plain:  # " content\n": the content, the end-of-turn id, then the newline
             cut, end_ids = len(answer) - answer.endswith("\n"), eos_ids(tokenizer)

@@ -54,7 +54,7 @@ def prepare_chat(
     tokenizer.save(out / "tokenizer")
     counts, hists = {}, {}
     for name, examples in splits.items():
-        counts[name], hists[name] = _write_chat_split(out, name, examples, tokenizer)
+        counts[name], hists[name] = _write_chat_split(out, name, examples, tokenizer, config.source)
         if block_size > 1 and examples:
             sampler = open_chat_split(out, name, config, block_size, seed=0)
             counts[name] |= {"target_tokens": sampler.targets, "truncated": sampler.truncated}
@@ -63,15 +63,19 @@ def prepare_chat(
 
 
 def _write_chat_split(
-    out: Path, name: str, examples: list[ChatExample], tokenizer: Tokenizer
+    out: Path, name: str, examples: list[ChatExample], tokenizer: Tokenizer, source: str
 ) -> tuple[dict, np.ndarray]:
-    """One split's conversations rendered into its shard and .docs / .targets / .lines arrays."""
+    """One split's conversations rendered into its shard and .docs / .targets / .lines arrays (a conversation the
+    template cannot render refused naming its line of `source`)."""
     starts, targets, lines = [0], [], []
     chars = nbytes = 0
     hist = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     with ShardWriter(out / f"{name}.bin", tokenizer.vocab_size) as writer:
         for example in examples:
-            ids, flags = render_example(example.messages, tokenizer)
+            try:
+                ids, flags = render_example(example.messages, tokenizer)
+            except ArlmError as exc:
+                raise ArlmError(f"{source}:{example.line}: {exc}") from None
             writer.append(ids)
             hist += np.bincount(np.asarray(ids, dtype=np.int64), minlength=tokenizer.vocab_size)[: tokenizer.vocab_size]
             starts.append(writer.count)
