@@ -107,3 +107,22 @@ def test_the_final_table_keeps_its_columns_apart_for_any_perplexity():
     assert rows[0] == ["split", "loss", "ppl", "bits/byte", "tokens"] and all(len(row) == 5 for row in rows)
     assert rows[1][:3] == ["train", "23.9145", "2.43e+10"] and rows[2][:3] == ["val", "1.5000", "4.48"]
     assert rows[2][4] == "1,234,567"
+
+
+def test_a_run_inside_another_runs_prepared_data_is_refused(tmp_path, capsys):
+    """--train.out_dir runs/quickstart/data put a run's files into that run's prepared data: refused, nothing
+    written there."""
+    corpus = write_corpus(tmp_path / "corpus")
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus, train={"max_steps": 1}))
+    assert main(["train", "--preset", str(preset)]) == 0
+    data = tmp_path / "run" / "data"
+    before = sorted(p.name for p in data.iterdir())
+    for inside in (data, data / "deeper"):
+        capsys.readouterr()
+        assert main(["train", "--preset", str(preset), "--train.out_dir", str(inside)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err
+            == f"error: --train.out_dir {inside} is inside prepared data ({data}); choose a --train.out_dir outside it"
+        )
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -171,6 +171,7 @@ def train_command(
     train.out_dir again from step 0 (it stopped before its first checkpoint)."""
     import torch  # lazy: kept out of --help
 
+    from arlm.data.prepare import check_outside_prepared  # lazy: kept out of --help
     from arlm.interop.checkpoint import Checkpoint, open_checkpoint  # lazy: kept out of --help
     from arlm.interop.loading import pick_device  # lazy: kept out of --help
     from arlm.training import distributed as D  # lazy: kept out of --help
@@ -182,6 +183,7 @@ def train_command(
         device = torch.device("cuda", info.local_rank)
     say = log if info.is_main else (lambda _msg: None)
     run_dir = Path(tc.out_dir)
+    check_outside_prepared(run_dir, "--train.out_dir")
     checkpoint = resume if resume is None or isinstance(resume, Checkpoint) else open_checkpoint(resume)
     job = _Job(config, checkpoint, resuming or checkpoint is not None, overwrite, device, info, say, initial_model)
     try:

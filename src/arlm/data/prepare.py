@@ -261,6 +261,14 @@ def _target(directory: str | Path, flag: str) -> Path:
     return path
 
 
+def check_outside_prepared(folder: str | Path, flag: str) -> None:
+    """Refuse an output folder that is, or is inside, a folder of prepared data (a run's data/): its files would be
+    mixed into that data."""
+    for above in (path := Path(folder).resolve(), *path.parents):
+        if _prepared_meta(above) is not None:
+            raise ArlmError(f"{flag} {folder} is inside prepared data ({above}); choose a {flag} outside it")
+
+
 def _prepared_meta(directory: Path) -> dict | None:
     """The meta.json of a folder holding arlm's prepared data, else None (no such file, or not arlm's)."""
     try:
