@@ -22,7 +22,8 @@ def test_train_reports_chat_conversations_cut_to_the_context_as_prepare_does(tmp
     assert train["target_tokens"] + train["cut_targets"] == flags  # the loss sees the tokens within the context
     cut = f"1 cut to the context (answers shortened by {train['cut_targets']} tokens)"
     assert f"train: 7 conversations, {train['target_tokens']} target tokens, {cut}" in out
-    assert f"note: 1 training conversations cut to the context of 65 tokens: {train['cut_targets']} answer" in out
+    assert "note: 1 training conversations cut to a row of 65 tokens (model.block_size 64, and the token it" in out
+    assert f"predicts): {train['cut_targets']} answer tokens past it are never trained on" in out
 
 
 def test_train_says_what_padded_mode_cuts_off(tmp_path, capsys):

@@ -133,8 +133,9 @@ class ChatSampler:
                 if not (y[:block_size] != IGNORE_INDEX).any():
                     first = int(np.argmax(y != IGNORE_INDEX)) + 2  # counted from 1 in the conversation's ids
                     raise ArlmError(
-                        f"{source}:{int(lines[d])}: the first answer token is token {first}, beyond the context "
-                        f"of {block_size + 1} tokens; shorten the conversation or raise model.block_size"
+                        f"{source}:{int(lines[d])}: the first answer token is token {first}, beyond the "
+                        f"{block_size + 1} a row holds (model.block_size {block_size}, and the token it predicts); "
+                        "shorten the conversation or raise model.block_size"
                     )
                 lost = int((y[block_size:] != IGNORE_INDEX).sum())
                 self.truncated, self.cut_targets = self.truncated + (lost > 0), self.cut_targets + lost

@@ -110,7 +110,8 @@ class Trainer:
         if isinstance(sampler, ChatSampler):
             if sampler.truncated:
                 self.log(
-                    f"note: {sampler.truncated} training conversations cut to the context of {block + 1} tokens: "
+                    f"note: {sampler.truncated} training conversations cut to a row of {block + 1} tokens "
+                    f"(model.block_size {block}, and the token it predicts): "
                     f"{sampler.cut_targets:,} answer tokens past it are never trained on"
                 )
             return
