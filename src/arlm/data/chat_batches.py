@@ -57,8 +57,8 @@ def prepare_chat(
         counts[name], hists[name] = _write_chat_split(out, name, examples, tokenizer, config.source)
         if block_size > 1 and examples:
             sampler = open_chat_split(out, name, config, block_size, seed=0)
-            counts[name] |= {"target_tokens": sampler.targets, "truncated": sampler.truncated}
-            counts[name]["cut_targets"] = sampler.cut_targets
+            cut = {"truncated": sampler.truncated, "cut_targets": sampler.cut_targets}
+            counts[name] |= {"target_tokens": sampler.targets, **cut}
     return tokenizer, counts, hists, norm
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from arlm.errors import ArlmError
+from arlm.temporaries import MARK
 
 try:  # POSIX; elsewhere a run folder is not locked
     import fcntl
@@ -31,7 +32,7 @@ def holds_run(run_dir: Path) -> bool:
 
 def foreign_entries(run_dir: Path) -> list[str]:
     """What a run folder holds that no run writes (a user's files, which replacing the run would delete)."""
-    return [e.name for e in run_dir.iterdir() if e.name not in RUN_FILES and not e.name.startswith("data.tmp-")]
+    return [e.name for e in run_dir.iterdir() if e.name not in RUN_FILES and not e.name.startswith(f"data{MARK}")]
 
 
 @contextlib.contextmanager
