@@ -1,7 +1,7 @@
 """Load test of `arlm serve` on localhost: N concurrent clients x M streamed requests each, for N in 1, 4, 8, 16.
 
     .venv/bin/python benchmarks/serve_load.py [--model smollm2] [--requests 4] [--max-tokens 64] [--dtype auto]
-        [--reuse-prefix] [--json]
+        [--no-reuse-prefix] [--json]
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000 --name smollm2   # a running server
     .venv/bin/python benchmarks/serve_load.py --levels 8 --vs http://127.0.0.1:8080 --rounds 3  # side by side
 
@@ -167,7 +167,7 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
         str(args.max_batch),
         "--log-level",
         "warning",
-        *(["--reuse-prefix"] if args.reuse_prefix else []),
+        *([] if args.reuse_prefix else ["--no-reuse-prefix"]),
     ]
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     for _ in range(1200):
@@ -193,7 +193,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--url", help="use this running server instead of starting one")
-    parser.add_argument("--reuse-prefix", action="store_true", help="start arlm serve with --reuse-prefix")
+    reuse_help = "arlm serve's --reuse-prefix (default: on, as the server's)"
+    parser.add_argument("--reuse-prefix", action=argparse.BooleanOptionalAction, default=True, help=reuse_help)
     parser.add_argument("--json", action="store_true", help="every request asks response_format json_object")
     parser.add_argument("--name", help="model name the running server serves (default --model)")
     parser.add_argument("--requests", type=int, default=4, help="requests per client")

@@ -104,3 +104,12 @@ def test_settings_that_could_serve_nothing_are_one_line_before_the_model_loads(t
     assert main(["serve", str(tmp_path), *args]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {message}"]
     assert loads == []
+
+
+def test_prompt_reuse_is_on_unless_turned_off():
+    """A chat's earlier turns are reused by default, as llama-server and `arlm chat` do; --no-reuse-prefix: not."""
+    from arlm.cli import make_parser
+
+    parser = make_parser(["serve"])
+    assert parser.parse_args(["serve"]).reuse_prefix is True
+    assert parser.parse_args(["serve", "--no-reuse-prefix"]).reuse_prefix is False

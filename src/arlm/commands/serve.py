@@ -33,10 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=0, help=limit)
     parser.add_argument("--prefill-chunk", type=int, default=512, help="longer prompts are prefilled in chunks")
     reuse_help = (
-        "start a prompt from the keys and values a free slot holds of its beginning (a chat's earlier turns): "
-        "prefilled from there, its logits equal a fresh prefill's up to rounding, not bit for bit"
+        "start a prompt from the keys and values a free slot holds of its beginning (a chat's earlier turns), as "
+        "llama-server does; its logits equal a fresh prefill's up to rounding (default: on; --no-reuse-prefix: "
+        "replies bit for bit generate()'s, for prompts within --prefill-chunk)"
     )
-    parser.add_argument("--reuse-prefix", action="store_true", help=reuse_help)
+    parser.add_argument("--reuse-prefix", action=argparse.BooleanOptionalAction, default=True, help=reuse_help)
     add_draft_arguments(parser)
     kv_help = "the KV cache's dtype (default auto: the model's; bfloat16 halves it)"
     parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES, help=kv_help)
