@@ -127,3 +127,20 @@ def test_a_run_inside_another_runs_prepared_data_is_refused(tmp_path, capsys):
             == f"error: --train.out_dir {inside} is inside prepared data ({data}); choose a --train.out_dir outside it"
         )
     assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_refusals_come_before_the_process_group(tmp_path, monkeypatch):
+    """A checkpoint that cannot be opened, or an out_dir inside prepared data, is refused before the process group
+    is joined: under torchrun a refusal after it would skip leaving the group, which only train's try does."""
+    from arlm.commands.train import train_command
+    from arlm.config import config_from_dict
+    from arlm.errors import ArlmError
+    from arlm.training import distributed
+
+    joined = []
+    monkeypatch.setattr(distributed, "init_distributed", lambda device_type: joined.append(device_type))
+    corpus = write_corpus(tmp_path / "corpus")
+    config = config_from_dict(tiny_raw(tmp_path, corpus, train={"max_steps": 1}))
+    with pytest.raises(ArlmError, match="checkpoint"):
+        train_command(config, resume=tmp_path / "no-such-run")
+    assert joined == []

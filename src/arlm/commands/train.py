@@ -177,14 +177,15 @@ def train_command(
     from arlm.training import distributed as D  # lazy: kept out of --help
 
     tc = config.train
-    check_outside_prepared(tc.out_dir, "--train.out_dir")  # (before the process group, which only the try ends)
+    # refusals before the process group, which only the try ends
+    check_outside_prepared(tc.out_dir, "--train.out_dir")
+    checkpoint = resume if resume is None or isinstance(resume, Checkpoint) else open_checkpoint(resume)
     device = pick_device(tc.device)
     info = D.init_distributed(device.type)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
     say = log if info.is_main else (lambda _msg: None)
     run_dir = Path(tc.out_dir)
-    checkpoint = resume if resume is None or isinstance(resume, Checkpoint) else open_checkpoint(resume)
     job = _Job(config, checkpoint, resuming or checkpoint is not None, overwrite, device, info, say, initial_model)
     try:
         with run_lock(run_dir) if info.is_main else contextlib.nullcontext(), write_errors_as_one_line(run_dir):
