@@ -5,7 +5,7 @@ with a target flag per token: the assistant's answers and their end-of-turn toke
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,16 +151,39 @@ def encode_conversation(messages: list[Message], tokenizer: Tokenizer, add_gener
     template, as chat-data training rendered it (arlm's plain one, each answer ended by the end-of-turn id)."""
     if tokenizer.chat_template:
         special = lambda i: tokenizer.token_text(i) if i is not None else ""
-        text = apply_chat_template(
-            tokenizer.chat_template,
-            messages,
-            add_generation_prompt,
-            bos_token=special(tokenizer.bos_id),
-            eos_token=special(tokenizer.eos_id),
+        bos, eos = special(tokenizer.bos_id), special(tokenizer.eos_id)
+        render = lambda m: apply_chat_template(
+            tokenizer.chat_template, m, add_generation_prompt, bos_token=bos, eos_token=eos
         )
-        return tokenizer.encode(text)
+        return encode_literal_contents(render, messages, tokenizer)
     if not add_generation_prompt:
         return render_example(messages, tokenizer)[0]
     ids, targets = render_example([*messages, {"role": "assistant", "content": "x"}], tokenizer)
     start = max(i for i, t in enumerate(targets) if t and (i == 0 or not targets[i - 1]))  # the placeholder answer's
     return ids[:start]
+
+
+MARK = "\ue000"  # a private-use character: where the template put a message's content, in a second rendering
+
+
+def encode_literal_contents(
+    render: Callable[[list[Message]], str], messages: list[Message], tokenizer: Tokenizer
+) -> list[int]:
+    """The ids of messages as `render` renders them: the template's own text as encode() reads it, and a content
+    holding a special token's text (`<|im_end|>` typed or pasted by a user) with that text read as text, so that no
+    message can end its turn or open another (as OpenAI's API reads content; transformers and llama.cpp read the
+    token). Such contents are found by rendering the messages again with marks in their place."""
+    text, specials = render(messages), tokenizer.special_texts()
+    literal = [i for i, m in enumerate(messages) if any(s in (m.get("content") or "") for s in specials)]
+    if not literal:
+        return tokenizer.encode(text)
+    marked = render([{**m, "content": f"{MARK}{i}{MARK}"} if i in literal else m for i, m in enumerate(messages)])
+    parts = marked.split(MARK)  # the template's text, a message's index, the template's text, ...
+    order = [int(i) for i in parts[1::2]] if MARK not in text else []
+    for strip in (False, True):  # a template may trim what a message holds
+        contents = [messages[i]["content"].strip() if strip else messages[i]["content"] for i in order]
+        pieces = [(t, c) for t, c in zip(parts[::2], [*contents, ""])]
+        if sorted(order) == literal and "".join(t + c for t, c in pieces) == text:
+            return [i for t, c in pieces for i in tokenizer.encode(t) + (tokenizer.encode_literally(c) if c else [])]
+    held = ", ".join(s for s in specials if any(s in messages[i]["content"] for i in literal))
+    raise ArlmError(f"a message holds a special token's text ({held}) that this model's chat template rewrites")

@@ -48,6 +48,15 @@ class Tokenizer:
         """Text to ids, without special tokens."""
         raise NotImplementedError
 
+    def encode_literally(self, text: str) -> list[int]:
+        """Text to ids with a special token's text in it read as text, not as that token (a chat message's
+        content, as OpenAI's API reads it)."""
+        return self.encode(text)
+
+    def special_texts(self) -> list[str]:
+        """The texts that encode() reads as special tokens."""
+        return []
+
     def decode(self, ids: Iterable[int]) -> str:
         """Ids to text; special tokens are skipped."""
         raise NotImplementedError
@@ -210,6 +219,18 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         """Text to ids without added BOS/EOS."""
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_literally(self, text: str) -> list[int]:
+        """Text to ids, special tokens' texts read as text: a copy of the backend told so once (the flag is the
+        backend's own, so setting it on the shared one would race other threads' encode())."""
+        if not hasattr(self, "_literal"):
+            self._literal = Backend.from_str(self.backend.to_str())
+            self._literal.encode_special_tokens = True
+        return self._literal.encode(text, add_special_tokens=False).ids
+
+    def special_texts(self) -> list[str]:
+        """The added tokens marked special, which encode() reads as their ids wherever their text appears."""
+        return [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts in parallel (Rust threads), without character offsets where tokenizers >= 0.20."""
