@@ -46,11 +46,16 @@ def _torchrun(preset, out_dir, *extra, wait=True):
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    with open(out_dir.parent / f"{out_dir.name}.out", "w") as out:  # what the ranks print
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
     if wait:
-        _, err = proc.communicate(timeout=600)
+        try:
+            _, err = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         assert proc.returncode == 0, err[-3000:]
     return proc
 
@@ -88,12 +93,14 @@ def preset(tmp_path, corpus_dir):
 def test_ddp_and_fsdp_follow_the_single_process_curve(tmp_path, preset):
     _single(preset, tmp_path / "single", "--train.batch_size", "8", "--train.grad_accum", "1")
     _torchrun(preset, tmp_path / "ddp")
-    _torchrun(preset, tmp_path / "fsdp", "--train.parallel", "fsdp")
+    _torchrun(preset, tmp_path / "fsdp", "--train.parallel", "fsdp", "--train.sample_tokens", "8")
     _torchrun(preset, tmp_path / "fsdp-ac", "--train.parallel", "fsdp", "--train.activation_checkpointing", "true")
     reference = _losses(tmp_path / "single")
     assert len(reference) == 12
     for run in ("ddp", "fsdp", "fsdp-ac"):
         assert _losses(tmp_path / run) == pytest.approx(reference, abs=1e-5)
+    # the main rank's sample after FSDP (whose forward needs every rank) comes from the checkpoint, loaded whole
+    assert "--- sample (8 tokens" in (tmp_path / "fsdp.out").read_text()
     # the consolidated FSDP checkpoint loads in one process
     from arlm.interop.loading import load_model
 

@@ -382,21 +382,33 @@ def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
         title=f"{run_dir.name}: loss vs tokens",
     )
     log(f"wrote {summary.checkpoint}, {summary.files['metrics']}, {summary.files['plot']}")
-    if trainer.tc.sample_tokens:
-        summary.sample = sample_text(trainer, trainer.tc.sample_prompt, trainer.tc.sample_tokens)
+    model = _sampling_model(trainer, summary.checkpoint) if trainer.tc.sample_tokens else None
+    if model is not None:
+        summary.sample = sample_text(trainer, trainer.tc.sample_prompt, trainer.tc.sample_tokens, model)
         gen = trainer.config.generate
         log(f"--- sample ({trainer.tc.sample_tokens} tokens, {gen.strategy}, temperature {gen.temperature}) ---")
         log(summary.sample)
         log("---")
 
 
-def sample_text(trainer: Trainer, prompt: str, tokens: int) -> str:
-    """A short sample from the trained model (seeded)."""
+def _sampling_model(trainer: Trainer, checkpoint: Path | None) -> Transformer | None:
+    """The trained model, for the main rank's sample; under FSDP, whose forward gathers weights from every rank
+    while the others have finished, the checkpoint just written, loaded whole (None without one)."""
+    from arlm.interop.loading import load_model  # lazy: kept out of --help
+    from arlm.training import distributed as D  # lazy: kept out of --help
+
+    if not (trainer.info.enabled and trainer.tc.parallel == "fsdp"):
+        return D.unwrap(trainer.model)
+    return load_model(checkpoint, device=trainer.device).model if checkpoint is not None else None
+
+
+def sample_text(trainer: Trainer, prompt: str, tokens: int, model: Transformer | None = None) -> str:
+    """A short sample (seeded) from `model`, by default the trained one."""
     from arlm.decoding.generate import generate  # lazy: kept out of --help
     from arlm.training import distributed as D  # lazy: kept out of --help
 
     tok = trainer.data.tokenizer
-    model = D.unwrap(trainer.model)
+    model = model or D.unwrap(trainer.model)
     ids = tok.encode(prompt) if prompt else []
     if not ids:
         ids = [tok.bos_id if tok.bos_id is not None else 0]
