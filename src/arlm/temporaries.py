@@ -25,8 +25,9 @@ def temporary_for(path: Path, *, hidden: bool = False) -> Path:
 
 @contextlib.contextmanager
 def holding(tmp: Path) -> Iterator[None]:
-    """Hold a lock on the temporary `tmp` (a file or a folder) while this process writes it, so that another
-    writer of the same output never takes it for stale; the kernel drops the lock however the process ends."""
+    """Hold a shared lock on `tmp` (a file or a folder) while this process writes it (a temporary, so that another
+    writer of the same output never takes it for stale) or reads it (prepared data a run trains on, so that no
+    prepare replaces it meanwhile); the kernel drops the lock however the process ends."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         if fcntl is not None:
@@ -44,7 +45,7 @@ def remove_stale(path: Path) -> list[Path]:
         prefix = f"{name}{MARK}"
         for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
             pid = tmp.name[len(prefix) :]
-            if pid.isdigit() and not _running(int(pid)) and not _locked(tmp):
+            if pid.isdigit() and not _running(int(pid)) and not in_use(tmp):
                 if tmp.is_dir() and not tmp.is_symlink():
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:
@@ -67,8 +68,9 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _locked(tmp: Path) -> bool:
-    """Whether some process holds a lock on tmp (it is being written, perhaps from another PID namespace)."""
+def in_use(tmp: Path) -> bool:
+    """Whether some process holds a lock on `tmp` (`holding`: a temporary being written, perhaps from another PID
+    namespace, or prepared data a run is training on)."""
     if fcntl is None:
         return False
     try:

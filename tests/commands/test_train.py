@@ -144,3 +144,22 @@ def test_refusals_come_before_the_process_group(tmp_path, monkeypatch):
     with pytest.raises(ArlmError, match="checkpoint"):
         train_command(config, resume=tmp_path / "no-such-run")
     assert joined == []
+
+
+def test_a_run_holds_its_data_while_it_trains(tmp_path, monkeypatch):
+    """arlm train holds its prepared data for as long as it trains, so that a prepare --overwrite there is refused
+    (tests/data/test_prepare.py) instead of swapping the data under it."""
+    from arlm.commands import train as command
+    from arlm.temporaries import in_use
+
+    held = []
+    train_on = command._Job._train_on
+    monkeypatch.setattr(
+        command._Job,
+        "_train_on",
+        lambda self, data, *a: held.append(in_use(data.directory)) or train_on(self, data, *a),
+    )
+    corpus = write_corpus(tmp_path / "corpus")
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus, train={"max_steps": 1}))
+    assert main(["train", "--preset", str(preset)]) == 0
+    assert held == [True] and not in_use(tmp_path / "run" / "data")

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import random
@@ -51,6 +52,36 @@ def test_other_settings_are_refused_without_overwrite(tmp_path, corpus_dir):
     assert (tmp_path / "data" / "train.bin").read_bytes() == before
     prepare(other, tmp_path / "data", overwrite=True, log=lambda _: None)
     assert load_prepared(tmp_path / "data").meta["data"]["lowercase"] is True
+
+
+def test_data_a_run_trains_on_is_not_replaced(tmp_path, corpus_dir, monkeypatch):
+    """--overwrite does not replace prepared data while a run holds them (arlm train does, for as long as it
+    trains): refused with one line, the data and no temporary left; once it is released, replaced. Also when the
+    run starts while the new data is being prepared."""
+    from arlm.temporaries import holding
+
+    data = tmp_path / "data"
+    prepare(DataConfig(source=str(corpus_dir), tokenizer="char"), data, log=lambda _: None)
+    before, entries = (data / "train.bin").read_bytes(), sorted(tmp_path.iterdir())
+    other = DataConfig(source=str(corpus_dir), tokenizer="char", lowercase=True)
+    with holding(data), pytest.raises(ArlmError, match="the data an arlm train is training on now"):
+        prepare(other, data, overwrite=True, log=lambda _: None, flag="--out")
+    assert (data / "train.bin").read_bytes() == before and sorted(tmp_path.iterdir()) == entries
+    import arlm.data.prepare as module
+
+    written = module._prepare_into
+
+    def a_run_starts_meanwhile(*args):
+        stack.enter_context(holding(data))
+        return written(*args)
+
+    with contextlib.ExitStack() as stack, pytest.raises(ArlmError, match="training on now"):
+        monkeypatch.setattr(module, "_prepare_into", a_run_starts_meanwhile)
+        prepare(other, data, overwrite=True, log=lambda _: None)
+    assert (data / "train.bin").read_bytes() == before and sorted(tmp_path.iterdir()) == entries
+    monkeypatch.undo()
+    prepare(other, data, overwrite=True, log=lambda _: None)
+    assert load_prepared(data).meta["data"]["lowercase"] is True
 
 
 def test_a_source_changed_since_it_was_prepared_is_refused_without_overwrite(tmp_path, corpus_dir):

@@ -232,13 +232,20 @@ class _Job:
             raise
 
     def _train(self, run_dir: Path, aside: Path | None) -> TrainSummary:
+        """Train on the run's prepared data, held against a prepare that would replace it meanwhile."""
+        from arlm.temporaries import holding  # lazy: kept out of --help
+
+        data = _prepared_data(self.config, self.info, self.overwrite, self.log, keep=self.checkpoint is not None)
+        with holding(data.directory):  # no prepare replaces the data while this run reads it (temporaries.in_use)
+            return self._train_on(data, run_dir, aside)
+
+    def _train_on(self, data: PreparedData, run_dir: Path, aside: Path | None) -> TrainSummary:
         import torch  # lazy: kept out of --help
 
         from arlm.training import distributed as D  # lazy: kept out of --help
         from arlm.training.trainer import Trainer  # lazy: kept out of --help
 
         config, info, say, tc = self.config, self.info, self.log, self.config.train
-        data = _prepared_data(config, info, self.overwrite, say, keep=self.checkpoint is not None)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         model = build_model(config, data, self.device, say, self.initial_model)

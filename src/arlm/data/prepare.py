@@ -35,7 +35,7 @@ from arlm.data.split import SPLITS, SplitPart, plan_splits
 from arlm.data.textstore import TextStore
 from arlm.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from arlm.errors import ArlmError
-from arlm.temporaries import holding, remove_stale, temporary_for
+from arlm.temporaries import holding, in_use, remove_stale, temporary_for
 
 META_VERSION = 1
 PREPARE_KEYS = (
@@ -214,6 +214,7 @@ def prepare(
             )
         if not overwrite:
             raise ArlmError(_why_not_reused(directory, meta, fingerprint, stamps, flag))
+        _refuse_in_use(path, directory, flag)
     elif path.exists() and any(path.iterdir()):
         raise ArlmError(
             f"{directory} holds files but no prepared data (--overwrite replaces only that); choose another {flag}"
@@ -232,10 +233,23 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise ArlmError(f"{directory} was prepared by another process meanwhile; its data is kept (this run's is not)")
     if path.exists():
+        _refuse_in_use(path, directory, flag, tmp)  # (a run may have started on it meanwhile)
         shutil.rmtree(path)
     os.replace(tmp, path)
     log(report_text)
     return load_prepared(directory)
+
+
+def _refuse_in_use(path: Path, directory: str | Path, flag: str, tmp: Path | None = None) -> None:
+    """Refuse to replace prepared data that a training run is reading (it holds them: temporaries.holding); the
+    new data's temporary, if any, is removed."""
+    if in_use(path):
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise ArlmError(
+            f"{directory} is the data an arlm train is training on now; wait for it to end, or prepare into another "
+            f"{flag}"
+        )
 
 
 def _new_temporary(path: Path) -> tuple[Path, list[Path]]:
