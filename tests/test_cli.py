@@ -611,3 +611,27 @@ def test_a_job_whose_output_pipe_closes_does_not_report_success(tmp_path, corpus
     proc.stdout.close()  # the reader is gone before the first line
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and err == b""
+
+
+def test_a_file_size_limit_is_one_line_and_keeps_what_was_prepared(tmp_path):
+    """Under `ulimit -f` (RLIMIT_FSIZE: Python ignores SIGXFSZ, so the write fails with EFBIG) a prepare stops in one
+    line, exit 2; prepared data already there stay as they were and no temporary is left."""
+    import os
+    import resource
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=400)
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus))
+    out = tmp_path / "data"
+    assert run_cli("prepare", "--preset", str(preset), "--out", str(out)).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "arlm", "prepare", "--preset", str(preset), "--out", str(out), "--overwrite"]
+    done = subprocess.run(
+        [*command, "--data.lowercase", "true"], env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("error: a file reached the largest size this process may write") and "ulimit -f" in last
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "data", "tiny.yaml"]

@@ -29,3 +29,19 @@ def test_check_creatable_refuses_a_folder_it_cannot_write(tmp_path, monkeypatch,
     with pytest.raises(ArlmError, match=rf"cannot write {tmp_path}/new/x\.png: {tmp_path} {why}; write elsewhere"):
         check_creatable(tmp_path / "new" / "x.png")
     assert asked == [(str(tmp_path), os.W_OK | os.X_OK)]
+
+
+def test_check_creatable_opens_the_file_where_permissions_do_not_tell(tmp_path):
+    """/proc makes no files, though access(2) lets root write there: refused before any work. A file it can write is
+    left as it was, and one it made to try is removed."""
+    import os
+
+    with pytest.raises(ArlmError, match=r"cannot write /proc/arlm-figure\.png: .*; write elsewhere"):
+        check_creatable("/proc/arlm-figure.png")
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"figure")
+    os.utime(kept, (1, 1))
+    check_creatable(kept)
+    check_creatable(tmp_path / "new.png")
+    assert kept.read_bytes() == b"figure" and kept.stat().st_mtime == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.png"]

@@ -135,9 +135,9 @@ DISK_FULL = ("No space left on device", "Disk quota exceeded", "Not enough free 
 
 def storage_line(exc: BaseException) -> str | None:
     """The one line for an error that is the storage refusing us, whichever writer met it (through its causes): a
-    full disk, a read-only file system, a permission denied; else None. Checkpoints, exports and prepared data are
-    written under a temporary name and renamed once whole, so none of those is left half-written by now (reports and
-    figures are written in place)."""
+    full disk, a file size limit, a read-only file system, a permission denied; else None. Checkpoints, exports and
+    prepared data are written under a temporary name and renamed once whole, so none of those is left half-written by
+    now (reports and figures are written in place)."""
     seen: BaseException | None = exc
     while seen is not None:
         code, text = seen.errno if isinstance(seen, OSError) else None, str(seen)
@@ -145,6 +145,9 @@ def storage_line(exc: BaseException) -> str | None:
         if code in (errno.ENOSPC, errno.EDQUOT) or any(words in text for words in DISK_FULL):
             where = f" while writing {name}" if name else ""
             return f"the disk is full{where}; free some space or write elsewhere"
+        if code == errno.EFBIG or "File too large" in text:
+            where = f" ({name})" if name else ""
+            return f"a file reached the largest size this process may write{where} (ulimit -f); raise the limit"
         if code == errno.EROFS or "Read-only file system" in text:
             return f"{name or 'the output'} is on a read-only file system; write elsewhere"
         if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:

@@ -31,7 +31,22 @@ def check_creatable(path: str | Path, *, folder: bool = False) -> None:
                 read_only = os.statvfs(parent).f_flag & os.ST_RDONLY
                 why = "is on a read-only file system" if read_only else "is not writable by this user"
                 raise ArlmError(f"cannot write {path}: {parent} {why}; write elsewhere")
-            return
+            break
+    if not folder and path.parent.is_dir() and not path.is_dir():
+        _try_open(path)
+
+
+def _try_open(path: Path) -> None:
+    """Open a file to write (appending nothing; one made here is removed): what permissions do not tell, such as
+    a file system that makes no files (/proc) or a root-owned read-only file, is refused before any work."""
+    made = not path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise ArlmError(f"cannot write {path}: {exc.strerror}; write elsewhere") from None
+    if made:
+        path.unlink(missing_ok=True)
 
 
 def check_replaceable(folder: str | Path, foreign: list[str], what: str) -> None:
