@@ -41,3 +41,12 @@ def test_both_sides_have_the_same_shape():
     ours, reference = make_sides(config)
     shapes = [sorted(tuple(sorted(p.shape)) for p in side.model.parameters()) for side in (ours, reference)]
     assert shapes[0] == shapes[1]  # HF's Conv1D keeps (in, out), hence the sorted dimensions
+
+
+@pytest.mark.parametrize("args", [["--batch", "0"], ["--repeats", "0"], ["--steps", "-1"]])
+def test_counts_below_one_are_one_line(capsys, args):
+    from arlm.cli import main
+
+    assert main(["bench", "train", *args]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --batch, --repeats and --steps must be >= 1, got ")

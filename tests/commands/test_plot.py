@@ -28,3 +28,13 @@ def test_runs_with_the_same_folder_name_keep_their_own_curves(tmp_path):
     runs = [str(tmp_path / "runs" / "a"), str(tmp_path / "other" / "a")]
     written = plot_command(runs, str(out), grad_norms=True, log=lambda _: None)
     assert [p.name for p in written] == ["p.png", "p-gradnorms-a.png", "p-gradnorms-a-2.png"]
+
+
+@pytest.mark.parametrize("logged", ["", '{"event": "resume", "step": 0}\n'])
+def test_a_run_that_logged_no_loss_is_refused(tmp_path, logged):
+    """A metrics.jsonl without a loss (a run killed before its first log line) would draw an empty figure."""
+    (tmp_path / "metrics.jsonl").write_text(logged, encoding="utf-8")
+    out = tmp_path / "p.png"
+    with pytest.raises(ArlmError, match=r"metrics\.jsonl holds no loss yet .*; nothing to plot"):
+        plot_command([str(tmp_path)], str(out), log=lambda _: None)
+    assert not out.exists()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from arlm.bench.defaults import LENGTHS
+from arlm.errors import ArlmError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure and draw."""
-    lengths = tuple(int(t) for t in args.lengths.split(",")) if args.lengths else LENGTHS
+    lengths = parse_lengths(args.lengths) if args.lengths else LENGTHS
+    if not 0 < args.budget_gb < math.inf:
+        raise ArlmError(f"--budget-gb must be a number of GB above 0, got {args.budget_gb:g}")
     bench_memory_command(lengths=lengths, budget_gb=args.budget_gb, out=args.out)
     return 0
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """--lengths: at least two different sequence lengths of 2 tokens or more (the exponents are fitted over them)."""
+    try:
+        lengths = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ArlmError(f"--lengths takes comma-separated whole numbers (e.g. 128,256,512), got {text!r}") from None
+    if min(lengths) < 2 or len(set(lengths)) < 2:
+        raise ArlmError(f"--lengths needs two different lengths of 2 or more (a slope is fitted over them), got {text}")
+    return lengths
 
 
 def bench_memory_command(

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the figures."""
+    if min(args.batch, args.repeats, args.steps) < 1:
+        got = f"{args.batch}, {args.repeats} and {args.steps}"
+        raise ArlmError(f"--batch, --repeats and --steps must be >= 1, got {got}")
     bench_train_command(args.overrides, batch=args.batch, repeats=args.repeats, steps=args.steps)
     return 0
 

@@ -41,7 +41,10 @@ def plot_command(runs: list[str], out: str, *, grad_norms: bool = False, log=pri
     for run in runs:
         file = metrics_path(run)
         named = file.parent if file.name == "metrics.jsonl" else file.with_suffix("")
-        records[run_label(str(named), records)] = read_metrics(file)
+        logged = read_metrics(file)
+        if not any(r.get("train_nll") is not None or r.get("val_loss") is not None for r in logged):
+            raise ArlmError(f"{file} holds no loss yet (a run stopped before its first log line); nothing to plot")
+        records[run_label(str(named), records)] = logged
     if grad_norms:  # checked before any figure is written
         for label, recs in records.items():
             if not any(k.startswith("gradnorm/") for r in recs for k in r):
