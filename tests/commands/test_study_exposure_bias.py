@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from arlm.commands.study_exposure_bias import exposure_bias_study
 from tests.helpers import tiny_raw, write_yaml
 
@@ -23,3 +25,20 @@ def test_the_study_trains_plain_and_scheduled_sampling_and_writes_its_files(tmp_
     assert '"scheduled_sampling"' in logged
     assert "| plain |" in (tmp_path / "out" / "report.md").read_text()
     assert any("gap@" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--scheduled-sampling", "1.5"], "train.scheduled_sampling must be a finite number in [0.0, 1.0], got 1.5"),
+        (["--sequences", "0"], "--sequences must be >= 1, got 0"),
+    ],
+)
+def test_impossible_settings_are_refused_before_any_run_trains(tmp_path, corpus_dir, capsys, args, line):
+    from arlm.cli import main
+
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir))
+    before = sorted(tmp_path.iterdir())
+    assert main(["study", "exposure-bias", "--preset", str(preset), "--out", str(tmp_path / "study"), *args]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {line}"]
+    assert sorted(tmp_path.iterdir()) == before

@@ -42,3 +42,19 @@ def test_an_earlier_run_in_the_study_folder_is_refused_before_anything_is_writte
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds an earlier run" in err and "--overwrite" in err, err
     assert kept.read_text() == '{"step": 1}\n' and not (out / "sft.jsonl").exists()  # nothing lost, nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--limit", "0"], "--limit must be >= 1 held-out items per task (leave it out for all), got 0"),
+        (["--limit", "-5"], "--limit must be >= 1 held-out items per task (leave it out for all), got -5"),
+        (["--full-lr", "-1"], "train.lr must be a finite number above 0, got -1.0"),
+    ],
+)
+def test_impossible_settings_are_refused_before_any_work(tmp_path, capsys, args, line):
+    from arlm.cli import main
+
+    assert main(["study", "sft", "--out", str(tmp_path / "study"), *args]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {line}"]
+    assert list(tmp_path.iterdir()) == []

@@ -182,7 +182,7 @@ def bench_decode_command(
     draft = bench_draft(draft_ref, model_ref, model, dtype) if draft_ref else None
     params = model.num_params() / 1e6
     log(
-        f"model: {model_ref} ({params:.0f}M parameters, {dtype}); {cpu_model()}, "
+        f"model: {model_ref} ({params:.3g}M parameters, {dtype}); {cpu_model()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of {repeats}, alternating"
     )
     log(f"  {'case':<24}{'arlm tok/s':>10}{'transformers':>14}{'ratio':>10}")

@@ -66,6 +66,6 @@ def distill_command(
     draft = with_model_config(draft, config.model)
     log(
         f"draft: {layers} of the teacher's {teacher.model.config.n_layer} layers, "
-        f"{draft.num_params() / 1e6:.1f}M parameters"
+        f"{draft.num_params() / 1e6:.3g}M parameters"
     )
     return train_command(config, resume=resume, overwrite=overwrite, log=log, initial_model=draft)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from arlm.commands.eval_exposure_bias import exposure_bias_command
 from arlm.commands.runs import STUDY_OVERRIDES, train_variants
 from arlm.config import DEFAULT_PRESET, build_config
+from arlm.errors import ArlmError
 
 if TYPE_CHECKING:
     from arlm.evaluation.exposure_bias import ExposureBiasResult
@@ -73,6 +74,10 @@ def exposure_bias_study(
             "--train.scheduled_sampling", str(scheduled_sampling), "--train.scheduled_sampling_warmup", str(warmup)
         ],
     }  # fmt: skip
+    for extra in variants.values():  # each run's settings refused before any run trains
+        build_config(preset, [*all_overrides, *extra])
+    if n_sequences < 1:
+        raise ArlmError(f"--sequences must be >= 1, got {n_sequences}")
     start = time.perf_counter()
     trained = train_variants(preset, variants, runs_dir, all_overrides, log, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)

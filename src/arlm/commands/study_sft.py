@@ -81,6 +81,10 @@ def sft_study(
     if not config.train.lora.rank:
         raise ArlmError(f"preset {preset} trains no LoRA adapters; set train.lora.rank")
     variants = {"lora": [], "full": ["--train.lora.rank", "0", "--train.lr", full_lr, "--train.min_lr", "0"]}
+    for extra in variants.values():  # each run's settings refused before any work
+        build_config(preset, [*overrides, *extra])
+    if limit is not None and limit < 1:
+        raise ArlmError(f"--limit must be >= 1 held-out items per task (leave it out for all), got {limit}")
     refuse_earlier_runs([out / "runs" / name for name in variants], overwrite, "--out")  # before anything is written
     train, held = instruction_split(tasks, limit=limit)
     source = write_chat_jsonl(out / "sft.jsonl", train)

@@ -353,7 +353,7 @@ def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -
             f"the teacher {config.train.distill_from} uses another tokenizer than the data; prepare the "
             f"data with --data.tokenizer {config.train.distill_from}"
         )
-    log(f"distilling from {teacher.source} ({teacher.model.num_params() / 1e6:.0f}M parameters)")
+    log(f"distilling from {teacher.source} ({teacher.model.num_params() / 1e6:.3g}M parameters)")
     return teacher.model
 
 
