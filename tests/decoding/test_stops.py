@@ -1,9 +1,31 @@
 """Stop strings: how much of a streamed text may still begin one."""
 
-from arlm.decoding.stops import held_back
+import pytest
+
+from arlm.decoding.stops import held_back, stop_checker
 
 
 def test_held_back_is_the_longest_ending_that_starts_a_stop():
     assert held_back("the spa", ["space", "pa"]) == 3
     assert held_back("the sp", ["xyz"]) == 0
     assert held_back("aaa", ["aab"]) == 2
+
+
+@pytest.mark.real_model
+def test_a_stop_string_naming_a_special_token_stops_at_it(smollm2):
+    """Decoded text never holds `<|im_start|>` (special tokens are skipped), so a stop string naming one stops at
+    its id, in generate's check and the server's text stream alike; the text before it is all handed out."""
+    from arlm.serving.text import TextStream
+
+    tok = smollm2.tokenizer
+    answer = tok.encode("The answer is 4.")
+    im_end, im_start = tok.encode("<|im_end|>"), tok.encode("<|im_start|>")
+    ids = [*answer, *im_end, *tok.encode("\n"), *im_start, *tok.encode("system\nNext")]
+    check = stop_checker(tok, ["<|im_start|>"])
+    fired = [n for n in range(1, len(ids) + 1) if check(0, ids[:n])]
+    assert fired[0] == len(answer) + 3  # at the <|im_start|> id, not before
+    stream = TextStream(tok, ["<|im_start|>"])
+    sent = "".join(stream.push(i) for i in ids) + stream.flush()
+    assert stream.stopped and sent == "The answer is 4.\n"
+    assert stream.position()["listed"] == len(answer) + 2  # <|im_end|> is listed (it ends the text), not the stop
+    assert not any(stop_checker(tok, ["<|im_end|>x"])(0, ids[:n]) for n in range(1, len(ids) + 1))

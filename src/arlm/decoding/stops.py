@@ -11,16 +11,26 @@ if TYPE_CHECKING:  # annotations only: generate's streamer imports this module w
 
 
 def stop_checker(tokenizer: Tokenizer, stops: list[str]) -> StopCheck | None:
-    """A should_stop callback that fires when a row's recent text contains a stop string (None without stops)."""
+    """A should_stop callback that fires when a row's recent text contains a stop string, or its last id is a
+    special token a stop string names (None without stops)."""
     if not stops:
         return None
-    longest = max(len(s) for s in stops)
+    longest, stop_ids = max(len(s) for s in stops), special_stop_ids(tokenizer, stops)
 
     def should_stop(row: int, ids: list[int]) -> bool:
+        if ids and ids[-1] in stop_ids:
+            return True
         tail = tokenizer.decode(ids[-(longest + 8) :])
         return any(s in tail for s in stops)
 
     return should_stop
+
+
+def special_stop_ids(tokenizer: Tokenizer, stops: list[str]) -> set[int]:
+    """The ids of the special tokens that stop strings name (`<|im_start|>`): decoded text never holds a special
+    token, so such a stop string is matched by its id."""
+    specials = set(tokenizer.special_texts())
+    return {ids[0] for s in stops if s in specials and len(ids := tokenizer.encode(s)) == 1}
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:

@@ -1,11 +1,12 @@
 """Streaming detokenization: the text of a growing list of ids, handed out in pieces that never change afterwards,
-cut at the first stop string (which is never sent, not even in part)."""
+cut at the first stop string (which is never sent, not even in part; one naming a special token, at that token)."""
 
 from __future__ import annotations
 
 import bisect
 
 from arlm.data.tokenizers import Tokenizer
+from arlm.decoding.stops import special_stop_ids
 
 
 class TextStream:
@@ -16,6 +17,7 @@ class TextStream:
         self.tokenizer = tokenizer
         self.stops = [s for s in (stops or []) if s]
         self.longest = max(map(len, self.stops), default=0)
+        self.stop_ids = special_stop_ids(tokenizer, self.stops)  # special tokens a stop string names
         self.ids: list[int] = []
         self.sent = ""  # text handed out so far
         self.stopped = False  # a stop string was found; the text is final
@@ -29,6 +31,9 @@ class TextStream:
         self.ids.append(token)
         self.starts.append(self._decoded)
         text = self.tokenizer.decode(self.ids)
+        if token in self.stop_ids:  # (a special token adds no text: all the text before it is final)
+            self.stopped = True
+            return self._advance(text)
         self._decoded = max(self._decoded, len(text.rstrip("\ufffd")))
         start = max(0, len(self.sent) - self.longest + 1)  # a stop found now ends after the text sent: search its end
         cut = min((i for i in (text.find(s, start) for s in self.stops) if i >= 0), default=-1)
