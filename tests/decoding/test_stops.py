@@ -29,3 +29,14 @@ def test_a_stop_string_naming_a_special_token_stops_at_it(smollm2):
     assert stream.stopped and sent == "The answer is 4.\n"
     assert stream.position()["listed"] == len(answer) + 2  # <|im_end|> is listed (it ends the text), not the stop
     assert not any(stop_checker(tok, ["<|im_end|>x"])(0, ids[:n]) for n in range(1, len(ids) + 1))
+
+
+@pytest.mark.real_model
+def test_a_stop_string_of_multibyte_text_is_seen_when_it_completes(smollm2):
+    """A 14-character Japanese stop string spans ~23 byte-level tokens: the check looks back far enough to see it."""
+    tok = smollm2.tokenizer
+    stop = "日本の首都です。\n\nそれぞら"
+    ids = tok.encode("東京は" + stop + "か")
+    check = stop_checker(tok, [stop])
+    fired = [n for n in range(1, len(ids) + 1) if check(0, ids[:n])]
+    assert fired and tok.decode(ids[: fired[0]]).endswith(stop) and not tok.decode(ids[: fired[0] - 1]).endswith(stop)

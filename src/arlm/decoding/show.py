@@ -15,7 +15,10 @@ def render_drafts(
     before a stop string) when given."""
     pieces, text_so_far = [], ""
     for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1])[:end]
+        text = tokenizer.decode(ids[: i + 1])
+        if i < len(ids) - 1:  # a character not complete yet (U+FFFD) goes with the token that completes it
+            text = text.rstrip("\ufffd")
+        text = text[:end]
         pieces.append((text[len(text_so_far) :], from_draft[i] if i < len(from_draft) else False))
         text_so_far = text
     out, in_draft = [], False

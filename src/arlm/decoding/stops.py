@@ -15,7 +15,8 @@ def stop_checker(tokenizer: Tokenizer, stops: list[str]) -> StopCheck | None:
     special token a stop string names (None without stops)."""
     if not stops:
         return None
-    longest, stop_ids = max(len(s) for s in stops), special_stop_ids(tokenizer, stops)
+    # the ids a stop string can span: one per byte at most (a byte-level BPE spells a CJK character in up to 3)
+    longest, stop_ids = max(len(s.encode("utf-8")) for s in stops), special_stop_ids(tokenizer, stops)
 
     def should_stop(row: int, ids: list[int]) -> bool:
         if ids and ids[-1] in stop_ids:
