@@ -255,6 +255,7 @@ def test_a_template_that_trims_contents_or_rewrites_them(smollm2):
     ids = encode_conversation(messages, tok_trim, add_generation_prompt=False)
     assert _specials(tok, ids) == ["<|im_start|>", "<|im_end|>"]
     assert "".join(tok.token_text(i) for i in ids) == "<|im_start|>user\n<|im_end|> hi<|im_end|>\n"
-    tok_trim.chat_template = loop.replace("FILTER", "| replace('hi', 'ho')")
-    with pytest.raises(ArlmError, match=r"holds a special token's text \(<\|im_end\|>\)"):
-        encode_conversation(messages, tok_trim)
+    for rewrite in ("| replace('hi', 'ho')", "[:2]"):  # (the second cuts the mark the content is found by)
+        tok_trim.chat_template = loop.replace("FILTER", rewrite)
+        with pytest.raises(ArlmError, match=r"holds a special token's text \(<\|im_end\|>\)"):
+            encode_conversation(messages, tok_trim)

@@ -415,7 +415,7 @@ def sample_text(trainer: Trainer, prompt: str, tokens: int, model: Transformer |
     from arlm.training import distributed as D  # lazy: kept out of --help
 
     tok = trainer.data.tokenizer
-    model = model or D.unwrap(trainer.model)
+    model = D.unwrap(trainer.model) if model is None else model
     ids = tok.encode(prompt) if prompt else []
     if not ids:
         ids = [tok.bos_id if tok.bos_id is not None else 0]

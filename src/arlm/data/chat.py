@@ -179,10 +179,11 @@ def encode_literal_contents(
         return tokenizer.encode(text)
     marked = render([{**m, "content": f"{MARK}{i}{MARK}"} if i in literal else m for i, m in enumerate(messages)])
     parts = marked.split(MARK)  # the template's text, a message's index, the template's text, ...
-    order = [int(i) for i in parts[1::2]] if MARK not in text else []
+    marks = parts[1::2] if MARK not in text else []
+    order = [int(i) for i in marks] if all(i.isdigit() for i in marks) else []  # (a template may cut a mark)
     for strip in (False, True):  # a template may trim what a message holds
         contents = [messages[i]["content"].strip() if strip else messages[i]["content"] for i in order]
-        pieces = [(t, c) for t, c in zip(parts[::2], [*contents, ""])]
+        pieces = list(zip(parts[::2], [*contents, ""]))
         if sorted(order) == literal and "".join(t + c for t, c in pieces) == text:
             return [i for t, c in pieces for i in tokenizer.encode(t) + (tokenizer.encode_literally(c) if c else [])]
     held = ", ".join(s for s in specials if any(s in messages[i]["content"] for i in literal))
