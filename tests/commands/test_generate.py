@@ -32,6 +32,9 @@ class PieceTokenizer:
     def decode(self, ids):
         return "".join(PIECES[i] for i in ids)
 
+    def special_texts(self):
+        return []
+
 
 def _stream(ids: list[int], stops: list[str]) -> tuple[str, list[int]]:
     """Feed ids as generate() would (ending the row when the stop check fires); the printed text and the ids."""
