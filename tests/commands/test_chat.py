@@ -130,3 +130,51 @@ def test_json_keeps_each_answer_to_the_schema(capsys):
     assert main(args) == 0
     answers = [a.strip() for a in capsys.readouterr().out.split("assistant> ")[1:]]
     assert len(answers) == 2 and all(isinstance(json.loads(a)["colour"], str) for a in answers)
+
+
+@pytest.mark.real_model
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on_from_what_was_said(capsys, monkeypatch):
+    import signal
+
+    from arlm.commands import chat
+
+    config = GenerationConfig(strategy="greedy", max_new_tokens=24)
+    question = "Name three colours."
+    full = chat_command("smollm2", config, messages=[question], device="cpu")[0]
+    sigints = {"after": 3, "times": 1}
+
+    class Interrupting(chat.Streamer):  # Ctrl-C typed while the answer is written
+        def __call__(self, tokens):
+            super().__call__(tokens)
+            if len(self.ids) == sigints["after"]:
+                for _ in range(sigints["times"]):
+                    signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(chat, "Streamer", Interrupting)
+    typed = iter([question, "And one more?"])
+
+    def read(prompt: str) -> str:
+        line = next(typed, None)
+        if line is None:
+            raise EOFError
+        return line
+
+    before = signal.getsignal(signal.SIGINT)
+    answers = chat_command("smollm2", config, device="cpu", read=read)
+    assert len(answers) == 2 and answers[0] and full.startswith(answers[0]) and len(answers[0]) < len(full)
+    assert signal.getsignal(signal.SIGINT) is before
+    sigints.update(times=2)  # a second Ctrl-C before the first is seen: the chat ends, as at the prompt
+    typed = iter([question])
+    with pytest.raises(KeyboardInterrupt):
+        chat_command("smollm2", config, device="cpu", read=read)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.real_model
+def test_piped_input_gets_no_prompt_on_stdout(capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of France?\n"))
+    assert main(["chat", "--temperature", "0", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("assistant> ") and "Paris" in out and "you>" not in out

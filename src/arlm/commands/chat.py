@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from arlm.commands.generate import (
     Streamer,
@@ -29,6 +33,9 @@ from arlm.commands.options import (
 )
 from arlm.config import GenerationConfig
 from arlm.errors import ArlmError
+
+if TYPE_CHECKING:  # annotations only: the session's module loads torch, kept out of --help
+    from arlm.decoding.chat import ChatSession
 
 CHAT_DEFAULTS = GenerationConfig(strategy="sample", temperature=0.7, top_p=0.9, max_new_tokens=256)
 CHAT_WHERE = "defaults: chat's own, shown (max-new-tokens at most half the model's context unless given)"
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         reuse_prefix=args.reuse_prefix,
         json_schema=json_schema_of(args.json),
         stats=args.stats,
+        read=input if sys.stdin.isatty() else _read_piped,
         fit_answer="max_new_tokens" not in options,
     )
     return 0
@@ -94,8 +102,9 @@ def chat_command(
     read: Callable[[str], str] = input,
     fit_answer: bool = False,
 ) -> list[str]:
-    """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends; draft_dtype:
-    the draft model's (None: the target's); fit_answer: max_new_tokens at most half the model's context."""
+    """Chat in the terminal (or answer the given messages in turn); /reset clears, /quit or EOF ends, Ctrl-C stops
+    the answer being written (a second one, or one at the prompt, ends the chat); draft_dtype: the draft model's
+    (None: the target's); fit_answer: max_new_tokens at most half the model's context."""
     from arlm.decoding.chat import ChatSession  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
@@ -115,34 +124,68 @@ def chat_command(
     )
     answers = []
     for line in _lines(messages, read):
-        if not line.strip():  # (Enter alone: nothing to answer)
-            continue
         if line.strip() in ("/quit", "/exit"):
             break
-        if line.strip() == "/reset":
-            session.turns = []
-            continue
-        sys.stdout.write("assistant> ")
-        streamer = Streamer(loaded.tokenizer, config.stop)
-        try:
-            answers.append(session.reply(line, on_token=streamer))
-        except ArlmError as exc:  # typed in: say why, and go on with the conversation as it was
-            if messages is not None:
-                raise
-            print(flush=True)
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        streamer.finish()
-        if stats:
-            last = session.stats
-            kept = f"{last['reused_tokens']} of {last['prompt_tokens']} prompt tokens kept from the last turn"
-            print(f"{format_stats(last)}; {kept}", file=sys.stderr)
+        if (answer := _turn(session, line, messages is None, stats)) is not None:
+            answers.append(answer)
     return answers
+
+
+def _turn(session: ChatSession, line: str, typed: bool, stats: bool) -> str | None:
+    """Answer one line (streamed, with its stats if asked), or act on /reset; the answer, or None (none: a blank
+    line, /reset, or a message refused while typed in)."""
+    if not line.strip() or line.strip() == "/reset":  # (Enter alone: nothing to answer)
+        if line.strip():
+            session.turns = []
+        return None
+    sys.stdout.write("assistant> ")
+    streamer = Streamer(session.tokenizer, session.config.stop)
+    try:
+        with _interruptible(typed) as interrupted:
+            answer = session.reply(line, on_token=streamer, cancel=interrupted)
+    except ArlmError as exc:  # typed in: say why, and go on with the conversation as it was
+        if not typed:
+            raise
+        print(flush=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    streamer.finish()
+    if stats:
+        last = session.stats
+        kept = f"{last['reused_tokens']} of {last['prompt_tokens']} prompt tokens kept from the last turn"
+        print(f"{format_stats(last)}; {kept}", file=sys.stderr)
+    return answer
 
 
 def _answer_within(config: GenerationConfig, most: int) -> GenerationConfig:
     """config with max_new_tokens at most `most`."""
     return dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, most))
+
+
+@contextlib.contextmanager
+def _interruptible(typed: bool) -> Iterator[Callable[[], bool] | None]:
+    """While typed in a terminal: the first Ctrl-C (SIGINT) only marks the answer to stop, as in llama.cpp's chat;
+    yields whether it came (None where SIGINT stays as it is: given messages, or a thread other than the main)."""
+    if not typed or threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    came = threading.Event()
+    before = signal.getsignal(signal.SIGINT)
+
+    def stop_answer(signum: int, frame: object) -> None:
+        came.set()
+        signal.signal(signal.SIGINT, before)  # a second Ctrl-C interrupts as before (a long prompt's encoding)
+
+    signal.signal(signal.SIGINT, stop_answer)
+    try:
+        yield came.is_set
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _read_piped(prompt: str) -> str:
+    """A line of piped input, without the "you> " prompt (as Python's REPL shows none when stdin is no terminal)."""
+    return input()
 
 
 def _lines(messages: list[str] | None, read: Callable[[str], str]) -> Iterator[str]:

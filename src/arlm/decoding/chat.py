@@ -15,6 +15,7 @@ from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
 from arlm.decoding.grammar import JsonGrammar
 from arlm.decoding.stops import cut_at_stop, stop_checker
+from arlm.decoding.types import StopCheck
 from arlm.errors import ArlmError
 
 __all__ = ["ChatSession", "Message", "apply_chat_template"]
@@ -68,8 +69,9 @@ class ChatSession:
             raise ArlmError(f"the message is {len(ids)} tokens; the context leaves room for {budget}")
         return ids
 
-    def reply(self, message: str, on_token: Callable | None = None) -> str:
-        """Add a user message, generate the assistant's answer (streamed to on_token), remember it."""
+    def reply(self, message: str, on_token: Callable | None = None, cancel: Callable[[], bool] | None = None) -> str:
+        """Add a user message, generate the assistant's answer (streamed to on_token), remember it; cancel() true
+        ends the answer after the token in hand (Ctrl-C in a terminal), and what was said so far is kept."""
         self.turns.append({"role": "user", "content": message})
         try:
             tok, prompt = self.tokenizer, self.prompt_ids()
@@ -84,7 +86,7 @@ class ChatSession:
             pad_id=tok.pad_id,
             draft=self.draft,
             on_token=on_token,
-            should_stop=stop_checker(tok, self.config.stop),
+            should_stop=_or_cancelled(stop_checker(tok, self.config.stop), cancel),
             grammar=self.grammar,
         )
         self.reused = self.engine.reused if self.engine else 0
@@ -92,3 +94,10 @@ class ChatSession:
         answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()
         self.turns.append({"role": "assistant", "content": answer})
         return answer
+
+
+def _or_cancelled(check: StopCheck | None, cancel: Callable[[], bool] | None) -> StopCheck | None:
+    """check, also firing once cancel() is true (check unchanged without cancel)."""
+    if cancel is None:
+        return check
+    return lambda row, ids: cancel() or (check is not None and check(row, ids))
