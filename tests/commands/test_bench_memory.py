@@ -38,3 +38,12 @@ def test_impossible_settings_are_one_line(tmp_path, capsys, args, line):
     assert main(["bench", "memory", *args, "--out", str(tmp_path / "m.png")]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {line}"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kwargs", "flag"), [({"budget_gb": -1.0}, "--budget-gb"), ({"lengths": (64,)}, "--lengths")])
+def test_the_function_refuses_what_the_flags_refuse(tmp_path, kwargs, flag):
+    from arlm.errors import ArlmError
+
+    with pytest.raises(ArlmError, match=f"^{flag} "):
+        bench_memory_command(out=str(tmp_path / "m.png"), device="cpu", **kwargs)
+    assert list(tmp_path.iterdir()) == []

@@ -21,21 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Measure and draw."""
     lengths = parse_lengths(args.lengths) if args.lengths else LENGTHS
-    if not 0 < args.budget_gb < math.inf:
-        raise ArlmError(f"--budget-gb must be a number of GB above 0, got {args.budget_gb:g}")
     bench_memory_command(lengths=lengths, budget_gb=args.budget_gb, out=args.out)
     return 0
 
 
 def parse_lengths(text: str) -> tuple[int, ...]:
-    """--lengths: at least two different sequence lengths of 2 tokens or more (the exponents are fitted over them)."""
+    """--lengths: comma-separated whole numbers (bench_memory_command checks them)."""
     try:
-        lengths = tuple(int(t) for t in text.split(","))
+        return tuple(int(t) for t in text.split(","))
     except ValueError:
         raise ArlmError(f"--lengths takes comma-separated whole numbers (e.g. 128,256,512), got {text!r}") from None
-    if min(lengths) < 2 or len(set(lengths)) < 2:
-        raise ArlmError(f"--lengths needs two different lengths of 2 or more (a slope is fitted over them), got {text}")
-    return lengths
 
 
 def bench_memory_command(
@@ -51,6 +46,13 @@ def bench_memory_command(
     from arlm.bench.memory import run_memory_bench  # lazy: kept out of --help
     from arlm.commands.plots import figure_path, plot_memory  # lazy: kept out of --help
 
+    if min(lengths, default=0) < 2 or len(set(lengths)) < 2:
+        shown = ",".join(map(str, lengths))
+        raise ArlmError(
+            f"--lengths needs two different lengths of 2 or more (a slope is fitted over them), got {shown}"
+        )
+    if not 0 < budget_gb < math.inf:
+        raise ArlmError(f"--budget-gb must be a number of GB above 0, got {budget_gb:g}")
     figure_path(out)
     result = run_memory_bench(lengths=lengths, budget_gb=budget_gb, device=device, limit_gb=limit_gb, log=log)
     plot_memory(result, out)
