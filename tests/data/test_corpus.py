@@ -1,8 +1,9 @@
 import json
+import re
 
 import pytest
 
-from arlm.data.corpus import builtin_documents, load_documents, read_text
+from arlm.data.corpus import builtin_documents, load_documents, read_blocks, read_text
 from arlm.errors import ArlmError
 
 
@@ -94,3 +95,44 @@ def test_separator_and_size_make_documents_of_one_file(tmp_path):
     assert all(len(d.text) <= 20 for d in sized)
     by_regex = [d.text for d in load_documents(str(book), separator=r"\n(?=Second|Third)")]
     assert [t[:6] for t in by_regex] == ["First ", "Second", "Third,"]
+
+
+def test_a_glob_reaching_into_the_output_or_its_temporary_is_refused(tmp_path, monkeypatch):
+    from arlm.data.corpus import check_source_apart
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "a.txt").write_text("some text\n", encoding="utf-8")
+    for pattern in ("w/**", "w/*/*", f"{tmp_path}/w/**/*.tmp", "w/data*/**"):  # out w/data, first w/data.tmp-PID
+        with pytest.raises(
+            ArlmError, match=f"^data.source {re.escape(repr(pattern))} matches files inside --out w/data "
+        ):
+            check_source_apart(pattern, "w/data", "--out")
+    for pattern in ("w/*.txt", "w/a*", "other/**", "w/x*/**"):  # cannot reach w/data/... nor w/data.tmp-PID/...
+        check_source_apart(pattern, "w/data", "--out")
+
+
+def test_a_path_is_that_path_though_it_looks_like_a_glob(tmp_path):
+    for name in ("shake [v2].txt", "what?.txt", "a*b.txt"):
+        (tmp_path / name).write_text(f"{name}\n", encoding="utf-8")
+    (tmp_path / "whatX.txt").write_text("other\n", encoding="utf-8")
+    for name in ("shake [v2].txt", "what?.txt", "a*b.txt"):
+        assert [d.text for d in load_documents(str(tmp_path / name))] == [f"{name}\n"]
+    assert len(load_documents(str(tmp_path / "what?.t*"))) == 2  # a pattern of no such path still globs
+
+
+def test_nul_anywhere_upper_case_jsonl_and_a_file_gone_while_read(tmp_path, monkeypatch):
+    monkeypatch.setattr("arlm.data.corpus.READ_BYTES", 64)
+    late = tmp_path / "late.txt"
+    late.write_bytes(b"\xef\xbb\xbf" + b"x" * 1000 + b"\x00 more")
+    with pytest.raises(ArlmError, match=r"looks binary \(NUL byte at offset 1003\)"):  # (counted from the file's start)
+        read_text(late)
+    upper = tmp_path / "D.JSONL"
+    upper.write_text(json.dumps({"body": "one"}) + "\n", encoding="utf-8")
+    assert [d.text for d in load_documents(str(upper), text_field="body")] == ["one"]
+    gone = tmp_path / "gone.txt"
+    gone.write_text("y" * 1000, encoding="utf-8")
+    blocks = read_blocks(gone)
+    gone.unlink()
+    with pytest.raises(ArlmError, match=r"^cannot read .*gone.txt \(No such file or directory\); prepare again"):
+        list(blocks)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import codecs
+import fnmatch
 import glob
 import json
+import os
 import sysconfig
 import warnings
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pydoc_data.topics import topics
 from arlm.data.pieces import Chunk, cut_by_size, join_documents, repiece, separate, separator_pattern
 from arlm.data.sources import CORPORA, find_corpus, is_named_corpus
 from arlm.errors import ArlmError
+from arlm.temporaries import temporary_for
 
 READ_BYTES = 1 << 22  # files are read 4 MiB at a time
 PIECE_CHARS = 1 << 22  # documents longer than this many characters stream in pieces
@@ -84,7 +87,7 @@ def _source_chunks(source: str, text_field: str, encoding_errors: str) -> Iterat
         yield from (Chunk(d.name, d.text, True) for d in builtin_documents(source))
         return
     for path in source_paths(source):
-        if path.suffix in (".jsonl", ".ndjson"):
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
             yield from _jsonl_chunks(path, text_field, encoding_errors)
         else:
             yield from (Chunk(str(path), text, last) for text, last in read_blocks(path, encoding_errors))
@@ -133,7 +136,7 @@ def source_paths(source: str) -> list[Path]:
     """The files of a named corpus, path, folder (recursively, hidden ones left out) or glob, sorted."""
     if is_named_corpus(source):  # found locally or downloaded once, before any path of that name
         return [find_corpus(source)]
-    if is_glob(source):
+    if is_glob(source) and not Path(source).exists():  # (a file named "shake [v2].txt" is that file)
         paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not paths:
             raise ArlmError(f"no files match {source!r}")
@@ -153,16 +156,37 @@ def source_paths(source: str) -> list[Path]:
 
 
 def check_source_apart(source: str, folder: str | Path, flag: str) -> None:
-    """Refuse a source folder that holds `folder` (an output: prepared data, a run): the files arlm writes there
-    would be read as the corpus."""
+    """Refuse a source folder that holds `folder` (an output: prepared data, a run), or a glob that reaches into
+    it or into the temporary it is written under: the files arlm writes there would be read as the corpus."""
     src = Path(source)
-    if is_named_corpus(source) or source in BUILTIN_SOURCES or not src.is_dir():
+    if is_named_corpus(source) or source in BUILTIN_SOURCES:
         return
-    if Path(folder).resolve().is_relative_to(src.resolve()):
+    out = Path(folder).resolve()
+    if is_glob(source) and not src.exists():
+        pattern = Path(os.path.abspath(source)).parts
+        if any(_reaches(pattern, place.parts) for place in (out, temporary_for(out))):
+            raise ArlmError(
+                f"data.source {source!r} matches files inside {flag} {folder} (or the folder it is written in "
+                f"first): the files arlm writes there would be read as the corpus; choose a {flag} the pattern "
+                "does not reach"
+            )
+        return
+    if src.is_dir() and out.is_relative_to(src.resolve()):
         raise ArlmError(
             f"data.source {source} holds {flag} {folder}: the files arlm writes there would be read as the corpus; "
             f"choose a {flag} outside the source folder"
         )
+
+
+def _reaches(pattern: tuple[str, ...], folder: tuple[str, ...]) -> bool:
+    """Whether a glob's path components can match a file below the folder's components ("**": any number)."""
+    if not folder:
+        return bool(pattern)
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return _reaches(pattern[1:], folder) or _reaches(pattern, folder[1:])
+    return fnmatch.fnmatchcase(folder[0], pattern[0]) and _reaches(pattern[1:], folder[1:])
 
 
 def _hidden(rel: Path) -> bool:
@@ -177,18 +201,25 @@ def read_text(path: Path, encoding_errors: str = "strict") -> str:
 def read_blocks(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[str, bool]]:
     """Decode a file as UTF-8 block by block, (text, is_last); binary files and invalid bytes are refused
     with the byte offset (strict; the offset counts from after a byte-order mark)."""
+    try:
+        yield from _decoded_blocks(path, encoding_errors)
+    except OSError as exc:  # (removed or made unreadable while being read)
+        raise ArlmError(f"cannot read {path} ({exc.strerror or exc}); prepare again once it is readable") from None
+
+
+def _decoded_blocks(path: Path, encoding_errors: str) -> Iterator[tuple[str, bool]]:
     decoder = codecs.getincrementaldecoder("utf-8")(encoding_errors)
-    fed = 0  # bytes given to the decoder
+    fed = read = 0  # bytes given to the decoder, bytes read from the file
     with open(path, "rb") as f:
-        first = True
         while True:
             data = f.read(READ_BYTES)
-            if first:
-                nul = data.find(b"\x00", 0, 1 << 20)
-                if nul >= 0:
-                    raise ArlmError(f"{path} looks binary (NUL byte at offset {nul}); give text files only")
-                data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
-                first = False
+            nul = data.find(b"\x00")
+            if nul >= 0:
+                raise ArlmError(f"{path} looks binary (NUL byte at offset {read + nul}); give text files only")
+            if not read and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+                read = 3
+            read += len(data)
             pending = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(data, final=not data)
