@@ -121,6 +121,37 @@ def test_overwrite_replaces_prepared_data_only(tmp_path, corpus_dir):
     assert (mine / "notes.txt").read_text(encoding="utf-8") == "precious"
 
 
+def test_overwrite_refuses_prepared_data_holding_other_files_and_data_inside_data(tmp_path, corpus_dir):
+    """--overwrite deletes only what prepare writes: prepared data that also holds a user's files (or other
+    prepared data, which --out inside it would make) is refused whole, the files kept."""
+    config, data = DataConfig(source=str(corpus_dir), tokenizer="char"), tmp_path / "data"
+    prepare(config, data, log=lambda _: None)
+    with pytest.raises(ArlmError, match=rf"^{data}/sub is inside prepared data \({data}\); choose a --out outside"):
+        prepare(config, data / "sub", log=lambda _: None, flag="--out")
+    (data / "notes.txt").write_text("precious", encoding="utf-8")
+    (data / "mine").mkdir()
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    other = DataConfig(source=str(corpus_dir), tokenizer="char", lowercase=True)
+    with pytest.raises(
+        ArlmError, match=r"holds prepared data and other files \(mine, notes.txt\); --overwrite replaces"
+    ):
+        prepare(other, data, overwrite=True, log=lambda _: None, flag="--out")
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before and (data / "mine").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "data"]  # (no temporary left)
+    (data / "notes.txt").unlink()
+    (data / "mine").rmdir()
+    assert prepare(other, data, overwrite=True, log=lambda _: None).meta["data"]["lowercase"] is True
+
+
+def test_a_glob_over_the_output_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "w")
+    with pytest.raises(ArlmError, match=r"^data.source 'w/\*\*' matches files inside --out w/data "):
+        prepare(DataConfig(source="w/**", tokenizer="char"), "w/data", log=lambda _: None, flag="--out")
+    assert not [p for p in (tmp_path / "w").iterdir() if p.name.startswith("data")]
+    prepare(DataConfig(source="w/*.txt", tokenizer="char"), "w/data", log=lambda _: None, flag="--out")
+
+
 def test_the_current_folder_is_refused_cleanly(tmp_path, corpus_dir, monkeypatch):
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")

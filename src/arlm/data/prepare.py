@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -199,6 +200,7 @@ def prepare(
     prepared data only (never another folder); `flag` is the option that named the folder, for the messages."""
     directory, path = Path(directory), _target(directory, flag)
     check_source_apart(config.source, directory, flag)
+    _refuse_inside_prepared(path, directory, flag)
     fingerprint, stamps = data_fingerprint(config), source_stamps(config)
     for stale in remove_stale(path):
         log(f"removed {stale}, left by a prepare that was stopped before it finished")
@@ -215,6 +217,7 @@ def prepare(
         if not overwrite:
             raise ArlmError(_why_not_reused(directory, meta, fingerprint, stamps, flag))
         _refuse_in_use(path, directory, flag)
+        _refuse_foreign(path, directory, flag)
     elif path.exists() and any(path.iterdir()):
         raise ArlmError(
             f"{directory} holds files but no prepared data (--overwrite replaces only that); choose another {flag}"
@@ -234,6 +237,7 @@ def prepare(
         raise ArlmError(f"{directory} was prepared by another process meanwhile; its data is kept (this run's is not)")
     if path.exists():
         _refuse_in_use(path, directory, flag, tmp)  # (a run may have started on it meanwhile)
+        _refuse_foreign(path, directory, flag, tmp)  # (or files been put there)
         shutil.rmtree(path)
     os.replace(tmp, path)
     log(report_text)
@@ -252,6 +256,27 @@ def _refuse_in_use(path: Path, directory: str | Path, flag: str, tmp: Path | Non
         )
 
 
+def _refuse_foreign(path: Path, directory: str | Path, flag: str, tmp: Path | None = None) -> None:
+    """Refuse to replace prepared data that holds files prepare does not write (--overwrite deletes only its own);
+    the new data's temporary, if any, is removed."""
+    foreign = sorted(entry.name for entry in path.iterdir() if not _OWN.fullmatch(entry.name))
+    if foreign:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ArlmError(
+            f"{directory} holds prepared data and other files ({shown}); --overwrite replaces only prepared data: "
+            f"move those files out, or choose another {flag}"
+        )
+
+
+def _refuse_inside_prepared(path: Path, directory: str | Path, flag: str) -> None:
+    """Refuse prepared data put inside other prepared data (an --overwrite of that would delete it)."""
+    for above in path.parents:
+        if _prepared_meta(above) is not None:
+            raise ArlmError(f"{directory} is inside prepared data ({above}); choose a {flag} outside it")
+
+
 def _new_temporary(path: Path) -> tuple[Path, list[Path]]:
     """Make this process's temporary folder for `path`; returns it and the folders made above it, deepest first."""
     tmp = temporary_for(path)
@@ -262,6 +287,9 @@ def _new_temporary(path: Path) -> tuple[Path, list[Path]]:
     except OSError as exc:
         raise ArlmError(f"cannot create {tmp} ({exc.strerror}); give another folder for the prepared data") from None
     return tmp, made
+
+
+_OWN = re.compile(r"meta\.json|report\.(json|txt)|tokenizer|(train|val|test)(\.bin|\.(docs|targets|lines)\.npy)")
 
 
 def _target(directory: str | Path, flag: str) -> Path:
