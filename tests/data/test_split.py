@@ -85,3 +85,20 @@ def test_plan_from_lengths_and_digests_is_the_seeded_shuffle_of_the_documents():
     for name in ("train", "val", "test"):
         assert [docs[i].name for i in plan.parts[name].docs] == [d.name for d in taken[name]]
         assert [(s, e) for _, s, e in plan.parts[name].segments(chars)] == [(0, len(d.text)) for d in taken[name]]
+
+
+def test_one_document_larger_than_a_share_stays_in_train_and_auto_keeps_the_fractions():
+    """A book and 30 one-line notes: test and val pass over the book (it would hold 99.9% of the text); by
+    document they then hold a sliver of their share, so auto cuts the text contiguously instead."""
+    docs = [Document("book", "a long book. " * 20_000)]
+    docs += [Document(f"note{i}", f"note number {i} with a little text in it\n") for i in range(30)]
+    chars = np.array([len(d.text) for d in docs])
+    digests = np.array([text_digest(d.text) for d in docs])
+    for seed in range(10):
+        plan = plan_splits(chars, digests, 0.0, 0.05, seed=seed, mode="documents")
+        assert plan.parts["train"].docs.tolist() == [0] and len(plan.parts["test"].docs) == 30
+        auto = plan_splits(chars, digests, 0.05, 0.05, seed=seed)
+        held = {name: sum(e - s for _, s, e in part.segments(chars)) for name, part in auto.items()}
+        assert auto.mode == "contiguous" and held["test"] == pytest.approx(0.05 * chars.sum(), abs=2)
+    even = plan_splits(np.full(40, 100), np.array([text_digest(str(i)) for i in range(40)]), 0.05, 0.05, seed=0)
+    assert even.mode == "documents"  # (lengths that fit the shares: by document, as always)

@@ -6,6 +6,7 @@ than memory is split with a few bytes a document; `split_documents` applies it t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from array import array
@@ -57,15 +58,25 @@ class SplitPlan:
         """(name, part) for each split, in the order train, val, test."""
         return [(name, self.parts[name]) for name in SPLITS]
 
+    def holds_shares(self, chars: np.ndarray, fractions: dict[str, float]) -> bool:
+        """Whether each named split holds at least half its fraction of the kept documents' characters."""
+        held = {name: int(chars[part.docs].sum()) for name, part in self.parts.items()}
+        total = sum(held.values())
+        return all(held[name] >= fraction * total / 2 for name, fraction in fractions.items())
+
 
 def plan_splits(
     chars: np.ndarray, digests: np.ndarray, val_fraction: float, test_fraction: float, seed: int, mode: str = "auto"
 ) -> SplitPlan:
     """Assign documents (their lengths in characters and digests, dtype S16) to splits so that no text
-    appears in two of them."""
-    if mode == "auto":
-        mode = "documents" if len(chars) >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT else "contiguous"
-    if mode == "contiguous":
+    appears in two of them; auto: by document with 20 or more, unless their lengths are too uneven for the
+    fractions (val or test under half its share), else contiguous."""
+    if mode == "auto" and len(chars) >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT:
+        with contextlib.suppress(ArlmError):  # (too few documents of a fitting length for a split)
+            plan = _by_document(chars, digests, val_fraction, test_fraction, seed)
+            if plan.holds_shares(chars, {"val": val_fraction, "test": test_fraction}):
+                return plan
+    if mode in ("auto", "contiguous"):
         return _contiguous(chars, val_fraction, test_fraction)
     return _by_document(chars, digests, val_fraction, test_fraction, seed)
 
@@ -74,30 +85,43 @@ def _by_document(
     chars: np.ndarray, digests: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> SplitPlan:
     """Seeded shuffle of unique documents; test then val take documents until they hold their share of
-    characters, train takes the rest. Exact duplicates are dropped so no text lands in two splits."""
+    characters (passing over one that would take them past twice their share), train takes the rest. Exact
+    duplicates are dropped so no text lands in two splits."""
     _, first = np.unique(digests, return_index=True)  # first occurrence of each distinct text
     order = array("q")
     order.frombytes(np.sort(first).astype(np.int64).tobytes())
     random.Random(seed).shuffle(order)  # the same permutation as shuffling the documents themselves
     shuffled = np.frombuffer(order, dtype=np.int64)
-    total = int(chars[shuffled].sum())
-    cursor = 0
+    lengths = chars[shuffled]
+    left = np.ones(len(shuffled), dtype=bool)  # (n,) not yet in val or test
     parts = {}
     for name, fraction in (("test", test_fraction), ("val", val_fraction)):
-        taken = chars_taken = 0
-        while fraction > 0 and cursor + taken < len(order) - 1 and (not taken or chars_taken < fraction * total):
-            chars_taken += int(chars[order[cursor + taken]])
-            taken += 1
-        parts[name] = SplitPart(shuffled[cursor : cursor + taken])
-        cursor += taken
-    parts["train"] = SplitPart(shuffled[cursor:])
-    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
-        if fraction > 0 and not len(parts[name].docs):
+        taken = _take_share(lengths, left, fraction * int(lengths.sum())) if fraction > 0 else []
+        left[taken] = False
+        parts[name] = SplitPart(shuffled[taken])
+        if fraction > 0 and not len(taken):
             raise ArlmError(
                 f"only {len(order)} distinct documents: too few for a {name} split; "
                 "use --data.split contiguous or add documents"
             )
+    parts["train"] = SplitPart(shuffled[left])
     return SplitPlan(parts, "documents", len(chars) - len(order))
+
+
+def _take_share(lengths: np.ndarray, left: np.ndarray, share: float) -> list[int]:
+    """Positions of documents not yet taken, in order, until they hold `share` characters; a document that would
+    take them past twice the share is passed over (the smallest is taken if none fits); one stays for train."""
+    taken, held, room = [], 0, int(left.sum()) - 1
+    for k in np.flatnonzero(left).tolist():
+        if held >= share or len(taken) >= room:
+            break
+        if held + int(lengths[k]) <= 2 * share:
+            taken.append(k)
+            held += int(lengths[k])
+    if not taken and room > 0:
+        candidates = np.flatnonzero(left)
+        taken = [int(candidates[np.argmin(lengths[candidates])])]
+    return taken
 
 
 def _contiguous(chars: np.ndarray, val_fraction: float, test_fraction: float) -> SplitPlan:
