@@ -74,6 +74,11 @@ def test_validation_catches_impossible_shapes():
         build_config("quickstart", ["--model.n_kv_head", "3"])
     with pytest.raises(ArlmError, match="val_fraction"):
         build_config("quickstart", ["--data.val_fraction", "0.6", "--data.test_fraction", "0.5"])
+    with pytest.raises(ArlmError, match="^data.vocab_size must be at most 4,194,304 .ids to train., got 1000000000$"):
+        build_config("quickstart", ["--data.vocab_size", "1000000000"])  # (BPE's trainer asked for 70 GB, aborted)
+    with pytest.raises(ArlmError, match="^data.vocab_size 3 leaves the word tokenizer no word beside its 3 special"):
+        build_config("quickstart", ["--data.tokenizer", "word", "--data.vocab_size", "3"])
+    build_config("quickstart", ["--data.tokenizer", "word", "--data.vocab_size", "4"])
 
 
 def test_literal_values_are_checked():

@@ -81,6 +81,9 @@ class ModelConfig:
             raise ArlmError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
+MAX_VOCAB = 1 << 22  # data.vocab_size's ceiling: 4,194,304 ids, 16x Gemma's 262,144
+
+
 @dataclass
 class DataConfig:
     """Where the text comes from and how it becomes token shards and batches."""
@@ -123,6 +126,13 @@ class DataConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ArlmError("data.val_fraction + data.test_fraction must leave room for training text")
         _at_least("data.vocab_size", self.vocab_size, 1)
+        if self.vocab_size > MAX_VOCAB:  # (tokenizers' BPE trainer reserves memory for every id: 70 GB for 1e9)
+            raise ArlmError(f"data.vocab_size must be at most {MAX_VOCAB:,} (ids to train), got {self.vocab_size}")
+        if self.tokenizer == "word" and self.vocab_size < 4:
+            raise ArlmError(
+                f"data.vocab_size {self.vocab_size} leaves the word tokenizer no word beside its 3 special tokens; "
+                "give 4 or more"
+            )
         if self.doc_max_chars < 0:
             raise ArlmError(f"data.doc_max_chars must be >= 0 (0: no limit), got {self.doc_max_chars}")
 

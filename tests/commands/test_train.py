@@ -72,6 +72,11 @@ def test_resume_keeps_the_data_it_trained_on_when_the_source_changed(tmp_path, c
             ["--preset", "smollm2-sft", "--data.document_mask", "false"],
             "--data.document_mask does nothing with chat data",
         ),
+        (
+            ["--data.mode", "padded", "--data.document_mask", "true"],
+            "--data.document_mask does nothing with data.mode padded (a row holds one document)",
+        ),
+        (["--data.pad_to", "block"], "--data.pad_to does nothing with data.mode packed (a row is a whole block)"),
     ],
 )
 def test_an_override_the_run_would_not_read_is_refused(tmp_path, capsys, overrides, message):

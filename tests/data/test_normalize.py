@@ -34,3 +34,12 @@ def test_counts_accumulate_over_pieces_of_a_stream():
     assert normalizer.report.chars_after == report.chars_after
     assert normalizer.report.removed == report.removed
     assert normalizer.report.edited == {"strip_control": 0, "lowercase": 7, "collapse_whitespace": 0}
+
+
+def test_a_line_end_of_any_convention_stays_a_line_end():
+    lf = "First Citizen:\nBefore we proceed.\n\nAll:\nSpeak, speak.\n"
+    for ending in ("\r\n", "\r", "\u2028"):
+        text = lf.replace("\n", ending)
+        assert normalize_text(text, DataConfig(collapse_whitespace=True)) == lf
+    for ending in ("\r\n", "\r"):  # strip_control drops the control characters, but not the line
+        assert normalize_text(lf.replace("\n", ending), DataConfig(strip_control=True)) == lf

@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
     """Refuse an override the run would not read: a model shape beside train.init (its shape comes from there),
-    a LoRA setting at train.lora.rank 0 (no adapters), or a batch setting that chat data does not read."""
+    a LoRA setting at train.lora.rank 0 (no adapters), or a batch setting that chat data or the data's mode does not
+    read."""
     from arlm.training.init import FROM_CONFIG  # lazy: kept out of --help
 
     shape = sorted(set(given.get("model", {})) - set(FROM_CONFIG))
@@ -100,6 +101,10 @@ def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
             f"--data.{chat[0]} does nothing with chat data (whole conversations in shuffled epochs; a packed row's "
             "conversations always attend only to themselves)"
         )
+    unread = {"padded": ("document_mask", "a row holds one document"), "packed": ("pad_to", "a row is a whole block")}
+    name, why = unread[config.data.mode]
+    if name in given.get("data", {}) and config.data.format == "text":
+        raise ArlmError(f"--data.{name} does nothing with data.mode {config.data.mode} ({why})")
 
 
 @dataclass
