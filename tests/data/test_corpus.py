@@ -136,3 +136,11 @@ def test_nul_anywhere_upper_case_jsonl_and_a_file_gone_while_read(tmp_path, monk
     gone.unlink()
     with pytest.raises(ArlmError, match=r"^cannot read .*gone.txt \(No such file or directory\); prepare again"):
         list(blocks)
+
+
+def test_a_file_linked_twice_in_a_folder_is_read_once(tmp_path):
+    (tmp_path / "a.txt").write_text("one text\n", encoding="utf-8")
+    (tmp_path / "b.txt").symlink_to("a.txt")
+    (tmp_path / "c.txt").write_text("another\n", encoding="utf-8")
+    for source in (tmp_path, tmp_path / "*.txt"):
+        assert [d.text for d in load_documents(str(source))] == ["one text\n", "another\n"]

@@ -363,3 +363,24 @@ def test_a_failed_prepare_leaves_no_folders_behind(tmp_path):
     with pytest.raises(ArlmError, match="does not exist"):
         prepare(DataConfig(source=str(tmp_path / "missing.txt")), tmp_path / "runs" / "a" / "data", log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe", "char"])
+def test_a_special_tokens_text_in_the_corpus_is_data(tmp_path, tokenizer):
+    """`<|endoftext|>` typed in a text is text (as nanoGPT's encode_ordinary reads it): no false document end,
+    no padding id in the shards, and the shards decode to the text."""
+    docs = tiny_text(6)
+    text = "".join(docs[:3]) + "\nThe token <|endoftext|> and <|pad|> appear in this text.\n" + "".join(docs[3:])
+
+    def shards(text: str, name: str):
+        (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
+        source = str(tmp_path / f"{name}.txt")
+        config = DataConfig(source=source, tokenizer=tokenizer, vocab_size=300, split="contiguous")
+        data = prepare(config, tmp_path / name, log=lambda _: None)
+        return data.tokenizer, [data.tokens(split) for split in ("train", "val", "test")]
+
+    _, plain = shards(text.replace("<|", "<!"), "plain")  # the same text without a special token's
+    tok, ids = shards(text, "special")
+    count = lambda parts, i: sum(int((part == i).sum()) for part in parts)
+    assert count(ids, tok.eos_id) == count(plain, tok.eos_id) and count(ids, tok.pad_id) == 0
+    assert "".join(tok.decode(part) for part in ids) == text

@@ -140,7 +140,7 @@ def source_paths(source: str) -> list[Path]:
         paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not paths:
             raise ArlmError(f"no files match {source!r}")
-        return paths
+        return _distinct(paths)
     path = Path(source)
     if not path.exists():
         raise ArlmError(
@@ -151,7 +151,7 @@ def source_paths(source: str) -> list[Path]:
         paths = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
         if not paths:
             raise ArlmError(f"folder {source} holds no files")
-        return paths
+        return _distinct(paths)
     return [path]
 
 
@@ -176,6 +176,12 @@ def check_source_apart(source: str, folder: str | Path, flag: str) -> None:
             f"data.source {source} holds {flag} {folder}: the files arlm writes there would be read as the corpus; "
             f"choose a {flag} outside the source folder"
         )
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """paths without a second name of a file already listed (a link to it), in order."""
+    seen: set[Path] = set()
+    return [path for path in paths if not (path.resolve() in seen or seen.add(path.resolve()))]
 
 
 def _reaches(pattern: tuple[str, ...], folder: tuple[str, ...]) -> bool:

@@ -76,8 +76,8 @@ class Tokenizer:
         return "".join(f"<0x{ord(ch) - 0xDC00:02X}>" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts (parallel where the backend allows)."""
-        return [self.encode(t) for t in texts]
+        """Encode a corpus's texts (parallel where the backend allows; special texts read as encode_literally)."""
+        return [self.encode_literally(t) for t in texts]
 
     def encodes_pieces_exactly(self) -> bool:
         """Whether a text cut at pieces.safe_cut places encodes piece by piece to the ids of the whole."""
@@ -223,18 +223,23 @@ class HFTokenizer(Tokenizer):
     def encode_literally(self, text: str) -> list[int]:
         """Text to ids, special tokens' texts read as text: a copy of the backend told so once (the flag is the
         backend's own, so setting it on the shared one would race other threads' encode())."""
+        return self._literal_backend().encode(text, add_special_tokens=False).ids
+
+    def _literal_backend(self) -> Backend:
         if not hasattr(self, "_literal"):
             self._literal = Backend.from_str(self.backend.to_str())
             self._literal.encode_special_tokens = True
-        return self._literal.encode(text, add_special_tokens=False).ids
+        return self._literal
 
     def special_texts(self) -> list[str]:
         """The added tokens marked special, which encode() reads as their ids wherever their text appears."""
         return [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts in parallel (Rust threads), without character offsets where tokenizers >= 0.20."""
-        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        """Encode a corpus's texts in parallel (Rust threads), without character offsets where tokenizers >= 0.20;
+        a special token's text in them is read as text (encode_literally: a corpus's `<|endoftext|>` is data)."""
+        backend = self._literal_backend()
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def encodes_pieces_exactly(self) -> bool:
