@@ -81,6 +81,15 @@ def test_validation_catches_impossible_shapes():
     build_config("quickstart", ["--data.tokenizer", "word", "--data.vocab_size", "4"])
 
 
+def test_a_temperature_too_small_to_sample_at_is_refused():
+    from arlm.config import GenerationConfig
+
+    with pytest.raises(ArlmError, match=r"^temperature 1e-45 is too small to sample at; give 0 \(greedy\) or at least"):
+        GenerationConfig(strategy="sample", temperature=1e-45).validate()
+    GenerationConfig(strategy="sample", temperature=1e-6).validate()
+    GenerationConfig(strategy="sample", temperature=0.0).validate()
+
+
 def test_literal_values_are_checked():
     from typing import Literal
 

@@ -250,6 +250,9 @@ TRAIN_RANGES = {  # floats of TrainConfig: finite, within [low, high] (None: unb
 }
 
 
+MIN_TEMPERATURE = 1e-6  # the smallest positive temperature sampled at (below it, logits / T can pass float32's max)
+
+
 @dataclass
 class GenerationConfig:
     """How to decode: strategy, processors, stopping, beams and drafts."""
@@ -292,6 +295,11 @@ class GenerationConfig:
         for name in ("num_beams", "num_return_sequences", "num_draft_tokens", "prompt_lookup_ngram"):
             if not getattr(self, name) >= 1:
                 raise ArlmError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # (logits / 1e-45 overflow float32: a NaN distribution)
+            raise ArlmError(
+                f"temperature {self.temperature:g} is too small to sample at; give 0 (greedy) or at least "
+                f"{MIN_TEMPERATURE:g}"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise ArlmError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:

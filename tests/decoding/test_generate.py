@@ -134,6 +134,20 @@ def test_prompt_longer_than_the_context_is_refused():
     assert (refused.value.param, refused.value.code) == ("max_new_tokens", "context_length_exceeded")
 
 
+def test_prompts_outside_the_vocabulary_or_padded_on_the_right_are_refused_and_tensors_are_prompts():
+    model, config = _model(), GenerationConfig(strategy="greedy", max_new_tokens=4)
+    for bad, line in ((50, "prompt id 50 is outside"), (-1, "prompt id -1 is outside")):
+        with pytest.raises(ArlmError, match=f"^{line} the model's vocabulary of 50 ids$"):
+            generate(model, [[1, 2, bad]], config)
+    right = torch.tensor([[5, 6, 0]]), torch.tensor([[1, 1, 0]])  # a row continuing from its padding
+    with pytest.raises(ArlmError, match="^attention_mask pads a prompt on the right or inside; pad on the left"):
+        generate(model, right[0], config, attention_mask=right[1])
+    left = generate(model, torch.tensor([[0, 5, 6]]), config, attention_mask=torch.tensor([[0, 1, 1]]))
+    as_tensors = generate(model, [torch.tensor([5, 6]), torch.tensor([7, 8, 9])], config)
+    assert as_tensors.generated()[0] == left.generated()[0] == generate(model, [[5, 6]], config).generated()[0]
+    assert as_tensors.generated()[1] == generate(model, [[7, 8, 9]], config).generated()[0]
+
+
 @pytest.mark.parametrize("flavour", ["gpt2", "llama"])
 def test_static_decode_step_equals_the_cached_forward(flavour):
     model = _model(flavour)

@@ -394,3 +394,11 @@ def test_lookup_first_sampling_matches_the_target_on_a_tiny_vocabulary():
     target, draft = _model(0, vocab=6), _model(1, vocab=6, layers=1, d=16)
     config = GenerationConfig(strategy="speculative", temperature=1.0, max_new_tokens=2, lookup_first=True)
     assert two_token_pvalue(target, [1, 2, 3, 1, 2], config, draft=draft) > 1e-3
+
+
+@pytest.mark.parametrize("strategy", ["speculative", "prompt-lookup"])
+def test_a_batch_is_refused_naming_the_strategy_asked_for(strategy):
+    target = _model(0)
+    config = GenerationConfig(strategy=strategy, max_new_tokens=4, temperature=0.0)
+    with pytest.raises(ArlmError, match=f"^{strategy} takes one prompt at a time$"):
+        generate(target, [[1, 2], [3, 4]], config, draft=target if strategy == "speculative" else None)

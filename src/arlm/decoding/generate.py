@@ -34,8 +34,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        if p:
-            ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        if len(p):
+            ids[i, width - len(p) :] = torch.as_tensor(p.tolist() if isinstance(p, torch.Tensor) else list(p))
             mask[i, width - len(p) :] = 1
     return ids, mask
 
@@ -127,6 +127,7 @@ def _prompt_batch(
         if any(len(p) == 0 for p in prompt_ids):
             raise ArlmError("every prompt needs at least one token (use the BOS id for an empty prompt)")
         prompt_ids, attention_mask = left_pad(prompt_ids, pad)
+    _check_prompts(prompt_ids, attention_mask, model.config.vocab_size)
     device = next(model.parameters()).device
     prompt_ids = prompt_ids.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
@@ -137,6 +138,16 @@ def _prompt_batch(
         if attention_mask is not None:
             attention_mask = attention_mask.repeat_interleave(config.num_return_sequences, dim=0)
     return prompt_ids, attention_mask
+
+
+def _check_prompts(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int) -> None:
+    """Refuse ids outside the vocabulary and a mask that pads anywhere but on the left (B, T)."""
+    real = prompt_ids if attention_mask is None else prompt_ids[attention_mask.bool()]
+    if real.numel() and not 0 <= int(real.min()) <= int(real.max()) < vocab_size:
+        bad = int(real.min()) if int(real.min()) < 0 else int(real.max())
+        raise ArlmError(f"prompt id {bad} is outside the model's vocabulary of {vocab_size} ids")
+    if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
+        raise ArlmError("attention_mask pads a prompt on the right or inside; pad on the left (generate.left_pad)")
 
 
 def _prompts_only(prompt_ids: torch.Tensor, config: GenerationConfig) -> GenerationOutput:

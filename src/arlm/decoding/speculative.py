@@ -220,7 +220,7 @@ def _check_inputs(
 ) -> None:
     """Refuse a batch, a padded prompt, and (for 'speculative') a missing draft or one with another vocabulary."""
     if prompt_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
-        raise ArlmError("speculative decoding takes one prompt at a time")
+        raise ArlmError(f"{config.strategy} takes one prompt at a time")
     if config.strategy == "speculative":
         if draft is None:
             raise ArlmError("speculative decoding needs a draft model")
