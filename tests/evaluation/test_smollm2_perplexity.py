@@ -37,3 +37,12 @@ def test_eval_command_on_a_file(tmp_path):
     compared = next(line for line in lines if "ours / theirs" in line)
     ratio = float(compared.rsplit("ours / theirs: ", 1)[1].rstrip(")"))
     assert abs(ratio - 1) < 0.005
+
+
+def test_a_special_tokens_text_in_the_file_is_scored_as_text(smollm2, tmp_path):
+    """`<|im_end|>` written in a text file is text (as prepare encodes a corpus and llama-perplexity reads one)."""
+    text = "The play ends here <|im_end|> and the actors bow.\n" * 4
+    (tmp_path / "t.txt").write_text(text)
+    result = eval_command("smollm2", file=str(tmp_path / "t.txt"), context=64, stride=32, device="cpu", log=print)
+    literal = smollm2.tokenizer.encode_literally(corpus_text(str(tmp_path / "t.txt"), DataConfig()))
+    assert result.tokens == len(literal) - 1 != len(smollm2.tokenizer.encode(text)) - 1

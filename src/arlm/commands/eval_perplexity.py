@@ -161,7 +161,7 @@ def _on_file(
 
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     text = corpus_text(file, config.data, max_chars)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    ids = torch.tensor(tokenizer.encode_literally(text), dtype=torch.long)  # (special text: text)
     if ids.numel() < 2:
         raise ArlmError(f"{file} holds fewer than two tokens")
     window, step = window_and_stride(config.model.block_size, context, stride, on_file=True)
