@@ -108,6 +108,27 @@ def test_a_source_changed_since_it_was_prepared_is_refused_without_overwrite(tmp
     assert lines[-1].startswith("using prepared data")
 
 
+def test_a_tokenizer_given_by_path_and_changed_since_is_noticed(tmp_path, corpus_dir):
+    """A tokenizer folder replaced in place: its ids are compared with the data's, not its name."""
+    texts = [p.read_text(encoding="utf-8") for p in sorted(corpus_dir.iterdir())]
+    train_tokenizer("bpe", texts[:20], 300).save(tmp_path / "tok")
+    config = DataConfig(source=str(corpus_dir), tokenizer=str(tmp_path / "tok"))
+    first = prepare(config, tmp_path / "data", log=lambda _: None)
+    lines = []
+    assert prepare(config, tmp_path / "data", log=lines.append).meta == first.meta and "using prepared" in lines[-1]
+    train_tokenizer("bpe", texts[20:], 400).save(tmp_path / "tok")  # another tokenizer, the same path
+    with pytest.raises(ArlmError, match=rf"\(the tokenizer {tmp_path / 'tok'} changed since\); pass --overwrite"):
+        prepare(config, tmp_path / "data", log=lambda _: None)
+    kept = prepare(config, tmp_path / "data", keep=True, log=lines.append)  # a resumed run: its own data
+    assert kept.meta == first.meta and lines[-2].startswith(f"note: the tokenizer {tmp_path / 'tok'} changed since")
+    again = prepare(config, tmp_path / "data", overwrite=True, log=lambda _: None)
+    assert (
+        again.tokenizer.fingerprint()
+        == load_tokenizer(tmp_path / "tok").fingerprint()
+        != kept.meta["tokenizer_fingerprint"]
+    )
+
+
 def test_overwrite_replaces_prepared_data_only(tmp_path, corpus_dir):
     mine = tmp_path / "mydocs"
     mine.mkdir()

@@ -97,12 +97,12 @@ def changed_source(old: dict | None, new: dict | None) -> str:
 
 
 def _reuse(
-    directory: Path, meta: dict, fingerprint: str, stamps: dict | None, keep: bool, log: Callable[[str], None]
+    directory: Path, meta: dict, fingerprint: str, changed: str, keep: bool, log: Callable[[str], None]
 ) -> PreparedData | None:
-    """The prepared data in directory when it matches the settings and the source files (or keep), else None."""
+    """The prepared data in directory when it matches the settings and nothing they were prepared from `changed`
+    since (or keep), else None."""
     if meta.get("fingerprint") != fingerprint:
         return None
-    changed = changed_source(meta.get("sources"), stamps)
     if changed and not keep:
         return None
     if changed:
@@ -111,10 +111,26 @@ def _reuse(
     return load_prepared(directory)
 
 
-def _why_not_reused(directory: Path, meta: dict, fingerprint: str, stamps: dict | None, flag: str) -> str:
+def _changed_since(
+    config: DataConfig, meta: dict, fingerprint: str, stamps: dict | None, resolve: Callable[[str], Tokenizer]
+) -> str:
+    """What data prepared with these settings were made from and is no longer the same: a source file, or the
+    tokenizer given by path (its ids compared, not its name); "" when nothing (or unknown, or other settings)."""
+    if meta.get("fingerprint") != fingerprint:
+        return ""
+    changed = changed_source(meta.get("sources"), stamps)
+    if changed or config.tokenizer in ("char", "word", "bpe") or not Path(config.tokenizer).exists():
+        return changed
+    try:
+        same = resolve(config.tokenizer).fingerprint() == meta.get("tokenizer_fingerprint")
+    except ArlmError:
+        return ""  # (preparing anew says why it cannot be read)
+    return "" if same else f"the tokenizer {config.tokenizer}"
+
+
+def _why_not_reused(directory: Path, meta: dict, fingerprint: str, changed: str, flag: str) -> str:
     """The one-line refusal to replace prepared data: other settings, or a source changed since."""
     if meta.get("fingerprint") == fingerprint:
-        changed = changed_source(meta.get("sources"), stamps)
         return (
             f"{directory} holds data prepared from an earlier version of the source ({changed} changed since); "
             f"pass --overwrite to prepare it again or choose another {flag}"
@@ -206,7 +222,8 @@ def prepare(
         log(f"removed {stale}, left by a prepare that was stopped before it finished")
     meta = _prepared_meta(path)
     if meta is not None:
-        reused = _reuse(directory, meta, fingerprint, stamps, keep, log)
+        changed = _changed_since(config, meta, fingerprint, stamps, resolve_tokenizer)
+        reused = _reuse(directory, meta, fingerprint, changed, keep, log)
         if reused is not None:
             return reused
         if keep:
@@ -215,7 +232,7 @@ def prepare(
                 "without changing the data settings (they are the run's own), or train a new run"
             )
         if not overwrite:
-            raise ArlmError(_why_not_reused(directory, meta, fingerprint, stamps, flag))
+            raise ArlmError(_why_not_reused(directory, meta, fingerprint, changed, flag))
         _refuse_in_use(path, directory, flag)
         _refuse_foreign(path, directory, flag)
     elif path.exists() and any(path.iterdir()):
