@@ -233,8 +233,7 @@ def prepare(
             )
         if not overwrite:
             raise ArlmError(_why_not_reused(directory, meta, fingerprint, changed, flag))
-        _refuse_in_use(path, directory, flag)
-        _refuse_foreign(path, directory, flag)
+        _refuse_replacing(path, directory, flag)
     elif path.exists() and any(path.iterdir()):
         raise ArlmError(
             f"{directory} holds files but no prepared data (--overwrite replaces only that); choose another {flag}"
@@ -253,12 +252,17 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise ArlmError(f"{directory} was prepared by another process meanwhile; its data is kept (this run's is not)")
     if path.exists():
-        _refuse_in_use(path, directory, flag, tmp)  # (a run may have started on it meanwhile)
-        _refuse_foreign(path, directory, flag, tmp)  # (or files been put there)
+        _refuse_replacing(path, directory, flag, tmp)  # (a run may have started on it meanwhile, or files come)
         shutil.rmtree(path)
     os.replace(tmp, path)
     log(report_text)
     return load_prepared(directory)
+
+
+def _refuse_replacing(path: Path, directory: str | Path, flag: str, tmp: Path | None = None) -> None:
+    """Refuse to replace prepared data a run trains on, or that hold other files (_refuse_in_use, _refuse_foreign)."""
+    _refuse_in_use(path, directory, flag, tmp)
+    _refuse_foreign(path, directory, flag, tmp)
 
 
 def _refuse_in_use(path: Path, directory: str | Path, flag: str, tmp: Path | None = None) -> None:
