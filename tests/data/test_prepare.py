@@ -405,3 +405,13 @@ def test_a_special_tokens_text_in_the_corpus_is_data(tmp_path, tokenizer):
     count = lambda parts, i: sum(int((part == i).sum()) for part in parts)
     assert count(ids, tok.eos_id) == count(plain, tok.eos_id) and count(ids, tok.pad_id) == 0
     assert "".join(tok.decode(part) for part in ids) == text
+
+
+def test_the_report_says_how_the_text_was_split(tmp_path, corpus_dir):
+    one = tmp_path / "one.txt"
+    one.write_text("".join(tiny_text(4)), encoding="utf-8")
+    prepare(DataConfig(source=str(one), tokenizer="char"), tmp_path / "a", log=lambda _: None)
+    report = (tmp_path / "a" / "report.txt").read_text(encoding="utf-8")
+    assert "split by contiguous fractions of the text (duplicate documents are not looked for)" in report
+    prepare(DataConfig(source=str(corpus_dir), tokenizer="char"), tmp_path / "b", log=lambda _: None)
+    assert "split by documents; exact duplicate documents dropped: 0" in (tmp_path / "b" / "report.txt").read_text()

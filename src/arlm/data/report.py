@@ -61,7 +61,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"vocabulary used: {report['vocab_coverage_train']:.1%} of ids in train, "
         f"{report['vocab_coverage_all']:.1%} in any split"
     )
-    if "split_mode" in report:
+    if report.get("split_mode") == "contiguous":  # (cut by position: a text repeated may be in two splits)
+        lines.append("split by contiguous fractions of the text (duplicate documents are not looked for)")
+    elif "split_mode" in report:
         lines.append(
             f"split by {report['split_mode']}; exact duplicate documents dropped: {report.get('duplicates_dropped', 0)}"
         )
