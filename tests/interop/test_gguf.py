@@ -422,11 +422,21 @@ def test_other_architectures_are_refused(tmp_path, tiny, arch):
         load_gguf_model(str(path))
 
 
-def test_unsupported_quantization_is_refused(tmp_path):
-    raw = np.zeros((4, 84), dtype=np.uint8)  # four Q2_K blocks of 256 values
-    path = _write_one_tensor(tmp_path / "q2k.gguf", raw, Q.Q2_K, name="blk.0.attn_q.weight")
-    with pytest.raises(ArlmError, match=r"blk\.0\.attn_q\.weight.*Q2_K.*supported: F32, F16, BF16, Q4_0, Q4_1"):
-        read_tensors(read_gguf(path))
+def test_unsupported_quantization_is_refused_naming_every_type(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "mixed.gguf", "llama")  # (llama-quantize mixes types: Q2_K files hold Q3_K)
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((4, 18), dtype=np.uint8), raw_dtype=Q.IQ4_NL)  # 4 x 32 values
+    for i in (1, 2):
+        writer.add_tensor(f"blk.{i}.attn_q.weight", np.zeros((4, 84), dtype=np.uint8), raw_dtype=Q.Q2_K)  # 4 x 256
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ArlmError) as refused:
+        read_tensors(read_gguf(tmp_path / "mixed.gguf"))
+    assert str(refused.value) == (
+        f"{tmp_path / 'mixed.gguf'}: tensors of quantization types arlm cannot dequantize: Q2_K (2 tensors), IQ4_NL "
+        f"(1 tensor), the first blk.0.attn_q.weight; supported: {', '.join(SUPPORTED_TYPES)}"
+    )
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.9])

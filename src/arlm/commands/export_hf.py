@@ -7,7 +7,9 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL OUT [--overwrite]."""
-    parser.add_argument("model", help="checkpoint or run folder (a LoRA run is merged into its base)")
+    parser.add_argument(
+        "model", help="checkpoint, run folder (a LoRA run is merged into its base), .gguf file or 'smollm2'"
+    )
     parser.add_argument("out", help="folder to write")
     parser.add_argument(
         "--overwrite",

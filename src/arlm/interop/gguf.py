@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,11 +231,12 @@ def read_tensors(contents: GGUFContents, unread: Collection[str] = ()) -> dict[s
     unsupported = {
         n: t.tensor_type.name for n, t in contents.tensors.items() if t.tensor_type.name not in SUPPORTED_TYPES
     }
-    if unsupported:
-        name, kind = next(iter(unsupported.items()))
+    if unsupported:  # (every type named: llama-quantize mixes others into a file's own, IQ4_XS's with IQ4_NL)
+        counts = Counter(unsupported.values())
+        kinds = ", ".join(f"{kind} ({n} tensor{'s' * (n > 1)})" for kind, n in counts.most_common())
         raise ArlmError(
-            f"{contents.path}: tensor {name} has quantization type {kind}, which arlm cannot dequantize; "
-            f"supported: {', '.join(SUPPORTED_TYPES)}"
+            f"{contents.path}: tensors of quantization types arlm cannot dequantize: {kinds}, the first "
+            f"{next(iter(unsupported))}; supported: {', '.join(SUPPORTED_TYPES)}"
         )
     shapes = {name: [int(d) for d in reversed(t.shape)] for name, t in contents.tensors.items()}
     return {
