@@ -159,15 +159,21 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on_from_what_was_said(capsys,
             raise EOFError
         return line
 
-    before = signal.getsignal(signal.SIGINT)
-    answers = chat_command("smollm2", config, device="cpu", read=read)
-    assert len(answers) == 2 and answers[0] and full.startswith(answers[0]) and len(answers[0]) < len(full)
-    assert signal.getsignal(signal.SIGINT) is before
-    sigints.update(times=2)  # a second Ctrl-C before the first is seen: the chat ends, as at the prompt
-    typed = iter([question])
-    with pytest.raises(KeyboardInterrupt):
-        chat_command("smollm2", config, device="cpu", read=read)
-    assert signal.getsignal(signal.SIGINT) is before
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as a shell starts it; `&` ignores it)
+    try:
+        answers = chat_command("smollm2", config, device="cpu", read=read)
+        assert len(answers) == 2 and answers[0] and full.startswith(answers[0]) and len(answers[0]) < len(full)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        sigints.update(times=2)  # a second Ctrl-C before the first is seen: the chat ends, as at the prompt
+        typed = iter([question])
+        with pytest.raises(KeyboardInterrupt):
+            chat_command("smollm2", config, device="cpu", read=read)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # started with SIGINT ignored: it stays ignored
+        with chat._interruptible(True) as interrupted:
+            assert interrupted is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.real_model

@@ -165,12 +165,14 @@ def _answer_within(config: GenerationConfig, most: int) -> GenerationConfig:
 @contextlib.contextmanager
 def _interruptible(typed: bool) -> Iterator[Callable[[], bool] | None]:
     """While typed in a terminal: the first Ctrl-C (SIGINT) only marks the answer to stop, as in llama.cpp's chat;
-    yields whether it came (None where SIGINT stays as it is: given messages, or a thread other than the main)."""
-    if not typed or threading.current_thread() is not threading.main_thread():
+    yields whether it came (None where SIGINT stays as it is: given messages, a thread other than the main, or a
+    process started with SIGINT ignored, as `arlm chat &` is, which keeps ignoring it)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    if not typed or before in (None, signal.SIG_IGN):
         yield None
         return
     came = threading.Event()
-    before = signal.getsignal(signal.SIGINT)
 
     def stop_answer(signum: int, frame: object) -> None:
         came.set()
