@@ -180,8 +180,10 @@ def check_source_apart(source: str, folder: str | Path, flag: str) -> None:
 
 def _distinct(paths: list[Path]) -> list[Path]:
     """paths without a second name of a file already listed (a link to it), in order."""
-    seen: set[Path] = set()
-    return [path for path in paths if not (path.resolve() in seen or seen.add(path.resolve()))]
+    seen: dict[Path, Path] = {}  # resolved -> the first name listed
+    for path in paths:
+        seen.setdefault(path.resolve(), path)
+    return list(seen.values())
 
 
 def _reaches(pattern: tuple[str, ...], folder: tuple[str, ...]) -> bool:
