@@ -64,9 +64,9 @@ def test_padding_truncates_long_documents():
 def test_document_mask_never_crosses_an_eos():
     x = torch.tensor([[4, 5, 0, 6, 7, 0, 8]])
     mask = document_mask(x, eos_id=0)[0]
-    assert mask[1, 0] and mask[2, 0]  # the EOS belongs to the document it ends
-    assert not mask[3, 2] and not mask[3, 1]
-    assert mask[4, 3] and not mask[6, 4]
+    assert mask[1, 0] and not mask[2, 0] and not mask[2, 1]  # the EOS opens the next document: it sees none before
+    assert mask[3, 2] and not mask[3, 1] and mask[4, 2]
+    assert mask[6, 5] and not mask[6, 4] and not mask[5, 4]
 
 
 def test_eval_batches_cover_the_split_without_overlap():

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from arlm.config import ModelConfig
+from arlm.data.batches import document_mask
 from arlm.model.transformer import Transformer
 
 FLAVOURS = {
@@ -83,6 +84,18 @@ def test_document_mask_isolates_documents():
     torch.testing.assert_close(out[:, :10], model(a), rtol=1e-5, atol=1e-5)
     # RoPE is relative: the second document alone gives the same logits at shifted positions
     torch.testing.assert_close(out[:, 10:], model(b), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_documents_under_the_document_mask_are_scored_as_if_alone():
+    """[a, EOS, b] under data.batches.document_mask: the EOS's prediction (b's first token) is [EOS, b]'s alone, not
+    one that saw a; a's are a's alone."""
+    model, eos = _model(flavour="llama"), 0
+    a, b = torch.randint(1, 61, (1, 9)), torch.randint(1, 61, (1, 12))
+    b_alone = torch.cat([torch.tensor([[eos]]), b], dim=1)  # (1, 13)
+    packed = torch.cat([a, b_alone], dim=1)  # (1, 22)
+    out = model(packed, attention_mask=document_mask(packed, eos))
+    torch.testing.assert_close(out[:, :9], model(a), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, 9:], model(b_alone), rtol=1e-4, atol=1e-4)
 
 
 def test_loss_with_targets_and_tied_weights():

@@ -180,7 +180,7 @@ def pad_rows(rows: list[np.ndarray], length: int | None, pad_id: int) -> Batch:
 
 
 def document_mask(x: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(B, T, T) bool: position q may attend to k only within the same document (EOS ends a document)."""
-    ends = (x == eos_id).long()  # (B, T)
-    doc = torch.cumsum(ends, dim=1) - ends  # (B, T) document index; an EOS belongs to the document it ends
+    """(B, T, T) bool: position q may attend to k only within the same document. An EOS opens the document that
+    follows it, as a BOS would: its target is that document's first token, which must not see the one before."""
+    doc = torch.cumsum((x == eos_id).long(), dim=1)  # (B, T) document index, counted from each EOS on
     return doc[:, :, None] == doc[:, None, :]  # (B, T, T)
