@@ -77,6 +77,8 @@ def test_resume_keeps_the_data_it_trained_on_when_the_source_changed(tmp_path, c
             "--data.document_mask does nothing with data.mode padded (a row holds one document)",
         ),
         (["--data.pad_to", "block"], "--data.pad_to does nothing with data.mode packed (a row is a whole block)"),
+        (["--train.distill_alpha", "0.5"], "--train.distill_alpha does nothing without train.distill_from"),
+        (["--train.distill_temperature", "2"], "--train.distill_temperature does nothing without train.distill_from"),
     ],
 )
 def test_an_override_the_run_would_not_read_is_refused(tmp_path, capsys, overrides, message):

@@ -47,3 +47,21 @@ def test_distillation_loss_is_zero_for_a_perfect_student_and_matches_kl():
     assert math.isclose(float(out.loss_sum), float(expected), rel_tol=1e-5)
     mixed = distillation_loss(student, teacher, targets, temperature=1.0, alpha=0.25)
     assert math.isclose(float(mixed.loss_sum), 0.25 * float(expected) + 0.75 * float(out.nll_sum), rel_tol=1e-5)
+
+
+def test_distillation_smooths_its_target_term_as_cross_entropy_does():
+    """(1 - alpha) of the loss is torch's label-smoothed cross-entropy; the reported NLL stays unsmoothed."""
+    from arlm.training.loss import distillation_loss
+
+    torch.manual_seed(3)
+    student, teacher = torch.randn(2, 4, 13), torch.randn(2, 4, 13)
+    targets = torch.randint(0, 13, (2, 4))
+    targets[1, 3] = IGNORE_INDEX
+    kl = distillation_loss(student, teacher, targets, temperature=2.0, alpha=1.0).loss_sum
+    out = distillation_loss(student, teacher, targets, temperature=2.0, alpha=0.4, label_smoothing=0.2)
+    keep = targets != IGNORE_INDEX
+    smoothed = torch.nn.functional.cross_entropy(student[keep], targets[keep], reduction="sum", label_smoothing=0.2)
+    plain = torch.nn.functional.cross_entropy(student[keep], targets[keep], reduction="sum")
+    torch.testing.assert_close(out.loss_sum, 0.4 * kl + 0.6 * smoothed)
+    torch.testing.assert_close(out.nll_sum, plain)
+    assert int(out.predicted) == 7

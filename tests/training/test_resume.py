@@ -125,6 +125,20 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, capsys):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_raising_max_steps_on_resume_notes_the_schedule_it_redraws(finished, capsys):
+    """The cosine is drawn over train.max_steps: step 11 of a finished 10-step run trains at a rate climbed back up
+    from min_lr, which the resume says; lr_decay_steps pinned to the old count keeps the old schedule, silently."""
+    _, run = finished
+    capsys.readouterr()
+    argv = ["train", "--train.out_dir", str(run), "--resume", "--train.max_steps"]
+    assert main([*argv, "12", "--train.lr_decay_steps", "10", "--train.checkpoint_interval", "1"]) == 0
+    assert "schedule changed" not in capsys.readouterr().out
+    assert main([*argv, "15", "--train.lr_decay_steps", "0"]) == 0  # (0: the run's max_steps, now 15)
+    out = capsys.readouterr().out
+    assert "note: the learning-rate schedule changed: step 13 trains at" in out
+    assert "--train.lr_decay_steps 10 keeps its decay" in out
+
+
 def test_resume_with_other_data_settings_is_refused_and_keeps_the_runs_data(finished, capsys):
     """A data override on --resume is refused before the run's prepared data is touched (it was replaced, and the
     next plain --resume trained on the new data); the plain --resume then continues on the data it trained on."""

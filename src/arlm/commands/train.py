@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
     """Refuse an override the run would not read: a model shape beside train.init (its shape comes from there),
-    a LoRA setting at train.lora.rank 0 (no adapters), or a batch setting that chat data or the data's mode does not
-    read."""
+    a LoRA setting at train.lora.rank 0 (no adapters), a distillation setting without a teacher, or a batch setting
+    that chat data or the data's mode does not read."""
     from arlm.training.init import FROM_CONFIG  # lazy: kept out of --help
 
     shape = sorted(set(given.get("model", {})) - set(FROM_CONFIG))
@@ -95,6 +95,9 @@ def refuse_unread_overrides(config: RunConfig, given: dict) -> None:
     lora = sorted(set(given.get("train", {}).get("lora", {})) - {"rank"})
     if lora and not config.train.lora.rank:
         raise ArlmError(f"--train.lora.{lora[0]} does nothing at train.lora.rank 0 (no adapters are trained)")
+    distill = sorted(set(given.get("train", {})) & {"distill_alpha", "distill_temperature"})
+    if distill and not config.train.distill_from:
+        raise ArlmError(f"--train.{distill[0]} does nothing without train.distill_from (no teacher to distill)")
     chat = sorted(set(given.get("data", {})) & {"sampling", "document_mask"})
     if chat and config.data.format == "chat":
         raise ArlmError(
@@ -221,7 +224,8 @@ class _Job:
         if self.checkpoint is not None and step >= config.train.max_steps:
             self.log(
                 f"{run_dir} is already finished ({self.checkpoint.path.name}, train.max_steps "
-                f"{config.train.max_steps}); raise --train.max_steps to train it further"
+                f"{config.train.max_steps}); raise --train.max_steps to train it further (the cosine is then drawn "
+                "over the new count; --train.lr_decay_steps keeps the old one)"
             )
             return TrainSummary(run_dir, self.checkpoint.path)
         aside = _claim_run_dir(run_dir, self.resuming, self.overwrite, self.log) if info.is_main else None

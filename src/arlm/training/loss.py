@@ -51,16 +51,16 @@ def distillation_loss(
     targets: torch.Tensor,
     temperature: float = 1.0,
     alpha: float = 1.0,
+    label_smoothing: float = 0.0,
 ) -> LossOutput:
-    """Knowledge distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * NLL, summed over the
-    predicted positions of (B, T, V) logits; the unsmoothed NLL of the student is reported alongside."""
+    """Knowledge distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the targets' loss (smoothed
+    as next_token_loss's), summed over the predicted positions of (B, T, V) logits; the unsmoothed NLL of the
+    student is reported alongside."""
     flat = logits.flatten(0, 1).float()  # (B*T, V)
-    flat_targets = targets.flatten()  # (B*T,)
-    keep = flat_targets != IGNORE_INDEX
-    count = keep.sum()
-    nll = F.cross_entropy(flat, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    keep = targets.flatten() != IGNORE_INDEX  # (B*T,)
+    hard = next_token_loss(logits, targets, label_smoothing)
     student_logp = F.log_softmax(flat / temperature, dim=-1)  # (B*T, V)
     teacher_logp = F.log_softmax(teacher_logits.flatten(0, 1).float() / temperature, dim=-1)  # (B*T, V)
     kl_tok = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(dim=-1)  # (B*T,)
     kl = (kl_tok * keep).sum() * temperature**2
-    return LossOutput(alpha * kl + (1.0 - alpha) * nll, nll.detach(), count)
+    return LossOutput(alpha * kl + (1.0 - alpha) * hard.loss_sum, hard.nll_sum, hard.predicted)

@@ -156,6 +156,19 @@ class Trainer:
         if self.info.is_main:
             truncate_log(self.run_dir / "metrics.jsonl", state["metrics_offset"])
         self.log(f"resumed from {checkpoint.path} at step {self.step}")
+        self._note_schedule_change(checkpoint.config)
+
+    def _note_schedule_change(self, before: RunConfig) -> None:
+        """Say so when this run's learning-rate schedule gives the resumed step another rate than the checkpoint's
+        run did (train.max_steps raised: the cosine is drawn over the new count, the rate climbs back up)."""
+        old, new = lr_at(self.step, before.train), lr_at(self.step, self.tc)
+        if math.isclose(old, new, rel_tol=1e-9, abs_tol=0.0):
+            return
+        decay = before.train.lr_decay_steps or before.train.max_steps
+        self.log(
+            f"note: the learning-rate schedule changed: step {self.step + 1} trains at {new:.3g} where the run's "
+            f"schedule gave {old:.3g}; --train.lr_decay_steps {decay} keeps its decay"
+        )
 
     def _checkpoint_weights(self, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
         """The weights to resume: all of them, or (LoRA) the adapters, checked to be of this base and shape."""
@@ -199,7 +212,7 @@ class Trainer:
             window_time += time.perf_counter() - start
             window_tokens += record["step_tokens"]
             self.step += 1
-            progress.update(self.step, f"loss {record['train_nll']:.3f}")
+            progress.update(self.step, self._losses(record, 3))
             if self.step % tc.log_interval == 0 or self.step == tc.max_steps:
                 record["tokens_per_s"] = window_tokens / max(window_time, 1e-9)
                 if self.peak:
@@ -275,7 +288,9 @@ class Trainer:
             logits = self.model(x, attention_mask=batch.attention_mask)  # (B, T, V)
             with torch.no_grad():
                 teacher_logits = self.teacher(x, attention_mask=batch.attention_mask)  # (B, T, V)
-        return distillation_loss(logits, teacher_logits, batch.y, tc.distill_temperature, tc.distill_alpha)
+        return distillation_loss(
+            logits, teacher_logits, batch.y, tc.distill_temperature, tc.distill_alpha, tc.label_smoothing
+        )
 
     def _forward_loss(
         self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
@@ -349,10 +364,18 @@ class Trainer:
             self.metrics.write(record)
         if not progress.enabled and self.info.is_main:
             self.log(
-                f"step {record['step']:>6}  loss {record['train_nll']:.4f}  lr {record['lr']:.2e}  "
+                f"step {record['step']:>6}  {self._losses(record, 4)}  lr {record['lr']:.2e}  "
                 f"grad {record['grad_norm']:.2f}  {record['tokens_per_s']:,.0f} tok/s"
                 + (f"  MFU {record['mfu']:.1%}" if record.get("mfu") else "")
             )
+
+    def _losses(self, record: dict, digits: int) -> str:
+        """The step's NLL as "loss" (the figure evaluation reports), and the objective beside it as "objective" where
+        label smoothing or a teacher makes them differ."""
+        nll = f"{record['train_nll']:.{digits}f}"
+        if not self.tc.label_smoothing and self.teacher is None:
+            return f"loss {nll}"
+        return f"nll {nll}  objective {record['train_loss']:.{digits}f}"
 
     def _log_eval(self, progress: Progress) -> None:
         splits = ["val"] if "val" in self.eval_samplers else ["train"]
