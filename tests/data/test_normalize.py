@@ -1,6 +1,6 @@
 from arlm.config import DataConfig
 from arlm.data.corpus import Document
-from arlm.data.normalize import Normalizer, normalize_documents, normalize_text
+from arlm.data.normalize import Normalizer, corpus_text, normalize_documents, normalize_text
 
 
 def test_each_switch_does_one_thing():
@@ -43,3 +43,11 @@ def test_a_line_end_of_any_convention_stays_a_line_end():
         assert normalize_text(text, DataConfig(collapse_whitespace=True)) == lf
     for ending in ("\r\n", "\r"):  # strip_control drops the control characters, but not the line
         assert normalize_text(lf.replace("\n", ending), DataConfig(strip_control=True)) == lf
+
+
+def test_corpus_text_of_one_file_is_that_file_and_of_several_their_join(tmp_path):
+    """eval perplexity --file scores a file as given (its leading and trailing newlines were dropped)."""
+    (tmp_path / "a.txt").write_text("\n\n\nLeading newlines then text.\n\n\n")
+    assert corpus_text(str(tmp_path / "a.txt"), DataConfig()) == "\n\n\nLeading newlines then text.\n\n\n"
+    (tmp_path / "b.txt").write_text("Second.\n")
+    assert corpus_text(str(tmp_path), DataConfig()) == "\n\n\nLeading newlines then text.\n\n\n"[3:-3] + "\n\nSecond."

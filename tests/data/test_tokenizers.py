@@ -88,3 +88,16 @@ def test_a_piece_of_a_character_is_labelled_by_its_bytes():
         back = re.sub(rb"<0x([0-9A-F]{2})>", lambda m: bytes([int(m[1], 16)]), label.encode("utf-8"))
         assert back == raw
     assert "".join(tok.piece_label(i) for i in tok.encode("🙂")) == "<0xF0><0x9F><0x99><0x82>"
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_an_unknown_token_leaves_bits_per_byte_unknown(kind):
+    """<unk> stands for text of any length: a figure over the other tokens' bytes alone would read too high."""
+    from arlm.evaluation.perplexity import EvalResult
+
+    tok = train_tokenizer(kind, ["abc abc cab"], 50)
+    sizes = tok.token_bytes()
+    known, unknown = tok.encode("abc cab"), tok.encode("abc \u00e9t\u00e9")
+    assert tok.unk_id in unknown and int(sizes[known].sum()) == len("abc cab")
+    assert EvalResult(2.0, len(known), int(sizes[known].sum())).bits_per_byte is not None
+    assert EvalResult(2.0, len(unknown), int(sizes[unknown].sum())).bits_per_byte is None

@@ -96,6 +96,8 @@ def eval_command(
         res, where = _on_split(loaded, split or "val", data_dir, context, batches)
     bpb = f"{res.bits_per_byte:.4f}" if res.bits_per_byte else "-"
     log(f"{where}: loss {res.loss:.4f}  perplexity {res.perplexity:.3f}  bits/byte {bpb}  tokens {res.tokens:,}")
+    if res.bytes < 0:
+        log("bits/byte: unknown, the tokenizer read part of the text as <unk> (the bytes it stands for are not known)")
     return res
 
 

@@ -112,8 +112,10 @@ def normalize_documents(docs: list[Document], config: DataConfig) -> tuple[list[
 
 
 def corpus_text(source: str, config: DataConfig, max_chars: int = 0) -> str:
-    """The text of a corpus source (a file, folder, glob, JSONL or 'builtin'), documents joined by a blank line and
-    normalized as config says (a model's training data); cut to max_chars when > 0."""
+    """The text of a corpus source (a file, folder, glob, JSONL or 'builtin') normalized as config says (a model's
+    training data): one document as it is, several joined by a blank line (their own blank ends dropped); cut to
+    max_chars when > 0."""
     docs = load_documents(source, text_field=config.text_field, encoding_errors=config.encoding_errors)
-    text = normalize_text("\n\n".join(d.text.strip("\n") for d in docs), config)
+    joined = docs[0].text if len(docs) == 1 else "\n\n".join(d.text.strip("\n") for d in docs)
+    text = normalize_text(joined, config)
     return text[:max_chars] if max_chars else text

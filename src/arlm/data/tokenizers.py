@@ -19,6 +19,7 @@ EOS = "<|endoftext|>"  # ends every document; also serves as BOS (GPT-2 conventi
 PAD = "<|pad|>"
 UNK = "<|unk|>"
 META_FILE = "arlm_tokenizer.json"
+UNKNOWN_BYTES = -(1 << 40)  # token_bytes of <unk>: the text it replaced is of any length; a sum holding it is < 0
 _WORD = re.compile(r"\w+|[^\w\s]|\s+")  # words, single punctuation marks, whitespace runs: lossless
 _PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
 # GPT-2's byte-level alphabet: a printable byte is its own symbol, the others (controls, space, ...) 256, 257, ...
@@ -84,12 +85,16 @@ class Tokenizer:
         return True
 
     def token_bytes(self) -> np.ndarray:
-        """(V,) UTF-8 bytes each id stands for (0 for special tokens), for bits per byte."""
+        """(V,) UTF-8 bytes each id stands for, for bits per byte: 0 for a special token, UNKNOWN_BYTES for an <unk>
+        of its own (bits per byte over text holding one is unknown, not a figure over the other tokens' bytes)."""
         specials = self.special_ids()
-        return np.array(
+        table = np.array(
             [0 if i in specials else len(self.token_text(i).encode("utf-8")) for i in range(self.vocab_size)],
             dtype=np.int64,
         )
+        if self.unk_id is not None and self.unk_id not in {self.bos_id, self.eos_id, self.pad_id}:
+            table[self.unk_id] = UNKNOWN_BYTES
+        return table
 
     def special_ids(self) -> set[int]:
         """Ids of the special tokens."""

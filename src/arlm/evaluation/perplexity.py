@@ -29,8 +29,9 @@ class EvalResult:
 
     @property
     def bits_per_byte(self) -> float | None:
-        """Total NLL in bits over the UTF-8 bytes of the predicted tokens."""
-        return self.loss * self.tokens / math.log(2) / self.bytes if self.bytes else None
+        """Total NLL in bits over the UTF-8 bytes of the predicted tokens (None where they are not known: no byte
+        table, or an <unk> among them, whose bytes sum below 0)."""
+        return self.loss * self.tokens / math.log(2) / self.bytes if self.bytes > 0 else None
 
     def as_dict(self, prefix: str = "") -> dict[str, float | int | None]:
         """Flat dict for logs."""
