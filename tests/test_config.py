@@ -44,6 +44,8 @@ def test_overrides_both_spellings_and_types():
 def test_a_list_on_the_command_line():
     several = build_config("smollm2-sft", ["--train.lora.targets", "[qkv, down]", "--generate.stop", "[INST]"])
     assert several.train.lora.targets == ["qkv", "down"] and several.generate.stop == ["[INST]"]  # one item: as given
+    with pytest.raises(ArlmError, match=r"one target is written without brackets \(qkv\)"):
+        build_config("smollm2-sft", ["--train.lora.targets", "[qkv]"])
     assert build_config("quickstart", ["--generate.stop", "[a, b]"]).generate.stop == ["a", "b"]
 
 

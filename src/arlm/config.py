@@ -152,6 +152,9 @@ class LoRAConfig:
         _finite("train.lora.alpha", self.alpha, low=0.0)
         _finite("train.lora.dropout", self.dropout, low=0.0, high=0.99)
         for target in self.targets or [""]:
+            if isinstance(target, str) and target.startswith("[") and target.endswith("]") and "," not in target:
+                # (a bracketed value without a comma is one item on the command line, as --generate.stop '[INST]')
+                raise ArlmError(f"train.lora.targets: one target is written without brackets ({target[1:-1]})")
             _choice("train.lora.targets", target, ("attn", "mlp", "qkv", "proj", "up", "down"))
 
 

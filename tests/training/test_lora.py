@@ -116,5 +116,20 @@ def test_a_lora_run_resumed_from_the_command_line_keeps_its_adapters(tmp_path, l
     resume = ["train", "--resume", "--train.out_dir", str(run), "--train.max_steps"]
     assert main([*resume, "6", "--train.lora.rank", "0"]) == 2  # the run's adapters cannot become a full fine-tune
     assert capsys.readouterr().err.strip().endswith("holds LoRA adapters; resume it with its own train.lora")
+    for key, value in (("rank", "8"), ("alpha", "64"), ("targets", "[qkv, proj]")):  # (a traceback / rescaled adapters)
+        assert main([*resume, "6", f"--train.lora.{key}", value]) == 2
+        assert f"holds adapters trained at train.lora.{key} " in capsys.readouterr().err
     assert main([*resume, "6", "--train.lora.rank", "4"]) == 0  # its own rank, no preset: checked on the run's config
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train_nll" in r][-1] == 6
+
+
+def test_gradient_norms_of_a_lora_run_are_its_adapters(tmp_path, lora_preset):
+    """--train.grad_norms on LoRA (it raised AttributeError at the first step): each block's attention and MLP
+    adapters' gradient norm, from the first step (lora_B's gradient is not zero there)."""
+    _, raw = lora_preset
+    short = {**raw["train"], "out_dir": str(tmp_path / "g"), "max_steps": 2, "grad_norms": True, "log_interval": 1}
+    train_command(config_from_dict({**raw, "train": short}).validate(), log=lambda _: None)
+    first = next(r for r in read_metrics(tmp_path / "g" / "metrics.jsonl") if "train_nll" in r)
+    norms = {k: v for k, v in first.items() if k.startswith("gradnorm/")}
+    assert set(norms) == {f"gradnorm/L{i}/{part}" for i in range(2) for part in ("attn", "mlp")}
+    assert all(v > 0 for v in norms.values())

@@ -8,10 +8,14 @@ from torch import nn
 
 @torch.no_grad()
 def layer_grad_norms(model: nn.Module) -> dict[str, float]:
-    """{'gradnorm/L{i}/{q,k,v,o,mlp}': norm} for every block, plus the embedding table."""
+    """{'gradnorm/L{i}/{q,k,v,o,mlp}': norm} for every block, plus the embedding table; with LoRA adapters (the
+    weights frozen) {'gradnorm/L{i}/{attn,mlp}'}: the norm of the adapters' gradients in each."""
     out: dict[str, float] = {}
     for i, block in enumerate(model.blocks):
         attn = block.attn
+        if not hasattr(attn.qkv, "weight"):  # a LoRALinear: its base weight is frozen, its adapters train
+            out.update({f"gradnorm/L{i}/{name}": _norm(part) for name, part in (("attn", attn), ("mlp", block.mlp))})
+            continue
         grad = attn.qkv.weight.grad
         if grad is None:
             continue
@@ -24,3 +28,9 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
     if model.tok_emb.weight.grad is not None:
         out["gradnorm/embedding"] = float(model.tok_emb.weight.grad.float().norm())
     return out
+
+
+def _norm(module: nn.Module) -> float:
+    """The norm of the gradients of a module's parameters that have one (0 where none has)."""
+    grads = [p.grad.flatten() for p in module.parameters() if p.grad is not None]
+    return float(torch.cat(grads).float().norm()) if grads else 0.0

@@ -177,6 +177,15 @@ class Trainer:
             if "lora_base" in checkpoint.meta:
                 raise ArlmError(f"{checkpoint.path} holds LoRA adapters; resume it with its own train.lora")
             return load_weights_dict(self.raw_model, saved)
+        before, now = checkpoint.config.train.lora, self.tc.lora
+        changed = [k for k in ("rank", "alpha") if getattr(before, k) != getattr(now, k)]  # (dropout may change)
+        changed += ["targets"] if set(before.targets) != set(now.targets) else []
+        if changed:
+            key = changed[0]
+            raise ArlmError(
+                f"{checkpoint.path} holds adapters trained at train.lora.{key} {getattr(before, key)}, not "
+                f"{getattr(now, key)}; resume it with its own train.lora"
+            )
         adapters = {k for k in self.raw_model.state_dict() if is_adapter_key(k)}
         if checkpoint.meta.get("lora_base") != self.lora_base or set(saved) != adapters:
             raise ArlmError(f"{checkpoint.path} holds no adapters of this shape for {self.tc.init} as it is now")
