@@ -70,6 +70,7 @@ class TableModel(torch.nn.Module):
     def __init__(self, logits: torch.Tensor) -> None:
         super().__init__()
         self.table = torch.nn.Embedding.from_pretrained(logits, freeze=True)
+        self.config = ModelConfig(vocab_size=logits.shape[1])  # (what calibration reads: the logits' width)
 
     def forward(self, x, attention_mask=None):
         return self.table(x)  # (B, T, V)
@@ -111,3 +112,23 @@ def test_figures_of_a_small_transformer_are_in_range_and_nll_matches_the_perplex
             assert k / res.n_bins <= conf <= (k + 1) / res.n_bins and 0 <= acc <= 1
     nll, count, _ = evaluate_batches(model, batches)
     assert res.nll == pytest.approx(result(nll, count).loss, rel=1e-5)
+
+
+def test_long_rows_are_scored_a_few_at_a_time_with_the_same_figures(monkeypatch):
+    """SmolLM2's blocks (8,192 tokens x 49,152 logits, 16 rows) did not fit in memory: a forward takes the rows whose
+    logits fit LOGITS_BUDGET, add() copies POSITIONS_AT_ONCE positions at a time; the figures are the same."""
+    import arlm.evaluation.calibration as cal
+    import arlm.evaluation.perplexity as ppl
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(flavour="llama", vocab_size=40, block_size=16, n_layer=1, n_head=2, d_model=16))
+    batches = [Batch(torch.randint(0, 40, (5, 16)), torch.randint(0, 40, (5, 16))) for _ in range(2)]
+    whole = calibration(model, batches)
+    rows, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda x, **kw: rows.append(x.shape[0]) or forward(x, **kw))
+    monkeypatch.setattr(ppl, "LOGITS_BUDGET", 2 * 16 * 40)  # two rows' logits
+    monkeypatch.setattr(cal, "POSITIONS_AT_ONCE", 7)
+    parts = calibration(model, batches)
+    assert rows == [2, 2, 1, 2, 2, 1]
+    assert parts.bin_counts == whole.bin_counts and parts.ece == pytest.approx(whole.ece, rel=1e-9)
+    assert parts.nll == pytest.approx(whole.nll, rel=1e-9) and parts.brier == pytest.approx(whole.brier, rel=1e-9)

@@ -21,3 +21,19 @@ def test_per_position_loss_matches_a_plain_forward():
     with torch.no_grad():
         nll = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none").view(5, 8)
     np.testing.assert_allclose(loss, nll.mean(0).numpy(), rtol=1e-5)
+
+
+def test_per_position_loss_scores_long_rows_a_few_at_a_time(monkeypatch):
+    import arlm.evaluation.perplexity as ppl
+
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(flavour="llama", vocab_size=20, block_size=8, n_layer=1, n_head=2, d_model=16)
+    ).eval()
+    tokens = np.random.default_rng(1).integers(0, 20, 8 * 7 + 1)
+    sampler = BatchSampler(tokens, np.array([0, len(tokens)]), block_size=8, seed=0)
+    whole, _ = per_position_loss(model, sampler.eval_batches(batch_size=4))
+    monkeypatch.setattr(ppl, "LOGITS_BUDGET", 8 * 20)  # one row's logits a forward
+    parts, count = per_position_loss(model, sampler.eval_batches(batch_size=4))
+    assert count.tolist() == [7] * 8
+    np.testing.assert_allclose(parts, whole, rtol=1e-6)

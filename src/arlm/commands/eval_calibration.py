@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from arlm.commands.options import add_dtype_argument, check_batches
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
-from arlm.evaluation.defaults import N_BINS
+from arlm.evaluation.defaults import N_BINS, SPLIT_BLOCK
 
 if TYPE_CHECKING:
     from arlm.evaluation.calibration import CalibrationResult
@@ -66,7 +66,8 @@ def calibration_command(
         optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
         config = loaded.config
         data = run_data(loaded, split, data_dir)
-        sampler = data.sampler(split, config.data, config.model.block_size, config.train.seed)
+        block = min(config.model.block_size, SPLIT_BLOCK)  # (as eval perplexity scores a split)
+        sampler = data.sampler(split, config.data, block, config.train.seed)
         results[run_label(ref, results)] = calibration(
             loaded.model, sampler.eval_batches(config.train.batch_size, batches), n_bins
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from arlm.commands.options import add_dtype_argument, add_model_argument, check_batches, model_of, refuse_unused
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
+from arlm.evaluation.defaults import SPLIT_BLOCK
 from arlm.training.logging import Progress
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def _check_options(
 def window_and_stride(block_size: int, context: int, stride: int, *, on_file: bool) -> tuple[int, int]:
     """The window (or block) and stride to score with: refused beyond the model's context, or a stride past
     the window (the tokens between windows would go unscored)."""
-    window = context or (block_size if on_file else min(block_size, 1024))
+    window = context or (block_size if on_file else min(block_size, SPLIT_BLOCK))
     if window > block_size:
         raise ArlmError(f"--context {window} exceeds the model's context of {block_size}")
     step = stride or max(window // 2, 1)

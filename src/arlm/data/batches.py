@@ -28,6 +28,14 @@ class Batch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device, non_blocking=True)
         return Batch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True), mask)
 
+    def split_rows(self, rows: int) -> list[Batch]:
+        """The batch cut into batches of at most `rows` rows each (a forward's logits kept to a size)."""
+        mask = self.attention_mask
+        return [
+            Batch(self.x[i : i + rows], self.y[i : i + rows], None if mask is None else mask[i : i + rows])
+            for i in range(0, self.x.shape[0], max(rows, 1))
+        ]
+
     @property
     def num_targets(self) -> int:
         """Number of predicted (non-ignored) positions."""

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from arlm.data.batches import IGNORE_INDEX, Batch
 from arlm.errors import ArlmError
 from arlm.evaluation.defaults import N_BINS
+from arlm.evaluation.perplexity import rows_per_forward
+
+POSITIONS_AT_ONCE = 1024  # positions whose (n, V) float64 copies add() makes at once
 
 
 @dataclass
@@ -59,8 +62,14 @@ class CalibrationAccumulator:
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add logits (..., V) against targets (...); IGNORE_INDEX targets are skipped."""
-        flat = logits.reshape(-1, logits.shape[-1]).float()  # (N, V)
+        flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
         flat_targets = targets.reshape(-1).to(flat.device)  # (N,)
+        for start in range(0, flat.shape[0], POSITIONS_AT_ONCE):  # (float64 copies of (n, V) kept to a size)
+            end = start + POSITIONS_AT_ONCE
+            self._add(flat[start:end].float(), flat_targets[start:end])
+
+    def _add(self, flat: torch.Tensor, flat_targets: torch.Tensor) -> None:
+        """add() over logits (N, V) and targets (N,)."""
         keep = flat_targets != IGNORE_INDEX
         logp = F.log_softmax(flat[keep], dim=-1).double()  # (n, V)
         target = flat_targets[keep][:, None]  # (n, 1)
@@ -116,9 +125,9 @@ def calibration(model: torch.nn.Module, batches: Iterable[Batch], n_bins: int = 
     device = next(model.parameters()).device
     acc = CalibrationAccumulator(n_bins)
     for batch in batches:
-        batch = batch.to(device)
-        logits = model(batch.x, attention_mask=batch.attention_mask)  # (B, T, V)
-        acc.add(logits, batch.y)
+        for part in batch.split_rows(rows_per_forward(model, batch)):
+            part = part.to(device)
+            acc.add(model(part.x, attention_mask=part.attention_mask), part.y)  # logits (b, T, V)
     model.train(was_training)
     return acc.result()
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from arlm.data.batches import IGNORE_INDEX, Batch
+from arlm.evaluation.perplexity import rows_per_forward
 
 
 @torch.no_grad()
@@ -16,12 +17,12 @@ def per_position_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple
     """(mean NLL, token count) at each position 0..T-1 of the context, over the batches."""
     total = count = None
     model.eval()
-    for batch in batches:
-        logits = model(batch.x, attention_mask=batch.attention_mask)  # (B, T, V)
+    for part in (p for batch in batches for p in batch.split_rows(rows_per_forward(model, batch))):
+        logits = model(part.x, attention_mask=part.attention_mask)  # (b, T, V)
         nll = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), batch.y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-        ).view(batch.y.shape)
-        keep = (batch.y != IGNORE_INDEX).double()  # (B, T)
+            logits.flatten(0, 1).float(), part.y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view(part.y.shape)
+        keep = (part.y != IGNORE_INDEX).double()  # (b, T)
         sums, counts = (nll.double() * keep).sum(0), keep.sum(0)  # (T,) each
         total = sums if total is None else total + sums
         count = counts if count is None else count + counts

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from arlm.data.batches import IGNORE_INDEX, Batch
+from arlm.evaluation.defaults import LOGITS_BUDGET
 
 
 @dataclass
@@ -68,6 +69,11 @@ def evaluate_batches(
             nbytes += int(byte_table[y.clamp(min=0)][y != IGNORE_INDEX].sum())
     model.train(was_training)
     return nll, count, nbytes
+
+
+def rows_per_forward(model: torch.nn.Module, batch: Batch) -> int:
+    """How many of a batch's rows one scoring forward takes: their logits within LOGITS_BUDGET, one row at least."""
+    return max(1, LOGITS_BUDGET // (batch.x.shape[1] * model.config.vocab_size))
 
 
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
