@@ -14,3 +14,10 @@ def test_a_figure_path_that_cannot_be_written_is_refused_before_any_run_is_read(
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ArlmError, match="suffix matplotlib writes|is a file"):
         calibration_command(["no-such-run"], out=tmp_path / out, log=lambda _: None)
+
+
+def test_a_folder_where_the_numbers_go_is_refused_before_any_run_is_read(tmp_path):
+    """(it ended in IsADirectoryError after the whole measurement)"""
+    (tmp_path / "cal.json").mkdir()
+    with pytest.raises(ArlmError, match=r"cal.json is a folder; the numbers go there"):
+        calibration_command(["no-such-run"], out=tmp_path / "cal.png", log=lambda _: None)

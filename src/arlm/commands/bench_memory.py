@@ -53,7 +53,7 @@ def bench_memory_command(
         )
     if not 0 < budget_gb < math.inf:
         raise ArlmError(f"--budget-gb must be a number of GB above 0, got {budget_gb:g}")
-    figure_path(out)
+    figure_path(out, numbers=True)
     result = run_memory_bench(lengths=lengths, budget_gb=budget_gb, device=device, limit_gb=limit_gb, log=log)
     plot_memory(result, out)
     Path(out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -59,7 +59,7 @@ def calibration_command(
     if not run_refs:
         raise ArlmError("name at least one run or checkpoint to measure")
     check_batches(batches)
-    out = figure_path(out)
+    out = figure_path(out, numbers=True)
     results: dict[str, CalibrationResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
-    parser.add_argument("--out", default="context.png", help="PNG to write")
+    parser.add_argument("--out", default="context.png", help="PNG to write (numbers go to the same name .json)")
     add_dtype_argument(parser)
 
 
@@ -45,7 +45,7 @@ def context_command(
     from arlm.model.inference import optimize_for_scoring  # lazy: kept out of --help
 
     check_batches(batches)
-    figure_path(out)
+    figure_path(out, numbers=True)
     curves = {}
     for ref in run_refs:
         loaded = load_model(ref, dtype=dtype)

@@ -69,7 +69,7 @@ def exposure_bias_command(
     for flag, value in (("--prompt-len", prompt_len), ("--length", length)):
         if value is not None and value < 1:
             raise ArlmError(f"{flag} must be at least 1, got {value} (leave it out for the default)")
-    out = figure_path(out)
+    out = figure_path(out, numbers=True)
     results: dict[str, ExposureBiasResult] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)

@@ -20,9 +20,12 @@ import matplotlib.pyplot as plt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 
-def figure_path(out: str | Path) -> Path:
-    """The path of a figure to write, checked before any work: a suffix matplotlib writes, a creatable folder."""
+def figure_path(out: str | Path, *, numbers: bool = False) -> Path:
+    """The path of a figure to write, checked before any work: a suffix matplotlib writes, a creatable folder;
+    numbers: the command also writes the same name .json, which must not be a folder either."""
     path = Path(out)
+    if numbers and path.with_suffix(".json").is_dir():
+        raise ArlmError(f"{path.with_suffix('.json')} is a folder; the numbers go there: give another --out")
     formats = FigureCanvasAgg.get_supported_filetypes()
     if path.suffix.lower().lstrip(".") not in formats:
         raise ArlmError(f"{path}: name the figure with a suffix matplotlib writes ({', '.join(sorted(formats))})")
