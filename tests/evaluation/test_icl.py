@@ -221,6 +221,26 @@ def test_run_icl_refuses_bad_arguments(tiny):
     )
     with pytest.raises(ArlmError, match="context"):
         icl.run_icl(short, tokenizer, ["capitals"], (4,), limit=1)
+    short.config.block_size = 80  # (k = 0's prompt fits, k = 4's does not)
+    with pytest.MonkeyPatch.context() as patch:  # a prompt too long for the context: refused before k = 0 runs
+        patch.setattr(icl, "evaluate_task", lambda *a, **k: calls.append(a))
+        with pytest.raises(ArlmError, match="capitals with 4 shots needs prompts of"):
+            icl.run_icl(short, tokenizer, ["capitals"], (0, 4), limit=1)
+    assert calls == []
+
+
+def test_too_few_demonstrations_besides_the_query_are_refused_before_any_scoring(tiny, tmp_path):
+    """Two demonstrations, one of them the first query: 2 shots cannot be built for it (the count named is the
+    query's own, and why)."""
+    model, tokenizer = tiny
+    items = [{"input": "a", "output": "A", "split": "demo"}, {"input": "b", "output": "B", "split": "demo"}]
+    path = write_task(tmp_path / "t.jsonl", [*items, {"input": "a", "output": "A"}, {"input": "c", "output": "C"}])
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(icl, "evaluate_task", lambda *a, **k: calls.append(a))
+        with pytest.raises(ArlmError, match="has 1 demonstrations besides the query 'a' .* 2 shots were asked"):
+            icl.run_icl(model, tokenizer, [str(path)], (0, 1, 2))
+    assert calls == []
 
 
 def save_tiny_checkpoint(model: Transformer, tokenizer, path):

@@ -102,9 +102,28 @@ def build_prompt(task: Task, query: Item, shots: int) -> str:
     """The description line, `shots` demonstrations `input => output`, then `query =>` (no trailing space)."""
     demos = [d for d in task.demos if d.input != query.input][:shots]
     if len(demos) < shots:
-        raise ArlmError(f"task {task.name} has {len(demos)} demonstrations; {shots} shots were asked for")
+        raise ArlmError(
+            f"task {task.name} has {len(demos)} demonstrations besides the query {query.input!r} (one equal to a "
+            f"query is left out of its prompt); {shots} shots were asked for"
+        )
     lines = [task.description, *(f"{d.input}{SEPARATOR} {d.output}" for d in demos)]
     return "\n".join(lines) + f"\n{query.input}{SEPARATOR}"
+
+
+def fitting_prompts(
+    model: torch.nn.Module, tokenizer: Tokenizer, task: Task, shots: int, limit: int | None
+) -> list[str]:
+    """The prompts of a task's queries (the first `limit`) at `shots`, refused where one has too few demonstrations
+    or does not leave the model's context a token to answer in."""
+    queries = task.queries[:limit] if limit else task.queries
+    prompts = [build_prompt(task, item, shots) for item in queries]
+    block = model.config.block_size
+    longest = max(len(tokenizer.encode(p)) for p in prompts)
+    if longest + 1 >= block:
+        raise ArlmError(
+            f"{task.name} with {shots} shots needs prompts of {longest} tokens but the model's context is {block}"
+        )
+    return prompts
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -288,13 +307,7 @@ def evaluate_task(
 ) -> dict:
     """Accuracy of one task at one number of shots, with its interval, predictions and per-item hits."""
     queries = task.queries[:limit] if limit else task.queries
-    prompts = [build_prompt(task, item, shots) for item in queries]
-    block = model.config.block_size
-    longest = max(len(tokenizer.encode(p)) for p in prompts)
-    if longest + 1 >= block:
-        raise ArlmError(
-            f"{task.name} with {shots} shots needs prompts of {longest} tokens but the model's context is {block}"
-        )
+    prompts = fitting_prompts(model, tokenizer, task, shots, limit)
     if scoring == "generate":
         texts = generate_texts(
             model, tokenizer, prompts, max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=batch_size
@@ -355,6 +368,8 @@ def run_icl(
     for task in loaded:  # before any work: a task with too few demonstrations for the most shots asked
         if len(task.demos) < max(shots, default=0):
             raise ArlmError(f"task {task.name} has {len(task.demos)} demonstrations; {max(shots)} shots were asked for")
+        for k in shots:  # and every prompt built and measured against the context (tokenizing is cheap)
+            fitting_prompts(model, tokenizer, task, k, limit)
     settings = {"scoring": scoring, "limit": limit, "num_beams": num_beams, "max_new_tokens": max_new_tokens}
     settings["batch_size"] = batch_size
     start = time.perf_counter()
