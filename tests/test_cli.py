@@ -248,12 +248,14 @@ def test_eval_calibration_and_exposure_bias_write_their_figures(trained, tmp_pat
     out = tmp_path / "cal.png"
     assert main(["eval", "calibration", str(run), "--bins", "10", "--out", str(out)]) == 0
     assert "ECE" in capsys.readouterr().out and out.exists()
-    assert json.loads(out.with_suffix(".json").read_text())["results"]["run"]["n_bins"] == 10
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["results"]["run"]["n_bins"] == 10 and saved["measured"]["run"]["dtype"] == "float32"
     out = tmp_path / "eb.png"
     argv = ["eval", "exposure-bias", str(run), "--prompt-len", "4", "--length", "8", "--sequences", "6"]
     assert main([*argv, "--out", str(out)]) == 0
     assert "gap" in capsys.readouterr().out and out.exists()
-    assert len(json.loads(out.with_suffix(".json").read_text())["results"]["run"]["gap"]) == 8
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert len(saved["results"]["run"]["gap"]) == 8 and saved["measured"]["run"]["device"] == "cpu"
     _fails(capsys, "eval", "exposure-bias", str(run), "--prompt-len", "4", "--length", "500", match="context")
     _fails(capsys, "study", "calibration", "--train.nope", "1", match="nope")
 

@@ -36,7 +36,10 @@ def test_runs_with_the_same_folder_name_keep_their_own_curves(tmp_path, corpus_d
     runs = [str(tmp_path / "run"), str(tmp_path / "other" / "run")]
     curves = context_command(runs, batches=1, out=str(tmp_path / "c.png"), log=lambda _: None)
     assert list(curves) == ["run", "run-2"]
-    assert list(json.loads((tmp_path / "c.json").read_text())) == ["run", "run-2"]
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert list(saved["loss_by_position"]) == ["run", "run-2"] and saved["split"] == "val"
+    assert {m["dtype"] for m in saved["measured"].values()} == {"float32"}
+    assert saved["measured"]["run-2"]["ref"] == runs[1] and saved["measured"]["run"]["device"] == "cpu"
 
 
 def test_a_run_without_data_of_its_own_takes_data(tmp_path, corpus_dir):

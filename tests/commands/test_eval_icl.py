@@ -20,6 +20,7 @@ def test_icl_command_writes_json_and_plot(tiny, tmp_path):  # noqa: F811
     )  # fmt: skip
     saved = json.loads((tmp_path / "out" / "icl.json").read_text(encoding="utf-8"))
     assert saved["tasks"]["antonyms"]["by_shots"]["1"]["n"] == 4
+    assert saved["measured"] == {"source": str(checkpoint), "dtype": "float32", "device": "cpu"}
     assert (
         saved["tasks"]["antonyms"]["by_shots"]["0"]["accuracy"]
         == results["tasks"]["antonyms"]["by_shots"][0]["accuracy"]

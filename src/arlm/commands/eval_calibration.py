@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import add_dtype_argument, check_batches
+from arlm.commands.options import add_dtype_argument, check_batches, provenance
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.defaults import N_BINS, SPLIT_BLOCK
@@ -61,6 +61,7 @@ def calibration_command(
     check_batches(batches)
     out = figure_path(out, numbers=True)
     results: dict[str, CalibrationResult] = {}
+    measured: dict[str, dict] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
         optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
@@ -68,13 +69,14 @@ def calibration_command(
         data = run_data(loaded, split, data_dir)
         block = min(config.model.block_size, SPLIT_BLOCK)  # (as eval perplexity scores a split)
         sampler = data.sampler(split, config.data, block, config.train.seed)
+        measured[run_label(ref, results)] = {**provenance(loaded), "data": str(data.directory), "block": block}
         results[run_label(ref, results)] = calibration(
             loaded.model, sampler.eval_batches(config.train.batch_size, batches), n_bins
         )
     log(f"calibration on the {split} split ({n_bins} bins):")
     log(format_table(results))
     plot_reliability(results, out)
-    record = {"split": split, "batches": batches, "runs": dict(zip(results, run_refs))}
+    record = {"split": split, "batches": batches, "runs": dict(zip(results, run_refs)), "measured": measured}
     record["results"] = {k: r.as_dict() for k, r in results.items()}
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {out}, {out.with_suffix('.json')}")

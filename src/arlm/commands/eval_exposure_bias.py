@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import add_dtype_argument
+from arlm.commands.options import add_dtype_argument, provenance
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 
@@ -71,12 +71,14 @@ def exposure_bias_command(
             raise ArlmError(f"{flag} must be at least 1, got {value} (leave it out for the default)")
     out = figure_path(out, numbers=True)
     results: dict[str, ExposureBiasResult] = {}
+    measured: dict[str, dict] = {}
     for ref in run_refs:
         loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
         optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
         P, L = default_lengths(loaded.config.model.block_size, prompt_len, length)
         data = run_data(loaded, split, data_dir)
         sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)
+        measured[run_label(ref, results)] = {**provenance(loaded), "data": str(data.directory)}
         results[run_label(ref, results)] = exposure_bias(loaded.model, sequences, P, L, batch_size=batch_size)
     first = next(iter(results.values()))
     log(
@@ -85,7 +87,7 @@ def exposure_bias_command(
     )
     log(format_summary(results))
     plot_exposure_bias(results, out)
-    record = {"split": split, "runs": dict(zip(results, run_refs))}
+    record = {"split": split, "runs": dict(zip(results, run_refs)), "measured": measured}
     record["results"] = {k: r.as_dict() for k, r in results.items()}
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {out}, {out.with_suffix('.json')}")

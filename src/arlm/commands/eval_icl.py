@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from arlm.commands.options import add_dtype_argument, add_model_argument, model_of, refuse_unused
+from arlm.commands.options import add_dtype_argument, add_model_argument, model_of, provenance, refuse_unused
 from arlm.errors import ArlmError, check_creatable
 from arlm.evaluation.defaults import DEFAULT_SHOTS
 
@@ -106,6 +106,7 @@ def icl_command(
     optimize_for_decoding(loaded.model)
     results = run_icl(loaded.model, loaded.tokenizer, tasks, shots, scoring, limit, num_beams=num_beams, log=log)
     results["model"] = str(model_ref)
+    results["measured"] = provenance(loaded)
     log(f"accuracy [95% Wilson interval], {scoring} scoring, {results['seconds']:.0f}s")
     log(format_table(results))
     if scoring == "loglikelihood":

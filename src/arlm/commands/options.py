@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPE_HELP, LOAD_DTYPES
+
+if TYPE_CHECKING:
+    from arlm.interop.checkpoint import LoadedModel
 
 MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 
@@ -18,6 +22,11 @@ def add_model_argument(parser: argparse.ArgumentParser, help: str = MODEL_HELP, 
     parser.add_argument("model", nargs="?", help=help + (f" (default {default})" if default else ""))
     parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same, as a flag")
     parser.set_defaults(model_default=default)
+
+
+def provenance(loaded: LoadedModel) -> dict[str, str]:
+    """What a result file records of a model it measured: the file or folder read, the dtype and device it ran at."""
+    return {"source": str(loaded.source), "dtype": loaded.dtype, "device": str(loaded.model.norm.weight.device)}
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:

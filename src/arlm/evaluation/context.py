@@ -17,7 +17,9 @@ def per_position_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple
     """(mean NLL, token count) at each position 0..T-1 of the context, over the batches."""
     total = count = None
     model.eval()
+    device = next(model.parameters()).device
     for part in (p for batch in batches for p in batch.split_rows(rows_per_forward(model, batch))):
+        part = part.to(device)
         logits = model(part.x, attention_mask=part.attention_mask)  # (b, T, V)
         nll = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1).float(), part.y.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
@@ -26,4 +28,4 @@ def per_position_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple
         sums, counts = (nll.double() * keep).sum(0), keep.sum(0)  # (T,) each
         total = sums if total is None else total + sums
         count = counts if count is None else count + counts
-    return (total / count.clamp(min=1)).numpy(), count.numpy()
+    return (total / count.clamp(min=1)).cpu().numpy(), count.cpu().numpy()
