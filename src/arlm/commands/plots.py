@@ -116,8 +116,10 @@ def plot_errorbars(
     ylabel: str,
     title: str = "",
     ylim: tuple[float, float] | None = None,
+    xticks: Sequence[float] | None = None,
 ) -> Path:
-    """Lines with error bars: {label: [(x, y, low, high), ...]}, labels beside the plot; x nudged apart."""
+    """Lines with error bars: {label: [(x, y, low, high), ...]}, labels beside the plot; x nudged apart; ticks at
+    xticks where given (counts: no fractions between them)."""
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for i, (label, points) in enumerate(series.items()):
         xs = [p[0] + (i - len(series) / 2) * 0.06 for p in points]  # keep overlapping error bars apart
@@ -128,6 +130,8 @@ def plot_errorbars(
     ax.set_ylabel(ylabel)
     if ylim:
         ax.set_ylim(*ylim)
+    if xticks is not None:
+        ax.set_xticks(list(xticks))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -135,8 +139,9 @@ def plot_errorbars(
 
 
 def plot_icl(results: dict, path: str | Path, *, title: str = "") -> Path:
-    """Accuracy against the number of shots, one line per task, with 95% Wilson intervals as error bars."""
-    series = {}
+    """Accuracy against the number of shots, one line per task, with 95% Wilson intervals as error bars (accuracy:
+    exact match, or the top choice by summed log-likelihood)."""
+    series, n = {}, {by["n"] for entry in results["tasks"].values() for by in entry["by_shots"].values()}
     for name, entry in results["tasks"].items():
         by = entry["by_shots"]
         series[name] = [(k, by[k]["accuracy"], by[k]["ci"][0], by[k]["ci"][1]) for k in sorted(by)]
@@ -144,9 +149,10 @@ def plot_icl(results: dict, path: str | Path, *, title: str = "") -> Path:
         series,
         path,
         xlabel="demonstrations in the prompt (k)",
-        ylabel="accuracy",
+        ylabel=f"accuracy, 95% Wilson interval (n = {', '.join(map(str, sorted(n)))} a task)",
         title=title or f"in-context learning ({results['scoring']})",
         ylim=(-0.02, 1.02),
+        xticks=sorted({k for entry in results["tasks"].values() for k in entry["by_shots"]}),
     )
 
 
@@ -200,7 +206,7 @@ def plot_exposure_bias(results: dict[str, ExposureBiasResult], path: str | Path,
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=7)
     ax_gap.legend(fontsize=7)
-    fig.suptitle(title or "exposure bias: teacher forcing (solid) vs free running (dashed)")
+    fig.suptitle(title or "exposure bias: teacher forcing (solid) vs free running (dashed); bands ±1 standard error")
     return _save(fig, path)
 
 
