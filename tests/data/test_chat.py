@@ -259,3 +259,14 @@ def test_a_template_that_trims_contents_or_rewrites_them(smollm2):
         tok_trim.chat_template = loop.replace("FILTER", rewrite)
         with pytest.raises(ArlmError, match=r"holds a special token's text \(<\|im_end\|>\)"):
             encode_conversation(messages, tok_trim)
+
+
+def test_a_chat_splits_bytes_are_those_of_its_rendered_tokens(tmp_path):
+    """The corpus report's bytes / token: the messages' bytes alone over the template's tokens read 0.36 for SmolLM2;
+    a char tokenizer's (plain template, special tokens aside) is one byte a token on ASCII."""
+    from arlm.data.chat_batches import prepare_chat
+
+    config = DataConfig(source=str(write_chat(tmp_path / "c.jsonl")), format="chat", tokenizer="char", val_fraction=0)
+    _, counts, _, _ = prepare_chat(config, tmp_path / "out", resolve=lambda ref: None)
+    train, answers = counts["train"], 26 * 1 + 14 * 2  # (write_chat: every third conversation has two answers)
+    assert train["bytes"] == train["characters"] == train["tokens"] - answers  # (an EOS ends each answer)

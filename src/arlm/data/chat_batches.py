@@ -81,7 +81,7 @@ def _write_chat_split(
             starts.append(writer.count)
             targets.extend(flags)
             lines.append(example.line)
-            text = "".join(m["content"] for m in example.messages)
+            text = tokenizer.decode(ids)  # the rendered conversation, as its tokens count it (special tokens aside)
             chars, nbytes = chars + len(text), nbytes + len(text.encode("utf-8"))
     for kind, values, dtype in (("docs", starts, np.int64), ("targets", targets, np.uint8), ("lines", lines, np.int64)):
         np.save(out / f"{name}.{kind}.npy", np.asarray(values, dtype=dtype), allow_pickle=False)
