@@ -109,7 +109,8 @@ def test_held_out_sequences_and_bad_lengths():
     assert seqs.shape == (4, 10)
     assert seqs[:, 0].tolist() == [0, 30, 60, 90]
     assert torch.equal(seqs[1], torch.arange(30, 40))
-    assert held_out_sequences(tokens, 20, 10).shape == (20, 10)  # overlapping when the split is short
+    many = held_out_sequences(tokens, 20, 10)  # never overlapping: the split holds 10 disjoint windows of 10
+    assert many.shape == (10, 10) and many[:, 0].tolist() == list(range(0, 100, 10))
     with pytest.raises(ArlmError):
         held_out_sequences(tokens, 4, 101)
     assert default_lengths(128) == (32, 96)

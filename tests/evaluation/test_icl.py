@@ -127,6 +127,18 @@ def test_wilson_interval_against_hand_computed_values():
     assert low + high == pytest.approx(1.0) and low == pytest.approx(0.2366, abs=1e-4)
     assert icl.wilson_interval(0, 10)[0] == 0.0 and icl.wilson_interval(10, 10)[1] == 1.0
     assert icl.wilson_interval(0, 0) == (0.0, 1.0)
+    for n in range(1, 201):  # the interval holds the proportion (70/70's upper end was 0.9999999999999999)
+        assert icl.wilson_interval(n, n)[1] == 1.0 and icl.wilson_interval(0, n)[0] == 0.0
+
+
+def test_two_tasks_of_one_name_are_refused_before_any_scoring(tiny, tmp_path):
+    """Results are keyed by task name: the built-in capitals' were replaced by a file's named capitals too."""
+    model, tokenizer = tiny
+    path = write_task(
+        tmp_path / "capitals.jsonl", [{"input": "a", "output": "A", "split": "demo"}, {"input": "b", "output": "B"}]
+    )
+    with pytest.raises(ArlmError, match="two tasks are named capitals"):
+        icl.run_icl(model, tokenizer, ["capitals", str(path)], (0,))
 
 
 def test_continuation_logprob_is_the_sum_of_per_token_logprobs(tiny):

@@ -72,12 +72,15 @@ def exposure_bias_command(
     out = figure_path(out, numbers=True)
     results: dict[str, ExposureBiasResult] = {}
     measured: dict[str, dict] = {}
-    for ref in run_refs:
-        loaded = load_model(ref, device=pick_device(device, dtype), dtype=dtype)
+    models = [load_model(ref, device=pick_device(device, dtype), dtype=dtype) for ref in run_refs]
+    # one prompt and length for every run (the shortest context's default), so that their rows compare
+    P, L = default_lengths(min(m.config.model.block_size for m in models), prompt_len, length)
+    for ref, loaded in zip(run_refs, models):
         optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
-        P, L = default_lengths(loaded.config.model.block_size, prompt_len, length)
         data = run_data(loaded, split, data_dir)
         sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)
+        if len(sequences) < n_sequences:
+            log(f"note: the {split} split holds {len(sequences)} sequences of {P + L} tokens apart, not {n_sequences}")
         measured[run_label(ref, results)] = {**provenance(loaded), "data": str(data.directory)}
         results[run_label(ref, results)] = exposure_bias(loaded.model, sequences, P, L, batch_size=batch_size)
     first = next(iter(results.values()))

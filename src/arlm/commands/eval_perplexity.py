@@ -194,7 +194,7 @@ def _on_split(
     loaded: LoadedModel, split: str, data_dir: str | None, context: int, batches: int
 ) -> tuple[EvalResult, str]:
     """Loss over blocks of a prepared split (the run's own data unless data_dir)."""
-    from arlm.evaluation.perplexity import evaluate_batches, result  # lazy: kept out of --help
+    from arlm.evaluation.perplexity import evaluate_batches, result, rows_per_forward  # lazy: kept out of --help
     from arlm.interop.loading import run_data  # lazy: kept out of --help
 
     config = loaded.config
@@ -202,9 +202,10 @@ def _on_split(
     block, _ = window_and_stride(config.model.block_size, context, 0, on_file=False)
     sampler = data.sampler(split, config.data, block, config.train.seed)
     progress = Progress(sampler.eval_batch_count(config.train.batch_size, batches), desc="eval", leave=False)
-    sums = evaluate_batches(
+    blocks = progress.iterate(sampler.eval_batches(config.train.batch_size, batches))
+    sums = evaluate_batches(  # (a forward's rows kept to what their logits' budget holds)
         loaded.model,
-        progress.iterate(sampler.eval_batches(config.train.batch_size, batches)),
+        (part for batch in blocks for part in batch.split_rows(rows_per_forward(loaded.model, batch))),
         device=loaded.model.norm.weight.device,
         token_bytes=loaded.tokenizer.token_bytes(),
     )

@@ -139,13 +139,15 @@ def exposure_bias(
 
 
 def held_out_sequences(tokens: np.ndarray, n_sequences: int, width: int) -> torch.Tensor:
-    """(n, width) windows of a token stream at evenly spaced offsets (overlapping only when the stream is
-    too short for n disjoint ones); windows may span a document boundary, as packed training blocks do."""
+    """(n, width) windows of a token stream at evenly spaced offsets, never overlapping (fewer than n where the
+    stream holds fewer disjoint ones: overlapping windows are not independent samples, and the standard errors
+    would be too small); windows may span a document boundary, as packed training blocks do."""
     if len(tokens) < width:
         raise ArlmError(f"the split holds {len(tokens)} tokens, fewer than one sequence of {width}")
     if n_sequences < 1:
         raise ArlmError(f"n_sequences must be at least 1, got {n_sequences}")
-    offsets = np.linspace(0, len(tokens) - width, n_sequences).round().astype(np.int64)
+    n_sequences = min(n_sequences, len(tokens) // width)
+    offsets = np.linspace(0, len(tokens) - width, n_sequences).round().astype(np.int64)  # (spaced >= width apart)
     return torch.from_numpy(np.stack([np.asarray(tokens[o : o + width], dtype=np.int64) for o in offsets]))
 
 

@@ -127,14 +127,15 @@ def fitting_prompts(
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% for z = 1.96); (0, 1) when n = 0."""
+    """The Wilson score interval of a binomial proportion (95% for z = 1.96); (0, 1) when n = 0. It holds the
+    proportion itself (at 70/70 rounding put the upper end at 0.9999999999999999, under the accuracy of 1)."""
     if n == 0:
         return 0.0, 1.0
     p = successes / n
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(max(0.0, centre - half), p), max(min(1.0, centre + half), p)
 
 
 def prefix_id(tokenizer: Tokenizer) -> int:
@@ -365,6 +366,10 @@ def run_icl(
         raise ArlmError(f"limit must be >= 1, got {limit}")
     shots = list(dict.fromkeys(shots))  # each number once, in the order given
     loaded = [load_task(name) for name in (tasks or builtin_task_names())]
+    names = [task.name for task in loaded]
+    if len(set(names)) < len(names):  # (the results are keyed by name: one would replace the other)
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ArlmError(f"two tasks are named {twice} (a task is named by its file's stem): rename one of the files")
     for task in loaded:  # before any work: a task with too few demonstrations for the most shots asked
         if len(task.demos) < max(shots, default=0):
             raise ArlmError(f"task {task.name} has {len(task.demos)} demonstrations; {max(shots)} shots were asked for")
