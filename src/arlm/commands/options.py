@@ -1,4 +1,5 @@
-"""Checks of command-line values that several verbs share: one wording for one mistake."""
+"""Checks of command-line values that several verbs share: one wording for one mistake; and what a result file
+records of the model it measured."""
 
 from __future__ import annotations
 
