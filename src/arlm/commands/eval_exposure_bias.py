@@ -80,7 +80,7 @@ def exposure_bias_command(
         data = run_data(loaded, split, data_dir)
         sequences = held_out_sequences(data.tokens(split), n_sequences, P + L)
         if len(sequences) < n_sequences:
-            log(f"note: the {split} split holds {len(sequences)} sequences of {P + L} tokens apart, not {n_sequences}")
+            log(f"note: {len(sequences)} {split} sequences, not {n_sequences}: no more of {P + L} tokens fit apart")
         measured[run_label(ref, results)] = {**provenance(loaded), "data": str(data.directory)}
         results[run_label(ref, results)] = exposure_bias(loaded.model, sequences, P, L, batch_size=batch_size)
     first = next(iter(results.values()))
