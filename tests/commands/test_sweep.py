@@ -12,6 +12,19 @@ def test_parse_vary():
     assert parse_vary(["model.d_model=16,32"]) == [("model.d_model", ["16", "32"])]
     with pytest.raises(ArlmError, match="section.key=v1,v2"):
         parse_vary(["d_model=16"])
+    with pytest.raises(ArlmError, match="--vary model.d_model is given twice"):  # (the last trained under both labels)
+        parse_vary(["model.d_model=16,32", "model.d_model=24"])
+    with pytest.raises(ArlmError, match="lists 16 twice"):  # (one run for two)
+        parse_vary(["model.d_model=16,16"])
+
+
+def test_same_tokens_with_a_varied_batch_is_refused(tmp_path, corpus_dir):
+    """--same-tokens set each batch from the context: runs labelled batch_size=4 and 8 trained the same batch."""
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 1}))
+    with pytest.raises(ArlmError, match="--same-tokens sets each run's train.batch_size"):
+        sweep_command(str(preset), ["model.block_size=16,32", "train.batch_size=4,8"], same_tokens=True,
+                      out_dir=str(tmp_path / "sw"), log=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "sw").exists()
 
 
 def test_sweep_trains_each_setting_and_plots_them_together(tmp_path, corpus_dir):
@@ -59,8 +72,11 @@ def test_an_earlier_sweep_is_kept_unless_overwrite(tmp_path, corpus_dir):
     with pytest.raises(ArlmError, match="holds an earlier sweep; pass --overwrite"):
         sweep_command(str(preset), ["model.d_model=16"], ["--train.lr", "5e-3"], out_dir=str(out), log=lambda _: None)
     assert {p: p.read_bytes() for p in before} == before
-    sweep_command(str(preset), ["model.d_model=16"], out_dir=str(out), overwrite=True, log=lambda _: None)
-    assert set(json.loads((out / "sweep.json").read_text())) == {"d_model=16"}
+    with pytest.raises(ArlmError, match=r"holds runs this sweep does not train again \(d_model=32\)"):
+        sweep_command(str(preset), ["model.d_model=16"], out_dir=str(out), overwrite=True, log=lambda _: None)
+    assert {p: p.read_bytes() for p in before} == before  # (d_model=32 trained on OUT/data, prepared again after)
+    sweep_command(str(preset), ["model.d_model=32,16"], out_dir=str(out), overwrite=True, log=lambda _: None)
+    assert set(json.loads((out / "sweep.json").read_text())) == {"d_model=16", "d_model=32"}
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
     for overwrite in (False, True):

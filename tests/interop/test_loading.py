@@ -64,6 +64,24 @@ def test_a_copied_run_is_scored_on_its_own_data(run, tmp_path, monkeypatch):
         assert loading.run_data(load_model(model), "val").directory == copy / "data"
 
 
+def test_a_runs_data_prepared_again_with_other_settings_is_not_taken_for_its_own(run, tmp_path):
+    """A sweep's shared data prepared again under its earlier runs (other settings: there another val_fraction, and
+    eval scored a "val" split holding text the run had trained on). Refused; --data DIR still scores it knowingly."""
+    import shutil
+
+    from arlm.data.prepare import prepare
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    loaded = load_model(copy)
+    config = loaded.config.data
+    config.text_field = "body"  # (other settings, the same text: a plain-text corpus has no fields)
+    prepare(config, copy / "data", log=lambda _: None, overwrite=True)
+    with pytest.raises(ArlmError, match="were prepared with other settings than .* was trained on"):
+        loading.run_data(loaded, "val")
+    assert loading.run_data(loaded, "val", copy / "data").directory == copy / "data"
+
+
 def test_a_transformers_folder_goes_to_the_hf_loader(tmp_path, monkeypatch):
     class Reached(Exception):
         pass

@@ -54,7 +54,12 @@ def parse_vary(specs: list[str]) -> list[tuple[str, list[str]]]:
         key, eq, values = spec.partition("=")
         if not eq or "." not in key or not values:
             raise ArlmError(f"--vary takes section.key=v1,v2,...; got {spec!r}")
-        out.append((key, values.split(",")))
+        if key in (k for k, _ in out):  # (the last would be trained under every label)
+            raise ArlmError(f"--vary {key} is given twice; list its values once: {key}=v1,v2,...")
+        listed = values.split(",")
+        if len(set(listed)) < len(listed):  # (the runs would collapse into one)
+            raise ArlmError(f"--vary {spec} lists {next(v for v in listed if listed.count(v) > 1)} twice")
+        out.append((key, listed))
     return out
 
 
@@ -74,14 +79,16 @@ def sweep_command(
     from arlm.model.transformer import Transformer  # lazy: kept out of --help
 
     grid = parse_vary(vary)
+    if same_tokens and "train.batch_size" in (key for key, _ in grid):
+        raise ArlmError("--same-tokens sets each run's train.batch_size from its context; do not vary it as well")
+    labels = ["-".join(f"{k.rsplit('.', 1)[1]}={v}" for (k, _), v in zip(grid, c)) for c in _combos(grid)]
     where = "the sweep places each run in --out (OUT/LABEL, its data in OUT/data); use --out"
     refuse_placement(overrides or [], where, (key for key, _ in grid))
     base = build_config(preset, overrides)
     out = Path(out_dir)
-    _claim_out(out, overwrite)
+    _claim_out(out, overwrite, labels)
     configs = {}
-    for combo in itertools.product(*(values for _, values in grid)):
-        label = "-".join(f"{key.split('.')[1]}={value}" for (key, _), value in zip(grid, combo))
+    for label, combo in zip(labels, _combos(grid)):
         extra = [arg for (key, _), value in zip(grid, combo) for arg in (f"--{key}", value)]
         configs[label] = _run_config(preset, [*(overrides or []), *extra], out, label, base, same_tokens)
     if len({data_fingerprint(config.data) for config in configs.values()}) > 1:
@@ -100,8 +107,14 @@ def sweep_command(
     return results
 
 
-def _claim_out(out: Path, overwrite: bool) -> None:
-    """Refuse an --out holding files unless overwrite and it holds an earlier sweep (its sweep.json or a run)."""
+def _combos(grid: list[tuple[str, list[str]]]) -> list[tuple[str, ...]]:
+    """Every combination of the varied values, in the order runs train."""
+    return list(itertools.product(*(values for _, values in grid)))
+
+
+def _claim_out(out: Path, overwrite: bool, labels: list[str]) -> None:
+    """Refuse an --out holding files unless overwrite and it holds an earlier sweep (its sweep.json or a run), and
+    then one whose runs this sweep would not all train again (they trained on OUT/data, which it prepares again)."""
     if not out.is_dir() or not any(out.iterdir()):
         if out.exists() and not out.is_dir():
             raise ArlmError(f"--out {out} is a file; name a folder for the sweep")
@@ -113,6 +126,12 @@ def _claim_out(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise ArlmError(
             f"--out {out} holds an earlier sweep; pass --overwrite to retrain its runs or choose another --out"
+        )
+    left = sorted(p.name for p in out.iterdir() if p.is_dir() and holds_run(p) and p.name not in labels)
+    if left:
+        raise ArlmError(
+            f"--out {out} holds runs this sweep does not train again ({', '.join(left)}), on data it would prepare "
+            "again; remove them or choose another --out"
         )
 
 
@@ -143,27 +162,28 @@ def _number(value: str) -> float | None:
 
 
 def _report(results: dict[str, dict], grid: list[tuple[str, list[str]]], preset: str, out: Path, log) -> None:
-    """Every loss curve in one figure, final validation loss against a single varied key, a table, sweep.json."""
+    """Every loss curve in one figure, final validation loss against a single varied key, a table, sweep.json (the
+    train split's figures where the runs have no validation split)."""
     from arlm.commands.plots import plot_lines, plot_loss  # lazy: kept out of --help
 
     runs = {label: read_metrics(out / label / "metrics.jsonl") for label in results}
     plot_loss(runs, out / "loss.png", title=f"{preset}: loss vs tokens")
     values = {label: _number(label.split("=", 1)[1]) for label in results}
+    split = "val" if all("val" in r["final"] for r in results.values()) else "train"
     if len(grid) == 1 and None not in values.values():  # (a key of words, model.flavour: the table says it)
         key = grid[0][0]
-        points = [(values[label], r["final"]["val"]["loss"]) for label, r in results.items() if "val" in r["final"]]
+        points = [(values[label], r["final"][split]["loss"]) for label, r in results.items()]
         plot_lines(
-            {"final val loss": points},
+            {f"final {split} loss": points},
             out / "final.png",
             xlabel=key,
-            ylabel="validation loss",
+            ylabel=f"{split} loss",
             logx=all(x > 0 for x in values.values()),
-            title=f"final validation loss vs {key}",
+            title=f"final {split} loss vs {key}",
         )
-    log(f"{'run':<28}{'parameters':>12}{'val loss':>10}{'val ppl':>10}")
+    log(f"{'run':<28}{'parameters':>12}{split + ' loss':>11}{split + ' ppl':>11}")
     for label, r in results.items():
-        val = r["final"].get("val")
-        if val:
-            log(f"{label:<28}{r['parameters']:>12,}{val['loss']:>10.4f}{val['ppl']:>10.2f}")
+        final = r["final"][split]
+        log(f"{label:<28}{r['parameters']:>12,}{final['loss']:>11.4f}{final['ppl']:>11.2f}")
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {out / 'loss.png'}")

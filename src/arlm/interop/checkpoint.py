@@ -71,6 +71,7 @@ class LoadedModel:
     config: RunConfig
     source: str
     dtype: str = "float32"
+    data_fingerprint: str | None = None  # a checkpoint's: the settings of the data it was trained on
 
 
 def export_weights(state: dict[str, torch.Tensor], model_config) -> dict[str, torch.Tensor]:
@@ -436,4 +437,5 @@ def checkpoint_model(checkpoint: Checkpoint) -> LoadedModel:
     if tokenizer.fingerprint() != checkpoint.meta.get("tokenizer_fingerprint"):
         raise ArlmError(f"the tokenizer in {checkpoint.path} does not match the one the model was trained with")
     model = Transformer.from_weights(checkpoint.config.model, checkpoint.model_state())
-    return LoadedModel(model, tokenizer, checkpoint.config, str(checkpoint.path))
+    fingerprint = checkpoint.meta.get("data_fingerprint")
+    return LoadedModel(model, tokenizer, checkpoint.config, str(checkpoint.path), data_fingerprint=fingerprint)

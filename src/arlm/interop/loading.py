@@ -133,7 +133,7 @@ def load_model(
     else:
         loaded = read_checkpoint(path, _checkpoint_or_adapters)
     model = to_dtype(loaded.model, dtype, device, group_size, gguf=ref if is_gguf_reference(ref) else None)
-    return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source, precision.name)
+    return LoadedModel(model, loaded.tokenizer, loaded.config, loaded.source, precision.name, loaded.data_fingerprint)
 
 
 def _checkpoint_or_adapters(checkpoint: Checkpoint) -> LoadedModel:
@@ -221,6 +221,11 @@ def run_data(
     if not data_dir and not directory.is_dir():  # e.g. a HF folder or GGUF file: no training data of its own here
         raise ArlmError(f"found no prepared data of {loaded.source} at {directory}; {hint}")
     data = load_prepared(directory)
+    if not data_dir and loaded.data_fingerprint and data.meta.get("fingerprint") != loaded.data_fingerprint:
+        raise ArlmError(  # (e.g. a sweep's shared data prepared again, with other settings, under its earlier runs)
+            f"the data in {directory} were prepared with other settings than {loaded.source} was trained on "
+            f"(prepared again since?); {hint} to score it on other data"
+        )
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise ArlmError(
             f"{loaded.source} was trained with another tokenizer than the data in {directory}; "

@@ -54,7 +54,8 @@ def load_lora_checkpoint(checkpoint: Checkpoint, load_base: Callable[[str], Load
     missing, unexpected = model.load_state_dict(checkpoint.model_state(), strict=False)
     if unexpected or any(k.endswith(("lora_A", "lora_B")) for k in missing):
         raise ArlmError(f"{checkpoint.path} holds adapters of another shape than its config says")
-    return LoadedModel(merge_lora(model).eval(), checkpoint.tokenizer(), checkpoint.config, str(checkpoint.path))
+    merged, fingerprint = merge_lora(model).eval(), checkpoint.meta.get("data_fingerprint")
+    return LoadedModel(merged, checkpoint.tokenizer(), checkpoint.config, str(checkpoint.path), "float32", fingerprint)
 
 
 def _base_candidates(reference: str) -> list[str]:
