@@ -3,7 +3,7 @@ import json
 import pytest
 
 from arlm.cli import main
-from arlm.commands.sweep import parse_vary, sweep_command
+from arlm.commands.sweep import _label, parse_vary, sweep_command
 from arlm.errors import ArlmError
 from tests.helpers import tiny_raw, write_yaml
 
@@ -16,6 +16,8 @@ def test_parse_vary():
         parse_vary(["model.d_model=16,32", "model.d_model=24"])
     with pytest.raises(ArlmError, match="lists 16 twice"):  # (one run for two)
         parse_vary(["model.d_model=16,16"])
+    grid = parse_vary(["data.source=/a/b.txt,c.txt", "train.lora.rank=4"])  # (a folder tree; 'lora=4' for rank)
+    assert _label(grid, ("/a/b.txt", "4")) == "source=_a_b.txt-rank=4"
 
 
 def test_same_tokens_with_a_varied_batch_is_refused(tmp_path, corpus_dir):

@@ -81,7 +81,11 @@ def sweep_command(
     grid = parse_vary(vary)
     if same_tokens and "train.batch_size" in (key for key, _ in grid):
         raise ArlmError("--same-tokens sets each run's train.batch_size from its context; do not vary it as well")
-    labels = ["-".join(f"{k.rsplit('.', 1)[1]}={v}" for (k, _), v in zip(grid, c)) for c in _combos(grid)]
+    labels = [_label(grid, combo) for combo in _combos(grid)]
+    if len(set(labels)) < len(labels):
+        raise ArlmError(
+            f"two runs would be labelled {next(x for x in labels if labels.count(x) > 1)}; vary other values"
+        )
     where = "the sweep places each run in --out (OUT/LABEL, its data in OUT/data); use --out"
     refuse_placement(overrides or [], where, (key for key, _ in grid))
     base = build_config(preset, overrides)
@@ -105,6 +109,11 @@ def sweep_command(
         }
     _report(results, grid, preset, out, log)
     return results
+
+
+def _label(grid: list[tuple[str, list[str]]], combo: tuple[str, ...]) -> str:
+    """A run's folder name: key=value per varied key (its last part; a value's "/" as "_", one folder deep)."""
+    return "-".join(f"{key.rsplit('.', 1)[1]}={value.replace('/', '_')}" for (key, _), value in zip(grid, combo))
 
 
 def _combos(grid: list[tuple[str, list[str]]]) -> list[tuple[str, ...]]:
