@@ -8,8 +8,9 @@ from torch import nn
 
 @torch.no_grad()
 def layer_grad_norms(model: nn.Module) -> dict[str, float]:
-    """{'gradnorm/L{i}/{q,k,v,o,mlp}': norm} for every block, plus the embedding table; with LoRA adapters (the
-    weights frozen) {'gradnorm/L{i}/{attn,mlp}'}: the norm of the adapters' gradients in each."""
+    """{'gradnorm/L{i}/{q,k,v,o,mlp}': norm} for every block, plus the embedding table, the learned positions
+    (GPT-2) and an untied output head; with LoRA adapters (the weights frozen) {'gradnorm/L{i}/{attn,mlp}'}: the
+    norm of the adapters' gradients in each."""
     out: dict[str, float] = {}
     for i, block in enumerate(model.blocks):
         attn = block.attn
@@ -27,6 +28,11 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
             out[f"gradnorm/L{i}/{name}"] = float(g.float().norm())
     if model.tok_emb.weight.grad is not None:
         out["gradnorm/embedding"] = float(model.tok_emb.weight.grad.float().norm())
+    extra = {
+        "positions": model.pos_emb,
+        "head": None if model.lm_head.weight is model.tok_emb.weight else model.lm_head,
+    }
+    out.update({f"gradnorm/{name}": _norm(m) for name, m in extra.items() if m is not None and _norm(m) > 0})
     return out
 
 
