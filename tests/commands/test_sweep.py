@@ -96,3 +96,38 @@ def test_runs_of_other_data_settings_each_get_their_own_data(tmp_path, corpus_di
         assert json.loads((out / label / "data" / "meta.json").read_text())["data"]["vocab_size"] == vocab
         assert main(["eval", "perplexity", str(out / label)]) == 0
     assert not (out / "data").exists()
+
+
+def test_a_stopped_sweep_resumes_keeping_its_finished_runs(tmp_path, corpus_dir, monkeypatch):
+    """--resume: a finished run is kept (its figures read from its log), the others train; --overwrite retrained
+    them all, the only way on before."""
+    import arlm.commands.sweep as sweep
+
+    preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 2}))
+    out, vary = tmp_path / "sw", ["model.d_model=16,32"]
+    trained, original = [], sweep.train_command
+
+    def stop_at_the_second(config, **kw):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(config.train.out_dir)
+        return original(config, **kw)
+
+    monkeypatch.setattr(sweep, "train_command", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_command(str(preset), vary, out_dir=str(out), log=lambda _: None)
+    monkeypatch.setattr(sweep, "train_command", original)
+    weights = {p: p.read_bytes() for p in (out / "d_model=16").rglob("model.safetensors")}
+    with pytest.raises(ArlmError, match="holds an earlier sweep; pass --overwrite"):
+        sweep_command(str(preset), vary, out_dir=str(out), log=lambda _: None)
+    with pytest.raises(ArlmError, match="give one of them"):
+        sweep_command(str(preset), vary, out_dir=str(out), resume=True, overwrite=True, log=lambda _: None)
+    lines = []
+    results = sweep_command(str(preset), vary, out_dir=str(out), resume=True, log=lines.append)
+    assert any("d_model=16 finished before: kept" in line for line in lines)
+    assert {p: p.read_bytes() for p in weights} == weights
+    first = json.loads((out / "d_model=16" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert results["d_model=16"]["final"]["val"]["loss"] == first["final_val_loss"]
+    assert results["d_model=32"]["final"]["val"]["loss"] > 0 and (out / "sweep.json").exists()
+    with pytest.raises(ArlmError, match="holds no run of this grid to resume"):
+        sweep_command(str(preset), vary, out_dir=str(tmp_path / "none"), resume=True, log=lambda _: None)

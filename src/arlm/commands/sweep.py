@@ -21,7 +21,7 @@ CONFIG_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset, --vary (repeatable), --same-tokens, --out, --overwrite."""
+    """--preset, --vary (repeatable), --same-tokens, --out, --overwrite, --resume."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path")
     parser.add_argument(
         "--vary",
@@ -37,13 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="runs/sweep", help="folder for the runs and the figure")
     parser.add_argument("--overwrite", action="store_true", help="retrain the runs of an earlier sweep in --out")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue a stopped sweep in --out: each run from its newest checkpoint"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Train the grid and draw it."""
     sweep_command(
-        args.preset, args.vary, args.overrides, same_tokens=args.same_tokens, out_dir=args.out, overwrite=args.overwrite
-    )
+        args.preset, args.vary, args.overrides, same_tokens=args.same_tokens, out_dir=args.out,
+        overwrite=args.overwrite, resume=args.resume,
+    )  # fmt: skip
     return 0
 
 
@@ -71,10 +75,12 @@ def sweep_command(
     same_tokens: bool = False,
     out_dir: str = "runs/sweep",
     overwrite: bool = False,
+    resume: bool = False,
     log=print,
 ) -> dict[str, dict]:
     """Train every combination (sharing one prepared corpus unless their data settings differ) and plot loss vs
-    tokens for all of them; an --out holding an earlier sweep is retrained only with overwrite."""
+    tokens for all of them; an --out holding an earlier sweep is retrained only with overwrite, or continued with
+    resume (each run from its newest checkpoint; a finished one kept)."""
     from arlm.data.prepare import data_fingerprint  # lazy: kept out of --help
     from arlm.model.transformer import Transformer  # lazy: kept out of --help
 
@@ -90,7 +96,11 @@ def sweep_command(
     refuse_placement(overrides or [], where, (key for key, _ in grid))
     base = build_config(preset, overrides)
     out = Path(out_dir)
-    _claim_out(out, overwrite, labels)
+    if resume and overwrite:
+        raise ArlmError("--resume continues the sweep in --out and --overwrite retrains it: give one of them")
+    if resume and not (out.is_dir() and any(holds_run(out / label) for label in labels)):
+        raise ArlmError(f"--out {out} holds no run of this grid to resume")
+    _claim_out(out, overwrite or resume, labels)
     configs = {}
     for label, combo in zip(labels, _combos(grid)):
         extra = [arg for (key, _), value in zip(grid, combo) for arg in (f"--{key}", value)]
@@ -101,14 +111,33 @@ def sweep_command(
     results: dict[str, dict] = {}
     for label, config in configs.items():
         log(f"=== {label} ===")
-        summary = train_command(config, overwrite=overwrite, log=log)
-        results[label] = {
-            "final": {s: r.as_dict() for s, r in summary.final.items()},
-            "parameters": Transformer(config.model).num_params(),
-            "run": str(summary.run_dir),
-        }
+        final, config = _train(config, resume and holds_run(out / label), overwrite, log)
+        results[label] = {"final": final, "parameters": Transformer(config.model).num_params(), "run": str(out / label)}
     _report(results, grid, preset, out, log)
     return results
+
+
+def _train(config: RunConfig, resume: bool, overwrite: bool, log) -> tuple[dict[str, dict], RunConfig]:
+    """One run of the grid trained (or continued from its newest checkpoint): its final figures per split and the
+    config it ran with (its vocabulary set); a run finished before keeps the figures its log holds."""
+    from arlm.commands.train import resume_config  # lazy: kept out of --help
+
+    if not resume:
+        summary = train_command(config, overwrite=overwrite, log=log)
+        return {s: r.as_dict() for s, r in summary.final.items()}, config
+    config, checkpoint = resume_config(config, "latest", [], preset_given=True, log=log)
+    if checkpoint is None or checkpoint.meta.get("step", 0) < config.train.max_steps:
+        summary = train_command(config, resume=checkpoint, resuming=True, log=log)
+        return {s: r.as_dict() for s, r in summary.final.items()}, config
+    config = checkpoint.config  # (its vocabulary set)
+    run_dir = Path(config.train.out_dir)
+    finals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "final"]
+    if not finals:
+        raise ArlmError(f"{run_dir} finished without its final evaluation in its log; remove it to train it again")
+    log(f"{run_dir} finished before: kept")
+    named = {k.removeprefix("final_"): v for k, v in finals[-1].items() if k.startswith("final_")}
+    splits = {name.split("_", 1)[0] for name in named}
+    return {s: {k.split("_", 1)[1]: v for k, v in named.items() if k.startswith(s + "_")} for s in splits}, config
 
 
 def _label(grid: list[tuple[str, list[str]]], combo: tuple[str, ...]) -> str:
