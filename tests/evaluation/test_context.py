@@ -7,13 +7,18 @@ from arlm.evaluation.context import per_position_loss
 from arlm.model.transformer import Transformer
 
 
-def test_per_position_loss_matches_a_plain_forward():
+def _model_and_sampler(blocks: int, seed: int) -> tuple[Transformer, BatchSampler, np.ndarray]:
+    """A tiny random model (vocabulary 20, context 8) and a sampler over `blocks` blocks of random tokens."""
     torch.manual_seed(0)
     model = Transformer(
         ModelConfig(flavour="llama", vocab_size=20, block_size=8, n_layer=1, n_head=2, d_model=16)
     ).eval()
-    tokens = np.random.default_rng(0).integers(0, 20, 8 * 5 + 1)
-    sampler = BatchSampler(tokens, np.array([0, len(tokens)]), block_size=8, seed=0)
+    tokens = np.random.default_rng(seed).integers(0, 20, 8 * blocks + 1)
+    return model, BatchSampler(tokens, np.array([0, len(tokens)]), block_size=8, seed=0), tokens
+
+
+def test_per_position_loss_matches_a_plain_forward():
+    model, sampler, tokens = _model_and_sampler(blocks=5, seed=0)
     loss, count = per_position_loss(model, sampler.eval_batches(batch_size=2))
     assert loss.shape == (8,) and count.tolist() == [5] * 8
     x = torch.from_numpy(tokens[:40].reshape(5, 8)).long()
@@ -26,12 +31,7 @@ def test_per_position_loss_matches_a_plain_forward():
 def test_per_position_loss_scores_long_rows_a_few_at_a_time(monkeypatch):
     import arlm.evaluation.perplexity as ppl
 
-    torch.manual_seed(0)
-    model = Transformer(
-        ModelConfig(flavour="llama", vocab_size=20, block_size=8, n_layer=1, n_head=2, d_model=16)
-    ).eval()
-    tokens = np.random.default_rng(1).integers(0, 20, 8 * 7 + 1)
-    sampler = BatchSampler(tokens, np.array([0, len(tokens)]), block_size=8, seed=0)
+    model, sampler, _ = _model_and_sampler(blocks=7, seed=1)
     whole, _ = per_position_loss(model, sampler.eval_batches(batch_size=4))
     monkeypatch.setattr(ppl, "LOGITS_BUDGET", 8 * 20)  # one row's logits a forward
     parts, count = per_position_loss(model, sampler.eval_batches(batch_size=4))

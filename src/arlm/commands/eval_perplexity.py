@@ -194,7 +194,7 @@ def _on_split(
     loaded: LoadedModel, split: str, data_dir: str | None, context: int, batches: int
 ) -> tuple[EvalResult, str]:
     """Loss over blocks of a prepared split (the run's own data unless data_dir)."""
-    from arlm.evaluation.perplexity import evaluate_batches, result, rows_per_forward  # lazy: kept out of --help
+    from arlm.evaluation.perplexity import evaluate_batches, result, scoring_parts  # lazy: kept out of --help
     from arlm.interop.loading import run_data  # lazy: kept out of --help
 
     config = loaded.config
@@ -205,7 +205,7 @@ def _on_split(
     blocks = progress.iterate(sampler.eval_batches(config.train.batch_size, batches))
     sums = evaluate_batches(  # (a forward's rows kept to what their logits' budget holds)
         loaded.model,
-        (part for batch in blocks for part in batch.split_rows(rows_per_forward(loaded.model, batch))),
+        scoring_parts(loaded.model, blocks),
         device=loaded.model.norm.weight.device,
         token_bytes=loaded.tokenizer.token_bytes(),
     )

@@ -87,7 +87,8 @@ def sweep_command(
     grid = parse_vary(vary)
     if same_tokens and "train.batch_size" in (key for key, _ in grid):
         raise ArlmError("--same-tokens sets each run's train.batch_size from its context; do not vary it as well")
-    labels = [_label(grid, combo) for combo in _combos(grid)]
+    combos = list(itertools.product(*(values for _, values in grid)))  # in the order the runs train
+    labels = [_label(grid, combo) for combo in combos]
     if len(set(labels)) < len(labels):
         raise ArlmError(
             f"two runs would be labelled {next(x for x in labels if labels.count(x) > 1)}; vary other values"
@@ -102,7 +103,7 @@ def sweep_command(
         raise ArlmError(f"--out {out} holds no run of this grid to resume")
     _claim_out(out, overwrite or resume, labels)
     configs = {}
-    for label, combo in zip(labels, _combos(grid)):
+    for label, combo in zip(labels, combos):
         extra = [arg for (key, _), value in zip(grid, combo) for arg in (f"--{key}", value)]
         configs[label] = _run_config(preset, [*(overrides or []), *extra], out, label, base, same_tokens)
     if len({data_fingerprint(config.data) for config in configs.values()}) > 1:
@@ -122,12 +123,11 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, log) -> tuple[dict[
     config it ran with (its vocabulary set); a run finished before keeps the figures its log holds."""
     from arlm.commands.train import resume_config  # lazy: kept out of --help
 
-    if not resume:
-        summary = train_command(config, overwrite=overwrite, log=log)
-        return {s: r.as_dict() for s, r in summary.final.items()}, config
-    config, checkpoint = resume_config(config, "latest", [], preset_given=True, log=log)
+    checkpoint = None
+    if resume:
+        config, checkpoint = resume_config(config, "latest", [], preset_given=True, log=log)
     if checkpoint is None or checkpoint.meta.get("step", 0) < config.train.max_steps:
-        summary = train_command(config, resume=checkpoint, resuming=True, log=log)
+        summary = train_command(config, resume=checkpoint, resuming=resume, overwrite=overwrite, log=log)
         return {s: r.as_dict() for s, r in summary.final.items()}, config
     config = checkpoint.config  # (its vocabulary set)
     run_dir = Path(config.train.out_dir)
@@ -143,11 +143,6 @@ def _train(config: RunConfig, resume: bool, overwrite: bool, log) -> tuple[dict[
 def _label(grid: list[tuple[str, list[str]]], combo: tuple[str, ...]) -> str:
     """A run's folder name: key=value per varied key (its last part; a value's "/" as "_", one folder deep)."""
     return "-".join(f"{key.rsplit('.', 1)[1]}={value.replace('/', '_')}" for (key, _), value in zip(grid, combo))
-
-
-def _combos(grid: list[tuple[str, list[str]]]) -> list[tuple[str, ...]]:
-    """Every combination of the varied values, in the order runs train."""
-    return list(itertools.product(*(values for _, values in grid)))
 
 
 def _claim_out(out: Path, overwrite: bool, labels: list[str]) -> None:

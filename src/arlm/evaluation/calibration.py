@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from arlm.data.batches import IGNORE_INDEX, Batch
 from arlm.errors import ArlmError
 from arlm.evaluation.defaults import N_BINS
-from arlm.evaluation.perplexity import rows_per_forward
+from arlm.evaluation.perplexity import scoring_parts
 
 POSITIONS_AT_ONCE = 1024  # positions whose (n, V) float64 copies add() makes at once
 
@@ -124,10 +124,9 @@ def calibration(model: torch.nn.Module, batches: Iterable[Batch], n_bins: int = 
     model.eval()
     device = next(model.parameters()).device
     acc = CalibrationAccumulator(n_bins)
-    for batch in batches:
-        for part in batch.split_rows(rows_per_forward(model, batch)):
-            part = part.to(device)
-            acc.add(model(part.x, attention_mask=part.attention_mask), part.y)  # logits (b, T, V)
+    for part in scoring_parts(model, batches):
+        part = part.to(device)
+        acc.add(model(part.x, attention_mask=part.attention_mask), part.y)  # logits (b, T, V)
     model.train(was_training)
     return acc.result()
 

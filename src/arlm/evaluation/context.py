@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from arlm.data.batches import IGNORE_INDEX, Batch
-from arlm.evaluation.perplexity import rows_per_forward
+from arlm.evaluation.perplexity import scoring_parts
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def per_position_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple
     total = count = None
     model.eval()
     device = next(model.parameters()).device
-    for part in (p for batch in batches for p in batch.split_rows(rows_per_forward(model, batch))):
+    for part in scoring_parts(model, batches):
         part = part.to(device)
         logits = model(part.x, attention_mask=part.attention_mask)  # (b, T, V)
         nll = torch.nn.functional.cross_entropy(

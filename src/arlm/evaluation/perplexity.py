@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,9 +71,10 @@ def evaluate_batches(
     return nll, count, nbytes
 
 
-def rows_per_forward(model: torch.nn.Module, batch: Batch) -> int:
-    """How many of a batch's rows one scoring forward takes: their logits within LOGITS_BUDGET, one row at least."""
-    return max(1, LOGITS_BUDGET // (batch.x.shape[1] * model.config.vocab_size))
+def scoring_parts(model: torch.nn.Module, batches: Iterable[Batch]) -> Iterator[Batch]:
+    """The batches cut into the rows one scoring forward takes: their logits within LOGITS_BUDGET, a row at least."""
+    for batch in batches:
+        yield from batch.split_rows(max(1, LOGITS_BUDGET // (batch.x.shape[1] * model.config.vocab_size)))
 
 
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

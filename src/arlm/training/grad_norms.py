@@ -32,7 +32,8 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
         "positions": model.pos_emb,
         "head": None if model.lm_head.weight is model.tok_emb.weight else model.lm_head,
     }
-    out.update({f"gradnorm/{name}": _norm(m) for name, m in extra.items() if m is not None and _norm(m) > 0})
+    norms = {f"gradnorm/{name}": _norm(m) for name, m in extra.items() if m is not None}
+    out.update({name: norm for name, norm in norms.items() if norm > 0})
     return out
 
 

@@ -58,7 +58,7 @@ def distillation_loss(
     student is reported alongside."""
     flat = logits.flatten(0, 1).float()  # (B*T, V)
     keep = targets.flatten() != IGNORE_INDEX  # (B*T,)
-    hard = next_token_loss(logits, targets, label_smoothing)
+    hard = next_token_loss(flat[None], targets.flatten()[None], label_smoothing)  # (1, B*T, V): no second copy
     student_logp = F.log_softmax(flat / temperature, dim=-1)  # (B*T, V)
     teacher_logp = F.log_softmax(teacher_logits.flatten(0, 1).float() / temperature, dim=-1)  # (B*T, V)
     kl_tok = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(dim=-1)  # (B*T,)
