@@ -64,6 +64,29 @@ def test_a_copied_run_is_scored_on_its_own_data(run, tmp_path, monkeypatch):
         assert loading.run_data(load_model(model), "val").directory == copy / "data"
 
 
+def test_a_sweeps_run_finds_the_shared_data_beside_it_from_any_folder(tmp_path, monkeypatch):
+    """A run given a relative data.prepared_dir beside it (a sweep's OUT/LABEL and OUT/data), evaluated from another
+    folder or copied with its sweep, finds that data where it lies beside the run, not relative to the folder it is
+    evaluated from (none there, or another sweep's)."""
+    import shutil
+
+    from tests.helpers import write_corpus
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    monkeypatch.chdir(trained)
+    config = tiny_config(
+        tmp_path, write_corpus(tmp_path / "corpus"), train={"out_dir": "sw/a", "max_steps": 5}, data={}
+    )
+    config.data.prepared_dir = "sw/data"
+    train_command(config, log=lambda _: None)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(trained / "sw", elsewhere / "sw")
+    for here, run in ((tmp_path, trained / "sw" / "a"), (trained, elsewhere / "sw" / "a")):
+        monkeypatch.chdir(here)
+        assert loading.run_data(load_model(run), "val").directory == run.parent / "data"
+
+
 def test_a_runs_data_prepared_again_with_other_settings_is_not_taken_for_its_own(run, tmp_path):
     """A sweep's shared data prepared again under its earlier runs (other settings: there another val_fraction, and
     eval scored a "val" split holding text the run had trained on). Refused; --data DIR still scores it knowingly."""

@@ -4,6 +4,7 @@ Face folder, a GGUF file or 'smollm2'; the prepared corpus a run was trained on;
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,13 +203,21 @@ def prepared_dir(config: RunConfig) -> Path:
 
 
 def _own_data(loaded: LoadedModel) -> Path | None:
-    """The prepared data inside the run a checkpoint was loaded from (RUN/data, where the run was not given a
-    data.prepared_dir): found there wherever the run was moved or copied and whatever the current folder, where its
-    saved train.out_dir, relative to the folder it trained from, would name another run's data or none."""
+    """The prepared data where a run a checkpoint was loaded from (RUN/checkpoints/step-N) keeps it, found from the run
+    wherever it was moved or copied and whatever the current folder: RUN/data where it was given no
+    data.prepared_dir, else that folder where it lies beside the run as it did in training (a sweep's OUT/LABEL runs
+    and their OUT/data: ../data) -- where the saved paths, relative to the folder it trained from, would name other
+    data or none."""
     checkpoint = Path(loaded.source)
-    if loaded.config.data.prepared_dir or checkpoint.parent.name != "checkpoints":
+    if checkpoint.parent.name != "checkpoints":
         return None
-    own = checkpoint.parent.parent / "data"
+    run, given, out_dir = checkpoint.parent.parent, loaded.config.data.prepared_dir, loaded.config.train.out_dir
+    if not given:
+        own = run / "data"
+    elif out_dir and Path(given).is_absolute() == Path(out_dir).is_absolute():  # (one base: the relation holds)
+        own = Path(os.path.normpath(run / os.path.relpath(given, out_dir)))
+    else:
+        return None
     return own if own.is_dir() else None
 
 
