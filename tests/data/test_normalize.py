@@ -41,7 +41,7 @@ def test_a_line_end_of_any_convention_stays_a_line_end():
     for ending in ("\r\n", "\r", "\u2028"):
         text = lf.replace("\n", ending)
         assert normalize_text(text, DataConfig(collapse_whitespace=True)) == lf
-    for ending in ("\r\n", "\r"):  # strip_control drops the control characters, but not the line
+    for ending in ("\r\n", "\r", "\x85", "\x0b", "\x0c"):  # strip_control drops control characters, not lines
         assert normalize_text(lf.replace("\n", ending), DataConfig(strip_control=True)) == lf
 
 

@@ -14,7 +14,8 @@ from arlm.data.corpus import Document, load_documents
 _KEEP_CONTROL = {"\n", "\t"}
 _DROP_CATEGORIES = {"Cc", "Cf", "Co", "Cs"}  # control, format (zero-width...), private use, surrogates
 _SPACES = re.compile(r"[^\S\n]+")  # whitespace other than newline
-_LONE_CR = re.compile(r"\r(?!\n)")  # a line break of old Macs' files (CR alone)
+_CONTROL_BREAKS = re.compile(r"\r(?!\n)|[\x0b\x0c\x85]")  # line breaks that are control characters: CR alone (old
+# Macs' files), vertical tab, form feed, NEL (EBCDIC's line end)
 _LINE_BREAKS = re.compile(r"\r\n?|[\x0b\x0c\x85\u2028\u2029]")  # what str.splitlines breaks at, but \x1c-\x1e
 _TRAILING = re.compile(r" +\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -57,8 +58,8 @@ def apply_step(step: str, text: str) -> str:
     """Run one named normalization step on a text."""
     if step in ("NFC", "NFKC"):
         return unicodedata.normalize(step, text)
-    if step == "strip_control":  # (a lone CR is a line break: kept as one)
-        text = _LONE_CR.sub("\n", text)
+    if step == "strip_control":  # (a line break that is a control character is kept as one)
+        text = _CONTROL_BREAKS.sub("\n", text)
         return "".join(ch for ch in text if ch in _KEEP_CONTROL or unicodedata.category(ch) not in _DROP_CATEGORIES)
     if step == "lowercase":
         return text.lower()
