@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import shutil
 import socket
 import threading
 
@@ -113,11 +114,27 @@ def test_lookup_order_data_folder_then_cache_then_one_download(server, places, m
     assert find_corpus("tinyshakespeare", timeout=10) == cache / "tinyshakespeare.txt"  # downloaded
     assert find_corpus("tinyshakespeare", timeout=10) == cache / "tinyshakespeare.txt"  # found, not fetched again
     assert requests == ["/input.txt"]
-    (data / "tinyshakespeare.txt").write_text("mine\n")
+    shutil.copy(cache / "tinyshakespeare.txt", data / "tinyshakespeare.txt")
     assert find_corpus("tinyshakespeare") == data / "tinyshakespeare.txt"  # $ARLM_DATA comes first
     monkeypatch.delenv(DATA_ENV)
     assert find_corpus("tinyshakespeare") == cache / "tinyshakespeare.txt"
     assert requests == ["/input.txt"]
+
+
+def test_a_local_file_that_is_not_the_named_corpus_is_refused(server, places, monkeypatch):
+    """A tinyshakespeare.txt in $ARLM_DATA or the cache holding other text (or a cut copy) was read as the corpus,
+    its figures reported under the corpus's name: refused in one line, nothing changed."""
+    base, requests = server
+    cache, data = places
+    _use_corpus(monkeypatch, f"{base}/input.txt")
+    for folder, text in ((data, b"mine\n"), (cache, TEXT[:-1])):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tinyshakespeare.txt").write_bytes(text)
+        with pytest.raises(ArlmError, match="is not the tinyshakespeare corpus") as info:
+            find_corpus("tinyshakespeare", timeout=10)
+        assert "\n" not in str(info.value) and (folder / "tinyshakespeare.txt").read_bytes() == text
+        (folder / "tinyshakespeare.txt").unlink()
+    assert requests == []
 
 
 def test_cache_folder_defaults_to_home(monkeypatch, tmp_path):
@@ -155,9 +172,11 @@ def test_preset_offline_ends_with_one_line(places, monkeypatch, tmp_path, capsys
     assert not (tmp_path / "d").exists()
 
 
-def test_preset_reads_the_corpus_from_the_data_folder(places, tmp_path, capsys):
+def test_preset_reads_the_corpus_from_the_data_folder(places, tmp_path, monkeypatch):
     _, data = places
-    (data / "tinyshakespeare.txt").write_text("ROMEO:\nBut soft, what light.\n" * 200)
+    text = b"ROMEO:\nBut soft, what light.\n" * 200
+    (data / "tinyshakespeare.txt").write_bytes(text)
+    _use_corpus(monkeypatch, f"http://127.0.0.1:{_closed_port()}/input.txt", hashlib.sha256(text).hexdigest())
     assert main(["prepare", "--preset", "shakespeare-char-cpu", "--out", str(tmp_path / "d")]) == 0
     assert (tmp_path / "d" / "train.bin").exists()
 

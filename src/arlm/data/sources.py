@@ -57,14 +57,30 @@ def cache_dir() -> Path:
 
 
 def local_corpus(name: str) -> Path | None:
-    """The named corpus's file in $ARLM_DATA or the cache folder, in that order; None where neither has it."""
+    """The named corpus's file in $ARLM_DATA or the cache folder, in that order, checked to be that corpus (its
+    SHA-256); None where neither has it."""
     corpus = _named(name)
     folders = [Path(os.environ[DATA_ENV])] if os.environ.get(DATA_ENV) else []
     for folder in [*folders, cache_dir()]:
         path = folder.expanduser() / corpus.filename
         if path.is_file():
-            return path
+            return _checked(path, corpus)
     return None
+
+
+def _checked(path: Path, corpus: NamedCorpus) -> Path:
+    """path, refused where its content is not the named corpus (another text or version, a cut copy)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != corpus.sha256:
+        raise ArlmError(
+            f"{path} is not the {corpus.name} corpus (SHA-256 {digest.hexdigest()[:16]}..., expected "
+            f"{corpus.sha256[:16]}...); remove it to use the published file, or give your text as a path "
+            "(--data.source PATH)"
+        )
+    return path
 
 
 def find_corpus(name: str, *, timeout: float = 60.0) -> Path:
