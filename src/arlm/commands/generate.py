@@ -21,6 +21,7 @@ from arlm.commands.options import (
     prompt_text,
 )
 from arlm.config import GenerationConfig, build_config, coerce
+from arlm.decoding.detokenize import Detokenizer
 from arlm.decoding.settings import refuse_unread
 from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
 from arlm.errors import ArlmError
@@ -168,13 +169,12 @@ class Streamer:
         self.stops = stops or []
         self.stream = stream or sys.stdout
         self.prefix: str | None = prefix
-        self.ids: list[int] = []
+        self.decoded = Detokenizer(tokenizer)  # the row's ids and their text
         self.printed = 0
         self.stopped = False
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        self.ids.append(int(tokens.reshape(-1)[0]))
-        text = self.tokenizer.decode(self.ids)
+        text = self.decoded.push(int(tokens.reshape(-1)[0]))
         if self.stopped or text.endswith("\ufffd"):
             return
         final = cut_at_stop(text, self.stops)
@@ -184,7 +184,7 @@ class Streamer:
     def finish(self) -> None:
         """Print what was held back (generation ended without completing a stop string), then a newline."""
         if not self.stopped:
-            self._write(cut_at_stop(self.tokenizer.decode(self.ids), self.stops))
+            self._write(cut_at_stop(self.decoded.text, self.stops))
         self._write_raw("\n")
 
     def _write(self, text: str) -> None:

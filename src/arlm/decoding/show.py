@@ -4,6 +4,7 @@ the target (green/plain on a terminal; [brackets] around draft tokens otherwise)
 from __future__ import annotations
 
 from arlm.data.tokenizers import Tokenizer
+from arlm.decoding.detokenize import Detokenizer
 
 GREEN, RESET = "\x1b[32m", "\x1b[0m"
 
@@ -13,9 +14,9 @@ def render_drafts(
 ) -> str:
     """Text of ids with runs of draft-accepted tokens highlighted; only its first `end` characters (e.g. the text
     before a stop string) when given."""
-    pieces, text_so_far = [], ""
+    pieces, text_so_far, decoded = [], "", Detokenizer(tokenizer)
     for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1])
+        text = decoded.push(ids[i])
         if i < len(ids) - 1:  # a character not complete yet (U+FFFD) goes with the token that completes it
             text = text.rstrip("\ufffd")
         text = text[:end]

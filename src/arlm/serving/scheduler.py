@@ -30,6 +30,7 @@ from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
+from arlm.decoding.stops import stop_checker
 from arlm.errors import ArlmError
 from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event
 from arlm.serving.metrics import ServerMetrics
@@ -473,9 +474,7 @@ class Scheduler:
     def _beam_stop(self, job: Job):
         """Beam search's stop check: a hypothesis ends once its text holds one of the request's stop strings (the
         text sent is then cut before it, as for every strategy); None without stops."""
-        if not job.stops:
-            return None
-        return lambda row, ids: any(stop in self.tokenizer.decode(ids) for stop in job.stops)
+        return stop_checker(self.tokenizer, job.stops)
 
     def _lane_finish(self, job: Job, choice: Choice, ids: list[int]) -> None:
         ended_at_eos = bool(ids) and job.config.stop_at_eos and ids[-1] == job.eos_id

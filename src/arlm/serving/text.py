@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 
 from arlm.data.tokenizers import Tokenizer
+from arlm.decoding.detokenize import Detokenizer
 from arlm.decoding.stops import special_stop_ids
 
 
@@ -18,7 +19,7 @@ class TextStream:
         self.stops = [s for s in (stops or []) if s]
         self.longest = max(map(len, self.stops), default=0)
         self.stop_ids = special_stop_ids(tokenizer, self.stops)  # special tokens a stop string names
-        self.ids: list[int] = []
+        self.decoded = Detokenizer(tokenizer)  # the ids pushed and their text
         self.sent = ""  # text handed out so far
         self.stopped = False  # a stop string was found; the text is final
         self.starts: list[int] = []  # per id pushed, where its text begins in the decoded text
@@ -28,9 +29,8 @@ class TextStream:
         """Add one id; returns the text that became final (possibly empty)."""
         if self.stopped:
             return ""
-        self.ids.append(token)
         self.starts.append(self._decoded)
-        text = self.tokenizer.decode(self.ids)
+        text = self.decoded.push(token)
         if token in self.stop_ids:  # (a special token adds no text: all the text before it is final)
             self.stopped = True
             return self._advance(text)
@@ -48,7 +48,7 @@ class TextStream:
         """The held-back rest once the sequence has ended (nothing after a stop string)."""
         if self.stopped:
             return ""
-        return self._advance(self.tokenizer.decode(self.ids))
+        return self._advance(self.decoded.text)
 
     @property
     def text(self) -> str:
