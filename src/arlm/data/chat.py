@@ -109,11 +109,18 @@ def render_example(messages: list[Message], tokenizer: Tokenizer) -> tuple[list[
     def render(upto: int, prompt: bool) -> str:
         return apply_chat_template(template or PLAIN_TEMPLATE, messages[:upto], prompt, eos_token=eos)
 
+    # contents holding a special token's text, read as text (as chat and the server read them: no turn forged)
+    whole, spans = literal_spans(lambda m: apply_chat_template(template or PLAIN_TEMPLATE, m, False, eos_token=eos),
+                                 messages, tokenizer)  # fmt: skip
     ids: list[int] = []
     targets: list[int] = []
+    at = [0]  # where the next piece begins in the whole rendering
 
     def add(text: str, target: bool, extra: list[int] = ()) -> None:
-        piece = (tokenizer.encode(text) if text else []) + list(extra)
+        if whole[at[0] : at[0] + len(text)] != text:
+            raise ArlmError("the chat template renders a conversation's beginning unlike the whole conversation")
+        piece = (encode_spans(tokenizer, text, spans, at[0]) if text else []) + list(extra)
+        at[0] += len(text)
         ids.extend(piece)
         targets.extend([int(target)] * len(piece))
 
@@ -172,11 +179,21 @@ def encode_literal_contents(
     """The ids of messages as `render` renders them: the template's own text as encode() reads it, and a content
     holding a special token's text (`<|im_end|>` typed or pasted by a user) with that text read as text, so that no
     message can end its turn or open another (as OpenAI's API reads content; transformers and llama.cpp read the
-    token). Such contents are found by rendering the messages again with marks in their place."""
+    token)."""
+    text, spans = literal_spans(render, messages, tokenizer)
+    return encode_spans(tokenizer, text, spans)
+
+
+def literal_spans(
+    render: Callable[[list[Message]], str], messages: list[Message], tokenizer: Tokenizer
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text of messages and where in it the contents holding a special token's text lie ([start, end)
+    character spans, in order; none where no content holds one). Such contents are found by rendering the messages
+    again with marks in their place."""
     text, specials = render(messages), tokenizer.special_texts()
     literal = [i for i, m in enumerate(messages) if any(s in (m.get("content") or "") for s in specials)]
     if not literal:
-        return tokenizer.encode(text)
+        return text, []
     marked = render([{**m, "content": f"{MARK}{i}{MARK}"} if i in literal else m for i, m in enumerate(messages)])
     parts = marked.split(MARK)  # the template's text, a message's index, the template's text, ...
     marks = parts[1::2] if MARK not in text else []
@@ -185,6 +202,25 @@ def encode_literal_contents(
         contents = [messages[i]["content"].strip() if strip else messages[i]["content"] for i in order]
         pieces = list(zip(parts[::2], [*contents, ""]))
         if sorted(order) == literal and "".join(t + c for t, c in pieces) == text:
-            return [i for t, c in pieces for i in tokenizer.encode(t) + (tokenizer.encode_literally(c) if c else [])]
+            spans, at = [], 0
+            for template_text, content in pieces:
+                at += len(template_text)
+                spans += [(at, at + len(content))] if content else []
+                at += len(content)
+            return text, spans
     held = ", ".join(s for s in specials if any(s in messages[i]["content"] for i in literal))
     raise ArlmError(f"a message holds a special token's text ({held}) that this model's chat template rewrites")
+
+
+def encode_spans(tokenizer: Tokenizer, text: str, spans: list[tuple[int, int]], start: int = 0) -> list[int]:
+    """The ids of text, which begins at `start` of the text the spans index: inside a span with special tokens'
+    texts read as text (encode_literally), elsewhere as encode() reads them; text between spans encoded whole."""
+    ids, at, end = [], start, start + len(text)
+    for a, b in spans:
+        a, b = max(a, at), min(b, end)
+        if a >= b:
+            continue
+        ids += tokenizer.encode(text[at - start : a - start]) if a > at else []
+        ids += tokenizer.encode_literally(text[a - start : b - start])
+        at = b
+    return ids + (tokenizer.encode(text[at - start :]) if at < end else [])
