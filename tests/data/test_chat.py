@@ -96,6 +96,14 @@ def test_invalid_utf8_is_one_error_naming_file_and_byte_offset_unless_replaced(t
     assert examples[-1].messages[0]["content"] == "a\ufffd"
 
 
+def test_a_lone_surrogate_escape_in_a_conversation_is_one_line_or_replaced(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"prompt": "a \\ud800", "completion": "b"}\n', encoding="utf-8")
+    with pytest.raises(ArlmError, match=r"c.jsonl:1 holds a lone surrogate escape"):
+        list(read_chat_jsonl(path))
+    assert next(read_chat_jsonl(path, "replace")).messages[0]["content"] == "a \ufffd"
+
+
 def test_normalization_switches_apply_to_every_message_and_an_answer_left_empty_is_refused(tmp_path, capsys):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"prompt": "Ｆｕｌｌ WIDTH", "completion": "Ｏk"}) + "\n")

@@ -67,6 +67,9 @@ def test_files_stream_in_blocks_with_exact_offsets_and_lines(tmp_path, monkeypat
     bad.write_bytes(text.encode("utf-8") + b"\xe9 x")
     with pytest.raises(ArlmError, match=f"not valid UTF-8 at byte offset {len(text.encode('utf-8'))};"):
         read_text(bad)
+    bad.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8") + b"\xe9 x")  # the file's offset, after its BOM
+    with pytest.raises(ArlmError, match=f"not valid UTF-8 at byte offset {3 + len(text.encode('utf-8'))};"):
+        read_text(bad)
     truncated = tmp_path / "cut.txt"
     truncated.write_bytes(b"ok " + "東".encode()[:2])
     with pytest.raises(ArlmError, match="at byte offset 3;"):
@@ -75,6 +78,19 @@ def test_files_stream_in_blocks_with_exact_offsets_and_lines(tmp_path, monkeypat
     jsonl.write_bytes(b'{"text": "\\u00e9 one"}\r\n\r\n{"text": "two"}\r\n{"nope": 1}\r\n')
     with pytest.raises(ArlmError, match=r"c.jsonl:4 has no field 'text'"):
         load_documents(str(jsonl))
+
+
+def test_a_lone_surrogate_escape_in_a_jsonl_record_is_one_line_or_replaced(tmp_path):
+    """`"\\ud800"` is valid JSON but not text: prepare crashed in a traceback where it wrote the text out."""
+    path = tmp_path / "s.jsonl"
+    path.write_text(
+        '{"text": "ok \\ud83d\\ude00"}\n{"text": "lone \\ud800 here", "n": ["\\udfff"]}\n', encoding="utf-8"
+    )
+    with pytest.raises(ArlmError, match=r"s.jsonl:2 holds a lone surrogate escape \(\\ud800\)") as info:
+        load_documents(str(path))
+    assert "\n" not in str(info.value)
+    docs = load_documents(str(path), encoding_errors="replace")
+    assert [d.text for d in docs] == ["ok \U0001f600", "lone \ufffd here"]
 
 
 def test_jsonl_lines_end_at_newline_only_so_unicode_line_separators_stay_in_the_text(tmp_path):

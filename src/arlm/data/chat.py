@@ -11,7 +11,7 @@ from pathlib import Path
 
 from arlm.config import DataConfig
 from arlm.data.chat_template import PLAIN_TEMPLATE, Message, apply_chat_template
-from arlm.data.corpus import jsonl_lines
+from arlm.data.corpus import jsonl_lines, no_lone_surrogates
 from arlm.data.normalize import Normalizer, NormalizeReport
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError
@@ -36,13 +36,14 @@ def read_chat_jsonl(path: str | Path, encoding_errors: str = "strict") -> Iterat
         raise ArlmError(f"chat data {path} {what}; chat data is one .jsonl file")
     for number, line in jsonl_lines(path, encoding_errors):
         if line.strip():
-            yield ChatExample(parse_record(line, f"{path}:{number}"), number)
+            yield ChatExample(parse_record(line, f"{path}:{number}", encoding_errors), number)
 
 
-def parse_record(raw: str, where: str) -> list[Message]:
-    """One JSONL line as a list of messages, checked: known roles, text content, a non-empty answer."""
+def parse_record(raw: str, where: str, encoding_errors: str = "strict") -> list[Message]:
+    """One JSONL line as a list of messages, checked: known roles, text content, a non-empty answer (a lone
+    surrogate escape refused, or U+FFFD with encoding_errors "replace")."""
     try:
-        record = json.loads(raw)
+        record = no_lone_surrogates(json.loads(raw), raw, where, encoding_errors)
     except json.JSONDecodeError as exc:
         raise ArlmError(f"{where}: not valid JSON ({exc.msg})") from None
     if isinstance(record, dict) and "messages" in record and ({"prompt", "completion"} & set(record)):

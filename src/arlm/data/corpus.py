@@ -9,6 +9,7 @@ import fnmatch
 import glob
 import json
 import os
+import re
 import sysconfig
 import warnings
 from collections.abc import Iterator
@@ -208,7 +209,7 @@ def read_text(path: Path, encoding_errors: str = "strict") -> str:
 
 def read_blocks(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[str, bool]]:
     """Decode a file as UTF-8 block by block, (text, is_last); binary files and invalid bytes are refused
-    with the byte offset (strict; the offset counts from after a byte-order mark)."""
+    with the file's byte offset (strict)."""
     try:
         yield from _decoded_blocks(path, encoding_errors)
     except OSError as exc:  # (removed or made unreadable while being read)
@@ -226,7 +227,7 @@ def _decoded_blocks(path: Path, encoding_errors: str) -> Iterator[tuple[str, boo
                 raise ArlmError(f"{path} looks binary (NUL byte at offset {read + nul}); give text files only")
             if not read and data.startswith(b"\xef\xbb\xbf"):
                 data = data[3:]
-                read = 3
+                read = fed = 3  # (offsets are the file's)
             read += len(data)
             pending = len(decoder.getstate()[0])
             try:
@@ -245,7 +246,7 @@ def _decoded_blocks(path: Path, encoding_errors: str) -> Iterator[tuple[str, boo
 def _jsonl_chunks(path: Path, text_field: str, encoding_errors: str) -> Iterator[Chunk]:
     """One document a JSONL record."""
     for lineno, line in jsonl_lines(path, encoding_errors):
-        value = _jsonl_record(path, lineno, line, text_field)
+        value = _jsonl_record(path, lineno, line, text_field, encoding_errors)
         if value is not None:
             yield Chunk(f"{path}:{lineno}", value, True)
 
@@ -262,13 +263,14 @@ def jsonl_lines(path: Path, encoding_errors: str = "strict") -> Iterator[tuple[i
             yield lineno, line.removesuffix("\r")
 
 
-def _jsonl_record(path: Path, lineno: int, line: str, text_field: str) -> str | None:
+def _jsonl_record(path: Path, lineno: int, line: str, text_field: str, encoding_errors: str) -> str | None:
     if not line.strip():
         return None
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ArlmError(f"{path}:{lineno} is not valid JSON ({exc.msg})") from None
+    record = no_lone_surrogates(record, line, f"{path}:{lineno}", encoding_errors)
     if not isinstance(record, dict) or text_field not in record:
         chat = isinstance(record, dict) and ("messages" in record or "prompt" in record)
         hint = "it looks like chat data (data.format chat)" if chat else "data.text_field names another"
@@ -277,3 +279,27 @@ def _jsonl_record(path: Path, lineno: int, line: str, text_field: str) -> str | 
     if not isinstance(value, str):
         raise ArlmError(f"{path}:{lineno} field {text_field!r} is not a string")
     return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def no_lone_surrogates(record: object, line: str, where: str, encoding_errors: str = "strict") -> object:
+    """A JSON record (parsed from line) whose strings hold no lone surrogate (`"\\ud800"`, an escape JSON allows and
+    UTF-8 cannot hold): refused naming where, or each made U+FFFD with encoding_errors "replace"."""
+    if "\\u" not in line:  # (only an escape makes one: the line itself is decoded UTF-8)
+        return record
+
+    def clean(value: object) -> object:
+        if isinstance(value, str) and _SURROGATE.search(value):
+            if encoding_errors != "replace":
+                raise ArlmError(
+                    f"{where} holds a lone surrogate escape (\\u{ord(_SURROGATE.search(value)[0]):04x}), which is not "
+                    "text; fix the record (prepare and train also take --data.encoding_errors replace: U+FFFD)"
+                )
+            return _SURROGATE.sub("\ufffd", value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return clean(record)
