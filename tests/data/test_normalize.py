@@ -36,6 +36,13 @@ def test_counts_accumulate_over_pieces_of_a_stream():
     assert normalizer.report.edited == {"strip_control": 0, "lowercase": 7, "collapse_whitespace": 0}
 
 
+def test_strip_control_keeps_the_format_characters_that_are_part_of_the_text():
+    """ZWJ joins emoji sequences (a family, a rainbow flag), ZWNJ is orthography (Persian), tags spell a subdivision
+    flag; a zero-width space, a byte-order mark and a soft hyphen's kin go."""
+    kept = "👨\u200d👩\u200d👧 🏳️\u200d🌈 می\u200cخواهم 🏴\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    assert normalize_text(kept + "\u200b\ufeff\u2060", DataConfig(strip_control=True)) == kept
+
+
 def test_a_line_end_of_any_convention_stays_a_line_end():
     lf = "First Citizen:\nBefore we proceed.\n\nAll:\nSpeak, speak.\n"
     for ending in ("\r\n", "\r", "\u2028"):

@@ -11,7 +11,9 @@ import numpy as np
 from arlm.config import DataConfig
 from arlm.data.corpus import Document, load_documents
 
-_KEEP_CONTROL = {"\n", "\t"}
+_KEEP_CONTROL = {"\n", "\t", "\u200c", "\u200d"}  # and the joiners, format characters that are part of the text:
+# ZWNJ in Persian or Hindi, ZWJ in emoji sequences (with the tags of subdivision flags, below)
+_TAGS = range(0xE0020, 0xE0080)
 _DROP_CATEGORIES = {"Cc", "Cf", "Co", "Cs"}  # control, format (zero-width...), private use, surrogates
 _SPACES = re.compile(r"[^\S\n]+")  # whitespace other than newline
 _CONTROL_BREAKS = re.compile(r"\r(?!\n)|[\x0b\x0c\x85]")  # line breaks that are control characters: CR alone (old
@@ -60,7 +62,11 @@ def apply_step(step: str, text: str) -> str:
         return unicodedata.normalize(step, text)
     if step == "strip_control":  # (a line break that is a control character is kept as one)
         text = _CONTROL_BREAKS.sub("\n", text)
-        return "".join(ch for ch in text if ch in _KEEP_CONTROL or unicodedata.category(ch) not in _DROP_CATEGORIES)
+        return "".join(
+            ch
+            for ch in text
+            if ch in _KEEP_CONTROL or unicodedata.category(ch) not in _DROP_CATEGORIES or ord(ch) in _TAGS
+        )
     if step == "lowercase":
         return text.lower()
     if step == "collapse_whitespace":  # (a line break of any convention is one "\n")
