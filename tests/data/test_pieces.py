@@ -88,6 +88,14 @@ def test_streamed_separator_and_size_cuts_equal_the_in_memory_rule(monkeypatch, 
         assert [t for _, t in join_documents(stream)] == _split_reference(text, pattern, max_chars)
 
 
+def test_blank_lines_of_every_line_end_convention_separate_documents():
+    """Files with old Macs' CR line ends were one document under `doc_separator: blank` (only LF was known)."""
+    blank = re.compile(BLANK_LINES)
+    for end in ("\n", "\r\n", "\r"):
+        assert blank.split(f"one{end}line{end}{end}two{end} {end}three") == ["one" + end + "line", "two", "three"]
+    assert blank.split("a\r\nb\n\rc") == ["a\r\nb", "c"]  # a CRLF is one line end; LF then CR alone, two
+
+
 def test_separator_matching_empty_text_or_invalid_is_refused():
     with pytest.raises(ArlmError, match="matches empty text"):
         list(separate([Chunk("f", "a\nb", True)], re.compile(r"\n*")))

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 from arlm.errors import ArlmError
 
-BLANK_LINES = r"\r?\n(?:[^\S\r\n]*\r?\n)+"  # what `doc_separator: blank` stands for: one or more blank lines
+_LINE_END = r"(?:\r\n|\r(?!\n)|\n)"  # LF, CRLF or a CR alone (old Macs' files): one line end each
+BLANK_LINES = rf"{_LINE_END}(?:[^\S\r\n]*{_LINE_END})+"  # what `doc_separator: blank` stands for: blank lines
 LOOKAHEAD = 1 << 16  # a separator match must end this far before the end of the text read so far
 _WORD_START = re.compile(r"(?<=[!-~]|[^\W_]) (?=[A-Za-z])")  # a space between a word and an ASCII letter
 
