@@ -106,6 +106,17 @@ def test_a_draft_of_a_shorter_context_is_said_and_the_text_passes_it(tmp_path, c
     assert "'s 96: past 16 tokens of text it drafts nothing" in out.err
 
 
+def test_a_prompt_read_partly_as_unk_is_said(tmp_path, capsys):
+    """A char model's prompt with characters outside its vocabulary: the prompt is printed as typed and decoding
+    drops the <unk>, so only a note says what the model saw."""
+    model = tiny_base(tmp_path / "m")
+    argv = ["generate", str(model), "--max-new-tokens", "2", "--temperature", "0", "--prompt"]
+    assert main([*argv, "hello Ωμέγα"]) == 0
+    assert "note: the tokenizer read 5 piece(s) of the prompt as <unk>" in capsys.readouterr().err
+    assert main([*argv, "hello"]) == 0
+    assert "<unk>" not in capsys.readouterr().err
+
+
 def test_compile_on_the_cpu_is_said_to_be_slower(capsys):
     """--compile still runs on the CPU, with one line on stderr saying the eager step there is faster."""
     note_compile(GenerationConfig(compile=True), torch.device("cpu"))

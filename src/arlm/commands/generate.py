@@ -233,6 +233,7 @@ def generate_command(
     tok = loaded.tokenizer
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
+    note_unknown(tok, ids)
     draft_model = draft_for(config, draft, loaded, model_ref, dev, draft_dtype)
     grammar = grammar_for(json_schema, loaded)
     single = len(texts) == 1 and config.num_return_sequences == 1
@@ -276,6 +277,18 @@ def note_dtype(dtype: str, device: torch.device) -> None:
     """Say on stderr that float16 on the CPU decodes far slower than bfloat16 (no arlm kernel takes it)."""
     if dtype == "float16" and device.type == "cpu":
         print(CPU_FLOAT16_NOTE, file=sys.stderr)
+
+
+def note_unknown(tokenizer: Tokenizer, ids: list[list[int]]) -> None:
+    """Say on stderr how much of the prompts a char or word tokenizer read as <unk> (the prompt is printed as typed,
+    and decoding drops the <unk>: nothing else shows that the model saw something else)."""
+    unk = tokenizer.own_unk_id()
+    count = sum(row.count(unk) for row in ids) if unk is not None else 0
+    if count:
+        print(
+            f"note: the tokenizer read {count} piece(s) of the prompt as <unk> (outside its vocabulary)",
+            file=sys.stderr,
+        )
 
 
 def draft_for(

@@ -92,9 +92,15 @@ class Tokenizer:
             [0 if i in specials else len(self.token_text(i).encode("utf-8")) for i in range(self.vocab_size)],
             dtype=np.int64,
         )
-        if self.unk_id is not None and self.unk_id not in {self.bos_id, self.eos_id, self.pad_id}:
+        if self.own_unk_id() is not None:
             table[self.unk_id] = UNKNOWN_BYTES
         return table
+
+    def own_unk_id(self) -> int | None:
+        """The id of an <unk> of its own, which only text outside the vocabulary reads as (not also BOS, EOS or PAD,
+        as SmolLM2's <|endoftext|> is): None where there is none."""
+        shared = {self.bos_id, self.eos_id, self.pad_id}
+        return self.unk_id if self.unk_id is not None and self.unk_id not in shared else None
 
     def special_ids(self) -> set[int]:
         """Ids of the special tokens."""
