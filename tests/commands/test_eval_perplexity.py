@@ -18,6 +18,7 @@ NO_MODEL = "no-such-run"
         ({"stride": 8}, "--stride goes with --file"),
         ({"max_chars": 100, "compare_transformers": True}, "--max-chars, --compare-transformers go with --file"),
         ({"kv_dtype": "float32"}, "--kv-dtype goes with --file"),
+        ({"encoding_errors": "replace"}, "--encoding-errors goes with --file"),
         ({"file": "t.txt", "batches": 2}, "--batches goes with a prepared split"),
         ({"file": "t.txt", "split": "val", "data_dir": "d"}, "--split, --data go with a prepared split"),
     ],
@@ -51,3 +52,17 @@ def test_a_text_file_given_as_data_is_pointed_to_file(tmp_path):
     text.write_text("some text")
     with pytest.raises(ArlmError, match=f"^--data takes a prepared folder; {text} is a file: score it with --file"):
         eval_command(NO_MODEL, data_dir=str(text), device="cpu", log=lambda _: None)
+
+
+def test_a_file_of_invalid_utf8_is_scored_with_encoding_errors_replace(tmp_path, capsys):
+    """The refusal pointed to --data.encoding_errors, which eval perplexity does not take."""
+    from arlm.cli import main
+    from tests.helpers import tiny_base
+
+    model, text = tiny_base(tmp_path / "m"), tmp_path / "bad.txt"
+    text.write_bytes(b"hello there, " * 8 + b"\xff bytes")
+    argv = ["eval", "perplexity", str(model), "--file", str(text), "--device", "cpu"]
+    assert main(argv) == 2
+    assert "--encoding-errors replace" in capsys.readouterr().err
+    assert main([*argv, "--encoding-errors", "replace"]) == 0
+    assert "loss" in capsys.readouterr().out

@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", help="score this corpus (file, folder, glob, JSONL or builtin) by sliding window")
     parser.add_argument("--max-chars", type=int, default=0, help="with --file: only the first N characters")
     parser.add_argument(
+        "--encoding-errors",
+        choices=("strict", "replace"),
+        help="with --file: invalid UTF-8 refused (strict) or read as U+FFFD (default: the model's data setting)",
+    )
+    parser.add_argument(
         "--compare-transformers",
         action="store_true",
         help="with --file: also score the same windows with transformers' own loading of the model",
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         max_chars=args.max_chars,
+        encoding_errors=args.encoding_errors,
         compare_transformers=args.compare_transformers,
         kv_dtype=args.kv_dtype,
     )
@@ -78,6 +84,7 @@ def eval_command(
     device: str = "auto",
     dtype: str = "auto",
     max_chars: int = 0,
+    encoding_errors: str | None = None,
     compare_transformers: bool = False,
     kv_dtype: str = "auto",
     log=print,
@@ -89,8 +96,11 @@ def eval_command(
 
     kv = cache_dtype(kv_dtype)
     _check_options(file, split, data_dir, context, stride, batches, max_chars, compare_transformers, kv)
+    refuse_unused({"--encoding-errors": encoding_errors is not None and not file}, "with --file")
     loaded = load_model(model_ref, device=pick_device(device, dtype), dtype=dtype)
     optimize_for_scoring(loaded.model)  # 16-bit: on the kernels generate samples with
+    if encoding_errors is not None:
+        loaded.config.data.encoding_errors = encoding_errors  # (the file is read as the model's data otherwise)
     if file:
         res, where = _on_file(loaded, model_ref, file, context, stride, max_chars, kv, compare_transformers, log)
     else:

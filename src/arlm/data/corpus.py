@@ -235,7 +235,8 @@ def _decoded_blocks(path: Path, encoding_errors: str) -> Iterator[tuple[str, boo
             except UnicodeDecodeError as exc:
                 raise ArlmError(
                     f"{path} is not valid UTF-8 at byte offset {fed - pending + exc.start}; convert it to UTF-8 "
-                    "(prepare and train also take --data.encoding_errors replace: bad bytes become U+FFFD)"
+                    "(prepare and train take --data.encoding_errors replace, eval perplexity --file --encoding-errors "
+                    "replace: bad bytes become U+FFFD)"
                 ) from None
             fed += len(data)
             yield text, not data
