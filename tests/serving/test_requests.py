@@ -115,6 +115,23 @@ def test_chat_logprobs_give_the_bytes_of_tokens_that_are_parts_of_a_character(li
     assert any(entry.token == "\ufffd" for entry in content)  # (the case at hand: tokens inside a character)
 
 
+def test_an_echoed_prompts_offsets_are_where_its_tokens_text_begins(live, tiny_lm):
+    """A character over several tokens: the prompt's offsets summed each token's own text (a U+FFFD each), past the
+    prompt's end and then back; each is where its token's text begins (inside a character: where that begins)."""
+    tok, prompt = tiny_lm.tokenizer, "日本 — ça va"
+    ids = tok.encode(prompt)
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+    status, out = _completion(live, **body)
+    assert status == 200, out
+    offsets = out["choices"][0]["logprobs"]["text_offset"]
+    assert offsets == sorted(offsets) and offsets[-1] == len(prompt)  # (the generated token, after the prompt)
+    whole = [j for j in range(len(ids)) if not tok.decode(ids[:j]).endswith("\ufffd")]  # tokens starting a character
+    assert len(whole) < len(ids)  # (the case at hand)
+    for j in range(len(ids)):
+        begins = max(k for k in whole if k <= j)  # the token its character began with
+        assert offsets[j] == len(tok.decode(ids[:begins])), j
+
+
 FAILURES = [  # what a choice's start raises -> the error event its request gets
     (RuntimeError("broken grammar"), (500, "internal error: broken grammar", None, None)),
     (ArlmError("no such grammar", param="response_format"), (400, "no such grammar", "response_format", None)),

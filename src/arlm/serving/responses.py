@@ -61,8 +61,9 @@ class OpenAIFormat:
         """The stream chunks for one scheduler event (and records it for the whole response)."""
         kind, i = event["type"], event.get("index", 0)
         if kind == "prompt":
-            for piece, logprob, top in event["tokens"]:
-                self.logprobs[i].append(self._logprob_entry(i, {"piece": piece, "logprob": logprob, "top": top}))
+            for piece, logprob, top, start in event["tokens"]:
+                entry = {"piece": piece, "logprob": logprob, "top": top, "prompt_start": start}
+                self.logprobs[i].append(self._logprob_entry(i, entry))
             return [self._chunk(i, self.echo[i], logprobs=self._logprobs_object(self.logprobs[i]))]
         if kind == "token":
             self.completion_tokens += 1
@@ -118,10 +119,12 @@ class OpenAIFormat:
             raw = lambda token: list(self.piece_bytes(token))
             top = [{"token": p, "logprob": lp, "bytes": raw(t)} for t, p, lp in event["top"]]
             return {"token": piece, "logprob": event["logprob"], "bytes": raw(event["token"]), "top_logprobs": top}
-        if "start" in event:  # a generated token: where its text begins in the choice's, after the echoed prompt
-            offset = (len(self.echo[i]) if self.echo else 0) + event["start"]
-        else:
-            offset = sum(len(e["token"]) for e in self.logprobs[i])
+        # where its text begins in the choice's: an echoed prompt's token in the prompt, a generated one after it
+        offset = (
+            event["prompt_start"]
+            if "prompt_start" in event
+            else len(self.echo[i] if self.echo else "") + event["start"]
+        )
         if event["top"] is None:  # an echoed prompt's first token: nothing before it to predict it
             return {"token": piece, "logprob": None, "top": None, "offset": offset}
         top: dict[str, float] = {}

@@ -5,7 +5,7 @@ a lane of their own, served one request at a time by a second thread through gen
 weights, with caches of its own), never downgraded to another strategy.
 
 Everything a request produces reaches it through job.emit(event), called from these threads, with plain dicts:
-  {"type": "prompt", "index", "tokens"}   the prompt's tokens as (piece, logprob, top) (echo with logprobs)
+  {"type": "prompt", "index", "tokens"}   the prompt's tokens as (piece, logprob, top, start) (echo with logprobs)
   {"type": "token", "index", "token", "text", "start", "listed", ["logprob", "piece", "top"]}  a token, the text
         that became final with it, where its text begins, how many tokens have text sent (serving/text.py)
   {"type": "trace", "index", "data"}       a strategy event of the lane (beam search's beams, a verification)
@@ -28,6 +28,7 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
+from arlm.decoding.detokenize import Detokenizer
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.decoding.stops import stop_checker
@@ -337,11 +338,15 @@ class Scheduler:
                 self._finish(choice, e.sequence.finish_reason)
 
     def _prompt_event(self, choice: Choice, seq: BatchSequence) -> Event:
-        """The prompt's tokens as (piece, log-probability, top) for an echo: the first has neither."""
-        piece = self.tokenizer.token_text
-        tokens = [(piece(seq.prompt[0]), None, None)]
-        for token, scored in zip(seq.prompt[1:], seq.prompt_scores):
-            tokens.append((piece(token), scored.logprob, [(t, piece(t), lp) for t, lp in scored.top]))
+        """The prompt's tokens as (piece, log-probability, top, start) for an echo: the first has no log-probability
+        or top; start is where its text begins in the prompt's (a token inside a character: where that begins)."""
+        piece, decoded, starts, at = self.tokenizer.token_text, Detokenizer(self.tokenizer), [], 0
+        for token in seq.prompt:
+            starts.append(at)
+            at = max(at, len(decoded.push(token).rstrip("\ufffd")))
+        tokens = [(piece(seq.prompt[0]), None, None, 0)]
+        for token, scored, start in zip(seq.prompt[1:], seq.prompt_scores, starts[1:]):
+            tokens.append((piece(token), scored.logprob, [(t, piece(t), lp) for t, lp in scored.top], start))
         seq.prompt_scores = []
         return {"type": "prompt", "index": choice.index, "tokens": tokens}
 
