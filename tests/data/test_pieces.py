@@ -133,4 +133,17 @@ def test_safe_cut_prefers_a_line_start_then_a_word_start():
     assert safe_cut("abc\ndef ghi", 20) == 11  # short enough: no cut
     assert safe_cut("abc\ndef ghi jkl", 9) == 4  # after the line break, not at the later word
     assert safe_cut("abc\n\ndef ghi jkl", 9) == 8  # a blank line is no safe line start; the word start is
-    assert safe_cut("abcdefghijkl", 5) == 5  # nothing safe: cut at the limit
+    assert safe_cut("abcdefgh ijkl", 5) == 8  # nothing safe before the limit: the first place after it
+    assert safe_cut("abcdefgh\nijkl", 5) == 9
+    assert safe_cut("abcdefghijkl", 5) is None  # none yet: the piece waits for more text
+
+
+def test_a_stretch_without_a_safe_place_is_one_piece_and_encodes_as_the_whole():
+    """CJK prose has no line break or ASCII word start for thousands of characters: it was cut at the limit,
+    and the shards' tokens there were not those of the whole document (nor what inference sees)."""
+    prose = "どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所で泣いていた事だけは記憶している。" * 8
+    text = "An opening line.\n" + prose + " then English words\nand a line."
+    pieces = [c.text for c in repiece(_streamed(text, 0), 64)]
+    assert "".join(pieces) == text and any(prose in p for p in pieces)
+    tokenizer = HFTokenizer.train_bpe([prose, text], 400)
+    assert [i for p in pieces for i in tokenizer.encode(p)] == tokenizer.encode(text)

@@ -26,20 +26,34 @@ class Chunk(NamedTuple):
     ends: bool
 
 
-def safe_cut(text: str, limit: int, start: int = 0) -> int:
-    """A cut in (start, limit] that splits no normalization step and no GPT-2-style pre-token: after the
-    last line break between two visible characters, else before the last space between a word and an
-    ASCII letter, else `limit` itself (a stretch with neither is cut anywhere)."""
+def safe_cut(text: str, limit: int, start: int = 0) -> int | None:
+    """A cut in (start, limit] that splits no normalization step and no GPT-2-style pre-token: after the last line
+    break between two visible characters, else before the last space between a word and an ASCII letter; where
+    (start, limit] has neither, the first such place past limit (a stretch without one -- CJK prose, minified text,
+    base64 -- is kept whole: cut anywhere, it would encode to other tokens than the whole); None where the text so
+    far has none (more of it may)."""
     if len(text) <= limit:
         return len(text)
     i = text.rfind("\n", start, limit)
     while i > 0:
-        after = text[i + 1]
-        if not text[i - 1].isspace() and ("!" <= after <= "~" or after.isalnum()):
+        if _line_start(text, i):
             return i + 1
         i = text.rfind("\n", start, i)
     words = [m.start() for m in _WORD_START.finditer(text, start, limit + 1) if m.start() > start]
-    return words[-1] if words else limit
+    if words:
+        return words[-1]
+    i = text.find("\n", limit)
+    while 0 < i < len(text) - 1 and not _line_start(text, i):
+        i = text.find("\n", i + 1)
+    word = _WORD_START.search(text, limit + 1)
+    found = [cut for cut in (i + 1 if 0 < i < len(text) - 1 else None, word and word.start()) if cut]
+    return min(found, default=None)
+
+
+def _line_start(text: str, i: int) -> bool:
+    """Whether the line break at text[i] stands between two visible characters (a safe cut after it)."""
+    after = text[i + 1]
+    return not text[i - 1].isspace() and ("!" <= after <= "~" or after.isalnum())
 
 
 def separator_pattern(separator: str) -> re.Pattern | None:
@@ -104,7 +118,8 @@ def cut_by_size(chunks: Iterable[Chunk], max_chars: int) -> Iterator[Chunk]:
 
 def repiece(chunks: Iterable[Chunk], piece_chars: int) -> Iterator[Chunk]:
     """The same documents in pieces: a document of at most piece_chars characters as one piece, a longer
-    one cut at safe_cut places; empty documents are dropped."""
+    one cut at safe_cut places (a piece longer than piece_chars where there is none sooner); empty documents are
+    dropped."""
     buf, name, emitted = "", "", False
     for chunk in chunks:
         if not buf and not emitted:
@@ -113,6 +128,8 @@ def repiece(chunks: Iterable[Chunk], piece_chars: int) -> Iterator[Chunk]:
         pos = 0  # buf[:pos] is emitted
         while len(buf) - pos > piece_chars:
             cut = safe_cut(buf, pos + piece_chars, pos)
+            if cut is None:  # no safe place yet: the piece grows with the next chunk
+                break
             yield Chunk(name, buf[pos:cut], False)
             pos, emitted = cut, True
         buf = buf[pos:]
