@@ -2,7 +2,8 @@
 
 import pytest
 
-from arlm.decoding.stops import held_back, stop_checker
+from arlm.decoding.stops import check_stops, held_back, stop_checker
+from arlm.errors import ArlmError
 
 
 def test_held_back_is_the_longest_ending_that_starts_a_stop():
@@ -29,6 +30,9 @@ def test_a_stop_string_naming_a_special_token_stops_at_it(smollm2):
     assert stream.stopped and sent == "The answer is 4.\n"
     assert stream.position()["listed"] == len(answer) + 2  # <|im_end|> is listed (it ends the text), not the stop
     assert not any(stop_checker(tok, ["<|im_end|>x"])(0, ids[:n]) for n in range(1, len(ids) + 1))
+    check_stops(tok, ["<|im_start|>", "4."])
+    with pytest.raises(ArlmError, match=r"'<\|im_end\|>x' holds the special token <\|im_end\|> among other text"):
+        check_stops(tok, ["<|im_end|>x"])  # which never matches (above): refused, by generate, chat and the server
 
 
 @pytest.mark.real_model

@@ -309,6 +309,19 @@ def test_a_lone_surrogate_is_refused_as_no_text(live, path):
     assert answer["error"]["type"] == "invalid_request_error"
 
 
+def test_a_stop_string_holding_a_special_tokens_text_among_other_text_is_refused(live):
+    """A reply's text never holds a special token, so `x<|endoftext|>` could never stop anything: a 400 naming stop
+    (the token's text alone stops at its id)."""
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    for path, extra in (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", chat)):
+        body = {"model": MODEL_ID, "max_tokens": 4, "stop": ["ok", "x<|endoftext|>"], **extra}
+        status, answer = request(live.base_url, "POST", path, body)
+        assert status == 400 and answer["error"]["param"] == "stop", answer
+        assert "holds the special token <|endoftext|> among other text" in answer["error"]["message"]
+    alone = {"model": MODEL_ID, "max_tokens": 4, "stop": "<|endoftext|>", "prompt": "x"}
+    assert request(live.base_url, "POST", "/v1/completions", alone)[0] == 200
+
+
 def test_a_bug_answers_500_with_openais_body_and_is_counted(live, monkeypatch):
     """An exception no handler expected: OpenAI's error body (it was Starlette's plain text) and a 500 in /metrics."""
 

@@ -23,7 +23,7 @@ from arlm.commands.options import (
 from arlm.config import GenerationConfig, build_config, coerce
 from arlm.decoding.detokenize import Detokenizer
 from arlm.decoding.settings import refuse_unread
-from arlm.decoding.stops import cut_at_stop, held_back, stop_checker
+from arlm.decoding.stops import check_stops, cut_at_stop, held_back, stop_checker
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPES
 
@@ -231,6 +231,7 @@ def generate_command(
     note_dtype(dtype, dev)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
+    check_stops(tok, config.stop)
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
     note_unknown(tok, ids)

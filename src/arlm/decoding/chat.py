@@ -14,7 +14,7 @@ from arlm.data.chat_template import Message, apply_chat_template
 from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
 from arlm.decoding.grammar import JsonGrammar
-from arlm.decoding.stops import cut_at_stop, stop_checker
+from arlm.decoding.stops import check_stops, cut_at_stop, stop_checker
 from arlm.decoding.types import StopCheck
 from arlm.errors import ArlmError
 
@@ -49,6 +49,7 @@ class ChatSession:
             )
         if config.num_return_sequences != 1:
             raise ArlmError("a chat answers once a turn: --num-return-sequences is for arlm generate")
+        check_stops(tokenizer, config.stop)
         self.model, self.tokenizer, self.config, self.draft = model, tokenizer, config, draft
         self.engine = Engine(model, reuse_prefix=True) if reuse_prefix else None
         self.reused = 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from arlm.errors import ArlmError
+
 if TYPE_CHECKING:  # annotations only: generate's streamer imports this module where `--help` loads no torch
     from arlm.data.tokenizers import Tokenizer
     from arlm.decoding.types import StopCheck
@@ -25,6 +27,20 @@ def stop_checker(tokenizer: Tokenizer, stops: list[str]) -> StopCheck | None:
         return any(s in tail for s in stops)
 
     return should_stop
+
+
+def check_stops(tokenizer: Tokenizer, stops: list[str]) -> None:
+    """Refuse a stop string holding a special token's text among other text (`x<|im_end|>`): decoded text never
+    holds a special token, so it could never match; the token's text alone is a stop string matched by its id."""
+    specials = tokenizer.special_texts()
+    for stop in stops:
+        held = [s for s in specials if s in stop and s != stop]
+        if held:
+            raise ArlmError(
+                f"the stop string {stop!r} holds the special token {held[0]} among other text, which a reply's text "
+                f"never holds (special tokens are no text); give {held[0]!r} as a stop string of its own",
+                param="stop",
+            )
 
 
 def special_stop_ids(tokenizer: Tokenizer, stops: list[str]) -> set[int]:

@@ -31,7 +31,7 @@ from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
 from arlm.decoding.detokenize import Detokenizer
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
-from arlm.decoding.stops import stop_checker
+from arlm.decoding.stops import check_stops, stop_checker
 from arlm.errors import ArlmError
 from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event
 from arlm.serving.metrics import ServerMetrics
@@ -103,6 +103,7 @@ class Scheduler:
         config.validate()
         if job.n < 1:
             raise ArlmError(f"n must be >= 1, got {job.n}", param="n")
+        check_stops(self.tokenizer, job.stops)
         if job.batched:
             self.engine.check(BatchSequence(job.prompt, config))
             return
