@@ -101,3 +101,40 @@ def test_an_unknown_token_leaves_bits_per_byte_unknown(kind):
     assert tok.unk_id in unknown and int(sizes[known].sum()) == len("abc cab")
     assert EvalResult(2.0, len(known), int(sizes[known].sum())).bits_per_byte is not None
     assert EvalResult(2.0, len(unknown), int(sizes[unknown].sum())).bits_per_byte is None
+
+
+def _sentencepiece_like(metaspace: bool) -> HFTokenizer:
+    """A Llama-style tokenizer: BPE with byte fallback (`<0xNN>` tokens), `▁` for spaces, as Llama 2, Mistral or Gemma
+    lay theirs out (the decoder as a Metaspace, or as their Replace / ByteFallback / Fuse / Strip sequence)."""
+    from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ["▁", "h", "i", "▁h", "▁hi"]:
+        vocab[piece] = len(vocab)
+    model = models.BPE(vocab, [("▁", "h"), ("▁h", "i")], unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    backend = Backend(model)
+    if metaspace:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback(), decoders.Fuse()])
+    else:
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        backend.decoder = decoders.Sequence(steps)
+    backend.add_special_tokens([AddedToken("<s>", special=True), AddedToken("</s>", special=True)])
+    return HFTokenizer(backend, bos="<s>", eos="</s>")
+
+
+@pytest.mark.parametrize("metaspace", [False, True])
+def test_a_byte_fallback_tokenizers_pieces_are_the_bytes_they_stand_for(metaspace):
+    """Its byte tokens read as U+FFFD's three bytes each and `▁` as nothing: bits per byte over Japanese came out
+    2.5x too low, logprobs' bytes and labels wrong."""
+    tok = _sentencepiece_like(metaspace)
+    text = "hi hi 本🎉"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and [tok.backend.id_to_token(i) for i in ids][:3] == ["▁hi", "▁hi", "▁"]
+    assert b"".join(tok.piece_bytes(i) for i in ids).strip() == text.encode("utf-8")  # (one leading "▁" added)
+    assert tok.piece_bytes(tok.encode("本")[-1]) == b"\xac" and tok.piece_label(tok.encode("本")[-1]) == "<0xAC>"
+    table = tok.token_bytes()
+    assert sum(table[i] for i in ids) == len(text.encode("utf-8")) + 1
+    assert table[tok.eos_id] == 0

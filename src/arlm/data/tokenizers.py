@@ -27,6 +27,7 @@ _BYTE_OF_SYMBOL = {
     chr(b if b in _PRINTABLE else 256 + [x for x in range(256) if x not in _PRINTABLE].index(b)): b for b in range(256)
 }
 # normalizer / pre-tokenizer steps that treat the start or end of each input specially
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte tokens (its byte fallback)
 _EDGE_STEP = re.compile(r'"type": "(Prepend|Strip)"|"prepend_scheme": "(always|first)"|"add_prefix_space": true')
 
 
@@ -269,29 +270,44 @@ class HFTokenizer(Tokenizer):
         return self.backend.decode([token_id], skip_special_tokens=False)
 
     def piece_bytes(self, token_id: int) -> bytes:
-        """The bytes one id stands for, also where they are part of a character (byte-level BPE: one alphabet
-        symbol per byte); an added token's text."""
+        """The bytes one id stands for, also where they are part of a character: byte-level BPE's symbols (one of
+        GPT-2's alphabet per byte); SentencePiece's byte tokens (`<0xE6>`: that byte, where its decoder falls back
+        to bytes) and its `▁` (a space, which decoding one token alone strips); an added token's text."""
         symbols = self.backend.id_to_token(token_id) or ""
-        if not self._byte_level() or token_id in self.backend.get_added_tokens_decoder():
+        decoder = self._decoder()
+        if token_id in self._added():
             return super().piece_bytes(token_id)
-        return bytes(_BYTE_OF_SYMBOL[c] for c in symbols)
+        if '"ByteLevel"' in decoder:
+            return bytes(_BYTE_OF_SYMBOL[c] for c in symbols)
+        if '"ByteFallback"' in decoder and (byte := _BYTE_TOKEN.fullmatch(symbols)):
+            return bytes([int(byte[1], 16)])
+        if '"Metaspace"' in decoder or '"\u2581"' in decoder:  # (SentencePiece's word start, as a Replace)
+            return symbols.replace("\u2581", " ").encode("utf-8")
+        return super().piece_bytes(token_id)
 
-    def _byte_level(self) -> bool:
-        """Whether the decoder is byte-level (ids are byte strings written in GPT-2's alphabet of 256 symbols)."""
-        if not hasattr(self, "_is_byte_level"):
-            decoder = json.dumps(json.loads(self.backend.to_str()).get("decoder"))
-            self._is_byte_level = '"ByteLevel"' in decoder
-        return self._is_byte_level
+    def _decoder(self) -> str:
+        """The backend's decoder, as JSON (what piece_bytes reads its tokens by)."""
+        if not hasattr(self, "_decoder_json"):
+            self._decoder_json = json.dumps(json.loads(self.backend.to_str()).get("decoder"), ensure_ascii=False)
+        return self._decoder_json
+
+    def _added(self) -> set[int]:
+        """The ids of the added tokens (special or not)."""
+        if not hasattr(self, "_added_ids"):
+            self._added_ids = set(self.backend.get_added_tokens_decoder())
+        return self._added_ids
 
     def token_bytes(self) -> np.ndarray:
-        """(V,) bytes per id; exact for byte-level BPE (one alphabet symbol per byte), 0 for added tokens."""
-        if not self._byte_level():
-            return super().token_bytes()
-        added = set(self.backend.get_added_tokens_decoder())
-        return np.array(
-            [0 if i in added else len(self.backend.id_to_token(i) or "") for i in range(self.vocab_size)],
-            dtype=np.int64,
+        """(V,) bytes per id (piece_bytes: exact for byte-level BPE and SentencePiece's layouts), 0 for added tokens,
+        UNKNOWN_BYTES for an <unk> of its own where text can read as one (not through bytes: byte-level, fallback)."""
+        added = self._added()
+        table = np.array(
+            [0 if i in added else len(self.piece_bytes(i)) for i in range(self.vocab_size)], dtype=np.int64
         )
+        through_bytes = '"ByteLevel"' in self._decoder() or '"ByteFallback"' in self._decoder()
+        if (unk := self.own_unk_id()) is not None and not through_bytes:
+            table[unk] = UNKNOWN_BYTES
+        return table
 
     def _save_payload(self, directory: Path) -> None:
         self.backend.save(str(directory / "tokenizer.json"))
