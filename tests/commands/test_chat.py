@@ -184,3 +184,13 @@ def test_piped_input_gets_no_prompt_on_stdout(capsys, monkeypatch):
     assert main(["chat", "--temperature", "0", "--max-new-tokens", "12"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("assistant> ") and "Paris" in out and "you>" not in out
+
+
+def test_a_piped_windows_line_end_is_not_part_of_the_message(monkeypatch):
+    """`printf 'hi\r\n' | arlm chat` sent "hi\r" to the model (input() drops only the LF)."""
+    import io
+
+    from arlm.commands.chat import _read_piped
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi there\r\nnext\n"))
+    assert [_read_piped(""), _read_piped("")] == ["hi there", "next"]

@@ -186,8 +186,9 @@ def _interruptible(typed: bool) -> Iterator[Callable[[], bool] | None]:
 
 
 def _read_piped(prompt: str) -> str:
-    """A line of piped input, without the "you> " prompt (as Python's REPL shows none when stdin is no terminal)."""
-    return input()
+    """A line of piped input, without the "you> " prompt (as Python's REPL shows none when stdin is no terminal), and
+    without the CR of a Windows line end (input() drops only the LF)."""
+    return input().removesuffix("\r")
 
 
 def _lines(messages: list[str] | None, read: Callable[[str], str]) -> Iterator[str]:
