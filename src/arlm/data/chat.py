@@ -171,7 +171,7 @@ def encode_conversation(messages: list[Message], tokenizer: Tokenizer, add_gener
     return ids[:start]
 
 
-MARK = "\ue000"  # a private-use character: where the template put a message's content, in a second rendering
+MARK = 0xE000  # the first private-use character: where the template put a message's content, in a second rendering
 
 
 def encode_literal_contents(
@@ -195,9 +195,10 @@ def literal_spans(
     literal = [i for i, m in enumerate(messages) if any(s in (m.get("content") or "") for s in specials)]
     if not literal:
         return text, []
-    marked = render([{**m, "content": f"{MARK}{i}{MARK}"} if i in literal else m for i, m in enumerate(messages)])
-    parts = marked.split(MARK)  # the template's text, a message's index, the template's text, ...
-    marks = parts[1::2] if MARK not in text else []
+    mark = next(chr(c) for c in range(MARK, 0xF900) if chr(c) not in text)  # (a user's text may hold some)
+    marked = render([{**m, "content": f"{mark}{i}{mark}"} if i in literal else m for i, m in enumerate(messages)])
+    parts = marked.split(mark)  # the template's text, a message's index, the template's text, ...
+    marks = parts[1::2]
     order = [int(i) for i in marks] if all(i.isdigit() for i in marks) else []  # (a template may cut a mark)
     for strip in (False, True):  # a template may trim what a message holds
         contents = [messages[i]["content"].strip() if strip else messages[i]["content"] for i in order]
