@@ -7,6 +7,7 @@ from unittest.mock import ANY
 import pytest
 
 from arlm.config import GenerationConfig
+from arlm.data.tokenizers import EOS
 from arlm.decoding.generate import generate
 from tests.helpers import run_cli
 from tests.serving.conftest import MODEL_ID, SSEStream, request
@@ -267,6 +268,8 @@ def test_tokenizer_endpoints_as_vllm_has_them(live):
     status, out = request(live.base_url, "POST", "/tokenize", {"prompt": PROMPT, "add_special_tokens": False})
     assert status == 200 and out["tokens"] == tok.encode(PROMPT) and out["count"] == len(out["tokens"])
     assert request(live.base_url, "POST", "/detokenize", {"tokens": out["tokens"]})[1] == {"prompt": PROMPT}
+    marked = [tok.eos_id, *out["tokens"], tok.eos_id]  # special tokens kept, as vLLM's /detokenize keeps them
+    assert request(live.base_url, "POST", "/detokenize", {"tokens": marked})[1] == {"prompt": f"{EOS}{PROMPT}{EOS}"}
     messages = [{"role": "user", "content": "hello"}]
     chat = request(live.base_url, "POST", "/tokenize", {"model": MODEL_ID, "messages": messages})[1]
     assert chat["tokens"] == _chat_ids(live.lm, messages)

@@ -59,8 +59,8 @@ class Tokenizer:
         """The texts that encode() reads as special tokens."""
         return []
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids to text; special tokens are skipped."""
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Ids to text; special tokens are skipped unless skip_special is False."""
         raise NotImplementedError
 
     def token_text(self, token_id: int) -> str:
@@ -173,9 +173,9 @@ class VocabTokenizer(Tokenizer):
         unk = self.unk_id
         return [self.stoi.get(s, unk) for s in self.split(text)]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids to text, skipping special tokens."""
-        specials = self.special_ids()
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Ids to text, skipping special tokens unless skip_special is False."""
+        specials = self.special_ids() if skip_special else set()
         return "".join(self.vocab[i] for i in ids if i not in specials)
 
     def token_text(self, token_id: int) -> str:
@@ -261,9 +261,9 @@ class HFTokenizer(Tokenizer):
         steps = json.dumps([config.get("normalizer"), config.get("pre_tokenizer")])
         return not _EDGE_STEP.search(steps)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids to text, skipping special tokens."""
-        return self.backend.decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Ids to text, skipping special tokens unless skip_special is False."""
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special)
 
     def token_text(self, token_id: int) -> str:
         """Readable text of one token (byte-level symbols decoded)."""

@@ -442,7 +442,7 @@ def _tokenizer_routes(app: FastAPI, server: Server) -> None:
         if req.model is not None:
             server.check_model(req.model)
         server.check_ids(req.tokens, "token ids", "tokens")
-        return {"prompt": tok.decode(req.tokens)}
+        return {"prompt": tok.decode(req.tokens, skip_special=False)}  # (as vLLM's: the chat markup kept)
 
 
 def _include_usage(req: Sampling) -> bool:
