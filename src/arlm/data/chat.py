@@ -107,12 +107,14 @@ def render_example(messages: list[Message], tokenizer: Tokenizer) -> tuple[list[
     plain = not template
     eos = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id is not None and not plain else ""
 
+    def rendered(some: list[Message], prompt: bool = False) -> str:
+        return apply_chat_template(template or PLAIN_TEMPLATE, some, prompt, eos_token=eos)
+
     def render(upto: int, prompt: bool) -> str:
-        return apply_chat_template(template or PLAIN_TEMPLATE, messages[:upto], prompt, eos_token=eos)
+        return rendered(messages[:upto], prompt)
 
     # contents holding a special token's text, read as text (as chat and the server read them: no turn forged)
-    whole, spans = literal_spans(lambda m: apply_chat_template(template or PLAIN_TEMPLATE, m, False, eos_token=eos),
-                                 messages, tokenizer)  # fmt: skip
+    whole, spans = literal_spans(rendered, messages, tokenizer)
     ids: list[int] = []
     targets: list[int] = []
     at = [0]  # where the next piece begins in the whole rendering
