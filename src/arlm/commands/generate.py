@@ -181,6 +181,11 @@ class Streamer:
         self.stopped = len(final) < len(text)
         self._write(final if self.stopped else final[: len(final) - held_back(final, self.stops)])
 
+    @property
+    def ids(self) -> list[int]:
+        """The row's ids so far."""
+        return self.decoded.ids
+
     def finish(self) -> None:
         """Print what was held back (generation ended without completing a stop string), then a newline."""
         if not self.stopped:
