@@ -267,3 +267,21 @@ def test_a_follow_up_prompt_starts_from_what_its_slot_holds(reuse):
     engine.admit(scored)
     engine.admit(fresh)
     assert fresh.filled == 0 and scored.filled == 0
+
+
+def test_a_prompt_sharing_nothing_takes_the_least_recently_freed_slot():
+    """Two conversations on two slots, one turn at a time: a new conversation took the slot just freed, the one
+    the next turn of the conversation going on would reuse, so with more conversations than slots none stayed warm
+    (llama-server picks the least recently used slot)."""
+    model = _model(block=128)
+    config = GenerationConfig(strategy="greedy", max_new_tokens=4)
+    engine = BatchEngine(model, max_batch=2, max_len=100, reuse_prefix=True)
+    g = torch.Generator().manual_seed(3)
+    first, other = (torch.randint(1, 61, (n,), generator=g).tolist() for n in (12, 10))
+    a = BatchSequence(first, config)
+    _run(engine, {0: [a]})
+    b = BatchSequence(other, config)  # shares nothing with a: the slot a did not use
+    _run(engine, {0: [b]})
+    assert b.slot != a.slot
+    follow = BatchSequence(first + a.generated + [5, 6], config)
+    assert engine.admit(follow) == len(first) + len(a.generated) - 1 and follow.slot == a.slot

@@ -116,7 +116,7 @@ class BatchEngine:
         self.prefill_chunk = prefill_chunk
         self.shared_prefill = rows_invariant(model)  # a step's new prompts share one forward
         self.device = next(model.parameters()).device
-        self.free = list(range(max_batch - 1, -1, -1))  # popped from the end: slot 0 first
+        self.free = list(range(max_batch))  # least recently freed first (a slot freed goes to the end)
         self.reuse_prefix = reuse_prefix
         self.kept: list[list[int]] = [[] for _ in range(max_batch)]  # a free slot's tokens whose keys it holds
         self.active: list[BatchSequence] = []
@@ -148,7 +148,9 @@ class BatchEngine:
         generator = make_generator(seed, self.device)  # (before a slot is taken: nothing to undo if it fails)
         reusable = self.reuse_prefix and not seq.prompt_logprobs  # a scored prompt needs every position's logits
         shared = {slot: shared_beginning(self.kept[slot], seq.prompt) if reusable else 0 for slot in self.free}
-        seq.slot = max(reversed(self.free), key=lambda slot: shared[slot])  # ties: the slot pop() would give
+        # ties: the least recently freed slot (the one least likely to hold a conversation going on: with more
+        # conversations than slots, the most recently freed one is the next turn's, llama-server's LRU choice)
+        seq.slot = max(self.free, key=lambda slot: shared[slot])
         self.free.remove(seq.slot)
         seq.filled = shared[seq.slot]
         self.cache.reset(seq.slot, keep=seq.filled)
