@@ -126,6 +126,47 @@ def test_a_full_queue_answers_429(tiny_lm):
         stop()
 
 
+def _send_only(base_url: str, body: dict):
+    """A client's socket that has sent a completion request and reads nothing (closing it hangs up)."""
+    import json
+    import socket
+    from urllib.parse import urlparse
+
+    url, data = urlparse(base_url), json.dumps(body).encode()
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def test_a_lane_request_whose_client_went_away_leaves_the_queue_at_once(tiny_lm, monkeypatch):
+    """Beam requests behind a long one in the lane, their clients gone: they kept their queue places (429s to requests
+    still waited for, the gauge counting them) until the running one ended."""
+    import threading
+
+    server, stop = start_in_thread(tiny_lm, max_queue=2)
+    scheduler, started, hold = server.scheduler, threading.Event(), threading.Event()
+    run = scheduler._run_lane_job
+    monkeypatch.setattr(scheduler, "_run_lane_job", lambda job: (started.set(), hold.wait(60), run(job))[-1])
+    body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 3, "strategy": "beam", "num_beams": 2}
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            running = pool.submit(request, server.base_url, "POST", "/v1/completions", body)
+            wait_until(started.is_set, "the lane running the first request")
+            gone = [_send_only(server.base_url, body) for _ in range(2)]
+            wait_until(lambda: scheduler.state()["queued"] == 2, "two requests queued")
+            for sock in gone:
+                sock.close()
+            wait_until(lambda: scheduler.state()["queued"] == 0, "the requests gone out of the queue")
+            waited = [pool.submit(request, server.base_url, "POST", "/v1/completions", body) for _ in range(2)]
+            wait_until(lambda: scheduler.state()["queued"] == 2, "two requests waited for, queued")
+            hold.set()
+            assert [f.result()[0] for f in (running, *waited)] == [200, 200, 200]  # (not 429s)
+    finally:
+        hold.set()
+        stop()
+
+
 @pytest.fixture(scope="module")
 def with_draft(tiny_lm):
     server, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm))

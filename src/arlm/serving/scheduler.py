@@ -160,11 +160,19 @@ class Scheduler:
             self._lane.append(job)
 
     def cancel(self, job: Job) -> None:
-        """The client went away: the job's choices end before the next step (or as soon as the lane checks)."""
+        """The client went away: the job's choices end before the next step (or as soon as the lane checks); a job
+        waiting for the lane leaves its queue at once (its place held --max-queue against requests still waited for)."""
         if not job.cancelled.is_set():
             job.cancel_step = self.engine.steps
             job.cancelled.set()
         with self._cond:
+            waiting = [i for i, queued in enumerate(self._lane) if queued is job]
+            if waiting:
+                del self._lane[waiting[0]]
+                self._queued -= 1
+                self.metrics.queue_length.set(self._queued)
+                for choice in job.choices:
+                    self._finish(choice, "cancelled")
             self._cond.notify_all()
 
     def pause(self, after_steps: int = 0) -> None:
