@@ -4,6 +4,7 @@ requests from 16 clients leaves no 5xx, no slot in use and no growth of memory a
 import random
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -88,3 +89,22 @@ def test_a_burst_of_200_requests_from_16_clients(tiny_lm):
         proc.send_signal(signal.SIGTERM)
         if proc.wait(timeout=120) != 0:
             raise AssertionError(proc.stderr.read())
+
+
+def test_a_second_ctrl_c_says_how_many_requests_it_cut(tiny_lm):
+    """A forced quit (Ctrl-C twice) cuts the streams in flight; it said "every request in flight was answered" and
+    exited 0, as a drain does."""
+    proc, base = start_subprocess([str(tiny_lm.checkpoint), "--name", MODEL_ID, "--max-batch", "1"])
+    try:
+        body = {"model": MODEL_ID, "prompt": "The data", "max_tokens": 240, "temperature": 0, "stream": True}
+        streams = [SSEStream(base, "/v1/completions", body) for _ in range(4)]  # one decoding, three waiting
+        assert streams[0].next()["choices"]
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # (two signals at once are one to Python: the second comes while the first drains)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 1
+        last = proc.stderr.read().strip().splitlines()[-1]
+        assert last.startswith("stopped at a second Ctrl-C: ") and last.endswith(" request(s) in flight were cut")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -119,12 +119,40 @@ def run(args: argparse.Namespace) -> int:
         at = f"http://{where}:{port}"
         print(f"serving {name} ({loaded.dtype}) on {at} (playground at /, API at /v1{keyed})", flush=True)
         config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level)
-        serve_until_signal(uvicorn.Server(config), sockets)
+        server = uvicorn.Server(config)
+        cut = counting_cut(server)
+        serve_until_signal(server, sockets)
     finally:
         for sock in sockets:
             sock.close()
+    return stopped(cut)
+
+
+def stopped(cut: list[int]) -> int:
+    """Say how the server stopped; the exit code: 1 where a forced quit cut requests (uvicorn cancels them: their
+    clients get cut streams or no answer), else 0."""
+    if cut:
+        print(f"stopped at a second Ctrl-C: {cut[0]} request(s) in flight were cut", file=sys.stderr)
+        return 1
     print("stopped: every request in flight was answered", file=sys.stderr)
     return 0
+
+
+def counting_cut(server: uvicorn.Server) -> list[int]:
+    """A list that receives how many requests were in flight when a second Ctrl-C makes the server quit at once
+    (uvicorn's signal handler: the first signal drains, a second SIGINT forces the exit); it stays empty where
+    none were cut."""
+    cut: list[int] = []
+    handle = server.handle_exit
+
+    def handle_exit(sig: int, frame) -> None:
+        forced = server.force_exit
+        handle(sig, frame)
+        if server.force_exit and not forced and server.server_state.tasks:
+            cut.append(len(server.server_state.tasks))
+
+    server.handle_exit = handle_exit  # (uvicorn installs its handlers from the instance's attribute)
+    return cut
 
 
 def serve_until_signal(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
