@@ -167,6 +167,29 @@ def test_a_lane_request_whose_client_went_away_leaves_the_queue_at_once(tiny_lm,
         stop()
 
 
+def test_the_queue_limit_counts_requests_not_choices(tiny_lm):
+    """Free slots were subtracted as choices from a count of requests: three prompts of n=4 on four free slots (one
+    request starts, two wait) made room for two more requests past --max-queue 3."""
+    server, stop = start_in_thread(tiny_lm, max_batch=4, max_queue=3)
+    try:
+        server.scheduler.pause()
+        body = {"model": MODEL_ID, "max_tokens": 2, "temperature": 0.5, "seed": 1}
+        with ThreadPoolExecutor(2) as pool:
+            three = pool.submit(
+                request, server.base_url, "POST", "/v1/completions", {**body, "prompt": ["a", "b", "c"], "n": 4}
+            )
+            wait_until(lambda: server.scheduler.state()["queued"] == 3, "three requests queued")
+            status, answer = request(server.base_url, "POST", "/v1/completions", {**body, "prompt": ["d", "e"]})
+            assert status == 429, answer  # 2 waiting besides the one the slots take, and 2 more: 4 > 3
+            one = pool.submit(request, server.base_url, "POST", "/v1/completions", {**body, "prompt": "d"})
+            wait_until(lambda: server.scheduler.state()["queued"] == 4, "a third request waiting")
+            server.scheduler.resume()
+            assert three.result()[0] == 200 and one.result()[0] == 200
+    finally:
+        server.scheduler.resume()
+        stop()
+
+
 @pytest.fixture(scope="module")
 def with_draft(tiny_lm):
     server, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm))

@@ -4,9 +4,10 @@ events go) and its Choices."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from arlm.config import GenerationConfig
@@ -40,7 +41,7 @@ def choice_config(config: GenerationConfig, index: int) -> GenerationConfig:
     return dataclasses.replace(config, seed=config.seed + index)
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One request: n choices continuing one prompt, with its settings and where its events go."""
 
@@ -94,3 +95,15 @@ class Choice:
     index: int
     text: TextStream
     seq: BatchSequence | None = None
+
+
+def waiting_after(queued: int, waiting: Iterable[Choice], free: int, jobs: Iterable[Job]) -> int:
+    """How many requests wait once `jobs` are queued beside `queued` ones whose choices not yet started are `waiting`
+    (in order), and `free` batch slots start the next ones: a request waits until its first choice starts."""
+    starting = list(itertools.islice(waiting, free))  # choices queued already that the next step starts
+    leaving = {id(c.job) for c in starting if c.job.admitted_step is None}
+    left, joining, jobs = free - len(starting), 0, list(jobs)
+    for job in jobs:  # the new requests whose first choice a slot left takes
+        if job.batched and left > 0:
+            joining, left = joining + 1, left - job.n
+    return queued - len(leaving) + len(jobs) - joining

@@ -33,7 +33,7 @@ from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.decoding.stops import check_stops, stop_checker
 from arlm.errors import ArlmError
-from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event
+from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event, waiting_after
 from arlm.serving.metrics import ServerMetrics
 from arlm.serving.text import TextStream
 from arlm.serving.threads import in_own_thread
@@ -143,9 +143,7 @@ class Scheduler:
         """How many requests would wait with `jobs` queued: the queued ones less those the free batch slots take at
         the next step (a request in the queue is not waiting while a slot is free for it; the lock held)."""
         free = max(0, self.engine.max_batch - len(self.engine.active))
-        placed = min(free, len(self._waiting))  # choices queued already that the next step starts
-        joining = min(free - placed, sum(job.n for job in jobs if job.batched))
-        return self._queued - placed + len(jobs) - joining
+        return waiting_after(self._queued, self._waiting, free, jobs)
 
     def _queue(self, job: Job) -> None:
         """One job's choices into the batch's queue or the lane (the lock held)."""
@@ -166,9 +164,8 @@ class Scheduler:
             job.cancel_step = self.engine.steps
             job.cancelled.set()
         with self._cond:
-            waiting = [i for i, queued in enumerate(self._lane) if queued is job]
-            if waiting:
-                del self._lane[waiting[0]]
+            if job in self._lane:  # (a Job equals itself only)
+                self._lane.remove(job)
                 self._queued -= 1
                 self.metrics.queue_length.set(self._queued)
                 for choice in job.choices:
