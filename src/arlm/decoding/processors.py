@@ -166,7 +166,8 @@ def presence_frequency_penalty(
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     """A seeded generator for reproducible sampling (None: the global RNG); any integer seeds it, taken modulo 2^64
-    (torch's seeds: a negative one as its two's complement)."""
+    (torch's seeds: a negative one as its two's complement), of which torch's CPU generator keeps the low 32 bits
+    (seeds 2^32 apart draw alike, as with torch.manual_seed and transformers)."""
     if seed is None:
         return None
     generator = torch.Generator(device=device)
