@@ -190,6 +190,26 @@ def test_the_queue_limit_counts_requests_not_choices(tiny_lm):
         stop()
 
 
+def test_a_request_whose_client_went_away_is_counted_as_499(tiny_lm):
+    """/metrics counted requests whose clients hung up before any answer as 200s (what was sent to no one)."""
+    server, stop = start_in_thread(tiny_lm, max_batch=1)
+    try:
+        server.scheduler.pause()
+        body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 3, "temperature": 0}
+        gone = [_send_only(server.base_url, {**body, "stream": stream}) for stream in (False, True)]
+        wait_until(lambda: server.scheduler.state()["queued"] == 2, "two requests queued")
+        for sock in gone:
+            sock.close()
+        server.scheduler.resume()
+        assert request(server.base_url, "POST", "/v1/completions", body)[0] == 200
+        counted = lambda status: f'arlm_requests_total{{endpoint="/v1/completions",status="{status}"}} '
+        wait_until(lambda: counted(499) + "2.0" in request(server.base_url, "GET", "/metrics")[1], "two 499s")
+        assert counted(200) + "1.0" in request(server.base_url, "GET", "/metrics")[1]
+    finally:
+        server.scheduler.resume()
+        stop()
+
+
 @pytest.fixture(scope="module")
 def with_draft(tiny_lm):
     server, stop = start_in_thread(tiny_lm, draft=draft_model(tiny_lm))

@@ -294,8 +294,9 @@ def create_app(
 
 
 class CountRequests:
-    """ASGI middleware counting answered requests by endpoint and status (a plain ASGI wrapper: it leaves the
-    client's disconnect messages to the handlers)."""
+    """ASGI middleware counting requests by endpoint and status once each has ended: the status it was answered with,
+    499 where the client went away before the whole answer (nginx's "client closed request"), 500 where a bug left
+    none (a plain ASGI wrapper: it passes the client's disconnect messages on to the handlers)."""
 
     def __init__(self, app, scheduler: Scheduler, paths: set[str]) -> None:
         self.app, self.metrics, self.paths = app, scheduler.metrics, paths
@@ -304,21 +305,26 @@ class CountRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         endpoint = scope["path"] if scope["path"] in self.paths else "other"
+        started, answered, gone = [], [], []
 
-        started = []
+        async def watching_receive():
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                gone.append(True)
+            return message
 
         async def counting_send(message) -> None:
             if message["type"] == "http.response.start":
                 started.append(message["status"])
-                self.metrics.requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered.append(True)
             await send(message)
 
         try:
-            await self.app(scope, receive, counting_send)
-        except Exception:  # a bug: the 500 goes out from the app's outermost layer, past this one
-            if not started:
-                self.metrics.requests.labels(endpoint=endpoint, status="500").inc()
-            raise
+            await self.app(scope, watching_receive, counting_send)
+        finally:  # (a bug's 500 goes out from the app's outermost layer, past this one)
+            status = "499" if gone else str(started[0]) if started else "500"
+            self.metrics.requests.labels(endpoint=endpoint, status=status).inc()
 
 
 def _info_routes(app: FastAPI, server: Server) -> None:

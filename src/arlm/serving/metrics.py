@@ -18,7 +18,10 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "arlm_requests", "Requests answered, by endpoint and status code", ["endpoint", "status"], registry=r
+            "arlm_requests",
+            "Requests by endpoint and status code (499: the client went away before the whole answer)",
+            ["endpoint", "status"],
+            registry=r,
         )
         self.prompt_tokens = Counter("arlm_prompt_tokens", "Prompt tokens of accepted requests", registry=r)
         self.reused_tokens = Counter(
