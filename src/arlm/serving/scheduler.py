@@ -28,7 +28,6 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
-from arlm.decoding.detokenize import Detokenizer
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.decoding.stops import check_stops, stop_checker
@@ -346,12 +345,11 @@ class Scheduler:
     def _prompt_event(self, choice: Choice, seq: BatchSequence) -> Event:
         """The prompt's tokens as (piece, log-probability, top, start) for an echo: the first has no log-probability
         or top; start is where its text begins in the prompt's (a token inside a character: where that begins)."""
-        piece, decoded, starts, at = self.tokenizer.token_text, Detokenizer(self.tokenizer), [], 0
-        for token in seq.prompt:
-            starts.append(at)
-            at = max(at, len(decoded.push(token).rstrip("\ufffd")))
+        piece, prompt = self.tokenizer.token_text, TextStream(self.tokenizer)
+        for token in seq.prompt:  # (its starts: where each id's text begins, as a reply's are found)
+            prompt.push(token)
         tokens = [(piece(seq.prompt[0]), None, None, 0)]
-        for token, scored, start in zip(seq.prompt[1:], seq.prompt_scores, starts[1:]):
+        for token, scored, start in zip(seq.prompt[1:], seq.prompt_scores, prompt.starts[1:]):
             tokens.append((piece(token), scored.logprob, [(t, piece(t), lp) for t, lp in scored.top], start))
         seq.prompt_scores = []
         return {"type": "prompt", "index": choice.index, "tokens": tokens}
