@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from arlm.config import ModelConfig
@@ -18,3 +21,22 @@ def test_an_untied_head_and_learned_positions_have_their_norms():
     assert norms["gradnorm/head"] == float(model.lm_head.weight.grad.norm()) > 0
     assert norms["gradnorm/positions"] == float(model.pos_emb.weight.grad.norm()) > 0
     assert {f"gradnorm/L{i}/{p}" for i in range(2) for p in "qkvo"} | {"gradnorm/L1/mlp"} <= set(norms)
+
+
+@pytest.mark.parametrize("flavour,tied", [("gpt2", False), ("gpt2", True), ("llama", True), ("llama", False)])
+def test_the_groups_hold_every_trained_parameter_once(flavour, tied):
+    """The squares of the logged norms sum to the square of the whole gradient's (the norm clipping reads): biases,
+    layer norms and the final norm were in no group."""
+    torch.manual_seed(0)
+    config = ModelConfig(flavour=flavour, vocab_size=50, block_size=16, n_layer=2, n_head=4, d_model=16)
+    config.tie_embeddings = tied
+    if flavour == "llama":
+        config.n_kv_head = 2
+    model = Transformer(config)
+    x = torch.randint(0, 50, (2, 16))
+    _, loss = model(x, targets=x)
+    loss.backward()
+    norms = layer_grad_norms(model)
+    whole = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    assert math.isclose(math.sqrt(sum(n * n for n in norms.values())), float(whole), rel_tol=1e-5)
+    assert {f"gradnorm/L{i}/norms" for i in range(2)} | {"gradnorm/final_norm"} <= set(norms)
