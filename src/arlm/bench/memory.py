@@ -1,6 +1,7 @@
-"""What context length costs (`arlm bench memory`). Activation memory, peak memory and tokens/s of one
-training step as the sequence grows, for the naive attention backend (explicit T x T scores) and SDPA (fused
-kernels); the largest batch that fits a memory budget at each length; log-log plots with fitted exponents.
+"""What context length costs (`arlm bench memory`). Activation memory, peak memory and tokens/s of one training step as
+the sequence grows, for the naive attention backend (explicit T x T scores) and SDPA (fused kernels); the largest
+batch that fits a memory budget at each length (the step's measured peak a row); log-log plots with fitted
+exponents.
 
 Activation memory is exact: the bytes of the distinct tensors autograd saves for the backward pass (counted
 with saved_tensors_hooks), which is what grows with T. Peak memory is measured too: on CPU the process's peak
@@ -112,6 +113,13 @@ def _measure_in_child(backend: str, length: int, batch: int, device: str, limit_
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def largest_batch(one: dict, budget_gb: float, fixed: int) -> int:
+    """How many rows of a measured step fit budget_gb beside `fixed` bytes (float32 weights, gradients and AdamW's two
+    moments), each taking the step's peak at batch 1: its saved activations and the backward's transient buffers."""
+    per_row = max(one["step_bytes"], one["saved_bytes"], 1)
+    return int(max(budget_gb * 2**30 - fixed, 0) // per_row)
+
+
 def _parameters(length: int) -> int:
     return Transformer(ModelConfig(**SHAPE, block_size=length)).num_params()
 
@@ -159,8 +167,7 @@ def run_memory_bench(
             if one.get("oom"):
                 log(f"  {backend:<6} T={length:>5}: out of memory (limit {limit_gb} GB)")
                 break
-            fixed = 4 * 4 * _parameters(length)  # float32 weights, gradients and AdamW's two moments
-            one["max_batch"] = int(max(budget_gb * 2**30 - fixed, 0) // max(one["saved_bytes"], 1))
+            one["max_batch"] = largest_batch(one, budget_gb, 4 * 4 * _parameters(length))
             log(
                 f"  {backend:<6} T={length:>5}: activations {one['saved_bytes'] / 2**20:>9.1f} MiB, peak "
                 f"+{one['step_bytes'] / 2**20:>8.1f} MiB, {one['tokens_per_s']:>8,.0f} tokens/s, "
