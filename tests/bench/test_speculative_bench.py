@@ -1,8 +1,9 @@
 import copy
+from types import SimpleNamespace
 
 import torch
 
-from arlm.bench.speculative import run_speculative_bench, schemes
+from arlm.bench.speculative import acceptance, run_speculative_bench, schemes
 from arlm.config import ModelConfig
 from arlm.interop.loading import to_dtype
 from arlm.model.inference import optimize_for_decoding
@@ -28,3 +29,11 @@ def test_every_scheme_runs_on_every_prompt_and_matches_greedy():
             assert row["decode_ratio"] > 0 and row["decode_worst_ratio"] <= row["decode_ratio"]
     assert any(line.startswith("| self-speculation (2 layers), adaptive γ |") for line in lines)
     assert any(line.startswith("| prompt lookup, else int4 weights, adaptive γ |") for line in lines)
+
+
+def test_a_run_that_drafted_nothing_has_no_acceptance_rather_than_none_accepted():
+    """Adaptive γ that stopped drafting read "0%" in the tables, as a draft that is always wrong does."""
+    rows = [(0, 0), (8, 2), (8, 4), (4, 3)]  # (proposed, accepted) per run
+    runs = [SimpleNamespace(stats={"proposed": p, "accepted": a, "acceptance_rate": a / max(p, 1)}) for p, a in rows]
+    assert acceptance(runs[:1]) is None
+    assert acceptance(runs) == 0.5  # the median of the runs that drafted: 0.25, 0.5, 0.75

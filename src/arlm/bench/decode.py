@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from arlm.bench.alternate import alternate
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate, left_pad
@@ -183,24 +184,33 @@ def run_decode_bench(
 
 
 def _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log) -> dict:
-    """Our speculative decoding (greedy, gamma 4) against our plain greedy: speed and identical output."""
+    """Our speculative decoding (greedy, gamma 4) against our plain greedy, alternating after a warm-up of each: median
+    tokens/s, median acceptance and whether every output was greedy's."""
     text = "The Python standard library provides modules for reading and writing files, working with"
     ids = tokenizer.encode(text)[:prompt_len]
     greedy = GenerationConfig(strategy="greedy", max_new_tokens=new_tokens, stop_at_eos=False)
     spec = GenerationConfig(
         strategy="speculative", temperature=0, num_draft_tokens=4, max_new_tokens=new_tokens, stop_at_eos=False
     )
-    plain_rates, spec_rates, same, acceptance = [], [], True, 0.0
-    for _ in range(repeats):
-        plain = generate(model, [ids], greedy)
-        fast = generate(model, [ids], spec, draft=draft)
-        plain_rates.append(plain.stats["tokens_per_s"])
-        spec_rates.append(fast.stats["tokens_per_s"])
-        same &= plain.generated() == fast.generated()
-        acceptance = fast.stats["acceptance_rate"]
+    outputs: dict[str, list] = {"greedy": [], "speculative": []}
+
+    def run(name: str, config: GenerationConfig, **kwargs) -> Callable[[], float]:
+        def timed() -> float:
+            outputs[name].append(generate(model, [ids], config, **kwargs))
+            return outputs[name][-1].stats["tokens_per_s"]
+
+        return timed
+
+    runs = {"greedy": run("greedy", greedy), "speculative": run("speculative", spec, draft=draft)}
+    for timed in runs.values():
+        timed()  # warm-up, its output checked with the others
+    rates = alternate(runs, repeats)
+    reference = outputs["greedy"][0].generated()
+    same = all(out.generated() == reference for outs in outputs.values() for out in outs)
+    acceptance = statistics.median(out.stats["acceptance_rate"] for out in outputs["speculative"])
     row = {
-        "greedy": statistics.median(plain_rates),
-        "speculative": statistics.median(spec_rates),
+        "greedy": statistics.median(rates["greedy"]),
+        "speculative": statistics.median(rates["speculative"]),
         "identical": same,
         "acceptance": acceptance,
     }

@@ -87,11 +87,18 @@ def compare_on_prompt(
         rows[label] = {
             "tokens_per_s": statistics.median(o.stats["tokens_per_s"] for o in outs),
             "decode_tokens_per_s": statistics.median(o.stats["decode_tokens_per_s"] for o in outs),
-            "acceptance": outs[0].stats.get("acceptance_rate"),
+            "acceptance": acceptance(outs),
             "identical": all(o.generated()[0] == reference for o in outs),
             "ids": outs[0].generated()[0],
         }
     return rows
+
+
+def acceptance(outs: list) -> float | None:
+    """The median share of drafted tokens accepted over the runs that drafted any (None where none did: adaptive γ
+    drafting nothing is not a draft always wrong); with adaptive γ it follows the measured costs, so runs differ."""
+    rates = [o.stats["acceptance_rate"] for o in outs if o.stats.get("proposed")]
+    return statistics.median(rates) if rates else None
 
 
 def summarize(per_prompt: list[dict], labels: list[str]) -> dict[str, dict]:
