@@ -8,9 +8,10 @@
 #   LLAMACPP_DIR    an existing llama.cpp build folder to use instead of building (holds bin/llama-bench)
 #   VERSION         llama-cpp-python version to download (default 0.3.36), THREADS (default 2),
 #   TOKENS (default 64), REPS (llama-bench repetitions, default 5), TYPES (default "F32 BF16 Q8_0 Q4_1")
-# Prints llama-bench's markdown table and writes $LLAMACPP_CACHE/bench.jsonl (one JSON object per file)
-# for `arlm bench decode --llamacpp`. Only token generation (-p 0): llama.cpp's prompt-batch path died of
-# "Illegal instruction" on the AMX Xeon here, while generation runs.
+# Prints a table of llama-bench's figures and keeps its JSON lines in $LLAMACPP_CACHE/bench.jsonl (a record only:
+# `arlm bench decode --llamacpp` runs llama-bench itself, alternating with arlm). Only token generation (-p 0):
+# llama.cpp's prompt-batch path died of "Illegal instruction" (2026-11-30) or a segmentation fault (2026-12-07) on the
+# AMX Xeon here, while generation runs. A made file is made again when the shipped Q4_1 file changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -44,9 +45,15 @@ quantize() {  # F32 / BF16 / Q8_0 files made from the shipped Q4_1 one (--allow-
     local q41
     q41=$(shipped)
     ln -sf "$q41" "$CACHE/smollm2-Q4_1.gguf"
+    local source
+    source="$(readlink -f "$q41") $(stat -Lc '%s %Y' "$q41")"  # the file each was made from: path, size, time
     for type in $TYPES; do
-        [[ "$type" == Q4_1 || -s "$CACHE/smollm2-$type.gguf" ]] && continue
+        [[ "$type" == Q4_1 ]] && continue
+        if [[ -s "$CACHE/smollm2-$type.gguf" && "$(cat "$CACHE/smollm2-$type.source" 2>/dev/null)" == "$source" ]]; then
+            continue
+        fi
         "$BIN/llama-quantize" --allow-requantize "$q41" "$CACHE/smollm2-$type.gguf" "$type" >"$CACHE/quantize-$type.log" 2>&1
+        echo "$source" >"$CACHE/smollm2-$type.source"
     done
 }
 

@@ -122,6 +122,7 @@ def run_level(url: str, name: str, clients: int, requests: int, max_tokens: int,
         "requests": len(results),
         "errors": len(errors),
         "tokens": tokens,
+        "request_tokens": [r["tokens"] for r in results],
         "wall": wall,
         "tok_s": tokens / wall,
         "ttft_p50": percentile(ttfts, 0.5),
@@ -132,14 +133,16 @@ def run_level(url: str, name: str, clients: int, requests: int, max_tokens: int,
 
 
 def compare(url: str, name: str, other: str, other_name: str, args: argparse.Namespace) -> None:
-    """Each level --rounds times on each server, alternating; medians and the ratio of aggregate tokens/s."""
+    """Each level --rounds times on each server, alternating (the order reversed every round); medians and the ratio
+    of aggregate tokens/s."""
     print("\n| clients | arlm tokens/s | other tokens/s | arlm / other | arlm TTFT p50 s | other TTFT p50 s | errors |")
     print("|---|---|---|---|---|---|---|")
     for clients in (int(c) for c in args.levels.split(",")):
         ours, theirs = [], []
-        for _ in range(args.rounds):
-            ours.append(run_level(url, name, clients, args.requests, args.max_tokens, body_extra(args)))
-            theirs.append(run_level(other, other_name, clients, args.requests, args.max_tokens, body_extra(args)))
+        sides = [(url, name, ours), (other, other_name, theirs)]
+        for r in range(args.rounds):
+            for where, model, rows in sides if r % 2 == 0 else sides[::-1]:
+                rows.append(run_level(where, model, clients, args.requests, args.max_tokens, body_extra(args)))
         a, b = (statistics.median(r["tok_s"] for r in rows) for rows in (ours, theirs))
         ta, tb = (statistics.median(r["ttft_p50"] for r in rows) for rows in (ours, theirs))
         errors = sum(r["errors"] for r in ours + theirs)
@@ -236,7 +239,9 @@ def main() -> None:
             f"{r['tok_s']:.1f} | {ratio} | {r['ttft_p50']:.2f} / {r['ttft_p95']:.2f} | "
             f"{1000 * r['itl_p50']:.0f} / {1000 * r['itl_p95']:.0f} |"
         )
-    print(f"\nmedian tokens per request: {statistics.median([r['tokens'] / max(r['requests'], 1) for r in rows]):.1f}")
+    per_request = [n for r in rows for n in r["request_tokens"]]
+    print(f"\nmedian tokens per request: {statistics.median(per_request) if per_request else 0:.1f} (over all levels)")
+    print(f"(the same {len(PROMPTS)} prompts in turn at every level: a server keeping prefixes may reuse them)")
 
 
 if __name__ == "__main__":

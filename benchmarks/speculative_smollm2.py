@@ -10,11 +10,11 @@ Prints a markdown table (per-strategy medians over prompts) for docs/perf.md."""
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 
 import torch
 
+from arlm.bench.machine import cpu_model
 from arlm.config import GenerationConfig
 from arlm.decoding.generate import generate
 from arlm.interop.loading import load_model
@@ -76,7 +76,7 @@ def main() -> None:
             row["speedup"] = row["tokens_per_s"] / plain["tokens_per_s"]
             rows.setdefault(name, []).append(row)
     print(
-        f"SmolLM2-135M float32, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"SmolLM2-135M float32, {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
         f"{len(PROMPTS)} prompts x {n} new tokens, gamma 4; medians over prompts"
     )
     print("| strategy | tokens/s | speed-up vs greedy | acceptance | tokens per target forward | identical |")

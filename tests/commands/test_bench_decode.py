@@ -18,7 +18,7 @@ def _result(b1: float, b8: float, hf: float, ms1: float, ms5: float, llama: dict
 
 
 def test_one_table_over_the_dtypes_with_llamacpp_where_it_ran():
-    rounds = {"arlm": 44, "llama.cpp": 40, "ratio": 1.1, "ratio_range": (0.9, 1.25)}  # the rounds' own ratios
+    rounds = {"arlm": 44, "llama.cpp": 40, "ratio": 1.1, "ratio_range": (0.9, 1.25), "file": "smollm2-Q8_0.gguf"}
     results = {
         "float32": _result(30.0, 120.0, 25.0, 20.0, 29.0, {"arlm": 31.0, "llama.cpp": 40.0, "ratio": 31.0 / 40.0}),
         "int4": _result(50.0, 150.0, 20.0, 10.0, 19.0),
@@ -27,7 +27,8 @@ def test_one_table_over_the_dtypes_with_llamacpp_where_it_ran():
     lines = summary_table(results)
     assert len(lines) == 5 and all(line.count("|") == 11 for line in lines)
     assert lines[2] == "| float32 | 30.0 | 25.0 | 1.20x | 31.0 | 40.0 | 0.78x | 4.00x | 4.80x | 1.45x |"
-    assert lines[4] == "| int8 | 40.0 | 20.0 | 2.00x | 44.0 | 40.0 | 1.10x (0.90-1.25) | 4.00x | 4.80x | 1.20x |"
+    row = "| int8 | 40.0 | 20.0 | 2.00x | 44.0 | 40.0 (smollm2-Q8_0.gguf) | 1.10x (0.90-1.25) | 4.00x | 4.80x | 1.20x |"
+    assert lines[4] == row  # the rounds' own ratios, and llama.cpp's file
     assert lines[3] == "| int4 | 50.0 | 20.0 | 2.50x | - | - | - | 3.00x | 3.60x | 1.90x |"
 
 

@@ -7,7 +7,6 @@ shifts inside and so scores one position fewer per row); model, optimizer and cl
 from __future__ import annotations
 
 import contextlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig, TrainConfig
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
@@ -134,7 +134,11 @@ def run_bench(
         f"shape: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads, context "
         f"{config.block_size}, vocabulary {config.vocab_size}, batch {batch} ({params / 1e6:.1f}M parameters)"
     )
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_model()}, {torch.get_num_threads()} threads"
+    )
     log(
         f"device: {where}, {dtype}, compile {compile}, torch {torch.__version__}; "
         f"{repeats} repeats x {steps} steps, alternating"

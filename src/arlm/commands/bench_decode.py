@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary_table(results: dict[str, dict]) -> list[str]:
-    """One markdown table over the dtypes: greedy batch 1 against transformers (and llama.cpp where it ran),
+    """One markdown table over the dtypes: greedy batch 1 against transformers (and llama.cpp where it ran, its file),
     batch 8 over batch 1 (arlm; the whole run, and decoding alone after the forward over the prompts), and a 5-token
     forward over a 1-token one."""
     llama = any("llama.cpp" in r for r in results.values())
@@ -89,7 +89,8 @@ def summary_table(results: dict[str, dict]) -> list[str]:
         cells = [dtype, f"{one['arlm']:.1f}", f"{one['transformers']:.1f}", f"{one['ratio']:.2f}x"]
         if llama:
             row = r.get("llama.cpp")
-            cells += [f"{row['arlm']:.1f}", f"{row['llama.cpp']:.1f}", _ratio_of_rounds(row)] if row else ["-"] * 3
+            theirs = f"{row['llama.cpp']:.1f}" + (f" ({row['file']})" if "file" in row else "") if row else "-"
+            cells += [f"{row['arlm']:.1f}", theirs, _ratio_of_rounds(row)] if row else ["-"] * 3
         alone = [r.get("arlm_decoding") for r in (eight, one)]
         cells += [f"{eight['arlm'] / one['arlm']:.2f}x", f"{alone[0] / alone[1]:.2f}x" if all(alone) else "-"]
         cells.append(f"{ms[5] / ms[1]:.2f}x")
@@ -120,6 +121,7 @@ def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int,
 
     binary, gguf = llama
     row = compare_with_llamacpp(model, bos, binary, gguf, new_tokens=new_tokens, repeats=repeats)
+    row["file"] = gguf.name  # the table names it: a --model FILE.gguf is llama.cpp's side at every dtype
     log(
         f"  greedy batch 1 beside llama.cpp ({gguf.name}, {row['threads']} threads): arlm {row['arlm']:.1f} "
         f"tok/s, llama-bench {row['llama.cpp']:.1f} tok/s: {_ratio_of_rounds(row)}"
