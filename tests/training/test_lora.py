@@ -133,3 +133,17 @@ def test_gradient_norms_of_a_lora_run_are_its_adapters(tmp_path, lora_preset):
     norms = {k: v for k, v in first.items() if k.startswith("gradnorm/")}
     assert set(norms) == {f"gradnorm/L{i}/{part}" for i in range(2) for part in ("attn", "mlp")}
     assert all(v > 0 for v in norms.values())
+
+
+def test_throughput_counts_the_positions_run_and_tokens_the_answers(tmp_path, lora_preset, monkeypatch):
+    """tok/s and MFU of chat data counted its answer tokens alone (a tenth of what the model ran over, or less); the
+    `tokens` axis stays the targets trained on."""
+    from arlm.training.trainer import Trainer
+
+    _, raw = lora_preset
+    records, step = [], Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self: records.append(step(self)) or records[-1])
+    short = {**raw["train"], "out_dir": str(tmp_path / "t"), "max_steps": 1, "log_interval": 1}
+    train_command(config_from_dict({**raw, "train": short}).validate(), log=lambda _: None)
+    rows, context = raw["train"]["batch_size"] * raw["train"].get("grad_accum", 1), raw["model"]["block_size"]
+    assert 0 < records[0]["tokens"] < records[0]["step_tokens"] <= rows * context

@@ -249,7 +249,8 @@ class Trainer:
             self.train_batches.batch(self.step, self.global_rows, m * world + self.info.rank, parts)
             for m in range(self.accum)
         ]
-        (count,) = D.all_reduce_sum([sum(b.num_targets for b in batches)], self.info, self.device)
+        targets, positions = sum(b.num_targets for b in batches), sum(b.x.numel() for b in batches)
+        count, positions = D.all_reduce_sum([targets, positions], self.info, self.device)  # over every process
         loss_sum = torch.zeros((), device=self.device)
         nll_sum = torch.zeros((), device=self.device)
         for m, batch in enumerate(batches):
@@ -281,7 +282,7 @@ class Trainer:
             "train_nll": nll,
             "lr": lr,
             "grad_norm": grad_norm,
-            "step_tokens": int(count),
+            "step_tokens": int(positions),  # what the model ran over (throughput, MFU); tokens: the targets
             **({"scheduled_sampling": self.scheduled_sampling_probability()} if tc.scheduled_sampling else {}),
             **norms,
         }
