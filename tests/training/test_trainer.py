@@ -205,3 +205,24 @@ def test_evaluation_streams_its_batches_and_shows_progress_on_a_terminal(tmp_pat
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, corpus_dir, capsys):
     train_command(tiny_config(tmp_path, corpus_dir, train={"max_steps": 1}), log=lambda _: None)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("interval,kept", [(2, "the newest checkpoint is step-00000002"), (0, "no checkpoint yet")])
+def test_an_interrupted_run_says_what_it_keeps(tmp_path, corpus_dir, monkeypatch, interval, kept):
+    """Ctrl-C said "interrupted" alone: with checkpoint_interval 0 (the SFT preset's) a whole run went, unsaid."""
+    from arlm.training.trainer import Trainer
+
+    step, calls = Trainer.train_step, []
+
+    def interrupted_at_the_fourth(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_at_the_fourth)
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 6, "checkpoint_interval": interval})
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train_command(config, log=lines.append)
+    assert f"interrupted after step 3: {kept}" in lines[-1]

@@ -21,6 +21,7 @@ from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result
 from arlm.interop.checkpoint import (
     Checkpoint,
     export_weights,
+    latest_checkpoint,
     load_weights_dict,
     prune_checkpoints,
     save_checkpoint,
@@ -214,6 +215,31 @@ class Trainer:
         progress = Progress(tc.max_steps, desc="train", enabled=None if self.info.is_main else False)
         if tc.eval_at_start and self.step == 0:
             self._log_eval(progress)
+        try:
+            last_checkpoint = self._steps(progress)
+        except KeyboardInterrupt:  # (Ctrl-C: the steps since the newest checkpoint are not kept)
+            if self.info.is_main:
+                self.log(self._interrupted())
+            raise
+        progress.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        return last_checkpoint
+
+    def _interrupted(self) -> str:
+        """What an interruption keeps: the newest checkpoint, where --resume goes on from."""
+        newest = latest_checkpoint(self.run_dir, log=lambda _: None, hashes=False)
+        if newest is None:
+            return f"interrupted after step {self.step}: no checkpoint yet, nothing of this run is kept"
+        return (
+            f"interrupted after step {self.step}: the newest checkpoint is {newest.name} "
+            f"(`arlm train --resume` goes on from there; train.checkpoint_interval {self.tc.checkpoint_interval})"
+        )
+
+    def _steps(self, progress: Progress) -> Path | None:
+        """Train, log, evaluate and save until train.max_steps; the last checkpoint written."""
+        tc = self.tc
         last_checkpoint, window_tokens, window_time = None, 0, 0.0
         while self.step < tc.max_steps:
             start = time.perf_counter()
@@ -233,10 +259,6 @@ class Trainer:
                 self._log_eval(progress)
             if (tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0) or self.step == tc.max_steps:
                 last_checkpoint = self.save()
-        progress.close()
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
         return last_checkpoint
 
     def train_step(self) -> dict:
