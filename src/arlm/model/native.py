@@ -127,7 +127,7 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     if sys.stderr.isatty():  # a person waits: say why (a terminal only, so captured output stays the command's own)
-        print(f"arlm: compiling its CPU kernels for this machine into {folder} (once, ~5-10 s)", file=sys.stderr)
+        print(f"arlm: compiling its CPU kernels for this machine into {folder} (once, a few seconds)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then moved in whole: no half-written file
         built = Path(scratch) / target.name
         try:
