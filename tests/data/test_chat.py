@@ -311,6 +311,23 @@ def test_a_chat_splits_bytes_are_those_of_its_rendered_tokens(tmp_path):
     from arlm.data.chat_batches import prepare_chat
 
     config = DataConfig(source=str(write_chat(tmp_path / "c.jsonl")), format="chat", tokenizer="char", val_fraction=0)
-    _, counts, _, _ = prepare_chat(config, tmp_path / "out", resolve=lambda ref: None)
+    _, counts, _, _, _ = prepare_chat(config, tmp_path / "out", resolve=lambda ref: None)
     train, answers = counts["train"], 26 * 1 + 14 * 2  # (write_chat: every third conversation has two answers)
     assert train["bytes"] == train["characters"] == train["tokens"] - answers  # (an EOS ends each answer)
+
+
+def test_a_conversation_repeated_in_the_file_lands_in_one_split(tmp_path):
+    """Exact repeats were kept and split apart: the same conversation in train and in val, whose loss then measured
+    conversations trained on. They are dropped before the split (as repeated documents of text data are) and counted."""
+    import numpy as np
+
+    from arlm.data.chat_batches import prepare_chat
+
+    source = write_chat(tmp_path / "c.jsonl", n=30)
+    lines = source.read_text().splitlines()
+    source.write_text("\n".join(lines + lines[:15]) + "\n")  # lines 31-45 repeat lines 1-15
+    config = DataConfig(source=str(source), format="chat", tokenizer="char", val_fraction=0.3, test_fraction=0.1)
+    _, counts, _, _, dropped = prepare_chat(config, tmp_path / "out", resolve=lambda ref: None)
+    assert dropped == 15 and sum(c["documents"] for c in counts.values()) == 30
+    where = {name: np.load(tmp_path / "out" / f"{name}.lines.npy").tolist() for name in counts}
+    assert sorted(n for held in where.values() for n in held) == list(range(1, 31))  # each conversation once

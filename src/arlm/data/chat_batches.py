@@ -7,6 +7,7 @@ positions from 0 (the model restarts positions under a document mask), so it tra
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,8 +30,22 @@ from arlm.data.tokenizers import Tokenizer, train_tokenizer
 from arlm.errors import ArlmError
 
 
+def distinct_examples(examples: list[ChatExample]) -> list[ChatExample]:
+    """The conversations but exact repeats of an earlier one (the same messages, after normalization), so that no
+    conversation lands in two splits: a validation loss measured on conversations trained on says nothing."""
+    seen: set[str] = set()
+    kept = []
+    for example in examples:
+        key = json.dumps(example.messages, sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            kept.append(example)
+    return kept
+
+
 def split_examples(examples: list[ChatExample], config: DataConfig) -> dict[str, list[ChatExample]]:
-    """A seeded split of whole conversations into train / val / test by data.val_fraction and test_fraction."""
+    """A seeded split of whole conversations (distinct ones: distinct_examples) into train / val / test by
+    data.val_fraction and test_fraction."""
     order = np.random.default_rng([config.seed, 11]).permutation(len(examples))
     n_val, n_test = round(len(examples) * config.val_fraction), round(len(examples) * config.test_fraction)
     if n_val + n_test >= len(examples):
@@ -41,14 +56,16 @@ def split_examples(examples: list[ChatExample], config: DataConfig) -> dict[str,
 
 def prepare_chat(
     config: DataConfig, out: Path, resolve: Callable[[str], Tokenizer], block_size: int = 1
-) -> tuple[Tokenizer, dict[str, dict], dict[str, np.ndarray], NormalizeReport]:
+) -> tuple[Tokenizer, dict[str, dict], dict[str, np.ndarray], NormalizeReport, int]:
     """Read, normalize, split, render and write the conversations of data.source into `out`: per split a token
     shard, the conversations' start offsets, target flags and source lines; returns the tokenizer, counts,
-    histograms and what normalization changed."""
+    histograms, what normalization changed and how many exact repeats of a conversation were dropped."""
     refuse_text_only_settings(config)
     examples = list(read_chat_jsonl(config.source, config.encoding_errors))
     norm = normalize_examples(examples, config)
-    splits = split_examples(examples, config)
+    distinct = distinct_examples(examples)
+    dropped = len(examples) - len(distinct)
+    splits = split_examples(distinct, config)
     texts = (apply_chat_template(PLAIN_TEMPLATE, e.messages, False) for e in splits["train"])
     tokenizer = train_tokenizer(config.tokenizer, texts, config.vocab_size, resolve)
     tokenizer.save(out / "tokenizer")
@@ -59,7 +76,7 @@ def prepare_chat(
             sampler = open_chat_split(out, name, config, block_size, seed=0)
             cut = {"truncated": sampler.truncated, "cut_targets": sampler.cut_targets}
             counts[name] |= {"target_tokens": sampler.targets, **cut}
-    return tokenizer, counts, hists, norm
+    return tokenizer, counts, hists, norm, dropped
 
 
 def _write_chat_split(

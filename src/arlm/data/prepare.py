@@ -350,10 +350,10 @@ def _prepare_into(
     resolve: Callable[[str], Tokenizer],
 ) -> str:
     if config.format == "chat":
-        tokenizer, counts, histograms, norm = prepare_chat(config, out, resolve, block_size)
+        tokenizer, counts, histograms, norm, dropped = prepare_chat(config, out, resolve, block_size)
         log(norm.describe())
         report, split_mode = corpus_report(tokenizer, counts, histograms), "conversations"
-        report["normalize"] = asdict(norm)
+        report.update(normalize=asdict(norm), split_mode=split_mode, duplicates_dropped=dropped)
     else:
         tokenizer, counts, report = _prepare_text(config, out, log, block_size, resolve)
         split_mode = report["split_mode"]

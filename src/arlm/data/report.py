@@ -64,9 +64,9 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("split_mode") == "contiguous":  # (cut by position: a text repeated may be in two splits)
         lines.append("split by contiguous fractions of the text (duplicate documents are not looked for)")
     elif "split_mode" in report:
-        lines.append(
-            f"split by {report['split_mode']}; exact duplicate documents dropped: {report.get('duplicates_dropped', 0)}"
-        )
+        unit = "conversations" if report["split_mode"] == "conversations" else "documents"
+        dropped = report.get("duplicates_dropped", 0)
+        lines.append(f"split by {report['split_mode']}; exact duplicate {unit} dropped: {dropped}")
     for name, s in report["splits"].items():
         if "target_tokens" in s:  # chat data: what the loss sees, and conversations cut to the context
             cut = ""
