@@ -87,3 +87,14 @@ def test_a_folder_that_is_no_arlm_run_is_called_no_lora_run(tmp_path):
     with pytest.raises(ArlmError, match="hf is not a LoRA run"):
         merge_run(hf, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_merged_model_keeps_the_fingerprint_of_the_data_it_was_trained_on(lora_on_a_run, tmp_path):
+    """The merged checkpoint dropped it, so evaluating it scored whatever had been prepared in its data folder since
+    (another run's conversations) without a word, where the LoRA run itself was refused."""
+    from arlm.interop.loading import load_model
+
+    _, run = lora_on_a_run
+    assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
+    ours, theirs = load_model(str(tmp_path / "merged")), load_model(str(run))
+    assert theirs.data_fingerprint and ours.data_fingerprint == theirs.data_fingerprint

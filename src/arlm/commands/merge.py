@@ -58,5 +58,7 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> P
     config = loaded.config
     config.train = dataclasses.replace(config.train, lora=LoRAConfig())  # a plain model from here on
     meta = {"step": meta.get("step", 0), "merged_from": loaded.source}
+    if loaded.data_fingerprint:  # the data it was trained on, which evaluation checks (prepared again since?)
+        meta["data_fingerprint"] = loaded.data_fingerprint
     weights = export_weights(loaded.model.state_dict(), config.model)
     return save_checkpoint(out, weights=weights, tokenizer=loaded.tokenizer, config=config, meta=meta)
