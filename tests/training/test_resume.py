@@ -146,11 +146,28 @@ def test_resume_with_other_data_settings_is_refused_and_keeps_the_runs_data(fini
     data = {p: p.read_bytes() for p in (run / "data").rglob("*") if p.is_file()}
     argv = ["train", "--train.out_dir", str(run), "--resume", "--train.max_steps", "15"]
     assert main([*argv, "--data.val_fraction", "0.2"]) == 2
-    assert "holds the data this run trained on, prepared with other settings" in capsys.readouterr().err
+    assert "was trained on data prepared with other settings than these" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (run / "data").rglob("*") if p.is_file()} == data
     assert main(argv) == 0
     assert "using prepared data in" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in (run / "data").rglob("*") if p.is_file()} == data
+
+
+def test_a_run_whose_data_was_prepared_again_since_says_so_and_resumes_on_a_new_folder(finished, capsys):
+    """Another run's --overwrite re-prepared a shared data folder: the refusal blamed settings the user had not
+    changed. It says the folder was prepared again, from what, and how to resume (the run's data prepared anew)."""
+    _, run = finished
+    meta_path = run / "data" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"], meta["data"]["source"] = "0" * 16, "other.jsonl"  # as another run's prepare left it
+    meta_path.write_text(json.dumps(meta))
+    argv = ["train", "--train.out_dir", str(run), "--resume", "--train.max_steps", "12"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no longer holds the data this run trained on: it was prepared again since" in err
+    assert "(from other.jsonl); resume with --data.prepared_dir NEW_FOLDER" in err
+    assert main([*argv, "--data.prepared_dir", str(run.parent / "again")]) == 0
+    assert "resumed from" in capsys.readouterr().out
 
 
 def test_a_run_on_a_relative_source_resumes_once_the_source_is_gone(tmp_path, corpus_dir, capsys, monkeypatch):

@@ -244,6 +244,8 @@ class _Job:
         """Train on the run's prepared data, held against a prepare that would replace it meanwhile."""
         from arlm.temporaries import holding  # lazy: kept out of --help
 
+        if self.checkpoint is not None:
+            _refuse_other_data(self.config, self.checkpoint)
         data = _prepared_data(self.config, self.info, self.overwrite, self.log, keep=self.checkpoint is not None)
         with holding(data.directory):  # no prepare replaces the data while this run reads it (temporaries.in_use)
             return self._train_on(data, run_dir, aside)
@@ -294,6 +296,18 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path 
         check_replaceable(run_dir, foreign_entries(run_dir), "a run's")  # --overwrite replaces the whole folder
         return set_aside(run_dir)
     return None
+
+
+def _refuse_other_data(config: RunConfig, checkpoint: Checkpoint) -> None:
+    """A resumed run keeps the data settings it trained with (before its data folder is looked at)."""
+    from arlm.data.prepare import data_fingerprint  # lazy: kept out of --help
+
+    trained = checkpoint.meta.get("data_fingerprint")
+    if trained is not None and trained != data_fingerprint(config.data):
+        raise ArlmError(
+            f"{checkpoint.path} was trained on data prepared with other settings than these; resume without changing "
+            "the data settings (they are the run's own), or train a new run"
+        )
 
 
 def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log, keep: bool = False) -> PreparedData:

@@ -226,10 +226,11 @@ def prepare(
         reused = _reuse(directory, meta, fingerprint, changed, keep, log)
         if reused is not None:
             return reused
-        if keep:
+        if keep:  # (the run's own settings: the folder was prepared again since, by another run or prepare)
             raise ArlmError(
-                f"{directory} holds the data this run trained on, prepared with other settings than these; resume "
-                "without changing the data settings (they are the run's own), or train a new run"
+                f"{directory} no longer holds the data this run trained on: it was prepared again since, with other "
+                f"settings (from {meta.get('data', {}).get('source', '?')}); resume with {flag} NEW_FOLDER to prepare "
+                "the run's own data there again"
             )
         if not overwrite:
             raise ArlmError(_why_not_reused(directory, meta, fingerprint, changed, flag))
