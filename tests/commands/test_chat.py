@@ -194,3 +194,18 @@ def test_a_piped_windows_line_end_is_not_part_of_the_message(monkeypatch):
 
     monkeypatch.setattr("sys.stdin", io.StringIO("hi there\r\nnext\n"))
     assert [_read_piped(""), _read_piped("")] == ["hi there", "next"]
+
+
+def test_a_chat_says_when_it_drops_its_oldest_exchanges(capsys):
+    """The conversation outgrowing the context lost its first turns without a word: the model could no longer answer
+    "what was my first question?", and nothing said why."""
+    from arlm.commands.chat import _turn
+    from tests.decoding.test_chat import _session
+
+    session = _session()
+    notes = []
+    for i in range(6):
+        _turn(session, f"question number {i} about the data model", typed=False, stats=False)
+        notes += [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes and all("oldest exchange(s) were dropped" in note for note in notes)
+    assert "context (96 tokens, 8 of them kept for the answer)" in notes[0]

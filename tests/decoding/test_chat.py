@@ -37,11 +37,13 @@ def _session(block=96, max_new=8, reuse_prefix=True):
 
 
 def test_session_keeps_the_conversation_and_drops_old_turns_to_fit():
-    session = _session()
+    session, dropped = _session(), 0
     for i in range(6):
         session.reply(f"question number {i} about the data model")
+        dropped += session.stats["dropped_exchanges"]
     assert session.turns[-2]["content"] == "question number 5 about the data model"
     assert session.turns[0]["role"] == "user" and len(session.turns) < 12  # the oldest turns were dropped
+    assert dropped == 6 - len(session.turns) // 2  # each drop counted in the turn that made it
     assert len(session.prompt_ids()) <= 96 - 8
 
 

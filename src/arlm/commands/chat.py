@@ -150,6 +150,13 @@ def _turn(session: ChatSession, line: str, typed: bool, stats: bool) -> str | No
         print(f"error: {exc}", file=sys.stderr)
         return None
     streamer.finish()
+    if session.dropped:  # (said, not silent: the model no longer sees what was said first)
+        context, answer_room = session.model.config.block_size, session.config.max_new_tokens
+        print(
+            f"note: the conversation outgrew the model's context ({context} tokens, {answer_room} of them kept for the "
+            f"answer): its {session.dropped} oldest exchange(s) were dropped; /reset starts afresh",
+            file=sys.stderr,
+        )
     if stats:
         last = session.stats
         kept = f"{last['reused_tokens']} of {last['prompt_tokens']} prompt tokens kept from the last turn"

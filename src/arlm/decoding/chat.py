@@ -57,15 +57,18 @@ class ChatSession:
         self.stats: dict = {}  # the last turn's: generate()'s stats, its prompt's length and the positions reused
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
+        self.dropped = 0
 
     def prompt_ids(self) -> list[int]:
         """The encoded conversation ending in the assistant's cue, shortened from the oldest turn to fit."""
         budget = self.model.config.block_size - self.config.max_new_tokens
+        self.dropped = 0  # exchanges dropped this turn (ChatSession.stats: "dropped_exchanges")
         while True:
             ids = encode_conversation(self.system + self.turns, self.tokenizer)
             if len(ids) <= budget or len(self.turns) <= 1:
                 break
             self.turns = self.turns[2:]  # drop the oldest user/assistant pair
+            self.dropped += 1
         if len(ids) > budget:
             raise ArlmError(f"the message is {len(ids)} tokens; the context leaves room for {budget}")
         return ids
@@ -92,6 +95,7 @@ class ChatSession:
         )
         self.reused = self.engine.reused if self.engine else 0
         self.stats = {**out.stats, "prompt_tokens": len(prompt), "reused_tokens": self.reused}
+        self.stats["dropped_exchanges"] = self.dropped
         answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()
         self.turns.append({"role": "assistant", "content": answer})
         return answer
