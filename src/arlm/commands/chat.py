@@ -23,6 +23,7 @@ from arlm.commands.generate import (
     with_options,
 )
 from arlm.commands.options import (
+    add_device_argument,
     add_draft_arguments,
     add_dtype_argument,
     add_json_argument,
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the KV cache from turn to turn and encode only what it does not hold (default; equal to encoding "
         "the conversation afresh up to rounding); --no-reuse-prefix encodes it all each turn",
     )
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     add_dtype_argument(parser)
     add_json_argument(parser)
     add_generation_flags(parser, CHAT_DEFAULTS, CHAT_WHERE)

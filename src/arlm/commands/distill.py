@@ -16,9 +16,18 @@ CONFIG_OVERRIDES = True
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--teacher, --layers, --preset, --resume [CHECKPOINT], --overwrite."""
     parser.add_argument("--teacher", default="smollm2", help="the target model to distill (default smollm2)")
-    parser.add_argument("--layers", type=int, default=2, help="blocks of the draft (copied from the teacher, spaced)")
-    parser.add_argument("--preset", default="smollm2-draft", help="data and training settings")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT")
+    parser.add_argument(
+        "--layers", type=int, default=2, help="blocks of the draft (copied from the teacher, spaced; default 2)"
+    )
+    parser.add_argument("--preset", default="smollm2-draft", help="data and training settings (default smollm2-draft)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the draft's run (its newest checkpoint, or the one given)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in train.out_dir")
 
 

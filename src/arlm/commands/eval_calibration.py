@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import add_dtype_argument, check_batches, provenance
+from arlm.commands.options import add_device_argument, add_dtype_argument, check_batches, provenance
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 from arlm.evaluation.defaults import N_BINS, SPLIT_BLOCK
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     parser.add_argument("--bins", type=int, default=N_BINS, help="equal-width confidence bins")
     parser.add_argument("--out", default="calibration.png", help="PNG to write (numbers go to the same name .json)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     add_dtype_argument(parser)
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arlm.commands.options import add_dtype_argument, check_batches, provenance
+from arlm.commands.options import add_device_argument, add_dtype_argument, check_batches, provenance
 from arlm.commands.runs import run_label
 
 
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="prepared data folder (default: the one each run was trained on)")
     parser.add_argument("--batches", type=int, default=0, help="limit to this many batches (0: whole split)")
     parser.add_argument("--out", default="context.png", help="PNG to write (numbers go to the same name .json)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     add_dtype_argument(parser)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import add_dtype_argument, provenance
+from arlm.commands.options import add_device_argument, add_dtype_argument, provenance
 from arlm.commands.runs import run_label
 from arlm.errors import ArlmError
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, help="positions measured after it, at least 1 (default: the rest)")
     parser.add_argument("--sequences", type=int, default=256, help="held-out sequences")
     parser.add_argument("--out", default="exposure_bias.png", help="PNG to write (numbers go to the same name .json)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     add_dtype_argument(parser)
 
 

@@ -7,7 +7,14 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from arlm.commands.options import add_dtype_argument, add_model_argument, model_of, provenance, refuse_unused
+from arlm.commands.options import (
+    add_device_argument,
+    add_dtype_argument,
+    add_model_argument,
+    model_of,
+    provenance,
+    refuse_unused,
+)
 from arlm.errors import ArlmError, check_creatable
 from arlm.evaluation.defaults import DEFAULT_SHOTS
 
@@ -27,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most this many items per task")
     parser.add_argument("--out", help="folder for icl.json and icl.png (default: icl)")
     parser.add_argument("--lm-eval", action="store_true", help="run lm-evaluation-harness on the same tasks instead")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     add_dtype_argument(parser)
 
 

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arlm.commands.options import add_dtype_argument, add_model_argument, check_batches, model_of, refuse_unused
+from arlm.commands.options import (
+    add_device_argument,
+    add_dtype_argument,
+    add_model_argument,
+    check_batches,
+    model_of,
+    refuse_unused,
+)
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.evaluation.defaults import SPLIT_BLOCK
@@ -46,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stride", type=int, default=0, help="with --file: window stride, at most the window (default: half of it)"
     )
     parser.add_argument("--batches", type=int, default=0, help="on a split: at most this many batches (0: all)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     add_dtype_argument(parser)
     kv_help = "with --file: each window over a KV cache of this dtype, as decoding reads it (default auto: none)"
     parser.add_argument("--kv-dtype", default="auto", choices=KV_DTYPES, help=kv_help)

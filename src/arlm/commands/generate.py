@@ -12,6 +12,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from arlm.commands.options import (
+    add_device_argument,
     add_draft_arguments,
     add_dtype_argument,
     add_json_argument,
@@ -53,7 +54,7 @@ FLAG_HELP = {  # one line per GenerationConfig field, for --help
     "stop_at_eos": "stop at the end-of-sequence token",
     "seed": "seed of the sampling generator (reproducible draws)",
     "num_draft_tokens": "speculative / prompt-lookup: tokens drafted a round (gamma); with --adaptive-draft, the "
-    "most a round where over 16 (the adaptive rule's own cap)",
+    "most a round, where above the adaptive rule's own cap of 16",
     "adaptive_draft": "speculative / prompt-lookup: how many to draft each round, from the acceptance so far and the "
     "cost of a verification (none where drafting would not pay)",
     "prompt_lookup_ngram": "prompt-lookup: the longest n-gram of the context matched",
@@ -88,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_draft_arguments(parser)
     parser.add_argument("--stats", action="store_true", help="print tokens/s (and acceptance for speculative)")
     parser.add_argument("--show-drafts", action="store_true", help="mark tokens accepted from the draft")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     add_dtype_argument(parser)
     add_json_argument(parser)
     add_generation_flags(parser)

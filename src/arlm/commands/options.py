@@ -30,6 +30,15 @@ def provenance(loaded: LoadedModel) -> dict[str, str]:
     return {"source": str(loaded.source), "dtype": loaded.dtype, "device": str(loaded.model.norm.weight.device)}
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device, the same on every verb that loads a model."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda or cuda:N (default auto: a CUDA GPU where there is one and the dtype runs there, else the CPU)",
+    )
+
+
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """--dtype, the same on every verb that loads a model (default auto: a GGUF file at its own precision)."""
     parser.add_argument("--dtype", default="auto", choices=LOAD_DTYPES, help=DTYPE_HELP)

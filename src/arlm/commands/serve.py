@@ -11,7 +11,13 @@ import sys
 from typing import TYPE_CHECKING
 
 from arlm.commands.generate import load_draft, note_dtype
-from arlm.commands.options import add_draft_arguments, add_dtype_argument, add_model_argument, model_of
+from arlm.commands.options import (
+    add_device_argument,
+    add_draft_arguments,
+    add_dtype_argument,
+    add_model_argument,
+    model_of,
+)
 from arlm.decoding.settings import KV_DTYPES
 from arlm.errors import ArlmError
 
@@ -31,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429 (default 64)")
     limit = f"positions per sequence (default: the model's context, at most {DEFAULT_CONTEXT})"
     parser.add_argument("--context", type=int, default=0, help=limit)
-    parser.add_argument("--prefill-chunk", type=int, default=512, help="longer prompts are prefilled in chunks")
+    parser.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=512,
+        help="longer prompts are prefilled in chunks of this many tokens (default 512)",
+    )
     reuse_help = (
         "start a prompt from the keys and values a free slot holds of its beginning (a chat's earlier turns), as "
         "llama-server does; its logits equal a fresh prefill's up to rounding (default: on; --no-reuse-prefix: "
@@ -48,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help=origin_help)
     body_help = "the largest request body in MiB; a larger one gets 413 before it is read (default 16)"
     parser.add_argument("--max-body-mb", type=float, default=16, help=body_help)
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 

@@ -24,7 +24,11 @@ STUDY_SMOOTHING = (0.0, 0.1)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --out, --runs-dir."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path (+ overrides)")
-    parser.add_argument("--out", default="docs/studies/calibration", help="folder for the report, figure and numbers")
+    parser.add_argument(
+        "--out",
+        default="docs/studies/calibration",
+        help="folder for the report, figure and numbers (default docs/studies/calibration)",
+    )
     parser.add_argument("--runs-dir", help="where the runs are trained (default: <out>/runs)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the runs an earlier study left in the runs dir"

@@ -24,7 +24,11 @@ STUDY_SCHEDULED_SAMPLING = 0.25
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --out, --runs-dir, --scheduled-sampling, --sequences."""
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="named preset or YAML path (+ overrides)")
-    parser.add_argument("--out", default="docs/studies/exposure-bias", help="folder for the report, figure and numbers")
+    parser.add_argument(
+        "--out",
+        default="docs/studies/exposure-bias",
+        help="folder for the report, figure and numbers (default docs/studies/exposure-bias)",
+    )
     parser.add_argument("--runs-dir", help="where the runs are trained (default: <out>/runs)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the runs an earlier study left in the runs dir"

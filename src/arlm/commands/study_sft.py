@@ -31,7 +31,9 @@ FULL_LR = "5e-5"  # full fine-tuning moves every weight: a learning rate ~20x be
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --out, --tasks, --limit, --full-lr, --overwrite."""
     parser.add_argument("--preset", default="smollm2-sft", help="named preset or YAML path (+ overrides)")
-    parser.add_argument("--out", default="docs/studies/sft", help="folder for the data, runs and report")
+    parser.add_argument(
+        "--out", default="docs/studies/sft", help="folder for the data, runs and report (default docs/studies/sft)"
+    )
     parser.add_argument("--tasks", help="comma-separated built-in tasks (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many held-out items per task")
     parser.add_argument("--full-lr", default=FULL_LR, help=f"train.lr of full fine-tuning (default {FULL_LR})")
