@@ -53,3 +53,32 @@ def test_the_base_hash_ignores_adapters_and_sees_any_changed_weight():
     with torch.no_grad():
         model.norm.weight[0] += 1e-3
     assert weights_sha256(model.state_dict()) != digest
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_small_update_survives_bfloat16_autocast_as_in_the_merged_layer(dropout):
+    """Added to W x after autocast had rounded it to bfloat16, an update below half its last place vanished: a young
+    adapter's change came out a third of float32's (the slope of the one on the other), so bf16 LoRA trained and
+    reported another model than the one it saved and merged. Folded into the weight, each output's rounding is
+    noise around the whole update."""
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(256, 128), rank=8, alpha=16, dropout=dropout)
+    torch.nn.init.normal_(layer.lora_B, std=1e-4)  # a young adapter: |B A| a ten-thousandth of |W|
+    x = torch.randn(512, 256)
+    wanted = (x @ layer.lora_A.T @ layer.lora_B.T * layer.scaling).flatten().detach()  # float32's update
+    layer.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = (layer(x).float() - layer.base(x).float()).flatten()  # what the bfloat16 forward adds
+    assert 0.9 < float(got @ wanted / (wanted @ wanted)) < 1.1  # (0.34 before)
+    layer.train()
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x).float().sum().backward()
+    assert layer.lora_A.grad.abs().sum() > 0 and layer.lora_B.grad.abs().sum() > 0 and layer.base.weight.grad is None
+    if dropout:  # the dropped inputs' share is taken out: the same as the float32 layer under the same mask
+        torch.manual_seed(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = layer(x).float()
+        torch.manual_seed(2)
+        theirs = layer.base(x) + layer.dropout(x) @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+        assert torch.allclose(ours, theirs, atol=0.05)

@@ -30,7 +30,15 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out)"""
+        """(..., in) -> (..., out). Under autocast (16-bit training) the update is folded into the weight first, as
+        a merged model computes: added to W x after W x was rounded to 16 bits, an update below half a unit of its
+        last place (every update at first: B starts at zero) was rounded away whole."""
+        if torch.is_autocast_enabled(x.device.type):
+            weight = self.base.weight + (self.lora_B @ self.lora_A) * self.scaling  # (out, in), float32
+            y = nn.functional.linear(x, weight, self.base.bias)  # (..., out)
+            if self.training and self.dropout.p > 0:  # the dropped inputs' share of the update taken back
+                y = y + (self.dropout(x) - x) @ self.lora_A.to(x.dtype).T @ self.lora_B.to(x.dtype).T * self.scaling
+            return y
         update = self.dropout(x) @ self.lora_A.to(x.dtype).T @ self.lora_B.to(x.dtype).T  # (..., out)
         return self.base(x) + update * self.scaling
 
