@@ -1,6 +1,7 @@
 """A LoRA run: checkpoints of adapters only, merged on load and by `arlm merge`, and loaded by PEFT."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -108,6 +109,7 @@ def test_a_lora_run_finds_its_base_in_the_base_run_that_trained_on(tmp_path):
         assert torch.equal(load_model(tmp_path / "run").model(_ids()), expected)  # its step 1 still adapted
         for step in base_run.glob("checkpoints/step-*"):
             if step.name.endswith("1"):
-                (step / "manifest.json").unlink()  # that checkpoint gone: refused
-        with pytest.raises(ArlmError, match="adapts a base model that .* no longer holds"):
+                (step / "manifest.json").unlink()  # that checkpoint gone: refused, naming it (it was the run folder)
+        trained_on = re.escape(f"({(base_run / 'checkpoints' / 'step-00000001').resolve()}, which it was read from)")
+        with pytest.raises(ArlmError, match=f"adapts a base model that .* no longer holds .*{trained_on}"):
             load_model(tmp_path / "run")

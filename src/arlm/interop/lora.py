@@ -13,7 +13,7 @@ from safetensors.torch import save
 
 from arlm.config import RunConfig
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import Checkpoint, LoadedModel, list_checkpoints
+from arlm.interop.checkpoint import Checkpoint, LoadedModel, latest_checkpoint, list_checkpoints
 from arlm.model.lora import add_lora, merge_lora, weights_sha256
 from arlm.model.transformer import Transformer
 
@@ -24,6 +24,15 @@ HF_NAMES = {"attn.proj": "self_attn.o_proj", "mlp.down": "mlp.down_proj"}  # one
 def base_reference(init: str) -> str:
     """train.init as a LoRA checkpoint records it: a path made absolute, a name ('smollm2') as it is."""
     return str(Path(init).resolve()) if Path(init).exists() else init
+
+
+def base_record(init: str, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """What a LoRA checkpoint records of its base: the reference, the SHA-256 of its weights and, for a run folder,
+    the checkpoint it was read from (named where the run has since trained on and pruned it)."""
+    record = {"reference": base_reference(init), "sha256": weights_sha256(state)}
+    if Path(init, "checkpoints").is_dir() and (newest := latest_checkpoint(init, log=lambda _: None, hashes=False)):
+        record["checkpoint"] = str(newest.resolve())
+    return record
 
 
 def base_weights(base: Transformer, config: RunConfig) -> dict[str, torch.Tensor]:
@@ -46,9 +55,10 @@ def load_lora_checkpoint(checkpoint: Checkpoint, load_base: Callable[[str], Load
         if weights_sha256(model.state_dict()) == record["sha256"]:
             break
     else:
+        trained_on = f" ({record['checkpoint']}, which it was read from)" if "checkpoint" in record else ""
         raise ArlmError(
             f"{checkpoint.path} adapts a base model that {record['reference']} no longer holds (its weights "
-            "changed); restore that base model"
+            f"changed); restore that base model{trained_on}"
         )
     add_lora(model, checkpoint.config.train.lora)
     missing, unexpected = model.load_state_dict(checkpoint.model_state(), strict=False)

@@ -26,9 +26,9 @@ from arlm.interop.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from arlm.interop.lora import base_reference, peft_files
+from arlm.interop.lora import base_record, peft_files
 from arlm.model import native
-from arlm.model.lora import add_lora, is_adapter_key, target_names, weights_sha256
+from arlm.model.lora import add_lora, is_adapter_key, target_names
 from arlm.model.transformer import Transformer
 from arlm.training import distributed as D
 from arlm.training.grad_norms import layer_grad_norms
@@ -126,7 +126,7 @@ class Trainer:
 
     def _add_adapters(self, model: Transformer) -> dict[str, str]:
         """Freeze the base model, add LoRA adapters; returns the base's reference and weights hash."""
-        base = {"reference": base_reference(self.tc.init), "sha256": weights_sha256(model.state_dict())}
+        base = base_record(self.tc.init, model.state_dict())
         trainable = add_lora(model, self.tc.lora)
         names = ", ".join(sorted(target_names(self.tc.lora)))
         self.log(f"LoRA rank {self.tc.lora.rank} on {names}: {trainable:,} adapter weights")
