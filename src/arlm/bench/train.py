@@ -51,8 +51,12 @@ def hf_gpt2(config: ModelConfig) -> torch.nn.Module:
         layer_norm_epsilon=config.norm_eps,
         tie_word_embeddings=config.tie_embeddings,
         attn_implementation="sdpa",
+        bos_token_id=None,  # (GPT-2's 50256 lies outside a smaller vocabulary; the step reads no special token)
+        eos_token_id=None,
     )
-    return GPT2LMHeadModel(hf_config)
+    model = GPT2LMHeadModel(hf_config)
+    model.loss_type = "ForCausalLM"  # its default, named: left None, transformers warns that it guessed it
+    return model
 
 
 def train_step(side: Side, x: torch.Tensor, y: torch.Tensor, autocast=None) -> float:
