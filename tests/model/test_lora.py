@@ -59,8 +59,8 @@ def test_the_base_hash_ignores_adapters_and_sees_any_changed_weight():
 def test_a_small_update_survives_bfloat16_autocast_as_in_the_merged_layer(dropout):
     """Added to W x after autocast had rounded it to bfloat16, an update below half its last place vanished: a young
     adapter's change came out a third of float32's (the slope of the one on the other), so bf16 LoRA trained and
-    reported another model than the one it saved and merged. Folded into the weight, each output's rounding is
-    noise around the whole update."""
+    reported another model than the one it saved and merged. Folded into the weight, the forward is the merged
+    layer's at bfloat16; for a float32 W (off the grid) its rounding is noise around the whole update."""
     torch.manual_seed(0)
     layer = LoRALinear(torch.nn.Linear(256, 128), rank=8, alpha=16, dropout=dropout)
     torch.nn.init.normal_(layer.lora_B, std=1e-4)  # a young adapter: |B A| a ten-thousandth of |W|
@@ -70,6 +70,11 @@ def test_a_small_update_survives_bfloat16_autocast_as_in_the_merged_layer(dropou
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = (layer(x).float() - layer.base(x).float()).flatten()  # what the bfloat16 forward adds
     assert 0.9 < float(got @ wanted / (wanted @ wanted)) < 1.1  # (0.34 before)
+    merged = torch.nn.Linear(256, 128)
+    merged.load_state_dict({"weight": layer.base.weight + (layer.lora_B @ layer.lora_A) * layer.scaling,
+                            "bias": layer.base.bias})  # fmt: skip
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer(x), merged(x))  # the merged layer at bfloat16, exactly
     layer.train()
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -30,11 +30,15 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out). Under autocast (16-bit training) the update is folded into the weight first, as
-        a merged model computes: added to W x after W x was rounded to 16 bits, an update below half a unit of its
-        last place (every update at first: B starts at zero) was rounded away whole."""
+        """(..., in) -> (..., out). Under autocast (16-bit training) the update is folded into the weight first, so
+        that the forward is the merged model's at 16 bits (W + (alpha / r) B A, rounded): added to W x after W x was
+        rounded, an update below half a unit of its last place (every update at first: B starts at zero) was rounded
+        away whole, a forward of no model saved. Where W's values lie on the 16-bit grid (a bfloat16 or quantized
+        base), a very young adapter's change is rounded as that merged model rounds it (kept or moved by half a unit
+        per weight), not as float32 computes it. The gradients are float32's either way."""
         if torch.is_autocast_enabled(x.device.type):
-            weight = self.base.weight + (self.lora_B @ self.lora_A) * self.scaling  # (out, in), float32
+            with torch.autocast(x.device.type, enabled=False):  # B A in float32, as merged() folds it
+                weight = self.base.weight + (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
             y = nn.functional.linear(x, weight, self.base.bias)  # (..., out)
             if self.training and self.dropout.p > 0:  # the dropped inputs' share of the update taken back
                 y = y + (self.dropout(x) - x) @ self.lora_A.to(x.dtype).T @ self.lora_B.to(x.dtype).T * self.scaling
