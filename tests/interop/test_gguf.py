@@ -4,10 +4,14 @@ Llama GGUF round trip, and bad files refused with one clear error."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from arlm.cli import main
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.chat import apply_chat_template
 from arlm.decoding.generate import generate
@@ -463,3 +467,15 @@ def test_missing_file_is_refused(tmp_path):
     (tmp_path / "a.gguf").mkdir()
     with pytest.raises(ArlmError, match="a.gguf is a folder, not a GGUF file"):
         load_gguf_tokenizer(str(tmp_path / "a.gguf"))
+
+
+def test_without_the_gguf_package_a_file_is_refused_naming_the_extra(tiny, tmp_path, monkeypatch, capsys):
+    """Without the gguf extra every SmolLM2 command said its 98 MB file 'is not a readable GGUF file, or it is
+    truncated (No module named 'gguf')': a user would reinstall the model, which does not help."""
+    path = tmp_path / "copy.gguf"  # (a path read_gguf has not cached)
+    path.write_bytes(Path(tiny[1]).read_bytes())
+    monkeypatch.setitem(sys.modules, "gguf", None)  # (import gguf raises ImportError)
+    with pytest.raises(ArlmError, match=r"^reading a GGUF file needs the gguf package: pip install 'arlm\[gguf\]'$"):
+        load_gguf_model(str(path))
+    assert main(["generate", str(path), "--prompt", "hi", "--max-new-tokens", "2"]) == 2
+    assert capsys.readouterr().err == "error: reading a GGUF file needs the gguf package: pip install 'arlm[gguf]'\n"

@@ -21,7 +21,7 @@ from arlm.config import DataConfig, ModelConfig, RunConfig
 from arlm.data.tokenizers import HFTokenizer, Tokenizer
 from arlm.errors import ArlmError
 from arlm.interop.checkpoint import LoadedModel
-from arlm.interop.gguf_file import read_gguf_file
+from arlm.interop.gguf_file import gguf_package, read_gguf_file
 from arlm.model import int_layout
 from arlm.model.transformer import Transformer
 
@@ -108,6 +108,8 @@ def _read_gguf(path: Path, size: int, mtime_ns: int) -> GGUFContents:
     """read_gguf's parse of the file at `path` as it is (size, mtime_ns: the cache's key)."""
     try:
         _, metadata, tensors = read_gguf_file(path)
+    except ArlmError:  # (the gguf package missing: said as such, not as a bad file)
+        raise
     except Exception as exc:  # a bad magic, a short header, a cut string: each its own exception
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArlmError(f"{path} is not a readable GGUF file, or it is truncated ({reason})") from None
@@ -214,7 +216,7 @@ def _legacy_blocks(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> tor
 
 def dequantize(raw: np.ndarray, type_name: str, shape: Sequence[int]) -> torch.Tensor:
     """Raw tensor data of a supported GGUF type -> float32 tensor of torch `shape` (GGUF dims reversed)."""
-    import gguf  # lazy: optional dependency
+    gguf = gguf_package()
 
     if type_name not in SUPPORTED_TYPES:
         raise ArlmError(f"GGUF tensor type {type_name} is not supported; supported: {', '.join(SUPPORTED_TYPES)}")

@@ -23,6 +23,7 @@ from arlm.data.tokenizers import Tokenizer, VocabTokenizer
 from arlm.errors import ArlmError, check_creatable
 from arlm.interop.checkpoint import check_output_apart
 from arlm.interop.gguf import GGUFContents, build_tokenizer
+from arlm.interop.gguf_file import gguf_package
 from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
 from arlm.temporaries import holding, remove_stale, temporary_for
@@ -230,10 +231,7 @@ def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
 
 def _write(path: Path, c: ModelConfig, vocab: GGUFVocab, tensors: dict[str, torch.Tensor], outtype: str, name: str):
     """Write the GGUF file: header, metadata (llama.* and tokenizer.*), then the tensors."""
-    try:
-        import gguf  # lazy: optional dependency (pip install 'arlm[gguf]'), loaded only to export
-    except ImportError:
-        raise ArlmError("GGUF export needs the gguf package: pip install 'arlm[gguf]'") from None
+    gguf = gguf_package("GGUF export")
 
     type_name, file_type = OUTTYPES[outtype]
     writer = gguf.GGUFWriter(path, "llama")

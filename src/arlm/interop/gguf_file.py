@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from arlm.errors import ArlmError
+
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -104,9 +106,19 @@ class _Cursor:
         return texts
 
 
+def gguf_package(needed_for: str = "reading a GGUF file") -> Any:
+    """The gguf package (GGUF's type tables and writer), or ArlmError saying which extra installs it."""
+    try:
+        import gguf  # lazy: optional dependency (pip install 'arlm[gguf]')
+    except ImportError:
+        raise ArlmError(f"{needed_for} needs the gguf package: pip install 'arlm[gguf]'") from None
+    return gguf
+
+
 def read_gguf_file(path: Path) -> tuple[int, dict[str, Any], dict[str, GGUFTensor]]:
-    """A GGUF file's version, metadata by key and tensors by name; ValueError (or struct.error) if it is not one."""
-    import gguf  # lazy: optional dependency
+    """A GGUF file's version, metadata by key and tensors by name; ValueError (or struct.error) if it is not one,
+    ArlmError without the gguf package."""
+    gguf = gguf_package()
 
     buffer = np.memmap(path, mode="r")
     if bytes(buffer[:4]) != MAGIC:
@@ -145,7 +157,7 @@ def read_gguf_file(path: Path) -> tuple[int, dict[str, Any], dict[str, GGUFTenso
 
 def _tensor(buffer: np.ndarray, order: str, name: str, dims: tuple[int, ...], kind: Any, at: int) -> GGUFTensor:
     """The table entry `name` and a view of its bytes (short where the file is cut: the caller checks n_bytes)."""
-    import gguf  # lazy: optional dependency
+    gguf = gguf_package()
 
     block, size = gguf.GGML_QUANT_SIZES[kind]
     elements = int(np.prod(dims, dtype=np.int64))
