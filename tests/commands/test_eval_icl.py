@@ -58,3 +58,18 @@ def test_lm_eval_refuses_the_options_it_does_not_read(tmp_path, capsys):
     argv = ["eval", "icl", "no-such-run", "--lm-eval", "--scoring", "generate", "--num-beams", "3", "--out", "lmx"]
     assert main(argv) == 2
     assert "error: --scoring, --num-beams, --out go with arlm's own evaluation" in capsys.readouterr().err
+
+
+def test_lm_eval_without_its_extra_is_one_line_naming_it(monkeypatch, capsys):
+    """It ended in a traceback (ModuleNotFoundError, exit 1): lm_eval was imported before the adapter that says
+    which extra installs it."""
+    import sys
+
+    from arlm.cli import main
+
+    for name in [n for n in sys.modules if n == "lm_eval" or n.startswith(("lm_eval.", "arlm.evaluation.lm_eval"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # (import lm_eval raises ImportError)
+    assert main(["eval", "icl", "smollm2", "--lm-eval", "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: the lm-eval adapter needs lm-evaluation-harness: pip install 'arlm[lm-eval]'\n"

@@ -74,9 +74,7 @@ def lm_eval_command(
     model_ref: str, tasks: Sequence[str] | None, shots: Sequence[int], limit: int | None, *, device: str, log=print
 ) -> list[dict]:
     """Run lm-eval on the built-in tasks (or task files) once per number of shots, printing lm-eval's table."""
-    from lm_eval.utils import make_table  # lazy: optional dependency
-
-    from arlm.evaluation.lm_eval_adapter import run_lm_eval  # lazy: optional dependency (imports lm_eval)
+    from arlm.evaluation.lm_eval_adapter import make_table, run_lm_eval  # lazy: optional dependency (lm_eval)
 
     results = []
     for k in shots:

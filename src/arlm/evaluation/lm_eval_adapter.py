@@ -44,7 +44,7 @@ from arlm.model.inference import optimize_for_decoding
 try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
-    from lm_eval.utils import simple_parse_args_string
+    from lm_eval.utils import make_table, simple_parse_args_string
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ArlmError("the lm-eval adapter needs lm-evaluation-harness: pip install 'arlm[lm-eval]'") from error
 
@@ -293,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
     cli_evaluate()
 
+
+__all__ = ["ArlmLM", "evaluate_with_lm_eval", "main", "make_table", "run_lm_eval", "write_task_yamls"]
 
 if __name__ == "__main__":
     main()
