@@ -226,3 +226,17 @@ def test_an_interrupted_run_says_what_it_keeps(tmp_path, corpus_dir, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         train_command(config, log=lines.append)
     assert f"interrupted after step 3: {kept}" in lines[-1]
+
+
+def test_tensorboard_without_its_package_is_refused_before_the_run_is_made(tmp_path, corpus_dir, monkeypatch):
+    """The refusal came once config.json and metrics.jsonl were written: the same command then met 'already holds a
+    run', and --resume the same refusal again."""
+    import sys
+
+    for name in [n for n in sys.modules if n.startswith("torch.utils.tensorboard")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # (its import raises ImportError)
+    config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 2, "tensorboard": True})
+    with pytest.raises(ArlmError, match=r"pip install 'arlm\[tensorboard\]'"):
+        train_command(config, log=lambda _: None)
+    assert not (tmp_path / "run").exists()

@@ -183,10 +183,13 @@ def train_command(
     from arlm.interop.checkpoint import Checkpoint, open_checkpoint  # lazy: kept out of --help
     from arlm.interop.loading import pick_device  # lazy: kept out of --help
     from arlm.training import distributed as D  # lazy: kept out of --help
+    from arlm.training.logging import summary_writer  # lazy: kept out of --help
 
     tc = config.train
-    # refusals before the process group, which only the try ends
+    # refusals before the process group, which only the try ends, and before anything is written
     check_outside_prepared(tc.out_dir, "--train.out_dir")
+    if tc.tensorboard:
+        summary_writer()  # (the package missing: refused here, not after the run's folder was made)
     checkpoint = resume if resume is None or isinstance(resume, Checkpoint) else open_checkpoint(resume)
     device = pick_device(tc.device)
     info = D.init_distributed(device.type)

@@ -17,6 +17,15 @@ from arlm.errors import ArlmError
 T = TypeVar("T")
 
 
+def summary_writer() -> type:
+    """TensorBoard's SummaryWriter, or ArlmError naming the extra (asked for before a run writes anything)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency
+    except ImportError:
+        raise ArlmError("train.tensorboard needs the tensorboard package: pip install 'arlm[tensorboard]'") from None
+    return SummaryWriter
+
+
 class MetricsLog:
     """Appends records to metrics.jsonl; mirrors scalars to TensorBoard when enabled."""
 
@@ -26,12 +35,7 @@ class MetricsLog:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._tb = None
         if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency
-            except ImportError:
-                message = "train.tensorboard needs the tensorboard package: pip install 'arlm[tensorboard]'"
-                raise ArlmError(message) from None
-            self._tb = SummaryWriter(str(tensorboard_dir))
+            self._tb = summary_writer()(str(tensorboard_dir))
 
     def offset(self) -> int:
         """Byte length of the log so far (stored in checkpoints, so resume can cut what came after)."""
