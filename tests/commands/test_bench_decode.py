@@ -66,3 +66,16 @@ def test_counts_below_one_are_one_line_before_anything_is_printed(flags, capsys)
     assert main(["bench", "decode", *flags]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: --new-tokens and --repeats must be >= 1") and err.count("\n") == 1
+
+
+def test_without_transformers_bench_decode_is_one_line_before_any_work(monkeypatch, capsys):
+    """It built a 135M model and printed a header and half a table before the line naming the extra."""
+    import sys
+
+    from arlm.cli import main
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # (import transformers raises ImportError)
+    assert main(["bench", "decode", "--new-tokens", "2", "--repeats", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "error: arlm bench decode needs transformers: pip install 'arlm[hf]'\n"

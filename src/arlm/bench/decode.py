@@ -35,12 +35,18 @@ SMOLLM2_SHAPE = dict(
 )
 
 
-def _reference(model: Transformer, tokenizer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """transformers' model with our weights, through an exported folder."""
+def auto_model_class() -> type:
+    """transformers' AutoModelForCausalLM, or ArlmError naming the extra (asked for before any model is built)."""
     try:
         from transformers import AutoModelForCausalLM  # lazy: optional dependency
     except ImportError:
         raise ArlmError("arlm bench decode needs transformers: pip install 'arlm[hf]'") from None
+    return AutoModelForCausalLM
+
+
+def _reference(model: Transformer, tokenizer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """transformers' model with our weights, through an exported folder."""
+    AutoModelForCausalLM = auto_model_class()
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_hf_folder(model, tokenizer, f"{tmp}/hf")

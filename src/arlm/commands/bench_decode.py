@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the cases and print the table, per dtype."""
     import torch  # lazy: kept out of --help
 
+    from arlm.bench.decode import auto_model_class  # lazy: kept out of --help
     from arlm.interop.loading import auto_dtype, resolve_dtype  # lazy: kept out of --help
 
+    auto_model_class()  # transformers missing: refused before a model is built or a line printed
     if args.new_tokens < 1 or args.repeats < 1:
         raise ArlmError(f"--new-tokens and --repeats must be >= 1, got {args.new_tokens} and {args.repeats}")
     args.dtype = list(dict.fromkeys(auto_dtype(args.model) if name == "auto" else name for name in args.dtype))
