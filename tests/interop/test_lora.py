@@ -113,3 +113,14 @@ def test_a_lora_run_finds_its_base_in_the_base_run_that_trained_on(tmp_path):
         trained_on = re.escape(f"({(base_run / 'checkpoints' / 'step-00000001').resolve()}, which it was read from)")
         with pytest.raises(ArlmError, match=f"adapts a base model that .* no longer holds .*{trained_on}"):
             load_model(tmp_path / "run")
+
+
+def test_a_base_record_without_the_checkpoint_it_was_read_from_is_the_same_base():
+    """Runs from before 2026-12-07 record a run-folder base by reference and hash alone: comparing whole records
+    refused to resume every one of them ("holds no adapters of this shape")."""
+    from arlm.interop.lora import same_base
+
+    old = {"reference": "/runs/base", "sha256": "ab"}
+    now = {**old, "checkpoint": "/runs/base/checkpoints/step-00000004"}
+    assert same_base(old, now) and same_base(now, old)
+    assert not same_base({**old, "sha256": "cd"}, now) and not same_base(None, now)

@@ -30,9 +30,16 @@ def base_record(init: str, state: dict[str, torch.Tensor]) -> dict[str, str]:
     """What a LoRA checkpoint records of its base: the reference, the SHA-256 of its weights and, for a run folder,
     the checkpoint it was read from (named where the run has since trained on and pruned it)."""
     record = {"reference": base_reference(init), "sha256": weights_sha256(state)}
-    if Path(init, "checkpoints").is_dir() and (newest := latest_checkpoint(init, log=lambda _: None, hashes=False)):
-        record["checkpoint"] = str(newest.resolve())
+    if Path(init, "checkpoints").is_dir() and (read := latest_checkpoint(init, log=lambda _: None)):
+        record["checkpoint"] = str(read.resolve())  # (verified, as the load that read it: a damaged newer one passed)
     return record
+
+
+def same_base(saved: dict | None, now: dict | None) -> bool:
+    """Whether two records of a LoRA run's base name the same model: its reference and weights (the checkpoint it was
+    read from is a note, which runs before 2026-12-07 do not hold)."""
+    keys = ("reference", "sha256")
+    return saved is not None and now is not None and all(saved.get(k) == now.get(k) for k in keys)
 
 
 def base_weights(base: Transformer, config: RunConfig) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from arlm.interop.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from arlm.interop.lora import base_record, peft_files
+from arlm.interop.lora import base_record, peft_files, same_base
 from arlm.model import native
 from arlm.model.lora import add_lora, is_adapter_key, target_names
 from arlm.model.transformer import Transformer
@@ -188,7 +188,7 @@ class Trainer:
                 f"{getattr(now, key)}; resume it with its own train.lora"
             )
         adapters = {k for k in self.raw_model.state_dict() if is_adapter_key(k)}
-        if checkpoint.meta.get("lora_base") != self.lora_base or set(saved) != adapters:
+        if not same_base(checkpoint.meta.get("lora_base"), self.lora_base) or set(saved) != adapters:
             raise ArlmError(f"{checkpoint.path} holds no adapters of this shape for {self.tc.init} as it is now")
         return saved
 
