@@ -103,3 +103,14 @@ def test_a_turn_encodes_only_what_the_last_turns_cache_does_not_hold():
     assert answers == expected
     assert reused[0] == 0
     assert prompts[0] <= reused[1] < prompts[1] and prompts[1] <= reused[2] < prompts[2]  # the last prompt at least
+
+
+def test_a_message_too_long_for_the_context_leaves_the_conversation_as_it_was():
+    """It was refused after the search for room had dropped every earlier exchange: the conversation was gone."""
+    session = _session()
+    for i in range(2):
+        session.reply(f"question {i}")
+    before = [dict(turn) for turn in session.turns]
+    with pytest.raises(ArlmError, match="the context leaves room for"):
+        session.reply("word " * 200)
+    assert session.turns == before and session.dropped == 0

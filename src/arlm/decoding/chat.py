@@ -62,15 +62,15 @@ class ChatSession:
     def prompt_ids(self) -> list[int]:
         """The encoded conversation ending in the assistant's cue, shortened from the oldest turn to fit."""
         budget = self.model.config.block_size - self.config.max_new_tokens
-        self.dropped = 0  # exchanges dropped this turn (ChatSession.stats: "dropped_exchanges")
+        turns, dropped = self.turns, 0
         while True:
-            ids = encode_conversation(self.system + self.turns, self.tokenizer)
-            if len(ids) <= budget or len(self.turns) <= 1:
+            ids = encode_conversation(self.system + turns, self.tokenizer)
+            if len(ids) <= budget or len(turns) <= 1:
                 break
-            self.turns = self.turns[2:]  # drop the oldest user/assistant pair
-            self.dropped += 1
-        if len(ids) > budget:
+            turns, dropped = turns[2:], dropped + 1  # drop the oldest user/assistant pair
+        if len(ids) > budget:  # (the conversation kept whole: a message too long drops nothing)
             raise ArlmError(f"the message is {len(ids)} tokens; the context leaves room for {budget}")
+        self.turns, self.dropped = turns, dropped  # exchanges dropped this turn (stats: "dropped_exchanges")
         return ids
 
     def reply(self, message: str, on_token: Callable | None = None, cancel: Callable[[], bool] | None = None) -> str:
