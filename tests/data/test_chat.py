@@ -331,3 +331,20 @@ def test_a_conversation_repeated_in_the_file_lands_in_one_split(tmp_path):
     assert dropped == 15 and sum(c["documents"] for c in counts.values()) == 30
     where = {name: np.load(tmp_path / "out" / f"{name}.lines.npy").tolist() for name in counts}
     assert sorted(n for held in where.values() for n in held) == list(range(1, 31))  # each conversation once
+
+
+def test_chat_data_prepared_before_repeats_were_dropped_is_noted_when_reused(tmp_path):
+    """Such a folder was reused as it was, its repeats in two splits, with nothing said."""
+    from arlm.data.prepare import prepare
+
+    config = DataConfig(source=str(write_chat(tmp_path / "c.jsonl")), format="chat", tokenizer="char")
+    out, lines = tmp_path / "data", []
+    prepare(config, out, log=lines.append)
+    prepare(config, out, log=lines.append)
+    assert not any("repeated conversations" in line for line in lines)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["duplicates_dropped"] == 0
+    del meta["duplicates_dropped"]  # as prepared before 2026-12-07
+    (out / "meta.json").write_text(json.dumps(meta))
+    prepare(config, out, log=lines.append)
+    assert any("prepared before repeated conversations were dropped" in line for line in lines)

@@ -165,7 +165,7 @@ def test_a_run_whose_data_was_prepared_again_since_says_so_and_resumes_on_a_new_
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no longer holds the data this run trained on: it was prepared again since" in err
-    assert "(from other.jsonl); resume with --data.prepared_dir NEW_FOLDER" in err
+    assert "(from other.jsonl); resume with --data.prepared_dir NEW_FOLDER to prepare the run's data there again" in err
     assert main([*argv, "--data.prepared_dir", str(run.parent / "again")]) == 0
     assert "resumed from" in capsys.readouterr().out
 

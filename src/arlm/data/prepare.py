@@ -107,6 +107,8 @@ def _reuse(
         return None
     if changed:
         log(f"note: {changed} changed since {directory} was prepared; resuming on the data prepared then")
+    if meta.get("format") == "chat" and "duplicates_dropped" not in meta:  # (a repeat may be in two splits)
+        log(f"note: {directory} was prepared before repeated conversations were dropped; prepare --overwrite redoes it")
     log(f"using prepared data in {directory}")
     return load_prepared(directory)
 
@@ -230,7 +232,7 @@ def prepare(
             raise ArlmError(
                 f"{directory} no longer holds the data this run trained on: it was prepared again since, with other "
                 f"settings (from {meta.get('data', {}).get('source', '?')}); resume with {flag} NEW_FOLDER to prepare "
-                "the run's own data there again"
+                "the run's data there again from its source (other data, if the source changed since)"
             )
         if not overwrite:
             raise ArlmError(_why_not_reused(directory, meta, fingerprint, changed, flag))
@@ -366,7 +368,7 @@ def _prepare_into(
         "data": prepare_settings(config),
         "splits": counts,
         "split_mode": split_mode,
-        **({"format": "chat"} if config.format == "chat" else {}),
+        **({"format": "chat", "duplicates_dropped": report["duplicates_dropped"]} if config.format == "chat" else {}),
     }
     text = format_report(report)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
