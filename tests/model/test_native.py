@@ -203,3 +203,29 @@ def test_a_build_says_why_it_waits_on_a_terminal_only(tmp_path, monkeypatch, cap
     with pytest.warns(RuntimeWarning):
         assert native._build("false", "a compiler that fails, again", set()) is None
     assert "compiling its CPU kernels" in capsys.readouterr().err
+
+
+def test_a_cpu_the_kernels_are_for_without_a_compiler_is_warned_and_cc_may_hold_arguments(tmp_path, monkeypatch):
+    """No compiler at all ran PyTorch's kernels, several times slower, without a word (a failed build is warned); a CC
+    such as "ccache gcc" was run as one program's name and counted as none."""
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_cpu_flags", lambda: set(native.NEEDED_FLAGS))
+    monkeypatch.setattr(native.platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"no C compiler found; install gcc or set CC"):
+            assert native.library() is None
+    finally:
+        native.library.cache_clear()
+    monkeypatch.setenv("CC", "env cc")  # a program and its argument
+    assert native._compiler() is not None
+
+
+def test_a_kernel_cache_that_cannot_be_made_is_warned_not_a_traceback(tmp_path, monkeypatch):
+    """A read-only or missing home (or a bad ARLM_CACHE) crashed generate and train in a traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ARLM_CACHE", str(blocker / "cache"))  # (a folder under a file cannot be made)
+    with pytest.warns(RuntimeWarning, match=r"its cache .* cannot be made: .*; set ARLM_CACHE"):
+        assert native._build("cc", "any", set()) is None

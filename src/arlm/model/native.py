@@ -29,6 +29,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -109,8 +110,8 @@ def _compiler() -> tuple[str, str] | None:
     """The C compiler and its version line, or None where there is none."""
     cc = os.environ.get("CC", "cc")
     try:
-        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+        done = subprocess.run([*shlex.split(cc), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, ValueError, subprocess.SubprocessError):  # (none there, or a CC that does not parse)
         return None
     return (cc, done.stdout.splitlines()[0]) if done.returncode == 0 and done.stdout else None
 
@@ -125,15 +126,17 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
         with contextlib.suppress(OSError):  # marked as used (a read-only cache stays as it is)
             os.utime(target)
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # (no home, a read-only one, a bad ARLM_CACHE: PyTorch's kernels, said, not a traceback)
+        return _not_built(cc, f"its cache {folder} cannot be made: {error.strerror}; set ARLM_CACHE")
     if sys.stderr.isatty():  # a person waits: say why (a terminal only, so captured output stays the command's own)
         print(f"arlm: compiling its CPU kernels for this machine into {folder} (once, a few seconds)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then moved in whole: no half-written file
         built = Path(scratch) / target.name
         try:
-            done = subprocess.run(
-                [cc, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"], capture_output=True, timeout=300
-            )
+            command = [*shlex.split(cc), *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"]
+            done = subprocess.run(command, capture_output=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as error:
             return _not_built(cc, str(error))
         if done.returncode != 0:
@@ -175,8 +178,10 @@ def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None where this machine cannot build them (module docstring)."""
     flags = _cpu_flags()
     compiler = _compiler()
-    buildable = platform.machine() == "x86_64" and set(NEEDED_FLAGS) <= flags and compiler is not None
-    path = _build(*compiler, flags) if buildable else None
+    capable = platform.machine() == "x86_64" and set(NEEDED_FLAGS) <= flags
+    if capable and compiler is None:  # (a CPU the kernels are for, without a compiler: said, as a failed build is)
+        _not_built(os.environ.get("CC", "cc"), "no C compiler found; install gcc or set CC")
+    path = _build(*compiler, flags) if capable and compiler is not None else None
     if path is None:
         return None
     lib = ctypes.CDLL(str(path))
