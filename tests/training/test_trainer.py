@@ -240,3 +240,15 @@ def test_tensorboard_without_its_package_is_refused_before_the_run_is_made(tmp_p
     with pytest.raises(ArlmError, match=r"pip install 'arlm\[tensorboard\]'"):
         train_command(config, log=lambda _: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_compiling_batches_of_varying_length_is_refused_with_the_setting_that_fixes_it(tmp_path):
+    """Chat data (padded to each batch's longest row) crashed the compiled step at its third batch, in an inductor
+    assertion; padded to the block it trains."""
+    from arlm.config import config_from_dict
+    from tests.helpers import chat_raw, tiny_base, write_chat
+
+    raw = chat_raw(tmp_path, tiny_base(tmp_path / "base"), write_chat(tmp_path / "c.jsonl"), train={"compile": True})
+    with pytest.raises(ArlmError, match=r"^--train.compile needs batches of one length here: add --data.pad_to block"):
+        train_command(config_from_dict(raw).validate(), log=lambda _: None)
+    assert not (tmp_path / "run").exists()

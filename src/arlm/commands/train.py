@@ -190,6 +190,12 @@ def train_command(
     check_outside_prepared(tc.out_dir, "--train.out_dir")
     if tc.tensorboard:
         summary_writer()  # (the package missing: refused here, not after the run's folder was made)
+    varying = config.data.format == "chat" or config.data.mode == "padded"  # (rows as long as the batch's longest)
+    if tc.compile and varying and config.data.pad_to == "longest":
+        raise ArlmError(
+            "--train.compile needs batches of one length here: add --data.pad_to block (batches padded to their "
+            "longest row crashed the compiled step when their length changed)"
+        )
     checkpoint = resume if resume is None or isinstance(resume, Checkpoint) else open_checkpoint(resume)
     device = pick_device(tc.device)
     info = D.init_distributed(device.type)
