@@ -40,3 +40,17 @@ def test_the_groups_hold_every_trained_parameter_once(flavour, tied):
     whole = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
     assert math.isclose(math.sqrt(sum(n * n for n in norms.values())), float(whole), rel_tol=1e-5)
     assert {f"gradnorm/L{i}/norms" for i in range(2)} | {"gradnorm/final_norm"} <= set(norms)
+
+
+def test_under_fsdp_the_groups_would_be_one_shard_and_are_refused():
+    """Each process's norms were of its shard (the embedding's 0.51 where the whole is 0.93), logged as the whole."""
+    from arlm.config import RunConfig
+    from arlm.errors import ArlmError
+    from arlm.training.distributed import DistInfo
+    from arlm.training.trainer import Trainer
+
+    config = RunConfig()
+    config.train.grad_norms, config.train.parallel, config.train.grad_accum = True, "fsdp", 2
+    model = Transformer(ModelConfig(flavour="llama", vocab_size=50, block_size=16, n_layer=1, n_head=2, d_model=16))
+    with pytest.raises(ArlmError, match="under FSDP would log each process's shard"):
+        Trainer(config, None, model, run_dir="unused", device=torch.device("cpu"), info=DistInfo(0, 2, 0))

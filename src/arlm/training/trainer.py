@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from arlm.config import RunConfig
+from arlm.config import RunConfig, TrainConfig
 from arlm.data.batches import BatchSampler
 from arlm.data.chat_batches import ChatSampler
 from arlm.data.prepare import PreparedData, data_fingerprint
@@ -45,6 +45,20 @@ def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractCon
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
+def _check_processes(tc: TrainConfig, info: D.DistInfo) -> None:
+    """Refuse settings the processes cannot share: a global batch they do not divide, per-layer gradient norms of
+    FSDP's shards."""
+    if tc.grad_accum % info.world_size:
+        raise ArlmError(
+            f"train.grad_accum ({tc.grad_accum}) must be a multiple of the {info.world_size} processes; "
+            "the global batch is batch_size x grad_accum rows"
+        )
+    if tc.grad_norms and info.enabled and tc.parallel == "fsdp":
+        raise ArlmError(  # (each process holds a shard of every gradient)
+            "train.grad_norms under FSDP would log each process's shard of the gradients; use train.parallel ddp"
+        )
+
+
 class Trainer:
     """Owns the model being trained, its optimizer and the run directory's metrics and checkpoints."""
 
@@ -64,11 +78,7 @@ class Trainer:
         self.run_dir, self.device, self.log = Path(run_dir), device, log
         self.info = info or D.DistInfo()
         tc, world = self.tc, self.info.world_size
-        if tc.grad_accum % world:
-            raise ArlmError(
-                f"train.grad_accum ({tc.grad_accum}) must be a multiple of the {world} processes; "
-                "the global batch is batch_size x grad_accum rows"
-            )
+        _check_processes(tc, self.info)
         self.accum = tc.grad_accum // world
         self.global_rows = tc.batch_size * tc.grad_accum
         self.lora_base = self._add_adapters(model) if tc.lora.rank else None  # {reference, sha256} of the base
