@@ -244,7 +244,8 @@ class Trainer:
             return f"interrupted after step {self.step}: no checkpoint yet, nothing of this run is kept"
         return (
             f"interrupted after step {self.step}: the newest checkpoint is {newest.name} "
-            f"(`arlm train --resume` goes on from there; train.checkpoint_interval {self.tc.checkpoint_interval})"
+            f"(--resume --train.out_dir {self.run_dir} goes on from there; train.checkpoint_interval "
+            f"{self.tc.checkpoint_interval})"
         )
 
     def _steps(self, progress: Progress) -> Path | None:
