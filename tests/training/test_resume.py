@@ -170,6 +170,22 @@ def test_a_run_whose_data_was_prepared_again_since_says_so_and_resumes_on_a_new_
     assert "resumed from" in capsys.readouterr().out
 
 
+def test_a_run_resumed_on_data_prepared_again_from_a_changed_source_says_so(tmp_path, corpus_dir, capsys):
+    """Resumed into a new data folder (as the refusal of a re-prepared one advises), a changed source gave the run
+    other data without a word."""
+    shutil.copytree(corpus_dir, tmp_path / "texts")
+    raw = tiny_raw(tmp_path, str(tmp_path / "texts"), train={"checkpoint_interval": 5})
+    assert main(["train", "--preset", str(write_yaml(tmp_path / "tiny.yaml", raw)), "--train.max_steps", "5"]) == 0
+    argv = ["train", "--train.out_dir", str(tmp_path / "run"), "--resume", "--train.max_steps", "6"]
+    assert main([*argv, "--data.prepared_dir", str(tmp_path / "same")]) == 0  # the source as it was: nothing said
+    assert "changed (size or time) since this run trained on it" not in capsys.readouterr().out
+    first = sorted((tmp_path / "texts").rglob("*.txt"))[0]
+    first.write_text(first.read_text() + "\nA line that was not there.\n")
+    assert main([*argv[:-1], "7", "--data.prepared_dir", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert f"was prepared from {first.resolve()} as it is now, changed (size or time) since this run trained" in out
+
+
 def test_a_run_on_a_relative_source_resumes_once_the_source_is_gone(tmp_path, corpus_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(corpus_dir, tmp_path / "texts")

@@ -256,6 +256,8 @@ class _Job:
         if self.checkpoint is not None:
             _refuse_other_data(self.config, self.checkpoint)
         data = _prepared_data(self.config, self.info, self.overwrite, self.log, keep=self.checkpoint is not None)
+        if self.checkpoint is not None:
+            _note_other_source(self.checkpoint, data, self.log)
         with holding(data.directory):  # no prepare replaces the data while this run reads it (temporaries.in_use)
             return self._train_on(data, run_dir, aside)
 
@@ -316,6 +318,18 @@ def _refuse_other_data(config: RunConfig, checkpoint: Checkpoint) -> None:
         raise ArlmError(
             f"{checkpoint.path} was trained on data prepared with other settings than these; resume without changing "
             "the data settings (they are the run's own), or train a new run"
+        )
+
+
+def _note_other_source(checkpoint: Checkpoint, data: PreparedData, log: Callable[[str], None]) -> None:
+    """Say where a resumed run's data were prepared (again) from a source file that changed since it trained on it."""
+    from arlm.data.prepare import changed_source  # lazy: kept out of --help
+
+    changed = changed_source(checkpoint.meta.get("data_sources"), data.meta.get("sources"))
+    if changed:
+        log(
+            f"note: {data.directory} was prepared from {changed} as it is now, changed (size or time) since this run "
+            "trained on it: the run goes on with that data"
         )
 
 

@@ -457,6 +457,7 @@ class Trainer:
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
                 "data_fingerprint": data_fingerprint(self.config.data),
+                **({"data_sources": self.data.meta["sources"]} if self.data.meta.get("sources") else {}),
                 **({"lora_base": self.lora_base} if self.lora_base else {}),
             }
             weights = export_weights(weights, self.config.model)
