@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from arlm.commands.options import add_resume_argument
 from arlm.config import (
     DEFAULT_PRESET,
     GenerationConfig,
@@ -54,14 +55,7 @@ CONFIG_OVERRIDES = True
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --resume [CHECKPOINT], --overwrite."""
     parser.add_argument("--preset", default=None, help=f"named preset or YAML path (default {DEFAULT_PRESET})")
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=None,
-        metavar="CHECKPOINT",
-        help="continue exactly from the newest checkpoint in train.out_dir (or the one given)",
-    )
+    add_resume_argument(parser, "continue exactly from the newest checkpoint in train.out_dir (or the one given)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in train.out_dir")
 
 
@@ -252,9 +246,10 @@ class _Job:
     def _train(self, run_dir: Path, aside: Path | None) -> TrainSummary:
         """Train on the run's prepared data, held against a prepare that would replace it meanwhile."""
         from arlm.temporaries import holding  # lazy: kept out of --help
+        from arlm.training.trainer import refuse_other_data  # lazy: kept out of --help
 
         if self.checkpoint is not None:
-            _refuse_other_data(self.config, self.checkpoint)
+            refuse_other_data(self.config, self.checkpoint)
         data = _prepared_data(self.config, self.info, self.overwrite, self.log, keep=self.checkpoint is not None)
         if self.checkpoint is not None:
             _note_other_source(self.checkpoint, data, self.log)
@@ -307,18 +302,6 @@ def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path 
         check_replaceable(run_dir, foreign_entries(run_dir), "a run's")  # --overwrite replaces the whole folder
         return set_aside(run_dir)
     return None
-
-
-def _refuse_other_data(config: RunConfig, checkpoint: Checkpoint) -> None:
-    """A resumed run keeps the data settings it trained with (before its data folder is looked at)."""
-    from arlm.data.prepare import data_fingerprint  # lazy: kept out of --help
-
-    trained = checkpoint.meta.get("data_fingerprint")
-    if trained is not None and trained != data_fingerprint(config.data):
-        raise ArlmError(
-            f"{checkpoint.path} was trained on data prepared with other settings than these; resume without changing "
-            "the data settings (they are the run's own), or train a new run"
-        )
 
 
 def _note_other_source(checkpoint: Checkpoint, data: PreparedData, log: Callable[[str], None]) -> None:

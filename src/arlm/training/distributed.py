@@ -44,6 +44,20 @@ class DistInfo:
         return self.rank == 0
 
 
+def check_processes(tc: TrainConfig, info: DistInfo) -> None:
+    """Refuse settings the processes cannot share: a global batch they do not divide, per-layer gradient norms of
+    FSDP's shards."""
+    if tc.grad_accum % info.world_size:
+        raise ArlmError(
+            f"train.grad_accum ({tc.grad_accum}) must be a multiple of the {info.world_size} processes; "
+            "the global batch is batch_size x grad_accum rows"
+        )
+    if tc.grad_norms and info.enabled and tc.parallel == "fsdp":
+        raise ArlmError(  # (each process holds a shard of every gradient)
+            "train.grad_norms under FSDP would log each process's shard of the gradients; use train.parallel ddp"
+        )
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun describes (NCCL on GPU, gloo on CPU); a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

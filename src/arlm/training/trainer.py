@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from arlm.config import RunConfig, TrainConfig
+from arlm.config import RunConfig
 from arlm.data.batches import BatchSampler
 from arlm.data.chat_batches import ChatSampler
 from arlm.data.prepare import PreparedData, data_fingerprint
@@ -45,17 +45,12 @@ def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractCon
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
-def _check_processes(tc: TrainConfig, info: D.DistInfo) -> None:
-    """Refuse settings the processes cannot share: a global batch they do not divide, per-layer gradient norms of
-    FSDP's shards."""
-    if tc.grad_accum % info.world_size:
+def refuse_other_data(config: RunConfig, checkpoint: Checkpoint) -> None:
+    """A resumed run keeps the data settings it trained with (checked before its data folder is looked at)."""
+    if checkpoint.meta.get("data_fingerprint") != data_fingerprint(config.data):
         raise ArlmError(
-            f"train.grad_accum ({tc.grad_accum}) must be a multiple of the {info.world_size} processes; "
-            "the global batch is batch_size x grad_accum rows"
-        )
-    if tc.grad_norms and info.enabled and tc.parallel == "fsdp":
-        raise ArlmError(  # (each process holds a shard of every gradient)
-            "train.grad_norms under FSDP would log each process's shard of the gradients; use train.parallel ddp"
+            f"{checkpoint.path} was trained on data prepared with other settings than these; resume without changing "
+            "the data settings (they are the run's own), or train a new run"
         )
 
 
@@ -78,7 +73,7 @@ class Trainer:
         self.run_dir, self.device, self.log = Path(run_dir), device, log
         self.info = info or D.DistInfo()
         tc, world = self.tc, self.info.world_size
-        _check_processes(tc, self.info)
+        D.check_processes(tc, self.info)
         self.accum = tc.grad_accum // world
         self.global_rows = tc.batch_size * tc.grad_accum
         self.lora_base = self._add_adapters(model) if tc.lora.rank else None  # {reference, sha256} of the base
@@ -149,8 +144,7 @@ class Trainer:
         state, tensors = checkpoint.train_state()
         if checkpoint.config.model != self.config.model:
             raise ArlmError(f"{checkpoint.path} holds a model of another shape; resume with its own config")
-        if checkpoint.meta.get("data_fingerprint") != data_fingerprint(self.config.data):
-            raise ArlmError(f"{checkpoint.path} was trained on data prepared with other settings")
+        refuse_other_data(self.config, checkpoint)
         if state["global_rows"] != self.global_rows:
             raise ArlmError(
                 f"{checkpoint.path} used a global batch of {state['global_rows']} rows; this run has "
