@@ -91,8 +91,11 @@ def summary_table(results: dict[str, dict]) -> list[str]:
         cells = [dtype, f"{one['arlm']:.1f}", f"{one['transformers']:.1f}", f"{one['ratio']:.2f}x"]
         if llama:
             row = r.get("llama.cpp")
-            theirs = f"{row['llama.cpp']:.1f}" + (f" ({row['file']})" if "file" in row else "") if row else "-"
-            cells += [f"{row['arlm']:.1f}", theirs, _ratio_of_rounds(row)] if row else ["-"] * 3
+            if row:
+                file = f" ({row['file']})" if "file" in row else ""
+                cells += [f"{row['arlm']:.1f}", f"{row['llama.cpp']:.1f}{file}", _ratio_of_rounds(row)]
+            else:
+                cells += ["-"] * 3
         alone = [r.get("arlm_decoding") for r in (eight, one)]
         cells += [f"{eight['arlm'] / one['arlm']:.2f}x", f"{alone[0] / alone[1]:.2f}x" if all(alone) else "-"]
         cells.append(f"{ms[5] / ms[1]:.2f}x")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from arlm.commands.options import add_resume_argument
 from arlm.commands.train import TrainSummary, resume_config, train_command
 from arlm.config import RunConfig, build_config, parse_overrides
 from arlm.errors import ArlmError
@@ -20,14 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--layers", type=int, default=2, help="blocks of the draft (copied from the teacher, spaced; default 2)"
     )
     parser.add_argument("--preset", default="smollm2-draft", help="data and training settings (default smollm2-draft)")
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=None,
-        metavar="CHECKPOINT",
-        help="continue the draft's run (its newest checkpoint, or the one given)",
-    )
+    add_resume_argument(parser, "continue the draft's run (its newest checkpoint, or the one given)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in train.out_dir")
 
 

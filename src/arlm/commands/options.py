@@ -39,6 +39,11 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_resume_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """--resume [CHECKPOINT]: "latest" when given alone, the verbs that train."""
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT", help=help)
+
+
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     """--dtype, the same on every verb that loads a model (default auto: a GGUF file at its own precision)."""
     parser.add_argument("--dtype", default="auto", choices=LOAD_DTYPES, help=DTYPE_HELP)
