@@ -45,3 +45,30 @@ def test_check_creatable_opens_the_file_where_permissions_do_not_tell(tmp_path):
     check_creatable(tmp_path / "new.png")
     assert kept.read_bytes() == b"figure" and kept.stat().st_mtime == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.png"]
+
+
+def test_optional_package_imports_it_or_names_the_extra_in_one_line(monkeypatch):
+    """One wording for every extra (four commands had their own), the import error's chain left out."""
+    import json
+    import sys
+
+    from arlm.errors import optional_package
+
+    assert optional_package("json", "x", "y") is json
+    monkeypatch.setitem(sys.modules, "transformers", None)  # (import transformers raises ImportError)
+    with pytest.raises(ArlmError) as caught:
+        optional_package("transformers", "arlm bench decode", "hf")
+    assert str(caught.value) == "arlm bench decode needs transformers: pip install 'arlm[hf]'"
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("package", ["uvicorn", "fastapi", "prometheus_client"])
+def test_serve_without_its_extra_is_one_line_naming_it(monkeypatch, capsys, package):
+    """Each of the serve extra's packages missing: one line before a model is loaded or a port bound."""
+    import sys
+
+    from arlm.cli import main
+
+    monkeypatch.setitem(sys.modules, package, None)
+    assert main(["serve", "/nonexistent/model", "--port", "0"]) == 2
+    assert capsys.readouterr().err == f"error: arlm serve needs {package}: pip install 'arlm[serve]'\n"

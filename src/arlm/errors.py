@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 
 class ArlmError(Exception):
@@ -15,6 +17,15 @@ class ArlmError(Exception):
         """param: the argument at fault, code: the kind of refusal (an API error names both; the CLI does not)."""
         super().__init__(" ".join(message.split()))
         self.param, self.code = param, code
+
+
+def optional_package(module: str, needed_for: str, extra: str, *, name: str | None = None) -> ModuleType:
+    """An optional dependency, imported, or ArlmError naming the extra that installs it (one wording for all):
+    "<needed_for> needs <name>: pip install 'arlm[<extra>]'"."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ArlmError(f"{needed_for} needs {name or module}: pip install 'arlm[{extra}]'") from None
 
 
 def check_creatable(path: str | Path, *, folder: bool = False) -> None:

@@ -15,7 +15,7 @@ from arlm.bench.alternate import alternate
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate, left_pad
-from arlm.errors import ArlmError
+from arlm.errors import optional_package
 from arlm.interop.hf import save_hf_folder
 from arlm.interop.loading import resolve_dtype, to_dtype
 from arlm.model.inference import optimize_for_decoding
@@ -37,11 +37,7 @@ SMOLLM2_SHAPE = dict(
 
 def auto_model_class() -> type:
     """transformers' AutoModelForCausalLM, or ArlmError naming the extra (asked for before any model is built)."""
-    try:
-        from transformers import AutoModelForCausalLM  # lazy: optional dependency
-    except ImportError:
-        raise ArlmError("arlm bench decode needs transformers: pip install 'arlm[hf]'") from None
-    return AutoModelForCausalLM
+    return optional_package("transformers", "arlm bench decode", "hf").AutoModelForCausalLM
 
 
 def _reference(model: Transformer, tokenizer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -16,7 +16,7 @@ import torch
 
 from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig, TrainConfig
-from arlm.errors import ArlmError
+from arlm.errors import optional_package
 from arlm.model.transformer import Transformer
 from arlm.training.mfu import mfu, peak_flops
 from arlm.training.optim import build_optimizer
@@ -34,10 +34,8 @@ class Side:
 
 def hf_gpt2(config: ModelConfig) -> torch.nn.Module:
     """transformers' GPT2LMHeadModel with our shape, dropout off, SDPA attention."""
-    try:
-        from transformers import GPT2Config, GPT2LMHeadModel  # lazy: optional dependency
-    except ImportError:
-        raise ArlmError("arlm bench train needs transformers: pip install 'arlm[hf]'") from None
+    transformers = optional_package("transformers", "arlm bench train", "hf")
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
     hf_config = GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.block_size,

@@ -6,11 +6,10 @@ results.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, optional_package
 
 SECTIONS = ("train", "decode", "dtypes")
 
@@ -58,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
         raise ArlmError(f"--sections takes names of {', '.join(SECTIONS)}; got {args.sections!r}")
-    if {"train", "decode"} & set(sections) and importlib.util.find_spec("transformers") is None:
-        raise ArlmError("arlm bench gpu's train and decode sections need transformers: pip install 'arlm[hf]'")
+    if {"train", "decode"} & set(sections):
+        optional_package("transformers", "arlm bench gpu (its train and decode sections)", "hf")
     smoke = args.cpu_smoke or not torch.cuda.is_available()
     device = torch.device("cpu" if smoke else "cuda")
     if smoke and not args.cpu_smoke:

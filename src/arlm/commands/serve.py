@@ -19,7 +19,7 @@ from arlm.commands.options import (
     model_of,
 )
 from arlm.decoding.settings import KV_DTYPES
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, optional_package
 
 if TYPE_CHECKING:
     import uvicorn
@@ -79,17 +79,15 @@ def check_settings(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, then serve until Ctrl-C / SIGTERM (which lets in-flight requests finish)."""
-    try:
-        import uvicorn  # lazy: optional dependency
-
-        from arlm.serving.app import create_app  # lazy: optional dependency (fastapi)
-        from arlm.serving.scheduler import Scheduler  # lazy: optional dependency (prometheus_client)
-        from arlm.serving.threads import in_own_thread  # lazy: kept out of --help
-    except ImportError as exc:
-        raise ArlmError(f"arlm serve needs {exc.name}: pip install 'arlm[serve]'") from None
+    uvicorn = optional_package("uvicorn", "arlm serve", "serve")
+    for package in ("fastapi", "prometheus_client"):  # what serving.app and serving.scheduler import
+        optional_package(package, "arlm serve", "serve")
     from arlm.interop.checkpoint import LoadedModel  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import PROBE_ROWS, optimize_for_decoding  # lazy: kept out of --help
+    from arlm.serving.app import create_app  # lazy: kept out of --help
+    from arlm.serving.scheduler import Scheduler  # lazy: kept out of --help
+    from arlm.serving.threads import in_own_thread  # lazy: kept out of --help
 
     check_settings(args)
     device, dtype = pick_device(args.device, args.dtype), args.dtype

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from arlm.errors import ArlmError
+from arlm.errors import optional_package
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -108,11 +108,7 @@ class _Cursor:
 
 def gguf_package(needed_for: str = "reading a GGUF file") -> Any:
     """The gguf package (GGUF's type tables and writer), or ArlmError saying which extra installs it."""
-    try:
-        import gguf  # lazy: optional dependency (pip install 'arlm[gguf]')
-    except ImportError:
-        raise ArlmError(f"{needed_for} needs the gguf package: pip install 'arlm[gguf]'") from None
-    return gguf
+    return optional_package("gguf", needed_for, "gguf", name="the gguf package")
 
 
 def read_gguf_file(path: Path) -> tuple[int, dict[str, Any], dict[str, GGUFTensor]]:

@@ -15,7 +15,7 @@ from arlm.config import RunConfig
 from arlm.data import tokenizers
 from arlm.data.prepare import PreparedData, load_prepared
 from arlm.data.tokenizers import Tokenizer
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, optional_package
 from arlm.interop.checkpoint import (
     FORMAT,
     MANIFEST,
@@ -248,10 +248,7 @@ def run_data(
 def load_transformers_model(reference: str) -> torch.nn.Module:
     """A model reference loaded by transformers itself (float32, eval mode): GGUF / 'smollm2', a HF folder, or an
     arlm checkpoint (exported to a temporary HF folder first)."""
-    try:
-        from transformers import AutoModelForCausalLM  # lazy: optional dependency
-    except ImportError:
-        raise ArlmError("comparing with transformers needs it installed: pip install 'arlm[hf]'") from None
+    AutoModelForCausalLM = optional_package("transformers", "comparing with transformers", "hf").AutoModelForCausalLM
     path = Path(reference)
     if is_gguf_reference(reference):
         file = resolve_gguf(reference)

@@ -12,18 +12,17 @@ from typing import Any, TextIO, TypeVar
 
 from tqdm import tqdm
 
-from arlm.errors import ArlmError
+from arlm.errors import ArlmError, optional_package
 
 T = TypeVar("T")
 
 
 def summary_writer() -> type:
     """TensorBoard's SummaryWriter, or ArlmError naming the extra (asked for before a run writes anything)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency
-    except ImportError:
-        raise ArlmError("train.tensorboard needs the tensorboard package: pip install 'arlm[tensorboard]'") from None
-    return SummaryWriter
+    tensorboard = optional_package(
+        "torch.utils.tensorboard", "train.tensorboard", "tensorboard", name="the tensorboard package"
+    )
+    return tensorboard.SummaryWriter
 
 
 class MetricsLog:
