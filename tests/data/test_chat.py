@@ -65,6 +65,15 @@ def test_chatml_targets_are_the_answers_and_im_end_and_the_ids_are_the_whole_ren
     assert encode_conversation(CONVERSATION[:4], tok) == tok.encode(cue)
 
 
+def test_openai_lists_of_text_parts_read_as_their_text_joined(tmp_path):
+    """OpenAI's list form of a message's content (as the server takes it) was refused by prepare."""
+    parts = [{"type": "text", "text": "be "}, {"type": "text", "text": "brief."}]
+    listed = [{"role": "system", "content": parts}, *CONVERSATION[1:]]
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"messages": listed}) + "\n")
+    assert next(read_chat_jsonl(path)).messages == CONVERSATION
+
+
 def test_prompt_completion_pairs_are_a_user_and_an_assistant_turn(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"prompt": "p", "completion": "c"}\n\n' + json.dumps({"messages": CONVERSATION}) + "\n")
@@ -146,6 +155,11 @@ BAD_LINES = {
     "unknown role": ({"messages": [{"role": "bot", "content": "x"}]}, "message 1 has unknown role 'bot'"),
     "empty answer": ({"prompt": "hi", "completion": "  "}, "message 2 is an empty assistant turn"),
     "not json": ("{'prompt': 1", "not valid JSON"),
+    "image part": (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "message 1 holds a part of type 'image_url'; chat data takes text parts only",
+    ),
+    "number content": ({"prompt": 1, "completion": "x"}, "message 1 needs a text 'content' (a string or a list"),
     "both forms": (  # which one to train on? (it took the messages, silently)
         {"prompt": "hi", "completion": "yo", "messages": [{"role": "user", "content": "a"}]},
         "a record holds 'messages' or 'prompt' and 'completion', not both",

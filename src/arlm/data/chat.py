@@ -62,13 +62,26 @@ def parse_record(raw: str, where: str, encoding_errors: str = "strict") -> list[
             raise ArlmError(f"{where}: message {i} has no role")
         if message["role"] not in ROLES:
             raise ArlmError(f"{where}: message {i} has unknown role {message['role']!r} (known: {', '.join(ROLES)})")
-        if not isinstance(message.get("content"), str):
-            raise ArlmError(f"{where}: message {i} needs a text 'content'")
+        message["content"] = _text_content(message.get("content"), f"{where}: message {i}")
         if message["role"] == "assistant" and not message["content"].strip():
             raise ArlmError(f"{where}: message {i} is an empty assistant turn")
     if not any(m["role"] == "assistant" for m in messages):
         raise ArlmError(f"{where}: the conversation has no assistant turn to learn from")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _text_content(content: object, where: str) -> str:
+    """A message's content as one string: a string, or OpenAI's list of text parts joined (as the server reads it)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ArlmError(f"{where} needs a text 'content' (a string or a list of text parts)")
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            found = f"a part of type {kind!r}" if kind else "a part that is not a text part"
+            raise ArlmError(f"{where} holds {found}; chat data takes text parts only")
+    return "".join(part["text"] for part in content)
 
 
 def refuse_text_only_settings(config: DataConfig) -> None:
