@@ -106,6 +106,24 @@ def test_a_draft_of_a_shorter_context_is_said_and_the_text_passes_it(tmp_path, c
     assert "'s 96: past 16 tokens of text it drafts nothing" in out.err
 
 
+def test_a_damaged_newest_checkpoint_is_warned_about_on_stderr_not_in_the_text(tmp_path, capsys):
+    """The warning that an earlier checkpoint is used was printed on stdout, ahead of the generated text."""
+    import shutil
+
+    run = tmp_path / "run"
+    first = tiny_base(run / "checkpoints" / "step-00000010")
+    newest = run / "checkpoints" / "step-00000020"
+    shutil.copytree(first, newest)
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-5])
+    argv = ["generate", str(run), "--prompt", "hello", "--max-new-tokens", "3", "--temperature", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert main(["generate", str(first), *argv[2:]]) == 0
+    assert out.out == capsys.readouterr().out  # the text alone, as the intact checkpoint gives it
+    assert "warning: checkpoint" in out.err and "step-00000020" in out.err and "using an earlier checkpoint" in out.err
+
+
 def test_a_prompt_read_partly_as_unk_is_said(tmp_path, capsys):
     """A char model's prompt with characters outside its vocabulary: the prompt is printed as typed and decoding
     drops the <unk>, so only a note says what the model saw."""

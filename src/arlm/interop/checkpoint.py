@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,9 +252,16 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(steps, key=steps.__getitem__)
 
 
-def latest_checkpoint(run_dir: str | Path, log=print, *, hashes: bool = True) -> Path | None:
-    """The newest checkpoint of a run that verifies; damaged newer ones are named and skipped (one that
-    vanished meanwhile, pruned by a training process, silently)."""
+def to_stderr(line: str) -> None:
+    """Print a warning on stderr, out of the text or results a command writes on stdout."""
+    print(line, file=sys.stderr)
+
+
+def latest_checkpoint(
+    run_dir: str | Path, log: Callable[[str], None] = to_stderr, *, hashes: bool = True
+) -> Path | None:
+    """The newest checkpoint of a run that verifies; damaged newer ones are named (on stderr unless `log` is given)
+    and skipped (one that vanished meanwhile, pruned by a training process, silently)."""
     for candidate in reversed(list_checkpoints(run_dir)):
         try:
             verify_checkpoint(candidate, hashes=hashes)
