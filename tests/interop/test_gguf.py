@@ -371,6 +371,14 @@ def test_tiny_llama_round_trips_through_gguf(tiny):
     assert apply_chat_template(chat_template(path), [{"role": "user", "content": "x"}]) == "x"
 
 
+@pytest.mark.parametrize("name", ["TINY.GGUF", "tiny-model"])
+def test_a_gguf_file_is_known_by_its_magic_whatever_its_name(tiny, tmp_path, name):
+    """A file named X.GGUF (or with no suffix) was refused as 'not an arlm run or checkpoint'."""
+    copy = tmp_path / name
+    copy.write_bytes(Path(tiny[1]).read_bytes())
+    assert load_model(str(copy)).model.config == tiny[0].config
+
+
 @torch.no_grad()
 def test_int4_builds_the_q4_layers_from_their_blocks_without_decoding_them(tmp_path, tiny, monkeypatch):
     """--dtype int4 of a GGUF decodes no Q4 tensor whose layer it builds from the blocks; a layer with a source of

@@ -106,8 +106,9 @@ def summary_table(results: dict[str, dict]) -> list[str]:
 def llamacpp_files(model_ref: str, dtypes: list[str]) -> tuple:
     """llama-bench and the GGUF file per dtype, or one line saying what is missing (before any timing)."""
     from arlm.bench.llamacpp import find_llama_bench, gguf_for, llamacpp_folder  # lazy: kept out of --help
+    from arlm.interop.loading import is_gguf_reference  # lazy: kept out of --help
 
-    own = model_ref.endswith(".gguf")
+    own = model_ref != "smollm2" and is_gguf_reference(model_ref)
     if model_ref != "smollm2" and not own:
         raise ArlmError("--llamacpp runs llama.cpp on the same GGUF file: use --model smollm2 or a .gguf file")
     if own and not Path(model_ref).is_file():

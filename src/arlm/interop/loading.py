@@ -178,8 +178,14 @@ def load_tokenizer(reference: str | Path) -> Tokenizer:
 
 
 def is_gguf_reference(ref: str) -> bool:
-    """'smollm2' or a path ending in .gguf."""
-    return ref == "smollm2" or ref.endswith(".gguf")
+    """'smollm2', a path ending in .gguf (in any case), or a file that begins with GGUF's magic bytes."""
+    if ref == "smollm2" or ref.lower().endswith(".gguf"):
+        return True
+    try:
+        with open(ref, "rb") as file:
+            return file.read(4) == b"GGUF"
+    except OSError:  # no such file, a folder, unreadable: no GGUF file
+        return False
 
 
 def _is_hf_folder(path: Path) -> bool:
