@@ -3,6 +3,7 @@ import torch
 
 from arlm.commands.bench_decode import bench_draft, summary_table
 from arlm.config import ModelConfig
+from arlm.data.tokenizers import VocabTokenizer
 from arlm.decoding.drafts import shares_weights
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
@@ -49,14 +50,17 @@ def test_the_benchmarks_draft_takes_the_self_forms():
     torch.manual_seed(0)
     config = ModelConfig(flavour="llama", vocab_size=64, block_size=32, n_layer=3, n_head=2, d_model=64)
     target = Transformer(config).eval()
-    make = bench_draft("self:2", "random-smollm2", target, "float32")
+    tok = VocabTokenizer.train("char", ["abc"], 0)
+    make = bench_draft("self:2", "random-smollm2", target, tok, "float32")
     draft = make(target)
     assert callable(make) and shares_weights(draft, target) and draft.config.n_layer == 2
-    int4 = bench_draft("self:int4", "random-smollm2", target, "float32")
+    int4 = bench_draft("self:int4", "random-smollm2", target, tok, "float32")
     assert int4.config == target.config and int4 is not target
     assert "Int4Linear" in {type(m).__name__ for m in int4.modules()}
     with pytest.raises(ArlmError, match="self:DTYPE with DTYPE one of"):
-        bench_draft("self:int3", "random-smollm2", target, "float32")
+        bench_draft("self:int3", "random-smollm2", target, tok, "float32")
+    with pytest.raises(ArlmError, match=r"--draft self:float32 would draft with the target itself"):
+        bench_draft("self:float32", "random-smollm2", target, tok, "float32")  # (read 1.32x, 100% accepted)
 
 
 @pytest.mark.parametrize("flags", [["--repeats", "0"], ["--new-tokens", "0"], ["--new-tokens", "-3"]])

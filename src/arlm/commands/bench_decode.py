@@ -16,6 +16,7 @@ from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPES, LOAD_DTYPES
 
 if TYPE_CHECKING:
+    from arlm.data.tokenizers import Tokenizer
     from arlm.model.transformer import Transformer
 
 
@@ -142,19 +143,21 @@ def _ratio_of_rounds(row: dict) -> str:
 
 
 def bench_draft(
-    ref: str, model_ref: str, model: Transformer, dtype: str
+    ref: str, model_ref: str, model: Transformer, tokenizer: Tokenizer, dtype: str
 ) -> Transformer | Callable[[Transformer], Transformer]:
     """The benchmark's draft: a model loaded at `dtype`; for self:L, what makes it from the target once laid out at
     `dtype` (a callable); for self:DTYPE, the target at that dtype (random-smollm2: converted from the same
     weights)."""
-    from arlm.decoding.drafts import parse_self_draft, self_draft  # lazy: kept out of --help
+    from arlm.decoding.drafts import check_draft_vocabulary, parse_self_draft, self_draft  # lazy: kept out of --help
     from arlm.interop.loading import load_model, to_dtype  # lazy: kept out of --help
 
-    spec = parse_self_draft(ref, DTYPES)
+    spec = parse_self_draft(ref, DTYPES, dtype)
     if isinstance(spec, int):
         return lambda target: self_draft(target, spec)
     if spec is None:
-        return load_model(ref, dtype=dtype).model
+        loaded = load_model(ref, dtype=dtype)
+        check_draft_vocabulary(loaded.tokenizer, tokenizer, ref, model_ref)
+        return loaded.model
     if model_ref == "random-smollm2":
         return to_dtype(copy.deepcopy(model), spec, "cpu")
     return load_model(model_ref, dtype=spec).model
@@ -187,7 +190,7 @@ def bench_decode_command(
     else:
         loaded = load_model(model_ref)
         model, tokenizer = loaded.model, loaded.tokenizer
-    draft = bench_draft(draft_ref, model_ref, model, dtype) if draft_ref else None
+    draft = bench_draft(draft_ref, model_ref, model, tokenizer, dtype) if draft_ref else None
     params = model.num_params() / 1e6
     log(
         f"model: {model_ref} ({params:.3g}M parameters, {dtype}); {cpu_model()}, "

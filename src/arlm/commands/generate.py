@@ -326,26 +326,19 @@ def load_draft(
     (no weights of its own; call after optimize_for_decoding(target.model), to share its layout), `self:DTYPE`, the
     target loaded again at DTYPE (e.g. int4 drafting for float32), or a model on the target's tokenizer, loaded at
     `dtype` (None: the target's) and laid out for decoding."""
-    from arlm.decoding.drafts import parse_self_draft, self_draft  # lazy: kept out of --help
+    from arlm.decoding.drafts import check_draft_vocabulary, parse_self_draft, self_draft  # lazy: kept out of --help
     from arlm.interop.loading import load_model  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
 
-    spec = parse_self_draft(ref, DTYPES)
+    spec = parse_self_draft(ref, DTYPES, target.dtype)
     if spec is not None and dtype:
         raise ArlmError(f"--draft-dtype is for a draft model of its own; --draft {ref} is the target's own weights")
     if isinstance(spec, int):
         return self_draft(target.model, spec)
     if spec is not None:
-        if spec == target.dtype:
-            other = "int4" if spec != "int4" else "int8"
-            raise ArlmError(
-                f"--draft self:{spec} would draft with the target itself: it is loaded at {spec} already; "
-                f"draft at another precision (e.g. --draft self:{other}) or give the target another --dtype"
-            )
         return optimize_for_decoding(load_model(target_ref, device=device, dtype=spec).model)
     draft_loaded = load_model(ref, device=device, dtype=dtype or target.dtype)
-    if draft_loaded.tokenizer.fingerprint() != target.tokenizer.fingerprint():
-        raise ArlmError(f"the draft {ref} uses another vocabulary than {target_ref}; they must share a tokenizer")
+    check_draft_vocabulary(draft_loaded.tokenizer, target.tokenizer, ref, target_ref)
     context, theirs = draft_loaded.model.config.block_size, target.model.config.block_size
     if context < theirs:
         print(

@@ -15,11 +15,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from arlm.errors import ArlmError
+
+if TYPE_CHECKING:
+    from arlm.data.tokenizers import Tokenizer
 
 SELF_PREFIX = "self:"
 
@@ -37,19 +41,31 @@ def self_draft(model: nn.Module, layers: int) -> nn.Module:
     return draft
 
 
-def parse_self_draft(spec: str, dtypes: Collection[str] = ()) -> int | str | None:
+def parse_self_draft(spec: str, dtypes: Collection[str] = (), target_dtype: str | None = None) -> int | str | None:
     """The layer count of a `self:L` draft reference (the target's first L layers), the dtype of a `self:DTYPE` one
-    (the target's own weights at another precision, e.g. self:int4, one of `dtypes`), None for any other reference (a
-    model to load)."""
+    (the target's own weights at another precision, e.g. self:int4, one of `dtypes`; refused where it is
+    `target_dtype`, the target's own), None for any other reference (a model to load)."""
     if not spec.startswith(SELF_PREFIX):
         return None
     value = spec[len(SELF_PREFIX) :]
     if value.isascii() and value.isdigit():  # (not "²", which isdigit takes and int refuses)
         return int(value)
+    if value in dtypes and value == target_dtype:
+        other = "int4" if value != "int4" else "int8"
+        raise ArlmError(
+            f"--draft self:{value} would draft with the target itself: it is loaded at {value} already; "
+            f"draft at another precision (e.g. --draft self:{other}) or give the target another --dtype"
+        )
     if value in dtypes:
         return value
     choices = f" or self:DTYPE with DTYPE one of {', '.join(dtypes)}" if dtypes else ""
     raise ArlmError(f"a self-draft is written self:L with L a number of layers (e.g. self:12){choices}, got {spec!r}")
+
+
+def check_draft_vocabulary(draft: Tokenizer, target: Tokenizer, ref: str, target_ref: str) -> None:
+    """Refuse a draft model whose tokenizer is not the target's (its token ids would mean other text)."""
+    if draft.fingerprint() != target.fingerprint():
+        raise ArlmError(f"the draft {ref} uses another vocabulary than {target_ref}; they must share a tokenizer")
 
 
 def shares_cache(draft: nn.Module, target: nn.Module, cache_dtype: torch.dtype) -> bool:
