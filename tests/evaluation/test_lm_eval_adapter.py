@@ -134,6 +134,16 @@ def test_smollm2_lm_eval_accuracy_equals_run_icl(smollm2, task_dir):
     assert capitals["accuracy"] > 0.5 and plurals["accuracy"] > 0.5  # a real model, not noise (measured 1.0 / 1.0)
 
 
+def test_the_model_is_loaded_at_the_dtype_asked(tiny, tmp_path):  # noqa: F811
+    """`eval icl --lm-eval` accepted --dtype auto and loaded float32 where arlm's own evaluation loads a GGUF file at
+    its own precision (int4 for SmolLM2): lm-eval's model_args take dtype, passed through."""
+    checkpoint = save_tiny_checkpoint(*tiny, tmp_path / "ckpt")
+    int8 = ArlmLM.create_from_arg_string(f"model={checkpoint},device=cpu,dtype=int8")
+    assert "Int8Linear" in {type(m).__name__ for m in int8.model.modules()}
+    plain = ArlmLM.create_from_arg_string(f"model={checkpoint},device=cpu")  # auto: an arlm checkpoint's float32
+    assert "Int8Linear" not in {type(m).__name__ for m in plain.model.modules()}
+
+
 def test_unknown_model_args_are_refused():
     from arlm.errors import ArlmError
 

@@ -42,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
     """Our own ICL evaluation, or lm-evaluation-harness on the same items (one table per number of shots)."""
     tasks = args.tasks.split(",") if args.tasks else None
     if args.lm_eval:
-        if args.dtype not in ("auto", "float32"):
-            raise ArlmError("--lm-eval loads the model itself in float32; drop --dtype or leave out --lm-eval")
         ours = {
             "--scoring": args.scoring is not None,
             "--num-beams": args.num_beams != 1,
@@ -54,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         )
         from arlm.interop.loading import pick_device  # lazy: kept out of --help
 
-        lm_eval_command(model_of(args), tasks, args.shots, args.limit, device=str(pick_device(args.device)))
+        device = str(pick_device(args.device))
+        lm_eval_command(model_of(args), tasks, args.shots, args.limit, device=device, dtype=args.dtype)
         return 0
     icl_command(
         model_of(args),
@@ -71,14 +70,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def lm_eval_command(
-    model_ref: str, tasks: Sequence[str] | None, shots: Sequence[int], limit: int | None, *, device: str, log=print
+    model_ref: str,
+    tasks: Sequence[str] | None,
+    shots: Sequence[int],
+    limit: int | None,
+    *,
+    device: str,
+    dtype: str = "auto",
+    log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Run lm-eval on the built-in tasks (or task files) once per number of shots, printing lm-eval's table."""
+    """Run lm-eval on the built-in tasks (or task files) once per number of shots, the model at `dtype` (auto: as
+    arlm's own evaluation loads it), printing lm-eval's table."""
     from arlm.evaluation.lm_eval_adapter import make_table, run_lm_eval  # lazy: optional dependency (lm_eval)
 
     results = []
     for k in shots:
-        results.append(run_lm_eval(model_ref, ",".join(tasks) if tasks else "all", k, limit, device=device))
+        names = ",".join(tasks) if tasks else "all"
+        results.append(run_lm_eval(model_ref, names, k, limit, device=device, dtype=dtype))
         log(make_table(results[-1]))
     return results
 

@@ -61,16 +61,19 @@ class ArlmLM(LM):
         model: str = "smollm2",
         device: str = "auto",
         batch_size: int | str | None = 32,
-        max_batch_size: int | None = None,
+        max_batch_size: int | None = None,  # (lm-eval's runner passes it; batches are batch_size here)
         rolling_stride: int = 0,
+        dtype: str = "auto",
         **unknown: object,
     ) -> None:
+        """Load `model` at `dtype` (auto: a GGUF file at its own precision, as every arlm verb loads it)."""
         if unknown:
             raise ArlmError(
-                f"unknown lm-eval model_args {sorted(unknown)} for arlm; use model, device, batch_size, rolling_stride"
+                f"unknown lm-eval model_args {sorted(unknown)} for arlm; use model, device, batch_size, "
+                "rolling_stride, dtype"
             )
         super().__init__()
-        loaded = load_model(model, device=pick_device(str(device)))
+        loaded = load_model(model, device=pick_device(str(device)), dtype=str(dtype))
         optimize_for_decoding(loaded.model)
         self._setup(loaded.model, loaded.tokenizer, batch_size, rolling_stride)
 
@@ -248,6 +251,7 @@ def run_lm_eval(
     *,
     device: str = "cpu",
     batch_size: int = 32,
+    dtype: str = "auto",
 ) -> dict:
     """Run lm-eval on an arlm model: a task YAML file, a folder of them, or built-in ICL task names
     ('capitals', 'capitals,antonyms' or 'all'); lm-eval's results (lm_eval.utils.make_table draws its table)."""
@@ -269,7 +273,7 @@ def run_lm_eval(
             include,
             num_fewshot=num_fewshot,
             limit=limit,
-            model_args=f"model={model_ref},device={device},batch_size={batch_size}",
+            model_args=f"model={model_ref},device={device},batch_size={batch_size},dtype={dtype}",
         )
     return results
 
