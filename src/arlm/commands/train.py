@@ -404,13 +404,15 @@ def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
 def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
     """Write the final record, the loss plot, and print a sample."""
     from arlm.commands.plots import plot_loss  # lazy: kept out of --help
+    from arlm.training.logging import MetricsLog  # lazy: kept out of --help
 
     run_dir = summary.run_dir
     record = {"event": "final", "step": trainer.step, "tokens": trainer.tokens_seen}
     for split, r in summary.final.items():
         record.update(r.as_dict(f"final_{split}_"))
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    metrics = MetricsLog(run_dir / "metrics.jsonl")  # (non-finite values written as null, as every record)
+    metrics.write(record)
+    metrics.close()
     summary.files["metrics"] = run_dir / "metrics.jsonl"
     summary.files["plot"] = plot_loss(
         {run_dir.name: read_metrics(run_dir / "metrics.jsonl")},
