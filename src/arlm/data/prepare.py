@@ -183,10 +183,6 @@ class PreparedData:
             pad_id=tok.pad_id,
         )
 
-    def split_bytes(self, split: str) -> int:
-        """UTF-8 bytes of the split's text (for bits per byte)."""
-        return self.meta["splits"][split]["bytes"]
-
 
 def check_split_size(split: str, tokens: int, block_size: int, mode: str) -> None:
     """Refuse a split too small to train or evaluate on: shorter than one block (packed) or empty (padded)."""

@@ -99,10 +99,10 @@ def _generate(
         return _prompts_only(prompt_ids, config)
     eos = eos_id if config.stop_at_eos else None
     history = History(prompt_starts(attention_mask), prompt_ids.shape[1], eos)
-    common = {"attention_mask": attention_mask, "history": history, "pad_id": pad}
+    common = {"attention_mask": attention_mask, "history": history}
     if config.strategy == "beam":
         return beam_search(
-            engine, prompt_ids, config, **common, on_token=on_token, should_stop=should_stop, trace=trace
+            engine, prompt_ids, config, **common, pad_id=pad, on_token=on_token, should_stop=should_stop, trace=trace
         )
     if config.strategy in ("speculative", "prompt-lookup"):
         return speculative_generate(
@@ -110,7 +110,7 @@ def _generate(
         )
     matchers = None if grammar is None else [grammar.matcher() for _ in range(prompt_ids.shape[0])]
     return decode_loop(
-        engine, prompt_ids, config, **common, on_token=on_token, should_stop=should_stop, matchers=matchers
+        engine, prompt_ids, config, **common, pad_id=pad, on_token=on_token, should_stop=should_stop, matchers=matchers
     )
 
 

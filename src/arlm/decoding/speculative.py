@@ -97,7 +97,6 @@ def speculative_generate(
     draft: torch.nn.Module | None,
     attention_mask: torch.Tensor | None,
     history: History,
-    pad_id: int,
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
     trace: TraceCallback | None = None,

@@ -16,6 +16,7 @@ from arlm.evaluation.perplexity import scoring_parts
 def per_position_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
     """(mean NLL, token count) at each position 0..T-1 of the context, over the batches."""
     total = count = None
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     for part in scoring_parts(model, batches):
@@ -28,4 +29,5 @@ def per_position_loss(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple
         sums, counts = (nll.double() * keep).sum(0), keep.sum(0)  # (T,) each
         total = sums if total is None else total + sums
         count = counts if count is None else count + counts
+    model.train(was_training)  # (as the other scoring functions leave it)
     return (total / count.clamp(min=1)).cpu().numpy(), count.cpu().numpy()
