@@ -19,7 +19,8 @@ MODEL_HELP = "checkpoint, run folder, HF folder, GGUF file or 'smollm2'"
 
 
 def add_model_argument(parser: argparse.ArgumentParser, help: str = MODEL_HELP, default: str | None = None) -> None:
-    """MODEL as an argument or as --model (the same): every verb that loads a model takes both spellings."""
+    """MODEL as an argument or as --model (the same): generate, chat, serve, eval perplexity and eval icl take both
+    spellings; the other verbs name their inputs in their own arguments."""
     parser.add_argument("model", nargs="?", help=help + (f" (default {default})" if default else ""))
     parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same, as a flag")
     parser.set_defaults(model_default=default)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from arlm.commands.runs import refuse_placement
-from arlm.commands.train import train_command
+from arlm.commands.train import resume_config, train_command
 from arlm.config import DEFAULT_PRESET, RunConfig, build_config
 from arlm.errors import ArlmError
 from arlm.training.logging import read_metrics
@@ -121,8 +121,6 @@ def sweep_command(
 def _train(config: RunConfig, resume: bool, overwrite: bool, log) -> tuple[dict[str, dict], RunConfig]:
     """One run of the grid trained (or continued from its newest checkpoint): its final figures per split and the
     config it ran with (its vocabulary set); a run finished before keeps the figures its log holds."""
-    from arlm.commands.train import resume_config  # lazy: kept out of --help
-
     checkpoint = None
     if resume:
         config, checkpoint = resume_config(config, "latest", [], preset_given=True, log=log)
