@@ -16,7 +16,7 @@ def test_held_back_is_the_longest_ending_that_starts_a_stop():
 def test_a_stop_string_naming_a_special_token_stops_at_it(smollm2):
     """Decoded text never holds `<|im_start|>` (special tokens are skipped), so a stop string naming one stops at
     its id, in generate's check and the server's text stream alike; the text before it is all handed out."""
-    from arlm.serving.text import TextStream
+    from arlm.decoding.text_stream import TextStream
 
     tok = smollm2.tokenizer
     answer = tok.encode("The answer is 4.")

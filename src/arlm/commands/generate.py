@@ -22,9 +22,9 @@ from arlm.commands.options import (
     prompt_text,
 )
 from arlm.config import GenerationConfig, build_config, coerce
-from arlm.decoding.detokenize import Detokenizer
 from arlm.decoding.settings import refuse_unread
-from arlm.decoding.stops import check_stops, cut_at_stop, held_back, stop_checker
+from arlm.decoding.stops import check_stops, cut_at_stop, stop_checker
+from arlm.decoding.text_stream import TextStream
 from arlm.errors import ArlmError
 from arlm.interop.dtypes import DTYPES
 
@@ -161,43 +161,33 @@ def with_options(base: GenerationConfig, options: dict[str, Any] | None) -> Gene
 class Streamer:
     """Prints the text of one row as tokens arrive, after `prefix` (the prompt, written with the first token).
 
-    Text is printed only once it is final: an incomplete UTF-8 character and any ending that could still be
-    the start of a stop string are held back, and nothing from a stop string on is ever printed, so the
-    printed text equals the whole output cut at its first stop string."""
+    Text is printed only once it is final (decoding.text_stream.TextStream, as the server sends it): an incomplete
+    UTF-8 character and any ending that could still be the start of a stop string are held back, and nothing from
+    a stop string on is ever printed, so the printed text equals the whole output cut at its first stop string."""
 
     def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None, stream=None, prefix: str = "") -> None:
-        self.tokenizer = tokenizer
-        self.stops = stops or []
+        self.text = TextStream(tokenizer, stops)
         self.stream = stream or sys.stdout
         self.prefix: str | None = prefix
-        self.decoded = Detokenizer(tokenizer)  # the row's ids and their text
-        self.printed = 0
-        self.stopped = False
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        text = self.decoded.push(int(tokens.reshape(-1)[0]))
-        if self.stopped or text.endswith("\ufffd"):
-            return
-        final = cut_at_stop(text, self.stops)
-        self.stopped = len(final) < len(text)
-        self._write(final if self.stopped else final[: len(final) - held_back(final, self.stops)])
+        self._write(self.text.push(int(tokens.reshape(-1)[0])))
 
     @property
     def ids(self) -> list[int]:
         """The row's ids so far."""
-        return self.decoded.ids
+        return self.text.decoded.ids
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a stop string was found (nothing after it is printed)."""
+        return self.text.stopped
 
     def finish(self) -> None:
         """Print what was held back (generation ended without completing a stop string), then a newline."""
-        if not self.stopped:
-            self._write(cut_at_stop(self.decoded.text, self.stops))
-        self._write_raw("\n")
+        self._write(self.text.flush() + "\n")
 
     def _write(self, text: str) -> None:
-        self._write_raw(text[self.printed :])
-        self.printed = max(self.printed, len(text))
-
-    def _write_raw(self, text: str) -> None:
         if self.prefix is not None:  # the prompt goes out with the first output, after every check passed
             text, self.prefix = self.prefix + text, None
         if text:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from arlm.config import GenerationConfig
 from arlm.decoding.batch import BATCH_STRATEGIES, BatchSequence
 from arlm.decoding.grammar import JsonGrammar
+from arlm.decoding.text_stream import TextStream
 from arlm.errors import ArlmError
-from arlm.serving.text import TextStream
 
 Event = dict
 

@@ -7,7 +7,7 @@ weights, with caches of its own), never downgraded to another strategy.
 Everything a request produces reaches it through job.emit(event), called from these threads, with plain dicts:
   {"type": "prompt", "index", "tokens"}   the prompt's tokens as (piece, logprob, top, start) (echo with logprobs)
   {"type": "token", "index", "token", "text", "start", "listed", ["logprob", "piece", "top"]}  a token, the text
-        that became final with it, where its text begins, how many tokens have text sent (serving/text.py)
+        that became final with it, where its text begins, how many tokens have text sent (decoding/text_stream.py)
   {"type": "trace", "index", "data"}       a strategy event of the lane (beam search's beams, a verification)
   {"type": "finish", "index", "reason", "text", "listed"}  a choice ended ("stop", "length", "cancelled")
   {"type": "done", "usage"}                every choice has ended
@@ -31,10 +31,10 @@ from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
 from arlm.decoding.stops import check_stops, stop_checker
+from arlm.decoding.text_stream import TextStream
 from arlm.errors import ArlmError
 from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event, waiting_after
 from arlm.serving.metrics import ServerMetrics
-from arlm.serving.text import TextStream
 from arlm.serving.threads import in_own_thread
 
 LANE_STRATEGIES = ("beam", "speculative", "prompt-lookup")

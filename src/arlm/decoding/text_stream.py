@@ -1,5 +1,6 @@
 """Streaming detokenization: the text of a growing list of ids, handed out in pieces that never change afterwards,
-cut at the first stop string (which is never sent, not even in part; one naming a special token, at that token)."""
+cut at the first stop string (which is never sent, not even in part; one naming a special token, at that token).
+What `arlm generate` / `chat` print as tokens come and what the server sends."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import bisect
 
 from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.detokenize import Detokenizer
-from arlm.decoding.stops import special_stop_ids
+from arlm.decoding.stops import held_back, special_stop_ids
 
 
 class TextStream:
@@ -42,7 +43,7 @@ class TextStream:
             return self._advance(text[:cut])
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
             return ""
-        return self._advance(text[: len(text) - self._partial_stop(text)])
+        return self._advance(text[: len(text) - held_back(text, self.stops)])
 
     def flush(self) -> str:
         """The held-back rest once the sequence has ended (nothing after a stop string)."""
@@ -70,13 +71,3 @@ class TextStream:
         delta = final[len(self.sent) :]
         self.sent = final
         return delta
-
-    def _partial_stop(self, text: str) -> int:
-        """Length of the longest end of text that is the beginning of a stop string."""
-        best = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(text)), best, -1):
-                if text.endswith(stop[:n]):
-                    best = n
-                    break
-        return best

@@ -1,5 +1,5 @@
 from arlm.data.tokenizers import train_tokenizer
-from arlm.serving.text import TextStream
+from arlm.decoding.text_stream import TextStream
 from tests.helpers import tiny_text
 
 
