@@ -6,6 +6,7 @@ import torch
 from arlm.config import ModelConfig
 from arlm.model.transformer import Transformer
 from arlm.training.grad_norms import layer_grad_norms
+from arlm.training.loss import next_token_loss
 
 
 def test_an_untied_head_and_learned_positions_have_their_norms():
@@ -15,7 +16,7 @@ def test_an_untied_head_and_learned_positions_have_their_norms():
     config.tie_embeddings = False
     model = Transformer(config)
     x = torch.randint(0, 50, (2, 16))
-    _, loss = model(x, targets=x)
+    loss = next_token_loss(model(x), x).loss_sum
     loss.backward()
     norms = layer_grad_norms(model)
     assert norms["gradnorm/head"] == float(model.lm_head.weight.grad.norm()) > 0
@@ -34,7 +35,7 @@ def test_the_groups_hold_every_trained_parameter_once(flavour, tied):
         config.n_kv_head = 2
     model = Transformer(config)
     x = torch.randint(0, 50, (2, 16))
-    _, loss = model(x, targets=x)
+    loss = next_token_loss(model(x), x).loss_sum
     loss.backward()
     norms = layer_grad_norms(model)
     whole = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])

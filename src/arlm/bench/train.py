@@ -18,6 +18,7 @@ from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig, TrainConfig
 from arlm.errors import optional_package
 from arlm.model.transformer import Transformer
+from arlm.training.loss import next_token_loss
 from arlm.training.mfu import mfu, peak_flops
 from arlm.training.optim import build_optimizer
 
@@ -69,7 +70,7 @@ def train_step(side: Side, x: torch.Tensor, y: torch.Tensor, autocast=None) -> f
 
 
 def make_sides(config: ModelConfig, device: torch.device | None = None, compile: bool = False) -> list[Side]:
-    """Ours (the model's own loss) and the reference (transformers' labels= loss), same shape and AdamW."""
+    """Ours (the trainer's next_token_loss) and the reference (transformers' labels= loss), same shape and AdamW."""
     device = device or torch.device("cpu")
     train = TrainConfig()
     torch.manual_seed(0)
@@ -77,7 +78,7 @@ def make_sides(config: ModelConfig, device: torch.device | None = None, compile:
     reference = hf_gpt2(config).to(device)
 
     def ours_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ours(x, y)[1]  # the model's own mean cross-entropy: no host sync, one graph when compiled
+        return next_token_loss(ours(x), y).loss_sum / y.numel()  # the trainer's loss, a mean: no host sync
 
     def reference_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return reference(input_ids=x, labels=x).loss  # shifts labels itself: T-1 predictions a row

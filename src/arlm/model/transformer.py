@@ -198,14 +198,13 @@ class Transformer(nn.Module):
     def forward(
         self,
         idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
         *,
         kv_cache: KVCache | None = None,
         input_pos: int | None = None,
         attention_mask: torch.Tensor | None = None,
         num_logits: int = 0,
-    ):
-        """Logits (B, T, V) for ids (B, T); with targets, (logits, mean cross-entropy ignoring -100).
+    ) -> torch.Tensor:
+        """Logits (B, T, V) for ids (B, T) (the loss is training.loss's: one loss path for training and benchmarks).
 
         kv_cache: keys/values of earlier positions are read from it and this call's are written at
         input_pos (default kv_cache.length). attention_mask: (B, S) with 1 for real tokens over every
@@ -223,11 +222,7 @@ class Transformer(nn.Module):
             kv_cache.length = start + T
         if num_logits:
             x = x[:, -num_logits:]
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return logits, loss
+        return self.lm_head(self.norm(x))  # (B, T, V)
 
     def prefill_many(self, chunks: list[tuple[torch.Tensor, KVCache, int]]) -> list[torch.Tensor]:
         """Several sequences' next chunks in one pass: for chunk i (ids (1, T_i), its own cache, n_i), the logits
