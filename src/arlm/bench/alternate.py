@@ -3,12 +3,17 @@ stretch falls on all of them (the comparison every benchmark here makes)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 
-def alternate(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Each run's figures over `repeats` rounds, the runs in their order in even rounds and reversed in odd ones."""
-    figures: dict[str, list[float]] = {name: [] for name in runs}
+def alternate(runs: dict[K, Callable[[], T]], repeats: int) -> dict[K, list[T]]:
+    """Each run's results (a time, a rate, an output) over `repeats` rounds, the runs in their order in even rounds
+    and reversed in odd ones."""
+    figures: dict[K, list[T]] = {name: [] for name in runs}
     for r in range(repeats):
         for name, run in runs.items() if r % 2 == 0 else reversed(runs.items()):
             figures[name].append(run())

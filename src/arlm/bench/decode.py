@@ -128,13 +128,10 @@ def _bench_cases(model, reference, cases: dict[str, tuple], pad: int, repeats: i
     every case and side alternates with the others (round robin, order reversed every repeat), so that ratios across
     cases (batch 8 over batch 1) are as comparable as those within one: a machine's slow stretch falls on all."""
     sides = {name: _sides(model, reference, *case, pad) for name, case in cases.items()}
-    runs = [(name, side) for name in cases for side in ("arlm", "transformers")]
-    rates: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
-    tokens: dict[tuple[str, str], int] = {}
-    for r in range(repeats):
-        for name, side in runs if r % 2 == 0 else runs[::-1]:
-            tokens[name, side], seconds = _timed(sides[name][side])
-            rates[name, side].append(tokens[name, side] / seconds)
+    runs = {(name, side): sides[name][side] for name in cases for side in ("arlm", "transformers")}
+    timed = alternate({run: lambda run=run: _timed(runs[run]) for run in runs}, repeats)  # (tokens, seconds) each
+    tokens = {run: got[-1][0] for run, got in timed.items()}
+    rates = {run: [n / seconds for n, seconds in got] for run, got in timed.items()}
     results = {}
     for name in cases:
         medians = {side: statistics.median(rates[name, side]) for side in ("arlm", "transformers")}

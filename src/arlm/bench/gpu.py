@@ -20,6 +20,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from arlm.bench.alternate import alternate
 from arlm.bench.decode import SMOLLM2_SHAPE, ragged_prompts, run_decode_bench
 from arlm.bench.train import run_bench
 from arlm.config import GenerationConfig, ModelConfig
@@ -113,10 +114,10 @@ def dtype_figures(
         if dtype not in eager:  # the variants of one dtype hold the same weights (seed 0): one eager decode each
             eager[dtype] = generate(engines[name].model, prompt, uncompiled).generated()  # an engine of its own
     names = list(variants)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            rates[name].append(generate(engines[name], prompt, greedy).stats["tokens_per_s"])
+    rates = alternate(
+        {name: lambda name=name: generate(engines[name], prompt, greedy).stats["tokens_per_s"] for name in names},
+        repeats,
+    )
     figures = {"new_tokens": new_tokens, "repeats": repeats}
     for name in names:
         rate = statistics.median(rates[name])

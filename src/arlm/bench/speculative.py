@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arlm.bench.alternate import alternate
 from arlm.config import GenerationConfig
 from arlm.decoding.drafts import self_draft
 from arlm.decoding.generate import generate
@@ -77,10 +78,9 @@ def compare_on_prompt(
     """Each scheme on one prompt `repeats` times, alternating the order: label -> median tokens/s, acceptance,
     whether its output equals greedy's (the first scheme's), and its ids (eos_id: where a scheme that stops at EOS
     stops)."""
-    runs: dict[str, list] = {s.label: [] for s in plan}
-    for r in range(repeats):
-        for scheme in plan if r % 2 == 0 else plan[::-1]:
-            runs[scheme.label].append(generate(target, [ids], scheme.config, eos_id=eos_id, draft=scheme.draft))
+    runs = alternate(
+        {s.label: lambda s=s: generate(target, [ids], s.config, eos_id=eos_id, draft=s.draft) for s in plan}, repeats
+    )
     reference = runs[plan[0].label][0].generated()[0]
     rows = {}
     for label, outs in runs.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arlm.bench.alternate import alternate
 from arlm.bench.machine import cpu_model
 from arlm.config import ModelConfig, TrainConfig
 from arlm.errors import optional_package
@@ -117,15 +118,16 @@ def run_bench(
     for side in sides:  # warm up (allocator, kernels, compilation)
         for _ in range(3 if compile else 1):
             train_step(side, batches[0][:, :-1], batches[0][:, 1:], autocast)
-    times: dict[str, list[float]] = {s.name: [] for s in sides}
-    for r in range(repeats):
-        for side in sides if r % 2 == 0 else reversed(sides):
-            _sync(device)
-            start = time.perf_counter()
-            for rows in batches:
-                train_step(side, rows[:, :-1], rows[:, 1:], autocast)
-            _sync(device)
-            times[side.name].append(time.perf_counter() - start)
+
+    def steps_timed(side: Side) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for rows in batches:
+            train_step(side, rows[:, :-1], rows[:, 1:], autocast)
+        _sync(device)
+        return time.perf_counter() - start
+
+    times = alternate({side.name: lambda side=side: steps_timed(side) for side in sides}, repeats)
     tokens = steps * batch * config.block_size
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
     ratio = rates["arlm"] / rates["transformers"]
