@@ -253,6 +253,10 @@ TRAIN_RANGES = {  # floats of TrainConfig: finite, within [low, high] (None: unb
 }
 
 
+Strategy = Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"]
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)  # GenerationConfig.strategy's values
+KvDtype = Literal["auto", "float32", "bfloat16"]
+KV_DTYPES: tuple[str, ...] = typing.get_args(KvDtype)  # GenerationConfig.kv_dtype's values: the KV cache's dtype
 MIN_TEMPERATURE = 1e-6  # the smallest positive temperature sampled at (below it, logits / T can pass float32's max)
 
 
@@ -260,7 +264,7 @@ MIN_TEMPERATURE = 1e-6  # the smallest positive temperature sampled at (below it
 class GenerationConfig:
     """How to decode: strategy, processors, stopping, beams and drafts."""
 
-    strategy: Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"] = "sample"
+    strategy: Strategy = "sample"
     max_new_tokens: int = 200  # 0: the prompt comes back with no new tokens
     min_new_tokens: int = 0  # EOS is masked until this many tokens are generated
     temperature: float = 1.0
@@ -281,11 +285,11 @@ class GenerationConfig:
     prompt_lookup_ngram: int = 3  # prompt-lookup: longest n-gram to match
     lookup_first: bool = False  # speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere
     compile: bool = False  # greedy/sample: a torch.compile'd one-token step (CUDA graphs on GPU)
-    kv_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # the KV cache's; auto: the model's float dtype
+    kv_dtype: KvDtype = "auto"  # the KV cache's; auto: the model's float dtype
 
     def validate(self) -> None:
         """Raise ArlmError on an impossible setting."""
-        _choice("strategy", self.strategy, ("greedy", "sample", "beam", "speculative", "prompt-lookup"))
+        _choice("strategy", self.strategy, STRATEGIES)
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "length_penalty"):
             if not math.isfinite(getattr(self, name)):
                 raise ArlmError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -325,7 +329,7 @@ class GenerationConfig:
             raise ArlmError("a stop string must not be empty")
         if self.early_stopping not in (True, False, "never"):
             raise ArlmError(f"early_stopping must be true, false or never, got {self.early_stopping!r}")
-        _choice("kv_dtype", self.kv_dtype, ("auto", "float32", "bfloat16"))
+        _choice("kv_dtype", self.kv_dtype, KV_DTYPES)
 
 
 @dataclass

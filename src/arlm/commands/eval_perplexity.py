@@ -14,7 +14,7 @@ from arlm.commands.options import (
     model_of,
     refuse_unused,
 )
-from arlm.decoding.settings import KV_DTYPES
+from arlm.config import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.evaluation.defaults import SPLIT_BLOCK
 from arlm.training.logging import Progress

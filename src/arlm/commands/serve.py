@@ -18,7 +18,7 @@ from arlm.commands.options import (
     add_model_argument,
     model_of,
 )
-from arlm.decoding.settings import KV_DTYPES
+from arlm.config import KV_DTYPES
 from arlm.errors import ArlmError, optional_package
 
 if TYPE_CHECKING:

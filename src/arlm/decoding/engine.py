@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from arlm.decoding.settings import KV_DTYPES
+from arlm.config import KV_DTYPES
 from arlm.errors import ArlmError
 from arlm.model import native
 from arlm.model.kv_cache import KVCache

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable
 from arlm.config import GenerationConfig
 from arlm.errors import ArlmError
 
-KV_DTYPES = ("auto", "float32", "bfloat16")  # GenerationConfig.kv_dtype's values: the KV cache's dtype
 SAMPLING = ("temperature", "top_k", "top_p", "min_p")
 DRAFTING = ("num_draft_tokens", "adaptive_draft", "prompt_lookup_ngram")
 READ_BY = {  # strategy -> the settings it reads beyond those of every strategy (EVERY)

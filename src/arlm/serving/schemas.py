@@ -7,11 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from arlm.config import GenerationConfig
+from arlm.config import GenerationConfig, Strategy
 from arlm.decoding.grammar import ANY_OBJECT
 from arlm.decoding.types import MAX_TOP
 
-Strategy = Literal["greedy", "sample", "beam", "speculative", "prompt-lookup"]
 MAX_N = 16
 MAX_TOP_LOGPROBS = MAX_TOP
 MAX_STOPS, MAX_STOP_CHARS = 16, 256  # stop strings are matched against each new token's text, in the batch thread
