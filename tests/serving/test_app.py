@@ -164,6 +164,23 @@ def test_stop_strings_cut_the_text_streamed_or_not(live):
     assert "".join(pieces) == expected
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_completed_by_the_last_token_allowed_ends_with_stop_not_length(live, stream):
+    """max_tokens reached by the very token that completed a stop string said "length": a client's continue-loop
+    would then ask for more of a reply that had ended."""
+    client, lm = live.client(), live.lm
+    row, text = _alone(lm, lm.tokenizer.encode(PROMPT), max_new_tokens=30)
+    stop = text[10:13]
+    last = next(k for k in range(1, len(row) + 1) if stop in lm.tokenizer.decode(row[:k]))  # the token completing it
+    out = client.completions.create(
+        model=MODEL_ID, prompt=PROMPT, max_tokens=last, temperature=0, stop=stop, stream=stream
+    )
+    reasons = [c.choices[0].finish_reason for c in out if c.choices] if stream else [out.choices[0].finish_reason]
+    assert reasons[-1] == "stop"
+    ahead = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=last - 1, temperature=0, stop=stop)
+    assert ahead.choices[0].finish_reason == "length" and stop not in ahead.choices[0].text
+
+
 def test_logprobs(live):
     import math
 

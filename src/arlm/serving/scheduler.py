@@ -339,8 +339,8 @@ class Scheduler:
             self._send(choice.job, event)
             if choice.text.stopped and not e.sequence.finished:
                 self.engine.release(e.sequence, "stop")
-            if e.sequence.finished:
-                self._finish(choice, e.sequence.finish_reason)
+            if e.sequence.finished:  # a stop string on the last token max_tokens allows: "stop", not "length"
+                self._finish(choice, "stop" if choice.text.stopped else e.sequence.finish_reason)
 
     def _prompt_event(self, choice: Choice, seq: BatchSequence) -> Event:
         """The prompt's tokens as (piece, log-probability, top, start) for an echo: the first has no log-probability
