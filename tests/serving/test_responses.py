@@ -25,3 +25,26 @@ def test_pieces_of_a_character_are_named_by_their_bytes_in_every_event():
         {"id": parts[1], "piece": "<0x9F>", "prob": 0.5},
         {"id": first, "piece": "a", "prob": 0.25},
     ]
+
+
+def test_completions_logprobs_spell_pieces_of_a_character_by_their_bytes_and_keep_the_chosen_ones_own():
+    """Every piece of a character read U+FFFD, so the top_logprobs dict (keyed by text) merged them and the chosen
+    token's entry held the likeliest piece's log-probability, not its own (6 of 24 positions of an emoji reply)."""
+    from arlm.serving.responses import OpenAIFormat
+
+    tok = train_tokenizer("bpe", tiny_text(40), 300)
+    first, *parts = tok.encode("a🙂")  # "a", then the emoji's four bytes, each a token of its own here
+    fmt = OpenAIFormat("completion", "m", 1, 1, piece_bytes=tok.piece_bytes)
+    ids = [first, parts[0], parts[1]]
+    for k, token in enumerate(ids):
+        top = [(parts[1], tok.token_text(parts[1]), -0.1), (parts[0], tok.token_text(parts[0]), -0.2)]
+        event = {"type": "token", "index": 0, "token": token, "text": "a" if k == 0 else "", "listed": k + 1}
+        fmt.chunks(
+            {**event, "start": 0 if k == 0 else 1, "logprob": -0.3 - k, "piece": tok.token_text(token), "top": top}
+        )
+    fmt.chunks({"type": "finish", "index": 0, "text": "", "reason": "length", "listed": 3})
+    logprobs = fmt.response(with_logprobs=True)["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["a", "bytes:\\xf0", "bytes:\\x9f"]
+    for token, own, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"]):
+        assert top[token] == own  # the chosen token's own log-probability
+    assert logprobs["top_logprobs"][1] == {"bytes:\\x9f": -0.1, "bytes:\\xf0": -1.3}

@@ -380,7 +380,10 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         if req.echo:  # each choice's prompt text: as given, or its token ids decoded
             echo = [t if isinstance(t, str) else server.tokenizer.decode(t) for t in texts for _ in range(req.n)]
         n, usage = req.n * len(prompts), _include_usage(req)
-        fmt = OpenAIFormat("completion", server.model_id, n, sum(map(len, prompts)), usage, echo=echo, scored=scored)
+        fmt = OpenAIFormat(
+            "completion", server.model_id, n, sum(map(len, prompts)), usage, echo=echo, scored=scored,
+            piece_bytes=server.tokenizer.piece_bytes,
+        )  # fmt: skip
         final = lambda: fmt.response(with_logprobs=req.logprobs is not None)
         start = fmt.start_chunks()
         return await run_job(request, server, jobs, events, req.stream, fmt.chunks, start=start, final=final)

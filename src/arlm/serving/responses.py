@@ -61,8 +61,8 @@ class OpenAIFormat:
         """The stream chunks for one scheduler event (and records it for the whole response)."""
         kind, i = event["type"], event.get("index", 0)
         if kind == "prompt":
-            for piece, logprob, top, start in event["tokens"]:
-                entry = {"piece": piece, "logprob": logprob, "top": top, "prompt_start": start}
+            for token, piece, logprob, top, start in event["tokens"]:
+                entry = {"token": token, "piece": piece, "logprob": logprob, "top": top, "prompt_start": start}
                 self.logprobs[i].append(self._logprob_entry(i, entry))
             return [self._chunk(i, self.echo[i], logprobs=self._logprobs_object(self.logprobs[i]))]
         if kind == "token":
@@ -125,13 +125,24 @@ class OpenAIFormat:
             if "prompt_start" in event
             else len(self.echo[i] if self.echo else "") + event["start"]
         )
+        piece = self._spelled(event["token"], piece)
         if event["top"] is None:  # an echoed prompt's first token: nothing before it to predict it
             return {"token": piece, "logprob": None, "top": None, "offset": offset}
         top: dict[str, float] = {}
-        for _, p, lp in event["top"]:  # keyed by text, as OpenAI's: of tokens with the same text the likelier
-            top.setdefault(p, lp)
-        top.setdefault(piece, event["logprob"])  # the chosen token's is always there (OpenAI's: up to logprobs + 1)
+        for t, p, lp in event["top"]:  # keyed by text, as OpenAI's: of tokens with the same text the likelier
+            top.setdefault(self._spelled(t, p), lp)
+        top[piece] = event["logprob"]  # the chosen token's own, always there (OpenAI's: up to logprobs + 1)
         return {"token": piece, "logprob": event["logprob"], "top": top, "offset": offset}
+
+    def _spelled(self, token: int, piece: str) -> str:
+        """A completion token as OpenAI's legacy completions spell it: its text, or, for a token holding part of a
+        character (whose text is U+FFFD, the same for all of them), its bytes as `bytes:\\xNN...`."""
+        raw = self.piece_bytes(token)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        return piece
 
     def _release(self, i: int, listed: int) -> dict | None:
         """The log-probabilities of choice i's tokens whose text has now been sent (listed: how many have), as a

@@ -343,14 +343,14 @@ class Scheduler:
                 self._finish(choice, "stop" if choice.text.stopped else e.sequence.finish_reason)
 
     def _prompt_event(self, choice: Choice, seq: BatchSequence) -> Event:
-        """The prompt's tokens as (piece, log-probability, top, start) for an echo: the first has no log-probability
+        """The prompt's tokens as (id, piece, log-probability, top, start) for an echo: the first has no log-probability
         or top; start is where its text begins in the prompt's (a token inside a character: where that begins)."""
         piece, prompt = self.tokenizer.token_text, TextStream(self.tokenizer)
         for token in seq.prompt:  # (its starts: where each id's text begins, as a reply's are found)
             prompt.push(token)
-        tokens = [(piece(seq.prompt[0]), None, None, 0)]
+        tokens = [(seq.prompt[0], piece(seq.prompt[0]), None, None, 0)]
         for token, scored, start in zip(seq.prompt[1:], seq.prompt_scores, prompt.starts[1:]):
-            tokens.append((piece(token), scored.logprob, [(t, piece(t), lp) for t, lp in scored.top], start))
+            tokens.append((token, piece(token), scored.logprob, [(t, piece(t), lp) for t, lp in scored.top], start))
         seq.prompt_scores = []
         return {"type": "prompt", "index": choice.index, "tokens": tokens}
 
