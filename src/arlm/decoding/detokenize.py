@@ -19,8 +19,9 @@ class Detokenizer:
     aside ends in no incomplete UTF-8 character -- a decoder that strips or merges text at a cut (a SentencePiece
     prefix space, cleanup of spaces before punctuation) keeps its window whole, and is still exact."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True) -> None:
+        """skip_special False: special tokens' text kept (an echoed prompt's), as tokenizer.decode keeps it."""
+        self.tokenizer, self.skip_special = tokenizer, skip_special
         self.ids: list[int] = []
         self.text = ""  # decode(self.ids)
         self._head = ""  # decode(self.ids[: self._cut])
@@ -29,7 +30,7 @@ class Detokenizer:
     def push(self, token: int) -> str:
         """Add one id; the whole text so far."""
         self.ids.append(token)
-        window = self.tokenizer.decode(self.ids[self._cut :])
+        window = self._decode(self.ids[self._cut :])
         self.text = self._head + window
         if len(self.ids) - self._cut > WINDOW:
             self._move_head(window)
@@ -38,8 +39,11 @@ class Detokenizer:
     def _move_head(self, window: str) -> None:
         """Set aside all but the last KEEP ids of the window where the cut changes no text."""
         split = len(self.ids) - KEEP
-        before = self.tokenizer.decode(self.ids[self._cut : split])
-        if before.endswith("\ufffd") or before + self.tokenizer.decode(self.ids[split:]) != window:
+        before = self._decode(self.ids[self._cut : split])
+        if before.endswith("\ufffd") or before + self._decode(self.ids[split:]) != window:
             return
         self._head += before
         self._cut = split
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special=self.skip_special)

@@ -15,12 +15,13 @@ class TextStream:
     """Text deltas for one sequence: push ids one by one; a piece is held back while it ends in an incomplete
     UTF-8 character or in what could be the start of a stop string."""
 
-    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None, skip_special: bool = True) -> None:
+        """skip_special False: special tokens' text is kept (an echoed prompt's, as the server echoes it)."""
         self.tokenizer = tokenizer
         self.stops = [s for s in (stops or []) if s]
         self.longest = max(map(len, self.stops), default=0)
         self.stop_ids = special_stop_ids(tokenizer, self.stops)  # special tokens a stop string names
-        self.decoded = Detokenizer(tokenizer)  # the ids pushed and their text
+        self.decoded = Detokenizer(tokenizer, skip_special)  # the ids pushed and their text
         self.sent = ""  # text handed out so far
         self.stopped = False  # a stop string was found; the text is final
         self.starts: list[int] = []  # per id pushed, where its text begins in the decoded text

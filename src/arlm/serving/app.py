@@ -377,8 +377,9 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
             for k, p in enumerate(prompts)
         ]
         echo = None
-        if req.echo:  # each choice's prompt text: as given, or its token ids decoded
-            echo = [t if isinstance(t, str) else server.tokenizer.decode(t) for t in texts for _ in range(req.n)]
+        if req.echo:  # each choice's prompt text: as given, or its token ids decoded (special tokens' text kept)
+            decode = lambda ids: server.tokenizer.decode(ids, skip_special=False)
+            echo = [t if isinstance(t, str) else decode(t) for t in texts for _ in range(req.n)]
         n, usage = req.n * len(prompts), _include_usage(req)
         fmt = OpenAIFormat(
             "completion", server.model_id, n, sum(map(len, prompts)), usage, echo=echo, scored=scored,

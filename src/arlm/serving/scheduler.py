@@ -345,7 +345,7 @@ class Scheduler:
     def _prompt_event(self, choice: Choice, seq: BatchSequence) -> Event:
         """The prompt's tokens as (id, piece, log-probability, top, start) for an echo: the first has no log-probability
         or top; start is where its text begins in the prompt's (a token inside a character: where that begins)."""
-        piece, prompt = self.tokenizer.token_text, TextStream(self.tokenizer)
+        piece, prompt = self.tokenizer.token_text, TextStream(self.tokenizer, skip_special=False)  # (as echoed)
         for token in seq.prompt:  # (its starts: where each id's text begins, as a reply's are found)
             prompt.push(token)
         tokens = [(seq.prompt[0], piece(seq.prompt[0]), None, None, 0)]
