@@ -9,6 +9,7 @@ import pytest
 from arlm.config import GenerationConfig
 from arlm.data.tokenizers import EOS
 from arlm.decoding.generate import generate
+from arlm.serving.jobs import choice_seed
 from tests.helpers import run_cli
 from tests.serving.conftest import MODEL_ID, SSEStream, request
 
@@ -138,12 +139,16 @@ def test_n_and_seed_reproducibility(live):
     texts = [c.text for c in first.choices]
     assert [c.index for c in first.choices] == [0, 1]
     assert texts == [c.text for c in again.choices]
-    # choice i is seeded seed + i: each equals sampling alone with that seed
+    # choice i is seeded choice_seed(seed, i): each equals sampling alone with that seed
     for i, text in enumerate(texts):
-        assert text == _alone(lm, ids, strategy="sample", temperature=1.0, max_new_tokens=16, seed=11 + i)[1]
+        seed = choice_seed(11, i)
+        assert text == _alone(lm, ids, strategy="sample", temperature=1.0, max_new_tokens=16, seed=seed)[1]
     assert texts[0] != texts[1]
-    other = client.completions.create(**{**kwargs, "seed": 12, "n": 1})
+    other = client.completions.create(**{**kwargs, "seed": choice_seed(11, 1), "n": 1})
     assert other.choices[0].text == texts[1]
+    # neighbouring seeds share no sample (with seed + i, seed 12's choice 0 was seed 11's choice 1)
+    neighbour = client.completions.create(**{**kwargs, "seed": 12})
+    assert not {c.text for c in neighbour.choices} & set(texts)
     streamed = list(client.completions.create(**kwargs, stream=True))
     joined = ["".join(c.choices[0].text for c in streamed if c.choices and c.choices[0].index == i) for i in (0, 1)]
     assert joined == texts

@@ -4,6 +4,7 @@ events go) and its Choices."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import threading
 import time
@@ -34,11 +35,21 @@ def error_event(exc: Exception) -> dict:
     return {"type": "error", "status": 500, "message": f"internal error: {exc}", "param": None, "code": None}
 
 
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request seeded `seed`: the seed itself for the first, a hash of both for the
+    others (seed + i made a request seeded s + 1 repeat s's choices 1.. as its 0..: neighbouring seeds shared
+    samples)."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # (a non-negative 63-bit seed, as the request's may be)
+
+
 def choice_config(config: GenerationConfig, index: int) -> GenerationConfig:
-    """Choice i of n: the request's settings, seeded seed + i (so that choices differ and each is reproducible)."""
+    """Choice i of n: the request's settings, seeded choice_seed(seed, i) (choices differ, each is reproducible)."""
     if config.seed is None or index == 0:
         return config
-    return dataclasses.replace(config, seed=config.seed + index)
+    return dataclasses.replace(config, seed=choice_seed(config.seed, index))
 
 
 @dataclass(eq=False)
