@@ -55,7 +55,7 @@ def test_an_assistant_message_as_the_sdk_returned_it_continues_the_conversation(
 
 def test_seeds_at_the_ends_of_the_64_bit_range(live):
     for seed in (-(2**63), 2**63 - 1):
-        status, answer = _completion(live, max_tokens=4, seed=seed, n=2)  # choice 1: seed + 1, past 2^63 - 1
+        status, answer = _completion(live, max_tokens=4, seed=seed, n=2)  # (choice 1: its own seed, choice_seed)
         assert status == 200, answer
         again = _completion(live, max_tokens=4, seed=seed, n=2)[1]
         assert [c["text"] for c in again["choices"]] == [c["text"] for c in answer["choices"]]
