@@ -292,27 +292,30 @@ class GenerationConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "length_penalty"):
             if not math.isfinite(getattr(self, name)):
-                raise ArlmError(f"{name} must be a finite number, got {getattr(self, name)}")
+                raise ArlmError(f"{name} must be a finite number, got {getattr(self, name)}", param=name)
         if 0 < self.max_new_tokens < self.min_new_tokens:  # (max_new_tokens 0: the prompt back, whatever the min)
             raise ArlmError(f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})")
         for name in ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "no_repeat_ngram_size"):
             if getattr(self, name) < 0:
-                raise ArlmError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ArlmError(f"{name} must be >= 0, got {getattr(self, name)}", param=name)
         # (a prompt-lookup n-gram of 0 would never match: nothing drafted, silently)
         for name in ("num_beams", "num_return_sequences", "num_draft_tokens", "prompt_lookup_ngram"):
             if not getattr(self, name) >= 1:
-                raise ArlmError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ArlmError(f"{name} must be >= 1, got {getattr(self, name)}", param=name)
         if 0 < self.temperature < MIN_TEMPERATURE:  # (logits / 1e-45 overflow float32: a NaN distribution)
             raise ArlmError(
                 f"temperature {self.temperature:g} is too small to sample at; give 0 (greedy) or at least "
-                f"{MIN_TEMPERATURE:g}"
+                f"{MIN_TEMPERATURE:g}",
+                param="temperature",
             )
         if not 0.0 < self.top_p <= 1.0:
-            raise ArlmError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ArlmError(f"top_p must be in (0, 1], got {self.top_p}", param="top_p")
         if not 0.0 <= self.min_p <= 1.0:
-            raise ArlmError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise ArlmError(f"min_p must be in [0, 1], got {self.min_p}", param="min_p")
         if self.repetition_penalty <= 0:
-            raise ArlmError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+            raise ArlmError(
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}", param="repetition_penalty"
+            )
         if self.lookup_first and self.strategy != "speculative":
             raise ArlmError(f"lookup_first goes with the speculative strategy (a draft model), not {self.strategy}")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:

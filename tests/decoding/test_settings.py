@@ -77,9 +77,10 @@ def test_every_setting_has_a_place():
     assert placed | set(EVERY) == FIELDS
 
 
-def test_the_server_takes_openai_sampling_knobs_at_temperature_0():
-    greedy = GenerationConfig(strategy="greedy", temperature=0.0, top_p=0.9, top_k=5)
-    assert unread(greedy, ["top_p", "top_k"], at_zero=False) == []
+def test_the_server_takes_openai_sampling_knobs_at_temperature_0_and_refuses_arlms_own():
+    """top_k and min_p (arlm's, no OpenAI client sends them by default) passed silently at temperature 0."""
+    greedy = GenerationConfig(strategy="greedy", temperature=0.0, top_p=0.9, top_k=5, min_p=0.1)
+    assert unread(greedy, ["top_p", "top_k", "min_p"], at_zero=False) == ["top_k", "min_p"]
     assert unread(greedy, ["top_p", "top_k"]) == ["top_p", "top_k"]
     beam = GenerationConfig(strategy="beam", temperature=0.7, top_p=0.9)
     assert unread(beam, ["temperature", "top_p"], at_zero=False) == ["temperature", "top_p"]

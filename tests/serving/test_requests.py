@@ -53,6 +53,32 @@ def test_an_assistant_message_as_the_sdk_returned_it_continues_the_conversation(
     assert status == 400 and "tool_calls are not supported" in answer["error"]["message"]
 
 
+REFUSED = [  # a request OpenAI's API refuses, or a setting that would do nothing -> the param named
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # (without stream: answered as if absent)
+    ({"prompt": []}, "prompt"),  # (generated from BOS)
+    ({"prompt": [[1, 2], []]}, "prompt"),
+    ({"temperature": 1e-8}, "temperature"),  # (refused with param null)
+    ({"temperature": 0, "top_k": 5}, "top_k"),  # arlm's own knobs at temperature 0 did nothing, silently
+    ({"temperature": 0, "min_p": 0.1}, "min_p"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), REFUSED)
+def test_what_would_be_answered_as_something_else_is_refused_naming_its_param(live, body, param):
+    status, answer = _completion(live, max_tokens=2, **body)
+    assert status == 400 and answer["error"]["param"] == param, answer
+
+
+def test_openais_newer_request_fields_are_taken_as_user_is(live):
+    """safety_identifier and prompt_cache_key (OpenAI's successors of user) and stream_options.include_obfuscation
+    were refused as unrecognized, while user was accepted."""
+    extra = {"safety_identifier": "u1", "prompt_cache_key": "k", "user": "u1"}
+    assert _completion(live, max_tokens=2, **extra)[0] == 200
+    streamed = {"stream": True, "stream_options": {"include_usage": True, "include_obfuscation": False}}
+    assert _completion(live, max_tokens=2, **streamed)[0] == 200
+    assert _completion(live, max_tokens=2, temperature=0, top_p=0.5)[0] == 200  # (top_p: sent by every client)
+
+
 def test_seeds_at_the_ends_of_the_64_bit_range(live):
     for seed in (-(2**63), 2**63 - 1):
         status, answer = _completion(live, max_tokens=4, seed=seed, n=2)  # (choice 1: its own seed, choice_seed)

@@ -47,13 +47,14 @@ FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig))
 def unread(config: GenerationConfig, given: Iterable[str], at_zero: bool = True) -> list[str]:
     """The given settings config's strategy does not read at config's values (top_k with beam, top_k at
     temperature 0), in the order given; a setting at its neutral value (temperature 0, top_k 0) is read by all,
-    and a name that is no GenerationConfig field (a request's model, n) is passed over. at_zero=False lets the
-    sampling settings pass at temperature 0 under any strategy (as OpenAI's API takes them)."""
+    and a name that is no GenerationConfig field (a request's model, n) is passed over. at_zero=False lets OpenAI's
+    sampling settings (top_p) pass at temperature 0 under any strategy, as OpenAI's API takes them (clients send
+    top_p with every request); arlm's own (top_k, min_p) are still refused there."""
     read = set(EVERY) | set(READ_BY[config.strategy])
     if config.strategy == "speculative" and not config.lookup_first:  # the n-gram of prompt lookup's own drafts
         read.discard("prompt_lookup_ngram")
     if config.temperature == 0:
-        read = read - set(SAMPLING) | {"temperature"} if at_zero else read | set(SAMPLING)
+        read = read - set(SAMPLING) | ({"temperature"} if at_zero else {"temperature", "top_p"})
     return [
         name
         for name in given

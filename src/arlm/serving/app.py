@@ -72,7 +72,11 @@ class Server:
 
     def split_prompts(self, prompt) -> list[str | list[int]]:
         """A completion's prompt (a text or token ids) or list of prompts, as a list of prompts."""
-        prompts = [prompt] if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int) else prompt
+        if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
+            raise ApiError(
+                400, 'prompt holds no token ids (an empty list); send a text ("" starts from BOS)', param="prompt"
+            )
+        prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else prompt
         if len(prompts) > self.scheduler.max_queue:
             message = f"{len(prompts)} prompts in one request; this server queues at most {self.scheduler.max_queue}"
             raise ApiError(400, message, param="prompt")
@@ -113,8 +117,8 @@ class Server:
         if max_tokens is None:
             max_tokens = self.context - len(prompt)
         config = req.generation_config(max_tokens)
-        # a setting the strategy would ignore is refused; OpenAI's sampling knobs at temperature 0 are not (clients
-        # send top_p with every request, as OpenAI's API takes it)
+        # a setting the strategy would ignore is refused; OpenAI's top_p at temperature 0 is not (clients send it
+        # with every request, as OpenAI's API takes it), arlm's top_k and min_p are
         unused = unread(config, sorted(req.model_fields_set), at_zero=False)
         if unused:
             raise ApiError(400, unread_message(config, unused[0]), param=unused[0])
@@ -456,4 +460,7 @@ def _tokenizer_routes(app: FastAPI, server: Server) -> None:
 
 
 def _include_usage(req: Sampling) -> bool:
+    """Whether a stream ends in a usage chunk; stream_options without stream is refused, as OpenAI's API does."""
+    if req.stream_options is not None and not req.stream:
+        raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
     return bool(req.stream_options and req.stream_options.include_usage)

@@ -22,6 +22,7 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # OpenAI's padding of streamed chunks: accepted, nothing padded here
 
 
 class JsonSchemaFormat(BaseModel):
@@ -117,6 +118,8 @@ class Sampling(TextOnly):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None  # token id (as text) -> -100..100, added to its logit before choosing
     user: str | None = None  # OpenAI's end-user id: accepted, unused
+    safety_identifier: str | None = None  # OpenAI's successors of user: accepted, unused
+    prompt_cache_key: str | None = None  # (prompts are reused by their ids here: --reuse-prefix)
     metadata: dict[str, str] | None = None  # OpenAI's tags for stored completions: accepted, unused (nothing stored)
     store: bool | None = None  # OpenAI's: accepted; arlm stores nothing
     # arlm's extras
