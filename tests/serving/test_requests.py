@@ -79,6 +79,28 @@ def test_openais_newer_request_fields_are_taken_as_user_is(live):
     assert _completion(live, max_tokens=2, temperature=0, top_p=0.5)[0] == 200  # (top_p: sent by every client)
 
 
+def test_a_message_name_is_refused_a_reply_says_refusal_null_and_a_405_names_what_is_allowed(live):
+    """A message's name was taken and dropped (who said what, lost silently); a reply's message lacked OpenAI's
+    "refusal": null, which code reading the raw JSON looks up; a 405 had no Allow header."""
+    import http.client
+    from urllib.parse import urlparse
+
+    named = [{"role": "user", "content": "hi", "name": "bob"}]
+    body = {"model": MODEL_ID, "messages": named, "max_tokens": 2}
+    status, answer = request(live.base_url, "POST", "/v1/chat/completions", body)
+    assert status == 400 and "name is not supported" in answer["error"]["message"], answer
+    body["messages"] = [{"role": "user", "content": "hi"}]
+    status, answer = request(live.base_url, "POST", "/v1/chat/completions", body)
+    assert status == 200 and answer["choices"][0]["message"]["refusal"] is None
+    url = urlparse(live.base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("GET", "/v1/chat/completions")
+    response = conn.getresponse()
+    assert response.status == 405 and response.getheader("Allow") == "POST"
+    assert json.loads(response.read())["error"]["type"] == "invalid_request_error"
+    conn.close()
+
+
 def test_seeds_at_the_ends_of_the_64_bit_range(live):
     for seed in (-(2**63), 2**63 - 1):
         status, answer = _completion(live, max_tokens=4, seed=seed, n=2)  # (choice 1: its own seed, choice_seed)

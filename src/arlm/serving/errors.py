@@ -17,9 +17,12 @@ NOT_UNION = ("extra_forbidden", "missing")  # errors of a model's own keys, neve
 class ApiError(Exception):
     """An error answered with OpenAI's body."""
 
-    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None, code=None):
+    def __init__(
+        self, status: int, message: str, *, type: str | None = None, param: str | None = None, code=None, headers=None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = dict(headers or {})  # (405's Allow)
         # OpenAI's: an unknown model (404) is an invalid request too; a full queue is a rate limit; a bug a server error
         self.type = type or {429: "rate_limit_error"}.get(status, "server_error" if status >= 500 else None)
         self.type = self.type or "invalid_request_error"
@@ -40,8 +43,8 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         """The JSON response."""
-        headers = {"Retry-After": "1"} if self.status == 429 else None  # a full queue: worth trying again soon
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        headers = {"Retry-After": "1"} if self.status == 429 else {}  # a full queue: worth trying again soon
+        return JSONResponse(self.body(), status_code=self.status, headers={**self.headers, **headers})
 
 
 def error_handlers(app: FastAPI) -> None:
@@ -62,7 +65,7 @@ def error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = "not found: " + request.url.path if exc.status_code == 404 else str(exc.detail)
-        return ApiError(exc.status_code, message).response()
+        return ApiError(exc.status_code, message, headers=exc.headers).response()  # (405: Allow, as RFC 9110 asks)
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception):  # (Starlette then raises it again: its traceback is logged)

@@ -182,7 +182,7 @@ class OpenAIFormat:
             if with_logprobs:
                 choice["logprobs"] = self._logprobs_object(self.logprobs[i])
             if self.kind == "chat":
-                choice["message"] = {"role": "assistant", "content": self.texts[i]}
+                choice["message"] = {"role": "assistant", "content": self.texts[i], "refusal": None}  # (OpenAI's)
             else:
                 choice["text"] = self.texts[i]
             choices.append(choice)

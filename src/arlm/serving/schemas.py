@@ -229,6 +229,10 @@ class ChatMessage(BaseModel):
         for name in ("tool_calls", "function_call", "audio"):
             if getattr(self, name):
                 raise ValueError(f"{name} are not supported (this server has no tools and no audio)")
+        if self.name:  # (taken and dropped, a multi-user conversation lost who said what)
+            raise ValueError(
+                "a message's name is not supported (the chat template has no place for it); put it in the content"
+            )
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs its content (a string or a list of text parts)")
         return self
