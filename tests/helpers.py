@@ -16,6 +16,19 @@ from arlm.data.sources import DATA_ENV, local_corpus
 from arlm.decoding.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
+
+
+def optional_module(name: str):
+    """An optional package the tests of a module need: skipped without it, but in CI (where `make test` installs
+    every extra) a missing one fails, as tests/conftest.py has it for transformers and the SmolLM2 file."""
+    import importlib
+
+    import pytest
+
+    return importlib.import_module(name) if IN_CI else pytest.importorskip(name)
+
+
 SHAKESPEARE_PLACES = (
     str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"),  # beside the checkout, as on the dev box
     "/work/shared/data/tinyshakespeare.txt",  # the shared folder itself, for clones made elsewhere

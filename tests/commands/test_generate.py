@@ -21,7 +21,7 @@ from arlm.commands.generate import (
 )
 from arlm.config import GenerationConfig
 from arlm.decoding.stops import cut_at_stop, stop_checker
-from tests.helpers import tiny_base
+from tests.helpers import optional_module, tiny_base
 
 PIECES = ["a", "b", "le", " s", "pa", "ce", "l", "e", " ", "\n", "ab"]
 
@@ -179,7 +179,7 @@ def test_show_drafts_prints_the_text_before_the_stop_string(capsys):
 @pytest.fixture(scope="module")
 def q4_file(tmp_path_factory):
     """A tiny tied Llama written as SmolLM2's file is: Q4_1 layers, a Q8_0 embedding that is also the head."""
-    pytest.importorskip("gguf")
+    optional_module("gguf")
     from tests.interop.gguf_files import TINY_MERGES, layer_types, tied_llama, write_tiny_llama
 
     model, tokens = tied_llama()

@@ -4,13 +4,13 @@ and its byte-level vocabulary."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from arlm.config import ModelConfig
 from arlm.model.transformer import Transformer
+from tests.helpers import optional_module
 
-gguf = pytest.importorskip("gguf")
+gguf = optional_module("gguf")
 
 
 def byte_alphabet() -> list[str]:

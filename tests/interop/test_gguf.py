@@ -31,6 +31,7 @@ from arlm.interop.loading import load_model, to_dtype
 from arlm.model import native
 from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Transformer
+from tests.helpers import optional_module
 from tests.interop.gguf_files import (
     TINY_MERGES,
     TINY_TOKENS,
@@ -40,7 +41,7 @@ from tests.interop.gguf_files import (
     write_tiny_llama,
 )
 
-gguf = pytest.importorskip("gguf")
+gguf = optional_module("gguf")
 Q = gguf.GGMLQuantizationType
 
 PROMPTS = [

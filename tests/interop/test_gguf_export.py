@@ -16,9 +16,9 @@ from arlm.interop.gguf import load_gguf_model, read_gguf, read_tensors, unpermut
 from arlm.interop.gguf_export import export_gguf, gguf_vocab, permute_rope_rows, save_gguf
 from arlm.interop.loading import load_model
 from arlm.model.transformer import Transformer
-from tests.helpers import tiny_text
+from tests.helpers import optional_module, tiny_text
 
-gguf = pytest.importorskip("gguf")
+gguf = optional_module("gguf")
 Q = gguf.GGMLQuantizationType
 
 TEXTS = [

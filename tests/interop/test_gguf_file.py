@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from arlm.interop.gguf_file import read_gguf_file
+from tests.helpers import optional_module
 
-gguf = pytest.importorskip("gguf")
+gguf = optional_module("gguf")
 Q = gguf.GGMLQuantizationType
 
 
@@ -97,6 +98,7 @@ def test_a_custom_alignment_moves_the_data_as_gguf_py_places_it(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_file_reads_as_gguf_py_reads_it():
     from arlm.interop.gguf import smollm2_path
 

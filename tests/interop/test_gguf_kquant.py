@@ -17,9 +17,10 @@ from arlm.interop.loading import auto_dtype, load_model, resolve_dtype, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.quant import Int4Linear, Int8Linear, QuantEmbedding
+from tests.helpers import optional_module
 from tests.interop.gguf_files import LINEARS, TINY_MERGES, random_blocks, tied_llama, write_tiny_llama
 
-gguf = pytest.importorskip("gguf")
+gguf = optional_module("gguf")
 Q = gguf.GGMLQuantizationType
 needs_kernels = pytest.mark.skipif(not native.available(), reason="needs arlm's CPU kernels")
 
@@ -154,13 +155,24 @@ def test_mixed_keeps_a_float_head_float(tmp_path):
     assert sum(isinstance(m, Int4Linear) for m in model.modules()) == 4 * 2
 
 
-def test_mixed_is_refused_where_it_cannot_run():
+def test_mixed_is_refused_where_it_cannot_run(monkeypatch):
+    """Without the kernels it said "use --device cpu" to a run on the CPU: the cause is named instead."""
     model, _ = tied_llama(3, 256, 256)
-    with pytest.raises(ArlmError, match="GGUF file's layers") as caught:
-        to_dtype(model, "mixed")
-    assert "\n" not in str(caught.value)
+    if native.available():
+        with pytest.raises(ArlmError, match="GGUF file's layers") as caught:
+            to_dtype(model, "mixed")
+        assert "\n" not in str(caught.value)
     with pytest.raises(ArlmError, match="CPU kernels only"):
         resolve_dtype("mixed", "cuda")
+    monkeypatch.setenv("ARLM_NATIVE", "0")
+    with pytest.raises(
+        ArlmError, match=r"needs arlm's CPU kernels, which are turned off by ARLM_NATIVE=0; use --dtype"
+    ):
+        resolve_dtype("mixed", "cpu")
+    monkeypatch.delenv("ARLM_NATIVE")
+    monkeypatch.setattr(native, "library", lambda: None)
+    with pytest.raises(ArlmError, match=r"needs arlm's CPU kernels, which could not be built here; use --dtype"):
+        resolve_dtype("mixed", "cpu")
 
 
 @needs_kernels

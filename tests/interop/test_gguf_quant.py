@@ -22,9 +22,10 @@ from arlm.interop.loading import auto_dtype, load_model, to_dtype
 from arlm.model import native
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.quant import Int4Linear, Int8Linear, QuantEmbedding, kernel_dtype
+from tests.helpers import optional_module
 from tests.interop.gguf_files import TINY_MERGES, layer_types, tied_llama, write_tiny_llama
 
-gguf = pytest.importorskip("gguf")
+gguf = optional_module("gguf")
 
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is",

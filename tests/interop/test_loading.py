@@ -164,6 +164,7 @@ def test_a_checkpoint_loads_at_every_dtype(run):
     assert all(torch.equal(a, b) for a, b in zip(auto.model.state_dict().values(), float32.model.state_dict().values()))
 
 
+@pytest.mark.real_model
 def test_starting_to_generate_from_smollm2_never_imports_torch_dynamo():
     """`arlm generate smollm2` at float32 and int4 starts without torch._dynamo, whose import alone costs ~1 s (a
     decorator at import, random draws on the meta device, RoPE tables computed there all imported it once)."""
@@ -174,8 +175,8 @@ def test_starting_to_generate_from_smollm2_never_imports_torch_dynamo():
         "import sys\n"
         "from arlm.cli import main\n"
         "for dtype in ('float32', 'int4'):\n"
-        "    main(['generate', 'smollm2', '--prompt', 'Hi', '--dtype', dtype, '--temperature', '0',\n"
-        "          '--max-new-tokens', '3'])\n"
+        "    assert main(['generate', 'smollm2', '--prompt', 'Hi', '--dtype', dtype, '--temperature', '0',\n"
+        "                 '--max-new-tokens', '3']) == 0\n"
         "print('dynamo imported:', 'torch._dynamo' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

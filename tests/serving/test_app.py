@@ -328,8 +328,16 @@ def keyed(tiny_lm):
 def test_an_api_key_is_asked_of_every_api_request(keyed):
     """/v1/...: the key or 401; the page, /health, /metrics and the tokenizer's endpoints (vLLM's, outside /v1, open
     there too) answer without it."""
+    import re
+
     import openai
 
+    def refused_models() -> float:  # (the server is the module's: other tests' requests count too)
+        metrics = request(keyed.base_url, "GET", "/metrics")[1]
+        found = re.search(r'arlm_requests_total\{endpoint="/v1/models",status="401"\} ([0-9.]+)', metrics)
+        return float(found[1]) if found else 0.0
+
+    before = refused_models()
     out = keyed.client(api_key="s3cret").completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=3)
     assert out.usage.completion_tokens == 3
     with pytest.raises(openai.AuthenticationError) as refused:
@@ -343,8 +351,7 @@ def test_an_api_key_is_asked_of_every_api_request(keyed):
     assert request(keyed.base_url, "GET", "/health")[1]["auth"] is True
     assert request(keyed.base_url, "POST", "/tokenize", {"model": MODEL_ID, "prompt": "x"})[0] == 200
     assert request(keyed.base_url, "GET", "/metrics")[0] == request(keyed.base_url, "GET", "/")[0] == 200
-    metrics = request(keyed.base_url, "GET", "/metrics")[1]
-    assert 'arlm_requests_total{endpoint="/v1/models",status="401"} 1.0' in metrics
+    assert refused_models() == before + 1  # the one refused GET /v1/models above
 
 
 PAGE = "http://page.example:3000"

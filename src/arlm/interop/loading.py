@@ -87,8 +87,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str = "
     device = torch.device(device)
     if name == "int4" and device.type != "cpu":
         raise ArlmError("--dtype int4 runs on the CPU only (arlm's and PyTorch's CPU kernels); use --device cpu")
-    if name == "mixed" and (device.type != "cpu" or not native.available()):
+    if name == "mixed" and device.type != "cpu":
         raise ArlmError("--dtype mixed runs on arlm's CPU kernels only; use --device cpu, or --dtype int8 / int4")
+    if name == "mixed" and not native.available():
+        why = "are turned off by ARLM_NATIVE=0" if os.environ.get("ARLM_NATIVE") == "0" else "could not be built here"
+        raise ArlmError(f"--dtype mixed needs arlm's CPU kernels, which {why}; use --dtype int8 or int4")
     if name in ("int8", "int4", "mixed"):  # a GPU's int8 layers compute in bfloat16 (quant.py), a CPU's in float32
         return Precision(name, torch.float32 if device.type == "cpu" else torch.bfloat16, name)
     return Precision(name, getattr(torch, name))
