@@ -43,6 +43,20 @@ def test_curves_have_one_value_per_position_and_stay_in_range():
     assert ExposureBiasResult.from_dict(json.loads(json.dumps(res.as_dict()))) == res
 
 
+def test_standard_errors_are_numpys_of_the_sequences_and_the_gaps_are_paired():
+    """The error bars were only checked to be >= 0: ddof 0, an unpaired gap or a missing sqrt(n) would pass."""
+    from arlm.evaluation.exposure_bias import summarise
+
+    g = np.random.default_rng(0)
+    tf, fr = torch.tensor(g.gamma(2.0, 1.0, (9, 4))), torch.tensor(g.gamma(2.0, 1.2, (9, 4)))  # (N, L) NLLs
+    tf_ok, fr_ok = torch.tensor(g.random((9, 4)) < 0.5).float(), torch.tensor(g.random((9, 4)) < 0.4).float()
+    res = summarise(tf, fr, tf_ok, fr_ok, prompt_len=3)
+    sem = lambda a: (np.std(np.asarray(a, dtype=np.float64), axis=0, ddof=1) / np.sqrt(9)).tolist()
+    assert res.teacher_forced_loss_se == pytest.approx(sem(tf), rel=1e-12)
+    assert res.free_running_accuracy_se == pytest.approx(sem(fr_ok), rel=1e-12)
+    assert res.gap_se == pytest.approx(sem(fr.numpy() - tf.numpy()), rel=1e-12)  # paired: the SE of differences
+
+
 @torch.no_grad()
 def test_teacher_forced_curve_is_the_per_position_nll_of_a_plain_forward():
     model, seqs = _random_model(), _sequences()
