@@ -340,6 +340,21 @@ def test_a_greedy_draft_stops_at_eos_and_the_output_stays_exact():
     assert out.generated() == plain.generated() and out.stats["proposed"] == 4
 
 
+def test_the_stats_count_only_the_drafts_the_output_holds_where_a_stop_ends_it():
+    """A round cut by a stop check counted all its drafts as accepted: 10 of 10 accepted for 3 tokens kept. Now
+    what was drafted and accepted counts the tokens the output holds."""
+    target = _model(0)
+    prompt = [[1, 2, 3, 4, 5, 6]]
+    free = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=12, stop_at_eos=False))
+    ended = free.generated()[0][:3]
+    stop = lambda row, ids: ids[: len(ended)] == ended  # (the text ends after its 3rd token)
+    config = GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=12, num_draft_tokens=8)
+    out = generate(target, prompt, config, draft=target, should_stop=stop)  # (the target drafting for itself)
+    assert out.generated()[0] == ended
+    assert out.stats["target_forwards"] == 1  # one round: 8 drafts, all the target's own, cut after the 3rd
+    assert out.stats["proposed"] == out.stats["accepted"] == 3  # (it said 8 of 8)
+
+
 def test_lookup_first_copies_where_the_context_recurs_and_asks_the_model_elsewhere():
     """speculative with lookup_first: prompt lookup's tokens (by the match's length) where the context's last 2+
     tokens recur, the draft model's (as the model alone drafts them) where they do not."""

@@ -133,14 +133,16 @@ def speculative_generate(
             cost.record(1 + len(drafts), time.perf_counter() - began)
             if trace is not None:
                 trace(_verify_event(drafts, accepted, int(new[-1]), scores.softmax(dim=-1), new, drafter.source))
-            stats["target_forwards"] += 1
-            stats["proposed"] += len(drafts)
-            stats["accepted"] += accepted
-            marks += [True] * accepted + [False]
             if adaptive is not None and drafter.source == sized:  # (lookup's rounds are sized by the match)
                 adaptive.update(len(drafts), accepted)
             drafter.rollback(seq.shape[1] + accepted)
+            before = seq.shape[1]
             seq, done = _append(seq, new, history.eos_id, should_stop, T, on_token)
+            kept = seq.shape[1] - before  # (fewer than new where an EOS or a stop string ended the text)
+            stats["target_forwards"] += 1
+            stats["proposed"] += min(len(drafts), kept)  # drafts past the end are no part of the output
+            stats["accepted"] += min(accepted, kept)
+            marks += ([True] * accepted + [False])[:kept]
             if done:
                 break
     finally:
