@@ -212,3 +212,40 @@ def test_best_is_argmax_on_ties_nan_and_wide_rows():
         strided = wide.reshape(8, 2, 24576).transpose(0, 1)  # (2, 8, 24576), not contiguous
         assert torch.equal(best(strided), strided.argmax(-1))
         assert best(wide).dtype == torch.long
+
+
+def test_tied_scores_go_to_the_lowest_id_as_greedy_breaks_them():
+    """bfloat16 logits tie at the top (19.375 twice): top-k 1 kept both, so that the seed chose, and beam search's
+    topk took the other one; every selection now breaks ties as argmax does."""
+    from arlm.decoding.processors import best, top_indices, top_k
+
+    scores = torch.tensor([[1.0, 5.0, 2.0, 5.0, 5.0, 0.0], [3.0, 3.0, 3.0, 3.0, 9.0, 3.0]])
+    values, ids = top_indices(scores, 2)
+    assert ids.tolist() == [[1, 3], [4, 0]] and values.tolist() == [[5.0, 5.0], [9.0, 3.0]]
+    kept = top_k(scores, 1)
+    assert torch.isfinite(kept).sum(-1).tolist() == [1, 1] and kept.argmax(-1).tolist() == best(scores).tolist()
+    plain = torch.tensor([[0.5, 2.0, 1.0]])
+    assert top_indices(plain, 2)[1].tolist() == torch.topk(plain, 2).indices.tolist()  # (no tie: topk's answer)
+
+
+def test_top_k_1_and_beam_width_1_are_greedy_where_two_tokens_always_tie():
+    """A head whose two rows are equal gives those tokens equal logits at every step."""
+    from arlm.config import ModelConfig
+    from arlm.decoding.generate import generate
+    from arlm.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    config = ModelConfig(flavour="llama", vocab_size=40, block_size=64, n_layer=2, n_head=2, d_model=32)
+    model = Transformer(config).eval()
+    prompt = [[1, 2, 3, 4]]
+    first = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=1)).generated()[0][0]
+    twin = 0 if first != 0 else 1
+    with torch.no_grad():
+        model.lm_head.weight[twin] = model.lm_head.weight[first]  # (tied embeddings: the twin's input row too)
+    greedy = generate(model, prompt, GenerationConfig(strategy="greedy", max_new_tokens=12)).generated()
+    assert greedy[0][0] == min(first, twin)  # the tie, broken by the lowest id
+    beam = GenerationConfig(strategy="beam", num_beams=1, max_new_tokens=12, stop_at_eos=False)
+    assert generate(model, prompt, beam).generated() == greedy
+    for seed in range(4):
+        sampled = GenerationConfig(strategy="sample", top_k=1, seed=seed, max_new_tokens=12)
+        assert generate(model, prompt, sampled).generated() == greedy

@@ -10,7 +10,7 @@ import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine, cache_dtype
-from arlm.decoding.processors import History, process
+from arlm.decoding.processors import History, process, top_indices
 from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
@@ -78,7 +78,7 @@ def beam_search(
         ends = (token == eos_id) if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
         ends = ends | (cur + 1 >= max_len) | _stop_hits(should_stop, candidates[:, :, T : cur + 1])  # (B, keep)
         alive_scores = top_scores + ends.float() * NEG  # running beams: the best K candidates that did not end
-        chosen = torch.topk(alive_scores, K).indices  # (B, K)
+        chosen = top_indices(alive_scores, K)[1]  # (B, K)
         running, running_scores = _gather(candidates, chosen), _gather(alive_scores, chosen)
         parent = _gather(source_beam, chosen)  # (B, K)
         # finished hypotheses: candidates that ended within the top K, length-penalised, merged with the old ones
@@ -169,7 +169,7 @@ def _candidates(
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
     log_probs = process(log_probs, sequences, config, history)  # penalties, n-grams, min new tokens
     totals = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
-    top_scores, top_index = torch.topk(totals, keep)  # (B, keep) each
+    top_scores, top_index = top_indices(totals, keep)  # (B, keep) each; ties: the lowest index, as greedy
     source_beam, token = top_index // V, top_index % V
     candidates = _gather(running, source_beam)  # (B, keep, max_len)
     candidates[:, :, cur] = token
@@ -198,7 +198,7 @@ def _merge_finished(
     finished, finished_scores, finished_len, is_finished = old
     K = finished_scores.shape[1]
     merged_scores = torch.cat([finished_scores, scores + (~ends).float() * NEG], dim=1)
-    best = torch.topk(merged_scores, K).indices
+    best = top_indices(merged_scores, K)[1]
     new_len = torch.full_like(ends, length, dtype=torch.long)
     return (
         _gather(torch.cat([finished, candidates], dim=1), best),

@@ -76,12 +76,26 @@ def temperature(scores: torch.Tensor, value: float) -> torch.Tensor:
     return scores if value == 1.0 else scores / value
 
 
+def top_indices(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest scores along the last dim and their indices, (..., k) each, best first, ties broken by the
+    lowest index, as greedy's argmax breaks them: bfloat16 logits tie often (a step of 0.125 near 20), and
+    torch.topk's order among ties is unspecified, which made top-k 1 and beam width 1 pick another token than
+    greedy (and top-k 1 keep both, so that the seed chose)."""
+    values, indices = torch.topk(scores, k, dim=-1)
+    boundary = (scores >= values[..., -1:]).sum(-1) > k  # more scores than k reach the k-th
+    within = (values[..., 1:] == values[..., :-1]).any(-1)  # two of the k tie
+    if not bool((boundary | within).any()):
+        return values, indices
+    ordered, order = torch.sort(scores, dim=-1, descending=True, stable=True)  # (equal scores: lower index first)
+    return ordered[..., :k], order[..., :k]
+
+
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k highest scores (ties at the k-th value kept), -inf elsewhere."""
+    """Keep the k highest scores (of tied ones, the lowest ids: top-k 1 is greedy's token), -inf elsewhere."""
     if k <= 0 or k >= scores.shape[-1]:
         return scores
-    kth = torch.topk(scores, k, dim=-1).values[:, -1:]  # (B, 1)
-    return scores.masked_fill(scores < kth, NEG_INF)
+    _, kept = top_indices(scores, k)  # (B, k)
+    return torch.full_like(scores, NEG_INF).scatter(-1, kept, scores.gather(-1, kept))
 
 
 def top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
