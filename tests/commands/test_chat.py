@@ -133,6 +133,21 @@ def test_json_keeps_each_answer_to_the_schema(capsys):
 
 
 @pytest.mark.real_model
+def test_json_with_a_strategy_it_cannot_hold_is_refused_once_before_any_line_is_read(capsys, monkeypatch):
+    """Piped lines were each refused in turn ("assistant> " on stdout, the error on stderr) and the chat ended with
+    exit code 0; a refused message wrote the cue before its error."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\nhello\n"))
+    assert main(["chat", "--json", "--strategy", "beam", "--max-new-tokens", "4"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: JSON output is decoded by greedy decoding or sampling, not beam\n"
+    assert main(["chat", "--message", "word " * 9000, "--max-new-tokens", "4"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: the message is ")
+
+
+@pytest.mark.real_model
 def test_ctrl_c_stops_the_answer_and_the_chat_goes_on_from_what_was_said(capsys, monkeypatch):
     import signal
 

@@ -107,6 +107,7 @@ def chat_command(
     the answer being written (a second one, or one at the prompt, ends the chat); draft_dtype: the draft model's
     (None: the target's); fit_answer: max_new_tokens at most half the model's context."""
     from arlm.decoding.chat import ChatSession  # lazy: kept out of --help
+    from arlm.decoding.generate import check_grammar  # lazy: kept out of --help
     from arlm.interop.loading import load_model, pick_device  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
 
@@ -120,6 +121,7 @@ def chat_command(
     draft_model = draft_for(config, draft, loaded, model_ref, dev, draft_dtype)
     plain = loaded.config.data.format == "chat"  # fine-tuned on chat data: its own rendering, if no template
     grammar = grammar_for(json_schema, loaded)
+    check_grammar(grammar, config, loaded.tokenizer.eos_id)  # once, before a line is read (each turn refused it)
     session = ChatSession(
         loaded.model, loaded.tokenizer, config, system, draft_model, plain, reuse_prefix=reuse_prefix, grammar=grammar
     )
@@ -139,15 +141,15 @@ def _turn(session: ChatSession, line: str, typed: bool, stats: bool) -> str | No
         if line.strip():
             session.turns = []
         return None
-    sys.stdout.write("assistant> ")
-    streamer = Streamer(session.tokenizer, session.config.stop)
+    streamer = Streamer(session.tokenizer, session.config.stop, prefix="assistant> ")  # (the cue after the checks)
     try:
         with _interruptible(typed) as interrupted:
             answer = session.reply(line, on_token=streamer, cancel=interrupted)
     except ArlmError as exc:  # typed in: say why, and go on with the conversation as it was
         if not typed:
             raise
-        print(flush=True)
+        if streamer.prefix is None:  # (the cue and part of an answer were written: end their line)
+            print(flush=True)
         print(f"error: {exc}", file=sys.stderr)
         return None
     streamer.finish()
