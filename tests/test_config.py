@@ -124,6 +124,14 @@ def test_a_learning_rate_is_refused_in_one_wording(value):
         build_config("quickstart", ["--train.lr", value])
 
 
+def test_min_new_tokens_with_stop_at_eos_false_is_refused_naming_it():
+    """It did nothing there (the EOS came out as the 8th token all the same), silently."""
+    GenerationConfig(min_new_tokens=3, stop_at_eos=True).validate()
+    with pytest.raises(ArlmError, match="with stop_at_eos false EOS ends nothing") as caught:
+        GenerationConfig(min_new_tokens=3, stop_at_eos=False).validate()
+    assert caught.value.param == "min_new_tokens"
+
+
 def test_min_new_tokens_fit_under_max_new_tokens():
     GenerationConfig(min_new_tokens=5, max_new_tokens=5).validate()
     with pytest.raises(ArlmError, match=r"min_new_tokens \(6\) must be <= max_new_tokens \(5\)"):

@@ -328,6 +328,11 @@ class GenerationConfig:
                 f"num_return_sequences {self.num_return_sequences} needs --strategy sample (temperature > 0) or "
                 f"beam; {self.strategy} would return the same sequence each time"
             )
+        if self.min_new_tokens and not self.stop_at_eos:  # (EOS ends nothing: there is no early end to mask)
+            raise ArlmError(
+                "min_new_tokens masks the EOS that would end the text early; with stop_at_eos false EOS ends nothing",
+                param="min_new_tokens",
+            )
         if any(s == "" for s in self.stop):
             raise ArlmError("a stop string must not be empty")
         if self.early_stopping not in (True, False, "never"):

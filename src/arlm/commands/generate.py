@@ -57,7 +57,8 @@ FLAG_HELP = {  # one line per GenerationConfig field, for --help
     "most a round, where above the adaptive rule's own cap of 16",
     "adaptive_draft": "speculative / prompt-lookup: how many to draft each round, from the acceptance so far and the "
     "cost of a verification (none where drafting would not pay)",
-    "prompt_lookup_ngram": "prompt-lookup: the longest n-gram of the context matched",
+    "prompt_lookup_ngram": "prompt-lookup: the longest n-gram of the context matched (at least 4 with "
+    "--adaptive-draft or --lookup-first, which size drafts by the match's length)",
     "lookup_first": "speculative: prompt lookup's tokens where the context recurs, the draft's elsewhere",
     "compile": "greedy / sample: a torch.compile'd one-token step (CUDA graphs on a GPU; slower on the CPU)",
     "kv_dtype": "the KV cache's dtype: auto (the model's float dtype), float32 or bfloat16",

@@ -46,4 +46,4 @@ class Detokenizer:
         self._cut = split
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special=self.skip_special)
+        return self.tokenizer.decode(ids) if self.skip_special else self.tokenizer.decode(ids, skip_special=False)
