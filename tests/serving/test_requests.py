@@ -79,6 +79,24 @@ def test_openais_newer_request_fields_are_taken_as_user_is(live):
     assert _completion(live, max_tokens=2, temperature=0, top_p=0.5)[0] == 200  # (top_p: sent by every client)
 
 
+PARTS = [  # a message's content parts -> the error's param and message
+    ([{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}],
+     "messages.0.content.0.cache_control", "unrecognized request argument: messages.0.content.0.cache_control"),
+    ([{"type": "text"}], "messages.0.content.0.text", "missing required argument: messages.0.content.0.text"),
+    ([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}], "messages.0",
+     "content parts of type 'image_url' are not supported"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "param", "message"), PARTS)
+def test_a_content_part_is_refused_naming_what_is_wrong_with_it(live, content, param, message):
+    """An extra key or a missing text was reported at "messages.0.content.str", a path not in the request, as
+    "should be a valid string"; an image part as a malformed text part."""
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+    status, answer = request(live.base_url, "POST", "/v1/chat/completions", body)
+    assert status == 400 and answer["error"]["param"] == param and message in answer["error"]["message"], answer
+
+
 def test_a_message_name_is_refused_a_reply_says_refusal_null_and_a_405_names_what_is_allowed(live):
     """A message's name was taken and dropped (who said what, lost silently); a reply's message lacked OpenAI's
     "refusal": null, which code reading the raw JSON looks up; a 405 had no Allow header."""

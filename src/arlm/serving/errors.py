@@ -83,6 +83,11 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, str(cause), param=cause.param)
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
         return ApiError(400, "the body must be a JSON object (Content-Type: application/json)")
+    own = next((e for e in exc.errors() if e["type"] in NOT_UNION and any(map(_is_type_tag, e.get("loc", ())))), None)
+    if own is not None:  # a key of a union's object form (a text part's), named without the form's tag
+        path = ".".join(str(p) for p in own["loc"] if p != "body" and not _is_type_tag(p))
+        what = "unrecognized request argument" if own["type"] == "extra_forbidden" else "missing required argument"
+        return ApiError(400, f"{what}: {path}", param=path)
     union = _union_refusal(exc.errors())
     if union:
         field, forms = union

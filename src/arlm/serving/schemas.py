@@ -222,6 +222,17 @@ class ChatMessage(BaseModel):
     function_call: dict | None = None
     audio: dict | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_parts_only(cls, data: object) -> object:
+        """A content part other than text (an image, audio, a file) refused as such, not as a malformed text part."""
+        parts = data.get("content") if isinstance(data, dict) else None
+        for part in parts if isinstance(parts, list) else []:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in (None, "text"):
+                raise ValueError(f"content parts of type {kind!r} are not supported (this server reads text parts)")
+        return data
+
     @model_validator(mode="after")
     def _no_tools_or_audio(self) -> ChatMessage:
         """Tool calls and audio replies are not supported: refused when a message holds one; content is required
