@@ -413,6 +413,7 @@ def test_models_health_and_metrics(live):
         "arlm_tokens_per_second",
     ):
         assert name in text
+    assert 'arlm_requests_total{endpoint="/v1/models/{model}",status="404"}' in text  # (was counted as "other")
 
 
 BAD = [

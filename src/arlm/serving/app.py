@@ -308,7 +308,8 @@ class CountRequests:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        endpoint = scope["path"] if scope["path"] in self.paths else "other"
+        path = scope["path"]
+        endpoint = path if path in self.paths else "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
         started, answered, gone = [], [], []
 
         async def watching_receive():
