@@ -211,13 +211,15 @@ def _merge_finished(
 def _beam_output(
     finished: torch.Tensor, finished_scores: torch.Tensor, finished_len: torch.Tensor, n: int, T: int, start: float
 ) -> GenerationOutput:
-    """The n best finished hypotheses per prompt as (B*n, T + longest) rows, with their scores and timing."""
+    """The n best finished hypotheses per prompt as (B*n, T + longest) rows, with their scores and timing; the
+    tokens counted (new_tokens, tokens/s) are the best hypothesis's of each prompt: one search decodes them, however
+    many of its hypotheses are returned (counting all n made the rate grow with n)."""
     B = finished.shape[0]
     lengths = finished_len[:, :n].flatten()  # (B*n,)
     width = T + int(lengths.max())
     sequences = finished[:, :n, :width].reshape(B * n, width)
     seconds = time.perf_counter() - start
-    new_tokens = int(lengths.sum())
+    new_tokens = int(finished_len[:, 0].sum())  # (B,): the best hypothesis of each prompt
     stats = {
         "new_tokens": new_tokens,
         "seconds": seconds,
