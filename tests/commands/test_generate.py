@@ -135,6 +135,15 @@ def test_a_prompt_read_partly_as_unk_is_said(tmp_path, capsys):
     assert "<unk>" not in capsys.readouterr().err
 
 
+def test_a_refused_compile_is_one_line_without_the_note_of_a_run(tmp_path, capsys):
+    """The note that a compiled CPU step is slower came before the refusal: two lines for a command that never ran."""
+    model = tiny_base(tmp_path / "m")  # (context 96)
+    argv = ["generate", str(model), "--prompt", "hello", "--temperature", "0", "--compile", "--max-new-tokens", "200"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: compile needs prompt + max_new_tokens")
+
+
 def test_compile_on_the_cpu_is_said_to_be_slower(capsys):
     """--compile still runs on the CPU, with one line on stderr saying the eager step there is faster."""
     note_compile(GenerationConfig(compile=True), torch.device("cpu"))

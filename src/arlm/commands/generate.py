@@ -224,13 +224,13 @@ def generate_command(
         raise ArlmError(
             f"--show-drafts does nothing with --strategy {config.strategy}; it is read by speculative, prompt-lookup"
         )
-    note_compile(config, dev)
     note_dtype(dtype, dev)
     optimize_for_decoding(loaded.model)
     tok = loaded.tokenizer
     check_stops(tok, config.stop)
     texts = prompts or [""]
     ids = [tok.encode(t) or [tok.bos_id if tok.bos_id is not None else 0] for t in texts]
+    _check_compile_first(config, ids, loaded.model.config.block_size, dev)
     note_unknown(tok, ids)
     draft_model = draft_for(config, draft, loaded, model_ref, dev, draft_dtype)
     grammar = grammar_for(json_schema, loaded)
@@ -255,6 +255,15 @@ def generate_command(
     if stats:
         print(format_stats(out.stats), file=sys.stderr)
     return out
+
+
+def _check_compile_first(config: GenerationConfig, ids: list[list[int]], block: int, device: torch.device) -> None:
+    """--compile's refusals for these prompts, then (for a command that will run) the note on a CPU's compiled step."""
+    from arlm.decoding.generate import check_compile, left_pad  # lazy: kept out of --help
+
+    _, mask = left_pad(ids, 0)  # (B, T): where the prompts are padded
+    check_compile(config, mask, mask.shape[1] + config.max_new_tokens, block)
+    note_compile(config, device)
 
 
 def grammar_for(schema: dict | None, loaded: LoadedModel):
