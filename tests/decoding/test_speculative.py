@@ -218,6 +218,8 @@ def test_trace_reports_every_verification():
         kept += new
     assert kept[:30] == out.generated()[0]
     assert sum(e["accepted"] for e in events) == out.stats["accepted"]
+    assert sum(len(e["drafted"]) for e in events) == out.stats["proposed"]  # rejected drafts count as proposed
+    assert out.stats["accepted"] < out.stats["proposed"]  # (the case at hand: some were rejected)
     seq = out.sequences[:, : 3 + len(kept)]  # (1, S): the prompt and every token a verification kept
     with torch.no_grad():
         reference = target(seq[:, :-1]).softmax(dim=-1)[0, 2:]  # (len(kept), V): the target's own, from scratch

@@ -79,8 +79,7 @@ def temperature(scores: torch.Tensor, value: float) -> torch.Tensor:
 def top_indices(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest scores along the last dim and their indices, (..., k) each, best first, ties broken by the
     lowest index, as greedy's argmax breaks them: bfloat16 logits tie often (a step of 0.125 near 20), and
-    torch.topk's order among ties is unspecified, which made top-k 1 and beam width 1 pick another token than
-    greedy (and top-k 1 keep both, so that the seed chose)."""
+    torch.topk's order among ties is unspecified, which made beam width 1 pick another token than greedy."""
     values, indices = torch.topk(scores, k, dim=-1)
     boundary = (scores >= values[..., -1:]).sum(-1) > k  # more scores than k reach the k-th
     within = (values[..., 1:] == values[..., :-1]).any(-1)  # two of the k tie
@@ -91,11 +90,13 @@ def top_indices(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k highest scores (of tied ones, the lowest ids: top-k 1 is greedy's token), -inf elsewhere."""
+    """Keep the k highest scores and every score tied with the k-th (as transformers' TopKLogitsWarper: dropping
+    tied tokens by id would bias sampling towards low ids), -inf elsewhere; so where scores tie at the top (bfloat16
+    logits), top-k 1 samples among the tied tokens."""
     if k <= 0 or k >= scores.shape[-1]:
         return scores
-    _, kept = top_indices(scores, k)  # (B, k)
-    return torch.full_like(scores, NEG_INF).scatter(-1, kept, scores.gather(-1, kept))
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]  # (B, 1)
+    return scores.masked_fill(scores < kth, NEG_INF)
 
 
 def top_p(scores: torch.Tensor, p: float) -> torch.Tensor:

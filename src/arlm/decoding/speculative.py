@@ -140,7 +140,8 @@ def speculative_generate(
             seq, done = _append(seq, new, history.eos_id, should_stop, T, on_token)
             kept = seq.shape[1] - before  # (fewer than new where an EOS or a stop string ended the text)
             stats["target_forwards"] += 1
-            stats["proposed"] += min(len(drafts), kept)  # drafts past the end are no part of the output
+            cut = kept < len(new)  # the text ended inside the round: its drafts past the end are no part of it
+            stats["proposed"] += min(len(drafts), kept) if cut else len(drafts)
             stats["accepted"] += min(accepted, kept)
             marks += ([True] * accepted + [False])[:kept]
             if done:
