@@ -93,3 +93,18 @@ def test_the_lookup_n_gram_is_read_by_speculative_decoding_only_with_lookup_firs
         refuse_unread(config, ["prompt_lookup_ngram"], spell)
     assert unread(dataclasses.replace(config, lookup_first=True), ["prompt_lookup_ngram"]) == []
     assert unread(dataclasses.replace(config, strategy="prompt-lookup"), ["prompt_lookup_ngram"]) == []
+
+
+def test_a_lookup_n_gram_below_what_drafting_by_the_match_needs_is_refused_where_given():
+    """--prompt-lookup-ngram 1..3 under --adaptive-draft or --lookup-first was raised to 4 without a word (the stats
+    of n = 1..4 were the same); its default, not given, is raised as before."""
+    from arlm.decoding.settings import BY_MATCH_NGRAM
+
+    spell = lambda n: "--" + n.replace("_", "-")
+    adaptive = GenerationConfig(strategy="prompt-lookup", adaptive_draft=True, prompt_lookup_ngram=2, temperature=0)
+    with pytest.raises(ArlmError, match=r"^--prompt-lookup-ngram 2 would be raised to 4: --adaptive-draft and"):
+        refuse_unread(adaptive, ["strategy", "adaptive_draft", "prompt_lookup_ngram"], spell)
+    refuse_unread(adaptive, ["strategy", "adaptive_draft"], spell)  # (the default: not the user's)
+    refuse_unread(dataclasses.replace(adaptive, prompt_lookup_ngram=BY_MATCH_NGRAM), ["prompt_lookup_ngram"], spell)
+    plain = dataclasses.replace(adaptive, adaptive_draft=False)
+    refuse_unread(plain, ["strategy", "prompt_lookup_ngram"], spell)  # (matched as given)

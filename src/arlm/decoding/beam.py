@@ -212,8 +212,9 @@ def _beam_output(
     finished: torch.Tensor, finished_scores: torch.Tensor, finished_len: torch.Tensor, n: int, T: int, start: float
 ) -> GenerationOutput:
     """The n best finished hypotheses per prompt as (B*n, T + longest) rows, with their scores and timing; the
-    tokens counted (new_tokens, tokens/s) are the best hypothesis's of each prompt: one search decodes them, however
-    many of its hypotheses are returned (counting all n made the rate grow with n)."""
+    tokens counted (new_tokens, tokens/s) are those of each prompt's best hypothesis, the search's answer, whatever n
+    is: the search does the same work for any n (counting all n returned made its rate grow with n), and the rows'
+    own lengths are in stats["lengths"]."""
     B = finished.shape[0]
     lengths = finished_len[:, :n].flatten()  # (B*n,)
     width = T + int(lengths.max())

@@ -12,10 +12,10 @@ from arlm.config import GenerationConfig
 from arlm.decoding.drafts import shares_cache
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.processors import History, best, logits_to_probs, process
+from arlm.decoding.settings import BY_MATCH_NGRAM, LOOKUP_MATCH_MIN
 from arlm.model.kv_cache import KVCache
 
 MAX_ADAPTIVE_DRAFT = 16
-LOOKUP_MATCH_MIN = 2  # adaptive prompt lookup drafts only after a match of at least this many tokens
 
 
 class ModelDrafter:
@@ -121,8 +121,8 @@ def lookup_gamma(matched: int) -> int:
 
 def lookup_ngram(max_ngram: int, by_match: bool) -> int:
     """The longest n-gram prompt lookup matches: by_match needs matches long enough to reach `lookup_gamma`'s
-    largest draft (LOOKUP_MATCH_MIN + 2 tokens)."""
-    return max(max_ngram, LOOKUP_MATCH_MIN + 2) if by_match else max_ngram
+    largest draft (BY_MATCH_NGRAM = LOOKUP_MATCH_MIN + 2 tokens)."""
+    return max(max_ngram, BY_MATCH_NGRAM) if by_match else max_ngram
 
 
 class PromptLookupDrafter:

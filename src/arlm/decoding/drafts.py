@@ -70,8 +70,10 @@ def check_draft_vocabulary(draft: Tokenizer, target: Tokenizer, ref: str, target
 
 def shares_cache(draft: nn.Module, target: nn.Module, cache_dtype: torch.dtype) -> bool:
     """Whether the draft can draft over the target's KV cache (of `cache_dtype`): it is the target's own first blocks
-    (self:L) or a model of the target's very architecture (the target at another precision, self:DTYPE: no one drafts
-    with a separate model as large as the target), and its cache would hold the same dtype."""
+    (self:L) or a model of the target's very architecture (the target at another precision, self:DTYPE), and its
+    cache would hold the same dtype. A separate model of that very architecture (a fine-tune of the target) is taken
+    for the latter too: its drafts then read the target's keys and values (the output is the target's either way;
+    what is accepted changes; README)."""
     if draft.config.n_layer > target.config.n_layer or draft.new_cache(1, 1).k.dtype != cache_dtype:
         return False
     if dataclasses.replace(draft.config, n_layer=target.config.n_layer) != target.config:

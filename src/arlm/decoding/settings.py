@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 from arlm.config import GenerationConfig
 from arlm.errors import ArlmError
 
+LOOKUP_MATCH_MIN = 2  # adaptive prompt lookup drafts only after a match of at least this many tokens
+BY_MATCH_NGRAM = LOOKUP_MATCH_MIN + 2  # the n-gram prompt lookup matches at least, sizing drafts by the match
 SAMPLING = ("temperature", "top_k", "top_p", "min_p")
 DRAFTING = ("num_draft_tokens", "adaptive_draft", "prompt_lookup_ngram")
 READ_BY = {  # strategy -> the settings it reads beyond those of every strategy (EVERY)
@@ -68,6 +70,13 @@ def refuse_unread(config: GenerationConfig, given: Iterable[str], spell: Callabl
     names = unread(config, given)
     if names:
         raise ArlmError(unread_message(config, names[0], spell))
+    by_match = config.adaptive_draft or config.lookup_first  # (drafts sized by the match: drafters.lookup_ngram)
+    if "prompt_lookup_ngram" in given and by_match and config.prompt_lookup_ngram < BY_MATCH_NGRAM:
+        raise ArlmError(
+            f"{spell('prompt_lookup_ngram')} {config.prompt_lookup_ngram} would be raised to {BY_MATCH_NGRAM}: "
+            f"{spell('adaptive_draft')} and {spell('lookup_first')} size drafts by the match's length; give "
+            f"{BY_MATCH_NGRAM} or more"
+        )
 
 
 def unread_message(config: GenerationConfig, name: str, spell: Callable[[str], str] = str) -> str:
