@@ -174,16 +174,6 @@ class Streamer:
     def __call__(self, tokens: torch.Tensor) -> None:
         self._write(self.text.push(int(tokens.reshape(-1)[0])))
 
-    @property
-    def ids(self) -> list[int]:
-        """The row's ids so far."""
-        return self.text.decoded.ids
-
-    @property
-    def stopped(self) -> bool:
-        """Whether a stop string was found (nothing after it is printed)."""
-        return self.text.stopped
-
     def finish(self) -> None:
         """Print what was held back (generation ended without completing a stop string), then a newline."""
         self._write(self.text.flush() + "\n")
