@@ -8,6 +8,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -128,8 +129,8 @@ def _bench_cases(model, reference, cases: dict[str, tuple], pad: int, repeats: i
     every case and side alternates with the others (round robin, order reversed every repeat), so that ratios across
     cases (batch 8 over batch 1) are as comparable as those within one: a machine's slow stretch falls on all."""
     sides = {name: _sides(model, reference, *case, pad) for name, case in cases.items()}
-    runs = {(name, side): sides[name][side] for name in cases for side in ("arlm", "transformers")}
-    timed = alternate({run: lambda run=run: _timed(runs[run]) for run in runs}, repeats)  # (tokens, seconds) each
+    runs = {(name, side): partial(_timed, sides[name][side]) for name in cases for side in ("arlm", "transformers")}
+    timed = alternate(runs, repeats)  # (tokens, seconds) each
     tokens = {run: got[-1][0] for run, got in timed.items()}
     rates = {run: [n / seconds for n, seconds in got] for run, got in timed.items()}
     results = {}

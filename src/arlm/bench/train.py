@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -127,7 +128,7 @@ def run_bench(
         _sync(device)
         return time.perf_counter() - start
 
-    times = alternate({side.name: lambda side=side: steps_timed(side) for side in sides}, repeats)
+    times = alternate({side.name: partial(steps_timed, side) for side in sides}, repeats)
     tokens = steps * batch * config.block_size
     rates = {name: tokens / statistics.median(t) for name, t in times.items()}
     ratio = rates["arlm"] / rates["transformers"]
