@@ -174,6 +174,11 @@ class Streamer:
     def __call__(self, tokens: torch.Tensor) -> None:
         self._write(self.text.push(int(tokens.reshape(-1)[0])))
 
+    @property
+    def ids(self) -> list[int]:
+        """The row's ids so far."""
+        return self.text.decoded.ids
+
     def finish(self) -> None:
         """Print what was held back (generation ended without completing a stop string), then a newline."""
         self._write(self.text.flush() + "\n")
