@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from arlm.errors import ArlmError
+from arlm.temporaries import temporary_for
 
 MAGIC = b"ARLMTOK\x00"
 VERSION = 1
@@ -30,7 +31,7 @@ class ShardWriter:
         self.vocab_size = vocab_size
         self.dtype = dtype_for(vocab_size)
         self.count = 0
-        self._tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
+        self._tmp = temporary_for(self.path)
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()
         self._file.write(b"\x00" * HEADER_SIZE)
 

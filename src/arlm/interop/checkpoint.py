@@ -29,6 +29,7 @@ from arlm.config import RunConfig, config_from_dict, config_to_dict
 from arlm.data.tokenizers import Tokenizer, load_tokenizer
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
+from arlm.temporaries import MARK, temporary_for
 
 MANIFEST = "manifest.json"
 FORMAT = "arlm-checkpoint-1"
@@ -106,7 +107,7 @@ def save_checkpoint(
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ArlmError(f"refusing to save a checkpoint: weight {name} holds NaN or Inf")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_for(path, hidden=True)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -408,9 +409,9 @@ def prune_checkpoints(run_dir: str | Path, keep: int, *, data_fingerprint: str |
     for path in list_checkpoints(run_dir):
         (ours if _is_ours(path, data_fingerprint) else strays).append(path)
     doomed = ours[: max(len(ours) - keep, 0)]
-    mine = f".tmp-{os.getpid()}"
+    mine = f"{MARK}{os.getpid()}"
     for hidden in (p for p in folder.glob(".*") if p.is_dir()):
-        if hidden.name.startswith(".trash-") or (".tmp-" in hidden.name and not hidden.name.endswith(mine)):
+        if hidden.name.startswith(".trash-") or (MARK in hidden.name and not hidden.name.endswith(mine)):
             doomed.append(hidden)  # left by a process that died while writing or deleting
     for old in doomed:
         trash = old if old.name.startswith(".trash-") else old.with_name(f".trash-{old.name.lstrip('.')}")
