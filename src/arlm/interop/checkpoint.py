@@ -32,6 +32,7 @@ from arlm.model.transformer import Transformer
 from arlm.temporaries import MARK, temporary_for
 
 MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints"  # a run folder's folder of checkpoints
 FORMAT = "arlm-checkpoint-1"
 REQUIRED_FILES = ("config.json", "model.safetensors")
 STEP_NAME = re.compile(r"step-(\d+)", re.ASCII)  # what training names a checkpoint (step-%08d)
@@ -243,10 +244,20 @@ def _manifest_entry_ok(name: str, entry: Any) -> bool:
     )
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """Whether path is a run folder (it holds checkpoints/, what training writes; a checkpoint does not)."""
+    return (Path(path) / CHECKPOINTS).is_dir()
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where training writes the checkpoint of `step` in a run folder: RUN/checkpoints/step-NNNNNNNN."""
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Checkpoint directories of a run (step-N: what training names them), oldest first (complete or not); a
     folder of another name (step-mine) is no checkpoint."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
     steps = {p: int(m[1]) for p in folder.glob("step-*") if p.is_dir() and (m := STEP_NAME.fullmatch(p.name))}
@@ -278,7 +289,7 @@ def resolve_checkpoint(path: str | Path, *, hashes: bool = True) -> Path:
     path = Path(path)
     if not path.exists():
         raise ArlmError(f"checkpoint {path} does not exist")
-    if (path / "checkpoints").is_dir():  # a run folder
+    if is_run_dir(path):
         found = latest_checkpoint(path, hashes=hashes)
         if found is None:
             raise ArlmError(f"run {path} has no complete checkpoint")
@@ -301,7 +312,7 @@ def input_paths(reference: str | Path) -> list[Path]:
     path = Path(reference).resolve()
     if not path.exists():
         return []
-    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    run = path.parent.parent if path.parent.name == CHECKPOINTS else path
     paths = [path] if run == path else [path, run]
     try:
         base = read_record(resolve_checkpoint(path, hashes=False)).get("lora_base")
@@ -329,7 +340,7 @@ def is_run_or_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    if (path / "checkpoints").is_dir() or (path / MANIFEST).exists() or STEP_NAME.fullmatch(path.name):
+    if is_run_dir(path) or (path / MANIFEST).exists() or STEP_NAME.fullmatch(path.name):
         return True
     try:
         return json.loads((path / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
@@ -376,7 +387,7 @@ def read_checkpoint(path: str | Path, read: Callable[[Checkpoint], T], *, attemp
     path = Path(path)
     if not path.exists():
         raise ArlmError(f"checkpoint {path} does not exist")
-    is_run = (path / "checkpoints").is_dir()
+    is_run = is_run_dir(path)
     for attempt in itertools.count(1):
         before = list_checkpoints(path) if is_run else []
         try:
@@ -404,7 +415,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int, *, data_fingerprint: str |
     else is deleted or counted, so the newest intact checkpoint always stays. A checkpoint is renamed away
     before it is deleted, so a crash mid-deletion leaves no half directory under a checkpoint's name.
     """
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     ours, strays = [], []
     for path in list_checkpoints(run_dir):
         (ours if _is_ours(path, data_fingerprint) else strays).append(path)

@@ -17,11 +17,13 @@ from arlm.data.prepare import PreparedData, load_prepared
 from arlm.data.tokenizers import Tokenizer
 from arlm.errors import ArlmError, optional_package
 from arlm.interop.checkpoint import (
+    CHECKPOINTS,
     FORMAT,
     MANIFEST,
     Checkpoint,
     LoadedModel,
     checkpoint_model,
+    is_run_dir,
     read_checkpoint,
     resolve_checkpoint,
 )
@@ -175,7 +177,7 @@ def load_tokenizer(reference: str | Path) -> Tokenizer:
     if is_gguf_reference(ref):
         return load_gguf_tokenizer(ref)
     path = Path(ref)
-    if (path / "checkpoints").is_dir():
+    if is_run_dir(path):
         path = resolve_checkpoint(path)
     return tokenizers.load_tokenizer(path)
 
@@ -194,7 +196,7 @@ def is_gguf_reference(ref: str) -> bool:
 def _is_hf_folder(path: Path) -> bool:
     """A folder whose config.json names a transformers model_type, and that is no arlm run or checkpoint
     (those have checkpoints/ or a manifest, and are verified whatever their config.json says)."""
-    if (path / "checkpoints").is_dir() or (path / MANIFEST).exists():
+    if is_run_dir(path) or (path / MANIFEST).exists():
         return False
     config = path / "config.json"
     if not config.is_file():
@@ -218,7 +220,7 @@ def _own_data(loaded: LoadedModel) -> Path | None:
     and their OUT/data: ../data) -- where the saved paths, relative to the folder it trained from, would name other
     data or none."""
     checkpoint = Path(loaded.source)
-    if checkpoint.parent.name != "checkpoints":
+    if checkpoint.parent.name != CHECKPOINTS:
         return None
     run, given, out_dir = checkpoint.parent.parent, loaded.config.data.prepared_dir, loaded.config.train.out_dir
     if not given:

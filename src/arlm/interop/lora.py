@@ -13,7 +13,7 @@ from safetensors.torch import save
 
 from arlm.config import RunConfig
 from arlm.errors import ArlmError
-from arlm.interop.checkpoint import Checkpoint, LoadedModel, latest_checkpoint, list_checkpoints
+from arlm.interop.checkpoint import Checkpoint, LoadedModel, is_run_dir, latest_checkpoint, list_checkpoints
 from arlm.model.lora import add_lora, merge_lora, weights_sha256
 from arlm.model.transformer import Transformer
 
@@ -30,7 +30,7 @@ def base_record(init: str, state: dict[str, torch.Tensor]) -> dict[str, str]:
     """What a LoRA checkpoint records of its base: the reference, the SHA-256 of its weights and, for a run folder,
     the checkpoint it was read from (named where the run has since trained on and pruned it)."""
     record = {"reference": base_reference(init), "sha256": weights_sha256(state)}
-    if Path(init, "checkpoints").is_dir() and (read := latest_checkpoint(init, log=lambda _: None)):
+    if is_run_dir(init) and (read := latest_checkpoint(init, log=lambda _: None)):
         record["checkpoint"] = str(read.resolve())  # (verified, as the load that read it: a damaged newer one passed)
     return record
 
@@ -78,7 +78,7 @@ def load_lora_checkpoint(checkpoint: Checkpoint, load_base: Callable[[str], Load
 def _base_candidates(reference: str) -> list[str]:
     """Where a LoRA run's base may be: its reference, then (a run folder that trained on since) each of its older
     checkpoints, newest first."""
-    older = list_checkpoints(reference)[-2::-1] if Path(reference, "checkpoints").is_dir() else []
+    older = list_checkpoints(reference)[-2::-1]  # (none where the reference is no run folder)
     return [reference, *(str(path) for path in older)]
 
 

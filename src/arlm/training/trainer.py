@@ -20,6 +20,7 @@ from arlm.errors import ArlmError
 from arlm.evaluation.perplexity import EvalResult, evaluate_batches, result
 from arlm.interop.checkpoint import (
     Checkpoint,
+    checkpoint_dir,
     export_weights,
     latest_checkpoint,
     load_weights_dict,
@@ -456,7 +457,7 @@ class Trainer:
             }
             weights = export_weights(weights, self.config.model)
             path = save_checkpoint(
-                self.run_dir / "checkpoints" / f"step-{self.step:08d}",
+                checkpoint_dir(self.run_dir, self.step),
                 weights=weights,
                 tokenizer=self.data.tokenizer,
                 config=self.config,
