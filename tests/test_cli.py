@@ -124,11 +124,15 @@ def test_prompt_longer_than_the_context(trained, capsys):
 
 
 def test_bad_generation_options(trained, capsys):
+    """A refused setting is named by the flag that gave it (GenerationConfig's refusals name its fields, which the
+    server's JSON spells so)."""
     _, run = trained
-    _fails(capsys, "generate", str(run), "--top-p", "1.5", match="top_p must be in (0, 1]")
-    _fails(capsys, "generate", str(run), "--temperature", "-1", match="temperature must be >= 0")
-    _fails(capsys, "generate", str(run), "--strategy", "beam", "--num-beams", "0", match="num_beams must be >= 1")
-    _fails(capsys, "generate", str(run), "--lookup-first", match="lookup_first goes with the speculative strategy")
+    _fails(capsys, "generate", str(run), "--top-p", "1.5", match="error: --top-p must be in (0, 1], got 1.5")
+    _fails(capsys, "generate", str(run), "--temperature", "-1", match="error: --temperature must be >= 0")
+    beam = ["--strategy", "beam", "--num-beams", "0"]
+    _fails(capsys, "generate", str(run), *beam, match="error: --num-beams must be >= 1")
+    lookup = "error: --lookup-first goes with the speculative strategy (a draft"
+    _fails(capsys, "generate", str(run), "--lookup-first", match=lookup)
     _fails(capsys, "generate", str(run), "--compile", "maybe", match="--compile: expected true or false")
     _fails(
         capsys,
@@ -140,7 +144,7 @@ def test_bad_generation_options(trained, capsys):
         "2",
         "--num-return-sequences",
         "3",
-        match="must be <= num_beams",
+        match="error: --num-return-sequences (3) must be <= --num-beams (2)",
     )
 
 

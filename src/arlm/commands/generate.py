@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import typing
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,7 @@ def add_generation_flags(
     for f in dataclasses.fields(GenerationConfig):
         switch, default = hints[f.name] is bool, getattr(defaults, f.name)
         group.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag_name(f.name),
             dest=f"gen_{f.name}",
             default=None,
             action="append" if f.name == "stop" else None,
@@ -147,16 +148,35 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     for f in dataclasses.fields(GenerationConfig):
         value = getattr(args, f"gen_{f.name}")
         if value is not None:
-            options[f.name] = coerce(value, hints[f.name], "--" + f.name.replace("_", "-"))
+            options[f.name] = coerce(value, hints[f.name], flag_name(f.name))
     return options
 
 
 def with_options(base: GenerationConfig, options: dict[str, Any] | None) -> GenerationConfig:
-    """A copy of base with the given fields replaced, validated; a flag the strategy would not read is refused."""
+    """A copy of base with the given fields replaced, validated (a refusal names the flags, not the fields); a flag
+    the strategy would not read is refused."""
     config = dataclasses.replace(base, **(options or {}))
-    config.validate()
-    refuse_unread(config, options or {}, spell=lambda name: "--" + name.replace("_", "-"))
+    try:
+        config.validate()
+    except ArlmError as exc:
+        raise ArlmError(as_flags(str(exc), exc.param), param=exc.param, code=exc.code) from None
+    refuse_unread(config, options or {}, spell=flag_name)
     return config
+
+
+def flag_name(field: str) -> str:
+    """The flag of a GenerationConfig field: --max-new-tokens for max_new_tokens."""
+    return "--" + field.replace("_", "-")
+
+
+def as_flags(message: str, param: str | None = None) -> str:
+    """A GenerationConfig refusal as the command line says it: each field written with an underscore (min_new_tokens)
+    and a leading `param` (temperature) spelled as its flag."""
+    names = sorted((f.name for f in dataclasses.fields(GenerationConfig) if "_" in f.name), key=len, reverse=True)
+    message = re.sub(rf"\b({'|'.join(names)})\b", lambda match: flag_name(match[1]), message)
+    if param and "_" not in param and message.startswith(f"{param} "):
+        message = flag_name(param) + message[len(param) :]
+    return message
 
 
 class Streamer:
