@@ -15,6 +15,39 @@ def test_peak_table_override_and_mfu():
     assert mfu(1000.0, 6e9, None) is None
 
 
+@pytest.mark.parametrize(
+    ("name", "half", "tf32", "fp32"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989, 494, 67),
+        ("NVIDIA L40", 181, 90.5, 90.5),  # not the L4's (a fragment of its name)
+        ("NVIDIA L40S", 362, 183, 91.6),
+        ("NVIDIA H200 NVL", 835, 418, 60),  # not the H200 SXM's
+        ("NVIDIA A100-SXM4-80GB", 312, 156, 19.5),  # not the A10's
+    ],
+)
+def test_a_gpus_peak_is_its_own_and_float32s_is_tf32_only_where_allowed(monkeypatch, name, half, tf32, fp32):
+    """The longest fragment of the table in the card's name gives its peaks; float32 training counts against the
+    TF32 peak only where PyTorch may use TF32 (not its default: MFU of true fp32 against TF32 reads ~7x too low)."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+    # set by hand and restored: monkeypatch cannot restore an attribute of this module
+    matmul, allowed = torch.backends.cuda.matmul, torch.backends.cuda.matmul.allow_tf32
+    cuda = torch.device("cuda")
+    try:
+        matmul.allow_tf32 = False
+        assert peak_flops(cuda, "bfloat16") == peak_flops(cuda, "float16") == half * 1e12
+        assert peak_flops(cuda, "float32") == fp32 * 1e12
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+        assert peak_flops(cuda, "float32") == tf32 * 1e12
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+        matmul.allow_tf32 = True
+        assert peak_flops(cuda, "float32") == tf32 * 1e12
+    finally:
+        matmul.allow_tf32 = allowed
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some New GPU")
+    assert peak_flops(cuda, "bfloat16") is None
+
+
 @pytest.mark.parametrize(("flavour", "tied"), [("gpt2", True), ("llama", False)])
 def test_flops_per_token_equals_torch_flop_counter(flavour, tied):
     """FLOPs of a real forward and backward pass, counted by torch's FlopCounterMode (matrix products only),
