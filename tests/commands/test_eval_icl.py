@@ -73,3 +73,18 @@ def test_lm_eval_without_its_extra_is_one_line_naming_it(monkeypatch, capsys):
     assert main(["eval", "icl", "smollm2", "--lm-eval", "--limit", "2"]) == 2
     err = capsys.readouterr().err
     assert err == "error: the lm-eval adapter needs lm-evaluation-harness: pip install 'arlm[lm-eval]'\n"
+
+
+@pytest.mark.parametrize(("dtype", "device"), [("int4", "cpu"), ("mixed", "cpu"), ("bfloat16", "cuda")])
+def test_lm_eval_picks_the_device_as_every_verb_does(monkeypatch, dtype, device):
+    """--device auto with --lm-eval on a CUDA machine: the CPU for int4 / mixed (CPU-only kernels), as generate and
+    arlm's own evaluation pick it; it took CUDA, where the load refused the dtype with 'use --device cpu'."""
+    import torch
+
+    import arlm.commands.eval_icl as eval_icl
+
+    given = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(eval_icl, "lm_eval_command", lambda *args, **kwargs: given.update(kwargs))
+    assert main(["eval", "icl", "smollm2", "--lm-eval", "--dtype", dtype, "--limit", "2"]) == 0
+    assert given["device"] == device

@@ -21,6 +21,7 @@ from arlm.commands.generate import (
 )
 from arlm.config import GenerationConfig
 from arlm.decoding.stops import cut_at_stop, stop_checker
+from arlm.errors import ArlmError
 from tests.helpers import optional_module, tiny_base
 
 PIECES = ["a", "b", "le", " s", "pa", "ce", "l", "e", " ", "\n", "ab"]
@@ -224,6 +225,19 @@ def test_a_self_draft_at_the_targets_own_dtype_is_refused(q4_file, capsys):
     assert "error: --draft self:int4 would draft with the target itself" in err
     assert "draft at another precision (e.g. --draft self:int8) or give the target another --dtype" in err
     assert main([*argv, "--dtype", "float32", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+
+
+@pytest.mark.parametrize("dtype", ["int4", "mixed"])
+def test_a_cpu_only_self_draft_beside_a_gpu_target_names_the_draft(dtype):
+    """--draft self:int4 with a target on CUDA (--device auto on a GPU machine, --dtype float32) was refused as
+    '--dtype int4 runs on the CPU only', a flag the user did not give: the refusal names the draft."""
+    from types import SimpleNamespace
+
+    from arlm.commands.generate import load_draft
+
+    target = SimpleNamespace(dtype="float32")
+    with pytest.raises(ArlmError, match=rf"^--draft self:{dtype} drafts on the CPU only .* runs on cuda; use --device"):
+        load_draft(f"self:{dtype}", target, "smollm2", torch.device("cuda"))
 
 
 @pytest.mark.real_model

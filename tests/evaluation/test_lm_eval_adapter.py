@@ -149,3 +149,21 @@ def test_unknown_model_args_are_refused():
 
     with pytest.raises(ArlmError, match="unknown lm-eval model_args"):
         ArlmLM.create_from_arg_string("modle=smollm2,device=cpu")
+
+
+def test_lm_eval_model_args_pick_the_device_as_every_verb_does(monkeypatch):
+    """lm-eval's own command line with model_args dtype=int4 on a CUDA machine loads on the CPU (int4's kernels are
+    the CPU's), as `--device auto` does in every arlm verb."""
+    import arlm.evaluation.lm_eval_adapter as adapter
+
+    class Stop(Exception):
+        pass
+
+    def load(model, device, dtype):
+        raise Stop(str(device), dtype)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(adapter, "load_model", load)
+    with pytest.raises(Stop) as stopped:
+        ArlmLM(model="smollm2", dtype="int4")
+    assert stopped.value.args == ("cpu", "int4")

@@ -153,6 +153,17 @@ def test_resolve_dtype_names_and_refusals():
             pick_device(name)
 
 
+def test_a_cuda_index_beyond_the_machines_gpus_is_refused_in_one_line(monkeypatch):
+    """cuda:5 on a machine of two GPUs was taken, and the weights read, before PyTorch's 'invalid device ordinal'."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1") and pick_device("cuda") == torch.device("cuda")
+    with pytest.raises(
+        ArlmError, match=r"^device cuda:5 does not exist: this machine has 2 CUDA GPU\(s\), cuda:0 to cuda:1$"
+    ):
+        pick_device("cuda:5")
+
+
 def test_a_checkpoint_loads_at_every_dtype(run):
     for dtype in ("float32", "bfloat16", "int8"):
         model = load_model(run, dtype=dtype).model

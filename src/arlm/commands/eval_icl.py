@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         )
         from arlm.interop.loading import pick_device  # lazy: kept out of --help
 
-        device = str(pick_device(args.device))
+        device = str(pick_device(args.device, args.dtype))
         lm_eval_command(model_of(args), tasks, args.shots, args.limit, device=device, dtype=args.dtype)
         return 0
     icl_command(

@@ -350,6 +350,11 @@ def load_draft(
         raise ArlmError(f"--draft-dtype is for a draft model of its own; --draft {ref} is the target's own weights")
     if isinstance(spec, int):
         return self_draft(target.model, spec)
+    if spec in ("int4", "mixed") and device.type != "cpu":
+        raise ArlmError(
+            f"--draft self:{spec} drafts on the CPU only ({spec}'s kernels are the CPU's) and the target runs on "
+            f"{device}; use --device cpu, or --draft self:int8"
+        )
     if spec is not None:
         return optimize_for_decoding(load_model(target_ref, device=device, dtype=spec).model)
     draft_loaded = load_model(ref, device=device, dtype=dtype or target.dtype)

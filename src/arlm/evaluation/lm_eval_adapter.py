@@ -73,7 +73,7 @@ class ArlmLM(LM):
                 "rolling_stride, dtype"
             )
         super().__init__()
-        loaded = load_model(model, device=pick_device(str(device)), dtype=str(dtype))
+        loaded = load_model(model, device=pick_device(str(device), str(dtype)), dtype=str(dtype))
         optimize_for_decoding(loaded.model)
         self._setup(loaded.model, loaded.tokenizer, batch_size, rolling_stride)
 

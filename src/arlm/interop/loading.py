@@ -74,6 +74,10 @@ def pick_device(name: str = "auto", dtype: str | None = None) -> torch.device:
         raise ArlmError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArlmError("device cuda was asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise ArlmError(
+            f"device {name} does not exist: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+        )
     if device.type not in ("cpu", "cuda"):  # (mps, xpu, meta, ...: arlm runs on CPUs and CUDA GPUs)
         raise ArlmError(f"device {name!r} is not one arlm runs on; use auto, cpu, cuda or cuda:N")
     return device
