@@ -69,8 +69,8 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None = None,
-        start: int = 0,
+        kv_cache: KVCache | SlotBatch | None = None,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); mask (B|1, 1, T, S) bool (True = may attend) or None."""
         qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
@@ -89,8 +89,8 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None,
-        start: int,
+        kv_cache: KVCache | SlotBatch | None,
+        start: int | torch.Tensor,
     ) -> torch.Tensor:
         """The heads' outputs (B, T, nh hd) for the rows' queries, keys and values qkv (B, T, (nh + 2 nkv) hd),
         the keys and values written into kv_cache at `start`."""
@@ -118,7 +118,13 @@ class CausalSelfAttention(nn.Module):
                 y = self.attend(q, k, v, mask, is_causal)  # (B, nh, T, hd)
         return y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh*hd)
 
-    def native_attends(self, rows: torch.Tensor, rope, kv_cache, start) -> bool:
+    def native_attends(
+        self,
+        rows: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | SlotBatch | None,
+        start: int | torch.Tensor,
+    ) -> bool:
         """Whether attention over new tokens' rows (B, T, ...) runs on arlm's kernel (model/native.py): cached
         inference on the CPU over at most STEPWISE_QUERIES new tokens (decoding steps and verifications), RoPE, the
         SDPA backend, float32 or bfloat16 rows and cache, the kernel built; elsewhere PyTorch's ops (the same rotation
@@ -131,7 +137,12 @@ class CausalSelfAttention(nn.Module):
         return usable and small and inference and native.available()
 
     def native_call(
-        self, rows: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask, kv_cache, start: int
+        self,
+        rows: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | SlotBatch,
+        start: int,
     ) -> tuple[native.Attention, list[torch.Tensor]]:
         """The attention kernel's arguments for new tokens' rows (B, T, ...) at `start` of kv_cache (a KVCache or a
         SlotBatch), and the tensors they point into: queries and keys rotated, keys and values written into the
@@ -149,7 +160,12 @@ class CausalSelfAttention(nn.Module):
         return call, kept
 
     def _new_native_call(
-        self, rows: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask, kv_cache, start: int
+        self,
+        rows: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | SlotBatch,
+        start: int,
     ) -> tuple[native.Attention, list[torch.Tensor]]:
         """`native_call`'s arguments built afresh."""
         cos, sin = rope[0][:, 0], rope[1][:, 0]  # (B or 1, T, hd) each

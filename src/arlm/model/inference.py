@@ -40,7 +40,8 @@ from __future__ import annotations
 import ctypes
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ from arlm.model import native
 from arlm.model.attention import kv_buffers
 from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Block, Blocks, RMSNorm
+
+if TYPE_CHECKING:
+    from arlm.model.kv_cache import KVCache, SlotBatch
 
 PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verification of up to STEPWISE_QUERIES tokens
 
@@ -229,7 +233,7 @@ class FusedBlock(nn.Module):
             self._packed = (native.block_weights(norms, linears, self.block.norm1.eps), tensors)
         return self._packed[0]
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         """The block's parts (attn, mlp, norm1, ...) read through, as from the Block it stands for."""
         try:
             return super().__getattr__(name)
@@ -238,12 +242,19 @@ class FusedBlock(nn.Module):
                 raise
             return getattr(self.block, name)
 
-    def _apply(self, fn, recurse: bool = True):
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FusedBlock:
         """Module.to / .float / ...: the tensors may be replaced, so the packed pointers are dropped first."""
         self._packed = None
         return super()._apply(fn, recurse)
 
-    def one_call(self, x: torch.Tensor, rope, mask, kv_cache, start) -> native.Attention | None:
+    def one_call(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | SlotBatch | None,
+        start: int | torch.Tensor,
+    ) -> native.Attention | None:
         """The attention call of a forward over rows x (B, T, C) that runs on the block kernel (a cached step or
         verification of this block's dtype, no gradient), None for a forward that goes to the modules."""
         attn = self.block.attn
@@ -251,7 +262,15 @@ class FusedBlock(nn.Module):
             return None
         return attn.native_call(x, rope, mask, kv_cache, start)[0]  # what the call points into is kept by native_call
 
-    def forward(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache, start) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | SlotBatch | None,
+        start: int | torch.Tensor,
+    ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C), as Block.forward."""
         call = self.one_call(x, rope, mask, kv_cache, start)
         if call is None:
@@ -264,7 +283,7 @@ class FusedBlocks(Blocks):
     verification runs them all in one kernel call (block.c's arlm_blocks), with the bits one call a block gives; other
     calls go block by block."""
 
-    def __init__(self, blocks) -> None:
+    def __init__(self, blocks: Iterable[nn.Module]) -> None:
         super().__init__(blocks)
         self._packed: tuple[ctypes.Array, list[native.BlockWeights]] | None = None
 
@@ -282,12 +301,20 @@ class FusedBlocks(Blocks):
             self._packed = ((native.BlockWeights * len(current))(*current), current)
         return self._packed[0]
 
-    def _apply(self, fn, recurse: bool = True):
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FusedBlocks:
         """Module.to / .float / ...: each block packs afresh, and so does the array."""
         self._packed = None
         return super()._apply(fn, recurse)
 
-    def run(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache, start) -> torch.Tensor:
+    def run(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | SlotBatch | None,
+        start: int | torch.Tensor,
+    ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C) through every block, as Blocks.run."""
         call = self[0].one_call(x, rope, mask, kv_cache, start)
         if call is None:

@@ -49,7 +49,9 @@ class KVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nkv, end, hd) each
 
-    def write_at(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def write_at(
+        self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Static-shape write for compiled decoding: k, v (B, nkv, 1, hd) at position tensor pos (1,); returns the
         whole buffers (B, nkv, max_len, hd), positions after pos being masked by the caller. The write indexes the
         whole buffer (layer and position as tensors): written into a view of it (`self.k[layer]`), the compiled
@@ -83,7 +85,15 @@ class SlotCache:
     each slot holding one sequence with its own length. A slot is filled like a batch-1 KVCache (`row`), and
     a decode step over several slots writes and attends each row at its own position (`batch`)."""
 
-    def __init__(self, n_layer: int, slots: int, n_kv_heads: int, max_len: int, head_dim: int, **kwargs) -> None:
+    def __init__(
+        self,
+        n_layer: int,
+        slots: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        **kwargs: torch.dtype | torch.device | str,
+    ) -> None:
         self.buffers = KVCache(n_layer, slots, n_kv_heads, max_len, head_dim, **kwargs)
         self.lengths = [0] * slots
 

@@ -224,7 +224,7 @@ def _compilable(schema: str, fake: Callable[..., torch.Tensor]) -> Callable[[Cal
         op.register_fake(fake)
 
         @functools.wraps(call)
-        def either(*args):
+        def either(*args: torch.Tensor | int | float) -> torch.Tensor:
             return op(*args) if torch.compiler.is_compiling() else call(*args)
 
         return either
@@ -426,7 +426,11 @@ def attend(qkv: torch.Tensor, call: Attention) -> torch.Tensor:
 
 
 def linear_weights(
-    kind: int, weight: torch.Tensor, scales=None, group: int = 0, shape: tuple[int, int] | None = None
+    kind: int,
+    weight: torch.Tensor,
+    scales: torch.Tensor | None = None,
+    group: int = 0,
+    shape: tuple[int, int] | None = None,
 ) -> LinearWeights:
     """A Linear for `block` or `_int_mm`: kind 0 bfloat16 `bf16_tiles`, 1 int8 `pack_int8` codes with `pad_outputs`
     float32 scales, 2 int4 `pack_int4` codes with `tile_levels` float16 scales and lows per group, 3 float32 (N, K),

@@ -115,7 +115,7 @@ class Int8Linear(nn.Module):
         return cls(codes, scales.to(dtype), linear.bias)
 
     @classmethod
-    def from_blocks(cls, codes: torch.Tensor, scales: torch.Tensor, bias=None) -> Int8Linear:
+    def from_blocks(cls, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
         """A layer from a GGUF file's Q8_0 blocks: codes (out, in) in -128..127, scales (out, in / 32)."""
         return cls(codes, scales, bias, dense=False)
 
@@ -215,14 +215,19 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def from_codes(
-        cls, codes: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, group_size: int, bias=None
+        cls,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        lows: torch.Tensor,
+        group_size: int,
+        bias: torch.Tensor | None = None,
     ) -> Int4Linear:
         """A layer from 4-bit codes (out, in) in 0..15 and per-group scales and lows (out, in / group_size)."""
         return cls(codes, scales, lows, group_size, bias)
 
     @classmethod
     def from_q4_bytes(
-        cls, block_bytes: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, bias=None
+        cls, block_bytes: torch.Tensor, scales: torch.Tensor, lows: torch.Tensor, bias: torch.Tensor | None = None
     ) -> Int4Linear:
         """A layer from GGUF Q4_0 / Q4_1 code bytes (out, in / 2) as the file holds them (16 a block of 32 inputs) and
         the blocks' scales and lows (out, in / 32): on arlm's kernels reordered into their layout, never unpacked

@@ -73,7 +73,15 @@ class Block(nn.Module):
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache: KVCache | None, start: int):
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | SlotBatch | None,
+        start: int | torch.Tensor,
+    ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)"""
         x = x + self.attn(self.norm1(x), rope, mask, is_causal, kv_cache, start)
         return x + self.mlp(self.norm2(x))
@@ -87,7 +95,15 @@ class Block(nn.Module):
 class Blocks(nn.ModuleList):
     """The model's blocks, run in order (model/inference.py's FusedBlocks runs them in one call where it can)."""
 
-    def run(self, x: torch.Tensor, rope, mask, is_causal: bool, kv_cache: KVCache | None, start) -> torch.Tensor:
+    def run(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | SlotBatch | None,
+        start: int | torch.Tensor,
+    ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C) through every block."""
         for block in self:
             x = block(x, rope, mask, is_causal, kv_cache, start)
