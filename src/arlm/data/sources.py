@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -120,7 +121,7 @@ def download(url: str, target: Path, sha256: str, *, size: int = 0, timeout: flo
     return target
 
 
-def _copy_url(url: str, out, *, size: int, timeout: float, label: str) -> str:
+def _copy_url(url: str, out: BinaryIO, *, size: int, timeout: float, label: str) -> str:
     """Stream url into the open file `out` with a progress bar (shown only on a terminal); its SHA-256."""
     digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=timeout) as response:

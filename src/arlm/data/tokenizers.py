@@ -194,7 +194,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(
         self,
-        backend,
+        backend: Backend,
         *,
         kind: str = "hf",
         bos: str | None = None,
@@ -370,7 +370,7 @@ def _load_hf_file(file: Path) -> HFTokenizer:
     return tokenizer
 
 
-def _special_tokens(directory: Path, backend) -> dict[str, str | None]:
+def _special_tokens(directory: Path, backend: Backend) -> dict[str, str | None]:
     """Special tokens from tokenizer_config.json when present, else guessed from the added tokens."""
     config_path = directory / "tokenizer_config.json"
     found: dict[str, str | None] = {"bos": None, "eos": None, "pad": None, "unk": None}

@@ -31,7 +31,7 @@ def _still_improvable(
     generated: int,
     max_generated: int,
     config: GenerationConfig,
-):
+) -> torch.Tensor:
     """(B, 1) whether a running beam could still beat the worst finished one (HF's heuristic)."""
     lp = config.length_penalty
     length = max_generated if (config.early_stopping == "never" and lp > 0.0) else generated

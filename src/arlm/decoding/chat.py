@@ -7,6 +7,7 @@ answer where its text encodes to other ids than those generated): equal to encod
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from arlm.config import GenerationConfig
 from arlm.data.chat import encode_conversation
@@ -17,6 +18,11 @@ from arlm.decoding.grammar import JsonGrammar
 from arlm.decoding.stops import check_stops, cut_at_stop, stop_checker
 from arlm.decoding.types import StopCheck
 from arlm.errors import ArlmError
+
+if TYPE_CHECKING:
+    import torch
+
+    from arlm.data.tokenizers import Tokenizer
 
 __all__ = ["ChatSession", "Message", "apply_chat_template"]
 
@@ -30,11 +36,11 @@ class ChatSession:
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
         config: GenerationConfig,
         system: str | None = None,
-        draft=None,
+        draft: torch.nn.Module | None = None,
         plain: bool = False,
         reuse_prefix: bool = True,
         grammar: JsonGrammar | None = None,

@@ -23,6 +23,8 @@ output buffer, rewritten by the next step (read them, or clone them, first)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from arlm.config import KV_DTYPES
@@ -65,7 +67,12 @@ class StepGraph:
     weights', and the static inputs here): a replay runs the step's kernels and advances the position on the device,
     with none of the compiled function's host work (guards, input checks)."""
 
-    def __init__(self, compiled, tokens: torch.Tensor, cache: KVCache) -> None:
+    def __init__(
+        self,
+        compiled: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor],
+        tokens: torch.Tensor,
+        cache: KVCache,
+    ) -> None:
         """Warm `compiled` up on a side stream (its first calls compile, tune and allocate, which a capture cannot),
         then capture one step: the logits for the tokens at the position, and the position advanced."""
         device, self.compiled, self.cache = tokens.device, compiled, cache

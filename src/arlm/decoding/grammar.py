@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import weakref
+from typing import TYPE_CHECKING
 
 import llguidance
 import torch
 
 from arlm.errors import ArlmError
+
+if TYPE_CHECKING:
+    from arlm.data.tokenizers import Tokenizer
 
 ANY_OBJECT = {"type": "object"}  # OpenAI's json_object: any JSON object
 # Between JSON tokens: one space, or a line break and at most 20 spaces or tabs of indentation (llama.cpp's JSON
@@ -25,7 +29,7 @@ WHITESPACE = r"(\x20|\x0A[\x20\x09]{0,20})"
 _LL_TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {vocab size: LLTokenizer}
 
 
-def _ll_tokenizer(tokenizer, vocab_size: int) -> llguidance.LLTokenizer:
+def _ll_tokenizer(tokenizer: Tokenizer, vocab_size: int) -> llguidance.LLTokenizer:
     """llguidance's view of a tokenizer (from its tokenizers JSON), made once per tokenizer and vocabulary width:
     ~0.2 s for SmolLM2's, and reading the JSON alone takes 15 ms."""
     made = _LL_TOKENIZERS.setdefault(tokenizer, {})
@@ -38,7 +42,7 @@ def _ll_tokenizer(tokenizer, vocab_size: int) -> llguidance.LLTokenizer:
 class JsonGrammar:
     """A JSON schema (a dict, or its JSON text) compiled for a tokenizer of the tokenizers library with an EOS."""
 
-    def __init__(self, tokenizer, schema: dict | str = ANY_OBJECT, vocab_size: int | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, schema: dict | str = ANY_OBJECT, vocab_size: int | None = None) -> None:
         """vocab_size: the model's (its logits' width), where it exceeds the tokenizer's."""
         backend = getattr(tokenizer, "backend", None)
         if not hasattr(backend, "to_str") or tokenizer.eos_id is None:

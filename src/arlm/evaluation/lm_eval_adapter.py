@@ -23,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -47,6 +48,9 @@ try:
     from lm_eval.utils import make_table, simple_parse_args_string
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ArlmError("the lm-eval adapter needs lm-evaluation-harness: pip install 'arlm[lm-eval]'") from error
+
+if TYPE_CHECKING:
+    from lm_eval.api.instance import Instance
 
 TASK_PREFIX = "arlm_"  # lm-eval task names of the built-in tasks: arlm_capitals, ...
 MAX_GEN_TOKS = 16  # answers are one short line
@@ -98,7 +102,9 @@ class ArlmLM(LM):
         lm._setup(model.eval(), tokenizer, batch_size, rolling_stride)
         return lm
 
-    def _setup(self, model: torch.nn.Module, tokenizer: Tokenizer, batch_size, rolling_stride: int) -> None:
+    def _setup(
+        self, model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int | str | None, rolling_stride: int
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = int(batch_size) if str(batch_size or "").isdigit() else 32  # "auto" -> 32
         block = model.config.block_size
@@ -109,12 +115,12 @@ class ArlmLM(LM):
         """A name for lm-eval's caches and logs."""
         return f"arlm-{self.tokenizer.kind}-{self.tokenizer.fingerprint()}"
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """(sum of log-probs of the continuation, whether greedy decoding produces it) per (context, continuation)."""
         pairs = [encode_pair(self.tokenizer, *request.args[:2]) for request in requests]
         return continuation_logprobs(self.model, pairs, batch_size=self.batch_size)
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole texts (after a prefix id), by windows of the model's context moved by
         rolling_stride; every token is scored once, with at least block - stride tokens of history."""
         block = self.model.config.block_size
@@ -130,7 +136,7 @@ class ArlmLM(LM):
             totals.append(sum(s for s, _ in continuation_logprobs(self.model, pairs, batch_size=self.batch_size)))
         return totals
 
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations cut before the first `until` string (or EOS), at most max_gen_toks tokens."""
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from arlm.config import RunConfig, config_from_dict, config_to_dict
+from arlm.config import ModelConfig, RunConfig, config_from_dict, config_to_dict
 from arlm.data.tokenizers import Tokenizer, load_tokenizer
 from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
@@ -77,7 +77,7 @@ class LoadedModel:
     data_fingerprint: str | None = None  # a checkpoint's: the settings of the data it was trained on
 
 
-def export_weights(state: dict[str, torch.Tensor], model_config) -> dict[str, torch.Tensor]:
+def export_weights(state: dict[str, torch.Tensor], model_config: ModelConfig) -> dict[str, torch.Tensor]:
     """A state dict ready for safetensors: on CPU, contiguous, the tied output matrix stored once."""
     tied = getattr(model_config, "tie_embeddings", False)
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items() if not (tied and k == "lm_head.weight")}

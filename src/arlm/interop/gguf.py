@@ -361,7 +361,7 @@ def to_arlm_state_dict(
     return state
 
 
-def _pre_tokenizer(name: str):
+def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
     """The `tokenizers` pre-tokenizer that splits text as llama.cpp does for `tokenizer.ggml.pre` = name."""
     if name in _DIGITS_THEN_GPT2:  # every digit alone, then GPT-2's regex (SmolLM2's own tokenizer.json)
         return pre_tokenizers.Sequence(

@@ -229,7 +229,9 @@ def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write(path: Path, c: ModelConfig, vocab: GGUFVocab, tensors: dict[str, torch.Tensor], outtype: str, name: str):
+def _write(
+    path: Path, c: ModelConfig, vocab: GGUFVocab, tensors: dict[str, torch.Tensor], outtype: str, name: str
+) -> None:
     """Write the GGUF file: header, metadata (llama.* and tokenizer.*), then the tensors."""
     gguf = gguf_package("GGUF export")
 

@@ -334,7 +334,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _taker(state: dict[str, torch.Tensor], path: Path, prefix: str = ""):
+def _taker(state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> Callable[[str], torch.Tensor]:
     """A function name -> float32 tensor that raises ArlmError naming a missing weight."""
 
     def take(name: str) -> torch.Tensor:
@@ -346,7 +346,9 @@ def _taker(state: dict[str, torch.Tensor], path: Path, prefix: str = ""):
     return take
 
 
-def _gpt2_from_hf(hf: dict[str, Any], state: dict[str, torch.Tensor], path: Path):
+def _gpt2_from_hf(
+    hf: dict[str, Any], state: dict[str, torch.Tensor], path: Path
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     activation = hf.get("activation_function", "gelu_new")
     if activation not in GPT2_ACTIVATIONS:
         raise ArlmError(f"{path}: GPT2 activation {activation!r} is not supported (only {', '.join(GPT2_ACTIVATIONS)})")
@@ -394,7 +396,9 @@ def _rope_theta(hf: dict[str, Any], path: Path) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def _llama_from_hf(hf: dict[str, Any], state: dict[str, torch.Tensor], path: Path):
+def _llama_from_hf(
+    hf: dict[str, Any], state: dict[str, torch.Tensor], path: Path
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     if hf.get("hidden_act", "silu") != "silu":
         raise ArlmError(f"{path}: Llama activation {hf['hidden_act']!r} is not supported (only silu)")
     C, n_head = hf["hidden_size"], hf["num_attention_heads"]

@@ -141,7 +141,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def sync_context(model: nn.Module, sync: bool, config: TrainConfig, info: DistInfo):
+def sync_context(
+    model: nn.Module, sync: bool, config: TrainConfig, info: DistInfo
+) -> contextlib.AbstractContextManager[None]:
     """Skip gradient synchronization on all but the last micro-step of an accumulation."""
     if not info.enabled:
         return contextlib.nullcontext()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from arlm.config import RunConfig
 from arlm.data.prepare import PreparedData
@@ -13,7 +14,7 @@ from arlm.model.transformer import Transformer
 FROM_CONFIG = ("block_size", "dropout", "attention")  # what train.init's model takes from model:, not from init
 
 
-def initial_model(config: RunConfig, data: PreparedData, log) -> Transformer:
+def initial_model(config: RunConfig, data: PreparedData, log: Callable[[str], None]) -> Transformer:
     """Load train.init's weights; its shape replaces config.model (context capped at model.block_size)."""
     loaded = load_model(config.train.init)
     if loaded.tokenizer.fingerprint() != data.tokenizer.fingerprint():

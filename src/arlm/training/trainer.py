@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from arlm.config import RunConfig
-from arlm.data.batches import BatchSampler
+from arlm.data.batches import Batch, BatchSampler
 from arlm.data.chat_batches import ChatSampler
 from arlm.data.prepare import PreparedData, data_fingerprint
 from arlm.errors import ArlmError
@@ -315,7 +315,7 @@ class Trainer:
             **norms,
         }
 
-    def _micro_step(self, batch) -> LossOutput:
+    def _micro_step(self, batch: Batch) -> LossOutput:
         """Forward and loss of one micro-batch: teacher forcing (optionally with scheduled sampling), against
         the targets or, when distilling, against the teacher's distributions."""
         tc = self.tc
@@ -343,7 +343,7 @@ class Trainer:
         ramp = min(1.0, self.step / tc.scheduled_sampling_warmup) if tc.scheduled_sampling_warmup else 1.0
         return tc.scheduled_sampling * ramp
 
-    def _scheduled_sampling(self, batch) -> torch.Tensor:
+    def _scheduled_sampling(self, batch: Batch) -> torch.Tensor:
         """Two-pass scheduled sampling: replace input t >= 1 by the model's own greedy prediction of it with
         probability p (the targets stay the gold next tokens)."""
         with torch.no_grad(), self.autocast:
