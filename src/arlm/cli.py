@@ -17,6 +17,7 @@ import os
 import sys
 import warnings
 from types import ModuleType
+from typing import NoReturn, TextIO
 
 from arlm import __version__
 from arlm.config import parse_overrides
@@ -56,7 +57,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse's parser whose refusals are one line (`error: ...`, exit code 2), as every arlm error is, pointing
     at --help instead of printing the usage."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         """Print the message on one line and exit with code 2."""
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
@@ -120,7 +121,14 @@ def config_overrides(module: ModuleType, rest: list[str]) -> list[str]:
 _python_show_warning = warnings.showwarning  # how Python shows a warning: kept for everyone else's
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """arlm's own warnings ("arlm: ...") as one line on stderr, `warning: ...`; others as Python shows them."""
     text = str(message)
     if not text.startswith("arlm: "):

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from arlm.interop.hf import save_hf_folder
 from arlm.interop.loading import resolve_dtype, to_dtype
 from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
+
+if TYPE_CHECKING:
+    from arlm.data.tokenizers import Tokenizer
 
 SMOLLM2_SHAPE = dict(
     flavour="llama",
@@ -41,7 +45,7 @@ def auto_model_class() -> type:
     return optional_package("transformers", "arlm bench decode", "hf").AutoModelForCausalLM
 
 
-def _reference(model: Transformer, tokenizer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def _reference(model: Transformer, tokenizer: Tokenizer, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """transformers' model with our weights, through an exported folder."""
     AutoModelForCausalLM = auto_model_class()
 
@@ -90,7 +94,14 @@ def _timed(fn: Callable[[], int]) -> tuple[int, float]:
     return tokens, time.perf_counter() - start
 
 
-def _sides(model, reference, prompts, config: GenerationConfig, hf_kwargs: dict, pad: int) -> dict:
+def _sides(
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    prompts: list[list[int]],
+    config: GenerationConfig,
+    hf_kwargs: dict,
+    pad: int,
+) -> dict:
     """One case's two timed functions (each returns the tokens it generated, counted from its output) and the list
     that collects ours' tokens/s after the forward over the prompts (`decoding`, where the strategy reports it)."""
     device = next(model.parameters()).device
@@ -123,7 +134,9 @@ def _sides(model, reference, prompts, config: GenerationConfig, hf_kwargs: dict,
     return {"arlm": ours, "transformers": theirs, "decoding": decoding}
 
 
-def _bench_cases(model, reference, cases: dict[str, tuple], pad: int, repeats: int) -> dict[str, dict]:
+def _bench_cases(
+    model: torch.nn.Module, reference: torch.nn.Module, cases: dict[str, tuple], pad: int, repeats: int
+) -> dict[str, dict]:
     """Per case (name -> prompts, our config, transformers kwargs): median tokens/s of ours and of transformers, the
     tokens each side generated in a run, and ours after the forward over the prompts (`arlm_decoding`). Every run of
     every case and side alternates with the others (round robin, order reversed every repeat), so that ratios across
@@ -144,13 +157,13 @@ def _bench_cases(model, reference, cases: dict[str, tuple], pad: int, repeats: i
 
 def run_decode_bench(
     model: Transformer,
-    tokenizer,
+    tokenizer: Tokenizer,
     *,
     new_tokens: int = 64,
     prompt_len: int = 32,
     repeats: int = 3,
     draft: Transformer | Callable[[Transformer], Transformer] | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
     cases: list[str] | None = None,
     dtype: str | torch.dtype = torch.float32,
     compile: bool = False,
@@ -183,7 +196,15 @@ def run_decode_bench(
     return results
 
 
-def _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log) -> dict:
+def _speculative(
+    model: torch.nn.Module,
+    draft: torch.nn.Module,
+    tokenizer: Tokenizer,
+    new_tokens: int,
+    prompt_len: int,
+    repeats: int,
+    log: Callable[[str], None],
+) -> dict:
     """Our speculative decoding (greedy, gamma 4) against our plain greedy, alternating after a warm-up of each: median
     tokens/s, median acceptance and whether every output was greedy's."""
     text = "The Python standard library provides modules for reading and writing files, working with"
@@ -194,7 +215,7 @@ def _speculative(model, draft, tokenizer, new_tokens, prompt_len, repeats, log) 
     )
     outputs: dict[str, list] = {"greedy": [], "speculative": []}
 
-    def run(name: str, config: GenerationConfig, **kwargs) -> Callable[[], float]:
+    def run(name: str, config: GenerationConfig, **kwargs: torch.nn.Module) -> Callable[[], float]:
         def timed() -> float:
             outputs[name].append(generate(model, [ids], config, **kwargs))
             return outputs[name][-1].stats["tokens_per_s"]

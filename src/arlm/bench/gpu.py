@@ -14,6 +14,7 @@ import statistics
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ def environment(device: torch.device) -> dict:
     return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda}
 
 
-def train_figures(device: torch.device, smoke: bool, batch: int, log=print) -> dict:
+def train_figures(device: torch.device, smoke: bool, batch: int, log: Callable[[str], None] = print) -> dict:
     """Tokens/s and MFU of ours and of transformers on the 124M shape (OOM: the batch is halved)."""
     config = ModelConfig(**(SMOKE_TRAIN if smoke else GPT2_124M))
     dtype, compile = ("float32", False) if smoke else ("bfloat16", True)
@@ -63,7 +64,7 @@ def train_figures(device: torch.device, smoke: bool, batch: int, log=print) -> d
             log(f"out of memory: retrying with batch {batch}")
 
 
-def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
+def decode_figures(device: torch.device, smoke: bool, log: Callable[[str], None] = print) -> dict:
     """Batch-1 greedy tokens/s of ours (compiled step; and eager) and of transformers' generate(), random weights."""
     config = ModelConfig(**(SMOKE_DECODE if smoke else SMOLLM2_SHAPE))
     tokenizer = VocabTokenizer.train("char", ["abc"], 0)
@@ -87,7 +88,11 @@ def decode_figures(device: torch.device, smoke: bool, log=print) -> dict:
 
 
 def dtype_figures(
-    device: torch.device, smoke: bool, untuned: bool = False, only: tuple[str, ...] = (), log=print
+    device: torch.device,
+    smoke: bool,
+    untuned: bool = False,
+    only: tuple[str, ...] = (),
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Batch-1 greedy tokens/s of our compiled step per dtype (bfloat16, int8 weight-only; on the CPU float32 and
     int8), on a GPU each both as inductor's cudagraph trees and as one CUDA graph the engine captures ("one graph"),
@@ -191,7 +196,7 @@ def step_profile(engine: Engine, prompt: list[list[int]], config: GenerationConf
     }
 
 
-def _guarded(fn) -> dict:
+def _guarded(fn: Callable[[], dict]) -> dict:
     """fn's figures, or the error it raised (the figures measured before it are kept)."""
     try:
         return fn()
@@ -200,7 +205,7 @@ def _guarded(fn) -> dict:
         return {"error": f"{type(error).__name__}: {error}"}
 
 
-def run_section(results: dict, name: str, out: Path, fn) -> None:
+def run_section(results: dict, name: str, out: Path, fn: Callable[[], dict]) -> None:
     """Run one benchmark; a failure is recorded (and printed) without stopping the others; write results.json."""
     try:
         results[name] = fn()

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def run_memory_bench(
     budget_gb: float = 4.0,
     device: str = "auto",
     limit_gb: float = 12.0,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Measure both backends over the lengths (one child process each), logging a line per measurement, and fit
     the exponents: {"device", "shape", "budget_gb", "rows": {backend: [...]}, "exponents": {...}}."""

@@ -60,7 +60,7 @@ def hf_gpt2(config: ModelConfig) -> torch.nn.Module:
     return model
 
 
-def train_step(side: Side, x: torch.Tensor, y: torch.Tensor, autocast=None) -> float:
+def train_step(side: Side, x: torch.Tensor, y: torch.Tensor, autocast: torch.autocast | None = None) -> float:
     """One optimizer step: forward + loss (each library's own), backward, clip at 1.0, AdamW, zero grads."""
     with autocast or contextlib.nullcontext():
         loss = side.loss(x, y)
@@ -104,7 +104,7 @@ def run_bench(
     batch: int,
     steps: int,
     repeats: int,
-    log=print,
+    log: Callable[[str], None] = print,
     *,
     device: torch.device | None = None,
     dtype: str = "float32",

@@ -122,7 +122,9 @@ def llamacpp_files(model_ref: str, dtypes: list[str]) -> tuple:
     return binary, {name: Path(model_ref) if own else gguf_for(folder, name) for name in dtypes}
 
 
-def beside_llamacpp(model: Transformer, bos: int, llama: tuple, new_tokens: int, repeats: int, log=print) -> dict:
+def beside_llamacpp(
+    model: Transformer, bos: int, llama: tuple, new_tokens: int, repeats: int, log: Callable[[str], None] = print
+) -> dict:
     """arlm greedy batch 1 and llama-bench (binary, gguf) alternating (bench/llamacpp.py); prints the medians."""
     from arlm.bench.llamacpp import compare_with_llamacpp  # lazy: kept out of --help
 
@@ -171,7 +173,7 @@ def bench_decode_command(
     repeats: int = 3,
     dtype: str = "float32",
     llama: tuple | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """Load (or build, for 'random-smollm2') the model and run the benchmark at `dtype`, printing a table,
     the forward time for 1..8 new tokens and, given `llama` (llama-bench, GGUF file), the side-by-side."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from arlm.bench.defaults import LENGTHS
@@ -40,7 +41,7 @@ def bench_memory_command(
     device: str = "auto",
     out: str = "memory.png",
     limit_gb: float = 12.0,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Measure both backends over the lengths, print the table and exponents, write the plot and a JSON."""
     from arlm.bench.memory import run_memory_bench  # lazy: kept out of --help

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Callable
 
 from arlm.bench.defaults import DEFAULT_BATCH, DEFAULT_SHAPE
 from arlm.config import ModelConfig, coerce, parse_overrides
@@ -31,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bench_train_command(
-    overrides: list[str], *, batch: int = DEFAULT_BATCH, repeats: int = 5, steps: int = 10, log=print
+    overrides: list[str],
+    *,
+    batch: int = DEFAULT_BATCH,
+    repeats: int = 5,
+    steps: int = 10,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """The shape from --model.* overrides, then the benchmark with its figures printed."""
     from arlm.bench.train import run_bench  # lazy: kept out of --help

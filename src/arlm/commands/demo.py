@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,9 @@ from arlm.config import GenerationConfig, build_config
 from arlm.errors import ArlmError
 
 if TYPE_CHECKING:
+    import torch
+
+    from arlm.data.tokenizers import Tokenizer
     from arlm.decoding.types import GenerationOutput
 
 DEMO_PROMPT = "Return the"
@@ -34,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_command(*, new_tokens: int = 80, log=print) -> dict[str, dict]:
+def demo_command(*, new_tokens: int = 80, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run the whole main job and print the decoding comparison."""
     from arlm.interop.loading import load_model  # lazy: kept out of --help
     from arlm.model.inference import optimize_for_decoding  # lazy: kept out of --help
@@ -81,7 +85,12 @@ def _strategies(new_tokens: int) -> list[tuple[str, GenerationConfig, bool]]:
 
 
 def compare_decoding(
-    target_ref: str | Path, draft_ref: str | Path, prompt: str, new_tokens: int, log=print, repeats: int = 3
+    target_ref: str | Path,
+    draft_ref: str | Path,
+    prompt: str,
+    new_tokens: int,
+    log: Callable[[str], None] = print,
+    repeats: int = 3,
 ) -> dict[str, dict]:
     """Decode `prompt` by each strategy (median tokens/s of `repeats`), print text and figures."""
     from arlm.decoding.generate import generate  # lazy: kept out of --help
@@ -147,7 +156,14 @@ def _why(rows: dict[str, dict], prompt_tokens: int) -> str:
     )
 
 
-def compare_grounded(model, tokenizer, item_id: str, new_tokens: int, log=print, repeats: int = 3) -> dict:
+def compare_grounded(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    item_id: str,
+    new_tokens: int,
+    log: Callable[[str], None] = print,
+    repeats: int = 3,
+) -> dict:
     """One request of the built-in grounded set decoded by greedy and prompt lookup (fixed and adaptive gamma),
     alternating, median tokens/s of `repeats`; the table, the answer and one line on why lookup pays here."""
     from arlm.bench.prompt_sets import chat_ids, load_prompt_set  # lazy: kept out of --help

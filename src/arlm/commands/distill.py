@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from arlm.commands.options import add_resume_argument
@@ -54,7 +55,7 @@ def distill_command(
     *,
     resume: Path | None = None,
     overwrite: bool = False,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> TrainSummary:
     """Train a draft of `layers` blocks against teacher_ref with the given data/train settings."""
     from arlm.interop.loading import load_model  # lazy: kept out of --help

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from arlm.commands.options import add_device_argument, add_dtype_argument, check_batches, provenance
@@ -39,7 +40,7 @@ def context_command(
     out: str = "context.png",
     device: str = "auto",
     dtype: str = "auto",
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict[str, list[float]]:
     """Loss by position for each run (on the split of its own prepared data, or data_dir's), one PNG and a JSON."""
     from arlm.commands.plots import figure_path, plot_lines  # lazy: kept out of --help

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,7 +95,7 @@ def eval_command(
     encoding_errors: str | None = None,
     compare_transformers: bool = False,
     kv_dtype: str = "auto",
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> EvalResult:
     """Evaluate and print one line of figures (a split: val unless split is given; or a file)."""
     from arlm.decoding.engine import cache_dtype  # lazy: kept out of --help
@@ -167,7 +168,7 @@ def _on_file(
     max_chars: int,
     kv: torch.dtype | None,
     compare_transformers: bool,
-    log,
+    log: Callable[[str], None],
 ) -> tuple[EvalResult, str]:
     """Sliding-window perplexity of a corpus normalized as the model's training data was (a progress bar on a
     terminal), each window over a KV cache of dtype kv where given; with compare_transformers, transformers' own

@@ -10,7 +10,7 @@ import dataclasses
 import re
 import sys
 import typing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from arlm.commands.options import (
     add_device_argument,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from arlm.data.tokenizers import Tokenizer
+    from arlm.decoding.grammar import JsonGrammar
     from arlm.decoding.types import GenerationOutput
     from arlm.interop.checkpoint import LoadedModel
 
@@ -186,7 +187,9 @@ class Streamer:
     UTF-8 character and any ending that could still be the start of a stop string are held back, and nothing from
     a stop string on is ever printed, so the printed text equals the whole output cut at its first stop string."""
 
-    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None = None, stream=None, prefix: str = "") -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, stops: list[str] | None = None, stream: TextIO | None = None, prefix: str = ""
+    ) -> None:
         self.text = TextStream(tokenizer, stops)
         self.stream = stream or sys.stdout
         self.prefix: str | None = prefix
@@ -281,7 +284,7 @@ def _check_compile_first(config: GenerationConfig, ids: list[list[int]], block: 
     note_compile(config, device)
 
 
-def grammar_for(schema: dict | None, loaded: LoadedModel):
+def grammar_for(schema: dict | None, loaded: LoadedModel) -> JsonGrammar | None:
     """The JSON grammar --json asks for over the model's tokenizer (None without it)."""
     from arlm.decoding.grammar import JsonGrammar  # lazy: kept out of --help
 

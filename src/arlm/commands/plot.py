@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from arlm.commands.runs import run_label
@@ -32,7 +33,9 @@ def metrics_path(run: str | Path) -> Path:
     return file
 
 
-def plot_command(runs: list[str], out: str, *, grad_norms: bool = False, log=print) -> list[Path]:
+def plot_command(
+    runs: list[str], out: str, *, grad_norms: bool = False, log: Callable[[str], None] = print
+) -> list[Path]:
     """Write the loss figure (and a gradient-norm figure per run when asked)."""
     from arlm.commands.plots import figure_path, plot_grad_norms, plot_loss  # lazy: kept out of --help
 

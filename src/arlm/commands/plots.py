@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -18,6 +18,9 @@ from arlm.evaluation.exposure_bias import ExposureBiasResult
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def figure_path(out: str | Path, *, numbers: bool = False) -> Path:
@@ -35,7 +38,7 @@ def figure_path(out: str | Path, *, numbers: bool = False) -> Path:
     return path
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from arlm.commands.generate import load_draft, note_dtype
@@ -154,7 +155,7 @@ def counting_cut(server: uvicorn.Server) -> list[int]:
     cut: list[int] = []
     handle = server.handle_exit
 
-    def handle_exit(sig: int, frame) -> None:
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
         forced = server.force_exit
         handle(sig, frame)
         if server.force_exit and not forced and server.server_state.tasks:

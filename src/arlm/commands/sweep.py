@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from arlm.commands.runs import refuse_placement
@@ -76,7 +77,7 @@ def sweep_command(
     out_dir: str = "runs/sweep",
     overwrite: bool = False,
     resume: bool = False,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """Train every combination (sharing one prepared corpus unless their data settings differ) and plot loss vs
     tokens for all of them; an --out holding an earlier sweep is retrained only with overwrite, or continued with
@@ -118,7 +119,9 @@ def sweep_command(
     return results
 
 
-def _train(config: RunConfig, resume: bool, overwrite: bool, log) -> tuple[dict[str, dict], RunConfig]:
+def _train(
+    config: RunConfig, resume: bool, overwrite: bool, log: Callable[[str], None]
+) -> tuple[dict[str, dict], RunConfig]:
     """One run of the grid trained (or continued from its newest checkpoint): its final figures per split and the
     config it ran with (its vocabulary set); a run finished before keeps the figures its log holds."""
     checkpoint = None
@@ -192,7 +195,9 @@ def _number(value: str) -> float | None:
         return None
 
 
-def _report(results: dict[str, dict], grid: list[tuple[str, list[str]]], preset: str, out: Path, log) -> None:
+def _report(
+    results: dict[str, dict], grid: list[tuple[str, list[str]]], preset: str, out: Path, log: Callable[[str], None]
+) -> None:
     """Every loss curve in one figure, final validation loss against a single varied key, a table, sweep.json (the
     train split's figures where the runs have no validation split)."""
     from arlm.commands.plots import plot_lines, plot_loss  # lazy: kept out of --help

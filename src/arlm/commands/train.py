@@ -135,7 +135,9 @@ def resume_config(
     return config_from_dict(merge(saved, parse_overrides(overrides))).validate(), checkpoint
 
 
-def _restart_config(config: RunConfig, overrides: list[str], preset_given: bool, log) -> RunConfig:
+def _restart_config(
+    config: RunConfig, overrides: list[str], preset_given: bool, log: Callable[[str], None]
+) -> RunConfig:
     """The config of a run killed before its first checkpoint (its config.json plus overrides)."""
     from arlm.interop.checkpoint import list_checkpoints  # lazy: kept out of --help
 
@@ -283,7 +285,7 @@ class _Job:
         return summary
 
 
-def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log) -> Path | None:
+def _claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool, log: Callable[[str], None]) -> Path | None:
     """Refuse to clobber an earlier run unless asked; --overwrite sets it aside (returned) until the new run
     has its first checkpoint, so an error before that loses nothing."""
     from arlm.interop.checkpoint import list_checkpoints  # lazy: kept out of --help
@@ -316,7 +318,9 @@ def _note_other_source(checkpoint: Checkpoint, data: PreparedData, log: Callable
         )
 
 
-def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log, keep: bool = False) -> PreparedData:
+def _prepared_data(
+    config: RunConfig, info: D.DistInfo, overwrite: bool, log: Callable[[str], None], keep: bool = False
+) -> PreparedData:
     """The run's prepared data: reused, or prepared (again); keep: a resumed run keeps the data it trained on."""
     from arlm.data.corpus import check_source_apart  # lazy: kept out of --help
     from arlm.data.prepare import load_prepared, prepare  # lazy: kept out of --help
@@ -341,7 +345,11 @@ def _prepared_data(config: RunConfig, info: D.DistInfo, overwrite: bool, log, ke
 
 
 def build_model(
-    config: RunConfig, data: PreparedData, device: torch.device, log, initial: Transformer | None = None
+    config: RunConfig,
+    data: PreparedData,
+    device: torch.device,
+    log: Callable[[str], None],
+    initial: Transformer | None = None,
 ) -> Transformer:
     """A freshly initialised model (seeded), one started from train.init's weights, or the one given."""
     import torch  # lazy: kept out of --help
@@ -370,7 +378,9 @@ def build_model(
     return model.to(device)
 
 
-def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -> torch.nn.Module | None:
+def _teacher(
+    config: RunConfig, data: PreparedData, device: torch.device, log: Callable[[str], None]
+) -> torch.nn.Module | None:
     """The model to distill from (train.distill_from), checked to share the data's tokenizer."""
     from arlm.interop.loading import load_model  # lazy: kept out of --help
 
@@ -386,7 +396,7 @@ def _teacher(config: RunConfig, data: PreparedData, device: torch.device, log) -
     return teacher.model
 
 
-def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
+def final_report(trainer: Trainer, log: Callable[[str], None]) -> dict[str, EvalResult]:
     """Loss, perplexity and bits per byte on every split (train.final_eval_batches each, with a progress bar)."""
     results = {
         s: trainer.evaluate(s, trainer.tc.final_eval_batches, progress=True)
@@ -401,7 +411,7 @@ def final_report(trainer: Trainer, log) -> dict[str, EvalResult]:
     return results
 
 
-def _finish(summary: TrainSummary, trainer: Trainer, log) -> None:
+def _finish(summary: TrainSummary, trainer: Trainer, log: Callable[[str], None]) -> None:
     """Write the final record, the loss plot, and print a sample."""
     from arlm.commands.plots import plot_loss  # lazy: kept out of --help
     from arlm.training.logging import MetricsLog  # lazy: kept out of --help
