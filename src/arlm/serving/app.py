@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,6 +44,9 @@ from arlm.serving.schemas import (
     TraceRequest,
 )
 
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -70,7 +74,7 @@ class Server:
             message = f"the model {name!r} does not exist; this server serves {self.model_id!r}"
             raise ApiError(404, message, param="model", code="model_not_found")
 
-    def split_prompts(self, prompt) -> list[str | list[int]]:
+    def split_prompts(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
         """A completion's prompt (a text or token ids) or list of prompts, as a list of prompts."""
         if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
             raise ApiError(
@@ -107,7 +111,13 @@ class Server:
         return encode_conversation(turns, self.tokenizer, add_generation_prompt)
 
     def job(
-        self, req: Sampling, prompt: list[int], max_tokens: int | None, emit, top_logprobs: int = -1, scored=False
+        self,
+        req: Sampling,
+        prompt: list[int],
+        max_tokens: int | None,
+        emit: Callable[[dict], None],
+        top_logprobs: int = -1,
+        scored: bool = False,
     ) -> Job:
         """The scheduler job of a request (default max_tokens: what the context leaves); scored: the prompt's
         tokens get log-probabilities too."""
@@ -214,7 +224,7 @@ async def watch_disconnect(request: Request, on_disconnect: Callable[[], None]) 
             return
 
 
-def sse(data) -> str:
+def sse(data: str | dict) -> str:
     """One server-sent event."""
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -226,9 +236,9 @@ async def run_job(
     events: Events,
     stream: bool,
     chunks: Callable,
-    start=(),
-    final=None,
-):
+    start: Iterable[dict] = (),
+    final: Callable[[], dict] | None = None,
+) -> Response:
     """Submit a request's jobs and answer: a stream of server-sent events (chunks of each event, then [DONE]), or,
     after the last event, final() as JSON. A client that disconnects cancels the jobs."""
     submit(server, jobs)
@@ -246,7 +256,9 @@ async def run_job(
     return JSONResponse(final())
 
 
-async def _stream(server: Server, jobs: list[Job], events: Events, chunks: Callable, start) -> AsyncIterator[str]:
+async def _stream(
+    server: Server, jobs: list[Job], events: Events, chunks: Callable, start: Iterable[dict]
+) -> AsyncIterator[str]:
     try:
         for chunk in start:
             yield sse(chunk)
@@ -277,7 +289,7 @@ def create_app(
     server = Server(scheduler, model_id, plain_chat, auth=bool(api_key), dtype=dtype)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
         yield
         await asyncio.to_thread(scheduler.shutdown)
@@ -302,23 +314,23 @@ class CountRequests:
     499 where the client went away before the whole answer (nginx's "client closed request"), 500 where a bug left
     none (a plain ASGI wrapper: it passes the client's disconnect messages on to the handlers)."""
 
-    def __init__(self, app, scheduler: Scheduler, paths: set[str]) -> None:
+    def __init__(self, app: ASGIApp, scheduler: Scheduler, paths: set[str]) -> None:
         self.app, self.metrics, self.paths = app, scheduler.metrics, paths
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         endpoint = path if path in self.paths else "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
         started, answered, gone = [], [], []
 
-        async def watching_receive():
+        async def watching_receive() -> Message:
             message = await receive()
             if message["type"] == "http.disconnect" and not answered:
                 gone.append(True)
             return message
 
-        async def counting_send(message) -> None:
+        async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 started.append(message["status"])
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -369,7 +381,7 @@ def _info_routes(app: FastAPI, server: Server) -> None:
 
 def _generation_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, request: Request):
+    async def completions(req: CompletionRequest, request: Request) -> Response:
         server.check_model(req.model)
         texts = server.split_prompts(req.prompt)
         prompts = await asyncio.to_thread(lambda: [server.encode_prompt(p) for p in texts])  # (off the event loop)
@@ -395,7 +407,7 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         return await run_job(request, server, jobs, events, req.stream, fmt.chunks, start=start, final=final)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest, request: Request):
+    async def chat_completions(req: ChatRequest, request: Request) -> Response:
         server.check_model(req.model)
         prompt = await asyncio.to_thread(server.encode_chat, req.messages)
         events = Events()
@@ -410,7 +422,7 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         return await run_job(request, server, [job], events, req.stream, fmt.chunks, start=start, final=final)
 
     @app.post("/v1/arlm/trace")
-    async def trace(req: TraceRequest, request: Request):
+    async def trace(req: TraceRequest, request: Request) -> Response:
         server.check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise ApiError(400, "give either prompt or messages", param="prompt")

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 API = "/v1/"
 
@@ -14,10 +18,10 @@ API = "/v1/"
 class RequireKey:
     """ASGI middleware refusing requests without the key (compared in constant time)."""
 
-    def __init__(self, app, key: str) -> None:
+    def __init__(self, app: ASGIApp, key: str) -> None:
         self.app, self.expected = app, key.encode()
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(API):
             return await self.app(scope, receive, send)
         found = [value for name, value in scope["headers"] if name == b"authorization"]  # the headers read once

@@ -4,16 +4,21 @@ can hold more memory than that; the app then gets the body whole."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from arlm.serving.errors import ApiError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class LimitBody:
     """ASGI middleware answering 413 to a body over max_bytes; below it, the body is read here and handed on."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = [value for name, value in scope["headers"] if name == b"content-length"]
@@ -31,12 +36,12 @@ class LimitBody:
             if not message.get("more_body", False):
                 break
 
-        async def replay():
+        async def replay() -> Message:
             return messages.pop(0) if messages else await receive()  # then the client's disconnect, when it comes
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         size = f"{self.max_bytes / 2**20:g} MiB" if self.max_bytes >= 2**20 else f"{self.max_bytes} bytes"
         message = f"the request body is over the server's limit of {size} (arlm serve --max-body-mb)"
         await ApiError(413, message).response()(scope, receive, send)

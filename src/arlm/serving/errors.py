@@ -3,6 +3,8 @@ it for a body pydantic refused or an unknown path, in one line naming the argume
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,8 +20,15 @@ class ApiError(Exception):
     """An error answered with OpenAI's body."""
 
     def __init__(
-        self, status: int, message: str, *, type: str | None = None, param: str | None = None, code=None, headers=None
-    ):
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = dict(headers or {})  # (405's Allow)
@@ -51,24 +60,26 @@ def error_handlers(app: FastAPI) -> None:
     """Every refusal answered with OpenAI's error body: ApiError, a body pydantic refused, an unknown path; a bug."""
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
 
     @app.exception_handler(ArlmError)
-    async def refused(request: Request, exc: ArlmError):
+    async def refused(request: Request, exc: ArlmError) -> JSONResponse:
         return ApiError.refusal(exc).response()
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = "not found: " + request.url.path if exc.status_code == 404 else str(exc.detail)
         return ApiError(exc.status_code, message, headers=exc.headers).response()  # (405: Allow, as RFC 9110 asks)
 
     @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception):  # (Starlette then raises it again: its traceback is logged)
+    async def bug(
+        request: Request, exc: Exception
+    ) -> JSONResponse:  # (Starlette then raises it again: its traceback is logged)
         return ApiError(500, f"internal error: {exc}").response()
 
 
@@ -112,6 +123,6 @@ def _union_refusal(errors: list[dict]) -> tuple[str, list[str]] | None:
     return None
 
 
-def _is_type_tag(part) -> bool:
+def _is_type_tag(part: str | int) -> bool:
     """Whether a location part names a type (pydantic's tag of a union member), not a field or an index."""
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool") or part[:1].isupper())

@@ -96,7 +96,7 @@ class OpenAIFormat:
             return out
         return []
 
-    def _chunk(self, i: int, text, logprobs=None, finish: str | None = None) -> dict:
+    def _chunk(self, i: int, text: str | dict | None, logprobs: dict | None = None, finish: str | None = None) -> dict:
         if self.kind == "chat":
             delta = text if isinstance(text, dict) else ({"content": text} if text else {})
             choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}

@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,6 +37,9 @@ from arlm.errors import ArlmError
 from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event, waiting_after
 from arlm.serving.metrics import ServerMetrics
 from arlm.serving.threads import in_own_thread
+
+if TYPE_CHECKING:
+    from arlm.decoding.types import GenerationOutput, StopCheck
 
 LANE_STRATEGIES = ("beam", "speculative", "prompt-lookup")
 
@@ -439,7 +443,7 @@ class Scheduler:
             ids = self._lane_generate(job, choice, config).generated()[0]
             self._lane_finish(job, choice, ids)
 
-    def _lane_generate(self, job: Job, choice: Choice | None, config: GenerationConfig):
+    def _lane_generate(self, job: Job, choice: Choice | None, config: GenerationConfig) -> GenerationOutput:
         """generate() with the request's callbacks: tokens streamed, stop strings, trace, cancellation; the server's
         KV cache dtype."""
         config = dataclasses.replace(config, kv_dtype=self.kv_dtype)
@@ -480,7 +484,7 @@ class Scheduler:
         self.metrics.reused_tokens.inc(reused)
         job.cached_tokens = max(job.cached_tokens, reused)
 
-    def _beam_stop(self, job: Job):
+    def _beam_stop(self, job: Job) -> StopCheck | None:
         """Beam search's stop check: a hypothesis ends once its text holds one of the request's stop strings (the
         text sent is then cut before it, as for every strategy); None without stops."""
         return stop_checker(self.tokenizer, job.stops)

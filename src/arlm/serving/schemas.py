@@ -3,7 +3,7 @@ GenerationConfig. An argument the server does not know is refused (400), never i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -135,7 +135,7 @@ class Sampling(TextOnly):
 
     @model_validator(mode="before")
     @classmethod
-    def _nulls_as_defaults(cls, data):
+    def _nulls_as_defaults(cls, data: Any) -> Any:
         """An argument given as null takes its default, as OpenAI's nullable arguments do (clients that serialize
         every field send null for those unset); so does top_k -1 (vLLM's "off")."""
         if not isinstance(data, dict):
