@@ -232,6 +232,32 @@ def test_trace_reports_every_verification():
         assert torch.allclose(torch.tensor(probs), best.values, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 0.3, "top_p": 0.5, "seed": 3},
+        {"temperature": 2.0, "top_k": 5, "seed": 3},
+        {"temperature": 0, "repetition_penalty": 1.5},
+    ],
+)
+def test_trace_probabilities_are_the_models_own_whatever_the_processors(settings):
+    """A verification's probs and top are the target's own distribution (before temperature, top-k / top-p and the
+    repetition penalty), as the batch strategies' and the API's logprobs: the playground showed the processed one
+    for speculative decoding beside the raw one for sampling, the same token at 0.15 and 0.88."""
+    target, draft = _model(0), _model(1, layers=1, d=16)
+    config = GenerationConfig(strategy="speculative", max_new_tokens=16, num_draft_tokens=3, **settings)
+    events = []
+    out = generate(target, [[1, 2, 3]], config, draft=draft, trace=events.append)
+    kept = [t for e in events for t in [*e["drafted"][: e["accepted"]], e["token"]]][:16]
+    assert kept == out.generated()[0]
+    with torch.no_grad():
+        reference = target(out.sequences[:, :-1]).softmax(dim=-1)[0, 2:]  # (16, V): the model's own, from scratch
+    probs = [p for e in events for p in e["probs"]][:16]
+    assert torch.allclose(torch.tensor(probs), reference[torch.arange(16), torch.tensor(kept)], atol=1e-5)
+    for j, row in enumerate([row for e in events for row in e["top"]][:16]):
+        assert torch.allclose(torch.tensor([p for _, p in row]), reference[j].topk(len(row)).values, atol=1e-5)
+
+
 def _brute_force_lookup(ids, max_ngram, gamma):
     """The first prompt-lookup drafter: scan the whole context for the latest earlier match of its tail; the drafts
     and the match's length."""

@@ -217,3 +217,98 @@ def test_a_broken_stream_and_a_refused_length_are_said_in_the_panel(browser, ser
     page.wait_for_function(said % stats, arg="max_tokens", timeout=60_000)
     assert uncaught == []
     page.close()
+
+
+def _token(token: int, text: str) -> dict:
+    return {"type": "token", "index": 0, "id": token, "text": text, "piece": text, "partial": False}
+
+
+def _sse(*events: dict) -> str:
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def test_verification_rows_tell_rejected_unjudged_and_past_the_end_drafts_apart(browser, server):
+    """After a rejection the later drafts were never judged (marked so, not 'rejected'); a draft of whitespace shows
+    (a space was an empty box); drafts and the target's token of a round past the answer's end are 'past the end',
+    not accepted. The server's events are played back (page.route), so each case is there."""
+    page, errors = _open(browser, server)
+    page.uncheck("#compare")
+    page.select_option(".panel[data-name=A] select[name=strategy]", "prompt-lookup")
+    top = [[{"id": 9, "piece": "q", "prob": 0.5}]] * 3
+    stream = _sse(
+        {"type": "start", "strategy": "prompt-lookup", "prompt_tokens": 3, "n": 1},
+        {"type": "verify", "index": 0, "source": "lookup", "accepted": 1, "probs": [0.5, 0.25], "top": top[:2],
+         "drafted": [{"id": 1, "piece": " a"}, {"id": 2, "piece": " "}, {"id": 3, "piece": "b"}],
+         "token": {"id": 4, "piece": "c"}},
+        *(_token(i, t) for i, t in [(1, " a"), (4, "c")]),
+        {"type": "verify", "index": 0, "source": "lookup", "accepted": 2, "probs": [0.9, 0.9, 0.9], "top": top,
+         "drafted": [{"id": 5, "piece": "x"}, {"id": 6, "piece": "y"}], "token": {"id": 7, "piece": "z"}},
+        _token(5, "x"),  # then the answer ends: y and z are no part of it
+        {"type": "finish", "index": 0, "reason": "stop", "text": ""},
+        {"type": "done", "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}},
+    )  # fmt: skip
+    page.route(
+        "**/v1/arlm/trace", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=stream)
+    )
+    page.click("#run")
+    _done(page, "A")
+    rows = page.locator(".panel[data-name=A] .verify")
+    classes = [
+        [(m.get_attribute("class"), m.text_content()) for m in rows.nth(i).locator(".mark").all()] for i in range(2)
+    ]
+    assert classes[0] == [("mark acc", " a"), ("mark rej", "␣"), ("mark skip", "b"), ("mark next", "c")]
+    assert classes[1] == [("mark acc", "x"), ("mark unused", "y"), ("mark unused", "z")]
+    assert page.locator(".panel[data-name=A] .output .tok.accepted").count() == 2  # " a" and "x"
+    assert errors == []
+
+
+def test_empty_knobs_are_the_servers_defaults_and_side_by_side_runs_one_panel_after_the_other(browser, server):
+    """An emptied seed is unseeded and an emptied temperature the server's default (both were sent as 0: every run
+    drew the same tokens, 'sample' decoded greedily); adaptive drafting sends no drafts per step; panel B's request
+    goes once A's answer is whole, so neither one's timing holds the other's run."""
+    page, errors = _open(browser, server)
+    a, b = ".panel[data-name=A]", ".panel[data-name=B]"
+    assert page.input_value(f"{b} [name=temperature]") == "0"  # speculative beside greedy: greedy's text exactly
+    page.select_option(f"{a} select[name=strategy]", "sample")
+    page.fill(f"{a} [name=temperature]", "")
+    page.check(f"{b} [name=adaptive_draft]")
+    assert page.is_disabled(f"{b} [name=num_draft_tokens]")
+    sent = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.method == "POST" else None)
+    page.evaluate(  # what panel A said as each request left
+        """() => { const send = window.fetch; window.aSaid = [];
+                   window.fetch = (...args) => {
+                     window.aSaid.push(document.querySelector('.panel[data-name=A] .stats').textContent);
+                     return send(...args); }; }"""
+    )
+    page.click("#run")
+    _done(page, "A")
+    _done(page, "B")
+    body_a, body_b = sent
+    assert "seed" not in body_a and "temperature" not in body_a and body_a["strategy"] == "sample"
+    assert body_b["adaptive_draft"] is True and "num_draft_tokens" not in body_b and body_b["temperature"] == 0
+    said = page.evaluate("window.aSaid")
+    assert said[0] == "running…" and "tok/s" in said[1]  # B's request left once A's answer was whole
+    assert errors == []
+
+
+def test_stop_ends_a_run_midway_and_keeps_what_it_showed(browser, server):
+    """The Run button is Stop while a run is under way (a long run could only be left by reloading the page, which
+    lost every setting): the stream is cut, the panel says so, the page's settings stay."""
+    page, errors = _open(browser, server)
+    page.uncheck("#compare")
+    page.select_option(".panel[data-name=A] select[name=strategy]", "greedy")
+    scheduler = server.scheduler
+    scheduler.pause(after_steps=3)
+    try:
+        page.click("#run")
+        page.wait_for_function("document.querySelectorAll('.panel[data-name=A] .output .tok').length == 3")
+        assert page.text_content("#run") == "Stop"
+        page.click("#run")
+        page.wait_for_function("document.querySelector('.panel[data-name=A] .stats').textContent.startsWith('stopped')")
+    finally:
+        scheduler.resume()
+    assert page.text_content(".panel[data-name=A] .stats") == "stopped after 3 tokens"
+    assert page.text_content("#run") == "Run" and page.input_value("#prompt") == PROMPT
+    wait_until(lambda: server.scheduler.metrics.queue_length._value.get() == 0, "the cancelled request to leave")
+    assert errors == []

@@ -129,10 +129,10 @@ def speculative_generate(
             room = max_len - seq.shape[1]
             drafts, q = drafter.propose(seq, min(gamma, room - 1), config, greedy, generator)
             began = time.perf_counter()
-            accepted, new, scores = _round(engine, seq, drafts, q, config, greedy, generator, history)
+            accepted, new, logits = _round(engine, seq, drafts, q, config, greedy, generator, history)
             cost.record(1 + len(drafts), time.perf_counter() - began)
             if trace is not None:
-                trace(_verify_event(drafts, accepted, int(new[-1]), scores.softmax(dim=-1), new, drafter.source))
+                trace(_verify_event(drafts, accepted, int(new[-1]), logits.softmax(dim=-1), new, drafter.source))
             if adaptive is not None and drafter.source == sized:  # (lookup's rounds are sized by the match)
                 adaptive.update(len(drafts), accepted)
             drafter.rollback(seq.shape[1] + accepted)
@@ -178,7 +178,8 @@ def _round(
     history: History,
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """One verification: the target scores seq's last token and the drafts (g,) in one forward; how many drafts
-    it accepts, the tokens kept (accepted drafts, then its own next token) and its processed scores (1+g, V).
+    it accepts, the tokens kept (accepted drafts, then its own next token) and its logits (1+g, V), the model's own
+    (before any processor: what a trace shows, as the API's logprobs).
     Greedy takes the argmax of the scores, as greedy decoding does (no softmax, which can tie two nearly equal
     scores); sampling their softmax."""
     block = torch.cat([seq[:, -1:], drafts[None]], dim=1)  # (1, 1+g): last token, then the drafts
@@ -187,7 +188,7 @@ def _round(
     scores = torch.cat([process(logits[j : j + 1], c, config, history) for j, c in enumerate(contexts)])  # (1+g, V)
     accepted, nxt = verify(scores if greedy else scores.softmax(dim=-1), q, drafts, greedy, generator)
     engine.rollback(seq.shape[1] + accepted)  # keep the last token and the accepted drafts
-    return accepted, torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)]), scores
+    return accepted, torch.cat([drafts[:accepted], torch.tensor([nxt], device=seq.device)]), logits
 
 
 def draft_cost(target: torch.nn.Module, draft: torch.nn.Module | None, config: GenerationConfig) -> float:
@@ -237,8 +238,9 @@ def _verify_event(
     drafts: torch.Tensor, accepted: int, token: int, p: torch.Tensor, kept: torch.Tensor, source: str
 ) -> dict:
     """A trace event of one verification: drafted ids and what drafted them ("model" or "lookup"), how many were
-    accepted, the target's own next token, the target's probability (p: (1+g, V)) of each token kept, and its
-    MAX_TOP most likely tokens there as (id, probability), most likely first."""
+    accepted, the target's own next token, the target's probability (p: (1+g, V), the model's own, before any
+    processor) of each token kept, and its MAX_TOP most likely tokens there as (id, probability), most likely
+    first."""
     best, ids = p[: len(kept)].topk(min(MAX_TOP, p.shape[-1]), dim=-1)  # (kept, MAX_TOP) each
     return {
         "event": "verify",
