@@ -160,6 +160,7 @@ def test_truncated_checkpoint_is_refused_and_the_previous_named(trained, tmp_pat
     _fails(capsys, "generate", str(newest), "--max-new-tokens", "3", match="newest intact checkpoint is")
 
 
+@pytest.mark.slow
 def test_the_real_exit_code_and_a_working_eval_and_generate(trained):
     _, run = trained
     bad = run_cli("train", "--preset", "nope")

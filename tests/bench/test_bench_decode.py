@@ -9,6 +9,7 @@ from arlm.model.quant import Int4Linear
 from arlm.model.transformer import Transformer
 
 
+@pytest.mark.slow
 @pytest.mark.hf
 def test_decode_bench_runs_every_case_on_both_sides():
     torch.manual_seed(0)

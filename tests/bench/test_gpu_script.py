@@ -10,6 +10,7 @@ from arlm.bench.gpu import dtype_variants, pick_variants
 from tests.helpers import REPO, run_cli
 
 
+@pytest.mark.slow
 @pytest.mark.hf
 def test_gpu_script_runs_in_cpu_smoke_mode(tmp_path):
     env = {**os.environ, "PYTHON": os.environ.get("PYTHON", __import__("sys").executable)}
@@ -57,6 +58,7 @@ def test_dtype_variants_add_one_graph_on_cuda_only():
     )
 
 
+@pytest.mark.slow
 def test_unknown_variant_is_refused_before_anything_runs(tmp_path):
     """--variants names a variant the run has not (bfloat16 is a GPU variant; the CPU smoke mode compares float32):
     one line, exit 2, no results written."""

@@ -22,6 +22,7 @@ def _model(seed: int) -> Transformer:
     return Transformer(config).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("gamma,adaptive", [(1, False), (4, False), (8, False), (4, True)])
 def test_replay_matches_real_prompt_lookup(seed, gamma, adaptive, monkeypatch):

@@ -1,6 +1,7 @@
 import copy
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from arlm.bench.speculative import acceptance, run_speculative_bench, schemes
@@ -10,6 +11,7 @@ from arlm.model.inference import optimize_for_decoding
 from arlm.model.transformer import Transformer
 
 
+@pytest.mark.slow
 def test_every_scheme_runs_on_every_prompt_and_matches_greedy():
     torch.manual_seed(0)
     config = ModelConfig(flavour="llama", vocab_size=48, block_size=64, n_layer=3, n_head=2, d_model=32, init_std=0.3)

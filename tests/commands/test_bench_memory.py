@@ -3,6 +3,7 @@ import pytest
 from arlm.commands.bench_memory import bench_memory_command
 
 
+@pytest.mark.slow
 def test_the_command_measures_both_backends_in_subprocesses(tmp_path):
     lines = []
     result = bench_memory_command(lengths=(64, 128, 256), out=str(tmp_path / "mem.png"), device="cpu", log=lines.append)

@@ -9,6 +9,7 @@ from arlm.config import GenerationConfig
 from arlm.errors import ArlmError
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_smollm2_answers_a_question(capsys):
     config = GenerationConfig(strategy="greedy", max_new_tokens=24)
@@ -17,6 +18,7 @@ def test_smollm2_answers_a_question(capsys):
     assert "Paris" in capsys.readouterr().out  # streamed
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_the_command_takes_a_draft_and_stops_at_a_stop_string(capsys):
     args = ["chat", "--message", "Count from 1 to 10, separated by commas.", "--temperature", "0"]
@@ -147,6 +149,7 @@ def test_json_with_a_strategy_it_cannot_hold_is_refused_once_before_any_line_is_
     assert out == "" and err.startswith("error: the message is ")
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_ctrl_c_stops_the_answer_and_the_chat_goes_on_from_what_was_said(capsys, monkeypatch):
     import signal
@@ -191,6 +194,7 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on_from_what_was_said(capsys,
         signal.signal(signal.SIGINT, inherited)
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_piped_input_gets_no_prompt_on_stdout(capsys, monkeypatch):
     import io

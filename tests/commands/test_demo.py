@@ -14,6 +14,7 @@ def test_the_why_line_reports_the_measured_figures():
     assert "prompt lookup 1.07× at 55%: a 3-token prompt" in line
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_the_grounded_comparison_runs_on_smollm2(smollm2):
     lines = []

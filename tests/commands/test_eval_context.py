@@ -10,6 +10,7 @@ from arlm.errors import ArlmError
 from tests.helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_trained_model_gains_from_context(tmp_path, corpus_dir):
     config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 60, "lr": 1e-2})
     train_command(config, log=lambda _: None)
@@ -29,6 +30,7 @@ def test_a_figure_path_that_cannot_be_written_is_refused_before_any_run_is_read(
         context_command(["no-such-run"], out=str(tmp_path / "ctx.json"), log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_runs_with_the_same_folder_name_keep_their_own_curves(tmp_path, corpus_dir):
     config = tiny_config(tmp_path, corpus_dir, train={"max_steps": 2})
     train_command(config, log=lambda _: None)

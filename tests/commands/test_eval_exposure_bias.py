@@ -16,6 +16,7 @@ def test_a_length_below_one_is_refused_not_taken_for_the_default(tmp_path, optio
         exposure_bias_command(["no-such-run"], out=tmp_path / "eb.png", log=lambda _: None, **{option: value})
 
 
+@pytest.mark.slow
 def test_runs_of_other_contexts_are_measured_at_one_prompt_and_length(tmp_path, corpus_dir):
     """Each run took its own context's default (the header stated the first's): rows that did not compare."""
     from arlm.commands.train import train_command

@@ -29,6 +29,7 @@ def test_icl_command_writes_json_and_plot(tiny, tmp_path):  # noqa: F811
     assert any("| antonyms | 4 |" in line for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.hf
 def test_model_reference_through_the_registry_and_lm_eval_command(tiny, tmp_path):  # noqa: F811
     if os.environ.get("CI", "").lower() not in ("1", "true"):  # in CI a missing lm_eval must fail, not skip

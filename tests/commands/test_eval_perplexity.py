@@ -38,6 +38,7 @@ def test_window_and_stride_per_mode():
         window_and_stride(64, 16, 17, on_file=True)
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_a_model_without_its_training_data_here_asks_for_data_or_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no runs/quickstart/data here

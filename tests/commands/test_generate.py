@@ -176,6 +176,7 @@ def test_a_yes_no_flag_alone_means_true_and_takes_a_value_too():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_show_drafts_prints_the_text_before_the_stop_string(capsys):
     args = ["generate", "smollm2", "--prompt", "Once upon a time", "--max-new-tokens", "40", "--temperature", "0"]
@@ -240,6 +241,7 @@ def test_a_cpu_only_self_draft_beside_a_gpu_target_names_the_draft(dtype):
         load_draft(f"self:{dtype}", target, "smollm2", torch.device("cuda"))
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_json_keeps_the_output_to_any_object_or_to_a_schema_file(tmp_path, capsys):
     prompt = "A person as JSON with name and age: "

@@ -7,6 +7,7 @@ from arlm.errors import ArlmError
 from tests.helpers import tiny_raw, write_yaml
 
 
+@pytest.mark.slow
 def test_the_study_trains_both_runs_and_writes_its_files(tmp_path, corpus_dir):
     preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir))
     lines = []

@@ -6,6 +6,7 @@ from arlm.commands.study_exposure_bias import exposure_bias_study
 from tests.helpers import tiny_raw, write_yaml
 
 
+@pytest.mark.slow
 def test_the_study_trains_plain_and_scheduled_sampling_and_writes_its_files(tmp_path, corpus_dir):
     preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir))
     lines = []

@@ -29,6 +29,7 @@ def test_same_tokens_with_a_varied_batch_is_refused(tmp_path, corpus_dir):
     assert not (tmp_path / "sw").exists()
 
 
+@pytest.mark.slow
 def test_sweep_trains_each_setting_and_plots_them_together(tmp_path, corpus_dir):
     preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 6}))
     results = sweep_command(
@@ -65,6 +66,7 @@ def test_out_dir_and_prepared_dir_are_refused(tmp_path, corpus_dir, capsys):
     assert json.loads((tmp_path / "sw" / "d_model=16" / "config.json").read_text())["train"]["sample_tokens"] == 3
 
 
+@pytest.mark.slow
 def test_an_earlier_sweep_is_kept_unless_overwrite(tmp_path, corpus_dir):
     preset = write_yaml(tmp_path / "tiny.yaml", tiny_raw(tmp_path, corpus_dir, train={"max_steps": 2}))
     out = tmp_path / "sw"
@@ -87,6 +89,7 @@ def test_an_earlier_sweep_is_kept_unless_overwrite(tmp_path, corpus_dir):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_runs_of_other_data_settings_each_get_their_own_data(tmp_path, corpus_dir):
     raw = tiny_raw(tmp_path, corpus_dir, data={"tokenizer": "bpe"}, train={"max_steps": 2})
     preset = write_yaml(tmp_path / "tiny.yaml", raw)

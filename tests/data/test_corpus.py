@@ -7,6 +7,7 @@ from arlm.data.corpus import builtin_documents, load_documents, read_blocks, rea
 from arlm.errors import ArlmError
 
 
+@pytest.mark.slow
 def test_builtin_corpus_is_pythons_documentation():
     topics = builtin_documents("builtin:topics")
     assert len(topics) == 79

@@ -62,6 +62,7 @@ def test_a_random_model_keeps_to_the_schema_greedy_and_sampled(tiny):
     assert len({v["colour"] for v in values}) > 1  # sampled among the allowed tokens
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_smollm2_answers_in_the_schema_and_in_any_object(smollm2):
     tok = smollm2.tokenizer

@@ -89,6 +89,7 @@ def test_a_bfloat16_cache_decodes_as_transformers_rounding_its_cache(tmp_path):
     torch.testing.assert_close(first, logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.hf
 @pytest.mark.real_model
 def test_smollm2_with_a_bfloat16_cache_decodes_as_transformers_rounding_its_cache(smollm2, hf_smollm2):

@@ -84,6 +84,7 @@ def test_tiny_model_lm_eval_accuracy_equals_run_icl(tiny, task_dir):  # noqa: F8
         assert_same_as_run_icl(results, model, tokenizer, name, 2, 10)
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_entry_point(tiny, tmp_path):  # noqa: F811
     model, tokenizer = tiny
     checkpoint = save_tiny_checkpoint(model, tokenizer, tmp_path / "ckpt")

@@ -14,6 +14,7 @@ pytestmark = [pytest.mark.real_model, pytest.mark.hf]
 CONTEXT, STRIDE, CHARS = 256, 128, 5000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["builtin", "tinyshakespeare"])
 def test_perplexity_matches_transformers_on_the_same_windows(smollm2, hf_smollm2, source):
     source = str(shakespeare()) if source == "tinyshakespeare" else source
@@ -26,6 +27,7 @@ def test_perplexity_matches_transformers_on_the_same_windows(smollm2, hf_smollm2
     assert 1.5 < ours.perplexity < 200
 
 
+@pytest.mark.slow
 def test_eval_command_on_a_file(tmp_path):
     sample = tmp_path / "sample.txt"
     sample.write_text(shakespeare().read_text()[:1500])

@@ -120,6 +120,7 @@ def test_logits_match_transformers(ours, hf_model):
         assert _relative_error(ours.model(x), hf_model(x).logits) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 @pytest.mark.hf
 @torch.no_grad()

@@ -175,6 +175,7 @@ def test_a_checkpoint_loads_at_every_dtype(run):
     assert all(torch.equal(a, b) for a, b in zip(auto.model.state_dict().values(), float32.model.state_dict().values()))
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_starting_to_generate_from_smollm2_never_imports_torch_dynamo():
     """`arlm generate smollm2` at float32 and int4 starts without torch._dynamo, whose import alone costs ~1 s (a

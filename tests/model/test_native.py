@@ -15,6 +15,7 @@ kernels_build_here = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_the_library_is_built_into_an_empty_cache_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
@@ -54,6 +55,7 @@ def test_the_cache_keeps_the_most_recently_used_builds(tmp_path):
     assert left == {f"build-{i}" for i in range(3, 11)} | {"in-progress"}
 
 
+@pytest.mark.slow
 @kernels_build_here
 def test_the_kernels_compile_where_the_cpu_and_compiler_allow(tmp_path, monkeypatch):
     """A C file that stops compiling would only turn the kernels off (PyTorch's run instead, tests that need ours skip):

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.hf
 TASKS = ("capitals", "antonyms", "addition")  # two multiple-choice (loglikelihood), one generated (generate_until)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 4])  # 4: lists of prompts in one request
 def test_lm_eval_through_the_server_equals_run_icl(live, tmp_path, batch_size):
     from lm_eval.models.openai_completions import LocalCompletionsAPI

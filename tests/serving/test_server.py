@@ -17,6 +17,7 @@ def _rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
+@pytest.mark.slow
 def test_sigterm_drains_the_request_in_flight(tiny_lm):
     proc, base = start_subprocess([str(tiny_lm.checkpoint), "--name", MODEL_ID, "--max-batch", "2"])
     try:

@@ -37,6 +37,7 @@ def lora_preset(tmp_path):
     return write_yaml(tmp_path / "lora.yaml", raw), raw
 
 
+@pytest.mark.slow
 def test_only_the_adapters_train_and_resume_in_process_is_exact(tmp_path, lora_preset, monkeypatch):
     from arlm.training.trainer import Trainer
 

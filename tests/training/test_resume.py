@@ -33,6 +33,7 @@ def _weights(run_dir):
     return (final / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_resume_in_process_is_exact(tmp_path, corpus_dir, monkeypatch):
     from arlm.training.trainer import Trainer
 
