@@ -392,8 +392,26 @@ def test_the_pages_named_by_allow_origin_may_call_the_api_from_a_browser(keyed, 
     assert other[0] == 400 and "access-control-allow-origin" not in other[1]
     status, headers = _headers(keyed.base_url, "POST", "/v1/completions", {"Origin": PAGE})
     assert status == 401 and headers["access-control-allow-origin"] == PAGE
+    exposed = {h.strip().lower() for h in headers["access-control-expose-headers"].split(",")}
+    assert {"retry-after", "www-authenticate"} <= exposed  # (a 429's wait and a 401's scheme, readable by the script)
     status, headers = _headers(live.base_url, "GET", "/v1/models", {"Origin": PAGE})
     assert status == 200 and "access-control-allow-origin" not in headers
+
+
+def test_a_stream_asks_caches_and_proxies_to_pass_each_event_on(live):
+    """Cache-Control: no-cache and X-Accel-Buffering: no on server-sent events (nginx buffers a stream without them)."""
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    url = urlparse(live.base_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 2, "stream": True}
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.read().endswith(b"data: [DONE]\n\n")
+    assert response.getheader("Cache-Control") == "no-cache" and response.getheader("X-Accel-Buffering") == "no"
+    conn.close()
 
 
 def test_models_health_and_metrics(live):
@@ -431,7 +449,8 @@ BAD = [
         "max_tokens",
     ),
     ("prompt past the context", {"model": MODEL_ID, "prompt": "word " * 300}, 400, "context holds 256", "prompt"),
-    ("unknown argument", {"model": MODEL_ID, "prompt": "hi", "best_of": 2}, 400, "unrecognized", "best_of"),
+    ("unknown argument", {"model": MODEL_ID, "prompt": "hi", "bestof": 2}, 400, "unrecognized", "bestof"),
+    ("argument not served", {"model": MODEL_ID, "prompt": "hi", "best_of": 2}, 400, "best_of is not sup", "best_of"),
     ("bad type", {"model": MODEL_ID, "prompt": "hi", "temperature": "hot"}, 400, "temperature", "temperature"),
     ("temperature over 2", {"model": MODEL_ID, "prompt": "hi", "temperature": 2.5}, 400, "equal to 2", "temperature"),
     ("no draft", {"model": MODEL_ID, "prompt": "hi", "strategy": "speculative"}, 400, "no draft model", "strategy"),

@@ -304,7 +304,7 @@ def test_stop_ends_a_run_midway_and_keeps_what_it_showed(browser, server):
         page.click("#run")
         page.wait_for_function("document.querySelectorAll('.panel[data-name=A] .output .tok').length == 3")
         assert page.text_content("#run") == "Stop"
-        page.click("#run")
+        page.press("#prompt", "Control+Enter")  # (as the button: Stop while a run is under way)
         page.wait_for_function("document.querySelector('.panel[data-name=A] .stats').textContent.startsWith('stopped')")
     finally:
         scheduler.resume()

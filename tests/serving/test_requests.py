@@ -79,6 +79,46 @@ def test_openais_newer_request_fields_are_taken_as_user_is(live):
     assert _completion(live, max_tokens=2, temperature=0, top_p=0.5)[0] == 200  # (top_p: sent by every client)
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool calling is not supported"),
+        ({"tool_choice": "auto"}, "tool calling is not supported"),
+        ({"parallel_tool_calls": False}, "tool calling is not supported"),
+        ({"reasoning_effort": "low"}, "reasoning_effort is not supported"),
+        ({"modalities": ["text"]}, "modalities is not supported"),
+        ({"service_tier": "auto"}, "service_tier is not supported"),
+    ],
+)
+def test_openais_arguments_this_server_has_not_are_refused_saying_so(live, body, said):
+    """tools, reasoning_effort, ...: OpenAI's own arguments were refused as "unrecognized request argument", which
+    reads as a typo in the client (LangChain's bind_tools, litellm's tools=): the refusal says the server has not that
+    feature, with OpenAI's 400 body naming the argument."""
+    messages = [{"role": "user", "content": "hi"}]
+    status, answer = request(
+        live.base_url,
+        "POST",
+        "/v1/chat/completions",
+        {"model": MODEL_ID, "messages": messages, "max_tokens": 2, **body},
+    )
+    (param,) = body
+    assert status == 400 and answer["error"]["param"] == param and said in answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/v1/responses", "not found: /v1/responses; the Responses API is not served; use /v1/chat/completions"),
+        ("/chat/completions", "not found: /chat/completions; the API is under /v1 (base URL http://HOST:PORT/v1)"),
+        ("/v1/nothing", "not found: /v1/nothing"),
+    ],
+)
+def test_a_path_not_served_says_where_to_go(live, path, said):
+    """A client's base URL without /v1, or the Responses API, got a bare 404 "not found: PATH"."""
+    status, answer = request(live.base_url, "POST", path, {"model": MODEL_ID})
+    assert status == 404 and answer["error"]["message"].startswith(said), answer
+
+
 PARTS = [  # a message's content parts -> the error's param and message
     ([{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}],
      "messages.0.content.0.cache_control", "unrecognized request argument: messages.0.content.0.cache_control"),

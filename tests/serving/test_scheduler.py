@@ -119,7 +119,8 @@ def test_a_full_queue_answers_429(tiny_lm):
             server.scheduler.resume()
             assert [f.result()[0] for f in waiting] == [200, 200, 200]
         assert status == 429
-        assert answer["error"]["type"] == "rate_limit_error" and "queue is full" in answer["error"]["message"]
+        assert answer["error"]["type"] == "rate_limit_error"
+        assert answer["error"]["message"] == "the queue is full (2 requests waiting); retry later"
         assert server.scheduler.state() == {**server.scheduler.state(), "queued": 0, "active_slots": 0}
     finally:
         server.scheduler.resume()

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # a proxy passes each event on as it comes
 
 
 class Server:
@@ -243,7 +244,9 @@ async def run_job(
     after the last event, final() as JSON. A client that disconnects cancels the jobs."""
     submit(server, jobs)
     if stream:
-        return StreamingResponse(_stream(server, jobs, events, chunks, start), media_type="text/event-stream")
+        return StreamingResponse(
+            _stream(server, jobs, events, chunks, start), media_type="text/event-stream", headers=STREAM_HEADERS
+        )
     watcher = asyncio.create_task(watch_disconnect(request, lambda: cancel(server, jobs)))
     try:
         async for event in events:
@@ -305,7 +308,13 @@ def create_app(
         app.add_middleware(RequireKey, key=api_key)
     app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})  # counts 401s too
     if origins:  # outermost: a preflight carries no key, and a 401 must reach the page's script readable
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+        app.add_middleware(  # (a page's script may read a 429's Retry-After and a 401's WWW-Authenticate)
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "WWW-Authenticate"],
+        )
     return app
 
 

@@ -14,6 +14,21 @@ from arlm.errors import ArlmError
 from arlm.serving.schemas import NotText
 
 NOT_UNION = ("extra_forbidden", "missing")  # errors of a model's own keys, never of a union's types
+UNSUPPORTED = {  # OpenAI's arguments this server does not serve, and why (else: "unrecognized request argument")
+    **dict.fromkeys(
+        ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"),
+        "tool calling is not supported by this server (arlm has no tools); describe the tool in the messages",
+    ),
+    "reasoning_effort": "reasoning_effort is not supported (the model does not reason in hidden tokens)",
+    "modalities": "modalities is not supported (this server answers in text only)",
+    "audio": "audio output is not supported (this server answers in text only)",
+    "service_tier": "service_tier is not supported (this server has one tier)",
+    "best_of": "best_of is not supported: ask for n choices and pick one",
+    "suffix": "suffix (insertion between a prompt and a suffix) is not supported",
+    "prediction": "prediction (predicted outputs) is not supported; prompt lookup drafts from the context by itself",
+    "web_search_options": "web_search_options is not supported (this server has no web search)",
+}
+OTHER_ROUTES = {"/responses": "the Responses API is not served; use /v1/chat/completions"}
 
 
 class ApiError(Exception):
@@ -73,7 +88,7 @@ def error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = "not found: " + request.url.path if exc.status_code == 404 else str(exc.detail)
+        message = _not_found(request.url.path) if exc.status_code == 404 else str(exc.detail)
         return ApiError(exc.status_code, message, headers=exc.headers).response()  # (405: Allow, as RFC 9110 asks)
 
     @app.exception_handler(Exception)
@@ -104,11 +119,21 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
         field, forms = union
         return ApiError(400, f"{field}: expected one of {', '.join(forms)}", param=field)
     if first.get("type") == "extra_forbidden":
-        return ApiError(400, f"unrecognized request argument: {param}", param=param)
+        return ApiError(400, UNSUPPORTED.get(param or "", f"unrecognized request argument: {param}"), param=param)
     if first.get("type") == "missing":
         return ApiError(400, f"missing required argument: {param}", param=param)
     message = first["msg"].removeprefix("Value error, ")  # (pydantic's prefix to a validator's own message)
     return ApiError(400, f"{param}: {message}" if param else message, param=param)
+
+
+def _not_found(path: str) -> str:
+    """A 404's message: the path, and where an API path lies (under /v1) or what serves its purpose here."""
+    api = path.removeprefix("/v1")
+    if api in OTHER_ROUTES:
+        return f"not found: {path}; {OTHER_ROUTES[api]}"
+    if not path.startswith("/v1/") and api in ("/chat/completions", "/completions", "/models"):
+        return f"not found: {path}; the API is under /v1 (base URL http://HOST:PORT/v1): /v1{path}"
+    return f"not found: {path}"
 
 
 def _union_refusal(errors: list[dict]) -> tuple[str, list[str]] | None:

@@ -136,7 +136,8 @@ class Scheduler:
             if self._stopping:
                 raise ArlmError("the server is shutting down")
             if self._would_wait(jobs) > self.max_queue:
-                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting); retry later")
+                waiting = f"{self.max_queue} request{'' if self.max_queue == 1 else 's'} waiting"
+                raise QueueFull(f"the queue is full ({waiting}); retry later")
             for job in jobs:
                 self._queue(job)
             self.metrics.queue_length.set(self._queued)
