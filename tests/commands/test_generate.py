@@ -256,3 +256,15 @@ def test_json_keeps_the_output_to_any_object_or_to_a_schema_file(tmp_path, capsy
     assert capsys.readouterr().err.strip().startswith("error: --json '[1': not a JSON schema file or text")
     assert main([*args, "--json", "--strategy", "beam"]) == 2
     assert "JSON output is decoded by greedy decoding or sampling, not beam" in capsys.readouterr().err
+
+
+def test_a_refusal_names_a_given_setting_by_its_flag_and_one_from_the_run_by_its_field():
+    """Only what was given as a flag is spelled as one: a value from the run's config.json keeps its field's name
+    (the review found `--stop-at-eos false` named to a user who gave no flag)."""
+    from arlm.commands.generate import as_flags
+
+    message = "min_new_tokens (5) must be <= max_new_tokens (2)"
+    assert as_flags(message, {"min_new_tokens"}) == "--min-new-tokens (5) must be <= max_new_tokens (2)"
+    assert as_flags(message, set()) == message
+    assert as_flags("temperature must be >= 0", {"temperature"}, "temperature") == "--temperature must be >= 0"
+    assert as_flags("temperature must be >= 0", set(), "temperature") == "temperature must be >= 0"

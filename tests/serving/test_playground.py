@@ -242,8 +242,9 @@ def test_verification_rows_tell_rejected_unjudged_and_past_the_end_drafts_apart(
          "token": {"id": 4, "piece": "c"}},
         *(_token(i, t) for i, t in [(1, " a"), (4, "c")]),
         {"type": "verify", "index": 0, "source": "lookup", "accepted": 2, "probs": [0.9, 0.9, 0.9], "top": top,
-         "drafted": [{"id": 5, "piece": "x"}, {"id": 6, "piece": "y"}], "token": {"id": 7, "piece": "z"}},
-        _token(5, "x"),  # then the answer ends: y and z are no part of it
+         "drafted": [{"id": 5, "piece": "x"}, {"id": 6, "piece": "y"}, {"id": 8, "piece": "w"}],
+         "token": {"id": 7, "piece": "z"}},
+        _token(5, "x"),  # then the answer ends: y and z (kept by the round) are no part of it; w stays rejected
         {"type": "finish", "index": 0, "reason": "stop", "text": ""},
         {"type": "done", "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}},
     )  # fmt: skip
@@ -257,7 +258,7 @@ def test_verification_rows_tell_rejected_unjudged_and_past_the_end_drafts_apart(
         [(m.get_attribute("class"), m.text_content()) for m in rows.nth(i).locator(".mark").all()] for i in range(2)
     ]
     assert classes[0] == [("mark acc", " a"), ("mark rej", "␣"), ("mark skip", "b"), ("mark next", "c")]
-    assert classes[1] == [("mark acc", "x"), ("mark unused", "y"), ("mark unused", "z")]
+    assert classes[1] == [("mark acc", "x"), ("mark unused", "y"), ("mark rej", "w"), ("mark unused", "z")]
     assert page.locator(".panel[data-name=A] .output .tok.accepted").count() == 2  # " a" and "x"
     assert errors == []
 

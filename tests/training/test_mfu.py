@@ -5,7 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from arlm.config import ModelConfig
 from arlm.model.transformer import Transformer
 from arlm.training.loss import next_token_loss
-from arlm.training.mfu import mfu, peak_flops
+from arlm.training.mfu import mfu, peak_flops, tf32_allowed
 
 
 def test_peak_table_override_and_mfu():
@@ -46,6 +46,22 @@ def test_a_gpus_peak_is_its_own_and_float32s_is_tf32_only_where_allowed(monkeypa
         matmul.allow_tf32 = allowed
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some New GPU")
     assert peak_flops(cuda, "bfloat16") is None
+
+
+def test_float32s_peak_reads_pytorchs_newer_tf32_switch(monkeypatch):
+    """torch.backends.cuda.matmul.fp32_precision = 'tf32' (the switch PyTorch now recommends) counts as TF32 allowed;
+    once it is set, reading the older switches raises, which crashed a float32 run's Trainer at start."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        assert peak_flops(torch.device("cuda"), "float32") == 494e12
+        matmul.fp32_precision = "ieee"
+        assert peak_flops(torch.device("cuda"), "float32") == 67e12
+    finally:
+        matmul.fp32_precision = before
+    assert not tf32_allowed()  # (the older switches are readable again)
 
 
 @pytest.mark.parametrize(("flavour", "tied"), [("gpt2", True), ("llama", False)])

@@ -160,7 +160,7 @@ def with_options(base: GenerationConfig, options: dict[str, Any] | None) -> Gene
     try:
         config.validate()
     except ArlmError as exc:
-        raise ArlmError(as_flags(str(exc), exc.param), param=exc.param, code=exc.code) from None
+        raise ArlmError(as_flags(str(exc), set(options or {}), exc.param), param=exc.param, code=exc.code) from None
     refuse_unread(config, options or {}, spell=flag_name)
     return config
 
@@ -170,12 +170,14 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def as_flags(message: str, param: str | None = None) -> str:
-    """A GenerationConfig refusal as the command line says it: each field written with an underscore (min_new_tokens)
-    and a leading `param` (temperature) spelled as its flag."""
-    names = sorted((f.name for f in dataclasses.fields(GenerationConfig) if "_" in f.name), key=len, reverse=True)
-    message = re.sub(rf"\b({'|'.join(names)})\b", lambda match: flag_name(match[1]), message)
-    if param and "_" not in param and message.startswith(f"{param} "):
+def as_flags(message: str, given: set[str], param: str | None = None) -> str:
+    """A GenerationConfig refusal as the command line says it: each field `given` as a flag spelled as its flag,
+    where the message names it with an underscore (min_new_tokens) or begins with it (the refusal's `param`:
+    temperature); a field from the run's config.json keeps its name."""
+    names = sorted((f.name for f in dataclasses.fields(GenerationConfig) if "_" in f.name and f.name in given), key=len)
+    if names:
+        message = re.sub(rf"\b({'|'.join(reversed(names))})\b", lambda match: flag_name(match[1]), message)
+    if param in given and "_" not in param and message.startswith(f"{param} "):
         message = flag_name(param) + message[len(param) :]
     return message
 
@@ -356,7 +358,7 @@ def load_draft(
     if spec in ("int4", "mixed") and device.type != "cpu":
         raise ArlmError(
             f"--draft self:{spec} drafts on the CPU only ({spec}'s kernels are the CPU's) and the target runs on "
-            f"{device}; use --device cpu, or --draft self:int8"
+            f"{device}; use --device cpu, or --draft self:{'int8' if target.dtype != 'int8' else 'bfloat16'}"
         )
     if spec is not None:
         return optimize_for_decoding(load_model(target_ref, device=device, dtype=spec).model)

@@ -14,7 +14,7 @@ PEAK_TFLOPS = {
     "H100 PCIe": (756.0, 378.0, 51.0),
     "H100": (989.0, 494.0, 67.0),
     "GH200": (989.0, 494.0, 67.0),
-    "B200": (2250.0, 1100.0, 80.0),
+    "B200": (2250.0, 1100.0, 75.0),
     "A100": (312.0, 156.0, 19.5),
     "A10G": (70.0, 35.0, 31.2),
     "A10": (125.0, 62.5, 31.2),
@@ -51,9 +51,16 @@ def device_peaks(name: str) -> tuple[float, float, float] | None:
 
 
 def tf32_allowed() -> bool:
-    """Whether float32 matmuls on CUDA may run on TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32, or a
-    float32 matmul precision below 'highest')."""
-    return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+    """Whether float32 matmuls on CUDA may run on TF32 tensor cores: torch.backends.cuda.matmul.fp32_precision
+    'tf32' (PyTorch's newer switch), else allow_tf32 or a float32 matmul precision below 'highest' (the older ones,
+    which PyTorch refuses to read once the newer one was set)."""
+    matmul = torch.backends.cuda.matmul
+    if getattr(matmul, "fp32_precision", None) == "tf32":
+        return True
+    try:
+        return bool(matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+    except RuntimeError:  # the newer switch was set (to something other than tf32): no TF32
+        return False
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
