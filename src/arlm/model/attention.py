@@ -12,13 +12,13 @@ from torch import nn
 
 from arlm.config import ModelConfig
 from arlm.model import native
-from arlm.model.kv_cache import KVCache, SlotBatch
+from arlm.model.kv_cache import CacheView, KVCache, Rope, SlotBatch
 
 STEPWISE_QUERIES = 32  # a cached forward over at most this many new tokens (a verification) attends query by query
 _LAST_CALL = threading.local()  # per thread: the attention kernel's arguments of the latest forward (`native_call`)
 # One sequence's share of a forward over several (`forward_many`): its rows of the call, rope (cos, sin), mask,
 # is_causal, cache and start, as `forward` takes them for that sequence alone.
-Part = tuple[slice, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None, bool, KVCache, int]
+Part = tuple[slice, Rope | None, torch.Tensor | None, bool, KVCache, int]
 
 
 class Rotary(nn.Module):
@@ -66,10 +66,10 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | SlotBatch | None = None,
+        kv_cache: CacheView | None = None,
         start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); mask (B|1, 1, T, S) bool (True = may attend) or None."""
@@ -86,10 +86,10 @@ class CausalSelfAttention(nn.Module):
     def mix(
         self,
         qkv: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | SlotBatch | None,
+        kv_cache: CacheView | None,
         start: int | torch.Tensor,
     ) -> torch.Tensor:
         """The heads' outputs (B, T, nh hd) for the rows' queries, keys and values qkv (B, T, (nh + 2 nkv) hd),
@@ -121,8 +121,8 @@ class CausalSelfAttention(nn.Module):
     def native_attends(
         self,
         rows: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        kv_cache: KVCache | SlotBatch | None,
+        rope: Rope | None,
+        kv_cache: CacheView | None,
         start: int | torch.Tensor,
     ) -> bool:
         """Whether attention over new tokens' rows (B, T, ...) runs on arlm's kernel (model/native.py): cached
@@ -141,7 +141,7 @@ class CausalSelfAttention(nn.Module):
         rows: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
-        kv_cache: KVCache | SlotBatch,
+        kv_cache: CacheView,
         start: int,
     ) -> tuple[native.Attention, list[torch.Tensor]]:
         """The attention kernel's arguments for new tokens' rows (B, T, ...) at `start` of kv_cache (a KVCache or a
@@ -164,7 +164,7 @@ class CausalSelfAttention(nn.Module):
         rows: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
-        kv_cache: KVCache | SlotBatch,
+        kv_cache: CacheView,
         start: int,
     ) -> tuple[native.Attention, list[torch.Tensor]]:
         """`native_call`'s arguments built afresh."""
@@ -247,7 +247,7 @@ class CausalSelfAttention(nn.Module):
         return not self.training and attends_in_float32(q)
 
 
-def kv_buffers(kv_cache: KVCache | SlotBatch) -> KVCache:
+def kv_buffers(kv_cache: CacheView) -> KVCache:
     """The KVCache whose buffers a forward writes: the cache itself, or a slot batch's slot cache's."""
     return kv_cache.cache.buffers if isinstance(kv_cache, SlotBatch) else kv_cache
 

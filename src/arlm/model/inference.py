@@ -53,7 +53,7 @@ from arlm.model.quant import Int4Linear, Int8Linear
 from arlm.model.transformer import Block, Blocks, RMSNorm
 
 if TYPE_CHECKING:
-    from arlm.model.kv_cache import KVCache, SlotBatch
+    from arlm.model.kv_cache import CacheView, Rope
 
 PROBE_ROWS = 32  # rows a step must be batch-invariant for by default: a verification of up to STEPWISE_QUERIES tokens
 
@@ -250,9 +250,9 @@ class FusedBlock(nn.Module):
     def one_call(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
-        kv_cache: KVCache | SlotBatch | None,
+        kv_cache: CacheView | None,
         start: int | torch.Tensor,
     ) -> native.Attention | None:
         """The attention call of a forward over rows x (B, T, C) that runs on the block kernel (a cached step or
@@ -265,10 +265,10 @@ class FusedBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | SlotBatch | None,
+        kv_cache: CacheView | None,
         start: int | torch.Tensor,
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C), as Block.forward."""
@@ -309,10 +309,10 @@ class FusedBlocks(Blocks):
     def run(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | SlotBatch | None,
+        kv_cache: CacheView | None,
         start: int | torch.Tensor,
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C) through every block, as Blocks.run."""

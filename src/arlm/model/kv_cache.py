@@ -165,3 +165,8 @@ class SlotBatch:
         """Every row has written its new position (after the last layer)."""
         for slot in self.slots:
             self.cache.lengths[slot] += 1
+
+
+# What a block and its attention are handed, named once for their hints:
+Rope = tuple[torch.Tensor, torch.Tensor]  # RoPE's cos and sin, (T, head_dim) each, for the forward's positions
+CacheView = KVCache | SlotBatch  # one sequence batch's cache, or continuous batching's rows in their slots

@@ -12,7 +12,7 @@ from torch import nn
 from arlm.config import ModelConfig
 from arlm.model import native
 from arlm.model.attention import CausalSelfAttention, Part, Rotary, attends_in_float32
-from arlm.model.kv_cache import KVCache, SlotBatch, SlotCache
+from arlm.model.kv_cache import CacheView, KVCache, Rope, SlotBatch, SlotCache
 from arlm.model.quant import Int4Linear, Int8Linear
 
 INT_LAYERS = (Int8Linear, Int4Linear)  # weights held as codes in buffers, counted by their shape
@@ -76,10 +76,10 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | SlotBatch | None,
+        kv_cache: CacheView | None,
         start: int | torch.Tensor,
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)"""
@@ -98,10 +98,10 @@ class Blocks(nn.ModuleList):
     def run(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | SlotBatch | None,
+        kv_cache: CacheView | None,
         start: int | torch.Tensor,
     ) -> torch.Tensor:
         """(B, T, C) -> (B, T, C) through every block."""
