@@ -393,7 +393,7 @@ def test_the_pages_named_by_allow_origin_may_call_the_api_from_a_browser(keyed, 
     status, headers = _headers(keyed.base_url, "POST", "/v1/completions", {"Origin": PAGE})
     assert status == 401 and headers["access-control-allow-origin"] == PAGE
     exposed = {h.strip().lower() for h in headers["access-control-expose-headers"].split(",")}
-    assert {"retry-after", "www-authenticate"} <= exposed  # (a 429's wait and a 401's scheme, readable by the script)
+    assert {"retry-after", "www-authenticate", "x-request-id"} <= exposed  # (a 429's wait, a 401's scheme, the id)
     status, headers = _headers(live.base_url, "GET", "/v1/models", {"Origin": PAGE})
     assert status == 200 and "access-control-allow-origin" not in headers
 

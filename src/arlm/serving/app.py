@@ -32,6 +32,7 @@ from arlm.serving.auth import RequireKey
 from arlm.serving.body import LimitBody
 from arlm.serving.errors import ApiError, error_handlers
 from arlm.serving.jobs import Job, QueueFull
+from arlm.serving.request_id import RequestId
 from arlm.serving.responses import OpenAIFormat, TraceFormat
 from arlm.serving.scheduler import Scheduler
 from arlm.serving.schemas import (
@@ -242,6 +243,8 @@ async def run_job(
 ) -> Response:
     """Submit a request's jobs and answer: a stream of server-sent events (chunks of each event, then [DONE]), or,
     after the last event, final() as JSON. A client that disconnects cancels the jobs."""
+    for job in jobs:
+        job.request_id = request.state.request_id  # (serving/request_id.py: a bug's traceback names it)
     submit(server, jobs)
     if stream:
         return StreamingResponse(
@@ -307,13 +310,14 @@ def create_app(
     if api_key:
         app.add_middleware(RequireKey, key=api_key)
     app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})  # counts 401s too
+    app.add_middleware(RequestId)  # on every answer, a refusal's too
     if origins:  # outermost: a preflight carries no key, and a 401 must reach the page's script readable
         app.add_middleware(  # (a page's script may read a 429's Retry-After and a 401's WWW-Authenticate)
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["Retry-After", "WWW-Authenticate"],
+            expose_headers=["Retry-After", "WWW-Authenticate", "X-Request-Id"],
         )
     return app
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arlm.errors import ArlmError
+from arlm.serving.request_id import name_failed
 from arlm.serving.schemas import NotText
 
 NOT_UNION = ("extra_forbidden", "missing")  # errors of a model's own keys, never of a union's types
@@ -95,7 +96,9 @@ def error_handlers(app: FastAPI) -> None:
     async def bug(
         request: Request, exc: Exception
     ) -> JSONResponse:  # (Starlette then raises it again: its traceback is logged)
-        return ApiError(500, f"internal error: {exc}").response()
+        rid = getattr(request.state, "request_id", "")  # (answered from outside RequestId: its header set here)
+        name_failed([rid])
+        return ApiError(500, f"internal error: {exc}", headers={"x-request-id": rid} if rid else None).response()
 
 
 def _validation_error(exc: RequestValidationError) -> ApiError:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from arlm.decoding.batch import BATCH_STRATEGIES, BatchSequence
 from arlm.decoding.grammar import JsonGrammar
 from arlm.decoding.text_stream import TextStream
 from arlm.errors import ArlmError
+from arlm.serving.request_id import name_failed
 
 Event = dict
 
@@ -33,6 +36,12 @@ def error_event(exc: Exception) -> dict:
     if isinstance(exc, ArlmError):
         return {"type": "error", "status": 400, "message": str(exc), "param": exc.param, "code": exc.code}
     return {"type": "error", "status": 500, "message": f"internal error: {exc}", "param": None, "code": None}
+
+
+def report_bug(exc: Exception, jobs: Iterable[Job]) -> None:
+    """A bug's traceback on stderr, headed by the ids of the requests it failed (their x-request-id)."""
+    name_failed([job.request_id for job in jobs])
+    traceback.print_exception(exc, file=sys.stderr)
 
 
 def choice_seed(seed: int, index: int) -> int:
@@ -69,6 +78,7 @@ class Job:
     grammar: JsonGrammar | None = None  # each choice's text kept to this JSON schema (response_format; batch only)
     stops: list[str] = field(default_factory=list)
     trace: bool = False  # forward the lane's strategy events
+    request_id: str = ""  # the HTTP request's x-request-id, which a bug's traceback names
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.perf_counter)
     first_token: float | None = None

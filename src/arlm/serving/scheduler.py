@@ -17,10 +17,8 @@ Everything a request produces reaches it through job.emit(event), called from th
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 import time
-import traceback
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -34,7 +32,7 @@ from arlm.decoding.generate import check_length, generate
 from arlm.decoding.stops import check_stops, stop_checker
 from arlm.decoding.text_stream import TextStream
 from arlm.errors import ArlmError
-from arlm.serving.jobs import Cancelled, Choice, Event, Job, QueueFull, choice_config, error_event, waiting_after
+from arlm.serving.jobs import Cancelled, Choice, Job, QueueFull, choice_config, error_event, report_bug, waiting_after
 from arlm.serving.metrics import ServerMetrics
 from arlm.serving.threads import in_own_thread
 
@@ -294,7 +292,7 @@ class Scheduler:
         gets an error (400 for arlm's refusals, 500 for a bug) (the lock held)."""
         job = choice.job
         if not isinstance(exc, ArlmError):
-            traceback.print_exception(exc, file=sys.stderr)
+            report_bug(exc, [job])
         self._remove({id(job)})
         if job.admitted_step is None:
             job.admitted_step = self.engine.steps
@@ -347,7 +345,7 @@ class Scheduler:
             if e.sequence.finished:  # a stop string on the last token max_tokens allows: "stop", not "length"
                 self._finish(choice, "stop" if choice.text.stopped else e.sequence.finish_reason)
 
-    def _prompt_event(self, choice: Choice, seq: BatchSequence) -> Event:
+    def _prompt_event(self, choice: Choice, seq: BatchSequence) -> dict:
         """The prompt's tokens as (id, piece, log-probability, top, start) for an echo: the first has no log-probability
         or top; start is where its text begins in the prompt's (a token inside a character: where that begins)."""
         piece, prompt = self.tokenizer.token_text, TextStream(self.tokenizer, skip_special=False)  # (as echoed)
@@ -359,7 +357,7 @@ class Scheduler:
         seq.prompt_scores = []
         return {"type": "prompt", "index": choice.index, "tokens": tokens}
 
-    def _token_event(self, choice: Choice, token: int) -> Event:
+    def _token_event(self, choice: Choice, token: int) -> dict:
         job = choice.job
         now = time.perf_counter()
         if job.first_token is None:
@@ -384,7 +382,7 @@ class Scheduler:
             self.history.append(job)
             self._send(job, {"type": "done", "usage": job.usage()})
 
-    def _send(self, job: Job, event: Event) -> None:
+    def _send(self, job: Job, event: dict) -> None:
         """Deliver an event; a request whose receiver is gone counts as cancelled."""
         try:
             job.emit(event)
@@ -393,11 +391,11 @@ class Scheduler:
 
     def _fail_active(self, exc: Exception) -> None:
         """A step failed: every request in the batch gets its error (a traceback on stderr where it is a bug)."""
-        if not isinstance(exc, ArlmError):
-            traceback.print_exception(exc, file=sys.stderr)
         with self._cond:
             failed = {id(self._owner[id(s)].job): self._owner[id(s)].job for s in self.engine.active}
             self._remove(set(failed))
+        if not isinstance(exc, ArlmError):
+            report_bug(exc, failed.values())
         for job in failed.values():
             self._send(job, error_event(exc))
 
@@ -421,7 +419,7 @@ class Scheduler:
                     self._finish(choice, "cancelled")
             except Exception as exc:  # arlm's refusal, or a bug: fail this request, keep serving
                 if not isinstance(exc, ArlmError):
-                    traceback.print_exception(exc, file=sys.stderr)
+                    report_bug(exc, [job])
                 self._send(job, error_event(exc))
             finally:
                 self.metrics.lane_busy.set(0)
