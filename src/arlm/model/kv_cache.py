@@ -75,9 +75,21 @@ class KVCache:
         self.length = length
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Select/reorder batch rows (beam search): row i becomes old row index[i]."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        """Select/reorder batch rows (beam search): row i becomes old row index[i] (index (B',)), copying the filled
+        positions only (in place where B' = B): copied whole, a beam search step's cost grew with max_new_tokens, not
+        with the tokens made (docs/perf.md "Beam search's cache reordered over its filled positions")."""
+        n = self.length
+        if index.numel() == self.batch_size:
+            self.k[:, :, :, :n] = self.k[:, :, :, :n].index_select(1, index)  # (L, B, nkv, n, hd)
+            self.v[:, :, :, :n] = self.v[:, :, :, :n].index_select(1, index)
+            return
+        shape = (self.k.shape[0], index.numel(), *self.k.shape[2:])  # (L, B', nkv, max_len, hd)
+        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        k[:, :, :, :n], v[:, :, :, :n] = (
+            self.k[:, :, :, :n].index_select(1, index),
+            self.v[:, :, :, :n].index_select(1, index),
+        )
+        self.k, self.v = k, v
 
 
 class SlotCache:
