@@ -66,6 +66,14 @@ def _done(page, panel: str) -> None:
     )
 
 
+COUNT = "(sel) => [...document.querySelectorAll(sel)].reduce((n, s) => n + Number(s.dataset.tokens), 0)"
+
+
+def _tokens(page, selector: str) -> int:
+    """How many tokens the spans of selector hold (a character of several tokens is one span)."""
+    return page.evaluate(COUNT, selector)
+
+
 def test_a_greedy_run_streams_into_the_page(browser, server):
     page, errors = _open(browser, server)
     assert page.text_content("#status").startswith(f"{MODEL_ID} (float32) · context 256")  # /health's model, dtype
@@ -75,7 +83,7 @@ def test_a_greedy_run_streams_into_the_page(browser, server):
     scheduler.pause(after_steps=5)  # the decoding stops after 5 tokens: what the page shows then came in a stream
     try:
         page.click("#run")
-        shown = "document.querySelectorAll('.panel[data-name=A] .output .tok[data-prob]').length == 5"
+        shown = f"({COUNT})('.panel[data-name=A] .output .tok[data-prob]') == 5"
         page.wait_for_function(shown, timeout=120_000)
         wait_until(lambda: scheduler.paused, "the decoding to stop")
         assert page.text_content(".panel[data-name=A] .stats") == "running…"
@@ -83,7 +91,9 @@ def test_a_greedy_run_streams_into_the_page(browser, server):
         scheduler.resume()
     _done(page, "A")
     tokens = page.locator(".panel[data-name=A] .output .tok[data-prob]")
-    assert tokens.count() == int(page.text_content(".panel[data-name=A] .stats").split()[0])
+    assert _tokens(page, ".panel[data-name=A] .output .tok[data-prob]") == int(
+        page.text_content(".panel[data-name=A] .stats").split()[0]
+    )
     top = tokens.first.get_attribute("data-top")
     assert top and len(json.loads(top)) == 5  # top-5 alternatives for the hover
     tokens.first.hover()
@@ -122,9 +132,14 @@ def test_speculative_marks_drafts_and_two_strategies_side_by_side(browser, serve
     marks = page.locator(f"{a} .verify .mark.acc").count() + page.locator(f"{a} .verify .mark.rej").count()
     assert page.locator(f"{a} .verify").count() >= 1 and marks >= 1
     assert page.locator(f"{a} .verify .mark.next").count() == page.locator(f"{a} .verify").count()
-    assert page.locator(f"{a} .tok.accepted").count() + page.locator(f"{a} .tok.target").count() == 40
+    assert _tokens(page, f"{a} .tok.accepted, {a} .tok.target") == 40
     verified = f"{a} .tok.accepted, {a} .tok.target"
-    tops = page.eval_on_selector_all(verified, "spans => spans.map((s) => JSON.parse(s.dataset.top || '[]'))")
+    tops = page.eval_on_selector_all(  # (a character of several tokens: each one's)
+        verified,
+        "spans => spans.flatMap((s) => s.dataset.parts ? JSON.parse(s.dataset.parts).map((p) => p[2])"
+        " : [JSON.parse(s.dataset.top || '[]')])",
+    )
+    assert len(tops) == 40
     assert all(len(top) == 5 and top[0][1] >= top[-1][1] for top in tops)  # the target's alternatives, by probability
     assert "tokens per target forward" in page.text_content(f"{a} .stats")
     b = ".panel[data-name=B]"
@@ -312,4 +327,134 @@ def test_stop_ends_a_run_midway_and_keeps_what_it_showed(browser, server):
     assert page.text_content(".panel[data-name=A] .stats") == "stopped after 3 tokens"
     assert page.text_content("#run") == "Run" and page.input_value("#prompt") == PROMPT
     wait_until(lambda: server.scheduler.metrics.queue_length._value.get() == 0, "the cancelled request to leave")
+    assert errors == []
+
+
+def _p(prob: float) -> str:
+    """A probability as the page writes it: 3 decimals, or 1 significant digit's exponent below 0.001."""
+    if prob >= 0.001:
+        return f"{prob:.3f}"
+    mantissa, exponent = f"{prob:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _completion_logprobs(server, body: dict) -> dict:
+    """The server's own /v1/completions log-probabilities for body."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base_url + "/v1", api_key="none")
+    return client.completions.create(model=MODEL_ID, **body).choices[0].logprobs
+
+
+def test_the_answer_is_read_with_the_keyboard_alone(browser, server):
+    """Tab stops once on the answer (not once per token), the arrow keys move between its tokens, a token with the
+    focus is outlined and shows the tip hover shows, below it and inside the window, Escape hides it; each token's
+    accessible name (Chromium's) is its text and the probability the API's logprobs give it."""
+    import math
+
+    from playwright.sync_api import expect
+
+    page, errors = _open(browser, server)
+    page.uncheck("#compare")
+    page.select_option(".panel[data-name=A] select[name=strategy]", "greedy")
+    page.click("#run")
+    _done(page, "A")
+    tokens = page.locator(".panel[data-name=A] .output .tok")
+    page.focus("#run")
+    for _ in range(6):  # the strategy, the repetition penalty, the JSON switch, then the answer
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('tok')"):
+            break
+    is_focused = "(i) => document.activeElement === document.querySelectorAll('.panel[data-name=A] .tok')[i]"
+    assert page.evaluate(is_focused, 0)
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(is_focused, 2)
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    assert page.is_visible("#tip")
+    tip, token = page.locator("#tip").bounding_box(), tokens.nth(2).bounding_box()
+    assert tip["x"] >= 0 and tip["x"] + tip["width"] <= 1400 and tip["y"] >= 0 and tip["y"] + tip["height"] <= 900
+    assert abs(tip["y"] - (token["y"] + token["height"])) <= 8 or abs(tip["y"] + tip["height"] - token["y"]) <= 8
+    by_keyboard = page.text_content("#tip")
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#tip")
+    tokens.nth(2).hover()
+    assert page.text_content("#tip") == by_keyboard  # the same tip as the mouse's
+    logprobs = _completion_logprobs(server, {"prompt": PROMPT, "max_tokens": 40, "temperature": 0, "logprobs": 5})
+    counts = [int(n) for n in tokens.evaluate_all("spans => spans.map((s) => s.dataset.tokens)")]
+    first = sum(counts[:2])  # the third span's tokens in the API's list
+    prob = math.exp(sum(logprobs.token_logprobs[first : first + counts[2]]))
+    text = tokens.nth(2).text_content().replace("↵", "")
+    several = f", {counts[2]} tokens" if counts[2] > 1 else ""
+    name = f"{json.dumps(text, ensure_ascii=False)}{several}, p = {_p(prob)}"
+    expect(page.locator(":focus")).to_have_accessible_name(name)
+    assert f"p = {_p(prob)}" in by_keyboard
+    page.keyboard.press("Tab")  # out of the answer at once, and back to the token it left
+    assert not page.evaluate("document.activeElement.classList.contains('tok')")
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(is_focused, 2)
+    page.keyboard.press("End")
+    assert page.evaluate(is_focused, tokens.count() - 1)
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def smollm2_server():
+    """SmolLM2-135M served (its byte-level BPE spells a CJK character in several tokens)."""
+    from arlm.interop.gguf import load_gguf_model
+    from arlm.model.inference import optimize_for_decoding
+    from tests.serving.conftest import TinyLM
+
+    loaded = load_gguf_model("smollm2")
+    live, stop = start_in_thread(TinyLM(optimize_for_decoding(loaded.model), loaded.tokenizer, None))
+    yield live
+    stop()
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_a_character_of_several_tokens_is_drawn_once_with_their_joint_probability(browser, smollm2_server):
+    """SmolLM2 answers in Chinese, three byte-tokens a character: each character is drawn once over its tokens (it
+    was drawn on the last one, coloured by that one's probability, after two empty boxes), its probability the
+    product of theirs, and its tip lists each one's own with its top-5, all as the API's chat logprobs say."""
+    import math
+
+    from openai import OpenAI
+
+    page, errors = _open(browser, smollm2_server)
+    page.uncheck("#compare")
+    page.check("#chat")
+    prompt = "Translate to Chinese: good morning"
+    page.fill("#prompt", prompt)
+    page.fill("#max_tokens", "16")
+    page.select_option(".panel[data-name=A] select[name=strategy]", "greedy")
+    page.click("#run")
+    _done(page, "A")
+    client = OpenAI(base_url=smollm2_server.base_url + "/v1", api_key="none")
+    answer = client.chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0, logprobs=True,
+        top_logprobs=5,
+    ).choices[0]  # fmt: skip
+    entries = answer.logprobs.content
+    spans = page.locator(".panel[data-name=A] .output .tok")
+    read = "spans => spans.map((s) => [s.textContent, Number(s.dataset.tokens || 1), Number(s.dataset.prob)])"
+    at, several = 0, []
+    for k, (text, n, prob) in enumerate(spans.evaluate_all(read)):
+        if at == len(entries):
+            break
+        theirs = entries[at : at + n]
+        assert text.replace("↵", "") == b"".join(bytes(e.bytes) for e in theirs).decode("utf-8", "replace")
+        assert prob == pytest.approx(math.exp(sum(e.logprob for e in theirs)), rel=1e-4)
+        if n > 1:
+            several.append((k, theirs))
+        at += n
+    assert at == len(entries) and len(several) >= 3  # every token of the API's answer, its characters among them
+    k, theirs = several[0]
+    parts = json.loads(spans.nth(k).get_attribute("data-parts"))
+    for (_, prob, top), entry in zip(parts, theirs, strict=True):
+        assert prob == pytest.approx(math.exp(entry.logprob), rel=1e-4)
+        assert [p for _, p in top] == pytest.approx([math.exp(t.logprob) for t in entry.top_logprobs], rel=1e-4)
+    spans.nth(k).hover()
+    tip = page.text_content("#tip")
+    assert all(f"{piece}: p = {_p(prob)}" in tip for piece, prob, _ in parts)
     assert errors == []

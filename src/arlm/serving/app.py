@@ -364,6 +364,11 @@ def _info_routes(app: FastAPI, server: Server) -> None:
     async def playground() -> str:
         return resources.files("arlm.serving").joinpath("static/playground.html").read_text(encoding="utf-8")
 
+    @app.get("/tokens.js")
+    async def playground_tokens() -> Response:
+        script = resources.files("arlm.serving").joinpath("static/tokens.js").read_text(encoding="utf-8")
+        return Response(script, media_type="text/javascript")
+
     @app.get("/health")
     async def health() -> JSONResponse:
         chat = bool(server.tokenizer.chat_template) or server.plain_chat
