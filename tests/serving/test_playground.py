@@ -458,3 +458,35 @@ def test_a_character_of_several_tokens_is_drawn_once_with_their_joint_probabilit
     tip = page.text_content("#tip")
     assert all(f"{piece}: p = {_p(prob)}" in tip for piece, prob, _ in parts)
     assert errors == []
+
+
+def test_beam_searchs_answer_has_the_models_own_probability_of_each_token_along_its_beam(browser, server):
+    """Beam search's answer came at the end without colours: each of its tokens now has the model's own probability
+    along the chosen beam (what the search computed, before the repetition penalty it ran with) and its top-5, as
+    the API's echoed log-probabilities of the same ids say."""
+    import math
+
+    page, errors = _open(browser, server)
+    page.uncheck("#compare")
+    a = ".panel[data-name=A]"
+    page.select_option(f"{a} select[name=strategy]", "beam")
+    page.fill(f"{a} [name=repetition_penalty]", "1.3")  # the beams' scores are not the colours
+    page.fill("#max_tokens", "12")
+    page.click("#run")
+    _done(page, "A")
+    read = """spans => spans.flatMap((s) => s.dataset.parts
+        ? JSON.parse(s.dataset.parts).map((p) => [p[1], p[2].map((t) => t[1])])
+        : [[Number(s.dataset.prob), JSON.parse(s.dataset.top || '[]').map((t) => t[1])]])"""
+    spans = page.locator(f"{a} .output .tok[data-ids]:not([data-ids=''])")
+    shown = spans.evaluate_all(read)
+    ids = [int(t) for s in spans.evaluate_all("spans => spans.map((s) => s.dataset.ids)") for t in s.split()]
+    prompt = server.lm.tokenizer.encode(PROMPT)
+    body = {"prompt": prompt + ids, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 5}
+    logprobs = _completion_logprobs(server, body)
+    start = len(prompt)
+    assert len(shown) == len(ids) > 0
+    for k, (prob, top) in enumerate(shown):
+        assert prob == pytest.approx(math.exp(logprobs.token_logprobs[start + k]), rel=1e-4)
+        theirs = sorted(logprobs.top_logprobs[start + k].values(), reverse=True)[:5]
+        assert top == pytest.approx([math.exp(lp) for lp in theirs], rel=1e-4)
+    assert errors == []

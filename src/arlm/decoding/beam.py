@@ -1,19 +1,33 @@
 """Beam search with Hugging Face's semantics: finished hypotheses kept apart from running beams, EOS taken only
 within the top num_beams candidates, length penalty over the generated tokens only, early_stopping True /
-False / "never", and the KV cache reordered by beam index."""
+False / "never", and the KV cache reordered by beam index. Each beam carries a record of its tokens: the model's own
+log-probability of each (before the repetition penalty and the other processors, as the API's logprobs) and, traced,
+its MAX_TOP likeliest alternatives, read off the log-softmax the search takes anyway (no forward pass more)."""
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import torch
 
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.processors import History, process, top_indices
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback
+from arlm.decoding.types import MAX_TOP, GenerationOutput, StopCheck, TokenCallback, TraceCallback
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
+
+
+class Finished(NamedTuple):
+    """The K best finished hypotheses per prompt: ids (B, K, max_len), length-penalised scores (B, K), lengths in
+    generated tokens (B, K), whether the slot holds one (B, K), and their tokens' record (B, K, max_len, 1 + 2m)."""
+
+    ids: torch.Tensor
+    scores: torch.Tensor
+    lengths: torch.Tensor
+    filled: torch.Tensor
+    record: torch.Tensor
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -26,8 +40,7 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def _still_improvable(
     improvable: torch.Tensor,
     running_scores: torch.Tensor,
-    finished_scores: torch.Tensor,
-    is_finished: torch.Tensor,
+    done: Finished,
     generated: int,
     max_generated: int,
     config: GenerationConfig,
@@ -36,7 +49,7 @@ def _still_improvable(
     lp = config.length_penalty
     length = max_generated if (config.early_stopping == "never" and lp > 0.0) else generated
     best_running = running_scores[:, :1] / (length**lp)
-    worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, NEG)
+    worst_finished = torch.where(done.filled, done.scores.min(dim=1, keepdim=True).values, NEG)
     return improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
 
 
@@ -55,7 +68,8 @@ def beam_search(
 ) -> GenerationOutput:
     """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores; trace gets
     the beams after each step (_beam_event). A candidate that should_stop(prompt row, its generated ids) stops
-    ends as a hypothesis, as one ending in EOS does; on_token gets the returned rows' tokens once the search ends."""
+    ends as a hypothesis, as one ending in EOS does; on_token gets the returned rows' tokens once the search ends,
+    and the output's token_logprobs (token_top, traced) the model's own log-probability of each (its alternatives)."""
     B, T = prompt_ids.shape
     K = config.num_beams
     device, max_len, eos_id = prompt_ids.device, T + config.max_new_tokens, history.eos_id
@@ -65,40 +79,36 @@ def beam_search(
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
     start = time.perf_counter()
     logits, mask = _prefill(engine, prompt_ids, attention_mask, K, max_len, cache_dtype(config.kv_dtype))
-    running, running_scores, finished, finished_scores, finished_len, is_finished = _initial_beams(
-        prompt_ids, K, max_len, pad_id
+    running, running_scores, record, done = _initial_beams(
+        prompt_ids, K, max_len, pad_id, MAX_TOP if trace is not None else 0
     )
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
     for cur in range(T, max_len):
         length = cur + 1 - T  # tokens generated once this step is taken
-        top_scores, source_beam, token, candidates = _candidates(
-            logits, running, running_scores, cur, config, beam_history, keep
+        top_scores, source_beam, token, candidates, noted = _candidates(
+            logits, (running, record), running_scores, cur, config, beam_history, keep
         )
         ends = (token == eos_id) if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
         ends = ends | (cur + 1 >= max_len) | _stop_hits(should_stop, candidates[:, :, T : cur + 1])  # (B, keep)
         alive_scores = top_scores + ends.float() * NEG  # running beams: the best K candidates that did not end
         chosen = top_indices(alive_scores, K)[1]  # (B, K)
-        running, running_scores = _gather(candidates, chosen), _gather(alive_scores, chosen)
+        running, running_scores, record = (_gather(t, chosen) for t in (candidates, alive_scores, noted))
         parent = _gather(source_beam, chosen)  # (B, K)
         # finished hypotheses: candidates that ended within the top K, length-penalised, merged with the old ones
-        new_scores = _hypothesis_scores(top_scores, is_finished, improvable, length, config)
-        finished, finished_scores, finished_len, is_finished = _merge_finished(
-            (finished, finished_scores, finished_len, is_finished), candidates, new_scores, ends & top_k_mask, length
-        )
-        improvable = _still_improvable(
-            improvable, running_scores, finished_scores, is_finished, length, max_len - T, config
-        )
+        new_scores = _hypothesis_scores(top_scores, done.filled, improvable, length, config)
+        done = _merge_finished(done, (candidates, noted), new_scores, ends & top_k_mask, length)
+        improvable = _still_improvable(improvable, running_scores, done, length, max_len - T, config)
         if trace is not None:
-            trace(_beam_event(running[:, :, T : cur + 1], running_scores, finished, finished_scores, finished_len, T))
-        open_beams = not (bool(is_finished.all()) and config.early_stopping is True)
+            trace(_beam_event(running[:, :, T : cur + 1], running_scores, done, T))
+        open_beams = not (bool(done.filled.all()) and config.early_stopping is True)
         if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
             break
         engine.reorder((parent + offsets).flatten())
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = engine.step(running[:, :, cur].reshape(B * K, 1), mask)  # (B*K, V)
-    out = _beam_output(finished, finished_scores, finished_len, config.num_return_sequences, T, start)
+    out = _beam_output(done, config.num_return_sequences, T, start)
     return _stream(out, on_token)
 
 
@@ -137,9 +147,12 @@ def _prefill(
     return logits.repeat_interleave(K, dim=0), mask
 
 
-def _initial_beams(prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Running beams (B, K, max_len) holding the prompt and their scores (B, K); no finished hypotheses yet
-    (their ids, scores, lengths and filled flags)."""
+def _initial_beams(
+    prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int, m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Finished]:
+    """Running beams (B, K, max_len) holding the prompt, their scores (B, K) and their tokens' record (B, K,
+    max_len, 1 + 2m: a token's log-probability, then m alternatives' ids and log-probabilities, in float32, which holds
+    an id below 2**24 exactly); no finished hypotheses yet."""
     B, T = prompt_ids.shape
     device = prompt_ids.device
     running = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)
@@ -149,31 +162,46 @@ def _initial_beams(prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int) 
     finished_scores = torch.full((B, K), NEG, device=device)
     finished_len = torch.zeros(B, K, dtype=torch.long, device=device)
     is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    return running, running_scores, running.clone(), finished_scores, finished_len, is_finished
+    record = torch.zeros(B, K, max_len, 1 + 2 * m, device=device)
+    finished = Finished(running.clone(), finished_scores, finished_len, is_finished, record.clone())
+    return running, running_scores, record, finished
 
 
 def _candidates(
     logits: torch.Tensor,
-    running: torch.Tensor,
+    beams: tuple[torch.Tensor, torch.Tensor],
     running_scores: torch.Tensor,
     cur: int,
     config: GenerationConfig,
     history: History,
     keep: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The `keep` best one-token extensions of the running beams (B, K, max_len) from logits (B*K, V): their
-    summed log-probabilities, source beams and tokens (B, keep) each, and their ids (B, keep, max_len)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `keep` best one-token extensions of the running beams (ids (B, K, max_len) and record (B, K, max_len, r))
+    from logits (B*K, V): their summed log-probabilities, source beams and tokens (B, keep) each, their ids (B, keep,
+    max_len) and record (B, keep, max_len, r)."""
+    running, record = beams
     B, K, _ = running.shape
     V = logits.shape[-1]
     sequences = running[:, :, :cur].reshape(B * K, cur)
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
-    log_probs = process(log_probs, sequences, config, history)  # penalties, n-grams, min new tokens
+    own = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V): the model's own
+    log_probs = process(own, sequences, config, history)  # penalties, n-grams, min new tokens
     totals = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)
     top_scores, top_index = top_indices(totals, keep)  # (B, keep) each; ties: the lowest index, as greedy
     source_beam, token = top_index // V, top_index % V
     candidates = _gather(running, source_beam)  # (B, keep, max_len)
     candidates[:, :, cur] = token
-    return top_scores, source_beam, token, candidates
+    noted = _gather(record, source_beam)  # (B, keep, max_len, r)
+    noted[:, :, cur] = _token_record(own.view(B, K, V), top_index, source_beam, (record.shape[-1] - 1) // 2)
+    return top_scores, source_beam, token, candidates, noted
+
+
+def _token_record(own: torch.Tensor, top_index: torch.Tensor, source_beam: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, keep, 1 + 2m): each candidate's token's own log-probability (own: (B, K, V), the model's), then its
+    source beam's m likeliest tokens: their ids, then their log-probabilities."""
+    B, K, V = own.shape
+    chosen = torch.gather(own.reshape(B, K * V), 1, top_index)[:, :, None]  # (B, keep, 1)
+    best, ids = own.topk(m, dim=-1)  # (B, K, m) each
+    return torch.cat([chosen, _gather(ids, source_beam).float(), _gather(best, source_beam)], dim=-1)
 
 
 def _hypothesis_scores(
@@ -187,57 +215,53 @@ def _hypothesis_scores(
 
 
 def _merge_finished(
-    old: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    candidates: torch.Tensor,
+    old: Finished,
+    candidates: tuple[torch.Tensor, torch.Tensor],
     scores: torch.Tensor,
     ends: torch.Tensor,
     length: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The K best of the finished hypotheses (ids, scores, lengths, filled; (B, K, ...)) and the candidates
-    (B, keep, max_len) that end here (ends), each `length` tokens long and scored `scores` (B, keep)."""
-    finished, finished_scores, finished_len, is_finished = old
-    K = finished_scores.shape[1]
-    merged_scores = torch.cat([finished_scores, scores + (~ends).float() * NEG], dim=1)
+) -> Finished:
+    """The K best of the finished hypotheses and the candidates (ids (B, keep, max_len), record (B, keep, max_len,
+    r)) that end here (ends), each `length` tokens long and scored `scores` (B, keep)."""
+    K = old.scores.shape[1]
+    merged_scores = torch.cat([old.scores, scores + (~ends).float() * NEG], dim=1)
     best = top_indices(merged_scores, K)[1]
     new_len = torch.full_like(ends, length, dtype=torch.long)
-    return (
-        _gather(torch.cat([finished, candidates], dim=1), best),
+    return Finished(
+        _gather(torch.cat([old.ids, candidates[0]], dim=1), best),
         _gather(merged_scores, best),
-        _gather(torch.cat([finished_len, new_len], dim=1), best),
-        _gather(torch.cat([is_finished, ends], dim=1), best),
+        _gather(torch.cat([old.lengths, new_len], dim=1), best),
+        _gather(torch.cat([old.filled, ends], dim=1), best),
+        _gather(torch.cat([old.record, candidates[1]], dim=1), best),
     )
 
 
-def _beam_output(
-    finished: torch.Tensor, finished_scores: torch.Tensor, finished_len: torch.Tensor, n: int, T: int, start: float
-) -> GenerationOutput:
+def _beam_output(done: Finished, n: int, T: int, start: float) -> GenerationOutput:
     """The n best finished hypotheses per prompt as (B*n, T + longest) rows, with their scores and timing; the
     tokens counted (new_tokens, tokens/s) are those of each prompt's best hypothesis, the search's answer, whatever n
     is: the search does the same work for any n (counting all n returned made its rate grow with n), and the rows'
-    own lengths are in stats["lengths"]."""
-    B = finished.shape[0]
-    lengths = finished_len[:, :n].flatten()  # (B*n,)
+    own lengths are in stats["lengths"]; each token's record: token_logprobs (B*n, longest) and, traced, token_top."""
+    B = done.ids.shape[0]
+    lengths = done.lengths[:, :n].flatten()  # (B*n,)
     width = T + int(lengths.max())
-    sequences = finished[:, :n, :width].reshape(B * n, width)
+    sequences = done.ids[:, :n, :width].reshape(B * n, width)
+    record = done.record[:, :n, T:width].reshape(B * n, width - T, -1)
+    m = (record.shape[-1] - 1) // 2
+    top = (record[..., 1 : 1 + m].long(), record[..., 1 + m :].float()) if m else None
     seconds = time.perf_counter() - start
-    new_tokens = int(finished_len[:, 0].sum())  # (B,): the best hypothesis of each prompt
+    new_tokens = int(done.lengths[:, 0].sum())  # (B,): the best hypothesis of each prompt
     stats = {
         "new_tokens": new_tokens,
         "seconds": seconds,
         "tokens_per_s": new_tokens / max(seconds, 1e-9),
         "lengths": lengths.tolist(),
     }
-    return GenerationOutput(sequences, finished_scores[:, :n].flatten(), stats, T)
+    out = GenerationOutput(sequences, done.scores[:, :n].flatten(), stats, T)
+    out.token_logprobs, out.token_top = record[..., 0].float(), top
+    return out
 
 
-def _beam_event(
-    running: torch.Tensor,
-    running_scores: torch.Tensor,
-    finished: torch.Tensor,
-    finished_scores: torch.Tensor,
-    finished_len: torch.Tensor,
-    T: int,
-) -> dict:
+def _beam_event(running: torch.Tensor, running_scores: torch.Tensor, done: Finished, T: int) -> dict:
     """The beams after a step, per prompt: running beams (generated ids (B, K, n), summed log-probabilities) and
     finished hypotheses (ids, length-penalised scores), best first."""
     running_rows = [
@@ -245,9 +269,9 @@ def _beam_event(
         for beams, scores in zip(running.tolist(), running_scores.tolist())
     ]
     finished_rows = []
-    for b, (scores, lengths) in enumerate(zip(finished_scores.tolist(), finished_len.tolist())):
+    for b, (scores, lengths) in enumerate(zip(done.scores.tolist(), done.lengths.tolist())):
         hypotheses = [
-            {"tokens": finished[b, k, T : T + n].tolist(), "score": score}
+            {"tokens": done.ids[b, k, T : T + n].tolist(), "score": score}
             for k, (score, n) in enumerate(zip(scores, lengths))
             if score > NEG / 2  # the slot holds a hypothesis
         ]

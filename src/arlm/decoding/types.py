@@ -21,6 +21,8 @@ class GenerationOutput:
     scores: torch.Tensor | None = None  # (N,) length-penalised log-probabilities (beam search)
     stats: dict = field(default_factory=dict)
     prompt_length: int = 0
+    token_logprobs: torch.Tensor | None = None  # (N, S - prompt_length) beam search: each token's own, the model's
+    token_top: tuple[torch.Tensor, torch.Tensor] | None = None  # its likeliest alternatives: ids, log-probs (N, ., m)
 
     def generated(self) -> list[list[int]]:
         """The new ids of each row, without the prompt or the padding after a stop."""

@@ -214,7 +214,8 @@ class TraceFormat:
             out["partial"] = "\ufffd" in self.tokenizer.token_text(token)  # part of a character: its text comes later
             if "logprob" in event:
                 out["prob"] = math.exp(event["logprob"])
-                out["top"] = [{"id": t, "piece": label(t), "prob": math.exp(lp)} for t, _, lp in event["top"]]
+                top = event["top"][: self.top]  # (beam search keeps more than asked)
+                out["top"] = [{"id": t, "piece": label(t), "prob": math.exp(lp)} for t, _, lp in top]
             return [out]
         if kind == "trace":
             return [self._strategy_event(event["index"], event["data"])]

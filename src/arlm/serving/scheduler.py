@@ -34,6 +34,7 @@ from arlm.decoding.text_stream import TextStream
 from arlm.errors import ArlmError
 from arlm.serving.jobs import Cancelled, Choice, Job, QueueFull, choice_config, error_event, report_bug, waiting_after
 from arlm.serving.metrics import ServerMetrics
+from arlm.serving.scored import beam_fields, logprob_fields
 from arlm.serving.threads import in_own_thread
 
 if TYPE_CHECKING:
@@ -336,9 +337,7 @@ class Scheduler:
                 self._send(choice.job, self._prompt_event(choice, e.sequence))
             event = self._token_event(choice, e.token)
             if e.logprob is not None:
-                event["logprob"] = e.logprob
-                event["piece"] = self.tokenizer.token_text(e.token)
-                event["top"] = [(t, self.tokenizer.token_text(t), lp) for t, lp in e.top]
+                event |= logprob_fields(self.tokenizer, e.token, e.logprob, e.top)
             self._send(choice.job, event)
             if choice.text.stopped and not e.sequence.finished:
                 self.engine.release(e.sequence, "stop")
@@ -432,9 +431,10 @@ class Scheduler:
         if job.config.strategy == "beam":
             config = dataclasses.replace(job.config, num_return_sequences=job.n)
             out = self._lane_generate(job, None, config)
-            for choice, ids in zip(job.choices, out.generated()):
-                for token in ids:
-                    self._send(job, self._token_event(choice, token))
+            for row, (choice, ids) in enumerate(zip(job.choices, out.generated())):
+                for j, token in enumerate(ids):  # traced: with the model's own log-probability along its beam
+                    scored = beam_fields(self.tokenizer, out, row, j) if job.trace else {}
+                    self._send(job, self._token_event(choice, token) | scored)
                 self._lane_finish(job, choice, ids)
             return
         for choice in job.choices:
