@@ -21,7 +21,8 @@ NEG = -1.0e9  # the large negative HF adds to rule a candidate out
 
 class Finished(NamedTuple):
     """The K best finished hypotheses per prompt: ids (B, K, max_len), length-penalised scores (B, K), lengths in
-    generated tokens (B, K), whether the slot holds one (B, K), and their tokens' record (B, K, max_len, 1 + 2m)."""
+    generated tokens (B, K), whether the slot holds one (B, K), and their tokens' record (B, K, n, 1 + 2m) over the n
+    steps taken."""
 
     ids: torch.Tensor
     scores: torch.Tensor
@@ -150,9 +151,10 @@ def _prefill(
 def _initial_beams(
     prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int, m: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Finished]:
-    """Running beams (B, K, max_len) holding the prompt, their scores (B, K) and their tokens' record (B, K,
-    max_len, 1 + 2m: a token's log-probability, then m alternatives' ids and log-probabilities, in float32, which holds
-    an id below 2**24 exactly); no finished hypotheses yet."""
+    """Running beams (B, K, max_len) holding the prompt, their scores (B, K) and their tokens' record (B, K, 0,
+    1 + 2m: a token's log-probability, then m alternatives' ids and log-probabilities, in float32, which holds an id
+    below 2**24 exactly; it grows a position a step, since it is copied with the beams every step: max_len positions
+    made a step's cost grow with max_new_tokens); no finished hypotheses yet."""
     B, T = prompt_ids.shape
     device = prompt_ids.device
     running = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)
@@ -162,7 +164,7 @@ def _initial_beams(
     finished_scores = torch.full((B, K), NEG, device=device)
     finished_len = torch.zeros(B, K, dtype=torch.long, device=device)
     is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    record = torch.zeros(B, K, max_len, 1 + 2 * m, device=device)
+    record = torch.zeros(B, K, 0, 1 + 2 * m, device=device)
     finished = Finished(running.clone(), finished_scores, finished_len, is_finished, record.clone())
     return running, running_scores, record, finished
 
@@ -176,9 +178,9 @@ def _candidates(
     history: History,
     keep: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The `keep` best one-token extensions of the running beams (ids (B, K, max_len) and record (B, K, max_len, r))
+    """The `keep` best one-token extensions of the running beams (ids (B, K, max_len) and record (B, K, n, r))
     from logits (B*K, V): their summed log-probabilities, source beams and tokens (B, keep) each, their ids (B, keep,
-    max_len) and record (B, keep, max_len, r)."""
+    max_len) and record (B, keep, n + 1, r)."""
     running, record = beams
     B, K, _ = running.shape
     V = logits.shape[-1]
@@ -190,8 +192,8 @@ def _candidates(
     source_beam, token = top_index // V, top_index % V
     candidates = _gather(running, source_beam)  # (B, keep, max_len)
     candidates[:, :, cur] = token
-    noted = _gather(record, source_beam)  # (B, keep, max_len, r)
-    noted[:, :, cur] = _token_record(own.view(B, K, V), top_index, source_beam, (record.shape[-1] - 1) // 2)
+    new = _token_record(own.view(B, K, V), top_index, source_beam, (record.shape[-1] - 1) // 2)  # (B, keep, r)
+    noted = torch.cat([_gather(record, source_beam), new[:, :, None]], dim=2)  # (B, keep, n + 1, r)
     return top_scores, source_beam, token, candidates, noted
 
 
@@ -221,7 +223,7 @@ def _merge_finished(
     ends: torch.Tensor,
     length: int,
 ) -> Finished:
-    """The K best of the finished hypotheses and the candidates (ids (B, keep, max_len), record (B, keep, max_len,
+    """The K best of the finished hypotheses and the candidates (ids (B, keep, max_len), record (B, keep, n,
     r)) that end here (ends), each `length` tokens long and scored `scores` (B, keep)."""
     K = old.scores.shape[1]
     merged_scores = torch.cat([old.scores, scores + (~ends).float() * NEG], dim=1)
@@ -232,8 +234,13 @@ def _merge_finished(
         _gather(merged_scores, best),
         _gather(torch.cat([old.lengths, new_len], dim=1), best),
         _gather(torch.cat([old.filled, ends], dim=1), best),
-        _gather(torch.cat([old.record, candidates[1]], dim=1), best),
+        _gather(torch.cat([_padded(old.record, candidates[1].shape[2]), candidates[1]], dim=1), best),
     )
+
+
+def _padded(record: torch.Tensor, n: int) -> torch.Tensor:
+    """A record (B, K, n', r) padded with zeros to n positions (finished hypotheses' beside the step's candidates)."""
+    return torch.nn.functional.pad(record, (0, 0, 0, n - record.shape[2]))
 
 
 def _beam_output(done: Finished, n: int, T: int, start: float) -> GenerationOutput:
@@ -245,7 +252,7 @@ def _beam_output(done: Finished, n: int, T: int, start: float) -> GenerationOutp
     lengths = done.lengths[:, :n].flatten()  # (B*n,)
     width = T + int(lengths.max())
     sequences = done.ids[:, :n, :width].reshape(B * n, width)
-    record = done.record[:, :n, T:width].reshape(B * n, width - T, -1)
+    record = done.record[:, :n, : width - T].reshape(B * n, width - T, -1)
     m = (record.shape[-1] - 1) // 2
     top = (record[..., 1 : 1 + m].long(), record[..., 1 + m :].float()) if m else None
     seconds = time.perf_counter() - start
