@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from arlm.config import GenerationConfig, ModelConfig
@@ -38,3 +39,42 @@ def test_the_tokens_counted_are_the_best_hypothesis_of_each_prompt_however_many_
         counted.append(out.stats["new_tokens"])
         assert out.stats["new_tokens"] == sum(out.stats["lengths"][::n])  # the best of each prompt
     assert counted[0] == counted[1]
+
+
+@pytest.mark.parametrize(
+    ("settings", "traced"),
+    [
+        (dict(num_beams=4, num_return_sequences=3, max_new_tokens=12, repetition_penalty=1.3), True),
+        (dict(num_beams=3, num_return_sequences=2, max_new_tokens=10, length_penalty=0.5, early_stopping=False), True),
+        (dict(num_beams=3, max_new_tokens=1), True),
+        (dict(num_beams=4, num_return_sequences=2, max_new_tokens=9), False),
+    ],
+)
+def test_each_returned_tokens_log_probability_is_the_models_own_along_its_hypothesis(settings, traced):
+    """token_logprobs (and, traced, token_top) of every returned row, prompts of two lengths, hypotheses ending at
+    different steps: the log-softmax of a plain forward over the prompt and the row's tokens (the model's own, before
+    the repetition penalty), at every generated position; zeros past a row's end."""
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(flavour="llama", vocab_size=12, block_size=64, n_layer=2, n_head=2, d_model=16, init_std=0.5)
+    ).eval()
+    prompts = [[1, 2, 3, 4], [6, 7]]
+    config = GenerationConfig(strategy="beam", **settings)
+    out = generate(model, prompts, config, eos_id=9, pad_id=0, trace=(lambda e: None) if traced else None)
+    n = config.num_return_sequences
+    lengths = out.stats["lengths"]
+    assert len(set(lengths)) > 1 or settings["max_new_tokens"] == 1  # (rows ending at different steps)
+    for row, made in enumerate(out.generated()):
+        ids = torch.tensor([prompts[row // n] + made])
+        with torch.no_grad():
+            own = torch.log_softmax(model(ids)[0, len(prompts[row // n]) - 1 : -1].float(), dim=-1)  # (L, V)
+        chosen = own.gather(1, torch.tensor(made)[:, None])[:, 0]
+        torch.testing.assert_close(out.token_logprobs[row, : len(made)], chosen, rtol=1e-4, atol=1e-5)
+        assert not out.token_logprobs[row, len(made) :].any()
+        if traced:
+            ids_top, logprob_top = out.token_top
+            best, best_ids = own.topk(ids_top.shape[-1], dim=-1)  # (a vocabulary below MAX_TOP: all of it)
+            assert ids_top.shape[-1] == 12 and torch.equal(ids_top[row, : len(made)], best_ids)
+            torch.testing.assert_close(logprob_top[row, : len(made)], best, rtol=1e-4, atol=1e-5)
+        else:
+            assert out.token_top is None

@@ -388,6 +388,7 @@ def test_the_pages_named_by_allow_origin_may_call_the_api_from_a_browser(keyed, 
     status, headers = _headers(keyed.base_url, "OPTIONS", "/v1/chat/completions", ask)
     assert status == 200 and headers["access-control-allow-origin"] == PAGE
     assert "authorization" in headers["access-control-allow-headers"].lower()
+    assert headers["x-request-id"].startswith("req_")  # (answered by the CORS layer, inside the id's)
     other = _headers(keyed.base_url, "OPTIONS", "/v1/chat/completions", {**ask, "Origin": "http://elsewhere"})
     assert other[0] == 400 and "access-control-allow-origin" not in other[1]
     status, headers = _headers(keyed.base_url, "POST", "/v1/completions", {"Origin": PAGE})

@@ -1,8 +1,10 @@
 """Beam search with Hugging Face's semantics: finished hypotheses kept apart from running beams, EOS taken only
 within the top num_beams candidates, length penalty over the generated tokens only, early_stopping True /
-False / "never", and the KV cache reordered by beam index. Each beam carries a record of its tokens: the model's own
+False / "never", and the KV cache reordered by beam index. Each step notes its candidates' tokens: the model's own
 log-probability of each (before the repetition penalty and the other processors, as the API's logprobs) and, traced,
-its MAX_TOP likeliest alternatives, read off the log-softmax the search takes anyway (no forward pass more)."""
+its MAX_TOP likeliest alternatives, read off the log-softmax the search takes anyway (no forward pass more); the
+returned hypotheses' notes are followed back through the candidates they came from once the search ends (a record
+copied with the beams every step made a long search's cost grow with the square of its length)."""
 
 from __future__ import annotations
 
@@ -21,14 +23,22 @@ NEG = -1.0e9  # the large negative HF adds to rule a candidate out
 
 class Finished(NamedTuple):
     """The K best finished hypotheses per prompt: ids (B, K, max_len), length-penalised scores (B, K), lengths in
-    generated tokens (B, K), whether the slot holds one (B, K), and their tokens' record (B, K, n, 1 + 2m) over the n
-    steps taken."""
+    generated tokens (B, K), whether the slot holds one (B, K), and which of its last step's candidates each was
+    (B, K), where its tokens' notes are followed back from (_follow)."""
 
     ids: torch.Tensor
     scores: torch.Tensor
     lengths: torch.Tensor
     filled: torch.Tensor
-    record: torch.Tensor
+    candidate: torch.Tensor
+
+
+class Trail(NamedTuple):
+    """Per step: its candidates' notes (B, keep, 1 + 2m) and, for each candidate, the previous step's candidate it
+    extends (B, keep)."""
+
+    notes: list[torch.Tensor]
+    links: list[torch.Tensor]
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -80,25 +90,26 @@ def beam_search(
     top_k_mask = torch.arange(keep, device=device) < K  # only these may become finished hypotheses
     start = time.perf_counter()
     logits, mask = _prefill(engine, prompt_ids, attention_mask, K, max_len, cache_dtype(config.kv_dtype))
-    running, running_scores, record, done = _initial_beams(
-        prompt_ids, K, max_len, pad_id, MAX_TOP if trace is not None else 0
-    )
+    running, running_scores, done = _initial_beams(prompt_ids, K, max_len, pad_id)
+    m, trail, chosen = (min(MAX_TOP, logits.shape[-1]) if trace is not None else 0), Trail([], []), None
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
     for cur in range(T, max_len):
         length = cur + 1 - T  # tokens generated once this step is taken
-        top_scores, source_beam, token, candidates, noted = _candidates(
-            logits, (running, record), running_scores, cur, config, beam_history, keep
+        top_scores, source_beam, token, candidates, notes = _candidates(
+            logits, running, running_scores, cur, config, beam_history, keep, m
         )
+        trail.notes.append(notes)  # (B, keep, 1 + 2m)
+        trail.links.append(source_beam if chosen is None else _gather(chosen, source_beam))  # (B, keep)
         ends = (token == eos_id) if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
         ends = ends | (cur + 1 >= max_len) | _stop_hits(should_stop, candidates[:, :, T : cur + 1])  # (B, keep)
         alive_scores = top_scores + ends.float() * NEG  # running beams: the best K candidates that did not end
         chosen = top_indices(alive_scores, K)[1]  # (B, K)
-        running, running_scores, record = (_gather(t, chosen) for t in (candidates, alive_scores, noted))
+        running, running_scores = _gather(candidates, chosen), _gather(alive_scores, chosen)
         parent = _gather(source_beam, chosen)  # (B, K)
         # finished hypotheses: candidates that ended within the top K, length-penalised, merged with the old ones
         new_scores = _hypothesis_scores(top_scores, done.filled, improvable, length, config)
-        done = _merge_finished(done, (candidates, noted), new_scores, ends & top_k_mask, length)
+        done = _merge_finished(done, candidates, new_scores, ends & top_k_mask, length)
         improvable = _still_improvable(improvable, running_scores, done, length, max_len - T, config)
         if trace is not None:
             trace(_beam_event(running[:, :, T : cur + 1], running_scores, done, T))
@@ -109,7 +120,7 @@ def beam_search(
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         logits = engine.step(running[:, :, cur].reshape(B * K, 1), mask)  # (B*K, V)
-    out = _beam_output(done, config.num_return_sequences, T, start)
+    out = _beam_output(done, config.num_return_sequences, T, start, trail)
     return _stream(out, on_token)
 
 
@@ -149,12 +160,9 @@ def _prefill(
 
 
 def _initial_beams(
-    prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int, m: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Finished]:
-    """Running beams (B, K, max_len) holding the prompt, their scores (B, K) and their tokens' record (B, K, 0,
-    1 + 2m: a token's log-probability, then m alternatives' ids and log-probabilities, in float32, which holds an id
-    below 2**24 exactly; it grows a position a step, since it is copied with the beams every step: max_len positions
-    made a step's cost grow with max_new_tokens); no finished hypotheses yet."""
+    prompt_ids: torch.Tensor, K: int, max_len: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, Finished]:
+    """Running beams (B, K, max_len) holding the prompt and their scores (B, K); no finished hypotheses yet."""
     B, T = prompt_ids.shape
     device = prompt_ids.device
     running = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)
@@ -164,24 +172,23 @@ def _initial_beams(
     finished_scores = torch.full((B, K), NEG, device=device)
     finished_len = torch.zeros(B, K, dtype=torch.long, device=device)
     is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    record = torch.zeros(B, K, 0, 1 + 2 * m, device=device)
-    finished = Finished(running.clone(), finished_scores, finished_len, is_finished, record.clone())
-    return running, running_scores, record, finished
+    candidate = torch.zeros(B, K, dtype=torch.long, device=device)
+    return running, running_scores, Finished(running.clone(), finished_scores, finished_len, is_finished, candidate)
 
 
 def _candidates(
     logits: torch.Tensor,
-    beams: tuple[torch.Tensor, torch.Tensor],
+    running: torch.Tensor,
     running_scores: torch.Tensor,
     cur: int,
     config: GenerationConfig,
     history: History,
     keep: int,
+    m: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The `keep` best one-token extensions of the running beams (ids (B, K, max_len) and record (B, K, n, r))
-    from logits (B*K, V): their summed log-probabilities, source beams and tokens (B, keep) each, their ids (B, keep,
-    max_len) and record (B, keep, n + 1, r)."""
-    running, record = beams
+    """The `keep` best one-token extensions of the running beams (B, K, max_len) from logits (B*K, V): their
+    summed log-probabilities, source beams and tokens (B, keep) each, their ids (B, keep, max_len) and their
+    tokens' notes (B, keep, 1 + 2m: _token_record)."""
     B, K, _ = running.shape
     V = logits.shape[-1]
     sequences = running[:, :, :cur].reshape(B * K, cur)
@@ -192,14 +199,12 @@ def _candidates(
     source_beam, token = top_index // V, top_index % V
     candidates = _gather(running, source_beam)  # (B, keep, max_len)
     candidates[:, :, cur] = token
-    new = _token_record(own.view(B, K, V), top_index, source_beam, (record.shape[-1] - 1) // 2)  # (B, keep, r)
-    noted = torch.cat([_gather(record, source_beam), new[:, :, None]], dim=2)  # (B, keep, n + 1, r)
-    return top_scores, source_beam, token, candidates, noted
+    return top_scores, source_beam, token, candidates, _token_record(own.view(B, K, V), top_index, source_beam, m)
 
 
 def _token_record(own: torch.Tensor, top_index: torch.Tensor, source_beam: torch.Tensor, m: int) -> torch.Tensor:
     """(B, keep, 1 + 2m): each candidate's token's own log-probability (own: (B, K, V), the model's), then its
-    source beam's m likeliest tokens: their ids, then their log-probabilities."""
+    source beam's m likeliest tokens: their ids (in float32, exact below 2**24), then their log-probabilities."""
     B, K, V = own.shape
     chosen = torch.gather(own.reshape(B, K * V), 1, top_index)[:, :, None]  # (B, keep, 1)
     best, ids = own.topk(m, dim=-1)  # (B, K, m) each
@@ -218,32 +223,41 @@ def _hypothesis_scores(
 
 def _merge_finished(
     old: Finished,
-    candidates: tuple[torch.Tensor, torch.Tensor],
+    candidates: torch.Tensor,
     scores: torch.Tensor,
     ends: torch.Tensor,
     length: int,
 ) -> Finished:
-    """The K best of the finished hypotheses and the candidates (ids (B, keep, max_len), record (B, keep, n,
-    r)) that end here (ends), each `length` tokens long and scored `scores` (B, keep)."""
+    """The K best of the finished hypotheses and the candidates (B, keep, max_len) that end here (ends), each
+    `length` tokens long and scored `scores` (B, keep)."""
     K = old.scores.shape[1]
     merged_scores = torch.cat([old.scores, scores + (~ends).float() * NEG], dim=1)
     best = top_indices(merged_scores, K)[1]
     new_len = torch.full_like(ends, length, dtype=torch.long)
     return Finished(
-        _gather(torch.cat([old.ids, candidates[0]], dim=1), best),
+        _gather(torch.cat([old.ids, candidates], dim=1), best),
         _gather(merged_scores, best),
         _gather(torch.cat([old.lengths, new_len], dim=1), best),
         _gather(torch.cat([old.filled, ends], dim=1), best),
-        _gather(torch.cat([_padded(old.record, candidates[1].shape[2]), candidates[1]], dim=1), best),
+        _gather(torch.cat([old.candidate, torch.arange(ends.shape[1], device=ends.device).expand_as(ends)], 1), best),
     )
 
 
-def _padded(record: torch.Tensor, n: int) -> torch.Tensor:
-    """A record (B, K, n', r) padded with zeros to n positions (finished hypotheses' beside the step's candidates)."""
-    return torch.nn.functional.pad(record, (0, 0, 0, n - record.shape[2]))
+def _follow(trail: Trail, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """(B, n, longest, 1 + 2m): the notes of hypotheses `lengths` (B, n) tokens long, each its last step's
+    `candidate` (B, n), followed back through the candidates each step's came from (zeros past a hypothesis's end)."""
+    B, n = lengths.shape
+    longest = int(lengths.max())
+    out = trail.notes[0].new_zeros(B, n, longest, trail.notes[0].shape[-1])
+    at = candidate.clone()  # (B, n): each hypothesis's candidate at step t once t reaches its last one
+    for t in range(longest - 1, -1, -1):
+        live = lengths > t  # position t is in the hypothesis
+        out[:, :, t] = torch.where(live[..., None], _gather(trail.notes[t], at), 0.0)
+        at = torch.where(live, _gather(trail.links[t], at), at)
+    return out
 
 
-def _beam_output(done: Finished, n: int, T: int, start: float) -> GenerationOutput:
+def _beam_output(done: Finished, n: int, T: int, start: float, trail: Trail) -> GenerationOutput:
     """The n best finished hypotheses per prompt as (B*n, T + longest) rows, with their scores and timing; the
     tokens counted (new_tokens, tokens/s) are those of each prompt's best hypothesis, the search's answer, whatever n
     is: the search does the same work for any n (counting all n returned made its rate grow with n), and the rows'
@@ -252,7 +266,7 @@ def _beam_output(done: Finished, n: int, T: int, start: float) -> GenerationOutp
     lengths = done.lengths[:, :n].flatten()  # (B*n,)
     width = T + int(lengths.max())
     sequences = done.ids[:, :n, :width].reshape(B * n, width)
-    record = done.record[:, :n, : width - T].reshape(B * n, width - T, -1)
+    record = _follow(trail, done.lengths[:, :n], done.candidate[:, :n]).reshape(B * n, width - T, -1)
     m = (record.shape[-1] - 1) // 2
     top = (record[..., 1 : 1 + m].long(), record[..., 1 + m :].float()) if m else None
     seconds = time.perf_counter() - start

@@ -310,8 +310,7 @@ def create_app(
     if api_key:
         app.add_middleware(RequireKey, key=api_key)
     app.add_middleware(CountRequests, scheduler=scheduler, paths={r.path for r in app.routes})  # counts 401s too
-    app.add_middleware(RequestId)  # on every answer, a refusal's too
-    if origins:  # outermost: a preflight carries no key, and a 401 must reach the page's script readable
+    if origins:  # outside the key: a preflight carries none, and a 401 must reach the page's script readable
         app.add_middleware(  # (a page's script may read a 429's Retry-After and a 401's WWW-Authenticate)
             CORSMiddleware,
             allow_origins=origins,
@@ -319,6 +318,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["Retry-After", "WWW-Authenticate", "X-Request-Id"],
         )
+    app.add_middleware(RequestId)  # outermost: on every answer, a refusal's and a CORS preflight's too
     return app
 
 

@@ -27,8 +27,9 @@ function draw(span) {  // a token span from its tokens (parts): text, colour, ma
     span.dataset.prob = String(prob);
   }
   const marked = parts.filter((p) => p.accepted !== undefined);  // speculative: all accepted drafts, or the target's
-  if (marked.length) span.classList.add(marked.length === parts.length && marked.every((p) => p.accepted)
-    ? "accepted" : "target");
+  const accepted = marked.length === parts.length && marked.every((p) => p.accepted);
+  span.classList.toggle("accepted", marked.length > 0 && accepted);  // (a character's span is drawn again as its
+  span.classList.toggle("target", marked.length > 0 && !accepted);   // tokens come: one mark, the last one)
   const top = (p) => (p.top || []).map((t) => [t.piece, t.prob]);
   if (parts.length === 1 && parts[0].top) span.dataset.top = JSON.stringify(top(parts[0]));
   else delete span.dataset.top;
