@@ -1,7 +1,7 @@
-"""Beam search's cost by the max_new_tokens a request allows, for the same tokens made.
+"""Beam search's (or greedy decoding's) cost by the max_new_tokens a request allows, for the same tokens made.
 
     PYTHONPATH=SRC .venv/bin/python benchmarks/beam_max_new.py [--dtype int4] [--max-new 64,1000,8000]
-        [--tokens 64] [--beams 4] [--repeats 3] [--label LABEL]
+        [--tokens 64] [--beams 4] [--strategy beam|greedy] [--repeats 3] [--label LABEL]
 
 SmolLM2-135M-Instruct (the shipped GGUF) laid out by optimize_for_decoding as `arlm generate` does; beam search
 traced (as the server's lane always is), early stopping, every hypothesis stopped at --tokens generated tokens by
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--max-new", default="64,1000,8000")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--strategy", choices=["beam", "greedy"], default="beam")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--label", default="")
     args = parser.parse_args()
@@ -37,7 +38,9 @@ def main() -> None:
     tok = lm.tokenizer
     ids = [tok.encode(PROMPT)]
     for max_new in map(int, args.max_new.split(",")):
-        config = GenerationConfig(strategy="beam", num_beams=args.beams, max_new_tokens=max_new, early_stopping=True)
+        config = GenerationConfig(
+            strategy=args.strategy, num_beams=args.beams, max_new_tokens=max_new, early_stopping=True
+        )
         for _ in range(args.repeats):
             start = time.perf_counter()
             out = generate(
@@ -46,7 +49,8 @@ def main() -> None:
             )  # fmt: skip
             seconds = time.perf_counter() - start
             made = len(out.generated()[0])
-            print(f"{args.label} {args.dtype} max_new_tokens={max_new}: {seconds:.2f} s, {made} tokens", flush=True)
+            line = f"{args.label} {args.strategy} {args.dtype} max_new_tokens={max_new}: {seconds:.3f} s, {made} tokens"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,45 @@ def test_every_model_forward_of_every_strategy_is_an_engine_call(name, monkeypat
         assert calls["step"] >= 1 and calls["verify"] == 0
 
 
+@pytest.mark.parametrize("d", [32, 64])  # heads of 8: PyTorch's attention; of 16: arlm's kernel, where it is built
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_no_strategy_reads_a_cache_position_it_did_not_write(name, d, monkeypatch):
+    """The engine's cache is not zeroed (only the pages written are touched): with every float tensor from
+    torch.empty filled with NaN, as reused memory may be, each strategy returns what it returns over zeros
+    (prompts padded to one width where the strategy takes several; beam search widens its cache)."""
+    config, uses_draft = STRATEGIES[name]
+    target, draft = _model(0, d=d), _model(1, layers=1, d=d)
+    one = name in ("speculative", "prompt-lookup", "adaptive")
+    prompts = [[1, 2, 3, 1, 2, 3, 1, 2]] if one else [[1, 2, 3, 4, 5, 6], [7, 8]]
+    run = lambda: generate(target, prompts, config, pad_id=0, draft=draft if uses_draft else None)
+    expected, real, poisoned = run(), torch.empty, []
+
+    def empty(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if out.is_floating_point():
+            poisoned.append(out.shape)
+            out.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch, "empty", empty)
+    got = run()
+    monkeypatch.undo()
+    layers, rows = target.config.n_layer, 1 if one else 2
+    assert any(s[:2] == (layers, rows) and len(s) == 5 for s in poisoned)  # the engine's cache (L, B, nkv, S, hd)
+    assert torch.equal(got.sequences, expected.sequences)
+    if expected.scores is not None:
+        assert torch.equal(got.scores, expected.scores)
+
+
+def test_only_the_compiled_step_s_cache_is_zeroed():
+    """The compiled step attends over its whole static cache, masked (a NaN there would reach its output): that
+    cache is zeroed; the eager one is not."""
+    engine = Engine(_model())
+    assert not engine.open(1, 10).zeroed
+    assert engine.open(1, 10, compiled=True).zeroed
+    engine.close()
+
+
 def test_the_engine_frees_its_cache_and_hangs_nothing_on_the_model():
     model = _model()
     before = set(vars(model))

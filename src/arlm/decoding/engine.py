@@ -165,7 +165,7 @@ class Engine:
         block = self.model.config.block_size
         if not compiled:
             self.close()
-            self.cache = self.model.new_cache(batch, min(needed, block), dtype=dtype)
+            self.cache = self.model.new_cache(batch, min(needed, block), dtype=dtype, zeroed=False)  # (read as written)
             return self.cache
         max_len, weight = static_length(block, needed), next(self.model.parameters())
         cache = self.cache

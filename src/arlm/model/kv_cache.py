@@ -11,7 +11,11 @@ class KVCache:
 
     `length` is the number of positions filled. A forward pass writes its keys/values at
     [start, start + T) and advances `length`; rolling back (speculative decoding) only moves `length`,
-    and beam search reorders the batch dimension.
+    and beam search reorders the batch dimension. `zeroed`: the positions not yet written hold zeros, as the
+    compiled step needs (it attends over the whole buffer, masked: a NaN left there by earlier memory would reach
+    its output); else they hold whatever memory held, which nothing reads (eager forwards read up to the positions
+    written), and only the pages written are ever touched (docs/perf.md "A cache's unwritten positions left
+    unset").
     """
 
     def __init__(
@@ -24,11 +28,13 @@ class KVCache:
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        zeroed: bool = True,
     ) -> None:
         shape = (n_layer, batch_size, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nkv, max_len, hd)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nkv, max_len, hd)
-        self.length = 0
+        new = torch.zeros if zeroed else torch.empty
+        self.k = new(shape, dtype=dtype, device=device)  # (L, B, nkv, max_len, hd)
+        self.v = new(shape, dtype=dtype, device=device)  # (L, B, nkv, max_len, hd)
+        self.length, self.zeroed = 0, zeroed
 
     @property
     def max_len(self) -> int:
@@ -65,7 +71,7 @@ class KVCache:
     def over(cls, k: torch.Tensor, v: torch.Tensor, length: int = 0) -> KVCache:
         """A cache over existing buffers (L, B, nkv, max_len, hd) (views share their storage), filled to length."""
         cache = cls.__new__(cls)
-        cache.k, cache.v, cache.length = k, v, length
+        cache.k, cache.v, cache.length, cache.zeroed = k, v, length, True
         return cache
 
     def rollback(self, length: int) -> None:
@@ -84,7 +90,8 @@ class KVCache:
             self.v[:, :, :, :n] = self.v[:, :, :, :n].index_select(1, index)
             return
         shape = (self.k.shape[0], index.numel(), *self.k.shape[2:])  # (L, B', nkv, max_len, hd)
-        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        new = torch.zeros if self.zeroed else torch.empty
+        k, v = (new(shape, dtype=self.k.dtype, device=self.k.device) for _ in range(2))
         k[:, :, :, :n], v[:, :, :, :n] = (
             self.k[:, :, :, :n].index_select(1, index),
             self.v[:, :, :, :n].index_select(1, index),

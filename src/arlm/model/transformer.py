@@ -191,8 +191,10 @@ class Transformer(nn.Module):
             total -= self.pos_emb.weight.numel() if self.pos_emb is not None else 0
         return total
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache for this model (max_len defaults to block_size)."""
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None, zeroed: bool = True
+    ) -> KVCache:
+        """An empty KV cache for this model (max_len defaults to block_size; zeroed: see KVCache)."""
         c, weight = self.config, self.norm.weight  # the model's float dtype and device (the table may be int8)
         return KVCache(
             c.n_layer,
@@ -202,6 +204,7 @@ class Transformer(nn.Module):
             c.head_dim,
             dtype=dtype or weight.dtype,
             device=weight.device,
+            zeroed=zeroed,
         )
 
     def flops_per_token(self, context: int) -> float:
