@@ -3,6 +3,7 @@ import torch
 
 from arlm.config import GenerationConfig, ModelConfig
 from arlm.decoding.generate import generate
+from arlm.errors import ArlmError
 from arlm.model.transformer import Transformer
 
 
@@ -48,19 +49,23 @@ def test_the_tokens_counted_are_the_best_hypothesis_of_each_prompt_however_many_
         (dict(num_beams=3, num_return_sequences=2, max_new_tokens=10, length_penalty=0.5, early_stopping=False), True),
         (dict(num_beams=3, max_new_tokens=1), True),
         (dict(num_beams=4, num_return_sequences=2, max_new_tokens=9), False),
+        (dict(num_beams=3, num_return_sequences=2, max_new_tokens=9), 3),  # top_logprobs 3, untraced
     ],
 )
 def test_each_returned_tokens_log_probability_is_the_models_own_along_its_hypothesis(settings, traced):
-    """token_logprobs (and, traced, token_top) of every returned row, prompts of two lengths, hypotheses ending at
-    different steps: the log-softmax of a plain forward over the prompt and the row's tokens (the model's own, before
-    the repetition penalty), at every generated position; zeros past a row's end."""
+    """token_logprobs (and, traced or asked for by top_logprobs, token_top) of every returned row, prompts of two
+    lengths, hypotheses ending at different steps: the log-softmax of a plain forward over the prompt and the row's
+    tokens (the model's own, before the repetition penalty), at every generated position; zeros past a row's end."""
     torch.manual_seed(0)
     model = Transformer(
         ModelConfig(flavour="llama", vocab_size=12, block_size=64, n_layer=2, n_head=2, d_model=16, init_std=0.5)
     ).eval()
     prompts = [[1, 2, 3, 4], [6, 7]]
     config = GenerationConfig(strategy="beam", **settings)
-    out = generate(model, prompts, config, eos_id=9, pad_id=0, trace=(lambda e: None) if traced else None)
+    top = traced if type(traced) is int else None
+    out = generate(
+        model, prompts, config, eos_id=9, pad_id=0, trace=(lambda e: None) if traced is True else None, top_logprobs=top
+    )
     n = config.num_return_sequences
     lengths = out.stats["lengths"]
     assert len(set(lengths)) > 1 or settings["max_new_tokens"] == 1  # (rows ending at different steps)
@@ -74,7 +79,15 @@ def test_each_returned_tokens_log_probability_is_the_models_own_along_its_hypoth
         if traced:
             ids_top, logprob_top = out.token_top
             best, best_ids = own.topk(ids_top.shape[-1], dim=-1)  # (a vocabulary below MAX_TOP: all of it)
-            assert ids_top.shape[-1] == 12 and torch.equal(ids_top[row, : len(made)], best_ids)
+            assert ids_top.shape[-1] == (top or 12) and torch.equal(ids_top[row, : len(made)], best_ids)
             torch.testing.assert_close(logprob_top[row, : len(made)], best, rtol=1e-4, atol=1e-5)
         else:
             assert out.token_top is None
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "prompt-lookup"])
+def test_top_logprobs_is_refused_where_no_strategy_notes_them(strategy):
+    model = Transformer(ModelConfig(flavour="llama", vocab_size=12, block_size=64, n_layer=1, n_head=2, d_model=8))
+    config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=3)
+    with pytest.raises(ArlmError, match=f"top_logprobs is noted by beam search, not by {strategy}"):
+        generate(model, [[1, 2]], config, top_logprobs=2)

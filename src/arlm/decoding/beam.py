@@ -76,11 +76,13 @@ def beam_search(
     on_token: TokenCallback | None = None,
     should_stop: StopCheck | None = None,
     trace: TraceCallback | None = None,
+    top_logprobs: int | None = None,
 ) -> GenerationOutput:
     """The best num_return_sequences of num_beams beams per prompt, with their length-penalised scores; trace gets
     the beams after each step (_beam_event). A candidate that should_stop(prompt row, its generated ids) stops
     ends as a hypothesis, as one ending in EOS does; on_token gets the returned rows' tokens once the search ends,
-    and the output's token_logprobs (token_top, traced) the model's own log-probability of each (its alternatives)."""
+    and the output's token_logprobs the model's own log-probability of each, token_top its top_logprobs likeliest
+    alternatives (None: MAX_TOP where traced, else none)."""
     B, T = prompt_ids.shape
     K = config.num_beams
     device, max_len, eos_id = prompt_ids.device, T + config.max_new_tokens, history.eos_id
@@ -91,7 +93,8 @@ def beam_search(
     start = time.perf_counter()
     logits, mask = _prefill(engine, prompt_ids, attention_mask, K, max_len, cache_dtype(config.kv_dtype))
     running, running_scores, done = _initial_beams(prompt_ids, K, max_len, pad_id)
-    m, trail, chosen = (min(MAX_TOP, logits.shape[-1]) if trace is not None else 0), Trail([], []), None
+    m = (MAX_TOP if trace is not None else 0) if top_logprobs is None else top_logprobs
+    m, trail, chosen = min(m, logits.shape[-1]), Trail([], []), None
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
     for cur in range(T, max_len):

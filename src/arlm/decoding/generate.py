@@ -54,6 +54,7 @@ def generate(
     should_stop: StopCheck | None = None,
     trace: TraceCallback | None = None,
     grammar: JsonGrammar | None = None,
+    top_logprobs: int | None = None,
 ) -> GenerationOutput:
     """Decode continuations of prompts (B, T) (or lists of ids, left-padded here) by config.strategy.
 
@@ -64,13 +65,18 @@ def generate(
     receives the strategy's own events as plain dicts: beam search's running beams and finished hypotheses after
     each step, speculative decoding's drafted tokens and how many were accepted after each target forward (greedy
     and sampling have none beyond on_token). An exception it raises ends the generation. grammar: each row's text
-    constrained to a JSON schema (greedy and sampling; decoding/grammar.py)."""
+    constrained to a JSON schema (greedy and sampling; decoding/grammar.py). top_logprobs: how many likeliest
+    alternatives beam search notes with each returned token (the output's token_top; None: MAX_TOP where traced, else
+    none; each token's own log-probability is always in token_logprobs)."""
     config.validate()
     check_grammar(grammar, config, eos_id)
+    if top_logprobs is not None and config.strategy != "beam":
+        raise ArlmError(f"top_logprobs is noted by beam search, not by {config.strategy}", param="top_logprobs")
     engine, owned = engine_for(model)
     try:
+        callbacks = {"on_token": on_token, "should_stop": should_stop, "trace": trace}
         return _generate(
-            engine, prompt_ids, config, attention_mask, eos_id, pad_id, draft, on_token, should_stop, trace, grammar
+            engine, prompt_ids, config, attention_mask, eos_id, pad_id, draft, callbacks, grammar, top_logprobs
         )
     finally:
         if owned:
@@ -85,12 +91,12 @@ def _generate(
     eos_id: int | None,
     pad_id: int | None,
     draft: torch.nn.Module | None,
-    on_token: TokenCallback | None,
-    should_stop: StopCheck | None,
-    trace: TraceCallback | None,
+    callbacks: dict,
     grammar: JsonGrammar | None = None,
+    top_logprobs: int | None = None,
 ) -> GenerationOutput:
-    """generate() on its engine: the prompts checked, then the strategy's loop."""
+    """generate() on its engine: the prompts checked, then the strategy's loop; callbacks: generate's on_token,
+    should_stop and trace."""
     model = engine.model
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     prompt_ids, attention_mask = _prompt_batch(model, prompt_ids, attention_mask, config, pad)
@@ -99,19 +105,14 @@ def _generate(
         return _prompts_only(prompt_ids, config)
     eos = eos_id if config.stop_at_eos else None
     history = History(prompt_starts(attention_mask), prompt_ids.shape[1], eos)
-    common = {"attention_mask": attention_mask, "history": history}
+    common = {"attention_mask": attention_mask, "history": history, **callbacks}
     if config.strategy == "beam":
-        return beam_search(
-            engine, prompt_ids, config, **common, pad_id=pad, on_token=on_token, should_stop=should_stop, trace=trace
-        )
+        return beam_search(engine, prompt_ids, config, **common, pad_id=pad, top_logprobs=top_logprobs)
     if config.strategy in ("speculative", "prompt-lookup"):
-        return speculative_generate(
-            engine, prompt_ids, config, draft=draft, **common, on_token=on_token, should_stop=should_stop, trace=trace
-        )
+        return speculative_generate(engine, prompt_ids, config, draft=draft, **common)
     matchers = None if grammar is None else [grammar.matcher() for _ in range(prompt_ids.shape[0])]
-    return decode_loop(
-        engine, prompt_ids, config, **common, pad_id=pad, on_token=on_token, should_stop=should_stop, matchers=matchers
-    )
+    del common["trace"]  # (greedy and sampling have no events beyond on_token)
+    return decode_loop(engine, prompt_ids, config, **common, pad_id=pad, matchers=matchers)
 
 
 def _prompt_batch(

@@ -70,7 +70,7 @@ class Job:
     emit: Callable[[Event], None]
     n: int = 1
     eos_id: int | None = None
-    top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely (batch lane only)
+    top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely (batch lane and beam search)
     prompt_logprobs: bool = False  # the prompt's tokens scored too, sent before the first token (echo, batch only)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

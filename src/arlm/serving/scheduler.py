@@ -111,7 +111,8 @@ class Scheduler:
             return
         check_length(len(job.prompt), config.max_new_tokens, self.engine.max_len, name="max_tokens")
         unsupported = {
-            "logprobs": job.top_logprobs >= 0,
+            "logprobs": job.top_logprobs >= 0 and config.strategy != "beam",  # (beam search notes its tokens')
+            "echo with logprobs": job.prompt_logprobs,
             "presence_penalty": job.presence_penalty != 0,
             "frequency_penalty": job.frequency_penalty != 0,
             "logit_bias": bool(job.logit_bias),
@@ -119,7 +120,7 @@ class Scheduler:
         }
         for name, given in unsupported.items():
             if given:
-                raise ArlmError(f"{name} is not supported with strategy {config.strategy}", param=name)
+                raise ArlmError(f"{name} is not supported with strategy {config.strategy}", param=name.split()[-1])
         if config.strategy == "speculative" and self.draft is None:
             message = "this server has no draft model (start it with --draft MODEL); try prompt-lookup"
             raise ArlmError(message, param="strategy")
@@ -432,8 +433,8 @@ class Scheduler:
             config = dataclasses.replace(job.config, num_return_sequences=job.n)
             out = self._lane_generate(job, None, config)
             for row, (choice, ids) in enumerate(zip(job.choices, out.generated())):
-                for j, token in enumerate(ids):  # traced: with the model's own log-probability along its beam
-                    scored = beam_fields(self.tokenizer, out, row, j) if job.trace else {}
+                for j, token in enumerate(ids):  # with the model's own log-probability along its beam, if asked
+                    scored = beam_fields(self.tokenizer, out, row, j) if job.trace or job.top_logprobs >= 0 else {}
                     self._send(job, self._token_event(choice, token) | scored)
                 self._lane_finish(job, choice, ids)
             return
@@ -471,7 +472,8 @@ class Scheduler:
             draft=self.draft,
             on_token=on_token if choice is not None else None,
             should_stop=(lambda row, ids: choice.text.stopped) if choice is not None else self._beam_stop(job),
-            trace=trace,
+            trace=trace,  # (every lane job's: how a beam search hears a cancel)
+            top_logprobs=None if choice is not None or job.trace else max(job.top_logprobs, 0),  # (beam search's)
         )
         if self._lane_engine is not None:  # (--reuse-prefix: the beginning of the prompt the lane's cache held)
             self._count_reused(job, self._lane_engine.reused)
