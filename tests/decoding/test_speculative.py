@@ -214,7 +214,7 @@ def test_trace_reports_every_verification():
     for e in events:
         assert e["event"] == "verify" and 0 <= e["accepted"] <= len(e["drafted"]) <= 3
         new = e["drafted"][: e["accepted"]] + [e["token"]]
-        assert len(e["probs"]) == len(new) and all(0 < p <= 1 for p in e["probs"])
+        assert len(e["logprobs"]) == len(new) and all(lp <= 0 for lp in e["logprobs"])
         kept += new
     assert kept[:30] == out.generated()[0]
     assert sum(e["accepted"] for e in events) == out.stats["accepted"]
@@ -222,14 +222,14 @@ def test_trace_reports_every_verification():
     assert out.stats["accepted"] < out.stats["proposed"]  # (the case at hand: some were rejected)
     seq = out.sequences[:, : 3 + len(kept)]  # (1, S): the prompt and every token a verification kept
     with torch.no_grad():
-        reference = target(seq[:, :-1]).softmax(dim=-1)[0, 2:]  # (len(kept), V): the target's own, from scratch
+        reference = target(seq[:, :-1]).log_softmax(dim=-1)[0, 2:]  # (len(kept), V): the target's own, from scratch
     tops = [row for e in events for row in e["top"]]
     assert len(tops) == len(kept) and all(len(row) == 20 for row in tops)
     for j, row in enumerate(tops):  # the target's 20 most likely tokens where it verified each kept one
-        ids, probs = zip(*row)
+        ids, logprobs = zip(*row)
         best = reference[j].topk(20)
         assert list(ids) == best.indices.tolist() and ids[0] == kept[j]  # greedy keeps the most likely
-        assert torch.allclose(torch.tensor(probs), best.values, atol=1e-5)
+        assert torch.allclose(torch.tensor(logprobs), best.values, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,7 @@ def test_trace_reports_every_verification():
     ],
 )
 def test_trace_probabilities_are_the_models_own_whatever_the_processors(settings):
-    """A verification's probs and top are the target's own distribution (before temperature, top-k / top-p and the
+    """A verification's logprobs and top are the target's own distribution (before temperature, top-k / top-p and the
     repetition penalty), as the batch strategies' and the API's logprobs: the playground showed the processed one
     for speculative decoding beside the raw one for sampling, the same token at 0.15 and 0.88."""
     target, draft = _model(0), _model(1, layers=1, d=16)
@@ -251,9 +251,9 @@ def test_trace_probabilities_are_the_models_own_whatever_the_processors(settings
     kept = [t for e in events for t in [*e["drafted"][: e["accepted"]], e["token"]]][:16]
     assert kept == out.generated()[0]
     with torch.no_grad():
-        reference = target(out.sequences[:, :-1]).softmax(dim=-1)[0, 2:]  # (16, V): the model's own, from scratch
-    probs = [p for e in events for p in e["probs"]][:16]
-    assert torch.allclose(torch.tensor(probs), reference[torch.arange(16), torch.tensor(kept)], atol=1e-5)
+        reference = target(out.sequences[:, :-1]).log_softmax(dim=-1)[0, 2:]  # (16, V): the model's own, afresh
+    logprobs = [lp for e in events for lp in e["logprobs"]][:16]
+    assert torch.allclose(torch.tensor(logprobs), reference[torch.arange(16), torch.tensor(kept)], atol=1e-5)
     for j, row in enumerate([row for e in events for row in e["top"]][:16]):
         assert torch.allclose(torch.tensor([p for _, p in row]), reference[j].topk(len(row)).values, atol=1e-5)
 

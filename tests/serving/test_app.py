@@ -456,13 +456,6 @@ BAD = [
     ("temperature over 2", {"model": MODEL_ID, "prompt": "hi", "temperature": 2.5}, 400, "equal to 2", "temperature"),
     ("no draft", {"model": MODEL_ID, "prompt": "hi", "strategy": "speculative"}, 400, "no draft model", "strategy"),
     (
-        "lookup logprobs",
-        {"model": MODEL_ID, "prompt": "hi", "strategy": "prompt-lookup", "temperature": 0, "logprobs": 1},
-        400,
-        "logprobs is not supported with strategy prompt-lookup",
-        "logprobs",
-    ),
-    (
         "echo scored in beam search",
         {"model": MODEL_ID, "prompt": "hi", "strategy": "beam", "echo": True, "logprobs": 0},
         400,

@@ -1,5 +1,7 @@
 """The playground's trace events name each token by its text, and a piece of a character by its bytes."""
 
+import math
+
 from arlm.data.tokenizers import train_tokenizer
 from arlm.serving.responses import TraceFormat
 from tests.helpers import tiny_text
@@ -16,15 +18,16 @@ def test_pieces_of_a_character_are_named_by_their_bytes_in_every_event():
     assert (whole["piece"], whole["partial"]) == ("a", False)
     assert (part["piece"], part["partial"]) == ("<0xF0>", True)
     assert [t["piece"] for t in part["top"]] == ["<0xF0>", "<0x9F>"]
-    top = [[(parts[k], 0.5), (first, 0.25), (parts[3], 0.125)] for k in range(3)]  # as speculative decoding's
+    top = [[(parts[k], -1.0), (first, -2.0), (parts[3], -3.0)] for k in range(3)]  # as speculative decoding's
     data = {"event": "verify", "source": "model", "drafted": parts[:3], "accepted": 2, "token": parts[3], "top": top}
-    (verify,) = trace.events({"type": "trace", "index": 0, "data": {**data, "probs": [0.5, 0.5, 0.5]}})
+    (verify,) = trace.events({"type": "trace", "index": 0, "data": {**data, "logprobs": [-1.0, -1.0, -0.5]}})
     assert [d["piece"] for d in verify["drafted"]] == ["<0xF0>", "<0x9F>", "<0x99>"]
     assert verify["token"]["piece"] == "<0x82>"
     assert verify["top"][1] == [
-        {"id": parts[1], "piece": "<0x9F>", "prob": 0.5},
-        {"id": first, "piece": "a", "prob": 0.25},
+        {"id": parts[1], "piece": "<0x9F>", "prob": math.exp(-1.0)},
+        {"id": first, "piece": "a", "prob": math.exp(-2.0)},
     ]
+    assert verify["probs"] == [math.exp(-1.0), math.exp(-1.0), math.exp(-0.5)]  # the playground's probabilities
 
 
 def test_completions_logprobs_spell_pieces_of_a_character_by_their_bytes_and_keep_the_chosen_ones_own():

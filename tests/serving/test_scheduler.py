@@ -248,12 +248,39 @@ def test_lane_strategies_equal_generate(with_draft):
         assert choice.finish_reason == ("stop" if stop in text or at_eos else "length"), text
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_beam_search_logprobs_are_the_models_own_along_each_returned_beam(live, stream):
-    """OpenAI's logprobs with beam search: each returned row's tokens with the model's own log-probability (a plain
-    forward over the prompt and the row: not the beams' summed scores) and its k likeliest alternatives there."""
+def _logprobs_of(out, stream: bool, n: int) -> list[tuple[list, list, list]]:
+    """Each choice's tokens, their log-probabilities and their top dicts, from a completion or its chunks."""
+    got = [([], [], []) for _ in range(n)]
+    for choice in (c for part in (out if stream else [out]) for c in part.choices):
+        for listed, given in zip(got[choice.index], ("tokens", "token_logprobs", "top_logprobs")):
+            listed += getattr(choice.logprobs, given) if choice.logprobs else []
+    return got
+
+
+def _assert_own_logprobs(lm, ids: list[int], row: list[int], got: tuple[list, list, list], k: int) -> None:
+    """A choice's logprobs are the model's own: a plain forward over the prompt and the row, its k likeliest
+    alternatives at each position (top dicts keyed by text: OpenAI's "bytes:\\x.." for a byte that is no character),
+    then the chosen token where it is not among them."""
     import torch
 
+    tokens, values, tops = got
+    with torch.inference_mode():
+        logits = lm.model(torch.tensor([ids + row]))[0, len(ids) - 1 : -1]  # (len(row), V)
+    own = torch.log_softmax(logits.float(), dim=-1)
+    best, best_ids = own.topk(k, dim=-1)  # (len(row), k) each
+    chosen = [float(own[j, t]) for j, t in enumerate(row)]
+    assert len(tokens) == len(tops) == len(row)
+    assert values == pytest.approx(chosen, abs=1e-4)
+    for j, top in enumerate(tops):
+        listed = sorted(top.values(), reverse=True)
+        assert listed[:k] == pytest.approx(best[j].tolist(), abs=1e-4)
+        assert len(top) == k if row[j] in best_ids[j] else listed[k:] == pytest.approx([chosen[j]], abs=1e-4)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_beam_search_logprobs_are_the_models_own_along_each_returned_beam(live, stream):
+    """OpenAI's logprobs with beam search: each returned row's tokens with the model's own log-probability (not the
+    beams' summed scores) and its k likeliest alternatives there."""
     lm, client, k = live.lm, live.client(), 3
     ids = lm.tokenizer.encode(PROMPTS[4])
     beam = GenerationConfig(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=10)
@@ -262,23 +289,30 @@ def test_beam_search_logprobs_are_the_models_own_along_each_returned_beam(live, 
     out = client.completions.create(
         model=MODEL_ID, prompt=PROMPTS[4], max_tokens=10, n=2, logprobs=k, stream=stream, extra_body=extra
     )
-    got = [([], [], []) for _ in rows]  # each choice's tokens, their log-probabilities, their top dicts
-    for choice in (c for part in (out if stream else [out]) for c in part.choices):
-        for listed, given in zip(got[choice.index], ("tokens", "token_logprobs", "top_logprobs")):
-            listed += getattr(choice.logprobs, given) if choice.logprobs else []
-    for row, (tokens, values, tops) in zip(rows, got):
-        with torch.inference_mode():
-            logits = lm.model(torch.tensor([ids + row]))[0, len(ids) - 1 : -1]  # (len(row), V)
-        own = torch.log_softmax(logits.float(), dim=-1)
-        best, best_ids = own.topk(k, dim=-1)  # (len(row), k) each
-        chosen = [float(own[j, t]) for j, t in enumerate(row)]
-        assert len(tokens) == len(tops) == len(row)
-        assert values == pytest.approx(chosen, abs=1e-4)
-        assert any(t != i for t, i in zip(row, best_ids[:, 0].tolist()))  # (not greedy's tokens: a beam's)
-        for j, top in enumerate(tops):  # (keyed by text: OpenAI's "bytes:\\x.." for a byte that is no character)
-            listed = sorted(top.values(), reverse=True)
-            assert listed[:k] == pytest.approx(best[j].tolist(), abs=1e-4)  # the k likeliest, then the chosen one
-            assert len(top) == k if row[j] in best_ids[j] else listed[k:] == pytest.approx([chosen[j]], abs=1e-4)
+    for row, got in zip(rows, _logprobs_of(out, stream, 2)):
+        _assert_own_logprobs(lm, ids, row, got, k)
+    greedy = _greedy_alone(lm, PROMPTS[4], 10)
+    assert lm.tokenizer.decode(rows[0]) != greedy  # (a beam's tokens, not greedy's)
+
+
+@pytest.mark.parametrize(("strategy", "stream"), [("speculative", False), ("prompt-lookup", True)])
+def test_speculative_logprobs_are_the_models_own_at_each_token_kept(with_draft, strategy, stream):
+    """OpenAI's logprobs with speculative decoding and prompt lookup, greedy (its text, greedy's) and sampled: each
+    token with the target's own log-probability where its verification kept it, and its k likeliest there."""
+    lm, client, k = with_draft.lm, with_draft.client(), 2
+    ids = lm.tokenizer.encode(PROMPTS[4])
+    for settings in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
+        config = GenerationConfig(strategy=strategy, max_new_tokens=16, **settings)
+        draft = with_draft.scheduler.draft
+        row = generate(lm.model, [ids], config, eos_id=lm.tokenizer.eos_id, draft=draft).generated()[0]
+        extra = {"strategy": strategy}
+        out = client.completions.create(
+            model=MODEL_ID, prompt=PROMPTS[4], max_tokens=16, logprobs=k, stream=stream, extra_body=extra, **settings
+        )
+        (got,) = _logprobs_of(out, stream, 1)
+        _assert_own_logprobs(lm, ids, row, got, k)
+        if not settings["temperature"]:
+            assert lm.tokenizer.decode(row) == _greedy_alone(lm, PROMPTS[4], 16)
 
 
 def test_trace_streams_tokens_verifications_and_beams(with_draft):

@@ -103,9 +103,9 @@ def speculative_generate(
 ) -> GenerationOutput:
     """Decode one prompt (1, T) by speculative decoding (config.strategy 'speculative' or 'prompt-lookup') on the
     target's engine; trace gets each verification: the drafted ids, how many were accepted, the target's own next
-    token, and the target's probability of each token kept. config.adaptive_draft picks gamma each round (a draft
-    model: AdaptiveGamma; prompt lookup: the match's length, `lookup_gamma`, and where greedy also AdaptiveGamma on
-    the measured cost of a verification), else it is config.num_draft_tokens."""
+    token, and the target's log-probability of each token kept (and its likeliest). config.adaptive_draft picks gamma
+    each round (a draft model: AdaptiveGamma; prompt lookup: the match's length, `lookup_gamma`, and where greedy also
+    AdaptiveGamma on the measured cost of a verification), else it is config.num_draft_tokens."""
     target = engine.model
     _check_inputs(target, draft, prompt_ids, attention_mask, config)
     T = prompt_ids.shape[1]
@@ -132,7 +132,7 @@ def speculative_generate(
             accepted, new, logits = _round(engine, seq, drafts, q, config, greedy, generator, history)
             cost.record(1 + len(drafts), time.perf_counter() - began)
             if trace is not None:
-                trace(_verify_event(drafts, accepted, int(new[-1]), logits.softmax(dim=-1), new, drafter.source))
+                trace(_verify_event(drafts, accepted, int(new[-1]), logits.log_softmax(dim=-1), new, drafter.source))
             if adaptive is not None and drafter.source == sized:  # (lookup's rounds are sized by the match)
                 adaptive.update(len(drafts), accepted)
             drafter.rollback(seq.shape[1] + accepted)
@@ -235,20 +235,20 @@ def _check_inputs(
 
 
 def _verify_event(
-    drafts: torch.Tensor, accepted: int, token: int, p: torch.Tensor, kept: torch.Tensor, source: str
+    drafts: torch.Tensor, accepted: int, token: int, own: torch.Tensor, kept: torch.Tensor, source: str
 ) -> dict:
     """A trace event of one verification: drafted ids and what drafted them ("model" or "lookup"), how many were
-    accepted, the target's own next token, the target's probability (p: (1+g, V), the model's own, before any
-    processor) of each token kept, and its MAX_TOP most likely tokens there as (id, probability), most likely
+    accepted, the target's own next token, the target's log-probability (own: (1+g, V), the model's own, before any
+    processor) of each token kept, and its MAX_TOP most likely tokens there as (id, log-probability), most likely
     first."""
-    best, ids = p[: len(kept)].topk(min(MAX_TOP, p.shape[-1]), dim=-1)  # (kept, MAX_TOP) each
+    best, ids = own[: len(kept)].topk(min(MAX_TOP, own.shape[-1]), dim=-1)  # (kept, MAX_TOP) each
     return {
         "event": "verify",
         "source": source,
         "drafted": drafts.tolist(),
         "accepted": accepted,
         "token": token,
-        "probs": [float(p[j, t]) for j, t in enumerate(kept.tolist())],
+        "logprobs": [float(own[j, t]) for j, t in enumerate(kept.tolist())],
         "top": [list(zip(row_ids, row)) for row_ids, row in zip(ids.tolist(), best.tolist())],
     }
 

@@ -70,8 +70,8 @@ class Job:
     emit: Callable[[Event], None]
     n: int = 1
     eos_id: int | None = None
-    top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely (batch lane and beam search)
-    prompt_logprobs: bool = False  # the prompt's tokens scored too, sent before the first token (echo, batch only)
+    top_logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely
+    prompt_logprobs: bool = False  # the prompt's tokens scored too, sent before the first token (echo; batch)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (batch lane only)
@@ -96,6 +96,25 @@ class Job:
     def batched(self) -> bool:
         """Whether the strategy shares the batch (else the one-at-a-time lane)."""
         return self.config.strategy in BATCH_STRATEGIES
+
+    def check_lane(self, has_draft: bool) -> None:
+        """Raise ArlmError for what the lane's strategy cannot do (never downgraded): has_draft, the server's."""
+        strategy = self.config.strategy
+        unsupported = {
+            "echo with logprobs": self.prompt_logprobs,
+            "presence_penalty": self.presence_penalty != 0,
+            "frequency_penalty": self.frequency_penalty != 0,
+            "logit_bias": bool(self.logit_bias),
+            "response_format": self.grammar is not None,
+        }
+        for name, given in unsupported.items():
+            if given:
+                raise ArlmError(f"{name} is not supported with strategy {strategy}", param=name.split()[-1])
+        if strategy == "speculative" and not has_draft:
+            message = "this server has no draft model (start it with --draft MODEL); try prompt-lookup"
+            raise ArlmError(message, param="strategy")
+        if strategy == "beam" and self.n > self.config.num_beams:
+            raise ArlmError(f"n ({self.n}) must be <= num_beams ({self.config.num_beams})", param="n")
 
     def usage(self) -> dict:
         """OpenAI's usage counts."""

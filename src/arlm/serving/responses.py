@@ -231,8 +231,11 @@ class TraceFormat:
                 "drafted": [{"id": t, "piece": piece(t)} for t in data["drafted"]],
                 "accepted": data["accepted"],
                 "token": {"id": data["token"], "piece": piece(data["token"])},
-                "probs": data["probs"],
-                "top": [[{"id": t, "piece": piece(t), "prob": p} for t, p in row[: self.top]] for row in data["top"]],
+                "probs": [math.exp(lp) for lp in data["logprobs"]],
+                "top": [
+                    [{"id": t, "piece": piece(t), "prob": math.exp(lp)} for t, lp in row[: self.top]]
+                    for row in data["top"]
+                ],
             }
         decode = self.tokenizer.decode
         (running,), (finished,) = data["running"], data["finished"]

@@ -110,22 +110,7 @@ class Scheduler:
             self.engine.check(BatchSequence(job.prompt, config))
             return
         check_length(len(job.prompt), config.max_new_tokens, self.engine.max_len, name="max_tokens")
-        unsupported = {
-            "logprobs": job.top_logprobs >= 0 and config.strategy != "beam",  # (beam search notes its tokens')
-            "echo with logprobs": job.prompt_logprobs,
-            "presence_penalty": job.presence_penalty != 0,
-            "frequency_penalty": job.frequency_penalty != 0,
-            "logit_bias": bool(job.logit_bias),
-            "response_format": job.grammar is not None,
-        }
-        for name, given in unsupported.items():
-            if given:
-                raise ArlmError(f"{name} is not supported with strategy {config.strategy}", param=name.split()[-1])
-        if config.strategy == "speculative" and self.draft is None:
-            message = "this server has no draft model (start it with --draft MODEL); try prompt-lookup"
-            raise ArlmError(message, param="strategy")
-        if config.strategy == "beam" and job.n > config.num_beams:
-            raise ArlmError(f"n ({job.n}) must be <= num_beams ({config.num_beams})", param="n")
+        job.check_lane(self.draft is not None)
 
     def submit(self, *jobs: Job) -> None:
         """Queue validated requests, all or none (the prompts of one completion); raises QueueFull when they do not
@@ -444,9 +429,11 @@ class Scheduler:
             self._lane_finish(job, choice, ids)
 
     def _lane_generate(self, job: Job, choice: Choice | None, config: GenerationConfig) -> GenerationOutput:
-        """generate() with the request's callbacks: tokens streamed, stop strings, trace, cancellation; the server's
-        KV cache dtype."""
+        """generate() with the request's callbacks: tokens streamed (with logprobs: speculative decoding's from the
+        verification that kept them, sent before them), stop strings, trace, cancellation; the server's KV cache
+        dtype."""
         config = dataclasses.replace(config, kv_dtype=self.kv_dtype)
+        verified: deque[tuple[float, list]] = deque()  # the last verification's kept tokens': log-probability, top
 
         def check() -> None:
             if job.cancelled.is_set():
@@ -454,11 +441,19 @@ class Scheduler:
 
         def on_token(tokens: torch.Tensor) -> None:
             check()
-            self._send(job, self._token_event(choice, int(tokens.reshape(-1)[0])))
+            token = int(tokens.reshape(-1)[0])
+            event = self._token_event(choice, token)
+            if job.top_logprobs >= 0:
+                logprob, top = verified.popleft()
+                event |= logprob_fields(self.tokenizer, token, logprob, top[: job.top_logprobs])
+            self._send(job, event)
             self.metrics.generated_tokens.labels(lane="lane").inc()
 
         def trace(event: dict) -> None:
             check()
+            if event["event"] == "verify":
+                verified.clear()
+                verified.extend(zip(event["logprobs"], event["top"]))
             if job.trace:
                 self._send(job, {"type": "trace", "index": 0 if choice is None else choice.index, "data": event})
 
