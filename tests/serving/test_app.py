@@ -302,7 +302,7 @@ def test_tokenizer_endpoints_as_vllm_has_them(live):
 def test_a_developer_message_is_the_system_prompt_unless_the_template_knows_the_role(live):
     """OpenAI's newer models take their system prompt as "developer" (clients such as coding agents send it): a
     template that only knows "system" gets it as "system", one that handles "developer" gets it as it is."""
-    from arlm.serving.app import _role
+    from arlm.serving.server import _role
 
     def turns(role):
         return [{"role": role, "content": "Be brief."}, {"role": "user", "content": "hello"}]
@@ -521,8 +521,9 @@ def test_a_model_fine_tuned_on_chat_data_without_a_template_is_served_its_traini
 
     from arlm.data.chat import encode_conversation
     from arlm.data.tokenizers import train_tokenizer
-    from arlm.serving.app import ApiError, Server
+    from arlm.serving.errors import ApiError
     from arlm.serving.schemas import ChatMessage
+    from arlm.serving.server import Server
     from tests.helpers import tiny_text
 
     tok = train_tokenizer("char", tiny_text(2), 0)  # no chat template

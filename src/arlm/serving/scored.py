@@ -1,5 +1,5 @@
-"""A token event's log-probability fields (its own, its text, its alternatives), from the batch engine's figures or
-from beam search's record of a returned beam."""
+"""A token event's log-probability fields (its own, its text, its alternatives), from the batch engine's figures,
+beam search's record of a returned beam, or the speculative verification that kept the token."""
 
 from __future__ import annotations
 
