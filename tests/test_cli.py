@@ -444,7 +444,7 @@ def test_every_loader_takes_a_quantized_dtype(trained, capsys):
 
 
 def test_float16_on_the_cpu_runs_with_a_note_and_bfloat16_without(trained, capsys):
-    from arlm.commands.generate import CPU_FLOAT16_NOTE
+    from arlm.commands.decoding import CPU_FLOAT16_NOTE
 
     _, run = trained
     argv = [

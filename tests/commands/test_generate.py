@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from arlm.cli import main
-from arlm.commands.generate import (
-    CPU_COMPILE_NOTE,
-    FLAG_HELP,
-    Streamer,
-    add_generation_flags,
-    format_stats,
-    generation_options,
-    note_compile,
-)
+from arlm.commands.decoding import CPU_COMPILE_NOTE, Streamer, format_stats, note_compile
+from arlm.commands.generation_flags import FLAG_HELP, add_generation_flags, generation_options
 from arlm.config import GenerationConfig
 from arlm.decoding.stops import cut_at_stop, stop_checker
 from arlm.errors import ArlmError
@@ -234,7 +227,7 @@ def test_a_cpu_only_self_draft_beside_a_gpu_target_names_the_draft(dtype):
     '--dtype int4 runs on the CPU only', a flag the user did not give: the refusal names the draft."""
     from types import SimpleNamespace
 
-    from arlm.commands.generate import load_draft
+    from arlm.commands.decoding import load_draft
 
     target = SimpleNamespace(dtype="float32")
     with pytest.raises(ArlmError, match=rf"^--draft self:{dtype} drafts on the CPU only .* runs on cuda; use --device"):
@@ -261,7 +254,7 @@ def test_json_keeps_the_output_to_any_object_or_to_a_schema_file(tmp_path, capsy
 def test_a_refusal_names_a_given_setting_by_its_flag_and_one_from_the_run_by_its_field():
     """Only what was given as a flag is spelled as one: a value from the run's config.json keeps its field's name
     (the review found `--stop-at-eos false` named to a user who gave no flag)."""
-    from arlm.commands.generate import as_flags
+    from arlm.commands.generation_flags import as_flags
 
     message = "min_new_tokens (5) must be <= max_new_tokens (2)"
     assert as_flags(message, {"min_new_tokens"}) == "--min-new-tokens (5) must be <= max_new_tokens (2)"

@@ -11,17 +11,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from arlm.commands.generate import (
-    Streamer,
-    add_generation_flags,
-    draft_for,
-    format_stats,
-    generation_options,
-    grammar_for,
-    note_compile,
-    note_dtype,
-    with_options,
-)
+from arlm.commands.decoding import Streamer, draft_for, format_stats, grammar_for, note_compile, note_dtype
+from arlm.commands.generation_flags import add_generation_flags, generation_options, with_options
 from arlm.commands.options import (
     add_device_argument,
     add_draft_arguments,

@@ -11,7 +11,7 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from arlm.commands.generate import load_draft, note_dtype
+from arlm.commands.decoding import load_draft, note_dtype
 from arlm.commands.options import (
     add_device_argument,
     add_draft_arguments,
