@@ -108,13 +108,13 @@ def test_openais_arguments_this_server_has_not_are_refused_saying_so(live, body,
 @pytest.mark.parametrize(
     ("path", "said"),
     [
-        ("/v1/responses", "not found: /v1/responses; the Responses API is not served; use /v1/chat/completions"),
+        ("/responses", "not found: /responses; the API is under /v1 (base URL http://HOST:PORT/v1)"),
         ("/chat/completions", "not found: /chat/completions; the API is under /v1 (base URL http://HOST:PORT/v1)"),
         ("/v1/nothing", "not found: /v1/nothing"),
     ],
 )
 def test_a_path_not_served_says_where_to_go(live, path, said):
-    """A client's base URL without /v1, or the Responses API, got a bare 404 "not found: PATH"."""
+    """A client's base URL without /v1 got a bare 404 "not found: PATH"."""
     status, answer = request(live.base_url, "POST", path, {"model": MODEL_ID})
     assert status == 404 and answer["error"]["message"].startswith(said), answer
 

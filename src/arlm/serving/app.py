@@ -1,6 +1,7 @@
-"""The web app (FastAPI on uvicorn): OpenAI's /v1/completions, /v1/chat/completions and /v1/models, /health,
-/metrics, the playground at / and its trace endpoint /v1/arlm/trace. Handlers only translate: a request becomes a
-scheduler Job whose events come back through an asyncio queue, and leave as JSON or server-sent events.
+"""The web app (FastAPI on uvicorn): OpenAI's /v1/completions, /v1/chat/completions, /v1/responses (one message in,
+one out: serving/openai_responses.py) and /v1/models, /health, /metrics, the playground at / and its trace endpoint
+/v1/arlm/trace. Handlers only translate: a request becomes a scheduler Job whose events come back through an
+asyncio queue, and leave as JSON or server-sent events.
 
 Errors have OpenAI's body, {"error": {"message", "type", "param", "code"}}: 400 for a request that cannot run
 (bad JSON, an unknown or out-of-range argument, a prompt longer than the context), 404 for an unknown model or
@@ -13,6 +14,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,7 @@ from arlm.serving.auth import RequireKey
 from arlm.serving.body import LimitBody
 from arlm.serving.errors import ApiError, error_handlers
 from arlm.serving.jobs import Job, QueueFull
+from arlm.serving.openai_responses import ResponsesFormat, ResponsesRequest
 from arlm.serving.request_id import RequestId
 from arlm.serving.responses import OpenAIFormat, TraceFormat
 from arlm.serving.scheduler import Scheduler
@@ -105,9 +108,23 @@ async def watch_disconnect(request: Request, on_disconnect: Callable[[], None]) 
             return
 
 
-def sse(data: str | dict) -> str:
-    """One server-sent event."""
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+def sse(data: str | dict, named: bool = False) -> str:
+    """One server-sent event; named: headed by an event line of its type (the Responses API's)."""
+    head = f"event: {data['type']}\n" if named else ""
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a stream's events go out: Chat Completions' (data lines, an error as its error body, then [DONE]), or
+    the Responses API's (named=True: each headed by its type; error: the failure's last event; done=False)."""
+
+    named: bool = False
+    error: Callable[[ApiError], dict] = ApiError.body
+    done: bool = True
+
+
+CHUNKS = Framing()
 
 
 async def run_job(
@@ -119,15 +136,18 @@ async def run_job(
     chunks: Callable,
     start: Iterable[dict] = (),
     final: Callable[[], dict] | None = None,
+    framing: Framing = CHUNKS,
 ) -> Response:
-    """Submit a request's jobs and answer: a stream of server-sent events (chunks of each event, then [DONE]), or,
-    after the last event, final() as JSON. A client that disconnects cancels the jobs."""
+    """Submit a request's jobs and answer: a stream of server-sent events (chunks of each event, as framing has
+    them), or, after the last event, final() as JSON. A client that disconnects cancels the jobs."""
     for job in jobs:
         job.request_id = request.state.request_id  # (serving/request_id.py: a bug's traceback names it)
     submit(server, jobs)
     if stream:
         return StreamingResponse(
-            _stream(server, jobs, events, chunks, start), media_type="text/event-stream", headers=STREAM_HEADERS
+            _stream(server, jobs, events, chunks, start, framing),
+            media_type="text/event-stream",
+            headers=STREAM_HEADERS,
         )
     watcher = asyncio.create_task(watch_disconnect(request, lambda: cancel(server, jobs)))
     try:
@@ -142,18 +162,19 @@ async def run_job(
 
 
 async def _stream(
-    server: Server, jobs: list[Job], events: Events, chunks: Callable, start: Iterable[dict]
+    server: Server, jobs: list[Job], events: Events, chunks: Callable, start: Iterable[dict], framing: Framing
 ) -> AsyncIterator[str]:
     try:
         for chunk in start:
-            yield sse(chunk)
+            yield sse(chunk, framing.named)
         async for event in events:
             if event["type"] == "error":
-                yield sse(ApiError.of_event(event).body())
+                yield sse(framing.error(ApiError.of_event(event)), framing.named)
                 break
             for chunk in chunks(event):
-                yield sse(chunk)
-        yield sse("[DONE]")
+                yield sse(chunk, framing.named)
+        if framing.done:
+            yield sse("[DONE]")
     finally:  # also when the client went away (the response task is cancelled)
         cancel(server, jobs)
 
@@ -184,6 +205,7 @@ def create_app(
     error_handlers(app)
     _info_routes(app, server)
     _generation_routes(app, server)
+    _responses_route(app, server)
     _tokenizer_routes(app, server)
     app.add_middleware(LimitBody, max_bytes=max_body)  # (middleware added later wraps it: the key is checked first)
     if api_key:
@@ -336,6 +358,22 @@ def _generation_routes(app: FastAPI, server: Server) -> None:
         fmt = TraceFormat(server.tokenizer, req.top_logprobs)
         start = [{"type": "start", "strategy": job.config.strategy, "prompt_tokens": len(prompt), "n": req.n}]
         return await run_job(request, server, [job], events, True, fmt.events, start=start)
+
+
+def _responses_route(app: FastAPI, server: Server) -> None:
+    """OpenAI's Responses API: one message in (instructions and input through the chat template), one out."""
+
+    @app.post("/v1/responses")
+    async def responses(req: ResponsesRequest, request: Request) -> Response:
+        server.check_model(req.model)
+        req.check()
+        prompt = await asyncio.to_thread(server.encode_chat, req.chat(), param="input")
+        events = Events()
+        job = server.job(req, prompt, req.max_output_tokens, events.put)
+        fmt = ResponsesFormat(req, server.model_id, len(prompt))
+        start, framing = fmt.start_events(), Framing(named=True, error=fmt.error_event, done=False)
+        final = lambda: fmt.response()
+        return await run_job(request, server, [job], events, req.stream, fmt.events, start, final, framing)
 
 
 def _tokenizer_routes(app: FastAPI, server: Server) -> None:

@@ -29,7 +29,6 @@ UNSUPPORTED = {  # OpenAI's arguments this server does not serve, and why (else:
     "prediction": "prediction (predicted outputs) is not supported; prompt lookup drafts from the context by itself",
     "web_search_options": "web_search_options is not supported (this server has no web search)",
 }
-OTHER_ROUTES = {"/responses": "the Responses API is not served; use /v1/chat/completions"}
 
 
 class ApiError(Exception):
@@ -130,11 +129,9 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 
 def _not_found(path: str) -> str:
-    """A 404's message: the path, and where an API path lies (under /v1) or what serves its purpose here."""
+    """A 404's message: the path, and where an API path lies (under /v1)."""
     api = path.removeprefix("/v1")
-    if api in OTHER_ROUTES:
-        return f"not found: {path}; {OTHER_ROUTES[api]}"
-    if not path.startswith("/v1/") and api in ("/chat/completions", "/completions", "/models"):
+    if not path.startswith("/v1/") and api in ("/chat/completions", "/completions", "/responses", "/models"):
         return f"not found: {path}; the API is under /v1 (base URL http://HOST:PORT/v1): /v1{path}"
     return f"not found: {path}"
 

@@ -3,7 +3,7 @@ GenerationConfig. An argument the server does not know is refused (400), never i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -105,6 +105,7 @@ class Sampling(TextOnly):
     OpenAI's API has for chat only), all optional."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # "8" is no integer, NaN no number
+    PARAMS: ClassVar[dict[str, str]] = {}  # an argument's name here -> the endpoint's, where it differs
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # OpenAI's range (the CLI allows any)
@@ -152,6 +153,10 @@ class Sampling(TextOnly):
         if any(len(s) > MAX_STOP_CHARS for s in stops):
             raise ValueError(f"a stop string has at most {MAX_STOP_CHARS} characters")
         return stop
+
+    def param(self, name: str) -> str:
+        """An argument as this endpoint names it (the Responses API's max_output_tokens for max_tokens, ...)."""
+        return self.PARAMS.get(name, name)
 
     def stops(self) -> list[str]:
         """The stop strings as a list."""

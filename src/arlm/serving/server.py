@@ -68,11 +68,13 @@ class Server:
         if any(not 0 <= t < vocab for t in ids):
             raise ApiError(400, f"{what} must be in [0, {vocab})", param=param)
 
-    def encode_chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: list[ChatMessage], add_generation_prompt: bool = True, param: str = "messages"
+    ) -> list[int]:
         """A conversation through the model's chat template (or as its chat-data training rendered it), ending in
-        the assistant's cue."""
+        the assistant's cue (param: the argument that holds it)."""
         if not self.tokenizer.chat_template and not self.plain_chat:
-            raise ApiError(400, "this model has no chat template; use /v1/completions", param="messages")
+            raise ApiError(400, "this model has no chat template; use /v1/completions", param=param)
         template = self.tokenizer.chat_template or ""
         turns = [{"role": _role(m.role, template), "content": m.text()} for m in messages]
         return encode_conversation(turns, self.tokenizer, add_generation_prompt)
@@ -90,7 +92,8 @@ class Server:
         tokens get log-probabilities too."""
         given = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
         held = "messages" if getattr(req, "messages", None) else "prompt"  # the arguments the request named
-        check_length(len(prompt), max_tokens or 0, self.context, name=given, prompt=held)  # (ArlmError: a 400)
+        name, held = req.param(given), req.param(held)  # (as the endpoint calls them: the Responses API's differ)
+        check_length(len(prompt), max_tokens or 0, self.context, name=name, prompt=held)  # (ArlmError: a 400)
         if max_tokens is None:
             max_tokens = self.context - len(prompt)
         config = req.generation_config(max_tokens)
@@ -108,7 +111,7 @@ class Server:
             vocab = self.scheduler.model.config.vocab_size  # (the logits' width)
             grammar = None if schema is None else JsonGrammar(self.tokenizer, schema, vocab)
         except ArlmError as e:
-            raise ApiError(400, str(e), param="response_format") from None
+            raise ApiError(400, str(e), param=req.param("response_format")) from None
         return Job(
             prompt=prompt,
             config=config,

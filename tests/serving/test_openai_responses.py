@@ -1,0 +1,198 @@
+"""OpenAI's Responses API (/v1/responses) through the official openai client: the same text and usage as chat
+completions for the same conversation, streamed events in OpenAI's order (and the client's stream helper's final
+response), the token limit's incomplete response, text.format's JSON, and what this server has not refused by name.
+Every answer is read by the client's own types (openai.types.responses)."""
+
+import json
+
+import openai
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from tests.serving.conftest import MODEL_ID, SSEStream, wait_until
+
+SYSTEM, ASK = "You answer in one line.", "The data model of Python"
+CLOSED = {  # a closed object (no whitespace between tokens): it parses and keeps to the schema, or the test fails
+    "type": "object",
+    "properties": {"colour": {"enum": ["red", "green", "blue"]}, "n": {"type": "integer", "maximum": 9, "minimum": 0}},
+    "required": ["colour", "n"],
+    "additionalProperties": False,
+    "x-guidance": {"whitespace_flexible": False},
+}
+EVENTS = TypeAdapter(ResponseStreamEvent)
+
+
+def _chat(client, messages, max_tokens):
+    return client.chat.completions.create(
+        model=MODEL_ID, messages=messages, temperature=0, max_completion_tokens=max_tokens
+    )
+
+
+def _same_as_chat(response, chat) -> None:
+    """A response holds chat's reply, its usage and its end."""
+    Response.model_validate(response.model_dump())  # every field the client's type requires, of its type
+    assert response.output_text == chat.choices[0].message.content
+    usage = response.usage
+    assert (usage.input_tokens, usage.output_tokens) == (chat.usage.prompt_tokens, chat.usage.completion_tokens)
+    assert usage.total_tokens == chat.usage.total_tokens and usage.output_tokens_details.reasoning_tokens == 0
+    ended = "completed" if chat.choices[0].finish_reason == "stop" else "incomplete"
+    assert response.status == ended and response.output[0].status == ended
+    assert response.id.startswith("resp_") and response.output[0].id.startswith("msg_")
+    assert response.object == "response" and response.model == MODEL_ID and len(response.output) == 1
+    assert (response.output[0].type, response.output[0].role) == ("message", "assistant")
+
+
+def test_a_text_input_after_instructions_is_answered_as_chat_answers_it(live):
+    client = live.client()
+    chat = _chat(client, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}], 24)
+    out = client.responses.create(
+        model=MODEL_ID, input=ASK, instructions=SYSTEM, temperature=0, max_output_tokens=24, metadata={"k": "v"}
+    )
+    _same_as_chat(out, chat)
+    assert (out.instructions, out.max_output_tokens, out.temperature, out.metadata) == (SYSTEM, 24, 0, {"k": "v"})
+    assert out.store is False and out.tools == [] and out.error is None and out.text.format.type == "text"
+
+
+def test_a_list_of_messages_and_a_returned_output_continue_a_conversation(live):
+    """Messages with text parts, a developer message, and the output of an earlier response sent back as the
+    client returned it: the conversation chat completions get."""
+    client = live.client()
+    first = client.responses.create(model=MODEL_ID, input="Hello", temperature=0, max_output_tokens=12)
+    given = [
+        {"role": "developer", "content": SYSTEM},
+        {"role": "user", "content": "Hello"},
+        *[item.model_dump() for item in first.output],
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": ASK}]},
+    ]
+    out = client.responses.create(model=MODEL_ID, input=given, temperature=0, max_output_tokens=16)
+    messages = [
+        {"role": "developer", "content": SYSTEM},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": ASK},
+    ]
+    _same_as_chat(out, _chat(client, messages, 16))
+
+
+def test_a_stream_sends_openais_events_in_order_and_the_stream_helper_reads_it(live):
+    client = live.client()
+    kw = {"model": MODEL_ID, "input": "Hello", "temperature": 0, "max_output_tokens": 64}
+    whole = client.responses.create(**kw)
+    assert whole.status == "completed"  # (the reply ends on its own: response.completed, which the helper needs)
+    events = list(client.responses.create(**kw, stream=True))
+    for event in events:
+        EVENTS.validate_python(event.model_dump())  # each of the client's event types, with its required fields
+    kinds = [e.type for e in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert deltas > 1 and kinds == [
+        *("response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"),
+        *["response.output_text.delta"] * deltas,
+        *("response.output_text.done", "response.content_part.done", "response.output_item.done"),
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == whole.output_text
+    assert events[-4].text == whole.output_text and events[-1].response.output_text == whole.output_text
+    assert events[-1].response.usage == whole.usage and events[0].response.status == "in_progress"
+    with client.responses.stream(**kw) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == whole.output_text and final.status == "completed"
+
+
+def test_the_token_limit_leaves_an_incomplete_response(live):
+    client = live.client()
+    chat = _chat(client, [{"role": "user", "content": ASK}], 3)
+    assert chat.choices[0].finish_reason == "length"  # (the reply goes on past 3 tokens)
+    out = client.responses.create(model=MODEL_ID, input=ASK, temperature=0, max_output_tokens=3)
+    _same_as_chat(out, chat)
+    assert out.incomplete_details.reason == "max_output_tokens" and out.usage.output_tokens == 3
+    events = list(client.responses.create(model=MODEL_ID, input=ASK, temperature=0, max_output_tokens=3, stream=True))
+    assert events[-1].type == "response.incomplete" and events[-1].response.incomplete_details.reason == (
+        "max_output_tokens"
+    )
+    assert events[-2].item.status == "incomplete" and events[-1].response.output_text == out.output_text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_schema_text_format_gives_json_that_keeps_to_it(live, stream):
+    client = live.client()
+    fmt = {"type": "json_schema", "name": "colour", "schema": CLOSED, "strict": True}
+    kw = {"model": MODEL_ID, "input": "Which colour?", "temperature": 0, "max_output_tokens": 40}
+    free = client.responses.create(**kw).output_text
+    with pytest.raises(json.JSONDecodeError):  # the tiny model's own reply is no JSON: the grammar made it one
+        json.loads(free)
+    if stream:
+        with client.responses.stream(**kw, text={"format": fmt}) as events:
+            out = events.get_final_response()
+    else:
+        out = client.responses.create(**kw, text={"format": fmt})
+    value = json.loads(out.output_text)
+    assert set(value) == {"colour", "n"} and value["colour"] in ("red", "green", "blue") and 0 <= value["n"] <= 9
+    assert out.status == "completed" and out.text.format.name == "colour" and out.text.format.schema_ == CLOSED
+
+
+REFUSED = [  # argument -> the param the 400 names and a word of its message
+    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools", "no tools"),
+    ({"tool_choice": "required"}, "tool_choice", "no tools"),
+    ({"previous_response_id": "resp_0"}, "previous_response_id", "keeps no responses"),
+    ({"store": True}, "store", "keeps no responses"),
+    ({"conversation": "conv_0"}, "conversation", "keeps no responses"),
+    ({"background": True}, "background", "keeps no responses"),
+    ({"reasoning": {"effort": "low"}}, "reasoning", "does not reason"),
+    ({"include": ["message.output_text.logprobs"]}, "include", "not supported"),
+    ({"prompt": {"id": "pmpt_0"}}, "prompt", "not supported"),
+    ({"extra_body": {"max_tokens": 4}}, "max_tokens", "max_output_tokens"),
+    ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format", "text.format"),
+    ({"extra_body": {"colour": "red"}}, "colour", "unrecognized request argument: colour"),
+]
+
+
+@pytest.mark.parametrize(("given", "param", "said"), REFUSED, ids=[p for _, p, _ in REFUSED])
+def test_what_this_server_has_not_is_refused_naming_it(live, given, param, said):
+    with pytest.raises(openai.BadRequestError) as caught:
+        live.client().responses.create(model=MODEL_ID, input=ASK, max_output_tokens=4, **given)
+    error = caught.value
+    assert error.status_code == 400 and set(error.body) == {"message", "type", "param", "code"}
+    assert error.param == param and said in error.message and error.type == "invalid_request_error", error.body
+
+
+def test_what_asks_for_nothing_is_taken(live):
+    """store false, no tools, tool_choice "auto", no include: what clients send by default."""
+    out = live.client().responses.create(
+        model=MODEL_ID, input=ASK, max_output_tokens=4, store=False, tools=[], tool_choice="auto", include=[]
+    )
+    assert out.status in ("completed", "incomplete") and out.tool_choice == "auto"
+
+
+def test_a_failure_mid_stream_ends_it_with_an_error_event(live, monkeypatch, capfd):
+    """After the response has started, a bug in a step ends the stream with OpenAI's "error" event."""
+
+    def broken():
+        raise RuntimeError("a bug in the step")
+
+    monkeypatch.setattr(live.scheduler.engine, "step", broken)
+    events = list(live.client().responses.create(model=MODEL_ID, input=ASK, max_output_tokens=4, stream=True))
+    monkeypatch.undo()
+    capfd.readouterr()  # (the traceback the server prints)
+    assert [e.type for e in events][:2] == ["response.created", "response.in_progress"]
+    assert events[-1].type == "error" and events[-1].message == "internal error: a bug in the step"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_a_client_that_goes_away_cancels_its_response(live):
+    """A streamed response dropped mid-way frees its slot within one step, as a chat stream does."""
+    scheduler = live.scheduler
+    body = {"model": MODEL_ID, "input": ASK, "max_output_tokens": 150, "temperature": 0, "stream": True}
+    scheduler.pause(after_steps=3)  # the response decodes 3 tokens, then the batch waits
+    try:
+        stream = SSEStream(live.base_url, "/v1/responses", body)
+        assert stream.next()["type"] == "response.created"
+        wait_until(lambda: scheduler.paused, "the batch to pause")
+        (job,) = scheduler.running()
+        stream.close()
+        wait_until(lambda: job.cancelled.is_set(), "the server to notice the disconnect")
+    finally:
+        scheduler.resume()
+    wait_until(lambda: scheduler.state()["active_slots"] == 0, "the slot to be freed")
+    assert job.release_step - job.cancel_step <= 1 and job.completion_tokens < 150
