@@ -91,3 +91,12 @@ def test_top_logprobs_is_refused_where_no_strategy_notes_them(strategy):
     config = GenerationConfig(strategy=strategy, temperature=0, max_new_tokens=3)
     with pytest.raises(ArlmError, match=f"top_logprobs is noted by beam search, not by {strategy}"):
         generate(model, [[1, 2]], config, top_logprobs=2)
+
+
+def test_a_negative_top_logprobs_is_refused_in_one_line():
+    """generate(top_logprobs=k) sizes beam search's token_top: below 0 it is refused by name (it was an IndexError
+    from inside topk: "selected index k out of range")."""
+    model = Transformer(ModelConfig(flavour="llama", vocab_size=12, block_size=64, n_layer=1, n_head=2, d_model=8))
+    config = GenerationConfig(strategy="beam", num_beams=2, max_new_tokens=3)
+    with pytest.raises(ArlmError, match="top_logprobs must be at least 0; got -1"):
+        generate(model, [[1, 2]], config, top_logprobs=-1)

@@ -3,6 +3,7 @@ owns (and frees) its cache, and every option either works or is refused with one
 
 import collections
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -94,6 +95,52 @@ def test_no_strategy_reads_a_cache_position_it_did_not_write(name, d, monkeypatc
     assert torch.equal(got.sequences, expected.sequences)
     if expected.scores is not None:
         assert torch.equal(got.scores, expected.scores)
+
+
+def _nan_empty(monkeypatch):
+    """torch.empty's float tensors filled with NaN from now on (until monkeypatch.undo), as reused memory may be."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+@pytest.mark.parametrize("d", [32, 64])
+def test_a_kept_cache_and_a_sliding_window_read_no_position_they_did_not_write(d, monkeypatch):
+    """Beyond one call: an engine keeping its cache between calls (reuse_prefix, as a chat or the server's lane), its
+    strategies in turn (beam search widening the cache, a self-draft writing past the target's positions, rollbacks,
+    a bfloat16 cache), and greedy decoding sliding its window: with torch.empty's floats NaN, the same outputs."""
+    from arlm.decoding.drafts import self_draft
+
+    def turns():
+        target, prompt, out = _model(0, d=d), [1, 2, 3, 1, 2, 3, 1, 2], []
+        engine = Engine(target, reuse_prefix=True)
+        for name, kv in [
+            ("greedy", "auto"),
+            ("speculative", "auto"),
+            ("prompt-lookup", "auto"),
+            ("sample", "bfloat16"),
+            ("adaptive", "bfloat16"),
+            ("beam", "bfloat16"),
+            ("greedy", "auto"),
+        ]:
+            config = dataclasses.replace(STRATEGIES[name][0], kv_dtype=kv)
+            row = generate(engine, [prompt], config, pad_id=0, draft=self_draft(target, 1)).sequences[:1]
+            out += [row, engine.reused]
+            prompt = prompt + row[0, len(prompt) : len(prompt) + 3].tolist() + [4, 5]  # the next turn
+        small = Transformer(dataclasses.replace(target.config, block_size=16)).eval()
+        config = GenerationConfig(strategy="greedy", max_new_tokens=40)
+        return out + [generate(small, [[1, 2, 3], [4, 5, 6, 7]], config, pad_id=0).sequences]
+
+    expected = turns()
+    assert sum(reused > 0 for reused in expected[1:-1:2]) >= 3  # (beginnings were kept)
+    _nan_empty(monkeypatch)
+    got = turns()
+    monkeypatch.undo()
+    assert all(g == e if isinstance(e, int) else torch.equal(g, e) for g, e in zip(got, expected, strict=True))
 
 
 def test_only_the_compiled_step_s_cache_is_zeroed():

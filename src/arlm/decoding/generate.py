@@ -72,6 +72,8 @@ def generate(
     check_grammar(grammar, config, eos_id)
     if top_logprobs is not None and config.strategy != "beam":
         raise ArlmError(f"top_logprobs is noted by beam search, not by {config.strategy}", param="top_logprobs")
+    if top_logprobs is not None and top_logprobs < 0:
+        raise ArlmError(f"top_logprobs must be at least 0; got {top_logprobs}", param="top_logprobs")
     engine, owned = engine_for(model)
     try:
         callbacks = {"on_token": on_token, "should_stop": should_stop, "trace": trace}
