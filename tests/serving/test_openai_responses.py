@@ -140,7 +140,8 @@ REFUSED = [  # argument -> the param the 400 names and a word of its message
     ({"conversation": "conv_0"}, "conversation", "keeps no responses"),
     ({"background": True}, "background", "keeps no responses"),
     ({"reasoning": {"effort": "low"}}, "reasoning", "does not reason"),
-    ({"include": ["message.output_text.logprobs"]}, "include", "not supported"),
+    ({"include": ["reasoning.encrypted_content"]}, "include", "message.output_text.logprobs' only"),
+    ({"top_logprobs": 2}, "top_logprobs", "needs include"),
     ({"prompt": {"id": "pmpt_0"}}, "prompt", "not supported"),
     ({"extra_body": {"max_tokens": 4}}, "max_tokens", "max_output_tokens"),
     ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format", "text.format"),
@@ -155,6 +156,33 @@ def test_what_this_server_has_not_is_refused_naming_it(live, given, param, said)
     error = caught.value
     assert error.status_code == 400 and set(error.body) == {"message", "type", "param", "code"}
     assert error.param == param and said in error.message and error.type == "invalid_request_error", error.body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_are_chats_for_the_same_conversation(live, stream):
+    """include message.output_text.logprobs (with top_logprobs): each token of the text with its log-probability,
+    bytes and alternatives, as chat completions' logprobs.content lists them for the same conversation; streamed, on
+    the deltas of the text they spell, and whole on the text's done event."""
+    client, top = live.client(), 2
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
+    chat = client.chat.completions.create(
+        model=MODEL_ID, messages=messages, temperature=0, max_completion_tokens=12, logprobs=True, top_logprobs=top
+    )
+    expected = [entry.model_dump() for entry in chat.choices[0].logprobs.content]
+    assert len(expected) > 1 and all(len(e["top_logprobs"]) == top for e in expected)
+    kw = {"model": MODEL_ID, "input": ASK, "instructions": SYSTEM, "temperature": 0, "max_output_tokens": 12}
+    kw |= {"include": ["message.output_text.logprobs"], "top_logprobs": top}
+    if not stream:
+        out = client.responses.create(**kw)
+        assert [e.model_dump() for e in out.output[0].content[0].logprobs] == expected and out.top_logprobs == top
+        return
+    events = list(client.responses.create(**kw, stream=True))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert all(e.logprobs for e in deltas)  # each delta's text is its tokens'
+    assert [lp.model_dump(exclude_none=True) for e in deltas for lp in e.logprobs] == expected
+    (done,) = [e for e in events if e.type == "response.output_text.done"]
+    assert [lp.model_dump(exclude_none=True) for lp in done.logprobs] == expected
+    assert [lp.model_dump() for lp in events[-1].response.output[0].content[0].logprobs] == expected
 
 
 def test_what_asks_for_nothing_is_taken(live):

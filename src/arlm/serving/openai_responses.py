@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from arlm.serving.errors import ApiError
-from arlm.serving.schemas import ChatMessage, JsonSchemaFormat, ResponseFormat, Sampling
+from arlm.serving.responses import text_logprob
+from arlm.serving.schemas import MAX_TOP_LOGPROBS, ChatMessage, JsonSchemaFormat, ResponseFormat, Sampling
 
 NO_STORE = "this server keeps no responses"
+LOGPROBS = "message.output_text.logprobs"  # the include that asks for the output's log-probabilities
 REFUSED = {  # Responses API arguments (and chat's, which it has not) refused whenever given other than harmless
     "previous_response_id": f"previous_response_id is not supported ({NO_STORE}); send the conversation as input",
     "conversation": f"conversation is not supported ({NO_STORE}); send the conversation as input",
     "reasoning": "reasoning is not supported (the model does not reason in hidden tokens)",
     "prompt": "prompt (a stored prompt template) is not supported; send instructions and input",
-    "include": "include is not supported (nothing more is returned: no logprobs, no tool outputs, no reasoning)",
-    "top_logprobs": "top_logprobs is not supported on /v1/responses; /v1/chat/completions returns logprobs",
+    "include": f"include takes {LOGPROBS!r} only (nothing else is returned: no tool outputs, no reasoning)",
     "max_tool_calls": "max_tool_calls is not supported (this server has no tools)",
     "tools": "tools are not supported by this server (arlm has no tools); describe the tool in the input",
     "tool_choice": 'tool_choice other than "none" or "auto" is not supported (this server has no tools)',
@@ -37,9 +39,8 @@ HARMLESS = {  # of those, the values that ask for nothing, taken (what clients s
     "tool_choice": ("none", "auto"),
     "background": False,
     "store": False,
-    "include": [],
+    "include": ([], [LOGPROBS]),
     "truncation": "disabled",
-    "top_logprobs": 0,
 }
 
 
@@ -159,11 +160,11 @@ class ResponsesRequest(Sampling):
     truncation: Literal["disabled", "auto"] = "disabled"
     background: bool = False
     include: list = Field(default_factory=list)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     previous_response_id: Any = None
     conversation: Any = None
     reasoning: Any = None
     prompt: Any = None
-    top_logprobs: Any = None
     max_tool_calls: Any = None
 
     @field_validator("input", mode="before")
@@ -187,9 +188,16 @@ class ResponsesRequest(Sampling):
         return system + [ChatMessage(role=m.role, content=m.text()) for m in self.input]
 
     def check(self) -> None:
-        """Refusals across arguments: stream_options without stream (as OpenAI's API)."""
+        """Refusals across arguments: stream_options without stream (as OpenAI's API), alternatives asked for
+        without the log-probabilities they go with."""
         if self.stream_options is not None and not self.stream:
             raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
+        if self.top_logprobs and LOGPROBS not in self.include:
+            raise ApiError(400, f"top_logprobs needs include: [{LOGPROBS!r}]", param="top_logprobs")
+
+    def logprobs(self) -> int:
+        """The job's top_logprobs: -1 without log-probabilities, else how many alternatives each token lists."""
+        return (self.top_logprobs or 0) if LOGPROBS in self.include else -1
 
     @model_validator(mode="after")
     def _format_as_response_format(self) -> ResponsesRequest:
@@ -202,9 +210,14 @@ class ResponsesFormat:
     """Builds one Response object of /v1/responses, whole or as its stream events (each with the next
     sequence_number), from the scheduler's events of its one choice."""
 
-    def __init__(self, req: ResponsesRequest, model_id: str, input_tokens: int) -> None:
-        """input_tokens: the prompt's length, the chat template's tokens included."""
-        self.req, self.model_id, self.input_tokens = req, model_id, input_tokens
+    def __init__(
+        self, req: ResponsesRequest, model_id: str, input_tokens: int, piece_bytes: Callable[[int], bytes]
+    ) -> None:
+        """input_tokens: the prompt's length, the chat template's tokens included; piece_bytes: a token id's bytes
+        (the tokenizer's), for the log-probabilities' "bytes"."""
+        self.req, self.model_id, self.input_tokens, self.piece_bytes = req, model_id, input_tokens, piece_bytes
+        self.logprobs: list[dict] = []  # the entries of the text sent (include: message.output_text.logprobs)
+        self.pending: list[dict] = []  # every token's entry, its text sent or not
         self.id, self.item_id = "resp_" + uuid.uuid4().hex, "msg_" + uuid.uuid4().hex
         self.created_at = int(time.time())
         self.completed_at: int | None = None
@@ -229,12 +242,15 @@ class ResponsesFormat:
         kind = event["type"]
         if kind == "token":
             self.output_tokens += 1
-            return self._delta(event["text"])
+            if "logprob" in event:
+                self.pending.append(text_logprob(event, self.piece_bytes))
+            return self._delta(event["text"], event["listed"])
         if kind == "finish":
             self.reason = event["reason"]
-            out = self._delta(event["text"])
-            out.append(self._event("response.output_text.done", **self._where(), text=self.text, logprobs=[]))
-            out.append(self._event("response.content_part.done", **self._where(), part=self._part(self.text)))
+            out = self._delta(event["text"], event["listed"])
+            done, part = {"text": self.text, "logprobs": self.logprobs}, self._part(self.text, self.logprobs)
+            out.append(self._event("response.output_text.done", **self._where(), **done))
+            out.append(self._event("response.content_part.done", **self._where(), part=part))
             return [*out, self._event("response.output_item.done", output_index=0, item=self._item())]
         if kind == "done":
             self.cached_tokens = event["usage"]["prompt_tokens_details"]["cached_tokens"]
@@ -247,11 +263,16 @@ class ResponsesFormat:
         """The stream's last event when the request fails mid-stream: OpenAI's "error" event."""
         return self._event("error", code=exc.code, message=exc.message, param=exc.param)
 
-    def _delta(self, text: str) -> list[dict]:
-        if not text:
+    def _delta(self, text: str, listed: int) -> list[dict]:
+        """The delta of text made final, with the entries of the tokens whose text it completes (listed: how many
+        tokens have their text sent): a token whose text is never sent (the end of turn, a stop string's) has none,
+        so that, joined, the entries spell the text, as chat's logprobs.content."""
+        fresh = self.pending[len(self.logprobs) : listed]
+        self.logprobs += fresh
+        if not text and not fresh:
             return []
         self.text += text
-        return [self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])]
+        return [self._event("response.output_text.delta", **self._where(), delta=text, logprobs=fresh)]
 
     def _event(self, kind: str, **fields: Any) -> dict:
         self.sequence += 1
@@ -262,15 +283,16 @@ class ResponsesFormat:
 
     # ------------------------------------------------------------ the Response object
 
-    def _part(self, text: str) -> dict:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def _part(self, text: str, logprobs: list[dict] | None = None) -> dict:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
     def _message(self, status: str, content: list[dict]) -> dict:
         return {"id": self.item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
     def _item(self) -> dict:
         """The output message as it ended."""
-        return self._message("incomplete" if self.reason == "length" else "completed", [self._part(self.text)])
+        status = "incomplete" if self.reason == "length" else "completed"
+        return self._message(status, [self._part(self.text, self.logprobs)])
 
     def usage(self) -> dict:
         """OpenAI's usage of a response (no prompt cache is written for a later request to read: 0; no reasoning)."""
@@ -296,6 +318,7 @@ class ResponsesFormat:
         out.update(prompt_cache_key=req.prompt_cache_key, reasoning={"effort": None, "summary": None})
         out.update(safety_identifier=req.safety_identifier, service_tier="default", store=False)
         out.update(temperature=req.temperature, text={"format": req.text.format.echo(), "verbosity": "medium"})
-        out.update(tool_choice=req.tool_choice, tools=[], top_logprobs=0, top_p=req.top_p, truncation="disabled")
+        out.update(tool_choice=req.tool_choice, tools=[], top_logprobs=req.top_logprobs or 0, top_p=req.top_p)
+        out.update(truncation="disabled")
         out.update(usage=None if started else self.usage(), user=req.user, metadata=req.metadata or {})
         return out

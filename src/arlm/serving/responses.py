@@ -13,6 +13,14 @@ from arlm.data.tokenizers import Tokenizer
 ENDED = -1.0e8  # below this a running beam's score means it has ended (beam search rules it out with -1e9)
 
 
+def text_logprob(event: dict, piece_bytes: Callable[[int], bytes]) -> dict:
+    """A token event's log-probability entry as chat's logprobs.content (and the Responses API's) list it: its text,
+    its bytes (a token that is part of a character has some), its log-probability and its alternatives'."""
+    raw = lambda token: list(piece_bytes(token))
+    top = [{"token": p, "logprob": lp, "bytes": raw(t)} for t, p, lp in event["top"]]
+    return {"token": event["piece"], "logprob": event["logprob"], "bytes": raw(event["token"]), "top_logprobs": top}
+
+
 class OpenAIFormat:
     """Builds one response of /v1/completions (kind "completion") or /v1/chat/completions (kind "chat")."""
 
@@ -116,9 +124,7 @@ class OpenAIFormat:
     def _logprob_entry(self, i: int, event: dict) -> dict:
         piece = event["piece"]
         if self.kind == "chat":
-            raw = lambda token: list(self.piece_bytes(token))
-            top = [{"token": p, "logprob": lp, "bytes": raw(t)} for t, p, lp in event["top"]]
-            return {"token": piece, "logprob": event["logprob"], "bytes": raw(event["token"]), "top_logprobs": top}
+            return text_logprob(event, self.piece_bytes)
         # where its text begins in the choice's: an echoed prompt's token in the prompt, a generated one after it
         offset = (
             event["prompt_start"]
