@@ -38,6 +38,7 @@ def _same_as_chat(response, chat) -> None:
     assert usage.total_tokens == chat.usage.total_tokens and usage.output_tokens_details.reasoning_tokens == 0
     ended = "completed" if chat.choices[0].finish_reason == "stop" else "incomplete"
     assert response.status == ended and response.output[0].status == ended
+    assert (response.completed_at is not None) == (ended == "completed")  # (OpenAI's: of a completed one only)
     assert response.id.startswith("resp_") and response.output[0].id.startswith("msg_")
     assert response.object == "response" and response.model == MODEL_ID and len(response.output) == 1
     assert (response.output[0].type, response.output[0].role) == ("message", "assistant")
@@ -73,6 +74,42 @@ def test_a_list_of_messages_and_a_returned_output_continue_a_conversation(live):
         {"role": "user", "content": ASK},
     ]
     _same_as_chat(out, _chat(client, messages, 16))
+
+
+@pytest.mark.parametrize("phase", ["commentary", "final_answer"])
+def test_an_assistant_message_of_either_phase_continues_a_conversation(live, phase):
+    """phase, OpenAI's label of an assistant message (its newer models' output messages carry it, and clients send
+    it back as they got it), is taken with either of its values: "commentary" was refused."""
+    client = live.client()
+    given = [
+        {"role": "user", "content": "Hello"},
+        {"type": "message", "role": "assistant", "content": "Hi.", "phase": phase},
+        {"role": "user", "content": ASK},
+    ]
+    out = client.responses.create(model=MODEL_ID, input=given, temperature=0, max_output_tokens=8)
+    messages = [{"role": m["role"], "content": m["content"]} for m in given]
+    _same_as_chat(out, _chat(client, messages, 8))
+
+
+def test_truncation_auto_drops_the_first_items_that_do_not_fit(live):
+    """truncation "auto" (the Agents SDK's ModelSettings(truncation="auto")) drops the input's first items, as
+    OpenAI's API does, until the rest leaves max_output_tokens of the context (it was refused whatever the input);
+    "disabled" refuses such an input."""
+    client = live.client()
+    given = [
+        {"role": "user", "content": "Hello " * 400},  # (past the tiny model's 256 positions on its own)
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": ASK},
+    ]
+    kw = {"model": MODEL_ID, "instructions": SYSTEM, "temperature": 0, "max_output_tokens": 8}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(input=given, **kw)
+    assert caught.value.code == "context_length_exceeded" and caught.value.param == "input"
+    out = client.responses.create(input=given, truncation="auto", **kw)
+    _same_as_chat(out, _chat(client, [{"role": "system", "content": SYSTEM}, *given[1:]], 8))
+    assert out.truncation == "auto"
+    short = client.responses.create(input=given[1:], truncation="auto", **kw)  # (what fits: nothing dropped)
+    assert short.output_text == out.output_text and short.usage == out.usage
 
 
 def test_a_stream_sends_openais_events_in_order_and_the_stream_helper_reads_it(live):
@@ -183,6 +220,42 @@ def test_logprobs_are_chats_for_the_same_conversation(live, stream):
     (done,) = [e for e in events if e.type == "response.output_text.done"]
     assert [lp.model_dump(exclude_none=True) for lp in done.logprobs] == expected
     assert [lp.model_dump() for lp in events[-1].response.output[0].content[0].logprobs] == expected
+
+
+@pytest.mark.parametrize("strategy", ["beam", "prompt-lookup"])
+def test_a_strategy_that_cannot_keep_to_json_refuses_text_format_by_its_name(live, strategy):
+    """The lane's refusal of a JSON text.format names text.format, the argument sent (it named chat's
+    response_format, an argument this endpoint refuses)."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        live.client().responses.create(
+            model=MODEL_ID,
+            input=ASK,
+            max_output_tokens=4,
+            text={"format": {"type": "json_object"}},
+            extra_body={"strategy": strategy},
+        )
+    said = caught.value.body
+    assert said["param"] == "text.format", said
+    assert said["message"] == f"text.format is not supported with strategy {strategy}", said
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.responses.retrieve("resp_0"),
+        lambda c: c.responses.delete("resp_0"),
+        lambda c: c.responses.cancel("resp_0"),
+        lambda c: c.responses.input_items.list("resp_0"),
+        lambda c: c.responses.input_tokens.count(model=MODEL_ID, input=ASK),
+    ],
+    ids=["retrieve", "delete", "cancel", "input_items", "input_tokens"],
+)
+def test_the_responses_apis_other_paths_say_only_creation_is_served(live, call):
+    """The client's other calls under /v1/responses got a bare 404 "not found: PATH"."""
+    with pytest.raises(openai.NotFoundError) as caught:
+        call(live.client())
+    said = caught.value.body["message"]
+    assert said.startswith("not found: /v1/responses/") and "keeps no responses" in said, said
 
 
 def test_what_asks_for_nothing_is_taken(live):

@@ -367,7 +367,8 @@ def _responses_route(app: FastAPI, server: Server) -> None:
     async def responses(req: ResponsesRequest, request: Request) -> Response:
         server.check_model(req.model)
         req.check()
-        prompt = await asyncio.to_thread(server.encode_chat, req.chat(), param="input")
+        encode = lambda chat: server.encode_chat(chat, param="input")
+        prompt = await asyncio.to_thread(req.fit, encode, server.context)
         events = Events()
         job = server.job(req, prompt, req.max_output_tokens, events.put, top_logprobs=req.logprobs())
         fmt = ResponsesFormat(req, server.model_id, len(prompt), server.tokenizer.piece_bytes)

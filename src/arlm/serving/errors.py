@@ -129,8 +129,11 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 
 def _not_found(path: str) -> str:
-    """A 404's message: the path, and where an API path lies (under /v1)."""
+    """A 404's message: the path, and where an API path lies (under /v1), or that the Responses API's other paths
+    (retrieve, delete, cancel, input_items, input_tokens, compact) are not served."""
     api = path.removeprefix("/v1")
+    if path.startswith("/v1/responses/"):
+        return f"not found: {path}; this server keeps no responses and serves POST /v1/responses only"
     if not path.startswith("/v1/") and api in ("/chat/completions", "/completions", "/responses", "/models"):
         return f"not found: {path}; the API is under /v1 (base URL http://HOST:PORT/v1): /v1{path}"
     return f"not found: {path}"

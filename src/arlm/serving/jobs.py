@@ -97,8 +97,9 @@ class Job:
         """Whether the strategy shares the batch (else the one-at-a-time lane)."""
         return self.config.strategy in BATCH_STRATEGIES
 
-    def check_lane(self, has_draft: bool) -> None:
-        """Raise ArlmError for what the lane's strategy cannot do (never downgraded): has_draft, the server's."""
+    def check_lane(self, has_draft: bool, named: Callable[[str], str] = str) -> None:
+        """Raise ArlmError for what the lane's strategy cannot do (never downgraded): has_draft, the server's;
+        named: an argument as the endpoint names it (the Responses API's text.format for response_format)."""
         strategy = self.config.strategy
         unsupported = {
             "echo with logprobs": self.prompt_logprobs,
@@ -109,7 +110,8 @@ class Job:
         }
         for name, given in unsupported.items():
             if given:
-                raise ArlmError(f"{name} is not supported with strategy {strategy}", param=name.split()[-1])
+                param = named(name.split()[-1])
+                raise ArlmError(f"{named(name)} is not supported with strategy {strategy}", param=param)
         if strategy == "speculative" and not has_draft:
             message = "this server has no draft model (start it with --draft MODEL); try prompt-lookup"
             raise ArlmError(message, param="strategy")

@@ -29,7 +29,6 @@ REFUSED = {  # Responses API arguments (and chat's, which it has not) refused wh
     "tool_choice": 'tool_choice other than "none" or "auto" is not supported (this server has no tools)',
     "background": f"background: true is not supported ({NO_STORE}); send the request and wait, or stream it",
     "store": f"store: true is not supported ({NO_STORE}); send store: false or leave it out",
-    "truncation": 'truncation "auto" is not supported (input is refused, never truncated); send "disabled"',
     "max_tokens": "max_tokens is not an argument of the Responses API; send max_output_tokens",
     "n": "n is not an argument of the Responses API (one output per response); send n requests",
     "response_format": "response_format is not an argument of the Responses API; send text.format",
@@ -40,7 +39,6 @@ HARMLESS = {  # of those, the values that ask for nothing, taken (what clients s
     "background": False,
     "store": False,
     "include": ([], [LOGPROBS]),
-    "truncation": "disabled",
 }
 
 
@@ -64,7 +62,7 @@ class InputMessage(BaseModel):
     content: str | list[InputPart]
     id: str | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
-    phase: Literal["final_answer"] | None = None
+    phase: Literal["commentary", "final_answer"] | None = None  # (a label of OpenAI's models: the template has none)
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +184,19 @@ class ResponsesRequest(Sampling):
         """The conversation for the chat template: instructions as a system message, then the input."""
         system = [ChatMessage(role="system", content=self.instructions)] if self.instructions is not None else []
         return system + [ChatMessage(role=m.role, content=m.text()) for m in self.input]
+
+    def fit(self, encode: Callable[[list[ChatMessage]], list[int]], context: int) -> list[int]:
+        """The prompt's ids (encode: through the chat template); with truncation "auto", the input's first items
+        dropped, as OpenAI's API drops them, until it leaves max_output_tokens (else one) of the context's
+        positions; the instructions and the last item are kept (what still does not fit is refused)."""
+        chat, kept = self.chat(), 1 if self.instructions is not None else 0
+        prompt = encode(chat)
+        while (
+            self.truncation == "auto" and len(prompt) + (self.max_output_tokens or 1) > context and len(chat) > kept + 1
+        ):
+            del chat[kept]
+            prompt = encode(chat)
+        return prompt
 
     def check(self) -> None:
         """Refusals across arguments: stream_options without stream (as OpenAI's API), alternatives asked for
@@ -311,7 +322,8 @@ class ResponsesFormat:
         status = status or ("incomplete" if self.reason == "length" else "completed")
         cut = {"reason": "max_output_tokens"} if status == "incomplete" else None
         out = {"id": self.id, "object": "response", "created_at": self.created_at, "status": status}
-        out.update(background=False, completed_at=None if started else self.completed_at, error=None)
+        done = status == "completed"  # (OpenAI's completed_at: "only present when the status is completed")
+        out.update(background=False, completed_at=self.completed_at if done else None, error=None)
         out.update(incomplete_details=cut, instructions=req.instructions, max_output_tokens=req.max_output_tokens)
         out.update(max_tool_calls=None, model=self.model_id, output=[] if started else [self._item()])
         out.update(parallel_tool_calls=req.parallel_tool_calls, previous_response_id=None)
@@ -319,6 +331,6 @@ class ResponsesFormat:
         out.update(safety_identifier=req.safety_identifier, service_tier="default", store=False)
         out.update(temperature=req.temperature, text={"format": req.text.format.echo(), "verbosity": "medium"})
         out.update(tool_choice=req.tool_choice, tools=[], top_logprobs=req.top_logprobs or 0, top_p=req.top_p)
-        out.update(truncation="disabled")
+        out.update(truncation=req.truncation)
         out.update(usage=None if started else self.usage(), user=req.user, metadata=req.metadata or {})
         return out

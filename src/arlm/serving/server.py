@@ -112,7 +112,7 @@ class Server:
             grammar = None if schema is None else JsonGrammar(self.tokenizer, schema, vocab)
         except ArlmError as e:
             raise ApiError(400, str(e), param=req.param("response_format")) from None
-        return Job(
+        job = Job(
             prompt=prompt,
             config=config,
             emit=emit,
@@ -126,6 +126,9 @@ class Server:
             grammar=grammar,
             stops=req.stops(),
         )
+        if not job.batched:  # (the scheduler checks it again, naming arguments as chat's)
+            job.check_lane(self.scheduler.draft is not None, req.param)
+        return job
 
 
 def _role(role: str, template: str) -> str:
