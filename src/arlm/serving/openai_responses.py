@@ -306,7 +306,8 @@ class ResponsesFormat:
         return self._message(status, [self._part(self.text, self.logprobs)])
 
     def usage(self) -> dict:
-        """OpenAI's usage of a response (no prompt cache is written for a later request to read: 0; no reasoning)."""
+        """OpenAI's usage of a response (cache_write_tokens 0: what a later request finds of this prompt with
+        --reuse-prefix is counted as its cached_tokens, not here; no reasoning tokens)."""
         return {
             "input_tokens": self.input_tokens,
             "input_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0},
