@@ -52,7 +52,7 @@ class ModelDrafter:
             return seq.new_zeros(0), None
         if self.target is not None:  # a view of the target's cache, its first layers: positions past it are scratch
             cache, layers = self.target.cache, self.engine.model.config.n_layer
-            self.engine.cache = KVCache.over(cache.k[:layers], cache.v[:layers], cache.length)
+            self.engine.cache = KVCache.over(cache.k[:layers], cache.v[:layers], cache.length, cache.zeroed)
         pending = seq[:, self.engine.length :]  # tokens the draft has not seen yet (the prompt, then 1 or 2)
         logits = self.engine.prefill(pending) if pending.shape[1] > 1 else self.engine.step(pending)  # (1, V)
         tokens, probs = [], []

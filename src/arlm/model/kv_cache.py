@@ -68,10 +68,11 @@ class KVCache:
         return self.k[layer], self.v[layer]
 
     @classmethod
-    def over(cls, k: torch.Tensor, v: torch.Tensor, length: int = 0) -> KVCache:
-        """A cache over existing buffers (L, B, nkv, max_len, hd) (views share their storage), filled to length."""
+    def over(cls, k: torch.Tensor, v: torch.Tensor, length: int = 0, zeroed: bool = True) -> KVCache:
+        """A cache over existing buffers (L, B, nkv, max_len, hd) (views share their storage), filled to length;
+        zeroed: whether the buffers' unwritten positions hold zeros (see KVCache)."""
         cache = cls.__new__(cls)
-        cache.k, cache.v, cache.length, cache.zeroed = k, v, length, True
+        cache.k, cache.v, cache.length, cache.zeroed = k, v, length, zeroed
         return cache
 
     def rollback(self, length: int) -> None:
