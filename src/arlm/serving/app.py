@@ -373,8 +373,7 @@ def _responses_route(app: FastAPI, server: Server) -> None:
         job = server.job(req, prompt, req.max_output_tokens, events.put, top_logprobs=req.logprobs())
         fmt = ResponsesFormat(req, server.model_id, len(prompt), server.tokenizer.piece_bytes)
         start, framing = fmt.start_events(), Framing(named=True, error=fmt.error_event, done=False)
-        final = lambda: fmt.response()
-        return await run_job(request, server, [job], events, req.stream, fmt.events, start, final, framing)
+        return await run_job(request, server, [job], events, req.stream, fmt.events, start, fmt.response, framing)
 
 
 def _tokenizer_routes(app: FastAPI, server: Server) -> None:

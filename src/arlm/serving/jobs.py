@@ -77,6 +77,7 @@ class Job:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (batch lane only)
     grammar: JsonGrammar | None = None  # each choice's text kept to this JSON schema (response_format; batch only)
     stops: list[str] = field(default_factory=list)
+    named: Callable[[str], str] = str  # an argument as the request's endpoint names it (its refusals' param)
     trace: bool = False  # forward the lane's strategy events
     request_id: str = ""  # the HTTP request's x-request-id, which a bug's traceback names
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -97,9 +98,10 @@ class Job:
         """Whether the strategy shares the batch (else the one-at-a-time lane)."""
         return self.config.strategy in BATCH_STRATEGIES
 
-    def check_lane(self, has_draft: bool, named: Callable[[str], str] = str) -> None:
+    def check_lane(self, has_draft: bool) -> None:
         """Raise ArlmError for what the lane's strategy cannot do (never downgraded): has_draft, the server's;
-        named: an argument as the endpoint names it (the Responses API's text.format for response_format)."""
+        each argument named as the request's endpoint names it (the Responses API's text.format for
+        response_format)."""
         strategy = self.config.strategy
         unsupported = {
             "echo with logprobs": self.prompt_logprobs,
@@ -110,8 +112,8 @@ class Job:
         }
         for name, given in unsupported.items():
             if given:
-                param = named(name.split()[-1])
-                raise ArlmError(f"{named(name)} is not supported with strategy {strategy}", param=param)
+                param = self.named(name.split()[-1])
+                raise ArlmError(f"{self.named(name)} is not supported with strategy {strategy}", param=param)
         if strategy == "speculative" and not has_draft:
             message = "this server has no draft model (start it with --draft MODEL); try prompt-lookup"
             raise ArlmError(message, param="strategy")

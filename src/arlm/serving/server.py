@@ -112,7 +112,7 @@ class Server:
             grammar = None if schema is None else JsonGrammar(self.tokenizer, schema, vocab)
         except ArlmError as e:
             raise ApiError(400, str(e), param=req.param("response_format")) from None
-        job = Job(
+        return Job(
             prompt=prompt,
             config=config,
             emit=emit,
@@ -125,10 +125,8 @@ class Server:
             logit_bias=logit_bias,
             grammar=grammar,
             stops=req.stops(),
+            named=req.param,
         )
-        if not job.batched:  # (the scheduler checks it again, naming arguments as chat's)
-            job.check_lane(self.scheduler.draft is not None, req.param)
-        return job
 
 
 def _role(role: str, template: str) -> str:
