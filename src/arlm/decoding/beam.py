@@ -16,7 +16,7 @@ import torch
 from arlm.config import GenerationConfig
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.processors import History, process, top_indices
-from arlm.decoding.types import MAX_TOP, GenerationOutput, StopCheck, TokenCallback, TraceCallback
+from arlm.decoding.types import MAX_TOP, GenerationOutput, StopCheck, TokenCallback, TraceCallback, stop_tail
 
 NEG = -1.0e9  # the large negative HF adds to rule a candidate out
 
@@ -139,7 +139,7 @@ def _stop_hits(should_stop: StopCheck | None, generated: torch.Tensor) -> torch.
     """(B, keep) whether should_stop(row, generated ids) fires for each candidate's generated ids (B, keep, n)."""
     if should_stop is None:
         return False
-    rows = generated.tolist()
+    rows = stop_tail(should_stop, generated).tolist()
     hits = [[should_stop(b, ids) for ids in row] for b, row in enumerate(rows)]
     return torch.tensor(hits, dtype=torch.bool, device=generated.device)
 

@@ -15,8 +15,7 @@ from arlm.data.chat_template import Message, apply_chat_template
 from arlm.decoding.engine import Engine
 from arlm.decoding.generate import generate
 from arlm.decoding.grammar import JsonGrammar
-from arlm.decoding.stops import check_stops, cut_at_stop, stop_checker
-from arlm.decoding.types import StopCheck
+from arlm.decoding.stops import check_stops, cut_at_stop, stop_checker, stop_when
 from arlm.errors import ArlmError
 
 if TYPE_CHECKING:
@@ -88,6 +87,7 @@ class ChatSession:
         except ArlmError:  # a message too long for the context: the conversation stays as it was
             self.turns.pop()
             raise
+        stops = stop_checker(tok, self.config.stop)
         out = generate(
             self.engine or self.model,
             [prompt],
@@ -96,7 +96,7 @@ class ChatSession:
             pad_id=tok.pad_id,
             draft=self.draft,
             on_token=on_token,
-            should_stop=_or_cancelled(stop_checker(tok, self.config.stop), cancel),
+            should_stop=stop_when(cancel, stops) if cancel is not None else stops,
             grammar=self.grammar,
         )
         self.reused = self.engine.reused if self.engine else 0
@@ -105,10 +105,3 @@ class ChatSession:
         answer = cut_at_stop(tok.decode(out.generated()[0]), self.config.stop).strip()
         self.turns.append({"role": "assistant", "content": answer})
         return answer
-
-
-def _or_cancelled(check: StopCheck | None, cancel: Callable[[], bool] | None) -> StopCheck | None:
-    """check, also firing once cancel() is true (check unchanged without cancel)."""
-    if cancel is None:
-        return check
-    return lambda row, ids: cancel() or (check is not None and check(row, ids))

@@ -22,7 +22,7 @@ from arlm.decoding.processors import (
     sample,
 )
 from arlm.decoding.speculative import speculative_generate
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
+from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate, stop_tail
 from arlm.errors import ArlmError
 
 SYNC_EVERY = 16  # GPU decoding looks at the stop flags (a device sync) once per this many tokens
@@ -286,7 +286,7 @@ def decode_loop(
         if history.eos_id is not None:
             done = done | (token == history.eos_id)
         if should_stop is not None:
-            done = _check_stops(done, sequences[:, T:], should_stop, stopped, step)
+            done = _check_stops(done, stop_tail(should_stop, sequences[:, T:]), should_stop, stopped, step)
         last = step == config.max_new_tokens - 1
         if last or ((step + 1) % sync_every == 0 and bool(done.all())):
             break

@@ -14,7 +14,15 @@ from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, make_drafter
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.processors import History, best, make_generator, process
-from arlm.decoding.types import MAX_TOP, GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate
+from arlm.decoding.types import (
+    MAX_TOP,
+    GenerationOutput,
+    StopCheck,
+    TokenCallback,
+    TraceCallback,
+    decoding_rate,
+    stop_tail,
+)
 from arlm.errors import ArlmError
 
 RATE_WEIGHT = 0.2  # weight of each new observation in the running acceptance estimate
@@ -266,7 +274,9 @@ def _append(
         seq = torch.cat([seq, token.view(1, 1)], dim=1)
         if on_token is not None:
             on_token(token.view(1))
-        if (eos_id is not None and int(token) == eos_id) or (should_stop and should_stop(0, seq[0, T:].tolist())):
+        if eos_id is not None and int(token) == eos_id:
+            return seq, True
+        if should_stop is not None and should_stop(0, stop_tail(should_stop, seq[0, T:]).tolist()):
             return seq, True
     return seq, False
 

@@ -3,6 +3,7 @@ text at the first stop string, and how much of a streamed text to hold back unti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from arlm.errors import ArlmError
@@ -23,10 +24,22 @@ def stop_checker(tokenizer: Tokenizer, stops: list[str]) -> StopCheck | None:
     def should_stop(row: int, ids: list[int]) -> bool:
         if ids and ids[-1] in stop_ids:
             return True
-        tail = tokenizer.decode(ids[-(longest + 8) :])
+        tail = tokenizer.decode(ids[-window:])
         return any(s in tail for s in stops)
 
+    window = longest + 8  # the recent ids it reads: the strategies give it no more (stop_tail)
+    should_stop.window = window  # type: ignore[attr-defined]
     return should_stop
+
+
+def stop_when(condition: Callable[[], bool], check: StopCheck | None = None) -> StopCheck:
+    """A stop check that fires once condition() holds (a cancel, a text already stopped), or where `check` does."""
+
+    def either(row: int, ids: list[int]) -> bool:
+        return condition() or (check is not None and check(row, ids))
+
+    either.window = getattr(check, "window", None) if check is not None else 0  # type: ignore[attr-defined]
+    return either
 
 
 def check_stops(tokenizer: Tokenizer, stops: list[str]) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
-StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far) -> stop this row?
+StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far, or their last `window`) -> stop this row?
 TraceCallback = Callable[[dict], None]  # strategy events: beam search's beams, speculative decoding's verifications
 MAX_TOP = 20  # the most alternatives a token's log-probabilities or trace list (as OpenAI's top_logprobs)
 
@@ -36,3 +36,10 @@ def decoding_rate(new_tokens: int, seconds: float, prompt_s: float) -> dict:
     forward in greedy decoding and speculative decoding, which verifies the last prompt token with its first
     drafts), and the tokens per second from there on."""
     return {"prompt_seconds": prompt_s, "decode_tokens_per_s": new_tokens / max(seconds - prompt_s, 1e-9)}
+
+
+def stop_tail(check: StopCheck, generated: torch.Tensor) -> torch.Tensor:
+    """The generated ids (..., n) a stop check is given: their last `check.window` where the check sets one (it reads
+    no further back: a long answer's every step then costs what a short one's does), else all of them."""
+    window = getattr(check, "window", None)
+    return generated if window is None else generated[..., max(generated.shape[-1] - window, 0) :]

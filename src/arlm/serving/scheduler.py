@@ -29,7 +29,7 @@ from arlm.data.tokenizers import Tokenizer
 from arlm.decoding.batch import BatchEngine, BatchSequence, Emitted
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.generate import check_length, generate
-from arlm.decoding.stops import check_stops, stop_checker
+from arlm.decoding.stops import check_stops, stop_checker, stop_when
 from arlm.decoding.text_stream import TextStream
 from arlm.errors import ArlmError
 from arlm.serving.jobs import Cancelled, Choice, Job, QueueFull, choice_config, error_event, report_bug, waiting_after
@@ -466,7 +466,7 @@ class Scheduler:
             pad_id=tok.pad_id,
             draft=self.draft,
             on_token=on_token if choice is not None else None,
-            should_stop=(lambda row, ids: choice.text.stopped) if choice is not None else self._beam_stop(job),
+            should_stop=stop_when(lambda: choice.text.stopped) if choice is not None else self._beam_stop(job),
             trace=trace,  # (every lane job's: how a beam search hears a cancel)
             top_logprobs=None if choice is not None or job.trace else max(job.top_logprobs, 0),  # (beam search's)
         )
