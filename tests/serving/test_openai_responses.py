@@ -177,6 +177,9 @@ REFUSED = [  # argument -> the param the 400 names and a word of its message
     ({"conversation": "conv_0"}, "conversation", "keeps no responses"),
     ({"background": True}, "background", "keeps no responses"),
     ({"reasoning": {"effort": "low"}}, "reasoning", "does not reason"),
+    ({"reasoning": {"summary": "auto"}}, "reasoning", "does not reason"),
+    ({"service_tier": "flex"}, "service_tier", "one tier"),
+    ({"prompt_cache_retention": "24h"}, "prompt_cache_retention", "in memory only"),
     ({"include": ["reasoning.encrypted_content"]}, "include", "message.output_text.logprobs' only"),
     ({"top_logprobs": 2}, "top_logprobs", "needs include"),
     ({"prompt": {"id": "pmpt_0"}}, "prompt", "not supported"),
@@ -184,6 +187,20 @@ REFUSED = [  # argument -> the param the 400 names and a word of its message
     ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format", "text.format"),
     ({"extra_body": {"colour": "red"}}, "colour", "unrecognized request argument: colour"),
 ]
+
+
+def test_arguments_that_ask_for_nothing_are_taken(live):
+    """reasoning {} or effort "none", service_tier "auto" / "default" and prompt_cache_retention "in_memory" ask for
+    nothing this server lacks and were refused; the answer is the one without them, its reasoning null."""
+    client = live.client()
+    plain = client.responses.create(model=MODEL_ID, input=ASK, max_output_tokens=4, temperature=0)
+    for extra in (
+        {"reasoning": {}},
+        {"reasoning": {"effort": "none", "summary": None}, "service_tier": "auto"},
+        {"service_tier": "default", "prompt_cache_retention": "in_memory"},
+    ):
+        out = client.responses.create(model=MODEL_ID, input=ASK, max_output_tokens=4, temperature=0, **extra)
+        assert out.output_text == plain.output_text and out.reasoning.effort is None and out.service_tier == "default"
 
 
 @pytest.mark.parametrize(("given", "param", "said"), REFUSED, ids=[p for _, p, _ in REFUSED])

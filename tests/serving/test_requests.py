@@ -79,15 +79,32 @@ def test_openais_newer_request_fields_are_taken_as_user_is(live):
     assert _completion(live, max_tokens=2, temperature=0, top_p=0.5)[0] == 200  # (top_p: sent by every client)
 
 
+def test_openais_arguments_at_values_that_ask_for_nothing_are_taken(live):
+    """service_tier "auto" / "default", prompt_cache_retention "in_memory" and reasoning_effort "none" ask for nothing
+    this server lacks (one tier, prompts in memory, no hidden reasoning) and were refused by name all the same; the
+    official client sends them as given; the answer is the one without them."""
+    client, messages = live.client(), [{"role": "user", "content": "hi"}]
+    plain = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=3, temperature=0)
+    for extra in (
+        {"service_tier": "auto"},
+        {"service_tier": "default", "prompt_cache_retention": "in_memory", "reasoning_effort": "none"},
+    ):
+        out = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=3, temperature=0, **extra)
+        assert out.choices[0].message.content == plain.choices[0].message.content
+    out = client.completions.create(model=MODEL_ID, prompt="hi", max_tokens=2, extra_body={"service_tier": "auto"})
+    assert out.choices[0].finish_reason == "length"
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool calling is not supported"),
         ({"tool_choice": "auto"}, "tool calling is not supported"),
         ({"parallel_tool_calls": False}, "tool calling is not supported"),
-        ({"reasoning_effort": "low"}, "reasoning_effort is not supported"),
+        ({"reasoning_effort": "low"}, 'reasoning_effort other than "none" is not supported'),
         ({"modalities": ["text"]}, "modalities is not supported"),
-        ({"service_tier": "auto"}, "service_tier is not supported"),
+        ({"service_tier": "priority"}, 'service_tier other than "auto" or "default" is not supported'),
+        ({"prompt_cache_retention": "24h"}, 'prompt_cache_retention other than "in_memory" is not supported'),
     ],
 )
 def test_openais_arguments_this_server_has_not_are_refused_saying_so(live, body, said):

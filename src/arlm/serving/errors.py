@@ -20,10 +20,13 @@ UNSUPPORTED = {  # OpenAI's arguments this server does not serve, and why (else:
         ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"),
         "tool calling is not supported by this server (arlm has no tools); describe the tool in the messages",
     ),
-    "reasoning_effort": "reasoning_effort is not supported (the model does not reason in hidden tokens)",
+    "reasoning_effort": 'reasoning_effort other than "none" is not supported (the model does not reason in hidden '
+    "tokens)",
     "modalities": "modalities is not supported (this server answers in text only)",
     "audio": "audio output is not supported (this server answers in text only)",
-    "service_tier": "service_tier is not supported (this server has one tier)",
+    "service_tier": 'service_tier other than "auto" or "default" is not supported (this server has one tier)',
+    "prompt_cache_retention": 'prompt_cache_retention other than "in_memory" is not supported (a prompt is kept in '
+    "memory only, with --reuse-prefix)",
     "best_of": "best_of is not supported: ask for n choices and pick one",
     "suffix": "suffix (insertion between a prompt and a suffix) is not supported",
     "prediction": "prediction (predicted outputs) is not supported; prompt lookup drafts from the context by itself",

@@ -21,7 +21,8 @@ LOGPROBS = "message.output_text.logprobs"  # the include that asks for the outpu
 REFUSED = {  # Responses API arguments (and chat's, which it has not) refused whenever given other than harmless
     "previous_response_id": f"previous_response_id is not supported ({NO_STORE}); send the conversation as input",
     "conversation": f"conversation is not supported ({NO_STORE}); send the conversation as input",
-    "reasoning": "reasoning is not supported (the model does not reason in hidden tokens)",
+    "reasoning": 'reasoning other than {} or effort "none" is not supported (the model does not reason in hidden '
+    "tokens)",
     "prompt": "prompt (a stored prompt template) is not supported; send instructions and input",
     "include": f"include takes {LOGPROBS!r} only (nothing else is returned: no tool outputs, no reasoning)",
     "max_tool_calls": "max_tool_calls is not supported (this server has no tools)",

@@ -99,6 +99,21 @@ class TextOnly(BaseModel):
         return check_text(data)
 
 
+ASKS_NOTHING = {  # OpenAI's arguments at the values that ask for nothing this server lacks: taken as left out
+    "service_tier": ("auto", "default"),  # (one tier: the default)
+    "prompt_cache_retention": ("in_memory",),  # (prompts are kept in memory only: --reuse-prefix)
+    "reasoning_effort": ("none",),  # (no reasoning in hidden tokens)
+}
+
+
+def asks_nothing(name: str, value: Any) -> bool:
+    """Whether an argument's value asks for nothing this server lacks (ASKS_NOTHING; the Responses API's reasoning
+    as {} or effort "none", its other fields null)."""
+    if name == "reasoning":
+        return isinstance(value, dict) and all(v is None or (k, v) == ("effort", "none") for k, v in value.items())
+    return isinstance(value, str) and value in ASKS_NOTHING.get(name, ())
+
+
 class Sampling(TextOnly):
     """What both endpoints share: OpenAI's sampling parameters and arlm's extras (top_k, min_p,
     repetition_penalty, strategy, num_beams, num_draft_tokens, adaptive_draft, lookup_first; response_format, which
@@ -138,10 +153,13 @@ class Sampling(TextOnly):
     @classmethod
     def _nulls_as_defaults(cls, data: Any) -> Any:
         """An argument given as null takes its default, as OpenAI's nullable arguments do (clients that serialize
-        every field send null for those unset); so does top_k -1 (vLLM's "off")."""
+        every field send null for those unset); so does top_k -1 (vLLM's "off"), and an argument of OpenAI's at a
+        value that asks for nothing this server lacks (service_tier "auto", asks_nothing)."""
         if not isinstance(data, dict):
             return data
-        return {k: v for k, v in data.items() if v is not None and not (k == "top_k" and v == -1)}
+        return {
+            k: v for k, v in data.items() if v is not None and not (k == "top_k" and v == -1) and not asks_nothing(k, v)
+        }
 
     @field_validator("stop")
     @classmethod
