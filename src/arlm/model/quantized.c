@@ -276,6 +276,9 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
                                            1.2x the time at one row in cache) */
             __m512i w[8];
             if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift, kind);
+            else if (m0 == ALONE) /* the first block after the streamed row: the next tile's group, so that memory keeps
+                                     streaming while the rows compute */
+                prefetch_at(codes, l, t, sub * g + h + groups * sub, levels, shift, kind);
             load_codes(codes, sub * g + h, kind, w);
             for (int i = 0; i < mt; i++) {
                 const int8_t *a = r->q + 2 * (m0 + i) * r->Kp + W * g + 32 * h, *b = a + r->Kp;
