@@ -45,15 +45,16 @@
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define BYTE_LEVELS 1 /* rows as two signed bytes per value, for vpdpbusd and tdpbsud */
-#define ROWS 4        /* rows per block */
+#define ROWS 5        /* rows per block (a 5-token verification in one; Zen 5, against a row alone then blocks of
+                         4: SmolLM2's int8 / int4 forward over 5 tokens 0.84x / 0.81x the time) */
 #define EVEN_BLOCKS 0 /* blocks of ROWS, the rest last */
-#define ALONE 1       /* the first row takes a tile alone: a block of rows streaming it from memory waited on it and
-                         then computed, one row's arithmetic hides under the reading (Zen 5: 5 rows 1.6x faster) */
+#define NEXT 1        /* the first block of several rows prefetches the next tile (one row streams its own): memory
+                         keeps streaming while the rows compute (Zen 5: 5 tokens 0.82-0.93x the time) */
 #else
 #define ROWS 3  /* rows per block: AVX2's 16 registers hold 3 rows' sums, a code vector's 2 halves and 4 words of
                    them, 2 row values and a mask (4 rows would need 17; 2 a block: 6 and 8 rows 1.1-1.2x slower) */
 #define EVEN_BLOCKS 1 /* blocks of even size, the larger first: a block of one row after others costs ~what two do */
-#define ALONE 0 /* the first row with the others (alone, AVX2 code on a Zen 5: 2 rows 1.2-1.4x slower) */
+#define NEXT 0 /* (not measured on AVX2) */
 static const int PAIRED[4] = {0, 2, 1, 3}; /* where input i of a quad of the rows' int16 q lies */
 #endif
 #define AHEAD 12    /* groups prefetched ahead (one row streamed, int8 / int4: 4 1.07-1.08x slower, 24 or 48 alike) */
@@ -260,33 +261,35 @@ static inline __attribute__((always_inline)) void store_sums(const Linear *l, co
 }
 
 /* rows m0 .. m0 + mt (mt <= ROWS) times the 16 outputs of tile t, on vpdpbusd, the rows in groups of W (mt and W
- * constants where inlined) */
+ * constants where inlined); next: prefetch the next tile's groups as this one's are read, else (the first block) this
+ * tile's AHEAD groups on */
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                           long t, const int W, const int kind) {
+                                                           long t, const int W, const int kind, const int next) {
     const int sub = W / 32; /* the codes' groups of 32 in a group of the rows */
     const long groups = r->groups, levels = tile_levels(l, kind);
     const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
     const uint8_t *codes = (const uint8_t *)l->w + t * tile_bytes(l, kind);
     __m512 acc[ROWS], scale = _mm512_setzero_ps(), low = _mm512_setzero_ps();
     for (int i = 0; i < mt; i++) acc[i] = _mm512_setzero_ps();
+    /* chains per row and byte level: two below 4 rows, each product waiting for half as many; one from 4 rows on,
+       whose 8 or 10 chains cover vpdpbusd's latency (~4.5 cycles on Zen 5) and leave 5 rows' sums in registers */
+    const int chains = mt >= 4 ? 1 : 2;
     for (long g = 0; g < groups; g++) {
-        __m512i s1[ROWS][2], s2[ROWS][2]; /* per row, two chains per byte level: each product waits for half as many */
+        __m512i s1[ROWS][2], s2[ROWS][2];
         for (int i = 0; i < mt; i++) s1[i][0] = s1[i][1] = s2[i][0] = s2[i][1] = _mm512_setzero_si512();
         for (int h = 0; h < sub; h++) { /* the codes' groups of 32 one at a time (16 vectors of a group of 64 at once:
                                            1.2x the time at one row in cache) */
             __m512i w[8];
-            if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift, kind);
-            else if (m0 == ALONE) /* the first block after the streamed row: the next tile's group, so that memory keeps
-                                     streaming while the rows compute */
-                prefetch_at(codes, l, t, sub * g + h + groups * sub, levels, shift, kind);
+            if (next) prefetch_at(codes, l, t, sub * g + h + groups * sub, levels, shift, kind); /* (NEXT) */
+            else if (m0 == 0) prefetch_group(codes, l, t, sub * g + h, levels, shift, kind);
             load_codes(codes, sub * g + h, kind, w);
             for (int i = 0; i < mt; i++) {
                 const int8_t *a = r->q + 2 * (m0 + i) * r->Kp + W * g + 32 * h, *b = a + r->Kp;
                 for (int j = 0; j < 8; j++) {
                     __m512i a4 = _mm512_set1_epi32(*(const int32_t *)(a + 4 * j));
                     __m512i b4 = _mm512_set1_epi32(*(const int32_t *)(b + 4 * j));
-                    s1[i][j & 1] = _mm512_dpbusd_epi32(s1[i][j & 1], w[j], a4);
-                    s2[i][j & 1] = _mm512_dpbusd_epi32(s2[i][j & 1], w[j], b4);
+                    s1[i][j % chains] = _mm512_dpbusd_epi32(s1[i][j % chains], w[j], a4);
+                    s2[i][j % chains] = _mm512_dpbusd_epi32(s2[i][j % chains], w[j], b4);
                 }
             }
         }
@@ -311,14 +314,15 @@ static inline __attribute__((always_inline)) void int_tile(const Rows *r, const 
 /* Rows 0 .. M times the 16 outputs of tile t, in blocks of ROWS, the rows in groups of W (a constant where inlined) */
 static inline __attribute__((always_inline)) void tile_rows(const Rows *r, const Linear *l, float *y, long M, long t,
                                                             const int W, const int kind) {
-    if (ALONE) int_tile(r, l, y, 0, 1, t, W, kind); /* streams the tile from memory; the blocks after read it in cache */
-    for (long m0 = ALONE, mt; m0 < M; m0 += mt) {
+    for (long m0 = 0, mt; m0 < M; m0 += mt) {
         long left = M - m0, blocks = (left + ROWS - 1) / ROWS; /* AVX2: 7 rows 3 + 2 + 2, not 3 + 3 + 1 */
+        int next = NEXT && M > 1 && m0 == 0;
         mt = EVEN_BLOCKS ? (left + blocks - 1) / blocks : left < ROWS ? left : ROWS;
-        if (mt == 4) int_tile(r, l, y, m0, 4, t, W, kind);
-        else if (mt == 3) int_tile(r, l, y, m0, 3, t, W, kind);
-        else if (mt == 2) int_tile(r, l, y, m0, 2, t, W, kind);
-        else int_tile(r, l, y, m0, 1, t, W, kind);
+        if (ROWS >= 5 && mt == 5) int_tile(r, l, y, m0, 5, t, W, kind, next);
+        else if (ROWS >= 4 && mt == 4) int_tile(r, l, y, m0, 4, t, W, kind, next);
+        else if (mt == 3) int_tile(r, l, y, m0, 3, t, W, kind, next);
+        else if (mt == 2) int_tile(r, l, y, m0, 2, t, W, kind, next);
+        else int_tile(r, l, y, m0, 1, t, W, kind, next);
     }
 }
 

@@ -78,7 +78,8 @@ static inline __attribute__((always_inline)) void store_half(const Linear *l, co
 /* rows m0 .. m0 + mt (mt <= ROWS) times the 16 outputs of tile t, 8 at a time, the rows in groups of W (mt and W
  * constants where inlined); the same integer sums and float32 steps, lane by lane, as the VNNI kernel */
 static inline __attribute__((always_inline)) void int_tile(const Rows *r, const Linear *l, float *y, long m0, int mt,
-                                                           long t, const int W, const int kind) {
+                                                           long t, const int W, const int kind, const int next) {
+    (void)next; /* (NEXT is 0 on AVX2: the first block streams its own tile) */
     const int sub = W / 32; /* the codes' groups of 32 in a group of the rows */
     const long groups = r->groups, levels = tile_levels(l, kind);
     const int shift = l->G == 64; /* group g of 32's levels: g >> shift */
