@@ -93,6 +93,10 @@ def test_openais_arguments_at_values_that_ask_for_nothing_are_taken(live):
         assert out.choices[0].message.content == plain.choices[0].message.content
     out = client.completions.create(model=MODEL_ID, prompt="hi", max_tokens=2, extra_body={"service_tier": "auto"})
     assert out.choices[0].finish_reason == "length"
+    status, answer = request(  # (the Responses API's reasoning {} is no argument of chat's)
+        live.base_url, "POST", "/v1/chat/completions", {"model": MODEL_ID, "messages": messages, "reasoning": {}}
+    )
+    assert status == 400 and answer["error"]["message"] == "unrecognized request argument: reasoning", answer
 
 
 @pytest.mark.parametrize(

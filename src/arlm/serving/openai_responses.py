@@ -34,7 +34,16 @@ REFUSED = {  # Responses API arguments (and chat's, which it has not) refused wh
     "n": "n is not an argument of the Responses API (one output per response); send n requests",
     "response_format": "response_format is not an argument of the Responses API; send text.format",
 }
-HARMLESS = {  # of those, the values that ask for nothing, taken (what clients send by default)
+
+
+def _no_reasoning(value: object) -> bool:
+    """Whether a reasoning argument asks for none: {} or effort "none", its other fields null."""
+    return isinstance(value, dict) and all(v is None or (k, v) == ("effort", "none") for k, v in value.items())
+
+
+HARMLESS = {  # of those, the values that ask for nothing, taken (what clients send by default): a value, a tuple of
+    # them, or a test
+    "reasoning": _no_reasoning,
     "tools": [],
     "tool_choice": ("none", "auto"),
     "background": False,
@@ -177,7 +186,11 @@ class ResponsesRequest(Sampling):
     def _refused(cls, value: object, info: ValidationInfo) -> object:
         """What this server has not, refused by name (a value that asks for nothing passes)."""
         harmless = HARMLESS.get(info.field_name, ...)
-        if value == harmless or (isinstance(harmless, tuple) and value in harmless):
+        if callable(harmless):
+            taken = harmless(value)
+        else:
+            taken = value == harmless or (isinstance(harmless, tuple) and value in harmless)
+        if taken:
             return value
         raise ValueError(REFUSED[info.field_name])
 

@@ -107,10 +107,7 @@ ASKS_NOTHING = {  # OpenAI's arguments at the values that ask for nothing this s
 
 
 def asks_nothing(name: str, value: Any) -> bool:
-    """Whether an argument's value asks for nothing this server lacks (ASKS_NOTHING; the Responses API's reasoning
-    as {} or effort "none", its other fields null)."""
-    if name == "reasoning":
-        return isinstance(value, dict) and all(v is None or (k, v) == ("effort", "none") for k, v in value.items())
+    """Whether an argument's value asks for nothing this server lacks (ASKS_NOTHING)."""
     return isinstance(value, str) and value in ASKS_NOTHING.get(name, ())
 
 
