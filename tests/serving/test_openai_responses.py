@@ -314,3 +314,38 @@ def test_a_client_that_goes_away_cancels_its_response(live):
         scheduler.resume()
     wait_until(lambda: scheduler.state()["active_slots"] == 0, "the slot to be freed")
     assert job.release_step - job.cancel_step <= 1 and job.completion_tokens < 150
+
+
+@pytest.mark.parametrize("instructions", [None, SYSTEM])
+def test_truncation_drops_the_fewest_first_items_in_few_encodings(instructions):
+    """fit drops the same items as dropping the first one at a time until the rest fits (the definition), for every
+    context from all-fits to nothing-fits, in ~log2(items) encodings instead of one an item (200 items: O(n^2)
+    tokens encoded before)."""
+    from arlm.serving.openai_responses import ResponsesRequest
+
+    lengths = [3 + (i * 7) % 11 for i in range(200)]  # each item's tokens (seeded by value)
+    given = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * n} for i, n in enumerate(lengths)]
+    calls = []
+
+    def encode(chat):  # a token per character, and 4 a message: a template's
+        calls.append(1)
+        return [0] * sum(len(m.content) + 4 for m in chat)
+
+    def by_definition(req, context):
+        chat, kept = req.chat(), 1 if instructions else 0
+        while len(encode(chat)) + 8 > context and len(chat) > kept + 1:
+            del chat[kept]
+        return encode(chat)
+
+    for context in (3000, 2000, 1200, 400, 60, 20, 5):
+        req = ResponsesRequest(
+            model=MODEL_ID, input=given, instructions=instructions, max_output_tokens=8, truncation="auto"
+        )
+        expected = by_definition(req, context)
+        calls.clear()
+        assert req.fit(encode, context) == expected
+        assert len(calls) <= 2 + 8  # the whole input, the most dropped, then bisection over 200 items
+    refused = ResponsesRequest(
+        model=MODEL_ID, input=given, instructions=instructions, max_output_tokens=8
+    )  # truncation "disabled"
+    assert len(refused.fit(encode, 400)) == sum(lengths) + 4 * 200 + (len(SYSTEM) + 4 if instructions else 0)

@@ -202,14 +202,27 @@ class ResponsesRequest(Sampling):
     def fit(self, encode: Callable[[list[ChatMessage]], list[int]], context: int) -> list[int]:
         """The prompt's ids (encode: through the chat template); with truncation "auto", the input's first items
         dropped, as OpenAI's API drops them, until it leaves max_output_tokens (else one) of the context's
-        positions; the instructions and the last item are kept (what still does not fit is refused)."""
+        positions; the instructions and the last item are kept (what still does not fit is refused). The fewest
+        items to drop are found by bisection (the prompt shrinks as items go): ~log2(items) encodings, not one an
+        item."""
         chat, kept = self.chat(), 1 if self.instructions is not None else 0
-        prompt = encode(chat)
-        while (
-            self.truncation == "auto" and len(prompt) + (self.max_output_tokens or 1) > context and len(chat) > kept + 1
-        ):
-            del chat[kept]
-            prompt = encode(chat)
+        room = context - (self.max_output_tokens or 1)
+
+        def without(dropped: int) -> list[int]:
+            return encode(chat[:kept] + chat[kept + dropped :])
+
+        prompt = without(0)
+        if self.truncation != "auto" or len(prompt) <= room:
+            return prompt
+        short, enough = 0, len(chat) - kept - 1  # dropping `short` items does not fit; `enough` leaves the last item
+        prompt = without(enough)
+        while enough - short > 1:
+            middle = (short + enough) // 2
+            ids = without(middle)
+            if len(ids) <= room:
+                enough, prompt = middle, ids
+            else:
+                short = middle
         return prompt
 
     def check(self) -> None:
