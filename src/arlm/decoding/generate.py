@@ -22,7 +22,15 @@ from arlm.decoding.processors import (
     sample,
 )
 from arlm.decoding.speculative import speculative_generate
-from arlm.decoding.types import GenerationOutput, StopCheck, TokenCallback, TraceCallback, decoding_rate, stop_tail
+from arlm.decoding.types import (
+    Callbacks,
+    GenerationOutput,
+    StopCheck,
+    TokenCallback,
+    TraceCallback,
+    decoding_rate,
+    stop_tail,
+)
 from arlm.errors import ArlmError
 
 SYNC_EVERY = 16  # GPU decoding looks at the stop flags (a device sync) once per this many tokens
@@ -76,7 +84,7 @@ def generate(
         raise ArlmError(f"top_logprobs must be at least 0; got {top_logprobs}", param="top_logprobs")
     engine, owned = engine_for(model)
     try:
-        callbacks = {"on_token": on_token, "should_stop": should_stop, "trace": trace}
+        callbacks = Callbacks(on_token=on_token, should_stop=should_stop, trace=trace)
         return _generate(
             engine, prompt_ids, config, attention_mask, eos_id, pad_id, draft, callbacks, grammar, top_logprobs
         )
@@ -93,7 +101,7 @@ def _generate(
     eos_id: int | None,
     pad_id: int | None,
     draft: torch.nn.Module | None,
-    callbacks: dict,
+    callbacks: Callbacks,
     grammar: JsonGrammar | None = None,
     top_logprobs: int | None = None,
 ) -> GenerationOutput:

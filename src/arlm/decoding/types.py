@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 
 TokenCallback = Callable[[torch.Tensor], None]  # called with the (B,) tokens chosen at each step
 StopCheck = Callable[[int, list[int]], bool]  # (row, generated ids so far, or their last `window`) -> stop this row?
 TraceCallback = Callable[[dict], None]  # strategy events: beam search's beams, speculative decoding's verifications
+
+
+class Callbacks(TypedDict):
+    """generate()'s callbacks as a strategy takes them (keyword arguments of the same names)."""
+
+    on_token: TokenCallback | None
+    should_stop: StopCheck | None
+    trace: TraceCallback | None
+
+
 MAX_TOP = 20  # the most alternatives a token's log-probabilities or trace list (as OpenAI's top_logprobs)
 
 
