@@ -71,3 +71,35 @@ def test_greedy_adaptive_prompt_lookup_measures_its_rounds_and_stays_exact(monke
     seen.clear()
     generate(model, prompt, sampled)
     assert seen and not any(measure for _, measure in seen)  # sampling: the fixed model, so a seed's draws are fixed
+
+
+def test_a_drafted_token_priced_by_its_measured_time_once_a_step_was_seen():
+    """The draft's share of the weights until both a one-token forward and a draft round after the first (which may
+    read the prompt) were timed; then the ratio of the medians; nothing where not measuring."""
+    cost = ForwardCost(measure=True)
+    assert not cost.priced() and not cost.verified() and cost.draft(0.58) == 0.58
+    cost.record_draft(4, 1.0)  # the first round: the prompt's forward in a draft with a cache of its own
+    cost.record(1, 0.010)
+    assert cost.priced() and cost.draft(0.58) == 0.58
+    for tokens, seconds in ((4, 0.030), (2, 0.016), (0, 0.5), (4, 0.032)):  # (a round that drafted nothing: none)
+        cost.record_draft(tokens, seconds)
+    assert cost.draft(0.58) == pytest.approx(0.008 / 0.010)  # the median of 7.5, 8 and 8 ms a token
+    ignoring = ForwardCost(measure=False)
+    ignoring.record(1, 0.010)
+    for _ in range(3):
+        ignoring.record_draft(4, 0.030)
+    assert ignoring.priced() and ignoring.draft(0.58) == 0.58
+
+
+def test_adaptive_gamma_measures_a_step_and_a_verification_first_then_drafts_by_the_measured_price():
+    cost = ForwardCost(measure=True)
+    adaptive = spec.AdaptiveGamma(8, 0.58, cost, prior=0.9)
+    assert adaptive.next() == 0  # unpriced: a plain step, which measures the unit
+    cost.record(1, 0.010)
+    assert adaptive.next() == spec.PROBE_GAMMA  # then drafting once, which measures a verification
+    for k in range(2, 10):
+        cost.record(k, 0.010 * (1 + 0.04 * (k - 1)))  # a verification ~1.15x a step (int8 on a Zen 4)
+    assert adaptive.next() > 0  # at the weights' share, 0.58, drafting pays at 90% acceptance
+    for _ in range(3):
+        cost.record_draft(4, 4 * 0.0095)  # measured: a drafted token costs 0.95 of a step
+    assert adaptive.next() == 0

@@ -8,6 +8,7 @@ import torch
 import arlm.decoding.drafters as drafters
 import arlm.decoding.speculative as spec
 from arlm.config import GenerationConfig, ModelConfig
+from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.generate import generate
 from arlm.decoding.processors import History
 from arlm.errors import ArlmError
@@ -445,3 +446,33 @@ def test_a_batch_is_refused_naming_the_strategy_asked_for(strategy):
     config = GenerationConfig(strategy=strategy, max_new_tokens=4, temperature=0.0)
     with pytest.raises(ArlmError, match=f"^{strategy} takes one prompt at a time$"):
         generate(target, [[1, 2], [3, 4]], config, draft=target if strategy == "speculative" else None)
+
+
+@pytest.mark.parametrize("per_token, drafting", [(0.002, True), (0.012, False)])
+def test_greedy_adaptive_speculation_prices_the_draft_by_its_measured_time_and_stays_exact(
+    monkeypatch, per_token, drafting
+):
+    """Where greedy, adaptive speculative decoding times its draft's rounds: a drafted token measured at 0.2 of a
+    step keeps it drafting, at 1.2 it stops (its share of the weights, made 0.3 here, would keep it drafting); the
+    first round is a plain step, the unit of the prices; the text is greedy's."""
+    target = _model(0)
+    draft = _model(0)  # the target's own weights: every draft accepted, so only the price can stop it
+    prompt = [[1, 2, 3, 4, 5, 6]]
+    expected = generate(target, prompt, GenerationConfig(strategy="greedy", max_new_tokens=60)).generated()[0]
+    config = GenerationConfig(strategy="speculative", temperature=0, max_new_tokens=60, adaptive_draft=True)
+    rounds = []
+
+    class Timed(ForwardCost):
+        def record(self, tokens: int, seconds: float) -> None:
+            rounds.append(tokens - 1)
+            super().record(tokens, 0.010 * (1 + 0.05 * (tokens - 1)))  # verifying is cheap
+
+        def record_draft(self, tokens: int, seconds: float) -> None:
+            super().record_draft(tokens, per_token * tokens)
+
+    monkeypatch.setattr(spec, "ForwardCost", Timed)
+    monkeypatch.setattr(spec, "draft_cost", lambda target, draft, config: 0.3)
+    out = generate(target, prompt, config, draft=draft)
+    assert out.generated()[0] == expected
+    assert rounds[0] == 0 and all(rounds[1:3])  # a plain step, then drafting at the weights' share
+    assert any(rounds[-3:]) == drafting  # then as the measured price says

@@ -193,9 +193,12 @@ class LookupThenModel:
         self.model.close()
 
 
+Drafter = ModelDrafter | PromptLookupDrafter | LookupThenModel  # what proposes a round's drafts
+
+
 def make_drafter(
     draft: torch.nn.Module | None, max_len: int, most: int, config: GenerationConfig, history: History, target: Engine
-) -> ModelDrafter | PromptLookupDrafter | LookupThenModel:
+) -> Drafter:
     """The drafter of a text of at most max_len tokens drafting at most `most` a round: the draft model's
     ('speculative'; over the target's cache where the draft is the target's own weights; after prompt lookup where
     config.lookup_first) or n-gram lookup in the context ('prompt-lookup')."""

@@ -6,11 +6,12 @@ target's distribution (or, greedy, exactly the target's greedy text). Caches are
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
 from arlm.config import GenerationConfig
-from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, make_drafter
+from arlm.decoding.drafters import MAX_ADAPTIVE_DRAFT, Drafter, make_drafter
 from arlm.decoding.engine import Engine, cache_dtype
 from arlm.decoding.forward_cost import ForwardCost
 from arlm.decoding.processors import History, best, make_generator, process
@@ -31,6 +32,7 @@ LOOKUP_PRIOR = 0.6  # acceptance assumed by adaptive prompt lookup before it has
 # and by a draft model: drafting is how its acceptance is learned, and at 0.6 a cheap draft that agrees with the
 # target on nearly every token (the target's own weights in int4) never started
 DRAFT_PRIOR = 0.9
+PROBE_GAMMA = 4  # drafted once where prices are measured, to measure a verification's
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -63,14 +65,14 @@ def verify(
 
 
 class AdaptiveGamma:
-    """How many tokens to draft next: the gamma (0..max_gamma) with the most expected tokens per unit of cost,
-    from a running estimate `rate` of the chance that a drafted token is accepted. With acceptance a, a round that
-    drafts g tokens yields (1 - a^(g+1)) / (1 - a) tokens and costs, in one-token target forwards, the forward over
-    1 + g tokens (`cost`: measured where decoding is greedy, decoding/forward_cost.py) plus g drafted tokens at
-    draft_cost each; so when acceptance falls, or verifying costs much more than a step, gamma shrinks to 0 (plain
-    one-token steps, as greedy decoding takes), and while not drafting the estimate drifts back to its prior, so
-    drafting is tried again now and then. Only how many tokens are drafted changes: verification, and so the output,
-    stays exact."""
+    """How many tokens to draft next: the gamma (0..max_gamma) with the most expected tokens per unit of cost, from a
+    running estimate `rate` of the chance that a drafted token is accepted. With acceptance a, a round that drafts g
+    tokens yields (1 - a^(g+1)) / (1 - a) tokens and costs, in one-token target forwards, the forward over 1 + g
+    tokens plus g drafted tokens at draft_cost each (both measured where decoding is greedy, `cost`:
+    decoding/forward_cost.py); so when acceptance falls, or verifying costs much more than a step, gamma shrinks to
+    0 (plain one-token steps, as greedy decoding takes), and while not drafting the estimate drifts back to its
+    prior, so drafting is tried again now and then. Only how many tokens are drafted changes: verification, and so
+    the output, stays exact."""
 
     def __init__(
         self, max_gamma: int, draft_cost: float, cost: ForwardCost | None = None, prior: float = LOOKUP_PRIOR
@@ -80,12 +82,26 @@ class AdaptiveGamma:
         self.prior = self.rate = prior
 
     def next(self) -> int:
-        """The gamma to draft next (0 unless some gamma is expected to beat a plain step)."""
-        a = min(self.rate, 0.999)
-        price = [self.cost.relative(g + 1) + self.draft_cost * g for g in range(self.max_gamma + 1)]
-        value = [1.0] + [(1 - a ** (g + 1)) / (1 - a) / price[g] for g in range(1, self.max_gamma + 1)]
+        """The gamma to draft next (0 unless some gamma is expected to beat a plain step). Where prices are measured,
+        the first round is a plain step (their unit), and the next drafts PROBE_GAMMA tokens where drafting could pay
+        at all (a verification's price: the fixed model's, far from most machines', would otherwise decide whether one
+        is ever measured)."""
+        if not self.cost.priced():
+            return 0
+        a, drafted = min(self.rate, 0.999), self.cost.draft(self.draft_cost)
+        if not self.cost.verified():
+            could_pay = (
+                self._best(a, lambda g: 1.0 + drafted * g)[1] > 1.0 + 1e-9
+            )  # (a verification as cheap as a step)
+            return min(PROBE_GAMMA, self.max_gamma) if could_pay else 0
+        gamma, value = self._best(a, lambda g: self.cost.relative(g + 1) + drafted * g)
+        return gamma if value > 1.0 + 1e-9 else 0
+
+    def _best(self, a: float, price: Callable[[int], float]) -> tuple[int, float]:
+        """The gamma with the most expected tokens per unit of price(gamma) at acceptance a, and that many."""
+        value = [1.0] + [(1 - a ** (g + 1)) / (1 - a) / price(g) for g in range(1, self.max_gamma + 1)]
         gamma = max(range(self.max_gamma + 1), key=lambda g: value[g])
-        return gamma if value[gamma] > 1.0 + 1e-9 else 0
+        return gamma, value[gamma]
 
     def update(self, proposed: int, accepted: int) -> None:
         """Learn from a round: each accepted draft counts as a success, the rejected one (if any) as a failure."""
@@ -135,7 +151,7 @@ def speculative_generate(
         while seq.shape[1] < max_len:
             gamma = adaptive.next() if adaptive is not None else top
             room = max_len - seq.shape[1]
-            drafts, q = drafter.propose(seq, min(gamma, room - 1), config, greedy, generator)
+            drafts, q = _timed_propose(drafter, cost, seq, min(gamma, room - 1), config, greedy, generator)
             began = time.perf_counter()
             accepted, new, logits = _round(engine, seq, drafts, q, config, greedy, generator, history)
             cost.record(1 + len(drafts), time.perf_counter() - began)
@@ -157,6 +173,23 @@ def speculative_generate(
     finally:
         drafter.close()
     return _output(seq[:, :max_len], T, marks, stats, time.perf_counter() - start, prompt_s)
+
+
+def _timed_propose(
+    drafter: Drafter,
+    cost: ForwardCost,
+    seq: torch.Tensor,
+    gamma: int,
+    config: GenerationConfig,
+    greedy: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The drafter's proposal (drafts (g,), q (g, V) or None), a draft model's timed for the price adaptive γ weighs."""
+    began = time.perf_counter()
+    drafts, q = drafter.propose(seq, gamma, config, greedy, generator)
+    if drafter.source == "model":
+        cost.record_draft(len(drafts), time.perf_counter() - began)
+    return drafts, q
 
 
 def _adaptive(
