@@ -89,10 +89,8 @@ class AdaptiveGamma:
         if not self.cost.priced():
             return 0
         a, drafted = min(self.rate, 0.999), self.cost.draft(self.draft_cost)
-        if not self.cost.verified():
-            could_pay = (
-                self._best(a, lambda g: 1.0 + drafted * g)[1] > 1.0 + 1e-9
-            )  # (a verification as cheap as a step)
+        if not self.cost.verified():  # could drafting pay at all, were a verification as cheap as a step?
+            could_pay = self._best(a, lambda g: 1.0 + drafted * g)[1] > 1.0 + 1e-9
             return min(PROBE_GAMMA, self.max_gamma) if could_pay else 0
         gamma, value = self._best(a, lambda g: self.cost.relative(g + 1) + drafted * g)
         return gamma if value > 1.0 + 1e-9 else 0
