@@ -105,3 +105,30 @@ def test_what_the_grammar_cannot_hold_is_refused_in_one_line(tiny):
     JsonGrammar(tok, {**COLOUR, "x-guidance": 3})  # options that are no object: llguidance's own defaults
     with pytest.raises(ArlmError, match="tokenizer of the tokenizers library"):
         JsonGrammar(train_tokenizer("char", ["abc{}"], 0), COLOUR)
+
+
+def test_a_batchs_masks_allow_the_tokens_llguidance_accepts_one_by_one(tiny):
+    """mask_rows over rows at different places in the text (one without a grammar, one done) leaves finite exactly the
+    tokens llguidance's own check (validate_tokens, token by token) accepts at each row's place, the others -inf, and
+    the rows without a running matcher as they were."""
+    from arlm.decoding.grammar import mask_rows
+
+    _, tok = tiny
+    grammar = JsonGrammar(tok, COLOUR)
+    matchers = [grammar.matcher() for _ in range(4)]
+    for token in tok.encode('{"colour":"'):
+        matchers[1].advance(token)
+    for token in tok.encode('{"colour":"red"}'):
+        matchers[2].advance(token)
+    logits = torch.randn(6, tok.vocab_size, generator=torch.Generator().manual_seed(0))
+    done = torch.tensor([False, False, False, False, False, True])
+    masked = mask_rows([*matchers, None, matchers[3]], logits, done)
+    assert torch.equal(masked[4:], logits[4:])  # no grammar; done
+    for row, matcher in enumerate(matchers[:3]):
+        own = matcher._matcher
+        accepted = [own.validate_tokens([t]) == 1 for t in range(tok.vocab_size) if t != tok.eos_id]
+        finite = [bool(masked[row, t].isfinite()) for t in range(tok.vocab_size) if t != tok.eos_id]
+        assert finite == accepted and any(accepted) == (row != 2), row
+        assert bool(masked[row, tok.eos_id].isfinite()) == own.is_accepting(), row  # EOS once the JSON is complete
+        kept = masked[row].isfinite()
+        assert torch.equal(masked[row, kept], logits[row, kept])

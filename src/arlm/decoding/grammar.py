@@ -7,11 +7,14 @@ whenever decoding ends on EOS, not on max_new_tokens."""
 
 from __future__ import annotations
 
+import functools
 import json
 import weakref
 from typing import TYPE_CHECKING
 
 import llguidance
+import llguidance.numpy
+import numpy as np
 import torch
 
 from arlm.errors import ArlmError
@@ -37,6 +40,19 @@ def _ll_tokenizer(tokenizer: Tokenizer, vocab_size: int) -> llguidance.LLTokeniz
         spec = tokenizer.backend.to_str()
         made[vocab_size] = llguidance.LLTokenizer(spec, n_vocab=vocab_size, eos_token=tokenizer.eos_id)
     return made[vocab_size]
+
+
+@functools.cache
+def _executor() -> llguidance.LLExecutor:
+    """llguidance's threads, computing several rows' masks at once (between forwards: the model's threads idle)."""
+    return llguidance.LLExecutor(num_threads=max(1, torch.get_num_threads()))
+
+
+def _unpack(words: np.ndarray, vocab_size: int) -> torch.Tensor:
+    """Bitmasks (R, ceil(V/32)) int32 -> allowed (R, V) bool: bit j of word i is token 32 i + j (NumPy's unpackbits
+    over the words' little-endian bytes: 8 rows of SmolLM2's 49,152 tokens in ~0.1 ms, against ~0.4 by shifts)."""
+    bits = np.unpackbits(words.astype("<i4", copy=False).view(np.uint8), axis=-1, bitorder="little")
+    return torch.from_numpy(bits[..., :vocab_size]).bool()  # (R, V)
 
 
 class JsonGrammar:
@@ -77,13 +93,11 @@ class Matcher:
     def __init__(self, grammar: JsonGrammar) -> None:
         self.vocab_size, self.eos_id = grammar.vocab_size, grammar.eos_id
         self._matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.grammar, log_level=0)
-        self._bits = torch.arange(32, dtype=torch.int32)  # (32,)
 
     def allowed(self) -> torch.Tensor:
         """Which tokens may come next: (V,) bool."""
-        words = torch.frombuffer(bytearray(self._matcher.compute_bitmask()), dtype=torch.int32)  # (ceil(V/32),)
-        bits = (words[:, None] >> self._bits) & 1  # (ceil(V/32), 32): bit j of word i is token 32 i + j
-        return bits.flatten()[: self.vocab_size].bool()
+        words = np.frombuffer(self._matcher.compute_bitmask(), dtype="<i4")  # (ceil(V/32),)
+        return _unpack(words[None], self.vocab_size)[0]
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (..., V) with every token not allowed next at -inf (a new tensor)."""
@@ -102,7 +116,13 @@ def mask_rows(matchers: list[Matcher | None], logits: torch.Tensor, done: torch.
     rows = [i for i, m in enumerate(matchers) if m is not None and (done is None or not bool(done[i]))]
     if not rows:
         return logits
-    logits = logits.clone()
-    for i in rows:
-        logits[i] = matchers[i].mask(logits[i])
-    return logits
+    vocab = logits.shape[-1]
+    words = llguidance.numpy.allocate_token_bitmask(len(rows), vocab)  # (R, ceil(V/32))
+    running = [(matchers[i]._matcher, k) for k, i in enumerate(rows)]
+    llguidance.numpy.fill_next_token_bitmask_par(_executor(), running, words)
+    allowed = _unpack(words, vocab)  # (R, V)
+    if len(rows) < logits.shape[0]:  # (rows without a matcher, or done: every token allowed)
+        every = torch.ones(logits.shape, dtype=torch.bool)  # (B, V)
+        every[rows] = allowed
+        allowed = every
+    return torch.where(allowed.to(logits.device), logits, float("-inf"))
