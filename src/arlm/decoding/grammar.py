@@ -7,8 +7,8 @@ whenever decoding ends on EOS, not on max_new_tokens."""
 
 from __future__ import annotations
 
-import functools
 import json
+import os
 import weakref
 from typing import TYPE_CHECKING
 
@@ -42,10 +42,15 @@ def _ll_tokenizer(tokenizer: Tokenizer, vocab_size: int) -> llguidance.LLTokeniz
     return made[vocab_size]
 
 
-@functools.cache
+_EXECUTORS: dict[int, llguidance.LLExecutor] = {}  # process id -> its pool (a forked child has none of the parent's)
+
+
 def _executor() -> llguidance.LLExecutor:
     """llguidance's threads, computing several rows' masks at once (between forwards: the model's threads idle)."""
-    return llguidance.LLExecutor(num_threads=max(1, torch.get_num_threads()))
+    pid = os.getpid()
+    if pid not in _EXECUTORS:
+        _EXECUTORS[pid] = llguidance.LLExecutor(num_threads=max(1, torch.get_num_threads()))
+    return _EXECUTORS[pid]
 
 
 def _unpack(words: np.ndarray, vocab_size: int) -> torch.Tensor:
