@@ -75,9 +75,16 @@ int main(int argc, char **argv) {
         for (long i = 0; i < N * copies; i++) ((float *)levels)[i] = 0.01f;
     else /* float16 scales and lows per group, ~0.125 .. 0.25 */
         for (long i = 0; i < level_bytes * copies / 2; i++) ((uint16_t *)levels)[i] = 0x3000 + (rand() & 0x3ff);
-    float *x = malloc(8 * K * sizeof(float)), *ya = malloc(8 * N * sizeof(float)), *yb = malloc(8 * N * sizeof(float));
-    for (long i = 0; i < 8 * K; i++) x[i] = rand() / (float)RAND_MAX - 0.5f;
-    for (long M = 1; M <= 8; M++) {
+    /* the row counts: 1..8, or ARLM_AB_ROWS's comma-separated list (a prompt's: 64,256) */
+    long counts[64], n_counts = 0, most = 8;
+    for (char *s = getenv("ARLM_AB_ROWS"); s && *s && n_counts < 64; s += *s == ',') counts[n_counts++] = strtol(s, &s, 10);
+    if (!n_counts)
+        for (long M = 1; M <= 8; M++) counts[n_counts++] = M;
+    for (long i = 0; i < n_counts; i++) most = counts[i] > most ? counts[i] : most;
+    float *x = malloc(most * K * sizeof(float)), *ya = malloc(most * N * sizeof(float)), *yb = malloc(most * N * sizeof(float));
+    for (long i = 0; i < most * K; i++) x[i] = rand() / (float)RAND_MAX - 0.5f;
+    for (long i = 0; i < n_counts; i++) {
+        long M = counts[i];
         double ta[REPEATS], tb[REPEATS];
         for (int r = 0; r < REPEATS; r++)
             for (int v = 0; v < 2; v++) { /* a, b, a, b, ...: both see the same stretch of the machine */

@@ -5,7 +5,8 @@
 #     bash benchmarks/int_mm_ab.sh [REV]
 #
 # "b / a" below 1: the working tree's kernel is faster. Time it on quiet cores.
-# ARLM_AB_OUTPUTS=N (an N x 576 layer) and ARLM_AB_HUGE=1 (2 MiB pages) pass through to the harness.
+# ARLM_AB_OUTPUTS=N (an N x 576 layer), ARLM_AB_ROWS=8,64,256 (row counts, else 1..8) and ARLM_AB_HUGE=1 (2 MiB
+# pages) pass through to the harness.
 set -euo pipefail
 rev="${1:-HEAD}"
 root="$(git rev-parse --show-toplevel)"

@@ -58,6 +58,7 @@
 static const int PAIRED[4] = {0, 2, 1, 3}; /* where input i of a quad of the rows' int16 q lies */
 #endif
 #define AHEAD 12    /* groups prefetched ahead (one row streamed, int8 / int4: 4 1.07-1.08x slower, 24 or 48 alike) */
+#define SPLIT_ROWS 8 /* from this many rows on the threads quantize them together (fewer: the caller alone) */
 #define Q_MAX 32639 /* largest |q|: 256 q1 + q2 with q1 in -127..127, q2 in -128..127 */
 
 /* The rows at 16 bits: q (2M, Kp) bytes, row 2m holding row m's q1 and 2m + 1 its q2 (BYTE_LEVELS; else (M, Kp)
@@ -369,8 +370,17 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
         return;
     }
 #endif
-    Rows r = quantize_rows(x, M, l->K, width);
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (long t = 0; t < tiles; t++) rows_of_tile(&r, l, y, M, t);
+    Rows r = new_rows(M, l->K, width);
+    long count = M * r.groups, split = M >= SPLIT_ROWS;
+    if (!split) quantize_groups(&r, x, l->K, 0, count);
+#pragma omp parallel num_threads(threads)
+    {
+        if (split) { /* the rows quantized by the threads together (each group alone: the same bits) */
+#pragma omp for schedule(static)
+            for (long at = 0; at < count; at++) quantize_groups(&r, x, l->K, at, at + 1);
+        }
+#pragma omp for schedule(static)
+        for (long t = 0; t < tiles; t++) rows_of_tile(&r, l, y, M, t);
+    }
     free_rows(&r);
 }
