@@ -349,3 +349,7 @@ def test_truncation_drops_the_fewest_first_items_in_few_encodings(instructions):
         model=MODEL_ID, input=given, instructions=instructions, max_output_tokens=8
     )  # truncation "disabled"
     assert len(refused.fit(encode, 400)) == sum(lengths) + 4 * 200 + (len(SYSTEM) + 4 if instructions else 0)
+    alone = ResponsesRequest(model=MODEL_ID, input=given[:1], instructions=instructions, truncation="auto")
+    calls.clear()
+    assert len(alone.fit(encode, 5)) == lengths[0] + 4 + (len(SYSTEM) + 4 if instructions else 0)  # nothing to drop
+    assert len(calls) == 1  # encoded once (twice before)

@@ -215,7 +215,7 @@ class ResponsesRequest(Sampling):
         if self.truncation != "auto" or len(prompt) <= room:
             return prompt
         short, enough = 0, len(chat) - kept - 1  # dropping `short` items does not fit; `enough` leaves the last item
-        prompt = without(enough)
+        prompt = without(enough) if enough else prompt  # (one item: nothing to drop, the prompt as encoded)
         while enough - short > 1:
             middle = (short + enough) // 2
             ids = without(middle)
