@@ -77,11 +77,13 @@ int main(int argc, char **argv) {
         for (long i = 0; i < level_bytes * copies / 2; i++) ((uint16_t *)levels)[i] = 0x3000 + (rand() & 0x3ff);
     /* the row counts: 1..8, or ARLM_AB_ROWS's comma-separated list (a prompt's: 64,256) */
     long counts[64], n_counts = 0, most = 8;
-    for (char *s = getenv("ARLM_AB_ROWS"); s && *s && n_counts < 64; s += *s == ',') counts[n_counts++] = strtol(s, &s, 10);
+    for (char *s = getenv("ARLM_AB_ROWS"); s && *s && n_counts < 64; s += *s == ',')
+        counts[n_counts++] = strtol(s, &s, 10);
     if (!n_counts)
         for (long M = 1; M <= 8; M++) counts[n_counts++] = M;
     for (long i = 0; i < n_counts; i++) most = counts[i] > most ? counts[i] : most;
-    float *x = malloc(most * K * sizeof(float)), *ya = malloc(most * N * sizeof(float)), *yb = malloc(most * N * sizeof(float));
+    float *x = malloc(most * K * sizeof(float)), *ya = malloc(most * N * sizeof(float));
+    float *yb = malloc(most * N * sizeof(float));
     for (long i = 0; i < most * K; i++) x[i] = rand() / (float)RAND_MAX - 0.5f;
     for (long i = 0; i < n_counts; i++) {
         long M = counts[i];

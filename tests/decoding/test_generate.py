@@ -165,6 +165,7 @@ def test_compiled_decoding_equals_eager(monkeypatch):
     import arlm.decoding.engine as engine_module
 
     monkeypatch.setattr(engine_module, "compile_options", lambda device: {"backend": "eager", "fullgraph": True})
+    torch._dynamo.reset()  # compiled at fullgraph afresh: earlier tests' compilations count against its recompile limit
     model = _model()
     eager = generate(model, [[1, 2, 3], [4, 5, 6]], GenerationConfig(strategy="greedy", max_new_tokens=16))
     config = GenerationConfig(strategy="greedy", max_new_tokens=16, compile=True)

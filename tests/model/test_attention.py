@@ -92,11 +92,12 @@ def test_arlms_attention_kernel_writes_pytorchs_cache_and_attends_as_sdpa(dtype,
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_arlms_attention_kernel_gives_a_query_the_same_bits_alone_in_a_batch_or_in_a_slot(dtype):
+@pytest.mark.parametrize(("heads", "kv_heads", "hd"), [(4, 2, 32), (6, 2, 64), (8, 2, 64)])
+def test_arlms_attention_kernel_gives_a_query_the_same_bits_alone_in_a_batch_or_in_a_slot(dtype, heads, kv_heads, hd):
     """A query's output depends on its own query, keys and values only: 3 rows of 6 new tokens at once equal each row
-    alone, token by token, and the same rows decoded in slots of a slot cache."""
+    alone, token by token, and the same rows decoded in slots of a slot cache. At head size 64 with AVX-512 the batch
+    takes each cache head's 3 or 4 query heads together (attention.c's attend_group), a token alone one at a time."""
     generator = torch.Generator().manual_seed(2)
-    heads, kv_heads, hd = 4, 2, 32
     qkv = torch.randn(3, 6, (heads + 2 * kv_heads) * hd, generator=generator).to(dtype)  # (B, T, W)
     rope = tuple(torch.randn(1, 6, hd, generator=generator) for _ in range(2))  # (1, T, hd) each
     prefix = torch.randn(3, kv_heads, 20, hd, generator=generator).to(dtype)  # earlier positions' keys and values

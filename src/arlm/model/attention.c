@@ -10,7 +10,9 @@
  * add: built with -ffp-contract=off) and rounds to the rows' dtype, as model/attention.py's apply_rope does, so the
  * cache holds the same bits either path writes. Each query's attention is computed alone (its keys in groups of VL
  * from the first, fixed reductions), so its bits depend on its own query, keys and values only: a verification of k
- * tokens gives each token the bits k one-token steps give, and a row of a batch the bits it gets alone.
+ * tokens gives each token the bits k one-token steps give, and a row of a batch the bits it gets alone. With AVX-512
+ * a batch or a verification takes the query heads that share a cache head together (attend_group), each key and value
+ * read once for them, each query still computed by the same operations in the same order.
  *
  * Dtypes: rows (qkv, out) float32 or bfloat16 (xbf = 1); cache float32 or bfloat16 (cbf = 1); head_dim a multiple
  * of 16, at most 256. */
@@ -113,6 +115,74 @@ static inline __attribute__((always_inline)) void attend_one(const float *q, con
     }
 }
 
+#if VL == 16
+#define GROUP_MAX 4 /* query heads a cache head serves that one call takes together (GQA; SmolLM2: 3) */
+/* attend_one for the g (<= GROUP_MAX) queries q[0 .. g) of one cache head (the query heads that share it: the same
+ * keys, values and mask) into out[0 .. g): each query's operations are attend_one's in its order (the same bits), but
+ * each key and value vector is read once for the g of them, not once each (hd 64: SmolLM2's, Llama-style models') */
+static inline __attribute__((always_inline)) void attend_group(const float *const *q, const int g, const void *keys,
+                                                              const void *values, int cbf, const uint8_t *allowed,
+                                                              long seen, void *const *out, int xbf) {
+    const long hd = 64, padded = (seen + VL - 1) / VL * VL;
+    float scores[GROUP_MAX * padded];
+    const vf scale = vf_set1(1.0f / sqrtf((float)hd));
+    vf top[GROUP_MAX], total[GROUP_MAX], shift[GROUP_MAX];
+    for (int k = 0; k < g; k++) top[k] = vf_set1(-INFINITY), total[k] = vf_zero();
+    for (long j = 0; j < padded; j += VL) {
+        long n = j + VL <= seen ? VL : seen - j;
+        vf acc[GROUP_MAX][VL];
+        for (int i = 0; i < VL; i++) {
+            for (int k = 0; k < g; k++) acc[k][i] = vf_zero();
+            if (i < n)
+                for (long d = 0; d < hd; d += VL) {
+                    vf key = load_values(keys, cbf, (j + i) * hd + d);
+                    for (int k = 0; k < g; k++) acc[k][i] = vf_fma(vf_load(q[k] + d), key, acc[k][i]);
+                }
+        }
+        for (int k = 0; k < g; k++) {
+            float *row = scores + k * padded;
+            vf_store(row + j, vf_mul(vf_sums(acc[k]), scale));
+            if (allowed || j + VL > seen)
+                for (long i = j; i < j + VL; i++)
+                    if (i >= seen || (allowed && !allowed[i])) row[i] = -INFINITY;
+            top[k] = vf_max(top[k], vf_load(row + j));
+        }
+    }
+    for (int k = 0; k < g; k++) { /* the weights e^(score - top) in place of the scores */
+        float *row = scores + k * padded;
+        shift[k] = vf_set1(-vf_top(top[k]));
+        for (long j = 0; j < padded; j += VL) {
+            vf s = vf_load(row + j), w = vf_where_not_neg_inf(s, vf_exp(vf_add(s, shift[k])));
+            vf_store(row + j, w);
+            total[k] = vf_add(total[k], w);
+        }
+    }
+    vf even[GROUP_MAX][4], odd[GROUP_MAX][4];
+    for (int k = 0; k < g; k++)
+        for (int d = 0; d < 4; d++) even[k][d] = odd[k][d] = vf_zero();
+    for (long j = 0; j < seen; j += 2) { /* even keys into `even`, odd ones into `odd`, as attend_one */
+        if (!allowed || allowed[j])
+            for (int d = 0; d < 4; d++) {
+                vf value = load_values(values, cbf, j * hd + d * VL);
+                for (int k = 0; k < g; k++) even[k][d] = vf_fma(vf_set1(scores[k * padded + j]), value, even[k][d]);
+            }
+        if (j + 1 < seen && (!allowed || allowed[j + 1]))
+            for (int d = 0; d < 4; d++) {
+                vf value = load_values(values, cbf, (j + 1) * hd + d * VL);
+                for (int k = 0; k < g; k++) odd[k][d] = vf_fma(vf_set1(scores[k * padded + j + 1]), value, odd[k][d]);
+            }
+    }
+    for (int k = 0; k < g; k++) {
+        const vf divisor = vf_set1(vf_sum(total[k]));
+        float lanes[VL];
+        for (long d = 0; d < hd; d += VL) {
+            vf_store(lanes, vf_div(vf_add(even[k][d / VL], odd[k][d / VL]), divisor));
+            for (int i = 0; i < VL; i++) store(out[k], xbf, d + i, lanes[i]);
+        }
+    }
+}
+#endif
+
 /* attend_one compiled for SmolLM2's and most models' head size, and for any other */
 static void attend(const float *q, const void *keys, const void *values, int cbf, const uint8_t *allowed, long seen,
                    long hd, void *out, int xbf) {
@@ -146,6 +216,54 @@ static inline void rotate_head(const Call *c, long b, long t, long h, float *dst
            dst);
 }
 
+/* query t of row b's mask (NULL: none) */
+static inline const uint8_t *mask_of(const Call *c, long b, long t) {
+    return c->a->allowed ? c->a->allowed + b * c->a->mask_stride + t * c->a->S : NULL;
+}
+
+/* where head h of row b's token t goes in out */
+static inline char *output(const Call *c, void *out, long b, long t, long h) {
+    const Attention *a = c->a;
+    return (char *)out + ((b * a->T + t) * a->nh + h) * a->hd * (a->xbf ? 2 : 4);
+}
+
+/* Whether the call takes each cache head's query heads together (attend_group: AVX-512, head size 64, 2 to GROUP_MAX
+ * query heads a cache head) -- where the groups are enough to keep the threads busy: a batch or a verification, not
+ * one row's one token (3 cache heads over 2 threads; its query heads one at a time split 5 and 4). The same bits
+ * either way. */
+static int grouped(const Attention *a, int threads) {
+#if VL == 16
+    long per = a->nh / a->nkv;
+    return a->hd == 64 && per >= 2 && per <= GROUP_MAX && a->B * a->T * a->nkv >= 4 * threads;
+#else
+    (void)a, (void)threads;
+    return 0;
+#endif
+}
+
+/* row b's token t: the query heads of cache head h, together (attend_group) */
+static void attend_heads(const Call *c, long b, long h, long t, void *out) {
+#if VL == 16
+    const Attention *a = c->a;
+    long per = a->nh / a->nkv, head = (cache_row(c, b) * a->nkv + h) * a->L * a->hd * (a->cbf ? 2 : 4);
+    float rotated[GROUP_MAX][64];
+    const float *q[GROUP_MAX];
+    void *dst[GROUP_MAX];
+    for (long k = 0; k < per; k++) {
+        rotate_head(c, b, t, h * per + k, rotated[k]);
+        q[k] = rotated[k], dst[k] = output(c, out, b, t, h * per + k);
+    }
+    const void *keys = (char *)a->ck + head, *values = (char *)a->cv + head;
+    const uint8_t *mask = mask_of(c, b, t);
+    long seen = position(c, b, t) + 1;
+    if (per == 3) attend_group(q, 3, keys, values, a->cbf, mask, seen, dst, a->xbf); /* (SmolLM2) */
+    else if (per == 2) attend_group(q, 2, keys, values, a->cbf, mask, seen, dst, a->xbf);
+    else attend_group(q, 4, keys, values, a->cbf, mask, seen, dst, a->xbf);
+#else
+    (void)c, (void)b, (void)h, (void)t, (void)out;
+#endif
+}
+
 /* kernels.h says what the arguments hold */
 void arlm_attend(const Attention *a, const void *qkv, void *out, int threads) {
     Call c = {a, qkv};
@@ -163,16 +281,21 @@ void arlm_attend(const Attention *a, const void *qkv, void *out, int threads) {
                     for (long d = 0; d < hd; d++) store(a->ck, a->cbf, at + d, rotated[d]);
                     for (long d = 0; d < hd; d++) store(a->cv, a->cbf, at + d, value(v, a->xbf, d));
                 }
+        if (grouped(a, threads)) {
 #pragma omp for collapse(3) schedule(static)
-        for (long b = 0; b < a->B; b++)
-            for (long h = 0; h < nh; h++)
-                for (long t = 0; t < T; t++) {
-                    rotate_head(&c, b, t, h, rotated);
-                    long head = (cache_row(&c, b) * nkv + h / (nh / nkv)) * L * hd * csize;
-                    const uint8_t *mask = a->allowed ? a->allowed + b * a->mask_stride + t * a->S : NULL;
-                    char *dst = (char *)out + ((b * T + t) * nh + h) * hd * (a->xbf ? 2 : 4);
-                    attend(rotated, (char *)a->ck + head, (char *)a->cv + head, a->cbf, mask, position(&c, b, t) + 1,
-                           hd, dst, a->xbf);
-                }
+            for (long b = 0; b < a->B; b++)
+                for (long h = 0; h < nkv; h++)
+                    for (long t = 0; t < T; t++) attend_heads(&c, b, h, t, out);
+        } else {
+#pragma omp for collapse(3) schedule(static)
+            for (long b = 0; b < a->B; b++)
+                for (long h = 0; h < nh; h++)
+                    for (long t = 0; t < T; t++) {
+                        rotate_head(&c, b, t, h, rotated);
+                        long head = (cache_row(&c, b) * nkv + h / (nh / nkv)) * L * hd * csize;
+                        attend(rotated, (char *)a->ck + head, (char *)a->cv + head, a->cbf, mask_of(&c, b, t),
+                               position(&c, b, t) + 1, hd, output(&c, out, b, t, h), a->xbf);
+                    }
+        }
     }
 }
