@@ -6,7 +6,7 @@
 #
 # "b / a" below 1: the working tree's kernel is faster. Time it on quiet cores.
 # ARLM_AB_OUTPUTS=N (an N x 576 layer), ARLM_AB_ROWS=8,64,256 (row counts, else 1..8) and ARLM_AB_HUGE=1 (2 MiB
-# pages) pass through to the harness.
+# pages) pass through to the harness; ARLM_AB_MARCH=haswell builds both for another CPU (there: AVX2's engine).
 set -euo pipefail
 rev="${1:-HEAD}"
 root="$(git rev-parse --show-toplevel)"
@@ -17,7 +17,7 @@ for name in $(git -C "$root" ls-tree --name-only "$rev" src/arlm/model/ | grep -
     git -C "$root" show "$rev:$name" > "$build/a/$(basename "$name")"
 done
 cp "$root"/src/arlm/model/quantized*.[ch] "$root/src/arlm/model/kernels.h" "$build/b/"
-flags=(-O3 -march=native -ffp-contract=off -fopenmp)
+flags=(-O3 -march="${ARLM_AB_MARCH:-native}" -ffp-contract=off -fopenmp)
 for v in a b; do
     "${CC:-cc}" "${flags[@]}" -I "$build/$v" -c "$build/$v/quantized.c" -o "$build/$v.o" \
         -Darlm_int_mm="arlm_int_mm_$v" -Darlm_int_rows="arlm_int_rows_$v"

@@ -75,31 +75,84 @@ typedef struct {
 static void free_rows(Rows *r) { free(r->q), free(r->d), free(r->xsum), free(r->qsum); }
 
 #ifdef BYTE_LEVELS
-/* One group of `width` (32 or 64) values (count of them real, the rest zeros): sets its q1, q2 and the sum of q;
- * returns d (NaN where the group holds a NaN or an infinity: the outputs then are NaN, as a float product's would be).
- * q rounds to nearest, ties to even. */
-static float quantize_group(const float *x, long count, int width, int8_t *q1, int8_t *q2, int32_t *qsum) {
-    __m512 v[4], top = _mm512_setzero_ps();
-    __mmask16 odd = 0;
-    for (int h = 0; h < width / 16; h++) {
-        long n = count - 16 * h < 0 ? 0 : count - 16 * h > 16 ? 16 : count - 16 * h;
-        v[h] = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), x + 16 * h);
-        odd |= _mm512_fpclass_ps_mask(v[h], 0x99); /* NaN or infinity */
-        top = _mm512_max_ps(top, _mm512_abs_ps(v[h]));
+/* lane j: the largest (max) or the sum (else) of v[j]'s lanes, for 16 vectors of int32 at once (vf_sums's tree) */
+static inline __attribute__((always_inline)) __m512i lanes16(const __m512i *v, const int max) {
+#define LANES_OP(a, b) (max ? _mm512_max_epi32(a, b) : _mm512_add_epi32(a, b))
+    __m512i w[8], x[4];
+    for (int i = 0; i < 8; i++)
+        w[i] = LANES_OP(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        x[i] = LANES_OP(_mm512_unpacklo_epi64(w[2 * i], w[2 * i + 1]), _mm512_unpackhi_epi64(w[2 * i], w[2 * i + 1]));
+    __m512i s01 = LANES_OP(_mm512_shuffle_i32x4(x[0], x[1], 0x88), _mm512_shuffle_i32x4(x[0], x[1], 0xDD));
+    __m512i s23 = LANES_OP(_mm512_shuffle_i32x4(x[2], x[3], 0x88), _mm512_shuffle_i32x4(x[2], x[3], 0xDD));
+    return LANES_OP(_mm512_shuffle_i32x4(s01, s23, 0x88), _mm512_shuffle_i32x4(s01, s23, 0xDD));
+#undef LANES_OP
+}
+
+/* Values at .. at + 15 of a row of K (zeros past K; whole: all within it) */
+static inline __attribute__((always_inline)) __m512 load_part(const float *row, long K, long at, const int whole) {
+    if (whole) return _mm512_loadu_ps(row + at);
+    long count = K - at < 0 ? 0 : K - at > 16 ? 16 : K - at;
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), row + at);
+}
+
+/* The n (1..16) groups of `width` (32 or 64) values of row m from group g0 on (the row's K values real, zeros after
+ * them): their q1, q2, d (NaN where the group holds a NaN or an infinity: the outputs then are NaN, as a float
+ * product's would be), sums of q and d times those. q rounds to nearest, ties to even. The 16 groups' largest and sums
+ * are reduced together (each group alone took ~90 cycles a group of 64 on Zen 4, these ~45; the same bits). */
+static inline __attribute__((always_inline)) void run_of(Rows *r, const float *x, long K, long m, long g0, int n,
+                                                         const int width, const int whole) {
+    const int parts = width / 16;
+    const float *row = x + m * K;
+    __m512i top[16], sum[16];
+    for (int i = 0; i < 16; i++) top[i] = sum[i] = _mm512_setzero_si512();
+    for (int i = 0; i < n; i++) { /* the magnitudes' bits: ordered as the floats, NaN and infinity above the rest */
+        __m512i most = _mm512_setzero_si512();
+        for (int h = 0; h < parts; h++) {
+            __m512i v = _mm512_castps_si512(load_part(row, K, width * (g0 + i) + 16 * h, whole));
+            most = _mm512_max_epi32(most, _mm512_and_si512(v, _mm512_set1_epi32(0x7fffffff)));
+        }
+        top[i] = most;
     }
-    float largest = _mm512_reduce_max_ps(top);
-    float inverse = !odd && largest > 0.0f ? Q_MAX / largest : 0.0f;
-    __m512i sum = _mm512_setzero_si512();
-    for (int h = 0; h < width / 16; h++) {
-        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[h], _mm512_set1_ps(inverse)));
-        __m512i high = _mm512_srai_epi32(_mm512_add_epi32(q, _mm512_set1_epi32(128)), 8); /* -127..127 */
-        _mm_storeu_si128((__m128i *)(q1 + 16 * h), _mm512_cvtepi32_epi8(high));
-        __m512i low = _mm512_sub_epi32(q, _mm512_slli_epi32(high, 8)); /* -128..127 */
-        _mm_storeu_si128((__m128i *)(q2 + 16 * h), _mm512_cvtepi32_epi8(low));
-        sum = _mm512_add_epi32(sum, q);
+    __m512i bits = lanes16(top, 1);
+    __m512 largest = _mm512_castsi512_ps(bits);
+    __mmask16 odd = _mm512_cmpge_epi32_mask(bits, _mm512_set1_epi32(0x7f800000)); /* NaN or infinity */
+    __mmask16 some = _mm512_cmpgt_epi32_mask(bits, _mm512_setzero_si512()) & ~odd;
+    float inverse[16], *d = r->d + m * r->groups + g0;
+    _mm512_storeu_ps(inverse, _mm512_maskz_div_ps(some, _mm512_set1_ps(Q_MAX), largest));
+    __m512 step = _mm512_mask_blend_ps(odd, _mm512_div_ps(largest, _mm512_set1_ps(Q_MAX)), _mm512_set1_ps(NAN));
+    _mm512_mask_storeu_ps(d, (__mmask16)((1u << n) - 1), step);
+    /* t = q + 128 = 256 q1 + (q2 + 128): q1 is t's second byte, q2 its first less 128 (flipping its top bit); per
+       128-bit lane the shuffle gathers 4 values' second bytes then their first, the permute a pair of vectors' */
+    const __m512i bytes = _mm512_set4_epi32(-1, -1, 0x0c080400, 0x0d090501);
+    const __m512i pairs = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    const __m512i flip = _mm512_maskz_mov_epi64(0xF0, _mm512_set1_epi8((char)0x80)); /* the upper half's bytes */
+    for (int i = 0; i < n; i++) {
+        int8_t *q1 = r->q + 2 * m * r->Kp + width * (g0 + i), *q2 = q1 + r->Kp;
+        __m512i total = _mm512_setzero_si512(), t[2];
+        for (int h = 0; h < parts; h++) {
+            __m512 v = load_part(row, K, width * (g0 + i) + 16 * h, whole);
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inverse[i])));
+            total = _mm512_add_epi32(total, q);
+            t[h & 1] = _mm512_shuffle_epi8(_mm512_add_epi32(q, _mm512_set1_epi32(128)), bytes);
+            if (!(h & 1)) continue;
+            __m512i both = _mm512_xor_si512(_mm512_permutex2var_epi32(t[0], pairs, t[1]), flip); /* 32 q1, 32 q2 */
+            _mm256_storeu_si256((__m256i *)(q1 + 16 * h - 16), _mm512_castsi512_si256(both));
+            _mm256_storeu_si256((__m256i *)(q2 + 16 * h - 16), _mm512_extracti64x4_epi64(both, 1));
+        }
+        sum[i] = total;
     }
-    *qsum = _mm512_reduce_add_epi32(sum);
-    return odd ? NAN : largest / Q_MAX;
+    __m512i sums = lanes16(sum, 0);
+    __mmask16 mask = (__mmask16)((1u << n) - 1);
+    _mm512_mask_storeu_epi32(r->qsum + m * r->groups + g0, mask, sums);
+    _mm512_mask_storeu_ps(r->xsum + m * r->groups + g0, mask, _mm512_mul_ps(step, _mm512_cvtepi32_ps(sums)));
+}
+
+/* run_of with the width and whether the groups lie within the row as constants */
+static void quantize_run(Rows *r, const float *x, long K, long m, long g0, int n) {
+    int whole = r->width * (g0 + n) <= K;
+    if (r->width == 64) whole ? run_of(r, x, K, m, g0, n, 64, 1) : run_of(r, x, K, m, g0, n, 64, 0);
+    else whole ? run_of(r, x, K, m, g0, n, 32, 1) : run_of(r, x, K, m, g0, n, 32, 0);
 }
 
 #else
@@ -146,25 +199,32 @@ static Rows new_rows(long M, long K, int width) {
     return r;
 }
 
-/* Quantizes groups `at` (row m, group g: at = m groups + g) of x (M, K) into r, for at in [first, last) */
-static void quantize_groups(Rows *r, const float *x, long K, long first, long last) {
-    for (long at = first; at < last; at++) {
-        long m = at / r->groups, g = at % r->groups, width = r->width;
-        long count = K - width * g < width ? K - width * g : width;
-#ifdef BYTE_LEVELS
-        int8_t *q1 = r->q + 2 * m * r->Kp + width * g;
-        r->d[at] = quantize_group(x + m * K + width * g, count, (int)width, q1, q1 + r->Kp, r->qsum + at);
-#else
-        int16_t *q = (int16_t *)r->q + m * r->Kp + width * g;
-        r->d[at] = quantize_group(x + m * K + width * g, count, (int)width, q, r->qsum + at);
-#endif
+#ifndef BYTE_LEVELS
+/* quantize_run on AVX2: each group alone */
+static void quantize_run(Rows *r, const float *x, long K, long m, long g0, int n) {
+    for (long g = g0, at = m * r->groups + g0; g < g0 + n; g++, at++) {
+        long count = K - r->width * g < r->width ? K - r->width * g : r->width;
+        int16_t *q = (int16_t *)r->q + m * r->Kp + r->width * g;
+        r->d[at] = quantize_group(x + m * K + r->width * g, count, r->width, q, r->qsum + at);
         r->xsum[at] = r->d[at] * (float)r->qsum[at];
+    }
+}
+#endif
+
+/* Runs of up to 16 groups: a row's groups 16 u .. (u: its runs from 0), the units the threads share */
+static inline long runs(const Rows *r) { return (r->groups + 15) / 16; }
+
+/* Quantizes runs [first, last) of x (M, K) into r (run u: row u / runs, the row's (u % runs)-th) */
+static void quantize_runs(Rows *r, const float *x, long K, long first, long last) {
+    for (long u = first; u < last; u++) {
+        long m = u / runs(r), g0 = 16 * (u % runs(r));
+        quantize_run(r, x, K, m, g0, (int)(r->groups - g0 < 16 ? r->groups - g0 : 16));
     }
 }
 
 static Rows quantize_rows(const float *x, long M, long K, int width) {
     Rows r = new_rows(M, K, width);
-    quantize_groups(&r, x, K, 0, M * r.groups);
+    quantize_runs(&r, x, K, 0, M * runs(&r));
     return r;
 }
 
@@ -347,7 +407,7 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
         {
             /* the rows quantized by the threads together (each group alone: the same bits), then the products */
 #pragma omp for schedule(static) nowait
-            for (long at = 0; at < M * r.groups; at++) quantize_groups(&r, x, l->K, at, at + 1);
+            for (long u = 0; u < M * runs(&r); u++) quantize_runs(&r, x, l->K, u, u + 1);
             long full = M / AMX_ROWS, rest = M % AMX_ROWS, triples = (tiles + 2) / 3; /* output tiles 3 at a time */
             /* int4 for 2 blocks of rows or more (a prompt): each triple's codes unpacked once, not once a block */
             uint8_t *flat = l->kind == 2 && full > 1 ? aligned_alloc(64, 3 * tile_bytes(l, 1)) : NULL;
@@ -371,13 +431,13 @@ void arlm_int_mm(const float *x, const Linear *l, float *y, long M, int threads)
     }
 #endif
     Rows r = new_rows(M, l->K, width);
-    long count = M * r.groups, split = M >= SPLIT_ROWS;
-    if (!split) quantize_groups(&r, x, l->K, 0, count);
+    long count = M * runs(&r), split = M >= SPLIT_ROWS;
+    if (!split) quantize_runs(&r, x, l->K, 0, count);
 #pragma omp parallel num_threads(threads)
     {
         if (split) { /* the rows quantized by the threads together (each group alone: the same bits) */
 #pragma omp for schedule(static)
-            for (long at = 0; at < count; at++) quantize_groups(&r, x, l->K, at, at + 1);
+            for (long u = 0; u < count; u++) quantize_runs(&r, x, l->K, u, u + 1);
         }
 #pragma omp for schedule(static)
         for (long t = 0; t < tiles; t++) rows_of_tile(&r, l, y, M, t);
