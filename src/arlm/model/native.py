@@ -42,11 +42,9 @@ import torch
 
 from arlm.errors import ArlmError
 
-SOURCES = tuple(Path(__file__).with_name(f"{n}.c") for n in ("kernels", "bf16_mm", "quantized", "attention", "block"))
-HEADERS = tuple(
-    Path(__file__).with_name(name)
-    for name in ("bf16.h", "kernels.h", "quantized_amx.h", "quantized_avx2.h", "rows.h", "simd.h")
-)
+HERE = Path(__file__).parent  # the kernels' C sources and headers
+SOURCES = tuple(HERE / f"{n}.c" for n in ("kernels", "bf16_mm", "quantized", "attention", "block"))
+HEADERS = tuple(HERE / n for n in ("bf16.h", "kernels.h", "quantized_amx.h", "quantized_avx2.h", "rows.h", "simd.h"))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 LIBRARY = "libarlm_quant.so"  # a build's file, in its folder of the cache
 KEPT_BUILDS = 8  # builds the cache keeps (the most recently used): each source change or upgrade adds one
@@ -116,9 +114,10 @@ def _compiler() -> tuple[str, str] | None:
     return (cc, done.stdout.splitlines()[0]) if done.returncode == 0 and done.stdout else None
 
 
-def _build(cc: str, version: str, flags: set[str]) -> Path | None:
-    """The compiled library in the cache (compiled there first if missing), or None if it does not compile."""
-    text = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
+def _build(cc: str, version: str, flags: set[str], sources: Path = HERE) -> Path | None:
+    """The library compiled from the files named as SOURCES and HEADERS in `sources`, in the cache (compiled there
+    first if missing), or None if it does not compile."""
+    text = b"".join((sources / path.name).read_bytes() for path in SOURCES + HEADERS)
     digest = hashlib.sha256(text + version.encode() + " ".join(FLAGS + tuple(sorted(flags))).encode())
     folder = Path(os.environ.get("ARLM_CACHE", Path.home() / ".cache" / "arlm")) / "kernels" / digest.hexdigest()[:16]
     target = folder / LIBRARY
@@ -135,7 +134,8 @@ def _build(cc: str, version: str, flags: set[str]) -> Path | None:
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then moved in whole: no half-written file
         built = Path(scratch) / target.name
         try:
-            command = [*shlex.split(cc), *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"]
+            files = [str(sources / path.name) for path in SOURCES]
+            command = [*shlex.split(cc), *FLAGS, *files, "-o", str(built), "-lm"]
             done = subprocess.run(command, capture_output=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as error:
             return _not_built(cc, str(error))
@@ -176,12 +176,17 @@ def prune_builds(kernels: Path, keep: int = KEPT_BUILDS) -> None:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None where this machine cannot build them (module docstring)."""
+    return load_library(HERE)
+
+
+def load_library(sources: Path) -> ctypes.CDLL | None:
+    """The kernels of the C files in `sources` (this package's; another revision's for forward_ab.py), or None."""
     flags = _cpu_flags()
     compiler = _compiler()
     capable = platform.machine() == "x86_64" and set(NEEDED_FLAGS) <= flags
     if capable and compiler is None:  # (a CPU the kernels are for, without a compiler: said, as a failed build is)
         _not_built(os.environ.get("CC", "cc"), "no C compiler found; install gcc or set CC")
-    path = _build(*compiler, flags) if capable and compiler is not None else None
+    path = _build(*compiler, flags, sources) if capable and compiler is not None else None
     if path is None:
         return None
     lib = ctypes.CDLL(str(path))

@@ -105,10 +105,9 @@ static inline __attribute__((always_inline)) void run_of(Rows *r, const float *x
     const int parts = width / 16;
     const float *row = x + m * K;
     __m512i top[16], sum[16];
-    for (int i = 0; i < 16; i++) top[i] = sum[i] = _mm512_setzero_si512();
-    for (int i = 0; i < n; i++) { /* the magnitudes' bits: ordered as the floats, NaN and infinity above the rest */
+    for (int i = 0; i < 16; i++) { /* the magnitudes' bits: ordered as the floats, NaN and infinity above the rest */
         __m512i most = _mm512_setzero_si512();
-        for (int h = 0; h < parts; h++) {
+        for (int h = 0; h < parts && i < n; h++) {
             __m512i v = _mm512_castps_si512(load_part(row, K, width * (g0 + i) + 16 * h, whole));
             most = _mm512_max_epi32(most, _mm512_and_si512(v, _mm512_set1_epi32(0x7fffffff)));
         }
@@ -127,18 +126,18 @@ static inline __attribute__((always_inline)) void run_of(Rows *r, const float *x
     const __m512i bytes = _mm512_set4_epi32(-1, -1, 0x0c080400, 0x0d090501);
     const __m512i pairs = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
     const __m512i flip = _mm512_maskz_mov_epi64(0xF0, _mm512_set1_epi8((char)0x80)); /* the upper half's bytes */
-    for (int i = 0; i < n; i++) {
-        int8_t *q1 = r->q + 2 * m * r->Kp + width * (g0 + i), *q2 = q1 + r->Kp;
+    int8_t *q1 = r->q + 2 * m * r->Kp + width * g0, *q2 = q1 + r->Kp; /* group g0's */
+    for (int i = 0; i < 16; i++) { /* (a loop of 16: GCC zeroes a variable count of vectors by calling memset) */
         __m512i total = _mm512_setzero_si512(), t[2];
-        for (int h = 0; h < parts; h++) {
+        for (int h = 0; h < parts && i < n; h++) {
             __m512 v = load_part(row, K, width * (g0 + i) + 16 * h, whole);
             __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inverse[i])));
             total = _mm512_add_epi32(total, q);
             t[h & 1] = _mm512_shuffle_epi8(_mm512_add_epi32(q, _mm512_set1_epi32(128)), bytes);
             if (!(h & 1)) continue;
             __m512i both = _mm512_xor_si512(_mm512_permutex2var_epi32(t[0], pairs, t[1]), flip); /* 32 q1, 32 q2 */
-            _mm256_storeu_si256((__m256i *)(q1 + 16 * h - 16), _mm512_castsi512_si256(both));
-            _mm256_storeu_si256((__m256i *)(q2 + 16 * h - 16), _mm512_extracti64x4_epi64(both, 1));
+            _mm256_storeu_si256((__m256i *)(q1 + width * i + 16 * h - 16), _mm512_castsi512_si256(both));
+            _mm256_storeu_si256((__m256i *)(q2 + width * i + 16 * h - 16), _mm512_extracti64x4_epi64(both, 1));
         }
         sum[i] = total;
     }
