@@ -124,7 +124,7 @@ static inline __attribute__((always_inline)) void attend_group(const float *cons
                                                               const void *values, int cbf, const uint8_t *allowed,
                                                               long seen, void *const *out, int xbf) {
     const long hd = 64, padded = (seen + VL - 1) / VL * VL;
-    float scores[GROUP_MAX * padded];
+    float scores[g * padded]; /* (g a constant where inlined: 3 or 2 rows of scores on the stack) */
     const vf scale = vf_set1(1.0f / sqrtf((float)hd));
     vf top[GROUP_MAX], total[GROUP_MAX], shift[GROUP_MAX];
     for (int k = 0; k < g; k++) top[k] = vf_set1(-INFINITY), total[k] = vf_zero();
